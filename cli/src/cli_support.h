@@ -1,0 +1,50 @@
+// Shared pieces of the `strata` subcommands that talk to a node: namespace flags, key
+// selection (token lists or hex hashes), deterministic demo payloads, status printing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "strata/client/store_client.h"
+
+namespace strata::cli {
+
+struct NodeFlags {
+  std::string node = "127.0.0.1:7070";
+  std::string scope;
+  double deadline_s = 10;
+  std::string model_id = "debug";
+  std::string dtype = "fp16";
+  std::string layout = "raw";
+  uint32_t block_tokens = 16;
+  std::string block_bytes = "16MiB";
+  std::string hash_algorithm = "sha256";
+  std::string tokens;               // "1,2,3" or "0..1023"
+  std::vector<std::string> hashes;  // hex chain hashes
+};
+
+void AddNodeFlags(CLI::App& cmd, NodeFlags& flags);
+
+// Connects and registers the namespace named by the flags.
+absl::StatusOr<std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> Open(
+    const NodeFlags& flags);
+
+// The chain hashes the flags select: --hash values, else the full blocks of --tokens.
+absl::StatusOr<std::vector<ChainHash>> SelectedHashes(const NodeFlags& flags,
+                                                      const client::Namespace& ns);
+
+// "1,2,3" or "A..B" (inclusive-exclusive) → token ids. INVALID_ARGUMENT naming --tokens.
+absl::StatusOr<std::vector<uint32_t>> ParseTokens(const std::string& text);
+
+// Deterministic pseudo-KV bytes of a block, derived from its chain hash, so a process that
+// did not write a block can still check every byte it reads.
+void FillBlock(const ChainHash& hash, uint8_t* out, size_t size);
+
+// Prints "strata <cmd>: <status>" to stderr and returns the exit code for it.
+int Fail(const std::string& cmd, const absl::Status& status);
+
+}  // namespace strata::cli

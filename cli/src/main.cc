@@ -1,0 +1,22 @@
+// `strata`: the command line — capacity planning, debugging calls against a node, the demo.
+#include <cstdio>
+
+#include "CLI/CLI.hpp"
+#include "commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"strata: command line for the Strata KV-cache store"};
+  app.require_subcommand(1);
+  int exit_code = 0;
+  strata::cli::AddPlanCommand(app, &exit_code);
+  strata::cli::AddNodeCommands(app, &exit_code);
+  strata::cli::AddDemoCommand(app, &exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 reports usage errors by exception; this is the one boundary where we catch them.
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  return exit_code;
+}

@@ -1,0 +1,164 @@
+// StoreClient: the library prefill and decode workers link to talk to a Strata store node.
+// Lookup finds how much of a prompt's prefix is stored; Put writes blocks (two-phase:
+// reserve, send, commit with checksums); Get fetches blocks into the caller's buffers and
+// verifies every checksum before reporting success, so a wrong byte is never handed over.
+//
+// Every call has a deadline (CallOptions, else ClientOptions::default_deadline) and never
+// waits past it: a dead node is UNAVAILABLE, a slow one DEADLINE_EXCEEDED. Batches larger
+// than the node's per-call limits are split and the parts sent in parallel.
+//
+// Thread-safe: one StoreClient may be shared by many threads. The *Async variants return at
+// once; the buffers they name must stay valid until the future is ready.
+#pragma once
+
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "strata/common/block_key.h"
+#include "strata/common/chain_hash.h"
+#include "strata/common/namespace.h"
+
+namespace strata::client {
+
+struct ClientOptions {
+  std::string address;  // HOST:PORT of a store node
+  absl::Duration default_deadline = absl::Seconds(10);
+  // Scope of a call that names none (tenancy arrives with authentication).
+  std::string default_scope = std::string(kDefaultScope);
+};
+
+struct CallOptions {
+  absl::Duration deadline = absl::ZeroDuration();  // zero: ClientOptions::default_deadline
+};
+
+enum class Tier { kUnknown, kHot, kWarm, kCool, kCold };
+std::string_view TierName(Tier tier);
+
+// A namespace registered with the node: its id plus the spec, which knows how to hash.
+struct Namespace {
+  NamespaceId id = 0;
+  NamespaceSpec spec;
+  // Chain hashes of the full blocks of `tokens` under this namespace's block_tokens and
+  // hash algorithm.
+  absl::StatusOr<std::vector<ChainHash>> HashTokens(std::span<const uint32_t> tokens,
+                                                    const ExtraKeys& extra = {}) const;
+};
+
+struct BlockLocation {
+  Tier tier = Tier::kUnknown;
+  uint64_t size = 0;
+};
+
+struct LookupResult {
+  size_t matched_blocks = 0;           // longest stored prefix, in blocks
+  std::vector<BlockLocation> blocks;   // one per matched block
+};
+
+struct BlockWrite {
+  ChainHash hash;
+  const void* data = nullptr;  // borrowed for the duration of the call
+  uint64_t size = 0;
+};
+
+struct PutResult {
+  // Per block, in request order: OK stored now, ALREADY_EXISTS (stored before — dedup),
+  // RESOURCE_EXHAUSTED (no room on the node), DATA_LOSS (corrupted on the way), ...
+  std::vector<absl::Status> blocks;
+  size_t stored = 0;
+  size_t already_present = 0;
+};
+
+struct BlockRead {
+  ChainHash hash;
+  void* buffer = nullptr;  // caller-owned destination
+  uint64_t capacity = 0;   // bytes available at buffer
+};
+
+struct GetResult {
+  // Per block, in request order: OK (buffer holds the verified bytes), NOT_FOUND,
+  // DATA_LOSS (bytes failed the checksum: buffer content is garbage, do not use),
+  // OUT_OF_RANGE (block larger than the buffer's capacity).
+  std::vector<absl::Status> blocks;
+  std::vector<uint64_t> sizes;  // bytes written for OK blocks
+  size_t fetched = 0;
+};
+
+struct NodeStats {
+  std::string node_id;
+  uint64_t warm_blocks = 0;
+  uint64_t warm_bytes = 0;
+  uint64_t warm_used_bytes = 0;
+  uint64_t warm_capacity_bytes = 0;
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t evictions = 0;
+  uint64_t leases = 0;
+  uint64_t reservations = 0;
+  uint64_t namespaces = 0;
+  uint64_t data_loss = 0;
+  uint32_t max_keys_per_call = 0;
+  uint64_t max_block_bytes = 0;
+  uint64_t max_inline_bytes = 0;
+};
+
+class StoreClient {
+ public:
+  // Connects and reads the node's limits (one Stats call). UNAVAILABLE if the node cannot be
+  // reached before the deadline; INVALID_ARGUMENT for an empty address.
+  static absl::StatusOr<std::unique_ptr<StoreClient>> Connect(const ClientOptions& options);
+  virtual ~StoreClient() = default;
+
+  // Registers (idempotently) a namespace. INVALID_ARGUMENT for a bad spec.
+  virtual absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
+                                                      const CallOptions& call = {}) = 0;
+
+  // Longest stored prefix of `hashes` (chain order). INVALID_ARGUMENT for an unregistered
+  // namespace or bad scope; scope "" means ClientOptions::default_scope.
+  virtual absl::StatusOr<LookupResult> Lookup(const Namespace& ns, std::string_view scope,
+                                              std::span<const ChainHash> hashes,
+                                              const CallOptions& call = {}) = 0;
+  // Same, hashing the prompt's tokens first.
+  absl::StatusOr<LookupResult> LookupTokens(const Namespace& ns, std::string_view scope,
+                                            std::span<const uint32_t> tokens,
+                                            const CallOptions& call = {});
+
+  // Stores blocks. The whole call fails only when nothing could be attempted (bad input,
+  // node unreachable, deadline); otherwise per-block outcomes are in PutResult.
+  virtual absl::StatusOr<PutResult> Put(const Namespace& ns, std::string_view scope,
+                                        std::span<const BlockWrite> blocks,
+                                        const CallOptions& call = {}) = 0;
+
+  // Fetches blocks into caller buffers, verifying each block's checksum.
+  virtual absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
+                                        std::span<const BlockRead> blocks,
+                                        const CallOptions& call = {}) = 0;
+
+  // Removes blocks; returns how many were present.
+  virtual absl::StatusOr<uint64_t> Delete(const Namespace& ns, std::string_view scope,
+                                          std::span<const ChainHash> hashes,
+                                          const CallOptions& call = {}) = 0;
+
+  virtual absl::StatusOr<NodeStats> Stats(const CallOptions& call = {}) = 0;
+
+  // Asynchronous variants: run on the client's own threads; the spans' contents (and the
+  // buffers they point to) must outlive the returned future.
+  std::future<absl::StatusOr<LookupResult>> LookupAsync(const Namespace& ns,
+                                                        std::string scope,
+                                                        std::vector<ChainHash> hashes,
+                                                        CallOptions call = {});
+  std::future<absl::StatusOr<PutResult>> PutAsync(const Namespace& ns, std::string scope,
+                                                  std::vector<BlockWrite> blocks,
+                                                  CallOptions call = {});
+  std::future<absl::StatusOr<GetResult>> GetAsync(const Namespace& ns, std::string scope,
+                                                  std::vector<BlockRead> blocks,
+                                                  CallOptions call = {});
+};
+
+}  // namespace strata::client

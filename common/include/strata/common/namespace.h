@@ -1,0 +1,36 @@
+// Namespace: what must match for KV to be reusable (model, KV dtype, layout, block_tokens,
+// tensor-parallel shard, hash algorithm), reduced to a 64-bit NamespaceId with the algorithm
+// in docs/design/block-hash.md. The store node and every client compute the same id.
+//
+// Plain value type; thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "strata/common/block_key.h"
+#include "strata/common/chain_hash.h"
+
+namespace strata {
+
+struct NamespaceSpec {
+  std::string model_id;  // 1..256 bytes
+  std::string dtype;     // "fp16", "bf16", "fp8", "int8"
+  std::string layout;    // 1..128 bytes, free-form layout name
+  uint32_t block_tokens = 16;
+  uint32_t tp_rank = 0;
+  uint32_t tp_size = 1;
+  ChainHashAlgorithm hash_algorithm = ChainHashAlgorithm::kSha256;
+  // Largest payload of one block; not part of the id (a node-side admission limit).
+  uint64_t block_bytes = 0;
+};
+
+// INVALID_ARGUMENT naming the field: empty/oversized strings, unknown dtype,
+// block_tokens == 0, tp_size == 0, tp_rank >= tp_size, block_bytes == 0.
+absl::Status ValidateNamespaceSpec(const NamespaceSpec& spec);
+
+// The 64-bit id of `spec` (fields other than block_bytes). REQUIRES: spec is valid.
+NamespaceId ComputeNamespaceId(const NamespaceSpec& spec);
+
+}  // namespace strata

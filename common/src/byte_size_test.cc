@@ -1,0 +1,40 @@
+#include "strata/common/byte_size.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "strata/testutil/status_matchers.h"
+
+namespace strata {
+namespace {
+
+using ::strata::testutil::StatusIs;
+using ::testing::HasSubstr;
+
+TEST(ByteSizeTest, ParsesIecSiAndBareNumbers) {
+  EXPECT_EQ(*ParseByteSize("4096"), 4096u);
+  EXPECT_EQ(*ParseByteSize("64KiB"), 65536u);
+  EXPECT_EQ(*ParseByteSize("1GiB"), 1073741824u);
+  EXPECT_EQ(*ParseByteSize("80GiB"), 80ull << 30);
+  EXPECT_EQ(*ParseByteSize("1.5 MiB"), 1572864u);
+  EXPECT_EQ(*ParseByteSize("2GB"), 2000000000u);
+  EXPECT_EQ(*ParseByteSize("3mib"), 3u << 20);
+}
+
+TEST(ByteSizeTest, RejectsGarbageNamingTheField) {
+  EXPECT_THAT(ParseByteSize("GiB", "warm_bytes"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("warm_bytes")));
+  EXPECT_THAT(ParseByteSize("12 parsecs"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown unit")));
+  EXPECT_THAT(ParseByteSize("-1"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseByteSize("99999999TiB"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")));
+}
+
+TEST(ByteSizeTest, Formats) {
+  EXPECT_EQ(FormatByteSize(512), "512 B");
+  EXPECT_EQ(FormatByteSize(2 << 20), "2.00 MiB");
+  EXPECT_EQ(FormatByteSize(131072), "128.00 KiB");
+}
+
+}  // namespace
+}  // namespace strata

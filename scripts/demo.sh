@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# README command 1: install what the build needs, build the Release preset, start a local
+# store node and run the worked prefill→decode example (`strata demo`), then stop the node.
+# Extra arguments go to `strata demo` (e.g. --model llama-3.1-70b --prompt-tokens 8192).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+jobs=$(nproc 2>/dev/null || echo 2)
+export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+
+cmake --preset release >/dev/null
+cmake --build --preset release -j "$jobs" --target strata strata-storenode
+exec build/release/bin/strata demo "$@"

@@ -1,0 +1,174 @@
+// WarmTier: a store node's DRAM tier — the index of blocks, the slab arena holding their
+// bytes, two-phase puts (reservations invisible until committed, expiring if never
+// committed), lease-pinned reads, and LRU eviction when the arena is full. Every committed
+// block carries the xxh3-64 checksum its writer sent, verified again whenever it is read.
+//
+// Thread-safe. One mutex guards the index; payload bytes are copied outside it while the
+// block is pinned (a reservation for writes, a pin for reads), so large copies never
+// serialize other calls.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "strata/common/block_key.h"
+#include "strata/common/namespace.h"
+#include "strata/storenode/slab_arena.h"
+
+namespace strata::storenode {
+
+struct WarmTierOptions {
+  uint64_t capacity_bytes = 1ull << 30;
+  uint64_t max_block_bytes = 16ull << 20;
+  uint64_t max_namespaces = 1024;
+  bool prefault = false;
+  // Monotonic milliseconds; tests substitute a manual clock.
+  std::function<int64_t()> now_ms;
+};
+
+struct WarmTierStats {
+  uint64_t blocks = 0;          // committed blocks
+  uint64_t payload_bytes = 0;   // their payload bytes
+  uint64_t used_bytes = 0;      // slab bytes taken by committed and reserved blocks
+  uint64_t capacity_bytes = 0;
+  uint64_t hits = 0;            // blocks found by Lookup/BeginGet
+  uint64_t misses = 0;          // blocks asked for and not found
+  uint64_t evictions = 0;
+  uint64_t leases = 0;          // read leases held
+  uint64_t pinned_blocks = 0;
+  uint64_t reservations = 0;    // open put reservations
+  uint64_t namespaces = 0;
+  uint64_t data_loss = 0;       // blocks dropped because their bytes failed the checksum
+};
+
+class WarmTier {
+ public:
+  struct PutBlock {
+    ChainHash hash;
+    uint64_t size = 0;
+  };
+  struct CommitBlock {
+    ChainHash hash;
+    uint64_t checksum = 0;
+    std::span<const uint8_t> payload;
+  };
+  struct BlockMeta {
+    uint64_t size = 0;
+    uint64_t checksum = 0;
+  };
+  // Where BeginGet copies a block: returns a buffer of at least `size` bytes for block
+  // `index`, or nullptr to leave that block pinned but uncopied.
+  using CopySink = std::function<uint8_t*(size_t index, uint64_t size)>;
+  struct GetResult {
+    uint64_t lease_id = 0;  // 0 when nothing was pinned
+    std::vector<absl::Status> status;  // per block: OK, NOT_FOUND, DATA_LOSS
+    std::vector<BlockMeta> blocks;
+  };
+  struct ReserveResult {
+    uint64_t reservation_id = 0;  // 0 when no block was reserved
+    // Per block: OK reserved, ALREADY_EXISTS (present or being written), RESOURCE_EXHAUSTED.
+    std::vector<absl::Status> status;
+  };
+
+  static absl::StatusOr<std::unique_ptr<WarmTier>> Create(WarmTierOptions options);
+  ~WarmTier();
+
+  // Registers (idempotently) a namespace. INVALID_ARGUMENT for a bad spec,
+  // RESOURCE_EXHAUSTED past max_namespaces.
+  absl::StatusOr<NamespaceId> RegisterNamespace(const NamespaceSpec& spec);
+  // The spec of a registered namespace; NOT_FOUND otherwise.
+  absl::StatusOr<NamespaceSpec> GetNamespace(NamespaceId id) const;
+
+  // Metadata of the longest committed prefix of `hashes` (stops at the first miss).
+  // Counts hits and misses; refreshes recency so ancestors stay newer than descendants.
+  std::vector<BlockMeta> Lookup(NamespaceId ns, const std::string& scope,
+                                std::span<const ChainHash> hashes);
+
+  // Reserves one slot per block, evicting least recently used unpinned blocks as needed.
+  ReserveResult BeginPut(NamespaceId ns, const std::string& scope,
+                         std::span<const PutBlock> blocks, uint64_t ttl_ms);
+  // Copies each block's payload into its reserved slot, verifies the checksum over the bytes
+  // as they landed and publishes it. Reserved blocks not named are released.
+  // Returns NOT_FOUND for an unknown or expired reservation; per block: OK, DATA_LOSS
+  // (checksum mismatch: dropped), INVALID_ARGUMENT (size differs from the reservation),
+  // FAILED_PRECONDITION (not part of this reservation).
+  absl::StatusOr<std::vector<absl::Status>> CommitPut(uint64_t reservation_id,
+                                                      std::span<const CommitBlock> blocks);
+  // Releases a reservation. NOT_FOUND for an unknown or expired one.
+  absl::Status AbortPut(uint64_t reservation_id);
+
+  // Pins every present block under a lease of ttl_ms. If `sink` is set, copies each pinned
+  // block (while it cannot move) and verifies the checksum over the copy; a mismatch
+  // drops the block and reports DATA_LOSS — the copied bytes must then not be used.
+  // Stops copying (RESOURCE_EXHAUSTED, not pinned) once more than max_copy_bytes would be.
+  GetResult BeginGet(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
+                     uint64_t ttl_ms, const CopySink& sink, uint64_t max_copy_bytes);
+  // Unpins a lease. NOT_FOUND for an unknown or expired one.
+  absl::Status EndGet(uint64_t lease_id);
+
+  // Removes blocks; a pinned one disappears from lookups now and frees when unpinned.
+  uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
+
+  // Releases leases and reservations whose time is up. Returns how many.
+  uint64_t ExpireNow();
+
+  // XORs 0xff into one stored byte (fault injection). NOT_FOUND / OUT_OF_RANGE.
+  absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
+
+  WarmTierStats Stats() const;
+
+ private:
+  struct Entry;
+  struct Reservation;
+  struct Lease;
+
+  explicit WarmTier(WarmTierOptions options, std::unique_ptr<SlabArena> arena);
+
+  std::optional<Slot> AllocateLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool EvictOneLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ReclaimPageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes an indexed entry: freed now if unpinned, else when the last pin drops.
+  void RemoveLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeSlotLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnpinLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseReservationLocked(Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const WarmTierOptions options_;
+  const std::unique_ptr<SlabArena> arena_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<NamespaceId, NamespaceSpec> namespaces_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<BlockKey, std::unique_ptr<Entry>> index_ ABSL_GUARDED_BY(mu_);
+  // Deleted or corrupt entries still pinned by a lease: freed when the last pin drops.
+  absl::flat_hash_map<Entry*, std::unique_ptr<Entry>> doomed_ ABSL_GUARDED_BY(mu_);
+  // Committed blocks per size class, least recently used first.
+  std::vector<std::list<Entry*>> lru_ ABSL_GUARDED_BY(mu_);
+  // Which entry holds each slot of each page: [page][slot], for page reclaim.
+  std::vector<std::vector<Entry*>> slot_owner_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Reservation>> reservations_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Lease>> leases_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;  // logical recency clock
+  uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t pinned_ ABSL_GUARDED_BY(mu_) = 0;
+
+  std::atomic<uint64_t> hits_{0};
+  std::atomic<uint64_t> misses_{0};
+  std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> data_loss_{0};
+};
+
+}  // namespace strata::storenode

@@ -1,0 +1,41 @@
+// HttpEndpoint: the node's plain-HTTP side door — GET /metrics (Prometheus text), /healthz
+// (process alive) and /readyz (serving calls; 503 while starting or draining). civetweb
+// runs its own threads; the handlers only call the thread-safe functions they are given.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+struct mg_context;
+struct mg_connection;
+
+namespace strata::storenode {
+
+class HttpEndpoint {
+ public:
+  struct Handlers {
+    std::function<std::string()> metrics;
+    std::function<bool()> ready;
+  };
+
+  // Listens on HOST:PORT (port 0: any free port). UNAVAILABLE if it cannot bind.
+  static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& listen,
+                                                             Handlers handlers);
+  ~HttpEndpoint();
+
+  // HOST:PORT actually bound.
+  const std::string& address() const { return address_; }
+
+ private:
+  HttpEndpoint() = default;
+  static int Handle(::mg_connection* conn, void* self);
+
+  ::mg_context* ctx_ = nullptr;
+  Handlers handlers_;
+  std::string address_;
+};
+
+}  // namespace strata::storenode

@@ -1,0 +1,129 @@
+#include "metrics.h"
+
+#include "prometheus/text_serializer.h"
+
+namespace strata::storenode {
+
+const char* OpName(Op op) {
+  switch (op) {
+    case Op::kRegisterNamespace: return "register_namespace";
+    case Op::kLookup: return "lookup";
+    case Op::kBeginPut: return "begin_put";
+    case Op::kCommitPut: return "commit_put";
+    case Op::kAbortPut: return "abort_put";
+    case Op::kBeginGet: return "begin_get";
+    case Op::kEndGet: return "end_get";
+    case Op::kDelete: return "delete";
+    case Op::kStats: return "stats";
+    case Op::kInjectFault: return "inject_fault";
+    case Op::kCount: break;
+  }
+  return "unknown";
+}
+
+NodeMetrics::NodeMetrics(std::string node_id)
+    : node_id_(std::move(node_id)), registry_(std::make_shared<prometheus::Registry>()) {
+  latency_ = &prometheus::BuildHistogram()
+                  .Name("strata_op_latency_seconds")
+                  .Help("Store-node call latency by operation")
+                  .Register(*registry_);
+  errors_ = &prometheus::BuildCounter()
+                 .Name("strata_op_errors_total")
+                 .Help("Calls that failed, by operation and status code")
+                 .Register(*registry_);
+  bytes_ = &prometheus::BuildCounter()
+                .Name("strata_transfer_bytes_total")
+                .Help("Payload bytes moved, by transport and direction")
+                .Register(*registry_);
+  // 50 us .. ~3 s, doubling.
+  prometheus::Histogram::BucketBoundaries buckets;
+  for (double b = 50e-6; b < 4.0; b *= 2) buckets.push_back(b);
+  for (int i = 0; i < static_cast<int>(Op::kCount); ++i) {
+    op_latency_[i] = &latency_->Add({{"op", OpName(static_cast<Op>(i))}}, buckets);
+  }
+  bytes_in_ = &bytes_->Add({{"transport", "grpc_inline"}, {"direction", "in"}});
+  bytes_out_ = &bytes_->Add({{"transport", "grpc_inline"}, {"direction", "out"}});
+}
+
+void NodeMetrics::Observe(Op op, double seconds, const absl::Status& status) {
+  op_latency_[static_cast<int>(op)]->Observe(seconds);
+  if (!status.ok()) {
+    errors_->Add({{"op", OpName(op)}, {"code", absl::StatusCodeToString(status.code())}})
+        .Increment();
+  }
+}
+
+void NodeMetrics::AddInlineBytes(bool inbound, uint64_t bytes) {
+  (inbound ? bytes_in_ : bytes_out_)->Increment(static_cast<double>(bytes));
+}
+
+namespace {
+
+prometheus::MetricFamily Family(std::string name, std::string help, prometheus::MetricType type) {
+  prometheus::MetricFamily f;
+  f.name = std::move(name);
+  f.help = std::move(help);
+  f.type = type;
+  return f;
+}
+
+void AddValue(prometheus::MetricFamily& f, double value,
+              std::vector<prometheus::ClientMetric::Label> labels = {}) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  if (f.type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  f.metric.push_back(std::move(m));
+}
+
+}  // namespace
+
+std::string NodeMetrics::Render(const WarmTierStats& s) const {
+  using prometheus::MetricType;
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  std::vector<prometheus::ClientMetric::Label> warm = {{"tier", "warm"}};
+
+  auto blocks = Family("strata_tier_blocks", "Blocks stored per tier", MetricType::Gauge);
+  AddValue(blocks, s.blocks, warm);
+  auto bytes = Family("strata_tier_bytes", "Payload bytes stored per tier", MetricType::Gauge);
+  AddValue(bytes, s.payload_bytes, warm);
+  auto used = Family("strata_tier_used_bytes", "Bytes taken per tier, slack and reservations "
+                     "included", MetricType::Gauge);
+  AddValue(used, s.used_bytes, warm);
+  auto cap = Family("strata_tier_capacity_bytes", "Byte budget per tier", MetricType::Gauge);
+  AddValue(cap, s.capacity_bytes, warm);
+  auto hits = Family("strata_lookup_blocks_total", "Blocks asked for, by result",
+                     MetricType::Counter);
+  AddValue(hits, s.hits, {{"result", "hit"}});
+  AddValue(hits, s.misses, {{"result", "miss"}});
+  auto ratio = Family("strata_prefix_hit_ratio", "Hits over blocks asked for since start",
+                      MetricType::Gauge);
+  uint64_t asked = s.hits + s.misses;
+  AddValue(ratio, asked == 0 ? 0.0 : static_cast<double>(s.hits) / asked);
+  auto evict = Family("strata_evictions_total", "Blocks evicted per tier", MetricType::Counter);
+  AddValue(evict, s.evictions, warm);
+  auto leases = Family("strata_leases_held", "Read leases held", MetricType::Gauge);
+  AddValue(leases, s.leases);
+  auto pinned = Family("strata_pinned_blocks", "Blocks pinned by leases", MetricType::Gauge);
+  AddValue(pinned, s.pinned_blocks);
+  auto res = Family("strata_reservations", "Open put reservations", MetricType::Gauge);
+  AddValue(res, s.reservations);
+  auto ns = Family("strata_namespaces", "Registered namespaces", MetricType::Gauge);
+  AddValue(ns, s.namespaces);
+  auto loss = Family("strata_data_loss_total", "Blocks dropped for failing their checksum",
+                     MetricType::Counter);
+  AddValue(loss, s.data_loss);
+  for (auto* f : {&blocks, &bytes, &used, &cap, &hits, &ratio, &evict, &leases, &pinned, &res,
+                  &ns, &loss}) {
+    families.push_back(std::move(*f));
+  }
+  for (auto& f : families) {
+    for (auto& m : f.metric) m.label.push_back({"node", node_id_});
+  }
+  return prometheus::TextSerializer().Serialize(families);
+}
+
+}  // namespace strata::storenode

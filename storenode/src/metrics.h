@@ -1,0 +1,48 @@
+// NodeMetrics: the node's Prometheus metrics. Operation latency histograms and error
+// counters live in a prometheus-cpp registry; tier gauges and hit/eviction counters are read
+// from WarmTier::Stats() at scrape time, so /metrics and the Stats call never disagree.
+//
+// Thread-safe.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "strata/storenode/warm_tier.h"
+
+namespace strata::storenode {
+
+enum class Op { kRegisterNamespace, kLookup, kBeginPut, kCommitPut, kAbortPut, kBeginGet,
+                kEndGet, kDelete, kStats, kInjectFault, kCount };
+
+const char* OpName(Op op);
+
+class NodeMetrics {
+ public:
+  explicit NodeMetrics(std::string node_id);
+
+  // Records one call: latency, and an error counter labelled by code when !status.ok().
+  void Observe(Op op, double seconds, const absl::Status& status);
+  // Counts payload bytes moved over the inline gRPC path.
+  void AddInlineBytes(bool inbound, uint64_t bytes);
+
+  // Prometheus text exposition of everything, with tier figures from `stats`.
+  std::string Render(const WarmTierStats& stats) const;
+
+ private:
+  std::string node_id_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Histogram>* latency_;
+  prometheus::Family<prometheus::Counter>* errors_;
+  prometheus::Family<prometheus::Counter>* bytes_;
+  prometheus::Histogram* op_latency_[static_cast<int>(Op::kCount)];
+  prometheus::Counter* bytes_in_;
+  prometheus::Counter* bytes_out_;
+};
+
+}  // namespace strata::storenode

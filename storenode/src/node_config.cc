@@ -1,0 +1,70 @@
+#include "strata/storenode/node_config.h"
+
+#include "absl/strings/str_cat.h"
+#include "strata/common/byte_size.h"
+
+namespace strata::storenode {
+
+void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
+  s.AddString("node_id", &c->node_id, "Name of this node in logs, metrics and Stats.");
+  s.AddString("listen", &c->listen, "gRPC listen address HOST:PORT (port 0: any free port).");
+  s.AddString("http_listen", &c->http_listen,
+              "HTTP address for /metrics, /healthz and /readyz (port 0: any free port).");
+  s.AddString("port_file", &c->port_file,
+              "If set, written once listening: lines grpc=HOST:PORT and http=HOST:PORT.");
+  s.AddString("log_level", &c->log_level, "trace, debug, info, warn, error or off.");
+  s.AddBytes("warm_bytes", &c->warm_bytes,
+             "Size of the warm-tier DRAM arena (the node's memory budget for blocks).");
+  s.AddBool("warm_prefault", &c->warm_prefault,
+            "Touch every arena page at start so the budget is resident from the first put.");
+  s.AddBytes("max_block_bytes", &c->max_block_bytes,
+             "Largest block accepted; also the slab page size of the arena.");
+  s.AddUint("max_keys_per_call", &c->max_keys_per_call, "Most blocks one call may name.");
+  s.AddBytes("max_inline_bytes", &c->max_inline_bytes,
+             "Most payload bytes one call may carry inline over gRPC.");
+  s.AddUint("max_namespaces", &c->max_namespaces, "Most namespaces one node registers.");
+  s.AddDurationMs("reservation_ttl", &c->reservation_ttl_ms,
+                  "Default lifetime of an uncommitted put reservation.");
+  s.AddDurationMs("lease_ttl", &c->lease_ttl_ms, "Default lifetime of a read lease.");
+  s.AddDurationMs("max_lease", &c->max_lease_ms,
+                  "Longest lease or reservation lifetime a caller may ask for.");
+  s.AddDurationMs("reaper_interval", &c->reaper_interval_ms,
+                  "How often expired leases and reservations are released.");
+  s.AddDurationMs("drain_timeout", &c->drain_timeout_ms,
+                  "On SIGTERM, how long in-flight calls may take before they are cancelled.");
+  s.AddBool("debug_fault_injection", &c->debug_fault_injection,
+            "Serve the InjectFault call that corrupts stored bytes. Tests only.");
+}
+
+absl::Status ValidateNodeConfig(const NodeConfig& c) {
+  if (c.max_block_bytes < 64 || c.max_block_bytes > (1ull << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_block_bytes: ", c.max_block_bytes, ", want 64 B .. 1 GiB"));
+  }
+  if (c.warm_bytes < c.max_block_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "warm_bytes: ", FormatByteSize(c.warm_bytes), " is smaller than max_block_bytes ",
+        FormatByteSize(c.max_block_bytes), " (the arena needs at least one slab page)"));
+  }
+  if (c.max_keys_per_call == 0 || c.max_keys_per_call > 65536) {
+    return absl::InvalidArgumentError("max_keys_per_call: want 1..65536");
+  }
+  if (c.max_inline_bytes < c.max_block_bytes) {
+    return absl::InvalidArgumentError(
+        "max_inline_bytes: must be at least max_block_bytes (one block per call)");
+  }
+  if (c.max_inline_bytes > (1ull << 30)) {
+    return absl::InvalidArgumentError("max_inline_bytes: at most 1 GiB (gRPC message limit)");
+  }
+  if (c.max_namespaces == 0) return absl::InvalidArgumentError("max_namespaces: want >= 1");
+  if (c.reservation_ttl_ms == 0 || c.lease_ttl_ms == 0) {
+    return absl::InvalidArgumentError("reservation_ttl / lease_ttl: want > 0");
+  }
+  if (c.reservation_ttl_ms > c.max_lease_ms || c.lease_ttl_ms > c.max_lease_ms) {
+    return absl::InvalidArgumentError("reservation_ttl / lease_ttl: exceed max_lease");
+  }
+  if (c.reaper_interval_ms == 0) return absl::InvalidArgumentError("reaper_interval: want > 0");
+  return absl::OkStatus();
+}
+
+}  // namespace strata::storenode

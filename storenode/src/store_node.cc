@@ -1,0 +1,144 @@
+#include "strata/storenode/store_node.h"
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/grpcpp.h"
+#include "http_endpoint.h"
+#include "metrics.h"
+#include "spdlog/spdlog.h"
+#include "store_service.h"
+#include "strata/common/byte_size.h"
+#include "strata/storenode/warm_tier.h"
+
+namespace strata::storenode {
+namespace {
+
+// Writes atomically (temp file + rename) so a watcher never reads half a file.
+absl::Status WritePortFile(const std::string& path, const std::string& grpc_addr,
+                           const std::string& http_addr) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << "grpc=" << grpc_addr << "\nhttp=" << http_addr << "\n";
+    if (!out.good()) return absl::InternalError(absl::StrCat("port_file: cannot write ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("port_file: cannot rename to ", path));
+  }
+  return absl::OkStatus();
+}
+
+class StoreNodeImpl final : public StoreNode {
+ public:
+  StoreNodeImpl(const NodeConfig& config, std::unique_ptr<WarmTier> warm)
+      : config_(config),
+        warm_(std::move(warm)),
+        metrics_(config.node_id),
+        service_(config, warm_.get(), &metrics_) {}
+
+  ~StoreNodeImpl() override { Shutdown(); }
+
+  absl::Status Init() {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service_);
+    // Room for a full inline batch plus per-block framing.
+    int max_msg = static_cast<int>(config_.max_inline_bytes + (1 << 20) +
+                                   config_.max_keys_per_call * 128);
+    builder.SetMaxReceiveMessageSize(max_msg);
+    builder.SetMaxSendMessageSize(max_msg);
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr || port == 0) {
+      return absl::UnavailableError(absl::StrCat("listen: cannot serve gRPC on ", config_.listen));
+    }
+    grpc_address_ = absl::StrCat(config_.listen.substr(0, config_.listen.rfind(':')), ":", port);
+
+    absl::StatusOr<std::unique_ptr<HttpEndpoint>> http = HttpEndpoint::Start(
+        config_.http_listen,
+        {[this] { return metrics_.Render(warm_->Stats()); }, [this] { return ready_.load(); }});
+    if (!http.ok()) return http.status();
+    http_ = std::move(*http);
+
+    reaper_ = std::thread([this] { ReapLoop(); });
+    if (!config_.port_file.empty()) {
+      if (absl::Status s = WritePortFile(config_.port_file, grpc_address_, http_->address());
+          !s.ok()) {
+        return s;
+      }
+    }
+    ready_ = true;
+    spdlog::info("node {} serving grpc={} http={} warm={} max_block={}", config_.node_id,
+                 grpc_address_, http_->address(), FormatByteSize(warm_->Stats().capacity_bytes),
+                 FormatByteSize(config_.max_block_bytes));
+    return absl::OkStatus();
+  }
+
+  const std::string& grpc_address() const override { return grpc_address_; }
+  const std::string& http_address() const override { return http_->address(); }
+
+  void Shutdown() override {
+    if (shut_down_.exchange(true)) return;
+    ready_ = false;
+    if (server_ != nullptr) {
+      auto deadline =
+          std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
+      server_->Shutdown(deadline);  // waits for in-flight calls, cancels them at the deadline
+      server_->Wait();
+      spdlog::debug("grpc server stopped");
+    }
+    stop_reaper_.Notify();
+    if (reaper_.joinable()) reaper_.join();
+    http_.reset();
+    spdlog::debug("http endpoint stopped");
+    WarmTierStats s = warm_->Stats();
+    spdlog::info("node {} stopped: {} blocks ({}) held, {} hits, {} misses, {} evictions",
+                 config_.node_id, s.blocks, FormatByteSize(s.payload_bytes), s.hits, s.misses,
+                 s.evictions);
+  }
+
+ private:
+  void ReapLoop() {
+    while (!stop_reaper_.WaitForNotificationWithTimeout(
+        absl::Milliseconds(config_.reaper_interval_ms))) {
+      if (uint64_t n = warm_->ExpireNow(); n > 0) {
+        spdlog::debug("expired {} leases/reservations", n);
+      }
+    }
+  }
+
+  const NodeConfig config_;
+  std::unique_ptr<WarmTier> warm_;
+  NodeMetrics metrics_;
+  StoreServiceImpl service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HttpEndpoint> http_;
+  std::string grpc_address_;
+  std::thread reaper_;
+  absl::Notification stop_reaper_;
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> shut_down_{false};
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& config) {
+  if (absl::Status s = ValidateNodeConfig(config); !s.ok()) return s;
+  WarmTierOptions opts;
+  opts.capacity_bytes = config.warm_bytes;
+  opts.max_block_bytes = config.max_block_bytes;
+  opts.max_namespaces = config.max_namespaces;
+  opts.prefault = config.warm_prefault;
+  absl::StatusOr<std::unique_ptr<WarmTier>> warm = WarmTier::Create(std::move(opts));
+  if (!warm.ok()) return warm.status();
+  auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm));
+  if (absl::Status s = node->Init(); !s.ok()) return s;
+  return node;
+}
+
+}  // namespace strata::storenode

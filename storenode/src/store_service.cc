@@ -1,0 +1,301 @@
+#include "store_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "spdlog/spdlog.h"
+#include "strata/common/byte_size.h"
+#include "strata/common/chain_hash.h"
+#include "strata/proto/status_convert.h"
+
+namespace strata::storenode {
+namespace {
+
+using proto::ToBlockStatus;
+using proto::ToGrpc;
+
+// Times a call and records it in the metrics whatever path it returns by.
+class CallScope {
+ public:
+  CallScope(NodeMetrics* metrics, Op op)
+      : metrics_(metrics), op_(op), start_(std::chrono::steady_clock::now()) {}
+  grpc::Status Done(const absl::Status& s) {
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    metrics_->Observe(op_, secs, s);
+    if (!s.ok() && s.code() != absl::StatusCode::kNotFound) {
+      spdlog::debug("{} failed: {}", OpName(op_), s.ToString());
+    }
+    return ToGrpc(s);
+  }
+
+ private:
+  NodeMetrics* metrics_;
+  Op op_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+v1::Tier WarmTierProto() { return v1::TIER_WARM; }
+
+}  // namespace
+
+StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, WarmTier* warm,
+                                   NodeMetrics* metrics)
+    : config_(config), warm_(warm), metrics_(metrics) {}
+
+absl::Status StoreServiceImpl::ValidateKeys(
+    uint64_t namespace_id, const std::string& scope_in,
+    const google::protobuf::RepeatedPtrField<std::string>& raw, const char* field,
+    std::vector<ChainHash>* hashes, std::string* scope, NamespaceSpec* spec) {
+  absl::StatusOr<NamespaceSpec> ns = warm_->GetNamespace(namespace_id);
+  if (!ns.ok()) return absl::InvalidArgumentError(ns.status().message());
+  if (spec != nullptr) *spec = *ns;
+  *scope = scope_in.empty() ? std::string(kDefaultScope) : scope_in;
+  if (absl::Status s = ValidateScope(*scope, "scope"); !s.ok()) return s;
+  if (raw.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
+  if (static_cast<uint64_t>(raw.size()) > config_.max_keys_per_call) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", raw.size(),
+                                                   " keys exceed max_keys_per_call ",
+                                                   config_.max_keys_per_call));
+  }
+  hashes->reserve(raw.size());
+  for (int i = 0; i < raw.size(); ++i) {
+    absl::StatusOr<ChainHash> h = ChainHash::FromBytes(raw[i], absl::StrCat(field, "[", i, "]"));
+    if (!h.ok()) return h.status();
+    hashes->push_back(*h);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StoreServiceImpl::ValidateTtl(uint32_t ttl_ms, const char* field) const {
+  if (ttl_ms > config_.max_lease_ms) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", ttl_ms, " ms exceeds max_lease ", config_.max_lease_ms, " ms"));
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext*,
+                                                 const v1::RegisterNamespaceRequest* req,
+                                                 v1::RegisterNamespaceResponse* resp) {
+  CallScope call(metrics_, Op::kRegisterNamespace);
+  const v1::NamespaceSpec& in = req->spec();
+  absl::StatusOr<ChainHashAlgorithm> algo = ParseChainHashAlgorithm(in.hash_algorithm());
+  if (!algo.ok()) {
+    return call.Done(absl::InvalidArgumentError(
+        absl::StrCat("spec.hash_algorithm: ", algo.status().message())));
+  }
+  NamespaceSpec spec{in.model_id(), in.dtype(),   in.layout(), in.block_tokens(),
+                     in.tp_rank(),  in.tp_size(), *algo,       in.block_bytes()};
+  absl::StatusOr<NamespaceId> id = warm_->RegisterNamespace(spec);
+  if (!id.ok()) return call.Done(id.status());
+  resp->set_namespace_id(*id);
+  spdlog::info("namespace 0x{:016x} registered: model={} dtype={} block_tokens={} tp={}/{}",
+               *id, spec.model_id, spec.dtype, spec.block_tokens, spec.tp_rank, spec.tp_size);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
+                                      v1::LookupResponse* resp) {
+  CallScope call(metrics_, Op::kLookup);
+  std::vector<ChainHash> hashes;
+  std::string scope;
+  absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
+                                "chain_hashes", &hashes, &scope, nullptr);
+  if (!s.ok()) return call.Done(s);
+  std::vector<WarmTier::BlockMeta> found = warm_->Lookup(req->namespace_id(), scope, hashes);
+  resp->set_matched_blocks(static_cast<uint32_t>(found.size()));
+  for (const WarmTier::BlockMeta& m : found) {
+    v1::BlockInfo* b = resp->add_blocks();
+    b->set_tier(WarmTierProto());
+    b->set_size(m.size);
+  }
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPutRequest* req,
+                                        v1::BeginPutResponse* resp) {
+  CallScope call(metrics_, Op::kBeginPut);
+  absl::StatusOr<NamespaceSpec> ns = warm_->GetNamespace(req->namespace_id());
+  if (!ns.ok()) return call.Done(absl::InvalidArgumentError(ns.status().message()));
+  std::string scope = req->scope().empty() ? std::string(kDefaultScope) : req->scope();
+  if (absl::Status s = ValidateScope(scope, "scope"); !s.ok()) return call.Done(s);
+  if (req->blocks().empty()) return call.Done(absl::InvalidArgumentError("blocks: empty"));
+  if (static_cast<uint64_t>(req->blocks_size()) > config_.max_keys_per_call) {
+    return call.Done(absl::InvalidArgumentError(
+        absl::StrCat("blocks: ", req->blocks_size(), " blocks exceed max_keys_per_call ",
+                     config_.max_keys_per_call)));
+  }
+  if (absl::Status s = ValidateTtl(req->ttl_ms(), "ttl_ms"); !s.ok()) return call.Done(s);
+  uint64_t limit = std::min(ns->block_bytes, config_.max_block_bytes);
+  std::vector<WarmTier::PutBlock> blocks;
+  blocks.reserve(req->blocks_size());
+  uint64_t total = 0;
+  for (int i = 0; i < req->blocks_size(); ++i) {
+    const v1::PutBlock& b = req->blocks(i);
+    absl::StatusOr<ChainHash> h =
+        ChainHash::FromBytes(b.chain_hash(), absl::StrCat("blocks[", i, "].chain_hash"));
+    if (!h.ok()) return call.Done(h.status());
+    if (b.size() == 0 || b.size() > limit) {
+      return call.Done(absl::InvalidArgumentError(absl::StrCat(
+          "blocks[", i, "].size: ", b.size(), " bytes, want 1..", limit,
+          b.size() > config_.max_block_bytes ? " (max_block_bytes)" : " (namespace block_bytes)")));
+    }
+    total += b.size();
+    blocks.push_back({*h, b.size()});
+  }
+  if (total > config_.max_inline_bytes) {
+    return call.Done(absl::ResourceExhaustedError(
+        absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_inline_bytes ",
+                     FormatByteSize(config_.max_inline_bytes), "; split the batch")));
+  }
+  uint64_t ttl = req->ttl_ms() != 0 ? req->ttl_ms() : config_.reservation_ttl_ms;
+  WarmTier::ReserveResult r = warm_->BeginPut(req->namespace_id(), scope, blocks, ttl);
+  resp->set_reservation_id(r.reservation_id);
+  resp->set_expires_in_ms(r.reservation_id != 0 ? ttl : 0);
+  bool any_full = false;
+  for (const absl::Status& st : r.status) {
+    ToBlockStatus(st, resp->add_slots()->mutable_status());
+    any_full |= st.code() == absl::StatusCode::kResourceExhausted;
+  }
+  if (any_full) spdlog::warn("warm tier full: put of {} blocks partly refused", blocks.size());
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext*, const v1::CommitPutRequest* req,
+                                         v1::CommitPutResponse* resp) {
+  CallScope call(metrics_, Op::kCommitPut);
+  if (static_cast<uint64_t>(req->blocks_size()) > config_.max_keys_per_call) {
+    return call.Done(absl::InvalidArgumentError(absl::StrCat(
+        "blocks: ", req->blocks_size(), " exceed max_keys_per_call ", config_.max_keys_per_call)));
+  }
+  std::vector<WarmTier::CommitBlock> blocks;
+  blocks.reserve(req->blocks_size());
+  uint64_t bytes = 0;
+  for (int i = 0; i < req->blocks_size(); ++i) {
+    const v1::CommitBlock& b = req->blocks(i);
+    absl::StatusOr<ChainHash> h =
+        ChainHash::FromBytes(b.chain_hash(), absl::StrCat("blocks[", i, "].chain_hash"));
+    if (!h.ok()) return call.Done(h.status());
+    const auto* data = reinterpret_cast<const uint8_t*>(b.payload().data());
+    blocks.push_back({*h, b.checksum(), {data, b.payload().size()}});
+    bytes += b.payload().size();
+  }
+  absl::StatusOr<std::vector<absl::Status>> r = warm_->CommitPut(req->reservation_id(), blocks);
+  if (!r.ok()) return call.Done(r.status());
+  metrics_->AddInlineBytes(true, bytes);
+  for (const absl::Status& st : *r) ToBlockStatus(st, resp->add_results());
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::AbortPut(grpc::ServerContext*, const v1::AbortPutRequest* req,
+                                        v1::AbortPutResponse*) {
+  CallScope call(metrics_, Op::kAbortPut);
+  return call.Done(warm_->AbortPut(req->reservation_id()));
+}
+
+grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGetRequest* req,
+                                        v1::BeginGetResponse* resp) {
+  CallScope call(metrics_, Op::kBeginGet);
+  std::vector<ChainHash> hashes;
+  std::string scope;
+  absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
+                                "chain_hashes", &hashes, &scope, nullptr);
+  if (!s.ok()) return call.Done(s);
+  if (s = ValidateTtl(req->lease_ms(), "lease_ms"); !s.ok()) return call.Done(s);
+  uint64_t ttl = req->lease_ms() != 0 ? req->lease_ms() : config_.lease_ttl_ms;
+  for (size_t i = 0; i < hashes.size(); ++i) resp->add_blocks();
+  WarmTier::CopySink sink;
+  if (req->include_payload()) {
+    sink = [resp](size_t i, uint64_t size) {
+      std::string* p = resp->mutable_blocks(static_cast<int>(i))->mutable_payload();
+      p->resize(size);
+      return reinterpret_cast<uint8_t*>(p->data());
+    };
+  }
+  WarmTier::GetResult r = warm_->BeginGet(req->namespace_id(), scope, hashes, ttl, sink,
+                                          config_.max_inline_bytes);
+  resp->set_lease_id(r.lease_id);
+  resp->set_expires_in_ms(r.lease_id != 0 ? ttl : 0);
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    v1::GetBlock* b = resp->mutable_blocks(static_cast<int>(i));
+    ToBlockStatus(r.status[i], b->mutable_status());
+    if (!r.status[i].ok()) {
+      b->clear_payload();  // never hand out bytes that failed verification
+      if (r.status[i].code() == absl::StatusCode::kDataLoss) {
+        spdlog::error("DATA_LOSS: block {} of namespace 0x{:016x} failed its checksum; dropped",
+                      hashes[i].ToHex(), req->namespace_id());
+      }
+      continue;
+    }
+    b->set_tier(WarmTierProto());
+    b->set_size(r.blocks[i].size);
+    b->set_checksum(r.blocks[i].checksum);
+    bytes += b->payload().size();
+  }
+  metrics_->AddInlineBytes(false, bytes);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::EndGet(grpc::ServerContext*, const v1::EndGetRequest* req,
+                                      v1::EndGetResponse*) {
+  CallScope call(metrics_, Op::kEndGet);
+  return call.Done(warm_->EndGet(req->lease_id()));
+}
+
+grpc::Status StoreServiceImpl::Delete(grpc::ServerContext*, const v1::DeleteRequest* req,
+                                      v1::DeleteResponse* resp) {
+  CallScope call(metrics_, Op::kDelete);
+  std::vector<ChainHash> hashes;
+  std::string scope;
+  absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
+                                "chain_hashes", &hashes, &scope, nullptr);
+  if (!s.ok()) return call.Done(s);
+  resp->set_deleted(static_cast<uint32_t>(warm_->Delete(req->namespace_id(), scope, hashes)));
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::Stats(grpc::ServerContext*, const v1::StatsRequest*,
+                                     v1::StatsResponse* resp) {
+  CallScope call(metrics_, Op::kStats);
+  WarmTierStats s = warm_->Stats();
+  resp->set_node_id(config_.node_id);
+  v1::TierStats* t = resp->add_tiers();
+  t->set_tier(v1::TIER_WARM);
+  t->set_blocks(s.blocks);
+  t->set_bytes(s.payload_bytes);
+  t->set_capacity_bytes(s.capacity_bytes);
+  t->set_used_bytes(s.used_bytes);
+  resp->set_hits(s.hits);
+  resp->set_misses(s.misses);
+  resp->set_evictions(s.evictions);
+  resp->set_leases(s.leases);
+  resp->set_reservations(s.reservations);
+  resp->set_namespaces(s.namespaces);
+  resp->set_data_loss(s.data_loss);
+  resp->set_max_keys_per_call(static_cast<uint32_t>(config_.max_keys_per_call));
+  resp->set_max_block_bytes(config_.max_block_bytes);
+  resp->set_max_inline_bytes(config_.max_inline_bytes);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::InjectFault(grpc::ServerContext*,
+                                           const v1::InjectFaultRequest* req,
+                                           v1::InjectFaultResponse*) {
+  CallScope call(metrics_, Op::kInjectFault);
+  if (!config_.debug_fault_injection) {
+    return call.Done(absl::FailedPreconditionError(
+        "InjectFault: node runs without --debug-fault-injection"));
+  }
+  absl::StatusOr<ChainHash> h = ChainHash::FromBytes(req->chain_hash(), "chain_hash");
+  if (!h.ok()) return call.Done(h.status());
+  std::string scope = req->scope().empty() ? std::string(kDefaultScope) : req->scope();
+  absl::Status s =
+      warm_->CorruptForTest(BlockKey{req->namespace_id(), scope, *h}, req->flip_byte_offset());
+  if (s.ok()) spdlog::warn("fault injected: flipped byte {} of {}", req->flip_byte_offset(),
+                           h->ToHex());
+  return call.Done(s);
+}
+
+}  // namespace strata::storenode

@@ -1,0 +1,497 @@
+#include "strata/storenode/warm_tier.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "strata/common/byte_size.h"
+#include "strata/common/checksum.h"
+
+namespace strata::storenode {
+
+struct WarmTier::Entry {
+  enum class State { kReserved, kCommitting, kCommitted };
+  BlockKey key;
+  Slot slot;
+  uint64_t size = 0;
+  uint64_t checksum = 0;
+  State state = State::kReserved;
+  uint32_t pins = 0;
+  uint64_t last_tick = 0;
+  std::list<Entry*>::iterator lru_pos;  // valid while committed and in the index
+};
+
+struct WarmTier::Reservation {
+  int64_t expires_ms = 0;
+  bool committing = false;
+  std::vector<Entry*> entries;
+};
+
+struct WarmTier::Lease {
+  int64_t expires_ms = 0;
+  std::vector<Entry*> entries;
+};
+
+namespace {
+
+int64_t SteadyNowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WarmTier>> WarmTier::Create(WarmTierOptions options) {
+  absl::StatusOr<std::unique_ptr<SlabArena>> arena =
+      SlabArena::Create(options.capacity_bytes, options.max_block_bytes, options.prefault);
+  if (!arena.ok()) return arena.status();
+  if (!options.now_ms) options.now_ms = SteadyNowMs;
+  return std::unique_ptr<WarmTier>(new WarmTier(std::move(options), std::move(*arena)));
+}
+
+WarmTier::WarmTier(WarmTierOptions options, std::unique_ptr<SlabArena> arena)
+    : options_(std::move(options)), arena_(std::move(arena)) {
+  lru_.resize(arena_->num_classes());
+  slot_owner_.resize(arena_->num_pages());
+}
+
+WarmTier::~WarmTier() = default;
+
+absl::StatusOr<NamespaceId> WarmTier::RegisterNamespace(const NamespaceSpec& spec) {
+  if (absl::Status s = ValidateNamespaceSpec(spec); !s.ok()) return s;
+  if (spec.block_bytes > options_.max_block_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.block_bytes: ", spec.block_bytes, " exceeds this node's max_block_bytes ",
+                     options_.max_block_bytes));
+  }
+  NamespaceId id = ComputeNamespaceId(spec);
+  absl::MutexLock lock(&mu_);
+  auto it = namespaces_.find(id);
+  if (it != namespaces_.end()) {
+    // Same identity; a writer with larger blocks widens the admission limit.
+    it->second.block_bytes = std::max(it->second.block_bytes, spec.block_bytes);
+    return id;
+  }
+  if (namespaces_.size() >= options_.max_namespaces) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("namespaces: node holds its maximum of ", options_.max_namespaces));
+  }
+  namespaces_.emplace(id, spec);
+  return id;
+}
+
+absl::StatusOr<NamespaceSpec> WarmTier::GetNamespace(NamespaceId id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = namespaces_.find(id);
+  if (it == namespaces_.end()) {
+    return absl::NotFoundError(
+        absl::StrFormat("namespace_id 0x%016x: not registered (call RegisterNamespace)", id));
+  }
+  return it->second;
+}
+
+void WarmTier::TouchLocked(Entry* e) {
+  e->last_tick = ++tick_;
+  std::list<Entry*>& lru = lru_[e->slot.size_class];
+  lru.splice(lru.end(), lru, e->lru_pos);
+}
+
+void WarmTier::FreeSlotLocked(Entry* e) {
+  slot_owner_[e->slot.page][e->slot.index] = nullptr;
+  arena_->Free(e->slot);
+  used_bytes_ -= arena_->ClassBytes(e->slot.size_class);
+}
+
+void WarmTier::RemoveLocked(Entry* e) {
+  if (e->state == Entry::State::kCommitted) {
+    lru_[e->slot.size_class].erase(e->lru_pos);
+    --committed_;
+    payload_bytes_ -= e->size;
+  }
+  auto node = index_.extract(e->key);
+  if (e->pins == 0) {
+    FreeSlotLocked(e);
+    return;  // node (and the entry) destroyed here
+  }
+  doomed_.emplace(e, std::move(node.mapped()));
+}
+
+void WarmTier::UnpinLocked(Entry* e) {
+  if (--e->pins > 0) return;
+  --pinned_;
+  auto it = doomed_.find(e);
+  if (it != doomed_.end()) {
+    FreeSlotLocked(e);
+    doomed_.erase(it);
+  }
+}
+
+bool WarmTier::EvictOneLocked(uint16_t size_class) {
+  for (Entry* e : lru_[size_class]) {
+    if (e->pins == 0) {
+      RemoveLocked(e);
+      evictions_.fetch_add(1, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool WarmTier::ReclaimPageLocked() {
+  // The page whose newest block is oldest, among pages holding only unpinned committed
+  // blocks: emptying it returns a whole page to the pool for any class.
+  int64_t best = -1;
+  uint64_t best_tick = UINT64_MAX;
+  for (uint32_t page = 0; page < arena_->num_pages(); ++page) {
+    if (arena_->PageClass(page) < 0) continue;
+    uint64_t newest = 0;
+    bool movable = true;
+    for (Entry* e : slot_owner_[page]) {
+      if (e == nullptr) continue;
+      if (e->state != Entry::State::kCommitted || e->pins > 0) {
+        movable = false;
+        break;
+      }
+      newest = std::max(newest, e->last_tick);
+    }
+    if (movable && newest < best_tick) {
+      best_tick = newest;
+      best = page;
+    }
+  }
+  if (best < 0) return false;
+  std::vector<Entry*> victims;
+  for (Entry* e : slot_owner_[best]) {
+    if (e != nullptr) victims.push_back(e);
+  }
+  for (Entry* e : victims) RemoveLocked(e);
+  evictions_.fetch_add(victims.size(), std::memory_order_relaxed);
+  return true;
+}
+
+std::optional<Slot> WarmTier::AllocateLocked(uint16_t size_class) {
+  for (;;) {
+    if (std::optional<Slot> s = arena_->Allocate(size_class)) return s;
+    if (EvictOneLocked(size_class)) continue;
+    if (ReclaimPageLocked()) continue;
+    return std::nullopt;
+  }
+}
+
+std::vector<WarmTier::BlockMeta> WarmTier::Lookup(NamespaceId ns, const std::string& scope,
+                                                  std::span<const ChainHash> hashes) {
+  std::vector<BlockMeta> out;
+  absl::MutexLock lock(&mu_);
+  std::vector<Entry*> found;
+  BlockKey key{ns, scope, {}};
+  for (const ChainHash& h : hashes) {
+    key.hash = h;
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second->state != Entry::State::kCommitted) break;
+    found.push_back(it->second.get());
+    out.push_back({it->second->size, it->second->checksum});
+  }
+  // Touch descendants first so a chain's ancestors are its most recently used blocks:
+  // plain LRU then evicts from the tail of a prefix, never orphaning its descendants.
+  for (auto it = found.rbegin(); it != found.rend(); ++it) TouchLocked(*it);
+  hits_.fetch_add(found.size(), std::memory_order_relaxed);
+  misses_.fetch_add(hashes.size() - found.size(), std::memory_order_relaxed);
+  return out;
+}
+
+WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& scope,
+                                           std::span<const PutBlock> blocks, uint64_t ttl_ms) {
+  ReserveResult result;
+  result.status.reserve(blocks.size());
+  auto reservation = std::make_unique<Reservation>();
+  absl::MutexLock lock(&mu_);
+  for (const PutBlock& b : blocks) {
+    BlockKey key{ns, scope, b.hash};
+    auto it = index_.find(key);
+    if (it != index_.end()) {
+      result.status.push_back(absl::AlreadyExistsError(
+          it->second->state == Entry::State::kCommitted ? "present" : "being written"));
+      continue;
+    }
+    uint16_t cls = arena_->ClassFor(b.size);
+    std::optional<Slot> slot = AllocateLocked(cls);
+    if (!slot) {
+      result.status.push_back(absl::ResourceExhaustedError(absl::StrCat(
+          "warm tier full: ", FormatByteSize(arena_->capacity_bytes()),
+          " all pinned or reserved; no room for a ", FormatByteSize(b.size), " block")));
+      continue;
+    }
+    auto entry = std::make_unique<Entry>();
+    entry->key = key;
+    entry->slot = *slot;
+    entry->size = b.size;
+    std::vector<Entry*>& owners = slot_owner_[slot->page];
+    uint32_t slots = arena_->SlotsPerPage(cls);
+    if (owners.size() != slots) owners.assign(slots, nullptr);
+    owners[slot->index] = entry.get();
+    used_bytes_ += arena_->ClassBytes(cls);
+    reservation->entries.push_back(entry.get());
+    index_.emplace(std::move(key), std::move(entry));
+    result.status.push_back(absl::OkStatus());
+  }
+  if (!reservation->entries.empty()) {
+    reservation->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
+    result.reservation_id = next_id_++;
+    reservations_.emplace(result.reservation_id, std::move(reservation));
+  }
+  return result;
+}
+
+void WarmTier::ReleaseReservationLocked(Reservation& r) {
+  for (Entry* e : r.entries) {
+    if (e->state != Entry::State::kCommitted) RemoveLocked(e);
+  }
+  r.entries.clear();
+}
+
+absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(
+    uint64_t reservation_id, std::span<const CommitBlock> blocks) {
+  std::vector<absl::Status> results(blocks.size());
+  std::vector<Entry*> targets(blocks.size(), nullptr);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = reservations_.find(reservation_id);
+    if (it == reservations_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("reservation_id ", reservation_id, ": unknown or expired"));
+    }
+    Reservation& r = *it->second;
+    if (r.committing) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("reservation_id ", reservation_id, ": a commit is already in progress"));
+    }
+    r.committing = true;  // the reaper leaves it alone while bytes are copied
+    absl::flat_hash_map<ChainHash, Entry*> by_hash;
+    for (Entry* e : r.entries) by_hash.emplace(e->key.hash, e);
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      auto e = by_hash.find(blocks[i].hash);
+      if (e == by_hash.end()) {
+        results[i] = absl::FailedPreconditionError(absl::StrCat(
+            "blocks[", i, "].chain_hash: not reserved by reservation ", reservation_id));
+      } else if (e->second->state != Entry::State::kReserved) {
+        results[i] = absl::InvalidArgumentError(
+            absl::StrCat("blocks[", i, "].chain_hash: named twice in one commit"));
+      } else if (blocks[i].payload.size() != e->second->size) {
+        results[i] = absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].payload: ",
+                                                             blocks[i].payload.size(),
+                                                             " bytes, reserved ", e->second->size));
+      } else {
+        e->second->state = Entry::State::kCommitting;
+        targets[i] = e->second;
+      }
+    }
+  }
+  // Copy and verify outside the lock: the slots belong to this reservation alone.
+  std::vector<bool> intact(blocks.size(), false);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (targets[i] == nullptr) continue;
+    uint8_t* dst = arena_->Address(targets[i]->slot);
+    std::memcpy(dst, blocks[i].payload.data(), blocks[i].payload.size());
+    intact[i] = BlockChecksum(dst, blocks[i].payload.size()) == blocks[i].checksum;
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(reservation_id);
+  Reservation& r = *it->second;
+  for (size_t i = blocks.size(); i > 0; --i) {
+    Entry* e = targets[i - 1];
+    if (e == nullptr) continue;
+    if (!intact[i - 1]) {
+      results[i - 1] = absl::DataLossError(absl::StrFormat(
+          "blocks[%d]: checksum of the bytes that landed differs from 0x%016x", i - 1,
+          blocks[i - 1].checksum));
+      data_loss_.fetch_add(1, std::memory_order_relaxed);
+      continue;  // released below with the rest of the reservation
+    }
+    e->checksum = blocks[i - 1].checksum;
+    e->state = Entry::State::kCommitted;
+    std::list<Entry*>& lru = lru_[e->slot.size_class];
+    e->lru_pos = lru.insert(lru.end(), e);
+    e->last_tick = ++tick_;
+    ++committed_;
+    payload_bytes_ += e->size;
+  }
+  ReleaseReservationLocked(r);
+  reservations_.erase(it);
+  return results;
+}
+
+absl::Status WarmTier::AbortPut(uint64_t reservation_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(reservation_id);
+  if (it == reservations_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("reservation_id ", reservation_id, ": unknown or expired"));
+  }
+  if (it->second->committing) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("reservation_id ", reservation_id, ": a commit is in progress"));
+  }
+  ReleaseReservationLocked(*it->second);
+  reservations_.erase(it);
+  return absl::OkStatus();
+}
+
+WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
+                                       std::span<const ChainHash> hashes, uint64_t ttl_ms,
+                                       const CopySink& sink, uint64_t max_copy_bytes) {
+  GetResult result;
+  result.status.resize(hashes.size());
+  result.blocks.resize(hashes.size());
+  std::vector<Entry*> pinned(hashes.size(), nullptr);
+  {
+    absl::MutexLock lock(&mu_);
+    uint64_t copy_bytes = 0;
+    uint64_t found = 0;
+    BlockKey key{ns, scope, {}};
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      key.hash = hashes[i];
+      auto it = index_.find(key);
+      if (it == index_.end() || it->second->state != Entry::State::kCommitted) {
+        result.status[i] = absl::NotFoundError("not present");
+        continue;
+      }
+      Entry* e = it->second.get();
+      ++found;
+      if (sink && copy_bytes + e->size > max_copy_bytes) {
+        result.status[i] = absl::ResourceExhaustedError(absl::StrCat(
+            "inline limit of ", max_copy_bytes, " bytes per call reached; ask again"));
+        continue;
+      }
+      copy_bytes += e->size;
+      if (e->pins++ == 0) ++pinned_;
+      pinned[i] = e;
+      result.blocks[i] = {e->size, e->checksum};
+    }
+    for (size_t i = hashes.size(); i > 0; --i) {
+      if (pinned[i - 1] != nullptr) TouchLocked(pinned[i - 1]);
+    }
+    hits_.fetch_add(found, std::memory_order_relaxed);
+    misses_.fetch_add(hashes.size() - found, std::memory_order_relaxed);
+  }
+  // Pinned blocks cannot move or be freed; copy them without the lock. The checksum is
+  // taken over the copy, so what is verified is exactly what the caller receives.
+  std::vector<bool> corrupt(hashes.size(), false);
+  if (sink) {
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      if (pinned[i] == nullptr) continue;
+      uint8_t* dst = sink(i, result.blocks[i].size);
+      if (dst == nullptr) continue;
+      std::memcpy(dst, arena_->Address(pinned[i]->slot), result.blocks[i].size);
+      corrupt[i] = BlockChecksum(dst, result.blocks[i].size) != result.blocks[i].checksum;
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  auto lease = std::make_unique<Lease>();
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    Entry* e = pinned[i];
+    if (e == nullptr) continue;
+    if (corrupt[i]) {
+      result.status[i] = absl::DataLossError(
+          "stored bytes fail their checksum; block dropped (never served)");
+      data_loss_.fetch_add(1, std::memory_order_relaxed);
+      auto it = index_.find(e->key);
+      if (it != index_.end() && it->second.get() == e) RemoveLocked(e);
+      UnpinLocked(e);
+      continue;
+    }
+    lease->entries.push_back(e);
+  }
+  if (!lease->entries.empty()) {
+    lease->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
+    result.lease_id = next_id_++;
+    leases_.emplace(result.lease_id, std::move(lease));
+  }
+  return result;
+}
+
+absl::Status WarmTier::EndGet(uint64_t lease_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end()) {
+    return absl::NotFoundError(absl::StrCat("lease_id ", lease_id, ": unknown or expired"));
+  }
+  for (Entry* e : it->second->entries) UnpinLocked(e);
+  leases_.erase(it);
+  return absl::OkStatus();
+}
+
+uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
+                          std::span<const ChainHash> hashes) {
+  uint64_t deleted = 0;
+  absl::MutexLock lock(&mu_);
+  BlockKey key{ns, scope, {}};
+  for (const ChainHash& h : hashes) {
+    key.hash = h;
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second->state != Entry::State::kCommitted) continue;
+    RemoveLocked(it->second.get());
+    ++deleted;
+  }
+  return deleted;
+}
+
+uint64_t WarmTier::ExpireNow() {
+  int64_t now = options_.now_ms();
+  uint64_t expired = 0;
+  absl::MutexLock lock(&mu_);
+  for (auto it = reservations_.begin(); it != reservations_.end();) {
+    if (!it->second->committing && it->second->expires_ms <= now) {
+      ReleaseReservationLocked(*it->second);
+      reservations_.erase(it++);
+      ++expired;
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    if (it->second->expires_ms <= now) {
+      for (Entry* e : it->second->entries) UnpinLocked(e);
+      leases_.erase(it++);
+      ++expired;
+    } else {
+      ++it;
+    }
+  }
+  return expired;
+}
+
+absl::Status WarmTier::CorruptForTest(const BlockKey& key, uint64_t offset) {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second->state != Entry::State::kCommitted) {
+    return absl::NotFoundError("block not present");
+  }
+  if (offset >= it->second->size) {
+    return absl::OutOfRangeError(
+        absl::StrCat("flip_byte_offset ", offset, " >= block size ", it->second->size));
+  }
+  arena_->Address(it->second->slot)[offset] ^= 0xff;
+  return absl::OkStatus();
+}
+
+WarmTierStats WarmTier::Stats() const {
+  WarmTierStats s;
+  absl::MutexLock lock(&mu_);
+  s.blocks = committed_;
+  s.payload_bytes = payload_bytes_;
+  s.used_bytes = used_bytes_;
+  s.capacity_bytes = arena_->capacity_bytes();
+  s.leases = leases_.size();
+  s.pinned_blocks = pinned_;
+  s.reservations = reservations_.size();
+  s.namespaces = namespaces_.size();
+  s.hits = hits_.load(std::memory_order_relaxed);
+  s.misses = misses_.load(std::memory_order_relaxed);
+  s.evictions = evictions_.load(std::memory_order_relaxed);
+  s.data_loss = data_loss_.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace strata::storenode

@@ -1,0 +1,528 @@
+// Store node + client library across real processes: round trips, prefix lookups, leases,
+// reservations, budgets, malformed requests, checksums, metrics, failure and shutdown.
+#include <signal.h>
+
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "strata/client/store_client.h"
+#include "strata/common/checksum.h"
+#include "strata/testutil/node_process.h"
+#include "strata/testutil/status_matchers.h"
+#include "strata/v1/store.grpc.pb.h"
+
+namespace strata {
+namespace {
+
+using client::BlockRead;
+using client::BlockWrite;
+using client::StoreClient;
+using testutil::IsOk;
+using testutil::NodeProcess;
+using testutil::StatusIs;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kBlock = 64 * 1024;
+
+NamespaceSpec TestSpec(uint64_t block_bytes = 1 << 20) {
+  NamespaceSpec spec;
+  spec.model_id = "test-model";
+  spec.dtype = "fp16";
+  spec.layout = "test-layout";
+  spec.block_tokens = 16;
+  spec.block_bytes = block_bytes;
+  return spec;
+}
+
+// Deterministic pseudo-random bytes for block `seed`.
+std::vector<uint8_t> Payload(uint64_t seed, size_t size) {
+  std::vector<uint8_t> out(size);
+  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 1);
+  for (size_t i = 0; i < size; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, std::min<size_t>(8, size - i));
+  }
+  return out;
+}
+
+// Chain hashes of `n` blocks of distinct prompt `prompt`.
+std::vector<ChainHash> Chain(const client::Namespace& ns, uint32_t prompt, size_t n) {
+  std::vector<uint32_t> tokens(n * ns.spec.block_tokens);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = prompt * 100000 + static_cast<uint32_t>(i);
+  return *ns.HashTokens(tokens);
+}
+
+struct Node {
+  std::unique_ptr<NodeProcess> process;
+  std::unique_ptr<StoreClient> client;
+  client::Namespace ns;
+};
+
+Node StartNode(std::vector<std::string> args) {
+  Node n;
+  auto p = NodeProcess::Start(args);
+  EXPECT_THAT(p, IsOk());
+  if (!p.ok()) return n;
+  n.process = std::move(*p);
+  auto c = StoreClient::Connect({.address = n.process->grpc_address()});
+  EXPECT_THAT(c, IsOk());
+  if (!c.ok()) return n;
+  n.client = std::move(*c);
+  auto ns = n.client->RegisterNamespace(TestSpec());
+  EXPECT_THAT(ns, IsOk());
+  if (ns.ok()) n.ns = *ns;
+  return n;
+}
+
+std::unique_ptr<v1::StoreService::Stub> RawStub(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(1 << 30);
+  args.SetMaxSendMessageSize(1 << 30);
+  return v1::StoreService::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+
+absl::Status PutBlocks(Node& n, const std::vector<ChainHash>& hashes, size_t size,
+                       uint64_t seed_base) {
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<BlockWrite> writes;
+  for (size_t i = 0; i < hashes.size(); ++i) data.push_back(Payload(seed_base + i, size));
+  for (size_t i = 0; i < hashes.size(); ++i) writes.push_back({hashes[i], data[i].data(), size});
+  auto r = n.client->Put(n.ns, "", writes);
+  if (!r.ok()) return r.status();
+  for (const absl::Status& s : r->blocks) {
+    if (!s.ok() && s.code() != absl::StatusCode::kAlreadyExists) return s;
+  }
+  return absl::OkStatus();
+}
+
+class StoreNodeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    shared_ = new Node(StartNode({"--warm-bytes", "256MiB", "--max-block-bytes", "4MiB",
+                                  "--debug-fault-injection"}));
+  }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  static Node* shared_;
+};
+Node* StoreNodeTest::shared_ = nullptr;
+
+TEST_F(StoreNodeTest, RoundTripIsBitExactForAwkwardSizes) {
+  Node& n = *shared_;
+  ASSERT_NE(n.client, nullptr);
+  const std::vector<size_t> sizes = {1, 63, 64, 4097, kBlock, (1 << 20) - 1, 1 << 20};
+  std::vector<ChainHash> hashes = Chain(n.ns, 1, sizes.size());
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<BlockWrite> writes;
+  for (size_t i = 0; i < sizes.size(); ++i) data.push_back(Payload(i, sizes[i]));
+  for (size_t i = 0; i < sizes.size(); ++i) writes.push_back({hashes[i], data[i].data(), sizes[i]});
+  auto put = n.client->Put(n.ns, "", writes);
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->stored, sizes.size());
+
+  std::vector<std::vector<uint8_t>> out(sizes.size(), std::vector<uint8_t>(1 << 20, 0xee));
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < sizes.size(); ++i) reads.push_back({hashes[i], out[i].data(), 1 << 20});
+  auto got = n.client->Get(n.ns, "", reads);
+  ASSERT_THAT(got, IsOk());
+  ASSERT_EQ(got->fetched, sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    ASSERT_EQ(got->sizes[i], sizes[i]);
+    EXPECT_EQ(0, std::memcmp(out[i].data(), data[i].data(), sizes[i])) << "block " << i;
+  }
+}
+
+TEST_F(StoreNodeTest, SecondPutOfSameBlocksIsDeduplicated) {
+  Node& n = *shared_;
+  std::vector<ChainHash> hashes = Chain(n.ns, 2, 4);
+  ASSERT_THAT(PutBlocks(n, hashes, kBlock, 20), IsOk());
+  std::vector<uint8_t> other = Payload(999, kBlock);
+  std::vector<BlockWrite> writes;
+  for (const ChainHash& h : hashes) writes.push_back({h, other.data(), kBlock});
+  auto again = n.client->Put(n.ns, "", writes);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->stored, 0u);
+  EXPECT_EQ(again->already_present, 4u);
+  // The first writer's bytes stay.
+  std::vector<uint8_t> out(kBlock);
+  BlockRead read{hashes[0], out.data(), kBlock};
+  auto got = n.client->Get(n.ns, "", {&read, 1});
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ(out, Payload(20, kBlock));
+}
+
+TEST_F(StoreNodeTest, LookupStopsAtFirstMissingBlock) {
+  Node& n = *shared_;
+  std::vector<ChainHash> hashes = Chain(n.ns, 3, 6);
+  std::vector<ChainHash> stored = {hashes[0], hashes[1], hashes[2], hashes[4], hashes[5]};
+  ASSERT_THAT(PutBlocks(n, stored, kBlock, 30), IsOk());
+  auto r = n.client->Lookup(n.ns, "", hashes);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->matched_blocks, 3u);
+  ASSERT_EQ(r->blocks.size(), 3u);
+  EXPECT_EQ(r->blocks[0].tier, client::Tier::kWarm);
+  EXPECT_EQ(r->blocks[0].size, kBlock);
+  // Tokens path: the same prompt hashed by the client library matches too.
+  std::vector<uint32_t> tokens(3 * 16);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = 3 * 100000 + static_cast<uint32_t>(i);
+  auto t = n.client->LookupTokens(n.ns, "", tokens);
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ(t->matched_blocks, 3u);
+}
+
+TEST_F(StoreNodeTest, ScopesAreSeparateKeySpaces) {
+  Node& n = *shared_;
+  std::vector<ChainHash> hashes = Chain(n.ns, 4, 2);
+  std::vector<uint8_t> data = Payload(40, kBlock);
+  std::vector<BlockWrite> writes = {{hashes[0], data.data(), kBlock},
+                                    {hashes[1], data.data(), kBlock}};
+  ASSERT_THAT(n.client->Put(n.ns, "tenant-a", writes), IsOk());
+  EXPECT_EQ(n.client->Lookup(n.ns, "tenant-a", hashes)->matched_blocks, 2u);
+  EXPECT_EQ(n.client->Lookup(n.ns, "tenant-b", hashes)->matched_blocks, 0u);
+}
+
+TEST_F(StoreNodeTest, MalformedRequestsNameTheField) {
+  Node& n = *shared_;
+  auto stub = RawStub(n.process->grpc_address());
+  std::string good(32, 'a');
+  auto code = [](const grpc::Status& s) { return static_cast<absl::StatusCode>(s.error_code()); };
+  {
+    v1::LookupRequest req;
+    req.set_namespace_id(n.ns.id);
+    req.add_chain_hashes(good);
+    req.add_chain_hashes(std::string(31, 'b'));
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.error_message(), HasSubstr("chain_hashes[1]: 31 bytes"));
+  }
+  {
+    v1::LookupRequest req;
+    req.set_namespace_id(0x1234);
+    req.add_chain_hashes(good);
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.error_message(), HasSubstr("namespace_id 0x0000000000001234"));
+  }
+  {
+    v1::LookupRequest req;
+    req.set_namespace_id(n.ns.id);
+    for (int i = 0; i < 4097; ++i) req.add_chain_hashes(good);
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.error_message(), HasSubstr("max_keys_per_call"));
+  }
+  for (uint64_t size : {uint64_t{0}, uint64_t{5} << 20}) {
+    v1::BeginPutRequest req;
+    req.set_namespace_id(n.ns.id);
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(good);
+    b->set_size(size);
+    v1::BeginPutResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->BeginPut(&ctx, req, &resp);
+    EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument) << size;
+    EXPECT_THAT(s.error_message(), HasSubstr("blocks[0].size")) << size;
+  }
+  {
+    v1::BeginPutRequest req;
+    req.set_namespace_id(n.ns.id);
+    req.set_scope("Tenant A");
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(good);
+    b->set_size(10);
+    v1::BeginPutResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->BeginPut(&ctx, req, &resp);
+    EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.error_message(), HasSubstr("scope"));
+  }
+  {
+    v1::RegisterNamespaceRequest req;
+    req.mutable_spec()->set_model_id("m");
+    req.mutable_spec()->set_dtype("fp13");
+    req.mutable_spec()->set_layout("l");
+    req.mutable_spec()->set_block_tokens(16);
+    req.mutable_spec()->set_tp_size(1);
+    req.mutable_spec()->set_block_bytes(1024);
+    v1::RegisterNamespaceResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->RegisterNamespace(&ctx, req, &resp);
+    EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.error_message(), HasSubstr("dtype"));
+  }
+  // Still serving after all of that.
+  EXPECT_THAT(n.client->Stats(), IsOk());
+}
+
+TEST_F(StoreNodeTest, InlineBatchOverLimitIsResourceExhaustedAndClientSplits) {
+  Node& n = *shared_;
+  auto stub = RawStub(n.process->grpc_address());
+  v1::BeginPutRequest req;
+  req.set_namespace_id(n.ns.id);
+  std::vector<ChainHash> hashes = Chain(n.ns, 5, 80);
+  for (const ChainHash& h : hashes) {
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(h.ToBytes());
+    b->set_size(1 << 20);  // 80 MiB > 64 MiB max_inline_bytes
+  }
+  v1::BeginPutResponse resp;
+  grpc::ClientContext ctx;
+  grpc::Status s = stub->BeginPut(&ctx, req, &resp);
+  EXPECT_EQ(static_cast<absl::StatusCode>(s.error_code()), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.error_message(), HasSubstr("max_inline_bytes"));
+  // The client library splits the same batch into parts within the limit.
+  ASSERT_THAT(PutBlocks(n, hashes, 1 << 20, 500), IsOk());
+  EXPECT_EQ(n.client->Lookup(n.ns, "", hashes)->matched_blocks, 80u);
+}
+
+TEST_F(StoreNodeTest, CorruptedBytesInMemoryAreDataLossNeverWrongBytes) {
+  Node& n = *shared_;
+  std::vector<ChainHash> hashes = Chain(n.ns, 6, 3);
+  ASSERT_THAT(PutBlocks(n, hashes, kBlock, 60), IsOk());
+  auto stub = RawStub(n.process->grpc_address());
+  v1::InjectFaultRequest fault;
+  fault.set_namespace_id(n.ns.id);
+  fault.set_chain_hash(hashes[1].ToBytes());
+  fault.set_flip_byte_offset(12345);
+  v1::InjectFaultResponse fault_resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub->InjectFault(&ctx, fault, &fault_resp).ok());
+  uint64_t loss_before = n.client->Stats()->data_loss;
+
+  std::vector<std::vector<uint8_t>> out(3, std::vector<uint8_t>(kBlock, 0xee));
+  std::vector<BlockRead> reads;
+  for (int i = 0; i < 3; ++i) reads.push_back({hashes[i], out[i].data(), kBlock});
+  auto got = n.client->Get(n.ns, "", reads);
+  ASSERT_THAT(got, IsOk());
+  EXPECT_THAT(got->blocks[0], IsOk());
+  EXPECT_THAT(got->blocks[1], StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(got->blocks[2], IsOk());
+  EXPECT_EQ(out[0], Payload(60, kBlock));
+  EXPECT_EQ(out[1], std::vector<uint8_t>(kBlock, 0xee));  // untouched: no wrong byte handed over
+  EXPECT_EQ(out[2], Payload(62, kBlock));
+  // The corrupt block is dropped: the prefix now ends before it.
+  EXPECT_EQ(n.client->Lookup(n.ns, "", hashes)->matched_blocks, 1u);
+  EXPECT_EQ(n.client->Stats()->data_loss, loss_before + 1);
+}
+
+TEST_F(StoreNodeTest, MetricsAndHealthEndpoints) {
+  Node& n = *shared_;
+  ASSERT_THAT(PutBlocks(n, Chain(n.ns, 7, 2), kBlock, 70), IsOk());
+  auto stats = n.client->Stats();
+  ASSERT_THAT(stats, IsOk());
+  auto metrics = testutil::HttpGet(n.process->http_address(), "/metrics");
+  ASSERT_THAT(metrics, IsOk());
+  EXPECT_EQ(metrics->first, 200);
+  EXPECT_THAT(metrics->second, HasSubstr("strata_tier_capacity_bytes{tier=\"warm\""));
+  EXPECT_THAT(metrics->second, HasSubstr("strata_op_latency_seconds_bucket{op=\"begin_put\""));
+  EXPECT_THAT(metrics->second, HasSubstr("strata_lookup_blocks_total{result=\"hit\""));
+  EXPECT_THAT(metrics->second, HasSubstr(absl::StrCat("strata_tier_capacity_bytes{tier=\"warm\","
+                                                      "node=\"node-0\"} ", 256 << 20)));
+  EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/healthz")->first, 200);
+  EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/readyz")->first, 200);
+  EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/nope")->first, 404);
+}
+
+TEST_F(StoreNodeTest, DemoRunsPrefillAndDecodeInOtherProcesses) {
+  Node& n = *shared_;
+  std::string cmd = absl::StrCat(testutil::ProjectBinary("strata"), " demo --node ",
+                                 n.process->grpc_address(), " --prompt-tokens 1024 > /dev/null");
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
+// Nodes with their own configuration.
+
+TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
+  Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB"});
+  ASSERT_NE(n.client, nullptr);
+  std::vector<ChainHash> pinned = Chain(n.ns, 10, 1);
+  ASSERT_THAT(PutBlocks(n, pinned, 1 << 20, 100), IsOk());
+  auto stub = RawStub(n.process->grpc_address());
+  v1::BeginGetRequest get;
+  get.set_namespace_id(n.ns.id);
+  get.add_chain_hashes(pinned[0].ToBytes());
+  get.set_lease_ms(60000);
+  v1::BeginGetResponse lease;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->BeginGet(&ctx, get, &lease).ok());
+  }
+  ASSERT_NE(lease.lease_id(), 0u);
+  // Three times the arena's worth of new blocks, in batches that fit beside the pin.
+  for (uint32_t round = 0; round < 6; ++round) {
+    ASSERT_THAT(PutBlocks(n, Chain(n.ns, 11 + round, 4), 1 << 20, 200 + 10 * round), IsOk());
+  }
+  EXPECT_GT(n.client->Stats()->evictions, 0u);
+  EXPECT_EQ(n.client->Lookup(n.ns, "", pinned)->matched_blocks, 1u) << "pinned block evicted";
+  std::vector<uint8_t> out(1 << 20);
+  BlockRead read{pinned[0], out.data(), out.size()};
+  ASSERT_THAT(n.client->Get(n.ns, "", {&read, 1})->blocks[0], IsOk());
+  EXPECT_EQ(out, Payload(100, 1 << 20));
+  // Once released, the same pressure evicts it.
+  v1::EndGetRequest end;
+  end.set_lease_id(lease.lease_id());
+  v1::EndGetResponse end_resp;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->EndGet(&ctx, end, &end_resp).ok());
+  }
+  for (uint32_t round = 0; round < 6; ++round) {
+    ASSERT_THAT(PutBlocks(n, Chain(n.ns, 30 + round, 4), 1 << 20, 300 + 10 * round), IsOk());
+  }
+  EXPECT_EQ(n.client->Lookup(n.ns, "", pinned)->matched_blocks, 0u);
+}
+
+TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
+  Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB",
+                      "--reservation-ttl", "300ms", "--reaper-interval", "20ms"});
+  ASSERT_NE(n.client, nullptr);
+  std::vector<ChainHash> hashes = Chain(n.ns, 90, 2);
+  auto stub = RawStub(n.process->grpc_address());
+  v1::BeginPutRequest req;
+  req.set_namespace_id(n.ns.id);
+  for (const ChainHash& h : hashes) {
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(h.ToBytes());
+    b->set_size(kBlock);
+  }
+  v1::BeginPutResponse reserved;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->BeginPut(&ctx, req, &reserved).ok());
+  }
+  ASSERT_NE(reserved.reservation_id(), 0u);
+  EXPECT_EQ(n.client->Lookup(n.ns, "", hashes)->matched_blocks, 0u);
+  EXPECT_EQ(n.client->Stats()->reservations, 1u);
+  EXPECT_GT(n.client->Stats()->warm_used_bytes, 0u);
+  // Bounded wait for the reaper.
+  for (int i = 0; i < 250 && n.client->Stats()->reservations != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(n.client->Stats()->reservations, 0u);
+  EXPECT_EQ(n.client->Stats()->warm_used_bytes, 0u);
+  v1::CommitPutRequest commit;
+  commit.set_reservation_id(reserved.reservation_id());
+  std::vector<uint8_t> data = Payload(1, kBlock);
+  v1::CommitBlock* c = commit.add_blocks();
+  c->set_chain_hash(hashes[0].ToBytes());
+  c->set_checksum(BlockChecksum(data.data(), data.size()));
+  c->set_payload(data.data(), data.size());
+  v1::CommitPutResponse done;
+  grpc::ClientContext ctx;
+  grpc::Status s = stub->CommitPut(&ctx, commit, &done);
+  EXPECT_EQ(static_cast<absl::StatusCode>(s.error_code()), absl::StatusCode::kNotFound);
+  EXPECT_EQ(n.client->Lookup(n.ns, "", hashes)->matched_blocks, 0u);
+}
+
+TEST(StoreNodeConfigTest, OverBudgetPutIsResourceExhaustedAndNodeKeepsServing) {
+  Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
+  ASSERT_NE(n.client, nullptr);
+  auto stub = RawStub(n.process->grpc_address());
+  // Hold the whole arena in uncommitted reservations.
+  v1::BeginPutRequest req;
+  req.set_namespace_id(n.ns.id);
+  for (const ChainHash& h : Chain(n.ns, 40, 4)) {
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(h.ToBytes());
+    b->set_size(1 << 20);
+  }
+  v1::BeginPutResponse reserved;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->BeginPut(&ctx, req, &reserved).ok());
+  }
+  for (const auto& slot : reserved.slots()) ASSERT_EQ(slot.status().code(), 0);
+  std::vector<ChainHash> more = Chain(n.ns, 41, 1);
+  std::vector<uint8_t> data = Payload(1, 1 << 20);
+  BlockWrite w{more[0], data.data(), data.size()};
+  auto put = n.client->Put(n.ns, "", {&w, 1});
+  ASSERT_THAT(put, IsOk());
+  EXPECT_THAT(put->blocks[0], StatusIs(absl::StatusCode::kResourceExhausted,
+                                       HasSubstr("warm tier full")));
+  EXPECT_THAT(n.client->Stats(), IsOk());
+  // Releasing the reservations makes room again.
+  v1::AbortPutRequest abort;
+  abort.set_reservation_id(reserved.reservation_id());
+  v1::AbortPutResponse abort_resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub->AbortPut(&ctx, abort, &abort_resp).ok());
+  auto retry = n.client->Put(n.ns, "", {&w, 1});
+  ASSERT_THAT(retry, IsOk());
+  EXPECT_THAT(retry->blocks[0], IsOk());
+}
+
+TEST(StoreNodeConfigTest, FaultInjectionIsRefusedUnlessEnabled) {
+  Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
+  ASSERT_NE(n.client, nullptr);
+  std::vector<ChainHash> hashes = Chain(n.ns, 50, 1);
+  ASSERT_THAT(PutBlocks(n, hashes, kBlock, 50), IsOk());
+  auto stub = RawStub(n.process->grpc_address());
+  v1::InjectFaultRequest fault;
+  fault.set_namespace_id(n.ns.id);
+  fault.set_chain_hash(hashes[0].ToBytes());
+  v1::InjectFaultResponse resp;
+  grpc::ClientContext ctx;
+  grpc::Status s = stub->InjectFault(&ctx, fault, &resp);
+  EXPECT_EQ(static_cast<absl::StatusCode>(s.error_code()), absl::StatusCode::kFailedPrecondition);
+  std::vector<uint8_t> out(kBlock);
+  BlockRead read{hashes[0], out.data(), kBlock};
+  EXPECT_THAT(n.client->Get(n.ns, "", {&read, 1})->blocks[0], IsOk());
+}
+
+TEST(StoreNodeConfigTest, YamlFileAndEnvironmentConfigureTheNode) {
+  std::string path = "/tmp/strata-it-config.yaml";
+  std::ofstream(path) << "warm_bytes: 6MiB\nmax_block_bytes: 1MiB\nnode_id: from-yaml\n";
+  Node n = StartNode({"--config", path});
+  ASSERT_NE(n.client, nullptr);
+  auto stats = n.client->Stats();
+  ASSERT_THAT(stats, IsOk());
+  EXPECT_EQ(stats->warm_capacity_bytes, 6u << 20);
+  EXPECT_EQ(stats->node_id, "from-yaml");
+  EXPECT_EQ(stats->max_block_bytes, 1u << 20);
+  std::remove(path.c_str());
+}
+
+TEST(StoreNodeConfigTest, DeadNodeIsUnavailableNotAHang) {
+  Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
+  ASSERT_NE(n.client, nullptr);
+  std::vector<ChainHash> hashes = Chain(n.ns, 60, 2);
+  ASSERT_THAT(n.process->Stop(SIGKILL), IsOk());
+  auto r = n.client->Lookup(n.ns, "", hashes, {.deadline = absl::Seconds(5)});
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+  auto connect = StoreClient::Connect({.address = n.process->grpc_address(),
+                                       .default_deadline = absl::Seconds(5)});
+  EXPECT_THAT(connect, StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST(StoreNodeConfigTest, SigtermDrainsAndExitsZero) {
+  Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
+  ASSERT_NE(n.client, nullptr);
+  ASSERT_THAT(PutBlocks(n, Chain(n.ns, 70, 2), kBlock, 70), IsOk());
+  auto rc = n.process->Stop(SIGTERM);
+  ASSERT_THAT(rc, IsOk());
+  EXPECT_EQ(*rc, 0);
+}
+
+TEST(StoreNodeConfigTest, BadConfigurationExitsWithUsageError) {
+  auto p = NodeProcess::Start({"--warm-bytes", "1MiB", "--max-block-bytes", "4MiB"},
+                              absl::Seconds(10));
+  EXPECT_THAT(p, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("status 2")));
+}
+
+}  // namespace
+}  // namespace strata
