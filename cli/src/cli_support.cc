@@ -13,17 +13,14 @@ namespace strata::cli {
 void AddNodeFlags(CLI::App& cmd, NodeFlags& f) {
   cmd.add_option("--node", f.node, "Store node HOST:PORT")->capture_default_str();
   cmd.add_option("--scope", f.scope, "Scope (default: the client's default scope)");
-  cmd.add_option("--deadline", f.deadline_s, "Per-call deadline in seconds")
-      ->capture_default_str();
+  cmd.add_option("--deadline", f.deadline_s, "Per-call deadline in seconds")->capture_default_str();
   cmd.add_option("--model-id", f.model_id, "Namespace: model id")->capture_default_str();
   cmd.add_option("--dtype", f.dtype, "Namespace: KV dtype")->capture_default_str();
   cmd.add_option("--layout", f.layout, "Namespace: layout name")->capture_default_str();
   cmd.add_option("--block-tokens", f.block_tokens, "Namespace: tokens per block")
       ->capture_default_str();
-  cmd.add_option("--block-bytes", f.block_bytes, "Namespace: largest block")
-      ->capture_default_str();
-  cmd.add_option("--hash-algorithm", f.hash_algorithm, "sha256 or xxh3-128")
-      ->capture_default_str();
+  cmd.add_option("--block-bytes", f.block_bytes, "Namespace: largest block")->capture_default_str();
+  cmd.add_option("--hash-algorithm", f.hash_algorithm, "sha256 or xxh3-128")->capture_default_str();
   cmd.add_option("--tokens", f.tokens, "Prompt token ids: 1,2,3 or A..B");
   cmd.add_option("--hash", f.hashes, "Chain hash in hex (repeatable), instead of --tokens");
 }

@@ -76,10 +76,11 @@ int RunPrefill(const DemoFlags& f) {
   if (!hashes.ok()) return Fail("demo prefill", hashes.status());
   auto before = client->Lookup(ns, "", *hashes);
   if (!before.ok()) return Fail("demo prefill", before.status());
-  std::printf("[prefill pid %d] prompt of %u tokens = %zu blocks of %s (%s, %u tokens/block); "
-              "%zu already stored\n",
-              getpid(), f.prompt_tokens, hashes->size(), FormatByteSize(block_bytes).c_str(),
-              f.model.c_str(), f.block_tokens, before->matched_blocks);
+  std::printf(
+      "[prefill pid %d] prompt of %u tokens = %zu blocks of %s (%s, %u tokens/block); "
+      "%zu already stored\n",
+      getpid(), f.prompt_tokens, hashes->size(), FormatByteSize(block_bytes).c_str(),
+      f.model.c_str(), f.block_tokens, before->matched_blocks);
   // "Compute" the KV of every block (bytes derived from its chain hash) and store it.
   std::vector<uint8_t> kv(block_bytes * hashes->size());
   std::vector<client::BlockWrite> writes;
@@ -91,10 +92,11 @@ int RunPrefill(const DemoFlags& f) {
   auto put = client->Put(ns, "", writes);
   double secs = Seconds(start);
   if (!put.ok()) return Fail("demo prefill", put.status());
-  std::printf("[prefill pid %d] stored %zu blocks (%zu already present), %s in %.3f s = "
-              "%.2f GB/s\n",
-              getpid(), put->stored, put->already_present, FormatByteSize(kv.size()).c_str(),
-              secs, kv.size() / secs / 1e9);
+  std::printf(
+      "[prefill pid %d] stored %zu blocks (%zu already present), %s in %.3f s = "
+      "%.2f GB/s\n",
+      getpid(), put->stored, put->already_present, FormatByteSize(kv.size()).c_str(), secs,
+      kv.size() / secs / 1e9);
   return put->stored + put->already_present == writes.size() ? 0 : 1;
 }
 
@@ -110,12 +112,14 @@ int RunDecode(const DemoFlags& f) {
   auto found = client->Lookup(ns, "", *hashes);
   if (!found.ok()) return Fail("demo decode", found.status());
   size_t hit = found->matched_blocks;
-  std::printf("[decode pid %d] next turn has %zu tokens = %zu full blocks; lookup: %zu stored "
-              "(prefix hit ratio %.1f%%)\n",
-              getpid(), tokens.size(), hashes->size(), hit, 100.0 * hit / hashes->size());
+  std::printf(
+      "[decode pid %d] next turn has %zu tokens = %zu full blocks; lookup: %zu stored "
+      "(prefix hit ratio %.1f%%)\n",
+      getpid(), tokens.size(), hashes->size(), hit, 100.0 * hit / hashes->size());
   std::vector<uint8_t> buf(block_bytes * hit);
   std::vector<client::BlockRead> reads;
-  for (size_t i = 0; i < hit; ++i) reads.push_back({(*hashes)[i], &buf[i * block_bytes], block_bytes});
+  for (size_t i = 0; i < hit; ++i)
+    reads.push_back({(*hashes)[i], &buf[i * block_bytes], block_bytes});
   auto start = Clock::now();
   auto got = client->Get(ns, "", reads);
   double secs = Seconds(start);
@@ -128,10 +132,11 @@ int RunDecode(const DemoFlags& f) {
     if (std::memcmp(want.data(), &buf[i * block_bytes], block_bytes) != 0) ++wrong;
   }
   uint64_t reused_tokens = static_cast<uint64_t>(hit) * f.block_tokens;
-  std::printf("[decode pid %d] fetched %zu blocks, %s in %.3f s = %.2f GB/s; %zu blocks with "
-              "wrong bytes\n",
-              getpid(), got->fetched, FormatByteSize(buf.size()).c_str(), secs,
-              buf.size() / std::max(secs, 1e-9) / 1e9, wrong);
+  std::printf(
+      "[decode pid %d] fetched %zu blocks, %s in %.3f s = %.2f GB/s; %zu blocks with "
+      "wrong bytes\n",
+      getpid(), got->fetched, FormatByteSize(buf.size()).c_str(), secs,
+      buf.size() / std::max(secs, 1e-9) / 1e9, wrong);
   std::printf("[decode pid %d] reused KV of %llu tokens; prefill left to compute: %zu tokens\n",
               getpid(), static_cast<unsigned long long>(reused_tokens),
               tokens.size() - reused_tokens);
@@ -203,10 +208,19 @@ int RunDemo(DemoFlags f) {
     }
     std::printf("   node listening on %s (pid %d)\n", f.node.c_str(), node_pid);
   }
-  std::vector<std::string> base = {SelfPath(), "demo", "--node", f.node, "--model", f.model,
-                                   "--dtype", f.dtype, "--block-tokens",
-                                   absl::StrCat(f.block_tokens), "--prompt-tokens",
-                                   absl::StrCat(f.prompt_tokens), "--followup-tokens",
+  std::vector<std::string> base = {SelfPath(),
+                                   "demo",
+                                   "--node",
+                                   f.node,
+                                   "--model",
+                                   f.model,
+                                   "--dtype",
+                                   f.dtype,
+                                   "--block-tokens",
+                                   absl::StrCat(f.block_tokens),
+                                   "--prompt-tokens",
+                                   absl::StrCat(f.prompt_tokens),
+                                   "--followup-tokens",
                                    absl::StrCat(f.followup_tokens)};
   std::printf("== prefill worker (own process) computes and stores the prompt's KV blocks\n");
   std::fflush(stdout);

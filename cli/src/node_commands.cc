@@ -30,9 +30,9 @@ int RunPut(const PutFlags& f) {
     if (!in) return Fail("put", absl::InvalidArgumentError("--input: cannot read " + f.input));
     data.assign(std::istreambuf_iterator<char>(in), {});
     if (data.empty() || data.size() % hashes->size() != 0) {
-      return Fail("put", absl::InvalidArgumentError(absl::StrFormat(
-                             "--input: %d bytes do not split evenly into %d blocks", data.size(),
-                             hashes->size())));
+      return Fail("put", absl::InvalidArgumentError(
+                             absl::StrFormat("--input: %d bytes do not split evenly into %d blocks",
+                                             data.size(), hashes->size())));
     }
     size = data.size() / hashes->size();
   } else {
@@ -43,15 +43,16 @@ int RunPut(const PutFlags& f) {
     for (size_t i = 0; i < hashes->size(); ++i) FillBlock((*hashes)[i], &data[i * size], size);
   }
   std::vector<client::BlockWrite> writes;
-  for (size_t i = 0; i < hashes->size(); ++i) writes.push_back({(*hashes)[i], &data[i * size], size});
+  for (size_t i = 0; i < hashes->size(); ++i)
+    writes.push_back({(*hashes)[i], &data[i * size], size});
   auto r = client->Put(ns, f.node.scope, writes);
   if (!r.ok()) return Fail("put", r.status());
   for (size_t i = 0; i < writes.size(); ++i) {
     std::printf("%s %s\n", writes[i].hash.ToHex().c_str(),
                 r->blocks[i].ok() ? "stored" : r->blocks[i].ToString().c_str());
   }
-  std::printf("%zu stored, %zu already present, %zu blocks of %s\n", r->stored,
-              r->already_present, writes.size(), FormatByteSize(size).c_str());
+  std::printf("%zu stored, %zu already present, %zu blocks of %s\n", r->stored, r->already_present,
+              writes.size(), FormatByteSize(size).c_str());
   return r->stored + r->already_present == writes.size() ? 0 : 1;
 }
 
@@ -79,8 +80,8 @@ int RunGet(const GetFlags& f) {
   if (!f.output.empty()) out.open(f.output, std::ios::binary | std::ios::trunc);
   size_t bad = 0;
   for (size_t i = 0; i < reads.size(); ++i) {
-    std::string what = r->blocks[i].ok() ? absl::StrFormat("ok %d bytes", r->sizes[i])
-                                         : r->blocks[i].ToString();
+    std::string what =
+        r->blocks[i].ok() ? absl::StrFormat("ok %d bytes", r->sizes[i]) : r->blocks[i].ToString();
     if (r->blocks[i].ok() && f.verify_demo) {
       std::vector<uint8_t> want(r->sizes[i]);
       FillBlock(reads[i].hash, want.data(), want.size());
@@ -144,9 +145,8 @@ int RunStats(const std::string& node, bool json) {
   std::printf("  hits %llu, misses %llu, evictions %llu, data loss %llu\n",
               (unsigned long long)s->hits, (unsigned long long)s->misses,
               (unsigned long long)s->evictions, (unsigned long long)s->data_loss);
-  std::printf("  leases %llu, reservations %llu, namespaces %llu\n",
-              (unsigned long long)s->leases, (unsigned long long)s->reservations,
-              (unsigned long long)s->namespaces);
+  std::printf("  leases %llu, reservations %llu, namespaces %llu\n", (unsigned long long)s->leases,
+              (unsigned long long)s->reservations, (unsigned long long)s->namespaces);
   return 0;
 }
 

@@ -18,11 +18,16 @@ using proto::FromGrpc;
 
 Tier FromProtoTier(v1::Tier t) {
   switch (t) {
-    case v1::TIER_HOT: return Tier::kHot;
-    case v1::TIER_WARM: return Tier::kWarm;
-    case v1::TIER_COOL: return Tier::kCool;
-    case v1::TIER_COLD: return Tier::kCold;
-    default: return Tier::kUnknown;
+    case v1::TIER_HOT:
+      return Tier::kHot;
+    case v1::TIER_WARM:
+      return Tier::kWarm;
+    case v1::TIER_COOL:
+      return Tier::kCool;
+    case v1::TIER_COLD:
+      return Tier::kCold;
+    default:
+      return Tier::kUnknown;
   }
 }
 
@@ -128,8 +133,8 @@ class GrpcStoreClient final : public StoreClient {
     if (blocks.empty()) return result;
     auto deadline = Deadline(call);
     std::string sc = Scope(scope);
-    auto parts = SplitBatch(blocks.size(), max_keys_, max_inline_,
-                            [&](size_t i) { return blocks[i].size; });
+    auto parts =
+        SplitBatch(blocks.size(), max_keys_, max_inline_, [&](size_t i) { return blocks[i].size; });
     std::vector<std::future<absl::Status>> pending;
     for (size_t p = 1; p < parts.size(); ++p) {
       pending.push_back(std::async(std::launch::async, [&, p] {
@@ -233,8 +238,8 @@ class GrpcStoreClient final : public StoreClient {
   using Clock = std::chrono::system_clock;
 
   Clock::time_point Deadline(const CallOptions& call) const {
-    absl::Duration d = call.deadline > absl::ZeroDuration() ? call.deadline
-                                                             : options_.default_deadline;
+    absl::Duration d =
+        call.deadline > absl::ZeroDuration() ? call.deadline : options_.default_deadline;
     return Clock::now() + absl::ToChronoMilliseconds(d);
   }
   static void SetDeadline(grpc::ClientContext& ctx, Clock::time_point deadline) {
@@ -275,7 +280,8 @@ class GrpcStoreClient final : public StoreClient {
     commit.set_reservation_id(reserved.reservation_id());
     std::vector<size_t> committed;
     for (size_t i = range.first; i < range.second; ++i) {
-      absl::Status slot = FromBlockStatus(reserved.slots(static_cast<int>(i - range.first)).status());
+      absl::Status slot =
+          FromBlockStatus(reserved.slots(static_cast<int>(i - range.first)).status());
       result->blocks[i] = slot;
       if (!slot.ok()) continue;
       v1::CommitBlock* c = commit.add_blocks();
@@ -326,8 +332,8 @@ class GrpcStoreClient final : public StoreClient {
       const v1::GetBlock& b = resp.blocks(static_cast<int>(i - range.first));
       absl::Status st = FromBlockStatus(b.status());
       if (st.ok() && b.payload().size() != b.size()) {
-        st = absl::DataLossError(absl::StrCat("payload is ", b.payload().size(),
-                                              " bytes, node said ", b.size()));
+        st = absl::DataLossError(
+            absl::StrCat("payload is ", b.payload().size(), " bytes, node said ", b.size()));
       }
       if (st.ok() && BlockChecksum(b.payload().data(), b.payload().size()) != b.checksum()) {
         // End-to-end check: whatever happened on the way, a wrong byte never reaches the
@@ -335,8 +341,8 @@ class GrpcStoreClient final : public StoreClient {
         st = absl::DataLossError("payload failed its checksum after transfer");
       }
       if (st.ok() && b.size() > blocks[i].capacity) {
-        st = absl::OutOfRangeError(absl::StrCat("block is ", b.size(), " bytes, buffer holds ",
-                                                blocks[i].capacity));
+        st = absl::OutOfRangeError(
+            absl::StrCat("block is ", b.size(), " bytes, buffer holds ", blocks[i].capacity));
       }
       if (st.ok()) {
         std::memcpy(blocks[i].buffer, b.payload().data(), b.size());
@@ -384,11 +390,16 @@ class GrpcStoreClient final : public StoreClient {
 
 std::string_view TierName(Tier tier) {
   switch (tier) {
-    case Tier::kHot: return "hot";
-    case Tier::kWarm: return "warm";
-    case Tier::kCool: return "cool";
-    case Tier::kCold: return "cold";
-    case Tier::kUnknown: break;
+    case Tier::kHot:
+      return "hot";
+    case Tier::kWarm:
+      return "warm";
+    case Tier::kCool:
+      return "cool";
+    case Tier::kCold:
+      return "cold";
+    case Tier::kUnknown:
+      break;
   }
   return "unknown";
 }
@@ -412,8 +423,7 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(const ClientOp
   return client;
 }
 
-absl::StatusOr<LookupResult> StoreClient::LookupTokens(const Namespace& ns,
-                                                       std::string_view scope,
+absl::StatusOr<LookupResult> StoreClient::LookupTokens(const Namespace& ns, std::string_view scope,
                                                        std::span<const uint32_t> tokens,
                                                        const CallOptions& call) {
   absl::StatusOr<std::vector<ChainHash>> hashes = ns.HashTokens(tokens);
@@ -425,30 +435,28 @@ std::future<absl::StatusOr<LookupResult>> StoreClient::LookupAsync(const Namespa
                                                                    std::string scope,
                                                                    std::vector<ChainHash> hashes,
                                                                    CallOptions call) {
-  return std::async(std::launch::async, [this, ns, scope = std::move(scope),
-                                         hashes = std::move(hashes), call] {
-    return Lookup(ns, scope, hashes, call);
-  });
+  return std::async(std::launch::async,
+                    [this, ns, scope = std::move(scope), hashes = std::move(hashes), call] {
+                      return Lookup(ns, scope, hashes, call);
+                    });
 }
 
-std::future<absl::StatusOr<PutResult>> StoreClient::PutAsync(const Namespace& ns,
-                                                             std::string scope,
+std::future<absl::StatusOr<PutResult>> StoreClient::PutAsync(const Namespace& ns, std::string scope,
                                                              std::vector<BlockWrite> blocks,
                                                              CallOptions call) {
-  return std::async(std::launch::async, [this, ns, scope = std::move(scope),
-                                         blocks = std::move(blocks), call] {
-    return Put(ns, scope, blocks, call);
-  });
+  return std::async(std::launch::async,
+                    [this, ns, scope = std::move(scope), blocks = std::move(blocks), call] {
+                      return Put(ns, scope, blocks, call);
+                    });
 }
 
-std::future<absl::StatusOr<GetResult>> StoreClient::GetAsync(const Namespace& ns,
-                                                             std::string scope,
+std::future<absl::StatusOr<GetResult>> StoreClient::GetAsync(const Namespace& ns, std::string scope,
                                                              std::vector<BlockRead> blocks,
                                                              CallOptions call) {
-  return std::async(std::launch::async, [this, ns, scope = std::move(scope),
-                                         blocks = std::move(blocks), call] {
-    return Get(ns, scope, blocks, call);
-  });
+  return std::async(std::launch::async,
+                    [this, ns, scope = std::move(scope), blocks = std::move(blocks), call] {
+                      return Get(ns, scope, blocks, call);
+                    });
 }
 
 }  // namespace strata::client

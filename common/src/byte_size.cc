@@ -17,11 +17,20 @@ struct Unit {
 };
 
 constexpr Unit kUnits[] = {
-    {"", 1.0},           {"b", 1.0},
-    {"k", 1e3},          {"kb", 1e3},           {"kib", 1024.0},
-    {"m", 1e6},          {"mb", 1e6},           {"mib", 1048576.0},
-    {"g", 1e9},          {"gb", 1e9},           {"gib", 1073741824.0},
-    {"t", 1e12},         {"tb", 1e12},          {"tib", 1099511627776.0},
+    {"", 1.0},
+    {"b", 1.0},
+    {"k", 1e3},
+    {"kb", 1e3},
+    {"kib", 1024.0},
+    {"m", 1e6},
+    {"mb", 1e6},
+    {"mib", 1048576.0},
+    {"g", 1e9},
+    {"gb", 1e9},
+    {"gib", 1073741824.0},
+    {"t", 1e12},
+    {"tb", 1e12},
+    {"tib", 1099511627776.0},
 };
 
 }  // namespace
@@ -30,8 +39,8 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text, std::string_view f
   absl::string_view f(field.data(), field.size());
   std::string s(absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size())));
   size_t split = 0;
-  while (split < s.size() && (absl::ascii_isdigit(static_cast<unsigned char>(s[split])) ||
-                              s[split] == '.')) {
+  while (split < s.size() &&
+         (absl::ascii_isdigit(static_cast<unsigned char>(s[split])) || s[split] == '.')) {
     ++split;
   }
   std::string number = s.substr(0, split);

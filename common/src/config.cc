@@ -18,9 +18,7 @@ std::string FlagName(const std::string& name) {
   return "--" + absl::StrReplaceAll(name, {{"_", "-"}});
 }
 
-std::string EnvName(const std::string& name) {
-  return "STRATA_" + absl::AsciiStrToUpper(name);
-}
+std::string EnvName(const std::string& name) { return "STRATA_" + absl::AsciiStrToUpper(name); }
 
 // Accepts --warm-bytes and --warm_bytes alike.
 std::string NormalizeFlag(std::string_view flag) {
@@ -44,8 +42,8 @@ absl::StatusOr<uint64_t> ParseDurationMs(std::string_view text, std::string_view
   if (absl::SimpleAtoi(s, &ms)) return ms;
   absl::Duration d;
   if (!absl::ParseDuration(s, &d) || d < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        std::string(field), ": '", s, "' is not a duration (e.g. 500ms, 30s, 2m)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(field), ": '", s, "' is not a duration (e.g. 500ms, 30s, 2m)"));
   }
   return static_cast<uint64_t>(absl::ToInt64Milliseconds(d));
 }
@@ -239,9 +237,9 @@ std::string ConfigSchema::Help() const {
                   "or a flag; flags beat the environment, which beats the file.\n\n",
                   "  --config FILE   YAML file of option: value pairs (env STRATA_CONFIG)\n");
   for (const Option& o : options_) {
-    absl::StrAppend(&out, "\n  ", FlagName(o.name), "  (yaml: ", o.name, ", env: ",
-                    EnvName(o.name), ")\n      ", o.help, "\n      default: ",
-                    o.default_text.empty() ? "\"\"" : o.default_text, "\n");
+    absl::StrAppend(&out, "\n  ", FlagName(o.name), "  (yaml: ", o.name, ", env: ", EnvName(o.name),
+                    ")\n      ", o.help,
+                    "\n      default: ", o.default_text.empty() ? "\"\"" : o.default_text, "\n");
   }
   return out;
 }

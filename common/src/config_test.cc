@@ -63,17 +63,17 @@ TEST(ConfigSchemaTest, FlagBeatsEnvBeatsFile) {
   f.env["STRATA_WARM_BYTES"] = "3GiB";
   f.env["STRATA_MAX_KEYS_PER_CALL"] = "20";
   ASSERT_THAT(f.Parse({"--config", path.c_str(), "--warm-bytes=4GiB"}), IsOk());
-  EXPECT_EQ(f.warm_bytes, 4ull << 30);     // flag
-  EXPECT_EQ(f.max_keys, 20u);              // env over file
-  EXPECT_EQ(f.listen, "0.0.0.0:1");        // file over default
+  EXPECT_EQ(f.warm_bytes, 4ull << 30);  // flag
+  EXPECT_EQ(f.max_keys, 20u);           // env over file
+  EXPECT_EQ(f.listen, "0.0.0.0:1");     // file over default
   std::remove(path.c_str());
 }
 
 TEST(ConfigSchemaTest, ParsesEveryKind) {
   Fixture f;
-  ASSERT_THAT(f.Parse({"--reservation-ttl", "2s", "--debug-fault-injection", "--listen",
-                       "[::1]:9"}),
-              IsOk());
+  ASSERT_THAT(
+      f.Parse({"--reservation-ttl", "2s", "--debug-fault-injection", "--listen", "[::1]:9"}),
+      IsOk());
   EXPECT_EQ(f.ttl_ms, 2000u);
   EXPECT_TRUE(f.fault);
   EXPECT_EQ(f.listen, "[::1]:9");
@@ -96,8 +96,8 @@ TEST(ConfigSchemaTest, ErrorsNameTheOptionAndSource) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no_such_flag")));
   Fixture g;
   g.env["STRATA_WARM_BYTES"] = "lots";
-  EXPECT_THAT(g.Parse({}), StatusIs(absl::StatusCode::kInvalidArgument,
-                                    HasSubstr("STRATA_WARM_BYTES")));
+  EXPECT_THAT(g.Parse({}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("STRATA_WARM_BYTES")));
   Fixture h;
   std::string path = WriteTemp("warm_byte: 1GiB\n");
   EXPECT_THAT(h.Parse({"--config", path.c_str()}),

@@ -12,8 +12,8 @@ absl::Status InitLogging(std::string_view level, std::string_view process_name) 
   spdlog::level::level_enum lvl = spdlog::level::from_str(std::string(level));
   // spdlog maps unknown names to "off"; only "off" itself may mean off.
   if (lvl == spdlog::level::off && level != "off") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "log_level: '", std::string(level), "' (use trace, debug, info, warn, error, off)"));
+    return absl::InvalidArgumentError(absl::StrCat("log_level: '", std::string(level),
+                                                   "' (use trace, debug, info, warn, error, off)"));
   }
   auto logger = spdlog::stderr_color_mt(std::string(process_name));
   logger->set_level(lvl);

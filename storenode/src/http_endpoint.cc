@@ -21,11 +21,10 @@ void Reply(mg_connection* conn, int code, const char* reason, const char* type,
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& listen,
-                                                                   Handlers handlers) {
+                                                                  Handlers handlers) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("http_listen: '", listen, "' is not HOST:PORT"));
+    return absl::InvalidArgumentError(absl::StrCat("http_listen: '", listen, "' is not HOST:PORT"));
   }
   std::string host = listen.substr(0, colon);
   std::unique_ptr<HttpEndpoint> ep(new HttpEndpoint());

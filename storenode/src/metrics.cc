@@ -6,17 +6,28 @@ namespace strata::storenode {
 
 const char* OpName(Op op) {
   switch (op) {
-    case Op::kRegisterNamespace: return "register_namespace";
-    case Op::kLookup: return "lookup";
-    case Op::kBeginPut: return "begin_put";
-    case Op::kCommitPut: return "commit_put";
-    case Op::kAbortPut: return "abort_put";
-    case Op::kBeginGet: return "begin_get";
-    case Op::kEndGet: return "end_get";
-    case Op::kDelete: return "delete";
-    case Op::kStats: return "stats";
-    case Op::kInjectFault: return "inject_fault";
-    case Op::kCount: break;
+    case Op::kRegisterNamespace:
+      return "register_namespace";
+    case Op::kLookup:
+      return "lookup";
+    case Op::kBeginPut:
+      return "begin_put";
+    case Op::kCommitPut:
+      return "commit_put";
+    case Op::kAbortPut:
+      return "abort_put";
+    case Op::kBeginGet:
+      return "begin_get";
+    case Op::kEndGet:
+      return "end_get";
+    case Op::kDelete:
+      return "delete";
+    case Op::kStats:
+      return "stats";
+    case Op::kInjectFault:
+      return "inject_fault";
+    case Op::kCount:
+      break;
   }
   return "unknown";
 }
@@ -90,13 +101,15 @@ std::string NodeMetrics::Render(const WarmTierStats& s) const {
   AddValue(blocks, s.blocks, warm);
   auto bytes = Family("strata_tier_bytes", "Payload bytes stored per tier", MetricType::Gauge);
   AddValue(bytes, s.payload_bytes, warm);
-  auto used = Family("strata_tier_used_bytes", "Bytes taken per tier, slack and reservations "
-                     "included", MetricType::Gauge);
+  auto used = Family("strata_tier_used_bytes",
+                     "Bytes taken per tier, slack and reservations "
+                     "included",
+                     MetricType::Gauge);
   AddValue(used, s.used_bytes, warm);
   auto cap = Family("strata_tier_capacity_bytes", "Byte budget per tier", MetricType::Gauge);
   AddValue(cap, s.capacity_bytes, warm);
-  auto hits = Family("strata_lookup_blocks_total", "Blocks asked for, by result",
-                     MetricType::Counter);
+  auto hits =
+      Family("strata_lookup_blocks_total", "Blocks asked for, by result", MetricType::Counter);
   AddValue(hits, s.hits, {{"result", "hit"}});
   AddValue(hits, s.misses, {{"result", "miss"}});
   auto ratio = Family("strata_prefix_hit_ratio", "Hits over blocks asked for since start",
@@ -116,8 +129,8 @@ std::string NodeMetrics::Render(const WarmTierStats& s) const {
   auto loss = Family("strata_data_loss_total", "Blocks dropped for failing their checksum",
                      MetricType::Counter);
   AddValue(loss, s.data_loss);
-  for (auto* f : {&blocks, &bytes, &used, &cap, &hits, &ratio, &evict, &leases, &pinned, &res,
-                  &ns, &loss}) {
+  for (auto* f :
+       {&blocks, &bytes, &used, &cap, &hits, &ratio, &evict, &leases, &pinned, &res, &ns, &loss}) {
     families.push_back(std::move(*f));
   }
   for (auto& f : families) {

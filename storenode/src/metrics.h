@@ -17,8 +17,19 @@
 
 namespace strata::storenode {
 
-enum class Op { kRegisterNamespace, kLookup, kBeginPut, kCommitPut, kAbortPut, kBeginGet,
-                kEndGet, kDelete, kStats, kInjectFault, kCount };
+enum class Op {
+  kRegisterNamespace,
+  kLookup,
+  kBeginPut,
+  kCommitPut,
+  kAbortPut,
+  kBeginGet,
+  kEndGet,
+  kDelete,
+  kStats,
+  kInjectFault,
+  kCount
+};
 
 const char* OpName(Op op);
 

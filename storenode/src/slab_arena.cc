@@ -18,16 +18,15 @@ uint64_t RoundUp(uint64_t v, uint64_t m) { return (v + m - 1) / m * m; }
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SlabArena>> SlabArena::Create(uint64_t capacity_bytes,
-                                                             uint64_t page_bytes,
-                                                             bool prefault) {
+                                                             uint64_t page_bytes, bool prefault) {
   if (page_bytes < kMinClassBytes || page_bytes % kMinClassBytes != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("slab page size ", page_bytes, " must be a multiple of 64"));
   }
   uint64_t pages = capacity_bytes / page_bytes;
   if (pages == 0 || pages > UINT32_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat("warm arena of ", capacity_bytes,
-                                                   " bytes holds no page of ", page_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("warm arena of ", capacity_bytes, " bytes holds no page of ", page_bytes));
   }
   uint64_t bytes = pages * page_bytes;
   // MAP_NORESERVE: the budget is enforced by the page pool, not by overcommit accounting.
@@ -45,9 +44,8 @@ SlabArena::SlabArena(uint8_t* base, uint64_t mapped_bytes, uint64_t page_bytes, 
     : base_(base), mapped_bytes_(mapped_bytes), page_bytes_(page_bytes), pages_(pages) {
   // Classes 64 B · 2^(k/4), rounded up to 64 B, capped by the page size (which is a class).
   for (int k = 0;; ++k) {
-    uint64_t size =
-        RoundUp(static_cast<uint64_t>(std::ceil(kMinClassBytes * std::pow(2.0, k / 4.0))),
-                kMinClassBytes);
+    uint64_t size = RoundUp(
+        static_cast<uint64_t>(std::ceil(kMinClassBytes * std::pow(2.0, k / 4.0))), kMinClassBytes);
     if (size >= page_bytes) break;
     if (class_bytes_.empty() || class_bytes_.back() != size) class_bytes_.push_back(size);
   }

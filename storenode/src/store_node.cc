@@ -49,8 +49,8 @@ class StoreNodeImpl final : public StoreNode {
     builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(&service_);
     // Room for a full inline batch plus per-block framing.
-    int max_msg = static_cast<int>(config_.max_inline_bytes + (1 << 20) +
-                                   config_.max_keys_per_call * 128);
+    int max_msg =
+        static_cast<int>(config_.max_inline_bytes + (1 << 20) + config_.max_keys_per_call * 128);
     builder.SetMaxReceiveMessageSize(max_msg);
     builder.SetMaxSendMessageSize(max_msg);
     server_ = builder.BuildAndStart();

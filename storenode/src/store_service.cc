@@ -39,8 +39,7 @@ v1::Tier WarmTierProto() { return v1::TIER_WARM; }
 
 }  // namespace
 
-StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, WarmTier* warm,
-                                   NodeMetrics* metrics)
+StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, WarmTier* warm, NodeMetrics* metrics)
     : config_(config), warm_(warm), metrics_(metrics) {}
 
 absl::Status StoreServiceImpl::ValidateKeys(
@@ -54,9 +53,8 @@ absl::Status StoreServiceImpl::ValidateKeys(
   if (absl::Status s = ValidateScope(*scope, "scope"); !s.ok()) return s;
   if (raw.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
   if (static_cast<uint64_t>(raw.size()) > config_.max_keys_per_call) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": ", raw.size(),
-                                                   " keys exceed max_keys_per_call ",
-                                                   config_.max_keys_per_call));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": ", raw.size(), " keys exceed max_keys_per_call ", config_.max_keys_per_call));
   }
   hashes->reserve(raw.size());
   for (int i = 0; i < raw.size(); ++i) {
@@ -82,16 +80,16 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext*,
   const v1::NamespaceSpec& in = req->spec();
   absl::StatusOr<ChainHashAlgorithm> algo = ParseChainHashAlgorithm(in.hash_algorithm());
   if (!algo.ok()) {
-    return call.Done(absl::InvalidArgumentError(
-        absl::StrCat("spec.hash_algorithm: ", algo.status().message())));
+    return call.Done(
+        absl::InvalidArgumentError(absl::StrCat("spec.hash_algorithm: ", algo.status().message())));
   }
   NamespaceSpec spec{in.model_id(), in.dtype(),   in.layout(), in.block_tokens(),
                      in.tp_rank(),  in.tp_size(), *algo,       in.block_bytes()};
   absl::StatusOr<NamespaceId> id = warm_->RegisterNamespace(spec);
   if (!id.ok()) return call.Done(id.status());
   resp->set_namespace_id(*id);
-  spdlog::info("namespace 0x{:016x} registered: model={} dtype={} block_tokens={} tp={}/{}",
-               *id, spec.model_id, spec.dtype, spec.block_tokens, spec.tp_rank, spec.tp_size);
+  spdlog::info("namespace 0x{:016x} registered: model={} dtype={} block_tokens={} tp={}/{}", *id,
+               spec.model_id, spec.dtype, spec.block_tokens, spec.tp_rank, spec.tp_size);
   return call.Done(absl::OkStatus());
 }
 
@@ -122,9 +120,9 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPut
   if (absl::Status s = ValidateScope(scope, "scope"); !s.ok()) return call.Done(s);
   if (req->blocks().empty()) return call.Done(absl::InvalidArgumentError("blocks: empty"));
   if (static_cast<uint64_t>(req->blocks_size()) > config_.max_keys_per_call) {
-    return call.Done(absl::InvalidArgumentError(
-        absl::StrCat("blocks: ", req->blocks_size(), " blocks exceed max_keys_per_call ",
-                     config_.max_keys_per_call)));
+    return call.Done(absl::InvalidArgumentError(absl::StrCat("blocks: ", req->blocks_size(),
+                                                             " blocks exceed max_keys_per_call ",
+                                                             config_.max_keys_per_call)));
   }
   if (absl::Status s = ValidateTtl(req->ttl_ms(), "ttl_ms"); !s.ok()) return call.Done(s);
   uint64_t limit = std::min(ns->block_bytes, config_.max_block_bytes);
@@ -213,8 +211,8 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGet
       return reinterpret_cast<uint8_t*>(p->data());
     };
   }
-  WarmTier::GetResult r = warm_->BeginGet(req->namespace_id(), scope, hashes, ttl, sink,
-                                          config_.max_inline_bytes);
+  WarmTier::GetResult r =
+      warm_->BeginGet(req->namespace_id(), scope, hashes, ttl, sink, config_.max_inline_bytes);
   resp->set_lease_id(r.lease_id);
   resp->set_expires_in_ms(r.lease_id != 0 ? ttl : 0);
   uint64_t bytes = 0;
@@ -280,21 +278,20 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext*, const v1::StatsReques
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::InjectFault(grpc::ServerContext*,
-                                           const v1::InjectFaultRequest* req,
+grpc::Status StoreServiceImpl::InjectFault(grpc::ServerContext*, const v1::InjectFaultRequest* req,
                                            v1::InjectFaultResponse*) {
   CallScope call(metrics_, Op::kInjectFault);
   if (!config_.debug_fault_injection) {
-    return call.Done(absl::FailedPreconditionError(
-        "InjectFault: node runs without --debug-fault-injection"));
+    return call.Done(
+        absl::FailedPreconditionError("InjectFault: node runs without --debug-fault-injection"));
   }
   absl::StatusOr<ChainHash> h = ChainHash::FromBytes(req->chain_hash(), "chain_hash");
   if (!h.ok()) return call.Done(h.status());
   std::string scope = req->scope().empty() ? std::string(kDefaultScope) : req->scope();
   absl::Status s =
       warm_->CorruptForTest(BlockKey{req->namespace_id(), scope, *h}, req->flip_byte_offset());
-  if (s.ok()) spdlog::warn("fault injected: flipped byte {} of {}", req->flip_byte_offset(),
-                           h->ToHex());
+  if (s.ok())
+    spdlog::warn("fault injected: flipped byte {} of {}", req->flip_byte_offset(), h->ToHex());
   return call.Done(s);
 }
 

@@ -20,8 +20,7 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
 
   grpc::Status RegisterNamespace(grpc::ServerContext*, const v1::RegisterNamespaceRequest*,
                                  v1::RegisterNamespaceResponse*) override;
-  grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest*,
-                      v1::LookupResponse*) override;
+  grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest*, v1::LookupResponse*) override;
   grpc::Status BeginPut(grpc::ServerContext*, const v1::BeginPutRequest*,
                         v1::BeginPutResponse*) override;
   grpc::Status CommitPut(grpc::ServerContext*, const v1::CommitPutRequest*,
@@ -30,12 +29,9 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                         v1::AbortPutResponse*) override;
   grpc::Status BeginGet(grpc::ServerContext*, const v1::BeginGetRequest*,
                         v1::BeginGetResponse*) override;
-  grpc::Status EndGet(grpc::ServerContext*, const v1::EndGetRequest*,
-                      v1::EndGetResponse*) override;
-  grpc::Status Delete(grpc::ServerContext*, const v1::DeleteRequest*,
-                      v1::DeleteResponse*) override;
-  grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*,
-                     v1::StatsResponse*) override;
+  grpc::Status EndGet(grpc::ServerContext*, const v1::EndGetRequest*, v1::EndGetResponse*) override;
+  grpc::Status Delete(grpc::ServerContext*, const v1::DeleteRequest*, v1::DeleteResponse*) override;
+  grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*, v1::StatsResponse*) override;
   grpc::Status InjectFault(grpc::ServerContext*, const v1::InjectFaultRequest*,
                            v1::InjectFaultResponse*) override;
 
@@ -43,8 +39,8 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // Checks namespace, scope, key count and hash lengths; fills *hashes and *scope.
   absl::Status ValidateKeys(uint64_t namespace_id, const std::string& scope_in,
                             const google::protobuf::RepeatedPtrField<std::string>& raw,
-                            const char* field, std::vector<ChainHash>* hashes,
-                            std::string* scope, NamespaceSpec* spec);
+                            const char* field, std::vector<ChainHash>* hashes, std::string* scope,
+                            NamespaceSpec* spec);
   absl::Status ValidateTtl(uint32_t ttl_ms, const char* field) const;
 
   const NodeConfig config_;

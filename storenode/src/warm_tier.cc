@@ -62,9 +62,9 @@ WarmTier::~WarmTier() = default;
 absl::StatusOr<NamespaceId> WarmTier::RegisterNamespace(const NamespaceSpec& spec) {
   if (absl::Status s = ValidateNamespaceSpec(spec); !s.ok()) return s;
   if (spec.block_bytes > options_.max_block_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.block_bytes: ", spec.block_bytes, " exceeds this node's max_block_bytes ",
-                     options_.max_block_bytes));
+    return absl::InvalidArgumentError(absl::StrCat("spec.block_bytes: ", spec.block_bytes,
+                                                   " exceeds this node's max_block_bytes ",
+                                                   options_.max_block_bytes));
   }
   NamespaceId id = ComputeNamespaceId(spec);
   absl::MutexLock lock(&mu_);
@@ -251,8 +251,8 @@ void WarmTier::ReleaseReservationLocked(Reservation& r) {
   r.entries.clear();
 }
 
-absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(
-    uint64_t reservation_id, std::span<const CommitBlock> blocks) {
+absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservation_id,
+                                                              std::span<const CommitBlock> blocks) {
   std::vector<absl::Status> results(blocks.size());
   std::vector<Entry*> targets(blocks.size(), nullptr);
   {
@@ -279,9 +279,9 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(
         results[i] = absl::InvalidArgumentError(
             absl::StrCat("blocks[", i, "].chain_hash: named twice in one commit"));
       } else if (blocks[i].payload.size() != e->second->size) {
-        results[i] = absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].payload: ",
-                                                             blocks[i].payload.size(),
-                                                             " bytes, reserved ", e->second->size));
+        results[i] = absl::InvalidArgumentError(
+            absl::StrCat("blocks[", i, "].payload: ", blocks[i].payload.size(), " bytes, reserved ",
+                         e->second->size));
       } else {
         e->second->state = Entry::State::kCommitting;
         targets[i] = e->second;
@@ -303,9 +303,9 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(
     Entry* e = targets[i - 1];
     if (e == nullptr) continue;
     if (!intact[i - 1]) {
-      results[i - 1] = absl::DataLossError(absl::StrFormat(
-          "blocks[%d]: checksum of the bytes that landed differs from 0x%016x", i - 1,
-          blocks[i - 1].checksum));
+      results[i - 1] = absl::DataLossError(
+          absl::StrFormat("blocks[%d]: checksum of the bytes that landed differs from 0x%016x",
+                          i - 1, blocks[i - 1].checksum));
       data_loss_.fetch_add(1, std::memory_order_relaxed);
       continue;  // released below with the rest of the reservation
     }
@@ -360,8 +360,8 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
       Entry* e = it->second.get();
       ++found;
       if (sink && copy_bytes + e->size > max_copy_bytes) {
-        result.status[i] = absl::ResourceExhaustedError(absl::StrCat(
-            "inline limit of ", max_copy_bytes, " bytes per call reached; ask again"));
+        result.status[i] = absl::ResourceExhaustedError(
+            absl::StrCat("inline limit of ", max_copy_bytes, " bytes per call reached; ask again"));
         continue;
       }
       copy_bytes += e->size;
@@ -393,8 +393,8 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
     Entry* e = pinned[i];
     if (e == nullptr) continue;
     if (corrupt[i]) {
-      result.status[i] = absl::DataLossError(
-          "stored bytes fail their checksum; block dropped (never served)");
+      result.status[i] =
+          absl::DataLossError("stored bytes fail their checksum; block dropped (never served)");
       data_loss_.fetch_add(1, std::memory_order_relaxed);
       auto it = index_.find(e->key);
       if (it != index_.end() && it->second.get() == e) RemoveLocked(e);

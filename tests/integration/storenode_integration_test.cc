@@ -23,10 +23,10 @@ namespace {
 using client::BlockRead;
 using client::BlockWrite;
 using client::StoreClient;
+using ::testing::HasSubstr;
 using testutil::IsOk;
 using testutil::NodeProcess;
 using testutil::StatusIs;
-using ::testing::HasSubstr;
 
 constexpr uint64_t kBlock = 64 * 1024;
 
@@ -105,8 +105,8 @@ absl::Status PutBlocks(Node& n, const std::vector<ChainHash>& hashes, size_t siz
 class StoreNodeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    shared_ = new Node(StartNode({"--warm-bytes", "256MiB", "--max-block-bytes", "4MiB",
-                                  "--debug-fault-injection"}));
+    shared_ = new Node(StartNode(
+        {"--warm-bytes", "256MiB", "--max-block-bytes", "4MiB", "--debug-fault-injection"}));
   }
   static void TearDownTestSuite() {
     delete shared_;
@@ -332,7 +332,8 @@ TEST_F(StoreNodeTest, MetricsAndHealthEndpoints) {
   EXPECT_THAT(metrics->second, HasSubstr("strata_op_latency_seconds_bucket{op=\"begin_put\""));
   EXPECT_THAT(metrics->second, HasSubstr("strata_lookup_blocks_total{result=\"hit\""));
   EXPECT_THAT(metrics->second, HasSubstr(absl::StrCat("strata_tier_capacity_bytes{tier=\"warm\","
-                                                      "node=\"node-0\"} ", 256 << 20)));
+                                                      "node=\"node-0\"} ",
+                                                      256 << 20)));
   EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/healthz")->first, 200);
   EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/readyz")->first, 200);
   EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/nope")->first, 404);
@@ -388,8 +389,8 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
 }
 
 TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
-  Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB",
-                      "--reservation-ttl", "300ms", "--reaper-interval", "20ms"});
+  Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--reservation-ttl",
+                      "300ms", "--reaper-interval", "20ms"});
   ASSERT_NE(n.client, nullptr);
   std::vector<ChainHash> hashes = Chain(n.ns, 90, 2);
   auto stub = RawStub(n.process->grpc_address());
@@ -452,8 +453,8 @@ TEST(StoreNodeConfigTest, OverBudgetPutIsResourceExhaustedAndNodeKeepsServing) {
   BlockWrite w{more[0], data.data(), data.size()};
   auto put = n.client->Put(n.ns, "", {&w, 1});
   ASSERT_THAT(put, IsOk());
-  EXPECT_THAT(put->blocks[0], StatusIs(absl::StatusCode::kResourceExhausted,
-                                       HasSubstr("warm tier full")));
+  EXPECT_THAT(put->blocks[0],
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("warm tier full")));
   EXPECT_THAT(n.client->Stats(), IsOk());
   // Releasing the reservations makes room again.
   v1::AbortPutRequest abort;
@@ -504,8 +505,8 @@ TEST(StoreNodeConfigTest, DeadNodeIsUnavailableNotAHang) {
   ASSERT_THAT(n.process->Stop(SIGKILL), IsOk());
   auto r = n.client->Lookup(n.ns, "", hashes, {.deadline = absl::Seconds(5)});
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
-  auto connect = StoreClient::Connect({.address = n.process->grpc_address(),
-                                       .default_deadline = absl::Seconds(5)});
+  auto connect = StoreClient::Connect(
+      {.address = n.process->grpc_address(), .default_deadline = absl::Seconds(5)});
   EXPECT_THAT(connect, StatusIs(absl::StatusCode::kUnavailable));
 }
 
@@ -519,8 +520,8 @@ TEST(StoreNodeConfigTest, SigtermDrainsAndExitsZero) {
 }
 
 TEST(StoreNodeConfigTest, BadConfigurationExitsWithUsageError) {
-  auto p = NodeProcess::Start({"--warm-bytes", "1MiB", "--max-block-bytes", "4MiB"},
-                              absl::Seconds(10));
+  auto p =
+      NodeProcess::Start({"--warm-bytes", "1MiB", "--max-block-bytes", "4MiB"}, absl::Seconds(10));
   EXPECT_THAT(p, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("status 2")));
 }
 

@@ -32,9 +32,15 @@ absl::StatusOr<std::unique_ptr<NodeProcess>> NodeProcess::Start(
   if (mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
   node->dir_ = tmpl;
   std::string port_file = node->dir_ + "/ports";
-  std::vector<std::string> argv = {ProjectBinary("strata-storenode"), "--listen", "127.0.0.1:0",
-                                   "--http-listen", "127.0.0.1:0", "--port-file", port_file,
-                                   "--log-level", "warn"};
+  std::vector<std::string> argv = {ProjectBinary("strata-storenode"),
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--http-listen",
+                                   "127.0.0.1:0",
+                                   "--port-file",
+                                   port_file,
+                                   "--log-level",
+                                   "warn"};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> cargv;
   for (std::string& a : argv) cargv.push_back(a.data());
@@ -92,7 +98,7 @@ NodeProcess::~NodeProcess() {
 }
 
 absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
-                                                   const std::string& path) {
+                                                    const std::string& path) {
   size_t colon = address.rfind(':');
   int port = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port)) {
@@ -109,8 +115,8 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
     close(fd);
     return absl::UnavailableError(absl::StrCat("connect ", address, " failed"));
   }
-  std::string req = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: ", address,
-                                 "\r\nConnection: close\r\n\r\n");
+  std::string req =
+      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: ", address, "\r\nConnection: close\r\n\r\n");
   if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     close(fd);
     return absl::UnavailableError("write failed");

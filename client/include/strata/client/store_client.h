@@ -57,8 +57,8 @@ struct BlockLocation {
 };
 
 struct LookupResult {
-  size_t matched_blocks = 0;           // longest stored prefix, in blocks
-  std::vector<BlockLocation> blocks;   // one per matched block
+  size_t matched_blocks = 0;          // longest stored prefix, in blocks
+  std::vector<BlockLocation> blocks;  // one per matched block
 };
 
 struct BlockWrite {
@@ -149,8 +149,7 @@ class StoreClient {
 
   // Asynchronous variants: run on the client's own threads; the spans' contents (and the
   // buffers they point to) must outlive the returned future.
-  std::future<absl::StatusOr<LookupResult>> LookupAsync(const Namespace& ns,
-                                                        std::string scope,
+  std::future<absl::StatusOr<LookupResult>> LookupAsync(const Namespace& ns, std::string scope,
                                                         std::vector<ChainHash> hashes,
                                                         CallOptions call = {});
   std::future<absl::StatusOr<PutResult>> PutAsync(const Namespace& ns, std::string scope,

@@ -19,20 +19,20 @@ struct NodeConfig {
   std::string port_file;                       // written once listening: grpc=ADDR\nhttp=ADDR
   std::string log_level = "info";
 
-  uint64_t warm_bytes = 1ull << 30;             // DRAM arena, preallocated at start
-  bool warm_prefault = false;                   // touch every arena page at start
-  uint64_t max_block_bytes = 16ull << 20;       // also the slab page size
+  uint64_t warm_bytes = 1ull << 30;        // DRAM arena, preallocated at start
+  bool warm_prefault = false;              // touch every arena page at start
+  uint64_t max_block_bytes = 16ull << 20;  // also the slab page size
   uint64_t max_keys_per_call = 4096;
-  uint64_t max_inline_bytes = 64ull << 20;      // payload bytes per call on the gRPC path
+  uint64_t max_inline_bytes = 64ull << 20;  // payload bytes per call on the gRPC path
   uint64_t max_namespaces = 1024;
 
   uint64_t reservation_ttl_ms = 30000;  // uncommitted puts expire after this
   uint64_t lease_ttl_ms = 30000;        // default read lease
   uint64_t max_lease_ms = 600000;       // longest lease or reservation a caller may ask for
   uint64_t reaper_interval_ms = 50;
-  uint64_t drain_timeout_ms = 10000;    // SIGTERM: in-flight calls get this long to finish
+  uint64_t drain_timeout_ms = 10000;  // SIGTERM: in-flight calls get this long to finish
 
-  bool debug_fault_injection = false;   // serve InjectFault (tests only)
+  bool debug_fault_injection = false;  // serve InjectFault (tests only)
 };
 
 // Registers every NodeConfig field on `schema`, pointing at `config`.

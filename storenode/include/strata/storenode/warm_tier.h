@@ -37,18 +37,18 @@ struct WarmTierOptions {
 };
 
 struct WarmTierStats {
-  uint64_t blocks = 0;          // committed blocks
-  uint64_t payload_bytes = 0;   // their payload bytes
-  uint64_t used_bytes = 0;      // slab bytes taken by committed and reserved blocks
+  uint64_t blocks = 0;         // committed blocks
+  uint64_t payload_bytes = 0;  // their payload bytes
+  uint64_t used_bytes = 0;     // slab bytes taken by committed and reserved blocks
   uint64_t capacity_bytes = 0;
-  uint64_t hits = 0;            // blocks found by Lookup/BeginGet
-  uint64_t misses = 0;          // blocks asked for and not found
+  uint64_t hits = 0;    // blocks found by Lookup/BeginGet
+  uint64_t misses = 0;  // blocks asked for and not found
   uint64_t evictions = 0;
-  uint64_t leases = 0;          // read leases held
+  uint64_t leases = 0;  // read leases held
   uint64_t pinned_blocks = 0;
-  uint64_t reservations = 0;    // open put reservations
+  uint64_t reservations = 0;  // open put reservations
   uint64_t namespaces = 0;
-  uint64_t data_loss = 0;       // blocks dropped because their bytes failed the checksum
+  uint64_t data_loss = 0;  // blocks dropped because their bytes failed the checksum
 };
 
 class WarmTier {
@@ -70,7 +70,7 @@ class WarmTier {
   // `index`, or nullptr to leave that block pinned but uncopied.
   using CopySink = std::function<uint8_t*(size_t index, uint64_t size)>;
   struct GetResult {
-    uint64_t lease_id = 0;  // 0 when nothing was pinned
+    uint64_t lease_id = 0;             // 0 when nothing was pinned
     std::vector<absl::Status> status;  // per block: OK, NOT_FOUND, DATA_LOSS
     std::vector<BlockMeta> blocks;
   };
@@ -95,8 +95,8 @@ class WarmTier {
                                 std::span<const ChainHash> hashes);
 
   // Reserves one slot per block, evicting least recently used unpinned blocks as needed.
-  ReserveResult BeginPut(NamespaceId ns, const std::string& scope,
-                         std::span<const PutBlock> blocks, uint64_t ttl_ms);
+  ReserveResult BeginPut(NamespaceId ns, const std::string& scope, std::span<const PutBlock> blocks,
+                         uint64_t ttl_ms);
   // Copies each block's payload into its reserved slot, verifies the checksum over the bytes
   // as they landed and publishes it. Reserved blocks not named are released.
   // Returns NOT_FOUND for an unknown or expired reservation; per block: OK, DATA_LOSS

@@ -48,6 +48,6 @@ class NodeProcess {
 
 // GET http://ADDR/path on loopback; returns (status code, body). UNAVAILABLE on failure.
 absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
-                                                   const std::string& path);
+                                                    const std::string& path);
 
 }  // namespace strata::testutil
