@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli_support.h"
 #include "commands.h"
+#include "strata/client/local_node.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/kv_shape.h"
 
@@ -149,16 +150,12 @@ int RunDecode(const DemoFlags& f) {
 std::string SelfPath() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 
 // Runs argv to completion; returns its exit code (or 128+signal).
-int RunChild(std::vector<std::string> argv, pid_t* pid_out = nullptr) {
+int RunChild(std::vector<std::string> argv) {
   std::vector<char*> c;
   for (auto& a : argv) c.push_back(a.data());
   c.push_back(nullptr);
   pid_t pid;
   if (posix_spawn(&pid, c[0], nullptr, nullptr, c.data(), environ) != 0) return 127;
-  if (pid_out != nullptr) {
-    *pid_out = pid;
-    return 0;
-  }
   int status = 0;
   waitpid(pid, &status, 0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -178,35 +175,24 @@ int RunDemo(DemoFlags f) {
   uint64_t block_bytes = KvBytesPerToken(*shape) * f.block_tokens;
   uint64_t data_bytes = block_bytes * (f.prompt_tokens / f.block_tokens);
 
-  pid_t node_pid = -1;
-  std::string dir;
+  std::unique_ptr<client::LocalNode> local;
   if (f.node.empty()) {
-    char tmpl[] = "/tmp/strata-demo-XXXXXX";
-    dir = mkdtemp(tmpl);
-    std::string port_file = dir + "/ports";
-    std::string node_bin =
-        (std::filesystem::path(SelfPath()).parent_path() / "strata-storenode").string();
     uint64_t warm = std::max<uint64_t>(256ull << 20, data_bytes + data_bytes / 2);
     uint64_t max_block = std::max<uint64_t>(16ull << 20, block_bytes);
     std::printf("== starting a local store node (warm tier %s)\n", FormatByteSize(warm).c_str());
-    RunChild({node_bin, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--port-file",
-              port_file, "--warm-bytes", absl::StrCat(warm), "--max-block-bytes",
-              absl::StrCat(max_block), "--max-inline-bytes", absl::StrCat(64ull << 20),
-              "--log-level", "warn"},
-             &node_pid);
-    for (int i = 0; i < 500 && f.node.empty(); ++i) {
-      std::ifstream in(port_file);
-      std::string line;
-      while (std::getline(in, line)) {
-        if (line.rfind("grpc=", 0) == 0) f.node = line.substr(5);
-      }
-      if (f.node.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    if (f.node.empty()) {
-      kill(node_pid, SIGKILL);
-      return Fail("demo", absl::UnavailableError("local store node did not start"));
-    }
-    std::printf("   node listening on %s (pid %d)\n", f.node.c_str(), node_pid);
+    std::fflush(stdout);
+    std::string node_bin =
+        (std::filesystem::path(SelfPath()).parent_path() / "strata-storenode").string();
+    auto started =
+        client::LocalNode::Start(node_bin,
+                                 {"--warm-bytes", absl::StrCat(warm), "--max-block-bytes",
+                                  absl::StrCat(max_block), "--log-level", "warn"},
+                                 absl::Seconds(20));
+    if (!started.ok()) return Fail("demo", started.status());
+    local = std::move(*started);
+    f.node = local->address();
+    std::printf("   node listening on %s (pid %d), metrics on http://%s/metrics\n", f.node.c_str(),
+                local->pid(), local->http_address().c_str());
   }
   std::vector<std::string> base = {SelfPath(),
                                    "demo",
@@ -234,14 +220,9 @@ int RunDemo(DemoFlags f) {
     decode.insert(decode.end(), {"--role", "decode"});
     rc = RunChild(decode);
   }
-  if (node_pid > 0) {
-    kill(node_pid, SIGTERM);
-    int status = 0;
-    waitpid(node_pid, &status, 0);
-    std::printf("== local store node stopped (exit %d)\n",
-                WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
+  if (local != nullptr) {
+    absl::StatusOr<int> code = local->Stop(absl::Seconds(30));
+    std::printf("== local store node stopped (exit %d)\n", code.ok() ? *code : -1);
   }
   std::printf(rc == 0 ? "== demo OK: every fetched byte verified\n" : "== demo FAILED\n");
   return rc;

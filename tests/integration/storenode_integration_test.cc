@@ -22,10 +22,10 @@ namespace {
 
 using client::BlockRead;
 using client::BlockWrite;
+using client::LocalNode;
 using client::StoreClient;
 using ::testing::HasSubstr;
 using testutil::IsOk;
-using testutil::NodeProcess;
 using testutil::StatusIs;
 
 constexpr uint64_t kBlock = 64 * 1024;
@@ -59,18 +59,18 @@ std::vector<ChainHash> Chain(const client::Namespace& ns, uint32_t prompt, size_
 }
 
 struct Node {
-  std::unique_ptr<NodeProcess> process;
+  std::unique_ptr<LocalNode> process;
   std::unique_ptr<StoreClient> client;
   client::Namespace ns;
 };
 
 Node StartNode(std::vector<std::string> args) {
   Node n;
-  auto p = NodeProcess::Start(args);
+  auto p = testutil::StartNode(args);
   EXPECT_THAT(p, IsOk());
   if (!p.ok()) return n;
   n.process = std::move(*p);
-  auto c = StoreClient::Connect({.address = n.process->grpc_address()});
+  auto c = StoreClient::Connect({.address = n.process->address()});
   EXPECT_THAT(c, IsOk());
   if (!c.ok()) return n;
   n.client = std::move(*c);
@@ -192,7 +192,7 @@ TEST_F(StoreNodeTest, ScopesAreSeparateKeySpaces) {
 
 TEST_F(StoreNodeTest, MalformedRequestsNameTheField) {
   Node& n = *shared_;
-  auto stub = RawStub(n.process->grpc_address());
+  auto stub = RawStub(n.process->address());
   std::string good(32, 'a');
   auto code = [](const grpc::Status& s) { return static_cast<absl::StatusCode>(s.error_code()); };
   {
@@ -271,7 +271,7 @@ TEST_F(StoreNodeTest, MalformedRequestsNameTheField) {
 
 TEST_F(StoreNodeTest, InlineBatchOverLimitIsResourceExhaustedAndClientSplits) {
   Node& n = *shared_;
-  auto stub = RawStub(n.process->grpc_address());
+  auto stub = RawStub(n.process->address());
   v1::BeginPutRequest req;
   req.set_namespace_id(n.ns.id);
   std::vector<ChainHash> hashes = Chain(n.ns, 5, 80);
@@ -294,7 +294,7 @@ TEST_F(StoreNodeTest, CorruptedBytesInMemoryAreDataLossNeverWrongBytes) {
   Node& n = *shared_;
   std::vector<ChainHash> hashes = Chain(n.ns, 6, 3);
   ASSERT_THAT(PutBlocks(n, hashes, kBlock, 60), IsOk());
-  auto stub = RawStub(n.process->grpc_address());
+  auto stub = RawStub(n.process->address());
   v1::InjectFaultRequest fault;
   fault.set_namespace_id(n.ns.id);
   fault.set_chain_hash(hashes[1].ToBytes());
@@ -342,7 +342,7 @@ TEST_F(StoreNodeTest, MetricsAndHealthEndpoints) {
 TEST_F(StoreNodeTest, DemoRunsPrefillAndDecodeInOtherProcesses) {
   Node& n = *shared_;
   std::string cmd = absl::StrCat(testutil::ProjectBinary("strata"), " demo --node ",
-                                 n.process->grpc_address(), " --prompt-tokens 1024 > /dev/null");
+                                 n.process->address(), " --prompt-tokens 1024 > /dev/null");
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
 }
 
@@ -353,7 +353,7 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
   ASSERT_NE(n.client, nullptr);
   std::vector<ChainHash> pinned = Chain(n.ns, 10, 1);
   ASSERT_THAT(PutBlocks(n, pinned, 1 << 20, 100), IsOk());
-  auto stub = RawStub(n.process->grpc_address());
+  auto stub = RawStub(n.process->address());
   v1::BeginGetRequest get;
   get.set_namespace_id(n.ns.id);
   get.add_chain_hashes(pinned[0].ToBytes());
@@ -393,7 +393,7 @@ TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
                       "300ms", "--reaper-interval", "20ms"});
   ASSERT_NE(n.client, nullptr);
   std::vector<ChainHash> hashes = Chain(n.ns, 90, 2);
-  auto stub = RawStub(n.process->grpc_address());
+  auto stub = RawStub(n.process->address());
   v1::BeginPutRequest req;
   req.set_namespace_id(n.ns.id);
   for (const ChainHash& h : hashes) {
@@ -433,7 +433,7 @@ TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
 TEST(StoreNodeConfigTest, OverBudgetPutIsResourceExhaustedAndNodeKeepsServing) {
   Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
   ASSERT_NE(n.client, nullptr);
-  auto stub = RawStub(n.process->grpc_address());
+  auto stub = RawStub(n.process->address());
   // Hold the whole arena in uncommitted reservations.
   v1::BeginPutRequest req;
   req.set_namespace_id(n.ns.id);
@@ -472,7 +472,7 @@ TEST(StoreNodeConfigTest, FaultInjectionIsRefusedUnlessEnabled) {
   ASSERT_NE(n.client, nullptr);
   std::vector<ChainHash> hashes = Chain(n.ns, 50, 1);
   ASSERT_THAT(PutBlocks(n, hashes, kBlock, 50), IsOk());
-  auto stub = RawStub(n.process->grpc_address());
+  auto stub = RawStub(n.process->address());
   v1::InjectFaultRequest fault;
   fault.set_namespace_id(n.ns.id);
   fault.set_chain_hash(hashes[0].ToBytes());
@@ -502,11 +502,11 @@ TEST(StoreNodeConfigTest, DeadNodeIsUnavailableNotAHang) {
   Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
   ASSERT_NE(n.client, nullptr);
   std::vector<ChainHash> hashes = Chain(n.ns, 60, 2);
-  ASSERT_THAT(n.process->Stop(SIGKILL), IsOk());
+  ASSERT_THAT(n.process->Stop(absl::Seconds(20), SIGKILL), IsOk());
   auto r = n.client->Lookup(n.ns, "", hashes, {.deadline = absl::Seconds(5)});
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
-  auto connect = StoreClient::Connect(
-      {.address = n.process->grpc_address(), .default_deadline = absl::Seconds(5)});
+  auto connect =
+      StoreClient::Connect({.address = n.process->address(), .default_deadline = absl::Seconds(5)});
   EXPECT_THAT(connect, StatusIs(absl::StatusCode::kUnavailable));
 }
 
@@ -514,15 +514,15 @@ TEST(StoreNodeConfigTest, SigtermDrainsAndExitsZero) {
   Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
   ASSERT_NE(n.client, nullptr);
   ASSERT_THAT(PutBlocks(n, Chain(n.ns, 70, 2), kBlock, 70), IsOk());
-  auto rc = n.process->Stop(SIGTERM);
+  auto rc = n.process->Stop(absl::Seconds(20), SIGTERM);
   ASSERT_THAT(rc, IsOk());
   EXPECT_EQ(*rc, 0);
 }
 
 TEST(StoreNodeConfigTest, BadConfigurationExitsWithUsageError) {
   auto p =
-      NodeProcess::Start({"--warm-bytes", "1MiB", "--max-block-bytes", "4MiB"}, absl::Seconds(10));
-  EXPECT_THAT(p, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("status 2")));
+      testutil::StartNode({"--warm-bytes", "1MiB", "--max-block-bytes", "4MiB"}, absl::Seconds(10));
+  EXPECT_THAT(p, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("code 2")));
 }
 
 }  // namespace

@@ -25,76 +25,11 @@ std::string ProjectBinary(const std::string& name) {
   return (self.parent_path() / name).string();
 }
 
-absl::StatusOr<std::unique_ptr<NodeProcess>> NodeProcess::Start(
-    const std::vector<std::string>& args, absl::Duration timeout) {
-  std::unique_ptr<NodeProcess> node(new NodeProcess());
-  char tmpl[] = "/tmp/strata-node-XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
-  node->dir_ = tmpl;
-  std::string port_file = node->dir_ + "/ports";
-  std::vector<std::string> argv = {ProjectBinary("strata-storenode"),
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--http-listen",
-                                   "127.0.0.1:0",
-                                   "--port-file",
-                                   port_file,
-                                   "--log-level",
-                                   "warn"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::vector<char*> cargv;
-  for (std::string& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid < 0) return absl::InternalError("fork failed");
-  if (pid == 0) {
-    execv(cargv[0], cargv.data());
-    _exit(127);
-  }
-  node->pid_ = pid;
-  absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      node->pid_ = -1;
-      return absl::UnavailableError(absl::StrCat("strata-storenode exited early with status ",
-                                                 WIFEXITED(status) ? WEXITSTATUS(status) : -1));
-    }
-    std::ifstream in(port_file);
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind("grpc=", 0) == 0) node->grpc_address_ = line.substr(5);
-      if (line.rfind("http=", 0) == 0) node->http_address_ = line.substr(5);
-    }
-    if (!node->grpc_address_.empty() && !node->http_address_.empty()) return node;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return absl::DeadlineExceededError("strata-storenode did not start listening in time");
-}
-
-absl::StatusOr<int> NodeProcess::Stop(int signal, absl::Duration timeout) {
-  if (pid_ < 0) return absl::FailedPreconditionError("not running");
-  kill(pid_, signal);
-  absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      if (WIFEXITED(status)) return WEXITSTATUS(status);
-      return 128 + WTERMSIG(status);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return absl::DeadlineExceededError("node did not exit in time");
-}
-
-NodeProcess::~NodeProcess() {
-  if (pid_ > 0) {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
-  std::error_code ec;
-  if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
+absl::StatusOr<std::unique_ptr<client::LocalNode>> StartNode(const std::vector<std::string>& args,
+                                                             absl::Duration timeout) {
+  std::vector<std::string> all = {"--log-level", "warn"};
+  all.insert(all.end(), args.begin(), args.end());
+  return client::LocalNode::Start(ProjectBinary("strata-storenode"), all, timeout);
 }
 
 absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,

@@ -1,0 +1,465 @@
+// strata-bench: a load generator for a Strata store node. K streams, each with its own
+// StoreClient, put a synthetic data set in batches, get it back verifying every byte, then
+// look up its chains; per phase it reports throughput and per-call latency percentiles as a
+// table and, with --json, as JSON. Without --node it runs a local strata-storenode from its
+// own bin dir. Figures are printed, never asserted: speed targets live in bench/README.md.
+//
+// Exit code: 0 all blocks verified; 1 any error or wrong byte; 2 bad flags or no node;
+// 3 stopped by --max-seconds before finishing (no errors in what it did).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <latch>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "bench_report.h"
+#include "strata/client/local_node.h"
+#include "strata/client/store_client.h"
+#include "strata/common/byte_size.h"
+#include "workload.h"
+
+namespace strata::bench {
+namespace {
+
+using client::LocalNode;
+using client::SelfBinDir;
+using Clock = std::chrono::steady_clock;
+
+struct Flags {
+  std::string node;
+  uint64_t blocks = 1024;
+  std::string block_size_text = "256KiB";
+  uint64_t block_size = 0;
+  uint32_t streams = 4;
+  uint32_t batch = 16;
+  uint32_t chain_blocks = 64;
+  std::string ops = "put,get,lookup";
+  std::string json;
+  bool warmup = false;
+  double max_seconds = 300;
+  double call_timeout_s = 30;
+  uint64_t seed = 1;
+};
+
+// What every stream of a phase shares: the data set, the namespace and the time limits.
+struct PhaseContext {
+  const Dataset* ds = nullptr;
+  const client::Namespace* ns = nullptr;
+  uint32_t batch = 0;
+  Clock::time_point run_end;   // --max-seconds
+  Clock::duration call_limit;  // --call-timeout
+};
+
+// One stream: its own client and its own staging memory for batches.
+struct Stream {
+  std::unique_ptr<client::StoreClient> client;
+  std::vector<uint8_t> staging;
+};
+
+std::atomic<int> g_reported_errors{0};
+
+void ReportError(const std::string& what, const absl::Status& status) {
+  // The first few explain the failure; the rest would only flood the terminal.
+  if (g_reported_errors.fetch_add(1) < 8) {
+    std::fprintf(stderr, "strata-bench: %s: %s\n", what.c_str(), status.ToString().c_str());
+  }
+}
+
+// The deadline for the next call: --call-timeout, cut to what --max-seconds leaves.
+// false when no time is left (the phase stops and is marked incomplete).
+bool NextCallOptions(const PhaseContext& ctx, client::CallOptions* call) {
+  Clock::time_point now = Clock::now();
+  if (now >= ctx.run_end) return false;
+  call->deadline = absl::FromChrono(std::min(ctx.call_limit, ctx.run_end - now));
+  return true;
+}
+
+// A whole-call failure: errors for its blocks, unless --max-seconds cut the call short.
+void CallFailed(const PhaseContext& ctx, const std::string& what, const absl::Status& status,
+                size_t blocks, PhaseResult* r) {
+  if (status.code() == absl::StatusCode::kDeadlineExceeded && Clock::now() >= ctx.run_end) {
+    r->complete = false;
+    return;
+  }
+  r->errors += blocks;
+  ReportError(what, status);
+}
+
+// Setup failures (bad flag, no node, no namespace): message and exit code 2.
+int SetupFailed(const std::string& what, const absl::Status& status) {
+  std::fprintf(stderr, "strata-bench: %s: %s\n", what.c_str(), status.ToString().c_str());
+  return 2;
+}
+
+double MicrosSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+}
+
+void PutRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, PhaseResult* r) {
+  const Dataset& ds = *ctx.ds;
+  std::vector<client::BlockWrite> writes;
+  for (size_t b = begin; b < end; b += ctx.batch) {
+    size_t n = std::min<size_t>(ctx.batch, end - b);
+    client::CallOptions call;
+    if (!NextCallOptions(ctx, &call)) {
+      r->complete = false;
+      return;
+    }
+    writes.clear();
+    for (size_t i = 0; i < n; ++i) {
+      const uint8_t* data = ds.Preloaded(b + i);
+      if (data == nullptr) {
+        uint8_t* out = s.staging.data() + i * ds.block_size;
+        FillBlock(ds.hashes[b + i], out, ds.block_size);
+        data = out;
+      }
+      writes.push_back({ds.hashes[b + i], data, ds.block_size});
+    }
+    Clock::time_point t0 = Clock::now();
+    absl::StatusOr<client::PutResult> put = s.client->Put(*ctx.ns, "", writes, call);
+    r->call_latencies_us.push_back(MicrosSince(t0));
+    if (!put.ok()) {
+      CallFailed(ctx, "put", put.status(), n, r);
+      if (!r->complete) return;
+      continue;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const absl::Status& st = put->blocks[i];
+      if (st.ok()) {
+        ++r->blocks;
+        r->bytes += ds.block_size;
+      } else if (st.code() == absl::StatusCode::kAlreadyExists) {
+        ++r->blocks;  // stored by an earlier run with this --seed; no bytes were sent
+        ++r->already_present;
+      } else {
+        ++r->errors;
+        ReportError(absl::StrCat("put block ", b + i), st);
+      }
+    }
+  }
+}
+
+void GetRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, PhaseResult* r) {
+  const Dataset& ds = *ctx.ds;
+  std::vector<client::BlockRead> reads;
+  for (size_t b = begin; b < end; b += ctx.batch) {
+    size_t n = std::min<size_t>(ctx.batch, end - b);
+    client::CallOptions call;
+    if (!NextCallOptions(ctx, &call)) {
+      r->complete = false;
+      return;
+    }
+    reads.clear();
+    for (size_t i = 0; i < n; ++i) {
+      reads.push_back({ds.hashes[b + i], s.staging.data() + i * ds.block_size, ds.block_size});
+    }
+    Clock::time_point t0 = Clock::now();
+    absl::StatusOr<client::GetResult> got = s.client->Get(*ctx.ns, "", reads, call);
+    r->call_latencies_us.push_back(MicrosSince(t0));
+    if (!got.ok()) {
+      CallFailed(ctx, "get", got.status(), n, r);
+      if (!r->complete) return;
+      continue;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      if (!got->blocks[i].ok()) {
+        ++r->errors;
+        ReportError(absl::StrCat("get block ", b + i), got->blocks[i]);
+        continue;
+      }
+      const uint8_t* data = s.staging.data() + i * ds.block_size;
+      const uint8_t* want = ds.Preloaded(b + i);
+      bool same = got->sizes[i] == ds.block_size &&
+                  (want != nullptr ? std::memcmp(data, want, ds.block_size) == 0
+                                   : BlockMatches(ds.hashes[b + i], data, ds.block_size));
+      if (!same) {
+        ++r->errors;
+        ++r->mismatches;
+        ReportError(absl::StrCat("get block ", b + i),
+                    absl::DataLossError(absl::StrCat("wrong bytes (", got->sizes[i], " of ",
+                                                     ds.block_size, " returned)")));
+        continue;
+      }
+      ++r->blocks;
+      r->bytes += ds.block_size;
+    }
+  }
+}
+
+// Chains s, s + K, s + 2K, ... of the data set: one Lookup per chain, expecting all of it.
+void LookupChains(const PhaseContext& ctx, Stream& s, size_t first, size_t step, PhaseResult* r) {
+  const Dataset& ds = *ctx.ds;
+  for (size_t c = first; c < ds.chains.size(); c += step) {
+    auto [begin, end] = ds.chains[c];
+    client::CallOptions call;
+    if (!NextCallOptions(ctx, &call)) {
+      r->complete = false;
+      return;
+    }
+    std::span<const ChainHash> chain(ds.hashes.data() + begin, end - begin);
+    Clock::time_point t0 = Clock::now();
+    absl::StatusOr<client::LookupResult> found = s.client->Lookup(*ctx.ns, "", chain, call);
+    r->call_latencies_us.push_back(MicrosSince(t0));
+    if (!found.ok()) {
+      CallFailed(ctx, "lookup", found.status(), chain.size(), r);
+      if (!r->complete) return;
+      continue;
+    }
+    size_t good = 0;
+    for (size_t i = 0; i < found->matched_blocks && i < found->blocks.size(); ++i) {
+      if (found->blocks[i].size == ds.block_size) ++good;
+    }
+    r->blocks += good;
+    if (good < chain.size()) {
+      r->errors += chain.size() - good;
+      ReportError(absl::StrCat("lookup chain ", c),
+                  absl::NotFoundError(absl::StrCat(good, " of ", chain.size(),
+                                                   " blocks found with the right size")));
+    }
+  }
+}
+
+// User + system CPU time of this process so far: tells whether the bench itself, rather than
+// the node, was the limit (they share the machine's cores when the node is local).
+double ProcessCpuSeconds() {
+  struct rusage u = {};
+  getrusage(RUSAGE_SELF, &u);
+  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return sec(u.ru_utime) + sec(u.ru_stime);
+}
+
+// Runs `op` on every stream at once; wall time runs from the common start to the last end.
+PhaseResult RunPhase(const std::string& op, const PhaseContext& ctx, std::vector<Stream>& streams) {
+  size_t k = streams.size();
+  size_t n = ctx.ds->hashes.size();
+  std::vector<PhaseResult> parts(k);
+  std::latch start(1);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < k; ++i) {
+    threads.emplace_back([&, i] {
+      start.wait();
+      // put and get split the blocks into K contiguous ranges; lookup deals out chains.
+      size_t begin = n * i / k, end = n * (i + 1) / k;
+      if (op == "put") PutRange(ctx, streams[i], begin, end, &parts[i]);
+      if (op == "get") GetRange(ctx, streams[i], begin, end, &parts[i]);
+      if (op == "lookup") LookupChains(ctx, streams[i], i, k, &parts[i]);
+    });
+  }
+  double cpu0 = ProcessCpuSeconds();
+  Clock::time_point t0 = Clock::now();
+  start.count_down();
+  for (std::thread& t : threads) t.join();
+  PhaseResult total;
+  total.op = op;
+  total.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  total.client_cpu_seconds = ProcessCpuSeconds() - cpu0;
+  for (const PhaseResult& p : parts) total.Merge(p);
+  return total;
+}
+
+int Run(Flags f) {
+  absl::StatusOr<uint64_t> bs = ParseByteSize(f.block_size_text, "--block-size");
+  if (!bs.ok()) return SetupFailed("flags", bs.status());
+  f.block_size = *bs;
+  if (f.block_size == 0 || f.block_size > (1ull << 30)) {
+    std::fprintf(stderr, "strata-bench: --block-size: want 1 B .. 1 GiB\n");
+    return 2;
+  }
+  if (uint64_t{f.batch} * f.block_size > (4ull << 30)) {
+    std::fprintf(stderr, "strata-bench: --batch x --block-size: at most 4 GiB per call\n");
+    return 2;
+  }
+  // Phases always run in this order: get needs what put stored, lookup what get verified.
+  std::vector<std::pair<std::string, bool>> ops = {
+      {"put", false}, {"get", false}, {"lookup", false}};
+  for (absl::string_view name : absl::StrSplit(f.ops, ',', absl::SkipWhitespace())) {
+    auto it =
+        std::find_if(ops.begin(), ops.end(), [&](const auto& op) { return op.first == name; });
+    if (it == ops.end()) {
+      std::fprintf(stderr, "strata-bench: --ops: unknown op '%s' (put, get, lookup)\n",
+                   std::string(name).c_str());
+      return 2;
+    }
+    it->second = true;
+  }
+  // With the JSON report on stdout, the table goes to stderr.
+  std::FILE* out = f.json == "-" ? stderr : stdout;
+  Clock::time_point run_end =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(std::max(0.0, f.max_seconds)));
+  uint64_t warmup_blocks =
+      f.warmup ? std::min<uint64_t>(f.blocks, uint64_t{f.streams} * f.batch * 2) : 0;
+
+  std::unique_ptr<LocalNode> local;
+  if (f.node.empty()) {
+    absl::StatusOr<std::string> dir = SelfBinDir();
+    if (!dir.ok()) return SetupFailed("local node", dir.status());
+    uint64_t page = std::max<uint64_t>(4ull << 20, (f.block_size + 63) / 64 * 64);
+    uint64_t data = (f.blocks + warmup_blocks) * f.block_size;
+    // x1.25 covers the slab's size-class slack (< 19%); two more pages for partial pages.
+    uint64_t warm = std::max<uint64_t>(256ull << 20, data + data / 4 + 2 * page);
+    absl::StatusOr<std::unique_ptr<LocalNode>> started = LocalNode::Start(
+        *dir + "/strata-storenode",
+        {"--warm-bytes", absl::StrCat(warm), "--max-block-bytes", absl::StrCat(page),
+         "--max-inline-bytes", absl::StrCat(std::max<uint64_t>(64ull << 20, page)),
+         "--warm-prefault", "--log-level", "warn"},
+        absl::Seconds(30));
+    if (!started.ok()) return SetupFailed("local node", started.status());
+    local = std::move(*started);
+    f.node = local->address();
+    std::fprintf(out, "local strata-storenode pid %d on %s, warm tier %s\n", local->pid(),
+                 f.node.c_str(), FormatByteSize(warm).c_str());
+  }
+
+  std::vector<Stream> streams(f.streams);
+  for (Stream& s : streams) {
+    client::ClientOptions options;
+    options.address = f.node;
+    options.default_deadline = absl::Seconds(f.call_timeout_s);
+    absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(options);
+    if (!c.ok()) return SetupFailed(absl::StrCat("connect ", f.node), c.status());
+    s.client = std::move(*c);
+    s.staging.resize(uint64_t{f.batch} * f.block_size);
+  }
+  NamespaceSpec spec;
+  spec.model_id = "bench";
+  spec.dtype = "fp16";
+  spec.layout = "raw";
+  spec.block_tokens = 16;
+  spec.block_bytes = f.block_size;
+  absl::StatusOr<client::Namespace> ns = streams[0].client->RegisterNamespace(spec);
+  if (!ns.ok()) return SetupFailed("register namespace", ns.status());
+
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  absl::StatusOr<Dataset> ds =
+      MakeDataset(*ns, f.blocks, f.chain_blocks, f.block_size, f.seed, threads);
+  if (!ds.ok()) return SetupFailed("data set", ds.status());
+  PhaseContext ctx{
+      &*ds, &*ns, f.batch, run_end,
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.call_timeout_s))};
+
+  uint64_t warmup_errors = 0;
+  if (warmup_blocks > 0) {
+    // Different seed, so the measured put still writes fresh blocks.
+    absl::StatusOr<Dataset> wds = MakeDataset(*ns, warmup_blocks, f.chain_blocks, f.block_size,
+                                              f.seed ^ 0x7761726D7570ull, threads);
+    if (!wds.ok()) return SetupFailed("warmup data set", wds.status());
+    PhaseContext wctx = ctx;
+    wctx.ds = &*wds;
+    warmup_errors += RunPhase("put", wctx, streams).errors;
+    warmup_errors += RunPhase("get", wctx, streams).errors;
+    std::fprintf(out, "warmup: %llu blocks put and got, %llu errors\n",
+                 static_cast<unsigned long long>(warmup_blocks),
+                 static_cast<unsigned long long>(warmup_errors));
+  }
+
+  std::vector<PhaseResult> phases;
+  for (const auto& [op, wanted] : ops) {
+    if (!wanted) continue;
+    phases.push_back(RunPhase(op, ctx, streams));
+    if (!phases.back().complete) break;  // out of time: report what was done
+  }
+
+  RunInfo info{f.node, f.block_size, f.blocks, f.streams, f.batch, f.chain_blocks, f.seed};
+  PrintTable(out, info, phases);
+  client::CallOptions stats_call;
+  stats_call.deadline = absl::Seconds(5);
+  if (absl::StatusOr<client::NodeStats> st = streams[0].client->Stats(stats_call); st.ok()) {
+    std::fprintf(out, "node %s: %llu warm blocks, %s of %s used, %llu evictions, %llu data loss\n",
+                 st->node_id.c_str(), static_cast<unsigned long long>(st->warm_blocks),
+                 FormatByteSize(st->warm_used_bytes).c_str(),
+                 FormatByteSize(st->warm_capacity_bytes).c_str(),
+                 static_cast<unsigned long long>(st->evictions),
+                 static_cast<unsigned long long>(st->data_loss));
+  }
+
+  int rc = 0;
+  uint64_t errors = warmup_errors;
+  bool complete = true;
+  for (const PhaseResult& p : phases) {
+    errors += p.errors;
+    complete = complete && p.complete;
+  }
+  if (!f.json.empty()) {
+    std::string json = ToJson(info, phases);
+    if (f.json == "-") {
+      std::fputs(json.c_str(), stdout);
+    } else if (!(std::ofstream(f.json) << json)) {
+      std::fprintf(stderr, "strata-bench: --json: cannot write %s\n", f.json.c_str());
+      rc = 1;
+    }
+  }
+  streams.clear();  // close the channels before the node goes
+  if (local != nullptr) {
+    absl::StatusOr<int> code = local->Stop(absl::Seconds(30));
+    if (!code.ok() || *code != 0) {
+      std::string why = code.ok() ? absl::StrCat("exit code ", *code) : code.status().ToString();
+      std::fprintf(stderr, "strata-bench: local node did not stop cleanly: %s\n", why.c_str());
+      rc = 1;
+    }
+  }
+  if (errors > 0) {
+    std::fprintf(out, "FAILED: %llu blocks with errors\n", static_cast<unsigned long long>(errors));
+    return 1;
+  }
+  if (!complete) {
+    std::fprintf(out, "INCOMPLETE: stopped by --max-seconds %.0f\n", f.max_seconds);
+    return rc != 0 ? rc : 3;
+  }
+  return rc;
+}
+
+}  // namespace
+}  // namespace strata::bench
+
+int main(int argc, char** argv) {
+  strata::bench::Flags f;
+  CLI::App app{"strata-bench: load generator for a Strata store node (put, get, lookup)"};
+  app.add_option("--node", f.node, "HOST:PORT of a store node; default: start a local one");
+  app.add_option("--blocks", f.blocks, "Blocks in the data set")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32))
+      ->capture_default_str();
+  app.add_option("--block-size", f.block_size_text, "Bytes per block (e.g. 256KiB, 2MiB)")
+      ->capture_default_str();
+  app.add_option("--streams", f.streams, "Concurrent streams, each with its own client")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--batch", f.batch, "Blocks per Put/Get call")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
+  app.add_option("--chain-blocks", f.chain_blocks, "Blocks per chain (prompt); one Lookup each")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--ops", f.ops, "Phases to run, always in the order put,get,lookup")
+      ->capture_default_str();
+  app.add_option("--json", f.json, "Write results as JSON to FILE ('-': stdout)");
+  app.add_flag("--warmup", f.warmup, "Put and get a small separate data set first, unmeasured");
+  app.add_option("--max-seconds", f.max_seconds, "Stop and report after this long")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--call-timeout", f.call_timeout_s, "Deadline of each call, in seconds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--seed", f.seed, "Seed of the synthetic prompts (same seed: same blocks)")
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 reports usage errors by exception; this is the one boundary where we catch them.
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  return strata::bench::Run(f);
+}
