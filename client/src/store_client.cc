@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "strata/common/checksum.h"
 #include "strata/proto/status_convert.h"
@@ -61,6 +62,12 @@ class GrpcStoreClient final : public StoreClient {
       : options_(std::move(options)),
         channel_(std::move(channel)),
         stub_(v1::StoreService::NewStub(channel_)) {}
+
+  ~GrpcStoreClient() override {
+    absl::MutexLock lock(&quiet_mu_);
+    quiet_mu_.Await(absl::Condition(
+        +[](int* n) { return *n == 0; }, &quiet_calls_));
+  }
 
   absl::Status Init() {
     absl::StatusOr<NodeStats> s = Stats({});
@@ -354,28 +361,45 @@ class GrpcStoreClient final : public StoreClient {
     return absl::OkStatus();
   }
 
-  // Fire-and-forget release; the node's lease expiry covers a lost message.
-  void EndGetQuietly(uint64_t lease_id) {
+  // Fire-and-forget release; the node's lease expiry covers a lost message. The destructor
+  // waits for these calls: their callbacks must not outlive the stub.
+  template <typename Req, typename Resp, typename Start>
+  void CallQuietly(Start start, Req req) {
     struct Call {
       grpc::ClientContext ctx;
-      v1::EndGetRequest req;
-      v1::EndGetResponse resp;
+      Req req;
+      Resp resp;
     };
     auto* c = new Call;
-    c->req.set_lease_id(lease_id);
-    c->ctx.set_deadline(Clock::now() + std::chrono::seconds(5));
-    stub_->async()->EndGet(&c->ctx, &c->req, &c->resp, [c](grpc::Status) { delete c; });
+    c->req = std::move(req);
+    c->ctx.set_deadline(Clock::now() + std::chrono::seconds(2));
+    {
+      absl::MutexLock lock(&quiet_mu_);
+      ++quiet_calls_;
+    }
+    start(&c->ctx, &c->req, &c->resp, [this, c](grpc::Status) {
+      delete c;
+      absl::MutexLock lock(&quiet_mu_);
+      --quiet_calls_;
+    });
+  }
+  void EndGetQuietly(uint64_t lease_id) {
+    v1::EndGetRequest req;
+    req.set_lease_id(lease_id);
+    CallQuietly<v1::EndGetRequest, v1::EndGetResponse>(
+        [this](auto* ctx, auto* rq, auto* rs, auto cb) {
+          stub_->async()->EndGet(ctx, rq, rs, std::move(cb));
+        },
+        std::move(req));
   }
   void AbortQuietly(uint64_t reservation_id) {
-    struct Call {
-      grpc::ClientContext ctx;
-      v1::AbortPutRequest req;
-      v1::AbortPutResponse resp;
-    };
-    auto* c = new Call;
-    c->req.set_reservation_id(reservation_id);
-    c->ctx.set_deadline(Clock::now() + std::chrono::seconds(5));
-    stub_->async()->AbortPut(&c->ctx, &c->req, &c->resp, [c](grpc::Status) { delete c; });
+    v1::AbortPutRequest req;
+    req.set_reservation_id(reservation_id);
+    CallQuietly<v1::AbortPutRequest, v1::AbortPutResponse>(
+        [this](auto* ctx, auto* rq, auto* rs, auto cb) {
+          stub_->async()->AbortPut(ctx, rq, rs, std::move(cb));
+        },
+        std::move(req));
   }
 
   const ClientOptions options_;
@@ -384,6 +408,8 @@ class GrpcStoreClient final : public StoreClient {
   uint32_t max_keys_ = 4096;
   uint64_t max_inline_ = 64ull << 20;
   uint64_t max_block_ = 16ull << 20;
+  absl::Mutex quiet_mu_;
+  int quiet_calls_ ABSL_GUARDED_BY(quiet_mu_) = 0;
 };
 
 }  // namespace

@@ -92,8 +92,9 @@ void AddValue(prometheus::MetricFamily& f, double value,
 
 }  // namespace
 
-std::string NodeMetrics::Render(const WarmTierStats& s) const {
+std::string NodeMetrics::Render(const TieredStats& ts) const {
   using prometheus::MetricType;
+  const WarmTierStats& s = ts.warm;
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
   std::vector<prometheus::ClientMetric::Label> warm = {{"tier", "warm"}};
 
@@ -101,6 +102,14 @@ std::string NodeMetrics::Render(const WarmTierStats& s) const {
   AddValue(blocks, s.blocks, warm);
   auto bytes = Family("strata_tier_bytes", "Payload bytes stored per tier", MetricType::Gauge);
   AddValue(bytes, s.payload_bytes, warm);
+  auto disk_hits =
+      Family("strata_tier_hits_total", "Blocks served from each lower tier", MetricType::Counter);
+  auto moves = Family("strata_tier_moves_total", "Blocks moved between tiers", MetricType::Counter);
+  AddValue(moves, s.demotions, {{"from", "warm"}, {"to", "cool"}});
+  AddValue(moves, ts.cool_demotions, {{"from", "cool"}, {"to", "cold"}});
+  AddValue(moves, ts.promotions, {{"from", "disk"}, {"to", "warm"}});
+  auto codec =
+      Family("strata_codec_bytes_total", "Bytes through the disk-tier codecs", MetricType::Counter);
   auto used = Family("strata_tier_used_bytes",
                      "Bytes taken per tier, slack and reservations "
                      "included",
@@ -108,6 +117,18 @@ std::string NodeMetrics::Render(const WarmTierStats& s) const {
   AddValue(used, s.used_bytes, warm);
   auto cap = Family("strata_tier_capacity_bytes", "Byte budget per tier", MetricType::Gauge);
   AddValue(cap, s.capacity_bytes, warm);
+  for (auto [name, d, hits] :
+       {std::tuple{"cool", &ts.cool, ts.cool_hits}, std::tuple{"cold", &ts.cold, ts.cold_hits}}) {
+    if (!d->has_value()) continue;
+    std::vector<prometheus::ClientMetric::Label> tier = {{"tier", name}};
+    AddValue(blocks, (*d)->blocks, tier);
+    AddValue(bytes, (*d)->payload_bytes, tier);
+    AddValue(used, (*d)->stored_bytes, tier);
+    AddValue(cap, (*d)->capacity_bytes, tier);
+    AddValue(disk_hits, hits, tier);
+    AddValue(codec, (*d)->codec_bytes_in, {{"tier", name}, {"direction", "in"}});
+    AddValue(codec, (*d)->codec_bytes_out, {{"tier", name}, {"direction", "out"}});
+  }
   auto hits =
       Family("strata_lookup_blocks_total", "Blocks asked for, by result", MetricType::Counter);
   AddValue(hits, s.hits, {{"result", "hit"}});
@@ -118,6 +139,7 @@ std::string NodeMetrics::Render(const WarmTierStats& s) const {
   AddValue(ratio, asked == 0 ? 0.0 : static_cast<double>(s.hits) / asked);
   auto evict = Family("strata_evictions_total", "Blocks evicted per tier", MetricType::Counter);
   AddValue(evict, s.evictions, warm);
+  AddValue(evict, ts.disk_evictions, {{"tier", "disk"}});
   auto leases = Family("strata_leases_held", "Read leases held", MetricType::Gauge);
   AddValue(leases, s.leases);
   auto pinned = Family("strata_pinned_blocks", "Blocks pinned by leases", MetricType::Gauge);
@@ -128,7 +150,8 @@ std::string NodeMetrics::Render(const WarmTierStats& s) const {
   AddValue(ns, s.namespaces);
   auto loss = Family("strata_data_loss_total", "Blocks dropped for failing their checksum",
                      MetricType::Counter);
-  AddValue(loss, s.data_loss);
+  AddValue(loss,
+           s.data_loss + (ts.cool ? ts.cool->data_loss : 0) + (ts.cold ? ts.cold->data_loss : 0));
   for (auto* f :
        {&blocks, &bytes, &used, &cap, &hits, &ratio, &evict, &leases, &pinned, &res, &ns, &loss}) {
     families.push_back(std::move(*f));

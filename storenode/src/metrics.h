@@ -13,7 +13,7 @@
 #include "prometheus/family.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
-#include "strata/storenode/warm_tier.h"
+#include "strata/storenode/tiered_store.h"
 
 namespace strata::storenode {
 
@@ -43,7 +43,7 @@ class NodeMetrics {
   void AddInlineBytes(bool inbound, uint64_t bytes);
 
   // Prometheus text exposition of everything, with tier figures from `stats`.
-  std::string Render(const WarmTierStats& stats) const;
+  std::string Render(const TieredStats& stats) const;
 
  private:
   std::string node_id_;

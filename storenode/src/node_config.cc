@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "strata/common/byte_size.h"
+#include "strata/common/codec.h"
 
 namespace strata::storenode {
 
@@ -23,6 +24,26 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddBytes("max_inline_bytes", &c->max_inline_bytes,
              "Most payload bytes one call may carry inline over gRPC.");
   s.AddUint("max_namespaces", &c->max_namespaces, "Most namespaces one node registers.");
+  s.AddString("cool_path", &c->cool_path,
+              "RocksDB directory of the cool tier (local NVMe); empty: no cool tier.");
+  s.AddBytes("cool_bytes", &c->cool_bytes, "Byte budget of the cool tier (stored bytes).");
+  s.AddString("cool_codec", &c->cool_codec, "Codec of cool blocks: none, lz4 or zstd.");
+  s.AddString("cold_path", &c->cold_path,
+              "RocksDB directory of the cold tier (may be a network mount); needs cool_path.");
+  s.AddBytes("cold_bytes", &c->cold_bytes, "Byte budget of the cold tier (stored bytes).");
+  s.AddString("cold_codec", &c->cold_codec, "Codec of cold blocks: none, lz4 or zstd.");
+  s.AddBool("sync_writes", &c->sync_writes,
+            "fsync RocksDB's WAL for every block written to cool/cold (power-loss safety).");
+  s.AddBool("promote_on_get", &c->promote_on_get,
+            "Move a cool/cold block back to the warm tier when it is read.");
+  s.AddUint("warm_high_watermark_pct", &c->warm_high_watermark_pct,
+            "Demote warm blocks to cool when the arena is fuller than this percentage.");
+  s.AddUint("warm_low_watermark_pct", &c->warm_low_watermark_pct,
+            "... until it is under this percentage.");
+  s.AddUint("disk_high_watermark_pct", &c->disk_high_watermark_pct,
+            "Move cool blocks to cold (cold blocks: drop) above this percentage of the budget.");
+  s.AddUint("disk_low_watermark_pct", &c->disk_low_watermark_pct,
+            "... until under this percentage.");
   s.AddDurationMs("reservation_ttl", &c->reservation_ttl_ms,
                   "Default lifetime of an uncommitted put reservation.");
   s.AddDurationMs("lease_ttl", &c->lease_ttl_ms, "Default lifetime of a read lease.");
@@ -62,6 +83,19 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   }
   if (c.reservation_ttl_ms > c.max_lease_ms || c.lease_ttl_ms > c.max_lease_ms) {
     return absl::InvalidArgumentError("reservation_ttl / lease_ttl: exceed max_lease");
+  }
+  if (c.warm_low_watermark_pct >= c.warm_high_watermark_pct || c.warm_high_watermark_pct > 100 ||
+      c.disk_low_watermark_pct >= c.disk_high_watermark_pct || c.disk_high_watermark_pct > 100) {
+    return absl::InvalidArgumentError("*_watermark_pct: want low < high <= 100");
+  }
+  if (!c.cold_path.empty() && c.cool_path.empty()) {
+    return absl::InvalidArgumentError("cold_path: a cold tier needs cool_path too");
+  }
+  for (const std::string* codec : {&c.cool_codec, &c.cold_codec}) {
+    if (absl::Status s = ParseCodec(*codec).status(); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(codec == &c.cool_codec ? "cool_codec: " : "cold_codec: ", s.message()));
+    }
   }
   if (c.reaper_interval_ms == 0) return absl::InvalidArgumentError("reaper_interval: want > 0");
   return absl::OkStatus();

@@ -13,7 +13,8 @@
 #include "spdlog/spdlog.h"
 #include "store_service.h"
 #include "strata/common/byte_size.h"
-#include "strata/storenode/warm_tier.h"
+#include "strata/common/codec.h"
+#include "strata/storenode/tiered_store.h"
 
 namespace strata::storenode {
 namespace {
@@ -35,7 +36,7 @@ absl::Status WritePortFile(const std::string& path, const std::string& grpc_addr
 
 class StoreNodeImpl final : public StoreNode {
  public:
-  StoreNodeImpl(const NodeConfig& config, std::unique_ptr<WarmTier> warm)
+  StoreNodeImpl(const NodeConfig& config, std::unique_ptr<TieredStore> warm)
       : config_(config),
         warm_(std::move(warm)),
         metrics_(config.node_id),
@@ -74,7 +75,8 @@ class StoreNodeImpl final : public StoreNode {
     }
     ready_ = true;
     spdlog::info("node {} serving grpc={} http={} warm={} max_block={}", config_.node_id,
-                 grpc_address_, http_->address(), FormatByteSize(warm_->Stats().capacity_bytes),
+                 grpc_address_, http_->address(),
+                 FormatByteSize(warm_->Stats().warm.capacity_bytes),
                  FormatByteSize(config_.max_block_bytes));
     return absl::OkStatus();
   }
@@ -96,7 +98,7 @@ class StoreNodeImpl final : public StoreNode {
     if (reaper_.joinable()) reaper_.join();
     http_.reset();
     spdlog::debug("http endpoint stopped");
-    WarmTierStats s = warm_->Stats();
+    WarmTierStats s = warm_->Stats().warm;
     spdlog::info("node {} stopped: {} blocks ({}) held, {} hits, {} misses, {} evictions",
                  config_.node_id, s.blocks, FormatByteSize(s.payload_bytes), s.hits, s.misses,
                  s.evictions);
@@ -113,7 +115,7 @@ class StoreNodeImpl final : public StoreNode {
   }
 
   const NodeConfig config_;
-  std::unique_ptr<WarmTier> warm_;
+  std::unique_ptr<TieredStore> warm_;
   NodeMetrics metrics_;
   StoreServiceImpl service_;
   std::unique_ptr<grpc::Server> server_;
@@ -129,12 +131,25 @@ class StoreNodeImpl final : public StoreNode {
 
 absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& config) {
   if (absl::Status s = ValidateNodeConfig(config); !s.ok()) return s;
-  WarmTierOptions opts;
-  opts.capacity_bytes = config.warm_bytes;
-  opts.max_block_bytes = config.max_block_bytes;
-  opts.max_namespaces = config.max_namespaces;
-  opts.prefault = config.warm_prefault;
-  absl::StatusOr<std::unique_ptr<WarmTier>> warm = WarmTier::Create(std::move(opts));
+  TieredStoreOptions opts;
+  opts.warm.capacity_bytes = config.warm_bytes;
+  opts.warm.max_block_bytes = config.max_block_bytes;
+  opts.warm.max_namespaces = config.max_namespaces;
+  opts.warm.prefault = config.warm_prefault;
+  if (!config.cool_path.empty()) {
+    opts.cool = DiskTierOptions{"cool", config.cool_path, config.cool_bytes,
+                                *ParseCodec(config.cool_codec), config.sync_writes};
+  }
+  if (!config.cold_path.empty()) {
+    opts.cold = DiskTierOptions{"cold", config.cold_path, config.cold_bytes,
+                                *ParseCodec(config.cold_codec), config.sync_writes};
+  }
+  opts.warm_high_watermark = config.warm_high_watermark_pct / 100.0;
+  opts.warm_low_watermark = config.warm_low_watermark_pct / 100.0;
+  opts.disk_high_watermark = config.disk_high_watermark_pct / 100.0;
+  opts.disk_low_watermark = config.disk_low_watermark_pct / 100.0;
+  opts.promote_on_get = config.promote_on_get;
+  absl::StatusOr<std::unique_ptr<TieredStore>> warm = TieredStore::Create(std::move(opts));
   if (!warm.ok()) return warm.status();
   auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm));
   if (absl::Status s = node->Init(); !s.ok()) return s;

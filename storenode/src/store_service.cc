@@ -35,18 +35,31 @@ class CallScope {
   std::chrono::steady_clock::time_point start_;
 };
 
-v1::Tier WarmTierProto() { return v1::TIER_WARM; }
+v1::Tier TierProto(int tier) {
+  return v1::Tier_IsValid(tier) ? static_cast<v1::Tier>(tier) : v1::TIER_UNSPECIFIED;
+}
+
+void AddTier(v1::StatsResponse* resp, v1::Tier tier, uint64_t blocks, uint64_t bytes,
+             uint64_t capacity, uint64_t used) {
+  v1::TierStats* t = resp->add_tiers();
+  t->set_tier(tier);
+  t->set_blocks(blocks);
+  t->set_bytes(bytes);
+  t->set_capacity_bytes(capacity);
+  t->set_used_bytes(used);
+}
 
 }  // namespace
 
-StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, WarmTier* warm, NodeMetrics* metrics)
-    : config_(config), warm_(warm), metrics_(metrics) {}
+StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, TieredStore* store,
+                                   NodeMetrics* metrics)
+    : config_(config), store_(store), metrics_(metrics) {}
 
 absl::Status StoreServiceImpl::ValidateKeys(
     uint64_t namespace_id, const std::string& scope_in,
     const google::protobuf::RepeatedPtrField<std::string>& raw, const char* field,
     std::vector<ChainHash>* hashes, std::string* scope, NamespaceSpec* spec) {
-  absl::StatusOr<NamespaceSpec> ns = warm_->GetNamespace(namespace_id);
+  absl::StatusOr<NamespaceSpec> ns = store_->GetNamespace(namespace_id);
   if (!ns.ok()) return absl::InvalidArgumentError(ns.status().message());
   if (spec != nullptr) *spec = *ns;
   *scope = scope_in.empty() ? std::string(kDefaultScope) : scope_in;
@@ -85,7 +98,7 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext*,
   }
   NamespaceSpec spec{in.model_id(), in.dtype(),   in.layout(), in.block_tokens(),
                      in.tp_rank(),  in.tp_size(), *algo,       in.block_bytes()};
-  absl::StatusOr<NamespaceId> id = warm_->RegisterNamespace(spec);
+  absl::StatusOr<NamespaceId> id = store_->RegisterNamespace(spec);
   if (!id.ok()) return call.Done(id.status());
   resp->set_namespace_id(*id);
   spdlog::info("namespace 0x{:016x} registered: model={} dtype={} block_tokens={} tp={}/{}", *id,
@@ -101,11 +114,11 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
   absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
                                 "chain_hashes", &hashes, &scope, nullptr);
   if (!s.ok()) return call.Done(s);
-  std::vector<WarmTier::BlockMeta> found = warm_->Lookup(req->namespace_id(), scope, hashes);
+  std::vector<WarmTier::BlockMeta> found = store_->Lookup(req->namespace_id(), scope, hashes);
   resp->set_matched_blocks(static_cast<uint32_t>(found.size()));
   for (const WarmTier::BlockMeta& m : found) {
     v1::BlockInfo* b = resp->add_blocks();
-    b->set_tier(WarmTierProto());
+    b->set_tier(TierProto(m.tier));
     b->set_size(m.size);
   }
   return call.Done(absl::OkStatus());
@@ -114,7 +127,7 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
 grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPutRequest* req,
                                         v1::BeginPutResponse* resp) {
   CallScope call(metrics_, Op::kBeginPut);
-  absl::StatusOr<NamespaceSpec> ns = warm_->GetNamespace(req->namespace_id());
+  absl::StatusOr<NamespaceSpec> ns = store_->GetNamespace(req->namespace_id());
   if (!ns.ok()) return call.Done(absl::InvalidArgumentError(ns.status().message()));
   std::string scope = req->scope().empty() ? std::string(kDefaultScope) : req->scope();
   if (absl::Status s = ValidateScope(scope, "scope"); !s.ok()) return call.Done(s);
@@ -148,7 +161,7 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPut
                      FormatByteSize(config_.max_inline_bytes), "; split the batch")));
   }
   uint64_t ttl = req->ttl_ms() != 0 ? req->ttl_ms() : config_.reservation_ttl_ms;
-  WarmTier::ReserveResult r = warm_->BeginPut(req->namespace_id(), scope, blocks, ttl);
+  WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
   resp->set_reservation_id(r.reservation_id);
   resp->set_expires_in_ms(r.reservation_id != 0 ? ttl : 0);
   bool any_full = false;
@@ -179,7 +192,7 @@ grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext*, const v1::CommitP
     blocks.push_back({*h, b.checksum(), {data, b.payload().size()}});
     bytes += b.payload().size();
   }
-  absl::StatusOr<std::vector<absl::Status>> r = warm_->CommitPut(req->reservation_id(), blocks);
+  absl::StatusOr<std::vector<absl::Status>> r = store_->CommitPut(req->reservation_id(), blocks);
   if (!r.ok()) return call.Done(r.status());
   metrics_->AddInlineBytes(true, bytes);
   for (const absl::Status& st : *r) ToBlockStatus(st, resp->add_results());
@@ -189,7 +202,7 @@ grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext*, const v1::CommitP
 grpc::Status StoreServiceImpl::AbortPut(grpc::ServerContext*, const v1::AbortPutRequest* req,
                                         v1::AbortPutResponse*) {
   CallScope call(metrics_, Op::kAbortPut);
-  return call.Done(warm_->AbortPut(req->reservation_id()));
+  return call.Done(store_->AbortPut(req->reservation_id()));
 }
 
 grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGetRequest* req,
@@ -212,7 +225,7 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGet
     };
   }
   WarmTier::GetResult r =
-      warm_->BeginGet(req->namespace_id(), scope, hashes, ttl, sink, config_.max_inline_bytes);
+      store_->BeginGet(req->namespace_id(), scope, hashes, ttl, sink, config_.max_inline_bytes);
   resp->set_lease_id(r.lease_id);
   resp->set_expires_in_ms(r.lease_id != 0 ? ttl : 0);
   uint64_t bytes = 0;
@@ -227,7 +240,7 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGet
       }
       continue;
     }
-    b->set_tier(WarmTierProto());
+    b->set_tier(TierProto(r.blocks[i].tier));
     b->set_size(r.blocks[i].size);
     b->set_checksum(r.blocks[i].checksum);
     bytes += b->payload().size();
@@ -239,7 +252,7 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGet
 grpc::Status StoreServiceImpl::EndGet(grpc::ServerContext*, const v1::EndGetRequest* req,
                                       v1::EndGetResponse*) {
   CallScope call(metrics_, Op::kEndGet);
-  return call.Done(warm_->EndGet(req->lease_id()));
+  return call.Done(store_->EndGet(req->lease_id()));
 }
 
 grpc::Status StoreServiceImpl::Delete(grpc::ServerContext*, const v1::DeleteRequest* req,
@@ -250,28 +263,35 @@ grpc::Status StoreServiceImpl::Delete(grpc::ServerContext*, const v1::DeleteRequ
   absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
                                 "chain_hashes", &hashes, &scope, nullptr);
   if (!s.ok()) return call.Done(s);
-  resp->set_deleted(static_cast<uint32_t>(warm_->Delete(req->namespace_id(), scope, hashes)));
+  resp->set_deleted(static_cast<uint32_t>(store_->Delete(req->namespace_id(), scope, hashes)));
   return call.Done(absl::OkStatus());
 }
 
 grpc::Status StoreServiceImpl::Stats(grpc::ServerContext*, const v1::StatsRequest*,
                                      v1::StatsResponse* resp) {
   CallScope call(metrics_, Op::kStats);
-  WarmTierStats s = warm_->Stats();
+  TieredStats ts = store_->Stats();
+  const WarmTierStats& s = ts.warm;
   resp->set_node_id(config_.node_id);
-  v1::TierStats* t = resp->add_tiers();
-  t->set_tier(v1::TIER_WARM);
-  t->set_blocks(s.blocks);
-  t->set_bytes(s.payload_bytes);
-  t->set_capacity_bytes(s.capacity_bytes);
-  t->set_used_bytes(s.used_bytes);
-  resp->set_hits(s.hits);
+  AddTier(resp, v1::TIER_WARM, s.blocks, s.payload_bytes, s.capacity_bytes, s.used_bytes);
+  if (ts.cool) {
+    AddTier(resp, v1::TIER_COOL, ts.cool->blocks, ts.cool->payload_bytes, ts.cool->capacity_bytes,
+            ts.cool->stored_bytes);
+  }
+  if (ts.cold) {
+    AddTier(resp, v1::TIER_COLD, ts.cold->blocks, ts.cold->payload_bytes, ts.cold->capacity_bytes,
+            ts.cold->stored_bytes);
+  }
+  resp->set_hits(s.hits + ts.cool_hits + ts.cold_hits);
   resp->set_misses(s.misses);
-  resp->set_evictions(s.evictions);
+  resp->set_evictions(s.evictions + ts.disk_evictions);
   resp->set_leases(s.leases);
   resp->set_reservations(s.reservations);
   resp->set_namespaces(s.namespaces);
-  resp->set_data_loss(s.data_loss);
+  resp->set_data_loss(s.data_loss + (ts.cool ? ts.cool->data_loss : 0) +
+                      (ts.cold ? ts.cold->data_loss : 0));
+  resp->set_demotions(s.demotions + ts.cool_demotions);
+  resp->set_promotions(ts.promotions);
   resp->set_max_keys_per_call(static_cast<uint32_t>(config_.max_keys_per_call));
   resp->set_max_block_bytes(config_.max_block_bytes);
   resp->set_max_inline_bytes(config_.max_inline_bytes);
@@ -289,7 +309,7 @@ grpc::Status StoreServiceImpl::InjectFault(grpc::ServerContext*, const v1::Injec
   if (!h.ok()) return call.Done(h.status());
   std::string scope = req->scope().empty() ? std::string(kDefaultScope) : req->scope();
   absl::Status s =
-      warm_->CorruptForTest(BlockKey{req->namespace_id(), scope, *h}, req->flip_byte_offset());
+      store_->CorruptForTest(BlockKey{req->namespace_id(), scope, *h}, req->flip_byte_offset());
   if (s.ok())
     spdlog::warn("fault injected: flipped byte {} of {}", req->flip_byte_offset(), h->ToHex());
   return call.Done(s);

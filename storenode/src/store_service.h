@@ -1,5 +1,5 @@
 // StoreServiceImpl: the gRPC face of a store node. Validates every request against the
-// node's limits (naming the offending field), then calls WarmTier. Per-block outcomes go
+// node's limits (naming the offending field), then calls the TieredStore. Per-block outcomes go
 // back as BlockStatus; whole-call failures as the gRPC status.
 //
 // Thread-safe: gRPC calls the methods from its own thread pool.
@@ -9,14 +9,14 @@
 
 #include "metrics.h"
 #include "strata/storenode/node_config.h"
-#include "strata/storenode/warm_tier.h"
+#include "strata/storenode/tiered_store.h"
 #include "strata/v1/store.grpc.pb.h"
 
 namespace strata::storenode {
 
 class StoreServiceImpl final : public strata::v1::StoreService::Service {
  public:
-  StoreServiceImpl(const NodeConfig& config, WarmTier* warm, NodeMetrics* metrics);
+  StoreServiceImpl(const NodeConfig& config, TieredStore* store, NodeMetrics* metrics);
 
   grpc::Status RegisterNamespace(grpc::ServerContext*, const v1::RegisterNamespaceRequest*,
                                  v1::RegisterNamespaceResponse*) override;
@@ -44,7 +44,7 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   absl::Status ValidateTtl(uint32_t ttl_ms, const char* field) const;
 
   const NodeConfig config_;
-  WarmTier* const warm_;
+  TieredStore* const store_;
   NodeMetrics* const metrics_;
 };
 

@@ -1,5 +1,6 @@
 #include "strata/storenode/warm_tier.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -171,9 +172,10 @@ bool WarmTier::ReclaimPageLocked() {
   return true;
 }
 
-std::optional<Slot> WarmTier::AllocateLocked(uint16_t size_class) {
+std::optional<Slot> WarmTier::AllocateLocked(uint16_t size_class, bool may_evict) {
   for (;;) {
     if (std::optional<Slot> s = arena_->Allocate(size_class)) return s;
+    if (!may_evict) return std::nullopt;
     if (EvictOneLocked(size_class)) continue;
     if (ReclaimPageLocked()) continue;
     return std::nullopt;
@@ -181,15 +183,21 @@ std::optional<Slot> WarmTier::AllocateLocked(uint16_t size_class) {
 }
 
 std::vector<WarmTier::BlockMeta> WarmTier::Lookup(NamespaceId ns, const std::string& scope,
-                                                  std::span<const ChainHash> hashes) {
+                                                  std::span<const ChainHash> hashes,
+                                                  const LowerTierProbe& lower) {
   std::vector<BlockMeta> out;
   absl::MutexLock lock(&mu_);
   std::vector<Entry*> found;
   BlockKey key{ns, scope, {}};
-  for (const ChainHash& h : hashes) {
-    key.hash = h;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    key.hash = hashes[i];
     auto it = index_.find(key);
-    if (it == index_.end() || it->second->state != Entry::State::kCommitted) break;
+    if (it == index_.end() || it->second->state != Entry::State::kCommitted) {
+      std::optional<BlockMeta> below = lower ? lower(i, key) : std::nullopt;
+      if (!below) break;
+      out.push_back(*below);
+      continue;
+    }
     found.push_back(it->second.get());
     out.push_back({it->second->size, it->second->checksum});
   }
@@ -201,8 +209,60 @@ std::vector<WarmTier::BlockMeta> WarmTier::Lookup(NamespaceId ns, const std::str
   return out;
 }
 
+uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn) {
+  struct Victim {
+    Entry* entry;
+    uint64_t size;
+    uint64_t checksum;
+  };
+  std::vector<Victim> victims;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<Entry*> candidates;
+    for (const std::list<Entry*>& lru : lru_) {
+      for (Entry* e : lru) {
+        if (e->pins == 0) candidates.push_back(e);
+      }
+    }
+    std::sort(candidates.begin(), candidates.end(),
+              [](const Entry* a, const Entry* b) { return a->last_tick < b->last_tick; });
+    uint64_t sum = 0;
+    for (Entry* e : candidates) {
+      if (sum >= bytes) break;
+      sum += e->size;
+      if (e->pins++ == 0) ++pinned_;
+      victims.push_back({e, e->size, e->checksum});
+    }
+  }
+  // Pinned: the bytes cannot move while they are verified and written elsewhere.
+  std::vector<bool> moved(victims.size(), false), corrupt(victims.size(), false);
+  for (size_t i = 0; i < victims.size(); ++i) {
+    const uint8_t* data = arena_->Address(victims[i].entry->slot);
+    if (BlockChecksum(data, victims[i].size) != victims[i].checksum) {
+      corrupt[i] = true;
+      continue;
+    }
+    moved[i] = fn(victims[i].entry->key, {data, victims[i].size}, victims[i].checksum);
+  }
+  uint64_t n = 0;
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < victims.size(); ++i) {
+    Entry* e = victims[i].entry;
+    if (moved[i] || corrupt[i]) {
+      auto it = index_.find(e->key);
+      if (it != index_.end() && it->second.get() == e) RemoveLocked(e);
+      if (corrupt[i]) data_loss_.fetch_add(1, std::memory_order_relaxed);
+      n += moved[i] ? 1 : 0;
+    }
+    UnpinLocked(e);
+  }
+  demotions_.fetch_add(n, std::memory_order_relaxed);
+  return n;
+}
+
 WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& scope,
-                                           std::span<const PutBlock> blocks, uint64_t ttl_ms) {
+                                           std::span<const PutBlock> blocks, uint64_t ttl_ms,
+                                           bool may_evict) {
   ReserveResult result;
   result.status.reserve(blocks.size());
   auto reservation = std::make_unique<Reservation>();
@@ -216,7 +276,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
       continue;
     }
     uint16_t cls = arena_->ClassFor(b.size);
-    std::optional<Slot> slot = AllocateLocked(cls);
+    std::optional<Slot> slot = AllocateLocked(cls, may_evict);
     if (!slot) {
       result.status.push_back(absl::ResourceExhaustedError(absl::StrCat(
           "warm tier full: ", FormatByteSize(arena_->capacity_bytes()),
@@ -491,6 +551,7 @@ WarmTierStats WarmTier::Stats() const {
   s.misses = misses_.load(std::memory_order_relaxed);
   s.evictions = evictions_.load(std::memory_order_relaxed);
   s.data_loss = data_loss_.load(std::memory_order_relaxed);
+  s.demotions = demotions_.load(std::memory_order_relaxed);
   return s;
 }
 

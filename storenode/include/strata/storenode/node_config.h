@@ -26,6 +26,20 @@ struct NodeConfig {
   uint64_t max_inline_bytes = 64ull << 20;  // payload bytes per call on the gRPC path
   uint64_t max_namespaces = 1024;
 
+  // Cool and cold tiers (RocksDB); an empty path leaves the tier out.
+  std::string cool_path;
+  uint64_t cool_bytes = 16ull << 30;
+  std::string cool_codec = "lz4";
+  std::string cold_path;
+  uint64_t cold_bytes = 64ull << 30;
+  std::string cold_codec = "zstd";
+  bool sync_writes = false;               // fsync the RocksDB WAL on every block written
+  bool promote_on_get = true;             // a read of a cool/cold block moves it back to warm
+  uint64_t warm_high_watermark_pct = 90;  // demote warm → cool above this share of warm_bytes
+  uint64_t warm_low_watermark_pct = 80;   // ... until under this one
+  uint64_t disk_high_watermark_pct = 95;  // same for cool → cold and cold → dropped
+  uint64_t disk_low_watermark_pct = 85;
+
   uint64_t reservation_ttl_ms = 30000;  // uncommitted puts expire after this
   uint64_t lease_ttl_ms = 30000;        // default read lease
   uint64_t max_lease_ms = 600000;       // longest lease or reservation a caller may ask for

@@ -13,6 +13,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -49,6 +50,7 @@ struct WarmTierStats {
   uint64_t reservations = 0;  // open put reservations
   uint64_t namespaces = 0;
   uint64_t data_loss = 0;  // blocks dropped because their bytes failed the checksum
+  uint64_t demotions = 0;  // blocks moved to a lower tier
 };
 
 class WarmTier {
@@ -65,7 +67,15 @@ class WarmTier {
   struct BlockMeta {
     uint64_t size = 0;
     uint64_t checksum = 0;
+    int tier = 2;  // strata.v1.Tier: 2 warm; a lower tier's Lookup fallback sets 3 or 4
   };
+  // Finds block `index` of a Lookup in a lower tier after a warm miss (called under the warm
+  // lock: must not call back into WarmTier).
+  using LowerTierProbe = std::function<std::optional<BlockMeta>(size_t index, const BlockKey&)>;
+  // Receives a demotion victim's verified bytes (pinned, outside the lock); returns true when
+  // the block now lives elsewhere and may leave the warm tier.
+  using DemoteFn =
+      std::function<bool(const BlockKey& key, std::span<const uint8_t> bytes, uint64_t checksum)>;
   // Where BeginGet copies a block: returns a buffer of at least `size` bytes for block
   // `index`, or nullptr to leave that block pinned but uncopied.
   using CopySink = std::function<uint8_t*(size_t index, uint64_t size)>;
@@ -91,12 +101,21 @@ class WarmTier {
 
   // Metadata of the longest committed prefix of `hashes` (stops at the first miss).
   // Counts hits and misses; refreshes recency so ancestors stay newer than descendants.
+  // With `lower`, a warm miss asks the lower tiers and the prefix continues if they have it.
   std::vector<BlockMeta> Lookup(NamespaceId ns, const std::string& scope,
-                                std::span<const ChainHash> hashes);
+                                std::span<const ChainHash> hashes,
+                                const LowerTierProbe& lower = nullptr);
+
+  // Moves least recently used unpinned blocks worth at least `bytes` out through `fn`
+  // (pinned while it runs; a block whose bytes fail the checksum is dropped instead).
+  // Returns the number of blocks moved.
+  uint64_t Demote(uint64_t bytes, const DemoteFn& fn);
 
   // Reserves one slot per block, evicting least recently used unpinned blocks as needed.
+  // With may_evict false, only free space is used (promotions must not push out blocks that
+  // exist nowhere else).
   ReserveResult BeginPut(NamespaceId ns, const std::string& scope, std::span<const PutBlock> blocks,
-                         uint64_t ttl_ms);
+                         uint64_t ttl_ms, bool may_evict = true);
   // Copies each block's payload into its reserved slot, verifies the checksum over the bytes
   // as they landed and publishes it. Reserved blocks not named are released.
   // Returns NOT_FOUND for an unknown or expired reservation; per block: OK, DATA_LOSS
@@ -134,7 +153,8 @@ class WarmTier {
 
   explicit WarmTier(WarmTierOptions options, std::unique_ptr<SlabArena> arena);
 
-  std::optional<Slot> AllocateLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<Slot> AllocateLocked(uint16_t size_class, bool may_evict)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool EvictOneLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ReclaimPageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -169,6 +189,7 @@ class WarmTier {
   std::atomic<uint64_t> misses_{0};
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> data_loss_{0};
+  std::atomic<uint64_t> demotions_{0};
 };
 
 }  // namespace strata::storenode

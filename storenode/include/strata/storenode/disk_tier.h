@@ -1,0 +1,139 @@
+// DiskTier: a RocksDB-backed tier — cool (local NVMe, lz4) or cold (slower or network
+// storage, zstd). Each block is one value in the default column family, stored with the
+// versioned header of common/stored_block.h (format, codec, layout, sizes, checksum of the
+// original bytes); large values live in RocksDB's integrated blob files so multi-MiB
+// blocks skip compaction. A small record per block in the "meta" column family (size,
+// checksum, depth, importance, session, access statistics) lets Open() rebuild the index
+// without reading payloads, so blocks survive restarts and kill -9 (WAL on).
+//
+// The byte budget is enforced here, by the index, not by RocksDB. Every read verifies the
+// checksum: a block whose bytes fail it (a flipped byte in a blob or SST file) is dropped
+// and reported as DATA_LOSS, never returned.
+//
+// Thread-safe. The index has its own mutex, never held across RocksDB calls.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "strata/common/block_key.h"
+#include "strata/common/codec.h"
+#include "strata/common/namespace.h"
+
+namespace rocksdb {
+class DB;
+class ColumnFamilyHandle;
+}  // namespace rocksdb
+
+namespace strata::storenode {
+
+struct DiskTierOptions {
+  std::string name = "cool";  // for logs, metrics and errors
+  std::string path;
+  uint64_t capacity_bytes = 0;
+  Codec codec = Codec::kLz4;
+  bool sync_writes = false;  // fsync the WAL on every put (power-loss durability)
+};
+
+// What the tier knows of each block, persisted beside it.
+struct DiskBlockMeta {
+  uint64_t size = 0;          // original payload bytes
+  uint64_t stored_bytes = 0;  // bytes of the RocksDB value (header + encoded payload)
+  uint64_t checksum = 0;      // xxh3-64 of the original payload
+  uint32_t depth = 0;
+  float importance = 0;
+  std::string session;
+  uint32_t access_count = 0;
+};
+
+struct DiskTierStats {
+  uint64_t blocks = 0;
+  uint64_t payload_bytes = 0;
+  uint64_t stored_bytes = 0;
+  uint64_t capacity_bytes = 0;
+  uint64_t data_loss = 0;
+  uint64_t codec_bytes_in = 0;   // original bytes encoded by puts
+  uint64_t codec_bytes_out = 0;  // stored bytes they became
+};
+
+class DiskTier {
+ public:
+  // Opens (creating if needed) the database at options.path and rebuilds the index.
+  // UNAVAILABLE when RocksDB cannot open the path; INVALID_ARGUMENT for bad options.
+  static absl::StatusOr<std::unique_ptr<DiskTier>> Open(DiskTierOptions options);
+  ~DiskTier();
+
+  const std::string& name() const { return options_.name; }
+
+  // Stores a block (replacing any older copy). RESOURCE_EXHAUSTED if it would exceed the
+  // budget: the caller makes room first (VictimsLru). UNAVAILABLE on a RocksDB write error.
+  absl::Status Put(const BlockKey& key, std::span<const uint8_t> payload, DiskBlockMeta meta);
+
+  // Reads and verifies a block into *out. NOT_FOUND if absent; DATA_LOSS if its bytes fail
+  // the checksum (the block is then deleted). Blocks on disk I/O.
+  absl::Status Read(const BlockKey& key, std::vector<uint8_t>* out);
+
+  // Removes a block; NOT_FOUND if absent.
+  absl::Status Delete(const BlockKey& key);
+
+  // Index probe (no I/O). Refreshes recency when touch is set.
+  std::optional<DiskBlockMeta> Find(const BlockKey& key, bool touch);
+
+  // Least recently used blocks whose stored bytes add up to at least `bytes`.
+  std::vector<BlockKey> VictimsLru(uint64_t bytes);
+
+  // Keys of every block carrying `session`.
+  std::vector<BlockKey> SessionBlocks(const std::string& session);
+
+  // Namespaces persisted with the data so a restarted node knows them.
+  absl::Status SaveNamespace(NamespaceId id, const NamespaceSpec& spec);
+  absl::StatusOr<std::vector<NamespaceSpec>> LoadNamespaces();
+
+  DiskTierStats Stats() const;
+  uint64_t stored_bytes() const;
+  uint64_t capacity_bytes() const { return options_.capacity_bytes; }
+
+ private:
+  struct Entry {
+    DiskBlockMeta meta;
+    std::list<BlockKey>::iterator lru_pos;
+  };
+
+  DiskTier(DiskTierOptions options, rocksdb::DB* db,
+           std::vector<rocksdb::ColumnFamilyHandle*> handles);
+  absl::Status Rebuild();
+  void DropLocked(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const DiskTierOptions options_;
+  rocksdb::DB* db_;
+  rocksdb::ColumnFamilyHandle* data_cf_;
+  rocksdb::ColumnFamilyHandle* meta_cf_;
+  rocksdb::ColumnFamilyHandle* ns_cf_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<BlockKey, Entry> index_ ABSL_GUARDED_BY(mu_);
+  std::list<BlockKey> lru_ ABSL_GUARDED_BY(mu_);  // least recently used first
+  uint64_t stored_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t data_loss_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t codec_in_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t codec_out_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Key and meta encodings, exposed for tests and fuzzers.
+std::string EncodeDiskKey(const BlockKey& key);
+absl::StatusOr<BlockKey> DecodeDiskKey(std::string_view raw);
+std::string EncodeDiskMeta(const DiskBlockMeta& meta);
+absl::StatusOr<DiskBlockMeta> DecodeDiskMeta(std::string_view raw);
+
+}  // namespace strata::storenode

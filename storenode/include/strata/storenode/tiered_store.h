@@ -1,0 +1,108 @@
+// TieredStore: a store node's tiers as one store — warm DRAM (WarmTier) above optional
+// cool and cold RocksDB tiers (DiskTier). New blocks land warm. A background demoter keeps
+// each tier under its high watermark by moving its least recently used blocks down
+// (warm → cool → cold → dropped) until the low watermark. Lookups continue a prefix across
+// tiers; a Get of a cool or cold block reads and verifies it from disk, serves it, and
+// (promote_on_get) copies it back into the warm tier, keeping the disk copy (inclusive
+// tiers: a restart loses no promoted block, and demoting it again writes nothing). Namespaces are
+// persisted in the disk tiers, so a restarted node knows the namespaces of the blocks it still
+// holds.
+//
+// Thread-safe. Disk I/O never runs under a tier's lock.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "strata/storenode/disk_tier.h"
+#include "strata/storenode/warm_tier.h"
+
+namespace strata::storenode {
+
+struct TieredStoreOptions {
+  WarmTierOptions warm;
+  std::optional<DiskTierOptions> cool;
+  std::optional<DiskTierOptions> cold;
+  double warm_high_watermark = 0.90;
+  double warm_low_watermark = 0.80;
+  double disk_high_watermark = 0.95;
+  double disk_low_watermark = 0.85;
+  bool promote_on_get = true;
+  uint64_t demote_interval_ms = 50;
+};
+
+struct TieredStats {
+  WarmTierStats warm;
+  std::optional<DiskTierStats> cool;
+  std::optional<DiskTierStats> cold;
+  uint64_t cool_hits = 0;
+  uint64_t cold_hits = 0;
+  uint64_t promotions = 0;
+  uint64_t cool_demotions = 0;  // cool → cold
+  uint64_t disk_evictions = 0;  // dropped from the lowest tier
+};
+
+class TieredStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<TieredStore>> Create(TieredStoreOptions options);
+  ~TieredStore();
+
+  absl::StatusOr<NamespaceId> RegisterNamespace(const NamespaceSpec& spec);
+  absl::StatusOr<NamespaceSpec> GetNamespace(NamespaceId id) const;
+
+  // Longest prefix present in any tier; each block's tier in BlockMeta::tier.
+  std::vector<WarmTier::BlockMeta> Lookup(NamespaceId ns, const std::string& scope,
+                                          std::span<const ChainHash> hashes);
+
+  // Like WarmTier::BeginPut, but blocks held by a lower tier are ALREADY_EXISTS too.
+  WarmTier::ReserveResult BeginPut(NamespaceId ns, const std::string& scope,
+                                   std::span<const WarmTier::PutBlock> blocks, uint64_t ttl_ms);
+  absl::StatusOr<std::vector<absl::Status>> CommitPut(
+      uint64_t reservation_id, std::span<const WarmTier::CommitBlock> blocks);
+  absl::Status AbortPut(uint64_t reservation_id);
+
+  // Warm blocks as WarmTier::BeginGet; blocks found only on disk are read, verified and
+  // copied through `sink` (not leased: they are served from the read buffer), and promoted.
+  WarmTier::GetResult BeginGet(NamespaceId ns, const std::string& scope,
+                               std::span<const ChainHash> hashes, uint64_t ttl_ms,
+                               const WarmTier::CopySink& sink, uint64_t max_copy_bytes);
+  absl::Status EndGet(uint64_t lease_id);
+
+  uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
+  uint64_t ExpireNow();
+  absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
+
+  // One pass of the demoter, making room for `incoming` more warm bytes (the background
+  // thread calls it with 0; BeginPut with its batch size when it would overflow).
+  void DemoteOnce(uint64_t incoming = 0);
+
+  TieredStats Stats() const;
+
+ private:
+  TieredStore(TieredStoreOptions options, std::unique_ptr<WarmTier> warm,
+              std::unique_ptr<DiskTier> cool, std::unique_ptr<DiskTier> cold);
+  // Makes room in `tier` for `bytes` more, moving victims to `below` (or dropping them).
+  void MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes);
+  void DemoteLoop();
+
+  const TieredStoreOptions options_;
+  std::unique_ptr<WarmTier> warm_;
+  std::unique_ptr<DiskTier> cool_;
+  std::unique_ptr<DiskTier> cold_;
+  std::atomic<uint64_t> cool_hits_{0};
+  std::atomic<uint64_t> cold_hits_{0};
+  std::atomic<uint64_t> promotions_{0};
+  std::atomic<uint64_t> cool_demotions_{0};
+  std::atomic<uint64_t> disk_evictions_{0};
+  absl::Notification stop_;
+  std::thread demoter_;
+};
+
+}  // namespace strata::storenode

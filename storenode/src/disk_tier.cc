@@ -1,0 +1,383 @@
+#include "strata/storenode/disk_tier.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+#include "rocksdb/write_batch.h"
+#include "spdlog/spdlog.h"
+#include "strata/common/byte_size.h"
+#include "strata/common/checksum.h"
+#include "strata/common/stored_block.h"
+
+namespace strata::storenode {
+namespace {
+
+constexpr uint8_t kMetaVersion = 1;
+
+void PutU8(std::string& s, uint8_t v) { s.push_back(static_cast<char>(v)); }
+template <typename T>
+void PutLe(std::string& s, T v) {
+  char b[sizeof(T)];
+  std::memcpy(b, &v, sizeof(T));  // x86-64 and arm64 Linux are little-endian
+  s.append(b, sizeof(T));
+}
+
+// Bounds-checked little-endian reader over untrusted bytes.
+class Reader {
+ public:
+  explicit Reader(std::string_view s) : s_(s) {}
+  template <typename T>
+  bool Get(T* v) {
+    if (s_.size() - pos_ < sizeof(T)) return false;
+    std::memcpy(v, s_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return true;
+  }
+  bool Bytes(size_t n, std::string* out) {
+    if (s_.size() - pos_ < n) return false;
+    out->assign(s_.data() + pos_, n);
+    pos_ += n;
+    return true;
+  }
+  bool done() const { return pos_ == s_.size(); }
+
+ private:
+  std::string_view s_;
+  size_t pos_ = 0;
+};
+
+absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  std::string msg = absl::StrCat(std::string(what), ": ", s.ToString());
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
+  return absl::UnavailableError(msg);
+}
+
+rocksdb::Slice AsSlice(const std::string& s) { return rocksdb::Slice(s.data(), s.size()); }
+
+}  // namespace
+
+std::string EncodeDiskKey(const BlockKey& key) {
+  std::string out;
+  out.reserve(8 + 1 + key.scope.size() + kChainHashBytes);
+  for (int i = 7; i >= 0; --i) PutU8(out, static_cast<uint8_t>(key.namespace_id >> (8 * i)));
+  PutU8(out, static_cast<uint8_t>(key.scope.size()));
+  out += key.scope;
+  out.append(key.hash.AsStringView());
+  return out;
+}
+
+absl::StatusOr<BlockKey> DecodeDiskKey(std::string_view raw) {
+  if (raw.size() < 8 + 1 + kChainHashBytes) return absl::DataLossError("disk key: too short");
+  BlockKey key;
+  for (int i = 0; i < 8; ++i) {
+    key.namespace_id = (key.namespace_id << 8) | static_cast<uint8_t>(raw[i]);
+  }
+  size_t scope_len = static_cast<uint8_t>(raw[8]);
+  if (raw.size() != 9 + scope_len + kChainHashBytes) {
+    return absl::DataLossError("disk key: length does not match its scope length");
+  }
+  key.scope.assign(raw.substr(9, scope_len));
+  absl::StatusOr<ChainHash> h = ChainHash::FromBytes(raw.substr(9 + scope_len), "disk key");
+  if (!h.ok()) return absl::DataLossError(h.status().message());
+  key.hash = *h;
+  return key;
+}
+
+std::string EncodeDiskMeta(const DiskBlockMeta& m) {
+  std::string out;
+  PutU8(out, kMetaVersion);
+  PutLe<uint64_t>(out, m.size);
+  PutLe<uint64_t>(out, m.stored_bytes);
+  PutLe<uint64_t>(out, m.checksum);
+  PutLe<uint32_t>(out, m.depth);
+  PutLe<float>(out, m.importance);
+  PutLe<uint32_t>(out, m.access_count);
+  PutLe<uint16_t>(out, static_cast<uint16_t>(m.session.size()));
+  out += m.session;
+  return out;
+}
+
+absl::StatusOr<DiskBlockMeta> DecodeDiskMeta(std::string_view raw) {
+  Reader r(raw);
+  DiskBlockMeta m;
+  uint8_t version = 0;
+  uint16_t session_len = 0;
+  if (!r.Get(&version) || version != kMetaVersion || !r.Get(&m.size) || !r.Get(&m.stored_bytes) ||
+      !r.Get(&m.checksum) || !r.Get(&m.depth) || !r.Get(&m.importance) || !r.Get(&m.access_count) ||
+      !r.Get(&session_len) || !r.Bytes(session_len, &m.session) || !r.done()) {
+    return absl::DataLossError("disk meta record: malformed");
+  }
+  return m;
+}
+
+absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options) {
+  if (options.path.empty()) return absl::InvalidArgumentError(options.name + "_path: empty");
+  if (options.capacity_bytes == 0) {
+    return absl::InvalidArgumentError(options.name + "_bytes: must be > 0");
+  }
+  rocksdb::Options opts;
+  opts.create_if_missing = true;
+  opts.create_missing_column_families = true;
+  opts.compression = rocksdb::kNoCompression;  // payloads are encoded by our codecs
+  opts.enable_blob_files = true;
+  opts.min_blob_size = 4096;
+  opts.blob_compression_type = rocksdb::kNoCompression;
+  opts.enable_blob_garbage_collection = true;
+  opts.max_open_files = 256;
+  opts.keep_log_file_num = 3;
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions(opts)},
+      {"meta", rocksdb::ColumnFamilyOptions()},
+      {"namespaces", rocksdb::ColumnFamilyOptions()}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(rocksdb::DBOptions(opts), options.path, cfs, &handles, &db);
+  if (!s.ok()) {
+    return absl::UnavailableError(absl::StrCat(options.name, " tier: cannot open RocksDB at ",
+                                               options.path, ": ", s.ToString()));
+  }
+  std::unique_ptr<DiskTier> tier(new DiskTier(std::move(options), db, std::move(handles)));
+  if (absl::Status r = tier->Rebuild(); !r.ok()) return r;
+  return tier;
+}
+
+DiskTier::DiskTier(DiskTierOptions options, rocksdb::DB* db,
+                   std::vector<rocksdb::ColumnFamilyHandle*> handles)
+    : options_(std::move(options)),
+      db_(db),
+      data_cf_(handles[0]),
+      meta_cf_(handles[1]),
+      ns_cf_(handles[2]),
+      handles_(std::move(handles)) {}
+
+DiskTier::~DiskTier() {
+  // Flush so a restart reads blob and SST files instead of replaying the whole WAL.
+  rocksdb::FlushOptions fo;
+  db_->Flush(fo, handles_).PermitUncheckedError();
+  for (rocksdb::ColumnFamilyHandle* h : handles_) db_->DestroyColumnFamilyHandle(h);
+  db_->Close();
+  delete db_;
+}
+
+absl::Status DiskTier::Rebuild() {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_cf_));
+  uint64_t skipped = 0;
+  absl::MutexLock lock(&mu_);
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    absl::StatusOr<BlockKey> key = DecodeDiskKey(it->key().ToStringView());
+    absl::StatusOr<DiskBlockMeta> meta = DecodeDiskMeta(it->value().ToStringView());
+    if (!key.ok() || !meta.ok()) {
+      ++skipped;  // unreadable index record: the block is unreachable, count it as lost
+      continue;
+    }
+    lru_.push_back(*key);
+    stored_bytes_ += meta->stored_bytes;
+    payload_bytes_ += meta->size;
+    index_.emplace(*key, Entry{std::move(*meta), std::prev(lru_.end())});
+  }
+  if (!it->status().ok()) {
+    spdlog::error("{} tier: index scan stopped early: {}", options_.name, it->status().ToString());
+  }
+  data_loss_ += skipped;
+  spdlog::info("{} tier at {}: {} blocks, {} stored of {} ({} unreadable records skipped)",
+               options_.name, options_.path, index_.size(), FormatByteSize(stored_bytes_),
+               FormatByteSize(options_.capacity_bytes), skipped);
+  return absl::OkStatus();
+}
+
+absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload,
+                           DiskBlockMeta meta) {
+  absl::StatusOr<std::string> value = PackBlock(payload, options_.codec, KvQuantSpec{}, 0);
+  if (!value.ok()) return value.status();
+  meta.size = payload.size();
+  meta.stored_bytes = value->size();
+  meta.checksum = BlockChecksum(payload.data(), payload.size());
+  {
+    absl::MutexLock lock(&mu_);
+    auto old = index_.find(key);
+    uint64_t replaced = old == index_.end() ? 0 : old->second.meta.stored_bytes;
+    if (stored_bytes_ - replaced + meta.stored_bytes > options_.capacity_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(options_.name, " tier full: ", FormatByteSize(stored_bytes_), " of ",
+                       FormatByteSize(options_.capacity_bytes), " used"));
+    }
+  }
+  std::string k = EncodeDiskKey(key);
+  rocksdb::WriteBatch batch;
+  batch.Put(data_cf_, AsSlice(k), AsSlice(*value));
+  batch.Put(meta_cf_, AsSlice(k), AsSlice(EncodeDiskMeta(meta)));
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  if (absl::Status s = FromRocks(db_->Write(wo, &batch), options_.name + " tier write"); !s.ok()) {
+    return s;
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it != index_.end()) {
+    stored_bytes_ -= it->second.meta.stored_bytes;
+    payload_bytes_ -= it->second.meta.size;
+    lru_.erase(it->second.lru_pos);
+    index_.erase(it);
+  }
+  stored_bytes_ += meta.stored_bytes;
+  payload_bytes_ += meta.size;
+  codec_in_ += meta.size;
+  codec_out_ += meta.stored_bytes;
+  lru_.push_back(key);
+  index_.emplace(key, Entry{std::move(meta), std::prev(lru_.end())});
+  return absl::OkStatus();
+}
+
+absl::Status DiskTier::Read(const BlockKey& key, std::vector<uint8_t>* out) {
+  uint64_t want_checksum = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = index_.find(key);
+    if (it == index_.end()) return absl::NotFoundError(options_.name + " tier: not present");
+    want_checksum = it->second.meta.checksum;
+  }
+  std::string value;
+  rocksdb::ReadOptions ro;
+  ro.verify_checksums = true;
+  absl::Status s = FromRocks(db_->Get(ro, data_cf_, AsSlice(EncodeDiskKey(key)), &value),
+                             options_.name + " tier read");
+  if (s.ok()) {
+    StoredBlockHeader header;
+    s = UnpackBlock({reinterpret_cast<const uint8_t*>(value.data()), value.size()}, out, &header);
+    if (s.ok() && header.checksum != want_checksum) {
+      s = absl::DataLossError("stored checksum differs from the index");
+    }
+  }
+  if (s.code() == absl::StatusCode::kDataLoss || s.code() == absl::StatusCode::kNotFound) {
+    spdlog::error("{} tier: block {} dropped: {}", options_.name, key.hash.ToHex(), s.ToString());
+    absl::MutexLock lock(&mu_);
+    if (s.code() == absl::StatusCode::kDataLoss) ++data_loss_;
+    DropLocked(key);
+  }
+  if (s.code() == absl::StatusCode::kDataLoss || s.code() == absl::StatusCode::kNotFound) {
+    std::string k = EncodeDiskKey(key);
+    rocksdb::WriteBatch batch;
+    batch.Delete(data_cf_, AsSlice(k));
+    batch.Delete(meta_cf_, AsSlice(k));
+    db_->Write(rocksdb::WriteOptions(), &batch).PermitUncheckedError();
+    if (s.code() == absl::StatusCode::kDataLoss) {
+      return absl::DataLossError(absl::StrCat(options_.name, " tier: ", s.message()));
+    }
+  }
+  return s;
+}
+
+void DiskTier::DropLocked(const BlockKey& key) {
+  auto it = index_.find(key);
+  if (it == index_.end()) return;
+  stored_bytes_ -= it->second.meta.stored_bytes;
+  payload_bytes_ -= it->second.meta.size;
+  lru_.erase(it->second.lru_pos);
+  index_.erase(it);
+}
+
+absl::Status DiskTier::Delete(const BlockKey& key) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!index_.contains(key)) return absl::NotFoundError(options_.name + " tier: not present");
+    DropLocked(key);
+  }
+  std::string k = EncodeDiskKey(key);
+  rocksdb::WriteBatch batch;
+  batch.Delete(data_cf_, AsSlice(k));
+  batch.Delete(meta_cf_, AsSlice(k));
+  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), options_.name + " tier delete");
+}
+
+std::optional<DiskBlockMeta> DiskTier::Find(const BlockKey& key, bool touch) {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return std::nullopt;
+  if (touch) {
+    lru_.splice(lru_.end(), lru_, it->second.lru_pos);
+    ++it->second.meta.access_count;
+  }
+  return it->second.meta;
+}
+
+std::vector<BlockKey> DiskTier::VictimsLru(uint64_t bytes) {
+  std::vector<BlockKey> out;
+  uint64_t sum = 0;
+  absl::MutexLock lock(&mu_);
+  for (const BlockKey& k : lru_) {
+    if (sum >= bytes) break;
+    out.push_back(k);
+    sum += index_.at(k).meta.stored_bytes;
+  }
+  return out;
+}
+
+std::vector<BlockKey> DiskTier::SessionBlocks(const std::string& session) {
+  std::vector<BlockKey> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, entry] : index_) {
+    if (entry.meta.session == session) out.push_back(key);
+  }
+  return out;
+}
+
+absl::Status DiskTier::SaveNamespace(NamespaceId id, const NamespaceSpec& spec) {
+  std::string k;
+  PutLe<uint64_t>(k, id);
+  std::string v;
+  for (const std::string* s : {&spec.model_id, &spec.dtype, &spec.layout}) {
+    PutLe<uint32_t>(v, static_cast<uint32_t>(s->size()));
+    v += *s;
+  }
+  PutLe<uint32_t>(v, spec.block_tokens);
+  PutLe<uint32_t>(v, spec.tp_rank);
+  PutLe<uint32_t>(v, spec.tp_size);
+  PutU8(v, static_cast<uint8_t>(spec.hash_algorithm));
+  PutLe<uint64_t>(v, spec.block_bytes);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;  // rare and small; a node must never forget a namespace its blocks use
+  return FromRocks(db_->Put(wo, ns_cf_, AsSlice(k), AsSlice(v)), options_.name + " namespace");
+}
+
+absl::StatusOr<std::vector<NamespaceSpec>> DiskTier::LoadNamespaces() {
+  std::vector<NamespaceSpec> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), ns_cf_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    Reader r(it->value().ToStringView());
+    NamespaceSpec spec;
+    bool ok = true;
+    for (std::string* s : {&spec.model_id, &spec.dtype, &spec.layout}) {
+      uint32_t n = 0;
+      ok = ok && r.Get(&n) && n <= 4096 && r.Bytes(n, s);
+    }
+    uint8_t algo = 0;
+    ok = ok && r.Get(&spec.block_tokens) && r.Get(&spec.tp_rank) && r.Get(&spec.tp_size) &&
+         r.Get(&algo) && algo <= 1 && r.Get(&spec.block_bytes) && r.done();
+    if (!ok) {
+      spdlog::error("{} tier: unreadable namespace record skipped", options_.name);
+      continue;
+    }
+    spec.hash_algorithm = static_cast<ChainHashAlgorithm>(algo);
+    out.push_back(std::move(spec));
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), options_.name + " namespaces");
+  return out;
+}
+
+DiskTierStats DiskTier::Stats() const {
+  absl::MutexLock lock(&mu_);
+  return DiskTierStats{index_.size(), payload_bytes_, stored_bytes_, options_.capacity_bytes,
+                       data_loss_,    codec_in_,      codec_out_};
+}
+
+uint64_t DiskTier::stored_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return stored_bytes_;
+}
+
+}  // namespace strata::storenode

@@ -1,0 +1,268 @@
+#include "strata/storenode/tiered_store.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+#include "strata/common/checksum.h"
+
+namespace strata::storenode {
+namespace {
+
+constexpr int kTierCool = 3;
+constexpr int kTierCold = 4;
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Create(TieredStoreOptions options) {
+  if (options.cold && !options.cool) {
+    return absl::InvalidArgumentError("cold_path: a cold tier needs a cool tier above it");
+  }
+  absl::StatusOr<std::unique_ptr<WarmTier>> warm = WarmTier::Create(options.warm);
+  if (!warm.ok()) return warm.status();
+  std::unique_ptr<DiskTier> cool, cold;
+  for (auto [opts, out] : {std::pair{&options.cool, &cool}, std::pair{&options.cold, &cold}}) {
+    if (!opts->has_value()) continue;
+    absl::StatusOr<std::unique_ptr<DiskTier>> t = DiskTier::Open(**opts);
+    if (!t.ok()) return t.status();
+    *out = std::move(*t);
+    absl::StatusOr<std::vector<NamespaceSpec>> specs = (*out)->LoadNamespaces();
+    if (!specs.ok()) return specs.status();
+    for (const NamespaceSpec& spec : *specs) {
+      if (absl::StatusOr<NamespaceId> id = (*warm)->RegisterNamespace(spec); !id.ok()) {
+        spdlog::error("persisted namespace {} not restored: {}", spec.model_id,
+                      id.status().ToString());
+      }
+    }
+  }
+  return std::unique_ptr<TieredStore>(
+      new TieredStore(std::move(options), std::move(*warm), std::move(cool), std::move(cold)));
+}
+
+TieredStore::TieredStore(TieredStoreOptions options, std::unique_ptr<WarmTier> warm,
+                         std::unique_ptr<DiskTier> cool, std::unique_ptr<DiskTier> cold)
+    : options_(std::move(options)),
+      warm_(std::move(warm)),
+      cool_(std::move(cool)),
+      cold_(std::move(cold)) {
+  if (cool_) demoter_ = std::thread([this] { DemoteLoop(); });
+}
+
+TieredStore::~TieredStore() {
+  stop_.Notify();
+  if (demoter_.joinable()) demoter_.join();
+}
+
+absl::StatusOr<NamespaceId> TieredStore::RegisterNamespace(const NamespaceSpec& spec) {
+  absl::StatusOr<NamespaceId> id = warm_->RegisterNamespace(spec);
+  if (!id.ok()) return id.status();
+  for (DiskTier* t : {cool_.get(), cold_.get()}) {
+    if (t == nullptr) continue;
+    absl::StatusOr<NamespaceSpec> merged = warm_->GetNamespace(*id);
+    if (absl::Status s = t->SaveNamespace(*id, merged.ok() ? *merged : spec); !s.ok()) return s;
+  }
+  return id;
+}
+
+absl::StatusOr<NamespaceSpec> TieredStore::GetNamespace(NamespaceId id) const {
+  return warm_->GetNamespace(id);
+}
+
+std::vector<WarmTier::BlockMeta> TieredStore::Lookup(NamespaceId ns, const std::string& scope,
+                                                     std::span<const ChainHash> hashes) {
+  if (!cool_) return warm_->Lookup(ns, scope, hashes);
+  return warm_->Lookup(
+      ns, scope, hashes, [this](size_t, const BlockKey& key) -> std::optional<WarmTier::BlockMeta> {
+        for (auto [tier, code] :
+             {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
+          if (tier == nullptr) continue;
+          if (std::optional<DiskBlockMeta> m = tier->Find(key, true)) {
+            return WarmTier::BlockMeta{m->size, m->checksum, code};
+          }
+        }
+        return std::nullopt;
+      });
+}
+
+WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string& scope,
+                                              std::span<const WarmTier::PutBlock> blocks,
+                                              uint64_t ttl_ms) {
+  if (!cool_) return warm_->BeginPut(ns, scope, blocks, ttl_ms);
+  // Blocks a lower tier holds are duplicates; reserve the rest in the warm tier.
+  std::vector<WarmTier::PutBlock> fresh;
+  std::vector<int> where(blocks.size(), -1);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    BlockKey key{ns, scope, blocks[i].hash};
+    bool below = cool_->Find(key, false) || (cold_ && cold_->Find(key, false));
+    if (!below) {
+      where[i] = static_cast<int>(fresh.size());
+      fresh.push_back(blocks[i]);
+    }
+  }
+  WarmTier::ReserveResult r;
+  if (!fresh.empty()) {
+    // Backpressure instead of loss: when the writer outruns the demoter, demote in this
+    // caller's thread (disk I/O, outside every lock) so eviction has nothing to drop.
+    uint64_t incoming = 0;
+    for (const WarmTier::PutBlock& b : fresh) incoming += b.size;
+    WarmTierStats ws = warm_->Stats();
+    if (ws.used_bytes + incoming >
+        static_cast<uint64_t>(ws.capacity_bytes * options_.warm_high_watermark)) {
+      DemoteOnce(incoming);
+    }
+    r = warm_->BeginPut(ns, scope, fresh, ttl_ms);
+  }
+  WarmTier::ReserveResult out;
+  out.reservation_id = r.reservation_id;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    out.status.push_back(where[i] < 0 ? absl::AlreadyExistsError("present in a lower tier")
+                                      : r.status[where[i]]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<absl::Status>> TieredStore::CommitPut(
+    uint64_t reservation_id, std::span<const WarmTier::CommitBlock> blocks) {
+  return warm_->CommitPut(reservation_id, blocks);
+}
+
+absl::Status TieredStore::AbortPut(uint64_t reservation_id) {
+  return warm_->AbortPut(reservation_id);
+}
+
+WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& scope,
+                                          std::span<const ChainHash> hashes, uint64_t ttl_ms,
+                                          const WarmTier::CopySink& sink, uint64_t max_copy_bytes) {
+  WarmTier::GetResult r = warm_->BeginGet(ns, scope, hashes, ttl_ms, sink, max_copy_bytes);
+  if (!cool_) return r;
+  uint64_t copied = 0;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    if (r.status[i].ok()) copied += r.blocks[i].size;
+  }
+  std::vector<uint8_t> buf;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    if (r.status[i].code() != absl::StatusCode::kNotFound) continue;
+    BlockKey key{ns, scope, hashes[i]};
+    for (auto [tier, code] :
+         {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
+      if (tier == nullptr || !tier->Find(key, true)) continue;
+      absl::Status s = tier->Read(key, &buf);  // verifies the checksum; drops a corrupt block
+      if (s.code() == absl::StatusCode::kNotFound) continue;  // moved meanwhile: try below
+      if (!s.ok()) {
+        r.status[i] = s;
+        break;
+      }
+      uint64_t checksum = BlockChecksum(buf.data(), buf.size());
+      if (sink) {
+        if (copied + buf.size() > max_copy_bytes) {
+          r.status[i] = absl::ResourceExhaustedError(absl::StrCat(
+              "inline limit of ", max_copy_bytes, " bytes per call reached; ask again"));
+          break;
+        }
+        if (uint8_t* dst = sink(i, buf.size()); dst != nullptr) {
+          std::memcpy(dst, buf.data(), buf.size());
+          copied += buf.size();
+        }
+      }
+      r.status[i] = absl::OkStatus();
+      r.blocks[i] = {buf.size(), checksum, code};
+      (code == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
+      if (options_.promote_on_get) {
+        // Best effort: a full warm tier simply keeps serving the block from disk.
+        WarmTier::PutBlock pb{hashes[i], buf.size()};
+        WarmTier::ReserveResult res =
+            warm_->BeginPut(ns, scope, {&pb, 1}, 10000, /*may_evict=*/false);
+        if (res.reservation_id != 0 && res.status[0].ok()) {
+          WarmTier::CommitBlock cb{hashes[i], checksum, {buf.data(), buf.size()}};
+          auto done = warm_->CommitPut(res.reservation_id, {&cb, 1});
+          // The disk copy stays (inclusive tiers): a restart or a later demotion of the
+          // warm copy then costs no write.
+          if (done.ok() && (*done)[0].ok()) promotions_.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+      break;
+    }
+  }
+  return r;
+}
+
+absl::Status TieredStore::EndGet(uint64_t lease_id) { return warm_->EndGet(lease_id); }
+
+uint64_t TieredStore::Delete(NamespaceId ns, const std::string& scope,
+                             std::span<const ChainHash> hashes) {
+  uint64_t n = warm_->Delete(ns, scope, hashes);
+  for (DiskTier* t : {cool_.get(), cold_.get()}) {
+    if (t == nullptr) continue;
+    for (const ChainHash& h : hashes) n += t->Delete(BlockKey{ns, scope, h}).ok() ? 1 : 0;
+  }
+  return n;
+}
+
+uint64_t TieredStore::ExpireNow() { return warm_->ExpireNow(); }
+
+absl::Status TieredStore::CorruptForTest(const BlockKey& key, uint64_t offset) {
+  return warm_->CorruptForTest(key, offset);
+}
+
+void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
+  uint64_t cap = tier->capacity_bytes();
+  uint64_t used = tier->stored_bytes();
+  uint64_t high = static_cast<uint64_t>(cap * options_.disk_high_watermark);
+  if (used + bytes <= high) return;
+  uint64_t target = used + bytes - static_cast<uint64_t>(cap * options_.disk_low_watermark);
+  std::vector<uint8_t> buf;
+  for (const BlockKey& key : tier->VictimsLru(target)) {
+    if (below != nullptr) {
+      std::optional<DiskBlockMeta> meta = tier->Find(key, false);
+      if (meta && tier->Read(key, &buf).ok()) {
+        MakeRoom(below, nullptr, meta->stored_bytes);
+        if (below->Put(key, buf, *meta).ok()) {
+          cool_demotions_.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+    }
+    if (tier->Delete(key).ok() && below == nullptr) {
+      disk_evictions_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+}
+
+void TieredStore::DemoteOnce(uint64_t incoming) {
+  if (!cool_) return;
+  WarmTierStats s = warm_->Stats();
+  uint64_t used = s.used_bytes + incoming;
+  uint64_t high = static_cast<uint64_t>(s.capacity_bytes * options_.warm_high_watermark);
+  if (used <= high) return;
+  uint64_t target = used - static_cast<uint64_t>(s.capacity_bytes * options_.warm_low_watermark);
+  warm_->Demote(target, [this](const BlockKey& key, std::span<const uint8_t> bytes, uint64_t) {
+    // A block promoted earlier may still have its disk copy: nothing to write then.
+    if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
+    MakeRoom(cool_.get(), cold_.get(), bytes.size());
+    absl::Status st = cool_->Put(key, bytes, DiskBlockMeta{});
+    if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
+    return st.ok();
+  });
+}
+
+void TieredStore::DemoteLoop() {
+  while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(options_.demote_interval_ms))) {
+    DemoteOnce();
+  }
+}
+
+TieredStats TieredStore::Stats() const {
+  TieredStats s;
+  s.warm = warm_->Stats();
+  if (cool_) s.cool = cool_->Stats();
+  if (cold_) s.cold = cold_->Stats();
+  s.cool_hits = cool_hits_.load(std::memory_order_relaxed);
+  s.cold_hits = cold_hits_.load(std::memory_order_relaxed);
+  // The warm tier counted lower-tier hits as its misses.
+  s.warm.misses -= std::min(s.warm.misses, s.cool_hits + s.cold_hits);
+  s.promotions = promotions_.load(std::memory_order_relaxed);
+  s.cool_demotions = cool_demotions_.load(std::memory_order_relaxed);
+  s.disk_evictions = disk_evictions_.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace strata::storenode
