@@ -10,5 +10,6 @@ namespace strata::cli {
 void AddPlanCommand(CLI::App& app, int* exit_code);
 void AddNodeCommands(CLI::App& app, int* exit_code);  // put, get, lookup, stats
 void AddDemoCommand(CLI::App& app, int* exit_code);
+void AddBenchTraceCommand(CLI::App& bench, int* exit_code);  // bench trace
 
 }  // namespace strata::cli

@@ -11,6 +11,9 @@ int main(int argc, char** argv) {
   strata::cli::AddPlanCommand(app, &exit_code);
   strata::cli::AddNodeCommands(app, &exit_code);
   strata::cli::AddDemoCommand(app, &exit_code);
+  CLI::App* bench = app.add_subcommand("bench", "Offline benchmarks: replay request traces");
+  bench->require_subcommand(1);
+  strata::cli::AddBenchTraceCommand(*bench, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

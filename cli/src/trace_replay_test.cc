@@ -282,19 +282,26 @@ TEST(RunBenchTraceTest, RendersJsonTablesAndTiers) {
                     HasSubstr("\"min_prefix_hit_ratio\": 0.571429"),
                     HasSubstr("\"ratio_to_min\": 0.5000")));
 
-  flags = BenchTraceFlags{.fractions = "0.5,1"};
+  flags = BenchTraceFlags();
+  flags.fractions = "0.5,1";
   absl::StatusOr<std::string> table = RunBenchTrace(trace, flags);
   ASSERT_THAT(table, IsOk());
   EXPECT_THAT(*table, AllOf(HasSubstr("50% (1)"), HasSubstr("100% (3)"), HasSubstr("min "),
                             HasSubstr("cost "), HasSubstr("prefix ")));
 
-  flags = BenchTraceFlags{.policy = "lru", .warm_blocks = 1, .cool_blocks = 1, .json = true};
+  flags = BenchTraceFlags();
+  flags.policy = "lru";
+  flags.warm_blocks = 1;
+  flags.cool_blocks = 1;
+  flags.json = true;
   absl::StatusOr<std::string> tiers = RunBenchTrace(MakeTrace({{1}, {2}, {1}}), flags);
   ASSERT_THAT(tiers, IsOk());
   EXPECT_THAT(*tiers, AllOf(HasSubstr("\"name\": \"cool\""), HasSubstr("\"hit_blocks\": 1")));
 
-  EXPECT_THAT(RunBenchTrace(Trace{}, BenchTraceFlags{.capacity_blocks = 1, .all_policies = true}),
-              StatusIs(kInvalid, HasSubstr("no blocks")));
+  flags = BenchTraceFlags();
+  flags.capacity_blocks = 1;
+  flags.all_policies = true;
+  EXPECT_THAT(RunBenchTrace(Trace{}, flags), StatusIs(kInvalid, HasSubstr("no blocks")));
 }
 
 }  // namespace

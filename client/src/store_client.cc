@@ -133,8 +133,8 @@ class GrpcStoreClient final : public StoreClient {
   }
 
   absl::StatusOr<PutResult> Put(const Namespace& ns, std::string_view scope,
-                                std::span<const BlockWrite> blocks,
-                                const CallOptions& call) override {
+                                std::span<const BlockWrite> blocks, const CallOptions& call,
+                                const PutOptions& put) override {
     PutResult result;
     result.blocks.resize(blocks.size());
     if (blocks.empty()) return result;
@@ -145,10 +145,10 @@ class GrpcStoreClient final : public StoreClient {
     std::vector<std::future<absl::Status>> pending;
     for (size_t p = 1; p < parts.size(); ++p) {
       pending.push_back(std::async(std::launch::async, [&, p] {
-        return PutPart(ns, sc, blocks, parts[p], deadline, &result);
+        return PutPart(ns, sc, blocks, parts[p], deadline, put, &result);
       }));
     }
-    absl::Status first = PutPart(ns, sc, blocks, parts[0], deadline, &result);
+    absl::Status first = PutPart(ns, sc, blocks, parts[0], deadline, put, &result);
     for (auto& f : pending) {
       absl::Status s = f.get();
       if (first.ok()) first = s;
@@ -222,12 +222,26 @@ class GrpcStoreClient final : public StoreClient {
     NodeStats out;
     out.node_id = resp.node_id();
     for (const v1::TierStats& t : resp.tiers()) {
-      if (t.tier() != v1::TIER_WARM) continue;
-      out.warm_blocks = t.blocks();
-      out.warm_bytes = t.bytes();
-      out.warm_used_bytes = t.used_bytes();
-      out.warm_capacity_bytes = t.capacity_bytes();
+      if (t.tier() == v1::TIER_WARM) {
+        out.warm_blocks = t.blocks();
+        out.warm_bytes = t.bytes();
+        out.warm_used_bytes = t.used_bytes();
+        out.warm_capacity_bytes = t.capacity_bytes();
+      } else if (t.tier() == v1::TIER_COOL) {
+        out.cool_blocks = t.blocks();
+        out.cool_bytes = t.bytes();
+        out.cool_capacity_bytes = t.capacity_bytes();
+      } else if (t.tier() == v1::TIER_COLD) {
+        out.cold_blocks = t.blocks();
+        out.cold_bytes = t.bytes();
+        out.cold_capacity_bytes = t.capacity_bytes();
+      }
     }
+    out.demotions = resp.demotions();
+    out.promotions = resp.promotions();
+    out.prefetched = resp.prefetched();
+    out.prefetch_used = resp.prefetch_used();
+    out.prefetch_wasted = resp.prefetch_wasted();
     out.hits = resp.hits();
     out.misses = resp.misses();
     out.evictions = resp.evictions();
@@ -239,6 +253,47 @@ class GrpcStoreClient final : public StoreClient {
     out.max_block_bytes = resp.max_block_bytes();
     out.max_inline_bytes = resp.max_inline_bytes();
     return out;
+  }
+
+  absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,
+                                        const CallOptions& call) override {
+    v1::PauseSessionRequest req;
+    req.set_session_id(std::string(session_id));
+    req.set_tier(to_cold ? v1::TIER_COLD : v1::TIER_COOL);
+    v1::PauseSessionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, Deadline(call));
+    absl::Status s = FromGrpc(stub_->PauseSession(&ctx, req, &resp), Where("PauseSession"));
+    if (!s.ok()) return s;
+    return resp.moved();
+  }
+
+  absl::StatusOr<uint64_t> ResumeSession(std::string_view session_id,
+                                         const CallOptions& call) override {
+    v1::ResumeSessionRequest req;
+    req.set_session_id(std::string(session_id));
+    v1::ResumeSessionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, Deadline(call));
+    absl::Status s = FromGrpc(stub_->ResumeSession(&ctx, req, &resp), Where("ResumeSession"));
+    if (!s.ok()) return s;
+    return resp.promoted();
+  }
+
+  absl::StatusOr<uint64_t> Prefetch(const Namespace& ns, std::string_view scope,
+                                    std::span<const ChainHash> hashes, std::string_view session_id,
+                                    const CallOptions& call) override {
+    v1::PrefetchRequest req;
+    req.set_namespace_id(ns.id);
+    req.set_scope(Scope(scope));
+    req.set_session_id(std::string(session_id));
+    for (const ChainHash& h : hashes) req.add_chain_hashes(h.ToBytes());
+    v1::PrefetchResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, Deadline(call));
+    absl::Status s = FromGrpc(stub_->Prefetch(&ctx, req, &resp), Where("Prefetch"));
+    if (!s.ok()) return s;
+    return resp.scheduled();
   }
 
  private:
@@ -261,10 +316,11 @@ class GrpcStoreClient final : public StoreClient {
 
   absl::Status PutPart(const Namespace& ns, const std::string& scope,
                        std::span<const BlockWrite> blocks, std::pair<size_t, size_t> range,
-                       Clock::time_point deadline, PutResult* result) {
+                       Clock::time_point deadline, const PutOptions& put, PutResult* result) {
     v1::BeginPutRequest begin;
     begin.set_namespace_id(ns.id);
     begin.set_scope(scope);
+    begin.set_session_id(put.session_id);
     for (size_t i = range.first; i < range.second; ++i) {
       if (blocks[i].data == nullptr && blocks[i].size > 0) {
         return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].data: null"));
@@ -272,6 +328,8 @@ class GrpcStoreClient final : public StoreClient {
       v1::PutBlock* b = begin.add_blocks();
       b->set_chain_hash(blocks[i].hash.ToBytes());
       b->set_size(blocks[i].size);
+      b->set_depth(blocks[i].depth);
+      b->set_importance(blocks[i].importance);
     }
     v1::BeginPutResponse reserved;
     {

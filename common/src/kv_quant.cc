@@ -83,8 +83,8 @@ absl::Status QuantizeTyped(KvQuant method, uint32_t head_dim, std::span<const ui
       const float inv = code_max / amax;
       if (method == KvQuant::kInt8) {
         for (uint32_t i = 0; i < head_dim; ++i) {
-          int32_t q = static_cast<int32_t>(FloatBits(values[i] * inv + kRoundMagic) -
-                                           kRoundMagicBits);
+          int32_t q =
+              static_cast<int32_t>(FloatBits(values[i] * inv + kRoundMagic) - kRoundMagicBits);
           q = std::clamp(q, -127, 127);  // |x × inv| may exceed 127 by an fp32 rounding
           codes[i] = static_cast<uint8_t>(q);
         }

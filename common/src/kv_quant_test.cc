@@ -345,8 +345,8 @@ TEST(KvQuantTest, MatchesAScalarReferenceBitForBit) {
       return dtype == KvDtype::kFp16 ? HalfToFloat(bits) : Bf16ToFloat(bits);
     };
     for (KvQuant method : {KvQuant::kInt8, KvQuant::kFp8E4M3}) {
-      SCOPED_TRACE(absl::StrCat(std::string(KvQuantName(method)), " ",
-                                std::string(KvDtypeName(dtype))));
+      SCOPED_TRACE(
+          absl::StrCat(std::string(KvQuantName(method)), " ", std::string(KvDtypeName(dtype))));
       const KvQuantSpec spec{method, dtype, kHeadDim};
       const size_t vectors = block.size() / 2 / kHeadDim;
       const float code_max = method == KvQuant::kInt8 ? 127.0f : 448.0f;
@@ -375,8 +375,8 @@ TEST(KvQuantTest, MatchesAScalarReferenceBitForBit) {
             }
           }
           want[vectors * 4 + e] = static_cast<char>(code);
-          const uint16_t r = dtype == KvDtype::kFp16 ? FloatToHalf(restored)
-                                                     : FloatToBf16(restored);
+          const uint16_t r =
+              dtype == KvDtype::kFp16 ? FloatToHalf(restored) : FloatToBf16(restored);
           std::memcpy(&want_restored[2 * e], &r, 2);
         }
       }

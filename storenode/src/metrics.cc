@@ -26,6 +26,12 @@ const char* OpName(Op op) {
       return "stats";
     case Op::kInjectFault:
       return "inject_fault";
+    case Op::kPauseSession:
+      return "pause_session";
+    case Op::kResumeSession:
+      return "resume_session";
+    case Op::kPrefetch:
+      return "prefetch";
     case Op::kCount:
       break;
   }
@@ -108,6 +114,12 @@ std::string NodeMetrics::Render(const TieredStats& ts) const {
   AddValue(moves, s.demotions, {{"from", "warm"}, {"to", "cool"}});
   AddValue(moves, ts.cool_demotions, {{"from", "cool"}, {"to", "cold"}});
   AddValue(moves, ts.promotions, {{"from", "disk"}, {"to", "warm"}});
+  auto prefetch =
+      Family("strata_prefetch_blocks_total", "Blocks promoted by Prefetch, and what became of them",
+             MetricType::Counter);
+  AddValue(prefetch, ts.prefetched, {{"result", "promoted"}});
+  AddValue(prefetch, s.prefetch_used, {{"result", "used"}});
+  AddValue(prefetch, s.prefetch_wasted, {{"result", "wasted"}});
   auto codec =
       Family("strata_codec_bytes_total", "Bytes through the disk-tier codecs", MetricType::Counter);
   auto used = Family("strata_tier_used_bytes",

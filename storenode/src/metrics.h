@@ -28,6 +28,9 @@ enum class Op {
   kDelete,
   kStats,
   kInjectFault,
+  kPauseSession,
+  kResumeSession,
+  kPrefetch,
   kCount
 };
 

@@ -36,6 +36,8 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
             "fsync RocksDB's WAL for every block written to cool/cold (power-loss safety).");
   s.AddBool("promote_on_get", &c->promote_on_get,
             "Move a cool/cold block back to the warm tier when it is read.");
+  s.AddDurationMs("session_idle", &c->session_idle_ms,
+                  "Sessions without a put for this long move to the cool tier (0: never).");
   s.AddUint("warm_high_watermark_pct", &c->warm_high_watermark_pct,
             "Demote warm blocks to cool when the arena is fuller than this percentage.");
   s.AddUint("warm_low_watermark_pct", &c->warm_low_watermark_pct,

@@ -149,6 +149,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   opts.disk_high_watermark = config.disk_high_watermark_pct / 100.0;
   opts.disk_low_watermark = config.disk_low_watermark_pct / 100.0;
   opts.promote_on_get = config.promote_on_get;
+  opts.session_idle_ms = config.session_idle_ms;
   absl::StatusOr<std::unique_ptr<TieredStore>> warm = TieredStore::Create(std::move(opts));
   if (!warm.ok()) return warm.status();
   auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm));

@@ -138,6 +138,10 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPut
                                                              config_.max_keys_per_call)));
   }
   if (absl::Status s = ValidateTtl(req->ttl_ms(), "ttl_ms"); !s.ok()) return call.Done(s);
+  if (req->session_id().size() > 128) {
+    return call.Done(absl::InvalidArgumentError(
+        absl::StrCat("session_id: ", req->session_id().size(), " bytes, want at most 128")));
+  }
   uint64_t limit = std::min(ns->block_bytes, config_.max_block_bytes);
   std::vector<WarmTier::PutBlock> blocks;
   blocks.reserve(req->blocks_size());
@@ -153,7 +157,7 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPut
           b.size() > config_.max_block_bytes ? " (max_block_bytes)" : " (namespace block_bytes)")));
     }
     total += b.size();
-    blocks.push_back({*h, b.size()});
+    blocks.push_back({*h, b.size(), b.depth(), b.importance(), req->session_id()});
   }
   if (total > config_.max_inline_bytes) {
     return call.Done(absl::ResourceExhaustedError(
@@ -292,9 +296,67 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext*, const v1::StatsReques
                       (ts.cold ? ts.cold->data_loss : 0));
   resp->set_demotions(s.demotions + ts.cool_demotions);
   resp->set_promotions(ts.promotions);
+  resp->set_prefetched(ts.prefetched);
+  resp->set_prefetch_used(s.prefetch_used);
+  resp->set_prefetch_wasted(s.prefetch_wasted);
   resp->set_max_keys_per_call(static_cast<uint32_t>(config_.max_keys_per_call));
   resp->set_max_block_bytes(config_.max_block_bytes);
   resp->set_max_inline_bytes(config_.max_inline_bytes);
+  return call.Done(absl::OkStatus());
+}
+
+namespace {
+absl::Status ValidateSession(const std::string& session) {
+  if (session.empty() || session.size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session_id: ", session.size(), " bytes, want 1..128"));
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+grpc::Status StoreServiceImpl::PauseSession(grpc::ServerContext*,
+                                            const v1::PauseSessionRequest* req,
+                                            v1::PauseSessionResponse* resp) {
+  CallScope call(metrics_, Op::kPauseSession);
+  if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
+  if (req->tier() != v1::TIER_UNSPECIFIED && req->tier() != v1::TIER_COOL &&
+      req->tier() != v1::TIER_COLD) {
+    return call.Done(absl::InvalidArgumentError("tier: want TIER_COOL or TIER_COLD"));
+  }
+  absl::StatusOr<uint64_t> n =
+      store_->PauseSession(req->session_id(), req->tier() == v1::TIER_COLD);
+  if (!n.ok()) return call.Done(n.status());
+  resp->set_moved(static_cast<uint32_t>(*n));
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::ResumeSession(grpc::ServerContext*,
+                                             const v1::ResumeSessionRequest* req,
+                                             v1::ResumeSessionResponse* resp) {
+  CallScope call(metrics_, Op::kResumeSession);
+  if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
+  absl::StatusOr<uint64_t> n = store_->ResumeSession(req->session_id());
+  if (!n.ok()) return call.Done(n.status());
+  resp->set_promoted(static_cast<uint32_t>(*n));
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::Prefetch(grpc::ServerContext*, const v1::PrefetchRequest* req,
+                                        v1::PrefetchResponse* resp) {
+  CallScope call(metrics_, Op::kPrefetch);
+  std::vector<ChainHash> hashes;
+  std::string scope;
+  if (req->session_id().empty() || req->chain_hashes_size() > 0) {
+    absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
+                                  "chain_hashes", &hashes, &scope, nullptr);
+    if (!s.ok()) return call.Done(s);
+  }
+  if (!req->session_id().empty()) {
+    if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
+  }
+  resp->set_scheduled(static_cast<uint32_t>(
+      store_->Prefetch(req->namespace_id(), scope, hashes, req->session_id())));
   return call.Done(absl::OkStatus());
 }
 

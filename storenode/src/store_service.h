@@ -32,6 +32,12 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   grpc::Status EndGet(grpc::ServerContext*, const v1::EndGetRequest*, v1::EndGetResponse*) override;
   grpc::Status Delete(grpc::ServerContext*, const v1::DeleteRequest*, v1::DeleteResponse*) override;
   grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*, v1::StatsResponse*) override;
+  grpc::Status PauseSession(grpc::ServerContext*, const v1::PauseSessionRequest*,
+                            v1::PauseSessionResponse*) override;
+  grpc::Status ResumeSession(grpc::ServerContext*, const v1::ResumeSessionRequest*,
+                             v1::ResumeSessionResponse*) override;
+  grpc::Status Prefetch(grpc::ServerContext*, const v1::PrefetchRequest*,
+                        v1::PrefetchResponse*) override;
   grpc::Status InjectFault(grpc::ServerContext*, const v1::InjectFaultRequest*,
                            v1::InjectFaultResponse*) override;
 

@@ -1,5 +1,6 @@
 #include "strata/storenode/tiered_store.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -45,12 +46,167 @@ TieredStore::TieredStore(TieredStoreOptions options, std::unique_ptr<WarmTier> w
       warm_(std::move(warm)),
       cool_(std::move(cool)),
       cold_(std::move(cold)) {
-  if (cool_) demoter_ = std::thread([this] { DemoteLoop(); });
+  if (cool_) {
+    demoter_ = std::thread([this] { DemoteLoop(); });
+    prefetcher_ = std::thread([this] { PrefetchLoop(); });
+  }
 }
 
 TieredStore::~TieredStore() {
   stop_.Notify();
+  {
+    absl::MutexLock lock(&prefetch_mu_);
+    stopping_ = true;
+  }
   if (demoter_.joinable()) demoter_.join();
+  if (prefetcher_.joinable()) prefetcher_.join();
+}
+
+namespace {
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+void TieredStore::NoteSession(const std::string& session) {
+  if (session.empty() || options_.session_idle_ms == 0) return;
+  absl::MutexLock lock(&sessions_mu_);
+  session_last_put_ms_[session] = NowMs();
+}
+
+void TieredStore::PauseIdleSessions() {
+  if (options_.session_idle_ms == 0) return;
+  std::vector<std::string> idle;
+  {
+    absl::MutexLock lock(&sessions_mu_);
+    int64_t cutoff = NowMs() - static_cast<int64_t>(options_.session_idle_ms);
+    for (auto it = session_last_put_ms_.begin(); it != session_last_put_ms_.end();) {
+      if (it->second <= cutoff) {
+        idle.push_back(it->first);
+        session_last_put_ms_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const std::string& s : idle) {
+    absl::StatusOr<uint64_t> n = PauseSession(s, false);
+    if (n.ok()) spdlog::info("session idle: {} blocks demoted", *n);
+  }
+}
+
+absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, bool to_cold) {
+  if (!cool_) return absl::FailedPreconditionError("PauseSession: node has no cool tier");
+  if (to_cold && !cold_) return absl::FailedPreconditionError("PauseSession: no cold tier");
+  DiskTier* target = to_cold ? cold_.get() : cool_.get();
+  DiskTier* below = to_cold ? nullptr : cold_.get();
+  uint64_t moved = warm_->Demote(
+      0,
+      [&](const BlockKey& key, std::span<const uint8_t> bytes, const WarmTier::BlockAttrs& a) {
+        if (target->Find(key, false)) return true;  // inclusive copy already there
+        MakeRoom(target, below, bytes.size());
+        return target
+            ->Put(key, bytes, DiskBlockMeta{0, 0, a.checksum, a.depth, a.importance, a.session})
+            .ok();
+      },
+      &session);
+  if (to_cold) {
+    std::vector<uint8_t> buf;
+    for (const BlockKey& key : cool_->SessionBlocks(session)) {
+      std::optional<DiskBlockMeta> meta = cool_->Find(key, false);
+      if (!meta || !cool_->Read(key, &buf).ok()) continue;
+      MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
+      if (cold_->Put(key, buf, *meta).ok() && cool_->Delete(key).ok()) ++moved;
+    }
+  }
+  sessions_paused_.fetch_add(1, std::memory_order_relaxed);
+  return moved;
+}
+
+bool TieredStore::Promote(const BlockKey& key, bool prefetched) {
+  std::vector<uint8_t> buf;
+  for (DiskTier* tier : {cool_.get(), cold_.get()}) {
+    if (tier == nullptr) continue;
+    std::optional<DiskBlockMeta> meta = tier->Find(key, false);
+    if (!meta) continue;
+    if (!tier->Read(key, &buf).ok()) return false;
+    DemoteOnce(buf.size());  // room first: promotion never evicts a block that exists nowhere else
+    WarmTier::PutBlock pb{key.hash,         buf.size(),    meta->depth,
+                          meta->importance, meta->session, prefetched};
+    WarmTier::ReserveResult res = warm_->BeginPut(key.namespace_id, key.scope, {&pb, 1}, 10000,
+                                                  /*may_evict=*/false);
+    if (res.reservation_id == 0 || !res.status[0].ok()) return false;
+    WarmTier::CommitBlock cb{key.hash, meta->checksum, {buf.data(), buf.size()}};
+    auto done = warm_->CommitPut(res.reservation_id, {&cb, 1});
+    return done.ok() && (*done)[0].ok();
+  }
+  return false;
+}
+
+absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session) {
+  if (!cool_) return absl::FailedPreconditionError("ResumeSession: node has no cool tier");
+  uint64_t promoted = 0;
+  for (DiskTier* tier : {cool_.get(), cold_.get()}) {
+    if (tier == nullptr) continue;
+    for (const BlockKey& key : tier->SessionBlocks(session)) promoted += Promote(key, false);
+  }
+  NoteSession(session);
+  sessions_resumed_.fetch_add(1, std::memory_order_relaxed);
+  return promoted;
+}
+
+uint64_t TieredStore::Prefetch(NamespaceId ns, const std::string& scope,
+                               std::span<const ChainHash> hashes, const std::string& session) {
+  if (!cool_) return 0;
+  std::vector<BlockKey> keys;
+  if (!session.empty()) {
+    for (DiskTier* tier : {cool_.get(), cold_.get()}) {
+      if (tier == nullptr) continue;
+      std::vector<BlockKey> k = tier->SessionBlocks(session);
+      keys.insert(keys.end(), k.begin(), k.end());
+    }
+  }
+  for (const ChainHash& h : hashes) {
+    BlockKey key{ns, scope, h};
+    if (cool_->Find(key, false) || (cold_ && cold_->Find(key, false))) keys.push_back(key);
+  }
+  absl::MutexLock lock(&prefetch_mu_);
+  for (BlockKey& k : keys) prefetch_queue_.push_back(std::move(k));
+  return keys.size();
+}
+
+void TieredStore::PrefetchLoop() {
+  for (;;) {
+    BlockKey key;
+    {
+      absl::MutexLock lock(&prefetch_mu_);
+      prefetch_mu_.Await(absl::Condition(
+          +[](TieredStore* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return t->stopping_ || !t->prefetch_queue_.empty();
+          },
+          this));
+      if (stopping_) return;
+      key = std::move(prefetch_queue_.front());
+      prefetch_queue_.pop_front();
+      prefetch_busy_ = true;
+    }
+    // Already warm (a Get got there first): nothing to do.
+    bool warm = !warm_->Lookup(key.namespace_id, key.scope, {&key.hash, 1}).empty();
+    if (!warm && Promote(key, true)) prefetched_.fetch_add(1, std::memory_order_relaxed);
+    absl::MutexLock lock(&prefetch_mu_);
+    prefetch_busy_ = false;
+  }
+}
+
+void TieredStore::WaitForPrefetch() {
+  absl::MutexLock lock(&prefetch_mu_);
+  prefetch_mu_.Await(absl::Condition(
+      +[](TieredStore* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return t->stopping_ || (t->prefetch_queue_.empty() && !t->prefetch_busy_);
+      },
+      this));
 }
 
 absl::StatusOr<NamespaceId> TieredStore::RegisterNamespace(const NamespaceSpec& spec) {
@@ -88,6 +244,7 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
                                               std::span<const WarmTier::PutBlock> blocks,
                                               uint64_t ttl_ms) {
   if (!cool_) return warm_->BeginPut(ns, scope, blocks, ttl_ms);
+  if (!blocks.empty()) NoteSession(blocks[0].session);
   // Blocks a lower tier holds are duplicates; reserve the rest in the warm tier.
   std::vector<WarmTier::PutBlock> fresh;
   std::vector<int> where(blocks.size(), -1);
@@ -169,7 +326,9 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
       (code == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
       if (options_.promote_on_get) {
         // Best effort: a full warm tier simply keeps serving the block from disk.
-        WarmTier::PutBlock pb{hashes[i], buf.size()};
+        std::optional<DiskBlockMeta> meta = tier->Find(key, false);
+        WarmTier::PutBlock pb{hashes[i], buf.size(), meta ? meta->depth : 0,
+                              meta ? meta->importance : 0.f, meta ? meta->session : ""};
         WarmTier::ReserveResult res =
             warm_->BeginPut(ns, scope, {&pb, 1}, 10000, /*may_evict=*/false);
         if (res.reservation_id != 0 && res.status[0].ok()) {
@@ -234,11 +393,13 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
   uint64_t high = static_cast<uint64_t>(s.capacity_bytes * options_.warm_high_watermark);
   if (used <= high) return;
   uint64_t target = used - static_cast<uint64_t>(s.capacity_bytes * options_.warm_low_watermark);
-  warm_->Demote(target, [this](const BlockKey& key, std::span<const uint8_t> bytes, uint64_t) {
+  warm_->Demote(target, [this](const BlockKey& key, std::span<const uint8_t> bytes,
+                               const WarmTier::BlockAttrs& a) {
     // A block promoted earlier may still have its disk copy: nothing to write then.
     if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
     MakeRoom(cool_.get(), cold_.get(), bytes.size());
-    absl::Status st = cool_->Put(key, bytes, DiskBlockMeta{});
+    absl::Status st =
+        cool_->Put(key, bytes, DiskBlockMeta{0, 0, a.checksum, a.depth, a.importance, a.session});
     if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
     return st.ok();
   });
@@ -247,6 +408,7 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
 void TieredStore::DemoteLoop() {
   while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(options_.demote_interval_ms))) {
     DemoteOnce();
+    PauseIdleSessions();
   }
 }
 
@@ -262,6 +424,9 @@ TieredStats TieredStore::Stats() const {
   s.promotions = promotions_.load(std::memory_order_relaxed);
   s.cool_demotions = cool_demotions_.load(std::memory_order_relaxed);
   s.disk_evictions = disk_evictions_.load(std::memory_order_relaxed);
+  s.prefetched = prefetched_.load(std::memory_order_relaxed);
+  s.sessions_paused = sessions_paused_.load(std::memory_order_relaxed);
+  s.sessions_resumed = sessions_resumed_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -20,6 +20,10 @@ struct WarmTier::Entry {
   State state = State::kReserved;
   uint32_t pins = 0;
   uint64_t last_tick = 0;
+  uint32_t depth = 0;
+  float importance = 0;
+  bool prefetched = false;  // placed by Prefetch and not read yet
+  std::string session;
   std::list<Entry*>::iterator lru_pos;  // valid while committed and in the index
 };
 
@@ -106,6 +110,7 @@ void WarmTier::FreeSlotLocked(Entry* e) {
 }
 
 void WarmTier::RemoveLocked(Entry* e) {
+  if (e->prefetched) prefetch_wasted_.fetch_add(1, std::memory_order_relaxed);
   if (e->state == Entry::State::kCommitted) {
     lru_[e->slot.size_class].erase(e->lru_pos);
     --committed_;
@@ -209,11 +214,11 @@ std::vector<WarmTier::BlockMeta> WarmTier::Lookup(NamespaceId ns, const std::str
   return out;
 }
 
-uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn) {
+uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn, const std::string* session) {
   struct Victim {
     Entry* entry;
     uint64_t size;
-    uint64_t checksum;
+    BlockAttrs attrs;
   };
   std::vector<Victim> victims;
   {
@@ -221,9 +226,12 @@ uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn) {
     std::vector<Entry*> candidates;
     for (const std::list<Entry*>& lru : lru_) {
       for (Entry* e : lru) {
-        if (e->pins == 0) candidates.push_back(e);
+        if (e->pins == 0 && (session == nullptr || e->session == *session)) {
+          candidates.push_back(e);
+        }
       }
     }
+    if (session != nullptr) bytes = UINT64_MAX;
     std::sort(candidates.begin(), candidates.end(),
               [](const Entry* a, const Entry* b) { return a->last_tick < b->last_tick; });
     uint64_t sum = 0;
@@ -231,18 +239,18 @@ uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn) {
       if (sum >= bytes) break;
       sum += e->size;
       if (e->pins++ == 0) ++pinned_;
-      victims.push_back({e, e->size, e->checksum});
+      victims.push_back({e, e->size, BlockAttrs{e->checksum, e->depth, e->importance, e->session}});
     }
   }
   // Pinned: the bytes cannot move while they are verified and written elsewhere.
   std::vector<bool> moved(victims.size(), false), corrupt(victims.size(), false);
   for (size_t i = 0; i < victims.size(); ++i) {
     const uint8_t* data = arena_->Address(victims[i].entry->slot);
-    if (BlockChecksum(data, victims[i].size) != victims[i].checksum) {
+    if (BlockChecksum(data, victims[i].size) != victims[i].attrs.checksum) {
       corrupt[i] = true;
       continue;
     }
-    moved[i] = fn(victims[i].entry->key, {data, victims[i].size}, victims[i].checksum);
+    moved[i] = fn(victims[i].entry->key, {data, victims[i].size}, victims[i].attrs);
   }
   uint64_t n = 0;
   absl::MutexLock lock(&mu_);
@@ -287,6 +295,10 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     entry->key = key;
     entry->slot = *slot;
     entry->size = b.size;
+    entry->depth = b.depth;
+    entry->importance = b.importance;
+    entry->session = b.session;
+    entry->prefetched = b.prefetched;
     std::vector<Entry*>& owners = slot_owner_[slot->page];
     uint32_t slots = arena_->SlotsPerPage(cls);
     if (owners.size() != slots) owners.assign(slots, nullptr);
@@ -425,6 +437,10 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
         continue;
       }
       copy_bytes += e->size;
+      if (e->prefetched) {
+        e->prefetched = false;
+        prefetch_used_.fetch_add(1, std::memory_order_relaxed);
+      }
       if (e->pins++ == 0) ++pinned_;
       pinned[i] = e;
       result.blocks[i] = {e->size, e->checksum};
@@ -552,6 +568,8 @@ WarmTierStats WarmTier::Stats() const {
   s.evictions = evictions_.load(std::memory_order_relaxed);
   s.data_loss = data_loss_.load(std::memory_order_relaxed);
   s.demotions = demotions_.load(std::memory_order_relaxed);
+  s.prefetch_used = prefetch_used_.load(std::memory_order_relaxed);
+  s.prefetch_wasted = prefetch_wasted_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -3,6 +3,7 @@
 // flips in RocksDB's files caught as DATA_LOSS while the node keeps serving.
 #include <signal.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -73,7 +74,8 @@ class TieredNode {
 
   // Puts in small batches and lets the demoter catch up between them, so the warm tier
   // never has to drop a block to make room.
-  void PutAll(const std::vector<ChainHash>& hashes, uint64_t seed) {
+  void PutAll(const std::vector<ChainHash>& hashes, uint64_t seed,
+              const client::PutOptions& put = {}) {
     for (size_t begin = 0; begin < hashes.size(); begin += 2) {
       std::vector<std::vector<uint8_t>> data;
       std::vector<BlockWrite> writes;
@@ -83,7 +85,7 @@ class TieredNode {
       for (size_t i = begin; i < std::min(hashes.size(), begin + 2); ++i) {
         writes.push_back({hashes[i], data[i - begin].data(), kBlock});
       }
-      auto r = client->Put(ns, "", writes);
+      auto r = client->Put(ns, "", writes, {}, put);
       ASSERT_THAT(r, IsOk());
       for (const absl::Status& s : r->blocks) ASSERT_THAT(s, IsOk());
       for (int i = 0; i < 200; ++i) {  // bounded wait for the demoter (<= 4 s)
@@ -248,6 +250,87 @@ TEST_F(TiersTest, FlippedBytesInRocksDbFilesAreDataLossNeverWrongBytes) {
   EXPECT_GE(stats->data_loss, loss);
   // A dropped block is a miss afterwards, and the node still serves.
   EXPECT_THAT(n.client->Stats(), IsOk());
+}
+
+// Tier of each block of `hashes` as Lookup reports it (kUnknown past the matched prefix).
+std::vector<client::Tier> Tiers(TieredNode& n, const std::vector<ChainHash>& hashes) {
+  std::vector<client::Tier> out(hashes.size(), client::Tier::kUnknown);
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    auto r = n.client->Lookup(n.ns, "", {&hashes[i], 1});
+    if (r.ok() && r->matched_blocks == 1) out[i] = r->blocks[0].tier;
+  }
+  return out;
+}
+
+size_t Count(const std::vector<client::Tier>& tiers, client::Tier t) {
+  return std::count(tiers.begin(), tiers.end(), t);
+}
+
+TEST_F(TiersTest, PauseAndResumeSessionMoveItsBlocksBetweenTiers) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(n.Start());
+  std::vector<ChainHash> chat = n.Chain(4, 3);
+  std::vector<ChainHash> other = n.Chain(5, 2);
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(chat, 400, {.session_id = "chat-42"}));
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(other, 500));
+  ASSERT_EQ(Count(Tiers(n, chat), client::Tier::kWarm), 3u);
+
+  auto moved = n.client->PauseSession("chat-42", false);
+  ASSERT_THAT(moved, IsOk());
+  EXPECT_EQ(*moved, 3u);
+  EXPECT_EQ(Count(Tiers(n, chat), client::Tier::kCool), 3u);
+  EXPECT_EQ(Count(Tiers(n, other), client::Tier::kWarm), 2u) << "another session's blocks moved";
+
+  auto colder = n.client->PauseSession("chat-42", true);
+  ASSERT_THAT(colder, IsOk());
+  EXPECT_EQ(Count(Tiers(n, chat), client::Tier::kCold), 3u);
+
+  auto back = n.client->ResumeSession("chat-42");
+  ASSERT_THAT(back, IsOk());
+  EXPECT_EQ(*back, 3u);
+  EXPECT_EQ(Count(Tiers(n, chat), client::Tier::kWarm), 3u);
+  size_t loss = 0;
+  EXPECT_EQ(n.VerifyAll(chat, 400, &loss), 3u);
+  EXPECT_THAT(n.client->PauseSession("", false), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_F(TiersTest, IdleSessionsDemoteOnTheirOwn) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(n.Start({"--session-idle", "300ms"}));
+  std::vector<ChainHash> chat = n.Chain(6, 2);
+  std::vector<ChainHash> plain = n.Chain(7, 2);
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(chat, 600, {.session_id = "idle-chat"}));
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(plain, 700));
+  for (int i = 0; i < 150 && Count(Tiers(n, chat), client::Tier::kCool) < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // bounded: 3 s
+  }
+  EXPECT_EQ(Count(Tiers(n, chat), client::Tier::kCool), 2u);
+  EXPECT_EQ(Count(Tiers(n, plain), client::Tier::kWarm), 2u) << "blocks without a session moved";
+}
+
+TEST_F(TiersTest, PrefetchPromotesAheadOfNeedAndCountsUse) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(n.Start({"--promote-on-get=false"}));
+  std::vector<ChainHash> chat = n.Chain(8, 3);
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(chat, 800, {.session_id = "typing"}));
+  ASSERT_THAT(n.client->PauseSession("typing", false), IsOk());
+  ASSERT_EQ(Count(Tiers(n, chat), client::Tier::kCool), 3u);
+
+  auto scheduled = n.client->Prefetch(n.ns, "", chat);
+  ASSERT_THAT(scheduled, IsOk());
+  EXPECT_EQ(*scheduled, 3u);
+  for (int i = 0; i < 150 && Count(Tiers(n, chat), client::Tier::kWarm) < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // bounded: 3 s
+  }
+  EXPECT_EQ(Count(Tiers(n, chat), client::Tier::kWarm), 3u);
+  size_t loss = 0;
+  EXPECT_EQ(n.VerifyAll({chat[0], chat[1]}, 800, &loss), 2u);
+  auto stats = n.client->Stats();
+  ASSERT_THAT(stats, IsOk());
+  EXPECT_EQ(stats->prefetched, 3u);
+  EXPECT_EQ(stats->prefetch_used, 2u);
+  // A block only on disk in another scope is not scheduled.
+  EXPECT_EQ(*n.client->Prefetch(n.ns, "someone-else", chat), 0u);
 }
 
 }  // namespace

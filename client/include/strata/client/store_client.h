@@ -65,6 +65,12 @@ struct BlockWrite {
   ChainHash hash;
   const void* data = nullptr;  // borrowed for the duration of the call
   uint64_t size = 0;
+  uint32_t depth = 0;    // index of the block in its chain, for the node's tier policies
+  float importance = 0;  // optional 0..1 attention-weighted retention score
+};
+
+struct PutOptions {
+  std::string session_id;  // optional: lets PauseSession/ResumeSession move these blocks
 };
 
 struct PutResult {
@@ -106,6 +112,17 @@ struct NodeStats {
   uint32_t max_keys_per_call = 0;
   uint64_t max_block_bytes = 0;
   uint64_t max_inline_bytes = 0;
+  uint64_t cool_blocks = 0;
+  uint64_t cool_bytes = 0;
+  uint64_t cool_capacity_bytes = 0;
+  uint64_t cold_blocks = 0;
+  uint64_t cold_bytes = 0;
+  uint64_t cold_capacity_bytes = 0;
+  uint64_t demotions = 0;
+  uint64_t promotions = 0;
+  uint64_t prefetched = 0;
+  uint64_t prefetch_used = 0;
+  uint64_t prefetch_wasted = 0;
 };
 
 class StoreClient {
@@ -133,7 +150,8 @@ class StoreClient {
   // node unreachable, deadline); otherwise per-block outcomes are in PutResult.
   virtual absl::StatusOr<PutResult> Put(const Namespace& ns, std::string_view scope,
                                         std::span<const BlockWrite> blocks,
-                                        const CallOptions& call = {}) = 0;
+                                        const CallOptions& call = {},
+                                        const PutOptions& put = {}) = 0;
 
   // Fetches blocks into caller buffers, verifying each block's checksum.
   virtual absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
@@ -146,6 +164,20 @@ class StoreClient {
                                           const CallOptions& call = {}) = 0;
 
   virtual absl::StatusOr<NodeStats> Stats(const CallOptions& call = {}) = 0;
+
+  // Moves a session's blocks down to the cool tier (to_cold: the cold tier); returns how many
+  // moved. FAILED_PRECONDITION when the node has no such tier.
+  virtual absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,
+                                                const CallOptions& call = {}) = 0;
+  // Brings a paused session's blocks back to the warm tier; returns how many.
+  virtual absl::StatusOr<uint64_t> ResumeSession(std::string_view session_id,
+                                                 const CallOptions& call = {}) = 0;
+  // Asks the node to promote blocks (or a whole session) into DRAM ahead of need — e.g. when
+  // the user starts typing. Returns at once with how many blocks were scheduled.
+  virtual absl::StatusOr<uint64_t> Prefetch(const Namespace& ns, std::string_view scope,
+                                            std::span<const ChainHash> hashes,
+                                            std::string_view session_id = {},
+                                            const CallOptions& call = {}) = 0;
 
   // Asynchronous variants: run on the client's own threads; the spans' contents (and the
   // buffers they point to) must outlive the returned future.

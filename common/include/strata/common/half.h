@@ -58,7 +58,7 @@ STRATA_HD inline uint32_t RoundToInt(float v) { return FloatBits(v + 8388608.0f)
 // payload (shifted into the top of the fp32 mantissa).
 STRATA_HD inline float HalfToFloat(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t em = h & 0x7fffu;  // exponent and mantissa
+  const uint32_t em = h & 0x7fffu;                   // exponent and mantissa
   const uint32_t normal = (em << 13) + 0x38000000u;  // rebias the exponent: 15 -> 127
   const uint32_t inf_nan = (em << 13) | 0x7f800000u;
   // Subnormal (and zero): mantissa × 2^-24, exact in fp32 and at least 2^-24 when non-zero.
@@ -89,7 +89,9 @@ STRATA_HD inline uint16_t FloatToHalf(float f) {
 }
 
 // bf16 bits -> float: exact (bf16 is the top half of an fp32).
-STRATA_HD inline float Bf16ToFloat(uint16_t b) { return BitsToFloat(static_cast<uint32_t>(b) << 16); }
+STRATA_HD inline float Bf16ToFloat(uint16_t b) {
+  return BitsToFloat(static_cast<uint32_t>(b) << 16);
+}
 
 // float -> bf16 bits, round to nearest even; overflow rounds to ±inf, subnormals are kept, a
 // NaN stays a quiet NaN with its sign and the top 6 bits of its payload.

@@ -23,8 +23,9 @@
 //   60   4   header_checksum (low 32 bits of xxh3-64 of bytes 0..59)
 //
 // Checksum rule: Unpack verifies stored_checksum before decoding (any changed stored byte is
-// DATA_LOSS, even one a decoder would not notice, and hostile bytes never reach a decompressor
-// unverified), then payload_checksum over the decompressed payload. For a lossless block that
+// DATA_LOSS, even one a decoder would not notice, and corrupted bytes never reach a
+// decompressor; hostile ones with a forged checksum may, which the decoders are safe
+// against), then payload_checksum over the decompressed payload. For a lossless block that
 // payload IS the original, so the original's checksum is verified end to end. A lossy block
 // cannot restore the original bit for bit, so `checksum` only identifies the source block (it
 // is the checksum the warm tier knew) and what is verified is the quantized payload, end to

@@ -15,8 +15,9 @@
 //           history, scaled by the block's importance, recompute cost and depth.
 //
 // Not thread-safe: the owning tier serializes calls (it already holds its index lock).
-// Every method runs in O(log n) for n resident blocks, except Victim, which also steps over
-// the blocks that `evictable` rejects.
+// Every method runs in O(log n) amortized for n resident blocks, plus O(children) when a
+// block with resident children is admitted or erased; Victim also steps over the blocks that
+// `evictable` rejects.
 #pragma once
 
 #include <cstddef>

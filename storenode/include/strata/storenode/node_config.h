@@ -33,8 +33,9 @@ struct NodeConfig {
   std::string cold_path;
   uint64_t cold_bytes = 64ull << 30;
   std::string cold_codec = "zstd";
-  bool sync_writes = false;               // fsync the RocksDB WAL on every block written
-  bool promote_on_get = true;             // a read of a cool/cold block moves it back to warm
+  bool sync_writes = false;      // fsync the RocksDB WAL on every block written
+  bool promote_on_get = true;    // a read of a cool/cold block copies it back to warm
+  uint64_t session_idle_ms = 0;  // sessions without puts for this long demote to cool; 0 = off
   uint64_t warm_high_watermark_pct = 90;  // demote warm → cool above this share of warm_bytes
   uint64_t warm_low_watermark_pct = 80;   // ... until under this one
   uint64_t disk_high_watermark_pct = 95;  // same for cool → cold and cold → dropped

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -19,7 +20,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "strata/storenode/disk_tier.h"
 #include "strata/storenode/warm_tier.h"
@@ -36,6 +39,7 @@ struct TieredStoreOptions {
   double disk_low_watermark = 0.85;
   bool promote_on_get = true;
   uint64_t demote_interval_ms = 50;
+  uint64_t session_idle_ms = 0;  // sessions without a put for this long pause on their own; 0 off
 };
 
 struct TieredStats {
@@ -47,6 +51,9 @@ struct TieredStats {
   uint64_t promotions = 0;
   uint64_t cool_demotions = 0;  // cool → cold
   uint64_t disk_evictions = 0;  // dropped from the lowest tier
+  uint64_t prefetched = 0;      // blocks promoted by Prefetch
+  uint64_t sessions_paused = 0;
+  uint64_t sessions_resumed = 0;
 };
 
 class TieredStore {
@@ -79,6 +86,21 @@ class TieredStore {
   uint64_t ExpireNow();
   absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
 
+  // Sessions. PauseSession moves the session's warm blocks to cool (to_cold: and its cool
+  // blocks on to cold) and returns how many moved; FAILED_PRECONDITION without a disk tier
+  // (or without a cold tier for to_cold). ResumeSession promotes the session's disk blocks
+  // back into the warm tier as far as it has room; returns how many.
+  absl::StatusOr<uint64_t> PauseSession(const std::string& session, bool to_cold);
+  absl::StatusOr<uint64_t> ResumeSession(const std::string& session);
+
+  // Schedules promotion of the named blocks (or, with a session, of its disk blocks) into the
+  // warm tier on the prefetch thread; returns how many blocks were scheduled. Never blocks
+  // on disk I/O.
+  uint64_t Prefetch(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
+                    const std::string& session);
+  // Waits until the prefetch queue is empty (tests).
+  void WaitForPrefetch();
+
   // One pass of the demoter, making room for `incoming` more warm bytes (the background
   // thread calls it with 0; BeginPut with its batch size when it would overflow).
   void DemoteOnce(uint64_t incoming = 0);
@@ -91,6 +113,11 @@ class TieredStore {
   // Makes room in `tier` for `bytes` more, moving victims to `below` (or dropping them).
   void MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes);
   void DemoteLoop();
+  void PrefetchLoop();
+  // Reads a disk block and copies it into the warm tier without evicting anything.
+  bool Promote(const BlockKey& key, bool prefetched);
+  void NoteSession(const std::string& session);
+  void PauseIdleSessions();
 
   const TieredStoreOptions options_;
   std::unique_ptr<WarmTier> warm_;
@@ -101,8 +128,21 @@ class TieredStore {
   std::atomic<uint64_t> promotions_{0};
   std::atomic<uint64_t> cool_demotions_{0};
   std::atomic<uint64_t> disk_evictions_{0};
+  std::atomic<uint64_t> prefetched_{0};
+  std::atomic<uint64_t> sessions_paused_{0};
+  std::atomic<uint64_t> sessions_resumed_{0};
+
+  absl::Mutex sessions_mu_;
+  absl::flat_hash_map<std::string, int64_t> session_last_put_ms_ ABSL_GUARDED_BY(sessions_mu_);
+
+  absl::Mutex prefetch_mu_;
+  std::deque<BlockKey> prefetch_queue_ ABSL_GUARDED_BY(prefetch_mu_);
+  bool prefetch_busy_ ABSL_GUARDED_BY(prefetch_mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(prefetch_mu_) = false;
+
   absl::Notification stop_;
   std::thread demoter_;
+  std::thread prefetcher_;
 };
 
 }  // namespace strata::storenode

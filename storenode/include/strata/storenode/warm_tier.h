@@ -49,8 +49,10 @@ struct WarmTierStats {
   uint64_t pinned_blocks = 0;
   uint64_t reservations = 0;  // open put reservations
   uint64_t namespaces = 0;
-  uint64_t data_loss = 0;  // blocks dropped because their bytes failed the checksum
-  uint64_t demotions = 0;  // blocks moved to a lower tier
+  uint64_t data_loss = 0;        // blocks dropped because their bytes failed the checksum
+  uint64_t demotions = 0;        // blocks moved to a lower tier
+  uint64_t prefetch_used = 0;    // prefetched blocks read while warm
+  uint64_t prefetch_wasted = 0;  // prefetched blocks that left warm unread
 };
 
 class WarmTier {
@@ -58,6 +60,17 @@ class WarmTier {
   struct PutBlock {
     ChainHash hash;
     uint64_t size = 0;
+    uint32_t depth = 0;       // index in its chain
+    float importance = 0;     // writer's retention score, 0..1
+    std::string session;      // "" = none
+    bool prefetched = false;  // placed by Prefetch: counted as used or wasted later
+  };
+  // What a demoted block carries to the tier below.
+  struct BlockAttrs {
+    uint64_t checksum = 0;
+    uint32_t depth = 0;
+    float importance = 0;
+    std::string session;
   };
   struct CommitBlock {
     ChainHash hash;
@@ -74,8 +87,8 @@ class WarmTier {
   using LowerTierProbe = std::function<std::optional<BlockMeta>(size_t index, const BlockKey&)>;
   // Receives a demotion victim's verified bytes (pinned, outside the lock); returns true when
   // the block now lives elsewhere and may leave the warm tier.
-  using DemoteFn =
-      std::function<bool(const BlockKey& key, std::span<const uint8_t> bytes, uint64_t checksum)>;
+  using DemoteFn = std::function<bool(const BlockKey& key, std::span<const uint8_t> bytes,
+                                      const BlockAttrs& attrs)>;
   // Where BeginGet copies a block: returns a buffer of at least `size` bytes for block
   // `index`, or nullptr to leave that block pinned but uncopied.
   using CopySink = std::function<uint8_t*(size_t index, uint64_t size)>;
@@ -109,7 +122,8 @@ class WarmTier {
   // Moves least recently used unpinned blocks worth at least `bytes` out through `fn`
   // (pinned while it runs; a block whose bytes fail the checksum is dropped instead).
   // Returns the number of blocks moved.
-  uint64_t Demote(uint64_t bytes, const DemoteFn& fn);
+  // With `session`, moves every unpinned block of that session instead (bytes ignored).
+  uint64_t Demote(uint64_t bytes, const DemoteFn& fn, const std::string* session = nullptr);
 
   // Reserves one slot per block, evicting least recently used unpinned blocks as needed.
   // With may_evict false, only free space is used (promotions must not push out blocks that
@@ -190,6 +204,8 @@ class WarmTier {
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> data_loss_{0};
   std::atomic<uint64_t> demotions_{0};
+  std::atomic<uint64_t> prefetch_used_{0};
+  std::atomic<uint64_t> prefetch_wasted_{0};
 };
 
 }  // namespace strata::storenode
