@@ -125,6 +125,24 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
   return moved;
 }
 
+bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes,
+                             const DiskBlockMeta& meta, bool prefetched, bool make_room) {
+  // Room first when asked: a promotion never evicts a block that exists nowhere else.
+  if (make_room) DemoteOnce(bytes.size());
+  WarmTier::PutBlock pb{key.hash,        bytes.size(), meta.depth,
+                        meta.importance, meta.session, prefetched};
+  WarmTier::ReserveResult res = warm_->BeginPut(key.namespace_id, key.scope, {&pb, 1}, 10000,
+                                                /*may_evict=*/false);
+  if (res.reservation_id == 0 || !res.status[0].ok()) return false;
+  WarmTier::CommitBlock cb{key.hash, meta.checksum, bytes};
+  auto done = warm_->CommitPut(res.reservation_id, {&cb, 1});
+  // The disk copy stays (inclusive tiers): a restart or a later demotion of the warm copy
+  // then costs no write.
+  bool ok = done.ok() && (*done)[0].ok();
+  if (ok) promotions_.fetch_add(1, std::memory_order_relaxed);
+  return ok;
+}
+
 bool TieredStore::Promote(const BlockKey& key, bool prefetched) {
   std::vector<uint8_t> buf;
   for (DiskTier* tier : {cool_.get(), cold_.get()}) {
@@ -132,15 +150,7 @@ bool TieredStore::Promote(const BlockKey& key, bool prefetched) {
     std::optional<DiskBlockMeta> meta = tier->Find(key, false);
     if (!meta) continue;
     if (!tier->Read(key, &buf).ok()) return false;
-    DemoteOnce(buf.size());  // room first: promotion never evicts a block that exists nowhere else
-    WarmTier::PutBlock pb{key.hash,         buf.size(),    meta->depth,
-                          meta->importance, meta->session, prefetched};
-    WarmTier::ReserveResult res = warm_->BeginPut(key.namespace_id, key.scope, {&pb, 1}, 10000,
-                                                  /*may_evict=*/false);
-    if (res.reservation_id == 0 || !res.status[0].ok()) return false;
-    WarmTier::CommitBlock cb{key.hash, meta->checksum, {buf.data(), buf.size()}};
-    auto done = warm_->CommitPut(res.reservation_id, {&cb, 1});
-    return done.ok() && (*done)[0].ok();
+    return InsertWarm(key, buf, *meta, prefetched, /*make_room=*/true);
   }
   return false;
 }
@@ -325,19 +335,10 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
       r.blocks[i] = {buf.size(), checksum, code};
       (code == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
       if (options_.promote_on_get) {
-        // Best effort: a full warm tier simply keeps serving the block from disk.
+        // Best effort and without disk writes on the read path: a full warm tier simply
+        // keeps serving the block from disk.
         std::optional<DiskBlockMeta> meta = tier->Find(key, false);
-        WarmTier::PutBlock pb{hashes[i], buf.size(), meta ? meta->depth : 0,
-                              meta ? meta->importance : 0.f, meta ? meta->session : ""};
-        WarmTier::ReserveResult res =
-            warm_->BeginPut(ns, scope, {&pb, 1}, 10000, /*may_evict=*/false);
-        if (res.reservation_id != 0 && res.status[0].ok()) {
-          WarmTier::CommitBlock cb{hashes[i], checksum, {buf.data(), buf.size()}};
-          auto done = warm_->CommitPut(res.reservation_id, {&cb, 1});
-          // The disk copy stays (inclusive tiers): a restart or a later demotion of the
-          // warm copy then costs no write.
-          if (done.ok() && (*done)[0].ok()) promotions_.fetch_add(1, std::memory_order_relaxed);
-        }
+        if (meta) InsertWarm(key, buf, *meta, false, /*make_room=*/false);
       }
       break;
     }

@@ -116,6 +116,9 @@ class TieredStore {
   void PrefetchLoop();
   // Reads a disk block and copies it into the warm tier without evicting anything.
   bool Promote(const BlockKey& key, bool prefetched);
+  // Copies verified disk bytes into the warm tier without evicting (make_room: demote first).
+  bool InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes, const DiskBlockMeta& meta,
+                  bool prefetched, bool make_room);
   void NoteSession(const std::string& session);
   void PauseIdleSessions();
 
