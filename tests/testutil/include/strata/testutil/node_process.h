@@ -24,6 +24,6 @@ absl::StatusOr<std::unique_ptr<client::LocalNode>> StartNode(
 
 // GET http://ADDR/path on loopback; returns (status code, body). UNAVAILABLE on failure.
 absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
-                                                   const std::string& path);
+                                                    const std::string& path);
 
 }  // namespace strata::testutil
