@@ -14,7 +14,8 @@
 namespace strata::storenode {
 namespace {
 
-constexpr uint8_t kMetaVersion = 1;
+// 1: without parent_handle (read as kNoBlock); 2: parent_handle appended.
+constexpr uint8_t kMetaVersion = 2;
 
 void PutU8(std::string& s, uint8_t v) { s.push_back(static_cast<char>(v)); }
 template <typename T>
@@ -99,6 +100,7 @@ std::string EncodeDiskMeta(const DiskBlockMeta& m) {
   PutLe<uint32_t>(out, m.access_count);
   PutLe<uint16_t>(out, static_cast<uint16_t>(m.session.size()));
   out += m.session;
+  PutLe<uint64_t>(out, m.parent_handle);
   return out;
 }
 
@@ -107,9 +109,10 @@ absl::StatusOr<DiskBlockMeta> DecodeDiskMeta(std::string_view raw) {
   DiskBlockMeta m;
   uint8_t version = 0;
   uint16_t session_len = 0;
-  if (!r.Get(&version) || version != kMetaVersion || !r.Get(&m.size) || !r.Get(&m.stored_bytes) ||
-      !r.Get(&m.checksum) || !r.Get(&m.depth) || !r.Get(&m.importance) || !r.Get(&m.access_count) ||
-      !r.Get(&session_len) || !r.Bytes(session_len, &m.session) || !r.done()) {
+  if (!r.Get(&version) || (version != 1 && version != kMetaVersion) || !r.Get(&m.size) ||
+      !r.Get(&m.stored_bytes) || !r.Get(&m.checksum) || !r.Get(&m.depth) || !r.Get(&m.importance) ||
+      !r.Get(&m.access_count) || !r.Get(&session_len) || !r.Bytes(session_len, &m.session) ||
+      (version >= 2 && !r.Get(&m.parent_handle)) || !r.done()) {
     return absl::DataLossError("disk meta record: malformed");
   }
   return m;
@@ -121,6 +124,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
     return absl::InvalidArgumentError(options.name + "_bytes: must be > 0");
   }
   rocksdb::Options opts;
+  if (options.env != nullptr) opts.env = options.env;
   opts.create_if_missing = true;
   opts.create_missing_column_families = true;
   opts.compression = rocksdb::kNoCompression;  // payloads are encoded by our codecs
@@ -153,7 +157,18 @@ DiskTier::DiskTier(DiskTierOptions options, rocksdb::DB* db,
       data_cf_(handles[0]),
       meta_cf_(handles[1]),
       ns_cf_(handles[2]),
-      handles_(std::move(handles)) {}
+      handles_(std::move(handles)),
+      policy_(MakeEvictionPolicy(options_.policy, options_.policy_options)) {}
+
+void DiskTier::AdmitLocked(const BlockKey& key, Entry& entry) {
+  BlockTraits traits;
+  traits.size = entry.meta.stored_bytes;
+  traits.depth = entry.meta.depth;
+  traits.parent = entry.meta.parent_handle;
+  traits.importance = entry.meta.importance;
+  by_handle_[entry.handle] = key;
+  policy_->Insert(entry.handle, traits, ++tick_);
+}
 
 DiskTier::~DiskTier() {
   // Flush so a restart reads blob and SST files instead of replaying the whole WAL.
@@ -175,10 +190,11 @@ absl::Status DiskTier::Rebuild() {
       ++skipped;  // unreadable index record: the block is unreachable, count it as lost
       continue;
     }
-    lru_.push_back(*key);
     stored_bytes_ += meta->stored_bytes;
     payload_bytes_ += meta->size;
-    index_.emplace(*key, Entry{std::move(*meta), std::prev(lru_.end())});
+    uint64_t handle = PolicyHandle(*key);
+    auto [pos, inserted] = index_.emplace(*key, Entry{std::move(*meta), handle});
+    AdmitLocked(pos->first, pos->second);
   }
   if (!it->status().ok()) {
     spdlog::error("{} tier: index scan stopped early: {}", options_.name, it->status().ToString());
@@ -218,18 +234,13 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   }
   absl::MutexLock lock(&mu_);
   auto it = index_.find(key);
-  if (it != index_.end()) {
-    stored_bytes_ -= it->second.meta.stored_bytes;
-    payload_bytes_ -= it->second.meta.size;
-    lru_.erase(it->second.lru_pos);
-    index_.erase(it);
-  }
+  if (it != index_.end()) DropLocked(key);
   stored_bytes_ += meta.stored_bytes;
   payload_bytes_ += meta.size;
   codec_in_ += meta.size;
   codec_out_ += meta.stored_bytes;
-  lru_.push_back(key);
-  index_.emplace(key, Entry{std::move(meta), std::prev(lru_.end())});
+  auto [pos, inserted] = index_.emplace(key, Entry{std::move(meta), PolicyHandle(key)});
+  AdmitLocked(pos->first, pos->second);
   return absl::OkStatus();
 }
 
@@ -277,7 +288,10 @@ void DiskTier::DropLocked(const BlockKey& key) {
   if (it == index_.end()) return;
   stored_bytes_ -= it->second.meta.stored_bytes;
   payload_bytes_ -= it->second.meta.size;
-  lru_.erase(it->second.lru_pos);
+  policy_->Erase(it->second.handle);
+  if (auto h = by_handle_.find(it->second.handle); h != by_handle_.end() && h->second == key) {
+    by_handle_.erase(h);
+  }
   index_.erase(it);
 }
 
@@ -299,20 +313,24 @@ std::optional<DiskBlockMeta> DiskTier::Find(const BlockKey& key, bool touch) {
   auto it = index_.find(key);
   if (it == index_.end()) return std::nullopt;
   if (touch) {
-    lru_.splice(lru_.end(), lru_, it->second.lru_pos);
+    policy_->Access(it->second.handle, ++tick_);
     ++it->second.meta.access_count;
   }
   return it->second.meta;
 }
 
-std::vector<BlockKey> DiskTier::VictimsLru(uint64_t bytes) {
+std::vector<BlockKey> DiskTier::Victims(uint64_t bytes) {
   std::vector<BlockKey> out;
   uint64_t sum = 0;
   absl::MutexLock lock(&mu_);
-  for (const BlockKey& k : lru_) {
-    if (sum >= bytes) break;
-    out.push_back(k);
-    sum += index_.at(k).meta.stored_bytes;
+  while (sum < bytes) {
+    std::optional<uint64_t> victim =
+        policy_->Victim([&](uint64_t handle) { return by_handle_.contains(handle); });
+    if (!victim) break;
+    policy_->Erase(*victim);
+    const BlockKey& key = by_handle_.at(*victim);
+    out.push_back(key);
+    sum += index_.at(key).meta.stored_bytes;
   }
   return out;
 }

@@ -11,6 +11,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "strata/common/checksum.h"
 
 namespace strata::storenode {
 namespace {
@@ -353,6 +354,17 @@ std::string_view PolicyKindName(PolicyKind kind) {
       return "cost";
   }
   return "unknown";
+}
+
+uint64_t PolicyHandle(const BlockKey& key) {
+  std::string bytes;
+  bytes.reserve(8 + 1 + key.scope.size() + kChainHashBytes);
+  bytes.append(reinterpret_cast<const char*>(&key.namespace_id), sizeof(key.namespace_id));
+  bytes.push_back(static_cast<char>(key.scope.size()));
+  bytes += key.scope;
+  bytes.append(key.hash.AsStringView());
+  uint64_t h = BlockChecksum(bytes.data(), bytes.size());
+  return h == kNoBlock ? 0 : h;  // kNoBlock means "no parent"
 }
 
 std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(PolicyKind kind,

@@ -1,8 +1,12 @@
 #include "strata/storenode/node_config.h"
 
+#include <tuple>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/codec.h"
+#include "strata/storenode/eviction_policy.h"
 
 namespace strata::storenode {
 
@@ -32,6 +36,12 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
               "RocksDB directory of the cold tier (may be a network mount); needs cool_path.");
   s.AddBytes("cold_bytes", &c->cold_bytes, "Byte budget of the cold tier (stored bytes).");
   s.AddString("cold_codec", &c->cold_codec, "Codec of cold blocks: none, lz4 or zstd.");
+  for (auto [key, field, tier] : {std::tuple{"warm_policy", &c->warm_policy, "warm"},
+                                  std::tuple{"cool_policy", &c->cool_policy, "cool"},
+                                  std::tuple{"cold_policy", &c->cold_policy, "cold"}}) {
+    s.AddString(key, field,
+                absl::StrCat("Which ", tier, " blocks leave first: lru, lfu, prefix or cost."));
+  }
   s.AddBool("sync_writes", &c->sync_writes,
             "fsync RocksDB's WAL for every block written to cool/cold (power-loss safety).");
   s.AddBool("promote_on_get", &c->promote_on_get,
@@ -97,6 +107,13 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
     if (absl::Status s = ParseCodec(*codec).status(); !s.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat(codec == &c.cool_codec ? "cool_codec: " : "cold_codec: ", s.message()));
+    }
+  }
+  for (auto [key, value] :
+       {std::pair{"warm_policy", &c.warm_policy}, std::pair{"cool_policy", &c.cool_policy},
+        std::pair{"cold_policy", &c.cold_policy}}) {
+    if (absl::Status s = ParsePolicyKind(*value).status(); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(key, ": ", s.message()));
     }
   }
   if (c.reaper_interval_ms == 0) return absl::InvalidArgumentError("reaper_interval: want > 0");

@@ -136,13 +136,22 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   opts.warm.max_block_bytes = config.max_block_bytes;
   opts.warm.max_namespaces = config.max_namespaces;
   opts.warm.prefault = config.warm_prefault;
+  opts.warm.policy = *ParsePolicyKind(config.warm_policy);
   if (!config.cool_path.empty()) {
-    opts.cool = DiskTierOptions{"cool", config.cool_path, config.cool_bytes,
-                                *ParseCodec(config.cool_codec), config.sync_writes};
+    opts.cool = DiskTierOptions{"cool",
+                                config.cool_path,
+                                config.cool_bytes,
+                                *ParseCodec(config.cool_codec),
+                                config.sync_writes,
+                                *ParsePolicyKind(config.cool_policy)};
   }
   if (!config.cold_path.empty()) {
-    opts.cold = DiskTierOptions{"cold", config.cold_path, config.cold_bytes,
-                                *ParseCodec(config.cold_codec), config.sync_writes};
+    opts.cold = DiskTierOptions{"cold",
+                                config.cold_path,
+                                config.cold_bytes,
+                                *ParseCodec(config.cold_codec),
+                                config.sync_writes,
+                                *ParsePolicyKind(config.cold_policy)};
   }
   opts.warm_high_watermark = config.warm_high_watermark_pct / 100.0;
   opts.warm_low_watermark = config.warm_low_watermark_pct / 100.0;
@@ -150,6 +159,9 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   opts.disk_low_watermark = config.disk_low_watermark_pct / 100.0;
   opts.promote_on_get = config.promote_on_get;
   opts.session_idle_ms = config.session_idle_ms;
+  spdlog::info("eviction policies: warm {}, cool {}, cold {}", config.warm_policy,
+               config.cool_path.empty() ? "-" : config.cool_policy,
+               config.cold_path.empty() ? "-" : config.cold_policy);
   absl::StatusOr<std::unique_ptr<TieredStore>> warm = TieredStore::Create(std::move(opts));
   if (!warm.ok()) return warm.status();
   auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm));

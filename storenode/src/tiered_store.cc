@@ -13,6 +13,16 @@ namespace {
 constexpr int kTierCool = 3;
 constexpr int kTierCold = 4;
 
+DiskBlockMeta DiskMetaOf(const WarmTier::BlockAttrs& a) {
+  DiskBlockMeta m;
+  m.checksum = a.checksum;
+  m.depth = a.depth;
+  m.importance = a.importance;
+  m.session = a.session;
+  m.parent_handle = a.parent_handle;
+  return m;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Create(TieredStoreOptions options) {
@@ -107,9 +117,7 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       [&](const BlockKey& key, std::span<const uint8_t> bytes, const WarmTier::BlockAttrs& a) {
         if (target->Find(key, false)) return true;  // inclusive copy already there
         MakeRoom(target, below, bytes.size());
-        return target
-            ->Put(key, bytes, DiskBlockMeta{0, 0, a.checksum, a.depth, a.importance, a.session})
-            .ok();
+        return target->Put(key, bytes, DiskMetaOf(a)).ok();
       },
       &session);
   if (to_cold) {
@@ -129,8 +137,8 @@ bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes
                              const DiskBlockMeta& meta, bool prefetched, bool make_room) {
   // Room first when asked: a promotion never evicts a block that exists nowhere else.
   if (make_room) DemoteOnce(bytes.size());
-  WarmTier::PutBlock pb{key.hash,        bytes.size(), meta.depth,
-                        meta.importance, meta.session, prefetched};
+  WarmTier::PutBlock pb{key.hash,     bytes.size(), meta.depth,        meta.importance,
+                        meta.session, prefetched,   meta.parent_handle};
   WarmTier::ReserveResult res = warm_->BeginPut(key.namespace_id, key.scope, {&pb, 1}, 10000,
                                                 /*may_evict=*/false);
   if (res.reservation_id == 0 || !res.status[0].ok()) return false;
@@ -371,7 +379,7 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
   if (used + bytes <= high) return;
   uint64_t target = used + bytes - static_cast<uint64_t>(cap * options_.disk_low_watermark);
   std::vector<uint8_t> buf;
-  for (const BlockKey& key : tier->VictimsLru(target)) {
+  for (const BlockKey& key : tier->Victims(target)) {
     if (below != nullptr) {
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       if (meta && tier->Read(key, &buf).ok()) {
@@ -399,8 +407,7 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
     // A block promoted earlier may still have its disk copy: nothing to write then.
     if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
     MakeRoom(cool_.get(), cold_.get(), bytes.size());
-    absl::Status st =
-        cool_->Put(key, bytes, DiskBlockMeta{0, 0, a.checksum, a.depth, a.importance, a.session});
+    absl::Status st = cool_->Put(key, bytes, DiskMetaOf(a));
     if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
     return st.ok();
   });

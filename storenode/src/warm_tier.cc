@@ -20,11 +20,12 @@ struct WarmTier::Entry {
   State state = State::kReserved;
   uint32_t pins = 0;
   uint64_t last_tick = 0;
+  uint64_t handle = 0;  // PolicyHandle(key)
+  uint64_t parent_handle = kNoBlock;
   uint32_t depth = 0;
   float importance = 0;
   bool prefetched = false;  // placed by Prefetch and not read yet
   std::string session;
-  std::list<Entry*>::iterator lru_pos;  // valid while committed and in the index
 };
 
 struct WarmTier::Reservation {
@@ -57,8 +58,9 @@ absl::StatusOr<std::unique_ptr<WarmTier>> WarmTier::Create(WarmTierOptions optio
 }
 
 WarmTier::WarmTier(WarmTierOptions options, std::unique_ptr<SlabArena> arena)
-    : options_(std::move(options)), arena_(std::move(arena)) {
-  lru_.resize(arena_->num_classes());
+    : options_(std::move(options)),
+      arena_(std::move(arena)),
+      policy_(MakeEvictionPolicy(options_.policy, options_.policy_options)) {
   slot_owner_.resize(arena_->num_pages());
 }
 
@@ -99,8 +101,22 @@ absl::StatusOr<NamespaceSpec> WarmTier::GetNamespace(NamespaceId id) const {
 
 void WarmTier::TouchLocked(Entry* e) {
   e->last_tick = ++tick_;
-  std::list<Entry*>& lru = lru_[e->slot.size_class];
-  lru.splice(lru.end(), lru, e->lru_pos);
+  policy_->Access(e->handle, tick_);
+}
+
+WarmTier::Entry* WarmTier::EntryForHandleLocked(uint64_t handle) const {
+  auto it = by_handle_.find(handle);
+  return it == by_handle_.end() ? nullptr : it->second;
+}
+
+void WarmTier::AdmitLocked(Entry* e) {
+  e->last_tick = ++tick_;
+  BlockTraits traits;
+  traits.size = e->size;
+  traits.depth = e->depth;
+  traits.parent = e->parent_handle;
+  traits.importance = e->importance;
+  policy_->Insert(e->handle, traits, tick_);
 }
 
 void WarmTier::FreeSlotLocked(Entry* e) {
@@ -112,7 +128,8 @@ void WarmTier::FreeSlotLocked(Entry* e) {
 void WarmTier::RemoveLocked(Entry* e) {
   if (e->prefetched) prefetch_wasted_.fetch_add(1, std::memory_order_relaxed);
   if (e->state == Entry::State::kCommitted) {
-    lru_[e->slot.size_class].erase(e->lru_pos);
+    policy_->Erase(e->handle);
+    if (EntryForHandleLocked(e->handle) == e) by_handle_.erase(e->handle);
     --committed_;
     payload_bytes_ -= e->size;
   }
@@ -135,14 +152,14 @@ void WarmTier::UnpinLocked(Entry* e) {
 }
 
 bool WarmTier::EvictOneLocked(uint16_t size_class) {
-  for (Entry* e : lru_[size_class]) {
-    if (e->pins == 0) {
-      RemoveLocked(e);
-      evictions_.fetch_add(1, std::memory_order_relaxed);
-      return true;
-    }
-  }
-  return false;
+  std::optional<uint64_t> victim = policy_->Victim([&](uint64_t handle) {
+    const Entry* e = EntryForHandleLocked(handle);
+    return e != nullptr && e->pins == 0 && e->slot.size_class == size_class;
+  });
+  if (!victim) return false;
+  RemoveLocked(EntryForHandleLocked(*victim));
+  evictions_.fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
 bool WarmTier::ReclaimPageLocked() {
@@ -221,25 +238,37 @@ uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn, const std::string*
     BlockAttrs attrs;
   };
   std::vector<Victim> victims;
+  auto take = [&](Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // Out of the policy while it moves, so its parent can become the next victim; a block
+    // that does not move is admitted again below.
+    policy_->Erase(e->handle);
+    if (e->pins++ == 0) ++pinned_;
+    victims.push_back(
+        {e, e->size,
+         BlockAttrs{e->checksum, e->depth, e->importance, e->session, e->parent_handle}});
+  };
   {
     absl::MutexLock lock(&mu_);
-    std::vector<Entry*> candidates;
-    for (const std::list<Entry*>& lru : lru_) {
-      for (Entry* e : lru) {
-        if (e->pins == 0 && (session == nullptr || e->session == *session)) {
-          candidates.push_back(e);
+    if (session != nullptr) {
+      std::vector<Entry*> members;
+      for (const auto& [key, e] : index_) {
+        if (e->state == Entry::State::kCommitted && e->pins == 0 && e->session == *session) {
+          members.push_back(e.get());
         }
       }
-    }
-    if (session != nullptr) bytes = UINT64_MAX;
-    std::sort(candidates.begin(), candidates.end(),
-              [](const Entry* a, const Entry* b) { return a->last_tick < b->last_tick; });
-    uint64_t sum = 0;
-    for (Entry* e : candidates) {
-      if (sum >= bytes) break;
-      sum += e->size;
-      if (e->pins++ == 0) ++pinned_;
-      victims.push_back({e, e->size, BlockAttrs{e->checksum, e->depth, e->importance, e->session}});
+      for (Entry* e : members) take(e);
+    } else {
+      uint64_t sum = 0;
+      while (sum < bytes) {
+        std::optional<uint64_t> victim = policy_->Victim([&](uint64_t handle) {
+          const Entry* e = EntryForHandleLocked(handle);
+          return e != nullptr && e->pins == 0;
+        });
+        if (!victim) break;
+        Entry* e = EntryForHandleLocked(*victim);
+        sum += e->size;
+        take(e);
+      }
     }
   }
   // Pinned: the bytes cannot move while they are verified and written elsewhere.
@@ -261,6 +290,8 @@ uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn, const std::string*
       if (it != index_.end() && it->second.get() == e) RemoveLocked(e);
       if (corrupt[i]) data_loss_.fetch_add(1, std::memory_order_relaxed);
       n += moved[i] ? 1 : 0;
+    } else if (e->state == Entry::State::kCommitted && index_.contains(e->key)) {
+      AdmitLocked(e);
     }
     UnpinLocked(e);
   }
@@ -275,8 +306,13 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
   result.status.reserve(blocks.size());
   auto reservation = std::make_unique<Reservation>();
   absl::MutexLock lock(&mu_);
-  for (const PutBlock& b : blocks) {
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const PutBlock& b = blocks[i];
     BlockKey key{ns, scope, b.hash};
+    uint64_t parent_handle = b.parent_handle;
+    if (parent_handle == kNoBlock && i > 0 && b.depth > 0 && blocks[i - 1].depth + 1 == b.depth) {
+      parent_handle = PolicyHandle(BlockKey{ns, scope, blocks[i - 1].hash});
+    }
     auto it = index_.find(key);
     if (it != index_.end()) {
       result.status.push_back(absl::AlreadyExistsError(
@@ -299,6 +335,8 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     entry->importance = b.importance;
     entry->session = b.session;
     entry->prefetched = b.prefetched;
+    entry->handle = PolicyHandle(key);
+    entry->parent_handle = parent_handle;
     std::vector<Entry*>& owners = slot_owner_[slot->page];
     uint32_t slots = arena_->SlotsPerPage(cls);
     if (owners.size() != slots) owners.assign(slots, nullptr);
@@ -383,9 +421,8 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservati
     }
     e->checksum = blocks[i - 1].checksum;
     e->state = Entry::State::kCommitted;
-    std::list<Entry*>& lru = lru_[e->slot.size_class];
-    e->lru_pos = lru.insert(lru.end(), e);
-    e->last_tick = ++tick_;
+    by_handle_[e->handle] = e;
+    AdmitLocked(e);
     ++committed_;
     payload_bytes_ += e->size;
   }

@@ -97,8 +97,10 @@ class WarmTierTest : public ::testing::Test {
  protected:
   void SetUp() override { Init(8 * kPage); }
 
-  void Init(uint64_t capacity, uint64_t max_namespaces = 1024) {
+  void Init(uint64_t capacity, uint64_t max_namespaces = 1024,
+            PolicyKind policy = PolicyKind::kLru) {
     WarmTierOptions o;
+    o.policy = policy;
     o.capacity_bytes = capacity;
     o.max_block_bytes = kPage;
     o.max_namespaces = max_namespaces;
@@ -420,6 +422,35 @@ TEST_F(WarmTierTest, ChainCommittedTogetherEvictsDescendantsFirst) {
   ASSERT_THAT(PutN(21, kPage), IsOk());
   EXPECT_EQ(Found(Keys(0, 4)), 2u);
   for (uint32_t i : {10, 11, 12, 13, 20, 21}) EXPECT_TRUE(Present(i)) << i;
+}
+
+// A chain put in one call links each block to the one before it, so the prefix policy never
+// evicts an ancestor while a descendant stays; LRU, after the tail was read alone, does.
+TEST_F(WarmTierTest, PrefixPolicyKeepsAncestorsOfResidentBlocks) {
+  for (PolicyKind policy : {PolicyKind::kLru, PolicyKind::kPrefix}) {
+    SCOPED_TRACE(PolicyKindName(policy));
+    Init(8 * kPage, 1024, policy);
+    std::vector<WarmTier::PutBlock> chain;
+    for (uint32_t d = 0; d < 4; ++d) chain.push_back({H(d), kPage, d});
+    WarmTier::ReserveResult r = Reserve(chain);
+    ASSERT_THAT(Commit(r.reservation_id,
+                       {Block(0, kPage), Block(1, kPage), Block(2, kPage), Block(3, kPage)}),
+                IsOk());
+    for (uint32_t i = 10; i < 14; ++i) ASSERT_THAT(PutN(i, kPage), IsOk());
+    ASSERT_EQ(Found({H(3)}), 1u);  // the tail alone, as a non-prefix read would
+    ASSERT_EQ(Found({H(2)}), 1u);
+    ASSERT_THAT(PutN(20, kPage), IsOk());
+    ASSERT_THAT(PutN(21, kPage), IsOk());
+    EXPECT_EQ(tier_->Stats().evictions, 2u);
+    if (policy == PolicyKind::kLru) {
+      EXPECT_EQ(Found(Keys(0, 4)), 0u) << "LRU took the root first";
+      EXPECT_TRUE(Present(3));
+    } else {
+      EXPECT_EQ(Found(Keys(0, 4)), 4u);
+      EXPECT_FALSE(Present(10));
+      EXPECT_FALSE(Present(11));
+    }
+  }
 }
 
 TEST_F(WarmTierTest, PinnedBlocksAreNeverEvicted) {

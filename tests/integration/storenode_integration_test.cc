@@ -349,7 +349,8 @@ TEST_F(StoreNodeTest, DemoRunsPrefillAndDecodeInOtherProcesses) {
 // Nodes with their own configuration.
 
 TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
-  Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB"});
+  // LRU: once unpinned, the block's reads no longer protect it (cost would keep it: below).
+  Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--warm-policy", "lru"});
   ASSERT_NE(n.client, nullptr);
   std::vector<ChainHash> pinned = Chain(n.ns, 10, 1);
   ASSERT_THAT(PutBlocks(n, pinned, 1 << 20, 100), IsOk());
@@ -386,6 +387,30 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
     ASSERT_THAT(PutBlocks(n, Chain(n.ns, 30 + round, 4), 1 << 20, 300 + 10 * round), IsOk());
   }
   EXPECT_EQ(n.client->Lookup(n.ns, "", pinned)->matched_blocks, 0u);
+}
+
+// The warm tier's policy is chosen by config: a block read often survives a scan of blocks
+// written once under cost and lfu, and is the first to go under lru.
+TEST(StoreNodeConfigTest, WarmPolicyDecidesWhoSurvivesAScan) {
+  for (const char* policy : {"lru", "lfu", "cost"}) {
+    SCOPED_TRACE(policy);
+    Node n =
+        StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--warm-policy", policy});
+    ASSERT_NE(n.client, nullptr);
+    std::vector<ChainHash> hot = Chain(n.ns, 50, 1);
+    ASSERT_THAT(PutBlocks(n, hot, 1 << 20, 500), IsOk());
+    std::vector<uint8_t> out(1 << 20);
+    for (int i = 0; i < 5; ++i) {
+      BlockRead read{hot[0], out.data(), out.size()};
+      ASSERT_THAT(n.client->Get(n.ns, "", {&read, 1})->blocks[0], IsOk());
+    }
+    for (uint32_t round = 0; round < 24; ++round) {
+      ASSERT_THAT(PutBlocks(n, Chain(n.ns, 60 + round, 1), 1 << 20, 600 + round), IsOk());
+    }
+    EXPECT_GT(n.client->Stats()->evictions, 0u);
+    bool survived = n.client->Lookup(n.ns, "", hot)->matched_blocks == 1;
+    EXPECT_EQ(survived, std::string_view(policy) != "lru");
+  }
 }
 
 TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
@@ -523,6 +548,8 @@ TEST(StoreNodeConfigTest, BadConfigurationExitsWithUsageError) {
   auto p =
       testutil::StartNode({"--warm-bytes", "1MiB", "--max-block-bytes", "4MiB"}, absl::Seconds(10));
   EXPECT_THAT(p, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("code 2")));
+  auto bad_policy = testutil::StartNode({"--cool-policy", "fifo"}, absl::Seconds(10));
+  EXPECT_THAT(bad_policy, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("code 2")));
 }
 
 }  // namespace

@@ -10,11 +10,13 @@
 // checksum: a block whose bytes fail it (a flipped byte in a blob or SST file) is dropped
 // and reported as DATA_LOSS, never returned.
 //
+// Which blocks leave first is the tier's eviction policy (options.policy); chain parents are
+// known by handle, so a chain-aware policy keeps a block's ancestors while it holds the block.
+//
 // Thread-safe. The index has its own mutex, never held across RocksDB calls.
 #pragma once
 
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <optional>
 #include <span>
@@ -28,9 +30,11 @@
 #include "strata/common/block_key.h"
 #include "strata/common/codec.h"
 #include "strata/common/namespace.h"
+#include "strata/storenode/eviction_policy.h"
 
 namespace rocksdb {
 class DB;
+class Env;
 class ColumnFamilyHandle;
 }  // namespace rocksdb
 
@@ -41,7 +45,10 @@ struct DiskTierOptions {
   std::string path;
   uint64_t capacity_bytes = 0;
   Codec codec = Codec::kLz4;
-  bool sync_writes = false;  // fsync the WAL on every put (power-loss durability)
+  bool sync_writes = false;              // fsync the WAL on every put (power-loss durability)
+  PolicyKind policy = PolicyKind::kLru;  // which blocks Victims() gives up first
+  EvictionPolicyOptions policy_options;
+  rocksdb::Env* env = nullptr;  // nullptr: the default; tests pass a fault-injecting one
 };
 
 // What the tier knows of each block, persisted beside it.
@@ -53,6 +60,7 @@ struct DiskBlockMeta {
   float importance = 0;
   std::string session;
   uint32_t access_count = 0;
+  uint64_t parent_handle = kNoBlock;  // PolicyHandle of the chain parent, if known
 };
 
 struct DiskTierStats {
@@ -88,8 +96,10 @@ class DiskTier {
   // Index probe (no I/O). Refreshes recency when touch is set.
   std::optional<DiskBlockMeta> Find(const BlockKey& key, bool touch);
 
-  // Least recently used blocks whose stored bytes add up to at least `bytes`.
-  std::vector<BlockKey> VictimsLru(uint64_t bytes);
+  // The policy's next victims, whose stored bytes add up to at least `bytes`. They leave the
+  // policy's ranking now (so a chain-aware policy can offer their parents next): the caller
+  // must move or Delete them; one it keeps ranks again after its next Put.
+  std::vector<BlockKey> Victims(uint64_t bytes);
 
   // Keys of every block carrying `session`.
   std::vector<BlockKey> SessionBlocks(const std::string& session);
@@ -105,13 +115,14 @@ class DiskTier {
  private:
   struct Entry {
     DiskBlockMeta meta;
-    std::list<BlockKey>::iterator lru_pos;
+    uint64_t handle = 0;  // PolicyHandle(key)
   };
 
   DiskTier(DiskTierOptions options, rocksdb::DB* db,
            std::vector<rocksdb::ColumnFamilyHandle*> handles);
   absl::Status Rebuild();
   void DropLocked(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AdmitLocked(const BlockKey& key, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const DiskTierOptions options_;
   rocksdb::DB* db_;
@@ -122,7 +133,9 @@ class DiskTier {
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<BlockKey, Entry> index_ ABSL_GUARDED_BY(mu_);
-  std::list<BlockKey> lru_ ABSL_GUARDED_BY(mu_);  // least recently used first
+  std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, BlockKey> by_handle_ ABSL_GUARDED_BY(mu_);
+  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t data_loss_ ABSL_GUARDED_BY(mu_) = 0;

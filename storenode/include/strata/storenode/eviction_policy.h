@@ -28,6 +28,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "strata/common/block_key.h"
 
 namespace strata::storenode {
 
@@ -90,6 +91,12 @@ struct EvictionPolicyOptions {
 // Parses "lru", "lfu", "prefix" or "cost". INVALID_ARGUMENT (listing them) otherwise.
 absl::StatusOr<PolicyKind> ParsePolicyKind(std::string_view name);
 std::string_view PolicyKindName(PolicyKind kind);
+
+// The handle a tier gives `key` in its policy: a 64-bit hash of the key, so a tier can name a
+// block's chain parent (same namespace and scope) without holding it. Two keys sharing a
+// handle (odds ~n²/2^65 for n blocks) would only mis-rank them, never mix their bytes: tiers
+// map a victim handle back to a key through their own index.
+uint64_t PolicyHandle(const BlockKey& key);
 
 // A new, empty policy. Never fails.
 std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(PolicyKind kind,

@@ -40,6 +40,11 @@ struct NodeConfig {
   uint64_t warm_low_watermark_pct = 80;   // ... until under this one
   uint64_t disk_high_watermark_pct = 95;  // same for cool → cold and cold → dropped
   uint64_t disk_low_watermark_pct = 85;
+  // Eviction/demotion policy per tier: lru, lfu, prefix or cost (eviction_policy.h). cost
+  // measured best against Belady's bound (docs/design/eviction-policies.md).
+  std::string warm_policy = "cost";
+  std::string cool_policy = "cost";
+  std::string cold_policy = "cost";
 
   uint64_t reservation_ttl_ms = 30000;  // uncommitted puts expire after this
   uint64_t lease_ttl_ms = 30000;        // default read lease

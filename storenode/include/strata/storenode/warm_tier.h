@@ -1,6 +1,7 @@
 // WarmTier: a store node's DRAM tier — the index of blocks, the slab arena holding their
 // bytes, two-phase puts (reservations invisible until committed, expiring if never
-// committed), lease-pinned reads, and LRU eviction when the arena is full. Every committed
+// committed), lease-pinned reads, and eviction by a configurable policy (eviction_policy.h:
+// lru, lfu, prefix, cost) when the arena is full or the demoter asks for victims. Every committed
 // block carries the xxh3-64 checksum its writer sent, verified again whenever it is read.
 //
 // Thread-safe. One mutex guards the index; payload bytes are copied outside it while the
@@ -11,7 +12,6 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
-#include <list>
 #include <memory>
 #include <optional>
 #include <span>
@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "strata/common/block_key.h"
 #include "strata/common/namespace.h"
+#include "strata/storenode/eviction_policy.h"
 #include "strata/storenode/slab_arena.h"
 
 namespace strata::storenode {
@@ -33,6 +34,10 @@ struct WarmTierOptions {
   uint64_t max_block_bytes = 16ull << 20;
   uint64_t max_namespaces = 1024;
   bool prefault = false;
+  // Which blocks leave first (eviction and demotion). Page reclaim for a size class that has
+  // no pages left still empties the page whose newest block is oldest.
+  PolicyKind policy = PolicyKind::kLru;
+  EvictionPolicyOptions policy_options;
   // Monotonic milliseconds; tests substitute a manual clock.
   std::function<int64_t()> now_ms;
 };
@@ -64,6 +69,9 @@ class WarmTier {
     float importance = 0;     // writer's retention score, 0..1
     std::string session;      // "" = none
     bool prefetched = false;  // placed by Prefetch: counted as used or wasted later
+    // PolicyHandle of the chain parent; kNoBlock = unknown, in which case BeginPut takes the
+    // previous block of the same call when its depth is one less (callers put chains in order).
+    uint64_t parent_handle = kNoBlock;
   };
   // What a demoted block carries to the tier below.
   struct BlockAttrs {
@@ -71,6 +79,7 @@ class WarmTier {
     uint32_t depth = 0;
     float importance = 0;
     std::string session;
+    uint64_t parent_handle = kNoBlock;
   };
   struct CommitBlock {
     ChainHash hash;
@@ -119,13 +128,13 @@ class WarmTier {
                                 std::span<const ChainHash> hashes,
                                 const LowerTierProbe& lower = nullptr);
 
-  // Moves least recently used unpinned blocks worth at least `bytes` out through `fn`
+  // Moves the policy's victims (unpinned blocks) worth at least `bytes` out through `fn`
   // (pinned while it runs; a block whose bytes fail the checksum is dropped instead).
   // Returns the number of blocks moved.
   // With `session`, moves every unpinned block of that session instead (bytes ignored).
   uint64_t Demote(uint64_t bytes, const DemoteFn& fn, const std::string* session = nullptr);
 
-  // Reserves one slot per block, evicting least recently used unpinned blocks as needed.
+  // Reserves one slot per block, evicting the policy's unpinned victims as needed.
   // With may_evict false, only free space is used (promotions must not push out blocks that
   // exist nowhere else).
   ReserveResult BeginPut(NamespaceId ns, const std::string& scope, std::span<const PutBlock> blocks,
@@ -159,6 +168,7 @@ class WarmTier {
   absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
 
   WarmTierStats Stats() const;
+  std::string_view policy_name() const { return PolicyKindName(options_.policy); }
 
  private:
   struct Entry;
@@ -172,6 +182,9 @@ class WarmTier {
   bool EvictOneLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ReclaimPageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hands a committed entry to the policy (again, after a demotion that did not move it).
+  void AdmitLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Entry* EntryForHandleLocked(uint64_t handle) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes an indexed entry: freed now if unpinned, else when the last pin drops.
   void RemoveLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlotLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -186,8 +199,9 @@ class WarmTier {
   absl::flat_hash_map<BlockKey, std::unique_ptr<Entry>> index_ ABSL_GUARDED_BY(mu_);
   // Deleted or corrupt entries still pinned by a lease: freed when the last pin drops.
   absl::flat_hash_map<Entry*, std::unique_ptr<Entry>> doomed_ ABSL_GUARDED_BY(mu_);
-  // Committed blocks per size class, least recently used first.
-  std::vector<std::list<Entry*>> lru_ ABSL_GUARDED_BY(mu_);
+  // Ranks committed blocks by PolicyHandle; by_handle_ maps a victim back to its entry.
+  std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Entry*> by_handle_ ABSL_GUARDED_BY(mu_);
   // Which entry holds each slot of each page: [page][slot], for page reclaim.
   std::vector<std::vector<Entry*>> slot_owner_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<Reservation>> reservations_ ABSL_GUARDED_BY(mu_);
