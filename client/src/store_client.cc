@@ -91,6 +91,8 @@ class GrpcStoreClient final : public StoreClient {
     out->set_tp_size(spec.tp_size);
     out->set_hash_algorithm(HashAlgorithmName(spec.hash_algorithm));
     out->set_block_bytes(spec.block_bytes);
+    out->set_offload_quant(spec.offload_quant);
+    out->set_head_dim(spec.head_dim);
     v1::RegisterNamespaceResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(ctx, Deadline(call));
@@ -230,10 +232,12 @@ class GrpcStoreClient final : public StoreClient {
       } else if (t.tier() == v1::TIER_COOL) {
         out.cool_blocks = t.blocks();
         out.cool_bytes = t.bytes();
+        out.cool_stored_bytes = t.used_bytes();
         out.cool_capacity_bytes = t.capacity_bytes();
       } else if (t.tier() == v1::TIER_COLD) {
         out.cold_blocks = t.blocks();
         out.cold_bytes = t.bytes();
+        out.cold_stored_bytes = t.used_bytes();
         out.cold_capacity_bytes = t.capacity_bytes();
       }
     }

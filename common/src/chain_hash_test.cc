@@ -283,6 +283,14 @@ TEST(NamespaceTest, InvalidSpecsNameTheField) {
       {"spec.hash_algorithm",
        [](NamespaceSpec& s) { s.hash_algorithm = static_cast<ChainHashAlgorithm>(7); }},
       {"spec.block_bytes", [](NamespaceSpec& s) { s.block_bytes = 0; }},
+      {"spec.offload_quant: unknown", [](NamespaceSpec& s) { s.offload_quant = "int4"; }},
+      {"spec.offload_quant: quantizes fp16 or bf16",
+       [](NamespaceSpec& s) {
+         s.dtype = "fp8";
+         s.offload_quant = "int8";
+         s.head_dim = 128;
+       }},
+      {"spec.head_dim", [](NamespaceSpec& s) { s.offload_quant = "fp8-e4m3"; }},
   };
   for (const Case& c : cases) {
     NamespaceSpec s = ValidSpec();
@@ -297,6 +305,11 @@ TEST(NamespaceTest, EveryIdFieldChangesTheIdButBlockBytesDoesNot) {
   NamespaceSpec s = ValidSpec();
   s.block_bytes = 4 << 20;
   EXPECT_EQ(ComputeNamespaceId(s), base);
+  s.offload_quant = "int8";
+  s.head_dim = 128;
+  EXPECT_THAT(ValidateNamespaceSpec(s), IsOk());
+  EXPECT_EQ(ComputeNamespaceId(s), base);
+  EXPECT_EQ(OffloadQuantOf(s).method, KvQuant::kInt8);
 
   void (*mutations[])(NamespaceSpec&) = {
       [](NamespaceSpec& s) { s.model_id = "org/model2"; },

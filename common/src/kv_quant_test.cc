@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "strata/common/half.h"
 #include "strata/testutil/status_matchers.h"
+#include "strata/testutil/synthetic_kv.h"
 
 namespace strata {
 namespace {
@@ -227,23 +228,8 @@ TEST(HalfTest, Fp8E4M3EncodesLikeTheReference) {
 // Quantization.
 
 constexpr uint32_t kHeadDim = 128;
-constexpr uint32_t kOutlierChannels[] = {7, 61, 100};
-
-// Synthetic K/V: N(0, 1) elements with three outlier channels (×20) at fixed positions of
-// every head vector, as real keys show after RoPE.
 std::vector<uint8_t> SyntheticKv(KvDtype dtype, size_t vectors, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint8_t> bytes(vectors * kHeadDim * 2);
-  for (size_t v = 0; v < vectors; ++v) {
-    for (uint32_t i = 0; i < kHeadDim; ++i) {
-      float x = normal(rng);
-      for (uint32_t c : kOutlierChannels) x = i == c ? x * 20 : x;
-      const uint16_t bits = dtype == KvDtype::kFp16 ? FloatToHalf(x) : FloatToBf16(x);
-      std::memcpy(&bytes[(v * kHeadDim + i) * 2], &bits, 2);
-    }
-  }
-  return bytes;
+  return testutil::SyntheticKv(dtype, kHeadDim, vectors, seed);
 }
 
 std::vector<uint8_t> Fp16Bytes(std::initializer_list<float> values) {

@@ -67,7 +67,36 @@ absl::Status ValidateNamespaceSpec(const NamespaceSpec& spec) {
         absl::StrCat("spec.hash_algorithm: unknown value ", static_cast<int>(spec.hash_algorithm)));
   }
   if (spec.block_bytes == 0) return absl::InvalidArgumentError("spec.block_bytes: 0, want >= 1");
+  if (!spec.offload_quant.empty()) {
+    absl::StatusOr<KvQuant> quant = ParseKvQuant(spec.offload_quant);
+    if (!quant.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.offload_quant: ", quant.status().message()));
+    }
+    if (*quant != KvQuant::kNone) {
+      if (spec.dtype != "fp16" && spec.dtype != "bf16") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "spec.offload_quant: quantizes fp16 or bf16 KV, not dtype \"", spec.dtype, "\""));
+      }
+      if (spec.head_dim == 0 || spec.head_dim > kMaxQuantHeadDim) {
+        return absl::InvalidArgumentError(absl::StrCat("spec.head_dim: ", spec.head_dim,
+                                                       ", want 1..", kMaxQuantHeadDim,
+                                                       " when offload_quant is set"));
+      }
+    }
+  }
   return absl::OkStatus();
+}
+
+KvQuantSpec OffloadQuantOf(const NamespaceSpec& spec) {
+  KvQuantSpec q;
+  if (spec.offload_quant.empty()) return q;
+  absl::StatusOr<KvQuant> method = ParseKvQuant(spec.offload_quant);
+  if (!method.ok() || *method == KvQuant::kNone) return q;
+  q.method = *method;
+  q.dtype = spec.dtype == "bf16" ? KvDtype::kBf16 : KvDtype::kFp16;
+  q.head_dim = spec.head_dim;
+  return q;
 }
 
 NamespaceId ComputeNamespaceId(const NamespaceSpec& spec) {

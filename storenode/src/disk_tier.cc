@@ -14,7 +14,7 @@
 namespace strata::storenode {
 namespace {
 
-// 1: without parent_handle (read as kNoBlock); 2: parent_handle appended.
+// 1: without parent_handle and quant (read as kNoBlock, none); 2: both appended.
 constexpr uint8_t kMetaVersion = 2;
 
 void PutU8(std::string& s, uint8_t v) { s.push_back(static_cast<char>(v)); }
@@ -101,6 +101,7 @@ std::string EncodeDiskMeta(const DiskBlockMeta& m) {
   PutLe<uint16_t>(out, static_cast<uint16_t>(m.session.size()));
   out += m.session;
   PutLe<uint64_t>(out, m.parent_handle);
+  PutU8(out, static_cast<uint8_t>(m.quant));
   return out;
 }
 
@@ -109,12 +110,14 @@ absl::StatusOr<DiskBlockMeta> DecodeDiskMeta(std::string_view raw) {
   DiskBlockMeta m;
   uint8_t version = 0;
   uint16_t session_len = 0;
+  uint8_t quant = 0;
   if (!r.Get(&version) || (version != 1 && version != kMetaVersion) || !r.Get(&m.size) ||
       !r.Get(&m.stored_bytes) || !r.Get(&m.checksum) || !r.Get(&m.depth) || !r.Get(&m.importance) ||
       !r.Get(&m.access_count) || !r.Get(&session_len) || !r.Bytes(session_len, &m.session) ||
-      (version >= 2 && !r.Get(&m.parent_handle)) || !r.done()) {
+      (version >= 2 && (!r.Get(&m.parent_handle) || !r.Get(&quant) || quant > 2)) || !r.done()) {
     return absl::DataLossError("disk meta record: malformed");
   }
+  m.quant = static_cast<KvQuant>(quant);
   return m;
 }
 
@@ -207,12 +210,31 @@ absl::Status DiskTier::Rebuild() {
 }
 
 absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload,
-                           DiskBlockMeta meta) {
-  absl::StatusOr<std::string> value = PackBlock(payload, options_.codec, KvQuantSpec{}, 0);
+                           DiskBlockMeta meta, const KvQuantSpec& quant) {
+  absl::StatusOr<std::string> value;
+  meta.quant = KvQuant::kNone;
+  meta.checksum = BlockChecksum(payload.data(), payload.size());
+  if (quant.method != KvQuant::kNone && ValidateKvQuantSpec(quant, payload.size()).ok()) {
+    value = PackBlock(payload, options_.codec, quant, 0);
+    // A block that cannot be quantized (NaN or infinity in it) is kept lossless.
+    if (value.ok()) {
+      // What this tier will serve is the dequantized block: its checksum is the one the
+      // index, Lookup and every later read carry, and Read verifies it end to end.
+      std::vector<uint8_t> served;
+      if (absl::Status s = UnpackBlock(
+              {reinterpret_cast<const uint8_t*>(value->data()), value->size()}, &served);
+          !s.ok()) {
+        return absl::InternalError(
+            absl::StrCat(options_.name, " tier: quantized block does not decode: ", s.message()));
+      }
+      meta.quant = quant.method;
+      meta.checksum = BlockChecksum(served.data(), served.size());
+    }
+  }
+  if (meta.quant == KvQuant::kNone) value = PackBlock(payload, options_.codec, KvQuantSpec{}, 0);
   if (!value.ok()) return value.status();
   meta.size = payload.size();
   meta.stored_bytes = value->size();
-  meta.checksum = BlockChecksum(payload.data(), payload.size());
   {
     absl::MutexLock lock(&mu_);
     auto old = index_.find(key);
@@ -260,7 +282,11 @@ absl::Status DiskTier::Read(const BlockKey& key, std::vector<uint8_t>* out) {
   if (s.ok()) {
     StoredBlockHeader header;
     s = UnpackBlock({reinterpret_cast<const uint8_t*>(value.data()), value.size()}, out, &header);
-    if (s.ok() && header.checksum != want_checksum) {
+    // Lossless: the header's checksum of the original is the index's. Lossy: the index holds
+    // the checksum of the dequantized block, checked over what was just restored.
+    uint64_t got = header.quant.method == KvQuant::kNone ? header.checksum
+                                                         : BlockChecksum(out->data(), out->size());
+    if (s.ok() && got != want_checksum) {
       s = absl::DataLossError("stored checksum differs from the index");
     }
   }
@@ -357,6 +383,10 @@ absl::Status DiskTier::SaveNamespace(NamespaceId id, const NamespaceSpec& spec) 
   PutLe<uint32_t>(v, spec.tp_size);
   PutU8(v, static_cast<uint8_t>(spec.hash_algorithm));
   PutLe<uint64_t>(v, spec.block_bytes);
+  // Appended later; records without them read as "not stated".
+  PutLe<uint32_t>(v, static_cast<uint32_t>(spec.offload_quant.size()));
+  v += spec.offload_quant;
+  PutLe<uint32_t>(v, spec.head_dim);
   rocksdb::WriteOptions wo;
   wo.sync = true;  // rare and small; a node must never forget a namespace its blocks use
   return FromRocks(db_->Put(wo, ns_cf_, AsSlice(k), AsSlice(v)), options_.name + " namespace");
@@ -375,7 +405,12 @@ absl::StatusOr<std::vector<NamespaceSpec>> DiskTier::LoadNamespaces() {
     }
     uint8_t algo = 0;
     ok = ok && r.Get(&spec.block_tokens) && r.Get(&spec.tp_rank) && r.Get(&spec.tp_size) &&
-         r.Get(&algo) && algo <= 1 && r.Get(&spec.block_bytes) && r.done();
+         r.Get(&algo) && algo <= 1 && r.Get(&spec.block_bytes);
+    if (ok && !r.done()) {
+      uint32_t n = 0;
+      ok = r.Get(&n) && n <= 64 && r.Bytes(n, &spec.offload_quant) && r.Get(&spec.head_dim);
+    }
+    ok = ok && r.done();
     if (!ok) {
       spdlog::error("{} tier: unreadable namespace record skipped", options_.name);
       continue;

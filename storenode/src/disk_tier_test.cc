@@ -16,6 +16,7 @@
 #include "rocksdb/file_system.h"
 #include "strata/common/checksum.h"
 #include "strata/testutil/status_matchers.h"
+#include "strata/testutil/synthetic_kv.h"
 
 namespace strata::storenode {
 namespace {
@@ -111,7 +112,7 @@ TEST(DiskTierTest, MetaRecordsOfFormatOneStillDecode) {
   m.session = "s";
   m.parent_handle = 99;
   std::string v2 = EncodeDiskMeta(m);
-  std::string v1 = v2.substr(0, v2.size() - 8);
+  std::string v1 = v2.substr(0, v2.size() - 9);  // without parent_handle and quant
   v1[0] = 1;
   auto decoded = DecodeDiskMeta(v1);
   ASSERT_THAT(decoded.status(), IsOk());
@@ -119,6 +120,39 @@ TEST(DiskTierTest, MetaRecordsOfFormatOneStillDecode) {
   EXPECT_EQ(decoded->session, "s");
   EXPECT_EQ(DecodeDiskMeta(v2)->parent_handle, 99u);
   EXPECT_THAT(DecodeDiskMeta(v2.substr(0, v2.size() - 1)), StatusIs(absl::StatusCode::kDataLoss));
+}
+
+// A namespace that opted into int8 offload gets its blocks back dequantized: close to the
+// original (not equal), half the size on disk, and the checksum the index reports is the one
+// of the bytes read. A block quantization cannot represent (a NaN) is stored bit-exact.
+TEST(DiskTierTest, QuantizedBlocksReadBackWithinBoundsAndCarryTheirChecksum) {
+  TempDir dir;
+  auto tier = DiskTier::Open(Options(dir.path()));
+  ASSERT_THAT(tier.status(), IsOk());
+  const KvQuantSpec int8{KvQuant::kInt8, KvDtype::kFp16, 128};
+  std::vector<uint8_t> kv = testutil::SyntheticKv(KvDtype::kFp16, 128, 1024, 3);
+  ASSERT_THAT((*tier)->Put(Key(1), kv, DiskBlockMeta{}, int8), IsOk());
+  std::optional<DiskBlockMeta> meta = (*tier)->Find(Key(1), false);
+  ASSERT_TRUE(meta.has_value());
+  EXPECT_EQ(meta->quant, KvQuant::kInt8);
+  EXPECT_LT(meta->stored_bytes, kv.size() * 6 / 10);
+  std::vector<uint8_t> out;
+  ASSERT_THAT((*tier)->Read(Key(1), &out), IsOk());
+  ASSERT_EQ(out.size(), kv.size());
+  EXPECT_NE(out, kv);
+  EXPECT_EQ(BlockChecksum(out.data(), out.size()), meta->checksum);
+  auto err = MeasureQuantError(kv, out, KvDtype::kFp16, 128);
+  ASSERT_THAT(err.status(), IsOk());
+  EXPECT_GT(err->min_vector_cosine, 0.999);
+  EXPECT_LT(err->max_relative_error, 0.01);
+
+  std::vector<uint8_t> with_nan = kv;
+  with_nan[10] = 0x00;
+  with_nan[11] = 0x7e;  // fp16 quiet NaN
+  ASSERT_THAT((*tier)->Put(Key(2), with_nan, DiskBlockMeta{}, int8), IsOk());
+  EXPECT_EQ((*tier)->Find(Key(2), false)->quant, KvQuant::kNone);
+  ASSERT_THAT((*tier)->Read(Key(2), &out), IsOk());
+  EXPECT_EQ(out, with_nan);
 }
 
 // A file system that remembers how much of each file was synced, so a test can copy the

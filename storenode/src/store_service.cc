@@ -96,8 +96,9 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext*,
     return call.Done(
         absl::InvalidArgumentError(absl::StrCat("spec.hash_algorithm: ", algo.status().message())));
   }
-  NamespaceSpec spec{in.model_id(), in.dtype(),   in.layout(), in.block_tokens(),
-                     in.tp_rank(),  in.tp_size(), *algo,       in.block_bytes()};
+  NamespaceSpec spec{in.model_id(),      in.dtype(),   in.layout(), in.block_tokens(),
+                     in.tp_rank(),       in.tp_size(), *algo,       in.block_bytes(),
+                     in.offload_quant(), in.head_dim()};
   absl::StatusOr<NamespaceId> id = store_->RegisterNamespace(spec);
   if (!id.ok()) return call.Done(id.status());
   resp->set_namespace_id(*id);

@@ -117,7 +117,7 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       [&](const BlockKey& key, std::span<const uint8_t> bytes, const WarmTier::BlockAttrs& a) {
         if (target->Find(key, false)) return true;  // inclusive copy already there
         MakeRoom(target, below, bytes.size());
-        return target->Put(key, bytes, DiskMetaOf(a)).ok();
+        return target->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id)).ok();
       },
       &session);
   if (to_cold) {
@@ -126,7 +126,9 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       std::optional<DiskBlockMeta> meta = cool_->Find(key, false);
       if (!meta || !cool_->Read(key, &buf).ok()) continue;
       MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
-      if (cold_->Put(key, buf, *meta).ok() && cool_->Delete(key).ok()) ++moved;
+      if (cold_->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
+          cool_->Delete(key).ok())
+        ++moved;
     }
   }
   sessions_paused_.fetch_add(1, std::memory_order_relaxed);
@@ -240,6 +242,11 @@ absl::StatusOr<NamespaceId> TieredStore::RegisterNamespace(const NamespaceSpec& 
 
 absl::StatusOr<NamespaceSpec> TieredStore::GetNamespace(NamespaceId id) const {
   return warm_->GetNamespace(id);
+}
+
+KvQuantSpec TieredStore::OffloadQuant(NamespaceId id) const {
+  absl::StatusOr<NamespaceSpec> spec = warm_->GetNamespace(id);
+  return spec.ok() ? OffloadQuantOf(*spec) : KvQuantSpec{};
 }
 
 std::vector<WarmTier::BlockMeta> TieredStore::Lookup(NamespaceId ns, const std::string& scope,
@@ -384,7 +391,7 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       if (meta && tier->Read(key, &buf).ok()) {
         MakeRoom(below, nullptr, meta->stored_bytes);
-        if (below->Put(key, buf, *meta).ok()) {
+        if (below->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok()) {
           cool_demotions_.fetch_add(1, std::memory_order_relaxed);
         }
       }
@@ -407,7 +414,7 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
     // A block promoted earlier may still have its disk copy: nothing to write then.
     if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
     MakeRoom(cool_.get(), cold_.get(), bytes.size());
-    absl::Status st = cool_->Put(key, bytes, DiskMetaOf(a));
+    absl::Status st = cool_->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id));
     if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
     return st.ok();
   });

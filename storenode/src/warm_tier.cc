@@ -78,7 +78,20 @@ absl::StatusOr<NamespaceId> WarmTier::RegisterNamespace(const NamespaceSpec& spe
   auto it = namespaces_.find(id);
   if (it != namespaces_.end()) {
     // Same identity; a writer with larger blocks widens the admission limit.
-    it->second.block_bytes = std::max(it->second.block_bytes, spec.block_bytes);
+    NamespaceSpec& known = it->second;
+    if (!spec.offload_quant.empty()) {
+      KvQuantSpec want = OffloadQuantOf(spec), have = OffloadQuantOf(known);
+      if (known.offload_quant.empty()) {
+        known.offload_quant = spec.offload_quant;
+        known.head_dim = spec.head_dim;
+      } else if (want.method != have.method || want.head_dim != have.head_dim) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("spec.offload_quant: namespace already registered with \"",
+                         known.offload_quant, "\" (head_dim ", known.head_dim, "); asked for \"",
+                         spec.offload_quant, "\" (head_dim ", spec.head_dim, ")"));
+      }
+    }
+    known.block_bytes = std::max(known.block_bytes, spec.block_bytes);
     return id;
   }
   if (namespaces_.size() >= options_.max_namespaces) {

@@ -17,6 +17,7 @@
 #include "strata/client/store_client.h"
 #include "strata/testutil/node_process.h"
 #include "strata/testutil/status_matchers.h"
+#include "strata/testutil/synthetic_kv.h"
 
 namespace strata {
 namespace {
@@ -293,6 +294,69 @@ TEST_F(TiersTest, PauseAndResumeSessionMoveItsBlocksBetweenTiers) {
   size_t loss = 0;
   EXPECT_EQ(n.VerifyAll(chat, 400, &loss), 3u);
   EXPECT_THAT(n.client->PauseSession("", false), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A namespace that opts into int8 offload stores its demoted blocks at about half size and
+// reads them back close to (not equal to) what was written; a namespace beside it that did not
+// opt in reads back bit-exact. Both stay readable after promotion back to warm.
+TEST_F(TiersTest, QuantizedOffloadIsOptInPerNamespace) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(n.Start());
+  NamespaceSpec spec;
+  spec.model_id = "quant-test";
+  spec.dtype = "fp16";
+  spec.layout = "[T,H,D]";
+  spec.block_bytes = kBlock;
+  spec.offload_quant = "int8";
+  spec.head_dim = 128;
+  auto quant_ns = n.client->RegisterNamespace(spec);
+  ASSERT_THAT(quant_ns, IsOk());
+  spec.offload_quant = "none";
+  spec.model_id = "exact-test";
+  auto exact_ns = n.client->RegisterNamespace(spec);
+  ASSERT_THAT(exact_ns, IsOk());
+  spec.offload_quant = "fp8-e4m3";  // a second writer may not change what the first chose
+  EXPECT_THAT(n.client->RegisterNamespace(spec),
+              StatusIs(absl::StatusCode::kFailedPrecondition, testing::HasSubstr("offload_quant")));
+
+  const std::vector<uint8_t> kv = testutil::SyntheticKv(KvDtype::kFp16, 128, kBlock / 256, 11);
+  uint64_t stored_before = 0;
+  for (client::Namespace* ns : {&*quant_ns, &*exact_ns}) {
+    const bool lossy = ns == &*quant_ns;
+    SCOPED_TRACE(lossy ? "int8 namespace" : "lossless namespace");
+    std::vector<uint32_t> tokens(16, lossy ? 1 : 2);
+    std::vector<ChainHash> hash = *ns->HashTokens(tokens);
+    BlockWrite write{hash[0], kv.data(), kBlock};
+    auto put = n.client->Put(*ns, "", {&write, 1}, {}, {.session_id = lossy ? "q" : "e"});
+    ASSERT_THAT(put, IsOk());
+    ASSERT_THAT(put->blocks[0], IsOk());
+    ASSERT_THAT(n.client->PauseSession(lossy ? "q" : "e", false), IsOk());
+    auto stats = n.client->Stats();
+    ASSERT_THAT(stats, IsOk());
+    const uint64_t stored = stats->cool_stored_bytes - stored_before;
+    stored_before = stats->cool_stored_bytes;
+    if (lossy) {
+      EXPECT_LT(stored, kBlock * 6 / 10);
+    } else {
+      EXPECT_GE(stored, kBlock);
+    }
+    for (int round = 0; round < 2; ++round) {  // from cool, then from warm after promotion
+      std::vector<uint8_t> out(kBlock);
+      BlockRead read{hash[0], out.data(), kBlock};
+      auto got = n.client->Get(*ns, "", {&read, 1});
+      ASSERT_THAT(got, IsOk());
+      ASSERT_THAT(got->blocks[0], IsOk());
+      if (!lossy) {
+        EXPECT_EQ(out, kv);
+        continue;
+      }
+      EXPECT_NE(out, kv);
+      auto err = MeasureQuantError(kv, out, KvDtype::kFp16, 128);
+      ASSERT_THAT(err, IsOk());
+      EXPECT_GT(err->min_vector_cosine, 0.999);
+      EXPECT_LT(err->max_relative_error, 0.01);
+    }
+  }
 }
 
 TEST_F(TiersTest, IdleSessionsDemoteOnTheirOwn) {

@@ -113,10 +113,12 @@ struct NodeStats {
   uint64_t max_block_bytes = 0;
   uint64_t max_inline_bytes = 0;
   uint64_t cool_blocks = 0;
-  uint64_t cool_bytes = 0;
+  uint64_t cool_bytes = 0;         // payload bytes of the blocks held
+  uint64_t cool_stored_bytes = 0;  // bytes on disk for them (after codecs and quantization)
   uint64_t cool_capacity_bytes = 0;
   uint64_t cold_blocks = 0;
   uint64_t cold_bytes = 0;
+  uint64_t cold_stored_bytes = 0;
   uint64_t cold_capacity_bytes = 0;
   uint64_t demotions = 0;
   uint64_t promotions = 0;

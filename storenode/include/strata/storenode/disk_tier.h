@@ -29,6 +29,7 @@
 #include "absl/synchronization/mutex.h"
 #include "strata/common/block_key.h"
 #include "strata/common/codec.h"
+#include "strata/common/kv_quant.h"
 #include "strata/common/namespace.h"
 #include "strata/storenode/eviction_policy.h"
 
@@ -55,12 +56,13 @@ struct DiskTierOptions {
 struct DiskBlockMeta {
   uint64_t size = 0;          // original payload bytes
   uint64_t stored_bytes = 0;  // bytes of the RocksDB value (header + encoded payload)
-  uint64_t checksum = 0;      // xxh3-64 of the original payload
+  uint64_t checksum = 0;      // xxh3-64 of the block as this tier serves it (see quant)
   uint32_t depth = 0;
   float importance = 0;
   std::string session;
   uint32_t access_count = 0;
   uint64_t parent_handle = kNoBlock;  // PolicyHandle of the chain parent, if known
+  KvQuant quant = KvQuant::kNone;     // lossy: checksum is then of the dequantized block
 };
 
 struct DiskTierStats {
@@ -82,9 +84,13 @@ class DiskTier {
 
   const std::string& name() const { return options_.name; }
 
-  // Stores a block (replacing any older copy). RESOURCE_EXHAUSTED if it would exceed the
-  // budget: the caller makes room first (VictimsLru). UNAVAILABLE on a RocksDB write error.
-  absl::Status Put(const BlockKey& key, std::span<const uint8_t> payload, DiskBlockMeta meta);
+  // Stores a block (replacing any older copy). With a quant spec the block is stored
+  // quantized when it can be (an fp16/bf16 block of whole head_dim vectors, all finite;
+  // otherwise losslessly), and reads return the dequantized block (meta.quant says so).
+  // RESOURCE_EXHAUSTED if it would exceed the budget: the caller makes room first (Victims).
+  // UNAVAILABLE on a RocksDB write error.
+  absl::Status Put(const BlockKey& key, std::span<const uint8_t> payload, DiskBlockMeta meta,
+                   const KvQuantSpec& quant = {});
 
   // Reads and verifies a block into *out. NOT_FOUND if absent; DATA_LOSS if its bytes fail
   // the checksum (the block is then deleted). Blocks on disk I/O.

@@ -120,6 +120,8 @@ class TieredStore {
   bool InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes, const DiskBlockMeta& meta,
                   bool prefetched, bool make_room);
   void NoteSession(const std::string& session);
+  // The lossy quantization namespace `id` opted into for offloaded blocks (none if unknown).
+  KvQuantSpec OffloadQuant(NamespaceId id) const;
   void PauseIdleSessions();
 
   const TieredStoreOptions options_;
