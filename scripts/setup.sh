@@ -12,6 +12,7 @@ packages=(
   prometheus-cpp-dev libspdlog-dev libfmt-dev libcli11-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   etcd-server etcd-client
+  redis-server redis-tools
   curl
 )
 

@@ -1,0 +1,116 @@
+// A Worker moves bytes between this process's memory and peers' registered memory with
+// one-sided UCX RMA (ucp_put_nbx / ucp_get_nbx). It owns one UCX worker and one dedicated
+// progress thread: only that thread ever calls into the UCX worker, its endpoints and its
+// unpacked rkeys; every public method hands work to it through a queue and blocks until the
+// thread has answered. The thread spins while transfers are in flight and sleeps on the UCX
+// worker's event fd (plus an eventfd for new work) when idle.
+//
+// Thread-safety: all methods are thread-safe; transfers from many threads, on the same or
+// different endpoints, proceed concurrently. The destructor must not race with other calls.
+//
+// Endpoints: Connect() creates an endpoint to a peer worker's Address() with peer-failure
+// handling (TransportOptions::peer_failure_handling), so a dead peer fails operations
+// (UNAVAILABLE) instead of hanging them until their deadline. An endpoint that has failed, or
+// that was force-closed after a deadline, stays in place answering UNAVAILABLE until
+// Disconnect(); connect again for a fresh one.
+//
+// Transports (UCX 1.13): with peer-failure handling, RMA runs over tcp (emulated by active
+// messages) or RDMA; posix/sysv shared memory lack peer-failure support and cma cannot carry
+// UCP's RMA API, so two processes on one host talk over tcp/lo unless peer_failure_handling is
+// off. Then posix/sysv shared memory carry RMA directly into regions the peer made with
+// Context::Allocate (other regions fall back to RMA emulated by messages), but a dead peer is
+// not detected: puts into its orphaned segment succeed, emulated operations wait for the
+// deadline, and UCX 1.13 never completes those after the force-close, so the Worker answers
+// DEADLINE_EXCEEDED without them: a get's buffer could still be written if the peer was only
+// slow. Use that mode only between trusted co-located processes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace strata::transport {
+
+// Names an endpoint of one Worker. Never reused within a Worker; 0 is never a valid id.
+using EndpointId = uint64_t;
+
+// One one-sided operation of a batch.
+struct TransferOp {
+  enum class Kind : uint8_t {
+    kPut,  // local -> remote
+    kGet,  // remote -> local
+  };
+  Kind kind = Kind::kPut;
+  // The local buffer: source of a put, destination of a get. For zero-copy it should lie in
+  // a MemoryRegion of the worker's Context (UCX also accepts unregistered memory, registering
+  // or copying it on the fly, which is slower; the client uses a registered BouncePool).
+  void* local = nullptr;
+  size_t length = 0;
+  // Address in the peer's memory, inside the region `packed_rkey` describes.
+  uint64_t remote_addr = 0;
+  // The peer region's MemoryRegion::PackedRkey() bytes. Only read during the call.
+  std::string_view packed_rkey;
+};
+
+class Worker {
+ public:
+  virtual ~Worker() = default;
+
+  // The bytes a peer passes to Connect() to reach this worker (UCX worker address in a
+  // checksummed envelope). Immutable; never fails; does not block.
+  virtual const std::string& Address() const = 0;
+
+  // Creates an endpoint to the worker whose Address() is `peer_address`. UCX connects lazily:
+  // success does not prove the peer is alive, a dead peer shows up as UNAVAILABLE from
+  // Transfer. INVALID_ARGUMENT: `peer_address` is not a Worker address (garbage, truncated).
+  // UNAVAILABLE: the peer cannot be reached with this context's transports. Blocks until the
+  // progress thread has created the endpoint (microseconds to milliseconds).
+  virtual absl::StatusOr<EndpointId> Connect(std::string_view peer_address) = 0;
+
+  // Closes the endpoint and releases its cached rkeys. Operations still in flight on it from
+  // other threads complete first (graceful close) unless the endpoint has failed (then they
+  // are cancelled). Returns once the endpoint is removed; the close finishes in the background.
+  // INVALID_ARGUMENT: unknown (or already disconnected) endpoint.
+  virtual absl::Status Disconnect(EndpointId ep) = 0;
+
+  // Posts every op of `ops` on `ep` (all before waiting for any), flushes the endpoint and
+  // blocks until every op has completed remotely and locally, or failed, or `deadline`.
+  // On OK every put has landed in the peer's memory and every get's bytes are in `local`.
+  // Buffers named by `ops` must stay valid and untouched until the call returns; after it
+  // returns (with any status) UCX will not read or write them any more.
+  //
+  // Errors:
+  //  INVALID_ARGUMENT  unknown endpoint; an op with a null buffer, a wrapping remote range, or
+  //                    rkey bytes that are not a PackedRkey() usable on this endpoint. Checked
+  //                    before anything is posted: nothing was transferred, the endpoint is fine.
+  //  DEADLINE_EXCEEDED `deadline` passed. If it had passed before the call nothing was posted
+  //                    and the endpoint is fine. Otherwise posting stops, the endpoint is
+  //                    retired (answers UNAVAILABLE until reconnected), what was posted gets
+  //                    up to 1 s to drain, and then the endpoint is force-closed, cancelling
+  //                    the rest; the call returns once UCX no longer touches the batch's local
+  //                    buffers (at most ~1.2 s past `deadline`). Local buffers of the batch
+  //                    have undefined contents; so do the remote ranges of its puts, where
+  //                    puts already on the wire may still land later. The drain exists because
+  //                    force-closing with emulated (TCP) puts in flight aborts the peer in
+  //                    UCX 1.13.
+  //  UNAVAILABLE       the peer is gone or the endpoint failed or was force-closed; reconnect
+  //                    (or try another replica).
+  //  other codes       UCX errors, converted with the failing op's index.
+  // Zero-length ops are skipped; an empty batch returns OK once the endpoint is flushed.
+  virtual absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops,
+                                absl::Time deadline) = 0;
+
+  // UCX's description of the endpoint (ucp_ep_print_info: lanes and the transport/device
+  // each uses, e.g. "tcp/lo" or "cma/memory"), so a node can log which transport a peer got.
+  // INVALID_ARGUMENT: unknown endpoint. UNAVAILABLE: the endpoint failed or was closed.
+  // Blocks until the progress thread answers.
+  virtual absl::StatusOr<std::string> DescribeEndpoint(EndpointId ep) = 0;
+};
+
+}  // namespace strata::transport

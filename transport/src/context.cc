@@ -1,0 +1,162 @@
+#include "strata/transport/context.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <ucp/api/ucp.h>
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "sealed_bytes.h"
+#include "strata/transport/worker.h"
+#include "ucp_context.h"
+#include "ucx_status.h"
+
+namespace strata::transport {
+namespace {
+
+class UcpMemoryRegion final : public MemoryRegion {
+ public:
+  UcpMemoryRegion(std::shared_ptr<UcpContext> context, ucp_mem_h memh, void* base, size_t size,
+                  std::string packed_rkey)
+      : context_(std::move(context)),
+        memh_(memh),
+        base_(base),
+        size_(size),
+        packed_rkey_(std::move(packed_rkey)) {}
+  ~UcpMemoryRegion() override { ucp_mem_unmap(context_->get(), memh_); }
+
+  void* base() const override { return base_; }
+  size_t size() const override { return size_; }
+  const std::string& PackedRkey() const override { return packed_rkey_; }
+
+ private:
+  const std::shared_ptr<UcpContext> context_;
+  const ucp_mem_h memh_;
+  void* const base_;
+  const size_t size_;
+  const std::string packed_rkey_;
+};
+
+class UcpTransportContext final : public Context {
+ public:
+  explicit UcpTransportContext(std::shared_ptr<UcpContext> context)
+      : context_(std::move(context)) {}
+
+  absl::StatusOr<std::unique_ptr<MemoryRegion>> Register(void* ptr, size_t len) override {
+    if (ptr == nullptr || len == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Register: need a non-null buffer and length, got ", len, " bytes at ",
+                       absl::Hex(reinterpret_cast<uintptr_t>(ptr))));
+    }
+    ucp_mem_map_params_t params = {};
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    params.address = ptr;
+    params.length = len;
+    return Map(params, len, "Register");
+  }
+
+  absl::StatusOr<std::unique_ptr<MemoryRegion>> Allocate(size_t len) override {
+    if (len == 0) return absl::InvalidArgumentError("Allocate: length 0");
+    ucp_mem_map_params_t params = {};
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    params.length = len;
+    params.flags = UCP_MEM_MAP_ALLOCATE;
+    return Map(params, len, "Allocate");
+  }
+
+  absl::StatusOr<std::unique_ptr<Worker>> CreateWorker() override {
+    return CreateUcpWorker(context_);
+  }
+
+  std::string Describe() const override {
+    char* buf = nullptr;
+    size_t len = 0;
+    FILE* stream = open_memstream(&buf, &len);
+    if (stream == nullptr) return "(ucp_context_print_info: open_memstream failed)";
+    ucp_context_print_info(context_->get(), stream);
+    fclose(stream);
+    std::string out(buf, len);
+    free(buf);
+    return out;
+  }
+
+ private:
+  absl::StatusOr<std::unique_ptr<MemoryRegion>> Map(const ucp_mem_map_params_t& params, size_t len,
+                                                    absl::string_view what) {
+    ucp_mem_h memh = nullptr;
+    ucs_status_t status = ucp_mem_map(context_->get(), &params, &memh);
+    if (status != UCS_OK) {
+      return UcsToStatus(status, absl::StrCat(what, ": ucp_mem_map of ", len, " bytes"));
+    }
+    ucp_mem_attr_t attr = {};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    status = ucp_mem_query(memh, &attr);
+    if (status != UCS_OK) {
+      ucp_mem_unmap(context_->get(), memh);
+      return UcsToStatus(status, absl::StrCat(what, ": ucp_mem_query"));
+    }
+    void* rkey_buf = nullptr;
+    size_t rkey_len = 0;
+    status = ucp_rkey_pack(context_->get(), memh, &rkey_buf, &rkey_len);
+    if (status != UCS_OK) {
+      ucp_mem_unmap(context_->get(), memh);
+      return UcsToStatus(status, absl::StrCat(what, ": ucp_rkey_pack"));
+    }
+    std::string sealed = Seal(kRkeyTag, rkey_buf, rkey_len);
+    ucp_rkey_buffer_release(rkey_buf);
+    return std::make_unique<UcpMemoryRegion>(context_, memh, attr.address, len, std::move(sealed));
+  }
+
+  const std::shared_ptr<UcpContext> context_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions& options) {
+  ucp_config_t* config = nullptr;
+  ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
+  if (status != UCS_OK) return UcsToStatus(status, "ucp_config_read");
+
+  auto modify = [config](absl::string_view name, const std::string& value) -> absl::Status {
+    if (absl::StartsWith(name, "UCX_")) name.remove_prefix(4);
+    const std::string key(name);
+    ucs_status_t s = ucp_config_modify(config, key.c_str(), value.c_str());
+    if (s != UCS_OK) {
+      // ucp_config_modify answers NO_ELEM for unknown names and INVALID_PARAM for bad values;
+      // both are the caller's input.
+      return absl::InvalidArgumentError(
+          absl::StrCat("UCX setting ", key, "=\"", value, "\" rejected: ", ucs_status_string(s)));
+    }
+    return absl::OkStatus();
+  };
+  absl::Status applied = absl::OkStatus();
+  if (!options.tls.empty()) applied = modify("TLS", options.tls);
+  for (const auto& [name, value] : options.ucx_settings) {
+    if (!applied.ok()) break;
+    applied = modify(name, value);
+  }
+  if (!applied.ok()) {
+    ucp_config_release(config);
+    return applied;
+  }
+
+  ucp_params_t params = {};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  // Memory is registered from any thread while workers progress on theirs.
+  params.mt_workers_shared = 1;
+  ucp_context_h context = nullptr;
+  status = ucp_init(&params, config, &context);
+  ucp_config_release(config);
+  if (status != UCS_OK) {
+    return UcsToStatus(status, absl::StrCat("ucp_init (UCX_TLS=\"", options.tls, "\")"));
+  }
+  return std::make_unique<UcpTransportContext>(
+      std::make_shared<UcpContext>(context, options.peer_failure_handling));
+}
+
+}  // namespace strata::transport

@@ -1,0 +1,33 @@
+// Envelopes for the opaque UCX blobs that cross the network: worker addresses and packed
+// rkeys. UCX parses both without a length (ucp_ep_create, ucp_ep_rkey_unpack), so garbage or
+// truncated bytes from a peer could make it read out of bounds; sealing adds a tag, the length
+// and an xxh3-64 checksum, checked before UCX sees a byte.
+//
+// Layout (little-endian): tag[4] | payload_len u32 | payload | xxh3-64(tag..payload) u64.
+// This catches corruption and mix-ups (an address where an rkey belongs), not forgery: the
+// blobs come from peers authenticated by the control plane (DESIGN.md §7).
+//
+// Stateless; thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace strata::transport {
+
+// 4-byte tags.
+inline constexpr absl::string_view kRkeyTag = "SRK1";
+inline constexpr absl::string_view kWorkerAddressTag = "SWA1";
+
+// Wraps `payload` under `tag` (4 bytes). REQUIRES: tag.size() == 4, payload < 4 GiB.
+std::string Seal(absl::string_view tag, const void* payload, size_t payload_len);
+
+// The payload of `sealed` (a view into it). INVALID_ARGUMENT naming `what` when the bytes are
+// too short, carry another tag, a length that does not match, or a wrong checksum.
+absl::StatusOr<absl::string_view> Unseal(absl::string_view tag, absl::string_view sealed,
+                                         absl::string_view what);
+
+}  // namespace strata::transport

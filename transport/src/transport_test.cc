@@ -1,0 +1,572 @@
+// Context, MemoryRegion and Worker over real UCX: two contexts in this process connected over
+// TCP and over shared memory, and a re-executed copy of this binary as a peer in another
+// process (so its death can be a real kill -9). Every wait is bounded by a deadline of a few
+// seconds.
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "strata/testutil/status_matchers.h"
+#include "strata/transport/context.h"
+#include "strata/transport/worker.h"
+
+extern char** environ;
+
+namespace strata::transport {
+namespace {
+
+using ::strata::testutil::IsOk;
+using ::strata::testutil::StatusIs;
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+
+constexpr size_t kKiB = 1024;
+constexpr size_t kMiB = 1024 * kKiB;
+
+#define ASSERT_OK_AND_MOVE(lhs, expr)              \
+  auto lhs##_or = (expr);                          \
+  ASSERT_TRUE(lhs##_or.ok()) << lhs##_or.status(); \
+  auto lhs = std::move(lhs##_or).value()
+
+// Deterministic bytes that differ per seed and position.
+void Fill(void* p, size_t n, uint64_t seed) {
+  auto* b = static_cast<uint8_t*>(p);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    b[i] = static_cast<uint8_t>(x);
+  }
+}
+
+std::vector<uint8_t> Pattern(size_t n, uint64_t seed) {
+  std::vector<uint8_t> v(n);
+  Fill(v.data(), n, seed);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------
+// The child peer: when this binary runs with kChildEnv set, it serves as a remote peer before
+// gtest starts and never returns to it.
+
+constexpr char kChildEnv[] = "STRATA_TRANSPORT_TEST_CHILD_TLS";
+constexpr char kChildPeerFailureEnv[] = "STRATA_TRANSPORT_TEST_CHILD_PEER_FAILURE";
+constexpr size_t kChildArena = 8 * kMiB;
+constexpr uint64_t kChildSeed = 77;
+
+int RunChildPeer(const char* tls) {
+  const char* peer_failure = getenv(kChildPeerFailureEnv);
+  absl::StatusOr<std::unique_ptr<Context>> ctx =
+      Context::Create(TransportOptions{tls, {}, peer_failure == nullptr || peer_failure[0] != '0'});
+  if (!ctx.ok()) {
+    printf("ERR %s\n", ctx.status().ToString().c_str());
+    return 1;
+  }
+  // Like a store node: an mmap'd arena registered once.
+  void* arena =
+      mmap(nullptr, kChildArena, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (arena == MAP_FAILED) return 1;
+  Fill(arena, kChildArena, kChildSeed);
+  absl::StatusOr<std::unique_ptr<MemoryRegion>> region = (*ctx)->Register(arena, kChildArena);
+  absl::StatusOr<std::unique_ptr<Worker>> worker = (*ctx)->CreateWorker();
+  if (!region.ok() || !worker.ok()) {
+    printf("ERR region/worker\n");
+    return 1;
+  }
+  printf("%s\n%s\n%llu\n", absl::BytesToHexString((*worker)->Address()).c_str(),
+         absl::BytesToHexString((*region)->PackedRkey()).c_str(),
+         static_cast<unsigned long long>((*region)->remote_addr()));
+  fflush(stdout);
+  char c;
+  while (read(STDIN_FILENO, &c, 1) > 0) {
+  }
+  return 0;
+}
+
+[[maybe_unused]] const bool kRanAsChild = [] {
+  const char* tls = getenv(kChildEnv);
+  if (tls == nullptr) return false;
+  _exit(RunChildPeer(tls));
+}();
+
+struct ChildPeer {
+  pid_t pid = -1;
+  int to_child = -1;  // closing it makes the child exit
+  std::string address;
+  std::string rkey;
+  uint64_t base = 0;
+
+  ~ChildPeer() {
+    if (to_child >= 0) close(to_child);
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+// Starts this binary as a child peer over `tls` and reads its address, rkey and arena base.
+absl::Status StartChild(const std::string& tls, bool peer_failure_handling, ChildPeer* child) {
+  int in_pipe[2], out_pipe[2];
+  if (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(out_pipe, O_CLOEXEC) != 0) {
+    return absl::InternalError("pipe2");
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in_pipe[0], STDIN_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+  env_strings.push_back(absl::StrCat(kChildEnv, "=", tls));
+  env_strings.push_back(absl::StrCat(kChildPeerFailureEnv, "=", peer_failure_handling ? 1 : 0));
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  char exe[] = "/proc/self/exe";
+  char* argv[] = {exe, nullptr};
+  const int rc = posix_spawn(&child->pid, exe, &actions, nullptr, argv, envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(in_pipe[0]);
+  close(out_pipe[1]);
+  child->to_child = in_pipe[1];
+  if (rc != 0) {
+    close(out_pipe[0]);
+    child->pid = -1;
+    return absl::InternalError(absl::StrCat("posix_spawn: ", strerror(rc)));
+  }
+  std::string text;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (std::count(text.begin(), text.end(), '\n') < 3 && absl::Now() < deadline) {
+    pollfd pfd = {out_pipe[0], POLLIN, 0};
+    if (poll(&pfd, 1, 100) <= 0) continue;
+    char buf[4096];
+    const ssize_t n = read(out_pipe[0], buf, sizeof(buf));
+    if (n <= 0) break;
+    text.append(buf, n);
+  }
+  close(out_pipe[0]);
+  std::vector<std::string> lines = absl::StrSplit(text, '\n');
+  if (lines.size() < 3 || absl::StartsWith(text, "ERR")) {
+    return absl::UnavailableError(absl::StrCat("child peer did not start: ", text));
+  }
+  child->address = absl::HexStringToBytes(lines[0]);
+  child->rkey = absl::HexStringToBytes(lines[1]);
+  if (!absl::SimpleAtoi(lines[2], &child->base)) return absl::InternalError("child base");
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct TlsCase {
+  const char* name;
+  const char* tls;
+  bool peer_failure_handling;
+};
+
+// Shared memory: UCX 1.13 carries RMA over posix/sysv only without peer-failure handling
+// (PeerFailureHandlingRulesOutSharedMemory); cma is there for large copies, self for a worker's
+// endpoint to itself.
+constexpr TlsCase kTcp = {"tcp", "tcp", true};
+constexpr TlsCase kShm = {"shm", "posix,sysv,cma,self", false};
+
+std::string CaseName(const ::testing::TestParamInfo<TlsCase>& info) { return info.param.name; }
+
+struct Node {
+  std::unique_ptr<Context> context;
+  std::unique_ptr<Worker> worker;
+};
+
+absl::StatusOr<Node> MakeNode(const TlsCase& tls) {
+  Node node;
+  absl::StatusOr<std::unique_ptr<Context>> ctx =
+      Context::Create(TransportOptions{tls.tls, {}, tls.peer_failure_handling});
+  if (!ctx.ok()) return ctx.status();
+  node.context = *std::move(ctx);
+  absl::StatusOr<std::unique_ptr<Worker>> worker = node.context->CreateWorker();
+  if (!worker.ok()) return worker.status();
+  node.worker = *std::move(worker);
+  return node;
+}
+
+class TransportPairTest : public ::testing::TestWithParam<TlsCase> {
+ protected:
+  static constexpr size_t kArena = 16 * kMiB;
+
+  void SetUp() override {
+    absl::StatusOr<Node> client = MakeNode(GetParam());
+    ASSERT_THAT(client, IsOk());
+    client_ = *std::move(client);
+    absl::StatusOr<Node> server = MakeNode(GetParam());
+    ASSERT_THAT(server, IsOk());
+    server_ = *std::move(server);
+    // The server's arena comes from UCX (shm segments); the client's buffers are its own heap.
+    absl::StatusOr<std::unique_ptr<MemoryRegion>> arena = server_.context->Allocate(kArena);
+    ASSERT_THAT(arena, IsOk());
+    arena_ = *std::move(arena);
+    local_.resize(kArena);
+    absl::StatusOr<std::unique_ptr<MemoryRegion>> local =
+        client_.context->Register(local_.data(), local_.size());
+    ASSERT_THAT(local, IsOk());
+    local_region_ = *std::move(local);
+    absl::StatusOr<EndpointId> ep = client_.worker->Connect(server_.worker->Address());
+    ASSERT_THAT(ep, IsOk());
+    ep_ = *ep;
+  }
+
+  // Workers go first: the server's worker may still be applying puts that reached it before
+  // the client gave up (DeadlineMidTransferRetiresEndpoint), and those need the arena.
+  void TearDown() override {
+    client_.worker.reset();
+    server_.worker.reset();
+  }
+
+  TransferOp Op(TransferOp::Kind kind, size_t local_off, size_t remote_off, size_t len) {
+    return TransferOp{.kind = kind,
+                      .local = local_.data() + local_off,
+                      .length = len,
+                      .remote_addr = arena_->remote_addr() + remote_off,
+                      .packed_rkey = arena_->PackedRkey()};
+  }
+
+  uint8_t* remote(size_t off) { return static_cast<uint8_t*>(arena_->base()) + off; }
+
+  static absl::Time Soon() { return absl::Now() + absl::Seconds(5); }
+
+  Node client_, server_;
+  std::unique_ptr<MemoryRegion> arena_;
+  std::vector<uint8_t> local_;
+  std::unique_ptr<MemoryRegion> local_region_;
+  EndpointId ep_ = 0;
+};
+
+INSTANTIATE_TEST_SUITE_P(Tls, TransportPairTest, ::testing::Values(kTcp, kShm), CaseName);
+
+TEST_P(TransportPairTest, PutThenGetIsBitExactAcrossSizes) {
+  struct Shape {
+    size_t size;
+    size_t ops;
+  };
+  for (const Shape shape : {Shape{4 * kKiB, 64}, Shape{256 * kKiB, 24}, Shape{2 * kMiB, 4}}) {
+    SCOPED_TRACE(absl::StrCat(shape.size, " bytes x ", shape.ops));
+    const size_t total = shape.size * shape.ops;
+    ASSERT_LE(2 * total, kArena);
+    std::vector<uint8_t> expected = Pattern(total, shape.size);
+    std::memcpy(local_.data(), expected.data(), total);
+    std::memset(remote(0), 0, kArena);
+    // Block i goes to remote slot (ops - 1 - i): a wrong address shows as misplaced bytes.
+    std::vector<TransferOp> puts;
+    for (size_t i = 0; i < shape.ops; ++i) {
+      puts.push_back(
+          Op(TransferOp::Kind::kPut, i * shape.size, (shape.ops - 1 - i) * shape.size, shape.size));
+    }
+    ASSERT_THAT(client_.worker->Transfer(ep_, puts, Soon()), IsOk());
+    for (size_t i = 0; i < shape.ops; ++i) {
+      ASSERT_EQ(0, std::memcmp(remote((shape.ops - 1 - i) * shape.size),
+                               expected.data() + i * shape.size, shape.size))
+          << "put " << i;
+    }
+    // Get it all back into the second half of the local buffer, in the original order.
+    std::memset(local_.data() + total, 0xEE, total);
+    std::vector<TransferOp> gets;
+    for (size_t i = 0; i < shape.ops; ++i) {
+      gets.push_back(Op(TransferOp::Kind::kGet, total + i * shape.size,
+                        (shape.ops - 1 - i) * shape.size, shape.size));
+    }
+    ASSERT_THAT(client_.worker->Transfer(ep_, gets, Soon()), IsOk());
+    ASSERT_EQ(0, std::memcmp(local_.data() + total, expected.data(), total));
+  }
+}
+
+TEST_P(TransportPairTest, MixedBatchOf64Ops) {
+  constexpr size_t kBlock = 16 * kKiB;
+  // Remote [0, 32 blocks) holds data to get; remote [32, 64 blocks) receives puts.
+  Fill(remote(0), 32 * kBlock, 5);
+  std::memset(remote(32 * kBlock), 0, 32 * kBlock);
+  Fill(local_.data(), 32 * kBlock, 6);
+  std::memset(local_.data() + 32 * kBlock, 0, 32 * kBlock);
+  std::vector<TransferOp> ops;
+  for (size_t i = 0; i < 32; ++i) {
+    ops.push_back(Op(TransferOp::Kind::kPut, i * kBlock, (32 + i) * kBlock, kBlock));
+    ops.push_back(Op(TransferOp::Kind::kGet, (32 + i) * kBlock, i * kBlock, kBlock));
+  }
+  ASSERT_EQ(ops.size(), 64u);
+  ASSERT_THAT(client_.worker->Transfer(ep_, ops, Soon()), IsOk());
+  EXPECT_EQ(0, std::memcmp(remote(32 * kBlock), Pattern(32 * kBlock, 6).data(), 32 * kBlock));
+  EXPECT_EQ(0,
+            std::memcmp(local_.data() + 32 * kBlock, Pattern(32 * kBlock, 5).data(), 32 * kBlock));
+}
+
+TEST_P(TransportPairTest, ConcurrentTransfersFromManyThreads) {
+  constexpr int kThreads = 4;
+  constexpr size_t kSlice = 64 * kKiB;
+  constexpr int kRounds = 20;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const size_t base = t * 2 * kSlice;
+      for (int r = 0; r < kRounds; ++r) {
+        Fill(local_.data() + base, kSlice, t * 1000 + r);
+        TransferOp put = Op(TransferOp::Kind::kPut, base, base, kSlice);
+        TransferOp get = Op(TransferOp::Kind::kGet, base + kSlice, base, kSlice);
+        if (!client_.worker->Transfer(ep_, {&put, 1}, Soon()).ok() ||
+            !client_.worker->Transfer(ep_, {&get, 1}, Soon()).ok() ||
+            std::memcmp(local_.data() + base, local_.data() + base + kSlice, kSlice) != 0) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_P(TransportPairTest, GarbageRkeyIsInvalidArgumentAndEndpointStaysUsable) {
+  const std::string good = arena_->PackedRkey();
+  std::string flipped = good;
+  flipped[flipped.size() / 2] ^= 0x40;
+  std::string random(good.size(), '\0');
+  Fill(random.data(), random.size(), 99);
+  const std::vector<std::string> bad = {
+      "",
+      "x",
+      random,
+      good.substr(0, good.size() - 1),
+      flipped,
+      server_.worker->Address(),  // well-formed, but not an rkey
+  };
+  std::memset(remote(0), 0, 4 * kKiB);
+  Fill(local_.data(), 4 * kKiB, 1);
+  for (size_t i = 0; i < bad.size(); ++i) {
+    SCOPED_TRACE(i);
+    // A good op first: a bad rkey anywhere in the batch must stop it before anything moves.
+    TransferOp ops[2] = {Op(TransferOp::Kind::kPut, 0, 0, 4 * kKiB),
+                         Op(TransferOp::Kind::kPut, 0, 4 * kKiB, 4 * kKiB)};
+    ops[1].packed_rkey = bad[i];
+    EXPECT_THAT(client_.worker->Transfer(ep_, ops, Soon()),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("op 1")));
+    EXPECT_EQ(remote(0)[0], 0) << "nothing may be posted when a batch is rejected";
+  }
+  TransferOp ok = Op(TransferOp::Kind::kPut, 0, 0, 4 * kKiB);
+  ASSERT_THAT(client_.worker->Transfer(ep_, {&ok, 1}, Soon()), IsOk());
+  EXPECT_EQ(0, std::memcmp(remote(0), local_.data(), 4 * kKiB));
+}
+
+TEST_P(TransportPairTest, BadOpsAndEndpointsAreInvalidArgument) {
+  TransferOp null_local = Op(TransferOp::Kind::kGet, 0, 0, 8);
+  null_local.local = nullptr;
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&null_local, 1}, Soon()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("null")));
+  TransferOp wrap = Op(TransferOp::Kind::kGet, 0, 0, 8);
+  wrap.remote_addr = ~uint64_t{0} - 3;
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&wrap, 1}, Soon()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("wraps")));
+  TransferOp op = Op(TransferOp::Kind::kGet, 0, 0, 8);
+  EXPECT_THAT(client_.worker->Transfer(ep_ + 100, {&op, 1}, Soon()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown endpoint")));
+  EXPECT_THAT(client_.worker->Connect("not an address"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  std::string address = server_.worker->Address();
+  address[address.size() / 2] ^= 1;
+  EXPECT_THAT(client_.worker->Connect(address), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(client_.worker->Connect(arena_->PackedRkey()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  // An empty batch only flushes.
+  EXPECT_THAT(client_.worker->Transfer(ep_, {}, Soon()), IsOk());
+  // Disconnect removes the id.
+  ASSERT_THAT(client_.worker->Disconnect(ep_), IsOk());
+  EXPECT_THAT(client_.worker->Disconnect(ep_), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&op, 1}, Soon()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_P(TransportPairTest, PastDeadlinePostsNothingAndEndpointStaysUsable) {
+  std::memset(remote(0), 0, 4 * kKiB);
+  Fill(local_.data(), 4 * kKiB, 3);
+  TransferOp op = Op(TransferOp::Kind::kPut, 0, 0, 4 * kKiB);
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&op, 1}, absl::Now() - absl::Milliseconds(1)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(remote(0)[0], 0);
+  ASSERT_THAT(client_.worker->Transfer(ep_, {&op, 1}, Soon()), IsOk());
+  EXPECT_EQ(0, std::memcmp(remote(0), local_.data(), 4 * kKiB));
+}
+
+TEST_P(TransportPairTest, DeadlineMidTransferRetiresEndpoint) {
+  // 16 MiB both ways, 8 times over (256 MiB), cannot finish in 20 ms over any transport here;
+  // 20 ms rather than 1 so that a busy machine still posts before the deadline.
+  std::vector<TransferOp> ops;
+  for (int r = 0; r < 8; ++r) {
+    ops.push_back(Op(TransferOp::Kind::kPut, 0, 0, kArena / 2));
+    ops.push_back(Op(TransferOp::Kind::kGet, kArena / 2, kArena / 2, kArena / 2));
+  }
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(client_.worker->Transfer(ep_, ops, start + absl::Milliseconds(20)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("retired")));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2)) << "the deadline must bound the call";
+  TransferOp small = Op(TransferOp::Kind::kPut, 0, 0, 64);
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&small, 1}, Soon()),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("deadline")));
+  EXPECT_THAT(client_.worker->DescribeEndpoint(ep_), StatusIs(absl::StatusCode::kUnavailable));
+  // Reconnecting gives a working endpoint.
+  ASSERT_THAT(client_.worker->Disconnect(ep_), IsOk());
+  ASSERT_OK_AND_MOVE(fresh, client_.worker->Connect(server_.worker->Address()));
+  Fill(local_.data(), 64, 8);
+  std::memset(remote(0), 0, 64);
+  ASSERT_THAT(client_.worker->Transfer(fresh, {&small, 1}, Soon()), IsOk());
+  EXPECT_EQ(0, std::memcmp(remote(0), local_.data(), 64));
+}
+
+TEST_P(TransportPairTest, DescribeEndpointNamesTheTransport) {
+  TransferOp op = Op(TransferOp::Kind::kPut, 0, 0, 64);
+  ASSERT_THAT(client_.worker->Transfer(ep_, {&op, 1}, Soon()), IsOk());
+  ASSERT_OK_AND_MOVE(info, client_.worker->DescribeEndpoint(ep_));
+  if (std::string(GetParam().name) == "tcp") {
+    EXPECT_THAT(info, HasSubstr("tcp/"));
+  } else {
+    EXPECT_THAT(info, AnyOf(HasSubstr("cma/"), HasSubstr("posix/"), HasSubstr("sysv/")));
+    EXPECT_THAT(info, ::testing::Not(HasSubstr("tcp/")));
+  }
+  EXPECT_THAT(client_.context->Describe(), ::testing::Not(::testing::IsEmpty()));
+}
+
+TEST(TransportTcpTest, PeerTornDownInProcessFailsFast) {
+  ASSERT_OK_AND_MOVE(client, MakeNode(kTcp));
+  ASSERT_OK_AND_MOVE(server, MakeNode(kTcp));
+  ASSERT_OK_AND_MOVE(arena, server.context->Allocate(kMiB));
+  std::vector<uint8_t> buf(kMiB);
+  ASSERT_OK_AND_MOVE(ep, client.worker->Connect(server.worker->Address()));
+  const std::string rkey = arena->PackedRkey();  // outlives the arena
+  TransferOp op{.kind = TransferOp::Kind::kPut,
+                .local = buf.data(),
+                .length = buf.size(),
+                .remote_addr = arena->remote_addr(),
+                .packed_rkey = rkey};
+  ASSERT_THAT(client.worker->Transfer(ep, {&op, 1}, absl::Now() + absl::Seconds(5)), IsOk());
+  server.worker.reset();
+  arena.reset();
+  server.context.reset();
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = start + absl::Seconds(3);
+  absl::Status s = client.worker->Transfer(ep, {&op, 1}, deadline);
+  EXPECT_THAT(s, AnyOf(StatusIs(absl::StatusCode::kUnavailable),
+                       StatusIs(absl::StatusCode::kDeadlineExceeded)));
+  // Bounded by the deadline plus the documented drain and abandon grace (1.2 s).
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(4500));
+  // Whatever the first answer, the endpoint is now known dead.
+  EXPECT_THAT(client.worker->Transfer(ep, {&op, 1}, absl::Now() + absl::Seconds(3)),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(client.worker->Disconnect(ep), IsOk());
+}
+
+// A peer in another process, killed with SIGKILL.
+class ChildPeerTest : public ::testing::TestWithParam<TlsCase> {};
+
+INSTANTIATE_TEST_SUITE_P(Tls, ChildPeerTest, ::testing::Values(kTcp, kShm), CaseName);
+
+TEST_P(ChildPeerTest, RoundTripThenKillFailsFast) {
+  ChildPeer child;
+  ASSERT_THAT(StartChild(GetParam().tls, GetParam().peer_failure_handling, &child), IsOk());
+  ASSERT_OK_AND_MOVE(node, MakeNode(GetParam()));
+  std::vector<uint8_t> buf(2 * kMiB);
+  ASSERT_OK_AND_MOVE(region, node.context->Register(buf.data(), buf.size()));
+  ASSERT_OK_AND_MOVE(ep, node.worker->Connect(child.address));
+  auto op = [&](TransferOp::Kind kind, size_t local_off, size_t remote_off, size_t len) {
+    return TransferOp{.kind = kind,
+                      .local = buf.data() + local_off,
+                      .length = len,
+                      .remote_addr = child.base + remote_off,
+                      .packed_rkey = child.rkey};
+  };
+  // The child's arena holds Pattern(kChildSeed): getting it proves bytes crossed processes.
+  TransferOp get_all = op(TransferOp::Kind::kGet, 0, 0, kMiB);
+  ASSERT_THAT(node.worker->Transfer(ep, {&get_all, 1}, absl::Now() + absl::Seconds(5)), IsOk());
+  EXPECT_EQ(0, std::memcmp(buf.data(), Pattern(kChildArena, kChildSeed).data(), kMiB));
+  Fill(buf.data(), kMiB, 4);
+  TransferOp round_trip[2] = {op(TransferOp::Kind::kPut, 0, 3 * kMiB, kMiB),
+                              op(TransferOp::Kind::kGet, kMiB, 3 * kMiB, kMiB)};
+  ASSERT_THAT(node.worker->Transfer(ep, {&round_trip[0], 1}, absl::Now() + absl::Seconds(5)),
+              IsOk());
+  ASSERT_THAT(node.worker->Transfer(ep, {&round_trip[1], 1}, absl::Now() + absl::Seconds(5)),
+              IsOk());
+  EXPECT_EQ(0, std::memcmp(buf.data(), buf.data() + kMiB, kMiB));
+  ASSERT_OK_AND_MOVE(info, node.worker->DescribeEndpoint(ep));
+  RecordProperty("endpoint", info);
+
+  ASSERT_EQ(kill(child.pid, SIGKILL), 0);
+  ASSERT_EQ(waitpid(child.pid, nullptr, 0), child.pid);
+  child.pid = -1;
+  const absl::Time start = absl::Now();
+  absl::Status s = node.worker->Transfer(ep, {&round_trip[0], 1}, start + absl::Seconds(3));
+  EXPECT_THAT(s, AnyOf(StatusIs(absl::StatusCode::kUnavailable),
+                       StatusIs(absl::StatusCode::kDeadlineExceeded)))
+      << info;
+  // Bounded by the deadline plus the documented drain and abandon grace (1.2 s).
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(4500));
+  EXPECT_THAT(node.worker->Transfer(ep, {&round_trip[1], 1}, absl::Now() + absl::Seconds(3)),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// Pins the UCX 1.13 behaviour worker.h documents: with peer-failure handling no RMA-capable
+// shared-memory transport is left, so an endpoint cannot even be created.
+TEST(ContextTest, PeerFailureHandlingRulesOutSharedMemory) {
+  ASSERT_OK_AND_MOVE(a, MakeNode({"shm-peer", "posix,sysv,cma,self", true}));
+  ASSERT_OK_AND_MOVE(b, MakeNode({"shm-peer", "posix,sysv,cma,self", true}));
+  EXPECT_THAT(a.worker->Connect(b.worker->Address()),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("unreachable")));
+}
+
+TEST(ContextTest, OptionsAndRegistrationErrors) {
+  // UCX stores unknown names for its transports without checking them; bad values of known
+  // settings are rejected.
+  EXPECT_THAT(Context::Create(TransportOptions{"tcp", {{"RNDV_THRESH", "not-a-size"}}, true}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("RNDV_THRESH")));
+  ASSERT_OK_AND_MOVE(ctx,
+                     Context::Create(TransportOptions{"tcp", {{"UCX_RNDV_THRESH", "64k"}}, true}));
+  EXPECT_THAT(ctx->Register(nullptr, 10), StatusIs(absl::StatusCode::kInvalidArgument));
+  std::vector<uint8_t> buf(4096);
+  EXPECT_THAT(ctx->Register(buf.data(), 0), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ctx->Allocate(0), StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_OK_AND_MOVE(region, ctx->Register(buf.data(), buf.size()));
+  EXPECT_EQ(region->base(), buf.data());
+  EXPECT_EQ(region->size(), buf.size());
+  EXPECT_TRUE(region->Contains(buf.data(), buf.size()));
+  EXPECT_TRUE(region->Contains(buf.data() + 4095, 1));
+  EXPECT_FALSE(region->Contains(buf.data() + 4095, 2));
+  EXPECT_FALSE(region->Contains(buf.data() - 1, 1));
+  EXPECT_FALSE(region->Contains(buf.data() + 1, SIZE_MAX));
+  EXPECT_FALSE(region->PackedRkey().empty());
+  // Regions and workers keep the UCX context alive after the Context object is gone.
+  ASSERT_OK_AND_MOVE(allocated, ctx->Allocate(100));
+  ASSERT_OK_AND_MOVE(worker, ctx->CreateWorker());
+  ctx.reset();
+  std::memset(allocated->base(), 0xAB, 100);
+  EXPECT_FALSE(worker->Address().empty());
+}
+
+}  // namespace
+}  // namespace strata::transport

@@ -1,0 +1,751 @@
+// Worker on UCX: one ucp_worker confined to one progress thread (see worker.h).
+//
+// Everything below the public methods runs on the progress thread. Public methods build a
+// Command on their own stack, queue a pointer to it, wake the thread through an eventfd and
+// wait for the thread to notify the command; a Transfer command is answered only once UCX has
+// finished with every buffer it names (completed, failed or cancelled by a force-close).
+
+#include "strata/transport/worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <ucp/api/ucp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "sealed_bytes.h"
+#include "ucp_context.h"
+#include "ucx_status.h"
+
+namespace strata::transport {
+namespace {
+
+// Empty progress polls, while operations are in flight, before the thread sleeps on the event
+// fd (capped at kBusySleep, so a missed event costs at most that much latency).
+constexpr int kSpinPollsBeforeSleep = 256;
+constexpr absl::Duration kBusySleep = absl::Milliseconds(1);
+// After a transfer's deadline, how long its posted requests may drain before the endpoint is
+// force-closed (bounds how far past its deadline Transfer can return).
+constexpr absl::Duration kDeadlineDrainGrace = absl::Seconds(1);
+// How long requests of a force-closed endpoint may stay outstanding before their transfer is
+// answered without them (see ServiceTransfers).
+constexpr absl::Duration kAbandonAfterForceClose = absl::Milliseconds(200);
+// How long shutdown waits for endpoint closes before destroying the worker anyway.
+constexpr absl::Duration kShutdownCloseWait = absl::Seconds(2);
+// Unpacked rkeys cached per endpoint before the cache is dropped (when no transfer uses it).
+constexpr size_t kMaxCachedRkeys = 1024;
+
+const char* KindName(TransferOp::Kind kind) {
+  return kind == TransferOp::Kind::kPut ? "put" : "get";
+}
+
+struct Command {
+  enum class Type { kConnect, kDisconnect, kTransfer, kDescribe };
+  explicit Command(Type t) : type(t) {}
+
+  const Type type;
+  EndpointId ep = 0;
+  absl::string_view peer_address;   // kConnect
+  std::span<const TransferOp> ops;  // kTransfer
+  absl::Time deadline;              // kTransfer
+  absl::Status status;              // answer
+  EndpointId connected = 0;         // kConnect answer
+  std::string text;                 // kDescribe answer
+  absl::Notification done;
+};
+
+enum class EndpointState {
+  kOpen,
+  kFlushing,  // graceful close: flushing before the rkeys go and the close starts
+  kClosing,   // ucp_ep_close_nbx in flight
+  kClosed,    // ucp_ep is gone
+};
+
+class UcpWorker;
+
+struct Endpoint {
+  UcpWorker* owner = nullptr;
+  EndpointId id = 0;
+  ucp_ep_h ep = nullptr;
+  EndpointState state = EndpointState::kOpen;
+  // Why the endpoint is unusable (UNAVAILABLE): set by the UCX error callback or when a
+  // deadline force-closed it. OK while usable.
+  absl::Status failure;
+  bool peer_failed = false;    // UCX reported the endpoint failed: it must be force-closed
+  bool flush_pending = false;  // a close-flush request is outstanding
+  ucs_status_t flush_result = UCS_OK;
+  void* close_request = nullptr;
+  int active_transfers = 0;
+  absl::flat_hash_map<std::string, ucp_rkey_h> rkeys;
+};
+
+struct InFlightTransfer;
+
+// user_data of one UCX request of a transfer; index == ops.size() is the flush.
+struct OpSlot {
+  InFlightTransfer* transfer = nullptr;
+  size_t index = 0;
+};
+
+struct InFlightTransfer {
+  Command* cmd = nullptr;
+  Endpoint* endpoint = nullptr;
+  std::vector<OpSlot> slots;
+  size_t outstanding = 0;
+  ucs_status_t first_error = UCS_OK;
+  size_t first_error_index = 0;
+  bool deadline_hit = false;
+  bool flushed = false;  // every op and the flush were posted
+  absl::Time force_close_at = absl::InfiniteFuture();
+  bool force_closed = false;
+  absl::Time abandon_at = absl::InfiniteFuture();
+
+  void Record(size_t index, ucs_status_t status) {
+    if (status != UCS_OK && first_error == UCS_OK) {
+      first_error = status;
+      first_error_index = index;
+    }
+  }
+};
+
+void OnTransferRequestDone(void* request, ucs_status_t status, void* user_data) {
+  auto* slot = static_cast<OpSlot*>(user_data);
+  slot->transfer->Record(slot->index, status);
+  --slot->transfer->outstanding;
+  ucp_request_free(request);
+}
+
+void OnCloseFlushDone(void* request, ucs_status_t status, void* user_data) {
+  auto* e = static_cast<Endpoint*>(user_data);
+  e->flush_pending = false;
+  e->flush_result = status;
+  ucp_request_free(request);
+}
+
+class UcpWorker final : public Worker {
+ public:
+  UcpWorker(std::shared_ptr<UcpContext> context, ucp_worker_h worker, std::string address,
+            int ucp_efd, int wake_fd, int epoll_fd)
+      : context_(std::move(context)),
+        worker_(worker),
+        address_(std::move(address)),
+        ucp_efd_(ucp_efd),
+        wake_fd_(wake_fd),
+        epoll_fd_(epoll_fd) {
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  ~UcpWorker() override {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    Wake();
+    thread_.join();
+    ucp_worker_destroy(worker_);
+    close(epoll_fd_);
+    close(wake_fd_);
+  }
+
+  const std::string& Address() const override { return address_; }
+
+  absl::StatusOr<EndpointId> Connect(std::string_view peer_address) override {
+    Command cmd(Command::Type::kConnect);
+    cmd.peer_address = absl::string_view(peer_address.data(), peer_address.size());
+    Submit(&cmd);
+    if (!cmd.status.ok()) return cmd.status;
+    return cmd.connected;
+  }
+
+  absl::Status Disconnect(EndpointId ep) override {
+    Command cmd(Command::Type::kDisconnect);
+    cmd.ep = ep;
+    Submit(&cmd);
+    return cmd.status;
+  }
+
+  absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops,
+                        absl::Time deadline) override {
+    Command cmd(Command::Type::kTransfer);
+    cmd.ep = ep;
+    cmd.ops = ops;
+    cmd.deadline = deadline;
+    Submit(&cmd);
+    return cmd.status;
+  }
+
+  absl::StatusOr<std::string> DescribeEndpoint(EndpointId ep) override {
+    Command cmd(Command::Type::kDescribe);
+    cmd.ep = ep;
+    Submit(&cmd);
+    if (!cmd.status.ok()) return cmd.status;
+    return std::move(cmd.text);
+  }
+
+  // Called by UCX (on the progress thread, inside ucp_worker_progress) when an endpoint fails.
+  static void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
+    auto* e = static_cast<Endpoint*>(arg);
+    if (e->failure.ok()) {
+      e->failure = absl::UnavailableError(
+          UcsToStatus(status, absl::StrCat("endpoint ", e->id, " failed (peer gone?)")).message());
+    }
+    e->peer_failed = true;
+    e->owner->endpoint_errors_ = true;
+  }
+
+ private:
+  // ---- any thread ----
+
+  void Submit(Command* cmd) {
+    {
+      absl::MutexLock lock(&mu_);
+      queue_.push_back(cmd);
+    }
+    Wake();
+    cmd->done.WaitForNotification();
+  }
+
+  void Wake() {
+    const uint64_t one = 1;
+    // A full counter (EAGAIN) still wakes the thread, so the result needs no handling.
+    [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
+  }
+
+  // ---- progress thread only ----
+
+  void Run() {
+    int empty_polls = 0;
+    bool stopping = false;
+    absl::Time stop_by = absl::InfiniteFuture();
+    for (;;) {
+      if (!stopping && DrainCommands()) {
+        stopping = true;
+        stop_by = absl::Now() + kShutdownCloseWait;
+        for (auto& [id, e] : endpoints_) ForceClose(e.get());
+        for (auto& e : detached_) ForceClose(e.get());
+      }
+      bool progressed = false;
+      while (ucp_worker_progress(worker_) != 0) progressed = true;
+      ServiceEndpoints();
+      const absl::Time now = absl::Now();
+      ServiceTransfers(now);
+      const bool busy = !in_flight_.empty() || closes_pending_ > 0;
+      if (stopping && (!busy || now >= stop_by)) break;
+      if (progressed) {
+        empty_polls = 0;
+        continue;
+      }
+      if (busy && ++empty_polls < kSpinPollsBeforeSleep) continue;
+      empty_polls = 0;
+      Sleep(busy, now);
+    }
+    // Shutdown: whatever did not close in time loses its rkeys before the worker goes.
+    for (auto& [id, e] : endpoints_) DestroyRkeys(e.get());
+    for (auto& e : detached_) DestroyRkeys(e.get());
+  }
+
+  // Blocks on the UCX event fd and the wake eventfd until an event, the nearest transfer
+  // deadline, or (while busy) kBusySleep.
+  void Sleep(bool busy, absl::Time now) {
+    const ucs_status_t armed = ucp_worker_arm(worker_);
+    if (armed == UCS_ERR_BUSY) return;  // events arrived meanwhile: progress again
+    absl::Time until = busy ? now + kBusySleep : absl::InfiniteFuture();
+    for (const auto& t : in_flight_) {
+      if (!t->deadline_hit) until = std::min(until, t->cmd->deadline);
+    }
+    int timeout_ms = -1;
+    if (until != absl::InfiniteFuture() || armed != UCS_OK) {
+      // An unarmable worker (armed is an error) cannot signal its fd: poll instead.
+      const absl::Duration wait = armed != UCS_OK ? kBusySleep : until - now;
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(
+          absl::ToInt64Milliseconds(wait + absl::Microseconds(999)), 0, 60'000));
+    }
+    epoll_event events[2];
+    const int n = epoll_wait(epoll_fd_, events, 2, timeout_ms);
+    for (int i = 0; i < n; ++i) {
+      if (events[i].data.fd == wake_fd_) {
+        uint64_t count;
+        [[maybe_unused]] ssize_t r = read(wake_fd_, &count, sizeof(count));
+      }
+    }
+  }
+
+  // Executes queued commands. Returns true when the worker is stopping.
+  bool DrainCommands() {
+    std::deque<Command*> batch;
+    bool stop;
+    {
+      absl::MutexLock lock(&mu_);
+      batch.swap(queue_);
+      stop = stop_;
+    }
+    for (Command* cmd : batch) Execute(cmd);
+    return stop;
+  }
+
+  void Execute(Command* cmd) {
+    switch (cmd->type) {
+      case Command::Type::kConnect:
+        DoConnect(cmd);
+        break;
+      case Command::Type::kDisconnect:
+        DoDisconnect(cmd);
+        break;
+      case Command::Type::kTransfer:
+        // Answered (and notified) by StartTransfer or later by ServiceTransfers.
+        StartTransfer(cmd);
+        return;
+      case Command::Type::kDescribe:
+        DoDescribe(cmd);
+        break;
+    }
+    cmd->done.Notify();
+  }
+
+  absl::StatusOr<Endpoint*> Lookup(EndpointId id) {
+    auto it = endpoints_.find(id);
+    if (it == endpoints_.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown endpoint ", id));
+    }
+    return it->second.get();
+  }
+
+  static absl::Status Unusable(const Endpoint& e) {
+    if (!e.failure.ok()) return e.failure;
+    if (e.state != EndpointState::kOpen) {
+      return absl::UnavailableError(absl::StrCat("endpoint ", e.id, " is closed"));
+    }
+    return absl::OkStatus();
+  }
+
+  void DoConnect(Command* cmd) {
+    absl::StatusOr<absl::string_view> address =
+        Unseal(kWorkerAddressTag, cmd->peer_address, "worker address");
+    if (!address.ok()) {
+      cmd->status = address.status();
+      return;
+    }
+    auto e = std::make_unique<Endpoint>();
+    e->owner = this;
+    e->id = next_endpoint_id_;
+    ucp_ep_params_t params = {};
+    params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                        UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    params.address = reinterpret_cast<const ucp_address_t*>(address->data());
+    params.err_mode =
+        context_->peer_failure_handling() ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+    params.err_handler.cb = &UcpWorker::OnEndpointError;
+    params.err_handler.arg = e.get();
+    const ucs_status_t status = ucp_ep_create(worker_, &params, &e->ep);
+    if (status != UCS_OK) {
+      cmd->status = UcsToStatus(status, "Connect: ucp_ep_create");
+      return;
+    }
+    ++next_endpoint_id_;
+    cmd->connected = e->id;
+    endpoints_.emplace(e->id, std::move(e));
+  }
+
+  void DoDisconnect(Command* cmd) {
+    auto it = endpoints_.find(cmd->ep);
+    if (it == endpoints_.end()) {
+      cmd->status = absl::InvalidArgumentError(absl::StrCat("unknown endpoint ", cmd->ep));
+      return;
+    }
+    std::unique_ptr<Endpoint> e = std::move(it->second);
+    endpoints_.erase(it);
+    if (e->state == EndpointState::kOpen) {
+      // A retired endpoint (deadline) is still healthy at the UCX level: flush and close it
+      // gracefully; its draining transfer force-closes it if the drain takes too long.
+      if (e->peer_failed) {
+        ForceClose(e.get());
+      } else {
+        StartGracefulClose(e.get());
+      }
+    }
+    detached_.push_back(std::move(e));
+  }
+
+  void DoDescribe(Command* cmd) {
+    absl::StatusOr<Endpoint*> e = Lookup(cmd->ep);
+    if (!e.ok()) {
+      cmd->status = e.status();
+      return;
+    }
+    if (absl::Status s = Unusable(**e); !s.ok()) {
+      cmd->status = s;
+      return;
+    }
+    char* buf = nullptr;
+    size_t len = 0;
+    FILE* stream = open_memstream(&buf, &len);
+    if (stream == nullptr) {
+      cmd->status = absl::ResourceExhaustedError("DescribeEndpoint: open_memstream failed");
+      return;
+    }
+    ucp_ep_print_info((*e)->ep, stream);
+    fclose(stream);
+    cmd->text.assign(buf, len);
+    free(buf);
+  }
+
+  // Unpacks (or finds cached) the rkey for `sealed` on `e`.
+  absl::StatusOr<ucp_rkey_h> RkeyFor(Endpoint* e, absl::string_view sealed) {
+    auto it = e->rkeys.find(sealed);
+    if (it != e->rkeys.end()) return it->second;
+    absl::StatusOr<absl::string_view> packed = Unseal(kRkeyTag, sealed, "packed rkey");
+    if (!packed.ok()) return packed.status();
+    ucp_rkey_h rkey = nullptr;
+    const ucs_status_t status = ucp_ep_rkey_unpack(e->ep, packed->data(), &rkey);
+    if (status != UCS_OK) {
+      return absl::InvalidArgumentError(
+          UcsToStatus(status, absl::StrCat("packed rkey unusable on endpoint ", e->id)).message());
+    }
+    e->rkeys.emplace(std::string(sealed), rkey);
+    return rkey;
+  }
+
+  static void DestroyRkeys(Endpoint* e) {
+    for (auto& [bytes, rkey] : e->rkeys) ucp_rkey_destroy(rkey);
+    e->rkeys.clear();
+  }
+
+  void Answer(Command* cmd, absl::Status status) {
+    cmd->status = std::move(status);
+    cmd->done.Notify();
+  }
+
+  void StartTransfer(Command* cmd) {
+    absl::StatusOr<Endpoint*> found = Lookup(cmd->ep);
+    if (!found.ok()) return Answer(cmd, found.status());
+    Endpoint* e = *found;
+    if (absl::Status s = Unusable(*e); !s.ok()) return Answer(cmd, s);
+    if (absl::Now() >= cmd->deadline) {
+      return Answer(cmd, absl::DeadlineExceededError(
+                             absl::StrCat("Transfer of ", cmd->ops.size(), " ops on endpoint ",
+                                          e->id, ": deadline passed before anything was posted")));
+    }
+    if (e->rkeys.size() >= kMaxCachedRkeys && e->active_transfers == 0) DestroyRkeys(e);
+
+    // Validate everything and unpack every rkey before posting anything, so a bad op leaves
+    // nothing half-done.
+    std::vector<ucp_rkey_h> rkeys(cmd->ops.size(), nullptr);
+    for (size_t i = 0; i < cmd->ops.size(); ++i) {
+      const TransferOp& op = cmd->ops[i];
+      if (op.length == 0) continue;
+      if (op.local == nullptr) {
+        return Answer(cmd,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "Transfer op ", i, ": null local buffer for ", op.length, " bytes")));
+      }
+      if (op.remote_addr + op.length < op.remote_addr) {
+        return Answer(cmd, absl::InvalidArgumentError(
+                               absl::StrCat("Transfer op ", i, ": remote range wraps around")));
+      }
+      absl::StatusOr<ucp_rkey_h> rkey =
+          RkeyFor(e, absl::string_view(op.packed_rkey.data(), op.packed_rkey.size()));
+      if (!rkey.ok()) {
+        return Answer(cmd, absl::InvalidArgumentError(
+                               absl::StrCat("Transfer op ", i, ": ", rkey.status().message())));
+      }
+      rkeys[i] = *rkey;
+    }
+
+    auto t = std::make_unique<InFlightTransfer>();
+    t->cmd = cmd;
+    t->endpoint = e;
+    t->slots.resize(cmd->ops.size() + 1);
+    ++e->active_transfers;
+
+    for (size_t i = 0; i <= cmd->ops.size(); ++i) {
+      const bool flush = i == cmd->ops.size();
+      if (!flush && cmd->ops[i].length == 0) continue;
+      // Some transports (shared memory) copy inside ucp_put_nbx/ucp_get_nbx, so a big batch can
+      // outlive its deadline while being posted: stop posting then, and let ServiceTransfers
+      // force-close the endpoint.
+      if (i > 0 && absl::Now() >= cmd->deadline) break;
+      t->slots[i] = OpSlot{t.get(), i};
+      ucp_request_param_t param = {};
+      param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      param.cb.send = &OnTransferRequestDone;
+      param.user_data = &t->slots[i];
+      ucs_status_ptr_t request;
+      if (flush) {
+        request = ucp_ep_flush_nbx(e->ep, &param);
+      } else {
+        const TransferOp& op = cmd->ops[i];
+        request = op.kind == TransferOp::Kind::kPut
+                      ? ucp_put_nbx(e->ep, op.local, op.length, op.remote_addr, rkeys[i], &param)
+                      : ucp_get_nbx(e->ep, op.local, op.length, op.remote_addr, rkeys[i], &param);
+      }
+      if (UCS_PTR_IS_ERR(request)) {
+        // Stop posting; what is already posted still has to complete before we answer.
+        t->Record(i, UCS_PTR_STATUS(request));
+        break;
+      }
+      if (request != nullptr) ++t->outstanding;
+      if (flush) t->flushed = true;
+    }
+    in_flight_.push_back(std::move(t));
+  }
+
+  absl::Status TransferResult(const InFlightTransfer& t) {
+    const Command& cmd = *t.cmd;
+    const Endpoint& e = *t.endpoint;
+    if (t.deadline_hit) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("Transfer of ", cmd.ops.size(), " ops on endpoint ", e.id,
+                       ": deadline passed; endpoint retired, reconnect to use the peer"));
+    }
+    if (t.first_error == UCS_OK) return absl::OkStatus();
+    // A cancelled request means its endpoint was force-closed under it (a failure, or another
+    // transfer's deadline): the endpoint is what is unavailable.
+    const bool endpoint_down = t.first_error == UCS_ERR_CANCELED || !e.failure.ok();
+    std::string where =
+        t.first_error_index == cmd.ops.size()
+            ? absl::StrCat("Transfer on endpoint ", e.id, ": flush")
+            : absl::StrCat("Transfer on endpoint ", e.id, ": op ", t.first_error_index, " (",
+                           KindName(cmd.ops[t.first_error_index].kind), " of ",
+                           cmd.ops[t.first_error_index].length, " bytes)");
+    absl::Status s = UcsToStatus(t.first_error, where);
+    if (endpoint_down) {
+      return absl::UnavailableError(
+          absl::StrCat(s.message(), e.failure.ok() ? "" : absl::StrCat("; ", e.failure.message())));
+    }
+    return s;
+  }
+
+  void ServiceTransfers(absl::Time now) {
+    for (size_t i = 0; i < in_flight_.size();) {
+      InFlightTransfer* t = in_flight_[i].get();
+      // Done when nothing is outstanding, unless posting stopped short for the deadline (then
+      // the deadline branch below answers DEADLINE_EXCEEDED).
+      if (t->outstanding == 0 && (t->flushed || t->first_error != UCS_OK || t->deadline_hit)) {
+        --t->endpoint->active_transfers;
+        Answer(t->cmd, TransferResult(*t));
+        in_flight_[i] = std::move(in_flight_.back());
+        in_flight_.pop_back();
+        continue;
+      }
+      if (t->deadline_hit && now >= t->abandon_at && t->endpoint->state == EndpointState::kClosed) {
+        // UCX 1.13 does not complete every request of a force-closed endpoint without
+        // peer-failure handling (emulated RMA waiting for a dead peer's reply). Answer anyway
+        // and keep the transfer (whose slots UCX may still call back into) until the worker is
+        // destroyed.
+        --t->endpoint->active_transfers;
+        Answer(t->cmd, absl::DeadlineExceededError(absl::StrCat(
+                           "Transfer of ", t->cmd->ops.size(), " ops on endpoint ", t->endpoint->id,
+                           ": deadline passed; endpoint force-closed with ", t->outstanding,
+                           " requests abandoned, reconnect to use the peer")));
+        t->cmd = nullptr;
+        t->endpoint = nullptr;
+        abandoned_.push_back(std::move(in_flight_[i]));
+        in_flight_[i] = std::move(in_flight_.back());
+        in_flight_.pop_back();
+        continue;
+      }
+      if (!t->deadline_hit && now >= t->cmd->deadline) {
+        // Retire the endpoint and give what is already posted kDeadlineDrainGrace to finish:
+        // force-closing an endpoint with emulated (TCP) puts in flight makes UCX 1.13 abort
+        // the *peer* process (ucp_put_handler cannot ack on the failed endpoint), so a live
+        // peer gets the chance to drain first.
+        t->deadline_hit = true;
+        t->force_close_at = now + kDeadlineDrainGrace;
+        Endpoint* e = t->endpoint;
+        if (e->failure.ok()) {
+          e->failure = absl::UnavailableError(absl::StrCat(
+              "endpoint ", e->id, " was retired when a transfer deadline passed; reconnect"));
+        }
+      }
+      if (t->deadline_hit && !t->force_closed && now >= t->force_close_at) {
+        // Cancel everything on the endpoint so no late write lands in buffers the caller gets
+        // back; the transfer is answered once UCX has completed every cancelled request.
+        t->force_closed = true;
+        ForceClose(t->endpoint);
+        t->abandon_at = now + kAbandonAfterForceClose;
+      }
+      ++i;
+    }
+  }
+
+  void StartGracefulClose(Endpoint* e) {
+    ucp_request_param_t param = {};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.send = &OnCloseFlushDone;
+    param.user_data = e;
+    ucs_status_ptr_t request = ucp_ep_flush_nbx(e->ep, &param);
+    if (UCS_PTR_IS_ERR(request)) {
+      ForceClose(e);
+      return;
+    }
+    e->state = EndpointState::kFlushing;
+    ++closes_pending_;
+    e->flush_pending = request != nullptr;
+  }
+
+  // After a graceful flush: rkeys go before the endpoint (UCX's documented order).
+  void FinishGracefulClose(Endpoint* e) {
+    DestroyRkeys(e);
+    ucp_request_param_t param = {};
+    ucs_status_ptr_t request = ucp_ep_close_nbx(e->ep, &param);
+    e->state = EndpointState::kClosing;
+    if (UCS_PTR_IS_PTR(request)) {
+      e->close_request = request;
+    } else {
+      Closed(e);
+    }
+  }
+
+  // Closes `e` without waiting for the peer; its outstanding requests complete with
+  // UCS_ERR_CANCELED. No-op unless open or flushing.
+  void ForceClose(Endpoint* e) {
+    if (e->state != EndpointState::kOpen && e->state != EndpointState::kFlushing) return;
+    if (e->state == EndpointState::kOpen) ++closes_pending_;
+    ucp_request_param_t param = {};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t request = ucp_ep_close_nbx(e->ep, &param);
+    e->state = EndpointState::kClosing;
+    if (UCS_PTR_IS_PTR(request)) {
+      e->close_request = request;
+    } else {
+      Closed(e);
+    }
+  }
+
+  void Closed(Endpoint* e) {
+    e->state = EndpointState::kClosed;
+    e->ep = nullptr;
+    e->close_request = nullptr;
+    --closes_pending_;
+    // After a force-close UCX has cancelled every operation; in UCX 1.13 unpacked rkeys live
+    // in the worker's pool and do not refer to the endpoint, so releasing them now is safe.
+    DestroyRkeys(e);
+  }
+
+  void ServiceEndpoint(Endpoint* e) {
+    if (e->peer_failed && e->state == EndpointState::kOpen) ForceClose(e);
+    if (e->state == EndpointState::kFlushing && !e->flush_pending) {
+      if (e->flush_result == UCS_OK && !e->peer_failed) {
+        FinishGracefulClose(e);
+      } else {
+        ForceClose(e);
+      }
+    }
+    if (e->state == EndpointState::kClosing && e->close_request != nullptr &&
+        ucp_request_check_status(e->close_request) != UCS_INPROGRESS) {
+      ucp_request_free(e->close_request);
+      Closed(e);
+    }
+  }
+
+  void ServiceEndpoints() {
+    if (endpoint_errors_ || closes_pending_ > 0) {
+      endpoint_errors_ = false;
+      for (auto& [id, e] : endpoints_) ServiceEndpoint(e.get());
+    }
+    for (size_t i = 0; i < detached_.size();) {
+      Endpoint* e = detached_[i].get();
+      ServiceEndpoint(e);
+      if (e->state == EndpointState::kClosed && e->active_transfers == 0 && !e->flush_pending) {
+        detached_[i] = std::move(detached_.back());
+        detached_.pop_back();
+        continue;
+      }
+      ++i;
+    }
+  }
+
+  const std::shared_ptr<UcpContext> context_;
+  const ucp_worker_h worker_;
+  const std::string address_;
+  const int ucp_efd_;
+  const int wake_fd_;
+  const int epoll_fd_;
+
+  absl::Mutex mu_;
+  std::deque<Command*> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Progress-thread state: touched only by thread_ (no lock).
+  EndpointId next_endpoint_id_ = 1;
+  absl::flat_hash_map<EndpointId, std::unique_ptr<Endpoint>> endpoints_;
+  std::vector<std::unique_ptr<Endpoint>> detached_;  // disconnected, closing
+  std::vector<std::unique_ptr<InFlightTransfer>> in_flight_;
+  // Answered transfers whose requests UCX never completed; freed after ucp_worker_destroy.
+  std::vector<std::unique_ptr<InFlightTransfer>> abandoned_;
+  int closes_pending_ = 0;  // endpoints in kFlushing or kClosing
+  bool endpoint_errors_ = false;
+
+  std::thread thread_;  // last: starts after everything above is initialized
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Worker>> CreateUcpWorker(std::shared_ptr<UcpContext> context) {
+  ucp_worker_params_t params = {};
+  params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  // Only the progress thread touches the worker (creation and destruction happen-before and
+  // after it), so UCX needs no worker lock.
+  params.thread_mode = UCS_THREAD_MODE_SINGLE;
+  ucp_worker_h worker = nullptr;
+  ucs_status_t status = ucp_worker_create(context->get(), &params, &worker);
+  if (status != UCS_OK) return UcsToStatus(status, "CreateWorker: ucp_worker_create");
+
+  ucp_address_t* raw_address = nullptr;
+  size_t address_len = 0;
+  status = ucp_worker_get_address(worker, &raw_address, &address_len);
+  if (status != UCS_OK) {
+    ucp_worker_destroy(worker);
+    return UcsToStatus(status, "CreateWorker: ucp_worker_get_address");
+  }
+  std::string address = Seal(kWorkerAddressTag, raw_address, address_len);
+  ucp_worker_release_address(worker, raw_address);
+
+  int ucp_efd = -1;
+  status = ucp_worker_get_efd(worker, &ucp_efd);
+  if (status != UCS_OK) {
+    ucp_worker_destroy(worker);
+    return UcsToStatus(status, "CreateWorker: ucp_worker_get_efd");
+  }
+  const int wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  const int epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+  auto fail = [&](const char* what) {
+    const int err = errno;
+    if (wake_fd >= 0) close(wake_fd);
+    if (epoll_fd >= 0) close(epoll_fd);
+    ucp_worker_destroy(worker);
+    return absl::ResourceExhaustedError(absl::StrCat("CreateWorker: ", what, ": ", strerror(err)));
+  };
+  if (wake_fd < 0) return fail("eventfd");
+  if (epoll_fd < 0) return fail("epoll_create1");
+  for (int fd : {ucp_efd, wake_fd}) {
+    epoll_event ev = {};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) return fail("epoll_ctl");
+  }
+  return std::make_unique<UcpWorker>(std::move(context), worker, std::move(address), ucp_efd,
+                                     wake_fd, epoll_fd);
+}
+
+}  // namespace strata::transport
