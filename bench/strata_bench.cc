@@ -51,6 +51,10 @@ struct Flags {
   double max_seconds = 300;
   double call_timeout_s = 30;
   uint64_t seed = 1;
+  std::string transport = "ucx";  // ucx (the data plane) or grpc (payloads inline)
+  std::string ucx_tls = "tcp";    // local node's --ucx-tls: tcp or shm
+  uint32_t lanes = 2;             // local node's --ucx-lanes
+  bool no_register = false;       // ucx: leave buffers unregistered (bounce-pool path)
 };
 
 // What every stream of a phase shares: the data set, the namespace and the time limits.
@@ -314,7 +318,8 @@ int Run(Flags f) {
         *dir + "/strata-storenode",
         {"--warm-bytes", absl::StrCat(warm), "--max-block-bytes", absl::StrCat(page),
          "--max-inline-bytes", absl::StrCat(std::max<uint64_t>(64ull << 20, page)),
-         "--warm-prefault", "--log-level", "warn"},
+         "--warm-prefault", "--log-level", "warn", "--ucx-tls",
+         f.transport == "ucx" ? f.ucx_tls : std::string(), "--ucx-lanes", absl::StrCat(f.lanes)},
         absl::Seconds(30));
     if (!started.ok()) return SetupFailed("local node", started.status());
     local = std::move(*started);
@@ -328,6 +333,8 @@ int Run(Flags f) {
     client::ClientOptions options;
     options.address = f.node;
     options.default_deadline = absl::Seconds(f.call_timeout_s);
+    options.data_plane = f.transport == "ucx" ? client::ClientOptions::DataPlane::kUcx
+                                              : client::ClientOptions::DataPlane::kInline;
     absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(options);
     if (!c.ok()) return SetupFailed(absl::StrCat("connect ", f.node), c.status());
     s.client = std::move(*c);
@@ -346,6 +353,18 @@ int Run(Flags f) {
   absl::StatusOr<Dataset> ds =
       MakeDataset(*ns, f.blocks, f.chain_blocks, f.block_size, f.seed, threads);
   if (!ds.ok()) return SetupFailed("data set", ds.status());
+  if (f.transport == "ucx" && !f.no_register) {
+    // Zero copy: the data set and every stream's staging memory are registered once, as an
+    // engine registers its KV pool.
+    for (Stream& s : streams) {
+      absl::Status st = s.client->RegisterMemory(s.staging.data(), s.staging.size());
+      if (st.ok() && !ds->payload.empty()) {
+        st = s.client->RegisterMemory(ds->payload.data(), ds->payload.size());
+      }
+      if (!st.ok()) return SetupFailed("register memory", st);
+    }
+  }
+  std::fprintf(out, "data plane: %s\n", streams[0].client->DataPlaneDescription().c_str());
   PhaseContext ctx{
       &*ds, &*ns, f.batch, run_end,
       std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.call_timeout_s))};
@@ -454,6 +473,17 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", f.seed, "Seed of the synthetic prompts (same seed: same blocks)")
       ->capture_default_str();
+  app.add_option("--transport", f.transport, "ucx (UCX data plane) or grpc (payloads inline)")
+      ->check(CLI::IsMember({"ucx", "grpc"}))
+      ->capture_default_str();
+  app.add_option("--ucx-tls", f.ucx_tls, "Local node's UCX transports: tcp or shm")
+      ->check(CLI::IsMember({"tcp", "shm"}))
+      ->capture_default_str();
+  app.add_option("--lanes", f.lanes, "Local node's UCX lanes (workers)")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_flag("--no-register", f.no_register,
+               "ucx: do not register buffers (measure the bounce-pool path)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

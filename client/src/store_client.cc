@@ -1,11 +1,14 @@
 #include "strata/client/store_client.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "client_data_plane.h"
 #include "grpcpp/grpcpp.h"
 #include "strata/common/checksum.h"
 #include "strata/proto/status_convert.h"
@@ -56,6 +59,52 @@ std::vector<std::pair<size_t, size_t>> SplitBatch(size_t n, uint64_t max_keys, u
   return parts;
 }
 
+// Runs part(0..n-1) in parallel (part 0 on the calling thread); the first error wins.
+template <typename Part>
+absl::Status RunParts(size_t n, Part part) {
+  std::vector<std::future<absl::Status>> pending;
+  for (size_t p = 1; p < n; ++p) {
+    pending.push_back(std::async(std::launch::async, [&part, p] { return part(p); }));
+  }
+  absl::Status first = part(0);
+  for (auto& f : pending) {
+    absl::Status s = f.get();
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
+// Errors after which a data call is worth retrying on the same channel later; any other
+// failure to open a channel means this node will not serve the client over UCX right now.
+bool IsTransient(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded ||
+         code == absl::StatusCode::kCancelled;
+}
+
+// Where one block's bytes sit for a UCX transfer: inside a registered user range (zero-copy),
+// or, with region null, in a bounce buffer.
+struct Placement {
+  std::shared_ptr<const transport::MemoryRegion> region;
+  uint64_t length = 0;  // put: the payload size; get: the usable destination capacity
+};
+
+// Collects the distinct rkeys of one data request, in first-use order.
+class RkeyTable {
+ public:
+  template <typename AddRkey>
+  uint32_t IndexOf(const transport::MemoryRegion& region, AddRkey add) {
+    for (size_t k = 0; k < regions_.size(); ++k) {
+      if (regions_[k] == &region) return static_cast<uint32_t>(k);
+    }
+    regions_.push_back(&region);
+    add(region.PackedRkey());
+    return static_cast<uint32_t>(regions_.size() - 1);
+  }
+
+ private:
+  std::vector<const transport::MemoryRegion*> regions_;
+};
+
 class GrpcStoreClient final : public StoreClient {
  public:
   GrpcStoreClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
@@ -64,9 +113,21 @@ class GrpcStoreClient final : public StoreClient {
         stub_(v1::StoreService::NewStub(channel_)) {}
 
   ~GrpcStoreClient() override {
-    absl::MutexLock lock(&quiet_mu_);
-    quiet_mu_.Await(absl::Condition(
-        +[](int* n) { return *n == 0; }, &quiet_calls_));
+    if (ucx_ != nullptr) {
+      uint64_t channel = 0;
+      {
+        absl::MutexLock lock(&chan_mu_);
+        channel = std::exchange(channel_id_, 0);
+      }
+      if (channel != 0) CloseDataQuietly(channel);
+    }
+    {
+      absl::MutexLock lock(&quiet_mu_);
+      quiet_mu_.Await(absl::Condition(
+          +[](int* n) { return *n == 0; }, &quiet_calls_));
+    }
+    // Stops the workers before the registered ranges and bounce buffers they may touch.
+    ucx_.reset();
   }
 
   absl::Status Init() {
@@ -75,7 +136,51 @@ class GrpcStoreClient final : public StoreClient {
     max_keys_ = std::max<uint32_t>(1, s->max_keys_per_call);
     max_inline_ = std::max<uint64_t>(1, s->max_inline_bytes);
     max_block_ = s->max_block_bytes;
+    if (options_.data_plane == ClientOptions::DataPlane::kInline) return absl::OkStatus();
+    if (s->ucx_tls.empty() || s->ucx_lanes == 0) {
+      if (options_.data_plane == ClientOptions::DataPlane::kUcx) {
+        return absl::FailedPreconditionError(
+            Where("Connect") + ": data_plane is kUcx, but the node offers no UCX data plane");
+      }
+      return absl::OkStatus();
+    }
+    absl::Status started = StartDataPlane(*s);
+    if (!started.ok()) {
+      if (options_.data_plane == ClientOptions::DataPlane::kUcx) return started;
+      // kAuto: inline still works; say why in DataPlaneDescription().
+      ucx_.reset();
+      inline_reason_ = absl::StrCat("ucx unavailable: ", started.message());
+    }
     return absl::OkStatus();
+  }
+
+  absl::Status RegisterMemory(void* ptr, size_t len) override {
+    if (ucx_ == nullptr) {
+      return absl::FailedPreconditionError("RegisterMemory: the client has no UCX data plane (" +
+                                           DataPlaneDescription() + ")");
+    }
+    return ucx_->Register(ptr, len);
+  }
+
+  absl::Status UnregisterMemory(void* ptr) override {
+    if (ucx_ == nullptr) {
+      return absl::NotFoundError("UnregisterMemory: no range registered (no data plane)");
+    }
+    return ucx_->Unregister(ptr);
+  }
+
+  std::string DataPlaneDescription() const override {
+    if (ucx_ == nullptr) {
+      return inline_reason_.empty() ? "inline" : absl::StrCat("inline (", inline_reason_, ")");
+    }
+    std::string transport;
+    {
+      absl::MutexLock lock(&chan_mu_);
+      transport = transport_;
+    }
+    if (transport.empty()) transport = ucx_tls_;
+    const uint32_t lanes = ucx_->lanes();
+    return absl::StrCat("ucx ", transport, ", ", lanes, lanes == 1 ? " lane" : " lanes");
   }
 
   absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
@@ -142,18 +247,33 @@ class GrpcStoreClient final : public StoreClient {
     if (blocks.empty()) return result;
     auto deadline = Deadline(call);
     std::string sc = Scope(scope);
-    auto parts =
-        SplitBatch(blocks.size(), max_keys_, max_inline_, [&](size_t i) { return blocks[i].size; });
-    std::vector<std::future<absl::Status>> pending;
-    for (size_t p = 1; p < parts.size(); ++p) {
-      pending.push_back(std::async(std::launch::async, [&, p] {
-        return PutPart(ns, sc, blocks, parts[p], deadline, put, &result);
-      }));
+    // Blocks the node rejects by size, and null payloads, keep the inline path's reporting.
+    bool ucx_fits = true;
+    uint64_t largest = 0;
+    for (const BlockWrite& b : blocks) {
+      ucx_fits = ucx_fits && b.data != nullptr && b.size > 0 && b.size <= max_block_;
+      largest = std::max(largest, b.size);
     }
-    absl::Status first = PutPart(ns, sc, blocks, parts[0], deadline, put, &result);
-    for (auto& f : pending) {
-      absl::Status s = f.get();
-      if (first.ok()) first = s;
+    absl::StatusOr<bool> use_ucx = UseDataChannel(ucx_fits, largest, deadline);
+    if (!use_ucx.ok()) return use_ucx.status();
+    absl::Status first;
+    if (*use_ucx) {
+      std::vector<Placement> placed(blocks.size());
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        placed[i] = {ucx_->FindRegion(blocks[i].data, blocks[i].size), blocks[i].size};
+      }
+      auto parts = SplitForDataChannel(placed);
+      const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
+      first = RunParts(parts.size(), [&](size_t p) {
+        return PutDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), deadline,
+                           put, &result);
+      });
+    } else {
+      auto parts = SplitBatch(blocks.size(), max_keys_, max_inline_,
+                              [&](size_t i) { return blocks[i].size; });
+      first = RunParts(parts.size(), [&](size_t p) {
+        return PutPart(ns, sc, blocks, parts[p], deadline, put, &result);
+      });
     }
     if (!first.ok()) return first;
     for (const absl::Status& s : result.blocks) {
@@ -172,19 +292,33 @@ class GrpcStoreClient final : public StoreClient {
     if (blocks.empty()) return result;
     auto deadline = Deadline(call);
     std::string sc = Scope(scope);
-    auto parts = SplitBatch(blocks.size(), max_keys_, max_inline_, [&](size_t i) {
-      return std::min<uint64_t>(blocks[i].capacity, max_block_);
-    });
-    std::vector<std::future<absl::Status>> pending;
-    for (size_t p = 1; p < parts.size(); ++p) {
-      pending.push_back(std::async(std::launch::async, [&, p] {
-        return GetPart(ns, sc, blocks, parts[p], deadline, &result);
-      }));
+    // A block is at most max_block_ bytes, so that much of a larger buffer is all it can use.
+    auto usable = [&](size_t i) { return std::min<uint64_t>(blocks[i].capacity, max_block_); };
+    bool ucx_fits = true;
+    uint64_t largest = 0;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      ucx_fits = ucx_fits && blocks[i].buffer != nullptr && usable(i) > 0;
+      largest = std::max(largest, usable(i));
     }
-    absl::Status first = GetPart(ns, sc, blocks, parts[0], deadline, &result);
-    for (auto& f : pending) {
-      absl::Status s = f.get();
-      if (first.ok()) first = s;
+    absl::StatusOr<bool> use_ucx = UseDataChannel(ucx_fits, largest, deadline);
+    if (!use_ucx.ok()) return use_ucx.status();
+    absl::Status first;
+    if (*use_ucx) {
+      std::vector<Placement> placed(blocks.size());
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        placed[i] = {ucx_->FindRegion(blocks[i].buffer, usable(i)), usable(i)};
+      }
+      auto parts = SplitForDataChannel(placed);
+      const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
+      first = RunParts(parts.size(), [&](size_t p) {
+        return GetDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), deadline,
+                           &result);
+      });
+    } else {
+      auto parts = SplitBatch(blocks.size(), max_keys_, max_inline_, usable);
+      first = RunParts(parts.size(), [&](size_t p) {
+        return GetPart(ns, sc, blocks, parts[p], deadline, &result);
+      });
     }
     if (!first.ok()) return first;
     for (const absl::Status& s : result.blocks) result.fetched += s.ok() ? 1 : 0;
@@ -256,6 +390,10 @@ class GrpcStoreClient final : public StoreClient {
     out.max_keys_per_call = resp.max_keys_per_call();
     out.max_block_bytes = resp.max_block_bytes();
     out.max_inline_bytes = resp.max_inline_bytes();
+    out.ucx_tls = resp.ucx_tls();
+    out.ucx_peer_failure_handling = resp.ucx_peer_failure_handling();
+    out.ucx_lanes = resp.ucx_lanes();
+    out.data_channels = resp.data_channels();
     return out;
   }
 
@@ -426,7 +564,8 @@ class GrpcStoreClient final : public StoreClient {
   // Fire-and-forget release; the node's lease expiry covers a lost message. The destructor
   // waits for these calls: their callbacks must not outlive the stub.
   template <typename Req, typename Resp, typename Start>
-  void CallQuietly(Start start, Req req) {
+  void CallQuietly(Start start, Req req,
+                   std::chrono::milliseconds timeout = std::chrono::seconds(2)) {
     struct Call {
       grpc::ClientContext ctx;
       Req req;
@@ -434,7 +573,7 @@ class GrpcStoreClient final : public StoreClient {
     };
     auto* c = new Call;
     c->req = std::move(req);
-    c->ctx.set_deadline(Clock::now() + std::chrono::seconds(2));
+    c->ctx.set_deadline(Clock::now() + timeout);
     {
       absl::MutexLock lock(&quiet_mu_);
       ++quiet_calls_;
@@ -464,6 +603,332 @@ class GrpcStoreClient final : public StoreClient {
         std::move(req));
   }
 
+  void CloseDataQuietly(uint64_t channel_id) {
+    v1::CloseDataRequest req;
+    req.set_channel_id(channel_id);
+    // Short: a node that is gone must not hold up the caller; idle channels expire anyway.
+    CallQuietly<v1::CloseDataRequest, v1::CloseDataResponse>(
+        [this](auto* ctx, auto* rq, auto* rs, auto cb) {
+          stub_->async()->CloseData(ctx, rq, rs, std::move(cb));
+        },
+        std::move(req), std::chrono::milliseconds(500));
+  }
+
+  // ---- UCX data plane ----
+
+  // Starts the lane workers and opens the first channel.
+  absl::Status StartDataPlane(const NodeStats& stats) {
+    if (max_block_ == 0) {
+      return absl::FailedPreconditionError(Where("Stats") + ": node reports max_block_bytes 0");
+    }
+    ClientDataPlaneOptions opts;
+    opts.tls = stats.ucx_tls;
+    opts.peer_failure_handling = stats.ucx_peer_failure_handling;
+    opts.lanes = stats.ucx_lanes;
+    opts.bounce_buffer_size = max_block_;
+    opts.bounce_buffers = std::max<uint64_t>(2, options_.bounce_bytes / max_block_);
+    absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = ClientDataPlane::Create(opts);
+    if (!plane.ok()) return plane.status();
+    ucx_ = *std::move(plane);
+    ucx_tls_ = stats.ucx_tls;
+    absl::StatusOr<uint64_t> channel = AcquireChannel(Deadline({}));
+    return channel.status();
+  }
+
+  // Whether a Put/Get goes over the data channel: there is a data plane, every block suits it
+  // and the largest is big enough. Opens (or reopens) the channel; a kAuto client whose node
+  // refuses a channel for a lasting reason sends the call inline. Errors: the channel could not
+  // be opened for a transient reason (UNAVAILABLE, DEADLINE_EXCEEDED).
+  absl::StatusOr<bool> UseDataChannel(bool fits, uint64_t largest, Clock::time_point deadline) {
+    if (ucx_ == nullptr || !fits || largest < options_.ucx_min_block_bytes) return false;
+    absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
+    if (channel.ok()) return true;
+    if (options_.data_plane == ClientOptions::DataPlane::kAuto &&
+        !IsTransient(channel.status().code())) {
+      return false;
+    }
+    return channel.status();
+  }
+
+  // The open channel, opening one (ConnectData and wiring) if there is none. Concurrent callers
+  // wait for the one that connects, never holding chan_mu_ across the RPC.
+  absl::StatusOr<uint64_t> AcquireChannel(Clock::time_point deadline) {
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(chan_mu_) { return !connecting_; };
+    if (!chan_mu_.LockWhenWithDeadline(absl::Condition(&idle), absl::FromChrono(deadline))) {
+      chan_mu_.Unlock();
+      return absl::DeadlineExceededError(Where("ConnectData") +
+                                         ": deadline passed waiting for the data channel");
+    }
+    if (channel_id_ != 0) {
+      const uint64_t id = channel_id_;
+      chan_mu_.Unlock();
+      return id;
+    }
+    connecting_ = true;
+    chan_mu_.Unlock();
+
+    absl::StatusOr<std::pair<uint64_t, std::string>> opened = OpenChannel(deadline);
+    absl::MutexLock lock(&chan_mu_);
+    connecting_ = false;
+    if (!opened.ok()) return opened.status();
+    channel_id_ = opened->first;
+    transport_ = std::move(opened->second);
+    return channel_id_;
+  }
+
+  // ConnectData, then wires each client lane to the node lane of the same index (the node
+  // initiates every transfer, but UCX wires up best with endpoints in both directions).
+  // Returns the channel id and the condensed transport of lane 0.
+  absl::StatusOr<std::pair<uint64_t, std::string>> OpenChannel(Clock::time_point deadline) {
+    v1::ConnectDataRequest req;
+    for (std::string& a : ucx_->WorkerAddresses()) req.add_worker_addresses(std::move(a));
+    v1::ConnectDataResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, deadline);
+    if (absl::Status s = FromGrpc(stub_->ConnectData(&ctx, req, &resp), Where("ConnectData"));
+        !s.ok()) {
+      return s;
+    }
+    if (resp.channel_id() == 0) {
+      return absl::InternalError(Where("ConnectData") + ": node answered channel_id 0");
+    }
+    std::vector<std::string> node_lanes(resp.worker_addresses().begin(),
+                                        resp.worker_addresses().end());
+    if (absl::Status s = ucx_->Wire(node_lanes); !s.ok()) {
+      CloseDataQuietly(resp.channel_id());
+      return absl::Status(s.code(), absl::StrCat(Where("ConnectData"), ": ", s.message()));
+    }
+    return std::make_pair(resp.channel_id(), CondenseTransport(resp.transport()));
+  }
+
+  // Forgets `stale` (if still current), so the next call opens a new channel.
+  void MarkBroken(uint64_t stale) {
+    absl::MutexLock lock(&chan_mu_);
+    if (channel_id_ == stale) channel_id_ = 0;
+  }
+
+  // Runs one data RPC (`rpc(channel_id, ctx)`) on the channel. The node forgets channels (idle
+  // expiry, restart, a transfer that failed): NOT_FOUND reconnects once and retries.
+  // UNAVAILABLE marks the channel broken; the next call reconnects.
+  template <typename Rpc>
+  absl::Status CallOnChannel(std::string_view op, Clock::time_point deadline, Rpc rpc) {
+    absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
+    if (!channel.ok()) return channel.status();
+    for (int attempt = 0;; ++attempt) {
+      grpc::ClientContext ctx;
+      SetDeadline(ctx, deadline);
+      absl::Status s = FromGrpc(rpc(*channel, &ctx), Where(op));
+      if (s.code() == absl::StatusCode::kNotFound) {
+        MarkBroken(*channel);
+        if (attempt == 0) {
+          channel = AcquireChannel(deadline);
+          if (!channel.ok()) return channel.status();
+          continue;
+        }
+        // NOT_FOUND means "miss" to our callers; a channel lost twice is a node problem.
+        return absl::UnavailableError(
+            absl::StrCat(s.message(), " (data channel lost again after reconnecting)"));
+      }
+      if (s.code() == absl::StatusCode::kUnavailable) MarkBroken(*channel);
+      return s;
+    }
+  }
+
+  // Index ranges of a data-channel batch: at most max_keys_ blocks, the batch spread over the
+  // lanes, at most a lane's share of the bounce pool (so parts on different lanes can run at
+  // once), and at most max_inline_ bytes (a GetData reply may carry blocks inline).
+  std::vector<std::pair<size_t, size_t>> SplitForDataChannel(
+      const std::vector<Placement>& placed) const {
+    const size_t n = placed.size();
+    const size_t lanes = ucx_->lanes();
+    const size_t spread = (n + std::min(lanes, n) - 1) / std::min(lanes, n);
+    const size_t max_blocks = std::min<size_t>(max_keys_, spread);
+    const size_t max_bounce = std::max<size_t>(1, ucx_->bounce_capacity() / lanes);
+    std::vector<std::pair<size_t, size_t>> parts;
+    size_t begin = 0;
+    size_t bounce = 0;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t b = placed[i].region == nullptr ? 1 : 0;
+      if (i > begin && (i - begin >= max_blocks || bounce + b > max_bounce ||
+                        bytes + placed[i].length > max_inline_)) {
+        parts.emplace_back(begin, i);
+        begin = i;
+        bounce = 0;
+        bytes = 0;
+      }
+      bounce += b;
+      bytes += placed[i].length;
+    }
+    if (begin < n) parts.emplace_back(begin, n);
+    return parts;
+  }
+
+  absl::Status PutDataPart(const Namespace& ns, const std::string& scope,
+                           std::span<const BlockWrite> blocks, const std::vector<Placement>& placed,
+                           std::pair<size_t, size_t> range, uint32_t lane,
+                           Clock::time_point deadline, const PutOptions& put, PutResult* result) {
+    size_t bounce_needed = 0;
+    for (size_t i = range.first; i < range.second; ++i) {
+      bounce_needed += placed[i].region == nullptr ? 1 : 0;
+    }
+    absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
+        ucx_->AcquireBounce(bounce_needed, absl::FromChrono(deadline));
+    if (!bounce.ok()) {
+      return absl::Status(bounce.status().code(),
+                          absl::StrCat(Where("PutData"), ": ", bounce.status().message()));
+    }
+    v1::PutDataRequest req;
+    req.set_namespace_id(ns.id);
+    req.set_scope(scope);
+    req.set_session_id(put.session_id);
+    req.set_lane(lane);
+    RkeyTable rkeys;
+    auto add_rkey = [&req](const std::string& rkey) { req.add_rkeys(rkey); };
+    size_t next_bounce = 0;
+    for (size_t i = range.first; i < range.second; ++i) {
+      const BlockWrite& w = blocks[i];
+      v1::PutBlock* b = req.add_blocks();
+      b->set_chain_hash(w.hash.ToBytes());
+      b->set_size(w.size);
+      b->set_depth(w.depth);
+      b->set_importance(w.importance);
+      req.add_checksums(BlockChecksum(w.data, w.size));
+      v1::RemoteBuffer* src = req.add_sources();
+      src->set_length(w.size);
+      if (placed[i].region != nullptr) {
+        src->set_addr(reinterpret_cast<uintptr_t>(w.data));
+        src->set_rkey_index(rkeys.IndexOf(*placed[i].region, add_rkey));
+      } else {
+        transport::BounceBuffer& buf = (*bounce)[next_bounce++];
+        std::memcpy(buf.data(), w.data, w.size);
+        src->set_addr(reinterpret_cast<uintptr_t>(buf.data()));
+        src->set_rkey_index(rkeys.IndexOf(ucx_->bounce_region(), add_rkey));
+      }
+    }
+    v1::PutDataResponse resp;
+    absl::Status s =
+        CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+          req.set_channel_id(channel);
+          return stub_->PutData(ctx, req, &resp);
+        });
+    if (!s.ok()) return s;
+    if (resp.results_size() != static_cast<int>(range.second - range.first)) {
+      return absl::InternalError(Where("PutData") + ": reply has the wrong number of results");
+    }
+    for (size_t i = range.first; i < range.second; ++i) {
+      result->blocks[i] = FromBlockStatus(resp.results(static_cast<int>(i - range.first)));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status GetDataPart(const Namespace& ns, const std::string& scope,
+                           std::span<const BlockRead> blocks, const std::vector<Placement>& placed,
+                           std::pair<size_t, size_t> range, uint32_t lane,
+                           Clock::time_point deadline, GetResult* result) {
+    size_t bounce_needed = 0;
+    for (size_t i = range.first; i < range.second; ++i) {
+      bounce_needed += placed[i].region == nullptr ? 1 : 0;
+    }
+    absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
+        ucx_->AcquireBounce(bounce_needed, absl::FromChrono(deadline));
+    if (!bounce.ok()) {
+      return absl::Status(bounce.status().code(),
+                          absl::StrCat(Where("GetData"), ": ", bounce.status().message()));
+    }
+    v1::GetDataRequest req;
+    req.set_namespace_id(ns.id);
+    req.set_scope(scope);
+    req.set_lane(lane);
+    RkeyTable rkeys;
+    auto add_rkey = [&req](const std::string& rkey) { req.add_rkeys(rkey); };
+    // Where each block lands: the caller's buffer (zero-copy) or its bounce buffer.
+    std::vector<const void*> landing(range.second - range.first);
+    size_t next_bounce = 0;
+    for (size_t i = range.first; i < range.second; ++i) {
+      req.add_chain_hashes(blocks[i].hash.ToBytes());
+      v1::RemoteBuffer* dst = req.add_destinations();
+      dst->set_length(placed[i].length);
+      if (placed[i].region != nullptr) {
+        landing[i - range.first] = blocks[i].buffer;
+        dst->set_rkey_index(rkeys.IndexOf(*placed[i].region, add_rkey));
+      } else {
+        landing[i - range.first] = (*bounce)[next_bounce++].data();
+        dst->set_rkey_index(rkeys.IndexOf(ucx_->bounce_region(), add_rkey));
+      }
+      dst->set_addr(reinterpret_cast<uintptr_t>(landing[i - range.first]));
+    }
+    v1::GetDataResponse resp;
+    absl::Status s =
+        CallOnChannel("GetData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+          req.set_channel_id(channel);
+          return stub_->GetData(ctx, req, &resp);
+        });
+    if (!s.ok()) return s;
+    if (resp.blocks_size() != static_cast<int>(range.second - range.first)) {
+      return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
+    }
+    std::vector<size_t> retry;  // blocks whose bytes failed the end-to-end check
+    for (size_t i = range.first; i < range.second; ++i) {
+      const size_t k = i - range.first;
+      const v1::GetBlock& b = resp.blocks(static_cast<int>(k));
+      absl::Status st = FromBlockStatus(b.status());
+      if (st.ok() && b.size() > blocks[i].capacity) {
+        st = absl::OutOfRangeError(
+            absl::StrCat("block is ", b.size(), " bytes, buffer holds ", blocks[i].capacity));
+      }
+      if (st.ok()) {
+        // Staged blocks come inline; the rest the node pushed into `landing`.
+        const bool came_inline = !b.payload().empty();
+        const void* bytes = came_inline ? b.payload().data() : landing[k];
+        const bool intact =
+            (came_inline ? b.payload().size() == b.size() : b.size() <= placed[i].length) &&
+            BlockChecksum(bytes, b.size()) == b.checksum();
+        if (!intact) {
+          retry.push_back(i);
+          continue;
+        }
+        if (bytes != blocks[i].buffer) std::memcpy(blocks[i].buffer, bytes, b.size());
+        result->sizes[i] = b.size();
+      }
+      result->blocks[i] = std::move(st);
+    }
+    bounce->clear();  // back to the pool before the (rare) retry
+    if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, result);
+    return absl::OkStatus();
+  }
+
+  // Fetches blocks whose data-channel bytes failed their checksum once more, inline (BeginGet
+  // with payloads); a block that fails again is DATA_LOSS.
+  void RetryInline(const Namespace& ns, const std::string& scope, std::span<const BlockRead> blocks,
+                   const std::vector<size_t>& which, Clock::time_point deadline,
+                   GetResult* result) {
+    std::vector<BlockRead> reads;
+    for (size_t i : which) reads.push_back(blocks[i]);
+    GetResult again;
+    again.blocks.resize(reads.size());
+    again.sizes.resize(reads.size());
+    auto parts = SplitBatch(reads.size(), max_keys_, max_inline_, [&](size_t k) {
+      return std::min<uint64_t>(reads[k].capacity, max_block_);
+    });
+    for (const auto& part : parts) {
+      absl::Status call = GetPart(ns, scope, reads, part, deadline, &again);
+      for (size_t k = part.first; !call.ok() && k < part.second; ++k) again.blocks[k] = call;
+    }
+    for (size_t k = 0; k < which.size(); ++k) {
+      const size_t i = which[k];
+      const absl::Status& st = again.blocks[k];
+      if (st.ok()) {
+        result->sizes[i] = again.sizes[k];
+        result->blocks[i] = absl::OkStatus();
+      } else {
+        result->sizes[i] = 0;
+        result->blocks[i] = absl::DataLossError(absl::StrCat(
+            "bytes failed their checksum after the UCX transfer; inline retry: ", st.ToString()));
+      }
+    }
+  }
+
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::StoreService::Stub> stub_;
@@ -472,6 +937,16 @@ class GrpcStoreClient final : public StoreClient {
   uint64_t max_block_ = 16ull << 20;
   absl::Mutex quiet_mu_;
   int quiet_calls_ ABSL_GUARDED_BY(quiet_mu_) = 0;
+
+  // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards.
+  std::unique_ptr<ClientDataPlane> ucx_;
+  std::string ucx_tls_;        // the node's, for DataPlaneDescription()
+  std::string inline_reason_;  // why kAuto runs inline although the node offers UCX
+  std::atomic<uint32_t> next_lane_{0};
+  mutable absl::Mutex chan_mu_;
+  uint64_t channel_id_ ABSL_GUARDED_BY(chan_mu_) = 0;  // 0: none open (or marked broken)
+  bool connecting_ ABSL_GUARDED_BY(chan_mu_) = false;  // one ConnectData at a time
+  std::string transport_ ABSL_GUARDED_BY(chan_mu_);    // of the last channel opened
 };
 
 }  // namespace

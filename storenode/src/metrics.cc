@@ -20,6 +20,14 @@ const char* OpName(Op op) {
       return "begin_get";
     case Op::kEndGet:
       return "end_get";
+    case Op::kConnectData:
+      return "connect_data";
+    case Op::kCloseData:
+      return "close_data";
+    case Op::kPutData:
+      return "put_data";
+    case Op::kGetData:
+      return "get_data";
     case Op::kDelete:
       return "delete";
     case Op::kStats:
@@ -60,6 +68,12 @@ NodeMetrics::NodeMetrics(std::string node_id)
   }
   bytes_in_ = &bytes_->Add({{"transport", "grpc_inline"}, {"direction", "in"}});
   bytes_out_ = &bytes_->Add({{"transport", "grpc_inline"}, {"direction", "out"}});
+  ucx_in_ = &bytes_->Add({{"transport", "ucx"}, {"direction", "in"}});
+  ucx_out_ = &bytes_->Add({{"transport", "ucx"}, {"direction", "out"}});
+}
+
+void NodeMetrics::AddUcxBytes(bool inbound, uint64_t bytes) {
+  (inbound ? ucx_in_ : ucx_out_)->Increment(static_cast<double>(bytes));
 }
 
 void NodeMetrics::Observe(Op op, double seconds, const absl::Status& status) {

@@ -31,6 +31,10 @@ enum class Op {
   kPauseSession,
   kResumeSession,
   kPrefetch,
+  kConnectData,
+  kCloseData,
+  kPutData,
+  kGetData,
   kCount
 };
 
@@ -44,6 +48,8 @@ class NodeMetrics {
   void Observe(Op op, double seconds, const absl::Status& status);
   // Counts payload bytes moved over the inline gRPC path.
   void AddInlineBytes(bool inbound, uint64_t bytes);
+  // Counts payload bytes moved over the UCX data plane.
+  void AddUcxBytes(bool inbound, uint64_t bytes);
 
   // Prometheus text exposition of everything, with tier figures from `stats`.
   std::string Render(const TieredStats& stats) const;
@@ -57,6 +63,8 @@ class NodeMetrics {
   prometheus::Histogram* op_latency_[static_cast<int>(Op::kCount)];
   prometheus::Counter* bytes_in_;
   prometheus::Counter* bytes_out_;
+  prometheus::Counter* ucx_in_;
+  prometheus::Counter* ucx_out_;
 };
 
 }  // namespace strata::storenode

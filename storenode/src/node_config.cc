@@ -28,6 +28,13 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddBytes("max_inline_bytes", &c->max_inline_bytes,
              "Most payload bytes one call may carry inline over gRPC.");
   s.AddUint("max_namespaces", &c->max_namespaces, "Most namespaces one node registers.");
+  s.AddString("ucx_tls", &c->ucx_tls,
+              "UCX transports of the data plane (UCX_TLS): tcp, shm (posix,sysv,cma,self; "
+              "co-located trusted clients), rc,sm ...; empty: inline gRPC payloads only.");
+  s.AddUint("ucx_lanes", &c->ucx_lanes, "UCX workers (progress threads) carrying transfers.");
+  s.AddUint("max_data_channels", &c->max_data_channels, "Open UCX data channels at most.");
+  s.AddBytes("max_transfer_bytes", &c->max_transfer_bytes,
+             "Payload bytes one PutData/GetData call may move.");
   s.AddString("cool_path", &c->cool_path,
               "RocksDB directory of the cool tier (local NVMe); empty: no cool tier.");
   s.AddBytes("cool_bytes", &c->cool_bytes, "Byte budget of the cool tier (stored bytes).");

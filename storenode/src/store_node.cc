@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "data_plane.h"
 #include "grpcpp/grpcpp.h"
 #include "http_endpoint.h"
 #include "metrics.h"
@@ -36,11 +37,13 @@ absl::Status WritePortFile(const std::string& path, const std::string& grpc_addr
 
 class StoreNodeImpl final : public StoreNode {
  public:
-  StoreNodeImpl(const NodeConfig& config, std::unique_ptr<TieredStore> warm)
+  StoreNodeImpl(const NodeConfig& config, std::unique_ptr<TieredStore> warm,
+                std::unique_ptr<DataPlane> data_plane)
       : config_(config),
         warm_(std::move(warm)),
+        data_plane_(std::move(data_plane)),
         metrics_(config.node_id),
-        service_(config, warm_.get(), &metrics_) {}
+        service_(config, warm_.get(), data_plane_.get(), &metrics_) {}
 
   ~StoreNodeImpl() override { Shutdown(); }
 
@@ -111,11 +114,17 @@ class StoreNodeImpl final : public StoreNode {
       if (uint64_t n = warm_->ExpireNow(); n > 0) {
         spdlog::debug("expired {} leases/reservations", n);
       }
+      if (data_plane_ != nullptr) {
+        if (uint64_t n = data_plane_->CloseIdle(); n > 0) {
+          spdlog::info("closed {} idle data channels", n);
+        }
+      }
     }
   }
 
   const NodeConfig config_;
   std::unique_ptr<TieredStore> warm_;
+  std::unique_ptr<DataPlane> data_plane_;  // after warm_: destroyed before the arena it maps
   NodeMetrics metrics_;
   StoreServiceImpl service_;
   std::unique_ptr<grpc::Server> server_;
@@ -164,7 +173,18 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
                config.cold_path.empty() ? "-" : config.cold_policy);
   absl::StatusOr<std::unique_ptr<TieredStore>> warm = TieredStore::Create(std::move(opts));
   if (!warm.ok()) return warm.status();
-  auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm));
+  std::unique_ptr<DataPlane> data_plane;
+  if (!config.ucx_tls.empty()) {
+    DataPlaneOptions dp;
+    dp.tls = config.ucx_tls;
+    dp.lanes = static_cast<uint32_t>(config.ucx_lanes);
+    dp.max_channels = config.max_data_channels;
+    absl::StatusOr<std::unique_ptr<DataPlane>> plane =
+        DataPlane::Create(dp, (*warm)->arena_base(), (*warm)->arena_bytes());
+    if (!plane.ok()) return plane.status();
+    data_plane = std::move(*plane);
+  }
+  auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm), std::move(data_plane));
   if (absl::Status s = node->Init(); !s.ok()) return s;
   return node;
 }

@@ -52,8 +52,8 @@ void AddTier(v1::StatsResponse* resp, v1::Tier tier, uint64_t blocks, uint64_t b
 }  // namespace
 
 StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, TieredStore* store,
-                                   NodeMetrics* metrics)
-    : config_(config), store_(store), metrics_(metrics) {}
+                                   DataPlane* data_plane, NodeMetrics* metrics)
+    : config_(config), store_(store), data_plane_(data_plane), metrics_(metrics) {}
 
 absl::Status StoreServiceImpl::ValidateKeys(
     uint64_t namespace_id, const std::string& scope_in,
@@ -128,37 +128,14 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
 grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPutRequest* req,
                                         v1::BeginPutResponse* resp) {
   CallScope call(metrics_, Op::kBeginPut);
-  absl::StatusOr<NamespaceSpec> ns = store_->GetNamespace(req->namespace_id());
-  if (!ns.ok()) return call.Done(absl::InvalidArgumentError(ns.status().message()));
-  std::string scope = req->scope().empty() ? std::string(kDefaultScope) : req->scope();
-  if (absl::Status s = ValidateScope(scope, "scope"); !s.ok()) return call.Done(s);
-  if (req->blocks().empty()) return call.Done(absl::InvalidArgumentError("blocks: empty"));
-  if (static_cast<uint64_t>(req->blocks_size()) > config_.max_keys_per_call) {
-    return call.Done(absl::InvalidArgumentError(absl::StrCat("blocks: ", req->blocks_size(),
-                                                             " blocks exceed max_keys_per_call ",
-                                                             config_.max_keys_per_call)));
-  }
   if (absl::Status s = ValidateTtl(req->ttl_ms(), "ttl_ms"); !s.ok()) return call.Done(s);
-  if (req->session_id().size() > 128) {
-    return call.Done(absl::InvalidArgumentError(
-        absl::StrCat("session_id: ", req->session_id().size(), " bytes, want at most 128")));
-  }
-  uint64_t limit = std::min(ns->block_bytes, config_.max_block_bytes);
   std::vector<WarmTier::PutBlock> blocks;
-  blocks.reserve(req->blocks_size());
+  std::string scope;
   uint64_t total = 0;
-  for (int i = 0; i < req->blocks_size(); ++i) {
-    const v1::PutBlock& b = req->blocks(i);
-    absl::StatusOr<ChainHash> h =
-        ChainHash::FromBytes(b.chain_hash(), absl::StrCat("blocks[", i, "].chain_hash"));
-    if (!h.ok()) return call.Done(h.status());
-    if (b.size() == 0 || b.size() > limit) {
-      return call.Done(absl::InvalidArgumentError(absl::StrCat(
-          "blocks[", i, "].size: ", b.size(), " bytes, want 1..", limit,
-          b.size() > config_.max_block_bytes ? " (max_block_bytes)" : " (namespace block_bytes)")));
-    }
-    total += b.size();
-    blocks.push_back({*h, b.size(), b.depth(), b.importance(), req->session_id()});
+  if (absl::Status s = ParsePutBlocks(req->namespace_id(), req->scope(), req->blocks(),
+                                      req->session_id(), &blocks, &scope, &total);
+      !s.ok()) {
+    return call.Done(s);
   }
   if (total > config_.max_inline_bytes) {
     return call.Done(absl::ResourceExhaustedError(
@@ -176,6 +153,42 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPut
   }
   if (any_full) spdlog::warn("warm tier full: put of {} blocks partly refused", blocks.size());
   return call.Done(absl::OkStatus());
+}
+
+absl::Status StoreServiceImpl::ParsePutBlocks(
+    uint64_t namespace_id, const std::string& scope_in,
+    const google::protobuf::RepeatedPtrField<v1::PutBlock>& raw, const std::string& session_id,
+    std::vector<WarmTier::PutBlock>* blocks, std::string* scope, uint64_t* total) {
+  absl::StatusOr<NamespaceSpec> ns = store_->GetNamespace(namespace_id);
+  if (!ns.ok()) return absl::InvalidArgumentError(ns.status().message());
+  *scope = scope_in.empty() ? std::string(kDefaultScope) : scope_in;
+  if (absl::Status s = ValidateScope(*scope, "scope"); !s.ok()) return s;
+  if (raw.empty()) return absl::InvalidArgumentError("blocks: empty");
+  if (static_cast<uint64_t>(raw.size()) > config_.max_keys_per_call) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "blocks: ", raw.size(), " blocks exceed max_keys_per_call ", config_.max_keys_per_call));
+  }
+  if (session_id.size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session_id: ", session_id.size(), " bytes, want at most 128"));
+  }
+  uint64_t limit = std::min(ns->block_bytes, config_.max_block_bytes);
+  blocks->reserve(raw.size());
+  *total = 0;
+  for (int i = 0; i < raw.size(); ++i) {
+    const v1::PutBlock& b = raw[i];
+    absl::StatusOr<ChainHash> h =
+        ChainHash::FromBytes(b.chain_hash(), absl::StrCat("blocks[", i, "].chain_hash"));
+    if (!h.ok()) return h.status();
+    if (b.size() == 0 || b.size() > limit) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "blocks[", i, "].size: ", b.size(), " bytes, want 1..", limit,
+          b.size() > config_.max_block_bytes ? " (max_block_bytes)" : " (namespace block_bytes)"));
+    }
+    *total += b.size();
+    blocks->push_back({*h, b.size(), b.depth(), b.importance(), session_id});
+  }
+  return absl::OkStatus();
 }
 
 grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext*, const v1::CommitPutRequest* req,
@@ -303,6 +316,12 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext*, const v1::StatsReques
   resp->set_max_keys_per_call(static_cast<uint32_t>(config_.max_keys_per_call));
   resp->set_max_block_bytes(config_.max_block_bytes);
   resp->set_max_inline_bytes(config_.max_inline_bytes);
+  if (data_plane_ != nullptr) {
+    resp->set_ucx_tls(data_plane_->tls());
+    resp->set_ucx_peer_failure_handling(data_plane_->peer_failure_handling());
+    resp->set_ucx_lanes(data_plane_->lanes());
+    resp->set_data_channels(data_plane_->channels());
+  }
   return call.Done(absl::OkStatus());
 }
 
@@ -376,6 +395,239 @@ grpc::Status StoreServiceImpl::InjectFault(grpc::ServerContext*, const v1::Injec
   if (s.ok())
     spdlog::warn("fault injected: flipped byte {} of {}", req->flip_byte_offset(), h->ToHex());
   return call.Done(s);
+}
+
+// ---------------------------------------------------------------------------------------
+// UCX data plane.
+
+namespace {
+
+absl::Status NoDataPlane() {
+  return absl::FailedPreconditionError(
+      "this node has no UCX data plane (ucx_tls is empty): send payloads inline");
+}
+
+// Checks one RemoteBuffer against the request's rkeys.
+absl::Status CheckRemote(const v1::RemoteBuffer& r, int rkeys, const std::string& field) {
+  if (r.rkey_index() >= static_cast<uint32_t>(rkeys)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".rkey_index: ", r.rkey_index(), ", the request has ", rkeys));
+  }
+  if (r.addr() == 0 || r.addr() + r.length() < r.addr()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": null or wrapping address range"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Time StoreServiceImpl::TransferDeadline(const grpc::ServerContext* ctx) const {
+  absl::Time client = absl::FromChrono(ctx->deadline());
+  absl::Time cap = absl::Now() + absl::Milliseconds(config_.max_lease_ms);
+  return std::min(client, cap);
+}
+
+grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext*, const v1::ConnectDataRequest* req,
+                                           v1::ConnectDataResponse* resp) {
+  CallScope call(metrics_, Op::kConnectData);
+  if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  std::vector<std::string> addresses(req->worker_addresses().begin(),
+                                     req->worker_addresses().end());
+  absl::StatusOr<DataPlane::Channel> ch = data_plane_->Connect(addresses);
+  if (!ch.ok()) return call.Done(ch.status());
+  resp->set_channel_id(ch->id);
+  for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);
+  resp->set_transport(ch->transport);
+  spdlog::info("data channel {} opened: {} lanes over {}", ch->id, addresses.size(), ch->transport);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::CloseData(grpc::ServerContext*, const v1::CloseDataRequest* req,
+                                         v1::CloseDataResponse*) {
+  CallScope call(metrics_, Op::kCloseData);
+  if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  return call.Done(data_plane_->Close(req->channel_id()));
+}
+
+grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDataRequest* req,
+                                       v1::PutDataResponse* resp) {
+  CallScope call(metrics_, Op::kPutData);
+  if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  std::vector<WarmTier::PutBlock> blocks;
+  std::string scope;
+  uint64_t total = 0;
+  if (absl::Status s = ParsePutBlocks(req->namespace_id(), req->scope(), req->blocks(),
+                                      req->session_id(), &blocks, &scope, &total);
+      !s.ok()) {
+    return call.Done(s);
+  }
+  const int n = req->blocks_size();
+  if (req->checksums_size() != n || req->sources_size() != n) {
+    return call.Done(absl::InvalidArgumentError(
+        absl::StrCat("checksums / sources: ", req->checksums_size(), " / ", req->sources_size(),
+                     " entries for ", n, " blocks")));
+  }
+  if (total > config_.max_transfer_bytes) {
+    return call.Done(absl::ResourceExhaustedError(
+        absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_transfer_bytes ",
+                     FormatByteSize(config_.max_transfer_bytes), "; split the batch")));
+  }
+  for (int i = 0; i < n; ++i) {
+    const std::string field = absl::StrCat("sources[", i, "]");
+    if (absl::Status s = CheckRemote(req->sources(i), req->rkeys_size(), field); !s.ok()) {
+      return call.Done(s);
+    }
+    if (req->sources(i).length() != blocks[i].size) {
+      return call.Done(
+          absl::InvalidArgumentError(absl::StrCat(field, ".length: ", req->sources(i).length(),
+                                                  ", blocks[", i, "].size is ", blocks[i].size)));
+    }
+  }
+  const absl::Time deadline = TransferDeadline(ctx);
+  const uint64_t ttl = static_cast<uint64_t>(
+      std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
+  WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
+  std::vector<transport::TransferOp> ops;
+  std::vector<WarmTier::CommitBlock> commit;
+  std::vector<int> committed;
+  for (int i = 0; i < n; ++i) {
+    if (!r.status[i].ok()) continue;
+    const v1::RemoteBuffer& src = req->sources(i);
+    ops.push_back({transport::TransferOp::Kind::kGet, r.addresses[i], blocks[i].size, src.addr(),
+                   req->rkeys(static_cast<int>(src.rkey_index()))});
+    commit.push_back({blocks[i].hash, req->checksums(i), {}, /*landed=*/true, blocks[i].size});
+    committed.push_back(i);
+  }
+  std::vector<absl::Status> results = r.status;
+  if (!ops.empty()) {
+    absl::Status moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
+    if (!moved.ok()) {
+      // Nothing of this call becomes visible: the reserved slots are released.
+      store_->AbortPut(r.reservation_id).IgnoreError();
+      return call.Done(moved);
+    }
+    absl::StatusOr<std::vector<absl::Status>> done = store_->CommitPut(r.reservation_id, commit);
+    if (!done.ok()) return call.Done(done.status());
+    uint64_t bytes = 0;
+    for (size_t k = 0; k < committed.size(); ++k) {
+      results[committed[k]] = (*done)[k];
+      bytes += (*done)[k].ok() ? blocks[committed[k]].size : 0;
+    }
+    metrics_->AddUcxBytes(true, bytes);
+  } else if (r.reservation_id != 0) {
+    store_->AbortPut(r.reservation_id).IgnoreError();
+  }
+  for (const absl::Status& st : results) ToBlockStatus(st, resp->add_results());
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,
+                                       v1::GetDataResponse* resp) {
+  CallScope call(metrics_, Op::kGetData);
+  if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  std::vector<ChainHash> hashes;
+  std::string scope;
+  absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
+                                "chain_hashes", &hashes, &scope, nullptr);
+  if (!s.ok()) return call.Done(s);
+  const int n = static_cast<int>(hashes.size());
+  if (req->destinations_size() != n) {
+    return call.Done(absl::InvalidArgumentError(
+        absl::StrCat("destinations: ", req->destinations_size(), " entries for ", n, " blocks")));
+  }
+  for (int i = 0; i < n; ++i) {
+    if (absl::Status c = CheckRemote(req->destinations(i), req->rkeys_size(),
+                                     absl::StrCat("destinations[", i, "]"));
+        !c.ok()) {
+      return call.Done(c);
+    }
+  }
+  const absl::Time deadline = TransferDeadline(ctx);
+  const uint64_t ttl = static_cast<uint64_t>(
+      std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
+  // Pin what is warm; stage cool/cold blocks in the arena and pin those too.
+  WarmTier::GetResult first = store_->PinWarm(req->namespace_id(), scope, hashes, ttl);
+  std::vector<absl::Status> status = first.status;
+  std::vector<WarmTier::BlockMeta> meta = first.blocks;
+  std::vector<uint64_t> leases = {first.lease_id};
+  std::vector<int> missing;
+  for (int i = 0; i < n; ++i) {
+    if (status[i].code() == absl::StatusCode::kNotFound) missing.push_back(i);
+  }
+  if (!missing.empty() && store_->promote_on_get()) {
+    std::vector<ChainHash> staged;
+    std::vector<int> staged_index;
+    for (int i : missing) {
+      if (store_->StageInWarm(BlockKey{req->namespace_id(), scope, hashes[i]})) {
+        staged.push_back(hashes[i]);
+        staged_index.push_back(i);
+      }
+    }
+    if (!staged.empty()) {
+      WarmTier::GetResult second = store_->PinWarm(req->namespace_id(), scope, staged, ttl);
+      leases.push_back(second.lease_id);
+      for (size_t k = 0; k < staged.size(); ++k) {
+        status[staged_index[k]] = second.status[k];
+        meta[staged_index[k]] = second.blocks[k];
+      }
+    }
+    missing.clear();
+    for (int i = 0; i < n; ++i) {
+      if (status[i].code() == absl::StatusCode::kNotFound) missing.push_back(i);
+    }
+  }
+  for (int i = 0; i < n; ++i) resp->add_blocks();
+  // What could not be staged (no room, or promotion off) is read from disk and sent inline.
+  if (!missing.empty()) {
+    std::vector<ChainHash> rest;
+    for (int i : missing) rest.push_back(hashes[i]);
+    WarmTier::CopySink sink = [&](size_t k, uint64_t size) {
+      std::string* p = resp->mutable_blocks(missing[k])->mutable_payload();
+      p->resize(size);
+      return reinterpret_cast<uint8_t*>(p->data());
+    };
+    WarmTier::GetResult inline_result =
+        store_->BeginGet(req->namespace_id(), scope, rest, ttl, sink, config_.max_inline_bytes);
+    leases.push_back(inline_result.lease_id);
+    for (size_t k = 0; k < missing.size(); ++k) {
+      status[missing[k]] = inline_result.status[k];
+      meta[missing[k]] = inline_result.blocks[k];
+      meta[missing[k]].address = nullptr;  // served inline
+    }
+  }
+  std::vector<transport::TransferOp> ops;
+  uint64_t bytes = 0;
+  for (int i = 0; i < n; ++i) {
+    if (!status[i].ok() || meta[i].address == nullptr) continue;
+    const v1::RemoteBuffer& dst = req->destinations(i);
+    if (meta[i].size > dst.length()) {
+      status[i] = absl::OutOfRangeError(
+          absl::StrCat("block is ", meta[i].size, " bytes, destination holds ", dst.length()));
+      continue;
+    }
+    ops.push_back({transport::TransferOp::Kind::kPut, meta[i].address, meta[i].size, dst.addr(),
+                   req->rkeys(static_cast<int>(dst.rkey_index()))});
+    bytes += meta[i].size;
+  }
+  absl::Status moved = absl::OkStatus();
+  if (!ops.empty()) moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
+  for (uint64_t lease : leases) {
+    if (lease != 0) store_->EndGet(lease).IgnoreError();
+  }
+  if (!moved.ok()) return call.Done(moved);
+  metrics_->AddUcxBytes(false, bytes);
+  for (int i = 0; i < n; ++i) {
+    v1::GetBlock* b = resp->mutable_blocks(i);
+    ToBlockStatus(status[i], b->mutable_status());
+    if (!status[i].ok()) {
+      b->clear_payload();
+      continue;
+    }
+    b->set_tier(TierProto(meta[i].tier));
+    b->set_size(meta[i].size);
+    b->set_checksum(meta[i].checksum);
+  }
+  return call.Done(absl::OkStatus());
 }
 
 }  // namespace strata::storenode

@@ -7,6 +7,7 @@
 
 #include <atomic>
 
+#include "data_plane.h"
 #include "metrics.h"
 #include "strata/storenode/node_config.h"
 #include "strata/storenode/tiered_store.h"
@@ -16,7 +17,9 @@ namespace strata::storenode {
 
 class StoreServiceImpl final : public strata::v1::StoreService::Service {
  public:
-  StoreServiceImpl(const NodeConfig& config, TieredStore* store, NodeMetrics* metrics);
+  // data_plane may be null (no UCX): the data RPCs then answer FAILED_PRECONDITION.
+  StoreServiceImpl(const NodeConfig& config, TieredStore* store, DataPlane* data_plane,
+                   NodeMetrics* metrics);
 
   grpc::Status RegisterNamespace(grpc::ServerContext*, const v1::RegisterNamespaceRequest*,
                                  v1::RegisterNamespaceResponse*) override;
@@ -40,6 +43,14 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                         v1::PrefetchResponse*) override;
   grpc::Status InjectFault(grpc::ServerContext*, const v1::InjectFaultRequest*,
                            v1::InjectFaultResponse*) override;
+  grpc::Status ConnectData(grpc::ServerContext*, const v1::ConnectDataRequest*,
+                           v1::ConnectDataResponse*) override;
+  grpc::Status CloseData(grpc::ServerContext*, const v1::CloseDataRequest*,
+                         v1::CloseDataResponse*) override;
+  grpc::Status PutData(grpc::ServerContext*, const v1::PutDataRequest*,
+                       v1::PutDataResponse*) override;
+  grpc::Status GetData(grpc::ServerContext*, const v1::GetDataRequest*,
+                       v1::GetDataResponse*) override;
 
  private:
   // Checks namespace, scope, key count and hash lengths; fills *hashes and *scope.
@@ -48,9 +59,19 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                             const char* field, std::vector<ChainHash>* hashes, std::string* scope,
                             NamespaceSpec* spec);
   absl::Status ValidateTtl(uint32_t ttl_ms, const char* field) const;
+  // Checks a put's namespace, scope, block count, sizes and session; fills *blocks, *scope
+  // and *total (payload bytes).
+  absl::Status ParsePutBlocks(uint64_t namespace_id, const std::string& scope_in,
+                              const google::protobuf::RepeatedPtrField<v1::PutBlock>& raw,
+                              const std::string& session_id,
+                              std::vector<WarmTier::PutBlock>* blocks, std::string* scope,
+                              uint64_t* total);
+  // The transfer deadline of a data call: the client's, capped at what the node allows.
+  absl::Time TransferDeadline(const grpc::ServerContext* ctx) const;
 
   const NodeConfig config_;
   TieredStore* const store_;
+  DataPlane* const data_plane_;
   NodeMetrics* const metrics_;
 };
 

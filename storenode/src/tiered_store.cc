@@ -296,9 +296,11 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
   }
   WarmTier::ReserveResult out;
   out.reservation_id = r.reservation_id;
+  out.addresses.assign(blocks.size(), nullptr);
   for (size_t i = 0; i < blocks.size(); ++i) {
     out.status.push_back(where[i] < 0 ? absl::AlreadyExistsError("present in a lower tier")
                                       : r.status[where[i]]);
+    if (where[i] >= 0) out.addresses[i] = r.addresses[where[i]];
   }
   return out;
 }
@@ -362,6 +364,13 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
 }
 
 absl::Status TieredStore::EndGet(uint64_t lease_id) { return warm_->EndGet(lease_id); }
+
+WarmTier::GetResult TieredStore::PinWarm(NamespaceId ns, const std::string& scope,
+                                         std::span<const ChainHash> hashes, uint64_t ttl_ms) {
+  return warm_->BeginGet(ns, scope, hashes, ttl_ms, nullptr, 0);
+}
+
+bool TieredStore::StageInWarm(const BlockKey& key) { return Promote(key, false); }
 
 uint64_t TieredStore::Delete(NamespaceId ns, const std::string& scope,
                              std::span<const ChainHash> hashes) {

@@ -317,6 +317,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
                                            bool may_evict) {
   ReserveResult result;
   result.status.reserve(blocks.size());
+  result.addresses.assign(blocks.size(), nullptr);
   auto reservation = std::make_unique<Reservation>();
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -358,6 +359,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     reservation->entries.push_back(entry.get());
     index_.emplace(std::move(key), std::move(entry));
     result.status.push_back(absl::OkStatus());
+    result.addresses[i] = arena_->Address(*slot);
   }
   if (!reservation->entries.empty()) {
     reservation->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
@@ -401,7 +403,8 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservati
       } else if (e->second->state != Entry::State::kReserved) {
         results[i] = absl::InvalidArgumentError(
             absl::StrCat("blocks[", i, "].chain_hash: named twice in one commit"));
-      } else if (blocks[i].payload.size() != e->second->size) {
+      } else if ((blocks[i].landed ? blocks[i].landed_size : blocks[i].payload.size()) !=
+                 e->second->size) {
         results[i] = absl::InvalidArgumentError(
             absl::StrCat("blocks[", i, "].payload: ", blocks[i].payload.size(), " bytes, reserved ",
                          e->second->size));
@@ -416,8 +419,8 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservati
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (targets[i] == nullptr) continue;
     uint8_t* dst = arena_->Address(targets[i]->slot);
-    std::memcpy(dst, blocks[i].payload.data(), blocks[i].payload.size());
-    intact[i] = BlockChecksum(dst, blocks[i].payload.size()) == blocks[i].checksum;
+    if (!blocks[i].landed) std::memcpy(dst, blocks[i].payload.data(), blocks[i].payload.size());
+    intact[i] = BlockChecksum(dst, targets[i]->size) == blocks[i].checksum;
   }
   absl::MutexLock lock(&mu_);
   auto it = reservations_.find(reservation_id);
@@ -493,7 +496,7 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
       }
       if (e->pins++ == 0) ++pinned_;
       pinned[i] = e;
-      result.blocks[i] = {e->size, e->checksum};
+      result.blocks[i] = {e->size, e->checksum, 2, arena_->Address(e->slot)};
     }
     for (size_t i = hashes.size(); i > 0; --i) {
       if (pinned[i - 1] != nullptr) TouchLocked(pinned[i - 1]);

@@ -195,7 +195,9 @@ TEST_F(TiersTest, DiskBlocksSurviveSigtermAndKill9) {
     }
     EXPECT_GE(present, on_disk) << "after restart by signal " << signal;
     EXPECT_EQ(loss, 0u);
-    if (signal != 0) ASSERT_THAT(n.process->Stop(absl::Seconds(30), signal), IsOk());
+    if (signal != 0) {
+      ASSERT_THAT(n.process->Stop(absl::Seconds(30), signal), IsOk());
+    }
   }
 }
 

@@ -7,6 +7,12 @@
 // waits past it: a dead node is UNAVAILABLE, a slow one DEADLINE_EXCEEDED. Batches larger
 // than the node's per-call limits are split and the parts sent in parallel.
 //
+// Payloads travel inline in gRPC messages, or, when the node offers a UCX data plane (Stats),
+// over UCX: the node reads a put's bytes out of this process's memory and writes a get's
+// bytes into it with one-sided RMA, through registered bounce buffers or, for buffers inside
+// a range given to RegisterMemory, directly (zero-copy). Either way every byte is
+// checksum-verified end to end.
+//
 // Thread-safe: one StoreClient may be shared by many threads. The *Async variants return at
 // once; the buffers they name must stay valid until the future is ready.
 #pragma once
@@ -32,6 +38,18 @@ struct ClientOptions {
   absl::Duration default_deadline = absl::Seconds(10);
   // Scope of a call that names none (tenancy arrives with authentication).
   std::string default_scope = std::string(kDefaultScope);
+
+  // How payloads travel. kAuto: over UCX when the node's Stats offers a data plane (and the
+  // client can set it up), else inline in gRPC. kInline: always inline. kUcx: UCX or nothing
+  // (Connect fails with FAILED_PRECONDITION when the node offers no data plane).
+  enum class DataPlane { kAuto, kInline, kUcx };
+  DataPlane data_plane = DataPlane::kAuto;
+  // Put/Get calls whose largest block is smaller than this go inline even with a data plane:
+  // small payloads are cheaper in one gRPC message than in an RMA round trip.
+  uint64_t ucx_min_block_bytes = 64 << 10;
+  // Registered bounce memory for blocks outside RegisterMemory ranges: buffers of the node's
+  // max_block_bytes, as many as fit (at least 2). Allocated on first need.
+  uint64_t bounce_bytes = 64 << 20;
 };
 
 struct CallOptions {
@@ -125,14 +143,43 @@ struct NodeStats {
   uint64_t prefetched = 0;
   uint64_t prefetch_used = 0;
   uint64_t prefetch_wasted = 0;
+  // The node's UCX data plane: empty ucx_tls means none (payloads inline only).
+  std::string ucx_tls;
+  bool ucx_peer_failure_handling = false;
+  uint32_t ucx_lanes = 0;
+  uint64_t data_channels = 0;  // data channels clients hold open on the node
 };
 
 class StoreClient {
  public:
-  // Connects and reads the node's limits (one Stats call). UNAVAILABLE if the node cannot be
-  // reached before the deadline; INVALID_ARGUMENT for an empty address.
+  // Connects and reads the node's limits (one Stats call); then, when the UCX data plane is
+  // to be used (ClientOptions::data_plane), starts the client's UCX workers, one per node
+  // lane, and opens a data channel (ConnectData). UNAVAILABLE if the node cannot be reached
+  // before the deadline; INVALID_ARGUMENT for an empty address; with DataPlane::kUcx,
+  // FAILED_PRECONDITION when the node offers no data plane and the UCX error when the channel
+  // cannot be set up (kAuto falls back to inline instead). Blocks.
   static absl::StatusOr<std::unique_ptr<StoreClient>> Connect(const ClientOptions& options);
+  // Closes the data channel (best effort, bounded by a short deadline) and stops the UCX
+  // workers before releasing registered memory. REQUIRES: no call in flight.
   virtual ~StoreClient() = default;
+
+  // Registers [ptr, ptr + len) with the UCX data plane, so blocks whose buffers (BlockWrite
+  // data/size, BlockRead buffer/capacity) lie entirely inside it move without copies: the node
+  // reads or writes that memory directly. The caller keeps ownership and must keep the memory
+  // mapped until UnregisterMemory (or the client's destruction). Note that after a Get fails
+  // with UNAVAILABLE or DEADLINE_EXCEEDED, bytes the node had already sent may still land in
+  // its destination buffers for about a second.
+  // INVALID_ARGUMENT: null ptr, len 0, or the range overlaps one already registered.
+  // FAILED_PRECONDITION: the client has no data plane (DataPlaneDescription() is "inline...").
+  // RESOURCE_EXHAUSTED: out of registration resources (pinned memory limits).
+  // Blocks while the memory is registered (proportional to len on RDMA devices).
+  virtual absl::Status RegisterMemory(void* ptr, size_t len) = 0;
+  // Unregisters the range RegisterMemory started at `ptr`. NOT_FOUND if no range starts there.
+  // REQUIRES: no call using the range is in flight.
+  virtual absl::Status UnregisterMemory(void* ptr) = 0;
+  // How payloads travel: "inline" (with the reason in parentheses when kAuto could not set up
+  // UCX), or "ucx TRANSPORT, N lanes" (e.g. "ucx tcp/lo, 2 lanes"). Never blocks.
+  virtual std::string DataPlaneDescription() const = 0;
 
   // Registers (idempotently) a namespace. INVALID_ARGUMENT for a bad spec.
   virtual absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,

@@ -24,6 +24,12 @@ struct NodeConfig {
   uint64_t max_block_bytes = 16ull << 20;  // also the slab page size
   uint64_t max_keys_per_call = 4096;
   uint64_t max_inline_bytes = 64ull << 20;  // payload bytes per call on the gRPC path
+  // UCX data plane: UCX_TLS ("tcp", "shm" = posix,sysv,cma,self for co-located trusted
+  // clients, "rc,sm" on RDMA clusters...); empty: payloads travel inline over gRPC only.
+  std::string ucx_tls = "tcp";
+  uint64_t ucx_lanes = 2;                    // node workers (progress threads) per channel
+  uint64_t max_data_channels = 1024;         // open ConnectData channels
+  uint64_t max_transfer_bytes = 1ull << 30;  // payload bytes per PutData/GetData call
   uint64_t max_namespaces = 1024;
 
   // Cool and cold tiers (RocksDB); an empty path leaves the tier out.

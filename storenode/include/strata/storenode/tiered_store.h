@@ -107,6 +107,19 @@ class TieredStore {
 
   TieredStats Stats() const;
 
+  // The warm arena, which the data plane registers once.
+  uint8_t* arena_base() const { return warm_->arena_base(); }
+  uint64_t arena_bytes() const { return warm_->arena_bytes(); }
+
+  // Pins warm blocks only (no disk reads, no copies): per block OK with its arena address, or
+  // NOT_FOUND. The data plane transfers straight from the pinned bytes.
+  WarmTier::GetResult PinWarm(NamespaceId ns, const std::string& scope,
+                              std::span<const ChainHash> hashes, uint64_t ttl_ms);
+  // Copies a cool/cold block into the warm tier (demoting others to make room); true when it
+  // is now warm. False when it is on no disk tier, fails its checksum, or warm has no room.
+  bool StageInWarm(const BlockKey& key);
+  bool promote_on_get() const { return options_.promote_on_get; }
+
  private:
   TieredStore(TieredStoreOptions options, std::unique_ptr<WarmTier> warm,
               std::unique_ptr<DiskTier> cool, std::unique_ptr<DiskTier> cold);

@@ -85,11 +85,16 @@ class WarmTier {
     ChainHash hash;
     uint64_t checksum = 0;
     std::span<const uint8_t> payload;
+    // The payload was already written into the reserved slot (the UCX data plane): nothing is
+    // copied; the checksum is verified over the slot's first `landed_size` bytes.
+    bool landed = false;
+    uint64_t landed_size = 0;
   };
   struct BlockMeta {
     uint64_t size = 0;
     uint64_t checksum = 0;
     int tier = 2;  // strata.v1.Tier: 2 warm; a lower tier's Lookup fallback sets 3 or 4
+    uint8_t* address = nullptr;  // BeginGet: the pinned block's bytes in the arena
   };
   // Finds block `index` of a Lookup in a lower tier after a warm miss (called under the warm
   // lock: must not call back into WarmTier).
@@ -110,6 +115,9 @@ class WarmTier {
     uint64_t reservation_id = 0;  // 0 when no block was reserved
     // Per block: OK reserved, ALREADY_EXISTS (present or being written), RESOURCE_EXHAUSTED.
     std::vector<absl::Status> status;
+    // Per block: the reserved slot in the arena (nullptr unless reserved), where a writer may
+    // place the payload before CommitPut with `landed`.
+    std::vector<uint8_t*> addresses;
   };
 
   static absl::StatusOr<std::unique_ptr<WarmTier>> Create(WarmTierOptions options);
@@ -169,6 +177,9 @@ class WarmTier {
 
   WarmTierStats Stats() const;
   std::string_view policy_name() const { return PolicyKindName(options_.policy); }
+  // The arena's bytes, for registering them with the data plane once at start.
+  uint8_t* arena_base() const { return arena_->base(); }
+  uint64_t arena_bytes() const { return arena_->capacity_bytes(); }
 
  private:
   struct Entry;

@@ -1,0 +1,109 @@
+// ClientDataPlane: the client's side of the UCX data plane (the node's is storenode's
+// DataPlane). It owns the UCX context, one Worker per lane (each wired to the node lane of the
+// same index), the memory ranges the user registered for zero-copy transfers and the bounce
+// pool that stages every other block. It knows nothing of gRPC: the StoreClient opens and
+// closes channels (ConnectData) and hands the node's worker addresses to Wire().
+//
+// The node drives every transfer; the client's workers only answer it (their progress threads
+// serve the node's RMA), so no client thread ever waits on a worker except to wire endpoints.
+//
+// Thread-safe. Teardown order is the point of the destructor: workers first (a put the node
+// sent before giving up may still be applied while they run), then the user's regions and the
+// bounce pool they could touch, then the context.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "strata/transport/bounce_pool.h"
+#include "strata/transport/context.h"
+#include "strata/transport/worker.h"
+
+namespace strata::client {
+
+struct ClientDataPlaneOptions {
+  std::string tls;  // the node's Stats.ucx_tls, exactly
+  bool peer_failure_handling = true;
+  uint32_t lanes = 1;             // the node's Stats.ucx_lanes
+  size_t bounce_buffer_size = 0;  // the node's max_block_bytes
+  size_t bounce_buffers = 2;      // at least 2
+};
+
+class ClientDataPlane {
+ public:
+  // Creates the context and the lane workers. INVALID_ARGUMENT: no lanes, no bounce geometry;
+  // other codes from UCX. Blocks while UCX starts (milliseconds).
+  static absl::StatusOr<std::unique_ptr<ClientDataPlane>> Create(
+      const ClientDataPlaneOptions& options);
+  ~ClientDataPlane();
+  ClientDataPlane(const ClientDataPlane&) = delete;
+  ClientDataPlane& operator=(const ClientDataPlane&) = delete;
+
+  uint32_t lanes() const { return static_cast<uint32_t>(workers_.size()); }
+  size_t bounce_buffer_size() const { return options_.bounce_buffer_size; }
+  size_t bounce_capacity() const { return options_.bounce_buffers; }
+  // One Worker::Address() per lane, in lane order (ConnectDataRequest.worker_addresses).
+  std::vector<std::string> WorkerAddresses() const;
+
+  // Connects lane i's worker to node_addresses[i], replacing the endpoints of an earlier
+  // channel. INVALID_ARGUMENT: not one address per lane, or one is not a worker address
+  // (names the lane); UNAVAILABLE: a node lane cannot be reached. On error no endpoint is left.
+  // Blocks until the workers have created the endpoints.
+  absl::Status Wire(const std::vector<std::string>& node_addresses);
+
+  // Registers a user range (see StoreClient::RegisterMemory for the codes).
+  absl::Status Register(void* ptr, size_t len);
+  // NOT_FOUND unless a registered range starts at `ptr`.
+  absl::Status Unregister(void* ptr);
+  // The registered region holding all of [ptr, ptr + len), or null. The region stays valid
+  // while the returned pointer lives, even if unregistered meanwhile.
+  std::shared_ptr<const transport::MemoryRegion> FindRegion(const void* ptr, size_t len) const;
+
+  // `count` bounce buffers (count <= bounce_capacity()), all or none, creating the pool on first
+  // use. Callers take their whole set one at a time, so parts that each need several buffers
+  // cannot starve each other into a deadlock. DEADLINE_EXCEEDED when they did not come free by
+  // `deadline`; other codes: the pool could not be allocated. Blocks up to `deadline`.
+  absl::StatusOr<std::vector<transport::BounceBuffer>> AcquireBounce(size_t count,
+                                                                     absl::Time deadline);
+  // The bounce pool's region (its PackedRkey()); REQUIRES: AcquireBounce succeeded once.
+  const transport::MemoryRegion& bounce_region() const;
+
+ private:
+  explicit ClientDataPlane(const ClientDataPlaneOptions& options) : options_(options) {}
+  void DisconnectAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wire_mu_);
+
+  const ClientDataPlaneOptions options_;
+  std::unique_ptr<transport::Context> context_;
+
+  mutable absl::Mutex pool_mu_;
+  std::unique_ptr<transport::BouncePool> pool_ ABSL_GUARDED_BY(pool_mu_);
+  bool acquiring_ ABSL_GUARDED_BY(pool_mu_) = false;  // one caller gathers its set at a time
+  // Set once pool_ exists; the pool is never replaced before the destructor.
+  std::atomic<transport::BouncePool*> pool_ptr_{nullptr};
+
+  mutable absl::Mutex regions_mu_;
+  // Keyed by base address; ranges never overlap.
+  std::map<uintptr_t, std::shared_ptr<const transport::MemoryRegion>> regions_
+      ABSL_GUARDED_BY(regions_mu_);
+
+  std::vector<std::unique_ptr<transport::Worker>> workers_;  // fixed after Create
+  absl::Mutex wire_mu_;
+  std::vector<transport::EndpointId> endpoints_ ABSL_GUARDED_BY(wire_mu_);  // per lane, or none
+};
+
+// Condenses UCX's endpoint description (ucp_ep_print_info, as ConnectDataResponse.transport
+// carries it) to its transports, e.g. "tcp/lo" or "cma/memory,posix/memory". A one-line
+// string comes back as it is.
+std::string CondenseTransport(const std::string& description);
+
+}  // namespace strata::client

@@ -1,0 +1,168 @@
+#include "data_plane.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace strata::storenode {
+
+absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Create(const DataPlaneOptions& options,
+                                                             void* arena, uint64_t arena_bytes) {
+  if (options.lanes == 0 || options.lanes > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("ucx_lanes: ", options.lanes, ", want 1..64"));
+  }
+  // Shared memory has no peer-failure support in UCX 1.13 (transport/worker.h): a co-located,
+  // trusted deployment trades dead-peer detection (deadlines still bound every transfer) for
+  // RMA through shared segments.
+  const bool shm = options.tls == "shm";
+  std::string tls = shm ? "posix,sysv,cma,self" : options.tls;
+  std::unique_ptr<DataPlane> plane(new DataPlane(options, tls, !shm));
+  transport::TransportOptions topts;
+  topts.tls = tls;
+  topts.peer_failure_handling = !shm;
+  absl::StatusOr<std::unique_ptr<transport::Context>> context = transport::Context::Create(topts);
+  if (!context.ok()) {
+    return absl::Status(context.status().code(), absl::StrCat("UCX (ucx_tls=", options.tls,
+                                                              "): ", context.status().message()));
+  }
+  plane->context_ = std::move(*context);
+  absl::StatusOr<std::unique_ptr<transport::MemoryRegion>> region =
+      plane->context_->Register(arena, arena_bytes);
+  if (!region.ok()) return region.status();
+  plane->arena_region_ = std::move(*region);
+  for (uint32_t i = 0; i < options.lanes; ++i) {
+    absl::StatusOr<std::unique_ptr<transport::Worker>> w = plane->context_->CreateWorker();
+    if (!w.ok()) return w.status();
+    plane->lanes_.push_back(std::move(*w));
+  }
+  spdlog::info("data plane: UCX tls={} lanes={} peer-failure-handling={}", tls, options.lanes,
+               !shm);
+  return plane;
+}
+
+DataPlane::DataPlane(DataPlaneOptions options, std::string tls, bool peer_failure_handling)
+    : options_(std::move(options)),
+      tls_(std::move(tls)),
+      peer_failure_handling_(peer_failure_handling) {}
+
+DataPlane::~DataPlane() {
+  absl::flat_hash_map<uint64_t, ChannelState> open;
+  {
+    absl::MutexLock lock(&mu_);
+    open.swap(channels_);
+  }
+  for (const auto& [id, channel] : open) Disconnect(channel);
+  lanes_.clear();  // workers first: they may still reference the arena region
+  arena_region_.reset();
+}
+
+uint64_t DataPlane::channels() const {
+  absl::MutexLock lock(&mu_);
+  return channels_.size();
+}
+
+void DataPlane::Disconnect(const ChannelState& channel) {
+  for (size_t lane = 0; lane < channel.endpoints.size(); ++lane) {
+    lanes_[lane]->Disconnect(channel.endpoints[lane]).IgnoreError();
+  }
+}
+
+absl::StatusOr<DataPlane::Channel> DataPlane::Connect(
+    std::span<const std::string> client_addresses) {
+  if (client_addresses.size() != lanes_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("worker_addresses: ", client_addresses.size(),
+                                                   " given, the node has ", lanes_.size(),
+                                                   " lanes (Stats.ucx_lanes)"));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (channels_.size() >= options_.max_channels) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("data channels: the node holds its maximum of ", options_.max_channels));
+    }
+  }
+  ChannelState state;
+  state.last_used = absl::Now();
+  Channel out;
+  for (size_t lane = 0; lane < lanes_.size(); ++lane) {
+    absl::StatusOr<transport::EndpointId> ep = lanes_[lane]->Connect(client_addresses[lane]);
+    if (!ep.ok()) {
+      Disconnect(state);
+      return absl::Status(ep.status().code(),
+                          absl::StrCat("worker_addresses[", lane, "]: ", ep.status().message()));
+    }
+    state.endpoints.push_back(*ep);
+    out.worker_addresses.push_back(lanes_[lane]->Address());
+  }
+  absl::StatusOr<std::string> info = lanes_[0]->DescribeEndpoint(state.endpoints[0]);
+  out.transport = info.ok() ? *info : "unknown";
+  absl::MutexLock lock(&mu_);
+  out.id = next_channel_++;
+  channels_.emplace(out.id, std::move(state));
+  return out;
+}
+
+absl::Status DataPlane::Close(uint64_t channel_id) {
+  ChannelState closing;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = channels_.find(channel_id);
+    if (it == channels_.end()) {
+      return absl::NotFoundError(absl::StrCat("channel_id ", channel_id, ": unknown or closed"));
+    }
+    closing = std::move(it->second);
+    channels_.erase(it);
+  }
+  Disconnect(closing);  // outside the lock: it waits for the lanes' progress threads
+  return absl::OkStatus();
+}
+
+absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
+                                 std::span<const transport::TransferOp> ops, absl::Time deadline) {
+  if (lane >= lanes_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lane: ", lane, ", the node has ", lanes_.size(), " lanes"));
+  }
+  transport::EndpointId ep = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = channels_.find(channel_id);
+    if (it == channels_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("channel_id ", channel_id, ": unknown or closed (ConnectData again)"));
+    }
+    it->second.last_used = absl::Now();
+    ep = it->second.endpoints[lane];
+  }
+  absl::Status s = lanes_[lane]->Transfer(ep, ops, deadline);
+  if (s.code() == absl::StatusCode::kUnavailable ||
+      s.code() == absl::StatusCode::kDeadlineExceeded) {
+    // The endpoint is retired (peer gone, or force-closed after the deadline): the channel
+    // is of no further use; the client connects a new one.
+    spdlog::warn("data channel {} lane {}: {}; closing the channel", channel_id, lane,
+                 s.ToString());
+    Close(channel_id).IgnoreError();
+  }
+  return s;
+}
+
+uint64_t DataPlane::CloseIdle() {
+  absl::Time cutoff = absl::Now() - options_.channel_idle;
+  std::vector<ChannelState> idle;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = channels_.begin(); it != channels_.end();) {
+      if (it->second.last_used < cutoff) {
+        idle.push_back(std::move(it->second));
+        channels_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const ChannelState& c : idle) Disconnect(c);
+  return idle.size();
+}
+
+}  // namespace strata::storenode

@@ -1,0 +1,94 @@
+// DataPlane: a store node's side of the UCX data plane (docs/design/transfer-protocol.md).
+// It registers the warm arena once, runs `lanes` transport::Workers (each with its own
+// progress thread) and keeps the channels clients open with ConnectData: per channel, one
+// endpoint from each node lane to the matching client lane. The node drives every transfer:
+// PutData reads payloads out of client memory into reserved arena slots, GetData writes
+// pinned blocks into client memory. Clients never address node memory.
+//
+// Thread-safe. Transfers run on the calling (gRPC) thread, which blocks on the lane's worker;
+// the channel table has its own mutex, never held across a transfer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "strata/transport/context.h"
+#include "strata/transport/worker.h"
+
+namespace strata::storenode {
+
+struct DataPlaneOptions {
+  std::string tls;  // UCX_TLS; "shm" means "posix,sysv,cma,self" (peer-failure handling off)
+  uint32_t lanes = 2;
+  uint64_t max_channels = 1024;
+  absl::Duration channel_idle = absl::Minutes(10);  // unused channels are closed after this
+};
+
+class DataPlane {
+ public:
+  struct Channel {
+    uint64_t id = 0;
+    std::vector<std::string> worker_addresses;  // the node's, one per lane
+    std::string transport;                      // ucp_ep_print_info's transport of lane 0
+  };
+
+  // Starts the lanes and registers [arena, arena + arena_bytes). INVALID_ARGUMENT for bad
+  // options; other codes from UCX. Blocks while UCX starts (milliseconds).
+  static absl::StatusOr<std::unique_ptr<DataPlane>> Create(const DataPlaneOptions& options,
+                                                           void* arena, uint64_t arena_bytes);
+  ~DataPlane();
+
+  // The TLS string clients must use (expanded "shm"), and whether endpoints detect dead peers.
+  const std::string& tls() const { return tls_; }
+  bool peer_failure_handling() const { return peer_failure_handling_; }
+  uint32_t lanes() const { return static_cast<uint32_t>(lanes_.size()); }
+  uint64_t channels() const;
+
+  // Connects lane i to client_addresses[i]. INVALID_ARGUMENT: not exactly lanes() addresses
+  // or one is not a worker address; RESOURCE_EXHAUSTED: max_channels open.
+  absl::StatusOr<Channel> Connect(std::span<const std::string> client_addresses);
+  // NOT_FOUND for an unknown channel.
+  absl::Status Close(uint64_t channel_id);
+
+  // Runs `ops` (local side: arena addresses) on the channel's endpoint of `lane`.
+  // NOT_FOUND: unknown or expired channel. INVALID_ARGUMENT: lane out of range, bad rkey.
+  // UNAVAILABLE / DEADLINE_EXCEEDED: the transfer failed (Worker::Transfer); an UNAVAILABLE
+  // channel (its client is gone) is closed.
+  absl::Status Transfer(uint64_t channel_id, uint32_t lane,
+                        std::span<const transport::TransferOp> ops, absl::Time deadline);
+
+  // Closes channels unused for longer than channel_idle. Returns how many.
+  uint64_t CloseIdle();
+
+ private:
+  struct ChannelState {
+    std::vector<transport::EndpointId> endpoints;  // per lane
+    absl::Time last_used;
+  };
+
+  DataPlane(DataPlaneOptions options, std::string tls, bool peer_failure_handling);
+  void Disconnect(const ChannelState& channel);
+
+  const DataPlaneOptions options_;
+  const std::string tls_;
+  const bool peer_failure_handling_;
+  std::unique_ptr<transport::Context> context_;
+  // The region must outlive the workers: a transfer still on the wire after a deadline may
+  // touch arena bytes until the worker is destroyed.
+  std::unique_ptr<transport::MemoryRegion> arena_region_;
+  std::vector<std::unique_ptr<transport::Worker>> lanes_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, ChannelState> channels_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_channel_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace strata::storenode

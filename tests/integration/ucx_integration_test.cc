@@ -1,0 +1,446 @@
+// The UCX data plane against real strata-storenode processes, over UCX_TLS=tcp and over
+// shared memory: bit-exact round trips through registered (zero-copy) and unregistered
+// (bounce) buffers, the inline gRPC path beside it, concurrent clients, peers killed
+// mid-transfer, and forged or corrupted transfer descriptors.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "strata/client/local_node.h"
+#include "strata/client/store_client.h"
+#include "strata/common/checksum.h"
+#include "strata/testutil/node_process.h"
+#include "strata/testutil/status_matchers.h"
+#include "strata/transport/context.h"
+#include "strata/transport/worker.h"
+#include "strata/v1/store.grpc.pb.h"
+
+namespace strata {
+namespace {
+
+using client::BlockRead;
+using client::BlockWrite;
+using client::ClientOptions;
+using client::LocalNode;
+using client::StoreClient;
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+using testutil::IsOk;
+using testutil::StatusIs;
+
+constexpr uint64_t kMaxBlock = 4 << 20;
+
+std::vector<uint8_t> Payload(uint64_t seed, size_t size) {
+  std::vector<uint8_t> out(size);
+  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 3);
+  for (size_t i = 0; i < size; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, std::min<size_t>(8, size - i));
+  }
+  return out;
+}
+
+NamespaceSpec Spec() {
+  NamespaceSpec spec;
+  spec.model_id = "ucx-test";
+  spec.dtype = "fp16";
+  spec.layout = "raw";
+  spec.block_tokens = 16;
+  spec.block_bytes = kMaxBlock;
+  return spec;
+}
+
+std::vector<ChainHash> Chain(const client::Namespace& ns, uint32_t prompt, size_t n) {
+  std::vector<uint32_t> tokens(n * 16);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = prompt * 100000 + i;
+  return *ns.HashTokens(tokens);
+}
+
+// Bytes the node counted per transport and direction on /metrics.
+uint64_t TransferBytes(const LocalNode& node, const std::string& transport,
+                       const std::string& direction) {
+  auto page = testutil::HttpGet(node.http_address(), "/metrics");
+  if (!page.ok()) return 0;
+  const std::string want = absl::StrCat("strata_transfer_bytes_total{");
+  for (absl::string_view line : absl::StrSplit(page->second, '\n')) {
+    if (!absl::StartsWith(line, want)) continue;
+    if (line.find(absl::StrCat("transport=\"", transport, "\"")) == absl::string_view::npos ||
+        line.find(absl::StrCat("direction=\"", direction, "\"")) == absl::string_view::npos) {
+      continue;
+    }
+    double v = 0;
+    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) return static_cast<uint64_t>(v);
+  }
+  return 0;
+}
+
+std::unique_ptr<v1::StoreService::Stub> RawStub(const std::string& address) {
+  return v1::StoreService::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+}
+
+// One node per transport for the whole suite (its UCX setting is the parameter).
+class UcxTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  static void SetUpTestSuite() {}
+  static void TearDownTestSuite() {
+    for (auto& [tls, node] : nodes_) node.reset();
+    nodes_.clear();
+  }
+
+  void SetUp() override {
+    auto it = nodes_.find(GetParam());
+    if (it == nodes_.end()) {
+      auto p = testutil::StartNode({"--warm-bytes", "256MiB", "--max-block-bytes", "4MiB",
+                                    "--ucx-tls", GetParam(), "--ucx-lanes", "2"});
+      ASSERT_THAT(p, IsOk());
+      it = nodes_.emplace(GetParam(), std::move(*p)).first;
+    }
+    node_ = it->second.get();
+    client_ = Connect(ClientOptions::DataPlane::kUcx);
+    ASSERT_NE(client_, nullptr);
+    auto ns = client_->RegisterNamespace(Spec());
+    ASSERT_THAT(ns, IsOk());
+    ns_ = *ns;
+  }
+
+  std::unique_ptr<StoreClient> Connect(ClientOptions::DataPlane plane) {
+    ClientOptions o;
+    o.address = node_->address();
+    o.data_plane = plane;
+    o.default_deadline = absl::Seconds(20);
+    auto c = StoreClient::Connect(o);
+    EXPECT_THAT(c, IsOk());
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  // Puts `n` blocks of `size` from `src` (n × size bytes), gets them into `dst`, and checks
+  // every byte. Returns the per-block statuses' first error.
+  void RoundTrip(StoreClient& c, uint32_t prompt, size_t n, size_t size, uint8_t* src,
+                 uint8_t* dst) {
+    std::vector<ChainHash> hashes = Chain(ns_, prompt, n);
+    std::vector<BlockWrite> writes;
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<uint8_t> p = Payload(prompt * 1000 + i, size);
+      std::memcpy(src + i * size, p.data(), size);
+      writes.push_back({hashes[i], src + i * size, size, static_cast<uint32_t>(i)});
+    }
+    auto put = c.Put(ns_, "", writes);
+    ASSERT_THAT(put, IsOk());
+    for (const absl::Status& s : put->blocks) ASSERT_THAT(s, IsOk());
+    std::memset(dst, 0xee, n * size);
+    std::vector<BlockRead> reads;
+    for (size_t i = 0; i < n; ++i) reads.push_back({hashes[i], dst + i * size, size});
+    auto got = c.Get(ns_, "", reads);
+    ASSERT_THAT(got, IsOk());
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_THAT(got->blocks[i], IsOk()) << "block " << i;
+      EXPECT_EQ(got->sizes[i], size);
+      EXPECT_EQ(std::memcmp(dst + i * size, src + i * size, size), 0) << "block " << i;
+    }
+  }
+
+  static std::map<std::string, std::unique_ptr<LocalNode>> nodes_;
+  LocalNode* node_ = nullptr;
+  std::unique_ptr<StoreClient> client_;
+  client::Namespace ns_;
+};
+
+std::map<std::string, std::unique_ptr<LocalNode>> UcxTest::nodes_;
+
+TEST_P(UcxTest, ZeroCopyRoundTripIsBitExactAndMovesOverUcx) {
+  EXPECT_THAT(client_->DataPlaneDescription(), HasSubstr("ucx"));
+  const size_t n = 6, size = 2 << 20;
+  std::vector<uint8_t> src(n * size), dst(n * size);
+  ASSERT_THAT(client_->RegisterMemory(src.data(), src.size()), IsOk());
+  ASSERT_THAT(client_->RegisterMemory(dst.data(), dst.size()), IsOk());
+  const uint64_t in0 = TransferBytes(*node_, "ucx", "in");
+  const uint64_t out0 = TransferBytes(*node_, "ucx", "out");
+  const uint64_t inline0 = TransferBytes(*node_, "grpc_inline", "in");
+  ASSERT_NO_FATAL_FAILURE(RoundTrip(*client_, 1, n, size, src.data(), dst.data()));
+  EXPECT_EQ(TransferBytes(*node_, "ucx", "in") - in0, n * size);
+  EXPECT_EQ(TransferBytes(*node_, "ucx", "out") - out0, n * size);
+  EXPECT_EQ(TransferBytes(*node_, "grpc_inline", "in"), inline0) << "payloads went inline";
+  EXPECT_THAT(client_->UnregisterMemory(src.data()), IsOk());
+  EXPECT_THAT(client_->UnregisterMemory(src.data()), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(client_->UnregisterMemory(dst.data()), IsOk());
+}
+
+TEST_P(UcxTest, UnregisteredBuffersGoThroughTheBouncePool) {
+  const size_t n = 24, size = 256 << 10;
+  std::vector<uint8_t> src(n * size), dst(n * size);
+  const uint64_t in0 = TransferBytes(*node_, "ucx", "in");
+  ASSERT_NO_FATAL_FAILURE(RoundTrip(*client_, 2, n, size, src.data(), dst.data()));
+  EXPECT_EQ(TransferBytes(*node_, "ucx", "in") - in0, n * size);
+}
+
+TEST_P(UcxTest, InlinePathStillWorksBesideIt) {
+  std::unique_ptr<StoreClient> inline_client = Connect(ClientOptions::DataPlane::kInline);
+  ASSERT_NE(inline_client, nullptr);
+  EXPECT_EQ(inline_client->DataPlaneDescription(), "inline");
+  const size_t n = 4, size = 1 << 20;
+  std::vector<uint8_t> src(n * size), dst(n * size);
+  const uint64_t ucx0 = TransferBytes(*node_, "ucx", "in");
+  const uint64_t inline0 = TransferBytes(*node_, "grpc_inline", "in");
+  ASSERT_NO_FATAL_FAILURE(RoundTrip(*inline_client, 3, n, size, src.data(), dst.data()));
+  EXPECT_EQ(TransferBytes(*node_, "grpc_inline", "in") - inline0, n * size);
+  EXPECT_EQ(TransferBytes(*node_, "ucx", "in"), ucx0);
+  // Blocks written over one path read back over the other.
+  std::vector<ChainHash> hashes = Chain(ns_, 3, n);
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < n; ++i) reads.push_back({hashes[i], dst.data() + i * size, size});
+  std::memset(dst.data(), 0, dst.size());
+  auto got = client_->Get(ns_, "", reads);
+  ASSERT_THAT(got, IsOk());
+  for (size_t i = 0; i < n; ++i) EXPECT_THAT(got->blocks[i], IsOk());
+  EXPECT_EQ(dst, src);
+}
+
+TEST_P(UcxTest, EightConcurrentClientsEachReadTheirOwnBytes) {
+  std::vector<std::thread> threads;
+  std::atomic<int> done{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::unique_ptr<StoreClient> c = Connect(ClientOptions::DataPlane::kUcx);
+      if (c == nullptr) return;
+      const size_t n = 8, size = 512 << 10;
+      std::vector<uint8_t> src(n * size), dst(n * size);
+      if (t % 2 == 0) {  // half zero-copy, half through the bounce pool
+        EXPECT_THAT(c->RegisterMemory(src.data(), src.size()), IsOk());
+        EXPECT_THAT(c->RegisterMemory(dst.data(), dst.size()), IsOk());
+      }
+      RoundTrip(*c, 100 + t, n, size, src.data(), dst.data());
+      if (!::testing::Test::HasFailure()) ++done;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(done.load(), 8);
+}
+
+TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
+  auto stub = RawStub(node_->address());
+  // A channel that does not exist.
+  {
+    v1::PutDataRequest req;
+    req.set_channel_id(0xdeadbeef);
+    req.set_namespace_id(ns_.id);
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(Chain(ns_, 7, 1)[0].ToBytes());
+    b->set_size(4096);
+    req.add_checksums(1);
+    v1::RemoteBuffer* src = req.add_sources();
+    src->set_addr(0x1000);
+    src->set_length(4096);
+    req.add_rkeys("whatever");
+    v1::PutDataResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->PutData(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message();
+  }
+  // A real channel, from this test's own UCX worker(s), with forged rkeys and buffers.
+  v1::StatsResponse stats;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Stats(&ctx, v1::StatsRequest(), &stats).ok());
+  }
+  transport::TransportOptions topts;
+  topts.tls = stats.ucx_tls();
+  topts.peer_failure_handling = stats.ucx_peer_failure_handling();
+  auto context = transport::Context::Create(topts);
+  ASSERT_THAT(context, IsOk());
+  std::vector<std::unique_ptr<transport::Worker>> workers;
+  v1::ConnectDataRequest creq;
+  for (uint32_t i = 0; i < stats.ucx_lanes(); ++i) {
+    auto w = (*context)->CreateWorker();
+    ASSERT_THAT(w, IsOk());
+    creq.add_worker_addresses((*w)->Address());
+    workers.push_back(std::move(*w));
+  }
+  v1::ConnectDataResponse channel;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->ConnectData(&ctx, creq, &channel);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  for (uint32_t i = 0; i < stats.ucx_lanes(); ++i) {
+    ASSERT_THAT(workers[i]->Connect(channel.worker_addresses(static_cast<int>(i))), IsOk());
+  }
+  std::vector<uint8_t> block = Payload(77, 64 << 10);
+  auto region = (*context)->Register(block.data(), block.size());
+  ASSERT_THAT(region, IsOk());
+  auto put = [&](const std::string& rkey, uint32_t rkey_index, uint64_t checksum, uint64_t length,
+                 uint32_t lane, uint32_t prompt) {
+    v1::PutDataRequest req;
+    req.set_channel_id(channel.channel_id());
+    req.set_namespace_id(ns_.id);
+    req.set_lane(lane);
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(Chain(ns_, prompt, 1)[0].ToBytes());
+    b->set_size(block.size());
+    req.add_checksums(checksum);
+    v1::RemoteBuffer* src = req.add_sources();
+    src->set_addr(reinterpret_cast<uintptr_t>(block.data()));
+    src->set_length(length);
+    src->set_rkey_index(rkey_index);
+    req.add_rkeys(rkey);
+    v1::PutDataResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status s = stub->PutData(&ctx, req, &resp);
+    return std::pair{s, resp};
+  };
+  const uint64_t sum = BlockChecksum(block.data(), block.size());
+  const std::string& rkey = (*region)->PackedRkey();
+  // Garbage rkey bytes, an rkey index past the list, a length that is not the block's size
+  // and a lane the node does not have: INVALID_ARGUMENT, nothing stored.
+  EXPECT_EQ(put("not an rkey", 0, sum, block.size(), 0, 8).first.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(put(rkey, 3, sum, block.size(), 0, 8).first.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(put(rkey, 0, sum, block.size() - 1, 0, 8).first.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(put(rkey, 0, sum, block.size(), 99, 8).first.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(client_->Lookup(ns_, "", Chain(ns_, 8, 1))->matched_blocks, 0u);
+  // What arrives fails the checksum the writer claimed (corrupted in flight): DATA_LOSS, and
+  // the block is not stored.
+  auto [bad_status, bad] = put(rkey, 0, sum ^ 1, block.size(), 0, 9);
+  ASSERT_TRUE(bad_status.ok()) << bad_status.error_message();
+  EXPECT_EQ(bad.results(0).code(), static_cast<int>(absl::StatusCode::kDataLoss));
+  EXPECT_EQ(client_->Lookup(ns_, "", Chain(ns_, 9, 1))->matched_blocks, 0u);
+  // The same request with the true checksum stores the block: the channel itself works.
+  auto [good_status, good] = put(rkey, 0, sum, block.size(), stats.ucx_lanes() - 1, 10);
+  ASSERT_TRUE(good_status.ok()) << good_status.error_message();
+  EXPECT_EQ(good.results(0).code(), 0);
+  std::vector<uint8_t> out(block.size());
+  BlockRead read{Chain(ns_, 10, 1)[0], out.data(), out.size()};
+  auto got = client_->Get(ns_, "", {&read, 1});
+  ASSERT_THAT(got, IsOk());
+  EXPECT_THAT(got->blocks[0], IsOk());
+  EXPECT_EQ(out, block);
+  // A destination smaller than the block: OUT_OF_RANGE for that block.
+  {
+    v1::GetDataRequest req;
+    req.set_channel_id(channel.channel_id());
+    req.set_namespace_id(ns_.id);
+    req.add_chain_hashes(Chain(ns_, 10, 1)[0].ToBytes());
+    v1::RemoteBuffer* dst = req.add_destinations();
+    dst->set_addr(reinterpret_cast<uintptr_t>(block.data()));
+    dst->set_length(block.size() / 2);
+    req.add_rkeys(rkey);
+    v1::GetDataResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->GetData(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.blocks(0).status().code(), static_cast<int>(absl::StatusCode::kOutOfRange));
+  }
+  v1::CloseDataRequest close;
+  close.set_channel_id(channel.channel_id());
+  v1::CloseDataResponse closed;
+  grpc::ClientContext ctx;
+  EXPECT_TRUE(stub->CloseData(&ctx, close, &closed).ok());
+  grpc::ClientContext ctx2;
+  EXPECT_EQ(stub->CloseData(&ctx2, close, &closed).error_code(), grpc::StatusCode::NOT_FOUND);
+  workers.clear();
+}
+
+// A client process killed while its puts stream: the node keeps serving, releases what the
+// dead client had reserved, and never shows a half-written block.
+TEST_P(UcxTest, ClientKilledMidTransferLeavesTheNodeServing) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::string bench = testutil::ProjectBinary("strata-bench");
+    execl(bench.c_str(), bench.c_str(), "--node", node_->address().c_str(), "--blocks", "512",
+          "--block-size", "1MiB", "--streams", "4", "--ops", "put", "--transport", "ucx",
+          "--max-seconds", "30", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  kill(pid, SIGKILL);
+  int wstatus = 0;
+  waitpid(pid, &wstatus, 0);
+  // Reservations of the dead client expire (the node's reservation TTL is bounded by the
+  // transfer deadline); the node answers throughout and a new round trip works.
+  std::vector<uint8_t> src(4 << 20), dst(4 << 20);
+  ASSERT_NO_FATAL_FAILURE(RoundTrip(*client_, 20, 4, 1 << 20, src.data(), dst.data()));
+  auto stats = client_->Stats();
+  ASSERT_THAT(stats, IsOk());
+}
+
+// The node killed while a get streams: the client gets UNAVAILABLE or DEADLINE_EXCEEDED well
+// within its deadline, never a hang and never wrong bytes reported as OK.
+TEST_P(UcxTest, NodeKilledMidTransferFailsTheCallInTime) {
+  auto p = testutil::StartNode(
+      {"--warm-bytes", "512MiB", "--max-block-bytes", "4MiB", "--ucx-tls", GetParam()});
+  ASSERT_THAT(p, IsOk());
+  ClientOptions o;
+  o.address = (*p)->address();
+  o.data_plane = ClientOptions::DataPlane::kUcx;
+  o.default_deadline = absl::Seconds(8);
+  auto c = StoreClient::Connect(o);
+  ASSERT_THAT(c, IsOk());
+  auto ns = (*c)->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  const size_t n = 96, size = 4 << 20;
+  std::vector<ChainHash> hashes = Chain(*ns, 30, n);
+  std::vector<uint8_t> src = Payload(30, size);
+  for (size_t first = 0; first < n; first += 16) {
+    std::vector<BlockWrite> writes;
+    for (size_t i = first; i < first + 16; ++i) writes.push_back({hashes[i], src.data(), size});
+    auto put = (*c)->Put(*ns, "", writes);
+    ASSERT_THAT(put, IsOk());
+  }
+  std::vector<uint8_t> dst(n * size);
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < n; ++i) reads.push_back({hashes[i], dst.data() + i * size, size});
+  const pid_t node_pid = (*p)->pid();
+  std::thread killer([node_pid] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    kill(node_pid, SIGKILL);
+  });
+  auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<client::GetResult> got = absl::UnknownError("not run");
+  for (int round = 0; round < 20; ++round) {  // until the kill lands mid-call
+    got = (*c)->Get(*ns, "", reads);
+    if (!got.ok()) break;
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  killer.join();
+  ASSERT_FALSE(got.ok()) << "the node survived SIGKILL?";
+  EXPECT_THAT(got.status().code(),
+              AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(secs, 20.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, UcxTest, ::testing::Values("tcp", "shm"),
+                         [](const auto& info) { return info.param; });
+
+TEST(UcxConfigTest, NodeWithoutDataPlaneServesInlineAndRefusesUcxClients) {
+  auto p = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", ""});
+  ASSERT_THAT(p, IsOk());
+  ClientOptions o;
+  o.address = (*p)->address();
+  o.data_plane = ClientOptions::DataPlane::kUcx;
+  EXPECT_THAT(StoreClient::Connect(o), StatusIs(absl::StatusCode::kFailedPrecondition));
+  o.data_plane = ClientOptions::DataPlane::kAuto;
+  auto c = StoreClient::Connect(o);
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ((*c)->DataPlaneDescription(), "inline");
+}
+
+}  // namespace
+}  // namespace strata
