@@ -103,6 +103,34 @@ absl::Status ClientDataPlane::Wire(const std::vector<std::string>& node_addresse
   return absl::OkStatus();
 }
 
+absl::Status ClientDataPlane::Transfer(uint32_t lane, std::span<const transport::TransferOp> ops,
+                                       absl::Time deadline, const std::atomic<bool>* abort) {
+  if (lane >= workers_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Transfer on lane ", lane, " of ", workers_.size()));
+  }
+  transport::EndpointId ep = 0;
+  {
+    absl::MutexLock lock(&wire_mu_);
+    if (endpoints_.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("Transfer on lane ", lane, ": no data channel is wired"));
+    }
+    ep = endpoints_[lane];
+  }
+  // Not under wire_mu_: the batch may run until its deadline, and Wire() must not wait for it.
+  absl::Status s = workers_[lane]->Transfer(ep, ops, deadline, abort);
+  if (s.code() == absl::StatusCode::kInvalidArgument) {
+    // A Wire() between the copy and the post disconnected `ep`: the channel is what changed.
+    absl::MutexLock lock(&wire_mu_);
+    if (endpoints_.size() <= lane || endpoints_[lane] != ep) {
+      return absl::UnavailableError(absl::StrCat(
+          "Transfer on lane ", lane, ": the data channel was replaced (", s.message(), ")"));
+    }
+  }
+  return s;
+}
+
 absl::Status ClientDataPlane::Register(void* ptr, size_t len) {
   if (ptr == nullptr || len == 0) {
     return absl::InvalidArgumentError(

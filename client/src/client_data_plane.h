@@ -4,8 +4,10 @@
 // pool that stages every other block. It knows nothing of gRPC: the StoreClient opens and
 // closes channels (ConnectData) and hands the node's worker addresses to Wire().
 //
-// The node drives every transfer; the client's workers only answer it (their progress threads
-// serve the node's RMA), so no client thread ever waits on a worker except to wire endpoints.
+// One-sided (RMA) mode: the node drives every transfer; the client's workers only answer it
+// (their progress threads serve the node's RMA). Two-sided (tagged message) mode, the fast path
+// over TCP: the client sends a put's blocks and receives a get's blocks itself with Transfer(),
+// on the lane the call names, under tags from NextTag().
 //
 // Thread-safe. Teardown order is the point of the destructor: workers first (a put the node
 // sent before giving up may still be applied while they run), then the user's regions and the
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -78,6 +81,22 @@ class ClientDataPlane {
   // The bounce pool's region (its PackedRkey()); REQUIRES: AcquireBounce succeeded once.
   const transport::MemoryRegion& bounce_region() const;
 
+  // Runs `ops` on lane `lane`'s worker over its endpoint to the node, with Worker::Transfer's
+  // semantics: buffer rules, `deadline`, `abort` and codes (an aborted batch with sends retires
+  // the endpoint: UNAVAILABLE until the next Wire()). INVALID_ARGUMENT: no such lane, or a bad
+  // op. FAILED_PRECONDITION: the lanes are not wired (no channel open). UNAVAILABLE also when
+  // a concurrent Wire() replaced the endpoint before the batch was posted. Blocks until the
+  // batch has completed, failed, been aborted or timed out; no lock is held meanwhile.
+  absl::Status Transfer(uint32_t lane, std::span<const transport::TransferOp> ops,
+                        absl::Time deadline, const std::atomic<bool>* abort = nullptr);
+
+  // A fresh two-sided tag for a message on channel `channel_id`: the channel in the high 32 bits
+  // (the node checks it), a per-plane sequence in the low 32 (unique for 2^32 tags, so a
+  // message left over from an abandoned call never matches a later receive). Thread-safe.
+  uint64_t NextTag(uint64_t channel_id) {
+    return channel_id << 32 | tag_sequence_.fetch_add(1, std::memory_order_relaxed);
+  }
+
  private:
   explicit ClientDataPlane(const ClientDataPlaneOptions& options) : options_(options) {}
   void DisconnectAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wire_mu_);
@@ -99,6 +118,7 @@ class ClientDataPlane {
   std::vector<std::unique_ptr<transport::Worker>> workers_;  // fixed after Create
   absl::Mutex wire_mu_;
   std::vector<transport::EndpointId> endpoints_ ABSL_GUARDED_BY(wire_mu_);  // per lane, or none
+  std::atomic<uint32_t> tag_sequence_{0};
 };
 
 // Condenses UCX's endpoint description (ucp_ep_print_info, as ConnectDataResponse.transport

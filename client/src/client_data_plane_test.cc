@@ -3,8 +3,10 @@
 // every transfer).
 #include "client_data_plane.h"
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +36,25 @@ absl::StatusOr<std::unique_ptr<ClientDataPlane>> MakePlane(uint32_t lanes, size_
 }
 
 absl::Time Soon() { return absl::Now() + absl::Seconds(5); }
+
+transport::TransferOp Send(const void* data, size_t length, uint64_t tag) {
+  transport::TransferOp op;
+  op.kind = transport::TransferOp::Kind::kSend;
+  op.local = const_cast<void*>(data);
+  op.length = length;
+  op.tag = tag;
+  return op;
+}
+
+transport::TransferOp Recv(void* buffer, size_t capacity, uint64_t tag, size_t* received) {
+  transport::TransferOp op;
+  op.kind = transport::TransferOp::Kind::kRecv;
+  op.local = buffer;
+  op.length = capacity;
+  op.tag = tag;
+  op.received = received;
+  return op;
+}
 
 TEST(CondenseTransportTest, KeepsOneLineAndExtractsLaneTransports) {
   EXPECT_EQ(CondenseTransport("tcp/lo"), "tcp/lo");
@@ -107,36 +128,42 @@ TEST(ClientDataPlaneTest, BounceSetsAreAllOrNothingAndBoundedByTheDeadline) {
   EXPECT_THAT((*plane)->AcquireBounce(0, absl::InfinitePast()), IsOk());
 }
 
-// The node's side of a channel: its own context and one worker per lane.
+// The node's side of a channel: its own context and one worker per lane, each connected to
+// the client's worker of the same lane (as storenode's DataPlane does on ConnectData).
 struct FakeNodeLanes {
   std::unique_ptr<transport::Context> context;
   std::vector<std::unique_ptr<transport::Worker>> workers;
   std::vector<transport::EndpointId> endpoints;
+  std::vector<std::string> addresses;  // for ClientDataPlane::Wire
 };
+
+absl::StatusOr<FakeNodeLanes> StartFakeNode(const ClientDataPlane& plane) {
+  FakeNodeLanes node;
+  absl::StatusOr<std::unique_ptr<transport::Context>> ctx =
+      transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
+  if (!ctx.ok()) return ctx.status();
+  node.context = *std::move(ctx);
+  for (const std::string& client_address : plane.WorkerAddresses()) {
+    absl::StatusOr<std::unique_ptr<transport::Worker>> w = node.context->CreateWorker();
+    if (!w.ok()) return w.status();
+    absl::StatusOr<transport::EndpointId> ep = (*w)->Connect(client_address);
+    if (!ep.ok()) return ep.status();
+    node.endpoints.push_back(*ep);
+    node.addresses.push_back((*w)->Address());
+    node.workers.push_back(*std::move(w));
+  }
+  return node;
+}
 
 TEST(ClientDataPlaneTest, NodeLanesMoveBytesThroughBounceAndRegisteredMemory) {
   constexpr uint32_t kLanes = 2;
   absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(kLanes, 2);
   ASSERT_THAT(plane, IsOk());
-  FakeNodeLanes node;
-  {
-    absl::StatusOr<std::unique_ptr<transport::Context>> ctx =
-        transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
-    ASSERT_THAT(ctx, IsOk());
-    node.context = *std::move(ctx);
-  }
-  std::vector<std::string> node_addresses;
-  const std::vector<std::string> client_addresses = (*plane)->WorkerAddresses();
-  ASSERT_EQ(client_addresses.size(), kLanes);
-  for (uint32_t lane = 0; lane < kLanes; ++lane) {
-    absl::StatusOr<std::unique_ptr<transport::Worker>> w = node.context->CreateWorker();
-    ASSERT_THAT(w, IsOk());
-    absl::StatusOr<transport::EndpointId> ep = (*w)->Connect(client_addresses[lane]);
-    ASSERT_THAT(ep, IsOk());
-    node.endpoints.push_back(*ep);
-    node_addresses.push_back((*w)->Address());
-    node.workers.push_back(*std::move(w));
-  }
+  absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
+  ASSERT_THAT(started, IsOk());
+  FakeNodeLanes& node = *started;
+  const std::vector<std::string>& node_addresses = node.addresses;
+  ASSERT_EQ(node_addresses.size(), kLanes);
   EXPECT_THAT((*plane)->Wire({node_addresses[0]}), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT((*plane)->Wire({node_addresses[0], "garbage"}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lane 1")));
@@ -184,6 +211,175 @@ TEST(ClientDataPlaneTest, NodeLanesMoveBytesThroughBounceAndRegisteredMemory) {
   node.workers.clear();
   node_region->reset();
   plane->reset();  // workers before regions: must not crash with ranges still registered
+}
+
+TEST(ClientDataPlaneTest, TransferNeedsAWiredLane) {
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(2, 2);
+  ASSERT_THAT(plane, IsOk());
+  char byte = 'x';
+  const transport::TransferOp send = Send(&byte, 1, 1);
+  EXPECT_THAT(
+      (*plane)->Transfer(0, {&send, 1}, Soon()),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("no data channel is wired")));
+  EXPECT_THAT((*plane)->Transfer(2, {&send, 1}, Soon()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lane 2 of 2")));
+}
+
+TEST(ClientDataPlaneTest, TagsCarryTheChannelAndNeverRepeat) {
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
+  ASSERT_THAT(plane, IsOk());
+  constexpr uint64_t kChannel = 0x1234abcd;
+  const uint64_t first = (*plane)->NextTag(kChannel);
+  const uint64_t second = (*plane)->NextTag(kChannel);
+  EXPECT_EQ(first >> 32, kChannel);
+  EXPECT_EQ(second >> 32, kChannel);
+  EXPECT_EQ(static_cast<uint32_t>(second), static_cast<uint32_t>(first) + 1);
+  EXPECT_EQ((*plane)->NextTag(7) >> 32, 7u);
+}
+
+// Two-sided mode as StoreClient drives it: the client sends a put's blocks and receives a
+// get's on a lane; the fake node answers on the lane's worker.
+TEST(ClientDataPlaneTest, TaggedMessagesTravelBothWaysOnALane) {
+  constexpr uint32_t kLanes = 2;
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(kLanes, 2);
+  ASSERT_THAT(plane, IsOk());
+  absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
+  ASSERT_THAT(started, IsOk());
+  FakeNodeLanes& node = *started;
+  ASSERT_THAT((*plane)->Wire(node.addresses), IsOk());
+  constexpr uint64_t kChannel = 42;
+
+  // PutData-like on lane 1: two blocks from plain (unregistered) memory, one large enough for
+  // UCX's rendezvous protocol; the node receives them by tag, in the opposite order.
+  std::vector<uint8_t> small(100), large(kBuffer);
+  for (size_t i = 0; i < small.size(); ++i) small[i] = static_cast<uint8_t>(i * 3 + 1);
+  for (size_t i = 0; i < large.size(); ++i) large[i] = static_cast<uint8_t>(i * 7 + 5);
+  const std::vector<transport::TransferOp> sends = {
+      Send(small.data(), small.size(), (*plane)->NextTag(kChannel)),
+      Send(large.data(), large.size(), (*plane)->NextTag(kChannel)),
+  };
+  std::vector<uint8_t> node_small(kBuffer, 0), node_large(kBuffer, 0);
+  size_t got_small = 0, got_large = 0;
+  const std::vector<transport::TransferOp> node_recvs = {
+      Recv(node_large.data(), node_large.size(), sends[1].tag, &got_large),
+      Recv(node_small.data(), node_small.size(), sends[0].tag, &got_small),
+  };
+  std::future<absl::Status> node_side = std::async(std::launch::async, [&] {
+    return node.workers[1]->Transfer(node.endpoints[1], node_recvs, Soon());
+  });
+  ASSERT_THAT((*plane)->Transfer(1, sends, Soon()), IsOk());
+  ASSERT_THAT(node_side.get(), IsOk());
+  ASSERT_EQ(got_small, small.size());
+  ASSERT_EQ(got_large, large.size());
+  EXPECT_EQ(std::memcmp(node_small.data(), small.data(), small.size()), 0);
+  EXPECT_EQ(std::memcmp(node_large.data(), large.data(), large.size()), 0);
+
+  // GetData-like on lane 0: the client posts its receives first; the node answers one with
+  // bytes and one with an empty message ("nothing for this tag").
+  std::vector<uint8_t> dest(kBuffer, 0xee), untouched(16, 0xee);
+  size_t got_dest = 99, got_empty = 99;
+  const std::vector<transport::TransferOp> recvs = {
+      Recv(dest.data(), dest.size(), (*plane)->NextTag(kChannel), &got_dest),
+      Recv(untouched.data(), untouched.size(), (*plane)->NextTag(kChannel), &got_empty),
+  };
+  std::future<absl::Status> client_side =
+      std::async(std::launch::async, [&] { return (*plane)->Transfer(0, recvs, Soon()); });
+  const std::vector<transport::TransferOp> node_sends = {
+      Send(large.data(), 5000, recvs[0].tag),
+      Send(nullptr, 0, recvs[1].tag),
+  };
+  ASSERT_THAT(node.workers[0]->Transfer(node.endpoints[0], node_sends, Soon()), IsOk());
+  ASSERT_THAT(client_side.get(), IsOk());
+  EXPECT_EQ(got_dest, 5000u);
+  EXPECT_EQ(std::memcmp(dest.data(), large.data(), 5000), 0);
+  EXPECT_EQ(dest[5000], 0xee);
+  EXPECT_EQ(got_empty, 0u);
+  EXPECT_EQ(untouched, std::vector<uint8_t>(16, 0xee));
+
+  for (uint32_t lane = 0; lane < kLanes; ++lane) {
+    EXPECT_THAT(node.workers[lane]->Disconnect(node.endpoints[lane]), IsOk());
+  }
+}
+
+// GetData's reply may beat the client's receives: a message that arrived before its receive
+// was posted still lands, with its length reported.
+TEST(ClientDataPlaneTest, AMessageThatArrivedFirstIsReceivedWithItsLength) {
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
+  ASSERT_THAT(plane, IsOk());
+  absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
+  ASSERT_THAT(started, IsOk());
+  FakeNodeLanes& node = *started;
+  ASSERT_THAT((*plane)->Wire(node.addresses), IsOk());
+  std::vector<uint8_t> block(3000);
+  for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<uint8_t>(i * 11 + 3);
+  const transport::TransferOp early = Send(block.data(), block.size(), (*plane)->NextTag(5));
+  // Small enough for UCX's eager protocol: the send completes without a receive.
+  ASSERT_THAT(node.workers[0]->Transfer(node.endpoints[0], {&early, 1}, Soon()), IsOk());
+  absl::SleepFor(absl::Milliseconds(20));
+  std::vector<uint8_t> dest(kBuffer, 0);
+  size_t received = 99;
+  const transport::TransferOp late = Recv(dest.data(), dest.size(), early.tag, &received);
+  ASSERT_THAT((*plane)->Transfer(0, {&late, 1}, Soon()), IsOk());
+  EXPECT_EQ(received, block.size());
+  EXPECT_EQ(std::memcmp(dest.data(), block.data(), block.size()), 0);
+}
+
+// What GetData does when its RPC fails: abort the receives. The lane stays usable; a batch
+// with sends that is aborted retires the endpoint until the next Wire().
+TEST(ClientDataPlaneTest, AbortCancelsReceivesAndRetiresALaneWithSends) {
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
+  ASSERT_THAT(plane, IsOk());
+  absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
+  ASSERT_THAT(started, IsOk());
+  FakeNodeLanes& node = *started;
+  ASSERT_THAT((*plane)->Wire(node.addresses), IsOk());
+
+  std::atomic<bool> abort{false};
+  std::vector<uint8_t> dest(64);
+  const transport::TransferOp never = Recv(dest.data(), dest.size(), (*plane)->NextTag(1), nullptr);
+  std::future<absl::Status> waiting = std::async(std::launch::async, [&] {
+    return (*plane)->Transfer(0, {&never, 1}, absl::Now() + absl::Seconds(30), &abort);
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  const absl::Time aborted_at = absl::Now();
+  abort.store(true);
+  EXPECT_THAT(waiting.get(), StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_LT(absl::Now() - aborted_at, absl::Seconds(2));
+
+  // The lane still carries messages.
+  char byte = 'q', landed = 0;
+  const transport::TransferOp send = Send(&byte, 1, (*plane)->NextTag(1));
+  const transport::TransferOp recv = Recv(&landed, 1, send.tag, nullptr);
+  std::future<absl::Status> node_side = std::async(std::launch::async, [&] {
+    return node.workers[0]->Transfer(node.endpoints[0], {&recv, 1}, Soon());
+  });
+  ASSERT_THAT((*plane)->Transfer(0, {&send, 1}, Soon()), IsOk());
+  ASSERT_THAT(node_side.get(), IsOk());
+  EXPECT_EQ(landed, 'q');
+
+  // A send nobody receives (1 MiB: rendezvous waits for the receiver), then aborted.
+  std::vector<uint8_t> big(1 << 20, 1);
+  std::atomic<bool> abort_send{false};
+  const transport::TransferOp orphan = Send(big.data(), big.size(), (*plane)->NextTag(1));
+  std::future<absl::Status> sending = std::async(std::launch::async, [&] {
+    return (*plane)->Transfer(0, {&orphan, 1}, absl::Now() + absl::Seconds(30), &abort_send);
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  abort_send.store(true);
+  EXPECT_THAT(sending.get(), StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_THAT((*plane)->Transfer(0, {&send, 1}, Soon()), StatusIs(absl::StatusCode::kUnavailable));
+
+  // Rewiring (what the next StoreClient call does after marking the channel broken) heals it.
+  absl::StatusOr<FakeNodeLanes> fresh = StartFakeNode(**plane);
+  ASSERT_THAT(fresh, IsOk());
+  ASSERT_THAT((*plane)->Wire(fresh->addresses), IsOk());
+  landed = 0;
+  node_side = std::async(std::launch::async, [&] {
+    return fresh->workers[0]->Transfer(fresh->endpoints[0], {&recv, 1}, Soon());
+  });
+  ASSERT_THAT((*plane)->Transfer(0, {&send, 1}, Soon()), IsOk());
+  ASSERT_THAT(node_side.get(), IsOk());
+  EXPECT_EQ(landed, 'q');
 }
 
 }  // namespace

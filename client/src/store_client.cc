@@ -4,9 +4,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "client_data_plane.h"
 #include "grpcpp/grpcpp.h"
@@ -19,6 +22,7 @@ namespace {
 
 using proto::FromBlockStatus;
 using proto::FromGrpc;
+using proto::ToGrpc;
 
 Tier FromProtoTier(v1::Tier t) {
   switch (t) {
@@ -79,6 +83,16 @@ absl::Status RunParts(size_t n, Part part) {
 bool IsTransient(absl::StatusCode code) {
   return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded ||
          code == absl::StatusCode::kCancelled;
+}
+
+// Whether the node's UCX_TLS list lets UCX carry the data plane over TCP (a leading '^'
+// excludes the listed transports), where tagged messages beat RMA emulated by messages.
+bool TlsIncludesTcp(const std::string& tls) {
+  if (absl::StartsWith(tls, "^")) return false;
+  for (absl::string_view t : absl::StrSplit(tls, ',')) {
+    if (t == "tcp") return true;
+  }
+  return false;
 }
 
 // Where one block's bytes sit for a UCX transfer: inside a registered user range (zero-copy),
@@ -180,7 +194,8 @@ class GrpcStoreClient final : public StoreClient {
     }
     if (transport.empty()) transport = ucx_tls_;
     const uint32_t lanes = ucx_->lanes();
-    return absl::StrCat("ucx ", transport, ", ", lanes, lanes == 1 ? " lane" : " lanes");
+    return absl::StrCat("ucx ", transport, two_sided_ ? " (two-sided)" : "", ", ", lanes,
+                        lanes == 1 ? " lane" : " lanes");
   }
 
   absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
@@ -260,7 +275,9 @@ class GrpcStoreClient final : public StoreClient {
     if (*use_ucx) {
       std::vector<Placement> placed(blocks.size());
       for (size_t i = 0; i < blocks.size(); ++i) {
-        placed[i] = {ucx_->FindRegion(blocks[i].data, blocks[i].size), blocks[i].size};
+        // Two-sided sends read the caller's buffer as it is: no region to look up.
+        placed[i] = {two_sided_ ? nullptr : ucx_->FindRegion(blocks[i].data, blocks[i].size),
+                     blocks[i].size};
       }
       auto parts = SplitForDataChannel(placed);
       const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
@@ -306,7 +323,8 @@ class GrpcStoreClient final : public StoreClient {
     if (*use_ucx) {
       std::vector<Placement> placed(blocks.size());
       for (size_t i = 0; i < blocks.size(); ++i) {
-        placed[i] = {ucx_->FindRegion(blocks[i].buffer, usable(i)), usable(i)};
+        placed[i] = {two_sided_ ? nullptr : ucx_->FindRegion(blocks[i].buffer, usable(i)),
+                     usable(i)};
       }
       auto parts = SplitForDataChannel(placed);
       const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
@@ -631,6 +649,7 @@ class GrpcStoreClient final : public StoreClient {
     if (!plane.ok()) return plane.status();
     ucx_ = *std::move(plane);
     ucx_tls_ = stats.ucx_tls;
+    two_sided_ = options_.ucx_two_sided_on_tcp && TlsIncludesTcp(stats.ucx_tls);
     absl::StatusOr<uint64_t> channel = AcquireChannel(Deadline({}));
     return channel.status();
   }
@@ -735,8 +754,9 @@ class GrpcStoreClient final : public StoreClient {
   }
 
   // Index ranges of a data-channel batch: at most max_keys_ blocks, the batch spread over the
-  // lanes, at most a lane's share of the bounce pool (so parts on different lanes can run at
-  // once), and at most max_inline_ bytes (a GetData reply may carry blocks inline).
+  // lanes, in RMA mode at most a lane's share of the bounce pool (so parts on different lanes
+  // can run at once; two-sided mode needs none), and at most max_inline_ bytes (a GetData
+  // reply may carry blocks inline).
   std::vector<std::pair<size_t, size_t>> SplitForDataChannel(
       const std::vector<Placement>& placed) const {
     const size_t n = placed.size();
@@ -749,7 +769,7 @@ class GrpcStoreClient final : public StoreClient {
     size_t bounce = 0;
     uint64_t bytes = 0;
     for (size_t i = 0; i < n; ++i) {
-      const size_t b = placed[i].region == nullptr ? 1 : 0;
+      const size_t b = !two_sided_ && placed[i].region == nullptr ? 1 : 0;
       if (i > begin && (i - begin >= max_blocks || bounce + b > max_bounce ||
                         bytes + placed[i].length > max_inline_)) {
         parts.emplace_back(begin, i);
@@ -768,6 +788,9 @@ class GrpcStoreClient final : public StoreClient {
                            std::span<const BlockWrite> blocks, const std::vector<Placement>& placed,
                            std::pair<size_t, size_t> range, uint32_t lane,
                            Clock::time_point deadline, const PutOptions& put, PutResult* result) {
+    if (two_sided_) {
+      return PutDataPartTwoSided(ns, scope, blocks, range, lane, deadline, put, result);
+    }
     size_t bounce_needed = 0;
     for (size_t i = range.first; i < range.second; ++i) {
       bounce_needed += placed[i].region == nullptr ? 1 : 0;
@@ -826,6 +849,9 @@ class GrpcStoreClient final : public StoreClient {
                            std::span<const BlockRead> blocks, const std::vector<Placement>& placed,
                            std::pair<size_t, size_t> range, uint32_t lane,
                            Clock::time_point deadline, GetResult* result) {
+    if (two_sided_) {
+      return GetDataPartTwoSided(ns, scope, blocks, placed, range, lane, deadline, result);
+    }
     size_t bounce_needed = 0;
     for (size_t i = range.first; i < range.second; ++i) {
       bounce_needed += placed[i].region == nullptr ? 1 : 0;
@@ -898,6 +924,204 @@ class GrpcStoreClient final : public StoreClient {
     return absl::OkStatus();
   }
 
+  // ---- Two-sided (tagged message) mode ----
+  //
+  // Each attempt of the RPC (CallOnChannel reconnects once on NOT_FOUND, which changes the
+  // channel id carried in the tags) runs its own transfer on the part's lane: started before
+  // the RPC, joined before the attempt returns, so no buffer outlives its call. A transfer that
+  // fails on its own cancels the RPC (the node would wait for its messages until the deadline)
+  // and the attempt answers UNAVAILABLE-like codes, so CallOnChannel marks the channel broken.
+  // An RPC that fails sets `abort`: for sends that retires the lane endpoint (they cannot be
+  // withdrawn), so the channel is marked broken and the next call reconnects; receives are just
+  // cancelled. A message the node sends anyway for an abandoned receive never matches a later
+  // one: every tag is fresh.
+
+  // One attempt's transfer, run beside its RPC.
+  struct TaggedTransfer {
+    std::atomic<bool> abort{false};
+    std::atomic<bool> failed_alone{false};  // failed before the RPC ended (cancelled it)
+    std::future<absl::Status> done;
+  };
+
+  void StartTagged(TaggedTransfer* t, uint32_t lane, std::span<const transport::TransferOp> ops,
+                   Clock::time_point deadline, grpc::ClientContext* ctx) {
+    t->done = std::async(std::launch::async, [this, t, lane, ops, deadline, ctx] {
+      absl::Status s = ucx_->Transfer(lane, ops, absl::FromChrono(deadline), &t->abort);
+      if (!s.ok() && !t->abort.load(std::memory_order_acquire)) {
+        t->failed_alone.store(true, std::memory_order_release);
+        ctx->TryCancel();  // valid before, during and after the call
+      }
+      return s;
+    });
+  }
+
+  // Ends the attempt: aborts the transfer if the RPC failed, joins it, and picks the attempt's
+  // answer (the transfer's own failure beats the CANCELLED it caused). `*transfer` gets the
+  // transfer's status.
+  grpc::Status FinishTagged(TaggedTransfer* t, grpc::Status rpc, absl::Status* transfer) {
+    if (!rpc.ok()) t->abort.store(true, std::memory_order_release);
+    *transfer = t->done.get();
+    // An RPC that succeeded keeps its answer: PutData's results stand (the node took every
+    // message), and GetDataPartTwoSided checks `*transfer` itself.
+    if (!rpc.ok() && t->failed_alone.load(std::memory_order_acquire)) {
+      absl::Status s = *transfer;
+      // A batch the deadline ended is DEADLINE_EXCEEDED; anything else means the lane's
+      // endpoint cannot carry the call: UNAVAILABLE, so CallOnChannel marks the channel broken.
+      const absl::StatusCode code = s.code() == absl::StatusCode::kDeadlineExceeded
+                                        ? s.code()
+                                        : absl::StatusCode::kUnavailable;
+      return ToGrpc(absl::Status(code, s.message()));
+    }
+    return rpc;
+  }
+
+  // After the last attempt: a transfer that failed (aborted sends, deadline, dead endpoint)
+  // may have retired the lane endpoint, so the next call reconnects. An aborted receive-only
+  // batch leaves its endpoint in service.
+  void AfterTagged(uint64_t channel, const absl::Status& transfer, bool receives_only) {
+    if (transfer.ok() || channel == 0) return;
+    if (receives_only && transfer.code() == absl::StatusCode::kCancelled) return;
+    MarkBroken(channel);
+  }
+
+  absl::Status PutDataPartTwoSided(const Namespace& ns, const std::string& scope,
+                                   std::span<const BlockWrite> blocks,
+                                   std::pair<size_t, size_t> range, uint32_t lane,
+                                   Clock::time_point deadline, const PutOptions& put,
+                                   PutResult* result) {
+    v1::PutDataRequest req;
+    req.set_namespace_id(ns.id);
+    req.set_scope(scope);
+    req.set_session_id(put.session_id);
+    req.set_lane(lane);
+    std::vector<transport::TransferOp> sends(range.second - range.first);
+    for (size_t i = range.first; i < range.second; ++i) {
+      const BlockWrite& w = blocks[i];
+      v1::PutBlock* b = req.add_blocks();
+      b->set_chain_hash(w.hash.ToBytes());
+      b->set_size(w.size);
+      b->set_depth(w.depth);
+      b->set_importance(w.importance);
+      req.add_checksums(BlockChecksum(w.data, w.size));
+      // UCX only reads a send's buffer; two-sided ops need no registration.
+      transport::TransferOp& op = sends[i - range.first];
+      op.kind = transport::TransferOp::Kind::kSend;
+      op.local = const_cast<void*>(w.data);
+      op.length = w.size;
+    }
+    v1::PutDataResponse resp;
+    uint64_t used_channel = 0;
+    absl::Status sent;
+    absl::Status s =
+        CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+          used_channel = channel;
+          req.set_channel_id(channel);
+          req.clear_tags();
+          for (transport::TransferOp& op : sends) {
+            op.tag = ucx_->NextTag(channel);
+            req.add_tags(op.tag);
+          }
+          TaggedTransfer t;
+          StartTagged(&t, lane, sends, deadline, ctx);
+          return FinishTagged(&t, stub_->PutData(ctx, req, &resp), &sent);
+        });
+    AfterTagged(used_channel, sent, /*receives_only=*/false);
+    if (!s.ok()) return s;
+    // The node answers only after it has taken every message, so its results stand even if
+    // the sends' local completion reported trouble (that only retired the endpoint).
+    if (resp.results_size() != static_cast<int>(range.second - range.first)) {
+      return absl::InternalError(Where("PutData") + ": reply has the wrong number of results");
+    }
+    for (size_t i = range.first; i < range.second; ++i) {
+      result->blocks[i] = FromBlockStatus(resp.results(static_cast<int>(i - range.first)));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status GetDataPartTwoSided(const Namespace& ns, const std::string& scope,
+                                   std::span<const BlockRead> blocks,
+                                   const std::vector<Placement>& placed,
+                                   std::pair<size_t, size_t> range, uint32_t lane,
+                                   Clock::time_point deadline, GetResult* result) {
+    v1::GetDataRequest req;
+    req.set_namespace_id(ns.id);
+    req.set_scope(scope);
+    req.set_lane(lane);
+    const size_t n = range.second - range.first;
+    std::vector<size_t> received(n, 0);
+    std::vector<transport::TransferOp> receives(n);
+    for (size_t i = range.first; i < range.second; ++i) {
+      const size_t k = i - range.first;
+      req.add_chain_hashes(blocks[i].hash.ToBytes());
+      // Straight into the caller's buffer: receives need no registration, and the end-to-end
+      // checksum below still guards what the caller gets.
+      req.add_capacities(placed[i].length);
+      transport::TransferOp& op = receives[k];
+      op.kind = transport::TransferOp::Kind::kRecv;
+      op.local = blocks[i].buffer;
+      op.length = placed[i].length;
+      op.received = &received[k];
+    }
+    v1::GetDataResponse resp;
+    uint64_t used_channel = 0;
+    absl::Status got;
+    absl::Status s =
+        CallOnChannel("GetData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+          used_channel = channel;
+          req.set_channel_id(channel);
+          req.clear_tags();
+          std::fill(received.begin(), received.end(), 0);
+          for (transport::TransferOp& op : receives) {
+            op.tag = ucx_->NextTag(channel);
+            req.add_tags(op.tag);
+          }
+          // Posted before the RPC; a message that still arrives first waits in UCX's
+          // unexpected queue until its receive is posted.
+          TaggedTransfer t;
+          StartTagged(&t, lane, receives, deadline, ctx);
+          return FinishTagged(&t, stub_->GetData(ctx, req, &resp), &got);
+        });
+    AfterTagged(used_channel, got, /*receives_only=*/true);
+    if (!s.ok()) return s;
+    if (!got.ok()) {
+      // The node sent every message, but they did not all arrive in time (or the worker failed):
+      // the buffers' contents are undefined.
+      return absl::Status(got.code(), absl::StrCat(Where("GetData"), ": receiving blocks on lane ",
+                                                   lane, ": ", got.message()));
+    }
+    if (resp.blocks_size() != static_cast<int>(n)) {
+      return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
+    }
+    std::vector<size_t> retry;  // blocks whose bytes failed the end-to-end check
+    for (size_t i = range.first; i < range.second; ++i) {
+      const size_t k = i - range.first;
+      const v1::GetBlock& b = resp.blocks(static_cast<int>(k));
+      absl::Status st = FromBlockStatus(b.status());
+      if (st.ok() && b.size() > blocks[i].capacity) {
+        st = absl::OutOfRangeError(
+            absl::StrCat("block is ", b.size(), " bytes, buffer holds ", blocks[i].capacity));
+      }
+      if (st.ok()) {
+        // Staged blocks come inline (their message was empty); the rest arrived in the buffer.
+        const bool came_inline = !b.payload().empty();
+        const bool intact = came_inline
+                                ? b.payload().size() == b.size() &&
+                                      BlockChecksum(b.payload().data(), b.size()) == b.checksum()
+                                : received[k] == b.size() &&
+                                      BlockChecksum(blocks[i].buffer, b.size()) == b.checksum();
+        if (!intact) {
+          retry.push_back(i);
+          continue;
+        }
+        if (came_inline) std::memcpy(blocks[i].buffer, b.payload().data(), b.size());
+        result->sizes[i] = b.size();
+      }
+      result->blocks[i] = std::move(st);
+    }
+    if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, result);
+    return absl::OkStatus();
+  }
+
   // Fetches blocks whose data-channel bytes failed their checksum once more, inline (BeginGet
   // with payloads); a block that fails again is DATA_LOSS.
   void RetryInline(const Namespace& ns, const std::string& scope, std::span<const BlockRead> blocks,
@@ -941,6 +1165,7 @@ class GrpcStoreClient final : public StoreClient {
   // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards.
   std::unique_ptr<ClientDataPlane> ucx_;
   std::string ucx_tls_;        // the node's, for DataPlaneDescription()
+  bool two_sided_ = false;     // tagged messages instead of RMA (TCP); set in Init
   std::string inline_reason_;  // why kAuto runs inline although the node offers UCX
   std::atomic<uint32_t> next_lane_{0};
   mutable absl::Mutex chan_mu_;

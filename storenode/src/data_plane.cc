@@ -18,6 +18,7 @@ absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Create(const DataPlaneOpti
   const bool shm = options.tls == "shm";
   std::string tls = shm ? "posix,sysv,cma,self" : options.tls;
   std::unique_ptr<DataPlane> plane(new DataPlane(options, tls, !shm));
+  plane->discard_.resize(options.max_block_bytes);
   transport::TransportOptions topts;
   topts.tls = tls;
   topts.peer_failure_handling = !shm;

@@ -30,6 +30,7 @@ struct DataPlaneOptions {
   uint32_t lanes = 2;
   uint64_t max_channels = 1024;
   absl::Duration channel_idle = absl::Minutes(10);  // unused channels are closed after this
+  uint64_t max_block_bytes = 16 << 20;  // size of the discard buffer for refused messages
 };
 
 class DataPlane {
@@ -68,6 +69,11 @@ class DataPlane {
   // Closes channels unused for longer than channel_idle. Returns how many.
   uint64_t CloseIdle();
 
+  // Where two-sided messages of blocks the node does not store are received and dropped.
+  // Shared by every call: its bytes are never read.
+  uint8_t* discard_buffer() { return discard_.data(); }
+  uint64_t discard_bytes() const { return discard_.size(); }
+
  private:
   struct ChannelState {
     std::vector<transport::EndpointId> endpoints;  // per lane
@@ -85,6 +91,7 @@ class DataPlane {
   // touch arena bytes until the worker is destroyed.
   std::unique_ptr<transport::MemoryRegion> arena_region_;
   std::vector<std::unique_ptr<transport::Worker>> lanes_;
+  std::vector<uint8_t> discard_;
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ChannelState> channels_ ABSL_GUARDED_BY(mu_);

@@ -179,6 +179,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
     dp.tls = config.ucx_tls;
     dp.lanes = static_cast<uint32_t>(config.ucx_lanes);
     dp.max_channels = config.max_data_channels;
+    dp.max_block_bytes = config.max_block_bytes;
     absl::StatusOr<std::unique_ptr<DataPlane>> plane =
         DataPlane::Create(dp, (*warm)->arena_base(), (*warm)->arena_bytes());
     if (!plane.ok()) return plane.status();

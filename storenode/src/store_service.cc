@@ -7,6 +7,7 @@
 #include "spdlog/spdlog.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/chain_hash.h"
+#include "strata/common/checksum.h"
 #include "strata/proto/status_convert.h"
 
 namespace strata::storenode {
@@ -453,59 +454,99 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
                                        v1::PutDataResponse* resp) {
   CallScope call(metrics_, Op::kPutData);
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  const absl::Time deadline = TransferDeadline(ctx);
+  const bool two_sided = req->tags_size() > 0;
   std::vector<WarmTier::PutBlock> blocks;
   std::string scope;
   uint64_t total = 0;
-  if (absl::Status s = ParsePutBlocks(req->namespace_id(), req->scope(), req->blocks(),
+  absl::Status valid = ParsePutBlocks(req->namespace_id(), req->scope(), req->blocks(),
                                       req->session_id(), &blocks, &scope, &total);
-      !s.ok()) {
-    return call.Done(s);
-  }
   const int n = req->blocks_size();
-  if (req->checksums_size() != n || req->sources_size() != n) {
-    return call.Done(absl::InvalidArgumentError(
-        absl::StrCat("checksums / sources: ", req->checksums_size(), " / ", req->sources_size(),
-                     " entries for ", n, " blocks")));
+  if (valid.ok() && req->checksums_size() != n) {
+    valid = absl::InvalidArgumentError(
+        absl::StrCat("checksums: ", req->checksums_size(), " entries for ", n, " blocks"));
   }
-  if (total > config_.max_transfer_bytes) {
-    return call.Done(absl::ResourceExhaustedError(
+  if (valid.ok() && total > config_.max_transfer_bytes) {
+    valid = absl::ResourceExhaustedError(
         absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_transfer_bytes ",
-                     FormatByteSize(config_.max_transfer_bytes), "; split the batch")));
+                     FormatByteSize(config_.max_transfer_bytes), "; split the batch"));
   }
-  for (int i = 0; i < n; ++i) {
-    const std::string field = absl::StrCat("sources[", i, "]");
-    if (absl::Status s = CheckRemote(req->sources(i), req->rkeys_size(), field); !s.ok()) {
-      return call.Done(s);
+  if (valid.ok() && two_sided) {
+    if (req->tags_size() != n) {
+      valid = absl::InvalidArgumentError(
+          absl::StrCat("tags: ", req->tags_size(), " entries for ", n, " blocks"));
     }
-    if (req->sources(i).length() != blocks[i].size) {
-      return call.Done(
-          absl::InvalidArgumentError(absl::StrCat(field, ".length: ", req->sources(i).length(),
-                                                  ", blocks[", i, "].size is ", blocks[i].size)));
+    for (int i = 0; valid.ok() && i < req->tags_size(); ++i) {
+      if (req->tags(i) >> 32 != (req->channel_id() & 0xffffffffu)) {
+        valid = absl::InvalidArgumentError(
+            absl::StrCat("tags[", i, "]: high 32 bits must be the channel id ", req->channel_id()));
+      }
+    }
+  } else if (valid.ok()) {
+    if (req->sources_size() != n) {
+      valid = absl::InvalidArgumentError(
+          absl::StrCat("sources: ", req->sources_size(), " entries for ", n, " blocks"));
+    }
+    for (int i = 0; valid.ok() && i < n; ++i) {
+      const std::string field = absl::StrCat("sources[", i, "]");
+      valid = CheckRemote(req->sources(i), req->rkeys_size(), field);
+      if (valid.ok() && req->sources(i).length() != blocks[i].size) {
+        valid =
+            absl::InvalidArgumentError(absl::StrCat(field, ".length: ", req->sources(i).length(),
+                                                    ", blocks[", i, "].size is ", blocks[i].size));
+      }
     }
   }
-  const absl::Time deadline = TransferDeadline(ctx);
+  if (!valid.ok()) {
+    // The client's tagged messages are on their way: take them into the discard buffer so its
+    // sends complete, then refuse the call.
+    if (two_sided) ConsumeTagged(*req, deadline);
+    return call.Done(valid);
+  }
   const uint64_t ttl = static_cast<uint64_t>(
       std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
   WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
   std::vector<transport::TransferOp> ops;
-  std::vector<WarmTier::CommitBlock> commit;
-  std::vector<int> committed;
+  std::vector<size_t> received(n, 0);
   for (int i = 0; i < n; ++i) {
-    if (!r.status[i].ok()) continue;
-    const v1::RemoteBuffer& src = req->sources(i);
-    ops.push_back({transport::TransferOp::Kind::kGet, r.addresses[i], blocks[i].size, src.addr(),
-                   req->rkeys(static_cast<int>(src.rkey_index()))});
-    commit.push_back({blocks[i].hash, req->checksums(i), {}, /*landed=*/true, blocks[i].size});
-    committed.push_back(i);
+    const bool reserved = r.status[i].ok();
+    if (two_sided) {
+      // Every tag gets a receive: blocks not stored land in the discard buffer.
+      ops.push_back(
+          transport::TransferOp{.kind = transport::TransferOp::Kind::kRecv,
+                                .local = reserved ? r.addresses[i] : data_plane_->discard_buffer(),
+                                .length = reserved ? blocks[i].size : data_plane_->discard_bytes(),
+                                .tag = req->tags(i),
+                                .received = &received[i]});
+    } else if (reserved) {
+      const v1::RemoteBuffer& src = req->sources(i);
+      ops.push_back({transport::TransferOp::Kind::kGet, r.addresses[i], blocks[i].size, src.addr(),
+                     req->rkeys(static_cast<int>(src.rkey_index()))});
+    }
   }
   std::vector<absl::Status> results = r.status;
   if (!ops.empty()) {
     absl::Status moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
     if (!moved.ok()) {
       // Nothing of this call becomes visible: the reserved slots are released.
-      store_->AbortPut(r.reservation_id).IgnoreError();
+      if (r.reservation_id != 0) store_->AbortPut(r.reservation_id).IgnoreError();
       return call.Done(moved);
     }
+  }
+  std::vector<WarmTier::CommitBlock> commit;
+  std::vector<int> committed;
+  for (int i = 0; i < n; ++i) {
+    if (!r.status[i].ok()) continue;
+    if (two_sided && received[i] != blocks[i].size) {
+      results[i] =
+          absl::DataLossError(absl::StrCat("blocks[", i, "]: ", received[i],
+                                           " bytes arrived for a ", blocks[i].size, "-byte block"));
+      continue;  // released with the reservation
+    }
+    commit.push_back({blocks[i].hash, req->checksums(i), {}, /*landed=*/true, blocks[i].size});
+    committed.push_back(i);
+  }
+  if (r.reservation_id != 0) {
     absl::StatusOr<std::vector<absl::Status>> done = store_->CommitPut(r.reservation_id, commit);
     if (!done.ok()) return call.Done(done.status());
     uint64_t bytes = 0;
@@ -514,11 +555,20 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
       bytes += (*done)[k].ok() ? blocks[committed[k]].size : 0;
     }
     metrics_->AddUcxBytes(true, bytes);
-  } else if (r.reservation_id != 0) {
-    store_->AbortPut(r.reservation_id).IgnoreError();
   }
   for (const absl::Status& st : results) ToBlockStatus(st, resp->add_results());
   return call.Done(absl::OkStatus());
+}
+
+void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline) {
+  std::vector<transport::TransferOp> ops;
+  for (uint64_t tag : req.tags()) {
+    ops.push_back(transport::TransferOp{.kind = transport::TransferOp::Kind::kRecv,
+                                        .local = data_plane_->discard_buffer(),
+                                        .length = data_plane_->discard_bytes(),
+                                        .tag = tag});
+  }
+  data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline).IgnoreError();
 }
 
 grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,
@@ -531,15 +581,30 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
                                 "chain_hashes", &hashes, &scope, nullptr);
   if (!s.ok()) return call.Done(s);
   const int n = static_cast<int>(hashes.size());
-  if (req->destinations_size() != n) {
-    return call.Done(absl::InvalidArgumentError(
-        absl::StrCat("destinations: ", req->destinations_size(), " entries for ", n, " blocks")));
-  }
-  for (int i = 0; i < n; ++i) {
-    if (absl::Status c = CheckRemote(req->destinations(i), req->rkeys_size(),
-                                     absl::StrCat("destinations[", i, "]"));
-        !c.ok()) {
-      return call.Done(c);
+  const bool two_sided = req->tags_size() > 0;
+  if (two_sided) {
+    if (req->tags_size() != n || req->capacities_size() != n) {
+      return call.Done(absl::InvalidArgumentError(
+          absl::StrCat("tags / capacities: ", req->tags_size(), " / ", req->capacities_size(),
+                       " entries for ", n, " blocks")));
+    }
+    for (int i = 0; i < n; ++i) {
+      if (req->tags(i) >> 32 != (req->channel_id() & 0xffffffffu)) {
+        return call.Done(absl::InvalidArgumentError(absl::StrCat(
+            "tags[", i, "]: high 32 bits must be the channel id ", req->channel_id())));
+      }
+    }
+  } else {
+    if (req->destinations_size() != n) {
+      return call.Done(absl::InvalidArgumentError(
+          absl::StrCat("destinations: ", req->destinations_size(), " entries for ", n, " blocks")));
+    }
+    for (int i = 0; i < n; ++i) {
+      if (absl::Status c = CheckRemote(req->destinations(i), req->rkeys_size(),
+                                       absl::StrCat("destinations[", i, "]"));
+          !c.ok()) {
+        return call.Done(c);
+      }
     }
   }
   const absl::Time deadline = TransferDeadline(ctx);
@@ -598,16 +663,33 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   std::vector<transport::TransferOp> ops;
   uint64_t bytes = 0;
   for (int i = 0; i < n; ++i) {
-    if (!status[i].ok() || meta[i].address == nullptr) continue;
-    const v1::RemoteBuffer& dst = req->destinations(i);
-    if (meta[i].size > dst.length()) {
-      status[i] = absl::OutOfRangeError(
-          absl::StrCat("block is ", meta[i].size, " bytes, destination holds ", dst.length()));
-      continue;
+    const uint64_t capacity = two_sided ? req->capacities(i) : req->destinations(i).length();
+    const bool pinned = status[i].ok() && meta[i].address != nullptr;
+    // Verified before it leaves (the pin keeps the bytes still): a block gone bad in memory
+    // is dropped and reported here, and never lands in the client's buffer.
+    if (pinned && BlockChecksum(meta[i].address, meta[i].size) != meta[i].checksum) {
+      status[i] = absl::DataLossError("block failed its checksum on the node; dropped");
+      store_->DropCorrupt(BlockKey{req->namespace_id(), scope, hashes[i]});
+      spdlog::error("DATA_LOSS: block {} of namespace 0x{:016x} failed its checksum; dropped",
+                    hashes[i].ToHex(), req->namespace_id());
     }
-    ops.push_back({transport::TransferOp::Kind::kPut, meta[i].address, meta[i].size, dst.addr(),
-                   req->rkeys(static_cast<int>(dst.rkey_index()))});
-    bytes += meta[i].size;
+    if (status[i].ok() && meta[i].address != nullptr && meta[i].size > capacity) {
+      status[i] = absl::OutOfRangeError(
+          absl::StrCat("block is ", meta[i].size, " bytes, destination holds ", capacity));
+    }
+    const bool send = status[i].ok() && meta[i].address != nullptr;
+    if (two_sided) {
+      // Exactly one message per tag: the block, or an empty one (not found, too big, inline).
+      ops.push_back(transport::TransferOp{.kind = transport::TransferOp::Kind::kSend,
+                                          .local = send ? meta[i].address : nullptr,
+                                          .length = send ? meta[i].size : 0,
+                                          .tag = req->tags(i)});
+    } else if (send) {
+      const v1::RemoteBuffer& dst = req->destinations(i);
+      ops.push_back({transport::TransferOp::Kind::kPut, meta[i].address, meta[i].size, dst.addr(),
+                     req->rkeys(static_cast<int>(dst.rkey_index()))});
+    }
+    bytes += send ? meta[i].size : 0;
   }
   absl::Status moved = absl::OkStatus();
   if (!ops.empty()) moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);

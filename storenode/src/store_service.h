@@ -66,6 +66,8 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                               const std::string& session_id,
                               std::vector<WarmTier::PutBlock>* blocks, std::string* scope,
                               uint64_t* total);
+  // Receives every tagged message of a refused two-sided PutData into the discard buffer.
+  void ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline);
   // The transfer deadline of a data call: the client's, capped at what the node allows.
   absl::Time TransferDeadline(const grpc::ServerContext* ctx) const;
 

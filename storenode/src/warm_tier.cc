@@ -566,6 +566,14 @@ uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
   return deleted;
 }
 
+void WarmTier::DropCorrupt(const BlockKey& key) {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second->state != Entry::State::kCommitted) return;
+  RemoveLocked(it->second.get());
+  data_loss_.fetch_add(1, std::memory_order_relaxed);
+}
+
 uint64_t WarmTier::ExpireNow() {
   int64_t now = options_.now_ms();
   uint64_t expired = 0;

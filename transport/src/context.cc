@@ -146,7 +146,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
 
   ucp_params_t params = {};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_TAG | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
   // Memory is registered from any thread while workers progress on theirs.
   params.mt_workers_shared = 1;
   ucp_context_h context = nullptr;

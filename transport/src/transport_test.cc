@@ -302,6 +302,88 @@ TEST_P(TransportPairTest, PutThenGetIsBitExactAcrossSizes) {
   }
 }
 
+// Tagged messages: the receiver posts where each tag's bytes go, the sender names only the
+// tag. An empty message completes its receive with length 0 ("nothing for this tag").
+TEST_P(TransportPairTest, TaggedMessagesLandWhereTheReceiverPutThem) {
+  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
+  ASSERT_THAT(back, IsOk());
+  constexpr size_t kSize = 512 * kKiB, kMessages = 8;
+  std::vector<uint8_t> expected = Pattern(kSize * kMessages, kSize);
+  std::memcpy(local_.data(), expected.data(), expected.size());
+  std::memset(remote(0), 0xEE, kSize * kMessages);
+  std::vector<size_t> received(kMessages, 12345);
+  std::vector<TransferOp> recvs, sends;
+  for (size_t i = 0; i < kMessages; ++i) {
+    // Message i lands in slot (kMessages - 1 - i); the last one is empty.
+    recvs.push_back(TransferOp{.kind = TransferOp::Kind::kRecv,
+                               .local = remote((kMessages - 1 - i) * kSize),
+                               .length = kSize,
+                               .tag = 1000 + i,
+                               .received = &received[i]});
+    sends.push_back(TransferOp{.kind = TransferOp::Kind::kSend,
+                               .local = local_.data() + i * kSize,
+                               .length = i + 1 == kMessages ? 0 : kSize,
+                               .tag = 1000 + i});
+  }
+  absl::Status recv_status;
+  std::thread receiver([&] { recv_status = server_.worker->Transfer(*back, recvs, Soon()); });
+  EXPECT_THAT(client_.worker->Transfer(ep_, sends, Soon()), IsOk());
+  receiver.join();
+  ASSERT_THAT(recv_status, IsOk());
+  for (size_t i = 0; i + 1 < kMessages; ++i) {
+    EXPECT_EQ(received[i], kSize);
+    EXPECT_EQ(0,
+              std::memcmp(remote((kMessages - 1 - i) * kSize), expected.data() + i * kSize, kSize))
+        << "message " << i;
+  }
+  EXPECT_EQ(received[kMessages - 1], 0u);
+  EXPECT_EQ(remote(0)[0], 0xEE) << "an empty message wrote bytes";
+}
+
+TEST_P(TransportPairTest, ReceiveWithoutASenderEndsAtItsDeadline) {
+  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
+  ASSERT_THAT(back, IsOk());
+  TransferOp recv{.kind = TransferOp::Kind::kRecv, .local = remote(0), .length = 4096, .tag = 77};
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(server_.worker->Transfer(*back, {&recv, 1}, start + absl::Milliseconds(200)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  // A message for that tag sent later is not written into the cancelled receive's buffer.
+  std::memset(remote(0), 0xAB, 4096);
+  std::memset(local_.data(), 0x11, 4096);
+  TransferOp late{
+      .kind = TransferOp::Kind::kSend, .local = local_.data(), .length = 4096, .tag = 77};
+  client_.worker->Transfer(ep_, {&late, 1}, absl::Now() + absl::Milliseconds(300)).IgnoreError();
+  EXPECT_EQ(remote(0)[0], 0xAB);
+}
+
+TEST_P(TransportPairTest, AbortCancelsPendingReceivesAndKeepsTheEndpoint) {
+  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
+  ASSERT_THAT(back, IsOk());
+  TransferOp recv{.kind = TransferOp::Kind::kRecv, .local = remote(0), .length = 4096, .tag = 91};
+  std::atomic<bool> abort{false};
+  std::thread aborter([&] {
+    absl::SleepFor(absl::Milliseconds(50));
+    abort = true;
+  });
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(server_.worker->Transfer(*back, {&recv, 1}, start + absl::Seconds(10), &abort),
+              StatusIs(absl::StatusCode::kCancelled));
+  aborter.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  // Receives only: the endpoint still works.
+  std::memset(local_.data(), 0x5A, 4096);
+  TransferOp send{
+      .kind = TransferOp::Kind::kSend, .local = local_.data(), .length = 4096, .tag = 92};
+  TransferOp recv2{.kind = TransferOp::Kind::kRecv, .local = remote(0), .length = 4096, .tag = 92};
+  absl::Status recv_status;
+  std::thread receiver([&] { recv_status = server_.worker->Transfer(*back, {&recv2, 1}, Soon()); });
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&send, 1}, Soon()), IsOk());
+  receiver.join();
+  EXPECT_THAT(recv_status, IsOk());
+  EXPECT_EQ(remote(0)[100], 0x5A);
+}
+
 TEST_P(TransportPairTest, MixedBatchOf64Ops) {
   constexpr size_t kBlock = 16 * kKiB;
   // Remote [0, 32 blocks) holds data to get; remote [32, 64 blocks) receives puts.

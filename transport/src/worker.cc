@@ -55,7 +55,21 @@ constexpr absl::Duration kShutdownCloseWait = absl::Seconds(2);
 constexpr size_t kMaxCachedRkeys = 1024;
 
 const char* KindName(TransferOp::Kind kind) {
-  return kind == TransferOp::Kind::kPut ? "put" : "get";
+  switch (kind) {
+    case TransferOp::Kind::kPut:
+      return "put";
+    case TransferOp::Kind::kGet:
+      return "get";
+    case TransferOp::Kind::kSend:
+      return "send";
+    case TransferOp::Kind::kRecv:
+      return "recv";
+  }
+  return "op";
+}
+
+bool OneSided(TransferOp::Kind kind) {
+  return kind == TransferOp::Kind::kPut || kind == TransferOp::Kind::kGet;
 }
 
 struct Command {
@@ -64,12 +78,13 @@ struct Command {
 
   const Type type;
   EndpointId ep = 0;
-  absl::string_view peer_address;   // kConnect
-  std::span<const TransferOp> ops;  // kTransfer
-  absl::Time deadline;              // kTransfer
-  absl::Status status;              // answer
-  EndpointId connected = 0;         // kConnect answer
-  std::string text;                 // kDescribe answer
+  absl::string_view peer_address;            // kConnect
+  std::span<const TransferOp> ops;           // kTransfer
+  absl::Time deadline;                       // kTransfer
+  const std::atomic<bool>* abort = nullptr;  // kTransfer
+  absl::Status status;                       // answer
+  EndpointId connected = 0;                  // kConnect answer
+  std::string text;                          // kDescribe answer
   absl::Notification done;
 };
 
@@ -104,6 +119,9 @@ struct InFlightTransfer;
 struct OpSlot {
   InFlightTransfer* transfer = nullptr;
   size_t index = 0;
+  void* recv_request = nullptr;  // a posted receive not yet completed (cancelled at deadline)
+  size_t* received = nullptr;
+  bool recv_pending = false;  // set before posting a receive, cleared by its callback
 };
 
 struct InFlightTransfer {
@@ -114,6 +132,7 @@ struct InFlightTransfer {
   ucs_status_t first_error = UCS_OK;
   size_t first_error_index = 0;
   bool deadline_hit = false;
+  bool aborted = false;  // the caller's abort flag was seen
   bool flushed = false;  // every op and the flush were posted
   absl::Time force_close_at = absl::InfiniteFuture();
   bool force_closed = false;
@@ -129,6 +148,17 @@ struct InFlightTransfer {
 
 void OnTransferRequestDone(void* request, ucs_status_t status, void* user_data) {
   auto* slot = static_cast<OpSlot*>(user_data);
+  slot->transfer->Record(slot->index, status);
+  --slot->transfer->outstanding;
+  ucp_request_free(request);
+}
+
+void OnRecvRequestDone(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
+                       void* user_data) {
+  auto* slot = static_cast<OpSlot*>(user_data);
+  slot->recv_request = nullptr;
+  slot->recv_pending = false;
+  if (status == UCS_OK && slot->received != nullptr) *slot->received = info->length;
   slot->transfer->Record(slot->index, status);
   --slot->transfer->outstanding;
   ucp_request_free(request);
@@ -183,12 +213,13 @@ class UcpWorker final : public Worker {
     return cmd.status;
   }
 
-  absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops,
-                        absl::Time deadline) override {
+  absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops, absl::Time deadline,
+                        const std::atomic<bool>* abort) override {
     Command cmd(Command::Type::kTransfer);
     cmd.ep = ep;
     cmd.ops = ops;
     cmd.deadline = deadline;
+    cmd.abort = abort;
     Submit(&cmd);
     return cmd.status;
   }
@@ -451,6 +482,14 @@ class UcpWorker final : public Worker {
     std::vector<ucp_rkey_h> rkeys(cmd->ops.size(), nullptr);
     for (size_t i = 0; i < cmd->ops.size(); ++i) {
       const TransferOp& op = cmd->ops[i];
+      if (!OneSided(op.kind)) {
+        if (op.local == nullptr && op.length > 0) {
+          return Answer(cmd,
+                        absl::InvalidArgumentError(absl::StrCat(
+                            "Transfer op ", i, ": null local buffer for ", op.length, " bytes")));
+        }
+        continue;
+      }
       if (op.length == 0) continue;
       if (op.local == nullptr) {
         return Answer(cmd,
@@ -478,7 +517,7 @@ class UcpWorker final : public Worker {
 
     for (size_t i = 0; i <= cmd->ops.size(); ++i) {
       const bool flush = i == cmd->ops.size();
-      if (!flush && cmd->ops[i].length == 0) continue;
+      if (!flush && cmd->ops[i].length == 0 && OneSided(cmd->ops[i].kind)) continue;
       // Some transports (shared memory) copy inside ucp_put_nbx/ucp_get_nbx, so a big batch can
       // outlive its deadline while being posted: stop posting then, and let ServiceTransfers
       // force-close the endpoint.
@@ -491,6 +530,28 @@ class UcpWorker final : public Worker {
       ucs_status_ptr_t request;
       if (flush) {
         request = ucp_ep_flush_nbx(e->ep, &param);
+      } else if (cmd->ops[i].kind == TransferOp::Kind::kSend) {
+        const TransferOp& op = cmd->ops[i];
+        request = ucp_tag_send_nbx(e->ep, op.local, op.length, op.tag, &param);
+      } else if (cmd->ops[i].kind == TransferOp::Kind::kRecv) {
+        const TransferOp& op = cmd->ops[i];
+        // Always through the callback (NO_IMM_CMPL): UCX 1.13 does not report the length of a
+        // message it completes at once from its unexpected queue. The callback may run inside
+        // ucp_tag_recv_nbx, so the slot is counted as outstanding before the call.
+        param.op_attr_mask |= UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+        param.cb.recv = &OnRecvRequestDone;
+        OpSlot& slot = t->slots[i];
+        slot.received = op.received;
+        slot.recv_pending = true;
+        ++t->outstanding;
+        request = ucp_tag_recv_nbx(worker_, op.local, op.length, op.tag, ~ucp_tag_t{0}, &param);
+        if (UCS_PTR_IS_ERR(request)) {
+          slot.recv_pending = false;
+          --t->outstanding;
+        } else if (slot.recv_pending) {
+          slot.recv_request = request;  // still in flight: cancellable
+        }
+        if (!UCS_PTR_IS_ERR(request)) continue;  // counted above
       } else {
         const TransferOp& op = cmd->ops[i];
         request = op.kind == TransferOp::Kind::kPut
@@ -511,6 +572,10 @@ class UcpWorker final : public Worker {
   absl::Status TransferResult(const InFlightTransfer& t) {
     const Command& cmd = *t.cmd;
     const Endpoint& e = *t.endpoint;
+    if (t.aborted) {
+      return absl::CancelledError(absl::StrCat("Transfer of ", cmd.ops.size(), " ops on endpoint ",
+                                               e.id, ": aborted by caller"));
+    }
     if (t.deadline_hit) {
       return absl::DeadlineExceededError(
           absl::StrCat("Transfer of ", cmd.ops.size(), " ops on endpoint ", e.id,
@@ -563,6 +628,27 @@ class UcpWorker final : public Worker {
         in_flight_.pop_back();
         continue;
       }
+      if (!t->aborted && !t->deadline_hit && t->cmd->abort != nullptr &&
+          t->cmd->abort->load(std::memory_order_acquire)) {
+        t->aborted = true;
+        bool only_receives = true;
+        for (const TransferOp& op : t->cmd->ops) {
+          only_receives &= op.kind == TransferOp::Kind::kRecv;
+        }
+        for (OpSlot& slot : t->slots) {
+          if (slot.recv_request != nullptr) ucp_request_cancel(worker_, slot.recv_request);
+        }
+        if (!only_receives) {
+          // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
+          Endpoint* e = t->endpoint;
+          if (e->failure.ok()) {
+            e->failure = absl::UnavailableError(
+                absl::StrCat("endpoint ", e->id, " was retired when a transfer was aborted"));
+          }
+          t->deadline_hit = true;
+          t->force_close_at = now;
+        }
+      }
       if (!t->deadline_hit && now >= t->cmd->deadline) {
         // Retire the endpoint and give what is already posted kDeadlineDrainGrace to finish:
         // force-closing an endpoint with emulated (TCP) puts in flight makes UCX 1.13 abort
@@ -580,6 +666,10 @@ class UcpWorker final : public Worker {
         // Cancel everything on the endpoint so no late write lands in buffers the caller gets
         // back; the transfer is answered once UCX has completed every cancelled request.
         t->force_closed = true;
+        // Receives belong to the worker, not the endpoint: cancel them explicitly.
+        for (OpSlot& slot : t->slots) {
+          if (slot.recv_request != nullptr) ucp_request_cancel(worker_, slot.recv_request);
+        }
         ForceClose(t->endpoint);
         t->abandon_at = now + kAbandonAfterForceClose;
       }

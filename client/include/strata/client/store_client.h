@@ -50,6 +50,12 @@ struct ClientOptions {
   // Registered bounce memory for blocks outside RegisterMemory ranges: buffers of the node's
   // max_block_bytes, as many as fit (at least 2). Allocated on first need.
   uint64_t bounce_bytes = 64 << 20;
+  // With a node whose ucx_tls names tcp, payloads travel as UCX tagged messages (two-sided:
+  // the client sends a put's blocks and receives a get's straight from and into the caller's
+  // buffers, no registration or bounce copy needed) instead of the node's RMA, which UCX 1.13
+  // emulates slowly over TCP. Shared memory and RDMA transports always use RMA. Turn off for
+  // a node that predates tagged PutData/GetData.
+  bool ucx_two_sided_on_tcp = true;
 };
 
 struct CallOptions {
@@ -178,7 +184,8 @@ class StoreClient {
   // REQUIRES: no call using the range is in flight.
   virtual absl::Status UnregisterMemory(void* ptr) = 0;
   // How payloads travel: "inline" (with the reason in parentheses when kAuto could not set up
-  // UCX), or "ucx TRANSPORT, N lanes" (e.g. "ucx tcp/lo, 2 lanes"). Never blocks.
+  // UCX), or "ucx TRANSPORT, N lanes" (e.g. "ucx tcp/lo, 2 lanes"), with " (two-sided)" after
+  // the transport when payloads travel as tagged messages (ucx_two_sided_on_tcp). Never blocks.
   virtual std::string DataPlaneDescription() const = 0;
 
   // Registers (idempotently) a namespace. INVALID_ARGUMENT for a bad spec.

@@ -118,6 +118,8 @@ class TieredStore {
   // Copies a cool/cold block into the warm tier (demoting others to make room); true when it
   // is now warm. False when it is on no disk tier, fails its checksum, or warm has no room.
   bool StageInWarm(const BlockKey& key);
+  // See WarmTier::DropCorrupt.
+  void DropCorrupt(const BlockKey& key) { warm_->DropCorrupt(key); }
   bool promote_on_get() const { return options_.promote_on_get; }
 
  private:

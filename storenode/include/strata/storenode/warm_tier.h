@@ -169,6 +169,10 @@ class WarmTier {
   // Removes blocks; a pinned one disappears from lookups now and frees when unpinned.
   uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
 
+  // Drops a committed block whose bytes were found not to match its checksum (by a reader of
+  // pinned bytes) and counts it as data loss. Pinned copies free when their leases end.
+  void DropCorrupt(const BlockKey& key);
+
   // Releases leases and reservations whose time is up. Returns how many.
   uint64_t ExpireNow();
 

@@ -25,6 +25,7 @@
 // slow. Use that mode only between trusted co-located processes.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -43,8 +44,10 @@ using EndpointId = uint64_t;
 // One one-sided operation of a batch.
 struct TransferOp {
   enum class Kind : uint8_t {
-    kPut,  // local -> remote
-    kGet,  // remote -> local
+    kPut,   // one-sided: local -> remote_addr in the peer's region
+    kGet,   // one-sided: remote_addr in the peer's region -> local
+    kSend,  // two-sided: local -> the peer, as a message carrying `tag` (length 0 allowed)
+    kRecv,  // two-sided: the message carrying `tag`, from any peer of this worker -> local
   };
   Kind kind = Kind::kPut;
   // The local buffer: source of a put, destination of a get. For zero-copy it should lie in
@@ -56,6 +59,11 @@ struct TransferOp {
   uint64_t remote_addr = 0;
   // The peer region's MemoryRegion::PackedRkey() bytes. Only read during the call.
   std::string_view packed_rkey;
+  // kSend / kRecv: the message's tag (matched exactly). remote_addr and packed_rkey unused.
+  uint64_t tag = 0;
+  // kRecv: receives the message's length (at most `length`; a longer message fails the op
+  // with an error). Written before Transfer returns OK. May be null.
+  size_t* received = nullptr;
 };
 
 class Worker {
@@ -102,9 +110,19 @@ class Worker {
   //  UNAVAILABLE       the peer is gone or the endpoint failed or was force-closed; reconnect
   //                    (or try another replica).
   //  other codes       UCX errors, converted with the failing op's index.
-  // Zero-length ops are skipped; an empty batch returns OK once the endpoint is flushed.
-  virtual absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops,
-                                absl::Time deadline) = 0;
+  // Zero-length puts and gets are skipped; zero-length sends are sent (an empty message tells
+  // the receiver "nothing for this tag"). An empty batch returns OK once the endpoint is
+  // flushed. Two-sided ops: a send completes once the receiver has taken the message (large
+  // messages use UCX's rendezvous), a receive once its message has arrived; receives still
+  // pending at the deadline are cancelled with the rest. Over TCP two-sided messages are the
+  // fast path (UCX 1.13 emulates one-sided RMA there with slower round trips).
+  //
+  // `abort` (optional, polled about every millisecond while the batch is in flight): once it
+  // reads true the batch ends with CANCELLED. Its receives are cancelled; if it also holds
+  // sends, puts or gets, the endpoint is retired as after a deadline (UNAVAILABLE until
+  // reconnected), since those cannot be withdrawn from the peer.
+  virtual absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops, absl::Time deadline,
+                                const std::atomic<bool>* abort = nullptr) = 0;
 
   // UCX's description of the endpoint (ucp_ep_print_info: lanes and the transport/device
   // each uses, e.g. "tcp/lo" or "cma/memory"), so a node can log which transport a peer got.
