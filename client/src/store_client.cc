@@ -784,6 +784,23 @@ class GrpcStoreClient final : public StoreClient {
     return parts;
   }
 
+  // One bounce buffer for each block of the part that lies outside registered memory.
+  absl::StatusOr<std::vector<transport::BounceBuffer>> AcquirePartBounce(
+      std::string_view op, const std::vector<Placement>& placed, std::pair<size_t, size_t> range,
+      Clock::time_point deadline) {
+    size_t needed = 0;
+    for (size_t i = range.first; i < range.second; ++i) {
+      needed += placed[i].region == nullptr ? 1 : 0;
+    }
+    absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
+        ucx_->AcquireBounce(needed, absl::FromChrono(deadline));
+    if (!bounce.ok()) {
+      return absl::Status(bounce.status().code(),
+                          absl::StrCat(Where(op), ": ", bounce.status().message()));
+    }
+    return bounce;
+  }
+
   absl::Status PutDataPart(const Namespace& ns, const std::string& scope,
                            std::span<const BlockWrite> blocks, const std::vector<Placement>& placed,
                            std::pair<size_t, size_t> range, uint32_t lane,
@@ -791,16 +808,9 @@ class GrpcStoreClient final : public StoreClient {
     if (two_sided_) {
       return PutDataPartTwoSided(ns, scope, blocks, range, lane, deadline, put, result);
     }
-    size_t bounce_needed = 0;
-    for (size_t i = range.first; i < range.second; ++i) {
-      bounce_needed += placed[i].region == nullptr ? 1 : 0;
-    }
     absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
-        ucx_->AcquireBounce(bounce_needed, absl::FromChrono(deadline));
-    if (!bounce.ok()) {
-      return absl::Status(bounce.status().code(),
-                          absl::StrCat(Where("PutData"), ": ", bounce.status().message()));
-    }
+        AcquirePartBounce("PutData", placed, range, deadline);
+    if (!bounce.ok()) return bounce.status();
     v1::PutDataRequest req;
     req.set_namespace_id(ns.id);
     req.set_scope(scope);
@@ -852,16 +862,9 @@ class GrpcStoreClient final : public StoreClient {
     if (two_sided_) {
       return GetDataPartTwoSided(ns, scope, blocks, placed, range, lane, deadline, result);
     }
-    size_t bounce_needed = 0;
-    for (size_t i = range.first; i < range.second; ++i) {
-      bounce_needed += placed[i].region == nullptr ? 1 : 0;
-    }
     absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
-        ucx_->AcquireBounce(bounce_needed, absl::FromChrono(deadline));
-    if (!bounce.ok()) {
-      return absl::Status(bounce.status().code(),
-                          absl::StrCat(Where("GetData"), ": ", bounce.status().message()));
-    }
+        AcquirePartBounce("GetData", placed, range, deadline);
+    if (!bounce.ok()) return bounce.status();
     v1::GetDataRequest req;
     req.set_namespace_id(ns.id);
     req.set_scope(scope);

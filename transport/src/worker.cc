@@ -635,9 +635,7 @@ class UcpWorker final : public Worker {
         for (const TransferOp& op : t->cmd->ops) {
           only_receives &= op.kind == TransferOp::Kind::kRecv;
         }
-        for (OpSlot& slot : t->slots) {
-          if (slot.recv_request != nullptr) ucp_request_cancel(worker_, slot.recv_request);
-        }
+        CancelReceives(t);
         if (!only_receives) {
           // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
           Endpoint* e = t->endpoint;
@@ -666,14 +664,18 @@ class UcpWorker final : public Worker {
         // Cancel everything on the endpoint so no late write lands in buffers the caller gets
         // back; the transfer is answered once UCX has completed every cancelled request.
         t->force_closed = true;
-        // Receives belong to the worker, not the endpoint: cancel them explicitly.
-        for (OpSlot& slot : t->slots) {
-          if (slot.recv_request != nullptr) ucp_request_cancel(worker_, slot.recv_request);
-        }
+        CancelReceives(t);
         ForceClose(t->endpoint);
         t->abandon_at = now + kAbandonAfterForceClose;
       }
       ++i;
+    }
+  }
+
+  // Receives belong to the worker, not the endpoint: closing the endpoint does not end them.
+  void CancelReceives(InFlightTransfer* t) {
+    for (OpSlot& slot : t->slots) {
+      if (slot.recv_request != nullptr) ucp_request_cancel(worker_, slot.recv_request);
     }
   }
 
