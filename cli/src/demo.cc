@@ -79,9 +79,10 @@ int RunPrefill(const DemoFlags& f) {
   if (!before.ok()) return Fail("demo prefill", before.status());
   std::printf(
       "[prefill pid %d] prompt of %u tokens = %zu blocks of %s (%s, %u tokens/block); "
-      "%zu already stored\n",
+      "%zu already stored; data plane: %s\n",
       getpid(), f.prompt_tokens, hashes->size(), FormatByteSize(block_bytes).c_str(),
-      f.model.c_str(), f.block_tokens, before->matched_blocks);
+      f.model.c_str(), f.block_tokens, before->matched_blocks,
+      client->DataPlaneDescription().c_str());
   // "Compute" the KV of every block (bytes derived from its chain hash) and store it.
   std::vector<uint8_t> kv(block_bytes * hashes->size());
   std::vector<client::BlockWrite> writes;
