@@ -53,7 +53,7 @@ struct Flags {
   uint64_t seed = 1;
   std::string transport = "ucx";  // ucx (the data plane) or grpc (payloads inline)
   std::string ucx_tls = "tcp";    // local node's --ucx-tls: tcp or shm
-  uint32_t lanes = 2;             // local node's --ucx-lanes
+  uint32_t lanes = 1;             // local node's --ucx-lanes
   bool no_register = false;       // ucx: leave buffers unregistered (bounce-pool path)
 };
 

@@ -27,7 +27,7 @@ namespace strata::storenode {
 
 struct DataPlaneOptions {
   std::string tls;  // UCX_TLS; "shm" means "posix,sysv,cma,self" (peer-failure handling off)
-  uint32_t lanes = 2;
+  uint32_t lanes = 1;
   uint64_t max_channels = 1024;
   absl::Duration channel_idle = absl::Minutes(10);  // unused channels are closed after this
   uint64_t max_block_bytes = 16 << 20;  // size of the discard buffer for refused messages
