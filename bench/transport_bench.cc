@@ -78,8 +78,8 @@ int Run(const Flags& f) {
       uint8_t* s = src.data() + i * *size;
       uint8_t* d = dst + i * *size;
       if (f.op == "tag") {
-        a_ops.push_back({.kind = TransferOp::Kind::kSend, .local = s, .length = *size, .tag = tag});
-        b_ops.push_back({.kind = TransferOp::Kind::kRecv, .local = d, .length = *size, .tag = tag});
+        a_ops.push_back(TransferOp::Send(s, *size, tag));
+        b_ops.push_back(TransferOp::Recv(d, *size, tag));
       } else {
         a_ops.push_back({.kind = f.op == "put" ? TransferOp::Kind::kPut : TransferOp::Kind::kGet,
                          .local = s,

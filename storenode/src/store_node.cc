@@ -146,21 +146,24 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   opts.warm.max_namespaces = config.max_namespaces;
   opts.warm.prefault = config.warm_prefault;
   opts.warm.policy = *ParsePolicyKind(config.warm_policy);
+  auto disk_tier = [&](const char* name, const std::string& path, uint64_t bytes,
+                       const std::string& codec, const std::string& policy) {
+    DiskTierOptions d;
+    d.name = name;
+    d.path = path;
+    d.capacity_bytes = bytes;
+    d.codec = *ParseCodec(codec);  // validated by ValidateNodeConfig
+    d.sync_writes = config.sync_writes;
+    d.policy = *ParsePolicyKind(policy);
+    return d;
+  };
   if (!config.cool_path.empty()) {
-    opts.cool = DiskTierOptions{"cool",
-                                config.cool_path,
-                                config.cool_bytes,
-                                *ParseCodec(config.cool_codec),
-                                config.sync_writes,
-                                *ParsePolicyKind(config.cool_policy)};
+    opts.cool = disk_tier("cool", config.cool_path, config.cool_bytes, config.cool_codec,
+                          config.cool_policy);
   }
   if (!config.cold_path.empty()) {
-    opts.cold = DiskTierOptions{"cold",
-                                config.cold_path,
-                                config.cold_bytes,
-                                *ParseCodec(config.cold_codec),
-                                config.sync_writes,
-                                *ParsePolicyKind(config.cold_policy)};
+    opts.cold = disk_tier("cold", config.cold_path, config.cold_bytes, config.cold_codec,
+                          config.cold_policy);
   }
   opts.warm_high_watermark = config.warm_high_watermark_pct / 100.0;
   opts.warm_low_watermark = config.warm_low_watermark_pct / 100.0;

@@ -512,12 +512,9 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
     const bool reserved = r.status[i].ok();
     if (two_sided) {
       // Every tag gets a receive: blocks not stored land in the discard buffer.
-      ops.push_back(
-          transport::TransferOp{.kind = transport::TransferOp::Kind::kRecv,
-                                .local = reserved ? r.addresses[i] : data_plane_->discard_buffer(),
-                                .length = reserved ? blocks[i].size : data_plane_->discard_bytes(),
-                                .tag = req->tags(i),
-                                .received = &received[i]});
+      ops.push_back(transport::TransferOp::Recv(
+          reserved ? r.addresses[i] : data_plane_->discard_buffer(),
+          reserved ? blocks[i].size : data_plane_->discard_bytes(), req->tags(i), &received[i]));
     } else if (reserved) {
       const v1::RemoteBuffer& src = req->sources(i);
       ops.push_back({transport::TransferOp::Kind::kGet, r.addresses[i], blocks[i].size, src.addr(),
@@ -563,10 +560,8 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
 void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline) {
   std::vector<transport::TransferOp> ops;
   for (uint64_t tag : req.tags()) {
-    ops.push_back(transport::TransferOp{.kind = transport::TransferOp::Kind::kRecv,
-                                        .local = data_plane_->discard_buffer(),
-                                        .length = data_plane_->discard_bytes(),
-                                        .tag = tag});
+    ops.push_back(transport::TransferOp::Recv(data_plane_->discard_buffer(),
+                                              data_plane_->discard_bytes(), tag));
   }
   data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline).IgnoreError();
 }
@@ -680,10 +675,8 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
     const bool send = status[i].ok() && meta[i].address != nullptr;
     if (two_sided) {
       // Exactly one message per tag: the block, or an empty one (not found, too big, inline).
-      ops.push_back(transport::TransferOp{.kind = transport::TransferOp::Kind::kSend,
-                                          .local = send ? meta[i].address : nullptr,
-                                          .length = send ? meta[i].size : 0,
-                                          .tag = req->tags(i)});
+      ops.push_back(transport::TransferOp::Send(send ? meta[i].address : nullptr,
+                                                send ? meta[i].size : 0, req->tags(i)));
     } else if (send) {
       const v1::RemoteBuffer& dst = req->destinations(i);
       ops.push_back({transport::TransferOp::Kind::kPut, meta[i].address, meta[i].size, dst.addr(),

@@ -315,15 +315,10 @@ TEST_P(TransportPairTest, TaggedMessagesLandWhereTheReceiverPutThem) {
   std::vector<TransferOp> recvs, sends;
   for (size_t i = 0; i < kMessages; ++i) {
     // Message i lands in slot (kMessages - 1 - i); the last one is empty.
-    recvs.push_back(TransferOp{.kind = TransferOp::Kind::kRecv,
-                               .local = remote((kMessages - 1 - i) * kSize),
-                               .length = kSize,
-                               .tag = 1000 + i,
-                               .received = &received[i]});
-    sends.push_back(TransferOp{.kind = TransferOp::Kind::kSend,
-                               .local = local_.data() + i * kSize,
-                               .length = i + 1 == kMessages ? 0 : kSize,
-                               .tag = 1000 + i});
+    recvs.push_back(
+        TransferOp::Recv(remote((kMessages - 1 - i) * kSize), kSize, 1000 + i, &received[i]));
+    sends.push_back(
+        TransferOp::Send(local_.data() + i * kSize, i + 1 == kMessages ? 0 : kSize, 1000 + i));
   }
   absl::Status recv_status;
   std::thread receiver([&] { recv_status = server_.worker->Transfer(*back, recvs, Soon()); });
@@ -343,7 +338,7 @@ TEST_P(TransportPairTest, TaggedMessagesLandWhereTheReceiverPutThem) {
 TEST_P(TransportPairTest, ReceiveWithoutASenderEndsAtItsDeadline) {
   absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
   ASSERT_THAT(back, IsOk());
-  TransferOp recv{.kind = TransferOp::Kind::kRecv, .local = remote(0), .length = 4096, .tag = 77};
+  TransferOp recv = TransferOp::Recv(remote(0), 4096, 77);
   const absl::Time start = absl::Now();
   EXPECT_THAT(server_.worker->Transfer(*back, {&recv, 1}, start + absl::Milliseconds(200)),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
@@ -351,8 +346,7 @@ TEST_P(TransportPairTest, ReceiveWithoutASenderEndsAtItsDeadline) {
   // A message for that tag sent later is not written into the cancelled receive's buffer.
   std::memset(remote(0), 0xAB, 4096);
   std::memset(local_.data(), 0x11, 4096);
-  TransferOp late{
-      .kind = TransferOp::Kind::kSend, .local = local_.data(), .length = 4096, .tag = 77};
+  TransferOp late = TransferOp::Send(local_.data(), 4096, 77);
   client_.worker->Transfer(ep_, {&late, 1}, absl::Now() + absl::Milliseconds(300)).IgnoreError();
   EXPECT_EQ(remote(0)[0], 0xAB);
 }
@@ -360,7 +354,7 @@ TEST_P(TransportPairTest, ReceiveWithoutASenderEndsAtItsDeadline) {
 TEST_P(TransportPairTest, AbortCancelsPendingReceivesAndKeepsTheEndpoint) {
   absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
   ASSERT_THAT(back, IsOk());
-  TransferOp recv{.kind = TransferOp::Kind::kRecv, .local = remote(0), .length = 4096, .tag = 91};
+  TransferOp recv = TransferOp::Recv(remote(0), 4096, 91);
   std::atomic<bool> abort{false};
   std::thread aborter([&] {
     absl::SleepFor(absl::Milliseconds(50));
@@ -373,9 +367,8 @@ TEST_P(TransportPairTest, AbortCancelsPendingReceivesAndKeepsTheEndpoint) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   // Receives only: the endpoint still works.
   std::memset(local_.data(), 0x5A, 4096);
-  TransferOp send{
-      .kind = TransferOp::Kind::kSend, .local = local_.data(), .length = 4096, .tag = 92};
-  TransferOp recv2{.kind = TransferOp::Kind::kRecv, .local = remote(0), .length = 4096, .tag = 92};
+  TransferOp send = TransferOp::Send(local_.data(), 4096, 92);
+  TransferOp recv2 = TransferOp::Recv(remote(0), 4096, 92);
   absl::Status recv_status;
   std::thread receiver([&] { recv_status = server_.worker->Transfer(*back, {&recv2, 1}, Soon()); });
   EXPECT_THAT(client_.worker->Transfer(ep_, {&send, 1}, Soon()), IsOk());

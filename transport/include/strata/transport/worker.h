@@ -64,6 +64,26 @@ struct TransferOp {
   // kRecv: receives the message's length (at most `length`; a longer message fails the op
   // with an error). Written before Transfer returns OK. May be null.
   size_t* received = nullptr;
+
+  // A tagged message of `length` bytes from `local` (length 0: an empty message).
+  static TransferOp Send(const void* local, size_t length, uint64_t tag) {
+    TransferOp op;
+    op.kind = Kind::kSend;
+    op.local = const_cast<void*>(local);  // only read
+    op.length = length;
+    op.tag = tag;
+    return op;
+  }
+  // The message tagged `tag`, into `local` (capacity `length`); its length into *received.
+  static TransferOp Recv(void* local, size_t length, uint64_t tag, size_t* received = nullptr) {
+    TransferOp op;
+    op.kind = Kind::kRecv;
+    op.local = local;
+    op.length = length;
+    op.tag = tag;
+    op.received = received;
+    return op;
+  }
 };
 
 class Worker {
