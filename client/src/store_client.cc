@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <utility>
 
@@ -897,31 +898,9 @@ class GrpcStoreClient final : public StoreClient {
     if (resp.blocks_size() != static_cast<int>(range.second - range.first)) {
       return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
     }
-    std::vector<size_t> retry;  // blocks whose bytes failed the end-to-end check
-    for (size_t i = range.first; i < range.second; ++i) {
-      const size_t k = i - range.first;
-      const v1::GetBlock& b = resp.blocks(static_cast<int>(k));
-      absl::Status st = FromBlockStatus(b.status());
-      if (st.ok() && b.size() > blocks[i].capacity) {
-        st = absl::OutOfRangeError(
-            absl::StrCat("block is ", b.size(), " bytes, buffer holds ", blocks[i].capacity));
-      }
-      if (st.ok()) {
-        // Staged blocks come inline; the rest the node pushed into `landing`.
-        const bool came_inline = !b.payload().empty();
-        const void* bytes = came_inline ? b.payload().data() : landing[k];
-        const bool intact =
-            (came_inline ? b.payload().size() == b.size() : b.size() <= placed[i].length) &&
-            BlockChecksum(bytes, b.size()) == b.checksum();
-        if (!intact) {
-          retry.push_back(i);
-          continue;
-        }
-        if (bytes != blocks[i].buffer) std::memcpy(blocks[i].buffer, bytes, b.size());
-        result->sizes[i] = b.size();
-      }
-      result->blocks[i] = std::move(st);
-    }
+    std::vector<size_t> retry = AcceptGetReply(resp, blocks, range, result, [&](size_t i) {
+      return Landing{landing[i - range.first], placed[i].length, /*exact=*/false};
+    });
     bounce->clear();  // back to the pool before the (rare) retry
     if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, result);
     return absl::OkStatus();
@@ -1095,34 +1074,53 @@ class GrpcStoreClient final : public StoreClient {
     if (resp.blocks_size() != static_cast<int>(n)) {
       return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
     }
-    std::vector<size_t> retry;  // blocks whose bytes failed the end-to-end check
+    std::vector<size_t> retry = AcceptGetReply(resp, blocks, range, result, [&](size_t i) {
+      return Landing{blocks[i].buffer, received[i - range.first], /*exact=*/true};
+    });
+    if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, result);
+    return absl::OkStatus();
+  }
+
+  // Where a block's bytes arrived over UCX: `length` bytes at `bytes` (exact: the message's
+  // length, which must be the block's size; else a capacity the block must fit).
+  struct Landing {
+    const void* bytes;
+    uint64_t length;
+    bool exact;
+  };
+
+  // Takes a GetData reply: per block its status, and for OK blocks the end-to-end check of
+  // the bytes where they arrived (or inline in the reply, for blocks the node could not stage),
+  // copying them into the caller's buffer when they arrived elsewhere. Returns the blocks that
+  // failed the check (to fetch again inline).
+  std::vector<size_t> AcceptGetReply(const v1::GetDataResponse& resp,
+                                     std::span<const BlockRead> blocks,
+                                     std::pair<size_t, size_t> range, GetResult* result,
+                                     const std::function<Landing(size_t)>& landed) {
+    std::vector<size_t> retry;
     for (size_t i = range.first; i < range.second; ++i) {
-      const size_t k = i - range.first;
-      const v1::GetBlock& b = resp.blocks(static_cast<int>(k));
+      const v1::GetBlock& b = resp.blocks(static_cast<int>(i - range.first));
       absl::Status st = FromBlockStatus(b.status());
       if (st.ok() && b.size() > blocks[i].capacity) {
         st = absl::OutOfRangeError(
             absl::StrCat("block is ", b.size(), " bytes, buffer holds ", blocks[i].capacity));
       }
       if (st.ok()) {
-        // Staged blocks come inline (their message was empty); the rest arrived in the buffer.
         const bool came_inline = !b.payload().empty();
-        const bool intact = came_inline
-                                ? b.payload().size() == b.size() &&
-                                      BlockChecksum(b.payload().data(), b.size()) == b.checksum()
-                                : received[k] == b.size() &&
-                                      BlockChecksum(blocks[i].buffer, b.size()) == b.checksum();
+        const Landing at =
+            came_inline ? Landing{b.payload().data(), b.payload().size(), true} : landed(i);
+        const bool intact = (at.exact ? at.length == b.size() : b.size() <= at.length) &&
+                            BlockChecksum(at.bytes, b.size()) == b.checksum();
         if (!intact) {
           retry.push_back(i);
           continue;
         }
-        if (came_inline) std::memcpy(blocks[i].buffer, b.payload().data(), b.size());
+        if (at.bytes != blocks[i].buffer) std::memcpy(blocks[i].buffer, at.bytes, b.size());
         result->sizes[i] = b.size();
       }
       result->blocks[i] = std::move(st);
     }
-    if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, result);
-    return absl::OkStatus();
+    return retry;
   }
 
   // Fetches blocks whose data-channel bytes failed their checksum once more, inline (BeginGet
