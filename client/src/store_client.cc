@@ -847,6 +847,12 @@ class GrpcStoreClient final : public StoreClient {
           return stub_->PutData(ctx, req, &resp);
         });
     if (!s.ok()) return s;
+    return TakePutReply(resp, range, result);
+  }
+
+  // Per-block outcomes of a PutData reply into *result.
+  absl::Status TakePutReply(const v1::PutDataResponse& resp, std::pair<size_t, size_t> range,
+                            PutResult* result) {
     if (resp.results_size() != static_cast<int>(range.second - range.first)) {
       return absl::InternalError(Where("PutData") + ": reply has the wrong number of results");
     }
@@ -1011,13 +1017,7 @@ class GrpcStoreClient final : public StoreClient {
     if (!s.ok()) return s;
     // The node answers only after it has taken every message, so its results stand even if
     // the sends' local completion reported trouble (that only retired the endpoint).
-    if (resp.results_size() != static_cast<int>(range.second - range.first)) {
-      return absl::InternalError(Where("PutData") + ": reply has the wrong number of results");
-    }
-    for (size_t i = range.first; i < range.second; ++i) {
-      result->blocks[i] = FromBlockStatus(resp.results(static_cast<int>(i - range.first)));
-    }
-    return absl::OkStatus();
+    return TakePutReply(resp, range, result);
   }
 
   absl::Status GetDataPartTwoSided(const Namespace& ns, const std::string& scope,
