@@ -302,8 +302,8 @@ class GrpcStoreClient final : public StoreClient {
   }
 
   absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
-                                std::span<const BlockRead> blocks,
-                                const CallOptions& call) override {
+                                std::span<const BlockRead> blocks, const CallOptions& call,
+                                const GetOptions& get) override {
     GetResult result;
     result.blocks.resize(blocks.size());
     result.sizes.resize(blocks.size());
@@ -331,12 +331,12 @@ class GrpcStoreClient final : public StoreClient {
       const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
       first = RunParts(parts.size(), [&](size_t p) {
         return GetDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), deadline,
-                           &result);
+                           get.promote, &result);
       });
     } else {
       auto parts = SplitBatch(blocks.size(), max_keys_, max_inline_, usable);
       first = RunParts(parts.size(), [&](size_t p) {
-        return GetPart(ns, sc, blocks, parts[p], deadline, &result);
+        return GetPart(ns, sc, blocks, parts[p], deadline, get.promote, &result);
       });
     }
     if (!first.ok()) return first;
@@ -537,11 +537,12 @@ class GrpcStoreClient final : public StoreClient {
 
   absl::Status GetPart(const Namespace& ns, const std::string& scope,
                        std::span<const BlockRead> blocks, std::pair<size_t, size_t> range,
-                       Clock::time_point deadline, GetResult* result) {
+                       Clock::time_point deadline, bool promote, GetResult* result) {
     v1::BeginGetRequest req;
     req.set_namespace_id(ns.id);
     req.set_scope(scope);
     req.set_include_payload(true);
+    req.set_skip_promotion(!promote);
     for (size_t i = range.first; i < range.second; ++i) {
       req.add_chain_hashes(blocks[i].hash.ToBytes());
     }
@@ -865,14 +866,15 @@ class GrpcStoreClient final : public StoreClient {
   absl::Status GetDataPart(const Namespace& ns, const std::string& scope,
                            std::span<const BlockRead> blocks, const std::vector<Placement>& placed,
                            std::pair<size_t, size_t> range, uint32_t lane,
-                           Clock::time_point deadline, GetResult* result) {
+                           Clock::time_point deadline, bool promote, GetResult* result) {
     if (two_sided_) {
-      return GetDataPartTwoSided(ns, scope, blocks, placed, range, lane, deadline, result);
+      return GetDataPartTwoSided(ns, scope, blocks, placed, range, lane, deadline, promote, result);
     }
     absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
         AcquirePartBounce("GetData", placed, range, deadline);
     if (!bounce.ok()) return bounce.status();
     v1::GetDataRequest req;
+    req.set_skip_promotion(!promote);
     req.set_namespace_id(ns.id);
     req.set_scope(scope);
     req.set_lane(lane);
@@ -908,7 +910,7 @@ class GrpcStoreClient final : public StoreClient {
       return Landing{landing[i - range.first], placed[i].length, /*exact=*/false};
     });
     bounce->clear();  // back to the pool before the (rare) retry
-    if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, result);
+    if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, promote, result);
     return absl::OkStatus();
   }
 
@@ -1024,8 +1026,9 @@ class GrpcStoreClient final : public StoreClient {
                                    std::span<const BlockRead> blocks,
                                    const std::vector<Placement>& placed,
                                    std::pair<size_t, size_t> range, uint32_t lane,
-                                   Clock::time_point deadline, GetResult* result) {
+                                   Clock::time_point deadline, bool promote, GetResult* result) {
     v1::GetDataRequest req;
+    req.set_skip_promotion(!promote);
     req.set_namespace_id(ns.id);
     req.set_scope(scope);
     req.set_lane(lane);
@@ -1077,7 +1080,7 @@ class GrpcStoreClient final : public StoreClient {
     std::vector<size_t> retry = AcceptGetReply(resp, blocks, range, result, [&](size_t i) {
       return Landing{blocks[i].buffer, received[i - range.first], /*exact=*/true};
     });
-    if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, result);
+    if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, promote, result);
     return absl::OkStatus();
   }
 
@@ -1126,7 +1129,7 @@ class GrpcStoreClient final : public StoreClient {
   // Fetches blocks whose data-channel bytes failed their checksum once more, inline (BeginGet
   // with payloads); a block that fails again is DATA_LOSS.
   void RetryInline(const Namespace& ns, const std::string& scope, std::span<const BlockRead> blocks,
-                   const std::vector<size_t>& which, Clock::time_point deadline,
+                   const std::vector<size_t>& which, Clock::time_point deadline, bool promote,
                    GetResult* result) {
     std::vector<BlockRead> reads;
     for (size_t i : which) reads.push_back(blocks[i]);
@@ -1137,7 +1140,7 @@ class GrpcStoreClient final : public StoreClient {
       return std::min<uint64_t>(reads[k].capacity, max_block_);
     });
     for (const auto& part : parts) {
-      absl::Status call = GetPart(ns, scope, reads, part, deadline, &again);
+      absl::Status call = GetPart(ns, scope, reads, part, deadline, promote, &again);
       for (size_t k = part.first; !call.ok() && k < part.second; ++k) again.blocks[k] = call;
     }
     for (size_t k = 0; k < which.size(); ++k) {
@@ -1244,7 +1247,7 @@ std::future<absl::StatusOr<GetResult>> StoreClient::GetAsync(const Namespace& ns
                                                              CallOptions call) {
   return std::async(std::launch::async,
                     [this, ns, scope = std::move(scope), blocks = std::move(blocks), call] {
-                      return Get(ns, scope, blocks, call);
+                      return Get(ns, scope, blocks, call, {});
                     });
 }
 

@@ -243,8 +243,8 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGet
       return reinterpret_cast<uint8_t*>(p->data());
     };
   }
-  WarmTier::GetResult r =
-      store_->BeginGet(req->namespace_id(), scope, hashes, ttl, sink, config_.max_inline_bytes);
+  WarmTier::GetResult r = store_->BeginGet(req->namespace_id(), scope, hashes, ttl, sink,
+                                           config_.max_inline_bytes, !req->skip_promotion());
   resp->set_lease_id(r.lease_id);
   resp->set_expires_in_ms(r.lease_id != 0 ? ttl : 0);
   uint64_t bytes = 0;
@@ -614,7 +614,7 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   for (int i = 0; i < n; ++i) {
     if (status[i].code() == absl::StatusCode::kNotFound) missing.push_back(i);
   }
-  if (!missing.empty() && store_->promote_on_get()) {
+  if (!missing.empty() && store_->promote_on_get() && !req->skip_promotion()) {
     std::vector<ChainHash> staged;
     std::vector<int> staged_index;
     for (int i : missing) {
@@ -647,7 +647,8 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
       return reinterpret_cast<uint8_t*>(p->data());
     };
     WarmTier::GetResult inline_result =
-        store_->BeginGet(req->namespace_id(), scope, rest, ttl, sink, config_.max_inline_bytes);
+        store_->BeginGet(req->namespace_id(), scope, rest, ttl, sink, config_.max_inline_bytes,
+                         !req->skip_promotion());
     leases.push_back(inline_result.lease_id);
     for (size_t k = 0; k < missing.size(); ++k) {
       status[missing[k]] = inline_result.status[k];

@@ -316,7 +316,8 @@ absl::Status TieredStore::AbortPut(uint64_t reservation_id) {
 
 WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& scope,
                                           std::span<const ChainHash> hashes, uint64_t ttl_ms,
-                                          const WarmTier::CopySink& sink, uint64_t max_copy_bytes) {
+                                          const WarmTier::CopySink& sink, uint64_t max_copy_bytes,
+                                          bool promote) {
   WarmTier::GetResult r = warm_->BeginGet(ns, scope, hashes, ttl_ms, sink, max_copy_bytes);
   if (!cool_) return r;
   uint64_t copied = 0;
@@ -351,7 +352,7 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
       r.status[i] = absl::OkStatus();
       r.blocks[i] = {buf.size(), checksum, code};
       (code == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
-      if (options_.promote_on_get) {
+      if (options_.promote_on_get && promote) {
         // Best effort and without disk writes on the read path: a full warm tier simply
         // keeps serving the block from disk.
         std::optional<DiskBlockMeta> meta = tier->Find(key, false);

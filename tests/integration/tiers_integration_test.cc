@@ -361,6 +361,30 @@ TEST_F(TiersTest, QuantizedOffloadIsOptInPerNamespace) {
   }
 }
 
+// A client that reads a cool block once asks the node not to promote it: the bytes come back
+// exact and the block stays cool; a default read brings it back to warm.
+TEST_F(TiersTest, ReadsMayLeaveColdBlocksWhereTheyAre) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(n.Start());
+  std::vector<ChainHash> chat = n.Chain(9, 2);
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(chat, 900, {.session_id = "one-off"}));
+  ASSERT_THAT(n.client->PauseSession("one-off", false), IsOk());
+  ASSERT_EQ(Count(Tiers(n, chat), client::Tier::kCool), 2u);
+  std::vector<uint8_t> out(kBlock);
+  BlockRead read{chat[0], out.data(), kBlock};
+  auto once = n.client->Get(n.ns, "", {&read, 1}, {}, {.promote = false});
+  ASSERT_THAT(once, IsOk());
+  ASSERT_THAT(once->blocks[0], IsOk());
+  EXPECT_EQ(out, Payload(900, kBlock));
+  EXPECT_EQ(Count(Tiers(n, chat), client::Tier::kCool), 2u) << "promoted despite promote=false";
+  std::fill(out.begin(), out.end(), 0);
+  auto again = n.client->Get(n.ns, "", {&read, 1});
+  ASSERT_THAT(again, IsOk());
+  ASSERT_THAT(again->blocks[0], IsOk());
+  EXPECT_EQ(out, Payload(900, kBlock));
+  EXPECT_EQ(Tiers(n, chat)[0], client::Tier::kWarm);
+}
+
 TEST_F(TiersTest, IdleSessionsDemoteOnTheirOwn) {
   TieredNode n(dir_);
   ASSERT_NO_FATAL_FAILURE(n.Start({"--session-idle", "300ms"}));

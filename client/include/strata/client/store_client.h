@@ -93,6 +93,14 @@ struct BlockWrite {
   float importance = 0;  // optional 0..1 attention-weighted retention score
 };
 
+struct GetOptions {
+  // A block found only on the cool or cold tier is copied back into the node's DRAM tier
+  // (dequantized, if its namespace offloads quantized) as it is served, unless this is false:
+  // then it is served from disk — dequantized on read — and stays where it is (a one-off
+  // read that should not push hot blocks out). The node's --promote-on-get=false wins.
+  bool promote = true;
+};
+
 struct PutOptions {
   std::string session_id;  // optional: lets PauseSession/ResumeSession move these blocks
 };
@@ -212,7 +220,8 @@ class StoreClient {
   // Fetches blocks into caller buffers, verifying each block's checksum.
   virtual absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
                                         std::span<const BlockRead> blocks,
-                                        const CallOptions& call = {}) = 0;
+                                        const CallOptions& call = {},
+                                        const GetOptions& get = {}) = 0;
 
   // Removes blocks; returns how many were present.
   virtual absl::StatusOr<uint64_t> Delete(const Namespace& ns, std::string_view scope,

@@ -79,7 +79,8 @@ class TieredStore {
   // copied through `sink` (not leased: they are served from the read buffer), and promoted.
   WarmTier::GetResult BeginGet(NamespaceId ns, const std::string& scope,
                                std::span<const ChainHash> hashes, uint64_t ttl_ms,
-                               const WarmTier::CopySink& sink, uint64_t max_copy_bytes);
+                               const WarmTier::CopySink& sink, uint64_t max_copy_bytes,
+                               bool promote = true);
   absl::Status EndGet(uint64_t lease_id);
 
   uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
