@@ -5,6 +5,9 @@
 // transport. Prints one line of figures (and JSON with --json); never a timed test.
 //
 // Exit code: 0 done; 1 a transfer failed; 2 bad flags or UCX setup failed.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -33,8 +36,82 @@ struct Flags {
   uint32_t rounds = 50;
   uint32_t late_recv_ms = 0;  // tag: post receives this long after the sends
   bool json = false;
-  uint32_t arena_mib = 0;  // >0: the target is a registered anonymous mapping of this size
+  uint32_t arena_mib = 0;      // >0: the target is a registered anonymous mapping of this size
+  bool two_processes = false;  // tag only: sender and receiver in two processes
 };
+
+bool WriteAll(int fd, const std::string& bytes) {
+  uint32_t n = static_cast<uint32_t>(bytes.size());
+  return write(fd, &n, 4) == 4 && write(fd, bytes.data(), n) == static_cast<ssize_t>(n);
+}
+
+bool ReadAll(int fd, std::string* bytes) {
+  uint32_t n = 0;
+  if (read(fd, &n, 4) != 4 || n > (1u << 20)) return false;
+  bytes->resize(n);
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, bytes->data() + got, n - got);
+    if (r <= 0) return false;
+    got += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// Tagged messages between two processes (the store node's and a client's situation): fork
+// first, then each side builds its own context; worker addresses cross over pipes.
+int RunTwoProcesses(const Flags& f, uint64_t size, const TransportOptions& topts) {
+  int to_child[2], to_parent[2];
+  if (pipe(to_child) != 0 || pipe(to_parent) != 0) return 2;
+  const pid_t pid = fork();
+  if (pid < 0) return 2;
+  const bool receiver = pid == 0;
+  const int out = receiver ? to_parent[1] : to_child[1];
+  const int in = receiver ? to_child[0] : to_parent[0];
+  auto context = Context::Create(topts);
+  if (!context.ok()) return 2;
+  auto worker = (*context)->CreateWorker();
+  if (!worker.ok()) return 2;
+  std::string peer;
+  if (!WriteAll(out, (*worker)->Address()) || !ReadAll(in, &peer)) return 2;
+  auto ep = (*worker)->Connect(peer);
+  if (!ep.ok()) return 2;
+  const uint64_t bytes = size * f.blocks;
+  auto region = (*context)->Allocate(bytes);
+  if (!region.ok()) return 2;
+  auto* buf = static_cast<uint8_t*>((*region)->base());
+  uint64_t tag = 1;
+  const auto start = std::chrono::steady_clock::now();
+  for (uint32_t r = 0; r < f.rounds; ++r) {
+    std::vector<TransferOp> ops;
+    for (uint32_t i = 0; i < f.blocks; ++i, ++tag) {
+      ops.push_back(receiver ? TransferOp::Recv(buf + i * size, size, tag)
+                             : TransferOp::Send(buf + i * size, size, tag));
+    }
+    absl::Status s = (*worker)->Transfer(*ep, ops, absl::Now() + absl::Seconds(60));
+    if (!s.ok()) {
+      std::fprintf(stderr, "strata-transport-bench (%s): %s\n", receiver ? "receiver" : "sender",
+                   s.ToString().c_str());
+      if (receiver) _exit(1);
+      return 1;
+    }
+  }
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Both sides stay until both are done: a worker torn down early would fail the other.
+  std::string done;
+  WriteAll(out, "done");
+  ReadAll(in, &done);
+  if (receiver) _exit(0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::printf(
+      "transport %s tag, two processes: %u x %s per batch, %u batches: %.3f GB/s "
+      "(%.2f ms per batch)\n",
+      f.tls.c_str(), f.blocks, strata::FormatByteSize(size).c_str(), f.rounds,
+      static_cast<double>(bytes) * f.rounds / secs / 1e9, secs * 1e3 / f.rounds);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
 
 int Run(const Flags& f) {
   absl::StatusOr<uint64_t> size = strata::ParseByteSize(f.block_size_text);
@@ -45,6 +122,7 @@ int Run(const Flags& f) {
   TransportOptions topts;
   topts.tls = f.tls == "shm" ? "posix,sysv,cma,self" : f.tls;
   topts.peer_failure_handling = f.tls != "shm";
+  if (f.two_processes) return RunTwoProcesses(f, *size, topts);
   auto a = Context::Create(topts);
   auto b = Context::Create(topts);
   if (!a.ok() || !b.ok()) {
@@ -142,6 +220,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--json", f.json, "One JSON object instead of the line");
   app.add_option("--arena-mib", f.arena_mib, "Target: a registered mapping of this many MiB");
+  app.add_flag("--two-processes", f.two_processes,
+               "tag: sender and receiver in two processes (fork), as a client and a node are");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
