@@ -53,7 +53,6 @@ TEST_F(BouncePoolTest, HandsOutDistinctBuffersInsideTheRegionUntilEmpty) {
   const absl::Time start = absl::Now();
   EXPECT_THAT(p.Acquire(start + absl::Milliseconds(50)),
               StatusIs(absl::StatusCode::kResourceExhausted));
-  EXPECT_GE(absl::Now() - start, absl::Milliseconds(50));
   held[2].Release();
   EXPECT_EQ(held[2].data(), nullptr);
   EXPECT_EQ(p.available(), 1u);
