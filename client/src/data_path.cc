@@ -1,0 +1,458 @@
+// The UCX data path of GrpcStoreClient: channels to the node, batches split into parts over
+// lanes, one-sided (RMA, shared memory and RDMA) and two-sided (tagged messages, TCP) transfers,
+// and the end-to-end check of what arrived.
+#include "grpc_store_client.h"
+#include "strata/common/checksum.h"
+
+namespace strata::client::internal {
+
+absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats) {
+  if (max_block_ == 0) {
+    return absl::FailedPreconditionError(Where("Stats") + ": node reports max_block_bytes 0");
+  }
+  ClientDataPlaneOptions opts;
+  opts.tls = stats.ucx_tls;
+  opts.peer_failure_handling = stats.ucx_peer_failure_handling;
+  opts.lanes = stats.ucx_lanes;
+  opts.bounce_buffer_size = max_block_;
+  opts.bounce_buffers = std::max<uint64_t>(2, options_.bounce_bytes / max_block_);
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = ClientDataPlane::Create(opts);
+  if (!plane.ok()) return plane.status();
+  ucx_ = *std::move(plane);
+  ucx_tls_ = stats.ucx_tls;
+  two_sided_ = options_.ucx_two_sided_on_tcp && TlsIncludesTcp(stats.ucx_tls);
+  absl::StatusOr<uint64_t> channel = AcquireChannel(Deadline({}));
+  return channel.status();
+}
+
+absl::StatusOr<bool> GrpcStoreClient::UseDataChannel(bool fits, uint64_t largest,
+                                                     Clock::time_point deadline) {
+  if (ucx_ == nullptr || !fits || largest < options_.ucx_min_block_bytes) return false;
+  absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
+  if (channel.ok()) return true;
+  if (options_.data_plane == ClientOptions::DataPlane::kAuto &&
+      !IsTransient(channel.status().code())) {
+    return false;
+  }
+  return channel.status();
+}
+
+absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadline) {
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(chan_mu_) { return !connecting_; };
+  if (!chan_mu_.LockWhenWithDeadline(absl::Condition(&idle), absl::FromChrono(deadline))) {
+    chan_mu_.Unlock();
+    return absl::DeadlineExceededError(Where("ConnectData") +
+                                       ": deadline passed waiting for the data channel");
+  }
+  if (channel_id_ != 0) {
+    const uint64_t id = channel_id_;
+    chan_mu_.Unlock();
+    return id;
+  }
+  connecting_ = true;
+  chan_mu_.Unlock();
+
+  absl::StatusOr<std::pair<uint64_t, std::string>> opened = OpenChannel(deadline);
+  absl::MutexLock lock(&chan_mu_);
+  connecting_ = false;
+  if (!opened.ok()) return opened.status();
+  channel_id_ = opened->first;
+  transport_ = std::move(opened->second);
+  return channel_id_;
+}
+
+absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
+    Clock::time_point deadline) {
+  v1::ConnectDataRequest req;
+  for (std::string& a : ucx_->WorkerAddresses()) req.add_worker_addresses(std::move(a));
+  v1::ConnectDataResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, deadline);
+  if (absl::Status s = FromGrpc(stub_->ConnectData(&ctx, req, &resp), Where("ConnectData"));
+      !s.ok()) {
+    return s;
+  }
+  if (resp.channel_id() == 0) {
+    return absl::InternalError(Where("ConnectData") + ": node answered channel_id 0");
+  }
+  std::vector<std::string> node_lanes(resp.worker_addresses().begin(),
+                                      resp.worker_addresses().end());
+  if (absl::Status s = ucx_->Wire(node_lanes); !s.ok()) {
+    CloseDataQuietly(resp.channel_id());
+    return absl::Status(s.code(), absl::StrCat(Where("ConnectData"), ": ", s.message()));
+  }
+  return std::make_pair(resp.channel_id(), CondenseTransport(resp.transport()));
+}
+
+void GrpcStoreClient::MarkBroken(uint64_t stale) {
+  absl::MutexLock lock(&chan_mu_);
+  if (channel_id_ == stale) channel_id_ = 0;
+}
+
+std::vector<std::pair<size_t, size_t>> GrpcStoreClient::SplitForDataChannel(
+    const std::vector<Placement>& placed) const {
+  const size_t n = placed.size();
+  const size_t lanes = ucx_->lanes();
+  const size_t spread = (n + std::min(lanes, n) - 1) / std::min(lanes, n);
+  const size_t max_blocks = std::min<size_t>(max_keys_, spread);
+  const size_t max_bounce = std::max<size_t>(1, ucx_->bounce_capacity() / lanes);
+  std::vector<std::pair<size_t, size_t>> parts;
+  size_t begin = 0;
+  size_t bounce = 0;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const size_t b = !two_sided_ && placed[i].region == nullptr ? 1 : 0;
+    if (i > begin && (i - begin >= max_blocks || bounce + b > max_bounce ||
+                      bytes + placed[i].length > max_inline_)) {
+      parts.emplace_back(begin, i);
+      begin = i;
+      bounce = 0;
+      bytes = 0;
+    }
+    bounce += b;
+    bytes += placed[i].length;
+  }
+  if (begin < n) parts.emplace_back(begin, n);
+  return parts;
+}
+
+absl::StatusOr<std::vector<transport::BounceBuffer>> GrpcStoreClient::AcquirePartBounce(
+    std::string_view op, const std::vector<Placement>& placed, std::pair<size_t, size_t> range,
+    Clock::time_point deadline) {
+  size_t needed = 0;
+  for (size_t i = range.first; i < range.second; ++i) {
+    needed += placed[i].region == nullptr ? 1 : 0;
+  }
+  absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
+      ucx_->AcquireBounce(needed, absl::FromChrono(deadline));
+  if (!bounce.ok()) {
+    return absl::Status(bounce.status().code(),
+                        absl::StrCat(Where(op), ": ", bounce.status().message()));
+  }
+  return bounce;
+}
+
+absl::Status GrpcStoreClient::PutDataPart(const Namespace& ns, const std::string& scope,
+                                          std::span<const BlockWrite> blocks,
+                                          const std::vector<Placement>& placed,
+                                          std::pair<size_t, size_t> range, uint32_t lane,
+                                          Clock::time_point deadline, const PutOptions& put,
+                                          PutResult* result) {
+  if (two_sided_) {
+    return PutDataPartTwoSided(ns, scope, blocks, range, lane, deadline, put, result);
+  }
+  absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
+      AcquirePartBounce("PutData", placed, range, deadline);
+  if (!bounce.ok()) return bounce.status();
+  v1::PutDataRequest req;
+  req.set_namespace_id(ns.id);
+  req.set_scope(scope);
+  req.set_session_id(put.session_id);
+  req.set_lane(lane);
+  RkeyTable rkeys;
+  auto add_rkey = [&req](const std::string& rkey) { req.add_rkeys(rkey); };
+  size_t next_bounce = 0;
+  for (size_t i = range.first; i < range.second; ++i) {
+    const BlockWrite& w = blocks[i];
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(w.hash.ToBytes());
+    b->set_size(w.size);
+    b->set_depth(w.depth);
+    b->set_importance(w.importance);
+    req.add_checksums(BlockChecksum(w.data, w.size));
+    v1::RemoteBuffer* src = req.add_sources();
+    src->set_length(w.size);
+    if (placed[i].region != nullptr) {
+      src->set_addr(reinterpret_cast<uintptr_t>(w.data));
+      src->set_rkey_index(rkeys.IndexOf(*placed[i].region, add_rkey));
+    } else {
+      transport::BounceBuffer& buf = (*bounce)[next_bounce++];
+      std::memcpy(buf.data(), w.data, w.size);
+      src->set_addr(reinterpret_cast<uintptr_t>(buf.data()));
+      src->set_rkey_index(rkeys.IndexOf(ucx_->bounce_region(), add_rkey));
+    }
+  }
+  v1::PutDataResponse resp;
+  absl::Status s =
+      CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+        req.set_channel_id(channel);
+        return stub_->PutData(ctx, req, &resp);
+      });
+  if (!s.ok()) return s;
+  return TakePutReply(resp, range, result);
+}
+
+absl::Status GrpcStoreClient::TakePutReply(const v1::PutDataResponse& resp,
+                                           std::pair<size_t, size_t> range, PutResult* result) {
+  if (resp.results_size() != static_cast<int>(range.second - range.first)) {
+    return absl::InternalError(Where("PutData") + ": reply has the wrong number of results");
+  }
+  for (size_t i = range.first; i < range.second; ++i) {
+    result->blocks[i] = FromBlockStatus(resp.results(static_cast<int>(i - range.first)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string& scope,
+                                          std::span<const BlockRead> blocks,
+                                          const std::vector<Placement>& placed,
+                                          std::pair<size_t, size_t> range, uint32_t lane,
+                                          Clock::time_point deadline, bool promote,
+                                          GetResult* result) {
+  if (two_sided_) {
+    return GetDataPartTwoSided(ns, scope, blocks, placed, range, lane, deadline, promote, result);
+  }
+  absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
+      AcquirePartBounce("GetData", placed, range, deadline);
+  if (!bounce.ok()) return bounce.status();
+  v1::GetDataRequest req;
+  req.set_skip_promotion(!promote);
+  req.set_namespace_id(ns.id);
+  req.set_scope(scope);
+  req.set_lane(lane);
+  RkeyTable rkeys;
+  auto add_rkey = [&req](const std::string& rkey) { req.add_rkeys(rkey); };
+  // Where each block lands: the caller's buffer (zero-copy) or its bounce buffer.
+  std::vector<const void*> landing(range.second - range.first);
+  size_t next_bounce = 0;
+  for (size_t i = range.first; i < range.second; ++i) {
+    req.add_chain_hashes(blocks[i].hash.ToBytes());
+    v1::RemoteBuffer* dst = req.add_destinations();
+    dst->set_length(placed[i].length);
+    if (placed[i].region != nullptr) {
+      landing[i - range.first] = blocks[i].buffer;
+      dst->set_rkey_index(rkeys.IndexOf(*placed[i].region, add_rkey));
+    } else {
+      landing[i - range.first] = (*bounce)[next_bounce++].data();
+      dst->set_rkey_index(rkeys.IndexOf(ucx_->bounce_region(), add_rkey));
+    }
+    dst->set_addr(reinterpret_cast<uintptr_t>(landing[i - range.first]));
+  }
+  v1::GetDataResponse resp;
+  absl::Status s =
+      CallOnChannel("GetData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+        req.set_channel_id(channel);
+        return stub_->GetData(ctx, req, &resp);
+      });
+  if (!s.ok()) return s;
+  if (resp.blocks_size() != static_cast<int>(range.second - range.first)) {
+    return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
+  }
+  std::vector<size_t> retry = AcceptGetReply(resp, blocks, range, result, [&](size_t i) {
+    return Landing{landing[i - range.first], placed[i].length, /*exact=*/false};
+  });
+  bounce->clear();  // back to the pool before the (rare) retry
+  if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, promote, result);
+  return absl::OkStatus();
+}
+
+void GrpcStoreClient::StartTagged(TaggedTransfer* t, uint32_t lane,
+                                  std::span<const transport::TransferOp> ops,
+                                  Clock::time_point deadline, grpc::ClientContext* ctx) {
+  t->done = std::async(std::launch::async, [this, t, lane, ops, deadline, ctx] {
+    absl::Status s = ucx_->Transfer(lane, ops, absl::FromChrono(deadline), &t->abort);
+    if (!s.ok() && !t->abort.load(std::memory_order_acquire)) {
+      t->failed_alone.store(true, std::memory_order_release);
+      ctx->TryCancel();  // valid before, during and after the call
+    }
+    return s;
+  });
+}
+
+grpc::Status GrpcStoreClient::FinishTagged(TaggedTransfer* t, grpc::Status rpc,
+                                           absl::Status* transfer) {
+  if (!rpc.ok()) t->abort.store(true, std::memory_order_release);
+  *transfer = t->done.get();
+  // An RPC that succeeded keeps its answer: PutData's results stand (the node took every
+  // message), and GetDataPartTwoSided checks `*transfer` itself.
+  if (!rpc.ok() && t->failed_alone.load(std::memory_order_acquire)) {
+    absl::Status s = *transfer;
+    // A batch the deadline ended is DEADLINE_EXCEEDED; anything else means the lane's
+    // endpoint cannot carry the call: UNAVAILABLE, so CallOnChannel marks the channel broken.
+    const absl::StatusCode code =
+        s.code() == absl::StatusCode::kDeadlineExceeded ? s.code() : absl::StatusCode::kUnavailable;
+    return ToGrpc(absl::Status(code, s.message()));
+  }
+  return rpc;
+}
+
+void GrpcStoreClient::AfterTagged(uint64_t channel, const absl::Status& transfer,
+                                  bool receives_only) {
+  if (transfer.ok() || channel == 0) return;
+  if (receives_only && transfer.code() == absl::StatusCode::kCancelled) return;
+  MarkBroken(channel);
+}
+
+absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std::string& scope,
+                                                  std::span<const BlockWrite> blocks,
+                                                  std::pair<size_t, size_t> range, uint32_t lane,
+                                                  Clock::time_point deadline, const PutOptions& put,
+                                                  PutResult* result) {
+  v1::PutDataRequest req;
+  req.set_namespace_id(ns.id);
+  req.set_scope(scope);
+  req.set_session_id(put.session_id);
+  req.set_lane(lane);
+  std::vector<transport::TransferOp> sends(range.second - range.first);
+  for (size_t i = range.first; i < range.second; ++i) {
+    const BlockWrite& w = blocks[i];
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(w.hash.ToBytes());
+    b->set_size(w.size);
+    b->set_depth(w.depth);
+    b->set_importance(w.importance);
+    req.add_checksums(BlockChecksum(w.data, w.size));
+    // UCX only reads a send's buffer; two-sided ops need no registration.
+    transport::TransferOp& op = sends[i - range.first];
+    op.kind = transport::TransferOp::Kind::kSend;
+    op.local = const_cast<void*>(w.data);
+    op.length = w.size;
+  }
+  v1::PutDataResponse resp;
+  uint64_t used_channel = 0;
+  absl::Status sent;
+  absl::Status s =
+      CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+        used_channel = channel;
+        req.set_channel_id(channel);
+        req.clear_tags();
+        for (transport::TransferOp& op : sends) {
+          op.tag = ucx_->NextTag(channel);
+          req.add_tags(op.tag);
+        }
+        TaggedTransfer t;
+        StartTagged(&t, lane, sends, deadline, ctx);
+        return FinishTagged(&t, stub_->PutData(ctx, req, &resp), &sent);
+      });
+  AfterTagged(used_channel, sent, /*receives_only=*/false);
+  if (!s.ok()) return s;
+  // The node answers only after it has taken every message, so its results stand even if
+  // the sends' local completion reported trouble (that only retired the endpoint).
+  return TakePutReply(resp, range, result);
+}
+
+absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std::string& scope,
+                                                  std::span<const BlockRead> blocks,
+                                                  const std::vector<Placement>& placed,
+                                                  std::pair<size_t, size_t> range, uint32_t lane,
+                                                  Clock::time_point deadline, bool promote,
+                                                  GetResult* result) {
+  v1::GetDataRequest req;
+  req.set_skip_promotion(!promote);
+  req.set_namespace_id(ns.id);
+  req.set_scope(scope);
+  req.set_lane(lane);
+  const size_t n = range.second - range.first;
+  std::vector<size_t> received(n, 0);
+  std::vector<transport::TransferOp> receives(n);
+  for (size_t i = range.first; i < range.second; ++i) {
+    const size_t k = i - range.first;
+    req.add_chain_hashes(blocks[i].hash.ToBytes());
+    // Straight into the caller's buffer: receives need no registration, and the end-to-end
+    // checksum below still guards what the caller gets.
+    req.add_capacities(placed[i].length);
+    transport::TransferOp& op = receives[k];
+    op.kind = transport::TransferOp::Kind::kRecv;
+    op.local = blocks[i].buffer;
+    op.length = placed[i].length;
+    op.received = &received[k];
+  }
+  v1::GetDataResponse resp;
+  uint64_t used_channel = 0;
+  absl::Status got;
+  absl::Status s =
+      CallOnChannel("GetData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+        used_channel = channel;
+        req.set_channel_id(channel);
+        req.clear_tags();
+        std::fill(received.begin(), received.end(), 0);
+        for (transport::TransferOp& op : receives) {
+          op.tag = ucx_->NextTag(channel);
+          req.add_tags(op.tag);
+        }
+        // Posted before the RPC; a message that still arrives first waits in UCX's
+        // unexpected queue until its receive is posted.
+        TaggedTransfer t;
+        StartTagged(&t, lane, receives, deadline, ctx);
+        return FinishTagged(&t, stub_->GetData(ctx, req, &resp), &got);
+      });
+  AfterTagged(used_channel, got, /*receives_only=*/true);
+  if (!s.ok()) return s;
+  if (!got.ok()) {
+    // The node sent every message, but they did not all arrive in time (or the worker failed):
+    // the buffers' contents are undefined.
+    return absl::Status(got.code(), absl::StrCat(Where("GetData"), ": receiving blocks on lane ",
+                                                 lane, ": ", got.message()));
+  }
+  if (resp.blocks_size() != static_cast<int>(n)) {
+    return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
+  }
+  std::vector<size_t> retry = AcceptGetReply(resp, blocks, range, result, [&](size_t i) {
+    return Landing{blocks[i].buffer, received[i - range.first], /*exact=*/true};
+  });
+  if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, promote, result);
+  return absl::OkStatus();
+}
+
+std::vector<size_t> GrpcStoreClient::AcceptGetReply(const v1::GetDataResponse& resp,
+                                                    std::span<const BlockRead> blocks,
+                                                    std::pair<size_t, size_t> range,
+                                                    GetResult* result,
+                                                    const std::function<Landing(size_t)>& landed) {
+  std::vector<size_t> retry;
+  for (size_t i = range.first; i < range.second; ++i) {
+    const v1::GetBlock& b = resp.blocks(static_cast<int>(i - range.first));
+    absl::Status st = FromBlockStatus(b.status());
+    if (st.ok() && b.size() > blocks[i].capacity) {
+      st = absl::OutOfRangeError(
+          absl::StrCat("block is ", b.size(), " bytes, buffer holds ", blocks[i].capacity));
+    }
+    if (st.ok()) {
+      const bool came_inline = !b.payload().empty();
+      const Landing at =
+          came_inline ? Landing{b.payload().data(), b.payload().size(), true} : landed(i);
+      const bool intact = (at.exact ? at.length == b.size() : b.size() <= at.length) &&
+                          BlockChecksum(at.bytes, b.size()) == b.checksum();
+      if (!intact) {
+        retry.push_back(i);
+        continue;
+      }
+      if (at.bytes != blocks[i].buffer) std::memcpy(blocks[i].buffer, at.bytes, b.size());
+      result->sizes[i] = b.size();
+    }
+    result->blocks[i] = std::move(st);
+  }
+  return retry;
+}
+
+void GrpcStoreClient::RetryInline(const Namespace& ns, const std::string& scope,
+                                  std::span<const BlockRead> blocks,
+                                  const std::vector<size_t>& which, Clock::time_point deadline,
+                                  bool promote, GetResult* result) {
+  std::vector<BlockRead> reads;
+  for (size_t i : which) reads.push_back(blocks[i]);
+  GetResult again;
+  again.blocks.resize(reads.size());
+  again.sizes.resize(reads.size());
+  auto parts = SplitBatch(reads.size(), max_keys_, max_inline_, [&](size_t k) {
+    return std::min<uint64_t>(reads[k].capacity, max_block_);
+  });
+  for (const auto& part : parts) {
+    absl::Status call = GetPart(ns, scope, reads, part, deadline, promote, &again);
+    for (size_t k = part.first; !call.ok() && k < part.second; ++k) again.blocks[k] = call;
+  }
+  for (size_t k = 0; k < which.size(); ++k) {
+    const size_t i = which[k];
+    const absl::Status& st = again.blocks[k];
+    if (st.ok()) {
+      result->sizes[i] = again.sizes[k];
+      result->blocks[i] = absl::OkStatus();
+    } else {
+      result->sizes[i] = 0;
+      result->blocks[i] = absl::DataLossError(absl::StrCat(
+          "bytes failed their checksum after the UCX transfer; inline retry: ", st.ToString()));
+    }
+  }
+}
+
+}  // namespace strata::client::internal

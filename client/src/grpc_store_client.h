@@ -1,0 +1,402 @@
+// GrpcStoreClient: the StoreClient implementation — the control plane over gRPC, payloads
+// inline (store_client.cc) or over the UCX data plane (data_path.cc). Private to the client
+// library; the public API is strata/client/store_client.h.
+//
+// Thread-safe, as StoreClient.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "client_data_plane.h"
+#include "grpcpp/grpcpp.h"
+#include "strata/client/store_client.h"
+#include "strata/proto/status_convert.h"
+#include "strata/v1/store.grpc.pb.h"
+
+namespace strata::client::internal {
+
+using Clock = std::chrono::system_clock;
+
+using proto::FromBlockStatus;
+using proto::FromGrpc;
+using proto::ToGrpc;
+
+inline Tier FromProtoTier(v1::Tier t) {
+  switch (t) {
+    case v1::TIER_HOT:
+      return Tier::kHot;
+    case v1::TIER_WARM:
+      return Tier::kWarm;
+    case v1::TIER_COOL:
+      return Tier::kCool;
+    case v1::TIER_COLD:
+      return Tier::kCold;
+    default:
+      return Tier::kUnknown;
+  }
+}
+
+inline std::string HashAlgorithmName(ChainHashAlgorithm a) {
+  return std::string(ChainHashAlgorithmName(a));
+}
+
+// Index ranges [begin, end) of a batch, each within the node's per-call limits.
+template <typename SizeOf>
+std::vector<std::pair<size_t, size_t>> SplitBatch(size_t n, uint64_t max_keys, uint64_t max_bytes,
+                                                  SizeOf size_of) {
+  std::vector<std::pair<size_t, size_t>> parts;
+  size_t begin = 0;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t b = size_of(i);
+    if (i > begin && (i - begin >= max_keys || bytes + b > max_bytes)) {
+      parts.emplace_back(begin, i);
+      begin = i;
+      bytes = 0;
+    }
+    bytes += b;
+  }
+  if (begin < n) parts.emplace_back(begin, n);
+  return parts;
+}
+
+// Runs part(0..n-1) in parallel (part 0 on the calling thread); the first error wins.
+template <typename Part>
+absl::Status RunParts(size_t n, Part part) {
+  std::vector<std::future<absl::Status>> pending;
+  for (size_t p = 1; p < n; ++p) {
+    pending.push_back(std::async(std::launch::async, [&part, p] { return part(p); }));
+  }
+  absl::Status first = part(0);
+  for (auto& f : pending) {
+    absl::Status s = f.get();
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
+// Errors after which a data call is worth retrying on the same channel later; any other
+// failure to open a channel means this node will not serve the client over UCX right now.
+inline bool IsTransient(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded ||
+         code == absl::StatusCode::kCancelled;
+}
+
+// Whether the node's UCX_TLS list lets UCX carry the data plane over TCP (a leading '^'
+// excludes the listed transports), where tagged messages beat RMA emulated by messages.
+inline bool TlsIncludesTcp(const std::string& tls) {
+  if (absl::StartsWith(tls, "^")) return false;
+  for (absl::string_view t : absl::StrSplit(tls, ',')) {
+    if (t == "tcp") return true;
+  }
+  return false;
+}
+
+// Where one block's bytes sit for a UCX transfer: inside a registered user range (zero-copy),
+// or, with region null, in a bounce buffer.
+struct Placement {
+  std::shared_ptr<const transport::MemoryRegion> region;
+  uint64_t length = 0;  // put: the payload size; get: the usable destination capacity
+};
+
+// Collects the distinct rkeys of one data request, in first-use order.
+class RkeyTable {
+ public:
+  template <typename AddRkey>
+  uint32_t IndexOf(const transport::MemoryRegion& region, AddRkey add) {
+    for (size_t k = 0; k < regions_.size(); ++k) {
+      if (regions_[k] == &region) return static_cast<uint32_t>(k);
+    }
+    regions_.push_back(&region);
+    add(region.PackedRkey());
+    return static_cast<uint32_t>(regions_.size() - 1);
+  }
+
+ private:
+  std::vector<const transport::MemoryRegion*> regions_;
+};
+
+class GrpcStoreClient final : public StoreClient {
+ public:
+  GrpcStoreClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
+      : options_(std::move(options)),
+        channel_(std::move(channel)),
+        stub_(v1::StoreService::NewStub(channel_)) {}
+
+  ~GrpcStoreClient() override {
+    if (ucx_ != nullptr) {
+      uint64_t channel = 0;
+      {
+        absl::MutexLock lock(&chan_mu_);
+        channel = std::exchange(channel_id_, 0);
+      }
+      if (channel != 0) CloseDataQuietly(channel);
+    }
+    {
+      absl::MutexLock lock(&quiet_mu_);
+      quiet_mu_.Await(absl::Condition(
+          +[](int* n) { return *n == 0; }, &quiet_calls_));
+    }
+    // Stops the workers before the registered ranges and bounce buffers they may touch.
+    ucx_.reset();
+  }
+
+  absl::Status Init();
+
+  absl::Status RegisterMemory(void* ptr, size_t len) override;
+
+  absl::Status UnregisterMemory(void* ptr) override;
+
+  std::string DataPlaneDescription() const override;
+
+  absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
+                                              const CallOptions& call) override;
+
+  absl::StatusOr<LookupResult> Lookup(const Namespace& ns, std::string_view scope,
+                                      std::span<const ChainHash> hashes,
+                                      const CallOptions& call) override;
+
+  absl::StatusOr<PutResult> Put(const Namespace& ns, std::string_view scope,
+                                std::span<const BlockWrite> blocks, const CallOptions& call,
+                                const PutOptions& put) override;
+
+  absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
+                                std::span<const BlockRead> blocks, const CallOptions& call,
+                                const GetOptions& get) override;
+
+  absl::StatusOr<uint64_t> Delete(const Namespace& ns, std::string_view scope,
+                                  std::span<const ChainHash> hashes,
+                                  const CallOptions& call) override;
+
+  absl::StatusOr<NodeStats> Stats(const CallOptions& call) override;
+
+  absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,
+                                        const CallOptions& call) override;
+
+  absl::StatusOr<uint64_t> ResumeSession(std::string_view session_id,
+                                         const CallOptions& call) override;
+
+  absl::StatusOr<uint64_t> Prefetch(const Namespace& ns, std::string_view scope,
+                                    std::span<const ChainHash> hashes, std::string_view session_id,
+                                    const CallOptions& call) override;
+
+ private:
+  Clock::time_point Deadline(const CallOptions& call) const;
+  static void SetDeadline(grpc::ClientContext& ctx, Clock::time_point deadline);
+  std::string Where(std::string_view op) const;
+  std::string Scope(std::string_view scope) const;
+
+  absl::Status PutPart(const Namespace& ns, const std::string& scope,
+                       std::span<const BlockWrite> blocks, std::pair<size_t, size_t> range,
+                       Clock::time_point deadline, const PutOptions& put, PutResult* result);
+
+  absl::Status GetPart(const Namespace& ns, const std::string& scope,
+                       std::span<const BlockRead> blocks, std::pair<size_t, size_t> range,
+                       Clock::time_point deadline, bool promote, GetResult* result);
+
+  // Fire-and-forget release; the node's lease expiry covers a lost message. The destructor
+  // waits for these calls: their callbacks must not outlive the stub.
+  template <typename Req, typename Resp, typename Start>
+  void CallQuietly(Start start, Req req,
+                   std::chrono::milliseconds timeout = std::chrono::seconds(2)) {
+    struct Call {
+      grpc::ClientContext ctx;
+      Req req;
+      Resp resp;
+    };
+    auto* c = new Call;
+    c->req = std::move(req);
+    c->ctx.set_deadline(Clock::now() + timeout);
+    {
+      absl::MutexLock lock(&quiet_mu_);
+      ++quiet_calls_;
+    }
+    start(&c->ctx, &c->req, &c->resp, [this, c](grpc::Status) {
+      delete c;
+      absl::MutexLock lock(&quiet_mu_);
+      --quiet_calls_;
+    });
+  }
+  void EndGetQuietly(uint64_t lease_id);
+  void AbortQuietly(uint64_t reservation_id);
+
+  void CloseDataQuietly(uint64_t channel_id);
+
+  // ---- UCX data plane ----
+
+  // Starts the lane workers and opens the first channel.
+  absl::Status StartDataPlane(const NodeStats& stats);
+
+  // Whether a Put/Get goes over the data channel: there is a data plane, every block suits it
+  // and the largest is big enough. Opens (or reopens) the channel; a kAuto client whose node
+  // refuses a channel for a lasting reason sends the call inline. Errors: the channel could not
+  // be opened for a transient reason (UNAVAILABLE, DEADLINE_EXCEEDED).
+  absl::StatusOr<bool> UseDataChannel(bool fits, uint64_t largest, Clock::time_point deadline);
+
+  // The open channel, opening one (ConnectData and wiring) if there is none. Concurrent callers
+  // wait for the one that connects, never holding chan_mu_ across the RPC.
+  absl::StatusOr<uint64_t> AcquireChannel(Clock::time_point deadline);
+
+  // ConnectData, then wires each client lane to the node lane of the same index (the node
+  // initiates every transfer, but UCX wires up best with endpoints in both directions).
+  // Returns the channel id and the condensed transport of lane 0.
+  absl::StatusOr<std::pair<uint64_t, std::string>> OpenChannel(Clock::time_point deadline);
+
+  // Forgets `stale` (if still current), so the next call opens a new channel.
+  void MarkBroken(uint64_t stale);
+
+  // Runs one data RPC (`rpc(channel_id, ctx)`) on the channel. The node forgets channels (idle
+  // expiry, restart, a transfer that failed): NOT_FOUND reconnects once and retries.
+  // UNAVAILABLE marks the channel broken; the next call reconnects.
+  template <typename Rpc>
+  absl::Status CallOnChannel(std::string_view op, Clock::time_point deadline, Rpc rpc) {
+    absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
+    if (!channel.ok()) return channel.status();
+    for (int attempt = 0;; ++attempt) {
+      grpc::ClientContext ctx;
+      SetDeadline(ctx, deadline);
+      absl::Status s = FromGrpc(rpc(*channel, &ctx), Where(op));
+      if (s.code() == absl::StatusCode::kNotFound) {
+        MarkBroken(*channel);
+        if (attempt == 0) {
+          channel = AcquireChannel(deadline);
+          if (!channel.ok()) return channel.status();
+          continue;
+        }
+        // NOT_FOUND means "miss" to our callers; a channel lost twice is a node problem.
+        return absl::UnavailableError(
+            absl::StrCat(s.message(), " (data channel lost again after reconnecting)"));
+      }
+      if (s.code() == absl::StatusCode::kUnavailable) MarkBroken(*channel);
+      return s;
+    }
+  }
+
+  // Index ranges of a data-channel batch: at most max_keys_ blocks, the batch spread over the
+  // lanes, in RMA mode at most a lane's share of the bounce pool (so parts on different lanes
+  // can run at once; two-sided mode needs none), and at most max_inline_ bytes (a GetData
+  // reply may carry blocks inline).
+  std::vector<std::pair<size_t, size_t>> SplitForDataChannel(
+      const std::vector<Placement>& placed) const;
+
+  // One bounce buffer for each block of the part that lies outside registered memory.
+  absl::StatusOr<std::vector<transport::BounceBuffer>> AcquirePartBounce(
+      std::string_view op, const std::vector<Placement>& placed, std::pair<size_t, size_t> range,
+      Clock::time_point deadline);
+
+  absl::Status PutDataPart(const Namespace& ns, const std::string& scope,
+                           std::span<const BlockWrite> blocks, const std::vector<Placement>& placed,
+                           std::pair<size_t, size_t> range, uint32_t lane,
+                           Clock::time_point deadline, const PutOptions& put, PutResult* result);
+
+  // Per-block outcomes of a PutData reply into *result.
+  absl::Status TakePutReply(const v1::PutDataResponse& resp, std::pair<size_t, size_t> range,
+                            PutResult* result);
+
+  absl::Status GetDataPart(const Namespace& ns, const std::string& scope,
+                           std::span<const BlockRead> blocks, const std::vector<Placement>& placed,
+                           std::pair<size_t, size_t> range, uint32_t lane,
+                           Clock::time_point deadline, bool promote, GetResult* result);
+
+  // ---- Two-sided (tagged message) mode ----
+  //
+  // Each attempt of the RPC (CallOnChannel reconnects once on NOT_FOUND, which changes the
+  // channel id carried in the tags) runs its own transfer on the part's lane: started before
+  // the RPC, joined before the attempt returns, so no buffer outlives its call. A transfer that
+  // fails on its own cancels the RPC (the node would wait for its messages until the deadline)
+  // and the attempt answers UNAVAILABLE-like codes, so CallOnChannel marks the channel broken.
+  // An RPC that fails sets `abort`: for sends that retires the lane endpoint (they cannot be
+  // withdrawn), so the channel is marked broken and the next call reconnects; receives are just
+  // cancelled. A message the node sends anyway for an abandoned receive never matches a later
+  // one: every tag is fresh.
+
+  // One attempt's transfer, run beside its RPC.
+  struct TaggedTransfer {
+    std::atomic<bool> abort{false};
+    std::atomic<bool> failed_alone{false};  // failed before the RPC ended (cancelled it)
+    std::future<absl::Status> done;
+  };
+
+  void StartTagged(TaggedTransfer* t, uint32_t lane, std::span<const transport::TransferOp> ops,
+                   Clock::time_point deadline, grpc::ClientContext* ctx);
+
+  // Ends the attempt: aborts the transfer if the RPC failed, joins it, and picks the attempt's
+  // answer (the transfer's own failure beats the CANCELLED it caused). `*transfer` gets the
+  // transfer's status.
+  grpc::Status FinishTagged(TaggedTransfer* t, grpc::Status rpc, absl::Status* transfer);
+
+  // After the last attempt: a transfer that failed (aborted sends, deadline, dead endpoint)
+  // may have retired the lane endpoint, so the next call reconnects. An aborted receive-only
+  // batch leaves its endpoint in service.
+  void AfterTagged(uint64_t channel, const absl::Status& transfer, bool receives_only);
+
+  absl::Status PutDataPartTwoSided(const Namespace& ns, const std::string& scope,
+                                   std::span<const BlockWrite> blocks,
+                                   std::pair<size_t, size_t> range, uint32_t lane,
+                                   Clock::time_point deadline, const PutOptions& put,
+                                   PutResult* result);
+
+  absl::Status GetDataPartTwoSided(const Namespace& ns, const std::string& scope,
+                                   std::span<const BlockRead> blocks,
+                                   const std::vector<Placement>& placed,
+                                   std::pair<size_t, size_t> range, uint32_t lane,
+                                   Clock::time_point deadline, bool promote, GetResult* result);
+
+  // Where a block's bytes arrived over UCX: `length` bytes at `bytes` (exact: the message's
+  // length, which must be the block's size; else a capacity the block must fit).
+  struct Landing {
+    const void* bytes;
+    uint64_t length;
+    bool exact;
+  };
+
+  // Takes a GetData reply: per block its status, and for OK blocks the end-to-end check of
+  // the bytes where they arrived (or inline in the reply, for blocks the node could not stage),
+  // copying them into the caller's buffer when they arrived elsewhere. Returns the blocks that
+  // failed the check (to fetch again inline).
+  std::vector<size_t> AcceptGetReply(const v1::GetDataResponse& resp,
+                                     std::span<const BlockRead> blocks,
+                                     std::pair<size_t, size_t> range, GetResult* result,
+                                     const std::function<Landing(size_t)>& landed);
+
+  // Fetches blocks whose data-channel bytes failed their checksum once more, inline (BeginGet
+  // with payloads); a block that fails again is DATA_LOSS.
+  void RetryInline(const Namespace& ns, const std::string& scope, std::span<const BlockRead> blocks,
+                   const std::vector<size_t>& which, Clock::time_point deadline, bool promote,
+                   GetResult* result);
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::StoreService::Stub> stub_;
+  uint32_t max_keys_ = 4096;
+  uint64_t max_inline_ = 64ull << 20;
+  uint64_t max_block_ = 16ull << 20;
+  absl::Mutex quiet_mu_;
+  int quiet_calls_ ABSL_GUARDED_BY(quiet_mu_) = 0;
+
+  // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards.
+  std::unique_ptr<ClientDataPlane> ucx_;
+  std::string ucx_tls_;        // the node's, for DataPlaneDescription()
+  bool two_sided_ = false;     // tagged messages instead of RMA (TCP); set in Init
+  std::string inline_reason_;  // why kAuto runs inline although the node offers UCX
+  std::atomic<uint32_t> next_lane_{0};
+  mutable absl::Mutex chan_mu_;
+  uint64_t channel_id_ ABSL_GUARDED_BY(chan_mu_) = 0;  // 0: none open (or marked broken)
+  bool connecting_ ABSL_GUARDED_BY(chan_mu_) = false;  // one ConnectData at a time
+  std::string transport_ ABSL_GUARDED_BY(chan_mu_);    // of the last channel opened
+};
+
+}  // namespace strata::client::internal
