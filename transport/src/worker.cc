@@ -636,29 +636,15 @@ class UcpWorker final : public Worker {
           only_receives &= op.kind == TransferOp::Kind::kRecv;
         }
         CancelReceives(t);
-        if (!only_receives) {
-          // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
-          Endpoint* e = t->endpoint;
-          if (e->failure.ok()) {
-            e->failure = absl::UnavailableError(
-                absl::StrCat("endpoint ", e->id, " was retired when a transfer was aborted"));
-          }
-          t->deadline_hit = true;
-          t->force_close_at = now;
-        }
+        // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
+        if (!only_receives) Retire(t, now, "a transfer was aborted");
       }
       if (!t->deadline_hit && now >= t->cmd->deadline) {
         // Retire the endpoint and give what is already posted kDeadlineDrainGrace to finish:
         // force-closing an endpoint with emulated (TCP) puts in flight makes UCX 1.13 abort
         // the *peer* process (ucp_put_handler cannot ack on the failed endpoint), so a live
         // peer gets the chance to drain first.
-        t->deadline_hit = true;
-        t->force_close_at = now + kDeadlineDrainGrace;
-        Endpoint* e = t->endpoint;
-        if (e->failure.ok()) {
-          e->failure = absl::UnavailableError(absl::StrCat(
-              "endpoint ", e->id, " was retired when a transfer deadline passed; reconnect"));
-        }
+        Retire(t, now + kDeadlineDrainGrace, "a transfer deadline passed");
       }
       if (t->deadline_hit && !t->force_closed && now >= t->force_close_at) {
         // Cancel everything on the endpoint so no late write lands in buffers the caller gets
@@ -669,6 +655,19 @@ class UcpWorker final : public Worker {
         t->abandon_at = now + kAbandonAfterForceClose;
       }
       ++i;
+    }
+  }
+
+  // Marks t's endpoint unusable (UNAVAILABLE until reconnected, saying `why`) and has
+  // ServiceTransfers force-close it at `force_close_at`.
+  void Retire(InFlightTransfer* t, absl::Time force_close_at, std::string_view why) {
+    t->deadline_hit = true;
+    t->force_close_at = force_close_at;
+    Endpoint* e = t->endpoint;
+    if (e->failure.ok()) {
+      e->failure = absl::UnavailableError(absl::StrCat("endpoint ", e->id, " was retired when ",
+                                                       absl::string_view(why.data(), why.size()),
+                                                       "; reconnect"));
     }
   }
 
@@ -698,6 +697,10 @@ class UcpWorker final : public Worker {
   void FinishGracefulClose(Endpoint* e) {
     DestroyRkeys(e);
     ucp_request_param_t param = {};
+    StartClose(e, param);
+  }
+
+  void StartClose(Endpoint* e, const ucp_request_param_t& param) {
     ucs_status_ptr_t request = ucp_ep_close_nbx(e->ep, &param);
     e->state = EndpointState::kClosing;
     if (UCS_PTR_IS_PTR(request)) {
@@ -715,13 +718,7 @@ class UcpWorker final : public Worker {
     ucp_request_param_t param = {};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_EP_CLOSE_FLAG_FORCE;
-    ucs_status_ptr_t request = ucp_ep_close_nbx(e->ep, &param);
-    e->state = EndpointState::kClosing;
-    if (UCS_PTR_IS_PTR(request)) {
-      e->close_request = request;
-    } else {
-      Closed(e);
-    }
+    StartClose(e, param);
   }
 
   void Closed(Endpoint* e) {
