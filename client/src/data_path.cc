@@ -314,12 +314,7 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
   absl::Status s =
       CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
         used_channel = channel;
-        req.set_channel_id(channel);
-        req.clear_tags();
-        for (transport::TransferOp& op : sends) {
-          op.tag = ucx_->NextTag(channel);
-          req.add_tags(op.tag);
-        }
+        AssignTags(channel, sends, &req);
         TaggedTransfer t;
         StartTagged(&t, lane, sends, deadline, ctx);
         return FinishTagged(&t, stub_->PutData(ctx, req, &resp), &sent);
@@ -363,13 +358,8 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
   absl::Status s =
       CallOnChannel("GetData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
         used_channel = channel;
-        req.set_channel_id(channel);
-        req.clear_tags();
         std::fill(received.begin(), received.end(), 0);
-        for (transport::TransferOp& op : receives) {
-          op.tag = ucx_->NextTag(channel);
-          req.add_tags(op.tag);
-        }
+        AssignTags(channel, receives, &req);
         // Posted before the RPC; a message that still arrives first waits in UCX's
         // unexpected queue until its receive is posted.
         TaggedTransfer t;

@@ -312,6 +312,18 @@ class GrpcStoreClient final : public StoreClient {
                            Clock::time_point deadline, bool promote, GetResult* result);
 
   // ---- Two-sided (tagged message) mode ----
+
+  // Names `channel` in the request and gives each op the channel's next tag, listing the tags
+  // in the request in op order.
+  template <typename Request>
+  void AssignTags(uint64_t channel, std::span<transport::TransferOp> ops, Request* req) {
+    req->set_channel_id(channel);
+    req->clear_tags();
+    for (transport::TransferOp& op : ops) {
+      op.tag = ucx_->NextTag(channel);
+      req->add_tags(op.tag);
+    }
+  }
   //
   // Each attempt of the RPC (CallOnChannel reconnects once on NOT_FOUND, which changes the
   // channel id carried in the tags) runs its own transfer on the part's lane: started before
