@@ -69,7 +69,7 @@ struct PhaseContext {
 // One stream: its own client and its own staging memory for batches.
 struct Stream {
   std::unique_ptr<client::StoreClient> client;
-  std::vector<uint8_t> staging;
+  MappedBuffer staging;
 };
 
 std::atomic<int> g_reported_errors{0};
@@ -338,7 +338,10 @@ int Run(Flags f) {
     absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(options);
     if (!c.ok()) return SetupFailed(absl::StrCat("connect ", f.node), c.status());
     s.client = std::move(*c);
-    s.staging.resize(uint64_t{f.batch} * f.block_size);
+    absl::StatusOr<MappedBuffer> staging =
+        MappedBuffer::Map(uint64_t{f.batch} * f.block_size, /*prefault=*/true);
+    if (!staging.ok()) return SetupFailed("staging memory", staging.status());
+    s.staging = *std::move(staging);
   }
   NamespaceSpec spec;
   spec.model_id = "bench";

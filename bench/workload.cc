@@ -105,7 +105,9 @@ absl::StatusOr<Dataset> MakeDataset(const client::Namespace& ns, uint64_t blocks
     ds.hashes.insert(ds.hashes.end(), h->begin(), h->end());
   }
   if (blocks * block_size <= kMaxPreloadBytes) {
-    ds.payload.resize(blocks * block_size);
+    absl::StatusOr<MappedBuffer> payload = MappedBuffer::Map(blocks * block_size, false);
+    if (!payload.ok()) return payload.status();
+    ds.payload = *std::move(payload);
     threads = std::max(1u, threads);
     std::vector<std::thread> workers;
     for (unsigned w = 0; w < threads; ++w) {

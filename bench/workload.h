@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "strata/client/store_client.h"
 #include "strata/common/block_key.h"
+#include "strata/common/mapped_buffer.h"
 
 namespace strata::bench {
 
@@ -24,7 +25,7 @@ struct Dataset {
   uint64_t block_size = 0;
   std::vector<ChainHash> hashes;                  // every block, chain after chain
   std::vector<std::pair<size_t, size_t>> chains;  // [begin, end) of each chain in hashes
-  std::vector<uint8_t> payload;                   // block i at i * block_size, or empty
+  MappedBuffer payload;  // block i at i * block_size, or empty (huge pages, as an engine's pool)
 
   // Bytes of block i when preloaded, else nullptr (use FillBlock / BlockMatches).
   const uint8_t* Preloaded(size_t i) const {

@@ -1,7 +1,5 @@
 #include "strata/storenode/slab_arena.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -28,20 +26,16 @@ absl::StatusOr<std::unique_ptr<SlabArena>> SlabArena::Create(uint64_t capacity_b
     return absl::InvalidArgumentError(
         absl::StrCat("warm arena of ", capacity_bytes, " bytes holds no page of ", page_bytes));
   }
-  uint64_t bytes = pages * page_bytes;
-  // MAP_NORESERVE: the budget is enforced by the page pool, not by overcommit accounting.
-  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (prefault ? MAP_POPULATE : 0);
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
-  if (p == MAP_FAILED) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("mmap of a ", bytes, "-byte warm arena failed: ", std::strerror(errno)));
+  absl::StatusOr<MappedBuffer> memory = MappedBuffer::Map(pages * page_bytes, prefault);
+  if (!memory.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat("warm arena: ", memory.status().message()));
   }
   return std::unique_ptr<SlabArena>(
-      new SlabArena(static_cast<uint8_t*>(p), bytes, page_bytes, static_cast<uint32_t>(pages)));
+      new SlabArena(*std::move(memory), page_bytes, static_cast<uint32_t>(pages)));
 }
 
-SlabArena::SlabArena(uint8_t* base, uint64_t mapped_bytes, uint64_t page_bytes, uint32_t pages)
-    : base_(base), mapped_bytes_(mapped_bytes), page_bytes_(page_bytes), pages_(pages) {
+SlabArena::SlabArena(MappedBuffer memory, uint64_t page_bytes, uint32_t pages)
+    : memory_(std::move(memory)), base_(memory_.data()), page_bytes_(page_bytes), pages_(pages) {
   // Classes 64 B · 2^(k/4), rounded up to 64 B, capped by the page size (which is a class).
   for (int k = 0;; ++k) {
     uint64_t size = RoundUp(
@@ -54,8 +48,6 @@ SlabArena::SlabArena(uint8_t* base, uint64_t mapped_bytes, uint64_t page_bytes, 
   free_pages_.reserve(pages);
   for (uint32_t i = pages; i > 0; --i) free_pages_.push_back(i - 1);
 }
-
-SlabArena::~SlabArena() { munmap(base_, mapped_bytes_); }
 
 uint16_t SlabArena::ClassFor(uint64_t size) const {
   auto it = std::lower_bound(class_bytes_.begin(), class_bytes_.end(), size);

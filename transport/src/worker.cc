@@ -41,7 +41,7 @@ namespace {
 
 // Empty progress polls, while operations are in flight, before the thread sleeps on the event
 // fd (capped at kBusySleep, so a missed event costs at most that much latency).
-constexpr int kSpinPollsBeforeSleep = 256;
+constexpr int kSpinPollsBeforeSleep = 8;
 constexpr absl::Duration kBusySleep = absl::Milliseconds(1);
 // After a transfer's deadline, how long its posted requests may drain before the endpoint is
 // force-closed (bounds how far past its deadline Transfer can return).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "strata/common/mapped_buffer.h"
 
 namespace strata::storenode {
 
@@ -30,7 +31,7 @@ class SlabArena {
   // fails. prefault touches every page now.
   static absl::StatusOr<std::unique_ptr<SlabArena>> Create(uint64_t capacity_bytes,
                                                            uint64_t page_bytes, bool prefault);
-  ~SlabArena();
+  ~SlabArena() = default;
   SlabArena(const SlabArena&) = delete;
   SlabArena& operator=(const SlabArena&) = delete;
 
@@ -68,10 +69,10 @@ class SlabArena {
     uint32_t used = 0;
   };
 
-  SlabArena(uint8_t* base, uint64_t mapped_bytes, uint64_t page_bytes, uint32_t pages);
+  SlabArena(MappedBuffer memory, uint64_t page_bytes, uint32_t pages);
 
+  MappedBuffer memory_;  // 2 MiB aligned, huge pages advised
   uint8_t* base_;
-  uint64_t mapped_bytes_;
   uint64_t page_bytes_;
   std::vector<uint64_t> class_bytes_;
   std::vector<Page> pages_;
