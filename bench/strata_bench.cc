@@ -43,6 +43,7 @@ struct Flags {
   std::string block_size_text = "256KiB";
   uint64_t block_size = 0;
   uint32_t streams = 4;
+  uint32_t clients = 0;  // StoreClients the streams share; 0: one per stream
   uint32_t batch = 16;
   uint32_t chain_blocks = 64;
   std::string ops = "put,get,lookup";
@@ -66,9 +67,10 @@ struct PhaseContext {
   Clock::duration call_limit;  // --call-timeout
 };
 
-// One stream: its own client and its own staging memory for batches.
+// One stream: a client (its own, or shared with other streams by --clients) and its own
+// staging memory for batches.
 struct Stream {
-  std::unique_ptr<client::StoreClient> client;
+  client::StoreClient* client = nullptr;
   MappedBuffer staging;
 };
 
@@ -328,8 +330,9 @@ int Run(Flags f) {
                  f.node.c_str(), FormatByteSize(warm).c_str());
   }
 
-  std::vector<Stream> streams(f.streams);
-  for (Stream& s : streams) {
+  const uint32_t client_count = f.clients == 0 ? f.streams : std::min(f.clients, f.streams);
+  std::vector<std::unique_ptr<client::StoreClient>> clients;
+  for (uint32_t i = 0; i < client_count; ++i) {
     client::ClientOptions options;
     options.address = f.node;
     options.default_deadline = absl::Seconds(f.call_timeout_s);
@@ -337,7 +340,12 @@ int Run(Flags f) {
                                               : client::ClientOptions::DataPlane::kInline;
     absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(options);
     if (!c.ok()) return SetupFailed(absl::StrCat("connect ", f.node), c.status());
-    s.client = std::move(*c);
+    clients.push_back(std::move(*c));
+  }
+  std::vector<Stream> streams(f.streams);
+  for (size_t i = 0; i < streams.size(); ++i) {
+    Stream& s = streams[i];
+    s.client = clients[i % clients.size()].get();
     absl::StatusOr<MappedBuffer> staging =
         MappedBuffer::Map(uint64_t{f.batch} * f.block_size, /*prefault=*/true);
     if (!staging.ok()) return SetupFailed("staging memory", staging.status());
@@ -361,9 +369,11 @@ int Run(Flags f) {
     // engine registers its KV pool.
     for (Stream& s : streams) {
       absl::Status st = s.client->RegisterMemory(s.staging.data(), s.staging.size());
-      if (st.ok() && !ds->payload.empty()) {
-        st = s.client->RegisterMemory(ds->payload.data(), ds->payload.size());
-      }
+      if (!st.ok()) return SetupFailed("register memory", st);
+    }
+    for (auto& c : clients) {
+      if (ds->payload.empty()) break;
+      absl::Status st = c->RegisterMemory(ds->payload.data(), ds->payload.size());
       if (!st.ok()) return SetupFailed("register memory", st);
     }
   }
@@ -455,9 +465,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--block-size", f.block_size_text, "Bytes per block (e.g. 256KiB, 2MiB)")
       ->capture_default_str();
-  app.add_option("--streams", f.streams, "Concurrent streams, each with its own client")
+  app.add_option("--streams", f.streams, "Concurrent streams (threads issuing calls)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  app.add_option("--clients", f.clients,
+                 "StoreClients the streams share round-robin (each with its own UCX progress "
+                 "thread and gRPC channel); 0: one per stream")
+      ->check(CLI::Range(0, 1024));
   app.add_option("--batch", f.batch, "Blocks per Put/Get call")
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
