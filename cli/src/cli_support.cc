@@ -23,14 +23,33 @@ void AddNodeFlags(CLI::App& cmd, NodeFlags& f) {
   cmd.add_option("--hash-algorithm", f.hash_algorithm, "sha256 or xxh3-128")->capture_default_str();
   cmd.add_option("--tokens", f.tokens, "Prompt token ids: 1,2,3 or A..B");
   cmd.add_option("--hash", f.hashes, "Chain hash in hex (repeatable), instead of --tokens");
+  cmd.add_option("--etcd", f.etcd, "A cluster: etcd endpoints host:port,... (instead of --node)");
+  cmd.add_option("--members", f.members,
+                 "A static cluster: id=host:port[@zone],... (instead of --node)");
+  cmd.add_option("--cluster", f.cluster, "Cluster name (etcd key prefix)")->capture_default_str();
+  cmd.add_option("--replicas", f.replicas, "Cluster: copies of every block")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  cmd.add_option("--write-quorum", f.write_quorum,
+                 "Cluster: replicas that must store a put (0: all)")
+      ->capture_default_str();
+}
+
+client::ClientOptions ClientOptionsFrom(const NodeFlags& f) {
+  client::ClientOptions opts;
+  opts.address = f.node;
+  opts.default_deadline = absl::Milliseconds(static_cast<int64_t>(f.deadline_s * 1000));
+  opts.etcd_endpoints = f.etcd;
+  opts.cluster_members = f.members;
+  opts.cluster_name = f.cluster;
+  opts.replicas = f.replicas;
+  opts.write_quorum = f.write_quorum;
+  return opts;
 }
 
 absl::StatusOr<std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> Open(
     const NodeFlags& f) {
-  client::ClientOptions opts;
-  opts.address = f.node;
-  opts.default_deadline = absl::Milliseconds(static_cast<int64_t>(f.deadline_s * 1000));
-  auto c = client::StoreClient::Connect(opts);
+  auto c = client::StoreClient::Connect(ClientOptionsFrom(f));
   if (!c.ok()) return c.status();
   NamespaceSpec spec;
   spec.model_id = f.model_id;

@@ -25,7 +25,16 @@ struct NodeFlags {
   std::string hash_algorithm = "sha256";
   std::string tokens;               // "1,2,3" or "0..1023"
   std::vector<std::string> hashes;  // hex chain hashes
+  // A cluster instead of --node (ClientOptions): etcd endpoints or a static member list.
+  std::string etcd;
+  std::string members;
+  std::string cluster = "default";
+  int replicas = 1;
+  int write_quorum = 0;
 };
+
+// ClientOptions for the node or cluster the flags name.
+client::ClientOptions ClientOptionsFrom(const NodeFlags& flags);
 
 void AddNodeFlags(CLI::App& cmd, NodeFlags& flags);
 

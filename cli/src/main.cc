@@ -10,6 +10,8 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   strata::cli::AddPlanCommand(app, &exit_code);
   strata::cli::AddNodeCommands(app, &exit_code);
+  strata::cli::AddStatusCommand(app, &exit_code);
+  strata::cli::AddClusterCommand(app, &exit_code);
   strata::cli::AddDemoCommand(app, &exit_code);
   CLI::App* bench = app.add_subcommand("bench", "Offline benchmarks: replay request traces");
   bench->require_subcommand(1);

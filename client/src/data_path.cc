@@ -145,6 +145,7 @@ absl::Status GrpcStoreClient::PutDataPart(const Namespace& ns, const std::string
       AcquirePartBounce("PutData", placed, range, deadline);
   if (!bounce.ok()) return bounce.status();
   v1::PutDataRequest req;
+  req.set_epoch(epoch_.load(std::memory_order_relaxed));
   req.set_namespace_id(ns.id);
   req.set_scope(scope);
   req.set_session_id(put.session_id);
@@ -206,6 +207,7 @@ absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string
       AcquirePartBounce("GetData", placed, range, deadline);
   if (!bounce.ok()) return bounce.status();
   v1::GetDataRequest req;
+  req.set_epoch(epoch_.load(std::memory_order_relaxed));
   req.set_skip_promotion(!promote);
   req.set_namespace_id(ns.id);
   req.set_scope(scope);
@@ -289,6 +291,7 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
                                                   Clock::time_point deadline, const PutOptions& put,
                                                   PutResult* result) {
   v1::PutDataRequest req;
+  req.set_epoch(epoch_.load(std::memory_order_relaxed));
   req.set_namespace_id(ns.id);
   req.set_scope(scope);
   req.set_session_id(put.session_id);
@@ -333,6 +336,7 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
                                                   Clock::time_point deadline, bool promote,
                                                   GetResult* result) {
   v1::GetDataRequest req;
+  req.set_epoch(epoch_.load(std::memory_order_relaxed));
   req.set_skip_promotion(!promote);
   req.set_namespace_id(ns.id);
   req.set_scope(scope);

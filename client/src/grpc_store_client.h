@@ -183,6 +183,15 @@ class GrpcStoreClient final : public StoreClient {
 
   absl::StatusOr<NodeStats> Stats(const CallOptions& call) override;
 
+  // For the cluster client (cluster_client.cc): the member-set epoch stamped on every routed
+  // request, and per-block presence of blocks that need not form a prefix (one entry per
+  // hash; tier kUnknown when absent).
+  void set_epoch(uint64_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
+  absl::StatusOr<std::vector<BlockLocation>> LookupEach(const Namespace& ns, std::string_view scope,
+                                                        std::span<const ChainHash> hashes,
+                                                        const CallOptions& call);
+  const std::string& address() const { return options_.address; }
+
   absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,
                                         const CallOptions& call) override;
 
@@ -397,6 +406,7 @@ class GrpcStoreClient final : public StoreClient {
   uint64_t max_inline_ = 64ull << 20;
   uint64_t max_block_ = 16ull << 20;
   absl::Mutex quiet_mu_;
+  std::atomic<uint64_t> epoch_{0};
   int quiet_calls_ ABSL_GUARDED_BY(quiet_mu_) = 0;
 
   // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards.
@@ -410,5 +420,10 @@ class GrpcStoreClient final : public StoreClient {
   bool connecting_ ABSL_GUARDED_BY(chan_mu_) = false;  // one ConnectData at a time
   std::string transport_ ABSL_GUARDED_BY(chan_mu_);    // of the last channel opened
 };
+
+// Connects to the one node at options.address (StoreClient::Connect without a cluster).
+absl::StatusOr<std::unique_ptr<GrpcStoreClient>> ConnectNode(const ClientOptions& options);
+// A client of a whole cluster (cluster_client.cc): options.etcd_endpoints or cluster_members.
+absl::StatusOr<std::unique_ptr<StoreClient>> ConnectCluster(const ClientOptions& options);
 
 }  // namespace strata::client::internal

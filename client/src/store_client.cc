@@ -98,6 +98,7 @@ absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::s
   for (size_t begin = 0; begin < hashes.size(); begin += max_keys_) {
     size_t end = std::min(hashes.size(), begin + max_keys_);
     v1::LookupRequest req;
+    req.set_epoch(epoch_.load(std::memory_order_relaxed));
     req.set_namespace_id(ns.id);
     req.set_scope(Scope(scope));
     for (size_t i = begin; i < end; ++i) req.add_chain_hashes(hashes[i].ToBytes());
@@ -114,6 +115,37 @@ absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::s
     if (resp.matched_blocks() < end - begin) break;
   }
   return result;
+}
+
+absl::StatusOr<std::vector<BlockLocation>> GrpcStoreClient::LookupEach(
+    const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
+    const CallOptions& call) {
+  std::vector<BlockLocation> out;
+  out.reserve(hashes.size());
+  auto deadline = Deadline(call);
+  for (size_t begin = 0; begin < hashes.size(); begin += max_keys_) {
+    size_t end = std::min(hashes.size(), begin + max_keys_);
+    v1::LookupRequest req;
+    req.set_epoch(epoch_.load(std::memory_order_relaxed));
+    req.set_namespace_id(ns.id);
+    req.set_scope(Scope(scope));
+    req.set_each_block(true);
+    for (size_t i = begin; i < end; ++i) req.add_chain_hashes(hashes[i].ToBytes());
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, deadline);
+    if (absl::Status s = FromGrpc(stub_->Lookup(&ctx, req, &resp), Where("Lookup")); !s.ok()) {
+      return s;
+    }
+    if (static_cast<size_t>(resp.blocks_size()) != end - begin) {
+      return absl::InternalError(absl::StrCat(Where("Lookup"), ": ", resp.blocks_size(),
+                                              " answers for ", end - begin, " blocks"));
+    }
+    for (const v1::BlockInfo& b : resp.blocks()) {
+      out.push_back({FromProtoTier(b.tier()), b.size()});
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<PutResult> GrpcStoreClient::Put(const Namespace& ns, std::string_view scope,
@@ -212,6 +244,7 @@ absl::StatusOr<uint64_t> GrpcStoreClient::Delete(const Namespace& ns, std::strin
   for (size_t begin = 0; begin < hashes.size(); begin += max_keys_) {
     size_t end = std::min(hashes.size(), begin + max_keys_);
     v1::DeleteRequest req;
+    req.set_epoch(epoch_.load(std::memory_order_relaxed));
     req.set_namespace_id(ns.id);
     req.set_scope(Scope(scope));
     for (size_t i = begin; i < end; ++i) req.add_chain_hashes(hashes[i].ToBytes());
@@ -273,6 +306,11 @@ absl::StatusOr<NodeStats> GrpcStoreClient::Stats(const CallOptions& call) {
   out.ucx_peer_failure_handling = resp.ucx_peer_failure_handling();
   out.ucx_lanes = resp.ucx_lanes();
   out.data_channels = resp.data_channels();
+  out.cluster_mode = resp.cluster_mode();
+  out.epoch = resp.epoch();
+  out.members = resp.members();
+  out.etcd_connected = resp.etcd_connected();
+  out.zone = resp.zone();
   return out;
 }
 
@@ -341,6 +379,7 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
                                       std::pair<size_t, size_t> range, Clock::time_point deadline,
                                       const PutOptions& put, PutResult* result) {
   v1::BeginPutRequest begin;
+  begin.set_epoch(epoch_.load(std::memory_order_relaxed));
   begin.set_namespace_id(ns.id);
   begin.set_scope(scope);
   begin.set_session_id(put.session_id);
@@ -401,6 +440,7 @@ absl::Status GrpcStoreClient::GetPart(const Namespace& ns, const std::string& sc
                                       std::pair<size_t, size_t> range, Clock::time_point deadline,
                                       bool promote, GetResult* result) {
   v1::BeginGetRequest req;
+  req.set_epoch(epoch_.load(std::memory_order_relaxed));
   req.set_namespace_id(ns.id);
   req.set_scope(scope);
   req.set_include_payload(true);
@@ -500,6 +540,17 @@ absl::StatusOr<std::vector<ChainHash>> Namespace::HashTokens(std::span<const uin
 }
 
 absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(const ClientOptions& options) {
+  if (!options.etcd_endpoints.empty() || !options.cluster_members.empty()) {
+    return internal::ConnectCluster(options);
+  }
+  absl::StatusOr<std::unique_ptr<internal::GrpcStoreClient>> node = internal::ConnectNode(options);
+  if (!node.ok()) return node.status();
+  return std::unique_ptr<StoreClient>(std::move(*node));
+}
+
+namespace internal {
+
+absl::StatusOr<std::unique_ptr<GrpcStoreClient>> ConnectNode(const ClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("address: empty");
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(1 << 30);
@@ -512,6 +563,8 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(const ClientOp
   if (absl::Status s = client->Init(); !s.ok()) return s;
   return client;
 }
+
+}  // namespace internal
 
 absl::StatusOr<LookupResult> StoreClient::LookupTokens(const Namespace& ns, std::string_view scope,
                                                        std::span<const uint32_t> tokens,

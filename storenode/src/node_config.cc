@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "strata/cluster/membership.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/codec.h"
 #include "strata/storenode/eviction_policy.h"
@@ -74,6 +75,17 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
                   "On SIGTERM, how long in-flight calls may take before they are cancelled.");
   s.AddBool("debug_fault_injection", &c->debug_fault_injection,
             "Serve the InjectFault call that corrupts stored bytes. Tests only.");
+  s.AddString("cluster_mode", &c->cluster_mode,
+              "single (this node alone), static (cluster_members) or etcd (etcd_endpoints).");
+  s.AddString("cluster_name", &c->cluster_name, "etcd key prefix /strata/<cluster_name>/.");
+  s.AddString("cluster_members", &c->cluster_members,
+              "static mode: every member as id=host:port[@zone], comma-separated.");
+  s.AddString("etcd_endpoints", &c->etcd_endpoints, "etcd mode: host:port,... of etcd.");
+  s.AddDurationMs("etcd_lease", &c->etcd_lease_ms,
+                  "etcd mode: lease of the node's registration; a dead node leaves after this.");
+  s.AddString("zone", &c->zone, "Failure domain (rack, zone) for zone-aware replica placement.");
+  s.AddString("advertise_address", &c->advertise_address,
+              "HOST:PORT clients and peers dial (default: the bound listen address).");
 }
 
 absl::Status ValidateNodeConfig(const NodeConfig& c) {
@@ -124,6 +136,30 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
     }
   }
   if (c.reaper_interval_ms == 0) return absl::InvalidArgumentError("reaper_interval: want > 0");
+  absl::StatusOr<cluster::MembershipMode> mode = cluster::ParseMembershipMode(c.cluster_mode);
+  if (!mode.ok())
+    return absl::InvalidArgumentError(absl::StrCat("cluster_mode: ", mode.status().message()));
+  if (*mode == cluster::MembershipMode::kStatic) {
+    absl::StatusOr<std::vector<cluster::Member>> members =
+        cluster::ParseStaticMembers(c.cluster_members);
+    if (!members.ok()) return members.status();
+    if (members->empty()) {
+      return absl::InvalidArgumentError("cluster_members: static mode needs the member list");
+    }
+    bool self_listed = false;
+    for (const cluster::Member& m : *members) self_listed = self_listed || m.id == c.node_id;
+    if (!self_listed) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cluster_members: does not list this node (node_id ", c.node_id, ")"));
+    }
+  }
+  if (*mode == cluster::MembershipMode::kEtcd && c.etcd_endpoints.empty()) {
+    return absl::InvalidArgumentError("etcd_endpoints: etcd mode needs at least one endpoint");
+  }
+  if (c.etcd_lease_ms < 1000) return absl::InvalidArgumentError("etcd_lease: want >= 1 s");
+  if (c.cluster_name.empty() || c.cluster_name.find('/') != std::string::npos) {
+    return absl::InvalidArgumentError("cluster_name: want a non-empty name without '/'");
+  }
   return absl::OkStatus();
 }
 

@@ -6,6 +6,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "data_plane.h"
 #include "grpcpp/grpcpp.h"
@@ -62,6 +64,7 @@ class StoreNodeImpl final : public StoreNode {
       return absl::UnavailableError(absl::StrCat("listen: cannot serve gRPC on ", config_.listen));
     }
     grpc_address_ = absl::StrCat(config_.listen.substr(0, config_.listen.rfind(':')), ":", port);
+    if (absl::Status s = JoinCluster(); !s.ok()) return s;
 
     absl::StatusOr<std::unique_ptr<HttpEndpoint>> http = HttpEndpoint::Start(
         config_.http_listen,
@@ -90,6 +93,8 @@ class StoreNodeImpl final : public StoreNode {
   void Shutdown() override {
     if (shut_down_.exchange(true)) return;
     ready_ = false;
+    // Leave first, so clients route around this node while it drains.
+    if (membership_ != nullptr) membership_->Leave();
     if (server_ != nullptr) {
       auto deadline =
           std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
@@ -108,6 +113,52 @@ class StoreNodeImpl final : public StoreNode {
   }
 
  private:
+  // Starts membership in the configured mode with this node as a member.
+  absl::Status JoinCluster() {
+    absl::StatusOr<cluster::MembershipMode> mode =
+        cluster::ParseMembershipMode(config_.cluster_mode);
+    if (!mode.ok()) return mode.status();
+    const TieredStats ts = warm_->Stats();
+    cluster::MembershipOptions mo;
+    mo.mode = *mode;
+    mo.cluster = config_.cluster_name;
+    mo.self = cluster::Member{
+        .id = config_.node_id,
+        .address = config_.advertise_address.empty() ? grpc_address_ : config_.advertise_address,
+        .zone = config_.zone,
+        .warm_bytes = ts.warm.capacity_bytes,
+        .cool_bytes = ts.cool.has_value() ? ts.cool->capacity_bytes : 0,
+        .cold_bytes = ts.cold.has_value() ? ts.cold->capacity_bytes : 0};
+    if (*mode != cluster::MembershipMode::kSingle && mo.self->address.starts_with("0.0.0.0:")) {
+      spdlog::warn("listening on {} without advertise_address: peers cannot dial {}",
+                   config_.listen, mo.self->address);
+    }
+    if (*mode == cluster::MembershipMode::kStatic) {
+      absl::StatusOr<std::vector<cluster::Member>> members =
+          cluster::ParseStaticMembers(config_.cluster_members);
+      if (!members.ok()) return members.status();
+      mo.static_members = *std::move(members);
+    }
+    if (*mode == cluster::MembershipMode::kEtcd) {
+      for (absl::string_view e :
+           absl::StrSplit(config_.etcd_endpoints, ',', absl::SkipWhitespace())) {
+        mo.etcd_endpoints.push_back(std::string(absl::StripAsciiWhitespace(e)));
+      }
+      mo.lease_ttl = absl::Milliseconds(config_.etcd_lease_ms);
+    }
+    absl::StatusOr<std::unique_ptr<cluster::Membership>> m = cluster::Membership::Start(mo);
+    if (!m.ok()) return m.status();
+    membership_ = std::move(*m);
+    service_.SetMembership(membership_.get());
+    std::shared_ptr<const cluster::MemberSet> set = membership_->Current();
+    spdlog::info("cluster {} ({}): {} members, epoch {}", config_.cluster_name,
+                 cluster::MembershipModeName(*mode), set->members.size(), set->epoch);
+    membership_->OnChange([](const cluster::MemberSet& now) {
+      spdlog::info("member set changed: {} members, epoch {}", now.members.size(), now.epoch);
+    });
+    return absl::OkStatus();
+  }
+
   void ReapLoop() {
     while (!stop_reaper_.WaitForNotificationWithTimeout(
         absl::Milliseconds(config_.reaper_interval_ms))) {
@@ -128,6 +179,8 @@ class StoreNodeImpl final : public StoreNode {
   NodeMetrics metrics_;
   StoreServiceImpl service_;
   std::unique_ptr<grpc::Server> server_;
+  // Read by service_ calls; destroyed only after Shutdown stopped the server.
+  std::unique_ptr<cluster::Membership> membership_;
   std::unique_ptr<HttpEndpoint> http_;
   std::string grpc_address_;
   std::thread reaper_;

@@ -87,6 +87,18 @@ absl::Status StoreServiceImpl::ValidateTtl(uint32_t ttl_ms, const char* field) c
   return absl::OkStatus();
 }
 
+absl::Status StoreServiceImpl::CheckEpoch(uint64_t epoch) const {
+  const cluster::Membership* m = membership_.load();
+  if (epoch == 0 || m == nullptr) return absl::OkStatus();
+  const uint64_t current = m->epoch();
+  if (epoch < current) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("epoch: request routed by member-set epoch ", epoch, ", node ",
+                     config_.node_id, " is at ", current, "; refresh the member set and retry"));
+  }
+  return absl::OkStatus();
+}
+
 grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext*,
                                                  const v1::RegisterNamespaceRequest* req,
                                                  v1::RegisterNamespaceResponse* resp) {
@@ -111,11 +123,28 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext*,
 grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
                                       v1::LookupResponse* resp) {
   CallScope call(metrics_, Op::kLookup);
+  if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
   std::vector<ChainHash> hashes;
   std::string scope;
   absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
                                 "chain_hashes", &hashes, &scope, nullptr);
   if (!s.ok()) return call.Done(s);
+  if (req->each_block()) {
+    // Presence of every block on its own: the request is a node's share of a prefix.
+    uint32_t present = 0;
+    for (const ChainHash& h : hashes) {
+      std::vector<WarmTier::BlockMeta> one =
+          store_->Lookup(req->namespace_id(), scope, std::span<const ChainHash>(&h, 1));
+      v1::BlockInfo* b = resp->add_blocks();
+      if (!one.empty()) {
+        ++present;
+        b->set_tier(TierProto(one[0].tier));
+        b->set_size(one[0].size);
+      }
+    }
+    resp->set_matched_blocks(present);
+    return call.Done(absl::OkStatus());
+  }
   std::vector<WarmTier::BlockMeta> found = store_->Lookup(req->namespace_id(), scope, hashes);
   resp->set_matched_blocks(static_cast<uint32_t>(found.size()));
   for (const WarmTier::BlockMeta& m : found) {
@@ -129,6 +158,7 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
 grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPutRequest* req,
                                         v1::BeginPutResponse* resp) {
   CallScope call(metrics_, Op::kBeginPut);
+  if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
   if (absl::Status s = ValidateTtl(req->ttl_ms(), "ttl_ms"); !s.ok()) return call.Done(s);
   std::vector<WarmTier::PutBlock> blocks;
   std::string scope;
@@ -227,6 +257,7 @@ grpc::Status StoreServiceImpl::AbortPut(grpc::ServerContext*, const v1::AbortPut
 grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGetRequest* req,
                                         v1::BeginGetResponse* resp) {
   CallScope call(metrics_, Op::kBeginGet);
+  if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
   std::vector<ChainHash> hashes;
   std::string scope;
   absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
@@ -277,6 +308,7 @@ grpc::Status StoreServiceImpl::EndGet(grpc::ServerContext*, const v1::EndGetRequ
 grpc::Status StoreServiceImpl::Delete(grpc::ServerContext*, const v1::DeleteRequest* req,
                                       v1::DeleteResponse* resp) {
   CallScope call(metrics_, Op::kDelete);
+  if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
   std::vector<ChainHash> hashes;
   std::string scope;
   absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
@@ -292,6 +324,14 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext*, const v1::StatsReques
   TieredStats ts = store_->Stats();
   const WarmTierStats& s = ts.warm;
   resp->set_node_id(config_.node_id);
+  resp->set_zone(config_.zone);
+  if (const cluster::Membership* m = membership_.load(); m != nullptr) {
+    std::shared_ptr<const cluster::MemberSet> set = m->Current();
+    resp->set_cluster_mode(std::string(cluster::MembershipModeName(m->mode())));
+    resp->set_epoch(set->epoch);
+    resp->set_members(static_cast<uint32_t>(set->members.size()));
+    resp->set_etcd_connected(m->mode() == cluster::MembershipMode::kEtcd && m->connected());
+  }
   AddTier(resp, v1::TIER_WARM, s.blocks, s.payload_bytes, s.capacity_bytes, s.used_bytes);
   if (ts.cool) {
     AddTier(resp, v1::TIER_COOL, ts.cool->blocks, ts.cool->payload_bytes, ts.cool->capacity_bytes,
@@ -462,6 +502,7 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   absl::Status valid = ParsePutBlocks(req->namespace_id(), req->scope(), req->blocks(),
                                       req->session_id(), &blocks, &scope, &total);
   const int n = req->blocks_size();
+  if (valid.ok()) valid = CheckEpoch(req->epoch());
   if (valid.ok() && req->checksums_size() != n) {
     valid = absl::InvalidArgumentError(
         absl::StrCat("checksums: ", req->checksums_size(), " entries for ", n, " blocks"));
@@ -570,6 +611,7 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
                                        v1::GetDataResponse* resp) {
   CallScope call(metrics_, Op::kGetData);
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
   std::vector<ChainHash> hashes;
   std::string scope;
   absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),

@@ -9,6 +9,7 @@
 
 #include "data_plane.h"
 #include "metrics.h"
+#include "strata/cluster/membership.h"
 #include "strata/storenode/node_config.h"
 #include "strata/storenode/tiered_store.h"
 #include "strata/v1/store.grpc.pb.h"
@@ -20,6 +21,9 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // data_plane may be null (no UCX): the data RPCs then answer FAILED_PRECONDITION.
   StoreServiceImpl(const NodeConfig& config, TieredStore* store, DataPlane* data_plane,
                    NodeMetrics* metrics);
+  // The node's cluster membership, once it started (after the server is listening); requests
+  // carrying an epoch are checked against it. Must outlive the server.
+  void SetMembership(const cluster::Membership* membership) { membership_.store(membership); }
 
   grpc::Status RegisterNamespace(grpc::ServerContext*, const v1::RegisterNamespaceRequest*,
                                  v1::RegisterNamespaceResponse*) override;
@@ -71,7 +75,11 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // The transfer deadline of a data call: the client's, capped at what the node allows.
   absl::Time TransferDeadline(const grpc::ServerContext* ctx) const;
 
+  // FAILED_PRECONDITION when a request routed by an older member-set epoch than the node's.
+  absl::Status CheckEpoch(uint64_t epoch) const;
+
   const NodeConfig config_;
+  std::atomic<const cluster::Membership*> membership_{nullptr};
   TieredStore* const store_;
   DataPlane* const data_plane_;
   NodeMetrics* const metrics_;

@@ -56,6 +56,20 @@ struct ClientOptions {
   // emulates slowly over TCP. Shared memory and RDMA transports always use RMA. Turn off for
   // a node that predates tagged PutData/GetData.
   bool ucx_two_sided_on_tcp = true;
+
+  // A cluster (docs/design/cluster.md) instead of the one node at `address`: the member set
+  // comes from etcd (etcd_endpoints, "host:port,...") or from a fixed list (cluster_members,
+  // "id=host:port[@zone],...", as the nodes' own setting). Blocks are placed on the
+  // `replicas` highest-scoring nodes (rendezvous hashing, zone-aware); a put succeeds once
+  // `write_quorum` of them stored it (0: all of them); a get reads the first that answers.
+  std::string etcd_endpoints;
+  std::string cluster_members;
+  std::string cluster_name = "default";
+  int replicas = 1;
+  int write_quorum = 0;
+  // etcd: watch the member set (default), or read it once and again only when a node says
+  // this client routed by a stale epoch (lighter on etcd for very many clients).
+  bool watch_members = true;
 };
 
 struct CallOptions {
@@ -162,6 +176,13 @@ struct NodeStats {
   bool ucx_peer_failure_handling = false;
   uint32_t ucx_lanes = 0;
   uint64_t data_channels = 0;  // data channels clients hold open on the node
+  // Cluster: the node's membership mode ("single", "static", "etcd"), the member-set epoch it
+  // knows, how many members it sees, whether etcd answered it last, and its zone.
+  std::string cluster_mode;
+  uint64_t epoch = 0;
+  uint32_t members = 0;
+  bool etcd_connected = false;
+  std::string zone;
 };
 
 class StoreClient {

@@ -59,6 +59,16 @@ struct NodeConfig {
   uint64_t drain_timeout_ms = 10000;  // SIGTERM: in-flight calls get this long to finish
 
   bool debug_fault_injection = false;  // serve InjectFault (tests only)
+
+  // Cluster (docs/design/cluster.md). single: this node alone; static: cluster_members;
+  // etcd: register under /strata/<cluster_name>/nodes/<node_id> at etcd_endpoints.
+  std::string cluster_mode = "single";
+  std::string cluster_name = "default";
+  std::string cluster_members;    // static: "id=host:port[@zone],..."
+  std::string etcd_endpoints;     // etcd: "host:port,..."
+  uint64_t etcd_lease_ms = 5000;  // a node that stops renewing leaves after this long
+  std::string zone;               // failure domain, for zone-aware replica placement
+  std::string advertise_address;  // what clients and peers dial; "": the bound listen address
 };
 
 // Registers every NodeConfig field on `schema`, pointing at `config`.

@@ -1,0 +1,668 @@
+// ClusterStoreClient: StoreClient over a whole cluster (docs/design/cluster.md). It watches the
+// member set (cluster::Membership), places every block on its top-R rendezvous owners, and
+// talks to each node through an ordinary GrpcStoreClient, so the data plane, checksums and
+// batch splitting are the single-node client's. A batch becomes one call per node, all
+// nodes in parallel.
+//
+// Reads fail over: a block that a node does not answer for (or, for Get, does not hold) is
+// asked of its next owner, then of its owner under the previous member set (a node that
+// just joined has not received its blocks yet). A Get that finds a block away from its
+// owners copies it to them (read-repair). A request routed by a stale epoch is refused by
+// the node (FAILED_PRECONDITION); the client re-reads the member set and retries once.
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "grpc_store_client.h"
+#include "strata/cluster/membership.h"
+
+namespace strata::client::internal {
+namespace {
+
+using cluster::Member;
+using cluster::MemberSet;
+
+// After a failed connect, a node is not tried again for this long (calls fail over at once).
+constexpr absl::Duration kDownBackoff = absl::Seconds(1);
+// Deadline of connecting to one node (its Stats call), within the caller's deadline.
+constexpr absl::Duration kConnectTimeout = absl::Seconds(2);
+// How long after a change of the member set reads also ask a block's owner under the
+// previous set: the time read-repair and the rebalancer get to move blocks to new owners.
+constexpr absl::Duration kPreviousSetGrace = absl::Minutes(10);
+
+bool IsStaleEpoch(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kFailedPrecondition &&
+         absl::StrContains(s.message(), "epoch");
+}
+
+// Errors after which another replica may still answer.
+bool TryNextReplica(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable ||
+         s.code() == absl::StatusCode::kDeadlineExceeded ||
+         s.code() == absl::StatusCode::kCancelled || s.code() == absl::StatusCode::kNotFound ||
+         s.code() == absl::StatusCode::kDataLoss || s.code() == absl::StatusCode::kInternal ||
+         s.code() == absl::StatusCode::kResourceExhausted;
+}
+
+// Runs fn(key, items) for every group in parallel; fn's own errors are its to record.
+template <typename Key, typename Fn>
+void ForEachGroup(const std::map<Key, std::vector<size_t>>& groups, Fn fn) {
+  std::vector<std::pair<Key, const std::vector<size_t>*>> list;
+  for (const auto& [k, v] : groups) list.emplace_back(k, &v);
+  if (list.empty()) return;
+  RunParts(list.size(), [&](size_t p) {
+    fn(list[p].first, *list[p].second);
+    return absl::OkStatus();
+  }).IgnoreError();
+}
+
+class ClusterStoreClient final : public StoreClient {
+ public:
+  explicit ClusterStoreClient(ClientOptions options) : options_(std::move(options)) {
+    replicas_ = std::max(1, options_.replicas);
+    quorum_ = options_.write_quorum <= 0 ? replicas_ : std::min(options_.write_quorum, replicas_);
+  }
+
+  absl::Status Start() {
+    cluster::MembershipOptions mo;
+    mo.cluster = options_.cluster_name;
+    if (!options_.etcd_endpoints.empty()) {
+      mo.mode = cluster::MembershipMode::kEtcd;
+      for (absl::string_view e :
+           absl::StrSplit(options_.etcd_endpoints, ',', absl::SkipWhitespace())) {
+        mo.etcd_endpoints.push_back(std::string(absl::StripAsciiWhitespace(e)));
+      }
+      mo.startup_timeout = options_.default_deadline;
+      mo.watch = options_.watch_members;
+    } else {
+      mo.mode = cluster::MembershipMode::kStatic;
+      absl::StatusOr<std::vector<Member>> members =
+          cluster::ParseStaticMembers(options_.cluster_members);
+      if (!members.ok()) return members.status();
+      mo.static_members = *std::move(members);
+    }
+    absl::StatusOr<std::unique_ptr<cluster::Membership>> m = cluster::Membership::Start(mo);
+    if (!m.ok()) return m.status();
+    membership_ = std::move(*m);
+    if (membership_->Current()->members.empty()) {
+      return absl::UnavailableError(
+          absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RegisterMemory(void* ptr, size_t len) override {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [p, l] : memory_) {
+      if (static_cast<uint8_t*>(ptr) < static_cast<uint8_t*>(p) + l &&
+          static_cast<uint8_t*>(p) < static_cast<uint8_t*>(ptr) + len) {
+        return absl::InvalidArgumentError("RegisterMemory: overlaps a registered range");
+      }
+    }
+    for (auto& [id, node] : nodes_) {
+      if (node.client == nullptr) continue;
+      if (absl::Status s = node.client->RegisterMemory(ptr, len); !s.ok()) return s;
+    }
+    memory_.emplace_back(ptr, len);
+    return absl::OkStatus();
+  }
+
+  absl::Status UnregisterMemory(void* ptr) override {
+    absl::MutexLock lock(&mu_);
+    auto it = std::find_if(memory_.begin(), memory_.end(),
+                           [ptr](const auto& m) { return m.first == ptr; });
+    if (it == memory_.end()) return absl::NotFoundError("UnregisterMemory: no range starts there");
+    memory_.erase(it);
+    for (auto& [id, node] : nodes_) {
+      if (node.client != nullptr) node.client->UnregisterMemory(ptr).IgnoreError();
+    }
+    return absl::OkStatus();
+  }
+
+  std::string DataPlaneDescription() const override {
+    std::shared_ptr<const MemberSet> set = membership_->Current();
+    std::string first;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [id, node] : nodes_) {
+        if (node.client != nullptr) {
+          first = node.client->DataPlaneDescription();
+          break;
+        }
+      }
+    }
+    return absl::StrCat("cluster ", options_.cluster_name, " (",
+                        std::string(cluster::MembershipModeName(membership_->mode())), ", ", set->members.size(),
+                        " nodes, epoch ", set->epoch, ", R=", replicas_, " W=", quorum_, ")",
+                        first.empty() ? "" : "; per node: ", first);
+  }
+
+  absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
+                                              const CallOptions& call) override {
+    const absl::Time end = End(call);
+    {
+      absl::MutexLock lock(&mu_);
+      bool known = false;
+      for (const NamespaceSpec& s : specs_) {
+        known = known || ComputeNamespaceId(s) == ComputeNamespaceId(spec);
+      }
+      if (!known) specs_.push_back(spec);
+    }
+    std::shared_ptr<const MemberSet> set = membership_->Current();
+    std::vector<absl::StatusOr<Namespace>> out(set->members.size(),
+                                               absl::UnavailableError("not tried"));
+    RunParts(set->members.size(), [&](size_t i) {
+      absl::StatusOr<std::shared_ptr<GrpcStoreClient>> c = Node(set->members[i], end);
+      out[i] = c.ok() ? (*c)->RegisterNamespace(spec, Left(end)) : c.status();
+      return absl::OkStatus();
+    }).IgnoreError();
+    // A node that is down now registers the namespace when the client next connects to it.
+    absl::Status first = absl::UnavailableError("no store node answered");
+    for (auto& r : out) {
+      if (r.ok()) return *r;
+      if (r.status().code() == absl::StatusCode::kInvalidArgument) return r.status();
+      first = r.status();
+    }
+    return first;
+  }
+
+  absl::StatusOr<LookupResult> Lookup(const Namespace& ns, std::string_view scope,
+                                      std::span<const ChainHash> hashes,
+                                      const CallOptions& call) override {
+    return WithFreshEpoch([&] { return LookupOnce(ns, scope, hashes, End(call)); });
+  }
+
+  absl::StatusOr<PutResult> Put(const Namespace& ns, std::string_view scope,
+                                std::span<const BlockWrite> blocks, const CallOptions& call,
+                                const PutOptions& put) override {
+    return WithFreshEpoch([&] { return PutOnce(ns, scope, blocks, End(call), put); });
+  }
+
+  absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
+                                std::span<const BlockRead> blocks, const CallOptions& call,
+                                const GetOptions& get) override {
+    return WithFreshEpoch([&] { return GetOnce(ns, scope, blocks, End(call), get); });
+  }
+
+  absl::StatusOr<uint64_t> Delete(const Namespace& ns, std::string_view scope,
+                                  std::span<const ChainHash> hashes,
+                                  const CallOptions& call) override {
+    return WithFreshEpoch([&]() -> absl::StatusOr<uint64_t> {
+      const absl::Time end = End(call);
+      std::shared_ptr<const MemberSet> set = membership_->Current();
+      // Every owner deletes; the count is the primaries' (each block counted once).
+      std::map<int, std::vector<size_t>> groups;
+      std::vector<int> primary(hashes.size(), -1);
+      for (size_t i = 0; i < hashes.size(); ++i) {
+        std::vector<int> owners = cluster::Owners(set->members, hashes[i], replicas_);
+        if (!owners.empty()) primary[i] = owners[0];
+        for (int o : owners) groups[o].push_back(i);
+      }
+      std::atomic<uint64_t> deleted{0};
+      absl::Mutex err_mu;
+      absl::Status err;
+      ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
+        std::vector<ChainHash> mine, primary_of;
+        for (size_t i : idx) mine.push_back(hashes[i]);
+        absl::StatusOr<uint64_t> n = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
+          return c.Delete(ns, scope, mine, Left(end));
+        });
+        bool is_primary = !idx.empty() && primary[idx[0]] == node;
+        if (n.ok() && is_primary) deleted += *n;
+        if (!n.ok()) {
+          absl::MutexLock lock(&err_mu);
+          if (err.ok() || IsStaleEpoch(n.status())) err = n.status();
+        }
+      });
+      if (IsStaleEpoch(err)) return err;
+      return deleted.load();
+    });
+  }
+
+  absl::StatusOr<NodeStats> Stats(const CallOptions& call) override {
+    const absl::Time end = End(call);
+    std::shared_ptr<const MemberSet> set = membership_->Current();
+    std::vector<absl::StatusOr<NodeStats>> per(set->members.size(),
+                                               absl::UnavailableError("not tried"));
+    RunParts(set->members.size(), [&](size_t i) {
+      per[i] = WithNode(*set, static_cast<int>(i), end,
+                        [&](GrpcStoreClient& c) { return c.Stats(Left(end)); });
+      return absl::OkStatus();
+    }).IgnoreError();
+    NodeStats sum;
+    bool any = false;
+    for (const auto& r : per) {
+      if (!r.ok()) continue;
+      if (!any)
+        sum = *r;  // limits and data-plane fields of the first node that answered
+      else
+        Add(*r, &sum);
+      any = true;
+    }
+    if (!any) return absl::UnavailableError("Stats: no store node answered");
+    sum.node_id = absl::StrCat("cluster:", options_.cluster_name);
+    sum.cluster_mode = std::string(cluster::MembershipModeName(membership_->mode()));
+    sum.epoch = set->epoch;
+    sum.members = static_cast<uint32_t>(set->members.size());
+    sum.etcd_connected =
+        membership_->mode() == cluster::MembershipMode::kEtcd && membership_->connected();
+    return sum;
+  }
+
+  absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,
+                                        const CallOptions& call) override {
+    return Broadcast(call, [&](GrpcStoreClient& c, const CallOptions& left) {
+      return c.PauseSession(session_id, to_cold, left);
+    });
+  }
+  absl::StatusOr<uint64_t> ResumeSession(std::string_view session_id,
+                                         const CallOptions& call) override {
+    return Broadcast(call, [&](GrpcStoreClient& c, const CallOptions& left) {
+      return c.ResumeSession(session_id, left);
+    });
+  }
+  absl::StatusOr<uint64_t> Prefetch(const Namespace& ns, std::string_view scope,
+                                    std::span<const ChainHash> hashes, std::string_view session_id,
+                                    const CallOptions& call) override {
+    return Broadcast(call, [&](GrpcStoreClient& c, const CallOptions& left) {
+      return c.Prefetch(ns, scope, hashes, session_id, left);
+    });
+  }
+
+ private:
+  struct NodeEntry {
+    std::string address;
+    std::shared_ptr<GrpcStoreClient> client;
+    absl::Time down_until = absl::InfinitePast();
+    absl::Status last_error;
+  };
+
+  absl::Time End(const CallOptions& call) const {
+    return absl::Now() +
+           (call.deadline > absl::ZeroDuration() ? call.deadline : options_.default_deadline);
+  }
+  static CallOptions Left(absl::Time end) {
+    return {.deadline = std::max(absl::Milliseconds(1), end - absl::Now())};
+  }
+
+  template <typename Op>
+  auto WithFreshEpoch(Op op) -> decltype(op()) {
+    auto r = op();
+    if (!r.ok() && IsStaleEpoch(r.status())) {
+      membership_->Refresh().IgnoreError();
+      r = op();
+    }
+    return r;
+  }
+
+  // The client of member `m`, connected on first use (namespaces and memory registered).
+  absl::StatusOr<std::shared_ptr<GrpcStoreClient>> Node(const Member& m, absl::Time end) {
+    std::vector<NamespaceSpec> specs;
+    std::vector<std::pair<void*, size_t>> memory;
+    {
+      absl::MutexLock lock(&mu_);
+      NodeEntry& e = nodes_[m.id];
+      if (e.client != nullptr && e.address == m.address) return e.client;
+      if (absl::Now() < e.down_until && e.address == m.address) return e.last_error;
+      specs = specs_;
+      memory = memory_;
+    }
+    ClientOptions o = options_;
+    o.address = m.address;
+    o.etcd_endpoints.clear();
+    o.cluster_members.clear();
+    o.default_deadline =
+        std::min(kConnectTimeout, std::max(absl::Milliseconds(1), end - absl::Now()));
+    absl::StatusOr<std::unique_ptr<GrpcStoreClient>> c = ConnectNode(o);
+    absl::Status s = c.status();
+    for (size_t i = 0; s.ok() && i < specs.size(); ++i) {
+      s = (*c)->RegisterNamespace(specs[i], Left(end)).status();
+    }
+    for (size_t i = 0; s.ok() && i < memory.size(); ++i) {
+      s = (*c)->RegisterMemory(memory[i].first, memory[i].second);
+    }
+    absl::MutexLock lock(&mu_);
+    NodeEntry& e = nodes_[m.id];
+    e.address = m.address;
+    if (!s.ok()) {
+      e.client.reset();
+      e.down_until = absl::Now() + kDownBackoff;
+      e.last_error =
+          absl::Status(s.code(), absl::StrCat("node ", m.id, " (", m.address, "): ", s.message()));
+      return e.last_error;
+    }
+    e.client = std::shared_ptr<GrpcStoreClient>(std::move(*c));
+    return e.client;
+  }
+
+  // Runs fn on member `index` of `set` with the set's epoch; a node that fails with
+  // UNAVAILABLE is marked down so the next calls fail over at once.
+  template <typename Fn>
+  auto WithNode(const MemberSet& set, int index, absl::Time end, Fn fn)
+      -> decltype(fn(std::declval<GrpcStoreClient&>())) {
+    const Member& m = set.members[index];
+    absl::StatusOr<std::shared_ptr<GrpcStoreClient>> c = Node(m, end);
+    if (!c.ok()) return c.status();
+    (*c)->set_epoch(set.epoch);
+    auto r = fn(**c);
+    if (!r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
+      absl::MutexLock lock(&mu_);
+      NodeEntry& e = nodes_[m.id];
+      if (e.client == *c) {
+        e.client.reset();
+        e.down_until = absl::Now() + kDownBackoff;
+        e.last_error = r.status();
+      }
+    }
+    return r;
+  }
+
+  template <typename Fn>
+  absl::StatusOr<uint64_t> Broadcast(const CallOptions& call, Fn fn) {
+    const absl::Time end = End(call);
+    std::shared_ptr<const MemberSet> set = membership_->Current();
+    std::vector<absl::StatusOr<uint64_t>> per(set->members.size(), uint64_t{0});
+    RunParts(set->members.size(), [&](size_t i) {
+      per[i] = WithNode(*set, static_cast<int>(i), end,
+                        [&](GrpcStoreClient& c) { return fn(c, Left(end)); });
+      return absl::OkStatus();
+    }).IgnoreError();
+    uint64_t total = 0;
+    absl::Status first;
+    for (const auto& r : per) {
+      if (r.ok())
+        total += *r;
+      else if (first.ok())
+        first = r.status();
+    }
+    if (total == 0 && !first.ok()) return first;
+    return total;
+  }
+
+  static void Add(const NodeStats& n, NodeStats* s) {
+    s->warm_blocks += n.warm_blocks;
+    s->warm_bytes += n.warm_bytes;
+    s->warm_used_bytes += n.warm_used_bytes;
+    s->warm_capacity_bytes += n.warm_capacity_bytes;
+    s->hits += n.hits;
+    s->misses += n.misses;
+    s->evictions += n.evictions;
+    s->leases += n.leases;
+    s->reservations += n.reservations;
+    s->data_loss += n.data_loss;
+    s->cool_blocks += n.cool_blocks;
+    s->cool_bytes += n.cool_bytes;
+    s->cool_stored_bytes += n.cool_stored_bytes;
+    s->cool_capacity_bytes += n.cool_capacity_bytes;
+    s->cold_blocks += n.cold_blocks;
+    s->cold_bytes += n.cold_bytes;
+    s->cold_stored_bytes += n.cold_stored_bytes;
+    s->cold_capacity_bytes += n.cold_capacity_bytes;
+    s->demotions += n.demotions;
+    s->promotions += n.promotions;
+    s->prefetched += n.prefetched;
+    s->prefetch_used += n.prefetch_used;
+    s->prefetch_wasted += n.prefetch_wasted;
+    s->data_channels += n.data_channels;
+    s->namespaces = std::max(s->namespaces, n.namespaces);
+  }
+
+  // Where a block may be, in the order to ask: its owners under the current set, then its
+  // first owner under the previous set if that is not among them. Member indexes of `set`
+  // (previous-set owners are mapped by id; one that left is skipped).
+  std::vector<int> Candidates(const MemberSet& set, const MemberSet* previous,
+                              const ChainHash& h) const {
+    std::vector<int> c = cluster::Owners(set.members, h, replicas_);
+    if (previous != nullptr) {
+      std::vector<int> old = cluster::Owners(previous->members, h, 1);
+      if (!old.empty()) {
+        int idx = set.Find(previous->members[old[0]].id);
+        if (idx >= 0 && std::find(c.begin(), c.end(), idx) == c.end()) c.push_back(idx);
+      }
+    }
+    return c;
+  }
+
+  // The previous member set while blocks may still sit where it placed them, else null.
+  std::shared_ptr<const MemberSet> RecentPrevious(const MemberSet& current) const {
+    if (absl::Now() - current.since > kPreviousSetGrace) return nullptr;
+    return membership_->Previous();
+  }
+
+  absl::StatusOr<LookupResult> LookupOnce(const Namespace& ns, std::string_view scope,
+                                          std::span<const ChainHash> hashes, absl::Time end) {
+    std::shared_ptr<const MemberSet> set = membership_->Current();
+    std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
+    const size_t n = hashes.size();
+    std::vector<std::vector<int>> cand(n);
+    for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, prev.get(), hashes[i]);
+    std::vector<size_t> tried(n, 0);
+    std::vector<std::optional<BlockLocation>> found(n);
+    std::vector<bool> absent(n, false);  // a node that should hold it said it does not
+    absl::Mutex mu;
+    absl::Status fatal;
+    // Round 1 asks every block's first owner; later rounds only go on where the answer
+    // matters: blocks whose node did not answer, and the first block reported absent — or,
+    // shortly after a change of the member set, every block reported absent (its new owner
+    // may not have it yet).
+    const bool moving = prev != nullptr;
+    for (int round = 0; round < 2 * replicas_ + 4; ++round) {
+      std::map<int, std::vector<size_t>> groups;
+      size_t first_absent = n;
+      for (size_t i = 0; i < n; ++i) {
+        if (!found[i].has_value() && absent[i]) {
+          first_absent = i;
+          break;
+        }
+      }
+      for (size_t i = 0; i < n; ++i) {
+        if (found[i].has_value() || tried[i] >= cand[i].size()) continue;
+        if (round > 0 && absent[i] && i != first_absent && !moving) continue;
+        if (i > first_absent && !moving) continue;
+        groups[cand[i][tried[i]]].push_back(i);
+      }
+      if (groups.empty()) break;
+      ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
+        std::vector<ChainHash> mine;
+        for (size_t i : idx) mine.push_back(hashes[i]);
+        absl::StatusOr<std::vector<BlockLocation>> r =
+            WithNode(*set, node, end,
+                     [&](GrpcStoreClient& c) { return c.LookupEach(ns, scope, mine, Left(end)); });
+        absl::MutexLock lock(&mu);
+        for (size_t k = 0; k < idx.size(); ++k) {
+          size_t i = idx[k];
+          ++tried[i];
+          if (!r.ok()) continue;
+          if ((*r)[k].tier != Tier::kUnknown) {
+            found[i] = (*r)[k];
+          } else {
+            absent[i] = true;
+          }
+        }
+        if (!r.ok() && (IsStaleEpoch(r.status()) || !TryNextReplica(r.status()))) {
+          fatal = r.status();
+        }
+      });
+      if (!fatal.ok()) return fatal;
+    }
+    LookupResult out;
+    for (size_t i = 0; i < n && found[i].has_value(); ++i) {
+      out.blocks.push_back(*found[i]);
+      ++out.matched_blocks;
+    }
+    return out;
+  }
+
+  absl::StatusOr<PutResult> PutOnce(const Namespace& ns, std::string_view scope,
+                                    std::span<const BlockWrite> blocks, absl::Time end,
+                                    const PutOptions& put) {
+    std::shared_ptr<const MemberSet> set = membership_->Current();
+    const size_t n = blocks.size();
+    std::map<int, std::vector<size_t>> groups;
+    std::vector<int> want(n);
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<int> owners = cluster::Owners(set->members, blocks[i].hash, replicas_);
+      want[i] = std::min<int>(quorum_, static_cast<int>(owners.size()));
+      for (int o : owners) groups[o].push_back(i);
+    }
+    std::vector<int> stored(n, 0), existed(n, 0);
+    std::vector<absl::Status> error(n);
+    absl::Mutex mu;
+    absl::Status stale;
+    ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
+      std::vector<BlockWrite> mine;
+      for (size_t i : idx) mine.push_back(blocks[i]);
+      absl::StatusOr<PutResult> r = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
+        return c.Put(ns, scope, mine, Left(end), put);
+      });
+      absl::MutexLock lock(&mu);
+      if (!r.ok() && IsStaleEpoch(r.status())) stale = r.status();
+      for (size_t k = 0; k < idx.size(); ++k) {
+        size_t i = idx[k];
+        absl::Status st = r.ok() ? r->blocks[k] : r.status();
+        if (st.ok()) {
+          ++stored[i];
+        } else if (st.code() == absl::StatusCode::kAlreadyExists) {
+          ++existed[i];
+        } else if (error[i].ok()) {
+          error[i] = st;
+        }
+      }
+    });
+    if (!stale.ok()) return stale;
+    PutResult out;
+    out.blocks.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (want[i] == 0) {
+        out.blocks[i] = absl::UnavailableError("no live store node owns this block");
+      } else if (stored[i] + existed[i] >= want[i]) {
+        out.blocks[i] =
+            stored[i] > 0 ? absl::OkStatus() : absl::AlreadyExistsError("stored before");
+        if (stored[i] > 0)
+          ++out.stored;
+        else
+          ++out.already_present;
+      } else {
+        out.blocks[i] = absl::Status(
+            error[i].code(), absl::StrCat(stored[i] + existed[i], " of ", want[i],
+                                          " replicas stored the block: ", error[i].message()));
+      }
+    }
+    return out;
+  }
+
+  absl::StatusOr<GetResult> GetOnce(const Namespace& ns, std::string_view scope,
+                                    std::span<const BlockRead> blocks, absl::Time end,
+                                    const GetOptions& get) {
+    std::shared_ptr<const MemberSet> set = membership_->Current();
+    std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
+    const size_t n = blocks.size();
+    GetResult out;
+    out.blocks.assign(n, absl::NotFoundError("block not stored"));
+    out.sizes.assign(n, 0);
+    std::vector<std::vector<int>> cand(n);
+    for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, prev.get(), blocks[i].hash);
+    std::vector<size_t> tried(n, 0);
+    std::vector<bool> done(n, false);
+    std::vector<std::vector<int>> lacking(n);  // owners that answered NOT_FOUND
+    absl::Mutex mu;
+    absl::Status stale;
+    for (;;) {
+      std::map<int, std::vector<size_t>> groups;
+      for (size_t i = 0; i < n; ++i) {
+        if (!done[i] && tried[i] < cand[i].size()) groups[cand[i][tried[i]]].push_back(i);
+      }
+      if (groups.empty() || absl::Now() >= end) break;
+      ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
+        std::vector<BlockRead> mine;
+        for (size_t i : idx) mine.push_back(blocks[i]);
+        absl::StatusOr<GetResult> r = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
+          return c.Get(ns, scope, mine, Left(end), get);
+        });
+        absl::MutexLock lock(&mu);
+        if (!r.ok() && IsStaleEpoch(r.status())) stale = r.status();
+        for (size_t k = 0; k < idx.size(); ++k) {
+          size_t i = idx[k];
+          ++tried[i];
+          absl::Status st = r.ok() ? r->blocks[k] : r.status();
+          if (st.ok()) {
+            done[i] = true;
+            out.blocks[i] = absl::OkStatus();
+            out.sizes[i] = r->sizes[k];
+            continue;
+          }
+          if (st.code() == absl::StatusCode::kNotFound) {
+            if (tried[i] <= static_cast<size_t>(replicas_)) lacking[i].push_back(node);
+          } else if (!TryNextReplica(st)) {
+            done[i] = true;  // e.g. OUT_OF_RANGE: the buffer is too small everywhere
+          }
+          // Keep the most telling error: anything beats "not stored" from a node that
+          // cannot have had it.
+          if (out.blocks[i].code() == absl::StatusCode::kNotFound ||
+              st.code() != absl::StatusCode::kNotFound) {
+            out.blocks[i] = st;
+          }
+        }
+      });
+      if (!stale.ok()) return stale;
+    }
+    for (size_t i = 0; i < n; ++i) out.fetched += out.blocks[i].ok() ? 1 : 0;
+    ReadRepair(ns, scope, blocks, out, lacking, *set, end);
+    return out;
+  }
+
+  // Copies blocks that were found away from owners which lack them back to those owners.
+  void ReadRepair(const Namespace& ns, std::string_view scope, std::span<const BlockRead> blocks,
+                  const GetResult& got, const std::vector<std::vector<int>>& lacking,
+                  const MemberSet& set, absl::Time end) {
+    std::map<int, std::vector<size_t>> groups;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (!got.blocks[i].ok()) continue;
+      for (int node : lacking[i]) groups[node].push_back(i);
+    }
+    ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
+      std::vector<BlockWrite> writes;
+      for (size_t i : idx) writes.push_back({blocks[i].hash, blocks[i].buffer, got.sizes[i]});
+      WithNode(set, node, end, [&](GrpcStoreClient& c) {
+        return c.Put(ns, scope, writes, Left(end), {});
+      }).IgnoreError();
+    });
+    if (!groups.empty()) read_repairs_ += groups.size();
+  }
+
+  ClientOptions options_;
+  int replicas_ = 1;
+  int quorum_ = 1;
+  std::unique_ptr<cluster::Membership> membership_;
+  std::atomic<uint64_t> read_repairs_{0};
+
+  mutable absl::Mutex mu_;
+  std::map<std::string, NodeEntry> nodes_ ABSL_GUARDED_BY(mu_);
+  std::vector<NamespaceSpec> specs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<void*, size_t>> memory_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StoreClient>> ConnectCluster(const ClientOptions& options) {
+  if (!options.etcd_endpoints.empty() && !options.cluster_members.empty()) {
+    return absl::InvalidArgumentError("etcd_endpoints and cluster_members: choose one");
+  }
+  if (options.replicas < 1 || options.replicas > 16) {
+    return absl::InvalidArgumentError(absl::StrCat("replicas: ", options.replicas, ", want 1..16"));
+  }
+  if (options.write_quorum < 0 || options.write_quorum > options.replicas) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("write_quorum: ", options.write_quorum, ", want 0..replicas (0 = all)"));
+  }
+  auto client = std::make_unique<ClusterStoreClient>(options);
+  if (absl::Status s = client->Start(); !s.ok()) return s;
+  return std::unique_ptr<StoreClient>(std::move(client));
+}
+
+}  // namespace strata::client::internal

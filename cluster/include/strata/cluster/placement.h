@@ -1,0 +1,56 @@
+// Placement: which store nodes own a block (DESIGN.md §5, docs/design/cluster.md).
+//
+// Rendezvous (highest-random-weight) hashing: every member scores every block with a hash
+// of (member id, chain hash); the R highest scores own it. A join or leave moves only the
+// blocks whose top R change (about R/N of them), every party computes the same owners from
+// the same member set without talking to anyone, and consecutive blocks of one prefix land
+// on unrelated nodes, so a long prefix stripes across the cluster.
+//
+// Zone-aware: when members carry zones, the owners are picked zone by zone first (the best
+// member of the best zone, then the best member of the next zone ...) so R replicas sit in
+// min(R, zones) distinct zones; the remaining places go by score.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "strata/common/block_key.h"
+
+namespace strata::cluster {
+
+struct Member {
+  std::string id;           // unique in the cluster; the rendezvous identity (not the address)
+  std::string address;      // gRPC host:port clients and peers dial
+  std::string zone;         // failure domain; "" when the cluster does not use zones
+  uint64_t warm_bytes = 0;  // capacities, for operators (placement does not weigh them)
+  uint64_t cool_bytes = 0;
+  uint64_t cold_bytes = 0;
+
+  bool operator==(const Member&) const = default;
+};
+
+// A member set as every party sees it: members sorted by id, labelled with its epoch (which
+// rises with every change of the set; 0 = unknown).
+struct MemberSet {
+  uint64_t epoch = 0;
+  std::vector<Member> members;
+  // When this process saw the member list become this one (InfinitePast: from the start).
+  absl::Time since = absl::InfinitePast();
+
+  // Index of the member with this id, or -1.
+  int Find(std::string_view id) const;
+};
+
+// The rendezvous score of `member_id` for a block; higher wins.
+uint64_t RendezvousScore(std::string_view member_id, const ChainHash& hash);
+
+// Indexes into `members` of the min(replicas, members.size()) owners of `hash`, best first.
+std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, int replicas);
+
+// Sorts by id and drops later duplicates of an id. Members as every function here wants them.
+void Normalize(std::vector<Member>* members);
+
+}  // namespace strata::cluster

@@ -1,0 +1,500 @@
+#include "strata/cluster/membership.h"
+
+#include <map>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "spdlog/spdlog.h"
+#include "strata/cluster/etcd_client.h"
+
+namespace strata::cluster {
+namespace {
+
+std::string PadEpoch(int64_t revision) {
+  // Fixed width, so that etcd's byte-wise value comparison is numeric comparison.
+  std::string digits = absl::StrCat(revision);
+  return std::string(digits.size() < 20 ? 20 - digits.size() : 0, '0') + digits;
+}
+
+uint64_t ParseEpoch(std::string_view value) {
+  uint64_t v = 0;
+  return absl::SimpleAtoi(absl::string_view(value.data(), value.size()), &v) ? v : 0;
+}
+
+bool SameMembers(const std::vector<Member>& a, const std::vector<Member>& b) { return a == b; }
+
+}  // namespace
+
+absl::StatusOr<MembershipMode> ParseMembershipMode(std::string_view name) {
+  if (name == "single" || name.empty()) return MembershipMode::kSingle;
+  if (name == "static") return MembershipMode::kStatic;
+  if (name == "etcd") return MembershipMode::kEtcd;
+  return absl::InvalidArgumentError(
+      absl::StrCat("cluster mode \"", std::string(name), "\": want single, static or etcd"));
+}
+
+std::string_view MembershipModeName(MembershipMode mode) {
+  switch (mode) {
+    case MembershipMode::kSingle:
+      return "single";
+    case MembershipMode::kStatic:
+      return "static";
+    case MembershipMode::kEtcd:
+      return "etcd";
+  }
+  return "?";
+}
+
+absl::StatusOr<std::vector<Member>> ParseStaticMembers(std::string_view list) {
+  std::vector<Member> out;
+  for (absl::string_view raw :
+       absl::StrSplit(absl::string_view(list.data(), list.size()), ',', absl::SkipWhitespace())) {
+    absl::string_view entry = absl::StripAsciiWhitespace(raw);
+    std::pair<absl::string_view, absl::string_view> id_rest = absl::StrSplit(entry, '=');
+    std::pair<absl::string_view, absl::string_view> addr_zone = absl::StrSplit(id_rest.second, '@');
+    if (id_rest.first.empty() || addr_zone.first.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cluster members: entry \"", entry, "\" is not id=host:port[@zone]"));
+    }
+    Member m{.id = std::string(id_rest.first),
+             .address = std::string(addr_zone.first),
+             .zone = std::string(addr_zone.second)};
+    for (const Member& seen : out) {
+      if (seen.id == m.id) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cluster members: id \"", m.id, "\" appears twice"));
+      }
+    }
+    out.push_back(std::move(m));
+  }
+  Normalize(&out);
+  return out;
+}
+
+std::string EncodeMember(const Member& m) {
+  return absl::StrCat("address=", m.address, "\nzone=", m.zone, "\nwarm_bytes=", m.warm_bytes,
+                      "\ncool_bytes=", m.cool_bytes, "\ncold_bytes=", m.cold_bytes, "\n");
+}
+
+absl::StatusOr<Member> DecodeMember(std::string_view id, std::string_view value) {
+  Member m;
+  m.id = std::string(id);
+  for (absl::string_view line :
+       absl::StrSplit(absl::string_view(value.data(), value.size()), '\n', absl::SkipEmpty())) {
+    std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(line, '=');
+    uint64_t n = 0;
+    if (kv.first == "address") {
+      m.address = std::string(kv.second);
+    } else if (kv.first == "zone") {
+      m.zone = std::string(kv.second);
+    } else if (kv.first == "warm_bytes" && absl::SimpleAtoi(kv.second, &n)) {
+      m.warm_bytes = n;
+    } else if (kv.first == "cool_bytes" && absl::SimpleAtoi(kv.second, &n)) {
+      m.cool_bytes = n;
+    } else if (kv.first == "cold_bytes" && absl::SimpleAtoi(kv.second, &n)) {
+      m.cold_bytes = n;
+    }  // unknown keys: written by a newer version, ignored
+  }
+  if (m.id.empty() || m.address.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("member \"", std::string(id), "\" has no address"));
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------
+
+class Membership::Impl {
+ public:
+  explicit Impl(MembershipOptions options)
+      : o_(std::move(options)),
+        root_(absl::StrCat("/strata/", o_.cluster, "/")),
+        nodes_prefix_(root_ + "nodes/"),
+        epoch_key_(root_ + "epoch") {
+    current_ = std::make_shared<MemberSet>();
+  }
+
+  ~Impl() { Leave(); }
+
+  void Leave() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+    int64_t lease;
+    {
+      absl::MutexLock lock(&mu_);
+      lease = lease_;
+      lease_ = 0;
+    }
+    if (etcd_ != nullptr && lease != 0) {
+      etcd_->StopKeepAlive(lease);
+      absl::Status s = etcd_->RevokeLease(lease);
+      if (!s.ok()) spdlog::warn("membership: leaving the cluster: {}", s.ToString());
+    }
+  }
+
+  void SetFixed(std::vector<Member> members) {
+    Normalize(&members);
+    absl::MutexLock lock(&mu_);
+    current_ = std::make_shared<MemberSet>(MemberSet{.epoch = 1, .members = std::move(members)});
+    connected_ = true;
+  }
+
+  absl::Status StartEtcd() {
+    absl::StatusOr<std::unique_ptr<EtcdClient>> etcd =
+        EtcdClient::Create({.endpoints = o_.etcd_endpoints});
+    if (!etcd.ok()) return etcd.status();
+    etcd_ = std::move(*etcd);
+    if (!o_.watch && !o_.self.has_value()) {
+      absl::StatusOr<int64_t> listed = List();
+      absl::MutexLock lock(&mu_);
+      connected_ = listed.ok();
+      listed_once_ = listed.ok();
+      if (!listed.ok()) {
+        return absl::UnavailableError(absl::StrCat("cluster membership: etcd at ",
+                                                   absl::StrJoin(o_.etcd_endpoints, ","), ": ",
+                                                   listed.status().message()));
+      }
+      return absl::OkStatus();
+    }
+    thread_ = std::thread([this] { Loop(); });
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return listed_once_; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&ready), o_.startup_timeout)) {
+      return absl::UnavailableError(
+          absl::StrCat("cluster membership: etcd at ", absl::StrJoin(o_.etcd_endpoints, ","),
+                       " not reachable within ", absl::FormatDuration(o_.startup_timeout),
+                       last_error_.empty() ? "" : ": ", last_error_));
+    }
+    return absl::OkStatus();
+  }
+
+  std::shared_ptr<const MemberSet> Current() const {
+    absl::MutexLock lock(&mu_);
+    return current_;
+  }
+  std::shared_ptr<const MemberSet> Previous() const {
+    absl::MutexLock lock(&mu_);
+    return previous_;
+  }
+  bool connected() const {
+    absl::MutexLock lock(&mu_);
+    return connected_;
+  }
+
+  absl::Status Refresh() {
+    if (etcd_ == nullptr) return absl::OkStatus();
+    absl::StatusOr<int64_t> listed = List();
+    absl::MutexLock lock(&mu_);
+    connected_ = listed.ok();
+    return listed.status();
+  }
+
+  void OnChange(std::function<void(const MemberSet&)> callback) {
+    absl::MutexLock lock(&mu_);
+    callbacks_.push_back(std::move(callback));
+  }
+
+ private:
+  // The etcd loop: (re-)register, list, watch until the watch breaks; retry while etcd is
+  // unreachable, keeping the last known set meanwhile.
+  void Loop() {
+    for (;;) {
+      bool register_now;
+      {
+        absl::MutexLock lock(&mu_);
+        if (stop_) return;
+        register_now = o_.self.has_value() && need_register_;
+      }
+      if (register_now) {
+        if (absl::Status s = Register(); !s.ok()) {
+          Failed("register", s);
+          continue;
+        }
+      }
+      absl::StatusOr<int64_t> revision = List();
+      if (!revision.ok()) {
+        Failed("list", revision.status());
+        continue;
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        if (!connected_)
+          spdlog::info("membership: etcd reachable; {} members", current_->members.size());
+        connected_ = true;
+        warned_ = false;
+        listed_once_ = true;
+        watch_failed_ = false;
+      }
+      absl::StatusOr<std::unique_ptr<EtcdClient::Watch>> watch = etcd_->WatchPrefix(
+          root_, *revision + 1, [this](std::span<const WatchEvent> events) { OnEvents(events); },
+          [this](absl::Status s) {
+            absl::MutexLock lock(&mu_);
+            watch_failed_ = true;
+            last_error_ = s.ToString();
+          });
+      if (!watch.ok()) {
+        Failed("watch", watch.status());
+        continue;
+      }
+      bool failed;
+      {
+        absl::MutexLock lock(&mu_);
+        auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+          return stop_ || watch_failed_ || (o_.self.has_value() && need_register_);
+        };
+        mu_.Await(absl::Condition(&wake));
+        failed = watch_failed_;
+      }
+      watch->reset();  // outside mu_: its callbacks take mu_
+      if (failed) Failed("watch", absl::UnavailableError(last_error_copy()));
+    }
+  }
+
+  std::string last_error_copy() {
+    absl::MutexLock lock(&mu_);
+    return last_error_;
+  }
+
+  // Marks etcd unreachable and waits retry_interval (or until stopped).
+  void Failed(std::string_view what, const absl::Status& s) {
+    absl::MutexLock lock(&mu_);
+    if (connected_ || !warned_) {
+      warned_ = true;
+      spdlog::warn("membership: etcd {} failed ({}); keeping the last known {} members", what,
+                   s.ToString(), current_->members.size());
+    }
+    connected_ = false;
+    last_error_ = s.ToString();
+    auto stopped = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_; };
+    mu_.AwaitWithTimeout(absl::Condition(&stopped), o_.retry_interval);
+  }
+
+  absl::Status Register() {
+    const std::string key = nodes_prefix_ + o_.self->id;
+    int64_t old_lease;
+    {
+      absl::MutexLock lock(&mu_);
+      old_lease = lease_;
+    }
+    if (old_lease != 0) etcd_->StopKeepAlive(old_lease);
+    absl::StatusOr<int64_t> lease = etcd_->GrantLease(o_.lease_ttl);
+    if (!lease.ok()) return lease.status();
+    absl::StatusOr<int64_t> put = etcd_->Put(key, EncodeMember(*o_.self), *lease);
+    if (!put.ok()) return put.status();
+    absl::Status kept = etcd_->KeepAlive(*lease, o_.lease_ttl, [this](absl::Status s) {
+      spdlog::warn("membership: lease lost ({}); registering again", s.ToString());
+      absl::MutexLock lock(&mu_);
+      need_register_ = true;
+    });
+    if (!kept.ok()) return kept;
+    {
+      absl::MutexLock lock(&mu_);
+      lease_ = *lease;
+      need_register_ = false;
+    }
+    // A new key is a join: raise the epoch to its revision. A key that was still there (a
+    // restart within the old lease) changes nothing but the lease and maybe the address.
+    absl::StatusOr<std::optional<KeyValue>> kv = etcd_->Get(key);
+    if (kv.ok() && kv->has_value() && (*kv)->create_revision == (*kv)->mod_revision) {
+      Bump((*kv)->mod_revision);
+    }
+    spdlog::info("membership: registered {} at {} in cluster {}", o_.self->id, o_.self->address,
+                 o_.cluster);
+    return absl::OkStatus();
+  }
+
+  // Lists members and epoch; returns the header revision the watch continues from.
+  absl::StatusOr<int64_t> List() {
+    absl::StatusOr<RangeResult> range = etcd_->GetPrefix(root_);
+    if (!range.ok()) return range.status();
+    std::map<std::string, Member> members;
+    uint64_t epoch = 0;
+    for (const KeyValue& kv : range->kvs) {
+      if (kv.key == epoch_key_) {
+        epoch = ParseEpoch(kv.value);
+      } else if (kv.key.starts_with(nodes_prefix_)) {
+        std::string id = kv.key.substr(nodes_prefix_.size());
+        absl::StatusOr<Member> m = DecodeMember(id, kv.value);
+        if (m.ok()) members[id] = *std::move(m);
+      }
+    }
+    bool set_changed;
+    {
+      absl::MutexLock lock(&mu_);
+      set_changed = listed_once_ && KeysDiffer(members_, members);
+      members_ = std::move(members);
+      epoch_value_ = std::max<uint64_t>(epoch_value_, epoch);
+      applied_revision_ = std::max(applied_revision_, range->revision);
+    }
+    // Changes missed while disconnected, or a cluster without an epoch yet: raise it.
+    if (o_.self.has_value() && (epoch == 0 || set_changed)) {
+      if (Bump(range->revision)) {
+        absl::MutexLock lock(&mu_);
+        epoch_value_ = std::max<uint64_t>(epoch_value_, range->revision);
+      }
+    }
+    Publish();
+    return range->revision;
+  }
+
+  static bool KeysDiffer(const std::map<std::string, Member>& a,
+                         const std::map<std::string, Member>& b) {
+    if (a.size() != b.size()) return true;
+    for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
+      if (ia->first != ib->first) return true;
+    }
+    return false;
+  }
+
+  void OnEvents(std::span<const WatchEvent> events) {
+    std::vector<int64_t> changes;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const WatchEvent& e : events) {
+        if (e.kv.mod_revision <= applied_revision_) continue;  // already listed
+        if (e.kv.key == epoch_key_) {
+          if (e.type == WatchEvent::Type::kPut) {
+            epoch_value_ = std::max<uint64_t>(epoch_value_, ParseEpoch(e.kv.value));
+          }
+          continue;
+        }
+        if (!e.kv.key.starts_with(nodes_prefix_)) continue;
+        std::string id = e.kv.key.substr(nodes_prefix_.size());
+        if (e.type == WatchEvent::Type::kDelete) {
+          if (members_.erase(id) > 0) changes.push_back(e.kv.mod_revision);
+          continue;
+        }
+        absl::StatusOr<Member> m = DecodeMember(id, e.kv.value);
+        if (!m.ok()) continue;
+        if (members_.find(id) == members_.end()) changes.push_back(e.kv.mod_revision);
+        members_[id] = *std::move(m);
+      }
+    }
+    // Nodes raise the epoch for what they saw (clients only watch).
+    if (o_.self.has_value() && !changes.empty()) Bump(changes.back());
+    Publish();
+  }
+
+  // Raises the epoch key to `revision` unless it is already there. True if it is now.
+  bool Bump(int64_t revision) {
+    const std::string value = PadEpoch(revision);
+    const Compare absent{.target = Compare::Target::kVersion,
+                         .op = Compare::Op::kEqual,
+                         .key = epoch_key_,
+                         .number = 0};
+    const TxnOp put{.kind = TxnOp::Kind::kPut, .key = epoch_key_, .value = value};
+    absl::StatusOr<bool> created = etcd_->Txn({&absent, 1}, {&put, 1}, {});
+    if (created.ok() && *created) return true;
+    const Compare lower{.target = Compare::Target::kValue,
+                        .op = Compare::Op::kLess,
+                        .key = epoch_key_,
+                        .value = value};
+    absl::StatusOr<bool> raised = etcd_->Txn({&lower, 1}, {&put, 1}, {});
+    if (!raised.ok()) {
+      spdlog::warn("membership: raising the epoch to {}: {}", revision, raised.status().ToString());
+      return false;
+    }
+    return true;
+  }
+
+  // Publishes members_/epoch_value_ as the current set when they differ from it.
+  void Publish() {
+    std::vector<std::function<void(const MemberSet&)>> callbacks;
+    std::shared_ptr<const MemberSet> now;
+    {
+      absl::MutexLock lock(&mu_);
+      MemberSet next;
+      next.epoch = epoch_value_;
+      for (const auto& [id, m] : members_) next.members.push_back(m);
+      const bool members_changed = !SameMembers(next.members, current_->members);
+      if (!members_changed && next.epoch == current_->epoch) return;
+      if (members_changed && listed_once_) {
+        previous_ = current_;
+        next.since = absl::Now();
+      } else if (!members_changed) {
+        next.since = current_->since;
+      }
+      current_ = std::make_shared<MemberSet>(std::move(next));
+      now = current_;
+      callbacks = callbacks_;
+    }
+    for (auto& cb : callbacks) cb(*now);
+  }
+
+  const MembershipOptions o_;
+  const std::string root_, nodes_prefix_, epoch_key_;
+  std::unique_ptr<EtcdClient> etcd_;
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const MemberSet> current_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const MemberSet> previous_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Member> members_ ABSL_GUARDED_BY(mu_);
+  uint64_t epoch_value_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t applied_revision_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t lease_ ABSL_GUARDED_BY(mu_) = 0;
+  bool connected_ ABSL_GUARDED_BY(mu_) = false;
+  bool listed_once_ ABSL_GUARDED_BY(mu_) = false;
+  bool warned_ ABSL_GUARDED_BY(mu_) = false;  // an outage is logged once, not every retry
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool need_register_ ABSL_GUARDED_BY(mu_) = true;
+  bool watch_failed_ ABSL_GUARDED_BY(mu_) = false;
+  std::string last_error_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::function<void(const MemberSet&)>> callbacks_ ABSL_GUARDED_BY(mu_);
+};
+
+// ---------------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<Membership>> Membership::Start(MembershipOptions options) {
+  const MembershipMode mode = options.mode;
+  auto impl = std::make_unique<Impl>(options);
+  switch (mode) {
+    case MembershipMode::kSingle:
+      if (!options.self.has_value() && options.static_members.size() != 1) {
+        return absl::InvalidArgumentError("cluster mode single: needs the node itself");
+      }
+      impl->SetFixed({options.self.has_value() ? *options.self : options.static_members[0]});
+      break;
+    case MembershipMode::kStatic: {
+      if (options.static_members.empty()) {
+        return absl::InvalidArgumentError("cluster mode static: cluster_members is empty");
+      }
+      impl->SetFixed(options.static_members);
+      break;
+    }
+    case MembershipMode::kEtcd:
+      if (options.etcd_endpoints.empty()) {
+        return absl::InvalidArgumentError("cluster mode etcd: etcd_endpoints is empty");
+      }
+      if (options.self.has_value() && (options.self->id.empty() || options.self->address.empty())) {
+        return absl::InvalidArgumentError("cluster mode etcd: the node needs an id and an address");
+      }
+      if (absl::Status s = impl->StartEtcd(); !s.ok()) return s;
+      break;
+  }
+  return std::unique_ptr<Membership>(new Membership(std::move(impl), mode));
+}
+
+Membership::Membership(std::unique_ptr<Impl> impl, MembershipMode mode)
+    : impl_(std::move(impl)), options_mode_(mode) {}
+Membership::~Membership() = default;
+
+std::shared_ptr<const MemberSet> Membership::Current() const { return impl_->Current(); }
+std::shared_ptr<const MemberSet> Membership::Previous() const { return impl_->Previous(); }
+bool Membership::connected() const { return impl_->connected(); }
+absl::Status Membership::Refresh() { return impl_->Refresh(); }
+void Membership::Leave() { impl_->Leave(); }
+void Membership::OnChange(std::function<void(const MemberSet&)> callback) {
+  impl_->OnChange(std::move(callback));
+}
+
+}  // namespace strata::cluster

@@ -1,0 +1,69 @@
+#include "strata/cluster/placement.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "xxhash.h"
+
+namespace strata::cluster {
+
+int MemberSet::Find(std::string_view id) const {
+  auto it = std::lower_bound(members.begin(), members.end(), id,
+                             [](const Member& m, std::string_view v) { return m.id < v; });
+  return it != members.end() && it->id == id ? static_cast<int>(it - members.begin()) : -1;
+}
+
+uint64_t RendezvousScore(std::string_view member_id, const ChainHash& hash) {
+  // The member id seeds a hash of the chain hash: independent per member, stable across
+  // processes and versions (xxh3 is specified), and never depends on the member's position.
+  const uint64_t seed = XXH3_64bits(member_id.data(), member_id.size());
+  return XXH3_64bits_withSeed(hash.bytes.data(), hash.bytes.size(), seed);
+}
+
+std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, int replicas) {
+  const int n = static_cast<int>(members.size());
+  const int want = std::clamp(replicas, 0, n);
+  std::vector<std::pair<uint64_t, int>> ranked;  // (score, index), best first
+  ranked.reserve(n);
+  bool zoned = false;
+  for (int i = 0; i < n; ++i) {
+    ranked.emplace_back(RendezvousScore(members[i].id, hash), i);
+    zoned = zoned || !members[i].zone.empty();
+  }
+  // Ties (astronomically unlikely) break by id order, so everyone agrees.
+  std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  std::vector<int> owners;
+  owners.reserve(want);
+  if (!zoned) {
+    for (int k = 0; k < want; ++k) owners.push_back(ranked[k].second);
+    return owners;
+  }
+  // First pass: the best member of each zone, in score order; second pass: the rest.
+  std::vector<bool> taken(n, false);
+  std::vector<std::string_view> zones_used;
+  for (const auto& [score, i] : ranked) {
+    if (static_cast<int>(owners.size()) == want) break;
+    std::string_view zone = members[i].zone;
+    if (std::find(zones_used.begin(), zones_used.end(), zone) != zones_used.end()) continue;
+    zones_used.push_back(zone);
+    owners.push_back(i);
+    taken[i] = true;
+  }
+  for (const auto& [score, i] : ranked) {
+    if (static_cast<int>(owners.size()) == want) break;
+    if (!taken[i]) owners.push_back(i);
+  }
+  return owners;
+}
+
+void Normalize(std::vector<Member>* members) {
+  std::stable_sort(members->begin(), members->end(),
+                   [](const Member& a, const Member& b) { return a.id < b.id; });
+  members->erase(std::unique(members->begin(), members->end(),
+                             [](const Member& a, const Member& b) { return a.id == b.id; }),
+                 members->end());
+}
+
+}  // namespace strata::cluster

@@ -1,0 +1,132 @@
+#include "strata/cluster/placement.h"
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace strata::cluster {
+namespace {
+
+ChainHash HashOf(uint64_t i) {
+  ChainHash h;
+  for (int b = 0; b < 8; ++b) h.bytes[b] = static_cast<uint8_t>(i >> (8 * b));
+  h.bytes[31] = 0x5a;
+  return h;
+}
+
+std::vector<Member> Nodes(int n, int zones = 0) {
+  std::vector<Member> m;
+  for (int i = 0; i < n; ++i) {
+    m.push_back({.id = "node-" + std::to_string(i),
+                 .address = "127.0.0.1:" + std::to_string(7000 + i),
+                 .zone = zones > 0 ? "zone-" + std::to_string(i % zones) : ""});
+  }
+  Normalize(&m);
+  return m;
+}
+
+TEST(PlacementTest, OwnersAreDistinctAndCapped) {
+  std::vector<Member> m = Nodes(3);
+  for (uint64_t i = 0; i < 100; ++i) {
+    std::vector<int> o = Owners(m, HashOf(i), 2);
+    ASSERT_EQ(o.size(), 2u);
+    EXPECT_NE(o[0], o[1]);
+  }
+  EXPECT_EQ(Owners(m, HashOf(1), 5).size(), 3u);
+  EXPECT_TRUE(Owners({}, HashOf(1), 2).empty());
+}
+
+TEST(PlacementTest, SpreadsBlocksEvenly) {
+  std::vector<Member> m = Nodes(4);
+  std::map<int, int> count;
+  const int blocks = 20000;
+  for (int i = 0; i < blocks; ++i) ++count[Owners(m, HashOf(i), 1)[0]];
+  ASSERT_EQ(count.size(), 4u);
+  for (const auto& [node, c] : count) {
+    EXPECT_GT(c, blocks / 4 * 0.9) << node;
+    EXPECT_LT(c, blocks / 4 * 1.1) << node;
+  }
+}
+
+TEST(PlacementTest, ResultDependsOnIdsNotOnOrderOrAddresses) {
+  std::vector<Member> a = Nodes(5);
+  std::vector<Member> b(a.rbegin(), a.rend());
+  for (Member& x : b) x.address = "10.0.0.1:1";
+  for (int i = 0; i < 200; ++i) {
+    std::vector<int> oa = Owners(a, HashOf(i), 3), ob = Owners(b, HashOf(i), 3);
+    for (int k = 0; k < 3; ++k) EXPECT_EQ(a[oa[k]].id, b[ob[k]].id);
+  }
+}
+
+TEST(PlacementTest, AJoinMovesOnlyTheBlocksTheNewNodeTakes) {
+  std::vector<Member> before = Nodes(3);
+  std::vector<Member> after = Nodes(4);
+  int moved = 0;
+  const int blocks = 10000;
+  for (int i = 0; i < blocks; ++i) {
+    const std::string old_owner = before[Owners(before, HashOf(i), 1)[0]].id;
+    const std::string new_owner = after[Owners(after, HashOf(i), 1)[0]].id;
+    if (old_owner != new_owner) {
+      ++moved;
+      EXPECT_EQ(new_owner, "node-3");  // nothing moves between the old nodes
+    }
+  }
+  EXPECT_GT(moved, blocks / 4 * 0.85);
+  EXPECT_LT(moved, blocks / 4 * 1.15);
+}
+
+TEST(PlacementTest, ALeaveKeepsTheSurvivingReplica) {
+  std::vector<Member> all = Nodes(4);
+  for (int i = 0; i < 500; ++i) {
+    std::vector<int> o = Owners(all, HashOf(i), 2);
+    std::vector<Member> rest;
+    for (int k = 0; k < 4; ++k) {
+      if (k != o[0]) rest.push_back(all[k]);
+    }
+    // The second replica becomes the first owner once the first is gone.
+    EXPECT_EQ(rest[Owners(rest, HashOf(i), 2)[0]].id, all[o[1]].id);
+  }
+}
+
+TEST(PlacementTest, ReplicasGoToDistinctZones) {
+  std::vector<Member> m = Nodes(6, 3);
+  for (int i = 0; i < 500; ++i) {
+    std::vector<int> o = Owners(m, HashOf(i), 3);
+    std::set<std::string> zones;
+    for (int idx : o) zones.insert(m[idx].zone);
+    EXPECT_EQ(zones.size(), 3u);
+  }
+  // With fewer zones than replicas, every zone is used and the rest fill by score.
+  std::vector<Member> two = Nodes(4, 2);
+  std::vector<int> o = Owners(two, HashOf(7), 3);
+  std::set<std::string> zones;
+  for (int idx : o) zones.insert(two[idx].zone);
+  EXPECT_EQ(o.size(), 3u);
+  EXPECT_EQ(zones.size(), 2u);
+}
+
+TEST(PlacementTest, WithoutZonesTheTopScoresWin) {
+  std::vector<Member> m = Nodes(5);
+  ChainHash h = HashOf(42);
+  std::vector<int> o = Owners(m, h, 5);
+  for (size_t k = 1; k < o.size(); ++k) {
+    EXPECT_GT(RendezvousScore(m[o[k - 1]].id, h), RendezvousScore(m[o[k]].id, h));
+  }
+}
+
+TEST(PlacementTest, FindAndNormalize) {
+  std::vector<Member> m = {{.id = "b"}, {.id = "a"}, {.id = "b", .address = "dup"}};
+  Normalize(&m);
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0].id, "a");
+  EXPECT_EQ(m[1].address, "");
+  MemberSet set{.epoch = 3, .members = m};
+  EXPECT_EQ(set.Find("b"), 1);
+  EXPECT_EQ(set.Find("c"), -1);
+}
+
+}  // namespace
+}  // namespace strata::cluster

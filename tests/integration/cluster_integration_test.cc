@@ -1,0 +1,395 @@
+// A Strata cluster: a real etcd (cluster::LocalEtcd) and real strata-storenode processes on
+// loopback, coordinated through etcd membership; clients place blocks by rendezvous hashing.
+// Prefixes written by one process are found and fetched by another, a batch costs one call
+// per node, stale epochs are refused and retried, a joining node takes over blocks without
+// any becoming unreadable, a killed node's blocks are read from their replicas, and the
+// store keeps serving while etcd is down.
+#include <signal.h>
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "strata/client/local_node.h"
+#include "strata/client/store_client.h"
+#include "strata/cluster/etcd_client.h"
+#include "strata/cluster/local_etcd.h"
+#include "strata/testutil/node_process.h"
+#include "strata/testutil/status_matchers.h"
+#include "strata/v1/store.grpc.pb.h"
+
+namespace strata {
+namespace {
+
+using client::BlockRead;
+using client::BlockWrite;
+using client::ClientOptions;
+using client::LocalNode;
+using client::StoreClient;
+using testutil::IsOk;
+using testutil::StatusIs;
+
+constexpr uint64_t kBlock = 64 << 10;
+
+NamespaceSpec Spec() {
+  NamespaceSpec spec;
+  spec.model_id = "cluster-test";
+  spec.dtype = "fp16";
+  spec.layout = "raw";
+  spec.block_tokens = 16;
+  spec.block_bytes = kBlock;
+  return spec;
+}
+
+std::vector<ChainHash> Chain(const client::Namespace& ns, uint32_t prompt, size_t n) {
+  std::vector<uint32_t> tokens(n * 16);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = prompt * 1000003u + i;
+  return *ns.HashTokens(tokens);
+}
+
+std::vector<uint8_t> Payload(const ChainHash& h) {
+  std::vector<uint8_t> out(kBlock);
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (int b = 0; b < 8; ++b) x ^= uint64_t{h.bytes[b]} << (8 * b);
+  for (size_t i = 0; i < out.size(); ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    out[i] = static_cast<uint8_t>(x);
+  }
+  return out;
+}
+
+// Count of a node's calls of one op (strata_op_latency_seconds_count{op=...}).
+uint64_t OpCount(const LocalNode& node, const std::string& op) {
+  auto page = testutil::HttpGet(node.http_address(), "/metrics");
+  if (!page.ok()) return 0;
+  for (absl::string_view line : absl::StrSplit(page->second, '\n')) {
+    if (!absl::StartsWith(line, "strata_op_latency_seconds_count{") ||
+        !absl::StrContains(line, absl::StrCat("op=\"", op, "\""))) {
+      continue;
+    }
+    uint64_t v = 0;
+    std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
+    double d = 0;
+    if (absl::SimpleAtod(parts.back(), &d)) v = static_cast<uint64_t>(d);
+    return v;
+  }
+  return 0;
+}
+
+// One etcd and `n` nodes, per suite.
+class ClusterTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto etcd = cluster::LocalEtcd::Start({});
+    ASSERT_TRUE(etcd.ok()) << etcd.status();
+    etcd_ = std::move(*etcd).release();
+    for (int i = 0; i < 3; ++i) {
+      std::unique_ptr<LocalNode> node = StartNode(i);
+      ASSERT_NE(node, nullptr);
+      nodes_[i] = node.release();
+    }
+  }
+  static void TearDownTestSuite() {
+    for (auto& [i, node] : nodes_) delete node;
+    nodes_.clear();
+    delete etcd_;
+    etcd_ = nullptr;
+  }
+
+  static std::unique_ptr<LocalNode> StartNode(int i) {
+    auto node = testutil::StartNode({"--node-id", absl::StrCat("node-", i), "--cluster-mode",
+                                     "etcd", "--etcd-endpoints", etcd_->endpoint(),
+                                     "--cluster-name", "it", "--etcd-lease", "2000", "--warm-bytes",
+                                     "64MiB", "--max-block-bytes", "1MiB", "--ucx-tls", ""});
+    EXPECT_TRUE(node.ok()) << node.status();
+    return node.ok() ? std::move(*node) : nullptr;
+  }
+
+  static ClientOptions Options(int replicas = 1, int quorum = 0) {
+    ClientOptions o;
+    o.etcd_endpoints = etcd_->endpoint();
+    o.cluster_name = "it";
+    o.replicas = replicas;
+    o.write_quorum = quorum;
+    o.default_deadline = absl::Seconds(10);
+    return o;
+  }
+
+  static std::unique_ptr<StoreClient> Connect(const ClientOptions& o) {
+    auto c = StoreClient::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  // Puts `hashes` (Payload bytes); returns how many were acknowledged.
+  static size_t PutAll(StoreClient& c, const client::Namespace& ns,
+                       const std::vector<ChainHash>& hashes) {
+    std::vector<std::vector<uint8_t>> data;
+    std::vector<BlockWrite> writes;
+    for (const ChainHash& h : hashes) data.push_back(Payload(h));
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      writes.push_back({hashes[i], data[i].data(), kBlock, static_cast<uint32_t>(i)});
+    }
+    auto r = c.Put(ns, "", writes);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return 0;
+    return r->stored + r->already_present;
+  }
+
+  // Gets `hashes`; returns how many came back OK with exactly their Payload bytes.
+  static size_t GetAll(StoreClient& c, const client::Namespace& ns,
+                       const std::vector<ChainHash>& hashes) {
+    std::vector<std::vector<uint8_t>> bufs(hashes.size(), std::vector<uint8_t>(kBlock));
+    std::vector<BlockRead> reads;
+    for (size_t i = 0; i < hashes.size(); ++i) reads.push_back({hashes[i], bufs[i].data(), kBlock});
+    auto r = c.Get(ns, "", reads);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return 0;
+    size_t good = 0;
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      if (r->blocks[i].ok() && r->sizes[i] == kBlock && bufs[i] == Payload(hashes[i])) ++good;
+    }
+    return good;
+  }
+
+  // Waits (bounded) until the cluster's etcd lists `want` members.
+  static bool WaitForMembers(StoreClient& c, uint32_t want) {
+    for (absl::Time end = absl::Now() + absl::Seconds(15); absl::Now() < end;) {
+      auto s = c.Stats();
+      if (s.ok() && s->members == want) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
+  }
+
+  static cluster::LocalEtcd* etcd_;
+  static std::map<int, LocalNode*> nodes_;
+};
+
+cluster::LocalEtcd* ClusterTest::etcd_ = nullptr;
+std::map<int, LocalNode*> ClusterTest::nodes_;
+
+TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(WaitForMembers(*c, 3));
+  std::vector<uint64_t> epochs;
+  for (auto& [i, node] : nodes_) {
+    auto one = StoreClient::Connect({.address = node->address()});
+    ASSERT_TRUE(one.ok()) << one.status();
+    auto s = (*one)->Stats();
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->cluster_mode, "etcd");
+    EXPECT_EQ(s->members, 3u);
+    EXPECT_TRUE(s->etcd_connected);
+    epochs.push_back(s->epoch);
+  }
+  EXPECT_GT(epochs[0], 0u);
+  EXPECT_EQ(epochs[0], epochs[1]);
+  EXPECT_EQ(epochs[1], epochs[2]);
+  auto cs = c->Stats();
+  ASSERT_TRUE(cs.ok());
+  EXPECT_EQ(cs->epoch, epochs[0]);
+  // Registrations are under a lease, one key per node.
+  auto etcd = cluster::EtcdClient::Create({.endpoints = {etcd_->endpoint()}});
+  ASSERT_TRUE(etcd.ok());
+  auto listed = (*etcd)->GetPrefix("/strata/it/nodes/");
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->kvs.size(), 3u);
+  for (const cluster::KeyValue& kv : listed->kvs) EXPECT_NE(kv.lease, 0) << kv.key;
+}
+
+TEST_F(ClusterTest, APrefixWrittenByOneProcessIsFetchedByAnother) {
+  // Writer and reader are separate `strata` processes; neither talks to a node by address.
+  const std::string strata = testutil::ProjectBinary("strata");
+  const std::string common = absl::StrCat(" --etcd ", etcd_->endpoint(),
+                                          " --cluster it --model-id cli-prefix --block-bytes "
+                                          "64KiB --tokens 0..1024 --deadline 20 > /dev/null");
+  ASSERT_EQ(std::system((strata + " put" + common).c_str()), 0);
+  ASSERT_EQ(std::system((strata + " get --verify-generated --max-block 64KiB" + common).c_str()), 0);
+  // Blocks of the prefix are spread over the nodes: every node holds some.
+  for (auto& [i, node] : nodes_) {
+    auto one = StoreClient::Connect({.address = node->address()});
+    ASSERT_TRUE(one.ok());
+    auto s = (*one)->Stats();
+    ASSERT_TRUE(s.ok());
+    EXPECT_GT(s->warm_blocks, 0u) << "node-" << i;
+  }
+}
+
+TEST_F(ClusterTest, ALookupOfAPrefixCallsEachNodeOnce) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok()) << ns.status();
+  std::vector<ChainHash> chain = Chain(*ns, 1, 96);
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  std::map<int, uint64_t> before;
+  for (auto& [i, node] : nodes_) before[i] = OpCount(*node, "lookup");
+  auto r = c->Lookup(*ns, "", chain);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->matched_blocks, chain.size());
+  for (auto& [i, node] : nodes_) EXPECT_EQ(OpCount(*node, "lookup") - before[i], 1u) << i;
+  // A prefix stored only in part matches up to its first missing block.
+  std::vector<ChainHash> longer = Chain(*ns, 1, 128);
+  auto partial = c->Lookup(*ns, "", longer);
+  ASSERT_TRUE(partial.ok());
+  EXPECT_EQ(partial->matched_blocks, 96u);
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+}
+
+TEST_F(ClusterTest, AStaleEpochIsRefusedAndTheClientRetries) {
+  // A node refuses a request routed by an older epoch than it knows...
+  auto channel = grpc::CreateChannel(nodes_[0]->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::StoreService::NewStub(channel);
+  v1::LookupRequest req;
+  req.set_namespace_id(1);
+  req.add_chain_hashes(std::string(32, 'x'));
+  req.set_epoch(1);
+  v1::LookupResponse resp;
+  grpc::ClientContext ctx;
+  grpc::Status st = stub->Lookup(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(st.error_message(), ::testing::HasSubstr("epoch"));
+
+  // ... and a client that does not watch etcd learns of a join only through that answer.
+  ClientOptions o = Options();
+  o.watch_members = false;
+  std::unique_ptr<StoreClient> lazy = Connect(o);
+  ASSERT_NE(lazy, nullptr);
+  auto ns = lazy->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  auto before = lazy->Stats();
+  ASSERT_TRUE(before.ok());
+  ASSERT_EQ(before->members, 3u);
+  std::unique_ptr<LocalNode> fourth = StartNode(3);
+  ASSERT_NE(fourth, nullptr);
+  std::unique_ptr<StoreClient> watcher = Connect(Options());
+  ASSERT_TRUE(WaitForMembers(*watcher, 4));
+  std::vector<ChainHash> chain = Chain(*ns, 2, 64);
+  EXPECT_EQ(PutAll(*lazy, *ns, chain), chain.size());  // refused once, refreshed, retried
+  auto after = lazy->Stats();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->members, 4u);
+  EXPECT_GT(after->epoch, before->epoch);
+  EXPECT_EQ(GetAll(*watcher, *ns, chain), chain.size());
+  // The fourth node leaves cleanly (SIGTERM revokes its lease): back to three at once.
+  ASSERT_TRUE(fourth->Stop(absl::Seconds(20)).ok());
+  EXPECT_TRUE(WaitForMembers(*watcher, 3));
+}
+
+TEST_F(ClusterTest, AJoiningNodeTakesOverWithoutUnreadableBlocks) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> chain = Chain(*ns, 3, 200);
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  std::unique_ptr<LocalNode> fifth = StartNode(4);
+  ASSERT_NE(fifth, nullptr);
+  ASSERT_TRUE(WaitForMembers(*c, 4));
+  // About a quarter of the blocks now belong to the new node, which has none of them yet:
+  // every read still succeeds (the previous owner answers) and repairs the new owner.
+  auto found = c->Lookup(*ns, "", chain);
+  ASSERT_TRUE(found.ok());
+  EXPECT_EQ(found->matched_blocks, chain.size());
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+  auto direct = StoreClient::Connect({.address = fifth->address()});
+  ASSERT_TRUE(direct.ok());
+  auto s = (*direct)->Stats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_GT(s->warm_blocks, 20u);  // read-repaired copies of the blocks it now owns
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+  ASSERT_TRUE(fifth->Stop(absl::Seconds(20)).ok());
+  EXPECT_TRUE(WaitForMembers(*c, 3));
+}
+
+TEST_F(ClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
+  std::unique_ptr<StoreClient> c = Connect(Options(/*replicas=*/2));
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> chain = Chain(*ns, 4, 120);
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  std::unique_ptr<LocalNode> victim(nodes_[1]);
+  nodes_.erase(1);
+  ASSERT_TRUE(victim->Stop(absl::Seconds(5), SIGKILL).ok());
+  // Still listed (its lease has not lapsed): reads go to the other replica at once.
+  const absl::Time t0 = absl::Now();
+  auto found = c->Lookup(*ns, "", chain);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->matched_blocks, chain.size());
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(10));  // within the calls' deadline
+  // A put with W=1 is acknowledged by the surviving replica.
+  ClientOptions w1 = Options(2, 1);
+  std::unique_ptr<StoreClient> c1 = Connect(w1);
+  ASSERT_NE(c1, nullptr);
+  auto ns1 = c1->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns1.ok());
+  std::vector<ChainHash> more = Chain(*ns1, 5, 40);
+  EXPECT_EQ(PutAll(*c1, *ns1, more), more.size());
+  // Once the lease lapses the member set shrinks and the epoch rises.
+  EXPECT_TRUE(WaitForMembers(*c, 2));
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+  // The node comes back under its old id: three members again, no duplicate.
+  std::unique_ptr<LocalNode> back = StartNode(1);
+  ASSERT_NE(back, nullptr);
+  nodes_[1] = back.release();
+  EXPECT_TRUE(WaitForMembers(*c, 3));
+}
+
+TEST_F(ClusterTest, TheStoreKeepsServingWhileEtcdIsDown) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> before = Chain(*ns, 6, 48);
+  ASSERT_EQ(PutAll(*c, *ns, before), before.size());
+  ASSERT_THAT(etcd_->Stop(), IsOk());
+  // 30 s without etcd, longer than any node's lease: writes and reads go on with the last
+  // known member set.
+  std::vector<ChainHash> during = Chain(*ns, 7, 48);
+  const absl::Time until = absl::Now() + absl::Seconds(30);
+  size_t rounds = 0;
+  while (absl::Now() < until) {
+    EXPECT_EQ(GetAll(*c, *ns, before), before.size());
+    ++rounds;
+    absl::SleepFor(absl::Seconds(3));
+  }
+  EXPECT_EQ(PutAll(*c, *ns, during), during.size());
+  EXPECT_EQ(GetAll(*c, *ns, during), during.size());
+  EXPECT_GE(rounds, 5u);
+  auto stats = c->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_FALSE(stats->etcd_connected);
+  EXPECT_EQ(stats->members, 3u);
+  // etcd back: the nodes are registered again, each exactly once.
+  ASSERT_THAT(etcd_->Restart(), IsOk());
+  auto etcd = cluster::EtcdClient::Create({.endpoints = {etcd_->endpoint()}});
+  ASSERT_TRUE(etcd.ok());
+  size_t listed = 0;
+  for (absl::Time end = absl::Now() + absl::Seconds(20); absl::Now() < end;) {
+    auto r = (*etcd)->GetPrefix("/strata/it/nodes/");
+    listed = r.ok() ? r->kvs.size() : 0;
+    auto s = c->Stats();
+    if (listed == 3 && s.ok() && s->etcd_connected) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_EQ(listed, 3u);
+  EXPECT_EQ(GetAll(*c, *ns, during), during.size());
+}
+
+}  // namespace
+}  // namespace strata
