@@ -39,6 +39,11 @@ using Clock = std::chrono::steady_clock;
 
 struct Flags {
   std::string node;
+  std::string etcd;  // a cluster instead of one node (ClientOptions::etcd_endpoints)
+  std::string cluster = "default";
+  int replicas = 1;
+  int write_quorum = 0;
+  uint32_t lookup_rounds = 1;
   uint64_t blocks = 1024;
   std::string block_size_text = "256KiB";
   uint64_t block_size = 0;
@@ -65,6 +70,7 @@ struct PhaseContext {
   uint32_t batch = 0;
   Clock::time_point run_end;   // --max-seconds
   Clock::duration call_limit;  // --call-timeout
+  uint32_t lookup_rounds = 1;  // --lookup-rounds
 };
 
 // One stream: a client (its own, or shared with other streams by --clients) and its own
@@ -204,10 +210,13 @@ void GetRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, Phas
   }
 }
 
-// Chains s, s + K, s + 2K, ... of the data set: one Lookup per chain, expecting all of it.
+// Chains s, s + K, s + 2K, ... of the data set (each `rounds` times): one Lookup per chain,
+// expecting all of it.
 void LookupChains(const PhaseContext& ctx, Stream& s, size_t first, size_t step, PhaseResult* r) {
   const Dataset& ds = *ctx.ds;
-  for (size_t c = first; c < ds.chains.size(); c += step) {
+  const size_t calls = ds.chains.size() * ctx.lookup_rounds;
+  for (size_t k = first; k < calls; k += step) {
+    const size_t c = k % ds.chains.size();
     auto [begin, end] = ds.chains[c];
     client::CallOptions call;
     if (!NextCallOptions(ctx, &call)) {
@@ -309,7 +318,7 @@ int Run(Flags f) {
       f.warmup ? std::min<uint64_t>(f.blocks, uint64_t{f.streams} * f.batch * 2) : 0;
 
   std::unique_ptr<LocalNode> local;
-  if (f.node.empty()) {
+  if (f.node.empty() && f.etcd.empty()) {
     absl::StatusOr<std::string> dir = SelfBinDir();
     if (!dir.ok()) return SetupFailed("local node", dir.status());
     uint64_t page = std::max<uint64_t>(4ull << 20, (f.block_size + 63) / 64 * 64);
@@ -335,6 +344,10 @@ int Run(Flags f) {
   for (uint32_t i = 0; i < client_count; ++i) {
     client::ClientOptions options;
     options.address = f.node;
+    options.etcd_endpoints = f.etcd;
+    options.cluster_name = f.cluster;
+    options.replicas = f.replicas;
+    options.write_quorum = f.write_quorum;
     options.default_deadline = absl::Seconds(f.call_timeout_s);
     options.data_plane = f.transport == "ucx" ? client::ClientOptions::DataPlane::kUcx
                                               : client::ClientOptions::DataPlane::kInline;
@@ -380,7 +393,8 @@ int Run(Flags f) {
   std::fprintf(out, "data plane: %s\n", streams[0].client->DataPlaneDescription().c_str());
   PhaseContext ctx{
       &*ds, &*ns, f.batch, run_end,
-      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.call_timeout_s))};
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.call_timeout_s)),
+      f.lookup_rounds};
 
   uint64_t warmup_errors = 0;
   if (warmup_blocks > 0) {
@@ -404,7 +418,9 @@ int Run(Flags f) {
     if (!phases.back().complete) break;  // out of time: report what was done
   }
 
-  RunInfo info{f.node, f.block_size, f.blocks, f.streams, f.batch, f.chain_blocks, f.seed};
+  RunInfo info{f.etcd.empty() ? f.node : absl::StrCat("etcd ", f.etcd, " cluster ", f.cluster,
+                                                      " R=", f.replicas),
+               f.block_size, f.blocks, f.streams, f.batch, f.chain_blocks, f.seed};
   PrintTable(out, info, phases);
   client::CallOptions stats_call;
   stats_call.deadline = absl::Seconds(5);
@@ -460,6 +476,17 @@ int main(int argc, char** argv) {
   strata::bench::Flags f;
   CLI::App app{"strata-bench: load generator for a Strata store node (put, get, lookup)"};
   app.add_option("--node", f.node, "HOST:PORT of a store node; default: start a local one");
+  app.add_option("--lookup-rounds", f.lookup_rounds,
+                 "Look every chain up this many times (latency samples of long chains)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--etcd", f.etcd, "A cluster's etcd endpoints host:port,... instead of --node");
+  app.add_option("--cluster", f.cluster, "Cluster name (with --etcd)")->capture_default_str();
+  app.add_option("--replicas", f.replicas, "Cluster: copies of every block")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  app.add_option("--write-quorum", f.write_quorum, "Cluster: replicas a put waits for (0: all)")
+      ->capture_default_str();
   app.add_option("--blocks", f.blocks, "Blocks in the data set")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32))
       ->capture_default_str();

@@ -25,6 +25,7 @@ volatile std::sig_atomic_t g_stop = 0;
 struct ClusterFlags {
   int nodes = 3;
   int zones = 0;
+  int replicas = 1;
   std::string name = "local";
   std::string warm_bytes = "256MiB";
   std::string ucx_tls = "tcp";
@@ -44,7 +45,8 @@ int RunCluster(const ClusterFlags& f) {
                                      "--etcd-endpoints", (*etcd)->endpoint(),
                                      "--cluster-name",   f.name,
                                      "--warm-bytes",     f.warm_bytes,
-                                     "--ucx-tls",        f.ucx_tls};
+                                     "--ucx-tls",        f.ucx_tls,
+                                     "--cluster-replicas", absl::StrCat(f.replicas)};
     if (f.zones > 0) {
       args.push_back("--zone");
       args.push_back(absl::StrCat("z", i % f.zones));
@@ -85,6 +87,9 @@ void AddClusterCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--zones", f->zones, "Zones to spread the nodes over (0: none)")
       ->capture_default_str();
   cmd->add_option("--name", f->name, "Cluster name")->capture_default_str();
+  cmd->add_option("--replicas", f->replicas, "Copies of every block the nodes keep")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
   cmd->add_option("--warm-bytes", f->warm_bytes, "Warm tier per node")->capture_default_str();
   cmd->add_option("--ucx-tls", f->ucx_tls, "Nodes' UCX transports (\"\": inline only)")
       ->capture_default_str();

@@ -40,6 +40,12 @@ bool IsStaleEpoch(const absl::Status& s) {
          absl::StrContains(s.message(), "epoch");
 }
 
+// Errors that fail a whole cluster call rather than the blocks of one node: a stale epoch
+// (retried after a refresh) and bad input (every node would say the same).
+bool IsWholeCallError(const absl::Status& s) {
+  return IsStaleEpoch(s) || s.code() == absl::StatusCode::kInvalidArgument;
+}
+
 // Errors after which another replica may still answer.
 bool TryNextReplica(const absl::Status& s) {
   return s.code() == absl::StatusCode::kUnavailable ||
@@ -137,9 +143,9 @@ class ClusterStoreClient final : public StoreClient {
       }
     }
     return absl::StrCat("cluster ", options_.cluster_name, " (",
-                        std::string(cluster::MembershipModeName(membership_->mode())), ", ", set->members.size(),
-                        " nodes, epoch ", set->epoch, ", R=", replicas_, " W=", quorum_, ")",
-                        first.empty() ? "" : "; per node: ", first);
+                        std::string(cluster::MembershipModeName(membership_->mode())), ", ",
+                        set->members.size(), " nodes, epoch ", set->epoch, ", R=", replicas_,
+                        " W=", quorum_, ")", first.empty() ? "" : "; per node: ", first);
   }
 
   absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
@@ -175,6 +181,90 @@ class ClusterStoreClient final : public StoreClient {
                                       std::span<const ChainHash> hashes,
                                       const CallOptions& call) override {
     return WithFreshEpoch([&] { return LookupOnce(ns, scope, hashes, End(call)); });
+  }
+
+  absl::StatusOr<std::vector<BlockLocation>> LookupEach(const Namespace& ns, std::string_view scope,
+                                                        std::span<const ChainHash> hashes,
+                                                        const CallOptions& call) override {
+    return WithFreshEpoch([&]() -> absl::StatusOr<std::vector<BlockLocation>> {
+      const absl::Time end = End(call);
+      std::shared_ptr<const MemberSet> set = membership_->Current();
+      const size_t n = hashes.size();
+      std::vector<std::vector<int>> cand(n);
+      for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, nullptr, hashes[i]);
+      std::vector<BlockLocation> out(n);
+      std::vector<size_t> tried(n, 0);
+      std::vector<bool> answered(n, false);
+      absl::Mutex mu;
+      absl::Status whole;  // a whole-call error (IsWholeCallError)
+      // Each block's first owner that answers (absent there means absent).
+      for (int round = 0; round < replicas_; ++round) {
+        std::map<int, std::vector<size_t>> groups;
+        for (size_t i = 0; i < n; ++i) {
+          if (!answered[i] && tried[i] < cand[i].size()) groups[cand[i][tried[i]]].push_back(i);
+        }
+        ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
+          std::vector<ChainHash> mine;
+          for (size_t i : idx) mine.push_back(hashes[i]);
+          auto r = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
+            return c.LookupEach(ns, scope, mine, Left(end));
+          });
+          absl::MutexLock lock(&mu);
+          if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
+          for (size_t k = 0; k < idx.size(); ++k) {
+            ++tried[idx[k]];
+            if (r.ok()) {
+              answered[idx[k]] = true;
+              out[idx[k]] = (*r)[k];
+            }
+          }
+        });
+        if (!whole.ok()) return whole;
+      }
+      return out;
+    });
+  }
+
+  // Every owner of a block gets the entry, so its directory survives a node as its data do.
+  absl::StatusOr<std::vector<absl::Status>> Publish(const Namespace& ns, std::string_view scope,
+                                                    std::span<const ChainHash> hashes,
+                                                    std::span<const uint64_t> sizes,
+                                                    std::string_view location, absl::Duration ttl,
+                                                    const CallOptions& call) override {
+    if (!sizes.empty() && sizes.size() != hashes.size()) {
+      return absl::InvalidArgumentError("Publish: sizes must be empty or one per hash");
+    }
+    return WithFreshEpoch([&]() -> absl::StatusOr<std::vector<absl::Status>> {
+      const absl::Time end = End(call);
+      std::shared_ptr<const MemberSet> set = membership_->Current();
+      std::map<int, std::vector<size_t>> groups;
+      for (size_t i = 0; i < hashes.size(); ++i) {
+        for (int o : cluster::Owners(set->members, hashes[i], replicas_)) groups[o].push_back(i);
+      }
+      std::vector<absl::Status> out(hashes.size(),
+                                    absl::UnavailableError("no owner of the block answered"));
+      absl::Mutex mu;
+      absl::Status whole;  // a whole-call error (IsWholeCallError)
+      ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
+        std::vector<ChainHash> mine;
+        std::vector<uint64_t> my_sizes;
+        for (size_t i : idx) {
+          mine.push_back(hashes[i]);
+          if (!sizes.empty()) my_sizes.push_back(sizes[i]);
+        }
+        auto r = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
+          return c.Publish(ns, scope, mine, my_sizes, location, ttl, Left(end));
+        });
+        absl::MutexLock lock(&mu);
+        if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
+        for (size_t k = 0; k < idx.size(); ++k) {
+          const absl::Status st = r.ok() ? (*r)[k] : r.status();
+          if (st.ok() || !out[idx[k]].ok()) out[idx[k]] = st;  // OK if any owner took it
+        }
+      });
+      if (!whole.ok()) return whole;
+      return out;
+    });
   }
 
   absl::StatusOr<PutResult> Put(const Namespace& ns, std::string_view scope,
@@ -410,11 +500,18 @@ class ClusterStoreClient final : public StoreClient {
     s->prefetch_wasted += n.prefetch_wasted;
     s->data_channels += n.data_channels;
     s->namespaces = std::max(s->namespaces, n.namespaces);
+    s->rebalance_passes += n.rebalance_passes;
+    s->rebalance_pending += n.rebalance_pending;
+    s->rebalance_copied += n.rebalance_copied;
+    s->rebalance_dropped += n.rebalance_dropped;
+    s->under_replicated += n.under_replicated;
   }
 
   // Where a block may be, in the order to ask: its owners under the current set, then its
   // first owner under the previous set if that is not among them. Member indexes of `set`
   // (previous-set owners are mapped by id; one that left is skipped).
+  // While blocks move (previous != null) the list is walked twice: a block may leave its old
+  // owner after its new owner was asked and before the old one is.
   std::vector<int> Candidates(const MemberSet& set, const MemberSet* previous,
                               const ChainHash& h) const {
     std::vector<int> c = cluster::Owners(set.members, h, replicas_);
@@ -424,6 +521,8 @@ class ClusterStoreClient final : public StoreClient {
         int idx = set.Find(previous->members[old[0]].id);
         if (idx >= 0 && std::find(c.begin(), c.end(), idx) == c.end()) c.push_back(idx);
       }
+      const size_t once = c.size();
+      for (size_t k = 0; k < once; ++k) c.push_back(c[k]);
     }
     return c;
   }
@@ -513,7 +612,7 @@ class ClusterStoreClient final : public StoreClient {
     std::vector<int> stored(n, 0), existed(n, 0);
     std::vector<absl::Status> error(n);
     absl::Mutex mu;
-    absl::Status stale;
+    absl::Status whole;  // a whole-call error (IsWholeCallError)
     ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
       std::vector<BlockWrite> mine;
       for (size_t i : idx) mine.push_back(blocks[i]);
@@ -521,7 +620,7 @@ class ClusterStoreClient final : public StoreClient {
         return c.Put(ns, scope, mine, Left(end), put);
       });
       absl::MutexLock lock(&mu);
-      if (!r.ok() && IsStaleEpoch(r.status())) stale = r.status();
+      if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
       for (size_t k = 0; k < idx.size(); ++k) {
         size_t i = idx[k];
         absl::Status st = r.ok() ? r->blocks[k] : r.status();
@@ -534,7 +633,7 @@ class ClusterStoreClient final : public StoreClient {
         }
       }
     });
-    if (!stale.ok()) return stale;
+    if (!whole.ok()) return whole;
     PutResult out;
     out.blocks.resize(n);
     for (size_t i = 0; i < n; ++i) {
@@ -571,7 +670,7 @@ class ClusterStoreClient final : public StoreClient {
     std::vector<bool> done(n, false);
     std::vector<std::vector<int>> lacking(n);  // owners that answered NOT_FOUND
     absl::Mutex mu;
-    absl::Status stale;
+    absl::Status whole;  // a whole-call error (IsWholeCallError)
     for (;;) {
       std::map<int, std::vector<size_t>> groups;
       for (size_t i = 0; i < n; ++i) {
@@ -585,7 +684,7 @@ class ClusterStoreClient final : public StoreClient {
           return c.Get(ns, scope, mine, Left(end), get);
         });
         absl::MutexLock lock(&mu);
-        if (!r.ok() && IsStaleEpoch(r.status())) stale = r.status();
+        if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
         for (size_t k = 0; k < idx.size(); ++k) {
           size_t i = idx[k];
           ++tried[i];
@@ -609,7 +708,7 @@ class ClusterStoreClient final : public StoreClient {
           }
         }
       });
-      if (!stale.ok()) return stale;
+      if (!whole.ok()) return whole;
     }
     for (size_t i = 0; i < n; ++i) out.fetched += out.blocks[i].ok() ? 1 : 0;
     ReadRepair(ns, scope, blocks, out, lacking, *set, end);

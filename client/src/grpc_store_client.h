@@ -49,6 +49,11 @@ inline Tier FromProtoTier(v1::Tier t) {
   }
 }
 
+inline BlockLocation FromProtoInfo(const v1::BlockInfo& b) {
+  return {FromProtoTier(b.tier()), b.size(),
+          std::vector<std::string>(b.hot_locations().begin(), b.hot_locations().end())};
+}
+
 inline std::string HashAlgorithmName(ChainHashAlgorithm a) {
   return std::string(ChainHashAlgorithmName(a));
 }
@@ -183,13 +188,17 @@ class GrpcStoreClient final : public StoreClient {
 
   absl::StatusOr<NodeStats> Stats(const CallOptions& call) override;
 
-  // For the cluster client (cluster_client.cc): the member-set epoch stamped on every routed
-  // request, and per-block presence of blocks that need not form a prefix (one entry per
-  // hash; tier kUnknown when absent).
-  void set_epoch(uint64_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
   absl::StatusOr<std::vector<BlockLocation>> LookupEach(const Namespace& ns, std::string_view scope,
                                                         std::span<const ChainHash> hashes,
-                                                        const CallOptions& call);
+                                                        const CallOptions& call) override;
+  absl::StatusOr<std::vector<absl::Status>> Publish(const Namespace& ns, std::string_view scope,
+                                                    std::span<const ChainHash> hashes,
+                                                    std::span<const uint64_t> sizes,
+                                                    std::string_view location, absl::Duration ttl,
+                                                    const CallOptions& call) override;
+  // For the cluster client (cluster_client.cc): the member-set epoch stamped on every routed
+  // request.
+  void set_epoch(uint64_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
   const std::string& address() const { return options_.address; }
 
   absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,

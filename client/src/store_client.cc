@@ -108,9 +108,7 @@ absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::s
     if (absl::Status s = FromGrpc(stub_->Lookup(&ctx, req, &resp), Where("Lookup")); !s.ok()) {
       return s;
     }
-    for (const v1::BlockInfo& b : resp.blocks()) {
-      result.blocks.push_back({FromProtoTier(b.tier()), b.size()});
-    }
+    for (const v1::BlockInfo& b : resp.blocks()) result.blocks.push_back(FromProtoInfo(b));
     result.matched_blocks += resp.matched_blocks();
     if (resp.matched_blocks() < end - begin) break;
   }
@@ -141,9 +139,44 @@ absl::StatusOr<std::vector<BlockLocation>> GrpcStoreClient::LookupEach(
       return absl::InternalError(absl::StrCat(Where("Lookup"), ": ", resp.blocks_size(),
                                               " answers for ", end - begin, " blocks"));
     }
-    for (const v1::BlockInfo& b : resp.blocks()) {
-      out.push_back({FromProtoTier(b.tier()), b.size()});
+    for (const v1::BlockInfo& b : resp.blocks()) out.push_back(FromProtoInfo(b));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<absl::Status>> GrpcStoreClient::Publish(
+    const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
+    std::span<const uint64_t> sizes, std::string_view location, absl::Duration ttl,
+    const CallOptions& call) {
+  if (!sizes.empty() && sizes.size() != hashes.size()) {
+    return absl::InvalidArgumentError("Publish: sizes must be empty or one per hash");
+  }
+  std::vector<absl::Status> out;
+  out.reserve(hashes.size());
+  auto deadline = Deadline(call);
+  for (size_t begin = 0; begin < hashes.size(); begin += max_keys_) {
+    size_t end = std::min(hashes.size(), begin + max_keys_);
+    v1::PublishRequest req;
+    req.set_epoch(epoch_.load(std::memory_order_relaxed));
+    req.set_namespace_id(ns.id);
+    req.set_scope(Scope(scope));
+    req.set_location(std::string(location));
+    req.set_ttl_ms(static_cast<uint32_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(ttl))));
+    for (size_t i = begin; i < end; ++i) {
+      req.add_chain_hashes(hashes[i].ToBytes());
+      if (!sizes.empty()) req.add_sizes(sizes[i]);
     }
+    v1::PublishResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, deadline);
+    if (absl::Status s = FromGrpc(stub_->Publish(&ctx, req, &resp), Where("Publish")); !s.ok()) {
+      return s;
+    }
+    for (const v1::BlockStatus& b : resp.results()) out.push_back(FromBlockStatus(b));
+  }
+  if (out.size() != hashes.size()) {
+    return absl::InternalError(absl::StrCat(Where("Publish"), ": ", out.size(), " answers for ",
+                                            hashes.size(), " blocks"));
   }
   return out;
 }
@@ -311,6 +344,11 @@ absl::StatusOr<NodeStats> GrpcStoreClient::Stats(const CallOptions& call) {
   out.members = resp.members();
   out.etcd_connected = resp.etcd_connected();
   out.zone = resp.zone();
+  out.rebalance_passes = resp.rebalance_passes();
+  out.rebalance_pending = resp.rebalance_pending();
+  out.rebalance_copied = resp.rebalance_copied();
+  out.rebalance_dropped = resp.rebalance_dropped();
+  out.under_replicated = resp.under_replicated();
   return out;
 }
 

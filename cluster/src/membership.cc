@@ -103,7 +103,8 @@ absl::StatusOr<Member> DecodeMember(std::string_view id, std::string_view value)
     }  // unknown keys: written by a newer version, ignored
   }
   if (m.id.empty() || m.address.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("member \"", std::string(id), "\" has no address"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("member \"", std::string(id), "\" has no address"));
   }
   return m;
 }

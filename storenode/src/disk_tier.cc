@@ -426,6 +426,14 @@ absl::StatusOr<std::vector<NamespaceSpec>> DiskTier::LoadNamespaces() {
   return out;
 }
 
+std::vector<BlockKey> DiskTier::Keys() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<BlockKey> keys;
+  keys.reserve(index_.size());
+  for (const auto& [key, e] : index_) keys.push_back(key);
+  return keys;
+}
+
 DiskTierStats DiskTier::Stats() const {
   absl::MutexLock lock(&mu_);
   return DiskTierStats{index_.size(), payload_bytes_, stored_bytes_, options_.capacity_bytes,

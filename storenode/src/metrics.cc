@@ -40,6 +40,8 @@ const char* OpName(Op op) {
       return "resume_session";
     case Op::kPrefetch:
       return "prefetch";
+    case Op::kPublish:
+      return "publish";
     case Op::kCount:
       break;
   }

@@ -35,6 +35,7 @@ enum class Op {
   kCloseData,
   kPutData,
   kGetData,
+  kPublish,
   kCount
 };
 

@@ -84,6 +84,12 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddDurationMs("etcd_lease", &c->etcd_lease_ms,
                   "etcd mode: lease of the node's registration; a dead node leaves after this.");
   s.AddString("zone", &c->zone, "Failure domain (rack, zone) for zone-aware replica placement.");
+  s.AddUint("cluster_replicas", &c->cluster_replicas,
+            "Copies of every block the rebalancer keeps (clients' replicas; static/etcd).");
+  s.AddDurationMs("rebalance_interval", &c->rebalance_interval_ms,
+                  "How often the rebalancer checks placement when the member set is unchanged.");
+  s.AddUint("max_directory_entries", &c->max_directory_entries,
+            "Entries of the GPU-block directory (block, agent) this node keeps at most.");
   s.AddString("advertise_address", &c->advertise_address,
               "HOST:PORT clients and peers dial (default: the bound listen address).");
 }
@@ -157,6 +163,12 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
     return absl::InvalidArgumentError("etcd_endpoints: etcd mode needs at least one endpoint");
   }
   if (c.etcd_lease_ms < 1000) return absl::InvalidArgumentError("etcd_lease: want >= 1 s");
+  if (c.cluster_replicas < 1 || c.cluster_replicas > 16) {
+    return absl::InvalidArgumentError("cluster_replicas: want 1..16");
+  }
+  if (c.rebalance_interval_ms < 100) {
+    return absl::InvalidArgumentError("rebalance_interval: want >= 100 ms");
+  }
   if (c.cluster_name.empty() || c.cluster_name.find('/') != std::string::npos) {
     return absl::InvalidArgumentError("cluster_name: want a non-empty name without '/'");
   }

@@ -13,6 +13,7 @@
 #include "grpcpp/grpcpp.h"
 #include "http_endpoint.h"
 #include "metrics.h"
+#include "rebalancer.h"
 #include "spdlog/spdlog.h"
 #include "store_service.h"
 #include "strata/common/byte_size.h"
@@ -95,6 +96,7 @@ class StoreNodeImpl final : public StoreNode {
     ready_ = false;
     // Leave first, so clients route around this node while it drains.
     if (membership_ != nullptr) membership_->Leave();
+    if (rebalancer_ != nullptr) rebalancer_->Stop();
     if (server_ != nullptr) {
       auto deadline =
           std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
@@ -153,15 +155,29 @@ class StoreNodeImpl final : public StoreNode {
     std::shared_ptr<const cluster::MemberSet> set = membership_->Current();
     spdlog::info("cluster {} ({}): {} members, epoch {}", config_.cluster_name,
                  cluster::MembershipModeName(*mode), set->members.size(), set->epoch);
-    membership_->OnChange([](const cluster::MemberSet& now) {
+    if (*mode != cluster::MembershipMode::kSingle) {
+      rebalancer_ = std::make_unique<Rebalancer>(
+          RebalancerOptions{.replicas = static_cast<int>(config_.cluster_replicas),
+                            .interval = absl::Milliseconds(config_.rebalance_interval_ms)},
+          warm_.get(), membership_.get(), config_.node_id);
+      service_.SetRebalancer(rebalancer_.get());
+    }
+    membership_->OnChange([this](const cluster::MemberSet& now) {
       spdlog::info("member set changed: {} members, epoch {}", now.members.size(), now.epoch);
+      if (rebalancer_ != nullptr) rebalancer_->Kick();
     });
     return absl::OkStatus();
   }
 
   void ReapLoop() {
+    absl::Time directory_swept = absl::Now();
     while (!stop_reaper_.WaitForNotificationWithTimeout(
         absl::Milliseconds(config_.reaper_interval_ms))) {
+      // Expired directory entries are invisible at once; their memory goes once a second.
+      if (absl::Now() - directory_swept >= absl::Seconds(1)) {
+        service_.ExpireDirectory();
+        directory_swept = absl::Now();
+      }
       if (uint64_t n = warm_->ExpireNow(); n > 0) {
         spdlog::debug("expired {} leases/reservations", n);
       }
@@ -181,6 +197,7 @@ class StoreNodeImpl final : public StoreNode {
   std::unique_ptr<grpc::Server> server_;
   // Read by service_ calls; destroyed only after Shutdown stopped the server.
   std::unique_ptr<cluster::Membership> membership_;
+  std::unique_ptr<Rebalancer> rebalancer_;  // after membership_: destroyed first
   std::unique_ptr<HttpEndpoint> http_;
   std::string grpc_address_;
   std::thread reaper_;

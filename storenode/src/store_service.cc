@@ -54,7 +54,11 @@ void AddTier(v1::StatsResponse* resp, v1::Tier tier, uint64_t blocks, uint64_t b
 
 StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, TieredStore* store,
                                    DataPlane* data_plane, NodeMetrics* metrics)
-    : config_(config), store_(store), data_plane_(data_plane), metrics_(metrics) {}
+    : config_(config),
+      directory_(config.max_directory_entries),
+      store_(store),
+      data_plane_(data_plane),
+      metrics_(metrics) {}
 
 absl::Status StoreServiceImpl::ValidateKeys(
     uint64_t namespace_id, const std::string& scope_in,
@@ -129,29 +133,64 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
   absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
                                 "chain_hashes", &hashes, &scope, nullptr);
   if (!s.ok()) return call.Done(s);
-  if (req->each_block()) {
-    // Presence of every block on its own: the request is a node's share of a prefix.
-    uint32_t present = 0;
-    for (const ChainHash& h : hashes) {
-      std::vector<WarmTier::BlockMeta> one =
-          store_->Lookup(req->namespace_id(), scope, std::span<const ChainHash>(&h, 1));
+  const bool hot = directory_.entries() > 0;
+  if (!req->each_block() && !hot) {
+    std::vector<WarmTier::BlockMeta> found = store_->Lookup(req->namespace_id(), scope, hashes);
+    resp->set_matched_blocks(static_cast<uint32_t>(found.size()));
+    for (const WarmTier::BlockMeta& m : found) {
       v1::BlockInfo* b = resp->add_blocks();
-      if (!one.empty()) {
-        ++present;
-        b->set_tier(TierProto(one[0].tier));
-        b->set_size(one[0].size);
-      }
+      b->set_tier(TierProto(m.tier));
+      b->set_size(m.size);
     }
-    resp->set_matched_blocks(present);
     return call.Done(absl::OkStatus());
   }
-  std::vector<WarmTier::BlockMeta> found = store_->Lookup(req->namespace_id(), scope, hashes);
-  resp->set_matched_blocks(static_cast<uint32_t>(found.size()));
-  for (const WarmTier::BlockMeta& m : found) {
+  // Block by block: each_block (a node's share of a prefix, every block answered) or a
+  // prefix that may continue in agents' GPU memory (the directory).
+  uint32_t present = 0;
+  for (const ChainHash& h : hashes) {
+    std::vector<WarmTier::BlockMeta> one =
+        store_->Lookup(req->namespace_id(), scope, std::span<const ChainHash>(&h, 1));
+    std::vector<Directory::Location> peers;
+    if (hot) peers = directory_.Find({req->namespace_id(), scope, h});
+    if (one.empty() && peers.empty() && !req->each_block()) break;  // the prefix ends here
     v1::BlockInfo* b = resp->add_blocks();
-    b->set_tier(TierProto(m.tier));
-    b->set_size(m.size);
+    if (!one.empty()) {
+      b->set_tier(TierProto(one[0].tier));
+      b->set_size(one[0].size);
+    } else if (!peers.empty()) {
+      b->set_tier(v1::TIER_HOT);
+      b->set_size(peers[0].size);
+    }
+    for (const Directory::Location& p : peers) b->add_hot_locations(p.address);
+    if (!one.empty() || !peers.empty()) ++present;
   }
+  resp->set_matched_blocks(present);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::Publish(grpc::ServerContext*, const v1::PublishRequest* req,
+                                       v1::PublishResponse* resp) {
+  CallScope call(metrics_, Op::kPublish);
+  if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
+  std::vector<ChainHash> hashes;
+  std::string scope;
+  absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
+                                "chain_hashes", &hashes, &scope, nullptr);
+  if (!s.ok()) return call.Done(s);
+  if (req->location().empty() || req->location().size() > 256) {
+    return call.Done(absl::InvalidArgumentError(
+        absl::StrCat("location: ", req->location().size(), " bytes, want 1..256")));
+  }
+  if (req->sizes_size() != 0 && req->sizes_size() != req->chain_hashes_size()) {
+    return call.Done(absl::InvalidArgumentError(absl::StrCat(
+        "sizes: ", req->sizes_size(), " entries for ", req->chain_hashes_size(), " hashes")));
+  }
+  if (absl::Status t = ValidateTtl(req->ttl_ms(), "ttl_ms"); !t.ok()) return call.Done(t);
+  std::vector<uint64_t> sizes(req->sizes().begin(), req->sizes().end());
+  std::vector<absl::Status> results =
+      directory_.Publish(req->namespace_id(), scope, hashes, sizes, req->location(),
+                         absl::Milliseconds(req->ttl_ms()));
+  for (const absl::Status& st : results) ToBlockStatus(st, resp->add_results());
   return call.Done(absl::OkStatus());
 }
 
@@ -331,6 +370,14 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext*, const v1::StatsReques
     resp->set_epoch(set->epoch);
     resp->set_members(static_cast<uint32_t>(set->members.size()));
     resp->set_etcd_connected(m->mode() == cluster::MembershipMode::kEtcd && m->connected());
+  }
+  if (const Rebalancer* r = rebalancer_.load(); r != nullptr) {
+    RebalanceProgress p = r->progress();
+    resp->set_rebalance_passes(p.passes);
+    resp->set_rebalance_pending(p.pending);
+    resp->set_rebalance_copied(p.copied);
+    resp->set_rebalance_dropped(p.dropped);
+    resp->set_under_replicated(p.under_replicated);
   }
   AddTier(resp, v1::TIER_WARM, s.blocks, s.payload_bytes, s.capacity_bytes, s.used_bytes);
   if (ts.cool) {

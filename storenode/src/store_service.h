@@ -8,7 +8,9 @@
 #include <atomic>
 
 #include "data_plane.h"
+#include "directory.h"
 #include "metrics.h"
+#include "rebalancer.h"
 #include "strata/cluster/membership.h"
 #include "strata/storenode/node_config.h"
 #include "strata/storenode/tiered_store.h"
@@ -24,10 +26,16 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // The node's cluster membership, once it started (after the server is listening); requests
   // carrying an epoch are checked against it. Must outlive the server.
   void SetMembership(const cluster::Membership* membership) { membership_.store(membership); }
+  // Its rebalancer, whose progress Stats reports. Must outlive the server.
+  void SetRebalancer(const Rebalancer* rebalancer) { rebalancer_.store(rebalancer); }
 
   grpc::Status RegisterNamespace(grpc::ServerContext*, const v1::RegisterNamespaceRequest*,
                                  v1::RegisterNamespaceResponse*) override;
   grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest*, v1::LookupResponse*) override;
+  grpc::Status Publish(grpc::ServerContext*, const v1::PublishRequest*,
+                       v1::PublishResponse*) override;
+  // Drops expired directory entries (the node's reaper calls it).
+  uint64_t ExpireDirectory() { return directory_.Expire(); }
   grpc::Status BeginPut(grpc::ServerContext*, const v1::BeginPutRequest*,
                         v1::BeginPutResponse*) override;
   grpc::Status CommitPut(grpc::ServerContext*, const v1::CommitPutRequest*,
@@ -80,6 +88,8 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
 
   const NodeConfig config_;
   std::atomic<const cluster::Membership*> membership_{nullptr};
+  std::atomic<const Rebalancer*> rebalancer_{nullptr};
+  Directory directory_;
   TieredStore* const store_;
   DataPlane* const data_plane_;
   NodeMetrics* const metrics_;

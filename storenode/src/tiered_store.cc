@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
@@ -435,6 +436,18 @@ void TieredStore::DemoteLoop() {
     DemoteOnce();
     PauseIdleSessions();
   }
+}
+
+std::vector<BlockKey> TieredStore::Keys() const {
+  std::vector<BlockKey> keys = warm_->Keys();
+  absl::flat_hash_set<BlockKey> seen(keys.begin(), keys.end());
+  for (DiskTier* tier : {cool_.get(), cold_.get()}) {
+    if (tier == nullptr) continue;
+    for (BlockKey& k : tier->Keys()) {
+      if (seen.insert(k).second) keys.push_back(std::move(k));
+    }
+  }
+  return keys;
 }
 
 TieredStats TieredStore::Stats() const {

@@ -613,6 +613,16 @@ absl::Status WarmTier::CorruptForTest(const BlockKey& key, uint64_t offset) {
   return absl::OkStatus();
 }
 
+std::vector<BlockKey> WarmTier::Keys() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<BlockKey> keys;
+  keys.reserve(index_.size());
+  for (const auto& [key, e] : index_) {
+    if (e->state == Entry::State::kCommitted) keys.push_back(key);
+  }
+  return keys;
+}
+
 WarmTierStats WarmTier::Stats() const {
   WarmTierStats s;
   absl::MutexLock lock(&mu_);

@@ -90,8 +90,11 @@ struct Namespace {
 };
 
 struct BlockLocation {
-  Tier tier = Tier::kUnknown;
+  Tier tier = Tier::kUnknown;  // kHot: only in the GPU memory of `peers`
   uint64_t size = 0;
+  // GPU agents that published the block (Publish) and whose entries are live: where a
+  // decode worker may pull it from directly (issue 6's agents; opaque strings here).
+  std::vector<std::string> peers;
 };
 
 struct LookupResult {
@@ -183,6 +186,13 @@ struct NodeStats {
   uint32_t members = 0;
   bool etcd_connected = false;
   std::string zone;
+  // Rebalancer: passes done, blocks left in the running pass (0: idle), copies made, blocks
+  // handed over, blocks found short of their replicas by the last pass.
+  uint64_t rebalance_passes = 0;
+  uint64_t rebalance_pending = 0;
+  uint64_t rebalance_copied = 0;
+  uint64_t rebalance_dropped = 0;
+  uint64_t under_replicated = 0;
 };
 
 class StoreClient {
@@ -226,7 +236,20 @@ class StoreClient {
   virtual absl::StatusOr<LookupResult> Lookup(const Namespace& ns, std::string_view scope,
                                               std::span<const ChainHash> hashes,
                                               const CallOptions& call = {}) = 0;
-  // Same, hashing the prompt's tokens first.
+  // Presence of every block on its own, not a prefix: one entry per hash, tier kUnknown when
+  // absent. What a node's rebalancer asks a peer before copying blocks to it.
+  virtual absl::StatusOr<std::vector<BlockLocation>> LookupEach(
+      const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
+      const CallOptions& call = {}) = 0;
+  // The directory of GPU-resident blocks: tells the blocks' owner nodes that this process
+  // holds them in GPU memory, reachable at `location`, for `ttl` (refresh before it lapses);
+  // a zero ttl removes the entries. Per block: OK, or RESOURCE_EXHAUSTED (directory full).
+  // Lookups then report them (tier kHot when no node tier has them) with `location` in peers.
+  virtual absl::StatusOr<std::vector<absl::Status>> Publish(
+      const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
+      std::span<const uint64_t> sizes, std::string_view location, absl::Duration ttl,
+      const CallOptions& call = {}) = 0;
+  // Same as Lookup, hashing the prompt's tokens first.
   absl::StatusOr<LookupResult> LookupTokens(const Namespace& ns, std::string_view scope,
                                             std::span<const uint32_t> tokens,
                                             const CallOptions& call = {});

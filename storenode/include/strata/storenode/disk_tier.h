@@ -115,6 +115,8 @@ class DiskTier {
   absl::StatusOr<std::vector<NamespaceSpec>> LoadNamespaces();
 
   DiskTierStats Stats() const;
+  // Keys of the stored blocks (a snapshot).
+  std::vector<BlockKey> Keys() const;
   uint64_t stored_bytes() const;
   uint64_t capacity_bytes() const { return options_.capacity_bytes; }
 

@@ -107,6 +107,8 @@ class TieredStore {
   void DemoteOnce(uint64_t incoming = 0);
 
   TieredStats Stats() const;
+  // Keys of every block held on any tier, each once (a snapshot).
+  std::vector<BlockKey> Keys() const;
 
   // The warm arena, which the data plane registers once.
   uint8_t* arena_base() const { return warm_->arena_base(); }

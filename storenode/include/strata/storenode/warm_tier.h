@@ -180,6 +180,8 @@ class WarmTier {
   absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
 
   WarmTierStats Stats() const;
+  // Keys of the committed blocks (a snapshot; the rebalancer walks it).
+  std::vector<BlockKey> Keys() const;
   std::string_view policy_name() const { return PolicyKindName(options_.policy); }
   // The arena's bytes, for registering them with the data plane once at start.
   uint8_t* arena_base() const { return arena_->base(); }

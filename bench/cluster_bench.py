@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Strata cluster figures in one run (issue 5): a real etcd and three store nodes on loopback
+(`strata cluster`), then strata-bench against the cluster:
+
+  * lookup of one 2,048-block chain vs. a one-block lookup (p50 per call): goal <= 2x;
+  * put and get throughput with R=1 and with R=2 (a fresh cluster per R, so the nodes'
+    rebalancer keeps the same R as the client).
+
+Prints a table and, with --json FILE, the figures as JSON. Never asserts a speed.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_cluster(bindir, replicas, nodes, log):
+    proc = subprocess.Popen(
+        [os.path.join(bindir, "strata"), "cluster", "--nodes", str(nodes), "--name", "bench",
+         "--replicas", str(replicas), "--warm-bytes", "1GiB"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.2)
+        with open(log.name) as f:
+            text = f.read()
+        m = re.search(r"^etcd (\S+)", text, re.M)
+        if m and text.count(" grpc ") >= nodes and "try:" in text:
+            return proc, m.group(1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    sys.exit("cluster_bench: `strata cluster` did not come up; log: " + log.name)
+
+
+def stop_cluster(proc):
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def bench(bindir, etcd, args):
+    cmd = [os.path.join(bindir, "strata-bench"), "--etcd", etcd, "--cluster", "bench",
+           "--json", "-"] + args
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         timeout=600)
+    if out.returncode != 0:
+        sys.exit("cluster_bench: %s failed:\n%s" % (" ".join(cmd), out.stderr[-2000:]))
+    return json.loads(out.stdout), " ".join(cmd)
+
+
+def phase(report, op):
+    for p in report["phases"]:
+        if p["op"] == op:
+            return p
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bindir", default=os.path.join(ROOT, "build", "release", "bin"))
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--blocks", type=int, default=1024, help="put/get blocks per R")
+    ap.add_argument("--block-size", default="256KiB")
+    ap.add_argument("--streams", type=int, default=4)
+    ap.add_argument("--json", help="write the figures here")
+    a = ap.parse_args()
+
+    results = {"nodes": a.nodes, "rows": []}
+    commands = []
+    for replicas in (1, 2):
+        log = tempfile.NamedTemporaryFile("w+", prefix="cluster_bench.", suffix=".log",
+                                          delete=False)
+        proc, etcd = start_cluster(a.bindir, replicas, a.nodes, log)
+        try:
+            rep = ["--replicas", str(replicas)]
+            if replicas == 1:
+                # One 2,048-block chain looked up again and again, then one block at a time.
+                long_chain, c1 = bench(a.bindir, etcd, rep + [
+                    "--blocks", "2048", "--block-size", "16KiB", "--chain-blocks", "2048",
+                    "--streams", "1", "--batch", "256", "--ops", "put,lookup", "--seed", "7",
+                    "--lookup-rounds", "50"])
+                one, c2 = bench(a.bindir, etcd, rep + [
+                    "--blocks", "2048", "--block-size", "16KiB", "--chain-blocks", "1",
+                    "--streams", "1", "--batch", "256", "--ops", "put,lookup", "--seed", "8",
+                    "--lookup-rounds", "1"])
+                commands += [c1, c2]
+                lp, op = phase(long_chain, "lookup"), phase(one, "lookup")
+                results["lookup_2048_p50_us"] = lp["p50_us"]
+                results["lookup_1_p50_us"] = op["p50_us"]
+                results["lookup_ratio"] = lp["p50_us"] / max(op["p50_us"], 1e-9)
+            report, c3 = bench(a.bindir, etcd, rep + [
+                "--blocks", str(a.blocks), "--block-size", a.block_size,
+                "--streams", str(a.streams), "--ops", "put,get", "--seed", str(11 + replicas)])
+            commands.append(c3)
+            for op in ("put", "get"):
+                p = phase(report, op)
+                results["rows"].append({"replicas": replicas, "op": op, "gbps": p["gbps"],
+                                        "p50_us": p["p50_us"], "p99_us": p["p99_us"],
+                                        "errors": p["errors"]})
+        finally:
+            stop_cluster(proc)
+            os.unlink(log.name)
+
+    print("cluster of %d nodes on loopback, etcd membership; GB/s = 1e9 B/s; latency per call"
+          % a.nodes)
+    print("lookup of a 2,048-block chain: p50 %.0f us; one-block lookup: p50 %.0f us; "
+          "ratio %.2fx (goal <= 2x: %s)" % (
+              results["lookup_2048_p50_us"], results["lookup_1_p50_us"],
+              results["lookup_ratio"], "met" if results["lookup_ratio"] <= 2 else "MISSED"))
+    print("%-4s %-4s %8s %10s %10s %7s" % ("R", "op", "GB/s", "p50 ms", "p99 ms", "errors"))
+    for r in results["rows"]:
+        print("%-4d %-4s %8.3f %10.2f %10.2f %7d" % (r["replicas"], r["op"], r["gbps"],
+                                                   r["p50_us"] / 1e3, r["p99_us"] / 1e3,
+                                                   r["errors"]))
+    print("commands run:")
+    for c in commands:
+        print("  " + c)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+#include "directory.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace strata::storenode {
+
+std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& scope,
+                                             std::span<const ChainHash> hashes,
+                                             std::span<const uint64_t> sizes,
+                                             const std::string& location, absl::Duration ttl) {
+  std::vector<absl::Status> out(hashes.size());
+  const absl::Time now = absl::Now();
+  bool purged = false;
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    BlockKey key{ns, scope, hashes[i]};
+    const uint64_t size = i < sizes.size() ? sizes[i] : 0;
+    auto it = map_.find(key);
+    if (ttl <= absl::ZeroDuration()) {
+      if (it == map_.end()) continue;
+      auto& v = it->second;
+      const size_t before = v.size();
+      v.erase(
+          std::remove_if(v.begin(), v.end(), [&](const Entry& e) { return e.address == location; }),
+          v.end());
+      entries_ -= before - v.size();
+      if (v.empty()) map_.erase(it);
+      continue;
+    }
+    if (it != map_.end()) {
+      auto e = std::find_if(it->second.begin(), it->second.end(),
+                            [&](const Entry& x) { return x.address == location; });
+      if (e != it->second.end()) {
+        e->expires = now + ttl;
+        e->size = size;
+        continue;
+      }
+    }
+    if (entries_ >= max_entries_ && !purged) {
+      purged = true;  // full: drop what has expired before refusing anything
+      ExpireLocked(now);
+      it = map_.find(key);
+    }
+    if (entries_ >= max_entries_) {
+      out[i] = absl::ResourceExhaustedError(
+          absl::StrCat("directory full: ", max_entries_, " entries (max_directory_entries)"));
+      continue;
+    }
+    map_[key].push_back({location, size, now + ttl});
+    ++entries_;
+  }
+  return out;
+}
+
+std::vector<Directory::Location> Directory::Find(const BlockKey& key) const {
+  std::vector<Location> out;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  auto it = map_.find(key);
+  if (it == map_.end()) return out;
+  for (const Entry& e : it->second) {
+    if (e.expires > now) out.push_back({e.address, e.size});
+  }
+  return out;
+}
+
+uint64_t Directory::Expire() {
+  absl::MutexLock lock(&mu_);
+  return ExpireLocked(absl::Now());
+}
+
+uint64_t Directory::ExpireLocked(absl::Time now) {
+  uint64_t dropped = 0;
+  for (auto m = map_.begin(); m != map_.end();) {
+    auto& v = m->second;
+    const size_t before = v.size();
+    v.erase(std::remove_if(v.begin(), v.end(), [&](const Entry& x) { return x.expires <= now; }),
+            v.end());
+    dropped += before - v.size();
+    if (v.empty()) {
+      map_.erase(m++);
+    } else {
+      ++m;
+    }
+  }
+  entries_ -= dropped;
+  return dropped;
+}
+
+uint64_t Directory::entries() const {
+  absl::MutexLock lock(&mu_);
+  return entries_;
+}
+
+}  // namespace strata::storenode

@@ -1,0 +1,62 @@
+// Directory: which peers hold a block in GPU memory (the hot tier), as GPU agents publish it
+// to the block's owner node (DESIGN.md §5, docs/design/cluster.md). Entries carry a TTL and
+// vanish when it lapses or when the agent removes them; Lookup returns them beside the
+// node's own tiers, so a decode worker can pull a prefix straight from a prefill worker's GPU.
+//
+// Bounded: at most max_entries (key, location) pairs; a publish beyond that is
+// RESOURCE_EXHAUSTED for the blocks that do not fit (expired entries are purged first).
+//
+// Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "strata/common/block_key.h"
+
+namespace strata::storenode {
+
+class Directory {
+ public:
+  struct Location {
+    std::string address;  // how peers reach the agent holding the block
+    uint64_t size = 0;    // block bytes, as published
+  };
+
+  explicit Directory(uint64_t max_entries) : max_entries_(max_entries) {}
+
+  // Publishes (ttl > 0: adds or refreshes) or removes (ttl == 0) `location` for each key.
+  // Returns per key OK or RESOURCE_EXHAUSTED (directory full).
+  std::vector<absl::Status> Publish(NamespaceId ns, const std::string& scope,
+                                    std::span<const ChainHash> hashes,
+                                    std::span<const uint64_t> sizes, const std::string& location,
+                                    absl::Duration ttl);
+  // Live locations of one block (empty: none).
+  std::vector<Location> Find(const BlockKey& key) const;
+  // Drops expired entries; returns how many.
+  uint64_t Expire();
+  uint64_t entries() const;
+
+ private:
+  struct Entry {
+    std::string address;
+    uint64_t size = 0;
+    absl::Time expires;
+  };
+
+  uint64_t ExpireLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const uint64_t max_entries_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<BlockKey, std::vector<Entry>> map_ ABSL_GUARDED_BY(mu_);
+  uint64_t entries_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace strata::storenode

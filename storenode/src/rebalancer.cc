@@ -1,0 +1,247 @@
+#include "rebalancer.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "spdlog/spdlog.h"
+
+namespace strata::storenode {
+namespace {
+
+// Lease of the local read that feeds a batch's copies.
+constexpr uint64_t kReadLeaseMs = 30000;
+// A peer that could not be reached is not tried again for this long.
+constexpr absl::Duration kPeerBackoff = absl::Seconds(2);
+
+}  // namespace
+
+Rebalancer::Rebalancer(RebalancerOptions options, TieredStore* store,
+                       cluster::Membership* membership, std::string self_id)
+    : options_(std::move(options)),
+      store_(store),
+      membership_(membership),
+      self_id_(std::move(self_id)) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Rebalancer::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void Rebalancer::Kick() {
+  absl::MutexLock lock(&mu_);
+  kicked_ = true;
+  kicked_at_ = absl::Now();
+}
+
+RebalanceProgress Rebalancer::progress() const {
+  absl::MutexLock lock(&mu_);
+  return progress_;
+}
+
+void Rebalancer::Loop() {
+  absl::Time last_pass = absl::Now();
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      // Wake for a kick that has settled, the periodic pass, or stop.
+      auto due = [this, last_pass]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        const absl::Time now = absl::Now();
+        return stop_ || (kicked_ && now - kicked_at_ >= options_.settle) ||
+               now - last_pass >= options_.interval;
+      };
+      while (!due()) mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(100));
+      if (stop_) return;
+      kicked_ = false;
+    }
+    Pass();
+    last_pass = absl::Now();
+  }
+}
+
+void Rebalancer::Pass() {
+  std::shared_ptr<const cluster::MemberSet> set = membership_->Current();
+  if (set->Find(self_id_) < 0) return;  // left the cluster (draining): nothing to place
+  std::vector<BlockKey> keys = store_->Keys();
+  // One namespace and scope per batch, hashes sorted for stable batches.
+  std::sort(keys.begin(), keys.end(), [](const BlockKey& a, const BlockKey& b) {
+    if (a.namespace_id != b.namespace_id) return a.namespace_id < b.namespace_id;
+    if (a.scope != b.scope) return a.scope < b.scope;
+    return a.hash.bytes < b.hash.bytes;
+  });
+  {
+    absl::MutexLock lock(&mu_);
+    progress_.pending = keys.size();
+    progress_.under_replicated = 0;
+  }
+  size_t begin = 0;
+  while (begin < keys.size()) {
+    size_t end = begin;
+    std::vector<ChainHash> hashes;
+    while (end < keys.size() && hashes.size() < options_.batch &&
+           keys[end].namespace_id == keys[begin].namespace_id &&
+           keys[end].scope == keys[begin].scope) {
+      hashes.push_back(keys[end].hash);
+      ++end;
+    }
+    Batch(*set, keys[begin].namespace_id, keys[begin].scope, hashes);
+    absl::MutexLock lock(&mu_);
+    progress_.scanned += end - begin;
+    progress_.pending = keys.size() - end;
+    if (stop_ || kicked_) {
+      // A newer member set: start over with it.
+      progress_.pending = 0;
+      return;
+    }
+    begin = end;
+  }
+  absl::MutexLock lock(&mu_);
+  ++progress_.passes;
+  progress_.epoch = set->epoch;
+}
+
+void Rebalancer::Batch(const cluster::MemberSet& set, NamespaceId ns, const std::string& scope,
+                       std::span<const ChainHash> hashes) {
+  const int self = set.Find(self_id_);
+  // owners[i]: member indexes owning hashes[i]; which other owners must be asked.
+  std::vector<std::vector<int>> owners(hashes.size());
+  std::map<int, std::vector<size_t>> ask;  // peer → blocks it should hold
+  std::vector<bool> mine(hashes.size(), false);
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    owners[i] = cluster::Owners(set.members, hashes[i], options_.replicas);
+    for (int o : owners[i]) {
+      if (o == self)
+        mine[i] = true;
+      else
+        ask[o].push_back(i);
+    }
+  }
+  // Which owners lack which blocks.
+  std::map<int, std::vector<size_t>> lacking;
+  std::vector<int> confirmed(hashes.size(), 0);  // other owners known to hold the block
+  std::vector<bool> unknown(hashes.size(), false);
+  for (const auto& [peer, idx] : ask) {
+    client::Namespace peer_ns;
+    client::StoreClient* c = Peer(set.members[peer], ns, &peer_ns);
+    std::vector<ChainHash> subset;
+    for (size_t i : idx) subset.push_back(hashes[i]);
+    absl::StatusOr<std::vector<client::BlockLocation>> r =
+        c == nullptr ? absl::UnavailableError("peer unreachable")
+                     : c->LookupEach(peer_ns, scope, subset, {.deadline = options_.call_timeout});
+    for (size_t k = 0; k < idx.size(); ++k) {
+      if (!r.ok()) {
+        unknown[idx[k]] = true;
+      } else if ((*r)[k].tier == client::Tier::kUnknown) {
+        lacking[peer].push_back(idx[k]);
+      } else {
+        ++confirmed[idx[k]];
+      }
+    }
+  }
+  uint64_t under = 0;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    const int copies = confirmed[i] + (mine[i] ? 1 : 0);
+    if (copies < static_cast<int>(owners[i].size())) ++under;
+  }
+  // Copy what is lacking, from a local read of those blocks.
+  uint64_t copied = 0, failed = 0;
+  std::vector<bool> copy_failed(hashes.size(), false);
+  if (!lacking.empty()) {
+    std::vector<size_t> need;
+    for (const auto& [peer, idx] : lacking) need.insert(need.end(), idx.begin(), idx.end());
+    std::sort(need.begin(), need.end());
+    need.erase(std::unique(need.begin(), need.end()), need.end());
+    std::vector<ChainHash> want;
+    for (size_t i : need) want.push_back(hashes[i]);
+    std::vector<std::vector<uint8_t>> bytes(want.size());
+    WarmTier::GetResult got = store_->BeginGet(
+        ns, scope, want, kReadLeaseMs,
+        [&bytes](size_t index, uint64_t size) {
+          bytes[index].resize(size);
+          return bytes[index].data();
+        },
+        UINT64_MAX, /*promote=*/false);
+    std::map<size_t, size_t> slot;  // batch index → position in want
+    for (size_t k = 0; k < need.size(); ++k) slot[need[k]] = k;
+    for (const auto& [peer, idx] : lacking) {
+      client::Namespace peer_ns;
+      client::StoreClient* c = Peer(set.members[peer], ns, &peer_ns);
+      std::vector<client::BlockWrite> writes;
+      std::vector<size_t> which;
+      for (size_t i : idx) {
+        const size_t k = slot[i];
+        if (!got.status[k].ok()) continue;  // gone meanwhile (evicted, deleted)
+        writes.push_back({hashes[i], bytes[k].data(), bytes[k].size()});
+        which.push_back(i);
+      }
+      if (writes.empty()) continue;
+      absl::StatusOr<client::PutResult> put =
+          c == nullptr ? absl::UnavailableError("peer unreachable")
+                       : c->Put(peer_ns, scope, writes, {.deadline = options_.call_timeout});
+      for (size_t k = 0; k < which.size(); ++k) {
+        const absl::Status st = put.ok() ? put->blocks[k] : put.status();
+        if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) {
+          ++copied;
+          ++confirmed[which[k]];
+        } else {
+          ++failed;
+          copy_failed[which[k]] = true;
+        }
+      }
+    }
+    if (got.lease_id != 0) store_->EndGet(got.lease_id).IgnoreError();
+  }
+  // Hand-over: blocks this node does not own leave once every owner holds them.
+  std::vector<ChainHash> drop;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    if (mine[i] || unknown[i] || copy_failed[i] || owners[i].empty()) continue;
+    if (confirmed[i] >= static_cast<int>(owners[i].size())) drop.push_back(hashes[i]);
+  }
+  const uint64_t dropped = drop.empty() ? 0 : store_->Delete(ns, scope, drop);
+  absl::MutexLock lock(&mu_);
+  progress_.copied += copied;
+  progress_.failed += failed;
+  progress_.dropped += dropped;
+  progress_.under_replicated += under;
+}
+
+client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
+                                      client::Namespace* out_ns) {
+  PeerEntry& e = peers_[m.id];
+  if (e.address != m.address) e = PeerEntry{.address = m.address};
+  if (e.client == nullptr) {
+    if (absl::Now() < e.retry_after) return nullptr;
+    client::ClientOptions o;
+    o.address = m.address;
+    o.data_plane = client::ClientOptions::DataPlane::kInline;
+    o.default_deadline = options_.call_timeout;
+    absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(o);
+    if (!c.ok()) {
+      e.retry_after = absl::Now() + kPeerBackoff;
+      spdlog::debug("rebalancer: peer {} at {}: {}", m.id, m.address, c.status().ToString());
+      return nullptr;
+    }
+    e.client = std::move(*c);
+  }
+  auto it = e.namespaces.find(ns);
+  if (it == e.namespaces.end()) {
+    absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(ns);
+    if (!spec.ok()) return nullptr;
+    absl::StatusOr<client::Namespace> registered = e.client->RegisterNamespace(*spec);
+    if (!registered.ok()) {
+      e.client.reset();
+      e.retry_after = absl::Now() + kPeerBackoff;
+      return nullptr;
+    }
+    it = e.namespaces.emplace(ns, *registered).first;
+  }
+  *out_ns = it->second;
+  return e.client.get();
+}
+
+}  // namespace strata::storenode

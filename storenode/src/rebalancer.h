@@ -1,0 +1,92 @@
+// Rebalancer: a store node's background pass that makes placement true again after the
+// member set changes (docs/design/cluster.md). For every block the node holds, it computes the
+// block's R owners under the current set and asks each other owner (one LookupEach per peer
+// per batch) whether it has the block:
+//   - owners that lack it get a copy (re-replication after a failure, hand-over after a join);
+//   - a block this node no longer owns is dropped here once every owner has it (a move).
+// It runs shortly after every change of the member list, and every `interval` besides, so
+// copies lost with a node that died come back without anyone reading them.
+//
+// Peers are reached as an ordinary client would (client::StoreClient, payloads inline), and
+// every copy is checksum-verified by the receiving node like any put.
+//
+// Thread-safe: one internal thread does the work; progress() may be read from any thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "strata/client/store_client.h"
+#include "strata/cluster/membership.h"
+#include "strata/storenode/tiered_store.h"
+
+namespace strata::storenode {
+
+struct RebalancerOptions {
+  int replicas = 1;                                 // R, as the cluster's clients use it
+  absl::Duration settle = absl::Milliseconds(500);  // after a change, before the pass starts
+  absl::Duration interval = absl::Seconds(30);      // passes without any change
+  size_t batch = 64;                                // blocks per peer call
+  absl::Duration call_timeout = absl::Seconds(10);
+};
+
+struct RebalanceProgress {
+  uint64_t passes = 0;            // completed passes
+  uint64_t scanned = 0;           // blocks examined, all passes
+  uint64_t copied = 0;            // copies made on owners that lacked them
+  uint64_t dropped = 0;           // blocks handed over and removed here
+  uint64_t failed = 0;            // copies that did not succeed (retried next pass)
+  uint64_t under_replicated = 0;  // blocks the last pass found short of R copies
+  uint64_t pending = 0;           // blocks of the running pass not examined yet (0: idle)
+  uint64_t epoch = 0;             // member-set epoch of the last completed pass
+};
+
+class Rebalancer {
+ public:
+  Rebalancer(RebalancerOptions options, TieredStore* store, cluster::Membership* membership,
+             std::string self_id);
+  ~Rebalancer() { Stop(); }
+  // Stops the thread (a running pass ends after its current batch). Idempotent.
+  void Stop();
+
+  // Asks for a pass soon (after `settle`): the member set changed.
+  void Kick();
+  RebalanceProgress progress() const;
+
+ private:
+  void Loop();
+  void Pass();
+  // Copies and drops for one batch of blocks of one namespace and scope.
+  void Batch(const cluster::MemberSet& set, NamespaceId ns, const std::string& scope,
+             std::span<const ChainHash> hashes);
+  // A client of `m` with namespace `ns` registered, or null (logged) when it cannot be had.
+  client::StoreClient* Peer(const cluster::Member& m, NamespaceId ns, client::Namespace* out_ns);
+
+  const RebalancerOptions options_;
+  TieredStore* const store_;
+  cluster::Membership* const membership_;
+  const std::string self_id_;
+
+  struct PeerEntry {
+    std::string address;
+    std::unique_ptr<client::StoreClient> client;
+    std::map<NamespaceId, client::Namespace> namespaces;
+    absl::Time retry_after = absl::InfinitePast();
+  };
+  std::map<std::string, PeerEntry> peers_;  // by member id; used by the pass thread only
+
+  mutable absl::Mutex mu_;
+  RebalanceProgress progress_ ABSL_GUARDED_BY(mu_);
+  bool kicked_ ABSL_GUARDED_BY(mu_) = true;  // a first pass after start (a restart)
+  absl::Time kicked_at_ ABSL_GUARDED_BY(mu_) = absl::Now();
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace strata::storenode
