@@ -28,6 +28,7 @@
 #include "strata/client/local_node.h"
 #include "strata/client/store_client.h"
 #include "strata/common/byte_size.h"
+#include "strata/common/logging.h"
 #include "workload.h"
 
 namespace strata::bench {
@@ -392,7 +393,10 @@ int Run(Flags f) {
   }
   std::fprintf(out, "data plane: %s\n", streams[0].client->DataPlaneDescription().c_str());
   PhaseContext ctx{
-      &*ds, &*ns, f.batch, run_end,
+      &*ds,
+      &*ns,
+      f.batch,
+      run_end,
       std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.call_timeout_s)),
       f.lookup_rounds};
 
@@ -418,9 +422,15 @@ int Run(Flags f) {
     if (!phases.back().complete) break;  // out of time: report what was done
   }
 
-  RunInfo info{f.etcd.empty() ? f.node : absl::StrCat("etcd ", f.etcd, " cluster ", f.cluster,
-                                                      " R=", f.replicas),
-               f.block_size, f.blocks, f.streams, f.batch, f.chain_blocks, f.seed};
+  RunInfo info{f.etcd.empty()
+                   ? f.node
+                   : absl::StrCat("etcd ", f.etcd, " cluster ", f.cluster, " R=", f.replicas),
+               f.block_size,
+               f.blocks,
+               f.streams,
+               f.batch,
+               f.chain_blocks,
+               f.seed};
   PrintTable(out, info, phases);
   client::CallOptions stats_call;
   stats_call.deadline = absl::Seconds(5);
@@ -473,6 +483,8 @@ int Run(Flags f) {
 }  // namespace strata::bench
 
 int main(int argc, char** argv) {
+  // Library log lines go to stderr (warnings and worse): stdout may carry the JSON report.
+  if (!strata::InitLogging("warn", "strata-bench").ok()) return 2;
   strata::bench::Flags f;
   CLI::App app{"strata-bench: load generator for a Strata store node (put, get, lookup)"};
   app.add_option("--node", f.node, "HOST:PORT of a store node; default: start a local one");

@@ -40,12 +40,12 @@ int RunCluster(const ClusterFlags& f) {
   std::printf("etcd %s (data in %s)\n", (*etcd)->endpoint().c_str(), (*etcd)->dir().c_str());
   std::vector<std::unique_ptr<client::LocalNode>> nodes;
   for (int i = 0; i < f.nodes; ++i) {
-    std::vector<std::string> args = {"--node-id",        absl::StrCat("node-", i),
-                                     "--cluster-mode",   "etcd",
-                                     "--etcd-endpoints", (*etcd)->endpoint(),
-                                     "--cluster-name",   f.name,
-                                     "--warm-bytes",     f.warm_bytes,
-                                     "--ucx-tls",        f.ucx_tls,
+    std::vector<std::string> args = {"--node-id",          absl::StrCat("node-", i),
+                                     "--cluster-mode",     "etcd",
+                                     "--etcd-endpoints",   (*etcd)->endpoint(),
+                                     "--cluster-name",     f.name,
+                                     "--warm-bytes",       f.warm_bytes,
+                                     "--ucx-tls",          f.ucx_tls,
                                      "--cluster-replicas", absl::StrCat(f.replicas)};
     if (f.zones > 0) {
       args.push_back("--zone");

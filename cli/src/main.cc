@@ -3,8 +3,11 @@
 
 #include "CLI/CLI.hpp"
 #include "commands.h"
+#include "strata/common/logging.h"
 
 int main(int argc, char** argv) {
+  // Library log lines go to stderr, warnings and worse only: stdout carries the output.
+  if (!strata::InitLogging("warn", "strata").ok()) return 2;
   CLI::App app{"strata: command line for the Strata KV-cache store"};
   app.require_subcommand(1);
   int exit_code = 0;

@@ -228,8 +228,11 @@ class Membership::Impl {
       }
       {
         absl::MutexLock lock(&mu_);
-        if (!connected_)
-          spdlog::info("membership: etcd reachable; {} members", current_->members.size());
+        if (!connected_) {
+          // Nodes say it at info; a client (no self) only at debug.
+          spdlog::log(o_.self.has_value() ? spdlog::level::info : spdlog::level::debug,
+                      "membership: etcd reachable; {} members", current_->members.size());
+        }
         connected_ = true;
         warned_ = false;
         listed_once_ = true;

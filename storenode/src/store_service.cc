@@ -76,7 +76,11 @@ absl::Status StoreServiceImpl::ValidateKeys(
   }
   hashes->reserve(raw.size());
   for (int i = 0; i < raw.size(); ++i) {
-    absl::StatusOr<ChainHash> h = ChainHash::FromBytes(raw[i], absl::StrCat(field, "[", i, "]"));
+    // The field name is built only for an error: this loop runs for every key of every call.
+    absl::StatusOr<ChainHash> h =
+        raw[i].size() == kChainHashBytes
+            ? ChainHash::FromBytes(raw[i], field)
+            : ChainHash::FromBytes(raw[i], absl::StrCat(field, "[", i, "]"));
     if (!h.ok()) return h.status();
     hashes->push_back(*h);
   }
