@@ -52,6 +52,18 @@ void PrintNode(const cluster::Member& m, double deadline_s) {
               Use(s->cool_stored_bytes, s->cool_capacity_bytes).c_str(),
               Use(s->cold_stored_bytes, s->cold_capacity_bytes).c_str(),
               s->cluster_mode == "etcd" && !s->etcd_connected ? "  (etcd unreachable)" : "");
+  if (s->cluster_mode != "single" && !s->cluster_mode.empty()) {
+    std::printf(
+        "%-12s rebalance: %s, %llu passes, %llu copied, %llu handed over; "
+        "%llu under-replicated blocks\n",
+        "",
+        s->rebalance_pending > 0 ? absl::StrCat(s->rebalance_pending, " blocks to go").c_str()
+                                 : "idle",
+        static_cast<unsigned long long>(s->rebalance_passes),
+        static_cast<unsigned long long>(s->rebalance_copied),
+        static_cast<unsigned long long>(s->rebalance_dropped),
+        static_cast<unsigned long long>(s->under_replicated));
+  }
 }
 
 int RunStatus(const StatusFlags& f) {

@@ -114,7 +114,7 @@ void AddValue(prometheus::MetricFamily& f, double value,
 
 }  // namespace
 
-std::string NodeMetrics::Render(const TieredStats& ts) const {
+std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c) const {
   using prometheus::MetricType;
   const WarmTierStats& s = ts.warm;
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
@@ -180,8 +180,34 @@ std::string NodeMetrics::Render(const TieredStats& ts) const {
                      MetricType::Counter);
   AddValue(loss,
            s.data_loss + (ts.cool ? ts.cool->data_loss : 0) + (ts.cold ? ts.cold->data_loss : 0));
-  for (auto* f :
-       {&blocks, &bytes, &used, &cap, &hits, &ratio, &evict, &leases, &pinned, &res, &ns, &loss}) {
+  auto members =
+      Family("strata_cluster_members", "Members of the cluster this node sees", MetricType::Gauge);
+  AddValue(members, c.members);
+  auto epoch =
+      Family("strata_cluster_epoch", "Member-set epoch this node knows", MetricType::Gauge);
+  AddValue(epoch, c.epoch);
+  auto etcd = Family("strata_etcd_connected",
+                     "1 while etcd answers (etcd mode); 0: serving with the last member set",
+                     MetricType::Gauge);
+  if (c.uses_etcd) AddValue(etcd, c.etcd_connected ? 1 : 0);
+  auto rebal = Family("strata_rebalance_blocks_total",
+                      "Rebalancer: blocks copied to owners and "
+                      "handed over (dropped here)",
+                      MetricType::Counter);
+  auto pending =
+      Family("strata_rebalance_pending_blocks",
+             "Blocks the running rebalance pass has still to examine", MetricType::Gauge);
+  auto under =
+      Family("strata_under_replicated_blocks",
+             "Blocks the last rebalance pass found short of their replicas", MetricType::Gauge);
+  if (c.rebalancer) {
+    AddValue(rebal, c.rebalance_copied, {{"action", "copied"}});
+    AddValue(rebal, c.rebalance_dropped, {{"action", "dropped"}});
+    AddValue(pending, c.rebalance_pending);
+    AddValue(under, c.under_replicated);
+  }
+  for (auto* f : {&blocks, &bytes, &used, &cap, &hits, &ratio, &evict, &leases, &pinned, &res, &ns,
+                  &loss, &members, &epoch, &etcd, &rebal, &pending, &under}) {
     families.push_back(std::move(*f));
   }
   for (auto& f : families) {

@@ -41,6 +41,21 @@ enum class Op {
 
 const char* OpName(Op op);
 
+// What /metrics says about the cluster (store_node.cc fills it from membership and the
+// rebalancer).
+struct ClusterFigures {
+  uint64_t members = 0;
+  uint64_t epoch = 0;
+  bool uses_etcd = false;
+  bool etcd_connected = false;
+  bool rebalancer = false;  // the fields below are set
+  uint64_t rebalance_passes = 0;
+  uint64_t rebalance_pending = 0;
+  uint64_t rebalance_copied = 0;
+  uint64_t rebalance_dropped = 0;
+  uint64_t under_replicated = 0;
+};
+
 class NodeMetrics {
  public:
   explicit NodeMetrics(std::string node_id);
@@ -53,7 +68,7 @@ class NodeMetrics {
   void AddUcxBytes(bool inbound, uint64_t bytes);
 
   // Prometheus text exposition of everything, with tier figures from `stats`.
-  std::string Render(const TieredStats& stats) const;
+  std::string Render(const TieredStats& stats, const ClusterFigures& cluster) const;
 
  private:
   std::string node_id_;

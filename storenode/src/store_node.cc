@@ -68,8 +68,8 @@ class StoreNodeImpl final : public StoreNode {
     if (absl::Status s = JoinCluster(); !s.ok()) return s;
 
     absl::StatusOr<std::unique_ptr<HttpEndpoint>> http = HttpEndpoint::Start(
-        config_.http_listen,
-        {[this] { return metrics_.Render(warm_->Stats()); }, [this] { return ready_.load(); }});
+        config_.http_listen, {[this] { return metrics_.Render(warm_->Stats(), ClusterNow()); },
+                              [this] { return ready_.load(); }});
     if (!http.ok()) return http.status();
     http_ = std::move(*http);
 
@@ -115,6 +115,27 @@ class StoreNodeImpl final : public StoreNode {
   }
 
  private:
+  ClusterFigures ClusterNow() const {
+    ClusterFigures c;
+    const cluster::Membership* m = membership_ready_.load();
+    if (m == nullptr) return c;
+    std::shared_ptr<const cluster::MemberSet> set = m->Current();
+    c.members = set->members.size();
+    c.epoch = set->epoch;
+    c.uses_etcd = m->mode() == cluster::MembershipMode::kEtcd;
+    c.etcd_connected = m->connected();
+    if (const Rebalancer* r = rebalancer_ready_.load(); r != nullptr) {
+      RebalanceProgress p = r->progress();
+      c.rebalancer = true;
+      c.rebalance_passes = p.passes;
+      c.rebalance_pending = p.pending;
+      c.rebalance_copied = p.copied;
+      c.rebalance_dropped = p.dropped;
+      c.under_replicated = p.under_replicated;
+    }
+    return c;
+  }
+
   // Starts membership in the configured mode with this node as a member.
   absl::Status JoinCluster() {
     absl::StatusOr<cluster::MembershipMode> mode =
@@ -152,6 +173,7 @@ class StoreNodeImpl final : public StoreNode {
     if (!m.ok()) return m.status();
     membership_ = std::move(*m);
     service_.SetMembership(membership_.get());
+    membership_ready_.store(membership_.get());
     std::shared_ptr<const cluster::MemberSet> set = membership_->Current();
     spdlog::info("cluster {} ({}): {} members, epoch {}", config_.cluster_name,
                  cluster::MembershipModeName(*mode), set->members.size(), set->epoch);
@@ -161,6 +183,7 @@ class StoreNodeImpl final : public StoreNode {
                             .interval = absl::Milliseconds(config_.rebalance_interval_ms)},
           warm_.get(), membership_.get(), config_.node_id);
       service_.SetRebalancer(rebalancer_.get());
+      rebalancer_ready_.store(rebalancer_.get());
     }
     membership_->OnChange([this](const cluster::MemberSet& now) {
       spdlog::info("member set changed: {} members, epoch {}", now.members.size(), now.epoch);
@@ -198,6 +221,9 @@ class StoreNodeImpl final : public StoreNode {
   // Read by service_ calls; destroyed only after Shutdown stopped the server.
   std::unique_ptr<cluster::Membership> membership_;
   std::unique_ptr<Rebalancer> rebalancer_;  // after membership_: destroyed first
+  // For the HTTP thread, which starts serving before the cluster is joined.
+  std::atomic<const cluster::Membership*> membership_ready_{nullptr};
+  std::atomic<const Rebalancer*> rebalancer_ready_{nullptr};
   std::unique_ptr<HttpEndpoint> http_;
   std::string grpc_address_;
   std::thread reaper_;

@@ -91,6 +91,19 @@ uint64_t OpCount(const LocalNode& node, const std::string& op) {
   return 0;
 }
 
+// The value of a node's unlabelled-but-for-node gauge `name` on /metrics; -1 if absent.
+double Gauge(const LocalNode& node, const std::string& name) {
+  auto page = testutil::HttpGet(node.http_address(), "/metrics");
+  if (!page.ok()) return -1;
+  for (absl::string_view line : absl::StrSplit(page->second, '\n')) {
+    if (!absl::StartsWith(line, name + "{")) continue;
+    std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
+    double d = -1;
+    return absl::SimpleAtod(parts.back(), &d) ? d : -1;
+  }
+  return -1;
+}
+
 // One etcd and three nodes per suite; the nodes keep `R` copies of every block.
 template <int R>
 class ClusterFixture : public ::testing::Test {
@@ -249,6 +262,10 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
     epochs.push_back(s->epoch);
   }
   EXPECT_GT(epochs[0], 0u);
+  for (auto& [i, node] : nodes_) {
+    EXPECT_EQ(Gauge(*node, "strata_cluster_members"), 3) << i;
+    EXPECT_EQ(Gauge(*node, "strata_etcd_connected"), 1) << i;
+  }
   EXPECT_EQ(epochs[0], epochs[1]);
   EXPECT_EQ(epochs[1], epochs[2]);
   auto cs = c->Stats();
@@ -272,6 +289,7 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
   EXPECT_EQ(pclose(out), 0);
   EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("3 members, 0 zones, epoch ", epochs[0])));
   for (int i = 0; i < 3; ++i) EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("node-", i)));
+  EXPECT_THAT(text, ::testing::HasSubstr("under-replicated blocks"));
 }
 
 TEST_F(ClusterTest, APrefixWrittenByOneProcessIsFetchedByAnother) {
@@ -480,6 +498,7 @@ TEST_F(ClusterTest, TheStoreKeepsServingWhileEtcdIsDown) {
   ASSERT_TRUE(stats.ok());
   EXPECT_FALSE(stats->etcd_connected);
   EXPECT_EQ(stats->members, 3u);
+  for (auto& [i, node] : nodes_) EXPECT_EQ(Gauge(*node, "strata_etcd_connected"), 0) << i;
   // etcd back: the nodes are registered again, each exactly once.
   ASSERT_THAT(etcd_->Restart(), IsOk());
   auto etcd = cluster::EtcdClient::Create({.endpoints = {etcd_->endpoint()}});
