@@ -200,11 +200,11 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c) 
   auto under =
       Family("strata_under_replicated_blocks",
              "Blocks the last rebalance pass found short of their replicas", MetricType::Gauge);
-  if (c.rebalancer) {
-    AddValue(rebal, c.rebalance_copied, {{"action", "copied"}});
-    AddValue(rebal, c.rebalance_dropped, {{"action", "dropped"}});
-    AddValue(pending, c.rebalance_pending);
-    AddValue(under, c.under_replicated);
+  if (c.rebalance.has_value()) {
+    AddValue(rebal, c.rebalance->copied, {{"action", "copied"}});
+    AddValue(rebal, c.rebalance->dropped, {{"action", "dropped"}});
+    AddValue(pending, c.rebalance->pending);
+    AddValue(under, c.rebalance->under_replicated);
   }
   for (auto* f : {&blocks, &bytes, &used, &cap, &hits, &ratio, &evict, &leases, &pinned, &res, &ns,
                   &loss, &members, &epoch, &etcd, &rebal, &pending, &under}) {

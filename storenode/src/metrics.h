@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -13,6 +14,7 @@
 #include "prometheus/family.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "rebalancer.h"
 #include "strata/storenode/tiered_store.h"
 
 namespace strata::storenode {
@@ -48,12 +50,7 @@ struct ClusterFigures {
   uint64_t epoch = 0;
   bool uses_etcd = false;
   bool etcd_connected = false;
-  bool rebalancer = false;  // the fields below are set
-  uint64_t rebalance_passes = 0;
-  uint64_t rebalance_pending = 0;
-  uint64_t rebalance_copied = 0;
-  uint64_t rebalance_dropped = 0;
-  uint64_t under_replicated = 0;
+  std::optional<RebalanceProgress> rebalance;  // nodes in static or etcd mode
 };
 
 class NodeMetrics {

@@ -124,15 +124,7 @@ class StoreNodeImpl final : public StoreNode {
     c.epoch = set->epoch;
     c.uses_etcd = m->mode() == cluster::MembershipMode::kEtcd;
     c.etcd_connected = m->connected();
-    if (const Rebalancer* r = rebalancer_ready_.load(); r != nullptr) {
-      RebalanceProgress p = r->progress();
-      c.rebalancer = true;
-      c.rebalance_passes = p.passes;
-      c.rebalance_pending = p.pending;
-      c.rebalance_copied = p.copied;
-      c.rebalance_dropped = p.dropped;
-      c.under_replicated = p.under_replicated;
-    }
+    if (const Rebalancer* r = rebalancer_ready_.load(); r != nullptr) c.rebalance = r->progress();
     return c;
   }
 

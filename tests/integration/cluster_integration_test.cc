@@ -543,7 +543,13 @@ TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
   // every block to its new second owner.
   EXPECT_TRUE(WaitForMembers(*c, 2));
   ASSERT_TRUE(WaitRebalanced());
-  for (auto& [i, node] : nodes_) EXPECT_EQ(NodeStats(*node).under_replicated, 0u) << i;
+  double copied = 0;
+  for (auto& [i, node] : nodes_) {
+    EXPECT_EQ(NodeStats(*node).under_replicated, 0u) << i;
+    EXPECT_EQ(Gauge(*node, "strata_under_replicated_blocks"), 0) << i;
+    copied += Gauge(*node, "strata_rebalance_blocks_total");  // {action="copied"} comes first
+  }
+  EXPECT_GT(copied, 0);
   EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
   // The node comes back (empty) under its old id: three members again, no duplicate, and it
   // gets its share back.
