@@ -13,6 +13,10 @@
 // a range given to RegisterMemory, directly (zero-copy). Either way every byte is
 // checksum-verified end to end.
 //
+// The library logs through spdlog's default logger (cluster membership changes, etcd
+// outages); a program that keeps stdout for its own output should point that logger at
+// stderr first (strata::InitLogging in strata/common/logging.h does).
+//
 // Thread-safe: one StoreClient may be shared by many threads. The *Async variants return at
 // once; the buffers they name must stay valid until the future is ready.
 #pragma once
