@@ -21,6 +21,7 @@
 #include "strata/client/local_node.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/kv_shape.h"
+#include "strata/common/mapped_buffer.h"
 
 extern char** environ;
 
@@ -48,6 +49,16 @@ std::vector<uint32_t> ConversationTokens(uint32_t n) {
   std::vector<uint32_t> t(n);
   for (uint32_t i = 0; i < n; ++i) t[i] = static_cast<uint32_t>((i * 2654435761ull + 17) % 128000);
   return t;
+}
+
+// Registers an engine-style KV pool for zero-copy transfers; without a UCX data plane (or
+// when registration fails) the blocks simply travel the other way, so it only says so.
+void RegisterPool(client::StoreClient& client, const MappedBuffer& pool) {
+  absl::Status s = client.RegisterMemory(pool.data(), pool.size());
+  if (!s.ok() && s.code() != absl::StatusCode::kFailedPrecondition) {
+    std::fprintf(stderr, "demo: KV pool not registered (%s); using bounce buffers\n",
+                 s.ToString().c_str());
+  }
 }
 
 absl::StatusOr<std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> OpenDemo(
@@ -83,12 +94,15 @@ int RunPrefill(const DemoFlags& f) {
       getpid(), f.prompt_tokens, hashes->size(), FormatByteSize(block_bytes).c_str(),
       f.model.c_str(), f.block_tokens, before->matched_blocks,
       client->DataPlaneDescription().c_str());
-  // "Compute" the KV of every block (bytes derived from its chain hash) and store it.
-  std::vector<uint8_t> kv(block_bytes * hashes->size());
+  // "Compute" the KV of every block (bytes derived from its chain hash) and store it. The
+  // memory plays the engine's KV pool: huge pages, registered once for zero-copy transfers.
+  absl::StatusOr<MappedBuffer> kv = MappedBuffer::Map(block_bytes * hashes->size(), false);
+  if (!kv.ok()) return Fail("demo prefill", kv.status());
+  RegisterPool(*client, *kv);
   std::vector<client::BlockWrite> writes;
   for (size_t i = 0; i < hashes->size(); ++i) {
-    FillBlock((*hashes)[i], &kv[i * block_bytes], block_bytes);
-    writes.push_back({(*hashes)[i], &kv[i * block_bytes], block_bytes});
+    FillBlock((*hashes)[i], kv->data() + i * block_bytes, block_bytes);
+    writes.push_back({(*hashes)[i], kv->data() + i * block_bytes, block_bytes});
   }
   auto start = Clock::now();
   auto put = client->Put(ns, "", writes);
@@ -97,8 +111,8 @@ int RunPrefill(const DemoFlags& f) {
   std::printf(
       "[prefill pid %d] stored %zu blocks (%zu already present), %s in %.3f s = "
       "%.2f GB/s\n",
-      getpid(), put->stored, put->already_present, FormatByteSize(kv.size()).c_str(), secs,
-      kv.size() / secs / 1e9);
+      getpid(), put->stored, put->already_present, FormatByteSize(kv->size()).c_str(), secs,
+      kv->size() / secs / 1e9);
   return put->stored + put->already_present == writes.size() ? 0 : 1;
 }
 
@@ -118,10 +132,13 @@ int RunDecode(const DemoFlags& f) {
       "[decode pid %d] next turn has %zu tokens = %zu full blocks; lookup: %zu stored "
       "(prefix hit ratio %.1f%%)\n",
       getpid(), tokens.size(), hashes->size(), hit, 100.0 * hit / hashes->size());
-  std::vector<uint8_t> buf(block_bytes * hit);
+  absl::StatusOr<MappedBuffer> buf =
+      MappedBuffer::Map(std::max<uint64_t>(1, block_bytes * hit), false);
+  if (!buf.ok()) return Fail("demo decode", buf.status());
+  RegisterPool(*client, *buf);
   std::vector<client::BlockRead> reads;
   for (size_t i = 0; i < hit; ++i)
-    reads.push_back({(*hashes)[i], &buf[i * block_bytes], block_bytes});
+    reads.push_back({(*hashes)[i], buf->data() + i * block_bytes, block_bytes});
   auto start = Clock::now();
   auto got = client->Get(ns, "", reads);
   double secs = Seconds(start);
@@ -131,14 +148,14 @@ int RunDecode(const DemoFlags& f) {
   for (size_t i = 0; i < hit; ++i) {
     if (!got->blocks[i].ok()) continue;
     FillBlock(reads[i].hash, want.data(), block_bytes);
-    if (std::memcmp(want.data(), &buf[i * block_bytes], block_bytes) != 0) ++wrong;
+    if (std::memcmp(want.data(), buf->data() + i * block_bytes, block_bytes) != 0) ++wrong;
   }
   uint64_t reused_tokens = static_cast<uint64_t>(hit) * f.block_tokens;
   std::printf(
       "[decode pid %d] fetched %zu blocks, %s in %.3f s = %.2f GB/s; %zu blocks with "
       "wrong bytes\n",
-      getpid(), got->fetched, FormatByteSize(buf.size()).c_str(), secs,
-      buf.size() / std::max(secs, 1e-9) / 1e9, wrong);
+      getpid(), got->fetched, FormatByteSize(block_bytes * hit).c_str(), secs,
+      block_bytes * hit / std::max(secs, 1e-9) / 1e9, wrong);
   std::printf("[decode pid %d] reused KV of %llu tokens; prefill left to compute: %zu tokens\n",
               getpid(), static_cast<unsigned long long>(reused_tokens),
               tokens.size() - reused_tokens);
@@ -184,11 +201,14 @@ int RunDemo(DemoFlags f) {
     std::fflush(stdout);
     std::string node_bin =
         (std::filesystem::path(SelfPath()).parent_path() / "strata-storenode").string();
-    auto started =
-        client::LocalNode::Start(node_bin,
-                                 {"--warm-bytes", absl::StrCat(warm), "--max-block-bytes",
-                                  absl::StrCat(max_block), "--log-level", "warn"},
-                                 absl::Seconds(20));
+    auto started = client::LocalNode::Start(
+        node_bin,
+        // Prefaulted, as a production node's arena is: the
+        // first touch of fresh memory, not the transfer, would
+        // otherwise set the prefill's speed.
+        {"--warm-bytes", absl::StrCat(warm), "--max-block-bytes", absl::StrCat(max_block),
+         "--warm-prefault", "--log-level", "warn"},
+        absl::Seconds(20));
     if (!started.ok()) return Fail("demo", started.status());
     local = std::move(*started);
     f.node = local->address();
