@@ -42,7 +42,7 @@ struct Flags {
   std::string node;
   std::string etcd;  // a cluster instead of one node (ClientOptions::etcd_endpoints)
   std::string cluster = "default";
-  int replicas = 1;
+  int replicas = 0;  // 0: the nodes' own
   int write_quorum = 0;
   uint32_t lookup_rounds = 1;
   uint64_t blocks = 1024;
@@ -494,9 +494,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   app.add_option("--etcd", f.etcd, "A cluster's etcd endpoints host:port,... instead of --node");
   app.add_option("--cluster", f.cluster, "Cluster name (with --etcd)")->capture_default_str();
-  app.add_option("--replicas", f.replicas, "Cluster: copies of every block")
+  app.add_option("--replicas", f.replicas, "Cluster: copies of every block (0: the nodes')")
       ->capture_default_str()
-      ->check(CLI::Range(1, 16));
+      ->check(CLI::Range(0, 16));
   app.add_option("--write-quorum", f.write_quorum, "Cluster: replicas a put waits for (0: all)")
       ->capture_default_str();
   app.add_option("--blocks", f.blocks, "Blocks in the data set")

@@ -27,9 +27,9 @@ void AddNodeFlags(CLI::App& cmd, NodeFlags& f) {
   cmd.add_option("--members", f.members,
                  "A static cluster: id=host:port[@zone],... (instead of --node)");
   cmd.add_option("--cluster", f.cluster, "Cluster name (etcd key prefix)")->capture_default_str();
-  cmd.add_option("--replicas", f.replicas, "Cluster: copies of every block")
+  cmd.add_option("--replicas", f.replicas, "Cluster: copies of every block (0: the nodes')")
       ->capture_default_str()
-      ->check(CLI::Range(1, 16));
+      ->check(CLI::Range(0, 16));
   cmd.add_option("--write-quorum", f.write_quorum,
                  "Cluster: replicas that must store a put (0: all)")
       ->capture_default_str();

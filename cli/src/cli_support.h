@@ -29,7 +29,7 @@ struct NodeFlags {
   std::string etcd;
   std::string members;
   std::string cluster = "default";
-  int replicas = 1;
+  int replicas = 0;  // 0: the nodes' own
   int write_quorum = 0;
 };
 

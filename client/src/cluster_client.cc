@@ -19,6 +19,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "grpc_store_client.h"
+#include "spdlog/spdlog.h"
 #include "strata/cluster/membership.h"
 
 namespace strata::client::internal {
@@ -69,10 +70,7 @@ void ForEachGroup(const std::map<Key, std::vector<size_t>>& groups, Fn fn) {
 
 class ClusterStoreClient final : public StoreClient {
  public:
-  explicit ClusterStoreClient(ClientOptions options) : options_(std::move(options)) {
-    replicas_ = std::max(1, options_.replicas);
-    quorum_ = options_.write_quorum <= 0 ? replicas_ : std::min(options_.write_quorum, replicas_);
-  }
+  explicit ClusterStoreClient(ClientOptions options) : options_(std::move(options)) {}
 
   absl::Status Start() {
     cluster::MembershipOptions mo;
@@ -95,10 +93,24 @@ class ClusterStoreClient final : public StoreClient {
     absl::StatusOr<std::unique_ptr<cluster::Membership>> m = cluster::Membership::Start(mo);
     if (!m.ok()) return m.status();
     membership_ = std::move(*m);
-    if (membership_->Current()->members.empty()) {
+    std::shared_ptr<const MemberSet> set = membership_->Current();
+    if (set->members.empty()) {
       return absl::UnavailableError(
           absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
     }
+    // The nodes' replication factor: what their rebalancers keep.
+    int nodes_keep = 0;
+    for (const Member& mem : set->members) {
+      nodes_keep = std::max(nodes_keep, static_cast<int>(mem.replicas));
+    }
+    replicas_ = options_.replicas > 0 ? options_.replicas : std::max(1, nodes_keep);
+    if (nodes_keep > 0 && replicas_ != nodes_keep) {
+      spdlog::warn(
+          "cluster {}: client replicas {} but the nodes keep {} copies; their "
+          "rebalancer will bring every block to {}",
+          options_.cluster_name, replicas_, nodes_keep, nodes_keep);
+    }
+    quorum_ = options_.write_quorum <= 0 ? replicas_ : std::min(options_.write_quorum, replicas_);
     return absl::OkStatus();
   }
 
@@ -752,10 +764,12 @@ absl::StatusOr<std::unique_ptr<StoreClient>> ConnectCluster(const ClientOptions&
   if (!options.etcd_endpoints.empty() && !options.cluster_members.empty()) {
     return absl::InvalidArgumentError("etcd_endpoints and cluster_members: choose one");
   }
-  if (options.replicas < 1 || options.replicas > 16) {
-    return absl::InvalidArgumentError(absl::StrCat("replicas: ", options.replicas, ", want 1..16"));
+  if (options.replicas < 0 || options.replicas > 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("replicas: ", options.replicas, ", want 0 (the nodes') or 1..16"));
   }
-  if (options.write_quorum < 0 || options.write_quorum > options.replicas) {
+  if (options.write_quorum < 0 ||
+      (options.replicas > 0 && options.write_quorum > options.replicas)) {
     return absl::InvalidArgumentError(
         absl::StrCat("write_quorum: ", options.write_quorum, ", want 0..replicas (0 = all)"));
   }

@@ -80,7 +80,8 @@ absl::StatusOr<std::vector<Member>> ParseStaticMembers(std::string_view list) {
 
 std::string EncodeMember(const Member& m) {
   return absl::StrCat("address=", m.address, "\nzone=", m.zone, "\nwarm_bytes=", m.warm_bytes,
-                      "\ncool_bytes=", m.cool_bytes, "\ncold_bytes=", m.cold_bytes, "\n");
+                      "\ncool_bytes=", m.cool_bytes, "\ncold_bytes=", m.cold_bytes,
+                      "\nreplicas=", m.replicas, "\n");
 }
 
 absl::StatusOr<Member> DecodeMember(std::string_view id, std::string_view value) {
@@ -100,6 +101,8 @@ absl::StatusOr<Member> DecodeMember(std::string_view id, std::string_view value)
       m.cool_bytes = n;
     } else if (kv.first == "cold_bytes" && absl::SimpleAtoi(kv.second, &n)) {
       m.cold_bytes = n;
+    } else if (kv.first == "replicas" && absl::SimpleAtoi(kv.second, &n) && n <= 16) {
+      m.replicas = static_cast<uint32_t>(n);
     }  // unknown keys: written by a newer version, ignored
   }
   if (m.id.empty() || m.address.empty()) {

@@ -19,8 +19,13 @@ TEST(MembershipTest, ParsesStaticMembers) {
 }
 
 TEST(MembershipTest, MemberValuesRoundTripAndTolerateNewFields) {
-  Member m{
-      .id = "n1", .address = "h:1", .zone = "z", .warm_bytes = 5, .cool_bytes = 6, .cold_bytes = 7};
+  Member m{.id = "n1",
+           .address = "h:1",
+           .zone = "z",
+           .warm_bytes = 5,
+           .cool_bytes = 6,
+           .cold_bytes = 7,
+           .replicas = 2};
   auto back = DecodeMember("n1", EncodeMember(m) + "future_field=1\n");
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, m);

@@ -143,7 +143,8 @@ class StoreNodeImpl final : public StoreNode {
         .zone = config_.zone,
         .warm_bytes = ts.warm.capacity_bytes,
         .cool_bytes = ts.cool.has_value() ? ts.cool->capacity_bytes : 0,
-        .cold_bytes = ts.cold.has_value() ? ts.cold->capacity_bytes : 0};
+        .cold_bytes = ts.cold.has_value() ? ts.cold->capacity_bytes : 0,
+        .replicas = static_cast<uint32_t>(config_.cluster_replicas)};
     if (*mode != cluster::MembershipMode::kSingle && mo.self->address.starts_with("0.0.0.0:")) {
       spdlog::warn("listening on {} without advertise_address: peers cannot dial {}",
                    config_.listen, mo.self->address);

@@ -532,6 +532,12 @@ TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
   EXPECT_EQ(found->matched_blocks, chain.size());
   EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
   EXPECT_LT(absl::Now() - t0, absl::Seconds(10));  // within the calls' deadline
+  // A client that leaves replicas at 0 takes the nodes' own count.
+  ClientOptions by_nodes = Options();
+  by_nodes.replicas = 0;
+  std::unique_ptr<StoreClient> c0 = Connect(by_nodes);
+  ASSERT_NE(c0, nullptr);
+  EXPECT_THAT(c0->DataPlaneDescription(), ::testing::HasSubstr("R=2 W=2"));
   // A put with W=1 is acknowledged by the surviving replica.
   std::unique_ptr<StoreClient> c1 = Connect(Options(2, 1));
   ASSERT_NE(c1, nullptr);

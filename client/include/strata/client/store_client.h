@@ -66,10 +66,13 @@ struct ClientOptions {
   // "id=host:port[@zone],...", as the nodes' own setting). Blocks are placed on the
   // `replicas` highest-scoring nodes (rendezvous hashing, zone-aware); a put succeeds once
   // `write_quorum` of them stored it (0: all of them); a get reads the first that answers.
+  // replicas 0 takes the nodes' own setting (cluster_replicas, which they register in etcd;
+  // 1 in static mode); a different explicit value is used but warned about, since the
+  // nodes' rebalancer keeps their count of copies, not the client's.
   std::string etcd_endpoints;
   std::string cluster_members;
   std::string cluster_name = "default";
-  int replicas = 1;
+  int replicas = 0;
   int write_quorum = 0;
   // etcd: watch the member set (default), or read it once and again only when a node says
   // this client routed by a stale epoch (lighter on etcd for very many clients).

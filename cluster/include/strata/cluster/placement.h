@@ -28,6 +28,7 @@ struct Member {
   uint64_t warm_bytes = 0;  // capacities, for operators (placement does not weigh them)
   uint64_t cool_bytes = 0;
   uint64_t cold_bytes = 0;
+  uint32_t replicas = 0;  // copies the node's rebalancer keeps (cluster_replicas); 0 = unknown
 
   bool operator==(const Member&) const = default;
 };
