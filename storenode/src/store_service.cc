@@ -150,23 +150,23 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
   }
   // Block by block: each_block (a node's share of a prefix, every block answered) or a
   // prefix that may continue in agents' GPU memory (the directory).
+  std::vector<std::optional<WarmTier::BlockMeta>> each =
+      store_->LookupEach(req->namespace_id(), scope, hashes);
   uint32_t present = 0;
-  for (const ChainHash& h : hashes) {
-    std::vector<WarmTier::BlockMeta> one =
-        store_->Lookup(req->namespace_id(), scope, std::span<const ChainHash>(&h, 1));
+  for (size_t i = 0; i < hashes.size(); ++i) {
     std::vector<Directory::Location> peers;
-    if (hot) peers = directory_.Find({req->namespace_id(), scope, h});
-    if (one.empty() && peers.empty() && !req->each_block()) break;  // the prefix ends here
+    if (hot) peers = directory_.Find({req->namespace_id(), scope, hashes[i]});
+    if (!each[i].has_value() && peers.empty() && !req->each_block()) break;  // prefix ends
     v1::BlockInfo* b = resp->add_blocks();
-    if (!one.empty()) {
-      b->set_tier(TierProto(one[0].tier));
-      b->set_size(one[0].size);
+    if (each[i].has_value()) {
+      b->set_tier(TierProto(each[i]->tier));
+      b->set_size(each[i]->size);
     } else if (!peers.empty()) {
       b->set_tier(v1::TIER_HOT);
       b->set_size(peers[0].size);
     }
     for (const Directory::Location& p : peers) b->add_hot_locations(p.address);
-    if (!one.empty() || !peers.empty()) ++present;
+    if (each[i].has_value() || !peers.empty()) ++present;
   }
   resp->set_matched_blocks(present);
   return call.Done(absl::OkStatus());

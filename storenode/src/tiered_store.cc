@@ -250,20 +250,28 @@ KvQuantSpec TieredStore::OffloadQuant(NamespaceId id) const {
   return spec.ok() ? OffloadQuantOf(*spec) : KvQuantSpec{};
 }
 
+WarmTier::LowerTierProbe TieredStore::DiskProbe() {
+  if (!cool_) return nullptr;
+  return [this](size_t, const BlockKey& key) -> std::optional<WarmTier::BlockMeta> {
+    for (auto [tier, code] :
+         {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
+      if (tier == nullptr) continue;
+      if (std::optional<DiskBlockMeta> m = tier->Find(key, true)) {
+        return WarmTier::BlockMeta{m->size, m->checksum, code};
+      }
+    }
+    return std::nullopt;
+  };
+}
+
 std::vector<WarmTier::BlockMeta> TieredStore::Lookup(NamespaceId ns, const std::string& scope,
                                                      std::span<const ChainHash> hashes) {
-  if (!cool_) return warm_->Lookup(ns, scope, hashes);
-  return warm_->Lookup(
-      ns, scope, hashes, [this](size_t, const BlockKey& key) -> std::optional<WarmTier::BlockMeta> {
-        for (auto [tier, code] :
-             {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
-          if (tier == nullptr) continue;
-          if (std::optional<DiskBlockMeta> m = tier->Find(key, true)) {
-            return WarmTier::BlockMeta{m->size, m->checksum, code};
-          }
-        }
-        return std::nullopt;
-      });
+  return warm_->Lookup(ns, scope, hashes, DiskProbe());
+}
+
+std::vector<std::optional<WarmTier::BlockMeta>> TieredStore::LookupEach(
+    NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes) {
+  return warm_->LookupEach(ns, scope, hashes, DiskProbe());
 }
 
 WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string& scope,

@@ -220,7 +220,26 @@ std::optional<Slot> WarmTier::AllocateLocked(uint16_t size_class, bool may_evict
 std::vector<WarmTier::BlockMeta> WarmTier::Lookup(NamespaceId ns, const std::string& scope,
                                                   std::span<const ChainHash> hashes,
                                                   const LowerTierProbe& lower) {
+  std::vector<std::optional<BlockMeta>> each = Probe(ns, scope, hashes, lower, true);
   std::vector<BlockMeta> out;
+  out.reserve(each.size());
+  for (const std::optional<BlockMeta>& m : each) out.push_back(*m);
+  return out;
+}
+
+std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::LookupEach(
+    NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
+    const LowerTierProbe& lower) {
+  return Probe(ns, scope, hashes, lower, false);
+}
+
+std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::Probe(NamespaceId ns,
+                                                                const std::string& scope,
+                                                                std::span<const ChainHash> hashes,
+                                                                const LowerTierProbe& lower,
+                                                                bool prefix) {
+  std::vector<std::optional<BlockMeta>> out;
+  out.reserve(hashes.size());
   absl::MutexLock lock(&mu_);
   std::vector<Entry*> found;
   BlockKey key{ns, scope, {}};
@@ -229,12 +248,12 @@ std::vector<WarmTier::BlockMeta> WarmTier::Lookup(NamespaceId ns, const std::str
     auto it = index_.find(key);
     if (it == index_.end() || it->second->state != Entry::State::kCommitted) {
       std::optional<BlockMeta> below = lower ? lower(i, key) : std::nullopt;
-      if (!below) break;
-      out.push_back(*below);
+      if (!below && prefix) break;
+      out.push_back(below);
       continue;
     }
     found.push_back(it->second.get());
-    out.push_back({it->second->size, it->second->checksum});
+    out.push_back(BlockMeta{it->second->size, it->second->checksum});
   }
   // Touch descendants first so a chain's ancestors are its most recently used blocks:
   // plain LRU then evicts from the tail of a prefix, never orphaning its descendants.

@@ -67,6 +67,10 @@ class TieredStore {
   // Longest prefix present in any tier; each block's tier in BlockMeta::tier.
   std::vector<WarmTier::BlockMeta> Lookup(NamespaceId ns, const std::string& scope,
                                           std::span<const ChainHash> hashes);
+  // Every block on its own, any tier (nullopt where absent).
+  std::vector<std::optional<WarmTier::BlockMeta>> LookupEach(NamespaceId ns,
+                                                             const std::string& scope,
+                                                             std::span<const ChainHash> hashes);
 
   // Like WarmTier::BeginPut, but blocks held by a lower tier are ALREADY_EXISTS too.
   WarmTier::ReserveResult BeginPut(NamespaceId ns, const std::string& scope,
@@ -131,6 +135,8 @@ class TieredStore {
   // Makes room in `tier` for `bytes` more, moving victims to `below` (or dropping them).
   void MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes);
   void DemoteLoop();
+  // Asks the cool and cold tiers after a warm miss (null without disk tiers).
+  WarmTier::LowerTierProbe DiskProbe();
   void PrefetchLoop();
   // Reads a disk block and copies it into the warm tier without evicting anything.
   bool Promote(const BlockKey& key, bool prefetched);

@@ -135,6 +135,11 @@ class WarmTier {
   std::vector<BlockMeta> Lookup(NamespaceId ns, const std::string& scope,
                                 std::span<const ChainHash> hashes,
                                 const LowerTierProbe& lower = nullptr);
+  // Every block on its own (nullopt where absent), under one lock, touched and counted as
+  // Lookup does: a node's share of a prefix that the cluster striped over nodes.
+  std::vector<std::optional<BlockMeta>> LookupEach(NamespaceId ns, const std::string& scope,
+                                                   std::span<const ChainHash> hashes,
+                                                   const LowerTierProbe& lower = nullptr);
 
   // Moves the policy's victims (unpinned blocks) worth at least `bytes` out through `fn`
   // (pinned while it runs; a block whose bytes fail the checksum is dropped instead).
@@ -199,6 +204,10 @@ class WarmTier {
   bool EvictOneLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ReclaimPageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lookup and LookupEach: stops at the first miss when `prefix`.
+  std::vector<std::optional<BlockMeta>> Probe(NamespaceId ns, const std::string& scope,
+                                              std::span<const ChainHash> hashes,
+                                              const LowerTierProbe& lower, bool prefix);
   // Hands a committed entry to the policy (again, after a demotion that did not move it).
   void AdmitLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Entry* EntryForHandleLocked(uint64_t handle) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
