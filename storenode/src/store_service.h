@@ -71,6 +71,14 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                             const char* field, std::vector<ChainHash>* hashes, std::string* scope,
                             NamespaceSpec* spec);
   absl::Status ValidateTtl(uint32_t ttl_ms, const char* field) const;
+  // A routed request's epoch (CheckEpoch), then its namespace, scope and chain_hashes
+  // (ValidateKeys).
+  template <typename Request>
+  absl::Status RoutedKeys(const Request& req, std::vector<ChainHash>* hashes, std::string* scope) {
+    if (absl::Status s = CheckEpoch(req.epoch()); !s.ok()) return s;
+    return ValidateKeys(req.namespace_id(), req.scope(), req.chain_hashes(), "chain_hashes", hashes,
+                        scope, nullptr);
+  }
   // Checks a put's namespace, scope, block count, sizes and session; fills *blocks, *scope
   // and *total (payload bytes).
   absl::Status ParsePutBlocks(uint64_t namespace_id, const std::string& scope_in,

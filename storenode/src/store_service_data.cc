@@ -1,0 +1,322 @@
+// The UCX data-plane calls of StoreServiceImpl (store_service.h): ConnectData, CloseData,
+// PutData and GetData. Split from store_service.cc, which serves the control plane.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "service_call.h"
+#include "spdlog/spdlog.h"
+#include "store_service.h"
+#include "strata/common/byte_size.h"
+#include "strata/common/checksum.h"
+#include "strata/proto/status_convert.h"
+
+namespace strata::storenode {
+
+using proto::ToBlockStatus;
+using proto::ToGrpc;
+
+namespace {
+
+absl::Status NoDataPlane() {
+  return absl::FailedPreconditionError(
+      "this node has no UCX data plane (ucx_tls is empty): send payloads inline");
+}
+
+// Checks one RemoteBuffer against the request's rkeys.
+absl::Status CheckRemote(const v1::RemoteBuffer& r, int rkeys, const std::string& field) {
+  if (r.rkey_index() >= static_cast<uint32_t>(rkeys)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".rkey_index: ", r.rkey_index(), ", the request has ", rkeys));
+  }
+  if (r.addr() == 0 || r.addr() + r.length() < r.addr()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": null or wrapping address range"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Time StoreServiceImpl::TransferDeadline(const grpc::ServerContext* ctx) const {
+  absl::Time client = absl::FromChrono(ctx->deadline());
+  absl::Time cap = absl::Now() + absl::Milliseconds(config_.max_lease_ms);
+  return std::min(client, cap);
+}
+
+grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext*, const v1::ConnectDataRequest* req,
+                                           v1::ConnectDataResponse* resp) {
+  CallScope call(metrics_, Op::kConnectData);
+  if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  std::vector<std::string> addresses(req->worker_addresses().begin(),
+                                     req->worker_addresses().end());
+  absl::StatusOr<DataPlane::Channel> ch = data_plane_->Connect(addresses);
+  if (!ch.ok()) return call.Done(ch.status());
+  resp->set_channel_id(ch->id);
+  for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);
+  resp->set_transport(ch->transport);
+  spdlog::info("data channel {} opened: {} lanes over {}", ch->id, addresses.size(), ch->transport);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status StoreServiceImpl::CloseData(grpc::ServerContext*, const v1::CloseDataRequest* req,
+                                         v1::CloseDataResponse*) {
+  CallScope call(metrics_, Op::kCloseData);
+  if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  return call.Done(data_plane_->Close(req->channel_id()));
+}
+
+grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDataRequest* req,
+                                       v1::PutDataResponse* resp) {
+  CallScope call(metrics_, Op::kPutData);
+  if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  const absl::Time deadline = TransferDeadline(ctx);
+  const bool two_sided = req->tags_size() > 0;
+  std::vector<WarmTier::PutBlock> blocks;
+  std::string scope;
+  uint64_t total = 0;
+  absl::Status valid = ParsePutBlocks(req->namespace_id(), req->scope(), req->blocks(),
+                                      req->session_id(), &blocks, &scope, &total);
+  const int n = req->blocks_size();
+  if (valid.ok()) valid = CheckEpoch(req->epoch());
+  if (valid.ok() && req->checksums_size() != n) {
+    valid = absl::InvalidArgumentError(
+        absl::StrCat("checksums: ", req->checksums_size(), " entries for ", n, " blocks"));
+  }
+  if (valid.ok() && total > config_.max_transfer_bytes) {
+    valid = absl::ResourceExhaustedError(
+        absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_transfer_bytes ",
+                     FormatByteSize(config_.max_transfer_bytes), "; split the batch"));
+  }
+  if (valid.ok() && two_sided) {
+    if (req->tags_size() != n) {
+      valid = absl::InvalidArgumentError(
+          absl::StrCat("tags: ", req->tags_size(), " entries for ", n, " blocks"));
+    }
+    for (int i = 0; valid.ok() && i < req->tags_size(); ++i) {
+      if (req->tags(i) >> 32 != (req->channel_id() & 0xffffffffu)) {
+        valid = absl::InvalidArgumentError(
+            absl::StrCat("tags[", i, "]: high 32 bits must be the channel id ", req->channel_id()));
+      }
+    }
+  } else if (valid.ok()) {
+    if (req->sources_size() != n) {
+      valid = absl::InvalidArgumentError(
+          absl::StrCat("sources: ", req->sources_size(), " entries for ", n, " blocks"));
+    }
+    for (int i = 0; valid.ok() && i < n; ++i) {
+      const std::string field = absl::StrCat("sources[", i, "]");
+      valid = CheckRemote(req->sources(i), req->rkeys_size(), field);
+      if (valid.ok() && req->sources(i).length() != blocks[i].size) {
+        valid =
+            absl::InvalidArgumentError(absl::StrCat(field, ".length: ", req->sources(i).length(),
+                                                    ", blocks[", i, "].size is ", blocks[i].size));
+      }
+    }
+  }
+  if (!valid.ok()) {
+    // The client's tagged messages are on their way: take them into the discard buffer so its
+    // sends complete, then refuse the call.
+    if (two_sided) ConsumeTagged(*req, deadline);
+    return call.Done(valid);
+  }
+  const uint64_t ttl = static_cast<uint64_t>(
+      std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
+  WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
+  std::vector<transport::TransferOp> ops;
+  std::vector<size_t> received(n, 0);
+  for (int i = 0; i < n; ++i) {
+    const bool reserved = r.status[i].ok();
+    if (two_sided) {
+      // Every tag gets a receive: blocks not stored land in the discard buffer.
+      ops.push_back(transport::TransferOp::Recv(
+          reserved ? r.addresses[i] : data_plane_->discard_buffer(),
+          reserved ? blocks[i].size : data_plane_->discard_bytes(), req->tags(i), &received[i]));
+    } else if (reserved) {
+      const v1::RemoteBuffer& src = req->sources(i);
+      ops.push_back({transport::TransferOp::Kind::kGet, r.addresses[i], blocks[i].size, src.addr(),
+                     req->rkeys(static_cast<int>(src.rkey_index()))});
+    }
+  }
+  std::vector<absl::Status> results = r.status;
+  if (!ops.empty()) {
+    absl::Status moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
+    if (!moved.ok()) {
+      // Nothing of this call becomes visible: the reserved slots are released.
+      if (r.reservation_id != 0) store_->AbortPut(r.reservation_id).IgnoreError();
+      return call.Done(moved);
+    }
+  }
+  std::vector<WarmTier::CommitBlock> commit;
+  std::vector<int> committed;
+  for (int i = 0; i < n; ++i) {
+    if (!r.status[i].ok()) continue;
+    if (two_sided && received[i] != blocks[i].size) {
+      results[i] =
+          absl::DataLossError(absl::StrCat("blocks[", i, "]: ", received[i],
+                                           " bytes arrived for a ", blocks[i].size, "-byte block"));
+      continue;  // released with the reservation
+    }
+    commit.push_back({blocks[i].hash, req->checksums(i), {}, /*landed=*/true, blocks[i].size});
+    committed.push_back(i);
+  }
+  if (r.reservation_id != 0) {
+    absl::StatusOr<std::vector<absl::Status>> done = store_->CommitPut(r.reservation_id, commit);
+    if (!done.ok()) return call.Done(done.status());
+    uint64_t bytes = 0;
+    for (size_t k = 0; k < committed.size(); ++k) {
+      results[committed[k]] = (*done)[k];
+      bytes += (*done)[k].ok() ? blocks[committed[k]].size : 0;
+    }
+    metrics_->AddUcxBytes(true, bytes);
+  }
+  for (const absl::Status& st : results) ToBlockStatus(st, resp->add_results());
+  return call.Done(absl::OkStatus());
+}
+
+void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline) {
+  std::vector<transport::TransferOp> ops;
+  for (uint64_t tag : req.tags()) {
+    ops.push_back(transport::TransferOp::Recv(data_plane_->discard_buffer(),
+                                              data_plane_->discard_bytes(), tag));
+  }
+  data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline).IgnoreError();
+}
+
+grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,
+                                       v1::GetDataResponse* resp) {
+  CallScope call(metrics_, Op::kGetData);
+  if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  std::vector<ChainHash> hashes;
+  std::string scope;
+  if (absl::Status s = RoutedKeys(*req, &hashes, &scope); !s.ok()) return call.Done(s);
+  const int n = static_cast<int>(hashes.size());
+  const bool two_sided = req->tags_size() > 0;
+  if (two_sided) {
+    if (req->tags_size() != n || req->capacities_size() != n) {
+      return call.Done(absl::InvalidArgumentError(
+          absl::StrCat("tags / capacities: ", req->tags_size(), " / ", req->capacities_size(),
+                       " entries for ", n, " blocks")));
+    }
+    for (int i = 0; i < n; ++i) {
+      if (req->tags(i) >> 32 != (req->channel_id() & 0xffffffffu)) {
+        return call.Done(absl::InvalidArgumentError(absl::StrCat(
+            "tags[", i, "]: high 32 bits must be the channel id ", req->channel_id())));
+      }
+    }
+  } else {
+    if (req->destinations_size() != n) {
+      return call.Done(absl::InvalidArgumentError(
+          absl::StrCat("destinations: ", req->destinations_size(), " entries for ", n, " blocks")));
+    }
+    for (int i = 0; i < n; ++i) {
+      if (absl::Status c = CheckRemote(req->destinations(i), req->rkeys_size(),
+                                       absl::StrCat("destinations[", i, "]"));
+          !c.ok()) {
+        return call.Done(c);
+      }
+    }
+  }
+  const absl::Time deadline = TransferDeadline(ctx);
+  const uint64_t ttl = static_cast<uint64_t>(
+      std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
+  // Pin what is warm; stage cool/cold blocks in the arena and pin those too.
+  WarmTier::GetResult first = store_->PinWarm(req->namespace_id(), scope, hashes, ttl);
+  std::vector<absl::Status> status = first.status;
+  std::vector<WarmTier::BlockMeta> meta = first.blocks;
+  std::vector<uint64_t> leases = {first.lease_id};
+  std::vector<int> missing;
+  for (int i = 0; i < n; ++i) {
+    if (status[i].code() == absl::StatusCode::kNotFound) missing.push_back(i);
+  }
+  if (!missing.empty() && store_->promote_on_get() && !req->skip_promotion()) {
+    std::vector<ChainHash> staged;
+    std::vector<int> staged_index;
+    for (int i : missing) {
+      if (store_->StageInWarm(BlockKey{req->namespace_id(), scope, hashes[i]})) {
+        staged.push_back(hashes[i]);
+        staged_index.push_back(i);
+      }
+    }
+    if (!staged.empty()) {
+      WarmTier::GetResult second = store_->PinWarm(req->namespace_id(), scope, staged, ttl);
+      leases.push_back(second.lease_id);
+      for (size_t k = 0; k < staged.size(); ++k) {
+        status[staged_index[k]] = second.status[k];
+        meta[staged_index[k]] = second.blocks[k];
+      }
+    }
+    missing.clear();
+    for (int i = 0; i < n; ++i) {
+      if (status[i].code() == absl::StatusCode::kNotFound) missing.push_back(i);
+    }
+  }
+  for (int i = 0; i < n; ++i) resp->add_blocks();
+  // What could not be staged (no room, or promotion off) is read from disk and sent inline.
+  if (!missing.empty()) {
+    std::vector<ChainHash> rest;
+    for (int i : missing) rest.push_back(hashes[i]);
+    WarmTier::CopySink sink = [&](size_t k, uint64_t size) {
+      std::string* p = resp->mutable_blocks(missing[k])->mutable_payload();
+      p->resize(size);
+      return reinterpret_cast<uint8_t*>(p->data());
+    };
+    WarmTier::GetResult inline_result =
+        store_->BeginGet(req->namespace_id(), scope, rest, ttl, sink, config_.max_inline_bytes,
+                         !req->skip_promotion());
+    leases.push_back(inline_result.lease_id);
+    for (size_t k = 0; k < missing.size(); ++k) {
+      status[missing[k]] = inline_result.status[k];
+      meta[missing[k]] = inline_result.blocks[k];
+      meta[missing[k]].address = nullptr;  // served inline
+    }
+  }
+  std::vector<transport::TransferOp> ops;
+  uint64_t bytes = 0;
+  for (int i = 0; i < n; ++i) {
+    const uint64_t capacity = two_sided ? req->capacities(i) : req->destinations(i).length();
+    const bool pinned = status[i].ok() && meta[i].address != nullptr;
+    // Verified before it leaves (the pin keeps the bytes still): a block gone bad in memory
+    // is dropped and reported here, and never lands in the client's buffer.
+    if (pinned && BlockChecksum(meta[i].address, meta[i].size) != meta[i].checksum) {
+      status[i] = absl::DataLossError("block failed its checksum on the node; dropped");
+      store_->DropCorrupt(BlockKey{req->namespace_id(), scope, hashes[i]});
+      spdlog::error("DATA_LOSS: block {} of namespace 0x{:016x} failed its checksum; dropped",
+                    hashes[i].ToHex(), req->namespace_id());
+    }
+    if (status[i].ok() && meta[i].address != nullptr && meta[i].size > capacity) {
+      status[i] = absl::OutOfRangeError(
+          absl::StrCat("block is ", meta[i].size, " bytes, destination holds ", capacity));
+    }
+    const bool send = status[i].ok() && meta[i].address != nullptr;
+    if (two_sided) {
+      // Exactly one message per tag: the block, or an empty one (not found, too big, inline).
+      ops.push_back(transport::TransferOp::Send(send ? meta[i].address : nullptr,
+                                                send ? meta[i].size : 0, req->tags(i)));
+    } else if (send) {
+      const v1::RemoteBuffer& dst = req->destinations(i);
+      ops.push_back({transport::TransferOp::Kind::kPut, meta[i].address, meta[i].size, dst.addr(),
+                     req->rkeys(static_cast<int>(dst.rkey_index()))});
+    }
+    bytes += send ? meta[i].size : 0;
+  }
+  absl::Status moved = absl::OkStatus();
+  if (!ops.empty()) moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
+  for (uint64_t lease : leases) {
+    if (lease != 0) store_->EndGet(lease).IgnoreError();
+  }
+  if (!moved.ok()) return call.Done(moved);
+  metrics_->AddUcxBytes(false, bytes);
+  for (int i = 0; i < n; ++i) {
+    v1::GetBlock* b = resp->mutable_blocks(i);
+    ToBlockStatus(status[i], b->mutable_status());
+    if (!status[i].ok()) {
+      b->clear_payload();
+      continue;
+    }
+    b->set_tier(TierProto(meta[i].tier));
+    b->set_size(meta[i].size);
+    b->set_checksum(meta[i].checksum);
+  }
+  return call.Done(absl::OkStatus());
+}
+
+}  // namespace strata::storenode
