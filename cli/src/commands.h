@@ -10,8 +10,8 @@ namespace strata::cli {
 void AddPlanCommand(CLI::App& app, int* exit_code);
 void AddNodeCommands(CLI::App& app, int* exit_code);  // put, get, lookup, stats
 void AddDemoCommand(CLI::App& app, int* exit_code);
-void AddStatusCommand(CLI::App& app, int* exit_code);   // status --etcd | --node
-void AddClusterCommand(CLI::App& app, int* exit_code);  // a local etcd + N nodes
+void AddStatusCommand(CLI::App& app, int* exit_code);        // status --etcd | --node
+void AddClusterCommand(CLI::App& app, int* exit_code);       // a local etcd + N nodes
 void AddBenchTraceCommand(CLI::App& bench, int* exit_code);  // bench trace
 
 }  // namespace strata::cli

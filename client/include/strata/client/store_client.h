@@ -245,9 +245,10 @@ class StoreClient {
                                               const CallOptions& call = {}) = 0;
   // Presence of every block on its own, not a prefix: one entry per hash, tier kUnknown when
   // absent. What a node's rebalancer asks a peer before copying blocks to it.
-  virtual absl::StatusOr<std::vector<BlockLocation>> LookupEach(
-      const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
-      const CallOptions& call = {}) = 0;
+  virtual absl::StatusOr<std::vector<BlockLocation>> LookupEach(const Namespace& ns,
+                                                                std::string_view scope,
+                                                                std::span<const ChainHash> hashes,
+                                                                const CallOptions& call = {}) = 0;
   // The directory of GPU-resident blocks: tells the blocks' owner nodes that this process
   // holds them in GPU memory, reachable at `location`, for `ttl` (refresh before it lapses);
   // a zero ttl removes the entries. Per block: OK, or RESOURCE_EXHAUSTED (directory full).

@@ -70,7 +70,7 @@ struct NodeConfig {
   std::string zone;               // failure domain, for zone-aware replica placement
   std::string advertise_address;  // what clients and peers dial; "": the bound listen address
   uint64_t cluster_replicas = 1;  // R the rebalancer keeps (the clients' replicas)
-  uint64_t rebalance_interval_ms = 30000;  // passes without a change of the member set
+  uint64_t rebalance_interval_ms = 30000;    // passes without a change of the member set
   uint64_t max_directory_entries = 1 << 20;  // GPU-block directory: (block, agent) entries
 };
 
