@@ -144,23 +144,12 @@ absl::Status GrpcStoreClient::PutDataPart(const Namespace& ns, const std::string
   absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
       AcquirePartBounce("PutData", placed, range, deadline);
   if (!bounce.ok()) return bounce.status();
-  v1::PutDataRequest req;
-  req.set_epoch(epoch_.load(std::memory_order_relaxed));
-  req.set_namespace_id(ns.id);
-  req.set_scope(scope);
-  req.set_session_id(put.session_id);
-  req.set_lane(lane);
+  v1::PutDataRequest req = PutDataRequestFor(ns, scope, blocks, range, lane, put);
   RkeyTable rkeys;
   auto add_rkey = [&req](const std::string& rkey) { req.add_rkeys(rkey); };
   size_t next_bounce = 0;
   for (size_t i = range.first; i < range.second; ++i) {
     const BlockWrite& w = blocks[i];
-    v1::PutBlock* b = req.add_blocks();
-    b->set_chain_hash(w.hash.ToBytes());
-    b->set_size(w.size);
-    b->set_depth(w.depth);
-    b->set_importance(w.importance);
-    req.add_checksums(BlockChecksum(w.data, w.size));
     v1::RemoteBuffer* src = req.add_sources();
     src->set_length(w.size);
     if (placed[i].region != nullptr) {
@@ -181,6 +170,39 @@ absl::Status GrpcStoreClient::PutDataPart(const Namespace& ns, const std::string
       });
   if (!s.ok()) return s;
   return TakePutReply(resp, range, result);
+}
+
+v1::PutDataRequest GrpcStoreClient::PutDataRequestFor(const Namespace& ns, const std::string& scope,
+                                                      std::span<const BlockWrite> blocks,
+                                                      std::pair<size_t, size_t> range,
+                                                      uint32_t lane, const PutOptions& put) const {
+  v1::PutDataRequest req;
+  req.set_epoch(epoch_.load(std::memory_order_relaxed));
+  req.set_namespace_id(ns.id);
+  req.set_scope(scope);
+  req.set_session_id(put.session_id);
+  req.set_lane(lane);
+  for (size_t i = range.first; i < range.second; ++i) {
+    const BlockWrite& w = blocks[i];
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(w.hash.ToBytes());
+    b->set_size(w.size);
+    b->set_depth(w.depth);
+    b->set_importance(w.importance);
+    req.add_checksums(BlockChecksum(w.data, w.size));
+  }
+  return req;
+}
+
+v1::GetDataRequest GrpcStoreClient::GetDataRequestFor(const Namespace& ns, const std::string& scope,
+                                                      uint32_t lane, bool promote) const {
+  v1::GetDataRequest req;
+  req.set_epoch(epoch_.load(std::memory_order_relaxed));
+  req.set_skip_promotion(!promote);
+  req.set_namespace_id(ns.id);
+  req.set_scope(scope);
+  req.set_lane(lane);
+  return req;
 }
 
 absl::Status GrpcStoreClient::TakePutReply(const v1::PutDataResponse& resp,
@@ -206,12 +228,7 @@ absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string
   absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
       AcquirePartBounce("GetData", placed, range, deadline);
   if (!bounce.ok()) return bounce.status();
-  v1::GetDataRequest req;
-  req.set_epoch(epoch_.load(std::memory_order_relaxed));
-  req.set_skip_promotion(!promote);
-  req.set_namespace_id(ns.id);
-  req.set_scope(scope);
-  req.set_lane(lane);
+  v1::GetDataRequest req = GetDataRequestFor(ns, scope, lane, promote);
   RkeyTable rkeys;
   auto add_rkey = [&req](const std::string& rkey) { req.add_rkeys(rkey); };
   // Where each block lands: the caller's buffer (zero-copy) or its bounce buffer.
@@ -290,21 +307,10 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
                                                   std::pair<size_t, size_t> range, uint32_t lane,
                                                   Clock::time_point deadline, const PutOptions& put,
                                                   PutResult* result) {
-  v1::PutDataRequest req;
-  req.set_epoch(epoch_.load(std::memory_order_relaxed));
-  req.set_namespace_id(ns.id);
-  req.set_scope(scope);
-  req.set_session_id(put.session_id);
-  req.set_lane(lane);
+  v1::PutDataRequest req = PutDataRequestFor(ns, scope, blocks, range, lane, put);
   std::vector<transport::TransferOp> sends(range.second - range.first);
   for (size_t i = range.first; i < range.second; ++i) {
     const BlockWrite& w = blocks[i];
-    v1::PutBlock* b = req.add_blocks();
-    b->set_chain_hash(w.hash.ToBytes());
-    b->set_size(w.size);
-    b->set_depth(w.depth);
-    b->set_importance(w.importance);
-    req.add_checksums(BlockChecksum(w.data, w.size));
     // UCX only reads a send's buffer; two-sided ops need no registration.
     transport::TransferOp& op = sends[i - range.first];
     op.kind = transport::TransferOp::Kind::kSend;
@@ -335,12 +341,7 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
                                                   std::pair<size_t, size_t> range, uint32_t lane,
                                                   Clock::time_point deadline, bool promote,
                                                   GetResult* result) {
-  v1::GetDataRequest req;
-  req.set_epoch(epoch_.load(std::memory_order_relaxed));
-  req.set_skip_promotion(!promote);
-  req.set_namespace_id(ns.id);
-  req.set_scope(scope);
-  req.set_lane(lane);
+  v1::GetDataRequest req = GetDataRequestFor(ns, scope, lane, promote);
   const size_t n = range.second - range.first;
   std::vector<size_t> received(n, 0);
   std::vector<transport::TransferOp> receives(n);

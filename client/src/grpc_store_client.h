@@ -321,6 +321,14 @@ class GrpcStoreClient final : public StoreClient {
                            Clock::time_point deadline, const PutOptions& put, PutResult* result);
 
   // Per-block outcomes of a PutData reply into *result.
+  // A data request without its transfer fields (sources, destinations, tags): routing,
+  // namespace, lane and, for a put, every block's description and checksum.
+  v1::PutDataRequest PutDataRequestFor(const Namespace& ns, const std::string& scope,
+                                       std::span<const BlockWrite> blocks,
+                                       std::pair<size_t, size_t> range, uint32_t lane,
+                                       const PutOptions& put) const;
+  v1::GetDataRequest GetDataRequestFor(const Namespace& ns, const std::string& scope, uint32_t lane,
+                                       bool promote) const;
   absl::Status TakePutReply(const v1::PutDataResponse& resp, std::pair<size_t, size_t> range,
                             PutResult* result);
 

@@ -28,6 +28,7 @@
 #include "strata/cluster/local_etcd.h"
 #include "strata/cluster/placement.h"
 #include "strata/testutil/node_process.h"
+#include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/v1/store.grpc.pb.h"
 
@@ -44,21 +45,7 @@ using testutil::StatusIs;
 
 constexpr uint64_t kBlock = 64 << 10;
 
-NamespaceSpec Spec() {
-  NamespaceSpec spec;
-  spec.model_id = "cluster-test";
-  spec.dtype = "fp16";
-  spec.layout = "raw";
-  spec.block_tokens = 16;
-  spec.block_bytes = kBlock;
-  return spec;
-}
-
-std::vector<ChainHash> Chain(const client::Namespace& ns, uint32_t prompt, size_t n) {
-  std::vector<uint32_t> tokens(n * 16);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = prompt * 1000003u + i;
-  return *ns.HashTokens(tokens);
-}
+NamespaceSpec Spec() { return testutil::RawSpec("cluster-test", kBlock); }
 
 std::vector<uint8_t> Payload(const ChainHash& h) {
   std::vector<uint8_t> out(kBlock);
@@ -316,7 +303,7 @@ TEST_F(ClusterTest, ALookupOfAPrefixCallsEachNodeOnce) {
   ASSERT_NE(c, nullptr);
   auto ns = c->RegisterNamespace(Spec());
   ASSERT_TRUE(ns.ok()) << ns.status();
-  std::vector<ChainHash> chain = Chain(*ns, 1, 96);
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 1, 96);
   ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
   std::map<int, uint64_t> before;
   for (auto& [i, node] : nodes_) before[i] = OpCount(*node, "lookup");
@@ -325,7 +312,7 @@ TEST_F(ClusterTest, ALookupOfAPrefixCallsEachNodeOnce) {
   EXPECT_EQ(r->matched_blocks, chain.size());
   for (auto& [i, node] : nodes_) EXPECT_EQ(OpCount(*node, "lookup") - before[i], 1u) << i;
   // A prefix stored only in part matches up to its first missing block.
-  std::vector<ChainHash> longer = Chain(*ns, 1, 128);
+  std::vector<ChainHash> longer = testutil::PromptChain(*ns, 1, 128);
   auto partial = c->Lookup(*ns, "", longer);
   ASSERT_TRUE(partial.ok());
   EXPECT_EQ(partial->matched_blocks, 96u);
@@ -341,7 +328,7 @@ TEST_F(ClusterTest, BlocksPublishedByAnAgentAreFoundUntilRemovedOrExpired) {
   auto ns = agent->RegisterNamespace(Spec());
   auto dns = decode->RegisterNamespace(Spec());
   ASSERT_TRUE(ns.ok() && dns.ok());
-  std::vector<ChainHash> chain = Chain(*ns, 8, 32);
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 8, 32);
   // The store holds the first 8 blocks; the prefill agent holds all 32 in GPU memory.
   std::vector<ChainHash> stored(chain.begin(), chain.begin() + 8);
   ASSERT_EQ(PutAll(*agent, *ns, stored), stored.size());
@@ -404,7 +391,7 @@ TEST_F(ClusterTest, AStaleEpochIsRefusedAndTheClientRetries) {
   ASSERT_NE(fourth, nullptr);
   std::unique_ptr<StoreClient> watcher = Connect(Options());
   ASSERT_TRUE(WaitForMembers(*watcher, 4));
-  std::vector<ChainHash> chain = Chain(*ns, 2, 64);
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 2, 64);
   EXPECT_EQ(PutAll(*lazy, *ns, chain), chain.size());  // refused once, refreshed, retried
   auto after = lazy->Stats();
   ASSERT_TRUE(after.ok());
@@ -421,7 +408,7 @@ TEST_F(ClusterTest, AJoiningNodeTakesOverWithoutUnreadableBlocks) {
   ASSERT_NE(c, nullptr);
   auto ns = c->RegisterNamespace(Spec());
   ASSERT_TRUE(ns.ok());
-  std::vector<ChainHash> chain = Chain(*ns, 3, 200);
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 3, 200);
   ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
   std::unique_ptr<LocalNode> joined = StartNode(4);
   ASSERT_NE(joined, nullptr);
@@ -478,12 +465,12 @@ TEST_F(ClusterTest, TheStoreKeepsServingWhileEtcdIsDown) {
   ASSERT_NE(c, nullptr);
   auto ns = c->RegisterNamespace(Spec());
   ASSERT_TRUE(ns.ok());
-  std::vector<ChainHash> before = Chain(*ns, 6, 48);
+  std::vector<ChainHash> before = testutil::PromptChain(*ns, 6, 48);
   ASSERT_EQ(PutAll(*c, *ns, before), before.size());
   ASSERT_THAT(etcd_->Stop(), IsOk());
   // 30 s without etcd, longer than any node's lease: writes and reads go on with the last
   // known member set.
-  std::vector<ChainHash> during = Chain(*ns, 7, 48);
+  std::vector<ChainHash> during = testutil::PromptChain(*ns, 7, 48);
   const absl::Time until = absl::Now() + absl::Seconds(30);
   size_t rounds = 0;
   while (absl::Now() < until) {
@@ -520,7 +507,7 @@ TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
   ASSERT_NE(c, nullptr);
   auto ns = c->RegisterNamespace(Spec());
   ASSERT_TRUE(ns.ok());
-  std::vector<ChainHash> chain = Chain(*ns, 4, 120);
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 4, 120);
   ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
   std::unique_ptr<LocalNode> victim(nodes_[1]);
   nodes_.erase(1);
@@ -543,7 +530,7 @@ TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
   ASSERT_NE(c1, nullptr);
   auto ns1 = c1->RegisterNamespace(Spec());
   ASSERT_TRUE(ns1.ok());
-  std::vector<ChainHash> more = Chain(*ns1, 5, 40);
+  std::vector<ChainHash> more = testutil::PromptChain(*ns1, 5, 40);
   EXPECT_EQ(PutAll(*c1, *ns1, more), more.size());
   // Once the lease lapses the member set shrinks and the epoch rises; the survivors copy
   // every block to its new second owner.
@@ -592,7 +579,7 @@ TEST_F(ReplicatedClusterTest, AcknowledgedBlocksSurviveTwentyKillCycles) {
         absl::MutexLock lock(&mu);
         if (acked.size() + unacked.size() >= kMaxWritten) break;
       }
-      std::vector<ChainHash> chain = Chain(*wns, prompt, 8);
+      std::vector<ChainHash> chain = testutil::PromptChain(*wns, prompt, 8);
       std::vector<std::vector<uint8_t>> data;
       std::vector<BlockWrite> writes;
       for (const ChainHash& h : chain) data.push_back(Payload(h));

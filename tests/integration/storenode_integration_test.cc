@@ -14,6 +14,7 @@
 #include "strata/client/store_client.h"
 #include "strata/common/checksum.h"
 #include "strata/testutil/node_process.h"
+#include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/v1/store.grpc.pb.h"
 
@@ -38,24 +39,6 @@ NamespaceSpec TestSpec(uint64_t block_bytes = 1 << 20) {
   spec.block_tokens = 16;
   spec.block_bytes = block_bytes;
   return spec;
-}
-
-// Deterministic pseudo-random bytes for block `seed`.
-std::vector<uint8_t> Payload(uint64_t seed, size_t size) {
-  std::vector<uint8_t> out(size);
-  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 1);
-  for (size_t i = 0; i < size; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, std::min<size_t>(8, size - i));
-  }
-  return out;
-}
-
-// Chain hashes of `n` blocks of distinct prompt `prompt`.
-std::vector<ChainHash> Chain(const client::Namespace& ns, uint32_t prompt, size_t n) {
-  std::vector<uint32_t> tokens(n * ns.spec.block_tokens);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = prompt * 100000 + static_cast<uint32_t>(i);
-  return *ns.HashTokens(tokens);
 }
 
 struct Node {
@@ -92,7 +75,8 @@ absl::Status PutBlocks(Node& n, const std::vector<ChainHash>& hashes, size_t siz
                        uint64_t seed_base) {
   std::vector<std::vector<uint8_t>> data;
   std::vector<BlockWrite> writes;
-  for (size_t i = 0; i < hashes.size(); ++i) data.push_back(Payload(seed_base + i, size));
+  for (size_t i = 0; i < hashes.size(); ++i)
+    data.push_back(testutil::RandomBytes(seed_base + i, size));
   for (size_t i = 0; i < hashes.size(); ++i) writes.push_back({hashes[i], data[i].data(), size});
   auto r = n.client->Put(n.ns, "", writes);
   if (!r.ok()) return r.status();
@@ -120,10 +104,10 @@ TEST_F(StoreNodeTest, RoundTripIsBitExactForAwkwardSizes) {
   Node& n = *shared_;
   ASSERT_NE(n.client, nullptr);
   const std::vector<size_t> sizes = {1, 63, 64, 4097, kBlock, (1 << 20) - 1, 1 << 20};
-  std::vector<ChainHash> hashes = Chain(n.ns, 1, sizes.size());
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 1, sizes.size());
   std::vector<std::vector<uint8_t>> data;
   std::vector<BlockWrite> writes;
-  for (size_t i = 0; i < sizes.size(); ++i) data.push_back(Payload(i, sizes[i]));
+  for (size_t i = 0; i < sizes.size(); ++i) data.push_back(testutil::RandomBytes(i, sizes[i]));
   for (size_t i = 0; i < sizes.size(); ++i) writes.push_back({hashes[i], data[i].data(), sizes[i]});
   auto put = n.client->Put(n.ns, "", writes);
   ASSERT_THAT(put, IsOk());
@@ -143,9 +127,9 @@ TEST_F(StoreNodeTest, RoundTripIsBitExactForAwkwardSizes) {
 
 TEST_F(StoreNodeTest, SecondPutOfSameBlocksIsDeduplicated) {
   Node& n = *shared_;
-  std::vector<ChainHash> hashes = Chain(n.ns, 2, 4);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 2, 4);
   ASSERT_THAT(PutBlocks(n, hashes, kBlock, 20), IsOk());
-  std::vector<uint8_t> other = Payload(999, kBlock);
+  std::vector<uint8_t> other = testutil::RandomBytes(999, kBlock);
   std::vector<BlockWrite> writes;
   for (const ChainHash& h : hashes) writes.push_back({h, other.data(), kBlock});
   auto again = n.client->Put(n.ns, "", writes);
@@ -157,12 +141,12 @@ TEST_F(StoreNodeTest, SecondPutOfSameBlocksIsDeduplicated) {
   BlockRead read{hashes[0], out.data(), kBlock};
   auto got = n.client->Get(n.ns, "", {&read, 1});
   ASSERT_THAT(got, IsOk());
-  EXPECT_EQ(out, Payload(20, kBlock));
+  EXPECT_EQ(out, testutil::RandomBytes(20, kBlock));
 }
 
 TEST_F(StoreNodeTest, LookupStopsAtFirstMissingBlock) {
   Node& n = *shared_;
-  std::vector<ChainHash> hashes = Chain(n.ns, 3, 6);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 3, 6);
   std::vector<ChainHash> stored = {hashes[0], hashes[1], hashes[2], hashes[4], hashes[5]};
   ASSERT_THAT(PutBlocks(n, stored, kBlock, 30), IsOk());
   auto r = n.client->Lookup(n.ns, "", hashes);
@@ -172,17 +156,15 @@ TEST_F(StoreNodeTest, LookupStopsAtFirstMissingBlock) {
   EXPECT_EQ(r->blocks[0].tier, client::Tier::kWarm);
   EXPECT_EQ(r->blocks[0].size, kBlock);
   // Tokens path: the same prompt hashed by the client library matches too.
-  std::vector<uint32_t> tokens(3 * 16);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = 3 * 100000 + static_cast<uint32_t>(i);
-  auto t = n.client->LookupTokens(n.ns, "", tokens);
+  auto t = n.client->LookupTokens(n.ns, "", testutil::PromptTokens(3, 3 * 16));
   ASSERT_THAT(t, IsOk());
   EXPECT_EQ(t->matched_blocks, 3u);
 }
 
 TEST_F(StoreNodeTest, ScopesAreSeparateKeySpaces) {
   Node& n = *shared_;
-  std::vector<ChainHash> hashes = Chain(n.ns, 4, 2);
-  std::vector<uint8_t> data = Payload(40, kBlock);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 4, 2);
+  std::vector<uint8_t> data = testutil::RandomBytes(40, kBlock);
   std::vector<BlockWrite> writes = {{hashes[0], data.data(), kBlock},
                                     {hashes[1], data.data(), kBlock}};
   ASSERT_THAT(n.client->Put(n.ns, "tenant-a", writes), IsOk());
@@ -274,7 +256,7 @@ TEST_F(StoreNodeTest, InlineBatchOverLimitIsResourceExhaustedAndClientSplits) {
   auto stub = RawStub(n.process->address());
   v1::BeginPutRequest req;
   req.set_namespace_id(n.ns.id);
-  std::vector<ChainHash> hashes = Chain(n.ns, 5, 80);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 5, 80);
   for (const ChainHash& h : hashes) {
     v1::PutBlock* b = req.add_blocks();
     b->set_chain_hash(h.ToBytes());
@@ -292,7 +274,7 @@ TEST_F(StoreNodeTest, InlineBatchOverLimitIsResourceExhaustedAndClientSplits) {
 
 TEST_F(StoreNodeTest, CorruptedBytesInMemoryAreDataLossNeverWrongBytes) {
   Node& n = *shared_;
-  std::vector<ChainHash> hashes = Chain(n.ns, 6, 3);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 6, 3);
   ASSERT_THAT(PutBlocks(n, hashes, kBlock, 60), IsOk());
   auto stub = RawStub(n.process->address());
   v1::InjectFaultRequest fault;
@@ -312,9 +294,9 @@ TEST_F(StoreNodeTest, CorruptedBytesInMemoryAreDataLossNeverWrongBytes) {
   EXPECT_THAT(got->blocks[0], IsOk());
   EXPECT_THAT(got->blocks[1], StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_THAT(got->blocks[2], IsOk());
-  EXPECT_EQ(out[0], Payload(60, kBlock));
+  EXPECT_EQ(out[0], testutil::RandomBytes(60, kBlock));
   EXPECT_EQ(out[1], std::vector<uint8_t>(kBlock, 0xee));  // untouched: no wrong byte handed over
-  EXPECT_EQ(out[2], Payload(62, kBlock));
+  EXPECT_EQ(out[2], testutil::RandomBytes(62, kBlock));
   // The corrupt block is dropped: the prefix now ends before it.
   EXPECT_EQ(n.client->Lookup(n.ns, "", hashes)->matched_blocks, 1u);
   EXPECT_EQ(n.client->Stats()->data_loss, loss_before + 1);
@@ -322,7 +304,7 @@ TEST_F(StoreNodeTest, CorruptedBytesInMemoryAreDataLossNeverWrongBytes) {
 
 TEST_F(StoreNodeTest, MetricsAndHealthEndpoints) {
   Node& n = *shared_;
-  ASSERT_THAT(PutBlocks(n, Chain(n.ns, 7, 2), kBlock, 70), IsOk());
+  ASSERT_THAT(PutBlocks(n, testutil::PromptChain(n.ns, 7, 2), kBlock, 70), IsOk());
   auto stats = n.client->Stats();
   ASSERT_THAT(stats, IsOk());
   auto metrics = testutil::HttpGet(n.process->http_address(), "/metrics");
@@ -352,7 +334,7 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
   // LRU: once unpinned, the block's reads no longer protect it (cost would keep it: below).
   Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--warm-policy", "lru"});
   ASSERT_NE(n.client, nullptr);
-  std::vector<ChainHash> pinned = Chain(n.ns, 10, 1);
+  std::vector<ChainHash> pinned = testutil::PromptChain(n.ns, 10, 1);
   ASSERT_THAT(PutBlocks(n, pinned, 1 << 20, 100), IsOk());
   auto stub = RawStub(n.process->address());
   v1::BeginGetRequest get;
@@ -367,14 +349,15 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
   ASSERT_NE(lease.lease_id(), 0u);
   // Three times the arena's worth of new blocks, in batches that fit beside the pin.
   for (uint32_t round = 0; round < 6; ++round) {
-    ASSERT_THAT(PutBlocks(n, Chain(n.ns, 11 + round, 4), 1 << 20, 200 + 10 * round), IsOk());
+    ASSERT_THAT(PutBlocks(n, testutil::PromptChain(n.ns, 11 + round, 4), 1 << 20, 200 + 10 * round),
+                IsOk());
   }
   EXPECT_GT(n.client->Stats()->evictions, 0u);
   EXPECT_EQ(n.client->Lookup(n.ns, "", pinned)->matched_blocks, 1u) << "pinned block evicted";
   std::vector<uint8_t> out(1 << 20);
   BlockRead read{pinned[0], out.data(), out.size()};
   ASSERT_THAT(n.client->Get(n.ns, "", {&read, 1})->blocks[0], IsOk());
-  EXPECT_EQ(out, Payload(100, 1 << 20));
+  EXPECT_EQ(out, testutil::RandomBytes(100, 1 << 20));
   // Once released, the same pressure evicts it.
   v1::EndGetRequest end;
   end.set_lease_id(lease.lease_id());
@@ -384,7 +367,8 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
     ASSERT_TRUE(stub->EndGet(&ctx, end, &end_resp).ok());
   }
   for (uint32_t round = 0; round < 6; ++round) {
-    ASSERT_THAT(PutBlocks(n, Chain(n.ns, 30 + round, 4), 1 << 20, 300 + 10 * round), IsOk());
+    ASSERT_THAT(PutBlocks(n, testutil::PromptChain(n.ns, 30 + round, 4), 1 << 20, 300 + 10 * round),
+                IsOk());
   }
   EXPECT_EQ(n.client->Lookup(n.ns, "", pinned)->matched_blocks, 0u);
 }
@@ -397,7 +381,7 @@ TEST(StoreNodeConfigTest, WarmPolicyDecidesWhoSurvivesAScan) {
     Node n =
         StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--warm-policy", policy});
     ASSERT_NE(n.client, nullptr);
-    std::vector<ChainHash> hot = Chain(n.ns, 50, 1);
+    std::vector<ChainHash> hot = testutil::PromptChain(n.ns, 50, 1);
     ASSERT_THAT(PutBlocks(n, hot, 1 << 20, 500), IsOk());
     std::vector<uint8_t> out(1 << 20);
     for (int i = 0; i < 5; ++i) {
@@ -405,7 +389,8 @@ TEST(StoreNodeConfigTest, WarmPolicyDecidesWhoSurvivesAScan) {
       ASSERT_THAT(n.client->Get(n.ns, "", {&read, 1})->blocks[0], IsOk());
     }
     for (uint32_t round = 0; round < 24; ++round) {
-      ASSERT_THAT(PutBlocks(n, Chain(n.ns, 60 + round, 1), 1 << 20, 600 + round), IsOk());
+      ASSERT_THAT(PutBlocks(n, testutil::PromptChain(n.ns, 60 + round, 1), 1 << 20, 600 + round),
+                  IsOk());
     }
     EXPECT_GT(n.client->Stats()->evictions, 0u);
     bool survived = n.client->Lookup(n.ns, "", hot)->matched_blocks == 1;
@@ -417,7 +402,7 @@ TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
   Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--reservation-ttl",
                       "300ms", "--reaper-interval", "20ms"});
   ASSERT_NE(n.client, nullptr);
-  std::vector<ChainHash> hashes = Chain(n.ns, 90, 2);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 90, 2);
   auto stub = RawStub(n.process->address());
   v1::BeginPutRequest req;
   req.set_namespace_id(n.ns.id);
@@ -443,7 +428,7 @@ TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
   EXPECT_EQ(n.client->Stats()->warm_used_bytes, 0u);
   v1::CommitPutRequest commit;
   commit.set_reservation_id(reserved.reservation_id());
-  std::vector<uint8_t> data = Payload(1, kBlock);
+  std::vector<uint8_t> data = testutil::RandomBytes(1, kBlock);
   v1::CommitBlock* c = commit.add_blocks();
   c->set_chain_hash(hashes[0].ToBytes());
   c->set_checksum(BlockChecksum(data.data(), data.size()));
@@ -462,7 +447,7 @@ TEST(StoreNodeConfigTest, OverBudgetPutIsResourceExhaustedAndNodeKeepsServing) {
   // Hold the whole arena in uncommitted reservations.
   v1::BeginPutRequest req;
   req.set_namespace_id(n.ns.id);
-  for (const ChainHash& h : Chain(n.ns, 40, 4)) {
+  for (const ChainHash& h : testutil::PromptChain(n.ns, 40, 4)) {
     v1::PutBlock* b = req.add_blocks();
     b->set_chain_hash(h.ToBytes());
     b->set_size(1 << 20);
@@ -473,8 +458,8 @@ TEST(StoreNodeConfigTest, OverBudgetPutIsResourceExhaustedAndNodeKeepsServing) {
     ASSERT_TRUE(stub->BeginPut(&ctx, req, &reserved).ok());
   }
   for (const auto& slot : reserved.slots()) ASSERT_EQ(slot.status().code(), 0);
-  std::vector<ChainHash> more = Chain(n.ns, 41, 1);
-  std::vector<uint8_t> data = Payload(1, 1 << 20);
+  std::vector<ChainHash> more = testutil::PromptChain(n.ns, 41, 1);
+  std::vector<uint8_t> data = testutil::RandomBytes(1, 1 << 20);
   BlockWrite w{more[0], data.data(), data.size()};
   auto put = n.client->Put(n.ns, "", {&w, 1});
   ASSERT_THAT(put, IsOk());
@@ -495,7 +480,7 @@ TEST(StoreNodeConfigTest, OverBudgetPutIsResourceExhaustedAndNodeKeepsServing) {
 TEST(StoreNodeConfigTest, FaultInjectionIsRefusedUnlessEnabled) {
   Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
   ASSERT_NE(n.client, nullptr);
-  std::vector<ChainHash> hashes = Chain(n.ns, 50, 1);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 50, 1);
   ASSERT_THAT(PutBlocks(n, hashes, kBlock, 50), IsOk());
   auto stub = RawStub(n.process->address());
   v1::InjectFaultRequest fault;
@@ -526,7 +511,7 @@ TEST(StoreNodeConfigTest, YamlFileAndEnvironmentConfigureTheNode) {
 TEST(StoreNodeConfigTest, DeadNodeIsUnavailableNotAHang) {
   Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
   ASSERT_NE(n.client, nullptr);
-  std::vector<ChainHash> hashes = Chain(n.ns, 60, 2);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 60, 2);
   ASSERT_THAT(n.process->Stop(absl::Seconds(20), SIGKILL), IsOk());
   auto r = n.client->Lookup(n.ns, "", hashes, {.deadline = absl::Seconds(5)});
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
@@ -538,7 +523,7 @@ TEST(StoreNodeConfigTest, DeadNodeIsUnavailableNotAHang) {
 TEST(StoreNodeConfigTest, SigtermDrainsAndExitsZero) {
   Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
   ASSERT_NE(n.client, nullptr);
-  ASSERT_THAT(PutBlocks(n, Chain(n.ns, 70, 2), kBlock, 70), IsOk());
+  ASSERT_THAT(PutBlocks(n, testutil::PromptChain(n.ns, 70, 2), kBlock, 70), IsOk());
   auto rc = n.process->Stop(absl::Seconds(20), SIGTERM);
   ASSERT_THAT(rc, IsOk());
   EXPECT_EQ(*rc, 0);

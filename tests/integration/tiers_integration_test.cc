@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "strata/client/store_client.h"
 #include "strata/testutil/node_process.h"
+#include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/testutil/synthetic_kv.h"
 
@@ -30,16 +31,6 @@ using testutil::IsOk;
 using testutil::StatusIs;
 
 constexpr uint64_t kBlock = 1 << 20;
-
-std::vector<uint8_t> Payload(uint64_t seed, size_t size) {
-  std::vector<uint8_t> out(size);
-  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 7);
-  for (size_t i = 0; i < size; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, std::min<size_t>(8, size - i));
-  }
-  return out;
-}
 
 class TieredNode {
  public:
@@ -68,9 +59,7 @@ class TieredNode {
   }
 
   std::vector<ChainHash> Chain(uint32_t prompt, size_t n) {
-    std::vector<uint32_t> tokens(n * 16);
-    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = prompt * 100000 + i;
-    return *ns.HashTokens(tokens);
+    return testutil::PromptChain(ns, prompt, n);
   }
 
   // Puts in small batches and lets the demoter catch up between them, so the warm tier
@@ -81,7 +70,7 @@ class TieredNode {
       std::vector<std::vector<uint8_t>> data;
       std::vector<BlockWrite> writes;
       for (size_t i = begin; i < std::min(hashes.size(), begin + 2); ++i) {
-        data.push_back(Payload(seed + i, kBlock));
+        data.push_back(testutil::RandomBytes(seed + i, kBlock));
       }
       for (size_t i = begin; i < std::min(hashes.size(), begin + 2); ++i) {
         writes.push_back({hashes[i], data[i - begin].data(), kBlock});
@@ -108,8 +97,9 @@ class TieredNode {
       EXPECT_THAT(r, IsOk());
       if (!r.ok()) continue;
       if (r->blocks[0].ok()) {
-        EXPECT_EQ(out, Payload(seed + i, kBlock)) << "block " << i << " has wrong bytes";
-        exact += out == Payload(seed + i, kBlock) ? 1 : 0;
+        EXPECT_EQ(out, testutil::RandomBytes(seed + i, kBlock))
+            << "block " << i << " has wrong bytes";
+        exact += out == testutil::RandomBytes(seed + i, kBlock) ? 1 : 0;
       } else if (r->blocks[0].code() == absl::StatusCode::kDataLoss) {
         ++*data_loss;
         EXPECT_EQ(out, std::vector<uint8_t>(kBlock, 0xee)) << "corrupt bytes reached the buffer";
@@ -189,7 +179,7 @@ TEST_F(TiersTest, DiskBlocksSurviveSigtermAndKill9) {
         auto r = n.client->Get(n.ns, "", {&read, 1});
         ASSERT_THAT(r, IsOk());
         EXPECT_THAT(r->blocks[0], IsOk()) << "block " << i;
-        EXPECT_EQ(out, Payload(200 + i, kBlock)) << "block " << i;
+        EXPECT_EQ(out, testutil::RandomBytes(200 + i, kBlock)) << "block " << i;
         loss += r->blocks[0].code() == absl::StatusCode::kDataLoss;
       }
     }
@@ -239,7 +229,7 @@ TEST_F(TiersTest, FlippedBytesInRocksDbFilesAreDataLossNeverWrongBytes) {
     auto r = n.client->Get(n.ns, "", {&read, 1});
     ASSERT_THAT(r, IsOk());
     if (r->blocks[0].ok()) {
-      EXPECT_EQ(out, Payload(300 + i, kBlock)) << "wrong bytes for block " << i;
+      EXPECT_EQ(out, testutil::RandomBytes(300 + i, kBlock)) << "wrong bytes for block " << i;
       ++ok;
     } else {
       EXPECT_THAT(r->blocks[0], StatusIs(absl::StatusCode::kDataLoss));
@@ -375,13 +365,13 @@ TEST_F(TiersTest, ReadsMayLeaveColdBlocksWhereTheyAre) {
   auto once = n.client->Get(n.ns, "", {&read, 1}, {}, {.promote = false});
   ASSERT_THAT(once, IsOk());
   ASSERT_THAT(once->blocks[0], IsOk());
-  EXPECT_EQ(out, Payload(900, kBlock));
+  EXPECT_EQ(out, testutil::RandomBytes(900, kBlock));
   EXPECT_EQ(Count(Tiers(n, chat), client::Tier::kCool), 2u) << "promoted despite promote=false";
   std::fill(out.begin(), out.end(), 0);
   auto again = n.client->Get(n.ns, "", {&read, 1});
   ASSERT_THAT(again, IsOk());
   ASSERT_THAT(again->blocks[0], IsOk());
-  EXPECT_EQ(out, Payload(900, kBlock));
+  EXPECT_EQ(out, testutil::RandomBytes(900, kBlock));
   EXPECT_EQ(Tiers(n, chat)[0], client::Tier::kWarm);
 }
 

@@ -24,6 +24,7 @@
 #include "strata/client/store_client.h"
 #include "strata/common/checksum.h"
 #include "strata/testutil/node_process.h"
+#include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
@@ -44,31 +45,7 @@ using testutil::StatusIs;
 
 constexpr uint64_t kMaxBlock = 4 << 20;
 
-std::vector<uint8_t> Payload(uint64_t seed, size_t size) {
-  std::vector<uint8_t> out(size);
-  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 3);
-  for (size_t i = 0; i < size; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, std::min<size_t>(8, size - i));
-  }
-  return out;
-}
-
-NamespaceSpec Spec() {
-  NamespaceSpec spec;
-  spec.model_id = "ucx-test";
-  spec.dtype = "fp16";
-  spec.layout = "raw";
-  spec.block_tokens = 16;
-  spec.block_bytes = kMaxBlock;
-  return spec;
-}
-
-std::vector<ChainHash> Chain(const client::Namespace& ns, uint32_t prompt, size_t n) {
-  std::vector<uint32_t> tokens(n * 16);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = prompt * 100000 + i;
-  return *ns.HashTokens(tokens);
-}
+NamespaceSpec Spec() { return testutil::RawSpec("ucx-test", kMaxBlock); }
 
 // Bytes the node counted per transport and direction on /metrics.
 uint64_t TransferBytes(const LocalNode& node, const std::string& transport,
@@ -132,10 +109,10 @@ class UcxTest : public ::testing::TestWithParam<std::string> {
   // every byte. Returns the per-block statuses' first error.
   void RoundTrip(StoreClient& c, uint32_t prompt, size_t n, size_t size, uint8_t* src,
                  uint8_t* dst) {
-    std::vector<ChainHash> hashes = Chain(ns_, prompt, n);
+    std::vector<ChainHash> hashes = testutil::PromptChain(ns_, prompt, n);
     std::vector<BlockWrite> writes;
     for (size_t i = 0; i < n; ++i) {
-      std::vector<uint8_t> p = Payload(prompt * 1000 + i, size);
+      std::vector<uint8_t> p = testutil::RandomBytes(prompt * 1000 + i, size);
       std::memcpy(src + i * size, p.data(), size);
       writes.push_back({hashes[i], src + i * size, size, static_cast<uint32_t>(i)});
     }
@@ -200,7 +177,7 @@ TEST_P(UcxTest, InlinePathStillWorksBesideIt) {
   EXPECT_EQ(TransferBytes(*node_, "grpc_inline", "in") - inline0, n * size);
   EXPECT_EQ(TransferBytes(*node_, "ucx", "in"), ucx0);
   // Blocks written over one path read back over the other.
-  std::vector<ChainHash> hashes = Chain(ns_, 3, n);
+  std::vector<ChainHash> hashes = testutil::PromptChain(ns_, 3, n);
   std::vector<BlockRead> reads;
   for (size_t i = 0; i < n; ++i) reads.push_back({hashes[i], dst.data() + i * size, size});
   std::memset(dst.data(), 0, dst.size());
@@ -239,7 +216,7 @@ TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
     req.set_channel_id(0xdeadbeef);
     req.set_namespace_id(ns_.id);
     v1::PutBlock* b = req.add_blocks();
-    b->set_chain_hash(Chain(ns_, 7, 1)[0].ToBytes());
+    b->set_chain_hash(testutil::PromptChain(ns_, 7, 1)[0].ToBytes());
     b->set_size(4096);
     req.add_checksums(1);
     v1::RemoteBuffer* src = req.add_sources();
@@ -279,7 +256,7 @@ TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
   for (uint32_t i = 0; i < stats.ucx_lanes(); ++i) {
     ASSERT_THAT(workers[i]->Connect(channel.worker_addresses(static_cast<int>(i))), IsOk());
   }
-  std::vector<uint8_t> block = Payload(77, 64 << 10);
+  std::vector<uint8_t> block = testutil::RandomBytes(77, 64 << 10);
   auto region = (*context)->Register(block.data(), block.size());
   ASSERT_THAT(region, IsOk());
   auto put = [&](const std::string& rkey, uint32_t rkey_index, uint64_t checksum, uint64_t length,
@@ -289,7 +266,7 @@ TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
     req.set_namespace_id(ns_.id);
     req.set_lane(lane);
     v1::PutBlock* b = req.add_blocks();
-    b->set_chain_hash(Chain(ns_, prompt, 1)[0].ToBytes());
+    b->set_chain_hash(testutil::PromptChain(ns_, prompt, 1)[0].ToBytes());
     b->set_size(block.size());
     req.add_checksums(checksum);
     v1::RemoteBuffer* src = req.add_sources();
@@ -315,19 +292,19 @@ TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
             grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(put(rkey, 0, sum, block.size(), 99, 8).first.error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(client_->Lookup(ns_, "", Chain(ns_, 8, 1))->matched_blocks, 0u);
+  EXPECT_EQ(client_->Lookup(ns_, "", testutil::PromptChain(ns_, 8, 1))->matched_blocks, 0u);
   // What arrives fails the checksum the writer claimed (corrupted in flight): DATA_LOSS, and
   // the block is not stored.
   auto [bad_status, bad] = put(rkey, 0, sum ^ 1, block.size(), 0, 9);
   ASSERT_TRUE(bad_status.ok()) << bad_status.error_message();
   EXPECT_EQ(bad.results(0).code(), static_cast<int>(absl::StatusCode::kDataLoss));
-  EXPECT_EQ(client_->Lookup(ns_, "", Chain(ns_, 9, 1))->matched_blocks, 0u);
+  EXPECT_EQ(client_->Lookup(ns_, "", testutil::PromptChain(ns_, 9, 1))->matched_blocks, 0u);
   // The same request with the true checksum stores the block: the channel itself works.
   auto [good_status, good] = put(rkey, 0, sum, block.size(), stats.ucx_lanes() - 1, 10);
   ASSERT_TRUE(good_status.ok()) << good_status.error_message();
   EXPECT_EQ(good.results(0).code(), 0);
   std::vector<uint8_t> out(block.size());
-  BlockRead read{Chain(ns_, 10, 1)[0], out.data(), out.size()};
+  BlockRead read{testutil::PromptChain(ns_, 10, 1)[0], out.data(), out.size()};
   auto got = client_->Get(ns_, "", {&read, 1});
   ASSERT_THAT(got, IsOk());
   EXPECT_THAT(got->blocks[0], IsOk());
@@ -337,7 +314,7 @@ TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
     v1::GetDataRequest req;
     req.set_channel_id(channel.channel_id());
     req.set_namespace_id(ns_.id);
-    req.add_chain_hashes(Chain(ns_, 10, 1)[0].ToBytes());
+    req.add_chain_hashes(testutil::PromptChain(ns_, 10, 1)[0].ToBytes());
     v1::RemoteBuffer* dst = req.add_destinations();
     dst->set_addr(reinterpret_cast<uintptr_t>(block.data()));
     dst->set_length(block.size() / 2);
@@ -396,8 +373,8 @@ TEST_P(UcxTest, NodeKilledMidTransferFailsTheCallInTime) {
   auto ns = (*c)->RegisterNamespace(Spec());
   ASSERT_THAT(ns, IsOk());
   const size_t n = 96, size = 4 << 20;
-  std::vector<ChainHash> hashes = Chain(*ns, 30, n);
-  std::vector<uint8_t> src = Payload(30, size);
+  std::vector<ChainHash> hashes = testutil::PromptChain(*ns, 30, n);
+  std::vector<uint8_t> src = testutil::RandomBytes(30, size);
   for (size_t first = 0; first < n; first += 16) {
     std::vector<BlockWrite> writes;
     for (size_t i = first; i < first + 16; ++i) writes.push_back({hashes[i], src.data(), size});
