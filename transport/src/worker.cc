@@ -35,6 +35,7 @@
 #include "sealed_bytes.h"
 #include "ucp_context.h"
 #include "ucx_status.h"
+#include "worker_state.h"
 
 namespace strata::transport {
 namespace {
@@ -54,122 +55,16 @@ constexpr absl::Duration kShutdownCloseWait = absl::Seconds(2);
 // Unpacked rkeys cached per endpoint before the cache is dropped (when no transfer uses it).
 constexpr size_t kMaxCachedRkeys = 1024;
 
-const char* KindName(TransferOp::Kind kind) {
-  switch (kind) {
-    case TransferOp::Kind::kPut:
-      return "put";
-    case TransferOp::Kind::kGet:
-      return "get";
-    case TransferOp::Kind::kSend:
-      return "send";
-    case TransferOp::Kind::kRecv:
-      return "recv";
-  }
-  return "op";
-}
-
-bool OneSided(TransferOp::Kind kind) {
-  return kind == TransferOp::Kind::kPut || kind == TransferOp::Kind::kGet;
-}
-
-struct Command {
-  enum class Type { kConnect, kDisconnect, kTransfer, kDescribe };
-  explicit Command(Type t) : type(t) {}
-
-  const Type type;
-  EndpointId ep = 0;
-  absl::string_view peer_address;            // kConnect
-  std::span<const TransferOp> ops;           // kTransfer
-  absl::Time deadline;                       // kTransfer
-  const std::atomic<bool>* abort = nullptr;  // kTransfer
-  absl::Status status;                       // answer
-  EndpointId connected = 0;                  // kConnect answer
-  std::string text;                          // kDescribe answer
-  absl::Notification done;
-};
-
-enum class EndpointState {
-  kOpen,
-  kFlushing,  // graceful close: flushing before the rkeys go and the close starts
-  kClosing,   // ucp_ep_close_nbx in flight
-  kClosed,    // ucp_ep is gone
-};
-
-class UcpWorker;
-
-struct Endpoint {
-  UcpWorker* owner = nullptr;
-  EndpointId id = 0;
-  ucp_ep_h ep = nullptr;
-  EndpointState state = EndpointState::kOpen;
-  // Why the endpoint is unusable (UNAVAILABLE): set by the UCX error callback or when a
-  // deadline force-closed it. OK while usable.
-  absl::Status failure;
-  bool peer_failed = false;    // UCX reported the endpoint failed: it must be force-closed
-  bool flush_pending = false;  // a close-flush request is outstanding
-  ucs_status_t flush_result = UCS_OK;
-  void* close_request = nullptr;
-  int active_transfers = 0;
-  absl::flat_hash_map<std::string, ucp_rkey_h> rkeys;
-};
-
-struct InFlightTransfer;
-
-// user_data of one UCX request of a transfer; index == ops.size() is the flush.
-struct OpSlot {
-  InFlightTransfer* transfer = nullptr;
-  size_t index = 0;
-  void* recv_request = nullptr;  // a posted receive not yet completed (cancelled at deadline)
-  size_t* received = nullptr;
-  bool recv_pending = false;  // set before posting a receive, cleared by its callback
-};
-
-struct InFlightTransfer {
-  Command* cmd = nullptr;
-  Endpoint* endpoint = nullptr;
-  std::vector<OpSlot> slots;
-  size_t outstanding = 0;
-  ucs_status_t first_error = UCS_OK;
-  size_t first_error_index = 0;
-  bool deadline_hit = false;
-  bool aborted = false;  // the caller's abort flag was seen
-  bool flushed = false;  // every op and the flush were posted
-  absl::Time force_close_at = absl::InfiniteFuture();
-  bool force_closed = false;
-  absl::Time abandon_at = absl::InfiniteFuture();
-
-  void Record(size_t index, ucs_status_t status) {
-    if (status != UCS_OK && first_error == UCS_OK) {
-      first_error = status;
-      first_error_index = index;
-    }
-  }
-};
-
-void OnTransferRequestDone(void* request, ucs_status_t status, void* user_data) {
-  auto* slot = static_cast<OpSlot*>(user_data);
-  slot->transfer->Record(slot->index, status);
-  --slot->transfer->outstanding;
-  ucp_request_free(request);
-}
-
-void OnRecvRequestDone(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
-                       void* user_data) {
-  auto* slot = static_cast<OpSlot*>(user_data);
-  slot->recv_request = nullptr;
-  slot->recv_pending = false;
-  if (status == UCS_OK && slot->received != nullptr) *slot->received = info->length;
-  slot->transfer->Record(slot->index, status);
-  --slot->transfer->outstanding;
-  ucp_request_free(request);
-}
-
-void OnCloseFlushDone(void* request, ucs_status_t status, void* user_data) {
-  auto* e = static_cast<Endpoint*>(user_data);
-  e->flush_pending = false;
-  e->flush_result = status;
-  ucp_request_free(request);
-}
+using worker_state::Command;
+using worker_state::Endpoint;
+using worker_state::EndpointState;
+using worker_state::InFlightTransfer;
+using worker_state::KindName;
+using worker_state::OnCloseFlushDone;
+using worker_state::OneSided;
+using worker_state::OnRecvRequestDone;
+using worker_state::OnTransferRequestDone;
+using worker_state::OpSlot;
 
 class UcpWorker final : public Worker {
  public:
@@ -240,7 +135,7 @@ class UcpWorker final : public Worker {
           UcsToStatus(status, absl::StrCat("endpoint ", e->id, " failed (peer gone?)")).message());
     }
     e->peer_failed = true;
-    e->owner->endpoint_errors_ = true;
+    *e->worker_errors = true;
   }
 
  private:
@@ -376,7 +271,7 @@ class UcpWorker final : public Worker {
       return;
     }
     auto e = std::make_unique<Endpoint>();
-    e->owner = this;
+    e->worker_errors = &endpoint_errors_;
     e->id = next_endpoint_id_;
     ucp_ep_params_t params = {};
     params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
