@@ -743,14 +743,12 @@ class ClusterStoreClient final : public StoreClient {
         return c.Put(ns, scope, writes, Left(end), {});
       }).IgnoreError();
     });
-    if (!groups.empty()) read_repairs_ += groups.size();
   }
 
   ClientOptions options_;
   int replicas_ = 1;
   int quorum_ = 1;
   std::unique_ptr<cluster::Membership> membership_;
-  std::atomic<uint64_t> read_repairs_{0};
 
   mutable absl::Mutex mu_;
   std::map<std::string, NodeEntry> nodes_ ABSL_GUARDED_BY(mu_);

@@ -28,8 +28,6 @@ uint64_t ParseEpoch(std::string_view value) {
   return absl::SimpleAtoi(absl::string_view(value.data(), value.size()), &v) ? v : 0;
 }
 
-bool SameMembers(const std::vector<Member>& a, const std::vector<Member>& b) { return a == b; }
-
 }  // namespace
 
 absl::StatusOr<MembershipMode> ParseMembershipMode(std::string_view name) {
@@ -253,6 +251,7 @@ class Membership::Impl {
         continue;
       }
       bool failed;
+      std::string why;
       {
         absl::MutexLock lock(&mu_);
         auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -260,15 +259,11 @@ class Membership::Impl {
         };
         mu_.Await(absl::Condition(&wake));
         failed = watch_failed_;
+        why = last_error_;
       }
       watch->reset();  // outside mu_: its callbacks take mu_
-      if (failed) Failed("watch", absl::UnavailableError(last_error_copy()));
+      if (failed) Failed("watch", absl::UnavailableError(why));
     }
-  }
-
-  std::string last_error_copy() {
-    absl::MutexLock lock(&mu_);
-    return last_error_;
   }
 
   // Marks etcd unreachable and waits retry_interval (or until stopped).
@@ -397,6 +392,7 @@ class Membership::Impl {
     const Compare absent{.target = Compare::Target::kVersion,
                          .op = Compare::Op::kEqual,
                          .key = epoch_key_,
+                         .value = {},
                          .number = 0};
     const TxnOp put{.kind = TxnOp::Kind::kPut, .key = epoch_key_, .value = value};
     absl::StatusOr<bool> created = etcd_->Txn({&absent, 1}, {&put, 1}, {});
@@ -422,7 +418,7 @@ class Membership::Impl {
       MemberSet next;
       next.epoch = epoch_value_;
       for (const auto& [id, m] : members_) next.members.push_back(m);
-      const bool members_changed = !SameMembers(next.members, current_->members);
+      const bool members_changed = next.members != current_->members;
       if (!members_changed && next.epoch == current_->epoch) return;
       if (members_changed && listed_once_) {
         previous_ = current_;
