@@ -9,7 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
-#include "data_plane.h"
+#include "strata/transport/data_plane.h"
 #include "grpcpp/grpcpp.h"
 #include "http_endpoint.h"
 #include "metrics.h"

@@ -7,7 +7,7 @@
 
 #include <atomic>
 
-#include "data_plane.h"
+#include "strata/transport/data_plane.h"
 #include "directory.h"
 #include "metrics.h"
 #include "rebalancer.h"
@@ -17,6 +17,9 @@
 #include "strata/v1/store.grpc.pb.h"
 
 namespace strata::storenode {
+
+using transport::DataPlane;
+using transport::DataPlaneOptions;
 
 class StoreServiceImpl final : public strata::v1::StoreService::Service {
  public:

@@ -1,6 +1,7 @@
-// DataPlane: a store node's side of the UCX data plane (docs/design/transfer-protocol.md).
-// It registers the warm arena once, runs `lanes` transport::Workers (each with its own
-// progress thread) and keeps the channels clients open with ConnectData: per channel, one
+// DataPlane: the serving side of the UCX data plane (docs/design/transfer-protocol.md): a store
+// node's, and a GPU agent's for the peers that read its blocks. It registers the arena (the
+// node's warm tier; the agent's staging memory) once, runs `lanes` transport::Workers (each with
+// its own progress thread) and keeps the channels clients open with ConnectData: per channel, one
 // endpoint from each node lane to the matching client lane. The node drives every transfer:
 // PutData reads payloads out of client memory into reserved arena slots, GetData writes
 // pinned blocks into client memory. Clients never address node memory.
@@ -23,7 +24,7 @@
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
 
-namespace strata::storenode {
+namespace strata::transport {
 
 struct DataPlaneOptions {
   std::string tls;  // UCX_TLS; "shm" means "posix,sysv,cma,self" (peer-failure handling off)
@@ -98,4 +99,4 @@ class DataPlane {
   uint64_t next_channel_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
-}  // namespace strata::storenode
+}  // namespace strata::transport

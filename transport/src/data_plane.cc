@@ -1,11 +1,11 @@
-#include "data_plane.h"
+#include "strata/transport/data_plane.h"
 
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
-namespace strata::storenode {
+namespace strata::transport {
 
 absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Create(const DataPlaneOptions& options,
                                                              void* arena, uint64_t arena_bytes) {
@@ -166,4 +166,4 @@ uint64_t DataPlane::CloseIdle() {
   return idle.size();
 }
 
-}  // namespace strata::storenode
+}  // namespace strata::transport

@@ -1,0 +1,422 @@
+// GpuAgentImpl: the bookkeeping and the offload side of the agent (agent.h). Loads run in
+// agent_load.cc; peers are served by peer_server.cc.
+//
+// Staging is split into three regions of `batch` blocks: offload (the offload thread's gathers
+// and puts), load (the load thread's gets and scatters) and serve (the peer server's gathers).
+// Blocks captured by OnBlocksFreed wait for the store in their own heap copies, bounded by
+// capture_bytes.
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "agent_impl.h"
+#include "spdlog/spdlog.h"
+
+namespace strata::gpu_agent {
+
+std::string_view LoadSourceName(LoadSource source) {
+  switch (source) {
+    case LoadSource::kPeer:
+      return "peer";
+    case LoadSource::kStore:
+      return "store";
+    case LoadSource::kNone:
+      break;
+  }
+  return "none";
+}
+
+bool LoadHandle::Wait(absl::Duration timeout) const {
+  const absl::Time until = absl::Now() + timeout;
+  while (!Done() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(1));
+  return Done();
+}
+
+size_t LoadHandle::loaded_prefix() const {
+  size_t n = 0;
+  while (n < blocks_.size() && blocks_[n].status.ok()) ++n;
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<GpuAgent>> GpuAgent::Create(const AgentOptions& options) {
+  if (options.model_id.empty()) return absl::InvalidArgumentError("model_id: empty");
+  if (options.batch_blocks == 0) return absl::InvalidArgumentError("batch_blocks: must be >= 1");
+  if (options.publish_ttl < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("publish_ttl: at least 1s");
+  }
+  absl::StatusOr<std::unique_ptr<client::StoreClient>> client =
+      client::StoreClient::Connect(options.store);
+  if (!client.ok()) return client.status();
+  return std::unique_ptr<GpuAgent>(new GpuAgentImpl(options, std::move(*client)));
+}
+
+GpuAgentImpl::GpuAgentImpl(AgentOptions options, std::unique_ptr<client::StoreClient> client)
+    : options_(std::move(options)),
+      scope_(options_.scope.empty() ? options_.store.default_scope : options_.scope),
+      client_(std::move(client)) {}
+
+GpuAgentImpl::~GpuAgentImpl() {
+  if (engine_ != nullptr) Flush(options_.call_deadline).IgnoreError();
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (offload_thread_.joinable()) offload_thread_.join();
+  if (load_thread_.joinable()) load_thread_.join();
+  peer_server_.reset();
+  // Withdraw what this agent still advertises.
+  std::vector<ChainHash> published;
+  for (const auto& [id, b] : blocks_) {
+    if (b.published) published.push_back(b.hash);
+  }
+  Publish(published, absl::ZeroDuration());
+  if (staging_ != nullptr) client_->UnregisterMemory(staging_->data()).IgnoreError();
+}
+
+absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
+  absl::MutexLock register_lock(&register_mu_);
+  if (engine_ != nullptr) return absl::FailedPreconditionError("a KV pool is already registered");
+  absl::StatusOr<KvPool> pool = ResolveKvPool(spec);
+  if (!pool.ok()) return pool.status();
+  absl::StatusOr<std::unique_ptr<CopyEngine>> engine = CreateCopyEngine(*pool);
+  if (!engine.ok()) return engine.status();
+  const uint64_t bb = pool->block_bytes;
+  batch_ = static_cast<uint32_t>(
+      std::min<uint64_t>(options_.batch_blocks, options_.staging_bytes / (3 * bb)));
+  if (batch_ == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("staging_bytes: ", options_.staging_bytes,
+                                                   " holds fewer than 3 blocks of ", bb, " bytes"));
+  }
+  absl::StatusOr<std::unique_ptr<StagingBuffer>> staging =
+      (*engine)->AllocateStaging(3ull * batch_ * bb);
+  if (!staging.ok()) return staging.status();
+
+  NamespaceSpec ns;
+  ns.model_id = options_.model_id;
+  ns.dtype = std::string(KvDtypeName(pool->dtype));
+  ns.layout = StoredLayoutName(*pool);
+  ns.block_tokens = pool->block_tokens;
+  ns.tp_rank = options_.tp_rank;
+  ns.tp_size = options_.tp_size;
+  ns.hash_algorithm = options_.hash_algorithm;
+  ns.block_bytes = bb;
+  ns.head_dim = pool->head_dim;
+  absl::StatusOr<client::Namespace> registered = client_->RegisterNamespace(ns);
+  if (!registered.ok()) return registered.status();
+
+  // Zero-copy puts and gets from staging where the store offers UCX; inline otherwise.
+  absl::Status reg = client_->RegisterMemory((*staging)->data(), (*staging)->size());
+  if (!reg.ok() && reg.code() != absl::StatusCode::kFailedPrecondition) {
+    spdlog::warn("gpu agent: staging not registered with the store's data plane ({})",
+                 reg.ToString());
+  }
+  if (!options_.peer_listen.empty()) {
+    PeerServerOptions po;
+    po.listen = options_.peer_listen;
+    po.ucx_tls = options_.peer_ucx_tls;
+    po.namespace_id = registered->id;
+    po.scope = scope_;
+    po.block_bytes = bb;
+    po.max_blocks = batch_;
+    po.node_id = absl::StrCat("gpu-agent:", options_.model_id);
+    uint8_t* serve_region = (*staging)->data() + 2ull * batch_ * bb;
+    absl::StatusOr<std::unique_ptr<PeerServer>> server = PeerServer::Start(
+        po, serve_region, [this](std::span<const ChainHash> hashes, uint8_t* region) {
+          return GatherForPeer(hashes, region);
+        });
+    if (!server.ok()) return server.status();
+    peer_server_ = std::move(*server);
+    std::string host = options_.peer_listen.substr(0, options_.peer_listen.rfind(':'));
+    peer_address_ = options_.peer_advertise.empty() ? absl::StrCat(host, ":", peer_server_->port())
+                                                    : options_.peer_advertise;
+  }
+  pool_ = *pool;
+  ns_ = *registered;
+  staging_ = std::move(*staging);
+  engine_ = std::move(*engine);
+  offload_thread_ = std::thread([this] { OffloadLoop(); });
+  load_thread_ = std::thread([this] { LoadLoop(); });
+  spdlog::info("gpu agent: pool registered ({} blocks of {} bytes, {} layout, {} copy engine)",
+               pool_.num_blocks, bb, KvLayoutName(pool_.layout), engine_->Describe());
+  return absl::OkStatus();
+}
+
+absl::Status GpuAgentImpl::CheckSlots(std::span<const uint32_t> ids) const {
+  if (engine_ == nullptr) return absl::FailedPreconditionError("no KV pool registered");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] >= pool_.num_blocks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block id ", ids[i], " (entry ", i, "): the pool has ", pool_.num_blocks));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuAgentImpl::OnBlocksComputed(std::span<const ComputedBlock> blocks) {
+  std::vector<uint32_t> ids;
+  for (const ComputedBlock& b : blocks) ids.push_back(b.block_id);
+  if (absl::Status s = CheckSlots(ids); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  for (const ComputedBlock& b : blocks) {
+    auto [it, fresh] = blocks_.try_emplace(b.block_id);
+    BlockState& st = it->second;
+    if (!fresh) {
+      Forget(b.block_id, st);  // remapped: the old content is gone
+      st = BlockState{};
+    }
+    st.hash = b.hash;
+    st.depth = b.depth;
+    st.importance = b.importance;
+    st.generation = ++generation_;
+    st.pending = true;
+    by_hash_[b.hash] = b.block_id;
+    offload_queue_.push_back({b.block_id, st.generation});
+    ++inflight_;
+  }
+  return absl::OkStatus();
+}
+
+void GpuAgentImpl::Forget(uint32_t id, BlockState& st) {
+  if (st.pending) {
+    --inflight_;
+    ++stats_.offload_dropped;
+  }
+  if (st.published) {
+    unpublish_.push_back(st.hash);
+    --stats_.published;
+  }
+  auto h = by_hash_.find(st.hash);
+  if (h != by_hash_.end() && h->second == id) by_hash_.erase(h);
+}
+
+absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
+  if (absl::Status s = CheckSlots(ids); !s.ok()) return s;
+  std::vector<uint32_t> capture;
+  std::vector<BlockState> captured_state;
+  {
+    absl::MutexLock lock(&mu_);
+    // A slot being copied out (offload gather, peer read) must stay intact until the copy ends.
+    auto idle = [&] {
+      return std::none_of(ids.begin(), ids.end(), [&](uint32_t id) { return busy_.contains(id); });
+    };
+    mu_.Await(absl::Condition(&idle));
+    for (uint32_t id : ids) {
+      load_targets_.erase(id);
+      auto it = blocks_.find(id);
+      if (it == blocks_.end()) continue;
+      BlockState st = it->second;
+      if (st.pending && options_.offload_before_free &&
+          capture_used_ + pool_.block_bytes <= options_.capture_bytes) {
+        capture_used_ += pool_.block_bytes;
+        it->second.pending = false;  // handed to the capture below, still in flight
+        capture.push_back(id);
+        captured_state.push_back(st);
+        Pin(id);
+      }
+      Forget(id, it->second);
+      blocks_.erase(it);
+    }
+  }
+  if (capture.empty()) return absl::OkStatus();
+  std::vector<uint8_t> bytes(capture.size() * pool_.block_bytes);
+  absl::Status gathered = engine_->Gather(capture, bytes.data());
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < capture.size(); ++i) {
+    Unpin(capture[i]);
+    if (!gathered.ok()) {
+      capture_used_ -= pool_.block_bytes;
+      --inflight_;
+      ++stats_.offload_failed;
+      continue;
+    }
+    Captured c;
+    c.hash = captured_state[i].hash;
+    c.depth = captured_state[i].depth;
+    c.importance = captured_state[i].importance;
+    c.bytes.assign(bytes.begin() + i * pool_.block_bytes,
+                   bytes.begin() + (i + 1) * pool_.block_bytes);
+    captured_.push_back(std::move(c));
+    ++stats_.captured_on_free;
+  }
+  return gathered;
+}
+
+absl::Status GpuAgentImpl::Flush(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto drained = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&drained), timeout)) {
+    return absl::DeadlineExceededError(
+        absl::StrCat(inflight_, " blocks still on their way to the store"));
+  }
+  return absl::OkStatus();
+}
+
+void GpuAgentImpl::OffloadLoop() {
+  const uint64_t bb = pool_.block_bytes;
+  uint8_t* region = staging_->data();
+  absl::Time next_refresh = absl::Now() + options_.publish_ttl / 3;
+  while (true) {
+    std::vector<uint32_t> ids;
+    std::vector<BlockState> states;
+    std::vector<Captured> captured;
+    std::vector<ChainHash> unpublish;
+    {
+      absl::MutexLock lock(&mu_);
+      auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_ || !offload_queue_.empty() || !captured_.empty() || !unpublish_.empty();
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&work), next_refresh);
+      if (stop_ && offload_queue_.empty() && captured_.empty() && unpublish_.empty()) break;
+      unpublish.swap(unpublish_);
+      while (!captured_.empty() && captured.size() < batch_) {
+        captured.push_back(std::move(captured_.front()));
+        captured_.pop_front();
+      }
+      while (!offload_queue_.empty() && ids.size() < batch_) {
+        auto [id, gen] = offload_queue_.front();
+        offload_queue_.pop_front();
+        auto it = blocks_.find(id);
+        if (it == blocks_.end() || it->second.generation != gen || !it->second.pending) continue;
+        it->second.pending = false;
+        Pin(id);
+        ids.push_back(id);
+        states.push_back(it->second);
+      }
+    }
+    Publish(unpublish, absl::ZeroDuration());
+    if (!ids.empty()) {
+      absl::Status gathered = engine_->Gather(ids, region);
+      {
+        absl::MutexLock lock(&mu_);
+        for (uint32_t id : ids) Unpin(id);
+      }
+      std::vector<client::BlockWrite> writes;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        writes.push_back(
+            {states[i].hash, region + i * bb, bb, states[i].depth, states[i].importance});
+      }
+      if (!gathered.ok()) {
+        spdlog::error("gpu agent: gather for offload failed: {}", gathered.ToString());
+        writes.clear();
+      }
+      std::vector<bool> ok = PutBlocks(writes);
+      std::vector<ChainHash> publish;
+      {
+        absl::MutexLock lock(&mu_);
+        for (size_t i = 0; i < ids.size(); ++i) {
+          if (!gathered.ok()) ++stats_.offload_failed;
+          --inflight_;
+          auto it = blocks_.find(ids[i]);
+          // Still the same block in that slot: advertise it to peers.
+          if (ok[i] && !options_.peer_listen.empty() && it != blocks_.end() &&
+              it->second.generation == states[i].generation && !it->second.published) {
+            it->second.published = true;
+            ++stats_.published;
+            publish.push_back(states[i].hash);
+          }
+        }
+      }
+      Publish(publish, options_.publish_ttl);
+    }
+    if (!captured.empty()) {
+      std::vector<client::BlockWrite> writes;
+      for (const Captured& c : captured) {
+        writes.push_back({c.hash, c.bytes.data(), bb, c.depth, c.importance});
+      }
+      PutBlocks(writes);
+      absl::MutexLock lock(&mu_);
+      capture_used_ -= captured.size() * bb;
+      inflight_ -= captured.size();
+    }
+    if (absl::Now() >= next_refresh) {
+      RefreshPublished();
+      next_refresh = absl::Now() + options_.publish_ttl / 3;
+    }
+  }
+}
+
+std::vector<bool> GpuAgentImpl::PutBlocks(std::span<const client::BlockWrite> writes) {
+  std::vector<bool> ok(std::max<size_t>(writes.size(), batch_), false);
+  if (writes.empty()) return ok;
+  client::CallOptions call{options_.call_deadline};
+  absl::StatusOr<client::PutResult> r = client_->Put(ns_, scope_, writes, call);
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const absl::Status& s = r.ok() ? r->blocks[i] : r.status();
+    ok[i] = s.ok() || s.code() == absl::StatusCode::kAlreadyExists;
+    if (ok[i]) {
+      ++stats_.offloaded;
+      stats_.bytes_offloaded += writes[i].size;
+    } else {
+      ++stats_.offload_failed;
+      spdlog::warn("gpu agent: offload of block {} failed: {}", writes[i].hash.ToHex(),
+                   s.ToString());
+    }
+  }
+  return ok;
+}
+
+void GpuAgentImpl::Publish(std::span<const ChainHash> hashes, absl::Duration ttl) {
+  if (hashes.empty() || peer_address_.empty()) return;
+  std::vector<uint64_t> sizes(hashes.size(), pool_.block_bytes);
+  client::CallOptions call{options_.call_deadline};
+  auto r = client_->Publish(ns_, scope_, hashes, sizes, peer_address_, ttl, call);
+  if (!r.ok()) {
+    spdlog::warn("gpu agent: publishing {} blocks (ttl {}) failed: {}", hashes.size(),
+                 absl::FormatDuration(ttl), r.status().ToString());
+  }
+}
+
+void GpuAgentImpl::RefreshPublished() {
+  std::vector<ChainHash> held;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, b] : blocks_) {
+      if (b.published) held.push_back(b.hash);
+    }
+  }
+  Publish(held, options_.publish_ttl);
+}
+
+std::vector<absl::Status> GpuAgentImpl::GatherForPeer(std::span<const ChainHash> hashes,
+                                                      uint8_t* region) {
+  std::vector<absl::Status> status(hashes.size(), absl::OkStatus());
+  std::vector<uint32_t> ids;
+  std::vector<size_t> at;  // staged position of ids[k]
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      auto h = by_hash_.find(hashes[i]);
+      if (h == by_hash_.end()) {
+        status[i] = absl::NotFoundError("not in this agent's GPU memory");
+        continue;
+      }
+      ids.push_back(h->second);
+      at.push_back(i);
+      Pin(h->second);
+    }
+  }
+  // Gather into the first ids.size() slots, then spread to each block's position.
+  absl::Status gathered = engine_->Gather(ids, region);
+  {
+    absl::MutexLock lock(&mu_);
+    for (uint32_t id : ids) Unpin(id);
+    if (gathered.ok()) stats_.served_to_peers += ids.size();
+  }
+  const uint64_t bb = pool_.block_bytes;
+  for (size_t k = ids.size(); k-- > 0;) {
+    if (!gathered.ok()) {
+      status[at[k]] = gathered;
+    } else if (at[k] != k) {
+      std::memmove(region + at[k] * bb, region + k * bb, bb);
+    }
+  }
+  return status;
+}
+
+AgentStats GpuAgentImpl::Stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+}  // namespace strata::gpu_agent

@@ -1,0 +1,118 @@
+// GpuAgentImpl: the agent's state, shared by agent.cc (bookkeeping, offload, peer gathers) and
+// agent_load.cc (loads). See agent.h for the contract and agent.cc for how staging is split.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "peer_server.h"
+#include "strata/gpu_agent/agent.h"
+#include "strata/gpu_agent/copy_engine.h"
+
+namespace strata::gpu_agent {
+
+class GpuAgentImpl : public GpuAgent {
+ public:
+  GpuAgentImpl(AgentOptions options, std::unique_ptr<client::StoreClient> client);
+  ~GpuAgentImpl() override;
+
+  absl::Status RegisterKvPool(const KvPoolSpec& spec) override;
+  const client::Namespace& ns() const override { return ns_; }
+  std::string peer_address() const override { return peer_address_; }
+  absl::Status OnBlocksComputed(std::span<const ComputedBlock> blocks) override;
+  absl::Status OnBlocksFreed(std::span<const uint32_t> ids) override;
+  absl::Status Flush(absl::Duration timeout) override;
+  absl::StatusOr<size_t> MatchedBlocks(std::span<const ChainHash> prefix) override;
+  absl::StatusOr<std::shared_ptr<LoadHandle>> Load(std::span<const ChainHash> prefix,
+                                                   std::span<const uint32_t> destinations) override;
+  AgentStats Stats() const override;
+
+ private:
+  struct BlockState {
+    ChainHash hash;
+    uint32_t depth = 0;
+    float importance = 0;
+    uint64_t generation = 0;  // which OnBlocksComputed filled the slot
+    bool pending = false;     // queued for offload, not gathered yet
+    bool published = false;   // in the directory under this agent's address
+  };
+  struct Captured {  // gathered by OnBlocksFreed, waiting for the store
+    ChainHash hash;
+    uint32_t depth = 0;
+    float importance = 0;
+    std::vector<uint8_t> bytes;
+  };
+  struct LoadJob {
+    uint64_t id = 0;
+    std::vector<ChainHash> prefix;
+    std::vector<uint32_t> destinations;
+    std::shared_ptr<LoadHandle> handle;
+  };
+
+  absl::Status CheckSlots(std::span<const uint32_t> ids) const;
+  void Forget(uint32_t id, BlockState& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Pin(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++busy_[id]; }
+  void Unpin(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (--busy_[id] == 0) busy_.erase(id);
+  }
+
+  void OffloadLoop();
+  std::vector<bool> PutBlocks(std::span<const client::BlockWrite> writes);
+  void Publish(std::span<const ChainHash> hashes, absl::Duration ttl);
+  void RefreshPublished();
+  std::vector<absl::Status> GatherForPeer(std::span<const ChainHash> hashes, uint8_t* region);
+
+  void LoadLoop();
+  void RunLoad(LoadJob& job);
+  // Fetches blocks `which` of the job from `from` (the store's client or a peer's) into the
+  // load region and scatters the verified ones; fills their BlockLoad entries.
+  void FetchInto(client::StoreClient& from, const client::Namespace& ns, LoadSource source,
+                 const std::string& name, LoadJob& job, std::span<const size_t> which);
+  // A client for the peer agent at `address` (cached), with the namespace id it serves.
+  absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> PeerClient(
+      const std::string& address);
+
+  const AgentOptions options_;
+  const std::string scope_;
+  std::unique_ptr<client::StoreClient> client_;
+
+  absl::Mutex register_mu_;
+  // Set once by RegisterKvPool, before the threads start; read-only afterwards.
+  KvPool pool_;
+  client::Namespace ns_;
+  uint32_t batch_ = 0;
+  std::unique_ptr<StagingBuffer> staging_;
+  std::unique_ptr<CopyEngine> engine_;
+  std::unique_ptr<PeerServer> peer_server_;
+  std::string peer_address_;
+  std::thread offload_thread_;
+  std::thread load_thread_;
+
+  mutable absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  absl::flat_hash_map<uint32_t, BlockState> blocks_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<ChainHash, uint32_t> by_hash_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint32_t, int> busy_ ABSL_GUARDED_BY(mu_);  // slots being copied out
+  std::deque<std::pair<uint32_t, uint64_t>> offload_queue_ ABSL_GUARDED_BY(mu_);  // id, generation
+  std::deque<Captured> captured_ ABSL_GUARDED_BY(mu_);
+  std::vector<ChainHash> unpublish_ ABSL_GUARDED_BY(mu_);
+  uint64_t capture_used_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;  // computed, not yet stored or given up
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<LoadJob> loads_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_load_ ABSL_GUARDED_BY(mu_) = 1;
+  // Slot -> the load that will write it. OnBlocksFreed revokes a slot (erases it): that load
+  // then skips it (CANCELLED), so a load never writes a slot the engine has handed on.
+  absl::flat_hash_map<uint32_t, uint64_t> load_targets_ ABSL_GUARDED_BY(mu_);
+  AgentStats stats_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex peers_mu_;  // only the load thread uses peers_, but tests read Stats concurrently
+  std::map<std::string, std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> peers_
+      ABSL_GUARDED_BY(peers_mu_);
+};
+
+}  // namespace strata::gpu_agent

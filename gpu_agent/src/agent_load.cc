@@ -1,0 +1,200 @@
+// The load side of the agent (agent.h: Load, MatchedBlocks): one lookup for the prefix, then
+// each block from a peer agent that published it (when prefer_peers) or from the store, through
+// the load region of staging, scattered into the engine's slots. What a peer cannot serve
+// (gone, evicted, failed checksum) is fetched from the store instead.
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "agent_impl.h"
+#include "spdlog/spdlog.h"
+
+namespace strata::gpu_agent {
+
+absl::StatusOr<size_t> GpuAgentImpl::MatchedBlocks(std::span<const ChainHash> prefix) {
+  if (engine_ == nullptr) return absl::FailedPreconditionError("no KV pool registered");
+  absl::StatusOr<client::LookupResult> r =
+      client_->Lookup(ns_, scope_, prefix, client::CallOptions{options_.call_deadline});
+  if (!r.ok()) return r.status();
+  return r->matched_blocks;
+}
+
+absl::StatusOr<std::shared_ptr<LoadHandle>> GpuAgentImpl::Load(
+    std::span<const ChainHash> prefix, std::span<const uint32_t> destinations) {
+  if (prefix.size() != destinations.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("destinations: ", destinations.size(),
+                                                   " slots for ", prefix.size(), " blocks"));
+  }
+  if (absl::Status s = CheckSlots(destinations); !s.ok()) return s;
+  auto handle = std::make_shared<LoadHandle>();
+  handle->blocks_.resize(prefix.size());
+  absl::MutexLock lock(&mu_);
+  const uint64_t id = next_load_++;
+  for (uint32_t slot : destinations) load_targets_[slot] = id;
+  loads_.push_back({id, std::vector<ChainHash>(prefix.begin(), prefix.end()),
+                    std::vector<uint32_t>(destinations.begin(), destinations.end()), handle});
+  return handle;
+}
+
+void GpuAgentImpl::LoadLoop() {
+  while (true) {
+    LoadJob job;
+    {
+      absl::MutexLock lock(&mu_);
+      auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !loads_.empty(); };
+      mu_.Await(absl::Condition(&work));
+      if (loads_.empty()) break;  // stopping
+      job = std::move(loads_.front());
+      loads_.pop_front();
+    }
+    RunLoad(job);
+    {
+      absl::MutexLock lock(&mu_);
+      for (uint32_t slot : job.destinations) {
+        auto it = load_targets_.find(slot);
+        if (it != load_targets_.end() && it->second == job.id) load_targets_.erase(it);
+      }
+    }
+    job.handle->done_.store(true, std::memory_order_release);
+  }
+}
+
+void GpuAgentImpl::RunLoad(LoadJob& job) {
+  std::vector<BlockLoad>& out = job.handle->blocks_;
+  if (job.prefix.empty()) return;
+  absl::StatusOr<client::LookupResult> found =
+      client_->Lookup(ns_, scope_, job.prefix, client::CallOptions{options_.call_deadline});
+  if (!found.ok()) {
+    for (BlockLoad& b : out) b.status = found.status();
+    return;
+  }
+  // Blocks past the stored prefix are useless to the engine (it recomputes from the first gap).
+  for (size_t i = found->matched_blocks; i < out.size(); ++i) {
+    out[i].status = absl::NotFoundError("not stored (past the longest stored prefix)");
+  }
+  std::map<std::string, std::vector<size_t>> by_peer;
+  std::vector<size_t> from_store;
+  for (size_t i = 0; i < found->matched_blocks; ++i) {
+    const client::BlockLocation& loc = found->blocks[i];
+    if (!loc.peers.empty() && (options_.prefer_peers || loc.tier == client::Tier::kHot) &&
+        loc.peers.front() != peer_address_) {
+      by_peer[loc.peers.front()].push_back(i);
+    } else {
+      from_store.push_back(i);
+    }
+  }
+  for (auto& [address, which] : by_peer) {
+    absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> peer = PeerClient(address);
+    if (peer.ok()) {
+      FetchInto(*peer->first, peer->second, LoadSource::kPeer, address, job, which);
+    } else {
+      spdlog::warn("gpu agent: peer {} unreachable ({}); loading from the store", address,
+                   peer.status().ToString());
+    }
+    uint64_t fallbacks = 0;
+    bool gone = !peer.ok();
+    for (size_t i : which) {
+      if (out[i].status.ok()) continue;
+      gone |= out[i].status.code() == absl::StatusCode::kUnavailable;
+      from_store.push_back(i);
+      ++fallbacks;
+    }
+    if (gone) {  // reconnect next time: the peer may have restarted elsewhere
+      absl::MutexLock lock(&peers_mu_);
+      peers_.erase(address);
+    }
+    absl::MutexLock lock(&mu_);
+    stats_.peer_fallbacks += fallbacks;
+  }
+  std::sort(from_store.begin(), from_store.end());
+  FetchInto(*client_, ns_, LoadSource::kStore, "store", job, from_store);
+}
+
+void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace& ns,
+                             LoadSource source, const std::string& name, LoadJob& job,
+                             std::span<const size_t> which) {
+  const uint64_t bb = pool_.block_bytes;
+  uint8_t* region = staging_->data() + uint64_t{batch_} * bb;
+  std::vector<BlockLoad>& out = job.handle->blocks_;
+  for (size_t begin = 0; begin < which.size(); begin += batch_) {
+    const size_t n = std::min<size_t>(batch_, which.size() - begin);
+    std::vector<client::BlockRead> reads;
+    for (size_t k = 0; k < n; ++k) {
+      reads.push_back({job.prefix[which[begin + k]], region + k * bb, bb});
+    }
+    absl::StatusOr<client::GetResult> got =
+        from.Get(ns, scope_, reads, client::CallOptions{options_.call_deadline});
+    // Move the verified blocks together, then scatter them in one call.
+    std::vector<uint32_t> slots;
+    std::vector<size_t> loaded;
+    for (size_t k = 0; k < n; ++k) {
+      BlockLoad& b = out[which[begin + k]];
+      b.source = source;
+      b.from = name;
+      absl::Status s = got.ok() ? got->blocks[k] : got.status();
+      if (s.ok() && got->sizes[k] != bb) {
+        s = absl::DataLossError(
+            absl::StrCat("block is ", got->sizes[k], " bytes, a pool block ", bb));
+      }
+      b.status = s;
+      if (!s.ok()) continue;
+      if (slots.size() != k) std::memmove(region + slots.size() * bb, region + k * bb, bb);
+      slots.push_back(job.destinations[which[begin + k]]);
+      loaded.push_back(which[begin + k]);
+    }
+    // Slots freed since the load began are the engine's again: skip them. The others are
+    // pinned while scattering, so OnBlocksFreed waits for the copy instead.
+    std::vector<uint32_t> kept;
+    {
+      absl::MutexLock lock(&mu_);
+      for (size_t k = 0; k < slots.size(); ++k) {
+        auto it = load_targets_.find(slots[k]);
+        if (it == load_targets_.end() || it->second != job.id) {
+          out[loaded[k]].status = absl::CancelledError("slot freed during the load");
+          continue;
+        }
+        if (kept.size() != k) std::memmove(region + kept.size() * bb, region + k * bb, bb);
+        kept.push_back(slots[k]);
+        Pin(slots[k]);
+      }
+    }
+    absl::Status scattered = engine_->Scatter(region, kept);
+    absl::MutexLock lock(&mu_);
+    for (uint32_t slot : kept) Unpin(slot);
+    for (size_t i : loaded) {
+      if (!scattered.ok() && out[i].status.ok()) out[i].status = scattered;
+    }
+    for (size_t k = 0; k < n; ++k) {
+      const BlockLoad& b = out[which[begin + k]];
+      if (b.status.ok()) {
+        (source == LoadSource::kPeer ? stats_.loaded_from_peer : stats_.loaded_from_store) += 1;
+        stats_.bytes_loaded += bb;
+      } else if (source == LoadSource::kStore) {
+        ++stats_.load_failed;
+      }
+    }
+  }
+}
+
+absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl::PeerClient(
+    const std::string& address) {
+  absl::MutexLock lock(&peers_mu_);
+  auto it = peers_.find(address);
+  if (it != peers_.end()) return std::make_pair(it->second.first.get(), it->second.second);
+  client::ClientOptions o;
+  o.address = address;
+  o.default_deadline = options_.call_deadline;
+  o.default_scope = scope_;
+  absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(o);
+  if (!c.ok()) return c.status();
+  absl::Status reg = (*c)->RegisterMemory(staging_->data(), staging_->size());
+  if (!reg.ok() && reg.code() != absl::StatusCode::kFailedPrecondition) {
+    spdlog::warn("gpu agent: staging not registered for peer {}: {}", address, reg.ToString());
+  }
+  absl::StatusOr<client::Namespace> ns = (*c)->RegisterNamespace(ns_.spec);
+  if (!ns.ok()) return ns.status();
+  auto& entry = peers_[address];
+  entry = {std::move(*c), *ns};
+  return std::make_pair(entry.first.get(), entry.second);
+}
+
+}  // namespace strata::gpu_agent

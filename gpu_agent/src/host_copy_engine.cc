@@ -1,0 +1,130 @@
+// The host twin of the CUDA copy engine: the same work items and index math (copy_index.h),
+// one memcpy per (block, slice) instead of one CUDA thread block, on a pool in host memory.
+// Quantized variants stage each block in stored form and run kv_quant.h's reference codec on
+// it, which is what the CUDA kernels must reproduce.
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "strata/common/mapped_buffer.h"
+#include "strata/gpu_agent/copy_engine.h"
+#include "strata/gpu_agent/copy_index.h"
+
+namespace strata::gpu_agent {
+namespace {
+
+class HostStaging : public StagingBuffer {
+ public:
+  explicit HostStaging(MappedBuffer buffer) : buffer_(std::move(buffer)) {}
+  uint8_t* data() const override { return buffer_.data(); }
+  size_t size() const override { return buffer_.size(); }
+
+ private:
+  MappedBuffer buffer_;
+};
+
+class HostCopyEngine : public CopyEngine {
+ public:
+  explicit HostCopyEngine(KvPool pool) : CopyEngine(std::move(pool)) {}
+
+  std::string Describe() const override { return "host"; }
+
+  absl::StatusOr<std::unique_ptr<StagingBuffer>> AllocateStaging(size_t bytes) override {
+    absl::StatusOr<MappedBuffer> b = MappedBuffer::Map(bytes, /*prefault=*/true);
+    if (!b.ok()) return b.status();
+    return std::make_unique<HostStaging>(std::move(*b));
+  }
+
+  absl::Status Gather(std::span<const uint32_t> ids, void* staging) override {
+    if (absl::Status s = CheckIds(ids, staging); !s.ok()) return s;
+    Copy(ids, static_cast<uint8_t*>(staging), /*to_pool=*/false);
+    return absl::OkStatus();
+  }
+
+  absl::Status Scatter(const void* staging, std::span<const uint32_t> ids) override {
+    if (absl::Status s = CheckIds(ids, staging); !s.ok()) return s;
+    Copy(ids, static_cast<uint8_t*>(const_cast<void*>(staging)), /*to_pool=*/true);
+    return absl::OkStatus();
+  }
+
+  absl::Status GatherQuantized(std::span<const uint32_t> ids, KvQuant method,
+                               void* staging) override {
+    absl::StatusOr<KvQuantSpec> spec = QuantSpec(ids, method, staging);
+    if (!spec.ok()) return spec.status();
+    const uint64_t packed = QuantizedPayloadSize(*spec, pool().block_bytes);
+    std::vector<uint8_t> block(pool().block_bytes);
+    std::string payload;
+    absl::Status first_error = absl::OkStatus();
+    for (size_t i = 0; i < ids.size(); ++i) {
+      Copy(ids.subspan(i, 1), block.data(), /*to_pool=*/false);
+      payload.clear();
+      absl::Status q = QuantizeKv(*spec, block, &payload);
+      if (!q.ok()) {
+        if (first_error.ok()) {
+          first_error = absl::InvalidArgumentError(
+              absl::StrCat("block id ", ids[i], " (entry ", i, "): ", q.message()));
+        }
+        continue;
+      }
+      std::memcpy(static_cast<uint8_t*>(staging) + i * packed, payload.data(), packed);
+    }
+    return first_error;
+  }
+
+  absl::Status ScatterDequantized(const void* staging, KvQuant method,
+                                  std::span<const uint32_t> ids) override {
+    absl::StatusOr<KvQuantSpec> spec = QuantSpec(ids, method, staging);
+    if (!spec.ok()) return spec.status();
+    const uint64_t packed = QuantizedPayloadSize(*spec, pool().block_bytes);
+    std::vector<uint8_t> block(pool().block_bytes);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      std::span<const uint8_t> payload(static_cast<const uint8_t*>(staging) + i * packed, packed);
+      if (absl::Status d = DequantizeKv(*spec, payload, block); !d.ok()) return d;
+      Copy(ids.subspan(i, 1), block.data(), /*to_pool=*/true);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  // Every (block, slice) work item of the batch, in item order.
+  void Copy(std::span<const uint32_t> ids, uint8_t* staging, bool to_pool) const {
+    const KvPool& p = pool();
+    const uint64_t items = ids.size() * uint64_t{p.num_slices()};
+    for (uint64_t item = 0; item < items; ++item) {
+      uint32_t b = 0;
+      uint32_t slice = 0;
+      index::SplitWorkItem(item, p.num_slices(), &b, &slice);
+      auto* in_pool = reinterpret_cast<uint8_t*>(
+          index::PoolSliceAddress(p.slice_bases.data(), p.block_stride, slice, ids[b]));
+      uint8_t* staged = staging + index::StagedSliceOffset(p.slice_bytes, p.num_slices(), b, slice);
+      if (to_pool) {
+        std::memcpy(in_pool, staged, p.slice_bytes);
+      } else {
+        std::memcpy(staged, in_pool, p.slice_bytes);
+      }
+    }
+  }
+
+  absl::StatusOr<KvQuantSpec> QuantSpec(std::span<const uint32_t> ids, KvQuant method,
+                                        const void* staging) const {
+    if (absl::Status s = CheckIds(ids, staging); !s.ok()) return s;
+    if (method == KvQuant::kNone) {
+      return absl::InvalidArgumentError("quantization method: none (use Gather / Scatter)");
+    }
+    KvQuantSpec spec{method, pool().dtype, pool().head_dim};
+    if (absl::Status v = ValidateKvQuantSpec(spec, pool().block_bytes); !v.ok()) return v;
+    return spec;
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CopyEngine>> CreateHostCopyEngine(const KvPool& pool) {
+  if (pool.device >= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pool on CUDA device ", pool.device, ": the host copy engine needs a host-memory pool"));
+  }
+  return std::make_unique<HostCopyEngine>(pool);
+}
+
+}  // namespace strata::gpu_agent

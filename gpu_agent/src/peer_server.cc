@@ -1,0 +1,264 @@
+#include "peer_server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "spdlog/spdlog.h"
+#include "strata/common/chain_hash.h"
+#include "strata/common/checksum.h"
+#include "strata/common/namespace.h"
+#include "strata/proto/status_convert.h"
+#include "strata/transport/data_plane.h"
+#include "strata/v1/store.grpc.pb.h"
+
+namespace strata::gpu_agent {
+namespace {
+
+namespace v1 = strata::v1;
+using proto::ToBlockStatus;
+using proto::ToGrpc;
+
+class PeerService final : public v1::StoreService::Service {
+ public:
+  PeerService(const PeerServerOptions& options, uint8_t* region, GatherFn gather,
+              transport::DataPlane* plane)
+      : options_(options), region_(region), gather_(std::move(gather)), plane_(plane) {}
+
+  uint64_t served() const { return served_.load(std::memory_order_relaxed); }
+
+  grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*,
+                     v1::StatsResponse* resp) override {
+    resp->set_node_id(options_.node_id);
+    resp->set_max_keys_per_call(options_.max_blocks);
+    resp->set_max_block_bytes(options_.block_bytes);
+    resp->set_max_inline_bytes(options_.block_bytes * options_.max_blocks);
+    resp->set_cluster_mode("agent");
+    if (plane_ != nullptr) {
+      resp->set_ucx_tls(plane_->tls());
+      resp->set_ucx_peer_failure_handling(plane_->peer_failure_handling());
+      resp->set_ucx_lanes(plane_->lanes());
+      resp->set_data_channels(plane_->channels());
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status RegisterNamespace(grpc::ServerContext*, const v1::RegisterNamespaceRequest* req,
+                                 v1::RegisterNamespaceResponse* resp) override {
+    absl::StatusOr<ChainHashAlgorithm> algo = ParseChainHashAlgorithm(req->spec().hash_algorithm());
+    if (!algo.ok()) return ToGrpc(algo.status());
+    const v1::NamespaceSpec& in = req->spec();
+    NamespaceSpec spec{
+        in.model_id(), in.dtype(),       in.layout(), in.block_tokens(), in.tp_rank(), in.tp_size(),
+        *algo,         in.block_bytes(), "",          in.head_dim()};
+    if (absl::Status v = ValidateNamespaceSpec(spec); !v.ok()) return ToGrpc(v);
+    const NamespaceId id = ComputeNamespaceId(spec);
+    if (id != options_.namespace_id) {
+      return ToGrpc(absl::FailedPreconditionError(absl::StrCat(
+          "this agent serves namespace 0x", absl::Hex(options_.namespace_id, absl::kZeroPad16),
+          " only; the spec names 0x", absl::Hex(id, absl::kZeroPad16))));
+    }
+    resp->set_namespace_id(id);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status BeginGet(grpc::ServerContext*, const v1::BeginGetRequest* req,
+                        v1::BeginGetResponse* resp) override {
+    std::vector<ChainHash> hashes;
+    if (absl::Status s = Keys(req->namespace_id(), req->chain_hashes(), &hashes); !s.ok()) {
+      return ToGrpc(s);
+    }
+    absl::MutexLock lock(&region_mu_);
+    std::vector<absl::Status> status = Gather(hashes, req->scope());
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      v1::GetBlock* b = resp->add_blocks();
+      ToBlockStatus(status[i], b->mutable_status());
+      if (!status[i].ok()) continue;
+      const uint8_t* data = region_ + i * options_.block_bytes;
+      b->set_tier(v1::TIER_HOT);
+      b->set_size(options_.block_bytes);
+      b->set_checksum(BlockChecksum(data, options_.block_bytes));
+      if (req->include_payload()) {
+        b->set_payload(reinterpret_cast<const char*>(data), options_.block_bytes);
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status EndGet(grpc::ServerContext*, const v1::EndGetRequest*,
+                      v1::EndGetResponse*) override {
+    return grpc::Status::OK;  // BeginGet pins nothing past its own reply
+  }
+
+  grpc::Status ConnectData(grpc::ServerContext*, const v1::ConnectDataRequest* req,
+                           v1::ConnectDataResponse* resp) override {
+    if (plane_ == nullptr) return ToGrpc(NoDataPlane());
+    std::vector<std::string> addresses(req->worker_addresses().begin(),
+                                       req->worker_addresses().end());
+    absl::StatusOr<transport::DataPlane::Channel> ch = plane_->Connect(addresses);
+    if (!ch.ok()) return ToGrpc(ch.status());
+    resp->set_channel_id(ch->id);
+    for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);
+    resp->set_transport(ch->transport);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status CloseData(grpc::ServerContext*, const v1::CloseDataRequest* req,
+                         v1::CloseDataResponse*) override {
+    if (plane_ == nullptr) return ToGrpc(NoDataPlane());
+    return ToGrpc(plane_->Close(req->channel_id()));
+  }
+
+  grpc::Status GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,
+                       v1::GetDataResponse* resp) override {
+    if (plane_ == nullptr) return ToGrpc(NoDataPlane());
+    std::vector<ChainHash> hashes;
+    if (absl::Status s = Keys(req->namespace_id(), req->chain_hashes(), &hashes); !s.ok()) {
+      return ToGrpc(s);
+    }
+    const int n = static_cast<int>(hashes.size());
+    const bool two_sided = req->tags_size() > 0;
+    if (two_sided ? (req->tags_size() != n || req->capacities_size() != n)
+                  : req->destinations_size() != n) {
+      return ToGrpc(absl::InvalidArgumentError(
+          absl::StrCat("tags / capacities / destinations: one per block (", n, " blocks)")));
+    }
+    for (int i = 0; !two_sided && i < n; ++i) {
+      const v1::RemoteBuffer& d = req->destinations(i);
+      if (d.rkey_index() >= static_cast<uint32_t>(req->rkeys_size()) || d.addr() == 0) {
+        return ToGrpc(absl::InvalidArgumentError(
+            absl::StrCat("destinations[", i, "]: null address or rkey_index out of range")));
+      }
+    }
+    absl::MutexLock lock(&region_mu_);
+    std::vector<absl::Status> status = Gather(hashes, req->scope());
+    std::vector<transport::TransferOp> ops;
+    for (int i = 0; i < n; ++i) {
+      uint8_t* data = region_ + i * options_.block_bytes;
+      const uint64_t capacity = two_sided ? req->capacities(i) : req->destinations(i).length();
+      if (status[i].ok() && options_.block_bytes > capacity) {
+        status[i] = absl::OutOfRangeError(absl::StrCat("block is ", options_.block_bytes,
+                                                       " bytes, destination holds ", capacity));
+      }
+      v1::GetBlock* b = resp->add_blocks();
+      ToBlockStatus(status[i], b->mutable_status());
+      const bool send = status[i].ok();
+      if (send) {
+        b->set_tier(v1::TIER_HOT);
+        b->set_size(options_.block_bytes);
+        b->set_checksum(BlockChecksum(data, options_.block_bytes));
+      }
+      if (two_sided) {  // exactly one message per tag, empty for blocks not sent
+        ops.push_back(transport::TransferOp::Send(send ? data : nullptr,
+                                                  send ? options_.block_bytes : 0, req->tags(i)));
+      } else if (send) {
+        const v1::RemoteBuffer& dst = req->destinations(i);
+        ops.push_back({transport::TransferOp::Kind::kPut, data, options_.block_bytes, dst.addr(),
+                       req->rkeys(static_cast<int>(dst.rkey_index()))});
+      }
+    }
+    const absl::Time deadline =
+        std::min(absl::FromChrono(ctx->deadline()), absl::Now() + absl::Seconds(30));
+    if (!ops.empty()) {
+      if (absl::Status moved = plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
+          !moved.ok()) {
+        return ToGrpc(moved);
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  static absl::Status NoDataPlane() {
+    return absl::FailedPreconditionError("this agent serves peers inline only (no UCX)");
+  }
+
+  absl::Status Keys(uint64_t ns, const google::protobuf::RepeatedPtrField<std::string>& raw,
+                    std::vector<ChainHash>* hashes) const {
+    if (ns != options_.namespace_id) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "namespace_id 0x", absl::Hex(ns, absl::kZeroPad16), ": not this agent's namespace"));
+    }
+    if (raw.size() > static_cast<int>(options_.max_blocks)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chain_hashes: ", raw.size(), " blocks, at most ", options_.max_blocks));
+    }
+    for (int i = 0; i < raw.size(); ++i) {
+      absl::StatusOr<ChainHash> h =
+          ChainHash::FromBytes(raw[i], absl::StrCat("chain_hashes[", i, "]"));
+      if (!h.ok()) return h.status();
+      hashes->push_back(*h);
+    }
+    return absl::OkStatus();
+  }
+
+  // Another scope's blocks are never this agent's: every block is NOT_FOUND then.
+  std::vector<absl::Status> Gather(std::span<const ChainHash> hashes, const std::string& scope)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(region_mu_) {
+    if (scope != options_.scope) {
+      return std::vector<absl::Status>(hashes.size(),
+                                       absl::NotFoundError("not in this agent's scope"));
+    }
+    std::vector<absl::Status> status = gather_(hashes, region_);
+    for (const absl::Status& s : status) served_.fetch_add(s.ok(), std::memory_order_relaxed);
+    return status;
+  }
+
+  const PeerServerOptions options_;
+  uint8_t* const region_;
+  const GatherFn gather_;
+  transport::DataPlane* const plane_;
+  absl::Mutex region_mu_;
+  std::atomic<uint64_t> served_{0};
+};
+
+class PeerServerImpl : public PeerServer {
+ public:
+  int port() const override { return port_; }
+  uint64_t blocks_served() const override { return service_->served(); }
+  ~PeerServerImpl() override {
+    if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+  }
+
+  std::unique_ptr<transport::DataPlane> plane_;
+  std::unique_ptr<PeerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOptions& options,
+                                                              uint8_t* region, GatherFn gather) {
+  auto s = std::make_unique<PeerServerImpl>();
+  const uint64_t region_bytes = options.block_bytes * options.max_blocks;
+  if (!options.ucx_tls.empty()) {
+    transport::DataPlaneOptions dp;
+    dp.tls = options.ucx_tls;
+    dp.lanes = 1;
+    dp.max_channels = 256;
+    dp.max_block_bytes = options.block_bytes;
+    absl::StatusOr<std::unique_ptr<transport::DataPlane>> plane =
+        transport::DataPlane::Create(dp, region, region_bytes);
+    if (!plane.ok()) return plane.status();
+    s->plane_ = std::move(*plane);
+  }
+  s->service_ = std::make_unique<PeerService>(options, region, std::move(gather), s->plane_.get());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  const int max_msg = static_cast<int>(std::min<uint64_t>(region_bytes + (1 << 20), 1u << 30));
+  builder.SetMaxReceiveMessageSize(max_msg);
+  builder.SetMaxSendMessageSize(max_msg);
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("peer server: cannot listen on ", options.listen));
+  }
+  spdlog::info("gpu agent serving peers on port {} ({})", s->port_,
+               options.ucx_tls.empty() ? "inline" : options.ucx_tls);
+  return s;
+}
+
+}  // namespace strata::gpu_agent

@@ -1,0 +1,54 @@
+// PeerServer: how a GPU agent serves its published blocks to peer agents. It speaks the store
+// node's own protocol (strata.v1.Store), so a peer reads with an ordinary StoreClient: Stats
+// (limits and the UCX data plane), RegisterNamespace (only the agent's own), BeginGet / EndGet
+// (inline payloads) and ConnectData / CloseData / GetData (UCX: tagged messages over TCP, RMA
+// puts otherwise). Every other call is UNIMPLEMENTED: an agent stores nothing for others.
+//
+// Each read gathers the requested blocks out of the engine's pool into the server's staging
+// region (through the agent's callback, which pins them against OnBlocksFreed while it copies),
+// checksums them there and sends them; one read at a time uses the region.
+//
+// Thread-safe; gRPC threads run the calls.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "strata/common/block_key.h"
+
+namespace strata::gpu_agent {
+
+struct PeerServerOptions {
+  std::string listen;   // host:port (port 0: any)
+  std::string ucx_tls;  // "" = inline only
+  uint64_t namespace_id = 0;
+  std::string scope;  // the scope the agent's blocks are published under
+  uint64_t block_bytes = 0;
+  uint32_t max_blocks = 0;  // blocks one call may read (the region holds this many)
+  std::string node_id;      // what Stats reports
+};
+
+// Copies the blocks named by `hashes` into region + i × block_bytes; per block OK or NOT_FOUND
+// (this agent does not hold it). Runs on a gRPC thread.
+using GatherFn =
+    std::function<std::vector<absl::Status>(std::span<const ChainHash> hashes, uint8_t* region)>;
+
+class PeerServer {
+ public:
+  // Starts serving. `region` (max_blocks × block_bytes, owned by the caller, outliving the
+  // server) is registered with UCX when ucx_tls is set. UNAVAILABLE when the address cannot
+  // be bound; UCX errors as they come.
+  static absl::StatusOr<std::unique_ptr<PeerServer>> Start(const PeerServerOptions& options,
+                                                           uint8_t* region, GatherFn gather);
+  virtual ~PeerServer() = default;
+  virtual int port() const = 0;
+  virtual uint64_t blocks_served() const = 0;
+};
+
+}  // namespace strata::gpu_agent

@@ -1,0 +1,359 @@
+// The GPU agent (host twin) against a real strata-storenode and real peer agents: offload and
+// load across layouts and dtypes, a prefill process's 4,096-token prompt loaded by this
+// process from the store and from the prefill agent's pool, directory publish/unpublish,
+// peer failure, and per-block load results. One node for the whole suite.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "engine_kv.h"
+#include "strata/client/local_node.h"
+#include "strata/gpu_agent/agent.h"
+#include "strata/gpu_agent/copy_engine.h"
+#include "strata/gpu_agent/host_pool.h"
+#include "strata/testutil/node_process.h"
+
+extern char** environ;
+
+namespace strata::gpu_agent {
+namespace {
+
+using ::testing::ElementsAre;
+
+class GpuAgentTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto node = testutil::StartNode(
+        {"--warm-bytes", "1536MiB", "--max-block-bytes", "8MiB", "--ucx-tls", "tcp"});
+    ASSERT_TRUE(node.ok()) << node.status();
+    node_ = node->release();
+  }
+  static void TearDownTestSuite() {
+    delete node_;
+    node_ = nullptr;
+  }
+
+  static AgentOptions Options(const std::string& model, bool serve) {
+    AgentOptions o;
+    o.store.address = node_->address();
+    o.model_id = model;
+    o.peer_listen = serve ? "127.0.0.1:0" : "";
+    o.staging_bytes = 64 << 20;
+    return o;
+  }
+
+  struct Side {
+    HostKvPool pool;
+    std::unique_ptr<GpuAgent> agent;
+    std::unique_ptr<CopyEngine> twin;
+  };
+
+  static Side Make(const AgentOptions& o, KvPoolSpec shape) {
+    auto pool = HostKvPool::Create(shape);
+    EXPECT_TRUE(pool.ok()) << pool.status();
+    auto agent = GpuAgent::Create(o);
+    EXPECT_TRUE(agent.ok()) << agent.status();
+    EXPECT_TRUE((*agent)->RegisterKvPool(pool->spec()).ok());
+    auto twin = CreateHostCopyEngine(pool->pool());
+    return Side{std::move(*pool), std::move(*agent), std::move(*twin)};
+  }
+
+  static KvPoolSpec SmallShape(KvLayout layout, KvDtype dtype) {
+    KvPoolSpec s;
+    s.layout = layout;
+    s.layers = 4;
+    s.num_blocks = 32;
+    s.block_tokens = 16;
+    s.kv_heads = 2;
+    s.head_dim = 64;
+    s.dtype = dtype;
+    return s;
+  }
+
+  static std::vector<ChainHash> Hashes(const GpuAgent& agent, uint32_t blocks, uint32_t salt) {
+    std::vector<uint32_t> tokens(blocks * 16);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint32_t>(i * 7 + salt);
+    auto h = agent.ns().HashTokens(tokens);
+    EXPECT_TRUE(h.ok());
+    return *h;
+  }
+
+  // "Computes" blocks: writes each block's KV (a function of its hash) into slots[i].
+  static std::vector<ComputedBlock> Compute(Side& s, const std::vector<ChainHash>& hashes,
+                                            const std::vector<uint32_t>& slots) {
+    const uint64_t bb = s.pool.pool().block_bytes;
+    std::vector<uint8_t> block(bb);
+    std::vector<ComputedBlock> out;
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      examples::BlockKv(hashes[i], block.data(), bb);
+      EXPECT_TRUE(s.twin->Scatter(block.data(), {&slots[i], 1}).ok());
+      out.push_back({slots[i], hashes[i], static_cast<uint32_t>(i), 0.5f});
+    }
+    return out;
+  }
+
+  // Blocks whose slot holds exactly the KV of its hash.
+  static size_t Exact(Side& s, const std::vector<ChainHash>& hashes,
+                      const std::vector<uint32_t>& slots) {
+    const uint64_t bb = s.pool.pool().block_bytes;
+    std::vector<uint8_t> want(bb), got(bb);
+    size_t exact = 0;
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      examples::BlockKv(hashes[i], want.data(), bb);
+      EXPECT_TRUE(s.twin->Gather({&slots[i], 1}, got.data()).ok());
+      exact += want == got;
+    }
+    return exact;
+  }
+
+  static std::shared_ptr<LoadHandle> LoadAll(Side& s, const std::vector<ChainHash>& hashes,
+                                             const std::vector<uint32_t>& slots) {
+    auto h = s.agent->Load(hashes, slots);
+    EXPECT_TRUE(h.ok()) << h.status();
+    EXPECT_TRUE((*h)->Wait(absl::Seconds(60)));
+    return *h;
+  }
+
+  static std::vector<uint32_t> Slots(uint32_t first, uint32_t n) {
+    std::vector<uint32_t> s(n);
+    for (uint32_t i = 0; i < n; ++i) s[i] = first + i;
+    return s;
+  }
+
+  static client::LocalNode* node_;
+};
+
+client::LocalNode* GpuAgentTest::node_ = nullptr;
+
+// gather → put → get → scatter, for every layout and dtype, into a pool of another layout.
+TEST_F(GpuAgentTest, RoundTripIsBitExactForEveryLayoutAndDtype) {
+  const KvLayout layouts[] = {KvLayout::kFlashAttn, KvLayout::kBlockFirst, KvLayout::kSplitKv,
+                              KvLayout::kCrossLayer};
+  uint32_t salt = 0;
+  for (KvDtype dtype : {KvDtype::kFp16, KvDtype::kBf16, KvDtype::kFp8}) {
+    for (size_t l = 0; l < 4; ++l) {
+      SCOPED_TRACE(std::string(KvLayoutName(layouts[l])) + " " + std::string(KvDtypeName(dtype)));
+      Side prefill = Make(Options("roundtrip", false), SmallShape(layouts[l], dtype));
+      Side decode = Make(Options("roundtrip", false), SmallShape(layouts[(l + 1) % 4], dtype));
+      auto hashes = Hashes(*prefill.agent, 20, ++salt);
+      ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(3, 20))).ok());
+      ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+      EXPECT_EQ(prefill.agent->Stats().offloaded, 20u);
+      auto loaded = LoadAll(decode, hashes, Slots(10, 20));
+      EXPECT_EQ(loaded->loaded_prefix(), 20u);
+      EXPECT_EQ(Exact(decode, hashes, Slots(10, 20)), 20u);
+      EXPECT_EQ(decode.agent->Stats().loaded_from_store, 20u);
+    }
+  }
+}
+
+// A prefill process (strata-engine-example, llama-3.1-8b shape) offloads a 4,096-token prompt;
+// this process, with its own client and pool, loads it from the store and from the prefill
+// agent's pool, then again after the prefill process died (fallback to the store).
+TEST_F(GpuAgentTest, DecodeLoadsPrefillProcessPromptFromStoreAndFromPeer) {
+  int out[2], in[2];
+  ASSERT_EQ(pipe(out), 0);
+  ASSERT_EQ(pipe(in), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+  posix_spawn_file_actions_addclose(&fa, out[0]);
+  posix_spawn_file_actions_addclose(&fa, in[1]);
+  std::string bin = testutil::ProjectBinary("strata-engine-example");
+  std::vector<std::string> args = {
+      bin, "--role", "prefill", "--node", node_->address(), "--prompt-tokens", "4096"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t prefill = 0;
+  ASSERT_EQ(posix_spawn(&prefill, bin.c_str(), &fa, nullptr, argv.data(), environ), 0);
+  close(out[1]);
+  close(in[0]);
+  FILE* from = fdopen(out[0], "r");
+  char line[512] = {};
+  ASSERT_NE(std::fgets(line, sizeof(line), from), nullptr);
+  std::string ready(line);
+  ASSERT_EQ(ready.rfind("READY ", 0), 0u) << ready;
+  const std::string peer = ready.substr(6, ready.find_last_not_of("\n") - 5);
+
+  KvPoolSpec shape;
+  shape.layout = KvLayout::kBlockFirst;
+  shape.layers = 32;
+  shape.kv_heads = 8;
+  shape.head_dim = 128;
+  shape.block_tokens = 16;
+  shape.num_blocks = 264;
+  AgentOptions from_store = Options("llama-3.1-8b", false);
+  from_store.prefer_peers = false;
+  Side decode = Make(from_store, shape);
+  std::vector<uint32_t> tokens(4096);
+  for (uint32_t i = 0; i < 4096; ++i)
+    tokens[i] = static_cast<uint32_t>((i * 2654435761ull + 17) % 128000);
+  auto hashes = *decode.agent->ns().HashTokens(tokens);
+  ASSERT_EQ(hashes.size(), 256u);
+  const auto slots = Slots(4, 256);
+  ASSERT_EQ(*decode.agent->MatchedBlocks(hashes), 256u);
+  auto a = LoadAll(decode, hashes, slots);
+  EXPECT_EQ(a->loaded_prefix(), 256u);
+  EXPECT_EQ(a->blocks()[0].source, LoadSource::kStore);
+  EXPECT_EQ(Exact(decode, hashes, slots), 256u);
+  EXPECT_EQ(decode.agent->Stats().loaded_from_store, 256u);
+
+  // (b) straight from the prefill agent's pool: every block from the peer, none from the store.
+  Side direct = Make(Options("llama-3.1-8b", false), shape);
+  auto b = LoadAll(direct, hashes, slots);
+  EXPECT_EQ(b->loaded_prefix(), 256u);
+  EXPECT_EQ(b->blocks()[255].source, LoadSource::kPeer);
+  EXPECT_EQ(b->blocks()[255].from, peer);
+  EXPECT_EQ(Exact(direct, hashes, slots), 256u);
+  EXPECT_EQ(direct.agent->Stats().loaded_from_peer, 256u);
+  EXPECT_EQ(direct.agent->Stats().loaded_from_store, 0u);
+
+  // The prefill process dies (its directory entries outlive it until their TTL): loads fall
+  // back to the store, block by block, and still every byte is right.
+  kill(prefill, SIGKILL);
+  int status = 0;
+  waitpid(prefill, &status, 0);
+  close(in[1]);
+  std::fclose(from);
+  Side after = Make(Options("llama-3.1-8b", false), shape);
+  auto c = LoadAll(after, hashes, slots);
+  EXPECT_EQ(c->loaded_prefix(), 256u);
+  EXPECT_EQ(c->blocks()[0].source, LoadSource::kStore);
+  EXPECT_EQ(after.agent->Stats().peer_fallbacks, 256u);
+  EXPECT_EQ(Exact(after, hashes, slots), 256u);
+}
+
+TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
+  Side prefill = Make(Options("unpublish", true), SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  auto hashes = Hashes(*prefill.agent, 8, 900);
+  const auto slots = Slots(0, 8);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, slots)).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  client::ClientOptions co;
+  co.address = node_->address();
+  auto c = client::StoreClient::Connect(co);
+  ASSERT_TRUE(c.ok());
+  auto peers_of = [&](size_t i) {
+    auto r = (*c)->LookupEach(prefill.agent->ns(), "", {&hashes[i], 1});
+    EXPECT_TRUE(r.ok());
+    return (*r)[0].peers;
+  };
+  EXPECT_THAT(peers_of(2), ElementsAre(prefill.agent->peer_address()));
+  EXPECT_EQ(prefill.agent->Stats().published, 8u);
+
+  const std::vector<uint32_t> freed = {2, 3};
+  ASSERT_TRUE(prefill.agent->OnBlocksFreed(freed).ok());
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!peers_of(2).empty() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_TRUE(peers_of(2).empty());
+  EXPECT_TRUE(peers_of(3).empty());
+  EXPECT_THAT(peers_of(4), ElementsAre(prefill.agent->peer_address()));  // not freed
+  EXPECT_EQ(prefill.agent->Stats().published, 6u);
+  // The store still has the freed blocks (and a peer asking the prefill agent gets NOT_FOUND
+  // for them, then the store's copy).
+  Side decode = Make(Options("unpublish", false), SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
+  auto loaded = LoadAll(decode, hashes, Slots(20, 8));
+  EXPECT_EQ(loaded->loaded_prefix(), 8u);
+  EXPECT_EQ(loaded->blocks()[2].source, LoadSource::kStore);
+  EXPECT_EQ(loaded->blocks()[4].source, LoadSource::kPeer);
+  EXPECT_EQ(Exact(decode, hashes, Slots(20, 8)), 8u);
+}
+
+TEST_F(GpuAgentTest, BlocksFreedRightAfterComputeAreCapturedBeforeTheSlotIsReused) {
+  AgentOptions o = Options("capture", false);
+  Side prefill = Make(o, SmallShape(KvLayout::kCrossLayer, KvDtype::kBf16));
+  auto hashes = Hashes(*prefill.agent, 30, 77);
+  const auto slots = Slots(0, 30);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, slots)).ok());
+  ASSERT_TRUE(prefill.agent->OnBlocksFreed(slots).ok());
+  // The engine reuses the slots at once: scribble over them.
+  for (auto [data, size] : prefill.pool.Tensors()) std::memset(data, 0xA5, size);
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  const AgentStats st = prefill.agent->Stats();
+  EXPECT_EQ(st.offloaded, 30u);
+  EXPECT_EQ(st.offload_dropped, 0u);
+  Side decode = Make(Options("capture", false), SmallShape(KvLayout::kFlashAttn, KvDtype::kBf16));
+  auto loaded = LoadAll(decode, hashes, Slots(1, 30));
+  EXPECT_EQ(loaded->loaded_prefix(), 30u);
+  EXPECT_EQ(Exact(decode, hashes, Slots(1, 30)), 30u);
+}
+
+TEST_F(GpuAgentTest, PerBlockResultsLetTheEngineRecomputeWhatFailed) {
+  Side prefill = Make(Options("partial", false), SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  auto hashes = Hashes(*prefill.agent, 10, 5);
+  // Only the first 6 blocks of the prompt were ever computed.
+  std::vector<ChainHash> first(hashes.begin(), hashes.begin() + 6);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, first, Slots(0, 6))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  Side decode = Make(Options("partial", false), SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  EXPECT_EQ(*decode.agent->MatchedBlocks(hashes), 6u);
+  auto loaded = LoadAll(decode, hashes, Slots(0, 10));
+  EXPECT_EQ(loaded->loaded_prefix(), 6u);
+  for (size_t i = 0; i < 10; ++i) {
+    EXPECT_EQ(loaded->blocks()[i].status.code(),
+              i < 6 ? absl::StatusCode::kOk : absl::StatusCode::kNotFound)
+        << i;
+  }
+  // Bad requests are refused up front, with no handle.
+  EXPECT_EQ(decode.agent->Load(hashes, Slots(0, 9)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(decode.agent->Load(first, Slots(30, 6)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(decode.agent->OnBlocksComputed({{ComputedBlock{32, hashes[0], 0, 0}}}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(decode.agent->RegisterKvPool(decode.pool.spec()).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// Importance scores travel with offloaded blocks to the store's cost-aware policy: under
+// pressure the node evicts the blocks the engine scored 0 and keeps those it scored 1.
+TEST_F(GpuAgentTest, ImportanceScoresDecideWhatTheCostPolicyKeeps) {
+  auto small = testutil::StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB",
+                                    "--warm-policy", "cost", "--ucx-tls", "tcp"});
+  ASSERT_TRUE(small.ok()) << small.status();
+  AgentOptions o = Options("importance", false);
+  o.store.address = (*small)->address();
+  KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  shape.kv_heads = 8;
+  shape.head_dim = 128;  // 256 KiB blocks: the node holds about 32
+  Side prefill = Make(o, shape);
+  // 40 one-block prompts (each block its own chain, so all are leaves of equal depth): 10
+  // scored 1, 10 scored 0, then 20 more scored 0.5 that push some out.
+  std::vector<ChainHash> hashes;
+  for (uint32_t p = 0; p < 40; ++p) hashes.push_back(Hashes(*prefill.agent, 1, 5000 + p)[0]);
+  for (uint32_t group = 0; group < 4; ++group) {
+    std::vector<ChainHash> part(hashes.begin() + group * 10, hashes.begin() + group * 10 + 10);
+    std::vector<ComputedBlock> computed = Compute(prefill, part, Slots(group * 5, 10));
+    for (ComputedBlock& c : computed) {
+      c.depth = 0;
+      c.importance = group == 0 ? 1.0f : group == 1 ? 0.0f : 0.5f;
+    }
+    ASSERT_TRUE(prefill.agent->OnBlocksComputed(computed).ok());
+    ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  }
+  client::ClientOptions co;
+  co.address = (*small)->address();
+  auto c = client::StoreClient::Connect(co);
+  ASSERT_TRUE(c.ok());
+  const uint64_t evictions = (*c)->Stats()->evictions;
+  EXPECT_GT(evictions, 0u);
+  auto present = [&](size_t begin) {
+    auto r = (*c)->LookupEach(prefill.agent->ns(), "", {hashes.data() + begin, 10});
+    size_t n = 0;
+    for (const client::BlockLocation& l : *r) n += l.tier != client::Tier::kUnknown;
+    return n;
+  };
+  EXPECT_EQ(present(0), 10u);  // scored 1: all kept
+  // Every eviction took a block scored 0 (fewer than 10 had to go).
+  EXPECT_EQ(present(10), 10 - std::min<uint64_t>(evictions, 10));
+}
+
+}  // namespace
+}  // namespace strata::gpu_agent
