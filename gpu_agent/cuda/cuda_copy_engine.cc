@@ -3,12 +3,13 @@
 //
 // Staging is pinned host memory that the kernels read and write directly, through its mapped
 // device address: one pass over the data. The alternative, a kernel into a device bounce
-// buffer and one cudaMemcpyAsync over PCIe, makes a second pass, holds device memory that the
-// engine's KV cache would rather have, and is no faster on the wire (a kernel's coalesced
-// 16-byte stores to host memory fill PCIe as the copy engines do; strata-gpu-copy-bench --cuda
-// measures both, and cudaMemcpy of the same bytes, on the machine at hand). One cudaMemcpyAsync
-// per slice without a kernel would be 2 × layers × blocks small copies per batch, each paying
-// a few microseconds of submission.
+// buffer and one cudaMemcpyAsync over PCIe, makes a second pass and holds device memory that
+// the engine's KV cache would rather have, for no gain on the wire: PCIe is the bottleneck
+// either way, and coalesced 16-byte accesses with several loads in flight per thread keep it
+// as busy as the copy engines do (strata-gpu-copy-bench --cuda measures both paths against
+// cudaMemcpy of the same bytes on the machine at hand). One cudaMemcpyAsync per slice without
+// a kernel would be 2 × layers × blocks small copies per batch, each paying a few microseconds
+// of submission.
 //
 // Each call takes a lane: a non-blocking stream, an event it waits on (blocking sync, so a
 // waiting agent thread sleeps instead of spinning), and pinned + device scratch for the block
@@ -52,7 +53,11 @@ class DeviceScope {
  public:
   explicit DeviceScope(int device) {
     if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
-    error_ = previous_ == device ? cudaSuccess : cudaSetDevice(device);
+    // Always set, even when cudaGetDevice already says `device`: on a thread that has not used
+    // CUDA yet it reports device 0 without making that device's context current, and
+    // cudaPointerGetAttributes then finds no device mapping for pinned staging (seen on an
+    // H100: the agent's offload thread).
+    error_ = cudaSetDevice(device);
     if (error_ != cudaSuccess || previous_ == device) previous_ = -1;
   }
   ~DeviceScope() {
@@ -165,23 +170,19 @@ class CudaCopyEngine final : public CopyEngine {
   }
 
  private:
-  // The same checks, in the same order and with the same messages, as the host twin.
+  // The checks every engine makes (CheckQuant), then the kernels' view of the spec.
   absl::StatusOr<cuda::QuantView> Quant(std::span<const uint32_t> ids, KvQuant method,
                                         const void* staging) const {
-    if (absl::Status s = CheckIds(ids, staging); !s.ok()) return s;
-    if (method == KvQuant::kNone) {
-      return absl::InvalidArgumentError("quantization method: none (use Gather / Scatter)");
-    }
+    absl::StatusOr<KvQuantSpec> spec = CheckQuant(ids, method, staging);
+    if (!spec.ok()) return spec.status();
     const KvPool& p = pool();
-    const KvQuantSpec spec{method, p.dtype, p.head_dim};
-    if (absl::Status v = ValidateKvQuantSpec(spec, p.block_bytes); !v.ok()) return v;
     cuda::QuantView q;
     q.code = method == KvQuant::kInt8 ? cuda::QuantCode::kInt8 : cuda::QuantCode::kFp8E4M3;
     q.source = p.dtype == KvDtype::kBf16 ? cuda::SourceType::kBf16 : cuda::SourceType::kFp16;
     q.head_dim = p.head_dim;
     q.vectors_per_slice = p.slice_bytes / 2 / p.head_dim;
     q.vectors_per_block = q.vectors_per_slice * p.num_slices();
-    q.packed_bytes = QuantizedPayloadSize(spec, p.block_bytes);
+    q.packed_bytes = QuantizedPayloadSize(*spec, p.block_bytes);
     q.host_default_nan = host_default_nan_;
     return q;
   }
@@ -214,10 +215,16 @@ class CudaCopyEngine final : public CopyEngine {
         return static_cast<uint8_t*>(staging);
       case cudaMemoryTypeManaged:
         return static_cast<uint8_t*>(staging);
-      case cudaMemoryTypeHost:
+      case cudaMemoryTypeHost: {
         if (attr.devicePointer != nullptr) return static_cast<uint8_t*>(attr.devicePointer);
+        void* mapped = nullptr;
+        if (cudaHostGetDevicePointer(&mapped, staging, 0) == cudaSuccess && mapped != nullptr) {
+          return static_cast<uint8_t*>(mapped);
+        }
+        cudaGetLastError();
         return absl::InvalidArgumentError(
             "staging: pinned host memory not mapped into the device's address space");
+      }
       case cudaMemoryTypeUnregistered:
         break;
     }

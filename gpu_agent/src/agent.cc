@@ -38,6 +38,21 @@ size_t LoadHandle::loaded_prefix() const {
   return n;
 }
 
+NamespaceSpec AgentNamespace(const AgentOptions& options, const KvPoolSpec& shape) {
+  NamespaceSpec ns;
+  ns.model_id = options.model_id;
+  ns.dtype = std::string(KvDtypeName(shape.dtype));
+  ns.layout = StoredLayoutName(shape);
+  ns.block_tokens = shape.block_tokens;
+  ns.tp_rank = options.tp_rank;
+  ns.tp_size = options.tp_size;
+  ns.hash_algorithm = options.hash_algorithm;
+  ns.block_bytes = 2ull * shape.layers * shape.block_tokens * shape.kv_heads * shape.head_dim *
+                   KvDtypeBytes(shape.dtype);
+  ns.head_dim = shape.head_dim;
+  return ns;
+}
+
 absl::StatusOr<std::unique_ptr<GpuAgent>> GpuAgent::Create(const AgentOptions& options) {
   if (options.model_id.empty()) return absl::InvalidArgumentError("model_id: empty");
   if (options.batch_blocks == 0) return absl::InvalidArgumentError("batch_blocks: must be >= 1");
@@ -91,17 +106,8 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
       (*engine)->AllocateStaging(3ull * batch_ * bb);
   if (!staging.ok()) return staging.status();
 
-  NamespaceSpec ns;
-  ns.model_id = options_.model_id;
-  ns.dtype = std::string(KvDtypeName(pool->dtype));
-  ns.layout = StoredLayoutName(*pool);
-  ns.block_tokens = pool->block_tokens;
-  ns.tp_rank = options_.tp_rank;
-  ns.tp_size = options_.tp_size;
-  ns.hash_algorithm = options_.hash_algorithm;
-  ns.block_bytes = bb;
-  ns.head_dim = pool->head_dim;
-  absl::StatusOr<client::Namespace> registered = client_->RegisterNamespace(ns);
+  absl::StatusOr<client::Namespace> registered =
+      client_->RegisterNamespace(AgentNamespace(options_, spec));
   if (!registered.ok()) return registered.status();
 
   // Zero-copy puts and gets from staging where the store offers UCX; inline otherwise.

@@ -15,6 +15,17 @@ absl::Status CopyEngine::CheckIds(std::span<const uint32_t> ids, const void* sta
   return absl::OkStatus();
 }
 
+absl::StatusOr<KvQuantSpec> CopyEngine::CheckQuant(std::span<const uint32_t> ids, KvQuant method,
+                                                   const void* staging) const {
+  if (absl::Status s = CheckIds(ids, staging); !s.ok()) return s;
+  if (method == KvQuant::kNone) {
+    return absl::InvalidArgumentError("quantization method: none (use Gather / Scatter)");
+  }
+  KvQuantSpec spec{method, pool_.dtype, pool_.head_dim};
+  if (absl::Status v = ValidateKvQuantSpec(spec, pool_.block_bytes); !v.ok()) return v;
+  return spec;
+}
+
 absl::StatusOr<std::unique_ptr<CopyEngine>> CreateCopyEngine(const KvPool& pool) {
   if (pool.device < 0) return CreateHostCopyEngine(pool);
   return CreateCudaCopyEngine(pool);

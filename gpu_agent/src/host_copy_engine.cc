@@ -49,7 +49,7 @@ class HostCopyEngine : public CopyEngine {
 
   absl::Status GatherQuantized(std::span<const uint32_t> ids, KvQuant method,
                                void* staging) override {
-    absl::StatusOr<KvQuantSpec> spec = QuantSpec(ids, method, staging);
+    absl::StatusOr<KvQuantSpec> spec = CheckQuant(ids, method, staging);
     if (!spec.ok()) return spec.status();
     const uint64_t packed = QuantizedPayloadSize(*spec, pool().block_bytes);
     std::vector<uint8_t> block(pool().block_bytes);
@@ -73,7 +73,7 @@ class HostCopyEngine : public CopyEngine {
 
   absl::Status ScatterDequantized(const void* staging, KvQuant method,
                                   std::span<const uint32_t> ids) override {
-    absl::StatusOr<KvQuantSpec> spec = QuantSpec(ids, method, staging);
+    absl::StatusOr<KvQuantSpec> spec = CheckQuant(ids, method, staging);
     if (!spec.ok()) return spec.status();
     const uint64_t packed = QuantizedPayloadSize(*spec, pool().block_bytes);
     std::vector<uint8_t> block(pool().block_bytes);
@@ -103,17 +103,6 @@ class HostCopyEngine : public CopyEngine {
         std::memcpy(staged, in_pool, p.slice_bytes);
       }
     }
-  }
-
-  absl::StatusOr<KvQuantSpec> QuantSpec(std::span<const uint32_t> ids, KvQuant method,
-                                        const void* staging) const {
-    if (absl::Status s = CheckIds(ids, staging); !s.ok()) return s;
-    if (method == KvQuant::kNone) {
-      return absl::InvalidArgumentError("quantization method: none (use Gather / Scatter)");
-    }
-    KvQuantSpec spec{method, pool().dtype, pool().head_dim};
-    if (absl::Status v = ValidateKvQuantSpec(spec, pool().block_bytes); !v.ok()) return v;
-    return spec;
   }
 };
 

@@ -146,9 +146,20 @@ absl::StatusOr<KvPool> ResolveKvPool(const KvPoolSpec& spec) {
   return p;
 }
 
+namespace {
+std::string SlicesName(uint32_t layers, uint32_t block_tokens, uint32_t kv_heads,
+                       uint32_t head_dim) {
+  return absl::StrCat("strata-slices:[", layers, ",2,", block_tokens, ",", kv_heads, ",", head_dim,
+                      "]");
+}
+}  // namespace
+
 std::string StoredLayoutName(const KvPool& pool) {
-  return absl::StrCat("strata-slices:[", pool.layers, ",2,", pool.block_tokens, ",", pool.kv_heads,
-                      ",", pool.head_dim, "]");
+  return SlicesName(pool.layers, pool.block_tokens, pool.kv_heads, pool.head_dim);
+}
+
+std::string StoredLayoutName(const KvPoolSpec& shape) {
+  return SlicesName(shape.layers, shape.block_tokens, shape.kv_heads, shape.head_dim);
 }
 
 }  // namespace strata::gpu_agent

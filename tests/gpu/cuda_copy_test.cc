@@ -629,6 +629,29 @@ TEST(CudaCopyEngineConcurrencyTest, ConcurrentCallsGetTheirOwnResults) {
   for (int t = 0; t < kThreads; ++t) EXPECT_EQ(failures[t], "") << "thread " << t;
 }
 
+// The agent's offload and load threads make no CUDA call of their own before the engine's:
+// staging allocated elsewhere must work from such a thread (its first call binds the device).
+TEST(CudaCopyEngineConcurrencyTest, FreshThreadUsesStagingAllocatedElsewhere) {
+  SKIP_WITHOUT_DEVICE();
+  PoolPair p = MakePair(KvDtype::kFp16, 8, 22);
+  ASSERT_NE(p.cuda, nullptr);
+  const uint64_t block = p.host->pool().block_bytes;
+  absl::StatusOr<std::unique_ptr<StagingBuffer>> out = p.cuda->AllocateStaging(2 * block);
+  absl::StatusOr<std::unique_ptr<StagingBuffer>> in = p.cuda->AllocateStaging(2 * block);
+  ASSERT_TRUE(out.ok() && in.ok());
+  RandomBytes((*out)->data(), (*out)->size(), 7);
+  const std::vector<uint32_t> ids = {3, 5};
+  std::string failure;
+  std::thread fresh([&] {
+    absl::Status s = p.cuda->Scatter((*out)->data(), ids);
+    if (s.ok()) s = p.cuda->Gather(ids, (*in)->data());
+    failure =
+        s.ok() ? FirstDifference((*in)->data(), (*out)->data(), (*out)->size()) : s.ToString();
+  });
+  fresh.join();
+  EXPECT_EQ(failure, "");
+}
+
 TEST(CudaCopyEngineCreateTest, DescribesAndRefusesPoolsItCannotReach) {
   SKIP_WITHOUT_DEVICE();
   PoolPair p = MakePair(KvDtype::kBf16, 4, 1);

@@ -310,6 +310,40 @@ TEST_F(GpuAgentTest, PerBlockResultsLetTheEngineRecomputeWhatFailed) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(decode.agent->RegisterKvPool(decode.pool.spec()).code(),
             absl::StatusCode::kFailedPrecondition);
+  // A scheduler without a pool computes the same namespace and finds the same blocks.
+  AgentOptions o = Options("partial", false);
+  KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  EXPECT_EQ(ComputeNamespaceId(AgentNamespace(o, shape)), decode.agent->ns().id);
+  shape.kv_heads = 4;
+  EXPECT_NE(ComputeNamespaceId(AgentNamespace(o, shape)), decode.agent->ns().id);
+}
+
+// A load whose slots the engine frees (request aborted) never writes them afterwards.
+TEST_F(GpuAgentTest, FreedSlotsAreNeverWrittenByALoadStillRunning) {
+  Side prefill = Make(Options("revoke", false), SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  auto hashes = Hashes(*prefill.agent, 30, 31);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 30))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  Side decode = Make(Options("revoke", false), SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  auto handle = decode.agent->Load(hashes, Slots(1, 30));
+  ASSERT_TRUE(handle.ok());
+  ASSERT_TRUE(decode.agent->OnBlocksFreed(Slots(1, 30)).ok());
+  // The slots are the engine's again: it writes other KV there at once.
+  for (auto [data, size] : decode.pool.Tensors()) std::memset(data, 0x3C, size);
+  ASSERT_TRUE((*handle)->Wait(absl::Seconds(30)));
+  size_t cancelled = 0;
+  for (const BlockLoad& b : (*handle)->blocks()) {
+    EXPECT_TRUE(b.status.ok() || b.status.code() == absl::StatusCode::kCancelled) << b.status;
+    cancelled += b.status.code() == absl::StatusCode::kCancelled;
+  }
+  EXPECT_EQ(Exact(decode, hashes, Slots(1, 30)), 0u);  // no stored block landed afterwards
+  const uint8_t* first = decode.pool.Element(0, 0, 1, 0, 0, 0);
+  EXPECT_EQ(first[0], 0x3C);
+  // Loading again into live slots works as usual.
+  auto again = LoadAll(decode, hashes, Slots(1, 30));
+  EXPECT_EQ(again->loaded_prefix(), 30u);
+  EXPECT_EQ(Exact(decode, hashes, Slots(1, 30)), 30u);
+  std::printf("load into freed slots: %zu of 30 blocks cancelled\n", cancelled);
 }
 
 // Importance scores travel with offloaded blocks to the store's cost-aware policy: under

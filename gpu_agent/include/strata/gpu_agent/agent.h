@@ -32,6 +32,7 @@
 #include "absl/time/time.h"
 #include "strata/client/store_client.h"
 #include "strata/common/chain_hash.h"
+#include "strata/common/namespace.h"
 #include "strata/gpu_agent/kv_pool.h"
 
 namespace strata::gpu_agent {
@@ -123,6 +124,11 @@ struct AgentStats {
   uint64_t bytes_offloaded = 0;
   uint64_t bytes_loaded = 0;
 };
+
+// The namespace an agent with `options` registers for a pool of `shape` (its dimensions and
+// dtype; layer_bases unused): what a process without a pool (an engine's scheduler) looks
+// blocks up under with a plain StoreClient. block_bytes is the stored block size.
+NamespaceSpec AgentNamespace(const AgentOptions& options, const KvPoolSpec& shape);
 
 class GpuAgent {
  public:

@@ -42,6 +42,10 @@ class CopyEngine {
  public:
   virtual ~CopyEngine() = default;
 
+  // Staging (every call's `staging`): for the CUDA engine pinned host memory
+  // (AllocateStaging, or cudaHostRegister'ed) or device memory; pageable memory is refused with
+  // INVALID_ARGUMENT. Any host memory for the host twin.
+
   // "host" or "cuda:<device> (<name>)".
   virtual std::string Describe() const = 0;
   const KvPool& pool() const { return pool_; }
@@ -69,7 +73,11 @@ class CopyEngine {
 
  protected:
   explicit CopyEngine(KvPool pool) : pool_(std::move(pool)) {}
+  // The argument checks every engine makes, in the same order with the same messages.
   absl::Status CheckIds(std::span<const uint32_t> ids, const void* staging) const;
+  // CheckIds, then the method and the pool's dtype; the quantization spec of the pool.
+  absl::StatusOr<KvQuantSpec> CheckQuant(std::span<const uint32_t> ids, KvQuant method,
+                                         const void* staging) const;
 
  private:
   KvPool pool_;

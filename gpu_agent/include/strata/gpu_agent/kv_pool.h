@@ -91,5 +91,6 @@ absl::StatusOr<KvPool> ResolveKvPool(const KvPoolSpec& spec);
 // the same whatever the engine's layout): "strata-slices:[layers,2,block_tokens,kv_heads,
 // head_dim]" with the numbers filled in.
 std::string StoredLayoutName(const KvPool& pool);
+std::string StoredLayoutName(const KvPoolSpec& shape);  // the same from a spec's dimensions
 
 }  // namespace strata::gpu_agent
