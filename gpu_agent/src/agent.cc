@@ -62,7 +62,9 @@ absl::StatusOr<std::unique_ptr<GpuAgent>> GpuAgent::Create(const AgentOptions& o
   absl::StatusOr<std::unique_ptr<client::StoreClient>> client =
       client::StoreClient::Connect(options.store);
   if (!client.ok()) return client.status();
-  return std::unique_ptr<GpuAgent>(new GpuAgentImpl(options, std::move(*client)));
+  auto agent = std::make_unique<GpuAgentImpl>(options, std::move(*client));
+  if (absl::Status s = agent->StartMetrics(); !s.ok()) return s;
+  return std::unique_ptr<GpuAgent>(std::move(agent));
 }
 
 GpuAgentImpl::GpuAgentImpl(AgentOptions options, std::unique_ptr<client::StoreClient> client)
@@ -140,6 +142,7 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
   ns_ = *registered;
   staging_ = std::move(*staging);
   engine_ = std::move(*engine);
+  ready_.store(true);
   offload_thread_ = std::thread([this] { OffloadLoop(); });
   load_thread_ = std::thread([this] { LoadLoop(); });
   spdlog::info("gpu agent: pool registered ({} blocks of {} bytes, {} layout, {} copy engine)",
@@ -423,6 +426,65 @@ std::vector<absl::Status> GpuAgentImpl::GatherForPeer(std::span<const ChainHash>
 AgentStats GpuAgentImpl::Stats() const {
   absl::MutexLock lock(&mu_);
   return stats_;
+}
+
+absl::Status GpuAgentImpl::StartMetrics() {
+  if (options_.metrics_listen.empty()) return absl::OkStatus();
+  HttpEndpoint::Handlers h;
+  h.metrics = [this] { return MetricsText(); };
+  h.ready = [this] { return ready_.load(); };
+  absl::StatusOr<std::unique_ptr<HttpEndpoint>> http =
+      HttpEndpoint::Start(options_.metrics_listen, std::move(h));
+  if (!http.ok()) return http.status();
+  http_ = std::move(*http);
+  return absl::OkStatus();
+}
+
+std::string GpuAgentImpl::MetricsText() const {
+  const AgentStats st = Stats();
+  struct Metric {
+    const char* name;
+    const char* type;
+    const char* help;
+    uint64_t value;
+  };
+  const Metric metrics[] = {
+      {"strata_agent_offloaded_blocks_total", "counter", "Blocks the store acknowledged",
+       st.offloaded},
+      {"strata_agent_offload_failed_blocks_total", "counter", "Offloads that failed",
+       st.offload_failed},
+      {"strata_agent_offload_dropped_blocks_total", "counter",
+       "Blocks freed before capture with no room", st.offload_dropped},
+      {"strata_agent_captured_on_free_blocks_total", "counter",
+       "Blocks copied out by OnBlocksFreed before the store had them", st.captured_on_free},
+      {"strata_agent_published_blocks", "gauge", "Directory entries this agent holds",
+       st.published},
+      {"strata_agent_loaded_blocks_total{source=\"peer\"}", "counter", "Blocks loaded",
+       st.loaded_from_peer},
+      {"strata_agent_loaded_blocks_total{source=\"store\"}", "counter", "Blocks loaded",
+       st.loaded_from_store},
+      {"strata_agent_load_failed_blocks_total", "counter", "Blocks no source could load",
+       st.load_failed},
+      {"strata_agent_peer_fallback_blocks_total", "counter",
+       "Blocks a peer could not serve, loaded from the store", st.peer_fallbacks},
+      {"strata_agent_served_blocks_total", "counter", "Blocks sent to peer agents",
+       st.served_to_peers},
+      {"strata_agent_offloaded_bytes_total", "counter", "Bytes offloaded", st.bytes_offloaded},
+      {"strata_agent_loaded_bytes_total", "counter", "Bytes loaded", st.bytes_loaded},
+  };
+  std::string out;
+  std::string_view last;
+  for (const Metric& m : metrics) {
+    std::string_view base(m.name);
+    base = base.substr(0, base.find('{'));
+    if (base != last) {
+      absl::StrAppend(&out, "# HELP ", std::string(base), " ", m.help, "\n# TYPE ",
+                      std::string(base), " ", m.type, "\n");
+      last = base;
+    }
+    absl::StrAppend(&out, m.name, " ", m.value, "\n");
+  }
+  return out;
 }
 
 }  // namespace strata::gpu_agent

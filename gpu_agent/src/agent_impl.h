@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "peer_server.h"
+#include "strata/common/http_endpoint.h"
 #include "strata/gpu_agent/agent.h"
 #include "strata/gpu_agent/copy_engine.h"
 
@@ -30,6 +31,10 @@ class GpuAgentImpl : public GpuAgent {
   absl::StatusOr<std::shared_ptr<LoadHandle>> Load(std::span<const ChainHash> prefix,
                                                    std::span<const uint32_t> destinations) override;
   AgentStats Stats() const override;
+  std::string MetricsText() const override;
+  std::string metrics_address() const override { return http_ ? http_->address() : ""; }
+
+  absl::Status StartMetrics();
 
  private:
   struct BlockState {
@@ -89,6 +94,8 @@ class GpuAgentImpl : public GpuAgent {
   std::unique_ptr<CopyEngine> engine_;
   std::unique_ptr<PeerServer> peer_server_;
   std::string peer_address_;
+  std::unique_ptr<HttpEndpoint> http_;
+  std::atomic<bool> ready_{false};
   std::thread offload_thread_;
   std::thread load_thread_;
 

@@ -11,7 +11,7 @@
 #include "absl/synchronization/notification.h"
 #include "strata/transport/data_plane.h"
 #include "grpcpp/grpcpp.h"
-#include "http_endpoint.h"
+#include "strata/common/http_endpoint.h"
 #include "metrics.h"
 #include "rebalancer.h"
 #include "spdlog/spdlog.h"

@@ -231,7 +231,9 @@ TEST_F(GpuAgentTest, DecodeLoadsPrefillProcessPromptFromStoreAndFromPeer) {
 }
 
 TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
-  Side prefill = Make(Options("unpublish", true), SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  AgentOptions with_metrics = Options("unpublish", true);
+  with_metrics.metrics_listen = "127.0.0.1:0";
+  Side prefill = Make(with_metrics, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
   auto hashes = Hashes(*prefill.agent, 8, 900);
   const auto slots = Slots(0, 8);
   ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, slots)).ok());
@@ -247,6 +249,12 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
   };
   EXPECT_THAT(peers_of(2), ElementsAre(prefill.agent->peer_address()));
   EXPECT_EQ(prefill.agent->Stats().published, 8u);
+  auto metrics = testutil::HttpGet(prefill.agent->metrics_address(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->first, 200);
+  EXPECT_THAT(metrics->second, ::testing::HasSubstr("strata_agent_offloaded_blocks_total 8\n"));
+  EXPECT_THAT(metrics->second, ::testing::HasSubstr("strata_agent_published_blocks 8\n"));
+  EXPECT_EQ(testutil::HttpGet(prefill.agent->metrics_address(), "/readyz")->first, 200);
 
   const std::vector<uint32_t> freed = {2, 3};
   ASSERT_TRUE(prefill.agent->OnBlocksFreed(freed).ok());

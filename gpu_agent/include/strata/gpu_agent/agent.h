@@ -71,6 +71,10 @@ struct AgentOptions {
   // further ones are dropped (counted in AgentStats::offload_dropped).
   uint64_t capture_bytes = 256ull << 20;
   absl::Duration call_deadline = absl::Seconds(10);  // each store / peer call
+  // HOST:PORT for GET /metrics (Prometheus text: AgentStats as strata_agent_*), /healthz and
+  // /readyz (ready once a pool is registered); "" serves none (MetricsText() still works for
+  // an engine that exports metrics itself).
+  std::string metrics_listen;
 };
 
 // A block the engine finished computing.
@@ -170,6 +174,10 @@ class GpuAgent {
       std::span<const ChainHash> prefix, std::span<const uint32_t> destinations) = 0;
 
   virtual AgentStats Stats() const = 0;
+  // Stats() in Prometheus text format, for an engine's own exporter.
+  virtual std::string MetricsText() const = 0;
+  // HOST:PORT the metrics endpoint is bound to ("" when metrics_listen is empty).
+  virtual std::string metrics_address() const = 0;
 };
 
 }  // namespace strata::gpu_agent

@@ -1,5 +1,5 @@
-// HttpEndpoint: the node's plain-HTTP side door — GET /metrics (Prometheus text), /healthz
-// (process alive) and /readyz (serving calls; 503 while starting or draining). civetweb
+// HttpEndpoint: a plain-HTTP side door for a node or an agent — GET /metrics (Prometheus text),
+// /healthz (process alive) and /readyz (serving calls; 503 while starting or draining). civetweb
 // runs its own threads; the handlers only call the thread-safe functions they are given.
 #pragma once
 
@@ -12,7 +12,7 @@
 struct mg_context;
 struct mg_connection;
 
-namespace strata::storenode {
+namespace strata {
 
 class HttpEndpoint {
  public:
@@ -38,4 +38,4 @@ class HttpEndpoint {
   std::string address_;
 };
 
-}  // namespace strata::storenode
+}  // namespace strata

@@ -1,4 +1,4 @@
-#include "http_endpoint.h"
+#include "strata/common/http_endpoint.h"
 
 #include <civetweb.h>
 
@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace strata::storenode {
+namespace strata {
 namespace {
 
 void Reply(mg_connection* conn, int code, const char* reason, const char* type,
@@ -70,4 +70,4 @@ int HttpEndpoint::Handle(mg_connection* conn, void* self_ptr) {
   return 1;
 }
 
-}  // namespace strata::storenode
+}  // namespace strata
