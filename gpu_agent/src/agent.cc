@@ -50,6 +50,13 @@ NamespaceSpec AgentNamespace(const AgentOptions& options, const KvPoolSpec& shap
   ns.block_bytes = 2ull * shape.layers * shape.block_tokens * shape.kv_heads * shape.head_dim *
                    KvDtypeBytes(shape.dtype);
   ns.head_dim = shape.head_dim;
+  if (options.transfer_quant != KvQuant::kNone) {
+    const KvQuantSpec q{options.transfer_quant, shape.dtype, shape.head_dim};
+    ns.layout += absl::StrCat("+", std::string(KvQuantName(options.transfer_quant)));
+    if (ValidateKvQuantSpec(q, ns.block_bytes).ok()) {
+      ns.block_bytes = QuantizedPayloadSize(q, ns.block_bytes);
+    }
+  }
   return ns;
 }
 
@@ -98,6 +105,14 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
   absl::StatusOr<std::unique_ptr<CopyEngine>> engine = CreateCopyEngine(*pool);
   if (!engine.ok()) return engine.status();
   const uint64_t bb = pool->block_bytes;
+  uint64_t stored = bb;
+  if (options_.transfer_quant != KvQuant::kNone) {
+    const KvQuantSpec q{options_.transfer_quant, pool->dtype, pool->head_dim};
+    if (absl::Status v = ValidateKvQuantSpec(q, bb); !v.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("transfer_quant: ", v.message()));
+    }
+    stored = QuantizedPayloadSize(q, bb);
+  }
   batch_ = static_cast<uint32_t>(
       std::min<uint64_t>(options_.batch_blocks, options_.staging_bytes / (3 * bb)));
   if (batch_ == 0) {
@@ -124,7 +139,7 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
     po.ucx_tls = options_.peer_ucx_tls;
     po.namespace_id = registered->id;
     po.scope = scope_;
-    po.block_bytes = bb;
+    po.block_bytes = stored;
     po.max_blocks = batch_;
     po.node_id = absl::StrCat("gpu-agent:", options_.model_id);
     uint8_t* serve_region = (*staging)->data() + 2ull * batch_ * bb;
@@ -139,6 +154,7 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
                                                     : options_.peer_advertise;
   }
   pool_ = *pool;
+  stored_bytes_ = stored;
   ns_ = *registered;
   staging_ = std::move(*staging);
   engine_ = std::move(*engine);
@@ -215,8 +231,8 @@ absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
       if (it == blocks_.end()) continue;
       BlockState st = it->second;
       if (st.pending && options_.offload_before_free &&
-          capture_used_ + pool_.block_bytes <= options_.capture_bytes) {
-        capture_used_ += pool_.block_bytes;
+          capture_used_ + stored_bytes_ <= options_.capture_bytes) {
+        capture_used_ += stored_bytes_;
         it->second.pending = false;  // handed to the capture below, still in flight
         capture.push_back(id);
         captured_state.push_back(st);
@@ -227,13 +243,13 @@ absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
     }
   }
   if (capture.empty()) return absl::OkStatus();
-  std::vector<uint8_t> bytes(capture.size() * pool_.block_bytes);
-  absl::Status gathered = engine_->Gather(capture, bytes.data());
+  std::vector<uint8_t> bytes(capture.size() * stored_bytes_);
+  absl::Status gathered = GatherStored(capture, bytes.data());
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < capture.size(); ++i) {
     Unpin(capture[i]);
     if (!gathered.ok()) {
-      capture_used_ -= pool_.block_bytes;
+      capture_used_ -= stored_bytes_;
       --inflight_;
       ++stats_.offload_failed;
       continue;
@@ -242,8 +258,7 @@ absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
     c.hash = captured_state[i].hash;
     c.depth = captured_state[i].depth;
     c.importance = captured_state[i].importance;
-    c.bytes.assign(bytes.begin() + i * pool_.block_bytes,
-                   bytes.begin() + (i + 1) * pool_.block_bytes);
+    c.bytes.assign(bytes.begin() + i * stored_bytes_, bytes.begin() + (i + 1) * stored_bytes_);
     captured_.push_back(std::move(c));
     ++stats_.captured_on_free;
   }
@@ -261,7 +276,7 @@ absl::Status GpuAgentImpl::Flush(absl::Duration timeout) {
 }
 
 void GpuAgentImpl::OffloadLoop() {
-  const uint64_t bb = pool_.block_bytes;
+  const uint64_t bb = stored_bytes_;
   uint8_t* region = staging_->data();
   absl::Time next_refresh = absl::Now() + options_.publish_ttl / 3;
   while (true) {
@@ -294,30 +309,38 @@ void GpuAgentImpl::OffloadLoop() {
     }
     Publish(unpublish, absl::ZeroDuration());
     if (!ids.empty()) {
-      absl::Status gathered = engine_->Gather(ids, region);
+      std::vector<absl::Status> gathered(ids.size(), GatherStored(ids, region));
+      if (!gathered[0].ok() && options_.transfer_quant != KvQuant::kNone) {
+        // A block holding NaN or infinity cannot be quantized: only that one stays behind.
+        for (size_t i = 0; i < ids.size(); ++i)
+          gathered[i] = GatherStored({&ids[i], 1}, region + i * bb);
+      }
       {
         absl::MutexLock lock(&mu_);
         for (uint32_t id : ids) Unpin(id);
       }
       std::vector<client::BlockWrite> writes;
+      std::vector<size_t> sent;  // index into ids of writes[k]
       for (size_t i = 0; i < ids.size(); ++i) {
+        if (!gathered[i].ok()) {
+          spdlog::error("gpu agent: gather for offload failed: {}", gathered[i].ToString());
+          continue;
+        }
         writes.push_back(
             {states[i].hash, region + i * bb, bb, states[i].depth, states[i].importance});
-      }
-      if (!gathered.ok()) {
-        spdlog::error("gpu agent: gather for offload failed: {}", gathered.ToString());
-        writes.clear();
+        sent.push_back(i);
       }
       std::vector<bool> ok = PutBlocks(writes);
       std::vector<ChainHash> publish;
       {
         absl::MutexLock lock(&mu_);
-        for (size_t i = 0; i < ids.size(); ++i) {
-          if (!gathered.ok()) ++stats_.offload_failed;
-          --inflight_;
+        inflight_ -= ids.size();
+        stats_.offload_failed += ids.size() - sent.size();
+        for (size_t k = 0; k < sent.size(); ++k) {
+          const size_t i = sent[k];
           auto it = blocks_.find(ids[i]);
           // Still the same block in that slot: advertise it to peers.
-          if (ok[i] && !options_.peer_listen.empty() && it != blocks_.end() &&
+          if (ok[k] && !options_.peer_listen.empty() && it != blocks_.end() &&
               it->second.generation == states[i].generation && !it->second.published) {
             it->second.published = true;
             ++stats_.published;
@@ -367,7 +390,7 @@ std::vector<bool> GpuAgentImpl::PutBlocks(std::span<const client::BlockWrite> wr
 
 void GpuAgentImpl::Publish(std::span<const ChainHash> hashes, absl::Duration ttl) {
   if (hashes.empty() || peer_address_.empty()) return;
-  std::vector<uint64_t> sizes(hashes.size(), pool_.block_bytes);
+  std::vector<uint64_t> sizes(hashes.size(), stored_bytes_);
   client::CallOptions call{options_.call_deadline};
   auto r = client_->Publish(ns_, scope_, hashes, sizes, peer_address_, ttl, call);
   if (!r.ok()) {
@@ -406,13 +429,13 @@ std::vector<absl::Status> GpuAgentImpl::GatherForPeer(std::span<const ChainHash>
     }
   }
   // Gather into the first ids.size() slots, then spread to each block's position.
-  absl::Status gathered = engine_->Gather(ids, region);
+  absl::Status gathered = GatherStored(ids, region);
   {
     absl::MutexLock lock(&mu_);
     for (uint32_t id : ids) Unpin(id);
     if (gathered.ok()) stats_.served_to_peers += ids.size();
   }
-  const uint64_t bb = pool_.block_bytes;
+  const uint64_t bb = stored_bytes_;
   for (size_t k = ids.size(); k-- > 0;) {
     if (!gathered.ok()) {
       status[at[k]] = gathered;
@@ -421,6 +444,16 @@ std::vector<absl::Status> GpuAgentImpl::GatherForPeer(std::span<const ChainHash>
     }
   }
   return status;
+}
+
+absl::Status GpuAgentImpl::GatherStored(std::span<const uint32_t> ids, uint8_t* out) {
+  if (options_.transfer_quant == KvQuant::kNone) return engine_->Gather(ids, out);
+  return engine_->GatherQuantized(ids, options_.transfer_quant, out);
+}
+
+absl::Status GpuAgentImpl::ScatterStored(const uint8_t* in, std::span<const uint32_t> ids) {
+  if (options_.transfer_quant == KvQuant::kNone) return engine_->Scatter(in, ids);
+  return engine_->ScatterDequantized(in, options_.transfer_quant, ids);
 }
 
 AgentStats GpuAgentImpl::Stats() const {

@@ -65,6 +65,10 @@ class GpuAgentImpl : public GpuAgent {
     if (--busy_[id] == 0) busy_.erase(id);
   }
 
+  // The copy engine's gather / scatter in the stored form (quantized with transfer_quant).
+  absl::Status GatherStored(std::span<const uint32_t> ids, uint8_t* out);
+  absl::Status ScatterStored(const uint8_t* in, std::span<const uint32_t> ids);
+
   void OffloadLoop();
   std::vector<bool> PutBlocks(std::span<const client::BlockWrite> writes);
   void Publish(std::span<const ChainHash> hashes, absl::Duration ttl);
@@ -88,6 +92,7 @@ class GpuAgentImpl : public GpuAgent {
   absl::Mutex register_mu_;
   // Set once by RegisterKvPool, before the threads start; read-only afterwards.
   KvPool pool_;
+  uint64_t stored_bytes_ = 0;  // a block as staged, sent and stored
   client::Namespace ns_;
   uint32_t batch_ = 0;
   std::unique_ptr<StagingBuffer> staging_;

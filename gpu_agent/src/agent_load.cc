@@ -112,8 +112,8 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
 void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace& ns,
                              LoadSource source, const std::string& name, LoadJob& job,
                              std::span<const size_t> which) {
-  const uint64_t bb = pool_.block_bytes;
-  uint8_t* region = staging_->data() + uint64_t{batch_} * bb;
+  const uint64_t bb = stored_bytes_;
+  uint8_t* region = staging_->data() + uint64_t{batch_} * pool_.block_bytes;
   std::vector<BlockLoad>& out = job.handle->blocks_;
   for (size_t begin = 0; begin < which.size(); begin += batch_) {
     const size_t n = std::min<size_t>(batch_, which.size() - begin);
@@ -133,7 +133,7 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
       absl::Status s = got.ok() ? got->blocks[k] : got.status();
       if (s.ok() && got->sizes[k] != bb) {
         s = absl::DataLossError(
-            absl::StrCat("block is ", got->sizes[k], " bytes, a pool block ", bb));
+            absl::StrCat("block is ", got->sizes[k], " bytes, a stored block ", bb));
       }
       b.status = s;
       if (!s.ok()) continue;
@@ -157,7 +157,7 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
         Pin(slots[k]);
       }
     }
-    absl::Status scattered = engine_->Scatter(region, kept);
+    absl::Status scattered = ScatterStored(region, kept);
     absl::MutexLock lock(&mu_);
     for (uint32_t slot : kept) Unpin(slot);
     for (size_t i : loaded) {

@@ -13,6 +13,8 @@
 
 #include "engine_kv.h"
 #include "strata/client/local_node.h"
+#include "strata/common/half.h"
+#include "strata/common/kv_quant.h"
 #include "strata/gpu_agent/agent.h"
 #include "strata/gpu_agent/copy_engine.h"
 #include "strata/gpu_agent/host_pool.h"
@@ -352,6 +354,83 @@ TEST_F(GpuAgentTest, FreedSlotsAreNeverWrittenByALoadStillRunning) {
   EXPECT_EQ(again->loaded_prefix(), 30u);
   EXPECT_EQ(Exact(decode, hashes, Slots(1, 30)), 30u);
   std::printf("load into freed slots: %zu of 30 blocks cancelled\n", cancelled);
+}
+
+// Finite fp16 KV for block `hash` (quantization refuses NaN and infinity).
+std::vector<uint8_t> FiniteKv(const ChainHash& hash, uint64_t bytes) {
+  std::vector<uint8_t> raw(bytes);
+  examples::BlockKv(hash, raw.data(), bytes);
+  for (uint64_t i = 0; i + 1 < bytes; i += 2) {
+    const float x = (static_cast<int>(raw[i]) - 128) / 32.0f + raw[i + 1] / 4096.0f;
+    const uint16_t h = FloatToHalf(x);
+    std::memcpy(&raw[i], &h, 2);
+  }
+  return raw;
+}
+
+// transfer_quant: blocks are gathered as int8 codes + scales, stored at about half the bytes
+// and restored on load — from the store and from a peer — to exactly what the reference codec
+// restores; agents without it do not see those blocks; a NaN block alone stays behind.
+TEST_F(GpuAgentTest, QuantizedTransferRestoresWhatTheReferenceCodecRestores) {
+  AgentOptions o = Options("quantized", true);
+  o.transfer_quant = KvQuant::kInt8;
+  Side prefill = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  const uint64_t bb = prefill.pool.pool().block_bytes;
+  auto hashes = Hashes(*prefill.agent, 12, 4242);
+  std::vector<ComputedBlock> computed;
+  for (uint32_t i = 0; i < 12; ++i) {
+    std::vector<uint8_t> kv = FiniteKv(hashes[i], bb);
+    if (i == 11) {
+      const uint16_t nan = 0x7e00;
+      std::memcpy(kv.data() + 100, &nan, 2);
+    }
+    ASSERT_TRUE(prefill.twin->Scatter(kv.data(), {&i, 1}).ok());
+    computed.push_back({i, hashes[i], i, 0});
+  }
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(computed).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  const AgentStats st = prefill.agent->Stats();
+  EXPECT_EQ(st.offloaded, 11u);
+  EXPECT_EQ(st.offload_failed, 1u);  // the NaN block
+  const KvQuantSpec spec{KvQuant::kInt8, KvDtype::kFp16, 64};
+  EXPECT_EQ(st.bytes_offloaded, 11 * QuantizedPayloadSize(spec, bb));
+  EXPECT_LT(QuantizedPayloadSize(spec, bb), bb * 6 / 10);
+
+  for (bool peer : {false, true}) {
+    SCOPED_TRACE(peer ? "from the peer" : "from the store");
+    AgentOptions d = Options("quantized", false);
+    d.transfer_quant = KvQuant::kInt8;
+    d.prefer_peers = peer;
+    Side decode = Make(d, SmallShape(KvLayout::kBlockFirst, KvDtype::kFp16));
+    auto loaded = LoadAll(decode, hashes, Slots(20, 12));
+    EXPECT_EQ(loaded->loaded_prefix(), 11u);
+    EXPECT_EQ(loaded->blocks()[0].source, peer ? LoadSource::kPeer : LoadSource::kStore);
+    size_t exact = 0;
+    for (uint32_t i = 0; i < 11; ++i) {
+      std::string packed;
+      ASSERT_TRUE(QuantizeKv(spec, FiniteKv(hashes[i], bb), &packed).ok());
+      std::vector<uint8_t> want(bb), got(bb);
+      ASSERT_TRUE(
+          DequantizeKv(spec, {reinterpret_cast<const uint8_t*>(packed.data()), packed.size()}, want)
+              .ok());
+      const uint32_t slot = 20 + i;
+      ASSERT_TRUE(decode.twin->Gather({&slot, 1}, got.data()).ok());
+      exact += want == got;
+    }
+    EXPECT_EQ(exact, 11u);
+  }
+  // An agent moving exact blocks lives in another namespace: it finds none of these.
+  Side exact_agent =
+      Make(Options("quantized", false), SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  EXPECT_EQ(*exact_agent.agent->MatchedBlocks(hashes), 0u);
+  // Quantizing needs fp16 or bf16.
+  AgentOptions fp8 = Options("quantized", false);
+  fp8.transfer_quant = KvQuant::kInt8;
+  auto fp8_agent = GpuAgent::Create(fp8);
+  ASSERT_TRUE(fp8_agent.ok());
+  auto fp8_pool = HostKvPool::Create(SmallShape(KvLayout::kFlashAttn, KvDtype::kFp8));
+  EXPECT_EQ((*fp8_agent)->RegisterKvPool(fp8_pool->spec()).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Importance scores travel with offloaded blocks to the store's cost-aware policy: under

@@ -32,6 +32,7 @@
 #include "absl/time/time.h"
 #include "strata/client/store_client.h"
 #include "strata/common/chain_hash.h"
+#include "strata/common/kv_quant.h"
 #include "strata/common/namespace.h"
 #include "strata/gpu_agent/kv_pool.h"
 
@@ -46,6 +47,12 @@ struct AgentOptions {
   uint32_t tp_size = 1;
   ChainHashAlgorithm hash_algorithm = ChainHashAlgorithm::kSha256;
   std::string scope;  // "" = the client's default scope
+  // Blocks travel and are stored quantized by the copy engine as it gathers them (kv_quant.h:
+  // int8 or fp8-e4m3 codes with one fp32 scale per head_dim vector, about half the bytes of
+  // fp16), and restored to the pool's dtype as loads scatter them. Lossy (bounded per vector,
+  // see kv_quant.h); needs an fp16 or bf16 pool. Part of the namespace (its layout name ends in
+  // "+int8" / "+fp8-e4m3"), so exact and quantized copies of a block never mix.
+  KvQuant transfer_quant = KvQuant::kNone;
 
   // Peer serving: the gRPC address this agent listens on for peers ("host:port"; port 0 picks
   // one), "" to serve no peers (and publish nothing). peer_advertise: the address published
@@ -131,7 +138,8 @@ struct AgentStats {
 
 // The namespace an agent with `options` registers for a pool of `shape` (its dimensions and
 // dtype; layer_bases unused): what a process without a pool (an engine's scheduler) looks
-// blocks up under with a plain StoreClient. block_bytes is the stored block size.
+// blocks up under with a plain StoreClient. block_bytes is the stored block size (the packed
+// size with transfer_quant).
 NamespaceSpec AgentNamespace(const AgentOptions& options, const KvPoolSpec& shape);
 
 class GpuAgent {
