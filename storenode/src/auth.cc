@@ -1,0 +1,207 @@
+#include "auth.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "strata/common/block_key.h"
+#include "yaml-cpp/yaml.h"
+
+namespace strata::storenode {
+namespace {
+
+constexpr uint8_t kAllRoles = kRoleReader | kRoleWriter | kRolePublisher | kRoleAdmin;
+
+std::string Sha256(std::string_view data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), out, &len, EVP_sha256(), nullptr);
+  return std::string(reinterpret_cast<char*>(out), len);
+}
+
+absl::StatusOr<uint8_t> ParseRoles(const YAML::Node& node, const std::string& where) {
+  if (!node || !node.IsSequence() || node.size() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".roles: a non-empty list"));
+  }
+  uint8_t roles = 0;
+  for (const YAML::Node& r : node) {
+    const std::string name = r.as<std::string>();
+    if (name == "reader") {
+      roles |= kRoleReader;
+    } else if (name == "writer") {
+      roles |= kRoleWriter;
+    } else if (name == "publisher") {
+      roles |= kRolePublisher;
+    } else if (name == "admin") {
+      roles |= kRoleAdmin;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".roles: \"", name, "\" is not reader, writer, publisher or admin"));
+    }
+  }
+  return roles;
+}
+
+std::string_view RoleName(Role r) {
+  switch (r) {
+    case kRoleReader:
+      return "reader";
+    case kRoleWriter:
+      return "writer";
+    case kRolePublisher:
+      return "publisher";
+    case kRoleAdmin:
+      return "admin";
+  }
+  return "?";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(std::string_view mode,
+                                                                     std::string principals_file) {
+  if (mode == "none" || mode.empty()) {
+    return std::unique_ptr<Authenticator>(new Authenticator(false, ""));
+  }
+  if (mode != "required") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("auth_mode: \"", std::string(mode), "\", expected none or required"));
+  }
+  if (principals_file.empty()) {
+    return absl::InvalidArgumentError("auth_principals_file: required with auth_mode required");
+  }
+  std::unique_ptr<Authenticator> a(new Authenticator(true, std::move(principals_file)));
+  if (absl::Status s = a->Reload(); !s.ok()) return s;
+  return a;
+}
+
+absl::StatusOr<std::vector<Authenticator::Entry>> Authenticator::Load(const std::string& file) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(file);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("auth_principals_file ", file, ": ", e.what()));
+  }
+  const YAML::Node list = root["principals"];
+  if (!list || !list.IsSequence()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("auth_principals_file ", file, ": no \"principals\" list"));
+  }
+  std::vector<Entry> entries;
+  try {
+    for (size_t i = 0; i < list.size(); ++i) {
+      const YAML::Node& n = list[i];
+      const std::string where = absl::StrCat("principals[", i, "]");
+      Entry e;
+      e.principal.name = n["name"] ? n["name"].as<std::string>() : where;
+      if (!n["tenant"]) return absl::InvalidArgumentError(where + ".tenant: missing");
+      e.principal.tenant = n["tenant"].as<std::string>();
+      if (absl::Status v = ValidateScope(e.principal.tenant, where + ".tenant"); !v.ok()) return v;
+      if (e.principal.tenant == kSharedScope) {
+        return absl::InvalidArgumentError(where + ".tenant: \"shared\" is reserved");
+      }
+      absl::StatusOr<uint8_t> roles = ParseRoles(n["roles"], where);
+      if (!roles.ok()) return roles.status();
+      e.principal.roles = *roles;
+      if (n["token_sha256"]) {
+        const std::string hex = n["token_sha256"].as<std::string>();
+        if (hex.size() != 64 ||
+            hex.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) {
+          return absl::InvalidArgumentError(where + ".token_sha256: 64 hex digits");
+        }
+        e.token_sha256 = absl::HexStringToBytes(hex);
+      }
+      if (n["cert_cn"]) e.cert_cn = n["cert_cn"].as<std::string>();
+      if (e.token_sha256.empty() && e.cert_cn.empty()) {
+        return absl::InvalidArgumentError(where + ": needs token_sha256 or cert_cn");
+      }
+      entries.push_back(std::move(e));
+    }
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("auth_principals_file ", file, ": ", e.what()));
+  }
+  return entries;
+}
+
+absl::Status Authenticator::Reload() {
+  if (!required_) return absl::OkStatus();
+  absl::StatusOr<std::vector<Entry>> loaded = Load(file_);
+  if (!loaded.ok()) return loaded.status();
+  auto table = std::make_shared<const std::vector<Entry>>(std::move(*loaded));
+  absl::MutexLock lock(&mu_);
+  entries_ = std::move(table);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Principal> Authenticator::Authenticate(
+    std::optional<std::string_view> bearer_token, std::optional<std::string_view> cert_cn) const {
+  if (!required_) return Principal{"anonymous", std::string(kDefaultScope), kAllRoles};
+  if (!bearer_token.has_value() && !cert_cn.has_value()) {
+    return absl::UnauthenticatedError("no credentials (bearer token or client certificate)");
+  }
+  std::shared_ptr<const std::vector<Entry>> entries;
+  {
+    absl::MutexLock lock(&mu_);
+    entries = entries_;
+  }
+  if (bearer_token.has_value()) {
+    const std::string presented = Sha256(*bearer_token);
+    const Entry* match = nullptr;
+    // Every entry is compared, whatever matched, in constant time per comparison.
+    for (const Entry& e : *entries) {
+      const bool same =
+          e.token_sha256.size() == presented.size() &&
+          CRYPTO_memcmp(e.token_sha256.data(), presented.data(), presented.size()) == 0;
+      if (same && match == nullptr) match = &e;
+    }
+    if (match != nullptr) return match->principal;
+    return absl::UnauthenticatedError("unknown credentials");
+  }
+  for (const Entry& e : *entries) {
+    if (!e.cert_cn.empty() && e.cert_cn == *cert_cn) return e.principal;
+  }
+  return absl::UnauthenticatedError("unknown credentials");
+}
+
+absl::Status RequireRole(const Principal& p, Role role, std::string_view call) {
+  if (p.Has(role)) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      std::string(call), " needs role ", std::string(RoleName(role)), " (principal ", p.name, ")"));
+}
+
+absl::StatusOr<std::string> ResolveScope(const Principal& p, std::string_view requested,
+                                         Access access) {
+  if (access == Access::kAdmin) {
+    if (absl::Status s = RequireRole(p, kRoleAdmin, "this call"); !s.ok()) return s;
+  }
+  if (requested.empty() || requested == p.tenant) {
+    const Role need = access == Access::kRead ? kRoleReader : kRoleWriter;
+    if (access != Access::kAdmin) {
+      if (absl::Status s = RequireRole(p, need, access == Access::kRead ? "reading" : "writing");
+          !s.ok()) {
+        return s;
+      }
+    }
+    return p.tenant;
+  }
+  if (requested == kSharedScope) {
+    const Role need = access == Access::kRead ? kRoleReader : kRolePublisher;
+    if (access != Access::kAdmin) {
+      if (absl::Status s =
+              RequireRole(p, need, access == Access::kRead ? "reading shared" : "writing shared");
+          !s.ok()) {
+        return s;
+      }
+    }
+    return std::string(kSharedScope);
+  }
+  if (p.Has(kRoleAdmin)) {
+    if (absl::Status v = ValidateScope(requested, "scope"); !v.ok()) return v;
+    return std::string(requested);
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("scope \"", std::string(requested), "\" is not yours (principal ", p.name, ")"));
+}
+
+}  // namespace strata::storenode
