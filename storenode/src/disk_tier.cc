@@ -1,8 +1,10 @@
 #include "strata/storenode/disk_tier.h"
 
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
 #include "rocksdb/write_batch.h"
@@ -141,16 +143,55 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions(opts)},
       {"meta", rocksdb::ColumnFamilyOptions()},
       {"namespaces", rocksdb::ColumnFamilyOptions()}};
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(rocksdb::DBOptions(opts), options.path, cfs, &handles, &db);
-  if (!s.ok()) {
-    return absl::UnavailableError(absl::StrCat(options.name, " tier: cannot open RocksDB at ",
-                                               options.path, ": ", s.ToString()));
+  if (options.env == nullptr) {
+    std::error_code ec;
+    std::filesystem::create_directories(options.path, ec);  // Open reports what still fails
   }
-  std::unique_ptr<DiskTier> tier(new DiskTier(std::move(options), db, std::move(handles)));
-  if (absl::Status r = tier->Rebuild(); !r.ok()) return r;
-  return tier;
+  // A store whose files were damaged (a flipped byte in a MANIFEST, a truncated SST) must not
+  // keep the node down: first RocksDB's repair, which salvages what its checksums vouch for;
+  // if that fails too, the directory is set aside and the tier starts empty. Either way every
+  // block that survives is still checked against its own checksum when read.
+  for (int attempt = 0;; ++attempt) {
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    rocksdb::Status s =
+        rocksdb::DB::Open(rocksdb::DBOptions(opts), options.path, cfs, &handles, &db);
+    absl::Status opened = absl::OkStatus();
+    std::unique_ptr<DiskTier> tier;
+    if (s.ok()) {
+      tier.reset(new DiskTier(options, db, std::move(handles)));
+      opened = tier->Rebuild();
+      if (opened.ok()) return tier;
+      tier.reset();
+    } else {
+      opened = absl::UnavailableError(absl::StrCat(options.name, " tier: cannot open RocksDB at ",
+                                                   options.path, ": ", s.ToString()));
+    }
+    // Damage, not circumstance: a store another process holds (its LOCK), a directory we may
+    // not write or a full disk must fail the start and never be "repaired" or set aside.
+    const std::string why = s.ToString();
+    const bool circumstance = why.find("While lock file") != std::string::npos ||
+                              why.find("Permission denied") != std::string::npos ||
+                              why.find("No space") != std::string::npos;
+    const bool damaged =
+        !circumstance && (s.IsCorruption() || s.IsIOError() ||
+                          (s.ok() && (opened.code() == absl::StatusCode::kDataLoss ||
+                                      opened.code() == absl::StatusCode::kUnavailable)));
+    if (!damaged || attempt == 2 || options.env != nullptr) return opened;
+    if (attempt == 0) {
+      spdlog::error("{} tier: {}; repairing the RocksDB store", options.name,
+                    std::string(opened.message()));
+      rocksdb::RepairDB(options.path, rocksdb::DBOptions(opts), cfs).PermitUncheckedError();
+    } else {
+      const std::string aside =
+          absl::StrCat(options.path, ".damaged-", absl::ToUnixSeconds(absl::Now()));
+      spdlog::error("{} tier: still unusable after repair ({}); moved to {}, starting empty",
+                    options.name, std::string(opened.message()), aside);
+      std::error_code ec;
+      std::filesystem::rename(options.path, aside, ec);
+      if (ec) return opened;
+    }
+  }
 }
 
 DiskTier::DiskTier(DiskTierOptions options, rocksdb::DB* db,
@@ -422,7 +463,12 @@ absl::StatusOr<std::vector<NamespaceSpec>> DiskTier::LoadNamespaces() {
     spec.hash_algorithm = static_cast<ChainHashAlgorithm>(algo);
     out.push_back(std::move(spec));
   }
-  if (!it->status().ok()) return FromRocks(it->status(), options_.name + " namespaces");
+  if (!it->status().ok()) {
+    // Damaged namespace records are not fatal: blocks of a namespace not listed stay on disk
+    // and become reachable again once a client registers the namespace.
+    spdlog::error("{} tier: namespace records unreadable past {} ({}); continuing", options_.name,
+                  out.size(), it->status().ToString());
+  }
   return out;
 }
 
