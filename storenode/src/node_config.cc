@@ -75,6 +75,18 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
                   "On SIGTERM, how long in-flight calls may take before they are cancelled.");
   s.AddBool("debug_fault_injection", &c->debug_fault_injection,
             "Serve the InjectFault call that corrupts stored bytes. Tests only.");
+  s.AddString("auth_mode", &c->auth_mode,
+              "none (every caller is tenant default, all roles) or required (principals).");
+  s.AddString("auth_principals_file", &c->auth_principals_file,
+              "YAML principals: tenant, roles, token_sha256 / cert_cn (reloaded on SIGHUP).");
+  s.AddString("tls_cert", &c->tls_cert, "PEM server certificate (chain) for gRPC; empty: no TLS.");
+  s.AddString("tls_key", &c->tls_key, "PEM private key of tls_cert.");
+  s.AddString("tls_client_ca", &c->tls_client_ca,
+              "PEM CA bundle that signs client certificates (mTLS).");
+  s.AddBool("tls_require_client_cert", &c->tls_require_client_cert,
+            "Refuse clients without a certificate signed by tls_client_ca.");
+  s.AddString("cluster_token", &c->cluster_token,
+              "Bearer token this node presents to its peers (needs the admin role there).");
   s.AddString("cluster_mode", &c->cluster_mode,
               "single (this node alone), static (cluster_members) or etcd (etcd_endpoints).");
   s.AddString("cluster_name", &c->cluster_name, "etcd key prefix /strata/<cluster_name>/.");
@@ -171,6 +183,21 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   }
   if (c.cluster_name.empty() || c.cluster_name.find('/') != std::string::npos) {
     return absl::InvalidArgumentError("cluster_name: want a non-empty name without '/'");
+  }
+  if (c.auth_mode != "none" && c.auth_mode != "required") {
+    return absl::InvalidArgumentError("auth_mode: want none or required");
+  }
+  if (c.auth_mode == "required" && c.auth_principals_file.empty()) {
+    return absl::InvalidArgumentError("auth_principals_file: auth_mode required needs one");
+  }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return absl::InvalidArgumentError("tls_cert / tls_key: give both or neither");
+  }
+  if ((!c.tls_client_ca.empty() || c.tls_require_client_cert) && c.tls_cert.empty()) {
+    return absl::InvalidArgumentError("tls_client_ca / tls_require_client_cert: need tls_cert");
+  }
+  if (c.tls_require_client_cert && c.tls_client_ca.empty()) {
+    return absl::InvalidArgumentError("tls_require_client_cert: needs tls_client_ca");
   }
   return absl::OkStatus();
 }

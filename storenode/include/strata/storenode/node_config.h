@@ -60,6 +60,19 @@ struct NodeConfig {
 
   bool debug_fault_injection = false;  // serve InjectFault (tests only)
 
+  // Security (docs/design/security.md). auth_mode "none": every caller is tenant `default`
+  // with every role; "required": principals from auth_principals_file (bearer tokens by
+  // SHA-256, client-certificate CNs). TLS on gRPC when tls_cert/tls_key are set; clients are
+  // verified against tls_client_ca, and must present a certificate with
+  // tls_require_client_cert. cluster_token: what this node presents to its peers (rebalancer).
+  std::string auth_mode = "none";
+  std::string auth_principals_file;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  bool tls_require_client_cert = false;
+  std::string cluster_token;
+
   // Cluster (docs/design/cluster.md). single: this node alone; static: cluster_members;
   // etcd: register under /strata/<cluster_name>/nodes/<node_id> at etcd_endpoints.
   std::string cluster_mode = "single";
