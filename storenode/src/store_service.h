@@ -7,13 +7,13 @@
 
 #include <atomic>
 
-#include "strata/transport/data_plane.h"
 #include "directory.h"
 #include "metrics.h"
 #include "rebalancer.h"
 #include "strata/cluster/membership.h"
 #include "strata/storenode/node_config.h"
 #include "strata/storenode/tiered_store.h"
+#include "strata/transport/data_plane.h"
 #include "strata/v1/store.grpc.pb.h"
 
 namespace strata::storenode {
