@@ -36,38 +36,6 @@ constexpr absl::Duration kConnectTimeout = absl::Seconds(2);
 // previous set: the time read-repair and the rebalancer get to move blocks to new owners.
 constexpr absl::Duration kPreviousSetGrace = absl::Minutes(10);
 
-bool IsStaleEpoch(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kFailedPrecondition &&
-         absl::StrContains(s.message(), "epoch");
-}
-
-// Errors that fail a whole cluster call rather than the blocks of one node: a stale epoch
-// (retried after a refresh) and bad input (every node would say the same).
-bool IsWholeCallError(const absl::Status& s) {
-  return IsStaleEpoch(s) || s.code() == absl::StatusCode::kInvalidArgument;
-}
-
-// Errors after which another replica may still answer.
-bool TryNextReplica(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kUnavailable ||
-         s.code() == absl::StatusCode::kDeadlineExceeded ||
-         s.code() == absl::StatusCode::kCancelled || s.code() == absl::StatusCode::kNotFound ||
-         s.code() == absl::StatusCode::kDataLoss || s.code() == absl::StatusCode::kInternal ||
-         s.code() == absl::StatusCode::kResourceExhausted;
-}
-
-// Runs fn(key, items) for every group in parallel; fn's own errors are its to record.
-template <typename Key, typename Fn>
-void ForEachGroup(const std::map<Key, std::vector<size_t>>& groups, Fn fn) {
-  std::vector<std::pair<Key, const std::vector<size_t>*>> list;
-  for (const auto& [k, v] : groups) list.emplace_back(k, &v);
-  if (list.empty()) return;
-  RunParts(list.size(), [&](size_t p) {
-    fn(list[p].first, *list[p].second);
-    return absl::OkStatus();
-  }).IgnoreError();
-}
-
 class ClusterStoreClient final : public StoreClient {
  public:
   explicit ClusterStoreClient(ClientOptions options) : options_(std::move(options)) {}
@@ -207,30 +175,21 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<BlockLocation> out(n);
       std::vector<size_t> tried(n, 0);
       std::vector<bool> answered(n, false);
-      absl::Mutex mu;
       absl::Status whole;  // a whole-call error (IsWholeCallError)
       // Each block's first owner that answers (absent there means absent).
       for (int round = 0; round < replicas_; ++round) {
-        std::map<int, std::vector<size_t>> groups;
+        std::vector<std::vector<size_t>> groups(set->members.size());
         for (size_t i = 0; i < n; ++i) {
           if (!answered[i] && tried[i] < cand[i].size()) groups[cand[i][tried[i]]].push_back(i);
         }
-        ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
-          std::vector<ChainHash> mine;
-          for (size_t i : idx) mine.push_back(hashes[i]);
-          auto r = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
-            return c.LookupEach(ns, scope, mine, Left(end));
-          });
-          absl::MutexLock lock(&mu);
-          if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
-          for (size_t k = 0; k < idx.size(); ++k) {
-            ++tried[idx[k]];
-            if (r.ok()) {
-              answered[idx[k]] = true;
-              out[idx[k]] = (*r)[k];
-            }
-          }
-        });
+        LookupRound(*set, groups, ns, scope, hashes, end, out,
+                    [&](const std::vector<size_t>& idx, const absl::Status& s) {
+                      if (IsWholeCallError(s)) whole = s;
+                      for (size_t i : idx) {
+                        ++tried[i];
+                        answered[i] = answered[i] || s.ok();
+                      }
+                    });
         if (!whole.ok()) return whole;
       }
       return out;
@@ -343,7 +302,7 @@ class ClusterStoreClient final : public StoreClient {
       if (!any)
         sum = *r;  // limits and data-plane fields of the first node that answered
       else
-        Add(*r, &sum);
+        AddNodeStats(*r, &sum);
       any = true;
     }
     if (!any) return absl::UnavailableError("Stats: no store node answered");
@@ -404,13 +363,11 @@ class ClusterStoreClient final : public StoreClient {
 
   // The client of member `m`, connected on first use (namespaces and memory registered).
   absl::StatusOr<std::shared_ptr<GrpcStoreClient>> Node(const Member& m, absl::Time end) {
+    if (auto known = Known(m)) return *known;
     std::vector<NamespaceSpec> specs;
     std::vector<std::pair<void*, size_t>> memory;
     {
       absl::MutexLock lock(&mu_);
-      NodeEntry& e = nodes_[m.id];
-      if (e.client != nullptr && e.address == m.address) return e.client;
-      if (absl::Now() < e.down_until && e.address == m.address) return e.last_error;
       specs = specs_;
       memory = memory_;
     }
@@ -442,8 +399,32 @@ class ClusterStoreClient final : public StoreClient {
     return e.client;
   }
 
-  // Runs fn on member `index` of `set` with the set's epoch; a node that fails with
-  // UNAVAILABLE is marked down so the next calls fail over at once.
+  // Member `m`'s client if it is connected, or its error while it is marked down; nullopt
+  // when it has to be connected.
+  std::optional<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> Known(const Member& m) {
+    absl::MutexLock lock(&mu_);
+    NodeEntry& e = nodes_[m.id];
+    if (e.address != m.address) return std::nullopt;
+    if (e.client != nullptr) return e.client;
+    if (absl::Now() < e.down_until) return e.last_error;
+    return std::nullopt;
+  }
+
+  // A node whose call failed with UNAVAILABLE is marked down, so the next calls fail over at
+  // once.
+  void NoteResult(const Member& m, const std::shared_ptr<GrpcStoreClient>& c,
+                  const absl::Status& s) {
+    if (s.code() != absl::StatusCode::kUnavailable) return;
+    absl::MutexLock lock(&mu_);
+    NodeEntry& e = nodes_[m.id];
+    if (e.client == c) {
+      e.client.reset();
+      e.down_until = absl::Now() + kDownBackoff;
+      e.last_error = s;
+    }
+  }
+
+  // Runs fn on member `index` of `set` with the set's epoch.
   template <typename Fn>
   auto WithNode(const MemberSet& set, int index, absl::Time end, Fn fn)
       -> decltype(fn(std::declval<GrpcStoreClient&>())) {
@@ -452,16 +433,49 @@ class ClusterStoreClient final : public StoreClient {
     if (!c.ok()) return c.status();
     (*c)->set_epoch(set.epoch);
     auto r = fn(**c);
-    if (!r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
-      absl::MutexLock lock(&mu_);
-      NodeEntry& e = nodes_[m.id];
-      if (e.client == *c) {
-        e.client.reset();
-        e.down_until = absl::Now() + kDownBackoff;
-        e.last_error = r.status();
-      }
-    }
+    if (!r.ok()) NoteResult(m, *c, r.status());
     return r;
+  }
+
+  // One LookupEach per member with blocks in groups[member] (indexes into `hashes`), all
+  // members at once from this thread (GrpcStoreClient::LookupEachOnNodes, which fills
+  // out[i] where a node answered) once any not connected yet are connected, in parallel.
+  // Then fn(groups[member], status) for each.
+  template <typename Fn>
+  void LookupRound(const MemberSet& set, const std::vector<std::vector<size_t>>& groups,
+                   const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
+                   absl::Time end, std::span<BlockLocation> out, Fn fn) {
+    std::vector<int> nodes;
+    std::vector<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> clients;
+    std::vector<size_t> connect;
+    for (size_t m = 0; m < groups.size(); ++m) {
+      if (groups[m].empty()) continue;
+      auto known = Known(set.members[m]);
+      if (!known) connect.push_back(nodes.size());
+      nodes.push_back(static_cast<int>(m));
+      clients.push_back(known ? *known : absl::UnknownError("not connected"));
+    }
+    if (!connect.empty()) {
+      RunParts(connect.size(), [&](size_t p) {
+        clients[connect[p]] = Node(set.members[nodes[connect[p]]], end);
+        return absl::OkStatus();
+      }).IgnoreError();
+    }
+    std::vector<GrpcStoreClient::LookupEachWork> work(nodes.size());
+    for (size_t k = 0; k < nodes.size(); ++k) {
+      work[k].idx = &groups[nodes[k]];
+      if (!clients[k].ok()) {
+        work[k].status = clients[k].status();
+        continue;
+      }
+      work[k].node = clients[k]->get();
+      work[k].node->set_epoch(set.epoch);
+    }
+    GrpcStoreClient::LookupEachOnNodes(work, hashes, ns, scope, Left(end), out);
+    for (size_t k = 0; k < nodes.size(); ++k) {
+      if (clients[k].ok()) NoteResult(set.members[nodes[k]], *clients[k], work[k].status);
+      fn(*work[k].idx, work[k].status);
+    }
   }
 
   template <typename Fn>
@@ -484,39 +498,6 @@ class ClusterStoreClient final : public StoreClient {
     }
     if (total == 0 && !first.ok()) return first;
     return total;
-  }
-
-  static void Add(const NodeStats& n, NodeStats* s) {
-    s->warm_blocks += n.warm_blocks;
-    s->warm_bytes += n.warm_bytes;
-    s->warm_used_bytes += n.warm_used_bytes;
-    s->warm_capacity_bytes += n.warm_capacity_bytes;
-    s->hits += n.hits;
-    s->misses += n.misses;
-    s->evictions += n.evictions;
-    s->leases += n.leases;
-    s->reservations += n.reservations;
-    s->data_loss += n.data_loss;
-    s->cool_blocks += n.cool_blocks;
-    s->cool_bytes += n.cool_bytes;
-    s->cool_stored_bytes += n.cool_stored_bytes;
-    s->cool_capacity_bytes += n.cool_capacity_bytes;
-    s->cold_blocks += n.cold_blocks;
-    s->cold_bytes += n.cold_bytes;
-    s->cold_stored_bytes += n.cold_stored_bytes;
-    s->cold_capacity_bytes += n.cold_capacity_bytes;
-    s->demotions += n.demotions;
-    s->promotions += n.promotions;
-    s->prefetched += n.prefetched;
-    s->prefetch_used += n.prefetch_used;
-    s->prefetch_wasted += n.prefetch_wasted;
-    s->data_channels += n.data_channels;
-    s->namespaces = std::max(s->namespaces, n.namespaces);
-    s->rebalance_passes += n.rebalance_passes;
-    s->rebalance_pending += n.rebalance_pending;
-    s->rebalance_copied += n.rebalance_copied;
-    s->rebalance_dropped += n.rebalance_dropped;
-    s->under_replicated += n.under_replicated;
   }
 
   // Where a block may be, in the order to ask: its owners under the current set, then its
@@ -545,17 +526,35 @@ class ClusterStoreClient final : public StoreClient {
     return membership_->Previous();
   }
 
+  // Owners(...)[0] without building the list: the member with the top rendezvous score (the
+  // lower index on a tie). Zones do not change it: the first zone picked is the top scorer's.
+  // -1 when no member owns anything.
+  int FirstOwner(const MemberSet& set, const ChainHash& h) const {
+    if (replicas_ < 1) return -1;
+    int best = -1;
+    uint64_t best_score = 0;
+    for (size_t i = 0; i < set.members.size(); ++i) {
+      const uint64_t score = cluster::RendezvousScore(set.members[i].id, h);
+      if (best < 0 || score > best_score) {
+        best = static_cast<int>(i);
+        best_score = score;
+      }
+    }
+    return best;
+  }
+
   absl::StatusOr<LookupResult> LookupOnce(const Namespace& ns, std::string_view scope,
                                           std::span<const ChainHash> hashes, absl::Time end) {
     std::shared_ptr<const MemberSet> set = membership_->Current();
     std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
     const size_t n = hashes.size();
-    std::vector<std::vector<int>> cand(n);
-    for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, prev.get(), hashes[i]);
-    std::vector<size_t> tried(n, 0);
-    std::vector<std::optional<BlockLocation>> found(n);
+    // Where each block was found (tier kUnknown: not yet); its prefix becomes the result.
+    std::vector<BlockLocation> loc(n);
+    auto found = [&](size_t i) { return loc[i].tier != Tier::kUnknown; };
+    // A block's full list of candidates, built when it goes on past its first owner.
+    std::vector<std::vector<int>> cand;
+    std::vector<uint8_t> tried(n, 0);
     std::vector<bool> absent(n, false);  // a node that should hold it said it does not
-    absl::Mutex mu;
     absl::Status fatal;
     // Round 1 asks every block's first owner; later rounds only go on where the answer
     // matters: blocks whose node did not answer, and the first block reported absent — or,
@@ -563,49 +562,49 @@ class ClusterStoreClient final : public StoreClient {
     // may not have it yet).
     const bool moving = prev != nullptr;
     for (int round = 0; round < 2 * replicas_ + 4; ++round) {
-      std::map<int, std::vector<size_t>> groups;
+      std::vector<std::vector<size_t>> groups(set->members.size());
+      if (round == 0) {
+        for (auto& g : groups) g.reserve(n / groups.size() + 64);
+      }
+      bool any = false;
       size_t first_absent = n;
       for (size_t i = 0; i < n; ++i) {
-        if (!found[i].has_value() && absent[i]) {
+        if (!found(i) && absent[i]) {
           first_absent = i;
           break;
         }
       }
       for (size_t i = 0; i < n; ++i) {
-        if (found[i].has_value() || tried[i] >= cand[i].size()) continue;
+        if (found(i)) continue;
         if (round > 0 && absent[i] && i != first_absent && !moving) continue;
         if (i > first_absent && !moving) continue;
-        groups[cand[i][tried[i]]].push_back(i);
+        int node = -1;
+        if (tried[i] == 0) {
+          node = FirstOwner(*set, hashes[i]);
+        } else {
+          if (cand.empty()) cand.resize(n);
+          if (cand[i].empty()) cand[i] = Candidates(*set, prev.get(), hashes[i]);
+          if (tried[i] < cand[i].size()) node = cand[i][tried[i]];
+        }
+        if (node < 0) continue;
+        groups[node].push_back(i);
+        any = true;
       }
-      if (groups.empty()) break;
-      ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
-        std::vector<ChainHash> mine;
-        for (size_t i : idx) mine.push_back(hashes[i]);
-        absl::StatusOr<std::vector<BlockLocation>> r =
-            WithNode(*set, node, end,
-                     [&](GrpcStoreClient& c) { return c.LookupEach(ns, scope, mine, Left(end)); });
-        absl::MutexLock lock(&mu);
-        for (size_t k = 0; k < idx.size(); ++k) {
-          size_t i = idx[k];
-          ++tried[i];
-          if (!r.ok()) continue;
-          if ((*r)[k].tier != Tier::kUnknown) {
-            found[i] = (*r)[k];
-          } else {
-            absent[i] = true;
-          }
-        }
-        if (!r.ok() && (IsStaleEpoch(r.status()) || !TryNextReplica(r.status()))) {
-          fatal = r.status();
-        }
-      });
+      if (!any) break;
+      LookupRound(*set, groups, ns, scope, hashes, end, loc,
+                  [&](const std::vector<size_t>& idx, const absl::Status& s) {
+                    for (size_t i : idx) {
+                      ++tried[i];
+                      if (s.ok() && !found(i)) absent[i] = true;
+                    }
+                    if (!s.ok() && (IsStaleEpoch(s) || !TryNextReplica(s))) fatal = s;
+                  });
       if (!fatal.ok()) return fatal;
     }
     LookupResult out;
-    for (size_t i = 0; i < n && found[i].has_value(); ++i) {
-      out.blocks.push_back(*found[i]);
-      ++out.matched_blocks;
-    }
+    while (out.matched_blocks < n && found(out.matched_blocks)) ++out.matched_blocks;
+    loc.resize(out.matched_blocks);
+    out.blocks = std::move(loc);
     return out;
   }
 

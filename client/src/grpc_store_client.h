@@ -11,7 +11,9 @@
 #include <cstring>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -91,6 +93,74 @@ absl::Status RunParts(size_t n, Part part) {
     if (first.ok()) first = s;
   }
   return first;
+}
+
+// Runs fn(key, items) for every group in parallel; fn's own errors are its to record.
+template <typename Key, typename Fn>
+void ForEachGroup(const std::map<Key, std::vector<size_t>>& groups, Fn fn) {
+  std::vector<std::pair<Key, const std::vector<size_t>*>> list;
+  for (const auto& [k, v] : groups) list.emplace_back(k, &v);
+  if (list.empty()) return;
+  RunParts(list.size(), [&](size_t p) {
+    fn(list[p].first, *list[p].second);
+    return absl::OkStatus();
+  }).IgnoreError();
+}
+
+// Adds one node's counters to a cluster's (the cluster client's Stats).
+inline void AddNodeStats(const NodeStats& n, NodeStats* s) {
+  s->warm_blocks += n.warm_blocks;
+  s->warm_bytes += n.warm_bytes;
+  s->warm_used_bytes += n.warm_used_bytes;
+  s->warm_capacity_bytes += n.warm_capacity_bytes;
+  s->hits += n.hits;
+  s->misses += n.misses;
+  s->evictions += n.evictions;
+  s->leases += n.leases;
+  s->reservations += n.reservations;
+  s->data_loss += n.data_loss;
+  s->cool_blocks += n.cool_blocks;
+  s->cool_bytes += n.cool_bytes;
+  s->cool_stored_bytes += n.cool_stored_bytes;
+  s->cool_capacity_bytes += n.cool_capacity_bytes;
+  s->cold_blocks += n.cold_blocks;
+  s->cold_bytes += n.cold_bytes;
+  s->cold_stored_bytes += n.cold_stored_bytes;
+  s->cold_capacity_bytes += n.cold_capacity_bytes;
+  s->demotions += n.demotions;
+  s->promotions += n.promotions;
+  s->prefetched += n.prefetched;
+  s->prefetch_used += n.prefetch_used;
+  s->prefetch_wasted += n.prefetch_wasted;
+  s->data_channels += n.data_channels;
+  s->namespaces = std::max(s->namespaces, n.namespaces);
+  s->rebalance_passes += n.rebalance_passes;
+  s->rebalance_pending += n.rebalance_pending;
+  s->rebalance_copied += n.rebalance_copied;
+  s->rebalance_dropped += n.rebalance_dropped;
+  s->under_replicated += n.under_replicated;
+}
+
+// The cluster client's error classes (cluster_client.cc): a node refused a request routed by an
+// older member-set epoch than its own.
+inline bool IsStaleEpoch(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kFailedPrecondition &&
+         absl::StrContains(s.message(), "epoch");
+}
+
+// Errors that fail a whole cluster call rather than the blocks of one node: a stale epoch
+// (retried after a refresh) and bad input (every node would say the same).
+inline bool IsWholeCallError(const absl::Status& s) {
+  return IsStaleEpoch(s) || s.code() == absl::StatusCode::kInvalidArgument;
+}
+
+// Errors after which another replica may still answer.
+inline bool TryNextReplica(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable ||
+         s.code() == absl::StatusCode::kDeadlineExceeded ||
+         s.code() == absl::StatusCode::kCancelled || s.code() == absl::StatusCode::kNotFound ||
+         s.code() == absl::StatusCode::kDataLoss || s.code() == absl::StatusCode::kInternal ||
+         s.code() == absl::StatusCode::kResourceExhausted;
 }
 
 // Errors after which a data call is worth retrying on the same channel later; any other
@@ -199,6 +269,22 @@ class GrpcStoreClient final : public StoreClient {
   // For the cluster client (cluster_client.cc): the member-set epoch stamped on every routed
   // request.
   void set_epoch(uint64_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
+
+  // One node's share of a multi-node LookupEach: the blocks hashes[idx[j]], asked of `node`
+  // (null: skipped, status left as it is).
+  struct LookupEachWork {
+    GrpcStoreClient* node = nullptr;
+    const std::vector<size_t>* idx = nullptr;
+    absl::Status status;  // as node->LookupEach would return
+  };
+  // Every work item's LookupEach at once from the calling thread: all calls are in flight
+  // together on one completion queue, so asking N nodes costs no thread per node. Where a
+  // node answered, out[idx[j]] is what its LookupEach gives for hashes[idx[j]]; where it did
+  // not (status not OK), its blocks' entries are left as they were. Blocks until every call
+  // has ended (each within its node's deadline for `call`).
+  static void LookupEachOnNodes(std::span<LookupEachWork> work, std::span<const ChainHash> hashes,
+                                const Namespace& ns, std::string_view scope,
+                                const CallOptions& call, std::span<BlockLocation> out);
   const std::string& address() const { return options_.address; }
 
   absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,
@@ -216,6 +302,21 @@ class GrpcStoreClient final : public StoreClient {
   static void SetDeadline(grpc::ClientContext& ctx, Clock::time_point deadline);
   std::string Where(std::string_view op) const;
   std::string Scope(std::string_view scope) const;
+
+  // A Lookup request for hashes[idx[j]] (idx null: every hash), in the compact form unless
+  // the node is older than it (packed_lookup_).
+  void FillLookup(const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
+                  const std::vector<size_t>* idx, size_t begin, size_t end, bool each_block,
+                  v1::LookupRequest* req) const;
+  // True when a node older than packed_chain_hashes refused `req`: packed_lookup_ is now
+  // off and the caller sends it again.
+  bool RefusedPacked(const v1::LookupRequest& req, const grpc::Status& status);
+  // How many blocks a Lookup answer for `asked` blocks lists, compact or not; INTERNAL when
+  // it does not fit the question.
+  absl::StatusOr<size_t> CheckLookup(const v1::LookupResponse& resp, size_t asked,
+                                     bool each_block) const;
+  // Block j of an answer CheckLookup accepted.
+  static BlockLocation LookupAnswer(const v1::LookupResponse& resp, size_t j);
 
   absl::Status PutPart(const Namespace& ns, const std::string& scope,
                        std::span<const BlockWrite> blocks, std::pair<size_t, size_t> range,
@@ -424,6 +525,8 @@ class GrpcStoreClient final : public StoreClient {
   uint64_t max_block_ = 16ull << 20;
   absl::Mutex quiet_mu_;
   std::atomic<uint64_t> epoch_{0};
+  // Lookups send packed_chain_hashes; cleared for good when the node turns out to predate it.
+  std::atomic<bool> packed_lookup_{true};
   int quiet_calls_ ABSL_GUARDED_BY(quiet_mu_) = 0;
 
   // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards.

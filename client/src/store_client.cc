@@ -89,6 +89,57 @@ absl::StatusOr<Namespace> GrpcStoreClient::RegisterNamespace(const NamespaceSpec
   return Namespace{resp.namespace_id(), spec};
 }
 
+void GrpcStoreClient::FillLookup(const Namespace& ns, std::string_view scope,
+                                 std::span<const ChainHash> hashes, const std::vector<size_t>* idx,
+                                 size_t begin, size_t end, bool each_block,
+                                 v1::LookupRequest* req) const {
+  req->set_epoch(epoch_.load(std::memory_order_relaxed));
+  req->set_namespace_id(ns.id);
+  req->set_scope(Scope(scope));
+  req->set_each_block(each_block);
+  auto hash = [&](size_t j) -> const ChainHash& { return hashes[idx ? (*idx)[j] : j]; };
+  if (!packed_lookup_.load(std::memory_order_relaxed)) {
+    for (size_t j = begin; j < end; ++j) req->add_chain_hashes(hash(j).ToBytes());
+    return;
+  }
+  std::string* packed = req->mutable_packed_chain_hashes();
+  packed->resize((end - begin) * kChainHashBytes);
+  for (size_t j = begin; j < end; ++j) {
+    std::memcpy(packed->data() + (j - begin) * kChainHashBytes, hash(j).bytes.data(),
+                kChainHashBytes);
+  }
+}
+
+bool GrpcStoreClient::RefusedPacked(const v1::LookupRequest& req, const grpc::Status& status) {
+  if (req.packed_chain_hashes().empty() ||
+      status.error_code() != grpc::StatusCode::INVALID_ARGUMENT ||
+      !absl::StrContains(status.error_message(), "chain_hashes: empty")) {
+    return false;
+  }
+  packed_lookup_.store(false, std::memory_order_relaxed);
+  return true;
+}
+
+absl::StatusOr<size_t> GrpcStoreClient::CheckLookup(const v1::LookupResponse& resp, size_t asked,
+                                                    bool each_block) const {
+  const bool compact = !resp.tiers().empty() || resp.sizes_size() > 0;
+  const size_t n = compact ? resp.tiers().size() : static_cast<size_t>(resp.blocks_size());
+  if ((compact && resp.sizes_size() != static_cast<int>(n)) || n > asked ||
+      (each_block && n != asked)) {
+    return absl::InternalError(absl::StrCat(Where("Lookup"), ": ", n, " answers (",
+                                            resp.sizes_size(), " sizes) for ", asked, " blocks"));
+  }
+  return n;
+}
+
+BlockLocation GrpcStoreClient::LookupAnswer(const v1::LookupResponse& resp, size_t j) {
+  const int k = static_cast<int>(j);
+  if (resp.tiers().empty()) return FromProtoInfo(resp.blocks(k));
+  return {FromProtoTier(static_cast<v1::Tier>(static_cast<uint8_t>(resp.tiers()[j]))),
+          resp.sizes(k),
+          {}};
+}
+
 absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::string_view scope,
                                                      std::span<const ChainHash> hashes,
                                                      const CallOptions& call) {
@@ -98,17 +149,19 @@ absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::s
   for (size_t begin = 0; begin < hashes.size(); begin += max_keys_) {
     size_t end = std::min(hashes.size(), begin + max_keys_);
     v1::LookupRequest req;
-    req.set_epoch(epoch_.load(std::memory_order_relaxed));
-    req.set_namespace_id(ns.id);
-    req.set_scope(Scope(scope));
-    for (size_t i = begin; i < end; ++i) req.add_chain_hashes(hashes[i].ToBytes());
     v1::LookupResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(ctx, deadline);
-    if (absl::Status s = FromGrpc(stub_->Lookup(&ctx, req, &resp), Where("Lookup")); !s.ok()) {
-      return s;
-    }
-    for (const v1::BlockInfo& b : resp.blocks()) result.blocks.push_back(FromProtoInfo(b));
+    grpc::Status st;
+    do {
+      req.Clear();
+      FillLookup(ns, scope, hashes, nullptr, begin, end, false, &req);
+      grpc::ClientContext ctx;
+      SetDeadline(ctx, deadline);
+      st = stub_->Lookup(&ctx, req, &resp);
+    } while (RefusedPacked(req, st));
+    if (absl::Status s = FromGrpc(st, Where("Lookup")); !s.ok()) return s;
+    absl::StatusOr<size_t> n = CheckLookup(resp, end - begin, false);
+    if (!n.ok()) return n.status();
+    for (size_t j = 0; j < *n; ++j) result.blocks.push_back(LookupAnswer(resp, j));
     result.matched_blocks += resp.matched_blocks();
     if (resp.matched_blocks() < end - begin) break;
   }
@@ -124,24 +177,94 @@ absl::StatusOr<std::vector<BlockLocation>> GrpcStoreClient::LookupEach(
   for (size_t begin = 0; begin < hashes.size(); begin += max_keys_) {
     size_t end = std::min(hashes.size(), begin + max_keys_);
     v1::LookupRequest req;
-    req.set_epoch(epoch_.load(std::memory_order_relaxed));
-    req.set_namespace_id(ns.id);
-    req.set_scope(Scope(scope));
-    req.set_each_block(true);
-    for (size_t i = begin; i < end; ++i) req.add_chain_hashes(hashes[i].ToBytes());
     v1::LookupResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(ctx, deadline);
-    if (absl::Status s = FromGrpc(stub_->Lookup(&ctx, req, &resp), Where("Lookup")); !s.ok()) {
-      return s;
-    }
-    if (static_cast<size_t>(resp.blocks_size()) != end - begin) {
-      return absl::InternalError(absl::StrCat(Where("Lookup"), ": ", resp.blocks_size(),
-                                              " answers for ", end - begin, " blocks"));
-    }
-    for (const v1::BlockInfo& b : resp.blocks()) out.push_back(FromProtoInfo(b));
+    grpc::Status st;
+    do {
+      req.Clear();
+      FillLookup(ns, scope, hashes, nullptr, begin, end, true, &req);
+      grpc::ClientContext ctx;
+      SetDeadline(ctx, deadline);
+      st = stub_->Lookup(&ctx, req, &resp);
+    } while (RefusedPacked(req, st));
+    if (absl::Status s = FromGrpc(st, Where("Lookup")); !s.ok()) return s;
+    absl::StatusOr<size_t> n = CheckLookup(resp, end - begin, true);
+    if (!n.ok()) return n.status();
+    for (size_t j = 0; j < *n; ++j) out.push_back(LookupAnswer(resp, j));
   }
   return out;
+}
+
+void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
+                                        std::span<const ChainHash> hashes, const Namespace& ns,
+                                        std::string_view scope, const CallOptions& call,
+                                        std::span<BlockLocation> out) {
+  struct Part {
+    size_t work = 0;
+    size_t begin = 0, end = 0;
+    grpc::ClientContext ctx;
+    v1::LookupRequest req;
+    v1::LookupResponse resp;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::LookupResponse>> reader;
+  };
+  grpc::CompletionQueue cq;  // outlives the calls (parts are destroyed first)
+  std::vector<std::unique_ptr<Part>> parts;
+  for (size_t w = 0; w < work.size(); ++w) {
+    if (work[w].node == nullptr) continue;
+    GrpcStoreClient& node = *work[w].node;
+    const size_t n = work[w].idx->size();
+    const Clock::time_point deadline = node.Deadline(call);
+    for (size_t begin = 0; begin < n; begin += node.max_keys_) {
+      auto& p = parts.emplace_back(std::make_unique<Part>());
+      p->work = w;
+      p->begin = begin;
+      p->end = std::min(n, begin + node.max_keys_);
+      node.FillLookup(ns, scope, hashes, work[w].idx, p->begin, p->end, true, &p->req);
+      SetDeadline(p->ctx, deadline);
+      p->reader = node.stub_->AsyncLookup(&p->ctx, p->req, &cq);
+      p->reader->Finish(&p->resp, &p->status, p.get());
+    }
+  }
+  // Every Finish reports back once, by its deadline at the latest. The calling thread
+  // drives the calls while it waits here.
+  void* tag = nullptr;
+  bool ok = false;
+  for (size_t i = 0; i < parts.size() && cq.Next(&tag, &ok); ++i) {
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  // A node's answer counts only if all its parts came back whole.
+  std::vector<bool> refused(work.size(), false);
+  for (LookupEachWork& w : work) {
+    if (w.node != nullptr) w.status = absl::OkStatus();
+  }
+  for (const auto& p : parts) {
+    LookupEachWork& w = work[p->work];
+    if (refused[p->work] || !w.status.ok()) continue;
+    if (w.node->RefusedPacked(p->req, p->status)) {
+      refused[p->work] = true;
+      continue;
+    }
+    w.status = FromGrpc(p->status, w.node->Where("Lookup"));
+    if (w.status.ok()) w.status = w.node->CheckLookup(p->resp, p->end - p->begin, true).status();
+  }
+  for (const auto& p : parts) {
+    if (refused[p->work] || !work[p->work].status.ok()) continue;
+    const std::vector<size_t>& idx = *work[p->work].idx;
+    for (size_t j = p->begin; j < p->end; ++j) out[idx[j]] = LookupAnswer(p->resp, j - p->begin);
+  }
+  // A node that predates the compact form is asked again the old way (once per node).
+  for (size_t w = 0; w < work.size(); ++w) {
+    if (!refused[w]) continue;
+    std::vector<ChainHash> mine;
+    mine.reserve(work[w].idx->size());
+    for (size_t i : *work[w].idx) mine.push_back(hashes[i]);
+    absl::StatusOr<std::vector<BlockLocation>> r = work[w].node->LookupEach(ns, scope, mine, call);
+    work[w].status = r.status();
+    if (!r.ok()) continue;
+    for (size_t j = 0; j < mine.size(); ++j) out[(*work[w].idx)[j]] = std::move((*r)[j]);
+  }
 }
 
 absl::StatusOr<std::vector<absl::Status>> GrpcStoreClient::Publish(

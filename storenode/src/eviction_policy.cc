@@ -50,7 +50,7 @@ class RankedPolicy : public EvictionPolicy {
       if (parent != blocks_.end() && Links(parent->second, block)) {
         block.linked = true;
         if (++parent->second.resident_children == 1 && leaves_only_) {
-          Unrank(traits.parent, parent->second);
+          Unrank(parent->second);
         }
       }
     }
@@ -68,22 +68,35 @@ class RankedPolicy : public EvictionPolicy {
     Rerank(handle, block);
   }
 
+  // O(1) while at most max_lazy_touches blocks are stale: the block's entry in ranked_ keeps
+  // its old rank, which is lower than its new one (a touch never lowers a rank), and Victim
+  // moves it when it reaches it. A block touched k times between two evictions is therefore
+  // re-ranked once, and a lookup that touches a long prefix neither allocates nor walks the
+  // ordered set. Past the limit a touch re-ranks its block at once (no allocation either),
+  // so one Victim call re-ranks at most max_lazy_touches blocks.
   void Access(uint64_t handle, uint64_t now) final {
     auto it = blocks_.find(handle);
-    if (it == blocks_.end()) return;
-    Block& block = it->second;
-    Unrank(handle, block);  // while its rank still holds the old score
-    block.last_access = std::max(block.last_access, now);
-    ++block.accesses;
-    OnAccess(handle, block, now);
-    Rerank(handle, block);
+    if (it != blocks_.end()) Touch(it->second, now);
+  }
+
+  // The lookups first, then the touches in order: the lookups do not depend on each other,
+  // so their cache misses overlap instead of each stalling its own touch.
+  void AccessEach(std::span<const uint64_t> handles, uint64_t first_now) final {
+    std::vector<Block*> found(handles.size(), nullptr);
+    for (size_t k = 0; k < handles.size(); ++k) {
+      auto it = blocks_.find(handles[k]);
+      if (it != blocks_.end()) found[k] = &it->second;
+    }
+    for (size_t k = 0; k < found.size(); ++k) {
+      if (found[k] != nullptr) Touch(*found[k], first_now + k);
+    }
   }
 
   void Erase(uint64_t handle) final {
     auto it = blocks_.find(handle);
     if (it == blocks_.end()) return;
     Block& block = it->second;
-    Unrank(handle, block);
+    Unrank(block);
     OnErase(handle, block, handle == last_victim_);
     if (handle == last_victim_) last_victim_ = kNoBlock;
     if (HasParent(handle, block.traits)) {
@@ -107,12 +120,25 @@ class RankedPolicy : public EvictionPolicy {
     blocks_.erase(it);
   }
 
+  // Walks ranks from the lowest. A stale entry (filed before its block's latest touch) is
+  // moved to the block's current rank, which is higher, and the walk goes on: every entry
+  // not yet reached is filed at or below its current rank, so the first current entry that
+  // `evictable` accepts is the victim an eagerly re-ranked set would give.
   std::optional<uint64_t> Victim(const std::function<bool(uint64_t)>& evictable) final {
-    for (const Rank& rank : ranked_) {
-      if (evictable(rank.handle)) {
-        last_victim_ = rank.handle;
-        return rank.handle;
+    for (auto it = ranked_.begin(); it != ranked_.end();) {
+      Block& block = blocks_.find(it->handle)->second;
+      if (block.stale) {
+        auto next = std::next(it);
+        Refile(block);
+        // It may now sit just before `next`; then it is the next one to look at.
+        it = next == ranked_.end() || *block.rank < *next ? block.rank : next;
+        continue;
       }
+      if (evictable(it->handle)) {
+        last_victim_ = it->handle;
+        return it->handle;
+      }
+      ++it;
     }
     return std::nullopt;
   }
@@ -130,16 +156,19 @@ class RankedPolicy : public EvictionPolicy {
     uint64_t tick = 0;         // policy clock at the latest touch (cost policy)
     double log_freq = 0;       // ln of the decayed frequency at `tick` (cost policy)
     double log_value = 0;      // ln of the value multiplier (cost policy)
-    double score = 0;
+    double score = 0;          // current rank (score, seq); ranked_ may still hold an older one
     uint64_t seq = 0;
     bool ranked = false;
+    bool stale = false;             // ranked under an older (score, seq) than its current one
+    std::set<Rank>::iterator rank;  // the block's entry in ranked_, while `ranked`
   };
 
-  explicit RankedPolicy(bool leaves_only) : leaves_only_(leaves_only) {}
+  RankedPolicy(bool leaves_only, const EvictionPolicyOptions& options)
+      : leaves_only_(leaves_only), max_stale_(options.max_lazy_touches) {}
 
   // Set block.score for a block just admitted or touched at `now`.
   virtual void OnInsert(uint64_t handle, Block& block, uint64_t now) = 0;
-  virtual void OnAccess(uint64_t handle, Block& block, uint64_t now) = 0;
+  virtual void OnAccess(Block& block, uint64_t now) = 0;
   // `was_victim`: the block is the one Victim returned last, i.e. it is being evicted.
   virtual void OnErase(uint64_t handle, const Block& block, bool was_victim) {}
 
@@ -147,15 +176,48 @@ class RankedPolicy : public EvictionPolicy {
   template <typename F>
   void RescoreAll(F&& score) {
     ranked_.clear();
+    stale_ = 0;
     for (auto& [handle, block] : blocks_) {
       block.score = score(block);
-      if (block.ranked) ranked_.insert(Rank{block.score, block.seq, handle});
+      block.stale = false;
+      if (block.ranked) block.rank = ranked_.insert(Rank{block.score, block.seq, handle}).first;
     }
   }
 
   absl::flat_hash_map<uint64_t, Block> blocks_;
 
  private:
+  void Touch(Block& block, uint64_t now) {
+    const double before = block.score;
+    block.last_access = std::max(block.last_access, now);
+    ++block.accesses;
+    OnAccess(block, now);
+    // Every policy's score rises with a touch; this only absorbs rounding, so that the
+    // filed rank is never above the current one.
+    block.score = std::max(block.score, before);
+    block.seq = ++seq_;
+    if (!block.ranked || block.stale) return;
+    if (stale_ < max_stale_) {
+      block.stale = true;
+      ++stale_;
+    } else {
+      Refile(block);
+    }
+  }
+
+  // Moves a ranked block's entry to its current rank; the set node is re-linked, not
+  // reallocated.
+  void Refile(Block& block) {
+    auto node = ranked_.extract(block.rank);
+    node.value().score = block.score;
+    node.value().seq = block.seq;
+    block.rank = ranked_.insert(std::move(node)).position;
+    if (block.stale) {
+      block.stale = false;
+      --stale_;
+    }
+  }
+
   static bool HasParent(uint64_t handle, const BlockTraits& traits) {
     return traits.parent != kNoBlock && traits.parent != handle;
   }
@@ -165,19 +227,23 @@ class RankedPolicy : public EvictionPolicy {
     return parent.traits.depth < child.traits.depth;
   }
 
-  // Ranks a block that was just admitted or touched (and so is not ranked now).
+  // Ranks a block just admitted (not ranked yet).
   void Rerank(uint64_t handle, Block& block) {
     block.seq = ++seq_;
     if (!leaves_only_ || block.resident_children == 0) Enrank(handle, block);
   }
   void Enrank(uint64_t handle, Block& block) {
-    ranked_.insert(Rank{block.score, block.seq, handle});
+    block.rank = ranked_.insert(Rank{block.score, block.seq, handle}).first;
     block.ranked = true;
   }
-  void Unrank(uint64_t handle, Block& block) {
+  void Unrank(Block& block) {
     if (!block.ranked) return;
-    ranked_.erase(Rank{block.score, block.seq, handle});
+    ranked_.erase(block.rank);
     block.ranked = false;
+    if (block.stale) {
+      block.stale = false;
+      --stale_;
+    }
   }
 
   const bool leaves_only_;
@@ -186,18 +252,21 @@ class RankedPolicy : public EvictionPolicy {
   absl::flat_hash_map<uint64_t, std::vector<uint64_t>> children_of_;
   uint64_t seq_ = 0;
   uint64_t last_victim_ = kNoBlock;
+  const size_t max_stale_;
+  size_t stale_ = 0;  // blocks with `stale` set
 };
 
 class LruPolicy final : public RankedPolicy {
  public:
-  LruPolicy() : RankedPolicy(/*leaves_only=*/false) {}
+  explicit LruPolicy(const EvictionPolicyOptions& options)
+      : RankedPolicy(/*leaves_only=*/false, options) {}
   std::string_view name() const override { return "lru"; }
 
  private:
   void OnInsert(uint64_t, Block& block, uint64_t now) override {
     block.score = static_cast<double>(now);
   }
-  void OnAccess(uint64_t, Block& block, uint64_t) override {
+  void OnAccess(Block& block, uint64_t) override {
     block.score = static_cast<double>(block.last_access);
   }
 };
@@ -206,12 +275,13 @@ class LruPolicy final : public RankedPolicy {
 // block that was popular long ago is eventually outranked by ones being read now.
 class LfuPolicy final : public RankedPolicy {
  public:
-  LfuPolicy() : RankedPolicy(/*leaves_only=*/false) {}
+  explicit LfuPolicy(const EvictionPolicyOptions& options)
+      : RankedPolicy(/*leaves_only=*/false, options) {}
   std::string_view name() const override { return "lfu"; }
 
  private:
   void OnInsert(uint64_t, Block& block, uint64_t) override { block.score = age_ + 1; }
-  void OnAccess(uint64_t, Block& block, uint64_t) override { block.score += 1; }
+  void OnAccess(Block& block, uint64_t) override { block.score += 1; }
   void OnErase(uint64_t, const Block& block, bool was_victim) override {
     if (was_victim) age_ = std::max(age_, block.score);
   }
@@ -221,14 +291,15 @@ class LfuPolicy final : public RankedPolicy {
 // Chain-aware LRU: the least recently used leaf.
 class PrefixPolicy final : public RankedPolicy {
  public:
-  PrefixPolicy() : RankedPolicy(/*leaves_only=*/true) {}
+  explicit PrefixPolicy(const EvictionPolicyOptions& options)
+      : RankedPolicy(/*leaves_only=*/true, options) {}
   std::string_view name() const override { return "prefix"; }
 
  private:
   void OnInsert(uint64_t, Block& block, uint64_t now) override {
     block.score = static_cast<double>(now);
   }
-  void OnAccess(uint64_t, Block& block, uint64_t) override {
+  void OnAccess(Block& block, uint64_t) override {
     block.score = static_cast<double>(block.last_access);
   }
 };
@@ -243,7 +314,7 @@ class PrefixPolicy final : public RankedPolicy {
 class CostPolicy final : public RankedPolicy {
  public:
   explicit CostPolicy(const EvictionPolicyOptions& options)
-      : RankedPolicy(/*leaves_only=*/true), options_(options) {
+      : RankedPolicy(/*leaves_only=*/true, options), options_(options) {
     if (options_.cost_half_life > 0) lambda_ = std::log(2.0) / options_.cost_half_life;
   }
   std::string_view name() const override { return "cost"; }
@@ -276,7 +347,7 @@ class CostPolicy final : public RankedPolicy {
     block.score = Score(block);
   }
 
-  void OnAccess(uint64_t, Block& block, uint64_t) override {
+  void OnAccess(Block& block, uint64_t) override {
     ++tick_;
     block.log_freq = Touched(block.log_freq, block.tick);
     block.tick = tick_;
@@ -371,15 +442,15 @@ std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(PolicyKind kind,
                                                    const EvictionPolicyOptions& options) {
   switch (kind) {
     case PolicyKind::kLru:
-      return std::make_unique<LruPolicy>();
+      return std::make_unique<LruPolicy>(options);
     case PolicyKind::kLfu:
-      return std::make_unique<LfuPolicy>();
+      return std::make_unique<LfuPolicy>(options);
     case PolicyKind::kPrefix:
-      return std::make_unique<PrefixPolicy>();
+      return std::make_unique<PrefixPolicy>(options);
     case PolicyKind::kCost:
       return std::make_unique<CostPolicy>(options);
   }
-  return std::make_unique<LruPolicy>();
+  return std::make_unique<LruPolicy>(options);
 }
 
 }  // namespace strata::storenode

@@ -1,14 +1,18 @@
 #include "strata/storenode/eviction_policy.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <iterator>
 #include <optional>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "strata/testutil/status_matchers.h"
@@ -97,6 +101,40 @@ TEST(LruPolicyTest, RejectedBlocksAreSkippedButKept) {
   EXPECT_THAT(lru->Victim(kAny), Optional(1u));  // still first in line once unpinned
   EXPECT_EQ(lru->Victim([](uint64_t) { return false; }), std::nullopt);
   EXPECT_EQ(lru->size(), 3u);
+}
+
+// A touch is re-ranked only when Victim's walk reaches the block's old rank; the block must
+// then be considered again at its new rank, here still ahead of block 2.
+TEST(LruPolicyTest, TouchedBlockStillFirstInLineIsTheVictim) {
+  auto lru = MakeEvictionPolicy(PolicyKind::kLru);
+  lru->Insert(1, Root(), 1);
+  lru->Insert(2, Root(), 5);
+  lru->Access(1, 3);
+  EXPECT_THAT(lru->Victim(kAny), Optional(1u));
+  lru->Access(1, 9);
+  EXPECT_THAT(lru->Victim(kAny), Optional(2u));
+}
+
+// Many touches between evictions: blocks leave in the order of their latest touch.
+TEST(LruPolicyTest, DrainsInOrderOfLatestTouch) {
+  auto lru = MakeEvictionPolicy(PolicyKind::kLru);
+  std::mt19937_64 rng(7);
+  constexpr uint64_t kBlocks = 200;
+  std::vector<uint64_t> last(kBlocks + 1, 0);
+  uint64_t now = 0;
+  for (uint64_t h = 1; h <= kBlocks; ++h) lru->Insert(h, Root(), last[h] = ++now);
+  for (int i = 0; i < 3000; ++i) {
+    const uint64_t h = 1 + rng() % kBlocks;
+    lru->Access(h, last[h] = ++now);
+  }
+  std::vector<uint64_t> order(kBlocks);
+  for (uint64_t h = 1; h <= kBlocks; ++h) order[h - 1] = h;
+  std::sort(order.begin(), order.end(), [&](uint64_t a, uint64_t b) { return last[a] < last[b]; });
+  for (uint64_t want : order) {
+    ASSERT_THAT(lru->Victim(kAny), Optional(want));
+    lru->Erase(want);
+  }
+  EXPECT_EQ(lru->Victim(kAny), std::nullopt);
 }
 
 TEST(LfuPolicyTest, EvictsLeastFrequentlyUsedAndAgesOutOldPopularity) {
@@ -288,6 +326,75 @@ TEST(ChainAwarePolicyTest, NeverEvictsABlockWithResidentChildren) {
     }
     EXPECT_TRUE(resident.empty());
     EXPECT_EQ(policy->size(), 0u);
+  }
+}
+
+// Touches are re-ranked lazily, when Victim walks past them. A twin policy that re-ranks
+// every touch at once (a Victim call that rejects every block walks the whole order) must
+// pick the same victims through random chains, touches, pins and evictions.
+// With max_lazy_touches small, touches past the limit are re-ranked at once instead.
+TEST(EvictionPolicyTest, VictimsDoNotDependOnWhenTouchesAreReranked) {
+  const auto none = [](uint64_t) { return false; };
+  for (auto [kind, lazy_touches] :
+       std::vector<std::pair<PolicyKind, size_t>>{{PolicyKind::kLru, 4096},
+                                                  {PolicyKind::kLfu, 4096},
+                                                  {PolicyKind::kPrefix, 4096},
+                                                  {PolicyKind::kCost, 4096},
+                                                  {PolicyKind::kLru, 3},
+                                                  {PolicyKind::kCost, 3},
+                                                  {PolicyKind::kPrefix, 0}}) {
+    SCOPED_TRACE(
+        absl::StrCat(std::string(PolicyKindName(kind)), " max_lazy_touches ", lazy_touches));
+    EvictionPolicyOptions options;
+    options.max_lazy_touches = lazy_touches;
+    auto lazy = MakeEvictionPolicy(kind, options);
+    auto eager = MakeEvictionPolicy(kind);
+    std::mt19937_64 rng(11);
+    std::vector<uint64_t> resident;
+    uint64_t next_handle = 1;
+    size_t evictions = 0;
+    for (uint64_t now = 1; now < 6000; ++now) {
+      const int op = static_cast<int>(rng() % 10);
+      if (op < 3 || resident.size() < 2) {
+        BlockTraits traits = Root();
+        if (!resident.empty() && rng() % 2 == 0) {
+          traits = Child(resident[rng() % resident.size()], static_cast<uint32_t>(1 + rng() % 8));
+        }
+        lazy->Insert(next_handle, traits, now);
+        eager->Insert(next_handle, traits, now);
+        resident.push_back(next_handle++);
+      } else if (op < 6) {
+        const uint64_t h = resident[rng() % resident.size()];
+        lazy->Access(h, now);
+        eager->Access(h, now);
+        ASSERT_EQ(eager->Victim(none), std::nullopt);
+      } else if (op < 8) {  // a lookup's touches: one AccessEach against Access one by one
+        std::vector<uint64_t> batch(1 + rng() % 6);
+        for (uint64_t& h : batch)
+          h = rng() % 3 == 0 ? next_handle : resident[rng() % resident.size()];
+        lazy->AccessEach(batch, now);
+        for (uint64_t h : batch) eager->Access(h, now++);
+        --now;
+        ASSERT_EQ(eager->Victim(none), std::nullopt);
+      } else {
+        const uint64_t pinned = resident[rng() % resident.size()];
+        auto evictable = [&](uint64_t h) { return h != pinned; };
+        std::optional<uint64_t> victim = lazy->Victim(evictable);
+        ASSERT_EQ(victim, eager->Victim(evictable)) << "eviction " << evictions;
+        if (!victim) continue;
+        lazy->Erase(*victim);
+        eager->Erase(*victim);
+        resident.erase(std::find(resident.begin(), resident.end(), *victim));
+        ++evictions;
+      }
+    }
+    EXPECT_GT(evictions, 500u);
+    while (std::optional<uint64_t> victim = lazy->Victim(kAny)) {
+      ASSERT_EQ(victim, eager->Victim(kAny));
+      lazy->Erase(*victim);
+      eager->Erase(*victim);
+    }
+    EXPECT_EQ(eager->size(), 0u);
   }
 }
 

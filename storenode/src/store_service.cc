@@ -1,6 +1,7 @@
 #include "store_service.h"
 
 #include <chrono>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -25,6 +26,25 @@ void AddTier(v1::StatsResponse* resp, v1::Tier tier, uint64_t blocks, uint64_t b
   t->set_bytes(bytes);
   t->set_capacity_bytes(capacity);
   t->set_used_bytes(used);
+}
+
+// LookupRequest.packed_chain_hashes: whole 32-byte hashes, at most max_keys of them.
+absl::Status UnpackHashes(const std::string& packed, uint64_t max_keys,
+                          std::vector<ChainHash>* hashes) {
+  if (packed.size() % kChainHashBytes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("packed_chain_hashes: ", packed.size(),
+                                                   " bytes, want a multiple of ", kChainHashBytes));
+  }
+  const size_t n = packed.size() / kChainHashBytes;
+  if (n > max_keys) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("packed_chain_hashes: ", n, " keys exceed max_keys_per_call ", max_keys));
+  }
+  hashes->resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    std::memcpy((*hashes)[i].bytes.data(), packed.data() + i * kChainHashBytes, kChainHashBytes);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -110,26 +130,71 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
   CallScope call(metrics_, Op::kLookup);
   std::vector<ChainHash> hashes;
   std::string scope;
-  if (absl::Status s = RoutedKeys(*req, &hashes, &scope); !s.ok()) return call.Done(s);
-  const bool hot = directory_.entries() > 0;
-  if (!req->each_block() && !hot) {
-    std::vector<WarmTier::BlockMeta> found = store_->Lookup(req->namespace_id(), scope, hashes);
-    resp->set_matched_blocks(static_cast<uint32_t>(found.size()));
-    for (const WarmTier::BlockMeta& m : found) {
-      v1::BlockInfo* b = resp->add_blocks();
-      b->set_tier(TierProto(m.tier));
-      b->set_size(m.size);
+  const bool packed = !req->packed_chain_hashes().empty();
+  absl::Status keys;
+  if (!packed) {
+    keys = RoutedKeys(*req, &hashes, &scope);
+  } else if (req->chain_hashes_size() > 0) {
+    keys = absl::InvalidArgumentError("chain_hashes, packed_chain_hashes: set one of the two");
+  } else if (keys = CheckEpoch(req->epoch()); keys.ok()) {
+    // The namespace and scope checks of ValidateKeys; the keys come as one string.
+    absl::StatusOr<NamespaceSpec> ns = store_->GetNamespace(req->namespace_id());
+    scope = req->scope().empty() ? std::string(kDefaultScope) : req->scope();
+    keys = !ns.ok() ? absl::InvalidArgumentError(ns.status().message())
+                    : ValidateScope(scope, "scope");
+    if (keys.ok()) {
+      keys = UnpackHashes(req->packed_chain_hashes(), config_.max_keys_per_call, &hashes);
     }
+  }
+  if (!keys.ok()) return call.Done(keys);
+  const bool hot = directory_.entries() > 0;
+  if (!hot) {
+    // The store's answer as it is: every block (each_block) or the matched prefix.
+    std::vector<WarmTier::BlockMeta> prefix;
+    std::vector<std::optional<WarmTier::BlockMeta>> each;
+    if (req->each_block()) {
+      each = store_->LookupEach(req->namespace_id(), scope, hashes);
+    } else {
+      prefix = store_->Lookup(req->namespace_id(), scope, hashes);
+    }
+    const size_t n = req->each_block() ? each.size() : prefix.size();
+    auto meta = [&](size_t i) -> const WarmTier::BlockMeta* {
+      if (!req->each_block()) return &prefix[i];
+      return each[i].has_value() ? &*each[i] : nullptr;
+    };
+    uint32_t present = 0;
+    if (packed) {
+      std::string* tiers = resp->mutable_tiers();
+      tiers->resize(n);
+      resp->mutable_sizes()->Reserve(static_cast<int>(n));
+      for (size_t i = 0; i < n; ++i) {
+        const WarmTier::BlockMeta* m = meta(i);
+        (*tiers)[i] = static_cast<char>(m != nullptr ? TierProto(m->tier) : v1::TIER_UNSPECIFIED);
+        resp->add_sizes(m != nullptr ? m->size : 0);
+        present += m != nullptr ? 1 : 0;
+      }
+    } else {
+      resp->mutable_blocks()->Reserve(static_cast<int>(n));
+      for (size_t i = 0; i < n; ++i) {
+        const WarmTier::BlockMeta* m = meta(i);
+        v1::BlockInfo* b = resp->add_blocks();
+        if (m == nullptr) continue;
+        b->set_tier(TierProto(m->tier));
+        b->set_size(m->size);
+        ++present;
+      }
+    }
+    resp->set_matched_blocks(present);
     return call.Done(absl::OkStatus());
   }
-  // Block by block: each_block (a node's share of a prefix, every block answered) or a
-  // prefix that may continue in agents' GPU memory (the directory).
+  // A prefix may continue in agents' GPU memory (the directory): block by block, with the
+  // publishers of each block.
   std::vector<std::optional<WarmTier::BlockMeta>> each =
       store_->LookupEach(req->namespace_id(), scope, hashes);
   uint32_t present = 0;
   for (size_t i = 0; i < hashes.size(); ++i) {
-    std::vector<Directory::Location> peers;
-    if (hot) peers = directory_.Find({req->namespace_id(), scope, hashes[i]});
+    std::vector<Directory::Location> peers =
+        directory_.Find({req->namespace_id(), scope, hashes[i]});
     if (!each[i].has_value() && peers.empty() && !req->each_block()) break;  // prefix ends
     v1::BlockInfo* b = resp->add_blocks();
     if (each[i].has_value()) {

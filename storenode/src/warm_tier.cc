@@ -240,8 +240,9 @@ std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::Probe(NamespaceId ns,
                                                                 bool prefix) {
   std::vector<std::optional<BlockMeta>> out;
   out.reserve(hashes.size());
-  absl::MutexLock lock(&mu_);
   std::vector<Entry*> found;
+  found.reserve(hashes.size());
+  absl::MutexLock lock(&mu_);
   BlockKey key{ns, scope, {}};
   for (size_t i = 0; i < hashes.size(); ++i) {
     key.hash = hashes[i];
@@ -257,7 +258,14 @@ std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::Probe(NamespaceId ns,
   }
   // Touch descendants first so a chain's ancestors are its most recently used blocks:
   // plain LRU then evicts from the tail of a prefix, never orphaning its descendants.
-  for (auto it = found.rbegin(); it != found.rend(); ++it) TouchLocked(*it);
+  // (TouchLocked for each, in one call to the policy.)
+  std::vector<uint64_t> touched;
+  touched.reserve(found.size());
+  for (auto it = found.rbegin(); it != found.rend(); ++it) {
+    (*it)->last_tick = ++tick_;
+    touched.push_back((*it)->handle);
+  }
+  policy_->AccessEach(touched, tick_ + 1 - touched.size());
   hits_.fetch_add(found.size(), std::memory_order_relaxed);
   misses_.fetch_add(hashes.size() - found.size(), std::memory_order_relaxed);
   return out;
