@@ -21,7 +21,7 @@ issue() {
   openssl req -new -key "$name.key" -subj "/CN=$cn" -out "$name.csr" 2>/dev/null
   if [[ "${4:-}" == server ]]; then
     ext="subjectAltName=IP:127.0.0.1,DNS:localhost
-extendedKeyUsage=serverAuth"
+extendedKeyUsage=serverAuth,clientAuth"
   else
     ext="extendedKeyUsage=clientAuth"
   fi

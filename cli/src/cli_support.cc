@@ -1,6 +1,7 @@
 #include "cli_support.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -33,6 +34,20 @@ void AddNodeFlags(CLI::App& cmd, NodeFlags& f) {
   cmd.add_option("--write-quorum", f.write_quorum,
                  "Cluster: replicas that must store a put (0: all)")
       ->capture_default_str();
+  AddSecurityFlags(cmd, f.security);
+}
+
+void AddSecurityFlags(CLI::App& cmd, SecurityFlags& f) {
+  cmd.add_option("--tls-ca", f.tls_ca, "PEM CA of the nodes' certificates (speak TLS)");
+  cmd.add_option("--tls-cert", f.tls_cert, "PEM client certificate (mutual TLS)");
+  cmd.add_option("--tls-key", f.tls_key, "PEM key of --tls-cert");
+}
+
+void ApplySecurity(const SecurityFlags& f, client::ClientOptions* o) {
+  o->tls_ca = f.tls_ca;
+  o->tls_cert = f.tls_cert;
+  o->tls_key = f.tls_key;
+  if (const char* token = std::getenv("STRATA_TOKEN"); token != nullptr) o->token = token;
 }
 
 client::ClientOptions ClientOptionsFrom(const NodeFlags& f) {
@@ -44,6 +59,7 @@ client::ClientOptions ClientOptionsFrom(const NodeFlags& f) {
   opts.cluster_name = f.cluster;
   opts.replicas = f.replicas;
   opts.write_quorum = f.write_quorum;
+  ApplySecurity(f.security, &opts);
   return opts;
 }
 

@@ -13,6 +13,16 @@
 
 namespace strata::cli {
 
+// How the CLI authenticates to nodes that require it (docs/design/security.md): TLS files as
+// flags, the bearer token from $STRATA_TOKEN (never a flag: it would show in `ps`).
+struct SecurityFlags {
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+};
+void AddSecurityFlags(CLI::App& cmd, SecurityFlags& flags);
+void ApplySecurity(const SecurityFlags& flags, client::ClientOptions* options);
+
 struct NodeFlags {
   std::string node = "127.0.0.1:7070";
   std::string scope;
@@ -31,6 +41,7 @@ struct NodeFlags {
   std::string cluster = "default";
   int replicas = 0;  // 0: the nodes' own
   int write_quorum = 0;
+  SecurityFlags security;
 };
 
 // ClientOptions for the node or cluster the flags name.

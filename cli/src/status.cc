@@ -22,6 +22,7 @@ namespace {
 struct StatusFlags {
   std::string node;
   std::string etcd;
+  SecurityFlags security;
   std::string cluster = "default";
   double deadline_s = 5;
 };
@@ -33,8 +34,9 @@ std::string Use(uint64_t used, uint64_t capacity) {
 }
 
 // One table row: a member as registered, and what its Stats say (or why they could not be had).
-void PrintNode(const cluster::Member& m, double deadline_s) {
+void PrintNode(const cluster::Member& m, double deadline_s, const SecurityFlags& security) {
   client::ClientOptions o;
+  ApplySecurity(security, &o);
   o.address = m.address;
   o.data_plane = client::ClientOptions::DataPlane::kInline;
   o.default_deadline = absl::Milliseconds(static_cast<int64_t>(deadline_s * 1000));
@@ -72,6 +74,7 @@ int RunStatus(const StatusFlags& f) {
   }
   if (!f.node.empty()) {
     client::ClientOptions o;
+    ApplySecurity(f.security, &o);
     o.address = f.node;
     o.data_plane = client::ClientOptions::DataPlane::kInline;
     o.default_deadline = absl::Milliseconds(static_cast<int64_t>(f.deadline_s * 1000));
@@ -84,7 +87,7 @@ int RunStatus(const StatusFlags& f) {
                 s->cluster_mode == "etcd"
                     ? (s->etcd_connected ? ", etcd reachable" : ", etcd UNREACHABLE")
                     : "");
-    PrintNode({.id = s->node_id, .address = f.node, .zone = s->zone}, f.deadline_s);
+    PrintNode({.id = s->node_id, .address = f.node, .zone = s->zone}, f.deadline_s, f.security);
     return 0;
   }
   std::vector<std::string> endpoints;
@@ -117,7 +120,7 @@ int RunStatus(const StatusFlags& f) {
   std::printf("cluster %s: %zu members, %zu zones, epoch %s (etcd revision %lld)\n",
               f.cluster.c_str(), members.size(), zones.size(), epoch.c_str(),
               static_cast<long long>(listed->revision));
-  for (const cluster::Member& m : members) PrintNode(m, f.deadline_s);
+  for (const cluster::Member& m : members) PrintNode(m, f.deadline_s, f.security);
   return 0;
 }
 
@@ -130,6 +133,7 @@ void AddStatusCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--node", f->node, "One store node HOST:PORT instead");
   cmd->add_option("--cluster", f->cluster, "Cluster name")->capture_default_str();
   cmd->add_option("--deadline", f->deadline_s, "Per-call deadline, seconds")->capture_default_str();
+  AddSecurityFlags(*cmd, f->security);
   cmd->callback([f, exit_code] { *exit_code = RunStatus(*f); });
 }
 

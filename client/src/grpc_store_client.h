@@ -208,6 +208,7 @@ class GrpcStoreClient final : public StoreClient {
  public:
   GrpcStoreClient(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
       : options_(std::move(options)),
+        bearer_(options_.token.empty() ? "" : absl::StrCat("Bearer ", options_.token)),
         channel_(std::move(channel)),
         stub_(v1::StoreService::NewStub(channel_)) {}
 
@@ -299,7 +300,8 @@ class GrpcStoreClient final : public StoreClient {
 
  private:
   Clock::time_point Deadline(const CallOptions& call) const;
-  static void SetDeadline(grpc::ClientContext& ctx, Clock::time_point deadline);
+  // Sets the deadline and the credentials (ClientOptions::token) of a call.
+  void SetDeadline(grpc::ClientContext& ctx, Clock::time_point deadline) const;
   std::string Where(std::string_view op) const;
   std::string Scope(std::string_view scope) const;
 
@@ -338,7 +340,7 @@ class GrpcStoreClient final : public StoreClient {
     };
     auto* c = new Call;
     c->req = std::move(req);
-    c->ctx.set_deadline(Clock::now() + timeout);
+    SetDeadline(c->ctx, Clock::now() + timeout);
     {
       absl::MutexLock lock(&quiet_mu_);
       ++quiet_calls_;
@@ -518,6 +520,7 @@ class GrpcStoreClient final : public StoreClient {
                    GetResult* result);
 
   const ClientOptions options_;
+  const std::string bearer_;  // "Bearer <token>", or empty without a token
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::StoreService::Stub> stub_;
   uint32_t max_keys_ = 4096;
@@ -541,6 +544,9 @@ class GrpcStoreClient final : public StoreClient {
   std::string transport_ ABSL_GUARDED_BY(chan_mu_);    // of the last channel opened
 };
 
+// Channel credentials for options' TLS settings (insecure without tls_ca).
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const ClientOptions& options);
 // Connects to the one node at options.address (StoreClient::Connect without a cluster).
 absl::StatusOr<std::unique_ptr<GrpcStoreClient>> ConnectNode(const ClientOptions& options);
 // A client of a whole cluster (cluster_client.cc): options.etcd_endpoints or cluster_members.

@@ -1,5 +1,8 @@
 #include "strata/client/store_client.h"
 
+#include <fstream>
+#include <sstream>
+
 #include "grpc_store_client.h"
 #include "strata/common/checksum.h"
 
@@ -220,7 +223,7 @@ void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
       p->begin = begin;
       p->end = std::min(n, begin + node.max_keys_);
       node.FillLookup(ns, scope, hashes, work[w].idx, p->begin, p->end, true, &p->req);
-      SetDeadline(p->ctx, deadline);
+      node.SetDeadline(p->ctx, deadline);
       p->reader = node.stub_->AsyncLookup(&p->ctx, p->req, &cq);
       p->reader->Finish(&p->resp, &p->status, p.get());
     }
@@ -523,8 +526,9 @@ Clock::time_point GrpcStoreClient::Deadline(const CallOptions& call) const {
   return Clock::now() + absl::ToChronoMilliseconds(d);
 }
 
-void GrpcStoreClient::SetDeadline(grpc::ClientContext& ctx, Clock::time_point deadline) {
+void GrpcStoreClient::SetDeadline(grpc::ClientContext& ctx, Clock::time_point deadline) const {
   ctx.set_deadline(deadline);
+  if (!bearer_.empty()) ctx.AddMetadata("authorization", bearer_);
 }
 
 std::string GrpcStoreClient::Where(std::string_view op) const {
@@ -711,6 +715,44 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(const ClientOp
 
 namespace internal {
 
+namespace {
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const char* field) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(field, ": cannot read ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const ClientOptions& options) {
+  if (options.tls_ca.empty()) {
+    if (!options.tls_cert.empty()) {
+      return absl::InvalidArgumentError("tls_cert: needs tls_ca (the nodes' CA)");
+    }
+    return grpc::InsecureChannelCredentials();
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("tls_cert / tls_key: give both or neither");
+  }
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> ca = ReadPemFile(options.tls_ca, "tls_ca");
+  if (!ca.ok()) return ca.status();
+  ssl.pem_root_certs = *ca;
+  if (!options.tls_cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadPemFile(options.tls_cert, "tls_cert");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPemFile(options.tls_key, "tls_key");
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *cert;
+    ssl.pem_private_key = *key;
+  }
+  return grpc::SslCredentials(ssl);
+}
+
 absl::StatusOr<std::unique_ptr<GrpcStoreClient>> ConnectNode(const ClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("address: empty");
   grpc::ChannelArguments args;
@@ -718,8 +760,9 @@ absl::StatusOr<std::unique_ptr<GrpcStoreClient>> ConnectNode(const ClientOptions
   args.SetMaxSendMessageSize(1 << 30);
   // Reconnect quickly after a node restarts instead of backing off for up to two minutes.
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  auto channel =
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds = ChannelCredentials(options);
+  if (!creds.ok()) return creds.status();
+  auto channel = grpc::CreateCustomChannel(options.address, *creds, args);
   auto client = std::make_unique<GrpcStoreClient>(options, std::move(channel));
   if (absl::Status s = client->Init(); !s.ok()) return s;
   return client;

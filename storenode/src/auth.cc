@@ -11,7 +11,7 @@
 namespace strata::storenode {
 namespace {
 
-constexpr uint8_t kAllRoles = kRoleReader | kRoleWriter | kRolePublisher | kRoleAdmin;
+constexpr uint8_t kAllRoles = kAnyRole;
 
 std::string Sha256(std::string_view data) {
   unsigned char out[EVP_MAX_MD_SIZE];
@@ -59,8 +59,10 @@ std::string_view RoleName(Role r) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(std::string_view mode,
-                                                                     std::string principals_file) {
+Principal AnonymousPrincipal() { return {"anonymous", std::string(kDefaultScope), kAllRoles}; }
+
+absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
+    std::string_view mode, std::string principals_file, std::string_view cluster_token) {
   if (mode == "none" || mode.empty()) {
     return std::unique_ptr<Authenticator>(new Authenticator(false, ""));
   }
@@ -72,6 +74,9 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(std::string
     return absl::InvalidArgumentError("auth_principals_file: required with auth_mode required");
   }
   std::unique_ptr<Authenticator> a(new Authenticator(true, std::move(principals_file)));
+  if (!cluster_token.empty()) {
+    a->cluster_ = Entry{Principal{"cluster", "cluster", kAllRoles}, Sha256(cluster_token), ""};
+  }
   if (absl::Status s = a->Reload(); !s.ok()) return s;
   return a;
 }
@@ -128,6 +133,7 @@ absl::Status Authenticator::Reload() {
   if (!required_) return absl::OkStatus();
   absl::StatusOr<std::vector<Entry>> loaded = Load(file_);
   if (!loaded.ok()) return loaded.status();
+  if (cluster_.has_value()) loaded->push_back(*cluster_);
   auto table = std::make_shared<const std::vector<Entry>>(std::move(*loaded));
   absl::MutexLock lock(&mu_);
   entries_ = std::move(table);
@@ -136,7 +142,7 @@ absl::Status Authenticator::Reload() {
 
 absl::StatusOr<Principal> Authenticator::Authenticate(
     std::optional<std::string_view> bearer_token, std::optional<std::string_view> cert_cn) const {
-  if (!required_) return Principal{"anonymous", std::string(kDefaultScope), kAllRoles};
+  if (!required_) return AnonymousPrincipal();
   if (!bearer_token.has_value() && !cert_cn.has_value()) {
     return absl::UnauthenticatedError("no credentials (bearer token or client certificate)");
   }

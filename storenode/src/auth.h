@@ -27,12 +27,17 @@ enum Role : uint8_t {
   kRoleAdmin = 8,
 };
 
+inline constexpr uint8_t kAnyRole = kRoleReader | kRoleWriter | kRolePublisher | kRoleAdmin;
+
 struct Principal {
   std::string name;    // for logs and metrics; never a secret
   std::string tenant;  // the private scope's name
   uint8_t roles = 0;
   bool Has(Role r) const { return (roles & r) != 0; }
 };
+
+// The caller of auth_mode none: tenant `default`, every role.
+Principal AnonymousPrincipal();
 
 // What a call does with the scope it names.
 enum class Access { kRead, kWrite, kAdmin };
@@ -41,9 +46,11 @@ class Authenticator {
  public:
   // mode "none": every caller is `default` with all roles (no file read). mode "required":
   // principals come from `principals_file` (YAML, see security.md); INVALID_ARGUMENT naming
-  // the entry for a malformed file.
+  // the entry for a malformed file. A non-empty `cluster_token` is one more principal,
+  // `cluster` with every role: the token nodes present to each other (rebalancing).
   static absl::StatusOr<std::unique_ptr<Authenticator>> Create(std::string_view mode,
-                                                               std::string principals_file);
+                                                               std::string principals_file,
+                                                               std::string_view cluster_token = {});
 
   bool required() const { return required_; }
 
@@ -68,6 +75,7 @@ class Authenticator {
 
   const bool required_;
   const std::string file_;
+  std::optional<Entry> cluster_;  // set once in Create, before any Authenticate
   mutable absl::Mutex mu_;
   std::shared_ptr<const std::vector<Entry>> entries_ ABSL_GUARDED_BY(mu_);
 };

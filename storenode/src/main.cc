@@ -1,5 +1,7 @@
 // strata-storenode: a Strata store node. Configuration from --config FILE.yaml, STRATA_*
-// variables and flags (see --help). SIGTERM or SIGINT drains in-flight calls and exits 0.
+// variables and flags (see --help). SIGTERM or SIGINT drains in-flight calls and exits 0;
+// SIGHUP re-reads auth_principals_file.
+#include <malloc.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -24,6 +26,10 @@ void OnStopSignal(int sig) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Payload buffers of a MiB and more (inline gRPC messages) are mapped and unmapped whole,
+  // so memory freed after a call leaves the process and RSS follows the admission budgets
+  // instead of staying in malloc's arenas (docs/design/security.md, "Admission").
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   strata::storenode::NodeConfig config;
   strata::ConfigSchema schema("strata-storenode", "a Strata KV-cache store node");
   strata::storenode::RegisterNodeOptions(schema, &config);
@@ -49,6 +55,7 @@ int main(int argc, char** argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
   absl::StatusOr<std::unique_ptr<strata::storenode::StoreNode>> node =
@@ -58,7 +65,11 @@ int main(int argc, char** argv) {
     return node.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   unsigned char sig = 0;
-  while (read(g_signal_pipe[0], &sig, 1) != 1) {
+  while (read(g_signal_pipe[0], &sig, 1) != 1 || sig == SIGHUP) {
+    if (sig == SIGHUP) {
+      (*node)->ReloadPrincipals().IgnoreError();  // logged
+      sig = 0;
+    }
   }
   spdlog::info("signal {}: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   (*node)->Shutdown();

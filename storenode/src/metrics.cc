@@ -62,6 +62,16 @@ NodeMetrics::NodeMetrics(std::string node_id)
                 .Name("strata_transfer_bytes_total")
                 .Help("Payload bytes moved, by transport and direction")
                 .Register(*registry_);
+  tenant_denied_ = &prometheus::BuildCounter()
+                        .Name("strata_tenant_denied_total")
+                        .Help(
+                            "Calls refused by authentication, authorization or limits, by "
+                            "tenant and status code")
+                        .Register(*registry_);
+  tenant_lookup_ = &prometheus::BuildCounter()
+                        .Name("strata_tenant_lookup_blocks_total")
+                        .Help("Blocks asked for by Lookup, by tenant and result (hit, miss)")
+                        .Register(*registry_);
   // 50 us .. ~3 s, doubling.
   prometheus::Histogram::BucketBoundaries buckets;
   for (double b = 50e-6; b < 4.0; b *= 2) buckets.push_back(b);
@@ -84,6 +94,15 @@ void NodeMetrics::Observe(Op op, double seconds, const absl::Status& status) {
     errors_->Add({{"op", OpName(op)}, {"code", absl::StatusCodeToString(status.code())}})
         .Increment();
   }
+}
+
+void NodeMetrics::AddDenied(const std::string& tenant, absl::StatusCode code) {
+  tenant_denied_->Add({{"tenant", tenant}, {"code", absl::StatusCodeToString(code)}}).Increment();
+}
+
+void NodeMetrics::AddTenantLookup(const std::string& tenant, uint64_t hits, uint64_t misses) {
+  if (hits > 0) tenant_lookup_->Add({{"tenant", tenant}, {"result", "hit"}}).Increment(hits);
+  if (misses > 0) tenant_lookup_->Add({{"tenant", tenant}, {"result", "miss"}}).Increment(misses);
 }
 
 void NodeMetrics::AddInlineBytes(bool inbound, uint64_t bytes) {
@@ -206,8 +225,9 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c) 
     AddValue(pending, c.rebalance->pending);
     AddValue(under, c.rebalance->under_replicated);
   }
-  for (auto* f : {&blocks, &bytes, &used, &cap, &hits, &ratio, &evict, &leases, &pinned, &res, &ns,
-                  &loss, &members, &epoch, &etcd, &rebal, &pending, &under}) {
+  for (auto* f : {&blocks,  &bytes, &used,  &cap,    &disk_hits, &moves, &prefetch, &codec,
+                  &hits,    &ratio, &evict, &leases, &pinned,    &res,   &ns,       &loss,
+                  &members, &epoch, &etcd,  &rebal,  &pending,   &under}) {
     families.push_back(std::move(*f));
   }
   for (auto& f : families) {

@@ -63,6 +63,10 @@ class NodeMetrics {
   void AddInlineBytes(bool inbound, uint64_t bytes);
   // Counts payload bytes moved over the UCX data plane.
   void AddUcxBytes(bool inbound, uint64_t bytes);
+  // Per tenant (label `tenant`, "" when unauthenticated; never a secret): a refused call, by
+  // code; a Lookup's hits and misses in blocks; a put refused by the tenant's quota.
+  void AddDenied(const std::string& tenant, absl::StatusCode code);
+  void AddTenantLookup(const std::string& tenant, uint64_t hits, uint64_t misses);
 
   // Prometheus text exposition of everything, with tier figures from `stats`.
   std::string Render(const TieredStats& stats, const ClusterFigures& cluster) const;
@@ -73,6 +77,8 @@ class NodeMetrics {
   prometheus::Family<prometheus::Histogram>* latency_;
   prometheus::Family<prometheus::Counter>* errors_;
   prometheus::Family<prometheus::Counter>* bytes_;
+  prometheus::Family<prometheus::Counter>* tenant_denied_;
+  prometheus::Family<prometheus::Counter>* tenant_lookup_;
   prometheus::Histogram* op_latency_[static_cast<int>(Op::kCount)];
   prometheus::Counter* bytes_in_;
   prometheus::Counter* bytes_out_;

@@ -102,6 +102,19 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
                   "How often the rebalancer checks placement when the member set is unchanged.");
   s.AddUint("max_directory_entries", &c->max_directory_entries,
             "Entries of the GPU-block directory (block, agent) this node keeps at most.");
+  s.AddUint("max_concurrent_calls", &c->max_concurrent_calls,
+            "Calls served at once; more fail at once with RESOURCE_EXHAUSTED.");
+  s.AddBytes("max_inflight_bytes", &c->max_inflight_bytes,
+             "Inline payload bytes of all calls in flight; more: RESOURCE_EXHAUSTED.");
+  s.AddBytes("grpc_memory_bytes", &c->grpc_memory_bytes,
+             "Memory gRPC may use for its buffers (its ResourceQuota).");
+  s.AddUint("tenant_lookup_rate", &c->tenant_lookup_rate,
+            "Lookup blocks per second per tenant (0: unlimited); more: RESOURCE_EXHAUSTED.");
+  s.AddUint("tenant_lookup_burst", &c->tenant_lookup_burst,
+            "Lookup blocks a tenant may ask for at once above the rate (0: max_keys_per_call).");
+  s.AddBytes("tenant_warm_quota", &c->tenant_warm_quota,
+             "Warm-tier bytes one tenant may hold (0: no limit); over it puts are "
+             "RESOURCE_EXHAUSTED.");
   s.AddString("advertise_address", &c->advertise_address,
               "HOST:PORT clients and peers dial (default: the bound listen address).");
 }
@@ -198,6 +211,31 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   }
   if (c.tls_require_client_cert && c.tls_client_ca.empty()) {
     return absl::InvalidArgumentError("tls_require_client_cert: needs tls_client_ca");
+  }
+  if (c.max_concurrent_calls == 0 || c.max_concurrent_calls > 65536) {
+    return absl::InvalidArgumentError("max_concurrent_calls: want 1..65536");
+  }
+  if (c.max_inflight_bytes < c.max_inline_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_inflight_bytes: ", FormatByteSize(c.max_inflight_bytes), " is below max_inline_bytes ",
+        FormatByteSize(c.max_inline_bytes), " (one full call)"));
+  }
+  if (c.grpc_memory_bytes < 2 * c.max_inline_bytes + (16ull << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grpc_memory_bytes: want at least 2 x max_inline_bytes + 16 MiB (",
+                     FormatByteSize(2 * c.max_inline_bytes + (16ull << 20)), ")"));
+  }
+  // Nodes of a cluster call each other (rebalancing): as principal `cluster` by
+  // cluster_token, over TLS verified by tls_client_ca, presenting their own certificate.
+  if (c.cluster_mode != "single") {
+    if (c.auth_mode == "required" && c.cluster_token.empty()) {
+      return absl::InvalidArgumentError(
+          "cluster_token: auth_mode required in a cluster needs it (nodes call each other)");
+    }
+    if (!c.tls_cert.empty() && c.tls_client_ca.empty()) {
+      return absl::InvalidArgumentError(
+          "tls_client_ca: a TLS cluster needs it (nodes verify each other's certificates)");
+    }
   }
   return absl::OkStatus();
 }

@@ -220,6 +220,10 @@ client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
     o.address = m.address;
     o.data_plane = client::ClientOptions::DataPlane::kInline;
     o.default_deadline = options_.call_timeout;
+    o.token = options_.token;
+    o.tls_ca = options_.tls_ca;
+    o.tls_cert = options_.tls_cert;
+    o.tls_key = options_.tls_key;
     absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(o);
     if (!c.ok()) {
       e.retry_after = absl::Now() + kPeerBackoff;

@@ -34,6 +34,11 @@ struct RebalancerOptions {
   absl::Duration interval = absl::Seconds(30);      // passes without any change
   size_t batch = 64;                                // blocks per peer call
   absl::Duration call_timeout = absl::Seconds(10);
+  // How this node calls its peers: token (cluster_token) and TLS files, as ClientOptions.
+  std::string token;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 struct RebalanceProgress {

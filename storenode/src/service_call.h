@@ -2,22 +2,98 @@
 // and error metrics per call, and the proto tier of a store tier number. Private.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "grpcpp/support/status.h"
 #include "metrics.h"
 #include "spdlog/spdlog.h"
+#include "strata/common/byte_size.h"
 #include "strata/proto/status_convert.h"
 #include "strata/v1/store.pb.h"
 
 namespace strata::storenode {
 
-// Times a call and records it in the metrics whatever path it returns by.
+// The node's admission limits: calls served at once and inline payload bytes in flight.
+// Lock-free; a refusal is immediate (never queued), so an overloaded node answers
+// RESOURCE_EXHAUSTED quickly and its memory stays within the configured budgets.
+class Admission {
+ public:
+  Admission(uint64_t max_calls, uint64_t max_bytes)
+      : max_calls_(max_calls), max_bytes_(max_bytes) {}
+
+  bool EnterCall() {
+    if (calls_.fetch_add(1, std::memory_order_acq_rel) < max_calls_) return true;
+    calls_.fetch_sub(1, std::memory_order_acq_rel);
+    return false;
+  }
+  void LeaveCall() { calls_.fetch_sub(1, std::memory_order_acq_rel); }
+  bool TakeBytes(uint64_t n) {
+    if (bytes_.fetch_add(n, std::memory_order_acq_rel) + n <= max_bytes_) return true;
+    bytes_.fetch_sub(n, std::memory_order_acq_rel);
+    return false;
+  }
+  void ReturnBytes(uint64_t n) { bytes_.fetch_sub(n, std::memory_order_acq_rel); }
+  // Whether `n` more bytes would fit now (a hint: nothing is taken).
+  bool HasRoom(uint64_t n) const {
+    return bytes_.load(std::memory_order_acquire) + n <= max_bytes_;
+  }
+  uint64_t max_calls() const { return max_calls_; }
+  uint64_t max_bytes() const { return max_bytes_; }
+
+ private:
+  const uint64_t max_calls_;
+  const uint64_t max_bytes_;
+  std::atomic<uint64_t> calls_{0};
+  std::atomic<uint64_t> bytes_{0};
+};
+
+// Inline payload bytes held by one call (Admission::TakeBytes), returned when it ends.
+class InflightBytes {
+ public:
+  InflightBytes(Admission* a, uint64_t n) : a_(a), n_(a != nullptr && a->TakeBytes(n) ? n : 0) {
+    ok_ = a == nullptr || n == 0 || n_ == n;
+  }
+  ~InflightBytes() {
+    if (n_ > 0) a_->ReturnBytes(n_);
+  }
+  InflightBytes(const InflightBytes&) = delete;
+  InflightBytes& operator=(const InflightBytes&) = delete;
+  absl::Status status() const {
+    if (ok_) return absl::OkStatus();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("node busy: inline payload in flight at max_inflight_bytes ",
+                     FormatByteSize(a_->max_bytes()), "; retry with backoff"));
+  }
+
+ private:
+  Admission* a_;
+  uint64_t n_;
+  bool ok_ = true;
+};
+
+// Times a call and records it in the metrics whatever path it returns by. With an Admission,
+// counts the call against max_concurrent_calls: refused() says it is over.
 class CallScope {
  public:
-  CallScope(NodeMetrics* metrics, Op op)
-      : metrics_(metrics), op_(op), start_(std::chrono::steady_clock::now()) {}
+  CallScope(NodeMetrics* metrics, Op op, Admission* admission = nullptr)
+      : metrics_(metrics),
+        op_(op),
+        start_(std::chrono::steady_clock::now()),
+        admission_(admission != nullptr && admission->EnterCall() ? admission : nullptr),
+        refused_(admission != nullptr && admission_ == nullptr) {}
+  ~CallScope() {
+    if (admission_ != nullptr) admission_->LeaveCall();
+  }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+  bool refused() const { return refused_; }
+  absl::Status Refusal() const {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("node busy: max_concurrent_calls calls in progress; retry with backoff"));
+  }
   grpc::Status Done(const absl::Status& s) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     metrics_->Observe(op_, secs, s);
@@ -31,6 +107,8 @@ class CallScope {
   NodeMetrics* metrics_;
   Op op_;
   std::chrono::steady_clock::time_point start_;
+  Admission* admission_;
+  bool refused_;
 };
 
 inline v1::Tier TierProto(int tier) {

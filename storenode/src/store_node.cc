@@ -1,5 +1,7 @@
 #include "strata/storenode/store_node.h"
 
+#include <malloc.h>
+
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -11,6 +13,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/resource_quota.h"
 #include "metrics.h"
 #include "rebalancer.h"
 #include "spdlog/spdlog.h"
@@ -71,12 +74,13 @@ absl::Status WritePortFile(const std::string& path, const std::string& grpc_addr
 class StoreNodeImpl final : public StoreNode {
  public:
   StoreNodeImpl(const NodeConfig& config, std::unique_ptr<TieredStore> warm,
-                std::unique_ptr<DataPlane> data_plane)
+                std::unique_ptr<DataPlane> data_plane, std::shared_ptr<Authenticator> auth)
       : config_(config),
         warm_(std::move(warm)),
         data_plane_(std::move(data_plane)),
+        auth_(std::move(auth)),
         metrics_(config.node_id),
-        service_(config, warm_.get(), data_plane_.get(), &metrics_) {}
+        service_(config, warm_.get(), data_plane_.get(), &metrics_, auth_) {}
 
   ~StoreNodeImpl() override { Shutdown(); }
 
@@ -92,6 +96,17 @@ class StoreNodeImpl final : public StoreNode {
         static_cast<int>(config_.max_inline_bytes + (1 << 20) + config_.max_keys_per_call * 128);
     builder.SetMaxReceiveMessageSize(max_msg);
     builder.SetMaxSendMessageSize(max_msg);
+    // gRPC's own memory and threads are bounded too: past them it refuses calls itself
+    // (RESOURCE_EXHAUSTED) instead of growing. The service counts calls exactly
+    // (max_concurrent_calls); the 8 extra threads keep the pollers and those refusals going.
+    grpc::ResourceQuota quota("strata-node");
+    quota.Resize(config_.grpc_memory_bytes);
+    quota.SetMaxThreads(static_cast<int>(config_.max_concurrent_calls) + 8);
+    builder.SetResourceQuota(quota);
+    // A fixed HTTP/2 window instead of one grown by bandwidth probing: what 40 clients can
+    // have in flight towards the node stays bounded (window x streams), not up to 16 MiB each.
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1 << 20);
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || port == 0) {
       return absl::UnavailableError(absl::StrCat("listen: cannot serve gRPC on ", config_.listen));
@@ -118,6 +133,16 @@ class StoreNodeImpl final : public StoreNode {
                  FormatByteSize(warm_->Stats().warm.capacity_bytes),
                  FormatByteSize(config_.max_block_bytes));
     return absl::OkStatus();
+  }
+
+  absl::Status ReloadPrincipals() override {
+    absl::Status s = auth_->Reload();
+    if (s.ok()) {
+      spdlog::info("principals reloaded");
+    } else {
+      spdlog::error("principals not reloaded, the old ones stay: {}", s.ToString());
+    }
+    return s;
   }
 
   const std::string& grpc_address() const override { return grpc_address_; }
@@ -205,7 +230,11 @@ class StoreNodeImpl final : public StoreNode {
     if (*mode != cluster::MembershipMode::kSingle) {
       rebalancer_ = std::make_unique<Rebalancer>(
           RebalancerOptions{.replicas = static_cast<int>(config_.cluster_replicas),
-                            .interval = absl::Milliseconds(config_.rebalance_interval_ms)},
+                            .interval = absl::Milliseconds(config_.rebalance_interval_ms),
+                            .token = config_.cluster_token,
+                            .tls_ca = config_.tls_client_ca,
+                            .tls_cert = config_.tls_cert,
+                            .tls_key = config_.tls_key},
           warm_.get(), membership_.get(), config_.node_id);
       service_.SetRebalancer(rebalancer_.get());
       rebalancer_ready_.store(rebalancer_.get());
@@ -225,6 +254,9 @@ class StoreNodeImpl final : public StoreNode {
       if (absl::Now() - directory_swept >= absl::Seconds(1)) {
         service_.ExpireDirectory();
         directory_swept = absl::Now();
+        // Free pages inside malloc's arenas (payload buffers of finished calls) go back to
+        // the system, so RSS follows the memory in use rather than its peak.
+        malloc_trim(0);
       }
       if (uint64_t n = warm_->ExpireNow(); n > 0) {
         spdlog::debug("expired {} leases/reservations", n);
@@ -240,6 +272,7 @@ class StoreNodeImpl final : public StoreNode {
   const NodeConfig config_;
   std::unique_ptr<TieredStore> warm_;
   std::unique_ptr<DataPlane> data_plane_;  // after warm_: destroyed before the arena it maps
+  std::shared_ptr<Authenticator> auth_;
   NodeMetrics metrics_;
   StoreServiceImpl service_;
   std::unique_ptr<grpc::Server> server_;
@@ -267,6 +300,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   opts.warm.max_namespaces = config.max_namespaces;
   opts.warm.prefault = config.warm_prefault;
   opts.warm.policy = *ParsePolicyKind(config.warm_policy);
+  opts.warm.scope_quota_bytes = config.tenant_warm_quota;
   auto disk_tier = [&](const char* name, const std::string& path, uint64_t bytes,
                        const std::string& codec, const std::string& policy) {
     DiskTierOptions d;
@@ -309,7 +343,11 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
     if (!plane.ok()) return plane.status();
     data_plane = std::move(*plane);
   }
-  auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm), std::move(data_plane));
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth =
+      Authenticator::Create(config.auth_mode, config.auth_principals_file, config.cluster_token);
+  if (!auth.ok()) return auth.status();
+  auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm), std::move(data_plane),
+                                              std::move(*auth));
   if (absl::Status s = node->Init(); !s.ok()) return s;
   return node;
 }

@@ -50,12 +50,27 @@ absl::Status UnpackHashes(const std::string& packed, uint64_t max_keys,
 }  // namespace
 
 StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, TieredStore* store,
-                                   DataPlane* data_plane, NodeMetrics* metrics)
+                                   DataPlane* data_plane, NodeMetrics* metrics,
+                                   std::shared_ptr<const Authenticator> auth)
     : config_(config),
+      auth_(std::move(auth)),
+      admission_(config.max_concurrent_calls, config.max_inflight_bytes),
+      lookup_limiter_(
+          static_cast<double>(config.tenant_lookup_rate),
+          static_cast<double>(config.tenant_lookup_burst != 0 ? config.tenant_lookup_burst
+                                                              : config.max_keys_per_call)),
       directory_(config.max_directory_entries),
       store_(store),
       data_plane_(data_plane),
-      metrics_(metrics) {}
+      metrics_(metrics) {
+  // Shared blocks kept on disk from an earlier run.
+  for (const BlockKey& k : store_->Keys()) {
+    if (k.scope == kSharedScope) {
+      shared_used_ = true;
+      break;
+    }
+  }
+}
 
 absl::Status StoreServiceImpl::ValidateKeys(
     uint64_t namespace_id, const std::string& scope_in,
@@ -104,10 +119,14 @@ absl::Status StoreServiceImpl::CheckEpoch(uint64_t epoch) const {
   return absl::OkStatus();
 }
 
-grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext*,
+grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext* ctx,
                                                  const v1::RegisterNamespaceRequest* req,
                                                  v1::RegisterNamespaceResponse* resp) {
-  CallScope call(metrics_, Op::kRegisterNamespace);
+  CallScope call(metrics_, Op::kRegisterNamespace, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
+  if (absl::Status s = RequireAnyRole(ctx, kAnyRole, "RegisterNamespace"); !s.ok()) {
+    return call.Done(s);
+  }
   const v1::NamespaceSpec& in = req->spec();
   absl::StatusOr<ChainHashAlgorithm> algo = ParseChainHashAlgorithm(in.hash_algorithm());
   if (!algo.ok()) {
@@ -125,42 +144,47 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext*,
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
+grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
                                       v1::LookupResponse* resp) {
-  CallScope call(metrics_, Op::kLookup);
+  CallScope call(metrics_, Op::kLookup, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
   std::vector<ChainHash> hashes;
   std::string scope;
   const bool packed = !req->packed_chain_hashes().empty();
   absl::Status keys;
+  Principal who;
   if (!packed) {
-    keys = RoutedKeys(*req, &hashes, &scope);
+    keys = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope, &who);
   } else if (req->chain_hashes_size() > 0) {
     keys = absl::InvalidArgumentError("chain_hashes, packed_chain_hashes: set one of the two");
   } else if (keys = CheckEpoch(req->epoch()); keys.ok()) {
     // The namespace and scope checks of ValidateKeys; the keys come as one string.
+    absl::StatusOr<std::string> allowed = Authorize(ctx, req->scope(), Access::kRead, &who);
     absl::StatusOr<NamespaceSpec> ns = store_->GetNamespace(req->namespace_id());
-    scope = req->scope().empty() ? std::string(kDefaultScope) : req->scope();
-    keys = !ns.ok() ? absl::InvalidArgumentError(ns.status().message())
-                    : ValidateScope(scope, "scope");
-    if (keys.ok()) {
+    if (!allowed.ok()) {
+      keys = allowed.status();
+    } else if (!ns.ok()) {
+      keys = absl::InvalidArgumentError(ns.status().message());
+    } else {
+      scope = *allowed;
       keys = UnpackHashes(req->packed_chain_hashes(), config_.max_keys_per_call, &hashes);
     }
   }
   if (!keys.ok()) return call.Done(keys);
+  if (!who.Has(kRoleAdmin) || (auth_ != nullptr && !auth_->required())) {
+    if (absl::Status r = lookup_limiter_.Take(who.tenant, hashes.size()); !r.ok()) {
+      metrics_->AddDenied(who.tenant, r.code());
+      return call.Done(r);
+    }
+  }
   const bool hot = directory_.entries() > 0;
   if (!hot) {
     // The store's answer as it is: every block (each_block) or the matched prefix.
-    std::vector<WarmTier::BlockMeta> prefix;
-    std::vector<std::optional<WarmTier::BlockMeta>> each;
-    if (req->each_block()) {
-      each = store_->LookupEach(req->namespace_id(), scope, hashes);
-    } else {
-      prefix = store_->Lookup(req->namespace_id(), scope, hashes);
-    }
-    const size_t n = req->each_block() ? each.size() : prefix.size();
+    std::vector<std::optional<WarmTier::BlockMeta>> found =
+        FindBlocks(req->namespace_id(), scope, hashes, req->each_block());
+    const size_t n = found.size();
     auto meta = [&](size_t i) -> const WarmTier::BlockMeta* {
-      if (!req->each_block()) return &prefix[i];
-      return each[i].has_value() ? &*each[i] : nullptr;
+      return found[i].has_value() ? &*found[i] : nullptr;
     };
     uint32_t present = 0;
     if (packed) {
@@ -185,16 +209,21 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
       }
     }
     resp->set_matched_blocks(present);
+    metrics_->AddTenantLookup(scope, present, hashes.size() - present);
     return call.Done(absl::OkStatus());
   }
   // A prefix may continue in agents' GPU memory (the directory): block by block, with the
   // publishers of each block.
   std::vector<std::optional<WarmTier::BlockMeta>> each =
-      store_->LookupEach(req->namespace_id(), scope, hashes);
+      FindBlocks(req->namespace_id(), scope, hashes, /*each_block=*/true);
+  const bool shared_first = SharedFirst(scope);
   uint32_t present = 0;
   for (size_t i = 0; i < hashes.size(); ++i) {
     std::vector<Directory::Location> peers =
         directory_.Find({req->namespace_id(), scope, hashes[i]});
+    if (peers.empty() && shared_first) {
+      peers = directory_.Find({req->namespace_id(), std::string(kSharedScope), hashes[i]});
+    }
     if (!each[i].has_value() && peers.empty() && !req->each_block()) break;  // prefix ends
     v1::BlockInfo* b = resp->add_blocks();
     if (each[i].has_value()) {
@@ -208,15 +237,19 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequ
     if (each[i].has_value() || !peers.empty()) ++present;
   }
   resp->set_matched_blocks(present);
+  metrics_->AddTenantLookup(scope, present, hashes.size() - present);
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::Publish(grpc::ServerContext*, const v1::PublishRequest* req,
+grpc::Status StoreServiceImpl::Publish(grpc::ServerContext* ctx, const v1::PublishRequest* req,
                                        v1::PublishResponse* resp) {
-  CallScope call(metrics_, Op::kPublish);
+  CallScope call(metrics_, Op::kPublish, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
   std::vector<ChainHash> hashes;
   std::string scope;
-  if (absl::Status s = RoutedKeys(*req, &hashes, &scope); !s.ok()) return call.Done(s);
+  if (absl::Status s = RoutedKeys(ctx, *req, Access::kWrite, &hashes, &scope); !s.ok()) {
+    return call.Done(s);
+  }
   if (req->location().empty() || req->location().size() > 256) {
     return call.Done(absl::InvalidArgumentError(
         absl::StrCat("location: ", req->location().size(), " bytes, want 1..256")));
@@ -227,6 +260,7 @@ grpc::Status StoreServiceImpl::Publish(grpc::ServerContext*, const v1::PublishRe
   }
   if (absl::Status t = ValidateTtl(req->ttl_ms(), "ttl_ms"); !t.ok()) return call.Done(t);
   std::vector<uint64_t> sizes(req->sizes().begin(), req->sizes().end());
+  NoteWrite(scope);
   std::vector<absl::Status> results =
       directory_.Publish(req->namespace_id(), scope, hashes, sizes, req->location(),
                          absl::Milliseconds(req->ttl_ms()));
@@ -234,25 +268,35 @@ grpc::Status StoreServiceImpl::Publish(grpc::ServerContext*, const v1::PublishRe
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext*, const v1::BeginPutRequest* req,
+grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::BeginPutRequest* req,
                                         v1::BeginPutResponse* resp) {
-  CallScope call(metrics_, Op::kBeginPut);
+  CallScope call(metrics_, Op::kBeginPut, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
   if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
   if (absl::Status s = ValidateTtl(req->ttl_ms(), "ttl_ms"); !s.ok()) return call.Done(s);
+  Principal who;
+  absl::StatusOr<std::string> allowed = Authorize(ctx, req->scope(), Access::kWrite, &who);
+  if (!allowed.ok()) return call.Done(allowed.status());
   std::vector<WarmTier::PutBlock> blocks;
   std::string scope;
   uint64_t total = 0;
-  if (absl::Status s = ParsePutBlocks(req->namespace_id(), req->scope(), req->blocks(),
+  if (absl::Status s = ParsePutBlocks(req->namespace_id(), *allowed, req->blocks(),
                                       req->session_id(), &blocks, &scope, &total);
       !s.ok()) {
     return call.Done(s);
   }
+  for (WarmTier::PutBlock& b : blocks) b.session = SessionKey(who, b.session);
   if (total > config_.max_inline_bytes) {
     return call.Done(absl::ResourceExhaustedError(
         absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_inline_bytes ",
                      FormatByteSize(config_.max_inline_bytes), "; split the batch")));
   }
+  // Refused here, the payload is never sent: cheaper than refusing the CommitPut carrying it.
+  if (!admission_.HasRoom(total)) {
+    return call.Done(InflightBytes(&admission_, UINT64_MAX / 2).status());
+  }
   uint64_t ttl = req->ttl_ms() != 0 ? req->ttl_ms() : config_.reservation_ttl_ms;
+  NoteWrite(scope);
   WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
   resp->set_reservation_id(r.reservation_id);
   resp->set_expires_in_ms(r.reservation_id != 0 ? ttl : 0);
@@ -301,9 +345,15 @@ absl::Status StoreServiceImpl::ParsePutBlocks(
   return absl::OkStatus();
 }
 
-grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext*, const v1::CommitPutRequest* req,
+grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext* ctx, const v1::CommitPutRequest* req,
                                          v1::CommitPutResponse* resp) {
-  CallScope call(metrics_, Op::kCommitPut);
+  CallScope call(metrics_, Op::kCommitPut, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
+  // The reservation id (random, from BeginPut) names the scope; the caller must still write.
+  if (absl::Status s = RequireAnyRole(ctx, kRoleWriter | kRolePublisher | kRoleAdmin, "CommitPut");
+      !s.ok()) {
+    return call.Done(s);
+  }
   if (static_cast<uint64_t>(req->blocks_size()) > config_.max_keys_per_call) {
     return call.Done(absl::InvalidArgumentError(absl::StrCat(
         "blocks: ", req->blocks_size(), " exceed max_keys_per_call ", config_.max_keys_per_call)));
@@ -320,6 +370,8 @@ grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext*, const v1::CommitP
     blocks.push_back({*h, b.checksum(), {data, b.payload().size()}});
     bytes += b.payload().size();
   }
+  InflightBytes held(&admission_, bytes);
+  if (!held.status().ok()) return call.Done(held.status());
   absl::StatusOr<std::vector<absl::Status>> r = store_->CommitPut(req->reservation_id(), blocks);
   if (!r.ok()) return call.Done(r.status());
   metrics_->AddInlineBytes(true, bytes);
@@ -327,73 +379,107 @@ grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext*, const v1::CommitP
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::AbortPut(grpc::ServerContext*, const v1::AbortPutRequest* req,
+grpc::Status StoreServiceImpl::AbortPut(grpc::ServerContext* ctx, const v1::AbortPutRequest* req,
                                         v1::AbortPutResponse*) {
   CallScope call(metrics_, Op::kAbortPut);
+  if (absl::Status s = RequireAnyRole(ctx, kRoleWriter | kRolePublisher | kRoleAdmin, "AbortPut");
+      !s.ok()) {
+    return call.Done(s);
+  }
   return call.Done(store_->AbortPut(req->reservation_id()));
 }
 
-grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext*, const v1::BeginGetRequest* req,
+grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::BeginGetRequest* req,
                                         v1::BeginGetResponse* resp) {
-  CallScope call(metrics_, Op::kBeginGet);
+  CallScope call(metrics_, Op::kBeginGet, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
   std::vector<ChainHash> hashes;
   std::string scope;
-  if (absl::Status s = RoutedKeys(*req, &hashes, &scope); !s.ok()) return call.Done(s);
+  if (absl::Status s = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope); !s.ok()) {
+    return call.Done(s);
+  }
   if (absl::Status s = ValidateTtl(req->lease_ms(), "lease_ms"); !s.ok()) return call.Done(s);
   uint64_t ttl = req->lease_ms() != 0 ? req->lease_ms() : config_.lease_ttl_ms;
-  for (size_t i = 0; i < hashes.size(); ++i) resp->add_blocks();
-  WarmTier::CopySink sink;
+  // The payload this call may copy: at most its blocks at the namespace's block size.
+  uint64_t most = 0;
   if (req->include_payload()) {
-    sink = [resp](size_t i, uint64_t size) {
-      std::string* p = resp->mutable_blocks(static_cast<int>(i))->mutable_payload();
-      p->resize(size);
-      return reinterpret_cast<uint8_t*>(p->data());
-    };
+    absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(req->namespace_id());
+    most = std::min<uint64_t>(config_.max_inline_bytes,
+                              hashes.size() * (spec.ok() ? spec->block_bytes : 0));
   }
-  WarmTier::GetResult r = store_->BeginGet(req->namespace_id(), scope, hashes, ttl, sink,
-                                           config_.max_inline_bytes, !req->skip_promotion());
-  resp->set_lease_id(r.lease_id);
-  resp->set_expires_in_ms(r.lease_id != 0 ? ttl : 0);
+  InflightBytes held(&admission_, most);
+  if (!held.status().ok()) return call.Done(held.status());
+  for (size_t i = 0; i < hashes.size(); ++i) resp->add_blocks();
   uint64_t bytes = 0;
-  for (size_t i = 0; i < hashes.size(); ++i) {
-    v1::GetBlock* b = resp->mutable_blocks(static_cast<int>(i));
-    ToBlockStatus(r.status[i], b->mutable_status());
-    if (!r.status[i].ok()) {
-      b->clear_payload();  // never hand out bytes that failed verification
-      if (r.status[i].code() == absl::StatusCode::kDataLoss) {
-        spdlog::error("DATA_LOSS: block {} of namespace 0x{:016x} failed its checksum; dropped",
-                      hashes[i].ToHex(), req->namespace_id());
-      }
-      continue;
+  uint64_t lease_id = 0;
+  // A tenant's read may take its first blocks from `shared`: one store call per scope, one
+  // lease for the caller.
+  for (const ScopeGroup& g : GroupByScope(req->namespace_id(), scope, hashes)) {
+    WarmTier::CopySink sink;
+    if (req->include_payload()) {
+      sink = [resp, &g](size_t k, uint64_t size) {
+        std::string* p = resp->mutable_blocks(static_cast<int>(g.index[k]))->mutable_payload();
+        p->resize(size);
+        return reinterpret_cast<uint8_t*>(p->data());
+      };
     }
-    b->set_tier(TierProto(r.blocks[i].tier));
-    b->set_size(r.blocks[i].size);
-    b->set_checksum(r.blocks[i].checksum);
-    bytes += b->payload().size();
+    WarmTier::GetResult r =
+        store_->BeginGet(req->namespace_id(), g.scope, g.hashes, ttl, sink,
+                         config_.max_inline_bytes - std::min(bytes, config_.max_inline_bytes),
+                         !req->skip_promotion());
+    if (r.lease_id != 0 && lease_id != 0) {
+      store_->JoinLease(lease_id, r.lease_id).IgnoreError();
+    } else if (r.lease_id != 0) {
+      lease_id = r.lease_id;
+    }
+    for (size_t k = 0; k < g.index.size(); ++k) {
+      v1::GetBlock* b = resp->mutable_blocks(static_cast<int>(g.index[k]));
+      ToBlockStatus(r.status[k], b->mutable_status());
+      if (!r.status[k].ok()) {
+        b->clear_payload();  // never hand out bytes that failed verification
+        if (r.status[k].code() == absl::StatusCode::kDataLoss) {
+          spdlog::error("DATA_LOSS: block {} of namespace 0x{:016x} failed its checksum; dropped",
+                        g.hashes[k].ToHex(), req->namespace_id());
+        }
+        continue;
+      }
+      b->set_tier(TierProto(r.blocks[k].tier));
+      b->set_size(r.blocks[k].size);
+      b->set_checksum(r.blocks[k].checksum);
+      bytes += b->payload().size();
+    }
   }
+  resp->set_lease_id(lease_id);
+  resp->set_expires_in_ms(lease_id != 0 ? ttl : 0);
   metrics_->AddInlineBytes(false, bytes);
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::EndGet(grpc::ServerContext*, const v1::EndGetRequest* req,
+grpc::Status StoreServiceImpl::EndGet(grpc::ServerContext* ctx, const v1::EndGetRequest* req,
                                       v1::EndGetResponse*) {
   CallScope call(metrics_, Op::kEndGet);
+  if (absl::Status s = RequireAnyRole(ctx, kAnyRole, "EndGet"); !s.ok()) return call.Done(s);
   return call.Done(store_->EndGet(req->lease_id()));
 }
 
-grpc::Status StoreServiceImpl::Delete(grpc::ServerContext*, const v1::DeleteRequest* req,
+grpc::Status StoreServiceImpl::Delete(grpc::ServerContext* ctx, const v1::DeleteRequest* req,
                                       v1::DeleteResponse* resp) {
-  CallScope call(metrics_, Op::kDelete);
+  CallScope call(metrics_, Op::kDelete, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
   std::vector<ChainHash> hashes;
   std::string scope;
-  if (absl::Status s = RoutedKeys(*req, &hashes, &scope); !s.ok()) return call.Done(s);
+  if (absl::Status s = RoutedKeys(ctx, *req, Access::kWrite, &hashes, &scope); !s.ok()) {
+    return call.Done(s);
+  }
   resp->set_deleted(static_cast<uint32_t>(store_->Delete(req->namespace_id(), scope, hashes)));
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::Stats(grpc::ServerContext*, const v1::StatsRequest*,
+grpc::Status StoreServiceImpl::Stats(grpc::ServerContext* ctx, const v1::StatsRequest*,
                                      v1::StatsResponse* resp) {
-  CallScope call(metrics_, Op::kStats);
+  CallScope call(metrics_, Op::kStats, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
+  if (absl::Status s = RequireAnyRole(ctx, kAnyRole, "Stats"); !s.ok()) return call.Done(s);
   TieredStats ts = store_->Stats();
   const WarmTierStats& s = ts.warm;
   resp->set_node_id(config_.node_id);
@@ -457,54 +543,79 @@ absl::Status ValidateSession(const std::string& session) {
 }
 }  // namespace
 
-grpc::Status StoreServiceImpl::PauseSession(grpc::ServerContext*,
+grpc::Status StoreServiceImpl::PauseSession(grpc::ServerContext* ctx,
                                             const v1::PauseSessionRequest* req,
                                             v1::PauseSessionResponse* resp) {
-  CallScope call(metrics_, Op::kPauseSession);
+  CallScope call(metrics_, Op::kPauseSession, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
+  Principal who;
+  if (absl::StatusOr<std::string> a = Authorize(ctx, "", Access::kWrite, &who); !a.ok()) {
+    return call.Done(a.status());
+  }
   if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
   if (req->tier() != v1::TIER_UNSPECIFIED && req->tier() != v1::TIER_COOL &&
       req->tier() != v1::TIER_COLD) {
     return call.Done(absl::InvalidArgumentError("tier: want TIER_COOL or TIER_COLD"));
   }
   absl::StatusOr<uint64_t> n =
-      store_->PauseSession(req->session_id(), req->tier() == v1::TIER_COLD);
+      store_->PauseSession(SessionKey(who, req->session_id()), req->tier() == v1::TIER_COLD);
   if (!n.ok()) return call.Done(n.status());
   resp->set_moved(static_cast<uint32_t>(*n));
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::ResumeSession(grpc::ServerContext*,
+grpc::Status StoreServiceImpl::ResumeSession(grpc::ServerContext* ctx,
                                              const v1::ResumeSessionRequest* req,
                                              v1::ResumeSessionResponse* resp) {
-  CallScope call(metrics_, Op::kResumeSession);
+  CallScope call(metrics_, Op::kResumeSession, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
+  Principal who;
+  if (absl::StatusOr<std::string> a = Authorize(ctx, "", Access::kWrite, &who); !a.ok()) {
+    return call.Done(a.status());
+  }
   if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
-  absl::StatusOr<uint64_t> n = store_->ResumeSession(req->session_id());
+  absl::StatusOr<uint64_t> n = store_->ResumeSession(SessionKey(who, req->session_id()));
   if (!n.ok()) return call.Done(n.status());
   resp->set_promoted(static_cast<uint32_t>(*n));
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::Prefetch(grpc::ServerContext*, const v1::PrefetchRequest* req,
+grpc::Status StoreServiceImpl::Prefetch(grpc::ServerContext* ctx, const v1::PrefetchRequest* req,
                                         v1::PrefetchResponse* resp) {
-  CallScope call(metrics_, Op::kPrefetch);
+  CallScope call(metrics_, Op::kPrefetch, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
+  Principal who;
+  absl::StatusOr<std::string> allowed = Authorize(ctx, req->scope(), Access::kRead, &who);
+  if (!allowed.ok()) return call.Done(allowed.status());
   std::vector<ChainHash> hashes;
-  std::string scope;
+  std::string scope = *allowed;
   if (req->session_id().empty() || req->chain_hashes_size() > 0) {
-    absl::Status s = ValidateKeys(req->namespace_id(), req->scope(), req->chain_hashes(),
+    absl::Status s = ValidateKeys(req->namespace_id(), *allowed, req->chain_hashes(),
                                   "chain_hashes", &hashes, &scope, nullptr);
     if (!s.ok()) return call.Done(s);
   }
   if (!req->session_id().empty()) {
     if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
   }
-  resp->set_scheduled(static_cast<uint32_t>(
-      store_->Prefetch(req->namespace_id(), scope, hashes, req->session_id())));
+  const std::string session = SessionKey(who, req->session_id());
+  uint64_t scheduled = 0;
+  if (hashes.empty()) {
+    scheduled = store_->Prefetch(req->namespace_id(), scope, hashes, session);
+  } else {
+    for (const ScopeGroup& g : GroupByScope(req->namespace_id(), scope, hashes)) {
+      scheduled += store_->Prefetch(req->namespace_id(), g.scope, g.hashes, session);
+    }
+  }
+  resp->set_scheduled(static_cast<uint32_t>(scheduled));
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::InjectFault(grpc::ServerContext*, const v1::InjectFaultRequest* req,
+grpc::Status StoreServiceImpl::InjectFault(grpc::ServerContext* ctx,
+                                           const v1::InjectFaultRequest* req,
                                            v1::InjectFaultResponse*) {
-  CallScope call(metrics_, Op::kInjectFault);
+  CallScope call(metrics_, Op::kInjectFault, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
+  if (absl::Status s = RequireAnyRole(ctx, kRoleAdmin, "InjectFault"); !s.ok()) return call.Done(s);
   if (!config_.debug_fault_injection) {
     return call.Done(
         absl::FailedPreconditionError("InjectFault: node runs without --debug-fault-injection"));

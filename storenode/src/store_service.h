@@ -6,10 +6,14 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
 
+#include "auth.h"
 #include "directory.h"
 #include "metrics.h"
+#include "rate_limiter.h"
 #include "rebalancer.h"
+#include "service_call.h"
 #include "strata/cluster/membership.h"
 #include "strata/storenode/node_config.h"
 #include "strata/storenode/tiered_store.h"
@@ -23,9 +27,10 @@ using transport::DataPlaneOptions;
 
 class StoreServiceImpl final : public strata::v1::StoreService::Service {
  public:
-  // data_plane may be null (no UCX): the data RPCs then answer FAILED_PRECONDITION.
+  // data_plane may be null (no UCX): the data RPCs then answer FAILED_PRECONDITION. auth
+  // null: every caller is the anonymous principal of auth_mode none.
   StoreServiceImpl(const NodeConfig& config, TieredStore* store, DataPlane* data_plane,
-                   NodeMetrics* metrics);
+                   NodeMetrics* metrics, std::shared_ptr<const Authenticator> auth = nullptr);
   // The node's cluster membership, once it started (after the server is listening); requests
   // carrying an epoch are checked against it. Must outlive the server.
   void SetMembership(const cluster::Membership* membership) { membership_.store(membership); }
@@ -68,18 +73,54 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                        v1::GetDataResponse*) override;
 
  private:
+  // --- Authentication and scopes (store_service_auth.cc, docs/design/security.md) ---
+  // The call's principal: from its bearer token or verified client certificate.
+  absl::StatusOr<Principal> Caller(const grpc::ServerContext* ctx) const;
+  // The scope a request naming `requested` may use for `access` (*principal: who asked).
+  absl::StatusOr<std::string> Authorize(const grpc::ServerContext* ctx,
+                                        const std::string& requested, Access access,
+                                        Principal* principal = nullptr);
+  // PERMISSION_DENIED unless the caller holds one of `roles` (a bit mask).
+  absl::Status RequireAnyRole(const grpc::ServerContext* ctx, uint8_t roles, const char* call);
+  // A session id as stored: tenants' sessions never share a name.
+  std::string SessionKey(const Principal& p, const std::string& session) const;
+  // Whether a read in `scope` consults `shared` first (a tenant's own scope, once anything
+  // was written to shared).
+  bool SharedFirst(const std::string& scope) const;
+  // Every block on its own (each_block) or the present prefix, shared first where it applies.
+  std::vector<std::optional<WarmTier::BlockMeta>> FindBlocks(NamespaceId ns,
+                                                             const std::string& scope,
+                                                             std::span<const ChainHash> hashes,
+                                                             bool each_block);
+  // A read's blocks grouped by the scope holding them: those in `shared` first, the rest in
+  // `scope`; one group (the request's scope) where shared is not consulted.
+  struct ScopeGroup {
+    std::string scope;
+    std::vector<size_t> index;  // positions in the request
+    std::vector<ChainHash> hashes;
+  };
+  std::vector<ScopeGroup> GroupByScope(NamespaceId ns, const std::string& scope,
+                                       std::span<const ChainHash> hashes);
+  void NoteWrite(const std::string& scope) {
+    if (scope == kSharedScope) shared_used_.store(true, std::memory_order_relaxed);
+  }
+
   // Checks namespace, scope, key count and hash lengths; fills *hashes and *scope.
   absl::Status ValidateKeys(uint64_t namespace_id, const std::string& scope_in,
                             const google::protobuf::RepeatedPtrField<std::string>& raw,
                             const char* field, std::vector<ChainHash>* hashes, std::string* scope,
                             NamespaceSpec* spec);
   absl::Status ValidateTtl(uint32_t ttl_ms, const char* field) const;
-  // A routed request's epoch (CheckEpoch), then its namespace, scope and chain_hashes
-  // (ValidateKeys).
+  // A routed request's epoch (CheckEpoch), the scope its principal may use for `access`
+  // (Authorize), then its namespace and chain_hashes (ValidateKeys).
   template <typename Request>
-  absl::Status RoutedKeys(const Request& req, std::vector<ChainHash>* hashes, std::string* scope) {
+  absl::Status RoutedKeys(const grpc::ServerContext* ctx, const Request& req, Access access,
+                          std::vector<ChainHash>* hashes, std::string* scope,
+                          Principal* principal = nullptr) {
     if (absl::Status s = CheckEpoch(req.epoch()); !s.ok()) return s;
-    return ValidateKeys(req.namespace_id(), req.scope(), req.chain_hashes(), "chain_hashes", hashes,
+    absl::StatusOr<std::string> allowed = Authorize(ctx, req.scope(), access, principal);
+    if (!allowed.ok()) return allowed.status();
+    return ValidateKeys(req.namespace_id(), *allowed, req.chain_hashes(), "chain_hashes", hashes,
                         scope, nullptr);
   }
   // Checks a put's namespace, scope, block count, sizes and session; fills *blocks, *scope
@@ -89,6 +130,12 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                               const std::string& session_id,
                               std::vector<WarmTier::PutBlock>* blocks, std::string* scope,
                               uint64_t* total);
+  // GetData's steps for the blocks of one scope group: pin what is warm, stage cool/cold
+  // blocks in the arena and pin those, read the rest inline; fills *status and *meta at the
+  // group's positions and adds the leases taken.
+  void ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
+                  v1::GetDataResponse* resp, std::vector<absl::Status>* status,
+                  std::vector<WarmTier::BlockMeta>* meta, std::vector<uint64_t>* leases);
   // Receives every tagged message of a refused two-sided PutData into the discard buffer.
   void ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline);
   // The transfer deadline of a data call: the client's, capped at what the node allows.
@@ -98,6 +145,12 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   absl::Status CheckEpoch(uint64_t epoch) const;
 
   const NodeConfig config_;
+  const std::shared_ptr<const Authenticator> auth_;
+  Admission admission_;
+  LookupRateLimiter lookup_limiter_;
+  // Set once a block or directory entry was written to `shared` (or found there at start):
+  // until then private reads skip the shared probe.
+  std::atomic<bool> shared_used_{false};
   std::atomic<const cluster::Membership*> membership_{nullptr};
   std::atomic<const Rebalancer*> rebalancer_{nullptr};
   Directory directory_;

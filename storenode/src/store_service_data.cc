@@ -42,9 +42,13 @@ absl::Time StoreServiceImpl::TransferDeadline(const grpc::ServerContext* ctx) co
   return std::min(client, cap);
 }
 
-grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext*, const v1::ConnectDataRequest* req,
+grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext* ctx,
+                                           const v1::ConnectDataRequest* req,
                                            v1::ConnectDataResponse* resp) {
-  CallScope call(metrics_, Op::kConnectData);
+  CallScope call(metrics_, Op::kConnectData, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
+  // Endpoints only for callers who may move data; the channel id returned is random.
+  if (absl::Status s = RequireAnyRole(ctx, kAnyRole, "ConnectData"); !s.ok()) return call.Done(s);
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
   std::vector<std::string> addresses(req->worker_addresses().begin(),
                                      req->worker_addresses().end());
@@ -57,24 +61,32 @@ grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext*, const v1::Conne
   return call.Done(absl::OkStatus());
 }
 
-grpc::Status StoreServiceImpl::CloseData(grpc::ServerContext*, const v1::CloseDataRequest* req,
+grpc::Status StoreServiceImpl::CloseData(grpc::ServerContext* ctx, const v1::CloseDataRequest* req,
                                          v1::CloseDataResponse*) {
   CallScope call(metrics_, Op::kCloseData);
+  if (absl::Status s = RequireAnyRole(ctx, kAnyRole, "CloseData"); !s.ok()) return call.Done(s);
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
   return call.Done(data_plane_->Close(req->channel_id()));
 }
 
 grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDataRequest* req,
                                        v1::PutDataResponse* resp) {
-  CallScope call(metrics_, Op::kPutData);
+  CallScope call(metrics_, Op::kPutData, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
   const absl::Time deadline = TransferDeadline(ctx);
   const bool two_sided = req->tags_size() > 0;
   std::vector<WarmTier::PutBlock> blocks;
   std::string scope;
   uint64_t total = 0;
-  absl::Status valid = ParsePutBlocks(req->namespace_id(), req->scope(), req->blocks(),
-                                      req->session_id(), &blocks, &scope, &total);
+  Principal who;
+  absl::StatusOr<std::string> allowed = Authorize(ctx, req->scope(), Access::kWrite, &who);
+  absl::Status valid = allowed.status();
+  if (valid.ok()) {
+    valid = ParsePutBlocks(req->namespace_id(), *allowed, req->blocks(), req->session_id(), &blocks,
+                           &scope, &total);
+  }
+  for (WarmTier::PutBlock& b : blocks) b.session = SessionKey(who, b.session);
   const int n = req->blocks_size();
   if (valid.ok()) valid = CheckEpoch(req->epoch());
   if (valid.ok() && req->checksums_size() != n) {
@@ -120,6 +132,7 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   }
   const uint64_t ttl = static_cast<uint64_t>(
       std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
+  NoteWrite(scope);
   WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
   std::vector<transport::TransferOp> ops;
   std::vector<size_t> received(n, 0);
@@ -181,13 +194,76 @@ void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time d
   data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline).IgnoreError();
 }
 
+void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
+                                  v1::GetDataResponse* resp, std::vector<absl::Status>* status,
+                                  std::vector<WarmTier::BlockMeta>* meta,
+                                  std::vector<uint64_t>* leases) {
+  const NamespaceId ns = req.namespace_id();
+  // Pin what is warm; stage cool/cold blocks in the arena and pin those too.
+  WarmTier::GetResult first = store_->PinWarm(ns, g.scope, g.hashes, ttl);
+  leases->push_back(first.lease_id);
+  std::vector<size_t> missing;  // positions in g
+  for (size_t k = 0; k < g.index.size(); ++k) {
+    (*status)[g.index[k]] = first.status[k];
+    (*meta)[g.index[k]] = first.blocks[k];
+    if (first.status[k].code() == absl::StatusCode::kNotFound) missing.push_back(k);
+  }
+  if (!missing.empty() && store_->promote_on_get() && !req.skip_promotion()) {
+    std::vector<ChainHash> staged;
+    std::vector<size_t> staged_at;
+    for (size_t k : missing) {
+      if (store_->StageInWarm(BlockKey{ns, g.scope, g.hashes[k]})) {
+        staged.push_back(g.hashes[k]);
+        staged_at.push_back(k);
+      }
+    }
+    if (!staged.empty()) {
+      WarmTier::GetResult second = store_->PinWarm(ns, g.scope, staged, ttl);
+      leases->push_back(second.lease_id);
+      for (size_t j = 0; j < staged.size(); ++j) {
+        (*status)[g.index[staged_at[j]]] = second.status[j];
+        (*meta)[g.index[staged_at[j]]] = second.blocks[j];
+      }
+    }
+    std::erase_if(missing, [&](size_t k) {
+      return (*status)[g.index[k]].code() != absl::StatusCode::kNotFound;
+    });
+  }
+  if (missing.empty()) return;
+  // What could not be staged (no room, or promotion off) is read from disk and sent inline,
+  // within what is left of the call's inline budget.
+  uint64_t inline_bytes = 0;
+  for (const v1::GetBlock& b : resp->blocks()) inline_bytes += b.payload().size();
+  std::vector<ChainHash> rest;
+  for (size_t k : missing) rest.push_back(g.hashes[k]);
+  WarmTier::CopySink sink = [&](size_t j, uint64_t size) {
+    std::string* p = resp->mutable_blocks(static_cast<int>(g.index[missing[j]]))->mutable_payload();
+    p->resize(size);
+    return reinterpret_cast<uint8_t*>(p->data());
+  };
+  WarmTier::GetResult inline_result =
+      store_->BeginGet(ns, g.scope, rest, ttl, sink,
+                       config_.max_inline_bytes - std::min(inline_bytes, config_.max_inline_bytes),
+                       !req.skip_promotion());
+  leases->push_back(inline_result.lease_id);
+  for (size_t j = 0; j < missing.size(); ++j) {
+    const size_t i = g.index[missing[j]];
+    (*status)[i] = inline_result.status[j];
+    (*meta)[i] = inline_result.blocks[j];
+    (*meta)[i].address = nullptr;  // served inline
+  }
+}
+
 grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,
                                        v1::GetDataResponse* resp) {
-  CallScope call(metrics_, Op::kGetData);
+  CallScope call(metrics_, Op::kGetData, &admission_);
+  if (call.refused()) return call.Done(call.Refusal());
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
   std::vector<ChainHash> hashes;
   std::string scope;
-  if (absl::Status s = RoutedKeys(*req, &hashes, &scope); !s.ok()) return call.Done(s);
+  if (absl::Status s = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope); !s.ok()) {
+    return call.Done(s);
+  }
   const int n = static_cast<int>(hashes.size());
   const bool two_sided = req->tags_size() > 0;
   if (two_sided) {
@@ -218,56 +294,16 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   const absl::Time deadline = TransferDeadline(ctx);
   const uint64_t ttl = static_cast<uint64_t>(
       std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
-  // Pin what is warm; stage cool/cold blocks in the arena and pin those too.
-  WarmTier::GetResult first = store_->PinWarm(req->namespace_id(), scope, hashes, ttl);
-  std::vector<absl::Status> status = first.status;
-  std::vector<WarmTier::BlockMeta> meta = first.blocks;
-  std::vector<uint64_t> leases = {first.lease_id};
-  std::vector<int> missing;
-  for (int i = 0; i < n; ++i) {
-    if (status[i].code() == absl::StatusCode::kNotFound) missing.push_back(i);
-  }
-  if (!missing.empty() && store_->promote_on_get() && !req->skip_promotion()) {
-    std::vector<ChainHash> staged;
-    std::vector<int> staged_index;
-    for (int i : missing) {
-      if (store_->StageInWarm(BlockKey{req->namespace_id(), scope, hashes[i]})) {
-        staged.push_back(hashes[i]);
-        staged_index.push_back(i);
-      }
-    }
-    if (!staged.empty()) {
-      WarmTier::GetResult second = store_->PinWarm(req->namespace_id(), scope, staged, ttl);
-      leases.push_back(second.lease_id);
-      for (size_t k = 0; k < staged.size(); ++k) {
-        status[staged_index[k]] = second.status[k];
-        meta[staged_index[k]] = second.blocks[k];
-      }
-    }
-    missing.clear();
-    for (int i = 0; i < n; ++i) {
-      if (status[i].code() == absl::StatusCode::kNotFound) missing.push_back(i);
-    }
-  }
+  std::vector<absl::Status> status(n);
+  std::vector<WarmTier::BlockMeta> meta(n);
+  std::vector<const std::string*> block_scope(n, &scope);
+  std::vector<uint64_t> leases;
   for (int i = 0; i < n; ++i) resp->add_blocks();
-  // What could not be staged (no room, or promotion off) is read from disk and sent inline.
-  if (!missing.empty()) {
-    std::vector<ChainHash> rest;
-    for (int i : missing) rest.push_back(hashes[i]);
-    WarmTier::CopySink sink = [&](size_t k, uint64_t size) {
-      std::string* p = resp->mutable_blocks(missing[k])->mutable_payload();
-      p->resize(size);
-      return reinterpret_cast<uint8_t*>(p->data());
-    };
-    WarmTier::GetResult inline_result =
-        store_->BeginGet(req->namespace_id(), scope, rest, ttl, sink, config_.max_inline_bytes,
-                         !req->skip_promotion());
-    leases.push_back(inline_result.lease_id);
-    for (size_t k = 0; k < missing.size(); ++k) {
-      status[missing[k]] = inline_result.status[k];
-      meta[missing[k]] = inline_result.blocks[k];
-      meta[missing[k]].address = nullptr;  // served inline
-    }
+  // A tenant's read may take its first blocks from `shared`: the same steps per scope.
+  const std::vector<ScopeGroup> groups = GroupByScope(req->namespace_id(), scope, hashes);
+  for (const ScopeGroup& g : groups) {
+    for (size_t i : g.index) block_scope[i] = &g.scope;
+    ServeGroup(*req, g, ttl, resp, &status, &meta, &leases);
   }
   std::vector<transport::TransferOp> ops;
   uint64_t bytes = 0;
@@ -278,7 +314,7 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
     // is dropped and reported here, and never lands in the client's buffer.
     if (pinned && BlockChecksum(meta[i].address, meta[i].size) != meta[i].checksum) {
       status[i] = absl::DataLossError("block failed its checksum on the node; dropped");
-      store_->DropCorrupt(BlockKey{req->namespace_id(), scope, hashes[i]});
+      store_->DropCorrupt(BlockKey{req->namespace_id(), *block_scope[i], hashes[i]});
       spdlog::error("DATA_LOSS: block {} of namespace 0x{:016x} failed its checksum; dropped",
                     hashes[i].ToHex(), req->namespace_id());
     }

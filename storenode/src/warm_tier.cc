@@ -1,5 +1,7 @@
 #include "strata/storenode/warm_tier.h"
 
+#include <openssl/rand.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -136,6 +138,13 @@ void WarmTier::FreeSlotLocked(Entry* e) {
   slot_owner_[e->slot.page][e->slot.index] = nullptr;
   arena_->Free(e->slot);
   used_bytes_ -= arena_->ClassBytes(e->slot.size_class);
+  if (options_.scope_quota_bytes > 0) {
+    auto it = scope_used_.find(e->key.scope);
+    if (it != scope_used_.end()) {
+      it->second -= std::min(it->second, arena_->ClassBytes(e->slot.size_class));
+      if (it->second == 0) scope_used_.erase(it);
+    }
+  }
 }
 
 void WarmTier::RemoveLocked(Entry* e) {
@@ -361,6 +370,16 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
       continue;
     }
     uint16_t cls = arena_->ClassFor(b.size);
+    uint64_t* scope_used = nullptr;
+    if (options_.scope_quota_bytes > 0 && scope != kSharedScope) {
+      scope_used = &scope_used_[scope];
+      if (*scope_used + arena_->ClassBytes(cls) > options_.scope_quota_bytes) {
+        result.status.push_back(absl::ResourceExhaustedError(
+            absl::StrCat("tenant quota: scope ", scope, " holds ", FormatByteSize(*scope_used),
+                         " of its warm quota ", FormatByteSize(options_.scope_quota_bytes))));
+        continue;
+      }
+    }
     std::optional<Slot> slot = AllocateLocked(cls, may_evict);
     if (!slot) {
       result.status.push_back(absl::ResourceExhaustedError(absl::StrCat(
@@ -383,6 +402,8 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     if (owners.size() != slots) owners.assign(slots, nullptr);
     owners[slot->index] = entry.get();
     used_bytes_ += arena_->ClassBytes(cls);
+    // Looked up again: AllocateLocked may have evicted (and erased) entries of scope_used_.
+    if (scope_used != nullptr) scope_used_[scope] += arena_->ClassBytes(cls);
     reservation->entries.push_back(entry.get());
     index_.emplace(std::move(key), std::move(entry));
     result.status.push_back(absl::OkStatus());
@@ -390,7 +411,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
   }
   if (!reservation->entries.empty()) {
     reservation->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
-    result.reservation_id = next_id_++;
+    result.reservation_id = NewIdLocked();
     reservations_.emplace(result.reservation_id, std::move(reservation));
   }
   return result;
@@ -561,10 +582,33 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
   }
   if (!lease->entries.empty()) {
     lease->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
-    result.lease_id = next_id_++;
+    result.lease_id = NewIdLocked();
     leases_.emplace(result.lease_id, std::move(lease));
   }
   return result;
+}
+
+uint64_t WarmTier::NewIdLocked() {
+  // Random, not counted: a lease or reservation id is a capability (whoever names it may end
+  // the lease or commit into the reservation), so another tenant must not guess one.
+  uint64_t id = 0;
+  while (id == 0 || leases_.contains(id) || reservations_.contains(id)) {
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(&id), sizeof(id)) != 1) id = ++fallback_id_;
+  }
+  return id;
+}
+
+absl::Status WarmTier::JoinLease(uint64_t into, uint64_t from) {
+  absl::MutexLock lock(&mu_);
+  auto to = leases_.find(into);
+  auto it = leases_.find(from);
+  if (to == leases_.end() || it == leases_.end() || into == from) {
+    return absl::NotFoundError(absl::StrCat("lease_id ", into, " or ", from, ": unknown"));
+  }
+  for (Entry* e : it->second->entries) to->second->entries.push_back(e);
+  to->second->expires_ms = std::max(to->second->expires_ms, it->second->expires_ms);
+  leases_.erase(it);
+  return absl::OkStatus();
 }
 
 absl::Status WarmTier::EndGet(uint64_t lease_id) {

@@ -97,10 +97,11 @@ class WarmTierTest : public ::testing::Test {
  protected:
   void SetUp() override { Init(8 * kPage); }
 
-  void Init(uint64_t capacity, uint64_t max_namespaces = 1024,
-            PolicyKind policy = PolicyKind::kLru) {
+  void Init(uint64_t capacity, uint64_t max_namespaces = 1024, PolicyKind policy = PolicyKind::kLru,
+            uint64_t scope_quota = 0) {
     WarmTierOptions o;
     o.policy = policy;
+    o.scope_quota_bytes = scope_quota;
     o.capacity_bytes = capacity;
     o.max_block_bytes = kPage;
     o.max_namespaces = max_namespaces;
@@ -741,6 +742,20 @@ TEST_F(WarmTierTest, ConcurrentPutGetLookupDeleteServeOnlyWrittenBytes) {
   now_ms_ += 1'000'000;
   tier_->ExpireNow();  // the leases taken just now; no reservation or lease may be left after it
   EXPECT_EQ(Occupancy(), (Usage{.blocks = blocks, .payload = payload_bytes, .used = used}));
+}
+
+TEST_F(WarmTierTest, ScopeQuotaRefusesOnlyTheScopeOverIt) {
+  Init(8 * kPage, 1024, PolicyKind::kLru, 2 * ClassBytes(1000));
+  const Bytes p = Payload(1, 1000);
+  EXPECT_THAT(Put(H(1), p, "a"), IsOk());
+  EXPECT_THAT(Put(H(2), p, "a"), IsOk());
+  EXPECT_THAT(Put(H(3), p, "a"),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("tenant quota")));
+  EXPECT_THAT(Put(H(3), p, "b"), IsOk()) << "another scope has its own quota";
+  for (uint32_t n = 10; n < 13; ++n) EXPECT_THAT(Put(H(n), p, "shared"), IsOk());
+  const ChainHash one = H(1);
+  EXPECT_EQ(tier_->Delete(ns_, "a", {&one, 1}), 1u);
+  EXPECT_THAT(Put(H(3), p, "a"), IsOk()) << "freed bytes count again";
 }
 
 }  // namespace

@@ -56,6 +56,7 @@ NamespaceSpec Spec() {
   for (uint32_t i = 0; i < kReaderBlocks; ++i)
     want.push_back(testutil::RandomBytes(50 + i, kBlock));
   uint64_t ok = 0, wrong = 0, errors = 0;
+  bool ready = false;
   std::vector<uint8_t> buffer(4 * kBlock);
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(6);
   for (uint32_t round = 0; std::chrono::steady_clock::now() < until; ++round) {
@@ -76,6 +77,12 @@ NamespaceSpec Spec() {
       }
       const uint32_t i = (round * 4 + k) % kReaderBlocks;
       (std::memcmp(buffer.data() + k * kBlock, want[i].data(), kBlock) == 0 ? ok : wrong) += 1;
+    }
+    if (!ready && ok > 0) {
+      // The parent starts evicting only now: a slow start must not find every block gone.
+      std::printf("READY\n");
+      std::fflush(stdout);
+      ready = true;
     }
   }
   std::printf("READER ok=%llu wrong=%llu errors=%llu\n", static_cast<unsigned long long>(ok),
@@ -123,6 +130,11 @@ TEST(LeaseFaultTest, ReaderFrozenPastItsLeaseGetsErrorsOrCorrectBytesNeverTorn) 
   pid_t reader = 0;
   ASSERT_EQ(posix_spawn(&reader, self, &fa, nullptr, argv, envp.data()), 0);
   close(out[1]);
+  FILE* from = fdopen(out[0], "r");
+  ASSERT_NE(from, nullptr);
+  char line[256] = {};
+  ASSERT_NE(std::fgets(line, sizeof(line), from), nullptr);
+  ASSERT_STREQ(line, "READY\n") << "the reader never read its blocks";
 
   // Meanwhile: a writer fills the warm tier over and over (evicting the reader's blocks and
   // reusing their memory), and the reader is frozen three times for a second — past its
@@ -146,8 +158,6 @@ TEST(LeaseFaultTest, ReaderFrozenPastItsLeaseGetsErrorsOrCorrectBytesNeverTorn) 
   waitpid(reader, &status, 0);
   stop = true;
   writer.join();
-  char line[256] = {};
-  FILE* from = fdopen(out[0], "r");
   ASSERT_NE(std::fgets(line, sizeof(line), from), nullptr);
   std::fclose(from);
   unsigned long long ok = 0, wrong = 0, errors = 0;

@@ -145,6 +145,14 @@ TEST_F(TiersTest, BlocksBeyondWarmBudgetReadBackBitExactFromCoolAndCold) {
   size_t loss = 0;
   EXPECT_EQ(n.VerifyAll(hashes, 100, &loss), hashes.size());
   EXPECT_EQ(loss, 0u);
+  // The moves and the lower tiers' hits are on /metrics too.
+  auto metrics = testutil::HttpGet(n.process->http_address(), "/metrics");
+  ASSERT_THAT(metrics, IsOk());
+  EXPECT_THAT(metrics->second,
+              ::testing::ContainsRegex(
+                  "strata_tier_moves_total\\{from=\"warm\",to=\"cool\",[^}]*\\} [1-9]"));
+  EXPECT_THAT(metrics->second, ::testing::ContainsRegex("strata_tier_hits_total\\{tier=\"cool\""));
+  EXPECT_THAT(metrics->second, ::testing::HasSubstr("strata_codec_bytes_total{"));
 }
 
 TEST_F(TiersTest, DiskBlocksSurviveSigtermAndKill9) {

@@ -1,5 +1,7 @@
 #include "strata/transport/data_plane.h"
 
+#include <openssl/rand.h>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -99,7 +101,13 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(
   absl::StatusOr<std::string> info = lanes_[0]->DescribeEndpoint(state.endpoints[0]);
   out.transport = info.ok() ? *info : "unknown";
   absl::MutexLock lock(&mu_);
-  out.id = next_channel_++;
+  // Random, not counted: naming a channel id in GetData/PutData/CloseData is the capability
+  // to use it, so another client must not guess one. Nonzero in its low 32 bits (tags).
+  do {
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(&out.id), sizeof(out.id)) != 1) {
+      out.id = next_channel_++;
+    }
+  } while ((out.id & 0xffffffffu) == 0 || channels_.contains(out.id));
   channels_.emplace(out.id, std::move(state));
   return out;
 }

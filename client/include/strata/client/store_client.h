@@ -40,8 +40,19 @@ namespace strata::client {
 struct ClientOptions {
   std::string address;  // HOST:PORT of a store node
   absl::Duration default_deadline = absl::Seconds(10);
-  // Scope of a call that names none (tenancy arrives with authentication).
-  std::string default_scope = std::string(kDefaultScope);
+  // Scope of a call that names none. "" lets the node choose: the private scope of the
+  // principal the call authenticates as (`default` on a node without authentication).
+  // "shared" reads and (with the publisher role) writes the scope every tenant sees.
+  std::string default_scope;
+
+  // Security (docs/design/security.md). token: sent on every call as the gRPC metadata
+  // "authorization: Bearer <token>". tls_ca: PEM file of the CA that signed the nodes'
+  // certificates; set, the client speaks TLS and verifies the node. tls_cert / tls_key: PEM
+  // client certificate and key for mutual TLS (the certificate's CN may name the principal).
+  std::string token;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
 
   // How payloads travel. kAuto: over UCX when the node's Stats offers a data plane (and the
   // client can set it up), else inline in gRPC. kInline: always inline. kUcx: UCX or nothing

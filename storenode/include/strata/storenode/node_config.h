@@ -85,6 +85,19 @@ struct NodeConfig {
   uint64_t cluster_replicas = 1;  // R the rebalancer keeps (the clients' replicas)
   uint64_t rebalance_interval_ms = 30000;    // passes without a change of the member set
   uint64_t max_directory_entries = 1 << 20;  // GPU-block directory: (block, agent) entries
+
+  // Admission (docs/design/security.md): at most max_concurrent_calls calls are served at
+  // once and at most max_inflight_bytes of inline payload are in flight; past either a call
+  // fails at once with RESOURCE_EXHAUSTED. grpc_memory_bytes bounds gRPC's own buffers.
+  uint64_t max_concurrent_calls = 256;
+  uint64_t max_inflight_bytes = 1ull << 30;
+  uint64_t grpc_memory_bytes = 512ull << 20;
+  // Per tenant: Lookup blocks per second (0: unlimited) and the burst allowed above it
+  // (0: max_keys_per_call); admins (the cluster principal) are not limited.
+  uint64_t tenant_lookup_rate = 0;
+  uint64_t tenant_lookup_burst = 0;
+  // Warm-tier bytes one tenant's private scope may hold (0: no limit; shared is exempt).
+  uint64_t tenant_warm_quota = 0;
 };
 
 // Registers every NodeConfig field on `schema`, pointing at `config`.

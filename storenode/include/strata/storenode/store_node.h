@@ -27,6 +27,8 @@ class StoreNode {
   // Stops taking calls (readyz turns 503), lets in-flight calls finish for up to
   // drain_timeout, then stops everything. Blocks until done.
   virtual void Shutdown() = 0;
+  // Re-reads auth_principals_file (SIGHUP); on error the principals in use stay.
+  virtual absl::Status ReloadPrincipals() = 0;
 };
 
 }  // namespace strata::storenode

@@ -86,6 +86,7 @@ class TieredStore {
                                const WarmTier::CopySink& sink, uint64_t max_copy_bytes,
                                bool promote = true);
   absl::Status EndGet(uint64_t lease_id);
+  absl::Status JoinLease(uint64_t into, uint64_t from) { return warm_->JoinLease(into, from); }
 
   uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
   uint64_t ExpireNow();

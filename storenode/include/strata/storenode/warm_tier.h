@@ -38,6 +38,9 @@ struct WarmTierOptions {
   // no pages left still empties the page whose newest block is oldest.
   PolicyKind policy = PolicyKind::kLru;
   EvictionPolicyOptions policy_options;
+  // Slab bytes (reserved and committed) one scope may take; 0: no limit. Not applied to the
+  // shared scope. Over it, a put's block is RESOURCE_EXHAUSTED ("tenant quota").
+  uint64_t scope_quota_bytes = 0;
   // Monotonic milliseconds; tests substitute a manual clock.
   std::function<int64_t()> now_ms;
 };
@@ -170,6 +173,8 @@ class WarmTier {
                      uint64_t ttl_ms, const CopySink& sink, uint64_t max_copy_bytes);
   // Unpins a lease. NOT_FOUND for an unknown or expired one.
   absl::Status EndGet(uint64_t lease_id);
+  // Moves lease `from`'s pins into lease `into` (one id for a read served in two scopes).
+  absl::Status JoinLease(uint64_t into, uint64_t from);
 
   // Removes blocks; a pinned one disappears from lookups now and frees when unpinned.
   uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
@@ -204,6 +209,7 @@ class WarmTier {
   bool EvictOneLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ReclaimPageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t NewIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lookup and LookupEach: stops at the first miss when `prefix`.
   std::vector<std::optional<BlockMeta>> Probe(NamespaceId ns, const std::string& scope,
                                               std::span<const ChainHash> hashes,
@@ -232,10 +238,12 @@ class WarmTier {
   std::vector<std::vector<Entry*>> slot_owner_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<Reservation>> reservations_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<Lease>> leases_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;  // logical recency clock
+  uint64_t fallback_id_ ABSL_GUARDED_BY(mu_) = 0;  // if the random source fails
+  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;         // logical recency clock
   uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Slab bytes per scope, kept only with scope_quota_bytes.
+  absl::flat_hash_map<std::string, uint64_t> scope_used_ ABSL_GUARDED_BY(mu_);
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pinned_ ABSL_GUARDED_BY(mu_) = 0;
 

@@ -1,0 +1,407 @@
+// Tenancy and transport security against real strata-storenode processes (issue 7,
+// docs/design/security.md): principals from bearer tokens and client certificates, scopes
+// derived from the principal, shared system-prompt prefixes, role checks, TLS/mTLS handshakes,
+// principals reloaded on SIGHUP. Every "denied" case is paired with the same call allowed.
+#include <signal.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "strata/client/store_client.h"
+#include "strata/testutil/node_process.h"
+#include "strata/testutil/prompts.h"
+#include "strata/testutil/status_matchers.h"
+
+namespace strata {
+namespace {
+
+using client::BlockRead;
+using client::BlockWrite;
+using client::ClientOptions;
+using client::LocalNode;
+using client::StoreClient;
+using ::testing::HasSubstr;
+using testutil::IsOk;
+using testutil::StatusIs;
+
+constexpr uint64_t kBlock = 96 * 1024;  // above the client's UCX threshold: data plane path
+// SHA-256 of the tokens below, as the principals file holds them (no secret in the file).
+struct Token {
+  const char* name;
+  const char* token;
+  const char* tenant;
+  const char* roles;
+};
+constexpr Token kTokens[] = {
+    {"tenant-a", "token-of-tenant-a", "tenant-a", "[reader, writer]"},
+    {"tenant-b", "token-of-tenant-b", "tenant-b", "[reader, writer]"},
+    {"a-reader", "token-of-a-reader", "tenant-a", "[reader]"},
+    {"publisher", "token-of-publisher", "platform", "[reader, writer, publisher]"},
+};
+constexpr char kLateToken[] = "token-added-later";
+
+std::string Sha256Hex(const std::string& text) {
+  // The test computes hashes with the openssl binary, as an operator would.
+  std::string cmd = absl::StrCat("printf '%s' '", text, "' | openssl dgst -sha256 -r");
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[128] = {};
+  size_t n = p != nullptr ? fread(buf, 1, sizeof(buf) - 1, p) : 0;
+  if (p != nullptr) pclose(p);
+  return std::string(buf, std::min<size_t>(n, 64));
+}
+
+void WritePrincipals(const std::string& path, bool with_late) {
+  std::ofstream out(path, std::ios::trunc);
+  out << "principals:\n";
+  for (const Token& t : kTokens) {
+    out << "  - name: " << t.name << "\n    tenant: " << t.tenant << "\n    roles: " << t.roles
+        << "\n    token_sha256: " << Sha256Hex(t.token) << "\n";
+  }
+  out << "  - name: cert-client\n    tenant: tenant-c\n    roles: [reader, writer]\n"
+         "    cert_cn: tenant-c-client\n";
+  if (with_late) {
+    out << "  - name: late\n    tenant: tenant-late\n    roles: [reader, writer]\n"
+        << "    token_sha256: " << Sha256Hex(kLateToken) << "\n";
+  }
+}
+
+class TenancyTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(absl::StrCat(::testing::TempDir(), "strata-tenancy-", getpid()));
+    std::filesystem::create_directories(*dir_);
+    const char* src = std::getenv("STRATA_SOURCE_DIR");
+    ASSERT_NE(src, nullptr) << "run through ctest (STRATA_SOURCE_DIR)";
+    std::string certs = absl::StrCat("bash ", src, "/scripts/make_test_certs.sh ", *dir_,
+                                     " tenant-c-client unknown-client >/dev/null");
+    ASSERT_EQ(std::system(certs.c_str()), 0) << certs;
+    WritePrincipals(Path("principals.yaml"), false);
+    const std::vector<std::string> common = {"--warm-bytes",
+                                             "128MiB",
+                                             "--max-block-bytes",
+                                             "1MiB",
+                                             "--auth-mode",
+                                             "required",
+                                             "--auth-principals-file",
+                                             Path("principals.yaml"),
+                                             "--tls-cert",
+                                             Path("server.crt"),
+                                             "--tls-key",
+                                             Path("server.key"),
+                                             "--tls-client-ca",
+                                             Path("ca.crt"),
+                                             "--tenant-lookup-rate",
+                                             "1000",
+                                             "--tenant-lookup-burst",
+                                             "3000",
+                                             "--tenant-warm-quota",
+                                             "4MiB"};
+    auto node = testutil::StartNode(common);
+    ASSERT_THAT(node, IsOk());
+    node_ = node->release();
+    std::vector<std::string> strict = common;
+    strict.push_back("--tls-require-client-cert");
+    auto strict_node = testutil::StartNode(strict);
+    ASSERT_THAT(strict_node, IsOk());
+    strict_node_ = strict_node->release();
+  }
+  static void TearDownTestSuite() {
+    delete node_;
+    delete strict_node_;
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+  static std::string Path(const std::string& name) { return absl::StrCat(*dir_, "/", name); }
+
+  static ClientOptions Options(const LocalNode* node, std::string token) {
+    ClientOptions o;
+    o.address = node->address();
+    o.token = std::move(token);
+    o.tls_ca = Path("ca.crt");
+    o.default_deadline = absl::Seconds(10);
+    return o;
+  }
+  struct Tenant {
+    std::unique_ptr<StoreClient> client;
+    client::Namespace ns;
+  };
+  static Tenant Connect(ClientOptions o) {
+    Tenant t;
+    auto c = StoreClient::Connect(o);
+    EXPECT_THAT(c, IsOk());
+    if (!c.ok()) return t;
+    t.client = std::move(*c);
+    auto ns = t.client->RegisterNamespace(testutil::RawSpec("tenancy", 1 << 20));
+    EXPECT_THAT(ns, IsOk());
+    if (ns.ok()) t.ns = *ns;
+    return t;
+  }
+  static Tenant As(const char* token) { return Connect(Options(node_, token)); }
+
+  static absl::StatusOr<client::PutResult> Put(Tenant& t, std::string_view scope,
+                                               const std::vector<ChainHash>& hashes,
+                                               uint64_t seed) {
+    std::vector<std::vector<uint8_t>> data;
+    std::vector<BlockWrite> writes;
+    for (size_t i = 0; i < hashes.size(); ++i)
+      data.push_back(testutil::RandomBytes(seed + i, kBlock));
+    for (size_t i = 0; i < hashes.size(); ++i)
+      writes.push_back({hashes[i], data[i].data(), kBlock});
+    return t.client->Put(t.ns, scope, writes);
+  }
+  // Reads every block; returns how many came back OK with exactly the bytes of
+  // RandomBytes(seeds[i]).
+  static size_t ExactReads(Tenant& t, std::string_view scope, const std::vector<ChainHash>& hashes,
+                           const std::vector<uint64_t>& seeds) {
+    std::vector<std::vector<uint8_t>> out(hashes.size(), std::vector<uint8_t>(kBlock));
+    std::vector<BlockRead> reads;
+    for (size_t i = 0; i < hashes.size(); ++i) reads.push_back({hashes[i], out[i].data(), kBlock});
+    auto got = t.client->Get(t.ns, scope, reads);
+    EXPECT_THAT(got, IsOk());
+    if (!got.ok()) return 0;
+    size_t exact = 0;
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      if (got->blocks[i].ok() && out[i] == testutil::RandomBytes(seeds[i], kBlock)) ++exact;
+    }
+    return exact;
+  }
+  static size_t Matched(Tenant& t, std::string_view scope, const std::vector<ChainHash>& hashes) {
+    auto r = t.client->Lookup(t.ns, scope, hashes);
+    EXPECT_THAT(r, IsOk());
+    return r.ok() ? r->matched_blocks : 0;
+  }
+
+  static std::string* dir_;
+  static LocalNode* node_;
+  static LocalNode* strict_node_;
+};
+std::string* TenancyTest::dir_ = nullptr;
+LocalNode* TenancyTest::node_ = nullptr;
+LocalNode* TenancyTest::strict_node_ = nullptr;
+
+std::vector<ChainHash> Chain(const client::Namespace& ns, const std::vector<uint32_t>& tokens) {
+  return *ns.HashTokens(tokens);
+}
+
+std::vector<uint32_t> Concat(std::vector<uint32_t> a, const std::vector<uint32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST_F(TenancyTest, CallsWithoutOrWithUnknownCredentialsAreUnauthenticated) {
+  EXPECT_THAT(StoreClient::Connect(Options(node_, "")),
+              StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("no credentials")));
+  EXPECT_THAT(StoreClient::Connect(Options(node_, "not-a-token")),
+              StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("unknown credentials")));
+  // A verified certificate that maps to no principal is refused the same way.
+  ClientOptions unknown_cert = Options(node_, "");
+  unknown_cert.tls_cert = Path("unknown-client.crt");
+  unknown_cert.tls_key = Path("unknown-client.key");
+  EXPECT_THAT(StoreClient::Connect(unknown_cert),
+              StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("unknown credentials")));
+  // The same node takes a known token.
+  EXPECT_THAT(StoreClient::Connect(Options(node_, kTokens[0].token)), IsOk());
+}
+
+TEST_F(TenancyTest, PrivatePrefixesAreInvisibleAcrossTenantsAndForgedScopesAreRefused) {
+  Tenant a = As(kTokens[0].token);
+  Tenant b = As(kTokens[1].token);
+  ASSERT_NE(a.client, nullptr);
+  ASSERT_NE(b.client, nullptr);
+  const std::vector<ChainHash> prefix = testutil::PromptChain(a.ns, 11, 12);
+  auto put = Put(a, "", prefix, 1100);
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->stored, prefix.size());
+  std::vector<uint64_t> seeds;
+  for (size_t i = 0; i < prefix.size(); ++i) seeds.push_back(1100 + i);
+
+  // Tenant A hits 100%; tenant B, asking for the very same keys, misses 100%.
+  EXPECT_EQ(Matched(a, "", prefix), prefix.size());
+  EXPECT_EQ(ExactReads(a, "", prefix, seeds), prefix.size());
+  EXPECT_EQ(Matched(b, "", prefix), 0u);
+  EXPECT_EQ(ExactReads(b, "", prefix, seeds), 0u);
+  // Naming A's scope does not help B: the scope comes from the principal.
+  EXPECT_THAT(b.client->Lookup(b.ns, "tenant-a", prefix),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("not yours")));
+  std::vector<uint8_t> buf(kBlock);
+  std::vector<BlockRead> one = {{prefix[0], buf.data(), kBlock}};
+  EXPECT_THAT(b.client->Get(b.ns, "tenant-a", one), StatusIs(absl::StatusCode::kPermissionDenied));
+  // A naming its own tenant explicitly is the same as "".
+  EXPECT_EQ(Matched(a, "tenant-a", prefix), prefix.size());
+  // B cannot delete A's blocks either: its Delete only reaches its own scope.
+  auto deleted = b.client->Delete(b.ns, "", prefix);
+  ASSERT_THAT(deleted, IsOk());
+  EXPECT_EQ(*deleted, 0u);
+  EXPECT_EQ(Matched(a, "", prefix), prefix.size());
+}
+
+TEST_F(TenancyTest, SharedPrefixHitsForEveryTenantAndContinuationsStayPrivate) {
+  Tenant pub = As(kTokens[3].token);
+  Tenant a = As(kTokens[0].token);
+  Tenant b = As(kTokens[1].token);
+  ASSERT_NE(pub.client, nullptr);
+  const std::vector<uint32_t> system = testutil::PromptTokens(21, 8 * 16);  // 8 blocks
+  const std::vector<uint32_t> a_turn = testutil::PromptTokens(22, 4 * 16);
+  const std::vector<ChainHash> sys = Chain(a.ns, system);
+  const std::vector<ChainHash> a_chain = Chain(a.ns, Concat(system, a_turn));  // 12 blocks
+
+  // Before publication nobody hits the system prompt.
+  EXPECT_EQ(Matched(a, "", sys), 0u);
+  // A writer may not publish: no tenant can poison a prefix others reuse.
+  EXPECT_THAT(Put(a, "shared", sys, 2100),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("publisher")));
+  EXPECT_EQ(Matched(b, "shared", sys), 0u);
+  // The publisher can.
+  auto published = Put(pub, "shared", sys, 2100);
+  ASSERT_THAT(published, IsOk());
+  EXPECT_EQ(published->stored, sys.size());
+
+  // Both tenants hit the shared prefix through their own scope ("").
+  EXPECT_EQ(Matched(a, "", sys), sys.size());
+  EXPECT_EQ(Matched(b, "", sys), sys.size());
+  // A continues it privately: A's lookup runs through shared into its own blocks.
+  std::vector<ChainHash> a_tail(a_chain.begin() + 8, a_chain.end());
+  ASSERT_THAT(Put(a, "", a_tail, 2200), IsOk());
+  EXPECT_EQ(Matched(a, "", a_chain), a_chain.size());
+  EXPECT_EQ(Matched(b, "", a_chain), sys.size());
+  // A's Get of the whole chain takes 8 blocks from shared and 4 from its own scope, exact.
+  std::vector<uint64_t> seeds;
+  for (size_t i = 0; i < 8; ++i) seeds.push_back(2100 + i);
+  for (size_t i = 0; i < 4; ++i) seeds.push_back(2200 + i);
+  EXPECT_EQ(ExactReads(a, "", a_chain, seeds), a_chain.size());
+  // Inline (no data plane) takes the same mixed path through BeginGet.
+  ClientOptions inline_opts = Options(node_, kTokens[0].token);
+  inline_opts.data_plane = ClientOptions::DataPlane::kInline;
+  Tenant a_inline = Connect(inline_opts);
+  ASSERT_NE(a_inline.client, nullptr);
+  EXPECT_EQ(ExactReads(a_inline, "", a_chain, seeds), a_chain.size());
+  // B gets the shared blocks and none of A's continuation.
+  EXPECT_EQ(ExactReads(b, "", a_chain, seeds), sys.size());
+}
+
+TEST_F(TenancyTest, RolesLimitWhatAPrincipalMayDo) {
+  Tenant reader = As(kTokens[2].token);  // tenant-a, reader only
+  Tenant a = As(kTokens[0].token);
+  ASSERT_NE(reader.client, nullptr);
+  const std::vector<ChainHash> chain = testutil::PromptChain(a.ns, 31, 3);
+  EXPECT_THAT(Put(reader, "", chain, 3100),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("writer")));
+  ASSERT_THAT(Put(a, "", chain, 3100), IsOk());
+  // The reader reads its tenant's blocks.
+  EXPECT_EQ(Matched(reader, "", chain), chain.size());
+  EXPECT_EQ(ExactReads(reader, "", chain, {3100, 3101, 3102}), chain.size());
+  EXPECT_THAT(reader.client->Delete(reader.ns, "", chain),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(reader.client->PauseSession("s1", false),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+}
+
+TEST_F(TenancyTest, ClientCertificatesNamePrincipalsAndForeignOrMissingOnesFailTheHandshake) {
+  ClientOptions cert = Options(strict_node_, "");
+  cert.tls_cert = Path("tenant-c-client.crt");
+  cert.tls_key = Path("tenant-c-client.key");
+  Tenant c = Connect(cert);
+  ASSERT_NE(c.client, nullptr);
+  const std::vector<ChainHash> chain = testutil::PromptChain(c.ns, 41, 2);
+  ASSERT_THAT(Put(c, "", chain, 4100), IsOk());
+  EXPECT_EQ(Matched(c, "", chain), chain.size());
+  // Its scope is tenant-c's: a token principal of tenant-a on the same node misses.
+  ClientOptions a_opts = Options(strict_node_, kTokens[0].token);
+  a_opts.tls_cert = Path("tenant-c-client.crt");  // a token wins over the certificate
+  a_opts.tls_key = Path("tenant-c-client.key");
+  Tenant a = Connect(a_opts);
+  ASSERT_NE(a.client, nullptr);
+  EXPECT_EQ(Matched(a, "", chain), 0u);
+
+  // No certificate, or one from a foreign CA: no TLS session, so no call gets through.
+  ClientOptions none = Options(strict_node_, kTokens[0].token);
+  none.default_deadline = absl::Seconds(3);
+  EXPECT_THAT(StoreClient::Connect(none), StatusIs(absl::StatusCode::kUnavailable));
+  ClientOptions foreign = none;
+  foreign.tls_cert = Path("foreign.crt");
+  foreign.tls_key = Path("foreign.key");
+  EXPECT_THAT(StoreClient::Connect(foreign), StatusIs(absl::StatusCode::kUnavailable));
+  // Plaintext to a TLS node fails too.
+  ClientOptions plain = none;
+  plain.tls_ca.clear();
+  EXPECT_FALSE(StoreClient::Connect(plain).ok());
+}
+
+TEST_F(TenancyTest, LookupRateIsLimitedPerTenant) {
+  Tenant a = As(kTokens[0].token);
+  Tenant b = As(kTokens[1].token);
+  ASSERT_NE(b.client, nullptr);
+  // 1,000 blocks/s with a burst of 3,000: B's first 2,048-block probe passes, the second
+  // right after it does not, and says when to retry.
+  const std::vector<ChainHash> probe = testutil::PromptChain(b.ns, 61, 2048);
+  EXPECT_THAT(b.client->Lookup(b.ns, "", probe), IsOk());
+  EXPECT_THAT(b.client->Lookup(b.ns, "", probe),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("retry in")));
+  // Another tenant's bucket is its own.
+  EXPECT_THAT(a.client->Lookup(a.ns, "", probe), IsOk());
+}
+
+TEST_F(TenancyTest, WarmQuotaStopsOneTenantOnly) {
+  Tenant a = As(kTokens[0].token);
+  Tenant b = As(kTokens[1].token);
+  ASSERT_NE(b.client, nullptr);
+  // 48 blocks of 96 KiB (128 KiB slabs: 6 MiB) against B's 4 MiB quota.
+  auto put = Put(b, "", testutil::PromptChain(b.ns, 71, 48), 7100);
+  ASSERT_THAT(put, IsOk());
+  size_t over = 0;
+  for (const absl::Status& s : put->blocks) {
+    if (s.code() == absl::StatusCode::kResourceExhausted) {
+      EXPECT_THAT(s.message(), HasSubstr("tenant quota"));
+      ++over;
+    }
+  }
+  EXPECT_GT(over, 0u);
+  EXPECT_GT(put->stored, 0u);
+  // A, well under its own quota, still writes.
+  auto a_put = Put(a, "", testutil::PromptChain(a.ns, 72, 2), 7200);
+  ASSERT_THAT(a_put, IsOk());
+  EXPECT_EQ(a_put->stored, 2u);
+}
+
+TEST_F(TenancyTest, DeniedCallsAreCountedPerTenantWithoutSecrets) {
+  Tenant b = As(kTokens[1].token);
+  ASSERT_NE(b.client, nullptr);
+  const std::vector<ChainHash> chain = testutil::PromptChain(b.ns, 51, 1);
+  EXPECT_THAT(Put(b, "shared", chain, 5100), StatusIs(absl::StatusCode::kPermissionDenied));
+  auto metrics = testutil::HttpGet(node_->http_address(), "/metrics");
+  ASSERT_THAT(metrics, IsOk());
+  EXPECT_THAT(
+      metrics->second,
+      HasSubstr("strata_tenant_denied_total{code=\"PERMISSION_DENIED\",tenant=\"tenant-b\""));
+  EXPECT_THAT(metrics->second, HasSubstr("strata_tenant_lookup_blocks_total"));
+  for (const Token& t : kTokens) EXPECT_THAT(metrics->second, ::testing::Not(HasSubstr(t.token)));
+}
+
+TEST_F(TenancyTest, SighupReloadsPrincipals) {
+  EXPECT_THAT(StoreClient::Connect(Options(node_, kLateToken)),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  WritePrincipals(Path("principals.yaml"), true);
+  ASSERT_EQ(kill(node_->pid(), SIGHUP), 0);
+  absl::StatusOr<std::unique_ptr<StoreClient>> late;
+  for (int i = 0; i < 100; ++i) {  // the node reloads on its own thread
+    late = StoreClient::Connect(Options(node_, kLateToken));
+    if (late.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_THAT(late, IsOk());
+  // A broken file keeps the principals in use.
+  { std::ofstream(Path("principals.yaml"), std::ios::trunc) << "principals: [oops\n"; }
+  ASSERT_EQ(kill(node_->pid(), SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_THAT(StoreClient::Connect(Options(node_, kLateToken)), IsOk());
+  WritePrincipals(Path("principals.yaml"), false);
+}
+
+}  // namespace
+}  // namespace strata
