@@ -16,6 +16,7 @@ packages=(
   golang-github-grpc-ecosystem-grpc-gateway-dev
   redis-server redis-tools
   curl
+  nodejs unzip python3-yaml
 )
 
 missing=()
@@ -25,8 +26,14 @@ for p in "${packages[@]}"; do
   fi
 done
 
+fetch_helm() {
+  bash "$(dirname "$0")/get_helm.sh" ||
+    echo "setup: helm not fetched; the helm tests retry (scripts/get_helm.sh)" >&2
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all ${#packages[@]} packages present"
+  fetch_helm
   exit 0
 fi
 
@@ -39,3 +46,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "setup: done"
+fetch_helm
