@@ -21,22 +21,28 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_cluster(bindir, replicas, nodes, log):
+def start_cluster(bindir, replicas, nodes, log, warm_bytes="1GiB"):
+    """Starts `strata cluster` (etcd + `nodes` store nodes, cluster "bench") writing to the
+    file `log`; returns (process, etcd HOST:PORT) once every node is up. Exits on failure."""
     proc = subprocess.Popen(
         [os.path.join(bindir, "strata"), "cluster", "--nodes", str(nodes), "--name", "bench",
-         "--replicas", str(replicas), "--warm-bytes", "1GiB"],
+         "--replicas", str(replicas), "--warm-bytes", warm_bytes],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 60
-    while time.time() < deadline:
-        time.sleep(0.2)
-        with open(log.name) as f:
-            text = f.read()
-        m = re.search(r"^etcd (\S+)", text, re.M)
-        if m and text.count(" grpc ") >= nodes and "try:" in text:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
+    try:
+        while time.time() < deadline:
+            time.sleep(0.2)
+            with open(log.name) as f:
+                text = f.read()
+            m = re.search(r"^etcd (\S+)", text, re.M)
+            if m and text.count(" grpc ") >= nodes and "try:" in text:
+                return proc, m.group(1)
+            if proc.poll() is not None:
+                break
+    except BaseException:  # Ctrl-C while it starts: leave nothing running
+        stop_cluster(proc)
+        raise
+    os.killpg(proc.pid, signal.SIGKILL)  # with the etcd and nodes it started
     sys.exit("cluster_bench: `strata cluster` did not come up; log: " + log.name)
 
 

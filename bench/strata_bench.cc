@@ -1,20 +1,16 @@
 // strata-bench: a load generator for a Strata store node. K streams, each with its own
 // StoreClient, put a synthetic data set in batches, get it back verifying every byte, then
-// look up its chains; per phase it reports throughput and per-call latency percentiles as a
-// table and, with --json, as JSON. Without --node it runs a local strata-storenode from its
-// own bin dir. Figures are printed, never asserted: speed targets live in bench/README.md.
+// look up its chains, and (--ops mixed) mix gets and puts for a fixed time; per phase it
+// reports throughput and per-call latency percentiles as a table and, with --json, as JSON.
+// Without --node or --etcd it runs a local strata-storenode from its own bin dir. Figures are
+// printed, never asserted: speed targets live in bench/README.md.
 //
 // Exit code: 0 all blocks verified; 1 any error or wrong byte; 2 bad flags or no node;
 // 3 stopped by --max-seconds before finishing (no errors in what it did).
-#include <sys/resource.h>
-
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
-#include <latch>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,6 +21,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "bench_report.h"
+#include "mixed_phase.h"
+#include "phases.h"
 #include "strata/client/local_node.h"
 #include "strata/client/store_client.h"
 #include "strata/common/byte_size.h"
@@ -36,7 +34,6 @@ namespace {
 
 using client::LocalNode;
 using client::SelfBinDir;
-using Clock = std::chrono::steady_clock;
 
 struct Flags {
   std::string node;
@@ -62,227 +59,15 @@ struct Flags {
   std::string ucx_tls = "tcp";    // local node's --ucx-tls: tcp or shm
   uint32_t lanes = 1;             // local node's --ucx-lanes
   bool no_register = false;       // ucx: leave buffers unregistered (bounce-pool path)
+  double mixed_seconds = 10;      // --ops mixed: how long
+  double get_fraction = 0.8;      // --ops mixed: share of calls that are gets
+  int64_t fresh_blocks = -1;      // --ops mixed: blocks puts store for the first time (-1: blocks)
 };
-
-// What every stream of a phase shares: the data set, the namespace and the time limits.
-struct PhaseContext {
-  const Dataset* ds = nullptr;
-  const client::Namespace* ns = nullptr;
-  uint32_t batch = 0;
-  Clock::time_point run_end;   // --max-seconds
-  Clock::duration call_limit;  // --call-timeout
-  uint32_t lookup_rounds = 1;  // --lookup-rounds
-};
-
-// One stream: a client (its own, or shared with other streams by --clients) and its own
-// staging memory for batches.
-struct Stream {
-  client::StoreClient* client = nullptr;
-  MappedBuffer staging;
-};
-
-std::atomic<int> g_reported_errors{0};
-
-void ReportError(const std::string& what, const absl::Status& status) {
-  // The first few explain the failure; the rest would only flood the terminal.
-  if (g_reported_errors.fetch_add(1) < 8) {
-    std::fprintf(stderr, "strata-bench: %s: %s\n", what.c_str(), status.ToString().c_str());
-  }
-}
-
-// The deadline for the next call: --call-timeout, cut to what --max-seconds leaves.
-// false when no time is left (the phase stops and is marked incomplete).
-bool NextCallOptions(const PhaseContext& ctx, client::CallOptions* call) {
-  Clock::time_point now = Clock::now();
-  if (now >= ctx.run_end) return false;
-  call->deadline = absl::FromChrono(std::min(ctx.call_limit, ctx.run_end - now));
-  return true;
-}
-
-// A whole-call failure: errors for its blocks, unless --max-seconds cut the call short.
-void CallFailed(const PhaseContext& ctx, const std::string& what, const absl::Status& status,
-                size_t blocks, PhaseResult* r) {
-  if (status.code() == absl::StatusCode::kDeadlineExceeded && Clock::now() >= ctx.run_end) {
-    r->complete = false;
-    return;
-  }
-  r->errors += blocks;
-  ReportError(what, status);
-}
 
 // Setup failures (bad flag, no node, no namespace): message and exit code 2.
 int SetupFailed(const std::string& what, const absl::Status& status) {
   std::fprintf(stderr, "strata-bench: %s: %s\n", what.c_str(), status.ToString().c_str());
   return 2;
-}
-
-double MicrosSince(Clock::time_point t0) {
-  return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
-}
-
-void PutRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, PhaseResult* r) {
-  const Dataset& ds = *ctx.ds;
-  std::vector<client::BlockWrite> writes;
-  for (size_t b = begin; b < end; b += ctx.batch) {
-    size_t n = std::min<size_t>(ctx.batch, end - b);
-    client::CallOptions call;
-    if (!NextCallOptions(ctx, &call)) {
-      r->complete = false;
-      return;
-    }
-    writes.clear();
-    for (size_t i = 0; i < n; ++i) {
-      const uint8_t* data = ds.Preloaded(b + i);
-      if (data == nullptr) {
-        uint8_t* out = s.staging.data() + i * ds.block_size;
-        FillBlock(ds.hashes[b + i], out, ds.block_size);
-        data = out;
-      }
-      writes.push_back({ds.hashes[b + i], data, ds.block_size});
-    }
-    Clock::time_point t0 = Clock::now();
-    absl::StatusOr<client::PutResult> put = s.client->Put(*ctx.ns, "", writes, call);
-    r->call_latencies_us.push_back(MicrosSince(t0));
-    if (!put.ok()) {
-      CallFailed(ctx, "put", put.status(), n, r);
-      if (!r->complete) return;
-      continue;
-    }
-    for (size_t i = 0; i < n; ++i) {
-      const absl::Status& st = put->blocks[i];
-      if (st.ok()) {
-        ++r->blocks;
-        r->bytes += ds.block_size;
-      } else if (st.code() == absl::StatusCode::kAlreadyExists) {
-        ++r->blocks;  // stored by an earlier run with this --seed; no bytes were sent
-        ++r->already_present;
-      } else {
-        ++r->errors;
-        ReportError(absl::StrCat("put block ", b + i), st);
-      }
-    }
-  }
-}
-
-void GetRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, PhaseResult* r) {
-  const Dataset& ds = *ctx.ds;
-  std::vector<client::BlockRead> reads;
-  for (size_t b = begin; b < end; b += ctx.batch) {
-    size_t n = std::min<size_t>(ctx.batch, end - b);
-    client::CallOptions call;
-    if (!NextCallOptions(ctx, &call)) {
-      r->complete = false;
-      return;
-    }
-    reads.clear();
-    for (size_t i = 0; i < n; ++i) {
-      reads.push_back({ds.hashes[b + i], s.staging.data() + i * ds.block_size, ds.block_size});
-    }
-    Clock::time_point t0 = Clock::now();
-    absl::StatusOr<client::GetResult> got = s.client->Get(*ctx.ns, "", reads, call);
-    r->call_latencies_us.push_back(MicrosSince(t0));
-    if (!got.ok()) {
-      CallFailed(ctx, "get", got.status(), n, r);
-      if (!r->complete) return;
-      continue;
-    }
-    for (size_t i = 0; i < n; ++i) {
-      if (!got->blocks[i].ok()) {
-        ++r->errors;
-        ReportError(absl::StrCat("get block ", b + i), got->blocks[i]);
-        continue;
-      }
-      const uint8_t* data = s.staging.data() + i * ds.block_size;
-      const uint8_t* want = ds.Preloaded(b + i);
-      bool same = got->sizes[i] == ds.block_size &&
-                  (want != nullptr ? std::memcmp(data, want, ds.block_size) == 0
-                                   : BlockMatches(ds.hashes[b + i], data, ds.block_size));
-      if (!same) {
-        ++r->errors;
-        ++r->mismatches;
-        ReportError(absl::StrCat("get block ", b + i),
-                    absl::DataLossError(absl::StrCat("wrong bytes (", got->sizes[i], " of ",
-                                                     ds.block_size, " returned)")));
-        continue;
-      }
-      ++r->blocks;
-      r->bytes += ds.block_size;
-    }
-  }
-}
-
-// Chains s, s + K, s + 2K, ... of the data set (each `rounds` times): one Lookup per chain,
-// expecting all of it.
-void LookupChains(const PhaseContext& ctx, Stream& s, size_t first, size_t step, PhaseResult* r) {
-  const Dataset& ds = *ctx.ds;
-  const size_t calls = ds.chains.size() * ctx.lookup_rounds;
-  for (size_t k = first; k < calls; k += step) {
-    const size_t c = k % ds.chains.size();
-    auto [begin, end] = ds.chains[c];
-    client::CallOptions call;
-    if (!NextCallOptions(ctx, &call)) {
-      r->complete = false;
-      return;
-    }
-    std::span<const ChainHash> chain(ds.hashes.data() + begin, end - begin);
-    Clock::time_point t0 = Clock::now();
-    absl::StatusOr<client::LookupResult> found = s.client->Lookup(*ctx.ns, "", chain, call);
-    r->call_latencies_us.push_back(MicrosSince(t0));
-    if (!found.ok()) {
-      CallFailed(ctx, "lookup", found.status(), chain.size(), r);
-      if (!r->complete) return;
-      continue;
-    }
-    size_t good = 0;
-    for (size_t i = 0; i < found->matched_blocks && i < found->blocks.size(); ++i) {
-      if (found->blocks[i].size == ds.block_size) ++good;
-    }
-    r->blocks += good;
-    if (good < chain.size()) {
-      r->errors += chain.size() - good;
-      ReportError(absl::StrCat("lookup chain ", c),
-                  absl::NotFoundError(absl::StrCat(good, " of ", chain.size(),
-                                                   " blocks found with the right size")));
-    }
-  }
-}
-
-// User + system CPU time of this process so far: tells whether the bench itself, rather than
-// the node, was the limit (they share the machine's cores when the node is local).
-double ProcessCpuSeconds() {
-  struct rusage u = {};
-  getrusage(RUSAGE_SELF, &u);
-  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
-  return sec(u.ru_utime) + sec(u.ru_stime);
-}
-
-// Runs `op` on every stream at once; wall time runs from the common start to the last end.
-PhaseResult RunPhase(const std::string& op, const PhaseContext& ctx, std::vector<Stream>& streams) {
-  size_t k = streams.size();
-  size_t n = ctx.ds->hashes.size();
-  std::vector<PhaseResult> parts(k);
-  std::latch start(1);
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < k; ++i) {
-    threads.emplace_back([&, i] {
-      start.wait();
-      // put and get split the blocks into K contiguous ranges; lookup deals out chains.
-      size_t begin = n * i / k, end = n * (i + 1) / k;
-      if (op == "put") PutRange(ctx, streams[i], begin, end, &parts[i]);
-      if (op == "get") GetRange(ctx, streams[i], begin, end, &parts[i]);
-      if (op == "lookup") LookupChains(ctx, streams[i], i, k, &parts[i]);
-    });
-  }
-  double cpu0 = ProcessCpuSeconds();
-  Clock::time_point t0 = Clock::now();
-  start.count_down();
-  for (std::thread& t : threads) t.join();
-  PhaseResult total;
-  total.op = op;
-  total.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  total.client_cpu_seconds = ProcessCpuSeconds() - cpu0;
-  for (const PhaseResult& p : parts) total.Merge(p);
-  return total;
 }
 
 int Run(Flags f) {
@@ -297,19 +82,24 @@ int Run(Flags f) {
     std::fprintf(stderr, "strata-bench: --batch x --block-size: at most 4 GiB per call\n");
     return 2;
   }
-  // Phases always run in this order: get needs what put stored, lookup what get verified.
+  // Phases always run in this order: get needs what put stored, lookup what get verified;
+  // mixed reads what put stored and stores more.
   std::vector<std::pair<std::string, bool>> ops = {
-      {"put", false}, {"get", false}, {"lookup", false}};
+      {"put", false}, {"get", false}, {"lookup", false}, {"mixed", false}};
   for (absl::string_view name : absl::StrSplit(f.ops, ',', absl::SkipWhitespace())) {
     auto it =
         std::find_if(ops.begin(), ops.end(), [&](const auto& op) { return op.first == name; });
     if (it == ops.end()) {
-      std::fprintf(stderr, "strata-bench: --ops: unknown op '%s' (put, get, lookup)\n",
+      std::fprintf(stderr, "strata-bench: --ops: unknown op '%s' (put, get, lookup, mixed)\n",
                    std::string(name).c_str());
       return 2;
     }
     it->second = true;
   }
+  const bool mixed = ops[3].second;
+  const uint64_t fresh_blocks = !mixed               ? 0
+                                : f.fresh_blocks < 0 ? f.blocks
+                                                     : static_cast<uint64_t>(f.fresh_blocks);
   // With the JSON report on stdout, the table goes to stderr.
   std::FILE* out = f.json == "-" ? stderr : stdout;
   Clock::time_point run_end =
@@ -323,7 +113,7 @@ int Run(Flags f) {
     absl::StatusOr<std::string> dir = SelfBinDir();
     if (!dir.ok()) return SetupFailed("local node", dir.status());
     uint64_t page = std::max<uint64_t>(4ull << 20, (f.block_size + 63) / 64 * 64);
-    uint64_t data = (f.blocks + warmup_blocks) * f.block_size;
+    uint64_t data = (f.blocks + warmup_blocks + fresh_blocks) * f.block_size;
     // x1.25 covers the slab's size-class slack (< 19%); two more pages for partial pages.
     uint64_t warm = std::max<uint64_t>(256ull << 20, data + data / 4 + 2 * page);
     absl::StatusOr<std::unique_ptr<LocalNode>> started = LocalNode::Start(
@@ -378,17 +168,27 @@ int Run(Flags f) {
   absl::StatusOr<Dataset> ds =
       MakeDataset(*ns, f.blocks, f.chain_blocks, f.block_size, f.seed, threads);
   if (!ds.ok()) return SetupFailed("data set", ds.status());
+  // The blocks the mixed phase's puts store for the first time (another seed: other chains).
+  Dataset fresh;
+  if (fresh_blocks > 0) {
+    absl::StatusOr<Dataset> made = MakeDataset(*ns, fresh_blocks, f.chain_blocks, f.block_size,
+                                               f.seed ^ 0x6672657368ull, threads);
+    if (!made.ok()) return SetupFailed("fresh data set", made.status());
+    fresh = *std::move(made);
+  }
   if (f.transport == "ucx" && !f.no_register) {
-    // Zero copy: the data set and every stream's staging memory are registered once, as an
+    // Zero copy: the data sets and every stream's staging memory are registered once, as an
     // engine registers its KV pool.
     for (Stream& s : streams) {
       absl::Status st = s.client->RegisterMemory(s.staging.data(), s.staging.size());
       if (!st.ok()) return SetupFailed("register memory", st);
     }
     for (auto& c : clients) {
-      if (ds->payload.empty()) break;
-      absl::Status st = c->RegisterMemory(ds->payload.data(), ds->payload.size());
-      if (!st.ok()) return SetupFailed("register memory", st);
+      for (const Dataset* d : {&*ds, &fresh}) {
+        if (d->payload.empty()) continue;
+        absl::Status st = c->RegisterMemory(d->payload.data(), d->payload.size());
+        if (!st.ok()) return SetupFailed("register memory", st);
+      }
     }
   }
   std::fprintf(out, "data plane: %s\n", streams[0].client->DataPlaneDescription().c_str());
@@ -400,7 +200,7 @@ int Run(Flags f) {
       std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.call_timeout_s)),
       f.lookup_rounds};
 
-  uint64_t warmup_errors = 0;
+  uint64_t warmup_errors = 0;  // of unmeasured work: warmup, and the fill before mixed
   if (warmup_blocks > 0) {
     // Different seed, so the measured put still writes fresh blocks.
     absl::StatusOr<Dataset> wds = MakeDataset(*ns, warmup_blocks, f.chain_blocks, f.block_size,
@@ -415,10 +215,33 @@ int Run(Flags f) {
                  static_cast<unsigned long long>(warmup_errors));
   }
 
+  if (mixed && !ops[0].second) {
+    // The mixed phase reads the data set: store it first, unmeasured (blocks an earlier run
+    // with this --seed stored are found already there).
+    PhaseResult fill = RunPhase("put", ctx, streams);
+    warmup_errors += fill.errors;
+    std::fprintf(out, "fill: %llu blocks put (%llu already stored), %llu errors\n",
+                 static_cast<unsigned long long>(fill.blocks),
+                 static_cast<unsigned long long>(fill.already_present),
+                 static_cast<unsigned long long>(fill.errors));
+  }
+
   std::vector<PhaseResult> phases;
   for (const auto& [op, wanted] : ops) {
     if (!wanted) continue;
-    phases.push_back(RunPhase(op, ctx, streams));
+    if (op == "mixed") {
+      MixedPlan plan;
+      plan.length = std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(f.mixed_seconds));
+      plan.get_fraction = f.get_fraction;
+      plan.seed = f.seed;
+      plan.fresh = &fresh;
+      auto [gets, puts] = RunMixedPhase(ctx, plan, streams);
+      phases.push_back(std::move(gets));
+      phases.push_back(std::move(puts));
+    } else {
+      phases.push_back(RunPhase(op, ctx, streams));
+    }
     if (!phases.back().complete) break;  // out of time: report what was done
   }
 
@@ -431,6 +254,11 @@ int Run(Flags f) {
                f.batch,
                f.chain_blocks,
                f.seed};
+  if (mixed) {
+    info.mixed_seconds = f.mixed_seconds;
+    info.get_fraction = f.get_fraction;
+    info.fresh_blocks = fresh_blocks;
+  }
   PrintTable(out, info, phases);
   client::CallOptions stats_call;
   stats_call.deadline = absl::Seconds(5);
@@ -459,7 +287,8 @@ int Run(Flags f) {
       rc = 1;
     }
   }
-  streams.clear();  // close the channels before the node goes
+  streams.clear();
+  clients.clear();  // close the channels before the node goes and the data sets are unmapped
   if (local != nullptr) {
     absl::StatusOr<int> code = local->Stop(absl::Seconds(30));
     if (!code.ok() || *code != 0) {
@@ -486,7 +315,7 @@ int main(int argc, char** argv) {
   // Library log lines go to stderr (warnings and worse): stdout may carry the JSON report.
   if (!strata::InitLogging("warn", "strata-bench").ok()) return 2;
   strata::bench::Flags f;
-  CLI::App app{"strata-bench: load generator for a Strata store node (put, get, lookup)"};
+  CLI::App app{"strata-bench: load generator for a Strata store node (put, get, lookup, mixed)"};
   app.add_option("--node", f.node, "HOST:PORT of a store node; default: start a local one");
   app.add_option("--lookup-rounds", f.lookup_rounds,
                  "Look every chain up this many times (latency samples of long chains)")
@@ -517,8 +346,21 @@ int main(int argc, char** argv) {
   app.add_option("--chain-blocks", f.chain_blocks, "Blocks per chain (prompt); one Lookup each")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
-  app.add_option("--ops", f.ops, "Phases to run, always in the order put,get,lookup")
+  app.add_option("--ops", f.ops,
+                 "Phases to run, always in the order put,get,lookup,mixed (mixed without put "
+                 "stores the data set first, unmeasured)")
       ->capture_default_str();
+  app.add_option("--mixed-seconds", f.mixed_seconds,
+                 "mixed: seconds every stream loops choosing a get or a put per call")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--get-fraction", f.get_fraction, "mixed: share of the calls that are gets")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--fresh-blocks", f.fresh_blocks,
+                 "mixed: blocks of a second data set the puts store for the first time; after "
+                 "them puts rewrite stored blocks (dedup). Default: --blocks")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 32));
   app.add_option("--json", f.json, "Write results as JSON to FILE ('-': stdout)");
   app.add_flag("--warmup", f.warmup, "Put and get a small separate data set first, unmeasured");
   app.add_option("--max-seconds", f.max_seconds, "Stop and report after this long")
