@@ -236,6 +236,7 @@ absl::Status DiskTier::Rebuild() {
     }
     stored_bytes_ += meta->stored_bytes;
     payload_bytes_ += meta->size;
+    if (options_.scope_quota_bytes > 0) scope_bytes_[key->scope] += meta->stored_bytes;
     uint64_t handle = PolicyHandle(*key);
     auto [pos, inserted] = index_.emplace(*key, Entry{std::move(*meta), handle});
     AdmitLocked(pos->first, pos->second);
@@ -285,6 +286,15 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
           absl::StrCat(options_.name, " tier full: ", FormatByteSize(stored_bytes_), " of ",
                        FormatByteSize(options_.capacity_bytes), " used"));
     }
+    if (options_.scope_quota_bytes > 0 && key.scope != kSharedScope) {
+      auto held = scope_bytes_.find(key.scope);
+      const uint64_t used = held == scope_bytes_.end() ? 0 : held->second;
+      if (used - std::min(used, replaced) + meta.stored_bytes > options_.scope_quota_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "tenant quota: scope ", key.scope, " holds ", FormatByteSize(used), " of its ",
+            options_.name, " quota ", FormatByteSize(options_.scope_quota_bytes)));
+      }
+    }
   }
   std::string k = EncodeDiskKey(key);
   rocksdb::WriteBatch batch;
@@ -300,6 +310,7 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   if (it != index_.end()) DropLocked(key);
   stored_bytes_ += meta.stored_bytes;
   payload_bytes_ += meta.size;
+  if (options_.scope_quota_bytes > 0) scope_bytes_[key.scope] += meta.stored_bytes;
   codec_in_ += meta.size;
   codec_out_ += meta.stored_bytes;
   auto [pos, inserted] = index_.emplace(key, Entry{std::move(meta), PolicyHandle(key)});
@@ -359,6 +370,12 @@ void DiskTier::DropLocked(const BlockKey& key) {
   if (it == index_.end()) return;
   stored_bytes_ -= it->second.meta.stored_bytes;
   payload_bytes_ -= it->second.meta.size;
+  if (options_.scope_quota_bytes > 0) {
+    if (auto held = scope_bytes_.find(key.scope); held != scope_bytes_.end()) {
+      held->second -= std::min(held->second, it->second.meta.stored_bytes);
+      if (held->second == 0) scope_bytes_.erase(held);
+    }
+  }
   policy_->Erase(it->second.handle);
   if (auto h = by_handle_.find(it->second.handle); h != by_handle_.end() && h->second == key) {
     by_handle_.erase(h);

@@ -87,6 +87,39 @@ TEST(DiskTierTest, PolicyChoosesTheVictims) {
   }
 }
 
+// A tenant's scope may hold scope_quota_bytes here: its next put is refused, another scope's
+// and the shared scope's are not, a delete makes room, and a restart counts from the files.
+TEST(DiskTierTest, ScopeQuotaRefusesOnlyTheScopeOverIt) {
+  TempDir dir;
+  auto scoped = [](uint8_t n, const char* scope) {
+    BlockKey k = Key(n);
+    k.scope = scope;
+    return k;
+  };
+  const std::vector<uint8_t> payload = Bytes(8192, 4);
+  DiskTierOptions o = Options(dir.path());
+  o.scope_quota_bytes = 20000;  // two 8 KiB blocks with their headers, not three
+  {
+    auto tier = DiskTier::Open(o);
+    ASSERT_THAT(tier.status(), IsOk());
+    ASSERT_THAT((*tier)->Put(scoped(1, "a"), payload, {}), IsOk());
+    ASSERT_THAT((*tier)->Put(scoped(2, "a"), payload, {}), IsOk());
+    EXPECT_THAT((*tier)->Put(scoped(3, "a"), payload, {}),
+                StatusIs(absl::StatusCode::kResourceExhausted));
+    EXPECT_THAT((*tier)->Put(scoped(3, "b"), payload, {}), IsOk());
+    for (uint8_t n = 10; n < 13; ++n) {
+      EXPECT_THAT((*tier)->Put(scoped(n, "shared"), payload, {}), IsOk());
+    }
+  }
+  auto tier = DiskTier::Open(o);
+  ASSERT_THAT(tier.status(), IsOk());
+  EXPECT_THAT((*tier)->Put(scoped(3, "a"), payload, {}),
+              StatusIs(absl::StatusCode::kResourceExhausted))
+      << "a restart forgot what scope a holds";
+  ASSERT_THAT((*tier)->Delete(scoped(1, "a")), IsOk());
+  EXPECT_THAT((*tier)->Put(scoped(3, "a"), payload, {}), IsOk());
+}
+
 TEST(DiskTierTest, ParentsSurviveARestart) {
   TempDir dir;
   {

@@ -315,10 +315,12 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   if (!config.cool_path.empty()) {
     opts.cool = disk_tier("cool", config.cool_path, config.cool_bytes, config.cool_codec,
                           config.cool_policy);
+    opts.cool->scope_quota_bytes = config.tenant_cool_quota;
   }
   if (!config.cold_path.empty()) {
     opts.cold = disk_tier("cold", config.cold_path, config.cold_bytes, config.cold_codec,
                           config.cold_policy);
+    opts.cold->scope_quota_bytes = config.tenant_cold_quota;
   }
   opts.warm_high_watermark = config.warm_high_watermark_pct / 100.0;
   opts.warm_low_watermark = config.warm_low_watermark_pct / 100.0;

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
@@ -434,6 +435,13 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
     if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
     MakeRoom(cool_.get(), cold_.get(), bytes.size());
     absl::Status st = cool_->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id));
+    if (st.code() == absl::StatusCode::kResourceExhausted &&
+        absl::StrContains(st.message(), "tenant quota")) {
+      // The tenant holds its whole cool quota: its coldest warm block leaves the node instead
+      // of waiting in the warm tier (where it would hold up demotion for everyone).
+      disk_evictions_.fetch_add(1, std::memory_order_relaxed);
+      return true;
+    }
     if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
     return st.ok();
   });

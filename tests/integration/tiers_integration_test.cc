@@ -155,6 +155,37 @@ TEST_F(TiersTest, BlocksBeyondWarmBudgetReadBackBitExactFromCoolAndCold) {
   EXPECT_THAT(metrics->second, ::testing::HasSubstr("strata_codec_bytes_total{"));
 }
 
+// The same 24 MiB as above, with a tenant quota on each disk tier (the node runs without
+// authentication, so every block is tenant `default`'s): the tenant keeps at most its quota
+// on cool and cold, the rest of what leaves the warm tier is dropped, and every block reads
+// back exact or NOT_FOUND. Above, without quotas, all 24 stayed.
+TEST_F(TiersTest, TenantDiskQuotasBoundWhatATenantKeepsOnDisk) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(n.Start({"--tenant-cool-quota", "3MiB", "--tenant-cold-quota", "2MiB"}));
+  std::vector<ChainHash> hashes = n.Chain(2, 24);
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(hashes, 200));
+  auto stats = n.client->Stats();
+  ASSERT_THAT(stats, IsOk());
+  EXPECT_LE(stats->cool_stored_bytes, 3u << 20);
+  EXPECT_LE(stats->cold_stored_bytes, 2u << 20);
+  EXPECT_GT(stats->evictions, 0u);
+  size_t exact = 0;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    std::vector<uint8_t> out(kBlock, 0xee);
+    BlockRead read{hashes[i], out.data(), kBlock};
+    auto r = n.client->Get(n.ns, "", {&read, 1});
+    ASSERT_THAT(r, IsOk());
+    if (r->blocks[0].ok()) {
+      EXPECT_EQ(out, testutil::RandomBytes(200 + i, kBlock)) << "block " << i;
+      ++exact;
+    } else {
+      EXPECT_EQ(r->blocks[0].code(), absl::StatusCode::kNotFound) << r->blocks[0];
+    }
+  }
+  EXPECT_GE(exact, 6u) << "the warm tier's blocks are gone too";
+  EXPECT_LT(exact, hashes.size()) << "the quotas kept nothing out";
+}
+
 TEST_F(TiersTest, DiskBlocksSurviveSigtermAndKill9) {
   std::vector<ChainHash> hashes;
   size_t on_disk = 0;

@@ -50,6 +50,9 @@ struct DiskTierOptions {
   PolicyKind policy = PolicyKind::kLru;  // which blocks Victims() gives up first
   EvictionPolicyOptions policy_options;
   rocksdb::Env* env = nullptr;  // nullptr: the default; tests pass a fault-injecting one
+  // Stored bytes one scope may hold here; 0: no limit. Not applied to the shared scope. A
+  // put past it is RESOURCE_EXHAUSTED with "tenant quota" in the message.
+  uint64_t scope_quota_bytes = 0;
 };
 
 // What the tier knows of each block, persisted beside it.
@@ -145,6 +148,8 @@ class DiskTier {
   absl::flat_hash_map<uint64_t, BlockKey> by_handle_ ABSL_GUARDED_BY(mu_);
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Stored bytes per scope, kept only with scope_quota_bytes.
+  absl::flat_hash_map<std::string, uint64_t> scope_bytes_ ABSL_GUARDED_BY(mu_);
   uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t data_loss_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t codec_in_ ABSL_GUARDED_BY(mu_) = 0;

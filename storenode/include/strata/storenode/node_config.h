@@ -96,8 +96,10 @@ struct NodeConfig {
   // (0: max_keys_per_call); admins (the cluster principal) are not limited.
   uint64_t tenant_lookup_rate = 0;
   uint64_t tenant_lookup_burst = 0;
-  // Warm-tier bytes one tenant's private scope may hold (0: no limit; shared is exempt).
+  // Bytes one tenant's private scope may hold per tier (0: no limit; shared is exempt).
   uint64_t tenant_warm_quota = 0;
+  uint64_t tenant_cool_quota = 0;
+  uint64_t tenant_cold_quota = 0;
 };
 
 // Registers every NodeConfig field on `schema`, pointing at `config`.
