@@ -172,6 +172,57 @@ TEST_F(StoreNodeTest, ScopesAreSeparateKeySpaces) {
   EXPECT_EQ(n.client->Lookup(n.ns, "tenant-b", hashes)->matched_blocks, 0u);
 }
 
+// The compact Lookup (packed_chain_hashes in, one tier byte and a size per block out) answers
+// what the repeated form answers, and a malformed packed request names what is wrong.
+TEST_F(StoreNodeTest, PackedLookupAnswersCompactlyAndNamesBadInput) {
+  Node& n = *shared_;
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 77, 4);
+  ASSERT_THAT(PutBlocks(n, {hashes[0], hashes[1]}, kBlock, 770), IsOk());
+  auto stub = RawStub(n.process->address());
+  auto code = [](const grpc::Status& s) { return static_cast<absl::StatusCode>(s.error_code()); };
+  std::string packed;
+  for (const ChainHash& h : hashes)
+    packed.append(reinterpret_cast<const char*>(h.bytes.data()), 32);
+  {
+    v1::LookupRequest req;
+    req.set_namespace_id(n.ns.id);
+    req.set_packed_chain_hashes(packed);
+    req.set_each_block(true);
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Lookup(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.blocks_size(), 0) << "the compact answer replaces blocks";
+    ASSERT_EQ(resp.tiers().size(), 4u);
+    ASSERT_EQ(resp.sizes_size(), 4);
+    EXPECT_EQ(resp.matched_blocks(), 2u);
+    EXPECT_EQ(resp.tiers()[0], static_cast<char>(v1::TIER_WARM));
+    EXPECT_EQ(resp.sizes(1), kBlock);
+    EXPECT_EQ(resp.tiers()[2], static_cast<char>(v1::TIER_UNSPECIFIED));
+    EXPECT_EQ(resp.sizes(3), 0u);
+  }
+  {
+    v1::LookupRequest req;
+    req.set_namespace_id(n.ns.id);
+    req.set_packed_chain_hashes(packed.substr(0, 40));
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.error_message(), HasSubstr("packed_chain_hashes: 40 bytes"));
+  }
+  {
+    v1::LookupRequest req;
+    req.set_namespace_id(n.ns.id);
+    req.set_packed_chain_hashes(packed);
+    req.add_chain_hashes(packed.substr(0, 32));
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.error_message(), HasSubstr("set one of the two"));
+  }
+}
+
 TEST_F(StoreNodeTest, MalformedRequestsNameTheField) {
   Node& n = *shared_;
   auto stub = RawStub(n.process->address());
