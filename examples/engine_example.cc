@@ -236,7 +236,9 @@ int LifeCycle(const char* self, Flags f) {
   for (std::string& a : pargs) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t prefill = 0;
-  if (posix_spawn(&prefill, self, &fa, nullptr, argv.data(), environ) != 0) return 1;
+  const int spawned = posix_spawn(&prefill, self, &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (spawned != 0) return 1;
   close(out[1]);
   close(in[0]);
   FILE* from_prefill = fdopen(out[0], "r");

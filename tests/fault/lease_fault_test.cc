@@ -128,7 +128,9 @@ TEST(LeaseFaultTest, ReaderFrozenPastItsLeaseGetsErrorsOrCorrectBytesNeverTorn) 
   ASSERT_GT(readlink("/proc/self/exe", self, sizeof(self) - 1), 0);
   char* argv[] = {self, nullptr};
   pid_t reader = 0;
-  ASSERT_EQ(posix_spawn(&reader, self, &fa, nullptr, argv, envp.data()), 0);
+  const int spawned = posix_spawn(&reader, self, &fa, nullptr, argv, envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  ASSERT_EQ(spawned, 0);
   close(out[1]);
   FILE* from = fdopen(out[0], "r");
   ASSERT_NE(from, nullptr);

@@ -146,7 +146,12 @@ TEST(OverloadTest, TenTimesTheAdmittedLoadIsRefusedQuicklyWithBoundedMemoryAndRe
   EXPECT_GT(ok.load(), 0u);
   EXPECT_EQ(other.load(), 0u);
   EXPECT_EQ(wrong.load(), 0u);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // Sanitizer builds keep freed memory in quarantine and shadow it: RSS says nothing there.
+  std::printf("overload: RSS bound not checked in a sanitizer build\n");
+#else
   EXPECT_LE(peak_rss, idle_rss + budget + budget / 4);
+#endif
 
   // Recovered: a plain put and get go through.
   const std::vector<ChainHash> after = testutil::PromptChain(*ns, 7, 2);

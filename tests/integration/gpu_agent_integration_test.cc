@@ -174,7 +174,9 @@ TEST_F(GpuAgentTest, DecodeLoadsPrefillProcessPromptFromStoreAndFromPeer) {
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t prefill = 0;
-  ASSERT_EQ(posix_spawn(&prefill, bin.c_str(), &fa, nullptr, argv.data(), environ), 0);
+  const int spawned = posix_spawn(&prefill, bin.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ASSERT_EQ(spawned, 0);
   close(out[1]);
   close(in[0]);
   FILE* from = fdopen(out[0], "r");
