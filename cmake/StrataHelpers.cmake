@@ -34,6 +34,10 @@ function(strata_test)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()
+  # Sanitizer builds run several times slower; their presets set STRATA_TEST_TIMEOUT_SCALE.
+  if(STRATA_TEST_TIMEOUT_SCALE GREATER 1)
+    math(EXPR ARG_TIMEOUT "${ARG_TIMEOUT} * ${STRATA_TEST_TIMEOUT_SCALE}")
+  endif()
   set_tests_properties(${ARG_NAME} PROPERTIES TIMEOUT ${ARG_TIMEOUT}
     LABELS "${ARG_LABELS}"
     ENVIRONMENT "STRATA_SOURCE_DIR=${PROJECT_SOURCE_DIR};STRATA_BIN_DIR=${CMAKE_RUNTIME_OUTPUT_DIRECTORY}")

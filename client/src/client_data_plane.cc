@@ -82,6 +82,14 @@ void ClientDataPlane::DisconnectAll() {
   endpoints_.clear();
 }
 
+void ClientDataPlane::Fence() {
+  absl::MutexLock lock(&wire_mu_);
+  for (size_t lane = 0; lane < endpoints_.size(); ++lane) {
+    workers_[lane]->Abandon(endpoints_[lane]).IgnoreError();
+  }
+  endpoints_.clear();
+}
+
 absl::Status ClientDataPlane::Wire(const std::vector<std::string>& node_addresses) {
   if (node_addresses.size() != workers_.size()) {
     return absl::InvalidArgumentError(absl::StrCat(

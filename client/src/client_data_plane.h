@@ -64,6 +64,11 @@ class ClientDataPlane {
   // Blocks until the workers have created the endpoints.
   absl::Status Wire(const std::vector<std::string>& node_addresses);
 
+  // Force-closes every lane's endpoint (Worker::Abandon), so the node's requests still to come
+  // on this channel no longer reach our memory; the next Wire() connects afresh. For a call the
+  // client gave up on (deadline) while the node may still move bytes in or out of its buffers.
+  void Fence();
+
   // Registers a user range (see StoreClient::RegisterMemory for the codes).
   absl::Status Register(void* ptr, size_t len);
   // NOT_FOUND unless a registered range starts at `ptr`.

@@ -26,6 +26,7 @@
 #include "grpcpp/grpcpp.h"
 #include "strata/client/store_client.h"
 #include "strata/proto/status_convert.h"
+#include "strata/transport/peer_order.h"
 #include "strata/v1/store.grpc.pb.h"
 
 namespace strata::client::internal {
@@ -389,7 +390,10 @@ class GrpcStoreClient final : public StoreClient {
     for (int attempt = 0;; ++attempt) {
       grpc::ClientContext ctx;
       SetDeadline(ctx, deadline);
+      // The node reads or writes our registered memory during the call (peer_order.h).
+      transport::ReleaseToPeers();
       absl::Status s = FromGrpc(rpc(*channel, &ctx), Where(op));
+      transport::AcquireFromPeers();
       if (s.code() == absl::StatusCode::kNotFound) {
         MarkBroken(*channel);
         if (attempt == 0) {
@@ -401,7 +405,15 @@ class GrpcStoreClient final : public StoreClient {
         return absl::UnavailableError(
             absl::StrCat(s.message(), " (data channel lost again after reconnecting)"));
       }
-      if (s.code() == absl::StatusCode::kUnavailable) MarkBroken(*channel);
+      if (s.code() == absl::StatusCode::kUnavailable ||
+          s.code() == absl::StatusCode::kDeadlineExceeded ||
+          s.code() == absl::StatusCode::kCancelled) {
+        // We give up while the node may still be reading or writing our buffers (its transfer
+        // runs to its own deadline and then drains): cut it off before the caller gets them
+        // back. The next call opens a fresh channel.
+        MarkBroken(*channel);
+        ucx_->Fence();
+      }
       return s;
     }
   }

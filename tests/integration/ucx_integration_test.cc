@@ -12,6 +12,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -27,6 +28,7 @@
 #include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/transport/context.h"
+#include "strata/transport/peer_order.h"
 #include "strata/transport/worker.h"
 #include "strata/v1/store.grpc.pb.h"
 
@@ -65,9 +67,89 @@ uint64_t TransferBytes(const LocalNode& node, const std::string& transport,
   return 0;
 }
 
+// Registers [ptr, ptr+len) with `client` and unregisters it when the scope ends, so a failed
+// assertion never leaves a freed buffer registered (UCX would unmap freed memory later).
+class ScopedRegistration {
+ public:
+  ScopedRegistration(StoreClient& client, void* ptr, size_t len) : client_(client), ptr_(ptr) {
+    status_ = client_.RegisterMemory(ptr, len);
+  }
+  ~ScopedRegistration() {
+    if (status_.ok() && ptr_ != nullptr) client_.UnregisterMemory(ptr_).IgnoreError();
+  }
+  ScopedRegistration(const ScopedRegistration&) = delete;
+  ScopedRegistration& operator=(const ScopedRegistration&) = delete;
+
+  const absl::Status& status() const { return status_; }
+  // Unregisters now; the status of that call.
+  absl::Status Release() {
+    void* ptr = std::exchange(ptr_, nullptr);
+    return client_.UnregisterMemory(ptr);
+  }
+
+ private:
+  StoreClient& client_;
+  void* ptr_;
+  absl::Status status_;
+};
+
 std::unique_ptr<v1::StoreService::Stub> RawStub(const std::string& address) {
   return v1::StoreService::NewStub(
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+}
+
+// A node of its own holding `n` blocks of `size` bytes (each the same random block) under
+// prompt `prompt`, and a UCX client for it with `o`'s other settings.
+struct LoadedNode {
+  std::unique_ptr<LocalNode> node;
+  std::unique_ptr<StoreClient> client;
+  client::Namespace ns;
+  std::vector<ChainHash> hashes;
+  std::vector<uint8_t> block;
+};
+
+void StartLoadedNode(const std::string& tls, const std::string& warm, ClientOptions o,
+                     uint32_t prompt, size_t n, size_t size, LoadedNode* out) {
+  auto p =
+      testutil::StartNode({"--warm-bytes", warm, "--max-block-bytes", "4MiB", "--ucx-tls", tls});
+  ASSERT_THAT(p, IsOk());
+  out->node = std::move(*p);
+  o.address = out->node->address();
+  o.data_plane = ClientOptions::DataPlane::kUcx;
+  auto c = StoreClient::Connect(o);
+  ASSERT_THAT(c, IsOk());
+  out->client = std::move(*c);
+  auto ns = out->client->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  out->ns = *ns;
+  out->hashes = testutil::PromptChain(out->ns, prompt, n);
+  out->block = testutil::RandomBytes(prompt, size);
+  for (size_t first = 0; first < n; first += 16) {
+    std::vector<BlockWrite> writes;
+    for (size_t i = first; i < std::min(n, first + 16); ++i) {
+      writes.push_back({out->hashes[i], out->block.data(), size});
+    }
+    ASSERT_THAT(out->client->Put(out->ns, "", writes), IsOk());
+  }
+}
+
+// Sends `sig` to the node 30 ms from now and repeats `reads` until one Get fails (the signal
+// landed mid-call) or 20 rounds passed; the last result.
+absl::StatusOr<client::GetResult> GetUntilSignalLands(LoadedNode& l,
+                                                      const std::vector<BlockRead>& reads,
+                                                      int sig) {
+  const pid_t node_pid = l.node->pid();
+  std::thread signaller([node_pid, sig] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    kill(node_pid, sig);
+  });
+  absl::StatusOr<client::GetResult> got = absl::UnknownError("not run");
+  for (int round = 0; round < 20; ++round) {
+    got = l.client->Get(l.ns, "", reads);
+    if (!got.ok()) break;
+  }
+  signaller.join();
+  return got;
 }
 
 // One node per transport for the whole suite (its UCX setting is the parameter).
@@ -143,8 +225,10 @@ TEST_P(UcxTest, ZeroCopyRoundTripIsBitExactAndMovesOverUcx) {
   EXPECT_THAT(client_->DataPlaneDescription(), HasSubstr("ucx"));
   const size_t n = 6, size = 2 << 20;
   std::vector<uint8_t> src(n * size), dst(n * size);
-  ASSERT_THAT(client_->RegisterMemory(src.data(), src.size()), IsOk());
-  ASSERT_THAT(client_->RegisterMemory(dst.data(), dst.size()), IsOk());
+  ScopedRegistration src_reg(*client_, src.data(), src.size());
+  ScopedRegistration dst_reg(*client_, dst.data(), dst.size());
+  ASSERT_THAT(src_reg.status(), IsOk());
+  ASSERT_THAT(dst_reg.status(), IsOk());
   const uint64_t in0 = TransferBytes(*node_, "ucx", "in");
   const uint64_t out0 = TransferBytes(*node_, "ucx", "out");
   const uint64_t inline0 = TransferBytes(*node_, "grpc_inline", "in");
@@ -152,9 +236,9 @@ TEST_P(UcxTest, ZeroCopyRoundTripIsBitExactAndMovesOverUcx) {
   EXPECT_EQ(TransferBytes(*node_, "ucx", "in") - in0, n * size);
   EXPECT_EQ(TransferBytes(*node_, "ucx", "out") - out0, n * size);
   EXPECT_EQ(TransferBytes(*node_, "grpc_inline", "in"), inline0) << "payloads went inline";
-  EXPECT_THAT(client_->UnregisterMemory(src.data()), IsOk());
+  EXPECT_THAT(src_reg.Release(), IsOk());
   EXPECT_THAT(client_->UnregisterMemory(src.data()), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(client_->UnregisterMemory(dst.data()), IsOk());
+  EXPECT_THAT(dst_reg.Release(), IsOk());
 }
 
 TEST_P(UcxTest, UnregisteredBuffersGoThroughTheBouncePool) {
@@ -192,10 +276,11 @@ TEST_P(UcxTest, EightConcurrentClientsEachReadTheirOwnBytes) {
   std::atomic<int> done{0};
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
-      std::unique_ptr<StoreClient> c = Connect(ClientOptions::DataPlane::kUcx);
-      if (c == nullptr) return;
+      // The buffers outlive the client, which unregisters what is still registered.
       const size_t n = 8, size = 512 << 10;
       std::vector<uint8_t> src(n * size), dst(n * size);
+      std::unique_ptr<StoreClient> c = Connect(ClientOptions::DataPlane::kUcx);
+      if (c == nullptr) return;
       if (t % 2 == 0) {  // half zero-copy, half through the bounce pool
         EXPECT_THAT(c->RegisterMemory(src.data(), src.size()), IsOk());
         EXPECT_THAT(c->RegisterMemory(dst.data(), dst.size()), IsOk());
@@ -277,7 +362,9 @@ TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
     v1::PutDataResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    transport::ReleaseToPeers();  // the node reads `block` through our worker (peer_order.h)
     grpc::Status s = stub->PutData(&ctx, req, &resp);
+    transport::AcquireFromPeers();
     return std::pair{s, resp};
   };
   const uint64_t sum = BlockChecksum(block.data(), block.size());
@@ -321,7 +408,9 @@ TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
     req.add_rkeys(rkey);
     v1::GetDataResponse resp;
     grpc::ClientContext ctx;
+    transport::ReleaseToPeers();
     ASSERT_TRUE(stub->GetData(&ctx, req, &resp).ok());
+    transport::AcquireFromPeers();
     EXPECT_EQ(resp.blocks(0).status().code(), static_cast<int>(absl::StatusCode::kOutOfRange));
   }
   v1::CloseDataRequest close;
@@ -363,43 +452,60 @@ TEST_P(UcxTest, ClientKilledMidTransferLeavesTheNodeServing) {
 // The node killed while a get streams: the client gets UNAVAILABLE or DEADLINE_EXCEEDED well
 // within its deadline, never a hang and never wrong bytes reported as OK.
 TEST_P(UcxTest, NodeKilledMidTransferFailsTheCallInTime) {
-  auto p = testutil::StartNode(
-      {"--warm-bytes", "512MiB", "--max-block-bytes", "4MiB", "--ucx-tls", GetParam()});
-  ASSERT_THAT(p, IsOk());
   ClientOptions o;
-  o.address = (*p)->address();
-  o.data_plane = ClientOptions::DataPlane::kUcx;
   o.default_deadline = absl::Seconds(8);
-  auto c = StoreClient::Connect(o);
-  ASSERT_THAT(c, IsOk());
-  auto ns = (*c)->RegisterNamespace(Spec());
-  ASSERT_THAT(ns, IsOk());
+  LoadedNode l;
   const size_t n = 96, size = 4 << 20;
-  std::vector<ChainHash> hashes = testutil::PromptChain(*ns, 30, n);
-  std::vector<uint8_t> src = testutil::RandomBytes(30, size);
-  for (size_t first = 0; first < n; first += 16) {
-    std::vector<BlockWrite> writes;
-    for (size_t i = first; i < first + 16; ++i) writes.push_back({hashes[i], src.data(), size});
-    auto put = (*c)->Put(*ns, "", writes);
-    ASSERT_THAT(put, IsOk());
-  }
+  ASSERT_NO_FATAL_FAILURE(StartLoadedNode(GetParam(), "512MiB", o, 30, n, size, &l));
   std::vector<uint8_t> dst(n * size);
   std::vector<BlockRead> reads;
-  for (size_t i = 0; i < n; ++i) reads.push_back({hashes[i], dst.data() + i * size, size});
-  const pid_t node_pid = (*p)->pid();
-  std::thread killer([node_pid] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(30));
-    kill(node_pid, SIGKILL);
-  });
-  absl::StatusOr<client::GetResult> got = absl::UnknownError("not run");
-  for (int round = 0; round < 20; ++round) {  // until the kill lands mid-call
-    got = (*c)->Get(*ns, "", reads);
-    if (!got.ok()) break;
-  }
-  killer.join();
+  for (size_t i = 0; i < n; ++i) reads.push_back({l.hashes[i], dst.data() + i * size, size});
+  absl::StatusOr<client::GetResult> got = GetUntilSignalLands(l, reads, SIGKILL);
   ASSERT_FALSE(got.ok()) << "the node survived SIGKILL?";
   EXPECT_THAT(got.status().code(),
               AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded));
+}
+
+// A client that gives up on a Get (deadline) hands the destination back to its caller, who
+// reuses it: bytes the node had already sent must not land there afterwards. The node is
+// frozen mid-transfer until the client's deadline passes, then thawed; its transfer drains
+// what it had posted, and the client must have cut it off (ClientDataPlane::Fence).
+TEST_P(UcxTest, AGetGivenUpOnNeverWritesIntoTheBufferAfterwards) {
+  if (GetParam() == "shm") {
+    // UCX moves RMA into registered memory over cma (process_vm_writev from the node), which
+    // no endpoint of ours can cut off; docs/design/transfer-protocol.md, Deadlines.
+    GTEST_SKIP() << "over shared memory the node writes our pages directly (cma)";
+  }
+  ClientOptions o;
+  o.default_deadline = absl::Seconds(3);
+  o.ucx_two_sided_on_tcp = false;  // the node's RMA into our memory (two-sided receives are
+                                   // cancelled by the client's own worker anyway)
+  LoadedNode l;
+  const size_t n = 48, size = 4 << 20;
+  ASSERT_NO_FATAL_FAILURE(StartLoadedNode(GetParam(), "256MiB", o, 40, n, size, &l));
+  std::vector<uint8_t> dst(n * size);
+  ScopedRegistration reg(*l.client, dst.data(), dst.size());  // the node writes into dst
+  ASSERT_THAT(reg.status(), IsOk());
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < n; ++i) reads.push_back({l.hashes[i], dst.data() + i * size, size});
+  absl::StatusOr<client::GetResult> got = GetUntilSignalLands(l, reads, SIGSTOP);
+  ASSERT_FALSE(got.ok()) << "the Get finished with the node frozen?";
+  EXPECT_THAT(got.status().code(), absl::StatusCode::kDeadlineExceeded);
+  // The caller reuses the buffer; the node thaws and drains what it had posted.
+  std::memset(dst.data(), 0x5a, dst.size());
+  kill(l.node->pid(), SIGCONT);
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // > the node's 1 s drain grace
+  size_t changed = 0;
+  for (uint8_t b : dst) changed += b != 0x5a;
+  EXPECT_EQ(changed, 0u) << "bytes landed in a buffer the client had given back, over "
+                         << l.client->DataPlaneDescription();
+  // The client reconnects and reads exactly.
+  auto again = l.client->Get(l.ns, "", reads);
+  ASSERT_THAT(again, IsOk());
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_THAT(again->blocks[i], IsOk()) << i;
+    ASSERT_EQ(std::memcmp(dst.data() + i * size, l.block.data(), size), 0) << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, UcxTest, ::testing::Values("tcp", "shm"),

@@ -33,6 +33,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "sealed_bytes.h"
+#include "strata/transport/peer_order.h"
 #include "ucp_context.h"
 #include "ucx_status.h"
 #include "worker_state.h"
@@ -101,9 +102,13 @@ class UcpWorker final : public Worker {
     return cmd.connected;
   }
 
-  absl::Status Disconnect(EndpointId ep) override {
+  absl::Status Disconnect(EndpointId ep) override { return Close(ep, /*force=*/false); }
+  absl::Status Abandon(EndpointId ep) override { return Close(ep, /*force=*/true); }
+
+  absl::Status Close(EndpointId ep, bool force) {
     Command cmd(Command::Type::kDisconnect);
     cmd.ep = ep;
+    cmd.force = force;
     Submit(&cmd);
     return cmd.status;
   }
@@ -170,7 +175,7 @@ class UcpWorker final : public Worker {
         for (auto& e : detached_) ForceClose(e.get());
       }
       bool progressed = false;
-      while (ucp_worker_progress(worker_) != 0) progressed = true;
+      while (ProgressOnce()) progressed = true;
       ServiceEndpoints();
       const absl::Time now = absl::Now();
       ServiceTransfers(now);
@@ -187,6 +192,15 @@ class UcpWorker final : public Worker {
     // Shutdown: whatever did not close in time loses its rkeys before the worker goes.
     for (auto& [id, e] : endpoints_) DestroyRkeys(e.get());
     for (auto& e : detached_) DestroyRkeys(e.get());
+  }
+
+  // One ucp_worker_progress call; true if it made progress. UCX may read or write our
+  // registered memory inside it on a peer's behalf (peer_order.h).
+  bool ProgressOnce() {
+    AcquireFromPeers();
+    const unsigned n = ucp_worker_progress(worker_);
+    ReleaseToPeers();
+    return n != 0;
   }
 
   // Blocks on the UCX event fd and the wake eventfd until an event, the nearest transfer
@@ -302,7 +316,7 @@ class UcpWorker final : public Worker {
     if (e->state == EndpointState::kOpen) {
       // A retired endpoint (deadline) is still healthy at the UCX level: flush and close it
       // gracefully; its draining transfer force-closes it if the drain takes too long.
-      if (e->peer_failed) {
+      if (e->peer_failed || cmd->force) {
         ForceClose(e.get());
       } else {
         StartGracefulClose(e.get());

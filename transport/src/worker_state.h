@@ -49,6 +49,7 @@ struct Command {
   std::span<const TransferOp> ops;           // kTransfer
   absl::Time deadline;                       // kTransfer
   const std::atomic<bool>* abort = nullptr;  // kTransfer
+  bool force = false;                        // kDisconnect: force-close at once
   absl::Status status;                       // answer
   EndpointId connected = 0;                  // kConnect answer
   std::string text;                          // kDescribe answer

@@ -229,9 +229,10 @@ class StoreClient {
   // Registers [ptr, ptr + len) with the UCX data plane, so blocks whose buffers (BlockWrite
   // data/size, BlockRead buffer/capacity) lie entirely inside it move without copies: the node
   // reads or writes that memory directly. The caller keeps ownership and must keep the memory
-  // mapped until UnregisterMemory (or the client's destruction). Note that after a Get fails
-  // with UNAVAILABLE or DEADLINE_EXCEEDED, bytes the node had already sent may still land in
-  // its destination buffers for about a second.
+  // mapped until UnregisterMemory (or the client's destruction). A Put or Get that fails with
+  // UNAVAILABLE or DEADLINE_EXCEEDED force-closes the data channel before it returns, so
+  // bytes the node had already sent never land in its buffers afterwards (the next call
+  // reconnects).
   // INVALID_ARGUMENT: null ptr, len 0, or the range overlaps one already registered.
   // FAILED_PRECONDITION: the client has no data plane (DataPlaneDescription() is "inline...").
   // RESOURCE_EXHAUSTED: out of registration resources (pinned memory limits).

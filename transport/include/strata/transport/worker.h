@@ -107,6 +107,13 @@ class Worker {
   // INVALID_ARGUMENT: unknown (or already disconnected) endpoint.
   virtual absl::Status Disconnect(EndpointId ep) = 0;
 
+  // Like Disconnect, but force-closes the endpoint at once: operations in flight on it are
+  // cancelled, and the peer's requests still to come on it (RMA that UCX emulates with
+  // messages, served by this worker) are dropped, so this worker stops reading and writing our
+  // memory on that peer's behalf. For a caller that gave up on a call during which the peer
+  // could touch its buffers (DEADLINE_EXCEEDED), before it hands them back. Same codes.
+  virtual absl::Status Abandon(EndpointId ep) = 0;
+
   // Posts every op of `ops` on `ep` (all before waiting for any), flushes the endpoint and
   // blocks until every op has completed remotely and locally, or failed, or `deadline`.
   // On OK every put has landed in the peer's memory and every get's bytes are in `local`.
