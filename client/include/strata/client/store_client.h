@@ -231,8 +231,9 @@ class StoreClient {
   // reads or writes that memory directly. The caller keeps ownership and must keep the memory
   // mapped until UnregisterMemory (or the client's destruction). A Put or Get that fails with
   // UNAVAILABLE or DEADLINE_EXCEEDED force-closes the data channel before it returns, so
-  // bytes the node had already sent never land in its buffers afterwards (the next call
-  // reconnects).
+  // over TCP bytes the node had already sent never land in its buffers afterwards (the next
+  // call reconnects); over shared memory they still can for about a second
+  // (docs/design/transfer-protocol.md, Deadlines).
   // INVALID_ARGUMENT: null ptr, len 0, or the range overlaps one already registered.
   // FAILED_PRECONDITION: the client has no data plane (DataPlaneDescription() is "inline...").
   // RESOURCE_EXHAUSTED: out of registration resources (pinned memory limits).
