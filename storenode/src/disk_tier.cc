@@ -12,6 +12,7 @@
 #include "strata/common/byte_size.h"
 #include "strata/common/checksum.h"
 #include "strata/common/stored_block.h"
+#include "strata/storenode/tenant_quota.h"
 
 namespace strata::storenode {
 namespace {
@@ -290,9 +291,7 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
       auto held = scope_bytes_.find(key.scope);
       const uint64_t used = held == scope_bytes_.end() ? 0 : held->second;
       if (used - std::min(used, replaced) + meta.stored_bytes > options_.scope_quota_bytes) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "tenant quota: scope ", key.scope, " holds ", FormatByteSize(used), " of its ",
-            options_.name, " quota ", FormatByteSize(options_.scope_quota_bytes)));
+        return TenantQuotaError(key.scope, used, options_.name, options_.scope_quota_bytes);
       }
     }
   }

@@ -4,10 +4,10 @@
 #include <cstring>
 
 #include "absl/container/flat_hash_set.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
+#include "strata/storenode/tenant_quota.h"
 
 namespace strata::storenode {
 namespace {
@@ -435,8 +435,7 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
     if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
     MakeRoom(cool_.get(), cold_.get(), bytes.size());
     absl::Status st = cool_->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id));
-    if (st.code() == absl::StatusCode::kResourceExhausted &&
-        absl::StrContains(st.message(), "tenant quota")) {
+    if (IsTenantQuotaError(st)) {
       // The tenant holds its whole cool quota: its coldest warm block leaves the node instead
       // of waiting in the warm tier (where it would hold up demotion for everyone).
       disk_evictions_.fetch_add(1, std::memory_order_relaxed);

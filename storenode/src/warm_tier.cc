@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/checksum.h"
+#include "strata/storenode/tenant_quota.h"
 
 namespace strata::storenode {
 
@@ -374,9 +375,8 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     if (options_.scope_quota_bytes > 0 && scope != kSharedScope) {
       scope_used = &scope_used_[scope];
       if (*scope_used + arena_->ClassBytes(cls) > options_.scope_quota_bytes) {
-        result.status.push_back(absl::ResourceExhaustedError(
-            absl::StrCat("tenant quota: scope ", scope, " holds ", FormatByteSize(*scope_used),
-                         " of its warm quota ", FormatByteSize(options_.scope_quota_bytes))));
+        result.status.push_back(
+            TenantQuotaError(scope, *scope_used, "warm", options_.scope_quota_bytes));
         continue;
       }
     }

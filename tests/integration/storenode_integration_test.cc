@@ -71,6 +71,14 @@ std::unique_ptr<v1::StoreService::Stub> RawStub(const std::string& address) {
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
 }
 
+// One Lookup through a raw stub; the answer goes to `resp` when given.
+grpc::Status RawLookup(v1::StoreService::Stub& stub, const v1::LookupRequest& req,
+                       v1::LookupResponse* resp = nullptr) {
+  v1::LookupResponse ignored;
+  grpc::ClientContext ctx;
+  return stub.Lookup(&ctx, req, resp != nullptr ? resp : &ignored);
+}
+
 absl::Status PutBlocks(Node& n, const std::vector<ChainHash>& hashes, size_t size,
                        uint64_t seed_base) {
   std::vector<std::vector<uint8_t>> data;
@@ -189,8 +197,7 @@ TEST_F(StoreNodeTest, PackedLookupAnswersCompactlyAndNamesBadInput) {
     req.set_packed_chain_hashes(packed);
     req.set_each_block(true);
     v1::LookupResponse resp;
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(stub->Lookup(&ctx, req, &resp).ok());
+    ASSERT_TRUE(RawLookup(*stub, req, &resp).ok());
     EXPECT_EQ(resp.blocks_size(), 0) << "the compact answer replaces blocks";
     ASSERT_EQ(resp.tiers().size(), 4u);
     ASSERT_EQ(resp.sizes_size(), 4);
@@ -204,9 +211,7 @@ TEST_F(StoreNodeTest, PackedLookupAnswersCompactlyAndNamesBadInput) {
     v1::LookupRequest req;
     req.set_namespace_id(n.ns.id);
     req.set_packed_chain_hashes(packed.substr(0, 40));
-    v1::LookupResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    grpc::Status s = RawLookup(*stub, req);
     EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(s.error_message(), HasSubstr("packed_chain_hashes: 40 bytes"));
   }
@@ -215,9 +220,7 @@ TEST_F(StoreNodeTest, PackedLookupAnswersCompactlyAndNamesBadInput) {
     req.set_namespace_id(n.ns.id);
     req.set_packed_chain_hashes(packed);
     req.add_chain_hashes(packed.substr(0, 32));
-    v1::LookupResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    grpc::Status s = RawLookup(*stub, req);
     EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(s.error_message(), HasSubstr("set one of the two"));
   }
@@ -233,9 +236,7 @@ TEST_F(StoreNodeTest, MalformedRequestsNameTheField) {
     req.set_namespace_id(n.ns.id);
     req.add_chain_hashes(good);
     req.add_chain_hashes(std::string(31, 'b'));
-    v1::LookupResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    grpc::Status s = RawLookup(*stub, req);
     EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(s.error_message(), HasSubstr("chain_hashes[1]: 31 bytes"));
   }
@@ -243,9 +244,7 @@ TEST_F(StoreNodeTest, MalformedRequestsNameTheField) {
     v1::LookupRequest req;
     req.set_namespace_id(0x1234);
     req.add_chain_hashes(good);
-    v1::LookupResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    grpc::Status s = RawLookup(*stub, req);
     EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(s.error_message(), HasSubstr("namespace_id 0x0000000000001234"));
   }
@@ -253,9 +252,7 @@ TEST_F(StoreNodeTest, MalformedRequestsNameTheField) {
     v1::LookupRequest req;
     req.set_namespace_id(n.ns.id);
     for (int i = 0; i < 4097; ++i) req.add_chain_hashes(good);
-    v1::LookupResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = stub->Lookup(&ctx, req, &resp);
+    grpc::Status s = RawLookup(*stub, req);
     EXPECT_EQ(code(s), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(s.error_message(), HasSubstr("max_keys_per_call"));
   }

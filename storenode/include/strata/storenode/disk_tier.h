@@ -51,7 +51,7 @@ struct DiskTierOptions {
   EvictionPolicyOptions policy_options;
   rocksdb::Env* env = nullptr;  // nullptr: the default; tests pass a fault-injecting one
   // Stored bytes one scope may hold here; 0: no limit. Not applied to the shared scope. A
-  // put past it is RESOURCE_EXHAUSTED with "tenant quota" in the message.
+  // put past it is TenantQuotaError (tenant_quota.h).
   uint64_t scope_quota_bytes = 0;
 };
 

@@ -39,7 +39,7 @@ struct WarmTierOptions {
   PolicyKind policy = PolicyKind::kLru;
   EvictionPolicyOptions policy_options;
   // Slab bytes (reserved and committed) one scope may take; 0: no limit. Not applied to the
-  // shared scope. Over it, a put's block is RESOURCE_EXHAUSTED ("tenant quota").
+  // shared scope. Over it, a put's block is TenantQuotaError (tenant_quota.h).
   uint64_t scope_quota_bytes = 0;
   // Monotonic milliseconds; tests substitute a manual clock.
   std::function<int64_t()> now_ms;
