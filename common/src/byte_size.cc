@@ -11,6 +11,8 @@
 namespace strata {
 namespace {
 
+// IEC (KiB), SI (KB, K) and Kubernetes quantity suffixes (Ki, Mi, Gi, Ti: the forms a Helm
+// value or a pod's memory limit is written in), case-insensitive.
 struct Unit {
   std::string_view name;
   double factor;
@@ -22,15 +24,19 @@ constexpr Unit kUnits[] = {
     {"k", 1e3},
     {"kb", 1e3},
     {"kib", 1024.0},
+    {"ki", 1024.0},
     {"m", 1e6},
     {"mb", 1e6},
     {"mib", 1048576.0},
+    {"mi", 1048576.0},
     {"g", 1e9},
     {"gb", 1e9},
     {"gib", 1073741824.0},
+    {"gi", 1073741824.0},
     {"t", 1e12},
     {"tb", 1e12},
     {"tib", 1099511627776.0},
+    {"ti", 1099511627776.0},
 };
 
 }  // namespace
@@ -60,7 +66,8 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text, std::string_view f
     }
   }
   return absl::InvalidArgumentError(
-      absl::StrCat(f, ": unknown unit '", unit, "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"));
+      absl::StrCat(f, ": unknown unit '", unit,
+                   "' (use B, KiB, MiB, GiB, TiB, Ki, Mi, Gi, Ti, KB, MB, GB, TB)"));
 }
 
 std::string FormatByteSize(uint64_t bytes) {

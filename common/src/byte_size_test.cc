@@ -20,6 +20,15 @@ TEST(ByteSizeTest, ParsesIecSiAndBareNumbers) {
   EXPECT_EQ(*ParseByteSize("3mib"), 3u << 20);
 }
 
+TEST(ByteSizeTest, ParsesKubernetesQuantities) {
+  EXPECT_EQ(*ParseByteSize("4Gi"), 4ull << 30);
+  EXPECT_EQ(*ParseByteSize("512Mi"), 512ull << 20);
+  EXPECT_EQ(*ParseByteSize("64Ki"), 64ull << 10);
+  EXPECT_EQ(*ParseByteSize("1Ti"), 1ull << 40);
+  EXPECT_THAT(ParseByteSize("4Gx", "warm_bytes"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("Gi")));
+}
+
 TEST(ByteSizeTest, RejectsGarbageNamingTheField) {
   EXPECT_THAT(ParseByteSize("GiB", "warm_bytes"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("warm_bytes")));

@@ -37,7 +37,11 @@ absl::Status CheckRemote(const v1::RemoteBuffer& r, int rkeys, const std::string
 }  // namespace
 
 absl::Time StoreServiceImpl::TransferDeadline(const grpc::ServerContext* ctx) const {
-  absl::Time client = absl::FromChrono(ctx->deadline());
+  // The client gives its buffers back at its deadline, which it reached before ours (ours is
+  // its remaining time counted from when the request arrived): stop moving bytes a little
+  // earlier, so a node that is merely slow never writes into a buffer after that.
+  constexpr absl::Duration kBeforeClientDeadline = absl::Milliseconds(5);
+  absl::Time client = absl::FromChrono(ctx->deadline()) - kBeforeClientDeadline;
   absl::Time cap = absl::Now() + absl::Milliseconds(config_.max_lease_ms);
   return std::min(client, cap);
 }

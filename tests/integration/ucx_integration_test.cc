@@ -468,14 +468,12 @@ TEST_P(UcxTest, NodeKilledMidTransferFailsTheCallInTime) {
 
 // A client that gives up on a Get (deadline) hands the destination back to its caller, who
 // reuses it: bytes the node had already sent must not land there afterwards. The node is
-// frozen mid-transfer until the client's deadline passes, then thawed; its transfer drains
-// what it had posted, and the client must have cut it off (ClientDataPlane::Fence).
+// frozen mid-transfer until the client's deadline passes, then thawed. Over TCP its transfer
+// drains what it had posted, and the client must have cut it off (ClientDataPlane::Fence).
+// Over shared memory the node writes our pages itself (cma) and no endpoint of ours is in the
+// path: the node cuts its transfer off before progressing further and keeps at most
+// kPacedCopyBytes queued in UCX (the node has one lane); unpaced, 40-150 MB landed.
 TEST_P(UcxTest, AGetGivenUpOnNeverWritesIntoTheBufferAfterwards) {
-  if (GetParam() == "shm") {
-    // UCX moves RMA into registered memory over cma (process_vm_writev from the node), which
-    // no endpoint of ours can cut off; docs/design/transfer-protocol.md, Deadlines.
-    GTEST_SKIP() << "over shared memory the node writes our pages directly (cma)";
-  }
   ClientOptions o;
   o.default_deadline = absl::Seconds(3);
   o.ucx_two_sided_on_tcp = false;  // the node's RMA into our memory (two-sided receives are
@@ -497,8 +495,9 @@ TEST_P(UcxTest, AGetGivenUpOnNeverWritesIntoTheBufferAfterwards) {
   std::this_thread::sleep_for(std::chrono::seconds(3));  // > the node's 1 s drain grace
   size_t changed = 0;
   for (uint8_t b : dst) changed += b != 0x5a;
-  EXPECT_EQ(changed, 0u) << "bytes landed in a buffer the client had given back, over "
-                         << l.client->DataPlaneDescription();
+  const size_t bound = GetParam() == "shm" ? transport::kPacedCopyBytes : 0;
+  EXPECT_LE(changed, bound) << "bytes landed in a buffer the client had given back, over "
+                            << l.client->DataPlaneDescription();
   // The client reconnects and reads exactly.
   auto again = l.client->Get(l.ns, "", reads);
   ASSERT_THAT(again, IsOk());

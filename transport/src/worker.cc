@@ -174,8 +174,14 @@ class UcpWorker final : public Worker {
         for (auto& [id, e] : endpoints_) ForceClose(e.get());
         for (auto& e : detached_) ForceClose(e.get());
       }
+      // A thread that was descheduled or frozen past a transfer's deadline must not let
+      // progress run that transfer's queued copies first (CutOffIsDue).
+      if (CutOffIsDue()) ServiceTransfers(absl::Now());
       bool progressed = false;
-      while (ProgressOnce()) progressed = true;
+      while (ProgressOnce()) {
+        progressed = true;
+        if (CutOffIsDue()) break;
+      }
       ServiceEndpoints();
       const absl::Time now = absl::Now();
       ServiceTransfers(now);
@@ -192,6 +198,35 @@ class UcpWorker final : public Worker {
     // Shutdown: whatever did not close in time loses its rkeys before the worker goes.
     for (auto& [id, e] : endpoints_) DestroyRkeys(e.get());
     for (auto& e : detached_) DestroyRkeys(e.get());
+  }
+
+  // Over transports without peer-failure handling (shared memory) a one-sided copy queued in
+  // UCX runs inside ucp_worker_progress straight into the peer's pages (cma), and closing our
+  // endpoint is the only way to drop what is still queued. The peer's client gives its
+  // buffers back at the same deadline, so these endpoints are cut off the moment a transfer's
+  // deadline passes, before any further progress; over TCP, where a force-close with
+  // emulated puts in flight can abort the peer, posted requests get kDeadlineDrainGrace first
+  // (and the client fences its own endpoints).
+  bool CutOffIsDue() const {
+    if (context_->peer_failure_handling() || in_flight_.empty()) return false;
+    const absl::Time now = absl::Now();
+    for (const auto& t : in_flight_) {
+      if (!t->deadline_hit && now >= t->cmd->deadline) return true;
+    }
+    return false;
+  }
+
+  // Whether a paced transfer on `e` has a copy queued in UCX. Per endpoint, so that one whose
+  // peer hangs (emulated RMA to a dead peer waits for its deadline) holds up no other peer.
+  bool PacedCopyQueued(const Endpoint* e) const {
+    for (const auto& t : in_flight_) {
+      if (t->paced && t->endpoint == e && t->outstanding > 0) return true;
+    }
+    return false;
+  }
+
+  absl::Duration DeadlineDrainGrace() const {
+    return context_->peer_failure_handling() ? kDeadlineDrainGrace : absl::ZeroDuration();
   }
 
   // One ucp_worker_progress call; true if it made progress. UCX may read or write our
@@ -422,16 +457,39 @@ class UcpWorker final : public Worker {
     t->cmd = cmd;
     t->endpoint = e;
     t->slots.resize(cmd->ops.size() + 1);
+    t->rkeys = std::move(rkeys);
+    t->paced = !context_->peer_failure_handling();
     ++e->active_transfers;
+    PostMore(t.get());
+    in_flight_.push_back(std::move(t));
+  }
 
-    for (size_t i = 0; i <= cmd->ops.size(); ++i) {
+  // Posts t's remaining ops and then its flush. Paced transfers (transports without
+  // peer-failure handling: shared memory) post one-sided ops one kPacedCopyBytes chunk at a
+  // time, the next only when no paced copy to the same peer is queued, so what UCX has queued
+  // for a peer, and would still copy after the endpoint is cut off (a force-close does not
+  // drop queued cma copies in UCX 1.13), is never more than one chunk. Stops short at the
+  // deadline (ServiceTransfers answers then).
+  void PostMore(InFlightTransfer* t) {
+    Command* cmd = t->cmd;
+    Endpoint* e = t->endpoint;
+    if (e->state != EndpointState::kOpen || !e->failure.ok()) {
+      // Failed or closed between two paced chunks: its ep and rkeys are gone (UNAVAILABLE).
+      t->Record(t->next_op, UCS_ERR_CANCELED);
+      t->next_op = cmd->ops.size() + 1;
+      return;
+    }
+    for (size_t& i = t->next_op; i <= cmd->ops.size(); ++i) {
       const bool flush = i == cmd->ops.size();
       if (!flush && cmd->ops[i].length == 0 && OneSided(cmd->ops[i].kind)) continue;
+      const bool pace = t->paced && (flush || OneSided(cmd->ops[i].kind));
+      // Posted again once that one completes (a flush waits for its own transfer only).
+      if (pace && (t->outstanding > 0 || (!flush && PacedCopyQueued(e)))) return;
       // Some transports (shared memory) copy inside ucp_put_nbx/ucp_get_nbx, so a big batch can
-      // outlive its deadline while being posted: stop posting then, and let ServiceTransfers
-      // force-close the endpoint.
-      if (i > 0 && absl::Now() >= cmd->deadline) break;
-      t->slots[i] = OpSlot{t.get(), i};
+      // outlive its deadline while being posted, and a paced one waits its turn: stop posting
+      // then, and let ServiceTransfers force-close the endpoint.
+      if (absl::Now() >= cmd->deadline) return;
+      t->slots[i] = OpSlot{t, i};
       ucp_request_param_t param = {};
       param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
       param.cb.send = &OnTransferRequestDone;
@@ -463,19 +521,33 @@ class UcpWorker final : public Worker {
         if (!UCS_PTR_IS_ERR(request)) continue;  // counted above
       } else {
         const TransferOp& op = cmd->ops[i];
-        request = op.kind == TransferOp::Kind::kPut
-                      ? ucp_put_nbx(e->ep, op.local, op.length, op.remote_addr, rkeys[i], &param)
-                      : ucp_get_nbx(e->ep, op.local, op.length, op.remote_addr, rkeys[i], &param);
+        size_t offset = 0, length = op.length;
+        if (pace) {
+          offset = t->next_offset;
+          length = std::min(op.length - offset, kPacedCopyBytes);
+        }
+        void* local = static_cast<char*>(op.local) + offset;
+        request =
+            op.kind == TransferOp::Kind::kPut
+                ? ucp_put_nbx(e->ep, local, length, op.remote_addr + offset, t->rkeys[i], &param)
+                : ucp_get_nbx(e->ep, local, length, op.remote_addr + offset, t->rkeys[i], &param);
+        if (pace && !UCS_PTR_IS_ERR(request) && offset + length < op.length) {
+          t->next_offset = offset + length;
+          if (request != nullptr) ++t->outstanding;
+          --i;  // the same op again, from next_offset
+          continue;
+        }
+        t->next_offset = 0;
       }
       if (UCS_PTR_IS_ERR(request)) {
         // Stop posting; what is already posted still has to complete before we answer.
         t->Record(i, UCS_PTR_STATUS(request));
-        break;
+        t->next_op = cmd->ops.size() + 1;
+        return;
       }
       if (request != nullptr) ++t->outstanding;
       if (flush) t->flushed = true;
     }
-    in_flight_.push_back(std::move(t));
   }
 
   absl::Status TransferResult(const InFlightTransfer& t) {
@@ -511,6 +583,10 @@ class UcpWorker final : public Worker {
   void ServiceTransfers(absl::Time now) {
     for (size_t i = 0; i < in_flight_.size();) {
       InFlightTransfer* t = in_flight_[i].get();
+      if (t->paced && t->outstanding == 0 && !t->flushed && !t->deadline_hit && !t->aborted &&
+          t->first_error == UCS_OK) {
+        PostMore(t);
+      }
       // Done when nothing is outstanding, unless posting stopped short for the deadline (then
       // the deadline branch below answers DEADLINE_EXCEEDED).
       if (t->outstanding == 0 && (t->flushed || t->first_error != UCS_OK || t->deadline_hit)) {
@@ -552,8 +628,8 @@ class UcpWorker final : public Worker {
         // Retire the endpoint and give what is already posted kDeadlineDrainGrace to finish:
         // force-closing an endpoint with emulated (TCP) puts in flight makes UCX 1.13 abort
         // the *peer* process (ucp_put_handler cannot ack on the failed endpoint), so a live
-        // peer gets the chance to drain first.
-        Retire(t, now + kDeadlineDrainGrace, "a transfer deadline passed");
+        // peer gets the chance to drain first. Shared memory: no grace (CutOffIsDue).
+        Retire(t, now + DeadlineDrainGrace(), "a transfer deadline passed");
       }
       if (t->deadline_hit && !t->force_closed && now >= t->force_close_at) {
         // Cancel everything on the endpoint so no late write lands in buffers the caller gets

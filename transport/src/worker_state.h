@@ -103,6 +103,10 @@ struct InFlightTransfer {
   absl::Time force_close_at = absl::InfiniteFuture();
   bool force_closed = false;
   absl::Time abandon_at = absl::InfiniteFuture();
+  std::vector<ucp_rkey_h> rkeys;  // per op, for one-sided ops (owned by the endpoint's cache)
+  bool paced = false;             // see UcpWorker::PostMore
+  size_t next_op = 0;             // PostMore's place: ops before it are posted ...
+  size_t next_offset = 0;         // ... and this many bytes of it (paced one-sided ops)
 
   void Record(size_t index, ucs_status_t status) {
     if (status != UCS_OK && first_error == UCS_OK) {

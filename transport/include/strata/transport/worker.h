@@ -22,7 +22,11 @@
 // not detected: puts into its orphaned segment succeed, emulated operations wait for the
 // deadline, and UCX 1.13 never completes those after the force-close, so the Worker answers
 // DEADLINE_EXCEEDED without them: a get's buffer could still be written if the peer was only
-// slow. Use that mode only between trusted co-located processes.
+// slow. Use that mode only between trusted co-located processes. In that mode a worker also
+// queues one-sided copies to a peer in UCX at most kPacedCopyBytes at a time, and cuts a
+// transfer off the moment its deadline passes, before any further progress: a force-close
+// cannot withdraw a copy UCX already queued (cma), so at most that many bytes per endpoint
+// move after the deadline, and only when the worker's thread was stalled past it.
 #pragma once
 
 #include <atomic>
@@ -37,6 +41,11 @@
 #include "absl/time/time.h"
 
 namespace strata::transport {
+
+// Without peer-failure handling: the most bytes of one-sided copies a Worker has queued in UCX
+// for one endpoint at once (UCX's cma moves 512 KiB a progress call), so the most that can
+// move on it after a transfer's deadline when the worker's thread was stalled past it.
+inline constexpr size_t kPacedCopyBytes = 512 << 10;
 
 // Names an endpoint of one Worker. Never reused within a Worker; 0 is never a valid id.
 using EndpointId = uint64_t;
