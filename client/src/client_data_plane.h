@@ -57,6 +57,12 @@ class ClientDataPlane {
   size_t bounce_capacity() const { return options_.bounce_buffers; }
   // One Worker::Address() per lane, in lane order (ConnectDataRequest.worker_addresses).
   std::vector<std::string> WorkerAddresses() const;
+  // Our UCX tcp segment sizes (ConnectDataRequest), and whether a node's fit them
+  // (FAILED_PRECONDITION otherwise: transport::CheckTcpSegments).
+  transport::TcpSegments tcp_segments() const { return context_->tcp_segments(); }
+  absl::Status CheckNodeTcpSegments(transport::TcpSegments node) const {
+    return transport::CheckTcpSegments(context_->tcp_segments(), node, options_.tls);
+  }
 
   // Connects lane i's worker to node_addresses[i], replacing the endpoints of an earlier
   // channel. INVALID_ARGUMENT: not one address per lane, or one is not a worker address

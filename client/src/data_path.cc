@@ -65,6 +65,8 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
     Clock::time_point deadline) {
   v1::ConnectDataRequest req;
   for (std::string& a : ucx_->WorkerAddresses()) req.add_worker_addresses(std::move(a));
+  req.set_ucx_tcp_tx_seg_bytes(ucx_->tcp_segments().tx);
+  req.set_ucx_tcp_rx_seg_bytes(ucx_->tcp_segments().rx);
   v1::ConnectDataResponse resp;
   grpc::ClientContext ctx;
   SetDeadline(ctx, deadline);
@@ -74,6 +76,15 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
   }
   if (resp.channel_id() == 0) {
     return absl::InternalError(Where("ConnectData") + ": node answered channel_id 0");
+  }
+  // A node older than the size check sends no sizes: then ours must fit UCX's defaults, or the
+  // node would abort on our first segment.
+  if (absl::Status s =
+          ucx_->CheckNodeTcpSegments({resp.ucx_tcp_tx_seg_bytes(), resp.ucx_tcp_rx_seg_bytes()});
+      !s.ok()) {
+    CloseDataQuietly(resp.channel_id());
+    return absl::FailedPreconditionError(absl::StrCat(Where("ConnectData"), ": ", s.message(),
+                                                      " (this side: the client, peer: the node)"));
   }
   std::vector<std::string> node_lanes(resp.worker_addresses().begin(),
                                       resp.worker_addresses().end());

@@ -97,11 +97,14 @@ class PeerService final : public v1::StoreService::Service {
     if (plane_ == nullptr) return ToGrpc(NoDataPlane());
     std::vector<std::string> addresses(req->worker_addresses().begin(),
                                        req->worker_addresses().end());
-    absl::StatusOr<transport::DataPlane::Channel> ch = plane_->Connect(addresses);
+    absl::StatusOr<transport::DataPlane::Channel> ch =
+        plane_->Connect(addresses, {req->ucx_tcp_tx_seg_bytes(), req->ucx_tcp_rx_seg_bytes()});
     if (!ch.ok()) return ToGrpc(ch.status());
     resp->set_channel_id(ch->id);
     for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);
     resp->set_transport(ch->transport);
+    resp->set_ucx_tcp_tx_seg_bytes(plane_->tcp_segments().tx);
+    resp->set_ucx_tcp_rx_seg_bytes(plane_->tcp_segments().rx);
     return grpc::Status::OK;
   }
 

@@ -56,11 +56,14 @@ grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext* ctx,
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
   std::vector<std::string> addresses(req->worker_addresses().begin(),
                                      req->worker_addresses().end());
-  absl::StatusOr<DataPlane::Channel> ch = data_plane_->Connect(addresses);
+  absl::StatusOr<DataPlane::Channel> ch =
+      data_plane_->Connect(addresses, {req->ucx_tcp_tx_seg_bytes(), req->ucx_tcp_rx_seg_bytes()});
   if (!ch.ok()) return call.Done(ch.status());
   resp->set_channel_id(ch->id);
   for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);
   resp->set_transport(ch->transport);
+  resp->set_ucx_tcp_tx_seg_bytes(data_plane_->tcp_segments().tx);
+  resp->set_ucx_tcp_rx_seg_bytes(data_plane_->tcp_segments().rx);
   spdlog::info("data channel {} opened: {} lanes over {}", ch->id, addresses.size(), ch->transport);
   return call.Done(absl::OkStatus());
 }

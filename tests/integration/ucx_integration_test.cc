@@ -326,6 +326,8 @@ TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
   ASSERT_THAT(context, IsOk());
   std::vector<std::unique_ptr<transport::Worker>> workers;
   v1::ConnectDataRequest creq;
+  creq.set_ucx_tcp_tx_seg_bytes((*context)->tcp_segments().tx);
+  creq.set_ucx_tcp_rx_seg_bytes((*context)->tcp_segments().rx);
   for (uint32_t i = 0; i < stats.ucx_lanes(); ++i) {
     auto w = (*context)->CreateWorker();
     ASSERT_THAT(w, IsOk());
@@ -521,6 +523,57 @@ TEST(UcxConfigTest, NodeWithoutDataPlaneServesInlineAndRefusesUcxClients) {
   auto c = StoreClient::Connect(o);
   ASSERT_THAT(c, IsOk());
   EXPECT_EQ((*c)->DataPlaneDescription(), "inline");
+}
+
+// UCX 1.13 aborts a process that receives a tcp segment larger than its own rx size. Peers whose
+// sizes do not fit are refused at ConnectData, in both directions, and the node keeps serving.
+TEST(UcxConfigTest, MismatchedTcpSegmentSizesAreRefusedAtConnectNotACrash) {
+  auto with_env = [](bool big, auto body) {
+    if (big) {
+      setenv("UCX_TCP_TX_SEG_SIZE", "1M", 1);
+      setenv("UCX_TCP_RX_SEG_SIZE", "2M", 1);
+    }
+    body();
+    unsetenv("UCX_TCP_TX_SEG_SIZE");
+    unsetenv("UCX_TCP_RX_SEG_SIZE");
+  };
+  for (const bool big_node : {false, true}) {
+    SCOPED_TRACE(big_node ? "node sends 1 MiB segments" : "client sends 1 MiB segments");
+    absl::StatusOr<std::unique_ptr<client::LocalNode>> node = absl::UnknownError("not started");
+    with_env(big_node, [&] {
+      node = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
+    });
+    ASSERT_THAT(node, IsOk());
+    ClientOptions o;
+    o.address = (*node)->address();
+    o.data_plane = ClientOptions::DataPlane::kUcx;
+    with_env(!big_node, [&] {
+      EXPECT_THAT(StoreClient::Connect(o), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                                    HasSubstr("UCX_TCP_RX_SEG_SIZE")));
+    });
+    // Same sizes on both sides: the data plane works, and the node is alive.
+    with_env(big_node, [&] {
+      auto c = StoreClient::Connect(o);
+      ASSERT_THAT(c, IsOk());
+      EXPECT_THAT((*c)->DataPlaneDescription(), HasSubstr("tcp"));
+      auto ns = (*c)->RegisterNamespace(Spec());
+      ASSERT_THAT(ns, IsOk());
+      const std::vector<uint8_t> block = testutil::RandomBytes(7, 1 << 20);
+      std::vector<ChainHash> hashes = testutil::PromptChain(*ns, 7, 4);
+      std::vector<BlockWrite> writes;
+      for (const ChainHash& h : hashes) writes.push_back({h, block.data(), block.size()});
+      ASSERT_THAT((*c)->Put(*ns, "", writes), IsOk());
+      std::vector<uint8_t> dst(4 << 20);
+      std::vector<BlockRead> reads;
+      for (size_t i = 0; i < 4; ++i) reads.push_back({hashes[i], dst.data() + (i << 20), 1 << 20});
+      auto got = (*c)->Get(*ns, "", reads);
+      ASSERT_THAT(got, IsOk());
+      for (size_t i = 0; i < 4; ++i) {
+        ASSERT_THAT(got->blocks[i], IsOk());
+        EXPECT_EQ(std::memcmp(dst.data() + (i << 20), block.data(), block.size()), 0) << i;
+      }
+    });
+  }
 }
 
 }  // namespace

@@ -4,11 +4,15 @@
 #include <stdlib.h>
 #include <ucp/api/ucp.h>
 
+#include <optional>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "sealed_bytes.h"
 #include "strata/transport/worker.h"
@@ -41,10 +45,39 @@ class UcpMemoryRegion final : public MemoryRegion {
   const std::string packed_rkey_;
 };
 
+// UCX's memory-unit syntax (ucs_str_to_memunits): a number, optionally followed by b, k, m or g
+// (binary multiples, case-insensitive, an optional trailing b).
+absl::StatusOr<uint64_t> ParseUcxBytes(absl::string_view name, absl::string_view text) {
+  absl::string_view t = absl::StripAsciiWhitespace(text);
+  size_t digits = 0;
+  while (digits < t.size() && absl::ascii_isdigit(static_cast<unsigned char>(t[digits]))) ++digits;
+  uint64_t value = 0;
+  std::string unit = absl::AsciiStrToLower(t.substr(digits));
+  uint64_t factor = 0;
+  if (unit.empty() || unit == "b") factor = 1;
+  if (unit == "k" || unit == "kb") factor = 1 << 10;
+  if (unit == "m" || unit == "mb") factor = 1 << 20;
+  if (unit == "g" || unit == "gb") factor = 1 << 30;
+  if (digits == 0 || factor == 0 || !absl::SimpleAtoi(t.substr(0, digits), &value) ||
+      value > (uint64_t{1} << 40) / factor) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("UCX setting ", name, "=\"", text, "\": not a size (e.g. 8K, 256K, 1M)"));
+  }
+  return value * factor;
+}
+
+bool MayUseTcp(std::string_view tls) {
+  if (tls.empty() || tls[0] == '^') return true;  // UCX's default, or all but some
+  for (absl::string_view name : absl::StrSplit(absl::string_view(tls.data(), tls.size()), ',')) {
+    if (name == "tcp" || name == "all") return true;
+  }
+  return false;
+}
+
 class UcpTransportContext final : public Context {
  public:
-  explicit UcpTransportContext(std::shared_ptr<UcpContext> context)
-      : context_(std::move(context)) {}
+  UcpTransportContext(std::shared_ptr<UcpContext> context, TcpSegments tcp)
+      : context_(std::move(context)), tcp_(tcp) {}
 
   absl::StatusOr<std::unique_ptr<MemoryRegion>> Register(void* ptr, size_t len) override {
     if (ptr == nullptr || len == 0) {
@@ -84,6 +117,8 @@ class UcpTransportContext final : public Context {
     return out;
   }
 
+  TcpSegments tcp_segments() const override { return tcp_; }
+
  private:
   absl::StatusOr<std::unique_ptr<MemoryRegion>> Map(const ucp_mem_map_params_t& params, size_t len,
                                                     absl::string_view what) {
@@ -112,9 +147,25 @@ class UcpTransportContext final : public Context {
   }
 
   const std::shared_ptr<UcpContext> context_;
+  const TcpSegments tcp_;
 };
 
 }  // namespace
+
+absl::Status CheckTcpSegments(TcpSegments local, TcpSegments peer, std::string_view tls) {
+  if (!MayUseTcp(tls)) return absl::OkStatus();
+  if (peer.tx == 0) peer.tx = kUcxDefaultTcpSegments.tx;
+  if (peer.rx == 0) peer.rx = kUcxDefaultTcpSegments.rx;
+  auto refuse = [](absl::string_view sender, uint64_t tx, absl::string_view receiver, uint64_t rx) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "UCX tcp segments: ", sender, " sends up to ", tx, " bytes (UCX_TCP_TX_SEG_SIZE) but ",
+        receiver, " receives at most ", rx,
+        " (UCX_TCP_RX_SEG_SIZE), which would abort it; set the same sizes on both sides"));
+  };
+  if (local.tx > peer.rx) return refuse("this side", local.tx, "the peer", peer.rx);
+  if (peer.tx > local.rx) return refuse("the peer", peer.tx, "this side", local.rx);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions& options) {
   ucp_config_t* config = nullptr;
@@ -133,12 +184,43 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
     }
     return absl::OkStatus();
   };
+  const auto is_segment = [](absl::string_view name) {
+    if (absl::StartsWith(name, "UCX_")) name.remove_prefix(4);
+    return name == "TCP_TX_SEG_SIZE" || name == "TCP_RX_SEG_SIZE";
+  };
   absl::Status applied = absl::OkStatus();
   if (!options.tls.empty()) applied = modify("TLS", options.tls);
   for (const auto& [name, value] : options.ucx_settings) {
     if (!applied.ok()) break;
-    applied = modify(name, value);
+    if (!is_segment(name)) applied = modify(name, value);
   }
+  // The TCP segment sizes: named in the settings or the environment, else ours. UCX 1.13 applies
+  // a transport's setting given to ucp_config_modify only under its name without the
+  // transport's prefix (TX_SEG_SIZE: tcp is the only transport with it); "TCP_TX_SEG_SIZE" is
+  // ignored with a warning ("invalid configurations").
+  TcpSegments tcp;
+  const auto segment = [&](absl::string_view name, uint64_t ours, uint64_t* out) {
+    if (!applied.ok()) return;
+    std::optional<std::string> named;
+    bool in_settings = false;
+    for (const auto& [key, value] : options.ucx_settings) {
+      absl::string_view k(key);
+      if (absl::StartsWith(k, "UCX_")) k.remove_prefix(4);
+      if (k == name) named = value, in_settings = true;
+    }
+    const char* env = getenv(absl::StrCat("UCX_", name).c_str());
+    if (!named.has_value() && env != nullptr) named = env;
+    const bool from_env = !in_settings && env != nullptr;
+    if (!named.has_value()) named = absl::StrCat(ours);
+    absl::StatusOr<uint64_t> bytes = ParseUcxBytes(name, *named);
+    applied = bytes.status();
+    if (!bytes.ok()) return;
+    *out = *bytes;
+    // The environment reaches the transport by itself.
+    if (!from_env && MayUseTcp(options.tls)) applied = modify(name.substr(4), *named);
+  };
+  segment("TCP_TX_SEG_SIZE", kStrataTcpSegments.tx, &tcp.tx);
+  segment("TCP_RX_SEG_SIZE", kStrataTcpSegments.rx, &tcp.rx);
   if (!applied.ok()) {
     ucp_config_release(config);
     return applied;
@@ -156,7 +238,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
     return UcsToStatus(status, absl::StrCat("ucp_init (UCX_TLS=\"", options.tls, "\")"));
   }
   return std::make_unique<UcpTransportContext>(
-      std::make_shared<UcpContext>(context, options.peer_failure_handling));
+      std::make_shared<UcpContext>(context, options.peer_failure_handling), tcp);
 }
 
 }  // namespace strata::transport

@@ -71,12 +71,19 @@ void DataPlane::Disconnect(const ChannelState& channel) {
   }
 }
 
-absl::StatusOr<DataPlane::Channel> DataPlane::Connect(
-    std::span<const std::string> client_addresses) {
+transport::TcpSegments DataPlane::tcp_segments() const { return context_->tcp_segments(); }
+
+absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::string> client_addresses,
+                                                      transport::TcpSegments client_tcp) {
   if (client_addresses.size() != lanes_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("worker_addresses: ", client_addresses.size(),
                                                    " given, the node has ", lanes_.size(),
                                                    " lanes (Stats.ucx_lanes)"));
+  }
+  if (absl::Status s = transport::CheckTcpSegments(context_->tcp_segments(), client_tcp, tls_);
+      !s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ConnectData: ", s.message(), " (this side: the node, peer: the client)"));
   }
   {
     absl::MutexLock lock(&mu_);

@@ -638,5 +638,31 @@ TEST(ContextTest, OptionsAndRegistrationErrors) {
   EXPECT_FALSE(worker->Address().empty());
 }
 
+// UCX 1.13 aborts a process that receives a tcp segment larger than its own rx size, so the
+// sizes a context runs with are known, ours by default, and checked against a peer's.
+TEST(ContextTest, TcpSegmentSizesAreOursUnlessNamedAndAreCheckedAgainstAPeer) {
+  ASSERT_OK_AND_MOVE(ours, Context::Create(TransportOptions{"tcp", {}, true}));
+  EXPECT_EQ(ours->tcp_segments().tx, kStrataTcpSegments.tx);
+  EXPECT_EQ(ours->tcp_segments().rx, kStrataTcpSegments.rx);
+  ASSERT_OK_AND_MOVE(named,
+                     Context::Create(TransportOptions{
+                         "tcp", {{"UCX_TCP_TX_SEG_SIZE", "8k"}, {"TCP_RX_SEG_SIZE", "1M"}}, true}));
+  EXPECT_EQ(named->tcp_segments().tx, 8u << 10);
+  EXPECT_EQ(named->tcp_segments().rx, 1u << 20);
+  EXPECT_THAT(Context::Create(TransportOptions{"tcp", {{"TCP_TX_SEG_SIZE", "lots"}}, true}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("TCP_TX_SEG_SIZE")));
+
+  EXPECT_THAT(CheckTcpSegments(kStrataTcpSegments, kStrataTcpSegments, "tcp"), IsOk());
+  // An older peer (zero fields: UCX's 8 KiB / 64 KiB) would abort on our 256 KiB segments.
+  EXPECT_THAT(CheckTcpSegments(kStrataTcpSegments, {}, "tcp"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("UCX_TCP_RX_SEG_SIZE")));
+  EXPECT_THAT(CheckTcpSegments(kUcxDefaultTcpSegments, {}, "tcp"), IsOk());
+  // Either direction: the peer's sends must fit our receives too.
+  EXPECT_THAT(CheckTcpSegments(kUcxDefaultTcpSegments, kStrataTcpSegments, "^ib"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("the peer sends")));
+  // Without tcp among the transports the sizes do not matter.
+  EXPECT_THAT(CheckTcpSegments(kStrataTcpSegments, {}, "posix,sysv,cma,self"), IsOk());
+}
+
 }  // namespace
 }  // namespace strata::transport

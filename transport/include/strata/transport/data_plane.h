@@ -55,8 +55,13 @@ class DataPlane {
   uint64_t channels() const;
 
   // Connects lane i to client_addresses[i]. INVALID_ARGUMENT: not exactly lanes() addresses
-  // or one is not a worker address; RESOURCE_EXHAUSTED: max_channels open.
-  absl::StatusOr<Channel> Connect(std::span<const std::string> client_addresses);
+  // or one is not a worker address; RESOURCE_EXHAUSTED: max_channels open; FAILED_PRECONDITION:
+  // the client's tcp segment sizes (zero fields: UCX's defaults) do not fit ours
+  // (CheckTcpSegments).
+  absl::StatusOr<Channel> Connect(std::span<const std::string> client_addresses,
+                                  transport::TcpSegments client_tcp);
+  // Ours, for the client to check (ConnectDataResponse).
+  transport::TcpSegments tcp_segments() const;
   // NOT_FOUND for an unknown channel.
   absl::Status Close(uint64_t channel_id);
 
