@@ -74,6 +74,22 @@ TEST(ClientDataPlaneTest, RejectsBadGeometry) {
   EXPECT_THAT(MakePlane(1, 0), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// A node that sends bigger tcp segments than we receive (or, an older node saying nothing,
+// receives smaller ones than we send) is refused before any byte moves: UCX would abort.
+TEST(ClientDataPlaneTest, ANodeWhoseTcpSegmentsDoNotFitIsRefused) {
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
+  ASSERT_THAT(plane, IsOk());
+  if ((*plane)->tcp_segments().tx != transport::kStrataTcpSegments.tx) {
+    GTEST_SKIP() << "UCX_TCP_*_SEG_SIZE set in the environment";
+  }
+  EXPECT_THAT((*plane)->CheckNodeTcpSegments((*plane)->tcp_segments()), IsOk());
+  EXPECT_THAT((*plane)->CheckNodeTcpSegments({}), IsOk());  // UCX's defaults fit ours
+  EXPECT_THAT((*plane)->CheckNodeTcpSegments({1 << 20, 2 << 20}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("the peer sends")));
+  EXPECT_THAT((*plane)->CheckNodeTcpSegments({8 << 10, 32 << 10}),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("this side sends")));
+}
+
 TEST(ClientDataPlaneTest, RegistersNonOverlappingRanges) {
   absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
   ASSERT_THAT(plane, IsOk());

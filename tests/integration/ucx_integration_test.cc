@@ -40,6 +40,7 @@ using client::BlockWrite;
 using client::ClientOptions;
 using client::LocalNode;
 using client::StoreClient;
+using ::testing::AllOf;
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using testutil::IsOk;
@@ -548,8 +549,12 @@ TEST(UcxConfigTest, MismatchedTcpSegmentSizesAreRefusedAtConnectNotACrash) {
     o.address = (*node)->address();
     o.data_plane = ClientOptions::DataPlane::kUcx;
     with_env(!big_node, [&] {
-      EXPECT_THAT(StoreClient::Connect(o), StatusIs(absl::StatusCode::kFailedPrecondition,
-                                                    HasSubstr("UCX_TCP_RX_SEG_SIZE")));
+      // Both sides check; the node answers first (its own words name it "this side").
+      EXPECT_THAT(StoreClient::Connect(o),
+                  StatusIs(absl::StatusCode::kFailedPrecondition,
+                           AllOf(HasSubstr("UCX_TCP_RX_SEG_SIZE"),
+                                 HasSubstr(big_node ? "this side sends" : "the peer sends"),
+                                 HasSubstr("this side: the node"))));
     });
     // Same sizes on both sides: the data plane works, and the node is alive.
     with_env(big_node, [&] {

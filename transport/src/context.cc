@@ -184,15 +184,17 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
     }
     return absl::OkStatus();
   };
-  const auto is_segment = [](absl::string_view name) {
+  // UCX_TCP_TX_SEG_SIZE, TCP_TX_SEG_SIZE and TX_SEG_SIZE all name the tcp transport's size.
+  const auto segment_name = [](absl::string_view name) -> absl::string_view {
     if (absl::StartsWith(name, "UCX_")) name.remove_prefix(4);
-    return name == "TCP_TX_SEG_SIZE" || name == "TCP_RX_SEG_SIZE";
+    if (absl::StartsWith(name, "TCP_")) name.remove_prefix(4);
+    return name == "TX_SEG_SIZE" || name == "RX_SEG_SIZE" ? name : absl::string_view();
   };
   absl::Status applied = absl::OkStatus();
   if (!options.tls.empty()) applied = modify("TLS", options.tls);
   for (const auto& [name, value] : options.ucx_settings) {
     if (!applied.ok()) break;
-    if (!is_segment(name)) applied = modify(name, value);
+    if (segment_name(name).empty()) applied = modify(name, value);
   }
   // The TCP segment sizes: named in the settings or the environment, else ours. UCX 1.13 applies
   // a transport's setting given to ucp_config_modify only under its name without the
@@ -204,9 +206,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
     std::optional<std::string> named;
     bool in_settings = false;
     for (const auto& [key, value] : options.ucx_settings) {
-      absl::string_view k(key);
-      if (absl::StartsWith(k, "UCX_")) k.remove_prefix(4);
-      if (k == name) named = value, in_settings = true;
+      if (segment_name(key) == name.substr(4)) named = value, in_settings = true;
     }
     const char* env = getenv(absl::StrCat("UCX_", name).c_str());
     if (!named.has_value() && env != nullptr) named = env;

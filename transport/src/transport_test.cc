@@ -641,27 +641,34 @@ TEST(ContextTest, OptionsAndRegistrationErrors) {
 // UCX 1.13 aborts a process that receives a tcp segment larger than its own rx size, so the
 // sizes a context runs with are known, ours by default, and checked against a peer's.
 TEST(ContextTest, TcpSegmentSizesAreOursUnlessNamedAndAreCheckedAgainstAPeer) {
+  unsetenv("UCX_TCP_TX_SEG_SIZE");
+  unsetenv("UCX_TCP_RX_SEG_SIZE");
   ASSERT_OK_AND_MOVE(ours, Context::Create(TransportOptions{"tcp", {}, true}));
   EXPECT_EQ(ours->tcp_segments().tx, kStrataTcpSegments.tx);
   EXPECT_EQ(ours->tcp_segments().rx, kStrataTcpSegments.rx);
-  ASSERT_OK_AND_MOVE(named,
-                     Context::Create(TransportOptions{
-                         "tcp", {{"UCX_TCP_TX_SEG_SIZE", "8k"}, {"TCP_RX_SEG_SIZE", "1M"}}, true}));
-  EXPECT_EQ(named->tcp_segments().tx, 8u << 10);
-  EXPECT_EQ(named->tcp_segments().rx, 1u << 20);
+  // Every spelling UCX users write names the tcp transport's sizes.
+  for (const char* tx_name : {"UCX_TCP_TX_SEG_SIZE", "TCP_TX_SEG_SIZE", "TX_SEG_SIZE"}) {
+    SCOPED_TRACE(tx_name);
+    ASSERT_OK_AND_MOVE(named, Context::Create(TransportOptions{
+                                  "tcp", {{tx_name, "8k"}, {"TCP_RX_SEG_SIZE", "1M"}}, true}));
+    EXPECT_EQ(named->tcp_segments().tx, 8u << 10);
+    EXPECT_EQ(named->tcp_segments().rx, 1u << 20);
+  }
   EXPECT_THAT(Context::Create(TransportOptions{"tcp", {{"TCP_TX_SEG_SIZE", "lots"}}, true}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("TCP_TX_SEG_SIZE")));
 
   EXPECT_THAT(CheckTcpSegments(kStrataTcpSegments, kStrataTcpSegments, "tcp"), IsOk());
-  // An older peer (zero fields: UCX's 8 KiB / 64 KiB) would abort on our 256 KiB segments.
-  EXPECT_THAT(CheckTcpSegments(kStrataTcpSegments, {}, "tcp"),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("UCX_TCP_RX_SEG_SIZE")));
-  EXPECT_THAT(CheckTcpSegments(kUcxDefaultTcpSegments, {}, "tcp"), IsOk());
-  // Either direction: the peer's sends must fit our receives too.
-  EXPECT_THAT(CheckTcpSegments(kUcxDefaultTcpSegments, kStrataTcpSegments, "^ib"),
+  // Ours fit a peer on UCX's defaults (zero fields) both ways.
+  EXPECT_THAT(CheckTcpSegments(kStrataTcpSegments, {}, "tcp"), IsOk());
+  EXPECT_THAT(CheckTcpSegments(kUcxDefaultTcpSegments, kStrataTcpSegments, "tcp"), IsOk());
+  // 256 KiB sends would abort a peer that receives 64 KiB, in either direction.
+  const TcpSegments big{256 << 10, 512 << 10};
+  EXPECT_THAT(CheckTcpSegments(big, {}, "tcp"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("this side sends")));
+  EXPECT_THAT(CheckTcpSegments(kUcxDefaultTcpSegments, big, "^ib"),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("the peer sends")));
   // Without tcp among the transports the sizes do not matter.
-  EXPECT_THAT(CheckTcpSegments(kStrataTcpSegments, {}, "posix,sysv,cma,self"), IsOk());
+  EXPECT_THAT(CheckTcpSegments(big, {}, "posix,sysv,cma,self"), IsOk());
 }
 
 }  // namespace

@@ -216,11 +216,18 @@ class UcpWorker final : public Worker {
     return false;
   }
 
-  // Whether a paced transfer on `e` has a copy queued in UCX. Per endpoint, so that one whose
-  // peer hangs (emulated RMA to a dead peer waits for its deadline) holds up no other peer.
-  bool PacedCopyQueued(const Endpoint* e) const {
-    for (const auto& t : in_flight_) {
-      if (t->paced && t->endpoint == e && t->outstanding > 0) return true;
+  // Whether paced transfer t must wait before posting a copy: another paced transfer on its
+  // endpoint has one queued in UCX, or an older one there still has copies to post (first come,
+  // first served, so a stream of newer transfers cannot starve an older one into its
+  // deadline). Per endpoint, so one whose peer hangs (emulated RMA to a dead peer waits for its
+  // deadline) holds up no other peer.
+  bool MustWaitForTurn(const InFlightTransfer* t) const {
+    for (const auto& u : in_flight_) {
+      if (u.get() == t || !u->paced || u->endpoint != t->endpoint) continue;
+      if (u->outstanding > 0) return true;
+      const bool posting = u->next_op < u->cmd->ops.size() && !u->deadline_hit && !u->aborted &&
+                           u->first_error == UCS_OK;
+      if (posting && u->seq < t->seq) return true;
     }
     return false;
   }
@@ -459,6 +466,7 @@ class UcpWorker final : public Worker {
     t->slots.resize(cmd->ops.size() + 1);
     t->rkeys = std::move(rkeys);
     t->paced = !context_->peer_failure_handling();
+    t->seq = next_transfer_seq_++;
     ++e->active_transfers;
     PostMore(t.get());
     in_flight_.push_back(std::move(t));
@@ -466,9 +474,9 @@ class UcpWorker final : public Worker {
 
   // Posts t's remaining ops and then its flush. Paced transfers (transports without
   // peer-failure handling: shared memory) post one-sided ops one kPacedCopyBytes chunk at a
-  // time, the next only when no paced copy to the same peer is queued, so what UCX has queued
-  // for a peer, and would still copy after the endpoint is cut off (a force-close does not
-  // drop queued cma copies in UCX 1.13), is never more than one chunk. Stops short at the
+  // time, the next only when no paced copy to the same peer is queued (MustWaitForTurn), so what
+  // UCX has queued for a peer, and would still copy after the endpoint is cut off (a force-close
+  // does not drop queued cma copies in UCX 1.13), is never more than one chunk. Stops short at the
   // deadline (ServiceTransfers answers then).
   void PostMore(InFlightTransfer* t) {
     Command* cmd = t->cmd;
@@ -484,7 +492,7 @@ class UcpWorker final : public Worker {
       if (!flush && cmd->ops[i].length == 0 && OneSided(cmd->ops[i].kind)) continue;
       const bool pace = t->paced && (flush || OneSided(cmd->ops[i].kind));
       // Posted again once that one completes (a flush waits for its own transfer only).
-      if (pace && (t->outstanding > 0 || (!flush && PacedCopyQueued(e)))) return;
+      if (pace && (t->outstanding > 0 || (!flush && MustWaitForTurn(t)))) return;
       // Some transports (shared memory) copy inside ucp_put_nbx/ucp_get_nbx, so a big batch can
       // outlive its deadline while being posted, and a paced one waits its turn: stop posting
       // then, and let ServiceTransfers force-close the endpoint.
@@ -583,8 +591,10 @@ class UcpWorker final : public Worker {
   void ServiceTransfers(absl::Time now) {
     for (size_t i = 0; i < in_flight_.size();) {
       InFlightTransfer* t = in_flight_[i].get();
+      const bool abort_asked =
+          t->cmd->abort != nullptr && t->cmd->abort->load(std::memory_order_acquire);
       if (t->paced && t->outstanding == 0 && !t->flushed && !t->deadline_hit && !t->aborted &&
-          t->first_error == UCS_OK) {
+          !abort_asked && t->first_error == UCS_OK) {
         PostMore(t);
       }
       // Done when nothing is outstanding, unless posting stopped short for the deadline (then
@@ -762,6 +772,7 @@ class UcpWorker final : public Worker {
 
   // Progress-thread state: touched only by thread_ (no lock).
   EndpointId next_endpoint_id_ = 1;
+  uint64_t next_transfer_seq_ = 0;  // InFlightTransfer::seq
   absl::flat_hash_map<EndpointId, std::unique_ptr<Endpoint>> endpoints_;
   std::vector<std::unique_ptr<Endpoint>> detached_;  // disconnected, closing
   std::vector<std::unique_ptr<InFlightTransfer>> in_flight_;

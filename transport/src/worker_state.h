@@ -105,6 +105,7 @@ struct InFlightTransfer {
   absl::Time abandon_at = absl::InfiniteFuture();
   std::vector<ucp_rkey_h> rkeys;  // per op, for one-sided ops (owned by the endpoint's cache)
   bool paced = false;             // see UcpWorker::PostMore
+  uint64_t seq = 0;               // arrival order on its worker (paced transfers take turns)
   size_t next_op = 0;             // PostMore's place: ops before it are posted ...
   size_t next_offset = 0;         // ... and this many bytes of it (paced one-sided ops)
 
