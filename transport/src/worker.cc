@@ -56,16 +56,18 @@ constexpr absl::Duration kShutdownCloseWait = absl::Seconds(2);
 // Unpacked rkeys cached per endpoint before the cache is dropped (when no transfer uses it).
 constexpr size_t kMaxCachedRkeys = 1024;
 
+using worker_state::AnyPastDeadline;
 using worker_state::Command;
 using worker_state::Endpoint;
 using worker_state::EndpointState;
 using worker_state::InFlightTransfer;
-using worker_state::KindName;
+using worker_state::MustWaitForTurn;
 using worker_state::OnCloseFlushDone;
 using worker_state::OneSided;
 using worker_state::OnRecvRequestDone;
 using worker_state::OnTransferRequestDone;
 using worker_state::OpSlot;
+using worker_state::TransferResult;
 
 class UcpWorker final : public Worker {
  public:
@@ -208,28 +210,7 @@ class UcpWorker final : public Worker {
   // emulated puts in flight can abort the peer, posted requests get kDeadlineDrainGrace first
   // (and the client fences its own endpoints).
   bool CutOffIsDue() const {
-    if (context_->peer_failure_handling() || in_flight_.empty()) return false;
-    const absl::Time now = absl::Now();
-    for (const auto& t : in_flight_) {
-      if (!t->deadline_hit && now >= t->cmd->deadline) return true;
-    }
-    return false;
-  }
-
-  // Whether paced transfer t must wait before posting a copy: another paced transfer on its
-  // endpoint has one queued in UCX, or an older one there still has copies to post (first come,
-  // first served, so a stream of newer transfers cannot starve an older one into its
-  // deadline). Per endpoint, so one whose peer hangs (emulated RMA to a dead peer waits for its
-  // deadline) holds up no other peer.
-  bool MustWaitForTurn(const InFlightTransfer* t) const {
-    for (const auto& u : in_flight_) {
-      if (u.get() == t || !u->paced || u->endpoint != t->endpoint) continue;
-      if (u->outstanding > 0) return true;
-      const bool posting = u->next_op < u->cmd->ops.size() && !u->deadline_hit && !u->aborted &&
-                           u->first_error == UCS_OK;
-      if (posting && u->seq < t->seq) return true;
-    }
-    return false;
+    return !context_->peer_failure_handling() && AnyPastDeadline(in_flight_, absl::Now());
   }
 
   absl::Duration DeadlineDrainGrace() const {
@@ -492,7 +473,7 @@ class UcpWorker final : public Worker {
       if (!flush && cmd->ops[i].length == 0 && OneSided(cmd->ops[i].kind)) continue;
       const bool pace = t->paced && (flush || OneSided(cmd->ops[i].kind));
       // Posted again once that one completes (a flush waits for its own transfer only).
-      if (pace && (t->outstanding > 0 || (!flush && MustWaitForTurn(t)))) return;
+      if (pace && (t->outstanding > 0 || (!flush && MustWaitForTurn(in_flight_, *t)))) return;
       // Some transports (shared memory) copy inside ucp_put_nbx/ucp_get_nbx, so a big batch can
       // outlive its deadline while being posted, and a paced one waits its turn: stop posting
       // then, and let ServiceTransfers force-close the endpoint.
@@ -556,36 +537,6 @@ class UcpWorker final : public Worker {
       if (request != nullptr) ++t->outstanding;
       if (flush) t->flushed = true;
     }
-  }
-
-  absl::Status TransferResult(const InFlightTransfer& t) {
-    const Command& cmd = *t.cmd;
-    const Endpoint& e = *t.endpoint;
-    if (t.aborted) {
-      return absl::CancelledError(absl::StrCat("Transfer of ", cmd.ops.size(), " ops on endpoint ",
-                                               e.id, ": aborted by caller"));
-    }
-    if (t.deadline_hit) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("Transfer of ", cmd.ops.size(), " ops on endpoint ", e.id,
-                       ": deadline passed; endpoint retired, reconnect to use the peer"));
-    }
-    if (t.first_error == UCS_OK) return absl::OkStatus();
-    // A cancelled request means its endpoint was force-closed under it (a failure, or another
-    // transfer's deadline): the endpoint is what is unavailable.
-    const bool endpoint_down = t.first_error == UCS_ERR_CANCELED || !e.failure.ok();
-    std::string where =
-        t.first_error_index == cmd.ops.size()
-            ? absl::StrCat("Transfer on endpoint ", e.id, ": flush")
-            : absl::StrCat("Transfer on endpoint ", e.id, ": op ", t.first_error_index, " (",
-                           KindName(cmd.ops[t.first_error_index].kind), " of ",
-                           cmd.ops[t.first_error_index].length, " bytes)");
-    absl::Status s = UcsToStatus(t.first_error, where);
-    if (endpoint_down) {
-      return absl::UnavailableError(
-          absl::StrCat(s.message(), e.failure.ok() ? "" : absl::StrCat("; ", e.failure.message())));
-    }
-    return s;
   }
 
   void ServiceTransfers(absl::Time now) {

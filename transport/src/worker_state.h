@@ -1,13 +1,16 @@
 // What a UCX worker's progress thread keeps about its work (worker.cc): the commands other
 // threads hand it, its endpoints, and the UCX requests of each transfer in flight, with the
-// UCX completion callbacks that update them. Private to the transport library; every object
-// here is touched only by the progress thread (a Command also by the thread that waits on it).
+// UCX completion callbacks that update them, and the rules read off that state (the answer to
+// a transfer, deadlines, pacing turns: worker_state.cc). Private to the transport library;
+// every object here is touched only by the progress thread (a Command also by the thread that
+// waits on it).
 #pragma once
 
 #include <ucp/api/ucp.h>
 
 #include <atomic>
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -134,6 +137,22 @@ inline void OnRecvRequestDone(void* request, ucs_status_t status, const ucp_tag_
   --slot->transfer->outstanding;
   ucp_request_free(request);
 }
+
+// The answer to a transfer nothing is outstanding for: CANCELLED (aborted by its caller),
+// DEADLINE_EXCEEDED (its deadline retired the endpoint), UNAVAILABLE (its endpoint failed or
+// was force-closed under it), another code from UCX's first error, or OK.
+absl::Status TransferResult(const InFlightTransfer& t);
+
+// Whether a transfer not yet retired has passed its deadline at `now`.
+bool AnyPastDeadline(std::span<const std::unique_ptr<InFlightTransfer>> in_flight, absl::Time now);
+
+// Whether paced transfer t must wait before posting a copy: another paced transfer on its
+// endpoint has one queued in UCX, or an older one there still has copies to post (first come,
+// first served, so a stream of newer transfers cannot starve an older one into its deadline).
+// Per endpoint, so one whose peer hangs (emulated RMA to a dead peer waits for its deadline)
+// holds up no other peer.
+bool MustWaitForTurn(std::span<const std::unique_ptr<InFlightTransfer>> in_flight,
+                     const InFlightTransfer& t);
 
 inline void OnCloseFlushDone(void* request, ucs_status_t status, void* user_data) {
   auto* e = static_cast<Endpoint*>(user_data);

@@ -1,0 +1,59 @@
+#include "worker_state.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "ucx_status.h"
+
+namespace strata::transport::worker_state {
+
+absl::Status TransferResult(const InFlightTransfer& t) {
+  const Command& cmd = *t.cmd;
+  const Endpoint& e = *t.endpoint;
+  if (t.aborted) {
+    return absl::CancelledError(absl::StrCat("Transfer of ", cmd.ops.size(), " ops on endpoint ",
+                                             e.id, ": aborted by caller"));
+  }
+  if (t.deadline_hit) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("Transfer of ", cmd.ops.size(), " ops on endpoint ", e.id,
+                     ": deadline passed; endpoint retired, reconnect to use the peer"));
+  }
+  if (t.first_error == UCS_OK) return absl::OkStatus();
+  // A cancelled request means its endpoint was force-closed under it (a failure, or another
+  // transfer's deadline): the endpoint is what is unavailable.
+  const bool endpoint_down = t.first_error == UCS_ERR_CANCELED || !e.failure.ok();
+  std::string where =
+      t.first_error_index == cmd.ops.size()
+          ? absl::StrCat("Transfer on endpoint ", e.id, ": flush")
+          : absl::StrCat("Transfer on endpoint ", e.id, ": op ", t.first_error_index, " (",
+                         KindName(cmd.ops[t.first_error_index].kind), " of ",
+                         cmd.ops[t.first_error_index].length, " bytes)");
+  absl::Status s = UcsToStatus(t.first_error, where);
+  if (endpoint_down) {
+    return absl::UnavailableError(
+        absl::StrCat(s.message(), e.failure.ok() ? "" : absl::StrCat("; ", e.failure.message())));
+  }
+  return s;
+}
+
+bool AnyPastDeadline(std::span<const std::unique_ptr<InFlightTransfer>> in_flight, absl::Time now) {
+  for (const auto& t : in_flight) {
+    if (!t->deadline_hit && now >= t->cmd->deadline) return true;
+  }
+  return false;
+}
+
+bool MustWaitForTurn(std::span<const std::unique_ptr<InFlightTransfer>> in_flight,
+                     const InFlightTransfer& t) {
+  for (const auto& u : in_flight) {
+    if (u.get() == &t || !u->paced || u->endpoint != t.endpoint) continue;
+    if (u->outstanding > 0) return true;
+    const bool posting = u->next_op < u->cmd->ops.size() && !u->deadline_hit && !u->aborted &&
+                         u->first_error == UCS_OK;
+    if (posting && u->seq < t.seq) return true;
+  }
+  return false;
+}
+
+}  // namespace strata::transport::worker_state
