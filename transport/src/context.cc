@@ -203,24 +203,22 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
   TcpSegments tcp;
   const auto segment = [&](absl::string_view name, uint64_t ours, uint64_t* out) {
     if (!applied.ok()) return;
-    std::optional<std::string> named;
-    bool in_settings = false;
-    for (const auto& [key, value] : options.ucx_settings) {
-      if (segment_name(key) == name.substr(4)) named = value, in_settings = true;
+    std::optional<std::string> value;
+    for (const auto& [key, v] : options.ucx_settings) {
+      if (segment_name(key) == name) value = v;
     }
-    const char* env = getenv(absl::StrCat("UCX_", name).c_str());
-    if (!named.has_value() && env != nullptr) named = env;
-    const bool from_env = !in_settings && env != nullptr;
-    if (!named.has_value()) named = absl::StrCat(ours);
-    absl::StatusOr<uint64_t> bytes = ParseUcxBytes(name, *named);
+    // UCX reads the environment by itself; settings and our default must be applied.
+    const char* env = getenv(absl::StrCat("UCX_TCP_", name).c_str());
+    const bool apply = value.has_value() || env == nullptr;
+    if (!value.has_value()) value = env != nullptr ? std::string(env) : absl::StrCat(ours);
+    absl::StatusOr<uint64_t> bytes = ParseUcxBytes(absl::StrCat("TCP_", name), *value);
     applied = bytes.status();
     if (!bytes.ok()) return;
     *out = *bytes;
-    // The environment reaches the transport by itself.
-    if (!from_env && MayUseTcp(options.tls)) applied = modify(name.substr(4), *named);
+    if (apply && MayUseTcp(options.tls)) applied = modify(name, *value);
   };
-  segment("TCP_TX_SEG_SIZE", kStrataTcpSegments.tx, &tcp.tx);
-  segment("TCP_RX_SEG_SIZE", kStrataTcpSegments.rx, &tcp.rx);
+  segment("TX_SEG_SIZE", kStrataTcpSegments.tx, &tcp.tx);
+  segment("RX_SEG_SIZE", kStrataTcpSegments.rx, &tcp.rx);
   if (!applied.ok()) {
     ucp_config_release(config);
     return applied;
