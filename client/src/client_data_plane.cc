@@ -82,12 +82,15 @@ void ClientDataPlane::DisconnectAll() {
   endpoints_.clear();
 }
 
-void ClientDataPlane::Fence() {
+void ClientDataPlane::Fence(uint64_t channel_id) {
   absl::MutexLock lock(&wire_mu_);
   for (size_t lane = 0; lane < endpoints_.size(); ++lane) {
     workers_[lane]->Abandon(endpoints_[lane]).IgnoreError();
   }
   endpoints_.clear();
+  // Messages of the channel that reached us after their receives were cancelled would wait in
+  // UCX's unexpected queue for good; with the endpoints closed no more can come.
+  for (auto& w : workers_) w->DropUnclaimed(channel_id << 32, 0xffffffff00000000ull);
 }
 
 absl::Status ClientDataPlane::Wire(const std::vector<std::string>& node_addresses) {

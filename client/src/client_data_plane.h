@@ -73,7 +73,8 @@ class ClientDataPlane {
   // Force-closes every lane's endpoint (Worker::Abandon), so the node's requests still to come
   // on this channel no longer reach our memory; the next Wire() connects afresh. For a call the
   // client gave up on (deadline) while the node may still move bytes in or out of its buffers.
-  void Fence();
+  // Then drops the node's messages on channel `channel_id` that no receive claimed.
+  void Fence(uint64_t channel_id);
 
   // Registers a user range (see StoreClient::RegisterMemory for the codes).
   absl::Status Register(void* ptr, size_t len);

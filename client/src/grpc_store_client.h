@@ -377,8 +377,9 @@ class GrpcStoreClient final : public StoreClient {
   // Returns the channel id and the condensed transport of lane 0.
   absl::StatusOr<std::pair<uint64_t, std::string>> OpenChannel(Clock::time_point deadline);
 
-  // Forgets `stale` (if still current), so the next call opens a new channel.
-  void MarkBroken(uint64_t stale);
+  // Forgets `stale` (if still current), so the next call opens a new channel, and closes it on
+  // the node unless `node_knows` it is gone (NOT_FOUND).
+  void MarkBroken(uint64_t stale, bool node_knows = false);
 
   // Runs one data RPC (`rpc(channel_id, ctx)`) on the channel. The node forgets channels (idle
   // expiry, restart, a transfer that failed): NOT_FOUND reconnects once and retries.
@@ -395,7 +396,7 @@ class GrpcStoreClient final : public StoreClient {
       absl::Status s = FromGrpc(rpc(*channel, &ctx), Where(op));
       transport::AcquireFromPeers();
       if (s.code() == absl::StatusCode::kNotFound) {
-        MarkBroken(*channel);
+        MarkBroken(*channel, /*node_knows=*/true);
         if (attempt == 0) {
           channel = AcquireChannel(deadline);
           if (!channel.ok()) return channel.status();
@@ -412,7 +413,7 @@ class GrpcStoreClient final : public StoreClient {
         // runs to its own deadline and then drains): cut it off before the caller gets them
         // back. The next call opens a fresh channel.
         MarkBroken(*channel);
-        ucx_->Fence();
+        ucx_->Fence(*channel);
       }
       return s;
     }

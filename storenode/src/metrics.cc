@@ -82,6 +82,17 @@ NodeMetrics::NodeMetrics(std::string node_id)
   bytes_out_ = &bytes_->Add({{"transport", "grpc_inline"}, {"direction", "out"}});
   ucx_in_ = &bytes_->Add({{"transport", "ucx"}, {"direction", "in"}});
   ucx_out_ = &bytes_->Add({{"transport", "ucx"}, {"direction", "out"}});
+  unclaimed_dropped_ = &prometheus::BuildCounter()
+                            .Name("strata_ucx_unclaimed_messages_dropped_total")
+                            .Help(
+                                "Clients' UCX messages dropped because no call claimed them "
+                                "(refused or lost calls, closed channels)")
+                            .Register(*registry_)
+                            .Add({});
+}
+
+void NodeMetrics::AddUnclaimedDropped(uint64_t messages) {
+  unclaimed_dropped_->Increment(static_cast<double>(messages));
 }
 
 void NodeMetrics::AddUcxBytes(bool inbound, uint64_t bytes) {

@@ -63,6 +63,8 @@ class NodeMetrics {
   void AddInlineBytes(bool inbound, uint64_t bytes);
   // Counts payload bytes moved over the UCX data plane.
   void AddUcxBytes(bool inbound, uint64_t bytes);
+  // Counts two-sided UCX messages dropped because no call claimed them.
+  void AddUnclaimedDropped(uint64_t messages);
   // Per tenant (label `tenant`, "" when unauthenticated; never a secret): a refused call, by
   // code; a Lookup's hits and misses in blocks; a put refused by the tenant's quota.
   void AddDenied(const std::string& tenant, absl::StatusCode code);
@@ -84,6 +86,7 @@ class NodeMetrics {
   prometheus::Counter* bytes_out_;
   prometheus::Counter* ucx_in_;
   prometheus::Counter* ucx_out_;
+  prometheus::Counter* unclaimed_dropped_;
 };
 
 }  // namespace strata::storenode

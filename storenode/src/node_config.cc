@@ -34,6 +34,9 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
               "co-located trusted clients), rc,sm ...; empty: inline gRPC payloads only.");
   s.AddUint("ucx_lanes", &c->ucx_lanes, "UCX workers (progress threads) carrying transfers.");
   s.AddUint("max_data_channels", &c->max_data_channels, "Open UCX data channels at most.");
+  s.AddUint("ucx_unclaimed_timeout_ms", &c->ucx_unclaimed_timeout_ms,
+            "A client's UCX message that no call claims for this long (its PutData never "
+            "reached the node) closes its data channel and is dropped.");
   s.AddBytes("max_transfer_bytes", &c->max_transfer_bytes,
              "Payload bytes one PutData/GetData call may move.");
   s.AddString("cool_path", &c->cool_path,

@@ -248,6 +248,8 @@ class StoreNodeImpl final : public StoreNode {
 
   void ReapLoop() {
     absl::Time directory_swept = absl::Now();
+    absl::Time unclaimed_swept = absl::Now();
+    uint64_t dropped_counted = 0;
     while (!stop_reaper_.WaitForNotificationWithTimeout(
         absl::Milliseconds(config_.reaper_interval_ms))) {
       // Expired directory entries are invisible at once; their memory goes once a second.
@@ -265,6 +267,13 @@ class StoreNodeImpl final : public StoreNode {
         if (uint64_t n = data_plane_->CloseIdle(); n > 0) {
           spdlog::info("closed {} idle data channels", n);
         }
+        if (absl::Now() - unclaimed_swept >= absl::Seconds(1)) {
+          data_plane_->SweepUnclaimed();
+          unclaimed_swept = absl::Now();
+        }
+        const uint64_t dropped = data_plane_->unclaimed_dropped();
+        metrics_.AddUnclaimedDropped(dropped - dropped_counted);
+        dropped_counted = dropped;
       }
     }
   }
@@ -339,6 +348,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
     dp.tls = config.ucx_tls;
     dp.lanes = static_cast<uint32_t>(config.ucx_lanes);
     dp.max_channels = config.max_data_channels;
+    dp.unclaimed_timeout = absl::Milliseconds(config.ucx_unclaimed_timeout_ms);
     dp.max_block_bytes = config.max_block_bytes;
     absl::StatusOr<std::unique_ptr<DataPlane>> plane =
         DataPlane::Create(dp, (*warm)->arena_base(), (*warm)->arena_bytes());

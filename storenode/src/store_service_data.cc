@@ -79,8 +79,15 @@ grpc::Status StoreServiceImpl::CloseData(grpc::ServerContext* ctx, const v1::Clo
 grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDataRequest* req,
                                        v1::PutDataResponse* resp) {
   CallScope call(metrics_, Op::kPutData, &admission_);
-  if (call.refused()) return call.Done(call.Refusal());
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
+  if (call.refused()) {
+    // Refused without taking the client's messages: drop those already here (no payload moves;
+    // the client's sends complete). Any still on the wire go with the channel
+    // (DataPlane::SweepUnclaimed).
+    data_plane_->DropUnclaimed(req->channel_id(), req->lane(),
+                               {req->tags().data(), static_cast<size_t>(req->tags_size())});
+    return call.Done(call.Refusal());
+  }
   const absl::Time deadline = TransferDeadline(ctx);
   const bool two_sided = req->tags_size() > 0;
   std::vector<WarmTier::PutBlock> blocks;

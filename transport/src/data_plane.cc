@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 
 namespace strata::transport {
@@ -55,7 +56,7 @@ DataPlane::~DataPlane() {
     absl::MutexLock lock(&mu_);
     open.swap(channels_);
   }
-  for (const auto& [id, channel] : open) Disconnect(channel);
+  for (const auto& [id, channel] : open) Disconnect(id, channel);
   lanes_.clear();  // workers first: they may still reference the arena region
   arena_region_.reset();
 }
@@ -65,10 +66,75 @@ uint64_t DataPlane::channels() const {
   return channels_.size();
 }
 
-void DataPlane::Disconnect(const ChannelState& channel) {
+namespace {
+// A two-sided tag carries the low 32 bits of its channel's id in its high 32 bits.
+constexpr uint64_t kChannelTagMask = 0xffffffff00000000ull;
+uint64_t ChannelTagPrefix(uint64_t channel_id) { return channel_id << 32; }
+}  // namespace
+
+void DataPlane::Disconnect(uint64_t id, const ChannelState& channel) {
   for (size_t lane = 0; lane < channel.endpoints.size(); ++lane) {
     lanes_[lane]->Disconnect(channel.endpoints[lane]).IgnoreError();
   }
+  if (id != 0) DropChannelMessages(id);
+}
+
+void DataPlane::DropChannelMessages(uint64_t id) {
+  uint64_t n = 0;
+  for (auto& lane : lanes_) n += lane->DropUnclaimed(ChannelTagPrefix(id), kChannelTagMask);
+  if (n > 0) {
+    unclaimed_dropped_.fetch_add(n, std::memory_order_relaxed);
+    spdlog::info("data channel {}: dropped {} messages no call claimed", id, n);
+  }
+}
+
+void DataPlane::DropUnclaimed(uint64_t channel_id, uint32_t lane, std::span<const uint64_t> tags) {
+  if (lane >= lanes_.size()) return;
+  uint64_t n = 0;
+  for (uint64_t tag : tags) {
+    if ((tag & kChannelTagMask) != ChannelTagPrefix(channel_id)) continue;
+    n += lanes_[lane]->DropUnclaimed(tag, ~uint64_t{0});
+  }
+  unclaimed_dropped_.fetch_add(n, std::memory_order_relaxed);
+}
+
+uint64_t DataPlane::SweepUnclaimed() {
+  absl::MutexLock sweep(&sweep_mu_);
+  oldest_seen_.resize(lanes_.size());
+  const absl::Time now = absl::Now();
+  uint64_t closed = 0;
+  for (size_t lane = 0; lane < lanes_.size(); ++lane) {
+    OldestSeen& seen = oldest_seen_[lane];
+    const std::optional<uint64_t> tag = lanes_[lane]->OldestUnclaimed(0, 0);
+    if (tag != seen.tag) {
+      seen = {tag, now};
+      continue;
+    }
+    if (!tag.has_value() || now - seen.since < options_.unclaimed_timeout) continue;
+    // UCX matches in arrival order, so every call of this channel since that message arrived
+    // had its receives posted and this one was passed over: its call never reached the node.
+    // Its neighbours cannot be told apart from messages of calls still on their way, so the
+    // channel goes (the client connects a new one) and takes all of its messages with it.
+    const uint64_t low = *tag >> 32;
+    std::optional<uint64_t> channel;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [id, state] : channels_) {
+        if ((id & 0xffffffffu) == low) channel = id;
+      }
+    }
+    spdlog::warn("data plane lane {}: message tag {:#x} unclaimed for {}; {}", lane, *tag,
+                 absl::FormatDuration(now - seen.since),
+                 channel ? absl::StrCat("closing data channel ", *channel)
+                         : std::string("its channel is gone, dropping it"));
+    if (channel.has_value() && Close(*channel).ok()) {
+      ++closed;
+    } else {
+      DropChannelMessages(low);
+    }
+    seen = {};
+  }
+  return closed;
 }
 
 transport::TcpSegments DataPlane::tcp_segments() const { return context_->tcp_segments(); }
@@ -98,7 +164,7 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
   for (size_t lane = 0; lane < lanes_.size(); ++lane) {
     absl::StatusOr<transport::EndpointId> ep = lanes_[lane]->Connect(client_addresses[lane]);
     if (!ep.ok()) {
-      Disconnect(state);
+      Disconnect(0, state);
       return absl::Status(ep.status().code(),
                           absl::StrCat("worker_addresses[", lane, "]: ", ep.status().message()));
     }
@@ -130,7 +196,7 @@ absl::Status DataPlane::Close(uint64_t channel_id) {
     closing = std::move(it->second);
     channels_.erase(it);
   }
-  Disconnect(closing);  // outside the lock: it waits for the lanes' progress threads
+  Disconnect(channel_id, closing);  // outside the lock: it waits for the lanes' threads
   return absl::OkStatus();
 }
 
@@ -165,19 +231,19 @@ absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
 
 uint64_t DataPlane::CloseIdle() {
   absl::Time cutoff = absl::Now() - options_.channel_idle;
-  std::vector<ChannelState> idle;
+  std::vector<std::pair<uint64_t, ChannelState>> idle;
   {
     absl::MutexLock lock(&mu_);
     for (auto it = channels_.begin(); it != channels_.end();) {
       if (it->second.last_used < cutoff) {
-        idle.push_back(std::move(it->second));
+        idle.emplace_back(it->first, std::move(it->second));
         channels_.erase(it++);
       } else {
         ++it;
       }
     }
   }
-  for (const ChannelState& c : idle) Disconnect(c);
+  for (const auto& [id, c] : idle) Disconnect(id, c);
   return idle.size();
 }
 

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -373,6 +374,54 @@ TEST_P(TransportPairTest, AbortCancelsPendingReceivesAndKeepsTheEndpoint) {
   receiver.join();
   EXPECT_THAT(recv_status, IsOk());
   EXPECT_EQ(remote(0)[100], 0x5A);
+}
+
+// Messages that arrive before any receive wait in UCX's unexpected queue. OldestUnclaimed names
+// the first to arrive; DropUnclaimed drops those a tag and mask select (an eager message's
+// bytes at once, a rendezvous message without its payload moving, its sender completing) and
+// leaves the others to the receives that claim them.
+TEST_P(TransportPairTest, UnclaimedMessagesCanBeSeenAndDropped) {
+  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
+  ASSERT_THAT(back, IsOk());
+  constexpr uint64_t kHigh = 0xffffffff00000000ull;
+  constexpr uint64_t kSmall = uint64_t{1} << 32, kLarge = uint64_t{2} << 32;
+  EXPECT_EQ(server_.worker->OldestUnclaimed(0, 0), std::nullopt);
+  std::vector<uint8_t> expected = Pattern(4 * 4096, 4096);
+  std::memcpy(local_.data(), expected.data(), expected.size());
+  std::vector<TransferOp> eager;
+  for (uint64_t k = 1; k <= 4; ++k) {
+    eager.push_back(TransferOp::Send(local_.data() + (k - 1) * 4096, 4096, kSmall | k));
+  }
+  ASSERT_THAT(client_.worker->Transfer(ep_, eager, Soon()), IsOk());
+  // A 4 MiB message goes by rendezvous: its send completes only once the receiver answers.
+  TransferOp large = TransferOp::Send(local_.data() + kMiB, 4 * kMiB, kLarge | 1);
+  absl::Status large_sent;
+  std::thread sender([&] { large_sent = client_.worker->Transfer(ep_, {&large, 1}, Soon()); });
+  for (int i = 0; i < 500 && server_.worker->OldestUnclaimed(kLarge, kHigh) == std::nullopt; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(server_.worker->OldestUnclaimed(kLarge, kHigh), kLarge | 1);
+  EXPECT_EQ(server_.worker->OldestUnclaimed(0, 0), kSmall | 1);  // first to arrive
+  std::memset(remote(0), 0xEE, 4 * 4096);
+  EXPECT_EQ(server_.worker->DropUnclaimed(kLarge, kHigh), 1u);
+  sender.join();
+  EXPECT_THAT(large_sent, IsOk());
+  EXPECT_EQ(server_.worker->DropUnclaimed(kSmall | 2, ~uint64_t{0}), 1u);
+  EXPECT_EQ(server_.worker->DropUnclaimed(kSmall | 2, ~uint64_t{0}), 0u);
+  // The others are still there for their receives, bytes intact.
+  std::vector<TransferOp> claims;
+  for (uint64_t k : {1, 3, 4})
+    claims.push_back(TransferOp::Recv(remote((k - 1) * 4096), 4096, kSmall | k));
+  ASSERT_THAT(server_.worker->Transfer(*back, claims, Soon()), IsOk());
+  for (uint64_t k : {1, 3, 4}) {
+    EXPECT_EQ(0, std::memcmp(remote((k - 1) * 4096), expected.data() + (k - 1) * 4096, 4096)) << k;
+  }
+  EXPECT_EQ(server_.worker->OldestUnclaimed(0, 0), std::nullopt);
+  // The dropped one is gone: its receive waits for its deadline and writes nothing.
+  TransferOp gone = TransferOp::Recv(remote(4096), 4096, kSmall | 2);
+  EXPECT_THAT(server_.worker->Transfer(*back, {&gone, 1}, absl::Now() + absl::Milliseconds(200)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(remote(4096)[0], 0xEE);
 }
 
 TEST_P(TransportPairTest, MixedBatchOf64Ops) {

@@ -134,15 +134,12 @@ class UcpWorker final : public Worker {
     return std::move(cmd.text);
   }
 
-  // Called by UCX (on the progress thread, inside ucp_worker_progress) when an endpoint fails.
-  static void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
-    auto* e = static_cast<Endpoint*>(arg);
-    if (e->failure.ok()) {
-      e->failure = absl::UnavailableError(
-          UcsToStatus(status, absl::StrCat("endpoint ", e->id, " failed (peer gone?)")).message());
-    }
-    e->peer_failed = true;
-    *e->worker_errors = true;
+  std::optional<uint64_t> OldestUnclaimed(uint64_t tag, uint64_t mask) override {
+    return Unclaimed(Command(Command::Type::kOldestUnclaimed), tag, mask).oldest;
+  }
+
+  uint64_t DropUnclaimed(uint64_t tag, uint64_t mask) override {
+    return Unclaimed(Command(Command::Type::kDropUnclaimed), tag, mask).dropped;
   }
 
  private:
@@ -155,6 +152,14 @@ class UcpWorker final : public Worker {
     }
     Wake();
     cmd->done.WaitForNotification();
+  }
+
+  // Runs a k*Unclaimed command; the answer is in `cmd`.
+  Command& Unclaimed(Command&& cmd, uint64_t tag, uint64_t mask) {
+    cmd.tag = tag;
+    cmd.tag_mask = mask;
+    Submit(&cmd);
+    return cmd;
   }
 
   void Wake() {
@@ -280,6 +285,12 @@ class UcpWorker final : public Worker {
       case Command::Type::kDescribe:
         DoDescribe(cmd);
         break;
+      case Command::Type::kOldestUnclaimed:
+        cmd->oldest = worker_state::OldestUnclaimed(worker_, cmd->tag, cmd->tag_mask);
+        break;
+      case Command::Type::kDropUnclaimed:
+        cmd->dropped = worker_state::DropUnclaimed(worker_, cmd->tag, cmd->tag_mask);
+        break;
     }
     cmd->done.Notify();
   }
@@ -316,7 +327,7 @@ class UcpWorker final : public Worker {
     params.address = reinterpret_cast<const ucp_address_t*>(address->data());
     params.err_mode =
         context_->peer_failure_handling() ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
-    params.err_handler.cb = &UcpWorker::OnEndpointError;
+    params.err_handler.cb = &worker_state::OnEndpointError;
     params.err_handler.arg = e.get();
     const ucs_status_t status = ucp_ep_create(worker_, &params, &e->ep);
     if (status != UCS_OK) {
@@ -358,17 +369,12 @@ class UcpWorker final : public Worker {
       cmd->status = s;
       return;
     }
-    char* buf = nullptr;
-    size_t len = 0;
-    FILE* stream = open_memstream(&buf, &len);
-    if (stream == nullptr) {
-      cmd->status = absl::ResourceExhaustedError("DescribeEndpoint: open_memstream failed");
-      return;
+    absl::StatusOr<std::string> text = worker_state::DescribeUcpEndpoint((*e)->ep);
+    if (text.ok()) {
+      cmd->text = std::move(*text);
+    } else {
+      cmd->status = text.status();
     }
-    ucp_ep_print_info((*e)->ep, stream);
-    fclose(stream);
-    cmd->text.assign(buf, len);
-    free(buf);
   }
 
   // Unpacks (or finds cached) the rkey for `sealed` on `e`.

@@ -1,5 +1,8 @@
 #include "worker_state.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -54,6 +57,30 @@ bool MustWaitForTurn(std::span<const std::unique_ptr<InFlightTransfer>> in_fligh
     if (posting && u->seq < t.seq) return true;
   }
   return false;
+}
+
+void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status) {
+  auto* e = static_cast<Endpoint*>(arg);
+  if (e->failure.ok()) {
+    e->failure = absl::UnavailableError(
+        UcsToStatus(status, absl::StrCat("endpoint ", e->id, " failed (peer gone?)")).message());
+  }
+  e->peer_failed = true;
+  *e->worker_errors = true;
+}
+
+absl::StatusOr<std::string> DescribeUcpEndpoint(ucp_ep_h ep) {
+  char* buf = nullptr;
+  size_t len = 0;
+  FILE* stream = open_memstream(&buf, &len);
+  if (stream == nullptr) {
+    return absl::ResourceExhaustedError("DescribeEndpoint: open_memstream failed");
+  }
+  ucp_ep_print_info(ep, stream);
+  fclose(stream);
+  std::string text(buf, len);
+  free(buf);
+  return text;
 }
 
 }  // namespace strata::transport::worker_state

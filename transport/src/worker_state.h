@@ -11,12 +11,14 @@
 #include <atomic>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -42,8 +44,15 @@ inline bool OneSided(TransferOp::Kind kind) {
   return kind == TransferOp::Kind::kPut || kind == TransferOp::Kind::kGet;
 }
 
+// UCX's unexpected queue (unclaimed.cc): two-sided messages that arrived with no receive
+// posted for them, whose tag equals `tag` on the bits set in `mask`. The tag of the oldest
+// (the first a receive would match); nothing is removed.
+std::optional<uint64_t> OldestUnclaimed(ucp_worker_h worker, uint64_t tag, uint64_t mask);
+// Drops every such message without moving a rendezvous message's payload; how many.
+uint64_t DropUnclaimed(ucp_worker_h worker, uint64_t tag, uint64_t mask);
+
 struct Command {
-  enum class Type { kConnect, kDisconnect, kTransfer, kDescribe };
+  enum class Type { kConnect, kDisconnect, kTransfer, kDescribe, kOldestUnclaimed, kDropUnclaimed };
   explicit Command(Type t) : type(t) {}
 
   const Type type;
@@ -56,6 +65,9 @@ struct Command {
   absl::Status status;                       // answer
   EndpointId connected = 0;                  // kConnect answer
   std::string text;                          // kDescribe answer
+  uint64_t tag = 0, tag_mask = 0;            // k*Unclaimed
+  std::optional<uint64_t> oldest;            // kOldestUnclaimed answer
+  uint64_t dropped = 0;                      // kDropUnclaimed answer
   absl::Notification done;
 };
 
@@ -153,6 +165,13 @@ bool AnyPastDeadline(std::span<const std::unique_ptr<InFlightTransfer>> in_fligh
 // holds up no other peer.
 bool MustWaitForTurn(std::span<const std::unique_ptr<InFlightTransfer>> in_flight,
                      const InFlightTransfer& t);
+
+// Called by UCX (on the progress thread, inside ucp_worker_progress) when the endpoint `arg`
+// (an Endpoint) fails.
+void OnEndpointError(void* arg, ucp_ep_h, ucs_status_t status);
+
+// ucp_ep_print_info's text: the lanes of `ep` and the transport/device each uses.
+absl::StatusOr<std::string> DescribeUcpEndpoint(ucp_ep_h ep);
 
 inline void OnCloseFlushDone(void* request, ucs_status_t status, void* user_data) {
   auto* e = static_cast<Endpoint*>(user_data);

@@ -27,8 +27,11 @@ struct NodeConfig {
   // UCX data plane: UCX_TLS ("tcp", "shm" = posix,sysv,cma,self for co-located trusted
   // clients, "rc,sm" on RDMA clusters...); empty: payloads travel inline over gRPC only.
   std::string ucx_tls = "tcp";
-  uint64_t ucx_lanes = 1;                    // node workers (progress threads) per channel
-  uint64_t max_data_channels = 1024;         // open ConnectData channels
+  uint64_t ucx_lanes = 1;             // node workers (progress threads) per channel
+  uint64_t max_data_channels = 1024;  // open ConnectData channels
+  // A client's UCX message no call claims for this long closes its data channel (its bytes
+  // would otherwise stay in UCX's unexpected queue for good).
+  uint64_t ucx_unclaimed_timeout_ms = 30000;
   uint64_t max_transfer_bytes = 1ull << 30;  // payload bytes per PutData/GetData call
   uint64_t max_namespaces = 1024;
 

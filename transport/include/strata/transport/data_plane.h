@@ -10,8 +10,10 @@
 // the channel table has its own mutex, never held across a transfer.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,6 +34,9 @@ struct DataPlaneOptions {
   uint64_t max_channels = 1024;
   absl::Duration channel_idle = absl::Minutes(10);  // unused channels are closed after this
   uint64_t max_block_bytes = 16 << 20;  // size of the discard buffer for refused messages
+  // A client's two-sided message that no call claims for this long (its PutData never reached
+  // the node) closes its channel, dropping the channel's unclaimed messages (SweepUnclaimed).
+  absl::Duration unclaimed_timeout = absl::Seconds(30);
 };
 
 class DataPlane {
@@ -75,6 +80,19 @@ class DataPlane {
   // Closes channels unused for longer than channel_idle. Returns how many.
   uint64_t CloseIdle();
 
+  // Two-sided messages a client sent for a call that never reached the node (refused before
+  // its receives were posted, lost, or never made) wait in UCX's unexpected queue holding
+  // their bytes until claimed, for as long as the node runs. They are dropped when their
+  // channel closes (any way), here for the tags of a refused call, and by SweepUnclaimed.
+  // Tags that do not name `channel_id` are left alone.
+  void DropUnclaimed(uint64_t channel_id, uint32_t lane, std::span<const uint64_t> tags);
+  // Called periodically: on each lane, when the oldest unclaimed message stayed the oldest for
+  // unclaimed_timeout, closes its channel (or drops it if its channel is gone). Returns how
+  // many channels it closed.
+  uint64_t SweepUnclaimed();
+  // Messages dropped unclaimed so far (every way above).
+  uint64_t unclaimed_dropped() const { return unclaimed_dropped_.load(std::memory_order_relaxed); }
+
   // Where two-sided messages of blocks the node does not store are received and dropped.
   // Shared by every call: its bytes are never read.
   uint8_t* discard_buffer() { return discard_.data(); }
@@ -87,7 +105,10 @@ class DataPlane {
   };
 
   DataPlane(DataPlaneOptions options, std::string tls, bool peer_failure_handling);
-  void Disconnect(const ChannelState& channel);
+  // Closes the channel's endpoints and drops its unclaimed messages (id 0: none to drop).
+  void Disconnect(uint64_t id, const ChannelState& channel);
+  // Drops, on every lane, the unclaimed messages whose tags name channel `id`.
+  void DropChannelMessages(uint64_t id);
 
   const DataPlaneOptions options_;
   const std::string tls_;
@@ -98,6 +119,15 @@ class DataPlane {
   std::unique_ptr<transport::MemoryRegion> arena_region_;
   std::vector<std::unique_ptr<transport::Worker>> lanes_;
   std::vector<uint8_t> discard_;
+
+  std::atomic<uint64_t> unclaimed_dropped_{0};
+  // SweepUnclaimed's view of each lane: the oldest unclaimed tag and since when it was.
+  struct OldestSeen {
+    std::optional<uint64_t> tag;
+    absl::Time since;
+  };
+  absl::Mutex sweep_mu_;
+  std::vector<OldestSeen> oldest_seen_ ABSL_GUARDED_BY(sweep_mu_);
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ChannelState> channels_ ABSL_GUARDED_BY(mu_);

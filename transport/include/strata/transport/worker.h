@@ -32,6 +32,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -165,6 +166,19 @@ class Worker {
   // INVALID_ARGUMENT: unknown endpoint. UNAVAILABLE: the endpoint failed or was closed.
   // Blocks until the progress thread answers.
   virtual absl::StatusOr<std::string> DescribeEndpoint(EndpointId ep) = 0;
+
+  // Two-sided messages that arrived before any receive was posted for them wait in UCX's
+  // unexpected queue, holding an eager message's bytes, until a receive matches them or the
+  // worker is destroyed. These look at and drop those whose tag equals `tag` on the bits set
+  // in `mask` (mask 0: any), for a receiver that knows no call will claim them (the sender's
+  // channel closed, its call was refused). Block until the progress thread answers.
+  //
+  // The tag of the oldest such message (the one a matching receive would take first), if any;
+  // nothing is removed.
+  virtual std::optional<uint64_t> OldestUnclaimed(uint64_t tag, uint64_t mask) = 0;
+  // Drops every such message, without pulling a rendezvous message's payload (its sender's
+  // request completes); returns how many.
+  virtual uint64_t DropUnclaimed(uint64_t tag, uint64_t mask) = 0;
 };
 
 }  // namespace strata::transport
