@@ -3,9 +3,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/chain_hash.h"
 #include "strata/common/checksum.h"
@@ -223,12 +225,29 @@ class PeerServerImpl : public PeerServer {
   uint64_t blocks_served() const override { return service_->served(); }
   ~PeerServerImpl() override {
     if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+    stop_.Notify();
+    if (housekeeping_.joinable()) housekeeping_.join();
+  }
+
+  // Once a second: closes channels peers left idle (a peer that died holds one of the 256
+  // otherwise) and drops messages no call claims (DataPlane::SweepUnclaimed).
+  void StartHousekeeping() {
+    housekeeping_ = std::thread([this] {
+      while (!stop_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+        if (uint64_t n = plane_->CloseIdle(); n > 0) {
+          spdlog::info("peer server: closed {} idle data channels", n);
+        }
+        plane_->SweepUnclaimed();
+      }
+    });
   }
 
   std::unique_ptr<transport::DataPlane> plane_;
   std::unique_ptr<PeerService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  absl::Notification stop_;
+  std::thread housekeeping_;
 };
 
 }  // namespace
@@ -243,6 +262,7 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
     dp.lanes = 1;
     dp.max_channels = 256;
     dp.max_block_bytes = options.block_bytes;
+    dp.channel_idle = options.channel_idle;
     absl::StatusOr<std::unique_ptr<transport::DataPlane>> plane =
         transport::DataPlane::Create(dp, region, region_bytes);
     if (!plane.ok()) return plane.status();
@@ -259,6 +279,7 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("peer server: cannot listen on ", options.listen));
   }
+  if (s->plane_ != nullptr) s->StartHousekeeping();
   spdlog::info("gpu agent serving peers on port {} ({})", s->port_,
                options.ucx_tls.empty() ? "inline" : options.ucx_tls);
   return s;

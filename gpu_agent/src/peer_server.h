@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "strata/common/block_key.h"
 
 namespace strata::gpu_agent {
@@ -32,6 +33,8 @@ struct PeerServerOptions {
   uint64_t block_bytes = 0;
   uint32_t max_blocks = 0;  // blocks one call may read (the region holds this many)
   std::string node_id;      // what Stats reports
+  // A peer's data channel unused this long is closed (a peer that died without CloseData).
+  absl::Duration channel_idle = absl::Minutes(10);
 };
 
 // Copies the blocks named by `hashes` into region + i × block_bytes; per block OK or NOT_FOUND
