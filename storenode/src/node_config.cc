@@ -98,6 +98,8 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddString("etcd_endpoints", &c->etcd_endpoints, "etcd mode: host:port,... of etcd.");
   s.AddDurationMs("etcd_lease", &c->etcd_lease_ms,
                   "etcd mode: lease of the node's registration; a dead node leaves after this.");
+  s.AddDurationMs("etcd_startup", &c->etcd_startup_ms,
+                  "etcd mode: how long a starting node waits for etcd before it exits.");
   s.AddString("zone", &c->zone, "Failure domain (rack, zone) for zone-aware replica placement.");
   s.AddUint("cluster_replicas", &c->cluster_replicas,
             "Copies of every block the rebalancer keeps (clients' replicas; static/etcd).");

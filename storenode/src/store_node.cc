@@ -218,6 +218,10 @@ class StoreNodeImpl final : public StoreNode {
         mo.etcd_endpoints.push_back(std::string(absl::StripAsciiWhitespace(e)));
       }
       mo.lease_ttl = absl::Milliseconds(config_.etcd_lease_ms);
+      mo.startup_timeout = absl::Milliseconds(config_.etcd_startup_ms);
+      spdlog::info("cluster {}: joining through etcd at {} (waiting up to {} for it)",
+                   config_.cluster_name, config_.etcd_endpoints,
+                   absl::FormatDuration(mo.startup_timeout));
     }
     absl::StatusOr<std::unique_ptr<cluster::Membership>> m = cluster::Membership::Start(mo);
     if (!m.ok()) return m.status();

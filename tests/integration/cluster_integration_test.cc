@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -643,6 +644,49 @@ TEST_F(ReplicatedClusterTest, AcknowledgedBlocksSurviveTwentyKillCycles) {
       "[ figures  ] 20 kill -9 cycles in %.0f s: %zu acknowledged blocks, %zu read back "
       "bit-exact; %zu unacknowledged (%zu whole, %zu absent)\n",
       absl::ToDoubleSeconds(absl::Now() - t0), acked.size(), good, unacked.size(), whole, absent);
+}
+
+// etcd and the nodes often start together: a node started while etcd is down waits up to
+// etcd_startup for it and joins once it is up; with too short a wait it exits, naming etcd.
+TEST(ClusterStartTest, ANodeStartedBeforeEtcdWaitsForIt) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  ASSERT_THAT((*etcd)->Stop(), IsOk());
+  auto args = [&](const std::string& wait_ms) {
+    return std::vector<std::string>{"--node-id",        "early",
+                                    "--cluster-mode",   "etcd",
+                                    "--etcd-endpoints", (*etcd)->endpoint(),
+                                    "--cluster-name",   "early",
+                                    "--etcd-startup",   wait_ms,
+                                    "--warm-bytes",     "64MiB",
+                                    "--ucx-tls",        ""};
+  };
+  auto impatient = testutil::StartNode(args("1000"));
+  EXPECT_THAT(impatient, StatusIs(absl::StatusCode::kUnavailable));
+  // etcd comes up 3 s after the node. The thread that restarts it stays until the end: etcd
+  // dies with the thread that started it (PR_SET_PDEATHSIG).
+  absl::Status restarted;
+  absl::Notification restarted_done, test_done;
+  std::thread starter([&] {
+    absl::SleepFor(absl::Seconds(3));
+    restarted = (*etcd)->Restart();
+    restarted_done.Notify();
+    test_done.WaitForNotification();
+  });
+  auto patient = testutil::StartNode(args("30000"), absl::Seconds(40));
+  restarted_done.WaitForNotification();
+  EXPECT_THAT(restarted, IsOk());
+  EXPECT_THAT(patient, IsOk());
+  if (patient.ok()) {
+    auto client = cluster::EtcdClient::Create({.endpoints = {(*etcd)->endpoint()}});
+    ASSERT_TRUE(client.ok());
+    auto registered = (*client)->GetPrefix("/strata/early/nodes/");
+    ASSERT_TRUE(registered.ok()) << registered.status();
+    EXPECT_EQ(registered->kvs.size(), 1u);
+  }
+  patient = absl::CancelledError("done");  // the node goes before etcd
+  test_done.Notify();
+  starter.join();
 }
 
 }  // namespace

@@ -83,6 +83,9 @@ struct NodeConfig {
   std::string cluster_members;    // static: "id=host:port[@zone],..."
   std::string etcd_endpoints;     // etcd: "host:port,..."
   uint64_t etcd_lease_ms = 5000;  // a node that stops renewing leaves after this long
+  // etcd: how long a starting node waits for etcd before it gives up and exits (etcd and the
+  // nodes often start together; Kubernetes restarts a node that gave up, with back-off).
+  uint64_t etcd_startup_ms = 60000;
   std::string zone;               // failure domain, for zone-aware replica placement
   std::string advertise_address;  // what clients and peers dial; "": the bound listen address
   uint64_t cluster_replicas = 1;  // R the rebalancer keeps (the clients' replicas)
