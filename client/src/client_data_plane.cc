@@ -89,8 +89,11 @@ void ClientDataPlane::Fence(uint64_t channel_id) {
   }
   endpoints_.clear();
   // Messages of the channel that reached us after their receives were cancelled would wait in
-  // UCX's unexpected queue for good; with the endpoints closed no more can come.
-  for (auto& w : workers_) w->DropUnclaimed(channel_id << 32, 0xffffffff00000000ull);
+  // UCX's unexpected queue for good. Over TCP no more can come once the endpoints are closed;
+  // over shared memory the node's sends do not need our endpoint, so a late one can still
+  // arrive (bounded by the node's cut-off at its deadline) and stays.
+  const uint64_t prefix = channel_id << 32;
+  for (auto& w : workers_) w->DropUnclaimed({&prefix, 1}, 0xffffffff00000000ull);
 }
 
 absl::Status ClientDataPlane::Wire(const std::vector<std::string>& node_addresses) {

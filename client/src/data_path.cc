@@ -95,15 +95,15 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
   return std::make_pair(resp.channel_id(), CondenseTransport(resp.transport()));
 }
 
-void GrpcStoreClient::MarkBroken(uint64_t stale, bool node_knows) {
+void GrpcStoreClient::MarkBroken(uint64_t stale, bool close_on_node) {
   {
     absl::MutexLock lock(&chan_mu_);
     if (channel_id_ != stale) return;  // another call already let it go
     channel_id_ = 0;
   }
   // The node would keep the channel until it idles out, and with it any of our messages that
-  // no call claimed (a refused call's): let it drop them now.
-  if (!node_knows) CloseDataQuietly(stale);
+  // no call claimed.
+  if (close_on_node) CloseDataQuietly(stale);
 }
 
 std::vector<std::pair<size_t, size_t>> GrpcStoreClient::SplitForDataChannel(

@@ -377,9 +377,10 @@ class GrpcStoreClient final : public StoreClient {
   // Returns the channel id and the condensed transport of lane 0.
   absl::StatusOr<std::pair<uint64_t, std::string>> OpenChannel(Clock::time_point deadline);
 
-  // Forgets `stale` (if still current), so the next call opens a new channel, and closes it on
-  // the node unless `node_knows` it is gone (NOT_FOUND).
-  void MarkBroken(uint64_t stale, bool node_knows = false);
+  // Forgets `stale` (if still current), so the next call opens a new channel. Other calls may
+  // still be using it; `close_on_node` (for a channel whose endpoints Fence() closed, so those
+  // calls fail anyway) also closes it on the node, which drops its unclaimed messages now.
+  void MarkBroken(uint64_t stale, bool close_on_node = false);
 
   // Runs one data RPC (`rpc(channel_id, ctx)`) on the channel. The node forgets channels (idle
   // expiry, restart, a transfer that failed): NOT_FOUND reconnects once and retries.
@@ -396,7 +397,7 @@ class GrpcStoreClient final : public StoreClient {
       absl::Status s = FromGrpc(rpc(*channel, &ctx), Where(op));
       transport::AcquireFromPeers();
       if (s.code() == absl::StatusCode::kNotFound) {
-        MarkBroken(*channel, /*node_knows=*/true);
+        MarkBroken(*channel);
         if (attempt == 0) {
           channel = AcquireChannel(deadline);
           if (!channel.ok()) return channel.status();
@@ -412,7 +413,7 @@ class GrpcStoreClient final : public StoreClient {
         // We give up while the node may still be reading or writing our buffers (its transfer
         // runs to its own deadline and then drains): cut it off before the caller gets them
         // back. The next call opens a fresh channel.
-        MarkBroken(*channel);
+        MarkBroken(*channel, /*close_on_node=*/true);
         ucx_->Fence(*channel);
       }
       return s;

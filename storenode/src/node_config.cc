@@ -199,6 +199,10 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
     return absl::InvalidArgumentError("etcd_endpoints: etcd mode needs at least one endpoint");
   }
   if (c.etcd_lease_ms < 1000) return absl::InvalidArgumentError("etcd_lease: want >= 1 s");
+  if (c.ucx_unclaimed_timeout_ms < 1000) {
+    // The sweep runs once a second; shorter would take calls merely in flight for abandoned.
+    return absl::InvalidArgumentError("ucx_unclaimed_timeout_ms: want >= 1000");
+  }
   if (c.cluster_replicas < 1 || c.cluster_replicas > 16) {
     return absl::InvalidArgumentError("cluster_replicas: want 1..16");
   }

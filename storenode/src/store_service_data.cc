@@ -81,11 +81,10 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   CallScope call(metrics_, Op::kPutData, &admission_);
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
   if (call.refused()) {
-    // Refused without taking the client's messages: drop those already here (no payload moves;
-    // the client's sends complete). Any still on the wire go with the channel
-    // (DataPlane::SweepUnclaimed).
-    data_plane_->DropUnclaimed(req->channel_id(), req->lane(),
-                               {req->tags().data(), static_cast<size_t>(req->tags_size())});
+    // Refused without taking the client's messages: the sweep drops them, here or on their way
+    // (no payload moves; nothing else is done for a refused call).
+    const size_t tags = std::min<size_t>(req->tags_size(), config_.max_keys_per_call);
+    data_plane_->NoteRefused(req->channel_id(), req->lane(), {req->tags().data(), tags});
     return call.Done(call.Refusal());
   }
   const absl::Time deadline = TransferDeadline(ctx);

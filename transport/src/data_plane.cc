@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 
 namespace strata::transport {
@@ -66,12 +65,6 @@ uint64_t DataPlane::channels() const {
   return channels_.size();
 }
 
-namespace {
-// A two-sided tag carries the low 32 bits of its channel's id in its high 32 bits.
-constexpr uint64_t kChannelTagMask = 0xffffffff00000000ull;
-uint64_t ChannelTagPrefix(uint64_t channel_id) { return channel_id << 32; }
-}  // namespace
-
 void DataPlane::Disconnect(uint64_t id, const ChannelState& channel) {
   for (size_t lane = 0; lane < channel.endpoints.size(); ++lane) {
     lanes_[lane]->Disconnect(channel.endpoints[lane]).IgnoreError();
@@ -79,65 +72,16 @@ void DataPlane::Disconnect(uint64_t id, const ChannelState& channel) {
   if (id != 0) DropChannelMessages(id);
 }
 
-void DataPlane::DropChannelMessages(uint64_t id) {
-  uint64_t n = 0;
-  for (auto& lane : lanes_) n += lane->DropUnclaimed(ChannelTagPrefix(id), kChannelTagMask);
-  if (n > 0) {
-    unclaimed_dropped_.fetch_add(n, std::memory_order_relaxed);
-    spdlog::info("data channel {}: dropped {} messages no call claimed", id, n);
-  }
-}
-
-void DataPlane::DropUnclaimed(uint64_t channel_id, uint32_t lane, std::span<const uint64_t> tags) {
-  if (lane >= lanes_.size()) return;
-  uint64_t n = 0;
-  for (uint64_t tag : tags) {
-    if ((tag & kChannelTagMask) != ChannelTagPrefix(channel_id)) continue;
-    n += lanes_[lane]->DropUnclaimed(tag, ~uint64_t{0});
-  }
-  unclaimed_dropped_.fetch_add(n, std::memory_order_relaxed);
-}
-
-uint64_t DataPlane::SweepUnclaimed() {
-  absl::MutexLock sweep(&sweep_mu_);
-  oldest_seen_.resize(lanes_.size());
-  const absl::Time now = absl::Now();
-  uint64_t closed = 0;
-  for (size_t lane = 0; lane < lanes_.size(); ++lane) {
-    OldestSeen& seen = oldest_seen_[lane];
-    const std::optional<uint64_t> tag = lanes_[lane]->OldestUnclaimed(0, 0);
-    if (tag != seen.tag) {
-      seen = {tag, now};
-      continue;
-    }
-    if (!tag.has_value() || now - seen.since < options_.unclaimed_timeout) continue;
-    // UCX matches in arrival order, so every call of this channel since that message arrived
-    // had its receives posted and this one was passed over: its call never reached the node.
-    // Its neighbours cannot be told apart from messages of calls still on their way, so the
-    // channel goes (the client connects a new one) and takes all of its messages with it.
-    const uint64_t low = *tag >> 32;
-    std::optional<uint64_t> channel;
-    {
-      absl::MutexLock lock(&mu_);
-      for (const auto& [id, state] : channels_) {
-        if ((id & 0xffffffffu) == low) channel = id;
-      }
-    }
-    spdlog::warn("data plane lane {}: message tag {:#x} unclaimed for {}; {}", lane, *tag,
-                 absl::FormatDuration(now - seen.since),
-                 channel ? absl::StrCat("closing data channel ", *channel)
-                         : std::string("its channel is gone, dropping it"));
-    if (channel.has_value() && Close(*channel).ok()) {
-      ++closed;
-    } else {
-      DropChannelMessages(low);
-    }
-    seen = {};
-  }
-  return closed;
-}
-
 transport::TcpSegments DataPlane::tcp_segments() const { return context_->tcp_segments(); }
+
+// Tags carry only a channel's low 32 bits (the sweep and the drops go by them): those are
+// unique among open channels, so one channel's drop never takes another's messages.
+bool DataPlane::LowBitsTaken(uint64_t id) const {
+  for (const auto& [open, state] : channels_) {
+    if ((open & 0xffffffffu) == (id & 0xffffffffu)) return true;
+  }
+  return false;
+}
 
 absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::string> client_addresses,
                                                       transport::TcpSegments client_tcp) {
@@ -180,7 +124,7 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
     if (RAND_bytes(reinterpret_cast<unsigned char*>(&out.id), sizeof(out.id)) != 1) {
       out.id = next_channel_++;
     }
-  } while ((out.id & 0xffffffffu) == 0 || channels_.contains(out.id));
+  } while ((out.id & 0xffffffffu) == 0 || LowBitsTaken(out.id));
   channels_.emplace(out.id, std::move(state));
   return out;
 }

@@ -383,9 +383,15 @@ TEST_P(TransportPairTest, AbortCancelsPendingReceivesAndKeepsTheEndpoint) {
 TEST_P(TransportPairTest, UnclaimedMessagesCanBeSeenAndDropped) {
   absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
   ASSERT_THAT(back, IsOk());
-  constexpr uint64_t kHigh = 0xffffffff00000000ull;
-  constexpr uint64_t kSmall = uint64_t{1} << 32, kLarge = uint64_t{2} << 32;
-  EXPECT_EQ(server_.worker->OldestUnclaimed(0, 0), std::nullopt);
+  constexpr uint64_t kHigh = 0xffffffff00000000ull, kExact = ~uint64_t{0};
+  constexpr uint64_t kSmall = uint64_t{1} << 32, kLarge = uint64_t{2} << 32, kNone = 3ull << 32;
+  auto oldest = [&](uint64_t tag, uint64_t mask) {
+    return server_.worker->OldestUnclaimed({&tag, 1}, mask)[0];
+  };
+  auto drop = [&](std::vector<uint64_t> tags, uint64_t mask) {
+    return server_.worker->DropUnclaimed(tags, mask);
+  };
+  EXPECT_EQ(oldest(0, 0), std::nullopt);
   std::vector<uint8_t> expected = Pattern(4 * 4096, 4096);
   std::memcpy(local_.data(), expected.data(), expected.size());
   std::vector<TransferOp> eager;
@@ -396,27 +402,36 @@ TEST_P(TransportPairTest, UnclaimedMessagesCanBeSeenAndDropped) {
   // A 4 MiB message goes by rendezvous: its send completes only once the receiver answers.
   TransferOp large = TransferOp::Send(local_.data() + kMiB, 4 * kMiB, kLarge | 1);
   absl::Status large_sent;
-  std::thread sender([&] { large_sent = client_.worker->Transfer(ep_, {&large, 1}, Soon()); });
-  for (int i = 0; i < 500 && server_.worker->OldestUnclaimed(kLarge, kHigh) == std::nullopt; ++i) {
+  std::atomic<bool> large_done{false};
+  std::thread sender([&] {
+    large_sent = client_.worker->Transfer(ep_, {&large, 1}, Soon());
+    large_done = true;
+  });
+  for (int i = 0; i < 500 && oldest(kLarge, kHigh) == std::nullopt; ++i) {
     absl::SleepFor(absl::Milliseconds(10));
   }
-  EXPECT_EQ(server_.worker->OldestUnclaimed(kLarge, kHigh), kLarge | 1);
-  EXPECT_EQ(server_.worker->OldestUnclaimed(0, 0), kSmall | 1);  // first to arrive
+  const std::vector<uint64_t> prefixes = {kSmall, kLarge, kNone};
+  EXPECT_THAT(server_.worker->OldestUnclaimed(prefixes, kHigh),
+              ::testing::ElementsAre(kSmall | 1, kLarge | 1, std::nullopt));
+  EXPECT_EQ(oldest(0, 0), kSmall | 1);  // the first to arrive
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_FALSE(large_done) << "the large send did not wait for its receiver (not rendezvous)";
   std::memset(remote(0), 0xEE, 4 * 4096);
-  EXPECT_EQ(server_.worker->DropUnclaimed(kLarge, kHigh), 1u);
+  EXPECT_EQ(drop({kLarge}, kHigh), 1u);
   sender.join();
   EXPECT_THAT(large_sent, IsOk());
-  EXPECT_EQ(server_.worker->DropUnclaimed(kSmall | 2, ~uint64_t{0}), 1u);
-  EXPECT_EQ(server_.worker->DropUnclaimed(kSmall | 2, ~uint64_t{0}), 0u);
+  EXPECT_EQ(drop({kSmall | 2, kNone | 2}, kExact), 1u);
+  EXPECT_EQ(drop({kSmall | 2}, kExact), 0u);
   // The others are still there for their receives, bytes intact.
   std::vector<TransferOp> claims;
-  for (uint64_t k : {1, 3, 4})
+  for (uint64_t k : {1, 3, 4}) {
     claims.push_back(TransferOp::Recv(remote((k - 1) * 4096), 4096, kSmall | k));
+  }
   ASSERT_THAT(server_.worker->Transfer(*back, claims, Soon()), IsOk());
   for (uint64_t k : {1, 3, 4}) {
     EXPECT_EQ(0, std::memcmp(remote((k - 1) * 4096), expected.data() + (k - 1) * 4096, 4096)) << k;
   }
-  EXPECT_EQ(server_.worker->OldestUnclaimed(0, 0), std::nullopt);
+  EXPECT_EQ(oldest(0, 0), std::nullopt);
   // The dropped one is gone: its receive waits for its deadline and writes nothing.
   TransferOp gone = TransferOp::Recv(remote(4096), 4096, kSmall | 2);
   EXPECT_THAT(server_.worker->Transfer(*back, {&gone, 1}, absl::Now() + absl::Milliseconds(200)),

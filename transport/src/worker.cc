@@ -134,12 +134,13 @@ class UcpWorker final : public Worker {
     return std::move(cmd.text);
   }
 
-  std::optional<uint64_t> OldestUnclaimed(uint64_t tag, uint64_t mask) override {
-    return Unclaimed(Command(Command::Type::kOldestUnclaimed), tag, mask).oldest;
+  std::vector<std::optional<uint64_t>> OldestUnclaimed(std::span<const uint64_t> tags,
+                                                       uint64_t mask) override {
+    return std::move(Unclaimed(Command(Command::Type::kOldestUnclaimed), tags, mask).oldest);
   }
 
-  uint64_t DropUnclaimed(uint64_t tag, uint64_t mask) override {
-    return Unclaimed(Command(Command::Type::kDropUnclaimed), tag, mask).dropped;
+  uint64_t DropUnclaimed(std::span<const uint64_t> tags, uint64_t mask) override {
+    return Unclaimed(Command(Command::Type::kDropUnclaimed), tags, mask).dropped;
   }
 
  private:
@@ -155,8 +156,8 @@ class UcpWorker final : public Worker {
   }
 
   // Runs a k*Unclaimed command; the answer is in `cmd`.
-  Command& Unclaimed(Command&& cmd, uint64_t tag, uint64_t mask) {
-    cmd.tag = tag;
+  Command& Unclaimed(Command&& cmd, std::span<const uint64_t> tags, uint64_t mask) {
+    cmd.tags = tags;
     cmd.tag_mask = mask;
     Submit(&cmd);
     return cmd;
@@ -286,10 +287,14 @@ class UcpWorker final : public Worker {
         DoDescribe(cmd);
         break;
       case Command::Type::kOldestUnclaimed:
-        cmd->oldest = worker_state::OldestUnclaimed(worker_, cmd->tag, cmd->tag_mask);
+        for (uint64_t tag : cmd->tags) {
+          cmd->oldest.push_back(worker_state::OldestUnclaimed(worker_, tag, cmd->tag_mask));
+        }
         break;
       case Command::Type::kDropUnclaimed:
-        cmd->dropped = worker_state::DropUnclaimed(worker_, cmd->tag, cmd->tag_mask);
+        for (uint64_t tag : cmd->tags) {
+          cmd->dropped += worker_state::DropUnclaimed(worker_, tag, cmd->tag_mask);
+        }
         break;
     }
     cmd->done.Notify();

@@ -65,8 +65,9 @@ struct Command {
   absl::Status status;                       // answer
   EndpointId connected = 0;                  // kConnect answer
   std::string text;                          // kDescribe answer
-  uint64_t tag = 0, tag_mask = 0;            // k*Unclaimed
-  std::optional<uint64_t> oldest;            // kOldestUnclaimed answer
+  std::span<const uint64_t> tags;            // k*Unclaimed
+  uint64_t tag_mask = 0;                     // k*Unclaimed
+  std::vector<std::optional<uint64_t>> oldest;  // kOldestUnclaimed answer, per tag
   uint64_t dropped = 0;                      // kDropUnclaimed answer
   absl::Notification done;
 };

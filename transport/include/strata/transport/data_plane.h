@@ -82,16 +82,21 @@ class DataPlane {
 
   // Two-sided messages a client sent for a call that never reached the node (refused before
   // its receives were posted, lost, or never made) wait in UCX's unexpected queue holding
-  // their bytes until claimed, for as long as the node runs. They are dropped when their
-  // channel closes (any way), here for the tags of a refused call, and by SweepUnclaimed.
-  // Tags that do not name `channel_id` are left alone.
-  void DropUnclaimed(uint64_t channel_id, uint32_t lane, std::span<const uint64_t> tags);
-  // Called periodically: on each lane, when the oldest unclaimed message stayed the oldest for
-  // unclaimed_timeout, closes its channel (or drops it if its channel is gone). Returns how
-  // many channels it closed.
+  // their bytes until claimed, for as long as the node runs (data_plane_unclaimed.cc). They
+  // are dropped when their channel closes (any way; late arrivals for unclaimed_timeout after
+  // that), for the tags of a refused call (NoteRefused), and the channel of a message that
+  // stays unclaimed for unclaimed_timeout is closed (SweepUnclaimed).
+  //
+  // Remembers that the call on open channel `channel_id` carrying `tags` (on `lane`) was
+  // refused before its receives were posted: SweepUnclaimed drops those messages, including
+  // ones still on their way, for unclaimed_timeout. Cheap (no trip to the lane); ignores an
+  // unknown channel, tags that do not name it, and entries past kMaxRefusedTags.
+  void NoteRefused(uint64_t channel_id, uint32_t lane, std::span<const uint64_t> tags);
+  // Called about once a second, from one thread. Returns how many channels it closed.
   uint64_t SweepUnclaimed();
   // Messages dropped unclaimed so far (every way above).
   uint64_t unclaimed_dropped() const { return unclaimed_dropped_.load(std::memory_order_relaxed); }
+  static constexpr size_t kMaxRefusedTags = 1 << 16;
 
   // Where two-sided messages of blocks the node does not store are received and dropped.
   // Shared by every call: its bytes are never read.
@@ -107,8 +112,10 @@ class DataPlane {
   DataPlane(DataPlaneOptions options, std::string tls, bool peer_failure_handling);
   // Closes the channel's endpoints and drops its unclaimed messages (id 0: none to drop).
   void Disconnect(uint64_t id, const ChannelState& channel);
-  // Drops, on every lane, the unclaimed messages whose tags name channel `id`.
+  // Drops, on every lane, the unclaimed messages whose tags name channel `id`, now and (in
+  // SweepUnclaimed) for unclaimed_timeout after, for messages still on their way.
   void DropChannelMessages(uint64_t id);
+  bool LowBitsTaken(uint64_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const DataPlaneOptions options_;
   const std::string tls_;
@@ -121,17 +128,30 @@ class DataPlane {
   std::vector<uint8_t> discard_;
 
   std::atomic<uint64_t> unclaimed_dropped_{0};
-  // SweepUnclaimed's view of each lane: the oldest unclaimed tag and since when it was.
+  // SweepUnclaimed's view of each lane: per open channel, its oldest unclaimed tag and since
+  // when that was its oldest.
   struct OldestSeen {
-    std::optional<uint64_t> tag;
+    uint64_t tag = 0;
     absl::Time since;
   };
   absl::Mutex sweep_mu_;
-  std::vector<OldestSeen> oldest_seen_ ABSL_GUARDED_BY(sweep_mu_);
+  std::vector<absl::flat_hash_map<uint64_t, OldestSeen>> oldest_seen_ ABSL_GUARDED_BY(sweep_mu_);
+  // Tags of refused calls and tag prefixes of closed channels, dropped until `until`.
+  struct Refused {
+    uint32_t lane;
+    uint64_t tag;
+    absl::Time until;
+  };
+  struct Closed {
+    uint64_t prefix;
+    absl::Time until;
+  };
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ChannelState> channels_ ABSL_GUARDED_BY(mu_);
   uint64_t next_channel_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<Refused> refused_ ABSL_GUARDED_BY(mu_);
+  std::vector<Closed> closed_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace strata::transport

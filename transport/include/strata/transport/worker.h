@@ -36,6 +36,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -169,16 +170,17 @@ class Worker {
 
   // Two-sided messages that arrived before any receive was posted for them wait in UCX's
   // unexpected queue, holding an eager message's bytes, until a receive matches them or the
-  // worker is destroyed. These look at and drop those whose tag equals `tag` on the bits set
-  // in `mask` (mask 0: any), for a receiver that knows no call will claim them (the sender's
-  // channel closed, its call was refused). Block until the progress thread answers.
+  // worker is destroyed. These look at and drop those whose tag equals one of `tags` on the
+  // bits set in `mask` (mask 0: any), for a receiver that knows no call will claim them (the
+  // sender's channel closed, its call was refused). One trip to the progress thread each.
   //
-  // The tag of the oldest such message (the one a matching receive would take first), if any;
-  // nothing is removed.
-  virtual std::optional<uint64_t> OldestUnclaimed(uint64_t tag, uint64_t mask) = 0;
-  // Drops every such message, without pulling a rendezvous message's payload (its sender's
-  // request completes); returns how many.
-  virtual uint64_t DropUnclaimed(uint64_t tag, uint64_t mask) = 0;
+  // Per entry of `tags`: the tag of the oldest matching message (the one a matching receive
+  // would take first), if any. Nothing is removed.
+  virtual std::vector<std::optional<uint64_t>> OldestUnclaimed(std::span<const uint64_t> tags,
+                                                               uint64_t mask) = 0;
+  // Drops every matching message without receiving a rendezvous message's payload (its sender
+  // is answered as if received, unless its endpoint here is already closed); how many.
+  virtual uint64_t DropUnclaimed(std::span<const uint64_t> tags, uint64_t mask) = 0;
 };
 
 }  // namespace strata::transport

@@ -1,0 +1,127 @@
+// DataPlane's handling of two-sided messages no call claims, with a client worker of this
+// test's own over real UCX (tcp/lo): a refused call's messages are dropped without costing
+// its channel, and channels whose messages nobody claims are closed, several in one sweep.
+#include "strata/transport/data_plane.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "strata/testutil/status_matchers.h"
+#include "strata/transport/context.h"
+#include "strata/transport/worker.h"
+
+namespace strata::transport {
+namespace {
+
+using testutil::IsOk;
+
+// A client of the plane: its own context and worker, one endpoint to the channel's lane 0.
+struct Client {
+  std::unique_ptr<Context> context;
+  std::unique_ptr<Worker> worker;
+  EndpointId ep = 0;
+  uint64_t channel = 0;
+
+  uint64_t Tag(uint32_t sequence) const { return channel << 32 | sequence; }
+};
+
+class DataPlaneTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    arena_.resize(1 << 20);
+    DataPlaneOptions o;
+    o.tls = "tcp";
+    o.unclaimed_timeout = absl::Seconds(1);
+    o.max_block_bytes = 64 << 10;
+    auto plane = DataPlane::Create(o, arena_.data(), arena_.size());
+    ASSERT_THAT(plane, IsOk());
+    plane_ = std::move(*plane);
+  }
+
+  void Open(Client* c) {
+    auto context = Context::Create(TransportOptions{"tcp", {}, true});
+    ASSERT_THAT(context, IsOk());
+    c->context = std::move(*context);
+    auto worker = c->context->CreateWorker();
+    ASSERT_THAT(worker, IsOk());
+    c->worker = std::move(*worker);
+    const std::string address = c->worker->Address();
+    auto channel = plane_->Connect({&address, 1}, c->context->tcp_segments());
+    ASSERT_THAT(channel, IsOk());
+    c->channel = channel->id;
+    auto ep = c->worker->Connect(channel->worker_addresses[0]);
+    ASSERT_THAT(ep, IsOk());
+    c->ep = *ep;
+  }
+
+  // Sends eager messages tagged `sequences` on c's channel; they complete without a receiver.
+  void Send(const Client& c, std::vector<uint32_t> sequences) {
+    std::vector<TransferOp> ops;
+    for (uint32_t s : sequences)
+      ops.push_back(TransferOp::Send(payload_.data(), payload_.size(), c.Tag(s)));
+    ASSERT_THAT(c.worker->Transfer(c.ep, ops, absl::Now() + absl::Seconds(5)), IsOk());
+  }
+
+  // Sweeps once a 100 ms until `dropped` messages were dropped or 5 s passed.
+  uint64_t SweepUntilDropped(uint64_t dropped) {
+    for (int i = 0; i < 50 && plane_->unclaimed_dropped() < dropped; ++i) {
+      plane_->SweepUnclaimed();
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return plane_->unclaimed_dropped();
+  }
+
+  std::vector<uint8_t> arena_;
+  std::vector<uint8_t> payload_ = std::vector<uint8_t>(30000, 0x5a);
+  std::unique_ptr<DataPlane> plane_;
+};
+
+TEST_F(DataPlaneTest, ARefusedCallsMessagesAreDroppedAndItsChannelStays) {
+  Client c;
+  ASSERT_NO_FATAL_FAILURE(Open(&c));
+  std::vector<uint64_t> refused;
+  for (uint32_t s = 1; s <= 12; ++s) refused.push_back(c.Tag(s));
+  // Tags of another channel in the same note are ignored.
+  refused.push_back((c.channel + 1) << 32 | 1);
+  plane_->NoteRefused(c.channel, 0, refused);
+  ASSERT_NO_FATAL_FAILURE(Send(c, {1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(SweepUntilDropped(8), 8u);
+  // Messages of the refused call that arrive after the sweep are dropped too.
+  ASSERT_NO_FATAL_FAILURE(Send(c, {9, 10, 11, 12}));
+  EXPECT_EQ(SweepUntilDropped(12), 12u);
+  // Past the timeout the channel is still open: nothing of it stayed unclaimed.
+  const absl::Time until = absl::Now() + absl::Milliseconds(1500);
+  while (absl::Now() < until) {
+    plane_->SweepUnclaimed();
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(plane_->channels(), 1u);
+}
+
+TEST_F(DataPlaneTest, ChannelsWhoseMessagesNobodyClaimsAreClosedTogether) {
+  Client quiet, a, b, c;
+  for (Client* x : {&quiet, &a, &b, &c}) ASSERT_NO_FATAL_FAILURE(Open(x));
+  ASSERT_NO_FATAL_FAILURE(Send(a, {1}));
+  ASSERT_NO_FATAL_FAILURE(Send(b, {1, 2}));
+  ASSERT_NO_FATAL_FAILURE(Send(c, {1, 2, 3}));
+  // The first sweep that sees them only notes them; within the timeout nothing closes.
+  EXPECT_EQ(plane_->SweepUnclaimed(), 0u);
+  EXPECT_EQ(plane_->channels(), 4u);
+  uint64_t closed = 0;
+  for (int i = 0; i < 30 && closed == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    closed = plane_->SweepUnclaimed();
+  }
+  EXPECT_EQ(closed, 3u) << "all three in one sweep, not one a timeout";
+  EXPECT_EQ(plane_->channels(), 1u);  // the quiet one stays
+  EXPECT_EQ(plane_->unclaimed_dropped(), 6u);
+  EXPECT_THAT(plane_->Close(quiet.channel), IsOk());
+}
+
+}  // namespace
+}  // namespace strata::transport
