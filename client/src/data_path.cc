@@ -95,15 +95,32 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
   return std::make_pair(resp.channel_id(), CondenseTransport(resp.transport()));
 }
 
-void GrpcStoreClient::MarkBroken(uint64_t stale, bool close_on_node) {
+void GrpcStoreClient::MarkBroken(uint64_t stale) {
   {
     absl::MutexLock lock(&chan_mu_);
     if (channel_id_ != stale) return;  // another call already let it go
     channel_id_ = 0;
+    if (channel_users_.contains(stale)) return;  // the last user closes it
   }
-  // The node would keep the channel until it idles out, and with it any of our messages that
-  // no call claimed.
-  if (close_on_node) CloseDataQuietly(stale);
+  CloseDataQuietly(stale);
+}
+
+void GrpcStoreClient::BeginChannelUse(uint64_t channel) {
+  absl::MutexLock lock(&chan_mu_);
+  ++channel_users_[channel];
+}
+
+void GrpcStoreClient::EndChannelUse(uint64_t channel) {
+  {
+    absl::MutexLock lock(&chan_mu_);
+    auto it = channel_users_.find(channel);
+    if (--it->second > 0) return;
+    channel_users_.erase(it);
+    if (channel == channel_id_) return;  // still the channel in use
+  }
+  // A broken channel the node would otherwise keep until it idles out, with any of our
+  // messages that no call claimed.
+  CloseDataQuietly(channel);
 }
 
 std::vector<std::pair<size_t, size_t>> GrpcStoreClient::SplitForDataChannel(

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -377,10 +378,13 @@ class GrpcStoreClient final : public StoreClient {
   // Returns the channel id and the condensed transport of lane 0.
   absl::StatusOr<std::pair<uint64_t, std::string>> OpenChannel(Clock::time_point deadline);
 
-  // Forgets `stale` (if still current), so the next call opens a new channel. Other calls may
-  // still be using it; `close_on_node` (for a channel whose endpoints Fence() closed, so those
-  // calls fail anyway) also closes it on the node, which drops its unclaimed messages now.
-  void MarkBroken(uint64_t stale, bool close_on_node = false);
+  // Forgets `stale` (if still current), so the next call opens a new channel. The node is told
+  // to close it (CloseData, which also drops its unclaimed messages) once no call uses it.
+  void MarkBroken(uint64_t stale);
+  // Counts the calls using a channel, so a broken one is closed on the node when the last
+  // one leaves (EndChannelUse) rather than left to idle out there.
+  void BeginChannelUse(uint64_t channel);
+  void EndChannelUse(uint64_t channel);
 
   // Runs one data RPC (`rpc(channel_id, ctx)`) on the channel. The node forgets channels (idle
   // expiry, restart, a transfer that failed): NOT_FOUND reconnects once and retries.
@@ -394,7 +398,9 @@ class GrpcStoreClient final : public StoreClient {
       SetDeadline(ctx, deadline);
       // The node reads or writes our registered memory during the call (peer_order.h).
       transport::ReleaseToPeers();
+      BeginChannelUse(*channel);
       absl::Status s = FromGrpc(rpc(*channel, &ctx), Where(op));
+      EndChannelUse(*channel);
       transport::AcquireFromPeers();
       if (s.code() == absl::StatusCode::kNotFound) {
         MarkBroken(*channel);
@@ -413,8 +419,10 @@ class GrpcStoreClient final : public StoreClient {
         // We give up while the node may still be reading or writing our buffers (its transfer
         // runs to its own deadline and then drains): cut it off before the caller gets them
         // back. The next call opens a fresh channel.
-        MarkBroken(*channel, /*close_on_node=*/true);
+        // Fence first: once the channel is forgotten another call may wire a new one, whose
+        // endpoints Fence must not close.
         ucx_->Fence(*channel);
+        MarkBroken(*channel);
       }
       return s;
     }
@@ -555,7 +563,8 @@ class GrpcStoreClient final : public StoreClient {
   mutable absl::Mutex chan_mu_;
   uint64_t channel_id_ ABSL_GUARDED_BY(chan_mu_) = 0;  // 0: none open (or marked broken)
   bool connecting_ ABSL_GUARDED_BY(chan_mu_) = false;  // one ConnectData at a time
-  std::string transport_ ABSL_GUARDED_BY(chan_mu_);    // of the last channel opened
+  absl::flat_hash_map<uint64_t, int> channel_users_ ABSL_GUARDED_BY(chan_mu_);
+  std::string transport_ ABSL_GUARDED_BY(chan_mu_);  // of the last channel opened
 };
 
 // Channel credentials for options' TLS settings (insecure without tls_ca).

@@ -75,10 +75,14 @@ void DataPlane::Disconnect(uint64_t id, const ChannelState& channel) {
 transport::TcpSegments DataPlane::tcp_segments() const { return context_->tcp_segments(); }
 
 // Tags carry only a channel's low 32 bits (the sweep and the drops go by them): those are
-// unique among open channels, so one channel's drop never takes another's messages.
+// unique among open channels and those whose late messages are still dropped, so one
+// channel's drop never takes another's messages.
 bool DataPlane::LowBitsTaken(uint64_t id) const {
   for (const auto& [open, state] : channels_) {
     if ((open & 0xffffffffu) == (id & 0xffffffffu)) return true;
+  }
+  for (const Closed& c : closed_) {
+    if (c.prefix == id << 32) return true;
   }
   return false;
 }

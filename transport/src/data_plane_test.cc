@@ -30,13 +30,15 @@ struct Client {
   uint64_t Tag(uint32_t sequence) const { return channel << 32 | sequence; }
 };
 
+constexpr absl::Duration kTimeout = absl::Seconds(2);
+
 class DataPlaneTest : public ::testing::Test {
  protected:
   void SetUp() override {
     arena_.resize(1 << 20);
     DataPlaneOptions o;
     o.tls = "tcp";
-    o.unclaimed_timeout = absl::Seconds(1);
+    o.unclaimed_timeout = kTimeout;
     o.max_block_bytes = 64 << 10;
     auto plane = DataPlane::Create(o, arena_.data(), arena_.size());
     ASSERT_THAT(plane, IsOk());
@@ -59,26 +61,27 @@ class DataPlaneTest : public ::testing::Test {
     c->ep = *ep;
   }
 
-  // Sends eager messages tagged `sequences` on c's channel; they complete without a receiver.
-  void Send(const Client& c, std::vector<uint32_t> sequences) {
+  // Sends eager messages tagged `sequences` on c's channel (they complete without a receiver),
+  // then one the node claims: the earlier ones arrived before it (one TCP connection, in
+  // order), so they are all in the node's unexpected queue when this returns.
+  void Send(const Client& c, std::vector<uint32_t> sequences, uint32_t channel_bits = 0) {
     std::vector<TransferOp> ops;
-    for (uint32_t s : sequences)
-      ops.push_back(TransferOp::Send(payload_.data(), payload_.size(), c.Tag(s)));
-    ASSERT_THAT(c.worker->Transfer(c.ep, ops, absl::Now() + absl::Seconds(5)), IsOk());
-  }
-
-  // Sweeps once a 100 ms until `dropped` messages were dropped or 5 s passed.
-  uint64_t SweepUntilDropped(uint64_t dropped) {
-    for (int i = 0; i < 50 && plane_->unclaimed_dropped() < dropped; ++i) {
-      plane_->SweepUnclaimed();
-      absl::SleepFor(absl::Milliseconds(100));
+    const uint64_t high = channel_bits != 0 ? channel_bits : c.channel & 0xffffffffu;
+    for (uint32_t s : sequences) {
+      ops.push_back(TransferOp::Send(payload_.data(), payload_.size(), high << 32 | s));
     }
-    return plane_->unclaimed_dropped();
+    const uint64_t fence = c.Tag(++fences_ + 1000000);
+    ops.push_back(TransferOp::Send(payload_.data(), payload_.size(), fence));
+    ASSERT_THAT(c.worker->Transfer(c.ep, ops, absl::Now() + absl::Seconds(5)), IsOk());
+    TransferOp claim = TransferOp::Recv(arena_.data(), payload_.size(), fence);
+    ASSERT_THAT(plane_->Transfer(c.channel, 0, {&claim, 1}, absl::Now() + absl::Seconds(5)),
+                IsOk());
   }
 
   std::vector<uint8_t> arena_;
   std::vector<uint8_t> payload_ = std::vector<uint8_t>(30000, 0x5a);
   std::unique_ptr<DataPlane> plane_;
+  uint32_t fences_ = 0;
 };
 
 TEST_F(DataPlaneTest, ARefusedCallsMessagesAreDroppedAndItsChannelStays) {
@@ -90,12 +93,14 @@ TEST_F(DataPlaneTest, ARefusedCallsMessagesAreDroppedAndItsChannelStays) {
   refused.push_back((c.channel + 1) << 32 | 1);
   plane_->NoteRefused(c.channel, 0, refused);
   ASSERT_NO_FATAL_FAILURE(Send(c, {1, 2, 3, 4, 5, 6, 7, 8}));
-  EXPECT_EQ(SweepUntilDropped(8), 8u);
-  // Messages of the refused call that arrive after the sweep are dropped too.
+  plane_->SweepUnclaimed();
+  EXPECT_EQ(plane_->unclaimed_dropped(), 8u);
+  // Messages of the refused call that arrive after a sweep are dropped too.
   ASSERT_NO_FATAL_FAILURE(Send(c, {9, 10, 11, 12}));
-  EXPECT_EQ(SweepUntilDropped(12), 12u);
+  plane_->SweepUnclaimed();
+  EXPECT_EQ(plane_->unclaimed_dropped(), 12u);
   // Past the timeout the channel is still open: nothing of it stayed unclaimed.
-  const absl::Time until = absl::Now() + absl::Milliseconds(1500);
+  const absl::Time until = absl::Now() + kTimeout + absl::Milliseconds(500);
   while (absl::Now() < until) {
     plane_->SweepUnclaimed();
     absl::SleepFor(absl::Milliseconds(100));
@@ -109,11 +114,11 @@ TEST_F(DataPlaneTest, ChannelsWhoseMessagesNobodyClaimsAreClosedTogether) {
   ASSERT_NO_FATAL_FAILURE(Send(a, {1}));
   ASSERT_NO_FATAL_FAILURE(Send(b, {1, 2}));
   ASSERT_NO_FATAL_FAILURE(Send(c, {1, 2, 3}));
-  // The first sweep that sees them only notes them; within the timeout nothing closes.
+  // The sweep that first sees them notes them all; within the timeout nothing closes.
   EXPECT_EQ(plane_->SweepUnclaimed(), 0u);
   EXPECT_EQ(plane_->channels(), 4u);
   uint64_t closed = 0;
-  for (int i = 0; i < 30 && closed == 0; ++i) {
+  for (int i = 0; i < 50 && closed == 0; ++i) {
     absl::SleepFor(absl::Milliseconds(100));
     closed = plane_->SweepUnclaimed();
   }
@@ -121,6 +126,17 @@ TEST_F(DataPlaneTest, ChannelsWhoseMessagesNobodyClaimsAreClosedTogether) {
   EXPECT_EQ(plane_->channels(), 1u);  // the quiet one stays
   EXPECT_EQ(plane_->unclaimed_dropped(), 6u);
   EXPECT_THAT(plane_->Close(quiet.channel), IsOk());
+}
+
+TEST_F(DataPlaneTest, MessagesNamingNoOpenChannelAreDroppedAtTheNextSweep) {
+  Client c;
+  ASSERT_NO_FATAL_FAILURE(Open(&c));
+  // Tags whose channel bits name no open channel, sent over c's connection.
+  const uint32_t nobody = static_cast<uint32_t>(c.channel) ^ 0x5a5a5a5au;
+  ASSERT_NO_FATAL_FAILURE(Send(c, {1, 2, 3}, nobody));
+  plane_->SweepUnclaimed();
+  EXPECT_EQ(plane_->unclaimed_dropped(), 3u);
+  EXPECT_EQ(plane_->channels(), 1u);
 }
 
 }  // namespace

@@ -22,9 +22,6 @@ uint64_t ChannelTagPrefix(uint64_t channel_id) { return channel_id << 32; }
 // Closed channels whose late messages are still dropped; past this the oldest are forgotten
 // (their messages then go when the sweep finds they name no open channel).
 constexpr size_t kMaxClosedRemembered = 4096;
-// Messages naming no open channel dropped per lane and sweep, at most (each takes a trip to
-// the lane; the rest go next time).
-constexpr int kMaxOrphanDropsPerSweep = 64;
 
 }  // namespace
 
@@ -70,13 +67,6 @@ uint64_t DataPlane::SweepUnclaimed() {
     std::erase_if(closed_, [&](const Closed& c) { return c.until <= now; });
     for (const Closed& c : closed_) closed.push_back(c.prefix);
   }
-  auto names_open_channel = [this](uint64_t tag) {
-    absl::MutexLock lock(&mu_);  // now, not the snapshot: a channel may have opened since
-    for (const auto& [id, state] : channels_) {
-      if (ChannelTagPrefix(id) == (tag & kChannelTagMask)) return true;
-    }
-    return false;
-  };
   oldest_seen_.resize(lanes_.size());
   std::vector<uint64_t> stale;
   uint64_t dropped = 0;
@@ -86,13 +76,14 @@ uint64_t DataPlane::SweepUnclaimed() {
     // since the call was refused or the channel closed.
     dropped += w.DropUnclaimed(refused[lane], ~uint64_t{0});
     dropped += w.DropUnclaimed(closed, kChannelTagMask);
-    // A message naming no open channel can never be claimed.
-    const uint64_t any = 0;
-    for (int i = 0; i < kMaxOrphanDropsPerSweep; ++i) {
-      const std::optional<uint64_t> first = w.OldestUnclaimed({&any, 1}, 0)[0];
-      if (!first.has_value() || names_open_channel(*first)) break;
-      const uint64_t prefix = *first & kChannelTagMask;
-      dropped += w.DropUnclaimed({&prefix, 1}, kChannelTagMask);
+    // A message naming no open channel can never be claimed: drop those at the front (older
+    // than any of an open channel's). Under mu_, so no channel opens meanwhile; the lane's
+    // thread never takes mu_, and no holder of mu_ waits for a lane.
+    {
+      absl::MutexLock lock(&mu_);
+      std::vector<uint64_t> open;
+      for (const auto& [id, state] : channels_) open.push_back(ChannelTagPrefix(id));
+      dropped += w.DropUnclaimedUnless(open, kChannelTagMask);
     }
     // Per open channel: a message that stayed its oldest unclaimed one for unclaimed_timeout
     // was claimed by no call in all that time, so its call never reached the node. The

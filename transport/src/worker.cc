@@ -143,6 +143,10 @@ class UcpWorker final : public Worker {
     return Unclaimed(Command(Command::Type::kDropUnclaimed), tags, mask).dropped;
   }
 
+  uint64_t DropUnclaimedUnless(std::span<const uint64_t> keep, uint64_t mask) override {
+    return Unclaimed(Command(Command::Type::kDropUnclaimedUnless), keep, mask).dropped;
+  }
+
  private:
   // ---- any thread ----
 
@@ -287,14 +291,9 @@ class UcpWorker final : public Worker {
         DoDescribe(cmd);
         break;
       case Command::Type::kOldestUnclaimed:
-        for (uint64_t tag : cmd->tags) {
-          cmd->oldest.push_back(worker_state::OldestUnclaimed(worker_, tag, cmd->tag_mask));
-        }
-        break;
       case Command::Type::kDropUnclaimed:
-        for (uint64_t tag : cmd->tags) {
-          cmd->dropped += worker_state::DropUnclaimed(worker_, tag, cmd->tag_mask);
-        }
+      case Command::Type::kDropUnclaimedUnless:
+        worker_state::RunUnclaimed(worker_, cmd);
         break;
     }
     cmd->done.Notify();

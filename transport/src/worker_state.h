@@ -44,31 +44,37 @@ inline bool OneSided(TransferOp::Kind kind) {
   return kind == TransferOp::Kind::kPut || kind == TransferOp::Kind::kGet;
 }
 
-// UCX's unexpected queue (unclaimed.cc): two-sided messages that arrived with no receive
-// posted for them, whose tag equals `tag` on the bits set in `mask`. The tag of the oldest
-// (the first a receive would match); nothing is removed.
-std::optional<uint64_t> OldestUnclaimed(ucp_worker_h worker, uint64_t tag, uint64_t mask);
-// Drops every such message without moving a rendezvous message's payload; how many.
-uint64_t DropUnclaimed(ucp_worker_h worker, uint64_t tag, uint64_t mask);
+struct Command;
+// Runs a k*Unclaimed command against UCX's unexpected queue (unclaimed.cc; Worker's
+// OldestUnclaimed, DropUnclaimed and DropUnclaimedUnless).
+void RunUnclaimed(ucp_worker_h worker, Command* cmd);
 
 struct Command {
-  enum class Type { kConnect, kDisconnect, kTransfer, kDescribe, kOldestUnclaimed, kDropUnclaimed };
+  enum class Type {
+    kConnect,
+    kDisconnect,
+    kTransfer,
+    kDescribe,
+    kOldestUnclaimed,
+    kDropUnclaimed,
+    kDropUnclaimedUnless,
+  };
   explicit Command(Type t) : type(t) {}
 
   const Type type;
   EndpointId ep = 0;
-  absl::string_view peer_address;            // kConnect
-  std::span<const TransferOp> ops;           // kTransfer
-  absl::Time deadline;                       // kTransfer
-  const std::atomic<bool>* abort = nullptr;  // kTransfer
-  bool force = false;                        // kDisconnect: force-close at once
-  absl::Status status;                       // answer
-  EndpointId connected = 0;                  // kConnect answer
-  std::string text;                          // kDescribe answer
-  std::span<const uint64_t> tags;            // k*Unclaimed
-  uint64_t tag_mask = 0;                     // k*Unclaimed
+  absl::string_view peer_address;               // kConnect
+  std::span<const TransferOp> ops;              // kTransfer
+  absl::Time deadline;                          // kTransfer
+  const std::atomic<bool>* abort = nullptr;     // kTransfer
+  bool force = false;                           // kDisconnect: force-close at once
+  absl::Status status;                          // answer
+  EndpointId connected = 0;                     // kConnect answer
+  std::string text;                             // kDescribe answer
+  std::span<const uint64_t> tags;               // k*Unclaimed
+  uint64_t tag_mask = 0;                        // k*Unclaimed
   std::vector<std::optional<uint64_t>> oldest;  // kOldestUnclaimed answer, per tag
-  uint64_t dropped = 0;                      // kDropUnclaimed answer
+  uint64_t dropped = 0;                         // kDropUnclaimed answer
   absl::Notification done;
 };
 

@@ -181,6 +181,10 @@ class Worker {
   // Drops every matching message without receiving a rendezvous message's payload (its sender
   // is answered as if received, unless its endpoint here is already closed); how many.
   virtual uint64_t DropUnclaimed(std::span<const uint64_t> tags, uint64_t mask) = 0;
+  // Drops the oldest messages, a tag (on `mask`) at a time with all others of that tag, until
+  // the oldest left matches one of `keep` on `mask`, or none is left; how many. For "drop
+  // every message naming no open channel" without looking past one that does.
+  virtual uint64_t DropUnclaimedUnless(std::span<const uint64_t> keep, uint64_t mask) = 0;
 };
 
 }  // namespace strata::transport
