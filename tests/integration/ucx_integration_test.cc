@@ -730,5 +730,75 @@ TEST(UcxConfigTest, MessagesNoCallClaimsAreDroppedNotKeptForever) {
   }
 }
 
+// A PutData refused by admission never posts receives for its messages: the node notes the
+// call's tags and its sweep drops them, and the channel stays open (closing it after the
+// timeout would cost the client's other calls). One admission slot, held by a PutData whose
+// message never comes, makes the refusal certain.
+TEST(UcxConfigTest, ARefusedPutDatasMessagesAreDroppedAndItsChannelStays) {
+  auto p =
+      testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp",
+                           "--ucx-unclaimed-timeout-ms", "2000", "--max-concurrent-calls", "1"});
+  ASSERT_THAT(p, IsOk());
+  const LocalNode& node = **p;
+  auto stub = RawStub(node.address());
+  ClientOptions o;
+  o.address = node.address();
+  o.data_plane = ClientOptions::DataPlane::kInline;
+  auto client = StoreClient::Connect(o);
+  ASSERT_THAT(client, IsOk());
+  auto ns = (*client)->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  RawChannel holder, refused;
+  ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*stub, &holder));
+  ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*stub, &refused));
+  const std::vector<uint8_t> payload = testutil::RandomBytes(4, 60000);
+  auto tagged_put = [&](const RawChannel& c, uint32_t prompt, uint32_t n) {
+    v1::PutDataRequest req;
+    req.set_channel_id(c.channel.channel_id());
+    req.set_namespace_id(ns->id);
+    const std::vector<ChainHash> hashes = testutil::PromptChain(*ns, prompt, n);
+    for (uint32_t i = 0; i < n; ++i) {
+      v1::PutBlock* b = req.add_blocks();
+      b->set_chain_hash(hashes[i].ToBytes());
+      b->set_size(payload.size());
+      req.add_checksums(BlockChecksum(payload.data(), payload.size()));
+      req.add_tags(c.Tag(i + 1));
+    }
+    return req;
+  };
+  const std::string dropped_metric = "strata_ucx_unclaimed_messages_dropped_total";
+  std::thread hold([&] {
+    v1::PutDataRequest req = tagged_put(holder, 20, 1);
+    v1::PutDataResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(4));
+    stub->PutData(&ctx, req, &resp);  // waits for a message that never comes
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::vector<transport::TransferOp> sends;
+  for (uint32_t i = 0; i < 16; ++i) {
+    sends.push_back(
+        transport::TransferOp::Send(payload.data(), payload.size(), refused.Tag(i + 1)));
+  }
+  ASSERT_THAT(
+      refused.workers[0]->Transfer(refused.endpoints[0], sends, absl::Now() + absl::Seconds(5)),
+      IsOk());
+  const absl::Time refused_at = absl::Now();
+  {
+    v1::PutDataRequest req = tagged_put(refused, 21, 16);
+    v1::PutDataResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub->PutData(&ctx, req, &resp).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  for (int i = 0; i < 60 && MetricValue(node, dropped_metric) < 16; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_GE(MetricValue(node, dropped_metric), 16);
+  hold.join();
+  // Well past the timeout after the refusal: the refused call's channel is still open.
+  absl::SleepFor(refused_at + absl::Milliseconds(3500) - absl::Now());
+  EXPECT_EQ(CloseRawChannel(*stub, refused), grpc::StatusCode::OK);
+}
+
 }  // namespace
 }  // namespace strata
