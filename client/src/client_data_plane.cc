@@ -92,8 +92,8 @@ void ClientDataPlane::Fence(uint64_t channel_id) {
   // UCX's unexpected queue for good. Over TCP no more can come once the endpoints are closed;
   // over shared memory the node's sends do not need our endpoint, so a late one can still
   // arrive (bounded by the node's cut-off at its deadline) and stays.
-  const uint64_t prefix = channel_id << 32;
-  for (auto& w : workers_) w->DropUnclaimed({&prefix, 1}, 0xffffffff00000000ull);
+  const uint64_t prefix = transport::ChannelTagPrefix(channel_id);
+  for (auto& w : workers_) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
 }
 
 absl::Status ClientDataPlane::Wire(const std::vector<std::string>& node_addresses) {

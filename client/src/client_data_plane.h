@@ -30,6 +30,7 @@
 #include "absl/time/time.h"
 #include "strata/transport/bounce_pool.h"
 #include "strata/transport/context.h"
+#include "strata/transport/data_plane.h"
 #include "strata/transport/worker.h"
 
 namespace strata::client {
@@ -106,7 +107,8 @@ class ClientDataPlane {
   // (the node checks it), a per-plane sequence in the low 32 (unique for 2^32 tags, so a
   // message left over from an abandoned call never matches a later receive). Thread-safe.
   uint64_t NextTag(uint64_t channel_id) {
-    return channel_id << 32 | tag_sequence_.fetch_add(1, std::memory_order_relaxed);
+    return transport::ChannelTagPrefix(channel_id) |
+           tag_sequence_.fetch_add(1, std::memory_order_relaxed);
   }
 
  private:

@@ -117,7 +117,7 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
           absl::StrCat("tags: ", req->tags_size(), " entries for ", n, " blocks"));
     }
     for (int i = 0; valid.ok() && i < req->tags_size(); ++i) {
-      if (req->tags(i) >> 32 != (req->channel_id() & 0xffffffffu)) {
+      if (!transport::TagNamesChannel(req->tags(i), req->channel_id())) {
         valid = absl::InvalidArgumentError(
             absl::StrCat("tags[", i, "]: high 32 bits must be the channel id ", req->channel_id()));
       }
@@ -286,7 +286,7 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
                        " entries for ", n, " blocks")));
     }
     for (int i = 0; i < n; ++i) {
-      if (req->tags(i) >> 32 != (req->channel_id() & 0xffffffffu)) {
+      if (!transport::TagNamesChannel(req->tags(i), req->channel_id())) {
         return call.Done(absl::InvalidArgumentError(absl::StrCat(
             "tags[", i, "]: high 32 bits must be the channel id ", req->channel_id())));
       }

@@ -79,10 +79,10 @@ transport::TcpSegments DataPlane::tcp_segments() const { return context_->tcp_se
 // channel's drop never takes another's messages.
 bool DataPlane::LowBitsTaken(uint64_t id) const {
   for (const auto& [open, state] : channels_) {
-    if ((open & 0xffffffffu) == (id & 0xffffffffu)) return true;
+    if (ChannelTagPrefix(open) == ChannelTagPrefix(id)) return true;
   }
   for (const Closed& c : closed_) {
-    if (c.prefix == id << 32) return true;
+    if (c.prefix == ChannelTagPrefix(id)) return true;
   }
   return false;
 }
@@ -128,7 +128,7 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
     if (RAND_bytes(reinterpret_cast<unsigned char*>(&out.id), sizeof(out.id)) != 1) {
       out.id = next_channel_++;
     }
-  } while ((out.id & 0xffffffffu) == 0 || LowBitsTaken(out.id));
+  } while (ChannelTagPrefix(out.id) == 0 || LowBitsTaken(out.id));
   channels_.emplace(out.id, std::move(state));
   return out;
 }

@@ -15,10 +15,6 @@
 namespace strata::transport {
 namespace {
 
-// A two-sided tag carries the low 32 bits of its channel's id in its high 32 bits.
-constexpr uint64_t kChannelTagMask = 0xffffffff00000000ull;
-uint64_t ChannelTagPrefix(uint64_t channel_id) { return channel_id << 32; }
-
 // Closed channels whose late messages are still dropped; past this the oldest are forgotten
 // (their messages then go when the sweep finds they name no open channel).
 constexpr size_t kMaxClosedRemembered = 4096;
@@ -45,7 +41,7 @@ void DataPlane::NoteRefused(uint64_t channel_id, uint32_t lane, std::span<const 
   if (!channels_.contains(channel_id)) return;  // the full id: the capability to name it
   for (uint64_t tag : tags) {
     if (refused_.size() >= kMaxRefusedTags) break;  // the rest close the channel, later
-    if ((tag & kChannelTagMask) != ChannelTagPrefix(channel_id)) continue;
+    if (!TagNamesChannel(tag, channel_id)) continue;
     refused_.push_back({lane, tag, until});
   }
 }

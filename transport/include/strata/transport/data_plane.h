@@ -28,6 +28,15 @@
 
 namespace strata::transport {
 
+// Two-sided messages of a data channel carry tags whose high 32 bits are the low 32 bits of
+// the channel's id (the node checks them; drops of a channel's messages go by them), and a
+// client's sequence number in the low 32.
+inline constexpr uint64_t kChannelTagMask = 0xffffffff00000000ull;
+inline uint64_t ChannelTagPrefix(uint64_t channel_id) { return channel_id << 32; }
+inline bool TagNamesChannel(uint64_t tag, uint64_t channel_id) {
+  return (tag & kChannelTagMask) == ChannelTagPrefix(channel_id);
+}
+
 struct DataPlaneOptions {
   std::string tls;  // UCX_TLS; "shm" means "posix,sysv,cma,self" (peer-failure handling off)
   uint32_t lanes = 1;
