@@ -1,11 +1,14 @@
 // strata-storenode: a Strata store node. Configuration from --config FILE.yaml, STRATA_*
-// variables and flags (see --help). SIGTERM or SIGINT drains in-flight calls and exits 0;
-// SIGHUP re-reads auth_principals_file.
+// variables and flags (see --help). SIGTERM or SIGINT drains in-flight calls and exits 0
+// (while still starting, it exits at once); SIGHUP re-reads auth_principals_file.
 #include <malloc.h>
+#include <poll.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <thread>
 
 #include "spdlog/spdlog.h"
 #include "strata/common/config.h"
@@ -58,8 +61,29 @@ int main(int argc, char** argv) {
   sigaction(SIGHUP, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
+  // Start can take a while (prefaulting the warm arena, waiting up to etcd_startup for etcd):
+  // a stop signal meanwhile ends the process at once. Nothing is served yet, and what is on
+  // disk survives an abrupt exit as it survives kill -9.
+  std::atomic<bool> starting{true};
+  std::thread start_watch([&starting] {
+    pollfd p{g_signal_pipe[0], POLLIN, 0};
+    while (starting.load()) {
+      if (poll(&p, 1, 100) != 1) continue;
+      unsigned char sig = 0;
+      if (read(g_signal_pipe[0], &sig, 1) != 1) continue;
+      if (sig == SIGHUP) {
+        spdlog::info("SIGHUP while starting: the principals file is read as the node starts");
+        continue;
+      }
+      spdlog::info("signal {} while starting: exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      spdlog::shutdown();
+      _exit(0);
+    }
+  });
   absl::StatusOr<std::unique_ptr<strata::storenode::StoreNode>> node =
       strata::storenode::StoreNode::Start(config);
+  starting.store(false);
+  start_watch.join();
   if (!node.ok()) {
     spdlog::error("cannot start: {}", node.status().ToString());
     return node.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
