@@ -200,7 +200,8 @@ class ClusterStoreClient final : public StoreClient {
   absl::StatusOr<std::vector<absl::Status>> Publish(const Namespace& ns, std::string_view scope,
                                                     std::span<const ChainHash> hashes,
                                                     std::span<const uint64_t> sizes,
-                                                    std::string_view location, absl::Duration ttl,
+                                                    const PeerLocation& location,
+                                                    absl::Duration ttl,
                                                     const CallOptions& call) override {
     if (!sizes.empty() && sizes.size() != hashes.size()) {
       return absl::InvalidArgumentError("Publish: sizes must be empty or one per hash");

@@ -54,8 +54,13 @@ inline Tier FromProtoTier(v1::Tier t) {
 }
 
 inline BlockLocation FromProtoInfo(const v1::BlockInfo& b) {
-  return {FromProtoTier(b.tier()), b.size(),
-          std::vector<std::string>(b.hot_locations().begin(), b.hot_locations().end())};
+  BlockLocation out{FromProtoTier(b.tier()), b.size(), {}};
+  out.peers.reserve(b.hot_locations_size());
+  for (int i = 0; i < b.hot_locations_size(); ++i) {
+    out.peers.push_back(
+        {b.hot_locations(i), i < b.hot_location_tokens_size() ? b.hot_location_tokens(i) : ""});
+  }
+  return out;
 }
 
 inline std::string HashAlgorithmName(ChainHashAlgorithm a) {
@@ -267,7 +272,8 @@ class GrpcStoreClient final : public StoreClient {
   absl::StatusOr<std::vector<absl::Status>> Publish(const Namespace& ns, std::string_view scope,
                                                     std::span<const ChainHash> hashes,
                                                     std::span<const uint64_t> sizes,
-                                                    std::string_view location, absl::Duration ttl,
+                                                    const PeerLocation& location,
+                                                    absl::Duration ttl,
                                                     const CallOptions& call) override;
   // For the cluster client (cluster_client.cc): the member-set epoch stamped on every routed
   // request.

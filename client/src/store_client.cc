@@ -269,7 +269,7 @@ void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
 
 absl::StatusOr<std::vector<absl::Status>> GrpcStoreClient::Publish(
     const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
-    std::span<const uint64_t> sizes, std::string_view location, absl::Duration ttl,
+    std::span<const uint64_t> sizes, const PeerLocation& location, absl::Duration ttl,
     const CallOptions& call) {
   if (!sizes.empty() && sizes.size() != hashes.size()) {
     return absl::InvalidArgumentError("Publish: sizes must be empty or one per hash");
@@ -283,7 +283,8 @@ absl::StatusOr<std::vector<absl::Status>> GrpcStoreClient::Publish(
     req.set_epoch(epoch_.load(std::memory_order_relaxed));
     req.set_namespace_id(ns.id);
     req.set_scope(Scope(scope));
-    req.set_location(std::string(location));
+    req.set_location(location.address);
+    req.set_location_token(location.token);
     req.set_ttl_ms(static_cast<uint32_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(ttl))));
     for (size_t i = begin; i < end; ++i) {
       req.add_chain_hashes(hashes[i].ToBytes());

@@ -142,6 +142,7 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
     po.block_bytes = stored;
     po.max_blocks = batch_;
     po.node_id = absl::StrCat("gpu-agent:", options_.model_id);
+    po.token = RandomPeerToken();  // new for every process: no token outlives its agent
     uint8_t* serve_region = (*staging)->data() + 2ull * batch_ * bb;
     absl::StatusOr<std::unique_ptr<PeerServer>> server = PeerServer::Start(
         po, serve_region, [this](std::span<const ChainHash> hashes, uint8_t* region) {
@@ -149,6 +150,7 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
         });
     if (!server.ok()) return server.status();
     peer_server_ = std::move(*server);
+    peer_token_ = po.token;
     std::string host = options_.peer_listen.substr(0, options_.peer_listen.rfind(':'));
     peer_address_ = options_.peer_advertise.empty() ? absl::StrCat(host, ":", peer_server_->port())
                                                     : options_.peer_advertise;
@@ -392,7 +394,7 @@ void GpuAgentImpl::Publish(std::span<const ChainHash> hashes, absl::Duration ttl
   if (hashes.empty() || peer_address_.empty()) return;
   std::vector<uint64_t> sizes(hashes.size(), stored_bytes_);
   client::CallOptions call{options_.call_deadline};
-  auto r = client_->Publish(ns_, scope_, hashes, sizes, peer_address_, ttl, call);
+  auto r = client_->Publish(ns_, scope_, hashes, sizes, {peer_address_, peer_token_}, ttl, call);
   if (!r.ok()) {
     spdlog::warn("gpu agent: publishing {} blocks (ttl {}) failed: {}", hashes.size(),
                  absl::FormatDuration(ttl), r.status().ToString());

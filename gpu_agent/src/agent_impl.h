@@ -81,9 +81,11 @@ class GpuAgentImpl : public GpuAgent {
   // load region and scatters the verified ones; fills their BlockLoad entries.
   void FetchInto(client::StoreClient& from, const client::Namespace& ns, LoadSource source,
                  const std::string& name, LoadJob& job, std::span<const size_t> which);
-  // A client for the peer agent at `address` (cached), with the namespace id it serves.
+  // A peer agent: its address and the token it asks for (its directory entry's).
+  using PeerKey = std::pair<std::string, std::string>;
+  // A client for the peer agent `peer` (cached), with the namespace id it serves.
   absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> PeerClient(
-      const std::string& address);
+      const PeerKey& peer);
 
   const AgentOptions options_;
   const std::string scope_;
@@ -99,6 +101,7 @@ class GpuAgentImpl : public GpuAgent {
   std::unique_ptr<CopyEngine> engine_;
   std::unique_ptr<PeerServer> peer_server_;
   std::string peer_address_;
+  std::string peer_token_;  // what peers present to peer_server_ (published with the address)
   std::unique_ptr<HttpEndpoint> http_;
   std::atomic<bool> ready_{false};
   std::thread offload_thread_;
@@ -123,7 +126,7 @@ class GpuAgentImpl : public GpuAgent {
   AgentStats stats_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex peers_mu_;  // only the load thread uses peers_, but tests read Stats concurrently
-  std::map<std::string, std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> peers_
+  std::map<PeerKey, std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> peers_
       ABSL_GUARDED_BY(peers_mu_);
 };
 

@@ -71,19 +71,20 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
   for (size_t i = found->matched_blocks; i < out.size(); ++i) {
     out[i].status = absl::NotFoundError("not stored (past the longest stored prefix)");
   }
-  std::map<std::string, std::vector<size_t>> by_peer;
+  std::map<PeerKey, std::vector<size_t>> by_peer;
   std::vector<size_t> from_store;
   for (size_t i = 0; i < found->matched_blocks; ++i) {
     const client::BlockLocation& loc = found->blocks[i];
     if (!loc.peers.empty() && (options_.prefer_peers || loc.tier == client::Tier::kHot) &&
-        loc.peers.front() != peer_address_) {
-      by_peer[loc.peers.front()].push_back(i);
+        loc.peers.front().address != peer_address_) {
+      by_peer[{loc.peers.front().address, loc.peers.front().token}].push_back(i);
     } else {
       from_store.push_back(i);
     }
   }
-  for (auto& [address, which] : by_peer) {
-    absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> peer = PeerClient(address);
+  for (auto& [key, which] : by_peer) {
+    const std::string& address = key.first;
+    absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> peer = PeerClient(key);
     if (peer.ok()) {
       FetchInto(*peer->first, peer->second, LoadSource::kPeer, address, job, which);
     } else {
@@ -100,7 +101,7 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
     }
     if (gone) {  // reconnect next time: the peer may have restarted elsewhere
       absl::MutexLock lock(&peers_mu_);
-      peers_.erase(address);
+      peers_.erase(key);
     }
     absl::MutexLock lock(&mu_);
     stats_.peer_fallbacks += fallbacks;
@@ -176,12 +177,14 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
 }
 
 absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl::PeerClient(
-    const std::string& address) {
+    const PeerKey& peer) {
   absl::MutexLock lock(&peers_mu_);
-  auto it = peers_.find(address);
+  auto it = peers_.find(peer);
   if (it != peers_.end()) return std::make_pair(it->second.first.get(), it->second.second);
+  const std::string& address = peer.first;
   client::ClientOptions o;
   o.address = address;
+  o.token = peer.second;  // the peer's own token, from its directory entry
   o.default_deadline = options_.call_deadline;
   o.default_scope = scope_;
   absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(o);
@@ -192,7 +195,7 @@ absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl:
   }
   absl::StatusOr<client::Namespace> ns = (*c)->RegisterNamespace(ns_.spec);
   if (!ns.ok()) return ns.status();
-  auto& entry = peers_[address];
+  auto& entry = peers_[peer];
   entry = {std::move(*c), *ns};
   return std::make_pair(entry.first.get(), entry.second);
 }

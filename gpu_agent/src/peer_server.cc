@@ -1,10 +1,14 @@
 #include "peer_server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include <atomic>
+#include <string_view>
 #include <thread>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -31,8 +35,29 @@ class PeerService final : public v1::StoreService::Service {
 
   uint64_t served() const { return served_.load(std::memory_order_relaxed); }
 
-  grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*,
+  // OK when the call presents this server's token. The comparison takes the same time however
+  // much of a wrong token matches; the answer never says which part was wrong.
+  grpc::Status Authenticate(const grpc::ServerContext* ctx) const {
+    const auto& md = ctx->client_metadata();
+    auto it = md.find("authorization");
+    if (it == md.end()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "no credentials: this agent's peers present the token its directory "
+                          "entries carry (authorization: Bearer)");
+    }
+    constexpr std::string_view kBearer = "Bearer ";
+    const std::string_view value(it->second.data(), it->second.size());
+    const std::string& want = options_.token;
+    if (!value.starts_with(kBearer) || value.size() - kBearer.size() != want.size() ||
+        CRYPTO_memcmp(value.data() + kBearer.size(), want.data(), want.size()) != 0) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown credentials");
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest*,
                      v1::StatsResponse* resp) override {
+    if (grpc::Status a = Authenticate(ctx); !a.ok()) return a;
     resp->set_node_id(options_.node_id);
     resp->set_max_keys_per_call(options_.max_blocks);
     resp->set_max_block_bytes(options_.block_bytes);
@@ -47,8 +72,9 @@ class PeerService final : public v1::StoreService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status RegisterNamespace(grpc::ServerContext*, const v1::RegisterNamespaceRequest* req,
+  grpc::Status RegisterNamespace(grpc::ServerContext* ctx, const v1::RegisterNamespaceRequest* req,
                                  v1::RegisterNamespaceResponse* resp) override {
+    if (grpc::Status a = Authenticate(ctx); !a.ok()) return a;
     absl::StatusOr<ChainHashAlgorithm> algo = ParseChainHashAlgorithm(req->spec().hash_algorithm());
     if (!algo.ok()) return ToGrpc(algo.status());
     const v1::NamespaceSpec& in = req->spec();
@@ -66,8 +92,9 @@ class PeerService final : public v1::StoreService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status BeginGet(grpc::ServerContext*, const v1::BeginGetRequest* req,
+  grpc::Status BeginGet(grpc::ServerContext* ctx, const v1::BeginGetRequest* req,
                         v1::BeginGetResponse* resp) override {
+    if (grpc::Status a = Authenticate(ctx); !a.ok()) return a;
     std::vector<ChainHash> hashes;
     if (absl::Status s = Keys(req->namespace_id(), req->chain_hashes(), &hashes); !s.ok()) {
       return ToGrpc(s);
@@ -89,13 +116,15 @@ class PeerService final : public v1::StoreService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status EndGet(grpc::ServerContext*, const v1::EndGetRequest*,
+  grpc::Status EndGet(grpc::ServerContext* ctx, const v1::EndGetRequest*,
                       v1::EndGetResponse*) override {
+    if (grpc::Status a = Authenticate(ctx); !a.ok()) return a;
     return grpc::Status::OK;  // BeginGet pins nothing past its own reply
   }
 
-  grpc::Status ConnectData(grpc::ServerContext*, const v1::ConnectDataRequest* req,
+  grpc::Status ConnectData(grpc::ServerContext* ctx, const v1::ConnectDataRequest* req,
                            v1::ConnectDataResponse* resp) override {
+    if (grpc::Status a = Authenticate(ctx); !a.ok()) return a;
     if (plane_ == nullptr) return ToGrpc(NoDataPlane());
     std::vector<std::string> addresses(req->worker_addresses().begin(),
                                        req->worker_addresses().end());
@@ -110,14 +139,16 @@ class PeerService final : public v1::StoreService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status CloseData(grpc::ServerContext*, const v1::CloseDataRequest* req,
+  grpc::Status CloseData(grpc::ServerContext* ctx, const v1::CloseDataRequest* req,
                          v1::CloseDataResponse*) override {
+    if (grpc::Status a = Authenticate(ctx); !a.ok()) return a;
     if (plane_ == nullptr) return ToGrpc(NoDataPlane());
     return ToGrpc(plane_->Close(req->channel_id()));
   }
 
   grpc::Status GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,
                        v1::GetDataResponse* resp) override {
+    if (grpc::Status a = Authenticate(ctx); !a.ok()) return a;
     if (plane_ == nullptr) return ToGrpc(NoDataPlane());
     std::vector<ChainHash> hashes;
     if (absl::Status s = Keys(req->namespace_id(), req->chain_hashes(), &hashes); !s.ok()) {
@@ -252,8 +283,23 @@ class PeerServerImpl : public PeerServer {
 
 }  // namespace
 
+std::string RandomPeerToken() {
+  unsigned char raw[32];
+  if (RAND_bytes(raw, sizeof(raw)) != 1) {
+    // No entropy source: refuse to serve rather than publish a guessable token.
+    return "";
+  }
+  return absl::BytesToHexString(std::string(reinterpret_cast<const char*>(raw), sizeof(raw)));
+}
+
 absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOptions& options,
                                                               uint8_t* region, GatherFn gather) {
+  if (options.token.empty() || options.token.size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("peer server token: ", options.token.size(),
+                     " characters, want 1..128 (peers must "
+                     "authenticate; an empty token may mean the random generator failed)"));
+  }
   auto s = std::make_unique<PeerServerImpl>();
   const uint64_t region_bytes = options.block_bytes * options.max_blocks;
   if (!options.ucx_tls.empty()) {

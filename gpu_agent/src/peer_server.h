@@ -4,6 +4,10 @@
 // (inline payloads) and ConnectData / CloseData / GetData (UCX: tagged messages over TCP, RMA
 // puts otherwise). Every other call is UNIMPLEMENTED: an agent stores nothing for others.
 //
+// Every call must carry `authorization: Bearer <options.token>` (UNAUTHENTICATED otherwise):
+// the agent publishes the token with its address, and store nodes hand both only to callers
+// allowed to read the agent's scope, so a peer's right to read follows the store's.
+//
 // Each read gathers the requested blocks out of the engine's pool into the server's staging
 // region (through the agent's callback, which pins them against OnBlocksFreed while it copies),
 // checksums them there and sends them; one read at a time uses the region.
@@ -35,7 +39,12 @@ struct PeerServerOptions {
   std::string node_id;      // what Stats reports
   // A peer's data channel unused this long is closed (a peer that died without CloseData).
   absl::Duration channel_idle = absl::Minutes(10);
+  // The bearer token every call must present: 1..128 characters (RandomPeerToken()).
+  std::string token;
 };
+
+// 64 hex characters from the system's random generator (OpenSSL RAND_bytes).
+std::string RandomPeerToken();
 
 // Copies the blocks named by `hashes` into region + i × block_bytes; per block OK or NOT_FOUND
 // (this agent does not hold it). Runs on a gRPC thread.
@@ -45,8 +54,8 @@ using GatherFn =
 class PeerServer {
  public:
   // Starts serving. `region` (max_blocks × block_bytes, owned by the caller, outliving the
-  // server) is registered with UCX when ucx_tls is set. UNAVAILABLE when the address cannot
-  // be bound; UCX errors as they come.
+  // server) is registered with UCX when ucx_tls is set. INVALID_ARGUMENT for an empty or
+  // longer token; UNAVAILABLE when the address cannot be bound; UCX errors as they come.
   static absl::StatusOr<std::unique_ptr<PeerServer>> Start(const PeerServerOptions& options,
                                                            uint8_t* region, GatherFn gather);
   virtual ~PeerServer() = default;

@@ -1,6 +1,6 @@
-// The GPU agent's peer server against a peer of this test's own (real UCX over tcp/lo): data
-// channels a peer leaves open are closed once idle, so peers that die cannot use up the
-// server's channels.
+// The GPU agent's peer server against a peer of this test's own (real UCX over tcp/lo): only
+// callers presenting the server's token are served, and data channels a peer leaves open are
+// closed once idle, so peers that die cannot use up the server's channels.
 #include "peer_server.h"
 
 #include <gmock/gmock.h>
@@ -8,6 +8,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -20,17 +23,25 @@
 namespace strata::gpu_agent {
 namespace {
 
+using ::testing::HasSubstr;
 using testutil::IsOk;
+
+const std::string kToken = RandomPeerToken();
+
+// A call context presenting `token` (none when empty).
+std::unique_ptr<grpc::ClientContext> As(const std::string& token) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+  return ctx;
+}
 
 uint64_t DataChannels(v1::StoreService::Stub& stub) {
   v1::StatsResponse stats;
-  grpc::ClientContext ctx;
-  EXPECT_TRUE(stub.Stats(&ctx, v1::StatsRequest(), &stats).ok());
+  EXPECT_TRUE(stub.Stats(As(kToken).get(), v1::StatsRequest(), &stats).ok());
   return stats.data_channels();
 }
 
-TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
-  std::vector<uint8_t> region(4 * 4096);
+PeerServerOptions Options() {
   PeerServerOptions o;
   o.listen = "127.0.0.1:0";
   o.ucx_tls = "tcp";
@@ -38,14 +49,79 @@ TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
   o.block_bytes = 4096;
   o.max_blocks = 4;
   o.node_id = "agent-under-test";
-  o.channel_idle = absl::Seconds(1);
-  auto server =
-      PeerServer::Start(o, region.data(), [](std::span<const ChainHash> hashes, uint8_t*) {
-        return std::vector<absl::Status>(hashes.size(), absl::NotFoundError("not held"));
+  o.token = kToken;
+  return o;
+}
+
+// Serves blocks filled with 0x5a; holds none when `hold` is false.
+absl::StatusOr<std::unique_ptr<PeerServer>> Start(const PeerServerOptions& o,
+                                                  std::vector<uint8_t>& region, bool hold) {
+  return PeerServer::Start(
+      o, region.data(),
+      [hold, bytes = o.block_bytes](std::span<const ChainHash> hashes, uint8_t* out) {
+        if (hold) std::memset(out, 0x5a, hashes.size() * bytes);
+        return std::vector<absl::Status>(hashes.size(),
+                                         hold ? absl::OkStatus() : absl::NotFoundError("not held"));
       });
+}
+
+std::unique_ptr<v1::StoreService::Stub> StubFor(const PeerServer& server) {
+  return v1::StoreService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", server.port()),
+                                                       grpc::InsecureChannelCredentials()));
+}
+
+TEST(PeerServerTest, OnlyCallersWithTheTokenAreServed) {
+  EXPECT_EQ(kToken.size(), 64u);
+  EXPECT_NE(RandomPeerToken(), kToken);
+  PeerServerOptions no_token = Options();
+  no_token.token = "";
+  std::vector<uint8_t> region(4 * 4096);
+  EXPECT_THAT(Start(no_token, region, true).status(),
+              testutil::StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("token")));
+
+  const PeerServerOptions o = Options();
+  auto server = Start(o, region, true);
   ASSERT_THAT(server, IsOk());
-  auto stub = v1::StoreService::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  auto stub = StubFor(**server);
+  v1::BeginGetRequest get;
+  get.set_namespace_id(1);
+  get.set_scope(o.scope);
+  get.set_include_payload(true);
+  get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
+  std::string wrong = kToken;
+  wrong.back() = wrong.back() == '0' ? '1' : '0';  // same length, last character off
+  for (const std::string& token : {std::string(), wrong, std::string("short")}) {
+    SCOPED_TRACE(token.empty() ? "no token" : token);
+    const grpc::StatusCode want = grpc::StatusCode::UNAUTHENTICATED;
+    v1::StatsResponse stats;
+    EXPECT_EQ(stub->Stats(As(token).get(), {}, &stats).error_code(), want);
+    v1::BeginGetResponse got;
+    EXPECT_EQ(stub->BeginGet(As(token).get(), get, &got).error_code(), want);
+    EXPECT_EQ(got.blocks_size(), 0);
+    v1::ConnectDataResponse channel;
+    EXPECT_EQ(stub->ConnectData(As(token).get(), {}, &channel).error_code(), want);
+    v1::GetDataResponse data;
+    EXPECT_EQ(stub->GetData(As(token).get(), {}, &data).error_code(), want);
+    v1::RegisterNamespaceResponse ns;
+    EXPECT_EQ(stub->RegisterNamespace(As(token).get(), {}, &ns).error_code(), want);
+  }
+  EXPECT_EQ((*server)->blocks_served(), 0u);
+  // The token opens the same call: the block comes back inline.
+  v1::BeginGetResponse got;
+  grpc::Status s = stub->BeginGet(As(kToken).get(), get, &got);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(got.blocks_size(), 1);
+  EXPECT_EQ(got.blocks(0).payload(), std::string(4096, '\x5a'));
+  EXPECT_EQ((*server)->blocks_served(), 1u);
+}
+
+TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
+  std::vector<uint8_t> region(4 * 4096);
+  PeerServerOptions o = Options();
+  o.channel_idle = absl::Seconds(1);
+  auto server = Start(o, region, false);
+  ASSERT_THAT(server, IsOk());
+  auto stub = StubFor(**server);
 
   // A peer opens a channel, then goes away without CloseData.
   auto context = transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
@@ -57,11 +133,8 @@ TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
   req.set_ucx_tcp_tx_seg_bytes((*context)->tcp_segments().tx);
   req.set_ucx_tcp_rx_seg_bytes((*context)->tcp_segments().rx);
   v1::ConnectDataResponse channel;
-  {
-    grpc::ClientContext ctx;
-    grpc::Status s = stub->ConnectData(&ctx, req, &channel);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-  }
+  grpc::Status s = stub->ConnectData(As(kToken).get(), req, &channel);
+  ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(DataChannels(*stub), 1u);
   worker->reset();
 
@@ -72,8 +145,8 @@ TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
   v1::CloseDataRequest close;
   close.set_channel_id(channel.channel_id());
   v1::CloseDataResponse closed;
-  grpc::ClientContext ctx;
-  EXPECT_EQ(stub->CloseData(&ctx, close, &closed).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(stub->CloseData(As(kToken).get(), close, &closed).error_code(),
+            grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace

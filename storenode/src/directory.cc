@@ -9,7 +9,8 @@ namespace strata::storenode {
 std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& scope,
                                              std::span<const ChainHash> hashes,
                                              std::span<const uint64_t> sizes,
-                                             const std::string& location, absl::Duration ttl) {
+                                             const std::string& address, const std::string& token,
+                                             absl::Duration ttl) {
   std::vector<absl::Status> out(hashes.size());
   const absl::Time now = absl::Now();
   bool purged = false;
@@ -22,19 +23,20 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
       if (it == map_.end()) continue;
       auto& v = it->second;
       const size_t before = v.size();
-      v.erase(
-          std::remove_if(v.begin(), v.end(), [&](const Entry& e) { return e.address == location; }),
-          v.end());
+      v.erase(std::remove_if(v.begin(), v.end(),
+                             [&](const Entry& e) { return e.location.address == address; }),
+              v.end());
       entries_ -= before - v.size();
       if (v.empty()) map_.erase(it);
       continue;
     }
     if (it != map_.end()) {
       auto e = std::find_if(it->second.begin(), it->second.end(),
-                            [&](const Entry& x) { return x.address == location; });
-      if (e != it->second.end()) {
+                            [&](const Entry& x) { return x.location.address == address; });
+      if (e != it->second.end()) {  // a restarted agent at the same address: its new token
         e->expires = now + ttl;
-        e->size = size;
+        e->location.size = size;
+        e->location.token = token;
         continue;
       }
     }
@@ -48,7 +50,7 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
           absl::StrCat("directory full: ", max_entries_, " entries (max_directory_entries)"));
       continue;
     }
-    map_[key].push_back({location, size, now + ttl});
+    map_[key].push_back({{address, token, size}, now + ttl});
     ++entries_;
   }
   return out;
@@ -61,7 +63,7 @@ std::vector<Directory::Location> Directory::Find(const BlockKey& key) const {
   auto it = map_.find(key);
   if (it == map_.end()) return out;
   for (const Entry& e : it->second) {
-    if (e.expires > now) out.push_back({e.address, e.size});
+    if (e.expires > now) out.push_back(e.location);
   }
   return out;
 }

@@ -27,17 +27,18 @@ class Directory {
  public:
   struct Location {
     std::string address;  // how peers reach the agent holding the block
+    std::string token;    // what the agent asks its peers to present ("" = none)
     uint64_t size = 0;    // block bytes, as published
   };
 
   explicit Directory(uint64_t max_entries) : max_entries_(max_entries) {}
 
-  // Publishes (ttl > 0: adds or refreshes) or removes (ttl == 0) `location` for each key.
-  // Returns per key OK or RESOURCE_EXHAUSTED (directory full).
+  // Publishes (ttl > 0: adds, or refreshes size and token) or removes (ttl == 0) the entry of
+  // `address` for each key. Returns per key OK or RESOURCE_EXHAUSTED (directory full).
   std::vector<absl::Status> Publish(NamespaceId ns, const std::string& scope,
                                     std::span<const ChainHash> hashes,
-                                    std::span<const uint64_t> sizes, const std::string& location,
-                                    absl::Duration ttl);
+                                    std::span<const uint64_t> sizes, const std::string& address,
+                                    const std::string& token, absl::Duration ttl);
   // Live locations of one block (empty: none).
   std::vector<Location> Find(const BlockKey& key) const;
   // Drops expired entries; returns how many.
@@ -46,8 +47,7 @@ class Directory {
 
  private:
   struct Entry {
-    std::string address;
-    uint64_t size = 0;
+    Location location;
     absl::Time expires;
   };
 

@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cstring>
+#include <string_view>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "service_call.h"
@@ -43,6 +45,24 @@ absl::Status UnpackHashes(const std::string& packed, uint64_t max_keys,
   hashes->resize(n);
   for (size_t i = 0; i < n; ++i) {
     std::memcpy((*hashes)[i].bytes.data(), packed.data() + i * kChainHashBytes, kChainHashBytes);
+  }
+  return absl::OkStatus();
+}
+
+// PublishRequest.location_token: what peers send as `authorization: Bearer <token>`, so it must
+// be a valid bearer token (RFC 6750's token68 characters). The error never echoes the token.
+absl::Status ValidateLocationToken(const std::string& token) {
+  if (token.size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("location_token: ", token.size(), " characters, at most 128"));
+  }
+  for (size_t i = 0; i < token.size(); ++i) {
+    const char c = token[i];
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) &&
+        std::string_view("-._~+/=").find(c) == std::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("location_token: character ", i,
+                                                     " is not one of A-Z a-z 0-9 - . _ ~ + / ="));
+    }
   }
   return absl::OkStatus();
 }
@@ -233,7 +253,10 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
       b->set_tier(v1::TIER_HOT);
       b->set_size(peers[0].size);
     }
-    for (const Directory::Location& p : peers) b->add_hot_locations(p.address);
+    for (const Directory::Location& p : peers) {
+      b->add_hot_locations(p.address);
+      b->add_hot_location_tokens(p.token);
+    }
     if (each[i].has_value() || !peers.empty()) ++present;
   }
   resp->set_matched_blocks(present);
@@ -254,6 +277,9 @@ grpc::Status StoreServiceImpl::Publish(grpc::ServerContext* ctx, const v1::Publi
     return call.Done(absl::InvalidArgumentError(
         absl::StrCat("location: ", req->location().size(), " bytes, want 1..256")));
   }
+  if (absl::Status t = ValidateLocationToken(req->location_token()); !t.ok()) {
+    return call.Done(t);
+  }
   if (req->sizes_size() != 0 && req->sizes_size() != req->chain_hashes_size()) {
     return call.Done(absl::InvalidArgumentError(absl::StrCat(
         "sizes: ", req->sizes_size(), " entries for ", req->chain_hashes_size(), " hashes")));
@@ -263,7 +289,7 @@ grpc::Status StoreServiceImpl::Publish(grpc::ServerContext* ctx, const v1::Publi
   NoteWrite(scope);
   std::vector<absl::Status> results =
       directory_.Publish(req->namespace_id(), scope, hashes, sizes, req->location(),
-                         absl::Milliseconds(req->ttl_ms()));
+                         req->location_token(), absl::Milliseconds(req->ttl_ms()));
   for (const absl::Status& st : results) ToBlockStatus(st, resp->add_results());
   return call.Done(absl::OkStatus());
 }

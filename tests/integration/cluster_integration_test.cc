@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -333,7 +335,7 @@ TEST_F(ClusterTest, BlocksPublishedByAnAgentAreFoundUntilRemovedOrExpired) {
   // The store holds the first 8 blocks; the prefill agent holds all 32 in GPU memory.
   std::vector<ChainHash> stored(chain.begin(), chain.begin() + 8);
   ASSERT_EQ(PutAll(*agent, *ns, stored), stored.size());
-  const std::string where = "agent-a@127.0.0.1:9100";
+  const client::PeerLocation where{"agent-a@127.0.0.1:9100", "tok.A-1"};
   std::vector<uint64_t> sizes(chain.size(), kBlock);
   auto pub = agent->Publish(*ns, "", chain, sizes, where, absl::Seconds(3));
   ASSERT_TRUE(pub.ok()) << pub.status();
@@ -346,6 +348,13 @@ TEST_F(ClusterTest, BlocksPublishedByAnAgentAreFoundUntilRemovedOrExpired) {
     EXPECT_EQ(r->blocks[i].size, kBlock);
     EXPECT_THAT(r->blocks[i].peers, ::testing::ElementsAre(where)) << i;
   }
+  // The agent restarts at the same address with a new token: its entries carry the new one.
+  const client::PeerLocation restarted{where.address, "tok.A-2"};
+  ASSERT_TRUE(
+      agent->Publish(*ns, "", {&chain[0], 1}, {&sizes[0], 1}, restarted, absl::Seconds(3)).ok());
+  r = decode->Lookup(*dns, "", {&chain[0], 1});
+  ASSERT_TRUE(r.ok() && r->matched_blocks == 1) << r.status();
+  EXPECT_THAT(r->blocks[0].peers, ::testing::ElementsAre(restarted));
   // The agent frees blocks 16..31: they are unpublished, the prefix ends at 16.
   std::vector<ChainHash> freed(chain.begin() + 16, chain.end());
   ASSERT_TRUE(agent->Publish(*ns, "", freed, {}, where, absl::ZeroDuration()).ok());
@@ -360,8 +369,15 @@ TEST_F(ClusterTest, BlocksPublishedByAnAgentAreFoundUntilRemovedOrExpired) {
   ASSERT_FALSE(r->blocks.empty());
   EXPECT_TRUE(r->blocks[0].peers.empty());
   // Bad input is refused with the field named.
-  auto bad = agent->Publish(*ns, "", chain, sizes, std::string(300, 'x'), absl::Seconds(1));
+  auto bad = agent->Publish(*ns, "", chain, sizes, {std::string(300, 'x'), ""}, absl::Seconds(1));
   EXPECT_THAT(bad.status(), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = agent->Publish(*ns, "", chain, sizes, {where.address, "two words"}, absl::Seconds(1));
+  EXPECT_THAT(bad.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     ::testing::HasSubstr("location_token: character 3")));
+  bad = agent->Publish(*ns, "", chain, sizes, {where.address, std::string(129, 'a')},
+                       absl::Seconds(1));
+  EXPECT_THAT(bad.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     ::testing::HasSubstr("location_token: 129 characters")));
 }
 
 TEST_F(ClusterTest, AStaleEpochIsRefusedAndTheClientRetries) {
@@ -687,6 +703,52 @@ TEST(ClusterStartTest, ANodeStartedBeforeEtcdWaitsForIt) {
   patient = absl::CancelledError("done");  // the node goes before etcd
   test_done.Notify();
   starter.join();
+}
+
+// A node still waiting for etcd stops at once on SIGTERM (exit code 0, as a drain), instead of
+// holding a pod's termination for the rest of etcd_startup.
+TEST(ClusterStartTest, ANodeWaitingForEtcdStopsAtOnceOnSigterm) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  ASSERT_THAT((*etcd)->Stop(), IsOk());
+  absl::StatusOr<std::unique_ptr<LocalNode>> node = absl::UnknownError("not started");
+  std::thread starting([&] {
+    node = testutil::StartNode(
+        {"--node-id", "stopped-early", "--cluster-mode", "etcd", "--etcd-endpoints",
+         (*etcd)->endpoint(), "--cluster-name", "stopped-early", "--etcd-startup", "600000",
+         "--warm-bytes", "64MiB", "--ucx-tls", ""},
+        absl::Seconds(30));
+  });
+  // The node process is this process's child with --node-id stopped-early.
+  pid_t pid = 0;
+  for (int i = 0; i < 500 && pid == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator("/proc", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      std::ifstream stat(it->path() / "stat"), cmdline(it->path() / "cmdline");
+      std::string line, args;
+      std::getline(stat, line);
+      std::getline(cmdline, args, '\x01');  // the NUL-separated arguments, whole
+      const size_t comm_end = line.rfind(") ");
+      if (comm_end == std::string::npos) continue;  // not a process, or gone
+      std::vector<std::string> f = absl::StrSplit(line.substr(comm_end + 2), ' ');
+      if (f.size() > 1 && f[1] == std::to_string(getpid()) &&
+          args.find("stopped-early") != std::string::npos) {
+        pid = static_cast<pid_t>(std::strtol(it->path().filename().c_str(), nullptr, 10));
+      }
+    }
+  }
+  EXPECT_NE(pid, 0) << "node process not found";
+  if (pid != 0) {
+    absl::SleepFor(absl::Seconds(2));  // well into its wait for etcd
+    kill(pid, SIGTERM);
+  }
+  starting.join();
+  // Exit code 0: the node's own handler ended it (an unhandled SIGTERM reads 143), and it did
+  // not wait out the 600 s.
+  EXPECT_THAT(node.status(), StatusIs(absl::StatusCode::kUnavailable,
+                                      ::testing::HasSubstr("exited with code 0 ")));
 }
 
 }  // namespace

@@ -251,7 +251,12 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
     EXPECT_TRUE(r.ok());
     return (*r)[0].peers;
   };
-  EXPECT_THAT(peers_of(2), ElementsAre(prefill.agent->peer_address()));
+  // The entry carries the agent's address and its peer token (64 random hex characters).
+  const auto at_prefill =
+      ::testing::Field(&client::PeerLocation::address, prefill.agent->peer_address());
+  EXPECT_THAT(peers_of(2), ElementsAre(at_prefill));
+  EXPECT_THAT(peers_of(2), ElementsAre(::testing::Field(&client::PeerLocation::token,
+                                                        ::testing::MatchesRegex("[0-9a-f]{64}"))));
   EXPECT_EQ(prefill.agent->Stats().published, 8u);
   auto metrics = testutil::HttpGet(prefill.agent->metrics_address(), "/metrics");
   ASSERT_TRUE(metrics.ok()) << metrics.status();
@@ -266,7 +271,7 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
   while (!peers_of(2).empty() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
   EXPECT_TRUE(peers_of(2).empty());
   EXPECT_TRUE(peers_of(3).empty());
-  EXPECT_THAT(peers_of(4), ElementsAre(prefill.agent->peer_address()));  // not freed
+  EXPECT_THAT(peers_of(4), ElementsAre(at_prefill));  // not freed
   EXPECT_EQ(prefill.agent->Stats().published, 6u);
   // The store still has the freed blocks (and a peer asking the prefill agent gets NOT_FOUND
   // for them, then the store's copy).

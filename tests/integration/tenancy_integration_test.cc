@@ -302,6 +302,40 @@ TEST_F(TenancyTest, RolesLimitWhatAPrincipalMayDo) {
               StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
+// A GPU agent's peer token (what its peer server asks for) reaches exactly the callers who may
+// read the agent's scope: the node hands it out with the agent's address in Lookup answers.
+TEST_F(TenancyTest, AnAgentsPeerTokenReachesOnlyReadersOfItsScope) {
+  Tenant a = As(kTokens[0].token);
+  Tenant a_reader = As(kTokens[2].token);
+  Tenant b = As(kTokens[1].token);
+  ASSERT_NE(a.client, nullptr);
+  const std::vector<ChainHash> hot = testutil::PromptChain(a.ns, 41, 4);  // in GPU memory only
+  const client::PeerLocation agent{"127.0.0.1:9", "peer-token-of-a"};
+  auto pub = a.client->Publish(a.ns, "", hot, {}, agent, absl::Seconds(30));
+  ASSERT_THAT(pub, IsOk());
+  for (const absl::Status& st : *pub) EXPECT_THAT(st, IsOk());
+
+  // Tenant A's reader finds every block at the agent, with its token.
+  auto seen = a_reader.client->Lookup(a_reader.ns, "", hot);
+  ASSERT_THAT(seen, IsOk());
+  ASSERT_EQ(seen->matched_blocks, hot.size());
+  for (const client::BlockLocation& loc : seen->blocks) {
+    EXPECT_EQ(loc.tier, client::Tier::kHot);
+    EXPECT_THAT(loc.peers, ::testing::ElementsAre(agent));
+  }
+  // Tenant B, asking for the same keys, learns neither the agent nor its token.
+  auto other = b.client->LookupEach(b.ns, "", hot);
+  ASSERT_THAT(other, IsOk());
+  for (const client::BlockLocation& loc : *other) {
+    EXPECT_EQ(loc.tier, client::Tier::kUnknown);
+    EXPECT_TRUE(loc.peers.empty());
+  }
+  // A reader may not publish (it could otherwise point its tenant at an agent of its choice).
+  EXPECT_THAT(a_reader.client->Publish(a_reader.ns, "", hot, {}, agent, absl::Seconds(30)),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("writer")));
+  ASSERT_THAT(a.client->Publish(a.ns, "", hot, {}, agent, absl::ZeroDuration()), IsOk());
+}
+
 TEST_F(TenancyTest, ClientCertificatesNamePrincipalsAndForeignOrMissingOnesFailTheHandshake) {
   ClientOptions cert = Options(strict_node_, "");
   cert.tls_cert = Path("tenant-c-client.crt");

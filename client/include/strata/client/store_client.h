@@ -107,12 +107,21 @@ struct Namespace {
                                                     const ExtraKeys& extra = {}) const;
 };
 
+// Where a GPU agent serves the blocks it published (Publish): `address` (opaque here; a gRPC
+// target for issue 6's agents) and the `token` peers present to it as their bearer token ("":
+// none). A node hands both out only to callers allowed to read the blocks' scope.
+struct PeerLocation {
+  std::string address;
+  std::string token;
+  bool operator==(const PeerLocation&) const = default;
+};
+
 struct BlockLocation {
   Tier tier = Tier::kUnknown;  // kHot: only in the GPU memory of `peers`
   uint64_t size = 0;
-  // GPU agents that published the block (Publish) and whose entries are live: where a
-  // decode worker may pull it from directly (issue 6's agents; opaque strings here).
-  std::vector<std::string> peers;
+  // GPU agents that published the block and whose entries are live: where a decode worker may
+  // pull it from directly.
+  std::vector<PeerLocation> peers;
 };
 
 struct LookupResult {
@@ -264,11 +273,13 @@ class StoreClient {
                                                                 const CallOptions& call = {}) = 0;
   // The directory of GPU-resident blocks: tells the blocks' owner nodes that this process
   // holds them in GPU memory, reachable at `location`, for `ttl` (refresh before it lapses);
-  // a zero ttl removes the entries. Per block: OK, or RESOURCE_EXHAUSTED (directory full).
-  // Lookups then report them (tier kHot when no node tier has them) with `location` in peers.
+  // a zero ttl removes the entries (of location.address). Per block: OK, or
+  // RESOURCE_EXHAUSTED (directory full). Lookups then report them (tier kHot when no node
+  // tier has them) with `location` in peers. INVALID_ARGUMENT: an address of 0 or more than
+  // 256 bytes, a token longer than 128 characters or outside [A-Za-z0-9._~+/=-].
   virtual absl::StatusOr<std::vector<absl::Status>> Publish(
       const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
-      std::span<const uint64_t> sizes, std::string_view location, absl::Duration ttl,
+      std::span<const uint64_t> sizes, const PeerLocation& location, absl::Duration ttl,
       const CallOptions& call = {}) = 0;
   // Same as Lookup, hashing the prompt's tokens first.
   absl::StatusOr<LookupResult> LookupTokens(const Namespace& ns, std::string_view scope,
