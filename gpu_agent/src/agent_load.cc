@@ -95,7 +95,9 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
     bool gone = !peer.ok();
     for (size_t i : which) {
       if (out[i].status.ok()) continue;
-      gone |= out[i].status.code() == absl::StatusCode::kUnavailable;
+      // UNAVAILABLE: the peer went away; UNAUTHENTICATED: it restarted with a new token.
+      gone |= out[i].status.code() == absl::StatusCode::kUnavailable ||
+              out[i].status.code() == absl::StatusCode::kUnauthenticated;
       from_store.push_back(i);
       ++fallbacks;
     }
@@ -195,6 +197,8 @@ absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl:
   }
   absl::StatusOr<client::Namespace> ns = (*c)->RegisterNamespace(ns_.spec);
   if (!ns.ok()) return ns.status();
+  // A new token at a known address: the agent there restarted, its old client is useless.
+  std::erase_if(peers_, [&](const auto& p) { return p.first.first == address; });
   auto& entry = peers_[peer];
   entry = {std::move(*c), *ns};
   return std::make_pair(entry.first.get(), entry.second);

@@ -28,11 +28,16 @@ using testutil::IsOk;
 
 const std::string kToken = RandomPeerToken();
 
-// A call context presenting `token` (none when empty).
-std::unique_ptr<grpc::ClientContext> As(const std::string& token) {
+// A call context sending `authorization: <value>` (no such header when empty).
+std::unique_ptr<grpc::ClientContext> WithAuthorization(const std::string& value) {
   auto ctx = std::make_unique<grpc::ClientContext>();
-  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+  if (!value.empty()) ctx->AddMetadata("authorization", value);
   return ctx;
+}
+
+// A call context presenting `token` as a bearer token.
+std::unique_ptr<grpc::ClientContext> As(const std::string& token) {
+  return WithAuthorization("Bearer " + token);
 }
 
 uint64_t DataChannels(v1::StoreService::Stub& stub) {
@@ -90,20 +95,27 @@ TEST(PeerServerTest, OnlyCallersWithTheTokenAreServed) {
   get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
   std::string wrong = kToken;
   wrong.back() = wrong.back() == '0' ? '1' : '0';  // same length, last character off
-  for (const std::string& token : {std::string(), wrong, std::string("short")}) {
-    SCOPED_TRACE(token.empty() ? "no token" : token);
+  // No header, a wrong token of the right length, a short one, the right token without the
+  // scheme or with another spelling of it: every call is refused.
+  for (const std::string& value : {std::string(), "Bearer " + wrong, std::string("Bearer short"),
+                                   kToken, "bearer " + kToken, "Bearer  " + kToken}) {
+    SCOPED_TRACE(value.empty() ? "no authorization header" : value);
     const grpc::StatusCode want = grpc::StatusCode::UNAUTHENTICATED;
     v1::StatsResponse stats;
-    EXPECT_EQ(stub->Stats(As(token).get(), {}, &stats).error_code(), want);
+    EXPECT_EQ(stub->Stats(WithAuthorization(value).get(), {}, &stats).error_code(), want);
     v1::BeginGetResponse got;
-    EXPECT_EQ(stub->BeginGet(As(token).get(), get, &got).error_code(), want);
+    EXPECT_EQ(stub->BeginGet(WithAuthorization(value).get(), get, &got).error_code(), want);
     EXPECT_EQ(got.blocks_size(), 0);
+    v1::EndGetResponse ended;
+    EXPECT_EQ(stub->EndGet(WithAuthorization(value).get(), {}, &ended).error_code(), want);
     v1::ConnectDataResponse channel;
-    EXPECT_EQ(stub->ConnectData(As(token).get(), {}, &channel).error_code(), want);
+    EXPECT_EQ(stub->ConnectData(WithAuthorization(value).get(), {}, &channel).error_code(), want);
+    v1::CloseDataResponse closed;
+    EXPECT_EQ(stub->CloseData(WithAuthorization(value).get(), {}, &closed).error_code(), want);
     v1::GetDataResponse data;
-    EXPECT_EQ(stub->GetData(As(token).get(), {}, &data).error_code(), want);
+    EXPECT_EQ(stub->GetData(WithAuthorization(value).get(), {}, &data).error_code(), want);
     v1::RegisterNamespaceResponse ns;
-    EXPECT_EQ(stub->RegisterNamespace(As(token).get(), {}, &ns).error_code(), want);
+    EXPECT_EQ(stub->RegisterNamespace(WithAuthorization(value).get(), {}, &ns).error_code(), want);
   }
   EXPECT_EQ((*server)->blocks_served(), 0u);
   // The token opens the same call: the block comes back inline.

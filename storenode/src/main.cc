@@ -1,13 +1,14 @@
 // strata-storenode: a Strata store node. Configuration from --config FILE.yaml, STRATA_*
 // variables and flags (see --help). SIGTERM or SIGINT drains in-flight calls and exits 0
-// (while still starting, it exits at once); SIGHUP re-reads auth_principals_file.
+// (while still starting, it exits at once); SIGHUP re-reads auth_principals_file (one that
+// comes while starting, once started).
 #include <malloc.h>
 #include <poll.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <mutex>
 #include <thread>
 
 #include "spdlog/spdlog.h"
@@ -25,6 +26,49 @@ void OnStopSignal(int sig) {
   unsigned char b = static_cast<unsigned char>(sig);
   [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &b, 1);
 }
+
+// Watches the signal pipe while the node starts. A stop signal then ends the process at once
+// (exit code 0): the node is not registered or ready yet, and what is on disk survives an
+// abrupt exit as it survives kill -9. A SIGHUP is remembered for after the start. Once
+// Finish() returned, main() reads the pipe itself; the lock makes sure no byte is read by
+// both or lost between them.
+class StartWatch {
+ public:
+  StartWatch() : thread_([this] { Run(); }) {}
+  // Stops watching; returns whether a SIGHUP came meanwhile.
+  bool Finish() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      starting_ = false;
+    }
+    thread_.join();
+    return hup_;
+  }
+
+ private:
+  void Run() {
+    pollfd p{g_signal_pipe[0], POLLIN, 0};
+    while (true) {
+      const bool readable = poll(&p, 1, 100) == 1;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!starting_) return;
+      unsigned char sig = 0;
+      if (!readable || read(g_signal_pipe[0], &sig, 1) != 1) continue;
+      if (sig == SIGHUP) {
+        hup_ = true;
+        continue;
+      }
+      spdlog::info("signal {} while starting: exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      spdlog::default_logger()->flush();
+      _exit(0);
+    }
+  }
+
+  std::mutex mu_;
+  bool starting_ = true;  // guarded by mu_
+  bool hup_ = false;      // guarded by mu_; read after the join
+  std::thread thread_;    // last: starts once the fields above exist
+};
 
 }  // namespace
 
@@ -61,33 +105,16 @@ int main(int argc, char** argv) {
   sigaction(SIGHUP, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  // Start can take a while (prefaulting the warm arena, waiting up to etcd_startup for etcd):
-  // a stop signal meanwhile ends the process at once. Nothing is served yet, and what is on
-  // disk survives an abrupt exit as it survives kill -9.
-  std::atomic<bool> starting{true};
-  std::thread start_watch([&starting] {
-    pollfd p{g_signal_pipe[0], POLLIN, 0};
-    while (starting.load()) {
-      if (poll(&p, 1, 100) != 1) continue;
-      unsigned char sig = 0;
-      if (read(g_signal_pipe[0], &sig, 1) != 1) continue;
-      if (sig == SIGHUP) {
-        spdlog::info("SIGHUP while starting: the principals file is read as the node starts");
-        continue;
-      }
-      spdlog::info("signal {} while starting: exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-      spdlog::shutdown();
-      _exit(0);
-    }
-  });
+  // Start can take a while (prefaulting the warm arena, waiting up to etcd_startup for etcd).
+  StartWatch watch;
   absl::StatusOr<std::unique_ptr<strata::storenode::StoreNode>> node =
       strata::storenode::StoreNode::Start(config);
-  starting.store(false);
-  start_watch.join();
+  const bool reload = watch.Finish();
   if (!node.ok()) {
     spdlog::error("cannot start: {}", node.status().ToString());
     return node.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
+  if (reload) (*node)->ReloadPrincipals().IgnoreError();  // a SIGHUP while starting; logged
   unsigned char sig = 0;
   while (read(g_signal_pipe[0], &sig, 1) != 1 || sig == SIGHUP) {
     if (sig == SIGHUP) {

@@ -139,6 +139,7 @@ void StoreCorpus(const fs::path& dir) {
 
   v1::PublishRequest publish = WithHashes<v1::PublishRequest>({0, 1, 2, 10, 11});
   publish.set_location("10.0.0.7:9400");
+  publish.set_location_token("0f1e2d3c4b5a69788796a5b4c3d2e1f0");
   publish.set_ttl_ms(5000);
   for (int i = 0; i < 5; ++i) publish.add_sizes(4096);
   add("publish_then_lookup", {{kPublish, kNs, Bytes(publish)},

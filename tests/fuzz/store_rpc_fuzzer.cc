@@ -388,6 +388,9 @@ void Harness::Run(StoreOp op, uint8_t flags, const uint8_t* msg, size_t len) {
             FUZZ_CHECK(static_cast<size_t>(resp.blocks_size()) <= asked);
             FUZZ_CHECK(resp.tiers().size() <= asked);
             FUZZ_CHECK(resp.tiers().size() == static_cast<size_t>(resp.sizes_size()));
+            for (const v1::BlockInfo& b : resp.blocks()) {  // one token per agent location
+              FUZZ_CHECK(b.hot_location_tokens_size() == b.hot_locations_size());
+            }
           });
       break;
     case kPublish:
