@@ -12,6 +12,7 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
                                              const std::string& address, const std::string& token,
                                              absl::Duration ttl) {
   std::vector<absl::Status> out(hashes.size());
+  const auto shared_token = std::make_shared<const std::string>(token);
   const absl::Time now = absl::Now();
   bool purged = false;
   absl::MutexLock lock(&mu_);
@@ -23,20 +24,20 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
       if (it == map_.end()) continue;
       auto& v = it->second;
       const size_t before = v.size();
-      v.erase(std::remove_if(v.begin(), v.end(),
-                             [&](const Entry& e) { return e.location.address == address; }),
-              v.end());
+      v.erase(
+          std::remove_if(v.begin(), v.end(), [&](const Entry& e) { return e.address == address; }),
+          v.end());
       entries_ -= before - v.size();
       if (v.empty()) map_.erase(it);
       continue;
     }
     if (it != map_.end()) {
       auto e = std::find_if(it->second.begin(), it->second.end(),
-                            [&](const Entry& x) { return x.location.address == address; });
+                            [&](const Entry& x) { return x.address == address; });
       if (e != it->second.end()) {  // a restarted agent at the same address: its new token
         e->expires = now + ttl;
-        e->location.size = size;
-        e->location.token = token;
+        e->size = size;
+        if (*e->token != token) e->token = shared_token;
         continue;
       }
     }
@@ -50,7 +51,7 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
           absl::StrCat("directory full: ", max_entries_, " entries (max_directory_entries)"));
       continue;
     }
-    map_[key].push_back({{address, token, size}, now + ttl});
+    map_[key].push_back({address, shared_token, size, now + ttl});
     ++entries_;
   }
   return out;
@@ -63,7 +64,7 @@ std::vector<Directory::Location> Directory::Find(const BlockKey& key) const {
   auto it = map_.find(key);
   if (it == map_.end()) return out;
   for (const Entry& e : it->second) {
-    if (e.expires > now) out.push_back(e.location);
+    if (e.expires > now) out.push_back({e.address, *e.token, e.size});
   }
   return out;
 }

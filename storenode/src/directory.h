@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -47,7 +48,11 @@ class Directory {
 
  private:
   struct Entry {
-    Location location;
+    std::string address;
+    // Shared by the entries of one Publish call: an agent's token is one string, not one per
+    // block it holds.
+    std::shared_ptr<const std::string> token;
+    uint64_t size = 0;
     absl::Time expires;
   };
 
