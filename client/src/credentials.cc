@@ -1,22 +1,10 @@
 // TLS credentials of a client's gRPC channels (ClientOptions::tls_ca, tls_cert, tls_key).
-#include <fstream>
-#include <sstream>
-
 #include "grpc_store_client.h"
+#include "strata/proto/tls_files.h"
 
 namespace strata::client::internal {
 
-namespace {
-
-absl::StatusOr<std::string> ReadPemFile(const std::string& path, const char* field) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(field, ": cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-}  // namespace
+using proto::ReadPemFile;
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const ClientOptions& options) {

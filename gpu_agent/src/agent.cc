@@ -143,6 +143,8 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
     po.max_blocks = batch_;
     po.node_id = absl::StrCat("gpu-agent:", options_.model_id);
     po.token = RandomPeerToken();  // new for every process: no token outlives its agent
+    po.tls_cert = options_.peer_tls_cert;
+    po.tls_key = options_.peer_tls_key;
     uint8_t* serve_region = (*staging)->data() + 2ull * batch_ * bb;
     absl::StatusOr<std::unique_ptr<PeerServer>> server = PeerServer::Start(
         po, serve_region, [this](std::span<const ChainHash> hashes, uint8_t* region) {

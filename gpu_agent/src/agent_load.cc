@@ -187,6 +187,7 @@ absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl:
   client::ClientOptions o;
   o.address = address;
   o.token = peer.second;  // the peer's own token, from its directory entry
+  o.tls_ca = options_.peer_tls_ca;
   o.default_deadline = options_.call_deadline;
   o.default_scope = scope_;
   absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(o);

@@ -17,6 +17,7 @@
 #include "strata/common/checksum.h"
 #include "strata/common/namespace.h"
 #include "strata/proto/status_convert.h"
+#include "strata/proto/tls_files.h"
 #include "strata/transport/data_plane.h"
 #include "strata/v1/store.grpc.pb.h"
 
@@ -300,6 +301,9 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
                      " characters, want 1..128 (peers must "
                      "authenticate; an empty token may mean the random generator failed)"));
   }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      proto::ServerTlsCredentials(options.tls_cert, options.tls_key, "", false, "peer_tls");
+  if (!credentials.ok()) return credentials.status();
   auto s = std::make_unique<PeerServerImpl>();
   const uint64_t region_bytes = options.block_bytes * options.max_blocks;
   if (!options.ucx_tls.empty()) {
@@ -316,7 +320,7 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
   }
   s->service_ = std::make_unique<PeerService>(options, region, std::move(gather), s->plane_.get());
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen, *credentials, &s->port_);
   const int max_msg = static_cast<int>(std::min<uint64_t>(region_bytes + (1 << 20), 1u << 30));
   builder.SetMaxReceiveMessageSize(max_msg);
   builder.SetMaxSendMessageSize(max_msg);
@@ -326,8 +330,9 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
     return absl::UnavailableError(absl::StrCat("peer server: cannot listen on ", options.listen));
   }
   if (s->plane_ != nullptr) s->StartHousekeeping();
-  spdlog::info("gpu agent serving peers on port {} ({})", s->port_,
-               options.ucx_tls.empty() ? "inline" : options.ucx_tls);
+  spdlog::info("gpu agent serving peers on port {} ({}, {})", s->port_,
+               options.ucx_tls.empty() ? "inline" : options.ucx_tls,
+               options.tls_cert.empty() ? "plaintext gRPC" : "TLS");
   return s;
 }
 

@@ -41,6 +41,10 @@ struct PeerServerOptions {
   absl::Duration channel_idle = absl::Minutes(10);
   // The bearer token every call must present: 1..128 characters (RandomPeerToken()).
   std::string token;
+  // PEM files: with both, the server speaks TLS (no client certificates: the token
+  // authenticates peers); with neither, plaintext.
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 // 64 hex characters from the system's random generator (OpenSSL RAND_bytes).
@@ -55,7 +59,8 @@ class PeerServer {
  public:
   // Starts serving. `region` (max_blocks × block_bytes, owned by the caller, outliving the
   // server) is registered with UCX when ucx_tls is set. INVALID_ARGUMENT for an empty or
-  // longer token; UNAVAILABLE when the address cannot be bound; UCX errors as they come.
+  // longer token, or for one of tls_cert / tls_key without the other or unreadable;
+  // UNAVAILABLE when the address cannot be bound; UCX errors as they come.
   static absl::StatusOr<std::unique_ptr<PeerServer>> Start(const PeerServerOptions& options,
                                                            uint8_t* region, GatherFn gather);
   virtual ~PeerServer() = default;

@@ -5,7 +5,6 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -21,39 +20,18 @@
 #include "strata/common/byte_size.h"
 #include "strata/common/codec.h"
 #include "strata/common/http_endpoint.h"
+#include "strata/proto/tls_files.h"
 #include "strata/storenode/tiered_store.h"
 #include "strata/transport/data_plane.h"
 
 namespace strata::storenode {
 namespace {
 
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
-  std::ifstream in(path);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(what, ": cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // Insecure without tls_cert; TLS, and with tls_client_ca mutual TLS (client certificates
 // requested, or required with tls_require_client_cert, and verified against that CA).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const NodeConfig& c) {
-  if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
-  absl::StatusOr<std::string> cert = ReadPem(c.tls_cert, "tls_cert");
-  if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = ReadPem(c.tls_key, "tls_key");
-  if (!key.ok()) return key.status();
-  grpc::SslServerCredentialsOptions o(
-      c.tls_client_ca.empty()     ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-      : c.tls_require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                                  : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
-  if (!c.tls_client_ca.empty()) {
-    absl::StatusOr<std::string> ca = ReadPem(c.tls_client_ca, "tls_client_ca");
-    if (!ca.ok()) return ca.status();
-    o.pem_root_certs = *ca;
-  }
-  o.pem_key_cert_pairs.push_back({*key, *cert});
-  return grpc::SslServerCredentials(o);
+  return proto::ServerTlsCredentials(c.tls_cert, c.tls_key, c.tls_client_ca,
+                                     c.tls_require_client_cert);
 }
 
 // Writes atomically (temp file + rename) so a watcher never reads half a file.

@@ -10,7 +10,10 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "engine_kv.h"
 #include "strata/client/local_node.h"
 #include "strata/common/half.h"
@@ -281,6 +284,44 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
   EXPECT_EQ(loaded->blocks()[2].source, LoadSource::kStore);
   EXPECT_EQ(loaded->blocks()[4].source, LoadSource::kPeer);
   EXPECT_EQ(Exact(decode, hashes, Slots(20, 8)), 8u);
+}
+
+// Agents may read each other over TLS: a reader with the CA loads every block from the TLS
+// peer, bit-exact; a plaintext reader cannot talk to it and loads them from the store instead.
+TEST_F(GpuAgentTest, PeersReadOverTlsAndAPlaintextReaderFallsBackToTheStore) {
+  const char* src = std::getenv("STRATA_SOURCE_DIR");
+  ASSERT_NE(src, nullptr) << "run through ctest (STRATA_SOURCE_DIR)";
+  const std::string certs = absl::StrCat(::testing::TempDir(), "strata-peer-tls-", getpid());
+  const std::string make =
+      absl::StrCat("bash ", src, "/scripts/make_test_certs.sh ", certs, " >/dev/null");
+  ASSERT_EQ(std::system(make.c_str()), 0) << make;
+  AgentOptions served = Options("peer-tls", true);
+  served.peer_tls_cert = certs + "/server.crt";  // names 127.0.0.1, the advertised host
+  served.peer_tls_key = certs + "/server.key";
+  Side prefill = Make(served, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  auto hashes = Hashes(*prefill.agent, 8, 4242);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 8))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  ASSERT_EQ(prefill.agent->Stats().published, 8u);
+
+  AgentOptions tls_reader = Options("peer-tls", false);
+  tls_reader.peer_tls_ca = certs + "/ca.crt";
+  Side a = Make(tls_reader, SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
+  auto loaded = LoadAll(a, hashes, Slots(4, 8));
+  EXPECT_EQ(loaded->loaded_prefix(), 8u);
+  EXPECT_EQ(Exact(a, hashes, Slots(4, 8)), 8u);
+  EXPECT_EQ(a.agent->Stats().loaded_from_peer, 8u);
+  EXPECT_EQ(a.agent->Stats().peer_fallbacks, 0u);
+
+  Side b = Make(Options("peer-tls", false), SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
+  loaded = LoadAll(b, hashes, Slots(4, 8));
+  EXPECT_EQ(loaded->loaded_prefix(), 8u);
+  EXPECT_EQ(Exact(b, hashes, Slots(4, 8)), 8u);
+  EXPECT_EQ(b.agent->Stats().loaded_from_peer, 0u);
+  EXPECT_EQ(b.agent->Stats().loaded_from_store, 8u);
+  EXPECT_EQ(b.agent->Stats().peer_fallbacks, 8u);  // it did try the peer first
+  EXPECT_EQ(prefill.agent->Stats().served_to_peers, 8u);
+  std::filesystem::remove_all(certs);
 }
 
 TEST_F(GpuAgentTest, BlocksFreedRightAfterComputeAreCapturedBeforeTheSlotIsReused) {

@@ -61,6 +61,14 @@ struct AgentOptions {
   std::string peer_listen = "127.0.0.1:0";
   std::string peer_advertise;
   std::string peer_ucx_tls = "tcp";
+  // TLS between agents (plaintext when unset). peer_tls_cert / peer_tls_key: PEM files; the
+  // peer server speaks TLS with that certificate, whose names must cover the advertised
+  // address. peer_tls_ca: PEM file; this agent reads peers over TLS, verifying them against
+  // that CA. Agents that read each other must agree: a TLS reader and a plaintext peer (or the
+  // reverse) fail to connect, and those blocks load from the store.
+  std::string peer_tls_cert;
+  std::string peer_tls_key;
+  std::string peer_tls_ca;
   // Directory entries live this long and are refreshed every third of it while held.
   absl::Duration publish_ttl = absl::Seconds(30);
   // Prefer a peer's copy over the store's when both exist (a GPU-to-GPU read beats DRAM over
