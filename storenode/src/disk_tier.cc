@@ -237,7 +237,7 @@ absl::Status DiskTier::Rebuild() {
     }
     stored_bytes_ += meta->stored_bytes;
     payload_bytes_ += meta->size;
-    if (options_.scope_quota_bytes > 0) scope_bytes_[key->scope] += meta->stored_bytes;
+    scope_bytes_[key->scope] += meta->stored_bytes;
     uint64_t handle = PolicyHandle(*key);
     auto [pos, inserted] = index_.emplace(*key, Entry{std::move(*meta), handle});
     AdmitLocked(pos->first, pos->second);
@@ -309,7 +309,7 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   if (it != index_.end()) DropLocked(key);
   stored_bytes_ += meta.stored_bytes;
   payload_bytes_ += meta.size;
-  if (options_.scope_quota_bytes > 0) scope_bytes_[key.scope] += meta.stored_bytes;
+  scope_bytes_[key.scope] += meta.stored_bytes;
   codec_in_ += meta.size;
   codec_out_ += meta.stored_bytes;
   auto [pos, inserted] = index_.emplace(key, Entry{std::move(meta), PolicyHandle(key)});
@@ -369,11 +369,9 @@ void DiskTier::DropLocked(const BlockKey& key) {
   if (it == index_.end()) return;
   stored_bytes_ -= it->second.meta.stored_bytes;
   payload_bytes_ -= it->second.meta.size;
-  if (options_.scope_quota_bytes > 0) {
-    if (auto held = scope_bytes_.find(key.scope); held != scope_bytes_.end()) {
-      held->second -= std::min(held->second, it->second.meta.stored_bytes);
-      if (held->second == 0) scope_bytes_.erase(held);
-    }
+  if (auto held = scope_bytes_.find(key.scope); held != scope_bytes_.end()) {
+    held->second -= std::min(held->second, it->second.meta.stored_bytes);
+    if (held->second == 0) scope_bytes_.erase(held);
   }
   policy_->Erase(it->second.handle);
   if (auto h = by_handle_.find(it->second.handle); h != by_handle_.end() && h->second == key) {
@@ -494,6 +492,11 @@ std::vector<BlockKey> DiskTier::Keys() const {
   keys.reserve(index_.size());
   for (const auto& [key, e] : index_) keys.push_back(key);
   return keys;
+}
+
+std::vector<std::pair<std::string, uint64_t>> DiskTier::ScopeBytes() const {
+  absl::MutexLock lock(&mu_);
+  return {scope_bytes_.begin(), scope_bytes_.end()};
 }
 
 DiskTierStats DiskTier::Stats() const {

@@ -116,8 +116,37 @@ TEST(DiskTierTest, ScopeQuotaRefusesOnlyTheScopeOverIt) {
   EXPECT_THAT((*tier)->Put(scoped(3, "a"), payload, {}),
               StatusIs(absl::StatusCode::kResourceExhausted))
       << "a restart forgot what scope a holds";
+  // Recounted from the files: what each scope holds, shared included.
+  std::map<std::string, uint64_t> held;
+  for (const auto& [scope, bytes] : (*tier)->ScopeBytes()) held[scope] = bytes;
+  ASSERT_EQ(held.size(), 3u);
+  const uint64_t block = held["b"];  // one stored block
+  EXPECT_GE(block, payload.size());
+  EXPECT_EQ(held["a"], 2 * block);
+  EXPECT_EQ(held["shared"], 3 * block);
   ASSERT_THAT((*tier)->Delete(scoped(1, "a")), IsOk());
   EXPECT_THAT((*tier)->Put(scoped(3, "a"), payload, {}), IsOk());
+  ASSERT_THAT((*tier)->Delete(scoped(3, "b")), IsOk());
+  held.clear();
+  for (const auto& [scope, bytes] : (*tier)->ScopeBytes()) held[scope] = bytes;
+  EXPECT_EQ(held.count("b"), 0u) << "a scope holding nothing is not listed";
+  EXPECT_EQ(held["a"], 2 * block);
+}
+
+// Without a quota the tier counts what each scope holds all the same (for /metrics).
+TEST(DiskTierTest, ScopeBytesAreCountedWithoutAQuota) {
+  TempDir dir;
+  auto tier = DiskTier::Open(Options(dir.path()));
+  ASSERT_THAT(tier.status(), IsOk());
+  EXPECT_TRUE((*tier)->ScopeBytes().empty());
+  BlockKey k = Key(1);
+  k.scope = "tenant-x";
+  ASSERT_THAT((*tier)->Put(k, Bytes(8192, 5), {}), IsOk());
+  ASSERT_EQ((*tier)->ScopeBytes().size(), 1u);
+  EXPECT_EQ((*tier)->ScopeBytes()[0].first, "tenant-x");
+  EXPECT_GE((*tier)->ScopeBytes()[0].second, 8192u);
+  ASSERT_THAT((*tier)->Delete(k), IsOk());
+  EXPECT_TRUE((*tier)->ScopeBytes().empty());
 }
 
 TEST(DiskTierTest, ParentsSurviveARestart) {

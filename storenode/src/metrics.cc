@@ -236,9 +236,16 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c) 
     AddValue(pending, c.rebalance->pending);
     AddValue(under, c.rebalance->under_replicated);
   }
+  auto tenant = Family("strata_tenant_bytes",
+                       "Bytes each tenant's scope (and shared) holds per tier: warm slab bytes, "
+                       "cool/cold stored bytes",
+                       MetricType::Gauge);
+  for (const TieredStats::ScopeUse& u : ts.scope_bytes) {
+    AddValue(tenant, static_cast<double>(u.bytes), {{"tenant", u.scope}, {"tier", u.tier}});
+  }
   for (auto* f : {&blocks,  &bytes, &used,  &cap,    &disk_hits, &moves, &prefetch, &codec,
                   &hits,    &ratio, &evict, &leases, &pinned,    &res,   &ns,       &loss,
-                  &members, &epoch, &etcd,  &rebal,  &pending,   &under}) {
+                  &members, &epoch, &etcd,  &rebal,  &pending,   &under, &tenant}) {
     families.push_back(std::move(*f));
   }
   for (auto& f : families) {

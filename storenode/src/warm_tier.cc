@@ -139,12 +139,9 @@ void WarmTier::FreeSlotLocked(Entry* e) {
   slot_owner_[e->slot.page][e->slot.index] = nullptr;
   arena_->Free(e->slot);
   used_bytes_ -= arena_->ClassBytes(e->slot.size_class);
-  if (options_.scope_quota_bytes > 0) {
-    auto it = scope_used_.find(e->key.scope);
-    if (it != scope_used_.end()) {
-      it->second -= std::min(it->second, arena_->ClassBytes(e->slot.size_class));
-      if (it->second == 0) scope_used_.erase(it);
-    }
+  if (auto it = scope_used_.find(e->key.scope); it != scope_used_.end()) {
+    it->second -= std::min(it->second, arena_->ClassBytes(e->slot.size_class));
+    if (it->second == 0) scope_used_.erase(it);
   }
 }
 
@@ -371,12 +368,11 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
       continue;
     }
     uint16_t cls = arena_->ClassFor(b.size);
-    uint64_t* scope_used = nullptr;
     if (options_.scope_quota_bytes > 0 && scope != kSharedScope) {
-      scope_used = &scope_used_[scope];
-      if (*scope_used + arena_->ClassBytes(cls) > options_.scope_quota_bytes) {
-        result.status.push_back(
-            TenantQuotaError(scope, *scope_used, "warm", options_.scope_quota_bytes));
+      auto held = scope_used_.find(scope);
+      const uint64_t used = held == scope_used_.end() ? 0 : held->second;
+      if (used + arena_->ClassBytes(cls) > options_.scope_quota_bytes) {
+        result.status.push_back(TenantQuotaError(scope, used, "warm", options_.scope_quota_bytes));
         continue;
       }
     }
@@ -402,8 +398,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     if (owners.size() != slots) owners.assign(slots, nullptr);
     owners[slot->index] = entry.get();
     used_bytes_ += arena_->ClassBytes(cls);
-    // Looked up again: AllocateLocked may have evicted (and erased) entries of scope_used_.
-    if (scope_used != nullptr) scope_used_[scope] += arena_->ClassBytes(cls);
+    scope_used_[scope] += arena_->ClassBytes(cls);
     reservation->entries.push_back(entry.get());
     index_.emplace(std::move(key), std::move(entry));
     result.status.push_back(absl::OkStatus());
@@ -692,6 +687,11 @@ std::vector<BlockKey> WarmTier::Keys() const {
     if (e->state == Entry::State::kCommitted) keys.push_back(key);
   }
   return keys;
+}
+
+std::vector<std::pair<std::string, uint64_t>> WarmTier::ScopeBytes() const {
+  absl::MutexLock lock(&mu_);
+  return {scope_used_.begin(), scope_used_.end()};
 }
 
 WarmTierStats WarmTier::Stats() const {

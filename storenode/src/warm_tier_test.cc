@@ -756,6 +756,28 @@ TEST_F(WarmTierTest, ScopeQuotaRefusesOnlyTheScopeOverIt) {
   const ChainHash one = H(1);
   EXPECT_EQ(tier_->Delete(ns_, "a", {&one, 1}), 1u);
   EXPECT_THAT(Put(H(3), p, "a"), IsOk()) << "freed bytes count again";
+  EXPECT_THAT(tier_->ScopeBytes(),
+              ::testing::UnorderedElementsAre(
+                  std::pair<std::string, uint64_t>{"a", 2 * ClassBytes(1000)},
+                  std::pair<std::string, uint64_t>{"b", ClassBytes(1000)},
+                  std::pair<std::string, uint64_t>{"shared", 3 * ClassBytes(1000)}));
+}
+
+// What each scope holds is counted without a quota too (for /metrics): reserved and committed
+// slab bytes, back to nothing when its blocks go.
+TEST_F(WarmTierTest, ScopeBytesAreCountedWithoutAQuota) {
+  EXPECT_TRUE(tier_->ScopeBytes().empty());
+  EXPECT_THAT(Put(H(1), Payload(1, 1000), "a"), IsOk());
+  WarmTier::ReserveResult open = Reserve({{H(2), 3000}}, kTtl, "shared");  // not committed
+  ASSERT_THAT(open.status[0], IsOk());
+  EXPECT_THAT(tier_->ScopeBytes(),
+              ::testing::UnorderedElementsAre(
+                  std::pair<std::string, uint64_t>{"a", ClassBytes(1000)},
+                  std::pair<std::string, uint64_t>{"shared", ClassBytes(3000)}));
+  const ChainHash one = H(1);
+  EXPECT_EQ(tier_->Delete(ns_, "a", {&one, 1}), 1u);
+  ASSERT_THAT(tier_->AbortPut(open.reservation_id), IsOk());
+  EXPECT_TRUE(tier_->ScopeBytes().empty());
 }
 
 }  // namespace

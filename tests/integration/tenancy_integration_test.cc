@@ -417,6 +417,33 @@ TEST_F(TenancyTest, DeniedCallsAreCountedPerTenantWithoutSecrets) {
   for (const Token& t : kTokens) EXPECT_THAT(metrics->second, ::testing::Not(HasSubstr(t.token)));
 }
 
+// /metrics shows what each tenant holds: tenant A's put adds to A's warm bytes only, and its
+// delete takes them back.
+TEST_F(TenancyTest, MetricsShowTheBytesEachTenantHolds) {
+  auto held = [](const char* tenant) {
+    auto metrics = testutil::HttpGet(node_->http_address(), "/metrics");
+    EXPECT_THAT(metrics, IsOk());
+    if (!metrics.ok()) return -1.0;
+    const std::string line =
+        absl::StrCat("strata_tenant_bytes{tenant=\"", tenant, "\",tier=\"warm\"");
+    const size_t at = metrics->second.find(line);
+    if (at == std::string::npos) return 0.0;  // holds nothing
+    const size_t value = metrics->second.find("} ", at);
+    return std::strtod(metrics->second.c_str() + value + 2, nullptr);
+  };
+  Tenant a = As(kTokens[0].token);
+  ASSERT_NE(a.client, nullptr);
+  const double a_before = held("tenant-a"), b_before = held("tenant-b");
+  const std::vector<ChainHash> chain = testutil::PromptChain(a.ns, 61, 3);
+  auto put = Put(a, "", chain, 6100);
+  ASSERT_THAT(put, IsOk());
+  ASSERT_EQ(put->stored, chain.size());
+  EXPECT_GE(held("tenant-a") - a_before, 3.0 * kBlock);
+  EXPECT_EQ(held("tenant-b"), b_before);
+  ASSERT_THAT(a.client->Delete(a.ns, "", chain), IsOk());
+  EXPECT_EQ(held("tenant-a"), a_before);
+}
+
 TEST_F(TenancyTest, SighupReloadsPrincipals) {
   EXPECT_THAT(StoreClient::Connect(Options(node_, kLateToken)),
               StatusIs(absl::StatusCode::kUnauthenticated));

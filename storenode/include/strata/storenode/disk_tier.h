@@ -117,6 +117,8 @@ class DiskTier {
   absl::Status SaveNamespace(NamespaceId id, const NamespaceSpec& spec);
   absl::StatusOr<std::vector<NamespaceSpec>> LoadNamespaces();
 
+  // Stored bytes each scope holds here, `shared` included; only scopes holding some.
+  std::vector<std::pair<std::string, uint64_t>> ScopeBytes() const;
   DiskTierStats Stats() const;
   // Keys of the stored blocks (a snapshot).
   std::vector<BlockKey> Keys() const;
@@ -148,7 +150,7 @@ class DiskTier {
   absl::flat_hash_map<uint64_t, BlockKey> by_handle_ ABSL_GUARDED_BY(mu_);
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  // Stored bytes per scope, kept only with scope_quota_bytes.
+  // Stored bytes per scope, shared included; scopes at zero are dropped.
   absl::flat_hash_map<std::string, uint64_t> scope_bytes_ ABSL_GUARDED_BY(mu_);
   uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t data_loss_ ABSL_GUARDED_BY(mu_) = 0;

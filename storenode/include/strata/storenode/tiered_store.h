@@ -54,6 +54,14 @@ struct TieredStats {
   uint64_t prefetched = 0;      // blocks promoted by Prefetch
   uint64_t sessions_paused = 0;
   uint64_t sessions_resumed = 0;
+  // What each scope (a tenant's, or `shared`) holds per tier: warm slab bytes (reserved and
+  // committed), cool/cold stored bytes. Only scopes holding some.
+  struct ScopeUse {
+    std::string tier;
+    std::string scope;
+    uint64_t bytes = 0;
+  };
+  std::vector<ScopeUse> scope_bytes;
 };
 
 class TieredStore {

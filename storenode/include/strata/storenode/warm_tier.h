@@ -189,6 +189,9 @@ class WarmTier {
   // XORs 0xff into one stored byte (fault injection). NOT_FOUND / OUT_OF_RANGE.
   absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
 
+  // Slab bytes (reserved and committed) each scope holds, `shared` included; only scopes
+  // holding some.
+  std::vector<std::pair<std::string, uint64_t>> ScopeBytes() const;
   WarmTierStats Stats() const;
   // Keys of the committed blocks (a snapshot; the rebalancer walks it).
   std::vector<BlockKey> Keys() const;
@@ -242,7 +245,7 @@ class WarmTier {
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;         // logical recency clock
   uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  // Slab bytes per scope, kept only with scope_quota_bytes.
+  // Slab bytes (reserved and committed) per scope, shared included; scopes at zero are dropped.
   absl::flat_hash_map<std::string, uint64_t> scope_used_ ABSL_GUARDED_BY(mu_);
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pinned_ ABSL_GUARDED_BY(mu_) = 0;
