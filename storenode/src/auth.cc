@@ -3,9 +3,13 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
+#include <iterator>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "strata/common/block_key.h"
+#include "strata/common/byte_size.h"
 #include "yaml-cpp/yaml.h"
 
 namespace strata::storenode {
@@ -43,6 +47,49 @@ absl::StatusOr<uint8_t> ParseRoles(const YAML::Node& node, const std::string& wh
   return roles;
 }
 
+// The principals file's optional `tenants:` list: per tenant (`name`) its own warm_quota,
+// cool_quota and/or cold_quota (byte sizes; 0 = no limit; one left out: the node's default).
+absl::StatusOr<absl::flat_hash_map<std::string, TenantQuotas::Limits>> ParseTenants(
+    const YAML::Node& list) {
+  absl::flat_hash_map<std::string, TenantQuotas::Limits> out;
+  if (!list) return out;
+  if (!list.IsSequence()) return absl::InvalidArgumentError("tenants: want a list");
+  constexpr std::string_view kTiers[] = {"warm_quota", "cool_quota", "cold_quota"};
+  try {
+    for (size_t i = 0; i < list.size(); ++i) {
+      const YAML::Node& n = list[i];
+      const std::string where = absl::StrCat("tenants[", i, "]");
+      if (!n.IsMap() || !n["name"]) return absl::InvalidArgumentError(where + ".name: missing");
+      const std::string name = n["name"].as<std::string>();
+      if (absl::Status v = ValidateScope(name, where + ".name"); !v.ok()) return v;
+      if (name == kSharedScope) {
+        return absl::InvalidArgumentError(where + ".name: \"shared\" has no quota");
+      }
+      TenantQuotas::Limits limits;
+      for (const auto& kv : n) {
+        const std::string key = kv.first.as<std::string>();
+        if (key == "name") continue;
+        const auto* tier = std::find(std::begin(kTiers), std::end(kTiers), key);
+        if (tier == std::end(kTiers)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ".", key, ": unknown (want name, warm_quota, cool_quota, cold_quota)"));
+        }
+        absl::StatusOr<uint64_t> bytes =
+            ParseByteSize(kv.second.as<std::string>(), absl::StrCat(where, ".", key));
+        if (!bytes.ok()) return bytes.status();
+        limits[tier - std::begin(kTiers)] = *bytes;
+      }
+      if (!out.emplace(name, limits).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ".name: tenant ", name, " is listed twice"));
+      }
+    }
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("tenants: ", e.what()));
+  }
+  return out;
+}
+
 std::string_view RoleName(Role r) {
   switch (r) {
     case kRoleReader:
@@ -62,7 +109,8 @@ std::string_view RoleName(Role r) {
 Principal AnonymousPrincipal() { return {"anonymous", std::string(kDefaultScope), kAllRoles}; }
 
 absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
-    std::string_view mode, std::string principals_file, std::string_view cluster_token) {
+    std::string_view mode, std::string principals_file, std::string_view cluster_token,
+    std::shared_ptr<TenantQuotas> quotas) {
   if (mode == "none" || mode.empty()) {
     return std::unique_ptr<Authenticator>(new Authenticator(false, ""));
   }
@@ -74,6 +122,7 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
     return absl::InvalidArgumentError("auth_principals_file: required with auth_mode required");
   }
   std::unique_ptr<Authenticator> a(new Authenticator(true, std::move(principals_file)));
+  a->quotas_ = std::move(quotas);
   if (!cluster_token.empty()) {
     a->cluster_ = Entry{Principal{"cluster", "cluster", kAllRoles}, Sha256(cluster_token), ""};
   }
@@ -81,7 +130,7 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
   return a;
 }
 
-absl::StatusOr<std::vector<Authenticator::Entry>> Authenticator::Load(const std::string& file) {
+absl::StatusOr<Authenticator::Loaded> Authenticator::Load(const std::string& file) {
   YAML::Node root;
   try {
     root = YAML::LoadFile(file);
@@ -126,15 +175,22 @@ absl::StatusOr<std::vector<Authenticator::Entry>> Authenticator::Load(const std:
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("auth_principals_file ", file, ": ", e.what()));
   }
-  return entries;
+  absl::StatusOr<absl::flat_hash_map<std::string, TenantQuotas::Limits>> tenants =
+      ParseTenants(root["tenants"]);
+  if (!tenants.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("auth_principals_file ", file, ": ", tenants.status().message()));
+  }
+  return Loaded{std::move(entries), std::move(*tenants)};
 }
 
 absl::Status Authenticator::Reload() {
   if (!required_) return absl::OkStatus();
-  absl::StatusOr<std::vector<Entry>> loaded = Load(file_);
+  absl::StatusOr<Loaded> loaded = Load(file_);
   if (!loaded.ok()) return loaded.status();
-  if (cluster_.has_value()) loaded->push_back(*cluster_);
-  auto table = std::make_shared<const std::vector<Entry>>(std::move(*loaded));
+  if (cluster_.has_value()) loaded->entries.push_back(*cluster_);
+  auto table = std::make_shared<const std::vector<Entry>>(std::move(loaded->entries));
+  if (quotas_ != nullptr) quotas_->Set(std::move(loaded->tenants));
   absl::MutexLock lock(&mu_);
   entries_ = std::move(table);
   return absl::OkStatus();

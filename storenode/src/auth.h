@@ -17,6 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "strata/storenode/tenant_quota.h"
 
 namespace strata::storenode {
 
@@ -47,10 +48,12 @@ class Authenticator {
   // mode "none": every caller is `default` with all roles (no file read). mode "required":
   // principals come from `principals_file` (YAML, see security.md); INVALID_ARGUMENT naming
   // the entry for a malformed file. A non-empty `cluster_token` is one more principal,
-  // `cluster` with every role: the token nodes present to each other (rebalancing).
-  static absl::StatusOr<std::unique_ptr<Authenticator>> Create(std::string_view mode,
-                                                               std::string principals_file,
-                                                               std::string_view cluster_token = {});
+  // `cluster` with every role: the token nodes present to each other (rebalancing). With
+  // `quotas`, the file's optional `tenants:` list (per-tenant warm_quota, cool_quota,
+  // cold_quota) is set there at every load.
+  static absl::StatusOr<std::unique_ptr<Authenticator>> Create(
+      std::string_view mode, std::string principals_file, std::string_view cluster_token = {},
+      std::shared_ptr<TenantQuotas> quotas = nullptr);
 
   bool required() const { return required_; }
 
@@ -61,7 +64,8 @@ class Authenticator {
   absl::StatusOr<Principal> Authenticate(std::optional<std::string_view> bearer_token,
                                          std::optional<std::string_view> cert_cn) const;
 
-  // Re-reads the principals file; on error the old table stays. No-op in mode none.
+  // Re-reads the principals file (and its tenants' quotas); on error the old tables stay.
+  // No-op in mode none.
   absl::Status Reload();
 
  private:
@@ -70,12 +74,17 @@ class Authenticator {
     std::string token_sha256;  // 32 raw bytes, or empty
     std::string cert_cn;
   };
+  struct Loaded {
+    std::vector<Entry> entries;
+    absl::flat_hash_map<std::string, TenantQuotas::Limits> tenants;
+  };
   Authenticator(bool required, std::string file) : required_(required), file_(std::move(file)) {}
-  static absl::StatusOr<std::vector<Entry>> Load(const std::string& file);
+  static absl::StatusOr<Loaded> Load(const std::string& file);
 
   const bool required_;
   const std::string file_;
-  std::optional<Entry> cluster_;  // set once in Create, before any Authenticate
+  std::shared_ptr<TenantQuotas> quotas_;  // set once in Create
+  std::optional<Entry> cluster_;          // set once in Create, before any Authenticate
   mutable absl::Mutex mu_;
   std::shared_ptr<const std::vector<Entry>> entries_ ABSL_GUARDED_BY(mu_);
 };

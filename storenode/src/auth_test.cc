@@ -5,9 +5,12 @@
 #include <openssl/evp.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <utility>
 
 namespace strata::storenode {
 namespace {
@@ -98,6 +101,44 @@ TEST_F(AuthTest, MalformedFilesNameTheEntry) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Authenticator::Create("required", "").status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// The principals file's `tenants:` list sets per-tenant quotas over the node's defaults; a
+// reload replaces the list, and a bad one is refused naming the entry (the old list stays).
+TEST_F(AuthTest, TenantsListSetsPerTenantQuotas) {
+  const std::string principals =
+      "principals:\n  - {name: a, tenant: tenant-a, roles: [reader], cert_cn: a}\n";
+  std::ofstream(file_) << principals
+                       << "tenants:\n"
+                          "  - {name: tenant-a, warm_quota: 1GiB, cold_quota: 0}\n"
+                          "  - {name: tenant-b, cool_quota: 10MiB}\n";
+  auto quotas = std::make_shared<TenantQuotas>(std::array<uint64_t, 3>{100, 200, 300});
+  auto auth = Authenticator::Create("required", file_.string(), "", quotas);
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  EXPECT_EQ(quotas->For("tenant-a", TenantQuotas::kWarm), 1ull << 30);
+  EXPECT_EQ(quotas->For("tenant-a", TenantQuotas::kCool), 200u) << "not listed: the default";
+  EXPECT_EQ(quotas->For("tenant-a", TenantQuotas::kCold), 0u) << "0: no limit";
+  EXPECT_EQ(quotas->For("tenant-b", TenantQuotas::kCool), 10u << 20);
+  EXPECT_EQ(quotas->For("tenant-c", TenantQuotas::kWarm), 100u);
+  EXPECT_EQ(quotas->For("shared", TenantQuotas::kWarm), 0u) << "shared has no quota";
+
+  std::ofstream(file_) << principals << "tenants:\n  - {name: tenant-b, warm_quota: 5KiB}\n";
+  ASSERT_TRUE((*auth)->Reload().ok());
+  EXPECT_EQ(quotas->For("tenant-a", TenantQuotas::kWarm), 100u) << "dropped from the list";
+  EXPECT_EQ(quotas->For("tenant-b", TenantQuotas::kWarm), 5u << 10);
+
+  const std::pair<const char*, const char*> bad[] = {
+      {"  - {name: tenant-a, hot_quota: 1GiB}\n", "tenants[0].hot_quota: unknown"},
+      {"  - {name: tenant-a, warm_quota: lots}\n", "tenants[0].warm_quota"},
+      {"  - {warm_quota: 1GiB}\n", "tenants[0].name: missing"},
+      {"  - {name: shared, warm_quota: 1GiB}\n", "has no quota"},
+      {"  - {name: t}\n  - {name: t}\n", "tenants[1].name: tenant t is listed twice"},
+  };
+  for (const auto& [entry, error] : bad) {
+    std::ofstream(file_) << principals << "tenants:\n" << entry;
+    EXPECT_THAT((*auth)->Reload().message(), HasSubstr(error)) << entry;
+    EXPECT_EQ(quotas->For("tenant-b", TenantQuotas::kWarm), 5u << 10) << "the old list stays";
+  }
 }
 
 TEST_F(AuthTest, ScopesComeFromThePrincipal) {

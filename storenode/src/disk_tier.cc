@@ -287,11 +287,13 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
           absl::StrCat(options_.name, " tier full: ", FormatByteSize(stored_bytes_), " of ",
                        FormatByteSize(options_.capacity_bytes), " used"));
     }
-    if (options_.scope_quota_bytes > 0 && key.scope != kSharedScope) {
+    const uint64_t quota =
+        key.scope != kSharedScope && options_.scope_quota ? options_.scope_quota(key.scope) : 0;
+    if (quota > 0) {
       auto held = scope_bytes_.find(key.scope);
       const uint64_t used = held == scope_bytes_.end() ? 0 : held->second;
-      if (used - std::min(used, replaced) + meta.stored_bytes > options_.scope_quota_bytes) {
-        return TenantQuotaError(key.scope, used, options_.name, options_.scope_quota_bytes);
+      if (used - std::min(used, replaced) + meta.stored_bytes > quota) {
+        return TenantQuotaError(key.scope, used, options_.name, quota);
       }
     }
   }

@@ -87,7 +87,7 @@ TEST(DiskTierTest, PolicyChoosesTheVictims) {
   }
 }
 
-// A tenant's scope may hold scope_quota_bytes here: its next put is refused, another scope's
+// A tenant's scope may hold scope_quota bytes here: its next put is refused, another scope's
 // and the shared scope's are not, a delete makes room, and a restart counts from the files.
 TEST(DiskTierTest, ScopeQuotaRefusesOnlyTheScopeOverIt) {
   TempDir dir;
@@ -98,7 +98,9 @@ TEST(DiskTierTest, ScopeQuotaRefusesOnlyTheScopeOverIt) {
   };
   const std::vector<uint8_t> payload = Bytes(8192, 4);
   DiskTierOptions o = Options(dir.path());
-  o.scope_quota_bytes = 20000;  // two 8 KiB blocks with their headers, not three
+  o.scope_quota = [](const std::string&) -> uint64_t {
+    return 20000;
+  };  // two 8 KiB blocks, not three
   {
     auto tier = DiskTier::Open(o);
     ASSERT_THAT(tier.status(), IsOk());

@@ -291,7 +291,13 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   opts.warm.max_namespaces = config.max_namespaces;
   opts.warm.prefault = config.warm_prefault;
   opts.warm.policy = *ParsePolicyKind(config.warm_policy);
-  opts.warm.scope_quota_bytes = config.tenant_warm_quota;
+  // Per-tenant values come from the principals file once the authenticator has read it.
+  auto quotas = std::make_shared<TenantQuotas>(std::array<uint64_t, 3>{
+      config.tenant_warm_quota, config.tenant_cool_quota, config.tenant_cold_quota});
+  auto quota_of = [quotas](TenantQuotas::Tier tier) {
+    return [quotas, tier](const std::string& scope) { return quotas->For(scope, tier); };
+  };
+  opts.warm.scope_quota = quota_of(TenantQuotas::kWarm);
   auto disk_tier = [&](const char* name, const std::string& path, uint64_t bytes,
                        const std::string& codec, const std::string& policy) {
     DiskTierOptions d;
@@ -306,12 +312,12 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   if (!config.cool_path.empty()) {
     opts.cool = disk_tier("cool", config.cool_path, config.cool_bytes, config.cool_codec,
                           config.cool_policy);
-    opts.cool->scope_quota_bytes = config.tenant_cool_quota;
+    opts.cool->scope_quota = quota_of(TenantQuotas::kCool);
   }
   if (!config.cold_path.empty()) {
     opts.cold = disk_tier("cold", config.cold_path, config.cold_bytes, config.cold_codec,
                           config.cold_policy);
-    opts.cold->scope_quota_bytes = config.tenant_cold_quota;
+    opts.cold->scope_quota = quota_of(TenantQuotas::kCold);
   }
   opts.warm_high_watermark = config.warm_high_watermark_pct / 100.0;
   opts.warm_low_watermark = config.warm_low_watermark_pct / 100.0;
@@ -337,8 +343,8 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
     if (!plane.ok()) return plane.status();
     data_plane = std::move(*plane);
   }
-  absl::StatusOr<std::unique_ptr<Authenticator>> auth =
-      Authenticator::Create(config.auth_mode, config.auth_principals_file, config.cluster_token);
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(
+      config.auth_mode, config.auth_principals_file, config.cluster_token, quotas);
   if (!auth.ok()) return auth.status();
   auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm), std::move(data_plane),
                                               std::move(*auth));

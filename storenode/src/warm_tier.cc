@@ -353,6 +353,8 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
   result.status.reserve(blocks.size());
   result.addresses.assign(blocks.size(), nullptr);
   auto reservation = std::make_unique<Reservation>();
+  const uint64_t quota =
+      scope != kSharedScope && options_.scope_quota ? options_.scope_quota(scope) : 0;
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < blocks.size(); ++i) {
     const PutBlock& b = blocks[i];
@@ -368,11 +370,11 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
       continue;
     }
     uint16_t cls = arena_->ClassFor(b.size);
-    if (options_.scope_quota_bytes > 0 && scope != kSharedScope) {
+    if (quota > 0) {
       auto held = scope_used_.find(scope);
       const uint64_t used = held == scope_used_.end() ? 0 : held->second;
-      if (used + arena_->ClassBytes(cls) > options_.scope_quota_bytes) {
-        result.status.push_back(TenantQuotaError(scope, used, "warm", options_.scope_quota_bytes));
+      if (used + arena_->ClassBytes(cls) > quota) {
+        result.status.push_back(TenantQuotaError(scope, used, "warm", quota));
         continue;
       }
     }

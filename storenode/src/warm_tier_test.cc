@@ -101,7 +101,7 @@ class WarmTierTest : public ::testing::Test {
             uint64_t scope_quota = 0) {
     WarmTierOptions o;
     o.policy = policy;
-    o.scope_quota_bytes = scope_quota;
+    if (scope_quota > 0) o.scope_quota = [scope_quota](const std::string&) { return scope_quota; };
     o.capacity_bytes = capacity;
     o.max_block_bytes = kPage;
     o.max_namespaces = max_namespaces;

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -56,7 +57,10 @@ std::string Sha256Hex(const std::string& text) {
   return std::string(buf, std::min<size_t>(n, 64));
 }
 
-void WritePrincipals(const std::string& path, bool with_late) {
+// `platform_warm`: the warm quota of tenant platform (the publisher's) in the file's tenants
+// list; every other tenant has the node's --tenant-warm-quota.
+void WritePrincipals(const std::string& path, bool with_late,
+                     const std::string& platform_warm = "8MiB") {
   std::ofstream out(path, std::ios::trunc);
   out << "principals:\n";
   for (const Token& t : kTokens) {
@@ -69,6 +73,7 @@ void WritePrincipals(const std::string& path, bool with_late) {
     out << "  - name: late\n    tenant: tenant-late\n    roles: [reader, writer]\n"
         << "    token_sha256: " << Sha256Hex(kLateToken) << "\n";
   }
+  out << "tenants:\n  - name: platform\n    warm_quota: " << platform_warm << "\n";
 }
 
 class TenancyTest : public ::testing::Test {
@@ -401,6 +406,33 @@ TEST_F(TenancyTest, WarmQuotaStopsOneTenantOnly) {
   auto a_put = Put(a, "", testutil::PromptChain(a.ns, 72, 2), 7200);
   ASSERT_THAT(a_put, IsOk());
   EXPECT_EQ(a_put->stored, 2u);
+}
+
+// A tenant listed in the principals file has its own quota: platform (8 MiB) stores the 6 MiB
+// that tenant B (the node's 4 MiB) cannot, and a reload lowering it refuses platform's next put.
+TEST_F(TenancyTest, ATenantsOwnQuotaOverridesTheDefault) {
+  Tenant pub = As(kTokens[3].token);  // tenant platform
+  ASSERT_NE(pub.client, nullptr);
+  auto put = Put(pub, "", testutil::PromptChain(pub.ns, 73, 48), 7300);  // 6 MiB of slabs
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->stored, 48u);
+
+  WritePrincipals(Path("principals.yaml"), false, "1MiB");
+  ASSERT_EQ(kill(node_->pid(), SIGHUP), 0);
+  size_t refused = 0;
+  for (int i = 0; i < 100 && refused == 0; ++i) {  // the node reloads on its own thread
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto more = Put(pub, "", testutil::PromptChain(pub.ns, 74 + i, 1), 7400);
+    ASSERT_THAT(more, IsOk());
+    for (const absl::Status& s : more->blocks) {
+      if (absl::IsResourceExhausted(s) && absl::StrContains(s.message(), "tenant quota")) {
+        ++refused;
+      }
+    }
+  }
+  EXPECT_EQ(refused, 1u) << "the lowered quota never took effect";
+  WritePrincipals(Path("principals.yaml"), false);
+  ASSERT_EQ(kill(node_->pid(), SIGHUP), 0);
 }
 
 TEST_F(TenancyTest, DeniedCallsAreCountedPerTenantWithoutSecrets) {

@@ -50,9 +50,9 @@ struct DiskTierOptions {
   PolicyKind policy = PolicyKind::kLru;  // which blocks Victims() gives up first
   EvictionPolicyOptions policy_options;
   rocksdb::Env* env = nullptr;  // nullptr: the default; tests pass a fault-injecting one
-  // Stored bytes one scope may hold here; 0: no limit. Not applied to the shared scope. A
-  // put past it is TenantQuotaError (tenant_quota.h).
-  uint64_t scope_quota_bytes = 0;
+  // Stored bytes a scope may hold here (0: no limit; unset: none for any). Not applied to the
+  // shared scope. A put past it is TenantQuotaError (tenant_quota.h).
+  std::function<uint64_t(const std::string& scope)> scope_quota;
 };
 
 // What the tier knows of each block, persisted beside it.

@@ -38,9 +38,10 @@ struct WarmTierOptions {
   // no pages left still empties the page whose newest block is oldest.
   PolicyKind policy = PolicyKind::kLru;
   EvictionPolicyOptions policy_options;
-  // Slab bytes (reserved and committed) one scope may take; 0: no limit. Not applied to the
-  // shared scope. Over it, a put's block is TenantQuotaError (tenant_quota.h).
-  uint64_t scope_quota_bytes = 0;
+  // Slab bytes (reserved and committed) a scope may take (0: no limit; unset: none for
+  // any). Not applied to the shared scope. Over it, a put's block is TenantQuotaError
+  // (tenant_quota.h). Called under the tier's lock: it must not call back into the tier.
+  std::function<uint64_t(const std::string& scope)> scope_quota;
   // Monotonic milliseconds; tests substitute a manual clock.
   std::function<int64_t()> now_ms;
 };
