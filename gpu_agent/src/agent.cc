@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent_impl.h"
 #include "spdlog/spdlog.h"
+#include "strata/proto/tls_files.h"
 
 namespace strata::gpu_agent {
 
@@ -65,6 +66,19 @@ absl::StatusOr<std::unique_ptr<GpuAgent>> GpuAgent::Create(const AgentOptions& o
   if (options.batch_blocks == 0) return absl::InvalidArgumentError("batch_blocks: must be >= 1");
   if (options.publish_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError("publish_ttl: at least 1s");
+  }
+  // TLS files are read when the pool registers and at every peer connection: a bad path is
+  // an error now, not a warning on every load.
+  if (options.peer_tls_cert.empty() != options.peer_tls_key.empty()) {
+    return absl::InvalidArgumentError("peer_tls_cert / peer_tls_key: give both or neither");
+  }
+  for (const auto& [path, field] : {std::pair{&options.peer_tls_cert, "peer_tls_cert"},
+                                    std::pair{&options.peer_tls_key, "peer_tls_key"},
+                                    std::pair{&options.peer_tls_ca, "peer_tls_ca"}}) {
+    if (path->empty()) continue;
+    if (absl::StatusOr<std::string> pem = proto::ReadPemFile(*path, field); !pem.ok()) {
+      return pem.status();
+    }
   }
   absl::StatusOr<std::unique_ptr<client::StoreClient>> client =
       client::StoreClient::Connect(options.store);

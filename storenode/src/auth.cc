@@ -8,6 +8,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
 #include "strata/common/block_key.h"
 #include "strata/common/byte_size.h"
 #include "yaml-cpp/yaml.h"
@@ -52,14 +53,19 @@ absl::StatusOr<uint8_t> ParseRoles(const YAML::Node& node, const std::string& wh
 absl::StatusOr<absl::flat_hash_map<std::string, TenantQuotas::Limits>> ParseTenants(
     const YAML::Node& list) {
   absl::flat_hash_map<std::string, TenantQuotas::Limits> out;
-  if (!list) return out;
+  if (!list || list.IsNull()) return out;  // absent, or every entry commented out
   if (!list.IsSequence()) return absl::InvalidArgumentError("tenants: want a list");
   constexpr std::string_view kTiers[] = {"warm_quota", "cool_quota", "cold_quota"};
   try {
     for (size_t i = 0; i < list.size(); ++i) {
       const YAML::Node& n = list[i];
       const std::string where = absl::StrCat("tenants[", i, "]");
-      if (!n.IsMap() || !n["name"]) return absl::InvalidArgumentError(where + ".name: missing");
+      if (!n.IsMap()) {
+        return absl::InvalidArgumentError(where + ": want a map (name, warm_quota, ...)");
+      }
+      if (!n["name"] || !n["name"].IsScalar()) {
+        return absl::InvalidArgumentError(where + ".name: missing");
+      }
       const std::string name = n["name"].as<std::string>();
       if (absl::Status v = ValidateScope(name, where + ".name"); !v.ok()) return v;
       if (name == kSharedScope) {
@@ -67,6 +73,9 @@ absl::StatusOr<absl::flat_hash_map<std::string, TenantQuotas::Limits>> ParseTena
       }
       TenantQuotas::Limits limits;
       for (const auto& kv : n) {
+        if (!kv.first.IsScalar() || !kv.second.IsScalar()) {
+          return absl::InvalidArgumentError(where + ": keys and values must be plain values");
+        }
         const std::string key = kv.first.as<std::string>();
         if (key == "name") continue;
         const auto* tier = std::find(std::begin(kTiers), std::end(kTiers), key);
@@ -180,6 +189,13 @@ absl::StatusOr<Authenticator::Loaded> Authenticator::Load(const std::string& fil
   if (!tenants.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("auth_principals_file ", file, ": ", tenants.status().message()));
+  }
+  for (const auto& [name, limits] : *tenants) {  // most likely a typo
+    if (std::none_of(entries.begin(), entries.end(),
+                     [&](const Entry& e) { return e.principal.tenant == name; })) {
+      spdlog::warn("auth_principals_file {}: tenants lists {}, which no principal belongs to", file,
+                   name);
+    }
   }
   return Loaded{std::move(entries), std::move(*tenants)};
 }

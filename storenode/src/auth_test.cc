@@ -133,12 +133,19 @@ TEST_F(AuthTest, TenantsListSetsPerTenantQuotas) {
       {"  - {warm_quota: 1GiB}\n", "tenants[0].name: missing"},
       {"  - {name: shared, warm_quota: 1GiB}\n", "has no quota"},
       {"  - {name: t}\n  - {name: t}\n", "tenants[1].name: tenant t is listed twice"},
+      {"  - {name: ~, warm_quota: 1GiB}\n", "tenants[0].name: missing"},
+      {"  - tenant-a\n", "tenants[0]: want a map"},
+      {"  - {name: tenant-a, warm_quota: [1, 2]}\n", "tenants[0]: keys and values"},
   };
   for (const auto& [entry, error] : bad) {
     std::ofstream(file_) << principals << "tenants:\n" << entry;
     EXPECT_THAT((*auth)->Reload().message(), HasSubstr(error)) << entry;
     EXPECT_EQ(quotas->For("tenant-b", TenantQuotas::kWarm), 5u << 10) << "the old list stays";
   }
+  // A list whose entries are all commented out is an empty list, not an error.
+  std::ofstream(file_) << principals << "tenants:\n#  - {name: tenant-b, warm_quota: 5KiB}\n";
+  ASSERT_TRUE((*auth)->Reload().ok());
+  EXPECT_EQ(quotas->For("tenant-b", TenantQuotas::kWarm), 100u);
 }
 
 TEST_F(AuthTest, ScopesComeFromThePrincipal) {

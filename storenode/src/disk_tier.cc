@@ -278,6 +278,8 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   if (!value.ok()) return value.status();
   meta.size = payload.size();
   meta.stored_bytes = value->size();
+  const uint64_t quota =
+      key.scope != kSharedScope && options_.scope_quota ? options_.scope_quota(key.scope) : 0;
   {
     absl::MutexLock lock(&mu_);
     auto old = index_.find(key);
@@ -287,8 +289,6 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
           absl::StrCat(options_.name, " tier full: ", FormatByteSize(stored_bytes_), " of ",
                        FormatByteSize(options_.capacity_bytes), " used"));
     }
-    const uint64_t quota =
-        key.scope != kSharedScope && options_.scope_quota ? options_.scope_quota(key.scope) : 0;
     if (quota > 0) {
       auto held = scope_bytes_.find(key.scope);
       const uint64_t used = held == scope_bytes_.end() ? 0 : held->second;

@@ -1,5 +1,8 @@
 #include "metrics.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "prometheus/text_serializer.h"
 
 namespace strata::storenode {
@@ -144,7 +147,8 @@ void AddValue(prometheus::MetricFamily& f, double value,
 
 }  // namespace
 
-std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c) const {
+std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
+                                std::vector<ScopeUse> scopes) const {
   using prometheus::MetricType;
   const WarmTierStats& s = ts.warm;
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
@@ -240,8 +244,22 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c) 
                        "Bytes each tenant's scope (and shared) holds per tier: warm slab bytes, "
                        "cool/cold stored bytes",
                        MetricType::Gauge);
-  for (const TieredStats::ScopeUse& u : ts.scope_bytes) {
-    AddValue(tenant, static_cast<double>(u.bytes), {{"tenant", u.scope}, {"tier", u.tier}});
+  // Largest first within each tier; past kMaxTenantSeries per tier, one "(others)" line.
+  std::sort(scopes.begin(), scopes.end(), [](const ScopeUse& a, const ScopeUse& b) {
+    return a.tier != b.tier ? a.tier < b.tier : a.bytes > b.bytes;
+  });
+  for (size_t i = 0, rank = 0; i < scopes.size(); ++i) {
+    rank = i > 0 && scopes[i].tier == scopes[i - 1].tier ? rank + 1 : 0;
+    if (rank < kMaxTenantSeries) {
+      AddValue(tenant, static_cast<double>(scopes[i].bytes),
+               {{"tenant", scopes[i].scope}, {"tier", scopes[i].tier}});
+      continue;
+    }
+    uint64_t rest = 0;
+    size_t j = i;
+    for (; j < scopes.size() && scopes[j].tier == scopes[i].tier; ++j) rest += scopes[j].bytes;
+    AddValue(tenant, static_cast<double>(rest), {{"tenant", "(others)"}, {"tier", scopes[i].tier}});
+    i = j - 1;
   }
   for (auto* f : {&blocks,  &bytes, &used,  &cap,    &disk_hits, &moves, &prefetch, &codec,
                   &hits,    &ratio, &evict, &leases, &pinned,    &res,   &ns,       &loss,

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "prometheus/counter.h"
@@ -70,8 +71,13 @@ class NodeMetrics {
   void AddDenied(const std::string& tenant, absl::StatusCode code);
   void AddTenantLookup(const std::string& tenant, uint64_t hits, uint64_t misses);
 
-  // Prometheus text exposition of everything, with tier figures from `stats`.
-  std::string Render(const TieredStats& stats, const ClusterFigures& cluster) const;
+  // Prometheus text exposition of everything, with tier figures from `stats` and what each
+  // scope holds from `scopes` (per tier the kMaxTenantSeries largest; the rest summed as
+  // tenant "(others)", a name no scope can have, so the series stay bounded however many scopes
+  // hold data).
+  std::string Render(const TieredStats& stats, const ClusterFigures& cluster,
+                     std::vector<ScopeUse> scopes = {}) const;
+  static constexpr size_t kMaxTenantSeries = 100;
 
  private:
   std::string node_id_;

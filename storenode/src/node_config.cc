@@ -118,14 +118,14 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddUint("tenant_lookup_burst", &c->tenant_lookup_burst,
             "Lookup blocks a tenant may ask for at once above the rate (0: max_keys_per_call).");
   s.AddBytes("tenant_warm_quota", &c->tenant_warm_quota,
-             "Warm-tier bytes one tenant may hold (0: no limit); over it puts are "
-             "RESOURCE_EXHAUSTED.");
+             "Warm-tier bytes a tenant may hold unless the principals file's tenants list says "
+             "otherwise (0: no limit); over it puts are RESOURCE_EXHAUSTED.");
   s.AddBytes("tenant_cool_quota", &c->tenant_cool_quota,
-             "Cool-tier bytes one tenant may hold (0: no limit); over it its blocks leaving "
-             "warm are dropped.");
+             "Cool-tier bytes a tenant may hold unless the tenants list says otherwise (0: no "
+             "limit); over it its blocks leaving warm are dropped.");
   s.AddBytes("tenant_cold_quota", &c->tenant_cold_quota,
-             "Cold-tier bytes one tenant may hold (0: no limit); over it its blocks leaving "
-             "cool are dropped.");
+             "Cold-tier bytes a tenant may hold unless the tenants list says otherwise (0: no "
+             "limit); over it its blocks leaving cool are dropped.");
   s.AddString("advertise_address", &c->advertise_address,
               "HOST:PORT clients and peers dial (default: the bound listen address).");
 }

@@ -93,8 +93,9 @@ class StoreNodeImpl final : public StoreNode {
     if (absl::Status s = JoinCluster(); !s.ok()) return s;
 
     absl::StatusOr<std::unique_ptr<HttpEndpoint>> http = HttpEndpoint::Start(
-        config_.http_listen, {[this] { return metrics_.Render(warm_->Stats(), ClusterNow()); },
-                              [this] { return ready_.load(); }});
+        config_.http_listen,
+        {[this] { return metrics_.Render(warm_->Stats(), ClusterNow(), warm_->ScopeBytes()); },
+         [this] { return ready_.load(); }});
     if (!http.ok()) return http.status();
     http_ = std::move(*http);
 

@@ -480,13 +480,18 @@ TieredStats TieredStore::Stats() const {
   s.prefetched = prefetched_.load(std::memory_order_relaxed);
   s.sessions_paused = sessions_paused_.load(std::memory_order_relaxed);
   s.sessions_resumed = sessions_resumed_.load(std::memory_order_relaxed);
-  for (auto& [scope, bytes] : warm_->ScopeBytes()) s.scope_bytes.push_back({"warm", scope, bytes});
+  return s;
+}
+
+std::vector<ScopeUse> TieredStore::ScopeBytes() const {
+  std::vector<ScopeUse> out;
+  for (auto& [scope, bytes] : warm_->ScopeBytes()) out.push_back({"warm", scope, bytes});
   for (const auto& [tier, disk] :
        {std::pair{"cool", cool_.get()}, std::pair{"cold", cold_.get()}}) {
     if (disk == nullptr) continue;
-    for (auto& [scope, bytes] : disk->ScopeBytes()) s.scope_bytes.push_back({tier, scope, bytes});
+    for (auto& [scope, bytes] : disk->ScopeBytes()) out.push_back({tier, scope, bytes});
   }
-  return s;
+  return out;
 }
 
 }  // namespace strata::storenode

@@ -390,7 +390,7 @@ TEST_F(TenancyTest, WarmQuotaStopsOneTenantOnly) {
   Tenant a = As(kTokens[0].token);
   Tenant b = As(kTokens[1].token);
   ASSERT_NE(b.client, nullptr);
-  // 48 blocks of 96 KiB (128 KiB slabs: 6 MiB) against B's 4 MiB quota.
+  // 48 blocks of 96 KiB (107.7 KiB slabs: 5.05 MiB) against B's 4 MiB quota.
   auto put = Put(b, "", testutil::PromptChain(b.ns, 71, 48), 7100);
   ASSERT_THAT(put, IsOk());
   size_t over = 0;
@@ -408,12 +408,13 @@ TEST_F(TenancyTest, WarmQuotaStopsOneTenantOnly) {
   EXPECT_EQ(a_put->stored, 2u);
 }
 
-// A tenant listed in the principals file has its own quota: platform (8 MiB) stores the 6 MiB
-// that tenant B (the node's 4 MiB) cannot, and a reload lowering it refuses platform's next put.
+// A tenant listed in the principals file has its own quota: platform (8 MiB) stores the 5 MiB
+// that tenant B (the node's 4 MiB) cannot, and a reload lowering it to 1 MiB refuses
+// platform's next put, naming the new quota.
 TEST_F(TenancyTest, ATenantsOwnQuotaOverridesTheDefault) {
   Tenant pub = As(kTokens[3].token);  // tenant platform
   ASSERT_NE(pub.client, nullptr);
-  auto put = Put(pub, "", testutil::PromptChain(pub.ns, 73, 48), 7300);  // 6 MiB of slabs
+  auto put = Put(pub, "", testutil::PromptChain(pub.ns, 73, 48), 7300);  // 5.05 MiB of slabs
   ASSERT_THAT(put, IsOk());
   EXPECT_EQ(put->stored, 48u);
 
@@ -425,7 +426,8 @@ TEST_F(TenancyTest, ATenantsOwnQuotaOverridesTheDefault) {
     auto more = Put(pub, "", testutil::PromptChain(pub.ns, 74 + i, 1), 7400);
     ASSERT_THAT(more, IsOk());
     for (const absl::Status& s : more->blocks) {
-      if (absl::IsResourceExhausted(s) && absl::StrContains(s.message(), "tenant quota")) {
+      // Past the old 8 MiB too, a refusal would still name 8 MiB: the 1 MiB proves the reload.
+      if (absl::IsResourceExhausted(s) && absl::StrContains(s.message(), "quota 1.00 MiB")) {
         ++refused;
       }
     }

@@ -51,7 +51,8 @@ struct DiskTierOptions {
   EvictionPolicyOptions policy_options;
   rocksdb::Env* env = nullptr;  // nullptr: the default; tests pass a fault-injecting one
   // Stored bytes a scope may hold here (0: no limit; unset: none for any). Not applied to the
-  // shared scope. A put past it is TenantQuotaError (tenant_quota.h).
+  // shared scope. A put past it is TenantQuotaError (tenant_quota.h). Called once per Put,
+  // outside the tier's lock.
   std::function<uint64_t(const std::string& scope)> scope_quota;
 };
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -48,25 +49,33 @@ class TenantQuotas {
 
   explicit TenantQuotas(std::array<uint64_t, 3> defaults)
       : defaults_(defaults),
-        per_tenant_(std::make_shared<const absl::flat_hash_map<std::string, Limits>>()) {}
+        per_tenant_(std::make_shared<const absl::flat_hash_map<std::string, Limits>>()) {
+    any_.store(defaults_[0] + defaults_[1] + defaults_[2] > 0);
+  }
 
   uint64_t For(std::string_view scope, Tier tier) const {
-    if (scope == kSharedScope) return 0;
-    absl::MutexLock lock(&mu_);
+    if (!any_.load(std::memory_order_acquire) || scope == kSharedScope) return 0;  // no quotas
+    absl::ReaderMutexLock lock(&mu_);
     auto it = per_tenant_->find(absl::string_view(scope.data(), scope.size()));
     if (it != per_tenant_->end() && it->second[tier].has_value()) return *it->second[tier];
     return defaults_[tier];
   }
 
   void Set(absl::flat_hash_map<std::string, Limits> per_tenant) {
+    bool any = defaults_[0] + defaults_[1] + defaults_[2] > 0;
+    for (const auto& [tenant, limits] : per_tenant) {
+      for (const std::optional<uint64_t>& l : limits) any = any || l.value_or(0) > 0;
+    }
     auto table =
         std::make_shared<const absl::flat_hash_map<std::string, Limits>>(std::move(per_tenant));
     absl::MutexLock lock(&mu_);
     per_tenant_ = std::move(table);
+    any_.store(any, std::memory_order_release);
   }
 
  private:
   const std::array<uint64_t, 3> defaults_;
+  std::atomic<bool> any_{false};  // some tenant has a limit somewhere: else For is 0 at once
   mutable absl::Mutex mu_;
   std::shared_ptr<const absl::flat_hash_map<std::string, Limits>> per_tenant_ ABSL_GUARDED_BY(mu_);
 };

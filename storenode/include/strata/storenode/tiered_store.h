@@ -54,14 +54,14 @@ struct TieredStats {
   uint64_t prefetched = 0;      // blocks promoted by Prefetch
   uint64_t sessions_paused = 0;
   uint64_t sessions_resumed = 0;
-  // What each scope (a tenant's, or `shared`) holds per tier: warm slab bytes (reserved and
-  // committed), cool/cold stored bytes. Only scopes holding some.
-  struct ScopeUse {
-    std::string tier;
-    std::string scope;
-    uint64_t bytes = 0;
-  };
-  std::vector<ScopeUse> scope_bytes;
+};
+
+// What one scope (a tenant's, or `shared`) holds on one tier: warm slab bytes (reserved and
+// committed), cool/cold stored bytes.
+struct ScopeUse {
+  std::string tier;
+  std::string scope;
+  uint64_t bytes = 0;
 };
 
 class TieredStore {
@@ -120,6 +120,8 @@ class TieredStore {
   void DemoteOnce(uint64_t incoming = 0);
 
   TieredStats Stats() const;
+  // What each scope holds per tier; only scopes holding some (for /metrics).
+  std::vector<ScopeUse> ScopeBytes() const;
   // Keys of every block held on any tier, each once (a snapshot).
   std::vector<BlockKey> Keys() const;
 

@@ -40,7 +40,7 @@ struct WarmTierOptions {
   EvictionPolicyOptions policy_options;
   // Slab bytes (reserved and committed) a scope may take (0: no limit; unset: none for
   // any). Not applied to the shared scope. Over it, a put's block is TenantQuotaError
-  // (tenant_quota.h). Called under the tier's lock: it must not call back into the tier.
+  // (tenant_quota.h). Called once per BeginPut, outside the tier's lock.
   std::function<uint64_t(const std::string& scope)> scope_quota;
   // Monotonic milliseconds; tests substitute a manual clock.
   std::function<int64_t()> now_ms;
