@@ -86,6 +86,8 @@ class GpuAgentImpl : public GpuAgent {
   // A client for the peer agent `peer` (cached), with the namespace id it serves.
   absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> PeerClient(
       const PeerKey& peer);
+  // Whether `peer` failed to connect less than options_.peer_retry_after ago.
+  bool RecentlyUnreachable(const PeerKey& peer);
 
   const AgentOptions options_;
   const std::string scope_;
@@ -128,6 +130,8 @@ class GpuAgentImpl : public GpuAgent {
   absl::Mutex peers_mu_;  // only the load thread uses peers_, but tests read Stats concurrently
   std::map<PeerKey, std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> peers_
       ABSL_GUARDED_BY(peers_mu_);
+  // Peers whose connection failed, and when (entries older than peer_retry_after are dropped).
+  std::map<PeerKey, absl::Time> unreachable_ ABSL_GUARDED_BY(peers_mu_);
 };
 
 }  // namespace strata::gpu_agent

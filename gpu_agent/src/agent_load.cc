@@ -84,12 +84,16 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
   }
   for (auto& [key, which] : by_peer) {
     const std::string& address = key.first;
-    absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> peer = PeerClient(key);
+    const bool skip = RecentlyUnreachable(key);
+    absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> peer =
+        skip ? absl::UnavailableError("unreachable moments ago") : PeerClient(key);
     if (peer.ok()) {
       FetchInto(*peer->first, peer->second, LoadSource::kPeer, address, job, which);
-    } else {
-      spdlog::warn("gpu agent: peer {} unreachable ({}); loading from the store", address,
-                   peer.status().ToString());
+    } else if (!skip) {
+      spdlog::warn("gpu agent: peer {} unreachable ({}); loading from the store for {}", address,
+                   peer.status().ToString(), absl::FormatDuration(options_.peer_retry_after));
+      absl::MutexLock lock(&peers_mu_);
+      unreachable_[key] = absl::Now();
     }
     uint64_t fallbacks = 0;
     bool gone = !peer.ok();
@@ -107,6 +111,7 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
     }
     absl::MutexLock lock(&mu_);
     stats_.peer_fallbacks += fallbacks;
+    if (skip) stats_.peer_skips += fallbacks;
   }
   std::sort(from_store.begin(), from_store.end());
   FetchInto(*client_, ns_, LoadSource::kStore, "store", job, from_store);
@@ -176,6 +181,14 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
       }
     }
   }
+}
+
+bool GpuAgentImpl::RecentlyUnreachable(const PeerKey& peer) {
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&peers_mu_);
+  std::erase_if(unreachable_,
+                [&](const auto& u) { return now - u.second >= options_.peer_retry_after; });
+  return unreachable_.contains(peer);
 }
 
 absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl::PeerClient(

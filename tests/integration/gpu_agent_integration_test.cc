@@ -313,13 +313,21 @@ TEST_F(GpuAgentTest, PeersReadOverTlsAndAPlaintextReaderFallsBackToTheStore) {
   EXPECT_EQ(a.agent->Stats().loaded_from_peer, 8u);
   EXPECT_EQ(a.agent->Stats().peer_fallbacks, 0u);
 
-  Side b = Make(Options("peer-tls", false), SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
+  AgentOptions plain_reader = Options("peer-tls", false);
+  plain_reader.peer_retry_after = absl::Minutes(10);
+  Side b = Make(plain_reader, SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
   loaded = LoadAll(b, hashes, Slots(4, 8));
   EXPECT_EQ(loaded->loaded_prefix(), 8u);
   EXPECT_EQ(Exact(b, hashes, Slots(4, 8)), 8u);
   EXPECT_EQ(b.agent->Stats().loaded_from_peer, 0u);
   EXPECT_EQ(b.agent->Stats().loaded_from_store, 8u);
   EXPECT_EQ(b.agent->Stats().peer_fallbacks, 8u);  // it did try the peer first
+  EXPECT_EQ(b.agent->Stats().peer_skips, 0u);
+  // Loaded again: the peer that just failed is not tried (nor waited for) a second time.
+  loaded = LoadAll(b, hashes, Slots(12, 8));
+  EXPECT_EQ(Exact(b, hashes, Slots(12, 8)), 8u);
+  EXPECT_EQ(b.agent->Stats().loaded_from_store, 16u);
+  EXPECT_EQ(b.agent->Stats().peer_skips, 8u);
   EXPECT_EQ(prefill.agent->Stats().served_to_peers, 8u);
   std::filesystem::remove_all(certs);
 }

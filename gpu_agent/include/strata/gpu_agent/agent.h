@@ -69,6 +69,10 @@ struct AgentOptions {
   std::string peer_tls_cert;
   std::string peer_tls_key;
   std::string peer_tls_ca;
+  // A peer that could not be reached is not tried again for this long: loads meanwhile take
+  // its blocks from the store at once instead of waiting out another connection attempt (up
+  // to call_deadline for an unresponsive host) and logging again.
+  absl::Duration peer_retry_after = absl::Seconds(5);
   // Directory entries live this long and are refreshed every third of it while held.
   absl::Duration publish_ttl = absl::Seconds(30);
   // Prefer a peer's copy over the store's when both exist (a GPU-to-GPU read beats DRAM over
@@ -138,7 +142,10 @@ struct AgentStats {
   uint64_t loaded_from_peer = 0;
   uint64_t loaded_from_store = 0;
   uint64_t load_failed = 0;
-  uint64_t peer_fallbacks = 0;   // blocks a peer could not serve, fetched from the store
+  uint64_t peer_fallbacks = 0;  // blocks a peer could not serve, fetched from the store
+  // Of those, blocks not even tried there: their peer could not be reached moments before
+  // (peer_retry_after), so the load did not wait for it again.
+  uint64_t peer_skips = 0;
   uint64_t served_to_peers = 0;  // blocks this agent sent to peers
   uint64_t bytes_offloaded = 0;
   uint64_t bytes_loaded = 0;
