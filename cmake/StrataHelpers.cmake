@@ -1,8 +1,12 @@
 # Helper functions shared by every component folder.
 
 # Warnings for our own code only (generated protobuf code is exempt).
+# -Wno-missing-field-initializers: GCC 12 warns on every designated initializer that leaves a
+# member out, and our option structs are meant to be written that way (each member has its
+# default; an omitted one is value-initialized, never indeterminate).
 function(strata_warnings target)
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter
+                                           -Wno-missing-field-initializers)
 endfunction()
 
 # strata_library(NAME <folder> SOURCES ... PUBLIC_DEPS ... PRIVATE_DEPS ...)
