@@ -47,11 +47,7 @@ class TenantQuotas {
   // A tenant's own values; an unset one is the default.
   using Limits = std::array<std::optional<uint64_t>, 3>;
 
-  explicit TenantQuotas(std::array<uint64_t, 3> defaults)
-      : defaults_(defaults),
-        per_tenant_(std::make_shared<const absl::flat_hash_map<std::string, Limits>>()) {
-    any_.store(defaults_[0] + defaults_[1] + defaults_[2] > 0);
-  }
+  explicit TenantQuotas(std::array<uint64_t, 3> defaults) : defaults_(defaults) { Set({}); }
 
   uint64_t For(std::string_view scope, Tier tier) const {
     if (!any_.load(std::memory_order_acquire) || scope == kSharedScope) return 0;  // no quotas
@@ -62,7 +58,7 @@ class TenantQuotas {
   }
 
   void Set(absl::flat_hash_map<std::string, Limits> per_tenant) {
-    bool any = defaults_[0] + defaults_[1] + defaults_[2] > 0;
+    bool any = defaults_[0] > 0 || defaults_[1] > 0 || defaults_[2] > 0;
     for (const auto& [tenant, limits] : per_tenant) {
       for (const std::optional<uint64_t>& l : limits) any = any || l.value_or(0) > 0;
     }
