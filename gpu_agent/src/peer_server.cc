@@ -16,6 +16,7 @@
 #include "strata/common/chain_hash.h"
 #include "strata/common/checksum.h"
 #include "strata/common/namespace.h"
+#include "strata/proto/bearer_token.h"
 #include "strata/proto/status_convert.h"
 #include "strata/proto/tls_files.h"
 #include "strata/transport/data_plane.h"
@@ -39,18 +40,15 @@ class PeerService final : public v1::StoreService::Service {
   // OK when the call presents this server's token. The comparison takes the same time however
   // much of a wrong token matches; the answer never says which part was wrong.
   grpc::Status Authenticate(const grpc::ServerContext* ctx) const {
-    const auto& md = ctx->client_metadata();
-    auto it = md.find("authorization");
-    if (it == md.end()) {
+    absl::StatusOr<std::optional<std::string_view>> token = proto::BearerToken(*ctx);
+    if (token.ok() && !token->has_value()) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                           "no credentials: this agent's peers present the token its directory "
                           "entries carry (authorization: Bearer)");
     }
-    constexpr std::string_view kBearer = "Bearer ";
-    const std::string_view value(it->second.data(), it->second.size());
     const std::string& want = options_.token;
-    if (!value.starts_with(kBearer) || value.size() - kBearer.size() != want.size() ||
-        CRYPTO_memcmp(value.data() + kBearer.size(), want.data(), want.size()) != 0) {
+    if (!token.ok() || (*token)->size() != want.size() ||
+        CRYPTO_memcmp((*token)->data(), want.data(), want.size()) != 0) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown credentials");
     }
     return grpc::Status::OK;

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/server_context.h"
 #include "store_service.h"
+#include "strata/proto/bearer_token.h"
 
 namespace strata::storenode {
 
@@ -13,15 +14,8 @@ absl::StatusOr<Principal> StoreServiceImpl::Caller(const grpc::ServerContext* ct
     return auth_ != nullptr ? auth_->Authenticate(std::nullopt, std::nullopt)
                             : AnonymousPrincipal();
   }
-  std::optional<std::string_view> token;
-  const auto& metadata = ctx->client_metadata();
-  if (auto it = metadata.find("authorization"); it != metadata.end()) {
-    std::string_view value(it->second.data(), it->second.size());
-    if (!value.starts_with("Bearer ") || value.size() == 7) {
-      return absl::UnauthenticatedError("authorization: want \"Bearer <token>\"");
-    }
-    token = value.substr(7);
-  }
+  absl::StatusOr<std::optional<std::string_view>> token = proto::BearerToken(*ctx);
+  if (!token.ok()) return token.status();
   std::string cn;
   std::optional<std::string_view> cert;
   // Set only for a certificate the TLS handshake verified against tls_client_ca.
@@ -33,7 +27,7 @@ absl::StatusOr<Principal> StoreServiceImpl::Caller(const grpc::ServerContext* ct
       cert = cn;
     }
   }
-  return auth_->Authenticate(token, cert);
+  return auth_->Authenticate(*token, cert);
 }
 
 absl::StatusOr<std::string> StoreServiceImpl::Authorize(const grpc::ServerContext* ctx,
