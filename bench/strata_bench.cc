@@ -57,7 +57,7 @@ struct Flags {
   uint64_t seed = 1;
   std::string transport = "ucx";  // ucx (the data plane) or grpc (payloads inline)
   std::string ucx_tls = "tcp";    // local node's --ucx-tls: tcp or shm
-  uint32_t lanes = 1;             // local node's --ucx-lanes
+  uint32_t lanes = 0;             // local node's --ucx-lanes (0: the node's own choice)
   bool no_register = false;       // ucx: leave buffers unregistered (bounce-pool path)
   double mixed_seconds = 10;      // --ops mixed: how long
   double get_fraction = 0.8;      // --ops mixed: share of calls that are gets
@@ -377,8 +377,9 @@ int main(int argc, char** argv) {
   app.add_option("--ucx-tls", f.ucx_tls, "Local node's UCX transports: tcp or shm")
       ->check(CLI::IsMember({"tcp", "shm"}))
       ->capture_default_str();
-  app.add_option("--lanes", f.lanes, "Local node's UCX lanes (workers)")
-      ->check(CLI::Range(1, 64))
+  app.add_option("--lanes", f.lanes,
+                 "Local node's UCX lanes (workers); 0: one per 4 usable CPUs, 1 to 4")
+      ->check(CLI::Range(0, 64))
       ->capture_default_str();
   app.add_flag("--no-register", f.no_register,
                "ucx: do not register buffers (measure the bounce-pool path)");

@@ -529,13 +529,13 @@ class ClusterStoreClient final : public StoreClient {
 
   // Owners(...)[0] without building the list: the member with the top rendezvous score (the
   // lower index on a tie). Zones do not change it: the first zone picked is the top scorer's.
-  // -1 when no member owns anything.
-  int FirstOwner(const MemberSet& set, const ChainHash& h) const {
+  // -1 when no member owns anything. seeds[i]: RendezvousSeed of member i.
+  int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& h) const {
     if (replicas_ < 1) return -1;
     int best = -1;
     uint64_t best_score = 0;
-    for (size_t i = 0; i < set.members.size(); ++i) {
-      const uint64_t score = cluster::RendezvousScore(set.members[i].id, h);
+    for (size_t i = 0; i < seeds.size(); ++i) {
+      const uint64_t score = cluster::RendezvousScore(seeds[i], h);
       if (best < 0 || score > best_score) {
         best = static_cast<int>(i);
         best_score = score;
@@ -549,6 +549,9 @@ class ClusterStoreClient final : public StoreClient {
     std::shared_ptr<const MemberSet> set = membership_->Current();
     std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
     const size_t n = hashes.size();
+    std::vector<uint64_t> seeds;
+    seeds.reserve(set->members.size());
+    for (const Member& m : set->members) seeds.push_back(cluster::RendezvousSeed(m.id));
     // Where each block was found (tier kUnknown: not yet); its prefix becomes the result.
     std::vector<BlockLocation> loc(n);
     auto found = [&](size_t i) { return loc[i].tier != Tier::kUnknown; };
@@ -581,7 +584,7 @@ class ClusterStoreClient final : public StoreClient {
         if (i > first_absent && !moving) continue;
         int node = -1;
         if (tried[i] == 0) {
-          node = FirstOwner(*set, hashes[i]);
+          node = FirstOwner(seeds, hashes[i]);
         } else {
           if (cand.empty()) cand.resize(n);
           if (cand[i].empty()) cand[i] = Candidates(*set, prev.get(), hashes[i]);

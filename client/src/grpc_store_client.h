@@ -435,9 +435,11 @@ class GrpcStoreClient final : public StoreClient {
   }
 
   // Index ranges of a data-channel batch: at most max_keys_ blocks, the batch spread over the
-  // lanes, in RMA mode at most a lane's share of the bounce pool (so parts on different lanes
-  // can run at once; two-sided mode needs none), and at most max_inline_ bytes (a GetData
-  // reply may carry blocks inline).
+  // lanes but no part below kMinPartBytes where the batch allows (each part is a call of its
+  // own: splitting a small batch costs more calls than the lanes give back), in RMA mode at most a
+  // lane's share of the bounce pool (so parts on different lanes can run at once; two-sided mode
+  // needs none), and at most max_inline_ bytes (a GetData reply may carry blocks inline).
+  static constexpr uint64_t kMinPartBytes = 1 << 20;
   std::vector<std::pair<size_t, size_t>> SplitForDataChannel(
       const std::vector<Placement>& placed) const;
 

@@ -13,11 +13,18 @@ int MemberSet::Find(std::string_view id) const {
   return it != members.end() && it->id == id ? static_cast<int>(it - members.begin()) : -1;
 }
 
-uint64_t RendezvousScore(std::string_view member_id, const ChainHash& hash) {
-  // The member id seeds a hash of the chain hash: independent per member, stable across
-  // processes and versions (xxh3 is specified), and never depends on the member's position.
-  const uint64_t seed = XXH3_64bits(member_id.data(), member_id.size());
+// The member id seeds a hash of the chain hash: independent per member, stable across
+// processes and versions (xxh3 is specified), and never depends on the member's position.
+uint64_t RendezvousSeed(std::string_view member_id) {
+  return XXH3_64bits(member_id.data(), member_id.size());
+}
+
+uint64_t RendezvousScore(uint64_t seed, const ChainHash& hash) {
   return XXH3_64bits_withSeed(hash.bytes.data(), hash.bytes.size(), seed);
+}
+
+uint64_t RendezvousScore(std::string_view member_id, const ChainHash& hash) {
+  return RendezvousScore(RendezvousSeed(member_id), hash);
 }
 
 std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, int replicas) {

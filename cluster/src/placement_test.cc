@@ -117,6 +117,21 @@ TEST(PlacementTest, WithoutZonesTheTopScoresWin) {
   }
 }
 
+// The seeded form (the cluster client's lookups score with it) is the same score, and a
+// member's seed is its own: other members, other blocks, other scores.
+TEST(PlacementTest, SeededScoresAreTheScores) {
+  std::vector<Member> m = Nodes(3);
+  for (uint64_t b = 0; b < 64; ++b) {
+    const ChainHash h = HashOf(b);
+    for (const Member& x : m) {
+      EXPECT_EQ(RendezvousScore(RendezvousSeed(x.id), h), RendezvousScore(x.id, h));
+    }
+    EXPECT_NE(RendezvousScore(RendezvousSeed(m[0].id), h),
+              RendezvousScore(RendezvousSeed(m[1].id), h));
+  }
+  EXPECT_NE(RendezvousSeed(m[0].id), RendezvousSeed(m[1].id));
+}
+
 TEST(PlacementTest, FindAndNormalize) {
   std::vector<Member> m = {{.id = "b"}, {.id = "a"}, {.id = "b", .address = "dup"}};
   Normalize(&m);

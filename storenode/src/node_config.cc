@@ -1,5 +1,6 @@
 #include "strata/storenode/node_config.h"
 
+#include <algorithm>
 #include <tuple>
 #include <utility>
 
@@ -32,7 +33,9 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddString("ucx_tls", &c->ucx_tls,
               "UCX transports of the data plane (UCX_TLS): tcp, shm (posix,sysv,cma,self; "
               "co-located trusted clients), rc,sm ...; empty: inline gRPC payloads only.");
-  s.AddUint("ucx_lanes", &c->ucx_lanes, "UCX workers (progress threads) carrying transfers.");
+  s.AddUint("ucx_lanes", &c->ucx_lanes,
+            "UCX workers (progress threads) carrying transfers, 1..64; 0: one per 4 usable "
+            "CPUs (affinity mask and cgroup CPU limit), 1 to 4.");
   s.AddUint("max_data_channels", &c->max_data_channels, "Open UCX data channels at most.");
   s.AddUint("ucx_unclaimed_timeout_ms", &c->ucx_unclaimed_timeout_ms,
             "A client's UCX message that no call claims for this long (its PutData never "
@@ -130,6 +133,8 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
               "HOST:PORT clients and peers dial (default: the bound listen address).");
 }
 
+uint32_t AutoUcxLanes(uint32_t usable_cpus) { return std::clamp<uint32_t>(usable_cpus / 4, 1, 4); }
+
 absl::Status ValidateNodeConfig(const NodeConfig& c) {
   if (c.max_block_bytes < 64 || c.max_block_bytes > (1ull << 30)) {
     return absl::InvalidArgumentError(
@@ -149,6 +154,10 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   }
   if (c.max_inline_bytes > (1ull << 30)) {
     return absl::InvalidArgumentError("max_inline_bytes: at most 1 GiB (gRPC message limit)");
+  }
+  if (c.ucx_lanes > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ucx_lanes: ", c.ucx_lanes, ", want 0 (one per 4 CPUs) or 1..64"));
   }
   if (c.max_namespaces == 0) return absl::InvalidArgumentError("max_namespaces: want >= 1");
   if (c.reservation_ttl_ms == 0 || c.lease_ttl_ms == 0) {

@@ -19,6 +19,7 @@
 #include "store_service.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/codec.h"
+#include "strata/common/cpus.h"
 #include "strata/common/http_endpoint.h"
 #include "strata/proto/tls_files.h"
 #include "strata/storenode/tiered_store.h"
@@ -335,7 +336,11 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   if (!config.ucx_tls.empty()) {
     DataPlaneOptions dp;
     dp.tls = config.ucx_tls;
-    dp.lanes = static_cast<uint32_t>(config.ucx_lanes);
+    const uint32_t cpus = UsableCpus();
+    dp.lanes = config.ucx_lanes != 0 ? static_cast<uint32_t>(config.ucx_lanes) : AutoUcxLanes(cpus);
+    spdlog::info("ucx lanes: {}{}", dp.lanes,
+                 config.ucx_lanes != 0 ? std::string()
+                                       : absl::StrCat(" (ucx_lanes 0: ", cpus, " usable CPUs)"));
     dp.max_channels = config.max_data_channels;
     dp.unclaimed_timeout = absl::Milliseconds(config.ucx_unclaimed_timeout_ms);
     dp.max_block_bytes = config.max_block_bytes;

@@ -68,6 +68,7 @@ REFUSED = [
     (["etcd.tls.enabled=true", "etcd.tls.serverSecretName=s"], "clientSecretName"),
     (["cluster.mode=gossip"], "/cluster/mode"),  # values.schema.json enum
     (["store.antiAffinity=never"], "antiAffinity"),
+    (["store.ucx.lanes=65"], "/store/ucx/lanes"),  # values.schema.json maximum
 ]
 
 

@@ -63,24 +63,6 @@ std::vector<uint8_t> Payload(const ChainHash& h) {
   return out;
 }
 
-// Count of a node's calls of one op (strata_op_latency_seconds_count{op=...}).
-uint64_t OpCount(const LocalNode& node, const std::string& op) {
-  auto page = testutil::HttpGet(node.http_address(), "/metrics");
-  if (!page.ok()) return 0;
-  for (absl::string_view line : absl::StrSplit(page->second, '\n')) {
-    if (!absl::StartsWith(line, "strata_op_latency_seconds_count{") ||
-        !absl::StrContains(line, absl::StrCat("op=\"", op, "\""))) {
-      continue;
-    }
-    uint64_t v = 0;
-    std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
-    double d = 0;
-    if (absl::SimpleAtod(parts.back(), &d)) v = static_cast<uint64_t>(d);
-    return v;
-  }
-  return 0;
-}
-
 // The value of a node's unlabelled-but-for-node gauge `name` on /metrics; -1 if absent.
 double Gauge(const LocalNode& node, const std::string& name) {
   auto page = testutil::HttpGet(node.http_address(), "/metrics");
@@ -309,11 +291,11 @@ TEST_F(ClusterTest, ALookupOfAPrefixCallsEachNodeOnce) {
   std::vector<ChainHash> chain = testutil::PromptChain(*ns, 1, 96);
   ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
   std::map<int, uint64_t> before;
-  for (auto& [i, node] : nodes_) before[i] = OpCount(*node, "lookup");
+  for (auto& [i, node] : nodes_) before[i] = testutil::OpCount(*node, "lookup");
   auto r = c->Lookup(*ns, "", chain);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->matched_blocks, chain.size());
-  for (auto& [i, node] : nodes_) EXPECT_EQ(OpCount(*node, "lookup") - before[i], 1u) << i;
+  for (auto& [i, node] : nodes_) EXPECT_EQ(testutil::OpCount(*node, "lookup") - before[i], 1u) << i;
   // A prefix stored only in part matches up to its first missing block.
   std::vector<ChainHash> longer = testutil::PromptChain(*ns, 1, 128);
   auto partial = c->Lookup(*ns, "", longer);

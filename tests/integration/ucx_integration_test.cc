@@ -7,9 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -25,6 +27,8 @@
 #include "strata/client/local_node.h"
 #include "strata/client/store_client.h"
 #include "strata/common/checksum.h"
+#include "strata/common/cpus.h"
+#include "strata/testutil/cpu_pin.h"
 #include "strata/testutil/node_process.h"
 #include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
@@ -502,6 +506,89 @@ TEST(UcxConfigTest, NodeWithoutDataPlaneServesInlineAndRefusesUcxClients) {
   auto c = StoreClient::Connect(o);
   ASSERT_THAT(c, IsOk());
   EXPECT_EQ((*c)->DataPlaneDescription(), "inline");
+}
+
+// A client of `node` that must use the UCX data plane.
+absl::StatusOr<std::unique_ptr<StoreClient>> ConnectUcx(const LocalNode& node) {
+  ClientOptions o;
+  o.address = node.address();
+  o.data_plane = ClientOptions::DataPlane::kUcx;
+  return StoreClient::Connect(o);
+}
+
+// ucx_lanes 0 (the default) lets the node pick one lane per 4 CPUs it may use, 1 to 4
+// (storenode's AutoUcxLanes; node_config_test checks the mapping). The node inherits this
+// thread's affinity mask, so pinned to one CPU it runs one lane; and its data plane works.
+TEST(UcxConfigTest, LanesZeroFollowsTheCpusTheNodeMayUse) {
+  const uint32_t cpus = UsableCpus();
+  for (const bool pinned : {false, true}) {
+    SCOPED_TRACE(pinned ? "pinned to one CPU" : "all CPUs");
+    std::optional<testutil::OneCpuScope> pin;
+    if (pinned) {
+      pin.emplace();
+      ASSERT_TRUE(pin->ok());
+    }
+    auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp", "--ucx-lanes",
+                                     "0", "--max-block-bytes", "4MiB"});
+    pin.reset();
+    ASSERT_THAT(node, IsOk());
+    auto c = ConnectUcx(**node);
+    ASSERT_THAT(c, IsOk());
+    auto stats = (*c)->Stats();
+    ASSERT_THAT(stats, IsOk());
+    EXPECT_EQ(stats->ucx_lanes, pinned ? 1u : std::clamp<uint32_t>(cpus / 4, 1, 4));
+    auto ns = (*c)->RegisterNamespace(Spec());
+    ASSERT_THAT(ns, IsOk());
+    const std::vector<uint8_t> block = testutil::RandomBytes(9, 1 << 20);
+    std::vector<ChainHash> hashes = testutil::PromptChain(*ns, 9, 1);
+    const BlockWrite write{hashes[0], block.data(), block.size()};
+    ASSERT_THAT((*c)->Put(*ns, "", {&write, 1}), IsOk());
+    std::vector<uint8_t> dst(block.size());
+    const BlockRead read{hashes[0], dst.data(), dst.size()};
+    auto got = (*c)->Get(*ns, "", {&read, 1});
+    ASSERT_THAT(got, IsOk());
+    ASSERT_THAT(got->blocks[0], IsOk());
+    EXPECT_EQ(dst, block);
+  }
+}
+
+// A batch is spread over the lanes in parts of at least 1 MiB where it allows: each part is a
+// PutData/GetData call of its own, and a small batch cut into several calls is slower than
+// one (docs/design/transfer-protocol.md, "Lanes by cores").
+TEST(UcxConfigTest, SmallBatchesTakeOneCallLargeOnesSpreadOverTheLanes) {
+  auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp", "--ucx-lanes", "4",
+                                   "--max-block-bytes", "4MiB"});
+  ASSERT_THAT(node, IsOk());
+  auto c = ConnectUcx(**node);
+  ASSERT_THAT(c, IsOk());
+  auto ns = (*c)->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  constexpr size_t kBlock = 256 << 10;
+  const std::vector<uint8_t> src = testutil::RandomBytes(11, 16 * kBlock);
+  std::vector<ChainHash> hashes = testutil::PromptChain(*ns, 11, 16);
+  std::vector<uint8_t> dst(16 * kBlock);
+  // (blocks, calls the node serves): 5 x 256 KiB stay one call; 16 make four of 1 MiB.
+  size_t begin = 0;
+  for (auto [blocks, calls] : {std::pair<size_t, uint64_t>{5, 1}, {11, 2}, {16, 4}}) {
+    SCOPED_TRACE(absl::StrCat(blocks, " blocks"));
+    std::vector<BlockWrite> writes;
+    std::vector<BlockRead> reads;
+    for (size_t i = 0; i < blocks; ++i) {
+      const size_t k = (begin + i) % 16;
+      writes.push_back({hashes[k], src.data() + k * kBlock, kBlock});
+      reads.push_back({hashes[k], dst.data() + k * kBlock, kBlock});
+    }
+    begin += blocks;
+    const uint64_t puts = testutil::OpCount(**node, "put_data");
+    ASSERT_THAT((*c)->Put(*ns, "", writes), IsOk());
+    EXPECT_EQ(testutil::OpCount(**node, "put_data") - puts, calls);
+    const uint64_t gets = testutil::OpCount(**node, "get_data");
+    auto got = (*c)->Get(*ns, "", reads);
+    ASSERT_THAT(got, IsOk());
+    EXPECT_EQ(got->fetched, blocks);
+    EXPECT_EQ(testutil::OpCount(**node, "get_data") - gets, calls);
+  }
+  EXPECT_EQ(dst, src);
 }
 
 // UCX 1.13 aborts a process that receives a tcp segment larger than its own rx size. Peers whose

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -67,6 +68,21 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
   }
   size_t body = resp.find("\r\n\r\n");
   return std::make_pair(code, body == std::string::npos ? "" : resp.substr(body + 4));
+}
+
+uint64_t OpCount(const client::LocalNode& node, const std::string& op) {
+  auto page = HttpGet(node.http_address(), "/metrics");
+  if (!page.ok()) return 0;
+  for (absl::string_view line : absl::StrSplit(page->second, '\n')) {
+    if (!absl::StartsWith(line, "strata_op_latency_seconds_count{") ||
+        !absl::StrContains(line, absl::StrCat("op=\"", op, "\""))) {
+      continue;
+    }
+    std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
+    double d = 0;
+    return absl::SimpleAtod(parts.back(), &d) ? static_cast<uint64_t>(d) : 0;
+  }
+  return 0;
 }
 
 }  // namespace strata::testutil

@@ -48,6 +48,11 @@ struct MemberSet {
 // The rendezvous score of `member_id` for a block; higher wins.
 uint64_t RendezvousScore(std::string_view member_id, const ChainHash& hash);
 
+// The same score in two halves, for callers scoring many blocks: the member's seed (a hash
+// of its id) once per member, then one hash per block.
+uint64_t RendezvousSeed(std::string_view member_id);
+uint64_t RendezvousScore(uint64_t seed, const ChainHash& hash);
+
 // Indexes into `members` of the min(replicas, members.size()) owners of `hash`, best first.
 std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, int replicas);
 

@@ -27,7 +27,7 @@ struct NodeConfig {
   // UCX data plane: UCX_TLS ("tcp", "shm" = posix,sysv,cma,self for co-located trusted
   // clients, "rc,sm" on RDMA clusters...); empty: payloads travel inline over gRPC only.
   std::string ucx_tls = "tcp";
-  uint64_t ucx_lanes = 1;             // node workers (progress threads) per channel
+  uint64_t ucx_lanes = 0;             // workers (progress threads); 0: AutoUcxLanes()
   uint64_t max_data_channels = 1024;  // open ConnectData channels
   // A client's UCX message no call claims for this long closes its data channel (its bytes
   // would otherwise stay in UCX's unexpected queue for good).
@@ -110,6 +110,11 @@ struct NodeConfig {
 
 // Registers every NodeConfig field on `schema`, pointing at `config`.
 void RegisterNodeOptions(ConfigSchema& schema, NodeConfig* config);
+
+// The lanes an ucx_lanes of 0 means on a node that may use `usable_cpus` CPUs: one per 4,
+// from 1 to 4. Measured (docs/design/transfer-protocol.md, "Lanes by cores"): on 2 vCPUs more
+// than one lane is slower; on 16 cores 2-4 lanes move 1.5-2.5x what one does at 8 streams.
+uint32_t AutoUcxLanes(uint32_t usable_cpus);
 
 // Cross-field checks: INVALID_ARGUMENT naming the option (warm_bytes < max_block_bytes...).
 absl::Status ValidateNodeConfig(const NodeConfig& config);

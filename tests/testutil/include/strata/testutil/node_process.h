@@ -26,4 +26,8 @@ absl::StatusOr<std::unique_ptr<client::LocalNode>> StartNode(
 absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
                                                     const std::string& path);
 
+// How many calls of `op` (put_data, lookup...) a node has served: its
+// strata_op_latency_seconds_count{op=...} on /metrics; 0 when absent or unreachable.
+uint64_t OpCount(const client::LocalNode& node, const std::string& op);
+
 }  // namespace strata::testutil

@@ -1,0 +1,35 @@
+#include "strata/storenode/node_config.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "strata/testutil/status_matchers.h"
+
+namespace strata::storenode {
+namespace {
+
+using ::strata::testutil::IsOk;
+using ::strata::testutil::StatusIs;
+using ::testing::HasSubstr;
+
+TEST(NodeConfigTest, AutoLanesAreOnePerFourCpusFromOneToFour) {
+  EXPECT_EQ(AutoUcxLanes(1), 1u);
+  EXPECT_EQ(AutoUcxLanes(2), 1u);  // measured: a second lane is slower on 2 vCPUs
+  EXPECT_EQ(AutoUcxLanes(8), 2u);
+  EXPECT_EQ(AutoUcxLanes(12), 3u);
+  EXPECT_EQ(AutoUcxLanes(16), 4u);
+  EXPECT_EQ(AutoUcxLanes(128), 4u);
+}
+
+TEST(NodeConfigTest, LanesAreZeroForAutoOrOneToSixtyFour) {
+  NodeConfig c;
+  EXPECT_EQ(c.ucx_lanes, 0u);
+  EXPECT_THAT(ValidateNodeConfig(c), IsOk());
+  c.ucx_lanes = 64;
+  EXPECT_THAT(ValidateNodeConfig(c), IsOk());
+  c.ucx_lanes = 65;
+  EXPECT_THAT(ValidateNodeConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx_lanes: 65")));
+}
+
+}  // namespace
+}  // namespace strata::storenode
