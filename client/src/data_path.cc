@@ -309,7 +309,7 @@ absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string
 void GrpcStoreClient::StartTagged(TaggedTransfer* t, uint32_t lane,
                                   std::span<const transport::TransferOp> ops,
                                   Clock::time_point deadline, grpc::ClientContext* ctx) {
-  t->done = std::async(std::launch::async, [this, t, lane, ops, deadline, ctx] {
+  t->done = TaskPool::Shared().Run([this, t, lane, ops, deadline, ctx] {
     absl::Status s = ucx_->Transfer(lane, ops, absl::FromChrono(deadline), &t->abort);
     if (!s.ok() && !t->abort.load(std::memory_order_acquire)) {
       t->failed_alone.store(true, std::memory_order_release);

@@ -29,6 +29,7 @@
 #include "strata/proto/status_convert.h"
 #include "strata/transport/peer_order.h"
 #include "strata/v1/store.grpc.pb.h"
+#include "task_pool.h"
 
 namespace strata::client::internal {
 
@@ -87,12 +88,13 @@ std::vector<std::pair<size_t, size_t>> SplitBatch(size_t n, uint64_t max_keys, u
   return parts;
 }
 
-// Runs part(0..n-1) in parallel (part 0 on the calling thread); the first error wins.
+// Runs part(0..n-1) in parallel (part 0 on the calling thread, the others on the shared
+// TaskPool); the first error wins.
 template <typename Part>
 absl::Status RunParts(size_t n, Part part) {
-  std::vector<std::future<absl::Status>> pending;
+  std::vector<JoiningFuture<absl::Status>> pending;
   for (size_t p = 1; p < n; ++p) {
-    pending.push_back(std::async(std::launch::async, [&part, p] { return part(p); }));
+    pending.push_back(TaskPool::Shared().Run([&part, p] { return part(p); }));
   }
   absl::Status first = part(0);
   for (auto& f : pending) {
@@ -498,7 +500,7 @@ class GrpcStoreClient final : public StoreClient {
   struct TaggedTransfer {
     std::atomic<bool> abort{false};
     std::atomic<bool> failed_alone{false};  // failed before the RPC ended (cancelled it)
-    std::future<absl::Status> done;
+    JoiningFuture<absl::Status> done;
   };
 
   void StartTagged(TaggedTransfer* t, uint32_t lane, std::span<const transport::TransferOp> ops,

@@ -1,0 +1,108 @@
+#include "task_pool.h"
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace strata::client::internal {
+namespace {
+
+// Counts the distinct threads tasks ran on (a thread_local is fresh on every new thread).
+std::atomic<int> fresh_threads{0};
+void NoteThread() {
+  thread_local bool seen = false;
+  if (!seen) {
+    seen = true;
+    fresh_threads.fetch_add(1);
+  }
+}
+
+// Waits (up to 20 s) until `pool` has `n` idle threads.
+bool WaitIdle(const TaskPool& pool, size_t n) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (pool.idle() != n && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return pool.idle() == n;
+}
+
+TEST(TaskPoolTest, SequentialTasksReuseOneThread) {
+  TaskPool pool;
+  fresh_threads = 0;
+  for (int i = 0; i < 100; ++i) {
+    JoiningFuture<int> f = pool.Run([i] {
+      NoteThread();
+      return i * 2;
+    });
+    EXPECT_EQ(f.get(), i * 2);
+    // The thread goes idle just after it has set the result.
+    ASSERT_TRUE(WaitIdle(pool, 1));
+  }
+  EXPECT_EQ(fresh_threads.load(), 1);  // std::async: 100 new threads
+  EXPECT_EQ(pool.threads_started(), 1u);
+}
+
+TEST(TaskPoolTest, TasksThatWaitForEachOtherAllRun) {
+  TaskPool pool;
+  // Eight tasks that each wait until all eight have started: they must run at once, never
+  // queued behind a busy thread.
+  std::atomic<int> started{0};
+  std::vector<JoiningFuture<bool>> all;
+  for (int i = 0; i < 8; ++i) {
+    all.push_back(pool.Run([&] {
+      started.fetch_add(1);
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (started.load() < 8 && std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return started.load() == 8;
+    }));
+  }
+  for (auto& f : all) EXPECT_TRUE(f.get());
+  // A task may wait for a task it submits itself.
+  JoiningFuture<int> outer = pool.Run([&] { return pool.Run([] { return 7; }).get() + 1; });
+  EXPECT_EQ(outer.get(), 8);
+}
+
+TEST(TaskPoolTest, IdleThreadsLeaveAndDoNotHoldUpTheDestructor) {
+  TaskPool pool(std::chrono::milliseconds(20));
+  std::vector<JoiningFuture<int>> all;
+  for (int i = 0; i < 4; ++i) all.push_back(pool.Run([i] { return i; }));
+  for (auto& f : all) f.get();
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (pool.threads() > 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(pool.threads(), 0u);
+
+  std::atomic<bool> finished{false};
+  {
+    TaskPool busy(std::chrono::hours(1));
+    JoiningFuture<void> f = busy.Run([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      finished = true;
+    });
+    f.get();
+    // `busy` now has a thread idle for up to an hour; its destructor wakes it (else this test
+    // would hang past its ctest timeout).
+  }
+  EXPECT_TRUE(finished.load());
+}
+
+TEST(TaskPoolTest, AnUnconsumedFutureWaitsForItsTask) {
+  TaskPool pool;
+  std::atomic<bool> done{false};
+  {
+    JoiningFuture<void> f = pool.Run([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      done = true;
+    });
+  }  // destroyed without get(): waits, as std::async's future does
+  EXPECT_TRUE(done.load());
+}
+
+}  // namespace
+}  // namespace strata::client::internal
