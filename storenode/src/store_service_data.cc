@@ -154,7 +154,7 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
     if (two_sided) {
       // Every tag gets a receive: blocks not stored land in the discard buffer.
       ops.push_back(transport::TransferOp::Recv(
-          reserved ? r.addresses[i] : data_plane_->discard_buffer(),
+          reserved ? r.addresses[i] : data_plane_->discard_buffer(req->lane()),
           reserved ? blocks[i].size : data_plane_->discard_bytes(), req->tags(i), &received[i]));
     } else if (reserved) {
       const v1::RemoteBuffer& src = req->sources(i);
@@ -201,7 +201,7 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
 void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline) {
   std::vector<transport::TransferOp> ops;
   for (uint64_t tag : req.tags()) {
-    ops.push_back(transport::TransferOp::Recv(data_plane_->discard_buffer(),
+    ops.push_back(transport::TransferOp::Recv(data_plane_->discard_buffer(req.lane()),
                                               data_plane_->discard_bytes(), tag));
   }
   data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline).IgnoreError();

@@ -107,10 +107,15 @@ class DataPlane {
   uint64_t unclaimed_dropped() const { return unclaimed_dropped_.load(std::memory_order_relaxed); }
   static constexpr size_t kMaxRefusedTags = 1 << 16;
 
-  // Where two-sided messages of blocks the node does not store are received and dropped.
-  // Shared by every call: its bytes are never read.
-  uint8_t* discard_buffer() { return discard_.data(); }
-  uint64_t discard_bytes() const { return discard_.size(); }
+  // Where two-sided messages of blocks the node does not store are received and dropped on
+  // `lane`: one buffer per lane (each lane's progress thread writes only its own), shared by
+  // that lane's calls; its bytes are never read. Pages are mapped on first use only, so a
+  // node that never refuses a block holds none of it. A lane the node lacks gets lane 0's
+  // (Transfer refuses the lane itself).
+  uint8_t* discard_buffer(uint32_t lane) {
+    return discard_[lane < discard_.size() ? lane : 0].get();
+  }
+  uint64_t discard_bytes() const { return options_.max_block_bytes; }
 
  private:
   struct ChannelState {
@@ -134,7 +139,7 @@ class DataPlane {
   // touch arena bytes until the worker is destroyed.
   std::unique_ptr<transport::MemoryRegion> arena_region_;
   std::vector<std::unique_ptr<transport::Worker>> lanes_;
-  std::vector<uint8_t> discard_;
+  std::vector<std::unique_ptr<uint8_t[]>> discard_;  // per lane, max_block_bytes each
 
   std::atomic<uint64_t> unclaimed_dropped_{0};
   // SweepUnclaimed's view of each lane: per open channel, its oldest unclaimed tag and since
