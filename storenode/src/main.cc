@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/config.h"
 #include "strata/common/logging.h"
@@ -77,6 +78,12 @@ int main(int argc, char** argv) {
   // so memory freed after a call leaves the process and RSS follows the admission budgets
   // instead of staying in malloc's arenas (docs/design/security.md, "Admission").
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#ifdef NDEBUG
+  // Debian's absl is built with its debug checks, so every absl::Mutex lock also updates a
+  // lock-order graph for deadlock detection (GraphCycles: ~1 % of a node's CPU under load,
+  // perf, docs/design/cluster.md). Release nodes skip it; debug builds (the tests) keep it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
   strata::storenode::NodeConfig config;
   strata::ConfigSchema schema("strata-storenode", "a Strata KV-cache store node");
   strata::storenode::RegisterNodeOptions(schema, &config);
