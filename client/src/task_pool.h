@@ -37,7 +37,6 @@ class JoiningFuture {
     if (f_.valid()) f_.wait();
   }
   R get() { return f_.get(); }
-  bool valid() const { return f_.valid(); }
 
  private:
   std::future<R> f_;
