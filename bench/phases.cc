@@ -7,10 +7,12 @@
 #include <cstdio>
 #include <cstring>
 #include <latch>
+#include <optional>
 #include <span>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace strata::bench {
@@ -50,33 +52,106 @@ void PutRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, Phas
   }
 }
 
+// Compares a stream's fetched batches with the data set on a thread of its own, one batch at
+// a time, so that the stream's next Get runs while the last one is compared (the client has
+// already verified every block's checksum; an engine would not compare at all). The stream
+// fetches into the two halves of its staging memory in turn and hands each batch over with
+// Check, which first waits until the batch before it — the other half — has been compared.
+class GetChecker {
+ public:
+  explicit GetChecker(const Dataset& ds) : ds_(ds), thread_([this] { Run(); }) {}
+  ~GetChecker() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    thread_.join();
+  }
+
+  // Blocks [first, first + got.blocks.size()) of the data set, fetched into `data`.
+  void Check(size_t first, client::GetResult got, const uint8_t* data) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &GetChecker::Idle));
+    job_ = Job{first, std::move(got), data};
+  }
+
+  // Waits for the last batch, then adds what was compared to *r.
+  void Finish(PhaseResult* r) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &GetChecker::Idle));
+    r->Merge(result_);
+    result_ = PhaseResult{};
+  }
+
+ private:
+  struct Job {
+    size_t first = 0;
+    client::GetResult got;
+    const uint8_t* data = nullptr;
+  };
+  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !job_ && !busy_; }
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return job_ || stop_; }
+
+  void Run() {
+    for (;;) {
+      Job job;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &GetChecker::HasWork));
+        if (!job_) return;
+        job = *std::move(job_);
+        job_.reset();
+        busy_ = true;
+      }
+      PhaseResult part;
+      for (size_t i = 0; i < job.got.blocks.size(); ++i) {
+        CountGetBlock(ds_, job.first + i, job.got.blocks[i], job.data + i * ds_.block_size,
+                      job.got.sizes[i], "get block", &part);
+      }
+      absl::MutexLock lock(&mu_);
+      result_.Merge(part);
+      busy_ = false;
+    }
+  }
+
+  const Dataset& ds_;
+  absl::Mutex mu_;
+  std::optional<Job> job_ ABSL_GUARDED_BY(mu_);
+  bool busy_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  PhaseResult result_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;  // last: starts once the members above exist
+};
+
 void GetRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, PhaseResult* r) {
   const Dataset& ds = *ctx.ds;
+  const size_t half = size_t{ctx.batch} * ds.block_size;
+  GetChecker checker(ds);
   std::vector<client::BlockRead> reads;
+  size_t calls = 0;
   for (size_t b = begin; b < end; b += ctx.batch) {
     size_t n = std::min<size_t>(ctx.batch, end - b);
     client::CallOptions call;
     if (!NextCallOptions(ctx, &call)) {
       r->complete = false;
-      return;
+      break;
     }
+    uint8_t* into = s.staging.data() + (calls++ % 2) * half;
     reads.clear();
     for (size_t i = 0; i < n; ++i) {
-      reads.push_back({ds.hashes[b + i], s.staging.data() + i * ds.block_size, ds.block_size});
+      reads.push_back({ds.hashes[b + i], into + i * ds.block_size, ds.block_size});
     }
     Clock::time_point t0 = Clock::now();
     absl::StatusOr<client::GetResult> got = s.client->Get(*ctx.ns, "", reads, call);
     r->call_latencies_us.push_back(MicrosSince(t0));
     if (!got.ok()) {
       CallFailed(ctx, "get", got.status(), n, r);
-      if (!r->complete) return;
+      if (!r->complete) break;
       continue;
     }
-    for (size_t i = 0; i < n; ++i) {
-      CountGetBlock(ds, b + i, got->blocks[i], s.staging.data() + i * ds.block_size, got->sizes[i],
-                    "get block", r);
-    }
+    checker.Check(b, *std::move(got), into);
   }
+  checker.Finish(r);
 }
 
 // Chains s, s + K, s + 2K, ... of the data set (each `rounds` times): one Lookup per chain,

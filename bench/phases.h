@@ -33,7 +33,8 @@ struct PhaseContext {
 };
 
 // One stream: a client (its own, or shared with other streams by --clients) and its own
-// staging memory for batches (batch x block size bytes).
+// staging memory: two batches (2 x batch x block size bytes), so that a get phase can fetch
+// into one while the last is compared with the data set.
 struct Stream {
   client::StoreClient* client = nullptr;
   MappedBuffer staging;

@@ -59,6 +59,7 @@ struct Flags {
   std::string ucx_tls = "tcp";    // local node's --ucx-tls: tcp or shm
   uint32_t lanes = 0;             // local node's --ucx-lanes (0: the node's own choice)
   bool no_register = false;       // ucx: leave buffers unregistered (bounce-pool path)
+  bool shm_rma = false;           // ucx over shared memory: the node's RMA for every block
   double mixed_seconds = 10;      // --ops mixed: how long
   double get_fraction = 0.8;      // --ops mixed: share of calls that are gets
   int64_t fresh_blocks = -1;      // --ops mixed: blocks puts store for the first time (-1: blocks)
@@ -142,6 +143,7 @@ int Run(Flags f) {
     options.default_deadline = absl::Seconds(f.call_timeout_s);
     options.data_plane = f.transport == "ucx" ? client::ClientOptions::DataPlane::kUcx
                                               : client::ClientOptions::DataPlane::kInline;
+    options.ucx_two_sided_on_shm = !f.shm_rma;
     absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(options);
     if (!c.ok()) return SetupFailed(absl::StrCat("connect ", f.node), c.status());
     clients.push_back(std::move(*c));
@@ -151,7 +153,7 @@ int Run(Flags f) {
     Stream& s = streams[i];
     s.client = clients[i % clients.size()].get();
     absl::StatusOr<MappedBuffer> staging =
-        MappedBuffer::Map(uint64_t{f.batch} * f.block_size, /*prefault=*/true);
+        MappedBuffer::Map(2 * uint64_t{f.batch} * f.block_size, /*prefault=*/true);
     if (!staging.ok()) return SetupFailed("staging memory", staging.status());
     s.staging = *std::move(staging);
   }
@@ -383,6 +385,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--no-register", f.no_register,
                "ucx: do not register buffers (measure the bounce-pool path)");
+  app.add_flag("--shm-rma", f.shm_rma,
+               "ucx over shared memory: move every block with the node's RMA, not puts and "
+               "gets from 512 KiB as tagged messages (ClientOptions::ucx_two_sided_on_shm off)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -5,6 +5,7 @@
 #include <limits>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -18,6 +19,28 @@ std::string Addr(const void* p) {
 }
 
 }  // namespace
+
+bool TlsIncludesTcp(const std::string& tls) {
+  if (absl::StartsWith(tls, "^")) return false;
+  for (absl::string_view t : absl::StrSplit(tls, ',')) {
+    if (t == "tcp") return true;
+  }
+  return false;
+}
+
+bool TlsIsSharedMemoryOnly(const std::string& tls) {
+  if (tls.empty() || absl::StartsWith(tls, "^")) return false;
+  bool memory = false;
+  for (absl::string_view t : absl::StrSplit(tls, ',')) {
+    if (t == "self") continue;
+    if (t != "shm" && t != "sm" && t != "posix" && t != "sysv" && t != "cma" && t != "knem" &&
+        t != "xpmem") {
+      return false;
+    }
+    memory = true;
+  }
+  return memory;
+}
 
 absl::StatusOr<std::unique_ptr<ClientDataPlane>> ClientDataPlane::Create(
     const ClientDataPlaneOptions& options) {

@@ -35,6 +35,14 @@
 
 namespace strata::client {
 
+// Whether the node's UCX_TLS list lets UCX carry the data plane over TCP (a leading '^'
+// excludes the listed transports), where tagged messages beat RMA emulated by messages.
+bool TlsIncludesTcp(const std::string& tls);
+
+// Whether it names shared-memory transports only ("shm", "posix,sysv,cma,self"), where UCX
+// 1.13 emulates RMA too (docs/design/transfer-protocol.md, "Shared memory: which operation").
+bool TlsIsSharedMemoryOnly(const std::string& tls);
+
 struct ClientDataPlaneOptions {
   std::string tls;  // the node's Stats.ucx_tls, exactly
   bool peer_failure_handling = true;

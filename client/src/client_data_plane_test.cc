@@ -69,6 +69,19 @@ TEST(CondenseTransportTest, KeepsOneLineAndExtractsLaneTransports) {
   EXPECT_EQ(CondenseTransport("#\n# nothing here\n"), "unknown");
 }
 
+// The node's ucx_tls decides which calls go two-sided (data_path.cc, StartDataPlane).
+TEST(TransportChoiceTest, SharedMemoryOnlyMeansNoNetworkTransportAtAll) {
+  for (const char* tls : {"shm", "sm", "posix,sysv,cma,self", "cma", "posix,self", "xpmem"}) {
+    EXPECT_TRUE(TlsIsSharedMemoryOnly(tls)) << tls;
+    EXPECT_FALSE(TlsIncludesTcp(tls)) << tls;
+  }
+  for (const char* tls : {"", "self", "tcp", "posix,tcp", "rc,sm", "^tcp", "^rc", "ud,self"}) {
+    EXPECT_FALSE(TlsIsSharedMemoryOnly(tls)) << tls;
+  }
+  EXPECT_TRUE(TlsIncludesTcp("posix,tcp"));
+  EXPECT_FALSE(TlsIncludesTcp("^tcp"));
+}
+
 TEST(ClientDataPlaneTest, RejectsBadGeometry) {
   EXPECT_THAT(MakePlane(0, 2), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(MakePlane(1, 0), StatusIs(absl::StatusCode::kInvalidArgument));

@@ -22,7 +22,13 @@ absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats) {
   if (!plane.ok()) return plane.status();
   ucx_ = *std::move(plane);
   ucx_tls_ = stats.ucx_tls;
-  two_sided_ = options_.ucx_two_sided_on_tcp && TlsIncludesTcp(stats.ucx_tls);
+  if (options_.ucx_two_sided_on_tcp && TlsIncludesTcp(stats.ucx_tls)) {
+    two_sided_puts_ = true;
+    two_sided_get_bytes_ = 0;
+  } else if (options_.ucx_two_sided_on_shm && TlsIsSharedMemoryOnly(stats.ucx_tls)) {
+    two_sided_puts_ = true;
+    two_sided_get_bytes_ = kShmTwoSidedGetBytes;
+  }
   absl::StatusOr<uint64_t> channel = AcquireChannel(Deadline({}));
   return channel.status();
 }
@@ -126,7 +132,7 @@ void GrpcStoreClient::EndChannelUse(uint64_t channel) {
 }
 
 std::vector<std::pair<size_t, size_t>> GrpcStoreClient::SplitForDataChannel(
-    const std::vector<Placement>& placed) const {
+    const std::vector<Placement>& placed, bool two_sided) const {
   const size_t n = placed.size();
   const size_t lanes = ucx_->lanes();
   uint64_t total = 0;
@@ -142,7 +148,7 @@ std::vector<std::pair<size_t, size_t>> GrpcStoreClient::SplitForDataChannel(
   size_t bounce = 0;
   uint64_t bytes = 0;
   for (size_t i = 0; i < n; ++i) {
-    const size_t b = !two_sided_ && placed[i].region == nullptr ? 1 : 0;
+    const size_t b = !two_sided && placed[i].region == nullptr ? 1 : 0;
     if (i > begin && (i - begin >= max_blocks || bounce + b > max_bounce ||
                       bytes + placed[i].length > max_inline_)) {
       parts.emplace_back(begin, i);
@@ -177,9 +183,9 @@ absl::Status GrpcStoreClient::PutDataPart(const Namespace& ns, const std::string
                                           std::span<const BlockWrite> blocks,
                                           const std::vector<Placement>& placed,
                                           std::pair<size_t, size_t> range, uint32_t lane,
-                                          Clock::time_point deadline, const PutOptions& put,
-                                          PutResult* result) {
-  if (two_sided_) {
+                                          bool two_sided, Clock::time_point deadline,
+                                          const PutOptions& put, PutResult* result) {
+  if (two_sided) {
     return PutDataPartTwoSided(ns, scope, blocks, range, lane, deadline, put, result);
   }
   absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
@@ -261,9 +267,9 @@ absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string
                                           std::span<const BlockRead> blocks,
                                           const std::vector<Placement>& placed,
                                           std::pair<size_t, size_t> range, uint32_t lane,
-                                          Clock::time_point deadline, bool promote,
+                                          bool two_sided, Clock::time_point deadline, bool promote,
                                           GetResult* result) {
-  if (two_sided_) {
+  if (two_sided) {
     return GetDataPartTwoSided(ns, scope, blocks, placed, range, lane, deadline, promote, result);
   }
   absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =

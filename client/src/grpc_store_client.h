@@ -179,16 +179,6 @@ inline bool IsTransient(absl::StatusCode code) {
          code == absl::StatusCode::kCancelled;
 }
 
-// Whether the node's UCX_TLS list lets UCX carry the data plane over TCP (a leading '^'
-// excludes the listed transports), where tagged messages beat RMA emulated by messages.
-inline bool TlsIncludesTcp(const std::string& tls) {
-  if (absl::StartsWith(tls, "^")) return false;
-  for (absl::string_view t : absl::StrSplit(tls, ',')) {
-    if (t == "tcp") return true;
-  }
-  return false;
-}
-
 // Where one block's bytes sit for a UCX transfer: inside a registered user range (zero-copy),
 // or, with region null, in a bounce buffer.
 struct Placement {
@@ -442,8 +432,14 @@ class GrpcStoreClient final : public StoreClient {
   // lane's share of the bounce pool (so parts on different lanes can run at once; two-sided mode
   // needs none), and at most max_inline_ bytes (a GetData reply may carry blocks inline).
   static constexpr uint64_t kMinPartBytes = 1 << 20;
-  std::vector<std::pair<size_t, size_t>> SplitForDataChannel(
-      const std::vector<Placement>& placed) const;
+  // Over shared memory only, gets whose largest block is at least this go two-sided (one cma
+  // copy by UCX's rendezvous) and smaller ones as the node's RMA (UCX 1.13 emulates it with
+  // two copies through a shared FIFO, which overlap). Measured on 2 cores, one stream, 16
+  // blocks a call: two-sided 10 % slower at 256 KiB, level to 20 % faster from 512 KiB
+  // (docs/design/transfer-protocol.md, "Shared memory: which operation").
+  static constexpr uint64_t kShmTwoSidedGetBytes = 512 << 10;
+  std::vector<std::pair<size_t, size_t>> SplitForDataChannel(const std::vector<Placement>& placed,
+                                                             bool two_sided) const;
 
   // One bounce buffer for each block of the part that lies outside registered memory.
   absl::StatusOr<std::vector<transport::BounceBuffer>> AcquirePartBounce(
@@ -452,7 +448,7 @@ class GrpcStoreClient final : public StoreClient {
 
   absl::Status PutDataPart(const Namespace& ns, const std::string& scope,
                            std::span<const BlockWrite> blocks, const std::vector<Placement>& placed,
-                           std::pair<size_t, size_t> range, uint32_t lane,
+                           std::pair<size_t, size_t> range, uint32_t lane, bool two_sided,
                            Clock::time_point deadline, const PutOptions& put, PutResult* result);
 
   // Per-block outcomes of a PutData reply into *result.
@@ -469,7 +465,7 @@ class GrpcStoreClient final : public StoreClient {
 
   absl::Status GetDataPart(const Namespace& ns, const std::string& scope,
                            std::span<const BlockRead> blocks, const std::vector<Placement>& placed,
-                           std::pair<size_t, size_t> range, uint32_t lane,
+                           std::pair<size_t, size_t> range, uint32_t lane, bool two_sided,
                            Clock::time_point deadline, bool promote, GetResult* result);
 
   // ---- Two-sided (tagged message) mode ----
@@ -566,8 +562,11 @@ class GrpcStoreClient final : public StoreClient {
 
   // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards.
   std::unique_ptr<ClientDataPlane> ucx_;
-  std::string ucx_tls_;        // the node's, for DataPlaneDescription()
-  bool two_sided_ = false;     // tagged messages instead of RMA (TCP); set in Init
+  std::string ucx_tls_;  // the node's, for DataPlaneDescription()
+  // Which calls move their blocks as tagged messages instead of the node's RMA (set in
+  // StartDataPlane): puts, and gets whose largest block is at least two_sided_get_bytes_.
+  bool two_sided_puts_ = false;
+  uint64_t two_sided_get_bytes_ = UINT64_MAX;
   std::string inline_reason_;  // why kAuto runs inline although the node offers UCX
   std::atomic<uint32_t> next_lane_{0};
   mutable absl::Mutex chan_mu_;

@@ -56,8 +56,16 @@ std::string GrpcStoreClient::DataPlaneDescription() const {
   }
   if (transport.empty()) transport = ucx_tls_;
   const uint32_t lanes = ucx_->lanes();
-  return absl::StrCat("ucx ", transport, two_sided_ ? " (two-sided)" : "", ", ", lanes,
-                      lanes == 1 ? " lane" : " lanes");
+  std::string mode;
+  if (two_sided_get_bytes_ == 0) {
+    mode = " (two-sided)";
+  } else if (two_sided_puts_) {
+    mode = two_sided_get_bytes_ == UINT64_MAX
+               ? " (two-sided puts)"
+               : absl::StrCat(" (two-sided puts, and gets of blocks from ",
+                              two_sided_get_bytes_ >> 10, " KiB)");
+  }
+  return absl::StrCat("ucx ", transport, mode, ", ", lanes, lanes == 1 ? " lane" : " lanes");
 }
 
 absl::StatusOr<Namespace> GrpcStoreClient::RegisterNamespace(const NamespaceSpec& spec,
@@ -324,17 +332,18 @@ absl::StatusOr<PutResult> GrpcStoreClient::Put(const Namespace& ns, std::string_
   if (!use_ucx.ok()) return use_ucx.status();
   absl::Status first;
   if (*use_ucx) {
+    const bool two_sided = two_sided_puts_;
     std::vector<Placement> placed(blocks.size());
     for (size_t i = 0; i < blocks.size(); ++i) {
       // Two-sided sends read the caller's buffer as it is: no region to look up.
-      placed[i] = {two_sided_ ? nullptr : ucx_->FindRegion(blocks[i].data, blocks[i].size),
+      placed[i] = {two_sided ? nullptr : ucx_->FindRegion(blocks[i].data, blocks[i].size),
                    blocks[i].size};
     }
-    auto parts = SplitForDataChannel(placed);
+    auto parts = SplitForDataChannel(placed, two_sided);
     const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
     first = RunParts(parts.size(), [&](size_t p) {
-      return PutDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), deadline,
-                         put, &result);
+      return PutDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), two_sided,
+                         deadline, put, &result);
     });
   } else {
     auto parts =
@@ -372,15 +381,16 @@ absl::StatusOr<GetResult> GrpcStoreClient::Get(const Namespace& ns, std::string_
   if (!use_ucx.ok()) return use_ucx.status();
   absl::Status first;
   if (*use_ucx) {
+    const bool two_sided = largest >= two_sided_get_bytes_;
     std::vector<Placement> placed(blocks.size());
     for (size_t i = 0; i < blocks.size(); ++i) {
-      placed[i] = {two_sided_ ? nullptr : ucx_->FindRegion(blocks[i].buffer, usable(i)), usable(i)};
+      placed[i] = {two_sided ? nullptr : ucx_->FindRegion(blocks[i].buffer, usable(i)), usable(i)};
     }
-    auto parts = SplitForDataChannel(placed);
+    auto parts = SplitForDataChannel(placed, two_sided);
     const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
     first = RunParts(parts.size(), [&](size_t p) {
-      return GetDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), deadline,
-                         get.promote, &result);
+      return GetDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), two_sided,
+                         deadline, get.promote, &result);
     });
   } else {
     auto parts = SplitBatch(blocks.size(), max_keys_, max_inline_, usable);

@@ -50,6 +50,7 @@ using client::StoreClient;
 using ::testing::AllOf;
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using testutil::IsOk;
 using testutil::StatusIs;
 using ucx_test::CloseRawChannel;
@@ -589,6 +590,66 @@ TEST(UcxConfigTest, SmallBatchesTakeOneCallLargeOnesSpreadOverTheLanes) {
     EXPECT_EQ(testutil::OpCount(**node, "get_data") - gets, calls);
   }
   EXPECT_EQ(dst, src);
+}
+
+// Over shared memory, UCX 1.13 emulates RMA with messages copied twice through a shared FIFO,
+// so puts, and gets of blocks from 512 KiB, go as tagged messages (one cma copy). Seen from
+// the node as calls: with a two-buffer bounce pool, an RMA part takes at most two unregistered
+// blocks, while a two-sided part needs no bounce buffer at all.
+TEST(UcxConfigTest, SharedMemoryPutsAndLargeGetsGoTwoSided) {
+  auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "shm", "--ucx-lanes", "1",
+                                   "--max-block-bytes", "1MiB"});
+  ASSERT_THAT(node, IsOk());
+  uint32_t prompt = 30;
+  for (const bool two_sided : {true, false}) {
+    SCOPED_TRACE(two_sided ? "ucx_two_sided_on_shm" : "RMA only");
+    ClientOptions o;
+    o.address = (*node)->address();
+    o.data_plane = ClientOptions::DataPlane::kUcx;
+    o.bounce_bytes = 2 << 20;  // two buffers of the node's max block
+    o.ucx_two_sided_on_shm = two_sided;
+    auto c = StoreClient::Connect(o);
+    ASSERT_THAT(c, IsOk());
+    if (two_sided) {
+      EXPECT_THAT((*c)->DataPlaneDescription(),
+                  HasSubstr("two-sided puts, and gets of blocks from 512 KiB"));
+    } else {
+      EXPECT_THAT((*c)->DataPlaneDescription(), Not(HasSubstr("two-sided")));
+    }
+    auto ns = (*c)->RegisterNamespace(testutil::RawSpec("shm-two-sided", 1 << 20));
+    ASSERT_THAT(ns, IsOk());
+    // (block size, blocks, put_data calls, get_data calls) with and without two-sided.
+    struct Case {
+      size_t size, blocks;
+      uint64_t puts, gets;
+    };
+    const std::vector<Case> cases =
+        two_sided ? std::vector<Case>{{256 << 10, 8, 1, 4}, {1 << 20, 4, 1, 1}}
+                  : std::vector<Case>{{256 << 10, 8, 4, 4}, {1 << 20, 4, 2, 2}};
+    for (const Case& k : cases) {
+      SCOPED_TRACE(absl::StrCat(k.blocks, " x ", k.size >> 10, " KiB"));
+      const std::vector<uint8_t> src = testutil::RandomBytes(prompt, k.blocks * k.size);
+      std::vector<uint8_t> dst(src.size(), 0xee);
+      std::vector<ChainHash> hashes = testutil::PromptChain(*ns, prompt++, k.blocks);
+      std::vector<BlockWrite> writes;
+      std::vector<BlockRead> reads;
+      for (size_t i = 0; i < k.blocks; ++i) {
+        writes.push_back({hashes[i], src.data() + i * k.size, k.size});
+        reads.push_back({hashes[i], dst.data() + i * k.size, k.size});
+      }
+      const uint64_t puts = testutil::OpCount(**node, "put_data");
+      auto put = (*c)->Put(*ns, "", writes);
+      ASSERT_THAT(put, IsOk());
+      EXPECT_EQ(put->stored, k.blocks);
+      EXPECT_EQ(testutil::OpCount(**node, "put_data") - puts, k.puts);
+      const uint64_t gets = testutil::OpCount(**node, "get_data");
+      auto got = (*c)->Get(*ns, "", reads);
+      ASSERT_THAT(got, IsOk());
+      EXPECT_EQ(got->fetched, k.blocks);
+      EXPECT_EQ(testutil::OpCount(**node, "get_data") - gets, k.gets);
+      EXPECT_EQ(dst, src);
+    }
+  }
 }
 
 // UCX 1.13 aborts a process that receives a tcp segment larger than its own rx size. Peers whose

@@ -68,9 +68,16 @@ struct ClientOptions {
   // With a node whose ucx_tls names tcp, payloads travel as UCX tagged messages (two-sided:
   // the client sends a put's blocks and receives a get's straight from and into the caller's
   // buffers, no registration or bounce copy needed) instead of the node's RMA, which UCX 1.13
-  // emulates slowly over TCP. Shared memory and RDMA transports always use RMA. Turn off for
-  // a node that predates tagged PutData/GetData.
+  // emulates slowly over TCP. RDMA transports always use RMA. Turn off for a node that
+  // predates tagged PutData/GetData.
   bool ucx_two_sided_on_tcp = true;
+  // With a node whose ucx_tls is shared memory only ("shm"), puts travel as tagged messages,
+  // and so do gets whose largest block is at least 512 KiB; smaller gets use the node's RMA.
+  // UCX 1.13 has no one-sided put or get over posix/sysv shared memory: it emulates them with
+  // messages copied twice through a shared FIFO and served by the other side's progress
+  // thread, while a large tagged message is copied once (cma rendezvous). Measured in
+  // docs/design/transfer-protocol.md. Off: every shared-memory transfer is the node's RMA.
+  bool ucx_two_sided_on_shm = true;
 
   // A cluster (docs/design/cluster.md) instead of the one node at `address`: the member set
   // comes from etcd (etcd_endpoints, "host:port,...") or from a fixed list (cluster_members,
