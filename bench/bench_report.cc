@@ -81,6 +81,14 @@ void PrintTable(std::FILE* out, const RunInfo& run, const std::vector<PhaseResul
                  Rate(p.call_latencies_us.size(), p.seconds), l.p50_us, l.p90_us, l.p99_us,
                  l.p999_us, l.max_us, static_cast<unsigned long long>(p.errors),
                  p.client_cpu_seconds, p.complete ? "" : "  (stopped by --max-seconds)");
+    if (!p.node_ops.empty()) {
+      std::string ops;
+      for (const auto& [op, t] : p.node_ops) {
+        absl::StrAppendFormat(&ops, "%s%s %d x %.0f us", ops.empty() ? "" : ", ", op, t.calls,
+                              t.seconds * 1e6 / static_cast<double>(t.calls));
+      }
+      std::fprintf(out, "          node handler time per call: %s\n", ops.c_str());
+    }
     if (!p.errors_by_code.empty()) {
       std::string codes;
       for (const auto& [code, n] : p.errors_by_code) {
@@ -120,18 +128,25 @@ std::string ToJson(const RunInfo& run, const std::vector<PhaseResult>& phases) {
     for (const auto& [code, n] : p.errors_by_code) {
       absl::StrAppendFormat(&codes, "%s%s: %d", codes.empty() ? "" : ", ", JsonString(code), n);
     }
+    std::string node_ops;
+    for (const auto& [op, t] : p.node_ops) {
+      absl::StrAppendFormat(&node_ops, "%s%s: {\"calls\": %d, \"mean_us\": %.1f}",
+                            node_ops.empty() ? "" : ", ", JsonString(op), t.calls,
+                            t.seconds * 1e6 / static_cast<double>(t.calls));
+    }
     absl::StrAppendFormat(
         &out,
         "%s\n  {\"op\": %s, \"blocks\": %d, \"bytes\": %d, \"seconds\": %.6f, \"gbps\": %.4f, "
         "\"blocks_per_s\": %.1f, \"calls\": %d, \"calls_per_s\": %.1f, \"p50_us\": %.1f, "
         "\"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"max_us\": %.1f, "
         "\"errors\": %d, \"errors_by_code\": {%s}, \"mismatches\": %d, "
-        "\"already_present\": %d, \"complete\": %s, \"client_cpu_s\": %.3f}",
+        "\"already_present\": %d, \"complete\": %s, \"client_cpu_s\": %.3f, "
+        "\"node_ops\": {%s}}",
         i == 0 ? "" : ",", JsonString(p.op), p.blocks, p.bytes, p.seconds,
         Rate(p.bytes, p.seconds) / 1e9, Rate(p.blocks, p.seconds), p.call_latencies_us.size(),
         Rate(p.call_latencies_us.size(), p.seconds), l.p50_us, l.p90_us, l.p99_us, l.p999_us,
         l.max_us, p.errors, codes, p.mismatches, p.already_present, p.complete ? "true" : "false",
-        p.client_cpu_seconds);
+        p.client_cpu_seconds, node_ops);
   }
   absl::StrAppend(&out, phases.empty() ? "]}\n" : "\n]}\n");
   return out;

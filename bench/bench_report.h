@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "strata/common/http_get.h"
+
 namespace strata::bench {
 
 // Outcome of one phase (put, get, lookup, or one op of the mixed phase: mixed_get,
@@ -25,6 +27,10 @@ struct PhaseResult {
   uint64_t already_present = 0;   // put: blocks the node held before (dedup), not errors
   bool complete = true;           // false when --max-seconds stopped the phase
   double client_cpu_seconds = 0;  // CPU time the bench process used during the phase
+  // The local node's handlers during the phase, per call type (put_data, get_data, lookup...):
+  // calls served and their seconds in all, from its /metrics (empty without a local node).
+  // Call latency minus handler time is what the wire, gRPC and the client add.
+  std::map<std::string, OpTotals> node_ops;
 
   // Folds another stream's share of the same phase into this one (seconds untouched).
   void Merge(const PhaseResult& other);

@@ -228,9 +228,26 @@ int Run(Flags f) {
                  static_cast<unsigned long long>(fill.errors));
   }
 
+  // The local node's handler totals (nothing for a remote node or cluster: the bench does not
+  // know their HTTP addresses); a phase keeps the calls that grew during it.
+  auto node_ops = [&]() -> std::map<std::string, OpTotals> {
+    if (local == nullptr) return {};
+    auto page = HttpGet(local->http_address(), "/metrics");
+    return page.ok() ? ParseOpTotals(page->second) : std::map<std::string, OpTotals>{};
+  };
+  auto node_ops_since = [&](const std::map<std::string, OpTotals>& before) {
+    std::map<std::string, OpTotals> grew;
+    for (const auto& [op, t] : node_ops()) {
+      auto it = before.find(op);
+      const OpTotals was = it == before.end() ? OpTotals{} : it->second;
+      if (t.calls > was.calls) grew[op] = {t.calls - was.calls, t.seconds - was.seconds};
+    }
+    return grew;
+  };
   std::vector<PhaseResult> phases;
   for (const auto& [op, wanted] : ops) {
     if (!wanted) continue;
+    const std::map<std::string, OpTotals> before = node_ops();
     if (op == "mixed") {
       MixedPlan plan;
       plan.length = std::chrono::duration_cast<Clock::duration>(
@@ -239,10 +256,12 @@ int Run(Flags f) {
       plan.seed = f.seed;
       plan.fresh = &fresh;
       auto [gets, puts] = RunMixedPhase(ctx, plan, streams);
+      gets.node_ops = puts.node_ops = node_ops_since(before);
       phases.push_back(std::move(gets));
       phases.push_back(std::move(puts));
     } else {
       phases.push_back(RunPhase(op, ctx, streams));
+      phases.back().node_ops = node_ops_since(before);
     }
     if (!phases.back().complete) break;  // out of time: report what was done
   }

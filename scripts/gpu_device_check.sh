@@ -98,7 +98,8 @@ cat >"$carry/run.sh" <<'EOF'
 # and JSON file goes into one $OUT/device-out.tgz (the device tool brings back at most 8
 # files; OUT unset: ./out beside this script). SKIP_GPU=1 skips the GPU part; after
 # "--", the rest of the command line runs instead of the benches, with the bundle's
-# binaries on PATH (e.g. a sweep of strata-bench flags).
+# binaries on PATH (e.g. a sweep of strata-bench flags). After peer_bench, SHM_AB=1 (the
+# default) also runs one stream over shm with and without --shm-rma, twice (~30 s).
 set -uo pipefail
 carry="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$carry/../.." && pwd)"
@@ -158,6 +159,24 @@ elif [[ -x "$dir/strata-bench" && -f "$repo/bench/peer_bench.py" ]]; then
     --strata-bench "$dir/strata-bench" --ucx-put-test tag_bw --out-dir "$root/peer" \
     --json "$out/peer_bench.json" ${PEER_BENCH_ARGS:-} 2>&1 | tee "$out/peer_bench.log"
   peer_rc=${PIPESTATUS[0]}
+  # Each strata row's own JSON (with the node's handler time per call, "node_ops").
+  mkdir -p "$out/peer" && cp "$root"/peer/strata-*.json "$out/peer/" 2>/dev/null
+  if [[ "${SHM_AB:-1}" == 1 ]]; then
+    echo "== one stream over shm: two-sided puts and large gets (default) vs --shm-rma"
+    mkdir -p "$out/shm_ab"
+    for round in 1 2; do
+      for size in 256KiB 2MiB; do
+        blocks=1024 && [[ $size == 2MiB ]] && blocks=128
+        for mode in default --shm-rma; do
+          timeout 60 "$dir/strata-bench" --blocks "$blocks" --block-size "$size" --streams 1 \
+            --batch 16 --ops put,get --transport ucx --ucx-tls shm \
+            $([[ $mode == default ]] || echo "$mode") \
+            --json "$out/shm_ab/$size-${mode#--}-$round.json" 2>&1 | grep -E '^(put|get) ' |
+            sed "s/^/$size $mode: /"
+        done
+      done
+    done
+  fi
   echo "== bench/cluster_bench.py (issue 5)"
   timeout "${CLUSTER_BENCH_TIMEOUT:-150}" python3 "$repo/bench/cluster_bench.py" \
     --bindir "$dir" --json "$out/cluster_bench.json" 2>&1 | tee "$out/cluster_bench.log"

@@ -1,0 +1,35 @@
+// A small HTTP/1.1 client for a node's own pages (/metrics, /healthz) over TCP, and the parse
+// of the per-call handler time a node exports there. For tools and tests on the node's
+// network (strata-bench's per-phase node figures, integration tests), not for the data path.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace strata {
+
+// GET http://ADDR/path, ADDR an IPv4 "host:port". Returns (status code, body).
+// INVALID_ARGUMENT: ADDR is not an IPv4 host:port. UNAVAILABLE: no connection, a failed
+// write, a malformed answer, or nothing complete within `timeout`.
+absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
+                                                    const std::string& path,
+                                                    absl::Duration timeout = absl::Seconds(5));
+
+// What a node's handlers of one call type (put_data, get_data, lookup, ...) have done so far:
+// calls served and the seconds they took in all, from strata_op_latency_seconds_count and
+// _sum on /metrics.
+struct OpTotals {
+  uint64_t calls = 0;
+  double seconds = 0;
+};
+
+// Every op's totals in a Prometheus text page; ops absent from it are absent here.
+std::map<std::string, OpTotals> ParseOpTotals(absl::string_view metrics);
+
+}  // namespace strata

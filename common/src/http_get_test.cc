@@ -1,0 +1,64 @@
+#include "strata/common/http_get.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "strata/common/http_endpoint.h"
+#include "strata/testutil/status_matchers.h"
+
+namespace strata {
+namespace {
+
+using ::testing::HasSubstr;
+using testutil::StatusIs;
+
+TEST(OpTotalsTest, SumsAndCountsAreReadPerOp) {
+  const std::string page =
+      "# HELP strata_op_latency_seconds Handler time\n"
+      "# TYPE strata_op_latency_seconds histogram\n"
+      "strata_op_latency_seconds_count{op=\"lookup\",node=\"node-0\"} 5598\n"
+      "strata_op_latency_seconds_sum{op=\"lookup\",node=\"node-0\"} 0.2277548799999997\n"
+      "strata_op_latency_seconds_bucket{op=\"lookup\",node=\"node-0\",le=\"5e-05\"} 4564\n"
+      "strata_op_latency_seconds_sum{op=\"get_data\",node=\"node-0\"} 1.5\n"
+      "strata_op_latency_seconds_count{op=\"get_data\",node=\"node-0\"} 3\n"
+      "strata_lookup_blocks_total{result=\"hit\",node=\"node-0\"} 1231398\n"
+      "strata_op_latency_seconds_count{node=\"node-0\"} 7\n"              // no op: skipped
+      "strata_op_latency_seconds_count{op=\"put_data\",node=\"n\"} x\n";  // no number: skipped
+  const std::map<std::string, OpTotals> ops = ParseOpTotals(page);
+  ASSERT_EQ(ops.size(), 2u);
+  EXPECT_EQ(ops.at("lookup").calls, 5598u);
+  EXPECT_DOUBLE_EQ(ops.at("lookup").seconds, 0.2277548799999997);
+  EXPECT_EQ(ops.at("get_data").calls, 3u);
+  EXPECT_DOUBLE_EQ(ops.at("get_data").seconds, 1.5);
+  EXPECT_TRUE(ParseOpTotals("").empty());
+}
+
+TEST(HttpGetTest, ReadsANodesPagesAndTheirStatus) {
+  bool ready = false;
+  auto server = HttpEndpoint::Start(
+      "127.0.0.1:0", {[] { return std::string("strata_op_latency_seconds_count{op=\"x\"} 2\n"); },
+                      [&] { return ready; }});
+  ASSERT_THAT(server, testutil::IsOk());
+  auto page = HttpGet((*server)->address(), "/metrics");
+  ASSERT_THAT(page, testutil::IsOk());
+  EXPECT_EQ(page->first, 200);
+  EXPECT_EQ(ParseOpTotals(page->second).at("x").calls, 2u);
+  auto not_ready = HttpGet((*server)->address(), "/readyz");
+  ASSERT_THAT(not_ready, testutil::IsOk());
+  EXPECT_EQ(not_ready->first, 503);
+  ready = true;
+  EXPECT_EQ(HttpGet((*server)->address(), "/readyz")->first, 200);
+}
+
+TEST(HttpGetTest, BadAddressesAndClosedPortsAreErrorsNotHangs) {
+  for (const char* bad : {"", "localhost", "127.0.0.1", "127.0.0.1:x", "127.0.0.1:70000",
+                          "example.com:80", "::1:80"}) {
+    EXPECT_THAT(HttpGet(bad, "/metrics"), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
+  }
+  // Port 1 on loopback: nothing listens there (connection refused at once).
+  absl::StatusOr<std::pair<int, std::string>> r = HttpGet("127.0.0.1:1", "/metrics");
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(r.status().message(), HasSubstr("connect failed"));
+}
+
+}  // namespace
+}  // namespace strata
