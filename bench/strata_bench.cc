@@ -55,14 +55,15 @@ struct Flags {
   double max_seconds = 300;
   double call_timeout_s = 30;
   uint64_t seed = 1;
-  std::string transport = "ucx";  // ucx (the data plane) or grpc (payloads inline)
-  std::string ucx_tls = "tcp";    // local node's --ucx-tls: tcp or shm
-  uint32_t lanes = 0;             // local node's --ucx-lanes (0: the node's own choice)
-  bool no_register = false;       // ucx: leave buffers unregistered (bounce-pool path)
-  bool shm_rma = false;           // ucx over shared memory: the node's RMA for every block
-  double mixed_seconds = 10;      // --ops mixed: how long
-  double get_fraction = 0.8;      // --ops mixed: share of calls that are gets
-  int64_t fresh_blocks = -1;      // --ops mixed: blocks puts store for the first time (-1: blocks)
+  std::string transport = "ucx";        // ucx (the data plane) or grpc (payloads inline)
+  std::string ucx_tls = "tcp";          // local node's --ucx-tls: tcp or shm
+  uint32_t lanes = 0;                   // local node's --ucx-lanes (0: the node's own choice)
+  bool no_register = false;             // ucx: leave buffers unregistered (bounce-pool path)
+  bool shm_rma = false;                 // ucx over shared memory: the node's RMA for every block
+  std::string shm_two_sided_gets_from;  // ucx over shm: gets from this block size go two-sided
+  double mixed_seconds = 10;            // --ops mixed: how long
+  double get_fraction = 0.8;            // --ops mixed: share of calls that are gets
+  int64_t fresh_blocks = -1;  // --ops mixed: blocks puts store for the first time (-1: blocks)
 };
 
 // Setup failures (bad flag, no node, no namespace): message and exit code 2.
@@ -75,6 +76,13 @@ int Run(Flags f) {
   absl::StatusOr<uint64_t> bs = ParseByteSize(f.block_size_text, "--block-size");
   if (!bs.ok()) return SetupFailed("flags", bs.status());
   f.block_size = *bs;
+  uint64_t shm_get_bytes = client::ClientOptions{}.ucx_shm_two_sided_get_bytes;
+  if (!f.shm_two_sided_gets_from.empty()) {
+    absl::StatusOr<uint64_t> from =
+        ParseByteSize(f.shm_two_sided_gets_from, "--shm-two-sided-gets-from");
+    if (!from.ok()) return SetupFailed("flags", from.status());
+    shm_get_bytes = *from;
+  }
   if (f.block_size == 0 || f.block_size > (1ull << 30)) {
     std::fprintf(stderr, "strata-bench: --block-size: want 1 B .. 1 GiB\n");
     return 2;
@@ -144,6 +152,7 @@ int Run(Flags f) {
     options.data_plane = f.transport == "ucx" ? client::ClientOptions::DataPlane::kUcx
                                               : client::ClientOptions::DataPlane::kInline;
     options.ucx_two_sided_on_shm = !f.shm_rma;
+    options.ucx_shm_two_sided_get_bytes = shm_get_bytes;
     absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(options);
     if (!c.ok()) return SetupFailed(absl::StrCat("connect ", f.node), c.status());
     clients.push_back(std::move(*c));
@@ -407,6 +416,10 @@ int main(int argc, char** argv) {
   app.add_flag("--shm-rma", f.shm_rma,
                "ucx over shared memory: move every block with the node's RMA, not puts and "
                "gets from 512 KiB as tagged messages (ClientOptions::ucx_two_sided_on_shm off)");
+  app.add_option("--shm-two-sided-gets-from", f.shm_two_sided_gets_from,
+                 "ucx over shared memory: gets whose blocks are at least this big go as tagged "
+                 "messages (e.g. 0, 256KiB; default 512KiB: ClientOptions::"
+                 "ucx_shm_two_sided_get_bytes)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

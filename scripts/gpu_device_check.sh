@@ -99,7 +99,8 @@ cat >"$carry/run.sh" <<'EOF'
 # files; OUT unset: ./out beside this script). SKIP_GPU=1 skips the GPU part; after
 # "--", the rest of the command line runs instead of the benches, with the bundle's
 # binaries on PATH (e.g. a sweep of strata-bench flags). After peer_bench, SHM_AB=1 (the
-# default) also runs one stream over shm with and without --shm-rma, twice (~30 s).
+# default) also runs one stream over shm three ways (default, --shm-rma, every get
+# two-sided), twice (~45 s).
 set -uo pipefail
 carry="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$carry/../.." && pwd)"
@@ -162,16 +163,21 @@ elif [[ -x "$dir/strata-bench" && -f "$repo/bench/peer_bench.py" ]]; then
   # Each strata row's own JSON (with the node's handler time per call, "node_ops").
   mkdir -p "$out/peer" && cp "$root"/peer/strata-*.json "$out/peer/" 2>/dev/null
   if [[ "${SHM_AB:-1}" == 1 ]]; then
-    echo "== one stream over shm: two-sided puts and large gets (default) vs --shm-rma"
+    echo "== one stream over shm: default (two-sided puts, gets from 512 KiB), RMA only," \
+      "every get two-sided"
     mkdir -p "$out/shm_ab"
     for round in 1 2; do
       for size in 256KiB 2MiB; do
         blocks=1024 && [[ $size == 2MiB ]] && blocks=128
-        for mode in default --shm-rma; do
+        for mode in default rma gets-two-sided; do
+          case $mode in
+          default) flags=() ;;
+          rma) flags=(--shm-rma) ;;
+          gets-two-sided) flags=(--shm-two-sided-gets-from 0) ;;
+          esac
           timeout 60 "$dir/strata-bench" --blocks "$blocks" --block-size "$size" --streams 1 \
-            --batch 16 --ops put,get --transport ucx --ucx-tls shm \
-            $([[ $mode == default ]] || echo "$mode") \
-            --json "$out/shm_ab/$size-${mode#--}-$round.json" 2>&1 | grep -E '^(put|get) ' |
+            --batch 16 --ops put,get --transport ucx --ucx-tls shm "${flags[@]}" \
+            --json "$out/shm_ab/$size-$mode-$round.json" 2>&1 | grep -E '^(put|get) ' |
             sed "s/^/$size $mode: /"
         done
       done

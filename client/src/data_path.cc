@@ -27,7 +27,7 @@ absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats) {
     two_sided_get_bytes_ = 0;
   } else if (options_.ucx_two_sided_on_shm && TlsIsSharedMemoryOnly(stats.ucx_tls)) {
     two_sided_puts_ = true;
-    two_sided_get_bytes_ = kShmTwoSidedGetBytes;
+    two_sided_get_bytes_ = options_.ucx_shm_two_sided_get_bytes;
   }
   absl::StatusOr<uint64_t> channel = AcquireChannel(Deadline({}));
   return channel.status();

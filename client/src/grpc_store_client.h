@@ -432,12 +432,6 @@ class GrpcStoreClient final : public StoreClient {
   // lane's share of the bounce pool (so parts on different lanes can run at once; two-sided mode
   // needs none), and at most max_inline_ bytes (a GetData reply may carry blocks inline).
   static constexpr uint64_t kMinPartBytes = 1 << 20;
-  // Over shared memory only, gets whose largest block is at least this go two-sided (one cma
-  // copy by UCX's rendezvous) and smaller ones as the node's RMA (UCX 1.13 emulates it with
-  // two copies through a shared FIFO, which overlap). Measured on 2 cores, one stream, 16
-  // blocks a call: two-sided 10 % slower at 256 KiB, level to 20 % faster from 512 KiB
-  // (docs/design/transfer-protocol.md, "Shared memory: which operation").
-  static constexpr uint64_t kShmTwoSidedGetBytes = 512 << 10;
   std::vector<std::pair<size_t, size_t>> SplitForDataChannel(const std::vector<Placement>& placed,
                                                              bool two_sided) const;
 

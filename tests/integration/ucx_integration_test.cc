@@ -462,8 +462,10 @@ TEST_P(UcxTest, AGetGivenUpOnNeverWritesIntoTheBufferAfterwards) {
 #endif
   ClientOptions o;
   o.default_deadline = absl::Seconds(3);
-  o.ucx_two_sided_on_tcp = false;  // the node's RMA into our memory (two-sided receives are
-                                   // cancelled by the client's own worker anyway)
+  // The node's RMA into our memory (two-sided receives are cancelled by the client's own
+  // worker anyway), over tcp and over shm (where 4 MiB gets would otherwise go two-sided).
+  o.ucx_two_sided_on_tcp = false;
+  o.ucx_two_sided_on_shm = false;
   LoadedNode l;
   const size_t n = 48, size = 4 << 20;
   ASSERT_NO_FATAL_FAILURE(StartLoadedNode(GetParam(), "256MiB", o, 40, n, size, &l));
@@ -600,33 +602,46 @@ TEST(UcxConfigTest, SharedMemoryPutsAndLargeGetsGoTwoSided) {
   auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "shm", "--ucx-lanes", "1",
                                    "--max-block-bytes", "1MiB"});
   ASSERT_THAT(node, IsOk());
+  // (block size, blocks, put_data calls, get_data calls).
+  struct Case {
+    size_t size, blocks;
+    uint64_t puts, gets;
+  };
+  struct Mode {
+    const char* name;
+    bool two_sided;
+    uint64_t get_bytes;
+    const char* description;  // in DataPlaneDescription(); null: no "two-sided" at all
+    std::vector<Case> cases;
+  };
+  const std::vector<Mode> modes = {
+      {"default",
+       true,
+       512 << 10,
+       "(two-sided puts, and gets of blocks from 512 KiB)",
+       {{256 << 10, 8, 1, 4}, {1 << 20, 4, 1, 1}}},
+      {"every get two-sided", true, 0, "(two-sided)", {{256 << 10, 8, 1, 1}, {1 << 20, 4, 1, 1}}},
+      {"RMA only", false, 512 << 10, nullptr, {{256 << 10, 8, 4, 4}, {1 << 20, 4, 2, 2}}},
+  };
   uint32_t prompt = 30;
-  for (const bool two_sided : {true, false}) {
-    SCOPED_TRACE(two_sided ? "ucx_two_sided_on_shm" : "RMA only");
+  for (const Mode& mode : modes) {
+    SCOPED_TRACE(mode.name);
     ClientOptions o;
     o.address = (*node)->address();
     o.data_plane = ClientOptions::DataPlane::kUcx;
     o.bounce_bytes = 2 << 20;  // two buffers of the node's max block
-    o.ucx_two_sided_on_shm = two_sided;
+    o.ucx_two_sided_on_shm = mode.two_sided;
+    o.ucx_shm_two_sided_get_bytes = mode.get_bytes;
     auto c = StoreClient::Connect(o);
     ASSERT_THAT(c, IsOk());
-    if (two_sided) {
-      EXPECT_THAT((*c)->DataPlaneDescription(),
-                  HasSubstr("two-sided puts, and gets of blocks from 512 KiB"));
+    if (mode.description != nullptr) {
+      EXPECT_THAT((*c)->DataPlaneDescription(), HasSubstr(mode.description));
     } else {
       EXPECT_THAT((*c)->DataPlaneDescription(), Not(HasSubstr("two-sided")));
     }
     auto ns = (*c)->RegisterNamespace(testutil::RawSpec("shm-two-sided", 1 << 20));
     ASSERT_THAT(ns, IsOk());
-    // (block size, blocks, put_data calls, get_data calls) with and without two-sided.
-    struct Case {
-      size_t size, blocks;
-      uint64_t puts, gets;
-    };
-    const std::vector<Case> cases =
-        two_sided ? std::vector<Case>{{256 << 10, 8, 1, 4}, {1 << 20, 4, 1, 1}}
-                  : std::vector<Case>{{256 << 10, 8, 4, 4}, {1 << 20, 4, 2, 2}};
-    for (const Case& k : cases) {
+    for (const Case& k : mode.cases) {
       SCOPED_TRACE(absl::StrCat(k.blocks, " x ", k.size >> 10, " KiB"));
       const std::vector<uint8_t> src = testutil::RandomBytes(prompt, k.blocks * k.size);
       std::vector<uint8_t> dst(src.size(), 0xee);
