@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,6 +65,42 @@ def bench(bindir, etcd, args):
     return json.loads(out.stdout), " ".join(cmd)
 
 
+def node_http_addresses(log_name):
+    """The HTTP address of every node `strata cluster` started (its log names them)."""
+    with open(log_name) as f:
+        return re.findall(r"^node-\d+ grpc \S+ http (\S+) pid", f.read(), re.M)
+
+
+def lookup_totals(http):
+    """(calls, seconds) of a node's Lookup handlers so far, from its /metrics."""
+    calls, seconds = 0, 0.0
+    try:
+        with urllib.request.urlopen("http://%s/metrics" % http, timeout=5) as page:
+            text = page.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if 'op="lookup"' not in line:
+            continue
+        if line.startswith("strata_op_latency_seconds_count{"):
+            calls = int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("strata_op_latency_seconds_sum{"):
+            seconds = float(line.rsplit(" ", 1)[1])
+    return calls, seconds
+
+
+def node_lookup_us(nodes, before):
+    """Mean handler time per Lookup call on each node since `before` (µs; None unreadable)."""
+    out = []
+    for http, was in zip(nodes, before):
+        now = lookup_totals(http)
+        if now is None or was is None or now[0] <= was[0]:
+            out.append(None)
+        else:
+            out.append((now[1] - was[1]) * 1e6 / (now[0] - was[0]))
+    return out
+
+
 def phase(report, op):
     for p in report["phases"]:
         if p["op"] == op:
@@ -90,15 +127,21 @@ def main():
         try:
             rep = ["--replicas", str(replicas)]
             if replicas == 1:
-                # One 2,048-block chain looked up again and again, then one block at a time.
+                # One 2,048-block chain looked up again and again, then one block at a time;
+                # and what the nodes' Lookup handlers took of it (their /metrics).
+                nodes = node_http_addresses(log.name)
+                before = [lookup_totals(h) for h in nodes]
                 long_chain, c1 = bench(a.bindir, etcd, rep + [
                     "--blocks", "2048", "--block-size", "16KiB", "--chain-blocks", "2048",
                     "--streams", "1", "--batch", "256", "--ops", "put,lookup", "--seed", "7",
                     "--lookup-rounds", "50"])
+                results["lookup_2048_node_us"] = node_lookup_us(nodes, before)
+                before = [lookup_totals(h) for h in nodes]
                 one, c2 = bench(a.bindir, etcd, rep + [
                     "--blocks", "2048", "--block-size", "16KiB", "--chain-blocks", "1",
                     "--streams", "1", "--batch", "256", "--ops", "put,lookup", "--seed", "8",
                     "--lookup-rounds", "1"])
+                results["lookup_1_node_us"] = node_lookup_us(nodes, before)
                 commands += [c1, c2]
                 lp, op = phase(long_chain, "lookup"), phase(one, "lookup")
                 results["lookup_2048_p50_us"] = lp["p50_us"]
@@ -123,6 +166,11 @@ def main():
           "ratio %.2fx (goal <= 2x: %s)" % (
               results["lookup_2048_p50_us"], results["lookup_1_p50_us"],
               results["lookup_ratio"], "met" if results["lookup_ratio"] <= 2 else "MISSED"))
+    def per_node(us):
+        return "/".join("?" if u is None else "%.1f" % u for u in us) or "?"
+    print("nodes' mean Lookup handler time per call (us, per node): 2,048 blocks %s; one block "
+          "%s" % (per_node(results.get("lookup_2048_node_us", [])),
+                  per_node(results.get("lookup_1_node_us", []))))
     print("%-4s %-4s %8s %10s %10s %7s" % ("R", "op", "GB/s", "p50 ms", "p99 ms", "errors"))
     for r in results["rows"]:
         print("%-4d %-4s %8.3f %10.2f %10.2f %7d" % (r["replicas"], r["op"], r["gbps"],
