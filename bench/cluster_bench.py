@@ -77,15 +77,16 @@ def lookup_totals(http):
     try:
         with urllib.request.urlopen("http://%s/metrics" % http, timeout=5) as page:
             text = page.read().decode()
-    except OSError:
+        for line in text.splitlines():
+            if 'op="lookup"' not in line:
+                continue
+            value = line.split("}", 1)[1].split()[0]  # "name{labels} value [timestamp]"
+            if line.startswith("strata_op_latency_seconds_count{"):
+                calls = int(float(value))
+            elif line.startswith("strata_op_latency_seconds_sum{"):
+                seconds = float(value)
+    except Exception:  # an unreadable page only loses this figure, never the run
         return None
-    for line in text.splitlines():
-        if 'op="lookup"' not in line:
-            continue
-        if line.startswith("strata_op_latency_seconds_count{"):
-            calls = int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("strata_op_latency_seconds_sum{"):
-            seconds = float(line.rsplit(" ", 1)[1])
     return calls, seconds
 
 

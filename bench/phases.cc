@@ -128,7 +128,7 @@ void GetRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, Phas
   const size_t half = size_t{ctx.batch} * ds.block_size;
   GetChecker checker(ds);
   std::vector<client::BlockRead> reads;
-  size_t calls = 0;
+  size_t next = 0;  // the half the next call fetches into: the checker never holds it
   for (size_t b = begin; b < end; b += ctx.batch) {
     size_t n = std::min<size_t>(ctx.batch, end - b);
     client::CallOptions call;
@@ -136,7 +136,7 @@ void GetRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, Phas
       r->complete = false;
       break;
     }
-    uint8_t* into = s.staging.data() + (calls++ % 2) * half;
+    uint8_t* into = s.staging.data() + next * half;
     reads.clear();
     for (size_t i = 0; i < n; ++i) {
       reads.push_back({ds.hashes[b + i], into + i * ds.block_size, ds.block_size});
@@ -150,6 +150,7 @@ void GetRange(const PhaseContext& ctx, Stream& s, size_t begin, size_t end, Phas
       continue;
     }
     checker.Check(b, *std::move(got), into);
+    next ^= 1;  // only now: a failed call's half is not the checker's, so it is reused
   }
   checker.Finish(r);
 }

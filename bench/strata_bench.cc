@@ -242,7 +242,8 @@ int Run(Flags f) {
   auto node_ops = [&]() -> std::map<std::string, OpTotals> {
     if (local == nullptr) return {};
     auto page = HttpGet(local->http_address(), "/metrics");
-    return page.ok() ? ParseOpTotals(page->second) : std::map<std::string, OpTotals>{};
+    return page.ok() && page->first == 200 ? ParseOpTotals(page->second)
+                                           : std::map<std::string, OpTotals>{};
   };
   auto node_ops_since = [&](const std::map<std::string, OpTotals>& before) {
     std::map<std::string, OpTotals> grew;

@@ -100,7 +100,7 @@ cat >"$carry/run.sh" <<'EOF'
 # "--", the rest of the command line runs instead of the benches, with the bundle's
 # binaries on PATH (e.g. a sweep of strata-bench flags). After peer_bench, SHM_AB=1 (the
 # default) also runs one stream over shm three ways (default, --shm-rma, every get
-# two-sided), twice (~45 s).
+# two-sided), twice (~45 s; 30 s at most per run).
 set -uo pipefail
 carry="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$carry/../.." && pwd)"
@@ -175,7 +175,7 @@ elif [[ -x "$dir/strata-bench" && -f "$repo/bench/peer_bench.py" ]]; then
           rma) flags=(--shm-rma) ;;
           gets-two-sided) flags=(--shm-two-sided-gets-from 0) ;;
           esac
-          timeout 60 "$dir/strata-bench" --blocks "$blocks" --block-size "$size" --streams 1 \
+          timeout 30 "$dir/strata-bench" --blocks "$blocks" --block-size "$size" --streams 1 \
             --batch 16 --ops put,get --transport ucx --ucx-tls shm "${flags[@]}" \
             --json "$out/shm_ab/$size-$mode-$round.json" 2>&1 | grep -E '^(put|get) ' |
             sed "s/^/$size $mode: /"

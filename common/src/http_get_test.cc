@@ -1,5 +1,12 @@
 #include "strata/common/http_get.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "strata/common/http_endpoint.h"
@@ -21,10 +28,13 @@ TEST(OpTotalsTest, SumsAndCountsAreReadPerOp) {
       "strata_op_latency_seconds_sum{op=\"get_data\",node=\"node-0\"} 1.5\n"
       "strata_op_latency_seconds_count{op=\"get_data\",node=\"node-0\"} 3\n"
       "strata_lookup_blocks_total{result=\"hit\",node=\"node-0\"} 1231398\n"
-      "strata_op_latency_seconds_count{node=\"node-0\"} 7\n"              // no op: skipped
-      "strata_op_latency_seconds_count{op=\"put_data\",node=\"n\"} x\n";  // no number: skipped
+      "strata_op_latency_seconds_count{node=\"node-0\"} 7\n"               // no op: skipped
+      "strata_op_latency_seconds_count{op=\"put_data\",node=\"n\"} x\n"    // no number: skipped
+      "strata_op_latency_seconds_count{op=\"begin_put\",node=\"n\"} -1\n"  // negative: skipped
+      "strata_op_latency_seconds_count{op=\"stats\",node=\"n\"} 4 1700000000000\n";  // timestamp
   const std::map<std::string, OpTotals> ops = ParseOpTotals(page);
-  ASSERT_EQ(ops.size(), 2u);
+  ASSERT_EQ(ops.size(), 3u);
+  EXPECT_EQ(ops.at("stats").calls, 4u);
   EXPECT_EQ(ops.at("lookup").calls, 5598u);
   EXPECT_DOUBLE_EQ(ops.at("lookup").seconds, 0.2277548799999997);
   EXPECT_EQ(ops.at("get_data").calls, 3u);
@@ -54,10 +64,31 @@ TEST(HttpGetTest, BadAddressesAndClosedPortsAreErrorsNotHangs) {
                           "example.com:80", "::1:80"}) {
     EXPECT_THAT(HttpGet(bad, "/metrics"), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
   }
+  EXPECT_THAT(HttpGet("127.0.0.1:1", "/metrics", absl::ZeroDuration()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   // Port 1 on loopback: nothing listens there (connection refused at once).
   absl::StatusOr<std::pair<int, std::string>> r = HttpGet("127.0.0.1:1", "/metrics");
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(r.status().message(), HasSubstr("connect failed"));
+}
+
+// A server that takes the connection but never answers: UNAVAILABLE once the timeout
+// passes, not a hang.
+TEST(HttpGetTest, ASilentServerTimesOut) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(listen(fd, 4), 0);  // the kernel completes connects; nobody accepts or answers
+  socklen_t len = sizeof(sa);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  const std::string address = absl::StrCat("127.0.0.1:", ntohs(sa.sin_port));
+  auto r = HttpGet(address, "/metrics", absl::Milliseconds(300));
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(r.status().message(), HasSubstr("timed out"));
+  close(fd);
 }
 
 }  // namespace

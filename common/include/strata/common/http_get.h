@@ -14,9 +14,10 @@
 
 namespace strata {
 
-// GET http://ADDR/path, ADDR an IPv4 "host:port". Returns (status code, body).
-// INVALID_ARGUMENT: ADDR is not an IPv4 host:port. UNAVAILABLE: no connection, a failed
-// write, a malformed answer, or nothing complete within `timeout`.
+// GET http://ADDR/path, ADDR an IPv4 "host:port". Returns (status code, body) once the
+// server closes the connection. INVALID_ARGUMENT: ADDR is not an IPv4 host:port, or
+// `timeout` is not positive. UNAVAILABLE: no connection, a failed write, a malformed answer,
+// or no complete answer within `timeout` (one deadline for connect, write and read).
 absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
                                                     const std::string& path,
                                                     absl::Duration timeout = absl::Seconds(5));
