@@ -446,9 +446,14 @@ def run_strata(runner, strata, path_label, size, conc, blocks, max_seconds):
     results = {}
     for ph in report.get("phases", []):
         if ph.get("op") in ("put", "get"):
+            # The node's handler time per call of this phase (its /metrics; strata-bench's
+            # node_ops), all call types together: what of a call's latency is the node's.
+            node_s = sum(o["calls"] * o["mean_us"] for o in ph.get("node_ops", {}).values()) / 1e6
             results[ph["op"]] = {"gbps": ph["gbps"], "p50_ms": ph["p50_us"] / 1000,
                                  "p99_ms": ph["p99_us"] / 1000, "errors": ph["errors"],
                                  "complete": ph["complete"], "blocks": ph["blocks"],
+                                 "node_ms": (node_s * 1000 / ph["calls"]
+                                             if ph.get("node_ops") and ph.get("calls") else None),
                                  "exit_code": rc}
     return results
 
@@ -477,7 +482,8 @@ def fmt(x, spec=".3f"):
 
 def print_table(rows, out):
     head = (f"{'op':<4}{'size':>7}{'conc':>5} {'tport':<5}| {'strata':>7} {'p50/p99 ms':>15} "
-            f"| {'redis':>6} {'p50/p99 ms':>13} | {'ucx':>6} | {'s/redis':>7} {'s/ucx':>6} | goals")
+            f"{'node ms':>7} | {'redis':>6} {'p50/p99 ms':>13} | {'ucx':>6} | {'s/redis':>7} "
+            f"{'s/ucx':>6} | goals")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in rows:
@@ -495,7 +501,8 @@ def print_table(rows, out):
         else:
             verdict = "MISS " + ", ".join(n for n, m in g if not m)
         print(f"{r['op']:<4}{size_label(r['size']):>7}{r['streams']:>5} {r['transport']:<5}| "
-              f"{fmt(r['strata_gbps']):>7} {lat_s:>15} | {fmt(r['redis_gbps']):>6} "
+              f"{fmt(r['strata_gbps']):>7} {lat_s:>15} {fmt(r.get('strata_node_ms'), '.2f'):>7} | "
+              f"{fmt(r['redis_gbps']):>6} "
               f"{lat_r:>13} | {fmt(r['ucx_gbps']):>6} | {fmt(r['ratio_vs_redis'], '.2f'):>7} "
               f"{fmt(r['ratio_vs_ucx'], '.2f'):>6} | {verdict}", file=out)
 
@@ -662,6 +669,7 @@ def main(argv):
                            "strata_gbps": st["gbps"] if st else None,
                            "strata_p50_ms": st["p50_ms"] if st else None,
                            "strata_p99_ms": st["p99_ms"] if st else None,
+                           "strata_node_ms": st.get("node_ms") if st else None,
                            "redis_gbps": rd["gbps"] if rd else None,
                            "redis_p50_ms": rd["p50_ms"] if rd else None,
                            "redis_p99_ms": rd["p99_ms"] if rd else None,
@@ -674,7 +682,8 @@ def main(argv):
                     rows.append(row)
 
     print()
-    print("GB/s = 1e9 B/s. strata p50/p99: per batched call of 16 blocks; redis: per request "
+    print("GB/s = 1e9 B/s. strata p50/p99: per batched call of 16 blocks; node ms: the node's "
+          "mean handler time per call (its /metrics); redis: per request "
           f"(redis-benchmark CSV); ucx: ucx_perftest 1 thread ({args.ucx_put_test} / ucp_get), "
           "the same figure for every concurrency; grpc rows compare with ucx tcp.")
     print_table(rows, sys.stdout)

@@ -78,9 +78,10 @@ struct ClientOptions {
   // thread, while a large tagged message is copied once (cma rendezvous). Measured in
   // docs/design/transfer-protocol.md. Off: every shared-memory transfer is the node's RMA.
   bool ucx_two_sided_on_shm = true;
-  // With ucx_two_sided_on_shm: the smallest largest-block of a get that goes two-sided; below
-  // it the two copies of the emulated RMA, made by two threads at once, were faster (2 cores,
-  // one stream: 10 % at 256 KiB; level to 20 % slower from 512 KiB). 0: every get.
+  // With ucx_two_sided_on_shm: a get goes two-sided when its largest destination (capacity,
+  // at most the node's max block size) is at least this big. Below that, the emulated RMA's
+  // two copies, made by two threads at once, measured faster (2 cores, one stream: RMA 10 %
+  // faster at 256 KiB, level to 20 % slower from 512 KiB). 0: every get.
   uint64_t ucx_shm_two_sided_get_bytes = 512 << 10;
 
   // A cluster (docs/design/cluster.md) instead of the one node at `address`: the member set
