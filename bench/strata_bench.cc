@@ -37,7 +37,8 @@ using client::SelfBinDir;
 
 struct Flags {
   std::string node;
-  std::string etcd;  // a cluster instead of one node (ClientOptions::etcd_endpoints)
+  std::string etcd;     // a cluster instead of one node (ClientOptions::etcd_endpoints)
+  std::string members;  // or a fixed member list (ClientOptions::cluster_members)
   std::string cluster = "default";
   int replicas = 0;  // 0: the nodes' own
   int write_quorum = 0;
@@ -118,7 +119,7 @@ int Run(Flags f) {
       f.warmup ? std::min<uint64_t>(f.blocks, uint64_t{f.streams} * f.batch * 2) : 0;
 
   std::unique_ptr<LocalNode> local;
-  if (f.node.empty() && f.etcd.empty()) {
+  if (f.node.empty() && f.etcd.empty() && f.members.empty()) {
     absl::StatusOr<std::string> dir = SelfBinDir();
     if (!dir.ok()) return SetupFailed("local node", dir.status());
     uint64_t page = std::max<uint64_t>(4ull << 20, (f.block_size + 63) / 64 * 64);
@@ -145,6 +146,7 @@ int Run(Flags f) {
     client::ClientOptions options;
     options.address = f.node;
     options.etcd_endpoints = f.etcd;
+    options.cluster_members = f.members;
     options.cluster_name = f.cluster;
     options.replicas = f.replicas;
     options.write_quorum = f.write_quorum;
@@ -276,9 +278,10 @@ int Run(Flags f) {
     if (!phases.back().complete) break;  // out of time: report what was done
   }
 
-  RunInfo info{f.etcd.empty()
-                   ? f.node
-                   : absl::StrCat("etcd ", f.etcd, " cluster ", f.cluster, " R=", f.replicas),
+  RunInfo info{!f.etcd.empty()
+                   ? absl::StrCat("etcd ", f.etcd, " cluster ", f.cluster, " R=", f.replicas)
+               : !f.members.empty() ? absl::StrCat("members ", f.members, " R=", f.replicas)
+                                    : f.node,
                f.block_size,
                f.blocks,
                f.streams,
@@ -354,6 +357,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   app.add_option("--etcd", f.etcd, "A cluster's etcd endpoints host:port,... instead of --node");
   app.add_option("--cluster", f.cluster, "Cluster name (with --etcd)")->capture_default_str();
+  app.add_option("--members", f.members,
+                 "A cluster's fixed member list id=host:port[@zone],... (static mode, as the "
+                 "nodes' cluster_members) instead of --node or --etcd");
   app.add_option("--replicas", f.replicas, "Cluster: copies of every block (0: the nodes')")
       ->capture_default_str()
       ->check(CLI::Range(0, 16));
