@@ -85,7 +85,7 @@ void PrintTable(std::FILE* out, const RunInfo& run, const std::vector<PhaseResul
       std::string ops;
       for (const auto& [op, t] : p.node_ops) {
         absl::StrAppendFormat(&ops, "%s%s %d x %.0f us", ops.empty() ? "" : ", ", op, t.calls,
-                              t.seconds * 1e6 / static_cast<double>(t.calls));
+                              t.mean_us());
       }
       std::fprintf(out, "          node handler time per call: %s\n", ops.c_str());
     }
@@ -131,8 +131,7 @@ std::string ToJson(const RunInfo& run, const std::vector<PhaseResult>& phases) {
     std::string node_ops;
     for (const auto& [op, t] : p.node_ops) {
       absl::StrAppendFormat(&node_ops, "%s%s: {\"calls\": %d, \"mean_us\": %.1f}",
-                            node_ops.empty() ? "" : ", ", JsonString(op), t.calls,
-                            t.seconds * 1e6 / static_cast<double>(t.calls));
+                            node_ops.empty() ? "" : ", ", JsonString(op), t.calls, t.mean_us());
     }
     absl::StrAppendFormat(
         &out,

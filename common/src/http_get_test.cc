@@ -39,6 +39,8 @@ TEST(OpTotalsTest, SumsAndCountsAreReadPerOp) {
   EXPECT_DOUBLE_EQ(ops.at("lookup").seconds, 0.2277548799999997);
   EXPECT_EQ(ops.at("get_data").calls, 3u);
   EXPECT_DOUBLE_EQ(ops.at("get_data").seconds, 1.5);
+  EXPECT_DOUBLE_EQ(ops.at("get_data").mean_us(), 500000);
+  EXPECT_EQ(OpTotals{}.mean_us(), 0);
   EXPECT_TRUE(ParseOpTotals("").empty());
 }
 

@@ -28,6 +28,9 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
 struct OpTotals {
   uint64_t calls = 0;
   double seconds = 0;
+
+  // Mean handler time per call in µs (0 without calls).
+  double mean_us() const { return calls == 0 ? 0 : seconds * 1e6 / static_cast<double>(calls); }
 };
 
 // Every op's totals in a Prometheus text page; ops absent from it are absent here.
