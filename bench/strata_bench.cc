@@ -27,6 +27,7 @@
 #include "strata/client/store_client.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/logging.h"
+#include "strata/common/malloc_tuning.h"
 #include "workload.h"
 
 namespace strata::bench {
@@ -346,6 +347,9 @@ int Run(Flags f) {
 }  // namespace strata::bench
 
 int main(int argc, char** argv) {
+  // Like a node, and like an engine process that follows docs/design/cluster.md ("Heap
+  // trimming"): the calls' buffers stay in malloc's heaps between calls.
+  strata::TuneMalloc(strata::MallocTuning::Client());
   // Library log lines go to stderr (warnings and worse): stdout may carry the JSON report.
   if (!strata::InitLogging("warn", "strata-bench").ok()) return 2;
   strata::bench::Flags f;

@@ -28,6 +28,7 @@
 #include "strata/client/local_node.h"
 #include "strata/common/kv_shape.h"
 #include "strata/common/logging.h"
+#include "strata/common/malloc_tuning.h"
 #include "strata/gpu_agent/agent.h"
 #include "strata/gpu_agent/copy_engine.h"
 #include "strata/gpu_agent/host_pool.h"
@@ -268,6 +269,8 @@ int LifeCycle(const char* self, Flags f) {
 }  // namespace strata::examples
 
 int main(int argc, char** argv) {
+  strata::TuneMalloc(
+      strata::MallocTuning::Client());  // what an engine process opts into (malloc_tuning.h)
   strata::InitLogging("warn", "engine-example").IgnoreError();
   strata::examples::Flags f;
   CLI::App app{"Inference-engine stand-in around the Strata GPU agent (host twin)"};

@@ -4,8 +4,11 @@
 #include "CLI/CLI.hpp"
 #include "commands.h"
 #include "strata/common/logging.h"
+#include "strata/common/malloc_tuning.h"
 
 int main(int argc, char** argv) {
+  strata::TuneMalloc(strata::MallocTuning::Client());  // the demo and the bench commands make many
+                                                       // calls (malloc_tuning.h)
   // Library log lines go to stderr, warnings and worse only: stdout carries the output.
   if (!strata::InitLogging("warn", "strata").ok()) return 2;
   CLI::App app{"strata: command line for the Strata KV-cache store"};

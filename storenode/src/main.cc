@@ -2,19 +2,20 @@
 // variables and flags (see --help). SIGTERM or SIGINT drains in-flight calls and exits 0
 // (while still starting, it exits at once); SIGHUP re-reads auth_principals_file (one that
 // comes while starting, once started).
-#include <malloc.h>
 #include <poll.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/config.h"
 #include "strata/common/logging.h"
+#include "strata/common/malloc_tuning.h"
 #include "strata/storenode/store_node.h"
 
 namespace {
@@ -76,8 +77,9 @@ class StartWatch {
 int main(int argc, char** argv) {
   // Payload buffers of a MiB and more (inline gRPC messages) are mapped and unmapped whole,
   // so memory freed after a call leaves the process and RSS follows the admission budgets
-  // instead of staying in malloc's arenas (docs/design/security.md, "Admission").
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  // instead of staying in malloc's arenas (docs/design/security.md, "Admission"); smaller
+  // ones stay in the heaps between calls instead of being trimmed and faulted in again.
+  const std::string malloc_tuning = strata::TuneMalloc(strata::MallocTuning::Node());
 #ifdef NDEBUG
   // Debian's absl is built with its debug checks, so every absl::Mutex lock also updates a
   // lock-order graph for deadlock detection (GraphCycles: ~1 % of a node's CPU under load,
@@ -100,6 +102,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "strata-storenode: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+  spdlog::debug("{}", malloc_tuning);
   if (pipe(g_signal_pipe) != 0) {
     std::perror("strata-storenode: pipe");
     return 1;
