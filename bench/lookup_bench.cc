@@ -151,8 +151,9 @@ int Run(const Flags& f) {
         for (uint32_t i = 0; i < f.chain; ++i) {
           int best = 0;
           uint64_t best_score = 0;
+          const uint64_t key = cluster::RendezvousKey(chain[i]);
           for (uint32_t m = 0; m < seeds.size(); ++m) {
-            const uint64_t s = cluster::RendezvousScore(seeds[m], chain[i]);
+            const uint64_t s = cluster::RendezvousScore(seeds[m], key);
             if (m == 0 || s > best_score) {
               best = static_cast<int>(m);
               best_score = s;

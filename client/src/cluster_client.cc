@@ -534,8 +534,9 @@ class ClusterStoreClient final : public StoreClient {
     if (replicas_ < 1) return -1;
     int best = -1;
     uint64_t best_score = 0;
+    const uint64_t key = cluster::RendezvousKey(h);
     for (size_t i = 0; i < seeds.size(); ++i) {
-      const uint64_t score = cluster::RendezvousScore(seeds[i], h);
+      const uint64_t score = cluster::RendezvousScore(seeds[i], key);
       if (best < 0 || score > best_score) {
         best = static_cast<int>(i);
         best_score = score;

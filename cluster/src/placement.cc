@@ -13,14 +13,10 @@ int MemberSet::Find(std::string_view id) const {
   return it != members.end() && it->id == id ? static_cast<int>(it - members.begin()) : -1;
 }
 
-// The member id seeds a hash of the chain hash: independent per member, stable across
-// processes and versions (xxh3 is specified), and never depends on the member's position.
+// The member id seeds the score: independent per member, stable across processes and
+// versions (xxh3 is specified), and never dependent on the member's position.
 uint64_t RendezvousSeed(std::string_view member_id) {
   return XXH3_64bits(member_id.data(), member_id.size());
-}
-
-uint64_t RendezvousScore(uint64_t seed, const ChainHash& hash) {
-  return XXH3_64bits_withSeed(hash.bytes.data(), hash.bytes.size(), seed);
 }
 
 uint64_t RendezvousScore(std::string_view member_id, const ChainHash& hash) {
@@ -33,8 +29,9 @@ std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, 
   std::vector<std::pair<uint64_t, int>> ranked;  // (score, index), best first
   ranked.reserve(n);
   bool zoned = false;
+  const uint64_t key = RendezvousKey(hash);
   for (int i = 0; i < n; ++i) {
-    ranked.emplace_back(RendezvousScore(members[i].id, hash), i);
+    ranked.emplace_back(RendezvousScore(RendezvousSeed(members[i].id), key), i);
     zoned = zoned || !members[i].zone.empty();
   }
   // Ties (astronomically unlikely) break by id order, so everyone agrees.

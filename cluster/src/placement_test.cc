@@ -1,6 +1,8 @@
 #include "strata/cluster/placement.h"
 
+#include <cstring>
 #include <map>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -130,6 +132,46 @@ TEST(PlacementTest, SeededScoresAreTheScores) {
               RendezvousScore(RendezvousSeed(m[1].id), h));
   }
   EXPECT_NE(RendezvousSeed(m[0].id), RendezvousSeed(m[1].id));
+}
+
+// Random chain hashes (as real ones are): every member owns its share, and the second owner
+// is independent of the first (each ordered pair equally likely).
+TEST(PlacementTest, RandomHashesSpreadEvenlyAndIndependently) {
+  std::vector<Member> m = Nodes(3);
+  std::mt19937_64 rng(7);
+  std::map<int, int> first;
+  std::map<std::pair<int, int>, int> pairs;
+  const int blocks = 30000;
+  for (int i = 0; i < blocks; ++i) {
+    ChainHash h;
+    for (size_t b = 0; b < kChainHashBytes; b += 8) {
+      const uint64_t v = rng();
+      std::memcpy(h.bytes.data() + b, &v, 8);
+    }
+    std::vector<int> o = Owners(m, h, 2);
+    ++first[o[0]];
+    ++pairs[{o[0], o[1]}];
+  }
+  ASSERT_EQ(first.size(), 3u);
+  for (const auto& [node, c] : first) {
+    EXPECT_NEAR(c, blocks / 3, blocks / 3 * 0.05) << node;
+  }
+  ASSERT_EQ(pairs.size(), 6u);
+  for (const auto& [pair, c] : pairs) {
+    EXPECT_NEAR(c, blocks / 6, blocks / 6 * 0.08) << pair.first << "," << pair.second;
+  }
+}
+
+// Placement is a contract between every node and client of a cluster (and across versions:
+// blocks stay where older nodes put them): these scores must never change by accident.
+TEST(PlacementTest, ScoresArePinned) {
+  ChainHash h;
+  for (size_t b = 0; b < kChainHashBytes; ++b) h.bytes[b] = static_cast<uint8_t>(b * 37 + 11);
+  EXPECT_EQ(RendezvousSeed("node-0"), 0x982acdf804e97d99ULL);
+  EXPECT_EQ(RendezvousKey(h), 0x800860d84048e038ULL);
+  EXPECT_EQ(RendezvousScore("node-0", h), 0x2b1b5e3d435c47f1ULL);
+  EXPECT_EQ(RendezvousScore("node-1", h), 0x6df2a2f080bec5f2ULL);
+  EXPECT_EQ(RendezvousScore("store-a", HashOf(12345)), 0xc75c905646cca6dfULL);
 }
 
 TEST(PlacementTest, FindAndNormalize) {
