@@ -66,6 +66,15 @@ absl::StatusOr<uint64_t> ParseUcxBytes(absl::string_view name, absl::string_view
   return value * factor;
 }
 
+// Empty progress polls before a busy worker sleeps (UcpContext::busy_polls_before_sleep).
+// Without TCP (shared memory, RDMA) a sleep costs UCX's arming — a read of each transport's
+// event fd — and a wake-up, each a system call, for an event that is often microseconds away
+// (a profile of a node serving one 256 KiB shm stream: a quarter of its CPU in those reads).
+// Over TCP the sockets' wake-ups drive progress, and spinning there only took CPU from the
+// other streams on two cores. Figures: transfer-protocol.md, "Polling before sleeping".
+constexpr int kBusyPollsWithoutTcp = 256;
+constexpr int kBusyPollsOverTcp = 8;
+
 bool MayUseTcp(std::string_view tls) {
   if (tls.empty() || tls[0] == '^') return true;  // UCX's default, or all but some
   for (absl::string_view name : absl::StrSplit(absl::string_view(tls.data(), tls.size()), ',')) {
@@ -236,7 +245,10 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
     return UcsToStatus(status, absl::StrCat("ucp_init (UCX_TLS=\"", options.tls, "\")"));
   }
   return std::make_unique<UcpTransportContext>(
-      std::make_shared<UcpContext>(context, options.peer_failure_handling), tcp);
+      std::make_shared<UcpContext>(
+          context, options.peer_failure_handling,
+          MayUseTcp(options.tls) ? kBusyPollsOverTcp : kBusyPollsWithoutTcp),
+      tcp);
 }
 
 }  // namespace strata::transport

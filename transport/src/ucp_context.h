@@ -15,8 +15,10 @@ namespace strata::transport {
 class UcpContext {
  public:
   // Takes ownership of `context` (ucp_cleanup on destruction).
-  UcpContext(ucp_context_h context, bool peer_failure_handling)
-      : context_(context), peer_failure_handling_(peer_failure_handling) {}
+  UcpContext(ucp_context_h context, bool peer_failure_handling, int busy_polls_before_sleep)
+      : context_(context),
+        peer_failure_handling_(peer_failure_handling),
+        busy_polls_before_sleep_(busy_polls_before_sleep) {}
   ~UcpContext() { ucp_cleanup(context_); }
   UcpContext(const UcpContext&) = delete;
   UcpContext& operator=(const UcpContext&) = delete;
@@ -24,10 +26,14 @@ class UcpContext {
   ucp_context_h get() const { return context_; }
   // TransportOptions::peer_failure_handling.
   bool peer_failure_handling() const { return peer_failure_handling_; }
+  // Empty progress polls a worker makes, while operations are in flight, before it arms UCX's
+  // event fd and sleeps (worker.cc).
+  int busy_polls_before_sleep() const { return busy_polls_before_sleep_; }
 
  private:
   const ucp_context_h context_;
   const bool peer_failure_handling_;
+  const int busy_polls_before_sleep_;
 };
 
 // Creates a Worker (worker.cc) on `context`. Errors as Context::CreateWorker.

@@ -41,9 +41,9 @@
 namespace strata::transport {
 namespace {
 
-// Empty progress polls, while operations are in flight, before the thread sleeps on the event
-// fd (capped at kBusySleep, so a missed event costs at most that much latency).
-constexpr int kSpinPollsBeforeSleep = 8;
+// While operations are in flight the thread makes UcpContext::busy_polls_before_sleep() empty
+// progress polls before it sleeps on the event fd, for at most kBusySleep (so a missed event
+// costs at most that much latency).
 constexpr absl::Duration kBusySleep = absl::Milliseconds(1);
 // After a transfer's deadline, how long its posted requests may drain before the endpoint is
 // force-closed (bounds how far past its deadline Transfer can return).
@@ -203,7 +203,7 @@ class UcpWorker final : public Worker {
         empty_polls = 0;
         continue;
       }
-      if (busy && ++empty_polls < kSpinPollsBeforeSleep) continue;
+      if (busy && ++empty_polls < context_->busy_polls_before_sleep()) continue;
       empty_polls = 0;
       Sleep(busy, now);
     }
