@@ -3,23 +3,34 @@
 #include <malloc.h>
 
 #include <cstdlib>
-#include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace strata {
 
-std::string TuneMalloc(const MallocTuning& tuning) {
-  const char* tunables = std::getenv("GLIBC_TUNABLES");
-  if (tunables != nullptr &&
-      std::string_view(tunables).find("glibc.malloc.") != std::string::npos) {
-    return absl::StrCat("malloc: GLIBC_TUNABLES=", tunables, " (left as set)");
+namespace {
+
+// Sets one threshold unless GLIBC_TUNABLES names it; what happened, for the log.
+std::string Apply(absl::string_view tunables, absl::string_view tunable, absl::string_view what,
+                  int param, size_t value) {
+  if (tunables.find(absl::StrCat("glibc.malloc.", tunable, "=")) != absl::string_view::npos) {
+    return absl::StrCat(what, " as GLIBC_TUNABLES sets it");
   }
-  const bool mmap_ok = mallopt(M_MMAP_THRESHOLD, static_cast<int>(tuning.mmap_threshold)) == 1;
-  const bool trim_ok = mallopt(M_TRIM_THRESHOLD, static_cast<int>(tuning.trim_threshold)) == 1;
-  return absl::StrCat("malloc: mmap threshold ", tuning.mmap_threshold >> 10, " KiB",
-                      mmap_ok ? "" : " (refused)", ", trim threshold ", tuning.trim_threshold >> 10,
-                      " KiB", trim_ok ? "" : " (refused)");
+  const bool ok = mallopt(param, static_cast<int>(value)) == 1;
+  return absl::StrCat(what, " ", value >> 10, " KiB", ok ? "" : " (refused)");
+}
+
+}  // namespace
+
+std::string TuneMalloc(const MallocTuning& tuning) {
+  const char* env = std::getenv("GLIBC_TUNABLES");
+  const absl::string_view tunables = env != nullptr ? env : "";
+  std::string mmap =
+      Apply(tunables, "mmap_threshold", "mmap threshold", M_MMAP_THRESHOLD, tuning.mmap_threshold);
+  std::string trim =
+      Apply(tunables, "trim_threshold", "trim threshold", M_TRIM_THRESHOLD, tuning.trim_threshold);
+  return absl::StrCat("malloc: ", mmap, ", ", trim);
 }
 
 }  // namespace strata

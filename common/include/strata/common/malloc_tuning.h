@@ -29,8 +29,9 @@ struct MallocTuning {
   static MallocTuning Client() { return {size_t{32} << 20, size_t{64} << 20}; }
 };
 
-// Applies `tuning` with mallopt unless the environment's GLIBC_TUNABLES already sets a
-// glibc.malloc tunable (the operator's choice stands). Returns what it did, for the log.
+// Applies `tuning` with mallopt, each threshold unless the environment's GLIBC_TUNABLES sets
+// that one (glibc.malloc.mmap_threshold, glibc.malloc.trim_threshold: the operator's choice
+// stands). Returns what it did, for the log.
 // Process-wide: call it once at the start of main(), before threads allocate; a library
 // never calls it on its own.
 std::string TuneMalloc(const MallocTuning& tuning);
