@@ -12,7 +12,7 @@
 #
 # Here, after a build of the targets (release: the benches' figures are worth comparing):
 #   cmake --build --preset release -j2 --target cuda_copy_test gpu_agent_device_test \
-#     strata-storenode strata-gpu-copy-bench strata strata-bench
+#     strata-storenode strata-gpu-copy-bench strata strata-bench strata-lookup-bench
 #   scripts/gpu_device_check.sh [--benches]     # BUILD_DIR=build/<dir> packs another build
 # There (the repository root, build/gpu-carry carried along):
 #   bash build/gpu-carry/run.sh                 # GPU checks ~2 min, benches ~5 min more
@@ -32,7 +32,7 @@ stage="$carry/stage"
 binaries=(cuda_copy_test gpu_agent_device_test strata-storenode strata-gpu-copy-bench)
 peer_tools=()
 if [[ $benches -eq 1 ]]; then
-  binaries+=(strata strata-bench)
+  binaries+=(strata strata-bench strata-lookup-bench)
   peer_tools=(redis-server redis-benchmark ucx_perftest etcd)
 fi
 
@@ -187,6 +187,11 @@ elif [[ -x "$dir/strata-bench" && -f "$repo/bench/peer_bench.py" ]]; then
   timeout "${CLUSTER_BENCH_TIMEOUT:-150}" python3 "$repo/bench/cluster_bench.py" \
     --bindir "$dir" --json "$out/cluster_bench.json" 2>&1 | tee "$out/cluster_bench.log"
   peer_rc=$((peer_rc | PIPESTATUS[0]))
+  if [[ -x "$dir/strata-lookup-bench" ]]; then
+    echo "== strata-lookup-bench (a lookup's per-block work without gRPC)"
+    timeout 60 "$dir/strata-lookup-bench" --json "$out/lookup_bench.json" 2>&1 |
+      tee "$out/lookup_bench.log"
+  fi
   echo "== peer_bench / cluster_bench exit $peer_rc"
 fi
 [[ $test_rc -eq 0 && $agent_rc -eq 0 && $bench_rc -eq 0 && $peer_rc -eq 0 ]]
