@@ -188,6 +188,9 @@ int Run(const Flags& f) {
     } else if (FILE* file = std::fopen(f.json.c_str(), "w")) {
       std::fputs(out.c_str(), file);
       std::fclose(file);
+    } else {
+      std::fprintf(stderr, "strata-lookup-bench: cannot write %s\n", f.json.c_str());
+      return 1;
     }
   }
   return 0;

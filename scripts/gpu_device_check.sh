@@ -191,6 +191,7 @@ elif [[ -x "$dir/strata-bench" && -f "$repo/bench/peer_bench.py" ]]; then
     echo "== strata-lookup-bench (a lookup's per-block work without gRPC)"
     timeout 60 "$dir/strata-lookup-bench" --json "$out/lookup_bench.json" 2>&1 |
       tee "$out/lookup_bench.log"
+    peer_rc=$((peer_rc | PIPESTATUS[0]))
   fi
   echo "== peer_bench / cluster_bench exit $peer_rc"
 fi

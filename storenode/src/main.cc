@@ -102,7 +102,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "strata-storenode: %s\n", std::string(s.message()).c_str());
     return 2;
   }
-  spdlog::debug("{}", malloc_tuning);
+  if (malloc_tuning.find("(refused)") != std::string::npos) {
+    spdlog::warn("{}", malloc_tuning);
+  } else {
+    spdlog::debug("{}", malloc_tuning);
+  }
   if (pipe(g_signal_pipe) != 0) {
     std::perror("strata-storenode: pipe");
     return 1;

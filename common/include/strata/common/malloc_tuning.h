@@ -16,22 +16,26 @@ namespace strata {
 
 struct MallocTuning {
   // Blocks of this size and more are mapped and unmapped whole (glibc's most: 32 MiB).
+  // 0: left as it is.
   size_t mmap_threshold = 0;
-  // Free memory at the top of a heap is given back only past this much: a heap keeps at most
-  // this much beyond what its threads used at their peak.
+  // Free memory at the top of a heap is given back only past this much: each malloc arena
+  // (glibc makes at most 8 per core) may keep this much free beyond what is in use.
+  // 0: left as it is.
   size_t trim_threshold = 0;
 
   // A store node: a freed payload of a MiB and more leaves the process, so RSS follows the
-  // node's admission budgets (docs/design/security.md); smaller buffers stay for the next call.
-  static MallocTuning Node() { return {size_t{1} << 20, size_t{8} << 20}; }
+  // node's admission budgets (docs/design/security.md); smaller buffers stay for the next call
+  // (a 4,096-block Lookup allocates well under 2 MiB).
+  static MallocTuning Node() { return {size_t{1} << 20, size_t{2} << 20}; }
   // A client process: inline payloads up to 32 MiB are reused from the heap as well, instead
   // of being mapped (and faulted in page by page) for every call.
   static MallocTuning Client() { return {size_t{32} << 20, size_t{64} << 20}; }
 };
 
-// Applies `tuning` with mallopt, each threshold unless the environment's GLIBC_TUNABLES sets
-// that one (glibc.malloc.mmap_threshold, glibc.malloc.trim_threshold: the operator's choice
-// stands). Returns what it did, for the log.
+// Applies `tuning` with mallopt, each threshold unless the environment sets that one — in
+// GLIBC_TUNABLES (glibc.malloc.mmap_threshold, glibc.malloc.trim_threshold) or as
+// MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_: the operator's choice stands. Returns what
+// it did, for the log; it contains "(refused)" where glibc refused a value.
 // Process-wide: call it once at the start of main(), before threads allocate; a library
 // never calls it on its own.
 std::string TuneMalloc(const MallocTuning& tuning);
