@@ -161,6 +161,18 @@ class UcpTransportContext final : public Context {
 
 }  // namespace
 
+std::string EffectiveTls(const TransportOptions& options) {
+  std::string tls;
+  if (const char* env = getenv("UCX_TLS"); env != nullptr) tls = env;
+  if (!options.tls.empty()) tls = options.tls;
+  for (const auto& [key, value] : options.ucx_settings) {
+    absl::string_view name = key;
+    if (absl::StartsWith(name, "UCX_")) name.remove_prefix(4);
+    if (name == "TLS") tls = value;
+  }
+  return tls;
+}
+
 absl::Status CheckTcpSegments(TcpSegments local, TcpSegments peer, std::string_view tls) {
   if (!MayUseTcp(tls)) return absl::OkStatus();
   if (peer.tx == 0) peer.tx = kUcxDefaultTcpSegments.tx;
@@ -205,6 +217,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
     if (!applied.ok()) break;
     if (segment_name(name).empty()) applied = modify(name, value);
   }
+  const std::string tls_in_use = EffectiveTls(options);
   // The TCP segment sizes: named in the settings or the environment, else ours. UCX 1.13 applies
   // a transport's setting given to ucp_config_modify only under its name without the
   // transport's prefix (TX_SEG_SIZE: tcp is the only transport with it); "TCP_TX_SEG_SIZE" is
@@ -224,7 +237,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
     applied = bytes.status();
     if (!bytes.ok()) return;
     *out = *bytes;
-    if (apply && MayUseTcp(options.tls)) applied = modify(name, *value);
+    if (apply && MayUseTcp(tls_in_use)) applied = modify(name, *value);
   };
   segment("TX_SEG_SIZE", kStrataTcpSegments.tx, &tcp.tx);
   segment("RX_SEG_SIZE", kStrataTcpSegments.rx, &tcp.rx);
@@ -247,7 +260,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
   return std::make_unique<UcpTransportContext>(
       std::make_shared<UcpContext>(
           context, options.peer_failure_handling,
-          MayUseTcp(options.tls) ? kBusyPollsOverTcp : kBusyPollsWithoutTcp),
+          MayUseTcp(tls_in_use) ? kBusyPollsOverTcp : kBusyPollsWithoutTcp),
       tcp);
 }
 

@@ -34,6 +34,7 @@
 #include "strata/testutil/status_matchers.h"
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
+#include "ucp_context.h"
 
 extern char** environ;
 
@@ -700,6 +701,19 @@ TEST(ContextTest, OptionsAndRegistrationErrors) {
   ctx.reset();
   std::memset(allocated->base(), 0xAB, 100);
   EXPECT_FALSE(worker->Address().empty());
+}
+
+// What decides whether a context may use TCP (its segment sizes, how long its workers poll):
+// UCX_TLS from the environment, replaced by options.tls, replaced by a TLS setting.
+TEST(ContextTest, TheTransportsInUseComeFromTheEnvironmentOptionsAndSettingsInThatOrder) {
+  setenv("UCX_TLS", "shm", 1);
+  EXPECT_EQ(EffectiveTls(TransportOptions{"", {}, true}), "shm");
+  EXPECT_EQ(EffectiveTls(TransportOptions{"tcp", {}, true}), "tcp");
+  EXPECT_EQ(EffectiveTls(TransportOptions{"tcp", {{"UCX_TLS", "sm,self"}}, true}), "sm,self");
+  EXPECT_EQ(EffectiveTls(TransportOptions{"", {{"TLS", "rc"}, {"KEEPALIVE_INTERVAL", "2s"}}, true}),
+            "rc");
+  unsetenv("UCX_TLS");
+  EXPECT_EQ(EffectiveTls(TransportOptions{"", {}, true}), "");
 }
 
 // UCX 1.13 aborts a process that receives a tcp segment larger than its own rx size, so the

@@ -6,8 +6,10 @@
 #include <ucp/api/ucp.h>
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
+#include "strata/transport/context.h"
 #include "strata/transport/worker.h"
 
 namespace strata::transport {
@@ -35,6 +37,10 @@ class UcpContext {
   const bool peer_failure_handling_;
   const int busy_polls_before_sleep_;
 };
+
+// The transport list UCX will use for `options`: UCX_TLS from the environment, replaced by
+// options.tls when set, replaced by a TLS entry of options.ucx_settings (applied last).
+std::string EffectiveTls(const TransportOptions& options);
 
 // Creates a Worker (worker.cc) on `context`. Errors as Context::CreateWorker.
 absl::StatusOr<std::unique_ptr<Worker>> CreateUcpWorker(std::shared_ptr<UcpContext> context);
