@@ -210,8 +210,11 @@ class ClusterStoreClient final : public StoreClient {
       const absl::Time end = End(call);
       std::shared_ptr<const MemberSet> set = membership_->Current();
       std::map<int, std::vector<size_t>> groups;
+      const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
       for (size_t i = 0; i < hashes.size(); ++i) {
-        for (int o : cluster::Owners(set->members, hashes[i], replicas_)) groups[o].push_back(i);
+        for (int o : cluster::Owners(set->members, seeds, hashes[i], replicas_)) {
+          groups[o].push_back(i);
+        }
       }
       std::vector<absl::Status> out(hashes.size(),
                                     absl::UnavailableError("no owner of the block answered"));
@@ -260,8 +263,9 @@ class ClusterStoreClient final : public StoreClient {
       // Every owner deletes; the count is the primaries' (each block counted once).
       std::map<int, std::vector<size_t>> groups;
       std::vector<int> primary(hashes.size(), -1);
+      const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
       for (size_t i = 0; i < hashes.size(); ++i) {
-        std::vector<int> owners = cluster::Owners(set->members, hashes[i], replicas_);
+        std::vector<int> owners = cluster::Owners(set->members, seeds, hashes[i], replicas_);
         if (!owners.empty()) primary[i] = owners[0];
         for (int o : owners) groups[o].push_back(i);
       }
@@ -550,9 +554,7 @@ class ClusterStoreClient final : public StoreClient {
     std::shared_ptr<const MemberSet> set = membership_->Current();
     std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
     const size_t n = hashes.size();
-    std::vector<uint64_t> seeds;
-    seeds.reserve(set->members.size());
-    for (const Member& m : set->members) seeds.push_back(cluster::RendezvousSeed(m.id));
+    const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
     // Where each block was found (tier kUnknown: not yet); its prefix becomes the result.
     std::vector<BlockLocation> loc(n);
     auto found = [&](size_t i) { return loc[i].tier != Tier::kUnknown; };
@@ -620,8 +622,9 @@ class ClusterStoreClient final : public StoreClient {
     const size_t n = blocks.size();
     std::map<int, std::vector<size_t>> groups;
     std::vector<int> want(n);
+    const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
     for (size_t i = 0; i < n; ++i) {
-      std::vector<int> owners = cluster::Owners(set->members, blocks[i].hash, replicas_);
+      std::vector<int> owners = cluster::Owners(set->members, seeds, blocks[i].hash, replicas_);
       want[i] = std::min<int>(quorum_, static_cast<int>(owners.size()));
       for (int o : owners) groups[o].push_back(i);
     }

@@ -23,7 +23,19 @@ uint64_t RendezvousScore(std::string_view member_id, const ChainHash& hash) {
   return RendezvousScore(RendezvousSeed(member_id), hash);
 }
 
+std::vector<uint64_t> RendezvousSeeds(std::span<const Member> members) {
+  std::vector<uint64_t> seeds;
+  seeds.reserve(members.size());
+  for (const Member& m : members) seeds.push_back(RendezvousSeed(m.id));
+  return seeds;
+}
+
 std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, int replicas) {
+  return Owners(members, RendezvousSeeds(members), hash, replicas);
+}
+
+std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_t> seeds,
+                        const ChainHash& hash, int replicas) {
   const int n = static_cast<int>(members.size());
   const int want = std::clamp(replicas, 0, n);
   std::vector<std::pair<uint64_t, int>> ranked;  // (score, index), best first
@@ -31,7 +43,7 @@ std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, 
   bool zoned = false;
   const uint64_t key = RendezvousKey(hash);
   for (int i = 0; i < n; ++i) {
-    ranked.emplace_back(RendezvousScore(RendezvousSeed(members[i].id), key), i);
+    ranked.emplace_back(RendezvousScore(seeds[i], key), i);
     zoned = zoned || !members[i].zone.empty();
   }
   // Ties (astronomically unlikely) break by id order, so everyone agrees.

@@ -132,6 +132,9 @@ TEST(PlacementTest, SeededScoresAreTheScores) {
               RendezvousScore(RendezvousSeed(m[1].id), h));
   }
   EXPECT_NE(RendezvousSeed(m[0].id), RendezvousSeed(m[1].id));
+  const std::vector<uint64_t> seeds = RendezvousSeeds(m);
+  for (uint64_t b = 0; b < 64; ++b)
+    EXPECT_EQ(Owners(m, seeds, HashOf(b), 2), Owners(m, HashOf(b), 2));
 }
 
 // Random chain hashes (as real ones are): every member owns its share, and the second owner

@@ -112,8 +112,9 @@ void Rebalancer::Batch(const cluster::MemberSet& set, NamespaceId ns, const std:
   std::vector<std::vector<int>> owners(hashes.size());
   std::map<int, std::vector<size_t>> ask;  // peer → blocks it should hold
   std::vector<bool> mine(hashes.size(), false);
+  const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set.members);
   for (size_t i = 0; i < hashes.size(); ++i) {
-    owners[i] = cluster::Owners(set.members, hashes[i], options_.replicas);
+    owners[i] = cluster::Owners(set.members, seeds, hashes[i], options_.replicas);
     for (int o : owners[i]) {
       if (o == self)
         mine[i] = true;

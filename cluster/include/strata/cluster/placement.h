@@ -82,8 +82,14 @@ inline uint64_t RendezvousScore(uint64_t seed, const ChainHash& hash) {
   return RendezvousScore(seed, RendezvousKey(hash));
 }
 
+// RendezvousSeed of every member, in order: for callers placing many blocks with one set.
+std::vector<uint64_t> RendezvousSeeds(std::span<const Member> members);
+
 // Indexes into `members` of the min(replicas, members.size()) owners of `hash`, best first.
 std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, int replicas);
+// The same with the members' seeds (RendezvousSeeds(members)) computed once by the caller.
+std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_t> seeds,
+                        const ChainHash& hash, int replicas);
 
 // Sorts by id and drops later duplicates of an id. Members as every function here wants them.
 void Normalize(std::vector<Member>* members);
