@@ -34,6 +34,15 @@ absl::Status CheckRemote(const v1::RemoteBuffer& r, int rkeys, const std::string
   return absl::OkStatus();
 }
 
+// Two-sided puts whose blocks average at least this many bytes are verified block by block as
+// they land, while the rest of the call is in flight; smaller ones at commit, where a wakeup
+// per block would cost more than the overlap gains (transfer-protocol.md, "Verifying puts as
+// they land").
+constexpr uint64_t kVerifyWhileLandingBytes = 128 << 10;
+
+// A block's checksum, compared as it landed (Verdict::kUnchecked: at commit).
+enum class Verdict : uint8_t { kUnchecked, kIntact, kCorrupt };
+
 }  // namespace
 
 absl::Time StoreServiceImpl::TransferDeadline(const grpc::ServerContext* ctx) const {
@@ -163,8 +172,22 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
     }
   }
   std::vector<absl::Status> results = r.status;
+  // Two-sided ops are one per block, in order: op i lands block i.
+  std::vector<Verdict> verdicts(n, Verdict::kUnchecked);
+  transport::LandedFn verify;
+  if (two_sided && n >= 2 && total / n >= kVerifyWhileLandingBytes) {
+    verify = [&](size_t i) {
+      if (!r.status[i].ok() || received[i] != blocks[i].size) return;  // discarded, or short
+      // Draining past the deadline, the reservation may already have lapsed: commit fails.
+      if (absl::Now() > deadline) return;
+      verdicts[i] = BlockChecksum(r.addresses[i], blocks[i].size) == req->checksums(i)
+                        ? Verdict::kIntact
+                        : Verdict::kCorrupt;
+    };
+  }
   if (!ops.empty()) {
-    absl::Status moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
+    absl::Status moved =
+        data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline, verify);
     if (!moved.ok()) {
       // Nothing of this call becomes visible: the reserved slots are released.
       if (r.reservation_id != 0) store_->AbortPut(r.reservation_id).IgnoreError();
@@ -181,7 +204,13 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
                                            " bytes arrived for a ", blocks[i].size, "-byte block"));
       continue;  // released with the reservation
     }
-    commit.push_back({blocks[i].hash, req->checksums(i), {}, /*landed=*/true, blocks[i].size});
+    commit.push_back({blocks[i].hash,
+                      req->checksums(i),
+                      {},
+                      /*landed=*/true,
+                      blocks[i].size,
+                      /*checked=*/verdicts[i] != Verdict::kUnchecked,
+                      /*intact=*/verdicts[i] == Verdict::kIntact});
     committed.push_back(i);
   }
   if (r.reservation_id != 0) {

@@ -463,6 +463,10 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservati
   std::vector<bool> intact(blocks.size(), false);
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (targets[i] == nullptr) continue;
+    if (blocks[i].landed && blocks[i].checked) {
+      intact[i] = blocks[i].intact;
+      continue;
+    }
     uint8_t* dst = arena_->Address(targets[i]->slot);
     if (!blocks[i].landed) std::memcpy(dst, blocks[i].payload.data(), blocks[i].payload.size());
     intact[i] = BlockChecksum(dst, targets[i]->size) == blocks[i].checksum;

@@ -1,6 +1,8 @@
-// Two-sided messages no call claims (docs/design/transfer-protocol.md, "Messages no call
-// claims") against real strata-storenode processes over UCX_TLS=tcp: dropped when their channel
-// closes, when their PutData is refused, or with their channel once unclaimed for the timeout.
+// Two-sided PutData at the node, driven by hand against real strata-storenode processes over
+// UCX_TLS=tcp. Messages no call claims (docs/design/transfer-protocol.md, "Messages no call
+// claims"): dropped when their channel closes, when their PutData is refused, or with their
+// channel once unclaimed for the timeout. Large blocks checked as they land ("Verifying puts
+// as they land"): a corrupt or short one is DATA_LOSS, its neighbours are stored.
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -13,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "strata/client/local_node.h"
@@ -55,6 +58,24 @@ void ConnectWithNamespace(const LocalNode& node, ClientOptions::DataPlane plane,
   ASSERT_THAT(registered, IsOk());
   *client = std::move(*c);
   *ns = *registered;
+}
+
+// A two-sided PutData on channel c: block i of `size` bytes under hashes[i], with checksums[i],
+// tagged c.Tag(i + 1).
+v1::PutDataRequest TaggedPut(const RawChannel& c, const client::Namespace& ns,
+                             const std::vector<ChainHash>& hashes, uint64_t size,
+                             const std::vector<uint64_t>& checksums) {
+  v1::PutDataRequest req;
+  req.set_channel_id(c.channel.channel_id());
+  req.set_namespace_id(ns.id);
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(hashes[i].ToBytes());
+    b->set_size(size);
+    req.add_checksums(checksums[i]);
+    req.add_tags(c.Tag(static_cast<uint32_t>(i + 1)));
+  }
+  return req;
 }
 
 // Resident memory of process `pid` in bytes (VmRSS), 0 if unreadable.
@@ -175,18 +196,8 @@ TEST(UcxConfigTest, ARefusedPutDatasMessagesAreDroppedAndItsChannelStays) {
   ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*stub, &refused));
   const std::vector<uint8_t> payload = testutil::RandomBytes(4, 60000);
   auto tagged_put = [&](const RawChannel& c, uint32_t prompt, uint32_t n) {
-    v1::PutDataRequest req;
-    req.set_channel_id(c.channel.channel_id());
-    req.set_namespace_id(ns.id);
-    const std::vector<ChainHash> hashes = testutil::PromptChain(ns, prompt, n);
-    for (uint32_t i = 0; i < n; ++i) {
-      v1::PutBlock* b = req.add_blocks();
-      b->set_chain_hash(hashes[i].ToBytes());
-      b->set_size(payload.size());
-      req.add_checksums(BlockChecksum(payload.data(), payload.size()));
-      req.add_tags(c.Tag(i + 1));
-    }
-    return req;
+    const std::vector<uint64_t> sums(n, BlockChecksum(payload.data(), payload.size()));
+    return TaggedPut(c, ns, testutil::PromptChain(ns, prompt, n), payload.size(), sums);
   };
   std::thread hold([&] {
     v1::PutDataRequest req = tagged_put(holder, 20, 1);
@@ -219,6 +230,63 @@ TEST(UcxConfigTest, ARefusedPutDatasMessagesAreDroppedAndItsChannelStays) {
   // Well past the timeout after the refusal: the refused call's channel is still open.
   absl::SleepFor(refused_at + absl::Milliseconds(3500) - absl::Now());
   EXPECT_EQ(CloseRawChannel(*stub, refused), grpc::StatusCode::OK);
+}
+
+// Blocks of 256 KiB are verified one by one as they land, while the rest of the call is in
+// flight. The verdicts must reach the commit: a block whose bytes fail its checksum, and one
+// whose message is short, are DATA_LOSS and not stored; the intact ones around them are.
+TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
+  auto p = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
+  ASSERT_THAT(p, IsOk());
+  const LocalNode& node = **p;
+  auto stub = RawStub(node.address());
+  std::unique_ptr<StoreClient> client;
+  client::Namespace ns;
+  ASSERT_NO_FATAL_FAILURE(
+      ConnectWithNamespace(node, ClientOptions::DataPlane::kInline, &client, &ns));
+  RawChannel c;
+  ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*stub, &c));
+  constexpr size_t kBlocks = 4, kSize = 256 << 10;
+  const std::vector<uint8_t> payload = testutil::RandomBytes(5, kBlocks * kSize);
+  const std::vector<ChainHash> hashes = testutil::PromptChain(ns, 30, kBlocks);
+  std::vector<uint64_t> sums;
+  std::vector<transport::TransferOp> sends;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    const uint8_t* bytes = payload.data() + i * kSize;
+    sums.push_back(BlockChecksum(bytes, kSize) ^ (i == 1 ? 1 : 0));  // block 1: corrupt
+    sends.push_back(transport::TransferOp::Send(bytes, i == 2 ? kSize / 3 : kSize, c.Tag(i + 1)));
+  }
+  const v1::PutDataRequest req = TaggedPut(c, ns, hashes, kSize, sums);
+  absl::Status sent;
+  std::thread sender([&] {
+    sent = c.workers[0]->Transfer(c.endpoints[0], sends, absl::Now() + absl::Seconds(10));
+  });
+  v1::PutDataResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  const grpc::Status called = stub->PutData(&ctx, req, &resp);
+  sender.join();
+  ASSERT_TRUE(called.ok()) << called.error_message();
+  EXPECT_THAT(sent, IsOk());
+  ASSERT_EQ(resp.results_size(), static_cast<int>(kBlocks));
+  EXPECT_EQ(resp.results(0).code(), 0) << resp.results(0).message();
+  EXPECT_EQ(resp.results(1).code(), static_cast<int>(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(resp.results(1).message(), ::testing::HasSubstr("checksum"));
+  EXPECT_EQ(resp.results(2).code(), static_cast<int>(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(resp.results(2).message(), ::testing::HasSubstr("bytes arrived"));
+  EXPECT_EQ(resp.results(3).code(), 0) << resp.results(3).message();
+  std::vector<uint8_t> out(kBlocks * kSize, 0);
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < kBlocks; ++i) reads.push_back({hashes[i], out.data() + i * kSize, kSize});
+  auto got = client->Get(ns, "", reads);
+  ASSERT_THAT(got, IsOk());
+  for (size_t i : {0, 3}) {
+    ASSERT_THAT(got->blocks[i], IsOk()) << i;
+    EXPECT_EQ(std::memcmp(out.data() + i * kSize, payload.data() + i * kSize, kSize), 0) << i;
+  }
+  EXPECT_THAT(got->blocks[1], testutil::StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(got->blocks[2], testutil::StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(CloseRawChannel(*stub, c), grpc::StatusCode::OK);
 }
 
 }  // namespace

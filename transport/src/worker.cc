@@ -116,13 +116,24 @@ class UcpWorker final : public Worker {
   }
 
   absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops, absl::Time deadline,
-                        const std::atomic<bool>* abort) override {
+                        const std::atomic<bool>* abort, const LandedFn& on_landed) override {
     Command cmd(Command::Type::kTransfer);
     cmd.ep = ep;
     cmd.ops = ops;
     cmd.deadline = deadline;
     cmd.abort = abort;
-    Submit(&cmd);
+    if (on_landed == nullptr) {
+      Submit(&cmd);
+      return cmd.status;
+    }
+    worker_state::LandedQueue landed;
+    cmd.landed = &landed;
+    Post(&cmd);
+    std::vector<size_t> batch;
+    while (landed.Take(&batch)) {
+      for (size_t index : batch) on_landed(index);
+    }
+    cmd.done.WaitForNotification();
     return cmd.status;
   }
 
@@ -151,12 +162,15 @@ class UcpWorker final : public Worker {
   // ---- any thread ----
 
   void Submit(Command* cmd) {
+    Post(cmd);
+    cmd->done.WaitForNotification();
+  }
+  void Post(Command* cmd) {
     {
       absl::MutexLock lock(&mu_);
       queue_.push_back(cmd);
     }
     Wake();
-    cmd->done.WaitForNotification();
   }
 
   // Runs a k*Unclaimed command; the answer is in `cmd`.
@@ -404,6 +418,7 @@ class UcpWorker final : public Worker {
 
   void Answer(Command* cmd, absl::Status status) {
     cmd->status = std::move(status);
+    if (cmd->landed != nullptr) cmd->landed->Finish();
     cmd->done.Notify();
   }
 

@@ -2,8 +2,8 @@
 // threads hand it, its endpoints, and the UCX requests of each transfer in flight, with the
 // UCX completion callbacks that update them, and the rules read off that state (the answer to
 // a transfer, deadlines, pacing turns: worker_state.cc). Private to the transport library;
-// every object here is touched only by the progress thread (a Command also by the thread that
-// waits on it).
+// every object here is touched only by the progress thread (a Command, and its LandedQueue
+// under a mutex, also by the thread that waits on it).
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "strata/transport/worker.h"
@@ -49,6 +50,39 @@ struct Command;
 // OldestUnclaimed, DropUnclaimed and DropUnclaimedUnless).
 void RunUnclaimed(ucp_worker_h worker, Command* cmd);
 
+// The receives of a transfer that have landed, for a caller that works on them while the rest
+// are in flight (Worker::Transfer's on_landed): filled by the progress thread, drained by the
+// thread that waits on the transfer. The one object here shared between the two.
+class LandedQueue {
+ public:
+  // Progress thread: receive `index` arrived whole.
+  void Push(size_t index) {
+    absl::MutexLock lock(&mu_);
+    landed_.push_back(index);
+  }
+  // Progress thread: the transfer is answered; nothing more will land.
+  void Finish() {
+    absl::MutexLock lock(&mu_);
+    finished_ = true;
+  }
+  // Caller: waits for receives that landed and swaps them into *out (which it clears first);
+  // false once the transfer is answered and every landed index was taken.
+  bool Take(std::vector<size_t>* out) {
+    out->clear();
+    absl::MutexLock lock(&mu_, absl::Condition(this, &LandedQueue::Ready));
+    if (landed_.empty()) return false;
+    out->swap(landed_);
+    return true;
+  }
+
+ private:
+  bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return finished_ || !landed_.empty(); }
+
+  absl::Mutex mu_;
+  std::vector<size_t> landed_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 struct Command {
   enum class Type {
     kConnect,
@@ -67,6 +101,7 @@ struct Command {
   std::span<const TransferOp> ops;              // kTransfer
   absl::Time deadline;                          // kTransfer
   const std::atomic<bool>* abort = nullptr;     // kTransfer
+  LandedQueue* landed = nullptr;                // kTransfer: its caller takes receives as they land
   bool force = false;                           // kDisconnect: force-close at once
   absl::Status status;                          // answer
   EndpointId connected = 0;                     // kConnect answer
@@ -152,6 +187,9 @@ inline void OnRecvRequestDone(void* request, ucs_status_t status, const ucp_tag_
   slot->recv_request = nullptr;
   slot->recv_pending = false;
   if (status == UCS_OK && slot->received != nullptr) *slot->received = info->length;
+  // An abandoned transfer (answered after a force-close) has no command any more.
+  const Command* cmd = slot->transfer->cmd;
+  if (status == UCS_OK && cmd != nullptr && cmd->landed != nullptr) cmd->landed->Push(slot->index);
   slot->transfer->Record(slot->index, status);
   --slot->transfer->outstanding;
   ucp_request_free(request);

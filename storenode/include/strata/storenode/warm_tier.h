@@ -93,6 +93,11 @@ class WarmTier {
     // copied; the checksum is verified over the slot's first `landed_size` bytes.
     bool landed = false;
     uint64_t landed_size = 0;
+    // With `landed`: the caller already compared the slot's bytes with `checksum` (a node
+    // verifies each block as it lands while the rest of its call is in flight); `intact` is
+    // the outcome, and the slot is not read again.
+    bool checked = false;
+    bool intact = false;
   };
   struct BlockMeta {
     uint64_t size = 0;
