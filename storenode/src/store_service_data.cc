@@ -174,9 +174,9 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   std::vector<absl::Status> results = r.status;
   // Two-sided ops are one per block, in order: op i lands block i.
   std::vector<Verdict> verdicts(n, Verdict::kUnchecked);
-  transport::LandedFn verify;
+  transport::TransferHooks hooks;
   if (two_sided && n >= 2 && total / n >= kVerifyWhileLandingBytes) {
-    verify = [&](size_t i) {
+    hooks.on_landed = [&](size_t i) {
       if (!r.status[i].ok() || received[i] != blocks[i].size) return;  // discarded, or short
       // Draining past the deadline, the reservation may already have lapsed: commit fails.
       if (absl::Now() > deadline) return;
@@ -187,7 +187,7 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   }
   if (!ops.empty()) {
     absl::Status moved =
-        data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline, verify);
+        data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline, &hooks);
     if (!moved.ok()) {
       // Nothing of this call becomes visible: the reserved slots are released.
       if (r.reservation_id != 0) store_->AbortPut(r.reservation_id).IgnoreError();

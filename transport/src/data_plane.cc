@@ -154,7 +154,7 @@ absl::Status DataPlane::Close(uint64_t channel_id) {
 
 absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
                                  std::span<const transport::TransferOp> ops, absl::Time deadline,
-                                 const transport::LandedFn& on_landed) {
+                                 const transport::TransferHooks* hooks) {
   if (lane >= lanes_.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("lane: ", lane, ", the node has ", lanes_.size(), " lanes"));
@@ -170,7 +170,7 @@ absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
     it->second.last_used = absl::Now();
     ep = it->second.endpoints[lane];
   }
-  absl::Status s = lanes_[lane]->Transfer(ep, ops, deadline, nullptr, on_landed);
+  absl::Status s = lanes_[lane]->Transfer(ep, ops, deadline, nullptr, hooks);
   if (s.code() == absl::StatusCode::kUnavailable ||
       s.code() == absl::StatusCode::kDeadlineExceeded) {
     // The endpoint is retired (peer gone, or force-closed after the deadline): the channel

@@ -35,6 +35,7 @@
 #include "strata/testutil/status_matchers.h"
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
+#include "transport_pair_fixture.h"
 #include "ucp_context.h"
 
 extern char** environ;
@@ -42,36 +43,26 @@ extern char** environ;
 namespace strata::transport {
 namespace {
 
+using pair_test::CaseName;
+using pair_test::Fill;
+using pair_test::kKiB;
+using pair_test::kMiB;
+using pair_test::kShm;
+using pair_test::kTcp;
+using pair_test::MakeNode;
+using pair_test::Pattern;
+using pair_test::TlsCase;
+using pair_test::TransportPairTest;
+
 using ::strata::testutil::IsOk;
 using ::strata::testutil::StatusIs;
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 
-constexpr size_t kKiB = 1024;
-constexpr size_t kMiB = 1024 * kKiB;
-
 #define ASSERT_OK_AND_MOVE(lhs, expr)              \
   auto lhs##_or = (expr);                          \
   ASSERT_TRUE(lhs##_or.ok()) << lhs##_or.status(); \
   auto lhs = std::move(lhs##_or).value()
-
-// Deterministic bytes that differ per seed and position.
-void Fill(void* p, size_t n, uint64_t seed) {
-  auto* b = static_cast<uint8_t*>(p);
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < n; ++i) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    b[i] = static_cast<uint8_t>(x);
-  }
-}
-
-std::vector<uint8_t> Pattern(size_t n, uint64_t seed) {
-  std::vector<uint8_t> v(n);
-  Fill(v.data(), n, seed);
-  return v;
-}
 
 // ---------------------------------------------------------------------------------------
 // The child peer: when this binary runs with kChildEnv set, it serves as a remote peer before
@@ -185,88 +176,6 @@ absl::Status StartChild(const std::string& tls, bool peer_failure_handling, Chil
 
 // ---------------------------------------------------------------------------------------
 
-struct TlsCase {
-  const char* name;
-  const char* tls;
-  bool peer_failure_handling;
-};
-
-// Shared memory: UCX 1.13 carries RMA over posix/sysv only without peer-failure handling
-// (PeerFailureHandlingRulesOutSharedMemory); cma is there for large copies, self for a worker's
-// endpoint to itself.
-constexpr TlsCase kTcp = {"tcp", "tcp", true};
-constexpr TlsCase kShm = {"shm", "posix,sysv,cma,self", false};
-
-std::string CaseName(const ::testing::TestParamInfo<TlsCase>& info) { return info.param.name; }
-
-struct Node {
-  std::unique_ptr<Context> context;
-  std::unique_ptr<Worker> worker;
-};
-
-absl::StatusOr<Node> MakeNode(const TlsCase& tls) {
-  Node node;
-  absl::StatusOr<std::unique_ptr<Context>> ctx =
-      Context::Create(TransportOptions{tls.tls, {}, tls.peer_failure_handling});
-  if (!ctx.ok()) return ctx.status();
-  node.context = *std::move(ctx);
-  absl::StatusOr<std::unique_ptr<Worker>> worker = node.context->CreateWorker();
-  if (!worker.ok()) return worker.status();
-  node.worker = *std::move(worker);
-  return node;
-}
-
-class TransportPairTest : public ::testing::TestWithParam<TlsCase> {
- protected:
-  static constexpr size_t kArena = 16 * kMiB;
-
-  void SetUp() override {
-    absl::StatusOr<Node> client = MakeNode(GetParam());
-    ASSERT_THAT(client, IsOk());
-    client_ = *std::move(client);
-    absl::StatusOr<Node> server = MakeNode(GetParam());
-    ASSERT_THAT(server, IsOk());
-    server_ = *std::move(server);
-    // The server's arena comes from UCX (shm segments); the client's buffers are its own heap.
-    absl::StatusOr<std::unique_ptr<MemoryRegion>> arena = server_.context->Allocate(kArena);
-    ASSERT_THAT(arena, IsOk());
-    arena_ = *std::move(arena);
-    local_.resize(kArena);
-    absl::StatusOr<std::unique_ptr<MemoryRegion>> local =
-        client_.context->Register(local_.data(), local_.size());
-    ASSERT_THAT(local, IsOk());
-    local_region_ = *std::move(local);
-    absl::StatusOr<EndpointId> ep = client_.worker->Connect(server_.worker->Address());
-    ASSERT_THAT(ep, IsOk());
-    ep_ = *ep;
-  }
-
-  // Workers go first: the server's worker may still be applying puts that reached it before
-  // the client gave up (DeadlineMidTransferRetiresEndpoint), and those need the arena.
-  void TearDown() override {
-    client_.worker.reset();
-    server_.worker.reset();
-  }
-
-  TransferOp Op(TransferOp::Kind kind, size_t local_off, size_t remote_off, size_t len) {
-    return TransferOp{.kind = kind,
-                      .local = local_.data() + local_off,
-                      .length = len,
-                      .remote_addr = arena_->remote_addr() + remote_off,
-                      .packed_rkey = arena_->PackedRkey()};
-  }
-
-  uint8_t* remote(size_t off) { return static_cast<uint8_t*>(arena_->base()) + off; }
-
-  static absl::Time Soon() { return absl::Now() + absl::Seconds(5); }
-
-  Node client_, server_;
-  std::unique_ptr<MemoryRegion> arena_;
-  std::vector<uint8_t> local_;
-  std::unique_ptr<MemoryRegion> local_region_;
-  EndpointId ep_ = 0;
-};
-
 INSTANTIATE_TEST_SUITE_P(Tls, TransportPairTest, ::testing::Values(kTcp, kShm), CaseName);
 
 TEST_P(TransportPairTest, PutThenGetIsBitExactAcrossSizes) {
@@ -336,54 +245,6 @@ TEST_P(TransportPairTest, TaggedMessagesLandWhereTheReceiverPutThem) {
   }
   EXPECT_EQ(received[kMessages - 1], 0u);
   EXPECT_EQ(remote(0)[0], 0xEE) << "an empty message wrote bytes";
-}
-
-// on_landed hands the caller each receive as it lands (bytes final), on its thread, while the
-// rest is in flight: the sender holds messages 1 and 2 back until the caller saw message 0 (at
-// most 5 s). A receive the caller's abort cancels is never handed over.
-TEST_P(TransportPairTest, ReceivesAreHandedToTheCallerAsTheyLand) {
-  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
-  ASSERT_THAT(back, IsOk());
-  constexpr size_t kSize = 256 * kKiB, kMessages = 3;
-  std::vector<uint8_t> expected = Pattern(kSize * kMessages, kSize);
-  std::memcpy(local_.data(), expected.data(), expected.size());
-  std::memset(remote(0), 0xEE, kSize * (kMessages + 1));
-  std::vector<size_t> received(kMessages + 1, 0);
-  std::vector<TransferOp> recvs;  // the last one gets no message
-  for (size_t i = 0; i <= kMessages; ++i) {
-    recvs.push_back(TransferOp::Recv(remote(i * kSize), kSize, 3000 + i, &received[i]));
-  }
-  absl::Notification first_seen;
-  std::atomic<bool> abort{false};
-  std::vector<size_t> landed;
-  bool bytes_final = true, on_caller_thread = true;
-  const std::thread::id caller = std::this_thread::get_id();
-  const LandedFn on_landed = [&](size_t i) {
-    landed.push_back(i);
-    on_caller_thread &= std::this_thread::get_id() == caller;
-    bytes_final &= i < kMessages && received[i] == kSize &&
-                   std::memcmp(remote(i * kSize), expected.data() + i * kSize, kSize) == 0;
-    if (i == 0) first_seen.Notify();
-    if (landed.size() == kMessages) abort = true;  // ends the batch: receive 3 is cancelled
-  };
-  bool held_back_until_seen = false;
-  absl::Status sent_first, sent_rest;
-  std::thread sender([&] {
-    TransferOp first = TransferOp::Send(local_.data(), kSize, 3000);
-    sent_first = client_.worker->Transfer(ep_, {&first, 1}, Soon());
-    held_back_until_seen = first_seen.WaitForNotificationWithTimeout(absl::Seconds(5));
-    const TransferOp rest[] = {TransferOp::Send(local_.data() + kSize, kSize, 3001),
-                               TransferOp::Send(local_.data() + 2 * kSize, kSize, 3002)};
-    sent_rest = client_.worker->Transfer(ep_, rest, Soon());
-  });
-  EXPECT_THAT(server_.worker->Transfer(*back, recvs, Soon(), &abort, on_landed),
-              StatusIs(absl::StatusCode::kCancelled));
-  sender.join();
-  EXPECT_TRUE(sent_first.ok() && sent_rest.ok()) << sent_first << sent_rest;
-  EXPECT_TRUE(held_back_until_seen) << "message 0 was handed over only with the rest";
-  EXPECT_THAT(landed, ::testing::UnorderedElementsAre(0, 1, 2));  // message 0 first: above
-  EXPECT_TRUE(on_caller_thread && bytes_final) << on_caller_thread << bytes_final;
-  EXPECT_EQ(remote(kMessages * kSize)[0], 0xEE);
 }
 
 TEST_P(TransportPairTest, ReceiveWithoutASenderEndsAtItsDeadline) {

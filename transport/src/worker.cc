@@ -116,24 +116,13 @@ class UcpWorker final : public Worker {
   }
 
   absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops, absl::Time deadline,
-                        const std::atomic<bool>* abort, const LandedFn& on_landed) override {
+                        const std::atomic<bool>* abort, const TransferHooks* hooks) override {
     Command cmd(Command::Type::kTransfer);
     cmd.ep = ep;
     cmd.ops = ops;
     cmd.deadline = deadline;
     cmd.abort = abort;
-    if (on_landed == nullptr) {
-      Submit(&cmd);
-      return cmd.status;
-    }
-    worker_state::LandedQueue landed;
-    cmd.landed = &landed;
-    Post(&cmd);
-    std::vector<size_t> batch;
-    while (landed.Take(&batch)) {
-      for (size_t index : batch) on_landed(index);
-    }
-    cmd.done.WaitForNotification();
+    Submit(&cmd, hooks);
     return cmd.status;
   }
 
@@ -161,16 +150,21 @@ class UcpWorker final : public Worker {
  private:
   // ---- any thread ----
 
-  void Submit(Command* cmd) {
-    Post(cmd);
-    cmd->done.WaitForNotification();
-  }
-  void Post(Command* cmd) {
+  // Hands `cmd` to the progress thread and waits for its answer; meanwhile a transfer's
+  // hooks->on_landed runs here for its receives as they land.
+  void Submit(Command* cmd, const TransferHooks* hooks = nullptr) {
+    worker_state::LandedQueue landed;
+    if (hooks != nullptr && hooks->on_landed) cmd->landed = &landed;
     {
       absl::MutexLock lock(&mu_);
       queue_.push_back(cmd);
     }
     Wake();
+    std::vector<size_t> batch;
+    while (cmd->landed != nullptr && landed.Take(&batch)) {
+      for (size_t index : batch) hooks->on_landed(index);
+    }
+    cmd->done.WaitForNotification();
   }
 
   // Runs a k*Unclaimed command; the answer is in `cmd`.
@@ -379,20 +373,11 @@ class UcpWorker final : public Worker {
 
   void DoDescribe(Command* cmd) {
     absl::StatusOr<Endpoint*> e = Lookup(cmd->ep);
-    if (!e.ok()) {
-      cmd->status = e.status();
-      return;
-    }
-    if (absl::Status s = Unusable(**e); !s.ok()) {
-      cmd->status = s;
-      return;
-    }
+    cmd->status = e.ok() ? Unusable(**e) : e.status();
+    if (!cmd->status.ok()) return;
     absl::StatusOr<std::string> text = worker_state::DescribeUcpEndpoint((*e)->ep);
-    if (text.ok()) {
-      cmd->text = std::move(*text);
-    } else {
-      cmd->status = text.status();
-    }
+    cmd->status = text.status();
+    if (text.ok()) cmd->text = std::move(*text);
   }
 
   // Unpacks (or finds cached) the rkey for `sealed` on `e`.

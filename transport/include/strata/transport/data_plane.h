@@ -82,10 +82,10 @@ class DataPlane {
   // Runs `ops` (local side: arena addresses) on the channel's endpoint of `lane`.
   // NOT_FOUND: unknown or expired channel. INVALID_ARGUMENT: lane out of range, bad rkey.
   // UNAVAILABLE / DEADLINE_EXCEEDED: the transfer failed (Worker::Transfer); an UNAVAILABLE
-  // channel (its client is gone) is closed. `on_landed`: as Worker::Transfer's.
+  // channel (its client is gone) is closed. `hooks`: as Worker::Transfer's.
   absl::Status Transfer(uint64_t channel_id, uint32_t lane,
                         std::span<const transport::TransferOp> ops, absl::Time deadline,
-                        const transport::LandedFn& on_landed = nullptr);
+                        const transport::TransferHooks* hooks = nullptr);
 
   // Closes channels unused for longer than channel_idle. Returns how many.
   uint64_t CloseIdle();

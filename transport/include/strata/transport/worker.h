@@ -50,8 +50,16 @@ namespace strata::transport {
 // move on it after a transfer's deadline when the worker's thread was stalled past it.
 inline constexpr size_t kPacedCopyBytes = 512 << 10;
 
-// Worker::Transfer's `on_landed`: told the index of each receive as it lands.
-using LandedFn = std::function<void(size_t)>;
+// Optional hooks of one Worker::Transfer call.
+struct TransferHooks {
+  // Called on the calling thread, before Transfer returns, once for each kRecv op whose message
+  // has arrived whole, with the op's index, while other ops of the batch may still be in
+  // flight: its bytes and *received are final, so the caller can work on them (a node verifies
+  // a put block's checksum) while the rest arrive. Not called for receives that fail or are
+  // cancelled, nor for other kinds. It may take its time (the progress thread goes on
+  // meanwhile) but must not touch the buffers of ops it was not called for yet.
+  std::function<void(size_t)> on_landed;
+};
 
 // Names an endpoint of one Worker. Never reused within a Worker; 0 is never a valid id.
 using EndpointId = uint64_t;
@@ -164,15 +172,10 @@ class Worker {
   // sends, puts or gets, the endpoint is retired as after a deadline (UNAVAILABLE until
   // reconnected), since those cannot be withdrawn from the peer.
   //
-  // `on_landed` (optional): called on the calling thread, before Transfer returns, once for
-  // each kRecv op whose message has arrived whole, with the op's index, while other ops of the
-  // batch may still be in flight: its bytes and *received are final, so the caller can work on
-  // them (a node verifies a block's checksum) while the rest arrive. Not called for receives
-  // that fail or are cancelled, nor for other kinds. It may take its time (the progress thread
-  // goes on meanwhile) but must not touch the buffers of ops it was not called for yet.
+  // `hooks` (optional): see TransferHooks.
   virtual absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops, absl::Time deadline,
                                 const std::atomic<bool>* abort = nullptr,
-                                const LandedFn& on_landed = nullptr) = 0;
+                                const TransferHooks* hooks = nullptr) = 0;
 
   // UCX's description of the endpoint (ucp_ep_print_info: lanes and the transport/device
   // each uses, e.g. "tcp/lo" or "cma/memory"), so a node can log which transport a peer got.

@@ -1,0 +1,78 @@
+// Worker::Transfer's hooks (TransferHooks) on the two-worker fixture, over tcp and shared
+// memory: receives handed to the caller as they land.
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "strata/testutil/status_matchers.h"
+#include "strata/transport/worker.h"
+#include "transport_pair_fixture.h"
+
+namespace strata::transport {
+namespace {
+
+using pair_test::kKiB;
+using pair_test::Pattern;
+using pair_test::TransportPairTest;
+using ::strata::testutil::IsOk;
+using ::strata::testutil::StatusIs;
+
+// on_landed hands the caller each receive as it lands (bytes final), on its thread, while the
+// rest is in flight: the sender holds messages 1 and 2 back until the caller saw message 0 (at
+// most 5 s). A receive the caller's abort cancels is never handed over.
+TEST_P(TransportPairTest, ReceivesAreHandedToTheCallerAsTheyLand) {
+  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
+  ASSERT_THAT(back, IsOk());
+  constexpr size_t kSize = 256 * kKiB, kMessages = 3;
+  std::vector<uint8_t> expected = Pattern(kSize * kMessages, kSize);
+  std::memcpy(local_.data(), expected.data(), expected.size());
+  std::memset(remote(0), 0xEE, kSize * (kMessages + 1));
+  std::vector<size_t> received(kMessages + 1, 0);
+  std::vector<TransferOp> recvs;  // the last one gets no message
+  for (size_t i = 0; i <= kMessages; ++i) {
+    recvs.push_back(TransferOp::Recv(remote(i * kSize), kSize, 3000 + i, &received[i]));
+  }
+  absl::Notification first_seen;
+  std::atomic<bool> abort{false};
+  std::vector<size_t> landed;
+  bool bytes_final = true, on_caller_thread = true;
+  const std::thread::id caller = std::this_thread::get_id();
+  TransferHooks hooks;
+  hooks.on_landed = [&](size_t i) {
+    landed.push_back(i);
+    on_caller_thread &= std::this_thread::get_id() == caller;
+    bytes_final &= i < kMessages && received[i] == kSize &&
+                   std::memcmp(remote(i * kSize), expected.data() + i * kSize, kSize) == 0;
+    if (i == 0) first_seen.Notify();
+    if (landed.size() == kMessages) abort = true;  // ends the batch: receive 3 is cancelled
+  };
+  bool held_back_until_seen = false;
+  absl::Status sent_first, sent_rest;
+  std::thread sender([&] {
+    TransferOp first = TransferOp::Send(local_.data(), kSize, 3000);
+    sent_first = client_.worker->Transfer(ep_, {&first, 1}, Soon());
+    held_back_until_seen = first_seen.WaitForNotificationWithTimeout(absl::Seconds(5));
+    const TransferOp rest[] = {TransferOp::Send(local_.data() + kSize, kSize, 3001),
+                               TransferOp::Send(local_.data() + 2 * kSize, kSize, 3002)};
+    sent_rest = client_.worker->Transfer(ep_, rest, Soon());
+  });
+  EXPECT_THAT(server_.worker->Transfer(*back, recvs, Soon(), &abort, &hooks),
+              StatusIs(absl::StatusCode::kCancelled));
+  sender.join();
+  EXPECT_TRUE(sent_first.ok() && sent_rest.ok()) << sent_first << sent_rest;
+  EXPECT_TRUE(held_back_until_seen) << "message 0 was handed over only with the rest";
+  EXPECT_THAT(landed, ::testing::UnorderedElementsAre(0, 1, 2));  // message 0 first: above
+  EXPECT_TRUE(on_caller_thread && bytes_final) << on_caller_thread << bytes_final;
+  EXPECT_EQ(remote(kMessages * kSize)[0], 0xEE);
+}
+
+}  // namespace
+}  // namespace strata::transport
