@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "cli_support.h"
@@ -87,6 +88,12 @@ int RunStatus(const StatusFlags& f) {
                 s->cluster_mode == "etcd"
                     ? (s->etcd_connected ? ", etcd reachable" : ", etcd UNREACHABLE")
                     : "");
+    if (s->members_placing_otherwise > 0) {
+      std::printf(
+          "WARNING: %u members place blocks by another placement scheme: the rebalancer "
+          "waits; upgrade all nodes together\n",
+          s->members_placing_otherwise);
+    }
     PrintNode({.id = s->node_id, .address = f.node, .zone = s->zone}, f.deadline_s, f.security);
     return 0;
   }
@@ -120,6 +127,13 @@ int RunStatus(const StatusFlags& f) {
   std::printf("cluster %s: %zu members, %zu zones, epoch %s (etcd revision %lld)\n",
               f.cluster.c_str(), members.size(), zones.size(), epoch.c_str(),
               static_cast<long long>(listed->revision));
+  if (std::vector<std::string> others = cluster::MembersPlacingOtherwise(members);
+      !others.empty()) {
+    std::printf(
+        "WARNING: %s place blocks by another placement scheme than this strata (%u): reads "
+        "between the two groups miss and rebalancers wait; upgrade all nodes together\n",
+        absl::StrJoin(others, ", ").c_str(), cluster::kPlacementScheme);
+  }
   for (const cluster::Member& m : members) PrintNode(m, f.deadline_s, f.security);
   return 0;
 }

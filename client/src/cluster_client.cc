@@ -15,6 +15,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -79,6 +80,13 @@ class ClusterStoreClient final : public StoreClient {
           options_.cluster_name, replicas_, nodes_keep, nodes_keep);
     }
     quorum_ = options_.write_quorum <= 0 ? replicas_ : std::min(options_.write_quorum, replicas_);
+    if (std::vector<std::string> others = cluster::MembersPlacingOtherwise(set->members);
+        !others.empty()) {
+      spdlog::warn(
+          "cluster {}: members {} place blocks by another placement scheme than this client's "
+          "({}): blocks they own are looked for elsewhere; upgrade nodes and clients together",
+          options_.cluster_name, absl::StrJoin(others, ", "), cluster::kPlacementScheme);
+    }
     return absl::OkStatus();
   }
 

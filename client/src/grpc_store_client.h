@@ -148,6 +148,8 @@ inline void AddNodeStats(const NodeStats& n, NodeStats* s) {
   s->rebalance_copied += n.rebalance_copied;
   s->rebalance_dropped += n.rebalance_dropped;
   s->under_replicated += n.under_replicated;
+  s->members_placing_otherwise =
+      std::max(s->members_placing_otherwise, n.members_placing_otherwise);
 }
 
 // The cluster client's error classes (cluster_client.cc): a node refused a request routed by an

@@ -79,12 +79,13 @@ absl::StatusOr<std::vector<Member>> ParseStaticMembers(std::string_view list) {
 std::string EncodeMember(const Member& m) {
   return absl::StrCat("address=", m.address, "\nzone=", m.zone, "\nwarm_bytes=", m.warm_bytes,
                       "\ncool_bytes=", m.cool_bytes, "\ncold_bytes=", m.cold_bytes,
-                      "\nreplicas=", m.replicas, "\n");
+                      "\nreplicas=", m.replicas, "\nplacement=", m.placement, "\n");
 }
 
 absl::StatusOr<Member> DecodeMember(std::string_view id, std::string_view value) {
   Member m;
   m.id = std::string(id);
+  m.placement = 1;  // a record without one predates the key (kPlacementScheme)
   for (absl::string_view line :
        absl::StrSplit(absl::string_view(value.data(), value.size()), '\n', absl::SkipEmpty())) {
     std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(line, '=');
@@ -101,6 +102,8 @@ absl::StatusOr<Member> DecodeMember(std::string_view id, std::string_view value)
       m.cold_bytes = n;
     } else if (kv.first == "replicas" && absl::SimpleAtoi(kv.second, &n) && n <= 16) {
       m.replicas = static_cast<uint32_t>(n);
+    } else if (kv.first == "placement" && absl::SimpleAtoi(kv.second, &n) && n <= UINT32_MAX) {
+      m.placement = static_cast<uint32_t>(n);
     }  // unknown keys: written by a newer version, ignored
   }
   if (m.id.empty() || m.address.empty()) {

@@ -1,5 +1,7 @@
 #include "strata/cluster/membership.h"
 
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace strata::cluster {
@@ -30,6 +32,23 @@ TEST(MembershipTest, MemberValuesRoundTripAndTolerateNewFields) {
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, m);
   EXPECT_EQ(DecodeMember("n1", "zone=z\n").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A member records the placement scheme it routes by; one written before the key existed
+// places by scheme 1, and is what MembersPlacingOtherwise names.
+TEST(MembershipTest, MembersRecordTheirPlacementScheme) {
+  Member m{.id = "n1", .address = "h:1"};
+  EXPECT_EQ(m.placement, kPlacementScheme);
+  EXPECT_THAT(EncodeMember(m), ::testing::HasSubstr(absl::StrCat("placement=", kPlacementScheme)));
+  auto old = DecodeMember("n0", "address=h:0\nzone=\nreplicas=1\n");
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->placement, 1u);
+  auto next = DecodeMember("n2", "address=h:2\nplacement=3\n");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->placement, 3u);
+  const std::vector<Member> members = {*old, m, *next};
+  EXPECT_THAT(MembersPlacingOtherwise(members), ::testing::ElementsAre("n0", "n2"));
+  EXPECT_THAT(MembersPlacingOtherwise(std::vector<Member>{m}), ::testing::IsEmpty());
 }
 
 TEST(MembershipTest, ModesOutsideEtcdAreFixedSets) {

@@ -74,6 +74,14 @@ std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_
   return owners;
 }
 
+std::vector<std::string> MembersPlacingOtherwise(std::span<const Member> members) {
+  std::vector<std::string> ids;
+  for (const Member& m : members) {
+    if (m.placement != kPlacementScheme) ids.push_back(m.id);
+  }
+  return ids;
+}
+
 void Normalize(std::vector<Member>* members) {
   std::stable_sort(members->begin(), members->end(),
                    [](const Member& a, const Member& b) { return a.id < b.id; });

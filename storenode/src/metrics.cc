@@ -217,6 +217,11 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
   auto members =
       Family("strata_cluster_members", "Members of the cluster this node sees", MetricType::Gauge);
   AddValue(members, c.members);
+  auto otherwise = Family("strata_cluster_members_placing_otherwise",
+                          "Members that place blocks by another scheme than this node "
+                          "(upgrade all nodes together; the rebalancer waits meanwhile)",
+                          MetricType::Gauge);
+  AddValue(otherwise, c.members_placing_otherwise);
   auto epoch =
       Family("strata_cluster_epoch", "Member-set epoch this node knows", MetricType::Gauge);
   AddValue(epoch, c.epoch);
@@ -261,9 +266,10 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
     AddValue(tenant, static_cast<double>(rest), {{"tenant", "(others)"}, {"tier", scopes[i].tier}});
     i = j - 1;
   }
-  for (auto* f : {&blocks,  &bytes, &used,  &cap,    &disk_hits, &moves, &prefetch, &codec,
-                  &hits,    &ratio, &evict, &leases, &pinned,    &res,   &ns,       &loss,
-                  &members, &epoch, &etcd,  &rebal,  &pending,   &under, &tenant}) {
+  for (auto* f :
+       {&blocks,  &bytes,     &used,  &cap,    &disk_hits, &moves,   &prefetch, &codec,
+        &hits,    &ratio,     &evict, &leases, &pinned,    &res,     &ns,       &loss,
+        &members, &otherwise, &epoch, &etcd,   &rebal,     &pending, &under,    &tenant}) {
     families.push_back(std::move(*f));
   }
   for (auto& f : families) {

@@ -67,6 +67,10 @@ void Rebalancer::Loop() {
 void Rebalancer::Pass() {
   std::shared_ptr<const cluster::MemberSet> set = membership_->Current();
   if (set->Find(self_id_) < 0) return;  // left the cluster (draining): nothing to place
+  // Members of another placement scheme own other blocks: moving blocks now would hand them
+  // back and forth. Wait (no pass counted) until every member places as we do; the node logs
+  // who differs (docs/design/cluster.md, "Placement").
+  if (!cluster::MembersPlacingOtherwise(set->members).empty()) return;
   std::vector<BlockKey> keys = store_->Keys();
   // One namespace and scope per batch, hashes sorted for stable batches.
   std::sort(keys.begin(), keys.end(), [](const BlockKey& a, const BlockKey& b) {

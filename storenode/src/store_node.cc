@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
@@ -158,6 +159,7 @@ class StoreNodeImpl final : public StoreNode {
     if (m == nullptr) return c;
     std::shared_ptr<const cluster::MemberSet> set = m->Current();
     c.members = set->members.size();
+    c.members_placing_otherwise = cluster::MembersPlacingOtherwise(set->members).size();
     c.epoch = set->epoch;
     c.uses_etcd = m->mode() == cluster::MembershipMode::kEtcd;
     c.etcd_connected = m->connected();
@@ -223,11 +225,25 @@ class StoreNodeImpl final : public StoreNode {
       service_.SetRebalancer(rebalancer_.get());
       rebalancer_ready_.store(rebalancer_.get());
     }
+    WarnOfOtherPlacement(*membership_->Current());
     membership_->OnChange([this](const cluster::MemberSet& now) {
       spdlog::info("member set changed: {} members, epoch {}", now.members.size(), now.epoch);
+      WarnOfOtherPlacement(now);
       if (rebalancer_ != nullptr) rebalancer_->Kick();
     });
     return absl::OkStatus();
+  }
+
+  // Members of another placement scheme own other blocks for the same hash: reads miss across
+  // the two groups, and the rebalancer waits (docs/design/cluster.md, "Placement").
+  static void WarnOfOtherPlacement(const cluster::MemberSet& set) {
+    const std::vector<std::string> others = cluster::MembersPlacingOtherwise(set.members);
+    if (others.empty()) return;
+    spdlog::error(
+        "members {} place blocks by another placement scheme than this node's ({}): reads "
+        "between them miss; the rebalancer moves nothing until every node runs the same "
+        "scheme (upgrade all nodes of a cluster together)",
+        absl::StrJoin(others, ", "), cluster::kPlacementScheme);
   }
 
   void ReapLoop() {

@@ -516,6 +516,8 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext* ctx, const v1::StatsRe
     resp->set_epoch(set->epoch);
     resp->set_members(static_cast<uint32_t>(set->members.size()));
     resp->set_etcd_connected(m->mode() == cluster::MembershipMode::kEtcd && m->connected());
+    resp->set_members_placing_otherwise(
+        static_cast<uint32_t>(cluster::MembersPlacingOtherwise(set->members).size()));
   }
   if (const Rebalancer* r = rebalancer_.load(); r != nullptr) {
     RebalanceProgress p = r->progress();

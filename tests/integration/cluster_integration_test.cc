@@ -132,6 +132,18 @@ class ClusterFixture : public ::testing::Test {
     return o;
   }
 
+  // `strata status --etcd` for the suite's cluster: its exit status and what it printed.
+  static std::pair<int, std::string> StrataStatus() {
+    const std::string cmd = absl::StrCat(testutil::ProjectBinary("strata"), " status --etcd ",
+                                         etcd_->endpoint(), " --cluster it --deadline 2");
+    FILE* out = popen(cmd.c_str(), "r");
+    if (out == nullptr) return {-1, ""};
+    std::string text;
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, out)) text.append(buf, n);
+    return {pclose(out), text};
+  }
+
   static std::unique_ptr<StoreClient> Connect(const ClientOptions& o) {
     auto c = StoreClient::Connect(o);
     EXPECT_TRUE(c.ok()) << c.status();
@@ -251,14 +263,8 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
   ASSERT_EQ(listed->kvs.size(), 3u);
   for (const cluster::KeyValue& kv : listed->kvs) EXPECT_NE(kv.lease, 0) << kv.key;
   // The operator's view lists the same members and epoch.
-  const std::string cmd = absl::StrCat(testutil::ProjectBinary("strata"), " status --etcd ",
-                                       etcd_->endpoint(), " --cluster it");
-  FILE* out = popen(cmd.c_str(), "r");
-  ASSERT_NE(out, nullptr);
-  std::string text;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, out)) text.append(buf, n);
-  EXPECT_EQ(pclose(out), 0);
+  auto [exit_status, text] = StrataStatus();
+  EXPECT_EQ(exit_status, 0);
   EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("3 members, 0 zones, epoch ", epochs[0])));
   for (int i = 0; i < 3; ++i) EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("node-", i)));
   EXPECT_THAT(text, ::testing::HasSubstr("under-replicated blocks"));
@@ -500,6 +506,55 @@ TEST_F(ClusterTest, TheStoreKeepsServingWhileEtcdIsDown) {
   }
   EXPECT_EQ(listed, 3u);
   EXPECT_EQ(GetAll(*c, *ns, during), during.size());
+}
+
+// A member registered without a placement scheme (a node from before the key) owns other
+// blocks for the same hash: every node counts it (Stats, metric), `strata status` names it,
+// and the rebalancers complete no pass until it is gone.
+TEST_F(ClusterTest, RebalancersWaitWhileAMemberPlacesBlocksByAnotherScheme) {
+  auto etcd = cluster::EtcdClient::Create({.endpoints = {etcd_->endpoint()}});
+  ASSERT_TRUE(etcd.ok());
+  auto node0 = StoreClient::Connect({.address = nodes_[0]->address()});
+  ASSERT_TRUE(node0.ok()) << node0.status();
+  // node-0's Stats once it sees `members` members, `others` of them placing otherwise (15 s).
+  auto settle = [&](uint32_t members, uint32_t others) {
+    absl::StatusOr<client::NodeStats> s;
+    for (absl::Time end = absl::Now() + absl::Seconds(15); absl::Now() < end;) {
+      s = (*node0)->Stats();
+      if (s.ok() && s->members == members && s->members_placing_otherwise == others) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return s;
+  };
+  // Passes node-0 completes in 1.5 s (three rebalance intervals), after a running one ends.
+  auto passes = [&] {
+    auto s = (*node0)->Stats();
+    return s.ok() ? s->rebalance_passes : uint64_t{0};
+  };
+  auto passes_in_a_while = [&] {
+    absl::SleepFor(absl::Milliseconds(600));
+    const uint64_t first = passes();
+    absl::SleepFor(absl::Milliseconds(1500));
+    return passes() - first;
+  };
+  auto agreed = settle(3, 0);
+  ASSERT_TRUE(agreed.ok() && agreed->members == 3 && agreed->members_placing_otherwise == 0);
+  EXPECT_GT(passes_in_a_while(), 0u);
+
+  ASSERT_THAT((*etcd)->Put("/strata/it/nodes/zz-old", "address=127.0.0.1:9\nreplicas=1\n"), IsOk());
+  auto mixed = settle(4, 1);
+  ASSERT_TRUE(mixed.ok() && mixed->members == 4 && mixed->members_placing_otherwise == 1);
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_EQ(Gauge(*nodes_[i], "strata_cluster_members_placing_otherwise"), 1) << i;
+  }
+  EXPECT_EQ(passes_in_a_while(), 0u);
+  EXPECT_THAT(StrataStatus().second,
+              ::testing::HasSubstr("WARNING: zz-old place blocks by another placement"));
+
+  ASSERT_THAT((*etcd)->Delete("/strata/it/nodes/zz-old"), IsOk());
+  auto back = settle(3, 0);
+  ASSERT_TRUE(back.ok() && back->members == 3 && back->members_placing_otherwise == 0);
+  EXPECT_GT(passes_in_a_while(), 0u);
 }
 
 TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {

@@ -232,6 +232,8 @@ struct NodeStats {
   uint64_t rebalance_copied = 0;
   uint64_t rebalance_dropped = 0;
   uint64_t under_replicated = 0;
+  // Members that place blocks by another scheme than the node (its rebalancer waits).
+  uint32_t members_placing_otherwise = 0;
 };
 
 class StoreClient {

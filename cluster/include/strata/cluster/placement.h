@@ -23,6 +23,14 @@
 
 namespace strata::cluster {
 
+// The placement scheme of this build: which RendezvousScore a member computes. Members of
+// different schemes own different blocks for the same hash, so they miss each other's blocks
+// and their rebalancers would hand blocks back and forth; a member records its scheme in etcd
+// and a node's rebalancer waits while any member's differs (docs/design/cluster.md,
+// "Placement"). 1: xxh3_64(chain hash, seed), until 2026-11-27 (a member record without a
+// scheme); 2: the 64-bit finalizer of seed ^ key, below.
+inline constexpr uint32_t kPlacementScheme = 2;
+
 struct Member {
   std::string id;           // unique in the cluster; the rendezvous identity (not the address)
   std::string address;      // gRPC host:port clients and peers dial
@@ -31,6 +39,7 @@ struct Member {
   uint64_t cool_bytes = 0;
   uint64_t cold_bytes = 0;
   uint32_t replicas = 0;  // copies the node's rebalancer keeps (cluster_replicas); 0 = unknown
+  uint32_t placement = kPlacementScheme;  // the scheme it places blocks by
 
   bool operator==(const Member&) const = default;
 };
@@ -90,6 +99,9 @@ std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, 
 // The same with the members' seeds (RendezvousSeeds(members)) computed once by the caller.
 std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_t> seeds,
                         const ChainHash& hash, int replicas);
+
+// Ids of the members whose placement scheme is not this build's (kPlacementScheme).
+std::vector<std::string> MembersPlacingOtherwise(std::span<const Member> members);
 
 // Sorts by id and drops later duplicates of an id. Members as every function here wants them.
 void Normalize(std::vector<Member>* members);
