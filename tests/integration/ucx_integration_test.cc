@@ -332,6 +332,44 @@ TEST_P(UcxTest, EightConcurrentClientsEachReadTheirOwnBytes) {
   EXPECT_EQ(done.load(), 8);
 }
 
+// A call whose deadline has already passed fails DEADLINE_EXCEEDED without being sent. It used
+// to go out, fail the same way, and fence the channel (a call that gives up must cut the node
+// off its buffers), failing every call in flight beside it: here, large gets.
+TEST_P(UcxTest, ACallPastItsDeadlineLeavesTheOtherCallsOnItsChannelAlone) {
+  const size_t n = 16, size = 2 << 20;
+  std::vector<uint8_t> src(n * size), dst(n * size);
+  ASSERT_NO_FATAL_FAILURE(RoundTrip(*client_, 31, n, size, src.data(), dst.data()));
+  const std::vector<ChainHash> hashes = testutil::PromptChain(ns_, 31, n);
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < n; ++i) reads.push_back({hashes[i], dst.data() + i * size, size});
+  std::vector<uint8_t> one(size);
+  const BlockRead late{hashes[0], one.data(), size};
+  std::atomic<bool> reading{true};
+  int late_calls = 0, late_deadline_exceeded = 0;
+  std::thread expired([&] {
+    while (reading.load()) {
+      auto r = client_->Get(ns_, "", {&late, 1}, {.deadline = absl::Nanoseconds(1)});
+      const absl::Status s = r.ok() ? r->blocks[0] : r.status();
+      late_deadline_exceeded += s.code() == absl::StatusCode::kDeadlineExceeded;
+      ++late_calls;
+    }
+  });
+  for (int round = 0; round < 3; ++round) {
+    std::memset(dst.data(), 0xee, dst.size());
+    auto got = client_->Get(ns_, "", reads);
+    EXPECT_THAT(got, IsOk()) << "round " << round;
+    if (!got.ok()) break;
+    for (size_t i = 0; i < n; ++i) {
+      EXPECT_THAT(got->blocks[i], IsOk()) << "round " << round << " block " << i;
+      EXPECT_EQ(std::memcmp(dst.data() + i * size, src.data() + i * size, size), 0) << i;
+    }
+  }
+  reading = false;
+  expired.join();
+  EXPECT_GT(late_calls, 0);
+  EXPECT_EQ(late_deadline_exceeded, late_calls);
+}
+
 TEST_P(UcxTest, ForgedDescriptorsAreRejectedWithExactCodes) {
   auto stub = RawStub(node_->address());
   // A channel that does not exist.
