@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/resource_quota.h"
@@ -235,10 +236,18 @@ class StoreNodeImpl final : public StoreNode {
   }
 
   // Members of another placement scheme own other blocks for the same hash: reads miss across
-  // the two groups, and the rebalancer waits (docs/design/cluster.md, "Placement").
-  static void WarnOfOtherPlacement(const cluster::MemberSet& set) {
-    const std::vector<std::string> others = cluster::MembersPlacingOtherwise(set.members);
-    if (others.empty()) return;
+  // the two groups, and the rebalancer waits (docs/design/cluster.md, "Placement"). Logged
+  // when the list of such members changes.
+  void WarnOfOtherPlacement(const cluster::MemberSet& set) {
+    std::vector<std::string> others = cluster::MembersPlacingOtherwise(set.members);
+    absl::MutexLock lock(&placing_otherwise_mu_);
+    if (others == placing_otherwise_) return;
+    placing_otherwise_ = others;
+    if (others.empty()) {
+      spdlog::info("every member places blocks by placement scheme {} again",
+                   cluster::kPlacementScheme);
+      return;
+    }
     spdlog::error(
         "members {} place blocks by another placement scheme than this node's ({}): reads "
         "between them miss; the rebalancer moves nothing until every node runs the same "
@@ -288,6 +297,9 @@ class StoreNodeImpl final : public StoreNode {
   // Read by service_ calls; destroyed only after Shutdown stopped the server.
   std::unique_ptr<cluster::Membership> membership_;
   std::unique_ptr<Rebalancer> rebalancer_;  // after membership_: destroyed first
+  // What WarnOfOtherPlacement logged last.
+  absl::Mutex placing_otherwise_mu_;
+  std::vector<std::string> placing_otherwise_ ABSL_GUARDED_BY(placing_otherwise_mu_);
   // For the HTTP thread, which starts serving before the cluster is joined.
   std::atomic<const cluster::Membership*> membership_ready_{nullptr};
   std::atomic<const Rebalancer*> rebalancer_ready_{nullptr};
