@@ -391,16 +391,16 @@ class GrpcStoreClient final : public StoreClient {
   // UNAVAILABLE marks the channel broken; the next call reconnects.
   template <typename Rpc>
   absl::Status CallOnChannel(std::string_view op, Clock::time_point deadline, Rpc rpc) {
-    // A call whose deadline has passed is not sent: gRPC would fail it with DEADLINE_EXCEEDED
-    // before it leaves, and that code fences the channel below, failing every other call on
-    // it for nothing.
-    if (Clock::now() >= deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat(Where(op), ": the deadline passed before the call was sent"));
-    }
     absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
     if (!channel.ok()) return channel.status();
     for (int attempt = 0;; ++attempt) {
+      // A call whose deadline has passed is not sent: gRPC would fail it with DEADLINE_EXCEEDED
+      // before it leaves, and that code fences the channel below, failing every other call on
+      // it for nothing.
+      if (Clock::now() >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(Where(op), ": the deadline passed before the call was sent"));
+      }
       grpc::ClientContext ctx;
       SetDeadline(ctx, deadline);
       // The node reads or writes our registered memory during the call (peer_order.h).

@@ -92,10 +92,21 @@ NodeMetrics::NodeMetrics(std::string node_id)
                                 "(refused or lost calls, closed channels)")
                             .Register(*registry_)
                             .Add({});
+  checked_on_landing_ = &prometheus::BuildCounter()
+                             .Name("strata_ucx_put_blocks_checked_on_landing_total")
+                             .Help(
+                                 "Put blocks whose checksum was checked as they landed, while "
+                                 "the rest of their call was in flight (the others: at commit)")
+                             .Register(*registry_)
+                             .Add({});
 }
 
 void NodeMetrics::AddUnclaimedDropped(uint64_t messages) {
   unclaimed_dropped_->Increment(static_cast<double>(messages));
+}
+
+void NodeMetrics::AddCheckedOnLanding(uint64_t blocks) {
+  checked_on_landing_->Increment(static_cast<double>(blocks));
 }
 
 void NodeMetrics::AddUcxBytes(bool inbound, uint64_t bytes) {

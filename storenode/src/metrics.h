@@ -67,6 +67,8 @@ class NodeMetrics {
   void AddUcxBytes(bool inbound, uint64_t bytes);
   // Counts two-sided UCX messages dropped because no call claimed them.
   void AddUnclaimedDropped(uint64_t messages);
+  // Counts put blocks whose checksum was checked as they landed, before the commit.
+  void AddCheckedOnLanding(uint64_t blocks);
   // Per tenant (label `tenant`, "" when unauthenticated; never a secret): a refused call, by
   // code; a Lookup's hits and misses in blocks; a put refused by the tenant's quota.
   void AddDenied(const std::string& tenant, absl::StatusCode code);
@@ -94,6 +96,7 @@ class NodeMetrics {
   prometheus::Counter* ucx_in_;
   prometheus::Counter* ucx_out_;
   prometheus::Counter* unclaimed_dropped_;
+  prometheus::Counter* checked_on_landing_;
 };
 
 }  // namespace strata::storenode

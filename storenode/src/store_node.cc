@@ -249,9 +249,10 @@ class StoreNodeImpl final : public StoreNode {
       return;
     }
     spdlog::error(
-        "members {} place blocks by another placement scheme than this node's ({}): reads "
-        "between them miss; the rebalancer moves nothing until every node runs the same "
-        "scheme (upgrade all nodes of a cluster together)",
+        "members {} record no placement scheme or another one than this node's ({}): they "
+        "may own other blocks for the same hash, so reads between them can miss; the "
+        "rebalancer moves nothing until every node records the same scheme (upgrade all nodes "
+        "of a cluster together)",
         absl::StrJoin(others, ", "), cluster::kPlacementScheme);
   }
 

@@ -178,7 +178,8 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   if (two_sided && n >= 2 && total / n >= kVerifyWhileLandingBytes) {
     hooks.on_landed = [&](size_t i) {
       if (!r.status[i].ok() || received[i] != blocks[i].size) return;  // discarded, or short
-      // Draining past the deadline, the reservation may already have lapsed: commit fails.
+      // Past the deadline the reservation may lapse under us: leave the block to the commit,
+      // which holds it (and fails when it lapsed).
       if (absl::Now() > deadline) return;
       verdicts[i] = BlockChecksum(r.addresses[i], blocks[i].size) == req->checksums(i)
                         ? Verdict::kIntact
@@ -194,6 +195,8 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
       return call.Done(moved);
     }
   }
+  metrics_->AddCheckedOnLanding(std::count_if(verdicts.begin(), verdicts.end(),
+                                              [](Verdict v) { return v != Verdict::kUnchecked; }));
   std::vector<WarmTier::CommitBlock> commit;
   std::vector<int> committed;
   for (int i = 0; i < n; ++i) {

@@ -45,6 +45,7 @@ using ucx_test::RawStub;
 using ucx_test::Spec;
 
 constexpr char kDroppedMetric[] = "strata_ucx_unclaimed_messages_dropped_total";
+constexpr char kCheckedMetric[] = "strata_ucx_put_blocks_checked_on_landing_total";
 
 // A client of `node` on data plane `plane`, with the tests' namespace registered.
 void ConnectWithNamespace(const LocalNode& node, ClientOptions::DataPlane plane,
@@ -233,8 +234,9 @@ TEST(UcxConfigTest, ARefusedPutDatasMessagesAreDroppedAndItsChannelStays) {
 }
 
 // Blocks of 256 KiB are verified one by one as they land, while the rest of the call is in
-// flight. The verdicts must reach the commit: a block whose bytes fail its checksum, and one
-// whose message is short, are DATA_LOSS and not stored; the intact ones around them are.
+// flight (counted), and the verdicts must reach the commit: a block whose bytes fail its
+// checksum, and one whose message is short, are DATA_LOSS and not stored; the intact ones
+// around them are.
 TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
   auto p = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
   ASSERT_THAT(p, IsOk());
@@ -257,6 +259,7 @@ TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
     sends.push_back(transport::TransferOp::Send(bytes, i == 2 ? kSize / 3 : kSize, c.Tag(i + 1)));
   }
   const v1::PutDataRequest req = TaggedPut(c, ns, hashes, kSize, sums);
+  const double checked_before = MetricValue(node, kCheckedMetric);
   absl::Status sent;
   std::thread sender([&] {
     sent = c.workers[0]->Transfer(c.endpoints[0], sends, absl::Now() + absl::Seconds(10));
@@ -275,6 +278,11 @@ TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
   EXPECT_EQ(resp.results(2).code(), static_cast<int>(absl::StatusCode::kDataLoss));
   EXPECT_THAT(resp.results(2).message(), ::testing::HasSubstr("bytes arrived"));
   EXPECT_EQ(resp.results(3).code(), 0) << resp.results(3).message();
+  // Blocks 0, 1 and 3 were checked as they landed (the short one is left to the commit).
+  for (int i = 0; i < 40 && MetricValue(node, kCheckedMetric) < checked_before + 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));  // the metrics page may lag its counters
+  }
+  EXPECT_EQ(MetricValue(node, kCheckedMetric), checked_before + 3);
   std::vector<uint8_t> out(kBlocks * kSize, 0);
   std::vector<BlockRead> reads;
   for (size_t i = 0; i < kBlocks; ++i) reads.push_back({hashes[i], out.data() + i * kSize, kSize});

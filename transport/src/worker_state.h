@@ -186,9 +186,12 @@ inline void OnRecvRequestDone(void* request, ucs_status_t status, const ucp_tag_
   auto* slot = static_cast<OpSlot*>(user_data);
   slot->recv_request = nullptr;
   slot->recv_pending = false;
-  if (status == UCS_OK && slot->received != nullptr) *slot->received = info->length;
-  // An abandoned transfer (answered after a force-close) has no command any more.
+  // An abandoned transfer (answered after a force-close) has no command any more, and its
+  // caller's `received` and buffers are gone.
   const Command* cmd = slot->transfer->cmd;
+  if (status == UCS_OK && cmd != nullptr && slot->received != nullptr) {
+    *slot->received = info->length;
+  }
   if (status == UCS_OK && cmd != nullptr && cmd->landed != nullptr) cmd->landed->Push(slot->index);
   slot->transfer->Record(slot->index, status);
   --slot->transfer->outstanding;
