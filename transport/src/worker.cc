@@ -19,6 +19,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -153,15 +154,16 @@ class UcpWorker final : public Worker {
   // Hands `cmd` to the progress thread and waits for its answer; meanwhile a transfer's
   // hooks->on_landed runs here for its receives as they land.
   void Submit(Command* cmd, const TransferHooks* hooks = nullptr) {
-    worker_state::LandedQueue landed;
-    if (hooks != nullptr && hooks->on_landed) cmd->landed = &landed;
+    // Only a caller with on_landed pays for the queue (every other command skips it).
+    std::optional<worker_state::LandedQueue> landed;
+    if (hooks != nullptr && hooks->on_landed) cmd->landed = &landed.emplace();
     {
       absl::MutexLock lock(&mu_);
       queue_.push_back(cmd);
     }
     Wake();
     std::vector<size_t> batch;
-    while (cmd->landed != nullptr && landed.Take(&batch)) {
+    while (landed.has_value() && landed->Take(&batch)) {
       for (size_t index : batch) hooks->on_landed(index);
     }
     cmd->done.WaitForNotification();
