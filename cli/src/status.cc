@@ -57,9 +57,9 @@ void PrintNode(const cluster::Member& m, double deadline_s, const SecurityFlags&
               s->cluster_mode == "etcd" && !s->etcd_connected ? "  (etcd unreachable)" : "");
   if (s->cluster_mode != "single" && !s->cluster_mode.empty()) {
     std::printf(
-        "%-12s rebalance: %s, %llu passes, %llu copied, %llu handed over; "
+        "%-12s rebalance: keeps %u copies, %s, %llu passes, %llu copied, %llu handed over; "
         "%llu under-replicated blocks\n",
-        "",
+        "", s->replicas_kept,
         s->rebalance_pending > 0 ? absl::StrCat(s->rebalance_pending, " blocks to go").c_str()
                                  : "idle",
         static_cast<unsigned long long>(s->rebalance_passes),
@@ -133,6 +133,13 @@ int RunStatus(const StatusFlags& f) {
         "WARNING: %s place blocks by another placement scheme than this strata (%u): reads "
         "between the two groups miss and rebalancers wait; upgrade all nodes together\n",
         absl::StrJoin(others, ", ").c_str(), cluster::kPlacementScheme);
+  }
+  if (std::vector<std::string> differ = cluster::MembersKeepingOtherReplicas(members, 0);
+      !differ.empty()) {
+    std::printf(
+        "WARNING: %s record fewer cluster_replicas than other members: every node keeps %d "
+        "copies, the largest, until they agree\n",
+        absl::StrJoin(differ, ", ").c_str(), cluster::ReplicasKept(members, 0));
   }
   for (const cluster::Member& m : members) PrintNode(m, f.deadline_s, f.security);
   return 0;

@@ -68,10 +68,7 @@ class ClusterStoreClient final : public StoreClient {
           absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
     }
     // The nodes' replication factor: what their rebalancers keep.
-    int nodes_keep = 0;
-    for (const Member& mem : set->members) {
-      nodes_keep = std::max(nodes_keep, static_cast<int>(mem.replicas));
-    }
+    const int nodes_keep = cluster::ReplicasKept(set->members, 0);
     replicas_ = options_.replicas > 0 ? options_.replicas : std::max(1, nodes_keep);
     if (nodes_keep > 0 && replicas_ != nodes_keep) {
       spdlog::warn(
@@ -80,14 +77,20 @@ class ClusterStoreClient final : public StoreClient {
           options_.cluster_name, replicas_, nodes_keep, nodes_keep);
     }
     quorum_ = options_.write_quorum <= 0 ? replicas_ : std::min(options_.write_quorum, replicas_);
-    if (std::vector<std::string> others = cluster::MembersPlacingOtherwise(set->members);
-        !others.empty()) {
-      spdlog::warn(
-          "cluster {}: members {} place blocks by another placement scheme than this client's "
-          "({}): blocks they own are looked for elsewhere; upgrade nodes and clients together",
-          options_.cluster_name, absl::StrJoin(others, ", "), cluster::kPlacementScheme);
-    }
+    WarnOfDisagreement(*set);
+    membership_->OnChange([this](const MemberSet& now) { WarnOfDisagreement(now); });
     return absl::OkStatus();
+  }
+
+  // Logs cluster::Disagreement when it changes (at start, then from the membership's thread).
+  void WarnOfDisagreement(const MemberSet& set) {
+    std::string now = cluster::Disagreement(set.members, replicas_);
+    absl::MutexLock lock(&warned_mu_);
+    if (now == warned_) return;
+    warned_ = now;
+    if (!now.empty()) spdlog::warn("cluster {}: {}", options_.cluster_name, now);
+    if (now.empty())
+      spdlog::info("cluster {}: the members agree with this client", options_.cluster_name);
   }
 
   absl::Status RegisterMemory(void* ptr, size_t len) override {
@@ -130,10 +133,12 @@ class ClusterStoreClient final : public StoreClient {
         }
       }
     }
+    std::string warnings = cluster::Disagreement(set->members, replicas_);
     return absl::StrCat("cluster ", options_.cluster_name, " (",
                         std::string(cluster::MembershipModeName(membership_->mode())), ", ",
                         set->members.size(), " nodes, epoch ", set->epoch, ", R=", replicas_,
-                        " W=", quorum_, ")", first.empty() ? "" : "; per node: ", first);
+                        " W=", quorum_, ")", warnings.empty() ? "" : "; WARNING: ", warnings,
+                        first.empty() ? "" : "; per node: ", first);
   }
 
   absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
@@ -312,10 +317,8 @@ class ClusterStoreClient final : public StoreClient {
     bool any = false;
     for (const auto& r : per) {
       if (!r.ok()) continue;
-      if (!any)
-        sum = *r;  // limits and data-plane fields of the first node that answered
-      else
-        AddNodeStats(*r, &sum);
+      if (any) AddNodeStats(*r, &sum);
+      if (!any) sum = *r;  // limits and data-plane fields of the first node that answered
       any = true;
     }
     if (!any) return absl::UnavailableError("Stats: no store node answered");
@@ -763,6 +766,9 @@ class ClusterStoreClient final : public StoreClient {
   ClientOptions options_;
   int replicas_ = 1;
   int quorum_ = 1;
+  // What WarnOfDisagreement logged last; before membership_, whose thread calls it.
+  absl::Mutex warned_mu_;
+  std::string warned_ ABSL_GUARDED_BY(warned_mu_);
   std::unique_ptr<cluster::Membership> membership_;
 
   mutable absl::Mutex mu_;

@@ -150,6 +150,7 @@ inline void AddNodeStats(const NodeStats& n, NodeStats* s) {
   s->under_replicated += n.under_replicated;
   s->members_placing_otherwise =
       std::max(s->members_placing_otherwise, n.members_placing_otherwise);
+  s->replicas_kept = std::max(s->replicas_kept, n.replicas_kept);
 }
 
 // The cluster client's error classes (cluster_client.cc): a node refused a request routed by an

@@ -484,6 +484,7 @@ absl::StatusOr<NodeStats> GrpcStoreClient::Stats(const CallOptions& call) {
   out.rebalance_dropped = resp.rebalance_dropped();
   out.under_replicated = resp.under_replicated();
   out.members_placing_otherwise = resp.members_placing_otherwise();
+  out.replicas_kept = resp.replicas_kept();
   return out;
 }
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "xxhash.h"
 
 namespace strata::cluster {
@@ -80,6 +82,39 @@ std::vector<std::string> MembersPlacingOtherwise(std::span<const Member> members
     if (m.placement != kPlacementScheme) ids.push_back(m.id);
   }
   return ids;
+}
+
+int ReplicasKept(std::span<const Member> members, int own) {
+  int kept = own;
+  for (const Member& m : members) kept = std::max(kept, static_cast<int>(m.replicas));
+  return kept;
+}
+
+std::vector<std::string> MembersKeepingOtherReplicas(std::span<const Member> members, int own) {
+  const int kept = ReplicasKept(members, own);
+  std::vector<std::string> out;
+  for (const Member& m : members) {
+    if (m.replicas != 0 && static_cast<int>(m.replicas) != kept) {
+      out.push_back(absl::StrCat(m.id, "=", m.replicas));
+    }
+  }
+  return out;
+}
+
+std::string Disagreement(std::span<const Member> members, int replicas) {
+  std::string out;
+  if (std::vector<std::string> others = MembersPlacingOtherwise(members); !others.empty()) {
+    absl::StrAppend(&out, "members ", absl::StrJoin(others, ", "),
+                    " place blocks by another placement scheme than this client's (",
+                    kPlacementScheme,
+                    "): blocks they own are looked for elsewhere; upgrade nodes and clients "
+                    "together");
+  }
+  if (const int kept = ReplicasKept(members, 0); kept > 0 && kept != replicas) {
+    absl::StrAppend(&out, out.empty() ? "" : "; ", "client replicas ", replicas,
+                    " but the nodes keep ", kept, " copies of every block");
+  }
+  return out;
 }
 
 void Normalize(std::vector<Member>* members) {

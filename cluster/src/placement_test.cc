@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace strata::cluster {
@@ -186,6 +187,21 @@ TEST(PlacementTest, FindAndNormalize) {
   MemberSet set{.epoch = 3, .members = m};
   EXPECT_EQ(set.Find("b"), 1);
   EXPECT_EQ(set.Find("c"), -1);
+}
+
+// Every node keeps the largest replication factor any member records, so nodes part-way
+// through a change of cluster_replicas agree on who owns a block.
+TEST(PlacementTest, NodesKeepTheLargestReplicasAnyMemberRecords) {
+  std::vector<Member> members = {{.id = "a", .replicas = 2},
+                                 {.id = "b", .replicas = 3},
+                                 {.id = "c", .replicas = 0}};  // unknown: counts for nothing
+  EXPECT_EQ(ReplicasKept(members, 1), 3);
+  EXPECT_EQ(ReplicasKept(members, 4), 4);
+  EXPECT_THAT(MembersKeepingOtherReplicas(members, 1), ::testing::ElementsAre("a=2"));
+  EXPECT_THAT(MembersKeepingOtherReplicas(members, 4), ::testing::ElementsAre("a=2", "b=3"));
+  members[0].replicas = 3;
+  EXPECT_THAT(MembersKeepingOtherReplicas(members, 3), ::testing::IsEmpty());
+  EXPECT_EQ(ReplicasKept({}, 2), 2);
 }
 
 }  // namespace

@@ -233,6 +233,11 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
                           "(upgrade all nodes together; the rebalancer waits meanwhile)",
                           MetricType::Gauge);
   AddValue(otherwise, c.members_placing_otherwise);
+  auto kept = Family("strata_cluster_replicas_kept",
+                     "Copies of every block the rebalancer keeps: the largest "
+                     "cluster_replicas of any member and this node's",
+                     MetricType::Gauge);
+  AddValue(kept, c.replicas_kept);
   auto epoch =
       Family("strata_cluster_epoch", "Member-set epoch this node knows", MetricType::Gauge);
   AddValue(epoch, c.epoch);

@@ -49,6 +49,7 @@ const char* OpName(Op op);
 struct ClusterFigures {
   uint64_t members = 0;
   uint64_t members_placing_otherwise = 0;  // cluster::MembersPlacingOtherwise
+  uint64_t replicas_kept = 0;              // cluster::ReplicasKept
   uint64_t epoch = 0;
   bool uses_etcd = false;
   bool etcd_connected = false;

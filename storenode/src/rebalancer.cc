@@ -71,6 +71,8 @@ void Rebalancer::Pass() {
   // back and forth. Wait (no pass counted) until every member places as we do; the node logs
   // who differs (docs/design/cluster.md, "Placement").
   if (!cluster::MembersPlacingOtherwise(set->members).empty()) return;
+  // The largest count any member keeps: the same for every node that sees this set.
+  const int replicas = cluster::ReplicasKept(set->members, options_.replicas);
   std::vector<BlockKey> keys = store_->Keys();
   // One namespace and scope per batch, hashes sorted for stable batches.
   std::sort(keys.begin(), keys.end(), [](const BlockKey& a, const BlockKey& b) {
@@ -93,7 +95,7 @@ void Rebalancer::Pass() {
       hashes.push_back(keys[end].hash);
       ++end;
     }
-    Batch(*set, keys[begin].namespace_id, keys[begin].scope, hashes);
+    Batch(*set, replicas, keys[begin].namespace_id, keys[begin].scope, hashes);
     absl::MutexLock lock(&mu_);
     progress_.scanned += end - begin;
     progress_.pending = keys.size() - end;
@@ -109,8 +111,8 @@ void Rebalancer::Pass() {
   progress_.epoch = set->epoch;
 }
 
-void Rebalancer::Batch(const cluster::MemberSet& set, NamespaceId ns, const std::string& scope,
-                       std::span<const ChainHash> hashes) {
+void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId ns,
+                       const std::string& scope, std::span<const ChainHash> hashes) {
   const int self = set.Find(self_id_);
   // owners[i]: member indexes owning hashes[i]; which other owners must be asked.
   std::vector<std::vector<int>> owners(hashes.size());
@@ -118,7 +120,7 @@ void Rebalancer::Batch(const cluster::MemberSet& set, NamespaceId ns, const std:
   std::vector<bool> mine(hashes.size(), false);
   const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set.members);
   for (size_t i = 0; i < hashes.size(); ++i) {
-    owners[i] = cluster::Owners(set.members, seeds, hashes[i], options_.replicas);
+    owners[i] = cluster::Owners(set.members, seeds, hashes[i], replicas);
     for (int o : owners[i]) {
       if (o == self)
         mine[i] = true;

@@ -29,7 +29,9 @@
 namespace strata::storenode {
 
 struct RebalancerOptions {
-  int replicas = 1;                                 // R, as the cluster's clients use it
+  // This node's R (cluster_replicas); a pass keeps cluster::ReplicasKept copies: this or
+  // more, when another member records more.
+  int replicas = 1;
   absl::Duration settle = absl::Milliseconds(500);  // after a change, before the pass starts
   absl::Duration interval = absl::Seconds(30);      // passes without any change
   size_t batch = 64;                                // blocks per peer call
@@ -67,8 +69,8 @@ class Rebalancer {
  private:
   void Loop();
   void Pass();
-  // Copies and drops for one batch of blocks of one namespace and scope.
-  void Batch(const cluster::MemberSet& set, NamespaceId ns, const std::string& scope,
+  // Copies and drops for one batch of blocks of one namespace and scope, `replicas` copies each.
+  void Batch(const cluster::MemberSet& set, int replicas, NamespaceId ns, const std::string& scope,
              std::span<const ChainHash> hashes);
   // A client of `m` with namespace `ns` registered, or null (logged) when it cannot be had.
   client::StoreClient* Peer(const cluster::Member& m, NamespaceId ns, client::Namespace* out_ns);

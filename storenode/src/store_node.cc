@@ -161,6 +161,8 @@ class StoreNodeImpl final : public StoreNode {
     std::shared_ptr<const cluster::MemberSet> set = m->Current();
     c.members = set->members.size();
     c.members_placing_otherwise = cluster::MembersPlacingOtherwise(set->members).size();
+    c.replicas_kept =
+        cluster::ReplicasKept(set->members, static_cast<int>(config_.cluster_replicas));
     c.epoch = set->epoch;
     c.uses_etcd = m->mode() == cluster::MembershipMode::kEtcd;
     c.etcd_connected = m->connected();
@@ -227,9 +229,11 @@ class StoreNodeImpl final : public StoreNode {
       rebalancer_ready_.store(rebalancer_.get());
     }
     WarnOfOtherPlacement(*membership_->Current());
+    WarnOfOtherReplicas(*membership_->Current());
     membership_->OnChange([this](const cluster::MemberSet& now) {
       spdlog::info("member set changed: {} members, epoch {}", now.members.size(), now.epoch);
       WarnOfOtherPlacement(now);
+      WarnOfOtherReplicas(now);
       if (rebalancer_ != nullptr) rebalancer_->Kick();
     });
     return absl::OkStatus();
@@ -240,7 +244,7 @@ class StoreNodeImpl final : public StoreNode {
   // when the list of such members changes.
   void WarnOfOtherPlacement(const cluster::MemberSet& set) {
     std::vector<std::string> others = cluster::MembersPlacingOtherwise(set.members);
-    absl::MutexLock lock(&placing_otherwise_mu_);
+    absl::MutexLock lock(&disagreement_mu_);
     if (others == placing_otherwise_) return;
     placing_otherwise_ = others;
     if (others.empty()) {
@@ -254,6 +258,26 @@ class StoreNodeImpl final : public StoreNode {
         "rebalancer moves nothing until every node records the same scheme (upgrade all nodes "
         "of a cluster together)",
         absl::StrJoin(others, ", "), cluster::kPlacementScheme);
+  }
+
+  // Members configured for another cluster_replicas than the largest: every rebalancer keeps
+  // the largest meanwhile (docs/design/cluster.md, "Replication factor"). Logged when the
+  // list changes.
+  void WarnOfOtherReplicas(const cluster::MemberSet& set) {
+    const int own = static_cast<int>(config_.cluster_replicas);
+    std::vector<std::string> differ = cluster::MembersKeepingOtherReplicas(set.members, own);
+    absl::MutexLock lock(&disagreement_mu_);
+    if (differ == other_replicas_) return;
+    other_replicas_ = differ;
+    const int kept = cluster::ReplicasKept(set.members, own);
+    if (differ.empty()) {
+      spdlog::info("every member records cluster_replicas {}", kept);
+      return;
+    }
+    spdlog::warn(
+        "members {} record fewer cluster_replicas than the largest ({}; this node: {}): the "
+        "rebalancer keeps {} copies of every block until every node is configured alike",
+        absl::StrJoin(differ, ", "), kept, own, kept);
   }
 
   void ReapLoop() {
@@ -298,9 +322,10 @@ class StoreNodeImpl final : public StoreNode {
   // Read by service_ calls; destroyed only after Shutdown stopped the server.
   std::unique_ptr<cluster::Membership> membership_;
   std::unique_ptr<Rebalancer> rebalancer_;  // after membership_: destroyed first
-  // What WarnOfOtherPlacement logged last.
-  absl::Mutex placing_otherwise_mu_;
-  std::vector<std::string> placing_otherwise_ ABSL_GUARDED_BY(placing_otherwise_mu_);
+  // What WarnOfOtherPlacement and WarnOfOtherReplicas logged last.
+  absl::Mutex disagreement_mu_;
+  std::vector<std::string> placing_otherwise_ ABSL_GUARDED_BY(disagreement_mu_);
+  std::vector<std::string> other_replicas_ ABSL_GUARDED_BY(disagreement_mu_);
   // For the HTTP thread, which starts serving before the cluster is joined.
   std::atomic<const cluster::Membership*> membership_ready_{nullptr};
   std::atomic<const Rebalancer*> rebalancer_ready_{nullptr};

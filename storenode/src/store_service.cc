@@ -518,6 +518,8 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext* ctx, const v1::StatsRe
     resp->set_etcd_connected(m->mode() == cluster::MembershipMode::kEtcd && m->connected());
     resp->set_members_placing_otherwise(
         static_cast<uint32_t>(cluster::MembersPlacingOtherwise(set->members).size()));
+    resp->set_replicas_kept(static_cast<uint32_t>(
+        cluster::ReplicasKept(set->members, static_cast<int>(config_.cluster_replicas))));
   }
   if (const Rebalancer* r = rebalancer_.load(); r != nullptr) {
     RebalanceProgress p = r->progress();

@@ -234,6 +234,9 @@ struct NodeStats {
   uint64_t under_replicated = 0;
   // Members that place blocks by another scheme than the node (its rebalancer waits).
   uint32_t members_placing_otherwise = 0;
+  // Copies of every block the node's rebalancer keeps (the most any member is configured
+  // for); 0 outside a cluster.
+  uint32_t replicas_kept = 0;
 };
 
 class StoreClient {

@@ -103,6 +103,21 @@ std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_
 // Ids of the members whose placement scheme is not this build's (kPlacementScheme).
 std::vector<std::string> MembersPlacingOtherwise(std::span<const Member> members);
 
+// Copies a node's rebalancer keeps of every block: the most any member records (its
+// cluster_replicas) and `own`, the node's own setting, whichever is larger. Every node that
+// sees the same member set keeps the same count, so while a changed cluster_replicas rolls
+// through the nodes nobody drops a copy that another node would make again
+// (docs/design/cluster.md, "Replication factor").
+int ReplicasKept(std::span<const Member> members, int own);
+// "id=R" of every member whose recorded replicas differ from ReplicasKept(members, own), and
+// of none when they all agree.
+std::vector<std::string> MembersKeepingOtherReplicas(std::span<const Member> members, int own);
+
+// What `members` disagree on with a client that places by this build's scheme and writes
+// `replicas` copies, in words ("" when nothing): members placing otherwise, and nodes that keep
+// another count of copies (ReplicasKept) than `replicas`.
+std::string Disagreement(std::span<const Member> members, int replicas);
+
 // Sorts by id and drops later duplicates of an id. Members as every function here wants them.
 void Normalize(std::vector<Member>* members);
 

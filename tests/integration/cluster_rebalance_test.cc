@@ -1,0 +1,201 @@
+// Rebalancing in a real cluster (cluster_fixture.h): a joining node takes over blocks
+// without any becoming unreadable, rebalancers wait while a member places blocks by another
+// scheme, and every node keeps the largest replication factor any member records.
+#include "cluster_fixture.h"
+
+namespace strata::cluster_test {
+namespace {
+
+TEST_F(ClusterTest, AJoiningNodeTakesOverWithoutUnreadableBlocks) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 3, 200);
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  std::unique_ptr<LocalNode> joined = StartNode(4);
+  ASSERT_NE(joined, nullptr);
+  nodes_[4] = joined.get();
+  ASSERT_TRUE(WaitForMembers(*c, 4));
+  // About a quarter of the blocks now belong to the new node, which has none of them yet:
+  // every read succeeds while the rebalancer moves them (the previous owner answers).
+  std::map<int, uint64_t> base;
+  for (auto& [i, node] : nodes_) base[i] = NodeStats(*node).rebalance_passes;
+  int rounds = 0;
+  for (absl::Time end = absl::Now() + absl::Seconds(30); absl::Now() < end;) {
+    ++rounds;  // counted before the check below may break out (rebalancing done at once)
+    auto found = c->Lookup(*ns, "", chain);
+    ASSERT_TRUE(found.ok());
+    EXPECT_EQ(found->matched_blocks, chain.size());
+    EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+    bool done = true;
+    for (auto& [i, node] : nodes_) {
+      client::NodeStats st = NodeStats(*node);
+      done = done && st.rebalance_pending == 0 && st.rebalance_passes >= base[i] + 2;
+    }
+    if (done) break;
+  }
+  EXPECT_GE(rounds, 1);
+  // Afterwards every block sits at its owner only: moved, not copied.
+  std::vector<cluster::Member> members;
+  for (auto& [i, node] : nodes_) members.push_back({.id = absl::StrCat("node-", i)});
+  cluster::Normalize(&members);
+  size_t misplaced = 0, at_new_node = 0;
+  for (auto& [i, node] : nodes_) {
+    auto direct = StoreClient::Connect({.address = node->address()});
+    ASSERT_TRUE(direct.ok());
+    auto dns = (*direct)->RegisterNamespace(Spec());
+    ASSERT_TRUE(dns.ok());
+    auto here = (*direct)->LookupEach(*dns, "", chain);
+    ASSERT_TRUE(here.ok()) << here.status();
+    for (size_t k = 0; k < chain.size(); ++k) {
+      const bool owner =
+          members[cluster::Owners(members, chain[k], 1)[0]].id == absl::StrCat("node-", i);
+      const bool present = (*here)[k].tier != client::Tier::kUnknown;
+      if (owner != present) ++misplaced;
+      if (i == 4 && present) ++at_new_node;
+    }
+  }
+  EXPECT_EQ(misplaced, 0u);
+  EXPECT_GT(at_new_node, 20u);
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+  nodes_.erase(4);
+  ASSERT_TRUE(joined->Stop(absl::Seconds(20)).ok());
+  EXPECT_TRUE(WaitForMembers(*c, 3));
+}
+
+TEST_F(ClusterTest, RebalancersWaitWhileAMemberPlacesBlocksByAnotherScheme) {
+  auto etcd = cluster::EtcdClient::Create({.endpoints = {etcd_->endpoint()}});
+  ASSERT_TRUE(etcd.ok());
+  auto node0 = StoreClient::Connect({.address = nodes_[0]->address()});
+  ASSERT_TRUE(node0.ok()) << node0.status();
+  // node-0's Stats once it sees `members` members, `others` of them placing otherwise (15 s).
+  auto settle = [&](uint32_t members, uint32_t others) {
+    absl::StatusOr<client::NodeStats> s;
+    for (absl::Time end = absl::Now() + absl::Seconds(15); absl::Now() < end;) {
+      s = (*node0)->Stats();
+      if (s.ok() && s->members == members && s->members_placing_otherwise == others) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return s;
+  };
+  // Passes node-0 completes in 1.5 s (three rebalance intervals), after a running one ends.
+  auto passes = [&] {
+    auto s = (*node0)->Stats();
+    return s.ok() ? s->rebalance_passes : uint64_t{0};
+  };
+  auto passes_in_a_while = [&] {
+    absl::SleepFor(absl::Milliseconds(600));
+    const uint64_t first = passes();
+    absl::SleepFor(absl::Milliseconds(1500));
+    return passes() - first;
+  };
+  auto agreed = settle(3, 0);
+  ASSERT_TRUE(agreed.ok() && agreed->members == 3 && agreed->members_placing_otherwise == 0);
+  EXPECT_GT(passes_in_a_while(), 0u);
+  // A cluster client's description, once it says `what` or after 10 s.
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto described = [&](const std::string& what) {
+    std::string d = c->DataPlaneDescription();
+    for (absl::Time end = absl::Now() + absl::Seconds(10);
+         !absl::StrContains(d, what) && absl::Now() < end;) {
+      absl::SleepFor(absl::Milliseconds(100));
+      d = c->DataPlaneDescription();
+    }
+    return d;
+  };
+  EXPECT_THAT(c->DataPlaneDescription(), ::testing::Not(::testing::HasSubstr("WARNING")));
+
+  ASSERT_THAT((*etcd)->Put("/strata/it/nodes/zz-old", "address=127.0.0.1:9\nreplicas=1\n"), IsOk());
+  // Gone again whatever happens below, so the suite's later tests see three members.
+  auto remove =
+      absl::MakeCleanup([&] { (*etcd)->Delete("/strata/it/nodes/zz-old").IgnoreError(); });
+  auto mixed = settle(4, 1);
+  ASSERT_TRUE(mixed.ok() && mixed->members == 4 && mixed->members_placing_otherwise == 1);
+  const std::string gauge = "strata_cluster_members_placing_otherwise";
+  for (int i = 1; i < 3; ++i) {
+    for (int k = 0; k < 100 && Gauge(*nodes_[i], gauge) != 1; ++k) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    EXPECT_EQ(Gauge(*nodes_[i], gauge), 1) << i;
+  }
+  EXPECT_EQ(passes_in_a_while(), 0u);
+  EXPECT_THAT(StrataStatus().second,
+              ::testing::HasSubstr("WARNING: zz-old place blocks by another placement"));
+  EXPECT_THAT(described("zz-old"),
+              ::testing::HasSubstr("WARNING: members zz-old place blocks by another placement"));
+
+  std::move(remove).Invoke();
+  auto back = settle(3, 0);
+  ASSERT_TRUE(back.ok() && back->members == 3 && back->members_placing_otherwise == 0);
+  EXPECT_GT(passes_in_a_while(), 0u);
+  EXPECT_THAT(c->DataPlaneDescription(), ::testing::Not(::testing::HasSubstr("WARNING")));
+}
+
+// A node configured for two copies joins nodes configured for one: every node keeps two
+// while it is a member (rather than copying and dropping the same blocks back and forth), and
+// one again once it has left.
+TEST_F(ClusterTest, EveryNodeKeepsTheLargestReplicationFactorAnyMemberRecords) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 9, 60);
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  // Copies of the chain's blocks held by the suite's nodes.
+  auto copies = [&] {
+    size_t n = 0;
+    for (auto& [i, node] : nodes_) {
+      auto direct = StoreClient::Connect({.address = node->address()});
+      auto dns = direct.ok() ? (*direct)->RegisterNamespace(Spec()) : direct.status();
+      auto here = dns.ok() ? (*direct)->LookupEach(*dns, "", chain) : dns.status();
+      EXPECT_TRUE(here.ok()) << here.status();
+      if (!here.ok()) continue;
+      for (const auto& b : *here) n += b.tier != client::Tier::kUnknown;
+    }
+    return n;
+  };
+  // Waits (30 s at most) until the nodes hold `want` copies; then how many they hold.
+  auto settle = [&](size_t want) {
+    size_t n = copies();
+    for (absl::Time end = absl::Now() + absl::Seconds(30); n != want && absl::Now() < end;) {
+      absl::SleepFor(absl::Milliseconds(200));
+      n = copies();
+    }
+    return n;
+  };
+  ASSERT_EQ(settle(chain.size()), chain.size());
+  EXPECT_EQ(NodeStats(*nodes_[0]).replicas_kept, 1u);
+
+  std::unique_ptr<LocalNode> two = StartNode(7, /*replicas=*/2);
+  ASSERT_NE(two, nullptr);
+  nodes_[7] = two.get();
+  auto gone = absl::MakeCleanup([&] {
+    nodes_.erase(7);
+    two->Stop(absl::Seconds(20)).IgnoreError();
+  });
+  ASSERT_TRUE(WaitForMembers(*c, 4));
+  EXPECT_EQ(settle(2 * chain.size()), 2 * chain.size());
+  EXPECT_EQ(NodeStats(*nodes_[0]).replicas_kept, 2u);
+  EXPECT_THAT(c->DataPlaneDescription(), ::testing::HasSubstr("the nodes keep 2 copies"));
+  const std::string status = StrataStatus().second;
+  EXPECT_THAT(status, ::testing::HasSubstr(
+                          "WARNING: node-0=1, node-1=1, node-2=1 record fewer cluster_replicas"));
+  EXPECT_THAT(status, ::testing::HasSubstr("rebalance: keeps 2 copies"));
+  // And it stays so over further passes (three intervals).
+  absl::SleepFor(absl::Milliseconds(1500));
+  EXPECT_EQ(copies(), 2 * chain.size());
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+
+  std::move(gone).Invoke();  // SIGTERM: it leaves the member set at once
+  ASSERT_TRUE(WaitForMembers(*c, 3));
+  EXPECT_EQ(settle(chain.size()), chain.size());
+  EXPECT_EQ(NodeStats(*nodes_[0]).replicas_kept, 1u);
+  EXPECT_THAT(c->DataPlaneDescription(), ::testing::Not(::testing::HasSubstr("WARNING")));
+  EXPECT_THAT(StrataStatus().second, ::testing::Not(::testing::HasSubstr("cluster_replicas")));
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+}
+
+}  // namespace
+}  // namespace strata::cluster_test
