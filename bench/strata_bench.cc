@@ -63,6 +63,7 @@ struct Flags {
   bool no_register = false;             // ucx: leave buffers unregistered (bounce-pool path)
   bool shm_rma = false;                 // ucx over shared memory: the node's RMA for every block
   std::string shm_two_sided_gets_from;  // ucx over shm: gets from this block size go two-sided
+  std::string trailing_checksums_from;  // ucx: two-sided put parts from this size hash late
   double mixed_seconds = 10;            // --ops mixed: how long
   double get_fraction = 0.8;            // --ops mixed: share of calls that are gets
   int64_t fresh_blocks = -1;  // --ops mixed: blocks puts store for the first time (-1: blocks)
@@ -84,6 +85,13 @@ int Run(Flags f) {
         ParseByteSize(f.shm_two_sided_gets_from, "--shm-two-sided-gets-from");
     if (!from.ok()) return SetupFailed("flags", from.status());
     shm_get_bytes = *from;
+  }
+  uint64_t trailing_bytes = client::ClientOptions{}.ucx_trailing_checksum_bytes;
+  if (!f.trailing_checksums_from.empty()) {
+    absl::StatusOr<uint64_t> from =
+        ParseByteSize(f.trailing_checksums_from, "--trailing-checksums-from");
+    if (!from.ok()) return SetupFailed("flags", from.status());
+    trailing_bytes = *from;
   }
   if (f.block_size == 0 || f.block_size > (1ull << 30)) {
     std::fprintf(stderr, "strata-bench: --block-size: want 1 B .. 1 GiB\n");
@@ -156,6 +164,7 @@ int Run(Flags f) {
                                               : client::ClientOptions::DataPlane::kInline;
     options.ucx_two_sided_on_shm = !f.shm_rma;
     options.ucx_shm_two_sided_get_bytes = shm_get_bytes;
+    options.ucx_trailing_checksum_bytes = trailing_bytes;
     absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(options);
     if (!c.ok()) return SetupFailed(absl::StrCat("connect ", f.node), c.status());
     clients.push_back(std::move(*c));
@@ -431,6 +440,10 @@ int main(int argc, char** argv) {
                  "ucx over shared memory: gets whose blocks are at least this big go as tagged "
                  "messages (e.g. 0, 256KiB; default 512KiB: ClientOptions::"
                  "ucx_shm_two_sided_get_bytes)");
+  app.add_option("--trailing-checksums-from", f.trailing_checksums_from,
+                 "ucx: two-sided puts of at least this many bytes per call send their checksums "
+                 "after the blocks (default 512KiB; 0: always first; ClientOptions::"
+                 "ucx_trailing_checksum_bytes)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

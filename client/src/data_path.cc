@@ -2,7 +2,9 @@
 // lanes, one-sided (RMA, shared memory and RDMA) and two-sided (tagged messages, TCP) transfers,
 // and the end-to-end check of what arrived.
 #include <algorithm>
+#include <bit>
 
+#include "absl/synchronization/notification.h"
 #include "grpc_store_client.h"
 #include "strata/common/checksum.h"
 
@@ -94,6 +96,7 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
     return absl::FailedPreconditionError(absl::StrCat(Where("ConnectData"), ": ", s.message(),
                                                       " (this side: the client, peer: the node)"));
   }
+  checksums_may_trail_.store(resp.checksums_may_trail(), std::memory_order_relaxed);
   std::vector<std::string> node_lanes(resp.worker_addresses().begin(),
                                       resp.worker_addresses().end());
   if (absl::Status s = ucx_->Wire(node_lanes); !s.ok()) {
@@ -222,7 +225,8 @@ absl::Status GrpcStoreClient::PutDataPart(const Namespace& ns, const std::string
 v1::PutDataRequest GrpcStoreClient::PutDataRequestFor(const Namespace& ns, const std::string& scope,
                                                       std::span<const BlockWrite> blocks,
                                                       std::pair<size_t, size_t> range,
-                                                      uint32_t lane, const PutOptions& put) const {
+                                                      uint32_t lane, const PutOptions& put,
+                                                      bool checksums) const {
   v1::PutDataRequest req;
   req.set_epoch(epoch_.load(std::memory_order_relaxed));
   req.set_namespace_id(ns.id);
@@ -236,7 +240,7 @@ v1::PutDataRequest GrpcStoreClient::PutDataRequestFor(const Namespace& ns, const
     b->set_size(w.size);
     b->set_depth(w.depth);
     b->set_importance(w.importance);
-    req.add_checksums(BlockChecksum(w.data, w.size));
+    if (checksums) req.add_checksums(BlockChecksum(w.data, w.size));
   }
   return req;
 }
@@ -329,6 +333,7 @@ grpc::Status GrpcStoreClient::FinishTagged(TaggedTransfer* t, grpc::Status rpc,
                                            absl::Status* transfer) {
   if (!rpc.ok()) t->abort.store(true, std::memory_order_release);
   *transfer = t->done.get();
+  if (transfer->ok() && !t->trailer.ok()) *transfer = t->trailer;
   // An RPC that succeeded keeps its answer: PutData's results stand (the node took every
   // message), and GetDataPartTwoSided checks `*transfer` itself.
   if (!rpc.ok() && t->failed_alone.load(std::memory_order_acquire)) {
@@ -354,7 +359,13 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
                                                   std::pair<size_t, size_t> range, uint32_t lane,
                                                   Clock::time_point deadline, const PutOptions& put,
                                                   PutResult* result) {
-  v1::PutDataRequest req = PutDataRequestFor(ns, scope, blocks, range, lane, put);
+  uint64_t part_bytes = 0;
+  for (size_t i = range.first; i < range.second; ++i) part_bytes += blocks[i].size;
+  const uint64_t trail_from = options_.ucx_trailing_checksum_bytes;
+  const bool trailing = trail_from != 0 && part_bytes >= trail_from &&
+                        checksums_may_trail_.load(std::memory_order_relaxed);
+  v1::PutDataRequest req = PutDataRequestFor(ns, scope, blocks, range, lane, put, !trailing);
+  std::vector<uint64_t> sums;  // trailing: the blocks' checksums, hashed by the first attempt
   std::vector<transport::TransferOp> sends(range.second - range.first);
   for (size_t i = range.first; i < range.second; ++i) {
     const BlockWrite& w = blocks[i];
@@ -371,15 +382,50 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
       CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
         used_channel = channel;
         AssignTags(channel, sends, &req);
+        if (trailing) req.set_checksums_tag(ucx_->NextTag(channel));
         TaggedTransfer t;
         StartTagged(&t, lane, sends, deadline, ctx);
-        return FinishTagged(&t, stub_->PutData(ctx, req, &resp), &sent);
+        grpc::Status rpc =
+            trailing ? PutDataTrailing(&t, lane, blocks, range, deadline, ctx, req, &resp, &sums)
+                     : stub_->PutData(ctx, req, &resp);
+        return FinishTagged(&t, std::move(rpc), &sent);
       });
   AfterTagged(used_channel, sent, /*receives_only=*/false);
   if (!s.ok()) return s;
   // The node answers only after it has taken every message, so its results stand even if
   // the sends' local completion reported trouble (that only retired the endpoint).
   return TakePutReply(resp, range, result);
+}
+
+// The trailing checksums go as they are in memory: 8 bytes each, little-endian on the wire.
+static_assert(std::endian::native == std::endian::little);
+
+grpc::Status GrpcStoreClient::PutDataTrailing(
+    TaggedTransfer* t, uint32_t lane, std::span<const BlockWrite> blocks,
+    std::pair<size_t, size_t> range, Clock::time_point deadline, grpc::ClientContext* ctx,
+    const v1::PutDataRequest& req, v1::PutDataResponse* resp, std::vector<uint64_t>* sums) {
+  absl::Notification replied;
+  grpc::Status rpc;
+  stub_->async()->PutData(ctx, &req, resp, [&](grpc::Status s) {
+    // A refused call takes no more messages of ours: stop waiting for the node to.
+    if (!s.ok()) t->abort.store(true, std::memory_order_release);
+    rpc = std::move(s);
+    replied.Notify();
+  });
+  if (sums->empty()) {
+    for (size_t i = range.first; i < range.second; ++i) {
+      sums->push_back(BlockChecksum(blocks[i].data, blocks[i].size));
+    }
+  }
+  const transport::TransferOp trailer = transport::TransferOp::Send(
+      sums->data(), sums->size() * sizeof(uint64_t), req.checksums_tag());
+  t->trailer = ucx_->Transfer(lane, {&trailer, 1}, absl::FromChrono(deadline), &t->abort);
+  if (!t->trailer.ok() && !t->abort.load(std::memory_order_acquire)) {
+    t->failed_alone.store(true, std::memory_order_release);
+    ctx->TryCancel();
+  }
+  replied.WaitForNotification();
+  return rpc;
 }
 
 absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std::string& scope,

@@ -461,7 +461,7 @@ class GrpcStoreClient final : public StoreClient {
   v1::PutDataRequest PutDataRequestFor(const Namespace& ns, const std::string& scope,
                                        std::span<const BlockWrite> blocks,
                                        std::pair<size_t, size_t> range, uint32_t lane,
-                                       const PutOptions& put) const;
+                                       const PutOptions& put, bool checksums = true) const;
   v1::GetDataRequest GetDataRequestFor(const Namespace& ns, const std::string& scope, uint32_t lane,
                                        bool promote) const;
   absl::Status TakePutReply(const v1::PutDataResponse& resp, std::pair<size_t, size_t> range,
@@ -501,6 +501,7 @@ class GrpcStoreClient final : public StoreClient {
     std::atomic<bool> abort{false};
     std::atomic<bool> failed_alone{false};  // failed before the RPC ended (cancelled it)
     JoiningFuture<absl::Status> done;
+    absl::Status trailer;  // the trailing checksums' send (PutDataTrailing), when there is one
   };
 
   void StartTagged(TaggedTransfer* t, uint32_t lane, std::span<const transport::TransferOp> ops,
@@ -510,6 +511,15 @@ class GrpcStoreClient final : public StoreClient {
   // answer (the transfer's own failure beats the CANCELLED it caused). `*transfer` gets the
   // transfer's status.
   grpc::Status FinishTagged(TaggedTransfer* t, grpc::Status rpc, absl::Status* transfer);
+
+  // PutData with the checksums after the blocks (req.checksums_tag): sends the RPC, hashes the
+  // blocks of `range` into *sums (once, on the first attempt) while the node receives them,
+  // sends the checksums on `lane` as one more tagged message, and waits for the reply. A send
+  // that fails cancels the RPC, as in StartTagged; an RPC that fails aborts the send.
+  grpc::Status PutDataTrailing(TaggedTransfer* t, uint32_t lane, std::span<const BlockWrite> blocks,
+                               std::pair<size_t, size_t> range, Clock::time_point deadline,
+                               grpc::ClientContext* ctx, const v1::PutDataRequest& req,
+                               v1::PutDataResponse* resp, std::vector<uint64_t>* sums);
 
   // After the last attempt: a transfer that failed (aborted sends, deadline, dead endpoint)
   // may have retired the lane endpoint, so the next call reconnects. An aborted receive-only
@@ -571,6 +581,8 @@ class GrpcStoreClient final : public StoreClient {
   // StartDataPlane): puts, and gets whose largest block is at least two_sided_get_bytes_.
   bool two_sided_puts_ = false;
   uint64_t two_sided_get_bytes_ = UINT64_MAX;
+  // Whether the node of the last channel opened takes trailing checksums (ConnectData).
+  std::atomic<bool> checksums_may_trail_{false};
   std::string inline_reason_;  // why kAuto runs inline although the node offers UCX
   std::atomic<uint32_t> next_lane_{0};
   mutable absl::Mutex chan_mu_;

@@ -99,6 +99,13 @@ NodeMetrics::NodeMetrics(std::string node_id)
                                  "the rest of their call was in flight (the others: at commit)")
                              .Register(*registry_)
                              .Add({});
+  trailing_checksums_ = &prometheus::BuildCounter()
+                             .Name("strata_ucx_puts_with_trailing_checksums_total")
+                             .Help(
+                                 "PutData calls whose checksums came after their blocks "
+                                 "(the client hashed while the node received)")
+                             .Register(*registry_)
+                             .Add({});
 }
 
 void NodeMetrics::AddUnclaimedDropped(uint64_t messages) {
@@ -108,6 +115,8 @@ void NodeMetrics::AddUnclaimedDropped(uint64_t messages) {
 void NodeMetrics::AddCheckedOnLanding(uint64_t blocks) {
   checked_on_landing_->Increment(static_cast<double>(blocks));
 }
+
+void NodeMetrics::AddTrailingChecksums() { trailing_checksums_->Increment(); }
 
 void NodeMetrics::AddUcxBytes(bool inbound, uint64_t bytes) {
   (inbound ? ucx_in_ : ucx_out_)->Increment(static_cast<double>(bytes));

@@ -70,6 +70,8 @@ class NodeMetrics {
   void AddUnclaimedDropped(uint64_t messages);
   // Counts put blocks whose checksum was checked as they landed, before the commit.
   void AddCheckedOnLanding(uint64_t blocks);
+  // Counts PutData calls whose checksums came after their blocks (checksums_tag).
+  void AddTrailingChecksums();
   // Per tenant (label `tenant`, "" when unauthenticated; never a secret): a refused call, by
   // code; a Lookup's hits and misses in blocks; a put refused by the tenant's quota.
   void AddDenied(const std::string& tenant, absl::StatusCode code);
@@ -98,6 +100,7 @@ class NodeMetrics {
   prometheus::Counter* ucx_out_;
   prometheus::Counter* unclaimed_dropped_;
   prometheus::Counter* checked_on_landing_;
+  prometheus::Counter* trailing_checksums_;
 };
 
 }  // namespace strata::storenode

@@ -1,6 +1,8 @@
 // The UCX data-plane calls of StoreServiceImpl (store_service.h): ConnectData, CloseData,
 // PutData and GetData. Split from store_service.cc, which serves the control plane.
 #include <algorithm>
+#include <bit>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "service_call.h"
@@ -40,8 +42,45 @@ absl::Status CheckRemote(const v1::RemoteBuffer& r, int rkeys, const std::string
 // they land").
 constexpr uint64_t kVerifyWhileLandingBytes = 128 << 10;
 
-// A block's checksum, compared as it landed (Verdict::kUnchecked: at commit).
-enum class Verdict : uint8_t { kUnchecked, kIntact, kCorrupt };
+// The trailing checksums message is 8 bytes per block, little-endian (PutDataRequest
+// .checksums_tag), read in place.
+static_assert(std::endian::native == std::endian::little);
+
+// PutDataRequest's tags and checksums fields: one checksum or none (trailing) per block, one
+// tag per block in two-sided mode, all naming the channel, the trailing one none of the others.
+absl::Status CheckPutFields(const v1::PutDataRequest& req, int n) {
+  const bool two_sided = req.tags_size() > 0;
+  const bool trailing = req.checksums_tag() != 0;
+  if (trailing && !two_sided) {
+    return absl::InvalidArgumentError("checksums_tag: only with tags (two-sided mode)");
+  }
+  if (req.checksums_size() != (trailing ? 0 : n)) {
+    return absl::InvalidArgumentError(
+        trailing
+            ? absl::StrCat("checksums: ", req.checksums_size(),
+                           " entries, want none with checksums_tag")
+            : absl::StrCat("checksums: ", req.checksums_size(), " entries for ", n, " blocks"));
+  }
+  if (!two_sided) return absl::OkStatus();
+  if (req.tags_size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tags: ", req.tags_size(), " entries for ", n, " blocks"));
+  }
+  if (trailing && !transport::TagNamesChannel(req.checksums_tag(), req.channel_id())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checksums_tag: high 32 bits must be the channel id ", req.channel_id()));
+  }
+  for (int i = 0; i < n; ++i) {
+    if (!transport::TagNamesChannel(req.tags(i), req.channel_id())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tags[", i, "]: high 32 bits must be the channel id ", req.channel_id()));
+    }
+    if (trailing && req.tags(i) == req.checksums_tag()) {
+      return absl::InvalidArgumentError(absl::StrCat("tags[", i, "]: equals checksums_tag"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -73,6 +112,7 @@ grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext* ctx,
   resp->set_transport(ch->transport);
   resp->set_ucx_tcp_tx_seg_bytes(data_plane_->tcp_segments().tx);
   resp->set_ucx_tcp_rx_seg_bytes(data_plane_->tcp_segments().rx);
+  resp->set_checksums_may_trail(true);
   spdlog::info("data channel {} opened: {} lanes over {}", ch->id, addresses.size(), ch->transport);
   return call.Done(absl::OkStatus());
 }
@@ -92,8 +132,10 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   if (call.refused()) {
     // Refused without taking the client's messages: the sweep drops them, here or on their way
     // (no payload moves; nothing else is done for a refused call).
-    const size_t tags = std::min<size_t>(req->tags_size(), config_.max_keys_per_call);
-    data_plane_->NoteRefused(req->channel_id(), req->lane(), {req->tags().data(), tags});
+    const size_t n = std::min<size_t>(req->tags_size(), config_.max_keys_per_call);
+    std::vector<uint64_t> tags(req->tags().begin(), req->tags().begin() + n);
+    if (req->checksums_tag() != 0) tags.push_back(req->checksums_tag());
+    data_plane_->NoteRefused(req->channel_id(), req->lane(), tags);
     return call.Done(call.Refusal());
   }
   const absl::Time deadline = TransferDeadline(ctx);
@@ -111,27 +153,13 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   for (WarmTier::PutBlock& b : blocks) b.session = SessionKey(who, b.session);
   const int n = req->blocks_size();
   if (valid.ok()) valid = CheckEpoch(req->epoch());
-  if (valid.ok() && req->checksums_size() != n) {
-    valid = absl::InvalidArgumentError(
-        absl::StrCat("checksums: ", req->checksums_size(), " entries for ", n, " blocks"));
-  }
+  if (valid.ok()) valid = CheckPutFields(*req, n);
   if (valid.ok() && total > config_.max_transfer_bytes) {
     valid = absl::ResourceExhaustedError(
         absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_transfer_bytes ",
                      FormatByteSize(config_.max_transfer_bytes), "; split the batch"));
   }
-  if (valid.ok() && two_sided) {
-    if (req->tags_size() != n) {
-      valid = absl::InvalidArgumentError(
-          absl::StrCat("tags: ", req->tags_size(), " entries for ", n, " blocks"));
-    }
-    for (int i = 0; valid.ok() && i < req->tags_size(); ++i) {
-      if (!transport::TagNamesChannel(req->tags(i), req->channel_id())) {
-        valid = absl::InvalidArgumentError(
-            absl::StrCat("tags[", i, "]: high 32 bits must be the channel id ", req->channel_id()));
-      }
-    }
-  } else if (valid.ok()) {
+  if (valid.ok() && !two_sided) {
     if (req->sources_size() != n) {
       valid = absl::InvalidArgumentError(
           absl::StrCat("sources: ", req->sources_size(), " entries for ", n, " blocks"));
@@ -171,19 +199,30 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
                      req->rkeys(static_cast<int>(src.rkey_index()))});
     }
   }
+  // Trailing checksums land here, after the blocks' ops.
+  const bool trailing = req->checksums_tag() != 0;
+  std::vector<uint64_t> trailer(trailing ? n : 0);
+  size_t trailer_received = 0;
+  if (trailing) {
+    ops.push_back(transport::TransferOp::Recv(trailer.data(), trailer.size() * sizeof(uint64_t),
+                                              req->checksums_tag(), &trailer_received));
+  }
+  auto expected = [&](int i) { return trailing ? trailer[i] : req->checksums(i); };
   std::vector<absl::Status> results = r.status;
-  // Two-sided ops are one per block, in order: op i lands block i.
-  std::vector<Verdict> verdicts(n, Verdict::kUnchecked);
+  // Two-sided ops are one per block, in order: op i lands block i. Its checksum is compared
+  // once the transfer is done (the trailing checksums may land last).
+  std::vector<uint64_t> landed_sum(n);
+  std::vector<bool> hashed(n, false);
   transport::TransferHooks hooks;
   if (two_sided && n >= 2 && total / n >= kVerifyWhileLandingBytes) {
     hooks.on_landed = [&](size_t i) {
+      if (i >= static_cast<size_t>(n)) return;                         // the trailing checksums
       if (!r.status[i].ok() || received[i] != blocks[i].size) return;  // discarded, or short
       // Past the deadline the reservation may lapse under us: leave the block to the commit,
       // which holds it (and fails when it lapsed).
       if (absl::Now() > deadline) return;
-      verdicts[i] = BlockChecksum(r.addresses[i], blocks[i].size) == req->checksums(i)
-                        ? Verdict::kIntact
-                        : Verdict::kCorrupt;
+      landed_sum[i] = BlockChecksum(r.addresses[i], blocks[i].size);
+      hashed[i] = true;
     };
   }
   if (!ops.empty()) {
@@ -195,8 +234,19 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
       return call.Done(moved);
     }
   }
-  metrics_->AddCheckedOnLanding(std::count_if(verdicts.begin(), verdicts.end(),
-                                              [](Verdict v) { return v != Verdict::kUnchecked; }));
+  if (trailing && trailer_received != trailer.size() * sizeof(uint64_t)) {
+    for (int i = 0; i < n; ++i) {
+      if (!r.status[i].ok()) continue;
+      results[i] =
+          absl::DataLossError(absl::StrCat("checksums: ", trailer_received, " bytes arrived for ",
+                                           n, " blocks, want ", trailer.size() * sizeof(uint64_t)));
+    }
+    if (r.reservation_id != 0) store_->AbortPut(r.reservation_id).IgnoreError();
+    for (const absl::Status& st : results) ToBlockStatus(st, resp->add_results());
+    return call.Done(absl::OkStatus());
+  }
+  metrics_->AddCheckedOnLanding(std::count(hashed.begin(), hashed.end(), true));
+  if (trailing) metrics_->AddTrailingChecksums();
   std::vector<WarmTier::CommitBlock> commit;
   std::vector<int> committed;
   for (int i = 0; i < n; ++i) {
@@ -208,12 +258,12 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
       continue;  // released with the reservation
     }
     commit.push_back({blocks[i].hash,
-                      req->checksums(i),
+                      expected(i),
                       {},
                       /*landed=*/true,
                       blocks[i].size,
-                      /*checked=*/verdicts[i] != Verdict::kUnchecked,
-                      /*intact=*/verdicts[i] == Verdict::kIntact});
+                      /*checked=*/hashed[i],
+                      /*intact=*/hashed[i] && landed_sum[i] == expected(i)});
     committed.push_back(i);
   }
   if (r.reservation_id != 0) {
@@ -232,7 +282,9 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
 
 void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline) {
   std::vector<transport::TransferOp> ops;
-  for (uint64_t tag : req.tags()) {
+  std::vector<uint64_t> tags(req.tags().begin(), req.tags().end());
+  if (req.checksums_tag() != 0) tags.push_back(req.checksums_tag());
+  for (uint64_t tag : tags) {
     ops.push_back(transport::TransferOp::Recv(data_plane_->discard_buffer(req.lane()),
                                               data_plane_->discard_bytes(), tag));
   }

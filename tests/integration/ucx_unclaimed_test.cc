@@ -2,7 +2,8 @@
 // UCX_TLS=tcp. Messages no call claims (docs/design/transfer-protocol.md, "Messages no call
 // claims"): dropped when their channel closes, when their PutData is refused, or with their
 // channel once unclaimed for the timeout. Large blocks checked as they land ("Verifying puts
-// as they land"): a corrupt or short one is DATA_LOSS, its neighbours are stored.
+// as they land"): a corrupt or short one is DATA_LOSS, its neighbours are stored. Checksums
+// sent after the blocks ("Checksums after the blocks").
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -46,6 +47,7 @@ using ucx_test::Spec;
 
 constexpr char kDroppedMetric[] = "strata_ucx_unclaimed_messages_dropped_total";
 constexpr char kCheckedMetric[] = "strata_ucx_put_blocks_checked_on_landing_total";
+constexpr char kTrailingMetric[] = "strata_ucx_puts_with_trailing_checksums_total";
 
 // A client of `node` on data plane `plane`, with the tests' namespace registered.
 void ConnectWithNamespace(const LocalNode& node, ClientOptions::DataPlane plane,
@@ -59,6 +61,26 @@ void ConnectWithNamespace(const LocalNode& node, ClientOptions::DataPlane plane,
   ASSERT_THAT(registered, IsOk());
   *client = std::move(*c);
   *ns = *registered;
+}
+
+// A node over UCX_TLS=tcp, a raw stub and data channel to it, and an inline client with the
+// tests' namespace.
+struct RawTcpNode {
+  std::unique_ptr<LocalNode> node;
+  std::unique_ptr<v1::StoreService::Stub> stub;
+  std::unique_ptr<StoreClient> client;
+  client::Namespace ns;
+  RawChannel channel;
+};
+
+void StartRawTcpNode(RawTcpNode* out) {
+  auto p = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
+  ASSERT_THAT(p, IsOk());
+  out->node = std::move(*p);
+  out->stub = RawStub(out->node->address());
+  ASSERT_NO_FATAL_FAILURE(
+      ConnectWithNamespace(*out->node, ClientOptions::DataPlane::kInline, &out->client, &out->ns));
+  ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*out->stub, &out->channel));
 }
 
 // A two-sided PutData on channel c: block i of `size` bytes under hashes[i], with checksums[i],
@@ -238,16 +260,9 @@ TEST(UcxConfigTest, ARefusedPutDatasMessagesAreDroppedAndItsChannelStays) {
 // checksum, and one whose message is short, are DATA_LOSS and not stored; the intact ones
 // around them are.
 TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
-  auto p = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
-  ASSERT_THAT(p, IsOk());
-  const LocalNode& node = **p;
-  auto stub = RawStub(node.address());
-  std::unique_ptr<StoreClient> client;
-  client::Namespace ns;
-  ASSERT_NO_FATAL_FAILURE(
-      ConnectWithNamespace(node, ClientOptions::DataPlane::kInline, &client, &ns));
-  RawChannel c;
-  ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*stub, &c));
+  RawTcpNode t;
+  ASSERT_NO_FATAL_FAILURE(StartRawTcpNode(&t));
+  auto& [node, stub, client, ns, c] = t;
   constexpr size_t kBlocks = 4, kSize = 256 << 10;
   const std::vector<uint8_t> payload = testutil::RandomBytes(5, kBlocks * kSize);
   const std::vector<ChainHash> hashes = testutil::PromptChain(ns, 30, kBlocks);
@@ -259,7 +274,7 @@ TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
     sends.push_back(transport::TransferOp::Send(bytes, i == 2 ? kSize / 3 : kSize, c.Tag(i + 1)));
   }
   const v1::PutDataRequest req = TaggedPut(c, ns, hashes, kSize, sums);
-  const double checked_before = MetricValue(node, kCheckedMetric);
+  const double checked_before = MetricValue(*node, kCheckedMetric);
   absl::Status sent;
   std::thread sender([&] {
     sent = c.workers[0]->Transfer(c.endpoints[0], sends, absl::Now() + absl::Seconds(10));
@@ -279,10 +294,10 @@ TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
   EXPECT_THAT(resp.results(2).message(), ::testing::HasSubstr("bytes arrived"));
   EXPECT_EQ(resp.results(3).code(), 0) << resp.results(3).message();
   // Blocks 0, 1 and 3 were checked as they landed (the short one is left to the commit).
-  for (int i = 0; i < 40 && MetricValue(node, kCheckedMetric) < checked_before + 3; ++i) {
+  for (int i = 0; i < 40 && MetricValue(*node, kCheckedMetric) < checked_before + 3; ++i) {
     absl::SleepFor(absl::Milliseconds(50));  // the metrics page may lag its counters
   }
-  EXPECT_EQ(MetricValue(node, kCheckedMetric), checked_before + 3);
+  EXPECT_EQ(MetricValue(*node, kCheckedMetric), checked_before + 3);
   std::vector<uint8_t> out(kBlocks * kSize, 0);
   std::vector<BlockRead> reads;
   for (size_t i = 0; i < kBlocks; ++i) reads.push_back({hashes[i], out.data() + i * kSize, kSize});
@@ -295,6 +310,125 @@ TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
   EXPECT_THAT(got->blocks[1], testutil::StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(got->blocks[2], testutil::StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(CloseRawChannel(*stub, c), grpc::StatusCode::OK);
+}
+
+// Checksums sent after the blocks (PutDataRequest.checksums_tag) guard them as checksums in the
+// request do: a block that fails its trailing checksum is DATA_LOSS beside stored neighbours; a
+// short checksum message fails every block of its call and stores none; a request naming both
+// is refused. A client sends them so by default for parts from 512 KiB, and not with
+// ucx_trailing_checksum_bytes 0.
+TEST(UcxConfigTest, ChecksumsSentAfterTheBlocksGuardThemAsChecksumsSentFirst) {
+  RawTcpNode t;
+  ASSERT_NO_FATAL_FAILURE(StartRawTcpNode(&t));
+  auto& [node, stub, client, ns, c] = t;
+  EXPECT_TRUE(c.channel.checksums_may_trail());
+  constexpr size_t kBlocks = 4, kSize = 256 << 10;
+  const std::vector<uint8_t> payload = testutil::RandomBytes(6, kBlocks * kSize);
+  auto read_back = [&](const std::vector<ChainHash>& hashes) {
+    std::vector<uint8_t> out(kBlocks * kSize, 0);
+    std::vector<BlockRead> reads;
+    for (size_t i = 0; i < kBlocks; ++i)
+      reads.push_back({hashes[i], out.data() + i * kSize, kSize});
+    auto got = client->Get(ns, "", reads);
+    std::vector<int> intact;  // per block: 1 bit-exact, 0 absent, -1 anything else
+    for (size_t i = 0; i < kBlocks; ++i) {
+      const bool ok = got.ok() && got->blocks[i].ok();
+      intact.push_back(
+          ok && std::memcmp(out.data() + i * kSize, payload.data() + i * kSize, kSize) == 0
+              ? 1
+              : (got.ok() && absl::IsNotFound(got->blocks[i]) ? 0 : -1));
+    }
+    return intact;
+  };
+  // One raw call: the four blocks, then `trailer_bytes` of `sums` under the checksums tag.
+  uint32_t sequence = 1;
+  auto put = [&](const std::vector<ChainHash>& hashes, const std::vector<uint64_t>& sums,
+                 size_t trailer_bytes, bool also_in_request, v1::PutDataResponse* resp) {
+    v1::PutDataRequest req = TaggedPut(c, ns, hashes, kSize, sums);
+    req.clear_tags();
+    if (!also_in_request) req.clear_checksums();
+    std::vector<transport::TransferOp> sends;
+    for (size_t i = 0; i < kBlocks; ++i) {
+      req.add_tags(c.Tag(sequence++));
+      sends.push_back(transport::TransferOp::Send(payload.data() + i * kSize, kSize, req.tags(i)));
+    }
+    req.set_checksums_tag(c.Tag(sequence++));
+    sends.push_back(transport::TransferOp::Send(sums.data(), trailer_bytes, req.checksums_tag()));
+    absl::Status sent;
+    std::thread sender([&] {
+      sent = c.workers[0]->Transfer(c.endpoints[0], sends, absl::Now() + absl::Seconds(10));
+    });
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const grpc::Status called = stub->PutData(&ctx, req, resp);
+    sender.join();
+    EXPECT_THAT(sent, IsOk());  // the node takes every message, also of a refused call
+    return called;
+  };
+  std::vector<uint64_t> sums;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    sums.push_back(BlockChecksum(payload.data() + i * kSize, kSize) ^ (i == 1 ? 1 : 0));
+  }
+  const double checked_before = MetricValue(*node, kCheckedMetric);
+  v1::PutDataResponse resp;
+  const std::vector<ChainHash> first = testutil::PromptChain(ns, 40, kBlocks);
+  ASSERT_TRUE(put(first, sums, sizeof(uint64_t) * kBlocks, false, &resp).ok());
+  ASSERT_EQ(resp.results_size(), static_cast<int>(kBlocks));
+  EXPECT_EQ(resp.results(1).code(), static_cast<int>(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(resp.results(1).message(), ::testing::HasSubstr("checksum"));
+  for (int i : {0, 2, 3}) EXPECT_EQ(resp.results(i).code(), 0) << resp.results(i).message();
+  EXPECT_THAT(read_back(first), ::testing::ElementsAre(1, 0, 1, 1));
+  for (int i = 0; i < 40 && MetricValue(*node, kCheckedMetric) < checked_before + 4; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(MetricValue(*node, kCheckedMetric), checked_before + 4);  // hashed as they landed
+
+  // Three checksums for four blocks: nothing of the call is stored.
+  const std::vector<ChainHash> second = testutil::PromptChain(ns, 41, kBlocks);
+  sums[1] ^= 1;
+  resp.Clear();
+  ASSERT_TRUE(put(second, sums, sizeof(uint64_t) * 3, false, &resp).ok());
+  ASSERT_EQ(resp.results_size(), static_cast<int>(kBlocks));
+  for (int i = 0; i < static_cast<int>(kBlocks); ++i) {
+    EXPECT_EQ(resp.results(i).code(), static_cast<int>(absl::StatusCode::kDataLoss)) << i;
+    EXPECT_THAT(resp.results(i).message(), ::testing::HasSubstr("24 bytes arrived for 4 blocks"));
+  }
+  EXPECT_THAT(read_back(second), ::testing::ElementsAre(0, 0, 0, 0));
+
+  // Checksums both in the request and after the blocks: refused, nothing stored.
+  const std::vector<ChainHash> third = testutil::PromptChain(ns, 42, kBlocks);
+  const grpc::Status both = put(third, sums, sizeof(uint64_t) * kBlocks, true, &resp);
+  EXPECT_EQ(both.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(both.error_message(), ::testing::HasSubstr("want none with checksums_tag"));
+  EXPECT_THAT(read_back(third), ::testing::ElementsAre(0, 0, 0, 0));
+  EXPECT_EQ(CloseRawChannel(*stub, c), grpc::StatusCode::OK);
+
+  // The client library: a 1 MiB put sends its checksums last by default, not when told 0.
+  for (uint64_t from : {uint64_t{0}, ClientOptions{}.ucx_trailing_checksum_bytes}) {
+    ClientOptions o;
+    o.address = node->address();
+    o.data_plane = ClientOptions::DataPlane::kUcx;
+    o.ucx_trailing_checksum_bytes = from;
+    auto ucx = StoreClient::Connect(o);
+    ASSERT_THAT(ucx, IsOk());
+    auto uns = (*ucx)->RegisterNamespace(Spec());
+    ASSERT_THAT(uns, IsOk());
+    const std::vector<ChainHash> hashes = testutil::PromptChain(*uns, from == 0 ? 43 : 44, kBlocks);
+    std::vector<BlockWrite> writes;
+    for (size_t i = 0; i < kBlocks; ++i)
+      writes.push_back({hashes[i], payload.data() + i * kSize, kSize});
+    const double trailing_before = MetricValue(*node, kTrailingMetric);
+    auto stored = (*ucx)->Put(*uns, "", writes);
+    ASSERT_THAT(stored, IsOk());
+    EXPECT_EQ(stored->stored, kBlocks);
+    const double want = trailing_before + (from == 0 ? 0 : 1);
+    for (int i = 0; i < 40 && MetricValue(*node, kTrailingMetric) < want; ++i) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    absl::SleepFor(absl::Milliseconds(from == 0 ? 1100 : 0));  // nothing counted late either
+    EXPECT_EQ(MetricValue(*node, kTrailingMetric), want) << from;
+    EXPECT_THAT(read_back(hashes), ::testing::ElementsAre(1, 1, 1, 1)) << from;
+  }
 }
 
 }  // namespace

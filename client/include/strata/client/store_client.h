@@ -83,6 +83,11 @@ struct ClientOptions {
   // two copies, made by two threads at once, measured faster (2 cores, one stream: RMA 10 %
   // faster at 256 KiB, level to 20 % slower from 512 KiB). 0: every get.
   uint64_t ucx_shm_two_sided_get_bytes = 512 << 10;
+  // A two-sided put of at least this many bytes (per call to one node's lane) sends its blocks
+  // first and their checksums after them, hashing while the node already receives, where the
+  // node takes that (docs/design/transfer-protocol.md, "Checksums after the blocks"). 0: the
+  // checksums always go first, in the request.
+  uint64_t ucx_trailing_checksum_bytes = 512 << 10;
 
   // A cluster (docs/design/cluster.md) instead of the one node at `address`: the member set
   // comes from etcd (etcd_endpoints, "host:port,...") or from a fixed list (cluster_members,
