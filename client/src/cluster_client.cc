@@ -70,12 +70,6 @@ class ClusterStoreClient final : public StoreClient {
     // The nodes' replication factor: what their rebalancers keep.
     const int nodes_keep = cluster::ReplicasKept(set->members, 0);
     replicas_ = options_.replicas > 0 ? options_.replicas : std::max(1, nodes_keep);
-    if (nodes_keep > 0 && replicas_ != nodes_keep) {
-      spdlog::warn(
-          "cluster {}: client replicas {} but the nodes keep {} copies; their "
-          "rebalancer will bring every block to {}",
-          options_.cluster_name, replicas_, nodes_keep, nodes_keep);
-    }
     quorum_ = options_.write_quorum <= 0 ? replicas_ : std::min(options_.write_quorum, replicas_);
     WarnOfDisagreement(*set);
     membership_->OnChange([this](const MemberSet& now) { WarnOfDisagreement(now); });

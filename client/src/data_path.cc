@@ -419,7 +419,11 @@ grpc::Status GrpcStoreClient::PutDataTrailing(
   }
   const transport::TransferOp trailer = transport::TransferOp::Send(
       sums->data(), sums->size() * sizeof(uint64_t), req.checksums_tag());
-  t->trailer = ucx_->Transfer(lane, {&trailer, 1}, absl::FromChrono(deadline), &t->abort);
+  // Refused while we hashed: the node takes nothing more, and a send aborted once posted
+  // would retire the lane's endpoint for nothing.
+  if (!t->abort.load(std::memory_order_acquire)) {
+    t->trailer = ucx_->Transfer(lane, {&trailer, 1}, absl::FromChrono(deadline), &t->abort);
+  }
   if (!t->trailer.ok() && !t->abort.load(std::memory_order_acquire)) {
     t->failed_alone.store(true, std::memory_order_release);
     ctx->TryCancel();
