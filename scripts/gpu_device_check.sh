@@ -99,8 +99,8 @@ cat >"$carry/run.sh" <<'EOF'
 # files; OUT unset: ./out beside this script). SKIP_GPU=1 skips the GPU part; after
 # "--", the rest of the command line runs instead of the benches, with the bundle's
 # binaries on PATH (e.g. a sweep of strata-bench flags). After peer_bench, SHM_AB=1 (the
-# default) also runs one stream over shm three ways (default, --shm-rma, every get
-# two-sided), twice (~45 s; 30 s at most per run).
+# default) also runs one stream over shm four ways (default, --shm-rma, every get
+# two-sided, put checksums first), twice (~60 s; 30 s at most per run).
 set -uo pipefail
 carry="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$carry/../.." && pwd)"
@@ -164,16 +164,17 @@ elif [[ -x "$dir/strata-bench" && -f "$repo/bench/peer_bench.py" ]]; then
   mkdir -p "$out/peer" && cp "$root"/peer/strata-*.json "$out/peer/" 2>/dev/null
   if [[ "${SHM_AB:-1}" == 1 ]]; then
     echo "== one stream over shm: default (two-sided puts, gets from 512 KiB), RMA only," \
-      "every get two-sided"
+      "every get two-sided, put checksums first"
     mkdir -p "$out/shm_ab"
     for round in 1 2; do
       for size in 256KiB 2MiB; do
         blocks=1024 && [[ $size == 2MiB ]] && blocks=128
-        for mode in default rma gets-two-sided; do
+        for mode in default rma gets-two-sided checksums-first; do
           case $mode in
           default) flags=() ;;
           rma) flags=(--shm-rma) ;;
           gets-two-sided) flags=(--shm-two-sided-gets-from 0) ;;
+          checksums-first) flags=(--trailing-checksums-from 0) ;;
           esac
           timeout 30 "$dir/strata-bench" --blocks "$blocks" --block-size "$size" --streams 1 \
             --batch 16 --ops put,get --transport ucx --ucx-tls shm "${flags[@]}" \
