@@ -67,9 +67,9 @@ class ClusterStoreClient final : public StoreClient {
       return absl::UnavailableError(
           absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
     }
-    // The nodes' replication factor: what their rebalancers keep.
-    const int nodes_keep = cluster::ReplicasKept(set->members, 0);
-    replicas_ = options_.replicas > 0 ? options_.replicas : std::max(1, nodes_keep);
+    // Unset: the nodes' replication factor, what their rebalancers keep.
+    replicas_ = options_.replicas > 0 ? options_.replicas
+                                      : std::max(1, cluster::ReplicasKept(set->members, 0));
     quorum_ = options_.write_quorum <= 0 ? replicas_ : std::min(options_.write_quorum, replicas_);
     WarnOfDisagreement(*set);
     membership_->OnChange([this](const MemberSet& now) { WarnOfDisagreement(now); });
@@ -82,9 +82,10 @@ class ClusterStoreClient final : public StoreClient {
     absl::MutexLock lock(&warned_mu_);
     if (now == warned_) return;
     warned_ = now;
-    if (!now.empty()) spdlog::warn("cluster {}: {}", options_.cluster_name, now);
     if (now.empty())
       spdlog::info("cluster {}: the members agree with this client", options_.cluster_name);
+    else
+      spdlog::warn("cluster {}: {}", options_.cluster_name, now);
   }
 
   absl::Status RegisterMemory(void* ptr, size_t len) override {
@@ -311,8 +312,10 @@ class ClusterStoreClient final : public StoreClient {
     bool any = false;
     for (const auto& r : per) {
       if (!r.ok()) continue;
-      if (any) AddNodeStats(*r, &sum);
-      if (!any) sum = *r;  // limits and data-plane fields of the first node that answered
+      if (any)
+        AddNodeStats(*r, &sum);
+      else
+        sum = *r;  // limits and data-plane fields of the first node that answered
       any = true;
     }
     if (!any) return absl::UnavailableError("Stats: no store node answered");

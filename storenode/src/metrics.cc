@@ -292,9 +292,9 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
     i = j - 1;
   }
   for (auto* f :
-       {&blocks,  &bytes,     &used,  &cap,    &disk_hits, &moves,   &prefetch, &codec,
-        &hits,    &ratio,     &evict, &leases, &pinned,    &res,     &ns,       &loss,
-        &members, &otherwise, &epoch, &etcd,   &rebal,     &pending, &under,    &tenant}) {
+       {&blocks, &bytes, &used,   &cap,    &disk_hits, &moves, &prefetch, &codec,   &hits,
+        &ratio,  &evict, &leases, &pinned, &res,       &ns,    &loss,     &members, &otherwise,
+        &kept,   &epoch, &etcd,   &rebal,  &pending,   &under, &tenant}) {
     families.push_back(std::move(*f));
   }
   for (auto& f : families) {

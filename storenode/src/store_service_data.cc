@@ -82,6 +82,15 @@ absl::Status CheckPutFields(const v1::PutDataRequest& req, int n) {
   return absl::OkStatus();
 }
 
+// Tags of every message a two-sided PutData brings (its blocks', the first `limit`, then the
+// trailing checksums'): what the node takes or notes when it does not store the call.
+std::vector<uint64_t> MessageTags(const v1::PutDataRequest& req, size_t limit) {
+  const size_t n = std::min<size_t>(req.tags_size(), limit);
+  std::vector<uint64_t> tags(req.tags().begin(), req.tags().begin() + n);
+  if (req.checksums_tag() != 0) tags.push_back(req.checksums_tag());
+  return tags;
+}
+
 }  // namespace
 
 absl::Time StoreServiceImpl::TransferDeadline(const grpc::ServerContext* ctx) const {
@@ -132,10 +141,8 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   if (call.refused()) {
     // Refused without taking the client's messages: the sweep drops them, here or on their way
     // (no payload moves; nothing else is done for a refused call).
-    const size_t n = std::min<size_t>(req->tags_size(), config_.max_keys_per_call);
-    std::vector<uint64_t> tags(req->tags().begin(), req->tags().begin() + n);
-    if (req->checksums_tag() != 0) tags.push_back(req->checksums_tag());
-    data_plane_->NoteRefused(req->channel_id(), req->lane(), tags);
+    data_plane_->NoteRefused(req->channel_id(), req->lane(),
+                             MessageTags(*req, config_.max_keys_per_call));
     return call.Done(call.Refusal());
   }
   const absl::Time deadline = TransferDeadline(ctx);
@@ -282,9 +289,7 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
 
 void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline) {
   std::vector<transport::TransferOp> ops;
-  std::vector<uint64_t> tags(req.tags().begin(), req.tags().end());
-  if (req.checksums_tag() != 0) tags.push_back(req.checksums_tag());
-  for (uint64_t tag : tags) {
+  for (uint64_t tag : MessageTags(req, req.tags_size())) {
     ops.push_back(transport::TransferOp::Recv(data_plane_->discard_buffer(req.lane()),
                                               data_plane_->discard_bytes(), tag));
   }

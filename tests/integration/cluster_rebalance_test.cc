@@ -178,6 +178,7 @@ TEST_F(ClusterTest, EveryNodeKeepsTheLargestReplicationFactorAnyMemberRecords) {
   ASSERT_TRUE(WaitForMembers(*c, 4));
   EXPECT_EQ(settle(2 * chain.size()), 2 * chain.size());
   EXPECT_EQ(NodeStats(*nodes_[0]).replicas_kept, 2u);
+  EXPECT_EQ(Gauge(*nodes_[0], "strata_cluster_replicas_kept"), 2);
   EXPECT_THAT(c->DataPlaneDescription(), ::testing::HasSubstr("the nodes keep 2 copies"));
   const std::string status = StrataStatus().second;
   EXPECT_THAT(status, ::testing::HasSubstr(
