@@ -1,5 +1,6 @@
 #include "strata/storenode/disk_tier.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -488,12 +489,34 @@ absl::StatusOr<std::vector<NamespaceSpec>> DiskTier::LoadNamespaces() {
   return out;
 }
 
-std::vector<BlockKey> DiskTier::Keys() const {
+bool DiskTier::KeysAfter(std::string* cursor, size_t max, std::vector<BlockKey>* out) const {
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;  // a background walk: leave the block cache to the readers
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, meta_cf_));
+  if (cursor->empty()) {
+    it->SeekToFirst();
+  } else {
+    it->Seek(AsSlice(*cursor));
+    if (it->Valid() && it->key() == AsSlice(*cursor)) it->Next();
+  }
+  const size_t first = out->size();
+  for (; it->Valid() && out->size() - first < max; it->Next()) {
+    cursor->assign(it->key().data(), it->key().size());
+    absl::StatusOr<BlockKey> key = DecodeDiskKey(it->key().ToStringView());
+    if (key.ok()) out->push_back(std::move(*key));  // unreadable: Rebuild counted it lost
+  }
+  const bool more = it->Valid();
+  if (!it->status().ok()) {
+    spdlog::warn("{} tier: key walk stopped early: {}", options_.name, it->status().ToString());
+  }
+  // A meta record is written before its block enters the index and removed after it leaves:
+  // give only blocks the index holds now.
   absl::MutexLock lock(&mu_);
-  std::vector<BlockKey> keys;
-  keys.reserve(index_.size());
-  for (const auto& [key, e] : index_) keys.push_back(key);
-  return keys;
+  out->erase(std::remove_if(out->begin() + static_cast<std::ptrdiff_t>(first), out->end(),
+                            [this](const BlockKey& k)
+                                ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !index_.contains(k); }),
+             out->end());
+  return more;
 }
 
 std::vector<std::pair<std::string, uint64_t>> DiskTier::ScopeBytes() const {

@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -149,6 +151,62 @@ TEST(DiskTierTest, ScopeBytesAreCountedWithoutAQuota) {
   EXPECT_GE((*tier)->ScopeBytes()[0].second, 8192u);
   ASSERT_THAT((*tier)->Delete(k), IsOk());
   EXPECT_TRUE((*tier)->ScopeBytes().empty());
+}
+
+// Key n (any int) of namespace `ns` and `scope`.
+BlockKey WideKey(NamespaceId ns, const std::string& scope, uint32_t n) {
+  BlockKey key{ns, scope, {}};
+  std::memcpy(key.hash.bytes.data(), &n, sizeof(n));
+  return key;
+}
+
+// A walk reads a few keys at a time, each block once, each namespace and scope in one run,
+// whatever is stored or deleted around it.
+TEST(DiskTierTest, AKeyWalkGivesEveryBlockOnceAFewAtATime) {
+  TempDir dir;
+  auto tier = DiskTier::Open(Options(dir.path()));
+  ASSERT_THAT(tier.status(), IsOk());
+  std::vector<BlockKey> stored;
+  for (NamespaceId ns : {NamespaceId{3}, NamespaceId{9}}) {
+    for (const std::string scope : {"", "tenant-a", "tenant-bb"}) {
+      for (uint32_t n = 0; n < 40; ++n) stored.push_back(WideKey(ns, scope, n * 7919));
+    }
+  }
+  for (const BlockKey& k : stored) ASSERT_THAT((*tier)->Put(k, Bytes(64, 1), {}), IsOk());
+  std::map<std::string, int> seen;  // encoded key → times given
+  std::vector<std::pair<NamespaceId, std::string>> runs;
+  std::vector<BlockKey> deleted, added;
+  std::string cursor;
+  int calls = 0;
+  for (bool more = true; more;) {
+    std::vector<BlockKey> got;
+    more = (*tier)->KeysAfter(&cursor, 7, &got);
+    ASSERT_LE(got.size(), 7u);
+    for (const BlockKey& k : got) {
+      ++seen[EncodeDiskKey(k)];
+      if (runs.empty() || runs.back() != std::pair{k.namespace_id, k.scope}) {
+        runs.emplace_back(k.namespace_id, k.scope);
+      }
+    }
+    if (++calls == 10) {
+      // Half way through the first namespace: drop blocks not given yet, store new ones.
+      for (uint32_t n = 30; n < 35; ++n) {
+        deleted.push_back(WideKey(9, "tenant-a", n * 7919));
+        ASSERT_THAT((*tier)->Delete(deleted.back()), IsOk());
+        added.push_back(WideKey(9, "tenant-a", n * 7919 + 1));
+        ASSERT_THAT((*tier)->Put(added.back(), Bytes(64, 2), {}), IsOk());
+      }
+    }
+  }
+  EXPECT_GE(calls, static_cast<int>(stored.size() / 7));
+  EXPECT_EQ(runs.size(), 6u) << "a namespace and scope came in more than one run";
+  EXPECT_EQ(seen.size(), stored.size());  // 5 deleted, 5 added
+  for (const BlockKey& k : stored) {
+    const bool gone = std::find(deleted.begin(), deleted.end(), k) != deleted.end();
+    EXPECT_EQ(seen[EncodeDiskKey(k)], gone ? 0 : 1) << k.hash.ToHex();
+  }
+  // Stored after the walk began, behind its cursor: given once.
+  for (const BlockKey& k : added) EXPECT_EQ(seen[EncodeDiskKey(k)], 1) << k.hash.ToHex();
 }
 
 TEST(DiskTierTest, ParentsSurviveARestart) {

@@ -13,6 +13,8 @@ namespace {
 constexpr uint64_t kReadLeaseMs = 30000;
 // A peer that could not be reached is not tried again for this long.
 constexpr absl::Duration kPeerBackoff = absl::Seconds(2);
+// Keys a pass takes from its walk at a time, in batches.
+constexpr size_t kWalkBatches = 16;
 
 }  // namespace
 
@@ -73,40 +75,48 @@ void Rebalancer::Pass() {
   if (!cluster::MembersPlacingOtherwise(set->members).empty()) return;
   // The largest count any member keeps: the same for every node that sees this set.
   const int replicas = cluster::ReplicasKept(set->members, options_.replicas);
-  std::vector<BlockKey> keys = store_->Keys();
-  // One namespace and scope per batch, hashes sorted for stable batches.
-  std::sort(keys.begin(), keys.end(), [](const BlockKey& a, const BlockKey& b) {
-    if (a.namespace_id != b.namespace_id) return a.namespace_id < b.namespace_id;
-    if (a.scope != b.scope) return a.scope < b.scope;
-    return a.hash.bytes < b.hash.bytes;
-  });
+  // Walk the keys (TieredStore::NextKeys) rather than copy them all: a disk tier may hold
+  // tens of millions. `pending` counts down from the blocks held when the pass starts.
+  const TieredStats held = store_->Stats();
+  const uint64_t total =
+      held.warm.blocks + (held.cool ? held.cool->blocks : 0) + (held.cold ? held.cold->blocks : 0);
   {
     absl::MutexLock lock(&mu_);
-    progress_.pending = keys.size();
+    progress_.pending = total;
     progress_.under_replicated = 0;
   }
-  size_t begin = 0;
-  while (begin < keys.size()) {
-    size_t end = begin;
-    std::vector<ChainHash> hashes;
-    while (end < keys.size() && hashes.size() < options_.batch &&
-           keys[end].namespace_id == keys[begin].namespace_id &&
-           keys[end].scope == keys[begin].scope) {
-      hashes.push_back(keys[end].hash);
-      ++end;
+  TieredStore::KeyWalk walk;
+  std::vector<BlockKey> keys;
+  std::vector<ChainHash> hashes;
+  uint64_t examined = 0;
+  while (store_->NextKeys(&walk, options_.batch * kWalkBatches, &keys)) {
+    // Batches of one namespace and scope: the walk gives keys in runs of each.
+    size_t begin = 0;
+    while (begin < keys.size()) {
+      size_t end = begin;
+      hashes.clear();
+      while (end < keys.size() && hashes.size() < options_.batch &&
+             keys[end].namespace_id == keys[begin].namespace_id &&
+             keys[end].scope == keys[begin].scope) {
+        hashes.push_back(keys[end].hash);
+        ++end;
+      }
+      Batch(*set, replicas, keys[begin].namespace_id, keys[begin].scope, hashes);
+      examined += end - begin;
+      absl::MutexLock lock(&mu_);
+      progress_.scanned += end - begin;
+      progress_.pending = total > examined ? total - examined : 1;  // 0 only when idle
+      if (stop_ || kicked_) {
+        // A newer member set: start over with it.
+        progress_.pending = 0;
+        return;
+      }
+      begin = end;
     }
-    Batch(*set, replicas, keys[begin].namespace_id, keys[begin].scope, hashes);
-    absl::MutexLock lock(&mu_);
-    progress_.scanned += end - begin;
-    progress_.pending = keys.size() - end;
-    if (stop_ || kicked_) {
-      // A newer member set: start over with it.
-      progress_.pending = 0;
-      return;
-    }
-    begin = end;
+    keys.clear();
   }
   absl::MutexLock lock(&mu_);
+  progress_.pending = 0;
   ++progress_.passes;
   progress_.epoch = set->epoch;
 }

@@ -50,8 +50,10 @@ struct RebalanceProgress {
   uint64_t dropped = 0;           // blocks handed over and removed here
   uint64_t failed = 0;            // copies that did not succeed (retried next pass)
   uint64_t under_replicated = 0;  // blocks the last pass found short of R copies
-  uint64_t pending = 0;           // blocks of the running pass not examined yet (0: idle)
-  uint64_t epoch = 0;             // member-set epoch of the last completed pass
+  // Blocks of the running pass not examined yet: counts down from the blocks held when it
+  // started, and stays at 1 or more until it ends (0: idle).
+  uint64_t pending = 0;
+  uint64_t epoch = 0;  // member-set epoch of the last completed pass
 };
 
 class Rebalancer {

@@ -84,11 +84,8 @@ StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, TieredStore* store,
       data_plane_(data_plane),
       metrics_(metrics) {
   // Shared blocks kept on disk from an earlier run.
-  for (const BlockKey& k : store_->Keys()) {
-    if (k.scope == kSharedScope) {
-      shared_used_ = true;
-      break;
-    }
+  for (const ScopeUse& use : store_->ScopeBytes()) {
+    if (use.scope == kSharedScope) shared_used_ = true;
   }
 }
 

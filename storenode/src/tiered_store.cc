@@ -1,9 +1,11 @@
 #include "strata/storenode/tiered_store.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <iterator>
+#include <tuple>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
@@ -453,14 +455,64 @@ void TieredStore::DemoteLoop() {
   }
 }
 
-std::vector<BlockKey> TieredStore::Keys() const {
-  std::vector<BlockKey> keys = warm_->Keys();
-  absl::flat_hash_set<BlockKey> seen(keys.begin(), keys.end());
-  for (DiskTier* tier : {cool_.get(), cold_.get()}) {
-    if (tier == nullptr) continue;
-    for (BlockKey& k : tier->Keys()) {
-      if (seen.insert(k).second) keys.push_back(std::move(k));
+bool TieredStore::NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out) const {
+  const size_t first = out->size();
+  while (out->size() == first) {
+    switch (walk->stage) {
+      case 0:
+        walk->warm = warm_->Keys();
+        std::sort(walk->warm.begin(), walk->warm.end(), [](const BlockKey& a, const BlockKey& b) {
+          return std::tie(a.namespace_id, a.scope, a.hash.bytes) <
+                 std::tie(b.namespace_id, b.scope, b.hash.bytes);
+        });
+        walk->warm_next = 0;
+        walk->stage = 1;
+        break;
+      case 1: {
+        const size_t n = std::min(max, walk->warm.size() - walk->warm_next);
+        auto from = walk->warm.begin() + static_cast<std::ptrdiff_t>(walk->warm_next);
+        out->insert(out->end(), std::make_move_iterator(from),
+                    std::make_move_iterator(from + static_cast<std::ptrdiff_t>(n)));
+        walk->warm_next += n;
+        if (walk->warm_next == walk->warm.size()) {
+          std::vector<BlockKey>().swap(walk->warm);
+          walk->stage = 2;
+        }
+        break;
+      }
+      case 2:
+      case 3: {
+        DiskTier* tier = walk->stage == 2 ? cool_.get() : cold_.get();
+        const bool more = tier != nullptr && tier->KeysAfter(&walk->disk_cursor, max, out);
+        // Blocks a higher tier holds too (a promoted block keeps its disk copy) came there.
+        std::span<const BlockKey> got(out->data() + first, out->size() - first);
+        const std::vector<bool> warm = warm_->Holds(got);
+        size_t kept = first;
+        for (size_t i = 0; i < got.size(); ++i) {
+          const BlockKey& k = (*out)[first + i];
+          if (warm[i] || (walk->stage == 3 && cool_ != nullptr && cool_->Find(k, /*touch=*/false)))
+            continue;
+          if (kept != first + i) (*out)[kept] = std::move((*out)[first + i]);
+          ++kept;
+        }
+        out->resize(kept);
+        if (!more) {
+          walk->disk_cursor.clear();
+          ++walk->stage;
+        }
+        break;
+      }
+      default:
+        return false;
     }
+  }
+  return true;
+}
+
+std::vector<BlockKey> TieredStore::Keys() const {
+  std::vector<BlockKey> keys;
+  KeyWalk walk;
+  while (NextKeys(&walk, 4096, &keys)) {
   }
   return keys;
 }

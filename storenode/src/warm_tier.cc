@@ -695,6 +695,16 @@ std::vector<BlockKey> WarmTier::Keys() const {
   return keys;
 }
 
+std::vector<bool> WarmTier::Holds(std::span<const BlockKey> keys) const {
+  std::vector<bool> out(keys.size(), false);
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = index_.find(keys[i]);
+    out[i] = it != index_.end() && it->second->state == Entry::State::kCommitted;
+  }
+  return out;
+}
+
 std::vector<std::pair<std::string, uint64_t>> WarmTier::ScopeBytes() const {
   absl::MutexLock lock(&mu_);
   return {scope_used_.begin(), scope_used_.end()};

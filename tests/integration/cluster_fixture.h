@@ -82,6 +82,10 @@ template <int R>
 class ClusterFixture : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "strata-cluster-test-XXXXXX").string();
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
     auto etcd = cluster::LocalEtcd::Start({});
     ASSERT_TRUE(etcd.ok()) << etcd.status();
     etcd_ = std::move(*etcd).release();
@@ -96,29 +100,18 @@ class ClusterFixture : public ::testing::Test {
     nodes_.clear();
     delete etcd_;
     etcd_ = nullptr;
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
   }
 
   static std::unique_ptr<LocalNode> StartNode(int i, int replicas = R) {
-    auto node = testutil::StartNode({"--node-id",
-                                     absl::StrCat("node-", i),
-                                     "--cluster-mode",
-                                     "etcd",
-                                     "--etcd-endpoints",
-                                     etcd_->endpoint(),
-                                     "--cluster-name",
-                                     "it",
-                                     "--etcd-lease",
-                                     "2000",
-                                     "--warm-bytes",
-                                     R == 1 ? "64MiB" : "192MiB",
-                                     "--max-block-bytes",
-                                     "1MiB",
-                                     "--ucx-tls",
-                                     "",
-                                     "--cluster-replicas",
-                                     absl::StrCat(replicas),
-                                     "--rebalance-interval",
-                                     "500"});
+    auto node = testutil::StartNode(
+        {"--node-id", absl::StrCat("node-", i), "--cluster-mode", "etcd", "--etcd-endpoints",
+         etcd_->endpoint(), "--cluster-name", "it", "--etcd-lease", "2000", "--warm-bytes",
+         R == 1 ? "64MiB" : "192MiB", "--max-block-bytes", "1MiB", "--ucx-tls", "",
+         "--cluster-replicas", absl::StrCat(replicas), "--rebalance-interval", "500",
+         // A restarted node finds its cool blocks again.
+         "--cool-path", absl::StrCat(dir_, "/node-", i, "-cool"), "--cool-bytes", "64MiB"});
     EXPECT_TRUE(node.ok()) << node.status();
     return node.ok() ? std::move(*node) : nullptr;
   }
@@ -153,14 +146,15 @@ class ClusterFixture : public ::testing::Test {
 
   // Puts `hashes` (Payload bytes); returns how many were acknowledged.
   static size_t PutAll(StoreClient& c, const client::Namespace& ns,
-                       const std::vector<ChainHash>& hashes) {
+                       const std::vector<ChainHash>& hashes,
+                       const client::PutOptions& options = {}) {
     std::vector<std::vector<uint8_t>> data;
     std::vector<BlockWrite> writes;
     for (const ChainHash& h : hashes) data.push_back(Payload(h));
     for (size_t i = 0; i < hashes.size(); ++i) {
       writes.push_back({hashes[i], data[i].data(), kBlock, static_cast<uint32_t>(i)});
     }
-    auto r = c.Put(ns, "", writes);
+    auto r = c.Put(ns, "", writes, {}, options);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return 0;
     return r->stored + r->already_present;
@@ -168,11 +162,12 @@ class ClusterFixture : public ::testing::Test {
 
   // Gets `hashes`; returns how many came back OK with exactly their Payload bytes.
   static size_t GetAll(StoreClient& c, const client::Namespace& ns,
-                       const std::vector<ChainHash>& hashes) {
+                       const std::vector<ChainHash>& hashes,
+                       const client::GetOptions& options = {}) {
     std::vector<std::vector<uint8_t>> bufs(hashes.size(), std::vector<uint8_t>(kBlock));
     std::vector<BlockRead> reads;
     for (size_t i = 0; i < hashes.size(); ++i) reads.push_back({hashes[i], bufs[i].data(), kBlock});
-    auto r = c.Get(ns, "", reads);
+    auto r = c.Get(ns, "", reads, {}, options);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return 0;
     size_t good = 0;
@@ -219,10 +214,13 @@ class ClusterFixture : public ::testing::Test {
     return false;
   }
 
+  static std::string dir_;  // the nodes' cool tiers, one directory per node id
   static cluster::LocalEtcd* etcd_;
   static std::map<int, LocalNode*> nodes_;
 };
 
+template <int R>
+std::string ClusterFixture<R>::dir_;
 template <int R>
 cluster::LocalEtcd* ClusterFixture<R>::etcd_ = nullptr;
 template <int R>

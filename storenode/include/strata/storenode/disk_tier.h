@@ -121,8 +121,14 @@ class DiskTier {
   // Stored bytes each scope holds here, `shared` included; only scopes holding some.
   std::vector<std::pair<std::string, uint64_t>> ScopeBytes() const;
   DiskTierStats Stats() const;
-  // Keys of the stored blocks (a snapshot).
-  std::vector<BlockKey> Keys() const;
+  // Appends to *out up to `max` keys of stored blocks that come after `*cursor` in the tier's
+  // key order (namespace, scope, hash: each namespace and scope in one run) and moves *cursor
+  // past them; false once nothing is left after them. A walk over every block that keeps at
+  // most `max` keys and holds the index lock only to check them: it reads the keys from
+  // RocksDB's meta records, not from a copy of the index. Start with an empty cursor. Every
+  // block stored before a walk and still stored after it is given once; one stored or
+  // deleted meanwhile may or may not be.
+  bool KeysAfter(std::string* cursor, size_t max, std::vector<BlockKey>* out) const;
   uint64_t stored_bytes() const;
   uint64_t capacity_bytes() const { return options_.capacity_bytes; }
 

@@ -122,7 +122,23 @@ class TieredStore {
   TieredStats Stats() const;
   // What each scope holds per tier; only scopes holding some (for /metrics).
   std::vector<ScopeUse> ScopeBytes() const;
-  // Keys of every block held on any tier, each once (a snapshot).
+  // A walk over the keys of every block held on any tier, for background passes (the
+  // rebalancer). Warm keys come first, from a snapshot sorted by namespace, scope and hash
+  // (one key per block the arena holds: bounded by warm_bytes), then the cool and the cold
+  // tier's keys in their order, read from RocksDB a few at a time (DiskTier::KeysAfter), so a
+  // walk never copies a disk tier's index. Each block comes once, from the highest tier
+  // holding it when its turn comes; one that moves between tiers or is stored during the walk
+  // may come twice or not at all (the next walk sees it).
+  struct KeyWalk {
+    int stage = 0;  // 0 start, 1 warm, 2 cool, 3 cold, 4 done
+    std::vector<BlockKey> warm;
+    size_t warm_next = 0;
+    std::string disk_cursor;
+  };
+  // Appends the walk's next keys to *out: at most `max` (> 0), in runs of one namespace and
+  // scope. False once the walk is over and nothing was appended.
+  bool NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out) const;
+  // Every key at once, through a walk (tests and tools; a background pass walks instead).
   std::vector<BlockKey> Keys() const;
 
   // The warm arena, which the data plane registers once.

@@ -199,8 +199,10 @@ class WarmTier {
   // holding some.
   std::vector<std::pair<std::string, uint64_t>> ScopeBytes() const;
   WarmTierStats Stats() const;
-  // Keys of the committed blocks (a snapshot; the rebalancer walks it).
+  // Keys of the committed blocks (a snapshot: one key per block the arena holds).
   std::vector<BlockKey> Keys() const;
+  // Whether each key is a committed block here. Neither touched nor counted as a hit.
+  std::vector<bool> Holds(std::span<const BlockKey> keys) const;
   std::string_view policy_name() const { return PolicyKindName(options_.policy); }
   // The arena's bytes, for registering them with the data plane once at start.
   uint8_t* arena_base() const { return arena_->base(); }

@@ -1,0 +1,130 @@
+#include "strata/storenode/tiered_store.h"
+
+#include <stdlib.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "strata/common/checksum.h"
+#include "strata/testutil/prompts.h"
+#include "strata/testutil/status_matchers.h"
+
+namespace strata::storenode {
+namespace {
+
+namespace fs = std::filesystem;
+using ::strata::testutil::IsOk;
+
+constexpr uint64_t kBlock = 4096;
+
+class TieredStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "strata-tiered-XXXXXX").string();
+    dir_ = mkdtemp(tmpl.data());
+    TieredStoreOptions o;
+    o.warm.capacity_bytes = 4 << 20;
+    o.warm.max_block_bytes = kBlock;
+    for (auto [tier, name] : {std::pair{&o.cool, "cool"}, std::pair{&o.cold, "cold"}}) {
+      DiskTierOptions d;
+      d.name = name;
+      d.path = dir_ + "/" + name;
+      d.capacity_bytes = 16 << 20;
+      d.codec = Codec::kNone;
+      *tier = d;
+    }
+    o.demote_interval_ms = 3600 * 1000;  // nothing moves unless the test moves it
+    auto store = TieredStore::Create(std::move(o));
+    ASSERT_THAT(store.status(), IsOk());
+    store_ = std::move(*store);
+    auto ns = store_->RegisterNamespace(testutil::RawSpec("m", kBlock));
+    ASSERT_THAT(ns.status(), IsOk());
+    ns_ = *ns;
+  }
+  void TearDown() override {
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+
+  // Stores blocks first..first+count-1 (warm) under `session`; their keys.
+  std::vector<BlockKey> Put(uint32_t first, uint32_t count, const std::string& session) {
+    std::vector<WarmTier::PutBlock> blocks;
+    std::vector<std::vector<uint8_t>> payloads;
+    std::vector<BlockKey> keys;
+    for (uint32_t n = first; n < first + count; ++n) {
+      BlockKey key{ns_, "", {}};
+      std::memcpy(key.hash.bytes.data(), &n, sizeof(n));
+      keys.push_back(key);
+      blocks.push_back({.hash = key.hash, .size = kBlock, .session = session});
+      payloads.emplace_back(kBlock, static_cast<uint8_t>(n));
+    }
+    WarmTier::ReserveResult r = store_->BeginPut(ns_, "", blocks, 10000);
+    std::vector<WarmTier::CommitBlock> commits;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      EXPECT_THAT(r.status[i], IsOk());
+      commits.push_back(
+          {keys[i].hash, BlockChecksum(payloads[i].data(), payloads[i].size()), payloads[i]});
+    }
+    auto done = store_->CommitPut(r.reservation_id, commits);
+    EXPECT_THAT(done.status(), IsOk());
+    return keys;
+  }
+
+  std::string dir_;
+  std::unique_ptr<TieredStore> store_;
+  NamespaceId ns_ = 0;
+};
+
+// A walk gives every block once, a few keys at a time, though tiers hold copies of each other's
+// blocks: warm and cool (a resumed session), cool and cold (paused to cold, resumed, paused to
+// cool), and blocks on one tier only.
+TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
+  std::vector<BlockKey> all = Put(0, 8, "");
+  for (auto [first, session] : {std::pair{100u, "cool"}, std::pair{200u, "cold"},
+                                std::pair{300u, "warm+cool"}, std::pair{400u, "cool+cold"}}) {
+    std::vector<BlockKey> keys = Put(first, 8, session);
+    all.insert(all.end(), keys.begin(), keys.end());
+  }
+  ASSERT_THAT(store_->PauseSession("cool", false).status(), IsOk());
+  ASSERT_THAT(store_->PauseSession("cold", true).status(), IsOk());
+  ASSERT_THAT(store_->PauseSession("warm+cool", false).status(), IsOk());
+  ASSERT_THAT(store_->ResumeSession("warm+cool").status(), IsOk());
+  ASSERT_THAT(store_->PauseSession("cool+cold", true).status(), IsOk());
+  ASSERT_THAT(store_->ResumeSession("cool+cold").status(), IsOk());
+  ASSERT_THAT(store_->PauseSession("cool+cold", false).status(), IsOk());
+  const TieredStats st = store_->Stats();
+  // 16 warm (8 never moved, 8 resumed), 24 cool (8 + 8 resumed + 8 paused again), 16 cold.
+  EXPECT_EQ(st.warm.blocks, 16u);
+  EXPECT_EQ(st.cool->blocks, 24u);
+  EXPECT_EQ(st.cold->blocks, 16u);
+
+  std::map<uint32_t, int> seen;
+  TieredStore::KeyWalk walk;
+  int calls = 0;
+  for (std::vector<BlockKey> got; store_->NextKeys(&walk, 3, &got); got.clear()) {
+    ++calls;
+    ASSERT_LE(got.size(), 3u);
+    ASSERT_FALSE(got.empty());
+    for (const BlockKey& k : got) {
+      uint32_t n = 0;
+      std::memcpy(&n, k.hash.bytes.data(), sizeof(n));
+      ++seen[n];
+    }
+  }
+  EXPECT_GE(calls, 40 / 3);
+  EXPECT_EQ(seen.size(), all.size());
+  for (const auto& [n, times] : seen) EXPECT_EQ(times, 1) << "block " << n;
+  std::vector<BlockKey> keys;
+  TieredStore::KeyWalk done = walk;
+  EXPECT_FALSE(store_->NextKeys(&done, 3, &keys)) << "a finished walk gave more";
+  EXPECT_TRUE(keys.empty());
+}
+
+}  // namespace
+}  // namespace strata::storenode
