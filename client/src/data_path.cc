@@ -96,7 +96,8 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
     return absl::FailedPreconditionError(absl::StrCat(Where("ConnectData"), ": ", s.message(),
                                                       " (this side: the client, peer: the node)"));
   }
-  checksums_may_trail_.store(resp.checksums_may_trail(), std::memory_order_relaxed);
+  trailing_checksums_channel_.store(resp.checksums_may_trail() ? resp.channel_id() : 0,
+                                    std::memory_order_relaxed);
   std::vector<std::string> node_lanes(resp.worker_addresses().begin(),
                                       resp.worker_addresses().end());
   if (absl::Status s = ucx_->Wire(node_lanes); !s.ok()) {
@@ -362,9 +363,11 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
   uint64_t part_bytes = 0;
   for (size_t i = range.first; i < range.second; ++i) part_bytes += blocks[i].size;
   const uint64_t trail_from = options_.ucx_trailing_checksum_bytes;
-  const bool trailing = trail_from != 0 && part_bytes >= trail_from &&
-                        checksums_may_trail_.load(std::memory_order_relaxed);
-  v1::PutDataRequest req = PutDataRequestFor(ns, scope, blocks, range, lane, put, !trailing);
+  const bool may_trail = trail_from != 0 && part_bytes >= trail_from;
+  // Whether the checksums trail is decided per attempt, by the channel it runs on: a node that
+  // restarted (NOT_FOUND, then a new channel) may no longer take them after the blocks. Once
+  // an attempt put them in the request they stay there.
+  v1::PutDataRequest req = PutDataRequestFor(ns, scope, blocks, range, lane, put, !may_trail);
   std::vector<uint64_t> sums;  // trailing: the blocks' checksums, hashed by the first attempt
   std::vector<transport::TransferOp> sends(range.second - range.first);
   for (size_t i = range.first; i < range.second; ++i) {
@@ -382,7 +385,16 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
       CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
         used_channel = channel;
         AssignTags(channel, sends, &req);
-        if (trailing) req.set_checksums_tag(ucx_->NextTag(channel));
+        const bool trailing =
+            req.checksums_size() == 0 &&
+            channel == trailing_checksums_channel_.load(std::memory_order_relaxed);
+        req.set_checksums_tag(trailing ? ucx_->NextTag(channel) : 0);
+        if (!trailing && req.checksums_size() == 0) {
+          for (size_t i = range.first; i < range.second; ++i) {
+            req.add_checksums(sums.empty() ? BlockChecksum(blocks[i].data, blocks[i].size)
+                                           : sums[i - range.first]);
+          }
+        }
         TaggedTransfer t;
         StartTagged(&t, lane, sends, deadline, ctx);
         grpc::Status rpc =

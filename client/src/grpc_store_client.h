@@ -581,8 +581,8 @@ class GrpcStoreClient final : public StoreClient {
   // StartDataPlane): puts, and gets whose largest block is at least two_sided_get_bytes_.
   bool two_sided_puts_ = false;
   uint64_t two_sided_get_bytes_ = UINT64_MAX;
-  // Whether the node of the last channel opened takes trailing checksums (ConnectData).
-  std::atomic<bool> checksums_may_trail_{false};
+  // The last channel opened, if its node takes trailing checksums (ConnectData); else 0.
+  std::atomic<uint64_t> trailing_checksums_channel_{0};
   std::string inline_reason_;  // why kAuto runs inline although the node offers UCX
   std::atomic<uint32_t> next_lane_{0};
   mutable absl::Mutex chan_mu_;

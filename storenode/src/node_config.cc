@@ -40,6 +40,9 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddUint("ucx_unclaimed_timeout_ms", &c->ucx_unclaimed_timeout_ms,
             "A client's UCX message that no call claims for this long (its PutData never "
             "reached the node) closes its data channel and is dropped.");
+  s.AddBool("ucx_trailing_checksums", &c->ucx_trailing_checksums,
+            "Let a two-sided put send its blocks' checksums after the blocks (the client then "
+            "hashes while they travel); false: clients send them in the request.");
   s.AddBytes("max_transfer_bytes", &c->max_transfer_bytes,
              "Payload bytes one PutData/GetData call may move.");
   s.AddString("cool_path", &c->cool_path,

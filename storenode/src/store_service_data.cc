@@ -121,7 +121,7 @@ grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext* ctx,
   resp->set_transport(ch->transport);
   resp->set_ucx_tcp_tx_seg_bytes(data_plane_->tcp_segments().tx);
   resp->set_ucx_tcp_rx_seg_bytes(data_plane_->tcp_segments().rx);
-  resp->set_checksums_may_trail(true);
+  resp->set_checksums_may_trail(config_.ucx_trailing_checksums);
   spdlog::info("data channel {} opened: {} lanes over {}", ch->id, addresses.size(), ch->transport);
   return call.Done(absl::OkStatus());
 }
@@ -161,6 +161,11 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   const int n = req->blocks_size();
   if (valid.ok()) valid = CheckEpoch(req->epoch());
   if (valid.ok()) valid = CheckPutFields(*req, n);
+  if (valid.ok() && req->checksums_tag() != 0 && !config_.ucx_trailing_checksums) {
+    valid = absl::InvalidArgumentError(
+        "checksums_tag: this node takes a put's checksums in the request "
+        "(ucx_trailing_checksums is false; its ConnectData said so)");
+  }
   if (valid.ok() && total > config_.max_transfer_bytes) {
     valid = absl::ResourceExhaustedError(
         absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_transfer_bytes ",

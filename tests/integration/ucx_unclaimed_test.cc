@@ -3,7 +3,7 @@
 // claims"): dropped when their channel closes, when their PutData is refused, or with their
 // channel once unclaimed for the timeout. Large blocks checked as they land ("Verifying puts
 // as they land"): a corrupt or short one is DATA_LOSS, its neighbours are stored. Checksums
-// sent after the blocks ("Checksums after the blocks").
+// sent after the blocks ("Checksums after the blocks"), and a node that does not take them.
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -99,6 +99,22 @@ v1::PutDataRequest TaggedPut(const RawChannel& c, const client::Namespace& ns,
     req.add_tags(c.Tag(static_cast<uint32_t>(i + 1)));
   }
   return req;
+}
+
+// PutData `req` on `stub` while channel c's first lane sends `sends` (10 s for both); the
+// sends' outcome in *sent.
+grpc::Status PutWhileSending(v1::StoreService::Stub& stub, const RawChannel& c,
+                             const v1::PutDataRequest& req,
+                             const std::vector<transport::TransferOp>& sends,
+                             v1::PutDataResponse* resp, absl::Status* sent) {
+  std::thread sender([&] {
+    *sent = c.workers[0]->Transfer(c.endpoints[0], sends, absl::Now() + absl::Seconds(10));
+  });
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  const grpc::Status called = stub.PutData(&ctx, req, resp);
+  sender.join();
+  return called;
 }
 
 // Resident memory of process `pid` in bytes (VmRSS), 0 if unreadable.
@@ -276,14 +292,8 @@ TEST(UcxConfigTest, LargeTaggedPutsAreCheckedBlockByBlockAsTheyLand) {
   const v1::PutDataRequest req = TaggedPut(c, ns, hashes, kSize, sums);
   const double checked_before = MetricValue(*node, kCheckedMetric);
   absl::Status sent;
-  std::thread sender([&] {
-    sent = c.workers[0]->Transfer(c.endpoints[0], sends, absl::Now() + absl::Seconds(10));
-  });
   v1::PutDataResponse resp;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  const grpc::Status called = stub->PutData(&ctx, req, &resp);
-  sender.join();
+  const grpc::Status called = PutWhileSending(*stub, c, req, sends, &resp, &sent);
   ASSERT_TRUE(called.ok()) << called.error_message();
   EXPECT_THAT(sent, IsOk());
   ASSERT_EQ(resp.results_size(), static_cast<int>(kBlocks));
@@ -355,13 +365,7 @@ TEST(UcxConfigTest, ChecksumsSentAfterTheBlocksGuardThemAsChecksumsSentFirst) {
     req.set_checksums_tag(c.Tag(sequence++));
     sends.push_back(transport::TransferOp::Send(sums.data(), trailer_bytes, req.checksums_tag()));
     absl::Status sent;
-    std::thread sender([&] {
-      sent = c.workers[0]->Transfer(c.endpoints[0], sends, absl::Now() + absl::Seconds(10));
-    });
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    const grpc::Status called = stub->PutData(&ctx, req, resp);
-    sender.join();
+    const grpc::Status called = PutWhileSending(*stub, c, req, sends, resp, &sent);
     EXPECT_THAT(sent, IsOk());  // the node takes every message, also of a refused call
     return called;
   };
@@ -429,6 +433,84 @@ TEST(UcxConfigTest, ChecksumsSentAfterTheBlocksGuardThemAsChecksumsSentFirst) {
     EXPECT_EQ(MetricValue(*node, kTrailingMetric), want) << from;
     EXPECT_THAT(read_back(hashes), ::testing::ElementsAre(1, 1, 1, 1)) << from;
   }
+}
+
+// A node restarted at the same address with ucx_trailing_checksums off (as an older build
+// would be): it says so on ConnectData and refuses a checksums_tag, and the client's next puts
+// carry their checksums in the request — decided by the channel each attempt runs on, not by
+// what the node said before.
+TEST(UcxConfigTest, APutToANodeRestartedWithoutTrailingChecksumsSendsThemFirst) {
+  constexpr size_t kBlocks = 4, kSize = 256 << 10;
+  const std::vector<uint8_t> payload = testutil::RandomBytes(7, kBlocks * kSize);
+  auto first = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
+  ASSERT_THAT(first, IsOk());
+  const std::string address = (*first)->address();
+  std::unique_ptr<StoreClient> ucx;
+  client::Namespace ns;
+  ASSERT_NO_FATAL_FAILURE(ConnectWithNamespace(**first, ClientOptions::DataPlane::kUcx, &ucx, &ns));
+  auto put = [&](uint64_t prompt) {
+    const std::vector<ChainHash> hashes = testutil::PromptChain(ns, prompt, kBlocks);
+    std::vector<BlockWrite> writes;
+    for (size_t i = 0; i < kBlocks; ++i)
+      writes.push_back({hashes[i], payload.data() + i * kSize, kSize});
+    absl::StatusOr<client::PutResult> r = ucx->Put(ns, "", writes);
+    return r.ok() && r->stored != kBlocks ? absl::InternalError("not every block stored")
+                                          : r.status();
+  };
+  ASSERT_THAT(put(50), IsOk());
+  for (int i = 0; i < 40 && MetricValue(**first, kTrailingMetric) < 1; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(MetricValue(**first, kTrailingMetric), 1);  // the checksums came last
+  ASSERT_THAT((*first)->Stop(absl::Seconds(20)), IsOk());
+
+  auto second = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp", "--listen",
+                                     address, "--ucx-trailing-checksums=false"});
+  ASSERT_THAT(second, IsOk());
+  ASSERT_EQ((*second)->address(), address);
+  auto registered = ucx->RegisterNamespace(Spec());  // the new node knows no namespace yet
+  ASSERT_THAT(registered, IsOk());
+  ASSERT_EQ(registered->id, ns.id);
+  // By hand: the channel says no, and a put with checksums_tag is refused (its messages are
+  // taken all the same).
+  std::unique_ptr<v1::StoreService::Stub> stub = RawStub(address);
+  RawChannel c;
+  ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*stub, &c));
+  EXPECT_FALSE(c.channel.checksums_may_trail());
+  v1::PutDataRequest req =
+      TaggedPut(c, ns, testutil::PromptChain(ns, 51, kBlocks), kSize, {0, 0, 0, 0});
+  req.clear_checksums();
+  req.set_checksums_tag(c.Tag(kBlocks + 1));
+  std::vector<uint64_t> sums(kBlocks);
+  std::vector<transport::TransferOp> sends;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    sums[i] = BlockChecksum(payload.data() + i * kSize, kSize);
+    sends.push_back(transport::TransferOp::Send(payload.data() + i * kSize, kSize, req.tags(i)));
+  }
+  sends.push_back(transport::TransferOp::Send(sums.data(), sums.size() * sizeof(uint64_t),
+                                              req.checksums_tag()));
+  absl::Status sent;
+  v1::PutDataResponse resp;
+  const grpc::Status refused = PutWhileSending(*stub, c, req, sends, &resp, &sent);
+  EXPECT_THAT(sent, IsOk());
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(refused.error_message(), ::testing::HasSubstr("ucx_trailing_checksums is false"));
+  EXPECT_EQ(CloseRawChannel(*stub, c), grpc::StatusCode::OK);
+
+  // The client's channel died with the first node. Its next put may find that out the hard way
+  // (UNAVAILABLE); after that every put is stored, with the checksums in the request.
+  const absl::Status probe = put(52);
+  EXPECT_TRUE(probe.ok() || absl::IsUnavailable(probe)) << probe;
+  for (uint64_t prompt : {53, 54}) EXPECT_THAT(put(prompt), IsOk()) << prompt;
+  EXPECT_EQ(MetricValue(**second, kTrailingMetric), 0);
+  std::vector<uint8_t> out(kBlocks * kSize);
+  std::vector<BlockRead> reads;
+  const std::vector<ChainHash> hashes = testutil::PromptChain(ns, 54, kBlocks);
+  for (size_t i = 0; i < kBlocks; ++i) reads.push_back({hashes[i], out.data() + i * kSize, kSize});
+  auto got = ucx->Get(ns, "", reads);
+  ASSERT_THAT(got, IsOk());
+  for (size_t i = 0; i < kBlocks; ++i) EXPECT_THAT(got->blocks[i], IsOk()) << i;
+  EXPECT_EQ(out, payload);
 }
 
 }  // namespace

@@ -32,6 +32,10 @@ struct NodeConfig {
   // A client's UCX message no call claims for this long closes its data channel (its bytes
   // would otherwise stay in UCX's unexpected queue for good).
   uint64_t ucx_unclaimed_timeout_ms = 30000;
+  // Two-sided puts may send their checksums after the blocks (ConnectDataResponse.
+  // checksums_may_trail). False: this node asks for them in the request, as nodes before
+  // 2026-11-28 did.
+  bool ucx_trailing_checksums = true;
   uint64_t max_transfer_bytes = 1ull << 30;  // payload bytes per PutData/GetData call
   uint64_t max_namespaces = 1024;
 
