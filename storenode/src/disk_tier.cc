@@ -237,6 +237,7 @@ absl::Status DiskTier::Rebuild() {
       continue;
     }
     stored_bytes_ += meta->stored_bytes;
+    charged_bytes_ += Charge(meta->stored_bytes);
     payload_bytes_ += meta->size;
     scope_bytes_[key->scope] += meta->stored_bytes;
     uint64_t handle = PolicyHandle(*key);
@@ -285,10 +286,12 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
     absl::MutexLock lock(&mu_);
     auto old = index_.find(key);
     uint64_t replaced = old == index_.end() ? 0 : old->second.meta.stored_bytes;
-    if (stored_bytes_ - replaced + meta.stored_bytes > options_.capacity_bytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat(options_.name, " tier full: ", FormatByteSize(stored_bytes_), " of ",
-                       FormatByteSize(options_.capacity_bytes), " used"));
+    const uint64_t charged = charged_bytes_ - (old == index_.end() ? 0 : Charge(replaced));
+    if (charged + Charge(meta.stored_bytes) > options_.capacity_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          options_.name, " tier full: ", FormatByteSize(charged_bytes_), " of ",
+          FormatByteSize(options_.capacity_bytes), " used (", index_.size(),
+          " blocks, each charged at least ", FormatByteSize(options_.min_block_charge), ")"));
     }
     if (quota > 0) {
       auto held = scope_bytes_.find(key.scope);
@@ -311,6 +314,7 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   auto it = index_.find(key);
   if (it != index_.end()) DropLocked(key);
   stored_bytes_ += meta.stored_bytes;
+  charged_bytes_ += Charge(meta.stored_bytes);
   payload_bytes_ += meta.size;
   scope_bytes_[key.scope] += meta.stored_bytes;
   codec_in_ += meta.size;
@@ -371,6 +375,7 @@ void DiskTier::DropLocked(const BlockKey& key) {
   auto it = index_.find(key);
   if (it == index_.end()) return;
   stored_bytes_ -= it->second.meta.stored_bytes;
+  charged_bytes_ -= Charge(it->second.meta.stored_bytes);
   payload_bytes_ -= it->second.meta.size;
   if (auto held = scope_bytes_.find(key.scope); held != scope_bytes_.end()) {
     held->second -= std::min(held->second, it->second.meta.stored_bytes);
@@ -418,7 +423,7 @@ std::vector<BlockKey> DiskTier::Victims(uint64_t bytes) {
     policy_->Erase(*victim);
     const BlockKey& key = by_handle_.at(*victim);
     out.push_back(key);
-    sum += index_.at(key).meta.stored_bytes;
+    sum += Charge(index_.at(key).meta.stored_bytes);
   }
   return out;
 }
@@ -526,13 +531,21 @@ std::vector<std::pair<std::string, uint64_t>> DiskTier::ScopeBytes() const {
 
 DiskTierStats DiskTier::Stats() const {
   absl::MutexLock lock(&mu_);
-  return DiskTierStats{index_.size(), payload_bytes_, stored_bytes_, options_.capacity_bytes,
-                       data_loss_,    codec_in_,      codec_out_};
+  DiskTierStats s;
+  s.blocks = index_.size();
+  s.payload_bytes = payload_bytes_;
+  s.stored_bytes = stored_bytes_;
+  s.capacity_bytes = options_.capacity_bytes;
+  s.data_loss = data_loss_;
+  s.charged_bytes = charged_bytes_;
+  s.codec_bytes_in = codec_in_;
+  s.codec_bytes_out = codec_out_;
+  return s;
 }
 
-uint64_t DiskTier::stored_bytes() const {
+uint64_t DiskTier::charged_bytes() const {
   absl::MutexLock lock(&mu_);
-  return stored_bytes_;
+  return charged_bytes_;
 }
 
 }  // namespace strata::storenode

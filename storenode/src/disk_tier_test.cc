@@ -209,6 +209,38 @@ TEST(DiskTierTest, AKeyWalkGivesEveryBlockOnceAFewAtATime) {
   for (const BlockKey& k : added) EXPECT_EQ(seen[EncodeDiskKey(k)], 1) << k.hash.ToHex();
 }
 
+// A tiny block is charged min_block_charge of the capacity: a 1 MiB tier takes 16 blocks of
+// 64 B at 64 KiB each, and its victims are counted by charge; without a minimum it takes all.
+TEST(DiskTierTest, EveryBlockIsChargedAtLeastTheMinimum) {
+  for (uint64_t charge : {uint64_t{0}, uint64_t{64} << 10}) {
+    TempDir dir;
+    DiskTierOptions o = Options(dir.path());
+    o.capacity_bytes = 1 << 20;
+    o.min_block_charge = charge;
+    auto tier = DiskTier::Open(o);
+    ASSERT_THAT(tier.status(), IsOk());
+    for (uint32_t n = 0; n < 16; ++n) {
+      ASSERT_THAT((*tier)->Put(WideKey(7, "", n), Bytes(64, 1), {}), IsOk()) << n;
+    }
+    const absl::Status more = (*tier)->Put(WideKey(7, "", 16), Bytes(64, 1), {});
+    const DiskTierStats st = (*tier)->Stats();
+    if (charge == 0) {
+      EXPECT_THAT(more, IsOk());
+      EXPECT_EQ((*tier)->charged_bytes(), st.stored_bytes);
+      continue;
+    }
+    EXPECT_THAT(more, StatusIs(absl::StatusCode::kResourceExhausted));
+    EXPECT_THAT(more.message(), ::testing::HasSubstr("16 blocks, each charged at least 64.00 KiB"));
+    EXPECT_EQ(st.blocks, 16u);
+    EXPECT_LT(st.stored_bytes, 16u * 1024);  // what the disk holds
+    EXPECT_EQ((*tier)->charged_bytes(), 1u << 20);
+    EXPECT_EQ((*tier)->Victims(100 << 10).size(), 2u);  // 64 KiB each
+    ASSERT_THAT((*tier)->Delete(WideKey(7, "", 0)), IsOk());
+    EXPECT_EQ((*tier)->charged_bytes(), 15u << 16);
+    EXPECT_THAT((*tier)->Put(WideKey(7, "", 16), Bytes(64, 1), {}), IsOk());
+  }
+}
+
 TEST(DiskTierTest, ParentsSurviveARestart) {
   TempDir dir;
   {

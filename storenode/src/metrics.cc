@@ -193,8 +193,8 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
   auto codec =
       Family("strata_codec_bytes_total", "Bytes through the disk-tier codecs", MetricType::Counter);
   auto used = Family("strata_tier_used_bytes",
-                     "Bytes taken per tier, slack and reservations "
-                     "included",
+                     "Bytes taken per tier against its budget: warm slots (slack and reservations "
+                     "included), disk stored bytes (each block at least min_block_charge)",
                      MetricType::Gauge);
   AddValue(used, s.used_bytes, warm);
   auto cap = Family("strata_tier_capacity_bytes", "Byte budget per tier", MetricType::Gauge);
@@ -205,7 +205,7 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
     std::vector<prometheus::ClientMetric::Label> tier = {{"tier", name}};
     AddValue(blocks, (*d)->blocks, tier);
     AddValue(bytes, (*d)->payload_bytes, tier);
-    AddValue(used, (*d)->stored_bytes, tier);
+    AddValue(used, (*d)->charged_bytes, tier);
     AddValue(cap, (*d)->capacity_bytes, tier);
     AddValue(disk_hits, hits, tier);
     AddValue(codec, (*d)->codec_bytes_in, {{"tier", name}, {"direction", "in"}});

@@ -26,6 +26,10 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
             "Touch every arena page at start so the budget is resident from the first put.");
   s.AddBytes("max_block_bytes", &c->max_block_bytes,
              "Largest block accepted; also the slab page size of the arena.");
+  s.AddBytes("min_block_charge", &c->min_block_charge,
+             "Least a block takes of its tier's budget (warm slot, cool/cold bytes), however "
+             "small (at most max_block_bytes): bounds each tier's block count, so the RAM of its "
+             "index (~0.6 KiB a block).");
   s.AddUint("max_keys_per_call", &c->max_keys_per_call, "Most blocks one call may name.");
   s.AddBytes("max_inline_bytes", &c->max_inline_bytes,
              "Most payload bytes one call may carry inline over gRPC.");

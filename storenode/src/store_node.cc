@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -344,6 +345,9 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   TieredStoreOptions opts;
   opts.warm.capacity_bytes = config.warm_bytes;
   opts.warm.max_block_bytes = config.max_block_bytes;
+  // No block takes more than the largest block would.
+  const uint64_t min_charge = std::min(config.min_block_charge, config.max_block_bytes);
+  opts.warm.min_slot_bytes = min_charge;
   opts.warm.max_namespaces = config.max_namespaces;
   opts.warm.prefault = config.warm_prefault;
   opts.warm.policy = *ParsePolicyKind(config.warm_policy);
@@ -360,6 +364,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
     d.name = name;
     d.path = path;
     d.capacity_bytes = bytes;
+    d.min_block_charge = min_charge;
     d.codec = *ParseCodec(codec);  // validated by ValidateNodeConfig
     d.sync_writes = config.sync_writes;
     d.policy = *ParsePolicyKind(policy);

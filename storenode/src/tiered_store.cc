@@ -298,7 +298,7 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
     // Backpressure instead of loss: when the writer outruns the demoter, demote in this
     // caller's thread (disk I/O, outside every lock) so eviction has nothing to drop.
     uint64_t incoming = 0;
-    for (const WarmTier::PutBlock& b : fresh) incoming += b.size;
+    for (const WarmTier::PutBlock& b : fresh) incoming += warm_->SlotBytes(b.size);
     WarmTierStats ws = warm_->Stats();
     if (ws.used_bytes + incoming >
         static_cast<uint64_t>(ws.capacity_bytes * options_.warm_high_watermark)) {
@@ -402,11 +402,13 @@ absl::Status TieredStore::CorruptForTest(const BlockKey& key, uint64_t offset) {
 }
 
 void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
-  uint64_t cap = tier->capacity_bytes();
-  uint64_t used = tier->stored_bytes();
-  uint64_t high = static_cast<uint64_t>(cap * options_.disk_high_watermark);
-  if (used + bytes <= high) return;
-  uint64_t target = used + bytes - static_cast<uint64_t>(cap * options_.disk_low_watermark);
+  const uint64_t cap = tier->capacity_bytes();
+  const uint64_t used = tier->charged_bytes();
+  const uint64_t incoming = tier->Charge(bytes);
+  const uint64_t high = static_cast<uint64_t>(cap * options_.disk_high_watermark);
+  if (used + incoming <= high) return;
+  const uint64_t target =
+      used + incoming - static_cast<uint64_t>(cap * options_.disk_low_watermark);
   std::vector<uint8_t> buf;
   for (const BlockKey& key : tier->Victims(target)) {
     if (below != nullptr) {

@@ -369,7 +369,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
           it->second->state == Entry::State::kCommitted ? "present" : "being written"));
       continue;
     }
-    uint16_t cls = arena_->ClassFor(b.size);
+    uint16_t cls = SlotClass(b.size);
     if (quota > 0) {
       auto held = scope_used_.find(scope);
       const uint64_t used = held == scope_used_.end() ? 0 : held->second;

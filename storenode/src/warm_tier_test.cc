@@ -98,9 +98,10 @@ class WarmTierTest : public ::testing::Test {
   void SetUp() override { Init(8 * kPage); }
 
   void Init(uint64_t capacity, uint64_t max_namespaces = 1024, PolicyKind policy = PolicyKind::kLru,
-            uint64_t scope_quota = 0) {
+            uint64_t scope_quota = 0, uint64_t min_slot = 0) {
     WarmTierOptions o;
     o.policy = policy;
+    o.min_slot_bytes = min_slot;
     if (scope_quota > 0) o.scope_quota = [scope_quota](const std::string&) { return scope_quota; };
     o.capacity_bytes = capacity;
     o.max_block_bytes = kPage;
@@ -778,6 +779,23 @@ TEST_F(WarmTierTest, ScopeBytesAreCountedWithoutAQuota) {
   EXPECT_EQ(tier_->Delete(ns_, "a", {&one, 1}), 1u);
   ASSERT_THAT(tier_->AbortPut(open.reservation_id), IsOk());
   EXPECT_TRUE(tier_->ScopeBytes().empty());
+}
+
+// A tiny block takes a min_slot_bytes slot, so the arena holds capacity / min_slot_bytes of
+// them (and their index entries) at most; without a minimum it holds every one.
+TEST_F(WarmTierTest, TinyBlocksTakeAtLeastTheMinimumSlot) {
+  for (uint64_t min_slot : {uint64_t{0}, kPage / 4}) {
+    Init(8 * kPage, 1024, PolicyKind::kLru, 0, min_slot);
+    EXPECT_EQ(tier_->SlotBytes(64), ClassBytes(min_slot == 0 ? 64 : min_slot)) << min_slot;
+    EXPECT_EQ(tier_->SlotBytes(kPage), kPage) << min_slot;
+    for (uint32_t n = 0; n < 64; ++n) ASSERT_THAT(PutN(n, 64), IsOk()) << n;
+    const WarmTierStats s = tier_->Stats();
+    EXPECT_EQ(s.blocks, min_slot == 0 ? 64u : 32u) << min_slot;
+    EXPECT_EQ(s.evictions, min_slot == 0 ? 0u : 32u) << min_slot;
+    EXPECT_EQ(s.used_bytes, s.blocks * tier_->SlotBytes(64)) << min_slot;
+    EXPECT_EQ(Present(0), min_slot == 0) << "the oldest left first";
+    EXPECT_TRUE(Present(63));
+  }
 }
 
 }  // namespace

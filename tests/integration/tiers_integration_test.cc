@@ -159,6 +159,55 @@ TEST_F(TiersTest, BlocksBeyondWarmBudgetReadBackBitExactFromCoolAndCold) {
   EXPECT_THAT(metrics->second, ::testing::HasSubstr("strata_codec_bytes_total{"));
 }
 
+// 8,000 blocks of 64 B, far under every byte budget: with min_block_charge at its default
+// (16 KiB) each takes 16 KiB of its tier, so the node keeps at most 512 warm, 768 cool and
+// 4,096 cold ones (and as many index entries) and drops the rest; charged only 64 B, it keeps
+// all 8,000 warm.
+TEST_F(TiersTest, TinyBlocksAreChargedAMinimumSoTheirCountStaysBounded) {
+  constexpr size_t kTiny = 64, kCount = 8000, kBatch = 100;
+  const std::vector<uint8_t> tiny(kTiny, 7);
+  for (const std::string charge : {"", "64B"}) {
+    TieredNode n(dir_ + "/charge" + charge);
+    ASSERT_NO_FATAL_FAILURE(n.Start(charge.empty()
+                                        ? std::vector<std::string>{}
+                                        : std::vector<std::string>{"--min-block-charge", charge}));
+    const std::vector<ChainHash> hashes = n.Chain(70, kCount);
+    for (size_t begin = 0; begin < kCount; begin += kBatch) {
+      std::vector<BlockWrite> writes;
+      for (size_t i = begin; i < begin + kBatch; ++i)
+        writes.push_back({hashes[i], tiny.data(), kTiny});
+      auto r = n.client->Put(n.ns, "", writes);
+      ASSERT_THAT(r, IsOk());
+    }
+    // Read at rest: the demoter (every 50 ms) has nothing left to move.
+    absl::StatusOr<client::NodeStats> st = n.client->Stats();
+    for (int i = 0; i < 100; ++i) {
+      absl::SleepFor(absl::Milliseconds(100));
+      absl::StatusOr<client::NodeStats> again = n.client->Stats();
+      ASSERT_THAT(again, IsOk());
+      const bool still = st.ok() && again->warm_blocks == st->warm_blocks &&
+                         again->cool_blocks == st->cool_blocks &&
+                         again->cold_blocks == st->cold_blocks;
+      st = std::move(again);
+      if (still) break;
+    }
+    const uint64_t held = st->warm_blocks + st->cool_blocks + st->cold_blocks;
+    if (charge.empty()) {
+      // What a disk tier holds against its budget is what /metrics calls used.
+      EXPECT_EQ(testutil::Metric(*n.process, "strata_tier_used_bytes", "tier=\"cool\""),
+                static_cast<double>(st->cool_blocks << 14));
+      EXPECT_LT(st->cool_stored_bytes * 100, st->cool_blocks << 14);
+      EXPECT_LE(st->warm_blocks, 512u);
+      EXPECT_LE(st->cool_blocks, 768u);
+      EXPECT_LE(st->cold_blocks, 4096u);
+      EXPECT_GT(st->cold_blocks, 0u);
+      EXPECT_LT(held, kCount);
+    } else {
+      EXPECT_EQ(held, kCount);
+    }
+  }
+}
+
 // The same 24 MiB as above, with a tenant quota on each disk tier (the node runs without
 // authentication, so every block is tenant `default`'s): the tenant keeps at most its quota
 // on cool and cold, the rest of what leaves the warm tier is dropped, and every block reads

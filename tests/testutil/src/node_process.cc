@@ -4,7 +4,10 @@
 #include <filesystem>
 #include <map>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "strata/common/http_get.h"
 
 namespace strata::testutil {
@@ -33,6 +36,19 @@ uint64_t OpCount(const client::LocalNode& node, const std::string& op) {
   const std::map<std::string, OpTotals> ops = ParseOpTotals(page->second);
   auto it = ops.find(op);
   return it == ops.end() ? 0 : it->second.calls;
+}
+
+double Metric(const client::LocalNode& node, const std::string& name, const std::string& labels) {
+  auto page = HttpGet(node.http_address(), "/metrics");
+  if (!page.ok()) return -1;
+  for (absl::string_view line : absl::StrSplit(page->second, '\n')) {
+    if (!absl::StartsWith(line, name + "{") && !absl::StartsWith(line, name + " ")) continue;
+    const size_t value_at = line.rfind(' ');
+    if (!absl::StrContains(line.substr(0, value_at), labels)) continue;
+    double v = 0;
+    return absl::SimpleAtod(line.substr(value_at + 1), &v) ? v : -1;
+  }
+  return -1;
 }
 
 }  // namespace strata::testutil

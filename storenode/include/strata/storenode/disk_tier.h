@@ -16,6 +16,7 @@
 // Thread-safe. The index has its own mutex, never held across RocksDB calls.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -49,6 +50,10 @@ struct DiskTierOptions {
   bool sync_writes = false;              // fsync the WAL on every put (power-loss durability)
   PolicyKind policy = PolicyKind::kLru;  // which blocks Victims() gives up first
   EvictionPolicyOptions policy_options;
+  // Every block takes at least this much of capacity_bytes, however small its stored value:
+  // each block also costs its index entry in RAM (~0.5 KiB), so this bounds that memory to
+  // capacity_bytes / min_block_charge entries. 0: blocks are charged their stored bytes.
+  uint64_t min_block_charge = 0;
   rocksdb::Env* env = nullptr;  // nullptr: the default; tests pass a fault-injecting one
   // Stored bytes a scope may hold here (0: no limit; unset: none for any). Not applied to the
   // shared scope. A put past it is TenantQuotaError (tenant_quota.h). Called once per Put,
@@ -75,6 +80,7 @@ struct DiskTierStats {
   uint64_t stored_bytes = 0;
   uint64_t capacity_bytes = 0;
   uint64_t data_loss = 0;
+  uint64_t charged_bytes = 0;  // of capacity_bytes: stored bytes, min_block_charge a block at least
   uint64_t codec_bytes_in = 0;   // original bytes encoded by puts
   uint64_t codec_bytes_out = 0;  // stored bytes they became
 };
@@ -106,7 +112,7 @@ class DiskTier {
   // Index probe (no I/O). Refreshes recency when touch is set.
   std::optional<DiskBlockMeta> Find(const BlockKey& key, bool touch);
 
-  // The policy's next victims, whose stored bytes add up to at least `bytes`. They leave the
+  // The policy's next victims, whose charges (Charge) add up to at least `bytes`. They leave the
   // policy's ranking now (so a chain-aware policy can offer their parents next): the caller
   // must move or Delete them; one it keeps ranks again after its next Put.
   std::vector<BlockKey> Victims(uint64_t bytes);
@@ -129,7 +135,10 @@ class DiskTier {
   // block stored before a walk and still stored after it is given once; one stored or
   // deleted meanwhile may or may not be.
   bool KeysAfter(std::string* cursor, size_t max, std::vector<BlockKey>* out) const;
-  uint64_t stored_bytes() const;
+  // What the blocks take of capacity_bytes: each its stored bytes, at least min_block_charge.
+  uint64_t charged_bytes() const;
+  // What a block of `stored` bytes takes of capacity_bytes.
+  uint64_t Charge(uint64_t stored) const { return std::max(stored, options_.min_block_charge); }
   uint64_t capacity_bytes() const { return options_.capacity_bytes; }
 
  private:
@@ -157,6 +166,7 @@ class DiskTier {
   absl::flat_hash_map<uint64_t, BlockKey> by_handle_ ABSL_GUARDED_BY(mu_);
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t charged_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Charge() of every block
   // Stored bytes per scope, shared included; scopes at zero are dropped.
   absl::flat_hash_map<std::string, uint64_t> scope_bytes_ ABSL_GUARDED_BY(mu_);
   uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -22,6 +22,10 @@ struct NodeConfig {
   uint64_t warm_bytes = 1ull << 30;        // DRAM arena, preallocated at start
   bool warm_prefault = false;              // touch every arena page at start
   uint64_t max_block_bytes = 16ull << 20;  // also the slab page size
+  // Every block takes at least this much (at most max_block_bytes) of its tier's budget (warm
+  // slot, cool/cold bytes):
+  // it bounds the blocks a tier holds, and so the RAM of their index entries (~0.6 KiB each).
+  uint64_t min_block_charge = 16ull << 10;
   uint64_t max_keys_per_call = 4096;
   uint64_t max_inline_bytes = 64ull << 20;  // payload bytes per call on the gRPC path
   // UCX data plane: UCX_TLS ("tcp", "shm" = posix,sysv,cma,self for co-located trusted

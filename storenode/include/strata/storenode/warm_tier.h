@@ -9,6 +9,7 @@
 // serialize other calls.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -34,6 +35,10 @@ struct WarmTierOptions {
   uint64_t max_block_bytes = 16ull << 20;
   uint64_t max_namespaces = 1024;
   bool prefault = false;
+  // Every block takes a slot of at least this many bytes (at most max_block_bytes), however
+  // small: each block also costs its index entry in RAM (~0.6 KiB), so this bounds that memory
+  // to capacity_bytes / min_slot_bytes entries. 0: the smallest slot that holds the block.
+  uint64_t min_slot_bytes = 0;
   // Which blocks leave first (eviction and demotion). Page reclaim for a size class that has
   // no pages left still empties the page whose newest block is oldest.
   PolicyKind policy = PolicyKind::kLru;
@@ -201,6 +206,8 @@ class WarmTier {
   WarmTierStats Stats() const;
   // Keys of the committed blocks (a snapshot: one key per block the arena holds).
   std::vector<BlockKey> Keys() const;
+  // Arena bytes a block of `size` takes (its slot, min_slot_bytes or more).
+  uint64_t SlotBytes(uint64_t size) const { return arena_->ClassBytes(SlotClass(size)); }
   // Whether each key is a committed block here. Neither touched nor counted as a hit.
   std::vector<bool> Holds(std::span<const BlockKey> keys) const;
   std::string_view policy_name() const { return PolicyKindName(options_.policy); }
@@ -219,6 +226,11 @@ class WarmTier {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool EvictOneLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ReclaimPageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Size class of a block of `size` (1 ≤ size ≤ max_block_bytes).
+  uint16_t SlotClass(uint64_t size) const {
+    return arena_->ClassFor(
+        std::min(std::max(size, options_.min_slot_bytes), options_.max_block_bytes));
+  }
   void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t NewIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lookup and LookupEach: stops at the first miss when `prefix`.

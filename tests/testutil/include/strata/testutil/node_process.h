@@ -30,4 +30,9 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
 // strata_op_latency_seconds_count{op=...} on /metrics; 0 when absent or unreachable.
 uint64_t OpCount(const client::LocalNode& node, const std::string& op);
 
+// The value of the first series of `name` on the node's /metrics whose labels contain `labels`
+// (e.g. `tier="cool"`; empty: any series); -1 when absent or unreachable.
+double Metric(const client::LocalNode& node, const std::string& name,
+              const std::string& labels = "");
+
 }  // namespace strata::testutil
