@@ -239,7 +239,7 @@ absl::Status DiskTier::Rebuild() {
     stored_bytes_ += meta->stored_bytes;
     charged_bytes_ += Charge(meta->stored_bytes);
     payload_bytes_ += meta->size;
-    scope_bytes_[key->scope] += meta->stored_bytes;
+    scope_bytes_[key->scope] += Charge(meta->stored_bytes);
     uint64_t handle = PolicyHandle(*key);
     auto [pos, inserted] = index_.emplace(*key, Entry{std::move(*meta), handle});
     AdmitLocked(pos->first, pos->second);
@@ -248,6 +248,15 @@ absl::Status DiskTier::Rebuild() {
     spdlog::error("{} tier: index scan stopped early: {}", options_.name, it->status().ToString());
   }
   data_loss_ += skipped;
+  if (charged_bytes_ > options_.capacity_bytes) {
+    // Blocks stored before min_block_charge (or under a smaller one) now count for more: the
+    // demoter moves or drops the excess, a policy victim at a time.
+    spdlog::warn(
+        "{} tier: its {} blocks are charged {} against {} (each at least {}); the excess "
+        "leaves at the next demotion",
+        options_.name, index_.size(), FormatByteSize(charged_bytes_),
+        FormatByteSize(options_.capacity_bytes), FormatByteSize(options_.min_block_charge));
+  }
   spdlog::info("{} tier at {}: {} blocks, {} stored of {} ({} unreadable records skipped)",
                options_.name, options_.path, index_.size(), FormatByteSize(stored_bytes_),
                FormatByteSize(options_.capacity_bytes), skipped);
@@ -296,7 +305,8 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
     if (quota > 0) {
       auto held = scope_bytes_.find(key.scope);
       const uint64_t used = held == scope_bytes_.end() ? 0 : held->second;
-      if (used - std::min(used, replaced) + meta.stored_bytes > quota) {
+      const uint64_t replaced_charge = old == index_.end() ? 0 : Charge(replaced);
+      if (used - std::min(used, replaced_charge) + Charge(meta.stored_bytes) > quota) {
         return TenantQuotaError(key.scope, used, options_.name, quota);
       }
     }
@@ -316,7 +326,7 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   stored_bytes_ += meta.stored_bytes;
   charged_bytes_ += Charge(meta.stored_bytes);
   payload_bytes_ += meta.size;
-  scope_bytes_[key.scope] += meta.stored_bytes;
+  scope_bytes_[key.scope] += Charge(meta.stored_bytes);
   codec_in_ += meta.size;
   codec_out_ += meta.stored_bytes;
   auto [pos, inserted] = index_.emplace(key, Entry{std::move(meta), PolicyHandle(key)});
@@ -378,7 +388,7 @@ void DiskTier::DropLocked(const BlockKey& key) {
   charged_bytes_ -= Charge(it->second.meta.stored_bytes);
   payload_bytes_ -= it->second.meta.size;
   if (auto held = scope_bytes_.find(key.scope); held != scope_bytes_.end()) {
-    held->second -= std::min(held->second, it->second.meta.stored_bytes);
+    held->second -= std::min(held->second, Charge(it->second.meta.stored_bytes));
     if (held->second == 0) scope_bytes_.erase(held);
   }
   policy_->Erase(it->second.handle);

@@ -17,6 +17,7 @@
 #include "rocksdb/env.h"
 #include "rocksdb/file_system.h"
 #include "strata/common/checksum.h"
+#include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/testutil/synthetic_kv.h"
 
@@ -237,7 +238,19 @@ TEST(DiskTierTest, EveryBlockIsChargedAtLeastTheMinimum) {
     EXPECT_EQ((*tier)->Victims(100 << 10).size(), 2u);  // 64 KiB each
     ASSERT_THAT((*tier)->Delete(WideKey(7, "", 0)), IsOk());
     EXPECT_EQ((*tier)->charged_bytes(), 15u << 16);
-    EXPECT_THAT((*tier)->Put(WideKey(7, "", 16), Bytes(64, 1), {}), IsOk());
+    // A block replaced by one above the minimum is charged its stored bytes instead.
+    ASSERT_THAT((*tier)->Put(WideKey(7, "", 1), testutil::RandomBytes(3, 96 << 10), {}), IsOk());
+    const uint64_t charged = (*tier)->charged_bytes();
+    EXPECT_GT(charged, (14u << 16) + (96u << 10));
+    EXPECT_LT(charged, (14u << 16) + (97u << 10));
+    ASSERT_EQ((*tier)->ScopeBytes().size(), 1u);
+    EXPECT_EQ((*tier)->ScopeBytes()[0].second, charged);  // what scope quotas count
+    // A restart charges the same.
+    tier->reset();
+    tier = DiskTier::Open(o);
+    ASSERT_THAT(tier.status(), IsOk());
+    EXPECT_EQ((*tier)->charged_bytes(), charged);
+    EXPECT_EQ((*tier)->ScopeBytes()[0].second, charged);
   }
 }
 

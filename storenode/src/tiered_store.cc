@@ -142,7 +142,7 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
 bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes,
                              const DiskBlockMeta& meta, bool prefetched, bool make_room) {
   // Room first when asked: a promotion never evicts a block that exists nowhere else.
-  if (make_room) DemoteOnce(bytes.size());
+  if (make_room) DemoteOnce(warm_->SlotBytes(bytes.size()));
   WarmTier::PutBlock pb{key.hash,     bytes.size(), meta.depth,        meta.importance,
                         meta.session, prefetched,   meta.parent_handle};
   WarmTier::ReserveResult res = warm_->BeginPut(key.namespace_id, key.scope, {&pb, 1}, 10000,
@@ -457,16 +457,22 @@ void TieredStore::DemoteLoop() {
   }
 }
 
+namespace {
+
+bool KeyOrder(const BlockKey& a, const BlockKey& b) {
+  return std::tie(a.namespace_id, a.scope, a.hash.bytes) <
+         std::tie(b.namespace_id, b.scope, b.hash.bytes);
+}
+
+}  // namespace
+
 bool TieredStore::NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out) const {
   const size_t first = out->size();
   while (out->size() == first) {
     switch (walk->stage) {
       case 0:
         walk->warm = warm_->Keys();
-        std::sort(walk->warm.begin(), walk->warm.end(), [](const BlockKey& a, const BlockKey& b) {
-          return std::tie(a.namespace_id, a.scope, a.hash.bytes) <
-                 std::tie(b.namespace_id, b.scope, b.hash.bytes);
-        });
+        std::sort(walk->warm.begin(), walk->warm.end(), KeyOrder);
         walk->warm_next = 0;
         walk->stage = 1;
         break;
@@ -476,23 +482,21 @@ bool TieredStore::NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out
         out->insert(out->end(), std::make_move_iterator(from),
                     std::make_move_iterator(from + static_cast<std::ptrdiff_t>(n)));
         walk->warm_next += n;
-        if (walk->warm_next == walk->warm.size()) {
-          std::vector<BlockKey>().swap(walk->warm);
-          walk->stage = 2;
-        }
+        if (walk->warm_next == walk->warm.size()) walk->stage = 2;
         break;
       }
       case 2:
       case 3: {
         DiskTier* tier = walk->stage == 2 ? cool_.get() : cold_.get();
         const bool more = tier != nullptr && tier->KeysAfter(&walk->disk_cursor, max, out);
-        // Blocks a higher tier holds too (a promoted block keeps its disk copy) came there.
-        std::span<const BlockKey> got(out->data() + first, out->size() - first);
-        const std::vector<bool> warm = warm_->Holds(got);
+        // Blocks the warm snapshot gave came there (a promoted block keeps its disk copy); one
+        // promoted since is not in it and comes here. Cold blocks cool holds come from cool.
+        const size_t got = out->size() - first;
         size_t kept = first;
-        for (size_t i = 0; i < got.size(); ++i) {
+        for (size_t i = 0; i < got; ++i) {
           const BlockKey& k = (*out)[first + i];
-          if (warm[i] || (walk->stage == 3 && cool_ != nullptr && cool_->Find(k, /*touch=*/false)))
+          if (std::binary_search(walk->warm.begin(), walk->warm.end(), k, KeyOrder) ||
+              (walk->stage == 3 && cool_ != nullptr && cool_->Find(k, /*touch=*/false)))
             continue;
           if (kept != first + i) (*out)[kept] = std::move((*out)[first + i]);
           ++kept;

@@ -54,17 +54,21 @@ class TieredStoreTest : public ::testing::Test {
 
   // Stores blocks first..first+count-1 (warm) under `session`; their keys.
   std::vector<BlockKey> Put(uint32_t first, uint32_t count, const std::string& session) {
+    return Put(ns_, "", first, count, session);
+  }
+  std::vector<BlockKey> Put(NamespaceId ns, const std::string& scope, uint32_t first,
+                            uint32_t count, const std::string& session) {
     std::vector<WarmTier::PutBlock> blocks;
     std::vector<std::vector<uint8_t>> payloads;
     std::vector<BlockKey> keys;
     for (uint32_t n = first; n < first + count; ++n) {
-      BlockKey key{ns_, "", {}};
+      BlockKey key{ns, scope, {}};
       std::memcpy(key.hash.bytes.data(), &n, sizeof(n));
       keys.push_back(key);
       blocks.push_back({.hash = key.hash, .size = kBlock, .session = session});
       payloads.emplace_back(kBlock, static_cast<uint8_t>(n));
     }
-    WarmTier::ReserveResult r = store_->BeginPut(ns_, "", blocks, 10000);
+    WarmTier::ReserveResult r = store_->BeginPut(ns, scope, blocks, 10000);
     std::vector<WarmTier::CommitBlock> commits;
     for (size_t i = 0; i < keys.size(); ++i) {
       EXPECT_THAT(r.status[i], IsOk());
@@ -91,6 +95,11 @@ TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
     std::vector<BlockKey> keys = Put(first, 8, session);
     all.insert(all.end(), keys.begin(), keys.end());
   }
+  // Another namespace and scope, on cool.
+  auto other = store_->RegisterNamespace(testutil::RawSpec("m2", kBlock));
+  ASSERT_THAT(other.status(), IsOk());
+  std::vector<BlockKey> elsewhere = Put(*other, "tenant-b", 500, 8, "cool");
+  all.insert(all.end(), elsewhere.begin(), elsewhere.end());
   ASSERT_THAT(store_->PauseSession("cool", false).status(), IsOk());
   ASSERT_THAT(store_->PauseSession("cold", true).status(), IsOk());
   ASSERT_THAT(store_->PauseSession("warm+cool", false).status(), IsOk());
@@ -99,16 +108,31 @@ TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
   ASSERT_THAT(store_->ResumeSession("cool+cold").status(), IsOk());
   ASSERT_THAT(store_->PauseSession("cool+cold", false).status(), IsOk());
   const TieredStats st = store_->Stats();
-  // 16 warm (8 never moved, 8 resumed), 24 cool (8 + 8 resumed + 8 paused again), 16 cold.
+  // 16 warm (8 never moved, 8 resumed), 32 cool (8 + 8 resumed + 8 paused again + 8 of the
+  // other namespace), 16 cold.
   EXPECT_EQ(st.warm.blocks, 16u);
-  EXPECT_EQ(st.cool->blocks, 24u);
+  EXPECT_EQ(st.cool->blocks, 32u);
   EXPECT_EQ(st.cold->blocks, 16u);
 
   std::map<uint32_t, int> seen;
   TieredStore::KeyWalk walk;
   int calls = 0;
   for (std::vector<BlockKey> got; store_->NextKeys(&walk, 3, &got); got.clear()) {
-    ++calls;
+    if (++calls == 1) {
+      // The warm keys are taken now. A cool block read with promotion becomes warm too (its
+      // disk copy stays): it comes from cool, once.
+      std::vector<uint8_t> buf;
+      WarmTier::GetResult read = store_->BeginGet(
+          ns_, "", {&all[8].hash, 1}, 10000,
+          [&buf](size_t, uint64_t size) {
+            buf.resize(size);
+            return buf.data();
+          },
+          UINT64_MAX, /*promote=*/true);
+      ASSERT_THAT(read.status[0], IsOk());
+      if (read.lease_id != 0) ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
+      EXPECT_EQ(store_->Stats().warm.blocks, 17u) << "not promoted";
+    }
     ASSERT_LE(got.size(), 3u);
     ASSERT_FALSE(got.empty());
     for (const BlockKey& k : got) {
@@ -117,7 +141,7 @@ TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
       ++seen[n];
     }
   }
-  EXPECT_GE(calls, 40 / 3);
+  EXPECT_GE(calls, 48 / 3);
   EXPECT_EQ(seen.size(), all.size());
   for (const auto& [n, times] : seen) EXPECT_EQ(times, 1) << "block " << n;
   std::vector<BlockKey> keys;

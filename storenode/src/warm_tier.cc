@@ -363,6 +363,13 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     if (parent_handle == kNoBlock && i > 0 && b.depth > 0 && blocks[i - 1].depth + 1 == b.depth) {
       parent_handle = PolicyHandle(BlockKey{ns, scope, blocks[i - 1].hash});
     }
+    if (b.size == 0 || b.size > options_.max_block_bytes) {
+      // Callers check sizes first; a block that slipped through (a disk block stored under a
+      // larger max_block_bytes) must not get a slot it would overrun.
+      result.status.push_back(absl::InvalidArgumentError(absl::StrCat(
+          "block of ", b.size, " bytes: want 1 .. max_block_bytes ", options_.max_block_bytes)));
+      continue;
+    }
     auto it = index_.find(key);
     if (it != index_.end()) {
       result.status.push_back(absl::AlreadyExistsError(
@@ -693,16 +700,6 @@ std::vector<BlockKey> WarmTier::Keys() const {
     if (e->state == Entry::State::kCommitted) keys.push_back(key);
   }
   return keys;
-}
-
-std::vector<bool> WarmTier::Holds(std::span<const BlockKey> keys) const {
-  std::vector<bool> out(keys.size(), false);
-  absl::MutexLock lock(&mu_);
-  for (size_t i = 0; i < keys.size(); ++i) {
-    auto it = index_.find(keys[i]);
-    out[i] = it != index_.end() && it->second->state == Entry::State::kCommitted;
-  }
-  return out;
 }
 
 std::vector<std::pair<std::string, uint64_t>> WarmTier::ScopeBytes() const {

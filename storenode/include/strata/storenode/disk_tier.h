@@ -55,7 +55,7 @@ struct DiskTierOptions {
   // capacity_bytes / min_block_charge entries. 0: blocks are charged their stored bytes.
   uint64_t min_block_charge = 0;
   rocksdb::Env* env = nullptr;  // nullptr: the default; tests pass a fault-injecting one
-  // Stored bytes a scope may hold here (0: no limit; unset: none for any). Not applied to the
+  // Bytes a scope may take here, as charged (0: no limit; unset: none for any). Not applied to the
   // shared scope. A put past it is TenantQuotaError (tenant_quota.h). Called once per Put,
   // outside the tier's lock.
   std::function<uint64_t(const std::string& scope)> scope_quota;
@@ -124,7 +124,8 @@ class DiskTier {
   absl::Status SaveNamespace(NamespaceId id, const NamespaceSpec& spec);
   absl::StatusOr<std::vector<NamespaceSpec>> LoadNamespaces();
 
-  // Stored bytes each scope holds here, `shared` included; only scopes holding some.
+  // Bytes each scope takes here (stored bytes, each block charged at least min_block_charge:
+  // what scope_quota counts), `shared` included; only scopes holding some.
   std::vector<std::pair<std::string, uint64_t>> ScopeBytes() const;
   DiskTierStats Stats() const;
   // Appends to *out up to `max` keys of stored blocks that come after `*cursor` in the tier's
@@ -167,7 +168,7 @@ class DiskTier {
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t charged_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Charge() of every block
-  // Stored bytes per scope, shared included; scopes at zero are dropped.
+  // Charged bytes per scope (as charged_bytes_), shared included; scopes at zero are dropped.
   absl::flat_hash_map<std::string, uint64_t> scope_bytes_ ABSL_GUARDED_BY(mu_);
   uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t data_loss_ ABSL_GUARDED_BY(mu_) = 0;

@@ -124,11 +124,12 @@ class TieredStore {
   std::vector<ScopeUse> ScopeBytes() const;
   // A walk over the keys of every block held on any tier, for background passes (the
   // rebalancer). Warm keys come first, from a snapshot sorted by namespace, scope and hash
-  // (one key per block the arena holds: bounded by warm_bytes), then the cool and the cold
-  // tier's keys in their order, read from RocksDB a few at a time (DiskTier::KeysAfter), so a
-  // walk never copies a disk tier's index. Each block comes once, from the highest tier
-  // holding it when its turn comes; one that moves between tiers or is stored during the walk
-  // may come twice or not at all (the next walk sees it).
+  // (one key per block the arena holds: bounded by warm_bytes; kept for the walk), then the
+  // cool and the cold tier's keys in their order, read from RocksDB a few at a time
+  // (DiskTier::KeysAfter), so a walk never copies a disk tier's index. A disk key the warm
+  // snapshot gave is skipped, and a cold key cool holds when its turn comes. So each block
+  // comes once, also one promoted to warm during the walk; one stored during the walk may or
+  // may not come, and one moved from cool to cold meanwhile may come twice.
   struct KeyWalk {
     int stage = 0;  // 0 start, 1 warm, 2 cool, 3 cold, 4 done
     std::vector<BlockKey> warm;

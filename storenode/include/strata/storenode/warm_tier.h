@@ -206,10 +206,12 @@ class WarmTier {
   WarmTierStats Stats() const;
   // Keys of the committed blocks (a snapshot: one key per block the arena holds).
   std::vector<BlockKey> Keys() const;
-  // Arena bytes a block of `size` takes (its slot, min_slot_bytes or more).
-  uint64_t SlotBytes(uint64_t size) const { return arena_->ClassBytes(SlotClass(size)); }
-  // Whether each key is a committed block here. Neither touched nor counted as a hit.
-  std::vector<bool> Holds(std::span<const BlockKey> keys) const;
+  // Arena bytes a block of `size` takes: its slot, min_slot_bytes or more (`size` itself for a
+  // size BeginPut refuses).
+  uint64_t SlotBytes(uint64_t size) const {
+    return size == 0 || size > options_.max_block_bytes ? size
+                                                        : arena_->ClassBytes(SlotClass(size));
+  }
   std::string_view policy_name() const { return PolicyKindName(options_.policy); }
   // The arena's bytes, for registering them with the data plane once at start.
   uint8_t* arena_base() const { return arena_->base(); }
@@ -226,10 +228,11 @@ class WarmTier {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool EvictOneLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ReclaimPageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Size class of a block of `size` (1 ≤ size ≤ max_block_bytes).
+  // Size class of a block of `size` (1 ≤ size ≤ max_block_bytes): raised to min_slot_bytes,
+  // never past the largest class.
   uint16_t SlotClass(uint64_t size) const {
     return arena_->ClassFor(
-        std::min(std::max(size, options_.min_slot_bytes), options_.max_block_bytes));
+        std::max(size, std::min(options_.min_slot_bytes, options_.max_block_bytes)));
   }
   void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t NewIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
