@@ -67,6 +67,10 @@ absl::StatusOr<std::unique_ptr<GpuAgent>> GpuAgent::Create(const AgentOptions& o
   if (options.publish_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError("publish_ttl: at least 1s");
   }
+  if (options.peer_token_rotation != absl::ZeroDuration() &&
+      options.peer_token_rotation < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("peer_token_rotation: 0 (never) or at least 1s");
+  }
   // TLS files are read when the pool registers and at every peer connection: a bad path is
   // an error now, not a warning on every load.
   if (options.peer_tls_cert.empty() != options.peer_tls_key.empty()) {
@@ -166,7 +170,10 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
         });
     if (!server.ok()) return server.status();
     peer_server_ = std::move(*server);
-    peer_token_ = po.token;
+    {
+      absl::MutexLock lock(&mu_);
+      peer_token_ = po.token;
+    }
     std::string host = options_.peer_listen.substr(0, options_.peer_listen.rfind(':'));
     peer_address_ = options_.peer_advertise.empty() ? absl::StrCat(host, ":", peer_server_->port())
                                                     : options_.peer_advertise;
@@ -297,6 +304,10 @@ void GpuAgentImpl::OffloadLoop() {
   const uint64_t bb = stored_bytes_;
   uint8_t* region = staging_->data();
   absl::Time next_refresh = absl::Now() + options_.publish_ttl / 3;
+  const bool rotates =
+      peer_server_ != nullptr && options_.peer_token_rotation > absl::ZeroDuration();
+  absl::Time next_rotation =
+      rotates ? absl::Now() + options_.peer_token_rotation : absl::InfiniteFuture();
   while (true) {
     std::vector<uint32_t> ids;
     std::vector<BlockState> states;
@@ -307,7 +318,7 @@ void GpuAgentImpl::OffloadLoop() {
       auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stop_ || !offload_queue_.empty() || !captured_.empty() || !unpublish_.empty();
       };
-      mu_.AwaitWithDeadline(absl::Condition(&work), next_refresh);
+      mu_.AwaitWithDeadline(absl::Condition(&work), std::min(next_refresh, next_rotation));
       if (stop_ && offload_queue_.empty() && captured_.empty() && unpublish_.empty()) break;
       unpublish.swap(unpublish_);
       while (!captured_.empty() && captured.size() < batch_) {
@@ -378,6 +389,11 @@ void GpuAgentImpl::OffloadLoop() {
       capture_used_ -= captured.size() * bb;
       inflight_ -= captured.size();
     }
+    if (absl::Now() >= next_rotation) {
+      RotatePeerToken();
+      next_rotation = absl::Now() + options_.peer_token_rotation;
+      next_refresh = absl::InfinitePast();  // republish under the new token now
+    }
     if (absl::Now() >= next_refresh) {
       RefreshPublished();
       next_refresh = absl::Now() + options_.publish_ttl / 3;
@@ -410,11 +426,30 @@ void GpuAgentImpl::Publish(std::span<const ChainHash> hashes, absl::Duration ttl
   if (hashes.empty() || peer_address_.empty()) return;
   std::vector<uint64_t> sizes(hashes.size(), stored_bytes_);
   client::CallOptions call{options_.call_deadline};
-  auto r = client_->Publish(ns_, scope_, hashes, sizes, {peer_address_, peer_token_}, ttl, call);
+  std::string token;
+  {
+    absl::MutexLock lock(&mu_);
+    token = peer_token_;
+  }
+  auto r = client_->Publish(ns_, scope_, hashes, sizes, {peer_address_, token}, ttl, call);
   if (!r.ok()) {
     spdlog::warn("gpu agent: publishing {} blocks (ttl {}) failed: {}", hashes.size(),
                  absl::FormatDuration(ttl), r.status().ToString());
   }
+}
+
+void GpuAgentImpl::RotatePeerToken() {
+  std::string token = RandomPeerToken();
+  if (token.empty()) {
+    spdlog::error("gpu agent: no random bytes for a new peer token; keeping the old one");
+    return;
+  }
+  // Entries published with the old token last publish_ttl at most; readers who looked one up
+  // meanwhile may still come with it until then.
+  peer_server_->RotateToken(token, absl::Now() + options_.publish_ttl);
+  absl::MutexLock lock(&mu_);
+  peer_token_ = std::move(token);
+  ++stats_.peer_token_rotations;
 }
 
 void GpuAgentImpl::RefreshPublished() {
@@ -523,6 +558,8 @@ std::string GpuAgentImpl::MetricsText() const {
        st.peer_skips},
       {"strata_agent_served_blocks_total", "counter", "Blocks sent to peer agents",
        st.served_to_peers},
+      {"strata_agent_peer_token_rotations_total", "counter",
+       "Times the peer token was drawn anew (peer_token_rotation)", st.peer_token_rotations},
       {"strata_agent_offloaded_bytes_total", "counter", "Bytes offloaded", st.bytes_offloaded},
       {"strata_agent_loaded_bytes_total", "counter", "Bytes loaded", st.bytes_loaded},
   };

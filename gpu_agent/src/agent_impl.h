@@ -73,6 +73,8 @@ class GpuAgentImpl : public GpuAgent {
   std::vector<bool> PutBlocks(std::span<const client::BlockWrite> writes);
   void Publish(std::span<const ChainHash> hashes, absl::Duration ttl);
   void RefreshPublished();
+  // Draws a new peer token; the peer server keeps the old one for publish_ttl.
+  void RotatePeerToken();
   std::vector<absl::Status> GatherForPeer(std::span<const ChainHash> hashes, uint8_t* region);
 
   void LoadLoop();
@@ -103,7 +105,9 @@ class GpuAgentImpl : public GpuAgent {
   std::unique_ptr<CopyEngine> engine_;
   std::unique_ptr<PeerServer> peer_server_;
   std::string peer_address_;
-  std::string peer_token_;  // what peers present to peer_server_ (published with the address)
+  // What peers present to peer_server_ (published with the address); drawn anew every
+  // peer_token_rotation by the offload thread.
+  std::string peer_token_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<HttpEndpoint> http_;
   std::atomic<bool> ready_{false};
   std::thread offload_thread_;

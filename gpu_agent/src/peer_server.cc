@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/chain_hash.h"
 #include "strata/common/checksum.h"
@@ -33,7 +34,18 @@ class PeerService final : public v1::StoreService::Service {
  public:
   PeerService(const PeerServerOptions& options, uint8_t* region, GatherFn gather,
               transport::DataPlane* plane)
-      : options_(options), region_(region), gather_(std::move(gather)), plane_(plane) {}
+      : options_(options),
+        region_(region),
+        gather_(std::move(gather)),
+        plane_(plane),
+        token_(options.token) {}
+
+  void RotateToken(std::string token, absl::Time previous_until) {
+    absl::MutexLock lock(&token_mu_);
+    previous_ = std::move(token_);
+    previous_until_ = previous_until;
+    token_ = std::move(token);
+  }
 
   uint64_t served() const { return served_.load(std::memory_order_relaxed); }
 
@@ -46,12 +58,18 @@ class PeerService final : public v1::StoreService::Service {
                           "no credentials: this agent's peers present the token its directory "
                           "entries carry (authorization: Bearer)");
     }
-    const std::string& want = options_.token;
-    if (!token.ok() || (*token)->size() != want.size() ||
-        CRYPTO_memcmp((*token)->data(), want.data(), want.size()) != 0) {
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown credentials");
+    bool known = false;
+    if (token.ok()) {
+      absl::MutexLock lock(&token_mu_);
+      const bool previous_valid = !previous_.empty() && absl::Now() < previous_until_;
+      known = Matches(**token, token_) | (previous_valid && Matches(**token, previous_));
     }
+    if (!known) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown credentials");
     return grpc::Status::OK;
+  }
+
+  static bool Matches(std::string_view got, const std::string& want) {
+    return got.size() == want.size() && CRYPTO_memcmp(got.data(), want.data(), want.size()) == 0;
   }
 
   grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest*,
@@ -247,12 +265,20 @@ class PeerService final : public v1::StoreService::Service {
   transport::DataPlane* const plane_;
   absl::Mutex region_mu_;
   std::atomic<uint64_t> served_{0};
+  // The token peers present, and the one before it while its grace lasts (RotateToken).
+  mutable absl::Mutex token_mu_;
+  std::string token_ ABSL_GUARDED_BY(token_mu_);
+  std::string previous_ ABSL_GUARDED_BY(token_mu_);
+  absl::Time previous_until_ ABSL_GUARDED_BY(token_mu_) = absl::InfinitePast();
 };
 
 class PeerServerImpl : public PeerServer {
  public:
   int port() const override { return port_; }
   uint64_t blocks_served() const override { return service_->served(); }
+  void RotateToken(std::string token, absl::Time previous_until) override {
+    service_->RotateToken(std::move(token), previous_until);
+  }
   ~PeerServerImpl() override {
     if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
     stop_.Notify();

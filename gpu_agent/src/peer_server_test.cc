@@ -1,5 +1,6 @@
 // The GPU agent's peer server against a peer of this test's own (real UCX over tcp/lo): only
-// callers presenting the server's token are served, and data channels a peer leaves open are
+// callers presenting the server's token (or, after a rotation, the one before it while its
+// grace lasts) are served, and data channels a peer leaves open are
 // closed once idle, so peers that die cannot use up the server's channels.
 #include "peer_server.h"
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
@@ -125,6 +127,34 @@ TEST(PeerServerTest, OnlyCallersWithTheTokenAreServed) {
   ASSERT_EQ(got.blocks_size(), 1);
   EXPECT_EQ(got.blocks(0).payload(), std::string(4096, '\x5a'));
   EXPECT_EQ((*server)->blocks_served(), 1u);
+}
+
+// After a rotation the new token is served at once and the one before it until its grace
+// ends (a bounded wait, no timing asserted); a second rotation with no grace ends it at once.
+TEST(PeerServerTest, ARotatedTokenIsServedUntilItsGraceEnds) {
+  std::vector<uint8_t> region(4 * 4096);
+  auto server = Start(Options(), region, true);
+  ASSERT_THAT(server, IsOk());
+  auto stub = StubFor(**server);
+  auto code = [&](const std::string& token) {
+    v1::StatsResponse stats;
+    return stub->Stats(As(token).get(), {}, &stats).error_code();
+  };
+  const std::string second = RandomPeerToken(), third = RandomPeerToken();
+  EXPECT_EQ(code(second), grpc::StatusCode::UNAUTHENTICATED);
+  (*server)->RotateToken(second, absl::Now() + absl::Milliseconds(500));
+  EXPECT_EQ(code(second), grpc::StatusCode::OK);
+  EXPECT_EQ(code(kToken), grpc::StatusCode::OK);  // within its grace
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (code(kToken) == grpc::StatusCode::OK && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(code(kToken), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(code(second), grpc::StatusCode::OK);
+  (*server)->RotateToken(third, absl::InfinitePast());
+  EXPECT_EQ(code(second), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(code(kToken), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(code(third), grpc::StatusCode::OK);
 }
 
 TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {

@@ -286,6 +286,60 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
   EXPECT_EQ(Exact(decode, hashes, Slots(20, 8)), 8u);
 }
 
+// The peer token is drawn anew every peer_token_rotation and the entries carry the new one at
+// once; the old one is served for publish_ttl more, then refused, while peers still load.
+TEST_F(GpuAgentTest, PeerTokensRotateAndTheOldOneLapses) {
+  AgentOptions o = Options("rotate", true);
+  o.metrics_listen = "127.0.0.1:0";
+  o.peer_token_rotation = absl::Seconds(1);
+  o.publish_ttl = absl::Seconds(1);
+  Side prefill = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  auto hashes = Hashes(*prefill.agent, 8, 777);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 8))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  auto c = client::StoreClient::Connect({.address = node_->address()});
+  ASSERT_TRUE(c.ok());
+  auto token_of = [&](size_t i) {
+    auto r = (*c)->LookupEach(prefill.agent->ns(), "", {&hashes[i], 1});
+    return r.ok() && (*r)[0].peers.size() == 1 ? (*r)[0].peers[0].token : std::string();
+  };
+  auto peer_answer = [&](const std::string& token) {
+    client::ClientOptions po;
+    po.address = prefill.agent->peer_address();
+    po.data_plane = client::ClientOptions::DataPlane::kInline;
+    po.token = token;
+    auto peer = client::StoreClient::Connect(po);
+    return peer.ok() ? (*peer)->Stats().status() : peer.status();
+  };
+  const std::string first = token_of(5);
+  ASSERT_THAT(first, ::testing::MatchesRegex("[0-9a-f]{64}"));
+  std::string next = first;
+  for (absl::Time until = absl::Now() + absl::Seconds(10); next == first && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(50));
+    next = token_of(5);
+  }
+  ASSERT_NE(next, first) << "the entries still carry the first token";
+  EXPECT_THAT(next, ::testing::MatchesRegex("[0-9a-f]{64}"));
+  EXPECT_GE(prefill.agent->Stats().peer_token_rotations, 1u);
+  auto metrics = testutil::HttpGet(prefill.agent->metrics_address(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_THAT(metrics->second,
+              ::testing::ContainsRegex("strata_agent_peer_token_rotations_total [1-9]"));
+  EXPECT_TRUE(peer_answer(next).ok());
+  absl::Status old = absl::OkStatus();
+  for (absl::Time until = absl::Now() + absl::Seconds(10); old.ok() && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(100));
+    old = peer_answer(first);
+  }
+  EXPECT_TRUE(absl::IsUnauthenticated(old)) << old;
+  // Readers follow the entries' tokens: every block still comes from the peer.
+  Side decode = Make(Options("rotate", false), SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
+  auto loaded = LoadAll(decode, hashes, Slots(4, 8));
+  EXPECT_EQ(loaded->loaded_prefix(), 8u);
+  EXPECT_EQ(Exact(decode, hashes, Slots(4, 8)), 8u);
+  EXPECT_EQ(decode.agent->Stats().loaded_from_peer, 8u);
+}
+
 // Agents may read each other over TLS: a reader with the CA loads every block from the TLS
 // peer, bit-exact; a plaintext reader cannot talk to it and loads them from the store instead.
 TEST_F(GpuAgentTest, PeersReadOverTlsAndAPlaintextReaderFallsBackToTheStore) {

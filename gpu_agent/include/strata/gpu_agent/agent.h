@@ -75,6 +75,11 @@ struct AgentOptions {
   absl::Duration peer_retry_after = absl::Seconds(5);
   // Directory entries live this long and are refreshed every third of it while held.
   absl::Duration publish_ttl = absl::Seconds(30);
+  // The peer token is drawn anew this often and every entry republished with the new one; the
+  // old one is still served for publish_ttl (entries and lookups made before the change).
+  // So a reader who lost the right to read the agent's scope loses its peer reads within
+  // peer_token_rotation + publish_ttl. Zero: one token for the agent's lifetime.
+  absl::Duration peer_token_rotation = absl::Hours(1);
   // Prefer a peer's copy over the store's when both exist (a GPU-to-GPU read beats DRAM over
   // the network only when the peer is close; turn off for far peers).
   bool prefer_peers = true;
@@ -146,7 +151,8 @@ struct AgentStats {
   // Of those, blocks not even tried there: their peer could not be reached moments before
   // (peer_retry_after), so the load did not wait for it again.
   uint64_t peer_skips = 0;
-  uint64_t served_to_peers = 0;  // blocks this agent sent to peers
+  uint64_t served_to_peers = 0;       // blocks this agent sent to peers
+  uint64_t peer_token_rotations = 0;  // times the peer token was drawn anew
   uint64_t bytes_offloaded = 0;
   uint64_t bytes_loaded = 0;
 };
