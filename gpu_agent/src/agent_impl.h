@@ -88,6 +88,8 @@ class GpuAgentImpl : public GpuAgent {
   // A client for the peer agent `peer` (cached), with the namespace id it serves.
   absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> PeerClient(
       const PeerKey& peer);
+  // Whether a client for `peer` is cached (PeerClient).
+  bool HasPeerClient(const PeerKey& peer);
   // Whether `peer` failed to connect less than options_.peer_retry_after ago.
   bool RecentlyUnreachable(const PeerKey& peer);
 

@@ -73,11 +73,26 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
   }
   std::map<PeerKey, std::vector<size_t>> by_peer;
   std::vector<size_t> from_store;
+  auto from_peer = [&](const client::BlockLocation& loc) {
+    return !loc.peers.empty() && (options_.prefer_peers || loc.tier == client::Tier::kHot) &&
+           loc.peers.front().address != peer_address_;
+  };
+  // One token per peer address in a load: right after the peer rotated its token, entries may
+  // carry the old and the new one (it serves both for a while), and a client per token would
+  // replace the other's at every load. The one a cached client uses wins, else the first.
+  std::map<std::string, std::string> token_at;
   for (size_t i = 0; i < found->matched_blocks; ++i) {
-    const client::BlockLocation& loc = found->blocks[i];
-    if (!loc.peers.empty() && (options_.prefer_peers || loc.tier == client::Tier::kHot) &&
-        loc.peers.front().address != peer_address_) {
-      by_peer[{loc.peers.front().address, loc.peers.front().token}].push_back(i);
+    if (!from_peer(found->blocks[i])) continue;
+    const client::PeerLocation& at = found->blocks[i].peers.front();
+    auto [chosen, fresh] = token_at.emplace(at.address, at.token);
+    if (!fresh && chosen->second != at.token && HasPeerClient({at.address, at.token})) {
+      chosen->second = at.token;
+    }
+  }
+  for (size_t i = 0; i < found->matched_blocks; ++i) {
+    if (from_peer(found->blocks[i])) {
+      const std::string& address = found->blocks[i].peers.front().address;
+      by_peer[{address, token_at[address]}].push_back(i);
     } else {
       from_store.push_back(i);
     }
@@ -189,6 +204,11 @@ bool GpuAgentImpl::RecentlyUnreachable(const PeerKey& peer) {
   std::erase_if(unreachable_,
                 [&](const auto& u) { return now - u.second >= options_.peer_retry_after; });
   return unreachable_.contains(peer);
+}
+
+bool GpuAgentImpl::HasPeerClient(const PeerKey& peer) {
+  absl::MutexLock lock(&peers_mu_);
+  return peers_.contains(peer);
 }
 
 absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl::PeerClient(

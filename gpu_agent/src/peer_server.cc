@@ -7,6 +7,8 @@
 #include <atomic>
 #include <string_view>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -42,8 +44,9 @@ class PeerService final : public v1::StoreService::Service {
 
   void RotateToken(std::string token, absl::Time previous_until) {
     absl::MutexLock lock(&token_mu_);
-    previous_ = std::move(token_);
-    previous_until_ = previous_until;
+    const absl::Time now = absl::Now();
+    std::erase_if(previous_, [now](const auto& p) { return p.second <= now; });
+    previous_.emplace_back(std::move(token_), previous_until);
     token_ = std::move(token);
   }
 
@@ -61,8 +64,9 @@ class PeerService final : public v1::StoreService::Service {
     bool known = false;
     if (token.ok()) {
       absl::MutexLock lock(&token_mu_);
-      const bool previous_valid = !previous_.empty() && absl::Now() < previous_until_;
-      known = Matches(**token, token_) | (previous_valid && Matches(**token, previous_));
+      const absl::Time now = absl::Now();
+      known = Matches(**token, token_);
+      for (const auto& [old, until] : previous_) known |= now < until && Matches(**token, old);
     }
     if (!known) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown credentials");
     return grpc::Status::OK;
@@ -265,11 +269,11 @@ class PeerService final : public v1::StoreService::Service {
   transport::DataPlane* const plane_;
   absl::Mutex region_mu_;
   std::atomic<uint64_t> served_{0};
-  // The token peers present, and the one before it while its grace lasts (RotateToken).
+  // The token peers present, and earlier ones until their grace ends (RotateToken; pruned at
+  // each rotation, so at most grace / rotation period of them).
   mutable absl::Mutex token_mu_;
   std::string token_ ABSL_GUARDED_BY(token_mu_);
-  std::string previous_ ABSL_GUARDED_BY(token_mu_);
-  absl::Time previous_until_ ABSL_GUARDED_BY(token_mu_) = absl::InfinitePast();
+  std::vector<std::pair<std::string, absl::Time>> previous_ ABSL_GUARDED_BY(token_mu_);
 };
 
 class PeerServerImpl : public PeerServer {

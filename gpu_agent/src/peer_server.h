@@ -66,9 +66,10 @@ class PeerServer {
   virtual ~PeerServer() = default;
   virtual int port() const = 0;
   virtual uint64_t blocks_served() const = 0;
-  // From now on calls must present `token` (1..128 characters), or the token before it until
-  // `previous_until`: the agent rotates its token and republishes its entries with the new one,
-  // while readers that looked up an entry before finish with the old one.
+  // From now on calls must present `token` (1..128 characters), or the token it replaces until
+  // `previous_until` (and earlier ones until theirs): the agent rotates its token and
+  // republishes its entries with the new one, while readers that looked up an entry before, or
+  // a node the republish did not reach yet, still hand out an old one.
   virtual void RotateToken(std::string token, absl::Time previous_until) = 0;
 };
 

@@ -130,7 +130,8 @@ TEST(PeerServerTest, OnlyCallersWithTheTokenAreServed) {
 }
 
 // After a rotation the new token is served at once and the one before it until its grace
-// ends (a bounded wait, no timing asserted); a second rotation with no grace ends it at once.
+// ends (a bounded wait, no timing asserted); one rotated out with no grace is refused at once,
+// and two rotations within a grace keep both earlier tokens.
 TEST(PeerServerTest, ARotatedTokenIsServedUntilItsGraceEnds) {
   std::vector<uint8_t> region(4 * 4096);
   auto server = Start(Options(), region, true);
@@ -142,7 +143,7 @@ TEST(PeerServerTest, ARotatedTokenIsServedUntilItsGraceEnds) {
   };
   const std::string second = RandomPeerToken(), third = RandomPeerToken();
   EXPECT_EQ(code(second), grpc::StatusCode::UNAUTHENTICATED);
-  (*server)->RotateToken(second, absl::Now() + absl::Milliseconds(500));
+  (*server)->RotateToken(second, absl::Now() + absl::Seconds(2));
   EXPECT_EQ(code(second), grpc::StatusCode::OK);
   EXPECT_EQ(code(kToken), grpc::StatusCode::OK);  // within its grace
   const absl::Time until = absl::Now() + absl::Seconds(10);
@@ -155,6 +156,14 @@ TEST(PeerServerTest, ARotatedTokenIsServedUntilItsGraceEnds) {
   EXPECT_EQ(code(second), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(code(kToken), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(code(third), grpc::StatusCode::OK);
+  // Two rotations within one grace: both earlier tokens stay served until theirs ends.
+  const std::string fourth = RandomPeerToken(), fifth = RandomPeerToken();
+  (*server)->RotateToken(fourth, absl::Now() + absl::Seconds(30));
+  (*server)->RotateToken(fifth, absl::Now() + absl::Seconds(30));
+  EXPECT_EQ(code(third), grpc::StatusCode::OK);
+  EXPECT_EQ(code(fourth), grpc::StatusCode::OK);
+  EXPECT_EQ(code(fifth), grpc::StatusCode::OK);
+  EXPECT_EQ(code(second), grpc::StatusCode::UNAUTHENTICATED);
 }
 
 TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {

@@ -286,13 +286,14 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
   EXPECT_EQ(Exact(decode, hashes, Slots(20, 8)), 8u);
 }
 
-// The peer token is drawn anew every peer_token_rotation and the entries carry the new one at
-// once; the old one is served for publish_ttl more, then refused, while peers still load.
+// The peer token is drawn anew every peer_token_rotation (3 s here) and the entries carry the
+// new one; the old one is still served for publish_ttl (2 s), then refused. A reader that
+// loaded with the old token loads again with the new one, every block from the peer.
 TEST_F(GpuAgentTest, PeerTokensRotateAndTheOldOneLapses) {
   AgentOptions o = Options("rotate", true);
   o.metrics_listen = "127.0.0.1:0";
-  o.peer_token_rotation = absl::Seconds(1);
-  o.publish_ttl = absl::Seconds(1);
+  o.peer_token_rotation = absl::Seconds(3);
+  o.publish_ttl = absl::Seconds(2);
   Side prefill = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
   auto hashes = Hashes(*prefill.agent, 8, 777);
   ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 8))).ok());
@@ -303,6 +304,14 @@ TEST_F(GpuAgentTest, PeerTokensRotateAndTheOldOneLapses) {
     auto r = (*c)->LookupEach(prefill.agent->ns(), "", {&hashes[i], 1});
     return r.ok() && (*r)[0].peers.size() == 1 ? (*r)[0].peers[0].token : std::string();
   };
+  // Waits (10 s at most) for an entry whose token is not `than`; "" if none came.
+  auto token_other_than = [&](const std::string& than) {
+    for (absl::Time until = absl::Now() + absl::Seconds(10); absl::Now() < until;
+         absl::SleepFor(absl::Milliseconds(20))) {
+      if (std::string t = token_of(5); !t.empty() && t != than) return t;
+    }
+    return std::string();
+  };
   auto peer_answer = [&](const std::string& token) {
     client::ClientOptions po;
     po.address = prefill.agent->peer_address();
@@ -311,33 +320,34 @@ TEST_F(GpuAgentTest, PeerTokensRotateAndTheOldOneLapses) {
     auto peer = client::StoreClient::Connect(po);
     return peer.ok() ? (*peer)->Stats().status() : peer.status();
   };
-  const std::string first = token_of(5);
+  const std::string first = token_other_than("");
   ASSERT_THAT(first, ::testing::MatchesRegex("[0-9a-f]{64}"));
-  std::string next = first;
-  for (absl::Time until = absl::Now() + absl::Seconds(10); next == first && absl::Now() < until;) {
-    absl::SleepFor(absl::Milliseconds(50));
-    next = token_of(5);
-  }
-  ASSERT_NE(next, first) << "the entries still carry the first token";
-  EXPECT_THAT(next, ::testing::MatchesRegex("[0-9a-f]{64}"));
-  EXPECT_GE(prefill.agent->Stats().peer_token_rotations, 1u);
-  auto metrics = testutil::HttpGet(prefill.agent->metrics_address(), "/metrics");
-  ASSERT_TRUE(metrics.ok()) << metrics.status();
-  EXPECT_THAT(metrics->second,
-              ::testing::ContainsRegex("strata_agent_peer_token_rotations_total [1-9]"));
+  Side decode = Make(Options("rotate", false), SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
+  auto loaded = LoadAll(decode, hashes, Slots(4, 8));
+  EXPECT_EQ(Exact(decode, hashes, Slots(4, 8)), 8u);
+  EXPECT_EQ(decode.agent->Stats().loaded_from_peer, 8u);
+
+  const std::string next = token_other_than(first);
+  ASSERT_THAT(next, ::testing::MatchesRegex("[0-9a-f]{64}")) << "still the first token";
+  EXPECT_TRUE(peer_answer(first).ok()) << "refused before its grace ended";
   EXPECT_TRUE(peer_answer(next).ok());
+  EXPECT_GE(prefill.agent->Stats().peer_token_rotations, 1u);
   absl::Status old = absl::OkStatus();
   for (absl::Time until = absl::Now() + absl::Seconds(10); old.ok() && absl::Now() < until;) {
     absl::SleepFor(absl::Milliseconds(100));
     old = peer_answer(first);
   }
   EXPECT_TRUE(absl::IsUnauthenticated(old)) << old;
-  // Readers follow the entries' tokens: every block still comes from the peer.
-  Side decode = Make(Options("rotate", false), SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
-  auto loaded = LoadAll(decode, hashes, Slots(4, 8));
+  // The reader's client holds the lapsed token; the entries name the new one.
+  loaded = LoadAll(decode, hashes, Slots(12, 8));
   EXPECT_EQ(loaded->loaded_prefix(), 8u);
-  EXPECT_EQ(Exact(decode, hashes, Slots(4, 8)), 8u);
-  EXPECT_EQ(decode.agent->Stats().loaded_from_peer, 8u);
+  EXPECT_EQ(Exact(decode, hashes, Slots(12, 8)), 8u);
+  EXPECT_EQ(decode.agent->Stats().loaded_from_peer, 16u);
+  EXPECT_EQ(decode.agent->Stats().peer_fallbacks, 0u);
+  auto metrics = testutil::HttpGet(prefill.agent->metrics_address(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_THAT(metrics->second,
+              ::testing::ContainsRegex("strata_agent_peer_token_rotations_total [1-9]"));
 }
 
 // Agents may read each other over TLS: a reader with the CA loads every block from the TLS
