@@ -67,10 +67,6 @@ class ClusterStoreClient final : public StoreClient {
       return absl::UnavailableError(
           absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
     }
-    // Unset: the nodes' replication factor, what their rebalancers keep.
-    replicas_ = options_.replicas > 0 ? options_.replicas
-                                      : std::max(1, cluster::ReplicasKept(set->members, 0));
-    quorum_ = options_.write_quorum <= 0 ? replicas_ : std::min(options_.write_quorum, replicas_);
     WarnOfDisagreement(*set);
     membership_->OnChange([this](const MemberSet& now) { WarnOfDisagreement(now); });
     return absl::OkStatus();
@@ -78,7 +74,7 @@ class ClusterStoreClient final : public StoreClient {
 
   // Logs cluster::Disagreement when it changes (at start, then from the membership's thread).
   void WarnOfDisagreement(const MemberSet& set) {
-    std::string now = cluster::Disagreement(set.members, replicas_);
+    std::string now = cluster::Disagreement(set.members, Replicas(set));
     absl::MutexLock lock(&warned_mu_);
     if (now == warned_) return;
     warned_ = now;
@@ -128,11 +124,13 @@ class ClusterStoreClient final : public StoreClient {
         }
       }
     }
-    std::string warnings = cluster::Disagreement(set->members, replicas_);
+    const int replicas = Replicas(*set);
+    std::string warnings = cluster::Disagreement(set->members, replicas);
     return absl::StrCat("cluster ", options_.cluster_name, " (",
                         std::string(cluster::MembershipModeName(membership_->mode())), ", ",
-                        set->members.size(), " nodes, epoch ", set->epoch, ", R=", replicas_,
-                        " W=", quorum_, ")", warnings.empty() ? "" : "; WARNING: ", warnings,
+                        set->members.size(), " nodes, epoch ", set->epoch, ", R=", replicas,
+                        " W=", Quorum(replicas), ")",
+                        warnings.empty() ? "" : "; WARNING: ", warnings,
                         first.empty() ? "" : "; per node: ", first);
   }
 
@@ -177,15 +175,16 @@ class ClusterStoreClient final : public StoreClient {
     return WithFreshEpoch([&]() -> absl::StatusOr<std::vector<BlockLocation>> {
       const absl::Time end = End(call);
       std::shared_ptr<const MemberSet> set = membership_->Current();
+      const int replicas = Replicas(*set);
       const size_t n = hashes.size();
       std::vector<std::vector<int>> cand(n);
-      for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, nullptr, hashes[i]);
+      for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, nullptr, hashes[i], replicas);
       std::vector<BlockLocation> out(n);
       std::vector<size_t> tried(n, 0);
       std::vector<bool> answered(n, false);
       absl::Status whole;  // a whole-call error (IsWholeCallError)
       // Each block's first owner that answers (absent there means absent).
-      for (int round = 0; round < replicas_; ++round) {
+      for (int round = 0; round < replicas; ++round) {
         std::vector<std::vector<size_t>> groups(set->members.size());
         for (size_t i = 0; i < n; ++i) {
           if (!answered[i] && tried[i] < cand[i].size()) groups[cand[i][tried[i]]].push_back(i);
@@ -219,8 +218,9 @@ class ClusterStoreClient final : public StoreClient {
       std::shared_ptr<const MemberSet> set = membership_->Current();
       std::map<int, std::vector<size_t>> groups;
       const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
+      const int replicas = Replicas(*set);
       for (size_t i = 0; i < hashes.size(); ++i) {
-        for (int o : cluster::Owners(set->members, seeds, hashes[i], replicas_)) {
+        for (int o : cluster::Owners(set->members, seeds, hashes[i], replicas)) {
           groups[o].push_back(i);
         }
       }
@@ -272,8 +272,9 @@ class ClusterStoreClient final : public StoreClient {
       std::map<int, std::vector<size_t>> groups;
       std::vector<int> primary(hashes.size(), -1);
       const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
+      const int replicas = Replicas(*set);
       for (size_t i = 0; i < hashes.size(); ++i) {
-        std::vector<int> owners = cluster::Owners(set->members, seeds, hashes[i], replicas_);
+        std::vector<int> owners = cluster::Owners(set->members, seeds, hashes[i], replicas);
         if (!owners.empty()) primary[i] = owners[0];
         for (int o : owners) groups[o].push_back(i);
       }
@@ -518,9 +519,9 @@ class ClusterStoreClient final : public StoreClient {
   // (previous-set owners are mapped by id; one that left is skipped).
   // While blocks move (previous != null) the list is walked twice: a block may leave its old
   // owner after its new owner was asked and before the old one is.
-  std::vector<int> Candidates(const MemberSet& set, const MemberSet* previous,
-                              const ChainHash& h) const {
-    std::vector<int> c = cluster::Owners(set.members, h, replicas_);
+  std::vector<int> Candidates(const MemberSet& set, const MemberSet* previous, const ChainHash& h,
+                              int replicas) const {
+    std::vector<int> c = cluster::Owners(set.members, h, replicas);
     if (previous != nullptr) {
       std::vector<int> old = cluster::Owners(previous->members, h, 1);
       if (!old.empty()) {
@@ -543,7 +544,6 @@ class ClusterStoreClient final : public StoreClient {
   // lower index on a tie). Zones do not change it: the first zone picked is the top scorer's.
   // -1 when no member owns anything. seeds[i]: RendezvousSeed of member i.
   int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& h) const {
-    if (replicas_ < 1) return -1;
     int best = -1;
     uint64_t best_score = 0;
     const uint64_t key = cluster::RendezvousKey(h);
@@ -561,6 +561,7 @@ class ClusterStoreClient final : public StoreClient {
                                           std::span<const ChainHash> hashes, absl::Time end) {
     std::shared_ptr<const MemberSet> set = membership_->Current();
     std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
+    const int replicas = Replicas(*set);
     const size_t n = hashes.size();
     const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
     // Where each block was found (tier kUnknown: not yet); its prefix becomes the result.
@@ -576,7 +577,7 @@ class ClusterStoreClient final : public StoreClient {
     // shortly after a change of the member set, every block reported absent (its new owner
     // may not have it yet).
     const bool moving = prev != nullptr;
-    for (int round = 0; round < 2 * replicas_ + 4; ++round) {
+    for (int round = 0; round < 2 * replicas + 4; ++round) {
       std::vector<std::vector<size_t>> groups(set->members.size());
       if (round == 0) {
         for (auto& g : groups) g.reserve(n / groups.size() + 64);
@@ -598,7 +599,7 @@ class ClusterStoreClient final : public StoreClient {
           node = FirstOwner(seeds, hashes[i]);
         } else {
           if (cand.empty()) cand.resize(n);
-          if (cand[i].empty()) cand[i] = Candidates(*set, prev.get(), hashes[i]);
+          if (cand[i].empty()) cand[i] = Candidates(*set, prev.get(), hashes[i], replicas);
           if (tried[i] < cand[i].size()) node = cand[i][tried[i]];
         }
         if (node < 0) continue;
@@ -631,9 +632,11 @@ class ClusterStoreClient final : public StoreClient {
     std::map<int, std::vector<size_t>> groups;
     std::vector<int> want(n);
     const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
+    const int replicas = Replicas(*set);
+    const int quorum = Quorum(replicas);
     for (size_t i = 0; i < n; ++i) {
-      std::vector<int> owners = cluster::Owners(set->members, seeds, blocks[i].hash, replicas_);
-      want[i] = std::min<int>(quorum_, static_cast<int>(owners.size()));
+      std::vector<int> owners = cluster::Owners(set->members, seeds, blocks[i].hash, replicas);
+      want[i] = std::min<int>(quorum, static_cast<int>(owners.size()));
       for (int o : owners) groups[o].push_back(i);
     }
     std::vector<int> stored(n, 0), existed(n, 0);
@@ -691,8 +694,9 @@ class ClusterStoreClient final : public StoreClient {
     GetResult out;
     out.blocks.assign(n, absl::NotFoundError("block not stored"));
     out.sizes.assign(n, 0);
+    const int replicas = Replicas(*set);
     std::vector<std::vector<int>> cand(n);
-    for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, prev.get(), blocks[i].hash);
+    for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, prev.get(), blocks[i].hash, replicas);
     std::vector<size_t> tried(n, 0);
     std::vector<bool> done(n, false);
     std::vector<std::vector<int>> lacking(n);  // owners that answered NOT_FOUND
@@ -723,7 +727,7 @@ class ClusterStoreClient final : public StoreClient {
             continue;
           }
           if (st.code() == absl::StatusCode::kNotFound) {
-            if (tried[i] <= static_cast<size_t>(replicas_)) lacking[i].push_back(node);
+            if (tried[i] <= static_cast<size_t>(replicas)) lacking[i].push_back(node);
           } else if (!TryNextReplica(st)) {
             done[i] = true;  // e.g. OUT_OF_RANGE: the buffer is too small everywhere
           }
@@ -761,8 +765,16 @@ class ClusterStoreClient final : public StoreClient {
   }
 
   ClientOptions options_;
-  int replicas_ = 1;
-  int quorum_ = 1;
+  // R for a member set: ClientOptions::replicas, or unset, the nodes' replication factor (what
+  // their rebalancers keep, cluster::ReplicasKept), followed as members come and go; each call
+  // uses that of the set it routes by. W: write_quorum, at most R (0: R).
+  int Replicas(const MemberSet& set) const {
+    return options_.replicas > 0 ? options_.replicas
+                                 : std::max(1, cluster::ReplicasKept(set.members, 0));
+  }
+  int Quorum(int replicas) const {
+    return options_.write_quorum <= 0 ? replicas : std::min(options_.write_quorum, replicas);
+  }
   // What WarnOfDisagreement logged last; before membership_, whose thread calls it.
   absl::Mutex warned_mu_;
   std::string warned_ ABSL_GUARDED_BY(warned_mu_);

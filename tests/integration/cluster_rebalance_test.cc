@@ -180,6 +180,10 @@ TEST_F(ClusterTest, EveryNodeKeepsTheLargestReplicationFactorAnyMemberRecords) {
   };
   ASSERT_EQ(settle(chain.size()), chain.size());
   EXPECT_EQ(NodeStats(*nodes_[0]).replicas_kept, 1u);
+  // A client that leaves replicas at 0 follows what the nodes keep; `c` asked for 1.
+  std::unique_ptr<StoreClient> follower = Connect(Options(/*replicas=*/0));
+  ASSERT_NE(follower, nullptr);
+  EXPECT_THAT(follower->DataPlaneDescription(), ::testing::HasSubstr("R=1 W=1"));
 
   std::unique_ptr<LocalNode> two = StartNode(7, /*replicas=*/2);
   ASSERT_NE(two, nullptr);
@@ -193,6 +197,9 @@ TEST_F(ClusterTest, EveryNodeKeepsTheLargestReplicationFactorAnyMemberRecords) {
   EXPECT_EQ(NodeStats(*nodes_[0]).replicas_kept, 2u);
   EXPECT_EQ(Gauge(*nodes_[0], "strata_cluster_replicas_kept"), 2);
   EXPECT_THAT(c->DataPlaneDescription(), ::testing::HasSubstr("the nodes keep 2 copies"));
+  ASSERT_TRUE(WaitForMembers(*follower, 4));
+  EXPECT_THAT(follower->DataPlaneDescription(), ::testing::HasSubstr("R=2 W=2"));
+  EXPECT_THAT(follower->DataPlaneDescription(), ::testing::Not(::testing::HasSubstr("WARNING")));
   const std::string status = StrataStatus().second;
   EXPECT_THAT(status, ::testing::HasSubstr(
                           "WARNING: node-0=1, node-1=1, node-2=1 record fewer cluster_replicas"));
@@ -207,6 +214,9 @@ TEST_F(ClusterTest, EveryNodeKeepsTheLargestReplicationFactorAnyMemberRecords) {
   EXPECT_EQ(settle(chain.size()), chain.size());
   EXPECT_EQ(NodeStats(*nodes_[0]).replicas_kept, 1u);
   EXPECT_THAT(c->DataPlaneDescription(), ::testing::Not(::testing::HasSubstr("WARNING")));
+  ASSERT_TRUE(WaitForMembers(*follower, 3));
+  EXPECT_THAT(follower->DataPlaneDescription(), ::testing::HasSubstr("R=1 W=1"));
+  EXPECT_EQ(GetAll(*follower, *ns, chain), chain.size());
   EXPECT_THAT(StrataStatus().second, ::testing::Not(::testing::HasSubstr("cluster_replicas")));
   EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
 }

@@ -94,9 +94,10 @@ struct ClientOptions {
   // "id=host:port[@zone],...", as the nodes' own setting). Blocks are placed on the
   // `replicas` highest-scoring nodes (rendezvous hashing, zone-aware); a put succeeds once
   // `write_quorum` of them stored it (0: all of them); a get reads the first that answers.
-  // replicas 0 takes the nodes' own setting (cluster_replicas, which they register in etcd;
-  // 1 in static mode); a different explicit value is used but warned about, since the
-  // nodes' rebalancer keeps their count of copies, not the client's.
+  // replicas 0 follows the nodes' own setting (the largest cluster_replicas they register in
+  // etcd, taken anew from each member set; 1 in static mode); a different explicit value is
+  // used but warned about, since the nodes' rebalancer keeps their count of copies, not the
+  // client's.
   std::string etcd_endpoints;
   std::string cluster_members;
   std::string cluster_name = "default";
