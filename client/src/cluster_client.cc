@@ -268,30 +268,34 @@ class ClusterStoreClient final : public StoreClient {
     return WithFreshEpoch([&]() -> absl::StatusOr<uint64_t> {
       const absl::Time end = End(call);
       std::shared_ptr<const MemberSet> set = membership_->Current();
-      // Every owner deletes; the count is the primaries' (each block counted once).
-      std::map<int, std::vector<size_t>> groups;
-      std::vector<int> primary(hashes.size(), -1);
+      // Every member deletes, not only the owners: a copy on another node (a join's before its
+      // hand-over, one kept under a larger replication factor) would otherwise be copied back
+      // to the owners by that node's rebalancer. The count is the first owners' (each block
+      // counted once): a node deletes its first-owned blocks in one call, the rest in another.
       const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
-      const int replicas = Replicas(*set);
-      for (size_t i = 0; i < hashes.size(); ++i) {
-        std::vector<int> owners = cluster::Owners(set->members, seeds, hashes[i], replicas);
-        if (!owners.empty()) primary[i] = owners[0];
-        for (int o : owners) groups[o].push_back(i);
-      }
+      std::vector<int> first(hashes.size(), -1);
+      for (size_t i = 0; i < hashes.size(); ++i) first[i] = FirstOwner(seeds, hashes[i]);
+      std::map<int, std::vector<size_t>> groups;
+      for (size_t m = 0; m < set->members.size(); ++m) groups[static_cast<int>(m)];
       std::atomic<uint64_t> deleted{0};
       absl::Mutex err_mu;
       absl::Status err;
-      ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
-        std::vector<ChainHash> mine, primary_of;
-        for (size_t i : idx) mine.push_back(hashes[i]);
-        absl::StatusOr<uint64_t> n = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
-          return c.Delete(ns, scope, mine, Left(end));
-        });
-        bool is_primary = !idx.empty() && primary[idx[0]] == node;
-        if (n.ok() && is_primary) deleted += *n;
-        if (!n.ok()) {
-          absl::MutexLock lock(&err_mu);
-          if (err.ok() || IsStaleEpoch(n.status())) err = n.status();
+      ForEachGroup(groups, [&](int node, const std::vector<size_t>&) {
+        std::vector<ChainHash> owned, others;
+        for (size_t i = 0; i < hashes.size(); ++i) {
+          (first[i] == node ? owned : others).push_back(hashes[i]);
+        }
+        for (const std::vector<ChainHash>* part : {&owned, &others}) {
+          if (part->empty()) continue;
+          absl::StatusOr<uint64_t> n = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
+            return c.Delete(ns, scope, *part, Left(end));
+          });
+          if (n.ok() && part == &owned) deleted += *n;
+          if (!n.ok()) {
+            absl::MutexLock lock(&err_mu);
+            if (err.ok() || IsStaleEpoch(n.status())) err = n.status();
+            break;
+          }
         }
       });
       if (IsStaleEpoch(err)) return err;

@@ -1,6 +1,7 @@
 // Rebalancing in a real cluster (cluster_fixture.h): a joining node takes over blocks
 // without any becoming unreadable, rebalancers wait while a member places blocks by another
-// scheme, and every node keeps the largest replication factor any member records.
+// scheme, every node keeps the largest replication factor any member records, and a deleted
+// block does not come back from a copy on a node that does not own it.
 #include "cluster_fixture.h"
 
 namespace strata::cluster_test {
@@ -219,6 +220,42 @@ TEST_F(ClusterTest, EveryNodeKeepsTheLargestReplicationFactorAnyMemberRecords) {
   EXPECT_EQ(GetAll(*follower, *ns, chain), chain.size());
   EXPECT_THAT(StrataStatus().second, ::testing::Not(::testing::HasSubstr("cluster_replicas")));
   EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+}
+
+// A copy on a node that does not own the block (left by a join before its hand-over, or by a
+// lower replication factor) goes with the owners' on Delete: otherwise that node's rebalancer
+// copies it back to the owner, and the deleted block is readable again.
+TEST_F(ClusterTest, ADeletedBlockDoesNotComeBackFromACopyElsewhere) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 11, 30);
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  // A stray copy of every block on node-0, which owns only about a third of them.
+  auto direct = StoreClient::Connect({.address = nodes_[0]->address()});
+  ASSERT_TRUE(direct.ok());
+  auto dns = (*direct)->RegisterNamespace(Spec());
+  ASSERT_TRUE(dns.ok());
+  ASSERT_EQ(PutAll(**direct, *dns, chain), chain.size());
+  auto deleted = c->Delete(*ns, "", chain);
+  ASSERT_THAT(deleted, IsOk());
+  EXPECT_EQ(*deleted, chain.size());
+  // Two rebalance passes later nothing of the chain is anywhere.
+  ASSERT_TRUE(WaitRebalanced());
+  auto found = c->Lookup(*ns, "", chain);
+  ASSERT_THAT(found, IsOk());
+  EXPECT_EQ(found->matched_blocks, 0u);
+  auto here = (*direct)->LookupEach(*dns, "", chain);
+  ASSERT_THAT(here, IsOk());
+  size_t left = 0;
+  for (const auto& b : *here) left += b.tier != client::Tier::kUnknown;
+  EXPECT_EQ(left, 0u) << "copies left on node-0";
+  std::vector<uint8_t> buf(kBlock);
+  BlockRead read{chain[0], buf.data(), kBlock};
+  auto got = c->Get(*ns, "", {&read, 1});
+  ASSERT_THAT(got, IsOk());
+  EXPECT_TRUE(absl::IsNotFound(got->blocks[0])) << got->blocks[0];
 }
 
 }  // namespace
