@@ -60,6 +60,9 @@ TieredStore::TieredStore(TieredStoreOptions options, std::unique_ptr<WarmTier> w
       warm_(std::move(warm)),
       cool_(std::move(cool)),
       cold_(std::move(cold)) {
+  max_sessions_ = options_.max_sessions != 0
+                      ? options_.max_sessions
+                      : std::max<uint64_t>(1024, warm_->arena_bytes() / warm_->SlotBytes(1));
   if (cool_) {
     demoter_ = std::thread([this] { DemoteLoop(); });
     prefetcher_ = std::thread([this] { PrefetchLoop(); });
@@ -88,6 +91,24 @@ void TieredStore::NoteSession(const std::string& session) {
   if (session.empty() || options_.session_idle_ms == 0) return;
   absl::MutexLock lock(&sessions_mu_);
   session_last_put_ms_[session] = NowMs();
+  if (session_last_put_ms_.size() <= max_sessions_) return;
+  // Over the cap: the eighth that put longest ago is due now (one O(n) pass per n/8 new
+  // sessions).
+  std::vector<std::pair<int64_t, std::string>> by_age;
+  by_age.reserve(session_last_put_ms_.size());
+  for (const auto& [name, at] : session_last_put_ms_) by_age.emplace_back(at, name);
+  const size_t drop = std::max<size_t>(1, by_age.size() / 8);
+  std::nth_element(by_age.begin(), by_age.begin() + static_cast<std::ptrdiff_t>(drop - 1),
+                   by_age.end());
+  for (size_t i = 0; i < drop; ++i) {
+    session_last_put_ms_.erase(by_age[i].second);
+    sessions_due_.push_back(std::move(by_age[i].second));
+  }
+}
+
+size_t TieredStore::tracked_sessions() {
+  absl::MutexLock lock(&sessions_mu_);
+  return session_last_put_ms_.size();
 }
 
 void TieredStore::PauseIdleSessions() {
@@ -95,6 +116,7 @@ void TieredStore::PauseIdleSessions() {
   std::vector<std::string> idle;
   {
     absl::MutexLock lock(&sessions_mu_);
+    idle.swap(sessions_due_);
     int64_t cutoff = NowMs() - static_cast<int64_t>(options_.session_idle_ms);
     for (auto it = session_last_put_ms_.begin(); it != session_last_put_ms_.end();) {
       if (it->second <= cutoff) {

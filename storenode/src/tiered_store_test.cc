@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "strata/common/checksum.h"
@@ -25,10 +27,14 @@ constexpr uint64_t kBlock = 4096;
 
 class TieredStoreTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Init({}); }
+
+  void Init(const TieredStoreOptions& extra) {
+    store_.reset();
+    if (!dir_.empty()) fs::remove_all(dir_);
     std::string tmpl = (fs::temp_directory_path() / "strata-tiered-XXXXXX").string();
     dir_ = mkdtemp(tmpl.data());
-    TieredStoreOptions o;
+    TieredStoreOptions o = extra;
     o.warm.capacity_bytes = 4 << 20;
     o.warm.max_block_bytes = kBlock;
     for (auto [tier, name] : {std::pair{&o.cool, "cool"}, std::pair{&o.cold, "cold"}}) {
@@ -39,7 +45,9 @@ class TieredStoreTest : public ::testing::Test {
       d.codec = Codec::kNone;
       *tier = d;
     }
-    o.demote_interval_ms = 3600 * 1000;  // nothing moves unless the test moves it
+    if (o.demote_interval_ms == TieredStoreOptions{}.demote_interval_ms) {
+      o.demote_interval_ms = 3600 * 1000;  // nothing moves unless the test moves it
+    }
     auto store = TieredStore::Create(std::move(o));
     ASSERT_THAT(store.status(), IsOk());
     store_ = std::move(*store);
@@ -148,6 +156,27 @@ TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
   TieredStore::KeyWalk done = walk;
   EXPECT_FALSE(store_->NextKeys(&done, 3, &keys)) << "a finished walk gave more";
   EXPECT_TRUE(keys.empty());
+}
+
+// A client that names a new session on every put: the node tracks at most max_sessions of
+// them, and the ones that put longest ago are paused early (their blocks move to cool) instead
+// of the table growing. Without the cap all 40 would be tracked until session_idle.
+TEST_F(TieredStoreTest, SessionsBeyondTheCapPauseEarlyInsteadOfPilingUp) {
+  TieredStoreOptions o;
+  o.session_idle_ms = 3600 * 1000;
+  o.max_sessions = 8;
+  o.demote_interval_ms = 10;
+  ASSERT_NO_FATAL_FAILURE(Init(o));
+  for (uint32_t n = 0; n < 40; ++n) Put(1000 + n, 1, absl::StrCat("session-", n));
+  EXPECT_LE(store_->tracked_sessions(), 8u);
+  // The demoter pauses the sessions let go of: their blocks leave the warm tier.
+  for (int i = 0; i < 200 && store_->Stats().sessions_paused < 32; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const TieredStats st = store_->Stats();
+  EXPECT_GE(st.sessions_paused, 32u);
+  EXPECT_GE(st.cool->blocks, 32u);
+  EXPECT_LE(st.warm.blocks, 8u);
 }
 
 }  // namespace

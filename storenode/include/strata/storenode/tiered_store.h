@@ -40,6 +40,10 @@ struct TieredStoreOptions {
   bool promote_on_get = true;
   uint64_t demote_interval_ms = 50;
   uint64_t session_idle_ms = 0;  // sessions without a put for this long pause on their own; 0 off
+  // Sessions tracked for idle pausing at most (0: warm capacity / the smallest warm slot, at
+  // least 1,024). Past it the eighth that put longest ago pause early: a client inventing a
+  // session per call cannot grow the table without bound.
+  uint64_t max_sessions = 0;
 };
 
 struct TieredStats {
@@ -120,6 +124,8 @@ class TieredStore {
   void DemoteOnce(uint64_t incoming = 0);
 
   TieredStats Stats() const;
+  // Sessions tracked for idle pausing now (at most max_sessions).
+  size_t tracked_sessions();
   // What each scope holds per tier; only scopes holding some (for /metrics).
   std::vector<ScopeUse> ScopeBytes() const;
   // A walk over the keys of every block held on any tier, for background passes (the
@@ -189,8 +195,11 @@ class TieredStore {
   std::atomic<uint64_t> sessions_paused_{0};
   std::atomic<uint64_t> sessions_resumed_{0};
 
+  size_t max_sessions_ = 1024;  // options_.max_sessions, or derived (set once by the constructor)
   absl::Mutex sessions_mu_;
   absl::flat_hash_map<std::string, int64_t> session_last_put_ms_ ABSL_GUARDED_BY(sessions_mu_);
+  // Sessions let go of by the max_sessions cap, paused by the next PauseIdleSessions.
+  std::vector<std::string> sessions_due_ ABSL_GUARDED_BY(sessions_mu_);
 
   absl::Mutex prefetch_mu_;
   std::deque<BlockKey> prefetch_queue_ ABSL_GUARDED_BY(prefetch_mu_);
