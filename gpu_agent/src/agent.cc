@@ -442,6 +442,8 @@ void GpuAgentImpl::RotatePeerToken() {
   std::string token = RandomPeerToken();
   if (token.empty()) {
     spdlog::error("gpu agent: no random bytes for a new peer token; keeping the old one");
+    absl::MutexLock lock(&mu_);
+    ++stats_.peer_token_rotation_failures;
     return;
   }
   // Entries published with the old token last publish_ttl at most; readers who looked one up
@@ -560,6 +562,9 @@ std::string GpuAgentImpl::MetricsText() const {
        st.served_to_peers},
       {"strata_agent_peer_token_rotations_total", "counter",
        "Times the peer token was drawn anew (peer_token_rotation)", st.peer_token_rotations},
+      {"strata_agent_peer_token_rotation_failures_total", "counter",
+       "Rotations skipped for want of random bytes: the old token stays in use",
+       st.peer_token_rotation_failures},
       {"strata_agent_offloaded_bytes_total", "counter", "Bytes offloaded", st.bytes_offloaded},
       {"strata_agent_loaded_bytes_total", "counter", "Bytes loaded", st.bytes_loaded},
   };

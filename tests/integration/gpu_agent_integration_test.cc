@@ -348,6 +348,8 @@ TEST_F(GpuAgentTest, PeerTokensRotateAndTheOldOneLapses) {
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_THAT(metrics->second,
               ::testing::ContainsRegex("strata_agent_peer_token_rotations_total [1-9]"));
+  EXPECT_THAT(metrics->second,
+              ::testing::HasSubstr("strata_agent_peer_token_rotation_failures_total 0\n"));
 }
 
 // Agents may read each other over TLS: a reader with the CA loads every block from the TLS

@@ -151,8 +151,9 @@ struct AgentStats {
   // Of those, blocks not even tried there: their peer could not be reached moments before
   // (peer_retry_after), so the load did not wait for it again.
   uint64_t peer_skips = 0;
-  uint64_t served_to_peers = 0;       // blocks this agent sent to peers
-  uint64_t peer_token_rotations = 0;  // times the peer token was drawn anew
+  uint64_t served_to_peers = 0;               // blocks this agent sent to peers
+  uint64_t peer_token_rotations = 0;          // times the peer token was drawn anew
+  uint64_t peer_token_rotation_failures = 0;  // rotations skipped: no random bytes for a token
   uint64_t bytes_offloaded = 0;
   uint64_t bytes_loaded = 0;
 };
