@@ -299,6 +299,11 @@ class ClusterStoreClient final : public StoreClient {
         }
       });
       if (IsStaleEpoch(err)) return err;
+      // A member that did not delete may hold a copy its rebalancer brings back: say so.
+      if (!err.ok()) {
+        return absl::Status(err.code(), absl::StrCat("Delete: not every member answered (",
+                                                     err.message(), "); call it again"));
+      }
       return deleted.load();
     });
   }
@@ -564,6 +569,10 @@ class ClusterStoreClient final : public StoreClient {
   absl::StatusOr<LookupResult> LookupOnce(const Namespace& ns, std::string_view scope,
                                           std::span<const ChainHash> hashes, absl::Time end) {
     std::shared_ptr<const MemberSet> set = membership_->Current();
+    if (set->members.empty()) {
+      return absl::UnavailableError(
+          absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
+    }
     std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
     const int replicas = Replicas(*set);
     const size_t n = hashes.size();

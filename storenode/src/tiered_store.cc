@@ -14,6 +14,14 @@
 namespace strata::storenode {
 namespace {
 
+// What one MakeRoom call moves out at most beyond its incoming block.
+constexpr uint64_t kMakeRoomStepBytes = 64ull << 20;
+// Sessions tracked for idle pausing when max_sessions is 0: warm capacity / smallest slot,
+// within these bounds (a pass over the table runs under a lock puts take).
+constexpr uint64_t kMinSessions = 1024, kMaxDerivedSessions = 65536;
+// Sessions let go of by the cap waiting for an early pause, and how many pause per tick.
+constexpr size_t kMaxDueSessions = 4096, kDueSessionsPerTick = 64;
+
 constexpr int kTierCool = 3;
 constexpr int kTierCold = 4;
 
@@ -62,7 +70,8 @@ TieredStore::TieredStore(TieredStoreOptions options, std::unique_ptr<WarmTier> w
       cold_(std::move(cold)) {
   max_sessions_ = options_.max_sessions != 0
                       ? options_.max_sessions
-                      : std::max<uint64_t>(1024, warm_->arena_bytes() / warm_->SlotBytes(1));
+                      : std::clamp<uint64_t>(warm_->arena_bytes() / warm_->SlotBytes(1),
+                                             kMinSessions, kMaxDerivedSessions);
   if (cool_) {
     demoter_ = std::thread([this] { DemoteLoop(); });
     prefetcher_ = std::thread([this] { PrefetchLoop(); });
@@ -93,16 +102,20 @@ void TieredStore::NoteSession(const std::string& session) {
   session_last_put_ms_[session] = NowMs();
   if (session_last_put_ms_.size() <= max_sessions_) return;
   // Over the cap: the eighth that put longest ago is due now (one O(n) pass per n/8 new
-  // sessions).
+  // sessions), never the one just noted. Due sessions beyond kMaxDueSessions are let go
+  // without a pause: pausing early is a courtesy, not a duty.
   std::vector<std::pair<int64_t, std::string>> by_age;
   by_age.reserve(session_last_put_ms_.size());
-  for (const auto& [name, at] : session_last_put_ms_) by_age.emplace_back(at, name);
-  const size_t drop = std::max<size_t>(1, by_age.size() / 8);
+  for (const auto& [name, at] : session_last_put_ms_) {
+    if (name != session) by_age.emplace_back(at, name);
+  }
+  const size_t drop = std::clamp<size_t>(by_age.size() / 8, 1, by_age.size());
   std::nth_element(by_age.begin(), by_age.begin() + static_cast<std::ptrdiff_t>(drop - 1),
                    by_age.end());
   for (size_t i = 0; i < drop; ++i) {
     session_last_put_ms_.erase(by_age[i].second);
-    sessions_due_.push_back(std::move(by_age[i].second));
+    if (sessions_due_.size() < kMaxDueSessions)
+      sessions_due_.push_back(std::move(by_age[i].second));
   }
 }
 
@@ -116,7 +129,14 @@ void TieredStore::PauseIdleSessions() {
   std::vector<std::string> idle;
   {
     absl::MutexLock lock(&sessions_mu_);
-    idle.swap(sessions_due_);
+    // Sessions let go of by the cap, a few per tick (each pause scans the warm index); one
+    // that put again since is tracked anew and left alone.
+    const size_t n = std::min(sessions_due_.size(), kDueSessionsPerTick);
+    for (size_t i = 0; i < n; ++i) {
+      std::string& due = sessions_due_[sessions_due_.size() - 1 - i];
+      if (!session_last_put_ms_.contains(due)) idle.push_back(std::move(due));
+    }
+    sessions_due_.resize(sessions_due_.size() - n);
     int64_t cutoff = NowMs() - static_cast<int64_t>(options_.session_idle_ms);
     for (auto it = session_last_put_ms_.begin(); it != session_last_put_ms_.end();) {
       if (it->second <= cutoff) {
@@ -429,8 +449,12 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
   const uint64_t incoming = tier->Charge(bytes);
   const uint64_t high = static_cast<uint64_t>(cap * options_.disk_high_watermark);
   if (used + incoming <= high) return;
+  // A tier far over its budget (a smaller capacity or a larger min_block_charge after a
+  // restart) drains a step at a time, over demoter ticks (DemoteLoop), rather than in the put
+  // that found it so.
   const uint64_t target =
-      used + incoming - static_cast<uint64_t>(cap * options_.disk_low_watermark);
+      std::min(used + incoming - static_cast<uint64_t>(cap * options_.disk_low_watermark),
+               incoming + kMakeRoomStepBytes);
   std::vector<uint8_t> buf;
   for (const BlockKey& key : tier->Victims(target)) {
     if (below != nullptr) {
@@ -475,6 +499,10 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
 void TieredStore::DemoteLoop() {
   while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(options_.demote_interval_ms))) {
     DemoteOnce();
+    // Disk tiers over their high watermark with nothing coming from above (after a restart
+    // with a smaller budget) make room too.
+    MakeRoom(cool_.get(), cold_.get(), 0);
+    if (cold_) MakeRoom(cold_.get(), nullptr, 0);
     PauseIdleSessions();
   }
 }

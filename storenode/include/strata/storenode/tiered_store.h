@@ -40,9 +40,10 @@ struct TieredStoreOptions {
   bool promote_on_get = true;
   uint64_t demote_interval_ms = 50;
   uint64_t session_idle_ms = 0;  // sessions without a put for this long pause on their own; 0 off
-  // Sessions tracked for idle pausing at most (0: warm capacity / the smallest warm slot, at
-  // least 1,024). Past it the eighth that put longest ago pause early: a client inventing a
-  // session per call cannot grow the table without bound.
+  // Sessions tracked for idle pausing at most (0: warm capacity / the smallest warm slot,
+  // 1,024 to 65,536). Past it the eighth that put longest ago pause early (up to 4,096 waiting,
+  // 64 a demoter tick; the rest are just let go): a client inventing a session per call cannot
+  // grow the table without bound.
   uint64_t max_sessions = 0;
 };
 
