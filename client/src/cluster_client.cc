@@ -374,8 +374,11 @@ class ClusterStoreClient final : public StoreClient {
     return {.deadline = std::max(absl::Milliseconds(1), end - absl::Now())};
   }
 
+  // Runs op, and once more after a refresh of the member set if a node found its epoch stale.
+  // UNAVAILABLE without running it while the set has no member (every node left).
   template <typename Op>
   auto WithFreshEpoch(Op op) -> decltype(op()) {
+    if (membership_->Current()->members.empty()) return NoMember();
     auto r = op();
     if (!r.ok() && IsStaleEpoch(r.status())) {
       membership_->Refresh().IgnoreError();
@@ -566,13 +569,15 @@ class ClusterStoreClient final : public StoreClient {
     return best;
   }
 
+  absl::Status NoMember() const {
+    return absl::UnavailableError(
+        absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
+  }
+
   absl::StatusOr<LookupResult> LookupOnce(const Namespace& ns, std::string_view scope,
                                           std::span<const ChainHash> hashes, absl::Time end) {
     std::shared_ptr<const MemberSet> set = membership_->Current();
-    if (set->members.empty()) {
-      return absl::UnavailableError(
-          absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
-    }
+    if (set->members.empty()) return NoMember();  // the set may have emptied since the check
     std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
     const int replicas = Replicas(*set);
     const size_t n = hashes.size();

@@ -92,6 +92,7 @@ std::vector<std::pair<size_t, size_t>> SplitBatch(size_t n, uint64_t max_keys, u
 // TaskPool); the first error wins.
 template <typename Part>
 absl::Status RunParts(size_t n, Part part) {
+  if (n == 0) return absl::OkStatus();  // e.g. a cluster whose every node left
   std::vector<JoiningFuture<absl::Status>> pending;
   for (size_t p = 1; p < n; ++p) {
     pending.push_back(TaskPool::Shared().Run([&part, p] { return part(p); }));

@@ -376,6 +376,43 @@ TEST_F(ReplicatedClusterTest, AcknowledgedBlocksSurviveTwentyKillCycles) {
 
 // etcd and the nodes often start together: a node started while etcd is down waits up to
 // etcd_startup for it and joins once it is up; with too short a wait it exits, naming etcd.
+// A cluster client whose last node left (SIGTERM deregisters it) answers UNAVAILABLE for every
+// call. Before, Stats read member 0 of an empty set and a Lookup divided by the member count:
+// both killed the process (the Lookup found in review, Stats by this test).
+TEST(ClusterStartTest, AClientWhoseNodesAllLeftAnswersUnavailable) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  auto node = testutil::StartNode({"--node-id", "last", "--cluster-mode", "etcd",
+                                   "--etcd-endpoints", (*etcd)->endpoint(), "--cluster-name",
+                                   "last", "--warm-bytes", "64MiB", "--ucx-tls", ""});
+  ASSERT_THAT(node, IsOk());
+  ClientOptions o;
+  o.etcd_endpoints = (*etcd)->endpoint();
+  o.cluster_name = "last";
+  o.default_deadline = absl::Seconds(5);
+  auto c = StoreClient::Connect(o);
+  ASSERT_THAT(c, IsOk());
+  auto ns = (*c)->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 12, 4);
+  ASSERT_THAT((*c)->Lookup(*ns, "", chain), IsOk());
+  ASSERT_THAT((*node)->Stop(absl::Seconds(20)), IsOk());
+  for (absl::Time end = absl::Now() + absl::Seconds(15); absl::Now() < end;) {
+    auto st = (*c)->Stats();
+    if (!st.ok() || st->members == 0) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_THAT((*c)->Stats(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT((*c)->Lookup(*ns, "", chain), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT((*c)->LookupEach(*ns, "", chain), StatusIs(absl::StatusCode::kUnavailable));
+  std::vector<uint8_t> buf(kBlock, 1);
+  BlockWrite write{chain[0], buf.data(), kBlock};
+  EXPECT_THAT((*c)->Put(*ns, "", {&write, 1}), StatusIs(absl::StatusCode::kUnavailable));
+  BlockRead read{chain[0], buf.data(), kBlock};
+  EXPECT_THAT((*c)->Get(*ns, "", {&read, 1}), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT((*c)->Delete(*ns, "", chain), StatusIs(absl::StatusCode::kUnavailable));
+}
+
 TEST(ClusterStartTest, ANodeStartedBeforeEtcdWaitsForIt) {
   auto etcd = cluster::LocalEtcd::Start({});
   ASSERT_TRUE(etcd.ok()) << etcd.status();
