@@ -178,7 +178,8 @@ class ClusterStoreClient final : public StoreClient {
       const int replicas = Replicas(*set);
       const size_t n = hashes.size();
       std::vector<std::vector<int>> cand(n);
-      for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, nullptr, hashes[i], replicas);
+      for (size_t i = 0; i < n; ++i)
+        cand[i] = cluster::ReadCandidates(*set, nullptr, hashes[i], replicas);
       std::vector<BlockLocation> out(n);
       std::vector<size_t> tried(n, 0);
       std::vector<bool> answered(n, false);
@@ -274,7 +275,7 @@ class ClusterStoreClient final : public StoreClient {
       // counted once): a node deletes its first-owned blocks in one call, the rest in another.
       const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
       std::vector<int> first(hashes.size(), -1);
-      for (size_t i = 0; i < hashes.size(); ++i) first[i] = FirstOwner(seeds, hashes[i]);
+      for (size_t i = 0; i < hashes.size(); ++i) first[i] = cluster::FirstOwner(seeds, hashes[i]);
       std::map<int, std::vector<size_t>> groups;
       for (size_t m = 0; m < set->members.size(); ++m) groups[static_cast<int>(m)];
       std::atomic<uint64_t> deleted{0};
@@ -526,47 +527,10 @@ class ClusterStoreClient final : public StoreClient {
     return total;
   }
 
-  // Where a block may be, in the order to ask: its owners under the current set, then its
-  // first owner under the previous set if that is not among them. Member indexes of `set`
-  // (previous-set owners are mapped by id; one that left is skipped).
-  // While blocks move (previous != null) the list is walked twice: a block may leave its old
-  // owner after its new owner was asked and before the old one is.
-  std::vector<int> Candidates(const MemberSet& set, const MemberSet* previous, const ChainHash& h,
-                              int replicas) const {
-    std::vector<int> c = cluster::Owners(set.members, h, replicas);
-    if (previous != nullptr) {
-      std::vector<int> old = cluster::Owners(previous->members, h, 1);
-      if (!old.empty()) {
-        int idx = set.Find(previous->members[old[0]].id);
-        if (idx >= 0 && std::find(c.begin(), c.end(), idx) == c.end()) c.push_back(idx);
-      }
-      const size_t once = c.size();
-      for (size_t k = 0; k < once; ++k) c.push_back(c[k]);
-    }
-    return c;
-  }
-
   // The previous member set while blocks may still sit where it placed them, else null.
   std::shared_ptr<const MemberSet> RecentPrevious(const MemberSet& current) const {
     if (absl::Now() - current.since > kPreviousSetGrace) return nullptr;
     return membership_->Previous();
-  }
-
-  // Owners(...)[0] without building the list: the member with the top rendezvous score (the
-  // lower index on a tie). Zones do not change it: the first zone picked is the top scorer's.
-  // -1 when no member owns anything. seeds[i]: RendezvousSeed of member i.
-  int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& h) const {
-    int best = -1;
-    uint64_t best_score = 0;
-    const uint64_t key = cluster::RendezvousKey(h);
-    for (size_t i = 0; i < seeds.size(); ++i) {
-      const uint64_t score = cluster::RendezvousScore(seeds[i], key);
-      if (best < 0 || score > best_score) {
-        best = static_cast<int>(i);
-        best_score = score;
-      }
-    }
-    return best;
   }
 
   absl::Status NoMember() const {
@@ -614,10 +578,11 @@ class ClusterStoreClient final : public StoreClient {
         if (i > first_absent && !moving) continue;
         int node = -1;
         if (tried[i] == 0) {
-          node = FirstOwner(seeds, hashes[i]);
+          node = cluster::FirstOwner(seeds, hashes[i]);
         } else {
           if (cand.empty()) cand.resize(n);
-          if (cand[i].empty()) cand[i] = Candidates(*set, prev.get(), hashes[i], replicas);
+          if (cand[i].empty())
+            cand[i] = cluster::ReadCandidates(*set, prev.get(), hashes[i], replicas);
           if (tried[i] < cand[i].size()) node = cand[i][tried[i]];
         }
         if (node < 0) continue;
@@ -714,7 +679,8 @@ class ClusterStoreClient final : public StoreClient {
     out.sizes.assign(n, 0);
     const int replicas = Replicas(*set);
     std::vector<std::vector<int>> cand(n);
-    for (size_t i = 0; i < n; ++i) cand[i] = Candidates(*set, prev.get(), blocks[i].hash, replicas);
+    for (size_t i = 0; i < n; ++i)
+      cand[i] = cluster::ReadCandidates(*set, prev.get(), blocks[i].hash, replicas);
     std::vector<size_t> tried(n, 0);
     std::vector<bool> done(n, false);
     std::vector<std::vector<int>> lacking(n);  // owners that answered NOT_FOUND

@@ -76,6 +76,35 @@ std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_
   return owners;
 }
 
+int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& hash) {
+  int best = -1;
+  uint64_t best_score = 0;
+  const uint64_t key = RendezvousKey(hash);
+  for (size_t i = 0; i < seeds.size(); ++i) {
+    const uint64_t score = RendezvousScore(seeds[i], key);
+    if (best < 0 || score > best_score) {
+      best = static_cast<int>(i);
+      best_score = score;
+    }
+  }
+  return best;
+}
+
+std::vector<int> ReadCandidates(const MemberSet& set, const MemberSet* previous,
+                                const ChainHash& hash, int replicas) {
+  std::vector<int> c = Owners(set.members, hash, replicas);
+  if (previous != nullptr) {
+    std::vector<int> old = Owners(previous->members, hash, 1);
+    if (!old.empty()) {
+      const int idx = set.Find(previous->members[old[0]].id);
+      if (idx >= 0 && std::find(c.begin(), c.end(), idx) == c.end()) c.push_back(idx);
+    }
+    const size_t once = c.size();
+    for (size_t k = 0; k < once; ++k) c.push_back(c[k]);
+  }
+  return c;
+}
+
 std::vector<std::string> MembersPlacingOtherwise(std::span<const Member> members) {
   std::vector<std::string> ids;
   for (const Member& m : members) {

@@ -1,5 +1,6 @@
 #include "strata/cluster/placement.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <random>
@@ -136,6 +137,35 @@ TEST(PlacementTest, SeededScoresAreTheScores) {
   const std::vector<uint64_t> seeds = RendezvousSeeds(m);
   for (uint64_t b = 0; b < 64; ++b)
     EXPECT_EQ(Owners(m, seeds, HashOf(b), 2), Owners(m, HashOf(b), 2));
+}
+
+// FirstOwner is Owners(...)[0]; a reader asks the owners, then the first owner under the
+// previous set if it is another member, and after a change walks that list twice.
+TEST(PlacementTest, ReadersAskTheOwnersThenThePreviousOwner) {
+  std::vector<Member> four = Nodes(4);
+  const std::vector<uint64_t> seeds = RendezvousSeeds(four);
+  MemberSet now{.epoch = 2, .members = four};
+  MemberSet before{.epoch = 1, .members = std::vector<Member>(four.begin(), four.begin() + 3)};
+  int moved = 0;
+  for (uint64_t b = 0; b < 64; ++b) {
+    const ChainHash h = HashOf(b);
+    const std::vector<int> owners = Owners(four, h, 2);
+    EXPECT_EQ(FirstOwner(seeds, h), owners[0]);
+    EXPECT_EQ(ReadCandidates(now, nullptr, h, 2), owners);
+    // With one copy the new member takes over about a quarter: those have an extra candidate.
+    const std::vector<int> c = ReadCandidates(now, &before, h, 1);
+    const std::vector<int> first = Owners(four, h, 1);
+    const int old = now.Find(before.members[Owners(before.members, h, 1)[0]].id);
+    const bool extra = old != first[0];
+    moved += extra;
+    std::vector<int> once = first;
+    if (extra) once.push_back(old);
+    std::vector<int> twice = once;
+    twice.insert(twice.end(), once.begin(), once.end());
+    EXPECT_EQ(c, twice) << b;
+  }
+  EXPECT_GT(moved, 0);
+  EXPECT_EQ(FirstOwner({}, HashOf(1)), -1);
 }
 
 // Random chain hashes (as real ones are): every member owns its share, and the second owner

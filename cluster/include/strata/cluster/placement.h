@@ -99,6 +99,18 @@ std::vector<int> Owners(std::span<const Member> members, const ChainHash& hash, 
 // The same with the members' seeds (RendezvousSeeds(members)) computed once by the caller.
 std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_t> seeds,
                         const ChainHash& hash, int replicas);
+// Owners(...)[0] without building the list: the member with the top rendezvous score (the
+// lower index on a tie). Zones do not change it: the first zone picked is the top scorer's.
+// -1 when no member owns anything. seeds[i]: RendezvousSeed of member i.
+int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& hash);
+
+// Where a block may be, in the order a reader asks: its `replicas` owners under `set`, then
+// its first owner under `previous` if that is not among them. Member indexes of `set`
+// (previous-set owners are mapped by id; one that left is skipped). While blocks move
+// (previous != null) the list is walked twice: a block may leave its old owner after its new
+// owner was asked and before the old one is.
+std::vector<int> ReadCandidates(const MemberSet& set, const MemberSet* previous,
+                                const ChainHash& hash, int replicas);
 
 // Ids of the members whose placement scheme is not this build's (kPlacementScheme).
 std::vector<std::string> MembersPlacingOtherwise(std::span<const Member> members);
