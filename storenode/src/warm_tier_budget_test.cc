@@ -1,0 +1,61 @@
+// Warm tier budgets: per-scope quotas and byte counts, and the smallest slot a block takes.
+#include "warm_tier_test_fixture.h"
+
+namespace strata::storenode::warm_tier_test {
+namespace {
+
+TEST_F(WarmTierTest, ScopeQuotaRefusesOnlyTheScopeOverIt) {
+  Init(8 * kPage, 1024, PolicyKind::kLru, 2 * ClassBytes(1000));
+  const Bytes p = Payload(1, 1000);
+  EXPECT_THAT(Put(H(1), p, "a"), IsOk());
+  EXPECT_THAT(Put(H(2), p, "a"), IsOk());
+  EXPECT_THAT(Put(H(3), p, "a"),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("tenant quota")));
+  EXPECT_THAT(Put(H(3), p, "b"), IsOk()) << "another scope has its own quota";
+  for (uint32_t n = 10; n < 13; ++n) EXPECT_THAT(Put(H(n), p, "shared"), IsOk());
+  const ChainHash one = H(1);
+  EXPECT_EQ(tier_->Delete(ns_, "a", {&one, 1}), 1u);
+  EXPECT_THAT(Put(H(3), p, "a"), IsOk()) << "freed bytes count again";
+  EXPECT_THAT(tier_->ScopeBytes(),
+              ::testing::UnorderedElementsAre(
+                  std::pair<std::string, uint64_t>{"a", 2 * ClassBytes(1000)},
+                  std::pair<std::string, uint64_t>{"b", ClassBytes(1000)},
+                  std::pair<std::string, uint64_t>{"shared", 3 * ClassBytes(1000)}));
+}
+
+// What each scope holds is counted without a quota too (for /metrics): reserved and committed
+// slab bytes, back to nothing when its blocks go.
+TEST_F(WarmTierTest, ScopeBytesAreCountedWithoutAQuota) {
+  EXPECT_TRUE(tier_->ScopeBytes().empty());
+  EXPECT_THAT(Put(H(1), Payload(1, 1000), "a"), IsOk());
+  WarmTier::ReserveResult open = Reserve({{H(2), 3000}}, kTtl, "shared");  // not committed
+  ASSERT_THAT(open.status[0], IsOk());
+  EXPECT_THAT(tier_->ScopeBytes(),
+              ::testing::UnorderedElementsAre(
+                  std::pair<std::string, uint64_t>{"a", ClassBytes(1000)},
+                  std::pair<std::string, uint64_t>{"shared", ClassBytes(3000)}));
+  const ChainHash one = H(1);
+  EXPECT_EQ(tier_->Delete(ns_, "a", {&one, 1}), 1u);
+  ASSERT_THAT(tier_->AbortPut(open.reservation_id), IsOk());
+  EXPECT_TRUE(tier_->ScopeBytes().empty());
+}
+
+// A tiny block takes a min_slot_bytes slot, so the arena holds capacity / min_slot_bytes of
+// them (and their index entries) at most; without a minimum it holds every one.
+TEST_F(WarmTierTest, TinyBlocksTakeAtLeastTheMinimumSlot) {
+  for (uint64_t min_slot : {uint64_t{0}, kPage / 4}) {
+    Init(8 * kPage, 1024, PolicyKind::kLru, 0, min_slot);
+    EXPECT_EQ(tier_->SlotBytes(64), ClassBytes(min_slot == 0 ? 64 : min_slot)) << min_slot;
+    EXPECT_EQ(tier_->SlotBytes(kPage), kPage) << min_slot;
+    for (uint32_t n = 0; n < 64; ++n) ASSERT_THAT(PutN(n, 64), IsOk()) << n;
+    const WarmTierStats s = tier_->Stats();
+    EXPECT_EQ(s.blocks, min_slot == 0 ? 64u : 32u) << min_slot;
+    EXPECT_EQ(s.evictions, min_slot == 0 ? 0u : 32u) << min_slot;
+    EXPECT_EQ(s.used_bytes, s.blocks * tier_->SlotBytes(64)) << min_slot;
+    EXPECT_EQ(Present(0), min_slot == 0) << "the oldest left first";
+    EXPECT_TRUE(Present(63));
+  }
+}
+
+}  // namespace
+}  // namespace strata::storenode::warm_tier_test
