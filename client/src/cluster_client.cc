@@ -276,12 +276,11 @@ class ClusterStoreClient final : public StoreClient {
       const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
       std::vector<int> first(hashes.size(), -1);
       for (size_t i = 0; i < hashes.size(); ++i) first[i] = cluster::FirstOwner(seeds, hashes[i]);
-      std::map<int, std::vector<size_t>> groups;
-      for (size_t m = 0; m < set->members.size(); ++m) groups[static_cast<int>(m)];
       std::atomic<uint64_t> deleted{0};
       absl::Mutex err_mu;
       absl::Status err;
-      ForEachGroup(groups, [&](int node, const std::vector<size_t>&) {
+      RunParts(set->members.size(), [&](size_t p) {
+        const int node = static_cast<int>(p);
         std::vector<ChainHash> owned, others;
         for (size_t i = 0; i < hashes.size(); ++i) {
           (first[i] == node ? owned : others).push_back(hashes[i]);
@@ -298,7 +297,8 @@ class ClusterStoreClient final : public StoreClient {
             break;
           }
         }
-      });
+        return absl::OkStatus();
+      }).IgnoreError();
       if (IsStaleEpoch(err)) return err;
       // A member that did not delete may hold a copy its rebalancer brings back: say so.
       if (!err.ok()) {
