@@ -74,5 +74,34 @@ TEST_P(TransportPairTest, ReceivesAreHandedToTheCallerAsTheyLand) {
   EXPECT_EQ(remote(kMessages * kSize)[0], 0xEE);
 }
 
+// A worker destroyed under a transfer still in flight answers it UNAVAILABLE rather than
+// leaving its caller waiting out a 60 s deadline (or forever): the transfer is seen in flight
+// when its first receive lands, and the second never gets a message.
+TEST_P(TransportPairTest, AWorkerGoingAwayAnswersTheTransfersItHasInFlight) {
+  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
+  ASSERT_THAT(back, IsOk());
+  const TransferOp recvs[] = {TransferOp::Recv(remote(0), 4 * kKiB, 4000),
+                              TransferOp::Recv(remote(4 * kKiB), 4 * kKiB, 4001)};
+  absl::Notification in_flight, answered;
+  TransferHooks hooks;
+  hooks.on_landed = [&](size_t) { in_flight.Notify(); };
+  absl::Status status;
+  std::thread waiter([&] {
+    status =
+        server_.worker->Transfer(*back, recvs, absl::Now() + absl::Seconds(60), nullptr, &hooks);
+    answered.Notify();
+  });
+  TransferOp first = TransferOp::Send(local_.data(), 4 * kKiB, 4000);
+  ASSERT_THAT(client_.worker->Transfer(ep_, {&first, 1}, Soon()), IsOk());
+  ASSERT_TRUE(in_flight.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  server_.worker.reset();
+  if (!answered.WaitForNotificationWithTimeout(absl::Seconds(20))) {
+    waiter.detach();  // blocked for good: leave it rather than hang the suite
+    FAIL() << "the transfer was never answered";
+  }
+  waiter.join();
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kUnavailable));
+}
+
 }  // namespace
 }  // namespace strata::transport

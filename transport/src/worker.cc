@@ -10,12 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -59,6 +57,7 @@ constexpr size_t kMaxCachedRkeys = 1024;
 
 using worker_state::AnyPastDeadline;
 using worker_state::Command;
+using worker_state::DestroyRkeys;
 using worker_state::Endpoint;
 using worker_state::EndpointState;
 using worker_state::InFlightTransfer;
@@ -68,7 +67,9 @@ using worker_state::OneSided;
 using worker_state::OnRecvRequestDone;
 using worker_state::OnTransferRequestDone;
 using worker_state::OpSlot;
+using worker_state::ShuttingDown;
 using worker_state::TransferResult;
+using worker_state::Unusable;
 
 class UcpWorker final : public Worker {
  public:
@@ -159,6 +160,12 @@ class UcpWorker final : public Worker {
     if (hooks != nullptr && hooks->on_landed) cmd->landed = &landed.emplace();
     {
       absl::MutexLock lock(&mu_);
+      if (stop_) {
+        // The progress thread answers nothing more once it is stopping.
+        cmd->status = ShuttingDown();
+        if (cmd->type == Command::Type::kOldestUnclaimed) cmd->oldest.resize(cmd->tags.size());
+        return;
+      }
       queue_.push_back(cmd);
     }
     Wake();
@@ -195,6 +202,8 @@ class UcpWorker final : public Worker {
         stop_by = absl::Now() + kShutdownCloseWait;
         for (auto& [id, e] : endpoints_) ForceClose(e.get());
         for (auto& e : detached_) ForceClose(e.get());
+        // Receives would wait for messages that no longer matter (UNAVAILABLE).
+        for (auto& t : in_flight_) CancelReceives(t.get());
       }
       // A thread that was descheduled or frozen past a transfer's deadline must not let
       // progress run that transfer's queued copies first (CutOffIsDue).
@@ -217,7 +226,17 @@ class UcpWorker final : public Worker {
       empty_polls = 0;
       Sleep(busy, now);
     }
-    // Shutdown: whatever did not close in time loses its rkeys before the worker goes.
+    // Shutdown: transfers still in flight are answered (their requests may still call back
+    // into them, so they are kept until ucp_worker_destroy), and whatever did not close in
+    // time loses its rkeys before the worker goes.
+    for (auto& t : in_flight_) {
+      CancelReceives(t.get());
+      Answer(t->cmd, ShuttingDown());
+      t->cmd = nullptr;
+      t->endpoint = nullptr;
+      abandoned_.push_back(std::move(t));
+    }
+    in_flight_.clear();
     for (auto& [id, e] : endpoints_) DestroyRkeys(e.get());
     for (auto& e : detached_) DestroyRkeys(e.get());
   }
@@ -317,14 +336,6 @@ class UcpWorker final : public Worker {
     return it->second.get();
   }
 
-  static absl::Status Unusable(const Endpoint& e) {
-    if (!e.failure.ok()) return e.failure;
-    if (e.state != EndpointState::kOpen) {
-      return absl::UnavailableError(absl::StrCat("endpoint ", e.id, " is closed"));
-    }
-    return absl::OkStatus();
-  }
-
   void DoConnect(Command* cmd) {
     absl::StatusOr<absl::string_view> address =
         Unseal(kWorkerAddressTag, cmd->peer_address, "worker address");
@@ -396,11 +407,6 @@ class UcpWorker final : public Worker {
     }
     e->rkeys.emplace(std::string(sealed), rkey);
     return rkey;
-  }
-
-  static void DestroyRkeys(Endpoint* e) {
-    for (auto& [bytes, rkey] : e->rkeys) ucp_rkey_destroy(rkey);
-    e->rkeys.clear();
   }
 
   void Answer(Command* cmd, absl::Status status) {
@@ -775,25 +781,13 @@ absl::StatusOr<std::unique_ptr<Worker>> CreateUcpWorker(std::shared_ptr<UcpConte
     ucp_worker_destroy(worker);
     return UcsToStatus(status, "CreateWorker: ucp_worker_get_efd");
   }
-  const int wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  const int epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-  auto fail = [&](const char* what) {
-    const int err = errno;
-    if (wake_fd >= 0) close(wake_fd);
-    if (epoll_fd >= 0) close(epoll_fd);
+  absl::StatusOr<worker_state::WakeFds> fds = worker_state::OpenWakeFds(ucp_efd);
+  if (!fds.ok()) {
     ucp_worker_destroy(worker);
-    return absl::ResourceExhaustedError(absl::StrCat("CreateWorker: ", what, ": ", strerror(err)));
-  };
-  if (wake_fd < 0) return fail("eventfd");
-  if (epoll_fd < 0) return fail("epoll_create1");
-  for (int fd : {ucp_efd, wake_fd}) {
-    epoll_event ev = {};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) return fail("epoll_ctl");
+    return fds.status();
   }
   return std::make_unique<UcpWorker>(std::move(context), worker, std::move(address), ucp_efd,
-                                     wake_fd, epoll_fd);
+                                     fds->wake_fd, fds->epoll_fd);
 }
 
 }  // namespace strata::transport

@@ -2,7 +2,12 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -81,6 +86,43 @@ absl::StatusOr<std::string> DescribeUcpEndpoint(ucp_ep_h ep) {
   std::string text(buf, len);
   free(buf);
   return text;
+}
+
+absl::Status Unusable(const Endpoint& e) {
+  if (!e.failure.ok()) return e.failure;
+  if (e.state != EndpointState::kOpen) {
+    return absl::UnavailableError(absl::StrCat("endpoint ", e.id, " is closed"));
+  }
+  return absl::OkStatus();
+}
+
+void DestroyRkeys(Endpoint* e) {
+  for (auto& [bytes, rkey] : e->rkeys) ucp_rkey_destroy(rkey);
+  e->rkeys.clear();
+}
+
+absl::Status ShuttingDown() {
+  return absl::UnavailableError("the transport worker is shutting down");
+}
+
+absl::StatusOr<WakeFds> OpenWakeFds(int ucp_efd) {
+  const int wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  const int epoll_fd = wake_fd < 0 ? -1 : epoll_create1(EPOLL_CLOEXEC);
+  auto fail = [&](const char* what) {
+    const int err = errno;
+    if (wake_fd >= 0) close(wake_fd);
+    if (epoll_fd >= 0) close(epoll_fd);
+    return absl::ResourceExhaustedError(absl::StrCat("CreateWorker: ", what, ": ", strerror(err)));
+  };
+  if (wake_fd < 0) return fail("eventfd");
+  if (epoll_fd < 0) return fail("epoll_create1");
+  for (int fd : {ucp_efd, wake_fd}) {
+    epoll_event ev = {};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) return fail("epoll_ctl");
+  }
+  return WakeFds{wake_fd, epoll_fd};
 }
 
 }  // namespace strata::transport::worker_state

@@ -203,6 +203,23 @@ inline void OnRecvRequestDone(void* request, ucs_status_t status, const ucp_tag_
 // was force-closed under it), another code from UCX's first error, or OK.
 absl::Status TransferResult(const InFlightTransfer& t);
 
+// Why endpoint `e` cannot take transfers (UNAVAILABLE: failed or closed), or OK.
+absl::Status Unusable(const Endpoint& e);
+
+// Drops the rkeys `e` unpacked.
+void DestroyRkeys(Endpoint* e);
+
+// The answer to a call the worker's shutdown cut short: UNAVAILABLE.
+absl::Status ShuttingDown();
+
+// The progress thread's wake-up fds: an eventfd for new work, and an epoll set over it and
+// the UCX worker's event fd. RESOURCE_EXHAUSTED (nothing left open) when the kernel refuses.
+struct WakeFds {
+  int wake_fd;
+  int epoll_fd;
+};
+absl::StatusOr<WakeFds> OpenWakeFds(int ucp_efd);
+
 // Whether a transfer not yet retired has passed its deadline at `now`.
 bool AnyPastDeadline(std::span<const std::unique_ptr<InFlightTransfer>> in_flight, absl::Time now);
 

@@ -6,7 +6,9 @@
 // worker's event fd (plus an eventfd for new work) when idle.
 //
 // Thread-safety: all methods are thread-safe; transfers from many threads, on the same or
-// different endpoints, proceed concurrently. The destructor must not race with other calls.
+// different endpoints, proceed concurrently. The destructor must not race with the start of
+// another call; a call already waiting when it runs (a transfer in flight) is answered
+// UNAVAILABLE, its pending receives cancelled, before the worker goes.
 //
 // Endpoints: Connect() creates an endpoint to a peer worker's Address() with peer-failure
 // handling (TransportOptions::peer_failure_handling), so a dead peer fails operations
