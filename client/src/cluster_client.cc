@@ -743,7 +743,7 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<BlockWrite> writes;
       for (size_t i : idx) writes.push_back({blocks[i].hash, blocks[i].buffer, got.sizes[i]});
       WithNode(set, node, end, [&](GrpcStoreClient& c) {
-        return c.Put(ns, scope, writes, Left(end), {});
+        return c.Put(ns, scope, writes, Left(end), {.copy = true});
       }).IgnoreError();
     });
   }

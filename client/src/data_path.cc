@@ -233,6 +233,7 @@ v1::PutDataRequest GrpcStoreClient::PutDataRequestFor(const Namespace& ns, const
   req.set_namespace_id(ns.id);
   req.set_scope(scope);
   req.set_session_id(put.session_id);
+  req.set_copy(put.copy);
   req.set_lane(lane);
   for (size_t i = range.first; i < range.second; ++i) {
     const BlockWrite& w = blocks[i];

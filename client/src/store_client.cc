@@ -558,6 +558,7 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
   begin.set_namespace_id(ns.id);
   begin.set_scope(scope);
   begin.set_session_id(put.session_id);
+  begin.set_copy(put.copy);
   for (size_t i = range.first; i < range.second; ++i) {
     if (blocks[i].data == nullptr && blocks[i].size > 0) {
       return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].data: null"));

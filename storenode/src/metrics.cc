@@ -234,6 +234,15 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
                      MetricType::Counter);
   AddValue(loss,
            s.data_loss + (ts.cool ? ts.cool->data_loss : 0) + (ts.cold ? ts.cold->data_loss : 0));
+  auto tombs = Family("strata_tombstones",
+                      "Writers' deletes remembered so that copies do not bring blocks back",
+                      MetricType::Gauge);
+  AddValue(tombs, s.tombstones);
+  auto refused = Family("strata_copies_refused_total",
+                        "Copies (rebalancer, read-repair, promotion) of blocks a writer deleted "
+                        "lately, refused or aborted",
+                        MetricType::Counter);
+  AddValue(refused, s.copies_refused);
   auto members =
       Family("strata_cluster_members", "Members of the cluster this node sees", MetricType::Gauge);
   AddValue(members, c.members);
@@ -294,7 +303,7 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
   for (auto* f :
        {&blocks, &bytes, &used,   &cap,    &disk_hits, &moves, &prefetch, &codec,   &hits,
         &ratio,  &evict, &leases, &pinned, &res,       &ns,    &loss,     &members, &otherwise,
-        &kept,   &epoch, &etcd,   &rebal,  &pending,   &under, &tenant}) {
+        &kept,   &epoch, &etcd,   &rebal,  &pending,   &under, &tenant,   &tombs,   &refused}) {
     families.push_back(std::move(*f));
   }
   for (auto& f : families) {

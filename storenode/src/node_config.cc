@@ -84,6 +84,10 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
                   "Longest lease or reservation lifetime a caller may ask for.");
   s.AddDurationMs("reaper_interval", &c->reaper_interval_ms,
                   "How often expired leases and reservations are released.");
+  s.AddDurationMs("tombstone_ttl", &c->tombstone_ttl_ms,
+                  "How long a deleted block's copies (rebalancer, read-repair) are refused.");
+  s.AddUint("tombstone_capacity", &c->tombstone_capacity,
+            "Most deletes remembered at once (~50 B each); the oldest go first.");
   s.AddDurationMs("drain_timeout", &c->drain_timeout_ms,
                   "On SIGTERM, how long in-flight calls may take before they are cancelled.");
   s.AddBool("debug_fault_injection", &c->debug_fault_injection,
@@ -172,6 +176,13 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   }
   if (c.reservation_ttl_ms > c.max_lease_ms || c.lease_ttl_ms > c.max_lease_ms) {
     return absl::InvalidArgumentError("reservation_ttl / lease_ttl: exceed max_lease");
+  }
+  if (c.tombstone_capacity > (1ull << 24)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tombstone_capacity: ", c.tombstone_capacity, ", want 0..16777216"));
+  }
+  if (c.tombstone_ttl_ms > 86400000) {
+    return absl::InvalidArgumentError("tombstone_ttl: want at most 24h");
   }
   if (c.warm_low_watermark_pct >= c.warm_high_watermark_pct || c.warm_high_watermark_pct > 100 ||
       c.disk_low_watermark_pct >= c.disk_high_watermark_pct || c.disk_high_watermark_pct > 100) {

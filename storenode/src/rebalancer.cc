@@ -198,8 +198,9 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
       }
       if (writes.empty()) continue;
       absl::StatusOr<client::PutResult> put =
-          c == nullptr ? absl::UnavailableError("peer unreachable")
-                       : c->Put(peer_ns, scope, writes, {.deadline = options_.call_timeout});
+          c == nullptr
+              ? absl::UnavailableError("peer unreachable")
+              : c->Put(peer_ns, scope, writes, {.deadline = options_.call_timeout}, {.copy = true});
       for (size_t k = 0; k < which.size(); ++k) {
         const absl::Status st = put.ok() ? put->blocks[k] : put.status();
         if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) {

@@ -349,6 +349,8 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   const uint64_t min_charge = std::min(config.min_block_charge, config.max_block_bytes);
   opts.warm.min_slot_bytes = min_charge;
   opts.warm.max_namespaces = config.max_namespaces;
+  opts.warm.tombstone_ttl_ms = static_cast<int64_t>(config.tombstone_ttl_ms);
+  opts.warm.tombstone_capacity = config.tombstone_capacity;
   opts.warm.prefault = config.warm_prefault;
   opts.warm.policy = *ParsePolicyKind(config.warm_policy);
   // Per-tenant values come from the principals file once the authenticator has read it.

@@ -308,7 +308,10 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
       !s.ok()) {
     return call.Done(s);
   }
-  for (WarmTier::PutBlock& b : blocks) b.session = SessionKey(who, b.session);
+  for (WarmTier::PutBlock& b : blocks) {
+    b.session = SessionKey(who, b.session);
+    b.copy = req->copy();
+  }
   if (total > config_.max_inline_bytes) {
     return call.Done(absl::ResourceExhaustedError(
         absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_inline_bytes ",
@@ -494,7 +497,8 @@ grpc::Status StoreServiceImpl::Delete(grpc::ServerContext* ctx, const v1::Delete
   if (absl::Status s = RoutedKeys(ctx, *req, Access::kWrite, &hashes, &scope); !s.ok()) {
     return call.Done(s);
   }
-  resp->set_deleted(static_cast<uint32_t>(store_->Delete(req->namespace_id(), scope, hashes)));
+  resp->set_deleted(static_cast<uint32_t>(
+      store_->Delete(req->namespace_id(), scope, hashes, /*tombstone=*/true)));
   return call.Done(absl::OkStatus());
 }
 

@@ -157,7 +157,10 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
     valid = ParsePutBlocks(req->namespace_id(), *allowed, req->blocks(), req->session_id(), &blocks,
                            &scope, &total);
   }
-  for (WarmTier::PutBlock& b : blocks) b.session = SessionKey(who, b.session);
+  for (WarmTier::PutBlock& b : blocks) {
+    b.session = SessionKey(who, b.session);
+    b.copy = req->copy();
+  }
   const int n = req->blocks_size();
   if (valid.ok()) valid = CheckEpoch(req->epoch());
   if (valid.ok()) valid = CheckPutFields(*req, n);

@@ -163,7 +163,8 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       [&](const BlockKey& key, std::span<const uint8_t> bytes, const WarmTier::BlockAttrs& a) {
         if (target->Find(key, false)) return true;  // inclusive copy already there
         MakeRoom(target, below, bytes.size());
-        return target->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id)).ok();
+        return target->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id)).ok() &&
+               KeptUnlessDeleted(target, key);
       },
       &session);
   if (to_cold) {
@@ -173,7 +174,7 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       if (!meta || !cool_->Read(key, &buf).ok()) continue;
       MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
       if (cold_->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
-          cool_->Delete(key).ok())
+          KeptUnlessDeleted(cold_.get(), key) && cool_->Delete(key).ok())
         ++moved;
     }
   }
@@ -187,6 +188,7 @@ bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes
   if (make_room) DemoteOnce(warm_->SlotBytes(bytes.size()));
   WarmTier::PutBlock pb{key.hash,     bytes.size(), meta.depth,        meta.importance,
                         meta.session, prefetched,   meta.parent_handle};
+  pb.copy = true;  // of a disk block a writer may be deleting right now
   WarmTier::ReserveResult res = warm_->BeginPut(key.namespace_id, key.scope, {&pb, 1}, 10000,
                                                 /*may_evict=*/false);
   if (res.reservation_id == 0 || !res.status[0].ok()) return false;
@@ -428,13 +430,20 @@ WarmTier::GetResult TieredStore::PinWarm(NamespaceId ns, const std::string& scop
 bool TieredStore::StageInWarm(const BlockKey& key) { return Promote(key, false); }
 
 uint64_t TieredStore::Delete(NamespaceId ns, const std::string& scope,
-                             std::span<const ChainHash> hashes) {
-  uint64_t n = warm_->Delete(ns, scope, hashes);
+                             std::span<const ChainHash> hashes, bool tombstone) {
+  // Warm first: its tombstones are in place before the disk copies go (KeptUnlessDeleted).
+  uint64_t n = warm_->Delete(ns, scope, hashes, tombstone);
   for (DiskTier* t : {cool_.get(), cold_.get()}) {
     if (t == nullptr) continue;
     for (const ChainHash& h : hashes) n += t->Delete(BlockKey{ns, scope, h}).ok() ? 1 : 0;
   }
   return n;
+}
+
+bool TieredStore::KeptUnlessDeleted(DiskTier* tier, const BlockKey& key) {
+  if (!warm_->DeletedLately(key)) return true;
+  tier->Delete(key).IgnoreError();
+  return false;
 }
 
 uint64_t TieredStore::ExpireNow() { return warm_->ExpireNow(); }
@@ -461,7 +470,8 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       if (meta && tier->Read(key, &buf).ok()) {
         MakeRoom(below, nullptr, meta->stored_bytes);
-        if (below->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok()) {
+        if (below->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
+            KeptUnlessDeleted(below, key)) {
           cool_demotions_.fetch_add(1, std::memory_order_relaxed);
         }
       }
@@ -492,7 +502,7 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
       return true;
     }
     if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
-    return st.ok();
+    return st.ok() && KeptUnlessDeleted(cool_.get(), key);
   });
 }
 

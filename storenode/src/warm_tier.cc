@@ -28,6 +28,7 @@ struct WarmTier::Entry {
   uint32_t depth = 0;
   float importance = 0;
   bool prefetched = false;  // placed by Prefetch and not read yet
+  bool deleted = false;     // a writer deleted it while reserved: its commit is aborted
   std::string session;
 };
 
@@ -63,7 +64,8 @@ absl::StatusOr<std::unique_ptr<WarmTier>> WarmTier::Create(WarmTierOptions optio
 WarmTier::WarmTier(WarmTierOptions options, std::unique_ptr<SlabArena> arena)
     : options_(std::move(options)),
       arena_(std::move(arena)),
-      policy_(MakeEvictionPolicy(options_.policy, options_.policy_options)) {
+      policy_(MakeEvictionPolicy(options_.policy, options_.policy_options)),
+      tombstones_(options_.tombstone_capacity, options_.tombstone_ttl_ms) {
   slot_owner_.resize(arena_->num_pages());
 }
 
@@ -370,6 +372,10 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
           "block of ", b.size, " bytes: want 1 .. max_block_bytes ", options_.max_block_bytes)));
       continue;
     }
+    if (absl::Status gone = CheckTombstoneLocked(key, b.copy); !gone.ok()) {
+      result.status.push_back(std::move(gone));
+      continue;
+    }
     auto it = index_.find(key);
     if (it != index_.end()) {
       result.status.push_back(absl::AlreadyExistsError(
@@ -455,6 +461,8 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservati
       } else if (e->second->state != Entry::State::kReserved) {
         results[i] = absl::InvalidArgumentError(
             absl::StrCat("blocks[", i, "].chain_hash: named twice in one commit"));
+      } else if (e->second->deleted) {
+        results[i] = DeletedWhileWritten(i);
       } else if ((blocks[i].landed ? blocks[i].landed_size : blocks[i].payload.size()) !=
                  e->second->size) {
         results[i] = absl::InvalidArgumentError(
@@ -484,6 +492,10 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservati
   for (size_t i = blocks.size(); i > 0; --i) {
     Entry* e = targets[i - 1];
     if (e == nullptr) continue;
+    if (e->deleted) {  // a writer's Delete came while the bytes were copied
+      results[i - 1] = DeletedWhileWritten(i - 1);
+      continue;
+    }
     if (!intact[i - 1]) {
       results[i - 1] = absl::DataLossError(
           absl::StrFormat("blocks[%d]: checksum of the bytes that landed differs from 0x%016x",
@@ -631,18 +643,49 @@ absl::Status WarmTier::EndGet(uint64_t lease_id) {
 }
 
 uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
-                          std::span<const ChainHash> hashes) {
+                          std::span<const ChainHash> hashes, bool tombstone) {
   uint64_t deleted = 0;
   absl::MutexLock lock(&mu_);
+  const int64_t now = tombstone ? options_.now_ms() : 0;
   BlockKey key{ns, scope, {}};
   for (const ChainHash& h : hashes) {
     key.hash = h;
+    if (tombstone) tombstones_.Add(PolicyHandle(key), now);
     auto it = index_.find(key);
-    if (it == index_.end() || it->second->state != Entry::State::kCommitted) continue;
+    if (it == index_.end()) continue;
+    if (it->second->state != Entry::State::kCommitted) {
+      if (tombstone) it->second->deleted = true;
+      continue;
+    }
     RemoveLocked(it->second.get());
     ++deleted;
   }
   return deleted;
+}
+
+bool WarmTier::DeletedLately(const BlockKey& key) {
+  absl::MutexLock lock(&mu_);
+  return tombstones_.Live(PolicyHandle(key), options_.now_ms());
+}
+
+absl::Status WarmTier::CheckTombstoneLocked(const BlockKey& key, bool copy) {
+  const uint64_t handle = PolicyHandle(key);
+  if (!copy) {
+    tombstones_.Clear(handle);
+    return absl::OkStatus();
+  }
+  int64_t age_ms = 0;
+  if (!tombstones_.Live(handle, options_.now_ms(), &age_ms)) return absl::OkStatus();
+  copies_refused_.fetch_add(1, std::memory_order_relaxed);
+  return absl::FailedPreconditionError(
+      absl::StrCat("block ", key.hash.ToHex(), ": deleted by a writer ", age_ms,
+                   " ms ago; copies of it are refused for ", tombstones_.ttl_ms(), " ms"));
+}
+
+absl::Status WarmTier::DeletedWhileWritten(size_t index) {
+  copies_refused_.fetch_add(1, std::memory_order_relaxed);
+  return absl::AbortedError(
+      absl::StrCat("blocks[", index, "]: deleted by a writer while being written; not stored"));
 }
 
 void WarmTier::DropCorrupt(const BlockKey& key) {
@@ -725,6 +768,8 @@ WarmTierStats WarmTier::Stats() const {
   s.demotions = demotions_.load(std::memory_order_relaxed);
   s.prefetch_used = prefetch_used_.load(std::memory_order_relaxed);
   s.prefetch_wasted = prefetch_wasted_.load(std::memory_order_relaxed);
+  s.tombstones = tombstones_.size();
+  s.copies_refused = copies_refused_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -258,5 +258,45 @@ TEST_F(ClusterTest, ADeletedBlockDoesNotComeBackFromACopyElsewhere) {
   EXPECT_TRUE(absl::IsNotFound(got->blocks[0])) << got->blocks[0];
 }
 
+// A delete is remembered on every member: a copy on its way (a rebalancer's, a read-repair's:
+// PutOptions::copy) arriving after it is refused, over the inline and the UCX data plane,
+// and counted; a writer's put of the same blocks is taken.
+TEST_F(ClusterTest, CopiesThatArriveAfterADeleteAreRefusedAndAWritersPutIsTaken) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 12, 8);
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  auto deleted = c->Delete(*ns, "", chain);
+  ASSERT_THAT(deleted, IsOk());
+  const double refused_before = testutil::Metric(*nodes_[0], "strata_copies_refused_total");
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<BlockWrite> writes;
+  for (const ChainHash& h : chain) data.push_back(Payload(h));
+  for (size_t i = 0; i < chain.size(); ++i) writes.push_back({chain[i], data[i].data(), kBlock});
+  size_t refused = 0;
+  for (auto plane : {ClientOptions::DataPlane::kInline}) {
+    auto direct = StoreClient::Connect({.address = nodes_[0]->address(), .data_plane = plane});
+    ASSERT_TRUE(direct.ok()) << direct.status();
+    auto dns = (*direct)->RegisterNamespace(Spec());
+    ASSERT_TRUE(dns.ok());
+    auto copied = (*direct)->Put(*dns, "", writes, {}, {.copy = true});
+    ASSERT_THAT(copied, IsOk());
+    for (const absl::Status& st : copied->blocks) {
+      EXPECT_THAT(st, StatusIs(absl::StatusCode::kFailedPrecondition));
+      refused += st.code() == absl::StatusCode::kFailedPrecondition;
+    }
+  }
+  EXPECT_EQ(testutil::Metric(*nodes_[0], "strata_copies_refused_total") - refused_before,
+            static_cast<double>(refused));
+  auto found = c->Lookup(*ns, "", chain);
+  ASSERT_THAT(found, IsOk());
+  EXPECT_EQ(found->matched_blocks, 0u);
+  // The writer stores them again: taken everywhere, and readable.
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+}
+
 }  // namespace
 }  // namespace strata::cluster_test

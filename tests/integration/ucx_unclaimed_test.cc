@@ -513,5 +513,45 @@ TEST(UcxConfigTest, APutToANodeRestartedWithoutTrailingChecksumsSendsThemFirst) 
   EXPECT_EQ(out, payload);
 }
 
+// A copy sent over UCX (PutData with copy set) of a block a writer deleted is refused like
+// an inline one; the writer's own put of it is taken, over UCX.
+TEST(UcxConfigTest, ACopyOverUcxOfADeletedBlockIsRefusedAndTheWritersPutIsTaken) {
+  auto p = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
+  ASSERT_THAT(p, IsOk());
+  std::unique_ptr<StoreClient> c;
+  client::Namespace ns;
+  ASSERT_NO_FATAL_FAILURE(ConnectWithNamespace(**p, ClientOptions::DataPlane::kUcx, &c, &ns));
+  constexpr size_t kBlocks = 3, kSize = 256 << 10;
+  const std::vector<uint8_t> payload = testutil::RandomBytes(11, kBlocks * kSize);
+  const std::vector<ChainHash> chain = testutil::PromptChain(ns, 11, kBlocks);
+  std::vector<BlockWrite> writes;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    writes.push_back({chain[i], payload.data() + i * kSize, kSize, static_cast<uint32_t>(i)});
+  }
+  auto put = c->Put(ns, "", writes);
+  ASSERT_THAT(put, IsOk());
+  ASSERT_EQ(put->stored, kBlocks);
+  auto deleted = c->Delete(ns, "", chain);
+  ASSERT_THAT(deleted, IsOk());
+  EXPECT_EQ(*deleted, kBlocks);
+  auto copied = c->Put(ns, "", writes, {}, {.copy = true});
+  ASSERT_THAT(copied, IsOk());
+  for (const absl::Status& st : copied->blocks) {
+    EXPECT_THAT(st, testutil::StatusIs(absl::StatusCode::kFailedPrecondition,
+                                       ::testing::HasSubstr("deleted")));
+  }
+  EXPECT_EQ(testutil::Metric(**p, "strata_copies_refused_total"), kBlocks);
+  const double ucx_in =
+      testutil::Metric(**p, "strata_transfer_bytes_total", "direction=\"in\",transport=\"ucx\"");
+  auto again = c->Put(ns, "", writes);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->stored, kBlocks);
+  EXPECT_EQ(
+      testutil::Metric(**p, "strata_transfer_bytes_total", "direction=\"in\",transport=\"ucx\"") -
+          ucx_in,
+      kBlocks * kSize)
+      << "the writer's put went over UCX";
+}
+
 }  // namespace
 }  // namespace strata

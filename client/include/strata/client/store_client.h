@@ -165,6 +165,10 @@ struct GetOptions {
 
 struct PutOptions {
   std::string session_id;  // optional: lets PauseSession/ResumeSession move these blocks
+  // The blocks are copies of ones stored elsewhere in the cluster (read-repair, rebalancing):
+  // a node refuses one that a writer deleted there lately (FAILED_PRECONDITION) rather than
+  // bring it back. Leave false for an engine's own writes.
+  bool copy = false;
 };
 
 struct PutResult {

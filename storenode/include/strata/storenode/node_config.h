@@ -68,6 +68,10 @@ struct NodeConfig {
   uint64_t max_lease_ms = 600000;       // longest lease or reservation a caller may ask for
   uint64_t reaper_interval_ms = 50;
   uint64_t drain_timeout_ms = 10000;  // SIGTERM: in-flight calls get this long to finish
+  // A writer's Delete is remembered this long (at most tombstone_capacity deletes, ~50 B
+  // each): copies of those blocks are refused meanwhile (WarmTierOptions). 0: not remembered.
+  uint64_t tombstone_ttl_ms = 60000;
+  uint64_t tombstone_capacity = 262144;
 
   bool debug_fault_injection = false;  // serve InjectFault (tests only)
 

@@ -101,7 +101,11 @@ class TieredStore {
   absl::Status EndGet(uint64_t lease_id);
   absl::Status JoinLease(uint64_t into, uint64_t from) { return warm_->JoinLease(into, from); }
 
-  uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
+  // Removes blocks from every tier. `tombstone`: a writer's delete (the Delete call), which
+  // the warm tier remembers so that copies still on their way, between nodes or between
+  // tiers, do not bring the blocks back (WarmTier::Delete); a hand-over or a drop is not one.
+  uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
+                  bool tombstone = false);
   uint64_t ExpireNow();
   absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
 
@@ -167,6 +171,9 @@ class TieredStore {
  private:
   TieredStore(TieredStoreOptions options, std::unique_ptr<WarmTier> warm,
               std::unique_ptr<DiskTier> cool, std::unique_ptr<DiskTier> cold);
+  // After a block was written to `tier` from the tier above: false, and that copy deleted,
+  // when a writer deleted the block meanwhile (its Delete may have passed `tier` first).
+  bool KeptUnlessDeleted(DiskTier* tier, const BlockKey& key);
   // Makes room in `tier` for `bytes` more, moving victims to `below` (or dropping them).
   void MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes);
   void DemoteLoop();

@@ -27,6 +27,7 @@
 #include "strata/common/namespace.h"
 #include "strata/storenode/eviction_policy.h"
 #include "strata/storenode/slab_arena.h"
+#include "strata/storenode/tombstones.h"
 
 namespace strata::storenode {
 
@@ -47,6 +48,11 @@ struct WarmTierOptions {
   // any). Not applied to the shared scope. Over it, a put's block is TenantQuotaError
   // (tenant_quota.h). Called once per BeginPut, outside the tier's lock.
   std::function<uint64_t(const std::string& scope)> scope_quota;
+  // Deletes by a writer (Delete with `tombstone`) are remembered this long, at most
+  // tombstone_capacity of them: copies of those blocks (PutBlock::copy) are refused meanwhile
+  // (tombstones.h). 0 for either: not remembered.
+  int64_t tombstone_ttl_ms = 60'000;
+  size_t tombstone_capacity = 262'144;
   // Monotonic milliseconds; tests substitute a manual clock.
   std::function<int64_t()> now_ms;
 };
@@ -67,6 +73,8 @@ struct WarmTierStats {
   uint64_t demotions = 0;        // blocks moved to a lower tier
   uint64_t prefetch_used = 0;    // prefetched blocks read while warm
   uint64_t prefetch_wasted = 0;  // prefetched blocks that left warm unread
+  uint64_t tombstones = 0;       // writers' deletes remembered now
+  uint64_t copies_refused = 0;   // copies of lately deleted blocks refused or aborted
 };
 
 class WarmTier {
@@ -81,6 +89,10 @@ class WarmTier {
     // PolicyHandle of the chain parent; kNoBlock = unknown, in which case BeginPut takes the
     // previous block of the same call when its depth is one less (callers put chains in order).
     uint64_t parent_handle = kNoBlock;
+    // A copy of a block kept elsewhere (the rebalancer's, read-repair, a promotion), not a
+    // writer's put: FAILED_PRECONDITION while a writer's delete of it is remembered. A
+    // writer's put forgets that delete.
+    bool copy = false;
   };
   // What a demoted block carries to the tier below.
   struct BlockAttrs {
@@ -187,8 +199,13 @@ class WarmTier {
   // Moves lease `from`'s pins into lease `into` (one id for a read served in two scopes).
   absl::Status JoinLease(uint64_t into, uint64_t from);
 
-  // Removes blocks; a pinned one disappears from lookups now and frees when unpinned.
-  uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
+  // Removes blocks; a pinned one disappears from lookups now and frees when unpinned. With
+  // `tombstone` (a writer's delete, not a hand-over or a drop) every named block is remembered
+  // as deleted, present or not, and a put of one still being written is aborted at its commit.
+  uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
+                  bool tombstone = false);
+  // Whether a writer deleted the block within tombstone_ttl_ms.
+  bool DeletedLately(const BlockKey& key);
 
   // Drops a committed block whose bytes were found not to match its checksum (by a reader of
   // pinned bytes) and counts it as data loss. Pinned copies free when their leases end.
@@ -248,6 +265,12 @@ class WarmTier {
   void FreeSlotLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnpinLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseReservationLocked(Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A put of `key`: FAILED_PRECONDITION for a copy of a block a writer deleted lately; a
+  // writer's put clears the tombstone.
+  absl::Status CheckTombstoneLocked(const BlockKey& key, bool copy)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ABORTED for block `index` of a commit whose reservation a writer's Delete overtook.
+  absl::Status DeletedWhileWritten(size_t index);
 
   const WarmTierOptions options_;
   const std::unique_ptr<SlabArena> arena_;
@@ -272,6 +295,7 @@ class WarmTier {
   absl::flat_hash_map<std::string, uint64_t> scope_used_ ABSL_GUARDED_BY(mu_);
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pinned_ ABSL_GUARDED_BY(mu_) = 0;
+  Tombstones tombstones_ ABSL_GUARDED_BY(mu_);
 
   std::atomic<uint64_t> hits_{0};
   std::atomic<uint64_t> misses_{0};
@@ -280,6 +304,7 @@ class WarmTier {
   std::atomic<uint64_t> demotions_{0};
   std::atomic<uint64_t> prefetch_used_{0};
   std::atomic<uint64_t> prefetch_wasted_{0};
+  std::atomic<uint64_t> copies_refused_{0};
 };
 
 }  // namespace strata::storenode

@@ -1,0 +1,105 @@
+// A writer's delete against copies on their way: tombstones (tombstones.h) and puts that a
+// delete overtakes.
+#include "strata/storenode/tombstones.h"
+#include "warm_tier_test_fixture.h"
+
+namespace strata::storenode::warm_tier_test {
+namespace {
+
+TEST(TombstonesTest, TheyLapseAfterTheirTtlAndTheOldestGoFirstPastCapacity) {
+  Tombstones t(/*capacity=*/2, /*ttl_ms=*/100);
+  t.Add(1, 1000);
+  int64_t age = 0;
+  EXPECT_TRUE(t.Live(1, 1099, &age));
+  EXPECT_EQ(age, 99);
+  EXPECT_FALSE(t.Live(1, 1100)) << "lapsed";
+  EXPECT_EQ(t.size(), 0u);
+  t.Add(1, 2000);
+  t.Add(2, 2001);
+  t.Add(3, 2002);
+  EXPECT_FALSE(t.Live(1, 2003)) << "the oldest went past capacity";
+  EXPECT_TRUE(t.Live(2, 2003) && t.Live(3, 2003));
+  t.Clear(2);
+  EXPECT_FALSE(t.Live(2, 2003));
+  EXPECT_TRUE(t.Live(3, 2003));
+  // Deleted again: the second delete's time counts.
+  t.Add(3, 2050);
+  EXPECT_TRUE(t.Live(3, 2120));
+  // Clears and repeated deletes leave stale entries behind; they stay bounded.
+  for (int i = 0; i < 1000; ++i) {
+    t.Add(7, 3000 + i);
+    t.Clear(7);
+  }
+  EXPECT_EQ(t.size(), 0u);
+  Tombstones off(0, 100);
+  off.Add(1, 0);
+  EXPECT_FALSE(off.Live(1, 1));
+}
+
+// A copy (rebalancer, read-repair, promotion) of a block a writer deleted is refused for the
+// tombstone's lifetime, present before or not; copies of other blocks, and copies after a
+// delete that was a hand-over (no tombstone), are taken.
+TEST_F(WarmTierTest, AWritersDeleteRefusesCopiesOfItsBlocksUntilTheTombstoneLapses) {
+  ASSERT_THAT(PutN(1, 1000), IsOk());
+  ASSERT_THAT(PutN(3, 1000), IsOk());
+  const Hashes deleted = {H(1), H(2)};  // 2 was never here
+  EXPECT_EQ(tier_->Delete(ns_, "s", deleted, /*tombstone=*/true), 1u);
+  const Hashes handed_over = {H(3)};
+  EXPECT_EQ(tier_->Delete(ns_, "s", handed_over), 1u);
+  auto copy = [&](uint32_t n) {
+    WarmTier::PutBlock b{H(n), 1000};
+    b.copy = true;
+    return Reserve({b}).status[0];
+  };
+  EXPECT_THAT(copy(1), StatusIs(Code::kFailedPrecondition, HasSubstr("deleted by a writer")));
+  EXPECT_THAT(copy(2), StatusIs(Code::kFailedPrecondition));
+  EXPECT_THAT(copy(3), IsOk()) << "a hand-over leaves no tombstone";
+  EXPECT_THAT(copy(4), IsOk());
+  EXPECT_EQ(tier_->Stats().tombstones, 2u);
+  EXPECT_EQ(tier_->Stats().copies_refused, 2u);
+  EXPECT_TRUE(tier_->DeletedLately(BlockKey{ns_, "s", H(1)}));
+  EXPECT_FALSE(tier_->DeletedLately(BlockKey{ns_, "other", H(1)})) << "per scope";
+  now_ms_ += 60'001;
+  EXPECT_THAT(copy(1), IsOk()) << "the tombstone lapsed";
+  EXPECT_EQ(tier_->Stats().tombstones, 0u);
+}
+
+// A writer's put of a deleted block is taken at once, and forgets the delete.
+TEST_F(WarmTierTest, AWritersPutOfADeletedBlockIsTakenAndForgetsTheDelete) {
+  ASSERT_THAT(PutN(1, 1000), IsOk());
+  const Hashes one = {H(1)};
+  EXPECT_EQ(tier_->Delete(ns_, "s", one, /*tombstone=*/true), 1u);
+  EXPECT_THAT(PutN(1, 1000), IsOk());
+  EXPECT_FALSE(tier_->DeletedLately(BlockKey{ns_, "s", H(1)}));
+  EXPECT_EQ(tier_->Delete(ns_, "s", one), 1u);  // handed over
+  WarmTier::PutBlock b{H(1), 1000};
+  b.copy = true;
+  EXPECT_THAT(Reserve({b}).status[0], IsOk());
+}
+
+// A writer's delete that comes between a put's reservation and its commit wins: the commit
+// answers ABORTED for that block and stores it nowhere; the rest of the put is stored. A
+// hand-over (no tombstone) leaves the put alone.
+TEST_F(WarmTierTest, ADeleteThatOvertakesAPutAbortsThatBlocksCommit) {
+  WarmTier::ReserveResult r = Reserve({{H(1), 1000}, {H(2), 1000}, {H(3), 1000}});
+  ASSERT_NE(r.reservation_id, 0u);
+  const Hashes deleted = {H(1)}, handed_over = {H(3)};
+  EXPECT_EQ(tier_->Delete(ns_, "s", deleted, /*tombstone=*/true), 0u);
+  EXPECT_EQ(tier_->Delete(ns_, "s", handed_over), 0u);
+  auto done = Commit(r.reservation_id, {Block(1, 1000), Block(2, 1000), Block(3, 1000)});
+  ASSERT_THAT(done, IsOk());
+  EXPECT_THAT((*done)[0], StatusIs(Code::kAborted, HasSubstr("deleted by a writer")));
+  EXPECT_THAT((*done)[1], IsOk());
+  EXPECT_THAT((*done)[2], IsOk());
+  EXPECT_FALSE(Present(1));
+  EXPECT_TRUE(Present(2) && Present(3));
+  EXPECT_EQ(Occupancy(), (Usage{.blocks = 2,
+                                .payload = 2000,
+                                .used = 2 * ClassBytes(1000),
+                                .reserved = 0,
+                                .leases = 0,
+                                .pinned = 0}));
+}
+
+}  // namespace
+}  // namespace strata::storenode::warm_tier_test
