@@ -206,6 +206,11 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
         if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) {
           ++copied;
           ++confirmed[which[k]];
+        } else if (put.ok() && (st.code() == absl::StatusCode::kFailedPrecondition ||
+                                st.code() == absl::StatusCode::kAborted)) {
+          // A writer deleted it there lately (docs/design/cluster.md, "Deletes are
+          // remembered"): not a failure, and no hand-over either.
+          copy_failed[which[k]] = true;
         } else {
           ++failed;
           copy_failed[which[k]] = true;

@@ -1,5 +1,6 @@
 #include "store_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string_view>
@@ -19,6 +20,9 @@ namespace {
 
 using proto::ToBlockStatus;
 using proto::ToGrpc;
+
+// How long a reservation outlives the deadline of the BeginPut that made it (BeginPut).
+constexpr int64_t kReservationGraceMs = 2000;
 
 void AddTier(v1::StatsResponse* resp, v1::Tier tier, uint64_t blocks, uint64_t bytes,
              uint64_t capacity, uint64_t used) {
@@ -322,6 +326,14 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
     return call.Done(InflightBytes(&admission_, UINT64_MAX / 2).status());
   }
   uint64_t ttl = req->ttl_ms() != 0 ? req->ttl_ms() : config_.reservation_ttl_ms;
+  // Its writer commits within the deadline this call came with: a reservation that outlives
+  // it only keeps slots from others (a put cut short whose AbortPut was refused as well).
+  const auto deadline = ctx->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::system_clock::now());
+    ttl = std::min<uint64_t>(ttl, std::max<int64_t>(left.count(), 0) + kReservationGraceMs);
+  }
   NoteWrite(scope);
   WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
   resp->set_reservation_id(r.reservation_id);
@@ -374,12 +386,19 @@ absl::Status StoreServiceImpl::ParsePutBlocks(
 grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext* ctx, const v1::CommitPutRequest* req,
                                          v1::CommitPutResponse* resp) {
   CallScope call(metrics_, Op::kCommitPut, &admission_);
-  if (call.refused()) return call.Done(call.Refusal());
   // The reservation id (random, from BeginPut) names the scope; the caller must still write.
   if (absl::Status s = RequireAnyRole(ctx, kRoleWriter | kRolePublisher | kRoleAdmin, "CommitPut");
       !s.ok()) {
     return call.Done(s);
   }
+  // A commit refused for load gives its reservation back now: the writer's AbortPut, sent
+  // into the same overload, might not get through, and the slots would stay taken until
+  // reservation_ttl.
+  auto refuse = [&](absl::Status why) {
+    store_->AbortPut(req->reservation_id()).IgnoreError();
+    return call.Done(std::move(why));
+  };
+  if (call.refused()) return refuse(call.Refusal());
   if (static_cast<uint64_t>(req->blocks_size()) > config_.max_keys_per_call) {
     return call.Done(absl::InvalidArgumentError(absl::StrCat(
         "blocks: ", req->blocks_size(), " exceed max_keys_per_call ", config_.max_keys_per_call)));
@@ -397,7 +416,7 @@ grpc::Status StoreServiceImpl::CommitPut(grpc::ServerContext* ctx, const v1::Com
     bytes += b.payload().size();
   }
   InflightBytes held(&admission_, bytes);
-  if (!held.status().ok()) return call.Done(held.status());
+  if (!held.status().ok()) return refuse(held.status());
   absl::StatusOr<std::vector<absl::Status>> r = store_->CommitPut(req->reservation_id(), blocks);
   if (!r.ok()) return call.Done(r.status());
   metrics_->AddInlineBytes(true, bytes);

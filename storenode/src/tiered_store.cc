@@ -332,6 +332,7 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
   for (size_t i = 0; i < blocks.size(); ++i) {
     BlockKey key{ns, scope, blocks[i].hash};
     bool below = cool_->Find(key, false) || (cold_ && cold_->Find(key, false));
+    if (below && !blocks[i].copy) warm_->ForgetDelete(key);  // ALREADY_EXISTS: wanted again
     if (!below) {
       where[i] = static_cast<int>(fresh.size());
       fresh.push_back(blocks[i]);

@@ -339,8 +339,9 @@ uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn, const std::string*
       if (it != index_.end() && it->second.get() == e) RemoveLocked(e);
       if (corrupt[i]) data_loss_.fetch_add(1, std::memory_order_relaxed);
       n += moved[i] ? 1 : 0;
-    } else if (e->state == Entry::State::kCommitted && index_.contains(e->key)) {
-      AdmitLocked(e);
+    } else if (auto it = index_.find(e->key); e->state == Entry::State::kCommitted &&
+                                              it != index_.end() && it->second.get() == e) {
+      AdmitLocked(e);  // still this entry: not one a writer put after deleting this one
     }
     UnpinLocked(e);
   }
@@ -378,6 +379,10 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     }
     auto it = index_.find(key);
     if (it != index_.end()) {
+      // A put of the same block still being written, which a writer's Delete doomed: this
+      // writer wants the block again, so that commit stores it after all (the hash names
+      // the same bytes), rather than this put being told it exists while it never will.
+      if (!b.copy) it->second->deleted = false;
       result.status.push_back(absl::AlreadyExistsError(
           it->second->state == Entry::State::kCommitted ? "present" : "being written"));
       continue;
@@ -666,6 +671,11 @@ uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
 bool WarmTier::DeletedLately(const BlockKey& key) {
   absl::MutexLock lock(&mu_);
   return tombstones_.Live(PolicyHandle(key), options_.now_ms());
+}
+
+void WarmTier::ForgetDelete(const BlockKey& key) {
+  absl::MutexLock lock(&mu_);
+  tombstones_.Clear(PolicyHandle(key));
 }
 
 absl::Status WarmTier::CheckTombstoneLocked(const BlockKey& key, bool copy) {

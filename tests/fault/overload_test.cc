@@ -45,7 +45,9 @@ TEST(OverloadTest, TenTimesTheAdmittedLoadIsRefusedQuicklyWithBoundedMemoryAndRe
       testutil::StartNode({"--warm-bytes", absl::StrCat(kWarm), "--max-block-bytes", "1MiB",
                            "--max-inline-bytes", "4MiB", "--ucx-tls", "", "--max-concurrent-calls",
                            absl::StrCat(kMaxCalls), "--max-inflight-bytes", absl::StrCat(kInflight),
-                           "--grpc-memory-bytes", absl::StrCat(kGrpcMemory)});
+                           "--grpc-memory-bytes", absl::StrCat(kGrpcMemory),
+                           // Longer than the writers' deadlines (20 s), which bound reservations.
+                           "--reservation-ttl", "60000"});
   ASSERT_THAT(node, IsOk());
   const pid_t pid = (*node)->pid();
   const uint64_t idle_rss = RssBytes(pid);
@@ -153,7 +155,21 @@ TEST(OverloadTest, TenTimesTheAdmittedLoadIsRefusedQuicklyWithBoundedMemoryAndRe
   EXPECT_LE(peak_rss, idle_rss + budget + budget / 4);
 #endif
 
-  // Recovered: a plain put and get go through.
+  // Recovered: once the puts that were cut short have given their reservations back (a
+  // CommitPut the node refused does at once; one that gRPC refused, with its AbortPut, 2 s
+  // after the BeginPut's deadline: 20 s here) a plain put and get go through.
+  // The bound leaves 5 s for the node's reaper (every 50 ms) past the 22 s a reservation may
+  // live; the node's own reservation_ttl, 60 s here, would pass it.
+  const auto released_by = std::chrono::steady_clock::now() + std::chrono::seconds(27);
+  uint64_t reserved = 0;
+  for (;;) {
+    auto stats = (*setup)->Stats();
+    ASSERT_THAT(stats, IsOk());
+    reserved = stats->reservations;
+    if (reserved == 0 || std::chrono::steady_clock::now() > released_by) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(reserved, 0u) << "reservations outlived their writers' deadlines";
   const std::vector<ChainHash> after = testutil::PromptChain(*ns, 7, 2);
   std::vector<BlockWrite> writes;
   for (const ChainHash& h : after) writes.push_back({h, payload.data(), kBlock});

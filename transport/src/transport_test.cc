@@ -472,9 +472,14 @@ TEST_P(TransportPairTest, DeadlineMidTransferRetiresEndpoint) {
     ops.push_back(Op(TransferOp::Kind::kPut, 0, 0, kArena / 2));
     ops.push_back(Op(TransferOp::Kind::kGet, kArena / 2, kArena / 2, kArena / 2));
   }
-  const absl::Time start = absl::Now();
-  EXPECT_THAT(client_.worker->Transfer(ep_, ops, start + absl::Milliseconds(20)),
-              StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("retired")));
+  // On a machine so busy that 20 ms pass before the first post, the transfer posts nothing
+  // and the endpoint stays (PastDeadlinePostsNothingAndEndpointStaysUsable): try again.
+  absl::Status cut_short;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    cut_short = client_.worker->Transfer(ep_, ops, absl::Now() + absl::Milliseconds(20));
+    if (!absl::StrContains(cut_short.message(), "before anything was posted")) break;
+  }
+  EXPECT_THAT(cut_short, StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("retired")));
   TransferOp small = Op(TransferOp::Kind::kPut, 0, 0, 64);
   EXPECT_THAT(client_.worker->Transfer(ep_, {&small, 1}, Soon()),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("deadline")));

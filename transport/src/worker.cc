@@ -92,6 +92,7 @@ class UcpWorker final : public Worker {
     Wake();
     thread_.join();
     ucp_worker_destroy(worker_);
+    for (auto& t : in_flight_) Answer(t->cmd, ShuttingDown());
     close(epoll_fd_);
     close(wake_fd_);
   }
@@ -226,17 +227,11 @@ class UcpWorker final : public Worker {
       empty_polls = 0;
       Sleep(busy, now);
     }
-    // Shutdown: transfers still in flight are answered (their requests may still call back
-    // into them, so they are kept until ucp_worker_destroy), and whatever did not close in
-    // time loses its rkeys before the worker goes.
-    for (auto& t : in_flight_) {
-      CancelReceives(t.get());
-      Answer(t->cmd, ShuttingDown());
-      t->cmd = nullptr;
-      t->endpoint = nullptr;
-      abandoned_.push_back(std::move(t));
-    }
-    in_flight_.clear();
+    // Shutdown: transfers still in flight are answered by the destructor once
+    // ucp_worker_destroy has stopped every request that could still touch their buffers (a
+    // matched rendezvous receive, an RDMA read), and whatever did not close in time loses its
+    // rkeys before the worker goes.
+    for (auto& t : in_flight_) CancelReceives(t.get());
     for (auto& [id, e] : endpoints_) DestroyRkeys(e.get());
     for (auto& e : detached_) DestroyRkeys(e.get());
   }

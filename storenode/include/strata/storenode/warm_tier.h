@@ -206,6 +206,9 @@ class WarmTier {
                   bool tombstone = false);
   // Whether a writer deleted the block within tombstone_ttl_ms.
   bool DeletedLately(const BlockKey& key);
+  // A writer put the block again where the warm tier is not asked (a lower tier holds it):
+  // copies of it are welcome again.
+  void ForgetDelete(const BlockKey& key);
 
   // Drops a committed block whose bytes were found not to match its checksum (by a reader of
   // pinned bytes) and counts it as data loss. Pinned copies free when their leases end.
