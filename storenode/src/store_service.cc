@@ -494,6 +494,12 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
       bytes += b->payload().size();
     }
   }
+  if (req->include_payload() && lease_id != 0) {
+    // Every block it pinned is in the reply (BeginGet pins no block it did not copy): the
+    // pins have done their work, and the caller need not send an EndGet.
+    store_->EndGet(lease_id).IgnoreError();
+    lease_id = 0;
+  }
   resp->set_lease_id(lease_id);
   resp->set_expires_in_ms(lease_id != 0 ? ttl : 0);
   metrics_->AddInlineBytes(false, bytes);

@@ -423,6 +423,50 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
 
 // The warm tier's policy is chosen by config: a block read often survives a scan of blocks
 // written once under cost and lfu, and is the first to go under lru.
+// A read with its payload inline leaves nothing pinned: the node ends the lease with the
+// call (no EndGet needed), and the op counts show the client sent none. Without the payload
+// the pin stays until EndGet.
+TEST_F(StoreNodeTest, AnInlineReadLeavesNoLeaseBehind) {
+  Node& n = *shared_;
+  ASSERT_NE(n.client, nullptr);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 40, 3);
+  ASSERT_THAT(PutBlocks(n, hashes, 4096, 400), IsOk());
+  auto stub = RawStub(n.process->address());
+  v1::BeginGetRequest get;
+  get.set_namespace_id(n.ns.id);
+  for (const ChainHash& h : hashes) get.add_chain_hashes(h.ToBytes());
+  get.set_include_payload(true);
+  v1::BeginGetResponse inline_read;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->BeginGet(&ctx, get, &inline_read).ok());
+  }
+  ASSERT_EQ(inline_read.blocks_size(), 3);
+  const std::vector<uint8_t> want = testutil::RandomBytes(402, 4096);
+  EXPECT_EQ(inline_read.blocks(2).payload(), std::string(want.begin(), want.end()));
+  EXPECT_EQ(inline_read.lease_id(), 0u);
+  EXPECT_EQ(n.client->Stats()->leases, 0u);
+  const uint64_t end_gets = testutil::OpCount(*n.process, "end_get");
+  std::vector<uint8_t> out(4096);
+  BlockRead read{hashes[0], out.data(), out.size()};
+  ASSERT_THAT(n.client->Get(n.ns, "", {&read, 1})->blocks[0], IsOk());
+  EXPECT_EQ(testutil::OpCount(*n.process, "end_get"), end_gets);
+  // Pinned without the payload: held until EndGet.
+  get.set_include_payload(false);
+  v1::BeginGetResponse pinned;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->BeginGet(&ctx, get, &pinned).ok());
+  }
+  EXPECT_NE(pinned.lease_id(), 0u);
+  EXPECT_EQ(n.client->Stats()->leases, 1u);
+  v1::EndGetRequest end;
+  end.set_lease_id(pinned.lease_id());
+  v1::EndGetResponse ended;
+  grpc::ClientContext ctx;
+  EXPECT_TRUE(stub->EndGet(&ctx, end, &ended).ok());
+}
+
 TEST(StoreNodeConfigTest, WarmPolicyDecidesWhoSurvivesAScan) {
   for (const char* policy : {"lru", "lfu", "cost"}) {
     SCOPED_TRACE(policy);
