@@ -559,6 +559,9 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
   begin.set_scope(scope);
   begin.set_session_id(put.session_id);
   begin.set_copy(put.copy);
+  uint64_t total = 0;
+  for (size_t i = range.first; i < range.second; ++i) total += blocks[i].size;
+  const bool one_call = total <= options_.one_call_put_bytes;
   for (size_t i = range.first; i < range.second; ++i) {
     if (blocks[i].data == nullptr && blocks[i].size > 0) {
       return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].data: null"));
@@ -568,6 +571,10 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
     b->set_size(blocks[i].size);
     b->set_depth(blocks[i].depth);
     b->set_importance(blocks[i].importance);
+    if (one_call) {
+      begin.add_checksums(BlockChecksum(blocks[i].data, blocks[i].size));
+      begin.add_payloads(blocks[i].data, blocks[i].size);
+    }
   }
   v1::BeginPutResponse reserved;
   {
@@ -578,6 +585,15 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
   }
   if (reserved.slots_size() != static_cast<int>(range.second - range.first)) {
     return absl::InternalError(Where("BeginPut") + ": reply has the wrong number of slots");
+  }
+  if (one_call && reserved.reservation_id() == 0) {
+    // Stored in that call (or nothing reserved at all): the slots are the outcomes. A node
+    // that predates one-call puts answers a reservation instead, committed below.
+    for (size_t i = range.first; i < range.second; ++i) {
+      result->blocks[i] =
+          FromBlockStatus(reserved.slots(static_cast<int>(i - range.first)).status());
+    }
+    return absl::OkStatus();
   }
   v1::CommitPutRequest commit;
   commit.set_reservation_id(reserved.reservation_id());

@@ -321,8 +321,15 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
         absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_inline_bytes ",
                      FormatByteSize(config_.max_inline_bytes), "; split the batch")));
   }
+  const bool one_call = req->payloads_size() > 0;
+  if (one_call) {
+    if (absl::Status s = CheckOneCallPayloads(*req); !s.ok()) return call.Done(s);
+  }
   // Refused here, the payload is never sent: cheaper than refusing the CommitPut carrying it.
-  if (!admission_.HasRoom(total)) {
+  // (A one-call put's payload came with it: it is held against max_inflight_bytes.)
+  InflightBytes held(&admission_, one_call ? total : 0);
+  if (!held.status().ok()) return call.Done(held.status());
+  if (!one_call && !admission_.HasRoom(total)) {
     return call.Done(InflightBytes(&admission_, UINT64_MAX / 2).status());
   }
   uint64_t ttl = req->ttl_ms() != 0 ? req->ttl_ms() : config_.reservation_ttl_ms;
@@ -336,6 +343,25 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
   }
   NoteWrite(scope);
   WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
+  if (one_call && r.reservation_id != 0) {
+    // Commit what was reserved from the payloads in hand; each slot answers the outcome.
+    std::vector<WarmTier::CommitBlock> commits;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (!r.status[i].ok()) continue;
+      const std::string& p = req->payloads(static_cast<int>(i));
+      commits.push_back({blocks[i].hash,
+                         req->checksums(static_cast<int>(i)),
+                         {reinterpret_cast<const uint8_t*>(p.data()), p.size()}});
+      which.push_back(i);
+    }
+    absl::StatusOr<std::vector<absl::Status>> done = store_->CommitPut(r.reservation_id, commits);
+    for (size_t k = 0; k < which.size(); ++k) {
+      r.status[which[k]] = done.ok() ? (*done)[k] : done.status();
+    }
+    r.reservation_id = 0;
+    metrics_->AddInlineBytes(true, total);
+  }
   resp->set_reservation_id(r.reservation_id);
   resp->set_expires_in_ms(r.reservation_id != 0 ? ttl : 0);
   bool any_full = false;
@@ -345,6 +371,23 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
   }
   if (any_full) spdlog::warn("warm tier full: put of {} blocks partly refused", blocks.size());
   return call.Done(absl::OkStatus());
+}
+
+absl::Status StoreServiceImpl::CheckOneCallPayloads(const v1::BeginPutRequest& req) const {
+  const int n = req.blocks_size();
+  if (req.payloads_size() != n || req.checksums_size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("payloads, checksums: ", req.payloads_size(),
+                                                   " and ", req.checksums_size(), " for ", n,
+                                                   " blocks; want one each or none"));
+  }
+  for (int i = 0; i < n; ++i) {
+    if (req.payloads(i).size() != req.blocks(i).size()) {
+      return absl::InvalidArgumentError(absl::StrCat("payloads[", i, "]: ", req.payloads(i).size(),
+                                                     " bytes, blocks[", i, "].size says ",
+                                                     req.blocks(i).size()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status StoreServiceImpl::ParsePutBlocks(

@@ -125,6 +125,9 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   }
   // Checks a put's namespace, scope, block count, sizes and session; fills *blocks, *scope
   // and *total (payload bytes).
+  // A one-call BeginPut's payloads and checksums: one each per block, each payload of its
+  // block's size (INVALID_ARGUMENT naming the field otherwise).
+  absl::Status CheckOneCallPayloads(const v1::BeginPutRequest& req) const;
   absl::Status ParsePutBlocks(uint64_t namespace_id, const std::string& scope_in,
                               const google::protobuf::RepeatedPtrField<v1::PutBlock>& raw,
                               const std::string& session_id,

@@ -299,6 +299,68 @@ TEST_F(StoreNodeTest, MalformedRequestsNameTheField) {
   EXPECT_THAT(n.client->Stats(), IsOk());
 }
 
+// A small inline put goes in one call (its payloads with BeginPut): the node stores and
+// answers each block as CommitPut would, dedup included, and no CommitPut is sent. A payload
+// that fails its checksum is DATA_LOSS and not stored; payloads that do not match the blocks
+// fail the call, naming the field.
+TEST_F(StoreNodeTest, ASmallInlinePutTakesOneCallAndIsCheckedLikeACommit) {
+  Node& n = *shared_;
+  ASSERT_NE(n.client, nullptr);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 50, 4);
+  const uint64_t begins = testutil::OpCount(*n.process, "begin_put");
+  const uint64_t commits = testutil::OpCount(*n.process, "commit_put");
+  ASSERT_THAT(PutBlocks(n, hashes, 8192, 500), IsOk());
+  EXPECT_EQ(testutil::OpCount(*n.process, "begin_put") - begins, 1u);
+  EXPECT_EQ(testutil::OpCount(*n.process, "commit_put"), commits);
+  std::vector<std::vector<uint8_t>> out(hashes.size(), std::vector<uint8_t>(8192));
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < hashes.size(); ++i) reads.push_back({hashes[i], out[i].data(), 8192});
+  auto got = n.client->Get(n.ns, "", reads);
+  ASSERT_THAT(got, IsOk());
+  ASSERT_EQ(got->fetched, hashes.size());
+  for (size_t i = 0; i < hashes.size(); ++i)
+    EXPECT_EQ(out[i], testutil::RandomBytes(500 + i, 8192));
+  std::vector<BlockWrite> again;
+  for (size_t i = 0; i < hashes.size(); ++i) again.push_back({hashes[i], out[i].data(), 8192});
+  auto dedup = n.client->Put(n.ns, "", again);
+  ASSERT_THAT(dedup, IsOk());
+  EXPECT_EQ(dedup->already_present, hashes.size());
+
+  auto stub = RawStub(n.process->address());
+  auto one_call = [&](const ChainHash& h, const std::string& payload, uint64_t size,
+                      uint64_t checksum, int payloads, v1::BeginPutResponse* resp) {
+    v1::BeginPutRequest req;
+    req.set_namespace_id(n.ns.id);
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(h.ToBytes());
+    b->set_size(size);
+    for (int k = 0; k < payloads; ++k) {
+      req.add_payloads(payload);
+      req.add_checksums(checksum);
+    }
+    grpc::ClientContext ctx;
+    return stub->BeginPut(&ctx, req, resp);
+  };
+  const ChainHash fresh = testutil::PromptChain(n.ns, 51, 1)[0];
+  const std::string bytes(100, 'x');
+  const uint64_t sum = BlockChecksum(bytes.data(), bytes.size());
+  v1::BeginPutResponse resp;
+  ASSERT_TRUE(one_call(fresh, bytes, 100, sum ^ 1, 1, &resp).ok());
+  EXPECT_EQ(resp.reservation_id(), 0u);
+  ASSERT_EQ(resp.slots_size(), 1);
+  EXPECT_EQ(resp.slots(0).status().code(), static_cast<int>(absl::StatusCode::kDataLoss));
+  EXPECT_EQ(n.client->Lookup(n.ns, "", {&fresh, 1})->matched_blocks, 0u);
+  grpc::Status s = one_call(fresh, bytes, 101, sum, 1, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("payloads[0]: 100 bytes"));
+  s = one_call(fresh, bytes, 100, sum, 2, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("payloads, checksums: 2 and 2 for 1 blocks"));
+  ASSERT_TRUE(one_call(fresh, bytes, 100, sum, 1, &resp).ok());
+  EXPECT_EQ(resp.slots(0).status().code(), 0);
+  EXPECT_EQ(n.client->Lookup(n.ns, "", {&fresh, 1})->matched_blocks, 1u);
+}
+
 TEST_F(StoreNodeTest, InlineBatchOverLimitIsResourceExhaustedAndClientSplits) {
   Node& n = *shared_;
   auto stub = RawStub(n.process->address());

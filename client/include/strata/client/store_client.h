@@ -62,6 +62,10 @@ struct ClientOptions {
   // Put/Get calls whose largest block is smaller than this go inline even with a data plane:
   // small payloads are cheaper in one gRPC message than in an RMA round trip.
   uint64_t ucx_min_block_bytes = 64 << 10;
+  // An inline put call carrying at most this many payload bytes sends them with BeginPut (one
+  // call) instead of in a CommitPut after it: a round trip saved, at the price of sending the
+  // bytes of blocks the node already holds. 0: always two calls.
+  uint64_t one_call_put_bytes = 512 << 10;
   // Registered bounce memory for blocks outside RegisterMemory ranges: buffers of the node's
   // max_block_bytes, as many as fit (at least 2). Allocated on first need.
   uint64_t bounce_bytes = 64 << 20;
