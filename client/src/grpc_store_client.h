@@ -571,6 +571,9 @@ class GrpcStoreClient final : public StoreClient {
   uint64_t max_block_ = 16ull << 20;
   absl::Mutex quiet_mu_;
   std::atomic<uint64_t> epoch_{0};
+  // Whether small inline puts go in one call (ClientOptions::one_call_put_bytes); off once the
+  // node answered one with a reservation (it predates them).
+  std::atomic<bool> one_call_puts_{true};
   // Lookups send packed_chain_hashes; cleared for good when the node turns out to predate it.
   std::atomic<bool> packed_lookup_{true};
   int quiet_calls_ ABSL_GUARDED_BY(quiet_mu_) = 0;

@@ -1,6 +1,7 @@
 #include "strata/client/store_client.h"
 
 #include "grpc_store_client.h"
+#include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
 
 namespace strata::client {
@@ -561,7 +562,8 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
   begin.set_copy(put.copy);
   uint64_t total = 0;
   for (size_t i = range.first; i < range.second; ++i) total += blocks[i].size;
-  const bool one_call = total <= options_.one_call_put_bytes;
+  const bool one_call =
+      total <= options_.one_call_put_bytes && one_call_puts_.load(std::memory_order_relaxed);
   for (size_t i = range.first; i < range.second; ++i) {
     if (blocks[i].data == nullptr && blocks[i].size > 0) {
       return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].data: null"));
@@ -594,6 +596,10 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
           FromBlockStatus(reserved.slots(static_cast<int>(i - range.first)).status());
     }
     return absl::OkStatus();
+  }
+  if (one_call && one_call_puts_.exchange(false, std::memory_order_relaxed)) {
+    // A node that predates one-call puts: it ignored the payloads. Send them once from now.
+    spdlog::info("{}: the node stores puts in two calls only", Where("BeginPut"));
   }
   v1::CommitPutRequest commit;
   commit.set_reservation_id(reserved.reservation_id());

@@ -321,7 +321,7 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
         absl::StrCat("blocks: ", FormatByteSize(total), " in one call exceed max_inline_bytes ",
                      FormatByteSize(config_.max_inline_bytes), "; split the batch")));
   }
-  const bool one_call = req->payloads_size() > 0;
+  const bool one_call = req->payloads_size() > 0 || req->checksums_size() > 0;
   if (one_call) {
     if (absl::Status s = CheckOneCallPayloads(*req); !s.ok()) return call.Done(s);
   }
@@ -333,10 +333,11 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
     return call.Done(InflightBytes(&admission_, UINT64_MAX / 2).status());
   }
   uint64_t ttl = req->ttl_ms() != 0 ? req->ttl_ms() : config_.reservation_ttl_ms;
-  // Its writer commits within the deadline this call came with: a reservation that outlives
-  // it only keeps slots from others (a put cut short whose AbortPut was refused as well).
+  // Without a ttl of its own, its writer commits within the deadline this call came with: a
+  // reservation that outlives it only keeps slots from others (a put cut short whose AbortPut
+  // was refused as well).
   const auto deadline = ctx->deadline();
-  if (deadline != std::chrono::system_clock::time_point::max()) {
+  if (req->ttl_ms() == 0 && deadline != std::chrono::system_clock::time_point::max()) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::system_clock::now());
     ttl = std::min<uint64_t>(ttl, std::max<int64_t>(left.count(), 0) + kReservationGraceMs);
@@ -360,8 +361,8 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
       r.status[which[k]] = done.ok() ? (*done)[k] : done.status();
     }
     r.reservation_id = 0;
-    metrics_->AddInlineBytes(true, total);
   }
+  if (one_call) metrics_->AddInlineBytes(true, total);  // received, stored or not
   resp->set_reservation_id(r.reservation_id);
   resp->set_expires_in_ms(r.reservation_id != 0 ? ttl : 0);
   bool any_full = false;
@@ -515,7 +516,11 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
         store_->BeginGet(req->namespace_id(), g.scope, g.hashes, ttl, sink,
                          config_.max_inline_bytes - std::min(bytes, config_.max_inline_bytes),
                          !req->skip_promotion());
-    if (r.lease_id != 0 && lease_id != 0) {
+    if (req->include_payload() && r.lease_id != 0) {
+      // Every block it pinned is in the reply now (BeginGet pins no block it did not copy):
+      // the pins have done their work, and the caller need not send an EndGet.
+      store_->EndGet(r.lease_id).IgnoreError();
+    } else if (r.lease_id != 0 && lease_id != 0) {
       store_->JoinLease(lease_id, r.lease_id).IgnoreError();
     } else if (r.lease_id != 0) {
       lease_id = r.lease_id;
@@ -536,12 +541,6 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
       b->set_checksum(r.blocks[k].checksum);
       bytes += b->payload().size();
     }
-  }
-  if (req->include_payload() && lease_id != 0) {
-    // Every block it pinned is in the reply (BeginGet pins no block it did not copy): the
-    // pins have done their work, and the caller need not send an EndGet.
-    store_->EndGet(lease_id).IgnoreError();
-    lease_id = 0;
   }
   resp->set_lease_id(lease_id);
   resp->set_expires_in_ms(lease_id != 0 ? ttl : 0);

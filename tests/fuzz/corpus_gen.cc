@@ -163,6 +163,13 @@ void StoreCorpus(const fs::path& dir) {
        {kCommitPut, kAllFlags, Bytes(CommitPut({13, 14}))},
        {kPauseSession, kFlagKnownSession, empty},
        {kBeginGet, kNsQuant, Bytes(BeginGet({13, 14, 1}))}});
+  // One-call put: empty payloads, which kFlagFixPayloads sizes (and checksums).
+  v1::BeginPutRequest one_call = BeginPut({15, 16}, 3000, "");
+  for (int i = 0; i < one_call.blocks_size(); ++i) one_call.add_payloads();
+  add("put_one_call_get", {{kBeginPut, kAllFlags, Bytes(one_call)},
+                           {kLookup, kNs, Bytes(Lookup({15, 16}))},
+                           {kBeginGet, kNs, Bytes(BeginGet({15, 16}))},
+                           {kBeginPut, kAllFlags, Bytes(one_call)}});
   add("put_abort", {{kBeginPut, kNs, Bytes(BeginPut({8}, 512, ""))},
                     {kAbortPut, kFlagLastIds, empty},
                     {kCommitPut, kAllFlags, Bytes(CommitPut({8}))}});

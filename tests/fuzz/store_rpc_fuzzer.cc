@@ -413,12 +413,26 @@ void Harness::Run(StoreOp op, uint8_t flags, const uint8_t* msg, size_t len) {
             FixNamespaceOf(flags, r);
             FixSession(flags, r->mutable_session_id());
             for (v1::PutBlock& b : *r->mutable_blocks()) FixHash(flags, b.mutable_chain_hash());
+            // A one-call put (payloads given): one payload of the block's size and its
+            // checksum per block, so that the store path is reached.
+            if ((flags & kFlagFixPayloads) && r->payloads_size() > 0) {
+              r->clear_checksums();
+              for (int i = 0; i < r->blocks_size(); ++i) {
+                const uint64_t size = std::min<uint64_t>(r->blocks(i).size(), 1 << 20);
+                if (i >= r->payloads_size()) r->add_payloads();
+                std::string* p = r->mutable_payloads(i);
+                if (p->size() != size) *p = p->empty() ? Payload(size, 7) : NoisePayload(size, *p);
+                r->add_checksums(BlockChecksum(p->data(), p->size()));
+              }
+            }
           },
           [this](const v1::BeginPutRequest& req, const v1::BeginPutResponse& resp,
                  const grpc::Status& s) {
             CheckCode(s);
             if (!s.ok()) return;
             FUZZ_CHECK(resp.slots_size() == req.blocks_size());
+            // A one-call put stores or refuses in the call: nothing stays reserved.
+            FUZZ_CHECK(req.payloads_size() == 0 || resp.reservation_id() == 0);
             if (resp.reservation_id() == 0) return;
             last_reservation_ = resp.reservation_id();
             last_put_.clear();
