@@ -35,6 +35,17 @@ absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats) {
   return channel.status();
 }
 
+void GrpcStoreClient::CloseDataQuietly(uint64_t channel_id) {
+  v1::CloseDataRequest req;
+  req.set_channel_id(channel_id);
+  // Short: a node that is gone must not hold up the caller; idle channels expire anyway.
+  CallQuietly<v1::CloseDataRequest, v1::CloseDataResponse>(
+      [this](auto* ctx, auto* rq, auto* rs, auto cb) {
+        stub_->async()->CloseData(ctx, rq, rs, std::move(cb));
+      },
+      std::move(req), std::chrono::milliseconds(500));
+}
+
 absl::StatusOr<bool> GrpcStoreClient::UseDataChannel(bool fits, uint64_t largest,
                                                      Clock::time_point deadline) {
   if (ucx_ == nullptr || !fits || largest < options_.ucx_min_block_bytes) return false;

@@ -701,17 +701,6 @@ void GrpcStoreClient::AbortQuietly(uint64_t reservation_id) {
       std::move(req));
 }
 
-void GrpcStoreClient::CloseDataQuietly(uint64_t channel_id) {
-  v1::CloseDataRequest req;
-  req.set_channel_id(channel_id);
-  // Short: a node that is gone must not hold up the caller; idle channels expire anyway.
-  CallQuietly<v1::CloseDataRequest, v1::CloseDataResponse>(
-      [this](auto* ctx, auto* rq, auto* rs, auto cb) {
-        stub_->async()->CloseData(ctx, rq, rs, std::move(cb));
-      },
-      std::move(req), std::chrono::milliseconds(500));
-}
-
 }  // namespace internal
 
 using internal::GrpcStoreClient;
