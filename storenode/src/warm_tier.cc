@@ -373,7 +373,8 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
           "block of ", b.size, " bytes: want 1 .. max_block_bytes ", options_.max_block_bytes)));
       continue;
     }
-    if (absl::Status gone = CheckTombstoneLocked(key, b.copy); !gone.ok()) {
+    const uint64_t handle = PolicyHandle(key);
+    if (absl::Status gone = CheckTombstoneLocked(key, handle, b.copy); !gone.ok()) {
       result.status.push_back(std::move(gone));
       continue;
     }
@@ -411,7 +412,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     entry->importance = b.importance;
     entry->session = b.session;
     entry->prefetched = b.prefetched;
-    entry->handle = PolicyHandle(key);
+    entry->handle = handle;
     entry->parent_handle = parent_handle;
     std::vector<Entry*>& owners = slot_owner_[slot->page];
     uint32_t slots = arena_->SlotsPerPage(cls);
@@ -678,8 +679,7 @@ void WarmTier::ForgetDelete(const BlockKey& key) {
   tombstones_.Clear(PolicyHandle(key));
 }
 
-absl::Status WarmTier::CheckTombstoneLocked(const BlockKey& key, bool copy) {
-  const uint64_t handle = PolicyHandle(key);
+absl::Status WarmTier::CheckTombstoneLocked(const BlockKey& key, uint64_t handle, bool copy) {
   if (!copy) {
     tombstones_.Clear(handle);
     return absl::OkStatus();

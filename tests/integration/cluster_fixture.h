@@ -144,17 +144,24 @@ class ClusterFixture : public ::testing::Test {
     return c.ok() ? std::move(*c) : nullptr;
   }
 
-  // Puts `hashes` (Payload bytes); returns how many were acknowledged.
-  static size_t PutAll(StoreClient& c, const client::Namespace& ns,
-                       const std::vector<ChainHash>& hashes,
-                       const client::PutOptions& options = {}) {
+  // Puts `hashes` (Payload bytes); the per-block outcomes.
+  static absl::StatusOr<client::PutResult> PutEach(StoreClient& c, const client::Namespace& ns,
+                                                   const std::vector<ChainHash>& hashes,
+                                                   const client::PutOptions& options = {}) {
     std::vector<std::vector<uint8_t>> data;
     std::vector<BlockWrite> writes;
     for (const ChainHash& h : hashes) data.push_back(Payload(h));
     for (size_t i = 0; i < hashes.size(); ++i) {
       writes.push_back({hashes[i], data[i].data(), kBlock, static_cast<uint32_t>(i)});
     }
-    auto r = c.Put(ns, "", writes, {}, options);
+    return c.Put(ns, "", writes, {}, options);
+  }
+
+  // Puts `hashes` (Payload bytes); returns how many were acknowledged.
+  static size_t PutAll(StoreClient& c, const client::Namespace& ns,
+                       const std::vector<ChainHash>& hashes,
+                       const client::PutOptions& options = {}) {
+    auto r = PutEach(c, ns, hashes, options);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return 0;
     return r->stored + r->already_present;

@@ -259,8 +259,8 @@ TEST_F(ClusterTest, ADeletedBlockDoesNotComeBackFromACopyElsewhere) {
 }
 
 // A delete is remembered on every member: a copy on its way (a rebalancer's, a read-repair's:
-// PutOptions::copy) arriving after it is refused, over the inline and the UCX data plane,
-// and counted; a writer's put of the same blocks is taken.
+// PutOptions::copy) arriving after it is refused and counted; a writer's put of the same
+// blocks is taken. The UCX path: ucx_unclaimed_test.cc.
 TEST_F(ClusterTest, CopiesThatArriveAfterADeleteAreRefusedAndAWritersPutIsTaken) {
   std::unique_ptr<StoreClient> c = Connect(Options());
   ASSERT_NE(c, nullptr);
@@ -271,22 +271,17 @@ TEST_F(ClusterTest, CopiesThatArriveAfterADeleteAreRefusedAndAWritersPutIsTaken)
   auto deleted = c->Delete(*ns, "", chain);
   ASSERT_THAT(deleted, IsOk());
   const double refused_before = testutil::Metric(*nodes_[0], "strata_copies_refused_total");
-  std::vector<std::vector<uint8_t>> data;
-  std::vector<BlockWrite> writes;
-  for (const ChainHash& h : chain) data.push_back(Payload(h));
-  for (size_t i = 0; i < chain.size(); ++i) writes.push_back({chain[i], data[i].data(), kBlock});
+  auto direct = StoreClient::Connect(
+      {.address = nodes_[0]->address(), .data_plane = ClientOptions::DataPlane::kInline});
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  auto dns = (*direct)->RegisterNamespace(Spec());
+  ASSERT_TRUE(dns.ok());
+  auto copied = PutEach(**direct, *dns, chain, {.copy = true});
+  ASSERT_THAT(copied, IsOk());
   size_t refused = 0;
-  for (auto plane : {ClientOptions::DataPlane::kInline}) {
-    auto direct = StoreClient::Connect({.address = nodes_[0]->address(), .data_plane = plane});
-    ASSERT_TRUE(direct.ok()) << direct.status();
-    auto dns = (*direct)->RegisterNamespace(Spec());
-    ASSERT_TRUE(dns.ok());
-    auto copied = (*direct)->Put(*dns, "", writes, {}, {.copy = true});
-    ASSERT_THAT(copied, IsOk());
-    for (const absl::Status& st : copied->blocks) {
-      EXPECT_THAT(st, StatusIs(absl::StatusCode::kFailedPrecondition));
-      refused += st.code() == absl::StatusCode::kFailedPrecondition;
-    }
+  for (const absl::Status& st : copied->blocks) {
+    EXPECT_THAT(st, StatusIs(absl::StatusCode::kFailedPrecondition));
+    refused += st.code() == absl::StatusCode::kFailedPrecondition;
   }
   EXPECT_EQ(testutil::Metric(*nodes_[0], "strata_copies_refused_total") - refused_before,
             static_cast<double>(refused));

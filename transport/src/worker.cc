@@ -227,11 +227,10 @@ class UcpWorker final : public Worker {
       empty_polls = 0;
       Sleep(busy, now);
     }
-    // Shutdown: transfers still in flight are answered by the destructor once
-    // ucp_worker_destroy has stopped every request that could still touch their buffers (a
-    // matched rendezvous receive, an RDMA read), and whatever did not close in time loses its
-    // rkeys before the worker goes.
-    for (auto& t : in_flight_) CancelReceives(t.get());
+    // Shutdown: transfers still in flight (their receives were cancelled when stopping began)
+    // are answered by the destructor once ucp_worker_destroy has stopped every request that
+    // could still touch their buffers (a matched rendezvous receive, an RDMA read), and
+    // whatever did not close in time loses its rkeys before the worker goes.
     for (auto& [id, e] : endpoints_) DestroyRkeys(e.get());
     for (auto& e : detached_) DestroyRkeys(e.get());
   }

@@ -268,9 +268,9 @@ class WarmTier {
   void FreeSlotLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnpinLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseReservationLocked(Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A put of `key`: FAILED_PRECONDITION for a copy of a block a writer deleted lately; a
-  // writer's put clears the tombstone.
-  absl::Status CheckTombstoneLocked(const BlockKey& key, bool copy)
+  // A put of `key` (PolicyHandle `handle`): FAILED_PRECONDITION for a copy of a block a
+  // writer deleted lately; a writer's put clears the tombstone.
+  absl::Status CheckTombstoneLocked(const BlockKey& key, uint64_t handle, bool copy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ABORTED for block `index` of a commit whose reservation a writer's Delete overtook.
   absl::Status DeletedWhileWritten(size_t index);
