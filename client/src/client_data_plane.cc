@@ -103,23 +103,30 @@ void ClientDataPlane::DisconnectAll() {
     workers_[lane]->Disconnect(endpoints_[lane]).IgnoreError();
   }
   endpoints_.clear();
+  wired_channel_ = 0;
 }
 
-void ClientDataPlane::Fence(uint64_t channel_id) {
+bool ClientDataPlane::Fence(uint64_t channel_id) {
   absl::MutexLock lock(&wire_mu_);
-  for (size_t lane = 0; lane < endpoints_.size(); ++lane) {
-    workers_[lane]->Abandon(endpoints_[lane]).IgnoreError();
+  const bool wired = channel_id != 0 && channel_id == wired_channel_;
+  if (wired) {
+    for (size_t lane = 0; lane < endpoints_.size(); ++lane) {
+      workers_[lane]->Abandon(endpoints_[lane]).IgnoreError();
+    }
+    endpoints_.clear();
+    wired_channel_ = 0;
   }
-  endpoints_.clear();
   // Messages of the channel that reached us after their receives were cancelled would wait in
   // UCX's unexpected queue for good. Over TCP no more can come once the endpoints are closed;
   // over shared memory the node's sends do not need our endpoint, so a late one can still
   // arrive (bounded by the node's cut-off at its deadline) and stays.
   const uint64_t prefix = transport::ChannelTagPrefix(channel_id);
   for (auto& w : workers_) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
+  return wired;
 }
 
-absl::Status ClientDataPlane::Wire(const std::vector<std::string>& node_addresses) {
+absl::Status ClientDataPlane::Wire(uint64_t channel_id,
+                                   const std::vector<std::string>& node_addresses) {
   if (node_addresses.size() != workers_.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "node sent ", node_addresses.size(), " worker addresses for ", workers_.size(), " lanes"));
@@ -137,6 +144,7 @@ absl::Status ClientDataPlane::Wire(const std::vector<std::string>& node_addresse
     fresh.push_back(*ep);
   }
   endpoints_ = std::move(fresh);
+  wired_channel_ = channel_id;
   return absl::OkStatus();
 }
 

@@ -73,17 +73,20 @@ class ClientDataPlane {
     return transport::CheckTcpSegments(context_->tcp_segments(), node, options_.tls);
   }
 
-  // Connects lane i's worker to node_addresses[i], replacing the endpoints of an earlier
-  // channel. INVALID_ARGUMENT: not one address per lane, or one is not a worker address
-  // (names the lane); UNAVAILABLE: a node lane cannot be reached. On error no endpoint is left.
-  // Blocks until the workers have created the endpoints.
-  absl::Status Wire(const std::vector<std::string>& node_addresses);
+  // Connects lane i's worker to node_addresses[i] for data channel `channel_id`, replacing the
+  // endpoints of an earlier channel. INVALID_ARGUMENT: not one address per lane, or one is not
+  // a worker address (names the lane); UNAVAILABLE: a node lane cannot be reached. On error no
+  // endpoint is left. Blocks until the workers have created the endpoints.
+  absl::Status Wire(uint64_t channel_id, const std::vector<std::string>& node_addresses);
 
-  // Force-closes every lane's endpoint (Worker::Abandon), so the node's requests still to come
-  // on this channel no longer reach our memory; the next Wire() connects afresh. For a call the
-  // client gave up on (deadline) while the node may still move bytes in or out of its buffers.
-  // Then drops the node's messages on channel `channel_id` that no receive claimed.
-  void Fence(uint64_t channel_id);
+  // If the endpoints are wired for `channel_id`: force-closes every lane's endpoint
+  // (Worker::Abandon), so the node's requests still to come on this channel no longer reach
+  // our memory, and returns true; the next Wire() connects afresh. For a call the client gave
+  // up on (deadline) while the node may still move bytes in or out of its buffers. False when
+  // another call fenced the channel first, or it was replaced: its endpoints are closed already,
+  // and those of a newer channel are left alone. Either way, then drops the node's messages on
+  // channel `channel_id` that no receive claimed.
+  bool Fence(uint64_t channel_id);
 
   // Registers a user range (see StoreClient::RegisterMemory for the codes).
   absl::Status Register(void* ptr, size_t len);
@@ -140,6 +143,7 @@ class ClientDataPlane {
   std::vector<std::unique_ptr<transport::Worker>> workers_;  // fixed after Create
   absl::Mutex wire_mu_;
   std::vector<transport::EndpointId> endpoints_ ABSL_GUARDED_BY(wire_mu_);  // per lane, or none
+  uint64_t wired_channel_ ABSL_GUARDED_BY(wire_mu_) = 0;  // endpoints_'s channel; 0: none
   std::atomic<uint32_t> tag_sequence_{0};
 };
 

@@ -191,11 +191,11 @@ TEST(ClientDataPlaneTest, NodeLanesMoveBytesThroughBounceAndRegisteredMemory) {
   FakeNodeLanes& node = *started;
   const std::vector<std::string>& node_addresses = node.addresses;
   ASSERT_EQ(node_addresses.size(), kLanes);
-  EXPECT_THAT((*plane)->Wire({node_addresses[0]}), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT((*plane)->Wire({node_addresses[0], "garbage"}),
+  EXPECT_THAT((*plane)->Wire(1, {node_addresses[0]}), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT((*plane)->Wire(1, {node_addresses[0], "garbage"}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lane 1")));
-  ASSERT_THAT((*plane)->Wire(node_addresses), IsOk());
-  ASSERT_THAT((*plane)->Wire(node_addresses), IsOk());  // rewiring replaces the endpoints
+  ASSERT_THAT((*plane)->Wire(1, node_addresses), IsOk());
+  ASSERT_THAT((*plane)->Wire(1, node_addresses), IsOk());  // rewiring replaces the endpoints
 
   std::vector<uint8_t> node_mem(2 * kBuffer);
   for (size_t i = 0; i < node_mem.size(); ++i) node_mem[i] = static_cast<uint8_t>(i * 7 + 1);
@@ -252,6 +252,38 @@ TEST(ClientDataPlaneTest, TransferNeedsAWiredLane) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lane 2 of 2")));
 }
 
+// A fence names its channel: a call that failed on a channel another call already fenced, or
+// that a newer channel replaced, must not close the newer channel's endpoints under the calls
+// using it (each of those would fence again, and so on).
+TEST(ClientDataPlaneTest, AFenceClosesOnlyTheChannelItNames) {
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
+  ASSERT_THAT(plane, IsOk());
+  absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
+  ASSERT_THAT(started, IsOk());
+  FakeNodeLanes& node = *started;
+  constexpr uint64_t kOld = 6, kCurrent = 7;
+  ASSERT_THAT((*plane)->Wire(kCurrent, node.addresses), IsOk());
+  EXPECT_FALSE((*plane)->Fence(kOld));
+  EXPECT_FALSE((*plane)->Fence(0));
+  // Still wired: a message reaches the node.
+  char byte = 'x', landed = 0;
+  size_t got = 0;
+  const transport::TransferOp send = Send(&byte, 1, (*plane)->NextTag(kCurrent));
+  const transport::TransferOp recv = Recv(&landed, 1, send.tag, &got);
+  std::future<absl::Status> node_side = std::async(std::launch::async, [&] {
+    return node.workers[0]->Transfer(node.endpoints[0], {&recv, 1}, Soon());
+  });
+  ASSERT_THAT((*plane)->Transfer(0, {&send, 1}, Soon()), IsOk());
+  ASSERT_THAT(node_side.get(), IsOk());
+  EXPECT_EQ(landed, 'x');
+  // The channel's own fence closes it, once.
+  EXPECT_TRUE((*plane)->Fence(kCurrent));
+  EXPECT_FALSE((*plane)->Fence(kCurrent));
+  EXPECT_THAT((*plane)->Transfer(0, {&send, 1}, Soon()),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  node.workers[0]->Abandon(node.endpoints[0]).IgnoreError();
+}
+
 TEST(ClientDataPlaneTest, TagsCarryTheChannelAndNeverRepeat) {
   absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
   ASSERT_THAT(plane, IsOk());
@@ -273,7 +305,7 @@ TEST(ClientDataPlaneTest, TaggedMessagesTravelBothWaysOnALane) {
   absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
   ASSERT_THAT(started, IsOk());
   FakeNodeLanes& node = *started;
-  ASSERT_THAT((*plane)->Wire(node.addresses), IsOk());
+  ASSERT_THAT((*plane)->Wire(1, node.addresses), IsOk());
   constexpr uint64_t kChannel = 42;
 
   // PutData-like on lane 1: two blocks from plain (unregistered) memory, one large enough for
@@ -336,7 +368,7 @@ TEST(ClientDataPlaneTest, AMessageThatArrivedFirstIsReceivedWithItsLength) {
   absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
   ASSERT_THAT(started, IsOk());
   FakeNodeLanes& node = *started;
-  ASSERT_THAT((*plane)->Wire(node.addresses), IsOk());
+  ASSERT_THAT((*plane)->Wire(1, node.addresses), IsOk());
   std::vector<uint8_t> block(3000);
   for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<uint8_t>(i * 11 + 3);
   const transport::TransferOp early = Send(block.data(), block.size(), (*plane)->NextTag(5));
@@ -359,7 +391,7 @@ TEST(ClientDataPlaneTest, AbortCancelsReceivesAndRetiresALaneWithSends) {
   absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
   ASSERT_THAT(started, IsOk());
   FakeNodeLanes& node = *started;
-  ASSERT_THAT((*plane)->Wire(node.addresses), IsOk());
+  ASSERT_THAT((*plane)->Wire(1, node.addresses), IsOk());
 
   std::atomic<bool> abort{false};
   std::vector<uint8_t> dest(64);
@@ -397,7 +429,7 @@ TEST(ClientDataPlaneTest, AbortCancelsReceivesAndRetiresALaneWithSends) {
   // Rewiring (what the next StoreClient call does after marking the channel broken) heals it.
   absl::StatusOr<FakeNodeLanes> fresh = StartFakeNode(**plane);
   ASSERT_THAT(fresh, IsOk());
-  ASSERT_THAT((*plane)->Wire(fresh->addresses), IsOk());
+  ASSERT_THAT((*plane)->Wire(1, fresh->addresses), IsOk());
   landed = 0;
   node_side = std::async(std::launch::async, [&] {
     return fresh->workers[0]->Transfer(fresh->endpoints[0], {&recv, 1}, Soon());

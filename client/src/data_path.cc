@@ -111,7 +111,7 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
                                     std::memory_order_relaxed);
   std::vector<std::string> node_lanes(resp.worker_addresses().begin(),
                                       resp.worker_addresses().end());
-  if (absl::Status s = ucx_->Wire(node_lanes); !s.ok()) {
+  if (absl::Status s = ucx_->Wire(resp.channel_id(), node_lanes); !s.ok()) {
     CloseDataQuietly(resp.channel_id());
     return absl::Status(s.code(), absl::StrCat(Where("ConnectData"), ": ", s.message()));
   }

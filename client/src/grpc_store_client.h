@@ -390,7 +390,8 @@ class GrpcStoreClient final : public StoreClient {
 
   // Runs one data RPC (`rpc(channel_id, ctx)`) on the channel. The node forgets channels (idle
   // expiry, restart, a transfer that failed): NOT_FOUND reconnects once and retries.
-  // UNAVAILABLE marks the channel broken; the next call reconnects.
+  // UNAVAILABLE marks the channel broken; the next call reconnects. A call that failed on a
+  // channel some other call had already fenced or replaced reconnects once and retries.
   template <typename Rpc>
   absl::Status CallOnChannel(std::string_view op, Clock::time_point deadline, Rpc rpc) {
     absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
@@ -428,10 +429,17 @@ class GrpcStoreClient final : public StoreClient {
         // We give up while the node may still be reading or writing our buffers (its transfer
         // runs to its own deadline and then drains): cut it off before the caller gets them
         // back. The next call opens a fresh channel.
-        // Fence first: once the channel is forgotten another call may wire a new one, whose
-        // endpoints Fence must not close.
-        ucx_->Fence(*channel);
+        const bool fenced_here = ucx_->Fence(*channel);
         MarkBroken(*channel);
+        // Another call had fenced the channel under ours (it gave up on its deadline), or it
+        // broke and was replaced: our failure may be that, not this node's. Once, time allowing,
+        // the call goes again on a fresh channel (a data call repeats safely: it carries its
+        // whole put, or reads into the same buffers).
+        if (!fenced_here && attempt == 0 && s.code() != absl::StatusCode::kDeadlineExceeded) {
+          channel = AcquireChannel(deadline);
+          if (!channel.ok()) return s;
+          continue;
+        }
       }
       return s;
     }

@@ -55,10 +55,12 @@ using testutil::IsOk;
 using testutil::StatusIs;
 using ucx_test::CloseRawChannel;
 using ucx_test::kMaxBlock;
+using ucx_test::LoadedNode;
 using ucx_test::OpenRawChannel;
 using ucx_test::RawChannel;
 using ucx_test::RawStub;
 using ucx_test::Spec;
+using ucx_test::StartLoadedNode;
 
 // Bytes the node counted per transport and direction on /metrics.
 uint64_t TransferBytes(const LocalNode& node, const std::string& transport,
@@ -103,43 +105,6 @@ class ScopedRegistration {
   void* ptr_;
   absl::Status status_;
 };
-
-// A node of its own holding `n` blocks of `size` bytes (each the same random block) under
-// prompt `prompt`, and a UCX client for it with `o`'s other settings.
-struct LoadedNode {
-  std::unique_ptr<LocalNode> node;
-  std::unique_ptr<StoreClient> client;
-  client::Namespace ns;
-  std::vector<ChainHash> hashes;
-  std::vector<uint8_t> block;
-};
-
-void StartLoadedNode(const std::string& tls, const std::string& warm, ClientOptions o,
-                     uint32_t prompt, size_t n, size_t size, LoadedNode* out) {
-  auto p =
-      testutil::StartNode({"--warm-bytes", warm, "--max-block-bytes", "4MiB", "--ucx-tls", tls});
-  ASSERT_THAT(p, IsOk());
-  out->node = std::move(*p);
-  o.address = out->node->address();
-  o.data_plane = ClientOptions::DataPlane::kUcx;
-  auto c = StoreClient::Connect(o);
-  ASSERT_THAT(c, IsOk());
-  out->client = std::move(*c);
-  auto ns = out->client->RegisterNamespace(Spec());
-  ASSERT_THAT(ns, IsOk());
-  out->ns = *ns;
-  out->hashes = testutil::PromptChain(out->ns, prompt, n);
-  out->block = testutil::RandomBytes(prompt, size);
-  for (size_t first = 0; first < n; first += 16) {
-    std::vector<BlockWrite> writes;
-    for (size_t i = first; i < std::min(n, first + 16); ++i) {
-      writes.push_back({out->hashes[i], out->block.data(), size});
-    }
-    // Setup, not under test: exempt from the short default deadline some tests give `o`
-    // (a sanitizer build loads 64 MiB over paced shared memory in more than 3 s).
-    ASSERT_THAT(out->client->Put(out->ns, "", writes, CallOptions{absl::Seconds(60)}), IsOk());
-  }
-}
 
 // Sends `sig` to the node 30 ms from now and repeats `reads` until one Get fails (the signal
 // landed mid-call) or 20 rounds passed; the last result.

@@ -1,7 +1,9 @@
 // What the UCX integration tests share (ucx_integration_test.cc, ucx_unclaimed_test.cc): the
-// namespace they use, raw stubs, /metrics values, and data channels opened by hand.
+// namespace they use, raw stubs, /metrics values, data channels opened by hand, and nodes
+// of their own loaded with blocks.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -15,6 +17,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "strata/client/local_node.h"
+#include "strata/client/store_client.h"
 #include "strata/testutil/node_process.h"
 #include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
@@ -95,6 +98,45 @@ inline grpc::StatusCode CloseRawChannel(v1::StoreService::Stub& stub, const RawC
   v1::CloseDataResponse closed;
   grpc::ClientContext ctx;
   return stub.CloseData(&ctx, close, &closed).error_code();
+}
+
+// A node of its own holding `n` blocks of `size` bytes (each the same random block) under
+// prompt `prompt`, and a UCX client for it with `o`'s other settings.
+struct LoadedNode {
+  std::unique_ptr<client::LocalNode> node;
+  std::unique_ptr<client::StoreClient> client;
+  client::Namespace ns;
+  std::vector<ChainHash> hashes;
+  std::vector<uint8_t> block;
+};
+
+inline void StartLoadedNode(const std::string& tls, const std::string& warm,
+                            client::ClientOptions o, uint32_t prompt, size_t n, size_t size,
+                            LoadedNode* out) {
+  auto p =
+      testutil::StartNode({"--warm-bytes", warm, "--max-block-bytes", "4MiB", "--ucx-tls", tls});
+  ASSERT_THAT(p, testutil::IsOk());
+  out->node = std::move(*p);
+  o.address = out->node->address();
+  o.data_plane = client::ClientOptions::DataPlane::kUcx;
+  auto c = client::StoreClient::Connect(o);
+  ASSERT_THAT(c, testutil::IsOk());
+  out->client = std::move(*c);
+  auto ns = out->client->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, testutil::IsOk());
+  out->ns = *ns;
+  out->hashes = testutil::PromptChain(out->ns, prompt, n);
+  out->block = testutil::RandomBytes(prompt, size);
+  for (size_t first = 0; first < n; first += 16) {
+    std::vector<client::BlockWrite> writes;
+    for (size_t i = first; i < std::min(n, first + 16); ++i) {
+      writes.push_back({out->hashes[i], out->block.data(), size});
+    }
+    // Setup, not under test: exempt from the short default deadline some tests give `o`
+    // (a sanitizer build loads 64 MiB over paced shared memory in more than 3 s).
+    ASSERT_THAT(out->client->Put(out->ns, "", writes, client::CallOptions{absl::Seconds(60)}),
+                testutil::IsOk());
+  }
 }
 
 }  // namespace strata::ucx_test
