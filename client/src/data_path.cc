@@ -348,8 +348,11 @@ grpc::Status GrpcStoreClient::FinishTagged(TaggedTransfer* t, grpc::Status rpc,
   *transfer = t->done.get();
   if (transfer->ok() && !t->trailer.ok()) *transfer = t->trailer;
   // An RPC that succeeded keeps its answer: PutData's results stand (the node took every
-  // message), and GetDataPartTwoSided checks `*transfer` itself.
-  if (!rpc.ok() && t->failed_alone.load(std::memory_order_acquire)) {
+  // message), and GetDataPartTwoSided checks `*transfer` itself. So does one the node failed
+  // before our cancel reached it: NOT_FOUND (a node that restarted no longer knows the
+  // channel, and our sends to its old lanes failed too) reconnects in CallOnChannel.
+  if (rpc.error_code() == grpc::StatusCode::CANCELLED &&
+      t->failed_alone.load(std::memory_order_acquire)) {
     absl::Status s = *transfer;
     // A batch the deadline ended is DEADLINE_EXCEEDED; anything else means the lane's
     // endpoint cannot carry the call: UNAVAILABLE, so CallOnChannel marks the channel broken.

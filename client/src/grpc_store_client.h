@@ -303,6 +303,38 @@ class GrpcStoreClient final : public StoreClient {
                                     const CallOptions& call) override;
 
  private:
+  // A node that restarted without its namespaces (they live in its memory unless it has a disk
+  // tier) answers INVALID_ARGUMENT kNamespaceNotRegistered. The call's Namespace carries the
+  // spec: `op` (the call, taking what is left of its deadline) runs once more after the spec
+  // is registered again. The public calls taking a Namespace are their ...Once under this
+  // (reregistering.cc).
+  template <typename Op>
+  auto Reregistering(const Namespace& ns, const CallOptions& call, Op op) -> decltype(op(call));
+  absl::StatusOr<LookupResult> LookupOnce(const Namespace& ns, std::string_view scope,
+                                          std::span<const ChainHash> hashes,
+                                          const CallOptions& call);
+  absl::StatusOr<PutResult> PutOnce(const Namespace& ns, std::string_view scope,
+                                    std::span<const BlockWrite> blocks, const CallOptions& call,
+                                    const PutOptions& put);
+  absl::StatusOr<GetResult> GetOnce(const Namespace& ns, std::string_view scope,
+                                    std::span<const BlockRead> blocks, const CallOptions& call,
+                                    const GetOptions& get);
+  absl::StatusOr<uint64_t> DeleteOnce(const Namespace& ns, std::string_view scope,
+                                      std::span<const ChainHash> hashes, const CallOptions& call);
+  absl::StatusOr<std::vector<BlockLocation>> LookupEachOnce(const Namespace& ns,
+                                                            std::string_view scope,
+                                                            std::span<const ChainHash> hashes,
+                                                            const CallOptions& call);
+  absl::StatusOr<std::vector<absl::Status>> PublishOnce(const Namespace& ns, std::string_view scope,
+                                                        std::span<const ChainHash> hashes,
+                                                        std::span<const uint64_t> sizes,
+                                                        const PeerLocation& location,
+                                                        absl::Duration ttl,
+                                                        const CallOptions& call);
+  absl::StatusOr<uint64_t> PrefetchOnce(const Namespace& ns, std::string_view scope,
+                                        std::span<const ChainHash> hashes,
+                                        std::string_view session_id, const CallOptions& call);
+
   Clock::time_point Deadline(const CallOptions& call) const;
   // Sets the deadline and the credentials (ClientOptions::token) of a call.
   void SetDeadline(grpc::ClientContext& ctx, Clock::time_point deadline) const;
@@ -390,8 +422,8 @@ class GrpcStoreClient final : public StoreClient {
 
   // Runs one data RPC (`rpc(channel_id, ctx)`) on the channel. The node forgets channels (idle
   // expiry, restart, a transfer that failed): NOT_FOUND reconnects once and retries.
-  // UNAVAILABLE marks the channel broken; the next call reconnects. A call that failed on a
-  // channel some other call had already fenced or replaced reconnects once and retries.
+  // UNAVAILABLE or CANCELLED fences the channel and reconnects once to retry; DEADLINE_EXCEEDED
+  // fences it and fails (the next call reconnects).
   template <typename Rpc>
   absl::Status CallOnChannel(std::string_view op, Clock::time_point deadline, Rpc rpc) {
     absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
@@ -429,13 +461,14 @@ class GrpcStoreClient final : public StoreClient {
         // We give up while the node may still be reading or writing our buffers (its transfer
         // runs to its own deadline and then drains): cut it off before the caller gets them
         // back. The next call opens a fresh channel.
-        const bool fenced_here = ucx_->Fence(*channel);
+        ucx_->Fence(*channel);
         MarkBroken(*channel);
-        // Another call had fenced the channel under ours (it gave up on its deadline), or it
-        // broke and was replaced: our failure may be that, not this node's. Once, time allowing,
-        // the call goes again on a fresh channel (a data call repeats safely: it carries its
-        // whole put, or reads into the same buffers).
-        if (!fenced_here && attempt == 0 && s.code() != absl::StatusCode::kDeadlineExceeded) {
+        // The failure may be the channel's, not the node's: another call fenced it under ours
+        // (it gave up on its deadline), or the node restarted and our endpoints lead to its old
+        // lanes. Once, time allowing, the call goes again on a fresh channel (a data call
+        // repeats safely: it carries its whole put, or reads into the same buffers). A node
+        // that is down refuses the reconnect at once.
+        if (attempt == 0 && s.code() != absl::StatusCode::kDeadlineExceeded) {
           channel = AcquireChannel(deadline);
           if (!channel.ok()) return s;
           continue;

@@ -149,9 +149,10 @@ BlockLocation GrpcStoreClient::LookupAnswer(const v1::LookupResponse& resp, size
           {}};
 }
 
-absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::string_view scope,
-                                                     std::span<const ChainHash> hashes,
-                                                     const CallOptions& call) {
+absl::StatusOr<LookupResult> GrpcStoreClient::LookupOnce(const Namespace& ns,
+                                                         std::string_view scope,
+                                                         std::span<const ChainHash> hashes,
+                                                         const CallOptions& call) {
   LookupResult result;
   auto deadline = Deadline(call);
   // Sequential parts: a prefix that misses in one part cannot continue in the next.
@@ -177,7 +178,7 @@ absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::s
   return result;
 }
 
-absl::StatusOr<std::vector<BlockLocation>> GrpcStoreClient::LookupEach(
+absl::StatusOr<std::vector<BlockLocation>> GrpcStoreClient::LookupEachOnce(
     const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
     const CallOptions& call) {
   std::vector<BlockLocation> out;
@@ -251,11 +252,12 @@ void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
   for (const auto& p : parts) {
     LookupEachWork& w = work[p->work];
     if (refused[p->work] || !w.status.ok()) continue;
-    if (w.node->RefusedPacked(p->req, p->status)) {
+    w.status = FromGrpc(p->status, w.node->Where("Lookup"));
+    if (w.node->RefusedPacked(p->req, p->status) || IsNamespaceNotRegistered(w.status)) {
+      w.status = absl::OkStatus();
       refused[p->work] = true;
       continue;
     }
-    w.status = FromGrpc(p->status, w.node->Where("Lookup"));
     if (w.status.ok()) w.status = w.node->CheckLookup(p->resp, p->end - p->begin, true).status();
   }
   for (const auto& p : parts) {
@@ -263,7 +265,8 @@ void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
     const std::vector<size_t>& idx = *work[p->work].idx;
     for (size_t j = p->begin; j < p->end; ++j) out[idx[j]] = LookupAnswer(p->resp, j - p->begin);
   }
-  // A node that predates the compact form is asked again the old way (once per node).
+  // A node that predates the compact form is asked again the old way (once per node), and
+  // one that forgot the namespace after it is registered again (LookupEach).
   for (size_t w = 0; w < work.size(); ++w) {
     if (!refused[w]) continue;
     std::vector<ChainHash> mine;
@@ -276,7 +279,7 @@ void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
   }
 }
 
-absl::StatusOr<std::vector<absl::Status>> GrpcStoreClient::Publish(
+absl::StatusOr<std::vector<absl::Status>> GrpcStoreClient::PublishOnce(
     const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
     std::span<const uint64_t> sizes, const PeerLocation& location, absl::Duration ttl,
     const CallOptions& call) {
@@ -314,9 +317,9 @@ absl::StatusOr<std::vector<absl::Status>> GrpcStoreClient::Publish(
   return out;
 }
 
-absl::StatusOr<PutResult> GrpcStoreClient::Put(const Namespace& ns, std::string_view scope,
-                                               std::span<const BlockWrite> blocks,
-                                               const CallOptions& call, const PutOptions& put) {
+absl::StatusOr<PutResult> GrpcStoreClient::PutOnce(const Namespace& ns, std::string_view scope,
+                                                   std::span<const BlockWrite> blocks,
+                                                   const CallOptions& call, const PutOptions& put) {
   PutResult result;
   result.blocks.resize(blocks.size());
   if (blocks.empty()) return result;
@@ -361,9 +364,9 @@ absl::StatusOr<PutResult> GrpcStoreClient::Put(const Namespace& ns, std::string_
   return result;
 }
 
-absl::StatusOr<GetResult> GrpcStoreClient::Get(const Namespace& ns, std::string_view scope,
-                                               std::span<const BlockRead> blocks,
-                                               const CallOptions& call, const GetOptions& get) {
+absl::StatusOr<GetResult> GrpcStoreClient::GetOnce(const Namespace& ns, std::string_view scope,
+                                                   std::span<const BlockRead> blocks,
+                                                   const CallOptions& call, const GetOptions& get) {
   GetResult result;
   result.blocks.resize(blocks.size());
   result.sizes.resize(blocks.size());
@@ -404,9 +407,9 @@ absl::StatusOr<GetResult> GrpcStoreClient::Get(const Namespace& ns, std::string_
   return result;
 }
 
-absl::StatusOr<uint64_t> GrpcStoreClient::Delete(const Namespace& ns, std::string_view scope,
-                                                 std::span<const ChainHash> hashes,
-                                                 const CallOptions& call) {
+absl::StatusOr<uint64_t> GrpcStoreClient::DeleteOnce(const Namespace& ns, std::string_view scope,
+                                                     std::span<const ChainHash> hashes,
+                                                     const CallOptions& call) {
   uint64_t deleted = 0;
   auto deadline = Deadline(call);
   for (size_t begin = 0; begin < hashes.size(); begin += max_keys_) {
@@ -514,10 +517,10 @@ absl::StatusOr<uint64_t> GrpcStoreClient::ResumeSession(std::string_view session
   return resp.promoted();
 }
 
-absl::StatusOr<uint64_t> GrpcStoreClient::Prefetch(const Namespace& ns, std::string_view scope,
-                                                   std::span<const ChainHash> hashes,
-                                                   std::string_view session_id,
-                                                   const CallOptions& call) {
+absl::StatusOr<uint64_t> GrpcStoreClient::PrefetchOnce(const Namespace& ns, std::string_view scope,
+                                                       std::span<const ChainHash> hashes,
+                                                       std::string_view session_id,
+                                                       const CallOptions& call) {
   v1::PrefetchRequest req;
   req.set_namespace_id(ns.id);
   req.set_scope(Scope(scope));

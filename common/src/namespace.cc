@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace strata {
@@ -120,6 +121,11 @@ NamespaceId ComputeNamespaceId(const NamespaceSpec& spec) {
   NamespaceId id = 0;
   for (int i = 7; i >= 0; --i) id = (id << 8) | digest[i];  // first 8 bytes, little-endian
   return id;
+}
+
+bool IsNamespaceNotRegistered(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kInvalidArgument &&
+         absl::StrContains(s.message(), kNamespaceNotRegistered);
 }
 
 }  // namespace strata

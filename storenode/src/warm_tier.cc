@@ -112,7 +112,7 @@ absl::StatusOr<NamespaceSpec> WarmTier::GetNamespace(NamespaceId id) const {
   auto it = namespaces_.find(id);
   if (it == namespaces_.end()) {
     return absl::NotFoundError(
-        absl::StrFormat("namespace_id 0x%016x: not registered (call RegisterNamespace)", id));
+        absl::StrFormat("namespace_id 0x%016x: %s", id, kNamespaceNotRegistered));
   }
   return it->second;
 }

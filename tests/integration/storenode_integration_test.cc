@@ -674,6 +674,41 @@ TEST(StoreNodeConfigTest, DeadNodeIsUnavailableNotAHang) {
   EXPECT_THAT(connect, StatusIs(absl::StatusCode::kUnavailable));
 }
 
+// A node without a disk tier keeps its namespaces in memory: restarted at the same address it
+// knows none, and answered every call of its long-lived clients INVALID_ARGUMENT "not
+// registered" until they restarted too. The client registers the call's namespace again.
+TEST(StoreNodeConfigTest, ARestartedNodeGetsItsNamespacesBackFromItsClients) {
+  Node n = StartNode({"--warm-bytes", "16MiB", "--max-block-bytes", "1MiB"});
+  ASSERT_NE(n.client, nullptr);
+  const std::vector<ChainHash> before = testutil::PromptChain(n.ns, 80, 2);
+  ASSERT_THAT(PutBlocks(n, before, kBlock, 80), IsOk());
+  const std::string address = n.process->address();
+  ASSERT_THAT(n.process->Stop(absl::Seconds(20), SIGTERM), IsOk());
+  auto again = testutil::StartNode(
+      {"--listen", address, "--warm-bytes", "16MiB", "--max-block-bytes", "1MiB"});
+  ASSERT_THAT(again, IsOk());
+  n.process = std::move(*again);
+  // The first call may find gRPC still reconnecting.
+  absl::StatusOr<client::LookupResult> found = absl::UnavailableError("not asked");
+  for (int i = 0; i < 50 && found.status().code() == absl::StatusCode::kUnavailable; ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(200));
+    found = n.client->Lookup(n.ns, "", before);
+  }
+  ASSERT_THAT(found, IsOk());
+  EXPECT_EQ(found->matched_blocks, 0u);  // its memory went with the old process
+  const std::vector<ChainHash> after = testutil::PromptChain(n.ns, 81, 2);
+  ASSERT_THAT(PutBlocks(n, after, kBlock, 81), IsOk());
+  std::vector<uint8_t> got(kBlock);
+  const BlockRead read{after[1], got.data(), kBlock};
+  auto r = n.client->Get(n.ns, "", {&read, 1});
+  ASSERT_THAT(r, IsOk());
+  ASSERT_THAT(r->blocks[0], IsOk());
+  EXPECT_EQ(got, testutil::RandomBytes(82, kBlock));
+  auto deleted = n.client->Delete(n.ns, "", after);
+  ASSERT_THAT(deleted, IsOk());
+  EXPECT_EQ(*deleted, 2u);
+}
+
 TEST(StoreNodeConfigTest, SigtermDrainsAndExitsZero) {
   Node n = StartNode({"--warm-bytes", "4MiB", "--max-block-bytes", "1MiB"});
   ASSERT_NE(n.client, nullptr);

@@ -45,4 +45,11 @@ absl::Status ValidateNamespaceSpec(const NamespaceSpec& spec);
 // The 64-bit id of `spec` (fields other than block_bytes). REQUIRES: spec is valid.
 NamespaceId ComputeNamespaceId(const NamespaceSpec& spec);
 
+// What a node says of a namespace id it does not know, e.g. after a restart without a disk
+// tier (namespaces then live in its memory only). The node answers INVALID_ARGUMENT with this
+// in the message; a client that has the spec registers it again (protocol.md).
+inline constexpr char kNamespaceNotRegistered[] = "not registered (call RegisterNamespace)";
+// Whether `s` is that answer.
+bool IsNamespaceNotRegistered(const absl::Status& s);
+
 }  // namespace strata

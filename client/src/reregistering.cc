@@ -1,0 +1,77 @@
+// The public calls of GrpcStoreClient that name a namespace: each runs its ...Once body, and
+// once more after registering the namespace again if the node had forgotten it (a restart
+// without a disk tier).
+#include <algorithm>
+
+#include "grpc_store_client.h"
+#include "strata/common/namespace.h"
+
+namespace strata::client::internal {
+
+template <typename Op>
+auto GrpcStoreClient::Reregistering(const Namespace& ns, const CallOptions& call, Op op)
+    -> decltype(op(call)) {
+  const absl::Time end = absl::FromChrono(Deadline(call));
+  // What is left of the deadline; a deadline that passed stays passed (zero would mean the
+  // default deadline).
+  auto left = [end] { return CallOptions{std::max(absl::Nanoseconds(1), end - absl::Now())}; };
+  auto r = op(left());
+  if (r.ok() || !IsNamespaceNotRegistered(r.status())) return r;
+  if (!RegisterNamespace(ns.spec, left()).ok()) return r;
+  return op(left());
+}
+
+absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::string_view scope,
+                                                     std::span<const ChainHash> hashes,
+                                                     const CallOptions& call) {
+  return Reregistering(ns, call,
+                       [&](const CallOptions& c) { return LookupOnce(ns, scope, hashes, c); });
+}
+
+absl::StatusOr<std::vector<BlockLocation>> GrpcStoreClient::LookupEach(
+    const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
+    const CallOptions& call) {
+  return Reregistering(ns, call,
+                       [&](const CallOptions& c) { return LookupEachOnce(ns, scope, hashes, c); });
+}
+
+absl::StatusOr<PutResult> GrpcStoreClient::Put(const Namespace& ns, std::string_view scope,
+                                               std::span<const BlockWrite> blocks,
+                                               const CallOptions& call, const PutOptions& put) {
+  return Reregistering(ns, call,
+                       [&](const CallOptions& c) { return PutOnce(ns, scope, blocks, c, put); });
+}
+
+absl::StatusOr<GetResult> GrpcStoreClient::Get(const Namespace& ns, std::string_view scope,
+                                               std::span<const BlockRead> blocks,
+                                               const CallOptions& call, const GetOptions& get) {
+  return Reregistering(ns, call,
+                       [&](const CallOptions& c) { return GetOnce(ns, scope, blocks, c, get); });
+}
+
+absl::StatusOr<uint64_t> GrpcStoreClient::Delete(const Namespace& ns, std::string_view scope,
+                                                 std::span<const ChainHash> hashes,
+                                                 const CallOptions& call) {
+  return Reregistering(ns, call,
+                       [&](const CallOptions& c) { return DeleteOnce(ns, scope, hashes, c); });
+}
+
+absl::StatusOr<std::vector<absl::Status>> GrpcStoreClient::Publish(
+    const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
+    std::span<const uint64_t> sizes, const PeerLocation& location, absl::Duration ttl,
+    const CallOptions& call) {
+  return Reregistering(ns, call, [&](const CallOptions& c) {
+    return PublishOnce(ns, scope, hashes, sizes, location, ttl, c);
+  });
+}
+
+absl::StatusOr<uint64_t> GrpcStoreClient::Prefetch(const Namespace& ns, std::string_view scope,
+                                                   std::span<const ChainHash> hashes,
+                                                   std::string_view session_id,
+                                                   const CallOptions& call) {
+  return Reregistering(ns, call, [&](const CallOptions& c) {
+    return PrefetchOnce(ns, scope, hashes, session_id, c);
+  });
+}
+
+}  // namespace strata::client::internal
