@@ -150,14 +150,18 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
     std::filesystem::create_directories(options.path, ec);  // Open reports what still fails
   }
   // A store whose files were damaged (a flipped byte in a MANIFEST, a truncated SST) must not
-  // keep the node down: first RocksDB's repair, which salvages what its checksums vouch for;
-  // if that fails too, the directory is set aside and the tier starts empty. Either way every
-  // block that survives is still checked against its own checksum when read.
+  // keep the node down: first RocksDB's best-efforts recovery, which opens the latest state
+  // its intact files make up; if that fails too, the directory is set aside (for an operator
+  // to salvage) and the tier starts empty. Either way every block that survives is still
+  // checked against its own checksum when read. Not rocksdb::RepairDB: it leaves blob files
+  // out of the MANIFEST it rebuilds and the next open deletes them, i.e. every block of 4 KiB
+  // or more, damaged or not, while their records stay and are charged (docs/design/tiers.md).
   for (int attempt = 0;; ++attempt) {
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* db = nullptr;
-    rocksdb::Status s =
-        rocksdb::DB::Open(rocksdb::DBOptions(opts), options.path, cfs, &handles, &db);
+    rocksdb::DBOptions db_opts(opts);
+    db_opts.best_efforts_recovery = attempt == 1;
+    rocksdb::Status s = rocksdb::DB::Open(db_opts, options.path, cfs, &handles, &db);
     absl::Status opened = absl::OkStatus();
     std::unique_ptr<DiskTier> tier;
     if (s.ok()) {
@@ -181,14 +185,13 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
                                       opened.code() == absl::StatusCode::kUnavailable)));
     if (!damaged || attempt == 2 || options.env != nullptr) return opened;
     if (attempt == 0) {
-      spdlog::error("{} tier: {}; repairing the RocksDB store", options.name,
-                    std::string(opened.message()));
-      rocksdb::RepairDB(options.path, rocksdb::DBOptions(opts), cfs).PermitUncheckedError();
+      spdlog::error("{} tier: {}; opening what the intact files hold (best-efforts recovery)",
+                    options.name, std::string(opened.message()));
     } else {
       const std::string aside =
           absl::StrCat(options.path, ".damaged-", absl::ToUnixSeconds(absl::Now()));
-      spdlog::error("{} tier: still unusable after repair ({}); moved to {}, starting empty",
-                    options.name, std::string(opened.message()), aside);
+      spdlog::error("{} tier: still unusable ({}); moved to {}, starting empty", options.name,
+                    std::string(opened.message()), aside);
       std::error_code ec;
       std::filesystem::rename(options.path, aside, ec);
       if (ec) return opened;

@@ -119,22 +119,46 @@ class DiskFaultTest : public ::testing::Test {
   fs::path root_;
 };
 
-TEST_F(DiskFaultTest, HundredFlipsAndTruncationsNeverServeWrongBytes) {
-  // Two pristine stores: one shut down cleanly (data in SST and blob files), one killed
-  // right after its writes (data still in the WAL too).
-  std::vector<ChainHash> hashes;
-  for (int variant = 0; variant < 2; ++variant) {
-    const fs::path dir = root_ / absl::StrCat("pristine", variant);
-    auto n = StartNode(dir);
-    ASSERT_THAT(n, IsOk());
-    hashes = testutil::PromptChain(n->ns, 7, kBlocks);
-    ASSERT_NO_FATAL_FAILURE(Put(*n, hashes, 0, kBlocks, "s"));
-    ASSERT_THAT(n->client->PauseSession("s", /*to_cold=*/false), IsOk());
-    auto where = n->client->LookupEach(n->ns, "", hashes);
-    ASSERT_THAT(where, IsOk());
-    for (const client::BlockLocation& l : *where) ASSERT_EQ(l.tier, client::Tier::kCool);
-    ASSERT_THAT(n->process->Stop(absl::Seconds(30), variant == 0 ? SIGTERM : SIGKILL), IsOk());
+// A store at `dir` holding kBlocks blocks (`hashes`), all on the cool tier, its node stopped
+// with `sig`: SIGTERM leaves the data in SST and blob files, SIGKILL in the WAL too.
+void MakeStore(const fs::path& dir, int sig, std::vector<ChainHash>* hashes) {
+  auto n = StartNode(dir);
+  ASSERT_THAT(n, IsOk());
+  *hashes = testutil::PromptChain(n->ns, 7, kBlocks);
+  ASSERT_NO_FATAL_FAILURE(Put(*n, *hashes, 0, kBlocks, "s"));
+  ASSERT_THAT(n->client->PauseSession("s", /*to_cold=*/false), IsOk());
+  auto where = n->client->LookupEach(n->ns, "", *hashes);
+  ASSERT_THAT(where, IsOk());
+  for (const client::BlockLocation& l : *where) ASSERT_EQ(l.tier, client::Tier::kCool);
+  ASSERT_THAT(n->process->Stop(absl::Seconds(30), sig), IsOk());
+}
+
+// Flips the byte in the middle of `file`.
+void FlipMiddleByte(const fs::path& file) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  const uint64_t at = fs::file_size(file) / 2;
+  char c = 0;
+  f.seekg(at);
+  f.read(&c, 1);
+  c ^= 0x5a;
+  f.seekp(at);
+  f.write(&c, 1);
+}
+
+// Bytes of the blob files anywhere under `dir`.
+uint64_t BlobBytes(const fs::path& dir) {
+  uint64_t bytes = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().extension() == ".blob") bytes += e.file_size();
   }
+  return bytes;
+}
+
+TEST_F(DiskFaultTest, HundredFlipsAndTruncationsNeverServeWrongBytes) {
+  // Two pristine stores: one shut down cleanly, one killed right after its writes.
+  std::vector<ChainHash> hashes;
+  ASSERT_NO_FATAL_FAILURE(MakeStore(root_ / "pristine0", SIGTERM, &hashes));
+  ASSERT_NO_FATAL_FAILURE(MakeStore(root_ / "pristine1", SIGKILL, &hashes));
   std::mt19937_64 rng(20261127);
   Outcome total;
   size_t flips = 0, truncations = 0;
@@ -186,6 +210,47 @@ TEST_F(DiskFaultTest, HundredFlipsAndTruncationsNeverServeWrongBytes) {
       "disk faults: %zu flips, %zu truncations over 100 restarts; blocks read: %zu exact, %zu "
       "missing, %zu DATA_LOSS, %zu wrong\n",
       flips, truncations, total.exact, total.missing, total.data_loss, total.wrong);
+}
+
+// Damage costs only what it touched. Each SST file of a store in turn, then its MANIFEST, gets
+// a flipped byte (each on a fresh copy). The node used to open a damaged store with RocksDB's
+// repair, which deletes every blob file, i.e. every block: all DATA_LOSS.
+TEST_F(DiskFaultTest, DamageCostsOnlyTheBlocksItTouched) {
+  const fs::path pristine = root_ / "pristine";
+  std::vector<ChainHash> hashes;
+  ASSERT_NO_FATAL_FAILURE(MakeStore(pristine, SIGTERM, &hashes));
+  const uint64_t blobs = BlobBytes(pristine);
+  ASSERT_GE(blobs, kBlocks * kBlock);
+  std::vector<std::string> damaged = {"MANIFEST"};
+  for (const auto& e : fs::directory_iterator(pristine / "cool")) {
+    if (e.path().extension() == ".sst") damaged.push_back(e.path().filename().string());
+  }
+  size_t exact = 0, sst_rounds = 0;
+  for (const std::string& name : damaged) {
+    SCOPED_TRACE(name);
+    const fs::path work = root_ / "work";
+    fs::remove_all(work);
+    fs::copy(pristine, work, fs::copy_options::recursive);
+    for (const auto& e : fs::directory_iterator(work / "cool")) {
+      if (e.path().filename().string().rfind(name, 0) == 0) FlipMiddleByte(e.path());
+    }
+    auto n = StartNode(work);
+    ASSERT_THAT(n, IsOk());
+    const Outcome o = ReadAll(*n, hashes);
+    EXPECT_EQ(o.wrong, 0u);
+    std::printf("a flipped byte in %s: %zu exact, %zu missing, %zu DATA_LOSS\n", name.c_str(),
+                o.exact, o.missing, o.data_loss);
+    if (name == "MANIFEST") {
+      // Set aside with the node's files, blobs and all, or recovered.
+      EXPECT_TRUE(o.exact == kBlocks || BlobBytes(work) >= blobs);
+    } else {
+      exact += o.exact;
+      ++sst_rounds;
+    }
+    ASSERT_THAT(n->process->Stop(absl::Seconds(10), SIGKILL), IsOk());
+  }
+  ASSERT_GT(sst_rounds, 0u);
+  EXPECT_GE(exact, sst_rounds * kBlocks / 2);
 }
 
 TEST_F(DiskFaultTest, KillDuringPutsKeepsEveryBlockAcknowledgedOnDisk) {
