@@ -16,8 +16,9 @@ namespace {
 
 // What one MakeRoom call moves out at most beyond its incoming block.
 constexpr uint64_t kMakeRoomStepBytes = 64ull << 20;
-// Sessions tracked for idle pausing when max_sessions is 0: warm capacity / smallest slot,
-// within these bounds (a pass over the table runs under a lock puts take).
+// Sessions tracked for idle pausing when max_sessions is 0, and blocks waiting for the
+// prefetch thread when max_prefetch_queued is 0: warm capacity / smallest slot (what warm
+// can hold), within these bounds (a pass over the session table runs under a lock puts take).
 constexpr uint64_t kMinSessions = 1024, kMaxDerivedSessions = 65536;
 // Sessions let go of by the cap waiting for an early pause, and how many pause per tick.
 constexpr size_t kMaxDueSessions = 4096, kDueSessionsPerTick = 64;
@@ -68,10 +69,11 @@ TieredStore::TieredStore(TieredStoreOptions options, std::unique_ptr<WarmTier> w
       warm_(std::move(warm)),
       cool_(std::move(cool)),
       cold_(std::move(cold)) {
-  max_sessions_ = options_.max_sessions != 0
-                      ? options_.max_sessions
-                      : std::clamp<uint64_t>(warm_->arena_bytes() / warm_->SlotBytes(1),
-                                             kMinSessions, kMaxDerivedSessions);
+  const uint64_t warm_blocks = std::clamp<uint64_t>(warm_->arena_bytes() / warm_->SlotBytes(1),
+                                                    kMinSessions, kMaxDerivedSessions);
+  max_sessions_ = options_.max_sessions != 0 ? options_.max_sessions : warm_blocks;
+  max_prefetch_queued_ =
+      options_.max_prefetch_queued != 0 ? options_.max_prefetch_queued : warm_blocks;
   if (cool_) {
     demoter_ = std::thread([this] { DemoteLoop(); });
     prefetcher_ = std::thread([this] { PrefetchLoop(); });
@@ -240,9 +242,18 @@ uint64_t TieredStore::Prefetch(NamespaceId ns, const std::string& scope,
     BlockKey key{ns, scope, h};
     if (cool_->Find(key, false) || (cold_ && cold_->Find(key, false))) keys.push_back(key);
   }
+  uint64_t scheduled = 0;
   absl::MutexLock lock(&prefetch_mu_);
-  for (BlockKey& k : keys) prefetch_queue_.push_back(std::move(k));
-  return keys.size();
+  for (BlockKey& k : keys) {
+    if (prefetch_waiting_.contains(k)) {
+      ++scheduled;
+    } else if (prefetch_queue_.size() < max_prefetch_queued_) {
+      prefetch_waiting_.insert(k);
+      prefetch_queue_.push_back(std::move(k));
+      ++scheduled;
+    }
+  }
+  return scheduled;
 }
 
 void TieredStore::PrefetchLoop() {
@@ -258,6 +269,7 @@ void TieredStore::PrefetchLoop() {
       if (stopping_) return;
       key = std::move(prefetch_queue_.front());
       prefetch_queue_.pop_front();
+      prefetch_waiting_.erase(key);
       prefetch_busy_ = true;
     }
     // Already warm (a Get got there first): nothing to do.

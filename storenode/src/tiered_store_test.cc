@@ -184,6 +184,29 @@ TEST_F(TieredStoreTest, SessionsBeyondTheCapPauseEarlyInsteadOfPilingUp) {
   EXPECT_LE(st.warm.blocks, 8u);
 }
 
+// A Prefetch queues at most max_prefetch_queued blocks, and a block once: a client asking for
+// the same disk blocks in a loop, or for more than warm holds, cannot grow the queue.
+TEST_F(TieredStoreTest, PrefetchQueuesAtMostItsCapAndEachBlockOnce) {
+  TieredStoreOptions o;
+  o.max_prefetch_queued = 8;
+  ASSERT_NO_FATAL_FAILURE(Init(o));
+  std::vector<BlockKey> keys = Put(2000, 40, "p");
+  ASSERT_THAT(store_->PauseSession("p", /*to_cold=*/false), IsOk());
+  std::vector<ChainHash> hashes;
+  for (const BlockKey& k : keys) hashes.push_back(k.hash);
+  // One call holds the queue's lock throughout: the prefetch thread takes none meanwhile.
+  EXPECT_EQ(store_->Prefetch(ns_, "", hashes, ""), 8u);
+  store_->WaitForPrefetch();
+  EXPECT_EQ(store_->Stats().prefetched, 8u);
+  // A block named eight times takes one place in the queue (each naming counts as scheduled),
+  // so another one still fits.
+  std::vector<ChainHash> repeated(8, hashes[20]);
+  repeated.push_back(hashes[21]);
+  EXPECT_EQ(store_->Prefetch(ns_, "", repeated, ""), 9u);
+  store_->WaitForPrefetch();
+  EXPECT_EQ(store_->Stats().prefetched, 10u);
+}
+
 // 300 cool blocks of 4 KiB fit 16 MiB as stored; reopened with a 64 KiB charge they take
 // 19 MiB of it. The demoter brings the tier back under its high watermark on its own (no warm
 // block is demoted meanwhile), moving the excess to cold, a step at a time.

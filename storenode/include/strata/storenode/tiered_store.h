@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -45,6 +46,9 @@ struct TieredStoreOptions {
   // 64 a demoter tick; the rest are just let go): a client inventing a session per call cannot
   // grow the table without bound.
   uint64_t max_sessions = 0;
+  // Blocks waiting for the prefetch thread at most (0: derived as max_sessions is). A Prefetch
+  // past it schedules what fits; a block already waiting is not queued twice.
+  uint64_t max_prefetch_queued = 0;
 };
 
 struct TieredStats {
@@ -117,8 +121,8 @@ class TieredStore {
   absl::StatusOr<uint64_t> ResumeSession(const std::string& session);
 
   // Schedules promotion of the named blocks (or, with a session, of its disk blocks) into the
-  // warm tier on the prefetch thread; returns how many blocks were scheduled. Never blocks
-  // on disk I/O.
+  // warm tier on the prefetch thread; returns how many blocks were scheduled (those already
+  // waiting count; none past max_prefetch_queued waiting). Never blocks on disk I/O.
   uint64_t Prefetch(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
                     const std::string& session);
   // Waits until the prefetch queue is empty (tests).
@@ -210,7 +214,9 @@ class TieredStore {
   std::vector<std::string> sessions_due_ ABSL_GUARDED_BY(sessions_mu_);
 
   absl::Mutex prefetch_mu_;
+  size_t max_prefetch_queued_ = 1024;  // as max_sessions_
   std::deque<BlockKey> prefetch_queue_ ABSL_GUARDED_BY(prefetch_mu_);
+  absl::flat_hash_set<BlockKey> prefetch_waiting_ ABSL_GUARDED_BY(prefetch_mu_);  // the queue's
   bool prefetch_busy_ ABSL_GUARDED_BY(prefetch_mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(prefetch_mu_) = false;
 
