@@ -166,14 +166,13 @@ class ClusterStoreClient final : public StoreClient {
   absl::StatusOr<LookupResult> Lookup(const Namespace& ns, std::string_view scope,
                                       std::span<const ChainHash> hashes,
                                       const CallOptions& call) override {
-    return WithFreshEpoch([&] { return LookupOnce(ns, scope, hashes, End(call)); });
+    return WithFreshEpoch(call, [&](absl::Time end) { return LookupOnce(ns, scope, hashes, end); });
   }
 
   absl::StatusOr<std::vector<BlockLocation>> LookupEach(const Namespace& ns, std::string_view scope,
                                                         std::span<const ChainHash> hashes,
                                                         const CallOptions& call) override {
-    return WithFreshEpoch([&]() -> absl::StatusOr<std::vector<BlockLocation>> {
-      const absl::Time end = End(call);
+    return WithFreshEpoch(call, [&](absl::Time end) -> absl::StatusOr<std::vector<BlockLocation>> {
       std::shared_ptr<const MemberSet> set = membership_->Current();
       const int replicas = Replicas(*set);
       const size_t n = hashes.size();
@@ -214,8 +213,7 @@ class ClusterStoreClient final : public StoreClient {
     if (!sizes.empty() && sizes.size() != hashes.size()) {
       return absl::InvalidArgumentError("Publish: sizes must be empty or one per hash");
     }
-    return WithFreshEpoch([&]() -> absl::StatusOr<std::vector<absl::Status>> {
-      const absl::Time end = End(call);
+    return WithFreshEpoch(call, [&](absl::Time end) -> absl::StatusOr<std::vector<absl::Status>> {
       std::shared_ptr<const MemberSet> set = membership_->Current();
       std::map<int, std::vector<size_t>> groups;
       const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
@@ -254,20 +252,21 @@ class ClusterStoreClient final : public StoreClient {
   absl::StatusOr<PutResult> Put(const Namespace& ns, std::string_view scope,
                                 std::span<const BlockWrite> blocks, const CallOptions& call,
                                 const PutOptions& put) override {
-    return WithFreshEpoch([&] { return PutOnce(ns, scope, blocks, End(call), put); });
+    return WithFreshEpoch(call,
+                          [&](absl::Time end) { return PutOnce(ns, scope, blocks, end, put); });
   }
 
   absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
                                 std::span<const BlockRead> blocks, const CallOptions& call,
                                 const GetOptions& get) override {
-    return WithFreshEpoch([&] { return GetOnce(ns, scope, blocks, End(call), get); });
+    return WithFreshEpoch(call,
+                          [&](absl::Time end) { return GetOnce(ns, scope, blocks, end, get); });
   }
 
   absl::StatusOr<uint64_t> Delete(const Namespace& ns, std::string_view scope,
                                   std::span<const ChainHash> hashes,
                                   const CallOptions& call) override {
-    return WithFreshEpoch([&]() -> absl::StatusOr<uint64_t> {
-      const absl::Time end = End(call);
+    return WithFreshEpoch(call, [&](absl::Time end) -> absl::StatusOr<uint64_t> {
       std::shared_ptr<const MemberSet> set = membership_->Current();
       // Every member deletes, not only the owners: a copy on another node (a join's before its
       // hand-over, one kept under a larger replication factor) would otherwise be copied back
@@ -377,13 +376,15 @@ class ClusterStoreClient final : public StoreClient {
 
   // Runs op, and once more after a refresh of the member set if a node found its epoch stale.
   // UNAVAILABLE without running it while the set has no member (every node left).
+  // Both attempts share the call's one deadline (`op(end)`).
   template <typename Op>
-  auto WithFreshEpoch(Op op) -> decltype(op()) {
+  auto WithFreshEpoch(const CallOptions& call, Op op) -> decltype(op(absl::Time())) {
     if (membership_->Current()->members.empty()) return NoMember();
-    auto r = op();
-    if (!r.ok() && IsStaleEpoch(r.status())) {
+    const absl::Time end = End(call);
+    auto r = op(end);
+    if (!r.ok() && IsStaleEpoch(r.status()) && absl::Now() < end) {
       membership_->Refresh().IgnoreError();
-      r = op();
+      r = op(end);
     }
     return r;
   }

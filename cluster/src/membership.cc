@@ -159,7 +159,7 @@ class Membership::Impl {
     if (!etcd.ok()) return etcd.status();
     etcd_ = std::move(*etcd);
     if (!o_.watch && !o_.self.has_value()) {
-      absl::StatusOr<int64_t> listed = List();
+      absl::StatusOr<int64_t> listed = List(/*restart=*/true);
       absl::MutexLock lock(&mu_);
       connected_ = listed.ok();
       listed_once_ = listed.ok();
@@ -197,7 +197,8 @@ class Membership::Impl {
 
   absl::Status Refresh() {
     if (etcd_ == nullptr) return absl::OkStatus();
-    absl::StatusOr<int64_t> listed = List();
+    // Without a watch nothing else applies changes: the snapshot is the state.
+    absl::StatusOr<int64_t> listed = List(/*restart=*/!o_.watch);
     absl::MutexLock lock(&mu_);
     connected_ = listed.ok();
     return listed.status();
@@ -225,7 +226,7 @@ class Membership::Impl {
           continue;
         }
       }
-      absl::StatusOr<int64_t> revision = List();
+      absl::StatusOr<int64_t> revision = List(/*restart=*/true);
       if (!revision.ok()) {
         Failed("list", revision.status());
         continue;
@@ -317,8 +318,11 @@ class Membership::Impl {
     return absl::OkStatus();
   }
 
-  // Lists members and epoch; returns the header revision the watch continues from.
-  absl::StatusOr<int64_t> List() {
+  // Lists members and epoch; returns the header revision the watch continues from. A Refresh
+  // (not `restart`) keeps what the watch applied since its snapshot; the loop's List before a
+  // new watch (`restart`) applies its snapshot whatever came before: an etcd that lost its data
+  // starts its revisions again from 1.
+  absl::StatusOr<int64_t> List(bool restart) {
     absl::StatusOr<RangeResult> range = etcd_->GetPrefix(root_);
     if (!range.ok()) return range.status();
     std::map<std::string, Member> members;
@@ -335,10 +339,13 @@ class Membership::Impl {
     bool set_changed;
     {
       absl::MutexLock lock(&mu_);
+      // A snapshot older than what the watch (or another List) applied meanwhile would undo
+      // the changes since, and the watch does not deliver them again.
+      if (!restart && range->revision < applied_revision_) return applied_revision_;
       set_changed = listed_once_ && KeysDiffer(members_, members);
       members_ = std::move(members);
       epoch_value_ = std::max<uint64_t>(epoch_value_, epoch);
-      applied_revision_ = std::max(applied_revision_, range->revision);
+      applied_revision_ = restart ? range->revision : std::max(applied_revision_, range->revision);
     }
     // Changes missed while disconnected, or a cluster without an epoch yet: raise it.
     if (o_.self.has_value() && (epoch == 0 || set_changed)) {
@@ -382,6 +389,10 @@ class Membership::Impl {
         if (!m.ok()) continue;
         if (members_.find(id) == members_.end()) changes.push_back(e.kv.mod_revision);
         members_[id] = *std::move(m);
+      }
+      // After the batch, not per event: the events of one revision (a transaction) share it.
+      for (const WatchEvent& e : events) {
+        applied_revision_ = std::max(applied_revision_, e.kv.mod_revision);
       }
     }
     // Nodes raise the epoch for what they saw (clients only watch).
