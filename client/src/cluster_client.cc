@@ -631,7 +631,7 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<BlockWrite> mine;
       for (size_t i : idx) mine.push_back(blocks[i]);
       absl::StatusOr<PutResult> r = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
-        return c.Put(ns, scope, mine, Left(end), put);
+        return c.PutSettled(ns, scope, mine, end, put);
       });
       absl::MutexLock lock(&mu);
       if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
@@ -640,10 +640,12 @@ class ClusterStoreClient final : public StoreClient {
         absl::Status st = r.ok() ? r->blocks[k] : r.status();
         if (st.ok()) {
           ++stored[i];
-        } else if (st.code() == absl::StatusCode::kAlreadyExists) {
-          ++existed[i];
+        } else if (st.code() == absl::StatusCode::kAlreadyExists && !IsBlockBeingWritten(st)) {
+          ++existed[i];  // a copy being written by another put is not one yet
         } else if (error[i].ok()) {
-          error[i] = st;
+          error[i] = IsBlockBeingWritten(st)
+                         ? absl::DeadlineExceededError("another put was still writing the block")
+                         : st;
         }
       }
     });

@@ -292,6 +292,15 @@ class GrpcStoreClient final : public StoreClient {
                                 const CallOptions& call, std::span<BlockLocation> out);
   const std::string& address() const { return options_.address; }
 
+  // Put, then the blocks that another put was still writing here (IsBlockBeingWritten) again,
+  // pausing between rounds, until that put settled (committed: ALREADY_EXISTS "present"; gave
+  // up: this one stores them) or `end`. For a cluster client counting replicas towards its
+  // write quorum: a block being written may never be stored. Blocks still being written at
+  // `end` keep that answer.
+  absl::StatusOr<PutResult> PutSettled(const Namespace& ns, std::string_view scope,
+                                       std::span<const BlockWrite> blocks, absl::Time end,
+                                       const PutOptions& put);
+
   absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,
                                         const CallOptions& call) override;
 
@@ -307,7 +316,7 @@ class GrpcStoreClient final : public StoreClient {
   // tier) answers INVALID_ARGUMENT kNamespaceNotRegistered. The call's Namespace carries the
   // spec: `op` (the call, taking what is left of its deadline) runs once more after the spec
   // is registered again. The public calls taking a Namespace are their ...Once under this
-  // (reregistering.cc).
+  // (call_retries.cc).
   template <typename Op>
   auto Reregistering(const Namespace& ns, const CallOptions& call, Op op) -> decltype(op(call));
   absl::StatusOr<LookupResult> LookupOnce(const Namespace& ns, std::string_view scope,

@@ -51,4 +51,8 @@ absl::Status ValidateScope(std::string_view scope, std::string_view field) {
   return absl::OkStatus();
 }
 
+bool IsBlockBeingWritten(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kAlreadyExists && s.message() == kBlockBeingWritten;
+}
+
 }  // namespace strata

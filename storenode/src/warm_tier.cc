@@ -385,7 +385,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
       // the same bytes), rather than this put being told it exists while it never will.
       if (!b.copy) it->second->deleted = false;
       result.status.push_back(absl::AlreadyExistsError(
-          it->second->state == Entry::State::kCommitted ? "present" : "being written"));
+          it->second->state == Entry::State::kCommitted ? "present" : kBlockBeingWritten));
       continue;
     }
     uint16_t cls = SlotClass(b.size);

@@ -285,6 +285,57 @@ TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
   EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
 }
 
+// A block another put is still writing on an owner is no replica yet: a put counts it toward
+// its write quorum once that put committed it, and stores it itself if that put gave up. Here
+// a raw writer holds a reservation for the block on every node and aborts them after 300 ms.
+// Before, the put counted "being written" as stored: acknowledged at once, held by no node.
+TEST_F(ReplicatedClusterTest, ABlockBeingWrittenByAnotherPutIsNotCountedAsAReplica) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok()) << ns.status();
+  const std::vector<ChainHash> h = testutil::PromptChain(*ns, 77, 1);
+  std::vector<std::pair<std::unique_ptr<v1::StoreService::Stub>, uint64_t>> held;
+  for (auto& [i, node] : nodes_) {
+    auto stub = v1::StoreService::NewStub(
+        grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));
+    v1::BeginPutRequest req;
+    req.set_namespace_id(ns->id);
+    req.set_ttl_ms(20000);
+    v1::PutBlock* b = req.add_blocks();
+    b->set_chain_hash(h[0].ToBytes());
+    b->set_size(kBlock);
+    v1::BeginPutResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->BeginPut(&ctx, req, &resp).ok()) << "node-" << i;
+    ASSERT_NE(resp.reservation_id(), 0u) << "node-" << i;
+    held.emplace_back(std::move(stub), resp.reservation_id());
+  }
+  std::thread gives_up([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    for (auto& [stub, id] : held) {
+      v1::AbortPutRequest req;
+      req.set_reservation_id(id);
+      v1::AbortPutResponse resp;
+      grpc::ClientContext ctx;
+      stub->AbortPut(&ctx, req, &resp).ok();
+    }
+  });
+  absl::StatusOr<client::PutResult> r = PutEach(*c, *ns, h);
+  gives_up.join();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->blocks[0].ok()) << r->blocks[0];
+  int holders = 0;
+  for (auto& [i, node] : nodes_) {
+    auto one = StoreClient::Connect({.address = node->address()});
+    ASSERT_TRUE(one.ok());
+    auto where = (*one)->LookupEach(*ns, "", h);
+    ASSERT_TRUE(where.ok()) << where.status();
+    holders += (*where)[0].tier != client::Tier::kUnknown;
+  }
+  EXPECT_EQ(holders, 2);
+}
+
 // kill -9 one node at a time during continuous puts (R=2, W=2): after 20 kill/restart
 // cycles every acknowledged block reads back bit-exact; unacknowledged ones are whole or
 // NOT_FOUND.

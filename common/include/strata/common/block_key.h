@@ -52,6 +52,12 @@ inline constexpr std::string_view kDefaultScope = "default";
 // Checks a scope name: 1..64 characters of [a-z0-9_.-]. INVALID_ARGUMENT naming `field`.
 absl::Status ValidateScope(std::string_view scope, std::string_view field);
 
+// What a node answers for a block that another put is still writing there: ALREADY_EXISTS
+// with this message. The block is not stored yet, and never will be if that put fails.
+inline constexpr char kBlockBeingWritten[] = "being written";
+// Whether `s` is that answer.
+bool IsBlockBeingWritten(const absl::Status& s);
+
 struct BlockKey {
   NamespaceId namespace_id = 0;
   std::string scope;

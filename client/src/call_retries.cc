@@ -1,9 +1,10 @@
-// The public calls of GrpcStoreClient that name a namespace: each runs its ...Once body, and
-// once more after registering the namespace again if the node had forgotten it (a restart
-// without a disk tier).
+// GrpcStoreClient's calls that go again: the public calls that name a namespace run their
+// ...Once body once more after registering the namespace again if the node had forgotten it
+// (a restart without a disk tier); PutSettled asks again about blocks another put is writing.
 #include <algorithm>
 
 #include "grpc_store_client.h"
+#include "strata/common/block_key.h"
 #include "strata/common/namespace.h"
 
 namespace strata::client::internal {
@@ -72,6 +73,36 @@ absl::StatusOr<uint64_t> GrpcStoreClient::Prefetch(const Namespace& ns, std::str
   return Reregistering(ns, call, [&](const CallOptions& c) {
     return PrefetchOnce(ns, scope, hashes, session_id, c);
   });
+}
+
+absl::StatusOr<PutResult> GrpcStoreClient::PutSettled(const Namespace& ns, std::string_view scope,
+                                                      std::span<const BlockWrite> blocks,
+                                                      absl::Time end, const PutOptions& put) {
+  auto left = [end] { return CallOptions{std::max(absl::Nanoseconds(1), end - absl::Now())}; };
+  absl::StatusOr<PutResult> r = Put(ns, scope, blocks, left(), put);
+  // The other put commits within a round trip or two unless it fails; it holds its
+  // reservation at most the node's reservation TTL.
+  absl::Duration pause = absl::Milliseconds(2);
+  while (r.ok()) {
+    std::vector<size_t> pending;
+    std::vector<BlockWrite> again;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (!IsBlockBeingWritten(r->blocks[i])) continue;
+      pending.push_back(i);
+      again.push_back(blocks[i]);
+    }
+    if (pending.empty() || absl::Now() + pause >= end) break;
+    absl::SleepFor(pause);
+    pause = std::min(2 * pause, absl::Milliseconds(50));
+    absl::StatusOr<PutResult> next = Put(ns, scope, again, left(), put);
+    if (!next.ok()) break;  // the first answers stand
+    for (size_t k = 0; k < pending.size(); ++k) r->blocks[pending[k]] = next->blocks[k];
+    if (next->stored > 0) {
+      r->stored += next->stored;
+      r->already_present -= next->stored;
+    }
+  }
+  return r;
 }
 
 }  // namespace strata::client::internal
