@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
 #include "strata/storenode/tenant_quota.h"
@@ -478,20 +479,36 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
       std::min(used + incoming - static_cast<uint64_t>(cap * options_.disk_low_watermark),
                incoming + kMakeRoomStepBytes);
   std::vector<uint8_t> buf;
+  uint64_t failed_moves = 0;
+  absl::Status last_failure;
   for (const BlockKey& key : tier->Victims(target)) {
+    bool moved = false, refused = false;
     if (below != nullptr) {
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       if (meta && tier->Read(key, &buf).ok()) {
         MakeRoom(below, nullptr, meta->stored_bytes);
-        if (below->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
-            KeptUnlessDeleted(below, key)) {
-          cool_demotions_.fetch_add(1, std::memory_order_relaxed);
-        }
+        absl::Status put = below->Put(key, buf, *meta, OffloadQuant(key.namespace_id));
+        refused = !put.ok();
+        if (refused) last_failure = put;
+        moved = put.ok() && KeptUnlessDeleted(below, key);
+        if (moved) cool_demotions_.fetch_add(1, std::memory_order_relaxed);
       }
     }
-    if (tier->Delete(key).ok() && below == nullptr) {
+    // A victim the tier below did not take (its own budget, quota or I/O) leaves the node: it
+    // is evicted, and counted so, like a victim of the lowest tier.
+    if (tier->Delete(key).ok() && (below == nullptr || refused)) {
       disk_evictions_.fetch_add(1, std::memory_order_relaxed);
+      failed_moves += refused ? 1 : 0;
     }
+  }
+  // At most one warning in 10 s: a cold tier that is down refuses every move.
+  static std::atomic<int64_t> last_warning_s{0};
+  const int64_t now_s = absl::ToUnixSeconds(absl::Now());
+  int64_t last = last_warning_s.load(std::memory_order_relaxed);
+  if (failed_moves > 0 && now_s - last >= 10 &&
+      last_warning_s.compare_exchange_strong(last, now_s, std::memory_order_relaxed)) {
+    spdlog::warn("{}: {} blocks evicted that {} did not take (last: {})", tier->name(),
+                 failed_moves, below->name(), last_failure.ToString());
   }
 }
 

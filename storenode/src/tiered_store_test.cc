@@ -48,7 +48,7 @@ class TieredStoreTest : public ::testing::Test {
       DiskTierOptions d;
       d.name = name;
       d.path = dir_ + "/" + name;
-      d.capacity_bytes = 16 << 20;
+      d.capacity_bytes = tier->has_value() ? (*tier)->capacity_bytes : 16 << 20;
       d.codec = Codec::kNone;
       d.min_block_charge = min_charge;
       *tier = d;
@@ -212,6 +212,23 @@ TEST_F(TieredStoreTest, WritersAtTheHighWatermarkDemoteOnlyWhatTheyNeedBetweenTh
       << st.cool->blocks << " blocks went to cool for 192 incoming";
   std::printf("[ figures  ] 8 writers of 24 blocks at 900 of 1,024 warm slots: %llu demoted\n",
               static_cast<unsigned long long>(st.cool->blocks));
+}
+
+// A cool victim the cold tier refuses (here: a cold tier smaller than one block) leaves the
+// node as an eviction, counted as one; it used to vanish uncounted.
+TEST_F(TieredStoreTest, CoolVictimsTheColdTierRefusesAreCountedAsEvicted) {
+  TieredStoreOptions o;
+  o.cool = DiskTierOptions{.capacity_bytes = 20 * kBlock};
+  o.cold = DiskTierOptions{.capacity_bytes = kBlock / 2};
+  ASSERT_NO_FATAL_FAILURE(Init(o));
+  Put(7000, 40, "m");
+  // Pausing moves all 40 to cool, which makes room for them by moving its victims to cold.
+  ASSERT_THAT(store_->PauseSession("m", /*to_cold=*/false), IsOk());
+  const TieredStats st = store_->Stats();
+  EXPECT_EQ(st.cold->blocks, 0u);
+  EXPECT_EQ(st.cool_demotions, 0u);
+  EXPECT_EQ(st.disk_evictions, 40u - st.cool->blocks);
+  EXPECT_GT(st.disk_evictions, 0u);
 }
 
 // A Prefetch queues at most max_prefetch_queued blocks, and a block once: a client asking for

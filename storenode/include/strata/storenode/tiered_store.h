@@ -59,7 +59,7 @@ struct TieredStats {
   uint64_t cold_hits = 0;
   uint64_t promotions = 0;
   uint64_t cool_demotions = 0;  // cool → cold
-  uint64_t disk_evictions = 0;  // dropped from the lowest tier
+  uint64_t disk_evictions = 0;  // dropped from the lowest tier, or by cool when cold refused
   uint64_t prefetched = 0;      // blocks promoted by Prefetch
   uint64_t sessions_paused = 0;
   uint64_t sessions_resumed = 0;
