@@ -272,8 +272,15 @@ class GrpcStoreClient final : public StoreClient {
                                                     absl::Duration ttl,
                                                     const CallOptions& call) override;
   // For the cluster client (cluster_client.cc): the member-set epoch stamped on every routed
-  // request.
-  void set_epoch(uint64_t epoch) { epoch_.store(epoch, std::memory_order_relaxed); }
+  // request. It only rises (as the nodes' own does): calls share this client, and one still
+  // working through an older set must not stamp the requests of one routed by a newer set
+  // with the old epoch (the node would refuse them as stale); its own requests then carry the
+  // newer epoch, which nodes serve.
+  void set_epoch(uint64_t epoch) {
+    uint64_t seen = epoch_.load(std::memory_order_relaxed);
+    while (seen < epoch && !epoch_.compare_exchange_weak(seen, epoch, std::memory_order_relaxed)) {
+    }
+  }
 
   // One node's share of a multi-node LookupEach: the blocks hashes[idx[j]], asked of `node`
   // (null: skipped, status left as it is).
