@@ -415,6 +415,8 @@ class ClusterStoreClient final : public StoreClient {
     }
     absl::MutexLock lock(&mu_);
     NodeEntry& e = nodes_[m.id];
+    // Another call connected meanwhile, perhaps after a RegisterNamespace that ours missed.
+    if (s.ok() && e.address == m.address && e.client != nullptr) return e.client;
     e.address = m.address;
     if (!s.ok()) {
       e.client.reset();
