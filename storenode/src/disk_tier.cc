@@ -411,7 +411,10 @@ absl::Status DiskTier::Delete(const BlockKey& key) {
   rocksdb::WriteBatch batch;
   batch.Delete(data_cf_, AsSlice(k));
   batch.Delete(meta_cf_, AsSlice(k));
-  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), options_.name + " tier delete");
+  // As durable as the puts: with sync_writes a deleted block must not come back after a crash.
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  return FromRocks(db_->Write(wo, &batch), options_.name + " tier delete");
 }
 
 std::optional<DiskBlockMeta> DiskTier::Find(const BlockKey& key, bool touch) {
