@@ -225,13 +225,16 @@ absl::Status GrpcStoreClient::PutDataPart(const Namespace& ns, const std::string
     }
   }
   v1::PutDataResponse resp;
-  absl::Status s =
-      CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+  bool repeated = false;
+  absl::Status s = CallOnChannel(
+      "PutData", deadline,
+      [&](uint64_t channel, grpc::ClientContext* ctx) {
         req.set_channel_id(channel);
         return stub_->PutData(ctx, req, &resp);
-      });
+      },
+      &repeated);
   if (!s.ok()) return s;
-  return TakePutReply(resp, range, result);
+  return TakePutReply(resp, range, repeated, result);
 }
 
 v1::PutDataRequest GrpcStoreClient::PutDataRequestFor(const Namespace& ns, const std::string& scope,
@@ -270,12 +273,19 @@ v1::GetDataRequest GrpcStoreClient::GetDataRequestFor(const Namespace& ns, const
 }
 
 absl::Status GrpcStoreClient::TakePutReply(const v1::PutDataResponse& resp,
-                                           std::pair<size_t, size_t> range, PutResult* result) {
+                                           std::pair<size_t, size_t> range, bool repeated,
+                                           PutResult* result) {
   if (resp.results_size() != static_cast<int>(range.second - range.first)) {
     return absl::InternalError(Where("PutData") + ": reply has the wrong number of results");
   }
   for (size_t i = range.first; i < range.second; ++i) {
-    result->blocks[i] = FromBlockStatus(resp.results(static_cast<int>(i - range.first)));
+    absl::Status st = FromBlockStatus(resp.results(static_cast<int>(i - range.first)));
+    if (repeated && IsBlockBeingWritten(st)) {
+      st = absl::UnavailableError(Where("PutData") +
+                                  ": an attempt of this put that was cut off may hold the block's "
+                                  "reservation until its deadline; not stored, put it again later");
+    }
+    result->blocks[i] = std::move(st);
   }
   return absl::OkStatus();
 }
@@ -396,8 +406,10 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
   v1::PutDataResponse resp;
   uint64_t used_channel = 0;
   absl::Status sent;
-  absl::Status s =
-      CallOnChannel("PutData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+  bool repeated = false;
+  absl::Status s = CallOnChannel(
+      "PutData", deadline,
+      [&](uint64_t channel, grpc::ClientContext* ctx) {
         used_channel = channel;
         AssignTags(channel, sends, &req);
         const bool trailing =
@@ -416,12 +428,13 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
             trailing ? PutDataTrailing(&t, lane, blocks, range, deadline, ctx, req, &resp, &sums)
                      : stub_->PutData(ctx, req, &resp);
         return FinishTagged(&t, std::move(rpc), &sent);
-      });
+      },
+      &repeated);
   AfterTagged(used_channel, sent, /*receives_only=*/false);
   if (!s.ok()) return s;
   // The node answers only after it has taken every message, so its results stand even if
   // the sends' local completion reported trouble (that only retired the endpoint).
-  return TakePutReply(resp, range, result);
+  return TakePutReply(resp, range, repeated, result);
 }
 
 // The trailing checksums go as they are in memory: 8 bytes each, little-endian on the wire.
@@ -497,12 +510,15 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
       });
   AfterTagged(used_channel, got, /*receives_only=*/true);
   if (!s.ok()) return s;
-  if (!got.ok()) {
-    // The node sent every message, but they did not all arrive in time (or the worker failed):
-    // the buffers' contents are undefined.
+  if (got.code() == absl::StatusCode::kDeadlineExceeded) {
+    // The node sent every message, but they did not all arrive in time.
     return absl::Status(got.code(), absl::StrCat(Where("GetData"), ": receiving blocks on lane ",
                                                  lane, ": ", got.message()));
   }
+  // Otherwise the receives ended (the worker cancels what is left when a transfer fails, e.g.
+  // its endpoint fenced by another call that gave up): a block that landed whole and matches
+  // its checksum stands; the others go again inline, below.
+  if (!got.ok()) std::fill(received.begin(), received.end(), 0);
   if (resp.blocks_size() != static_cast<int>(n)) {
     return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
   }

@@ -440,8 +440,11 @@ class GrpcStoreClient final : public StoreClient {
   // expiry, restart, a transfer that failed): NOT_FOUND reconnects once and retries.
   // UNAVAILABLE or CANCELLED fences the channel and reconnects once to retry; DEADLINE_EXCEEDED
   // fences it and fails (the next call reconnects).
+  // `*repeated` (if given) says whether the attempt that answered followed one that failed
+  // UNAVAILABLE or CANCELLED, which the node may still be carrying out.
   template <typename Rpc>
-  absl::Status CallOnChannel(std::string_view op, Clock::time_point deadline, Rpc rpc) {
+  absl::Status CallOnChannel(std::string_view op, Clock::time_point deadline, Rpc rpc,
+                             bool* repeated = nullptr) {
     absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
     if (!channel.ok()) return channel.status();
     for (int attempt = 0;; ++attempt) {
@@ -487,6 +490,7 @@ class GrpcStoreClient final : public StoreClient {
         if (attempt == 0 && s.code() != absl::StatusCode::kDeadlineExceeded) {
           channel = AcquireChannel(deadline);
           if (!channel.ok()) return s;
+          if (repeated != nullptr) *repeated = true;
           continue;
         }
       }
@@ -522,8 +526,11 @@ class GrpcStoreClient final : public StoreClient {
                                        const PutOptions& put, bool checksums = true) const;
   v1::GetDataRequest GetDataRequestFor(const Namespace& ns, const std::string& scope, uint32_t lane,
                                        bool promote) const;
+  // `repeated`: the reply is a repeated attempt's (CallOnChannel), and a block "being written"
+  // may be held by the abandoned attempt itself, which the node ends at its deadline without
+  // storing it: such a block is reported UNAVAILABLE, not ALREADY_EXISTS.
   absl::Status TakePutReply(const v1::PutDataResponse& resp, std::pair<size_t, size_t> range,
-                            PutResult* result);
+                            bool repeated, PutResult* result);
 
   absl::Status GetDataPart(const Namespace& ns, const std::string& scope,
                            std::span<const BlockRead> blocks, const std::vector<Placement>& placed,

@@ -217,6 +217,7 @@ void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
     grpc::Status status;
     std::unique_ptr<grpc::ClientAsyncResponseReader<v1::LookupResponse>> reader;
   };
+  const absl::Time started = absl::Now();
   grpc::CompletionQueue cq;  // outlives the calls (parts are destroyed first)
   std::vector<std::unique_ptr<Part>> parts;
   for (size_t w = 0; w < work.size(); ++w) {
@@ -272,7 +273,12 @@ void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
     std::vector<ChainHash> mine;
     mine.reserve(work[w].idx->size());
     for (size_t i : *work[w].idx) mine.push_back(hashes[i]);
-    absl::StatusOr<std::vector<BlockLocation>> r = work[w].node->LookupEach(ns, scope, mine, call);
+    // What is left of the call's deadline, which the round above may have used up.
+    CallOptions left = call;
+    if (call.deadline > absl::ZeroDuration()) {
+      left.deadline = std::max(absl::Nanoseconds(1), started + call.deadline - absl::Now());
+    }
+    absl::StatusOr<std::vector<BlockLocation>> r = work[w].node->LookupEach(ns, scope, mine, left);
     work[w].status = r.status();
     if (!r.ok()) continue;
     for (size_t j = 0; j < mine.size(); ++j) out[(*work[w].idx)[j]] = std::move((*r)[j]);
@@ -756,41 +762,5 @@ absl::StatusOr<std::unique_ptr<GrpcStoreClient>> ConnectNode(const ClientOptions
 }
 
 }  // namespace internal
-
-absl::StatusOr<LookupResult> StoreClient::LookupTokens(const Namespace& ns, std::string_view scope,
-                                                       std::span<const uint32_t> tokens,
-                                                       const CallOptions& call) {
-  absl::StatusOr<std::vector<ChainHash>> hashes = ns.HashTokens(tokens);
-  if (!hashes.ok()) return hashes.status();
-  return Lookup(ns, scope, *hashes, call);
-}
-
-std::future<absl::StatusOr<LookupResult>> StoreClient::LookupAsync(const Namespace& ns,
-                                                                   std::string scope,
-                                                                   std::vector<ChainHash> hashes,
-                                                                   CallOptions call) {
-  return std::async(std::launch::async,
-                    [this, ns, scope = std::move(scope), hashes = std::move(hashes), call] {
-                      return Lookup(ns, scope, hashes, call);
-                    });
-}
-
-std::future<absl::StatusOr<PutResult>> StoreClient::PutAsync(const Namespace& ns, std::string scope,
-                                                             std::vector<BlockWrite> blocks,
-                                                             CallOptions call) {
-  return std::async(std::launch::async,
-                    [this, ns, scope = std::move(scope), blocks = std::move(blocks), call] {
-                      return Put(ns, scope, blocks, call);
-                    });
-}
-
-std::future<absl::StatusOr<GetResult>> StoreClient::GetAsync(const Namespace& ns, std::string scope,
-                                                             std::vector<BlockRead> blocks,
-                                                             CallOptions call) {
-  return std::async(std::launch::async,
-                    [this, ns, scope = std::move(scope), blocks = std::move(blocks), call] {
-                      return Get(ns, scope, blocks, call, {});
-                    });
-}
 
 }  // namespace strata::client

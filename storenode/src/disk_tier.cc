@@ -167,6 +167,10 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
     if (s.ok()) {
       tier.reset(new DiskTier(options, db, std::move(handles)));
       opened = tier->Rebuild();
+      // Best-efforts recovery takes each column family to its own last intact point, without
+      // the WAL, and a damaged index block ends the scan early: payloads whose index record
+      // did not survive, or was not read, would hold disk that no budget counts.
+      if (opened.ok() && (attempt == 1 || tier->index_incomplete_)) opened = tier->DropUnindexed();
       if (opened.ok()) return tier;
       tier.reset();
     } else {
@@ -248,6 +252,7 @@ absl::Status DiskTier::Rebuild() {
     AdmitLocked(pos->first, pos->second);
   }
   if (!it->status().ok()) {
+    index_incomplete_ = true;
     spdlog::error("{} tier: index scan stopped early: {}", options_.name, it->status().ToString());
   }
   data_loss_ += skipped;
@@ -264,6 +269,28 @@ absl::Status DiskTier::Rebuild() {
                options_.name, options_.path, index_.size(), FormatByteSize(stored_bytes_),
                FormatByteSize(options_.capacity_bytes), skipped);
   return absl::OkStatus();
+}
+
+absl::Status DiskTier::DropUnindexed() {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), data_cf_));
+  rocksdb::WriteBatch batch;
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      absl::StatusOr<BlockKey> key = DecodeDiskKey(it->key().ToStringView());
+      if (key.ok() && index_.contains(*key)) continue;
+      batch.Delete(data_cf_, it->key());
+      ++dropped;
+    }
+  }
+  if (!it->status().ok()) {
+    spdlog::error("{} tier: payload scan stopped early: {}", options_.name,
+                  it->status().ToString());
+  }
+  if (dropped == 0) return absl::OkStatus();
+  spdlog::warn("{} tier: {} payloads without an index record dropped", options_.name, dropped);
+  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), options_.name + " tier prune");
 }
 
 absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload,

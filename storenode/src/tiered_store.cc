@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <iterator>
+#include <optional>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -514,18 +515,20 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
 
 void TieredStore::DemoteOnce(uint64_t incoming) {
   if (!cool_) return;
+  // Writers make room one at a time, each after the one before has freed its victims' slots:
+  // one that arrived meanwhile then finds the room made (victims count in used_bytes until
+  // they are written), rather than moving the same gap again. The demoter thread's pass does
+  // not hold writers up.
+  std::optional<absl::MutexLock> one_writer;
+  if (incoming > 0) one_writer.emplace(&writer_demote_mu_);
   WarmTierStats s = warm_->Stats();
-  // Bytes other callers are moving out already still count in used_bytes until written: without
-  // them every writer arriving meanwhile would move the whole gap again.
-  const uint64_t leaving = std::min(demoting_bytes_.load(std::memory_order_relaxed), s.used_bytes);
-  uint64_t used = s.used_bytes - leaving + incoming;
+  uint64_t used = s.used_bytes + incoming;
   uint64_t high = static_cast<uint64_t>(s.capacity_bytes * options_.warm_high_watermark);
   if (used <= high) return;
   uint64_t target = used - static_cast<uint64_t>(s.capacity_bytes * options_.warm_low_watermark);
   // A writer waits for what it brings (a step at least); the demoter thread takes the rest
   // down to the low watermark.
   if (incoming > 0) target = std::min(target, std::max(incoming, kMakeRoomStepBytes));
-  demoting_bytes_.fetch_add(target, std::memory_order_relaxed);
   warm_->Demote(target, [this](const BlockKey& key, std::span<const uint8_t> bytes,
                                const WarmTier::BlockAttrs& a) {
     // A block promoted earlier may still have its disk copy: nothing to write then.
@@ -541,7 +544,6 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
     if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
     return st.ok() && KeptUnlessDeleted(cool_.get(), key);
   });
-  demoting_bytes_.fetch_sub(target, std::memory_order_relaxed);
 }
 
 void TieredStore::DemoteLoop() {

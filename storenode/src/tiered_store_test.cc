@@ -210,6 +210,8 @@ TEST_F(TieredStoreTest, WritersAtTheHighWatermarkDemoteOnlyWhatTheyNeedBetweenTh
   const TieredStats st = store_->Stats();
   EXPECT_GE(st.warm.used_bytes, capacity * 7 / 10)
       << st.cool->blocks << " blocks went to cool for 192 incoming";
+  EXPECT_EQ(st.warm.evictions, 0u) << "blocks dropped instead of demoted";
+  EXPECT_EQ(st.warm.blocks + st.cool->blocks, 900u + 192u);
   std::printf("[ figures  ] 8 writers of 24 blocks at 900 of 1,024 warm slots: %llu demoted\n",
               static_cast<unsigned long long>(st.cool->blocks));
 }

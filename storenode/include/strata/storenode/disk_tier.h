@@ -151,6 +151,10 @@ class DiskTier {
   DiskTier(DiskTierOptions options, rocksdb::DB* db,
            std::vector<rocksdb::ColumnFamilyHandle*> handles);
   absl::Status Rebuild();
+  // Deletes the payloads that have no index entry (after a best-efforts recovery, or a
+  // Rebuild that could not read the whole index: index_incomplete_).
+  absl::Status DropUnindexed();
+  bool index_incomplete_ = false;  // set by Rebuild, before the tier is shared
   void DropLocked(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AdmitLocked(const BlockKey& key, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

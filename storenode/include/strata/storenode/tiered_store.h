@@ -204,7 +204,7 @@ class TieredStore {
   std::atomic<uint64_t> cool_demotions_{0};
   std::atomic<uint64_t> disk_evictions_{0};
   std::atomic<uint64_t> prefetched_{0};
-  std::atomic<uint64_t> demoting_bytes_{0};  // DemoteOnce targets being moved out of warm now
+  absl::Mutex writer_demote_mu_;  // DemoteOnce for a writer (incoming > 0): one at a time
   std::atomic<uint64_t> sessions_paused_{0};
   std::atomic<uint64_t> sessions_resumed_{0};
 
