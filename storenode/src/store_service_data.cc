@@ -165,9 +165,14 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   if (valid.ok()) valid = CheckEpoch(req->epoch());
   if (valid.ok()) valid = CheckPutFields(*req, n);
   if (valid.ok() && req->checksums_tag() != 0 && !config_.ucx_trailing_checksums) {
-    valid = absl::InvalidArgumentError(
-        "checksums_tag: this node takes a put's checksums in the request "
-        "(ucx_trailing_checksums is false; its ConnectData said so)");
+    // A channel this node never opened (it restarted with the option off) is the client's
+    // stale assumption, which NOT_FOUND corrects: it reconnects and learns the option.
+    valid = data_plane_->Knows(req->channel_id())
+                ? absl::InvalidArgumentError(
+                      "checksums_tag: this node takes a put's checksums in the request "
+                      "(ucx_trailing_checksums is false; its ConnectData said so)")
+                : absl::NotFoundError(absl::StrCat("channel_id ", req->channel_id(),
+                                                   ": no such data channel (reconnect)"));
   }
   if (valid.ok() && total > config_.max_transfer_bytes) {
     valid = absl::ResourceExhaustedError(

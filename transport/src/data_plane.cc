@@ -64,6 +64,11 @@ DataPlane::~DataPlane() {
   arena_region_.reset();
 }
 
+bool DataPlane::Knows(uint64_t channel_id) const {
+  absl::MutexLock lock(&mu_);
+  return channels_.contains(channel_id);
+}
+
 uint64_t DataPlane::channels() const {
   absl::MutexLock lock(&mu_);
   return channels_.size();

@@ -67,6 +67,8 @@ class DataPlane {
   bool peer_failure_handling() const { return peer_failure_handling_; }
   uint32_t lanes() const { return static_cast<uint32_t>(lanes_.size()); }
   uint64_t channels() const;
+  // Whether channel `channel_id` is open.
+  bool Knows(uint64_t channel_id) const;
 
   // Connects lane i to client_addresses[i]. INVALID_ARGUMENT: not exactly lanes() addresses
   // or one is not a worker address; RESOURCE_EXHAUSTED: max_channels open; FAILED_PRECONDITION:
