@@ -220,6 +220,7 @@ void DiskTier::AdmitLocked(const BlockKey& key, Entry& entry) {
   traits.parent = entry.meta.parent_handle;
   traits.importance = entry.meta.importance;
   by_handle_[entry.handle] = key;
+  if (!entry.meta.session.empty()) by_session_[entry.meta.session].insert(entry.handle);
   policy_->Insert(entry.handle, traits, ++tick_);
 }
 
@@ -425,6 +426,10 @@ void DiskTier::DropLocked(const BlockKey& key) {
   if (auto h = by_handle_.find(it->second.handle); h != by_handle_.end() && h->second == key) {
     by_handle_.erase(h);
   }
+  if (auto m = by_session_.find(it->second.meta.session); m != by_session_.end()) {
+    m->second.erase(it->second.handle);
+    if (m->second.empty()) by_session_.erase(m);
+  }
   index_.erase(it);
 }
 
@@ -474,8 +479,12 @@ std::vector<BlockKey> DiskTier::Victims(uint64_t bytes) {
 std::vector<BlockKey> DiskTier::SessionBlocks(const std::string& session) {
   std::vector<BlockKey> out;
   absl::MutexLock lock(&mu_);
-  for (const auto& [key, entry] : index_) {
-    if (entry.meta.session == session) out.push_back(key);
+  auto m = by_session_.find(session);
+  if (m == by_session_.end()) return out;
+  out.reserve(m->second.size());
+  for (uint64_t handle : m->second) {
+    auto k = by_handle_.find(handle);
+    if (k != by_handle_.end()) out.push_back(k->second);
   }
   return out;
 }

@@ -273,6 +273,40 @@ TEST(DiskTierTest, ParentsSurviveARestart) {
   EXPECT_EQ(victims[0], Key(1)) << "the root was offered while its child is on disk";
 }
 
+// A session's blocks come from a per-session index kept as blocks come and go, and rebuilt
+// at open.
+TEST(DiskTierTest, SessionBlocksFollowPutsDeletesAndARestart) {
+  TempDir dir;
+  auto has = [](const std::vector<BlockKey>& keys, std::vector<uint8_t> want) {
+    std::vector<uint8_t> got;
+    for (const BlockKey& k : keys) got.push_back(k.hash.bytes[0]);
+    std::sort(got.begin(), got.end());
+    return got == want;
+  };
+  {
+    auto tier = DiskTier::Open(Options(dir.path()));
+    ASSERT_THAT(tier.status(), IsOk());
+    for (uint8_t n = 0; n < 5; ++n) {
+      ASSERT_THAT((*tier)->Put(Key(n), Bytes(4096, n), DiskBlockMeta{.session = n < 3 ? "a" : "b"}),
+                  IsOk());
+    }
+    ASSERT_THAT((*tier)->Put(Key(9), Bytes(4096, 9), DiskBlockMeta{}), IsOk());
+    ASSERT_THAT((*tier)->Delete(Key(1)), IsOk());
+    EXPECT_TRUE(has((*tier)->SessionBlocks("a"), {0, 2}));
+    EXPECT_TRUE(has((*tier)->SessionBlocks("b"), {3, 4}));
+    EXPECT_TRUE((*tier)->SessionBlocks("c").empty());
+    // A block put again under another session moves to it.
+    ASSERT_THAT((*tier)->Put(Key(3), Bytes(4096, 3), DiskBlockMeta{.session = "a"}), IsOk());
+    EXPECT_TRUE(has((*tier)->SessionBlocks("a"), {0, 2, 3}));
+    EXPECT_TRUE(has((*tier)->SessionBlocks("b"), {4}));
+  }
+  auto tier = DiskTier::Open(Options(dir.path()));
+  ASSERT_THAT(tier.status(), IsOk());
+  EXPECT_TRUE(has((*tier)->SessionBlocks("a"), {0, 2, 3}));
+  EXPECT_TRUE(has((*tier)->SessionBlocks("b"), {4}));
+  EXPECT_TRUE((*tier)->SessionBlocks("").empty());
+}
+
 TEST(DiskTierTest, MetaRecordsOfFormatOneStillDecode) {
   DiskBlockMeta m;
   m.size = 4096;

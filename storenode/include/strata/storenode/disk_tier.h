@@ -26,6 +26,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "strata/common/block_key.h"
@@ -169,6 +170,9 @@ class DiskTier {
   absl::flat_hash_map<BlockKey, Entry> index_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, BlockKey> by_handle_ ABSL_GUARDED_BY(mu_);
+  // The handles of each session's blocks: SessionBlocks without a pass over the whole index
+  // under mu_ (which every warm-tier probe of this tier waits for).
+  absl::flat_hash_map<std::string, absl::flat_hash_set<uint64_t>> by_session_ ABSL_GUARDED_BY(mu_);
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t charged_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Charge() of every block
