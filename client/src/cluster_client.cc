@@ -558,15 +558,14 @@ class ClusterStoreClient final : public StoreClient {
     std::vector<bool> absent(n, false);  // a node that should hold it said it does not
     absl::Status fatal;
     // Round 1 asks every block's first owner; later rounds only go on where the answer
-    // matters: blocks whose node did not answer, and the first block reported absent — or,
-    // shortly after a change of the member set, every block reported absent (its new owner
-    // may not have it yet).
-    const bool moving = prev != nullptr;
+    // matters: blocks whose node did not answer, and the first block reported absent — or
+    // every block reported absent shortly after a change of the member set (its new owner may
+    // not have it yet), or once a block its first owner lacked turned up at another (the
+    // owners' copies have drifted apart: evictions differ per node).
+    bool wide = prev != nullptr;
     for (int round = 0; round < 2 * replicas + 4; ++round) {
       std::vector<std::vector<size_t>> groups(set->members.size());
-      if (round == 0) {
-        for (auto& g : groups) g.reserve(n / groups.size() + 64);
-      }
+      for (auto& g : groups) g.reserve(round == 0 ? n / groups.size() + 64 : 0);
       bool any = false;
       size_t first_absent = n;
       for (size_t i = 0; i < n; ++i) {
@@ -577,8 +576,9 @@ class ClusterStoreClient final : public StoreClient {
       }
       for (size_t i = 0; i < n; ++i) {
         if (found(i)) continue;
-        if (round > 0 && absent[i] && i != first_absent && !moving) continue;
-        if (i > first_absent && !moving) continue;
+        if ((round > 0 && absent[i] && i != first_absent) || i > first_absent) {
+          if (!wide) continue;
+        }
         int node = -1;
         if (tried[i] == 0) {
           node = cluster::FirstOwner(seeds, hashes[i]);
@@ -602,6 +602,7 @@ class ClusterStoreClient final : public StoreClient {
                     if (!s.ok() && (IsStaleEpoch(s) || !TryNextReplica(s))) fatal = s;
                   });
       if (!fatal.ok()) return fatal;
+      for (size_t i = 0; i < n && !wide; ++i) wide = found(i) && tried[i] > 1;
     }
     LookupResult out;
     while (out.matched_blocks < n && found(out.matched_blocks)) ++out.matched_blocks;
