@@ -143,6 +143,17 @@ class ClusterFixture : public ::testing::Test {
     EXPECT_TRUE(c.ok()) << c.status();
     return c.ok() ? std::move(*c) : nullptr;
   }
+  // A client with Spec() registered as *ns (o: a cluster's or one node's); null on failure.
+  static std::unique_ptr<StoreClient> ConnectWithNamespace(const ClientOptions& o,
+                                                           client::Namespace* ns) {
+    std::unique_ptr<StoreClient> c = Connect(o);
+    if (c == nullptr) return nullptr;
+    auto registered = c->RegisterNamespace(Spec());
+    EXPECT_TRUE(registered.ok()) << registered.status();
+    if (!registered.ok()) return nullptr;
+    *ns = *registered;
+    return c;
+  }
 
   // Puts `hashes` (Payload bytes); the per-block outcomes.
   static absl::StatusOr<client::PutResult> PutEach(StoreClient& c, const client::Namespace& ns,

@@ -290,17 +290,16 @@ TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
 // a raw writer holds a reservation for the block on every node and aborts them after 300 ms.
 // Before, the put counted "being written" as stored: acknowledged at once, held by no node.
 TEST_F(ReplicatedClusterTest, ABlockBeingWrittenByAnotherPutIsNotCountedAsAReplica) {
-  std::unique_ptr<StoreClient> c = Connect(Options());
+  client::Namespace ns;
+  std::unique_ptr<StoreClient> c = ConnectWithNamespace(Options(), &ns);
   ASSERT_NE(c, nullptr);
-  auto ns = c->RegisterNamespace(Spec());
-  ASSERT_TRUE(ns.ok()) << ns.status();
-  const std::vector<ChainHash> h = testutil::PromptChain(*ns, 77, 1);
+  const std::vector<ChainHash> h = testutil::PromptChain(ns, 77, 1);
   std::vector<std::pair<std::unique_ptr<v1::StoreService::Stub>, uint64_t>> held;
   for (auto& [i, node] : nodes_) {
     auto stub = v1::StoreService::NewStub(
         grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));
     v1::BeginPutRequest req;
-    req.set_namespace_id(ns->id);
+    req.set_namespace_id(ns.id);
     req.set_ttl_ms(20000);
     v1::PutBlock* b = req.add_blocks();
     b->set_chain_hash(h[0].ToBytes());
@@ -321,7 +320,7 @@ TEST_F(ReplicatedClusterTest, ABlockBeingWrittenByAnotherPutIsNotCountedAsARepli
       stub->AbortPut(&ctx, req, &resp).ok();
     }
   });
-  absl::StatusOr<client::PutResult> r = PutEach(*c, *ns, h);
+  absl::StatusOr<client::PutResult> r = PutEach(*c, ns, h);
   gives_up.join();
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->blocks[0].ok()) << r->blocks[0];
@@ -329,7 +328,7 @@ TEST_F(ReplicatedClusterTest, ABlockBeingWrittenByAnotherPutIsNotCountedAsARepli
   for (auto& [i, node] : nodes_) {
     auto one = StoreClient::Connect({.address = node->address()});
     ASSERT_TRUE(one.ok());
-    auto where = (*one)->LookupEach(*ns, "", h);
+    auto where = (*one)->LookupEach(ns, "", h);
     ASSERT_TRUE(where.ok()) << where.status();
     holders += (*where)[0].tier != client::Tier::kUnknown;
   }
@@ -341,20 +340,18 @@ TEST_F(ReplicatedClusterTest, ABlockBeingWrittenByAnotherPutIsNotCountedAsARepli
 // prefix. Before, once the first of them turned up at its second owner, each later round
 // asked about one more block, and the round cap (2R + 4) ended the prefix at 10.
 TEST_F(ReplicatedClusterTest, ALookupFindsBlocksTheirFirstOwnersLostAtTheirSecondOwners) {
-  std::unique_ptr<StoreClient> c = Connect(Options());
+  client::Namespace ns;
+  std::unique_ptr<StoreClient> c = ConnectWithNamespace(Options(), &ns);
   ASSERT_NE(c, nullptr);
-  auto ns = c->RegisterNamespace(Spec());
-  ASSERT_TRUE(ns.ok()) << ns.status();
-  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 88, 24);
-  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  const std::vector<ChainHash> chain = testutil::PromptChain(ns, 88, 24);
+  ASSERT_EQ(PutAll(*c, ns, chain), chain.size());
   std::vector<cluster::Member> members;
   for (auto& [i, node] : nodes_) members.push_back({.id = absl::StrCat("node-", i)});
   cluster::Normalize(&members);
   for (auto& [i, node] : nodes_) {
-    auto direct = StoreClient::Connect({.address = node->address()});
-    ASSERT_TRUE(direct.ok());
-    auto dns = (*direct)->RegisterNamespace(Spec());
-    ASSERT_TRUE(dns.ok());
+    client::Namespace dns;
+    std::unique_ptr<StoreClient> direct = ConnectWithNamespace({.address = node->address()}, &dns);
+    ASSERT_NE(direct, nullptr);
     std::vector<ChainHash> first_owned;
     for (size_t k = 3; k <= 20; ++k) {
       if (members[cluster::Owners(members, chain[k], 2)[0]].id == absl::StrCat("node-", i)) {
@@ -362,9 +359,9 @@ TEST_F(ReplicatedClusterTest, ALookupFindsBlocksTheirFirstOwnersLostAtTheirSecon
       }
     }
     // A writer's delete there: its tombstone keeps the rebalancer from copying them back.
-    if (!first_owned.empty()) ASSERT_TRUE((*direct)->Delete(*dns, "", first_owned).ok());
+    if (!first_owned.empty()) ASSERT_TRUE(direct->Delete(dns, "", first_owned).ok());
   }
-  auto r = c->Lookup(*ns, "", chain);
+  auto r = c->Lookup(ns, "", chain);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->matched_blocks, chain.size());
 }
