@@ -322,12 +322,16 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   meta.stored_bytes = value->size();
   const uint64_t quota =
       key.scope != kSharedScope && options_.scope_quota ? options_.scope_quota(key.scope) : 0;
+  // Counted as pending from the check until the block is indexed (or its write failed), so
+  // concurrent puts cannot all pass the same check and overshoot the budget or a quota.
+  const uint64_t charge = Charge(meta.stored_bytes);
   {
     absl::MutexLock lock(&mu_);
     auto old = index_.find(key);
     uint64_t replaced = old == index_.end() ? 0 : old->second.meta.stored_bytes;
-    const uint64_t charged = charged_bytes_ - (old == index_.end() ? 0 : Charge(replaced));
-    if (charged + Charge(meta.stored_bytes) > options_.capacity_bytes) {
+    const uint64_t charged =
+        charged_bytes_ + pending_bytes_ - (old == index_.end() ? 0 : Charge(replaced));
+    if (charged + charge > options_.capacity_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           options_.name, " tier full: ", FormatByteSize(charged_bytes_), " of ",
           FormatByteSize(options_.capacity_bytes), " used (", index_.size(),
@@ -335,13 +339,22 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
     }
     if (quota > 0) {
       auto held = scope_bytes_.find(key.scope);
-      const uint64_t used = held == scope_bytes_.end() ? 0 : held->second;
+      auto waiting = pending_scope_bytes_.find(key.scope);
+      const uint64_t used = (held == scope_bytes_.end() ? 0 : held->second) +
+                            (waiting == pending_scope_bytes_.end() ? 0 : waiting->second);
       const uint64_t replaced_charge = old == index_.end() ? 0 : Charge(replaced);
-      if (used - std::min(used, replaced_charge) + Charge(meta.stored_bytes) > quota) {
+      if (used - std::min(used, replaced_charge) + charge > quota) {
         return TenantQuotaError(key.scope, used, options_.name, quota);
       }
     }
+    pending_bytes_ += charge;
+    pending_scope_bytes_[key.scope] += charge;
   }
+  auto settle = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    pending_bytes_ -= charge;
+    auto waiting = pending_scope_bytes_.find(key.scope);
+    if ((waiting->second -= charge) == 0) pending_scope_bytes_.erase(waiting);
+  };
   std::string k = EncodeDiskKey(key);
   rocksdb::WriteBatch batch;
   batch.Put(data_cf_, AsSlice(k), AsSlice(*value));
@@ -349,9 +362,12 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync_writes;
   if (absl::Status s = FromRocks(db_->Write(wo, &batch), options_.name + " tier write"); !s.ok()) {
+    absl::MutexLock lock(&mu_);
+    settle();
     return s;
   }
   absl::MutexLock lock(&mu_);
+  settle();
   auto it = index_.find(key);
   if (it != index_.end()) DropLocked(key);
   stored_bytes_ += meta.stored_bytes;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -136,6 +138,33 @@ TEST(DiskTierTest, ScopeQuotaRefusesOnlyTheScopeOverIt) {
   for (const auto& [scope, bytes] : (*tier)->ScopeBytes()) held[scope] = bytes;
   EXPECT_EQ(held.count("b"), 0u) << "a scope holding nothing is not listed";
   EXPECT_EQ(held["a"], 2 * block);
+}
+
+// Puts at once from several threads: the check a put passes counts the puts still being
+// written, so together they stay within the scope's quota. Before, each passed the same check
+// while the others' writes were in flight.
+TEST(DiskTierTest, ConcurrentPutsStayWithinTheScopeQuota) {
+  TempDir dir;
+  const std::vector<uint8_t> payload = Bytes(8192, 5);
+  DiskTierOptions o = Options(dir.path());
+  o.scope_quota = [](const std::string&) -> uint64_t { return 5 * 8300; };  // five blocks
+  auto tier = DiskTier::Open(o);
+  ASSERT_THAT(tier.status(), IsOk());
+  std::vector<std::thread> writers;
+  std::atomic<int> stored{0};
+  for (int t = 0; t < 8; ++t) {
+    writers.emplace_back([&, t] {
+      for (int n = 0; n < 8; ++n) {
+        BlockKey k = Key(static_cast<uint8_t>(t * 8 + n));
+        k.scope = "a";
+        if ((*tier)->Put(k, payload, {}).ok()) stored.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& w : writers) w.join();
+  EXPECT_LE(stored.load(), 5);
+  EXPECT_GE(stored.load(), 1);
+  for (const auto& [scope, bytes] : (*tier)->ScopeBytes()) EXPECT_LE(bytes, 5u * 8300) << scope;
 }
 
 // Without a quota the tier counts what each scope holds all the same (for /metrics).

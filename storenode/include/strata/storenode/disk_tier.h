@@ -170,6 +170,9 @@ class DiskTier {
   absl::flat_hash_map<BlockKey, Entry> index_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, BlockKey> by_handle_ ABSL_GUARDED_BY(mu_);
+  // Charges of puts between their budget check and their index entry, in all and per scope.
+  uint64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<std::string, uint64_t> pending_scope_bytes_ ABSL_GUARDED_BY(mu_);
   // The handles of each session's blocks: SessionBlocks without a pass over the whole index
   // under mu_ (which every warm-tier probe of this tier waits for).
   absl::flat_hash_map<std::string, absl::flat_hash_set<uint64_t>> by_session_ ABSL_GUARDED_BY(mu_);
