@@ -133,8 +133,10 @@ absl::StatusOr<size_t> GrpcStoreClient::CheckLookup(const v1::LookupResponse& re
                                                     bool each_block) const {
   const bool compact = !resp.tiers().empty() || resp.sizes_size() > 0;
   const size_t n = compact ? resp.tiers().size() : static_cast<size_t>(resp.blocks_size());
+  // A prefix answer lists exactly its matched blocks: a count beyond them would have callers
+  // index past the answers (and past what they asked).
   if ((compact && resp.sizes_size() != static_cast<int>(n)) || n > asked ||
-      (each_block && n != asked)) {
+      (each_block && n != asked) || (!each_block && resp.matched_blocks() != n)) {
     return absl::InternalError(absl::StrCat(Where("Lookup"), ": ", n, " answers (",
                                             resp.sizes_size(), " sizes) for ", asked, " blocks"));
   }

@@ -153,7 +153,9 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
     for (size_t k = 0; k < idx.size(); ++k) {
       if (!r.ok()) {
         unknown[idx[k]] = true;
-      } else if ((*r)[k].tier == client::Tier::kUnknown) {
+      } else if ((*r)[k].tier == client::Tier::kUnknown || (*r)[k].tier == client::Tier::kHot) {
+        // kHot: only an agent's GPU holds it, by the peer's directory, until its entry lapses;
+        // not a stored copy to hand over to.
         lacking[peer].push_back(idx[k]);
       } else {
         ++confirmed[idx[k]];

@@ -31,6 +31,9 @@ class Admission {
   }
   void LeaveCall() { calls_.fetch_sub(1, std::memory_order_acq_rel); }
   bool TakeBytes(uint64_t n) {
+    // More than the whole budget never fits, and is not added even for a moment: concurrent
+    // takes of huge amounts would wrap the sum around and pass the check.
+    if (n > max_bytes_) return false;
     if (bytes_.fetch_add(n, std::memory_order_acq_rel) + n <= max_bytes_) return true;
     bytes_.fetch_sub(n, std::memory_order_acq_rel);
     return false;

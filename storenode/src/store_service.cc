@@ -157,6 +157,19 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext* ctx,
   NamespaceSpec spec{in.model_id(),      in.dtype(),   in.layout(), in.block_tokens(),
                      in.tp_rank(),       in.tp_size(), *algo,       in.block_bytes(),
                      in.offload_quant(), in.head_dim()};
+  // Lossy offload changes what every tenant of the namespace reads back from disk (and it is
+  // not part of the id): only an admin sets it. Others may state the setting it already has.
+  if (ValidateNamespaceSpec(spec).ok() && OffloadQuantOf(spec).method != KvQuant::kNone) {
+    absl::StatusOr<NamespaceSpec> known = store_->GetNamespace(ComputeNamespaceId(spec));
+    if (!known.ok() || known->offload_quant != spec.offload_quant ||
+        known->head_dim != spec.head_dim) {
+      if (absl::Status s = RequireAnyRole(ctx, kRoleAdmin,
+                                          "RegisterNamespace with a lossy offload_quant (admin)");
+          !s.ok()) {
+        return call.Done(s);
+      }
+    }
+  }
   absl::StatusOr<NamespaceId> id = store_->RegisterNamespace(spec);
   if (!id.ok()) return call.Done(id.status());
   resp->set_namespace_id(*id);

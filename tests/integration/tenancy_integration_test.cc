@@ -44,6 +44,7 @@ constexpr Token kTokens[] = {
     {"tenant-b", "token-of-tenant-b", "tenant-b", "[reader, writer]"},
     {"a-reader", "token-of-a-reader", "tenant-a", "[reader]"},
     {"publisher", "token-of-publisher", "platform", "[reader, writer, publisher]"},
+    {"operator", "token-of-operator", "platform", "[admin]"},
 };
 constexpr char kLateToken[] = "token-added-later";
 
@@ -305,6 +306,30 @@ TEST_F(TenancyTest, RolesLimitWhatAPrincipalMayDo) {
               StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(reader.client->PauseSession("s1", false),
               StatusIs(absl::StatusCode::kPermissionDenied));
+}
+
+// Lossy offload changes what every tenant of a namespace reads back from disk: only an admin
+// turns it on. A tenant asking for it is refused (and the namespace stays lossless for every
+// tenant); once the operator set it, a tenant stating the same setting is accepted.
+TEST_F(TenancyTest, OnlyAnAdminTurnsOnLossyOffloadForANamespace) {
+  Tenant b = As(kTokens[1].token);
+  Tenant op = As(kTokens[4].token);
+  ASSERT_NE(b.client, nullptr);
+  ASSERT_NE(op.client, nullptr);
+  NamespaceSpec spec = testutil::RawSpec("lossy-by-policy", 1 << 20);
+  spec.dtype = "bf16";
+  spec.offload_quant = "int8";
+  spec.head_dim = 128;
+  EXPECT_THAT(b.client->RegisterNamespace(spec),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("admin")));
+  NamespaceSpec plain = spec;
+  plain.offload_quant.clear();
+  plain.head_dim = 0;
+  ASSERT_THAT(b.client->RegisterNamespace(plain), IsOk());  // lossless for now
+  EXPECT_THAT(op.client->RegisterNamespace(spec), IsOk());
+  EXPECT_THAT(b.client->RegisterNamespace(spec), IsOk());
+  spec.offload_quant = "fp8-e4m3";
+  EXPECT_THAT(b.client->RegisterNamespace(spec), StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
 // A GPU agent's peer token (what its peer server asks for) reaches exactly the callers who may
