@@ -309,10 +309,12 @@ void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time d
   data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline).IgnoreError();
 }
 
-void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
-                                  v1::GetDataResponse* resp, std::vector<absl::Status>* status,
-                                  std::vector<WarmTier::BlockMeta>* meta,
-                                  std::vector<uint64_t>* leases) {
+absl::Status StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g,
+                                          uint64_t ttl, v1::GetDataResponse* resp,
+                                          std::vector<absl::Status>* status,
+                                          std::vector<WarmTier::BlockMeta>* meta,
+                                          std::vector<uint64_t>* leases,
+                                          std::vector<std::unique_ptr<InflightBytes>>* held) {
   const NamespaceId ns = req.namespace_id();
   // Pin what is warm; stage cool/cold blocks in the arena and pin those too.
   WarmTier::GetResult first = store_->PinWarm(ns, g.scope, g.hashes, ttl);
@@ -344,11 +346,19 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
       return (*status)[g.index[k]].code() != absl::StatusCode::kNotFound;
     });
   }
-  if (missing.empty()) return;
+  if (missing.empty()) return absl::OkStatus();
   // What could not be staged (no room, or promotion off) is read from disk and sent inline,
-  // within what is left of the call's inline budget.
+  // within what is left of the call's inline budget, and held against max_inflight_bytes as
+  // BeginGet's inline payloads are.
   uint64_t inline_bytes = 0;
   for (const v1::GetBlock& b : resp->blocks()) inline_bytes += b.payload().size();
+  const uint64_t budget =
+      config_.max_inline_bytes - std::min(inline_bytes, config_.max_inline_bytes);
+  absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(ns);
+  held->push_back(std::make_unique<InflightBytes>(
+      &admission_,
+      std::min<uint64_t>(budget, missing.size() * (spec.ok() ? spec->block_bytes : 0))));
+  if (!held->back()->status().ok()) return held->back()->status();
   std::vector<ChainHash> rest;
   for (size_t k : missing) rest.push_back(g.hashes[k]);
   WarmTier::CopySink sink = [&](size_t j, uint64_t size) {
@@ -357,9 +367,7 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     return reinterpret_cast<uint8_t*>(p->data());
   };
   WarmTier::GetResult inline_result =
-      store_->BeginGet(ns, g.scope, rest, ttl, sink,
-                       config_.max_inline_bytes - std::min(inline_bytes, config_.max_inline_bytes),
-                       !req.skip_promotion());
+      store_->BeginGet(ns, g.scope, rest, ttl, sink, budget, !req.skip_promotion());
   leases->push_back(inline_result.lease_id);
   for (size_t j = 0; j < missing.size(); ++j) {
     const size_t i = g.index[missing[j]];
@@ -367,6 +375,7 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     (*meta)[i] = inline_result.blocks[j];
     (*meta)[i].address = nullptr;  // served inline
   }
+  return absl::OkStatus();
 }
 
 grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,
@@ -416,9 +425,15 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   for (int i = 0; i < n; ++i) resp->add_blocks();
   // A tenant's read may take its first blocks from `shared`: the same steps per scope.
   const std::vector<ScopeGroup> groups = GroupByScope(req->namespace_id(), scope, hashes);
+  std::vector<std::unique_ptr<InflightBytes>> held;
   for (const ScopeGroup& g : groups) {
     for (size_t i : g.index) block_scope[i] = &g.scope;
-    ServeGroup(*req, g, ttl, resp, &status, &meta, &leases);
+    if (absl::Status s = ServeGroup(*req, g, ttl, resp, &status, &meta, &leases, &held); !s.ok()) {
+      for (uint64_t lease : leases) {
+        if (lease != 0) store_->EndGet(lease).IgnoreError();
+      }
+      return call.Done(s);
+    }
   }
   std::vector<transport::TransferOp> ops;
   uint64_t bytes = 0;
