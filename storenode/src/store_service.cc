@@ -243,7 +243,7 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
       }
     }
     resp->set_matched_blocks(present);
-    metrics_->AddTenantLookup(scope, present, hashes.size() - present);
+    metrics_->AddTenantLookup(who.tenant, present, hashes.size() - present);
     return call.Done(absl::OkStatus());
   }
   // A prefix may continue in agents' GPU memory (the directory): block by block, with the
@@ -274,7 +274,7 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
     if (each[i].has_value() || !peers.empty()) ++present;
   }
   resp->set_matched_blocks(present);
-  metrics_->AddTenantLookup(scope, present, hashes.size() - present);
+  metrics_->AddTenantLookup(who.tenant, present, hashes.size() - present);
   return call.Done(absl::OkStatus());
 }
 
