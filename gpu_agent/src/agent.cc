@@ -140,6 +140,13 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
   absl::StatusOr<std::unique_ptr<StagingBuffer>> staging =
       (*engine)->AllocateStaging(3ull * batch_ * bb);
   if (!staging.ok()) return staging.status();
+  std::unique_ptr<StagingBuffer> capture_staging;
+  if (options_.offload_before_free && options_.capture_bytes > 0) {
+    absl::StatusOr<std::unique_ptr<StagingBuffer>> cs =
+        (*engine)->AllocateStaging(uint64_t{batch_} * bb);
+    if (!cs.ok()) return cs.status();
+    capture_staging = std::move(*cs);
+  }
 
   absl::StatusOr<client::Namespace> registered =
       client_->RegisterNamespace(AgentNamespace(options_, spec));
@@ -182,6 +189,7 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
   stored_bytes_ = stored;
   ns_ = *registered;
   staging_ = std::move(*staging);
+  capture_staging_ = std::move(capture_staging);
   engine_ = std::move(*engine);
   ready_.store(true);
   offload_thread_ = std::thread([this] { OffloadLoop(); });
@@ -268,8 +276,21 @@ absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
     }
   }
   if (capture.empty()) return absl::OkStatus();
+  // Through staging memory (the CUDA engine refuses to copy into pageable memory), batch_
+  // blocks at a time, into memory of our own that the offload thread sends later.
   std::vector<uint8_t> bytes(capture.size() * stored_bytes_);
-  absl::Status gathered = GatherStored(capture, bytes.data());
+  absl::Status gathered = absl::OkStatus();
+  {
+    absl::MutexLock lock(&capture_mu_);
+    for (size_t first = 0; first < capture.size() && gathered.ok(); first += batch_) {
+      const size_t n = std::min<size_t>(batch_, capture.size() - first);
+      gathered = GatherStored({capture.data() + first, n}, capture_staging_->data());
+      if (gathered.ok()) {
+        std::memcpy(bytes.data() + first * stored_bytes_, capture_staging_->data(),
+                    n * stored_bytes_);
+      }
+    }
+  }
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < capture.size(); ++i) {
     Unpin(capture[i]);

@@ -104,6 +104,10 @@ class GpuAgentImpl : public GpuAgent {
   client::Namespace ns_;
   uint32_t batch_ = 0;
   std::unique_ptr<StagingBuffer> staging_;
+  // Where OnBlocksFreed gathers blocks it captures, batch_ at a time (staging memory: the CUDA
+  // engine copies to pinned host memory only); null without offload_before_free.
+  std::unique_ptr<StagingBuffer> capture_staging_;
+  absl::Mutex capture_mu_;  // one OnBlocksFreed gathers into capture_staging_ at a time
   std::unique_ptr<CopyEngine> engine_;
   std::unique_ptr<PeerServer> peer_server_;
   std::string peer_address_;

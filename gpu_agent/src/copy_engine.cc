@@ -27,7 +27,7 @@ absl::StatusOr<KvQuantSpec> CopyEngine::CheckQuant(std::span<const uint32_t> ids
 }
 
 absl::StatusOr<std::unique_ptr<CopyEngine>> CreateCopyEngine(const KvPool& pool) {
-  if (pool.device < 0) return CreateHostCopyEngine(pool);
+  if (pool.device < 0) return CreateHostCopyEngine(pool, /*staging_only=*/true);
   return CreateCudaCopyEngine(pool);
 }
 

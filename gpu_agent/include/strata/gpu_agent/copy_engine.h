@@ -83,8 +83,12 @@ class CopyEngine {
   KvPool pool_;
 };
 
-// The host twin. Pool memory must be host memory (pool.device -1).
-absl::StatusOr<std::unique_ptr<CopyEngine>> CreateHostCopyEngine(const KvPool& pool);
+// The host twin. Pool memory must be host memory (pool.device -1). With `staging_only` it
+// also holds callers to the CUDA engine's staging rule: staging must lie in a buffer of its
+// own AllocateStaging (INVALID_ARGUMENT otherwise, as CUDA refuses pageable memory), so code
+// that the twin runs would fail on a GPU the same way. CreateCopyEngine sets it.
+absl::StatusOr<std::unique_ptr<CopyEngine>> CreateHostCopyEngine(const KvPool& pool,
+                                                                 bool staging_only = false);
 
 // Whether this build has the CUDA engine (CUDA toolkit found at configure time).
 bool CudaCopyEngineBuilt();
