@@ -251,10 +251,12 @@ class PeerService final : public v1::StoreService::Service {
     return absl::OkStatus();
   }
 
-  // Another scope's blocks are never this agent's: every block is NOT_FOUND then.
+  // Another scope's blocks are never this agent's: every block is NOT_FOUND then. Except a
+  // `shared` agent's, which every tenant may read (the store hands its location and token to
+  // each, for a lookup in the tenant's own scope, which the reader then names).
   std::vector<absl::Status> Gather(std::span<const ChainHash> hashes, const std::string& scope)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(region_mu_) {
-    if (scope != options_.scope) {
+    if (scope != options_.scope && options_.scope != kSharedScope) {
       return std::vector<absl::Status>(hashes.size(),
                                        absl::NotFoundError("not in this agent's scope"));
     }

@@ -129,6 +129,30 @@ TEST(PeerServerTest, OnlyCallersWithTheTokenAreServed) {
   EXPECT_EQ((*server)->blocks_served(), 1u);
 }
 
+// A tenant's agent serves its own scope only; a `shared` agent serves every tenant's reader,
+// who names its own scope (the store answered its lookup with the shared agent's location).
+TEST(PeerServerTest, ASharedAgentServesReadersOfEveryScope) {
+  std::vector<uint8_t> region(4 * 4096);
+  for (const std::string agent_scope : {"tenant-b", "shared"}) {
+    SCOPED_TRACE(agent_scope);
+    PeerServerOptions o = Options();
+    o.scope = agent_scope;
+    auto server = Start(o, region, true);
+    ASSERT_THAT(server, IsOk());
+    auto stub = StubFor(**server);
+    v1::BeginGetRequest get;
+    get.set_namespace_id(1);
+    get.set_scope("tenant-a");
+    get.set_include_payload(true);
+    get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
+    v1::BeginGetResponse got;
+    ASSERT_TRUE(stub->BeginGet(As(kToken).get(), get, &got).ok());
+    ASSERT_EQ(got.blocks_size(), 1);
+    EXPECT_EQ(got.blocks(0).status().code(), agent_scope == "shared" ? 0 : 5);  // OK, NOT_FOUND
+    EXPECT_EQ((*server)->blocks_served(), agent_scope == "shared" ? 1u : 0u);
+  }
+}
+
 // After a rotation the new token is served at once and the one before it until its grace
 // ends (a bounded wait, no timing asserted); one rotated out with no grace is refused at once,
 // and two rotations within a grace keep both earlier tokens.
