@@ -1,4 +1,5 @@
 // `strata put|get|lookup|stats`: debugging calls against one store node.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -71,32 +72,40 @@ int RunGet(const GetFlags& f) {
   if (!hashes.ok()) return Fail("get", hashes.status());
   auto cap = ParseByteSize(f.max_block, "--max-block");
   if (!cap.ok()) return Fail("get", cap.status());
-  std::vector<std::vector<uint8_t>> bufs(hashes->size(), std::vector<uint8_t>(*cap));
-  std::vector<client::BlockRead> reads;
-  for (size_t i = 0; i < hashes->size(); ++i) reads.push_back({(*hashes)[i], bufs[i].data(), *cap});
-  auto r = client->Get(ns, f.node.scope, reads);
-  if (!r.ok()) return Fail("get", r.status());
+  // Buffers for at most 256 MiB of blocks at a time, however many are asked for.
+  const size_t batch = std::max<size_t>(1, (256ull << 20) / std::max<uint64_t>(1, *cap));
+  std::vector<std::vector<uint8_t>> bufs(std::min(batch, hashes->size()),
+                                         std::vector<uint8_t>(*cap));
   std::ofstream out;
   if (!f.output.empty()) out.open(f.output, std::ios::binary | std::ios::trunc);
-  size_t bad = 0;
-  for (size_t i = 0; i < reads.size(); ++i) {
-    std::string what =
-        r->blocks[i].ok() ? absl::StrFormat("ok %d bytes", r->sizes[i]) : r->blocks[i].ToString();
-    if (r->blocks[i].ok() && f.verify_demo) {
-      std::vector<uint8_t> want(r->sizes[i]);
-      FillBlock(reads[i].hash, want.data(), want.size());
-      if (std::memcmp(want.data(), bufs[i].data(), want.size()) != 0) {
-        what = "WRONG BYTES";
-        ++bad;
+  size_t bad = 0, fetched = 0;
+  for (size_t first = 0; first < hashes->size(); first += batch) {
+    std::vector<client::BlockRead> reads;
+    for (size_t i = first; i < std::min(hashes->size(), first + batch); ++i) {
+      reads.push_back({(*hashes)[i], bufs[i - first].data(), *cap});
+    }
+    auto r = client->Get(ns, f.node.scope, reads);
+    if (!r.ok()) return Fail("get", r.status());
+    fetched += r->fetched;
+    for (size_t i = 0; i < reads.size(); ++i) {
+      std::string what =
+          r->blocks[i].ok() ? absl::StrFormat("ok %d bytes", r->sizes[i]) : r->blocks[i].ToString();
+      if (r->blocks[i].ok() && f.verify_demo) {
+        std::vector<uint8_t> want(r->sizes[i]);
+        FillBlock(reads[i].hash, want.data(), want.size());
+        if (std::memcmp(want.data(), bufs[i].data(), want.size()) != 0) {
+          what = "WRONG BYTES";
+          ++bad;
+        }
+      }
+      std::printf("%s %s\n", reads[i].hash.ToHex().c_str(), what.c_str());
+      if (r->blocks[i].ok() && out.is_open()) {
+        out.write(reinterpret_cast<const char*>(bufs[i].data()), r->sizes[i]);
       }
     }
-    std::printf("%s %s\n", reads[i].hash.ToHex().c_str(), what.c_str());
-    if (r->blocks[i].ok() && out.is_open()) {
-      out.write(reinterpret_cast<const char*>(bufs[i].data()), r->sizes[i]);
-    }
   }
-  std::printf("%zu of %zu blocks fetched and verified\n", r->fetched, reads.size());
-  return (r->fetched == reads.size() && bad == 0) ? 0 : 1;
+  std::printf("%zu of %zu blocks fetched and verified\n", fetched, hashes->size());
+  return (fetched == hashes->size() && bad == 0) ? 0 : 1;
 }
 
 int RunLookup(const NodeFlags& f) {
@@ -120,8 +129,10 @@ int RunLookup(const NodeFlags& f) {
   return 0;
 }
 
-int RunStats(const std::string& node, bool json) {
-  auto c = client::StoreClient::Connect({.address = node});
+int RunStats(const std::string& node, const SecurityFlags& security, bool json) {
+  client::ClientOptions o{.address = node};
+  ApplySecurity(security, &o);  // a node with TLS or bearer tokens (STRATA_TOKEN) answers too
+  auto c = client::StoreClient::Connect(o);
   if (!c.ok()) return Fail("stats", c.status());
   auto s = (*c)->Stats();
   if (!s.ok()) return Fail("stats", s.status());
@@ -182,8 +193,11 @@ void AddNodeCommands(CLI::App& app, int* exit_code) {
   CLI::App* stats = app.add_subcommand("stats", "A node's tiers and counters");
   stats->add_option("--node", *stats_node, "Store node HOST:PORT")->capture_default_str();
   stats->add_flag("--json", *stats_json, "JSON output");
-  stats->callback(
-      [stats_node, stats_json, exit_code] { *exit_code = RunStats(*stats_node, *stats_json); });
+  auto stats_security = std::make_shared<SecurityFlags>();
+  AddSecurityFlags(*stats, *stats_security);
+  stats->callback([stats_node, stats_security, stats_json, exit_code] {
+    *exit_code = RunStats(*stats_node, *stats_security, *stats_json);
+  });
 }
 
 }  // namespace strata::cli
