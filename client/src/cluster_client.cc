@@ -602,7 +602,7 @@ class ClusterStoreClient final : public StoreClient {
                     if (!s.ok() && (IsStaleEpoch(s) || !TryNextReplica(s))) fatal = s;
                   });
       if (!fatal.ok()) return fatal;
-      for (size_t i = 0; i < n && !wide; ++i) wide = found(i) && tried[i] > 1;
+      for (size_t i = 0; i < n && !wide; ++i) wide = found(i) && absent[i];
     }
     LookupResult out;
     while (out.matched_blocks < n && found(out.matched_blocks)) ++out.matched_blocks;

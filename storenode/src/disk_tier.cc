@@ -333,7 +333,7 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
         charged_bytes_ + pending_bytes_ - (old == index_.end() ? 0 : Charge(replaced));
     if (charged + charge > options_.capacity_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          options_.name, " tier full: ", FormatByteSize(charged_bytes_), " of ",
+          options_.name, " tier full: ", FormatByteSize(charged_bytes_ + pending_bytes_), " of ",
           FormatByteSize(options_.capacity_bytes), " used (", index_.size(),
           " blocks, each charged at least ", FormatByteSize(options_.min_block_charge), ")"));
     }

@@ -136,12 +136,12 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // GetData's steps for the blocks of one scope group: pin what is warm, stage cool/cold
   // blocks in the arena and pin those, read the rest inline; fills *status and *meta at the
   // group's positions and adds the leases taken.
-  // Inline bytes are held against max_inflight_bytes in `held` (RESOURCE_EXHAUSTED when they
-  // do not fit; the leases taken so far are in *leases either way).
-  absl::Status ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
-                          v1::GetDataResponse* resp, std::vector<absl::Status>* status,
-                          std::vector<WarmTier::BlockMeta>* meta, std::vector<uint64_t>* leases,
-                          std::vector<std::unique_ptr<InflightBytes>>* held);
+  // Inline bytes are held against max_inflight_bytes in `held`; when they do not fit, the
+  // blocks that would have gone inline are RESOURCE_EXHAUSTED and the rest are served.
+  void ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
+                  v1::GetDataResponse* resp, std::vector<absl::Status>* status,
+                  std::vector<WarmTier::BlockMeta>* meta, std::vector<uint64_t>* leases,
+                  std::vector<std::unique_ptr<InflightBytes>>* held);
   // Receives every tagged message of a refused two-sided PutData into the discard buffer.
   void ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline);
   // The transfer deadline of a data call: the client's, capped at what the node allows.

@@ -309,12 +309,11 @@ void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time d
   data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline).IgnoreError();
 }
 
-absl::Status StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g,
-                                          uint64_t ttl, v1::GetDataResponse* resp,
-                                          std::vector<absl::Status>* status,
-                                          std::vector<WarmTier::BlockMeta>* meta,
-                                          std::vector<uint64_t>* leases,
-                                          std::vector<std::unique_ptr<InflightBytes>>* held) {
+void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
+                                  v1::GetDataResponse* resp, std::vector<absl::Status>* status,
+                                  std::vector<WarmTier::BlockMeta>* meta,
+                                  std::vector<uint64_t>* leases,
+                                  std::vector<std::unique_ptr<InflightBytes>>* held) {
   const NamespaceId ns = req.namespace_id();
   // Pin what is warm; stage cool/cold blocks in the arena and pin those too.
   WarmTier::GetResult first = store_->PinWarm(ns, g.scope, g.hashes, ttl);
@@ -346,7 +345,7 @@ absl::Status StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const S
       return (*status)[g.index[k]].code() != absl::StatusCode::kNotFound;
     });
   }
-  if (missing.empty()) return absl::OkStatus();
+  if (missing.empty()) return;
   // What could not be staged (no room, or promotion off) is read from disk and sent inline,
   // within what is left of the call's inline budget, and held against max_inflight_bytes as
   // BeginGet's inline payloads are.
@@ -358,7 +357,11 @@ absl::Status StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const S
   held->push_back(std::make_unique<InflightBytes>(
       &admission_,
       std::min<uint64_t>(budget, missing.size() * (spec.ok() ? spec->block_bytes : 0))));
-  if (!held->back()->status().ok()) return held->back()->status();
+  if (!held->back()->status().ok()) {
+    // Only these blocks wait for room (most may be on no tier at all); the pinned ones move.
+    for (size_t k : missing) (*status)[g.index[k]] = held->back()->status();
+    return;
+  }
   std::vector<ChainHash> rest;
   for (size_t k : missing) rest.push_back(g.hashes[k]);
   WarmTier::CopySink sink = [&](size_t j, uint64_t size) {
@@ -375,7 +378,6 @@ absl::Status StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const S
     (*meta)[i] = inline_result.blocks[j];
     (*meta)[i].address = nullptr;  // served inline
   }
-  return absl::OkStatus();
 }
 
 grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,
@@ -428,12 +430,7 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   std::vector<std::unique_ptr<InflightBytes>> held;
   for (const ScopeGroup& g : groups) {
     for (size_t i : g.index) block_scope[i] = &g.scope;
-    if (absl::Status s = ServeGroup(*req, g, ttl, resp, &status, &meta, &leases, &held); !s.ok()) {
-      for (uint64_t lease : leases) {
-        if (lease != 0) store_->EndGet(lease).IgnoreError();
-      }
-      return call.Done(s);
-    }
+    ServeGroup(*req, g, ttl, resp, &status, &meta, &leases, &held);
   }
   std::vector<transport::TransferOp> ops;
   uint64_t bytes = 0;
