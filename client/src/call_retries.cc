@@ -8,18 +8,24 @@
 #include "strata/common/namespace.h"
 
 namespace strata::client::internal {
+namespace {
+
+// What is left of a call ending at `end`; a deadline that passed stays passed (zero would
+// mean the default deadline).
+CallOptions Left(absl::Time end) {
+  return CallOptions{std::max(absl::Nanoseconds(1), end - absl::Now())};
+}
+
+}  // namespace
 
 template <typename Op>
 auto GrpcStoreClient::Reregistering(const Namespace& ns, const CallOptions& call, Op op)
     -> decltype(op(call)) {
   const absl::Time end = absl::FromChrono(Deadline(call));
-  // What is left of the deadline; a deadline that passed stays passed (zero would mean the
-  // default deadline).
-  auto left = [end] { return CallOptions{std::max(absl::Nanoseconds(1), end - absl::Now())}; };
-  auto r = op(left());
+  auto r = op(Left(end));
   if (r.ok() || !IsNamespaceNotRegistered(r.status())) return r;
-  if (!RegisterNamespace(ns.spec, left()).ok()) return r;
-  return op(left());
+  if (!RegisterNamespace(ns.spec, Left(end)).ok()) return r;
+  return op(Left(end));
 }
 
 absl::StatusOr<LookupResult> GrpcStoreClient::Lookup(const Namespace& ns, std::string_view scope,
@@ -78,8 +84,7 @@ absl::StatusOr<uint64_t> GrpcStoreClient::Prefetch(const Namespace& ns, std::str
 absl::StatusOr<PutResult> GrpcStoreClient::PutSettled(const Namespace& ns, std::string_view scope,
                                                       std::span<const BlockWrite> blocks,
                                                       absl::Time end, const PutOptions& put) {
-  auto left = [end] { return CallOptions{std::max(absl::Nanoseconds(1), end - absl::Now())}; };
-  absl::StatusOr<PutResult> r = Put(ns, scope, blocks, left(), put);
+  absl::StatusOr<PutResult> r = Put(ns, scope, blocks, Left(end), put);
   // The other put commits within a round trip or two unless it fails; it holds its
   // reservation at most the node's reservation TTL.
   absl::Duration pause = absl::Milliseconds(2);
@@ -94,13 +99,10 @@ absl::StatusOr<PutResult> GrpcStoreClient::PutSettled(const Namespace& ns, std::
     if (pending.empty() || absl::Now() + pause >= end) break;
     absl::SleepFor(pause);
     pause = std::min(2 * pause, absl::Milliseconds(50));
-    absl::StatusOr<PutResult> next = Put(ns, scope, again, left(), put);
+    absl::StatusOr<PutResult> next = Put(ns, scope, again, Left(end), put);
     if (!next.ok()) break;  // the first answers stand
     for (size_t k = 0; k < pending.size(); ++k) r->blocks[pending[k]] = next->blocks[k];
-    if (next->stored > 0) {
-      r->stored += next->stored;
-      r->already_present -= next->stored;
-    }
+    TallyPut(&*r);
   }
   return r;
 }

@@ -665,6 +665,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const ClientOptions& options);
 // Connects to the one node at options.address (StoreClient::Connect without a cluster).
 absl::StatusOr<std::unique_ptr<GrpcStoreClient>> ConnectNode(const ClientOptions& options);
+// Sets result->stored and already_present from its per-block answers.
+void TallyPut(PutResult* result);
 // A client of a whole cluster (cluster_client.cc): options.etcd_endpoints or cluster_members.
 absl::StatusOr<std::unique_ptr<StoreClient>> ConnectCluster(const ClientOptions& options);
 

@@ -365,11 +365,16 @@ absl::StatusOr<PutResult> GrpcStoreClient::PutOnce(const Namespace& ns, std::str
     });
   }
   if (!first.ok()) return first;
-  for (const absl::Status& s : result.blocks) {
-    if (s.ok()) ++result.stored;
-    if (s.code() == absl::StatusCode::kAlreadyExists) ++result.already_present;
-  }
+  TallyPut(&result);
   return result;
+}
+
+void TallyPut(PutResult* result) {
+  result->stored = result->already_present = 0;
+  for (const absl::Status& s : result->blocks) {
+    if (s.ok()) ++result->stored;
+    if (s.code() == absl::StatusCode::kAlreadyExists) ++result->already_present;
+  }
 }
 
 absl::StatusOr<GetResult> GrpcStoreClient::GetOnce(const Namespace& ns, std::string_view scope,

@@ -502,11 +502,12 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
       failed_moves += refused ? 1 : 0;
     }
   }
+  if (failed_moves == 0) return;
   // At most one warning in 10 s: a cold tier that is down refuses every move.
   static std::atomic<int64_t> last_warning_s{0};
   const int64_t now_s = absl::ToUnixSeconds(absl::Now());
   int64_t last = last_warning_s.load(std::memory_order_relaxed);
-  if (failed_moves > 0 && now_s - last >= 10 &&
+  if (now_s - last >= 10 &&
       last_warning_s.compare_exchange_strong(last, now_s, std::memory_order_relaxed)) {
     spdlog::warn("{}: {} blocks evicted that {} did not take (last: {})", tier->name(),
                  failed_moves, below->name(), last_failure.ToString());
