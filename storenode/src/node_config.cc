@@ -82,6 +82,10 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddDurationMs("lease_ttl", &c->lease_ttl_ms, "Default lifetime of a read lease.");
   s.AddDurationMs("max_lease", &c->max_lease_ms,
                   "Longest lease or reservation lifetime a caller may ask for.");
+  s.AddUint("max_leases", &c->max_leases,
+            "Read leases kept past their call (BeginGet without payload) at once, at most.");
+  s.AddBytes("max_lease_bytes", &c->max_lease_bytes,
+             "Bytes those leases may pin in the warm tier (0: half of warm_bytes).");
   s.AddDurationMs("reaper_interval", &c->reaper_interval_ms,
                   "How often expired leases and reservations are released.");
   s.AddDurationMs("tombstone_ttl", &c->tombstone_ttl_ms,
@@ -176,6 +180,12 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   }
   if (c.reservation_ttl_ms > c.max_lease_ms || c.lease_ttl_ms > c.max_lease_ms) {
     return absl::InvalidArgumentError("reservation_ttl / lease_ttl: exceed max_lease");
+  }
+  if (c.max_leases == 0 || c.max_lease_bytes > c.warm_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("max_leases: ", c.max_leases,
+                                                   ", max_lease_bytes: ", c.max_lease_bytes,
+                                                   "; want max_leases >= 1 and "
+                                                   "max_lease_bytes <= warm_bytes"));
   }
   if (c.tombstone_capacity > (1ull << 24)) {
     return absl::InvalidArgumentError(

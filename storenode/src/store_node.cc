@@ -351,6 +351,8 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   opts.warm.max_namespaces = config.max_namespaces;
   opts.warm.tombstone_ttl_ms = static_cast<int64_t>(config.tombstone_ttl_ms);
   opts.warm.tombstone_capacity = config.tombstone_capacity;
+  opts.warm.max_held_leases = config.max_leases;
+  opts.warm.max_held_bytes = config.max_lease_bytes;
   opts.warm.prefault = config.warm_prefault;
   opts.warm.policy = *ParsePolicyKind(config.warm_policy);
   // Per-tenant values come from the principals file once the authenticator has read it.

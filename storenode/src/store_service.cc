@@ -555,6 +555,10 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
       bytes += b->payload().size();
     }
   }
+  // The caller keeps this lease past the call: it counts against max_leases/max_lease_bytes.
+  if (lease_id != 0) {
+    if (absl::Status s = store_->HoldLease(lease_id); !s.ok()) return call.Done(s);
+  }
   resp->set_lease_id(lease_id);
   resp->set_expires_in_ms(lease_id != 0 ? ttl : 0);
   metrics_->AddInlineBytes(false, bytes);

@@ -1,7 +1,5 @@
 #include "strata/storenode/warm_tier.h"
 
-#include <openssl/rand.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -11,37 +9,9 @@
 #include "strata/common/byte_size.h"
 #include "strata/common/checksum.h"
 #include "strata/storenode/tenant_quota.h"
+#include "warm_tier_records.h"
 
 namespace strata::storenode {
-
-struct WarmTier::Entry {
-  enum class State { kReserved, kCommitting, kCommitted };
-  BlockKey key;
-  Slot slot;
-  uint64_t size = 0;
-  uint64_t checksum = 0;
-  State state = State::kReserved;
-  uint32_t pins = 0;
-  uint64_t last_tick = 0;
-  uint64_t handle = 0;  // PolicyHandle(key)
-  uint64_t parent_handle = kNoBlock;
-  uint32_t depth = 0;
-  float importance = 0;
-  bool prefetched = false;  // placed by Prefetch and not read yet
-  bool deleted = false;     // a writer deleted it while reserved: its commit is aborted
-  std::string session;
-};
-
-struct WarmTier::Reservation {
-  int64_t expires_ms = 0;
-  bool committing = false;
-  std::vector<Entry*> entries;
-};
-
-struct WarmTier::Lease {
-  int64_t expires_ms = 0;
-  std::vector<Entry*> entries;
-};
 
 namespace {
 
@@ -161,6 +131,14 @@ void WarmTier::RemoveLocked(Entry* e) {
     return;  // node (and the entry) destroyed here
   }
   doomed_.emplace(e, std::move(node.mapped()));
+}
+
+void WarmTier::ReleaseLeaseLocked(Lease& lease) {
+  for (Entry* e : lease.entries) UnpinLocked(e);
+  if (lease.held) {
+    --held_leases_;
+    held_bytes_ -= lease.bytes;
+  }
 }
 
 void WarmTier::UnpinLocked(Entry* e) {
@@ -537,117 +515,6 @@ absl::Status WarmTier::AbortPut(uint64_t reservation_id) {
   return absl::OkStatus();
 }
 
-WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
-                                       std::span<const ChainHash> hashes, uint64_t ttl_ms,
-                                       const CopySink& sink, uint64_t max_copy_bytes) {
-  GetResult result;
-  result.status.resize(hashes.size());
-  result.blocks.resize(hashes.size());
-  std::vector<Entry*> pinned(hashes.size(), nullptr);
-  {
-    absl::MutexLock lock(&mu_);
-    uint64_t copy_bytes = 0;
-    uint64_t found = 0;
-    BlockKey key{ns, scope, {}};
-    for (size_t i = 0; i < hashes.size(); ++i) {
-      key.hash = hashes[i];
-      auto it = index_.find(key);
-      if (it == index_.end() || it->second->state != Entry::State::kCommitted) {
-        result.status[i] = absl::NotFoundError("not present");
-        continue;
-      }
-      Entry* e = it->second.get();
-      ++found;
-      if (sink && copy_bytes + e->size > max_copy_bytes) {
-        result.status[i] = absl::ResourceExhaustedError(
-            absl::StrCat("inline limit of ", max_copy_bytes, " bytes per call reached; ask again"));
-        continue;
-      }
-      copy_bytes += e->size;
-      if (e->prefetched) {
-        e->prefetched = false;
-        prefetch_used_.fetch_add(1, std::memory_order_relaxed);
-      }
-      if (e->pins++ == 0) ++pinned_;
-      pinned[i] = e;
-      result.blocks[i] = {e->size, e->checksum, 2, arena_->Address(e->slot)};
-    }
-    for (size_t i = hashes.size(); i > 0; --i) {
-      if (pinned[i - 1] != nullptr) TouchLocked(pinned[i - 1]);
-    }
-    hits_.fetch_add(found, std::memory_order_relaxed);
-    misses_.fetch_add(hashes.size() - found, std::memory_order_relaxed);
-  }
-  // Pinned blocks cannot move or be freed; copy them without the lock. The checksum is
-  // taken over the copy, so what is verified is exactly what the caller receives.
-  std::vector<bool> corrupt(hashes.size(), false);
-  if (sink) {
-    for (size_t i = 0; i < hashes.size(); ++i) {
-      if (pinned[i] == nullptr) continue;
-      uint8_t* dst = sink(i, result.blocks[i].size);
-      if (dst == nullptr) continue;
-      std::memcpy(dst, arena_->Address(pinned[i]->slot), result.blocks[i].size);
-      corrupt[i] = BlockChecksum(dst, result.blocks[i].size) != result.blocks[i].checksum;
-    }
-  }
-  absl::MutexLock lock(&mu_);
-  auto lease = std::make_unique<Lease>();
-  for (size_t i = 0; i < hashes.size(); ++i) {
-    Entry* e = pinned[i];
-    if (e == nullptr) continue;
-    if (corrupt[i]) {
-      result.status[i] =
-          absl::DataLossError("stored bytes fail their checksum; block dropped (never served)");
-      data_loss_.fetch_add(1, std::memory_order_relaxed);
-      auto it = index_.find(e->key);
-      if (it != index_.end() && it->second.get() == e) RemoveLocked(e);
-      UnpinLocked(e);
-      continue;
-    }
-    lease->entries.push_back(e);
-  }
-  if (!lease->entries.empty()) {
-    lease->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
-    result.lease_id = NewIdLocked();
-    leases_.emplace(result.lease_id, std::move(lease));
-  }
-  return result;
-}
-
-uint64_t WarmTier::NewIdLocked() {
-  // Random, not counted: a lease or reservation id is a capability (whoever names it may end
-  // the lease or commit into the reservation), so another tenant must not guess one.
-  uint64_t id = 0;
-  while (id == 0 || leases_.contains(id) || reservations_.contains(id)) {
-    if (RAND_bytes(reinterpret_cast<unsigned char*>(&id), sizeof(id)) != 1) id = ++fallback_id_;
-  }
-  return id;
-}
-
-absl::Status WarmTier::JoinLease(uint64_t into, uint64_t from) {
-  absl::MutexLock lock(&mu_);
-  auto to = leases_.find(into);
-  auto it = leases_.find(from);
-  if (to == leases_.end() || it == leases_.end() || into == from) {
-    return absl::NotFoundError(absl::StrCat("lease_id ", into, " or ", from, ": unknown"));
-  }
-  for (Entry* e : it->second->entries) to->second->entries.push_back(e);
-  to->second->expires_ms = std::max(to->second->expires_ms, it->second->expires_ms);
-  leases_.erase(it);
-  return absl::OkStatus();
-}
-
-absl::Status WarmTier::EndGet(uint64_t lease_id) {
-  absl::MutexLock lock(&mu_);
-  auto it = leases_.find(lease_id);
-  if (it == leases_.end()) {
-    return absl::NotFoundError(absl::StrCat("lease_id ", lease_id, ": unknown or expired"));
-  }
-  for (Entry* e : it->second->entries) UnpinLocked(e);
-  leases_.erase(it);
-  return absl::OkStatus();
-}
-
 uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
                           std::span<const ChainHash> hashes, bool tombstone) {
   uint64_t deleted = 0;
@@ -721,7 +588,7 @@ uint64_t WarmTier::ExpireNow() {
   }
   for (auto it = leases_.begin(); it != leases_.end();) {
     if (it->second->expires_ms <= now) {
-      for (Entry* e : it->second->entries) UnpinLocked(e);
+      ReleaseLeaseLocked(*it->second);
       leases_.erase(it++);
       ++expired;
     } else {
@@ -768,6 +635,8 @@ WarmTierStats WarmTier::Stats() const {
   s.used_bytes = used_bytes_;
   s.capacity_bytes = arena_->capacity_bytes();
   s.leases = leases_.size();
+  s.held_leases = held_leases_;
+  s.held_bytes = held_bytes_;
   s.pinned_blocks = pinned_;
   s.reservations = reservations_.size();
   s.namespaces = namespaces_.size();

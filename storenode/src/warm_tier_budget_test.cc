@@ -57,5 +57,38 @@ TEST_F(WarmTierTest, TinyBlocksTakeAtLeastTheMinimumSlot) {
   }
 }
 
+// Leases a caller keeps (HoldLease) are capped by count and by the bytes they pin; one
+// refused pins nothing, and leases ended, expired or never held (a transfer's) leave room.
+TEST_F(WarmTierTest, HeldLeasesAreCappedByCountAndBytes) {
+  max_held_leases_ = 2;
+  max_held_bytes_ = 3 * 4000;
+  Init(8 * kPage);
+  for (uint32_t n = 1; n <= 5; ++n) ASSERT_THAT(PutN(n, 4000), IsOk()) << n;
+  const uint64_t a = Pin({H(1)});
+  const uint64_t b = Pin({H(2)});
+  EXPECT_THAT(tier_->HoldLease(a), IsOk());
+  EXPECT_THAT(tier_->HoldLease(b), IsOk());
+  EXPECT_THAT(tier_->HoldLease(b), IsOk()) << "holding twice counts once";
+  const uint64_t c = Pin({H(3)});
+  EXPECT_THAT(tier_->HoldLease(c), StatusIs(Code::kResourceExhausted, HasSubstr("max_leases")));
+  EXPECT_EQ(tier_->Stats().pinned_blocks, 2u) << "the refused lease pins nothing";
+  EXPECT_THAT(tier_->EndGet(c), NotFound()) << "and is gone";
+  for (int i = 0; i < 4; ++i) EXPECT_NE(Pin({H(4)}), 0u) << "leases not held are not capped";
+  EXPECT_EQ(tier_->Stats().held_leases, 2u);
+  ASSERT_THAT(tier_->EndGet(a), IsOk());
+  const uint64_t d = Pin({H(3), H(4)});  // 8,000 bytes beside b's 4,000: the whole budget
+  EXPECT_THAT(tier_->HoldLease(d), IsOk());
+  EXPECT_EQ(tier_->Stats().held_bytes, 12'000u);
+  ASSERT_THAT(tier_->EndGet(b), IsOk());
+  const uint64_t e = Pin({H(4), H(5)});
+  EXPECT_THAT(tier_->HoldLease(e),
+              StatusIs(Code::kResourceExhausted, HasSubstr("max_lease_bytes")));
+  now_ms_ += kTtl;
+  tier_->ExpireNow();
+  EXPECT_EQ(tier_->Stats().held_leases, 0u) << "expired leases leave the count";
+  EXPECT_EQ(tier_->Stats().held_bytes, 0u);
+  EXPECT_THAT(tier_->HoldLease(Pin({H(4), H(5)})), IsOk());
+}
+
 }  // namespace
 }  // namespace strata::storenode::warm_tier_test

@@ -109,6 +109,8 @@ class WarmTierTest : public ::testing::Test {
     o.max_block_bytes = kPage;
     o.max_namespaces = max_namespaces;
     o.now_ms = [this] { return now_ms_.load(); };
+    o.max_held_leases = max_held_leases_;
+    o.max_held_bytes = max_held_bytes_;
     absl::StatusOr<std::unique_ptr<WarmTier>> tier = WarmTier::Create(std::move(o));
     ASSERT_THAT(tier, IsOk());
     tier_ = std::move(*tier);
@@ -164,6 +166,8 @@ class WarmTierTest : public ::testing::Test {
   }
 
   std::atomic<int64_t> now_ms_{1'000'000};
+  uint64_t max_held_leases_ = 65'536;  // WarmTierOptions for the next Init
+  uint64_t max_held_bytes_ = 0;
   std::unique_ptr<WarmTier> tier_;
   NamespaceId ns_ = 0;
   std::deque<Bytes> kept_;

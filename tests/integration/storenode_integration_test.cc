@@ -71,6 +71,19 @@ std::unique_ptr<v1::StoreService::Stub> RawStub(const std::string& address) {
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
 }
 
+// One BeginGet of `keys` through a raw stub (lease_ms 0: the node's default).
+grpc::Status RawBeginGet(v1::StoreService::Stub& stub, NamespaceId ns,
+                         std::span<const ChainHash> keys, bool payload, v1::BeginGetResponse* resp,
+                         uint64_t lease_ms = 0) {
+  v1::BeginGetRequest get;
+  get.set_namespace_id(ns);
+  for (const ChainHash& h : keys) get.add_chain_hashes(h.ToBytes());
+  get.set_include_payload(payload);
+  get.set_lease_ms(lease_ms);
+  grpc::ClientContext ctx;
+  return stub.BeginGet(&ctx, get, resp);
+}
+
 // One Lookup through a raw stub; the answer goes to `resp` when given.
 grpc::Status RawLookup(v1::StoreService::Stub& stub, const v1::LookupRequest& req,
                        v1::LookupResponse* resp = nullptr) {
@@ -447,15 +460,8 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
   std::vector<ChainHash> pinned = testutil::PromptChain(n.ns, 10, 1);
   ASSERT_THAT(PutBlocks(n, pinned, 1 << 20, 100), IsOk());
   auto stub = RawStub(n.process->address());
-  v1::BeginGetRequest get;
-  get.set_namespace_id(n.ns.id);
-  get.add_chain_hashes(pinned[0].ToBytes());
-  get.set_lease_ms(60000);
   v1::BeginGetResponse lease;
-  {
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(stub->BeginGet(&ctx, get, &lease).ok());
-  }
+  ASSERT_TRUE(RawBeginGet(*stub, n.ns.id, pinned, false, &lease, 60000).ok());
   ASSERT_NE(lease.lease_id(), 0u);
   // Three times the arena's worth of new blocks, in batches that fit beside the pin.
   for (uint32_t round = 0; round < 6; ++round) {
@@ -483,8 +489,6 @@ TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
   EXPECT_EQ(n.client->Lookup(n.ns, "", pinned)->matched_blocks, 0u);
 }
 
-// The warm tier's policy is chosen by config: a block read often survives a scan of blocks
-// written once under cost and lfu, and is the first to go under lru.
 // A read with its payload inline leaves nothing pinned: the node ends the lease with the
 // call (no EndGet needed), and the op counts show the client sent none. Without the payload
 // the pin stays until EndGet.
@@ -494,15 +498,8 @@ TEST_F(StoreNodeTest, AnInlineReadLeavesNoLeaseBehind) {
   std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 40, 3);
   ASSERT_THAT(PutBlocks(n, hashes, 4096, 400), IsOk());
   auto stub = RawStub(n.process->address());
-  v1::BeginGetRequest get;
-  get.set_namespace_id(n.ns.id);
-  for (const ChainHash& h : hashes) get.add_chain_hashes(h.ToBytes());
-  get.set_include_payload(true);
   v1::BeginGetResponse inline_read;
-  {
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(stub->BeginGet(&ctx, get, &inline_read).ok());
-  }
+  ASSERT_TRUE(RawBeginGet(*stub, n.ns.id, hashes, true, &inline_read).ok());
   ASSERT_EQ(inline_read.blocks_size(), 3);
   const std::vector<uint8_t> want = testutil::RandomBytes(402, 4096);
   EXPECT_EQ(inline_read.blocks(2).payload(), std::string(want.begin(), want.end()));
@@ -514,12 +511,8 @@ TEST_F(StoreNodeTest, AnInlineReadLeavesNoLeaseBehind) {
   ASSERT_THAT(n.client->Get(n.ns, "", {&read, 1})->blocks[0], IsOk());
   EXPECT_EQ(testutil::OpCount(*n.process, "end_get"), end_gets);
   // Pinned without the payload: held until EndGet.
-  get.set_include_payload(false);
   v1::BeginGetResponse pinned;
-  {
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(stub->BeginGet(&ctx, get, &pinned).ok());
-  }
+  ASSERT_TRUE(RawBeginGet(*stub, n.ns.id, hashes, false, &pinned).ok());
   EXPECT_NE(pinned.lease_id(), 0u);
   EXPECT_EQ(n.client->Stats()->leases, 1u);
   v1::EndGetRequest end;
@@ -529,6 +522,41 @@ TEST_F(StoreNodeTest, AnInlineReadLeavesNoLeaseBehind) {
   EXPECT_TRUE(stub->EndGet(&ctx, end, &ended).ok());
 }
 
+// Leases kept past their call are capped (max_leases, max_lease_bytes: half of warm_bytes
+// by default): readers cannot pin the arena full. Reads with the payload are not capped.
+TEST(StoreNodeConfigTest, KeptReadLeasesAreCapped) {
+  Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--max-leases", "2"});
+  ASSERT_NE(n.client, nullptr);
+  std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 45, 5);
+  ASSERT_THAT(PutBlocks(n, hashes, 1 << 20, 450), IsOk());
+  auto stub = RawStub(n.process->address());
+  auto begin = [&](std::span<const ChainHash> keys, bool payload, v1::BeginGetResponse* resp) {
+    return RawBeginGet(*stub, n.ns.id, keys, payload, resp);
+  };
+  v1::BeginGetResponse resp;
+  grpc::Status all = begin(hashes, false, &resp);
+  EXPECT_EQ(all.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(all.error_message(), HasSubstr("max_lease_bytes"));
+  EXPECT_EQ(n.client->Stats()->leases, 0u) << "the refused lease pins nothing";
+  EXPECT_TRUE(begin(hashes, true, &resp).ok()) << "a read with the payload is not capped";
+  std::vector<uint64_t> kept;
+  for (size_t i = 0; i < 2; ++i) {
+    ASSERT_TRUE(begin({&hashes[i], 1}, false, &resp).ok()) << i;
+    kept.push_back(resp.lease_id());
+  }
+  grpc::Status third = begin({&hashes[2], 1}, false, &resp);
+  EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(third.error_message(), HasSubstr("max_leases"));
+  v1::EndGetRequest end;
+  end.set_lease_id(kept[0]);
+  v1::EndGetResponse ended;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub->EndGet(&ctx, end, &ended).ok());
+  EXPECT_TRUE(begin({&hashes[2], 1}, false, &resp).ok()) << "an ended lease makes room";
+}
+
+// The warm tier's policy is chosen by config: a block read often survives a scan of blocks
+// written once under cost and lfu, and is the first to go under lru.
 TEST(StoreNodeConfigTest, WarmPolicyDecidesWhoSurvivesAScan) {
   for (const char* policy : {"lru", "lfu", "cost"}) {
     SCOPED_TRACE(policy);

@@ -66,6 +66,10 @@ struct NodeConfig {
   uint64_t reservation_ttl_ms = 30000;  // uncommitted puts expire after this
   uint64_t lease_ttl_ms = 30000;        // default read lease
   uint64_t max_lease_ms = 600000;       // longest lease or reservation a caller may ask for
+  // Read leases a caller keeps after its call (BeginGet without payload): at most this many,
+  // pinning at most this many bytes (0: half of warm_bytes). More: RESOURCE_EXHAUSTED.
+  uint64_t max_leases = 65536;
+  uint64_t max_lease_bytes = 0;
   uint64_t reaper_interval_ms = 50;
   uint64_t drain_timeout_ms = 10000;  // SIGTERM: in-flight calls get this long to finish
   // A writer's Delete is remembered this long (at most tombstone_capacity deletes, ~50 B

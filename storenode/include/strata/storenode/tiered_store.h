@@ -104,6 +104,7 @@ class TieredStore {
                                bool promote = true);
   absl::Status EndGet(uint64_t lease_id);
   absl::Status JoinLease(uint64_t into, uint64_t from) { return warm_->JoinLease(into, from); }
+  absl::Status HoldLease(uint64_t lease_id) { return warm_->HoldLease(lease_id); }
 
   // Removes blocks from every tier. `tombstone`: a writer's delete (the Delete call), which
   // the warm tier remembers so that copies still on their way, between nodes or between

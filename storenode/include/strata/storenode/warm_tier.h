@@ -53,6 +53,12 @@ struct WarmTierOptions {
   // (tombstones.h). 0 for either: not remembered.
   int64_t tombstone_ttl_ms = 60'000;
   size_t tombstone_capacity = 262'144;
+  // Leases that outlive their call (HoldLease: a BeginGet without payload) pin blocks that
+  // neither eviction nor demotion may move: at most this many such leases, pinning at most
+  // this many payload bytes in all (0: half of capacity_bytes). Past either, HoldLease is
+  // RESOURCE_EXHAUSTED, so readers cannot pin the arena full and starve every writer.
+  uint64_t max_held_leases = 65'536;
+  uint64_t max_held_bytes = 0;
   // Monotonic milliseconds; tests substitute a manual clock.
   std::function<int64_t()> now_ms;
 };
@@ -65,7 +71,9 @@ struct WarmTierStats {
   uint64_t hits = 0;    // blocks found by Lookup/BeginGet
   uint64_t misses = 0;  // blocks asked for and not found
   uint64_t evictions = 0;
-  uint64_t leases = 0;  // read leases held
+  uint64_t leases = 0;       // read leases held
+  uint64_t held_leases = 0;  // of them, leases that outlive their call (HoldLease)
+  uint64_t held_bytes = 0;   // payload bytes those pin
   uint64_t pinned_blocks = 0;
   uint64_t reservations = 0;  // open put reservations
   uint64_t namespaces = 0;
@@ -198,6 +206,11 @@ class WarmTier {
   absl::Status EndGet(uint64_t lease_id);
   // Moves lease `from`'s pins into lease `into` (one id for a read served in two scopes).
   absl::Status JoinLease(uint64_t into, uint64_t from);
+  // Marks a lease as one the caller keeps after its call (a BeginGet without payload; it ends
+  // with EndGet or its ttl) and counts it against max_held_leases and max_held_bytes. Past
+  // either the lease is ended and the answer is RESOURCE_EXHAUSTED; NOT_FOUND for an unknown
+  // lease.
+  absl::Status HoldLease(uint64_t lease_id);
 
   // Removes blocks; a pinned one disappears from lookups now and frees when unpinned. With
   // `tombstone` (a writer's delete, not a hand-over or a drop) every named block is remembered
@@ -267,6 +280,8 @@ class WarmTier {
   void RemoveLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlotLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnpinLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unpins a lease's blocks and takes a held one off the caps' counts (not off leases_).
+  void ReleaseLeaseLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseReservationLocked(Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A put of `key` (PolicyHandle `handle`): FAILED_PRECONDITION for a copy of a block a
   // writer deleted lately; a writer's put clears the tombstone.
@@ -298,6 +313,8 @@ class WarmTier {
   absl::flat_hash_map<std::string, uint64_t> scope_used_ ABSL_GUARDED_BY(mu_);
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pinned_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t held_leases_ ABSL_GUARDED_BY(mu_) = 0;  // leases marked by HoldLease
+  uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;   // their Lease::bytes
   Tombstones tombstones_ ABSL_GUARDED_BY(mu_);
 
   std::atomic<uint64_t> hits_{0};
