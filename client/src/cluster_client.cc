@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "cluster_nodes.h"
 #include "grpc_store_client.h"
 #include "spdlog/spdlog.h"
 #include "strata/cluster/membership.h"
@@ -29,17 +30,13 @@ namespace {
 using cluster::Member;
 using cluster::MemberSet;
 
-// After a failed connect, a node is not tried again for this long (calls fail over at once).
-constexpr absl::Duration kDownBackoff = absl::Seconds(1);
-// Deadline of connecting to one node (its Stats call), within the caller's deadline.
-constexpr absl::Duration kConnectTimeout = absl::Seconds(2);
 // How long after a change of the member set reads also ask a block's owner under the
 // previous set: the time read-repair and the rebalancer get to move blocks to new owners.
 constexpr absl::Duration kPreviousSetGrace = absl::Minutes(10);
 
 class ClusterStoreClient final : public StoreClient {
  public:
-  explicit ClusterStoreClient(ClientOptions options) : options_(std::move(options)) {}
+  explicit ClusterStoreClient(ClientOptions options) : options_(options), nodes_(options) {}
 
   absl::Status Start() {
     cluster::MembershipOptions mo;
@@ -85,71 +82,33 @@ class ClusterStoreClient final : public StoreClient {
   }
 
   absl::Status RegisterMemory(void* ptr, size_t len) override {
-    absl::MutexLock lock(&mu_);
-    for (const auto& [p, l] : memory_) {
-      if (static_cast<uint8_t*>(ptr) < static_cast<uint8_t*>(p) + l &&
-          static_cast<uint8_t*>(p) < static_cast<uint8_t*>(ptr) + len) {
-        return absl::InvalidArgumentError("RegisterMemory: overlaps a registered range");
-      }
-    }
-    for (auto& [id, node] : nodes_) {
-      if (node.client == nullptr) continue;
-      if (absl::Status s = node.client->RegisterMemory(ptr, len); !s.ok()) return s;
-    }
-    memory_.emplace_back(ptr, len);
-    return absl::OkStatus();
+    return nodes_.RegisterMemory(ptr, len);
   }
-
-  absl::Status UnregisterMemory(void* ptr) override {
-    absl::MutexLock lock(&mu_);
-    auto it = std::find_if(memory_.begin(), memory_.end(),
-                           [ptr](const auto& m) { return m.first == ptr; });
-    if (it == memory_.end()) return absl::NotFoundError("UnregisterMemory: no range starts there");
-    memory_.erase(it);
-    for (auto& [id, node] : nodes_) {
-      if (node.client != nullptr) node.client->UnregisterMemory(ptr).IgnoreError();
-    }
-    return absl::OkStatus();
-  }
+  absl::Status UnregisterMemory(void* ptr) override { return nodes_.UnregisterMemory(ptr); }
 
   std::string DataPlaneDescription() const override {
     std::shared_ptr<const MemberSet> set = membership_->Current();
-    std::string first;
-    {
-      absl::MutexLock lock(&mu_);
-      for (const auto& [id, node] : nodes_) {
-        if (node.client != nullptr) {
-          first = node.client->DataPlaneDescription();
-          break;
-        }
-      }
-    }
+    const std::string first = nodes_.FirstDescription();
+    const std::string down = nodes_.DownNow();
     const int replicas = Replicas(*set);
     std::string warnings = cluster::Disagreement(set->members, replicas);
-    return absl::StrCat("cluster ", options_.cluster_name, " (",
-                        std::string(cluster::MembershipModeName(membership_->mode())), ", ",
-                        set->members.size(), " nodes, epoch ", set->epoch, ", R=", replicas,
-                        " W=", Quorum(replicas), ")",
-                        warnings.empty() ? "" : "; WARNING: ", warnings,
-                        first.empty() ? "" : "; per node: ", first);
+    return absl::StrCat(
+        "cluster ", options_.cluster_name, " (",
+        std::string(cluster::MembershipModeName(membership_->mode())), ", ", set->members.size(),
+        " nodes, epoch ", set->epoch, ", R=", replicas, " W=", Quorum(replicas), ")",
+        warnings.empty() ? "" : "; WARNING: ", warnings,
+        down.empty() ? "" : "; marked down: ", down, first.empty() ? "" : "; per node: ", first);
   }
 
   absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
                                               const CallOptions& call) override {
     const absl::Time end = End(call);
-    {
-      absl::MutexLock lock(&mu_);
-      bool known = false;
-      for (const NamespaceSpec& s : specs_) {
-        known = known || ComputeNamespaceId(s) == ComputeNamespaceId(spec);
-      }
-      if (!known) specs_.push_back(spec);
-    }
+    nodes_.AddNamespace(spec);
     std::shared_ptr<const MemberSet> set = membership_->Current();
     std::vector<absl::StatusOr<Namespace>> out(set->members.size(),
                                                absl::UnavailableError("not tried"));
     RunParts(set->members.size(), [&](size_t i) {
-      absl::StatusOr<std::shared_ptr<GrpcStoreClient>> c = Node(set->members[i], end);
+      absl::StatusOr<std::shared_ptr<GrpcStoreClient>> c = nodes_.Node(set->members[i], end);
       out[i] = c.ok() ? (*c)->RegisterNamespace(spec, Left(end)) : c.status();
       return absl::OkStatus();
     }).IgnoreError();
@@ -186,10 +145,13 @@ class ClusterStoreClient final : public StoreClient {
       // Each block's first owner that answers (absent there means absent).
       for (int round = 0; round < replicas; ++round) {
         std::vector<std::vector<size_t>> groups(set->members.size());
+        size_t left = 1;
         for (size_t i = 0; i < n; ++i) {
-          if (!answered[i] && tried[i] < cand[i].size()) groups[cand[i][tried[i]]].push_back(i);
+          if (answered[i] || tried[i] >= cand[i].size()) continue;
+          groups[cand[i][tried[i]]].push_back(i);
+          left = std::max(left, std::min<size_t>(cand[i].size(), replicas) - tried[i]);
         }
-        LookupRound(*set, groups, ns, scope, hashes, end, out,
+        LookupRound(*set, groups, ns, scope, hashes, end, left, out,
                     [&](const std::vector<size_t>& idx, const absl::Status& s) {
                       if (IsWholeCallError(s)) whole = s;
                       for (size_t i : idx) {
@@ -359,19 +321,20 @@ class ClusterStoreClient final : public StoreClient {
   }
 
  private:
-  struct NodeEntry {
-    std::string address;
-    std::shared_ptr<GrpcStoreClient> client;
-    absl::Time down_until = absl::InfinitePast();
-    absl::Status last_error;
-  };
-
   absl::Time End(const CallOptions& call) const {
     return absl::Now() +
            (call.deadline > absl::ZeroDuration() ? call.deadline : options_.default_deadline);
   }
   static CallOptions Left(absl::Time end) {
     return {.deadline = std::max(absl::Milliseconds(1), end - absl::Now())};
+  }
+  // Where one attempt on a node ends when `left` candidates (that node's included) remain
+  // for some block it is asked about: an even share of the time left, so that a node that
+  // hangs leaves the next replica time to answer. The last candidate gets all of it.
+  static absl::Time AttemptEnd(absl::Time end, size_t left) {
+    const absl::Time now = absl::Now();
+    if (left <= 1 || end <= now) return end;
+    return now + (end - now) / static_cast<int64_t>(left);
   }
 
   // Runs op, and once more after a refresh of the member set if a node found its epoch stale.
@@ -389,105 +352,43 @@ class ClusterStoreClient final : public StoreClient {
     return r;
   }
 
-  // The client of member `m`, connected on first use (namespaces and memory registered).
-  absl::StatusOr<std::shared_ptr<GrpcStoreClient>> Node(const Member& m, absl::Time end) {
-    if (auto known = Known(m)) return *known;
-    std::vector<NamespaceSpec> specs;
-    std::vector<std::pair<void*, size_t>> memory;
-    {
-      absl::MutexLock lock(&mu_);
-      specs = specs_;
-      memory = memory_;
-    }
-    ClientOptions o = options_;
-    o.address = m.address;
-    o.etcd_endpoints.clear();
-    o.cluster_members.clear();
-    o.default_deadline =
-        std::min(kConnectTimeout, std::max(absl::Milliseconds(1), end - absl::Now()));
-    absl::StatusOr<std::unique_ptr<GrpcStoreClient>> c = ConnectNode(o);
-    absl::Status s = c.status();
-    for (size_t i = 0; s.ok() && i < specs.size(); ++i) {
-      s = (*c)->RegisterNamespace(specs[i], Left(end)).status();
-    }
-    for (size_t i = 0; s.ok() && i < memory.size(); ++i) {
-      s = (*c)->RegisterMemory(memory[i].first, memory[i].second);
-    }
-    absl::MutexLock lock(&mu_);
-    NodeEntry& e = nodes_[m.id];
-    // Another call connected meanwhile, perhaps after a RegisterNamespace that ours missed.
-    if (s.ok() && e.address == m.address && e.client != nullptr) return e.client;
-    e.address = m.address;
-    if (!s.ok()) {
-      e.client.reset();
-      e.down_until = absl::Now() + kDownBackoff;
-      e.last_error =
-          absl::Status(s.code(), absl::StrCat("node ", m.id, " (", m.address, "): ", s.message()));
-      return e.last_error;
-    }
-    e.client = std::shared_ptr<GrpcStoreClient>(std::move(*c));
-    return e.client;
-  }
-
-  // Member `m`'s client if it is connected, or its error while it is marked down; nullopt
-  // when it has to be connected.
-  std::optional<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> Known(const Member& m) {
-    absl::MutexLock lock(&mu_);
-    NodeEntry& e = nodes_[m.id];
-    if (e.address != m.address) return std::nullopt;
-    if (e.client != nullptr) return e.client;
-    if (absl::Now() < e.down_until) return e.last_error;
-    return std::nullopt;
-  }
-
-  // A node whose call failed with UNAVAILABLE is marked down, so the next calls fail over at
-  // once.
-  void NoteResult(const Member& m, const std::shared_ptr<GrpcStoreClient>& c,
-                  const absl::Status& s) {
-    if (s.code() != absl::StatusCode::kUnavailable) return;
-    absl::MutexLock lock(&mu_);
-    NodeEntry& e = nodes_[m.id];
-    if (e.client == c) {
-      e.client.reset();
-      e.down_until = absl::Now() + kDownBackoff;
-      e.last_error = s;
-    }
-  }
-
-  // Runs fn on member `index` of `set` with the set's epoch.
+  // Runs fn on member `index` of `set` with the set's epoch, connecting by `end`. `cut_short`:
+  // `end` is an attempt's (AttemptEnd), before the call's own.
   template <typename Fn>
-  auto WithNode(const MemberSet& set, int index, absl::Time end, Fn fn)
+  auto WithNode(const MemberSet& set, int index, absl::Time end, Fn fn, bool cut_short = false)
       -> decltype(fn(std::declval<GrpcStoreClient&>())) {
     const Member& m = set.members[index];
-    absl::StatusOr<std::shared_ptr<GrpcStoreClient>> c = Node(m, end);
+    absl::StatusOr<std::shared_ptr<GrpcStoreClient>> c = nodes_.Node(m, end);
     if (!c.ok()) return c.status();
     (*c)->set_epoch(set.epoch);
     auto r = fn(**c);
-    if (!r.ok()) NoteResult(m, *c, r.status());
+    if (!r.ok()) nodes_.NoteResult(m, *c, r.status(), cut_short);
     return r;
   }
 
   // One LookupEach per member with blocks in groups[member] (indexes into `hashes`), all
   // members at once from this thread (GrpcStoreClient::LookupEachOnNodes, which fills
   // out[i] where a node answered) once any not connected yet are connected, in parallel.
-  // Then fn(groups[member], status) for each.
+  // Then fn(groups[member], status) for each. The round ends at AttemptEnd(end, left): `left`
+  // is the most candidates that remain for one of its blocks.
   template <typename Fn>
   void LookupRound(const MemberSet& set, const std::vector<std::vector<size_t>>& groups,
                    const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
-                   absl::Time end, std::span<BlockLocation> out, Fn fn) {
+                   absl::Time call_end, size_t left, std::span<BlockLocation> out, Fn fn) {
+    const absl::Time end = AttemptEnd(call_end, left);
     std::vector<int> nodes;
     std::vector<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> clients;
     std::vector<size_t> connect;
     for (size_t m = 0; m < groups.size(); ++m) {
       if (groups[m].empty()) continue;
-      auto known = Known(set.members[m]);
+      auto known = nodes_.Known(set.members[m]);
       if (!known) connect.push_back(nodes.size());
       nodes.push_back(static_cast<int>(m));
       clients.push_back(known ? *known : absl::UnknownError("not connected"));
     }
     if (!connect.empty()) {
       RunParts(connect.size(), [&](size_t p) {
-        clients[connect[p]] = Node(set.members[nodes[connect[p]]], end);
+        clients[connect[p]] = nodes_.Node(set.members[nodes[connect[p]]], end);
         return absl::OkStatus();
       }).IgnoreError();
     }
@@ -503,7 +404,9 @@ class ClusterStoreClient final : public StoreClient {
     }
     GrpcStoreClient::LookupEachOnNodes(work, hashes, ns, scope, Left(end), out);
     for (size_t k = 0; k < nodes.size(); ++k) {
-      if (clients[k].ok()) NoteResult(set.members[nodes[k]], *clients[k], work[k].status);
+      if (clients[k].ok()) {
+        nodes_.NoteResult(set.members[nodes[k]], *clients[k], work[k].status, end < call_end);
+      }
       fn(*work[k].idx, work[k].status);
     }
   }
@@ -567,6 +470,7 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<std::vector<size_t>> groups(set->members.size());
       for (auto& g : groups) g.reserve(round == 0 ? n / groups.size() + 64 : 0);
       bool any = false;
+      size_t left = 1;  // the most candidates left for one block of the round
       size_t first_absent = n;
       for (size_t i = 0; i < n; ++i) {
         if (!found(i) && absent[i]) {
@@ -582,18 +486,22 @@ class ClusterStoreClient final : public StoreClient {
         int node = -1;
         if (tried[i] == 0) {
           node = cluster::FirstOwner(seeds, hashes[i]);
+          left = std::max<size_t>(left, replicas);
         } else {
           if (cand.empty()) cand.resize(n);
           if (cand[i].empty())
             cand[i] = cluster::ReadCandidates(*set, prev.get(), hashes[i], replicas);
-          if (tried[i] < cand[i].size()) node = cand[i][tried[i]];
+          if (tried[i] < cand[i].size()) {
+            node = cand[i][tried[i]];
+            left = std::max(left, cand[i].size() - tried[i]);
+          }
         }
         if (node < 0) continue;
         groups[node].push_back(i);
         any = true;
       }
       if (!any) break;
-      LookupRound(*set, groups, ns, scope, hashes, end, loc,
+      LookupRound(*set, groups, ns, scope, hashes, end, left, loc,
                   [&](const std::vector<size_t>& idx, const absl::Status& s) {
                     for (size_t i : idx) {
                       ++tried[i];
@@ -694,16 +602,22 @@ class ClusterStoreClient final : public StoreClient {
     absl::Status whole;  // a whole-call error (IsWholeCallError)
     for (;;) {
       std::map<int, std::vector<size_t>> groups;
+      std::map<int, size_t> left;  // the most candidates left for one block of each group
       for (size_t i = 0; i < n; ++i) {
-        if (!done[i] && tried[i] < cand[i].size()) groups[cand[i][tried[i]]].push_back(i);
+        if (done[i] || tried[i] >= cand[i].size()) continue;
+        const int node = cand[i][tried[i]];
+        groups[node].push_back(i);
+        left[node] = std::max(left[node], cand[i].size() - tried[i]);
       }
       if (groups.empty() || absl::Now() >= end) break;
       ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
         std::vector<BlockRead> mine;
         for (size_t i : idx) mine.push_back(blocks[i]);
-        absl::StatusOr<GetResult> r = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
-          return c.Get(ns, scope, mine, Left(end), get);
-        });
+        const absl::Time stop = AttemptEnd(end, left.at(node));
+        absl::StatusOr<GetResult> r = WithNode(
+            *set, node, stop,
+            [&](GrpcStoreClient& c) { return c.Get(ns, scope, mine, Left(stop), get); },
+            stop < end);
         absl::MutexLock lock(&mu);
         if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
         for (size_t k = 0; k < idx.size(); ++k) {
@@ -770,10 +684,7 @@ class ClusterStoreClient final : public StoreClient {
   std::string warned_ ABSL_GUARDED_BY(warned_mu_);
   std::unique_ptr<cluster::Membership> membership_;
 
-  mutable absl::Mutex mu_;
-  std::map<std::string, NodeEntry> nodes_ ABSL_GUARDED_BY(mu_);
-  std::vector<NamespaceSpec> specs_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::pair<void*, size_t>> memory_ ABSL_GUARDED_BY(mu_);
+  ClusterNodes nodes_;
 };
 
 }  // namespace

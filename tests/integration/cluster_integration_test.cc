@@ -229,9 +229,6 @@ TEST_F(ClusterTest, TheStoreKeepsServingWhileEtcdIsDown) {
   EXPECT_EQ(GetAll(*c, *ns, during), during.size());
 }
 
-// A member registered without a placement scheme (a node from before the key) owns other
-// blocks for the same hash: every node counts it (Stats, metric), `strata status` names it,
-// and the rebalancers complete no pass until it is gone.
 TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
   std::unique_ptr<StoreClient> c = Connect(Options());
   ASSERT_NE(c, nullptr);
@@ -283,6 +280,44 @@ TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
   ASSERT_TRUE(WaitRebalanced());
   EXPECT_GT(NodeStats(*nodes_[1]).warm_blocks, 30u);
   EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+}
+
+// A replica that hangs (SIGSTOP: its sockets stay open, it answers nothing) while still
+// listed: a lookup and a get started at once each give it a share of their deadline, then
+// ask the block's next owner. Before, the first owner had the whole deadline, and every
+// block it owned came back DEADLINE_EXCEEDED.
+TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaHangs) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> chain = testutil::PromptChain(*ns, 6, 60);
+  ASSERT_EQ(PutAll(*c, *ns, chain), chain.size());
+  {
+    testutil::Freeze frozen(nodes_[2]->pid());
+    ASSERT_TRUE(frozen.stopped());
+    std::future<absl::StatusOr<client::LookupResult>> found = std::async(std::launch::async, [&] {
+      return c->Lookup(*ns, "", chain, {.deadline = absl::Seconds(6)});
+    });
+    std::vector<std::vector<uint8_t>> bufs(chain.size(), std::vector<uint8_t>(kBlock));
+    std::vector<BlockRead> reads;
+    for (size_t i = 0; i < chain.size(); ++i) reads.push_back({chain[i], bufs[i].data(), kBlock});
+    absl::StatusOr<client::GetResult> got = c->Get(*ns, "", reads, {.deadline = absl::Seconds(6)});
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (size_t i = 0; i < chain.size(); ++i) {
+      ASSERT_TRUE(got->blocks[i].ok()) << i << ": " << got->blocks[i];
+      EXPECT_EQ(bufs[i], Payload(chain[i])) << i;
+    }
+    absl::StatusOr<client::LookupResult> lookup = found.get();
+    ASSERT_TRUE(lookup.ok()) << lookup.status();
+    EXPECT_EQ(lookup->matched_blocks, chain.size());
+    // Marked down: the calls after these do not wait for it (for 1 s, then 2 s, ...).
+    EXPECT_THAT(c->DataPlaneDescription(),
+                ::testing::HasSubstr("marked down: node-2 (node node-2 (127.0.0.1:"));
+  }
+  // Thawed, it has left the set (its lease lapsed) and joins again.
+  EXPECT_TRUE(WaitForMembers(*c, 3));
+  ASSERT_TRUE(WaitRebalanced());
 }
 
 // A block another put is still writing on an owner is no replica yet: a put counts it toward

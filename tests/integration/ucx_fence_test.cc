@@ -33,18 +33,6 @@ struct FenceCase {
 
 class UcxFenceTest : public ::testing::TestWithParam<FenceCase> {};
 
-// Continues a node stopped with SIGSTOP when the test ends, however it ends.
-class Thaw {
- public:
-  explicit Thaw(pid_t pid) : pid_(pid) {}
-  ~Thaw() { kill(pid_, SIGCONT); }
-  Thaw(const Thaw&) = delete;
-  Thaw& operator=(const Thaw&) = delete;
-
- private:
-  pid_t pid_;
-};
-
 // The node is frozen while a long get and a short one wait on the same channel; the short
 // one's deadline passes and fences the channel. Thawed, the node's transfer for the long get
 // finds the client's endpoints gone. The long get must still return every byte.
@@ -60,15 +48,15 @@ TEST_P(UcxFenceTest, CallsBesideOneThatGaveUpGoAgainOnAFreshChannel) {
   for (size_t i = 0; i < n; ++i) reads.push_back({l.hashes[i], dst.data() + i * size, size});
   const BlockRead short_read{l.hashes[0], one.data(), size};
 
-  ASSERT_EQ(kill(l.node->pid(), SIGSTOP), 0);
-  Thaw thaw(l.node->pid());
+  testutil::Freeze frozen(l.node->pid());
+  ASSERT_TRUE(frozen.stopped());
   std::future<absl::StatusOr<client::GetResult>> long_get = std::async(std::launch::async, [&] {
     return l.client->Get(l.ns, "", reads, {.deadline = absl::Seconds(20)});
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the long get is sent
   auto gave_up = l.client->Get(l.ns, "", {&short_read, 1}, {.deadline = absl::Milliseconds(500)});
   EXPECT_THAT(gave_up, StatusIs(absl::StatusCode::kDeadlineExceeded));
-  kill(l.node->pid(), SIGCONT);
+  frozen.Thaw();
 
   absl::StatusOr<client::GetResult> got = long_get.get();
   ASSERT_THAT(got, IsOk()) << l.client->DataPlaneDescription();

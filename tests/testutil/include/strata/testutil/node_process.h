@@ -2,6 +2,8 @@
 // endpoint.
 #pragma once
 
+#include <signal.h>
+
 #include <memory>
 #include <string>
 #include <utility>
@@ -34,5 +36,24 @@ uint64_t OpCount(const client::LocalNode& node, const std::string& op);
 // (e.g. `tier="cool"`; empty: any series); -1 when absent or unreachable.
 double Metric(const client::LocalNode& node, const std::string& name,
               const std::string& labels = "");
+
+// Stops a node with SIGSTOP (it keeps its sockets, and answers nothing) and continues it
+// when the guard goes, however the test ends.
+class Freeze {
+ public:
+  explicit Freeze(pid_t pid) : pid_(pid), stopped_(kill(pid, SIGSTOP) == 0) {}
+  ~Freeze() { Thaw(); }
+  Freeze(const Freeze&) = delete;
+  Freeze& operator=(const Freeze&) = delete;
+  bool stopped() const { return stopped_; }
+  void Thaw() {
+    if (stopped_) kill(pid_, SIGCONT);
+    stopped_ = false;
+  }
+
+ private:
+  pid_t pid_;
+  bool stopped_;
+};
 
 }  // namespace strata::testutil

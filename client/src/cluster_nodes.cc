@@ -1,0 +1,150 @@
+#include "cluster_nodes.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace strata::client::internal {
+namespace {
+
+// A node marked down is not tried again for this long, doubled per failure up to the most.
+constexpr absl::Duration kDownBackoff = absl::Seconds(1);
+constexpr int kMostDoublings = 5;  // 32 s
+// Deadline of connecting to one node (its Stats call), within the caller's deadline.
+constexpr absl::Duration kConnectTimeout = absl::Seconds(2);
+
+}  // namespace
+
+void ClusterNodes::MarkDownLocked(Entry& e, absl::Status error) {
+  e.client.reset();
+  e.down_until = absl::Now() + kDownBackoff * (1 << std::min(e.strikes, kMostDoublings));
+  ++e.strikes;
+  e.last_error = std::move(error);
+}
+
+absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluster::Member& m,
+                                                                    absl::Time end) {
+  if (auto known = Known(m)) return *known;
+  std::vector<NamespaceSpec> specs;
+  std::vector<std::pair<void*, size_t>> memory;
+  {
+    absl::MutexLock lock(&mu_);
+    specs = specs_;
+    memory = memory_;
+  }
+  const auto left = [end] {
+    return CallOptions{.deadline = std::max(absl::Milliseconds(1), end - absl::Now())};
+  };
+  ClientOptions o = options_;
+  o.address = m.address;
+  o.etcd_endpoints.clear();
+  o.cluster_members.clear();
+  o.default_deadline = std::min(kConnectTimeout, left().deadline);
+  absl::StatusOr<std::unique_ptr<GrpcStoreClient>> c = ConnectNode(o);
+  absl::Status s = c.status();
+  for (size_t i = 0; s.ok() && i < specs.size(); ++i) {
+    s = (*c)->RegisterNamespace(specs[i], left()).status();
+  }
+  for (size_t i = 0; s.ok() && i < memory.size(); ++i) {
+    s = (*c)->RegisterMemory(memory[i].first, memory[i].second);
+  }
+  absl::MutexLock lock(&mu_);
+  Entry& e = nodes_[m.id];
+  // Another call connected meanwhile, perhaps after a RegisterNamespace that ours missed.
+  if (s.ok() && e.address == m.address && e.client != nullptr) return e.client;
+  if (e.address != m.address) e.strikes = 0;  // another node under the id
+  e.address = m.address;
+  if (!s.ok()) {
+    MarkDownLocked(e, absl::Status(s.code(), absl::StrCat("node ", m.id, " (", m.address,
+                                                          "): ", s.message())));
+    return e.last_error;
+  }
+  e.client = std::shared_ptr<GrpcStoreClient>(std::move(*c));
+  e.strikes = 0;
+  return e.client;
+}
+
+std::optional<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> ClusterNodes::Known(
+    const cluster::Member& m) {
+  absl::MutexLock lock(&mu_);
+  Entry& e = nodes_[m.id];
+  if (e.address != m.address) return std::nullopt;
+  if (e.client != nullptr) return e.client;
+  if (absl::Now() < e.down_until) return e.last_error;
+  return std::nullopt;
+}
+
+void ClusterNodes::NoteResult(const cluster::Member& m, const std::shared_ptr<GrpcStoreClient>& c,
+                              const absl::Status& s, bool cut_short) {
+  if (s.code() != absl::StatusCode::kUnavailable &&
+      !(cut_short && s.code() == absl::StatusCode::kDeadlineExceeded)) {
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  Entry& e = nodes_[m.id];
+  if (e.client == c) {
+    MarkDownLocked(e, s.code() == absl::StatusCode::kUnavailable
+                          ? s
+                          : absl::UnavailableError(absl::StrCat(
+                                "node ", m.id, " (", m.address,
+                                ") did not answer in time; skipped for now: ", s.message())));
+  }
+}
+
+absl::Status ClusterNodes::RegisterMemory(void* ptr, size_t len) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [p, l] : memory_) {
+    if (static_cast<uint8_t*>(ptr) < static_cast<uint8_t*>(p) + l &&
+        static_cast<uint8_t*>(p) < static_cast<uint8_t*>(ptr) + len) {
+      return absl::InvalidArgumentError("RegisterMemory: overlaps a registered range");
+    }
+  }
+  for (auto& [id, node] : nodes_) {
+    if (node.client == nullptr) continue;
+    if (absl::Status s = node.client->RegisterMemory(ptr, len); !s.ok()) return s;
+  }
+  memory_.emplace_back(ptr, len);
+  return absl::OkStatus();
+}
+
+absl::Status ClusterNodes::UnregisterMemory(void* ptr) {
+  absl::MutexLock lock(&mu_);
+  auto it =
+      std::find_if(memory_.begin(), memory_.end(), [ptr](const auto& m) { return m.first == ptr; });
+  if (it == memory_.end()) return absl::NotFoundError("UnregisterMemory: no range starts there");
+  memory_.erase(it);
+  for (auto& [id, node] : nodes_) {
+    if (node.client != nullptr) node.client->UnregisterMemory(ptr).IgnoreError();
+  }
+  return absl::OkStatus();
+}
+
+void ClusterNodes::AddNamespace(const NamespaceSpec& spec) {
+  absl::MutexLock lock(&mu_);
+  for (const NamespaceSpec& s : specs_) {
+    if (ComputeNamespaceId(s) == ComputeNamespaceId(spec)) return;
+  }
+  specs_.push_back(spec);
+}
+
+std::string ClusterNodes::DownNow() const {
+  std::string out;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, node] : nodes_) {
+    if (node.client != nullptr || now >= node.down_until) continue;
+    absl::StrAppend(&out, out.empty() ? "" : ", ", id, " (", node.last_error.message(), ")");
+  }
+  return out;
+}
+
+std::string ClusterNodes::FirstDescription() const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, node] : nodes_) {
+    if (node.client != nullptr) return node.client->DataPlaneDescription();
+  }
+  return "";
+}
+
+}  // namespace strata::client::internal
