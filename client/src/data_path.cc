@@ -546,13 +546,14 @@ std::vector<size_t> GrpcStoreClient::AcceptGetReply(const v1::GetDataResponse& r
       const bool came_inline = !b.payload().empty();
       const Landing at =
           came_inline ? Landing{b.payload().data(), b.payload().size(), true} : landed(i);
-      const bool intact = (at.exact ? at.length == b.size() : b.size() <= at.length) &&
-                          BlockChecksum(at.bytes, b.size()) == b.checksum();
-      if (!intact) {
+      const bool fits = at.exact ? at.length == b.size() : b.size() <= at.length;
+      // Copied first, then verified where the caller reads it: a bounce buffer may take a late
+      // write (a node past an earlier call's deadline) between a check there and the copy.
+      if (fits && at.bytes != blocks[i].buffer) std::memcpy(blocks[i].buffer, at.bytes, b.size());
+      if (!fits || BlockChecksum(blocks[i].buffer, b.size()) != b.checksum()) {
         retry.push_back(i);
         continue;
       }
-      if (at.bytes != blocks[i].buffer) std::memcpy(blocks[i].buffer, at.bytes, b.size());
       result->sizes[i] = b.size();
     }
     result->blocks[i] = std::move(st);

@@ -91,6 +91,16 @@ std::vector<uint64_t> MessageTags(const v1::PutDataRequest& req, size_t limit) {
   return tags;
 }
 
+// How long a data call's reservation or lease lasts: past its transfer's deadline by more
+// than the transfer may still run after it (the lanes' drain grace, 1 s, and the wait for
+// requests after a forced close, 0.2 s), so that the reaper never frees a slot that a late
+// receive or send of the call may still touch. The call ends them itself when it returns.
+uint64_t HoldFor(absl::Time deadline) {
+  constexpr int64_t kPastDeadlineMs = 5000;
+  return static_cast<uint64_t>(
+      std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())) + kPastDeadlineMs);
+}
+
 }  // namespace
 
 absl::Time StoreServiceImpl::TransferDeadline(const grpc::ServerContext* ctx) const {
@@ -196,12 +206,20 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   }
   if (!valid.ok()) {
     // The client's tagged messages are on their way: take them into the discard buffer so its
-    // sends complete, then refuse the call.
-    if (two_sided) ConsumeTagged(*req, deadline);
+    // sends complete, then refuse the call. Only a well-formed list of tags gets receives (at
+    // most max_keys_per_call, each naming the channel); any other is left to the sweep, as a
+    // refused call's is: a receive per tag of an unchecked list would let one call hold
+    // millions of them.
+    if (two_sided && n <= static_cast<int>(config_.max_keys_per_call) &&
+        CheckPutFields(*req, n).ok()) {
+      ConsumeTagged(*req, deadline);
+    } else if (two_sided) {
+      data_plane_->NoteRefused(req->channel_id(), req->lane(),
+                               MessageTags(*req, config_.max_keys_per_call));
+    }
     return call.Done(valid);
   }
-  const uint64_t ttl = static_cast<uint64_t>(
-      std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
+  const uint64_t ttl = HoldFor(deadline);
   NoteWrite(scope);
   WarmTier::ReserveResult r = store_->BeginPut(req->namespace_id(), scope, blocks, ttl);
   std::vector<transport::TransferOp> ops;
@@ -418,8 +436,7 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
     }
   }
   const absl::Time deadline = TransferDeadline(ctx);
-  const uint64_t ttl = static_cast<uint64_t>(
-      std::max<int64_t>(1000, absl::ToInt64Milliseconds(deadline - absl::Now()) + 1000));
+  const uint64_t ttl = HoldFor(deadline);
   std::vector<absl::Status> status(n);
   std::vector<WarmTier::BlockMeta> meta(n);
   std::vector<const std::string*> block_scope(n, &scope);

@@ -271,6 +271,31 @@ TEST(UcxConfigTest, ARefusedPutDatasMessagesAreDroppedAndItsChannelStays) {
   EXPECT_EQ(CloseRawChannel(*stub, refused), grpc::StatusCode::OK);
 }
 
+// A PutData refused for its tags gets no receive per tag: 100,001 tags for one block, or tags
+// naming another channel, are answered INVALID_ARGUMENT at once. Before, the node posted a
+// receive for each tag it was sent (millions fit in one request) and held them, and the call,
+// until the deadline: the caller saw DEADLINE_EXCEEDED.
+TEST(UcxConfigTest, APutDataRefusedForItsTagsPostsNoReceivesForThem) {
+  RawTcpNode t;
+  ASSERT_NO_FATAL_FAILURE(StartRawTcpNode(&t));
+  RawChannel other;
+  ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*t.stub, &other));
+  const std::vector<ChainHash> hashes = testutil::PromptChain(t.ns, 30, 1);
+  v1::PutDataRequest too_many = TaggedPut(t.channel, t.ns, hashes, 4096, {1});
+  for (uint32_t i = 0; i < 100'000; ++i) too_many.add_tags(t.channel.Tag(i + 2));
+  v1::PutDataRequest foreign = TaggedPut(t.channel, t.ns, hashes, 4096, {1});
+  foreign.set_tags(0, other.Tag(1));
+  for (const v1::PutDataRequest* req : {&too_many, &foreign}) {
+    v1::PutDataResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    const grpc::Status s = t.stub->PutData(&ctx, *req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s.error_message(), ::testing::HasSubstr("tags"));
+  }
+  EXPECT_EQ(CloseRawChannel(*t.stub, t.channel), grpc::StatusCode::OK) << "the channel stays";
+}
+
 // Blocks of 256 KiB are verified one by one as they land, while the rest of the call is in
 // flight (counted), and the verdicts must reach the commit: a block whose bytes fail its
 // checksum, and one whose message is short, are DATA_LOSS and not stored; the intact ones

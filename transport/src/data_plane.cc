@@ -109,11 +109,14 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
         absl::StrCat("ConnectData: ", s.message(), " (this side: the node, peer: the client)"));
   }
   {
+    // The slot is taken before connecting (outside the lock), so that connects at once cannot
+    // each pass the check.
     absl::MutexLock lock(&mu_);
-    if (channels_.size() >= options_.max_channels) {
+    if (channels_.size() + connecting_ >= options_.max_channels) {
       return absl::ResourceExhaustedError(
           absl::StrCat("data channels: the node holds its maximum of ", options_.max_channels));
     }
+    ++connecting_;
   }
   ChannelState state;
   state.last_used = absl::Now();
@@ -122,6 +125,8 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
     absl::StatusOr<transport::EndpointId> ep = lanes_[lane]->Connect(client_addresses[lane]);
     if (!ep.ok()) {
       Disconnect(0, state);
+      absl::MutexLock lock(&mu_);
+      --connecting_;
       return absl::Status(ep.status().code(),
                           absl::StrCat("worker_addresses[", lane, "]: ", ep.status().message()));
     }
@@ -131,6 +136,7 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
   absl::StatusOr<std::string> info = lanes_[0]->DescribeEndpoint(state.endpoints[0]);
   out.transport = info.ok() ? *info : "unknown";
   absl::MutexLock lock(&mu_);
+  --connecting_;
   // Random, not counted: naming a channel id in GetData/PutData/CloseData is the capability
   // to use it, so another client must not guess one. Nonzero in its low 32 bits (tags).
   do {
@@ -176,6 +182,12 @@ absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
     ep = it->second.endpoints[lane];
   }
   absl::Status s = lanes_[lane]->Transfer(ep, ops, deadline, nullptr, hooks);
+  if (s.code() == absl::StatusCode::kInvalidArgument && !Knows(channel_id)) {
+    // Closed under the call (another call's failure, the idle reaper, the sweep): the lane no
+    // longer knows the endpoint. The caller's request was sound; NOT_FOUND makes it reconnect.
+    return absl::NotFoundError(
+        absl::StrCat("channel_id ", channel_id, ": closed during the call (ConnectData again)"));
+  }
   if (s.code() == absl::StatusCode::kUnavailable ||
       s.code() == absl::StatusCode::kDeadlineExceeded) {
     // The endpoint is retired (peer gone, or force-closed after the deadline): the channel

@@ -3,9 +3,11 @@
 // its channel, and channels whose messages nobody claims are closed, several in one sweep.
 #include "strata/transport/data_plane.h"
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -34,12 +36,15 @@ constexpr absl::Duration kTimeout = absl::Seconds(2);
 
 class DataPlaneTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Init(1024); }
+
+  void Init(uint64_t max_channels) {
     arena_.resize(1 << 20);
     DataPlaneOptions o;
     o.tls = "tcp";
     o.unclaimed_timeout = kTimeout;
     o.max_block_bytes = 64 << 10;
+    o.max_channels = max_channels;
     auto plane = DataPlane::Create(o, arena_.data(), arena_.size());
     ASSERT_THAT(plane, IsOk());
     plane_ = std::move(*plane);
@@ -137,6 +142,39 @@ TEST_F(DataPlaneTest, MessagesNamingNoOpenChannelAreDroppedAtTheNextSweep) {
   plane_->SweepUnclaimed();
   EXPECT_EQ(plane_->unclaimed_dropped(), 3u);
   EXPECT_EQ(plane_->channels(), 1u);
+}
+
+// Connects at once cannot each pass the max_channels check while the others connect: the
+// slot is taken before the endpoints are made. Before, every one of them could get a channel.
+TEST_F(DataPlaneTest, ConnectsAtOnceStayWithinMaxChannels) {
+  plane_.reset();
+  Init(2);
+  constexpr int kClients = 8;
+  std::vector<std::unique_ptr<Context>> contexts;
+  std::vector<std::string> addresses;
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (int i = 0; i < kClients; ++i) {
+    auto context = Context::Create(TransportOptions{"tcp", {}, true});
+    ASSERT_THAT(context, IsOk());
+    auto worker = (*context)->CreateWorker();
+    ASSERT_THAT(worker, IsOk());
+    addresses.push_back((*worker)->Address());
+    workers.push_back(std::move(*worker));
+    contexts.push_back(std::move(*context));
+  }
+  std::atomic<int> opened{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      auto channel = plane_->Connect({&addresses[i], 1}, contexts[i]->tcp_segments());
+      if (channel.ok()) ++opened;
+      if (channel.status().code() == absl::StatusCode::kResourceExhausted) ++refused;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(opened.load(), 2);
+  EXPECT_EQ(refused.load(), kClients - 2);
+  EXPECT_EQ(plane_->channels(), 2u);
 }
 
 }  // namespace

@@ -166,6 +166,8 @@ class DataPlane {
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ChannelState> channels_ ABSL_GUARDED_BY(mu_);
+  // Channels being connected: counted against max_channels with channels_.
+  size_t connecting_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_channel_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<Refused> refused_ ABSL_GUARDED_BY(mu_);
   std::vector<Closed> closed_ ABSL_GUARDED_BY(mu_);
