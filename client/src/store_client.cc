@@ -106,6 +106,7 @@ void GrpcStoreClient::FillLookup(const Namespace& ns, std::string_view scope,
   req->set_namespace_id(ns.id);
   req->set_scope(Scope(scope));
   req->set_each_block(each_block);
+  req->set_exact_scope(options_.exact_scope_lookups);
   auto hash = [&](size_t j) -> const ChainHash& { return hashes[idx ? (*idx)[j] : j]; };
   if (!packed_lookup_.load(std::memory_order_relaxed)) {
     for (size_t j = begin; j < end; ++j) req->add_chain_hashes(hash(j).ToBytes());

@@ -75,6 +75,8 @@ void Rebalancer::Pass() {
   if (!cluster::MembersPlacingOtherwise(set->members).empty()) return;
   // The largest count any member keeps: the same for every node that sees this set.
   const int replicas = cluster::ReplicasKept(set->members, options_.replicas);
+  // Clients of members that left go (ids come and go with pods).
+  std::erase_if(peers_, [&](const auto& p) { return set->Find(p.first) < 0; });
   // Walk the keys (TieredStore::NextKeys) rather than copy them all: a disk tier may hold
   // tens of millions. `pending` counts down from the blocks held when the pass starts.
   const TieredStats held = store_->Stats();
@@ -205,7 +207,11 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
               : c->Put(peer_ns, scope, writes, {.deadline = options_.call_timeout}, {.copy = true});
       for (size_t k = 0; k < which.size(); ++k) {
         const absl::Status st = put.ok() ? put->blocks[k] : put.status();
-        if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) {
+        if (IsBlockBeingWritten(st)) {
+          // Another put holds the block's reservation there and may yet give up: not a copy,
+          // so no hand-over this pass (the next one asks again).
+          copy_failed[which[k]] = true;
+        } else if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) {
           ++copied;
           ++confirmed[which[k]];
         } else if (put.ok() && (st.code() == absl::StatusCode::kFailedPrecondition ||
@@ -244,6 +250,9 @@ client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
     client::ClientOptions o;
     o.address = m.address;
     o.data_plane = client::ClientOptions::DataPlane::kInline;
+    // "Does the peer hold this scope's copy?", not "may this scope read it there?": a tenant's
+    // block must not count as held because the peer has it in `shared`.
+    o.exact_scope_lookups = true;
     o.default_deadline = options_.call_timeout;
     o.token = options_.token;
     o.tls_ca = options_.tls_ca;

@@ -215,7 +215,7 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
   if (!hot) {
     // The store's answer as it is: every block (each_block) or the matched prefix.
     std::vector<std::optional<WarmTier::BlockMeta>> found =
-        FindBlocks(req->namespace_id(), scope, hashes, req->each_block());
+        FindBlocks(req->namespace_id(), scope, hashes, req->each_block(), req->exact_scope());
     const size_t n = found.size();
     auto meta = [&](size_t i) -> const WarmTier::BlockMeta* {
       return found[i].has_value() ? &*found[i] : nullptr;
@@ -249,8 +249,8 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
   // A prefix may continue in agents' GPU memory (the directory): block by block, with the
   // publishers of each block.
   std::vector<std::optional<WarmTier::BlockMeta>> each =
-      FindBlocks(req->namespace_id(), scope, hashes, /*each_block=*/true);
-  const bool shared_first = SharedFirst(scope);
+      FindBlocks(req->namespace_id(), scope, hashes, /*each_block=*/true, req->exact_scope());
+  const bool shared_first = SharedFirst(scope) && !req->exact_scope();
   uint32_t present = 0;
   for (size_t i = 0; i < hashes.size(); ++i) {
     std::vector<Directory::Location> peers =

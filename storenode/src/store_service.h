@@ -87,11 +87,12 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // Whether a read in `scope` consults `shared` first (a tenant's own scope, once anything
   // was written to shared).
   bool SharedFirst(const std::string& scope) const;
-  // Every block on its own (each_block) or the present prefix, shared first where it applies.
+  // Every block on its own (each_block) or the present prefix, shared first where it applies
+  // (not with `exact`: LookupRequest.exact_scope).
   std::vector<std::optional<WarmTier::BlockMeta>> FindBlocks(NamespaceId ns,
                                                              const std::string& scope,
                                                              std::span<const ChainHash> hashes,
-                                                             bool each_block);
+                                                             bool each_block, bool exact = false);
   // A read's blocks grouped by the scope holding them: those in `shared` first, the rest in
   // `scope`; one group (the request's scope) where shared is not consulted.
   struct ScopeGroup {

@@ -68,9 +68,10 @@ bool StoreServiceImpl::SharedFirst(const std::string& scope) const {
 }
 
 std::vector<std::optional<WarmTier::BlockMeta>> StoreServiceImpl::FindBlocks(
-    NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes, bool each_block) {
+    NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes, bool each_block,
+    bool exact) {
   std::vector<std::optional<WarmTier::BlockMeta>> found;
-  if (!SharedFirst(scope)) {
+  if (exact || !SharedFirst(scope)) {
     if (each_block) return store_->LookupEach(ns, scope, hashes);
     std::vector<WarmTier::BlockMeta> prefix = store_->Lookup(ns, scope, hashes);
     found.assign(prefix.begin(), prefix.end());

@@ -397,7 +397,11 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
   }
   std::vector<uint8_t> buf;
   for (size_t i = 0; i < hashes.size(); ++i) {
-    if (r.status[i].code() != absl::StatusCode::kNotFound) continue;
+    // Not warm, or warm but corrupt (dropped there): a disk copy may still be intact.
+    if (r.status[i].code() != absl::StatusCode::kNotFound &&
+        r.status[i].code() != absl::StatusCode::kDataLoss) {
+      continue;
+    }
     BlockKey key{ns, scope, hashes[i]};
     for (auto [tier, code] :
          {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
@@ -447,12 +451,16 @@ bool TieredStore::StageInWarm(const BlockKey& key) { return Promote(key, false);
 uint64_t TieredStore::Delete(NamespaceId ns, const std::string& scope,
                              std::span<const ChainHash> hashes, bool tombstone) {
   // Warm first: its tombstones are in place before the disk copies go (KeptUnlessDeleted).
-  uint64_t n = warm_->Delete(ns, scope, hashes, tombstone);
+  // A block is counted once, however many tiers held a copy.
+  std::vector<bool> removed;
+  warm_->Delete(ns, scope, hashes, tombstone, &removed);
   for (DiskTier* t : {cool_.get(), cold_.get()}) {
     if (t == nullptr) continue;
-    for (const ChainHash& h : hashes) n += t->Delete(BlockKey{ns, scope, h}).ok() ? 1 : 0;
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      if (t->Delete(BlockKey{ns, scope, hashes[i]}).ok()) removed[i] = true;
+    }
   }
-  return n;
+  return static_cast<uint64_t>(std::count(removed.begin(), removed.end(), true));
 }
 
 bool TieredStore::KeptUnlessDeleted(DiskTier* tier, const BlockKey& key) {
@@ -580,8 +588,8 @@ bool TieredStore::NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out
       case 1: {
         const size_t n = std::min(max, walk->warm.size() - walk->warm_next);
         auto from = walk->warm.begin() + static_cast<std::ptrdiff_t>(walk->warm_next);
-        out->insert(out->end(), std::make_move_iterator(from),
-                    std::make_move_iterator(from + static_cast<std::ptrdiff_t>(n)));
+        // Copied, not moved: stages 2 and 3 search walk->warm for the disk copies.
+        out->insert(out->end(), from, from + static_cast<std::ptrdiff_t>(n));
         walk->warm_next += n;
         if (walk->warm_next == walk->warm.size()) walk->stage = 2;
         break;

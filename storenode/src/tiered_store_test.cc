@@ -103,12 +103,15 @@ class TieredStoreTest : public ::testing::Test {
 
 // A walk gives every block once, a few keys at a time, though tiers hold copies of each other's
 // blocks: warm and cool (a resumed session), cool and cold (paused to cold, resumed, paused to
-// cool), and blocks on one tier only.
+// cool), and blocks on one tier only. In a named scope: the warm keys the walk hands out must
+// still rule out their disk copies (before, they were moved out first, and each block held
+// warm and on disk came twice).
 TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
-  std::vector<BlockKey> all = Put(0, 8, "");
+  const std::string scope = "tenant-a";
+  std::vector<BlockKey> all = Put(ns_, scope, 0, 8, "");
   for (auto [first, session] : {std::pair{100u, "cool"}, std::pair{200u, "cold"},
                                 std::pair{300u, "warm+cool"}, std::pair{400u, "cool+cold"}}) {
-    std::vector<BlockKey> keys = Put(first, 8, session);
+    std::vector<BlockKey> keys = Put(ns_, scope, first, 8, session);
     all.insert(all.end(), keys.begin(), keys.end());
   }
   // Another namespace and scope, on cool.
@@ -139,7 +142,7 @@ TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
       // disk copy stays): it comes from cool, once.
       std::vector<uint8_t> buf;
       WarmTier::GetResult read = store_->BeginGet(
-          ns_, "", {&all[8].hash, 1}, 10000,
+          ns_, scope, {&all[8].hash, 1}, 10000,
           [&buf](size_t, uint64_t size) {
             buf.resize(size);
             return buf.data();
@@ -164,6 +167,33 @@ TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
   TieredStore::KeyWalk done = walk;
   EXPECT_FALSE(store_->NextKeys(&done, 3, &keys)) << "a finished walk gave more";
   EXPECT_TRUE(keys.empty());
+}
+
+// Blocks held warm and on cool (a session paused, then resumed): a Delete counts each block
+// once (before: once per tier, 8 for 4), and a warm copy gone bad is read from cool instead of
+// failing DATA_LOSS while an intact copy sits on disk.
+TEST_F(TieredStoreTest, BlocksOnTwoTiersCountOnceAndABadWarmCopyFallsBackToDisk) {
+  const std::vector<BlockKey> keys = Put(ns_, "tenant-a", 0, 4, "both");
+  ASSERT_THAT(store_->PauseSession("both", false).status(), IsOk());
+  ASSERT_THAT(store_->ResumeSession("both").status(), IsOk());
+  ASSERT_EQ(store_->Stats().warm.blocks, 4u);
+  ASSERT_EQ(store_->Stats().cool->blocks, 4u);
+  ASSERT_THAT(store_->CorruptForTest(keys[0], 7), IsOk());
+  std::vector<uint8_t> buf;
+  WarmTier::GetResult read = store_->BeginGet(
+      ns_, "tenant-a", {&keys[0].hash, 1}, 10000,
+      [&buf](size_t, uint64_t size) {
+        buf.resize(size);
+        return buf.data();
+      },
+      UINT64_MAX, /*promote=*/false);
+  ASSERT_THAT(read.status[0], IsOk());
+  EXPECT_EQ(read.blocks[0].tier, 3) << "served from cool";
+  EXPECT_EQ(buf, std::vector<uint8_t>(kBlock, 0)) << "block 0's bytes";
+  if (read.lease_id != 0) ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
+  std::vector<ChainHash> hashes;
+  for (const BlockKey& k : keys) hashes.push_back(k.hash);
+  EXPECT_EQ(store_->Delete(ns_, "tenant-a", hashes), 4u);
 }
 
 // A client that names a new session on every put: the node tracks at most max_sessions of

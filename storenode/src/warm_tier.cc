@@ -516,13 +516,15 @@ absl::Status WarmTier::AbortPut(uint64_t reservation_id) {
 }
 
 uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
-                          std::span<const ChainHash> hashes, bool tombstone) {
+                          std::span<const ChainHash> hashes, bool tombstone,
+                          std::vector<bool>* removed) {
   uint64_t deleted = 0;
+  if (removed != nullptr) removed->assign(hashes.size(), false);
   absl::MutexLock lock(&mu_);
   const int64_t now = tombstone ? options_.now_ms() : 0;
   BlockKey key{ns, scope, {}};
-  for (const ChainHash& h : hashes) {
-    key.hash = h;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    key.hash = hashes[i];
     if (tombstone) tombstones_.Add(PolicyHandle(key), now);
     auto it = index_.find(key);
     if (it == index_.end()) continue;
@@ -532,6 +534,7 @@ uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
     }
     RemoveLocked(it->second.get());
     ++deleted;
+    if (removed != nullptr) (*removed)[i] = true;
   }
   return deleted;
 }

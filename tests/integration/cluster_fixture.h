@@ -196,6 +196,42 @@ class ClusterFixture : public ::testing::Test {
     return good;
   }
 
+  // Reservations a raw writer holds (BeginPut, ttl 20 s) for `hashes` on nodes `which`, as if
+  // another put were still writing them there; AbortPuts ends them.
+  struct HeldPuts {
+    std::vector<std::pair<std::unique_ptr<v1::StoreService::Stub>, uint64_t>> held;
+  };
+  static void HoldPuts(const std::vector<int>& which, const client::Namespace& ns,
+                       const std::vector<ChainHash>& hashes, HeldPuts* out) {
+    for (int i : which) {
+      auto stub = v1::StoreService::NewStub(
+          grpc::CreateChannel(nodes_[i]->address(), grpc::InsecureChannelCredentials()));
+      v1::BeginPutRequest req;
+      req.set_namespace_id(ns.id);
+      req.set_ttl_ms(20000);
+      for (const ChainHash& h : hashes) {
+        v1::PutBlock* b = req.add_blocks();
+        b->set_chain_hash(h.ToBytes());
+        b->set_size(kBlock);
+      }
+      v1::BeginPutResponse resp;
+      grpc::ClientContext ctx;
+      ASSERT_TRUE(stub->BeginPut(&ctx, req, &resp).ok()) << "node-" << i;
+      ASSERT_NE(resp.reservation_id(), 0u) << "node-" << i;
+      out->held.emplace_back(std::move(stub), resp.reservation_id());
+    }
+  }
+  static void AbortPuts(HeldPuts* h) {
+    for (auto& [stub, id] : h->held) {
+      v1::AbortPutRequest req;
+      req.set_reservation_id(id);
+      v1::AbortPutResponse resp;
+      grpc::ClientContext ctx;
+      stub->AbortPut(&ctx, req, &resp).ok();
+    }
+    h->held.clear();
+  }
+
   // Waits (bounded) until the cluster's etcd lists `want` members.
   static bool WaitForMembers(StoreClient& c, uint32_t want) {
     for (absl::Time end = absl::Now() + absl::Seconds(15); absl::Now() < end;) {

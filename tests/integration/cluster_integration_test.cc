@@ -329,31 +329,11 @@ TEST_F(ReplicatedClusterTest, ABlockBeingWrittenByAnotherPutIsNotCountedAsARepli
   std::unique_ptr<StoreClient> c = ConnectWithNamespace(Options(), &ns);
   ASSERT_NE(c, nullptr);
   const std::vector<ChainHash> h = testutil::PromptChain(ns, 77, 1);
-  std::vector<std::pair<std::unique_ptr<v1::StoreService::Stub>, uint64_t>> held;
-  for (auto& [i, node] : nodes_) {
-    auto stub = v1::StoreService::NewStub(
-        grpc::CreateChannel(node->address(), grpc::InsecureChannelCredentials()));
-    v1::BeginPutRequest req;
-    req.set_namespace_id(ns.id);
-    req.set_ttl_ms(20000);
-    v1::PutBlock* b = req.add_blocks();
-    b->set_chain_hash(h[0].ToBytes());
-    b->set_size(kBlock);
-    v1::BeginPutResponse resp;
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(stub->BeginPut(&ctx, req, &resp).ok()) << "node-" << i;
-    ASSERT_NE(resp.reservation_id(), 0u) << "node-" << i;
-    held.emplace_back(std::move(stub), resp.reservation_id());
-  }
+  HeldPuts held;
+  ASSERT_NO_FATAL_FAILURE(HoldPuts({0, 1, 2}, ns, h, &held));
   std::thread gives_up([&] {
     absl::SleepFor(absl::Milliseconds(300));
-    for (auto& [stub, id] : held) {
-      v1::AbortPutRequest req;
-      req.set_reservation_id(id);
-      v1::AbortPutResponse resp;
-      grpc::ClientContext ctx;
-      stub->AbortPut(&ctx, req, &resp).ok();
-    }
+    AbortPuts(&held);
   });
   absl::StatusOr<client::PutResult> r = PutEach(*c, ns, h);
   gives_up.join();

@@ -293,5 +293,66 @@ TEST_F(ClusterTest, CopiesThatArriveAfterADeleteAreRefusedAndAWritersPutIsTaken)
   EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
 }
 
+// A tenant's own copy is handed over only once its owner holds that scope's copy: the owner
+// holding the same blocks in `shared` does not count. Here node-0 has a stray copy of 30
+// blocks in the caller's scope, and every owner has them in `shared`. Before, a peer's lookup
+// answered from `shared` first, so node-0 dropped the 20 it does not own without copying
+// them: the scope's copies of those were gone.
+TEST_F(ClusterTest, ATenantsBlocksAreNotHandedOverToAPeersSharedCopy) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 13, 30);
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<BlockWrite> writes;
+  for (const ChainHash& h : chain) data.push_back(Payload(h));
+  for (size_t i = 0; i < chain.size(); ++i) writes.push_back({chain[i], data[i].data(), kBlock});
+  auto shared = c->Put(*ns, "shared", writes);
+  ASSERT_THAT(shared, IsOk());
+  ASSERT_EQ(shared->stored, chain.size());
+  auto direct = StoreClient::Connect({.address = nodes_[0]->address()});
+  ASSERT_TRUE(direct.ok());
+  auto dns = (*direct)->RegisterNamespace(Spec());
+  ASSERT_TRUE(dns.ok());
+  ASSERT_EQ(PutAll(**direct, *dns, chain), chain.size());
+  ASSERT_TRUE(WaitRebalanced());
+  ClientOptions exact = Options();
+  exact.exact_scope_lookups = true;
+  std::unique_ptr<StoreClient> e = Connect(exact);
+  ASSERT_NE(e, nullptr);
+  ASSERT_TRUE(e->RegisterNamespace(Spec()).ok());
+  for (const char* scope : {"", "shared"}) {
+    auto where = e->LookupEach(*ns, scope, chain);
+    ASSERT_THAT(where, IsOk());
+    size_t held = 0;
+    for (const auto& b : *where) held += b.tier != client::Tier::kUnknown;
+    EXPECT_EQ(held, chain.size()) << "scope '" << scope << "' at the blocks' owners";
+  }
+}
+
+// A block another put is still writing at its owner is not a copy there yet: the stray
+// copy on node-0 stays until the owner holds the block, and goes to the owner once that put
+// gave up. Before, node-0 took "being written" for a copy and dropped its own: with the other
+// put aborted, the blocks node-0 did not own were gone.
+TEST_F(ClusterTest, ABlockBeingWrittenAtItsOwnerIsNotHandedOverYet) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 14, 12);
+  HeldPuts held;
+  ASSERT_NO_FATAL_FAILURE(HoldPuts({1, 2}, *ns, chain, &held));
+  auto direct = StoreClient::Connect({.address = nodes_[0]->address()});
+  ASSERT_TRUE(direct.ok());
+  auto dns = (*direct)->RegisterNamespace(Spec());
+  ASSERT_TRUE(dns.ok());
+  ASSERT_EQ(PutAll(**direct, *dns, chain), chain.size());
+  ASSERT_TRUE(WaitRebalanced());  // the owners answer "being written"
+  AbortPuts(&held);
+  ASSERT_TRUE(WaitRebalanced());  // now node-0 copies them
+  EXPECT_EQ(GetAll(*c, *ns, chain), chain.size());
+}
+
 }  // namespace
 }  // namespace strata::cluster_test

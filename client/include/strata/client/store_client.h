@@ -110,6 +110,10 @@ struct ClientOptions {
   // etcd: watch the member set (default), or read it once and again only when a node says
   // this client routed by a stale epoch (lighter on etcd for very many clients).
   bool watch_members = true;
+  // Lookups answer from the named scope only, never from `shared` (LookupRequest.exact_scope):
+  // for a node's rebalancer asking whether a peer holds a tenant's own copy. Reads are
+  // unchanged.
+  bool exact_scope_lookups = false;
 };
 
 struct CallOptions {

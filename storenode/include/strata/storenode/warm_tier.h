@@ -215,8 +215,9 @@ class WarmTier {
   // Removes blocks; a pinned one disappears from lookups now and frees when unpinned. With
   // `tombstone` (a writer's delete, not a hand-over or a drop) every named block is remembered
   // as deleted, present or not, and a put of one still being written is aborted at its commit.
+  // Returns how many it removed; `removed`, when given, says which.
   uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
-                  bool tombstone = false);
+                  bool tombstone = false, std::vector<bool>* removed = nullptr);
   // Whether a writer deleted the block within tombstone_ttl_ms.
   bool DeletedLately(const BlockKey& key);
   // A writer put the block again where the warm tier is not asked (a lower tier holds it):
