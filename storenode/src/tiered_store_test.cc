@@ -149,7 +149,9 @@ TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
           },
           UINT64_MAX, /*promote=*/true);
       ASSERT_THAT(read.status[0], IsOk());
-      if (read.lease_id != 0) ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
+      if (read.lease_id != 0) {
+        ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
+      }
       EXPECT_EQ(store_->Stats().warm.blocks, 17u) << "not promoted";
     }
     ASSERT_LE(got.size(), 3u);
@@ -190,7 +192,9 @@ TEST_F(TieredStoreTest, BlocksOnTwoTiersCountOnceAndABadWarmCopyFallsBackToDisk)
   ASSERT_THAT(read.status[0], IsOk());
   EXPECT_EQ(read.blocks[0].tier, 3) << "served from cool";
   EXPECT_EQ(buf, std::vector<uint8_t>(kBlock, 0)) << "block 0's bytes";
-  if (read.lease_id != 0) ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
+  if (read.lease_id != 0) {
+    ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
+  }
   std::vector<ChainHash> hashes;
   for (const BlockKey& k : keys) hashes.push_back(k.hash);
   EXPECT_EQ(store_->Delete(ns_, "tenant-a", hashes), 4u);

@@ -1,5 +1,8 @@
 #include "strata/storenode/warm_tier.h"
 
+#include <openssl/rand.h>
+#include <xxhash.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -14,6 +17,14 @@
 namespace strata::storenode {
 
 namespace {
+
+uint64_t RandomSeed() {
+  uint64_t seed = 0;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&seed), sizeof(seed)) != 1) {
+    seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  return seed;
+}
 
 int64_t SteadyNowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -35,7 +46,8 @@ WarmTier::WarmTier(WarmTierOptions options, std::unique_ptr<SlabArena> arena)
     : options_(std::move(options)),
       arena_(std::move(arena)),
       policy_(MakeEvictionPolicy(options_.policy, options_.policy_options)),
-      tombstones_(options_.tombstone_capacity, options_.tombstone_ttl_ms) {
+      tombstones_(options_.tombstone_capacity, options_.tombstone_ttl_ms),
+      tombstone_seed_(RandomSeed()) {
   slot_owner_.resize(arena_->num_pages());
 }
 
@@ -352,7 +364,7 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
       continue;
     }
     const uint64_t handle = PolicyHandle(key);
-    if (absl::Status gone = CheckTombstoneLocked(key, handle, b.copy); !gone.ok()) {
+    if (absl::Status gone = CheckTombstoneLocked(key, b.copy); !gone.ok()) {
       result.status.push_back(std::move(gone));
       continue;
     }
@@ -525,7 +537,7 @@ uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
   BlockKey key{ns, scope, {}};
   for (size_t i = 0; i < hashes.size(); ++i) {
     key.hash = hashes[i];
-    if (tombstone) tombstones_.Add(PolicyHandle(key), now);
+    if (tombstone) tombstones_.Add(TombstoneId(key), now);
     auto it = index_.find(key);
     if (it == index_.end()) continue;
     if (it->second->state != Entry::State::kCommitted) {
@@ -541,15 +553,26 @@ uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
 
 bool WarmTier::DeletedLately(const BlockKey& key) {
   absl::MutexLock lock(&mu_);
-  return tombstones_.Live(PolicyHandle(key), options_.now_ms());
+  return tombstones_.Live(TombstoneId(key), options_.now_ms());
 }
 
 void WarmTier::ForgetDelete(const BlockKey& key) {
   absl::MutexLock lock(&mu_);
-  tombstones_.Clear(PolicyHandle(key));
+  tombstones_.Clear(TombstoneId(key));
 }
 
-absl::Status WarmTier::CheckTombstoneLocked(const BlockKey& key, uint64_t handle, bool copy) {
+uint64_t WarmTier::TombstoneId(const BlockKey& key) const {
+  std::string bytes;
+  bytes.reserve(8 + 1 + key.scope.size() + kChainHashBytes);
+  bytes.append(reinterpret_cast<const char*>(&key.namespace_id), sizeof(key.namespace_id));
+  bytes.push_back(static_cast<char>(key.scope.size()));
+  bytes += key.scope;
+  bytes.append(key.hash.AsStringView());
+  return XXH3_64bits_withSeed(bytes.data(), bytes.size(), tombstone_seed_);
+}
+
+absl::Status WarmTier::CheckTombstoneLocked(const BlockKey& key, bool copy) {
+  const uint64_t handle = TombstoneId(key);
   if (!copy) {
     tombstones_.Clear(handle);
     return absl::OkStatus();

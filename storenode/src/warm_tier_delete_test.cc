@@ -1,5 +1,9 @@
 // A writer's delete against copies on their way: tombstones (tombstones.h) and puts that a
 // delete overtakes.
+#define XXH_INLINE_ALL  // the internals ForgedHash needs
+#include <xxhash.h>
+
+#include "strata/storenode/eviction_policy.h"
 #include "strata/storenode/tombstones.h"
 #include "warm_tier_test_fixture.h"
 
@@ -121,6 +125,60 @@ TEST_F(WarmTierTest, AWritersPutAfterTheDeleteLetsTheOvertakenPutStoreTheBlock) 
   EXPECT_THAT((*done)[1], StatusIs(Code::kAborted)) << "only deleted";
   EXPECT_TRUE(Present(1));
   EXPECT_FALSE(Present(2));
+}
+
+// A chain hash in `scope` (8 bytes long) whose PolicyHandle (unkeyed XXH3 over namespace,
+// scope and hash) equals `target`'s: for these 49-byte inputs the last 16 bytes enter XXH3
+// through one mixing step, which can be solved for. Any tenant can do this.
+ChainHash ForgedHash(const BlockKey& target, NamespaceId ns, const std::string& scope) {
+  std::string b;
+  b.append(reinterpret_cast<const char*>(&ns), sizeof(ns));
+  b.push_back(static_cast<char>(scope.size()));
+  b += scope;
+  b.append(32, '\x5c');
+  const uint8_t* in = reinterpret_cast<const uint8_t*>(b.data());
+  const uint8_t* secret = XXH3_kSecret;
+  const size_t len = b.size();
+  uint64_t acc = len * XXH_PRIME64_1;
+  acc += XXH3_mix16B(in + 16, secret + 32, 0);
+  acc += XXH3_mix16B(in + len - 32, secret + 48, 0);
+  acc += XXH3_mix16B(in, secret, 0);
+  // Undo the final avalanche of the target's hash: what the last mixing step must add.
+  auto inverse = [](uint64_t a) {
+    uint64_t x = a;
+    for (int i = 0; i < 6; ++i) x *= 2 - a * x;
+    return x;
+  };
+  uint64_t h = PolicyHandle(target);
+  h ^= h >> 32;
+  h *= inverse(0x165667919E3779F9ULL);
+  h ^= h >> 37;
+  const uint64_t need = h - acc;
+  const uint64_t lo = XXH_readLE64(secret + 16) ^ 1, hi = need ^ XXH_readLE64(secret + 24);
+  std::memcpy(&b[len - 16], &lo, 8);
+  std::memcpy(&b[len - 8], &hi, 8);
+  ChainHash forged;
+  std::memcpy(forged.bytes.data(), b.data() + len - 32, 32);
+  return forged;
+}
+
+// Tombstones are not held as the PolicyHandle: a tenant deleting (in its own scope) a hash
+// crafted to share a `shared` block's handle plants no tombstone on that block, whose copies
+// are still taken; a delete of the block itself still refuses them. Before, the forged delete
+// refused every copy of the shared block (rebalancer, read-repair, promotion) for 60 s.
+TEST_F(WarmTierTest, AForgedHandleCollisionPlantsNoTombstoneOnAnotherScopesBlock) {
+  const BlockKey target{ns_, "shared", H(1)};
+  const ChainHash forged = ForgedHash(target, ns_, "tenant-b");
+  ASSERT_EQ(PolicyHandle(BlockKey{ns_, "tenant-b", forged}), PolicyHandle(target))
+      << "the forgery must collide for this test to mean anything";
+  EXPECT_EQ(tier_->Delete(ns_, "tenant-b", {&forged, 1}, /*tombstone=*/true), 0u);
+  WarmTier::PutBlock copy{H(1), 1000};
+  copy.copy = true;
+  EXPECT_THAT(Reserve({copy}, kTtl, "shared").status[0], IsOk());
+  EXPECT_FALSE(tier_->DeletedLately(target));
+  const Hashes one = {H(1)};
+  tier_->Delete(ns_, "shared", one, /*tombstone=*/true);
+  EXPECT_THAT(Reserve({copy}, kTtl, "shared").status[0], StatusIs(Code::kFailedPrecondition));
 }
 
 }  // namespace

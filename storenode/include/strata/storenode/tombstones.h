@@ -1,8 +1,9 @@
 // Tombstones: which blocks a writer deleted lately, so that a copy of one still on its way
 // (the rebalancer's, a reader's read-repair, a promotion from a lower tier) does not bring it
 // back (docs/design/cluster.md, "Deletes"). A tombstone lives `ttl_ms`, longer than any copy
-// may take; at most `capacity` live at once, the oldest going first. Keys are held as their
-// 64-bit PolicyHandle: a collision refuses one copy too many (the block stays
+// may take; at most `capacity` live at once, the oldest going first. Keys are held as a 64-bit
+// hash under a random seed (WarmTier::TombstoneId), which no caller can aim at another
+// scope's block: a chance collision refuses one copy too many (the block stays
 // under-replicated until a writer puts it again), never keeps a deleted block.
 //
 // Not thread-safe: the warm tier keeps its tombstones under its own lock.

@@ -286,8 +286,12 @@ class WarmTier {
   void ReleaseReservationLocked(Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A put of `key` (PolicyHandle `handle`): FAILED_PRECONDITION for a copy of a block a
   // writer deleted lately; a writer's put clears the tombstone.
-  absl::Status CheckTombstoneLocked(const BlockKey& key, uint64_t handle, bool copy)
+  absl::Status CheckTombstoneLocked(const BlockKey& key, bool copy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What a tombstone is held as: a 64-bit hash of the key under this tier's random seed. Not
+  // the PolicyHandle: that one is unkeyed, so a tenant could craft a hash of its own scope
+  // whose handle is another scope's block, and plant a tombstone on that block.
+  uint64_t TombstoneId(const BlockKey& key) const;
   // ABORTED for block `index` of a commit whose reservation a writer's Delete overtook.
   absl::Status DeletedWhileWritten(size_t index);
 
@@ -317,6 +321,7 @@ class WarmTier {
   uint64_t held_leases_ ABSL_GUARDED_BY(mu_) = 0;  // leases marked by HoldLease
   uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;   // their Lease::bytes
   Tombstones tombstones_ ABSL_GUARDED_BY(mu_);
+  const uint64_t tombstone_seed_;  // random per process: tombstones are held in RAM only
 
   std::atomic<uint64_t> hits_{0};
   std::atomic<uint64_t> misses_{0};
