@@ -287,6 +287,22 @@ TEST_P(TransportPairTest, AbortCancelsPendingReceivesAndKeepsTheEndpoint) {
   EXPECT_EQ(remote(0)[100], 0x5A);
 }
 
+// A receive on an endpoint force-closed under it (another call's deadline, a client's fence)
+// ends at once, UNAVAILABLE: receives belong to the worker, not the endpoint, and used to wait
+// for their deadline (here 20 s) after the endpoint was gone.
+TEST_P(TransportPairTest, AReceiveOnAnEndpointClosedUnderItEndsUnavailable) {
+  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
+  ASSERT_THAT(back, IsOk());
+  TransferOp recv = TransferOp::Recv(remote(0), 4096, 93);
+  std::thread closer([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    server_.worker->Abandon(*back).IgnoreError();
+  });
+  EXPECT_THAT(server_.worker->Transfer(*back, {&recv, 1}, absl::Now() + absl::Seconds(20)),
+              StatusIs(absl::StatusCode::kUnavailable));
+  closer.join();
+}
+
 // Messages that arrive before any receive wait in UCX's unexpected queue. OldestUnclaimed names
 // the first to arrive; DropUnclaimed drops those a tag and mask select (an eager message's
 // bytes at once, a rendezvous message without its payload moving, its sender completing) and

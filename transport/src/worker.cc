@@ -597,6 +597,13 @@ class UcpWorker final : public Worker {
         // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
         if (!only_receives) Retire(t, now, "a transfer was aborted");
       }
+      if (!t->receives_cancelled && !t->deadline_hit && EndpointGone(*t->endpoint)) {
+        // The peer failed, or the endpoint was force-closed (another call's deadline, a
+        // client's fence): its sends and one-sided ops ended with it, but receives belong to
+        // the worker and would wait for the deadline. End them: the transfer answers
+        // UNAVAILABLE now, and frees what it holds (a call slot, a reservation) with it.
+        CancelReceives(t);
+      }
       if (!t->deadline_hit && now >= t->cmd->deadline) {
         // Retire the endpoint and give what is already posted kDeadlineDrainGrace to finish:
         // force-closing an endpoint with emulated (TCP) puts in flight makes UCX 1.13 abort
@@ -631,9 +638,14 @@ class UcpWorker final : public Worker {
 
   // Receives belong to the worker, not the endpoint: closing the endpoint does not end them.
   void CancelReceives(InFlightTransfer* t) {
+    t->receives_cancelled = true;
     for (OpSlot& slot : t->slots) {
       if (slot.recv_request != nullptr) ucp_request_cancel(worker_, slot.recv_request);
     }
+  }
+
+  static bool EndpointGone(const Endpoint& e) {
+    return e.peer_failed || e.state == EndpointState::kClosing || e.state == EndpointState::kClosed;
   }
 
   void StartGracefulClose(Endpoint* e) {

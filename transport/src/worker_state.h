@@ -155,8 +155,9 @@ struct InFlightTransfer {
   ucs_status_t first_error = UCS_OK;
   size_t first_error_index = 0;
   bool deadline_hit = false;
-  bool aborted = false;  // the caller's abort flag was seen
-  bool flushed = false;  // every op and the flush were posted
+  bool aborted = false;             // the caller's abort flag was seen
+  bool flushed = false;             // every op and the flush were posted
+  bool receives_cancelled = false;  // CancelReceives ran
   absl::Time force_close_at = absl::InfiniteFuture();
   bool force_closed = false;
   absl::Time abandon_at = absl::InfiniteFuture();
