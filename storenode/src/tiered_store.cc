@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <tuple>
 
@@ -363,7 +364,27 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
         static_cast<uint64_t>(ws.capacity_bytes * options_.warm_high_watermark)) {
       DemoteOnce(incoming);
     }
-    r = warm_->BeginPut(ns, scope, fresh, ttl_ms);
+    r = warm_->BeginPut(ns, scope, fresh, ttl_ms, /*may_evict=*/false);
+    // Under the watermark a slot class can still be out of slots and free pages (blocks of
+    // mixed sizes): eviction would drop blocks that exist nowhere else while cool has room.
+    // Move those out first; evict only what could not move.
+    std::map<uint64_t, size_t> short_of;  // block size → blocks refused for want of a slot
+    for (size_t k = 0; k < fresh.size(); ++k) {
+      if (r.status[k].code() == absl::StatusCode::kResourceExhausted &&
+          !IsTenantQuotaError(r.status[k])) {
+        ++short_of[fresh[k].size];
+      }
+    }
+    if (!short_of.empty()) {
+      if (r.reservation_id != 0) warm_->AbortPut(r.reservation_id).IgnoreError();
+      for (const auto& [size, count] : short_of) {
+        warm_->DemoteFor(
+            size, count,
+            [this](const BlockKey& key, std::span<const uint8_t> bytes,
+                   const WarmTier::BlockAttrs& a) { return DemoteToCool(key, bytes, a); });
+      }
+      r = warm_->BeginPut(ns, scope, fresh, ttl_ms);
+    }
   }
   WarmTier::ReserveResult out;
   out.reservation_id = r.reservation_id;
@@ -538,21 +559,25 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
   // A writer waits for what it brings (a step at least); the demoter thread takes the rest
   // down to the low watermark.
   if (incoming > 0) target = std::min(target, std::max(incoming, kMakeRoomStepBytes));
-  warm_->Demote(target, [this](const BlockKey& key, std::span<const uint8_t> bytes,
+  warm_->Demote(target,
+                [this](const BlockKey& key, std::span<const uint8_t> bytes,
+                       const WarmTier::BlockAttrs& a) { return DemoteToCool(key, bytes, a); });
+}
+
+bool TieredStore::DemoteToCool(const BlockKey& key, std::span<const uint8_t> bytes,
                                const WarmTier::BlockAttrs& a) {
-    // A block promoted earlier may still have its disk copy: nothing to write then.
-    if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
-    MakeRoom(cool_.get(), cold_.get(), bytes.size());
-    absl::Status st = cool_->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id));
-    if (IsTenantQuotaError(st)) {
-      // The tenant holds its whole cool quota: its coldest warm block leaves the node instead
-      // of waiting in the warm tier (where it would hold up demotion for everyone).
-      disk_evictions_.fetch_add(1, std::memory_order_relaxed);
-      return true;
-    }
-    if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
-    return st.ok() && KeptUnlessDeleted(cool_.get(), key);
-  });
+  // A block promoted earlier may still have its disk copy: nothing to write then.
+  if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
+  MakeRoom(cool_.get(), cold_.get(), bytes.size());
+  absl::Status st = cool_->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id));
+  if (IsTenantQuotaError(st)) {
+    // The tenant holds its whole cool quota: its coldest warm block leaves the node instead
+    // of waiting in the warm tier (where it would hold up demotion for everyone).
+    disk_evictions_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
+  return st.ok() && KeptUnlessDeleted(cool_.get(), key);
 }
 
 void TieredStore::DemoteLoop() {

@@ -200,6 +200,57 @@ TEST_F(TieredStoreTest, BlocksOnTwoTiersCountOnceAndABadWarmCopyFallsBackToDisk)
   EXPECT_EQ(store_->Delete(ns_, "tenant-a", hashes), 4u);
 }
 
+// Under the watermark a slot class can be out of slots and free pages (blocks of mixed
+// sizes): the warm tier is half empty, every page half full of 1,000-byte blocks, and a
+// 4 KiB block needs a whole page. The blocks of the page it takes go to cool, not away.
+// Before, the put evicted them (2 blocks dropped while cool had room).
+TEST_F(TieredStoreTest, APutThatNeedsAnotherSlotClassMovesBlocksDownInsteadOfDroppingThem) {
+  TieredStoreOptions o;
+  o.warm_high_watermark = 1.0;
+  o.warm_low_watermark = 0.95;
+  Init(o);
+  const uint32_t kSmall = 4096;  // 1,000-byte blocks fill the 4 MiB arena, 4 to a page
+  std::vector<WarmTier::PutBlock> blocks;
+  std::vector<std::vector<uint8_t>> payloads;
+  std::vector<ChainHash> hashes;
+  for (uint32_t n = 0; n < kSmall; ++n) {
+    ChainHash h;
+    std::memcpy(h.bytes.data(), &n, sizeof(n));
+    hashes.push_back(h);
+    blocks.push_back({.hash = h, .size = 1000});
+    payloads.emplace_back(1000, static_cast<uint8_t>(n));
+  }
+  auto put = [&](std::span<const WarmTier::PutBlock> b, std::span<const std::vector<uint8_t>> p) {
+    WarmTier::ReserveResult r = store_->BeginPut(ns_, "", b, 10000);
+    std::vector<WarmTier::CommitBlock> commits;
+    for (size_t i = 0; i < b.size(); ++i) {
+      EXPECT_THAT(r.status[i], IsOk()) << i;
+      commits.push_back({b[i].hash, BlockChecksum(p[i].data(), p[i].size()), p[i]});
+    }
+    auto done = store_->CommitPut(r.reservation_id, commits);
+    ASSERT_THAT(done.status(), IsOk());
+    for (const absl::Status& st : *done) EXPECT_THAT(st, IsOk());
+  };
+  for (uint32_t from = 0; from < kSmall; from += 1024) {
+    put(std::span(blocks).subspan(from, 1024), std::span(payloads).subspan(from, 1024));
+  }
+  ASSERT_EQ(store_->Stats().warm.blocks, kSmall);
+  std::vector<ChainHash> odd, kept;
+  for (uint32_t n = 0; n < kSmall; ++n) (n % 2 ? odd : kept).push_back(hashes[n]);
+  ASSERT_EQ(store_->Delete(ns_, "", odd), kSmall / 2);
+  ChainHash big_hash;
+  big_hash.bytes.fill(0xb1);
+  const WarmTier::PutBlock big{.hash = big_hash, .size = kBlock};
+  const std::vector<uint8_t> big_bytes(kBlock, 0xb1);
+  put({&big, 1}, {&big_bytes, 1});
+  const TieredStats st = store_->Stats();
+  EXPECT_EQ(st.warm.evictions, 0u);
+  EXPECT_EQ(st.cool->blocks, 2u) << "the page's two blocks";
+  size_t found = 0;
+  for (const auto& m : store_->LookupEach(ns_, "", kept)) found += m.has_value();
+  EXPECT_EQ(found, kept.size()) << "every block not deleted is still held";
+}
+
 // A client that names a new session on every put: the node tracks at most max_sessions of
 // them, and the ones that put longest ago are paused early (their blocks move to cool) instead
 // of the table growing. Without the cap all 40 would be tracked until session_idle.

@@ -174,7 +174,7 @@ bool WarmTier::EvictOneLocked(uint16_t size_class) {
   return true;
 }
 
-bool WarmTier::ReclaimPageLocked() {
+int64_t WarmTier::ReclaimCandidateLocked() const {
   // The page whose newest block is oldest, among pages holding only unpinned committed
   // blocks: emptying it returns a whole page to the pool for any class.
   int64_t best = -1;
@@ -183,7 +183,7 @@ bool WarmTier::ReclaimPageLocked() {
     if (arena_->PageClass(page) < 0) continue;
     uint64_t newest = 0;
     bool movable = true;
-    for (Entry* e : slot_owner_[page]) {
+    for (const Entry* e : slot_owner_[page]) {
       if (e == nullptr) continue;
       if (e->state != Entry::State::kCommitted || e->pins > 0) {
         movable = false;
@@ -196,6 +196,11 @@ bool WarmTier::ReclaimPageLocked() {
       best = page;
     }
   }
+  return best;
+}
+
+bool WarmTier::ReclaimPageLocked() {
+  const int64_t best = ReclaimCandidateLocked();
   if (best < 0) return false;
   std::vector<Entry*> victims;
   for (Entry* e : slot_owner_[best]) {
@@ -270,22 +275,17 @@ std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::Probe(NamespaceId ns,
   return out;
 }
 
+void WarmTier::TakeForDemotionLocked(Entry* e, std::vector<DemoteVictim>* victims) {
+  // Out of the policy while it moves, so its parent can become the next victim; a block that
+  // does not move is admitted again in MoveOut.
+  policy_->Erase(e->handle);
+  if (e->pins++ == 0) ++pinned_;
+  victims->push_back(
+      {e, e->size, BlockAttrs{e->checksum, e->depth, e->importance, e->session, e->parent_handle}});
+}
+
 uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn, const std::string* session) {
-  struct Victim {
-    Entry* entry;
-    uint64_t size;
-    BlockAttrs attrs;
-  };
-  std::vector<Victim> victims;
-  auto take = [&](Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    // Out of the policy while it moves, so its parent can become the next victim; a block
-    // that does not move is admitted again below.
-    policy_->Erase(e->handle);
-    if (e->pins++ == 0) ++pinned_;
-    victims.push_back(
-        {e, e->size,
-         BlockAttrs{e->checksum, e->depth, e->importance, e->session, e->parent_handle}});
-  };
+  std::vector<DemoteVictim> victims;
   {
     absl::MutexLock lock(&mu_);
     if (session != nullptr) {
@@ -295,7 +295,7 @@ uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn, const std::string*
           members.push_back(e.get());
         }
       }
-      for (Entry* e : members) take(e);
+      for (Entry* e : members) TakeForDemotionLocked(e, &victims);
     } else {
       uint64_t sum = 0;
       while (sum < bytes) {
@@ -305,11 +305,42 @@ uint64_t WarmTier::Demote(uint64_t bytes, const DemoteFn& fn, const std::string*
         });
         if (!victim) break;
         Entry* e = EntryForHandleLocked(*victim);
-        sum += e->size;
-        take(e);
+        sum += arena_->ClassBytes(e->slot.size_class);  // `bytes` counts slots, as used_bytes
+        TakeForDemotionLocked(e, &victims);
       }
     }
   }
+  return MoveOut(victims, fn);
+}
+
+uint64_t WarmTier::DemoteFor(uint64_t size, size_t count, const DemoteFn& fn) {
+  std::vector<DemoteVictim> victims;
+  {
+    absl::MutexLock lock(&mu_);
+    const uint16_t size_class = SlotClass(size);
+    for (size_t k = 0; k < count; ++k) {
+      std::optional<uint64_t> victim = policy_->Victim([&](uint64_t handle) {
+        const Entry* e = EntryForHandleLocked(handle);
+        return e != nullptr && e->pins == 0 && e->slot.size_class == size_class;
+      });
+      if (!victim) break;
+      TakeForDemotionLocked(EntryForHandleLocked(*victim), &victims);
+    }
+    if (victims.empty()) {
+      const int64_t page = ReclaimCandidateLocked();
+      if (page >= 0) {
+        std::vector<Entry*> on_page;
+        for (Entry* e : slot_owner_[page]) {
+          if (e != nullptr) on_page.push_back(e);
+        }
+        for (Entry* e : on_page) TakeForDemotionLocked(e, &victims);
+      }
+    }
+  }
+  return MoveOut(victims, fn);
+}
+
+uint64_t WarmTier::MoveOut(std::vector<DemoteVictim>& victims, const DemoteFn& fn) {
   // Pinned: the bytes cannot move while they are verified and written elsewhere.
   std::vector<bool> moved(victims.size(), false), corrupt(victims.size(), false);
   for (size_t i = 0; i < victims.size(); ++i) {

@@ -34,6 +34,12 @@ struct WarmTier::Reservation {
   std::vector<Entry*> entries;
 };
 
+struct WarmTier::DemoteVictim {
+  Entry* entry;
+  uint64_t size;
+  BlockAttrs attrs;
+};
+
 struct WarmTier::Lease {
   int64_t expires_ms = 0;
   std::vector<Entry*> entries;

@@ -175,11 +175,16 @@ class WarmTier {
                                                    std::span<const ChainHash> hashes,
                                                    const LowerTierProbe& lower = nullptr);
 
-  // Moves the policy's victims (unpinned blocks) worth at least `bytes` out through `fn`
-  // (pinned while it runs; a block whose bytes fail the checksum is dropped instead).
-  // Returns the number of blocks moved.
+  // Moves the policy's victims (unpinned blocks) whose slots take at least `bytes` out
+  // through `fn` (pinned while it runs; a block whose bytes fail the checksum is dropped
+  // instead). Returns the number of blocks moved.
   // With `session`, moves every unpinned block of that session instead (bytes ignored).
   uint64_t Demote(uint64_t bytes, const DemoteFn& fn, const std::string* session = nullptr);
+  // Moves out through `fn` what BeginPut with may_evict would drop to fit `count` blocks of
+  // `size`: the policy's victims of that slot class, else the blocks of the page it would
+  // empty. For a tier below that takes them, so a put evicts nothing it could keep. Returns
+  // how many moved.
+  uint64_t DemoteFor(uint64_t size, size_t count, const DemoteFn& fn);
 
   // Reserves one slot per block, evicting the policy's unpinned victims as needed.
   // With may_evict false, only free space is used (promotions must not push out blocks that
@@ -255,6 +260,7 @@ class WarmTier {
   struct Entry;
   struct Reservation;
   struct Lease;
+  struct DemoteVictim;
 
   explicit WarmTier(WarmTierOptions options, std::unique_ptr<SlabArena> arena);
 
@@ -262,6 +268,13 @@ class WarmTier {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool EvictOneLocked(uint16_t size_class) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ReclaimPageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The page ReclaimPageLocked would empty (-1: none may be).
+  int64_t ReclaimCandidateLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Demote's steps: pins a victim and takes it out of the policy; then moves the victims
+  // through fn outside the lock, and drops those that moved (or fail their checksum).
+  void TakeForDemotionLocked(Entry* e, std::vector<DemoteVictim>* victims)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t MoveOut(std::vector<DemoteVictim>& victims, const DemoteFn& fn);
   // Size class of a block of `size` (1 ≤ size ≤ max_block_bytes): raised to min_slot_bytes,
   // never past the largest class.
   uint16_t SlotClass(uint64_t size) const {
