@@ -64,6 +64,9 @@ NamespaceSpec AgentNamespace(const AgentOptions& options, const KvPoolSpec& shap
 absl::StatusOr<std::unique_ptr<GpuAgent>> GpuAgent::Create(const AgentOptions& options) {
   if (options.model_id.empty()) return absl::InvalidArgumentError("model_id: empty");
   if (options.batch_blocks == 0) return absl::InvalidArgumentError("batch_blocks: must be >= 1");
+  if (options.max_peer_clients == 0) {
+    return absl::InvalidArgumentError("max_peer_clients: must be >= 1");
+  }
   if (options.publish_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError("publish_ttl: at least 1s");
   }
@@ -534,7 +537,9 @@ absl::Status GpuAgentImpl::ScatterStored(const uint8_t* in, std::span<const uint
 
 AgentStats GpuAgentImpl::Stats() const {
   absl::MutexLock lock(&mu_);
-  return stats_;
+  AgentStats s = stats_;
+  s.peer_clients = peer_clients_.load(std::memory_order_relaxed);
+  return s;
 }
 
 absl::Status GpuAgentImpl::StartMetrics() {

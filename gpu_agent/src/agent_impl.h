@@ -2,6 +2,7 @@
 // agent_load.cc (loads). See agent.h for the contract and agent.cc for how staging is split.
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <map>
 #include <thread>
@@ -137,9 +138,17 @@ class GpuAgentImpl : public GpuAgent {
   absl::flat_hash_map<uint32_t, uint64_t> load_targets_ ABSL_GUARDED_BY(mu_);
   AgentStats stats_ ABSL_GUARDED_BY(mu_);
 
-  absl::Mutex peers_mu_;  // only the load thread uses peers_, but tests read Stats concurrently
-  std::map<PeerKey, std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> peers_
-      ABSL_GUARDED_BY(peers_mu_);
+  // Only the load thread uses peers_ (and the clients in it); tests read unreachable_ too.
+  absl::Mutex peers_mu_;
+  struct Peer {
+    std::unique_ptr<client::StoreClient> client;
+    client::Namespace ns;
+    uint64_t last_used = 0;  // peer_uses_ when it was last handed out
+  };
+  std::map<PeerKey, Peer> peers_ ABSL_GUARDED_BY(peers_mu_);
+  uint64_t peer_uses_ ABSL_GUARDED_BY(peers_mu_) = 0;
+  // peers_.size(), for Stats without waiting on peers_mu_ (held while a peer connects).
+  std::atomic<size_t> peer_clients_{0};
   // Peers whose connection failed, and when (entries older than peer_retry_after are dropped).
   std::map<PeerKey, absl::Time> unreachable_ ABSL_GUARDED_BY(peers_mu_);
 };

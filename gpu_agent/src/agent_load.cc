@@ -2,6 +2,7 @@
 // each block from a peer agent that published it (when prefer_peers) or from the store, through
 // the load region of staging, scattered into the engine's slots. What a peer cannot serve
 // (gone, evicted, failed checksum) is fetched from the store instead.
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -123,6 +124,7 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
     if (gone) {  // reconnect next time: the peer may have restarted elsewhere
       absl::MutexLock lock(&peers_mu_);
       peers_.erase(key);
+      peer_clients_.store(peers_.size(), std::memory_order_relaxed);
     }
     absl::MutexLock lock(&mu_);
     stats_.peer_fallbacks += fallbacks;
@@ -215,7 +217,10 @@ absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl:
     const PeerKey& peer) {
   absl::MutexLock lock(&peers_mu_);
   auto it = peers_.find(peer);
-  if (it != peers_.end()) return std::make_pair(it->second.first.get(), it->second.second);
+  if (it != peers_.end()) {
+    it->second.last_used = ++peer_uses_;
+    return std::make_pair(it->second.client.get(), it->second.ns);
+  }
   const std::string& address = peer.first;
   client::ClientOptions o;
   o.address = address;
@@ -233,9 +238,18 @@ absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl:
   if (!ns.ok()) return ns.status();
   // A new token at a known address: the agent there restarted, its old client is useless.
   std::erase_if(peers_, [&](const auto& p) { return p.first.first == address; });
-  auto& entry = peers_[peer];
-  entry = {std::move(*c), *ns};
-  return std::make_pair(entry.first.get(), entry.second);
+  // At the cap, the client used longest ago goes (the load thread, the only user of these
+  // clients, is here: none is in use).
+  while (!peers_.empty() && peers_.size() >= options_.max_peer_clients) {
+    auto oldest = std::min_element(peers_.begin(), peers_.end(), [](const auto& a, const auto& b) {
+      return a.second.last_used < b.second.last_used;
+    });
+    peers_.erase(oldest);
+  }
+  Peer& entry = peers_[peer];
+  entry = {std::move(*c), *ns, ++peer_uses_};
+  peer_clients_.store(peers_.size(), std::memory_order_relaxed);
+  return std::make_pair(entry.client.get(), entry.ns);
 }
 
 }  // namespace strata::gpu_agent

@@ -352,6 +352,32 @@ TEST_F(GpuAgentTest, PeerTokensRotateAndTheOldOneLapses) {
               ::testing::HasSubstr("strata_agent_peer_token_rotation_failures_total 0\n"));
 }
 
+// A reader keeps at most max_peer_clients peer clients (each a gRPC channel and a UCX
+// context): loading from a second peer closes the client of the first, which is connected
+// again when next needed; every block still comes from its peer. Before, a client per peer
+// stayed for the agent's life.
+TEST_F(GpuAgentTest, PeerClientsAreCappedAndTheOneUsedLongestAgoGoes) {
+  const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  Side a = Make(Options("capped", true), shape);
+  Side b = Make(Options("capped", true), shape);
+  const auto from_a = Hashes(*a.agent, 4, 901), from_b = Hashes(*b.agent, 4, 902);
+  ASSERT_TRUE(a.agent->OnBlocksComputed(Compute(a, from_a, Slots(0, 4))).ok());
+  ASSERT_TRUE(b.agent->OnBlocksComputed(Compute(b, from_b, Slots(0, 4))).ok());
+  ASSERT_TRUE(a.agent->Flush(absl::Seconds(30)).ok());
+  ASSERT_TRUE(b.agent->Flush(absl::Seconds(30)).ok());
+  AgentOptions o = Options("capped", false);
+  o.max_peer_clients = 1;
+  Side reader = Make(o, shape);
+  LoadAll(reader, from_a, Slots(0, 4));
+  LoadAll(reader, from_b, Slots(4, 4));
+  EXPECT_EQ(reader.agent->Stats().peer_clients, 1u);
+  LoadAll(reader, from_a, Slots(8, 4));
+  EXPECT_EQ(reader.agent->Stats().peer_clients, 1u);
+  EXPECT_EQ(reader.agent->Stats().loaded_from_peer, 12u);
+  EXPECT_EQ(Exact(reader, from_a, Slots(8, 4)), 4u);
+  EXPECT_EQ(Exact(reader, from_b, Slots(4, 4)), 4u);
+}
+
 // Agents may read each other over TLS: a reader with the CA loads every block from the TLS
 // peer, bit-exact; a plaintext reader cannot talk to it and loads them from the store instead.
 TEST_F(GpuAgentTest, PeersReadOverTlsAndAPlaintextReaderFallsBackToTheStore) {

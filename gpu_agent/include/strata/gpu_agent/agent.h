@@ -73,6 +73,10 @@ struct AgentOptions {
   // its blocks from the store at once instead of waiting out another connection attempt (up
   // to call_deadline for an unresponsive host) and logging again.
   absl::Duration peer_retry_after = absl::Seconds(5);
+  // Clients of peer agents kept connected at once (each holds a gRPC channel, and over UCX a
+  // context and worker of its own): past it, the one used longest ago is closed and
+  // connected again when next needed.
+  size_t max_peer_clients = 16;
   // Directory entries live this long and are refreshed every third of it while held.
   absl::Duration publish_ttl = absl::Seconds(30);
   // The peer token is drawn anew this often and every entry republished with the new one; the
@@ -156,6 +160,7 @@ struct AgentStats {
   uint64_t peer_token_rotation_failures = 0;  // rotations skipped: no random bytes for a token
   uint64_t bytes_offloaded = 0;
   uint64_t bytes_loaded = 0;
+  uint64_t peer_clients = 0;  // clients of peer agents connected now (max_peer_clients)
 };
 
 // The namespace an agent with `options` registers for a pool of `shape` (its dimensions and
