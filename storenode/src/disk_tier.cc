@@ -492,13 +492,14 @@ std::vector<BlockKey> DiskTier::Victims(uint64_t bytes) {
   return out;
 }
 
-std::vector<BlockKey> DiskTier::SessionBlocks(const std::string& session) {
+std::vector<BlockKey> DiskTier::SessionBlocks(const std::string& session, size_t max) {
   std::vector<BlockKey> out;
   absl::MutexLock lock(&mu_);
   auto m = by_session_.find(session);
   if (m == by_session_.end()) return out;
-  out.reserve(m->second.size());
+  out.reserve(std::min(m->second.size(), max));
   for (uint64_t handle : m->second) {
+    if (out.size() >= max) break;
     auto k = by_handle_.find(handle);
     if (k != by_handle_.end()) out.push_back(k->second);
   }

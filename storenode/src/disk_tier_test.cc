@@ -334,6 +334,7 @@ TEST(DiskTierTest, SessionBlocksFollowPutsDeletesAndARestart) {
   EXPECT_TRUE(has((*tier)->SessionBlocks("a"), {0, 2, 3}));
   EXPECT_TRUE(has((*tier)->SessionBlocks("b"), {4}));
   EXPECT_TRUE((*tier)->SessionBlocks("").empty());
+  EXPECT_EQ((*tier)->SessionBlocks("a", 2).size(), 2u) << "at most `max` (a prefetch's room)";
 }
 
 TEST(DiskTierTest, MetaRecordsOfFormatOneStillDecode) {

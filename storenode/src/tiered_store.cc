@@ -235,9 +235,15 @@ uint64_t TieredStore::Prefetch(NamespaceId ns, const std::string& scope,
   if (!cool_) return 0;
   std::vector<BlockKey> keys;
   if (!session.empty()) {
+    // No more of a session's keys than the queue has room for (a session may hold millions).
+    size_t room = 0;
+    {
+      absl::MutexLock lock(&prefetch_mu_);
+      room = max_prefetch_queued_ - std::min(max_prefetch_queued_, prefetch_queue_.size());
+    }
     for (DiskTier* tier : {cool_.get(), cold_.get()}) {
-      if (tier == nullptr) continue;
-      std::vector<BlockKey> k = tier->SessionBlocks(session);
+      if (tier == nullptr || keys.size() >= room) continue;
+      std::vector<BlockKey> k = tier->SessionBlocks(session, room - keys.size());
       keys.insert(keys.end(), k.begin(), k.end());
     }
   }

@@ -118,8 +118,8 @@ class DiskTier {
   // must move or Delete them; one it keeps ranks again after its next Put.
   std::vector<BlockKey> Victims(uint64_t bytes);
 
-  // Keys of every block carrying `session`.
-  std::vector<BlockKey> SessionBlocks(const std::string& session);
+  // Keys of the blocks carrying `session`, at most `max` of them.
+  std::vector<BlockKey> SessionBlocks(const std::string& session, size_t max = SIZE_MAX);
 
   // Namespaces persisted with the data so a restarted node knows them.
   absl::Status SaveNamespace(NamespaceId id, const NamespaceSpec& spec);
