@@ -557,7 +557,11 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
   }
   // The caller keeps this lease past the call: it counts against max_leases/max_lease_bytes.
   if (lease_id != 0) {
-    if (absl::Status s = store_->HoldLease(lease_id); !s.ok()) return call.Done(s);
+    // NOT_FOUND: a short lease expired while the call read disk blocks; answered as before
+    // (its EndGet finds nothing to end).
+    if (absl::Status s = store_->HoldLease(lease_id); !s.ok() && !absl::IsNotFound(s)) {
+      return call.Done(s);
+    }
   }
   resp->set_lease_id(lease_id);
   resp->set_expires_in_ms(lease_id != 0 ? ttl : 0);

@@ -382,14 +382,32 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
       }
     }
     if (!short_of.empty()) {
-      if (r.reservation_id != 0) warm_->AbortPut(r.reservation_id).IgnoreError();
       for (const auto& [size, count] : short_of) {
         warm_->DemoteFor(
             size, count,
             [this](const BlockKey& key, std::span<const uint8_t> bytes,
                    const WarmTier::BlockAttrs& a) { return DemoteToCool(key, bytes, a); });
       }
-      r = warm_->BeginPut(ns, scope, fresh, ttl_ms);
+      // Those blocks again, into the same reservation (what was reserved stays as it is).
+      std::vector<size_t> refused;
+      std::vector<WarmTier::PutBlock> again;
+      for (size_t k = 0; k < fresh.size(); ++k) {
+        if (r.status[k].code() == absl::StatusCode::kResourceExhausted &&
+            !IsTenantQuotaError(r.status[k])) {
+          refused.push_back(k);
+          again.push_back(fresh[k]);
+        }
+      }
+      WarmTier::ReserveResult more =
+          warm_->BeginPut(ns, scope, again, ttl_ms, /*may_evict=*/true, r.reservation_id);
+      if (r.reservation_id == 0) r.reservation_id = more.reservation_id;
+      const bool joined = more.reservation_id == 0 || more.reservation_id == r.reservation_id;
+      if (!joined) warm_->AbortPut(more.reservation_id).IgnoreError();  // the first one lapsed
+      for (size_t j = 0; j < refused.size(); ++j) {
+        r.status[refused[j]] =
+            joined ? more.status[j] : absl::UnavailableError("reservation expired; put again");
+        r.addresses[refused[j]] = joined ? more.addresses[j] : nullptr;
+      }
     }
   }
   WarmTier::ReserveResult out;

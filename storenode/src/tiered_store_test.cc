@@ -201,9 +201,9 @@ TEST_F(TieredStoreTest, BlocksOnTwoTiersCountOnceAndABadWarmCopyFallsBackToDisk)
 }
 
 // Under the watermark a slot class can be out of slots and free pages (blocks of mixed
-// sizes): the warm tier is half empty, every page half full of 1,000-byte blocks, and a
-// 4 KiB block needs a whole page. The blocks of the page it takes go to cool, not away.
-// Before, the put evicted them (2 blocks dropped while cool had room).
+// sizes): the warm tier is half empty, every page half full of 1,000-byte blocks, and each
+// 4 KiB block needs a whole page. The blocks of the pages they take go to cool, not away.
+// Before, the put evicted them (6 blocks dropped while cool had room).
 TEST_F(TieredStoreTest, APutThatNeedsAnotherSlotClassMovesBlocksDownInsteadOfDroppingThem) {
   TieredStoreOptions o;
   o.warm_high_watermark = 1.0;
@@ -238,14 +238,18 @@ TEST_F(TieredStoreTest, APutThatNeedsAnotherSlotClassMovesBlocksDownInsteadOfDro
   std::vector<ChainHash> odd, kept;
   for (uint32_t n = 0; n < kSmall; ++n) (n % 2 ? odd : kept).push_back(hashes[n]);
   ASSERT_EQ(store_->Delete(ns_, "", odd), kSmall / 2);
-  ChainHash big_hash;
-  big_hash.bytes.fill(0xb1);
-  const WarmTier::PutBlock big{.hash = big_hash, .size = kBlock};
-  const std::vector<uint8_t> big_bytes(kBlock, 0xb1);
-  put({&big, 1}, {&big_bytes, 1});
+  std::vector<WarmTier::PutBlock> big;
+  std::vector<std::vector<uint8_t>> big_bytes;
+  for (uint8_t b = 0; b < 3; ++b) {
+    WarmTier::PutBlock block{.size = kBlock};
+    block.hash.bytes.fill(0xb1 + b);
+    big.push_back(block);
+    big_bytes.emplace_back(kBlock, 0xb1 + b);
+  }
+  put(big, big_bytes);
   const TieredStats st = store_->Stats();
   EXPECT_EQ(st.warm.evictions, 0u);
-  EXPECT_EQ(st.cool->blocks, 2u) << "the page's two blocks";
+  EXPECT_EQ(st.cool->blocks, 6u) << "three pages' two blocks each";
   size_t found = 0;
   for (const auto& m : store_->LookupEach(ns_, "", kept)) found += m.has_value();
   EXPECT_EQ(found, kept.size()) << "every block not deleted is still held";

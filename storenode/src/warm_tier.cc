@@ -318,23 +318,27 @@ uint64_t WarmTier::DemoteFor(uint64_t size, size_t count, const DemoteFn& fn) {
   {
     absl::MutexLock lock(&mu_);
     const uint16_t size_class = SlotClass(size);
-    for (size_t k = 0; k < count; ++k) {
+    size_t slots = 0;  // of the class, freed once the victims are gone
+    while (slots < count) {
       std::optional<uint64_t> victim = policy_->Victim([&](uint64_t handle) {
         const Entry* e = EntryForHandleLocked(handle);
         return e != nullptr && e->pins == 0 && e->slot.size_class == size_class;
       });
       if (!victim) break;
       TakeForDemotionLocked(EntryForHandleLocked(*victim), &victims);
+      ++slots;
     }
-    if (victims.empty()) {
+    // The rest from whole pages, each as reclaim would pick it (a page whose blocks were taken
+    // is pinned now, so the next pick is another).
+    while (slots < count) {
       const int64_t page = ReclaimCandidateLocked();
-      if (page >= 0) {
-        std::vector<Entry*> on_page;
-        for (Entry* e : slot_owner_[page]) {
-          if (e != nullptr) on_page.push_back(e);
-        }
-        for (Entry* e : on_page) TakeForDemotionLocked(e, &victims);
+      if (page < 0) break;
+      std::vector<Entry*> on_page;
+      for (Entry* e : slot_owner_[page]) {
+        if (e != nullptr) on_page.push_back(e);
       }
+      for (Entry* e : on_page) TakeForDemotionLocked(e, &victims);
+      slots += arena_->SlotsPerPage(size_class);
     }
   }
   return MoveOut(victims, fn);
@@ -372,14 +376,20 @@ uint64_t WarmTier::MoveOut(std::vector<DemoteVictim>& victims, const DemoteFn& f
 
 WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& scope,
                                            std::span<const PutBlock> blocks, uint64_t ttl_ms,
-                                           bool may_evict) {
+                                           bool may_evict, uint64_t into) {
   ReserveResult result;
   result.status.reserve(blocks.size());
   result.addresses.assign(blocks.size(), nullptr);
-  auto reservation = std::make_unique<Reservation>();
+  auto fresh = std::make_unique<Reservation>();
   const uint64_t quota =
       scope != kSharedScope && options_.scope_quota ? options_.scope_quota(scope) : 0;
   absl::MutexLock lock(&mu_);
+  Reservation* reservation = fresh.get();
+  if (auto it = reservations_.find(into);
+      into != 0 && it != reservations_.end() && !it->second->committing) {
+    reservation = it->second.get();
+    result.reservation_id = into;
+  }
   for (size_t i = 0; i < blocks.size(); ++i) {
     const PutBlock& b = blocks[i];
     BlockKey key{ns, scope, b.hash};
@@ -446,10 +456,10 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     result.status.push_back(absl::OkStatus());
     result.addresses[i] = arena_->Address(*slot);
   }
-  if (!reservation->entries.empty()) {
-    reservation->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
+  if (reservation == fresh.get() && !fresh->entries.empty()) {
+    fresh->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
     result.reservation_id = NewIdLocked();
-    reservations_.emplace(result.reservation_id, std::move(reservation));
+    reservations_.emplace(result.reservation_id, std::move(fresh));
   }
   return result;
 }

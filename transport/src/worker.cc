@@ -644,8 +644,13 @@ class UcpWorker final : public Worker {
     }
   }
 
-  static bool EndpointGone(const Endpoint& e) {
-    return e.peer_failed || e.state == EndpointState::kClosing || e.state == EndpointState::kClosed;
+  // Whether no message can reach a receive through `e` any more: the peer failed, or the
+  // endpoint was force-closed where that cuts the peer off (peer-failure handling: TCP).
+  // Over shared memory a peer's sends land in the worker without this endpoint, so a
+  // receive may still be matched (a fenced client's other calls, a channel closed
+  // gracefully): those wait for their messages or their deadline, as before.
+  bool EndpointGone(const Endpoint& e) const {
+    return e.peer_failed || (e.forced && context_->peer_failure_handling());
   }
 
   void StartGracefulClose(Endpoint* e) {
@@ -685,6 +690,7 @@ class UcpWorker final : public Worker {
   void ForceClose(Endpoint* e) {
     if (e->state != EndpointState::kOpen && e->state != EndpointState::kFlushing) return;
     if (e->state == EndpointState::kOpen) ++closes_pending_;
+    e->forced = true;
     ucp_request_param_t param = {};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_EP_CLOSE_FLAG_FORCE;

@@ -129,6 +129,7 @@ struct Endpoint {
   // deadline force-closed it. OK while usable.
   absl::Status failure;
   bool peer_failed = false;    // UCX reported the endpoint failed: it must be force-closed
+  bool forced = false;         // force-closed (ForceClose), not closed after a flush
   bool flush_pending = false;  // a close-flush request is outstanding
   ucs_status_t flush_result = UCS_OK;
   void* close_request = nullptr;

@@ -328,7 +328,9 @@ class StoreClient {
                                         const CallOptions& call = {},
                                         const PutOptions& put = {}) = 0;
 
-  // Fetches blocks into caller buffers, verifying each block's checksum.
+  // Fetches blocks into caller buffers, verifying each block's checksum. Only a block
+  // answered OK holds what was stored; the buffer of any other may hold bytes that failed
+  // their checksum.
   virtual absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
                                         std::span<const BlockRead> blocks,
                                         const CallOptions& call = {},

@@ -181,16 +181,17 @@ class WarmTier {
   // With `session`, moves every unpinned block of that session instead (bytes ignored).
   uint64_t Demote(uint64_t bytes, const DemoteFn& fn, const std::string* session = nullptr);
   // Moves out through `fn` what BeginPut with may_evict would drop to fit `count` blocks of
-  // `size`: the policy's victims of that slot class, else the blocks of the page it would
-  // empty. For a tier below that takes them, so a put evicts nothing it could keep. Returns
-  // how many moved.
+  // `size`: the policy's victims of that slot class, then the blocks of as many pages as
+  // reclaim would empty for the rest. For a tier below that takes them, so a put evicts
+  // nothing it could keep (only what fn refused, or pinned pages). Returns how many moved.
   uint64_t DemoteFor(uint64_t size, size_t count, const DemoteFn& fn);
 
   // Reserves one slot per block, evicting the policy's unpinned victims as needed.
   // With may_evict false, only free space is used (promotions must not push out blocks that
-  // exist nowhere else).
+  // exist nowhere else). With `into` (a reservation not being committed), the blocks join it
+  // and its id is returned; else a new reservation is made.
   ReserveResult BeginPut(NamespaceId ns, const std::string& scope, std::span<const PutBlock> blocks,
-                         uint64_t ttl_ms, bool may_evict = true);
+                         uint64_t ttl_ms, bool may_evict = true, uint64_t into = 0);
   // Copies each block's payload into its reserved slot, verifies the checksum over the bytes
   // as they landed and publishes it. Reserved blocks not named are released.
   // Returns NOT_FOUND for an unknown or expired reservation; per block: OK, DATA_LOSS
