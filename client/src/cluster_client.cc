@@ -89,15 +89,15 @@ class ClusterStoreClient final : public StoreClient {
   std::string DataPlaneDescription() const override {
     std::shared_ptr<const MemberSet> set = membership_->Current();
     const std::string first = nodes_.FirstDescription();
-    const std::string down = nodes_.DownNow();
+    const std::string trouble = nodes_.TroubleNow();
     const int replicas = Replicas(*set);
     std::string warnings = cluster::Disagreement(set->members, replicas);
     return absl::StrCat(
         "cluster ", options_.cluster_name, " (",
         std::string(cluster::MembershipModeName(membership_->mode())), ", ", set->members.size(),
         " nodes, epoch ", set->epoch, ", R=", replicas, " W=", Quorum(replicas), ")",
-        warnings.empty() ? "" : "; WARNING: ", warnings,
-        down.empty() ? "" : "; marked down: ", down, first.empty() ? "" : "; per node: ", first);
+        warnings.empty() ? "" : "; WARNING: ", warnings, trouble.empty() ? "" : "; ", trouble,
+        first.empty() ? "" : "; per node: ", first);
   }
 
   absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
@@ -136,8 +136,12 @@ class ClusterStoreClient final : public StoreClient {
       const int replicas = Replicas(*set);
       const size_t n = hashes.size();
       std::vector<std::vector<int>> cand(n);
-      for (size_t i = 0; i < n; ++i)
+      const std::vector<bool> slow = nodes_.SlowNow(set->members);
+      const bool any_slow = std::find(slow.begin(), slow.end(), true) != slow.end();
+      for (size_t i = 0; i < n; ++i) {
         cand[i] = cluster::ReadCandidates(*set, nullptr, hashes[i], replicas);
+        if (any_slow) SlowLast(cand[i], slow);
+      }
       std::vector<BlockLocation> out(n);
       std::vector<size_t> tried(n, 0);
       std::vector<bool> answered(n, false);
@@ -145,11 +149,11 @@ class ClusterStoreClient final : public StoreClient {
       // Each block's first owner that answers (absent there means absent).
       for (int round = 0; round < replicas; ++round) {
         std::vector<std::vector<size_t>> groups(set->members.size());
-        size_t left = 1;
+        size_t left = SIZE_MAX;  // the fewest candidates left for one block of the round
         for (size_t i = 0; i < n; ++i) {
           if (answered[i] || tried[i] >= cand[i].size()) continue;
           groups[cand[i][tried[i]]].push_back(i);
-          left = std::max(left, std::min<size_t>(cand[i].size(), replicas) - tried[i]);
+          left = std::min(left, DistinctLeft(cand[i], tried[i], replicas));
         }
         LookupRound(*set, groups, ns, scope, hashes, end, left, out,
                     [&](const std::vector<size_t>& idx, const absl::Status& s) {
@@ -328,13 +332,14 @@ class ClusterStoreClient final : public StoreClient {
   static CallOptions Left(absl::Time end) {
     return {.deadline = std::max(absl::Milliseconds(1), end - absl::Now())};
   }
-  // Where one attempt on a node ends when `left` candidates (that node's included) remain
-  // for some block it is asked about: an even share of the time left, so that a node that
-  // hangs leaves the next replica time to answer. The last candidate gets all of it.
+  // Where one attempt on a node ends when `left` different candidates (that node's
+  // included) remain for each block it is asked about, at the fewest: an even share of the
+  // time left, so that a node that hangs leaves the next replica time to answer. A call with
+  // a block on its last candidate gets all of it.
   static absl::Time AttemptEnd(absl::Time end, size_t left) {
     const absl::Time now = absl::Now();
-    if (left <= 1 || end <= now) return end;
-    return now + (end - now) / static_cast<int64_t>(left);
+    if (left <= 1 || left == SIZE_MAX || end <= now) return end;  // SIZE_MAX: no block
+    return now + (end - now) / static_cast<int64_t>(std::min<size_t>(left, 64));
   }
 
   // Runs op, and once more after a refresh of the member set if a node found its epoch stale.
@@ -362,7 +367,7 @@ class ClusterStoreClient final : public StoreClient {
     if (!c.ok()) return c.status();
     (*c)->set_epoch(set.epoch);
     auto r = fn(**c);
-    if (!r.ok()) nodes_.NoteResult(m, *c, r.status(), cut_short);
+    nodes_.NoteResult(m, *c, r.ok() ? absl::OkStatus() : r.status(), cut_short);
     return r;
   }
 
@@ -370,7 +375,7 @@ class ClusterStoreClient final : public StoreClient {
   // members at once from this thread (GrpcStoreClient::LookupEachOnNodes, which fills
   // out[i] where a node answered) once any not connected yet are connected, in parallel.
   // Then fn(groups[member], status) for each. The round ends at AttemptEnd(end, left): `left`
-  // is the most candidates that remain for one of its blocks.
+  // is the fewest candidates that remain for one of its blocks.
   template <typename Fn>
   void LookupRound(const MemberSet& set, const std::vector<std::vector<size_t>>& groups,
                    const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
@@ -466,11 +471,13 @@ class ClusterStoreClient final : public StoreClient {
     // not have it yet), or once a block its first owner lacked turned up at another (the
     // owners' copies have drifted apart: evictions differ per node).
     bool wide = prev != nullptr;
+    const std::vector<bool> slow = nodes_.SlowNow(set->members);
+    const bool any_slow = std::find(slow.begin(), slow.end(), true) != slow.end();
     for (int round = 0; round < 2 * replicas + 4; ++round) {
       std::vector<std::vector<size_t>> groups(set->members.size());
       for (auto& g : groups) g.reserve(round == 0 ? n / groups.size() + 64 : 0);
       bool any = false;
-      size_t left = 1;  // the most candidates left for one block of the round
+      size_t left = SIZE_MAX;  // the fewest candidates left for one block of the round
       size_t first_absent = n;
       for (size_t i = 0; i < n; ++i) {
         if (!found(i) && absent[i]) {
@@ -483,18 +490,18 @@ class ClusterStoreClient final : public StoreClient {
         if ((round > 0 && absent[i] && i != first_absent) || i > first_absent) {
           if (!wide) continue;
         }
-        int node = -1;
-        if (tried[i] == 0) {
-          node = cluster::FirstOwner(seeds, hashes[i]);
-          left = std::max<size_t>(left, replicas);
+        int node = tried[i] == 0 ? cluster::FirstOwner(seeds, hashes[i]) : -1;
+        if (node >= 0 && !slow[node]) {
+          left = std::min(left, std::min<size_t>(replicas, set->members.size()));
         } else {
+          // Past its first owner, or that owner is slow: the block's whole list, slow last.
           if (cand.empty()) cand.resize(n);
-          if (cand[i].empty())
+          if (cand[i].empty()) {
             cand[i] = cluster::ReadCandidates(*set, prev.get(), hashes[i], replicas);
-          if (tried[i] < cand[i].size()) {
-            node = cand[i][tried[i]];
-            left = std::max(left, cand[i].size() - tried[i]);
+            if (any_slow) SlowLast(cand[i], slow);
           }
+          node = tried[i] < cand[i].size() ? cand[i][tried[i]] : -1;
+          if (node >= 0) left = std::min(left, DistinctLeft(cand[i], tried[i]));
         }
         if (node < 0) continue;
         groups[node].push_back(i);
@@ -593,8 +600,12 @@ class ClusterStoreClient final : public StoreClient {
     out.sizes.assign(n, 0);
     const int replicas = Replicas(*set);
     std::vector<std::vector<int>> cand(n);
-    for (size_t i = 0; i < n; ++i)
+    const std::vector<bool> slow = nodes_.SlowNow(set->members);
+    const bool any_slow = std::find(slow.begin(), slow.end(), true) != slow.end();
+    for (size_t i = 0; i < n; ++i) {
       cand[i] = cluster::ReadCandidates(*set, prev.get(), blocks[i].hash, replicas);
+      if (any_slow) SlowLast(cand[i], slow);
+    }
     std::vector<size_t> tried(n, 0);
     std::vector<bool> done(n, false);
     std::vector<std::vector<int>> lacking(n);  // owners that answered NOT_FOUND
@@ -602,12 +613,14 @@ class ClusterStoreClient final : public StoreClient {
     absl::Status whole;  // a whole-call error (IsWholeCallError)
     for (;;) {
       std::map<int, std::vector<size_t>> groups;
-      std::map<int, size_t> left;  // the most candidates left for one block of each group
+      std::map<int, size_t> left;  // the fewest candidates left for one block of each group
       for (size_t i = 0; i < n; ++i) {
         if (done[i] || tried[i] >= cand[i].size()) continue;
         const int node = cand[i][tried[i]];
         groups[node].push_back(i);
-        left[node] = std::max(left[node], cand[i].size() - tried[i]);
+        const size_t mine = DistinctLeft(cand[i], tried[i]);
+        auto [at, fresh] = left.emplace(node, mine);
+        if (!fresh) at->second = std::min(at->second, mine);
       }
       if (groups.empty() || absl::Now() >= end) break;
       ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {

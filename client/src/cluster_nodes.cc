@@ -14,13 +14,20 @@ constexpr int kMostDoublings = 5;  // 32 s
 // Deadline of connecting to one node (its Stats call), within the caller's deadline.
 constexpr absl::Duration kConnectTimeout = absl::Seconds(2);
 
+// The while a node stays marked after its strikes'th spell in a row.
+absl::Duration Backoff(int strikes) {
+  return kDownBackoff * (1 << std::min(strikes, kMostDoublings));
+}
+
 }  // namespace
 
 void ClusterNodes::MarkDownLocked(Entry& e, absl::Status error) {
+  const absl::Time now = absl::Now();
   e.client.reset();
-  e.down_until = absl::Now() + kDownBackoff * (1 << std::min(e.strikes, kMostDoublings));
-  ++e.strikes;
   e.last_error = std::move(error);
+  if (now < e.down_until) return;  // calls failing together make one spell, not many
+  e.down_until = now + Backoff(e.strikes);
+  ++e.strikes;
 }
 
 absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluster::Member& m,
@@ -41,6 +48,7 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   o.etcd_endpoints.clear();
   o.cluster_members.clear();
   o.default_deadline = std::min(kConnectTimeout, left().deadline);
+  const bool budget_short = o.default_deadline < kConnectTimeout;
   absl::StatusOr<std::unique_ptr<GrpcStoreClient>> c = ConnectNode(o);
   absl::Status s = c.status();
   for (size_t i = 0; s.ok() && i < specs.size(); ++i) {
@@ -51,13 +59,16 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   }
   absl::MutexLock lock(&mu_);
   Entry& e = nodes_[m.id];
-  // Another call connected meanwhile, perhaps after a RegisterNamespace that ours missed.
-  if (s.ok() && e.address == m.address && e.client != nullptr) return e.client;
-  if (e.address != m.address) e.strikes = 0;  // another node under the id
+  // Another call connected meanwhile (perhaps after a RegisterNamespace that ours missed):
+  // its client stands, whatever became of ours.
+  if (e.address == m.address && e.client != nullptr) return e.client;
+  if (e.address != m.address) e = Entry{};  // another node under the id
   e.address = m.address;
   if (!s.ok()) {
-    MarkDownLocked(e, absl::Status(s.code(), absl::StrCat("node ", m.id, " (", m.address,
-                                                          "): ", s.message())));
+    absl::Status error(s.code(), absl::StrCat("node ", m.id, " (", m.address, "): ", s.message()));
+    // Out of the caller's time, not the node's: nothing to hold against it.
+    if (budget_short && s.code() == absl::StatusCode::kDeadlineExceeded) return error;
+    MarkDownLocked(e, std::move(error));
     return e.last_error;
   }
   e.client = std::shared_ptr<GrpcStoreClient>(std::move(*c));
@@ -77,19 +88,33 @@ std::optional<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> ClusterNodes::Kn
 
 void ClusterNodes::NoteResult(const cluster::Member& m, const std::shared_ptr<GrpcStoreClient>& c,
                               const absl::Status& s, bool cut_short) {
-  if (s.code() != absl::StatusCode::kUnavailable &&
-      !(cut_short && s.code() == absl::StatusCode::kDeadlineExceeded)) {
-    return;
-  }
+  const bool down = s.code() == absl::StatusCode::kUnavailable;
+  const bool slow = cut_short && s.code() == absl::StatusCode::kDeadlineExceeded;
+  if (!down && !slow && !s.ok()) return;
   absl::MutexLock lock(&mu_);
   Entry& e = nodes_[m.id];
-  if (e.client == c) {
-    MarkDownLocked(e, s.code() == absl::StatusCode::kUnavailable
-                          ? s
-                          : absl::UnavailableError(absl::StrCat(
-                                "node ", m.id, " (", m.address,
-                                ") did not answer in time; skipped for now: ", s.message())));
+  if (e.client != c) return;  // reconnected meanwhile: about another client
+  if (s.ok()) {
+    e.slow_strikes = 0;
+    e.slow_until = absl::InfinitePast();
+  } else if (down) {
+    MarkDownLocked(e, s);
+  } else if (const absl::Time now = absl::Now(); now >= e.slow_until) {
+    e.slow_until = now + Backoff(e.slow_strikes);
+    ++e.slow_strikes;
   }
+}
+
+std::vector<bool> ClusterNodes::SlowNow(std::span<const cluster::Member> members) const {
+  std::vector<bool> out(members.size(), false);
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < members.size(); ++i) {
+    auto it = nodes_.find(members[i].id);
+    out[i] = it != nodes_.end() && it->second.address == members[i].address &&
+             now < it->second.slow_until;
+  }
+  return out;
 }
 
 absl::Status ClusterNodes::RegisterMemory(void* ptr, size_t len) {
@@ -128,15 +153,18 @@ void ClusterNodes::AddNamespace(const NamespaceSpec& spec) {
   specs_.push_back(spec);
 }
 
-std::string ClusterNodes::DownNow() const {
-  std::string out;
+std::string ClusterNodes::TroubleNow() const {
+  std::string down, slow;
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
   for (const auto& [id, node] : nodes_) {
-    if (node.client != nullptr || now >= node.down_until) continue;
-    absl::StrAppend(&out, out.empty() ? "" : ", ", id, " (", node.last_error.message(), ")");
+    if (node.client == nullptr && now < node.down_until) {
+      absl::StrAppend(&down, down.empty() ? "down: " : ", ", id, " (", node.last_error.message(),
+                      ")");
+    }
+    if (now < node.slow_until) absl::StrAppend(&slow, slow.empty() ? "slow: " : ", ", id);
   }
-  return out;
+  return absl::StrCat(down, !down.empty() && !slow.empty() ? "; " : "", slow);
 }
 
 std::string ClusterNodes::FirstDescription() const {

@@ -1,13 +1,19 @@
 // The cluster client's connections (cluster_client.cc): one GrpcStoreClient per member,
-// connected on first use with the client's namespaces and memory registered on it. A node
-// whose call failed is marked down for a while, so that the next calls fail over at once
-// instead of waiting for it; the while doubles (1 s up to 32 s) as long as the node keeps
-// failing, and starts again at 1 s once it connects.
+// connected on first use with the client's namespaces and memory registered on it.
+//
+// Two kinds of trouble, each for a while that doubles (1 s up to 32 s) as long as it lasts:
+// - down: a call or a connect failed UNAVAILABLE. Every call to the node fails at once
+//   (reads go to the next owner) until the while is up and it connects again.
+// - slow: a read given a share of its deadline ran out of it (a node that hangs but keeps
+//   its sockets). Reads ask the node's blocks of the other owners first; writes and
+//   everything else still go to it. A call that succeeds ends it.
 #pragma once
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,16 +31,19 @@ class ClusterNodes {
   explicit ClusterNodes(ClientOptions options) : options_(std::move(options)) {}
 
   // The client of member `m`, connected on first use (namespaces and memory registered), or
-  // its error while it is marked down. Connecting takes at most 2 s, within `end`.
+  // its error while it is marked down. Connecting takes at most 2 s, within `end`; a connect
+  // cut short by `end` (less than 2 s) marks nothing: the caller's budget was short.
   absl::StatusOr<std::shared_ptr<GrpcStoreClient>> Node(const cluster::Member& m, absl::Time end);
   // Member `m`'s client if it is connected, or its error while it is marked down; nullopt
   // when it has to be connected.
   std::optional<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> Known(const cluster::Member& m);
-  // Marks the node down if its call through `c` failed UNAVAILABLE, or ran out of time that
-  // was cut short (`cut_short`: the caller gave it part of its deadline, keeping the rest for
-  // another replica) — a node that hangs costs the calls after it nothing while it is down.
+  // After a call through `c`: UNAVAILABLE marks the node down; DEADLINE_EXCEEDED of a call
+  // `cut_short` (given part of the caller's deadline, the rest kept for another replica)
+  // marks it slow; OK ends a slow spell.
   void NoteResult(const cluster::Member& m, const std::shared_ptr<GrpcStoreClient>& c,
                   const absl::Status& s, bool cut_short = false);
+  // Whether each member of `members` is slow now (one look under the lock).
+  std::vector<bool> SlowNow(std::span<const cluster::Member> members) const;
 
   // Registered on every connected node now, and on each node as it connects.
   absl::Status RegisterMemory(void* ptr, size_t len);
@@ -42,8 +51,8 @@ class ClusterNodes {
   void AddNamespace(const NamespaceSpec& spec);
   // The first connected node's data-plane description; empty if none is connected.
   std::string FirstDescription() const;
-  // "ID (ERROR)" for each node marked down now, comma-separated; empty if none.
-  std::string DownNow() const;
+  // "down: ID (ERROR), ...; slow: ID, ..." for the nodes marked so now; empty if none.
+  std::string TroubleNow() const;
 
  private:
   struct Entry {
@@ -51,7 +60,9 @@ class ClusterNodes {
     std::shared_ptr<GrpcStoreClient> client;
     absl::Time down_until = absl::InfinitePast();
     absl::Status last_error;
-    int strikes = 0;  // failures since it last connected: the back-off doubles with each
+    int strikes = 0;  // down spells since it last connected: each doubles the while
+    absl::Time slow_until = absl::InfinitePast();
+    int slow_strikes = 0;  // slow spells since a call last succeeded
   };
   void MarkDownLocked(Entry& e, absl::Status error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -61,5 +72,25 @@ class ClusterNodes {
   std::vector<NamespaceSpec> specs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<void*, size_t>> memory_ ABSL_GUARDED_BY(mu_);
 };
+
+// Different nodes among cand[from, to) (to: at most cand.size()): how many candidates a
+// block has left, not counting the second pass over them that ReadCandidates adds while
+// blocks move.
+inline size_t DistinctLeft(const std::vector<int>& cand, size_t from, size_t to = SIZE_MAX) {
+  to = std::min(to, cand.size());
+  size_t n = 0;
+  for (size_t k = from; k < to; ++k) {
+    n += std::find(cand.begin() + static_cast<std::ptrdiff_t>(from),
+                   cand.begin() + static_cast<std::ptrdiff_t>(k),
+                   cand[k]) == cand.begin() + static_cast<std::ptrdiff_t>(k);
+  }
+  return n;
+}
+
+// Moves the slow members (ClusterNodes::SlowNow) to the end of a read's candidates, the
+// others keeping their order.
+inline void SlowLast(std::vector<int>& cand, const std::vector<bool>& slow) {
+  std::stable_partition(cand.begin(), cand.end(), [&](int m) { return !slow[m]; });
+}
 
 }  // namespace strata::client::internal
