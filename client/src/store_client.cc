@@ -503,6 +503,7 @@ absl::StatusOr<NodeStats> GrpcStoreClient::Stats(const CallOptions& call) {
   out.under_replicated = resp.under_replicated();
   out.members_placing_otherwise = resp.members_placing_otherwise();
   out.replicas_kept = resp.replicas_kept();
+  out.exact_scope_lookups = resp.exact_scope_lookups();
   return out;
 }
 

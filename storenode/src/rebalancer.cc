@@ -146,7 +146,11 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
   std::vector<bool> unknown(hashes.size(), false);
   for (const auto& [peer, idx] : ask) {
     client::Namespace peer_ns;
-    client::StoreClient* c = Peer(set.members[peer], ns, &peer_ns);
+    bool exact = false;
+    client::StoreClient* c = Peer(set.members[peer], ns, &peer_ns, &exact);
+    // A peer from before exact-scope lookups answers a tenant's from `shared` first: its
+    // "present" may be a shared copy, so nothing is handed over to it (an absent is sure).
+    const bool trust_present = exact || scope == kSharedScope;
     std::vector<ChainHash> subset;
     for (size_t i : idx) subset.push_back(hashes[i]);
     absl::StatusOr<std::vector<client::BlockLocation>> r =
@@ -161,6 +165,7 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
         lacking[peer].push_back(idx[k]);
       } else {
         ++confirmed[idx[k]];
+        if (!trust_present) unknown[idx[k]] = true;
       }
     }
   }
@@ -242,7 +247,7 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
 }
 
 client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
-                                      client::Namespace* out_ns) {
+                                      client::Namespace* out_ns, bool* exact) {
   PeerEntry& e = peers_[m.id];
   if (e.address != m.address) e = PeerEntry{.address = m.address};
   if (e.client == nullptr) {
@@ -264,8 +269,11 @@ client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
       spdlog::debug("rebalancer: peer {} at {}: {}", m.id, m.address, c.status().ToString());
       return nullptr;
     }
+    absl::StatusOr<client::NodeStats> stats = (*c)->Stats();
+    e.exact = stats.ok() && stats->exact_scope_lookups;
     e.client = std::move(*c);
   }
+  if (exact != nullptr) *exact = e.exact;
   auto it = e.namespaces.find(ns);
   if (it == e.namespaces.end()) {
     absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(ns);

@@ -75,7 +75,9 @@ class Rebalancer {
   void Batch(const cluster::MemberSet& set, int replicas, NamespaceId ns, const std::string& scope,
              std::span<const ChainHash> hashes);
   // A client of `m` with namespace `ns` registered, or null (logged) when it cannot be had.
-  client::StoreClient* Peer(const cluster::Member& m, NamespaceId ns, client::Namespace* out_ns);
+  // `exact`, when given: whether the peer honours exact-scope lookups.
+  client::StoreClient* Peer(const cluster::Member& m, NamespaceId ns, client::Namespace* out_ns,
+                            bool* exact = nullptr);
 
   const RebalancerOptions options_;
   TieredStore* const store_;
@@ -87,6 +89,7 @@ class Rebalancer {
     std::unique_ptr<client::StoreClient> client;
     std::map<NamespaceId, client::Namespace> namespaces;
     absl::Time retry_after = absl::InfinitePast();
+    bool exact = false;  // honours exact-scope lookups (its Stats said so at connect)
   };
   std::map<std::string, PeerEntry> peers_;  // by member id; used by the pass thread only
 

@@ -599,6 +599,7 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext* ctx, const v1::StatsRe
   const WarmTierStats& s = ts.warm;
   resp->set_node_id(config_.node_id);
   resp->set_zone(config_.zone);
+  resp->set_exact_scope_lookups(true);
   if (const cluster::Membership* m = membership_.load(); m != nullptr) {
     std::shared_ptr<const cluster::MemberSet> set = m->Current();
     resp->set_cluster_mode(std::string(cluster::MembershipModeName(m->mode())));

@@ -255,6 +255,7 @@ struct NodeStats {
   // Copies of every block the node's rebalancer keeps (the most any member is configured
   // for); 0 outside a cluster.
   uint32_t replicas_kept = 0;
+  bool exact_scope_lookups = false;  // the node honours ClientOptions::exact_scope_lookups
 };
 
 class StoreClient {
