@@ -1,5 +1,7 @@
 #include "sealed_bytes.h"
 
+#include <ucs/memory/memory_type.h>
+
 #include <cstdint>
 #include <cstring>
 
@@ -55,6 +57,33 @@ absl::StatusOr<absl::string_view> Unseal(absl::string_view tag, absl::string_vie
     return absl::InvalidArgumentError(absl::StrCat(what, ": checksum mismatch (corrupted)"));
   }
   return sealed.substr(kHeaderSize, len);
+}
+
+absl::Status CheckPackedRkeyLayout(absl::string_view packed) {
+  constexpr size_t kFixed = sizeof(uint64_t) + 1;  // md_map, memory type
+  if (packed.size() < kFixed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("packed rkey: ", packed.size(), " bytes, shorter than its header"));
+  }
+  const uint64_t md_map = GetLe(packed.data(), sizeof(uint64_t));
+  const unsigned mem_type = static_cast<unsigned char>(packed[sizeof(uint64_t)]);
+  if (mem_type >= UCS_MEMORY_TYPE_LAST) {
+    return absl::InvalidArgumentError(absl::StrCat("packed rkey: memory type ", mem_type));
+  }
+  size_t at = kFixed;
+  for (uint64_t bits = md_map; bits != 0; bits &= bits - 1) {
+    if (at >= packed.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("packed rkey: md_map 0x", absl::Hex(md_map),
+                                                     " names more memory domains than its ",
+                                                     packed.size(), " bytes carry"));
+    }
+    at += 1 + static_cast<unsigned char>(packed[at]);
+    if (at > packed.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "packed rkey: a memory domain's key runs past its ", packed.size(), " bytes"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace strata::transport

@@ -30,4 +30,11 @@ std::string Seal(absl::string_view tag, const void* payload, size_t payload_len)
 absl::StatusOr<absl::string_view> Unseal(absl::string_view tag, absl::string_view sealed,
                                          absl::string_view what);
 
+// Whether an unsealed rkey holds what ucp_ep_rkey_unpack will read (UCX 1.13's layout: md_map
+// u64 | memory type u8 | per bit of md_map: size u8 + that many bytes | optional device
+// tail): the seal catches corruption, not a peer that seals a crafted blob whose md_map
+// claims more memory domains than it carries, over which UCX would read past the end.
+// INVALID_ARGUMENT naming what does not fit.
+absl::Status CheckPackedRkeyLayout(absl::string_view packed);
+
 }  // namespace strata::transport

@@ -32,6 +32,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "sealed_bytes.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
@@ -448,6 +449,29 @@ TEST_P(TransportPairTest, GarbageRkeyIsInvalidArgumentAndEndpointStaysUsable) {
   TransferOp ok = Op(TransferOp::Kind::kPut, 0, 0, 4 * kKiB);
   ASSERT_THAT(client_.worker->Transfer(ep_, {&ok, 1}, Soon()), IsOk());
   EXPECT_EQ(0, std::memcmp(remote(0), local_.data(), 4 * kKiB));
+}
+
+// A peer may seal bytes of its own making (the seal catches corruption, not forgery): an
+// rkey whose md_map names more memory domains than it carries is refused before UCX, which
+// reads it without a length, walks past its end. The endpoint stays usable.
+TEST_P(TransportPairTest, ASealedRkeyThatOverrunsItsBytesIsRefusedBeforeUcxReadsIt) {
+  absl::StatusOr<absl::string_view> packed = Unseal(kRkeyTag, arena_->PackedRkey(), "rkey");
+  ASSERT_THAT(packed, IsOk());
+  std::string forged(*packed);
+  forged[7] = static_cast<char>(0xff);  // md_map: 8 more memory domains at the top
+  TransferOp op = Op(TransferOp::Kind::kPut, 0, 0, 4 * kKiB);
+  const std::string sealed = Seal(kRkeyTag, forged.data(), forged.size());
+  op.packed_rkey = sealed;
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&op, 1}, Soon()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("md_map")));
+  std::string bad_type(*packed);
+  bad_type[8] = static_cast<char>(0xee);
+  const std::string sealed_type = Seal(kRkeyTag, bad_type.data(), bad_type.size());
+  op.packed_rkey = sealed_type;
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&op, 1}, Soon()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("memory type")));
+  TransferOp ok = Op(TransferOp::Kind::kPut, 0, 0, 4 * kKiB);
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&ok, 1}, Soon()), IsOk());
 }
 
 TEST_P(TransportPairTest, BadOpsAndEndpointsAreInvalidArgument) {

@@ -393,6 +393,7 @@ class UcpWorker final : public Worker {
     if (it != e->rkeys.end()) return it->second;
     absl::StatusOr<absl::string_view> packed = Unseal(kRkeyTag, sealed, "packed rkey");
     if (!packed.ok()) return packed.status();
+    if (absl::Status s = CheckPackedRkeyLayout(*packed); !s.ok()) return s;
     ucp_rkey_h rkey = nullptr;
     const ucs_status_t status = ucp_ep_rkey_unpack(e->ep, packed->data(), &rkey);
     if (status != UCS_OK) {
