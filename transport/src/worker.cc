@@ -52,13 +52,15 @@ constexpr absl::Duration kDeadlineDrainGrace = absl::Seconds(1);
 constexpr absl::Duration kAbandonAfterForceClose = absl::Milliseconds(200);
 // How long shutdown waits for endpoint closes before destroying the worker anyway.
 constexpr absl::Duration kShutdownCloseWait = absl::Seconds(2);
-// Unpacked rkeys cached per endpoint before the cache is dropped (when no transfer uses it).
+// Unpacked rkeys cached per endpoint; past it those no transfer in flight uses are dropped.
 constexpr size_t kMaxCachedRkeys = 1024;
 
 using worker_state::AnyPastDeadline;
 using worker_state::Command;
 using worker_state::DestroyRkeys;
+using worker_state::DropUnusedRkeys;
 using worker_state::Endpoint;
+using worker_state::EndpointGone;
 using worker_state::EndpointState;
 using worker_state::InFlightTransfer;
 using worker_state::MustWaitForTurn;
@@ -420,7 +422,7 @@ class UcpWorker final : public Worker {
                              absl::StrCat("Transfer of ", cmd->ops.size(), " ops on endpoint ",
                                           e->id, ": deadline passed before anything was posted")));
     }
-    if (e->rkeys.size() >= kMaxCachedRkeys && e->active_transfers == 0) DestroyRkeys(e);
+    if (e->rkeys.size() >= kMaxCachedRkeys) DropUnusedRkeys(e, in_flight_);
 
     // Validate everything and unpack every rkey before posting anything, so a bad op leaves
     // nothing half-done.
@@ -598,11 +600,11 @@ class UcpWorker final : public Worker {
         // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
         if (!only_receives) Retire(t, now, "a transfer was aborted");
       }
-      if (!t->receives_cancelled && !t->deadline_hit && EndpointGone(*t->endpoint)) {
-        // The peer failed, or the endpoint was force-closed (another call's deadline, a
-        // client's fence): its sends and one-sided ops ended with it, but receives belong to
-        // the worker and would wait for the deadline. End them: the transfer answers
-        // UNAVAILABLE now, and frees what it holds (a call slot, a reservation) with it.
+      if (!t->receives_cancelled && !t->deadline_hit &&
+          EndpointGone(*t->endpoint, context_->peer_failure_handling())) {
+        // Its sends and one-sided ops ended with the endpoint; receives belong to the worker
+        // and would wait for the deadline. End them: the transfer answers UNAVAILABLE now,
+        // and frees what it holds (a call slot, a reservation) with it.
         CancelReceives(t);
       }
       if (!t->deadline_hit && now >= t->cmd->deadline) {
@@ -643,15 +645,6 @@ class UcpWorker final : public Worker {
     for (OpSlot& slot : t->slots) {
       if (slot.recv_request != nullptr) ucp_request_cancel(worker_, slot.recv_request);
     }
-  }
-
-  // Whether no message can reach a receive through `e` any more: the peer failed, or the
-  // endpoint was force-closed where that cuts the peer off (peer-failure handling: TCP).
-  // Over shared memory a peer's sends land in the worker without this endpoint, so a
-  // receive may still be matched (a fenced client's other calls, a channel closed
-  // gracefully): those wait for their messages or their deadline, as before.
-  bool EndpointGone(const Endpoint& e) const {
-    return e.peer_failed || (e.forced && context_->peer_failure_handling());
   }
 
   void StartGracefulClose(Endpoint* e) {

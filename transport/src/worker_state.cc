@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "ucx_status.h"
 
@@ -99,6 +100,25 @@ absl::Status Unusable(const Endpoint& e) {
 void DestroyRkeys(Endpoint* e) {
   for (auto& [bytes, rkey] : e->rkeys) ucp_rkey_destroy(rkey);
   e->rkeys.clear();
+}
+
+void DropUnusedRkeys(Endpoint* e, std::span<const std::unique_ptr<InFlightTransfer>> in_flight) {
+  if (e->active_transfers == 0) return DestroyRkeys(e);
+  absl::flat_hash_set<ucp_rkey_h> in_use;
+  for (const auto& t : in_flight) {
+    if (t->endpoint != e) continue;
+    for (ucp_rkey_h r : t->rkeys) {
+      if (r != nullptr) in_use.insert(r);
+    }
+  }
+  for (auto it = e->rkeys.begin(); it != e->rkeys.end();) {
+    if (in_use.contains(it->second)) {
+      ++it;
+    } else {
+      ucp_rkey_destroy(it->second);
+      e->rkeys.erase(it++);
+    }
+  }
 }
 
 absl::Status ShuttingDown() {
