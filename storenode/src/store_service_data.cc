@@ -458,7 +458,8 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
     // is dropped and reported here, and never lands in the client's buffer.
     if (pinned && BlockChecksum(meta[i].address, meta[i].size) != meta[i].checksum) {
       status[i] = absl::DataLossError("block failed its checksum on the node; dropped");
-      store_->DropCorrupt(BlockKey{req->namespace_id(), *block_scope[i], hashes[i]});
+      store_->DropCorrupt(BlockKey{req->namespace_id(), *block_scope[i], hashes[i]},
+                          meta[i].address);
       spdlog::error("DATA_LOSS: block {} of namespace 0x{:016x} failed its checksum; dropped",
                     hashes[i].ToHex(), req->namespace_id());
     }

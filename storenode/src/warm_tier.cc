@@ -632,10 +632,13 @@ absl::Status WarmTier::DeletedWhileWritten(size_t index) {
       absl::StrCat("blocks[", index, "]: deleted by a writer while being written; not stored"));
 }
 
-void WarmTier::DropCorrupt(const BlockKey& key) {
+void WarmTier::DropCorrupt(const BlockKey& key, const uint8_t* address) {
   absl::MutexLock lock(&mu_);
   auto it = index_.find(key);
   if (it == index_.end() || it->second->state != Entry::State::kCommitted) return;
+  // The entry read may have been deleted and the block put again meanwhile: the new copy is
+  // another slot, and good.
+  if (address != nullptr && arena_->Address(it->second->slot) != address) return;
   RemoveLocked(it->second.get());
   data_loss_.fetch_add(1, std::memory_order_relaxed);
 }

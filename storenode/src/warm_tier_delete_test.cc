@@ -181,5 +181,28 @@ TEST_F(WarmTierTest, AForgedHandleCollisionPlantsNoTombstoneOnAnotherScopesBlock
   EXPECT_THAT(Reserve({copy}, kTtl, "shared").status[0], StatusIs(Code::kFailedPrecondition));
 }
 
+// A reader that finds the bytes it pinned bad drops that entry only: if a writer deleted the
+// block and put it again meanwhile, the new copy (another slot) stays. Before, the drop went
+// by key and took the good copy.
+TEST_F(WarmTierTest, ABadCopyFoundByAReaderIsDroppedNotTheCopyPutSince) {
+  ASSERT_THAT(PutN(1, 1000), IsOk());
+  const Hashes one = {H(1)};
+  WarmTier::GetResult pinned = tier_->BeginGet(ns_, "s", one, kTtl, nullptr, 0);
+  ASSERT_THAT(pinned.status[0], IsOk());
+  const uint8_t* read_at = pinned.blocks[0].address;
+  EXPECT_EQ(tier_->Delete(ns_, "s", one, /*tombstone=*/true), 1u);
+  ASSERT_THAT(PutN(1, 1000), IsOk()) << "a writer puts it again";
+  tier_->DropCorrupt(BlockKey{ns_, "s", H(1)}, read_at);
+  EXPECT_TRUE(Present(1));
+  EXPECT_EQ(tier_->Stats().data_loss, 0u);
+  ASSERT_THAT(tier_->EndGet(pinned.lease_id), IsOk());
+  WarmTier::GetResult now = tier_->BeginGet(ns_, "s", one, kTtl, nullptr, 0);
+  ASSERT_THAT(now.status[0], IsOk());
+  tier_->DropCorrupt(BlockKey{ns_, "s", H(1)}, now.blocks[0].address);
+  EXPECT_FALSE(Present(1)) << "the entry read is dropped";
+  EXPECT_EQ(tier_->Stats().data_loss, 1u);
+  ASSERT_THAT(tier_->EndGet(now.lease_id), IsOk());
+}
+
 }  // namespace
 }  // namespace strata::storenode::warm_tier_test

@@ -173,7 +173,9 @@ class TieredStore {
   // is now warm. False when it is on no disk tier, fails its checksum, or warm has no room.
   bool StageInWarm(const BlockKey& key);
   // See WarmTier::DropCorrupt.
-  void DropCorrupt(const BlockKey& key) { warm_->DropCorrupt(key); }
+  void DropCorrupt(const BlockKey& key, const uint8_t* address = nullptr) {
+    warm_->DropCorrupt(key, address);
+  }
   bool promote_on_get() const { return options_.promote_on_get; }
 
  private:

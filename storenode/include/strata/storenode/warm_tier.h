@@ -232,7 +232,8 @@ class WarmTier {
 
   // Drops a committed block whose bytes were found not to match its checksum (by a reader of
   // pinned bytes) and counts it as data loss. Pinned copies free when their leases end.
-  void DropCorrupt(const BlockKey& key);
+  // With `address` (where the reader found the bad bytes), only the entry still there.
+  void DropCorrupt(const BlockKey& key, const uint8_t* address = nullptr);
 
   // Releases leases and reservations whose time is up. Returns how many.
   uint64_t ExpireNow();
