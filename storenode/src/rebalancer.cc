@@ -202,7 +202,10 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
       for (size_t i : idx) {
         const size_t k = slot[i];
         if (!got.status[k].ok()) continue;  // gone meanwhile (evicted, deleted)
-        writes.push_back({hashes[i], bytes[k].data(), bytes[k].size()});
+        // Depth and importance as put here: the owner's policies rank the copy as this
+        // node ranked the block (a copy without them ranks as a chain's root).
+        writes.push_back({hashes[i], bytes[k].data(), bytes[k].size(), got.blocks[k].depth,
+                          got.blocks[k].importance});
         which.push_back(i);
       }
       if (writes.empty()) continue;

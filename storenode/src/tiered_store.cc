@@ -450,7 +450,8 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
     BlockKey key{ns, scope, hashes[i]};
     for (auto [tier, code] :
          {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
-      if (tier == nullptr || !tier->Find(key, true)) continue;
+      std::optional<DiskBlockMeta> found = tier != nullptr ? tier->Find(key, true) : std::nullopt;
+      if (!found) continue;
       absl::Status s = tier->Read(key, &buf);  // verifies the checksum; drops a corrupt block
       if (s.code() == absl::StatusCode::kNotFound) continue;  // moved meanwhile: try below
       if (!s.ok()) {
@@ -470,7 +471,7 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
         }
       }
       r.status[i] = absl::OkStatus();
-      r.blocks[i] = {buf.size(), checksum, code};
+      r.blocks[i] = {buf.size(), checksum, code, nullptr, found->depth, found->importance};
       (code == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
       if (options_.promote_on_get && promote) {
         // Best effort and without disk writes on the read path: a full warm tier simply

@@ -255,6 +255,38 @@ TEST_F(TieredStoreTest, APutThatNeedsAnotherSlotClassMovesBlocksDownInsteadOfDro
   EXPECT_EQ(found, kept.size()) << "every block not deleted is still held";
 }
 
+// A read reports each block's depth and importance as put, from warm and from disk: what the
+// rebalancer sends along with a copy, so that its new owner ranks it as this node did.
+TEST_F(TieredStoreTest, AReadReportsDepthAndImportanceFromEveryTier) {
+  ChainHash h;
+  h.bytes.fill(0x5d);
+  const WarmTier::PutBlock block{
+      .hash = h, .size = kBlock, .depth = 7, .importance = 0.75f, .session = "ranked"};
+  const std::vector<uint8_t> bytes(kBlock, 0x5d);
+  WarmTier::ReserveResult r = store_->BeginPut(ns_, "", {&block, 1}, 10000);
+  ASSERT_THAT(r.status[0], IsOk());
+  const WarmTier::CommitBlock commit{h, BlockChecksum(bytes.data(), bytes.size()), bytes};
+  ASSERT_THAT(store_->CommitPut(r.reservation_id, {&commit, 1}).status(), IsOk());
+  for (const char* where : {"warm", "cool"}) {
+    SCOPED_TRACE(where);
+    std::vector<uint8_t> buf;
+    WarmTier::GetResult read = store_->BeginGet(
+        ns_, "", {&h, 1}, 10000,
+        [&buf](size_t, uint64_t size) {
+          buf.resize(size);
+          return buf.data();
+        },
+        UINT64_MAX, /*promote=*/false);
+    ASSERT_THAT(read.status[0], IsOk());
+    EXPECT_EQ(read.blocks[0].depth, 7u);
+    EXPECT_FLOAT_EQ(read.blocks[0].importance, 0.75f);
+    if (read.lease_id != 0) {
+      ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
+    }
+    ASSERT_THAT(store_->PauseSession("ranked", false).status(), IsOk());
+  }
+}
+
 // A client that names a new session on every put: the node tracks at most max_sessions of
 // them, and the ones that put longest ago are paused early (their blocks move to cool) instead
 // of the table growing. Without the cap all 40 would be tracked until session_idle.

@@ -46,7 +46,8 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
       }
       if (e->pins++ == 0) ++pinned_;
       pinned[i] = e;
-      result.blocks[i] = {e->size, e->checksum, 2, arena_->Address(e->slot)};
+      result.blocks[i] = {e->size,  e->checksum,  2, arena_->Address(e->slot),
+                          e->depth, e->importance};
     }
     for (size_t i = hashes.size(); i > 0; --i) {
       if (pinned[i - 1] != nullptr) TouchLocked(pinned[i - 1]);

@@ -129,6 +129,8 @@ class WarmTier {
     uint64_t checksum = 0;
     int tier = 2;  // strata.v1.Tier: 2 warm; a lower tier's Lookup fallback sets 3 or 4
     uint8_t* address = nullptr;  // BeginGet: the pinned block's bytes in the arena
+    uint32_t depth = 0;          // BeginGet: the block's place in its chain, as put
+    float importance = 0;        // BeginGet: as put
   };
   // Finds block `index` of a Lookup in a lower tier after a warm miss (called under the warm
   // lock: must not call back into WarmTier).
