@@ -153,7 +153,7 @@ class ClusterStoreClient final : public StoreClient {
         for (size_t i = 0; i < n; ++i) {
           if (answered[i] || tried[i] >= cand[i].size()) continue;
           groups[cand[i][tried[i]]].push_back(i);
-          left = std::min(left, DistinctLeft(cand[i], tried[i], replicas));
+          left = std::min(left, DistinctLeft(cand[i], tried[i], slow, replicas));
         }
         LookupRound(*set, groups, ns, scope, hashes, end, left, out,
                     [&](const std::vector<size_t>& idx, const absl::Status& s) {
@@ -391,12 +391,16 @@ class ClusterStoreClient final : public StoreClient {
       nodes.push_back(static_cast<int>(m));
       clients.push_back(known ? *known : absl::UnknownError("not connected"));
     }
+    const absl::Time round_start = absl::Now();
     if (!connect.empty()) {
       RunParts(connect.size(), [&](size_t p) {
         clients[connect[p]] = nodes_.Node(set.members[nodes[connect[p]]], end);
         return absl::OkStatus();
       }).IgnoreError();
     }
+    // A node whose lookup ran out of a share that connecting others had mostly used up is not
+    // to blame for it: marked slow only with half its share left when the lookups went out.
+    const bool fair = (end - absl::Now()) * 2 >= end - round_start;
     std::vector<GrpcStoreClient::LookupEachWork> work(nodes.size());
     for (size_t k = 0; k < nodes.size(); ++k) {
       work[k].idx = &groups[nodes[k]];
@@ -410,7 +414,8 @@ class ClusterStoreClient final : public StoreClient {
     GrpcStoreClient::LookupEachOnNodes(work, hashes, ns, scope, Left(end), out);
     for (size_t k = 0; k < nodes.size(); ++k) {
       if (clients[k].ok()) {
-        nodes_.NoteResult(set.members[nodes[k]], *clients[k], work[k].status, end < call_end);
+        nodes_.NoteResult(set.members[nodes[k]], *clients[k], work[k].status,
+                          end < call_end && fair);
       }
       fn(*work[k].idx, work[k].status);
     }
@@ -501,7 +506,7 @@ class ClusterStoreClient final : public StoreClient {
             if (any_slow) SlowLast(cand[i], slow);
           }
           node = tried[i] < cand[i].size() ? cand[i][tried[i]] : -1;
-          if (node >= 0) left = std::min(left, DistinctLeft(cand[i], tried[i]));
+          if (node >= 0) left = std::min(left, DistinctLeft(cand[i], tried[i], slow));
         }
         if (node < 0) continue;
         groups[node].push_back(i);
@@ -618,7 +623,7 @@ class ClusterStoreClient final : public StoreClient {
         if (done[i] || tried[i] >= cand[i].size()) continue;
         const int node = cand[i][tried[i]];
         groups[node].push_back(i);
-        const size_t mine = DistinctLeft(cand[i], tried[i]);
+        const size_t mine = DistinctLeft(cand[i], tried[i], slow);
         auto [at, fresh] = left.emplace(node, mine);
         if (!fresh) at->second = std::min(at->second, mine);
       }
@@ -644,7 +649,13 @@ class ClusterStoreClient final : public StoreClient {
             continue;
           }
           if (st.code() == absl::StatusCode::kNotFound) {
-            if (tried[i] <= static_cast<size_t>(replicas)) lacking[i].push_back(node);
+            // Read-repair puts to current owners only. Their tries come first, unless slow
+            // ones were moved back: then the owners are computed.
+            const bool owner =
+                !any_slow ? tried[i] <= static_cast<size_t>(replicas)
+                          : std::ranges::count(
+                                cluster::Owners(set->members, blocks[i].hash, replicas), node) > 0;
+            if (owner) lacking[i].push_back(node);
           } else if (!TryNextReplica(st)) {
             done[i] = true;  // e.g. OUT_OF_RANGE: the buffer is too small everywhere
           }

@@ -66,8 +66,12 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   e.address = m.address;
   if (!s.ok()) {
     absl::Status error(s.code(), absl::StrCat("node ", m.id, " (", m.address, "): ", s.message()));
-    // Out of the caller's time, not the node's: nothing to hold against it.
-    if (budget_short && s.code() == absl::StatusCode::kDeadlineExceeded) return error;
+    // Out of the caller's time, perhaps not the node's: slow (reads ask others first), not
+    // down (writes still try it).
+    if (budget_short && s.code() == absl::StatusCode::kDeadlineExceeded) {
+      MarkSlowLocked(e);
+      return error;
+    }
     MarkDownLocked(e, std::move(error));
     return e.last_error;
   }
@@ -95,14 +99,24 @@ void ClusterNodes::NoteResult(const cluster::Member& m, const std::shared_ptr<Gr
   Entry& e = nodes_[m.id];
   if (e.client != c) return;  // reconnected meanwhile: about another client
   if (s.ok()) {
-    e.slow_strikes = 0;
-    e.slow_until = absl::InfinitePast();
+    // Only a read answered within a share shows the node keeps pace (a node that stalls on
+    // reads may well answer a Stats or a small put).
+    if (cut_short) {
+      e.slow_strikes = 0;
+      e.slow_until = absl::InfinitePast();
+    }
   } else if (down) {
     MarkDownLocked(e, s);
-  } else if (const absl::Time now = absl::Now(); now >= e.slow_until) {
-    e.slow_until = now + Backoff(e.slow_strikes);
-    ++e.slow_strikes;
+  } else {
+    MarkSlowLocked(e);
   }
+}
+
+void ClusterNodes::MarkSlowLocked(Entry& e) {
+  const absl::Time now = absl::Now();
+  if (now < e.slow_until) return;  // one spell, however many calls ran out in it
+  e.slow_until = now + Backoff(e.slow_strikes);
+  ++e.slow_strikes;
 }
 
 std::vector<bool> ClusterNodes::SlowNow(std::span<const cluster::Member> members) const {

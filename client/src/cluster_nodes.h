@@ -5,8 +5,9 @@
 // - down: a call or a connect failed UNAVAILABLE. Every call to the node fails at once
 //   (reads go to the next owner) until the while is up and it connects again.
 // - slow: a read given a share of its deadline ran out of it (a node that hangs but keeps
-//   its sockets). Reads ask the node's blocks of the other owners first; writes and
-//   everything else still go to it. A call that succeeds ends it.
+//   its sockets), or a connect did within a share under the 2 s connect timeout. Reads ask
+//   the node's blocks of the other owners first; writes and everything else still go to it.
+//   A read answered within its share ends it.
 #pragma once
 
 #include <algorithm>
@@ -32,14 +33,14 @@ class ClusterNodes {
 
   // The client of member `m`, connected on first use (namespaces and memory registered), or
   // its error while it is marked down. Connecting takes at most 2 s, within `end`; a connect
-  // cut short by `end` (less than 2 s) marks nothing: the caller's budget was short.
+  // cut short by `end` (less than 2 s) marks the node slow, not down.
   absl::StatusOr<std::shared_ptr<GrpcStoreClient>> Node(const cluster::Member& m, absl::Time end);
   // Member `m`'s client if it is connected, or its error while it is marked down; nullopt
   // when it has to be connected.
   std::optional<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> Known(const cluster::Member& m);
   // After a call through `c`: UNAVAILABLE marks the node down; DEADLINE_EXCEEDED of a call
   // `cut_short` (given part of the caller's deadline, the rest kept for another replica)
-  // marks it slow; OK ends a slow spell.
+  // marks it slow; OK of such a call ends a slow spell.
   void NoteResult(const cluster::Member& m, const std::shared_ptr<GrpcStoreClient>& c,
                   const absl::Status& s, bool cut_short = false);
   // Whether each member of `members` is slow now (one look under the lock).
@@ -65,6 +66,7 @@ class ClusterNodes {
     int slow_strikes = 0;  // slow spells since a call last succeeded
   };
   void MarkDownLocked(Entry& e, absl::Status error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkSlowLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ClientOptions options_;
   mutable absl::Mutex mu_;
@@ -73,16 +75,19 @@ class ClusterNodes {
   std::vector<std::pair<void*, size_t>> memory_ ABSL_GUARDED_BY(mu_);
 };
 
-// Different nodes among cand[from, to) (to: at most cand.size()): how many candidates a
-// block has left, not counting the second pass over them that ReadCandidates adds while
-// blocks move.
-inline size_t DistinctLeft(const std::vector<int>& cand, size_t from, size_t to = SIZE_MAX) {
+// How many candidates a block has left to share a deadline over: the different nodes among
+// cand[from, to) (to: at most cand.size()) that are not slow, the one at `from` always
+// counted (a node asked twice while blocks move counts once; a slow one is asked last, with
+// what time is left, so it takes no share from the others).
+inline size_t DistinctLeft(const std::vector<int>& cand, size_t from, const std::vector<bool>& slow,
+                           size_t to = SIZE_MAX) {
   to = std::min(to, cand.size());
   size_t n = 0;
   for (size_t k = from; k < to; ++k) {
-    n += std::find(cand.begin() + static_cast<std::ptrdiff_t>(from),
-                   cand.begin() + static_cast<std::ptrdiff_t>(k),
-                   cand[k]) == cand.begin() + static_cast<std::ptrdiff_t>(k);
+    const bool first_time = std::find(cand.begin() + static_cast<std::ptrdiff_t>(from),
+                                      cand.begin() + static_cast<std::ptrdiff_t>(k),
+                                      cand[k]) == cand.begin() + static_cast<std::ptrdiff_t>(k);
+    n += first_time && (k == from || !slow[cand[k]]);
   }
   return n;
 }

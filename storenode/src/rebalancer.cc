@@ -272,9 +272,14 @@ client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
       spdlog::debug("rebalancer: peer {} at {}: {}", m.id, m.address, c.status().ToString());
       return nullptr;
     }
-    absl::StatusOr<client::NodeStats> stats = (*c)->Stats();
-    e.exact = stats.ok() && stats->exact_scope_lookups;
     e.client = std::move(*c);
+  }
+  // Asked again each minute: a peer upgraded (or rolled back) in place keeps its address,
+  // and a Stats refused under load must not leave it untrusted for good.
+  if (exact != nullptr && absl::Now() - e.exact_checked >= absl::Minutes(1)) {
+    absl::StatusOr<client::NodeStats> stats = e.client->Stats();
+    e.exact = stats.ok() && stats->exact_scope_lookups;
+    e.exact_checked = stats.ok() ? absl::Now() : absl::InfinitePast();
   }
   if (exact != nullptr) *exact = e.exact;
   auto it = e.namespaces.find(ns);

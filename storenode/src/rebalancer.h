@@ -89,7 +89,8 @@ class Rebalancer {
     std::unique_ptr<client::StoreClient> client;
     std::map<NamespaceId, client::Namespace> namespaces;
     absl::Time retry_after = absl::InfinitePast();
-    bool exact = false;  // honours exact-scope lookups (its Stats said so at connect)
+    bool exact = false;  // honours exact-scope lookups (its Stats said so)
+    absl::Time exact_checked = absl::InfinitePast();  // asked again each minute
   };
   std::map<std::string, PeerEntry> peers_;  // by member id; used by the pass thread only
 

@@ -557,9 +557,10 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
   }
   // The caller keeps this lease past the call: it counts against max_leases/max_lease_bytes.
   if (lease_id != 0) {
-    // NOT_FOUND: a short lease expired while the call read disk blocks; answered as before
-    // (its EndGet finds nothing to end).
-    if (absl::Status s = store_->HoldLease(lease_id); !s.ok() && !absl::IsNotFound(s)) {
+    // NOT_FOUND: a short lease lapsed while the call read disk blocks: no lease to give.
+    if (absl::Status s = store_->HoldLease(lease_id); absl::IsNotFound(s)) {
+      lease_id = 0;
+    } else if (!s.ok()) {
       return call.Done(s);
     }
   }

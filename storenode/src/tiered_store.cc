@@ -401,12 +401,21 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
       WarmTier::ReserveResult more =
           warm_->BeginPut(ns, scope, again, ttl_ms, /*may_evict=*/true, r.reservation_id);
       if (r.reservation_id == 0) r.reservation_id = more.reservation_id;
-      const bool joined = more.reservation_id == 0 || more.reservation_id == r.reservation_id;
-      if (!joined) warm_->AbortPut(more.reservation_id).IgnoreError();  // the first one lapsed
-      for (size_t j = 0; j < refused.size(); ++j) {
-        r.status[refused[j]] =
-            joined ? more.status[j] : absl::UnavailableError("reservation expired; put again");
-        r.addresses[refused[j]] = joined ? more.addresses[j] : nullptr;
+      if (more.reservation_id == 0 || more.reservation_id == r.reservation_id) {
+        for (size_t j = 0; j < refused.size(); ++j) {
+          r.status[refused[j]] = more.status[j];
+          r.addresses[refused[j]] = more.addresses[j];
+        }
+      } else {
+        // The first reservation lapsed while blocks were moved down (a very short ttl): its
+        // slots are free again, so nothing of this put may be written.
+        warm_->AbortPut(more.reservation_id).IgnoreError();
+        for (size_t k = 0; k < fresh.size(); ++k) {
+          if (r.status[k].ok())
+            r.status[k] = absl::UnavailableError("reservation expired; put again");
+          r.addresses[k] = nullptr;
+        }
+        r.reservation_id = 0;
       }
     }
   }

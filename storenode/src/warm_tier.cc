@@ -394,7 +394,9 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     const PutBlock& b = blocks[i];
     BlockKey key{ns, scope, b.hash};
     uint64_t parent_handle = b.parent_handle;
-    if (parent_handle == kNoBlock && i > 0 && b.depth > 0 && blocks[i - 1].depth + 1 == b.depth) {
+    // Copies (the rebalancer's come in key order, not chain order) get no guessed parent.
+    if (parent_handle == kNoBlock && !b.copy && i > 0 && b.depth > 0 &&
+        blocks[i - 1].depth + 1 == b.depth) {
       parent_handle = PolicyHandle(BlockKey{ns, scope, blocks[i - 1].hash});
     }
     if (b.size == 0 || b.size > options_.max_block_bytes) {

@@ -90,5 +90,27 @@ TEST_F(WarmTierTest, HeldLeasesAreCappedByCountAndBytes) {
   EXPECT_THAT(tier_->HoldLease(Pin({H(4), H(5)})), IsOk());
 }
 
+// Blocks reserved later may join an open reservation (TieredStore reserves a put's blocks
+// that first found no room there again, after moving others down): one commit stores all.
+TEST_F(WarmTierTest, BlocksReservedLaterJoinTheReservationNamed) {
+  WarmTier::ReserveResult first = Reserve({{H(1), 1000}});
+  ASSERT_NE(first.reservation_id, 0u);
+  const WarmTier::PutBlock later{H(2), 1000};
+  WarmTier::ReserveResult joined =
+      tier_->BeginPut(ns_, "s", {&later, 1}, kTtl, /*may_evict=*/true, first.reservation_id);
+  ASSERT_THAT(joined.status[0], IsOk());
+  EXPECT_EQ(joined.reservation_id, first.reservation_id);
+  auto done = Commit(first.reservation_id, {Block(1, 1000), Block(2, 1000)});
+  ASSERT_THAT(done, IsOk());
+  EXPECT_THAT((*done)[0], IsOk());
+  EXPECT_THAT((*done)[1], IsOk());
+  EXPECT_TRUE(Present(1) && Present(2));
+  const WarmTier::PutBlock third{H(3), 1000};
+  WarmTier::ReserveResult own =
+      tier_->BeginPut(ns_, "s", {&third, 1}, kTtl, /*may_evict=*/true, first.reservation_id);
+  EXPECT_NE(own.reservation_id, first.reservation_id) << "committed: a reservation of its own";
+  EXPECT_NE(own.reservation_id, 0u);
+}
+
 }  // namespace
 }  // namespace strata::storenode::warm_tier_test

@@ -374,7 +374,9 @@ TEST_F(ReplicatedClusterTest, ALookupFindsBlocksTheirFirstOwnersLostAtTheirSecon
       }
     }
     // A writer's delete there: its tombstone keeps the rebalancer from copying them back.
-    if (!first_owned.empty()) ASSERT_TRUE(direct->Delete(dns, "", first_owned).ok());
+    if (!first_owned.empty()) {
+      ASSERT_TRUE(direct->Delete(dns, "", first_owned).ok());
+    }
   }
   auto r = c->Lookup(ns, "", chain);
   ASSERT_TRUE(r.ok()) << r.status();

@@ -59,6 +59,12 @@ absl::StatusOr<absl::string_view> Unseal(absl::string_view tag, absl::string_vie
   return sealed.substr(kHeaderSize, len);
 }
 
+std::string PadForUcx(absl::string_view packed) {
+  std::string out(packed.size() + 256, '\0');
+  std::memcpy(out.data(), packed.data(), packed.size());
+  return out;
+}
+
 absl::Status CheckPackedRkeyLayout(absl::string_view packed) {
   constexpr size_t kFixed = sizeof(uint64_t) + 1;  // md_map, memory type
   if (packed.size() < kFixed) {

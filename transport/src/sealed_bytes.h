@@ -37,4 +37,9 @@ absl::StatusOr<absl::string_view> Unseal(absl::string_view tag, absl::string_vie
 // INVALID_ARGUMENT naming what does not fit.
 absl::Status CheckPackedRkeyLayout(absl::string_view packed);
 
+// `packed` followed by zeros: each memory domain's unpack reads its own fixed layout (up to
+// 255 bytes) whatever size the blob declares for it, so a blob that declares less is read
+// into the zeros, not past the buffer.
+std::string PadForUcx(absl::string_view packed);
+
 }  // namespace strata::transport

@@ -397,7 +397,7 @@ class UcpWorker final : public Worker {
     if (!packed.ok()) return packed.status();
     if (absl::Status s = CheckPackedRkeyLayout(*packed); !s.ok()) return s;
     ucp_rkey_h rkey = nullptr;
-    const ucs_status_t status = ucp_ep_rkey_unpack(e->ep, packed->data(), &rkey);
+    const ucs_status_t status = ucp_ep_rkey_unpack(e->ep, PadForUcx(*packed).data(), &rkey);
     if (status != UCS_OK) {
       return absl::InvalidArgumentError(
           UcsToStatus(status, absl::StrCat("packed rkey unusable on endpoint ", e->id)).message());

@@ -211,12 +211,15 @@ absl::Status Unusable(const Endpoint& e);
 // Drops the rkeys `e` unpacked.
 void DestroyRkeys(Endpoint* e);
 // Whether no message can reach a receive through `e` any more: the peer failed, or the
-// endpoint was force-closed where that cuts the peer off (peer-failure handling: TCP). Over
+// endpoint was closed (forced or after its flush) where that cuts the peer off
+// (peer-failure handling: TCP). Over
 // shared memory a peer's sends land in the worker without this endpoint, so a receive may
 // still be matched (a fenced client's other calls, a channel closed gracefully): those wait
 // for their messages or their deadline.
 inline bool EndpointGone(const Endpoint& e, bool peer_failure_handling) {
-  return e.peer_failed || (e.forced && peer_failure_handling);
+  return e.peer_failed ||
+         (peer_failure_handling &&
+          (e.forced || e.state == EndpointState::kClosing || e.state == EndpointState::kClosed));
 }
 // Empties e's rkey cache but for the rkeys e's transfers in `in_flight` use: a peer that
 // always has a call in flight (several streams) and sends new rkeys must not grow it for ever.
