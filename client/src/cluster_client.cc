@@ -655,7 +655,7 @@ class ClusterStoreClient final : public StoreClient {
                 !any_slow ? tried[i] <= static_cast<size_t>(replicas)
                           : std::ranges::count(
                                 cluster::Owners(set->members, blocks[i].hash, replicas), node) > 0;
-            if (owner) lacking[i].push_back(node);
+            if (owner && std::ranges::count(lacking[i], node) == 0) lacking[i].push_back(node);
           } else if (!TryNextReplica(st)) {
             done[i] = true;  // e.g. OUT_OF_RANGE: the buffer is too small everywhere
           }

@@ -94,7 +94,7 @@ void ClusterNodes::NoteResult(const cluster::Member& m, const std::shared_ptr<Gr
                               const absl::Status& s, bool cut_short) {
   const bool down = s.code() == absl::StatusCode::kUnavailable;
   const bool slow = cut_short && s.code() == absl::StatusCode::kDeadlineExceeded;
-  if (!down && !slow && !s.ok()) return;
+  if (!down && !slow && !(s.ok() && cut_short)) return;  // nothing to note: no lock taken
   absl::MutexLock lock(&mu_);
   Entry& e = nodes_[m.id];
   if (e.client != c) return;  // reconnected meanwhile: about another client
