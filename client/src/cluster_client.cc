@@ -149,11 +149,13 @@ class ClusterStoreClient final : public StoreClient {
       // Each block's first owner that answers (absent there means absent).
       for (int round = 0; round < replicas; ++round) {
         std::vector<std::vector<size_t>> groups(set->members.size());
-        size_t left = SIZE_MAX;  // the fewest candidates left for one block of the round
+        // Per member: the fewest candidates left for one block it is asked about.
+        std::vector<size_t> left(set->members.size(), SIZE_MAX);
         for (size_t i = 0; i < n; ++i) {
           if (answered[i] || tried[i] >= cand[i].size()) continue;
-          groups[cand[i][tried[i]]].push_back(i);
-          left = std::min(left, DistinctLeft(cand[i], tried[i], slow, replicas));
+          const int node = cand[i][tried[i]];
+          groups[node].push_back(i);
+          left[node] = std::min(left[node], DistinctLeft(cand[i], tried[i], slow, replicas));
         }
         LookupRound(*set, groups, ns, scope, hashes, end, left, out,
                     [&](const std::vector<size_t>& idx, const absl::Status& s) {
@@ -374,13 +376,13 @@ class ClusterStoreClient final : public StoreClient {
   // One LookupEach per member with blocks in groups[member] (indexes into `hashes`), all
   // members at once from this thread (GrpcStoreClient::LookupEachOnNodes, which fills
   // out[i] where a node answered) once any not connected yet are connected, in parallel.
-  // Then fn(groups[member], status) for each. The round ends at AttemptEnd(end, left): `left`
-  // is the fewest candidates that remain for one of its blocks.
+  // Then fn(groups[member], status) for each. Member m's call ends at AttemptEnd(call_end,
+  // left[m]): the fewest candidates that remain for one of the blocks it is asked about.
   template <typename Fn>
   void LookupRound(const MemberSet& set, const std::vector<std::vector<size_t>>& groups,
                    const Namespace& ns, std::string_view scope, std::span<const ChainHash> hashes,
-                   absl::Time call_end, size_t left, std::span<BlockLocation> out, Fn fn) {
-    const absl::Time end = AttemptEnd(call_end, left);
+                   absl::Time call_end, std::span<const size_t> left, std::span<BlockLocation> out,
+                   Fn fn) {
     std::vector<int> nodes;
     std::vector<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> clients;
     std::vector<size_t> connect;
@@ -392,15 +394,17 @@ class ClusterStoreClient final : public StoreClient {
       clients.push_back(known ? *known : absl::UnknownError("not connected"));
     }
     const absl::Time round_start = absl::Now();
+    std::vector<absl::Time> end(nodes.size());
+    for (size_t k = 0; k < nodes.size(); ++k) end[k] = AttemptEnd(call_end, left[nodes[k]]);
     if (!connect.empty()) {
       RunParts(connect.size(), [&](size_t p) {
-        clients[connect[p]] = nodes_.Node(set.members[nodes[connect[p]]], end);
+        clients[connect[p]] = nodes_.Node(set.members[nodes[connect[p]]], end[connect[p]]);
         return absl::OkStatus();
       }).IgnoreError();
     }
     // A node whose lookup ran out of a share that connecting others had mostly used up is not
     // to blame for it: marked slow only with half its share left when the lookups went out.
-    const bool fair = (end - absl::Now()) * 2 >= end - round_start;
+    const absl::Time sent = absl::Now();
     std::vector<GrpcStoreClient::LookupEachWork> work(nodes.size());
     for (size_t k = 0; k < nodes.size(); ++k) {
       work[k].idx = &groups[nodes[k]];
@@ -410,12 +414,14 @@ class ClusterStoreClient final : public StoreClient {
       }
       work[k].node = clients[k]->get();
       work[k].node->set_epoch(set.epoch);
+      work[k].call = Left(end[k]);
     }
-    GrpcStoreClient::LookupEachOnNodes(work, hashes, ns, scope, Left(end), out);
+    GrpcStoreClient::LookupEachOnNodes(work, hashes, ns, scope, Left(call_end), out);
     for (size_t k = 0; k < nodes.size(); ++k) {
       if (clients[k].ok()) {
+        const bool fair = (end[k] - sent) * 2 >= end[k] - round_start;
         nodes_.NoteResult(set.members[nodes[k]], *clients[k], work[k].status,
-                          end < call_end && fair);
+                          end[k] < call_end && fair);
       }
       fn(*work[k].idx, work[k].status);
     }
@@ -482,7 +488,8 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<std::vector<size_t>> groups(set->members.size());
       for (auto& g : groups) g.reserve(round == 0 ? n / groups.size() + 64 : 0);
       bool any = false;
-      size_t left = SIZE_MAX;  // the fewest candidates left for one block of the round
+      // Per member: the fewest candidates left for one block it is asked about.
+      std::vector<size_t> left(set->members.size(), SIZE_MAX);
       size_t first_absent = n;
       for (size_t i = 0; i < n; ++i) {
         if (!found(i) && absent[i]) {
@@ -497,7 +504,7 @@ class ClusterStoreClient final : public StoreClient {
         }
         int node = tried[i] == 0 ? cluster::FirstOwner(seeds, hashes[i]) : -1;
         if (node >= 0 && !slow[node]) {
-          left = std::min(left, std::min<size_t>(replicas, set->members.size()));
+          left[node] = std::min(left[node], std::min<size_t>(replicas, set->members.size()));
         } else {
           // Past its first owner, or that owner is slow: the block's whole list, slow last.
           if (cand.empty()) cand.resize(n);
@@ -506,7 +513,7 @@ class ClusterStoreClient final : public StoreClient {
             if (any_slow) SlowLast(cand[i], slow);
           }
           node = tried[i] < cand[i].size() ? cand[i][tried[i]] : -1;
-          if (node >= 0) left = std::min(left, DistinctLeft(cand[i], tried[i], slow));
+          if (node >= 0) left[node] = std::min(left[node], DistinctLeft(cand[i], tried[i], slow));
         }
         if (node < 0) continue;
         groups[node].push_back(i);

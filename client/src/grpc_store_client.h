@@ -288,6 +288,7 @@ class GrpcStoreClient final : public StoreClient {
     GrpcStoreClient* node = nullptr;
     const std::vector<size_t>* idx = nullptr;
     absl::Status status;  // as node->LookupEach would return
+    CallOptions call;     // its own deadline; zero: the one given to LookupEachOnNodes
   };
   // Every work item's LookupEach at once from the calling thread: all calls are in flight
   // together on one completion queue, so asking N nodes costs no thread per node. Where a

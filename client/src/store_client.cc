@@ -227,7 +227,8 @@ void GrpcStoreClient::LookupEachOnNodes(std::span<LookupEachWork> work,
     if (work[w].node == nullptr) continue;
     GrpcStoreClient& node = *work[w].node;
     const size_t n = work[w].idx->size();
-    const Clock::time_point deadline = node.Deadline(call);
+    const Clock::time_point deadline =
+        node.Deadline(work[w].call.deadline > absl::ZeroDuration() ? work[w].call : call);
     for (size_t begin = 0; begin < n; begin += node.max_keys_) {
       auto& p = parts.emplace_back(std::make_unique<Part>());
       p->work = w;
