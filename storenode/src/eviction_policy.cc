@@ -427,13 +427,18 @@ std::string_view PolicyKindName(PolicyKind kind) {
   return "unknown";
 }
 
-uint64_t PolicyHandle(const BlockKey& key) {
+std::string PolicyKeyBytes(const BlockKey& key) {
   std::string bytes;
   bytes.reserve(8 + 1 + key.scope.size() + kChainHashBytes);
   bytes.append(reinterpret_cast<const char*>(&key.namespace_id), sizeof(key.namespace_id));
   bytes.push_back(static_cast<char>(key.scope.size()));
   bytes += key.scope;
   bytes.append(key.hash.AsStringView());
+  return bytes;
+}
+
+uint64_t PolicyHandle(const BlockKey& key) {
+  const std::string bytes = PolicyKeyBytes(key);
   uint64_t h = BlockChecksum(bytes.data(), bytes.size());
   return h == kNoBlock ? 0 : h;  // kNoBlock means "no parent"
 }

@@ -605,12 +605,7 @@ void WarmTier::ForgetDelete(const BlockKey& key) {
 }
 
 uint64_t WarmTier::TombstoneId(const BlockKey& key) const {
-  std::string bytes;
-  bytes.reserve(8 + 1 + key.scope.size() + kChainHashBytes);
-  bytes.append(reinterpret_cast<const char*>(&key.namespace_id), sizeof(key.namespace_id));
-  bytes.push_back(static_cast<char>(key.scope.size()));
-  bytes += key.scope;
-  bytes.append(key.hash.AsStringView());
+  const std::string bytes = PolicyKeyBytes(key);
   return XXH3_64bits_withSeed(bytes.data(), bytes.size(), tombstone_seed_);
 }
 

@@ -311,11 +311,11 @@ TEST_F(ClusterTest, ATenantsBlocksAreNotHandedOverToAPeersSharedCopy) {
   auto shared = c->Put(*ns, "shared", writes);
   ASSERT_THAT(shared, IsOk());
   ASSERT_EQ(shared->stored, chain.size());
-  auto direct = StoreClient::Connect({.address = nodes_[0]->address()});
-  ASSERT_TRUE(direct.ok());
-  auto dns = (*direct)->RegisterNamespace(Spec());
-  ASSERT_TRUE(dns.ok());
-  ASSERT_EQ(PutAll(**direct, *dns, chain), chain.size());
+  client::Namespace dns;
+  std::unique_ptr<StoreClient> direct =
+      ConnectWithNamespace({.address = nodes_[0]->address()}, &dns);
+  ASSERT_NE(direct, nullptr);
+  ASSERT_EQ(PutAll(*direct, dns, chain), chain.size());
   ASSERT_TRUE(WaitRebalanced());
   ClientOptions exact = Options();
   exact.exact_scope_lookups = true;
@@ -343,11 +343,11 @@ TEST_F(ClusterTest, ABlockBeingWrittenAtItsOwnerIsNotHandedOverYet) {
   const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 14, 12);
   HeldPuts held;
   ASSERT_NO_FATAL_FAILURE(HoldPuts({1, 2}, *ns, chain, &held));
-  auto direct = StoreClient::Connect({.address = nodes_[0]->address()});
-  ASSERT_TRUE(direct.ok());
-  auto dns = (*direct)->RegisterNamespace(Spec());
-  ASSERT_TRUE(dns.ok());
-  ASSERT_EQ(PutAll(**direct, *dns, chain), chain.size());
+  client::Namespace dns;
+  std::unique_ptr<StoreClient> direct =
+      ConnectWithNamespace({.address = nodes_[0]->address()}, &dns);
+  ASSERT_NE(direct, nullptr);
+  ASSERT_EQ(PutAll(*direct, dns, chain), chain.size());
   ASSERT_TRUE(WaitRebalanced());  // the owners answer "being written"
   AbortPuts(&held);
   ASSERT_TRUE(WaitRebalanced());  // now node-0 copies them

@@ -108,9 +108,13 @@ std::string_view PolicyKindName(PolicyKind kind);
 
 // The handle a tier gives `key` in its policy: a 64-bit hash of the key, so a tier can name a
 // block's chain parent (same namespace and scope) without holding it. Two keys sharing a
-// handle (odds ~n²/2^65 for n blocks) would only mis-rank them, never mix their bytes: tiers
-// map a victim handle back to a key through their own index.
+// handle (odds ~n²/2^65 for n blocks, but a caller can forge one: it is unkeyed) would only
+// mis-rank them, never mix their bytes: tiers map a victim handle back to a key through their
+// own index. Tombstones, which must not be forgeable, use a keyed hash of PolicyKeyBytes.
 uint64_t PolicyHandle(const BlockKey& key);
+// The bytes PolicyHandle hashes: namespace, scope length, scope, chain hash (one key's, and
+// no other key's).
+std::string PolicyKeyBytes(const BlockKey& key);
 
 // A new, empty policy. Never fails.
 std::unique_ptr<EvictionPolicy> MakeEvictionPolicy(PolicyKind kind,
