@@ -166,10 +166,13 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
   uint64_t moved = warm_->Demote(
       0,
       [&](const BlockKey& key, std::span<const uint8_t> bytes, const WarmTier::BlockAttrs& a) {
-        if (target->Find(key, false)) return true;  // inclusive copy already there
+        using Demoted = WarmTier::Demoted;
+        if (target->Find(key, false)) return Demoted::kMoved;  // inclusive copy already there
         MakeRoom(target, below, bytes.size());
         return target->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id)).ok() &&
-               KeptUnlessDeleted(target, key);
+                       KeptUnlessDeleted(target, key)
+                   ? Demoted::kMoved
+                   : Demoted::kKept;
       },
       &session);
   if (to_cold) {
@@ -598,20 +601,19 @@ void TieredStore::DemoteOnce(uint64_t incoming) {
                        const WarmTier::BlockAttrs& a) { return DemoteToCool(key, bytes, a); });
 }
 
-bool TieredStore::DemoteToCool(const BlockKey& key, std::span<const uint8_t> bytes,
-                               const WarmTier::BlockAttrs& a) {
+WarmTier::Demoted TieredStore::DemoteToCool(const BlockKey& key, std::span<const uint8_t> bytes,
+                                            const WarmTier::BlockAttrs& a) {
+  using Demoted = WarmTier::Demoted;
   // A block promoted earlier may still have its disk copy: nothing to write then.
-  if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return true;
+  if (cool_->Find(key, true) || (cold_ && cold_->Find(key, true))) return Demoted::kMoved;
   MakeRoom(cool_.get(), cold_.get(), bytes.size());
   absl::Status st = cool_->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id));
-  if (IsTenantQuotaError(st)) {
-    // The tenant holds its whole cool quota: its coldest warm block leaves the node instead
-    // of waiting in the warm tier (where it would hold up demotion for everyone).
-    disk_evictions_.fetch_add(1, std::memory_order_relaxed);
-    return true;
-  }
+  // The tenant holds its whole cool quota: its coldest warm block leaves the node instead of
+  // waiting in the warm tier (where it would hold up demotion for everyone). The warm tier
+  // counts it evicted, not demoted.
+  if (IsTenantQuotaError(st)) return Demoted::kDropped;
   if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
-  return st.ok() && KeptUnlessDeleted(cool_.get(), key);
+  return st.ok() && KeptUnlessDeleted(cool_.get(), key) ? Demoted::kMoved : Demoted::kKept;
 }
 
 void TieredStore::DemoteLoop() {

@@ -51,6 +51,7 @@ class TieredStoreTest : public ::testing::Test {
       d.capacity_bytes = tier->has_value() ? (*tier)->capacity_bytes : 16 << 20;
       d.codec = Codec::kNone;
       d.min_block_charge = min_charge;
+      if (tier->has_value()) d.scope_quota = (*tier)->scope_quota;
       *tier = d;
     }
     if (o.demote_interval_ms == TieredStoreOptions{}.demote_interval_ms) {
@@ -352,6 +353,25 @@ TEST_F(TieredStoreTest, CoolVictimsTheColdTierRefusesAreCountedAsEvicted) {
   EXPECT_EQ(st.cool_demotions, 0u);
   EXPECT_EQ(st.disk_evictions, 40u - st.cool->blocks);
   EXPECT_GT(st.disk_evictions, 0u);
+}
+
+// A warm victim whose tenant holds its whole cool quota leaves the node: it is counted as an
+// eviction, not as a demotion too (before, every such block was counted twice).
+TEST_F(TieredStoreTest, BlocksDroppedForACoolQuotaCountAsEvictedNotDemoted) {
+  TieredStoreOptions o;
+  o.cool = DiskTierOptions{.capacity_bytes = 16 << 20};
+  o.cool->scope_quota = [](const std::string& scope) -> uint64_t {
+    return scope == "tenant-a" ? 8 * kBlock : 0;
+  };
+  ASSERT_NO_FATAL_FAILURE(Init(o));
+  // 1,024 warm slots: writers past the 90 % watermark demote, and the tenant's quota fills.
+  for (uint32_t n = 0; n < 1200; n += 40) Put(ns_, "tenant-a", 9000 + n, 40, "");
+  const TieredStats st = store_->Stats();
+  ASSERT_GT(st.cool->blocks, 0u);
+  EXPECT_EQ(st.warm.demotions, st.cool->blocks) << "a dropped block counted as demoted";
+  EXPECT_GT(st.warm.evictions, 0u);
+  EXPECT_EQ(st.warm.evictions + st.disk_evictions, 1200u - st.warm.blocks - st.cool->blocks)
+      << "every block that left the node counted once";
 }
 
 // A Prefetch queues at most max_prefetch_queued blocks, and a block once: a client asking for

@@ -346,24 +346,26 @@ uint64_t WarmTier::DemoteFor(uint64_t size, size_t count, const DemoteFn& fn) {
 
 uint64_t WarmTier::MoveOut(std::vector<DemoteVictim>& victims, const DemoteFn& fn) {
   // Pinned: the bytes cannot move while they are verified and written elsewhere.
-  std::vector<bool> moved(victims.size(), false), corrupt(victims.size(), false);
+  std::vector<Demoted> done(victims.size(), Demoted::kKept);
+  std::vector<bool> corrupt(victims.size(), false);
   for (size_t i = 0; i < victims.size(); ++i) {
     const uint8_t* data = arena_->Address(victims[i].entry->slot);
     if (BlockChecksum(data, victims[i].size) != victims[i].attrs.checksum) {
       corrupt[i] = true;
       continue;
     }
-    moved[i] = fn(victims[i].entry->key, {data, victims[i].size}, victims[i].attrs);
+    done[i] = fn(victims[i].entry->key, {data, victims[i].size}, victims[i].attrs);
   }
-  uint64_t n = 0;
+  uint64_t n = 0, dropped = 0;
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < victims.size(); ++i) {
     Entry* e = victims[i].entry;
-    if (moved[i] || corrupt[i]) {
+    if (done[i] != Demoted::kKept || corrupt[i]) {
       auto it = index_.find(e->key);
       if (it != index_.end() && it->second.get() == e) RemoveLocked(e);
       if (corrupt[i]) data_loss_.fetch_add(1, std::memory_order_relaxed);
-      n += moved[i] ? 1 : 0;
+      n += done[i] == Demoted::kMoved ? 1 : 0;
+      dropped += done[i] == Demoted::kDropped ? 1 : 0;
     } else if (auto it = index_.find(e->key); e->state == Entry::State::kCommitted &&
                                               it != index_.end() && it->second.get() == e) {
       AdmitLocked(e);  // still this entry: not one a writer put after deleting this one
@@ -371,6 +373,7 @@ uint64_t WarmTier::MoveOut(std::vector<DemoteVictim>& victims, const DemoteFn& f
     UnpinLocked(e);
   }
   demotions_.fetch_add(n, std::memory_order_relaxed);
+  evictions_.fetch_add(dropped, std::memory_order_relaxed);
   return n;
 }
 

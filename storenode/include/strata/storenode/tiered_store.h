@@ -132,9 +132,10 @@ class TieredStore {
   // One pass of the demoter, making room for `incoming` more warm bytes (the background
   // thread calls it with 0; BeginPut with its batch size when it would overflow).
   void DemoteOnce(uint64_t incoming = 0);
-  // Writes one warm victim to cool (Demote's fn): whether it may leave the warm tier.
-  bool DemoteToCool(const BlockKey& key, std::span<const uint8_t> bytes,
-                    const WarmTier::BlockAttrs& a);
+  // Writes one warm victim to cool (Demote's fn): moved, kept (cool failed), or dropped
+  // (its tenant holds its whole cool quota).
+  WarmTier::Demoted DemoteToCool(const BlockKey& key, std::span<const uint8_t> bytes,
+                                 const WarmTier::BlockAttrs& a);
 
   TieredStats Stats() const;
   // Sessions tracked for idle pausing now (at most max_sessions).

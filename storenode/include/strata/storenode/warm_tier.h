@@ -135,10 +135,13 @@ class WarmTier {
   // Finds block `index` of a Lookup in a lower tier after a warm miss (called under the warm
   // lock: must not call back into WarmTier).
   using LowerTierProbe = std::function<std::optional<BlockMeta>(size_t index, const BlockKey&)>;
-  // Receives a demotion victim's verified bytes (pinned, outside the lock); returns true when
-  // the block now lives elsewhere and may leave the warm tier.
-  using DemoteFn = std::function<bool(const BlockKey& key, std::span<const uint8_t> bytes,
-                                      const BlockAttrs& attrs)>;
+  // What became of a demotion victim: kept here (the tier below refused it), moved (it lives
+  // elsewhere now), or dropped (it may leave, but went nowhere: counted as an eviction).
+  enum class Demoted { kKept, kMoved, kDropped };
+  // Receives a demotion victim's verified bytes (pinned, outside the lock) and says what
+  // became of it.
+  using DemoteFn = std::function<Demoted(const BlockKey& key, std::span<const uint8_t> bytes,
+                                         const BlockAttrs& attrs)>;
   // Where BeginGet copies a block: returns a buffer of at least `size` bytes for block
   // `index`, or nullptr to leave that block pinned but uncopied.
   using CopySink = std::function<uint8_t*(size_t index, uint64_t size)>;
