@@ -580,10 +580,12 @@ uint64_t WarmTier::Delete(NamespaceId ns, const std::string& scope,
   if (removed != nullptr) removed->assign(hashes.size(), false);
   absl::MutexLock lock(&mu_);
   const int64_t now = tombstone ? options_.now_ms() : 0;
+  // Tombstones are owned by the deleting scope: past capacity, the largest owner's go first.
+  const uint64_t owner = XXH3_64bits_withSeed(scope.data(), scope.size(), tombstone_seed_);
   BlockKey key{ns, scope, {}};
   for (size_t i = 0; i < hashes.size(); ++i) {
     key.hash = hashes[i];
-    if (tombstone) tombstones_.Add(TombstoneId(key), now);
+    if (tombstone) tombstones_.Add(TombstoneId(key), now, owner);
     auto it = index_.find(key);
     if (it == index_.end()) continue;
     if (it->second->state != Entry::State::kCommitted) {

@@ -42,6 +42,30 @@ TEST(TombstonesTest, TheyLapseAfterTheirTtlAndTheOldestGoFirstPastCapacity) {
   EXPECT_FALSE(off.Live(1, 1));
 }
 
+// Past capacity the owner holding the most gives up its oldest: a tenant deleting without
+// end pushes out its own tombstones, not another's. Before, one queue for all: B's flood
+// pushed out all of A's.
+TEST(TombstonesTest, PastCapacityTheLargestOwnerGivesUpItsOwnOldest) {
+  Tombstones t(/*capacity=*/100, /*ttl_ms=*/60'000);
+  for (uint64_t h = 0; h < 30; ++h) t.Add(h, 1000, /*owner=*/'A');
+  for (uint64_t h = 1000; h < 11'000; ++h) t.Add(h, 1000 + static_cast<int64_t>(h), 'B');
+  EXPECT_EQ(t.size(), 100u);
+  for (uint64_t h = 0; h < 30; ++h) EXPECT_TRUE(t.Live(h, 20'000)) << "A's tombstone " << h;
+  EXPECT_TRUE(t.Live(10'999, 20'000)) << "B keeps its newest";
+  EXPECT_FALSE(t.Live(10'929, 20'000)) << "B holds 70, its newest";
+  EXPECT_TRUE(t.Live(10'930, 20'000));
+  // A third owner joins: B, the largest, gives up a tombstone for each of C's.
+  for (uint64_t h = 20'000; h < 20'010; ++h) t.Add(h, 20'000, 'C');
+  EXPECT_TRUE(t.Live(0, 20'001) && t.Live(20'000, 20'001));
+  EXPECT_FALSE(t.Live(10'939, 20'001));
+  EXPECT_EQ(t.owners(), 3u);
+  // Clearing or lapsing all of an owner's tombstones forgets the owner.
+  for (uint64_t h = 20'000; h < 20'010; ++h) t.Clear(h);
+  EXPECT_EQ(t.owners(), 2u);
+  EXPECT_FALSE(t.Live(0, 1000 + 60'000));
+  EXPECT_EQ(t.owners(), 1u) << "A's lapsed";
+}
+
 // A copy (rebalancer, read-repair, promotion) of a block a writer deleted is refused for the
 // tombstone's lifetime, present before or not; copies of other blocks, and copies after a
 // delete that was a hand-over (no tombstone), are taken.
@@ -68,6 +92,24 @@ TEST_F(WarmTierTest, AWritersDeleteRefusesCopiesOfItsBlocksUntilTheTombstoneLaps
   now_ms_ += 60'001;
   EXPECT_THAT(copy(1), IsOk()) << "the tombstone lapsed";
   EXPECT_EQ(tier_->Stats().tombstones, 0u);
+}
+
+// A tenant deleting past the tombstone capacity pushes out its own tombstones: another
+// tenant's deletes still refuse copies.
+TEST_F(WarmTierTest, ATenantDeletingWithoutEndPushesOutOnlyItsOwnTombstones) {
+  tombstone_capacity_ = 64;
+  ASSERT_NO_FATAL_FAILURE(Init(8 * kPage));
+  const Hashes a = {H(1), H(2), H(3)};
+  tier_->Delete(ns_, "tenant-a", a, /*tombstone=*/true);
+  Hashes flood;
+  for (uint32_t n = 100; n < 1100; ++n) flood.push_back(H(n));
+  tier_->Delete(ns_, "tenant-b", flood, /*tombstone=*/true);
+  EXPECT_EQ(tier_->Stats().tombstones, 64u);
+  for (const ChainHash& h : a) {
+    EXPECT_TRUE(tier_->DeletedLately(BlockKey{ns_, "tenant-a", h}));
+  }
+  EXPECT_TRUE(tier_->DeletedLately(BlockKey{ns_, "tenant-b", H(1099)}));
+  EXPECT_FALSE(tier_->DeletedLately(BlockKey{ns_, "tenant-b", H(100)})) << "B's oldest went";
 }
 
 // A writer's put of a deleted block is taken at once, and forgets the delete.

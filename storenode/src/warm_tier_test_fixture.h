@@ -111,6 +111,7 @@ class WarmTierTest : public ::testing::Test {
     o.now_ms = [this] { return now_ms_.load(); };
     o.max_held_leases = max_held_leases_;
     o.max_held_bytes = max_held_bytes_;
+    o.tombstone_capacity = tombstone_capacity_;
     absl::StatusOr<std::unique_ptr<WarmTier>> tier = WarmTier::Create(std::move(o));
     ASSERT_THAT(tier, IsOk());
     tier_ = std::move(*tier);
@@ -168,6 +169,7 @@ class WarmTierTest : public ::testing::Test {
   std::atomic<int64_t> now_ms_{1'000'000};
   uint64_t max_held_leases_ = 65'536;  // WarmTierOptions for the next Init
   uint64_t max_held_bytes_ = 0;
+  size_t tombstone_capacity_ = 262'144;
   std::unique_ptr<WarmTier> tier_;
   NamespaceId ns_ = 0;
   std::deque<Bytes> kept_;
