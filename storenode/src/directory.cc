@@ -14,7 +14,6 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
   std::vector<absl::Status> out(hashes.size());
   const auto shared_token = std::make_shared<const std::string>(token);
   const absl::Time now = absl::Now();
-  bool purged = false;
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < hashes.size(); ++i) {
     BlockKey key{ns, scope, hashes[i]};
@@ -40,11 +39,19 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
         if (*e->token != token) e->token = shared_token;
         continue;
       }
+      if (it->second.size() >= max_per_block_) {
+        // As many locations as a block may have: the one whose TTL ends first (expired
+        // ones first of all) makes way.
+        auto first =
+            std::min_element(it->second.begin(), it->second.end(),
+                             [](const Entry& a, const Entry& b) { return a.expires < b.expires; });
+        *first = {address, shared_token, size, now + ttl};
+        continue;
+      }
     }
-    if (entries_ >= max_entries_ && !purged) {
-      purged = true;  // full: drop what has expired before refusing anything
+    if (entries_ >= max_entries_ && now - last_purge_ >= absl::Seconds(1)) {
+      last_purge_ = now;  // full: drop what has expired before refusing anything
       ExpireLocked(now);
-      it = map_.find(key);
     }
     if (entries_ >= max_entries_) {
       out[i] = absl::ResourceExhaustedError(

@@ -4,7 +4,11 @@
 // node's own tiers, so a decode worker can pull a prefix straight from a prefill worker's GPU.
 //
 // Bounded: at most max_entries (key, location) pairs; a publish beyond that is
-// RESOURCE_EXHAUSTED for the blocks that do not fit (expired entries are purged first).
+// RESOURCE_EXHAUSTED for the blocks that do not fit (expired entries are purged first, at
+// most once a second: a full directory is not rescanned by every call). At most
+// max_per_block locations per block: a new one past that replaces the one whose TTL ends
+// first, so a Lookup answer stays within max_per_block locations a block however many agents
+// publish one block.
 //
 // Thread-safe.
 #pragma once
@@ -32,7 +36,9 @@ class Directory {
     uint64_t size = 0;    // block bytes, as published
   };
 
-  explicit Directory(uint64_t max_entries) : max_entries_(max_entries) {}
+  static constexpr size_t kMaxPerBlock = 8;
+  explicit Directory(uint64_t max_entries, size_t max_per_block = kMaxPerBlock)
+      : max_entries_(max_entries), max_per_block_(max_per_block) {}
 
   // Publishes (ttl > 0: adds, or refreshes size and token) or removes (ttl == 0) the entry of
   // `address` for each key. Returns per key OK or RESOURCE_EXHAUSTED (directory full).
@@ -59,7 +65,9 @@ class Directory {
   uint64_t ExpireLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const uint64_t max_entries_;
+  const size_t max_per_block_;
   mutable absl::Mutex mu_;
+  absl::Time last_purge_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::flat_hash_map<BlockKey, std::vector<Entry>> map_ ABSL_GUARDED_BY(mu_);
   uint64_t entries_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -298,6 +298,17 @@ grpc::Status StoreServiceImpl::Publish(grpc::ServerContext* ctx, const v1::Publi
     return call.Done(absl::InvalidArgumentError(absl::StrCat(
         "sizes: ", req->sizes_size(), " entries for ", req->chain_hashes_size(), " hashes")));
   }
+  // Lookup answers hand the sizes to readers, who size buffers by them.
+  absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(req->namespace_id());
+  const uint64_t limit =
+      std::min<uint64_t>(spec.ok() ? spec->block_bytes : 0, config_.max_block_bytes);
+  for (int i = 0; i < req->sizes_size(); ++i) {
+    if (req->sizes(i) > limit) {
+      return call.Done(absl::InvalidArgumentError(absl::StrCat("sizes[", i, "]: ", req->sizes(i),
+                                                               " bytes, want at most ", limit,
+                                                               " (the namespace's block_bytes)")));
+    }
+  }
   if (absl::Status t = ValidateTtl(req->ttl_ms(), "ttl_ms"); !t.ok()) return call.Done(t);
   std::vector<uint64_t> sizes(req->sizes().begin(), req->sizes().end());
   NoteWrite(scope);

@@ -4,6 +4,9 @@
 // per node, stale epochs are refused and retried, a killed node's blocks are read from their
 // replicas, and the store keeps serving while etcd is down (rebalancing:
 // cluster_rebalance_test.cc).
+#include <set>
+#include <string>
+
 #include "cluster_fixture.h"
 
 namespace strata::cluster_test {
@@ -145,6 +148,26 @@ TEST_F(ClusterTest, BlocksPublishedByAnAgentAreFoundUntilRemovedOrExpired) {
                        absl::Seconds(1));
   EXPECT_THAT(bad.status(), StatusIs(absl::StatusCode::kInvalidArgument,
                                      ::testing::HasSubstr("location_token: 129 characters")));
+  std::vector<uint64_t> huge = sizes;
+  huge[3] = kBlock + 1;  // the index is the owner's share's
+  bad = agent->Publish(*ns, "", chain, huge, where, absl::Seconds(1));
+  EXPECT_THAT(bad.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     ::testing::HasSubstr("65537 bytes, want at most 65536")));
+  // However many agents publish one block, a Lookup names at most 8 of them: the newest.
+  for (int a = 0; a < 20; ++a) {
+    const client::PeerLocation agent_a{absl::StrCat("agent-", a, "@127.0.0.1:9200"), ""};
+    ASSERT_TRUE(agent
+                    ->Publish(*ns, "", {&chain[0], 1}, {&sizes[0], 1}, agent_a,
+                              absl::Seconds(10) + absl::Milliseconds(a))
+                    .ok());
+  }
+  r = decode->Lookup(*dns, "", {&chain[0], 1});
+  ASSERT_TRUE(r.ok() && r->matched_blocks == 1) << r.status();
+  ASSERT_EQ(r->blocks[0].peers.size(), 8u);
+  std::set<std::string> named;
+  for (const client::PeerLocation& p : r->blocks[0].peers) named.insert(p.address);
+  EXPECT_TRUE(named.contains("agent-19@127.0.0.1:9200"));
+  EXPECT_FALSE(named.contains("agent-0@127.0.0.1:9200")) << "the first to lapse made way";
 }
 
 TEST_F(ClusterTest, AStaleEpochIsRefusedAndTheClientRetries) {
