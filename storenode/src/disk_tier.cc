@@ -298,7 +298,14 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
                            DiskBlockMeta meta, const KvQuantSpec& quant) {
   absl::StatusOr<std::string> value;
   meta.quant = KvQuant::kNone;
+  const uint64_t verified = meta.checksum;
   meta.checksum = BlockChecksum(payload.data(), payload.size());
+  if (verified != 0 && meta.checksum != verified) {
+    // Changed since the caller checked them (in the arena, under a pin): a disk copy would
+    // carry a checksum that matches wrong bytes.
+    return absl::DataLossError(absl::StrCat(options_.name, " tier: block ", key.hash.ToHex(),
+                                            ": payload changed after it was verified"));
+  }
   if (quant.method != KvQuant::kNone && ValidateKvQuantSpec(quant, payload.size()).ok()) {
     value = PackBlock(payload, options_.codec, quant, 0);
     // A block that cannot be quantized (NaN or infinity in it) is kept lossless.

@@ -183,6 +183,25 @@ TEST(DiskTierTest, ScopeBytesAreCountedWithoutAQuota) {
   EXPECT_TRUE((*tier)->ScopeBytes().empty());
 }
 
+// Bytes that changed after the caller verified them (meta.checksum) are not stored: a disk
+// copy would carry a checksum that matches the wrong bytes. Bytes that match are.
+TEST(DiskTierTest, APayloadThatNoLongerMatchesTheCallersChecksumIsNotStored) {
+  TempDir dir;
+  auto tier = DiskTier::Open(Options(dir.path()));
+  ASSERT_THAT(tier.status(), IsOk());
+  const std::vector<uint8_t> payload = Bytes(8192, 5);
+  DiskBlockMeta meta;
+  meta.checksum = BlockChecksum(payload.data(), payload.size());
+  std::vector<uint8_t> changed = payload;
+  changed[4000] ^= 1;
+  EXPECT_THAT((*tier)->Put(Key(1), changed, meta), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_FALSE((*tier)->Find(Key(1), false).has_value());
+  ASSERT_THAT((*tier)->Put(Key(1), payload, meta), IsOk());
+  std::vector<uint8_t> back;
+  ASSERT_THAT((*tier)->Read(Key(1), &back), IsOk());
+  EXPECT_EQ(back, payload);
+}
+
 // Key n (any int) of namespace `ns` and `scope`.
 BlockKey WideKey(NamespaceId ns, const std::string& scope, uint32_t n) {
   BlockKey key{ns, scope, {}};

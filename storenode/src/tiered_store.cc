@@ -549,20 +549,24 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
   uint64_t failed_moves = 0;
   absl::Status last_failure;
   for (const BlockKey& key : tier->Victims(target)) {
-    bool moved = false, refused = false;
+    bool refused = false;
     if (below != nullptr) {
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
-      if (meta && tier->Read(key, &buf).ok()) {
+      absl::Status put = absl::NotFoundError("gone meanwhile");
+      if (meta) put = tier->Read(key, &buf);
+      if (put.ok()) {
         MakeRoom(below, nullptr, meta->stored_bytes);
-        absl::Status put = below->Put(key, buf, *meta, OffloadQuant(key.namespace_id));
-        refused = !put.ok();
-        if (refused) last_failure = put;
-        moved = put.ok() && KeptUnlessDeleted(below, key);
-        if (moved) cool_demotions_.fetch_add(1, std::memory_order_relaxed);
+        put = below->Put(key, buf, *meta, OffloadQuant(key.namespace_id));
+      }
+      refused = !put.ok() && meta.has_value();
+      if (refused) last_failure = put;
+      if (put.ok() && KeptUnlessDeleted(below, key)) {
+        cool_demotions_.fetch_add(1, std::memory_order_relaxed);
       }
     }
-    // A victim the tier below did not take (its own budget, quota or I/O) leaves the node: it
-    // is evicted, and counted so, like a victim of the lowest tier.
+    // A victim the tier below did not take (its own budget, quota or I/O, or this tier could
+    // not read it) leaves the node: it is evicted, and counted so, like a victim of the lowest
+    // tier.
     if (tier->Delete(key).ok() && (below == nullptr || refused)) {
       disk_evictions_.fetch_add(1, std::memory_order_relaxed);
       failed_moves += refused ? 1 : 0;

@@ -99,7 +99,8 @@ class DiskTier {
   // quantized when it can be (an fp16/bf16 block of whole head_dim vectors, all finite;
   // otherwise losslessly), and reads return the dequantized block (meta.quant says so).
   // RESOURCE_EXHAUSTED if it would exceed the budget: the caller makes room first (Victims).
-  // UNAVAILABLE on a RocksDB write error.
+  // UNAVAILABLE on a RocksDB write error. meta.checksum, when not 0, is the payload's
+  // checksum as the caller verified it: bytes that changed since are DATA_LOSS, not stored.
   absl::Status Put(const BlockKey& key, std::span<const uint8_t> payload, DiskBlockMeta meta,
                    const KvQuantSpec& quant = {});
 
