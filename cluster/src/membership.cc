@@ -1,5 +1,6 @@
 #include "strata/cluster/membership.h"
 
+#include <atomic>
 #include <map>
 #include <thread>
 #include <utility>
@@ -197,8 +198,18 @@ class Membership::Impl {
 
   absl::Status Refresh() {
     if (etcd_ == nullptr) return absl::OkStatus();
+    // One at a time: without a watch a snapshot is applied whatever came before (an etcd that
+    // lost its data counts revisions from 1 again), so two at once could apply the older
+    // listing last — the newest epoch with an older member set, which no node refuses. Callers
+    // refused together (one stale epoch) share one listing: a refresh begun after this call
+    // asked answers it too.
+    const uint64_t asked = refreshes_begun_.load(std::memory_order_acquire);
+    absl::MutexLock one(&refresh_mu_);
+    if (refreshes_begun_.load(std::memory_order_relaxed) > asked) return last_refresh_;
+    refreshes_begun_.fetch_add(1, std::memory_order_release);
     // Without a watch nothing else applies changes: the snapshot is the state.
     absl::StatusOr<int64_t> listed = List(/*restart=*/!o_.watch);
+    last_refresh_ = listed.status();
     absl::MutexLock lock(&mu_);
     connected_ = listed.ok();
     return listed.status();
@@ -343,6 +354,7 @@ class Membership::Impl {
       // the changes since, and the watch does not deliver them again.
       if (!restart && range->revision < applied_revision_) return applied_revision_;
       set_changed = listed_once_ && KeysDiffer(members_, members);
+      if (o_.self.has_value() && !members.contains(o_.self->id)) OwnKeyGoneLocked();
       members_ = std::move(members);
       epoch_value_ = std::max<uint64_t>(epoch_value_, epoch);
       applied_revision_ = restart ? range->revision : std::max(applied_revision_, range->revision);
@@ -356,6 +368,14 @@ class Membership::Impl {
     }
     Publish();
     return range->revision;
+  }
+
+  // This node's key is gone though its lease may live (deleted by hand, or by a process
+  // with the same id): keepalives would go on succeeding with the node out of the set.
+  void OwnKeyGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (stop_ || need_register_ || lease_ == 0) return;
+    spdlog::warn("membership: the key of {} is gone from etcd; registering again", o_.self->id);
+    need_register_ = true;
   }
 
   static bool KeysDiffer(const std::map<std::string, Member>& a,
@@ -383,6 +403,7 @@ class Membership::Impl {
         std::string id = e.kv.key.substr(nodes_prefix_.size());
         if (e.type == WatchEvent::Type::kDelete) {
           if (members_.erase(id) > 0) changes.push_back(e.kv.mod_revision);
+          if (o_.self.has_value() && id == o_.self->id) OwnKeyGoneLocked();
           continue;
         }
         absl::StatusOr<Member> m = DecodeMember(id, e.kv.value);
@@ -452,6 +473,9 @@ class Membership::Impl {
   std::unique_ptr<EtcdClient> etcd_;
   std::thread thread_;
 
+  absl::Mutex refresh_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // Refresh: one listing at a time
+  std::atomic<uint64_t> refreshes_begun_{0};
+  absl::Status last_refresh_ ABSL_GUARDED_BY(refresh_mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<const MemberSet> current_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const MemberSet> previous_ ABSL_GUARDED_BY(mu_);

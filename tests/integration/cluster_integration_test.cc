@@ -50,6 +50,18 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
   EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("3 members, 0 zones, epoch ", epochs[0])));
   for (int i = 0; i < 3; ++i) EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("node-", i)));
   EXPECT_THAT(text, ::testing::HasSubstr("under-replicated blocks"));
+  // A node's key deleted under it while its lease lives (an operator's `etcdctl del`, a
+  // stray process with its id): the node registers again. Before, its keepalives went on
+  // succeeding and it stayed out of the cluster.
+  ASSERT_TRUE((*etcd)->Delete("/strata/it/nodes/node-1").ok());
+  bool back = false;
+  for (absl::Time end = absl::Now() + absl::Seconds(15); !back && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(100));
+    auto again = (*etcd)->GetPrefix("/strata/it/nodes/node-1");
+    back = again.ok() && again->kvs.size() == 1;
+  }
+  EXPECT_TRUE(back) << "node-1 did not register again";
+  EXPECT_TRUE(WaitForMembers(*c, 3));
 }
 
 TEST_F(ClusterTest, APrefixWrittenByOneProcessIsFetchedByAnother) {
