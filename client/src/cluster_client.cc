@@ -65,7 +65,15 @@ class ClusterStoreClient final : public StoreClient {
           absl::StrCat("cluster ", options_.cluster_name, ": no live store node"));
     }
     WarnOfDisagreement(*set);
-    membership_->OnChange([this](const MemberSet& now) { WarnOfDisagreement(now); });
+    membership_->OnChange([this](const MemberSet& now) {
+      WarnOfDisagreement(now);
+      // Nodes in neither the set nor the one before it (reads still ask those) are let go.
+      std::vector<cluster::Member> keep = now.members;
+      if (std::shared_ptr<const MemberSet> before = membership_->Previous(); before != nullptr) {
+        keep.insert(keep.end(), before->members.begin(), before->members.end());
+      }
+      nodes_.Retain(keep);
+    });
     return absl::OkStatus();
   }
 
@@ -95,9 +103,9 @@ class ClusterStoreClient final : public StoreClient {
     return absl::StrCat(
         "cluster ", options_.cluster_name, " (",
         std::string(cluster::MembershipModeName(membership_->mode())), ", ", set->members.size(),
-        " nodes, epoch ", set->epoch, ", R=", replicas, " W=", Quorum(replicas), ")",
-        warnings.empty() ? "" : "; WARNING: ", warnings, trouble.empty() ? "" : "; ", trouble,
-        first.empty() ? "" : "; per node: ", first);
+        " nodes, ", nodes_.Connected(), " connected, epoch ", set->epoch, ", R=", replicas,
+        " W=", Quorum(replicas), ")", warnings.empty() ? "" : "; WARNING: ", warnings,
+        trouble.empty() ? "" : "; ", trouble, first.empty() ? "" : "; per node: ", first);
   }
 
   absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
@@ -710,12 +718,12 @@ class ClusterStoreClient final : public StoreClient {
   int Quorum(int replicas) const {
     return options_.write_quorum <= 0 ? replicas : std::min(options_.write_quorum, replicas);
   }
-  // What WarnOfDisagreement logged last; before membership_, whose thread calls it.
+  // What WarnOfDisagreement logged last, and the nodes: before membership_, whose thread
+  // calls back into both (it stops first).
   absl::Mutex warned_mu_;
   std::string warned_ ABSL_GUARDED_BY(warned_mu_);
-  std::unique_ptr<cluster::Membership> membership_;
-
   ClusterNodes nodes_;
+  std::unique_ptr<cluster::Membership> membership_;
 };
 
 }  // namespace

@@ -119,6 +119,29 @@ void ClusterNodes::MarkSlowLocked(Entry& e) {
   ++e.slow_strikes;
 }
 
+void ClusterNodes::Retain(std::span<const cluster::Member> keep) {
+  std::vector<std::shared_ptr<GrpcStoreClient>> gone;  // closed outside the lock
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = nodes_.begin(); it != nodes_.end();) {
+      const bool kept = std::any_of(keep.begin(), keep.end(),
+                                    [&](const cluster::Member& m) { return m.id == it->first; });
+      if (kept) {
+        ++it;
+        continue;
+      }
+      if (it->second.client != nullptr) gone.push_back(std::move(it->second.client));
+      it = nodes_.erase(it);
+    }
+  }
+}
+
+size_t ClusterNodes::Connected() const {
+  absl::MutexLock lock(&mu_);
+  return std::count_if(nodes_.begin(), nodes_.end(),
+                       [](const auto& n) { return n.second.client != nullptr; });
+}
+
 std::vector<bool> ClusterNodes::SlowNow(std::span<const cluster::Member> members) const {
   std::vector<bool> out(members.size(), false);
   const absl::Time now = absl::Now();

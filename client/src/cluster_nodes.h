@@ -43,6 +43,13 @@ class ClusterNodes {
   // marks it slow; OK of such a call ends a slow spell.
   void NoteResult(const cluster::Member& m, const std::shared_ptr<GrpcStoreClient>& c,
                   const absl::Status& s, bool cut_short = false);
+  // Forgets every node whose id is not in `keep` (the current and previous member sets): its
+  // connection, UCX workers and bounce pool go. A client of a churning cluster (pod ids that
+  // come and go) keeps one entry per node that may still hold its blocks, not per node it
+  // ever saw. Calls still using a forgotten node's client keep it until they end.
+  void Retain(std::span<const cluster::Member> keep);
+  // Nodes with a live connection now.
+  size_t Connected() const;
   // Whether each member of `members` is slow now (one look under the lock).
   std::vector<bool> SlowNow(std::span<const cluster::Member> members) const;
 

@@ -220,6 +220,20 @@ TEST_F(ClusterTest, AStaleEpochIsRefusedAndTheClientRetries) {
   // The fourth node leaves cleanly (SIGTERM revokes its lease): back to three at once.
   ASSERT_TRUE(fourth->Stop(absl::Seconds(20)).ok());
   EXPECT_TRUE(WaitForMembers(*watcher, 3));
+  // A fifth joins: the fourth is in neither the set nor the one before it, and the watcher,
+  // which had a connection to each of the five, lets it go. Before, it kept one per node it
+  // ever saw.
+  std::unique_ptr<LocalNode> fifth = StartNode(4);
+  ASSERT_NE(fifth, nullptr);
+  ASSERT_TRUE(WaitForMembers(*watcher, 4));  // Stats: connected to every member
+  bool let_go = false;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); !let_go && absl::Now() < end;) {
+    let_go = absl::StrContains(watcher->DataPlaneDescription(), "4 nodes, 4 connected");
+    if (!let_go) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(let_go) << watcher->DataPlaneDescription();
+  ASSERT_TRUE(fifth->Stop(absl::Seconds(20)).ok());
+  EXPECT_TRUE(WaitForMembers(*watcher, 3));
 }
 
 TEST_F(ClusterTest, TheStoreKeepsServingWhileEtcdIsDown) {
