@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -63,6 +65,14 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
 }
 
 rocksdb::Slice AsSlice(const std::string& s) { return rocksdb::Slice(s.data(), s.size()); }
+
+// What an open that failed for the machine's state, not the files', says (strerror texts and
+// RocksDB's lock message).
+constexpr std::string_view kCircumstances[] = {
+    "While lock file",      "Permission denied",      "No space",
+    "Too many open files",  "Cannot allocate memory", "Stale file handle",
+    "Connection timed out", "Read-only file system",  "Resource temporarily unavailable",
+};
 
 }  // namespace
 
@@ -178,11 +188,13 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
                                                    options.path, ": ", s.ToString()));
     }
     // Damage, not circumstance: a store another process holds (its LOCK), a directory we may
-    // not write or a full disk must fail the start and never be "repaired" or set aside.
-    const std::string why = s.ToString();
-    const bool circumstance = why.find("While lock file") != std::string::npos ||
-                              why.find("Permission denied") != std::string::npos ||
-                              why.find("No space") != std::string::npos;
+    // not write, a full disk, a process out of file descriptors or memory, or a network
+    // mount that timed out must fail the start and never be "repaired" (best efforts drop the
+    // WAL) or set aside: another start finds the store whole.
+    const std::string why = s.ok() ? std::string(opened.message()) : s.ToString();
+    const bool circumstance =
+        std::any_of(std::begin(kCircumstances), std::end(kCircumstances),
+                    [&](std::string_view c) { return why.find(c) != std::string::npos; });
     const bool damaged =
         !circumstance && (s.IsCorruption() || s.IsIOError() ||
                           (s.ok() && (opened.code() == absl::StatusCode::kDataLoss ||

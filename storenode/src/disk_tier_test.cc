@@ -1,6 +1,7 @@
 #include "strata/storenode/disk_tier.h"
 
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -468,6 +469,42 @@ class SyncTrackingFs : public rocksdb::FileSystemWrapper {
   std::mutex mu_;
   std::map<std::string, uint64_t> synced_;
 };
+
+// Out of file descriptors at open (EMFILE: circumstance, not damage) fails the start: the
+// store is neither opened by best-efforts recovery (which drops the WAL) nor set aside as
+// damaged, and opens whole once descriptors are there again. Before, any IOError counted as
+// damage and the tier could start empty.
+TEST(DiskTierTest, RunningOutOfFileDescriptorsAtOpenFailsTheStartAndKeepsTheStore) {
+  TempDir dir;
+  const std::string path = dir.path() + "/db";
+  const std::vector<uint8_t> payload = Bytes(64 << 10, 4);
+  {
+    auto tier = DiskTier::Open(Options(path));
+    ASSERT_THAT(tier.status(), IsOk());
+    ASSERT_THAT((*tier)->Put(Key(3), payload, DiskBlockMeta{}), IsOk());
+  }
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  size_t open_now = 0;
+  for ([[maybe_unused]] const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
+    ++open_now;
+  }
+  rlimit low = saved;
+  low.rlim_cur = open_now + 2;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  absl::StatusOr<std::unique_ptr<DiskTier>> starved = DiskTier::Open(Options(path));
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_FALSE(starved.ok());
+  starved = absl::UnknownError("closed");  // before the next open takes the LOCK
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    EXPECT_EQ(e.path().filename(), "db") << "set aside as damaged: " << e.path();
+  }
+  auto again = DiskTier::Open(Options(path));
+  ASSERT_THAT(again.status(), IsOk());
+  std::vector<uint8_t> out;
+  ASSERT_THAT((*again)->Read(Key(3), &out), IsOk());
+  EXPECT_EQ(out, payload);
+}
 
 // sync_writes is what makes a written block survive a power cut: with it the block is in the
 // copy of the directory a power cut leaves; without it the WAL record was never synced.
