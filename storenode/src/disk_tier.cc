@@ -225,6 +225,15 @@ DiskTier::DiskTier(DiskTierOptions options, rocksdb::DB* db,
       handles_(std::move(handles)),
       policy_(MakeEvictionPolicy(options_.policy, options_.policy_options)) {}
 
+void DiskTier::IndexLocked(const BlockKey& key, DiskBlockMeta meta) {
+  stored_bytes_ += meta.stored_bytes;
+  charged_bytes_ += Charge(meta.stored_bytes);
+  payload_bytes_ += meta.size;
+  scope_bytes_[key.scope] += Charge(meta.stored_bytes);
+  auto [pos, inserted] = index_.emplace(key, Entry{std::move(meta), PolicyHandle(key)});
+  AdmitLocked(pos->first, pos->second);
+}
+
 void DiskTier::AdmitLocked(const BlockKey& key, Entry& entry) {
   BlockTraits traits;
   traits.size = entry.meta.stored_bytes;
@@ -256,13 +265,7 @@ absl::Status DiskTier::Rebuild() {
       ++skipped;  // unreadable index record: the block is unreachable, count it as lost
       continue;
     }
-    stored_bytes_ += meta->stored_bytes;
-    charged_bytes_ += Charge(meta->stored_bytes);
-    payload_bytes_ += meta->size;
-    scope_bytes_[key->scope] += Charge(meta->stored_bytes);
-    uint64_t handle = PolicyHandle(*key);
-    auto [pos, inserted] = index_.emplace(*key, Entry{std::move(*meta), handle});
-    AdmitLocked(pos->first, pos->second);
+    IndexLocked(*key, *std::move(meta));
   }
   if (!it->status().ok()) {
     index_incomplete_ = true;
@@ -389,14 +392,9 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   settle();
   auto it = index_.find(key);
   if (it != index_.end()) DropLocked(key);
-  stored_bytes_ += meta.stored_bytes;
-  charged_bytes_ += Charge(meta.stored_bytes);
-  payload_bytes_ += meta.size;
-  scope_bytes_[key.scope] += Charge(meta.stored_bytes);
   codec_in_ += meta.size;
   codec_out_ += meta.stored_bytes;
-  auto [pos, inserted] = index_.emplace(key, Entry{std::move(meta), PolicyHandle(key)});
-  AdmitLocked(pos->first, pos->second);
+  IndexLocked(key, std::move(meta));
   return absl::OkStatus();
 }
 
@@ -469,9 +467,12 @@ void DiskTier::DropLocked(const BlockKey& key) {
 }
 
 absl::Status DiskTier::Delete(const BlockKey& key) {
+  DiskBlockMeta was;
   {
     absl::MutexLock lock(&mu_);
-    if (!index_.contains(key)) return absl::NotFoundError(options_.name + " tier: not present");
+    auto it = index_.find(key);
+    if (it == index_.end()) return absl::NotFoundError(options_.name + " tier: not present");
+    was = it->second.meta;
     DropLocked(key);
   }
   std::string k = EncodeDiskKey(key);
@@ -481,7 +482,14 @@ absl::Status DiskTier::Delete(const BlockKey& key) {
   // As durable as the puts: with sync_writes a deleted block must not come back after a crash.
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync_writes;
-  return FromRocks(db_->Write(wo, &batch), options_.name + " tier delete");
+  absl::Status s = FromRocks(db_->Write(wo, &batch), options_.name + " tier delete");
+  if (!s.ok()) {
+    // Still on disk: indexed and counted again (unless a put replaced it meanwhile), so it is
+    // neither uncounted disk nor a block that a restart brings back after "deleted".
+    absl::MutexLock lock(&mu_);
+    if (!index_.contains(key)) IndexLocked(key, std::move(was));
+  }
+  return s;
 }
 
 std::optional<DiskBlockMeta> DiskTier::Find(const BlockKey& key, bool touch) {

@@ -427,6 +427,8 @@ class SyncTrackingFs : public rocksdb::FileSystemWrapper {
     return s;
   }
 
+  std::atomic<bool> fail_appends{false};  // every write to any file fails while set
+
   // Copies `from` into `to`, each file as of its last Sync.
   void CopyAsAfterPowerCut(const std::string& from, const std::string& to) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -456,6 +458,18 @@ class SyncTrackingFs : public rocksdb::FileSystemWrapper {
       return s;
     }
 
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                             rocksdb::IODebugContext* d) override {
+      if (fs_->fail_appends.load()) return rocksdb::IOStatus::IOError("injected write error");
+      return target()->Append(data, o, d);
+    }
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                             const rocksdb::DataVerificationInfo& v,
+                             rocksdb::IODebugContext* d) override {
+      if (fs_->fail_appends.load()) return rocksdb::IOStatus::IOError("injected write error");
+      return target()->Append(data, o, v, d);
+    }
+
    private:
     void Synced() {
       uint64_t size = target()->GetFileSize(rocksdb::IOOptions(), nullptr);
@@ -469,6 +483,26 @@ class SyncTrackingFs : public rocksdb::FileSystemWrapper {
   std::mutex mu_;
   std::map<std::string, uint64_t> synced_;
 };
+
+// A delete whose write fails leaves the block indexed and counted: it is still on disk, and
+// a restart would index it again. Before, it vanished from the index (and the budget) only.
+TEST(DiskTierTest, ADeleteThatCannotBeWrittenKeepsTheBlockIndexed) {
+  TempDir dir;
+  auto fs = std::make_shared<SyncTrackingFs>();
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
+  DiskTierOptions opts = Options(dir.path() + "/db");
+  opts.env = env.get();
+  auto tier = DiskTier::Open(opts);
+  ASSERT_THAT(tier.status(), IsOk());
+  const std::vector<uint8_t> payload = Bytes(8192, 6);
+  ASSERT_THAT((*tier)->Put(Key(2), payload, DiskBlockMeta{}), IsOk());
+  const uint64_t charged = (*tier)->charged_bytes();
+  fs->fail_appends = true;
+  EXPECT_FALSE((*tier)->Delete(Key(2)).ok());
+  fs->fail_appends = false;
+  EXPECT_TRUE((*tier)->Find(Key(2), false).has_value());
+  EXPECT_EQ((*tier)->charged_bytes(), charged);
+}
 
 // Out of file descriptors at open (EMFILE: circumstance, not damage) fails the start: the
 // store is neither opened by best-efforts recovery (which drops the WAL) nor set aside as

@@ -158,6 +158,8 @@ class DiskTier {
   absl::Status DropUnindexed();
   bool index_incomplete_ = false;  // set by Rebuild, before the tier is shared
   void DropLocked(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Indexes a block on disk (not indexed now): counted, and handed to the policy.
+  void IndexLocked(const BlockKey& key, DiskBlockMeta meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AdmitLocked(const BlockKey& key, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const DiskTierOptions options_;
