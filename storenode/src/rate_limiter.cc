@@ -16,7 +16,9 @@ absl::Status LookupRateLimiter::Take(const std::string& tenant, uint64_t blocks,
   if (fresh) {
     b.tokens = burst_;
   } else {
-    b.tokens = std::min(burst_, b.tokens + rate_ * absl::ToDoubleSeconds(now - b.refilled));
+    // A wall clock stepped back counts as no time passed, never as tokens taken back.
+    const double elapsed_s = std::max(0.0, absl::ToDoubleSeconds(now - b.refilled));
+    b.tokens = std::min(burst_, b.tokens + rate_ * elapsed_s);
   }
   b.refilled = now;
   // A Lookup larger than the burst passes with a full bucket (and empties it).

@@ -20,6 +20,18 @@ TEST(LookupRateLimiterTest, BurstThenRateAndTenantsApart) {
   EXPECT_FALSE(limiter.Take("a", 1, t0 + absl::Seconds(10)).ok());
 }
 
+// The wall clock stepped back an hour: the bucket keeps its tokens (before, it went an hour
+// into debt, and the tenant's Lookups were refused for that hour).
+TEST(LookupRateLimiterTest, AClockSteppedBackTakesNoTokens) {
+  LookupRateLimiter limiter(100, 300);
+  const absl::Time t0 = absl::FromUnixSeconds(10'000);
+  EXPECT_TRUE(limiter.Take("a", 200, t0).ok());
+  EXPECT_TRUE(limiter.Take("a", 100, t0 - absl::Hours(1)).ok()) << "what was left";
+  EXPECT_FALSE(limiter.Take("a", 100, t0 - absl::Hours(1)).ok());
+  EXPECT_TRUE(limiter.Take("a", 100, t0 - absl::Hours(1) + absl::Seconds(1)).ok())
+      << "refilled at the rate from the new time on";
+}
+
 TEST(LookupRateLimiterTest, RateZeroIsUnlimited) {
   LookupRateLimiter limiter(0, 0);
   for (int i = 0; i < 100; ++i) EXPECT_TRUE(limiter.Take("a", 1 << 20).ok());
