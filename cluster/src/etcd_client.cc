@@ -250,6 +250,9 @@ class WatchStream : public std::enable_shared_from_this<WatchStream> {
   // Runs the stream until it fails or is cancelled; returns why it ended.
   absl::Status Stream() {
     const std::string op = absl::StrCat("Watch ", prefix_);
+    // etcd ends the stream when its member loses the leader (else a member cut off from the
+    // quorum keeps it open and silent: no events, no error).
+    context_.AddMetadata("hasleader", "true");
     std::unique_ptr<grpc::ClientReaderWriter<pb::WatchRequest, pb::WatchResponse>> stream =
         endpoint_->watch->Watch(&context_);
     pb::WatchRequest request;
@@ -555,6 +558,12 @@ class EtcdClientImpl : public EtcdClient {
         return absl::OkStatus();
       }
       error = FromGrpc(s, e.address, op);
+      if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && endpoints_.size() > 1) {
+        // Connected but silent (wedged, or cut off from its leader): the next call starts at
+        // the next endpoint, unless another call moved on already.
+        size_t sticky = index;
+        current_.compare_exchange_strong(sticky, (index + 1) % endpoints_.size());
+      }
       if (s.error_code() != grpc::StatusCode::UNAVAILABLE || (is_write && was_connected) ||
           absl::Now() >= deadline) {
         break;

@@ -453,6 +453,28 @@ TEST_F(EtcdClientTest, FailsOverFromADeadEndpoint) {
   EXPECT_THAT(watch, IsOk());
 }
 
+// An endpoint that takes connections and never answers (a wedged member, one cut off from
+// its leader): a call that timed out there sends the next one to another endpoint. Before,
+// only UNAVAILABLE moved on, and every call went on timing out at the first endpoint.
+TEST_F(EtcdClientTest, ACallThatTimedOutSendsTheNextToAnotherEndpoint) {
+  int hung = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(bind(hung, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(hung, 16), 0);  // the kernel accepts; nobody ever reads
+  ASSERT_EQ(getsockname(hung, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  std::unique_ptr<EtcdClient> client = MustConnect(
+      {absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)), etcd_->endpoint()}, absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  const std::string key = Prefix() + "k";
+  EXPECT_THAT(client->Get(key), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(client->Get(key), IsOk());
+  EXPECT_THAT(client->Put(key, "v"), IsOk());
+  close(hung);
+}
+
 TEST_F(EtcdClientTest, ClientDestructionStopsWatchesAndKeepAlives) {
   const std::string p = Prefix();
   std::unique_ptr<EtcdClient> client = MustConnect({etcd_->endpoint()});
