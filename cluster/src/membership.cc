@@ -356,7 +356,18 @@ class Membership::Impl {
       set_changed = listed_once_ && KeysDiffer(members_, members);
       if (o_.self.has_value() && !members.contains(o_.self->id)) OwnKeyGoneLocked();
       members_ = std::move(members);
-      epoch_value_ = std::max<uint64_t>(epoch_value_, epoch);
+      // etcd's revisions went back (it lost its data, or was restored from a snapshot): the
+      // epoch starts again from what it holds now. Kept at the old maximum, a node would
+      // refuse as stale every client that read the new, smaller epoch, however often it
+      // re-read it.
+      const bool reset = restart && listed_once_ && range->revision < applied_revision_;
+      if (reset && epoch_value_ > epoch) {
+        spdlog::warn(
+            "membership: etcd's revision went back from {} to {} (its data lost or restored); "
+            "epoch {} -> {}",
+            applied_revision_, range->revision, epoch_value_, epoch);
+      }
+      epoch_value_ = reset ? epoch : std::max<uint64_t>(epoch_value_, epoch);
       applied_revision_ = restart ? range->revision : std::max(applied_revision_, range->revision);
     }
     // Changes missed while disconnected, or a cluster without an epoch yet: raise it.

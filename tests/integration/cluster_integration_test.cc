@@ -278,6 +278,58 @@ TEST_F(ClusterTest, TheStoreKeepsServingWhileEtcdIsDown) {
   EXPECT_EQ(GetAll(*c, *ns, during), during.size());
 }
 
+// etcd comes back without its data (a lost volume, a restore from an old snapshot): its
+// revisions, and with them the epoch, start again from 1. The nodes register again and take
+// the new, smaller epoch, so a client that reads it is served. Before, they kept the old,
+// larger one and refused every call of such a client as stale, however often it re-read.
+TEST_F(ClusterTest, AfterEtcdLostItsDataNewClientsAreServed) {
+  std::unique_ptr<StoreClient> c = Connect(Options());
+  ASSERT_NE(c, nullptr);
+  // Revisions well above what a fresh etcd reaches: 200 writes, then a join (node-1's key
+  // deleted: it registers again) raises the epoch past them.
+  auto etcd = cluster::EtcdClient::Create({.endpoints = {etcd_->endpoint()}});
+  ASSERT_TRUE(etcd.ok());
+  for (int i = 0; i < 200; ++i) ASSERT_TRUE((*etcd)->Put("/junk/k", absl::StrCat(i)).ok());
+  ASSERT_TRUE((*etcd)->Delete("/strata/it/nodes/node-1").ok());
+  uint64_t high = 0;
+  for (absl::Time end = absl::Now() + absl::Seconds(15); high < 200 && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(100));
+    auto s = c->Stats();
+    high = s.ok() && s->members == 3 ? s->epoch : 0;
+  }
+  ASSERT_GE(high, 200u);
+  ASSERT_THAT(etcd_->Stop(), IsOk());
+  std::filesystem::remove_all(std::filesystem::path(etcd_->dir()) / "data");
+  ASSERT_THAT(etcd_->Restart(), IsOk());
+  etcd = cluster::EtcdClient::Create({.endpoints = {etcd_->endpoint()}});
+  ASSERT_TRUE(etcd.ok());
+  size_t listed = 0;
+  for (absl::Time end = absl::Now() + absl::Seconds(20); listed < 3 && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(200));
+    auto r = (*etcd)->GetPrefix("/strata/it/nodes/");
+    listed = r.ok() ? r->kvs.size() : 0;
+  }
+  ASSERT_EQ(listed, 3u);
+  // A client that reads only what etcd holds now (no watch: it re-reads when refused).
+  ClientOptions o = Options();
+  o.watch_members = false;
+  bool served = false;
+  uint64_t epoch = 0;
+  for (absl::Time end = absl::Now() + absl::Seconds(20); !served && absl::Now() < end;) {
+    std::unique_ptr<StoreClient> fresh = Connect(o);
+    ASSERT_NE(fresh, nullptr);
+    auto ns = fresh->RegisterNamespace(Spec());
+    ASSERT_TRUE(ns.ok());
+    std::vector<ChainHash> chain = testutil::PromptChain(*ns, 31, 16);
+    served = PutAll(*fresh, *ns, chain) == chain.size();
+    auto s = fresh->Stats();
+    epoch = s.ok() ? s->epoch : 0;
+    if (!served) absl::SleepFor(absl::Milliseconds(500));
+  }
+  EXPECT_TRUE(served) << "a client at epoch " << epoch << " was refused as stale";
+  EXPECT_LT(epoch, high);
+}
+
 TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {
   std::unique_ptr<StoreClient> c = Connect(Options());
   ASSERT_NE(c, nullptr);
