@@ -303,6 +303,13 @@ class Membership::Impl {
       old_lease = lease_;
     }
     if (old_lease != 0) etcd_->StopKeepAlive(old_lease);
+    // Still there from before a restart within its lease? Then at which address.
+    absl::StatusOr<std::optional<KeyValue>> before = etcd_->Get(key);
+    std::optional<std::string> was_at;
+    if (before.ok() && before->has_value()) {
+      absl::StatusOr<Member> m = DecodeMember(o_.self->id, (*before)->value);
+      if (m.ok()) was_at = m->address;
+    }
     absl::StatusOr<int64_t> lease = etcd_->GrantLease(o_.lease_ttl);
     if (!lease.ok()) return lease.status();
     absl::StatusOr<int64_t> put = etcd_->Put(key, EncodeMember(*o_.self), *lease);
@@ -319,9 +326,13 @@ class Membership::Impl {
       need_register_ = false;
     }
     // A new key is a join: raise the epoch to its revision. A key that was still there (a
-    // restart within the old lease) changes nothing but the lease and maybe the address.
+    // restart within the old lease) changes only the lease, and maybe the address: a new
+    // address raises the epoch too, so that clients that do not watch re-read the set (else
+    // they dial the old address until some other change).
     absl::StatusOr<std::optional<KeyValue>> kv = etcd_->Get(key);
-    if (kv.ok() && kv->has_value() && (*kv)->create_revision == (*kv)->mod_revision) {
+    if (kv.ok() && kv->has_value() &&
+        ((*kv)->create_revision == (*kv)->mod_revision ||
+         (was_at.has_value() && *was_at != o_.self->address))) {
       Bump((*kv)->mod_revision);
     }
     spdlog::info("membership: registered {} at {} in cluster {}", o_.self->id, o_.self->address,

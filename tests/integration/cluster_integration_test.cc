@@ -236,6 +236,63 @@ TEST_F(ClusterTest, AStaleEpochIsRefusedAndTheClientRetries) {
   EXPECT_TRUE(WaitForMembers(*watcher, 3));
 }
 
+// A node back within its lease at another address (a pod that came back with a new IP
+// before its key lapsed): the epoch rises, so a client that does not watch re-reads the set
+// and reaches the node at its new address. Before, the epoch stayed, and that client kept
+// dialling the old address: the node's blocks failed UNAVAILABLE until some other change.
+TEST_F(ClusterTest, ANodeBackWithinItsLeaseAtANewAddressIsReachedByClientsThatDoNotWatch) {
+  const std::vector<std::string> args = {"--node-id",
+                                         "node-3",
+                                         "--cluster-mode",
+                                         "etcd",
+                                         "--etcd-endpoints",
+                                         etcd_->endpoint(),
+                                         "--cluster-name",
+                                         "it",
+                                         "--etcd-lease",
+                                         "20000",
+                                         "--warm-bytes",
+                                         "64MiB",
+                                         "--max-block-bytes",
+                                         "1MiB",
+                                         "--ucx-tls",
+                                         "",
+                                         "--rebalance-interval",
+                                         "500"};
+  auto fourth = testutil::StartNode(args);
+  ASSERT_TRUE(fourth.ok()) << fourth.status();
+  std::unique_ptr<StoreClient> watcher = Connect(Options());
+  ASSERT_NE(watcher, nullptr);
+  ASSERT_TRUE(WaitForMembers(*watcher, 4));
+  ClientOptions o = Options();
+  o.watch_members = false;
+  std::unique_ptr<StoreClient> lazy = Connect(o);
+  ASSERT_NE(lazy, nullptr);
+  auto ns = lazy->RegisterNamespace(Spec());
+  ASSERT_TRUE(ns.ok());
+  std::vector<ChainHash> first = testutil::PromptChain(*ns, 41, 64);
+  ASSERT_EQ(PutAll(*lazy, *ns, first), first.size());
+  const std::string old_address = (*fourth)->address();
+  ASSERT_TRUE((*fourth)->Stop(absl::Seconds(10), SIGKILL).ok());
+  fourth = testutil::StartNode(args);  // within its 20 s lease, on new ports
+  ASSERT_TRUE(fourth.ok()) << fourth.status();
+  ASSERT_NE((*fourth)->address(), old_address);
+  // One block a call, twice over: a call that reached the old address before the client
+  // re-read the set (its first refusal as stale) is tried again.
+  std::vector<ChainHash> left = testutil::PromptChain(*ns, 42, 64);
+  for (int pass = 0; pass < 2 && !left.empty(); ++pass) {
+    std::vector<ChainHash> failed;
+    for (const ChainHash& h : left) {
+      auto r = PutEach(*lazy, *ns, {h});
+      if (!r.ok() || r->stored + r->already_present != 1) failed.push_back(h);
+    }
+    left = std::move(failed);
+  }
+  EXPECT_TRUE(left.empty()) << left.size() << " blocks of node-3 went to its old address";
+  ASSERT_THAT((*fourth)->Stop(absl::Seconds(20)), IsOk());
+  EXPECT_TRUE(WaitForMembers(*watcher, 3));
+}
+
 TEST_F(ClusterTest, TheStoreKeepsServingWhileEtcdIsDown) {
   std::unique_ptr<StoreClient> c = Connect(Options());
   ASSERT_NE(c, nullptr);
