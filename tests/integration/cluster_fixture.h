@@ -127,6 +127,14 @@ class ClusterFixture : public ::testing::Test {
     return o;
   }
 
+  // Options of a client that does not watch etcd: it re-reads the member set only when a
+  // node refuses its epoch as stale.
+  static ClientOptions NotWatching() {
+    ClientOptions o = Options();
+    o.watch_members = false;
+    return o;
+  }
+
   // `strata status --etcd` for the suite's cluster: its exit status and what it printed.
   static std::pair<int, std::string> StrataStatus() {
     const std::string cmd = absl::StrCat(testutil::ProjectBinary("strata"), " status --etcd ",

@@ -197,9 +197,7 @@ TEST_F(ClusterTest, AStaleEpochIsRefusedAndTheClientRetries) {
   EXPECT_THAT(st.error_message(), ::testing::HasSubstr("epoch"));
 
   // ... and a client that does not watch etcd learns of a join only through that answer.
-  ClientOptions o = Options();
-  o.watch_members = false;
-  std::unique_ptr<StoreClient> lazy = Connect(o);
+  std::unique_ptr<StoreClient> lazy = Connect(NotWatching());
   ASSERT_NE(lazy, nullptr);
   auto ns = lazy->RegisterNamespace(Spec());
   ASSERT_TRUE(ns.ok());
@@ -264,9 +262,7 @@ TEST_F(ClusterTest, ANodeBackWithinItsLeaseAtANewAddressIsReachedByClientsThatDo
   std::unique_ptr<StoreClient> watcher = Connect(Options());
   ASSERT_NE(watcher, nullptr);
   ASSERT_TRUE(WaitForMembers(*watcher, 4));
-  ClientOptions o = Options();
-  o.watch_members = false;
-  std::unique_ptr<StoreClient> lazy = Connect(o);
+  std::unique_ptr<StoreClient> lazy = Connect(NotWatching());
   ASSERT_NE(lazy, nullptr);
   auto ns = lazy->RegisterNamespace(Spec());
   ASSERT_TRUE(ns.ok());
@@ -368,12 +364,10 @@ TEST_F(ClusterTest, AfterEtcdLostItsDataNewClientsAreServed) {
   }
   ASSERT_EQ(listed, 3u);
   // A client that reads only what etcd holds now (no watch: it re-reads when refused).
-  ClientOptions o = Options();
-  o.watch_members = false;
   bool served = false;
   uint64_t epoch = 0;
   for (absl::Time end = absl::Now() + absl::Seconds(20); !served && absl::Now() < end;) {
-    std::unique_ptr<StoreClient> fresh = Connect(o);
+    std::unique_ptr<StoreClient> fresh = Connect(NotWatching());
     ASSERT_NE(fresh, nullptr);
     auto ns = fresh->RegisterNamespace(Spec());
     ASSERT_TRUE(ns.ok());
