@@ -26,11 +26,32 @@ absl::StatusOr<std::shared_ptr<LoadHandle>> GpuAgentImpl::Load(
                                                    " slots for ", prefix.size(), " blocks"));
   }
   if (absl::Status s = CheckSlots(destinations); !s.ok()) return s;
+  std::vector<uint32_t> sorted(destinations.begin(), destinations.end());
+  std::sort(sorted.begin(), sorted.end());
+  if (auto twice = std::adjacent_find(sorted.begin(), sorted.end()); twice != sorted.end()) {
+    // Two blocks scattered into one slot would leave a mix of both, each reported loaded.
+    return absl::InvalidArgumentError(absl::StrCat("destinations: slot ", *twice, " named twice"));
+  }
   auto handle = std::make_shared<LoadHandle>();
   handle->blocks_.resize(prefix.size());
   absl::MutexLock lock(&mu_);
+  // The slots are about to hold other blocks: what they held is gone, as on a remap. Else a
+  // peer asking for the old hash would be served the new bytes (with a checksum of what it
+  // gathered, so it passes), and a pending offload would store them under the old hash. A
+  // slot being copied out (offload gather, peer read) stays intact until that copy ends.
+  auto idle = [&] {
+    return std::none_of(destinations.begin(), destinations.end(),
+                        [&](uint32_t slot) { return busy_.contains(slot); });
+  };
+  mu_.Await(absl::Condition(&idle));
   const uint64_t id = next_load_++;
-  for (uint32_t slot : destinations) load_targets_[slot] = id;
+  for (uint32_t slot : destinations) {
+    if (auto it = blocks_.find(slot); it != blocks_.end()) {
+      Forget(slot, it->second);
+      blocks_.erase(it);
+    }
+    load_targets_[slot] = id;
+  }
   loads_.push_back({id, std::vector<ChainHash>(prefix.begin(), prefix.end()),
                     std::vector<uint32_t>(destinations.begin(), destinations.end()), handle});
   return handle;

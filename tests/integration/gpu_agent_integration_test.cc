@@ -284,6 +284,25 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
   EXPECT_EQ(loaded->blocks()[2].source, LoadSource::kStore);
   EXPECT_EQ(loaded->blocks()[4].source, LoadSource::kPeer);
   EXPECT_EQ(Exact(decode, hashes, Slots(20, 8)), 8u);
+
+  // The prefill engine loads block 2 into slot 5, which held block 5: block 5 is unpublished
+  // at once, and a reader gets it from the store. Before, slot 5 stayed published as block 5,
+  // and readers got block 2's bytes under block 5's hash, with a checksum that passed.
+  const uint32_t five = 5;
+  auto into_five = LoadAll(prefill, {hashes[2]}, {five});
+  ASSERT_TRUE(into_five->blocks()[0].status.ok()) << into_five->blocks()[0].status;
+  EXPECT_EQ(prefill.agent->Stats().published, 5u);
+  const absl::Time gone = absl::Now() + absl::Seconds(10);
+  while (!peers_of(5).empty() && absl::Now() < gone) absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_TRUE(peers_of(5).empty());
+  Side again = Make(Options("unpublish", false), SmallShape(KvLayout::kSplitKv, KvDtype::kFp16));
+  auto reloaded = LoadAll(again, hashes, Slots(20, 8));
+  EXPECT_EQ(reloaded->blocks()[5].source, LoadSource::kStore);
+  EXPECT_EQ(Exact(again, hashes, Slots(20, 8)), 8u);
+  // One slot named twice in a load is refused.
+  const std::vector<ChainHash> two = {hashes[0], hashes[1]};
+  const std::vector<uint32_t> same = {five, five};
+  EXPECT_EQ(prefill.agent->Load(two, same).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // The peer token is drawn anew every peer_token_rotation (3 s here) and the entries carry the

@@ -204,7 +204,10 @@ class GpuAgent {
   virtual absl::StatusOr<size_t> MatchedBlocks(std::span<const ChainHash> prefix) = 0;
   // Loads prefix[i] into pool slot destinations[i] for every i, in the background. `prefix`
   // may start anywhere in a chain (blocks the engine already holds are simply not named).
-  // INVALID_ARGUMENT (no handle) when the sizes differ or a slot is outside the pool.
+  // What a destination slot held before is forgotten at once (unpublished, not offloaded),
+  // as when OnBlocksComputed remaps it: call OnBlocksFreed first to have it captured.
+  // INVALID_ARGUMENT (no handle) when the sizes differ, a slot is outside the pool, or a slot
+  // is named twice.
   virtual absl::StatusOr<std::shared_ptr<LoadHandle>> Load(
       std::span<const ChainHash> prefix, std::span<const uint32_t> destinations) = 0;
 
