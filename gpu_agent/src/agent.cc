@@ -101,6 +101,10 @@ GpuAgentImpl::GpuAgentImpl(AgentOptions options, std::unique_ptr<client::StoreCl
       client_(std::move(client)) {}
 
 GpuAgentImpl::~GpuAgentImpl() {
+  // First: its handlers read stats_ under mu_, which go before it (declared after it). A
+  // shutting-down agent is not ready.
+  ready_.store(false);
+  http_.reset();
   if (engine_ != nullptr) Flush(options_.call_deadline).IgnoreError();
   {
     absl::MutexLock lock(&mu_);
@@ -178,7 +182,12 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
         po, serve_region, [this](std::span<const ChainHash> hashes, uint8_t* region) {
           return GatherForPeer(hashes, region);
         });
-    if (!server.ok()) return server.status();
+    if (!server.ok()) {
+      // The staging buffer goes with this call: it must not stay registered (a retry's buffer
+      // may be mapped at the same address).
+      if (reg.ok()) client_->UnregisterMemory((*staging)->data()).IgnoreError();
+      return server.status();
+    }
     peer_server_ = std::move(*server);
     {
       absl::MutexLock lock(&mu_);
@@ -280,38 +289,55 @@ absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
   }
   if (capture.empty()) return absl::OkStatus();
   // Through staging memory (the CUDA engine refuses to copy into pageable memory), batch_
-  // blocks at a time, into memory of our own that the offload thread sends later.
-  std::vector<uint8_t> bytes(capture.size() * stored_bytes_);
-  absl::Status gathered = absl::OkStatus();
+  // blocks at a time, straight into each block's own copy that the offload thread sends later
+  // (capture_bytes bounds them; no second buffer of the whole capture). A batch that fails
+  // (with transfer_quant, a block holding NaN or infinity) is gathered again block by block,
+  // so only the bad block is lost.
+  std::vector<std::vector<uint8_t>> each(capture.size());
+  std::vector<absl::Status> gathered(capture.size());
   {
     absl::MutexLock lock(&capture_mu_);
-    for (size_t first = 0; first < capture.size() && gathered.ok(); first += batch_) {
-      const size_t n = std::min<size_t>(batch_, capture.size() - first);
-      gathered = GatherStored({capture.data() + first, n}, capture_staging_->data());
-      if (gathered.ok()) {
-        std::memcpy(bytes.data() + first * stored_bytes_, capture_staging_->data(),
-                    n * stored_bytes_);
+    auto take = [&](size_t first, size_t n) {
+      absl::Status g = GatherStored({capture.data() + first, n}, capture_staging_->data());
+      for (size_t k = first; k < first + n; ++k) {
+        gathered[k] = g;
+        if (!g.ok()) continue;
+        const uint8_t* from = capture_staging_->data() + (k - first) * stored_bytes_;
+        each[k].assign(from, from + stored_bytes_);
       }
+      return g.ok();
+    };
+    for (size_t first = 0; first < capture.size(); first += batch_) {
+      const size_t n = std::min<size_t>(batch_, capture.size() - first);
+      if (take(first, n) || n == 1) continue;
+      for (size_t k = first; k < first + n; ++k) take(k, 1);
     }
   }
+  absl::Status first_error = absl::OkStatus();
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < capture.size(); ++i) {
     Unpin(capture[i]);
-    if (!gathered.ok()) {
+    if (!gathered[i].ok()) {
       capture_used_ -= stored_bytes_;
       --inflight_;
       ++stats_.offload_failed;
+      if (first_error.ok()) first_error = gathered[i];
       continue;
     }
     Captured c;
     c.hash = captured_state[i].hash;
     c.depth = captured_state[i].depth;
     c.importance = captured_state[i].importance;
-    c.bytes.assign(bytes.begin() + i * stored_bytes_, bytes.begin() + (i + 1) * stored_bytes_);
+    c.bytes = std::move(each[i]);
     captured_.push_back(std::move(c));
     ++stats_.captured_on_free;
   }
-  return gathered;
+  // The slots are freed either way; a block that could not be captured is counted
+  // (offload_failed), not handed back to the engine as an error.
+  if (!first_error.ok()) {
+    spdlog::warn("gpu agent: freed blocks not captured for the store: {}", first_error.ToString());
+  }
+  return absl::OkStatus();
 }
 
 absl::Status GpuAgentImpl::Flush(absl::Duration timeout) {

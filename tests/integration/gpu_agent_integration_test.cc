@@ -562,6 +562,28 @@ TEST_F(GpuAgentTest, QuantizedTransferRestoresWhatTheReferenceCodecRestores) {
   const KvQuantSpec spec{KvQuant::kInt8, KvDtype::kFp16, 64};
   EXPECT_EQ(st.bytes_offloaded, 11 * QuantizedPayloadSize(spec, bb));
   EXPECT_LT(QuantizedPayloadSize(spec, bb), bb * 6 / 10);
+  // Freed right after compute, a NaN block among them: the freeing succeeds and only that
+  // block misses the store (before, the whole captured batch was lost and OnBlocksFreed
+  // failed).
+  auto more = Hashes(*prefill.agent, 16, 4343);
+  std::vector<ComputedBlock> again;
+  std::vector<uint32_t> freed;
+  for (uint32_t i = 0; i < 16; ++i) {
+    std::vector<uint8_t> kv = FiniteKv(more[i], bb);
+    if (i == 5) {
+      const uint16_t nan = 0x7e00;
+      std::memcpy(kv.data() + 64, &nan, 2);
+    }
+    const uint32_t slot = 12 + i;
+    ASSERT_TRUE(prefill.twin->Scatter(kv.data(), {&slot, 1}).ok());
+    again.push_back({slot, more[i], i, 0});
+    freed.push_back(slot);
+  }
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(again).ok());
+  EXPECT_TRUE(prefill.agent->OnBlocksFreed(freed).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  EXPECT_EQ(prefill.agent->Stats().offloaded, 11u + 15u);
+  EXPECT_EQ(prefill.agent->Stats().offload_failed, 2u);
 
   for (bool peer : {false, true}) {
     SCOPED_TRACE(peer ? "from the peer" : "from the store");

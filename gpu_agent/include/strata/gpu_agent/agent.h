@@ -193,6 +193,8 @@ class GpuAgent {
   // The engine is about to reuse these slots. Waits only while one of them is being copied
   // out of the pool (gather for offload or for a peer) or into it (a load's scatter); a load
   // still fetching into a freed slot skips it (that block's BlockLoad is CANCELLED).
+  // INVALID_ARGUMENT for an id outside the pool; otherwise OK, the slots freed: a block that
+  // could not be captured for the store (a NaN under transfer_quant) counts as offload_failed.
   virtual absl::Status OnBlocksFreed(std::span<const uint32_t> ids) = 0;
   // Waits until every block computed so far was offloaded (or failed), or `timeout`:
   // DEADLINE_EXCEEDED then. For shutdown and for a prefill that must hand over before it
