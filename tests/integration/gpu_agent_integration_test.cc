@@ -543,15 +543,19 @@ TEST_F(GpuAgentTest, QuantizedTransferRestoresWhatTheReferenceCodecRestores) {
   o.transfer_quant = KvQuant::kInt8;
   Side prefill = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
   const uint64_t bb = prefill.pool.pool().block_bytes;
+  // "Computes" block `hash` into `slot`: finite KV, or one NaN in it.
+  auto compute = [&](const ChainHash& hash, uint32_t slot, bool nan) {
+    std::vector<uint8_t> kv = FiniteKv(hash, bb);
+    if (nan) {
+      const uint16_t quiet_nan = 0x7e00;
+      std::memcpy(kv.data() + 100, &quiet_nan, 2);
+    }
+    EXPECT_TRUE(prefill.twin->Scatter(kv.data(), {&slot, 1}).ok());
+  };
   auto hashes = Hashes(*prefill.agent, 12, 4242);
   std::vector<ComputedBlock> computed;
   for (uint32_t i = 0; i < 12; ++i) {
-    std::vector<uint8_t> kv = FiniteKv(hashes[i], bb);
-    if (i == 11) {
-      const uint16_t nan = 0x7e00;
-      std::memcpy(kv.data() + 100, &nan, 2);
-    }
-    ASSERT_TRUE(prefill.twin->Scatter(kv.data(), {&i, 1}).ok());
+    compute(hashes[i], i, i == 11);
     computed.push_back({i, hashes[i], i, 0});
   }
   ASSERT_TRUE(prefill.agent->OnBlocksComputed(computed).ok());
@@ -569,13 +573,8 @@ TEST_F(GpuAgentTest, QuantizedTransferRestoresWhatTheReferenceCodecRestores) {
   std::vector<ComputedBlock> again;
   std::vector<uint32_t> freed;
   for (uint32_t i = 0; i < 16; ++i) {
-    std::vector<uint8_t> kv = FiniteKv(more[i], bb);
-    if (i == 5) {
-      const uint16_t nan = 0x7e00;
-      std::memcpy(kv.data() + 64, &nan, 2);
-    }
     const uint32_t slot = 12 + i;
-    ASSERT_TRUE(prefill.twin->Scatter(kv.data(), {&slot, 1}).ok());
+    compute(more[i], slot, i == 5);
     again.push_back({slot, more[i], i, 0});
     freed.push_back(slot);
   }
