@@ -1,6 +1,8 @@
 // `strata put|get|lookup|stats`: debugging calls against one store node.
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 
@@ -77,7 +79,13 @@ int RunGet(const GetFlags& f) {
   std::vector<std::vector<uint8_t>> bufs(std::min(batch, hashes->size()),
                                          std::vector<uint8_t>(*cap));
   std::ofstream out;
-  if (!f.output.empty()) out.open(f.output, std::ios::binary | std::ios::trunc);
+  if (!f.output.empty()) {
+    out.open(f.output, std::ios::binary | std::ios::trunc);
+    if (!out.is_open()) {
+      return Fail("get", absl::InvalidArgumentError(absl::StrCat(
+                             "--output ", f.output, ": cannot open: ", std::strerror(errno))));
+    }
+  }
   size_t bad = 0, fetched = 0;
   for (size_t first = 0; first < hashes->size(); first += batch) {
     std::vector<client::BlockRead> reads;
@@ -102,6 +110,13 @@ int RunGet(const GetFlags& f) {
       if (r->blocks[i].ok() && out.is_open()) {
         out.write(reinterpret_cast<const char*>(bufs[i].data()), r->sizes[i]);
       }
+    }
+  }
+  if (out.is_open()) {
+    out.close();
+    if (out.fail()) {
+      return Fail("get", absl::DataLossError(
+                             absl::StrCat("--output ", f.output, ": write failed (disk full?)")));
     }
   }
   std::printf("%zu of %zu blocks fetched and verified\n", fetched, hashes->size());

@@ -48,7 +48,8 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
             "Let a two-sided put send its blocks' checksums after the blocks (the client then "
             "hashes while they travel); false: clients send them in the request.");
   s.AddBytes("max_transfer_bytes", &c->max_transfer_bytes,
-             "Payload bytes one PutData/GetData call may move.");
+             "Payload bytes one PutData call may move (at least max_inline_bytes; a GetData is "
+             "bounded by max_keys_per_call and the node's block size).");
   s.AddString("cool_path", &c->cool_path,
               "RocksDB directory of the cool tier (local NVMe); empty: no cool tier.");
   s.AddBytes("cool_bytes", &c->cool_bytes, "Byte budget of the cool tier (stored bytes).");
@@ -271,6 +272,13 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_inflight_bytes: ", FormatByteSize(c.max_inflight_bytes), " is below max_inline_bytes ",
         FormatByteSize(c.max_inline_bytes), " (one full call)"));
+  }
+  if (c.max_transfer_bytes < c.max_inline_bytes) {
+    // Clients size a data-plane call by max_inline_bytes (the node's Stats); a PutData up to
+    // that size must be taken, or every large batch fails for good.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_transfer_bytes: ", FormatByteSize(c.max_transfer_bytes), " is below max_inline_bytes ",
+        FormatByteSize(c.max_inline_bytes), " (clients send calls of up to that many bytes)"));
   }
   if (c.grpc_memory_bytes < 2 * c.max_inline_bytes + (16ull << 20)) {
     return absl::InvalidArgumentError(

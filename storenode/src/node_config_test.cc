@@ -31,5 +31,18 @@ TEST(NodeConfigTest, LanesAreZeroForAutoOrOneToSixtyFour) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx_lanes: 65")));
 }
 
+// Clients size a data-plane call by max_inline_bytes: a max_transfer_bytes below it would
+// refuse every large batch for good ("split the batch", which they already did).
+TEST(NodeConfigTest, MaxTransferBytesIsAtLeastMaxInlineBytes) {
+  NodeConfig c;
+  c.max_transfer_bytes = c.max_inline_bytes;
+  EXPECT_THAT(ValidateNodeConfig(c), IsOk());
+  c.max_transfer_bytes = c.max_inline_bytes - 1;
+  EXPECT_THAT(ValidateNodeConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_transfer_bytes: ")));
+  c.max_transfer_bytes = 0;
+  EXPECT_THAT(ValidateNodeConfig(c), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 }  // namespace
 }  // namespace strata::storenode

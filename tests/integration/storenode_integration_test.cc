@@ -1,8 +1,11 @@
 // Store node + client library across real processes: round trips, prefix lookups, leases,
 // reservations, budgets, malformed requests, checksums, metrics, failure and shutdown.
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -442,6 +445,26 @@ TEST_F(StoreNodeTest, MetricsAndHealthEndpoints) {
   EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/healthz")->first, 200);
   EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/readyz")->first, 200);
   EXPECT_EQ(testutil::HttpGet(n.process->http_address(), "/nope")->first, 404);
+}
+
+// `strata get --output` writes the blocks it fetched, and a file it cannot write is an error
+// (exit 1, before fetching), not "N of N blocks fetched" with exit 0 and no file.
+TEST_F(StoreNodeTest, CliGetWritesItsOutputOrFails) {
+  Node& n = *shared_;
+  const std::string common =
+      absl::StrCat(" --node ", n.process->address(),
+                   " --model-id cli-out --block-bytes 64KiB --tokens 0..256 > /dev/null 2>&1");
+  const std::string strata = testutil::ProjectBinary("strata");
+  ASSERT_EQ(std::system((strata + " put" + common).c_str()), 0);
+  const std::string file =
+      (std::filesystem::temp_directory_path() / absl::StrCat("strata-cli-get-", getpid())).string();
+  EXPECT_EQ(std::system((strata + " get --max-block 64KiB --output " + file + common).c_str()), 0);
+  std::error_code ec;
+  EXPECT_EQ(std::filesystem::file_size(file, ec), 256u / 16 * (64u << 10));
+  std::filesystem::remove(file, ec);
+  const int refused = std::system(
+      (strata + " get --max-block 64KiB --output /nonexistent-dir/x.bin" + common).c_str());
+  EXPECT_TRUE(WIFEXITED(refused) && WEXITSTATUS(refused) != 0);
 }
 
 TEST_F(StoreNodeTest, DemoRunsPrefillAndDecodeInOtherProcesses) {
