@@ -27,6 +27,7 @@ EXPECT = {
     "zone-pod-label": dict(BASE, zone="podLabel"),
     "zone-fixed": dict(BASE, zone="fixed"),
     "service-monitor": dict(BASE, service_monitor=True),
+    "long-name": BASE,
 }
 DASHBOARD_NEEDS = {  # what the issue asks the dashboard to show -> a metric it must query
     "tier usage": "strata_tier_used_bytes", "hit ratio": "strata_lookup_blocks_total",
@@ -135,7 +136,7 @@ class Checker:
             self.cfg = yaml.safe_load(node_config_text(self.docs))
         except (AssertionError, KeyError) as e:
             return [f"basic structure: {e}"]
-        for check in (self.kinds, self.secrets_not_inlined, self.services, self.probes,
+        for check in (self.names, self.kinds, self.secrets_not_inlined, self.services, self.probes,
                       self.resources, self.placement, self.shutdown, self.volumes,
                       self.config_file, self.identity, self.etcd, self.pdb, self.monitoring,
                       self.client_config, self.gpu_workers):
@@ -144,6 +145,14 @@ class Checker:
             except (AssertionError, KeyError, IndexError, TypeError, ValueError) as e:
                 self.problems.append(f"{check.__name__}: {type(e).__name__} {e}")
         return self.problems
+
+    def names(self):
+        # Kubernetes refuses a Service name over 63 characters, and a StatefulSet's over 52
+        # (its pods' controller-revision-hash label adds 11) — after `helm template` passed.
+        for d in self.docs:
+            name, kind = d["metadata"]["name"], d["kind"]
+            limit = 52 if kind == "StatefulSet" else 63
+            self.expect(len(name) <= limit, f"{kind} {name}: {len(name)} characters, over {limit}")
 
     def kinds(self):
         kinds = {d["kind"] for d in self.docs}

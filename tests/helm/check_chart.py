@@ -46,6 +46,7 @@ CASES = {
     "zone-pod-label": ([], ["store.zone.source=podLabel"]),
     "zone-fixed": ([], ["store.zone.source=fixed", "store.zone.value=rack-7"]),
     "service-monitor": ([], ["metrics.serviceMonitor.enabled=true"]),
+    "long-name": ([], ["fullnameOverride=" + "a" * 60]),
 }
 
 # Values the chart must refuse, with a phrase of the error.
@@ -54,6 +55,8 @@ REFUSED = [
     (["cluster.replicas=5"], "exceeds store.replicas"),
     (["store.config.node_id=x"], "set per pod"),
     (["store.config.cluster_token=hunter2"], "a secret"),
+    (["store.config.warm_bytes=32GiB"], "set by the chart from its values"),
+    (["store.config.http_listen=0.0.0.0:9090"], "set by the chart from its values"),
     (["store.warm.size=8G"], "/store/warm/size"),  # values.schema.json pattern
     (["etcd.bundled=false"], "etcd.external.endpoints"),
     (["store.tls.enabled=true"], "store.tls.secretName"),

@@ -4,16 +4,18 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* <release>-strata, or the release name alone when it already contains the chart name. */}}
+{{/* <release>-strata, or the release name alone when it already contains the chart name. At
+     most 47 characters: "<name>-etcd" names a StatefulSet, which Kubernetes allows 52 (its
+     pods' controller-revision-hash label adds 11), and "<name>-etcd-headless" a Service (63). */}}
 {{- define "strata.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 47 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 47 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 47 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -217,6 +219,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- if has $key (list "cluster_token" "tls_key") -}}
 {{- fail (printf "store.config.%s: a secret; use store.auth.clusterTokenSecret / store.tls" $key) -}}
+{{- end -}}
+{{- /* The chart derives other objects from these (memory limit, probes, grace period, volumes):
+       an override here would silently disagree with them. */ -}}
+{{- if hasKey $c $key -}}
+{{- fail (printf "store.config.%s: set by the chart from its values (see values.yaml); set it there" $key) -}}
 {{- end -}}
 {{- $_ := set $c $key (include "strata.scalar" $value) -}}
 {{- end -}}
