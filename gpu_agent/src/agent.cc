@@ -241,14 +241,14 @@ absl::Status GpuAgentImpl::OnBlocksComputed(std::span<const ComputedBlock> block
     st.pending = true;
     by_hash_[b.hash] = b.block_id;
     offload_queue_.push_back({b.block_id, st.generation});
-    ++inflight_;
+    inflight_.insert(st.generation);
   }
   return absl::OkStatus();
 }
 
 void GpuAgentImpl::Forget(uint32_t id, BlockState& st) {
   if (st.pending) {
-    --inflight_;
+    inflight_.erase(st.generation);
     ++stats_.offload_dropped;
   }
   if (st.published) {
@@ -319,13 +319,14 @@ absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
     Unpin(capture[i]);
     if (!gathered[i].ok()) {
       capture_used_ -= stored_bytes_;
-      --inflight_;
+      inflight_.erase(captured_state[i].generation);
       ++stats_.offload_failed;
       if (first_error.ok()) first_error = gathered[i];
       continue;
     }
     Captured c;
     c.hash = captured_state[i].hash;
+    c.generation = captured_state[i].generation;
     c.depth = captured_state[i].depth;
     c.importance = captured_state[i].importance;
     c.bytes = std::move(each[i]);
@@ -342,10 +343,16 @@ absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
 
 absl::Status GpuAgentImpl::Flush(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
-  auto drained = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
+  // A watermark: the blocks computed before this call, not those an engine under steady
+  // load computes meanwhile (waiting for none in flight could wait for ever).
+  const uint64_t mark = generation_;
+  auto drained = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return inflight_.empty() || *inflight_.begin() > mark;
+  };
   if (!mu_.AwaitWithTimeout(absl::Condition(&drained), timeout)) {
+    const auto left = std::distance(inflight_.begin(), inflight_.upper_bound(mark));
     return absl::DeadlineExceededError(
-        absl::StrCat(inflight_, " blocks still on their way to the store"));
+        absl::StrCat(left, " blocks computed before the call still on their way to the store"));
   }
   return absl::OkStatus();
 }
@@ -369,7 +376,24 @@ void GpuAgentImpl::OffloadLoop() {
         return stop_ || !offload_queue_.empty() || !captured_.empty() || !unpublish_.empty();
       };
       mu_.AwaitWithDeadline(absl::Condition(&work), std::min(next_refresh, next_rotation));
-      if (stop_ && offload_queue_.empty() && captured_.empty() && unpublish_.empty()) break;
+      if (stop_) {
+        // Shutting down after Flush had its call_deadline: what is still queued is given up
+        // (counted dropped), so a store that stopped answering costs the destructor that
+        // deadline, not one per batch of the queue. Unpublishing is one bounded call.
+        for (const auto& [id, gen] : offload_queue_) {
+          auto it = blocks_.find(id);
+          if (it == blocks_.end() || it->second.generation != gen || !it->second.pending) continue;
+          it->second.pending = false;
+          inflight_.erase(gen);
+          ++stats_.offload_dropped;
+        }
+        offload_queue_.clear();
+        for (const Captured& c : captured_) inflight_.erase(c.generation);
+        stats_.offload_dropped += captured_.size();
+        capture_used_ -= captured_.size() * bb;
+        captured_.clear();
+        if (unpublish_.empty()) break;
+      }
       unpublish.swap(unpublish_);
       while (!captured_.empty() && captured.size() < batch_) {
         captured.push_back(std::move(captured_.front()));
@@ -413,7 +437,7 @@ void GpuAgentImpl::OffloadLoop() {
       std::vector<ChainHash> publish;
       {
         absl::MutexLock lock(&mu_);
-        inflight_ -= ids.size();
+        for (const BlockState& st : states) inflight_.erase(st.generation);
         stats_.offload_failed += ids.size() - sent.size();
         for (size_t k = 0; k < sent.size(); ++k) {
           const size_t i = sent[k];
@@ -437,7 +461,7 @@ void GpuAgentImpl::OffloadLoop() {
       PutBlocks(writes);
       absl::MutexLock lock(&mu_);
       capture_used_ -= captured.size() * bb;
-      inflight_ -= captured.size();
+      for (const Captured& c : captured) inflight_.erase(c.generation);
     }
     if (absl::Now() >= next_rotation) {
       RotatePeerToken();

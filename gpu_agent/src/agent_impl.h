@@ -5,6 +5,7 @@
 #include <atomic>
 #include <deque>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -48,6 +49,7 @@ class GpuAgentImpl : public GpuAgent {
   };
   struct Captured {  // gathered by OnBlocksFreed, waiting for the store
     ChainHash hash;
+    uint64_t generation = 0;
     uint32_t depth = 0;
     float importance = 0;
     std::vector<uint8_t> bytes;
@@ -129,7 +131,9 @@ class GpuAgentImpl : public GpuAgent {
   std::deque<Captured> captured_ ABSL_GUARDED_BY(mu_);
   std::vector<ChainHash> unpublish_ ABSL_GUARDED_BY(mu_);
   uint64_t capture_used_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;  // computed, not yet stored or given up
+  // Generations of the blocks computed and not yet stored or given up (Flush waits for those
+  // up to its call's generation, not for blocks computed after it).
+  std::set<uint64_t> inflight_ ABSL_GUARDED_BY(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<LoadJob> loads_ ABSL_GUARDED_BY(mu_);
   uint64_t next_load_ ABSL_GUARDED_BY(mu_) = 1;

@@ -68,7 +68,18 @@ void GpuAgentImpl::LoadLoop() {
       job = std::move(loads_.front());
       loads_.pop_front();
     }
-    RunLoad(job);
+    bool stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      stopping = stop_;
+    }
+    if (stopping) {
+      // Shutting down: loads still queued end at once, each block CANCELLED, rather than
+      // each waiting on the network.
+      for (BlockLoad& b : job.handle->blocks_) b.status = absl::CancelledError("agent stopping");
+    } else {
+      RunLoad(job);
+    }
     {
       absl::MutexLock lock(&mu_);
       for (uint32_t slot : job.destinations) {

@@ -443,6 +443,27 @@ TEST_F(GpuAgentTest, PeersReadOverTlsAndAPlaintextReaderFallsBackToTheStore) {
   std::filesystem::remove_all(certs);
 }
 
+// An agent shut down while its store has stopped answering (SIGSTOP: connections stay, no
+// answer) gives its queued offloads up after Flush's call_deadline: the destructor takes a few
+// deadlines, not one per queued batch (32 here; before, 32 s and more).
+TEST_F(GpuAgentTest, ShutdownWithAStoreThatStoppedAnsweringIsBounded) {
+  auto node = testutil::StartNode({"--warm-bytes", "256MiB", "--ucx-tls", "tcp"});
+  ASSERT_TRUE(node.ok()) << node.status();
+  AgentOptions o = Options("shutdown", false);
+  o.store.address = (*node)->address();
+  o.call_deadline = absl::Seconds(1);
+  o.batch_blocks = 1;
+  Side s = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  auto hashes = Hashes(*s.agent, 32, 31337);
+  ASSERT_EQ(kill((*node)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(s.agent->OnBlocksComputed(Compute(s, hashes, Slots(0, 32))).ok());
+  const absl::Time start = absl::Now();
+  s.agent.reset();
+  const absl::Duration took = absl::Now() - start;
+  kill((*node)->pid(), SIGCONT);
+  EXPECT_LT(took, absl::Seconds(15)) << "queued offloads waited on the store one by one";
+}
+
 TEST_F(GpuAgentTest, BlocksFreedRightAfterComputeAreCapturedBeforeTheSlotIsReused) {
   AgentOptions o = Options("capture", false);
   Side prefill = Make(o, SmallShape(KvLayout::kCrossLayer, KvDtype::kBf16));

@@ -174,7 +174,8 @@ class GpuAgent {
   // Connects to the store and starts the peer server. UNAVAILABLE when the store cannot be
   // reached; INVALID_ARGUMENT for bad options (naming the field).
   static absl::StatusOr<std::unique_ptr<GpuAgent>> Create(const AgentOptions& options);
-  // Finishes queued offloads (bounded by call_deadline), unpublishes, stops the peer server.
+  // Finishes queued offloads for up to call_deadline (Flush), gives up what is still queued
+  // (counted dropped; queued loads end CANCELLED), unpublishes, stops the peer server.
   virtual ~GpuAgent() = default;
 
   // Registers the engine's pool (once): resolves the layout, creates the copy engine (CUDA for
@@ -196,7 +197,8 @@ class GpuAgent {
   // INVALID_ARGUMENT for an id outside the pool; otherwise OK, the slots freed: a block that
   // could not be captured for the store (a NaN under transfer_quant) counts as offload_failed.
   virtual absl::Status OnBlocksFreed(std::span<const uint32_t> ids) = 0;
-  // Waits until every block computed so far was offloaded (or failed), or `timeout`:
+  // Waits until every block computed before this call was offloaded (or failed) — a
+  // watermark: blocks computed meanwhile are not waited for — or `timeout`:
   // DEADLINE_EXCEEDED then. For shutdown and for a prefill that must hand over before it
   // reports a request done; not for every engine step (docs/design/engine-integration.md).
   virtual absl::Status Flush(absl::Duration timeout) = 0;
