@@ -136,6 +136,11 @@ class GpuAgentImpl : public GpuAgent {
   std::set<uint64_t> inflight_ ABSL_GUARDED_BY(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<LoadJob> loads_ ABSL_GUARDED_BY(mu_);
+  // Until when the load region may still take a late write: a Get into it that timed out
+  // (or lost its node) may have a copy the node queued land afterwards, over shared memory
+  // or RDMA (docs/design/transfer-protocol.md, Deadlines). Meanwhile every block loaded
+  // through the region is checked again after its scatter. Load thread only.
+  absl::Time region_suspect_until_ = absl::InfinitePast();
   uint64_t next_load_ ABSL_GUARDED_BY(mu_) = 1;
   // Slot -> the load that will write it. OnBlocksFreed revokes a slot (erases it): that load
   // then skips it (CANCELLED), so a load never writes a slot the engine has handed on.

@@ -8,8 +8,16 @@
 #include "absl/strings/str_cat.h"
 #include "agent_impl.h"
 #include "spdlog/spdlog.h"
+#include "strata/common/checksum.h"
 
 namespace strata::gpu_agent {
+namespace {
+// How long after a Get into the load region timed out its blocks are checked again after the
+// scatter. A node stalled with a copy queued delivers it when it runs again (usually within a
+// second); this is a margin, not a bound: shared memory is for nodes the agent trusts on its
+// own host.
+constexpr absl::Duration kLateWriteWindow = absl::Seconds(60);
+}  // namespace
 
 absl::StatusOr<size_t> GpuAgentImpl::MatchedBlocks(std::span<const ChainHash> prefix) {
   if (engine_ == nullptr) return absl::FailedPreconditionError("no KV pool registered");
@@ -180,9 +188,18 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
     }
     absl::StatusOr<client::GetResult> got =
         from.Get(ns, scope_, reads, client::CallOptions{options_.call_deadline});
+    auto may_land_late = [](const absl::Status& s) {
+      return s.code() == absl::StatusCode::kDeadlineExceeded ||
+             s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kCancelled;
+    };
+    bool late = !got.ok() && may_land_late(got.status());
+    for (size_t k = 0; got.ok() && k < n; ++k) late |= may_land_late(got->blocks[k]);
+    if (late) region_suspect_until_ = absl::Now() + kLateWriteWindow;
+    const bool suspect = absl::Now() < region_suspect_until_;
     // Move the verified blocks together, then scatter them in one call.
     std::vector<uint32_t> slots;
     std::vector<size_t> loaded;
+    std::vector<uint64_t> sums;  // while suspect: of each moved block, as verified
     for (size_t k = 0; k < n; ++k) {
       BlockLoad& b = out[which[begin + k]];
       b.source = source;
@@ -194,6 +211,7 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
       }
       b.status = s;
       if (!s.ok()) continue;
+      if (suspect) sums.push_back(BlockChecksum(region + k * bb, bb));
       if (slots.size() != k) std::memmove(region + slots.size() * bb, region + k * bb, bb);
       slots.push_back(job.destinations[which[begin + k]]);
       loaded.push_back(which[begin + k]);
@@ -201,6 +219,7 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
     // Slots freed since the load began are the engine's again: skip them. The others are
     // pinned while scattering, so OnBlocksFreed waits for the copy instead.
     std::vector<uint32_t> kept;
+    std::vector<size_t> kept_index;  // the block of kept[k]
     {
       absl::MutexLock lock(&mu_);
       for (size_t k = 0; k < slots.size(); ++k) {
@@ -210,11 +229,22 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
           continue;
         }
         if (kept.size() != k) std::memmove(region + kept.size() * bb, region + k * bb, bb);
+        if (suspect) sums[kept.size()] = sums[k];
         kept.push_back(slots[k]);
+        kept_index.push_back(loaded[k]);
         Pin(slots[k]);
       }
     }
     absl::Status scattered = ScatterStored(region, kept);
+    if (suspect && scattered.ok()) {
+      // Bytes that changed in the region since they were verified (a late write of a timed-out
+      // transfer) may be in the slot now: that block is not loaded.
+      for (size_t k = 0; k < kept.size(); ++k) {
+        if (BlockChecksum(region + k * bb, bb) == sums[k]) continue;
+        out[kept_index[k]].status = absl::DataLossError(
+            "changed in staging after it was verified (a late write of a timed-out transfer)");
+      }
+    }
     absl::MutexLock lock(&mu_);
     for (uint32_t slot : kept) Unpin(slot);
     for (size_t i : loaded) {
