@@ -153,18 +153,23 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
     }
     uint64_t fallbacks = 0;
     bool gone = !peer.ok();
+    bool silent = false;
     for (size_t i : which) {
       if (out[i].status.ok()) continue;
-      // UNAVAILABLE: the peer went away; UNAUTHENTICATED: it restarted with a new token.
+      // UNAVAILABLE: the peer went away; UNAUTHENTICATED: it restarted with a new token;
+      // DEADLINE_EXCEEDED: it stopped answering (a hung process keeps its sockets).
       gone |= out[i].status.code() == absl::StatusCode::kUnavailable ||
               out[i].status.code() == absl::StatusCode::kUnauthenticated;
+      silent |= out[i].status.code() == absl::StatusCode::kDeadlineExceeded;
       from_store.push_back(i);
       ++fallbacks;
     }
-    if (gone) {  // reconnect next time: the peer may have restarted elsewhere
+    if (gone || silent) {  // reconnect next time: the peer may have restarted elsewhere
       absl::MutexLock lock(&peers_mu_);
       peers_.erase(key);
       peer_clients_.store(peers_.size(), std::memory_order_relaxed);
+      // One that hangs is skipped for peer_retry_after, as one that refused to connect.
+      if (silent && !skip) unreachable_[key] = absl::Now();
     }
     absl::MutexLock lock(&mu_);
     stats_.peer_fallbacks += fallbacks;
@@ -258,6 +263,14 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
       } else if (source == LoadSource::kStore) {
         ++stats_.load_failed;
       }
+    }
+    if (source == LoadSource::kPeer && !got.ok() &&
+        (got.status().code() == absl::StatusCode::kDeadlineExceeded ||
+         got.status().code() == absl::StatusCode::kUnavailable)) {
+      // A peer that stopped answering (hung, or gone) costs this load one call, not one per
+      // batch: the rest of its blocks go to the store (RunLoad) at once.
+      for (size_t k = begin + n; k < which.size(); ++k) out[which[k]].status = got.status();
+      return;
     }
   }
 }

@@ -222,6 +222,27 @@ TEST_F(GpuAgentTest, DecodeLoadsPrefillProcessPromptFromStoreAndFromPeer) {
   EXPECT_EQ(direct.agent->Stats().loaded_from_peer, 256u);
   EXPECT_EQ(direct.agent->Stats().loaded_from_store, 0u);
 
+  // The prefill process hangs (SIGSTOP: its sockets stay, nothing answers): a load costs one
+  // call to it, then takes every block from the store, and the next load skips it. Before,
+  // each batch waited out the deadline (26 of them here), and so did every later load.
+  AgentOptions impatient = Options("llama-3.1-8b", false);
+  impatient.call_deadline = absl::Seconds(1);
+  impatient.peer_retry_after = absl::Minutes(1);
+  Side hung = Make(impatient, shape);
+  ASSERT_EQ(LoadAll(hung, hashes, slots)->loaded_prefix(), 256u);  // its client to the peer
+  ASSERT_EQ(hung.agent->Stats().loaded_from_peer, 256u);
+  ASSERT_EQ(kill(prefill, SIGSTOP), 0);
+  const absl::Time start = absl::Now();
+  auto h = LoadAll(hung, hashes, slots);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(h->loaded_prefix(), 256u);
+  EXPECT_EQ(Exact(hung, hashes, slots), 256u);
+  EXPECT_LT(took, absl::Seconds(10)) << "each batch waited for the hung peer";
+  auto h2 = LoadAll(hung, hashes, slots);
+  EXPECT_EQ(h2->loaded_prefix(), 256u);
+  EXPECT_EQ(hung.agent->Stats().peer_skips, 256u) << "the hung peer was asked again";
+  kill(prefill, SIGCONT);
+
   // The prefill process dies (its directory entries outlive it until their TTL): loads fall
   // back to the store, block by block, and still every byte is right.
   kill(prefill, SIGKILL);
