@@ -239,7 +239,7 @@ absl::Status GpuAgentImpl::OnBlocksComputed(std::span<const ComputedBlock> block
     st.importance = b.importance;
     st.generation = ++generation_;
     st.pending = true;
-    by_hash_[b.hash] = b.block_id;
+    by_hash_[b.hash].push_back(b.block_id);
     offload_queue_.push_back({b.block_id, st.generation});
     inflight_.insert(st.generation);
   }
@@ -251,12 +251,24 @@ void GpuAgentImpl::Forget(uint32_t id, BlockState& st) {
     inflight_.erase(st.generation);
     ++stats_.offload_dropped;
   }
-  if (st.published) {
+  // The directory entry (one per hash) goes with the last published slot holding it.
+  if (st.published && !PublishedElsewhere(st.hash, id)) {
     unpublish_.push_back(st.hash);
     --stats_.published;
   }
-  auto h = by_hash_.find(st.hash);
-  if (h != by_hash_.end() && h->second == id) by_hash_.erase(h);
+  if (auto h = by_hash_.find(st.hash); h != by_hash_.end()) {
+    std::erase(h->second, id);
+    if (h->second.empty()) by_hash_.erase(h);
+  }
+}
+
+bool GpuAgentImpl::PublishedElsewhere(const ChainHash& hash, uint32_t id) const {
+  auto h = by_hash_.find(hash);
+  if (h == by_hash_.end()) return false;
+  return std::any_of(h->second.begin(), h->second.end(), [&](uint32_t other) {
+    auto b = blocks_.find(other);
+    return other != id && b != blocks_.end() && b->second.published;
+  });
 }
 
 absl::Status GpuAgentImpl::OnBlocksFreed(std::span<const uint32_t> ids) {
@@ -445,7 +457,11 @@ void GpuAgentImpl::OffloadLoop() {
           // Still the same block in that slot: advertise it to peers.
           if (ok[k] && !options_.peer_listen.empty() && it != blocks_.end() &&
               it->second.generation == states[i].generation && !it->second.published) {
+            // Another slot holding the same block (two requests with one prompt) already
+            // advertises it: one entry, one count.
+            const bool already = PublishedElsewhere(states[i].hash, ids[i]);
             it->second.published = true;
+            if (already) continue;
             ++stats_.published;
             publish.push_back(states[i].hash);
           }
@@ -552,9 +568,9 @@ std::vector<absl::Status> GpuAgentImpl::GatherForPeer(std::span<const ChainHash>
         status[i] = absl::NotFoundError("not in this agent's GPU memory");
         continue;
       }
-      ids.push_back(h->second);
+      ids.push_back(h->second.back());  // any slot holding it: the newest
       at.push_back(i);
-      Pin(h->second);
+      Pin(h->second.back());
     }
   }
   // Gather into the first ids.size() slots, then spread to each block's position.

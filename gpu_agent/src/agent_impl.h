@@ -62,6 +62,9 @@ class GpuAgentImpl : public GpuAgent {
   };
 
   absl::Status CheckSlots(std::span<const uint32_t> ids) const;
+  // Whether a slot other than `id` holding `hash` is published.
+  bool PublishedElsewhere(const ChainHash& hash, uint32_t id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(uint32_t id, BlockState& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Pin(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++busy_[id]; }
   void Unpin(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -125,7 +128,8 @@ class GpuAgentImpl : public GpuAgent {
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<uint32_t, BlockState> blocks_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<ChainHash, uint32_t> by_hash_ ABSL_GUARDED_BY(mu_);
+  // The slots holding each block (two requests with one prompt put it in two), oldest first.
+  absl::flat_hash_map<ChainHash, std::vector<uint32_t>> by_hash_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, int> busy_ ABSL_GUARDED_BY(mu_);  // slots being copied out
   std::deque<std::pair<uint32_t, uint64_t>> offload_queue_ ABSL_GUARDED_BY(mu_);  // id, generation
   std::deque<Captured> captured_ ABSL_GUARDED_BY(mu_);

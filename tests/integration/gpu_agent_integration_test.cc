@@ -326,6 +326,29 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
   EXPECT_EQ(prefill.agent->Load(two, same).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// One block in two slots (two requests with one prompt): one directory entry, counted once;
+// freeing one slot leaves it served from the other, freeing both withdraws it. Before, the
+// agent mapped the hash to the newer slot only: once that was freed, peers were told NOT_FOUND
+// for a block still advertised and held.
+TEST_F(GpuAgentTest, ABlockInTwoSlotsIsServedUntilBothAreFreed) {
+  const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  Side prefill = Make(Options("twice", true), shape);
+  auto hashes = Hashes(*prefill.agent, 4, 555);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 4))).ok());
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(10, 4))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  EXPECT_EQ(prefill.agent->Stats().published, 4u);
+  ASSERT_TRUE(prefill.agent->OnBlocksFreed(Slots(10, 4)).ok());
+  EXPECT_EQ(prefill.agent->Stats().published, 4u);
+  Side decode = Make(Options("twice", false), shape);
+  auto loaded = LoadAll(decode, hashes, Slots(20, 4));
+  EXPECT_EQ(loaded->loaded_prefix(), 4u);
+  for (const BlockLoad& b : loaded->blocks()) EXPECT_EQ(b.source, LoadSource::kPeer);
+  EXPECT_EQ(Exact(decode, hashes, Slots(20, 4)), 4u);
+  ASSERT_TRUE(prefill.agent->OnBlocksFreed(Slots(0, 4)).ok());
+  EXPECT_EQ(prefill.agent->Stats().published, 0u);
+}
+
 // The peer token is drawn anew every peer_token_rotation (3 s here) and the entries carry the
 // new one; the old one is still served for publish_ttl (2 s), then refused. A reader that
 // loaded with the old token loads again with the new one, every block from the peer.
