@@ -278,8 +278,10 @@ int main(int argc, char** argv) {
   app.add_option("--node", f.node, "store node HOST:PORT (default: start a local one)");
   app.add_option("--model", f.model, "model preset for the KV shape");
   app.add_option("--dtype", f.dtype, "KV dtype: fp16, bf16, fp8");
-  app.add_option("--block-tokens", f.block_tokens, "tokens per block");
-  app.add_option("--prompt-tokens", f.prompt_tokens, "prompt length");
+  app.add_option("--block-tokens", f.block_tokens, "tokens per block")
+      ->check(CLI::Range(1u, 4096u));
+  app.add_option("--prompt-tokens", f.prompt_tokens, "prompt length")
+      ->check(CLI::Range(1u, 1u << 20));
   app.add_option("--layout", f.layout, "pool layout: flash-attn, block-first, split-kv, ...");
   app.add_option("--prefer-peers", f.prefer_peers,
                  "decode: load from a peer agent when one has it");

@@ -65,6 +65,10 @@ client::ClientOptions ClientOptionsFrom(const NodeFlags& f) {
 
 absl::StatusOr<std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> Open(
     const NodeFlags& f) {
+  if (!(f.deadline_s >= 0.001 && f.deadline_s <= 86400)) {  // NaN fails both
+    return absl::InvalidArgumentError(
+        absl::StrCat("--deadline: ", f.deadline_s, " s, want 0.001..86400"));
+  }
   auto c = client::StoreClient::Connect(ClientOptionsFrom(f));
   if (!c.ok()) return c.status();
   NamespaceSpec spec;
@@ -90,6 +94,10 @@ absl::StatusOr<std::vector<uint32_t>> ParseTokens(const std::string& text) {
     if (!absl::SimpleAtoi(text.substr(0, dots), &a) ||
         !absl::SimpleAtoi(text.substr(dots + 2), &b) || b < a) {
       return absl::InvalidArgumentError(absl::StrCat("--tokens: '", text, "' is not A..B"));
+    }
+    if (b - a > kMaxTokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tokens: ", b - a, " tokens, at most ", kMaxTokens, " at a time"));
     }
     for (uint32_t t = a; t < b; ++t) out.push_back(t);
     return out;

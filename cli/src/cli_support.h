@@ -67,4 +67,12 @@ void FillBlock(const ChainHash& hash, uint8_t* out, size_t size);
 // Prints "strata <cmd>: <status>" to stderr and returns the exit code for it.
 int Fail(const std::string& cmd, const absl::Status& status);
 
+// The most tokens one command names (--tokens A..B): 16 Mi, far past any context window.
+inline constexpr uint32_t kMaxTokens = 16u << 20;
+// The largest block a command makes or reads (--block-size, --max-block): the node's own
+// ceiling for max_block_bytes.
+inline constexpr uint64_t kMaxCliBlockBytes = 1ull << 30;
+// What `strata put` generates in memory at most (it holds every block it puts).
+inline constexpr uint64_t kMaxCliPutBytes = 16ull << 30;
+
 }  // namespace strata::cli

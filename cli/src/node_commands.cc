@@ -41,7 +41,17 @@ int RunPut(const PutFlags& f) {
   } else {
     auto s = ParseByteSize(f.block_size, "--block-size");
     if (!s.ok()) return Fail("put", s.status());
+    if (*s == 0 || *s > kMaxCliBlockBytes) {
+      return Fail("put", absl::InvalidArgumentError(absl::StrCat(
+                             "--block-size: ", *s, " bytes, want 1..", kMaxCliBlockBytes)));
+    }
     size = *s;
+    if (hashes->size() > kMaxCliPutBytes / size) {
+      return Fail("put",
+                  absl::InvalidArgumentError(absl::StrCat(
+                      hashes->size(), " blocks of ", FormatByteSize(size), " exceed ",
+                      FormatByteSize(kMaxCliPutBytes), " in one command; name fewer tokens")));
+    }
     data.resize(size * hashes->size());
     for (size_t i = 0; i < hashes->size(); ++i) FillBlock((*hashes)[i], &data[i * size], size);
   }
@@ -74,6 +84,10 @@ int RunGet(const GetFlags& f) {
   if (!hashes.ok()) return Fail("get", hashes.status());
   auto cap = ParseByteSize(f.max_block, "--max-block");
   if (!cap.ok()) return Fail("get", cap.status());
+  if (*cap == 0 || *cap > kMaxCliBlockBytes) {
+    return Fail("get", absl::InvalidArgumentError(absl::StrCat(
+                           "--max-block: ", *cap, " bytes, want 1..", kMaxCliBlockBytes)));
+  }
   // Buffers for at most 256 MiB of blocks at a time, however many are asked for.
   const size_t batch = std::max<size_t>(1, (256ull << 20) / std::max<uint64_t>(1, *cap));
   std::vector<std::vector<uint8_t>> bufs(std::min(batch, hashes->size()),

@@ -465,6 +465,10 @@ TEST_F(StoreNodeTest, CliGetWritesItsOutputOrFails) {
   const int refused = std::system(
       (strata + " get --max-block 64KiB --output /nonexistent-dir/x.bin" + common).c_str());
   EXPECT_TRUE(WIFEXITED(refused) && WEXITSTATUS(refused) != 0);
+  // Sizes past what a command can hold are refused (exit 2: bad argument), not an abort
+  // (bad_alloc).
+  const int huge = std::system((strata + " put --block-size 64GiB" + common).c_str());
+  EXPECT_TRUE(WIFEXITED(huge) && WEXITSTATUS(huge) == 2) << huge;
 }
 
 TEST_F(StoreNodeTest, DemoRunsPrefillAndDecodeInOtherProcesses) {
