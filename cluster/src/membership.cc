@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -354,6 +355,7 @@ class Membership::Impl {
         epoch = ParseEpoch(kv.value);
       } else if (kv.key.starts_with(nodes_prefix_)) {
         std::string id = kv.key.substr(nodes_prefix_.size());
+        if (!UnderLease(kv)) continue;
         absl::StatusOr<Member> m = DecodeMember(id, kv.value);
         if (m.ok()) members[id] = *std::move(m);
       }
@@ -400,6 +402,18 @@ class Membership::Impl {
     need_register_ = true;
   }
 
+  // A node key is written under its node's lease, so that it goes with the node. One
+  // without (an `etcdctl put` by hand, a test's leftover) would be a member for ever, owning
+  // blocks no node stores: ignored, with a warning once per key.
+  bool UnderLease(const KeyValue& kv) {
+    if (kv.lease != 0) return true;
+    absl::MutexLock lock(&warned_keys_mu_);
+    if (warned_keys_.size() < 1024 && warned_keys_.insert(kv.key).second) {
+      spdlog::warn("membership: {} has no lease (not written by a node); ignored", kv.key);
+    }
+    return false;
+  }
+
   static bool KeysDiffer(const std::map<std::string, Member>& a,
                          const std::map<std::string, Member>& b) {
     if (a.size() != b.size()) return true;
@@ -428,6 +442,7 @@ class Membership::Impl {
           if (o_.self.has_value() && id == o_.self->id) OwnKeyGoneLocked();
           continue;
         }
+        if (!UnderLease(e.kv)) continue;
         absl::StatusOr<Member> m = DecodeMember(id, e.kv.value);
         if (!m.ok()) continue;
         if (members_.find(id) == members_.end()) changes.push_back(e.kv.mod_revision);
@@ -495,6 +510,8 @@ class Membership::Impl {
   std::unique_ptr<EtcdClient> etcd_;
   std::thread thread_;
 
+  absl::Mutex warned_keys_mu_;
+  std::set<std::string> warned_keys_ ABSL_GUARDED_BY(warned_keys_mu_);
   absl::Mutex refresh_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // Refresh: one listing at a time
   std::atomic<uint64_t> refreshes_begun_{0};
   absl::Status last_refresh_ ABSL_GUARDED_BY(refresh_mu_);

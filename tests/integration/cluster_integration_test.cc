@@ -50,6 +50,14 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
   EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("3 members, 0 zones, epoch ", epochs[0])));
   for (int i = 0; i < 3; ++i) EXPECT_THAT(text, ::testing::HasSubstr(absl::StrCat("node-", i)));
   EXPECT_THAT(text, ::testing::HasSubstr("under-replicated blocks"));
+  // A node key without a lease (an `etcdctl put` by hand) is no member: it would own blocks
+  // that no node stores, for ever.
+  ASSERT_TRUE((*etcd)->Put("/strata/it/nodes/ghost", "address=127.0.0.1:9\n").ok());
+  absl::SleepFor(absl::Milliseconds(500));
+  auto with_ghost = c->Stats();
+  ASSERT_TRUE(with_ghost.ok());
+  EXPECT_EQ(with_ghost->members, 3u);
+  ASSERT_TRUE((*etcd)->Delete("/strata/it/nodes/ghost").ok());
   // A node's key deleted under it while its lease lives (an operator's `etcdctl del`, a
   // stray process with its id): the node registers again. Before, its keepalives went on
   // succeeding and it stayed out of the cluster.

@@ -121,7 +121,11 @@ TEST_F(ClusterTest, RebalancersWaitWhileAMemberPlacesBlocksByAnotherScheme) {
   };
   EXPECT_THAT(c->DataPlaneDescription(), ::testing::Not(::testing::HasSubstr("WARNING")));
 
-  ASSERT_THAT((*etcd)->Put("/strata/it/nodes/zz-old", "address=127.0.0.1:9\nreplicas=1\n"), IsOk());
+  // Under a lease, as a node writes it (a key without one is ignored).
+  auto lease = (*etcd)->GrantLease(absl::Minutes(2));
+  ASSERT_THAT(lease, IsOk());
+  ASSERT_THAT((*etcd)->Put("/strata/it/nodes/zz-old", "address=127.0.0.1:9\nreplicas=1\n", *lease),
+              IsOk());
   // Gone again whatever happens below, so the suite's later tests see three members.
   auto remove =
       absl::MakeCleanup([&] { (*etcd)->Delete("/strata/it/nodes/zz-old").IgnoreError(); });
