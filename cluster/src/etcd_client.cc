@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <thread>
 #include <utility>
 
@@ -482,7 +483,7 @@ class EtcdClientImpl : public EtcdClient {
     }
     it->second = KeptLease{.ttl = ttl,
                            .on_lost = std::move(on_lost),
-                           .next_refresh = absl::Now() + ttl / 3,
+                           .next_refresh = SteadyNow() + ttl / 3,
                            .backoff = kFirstBackoff};
     keepalive_wake_ = true;
     if (!keepalive_thread_.joinable()) keepalive_thread_ = std::thread([this] { KeepAliveLoop(); });
@@ -533,8 +534,8 @@ class EtcdClientImpl : public EtcdClient {
   struct KeptLease {
     absl::Duration ttl;
     std::function<void(absl::Status)> on_lost;
-    absl::Time next_refresh;
-    absl::Duration backoff;  // wait before the next try while refreshes fail
+    absl::Duration next_refresh;  // on SteadyNow()'s clock
+    absl::Duration backoff;       // wait before the next try while refreshes fail
   };
 
   // Runs `call` against the sticky endpoint, then the others while they are UNAVAILABLE (a
@@ -572,6 +573,12 @@ class EtcdClientImpl : public EtcdClient {
     return error;
   }
 
+  // Time on a clock that only runs forward: leases are refreshed by it, so a wall clock
+  // stepped back (NTP at boot) does not hold refreshes back until the lease lapsed.
+  static absl::Duration SteadyNow() {
+    return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+  }
+
   // The keepalive thread: refreshes every lease that is due over one LeaseKeepAlive stream
   // per round (with a deadline, so a hung etcd cannot stall it), then sleeps until the next.
   void KeepAliveLoop() {
@@ -582,18 +589,19 @@ class EtcdClientImpl : public EtcdClient {
       {
         absl::MutexLock lock(&keepalive_mu_);
         while (!keepalive_stopping_) {
-          absl::Time next = absl::InfiniteFuture();
+          absl::Duration next = absl::InfiniteDuration();
           for (const auto& [id, kept] : kept_) next = std::min(next, kept.next_refresh);
-          if (next <= absl::Now()) break;
+          const absl::Duration wait = next - SteadyNow();
+          if (wait <= absl::ZeroDuration()) break;
           keepalive_wake_ = false;
-          keepalive_mu_.AwaitWithDeadline(absl::Condition(&keepalive_wake_), next);
+          keepalive_mu_.AwaitWithTimeout(absl::Condition(&keepalive_wake_), wait);
         }
         if (keepalive_stopping_) return;
-        const absl::Time now = absl::Now();
+        const absl::Duration now = SteadyNow();
         for (const auto& [id, kept] : kept_) {
           if (kept.next_refresh <= now) due.push_back(id);
         }
-        context->set_deadline(absl::ToChronoTime(now + options_.request_timeout));
+        context->set_deadline(absl::ToChronoTime(absl::Now() + options_.request_timeout));
         keepalive_context_ = context;
       }
 
@@ -625,7 +633,7 @@ class EtcdClientImpl : public EtcdClient {
       {
         absl::MutexLock lock(&keepalive_mu_);
         keepalive_context_ = nullptr;
-        const absl::Time now = absl::Now();
+        const absl::Duration now = SteadyNow();
         for (int64_t id : due) {
           auto it = kept_.find(id);
           if (it == kept_.end()) continue;  // stopped meanwhile
