@@ -191,15 +191,13 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
     keys = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope, &who);
   } else if (req->chain_hashes_size() > 0) {
     keys = absl::InvalidArgumentError("chain_hashes, packed_chain_hashes: set one of the two");
-  } else if (keys = CheckEpoch(req->epoch()); keys.ok()) {
-    // The namespace and scope checks of ValidateKeys; the keys come as one string.
+  } else {
+    // RoutedKeys' steps; the keys come as one string.
     absl::StatusOr<std::string> allowed = Authorize(ctx, req->scope(), Access::kRead, &who);
     absl::StatusOr<NamespaceSpec> ns = store_->GetNamespace(req->namespace_id());
-    if (!allowed.ok()) {
-      keys = allowed.status();
-    } else if (!ns.ok()) {
-      keys = absl::InvalidArgumentError(ns.status().message());
-    } else {
+    keys = allowed.ok() ? CheckEpoch(req->epoch()) : allowed.status();
+    if (keys.ok() && !ns.ok()) keys = absl::InvalidArgumentError(ns.status().message());
+    if (keys.ok()) {
       scope = *allowed;
       keys = UnpackHashes(req->packed_chain_hashes(), config_.max_keys_per_call, &hashes);
     }
@@ -323,11 +321,11 @@ grpc::Status StoreServiceImpl::BeginPut(grpc::ServerContext* ctx, const v1::Begi
                                         v1::BeginPutResponse* resp) {
   CallScope call(metrics_, Op::kBeginPut, &admission_);
   if (call.refused()) return call.Done(call.Refusal());
-  if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
-  if (absl::Status s = ValidateTtl(req->ttl_ms(), "ttl_ms"); !s.ok()) return call.Done(s);
   Principal who;
   absl::StatusOr<std::string> allowed = Authorize(ctx, req->scope(), Access::kWrite, &who);
   if (!allowed.ok()) return call.Done(allowed.status());
+  if (absl::Status s = CheckEpoch(req->epoch()); !s.ok()) return call.Done(s);
+  if (absl::Status s = ValidateTtl(req->ttl_ms(), "ttl_ms"); !s.ok()) return call.Done(s);
   std::vector<WarmTier::PutBlock> blocks;
   std::string scope;
   uint64_t total = 0;

@@ -112,15 +112,16 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                             const char* field, std::vector<ChainHash>* hashes, std::string* scope,
                             NamespaceSpec* spec);
   absl::Status ValidateTtl(uint32_t ttl_ms, const char* field) const;
-  // A routed request's epoch (CheckEpoch), the scope its principal may use for `access`
-  // (Authorize), then its namespace and chain_hashes (ValidateKeys).
+  // The scope a routed request's principal may use for `access` (Authorize: first, so a
+  // caller without credentials learns nothing else, the node's epoch included), its epoch
+  // (CheckEpoch), then its namespace and chain_hashes (ValidateKeys).
   template <typename Request>
   absl::Status RoutedKeys(const grpc::ServerContext* ctx, const Request& req, Access access,
                           std::vector<ChainHash>* hashes, std::string* scope,
                           Principal* principal = nullptr) {
-    if (absl::Status s = CheckEpoch(req.epoch()); !s.ok()) return s;
     absl::StatusOr<std::string> allowed = Authorize(ctx, req.scope(), access, principal);
     if (!allowed.ok()) return allowed.status();
+    if (absl::Status s = CheckEpoch(req.epoch()); !s.ok()) return s;
     return ValidateKeys(req.namespace_id(), *allowed, req.chain_hashes(), "chain_hashes", hashes,
                         scope, nullptr);
   }
