@@ -1,5 +1,6 @@
 #include "strata/common/config.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 
@@ -38,12 +39,20 @@ absl::StatusOr<bool> ParseBool(const std::string& value, std::string_view field)
 
 absl::StatusOr<uint64_t> ParseDurationMs(std::string_view text, std::string_view field) {
   std::string s(absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size())));
+  // A year at most: anything longer ("inf", 100000000h) is a mistake, and past int64
+  // milliseconds a deadline computed from it overflows into the past.
+  constexpr uint64_t kMaxMs = 366ull * 24 * 3600 * 1000;
   uint64_t ms = 0;
-  if (absl::SimpleAtoi(s, &ms)) return ms;
   absl::Duration d;
-  if (!absl::ParseDuration(s, &d) || d < absl::ZeroDuration()) {
+  if (absl::SimpleAtoi(s, &ms)) {
+    d = absl::Milliseconds(static_cast<int64_t>(std::min<uint64_t>(ms, kMaxMs + 1)));
+  } else if (!absl::ParseDuration(s, &d) || d < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
         absl::StrCat(std::string(field), ": '", s, "' is not a duration (e.g. 500ms, 30s, 2m)"));
+  }
+  if (d > absl::Milliseconds(static_cast<int64_t>(kMaxMs))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(field), ": '", s, "' is longer than a year"));
   }
   return static_cast<uint64_t>(absl::ToInt64Milliseconds(d));
 }

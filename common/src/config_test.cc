@@ -114,6 +114,14 @@ TEST(ConfigSchemaTest, ErrorsNameTheOptionAndSource) {
   Fixture k;
   EXPECT_THAT(k.Parse({"--reservation-ttl", "soon"}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("reservation_ttl")));
+  // Longer than a year is refused: "inf" used to become INT64_MAX ms, whose deadline
+  // overflowed into the past.
+  for (const char* forever : {"inf", "100000000h", "99999999999999"}) {
+    Fixture l;
+    EXPECT_THAT(l.Parse({"--reservation-ttl", forever}),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("longer than a year")))
+        << forever;
+  }
 }
 
 }  // namespace
