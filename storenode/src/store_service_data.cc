@@ -352,7 +352,7 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
       }
     }
     if (!staged.empty()) {
-      WarmTier::GetResult second = store_->PinWarm(ns, g.scope, staged, ttl);
+      WarmTier::GetResult second = store_->PinWarm(ns, g.scope, staged, ttl, /*count=*/false);
       leases->push_back(second.lease_id);
       for (size_t j = 0; j < staged.size(); ++j) {
         (*status)[g.index[staged_at[j]]] = second.status[j];
@@ -387,8 +387,8 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     p->resize(size);
     return reinterpret_cast<uint8_t*>(p->data());
   };
-  WarmTier::GetResult inline_result =
-      store_->BeginGet(ns, g.scope, rest, ttl, sink, budget, !req.skip_promotion());
+  WarmTier::GetResult inline_result = store_->BeginGet(ns, g.scope, rest, ttl, sink, budget,
+                                                       !req.skip_promotion(), /*count_warm=*/false);
   leases->push_back(inline_result.lease_id);
   for (size_t j = 0; j < missing.size(); ++j) {
     const size_t i = g.index[missing[j]];

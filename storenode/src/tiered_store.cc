@@ -209,13 +209,14 @@ bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes
   return ok;
 }
 
-bool TieredStore::Promote(const BlockKey& key, bool prefetched) {
+bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from) {
   std::vector<uint8_t> buf;
-  for (DiskTier* tier : {cool_.get(), cold_.get()}) {
+  for (auto [tier, code] : {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
     if (tier == nullptr) continue;
     std::optional<DiskBlockMeta> meta = tier->Find(key, false);
     if (!meta) continue;
     if (!tier->Read(key, &buf).ok()) return false;
+    if (from != nullptr) *from = code;
     return InsertWarm(key, buf, *meta, prefetched, /*make_room=*/true);
   }
   return false;
@@ -445,8 +446,9 @@ absl::Status TieredStore::AbortPut(uint64_t reservation_id) {
 WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& scope,
                                           std::span<const ChainHash> hashes, uint64_t ttl_ms,
                                           const WarmTier::CopySink& sink, uint64_t max_copy_bytes,
-                                          bool promote) {
-  WarmTier::GetResult r = warm_->BeginGet(ns, scope, hashes, ttl_ms, sink, max_copy_bytes);
+                                          bool promote, bool count_warm) {
+  WarmTier::GetResult r =
+      warm_->BeginGet(ns, scope, hashes, ttl_ms, sink, max_copy_bytes, count_warm);
   if (!cool_) return r;
   uint64_t copied = 0;
   for (size_t i = 0; i < hashes.size(); ++i) {
@@ -500,11 +502,18 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
 absl::Status TieredStore::EndGet(uint64_t lease_id) { return warm_->EndGet(lease_id); }
 
 WarmTier::GetResult TieredStore::PinWarm(NamespaceId ns, const std::string& scope,
-                                         std::span<const ChainHash> hashes, uint64_t ttl_ms) {
-  return warm_->BeginGet(ns, scope, hashes, ttl_ms, nullptr, 0);
+                                         std::span<const ChainHash> hashes, uint64_t ttl_ms,
+                                         bool count) {
+  return warm_->BeginGet(ns, scope, hashes, ttl_ms, nullptr, 0, count);
 }
 
-bool TieredStore::StageInWarm(const BlockKey& key) { return Promote(key, false); }
+bool TieredStore::StageInWarm(const BlockKey& key) {
+  int from = 0;
+  const bool staged = Promote(key, false, &from);
+  // A read served from disk, as BeginGet counts one (the warm miss came before).
+  if (staged) (from == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
+  return staged;
+}
 
 uint64_t TieredStore::Delete(NamespaceId ns, const std::string& scope,
                              std::span<const ChainHash> hashes, bool tombstone) {

@@ -374,6 +374,26 @@ TEST_F(TieredStoreTest, BlocksDroppedForACoolQuotaCountAsEvictedNotDemoted) {
       << "every block that left the node counted once";
 }
 
+// The data plane's read of a disk block: pinned warm (a miss), staged from cool, pinned
+// again. One cool hit, and neither a warm hit nor a miss (Stats counts a warm miss served
+// from disk as that tier's hit); before, a warm miss and a warm hit and no cool hit
+// (strata_disk_hits stayed at 0 for reads over UCX).
+TEST_F(TieredStoreTest, AReadStagedFromDiskCountsADiskHitNotAWarmHit) {
+  std::vector<BlockKey> keys = Put(8000, 1, "staged");
+  ASSERT_THAT(store_->PauseSession("staged", /*to_cold=*/false), IsOk());
+  const TieredStats before = store_->Stats();
+  WarmTier::GetResult first = store_->PinWarm(ns_, "", {&keys[0].hash, 1}, 10000);
+  ASSERT_EQ(first.status[0].code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(store_->StageInWarm(keys[0]));
+  WarmTier::GetResult second = store_->PinWarm(ns_, "", {&keys[0].hash, 1}, 10000, /*count=*/false);
+  ASSERT_THAT(second.status[0], IsOk());
+  ASSERT_THAT(store_->EndGet(second.lease_id), IsOk());
+  const TieredStats after = store_->Stats();
+  EXPECT_EQ(after.warm.misses - before.warm.misses, 0u);
+  EXPECT_EQ(after.warm.hits - before.warm.hits, 0u);
+  EXPECT_EQ(after.cool_hits - before.cool_hits, 1u);
+}
+
 // A Prefetch queues at most max_prefetch_queued blocks, and a block once: a client asking for
 // the same disk blocks in a loop, or for more than warm holds, cannot grow the queue.
 TEST_F(TieredStoreTest, PrefetchQueuesAtMostItsCapAndEachBlockOnce) {

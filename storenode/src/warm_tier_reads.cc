@@ -15,7 +15,7 @@ namespace strata::storenode {
 
 WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
                                        std::span<const ChainHash> hashes, uint64_t ttl_ms,
-                                       const CopySink& sink, uint64_t max_copy_bytes) {
+                                       const CopySink& sink, uint64_t max_copy_bytes, bool count) {
   GetResult result;
   result.status.resize(hashes.size());
   result.blocks.resize(hashes.size());
@@ -52,8 +52,10 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
     for (size_t i = hashes.size(); i > 0; --i) {
       if (pinned[i - 1] != nullptr) TouchLocked(pinned[i - 1]);
     }
-    hits_.fetch_add(found, std::memory_order_relaxed);
-    misses_.fetch_add(hashes.size() - found, std::memory_order_relaxed);
+    if (count) {
+      hits_.fetch_add(found, std::memory_order_relaxed);
+      misses_.fetch_add(hashes.size() - found, std::memory_order_relaxed);
+    }
   }
   // Pinned blocks cannot move or be freed; copy them without the lock. The checksum is
   // taken over the copy, so what is verified is exactly what the caller receives.

@@ -101,7 +101,7 @@ class TieredStore {
   WarmTier::GetResult BeginGet(NamespaceId ns, const std::string& scope,
                                std::span<const ChainHash> hashes, uint64_t ttl_ms,
                                const WarmTier::CopySink& sink, uint64_t max_copy_bytes,
-                               bool promote = true);
+                               bool promote = true, bool count_warm = true);
   absl::Status EndGet(uint64_t lease_id);
   absl::Status JoinLease(uint64_t into, uint64_t from) { return warm_->JoinLease(into, from); }
   absl::Status HoldLease(uint64_t lease_id) { return warm_->HoldLease(lease_id); }
@@ -168,10 +168,13 @@ class TieredStore {
 
   // Pins warm blocks only (no disk reads, no copies): per block OK with its arena address, or
   // NOT_FOUND. The data plane transfers straight from the pinned bytes.
+  // `count` false: not counted as warm hits or misses (blocks a read already counted).
   WarmTier::GetResult PinWarm(NamespaceId ns, const std::string& scope,
-                              std::span<const ChainHash> hashes, uint64_t ttl_ms);
-  // Copies a cool/cold block into the warm tier (demoting others to make room); true when it
-  // is now warm. False when it is on no disk tier, fails its checksum, or warm has no room.
+                              std::span<const ChainHash> hashes, uint64_t ttl_ms,
+                              bool count = true);
+  // Copies a cool/cold block into the warm tier (demoting others to make room) for a read:
+  // true when it is now warm, counted as a hit of its disk tier. False when it is on no disk
+  // tier, fails its checksum, or warm has no room.
   bool StageInWarm(const BlockKey& key);
   // See WarmTier::DropCorrupt.
   void DropCorrupt(const BlockKey& key, const uint8_t* address = nullptr) {
@@ -192,7 +195,8 @@ class TieredStore {
   WarmTier::LowerTierProbe DiskProbe();
   void PrefetchLoop();
   // Reads a disk block and copies it into the warm tier without evicting anything.
-  bool Promote(const BlockKey& key, bool prefetched);
+  // `from`: set to the tier (kTierCool, kTierCold) the block was read from.
+  bool Promote(const BlockKey& key, bool prefetched, int* from = nullptr);
   // Copies verified disk bytes into the warm tier without evicting (make_room: demote first).
   bool InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes, const DiskBlockMeta& meta,
                   bool prefetched, bool make_room);

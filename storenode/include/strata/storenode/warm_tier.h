@@ -211,8 +211,11 @@ class WarmTier {
   // block (while it cannot move) and verifies the checksum over the copy; a mismatch
   // drops the block and reports DATA_LOSS — the copied bytes must then not be used.
   // Stops copying (RESOURCE_EXHAUSTED, not pinned) once more than max_copy_bytes would be.
+  // `count` false: not counted as hits or misses (a read that asks again for blocks it
+  // already counted, after staging them from disk).
   GetResult BeginGet(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
-                     uint64_t ttl_ms, const CopySink& sink, uint64_t max_copy_bytes);
+                     uint64_t ttl_ms, const CopySink& sink, uint64_t max_copy_bytes,
+                     bool count = true);
   // Unpins a lease. NOT_FOUND for an unknown or expired one.
   absl::Status EndGet(uint64_t lease_id);
   // Moves lease `from`'s pins into lease `into` (one id for a read served in two scopes).
