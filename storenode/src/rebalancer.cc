@@ -156,6 +156,7 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
     absl::StatusOr<std::vector<client::BlockLocation>> r =
         c == nullptr ? absl::UnavailableError("peer unreachable")
                      : c->LookupEach(peer_ns, scope, subset, {.deadline = options_.call_timeout});
+    if (c != nullptr) NoteCall(set.members[peer], r.status());
     for (size_t k = 0; k < idx.size(); ++k) {
       if (!r.ok()) {
         unknown[idx[k]] = true;
@@ -213,6 +214,7 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
           c == nullptr
               ? absl::UnavailableError("peer unreachable")
               : c->Put(peer_ns, scope, writes, {.deadline = options_.call_timeout}, {.copy = true});
+      if (c != nullptr) NoteCall(set.members[peer], put.status());
       for (size_t k = 0; k < which.size(); ++k) {
         const absl::Status st = put.ok() ? put->blocks[k] : put.status();
         if (IsBlockBeingWritten(st)) {
@@ -247,6 +249,25 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
   progress_.failed += failed;
   progress_.dropped += dropped;
   progress_.under_replicated += under;
+}
+
+void Rebalancer::NoteCall(const cluster::Member& m, const absl::Status& s) {
+  auto it = peers_.find(m.id);
+  if (it == peers_.end()) return;
+  PeerEntry& e = it->second;
+  if (s.code() != absl::StatusCode::kDeadlineExceeded &&
+      s.code() != absl::StatusCode::kUnavailable) {
+    e.strikes = 0;
+    return;
+  }
+  const absl::Duration wait =
+      std::min(kPeerBackoff * (1 << std::min(e.strikes, 5)), absl::Minutes(1));
+  ++e.strikes;
+  e.client.reset();
+  e.namespaces.clear();
+  e.retry_after = absl::Now() + wait;
+  spdlog::warn("rebalancer: peer {} at {}: {}; skipped for {}", m.id, m.address, s.ToString(),
+               absl::FormatDuration(wait));
 }
 
 client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,

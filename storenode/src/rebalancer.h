@@ -91,7 +91,13 @@ class Rebalancer {
     absl::Time retry_after = absl::InfinitePast();
     bool exact = false;  // honours exact-scope lookups (its Stats said so)
     absl::Time exact_checked = absl::InfinitePast();  // asked again each minute
+    int strikes = 0;  // calls in a row that ran out of time or found it gone
   };
+  // After a call to peer `m`: DEADLINE_EXCEEDED or UNAVAILABLE (a peer that hangs keeps
+  // its sockets) drops its client and skips it for a while that doubles (2 s up to a minute)
+  // while it keeps failing, so a pass asks it once, not once per batch of call_timeout; any
+  // other answer ends that.
+  void NoteCall(const cluster::Member& m, const absl::Status& s);
   std::map<std::string, PeerEntry> peers_;  // by member id; used by the pass thread only
 
   mutable absl::Mutex mu_;
