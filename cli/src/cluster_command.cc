@@ -33,13 +33,16 @@ struct ClusterFlags {
 };
 
 int RunCluster(const ClusterFlags& f) {
+  // From the start: Ctrl-C (or a closed terminal) while etcd and the nodes come up stops what
+  // was started and removes its temp directories, instead of killing this process outright.
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, [](int) { g_stop = 1; });
   auto bin = client::SelfBinDir();
   if (!bin.ok()) return Fail("cluster", bin.status());
   auto etcd = cluster::LocalEtcd::Start({});
   if (!etcd.ok()) return Fail("cluster", etcd.status());
   std::printf("etcd %s (data in %s)\n", (*etcd)->endpoint().c_str(), (*etcd)->dir().c_str());
   std::vector<std::unique_ptr<client::LocalNode>> nodes;
-  for (int i = 0; i < f.nodes; ++i) {
+  for (int i = 0; i < f.nodes && !g_stop; ++i) {
     std::vector<std::string> args = {"--node-id",          absl::StrCat("node-", i),
                                      "--cluster-mode",     "etcd",
                                      "--etcd-endpoints",   (*etcd)->endpoint(),
@@ -64,15 +67,23 @@ int RunCluster(const ClusterFlags& f) {
       "stop with Ctrl-C\n",
       bin->c_str(), flags.c_str(), bin->c_str(), flags.c_str(), bin->c_str(), flags.c_str());
   std::fflush(stdout);
-  std::signal(SIGINT, [](int) { g_stop = 1; });
-  std::signal(SIGTERM, [](int) { g_stop = 1; });
   const absl::Time end =
       f.seconds > 0 ? absl::Now() + absl::Seconds(f.seconds) : absl::InfiniteFuture();
   while (!g_stop && absl::Now() < end) absl::SleepFor(absl::Milliseconds(100));
-  for (auto& n : nodes) n->Stop(absl::Seconds(15)).IgnoreError();
+  // A node that died during the run, or did not stop cleanly, makes the exit status 1.
+  int failed = 0;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    absl::StatusOr<int> code = nodes[i]->Stop(absl::Seconds(15));
+    if (!code.ok() || *code != 0) {
+      ++failed;
+      std::fprintf(stderr, "strata cluster: node-%zu: %s\n", i,
+                   code.ok() ? absl::StrCat("exit status ", *code).c_str()
+                             : code.status().ToString().c_str());
+    }
+  }
   nodes.clear();
   std::printf("cluster stopped\n");
-  return 0;
+  return failed == 0 ? 0 : 1;
 }
 
 }  // namespace
