@@ -224,10 +224,23 @@ bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from) {
 
 absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session) {
   if (!cool_) return absl::FailedPreconditionError("ResumeSession: node has no cool tier");
-  uint64_t promoted = 0;
+  // At most what warm holds below its low watermark: past that each promotion would only
+  // demote one made before it (a session larger than warm churned through all of it, and
+  // pushed every other block out on the way).
+  const uint64_t budget =
+      static_cast<uint64_t>(warm_->Stats().capacity_bytes * options_.warm_low_watermark);
+  uint64_t promoted = 0, bytes = 0;
   for (DiskTier* tier : {cool_.get(), cold_.get()}) {
     if (tier == nullptr) continue;
-    for (const BlockKey& key : tier->SessionBlocks(session)) promoted += Promote(key, false);
+    for (const BlockKey& key : tier->SessionBlocks(session)) {
+      std::optional<DiskBlockMeta> meta = tier->Find(key, false);
+      if (!meta) continue;
+      if (bytes + warm_->SlotBytes(meta->size) > budget) break;
+      if (Promote(key, false)) {
+        ++promoted;
+        bytes += warm_->SlotBytes(meta->size);
+      }
+    }
   }
   NoteSession(session);
   sessions_resumed_.fetch_add(1, std::memory_order_relaxed);

@@ -394,6 +394,25 @@ TEST_F(TieredStoreTest, AReadStagedFromDiskCountsADiskHitNotAWarmHit) {
   EXPECT_EQ(after.cool_hits - before.cool_hits, 1u);
 }
 
+// Resuming a session larger than warm promotes what fits below the low watermark (819 of
+// 1,024 slots here) and stops: before, every further promotion demoted one made before it,
+// and all 1,200 went through warm.
+TEST_F(TieredStoreTest, ResumingASessionLargerThanWarmPromotesWhatFits) {
+  TieredStoreOptions o;
+  o.cool = DiskTierOptions{.capacity_bytes = 64 << 20};
+  ASSERT_NO_FATAL_FAILURE(Init(o));
+  for (uint32_t n = 0; n < 1200; n += 100) {
+    Put(20000 + n, 100, "big");
+    ASSERT_THAT(store_->PauseSession("big", /*to_cold=*/false), IsOk());
+  }
+  ASSERT_EQ(store_->Stats().cool->blocks, 1200u);
+  absl::StatusOr<uint64_t> resumed = store_->ResumeSession("big");
+  ASSERT_THAT(resumed.status(), IsOk());
+  EXPECT_GT(*resumed, 700u);
+  EXPECT_LE(*resumed, 819u);
+  EXPECT_EQ(store_->Stats().promotions, *resumed);
+}
+
 // A Prefetch queues at most max_prefetch_queued blocks, and a block once: a client asking for
 // the same disk blocks in a loop, or for more than warm holds, cannot grow the queue.
 TEST_F(TieredStoreTest, PrefetchQueuesAtMostItsCapAndEachBlockOnce) {
