@@ -174,8 +174,10 @@ class Membership::Impl {
     }
     thread_ = std::thread([this] { Loop(); });
     absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return listed_once_; };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&ready), o_.startup_timeout)) {
+    auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return listed_once_ || !fatal_.ok(); };
+    const bool done = mu_.AwaitWithTimeout(absl::Condition(&ready), o_.startup_timeout);
+    if (!fatal_.ok()) return fatal_;
+    if (!done) {
       return absl::UnavailableError(
           absl::StrCat("cluster membership: etcd at ", absl::StrJoin(o_.etcd_endpoints, ","),
                        " not reachable within ", absl::FormatDuration(o_.startup_timeout),
@@ -234,6 +236,10 @@ class Membership::Impl {
       }
       if (register_now) {
         if (absl::Status s = Register(); !s.ok()) {
+          {
+            absl::MutexLock lock(&mu_);
+            if (!fatal_.ok()) return;  // Start reports it
+          }
           Failed("register", s);
           continue;
         }
@@ -311,6 +317,18 @@ class Membership::Impl {
       absl::StatusOr<Member> m = DecodeMember(o_.self->id, (*before)->value);
       if (m.ok()) was_at = m->address;
     }
+    bool first;
+    {
+      absl::MutexLock lock(&mu_);
+      first = !registered_once_;
+    }
+    if (first && was_at.has_value() && *was_at != o_.self->address && (*before)->lease != 0) {
+      // Held at another address under a lease: a previous run of this node (its lease lapses
+      // within lease_ttl), or another live node given the same id, whose key a Put would take
+      // over without a word (it keeps serving, and nobody asks it). One lease TTL tells them
+      // apart.
+      if (absl::Status s = WaitForOtherHolder(key, (*before)->lease, *was_at); !s.ok()) return s;
+    }
     absl::StatusOr<int64_t> lease = etcd_->GrantLease(o_.lease_ttl);
     if (!lease.ok()) return lease.status();
     absl::StatusOr<int64_t> put = etcd_->Put(key, EncodeMember(*o_.self), *lease);
@@ -325,6 +343,7 @@ class Membership::Impl {
       absl::MutexLock lock(&mu_);
       lease_ = *lease;
       need_register_ = false;
+      registered_once_ = true;
     }
     // A new key is a join: raise the epoch to its revision. A key that was still there (a
     // restart within the old lease) changes only the lease, and maybe the address: a new
@@ -339,6 +358,32 @@ class Membership::Impl {
     spdlog::info("membership: registered {} at {} in cluster {}", o_.self->id, o_.self->address,
                  o_.cluster);
     return absl::OkStatus();
+  }
+
+  // Waits up to lease_ttl + 1 s for node key `key`, held under `lease` at `address`, to go
+  // or change hands. FAILED_PRECONDITION (fatal_, ending the loop) if it stays: another live
+  // node has this id.
+  absl::Status WaitForOtherHolder(const std::string& key, int64_t lease,
+                                  const std::string& address) {
+    spdlog::info("membership: {} is registered at {}; waiting up to {} for that lease to lapse",
+                 o_.self->id, address, absl::FormatDuration(o_.lease_ttl + absl::Seconds(1)));
+    for (absl::Time until = absl::Now() + o_.lease_ttl + absl::Seconds(1); absl::Now() < until;) {
+      {
+        absl::MutexLock lock(&mu_);
+        auto stopped = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_; };
+        if (mu_.AwaitWithTimeout(absl::Condition(&stopped), absl::Milliseconds(200))) {
+          return absl::CancelledError("membership: stopping");
+        }
+      }
+      absl::StatusOr<std::optional<KeyValue>> now = etcd_->Get(key);
+      if (now.ok() && (!now->has_value() || (*now)->lease != lease)) return absl::OkStatus();
+    }
+    absl::Status in_use = absl::FailedPreconditionError(
+        absl::StrCat("node_id ", o_.self->id, " is in use by a live node at ", address,
+                     " (its lease is kept alive); give every node its own node_id"));
+    absl::MutexLock lock(&mu_);
+    fatal_ = in_use;
+    return in_use;
   }
 
   // Lists members and epoch; returns the header revision the watch continues from. A Refresh
@@ -527,6 +572,8 @@ class Membership::Impl {
   bool warned_ ABSL_GUARDED_BY(mu_) = false;  // an outage is logged once, not every retry
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool need_register_ ABSL_GUARDED_BY(mu_) = true;
+  bool registered_once_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status fatal_ ABSL_GUARDED_BY(mu_);  // the loop stopped for it (a node id in use)
   bool watch_failed_ ABSL_GUARDED_BY(mu_) = false;
   std::string last_error_ ABSL_GUARDED_BY(mu_);
   std::vector<std::function<void(const MemberSet&)>> callbacks_ ABSL_GUARDED_BY(mu_);

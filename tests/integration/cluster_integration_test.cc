@@ -58,6 +58,16 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
   ASSERT_TRUE(with_ghost.ok());
   EXPECT_EQ(with_ghost->members, 3u);
   ASSERT_TRUE((*etcd)->Delete("/strata/it/nodes/ghost").ok());
+  // A second node given node-1's id (two hosts started alike) refuses to start, after one
+  // lease TTL, and node-1 stays a member at its own address. Before, the newcomer took the key
+  // over: node-1 went on serving, and no client asked it any more.
+  auto twin =
+      testutil::StartNode({"--node-id", "node-1", "--cluster-mode", "etcd", "--etcd-endpoints",
+                           etcd_->endpoint(), "--cluster-name", "it", "--ucx-tls", ""});
+  EXPECT_FALSE(twin.ok()) << "a second node-1 started";
+  auto held = (*etcd)->Get("/strata/it/nodes/node-1");
+  ASSERT_TRUE(held.ok() && held->has_value());
+  EXPECT_THAT((*held)->value, ::testing::HasSubstr(nodes_[1]->address()));
   // A node's key deleted under it while its lease lives (an operator's `etcdctl del`, a
   // stray process with its id): the node registers again. Before, its keepalives went on
   // succeeding and it stayed out of the cluster.
@@ -243,9 +253,11 @@ TEST_F(ClusterTest, AStaleEpochIsRefusedAndTheClientRetries) {
 }
 
 // A node back within its lease at another address (a pod that came back with a new IP
-// before its key lapsed): the epoch rises, so a client that does not watch re-reads the set
-// and reaches the node at its new address. Before, the epoch stayed, and that client kept
-// dialling the old address: the node's blocks failed UNAVAILABLE until some other change.
+// before its key lapsed): it waits for the old lease to lapse (it cannot tell its dead self
+// from a live node with its id before), then joins, and the epoch rises, so a client that
+// does not watch re-reads the set and reaches the node at its new address. Before, the epoch
+// stayed, and that client kept dialling the old address: the node's blocks failed
+// UNAVAILABLE until some other change.
 TEST_F(ClusterTest, ANodeBackWithinItsLeaseAtANewAddressIsReachedByClientsThatDoNotWatch) {
   const std::vector<std::string> args = {"--node-id",
                                          "node-3",
@@ -256,7 +268,7 @@ TEST_F(ClusterTest, ANodeBackWithinItsLeaseAtANewAddressIsReachedByClientsThatDo
                                          "--cluster-name",
                                          "it",
                                          "--etcd-lease",
-                                         "20000",
+                                         "3000",
                                          "--warm-bytes",
                                          "64MiB",
                                          "--max-block-bytes",
@@ -278,7 +290,7 @@ TEST_F(ClusterTest, ANodeBackWithinItsLeaseAtANewAddressIsReachedByClientsThatDo
   ASSERT_EQ(PutAll(*lazy, *ns, first), first.size());
   const std::string old_address = (*fourth)->address();
   ASSERT_TRUE((*fourth)->Stop(absl::Seconds(10), SIGKILL).ok());
-  fourth = testutil::StartNode(args);  // within its 20 s lease, on new ports
+  fourth = testutil::StartNode(args);  // within its 3 s lease, on new ports
   ASSERT_TRUE(fourth.ok()) << fourth.status();
   ASSERT_NE((*fourth)->address(), old_address);
   // One block a call, twice over: a call that reached the old address before the client
