@@ -151,6 +151,14 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
   opts.enable_blob_garbage_collection = true;
   opts.max_open_files = 256;
   opts.keep_log_file_num = 3;
+  // RocksDB's own RAM and WAL bounded by the tier's size rather than left at its defaults
+  // (64 MiB memtables per column family without a total; a WAL kept up to 4 x their total for
+  // the rarely flushed meta family): memtables of all families together 1/16 of the budget,
+  // 64..256 MiB, the WAL 1/8, 64..512 MiB (past it the families holding it back are flushed).
+  opts.db_write_buffer_size =
+      std::clamp<uint64_t>(options.capacity_bytes / 16, 64ull << 20, 256ull << 20);
+  opts.max_total_wal_size =
+      std::clamp<uint64_t>(options.capacity_bytes / 8, 64ull << 20, 512ull << 20);
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions(opts)},
       {"meta", rocksdb::ColumnFamilyOptions()},
