@@ -22,7 +22,7 @@ absl::Duration Backoff(int strikes) {
 }  // namespace
 
 void ClusterNodes::MarkDownLocked(Entry& e, absl::Status error) {
-  const absl::Time now = absl::Now();
+  const absl::Duration now = SteadyNow();
   e.client.reset();
   e.last_error = std::move(error);
   if (now < e.down_until) return;  // calls failing together make one spell, not many
@@ -86,7 +86,7 @@ std::optional<absl::StatusOr<std::shared_ptr<GrpcStoreClient>>> ClusterNodes::Kn
   Entry& e = nodes_[m.id];
   if (e.address != m.address) return std::nullopt;
   if (e.client != nullptr) return e.client;
-  if (absl::Now() < e.down_until) return e.last_error;
+  if (SteadyNow() < e.down_until) return e.last_error;
   return std::nullopt;
 }
 
@@ -103,7 +103,7 @@ void ClusterNodes::NoteResult(const cluster::Member& m, const std::shared_ptr<Gr
     // reads may well answer a Stats or a small put).
     if (cut_short) {
       e.slow_strikes = 0;
-      e.slow_until = absl::InfinitePast();
+      e.slow_until = -absl::InfiniteDuration();
     }
   } else if (down) {
     MarkDownLocked(e, s);
@@ -113,7 +113,7 @@ void ClusterNodes::NoteResult(const cluster::Member& m, const std::shared_ptr<Gr
 }
 
 void ClusterNodes::MarkSlowLocked(Entry& e) {
-  const absl::Time now = absl::Now();
+  const absl::Duration now = SteadyNow();
   if (now < e.slow_until) return;  // one spell, however many calls ran out in it
   e.slow_until = now + Backoff(e.slow_strikes);
   ++e.slow_strikes;
@@ -144,7 +144,7 @@ size_t ClusterNodes::Connected() const {
 
 std::vector<bool> ClusterNodes::SlowNow(std::span<const cluster::Member> members) const {
   std::vector<bool> out(members.size(), false);
-  const absl::Time now = absl::Now();
+  const absl::Duration now = SteadyNow();
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < members.size(); ++i) {
     auto it = nodes_.find(members[i].id);
@@ -192,7 +192,7 @@ void ClusterNodes::AddNamespace(const NamespaceSpec& spec) {
 
 std::string ClusterNodes::TroubleNow() const {
   std::string down, slow;
-  const absl::Time now = absl::Now();
+  const absl::Duration now = SteadyNow();
   absl::MutexLock lock(&mu_);
   for (const auto& [id, node] : nodes_) {
     if (node.client == nullptr && now < node.down_until) {

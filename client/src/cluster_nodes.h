@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
@@ -66,12 +67,17 @@ class ClusterNodes {
   struct Entry {
     std::string address;
     std::shared_ptr<GrpcStoreClient> client;
-    absl::Time down_until = absl::InfinitePast();
+    // Spells are timed on SteadyNow(): a wall clock stepped back must not make one last.
+    absl::Duration down_until = -absl::InfiniteDuration();
     absl::Status last_error;
     int strikes = 0;  // down spells since it last connected: each doubles the while
-    absl::Time slow_until = absl::InfinitePast();
+    absl::Duration slow_until = -absl::InfiniteDuration();
     int slow_strikes = 0;  // slow spells since a call last succeeded
   };
+  // Time on a clock that only runs forward.
+  static absl::Duration SteadyNow() {
+    return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+  }
   void MarkDownLocked(Entry& e, absl::Status error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkSlowLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
