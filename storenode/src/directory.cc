@@ -26,7 +26,7 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
       v.erase(
           std::remove_if(v.begin(), v.end(), [&](const Entry& e) { return e.address == address; }),
           v.end());
-      entries_ -= before - v.size();
+      Count(scope, -static_cast<int64_t>(before - v.size()));
       if (v.empty()) map_.erase(it);
       continue;
     }
@@ -58,8 +58,16 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
           absl::StrCat("directory full: ", max_entries_, " entries (max_directory_entries)"));
       continue;
     }
+    if (auto held = per_scope_.find(scope);
+        held != per_scope_.end() && held->second >= max_per_scope_) {
+      // One tenant's agents fill at most their share: the rest stays for the others.
+      out[i] = absl::ResourceExhaustedError(
+          absl::StrCat("directory: scope ", scope, " holds ", held->second, " entries, its most (",
+                       max_per_scope_, ", a quarter of max_directory_entries)"));
+      continue;
+    }
     map_[key].push_back({address, shared_token, size, now + ttl});
-    ++entries_;
+    Count(scope, 1);
   }
   return out;
 }
@@ -89,14 +97,22 @@ uint64_t Directory::ExpireLocked(absl::Time now) {
     v.erase(std::remove_if(v.begin(), v.end(), [&](const Entry& x) { return x.expires <= now; }),
             v.end());
     dropped += before - v.size();
+    Count(m->first.scope, -static_cast<int64_t>(before - v.size()));
     if (v.empty()) {
       map_.erase(m++);
     } else {
       ++m;
     }
   }
-  entries_ -= dropped;
   return dropped;
+}
+
+void Directory::Count(const std::string& scope, int64_t delta) {
+  if (delta == 0) return;
+  entries_ += delta;
+  uint64_t& n = per_scope_[scope];
+  n += delta;
+  if (n == 0) per_scope_.erase(scope);
 }
 
 uint64_t Directory::entries() const {

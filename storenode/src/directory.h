@@ -3,9 +3,9 @@
 // vanish when it lapses or when the agent removes them; Lookup returns them beside the
 // node's own tiers, so a decode worker can pull a prefix straight from a prefill worker's GPU.
 //
-// Bounded: at most max_entries (key, location) pairs; a publish beyond that is
-// RESOURCE_EXHAUSTED for the blocks that do not fit (expired entries are purged first, at
-// most once a second: a full directory is not rescanned by every call). At most
+// Bounded: at most max_entries (key, location) pairs, a scope at most a quarter of them; a
+// publish beyond either is RESOURCE_EXHAUSTED for the blocks that do not fit (expired entries are
+// purged first, at most once a second: a full directory is not rescanned by every call). At most
 // max_per_block locations per block: a new one past that replaces the one whose TTL ends
 // first, so a Lookup answer stays within max_per_block locations a block however many agents
 // publish one block.
@@ -13,6 +13,7 @@
 // Thread-safe.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -38,7 +39,9 @@ class Directory {
 
   static constexpr size_t kMaxPerBlock = 8;
   explicit Directory(uint64_t max_entries, size_t max_per_block = kMaxPerBlock)
-      : max_entries_(max_entries), max_per_block_(max_per_block) {}
+      : max_entries_(max_entries),
+        max_per_block_(max_per_block),
+        max_per_scope_(std::max<uint64_t>(1, max_entries / 4)) {}
 
   // Publishes (ttl > 0: adds, or refreshes size and token) or removes (ttl == 0) the entry of
   // `address` for each key. Returns per key OK or RESOURCE_EXHAUSTED (directory full).
@@ -63,13 +66,17 @@ class Directory {
   };
 
   uint64_t ExpireLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds `delta` entries of `scope` to the counts.
+  void Count(const std::string& scope, int64_t delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const uint64_t max_entries_;
   const size_t max_per_block_;
+  const uint64_t max_per_scope_;  // a quarter of max_entries: no tenant fills it alone
   mutable absl::Mutex mu_;
   absl::Time last_purge_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::flat_hash_map<BlockKey, std::vector<Entry>> map_ ABSL_GUARDED_BY(mu_);
   uint64_t entries_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<std::string, uint64_t> per_scope_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace strata::storenode
