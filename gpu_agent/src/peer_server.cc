@@ -28,6 +28,9 @@
 namespace strata::gpu_agent {
 namespace {
 
+// The longest a peer's read may hold the serve region.
+constexpr absl::Duration kServeTimeout = absl::Seconds(5);
+
 namespace v1 = strata::v1;
 using proto::ToBlockStatus;
 using proto::ToGrpc;
@@ -216,8 +219,11 @@ class PeerService final : public v1::StoreService::Service {
                        req->rkeys(static_cast<int>(dst.rkey_index()))});
       }
     }
+    // The serve region is one: a reader holds it (and every other reader waits) until its
+    // transfer ends. 5 s moves any batch many times over; a reader that posts no receives, or
+    // stalls, holds the others up that long at most (it was 30 s).
     const absl::Time deadline =
-        std::min(absl::FromChrono(ctx->deadline()), absl::Now() + absl::Seconds(30));
+        std::min(absl::FromChrono(ctx->deadline()), absl::Now() + kServeTimeout);
     if (!ops.empty()) {
       if (absl::Status moved = plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
           !moved.ok()) {
