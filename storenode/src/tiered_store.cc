@@ -556,6 +556,8 @@ absl::Status TieredStore::CorruptForTest(const BlockKey& key, uint64_t offset) {
 }
 
 void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
+  if (tier == nullptr) return;
+  absl::MutexLock one(tier == cool_.get() ? &cool_room_mu_ : &cold_room_mu_);
   const uint64_t cap = tier->capacity_bytes();
   const uint64_t used = tier->charged_bytes();
   const uint64_t incoming = tier->Charge(bytes);
