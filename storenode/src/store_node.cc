@@ -24,6 +24,7 @@
 #include "strata/common/codec.h"
 #include "strata/common/cpus.h"
 #include "strata/common/http_endpoint.h"
+#include "strata/common/memory_limit.h"
 #include "strata/proto/tls_files.h"
 #include "strata/storenode/tiered_store.h"
 #include "strata/transport/data_plane.h"
@@ -342,6 +343,24 @@ class StoreNodeImpl final : public StoreNode {
 
 absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& config) {
   if (absl::Status s = ValidateNodeConfig(config); !s.ok()) return s;
+  // The arena is mapped without reserving memory: a warm tier larger than what this process
+  // may use would start, report ready and be killed by the kernel as it filled.
+  if (const uint64_t usable = UsableMemoryBytes(); usable > 0) {
+    if (config.warm_bytes > usable) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("warm_bytes: ", FormatByteSize(config.warm_bytes),
+                       " exceeds the memory this process may use (", FormatByteSize(usable),
+                       ": the machine's, or its cgroup's limit)"));
+    }
+    const uint64_t wanted =
+        config.warm_bytes + config.max_inflight_bytes + config.grpc_memory_bytes;
+    if (wanted > usable / 10 * 9) {
+      spdlog::warn(
+          "warm_bytes + max_inflight_bytes + grpc_memory_bytes = {} of {} this process may use: "
+          "leave room for the disk tiers' indexes and RocksDB, or the kernel may kill the node",
+          FormatByteSize(wanted), FormatByteSize(usable));
+    }
+  }
   TieredStoreOptions opts;
   opts.warm.capacity_bytes = config.warm_bytes;
   opts.warm.max_block_bytes = config.max_block_bytes;

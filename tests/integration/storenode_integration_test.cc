@@ -480,6 +480,14 @@ TEST_F(StoreNodeTest, DemoRunsPrefillAndDecodeInOtherProcesses) {
 
 // Nodes with their own configuration.
 
+// A warm tier larger than this machine's memory (or its cgroup's limit) is refused at start.
+// The arena is mapped without reserving memory: before, the node started, reported ready, and
+// the kernel would have killed it as the tier filled.
+TEST(StoreNodeConfigTest, AWarmTierLargerThanMemoryIsRefusedAtStart) {
+  auto node = testutil::StartNode({"--warm-bytes", "64TiB", "--max-inflight-bytes", "1GiB"});
+  EXPECT_FALSE(node.ok()) << "a 64 TiB warm tier started";
+}
+
 TEST(StoreNodeConfigTest, LeaseKeepsBlockAliveUnderEvictionPressure) {
   // LRU: once unpinned, the block's reads no longer protect it (cost would keep it: below).
   Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--warm-policy", "lru"});
