@@ -12,18 +12,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "strata/common/sys_files.h"
 
 namespace strata {
-namespace {
-
-std::string ReadLine(const char* path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
-}
-
-}  // namespace
 
 uint32_t CpusUnderQuota(std::string_view cpu_max, uint32_t cpus) {
   cpus = std::max<uint32_t>(cpus, 1);
@@ -48,11 +39,11 @@ uint32_t UsableCpus() {
     cpus = static_cast<uint32_t>(CPU_COUNT(&set));
   }
   // cgroup v2 first; v1 keeps quota and period in two files (-1: no quota).
-  if (std::string v2 = ReadLine("/sys/fs/cgroup/cpu.max"); !v2.empty()) {
+  if (std::string v2 = FirstLineOf("/sys/fs/cgroup/cpu.max"); !v2.empty()) {
     return CpusUnderQuota(v2, cpus);
   }
-  const std::string quota = ReadLine("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
-  const std::string period = ReadLine("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+  const std::string quota = FirstLineOf("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
+  const std::string period = FirstLineOf("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
   return CpusUnderQuota(quota + " " + period, cpus);
 }
 

@@ -6,16 +6,10 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/strip.h"
+#include "strata/common/sys_files.h"
 
 namespace strata {
 namespace {
-
-std::string FirstLine(const char* path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
-}
 
 // MemTotal of /proc/meminfo, in bytes; 0 if unreadable.
 uint64_t MemTotal() {
@@ -43,8 +37,8 @@ uint64_t MemoryUnderLimit(std::string_view limit_line, uint64_t total) {
 
 uint64_t UsableMemoryBytes() {
   uint64_t bytes = MemTotal();
-  bytes = MemoryUnderLimit(FirstLine("/sys/fs/cgroup/memory.max"), bytes);
-  return MemoryUnderLimit(FirstLine("/sys/fs/cgroup/memory/memory.limit_in_bytes"), bytes);
+  bytes = MemoryUnderLimit(FirstLineOf("/sys/fs/cgroup/memory.max"), bytes);
+  return MemoryUnderLimit(FirstLineOf("/sys/fs/cgroup/memory/memory.limit_in_bytes"), bytes);
 }
 
 }  // namespace strata
