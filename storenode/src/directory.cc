@@ -58,12 +58,14 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
           absl::StrCat("directory full: ", max_entries_, " entries (max_directory_entries)"));
       continue;
     }
-    if (auto held = per_scope_.find(scope);
-        held != per_scope_.end() && held->second >= max_per_scope_) {
-      // One tenant's agents fill at most their share: the rest stays for the others.
-      out[i] = absl::ResourceExhaustedError(
-          absl::StrCat("directory: scope ", scope, " holds ", held->second, " entries, its most (",
-                       max_per_scope_, ", a quarter of max_directory_entries)"));
+    if (auto held = per_scope_.find(scope); held != per_scope_.end() &&
+                                            held->second >= max_per_scope_ &&
+                                            entries_ >= max_entries_ - max_per_scope_) {
+      // Past three quarters full, a scope holding a quarter takes no more: the last quarter
+      // stays for the others (alone, a scope may fill three quarters).
+      out[i] = absl::ResourceExhaustedError(absl::StrCat(
+          "directory: scope ", scope, " holds ", held->second, " of ", entries_,
+          " entries; the last quarter of max_directory_entries is kept for other scopes"));
       continue;
     }
     map_[key].push_back({address, shared_token, size, now + ttl});

@@ -3,8 +3,9 @@
 // vanish when it lapses or when the agent removes them; Lookup returns them beside the
 // node's own tiers, so a decode worker can pull a prefix straight from a prefill worker's GPU.
 //
-// Bounded: at most max_entries (key, location) pairs, a scope at most a quarter of them; a
-// publish beyond either is RESOURCE_EXHAUSTED for the blocks that do not fit (expired entries are
+// Bounded: at most max_entries (key, location) pairs, and past three quarters of them a scope
+// holding a quarter takes no more (the last quarter stays for the others); a publish beyond
+// either is RESOURCE_EXHAUSTED for the blocks that do not fit (expired entries are
 // purged first, at most once a second: a full directory is not rescanned by every call). At most
 // max_per_block locations per block: a new one past that replaces the one whose TTL ends
 // first, so a Lookup answer stays within max_per_block locations a block however many agents
@@ -71,7 +72,7 @@ class Directory {
 
   const uint64_t max_entries_;
   const size_t max_per_block_;
-  const uint64_t max_per_scope_;  // a quarter of max_entries: no tenant fills it alone
+  const uint64_t max_per_scope_;  // a quarter of max_entries (see above)
   mutable absl::Mutex mu_;
   absl::Time last_purge_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::flat_hash_map<BlockKey, std::vector<Entry>> map_ ABSL_GUARDED_BY(mu_);

@@ -24,21 +24,21 @@ size_t Refused(const std::vector<absl::Status>& results) {
   return n;
 }
 
-// One tenant's agents fill at most a quarter of the directory: another tenant still
-// publishes. Before, the first tenant took all 16 entries and the second was refused.
-TEST(DirectoryTest, AScopeHoldsAtMostAQuarterOfTheEntries) {
+// A tenant alone may fill three quarters of the directory; the last quarter stays for the
+// others. Before, the first tenant took all 16 entries and the second was refused.
+TEST(DirectoryTest, OneScopeLeavesTheLastQuarterToTheOthers) {
   Directory d(16);
   EXPECT_EQ(Refused(d.Publish(1, "tenant-a", Hashes(0, 16), {}, "agent-a", "", absl::Seconds(60))),
-            12u);
-  EXPECT_EQ(d.entries(), 4u);
-  EXPECT_EQ(Refused(d.Publish(1, "tenant-b", Hashes(100, 4), {}, "agent-b", "", absl::Seconds(60))),
-            0u);
+            4u);
+  EXPECT_EQ(d.entries(), 12u);
+  EXPECT_EQ(Refused(d.Publish(1, "tenant-b", Hashes(100, 5), {}, "agent-b", "", absl::Seconds(60))),
+            1u);
   // Removing entries gives the scope its room back.
   EXPECT_EQ(
       Refused(d.Publish(1, "tenant-a", Hashes(0, 2), {}, "agent-a", "", absl::ZeroDuration())), 0u);
   EXPECT_EQ(Refused(d.Publish(1, "tenant-a", Hashes(50, 3), {}, "agent-a", "", absl::Seconds(60))),
             1u);
-  EXPECT_EQ(d.entries(), 8u);
+  EXPECT_EQ(d.entries(), 16u);
 }
 
 }  // namespace
