@@ -33,10 +33,12 @@ TEST(DirectoryTest, OneScopeLeavesTheLastQuarterToTheOthers) {
   EXPECT_EQ(d.entries(), 12u);
   EXPECT_EQ(Refused(d.Publish(1, "tenant-b", Hashes(100, 5), {}, "agent-b", "", absl::Seconds(60))),
             1u);
-  // Removing entries gives the scope its room back.
+  // Room freed by tenant-a goes to a scope below its quarter, not back to tenant-a.
   EXPECT_EQ(
       Refused(d.Publish(1, "tenant-a", Hashes(0, 2), {}, "agent-a", "", absl::ZeroDuration())), 0u);
-  EXPECT_EQ(Refused(d.Publish(1, "tenant-a", Hashes(50, 3), {}, "agent-a", "", absl::Seconds(60))),
+  EXPECT_EQ(Refused(d.Publish(1, "tenant-a", Hashes(50, 1), {}, "agent-a", "", absl::Seconds(60))),
+            1u);
+  EXPECT_EQ(Refused(d.Publish(1, "tenant-c", Hashes(200, 3), {}, "agent-c", "", absl::Seconds(60))),
             1u);
   EXPECT_EQ(d.entries(), 16u);
 }
