@@ -260,14 +260,19 @@ void Rebalancer::NoteCall(const cluster::Member& m, const absl::Status& s) {
     e.strikes = 0;
     return;
   }
+  const absl::Duration wait = Strike(e);
+  spdlog::warn("rebalancer: peer {} at {}: {}; skipped for {}", m.id, m.address, s.ToString(),
+               absl::FormatDuration(wait));
+}
+
+absl::Duration Rebalancer::Strike(PeerEntry& e) {
   const absl::Duration wait =
       std::min(kPeerBackoff * (1 << std::min(e.strikes, 5)), absl::Minutes(1));
   ++e.strikes;
   e.client.reset();
   e.namespaces.clear();
   e.retry_after = absl::Now() + wait;
-  spdlog::warn("rebalancer: peer {} at {}: {}; skipped for {}", m.id, m.address, s.ToString(),
-               absl::FormatDuration(wait));
+  return wait;
 }
 
 client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
@@ -289,8 +294,8 @@ client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
     o.tls_key = options_.tls_key;
     absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(o);
     if (!c.ok()) {
-      e.retry_after = absl::Now() + kPeerBackoff;
       spdlog::debug("rebalancer: peer {} at {}: {}", m.id, m.address, c.status().ToString());
+      Strike(e);
       return nullptr;
     }
     e.client = std::move(*c);
@@ -309,8 +314,7 @@ client::StoreClient* Rebalancer::Peer(const cluster::Member& m, NamespaceId ns,
     if (!spec.ok()) return nullptr;
     absl::StatusOr<client::Namespace> registered = e.client->RegisterNamespace(*spec);
     if (!registered.ok()) {
-      e.client.reset();
-      e.retry_after = absl::Now() + kPeerBackoff;
+      Strike(e);
       return nullptr;
     }
     it = e.namespaces.emplace(ns, *registered).first;

@@ -98,6 +98,9 @@ class Rebalancer {
   // while it keeps failing, so a pass asks it once, not once per batch of call_timeout; any
   // other answer ends that.
   void NoteCall(const cluster::Member& m, const absl::Status& s);
+  // Drops `e`'s client and skips the peer for the next while (2 s doubling to a minute);
+  // returns that while. A failed connect is a strike too; a call answered ends the strikes.
+  absl::Duration Strike(PeerEntry& e);
   std::map<std::string, PeerEntry> peers_;  // by member id; used by the pass thread only
 
   mutable absl::Mutex mu_;
