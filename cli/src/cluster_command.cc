@@ -55,6 +55,7 @@ int RunCluster(const ClusterFlags& f) {
       args.push_back(absl::StrCat("z", i % f.zones));
     }
     auto node = client::LocalNode::Start(*bin + "/strata-storenode", args, absl::Seconds(30));
+    if (!node.ok() && g_stop) break;  // Ctrl-C reached the starting node too: no error
     if (!node.ok()) return Fail("cluster", node.status());
     std::printf("node-%d grpc %s http %s pid %d\n", i, (*node)->address().c_str(),
                 (*node)->http_address().c_str(), static_cast<int>((*node)->pid()));

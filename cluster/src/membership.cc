@@ -360,14 +360,17 @@ class Membership::Impl {
     return absl::OkStatus();
   }
 
-  // Waits up to lease_ttl + 1 s for node key `key`, held under `lease` at `address`, to go
+  // Waits up to lease_ttl + 2 s for node key `key`, held under `lease` at `address`, to go
   // or change hands. FAILED_PRECONDITION (fatal_, ending the loop) if it stays: another live
   // node has this id.
   absl::Status WaitForOtherHolder(const std::string& key, int64_t lease,
                                   const std::string& address) {
     spdlog::info("membership: {} is registered at {}; waiting up to {} for that lease to lapse",
-                 o_.self->id, address, absl::FormatDuration(o_.lease_ttl + absl::Seconds(1)));
-    for (absl::Time until = absl::Now() + o_.lease_ttl + absl::Seconds(1); absl::Now() < until;) {
+                 o_.self->id, address, absl::FormatDuration(o_.lease_ttl + absl::Seconds(2)));
+    // Only what etcd answered counts: a wait through which etcd could not be read proves
+    // nothing (the loop retries the registration), and the key must still be held at the end.
+    bool held_at_end = false;
+    for (absl::Time until = absl::Now() + o_.lease_ttl + absl::Seconds(2); absl::Now() < until;) {
       {
         absl::MutexLock lock(&mu_);
         auto stopped = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_; };
@@ -376,7 +379,12 @@ class Membership::Impl {
         }
       }
       absl::StatusOr<std::optional<KeyValue>> now = etcd_->Get(key);
-      if (now.ok() && (!now->has_value() || (*now)->lease != lease)) return absl::OkStatus();
+      held_at_end = now.ok() && now->has_value() && (*now)->lease == lease;
+      if (now.ok() && !held_at_end) return absl::OkStatus();
+    }
+    if (!held_at_end) {
+      return absl::UnavailableError(
+          absl::StrCat("membership: could not read ", key, " while waiting for its lease"));
     }
     absl::Status in_use = absl::FailedPreconditionError(
         absl::StrCat("node_id ", o_.self->id, " is in use by a live node at ", address,
@@ -482,12 +490,13 @@ class Membership::Impl {
         }
         if (!e.kv.key.starts_with(nodes_prefix_)) continue;
         std::string id = e.kv.key.substr(nodes_prefix_.size());
-        if (e.type == WatchEvent::Type::kDelete) {
+        // A node key written without a lease is no member (UnderLease): over a member's key it
+        // ends that membership, as a delete would, and as a listing would see it.
+        if (e.type == WatchEvent::Type::kDelete || !UnderLease(e.kv)) {
           if (members_.erase(id) > 0) changes.push_back(e.kv.mod_revision);
           if (o_.self.has_value() && id == o_.self->id) OwnKeyGoneLocked();
           continue;
         }
-        if (!UnderLease(e.kv)) continue;
         absl::StatusOr<Member> m = DecodeMember(id, e.kv.value);
         if (!m.ok()) continue;
         if (members_.find(id) == members_.end()) changes.push_back(e.kv.mod_revision);

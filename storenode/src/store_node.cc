@@ -354,7 +354,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
     }
     const uint64_t wanted =
         config.warm_bytes + config.max_inflight_bytes + config.grpc_memory_bytes;
-    if (wanted > usable / 10 * 9) {
+    if (wanted > usable) {
       spdlog::warn(
           "warm_bytes + max_inflight_bytes + grpc_memory_bytes = {} of {} this process may use: "
           "leave room for the disk tiers' indexes and RocksDB, or the kernel may kill the node",

@@ -8,6 +8,7 @@
 #include <optional>
 #include <tuple>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
@@ -557,7 +558,12 @@ absl::Status TieredStore::CorruptForTest(const BlockKey& key, uint64_t offset) {
 
 void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
   if (tier == nullptr) return;
-  absl::MutexLock one(tier == cool_.get() ? &cool_room_mu_ : &cold_room_mu_);
+  // One caller at a time; another arriving meanwhile goes on without waiting (the room is
+  // being made, and the tier's high watermark leaves headroom below its budget), so a read
+  // staging a block never waits behind another caller's disk moves.
+  absl::Mutex& one = tier == cool_.get() ? cool_room_mu_ : cold_room_mu_;
+  if (!one.TryLock()) return;
+  absl::Cleanup unlock = [&one]() ABSL_NO_THREAD_SAFETY_ANALYSIS { one.Unlock(); };
   const uint64_t cap = tier->capacity_bytes();
   const uint64_t used = tier->charged_bytes();
   const uint64_t incoming = tier->Charge(bytes);

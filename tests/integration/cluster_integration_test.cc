@@ -80,6 +80,7 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
   }
   EXPECT_TRUE(back) << "node-1 did not register again";
   EXPECT_TRUE(WaitForMembers(*c, 3));
+  EXPECT_TRUE(WaitRebalanced());  // settled before the suite's next test
 }
 
 TEST_F(ClusterTest, APrefixWrittenByOneProcessIsFetchedByAnother) {
@@ -399,6 +400,8 @@ TEST_F(ClusterTest, AfterEtcdLostItsDataNewClientsAreServed) {
   }
   EXPECT_TRUE(served) << "a client at epoch " << epoch << " was refused as stale";
   EXPECT_LT(epoch, high);
+  EXPECT_TRUE(WaitForMembers(*c, 3));
+  EXPECT_TRUE(WaitRebalanced());  // settled before the suite's next test
 }
 
 TEST_F(ReplicatedClusterTest, ReadsFailOverWhenAReplicaIsKilled) {

@@ -448,7 +448,8 @@ TEST_F(StoreNodeTest, MetricsAndHealthEndpoints) {
 }
 
 // `strata get --output` writes the blocks it fetched, and a file it cannot write is an error
-// (exit 1, before fetching), not "N of N blocks fetched" with exit 0 and no file.
+// (exit 2, a bad argument, before fetching), not "N of N blocks fetched" with exit 0 and no
+// file.
 TEST_F(StoreNodeTest, CliGetWritesItsOutputOrFails) {
   Node& n = *shared_;
   const std::string common =

@@ -216,9 +216,10 @@ class TieredStore {
   std::atomic<uint64_t> disk_evictions_{0};
   std::atomic<uint64_t> prefetched_{0};
   absl::Mutex writer_demote_mu_;  // DemoteOnce for a writer (incoming > 0): one at a time
-  // One MakeRoom at a time per disk tier (cool, then cold when cool's victims move down): two
-  // at once read the same charged bytes and each took the whole step, evicting blocks that
-  // need not have gone (the demoter thread, a writer, PauseSession and the prefetcher).
+  // One MakeRoom at a time per disk tier (cool, then cold when cool's victims move down; a
+  // second caller skips it): two at once read the same charged bytes and each took the whole
+  // step, evicting blocks that need not have gone (the demoter thread, a writer, PauseSession
+  // and the prefetcher).
   absl::Mutex cool_room_mu_ ABSL_ACQUIRED_BEFORE(cold_room_mu_);
   absl::Mutex cold_room_mu_;
   std::atomic<uint64_t> sessions_paused_{0};
