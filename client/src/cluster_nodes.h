@@ -11,7 +11,6 @@
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
@@ -25,6 +24,7 @@
 #include "absl/time/time.h"
 #include "grpc_store_client.h"
 #include "strata/cluster/membership.h"
+#include "strata/common/steady_clock.h"
 
 namespace strata::client::internal {
 
@@ -74,10 +74,6 @@ class ClusterNodes {
     absl::Duration slow_until = -absl::InfiniteDuration();
     int slow_strikes = 0;  // slow spells since a call last succeeded
   };
-  // Time on a clock that only runs forward.
-  static absl::Duration SteadyNow() {
-    return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
-  }
   void MarkDownLocked(Entry& e, absl::Status error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkSlowLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

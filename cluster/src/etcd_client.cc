@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <chrono>
 #include <thread>
 #include <utility>
 
@@ -17,6 +16,7 @@
 #include "etcd/mvcc/mvccpb/kv.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
+#include "strata/common/steady_clock.h"
 
 namespace strata::cluster {
 namespace {
@@ -571,12 +571,6 @@ class EtcdClientImpl : public EtcdClient {
       }
     }
     return error;
-  }
-
-  // Time on a clock that only runs forward: leases are refreshed by it, so a wall clock
-  // stepped back (NTP at boot) does not hold refreshes back until the lease lapsed.
-  static absl::Duration SteadyNow() {
-    return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
   }
 
   // The keepalive thread: refreshes every lease that is due over one LeaseKeepAlive stream

@@ -1,7 +1,6 @@
 #include "strata/storenode/tiered_store.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <iterator>
 #include <map>
@@ -13,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
+#include "strata/common/steady_clock.h"
 #include "strata/storenode/tenant_quota.h"
 
 namespace strata::storenode {
@@ -94,18 +94,10 @@ TieredStore::~TieredStore() {
   if (prefetcher_.joinable()) prefetcher_.join();
 }
 
-namespace {
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
-
 void TieredStore::NoteSession(const std::string& session) {
   if (session.empty() || options_.session_idle_ms == 0) return;
   absl::MutexLock lock(&sessions_mu_);
-  session_last_put_ms_[session] = NowMs();
+  session_last_put_ms_[session] = SteadyNowMs();
   if (session_last_put_ms_.size() <= max_sessions_) return;
   // Over the cap: the eighth that put longest ago is due now (one O(n) pass per n/8 new
   // sessions), never the one just noted. Due sessions beyond kMaxDueSessions are let go
@@ -143,7 +135,7 @@ void TieredStore::PauseIdleSessions() {
       if (!session_last_put_ms_.contains(due)) idle.push_back(std::move(due));
     }
     sessions_due_.resize(sessions_due_.size() - n);
-    int64_t cutoff = NowMs() - static_cast<int64_t>(options_.session_idle_ms);
+    int64_t cutoff = SteadyNowMs() - static_cast<int64_t>(options_.session_idle_ms);
     for (auto it = session_last_put_ms_.begin(); it != session_last_put_ms_.end();) {
       if (it->second <= cutoff) {
         idle.push_back(it->first);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/checksum.h"
+#include "strata/common/steady_clock.h"
 #include "strata/storenode/tenant_quota.h"
 #include "warm_tier_records.h"
 
@@ -24,12 +25,6 @@ uint64_t RandomSeed() {
     seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   }
   return seed;
-}
-
-int64_t SteadyNowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
 }
 
 }  // namespace
