@@ -68,6 +68,7 @@ absl::StatusOr<std::shared_ptr<LoadHandle>> GpuAgentImpl::Load(
 void GpuAgentImpl::LoadLoop() {
   while (true) {
     LoadJob job;
+    bool stopping;
     {
       absl::MutexLock lock(&mu_);
       auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !loads_.empty(); };
@@ -75,10 +76,6 @@ void GpuAgentImpl::LoadLoop() {
       if (loads_.empty()) break;  // stopping
       job = std::move(loads_.front());
       loads_.pop_front();
-    }
-    bool stopping;
-    {
-      absl::MutexLock lock(&mu_);
       stopping = stop_;
     }
     if (stopping) {
