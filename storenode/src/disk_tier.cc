@@ -6,9 +6,11 @@
 #include <iterator>
 #include <string_view>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/options.h"
 #include "rocksdb/write_batch.h"
 #include "spdlog/spdlog.h"
@@ -187,8 +189,12 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
       opened = tier->Rebuild();
       // Best-efforts recovery takes each column family to its own last intact point, without
       // the WAL, and a damaged index block ends the scan early: payloads whose index record
-      // did not survive, or was not read, would hold disk that no budget counts.
-      if (opened.ok() && (attempt == 1 || tier->index_incomplete_)) opened = tier->DropUnindexed();
+      // did not survive, or was not read, would hold disk that no budget counts, and index
+      // records whose payload did not survive would be hits that cannot be read.
+      if (opened.ok() && (attempt == 1 || tier->index_incomplete_)) {
+        opened = tier->Reconcile(/*reindex_orphans=*/attempt == 0);
+      }
+      if (opened.ok() && tier->index_incomplete_) opened = tier->RewriteIndex();
       if (opened.ok()) return tier;
       tier.reset();
     } else {
@@ -279,6 +285,11 @@ absl::Status DiskTier::Rebuild() {
     index_incomplete_ = true;
     spdlog::error("{} tier: index scan stopped early: {}", options_.name, it->status().ToString());
   }
+  rocksdb::Env* env = options_.env != nullptr ? options_.env : rocksdb::Env::Default();
+  if (env->FileExists(ReindexMarker()).ok()) {
+    index_incomplete_ = true;
+    spdlog::error("{} tier: the last index rewrite did not finish; indexing again", options_.name);
+  }
   data_loss_ += skipped;
   if (charged_bytes_ > options_.capacity_bytes) {
     // Blocks stored before min_block_charge (or under a smaller one) now count for more: the
@@ -295,26 +306,126 @@ absl::Status DiskTier::Rebuild() {
   return absl::OkStatus();
 }
 
-absl::Status DiskTier::DropUnindexed() {
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), data_cf_));
+// Where RewriteIndex records that it has started and not yet finished (std::string: the
+// Env API takes one).
+std::string DiskTier::ReindexMarker() const { return options_.path + "/STRATA-REINDEX"; }
+
+absl::Status DiskTier::Reconcile(bool reindex_orphans) {
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  // verify_checksums stays on: a blob record whose key is not this key is not its payload.
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, data_cf_));
   rocksdb::WriteBatch batch;
-  uint64_t dropped = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      absl::StatusOr<BlockKey> key = DecodeDiskKey(it->key().ToStringView());
-      if (key.ok() && index_.contains(*key)) continue;
-      batch.Delete(data_cf_, it->key());
-      ++dropped;
+  uint64_t dropped = 0, reindexed = 0, without_payload = 0;
+  absl::flat_hash_set<BlockKey> seen;
+  absl::MutexLock lock(&mu_);
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    absl::StatusOr<BlockKey> key = DecodeDiskKey(it->key().ToStringView());
+    if (key.ok() && index_.contains(*key)) {
+      seen.insert(*std::move(key));
+      continue;
     }
+    if (key.ok() && reindex_orphans) {
+      // Its index record is in what the scan could not read: the block's own header holds
+      // what the index needs (not its depth, parent, importance or session).
+      absl::StatusOr<DiskBlockMeta> meta = MetaFromPayload(it->value().ToStringView());
+      if (meta.ok()) {
+        IndexLocked(*key, *std::move(meta));
+        seen.insert(*std::move(key));
+        ++reindexed;
+        continue;
+      }
+    }
+    batch.Delete(data_cf_, it->key());
+    ++dropped;
   }
   if (!it->status().ok()) {
+    // Which payloads exist past this point is unknown: keep their index records (a read that
+    // finds no payload drops the record then).
     spdlog::error("{} tier: payload scan stopped early: {}", options_.name,
                   it->status().ToString());
+  } else {
+    std::vector<BlockKey> gone;
+    for (const auto& [key, entry] : index_) {
+      if (!seen.contains(key)) gone.push_back(key);
+    }
+    for (const BlockKey& key : gone) {
+      DropLocked(key);
+      batch.Delete(meta_cf_, AsSlice(EncodeDiskKey(key)));
+    }
+    without_payload = gone.size();
   }
-  if (dropped == 0) return absl::OkStatus();
-  spdlog::warn("{} tier: {} payloads without an index record dropped", options_.name, dropped);
+  if (dropped + reindexed + without_payload > 0) {
+    spdlog::warn(
+        "{} tier: {} payloads without an index record dropped, {} indexed again from their "
+        "headers; {} index records without a payload dropped",
+        options_.name, dropped, reindexed, without_payload);
+  }
+  if (batch.Count() == 0) return absl::OkStatus();
   return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), options_.name + " tier prune");
+}
+
+absl::StatusOr<DiskBlockMeta> DiskTier::MetaFromPayload(std::string_view value) const {
+  std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(value.data()), value.size());
+  absl::StatusOr<StoredBlockView> view = VerifyStoredBlock(bytes);
+  if (!view.ok()) return view.status();
+  DiskBlockMeta meta;
+  meta.size = view->header.original_size;
+  meta.stored_bytes = value.size();
+  meta.quant = view->header.quant.method;
+  meta.checksum = view->header.checksum;
+  if (meta.quant != KvQuant::kNone) {
+    // What this tier serves, and what its index carries, is the dequantized block.
+    std::vector<uint8_t> served;
+    if (absl::Status s = UnpackBlock(bytes, &served); !s.ok()) return s;
+    meta.checksum = BlockChecksum(served.data(), served.size());
+  }
+  return meta;
+}
+
+absl::Status DiskTier::RewriteIndex() {
+  // The index column family holds a damaged file (the scan stopped in it), which RocksDB
+  // would also meet in its next compaction of that family and then refuse every write. Drop
+  // the family and write what the index now holds into a new one. The marker makes a crash
+  // in between come back here: the next start indexes the payloads from their headers again.
+  rocksdb::Env* env = options_.env != nullptr ? options_.env : rocksdb::Env::Default();
+  const std::string marker = ReindexMarker();
+  auto step = [&](const rocksdb::Status& s, std::string_view what) {
+    return FromRocks(s, absl::StrCat(options_.name, " tier index rewrite: ",
+                                     absl::string_view(what.data(), what.size())));
+  };
+  if (absl::Status s =
+          step(rocksdb::WriteStringToFile(env, "1", marker, /*should_sync=*/true), "marker");
+      !s.ok()) {
+    return s;
+  }
+  rocksdb::ColumnFamilyHandle* fresh = nullptr;
+  if (absl::Status s = step(db_->DropColumnFamily(meta_cf_), "drop"); !s.ok()) return s;
+  if (absl::Status s = step(db_->DestroyColumnFamilyHandle(meta_cf_), "handle"); !s.ok()) {
+    return s;
+  }
+  meta_cf_ = handles_[1] = nullptr;
+  if (absl::Status s =
+          step(db_->CreateColumnFamily(rocksdb::ColumnFamilyOptions(), "meta", &fresh), "create");
+      !s.ok()) {
+    return s;
+  }
+  meta_cf_ = handles_[1] = fresh;
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  rocksdb::WriteBatch batch;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, entry] : index_) {
+    batch.Put(meta_cf_, AsSlice(EncodeDiskKey(key)), AsSlice(EncodeDiskMeta(entry.meta)));
+    if (batch.Count() < 4096) continue;
+    if (absl::Status s = step(db_->Write(wo, &batch), "write"); !s.ok()) return s;
+    batch.Clear();
+  }
+  if (absl::Status s = step(db_->Write(wo, &batch), "write"); !s.ok()) return s;
+  if (absl::Status s = step(env->DeleteFile(marker), "marker"); !s.ok()) return s;
+  index_incomplete_ = false;
+  spdlog::warn("{} tier: index rewritten from the {} blocks found", options_.name, index_.size());
+  return absl::OkStatus();
 }
 
 absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload,

@@ -22,6 +22,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -153,9 +154,15 @@ class DiskTier {
   DiskTier(DiskTierOptions options, rocksdb::DB* db,
            std::vector<rocksdb::ColumnFamilyHandle*> handles);
   absl::Status Rebuild();
-  // Deletes the payloads that have no index entry (after a best-efforts recovery, or a
-  // Rebuild that could not read the whole index: index_incomplete_).
-  absl::Status DropUnindexed();
+  // After a best-efforts recovery, or a Rebuild that could not read the whole index
+  // (index_incomplete_): indexes the payloads without an index record from their own headers
+  // (reindex_orphans) or deletes them, and drops the index records without a payload.
+  absl::Status Reconcile(bool reindex_orphans);
+  // The index record of a payload `value`, from its header (checksums verified).
+  absl::StatusOr<DiskBlockMeta> MetaFromPayload(std::string_view value) const;
+  // Replaces the index column family with one holding exactly index_ (index_incomplete_).
+  absl::Status RewriteIndex();
+  std::string ReindexMarker() const;
   bool index_incomplete_ = false;  // set by Rebuild, before the tier is shared
   void DropLocked(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Indexes a block on disk (not indexed now): counted, and handed to the policy.
