@@ -133,9 +133,10 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddBytes("grpc_memory_bytes", &c->grpc_memory_bytes,
              "Memory gRPC may use for its buffers (its ResourceQuota).");
   s.AddUint("tenant_lookup_rate", &c->tenant_lookup_rate,
-            "Lookup blocks per second per tenant (0: unlimited); more: RESOURCE_EXHAUSTED.");
+            "Blocks per second per tenant asked for by Lookup, Get and Prefetch (0: unlimited); "
+            "more: RESOURCE_EXHAUSTED.");
   s.AddUint("tenant_lookup_burst", &c->tenant_lookup_burst,
-            "Lookup blocks a tenant may ask for at once above the rate (0: max_keys_per_call).");
+            "Blocks a tenant may ask for at once above that rate (0: max_keys_per_call).");
   s.AddBytes("tenant_warm_quota", &c->tenant_warm_quota,
              "Warm-tier bytes a tenant may hold unless the principals file's tenants list says "
              "otherwise (0: no limit); over it puts are RESOURCE_EXHAUSTED.");

@@ -178,6 +178,13 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext* ctx,
   return call.Done(absl::OkStatus());
 }
 
+absl::Status StoreServiceImpl::TakeLookupBudget(const Principal& who, size_t keys) {
+  if (who.Has(kRoleAdmin) && auth_ != nullptr && auth_->required()) return absl::OkStatus();
+  absl::Status r = lookup_limiter_.Take(who.tenant, keys);
+  if (!r.ok()) metrics_->AddDenied(who.tenant, r.code());
+  return r;
+}
+
 grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
                                       v1::LookupResponse* resp) {
   CallScope call(metrics_, Op::kLookup, &admission_);
@@ -203,12 +210,7 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
     }
   }
   if (!keys.ok()) return call.Done(keys);
-  if (!who.Has(kRoleAdmin) || (auth_ != nullptr && !auth_->required())) {
-    if (absl::Status r = lookup_limiter_.Take(who.tenant, hashes.size()); !r.ok()) {
-      metrics_->AddDenied(who.tenant, r.code());
-      return call.Done(r);
-    }
-  }
+  if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
   const bool hot = directory_.entries() > 0;
   if (!hot) {
     // The store's answer as it is: every block (each_block) or the matched prefix.
@@ -506,9 +508,11 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
   if (call.refused()) return call.Done(call.Refusal());
   std::vector<ChainHash> hashes;
   std::string scope;
-  if (absl::Status s = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope); !s.ok()) {
+  Principal who;
+  if (absl::Status s = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope, &who); !s.ok()) {
     return call.Done(s);
   }
+  if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
   if (absl::Status s = ValidateTtl(req->lease_ms(), "lease_ms"); !s.ok()) return call.Done(s);
   uint64_t ttl = req->lease_ms() != 0 ? req->lease_ms() : config_.lease_ttl_ms;
   // The payload this call may copy: at most its blocks at the namespace's block size.
@@ -727,6 +731,7 @@ grpc::Status StoreServiceImpl::Prefetch(grpc::ServerContext* ctx, const v1::Pref
   if (!req->session_id().empty()) {
     if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
   }
+  if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
   const std::string session = SessionKey(who, req->session_id());
   uint64_t scheduled = 0;
   if (hashes.empty()) {

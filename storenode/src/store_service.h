@@ -151,6 +151,11 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
 
   // FAILED_PRECONDITION when a request routed by an older member-set epoch than the node's.
   absl::Status CheckEpoch(uint64_t epoch) const;
+  // Takes `keys` blocks of the caller's tenant's tenant_lookup_rate: every read that tells
+  // whether blocks exist (Lookup, BeginGet, GetData, Prefetch) does, so no call probes past
+  // the rate. The cluster principal (admin, with auth required) is not limited.
+  // RESOURCE_EXHAUSTED, counted as a denial, when the bucket is short.
+  absl::Status TakeLookupBudget(const Principal& who, size_t keys);
 
   const NodeConfig config_;
   const std::shared_ptr<const Authenticator> auth_;

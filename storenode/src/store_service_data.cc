@@ -405,9 +405,11 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
   std::vector<ChainHash> hashes;
   std::string scope;
-  if (absl::Status s = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope); !s.ok()) {
+  Principal who;
+  if (absl::Status s = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope, &who); !s.ok()) {
     return call.Done(s);
   }
+  if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
   const int n = static_cast<int>(hashes.size());
   const bool two_sided = req->tags_size() > 0;
   if (two_sided) {

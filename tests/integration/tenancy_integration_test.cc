@@ -407,8 +407,18 @@ TEST_F(TenancyTest, LookupRateIsLimitedPerTenant) {
   EXPECT_THAT(b.client->Lookup(b.ns, "", probe), IsOk());
   EXPECT_THAT(b.client->Lookup(b.ns, "", probe),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("retry in")));
+  // A read tells whether blocks exist as well as a Lookup does: a Get or a Prefetch of the
+  // same probe takes from the same bucket (before, both answered, bucket or not).
+  std::vector<uint8_t> sink(2048 * 1024);
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < probe.size(); ++i) reads.push_back({probe[i], &sink[i * 1024], 1024});
+  EXPECT_THAT(b.client->Get(b.ns, "", reads),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("retry in")));
+  EXPECT_THAT(b.client->Prefetch(b.ns, "", probe),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("retry in")));
   // Another tenant's bucket is its own.
   EXPECT_THAT(a.client->Lookup(a.ns, "", probe), IsOk());
+  EXPECT_THAT(a.client->Get(a.ns, "", {reads.data(), 8}), IsOk());
 }
 
 TEST_F(TenancyTest, WarmQuotaStopsOneTenantOnly) {
