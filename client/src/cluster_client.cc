@@ -153,7 +153,7 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<BlockLocation> out(n);
       std::vector<size_t> tried(n, 0);
       std::vector<bool> answered(n, false);
-      absl::Status whole;  // a whole-call error (IsWholeCallError)
+      CallVerdict verdict;
       // Each block's first owner that answers (absent there means absent).
       for (int round = 0; round < replicas; ++round) {
         std::vector<std::vector<size_t>> groups(set->members.size());
@@ -167,14 +167,15 @@ class ClusterStoreClient final : public StoreClient {
         }
         LookupRound(*set, groups, ns, scope, hashes, end, left, out,
                     [&](const std::vector<size_t>& idx, const absl::Status& s) {
-                      if (IsWholeCallError(s)) whole = s;
+                      verdict.Note(s);
                       for (size_t i : idx) {
                         ++tried[i];
                         answered[i] = answered[i] || s.ok();
                       }
                     });
-        if (!whole.ok()) return whole;
+        if (!verdict.stale().ok()) return verdict.stale();
       }
+      if (absl::Status s = verdict.Final(); !s.ok()) return s;
       return out;
     });
   }
@@ -202,7 +203,7 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<absl::Status> out(hashes.size(),
                                     absl::UnavailableError("no owner of the block answered"));
       absl::Mutex mu;
-      absl::Status whole;  // a whole-call error (IsWholeCallError)
+      CallVerdict verdict;
       ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
         std::vector<ChainHash> mine;
         std::vector<uint64_t> my_sizes;
@@ -214,13 +215,13 @@ class ClusterStoreClient final : public StoreClient {
           return c.Publish(ns, scope, mine, my_sizes, location, ttl, Left(end));
         });
         absl::MutexLock lock(&mu);
-        if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
+        verdict.Note(r.status());
         for (size_t k = 0; k < idx.size(); ++k) {
           const absl::Status st = r.ok() ? (*r)[k] : r.status();
           if (st.ok() || !out[idx[k]].ok()) out[idx[k]] = st;  // OK if any owner took it
         }
       });
-      if (!whole.ok()) return whole;
+      if (absl::Status s = verdict.Final(); !s.ok()) return s;
       return out;
     });
   }
@@ -484,6 +485,7 @@ class ClusterStoreClient final : public StoreClient {
     std::vector<uint8_t> tried(n, 0);
     std::vector<bool> absent(n, false);  // a node that should hold it said it does not
     absl::Status fatal;
+    CallVerdict verdict;
     // Round 1 asks every block's first owner; later rounds only go on where the answer
     // matters: blocks whose node did not answer, and the first block reported absent — or
     // every block reported absent shortly after a change of the member set (its new owner may
@@ -534,11 +536,16 @@ class ClusterStoreClient final : public StoreClient {
                       ++tried[i];
                       if (s.ok() && !found(i)) absent[i] = true;
                     }
-                    if (!s.ok() && (IsStaleEpoch(s) || !TryNextReplica(s))) fatal = s;
+                    verdict.Note(s);
+                    if (!s.ok() &&
+                        (IsStaleEpoch(s) || (!TryNextReplica(s) && !CallVerdict::NodeRefused(s)))) {
+                      fatal = s;
+                    }
                   });
       if (!fatal.ok()) return fatal;
       for (size_t i = 0; i < n && !wide; ++i) wide = found(i) && absent[i];
     }
+    if (absl::Status s = verdict.Final(); !s.ok()) return s;
     LookupResult out;
     while (out.matched_blocks < n && found(out.matched_blocks)) ++out.matched_blocks;
     loc.resize(out.matched_blocks);
@@ -564,7 +571,7 @@ class ClusterStoreClient final : public StoreClient {
     std::vector<int> stored(n, 0), existed(n, 0);
     std::vector<absl::Status> error(n);
     absl::Mutex mu;
-    absl::Status whole;  // a whole-call error (IsWholeCallError)
+    CallVerdict verdict;
     ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
       std::vector<BlockWrite> mine;
       for (size_t i : idx) mine.push_back(blocks[i]);
@@ -572,7 +579,7 @@ class ClusterStoreClient final : public StoreClient {
         return c.PutSettled(ns, scope, mine, end, put);
       });
       absl::MutexLock lock(&mu);
-      if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
+      verdict.Note(r.status());
       for (size_t k = 0; k < idx.size(); ++k) {
         size_t i = idx[k];
         absl::Status st = r.ok() ? r->blocks[k] : r.status();
@@ -587,7 +594,7 @@ class ClusterStoreClient final : public StoreClient {
         }
       }
     });
-    if (!whole.ok()) return whole;
+    if (absl::Status s = verdict.Final(); !s.ok()) return s;
     PutResult out;
     out.blocks.resize(n);
     for (size_t i = 0; i < n; ++i) {
@@ -630,7 +637,7 @@ class ClusterStoreClient final : public StoreClient {
     std::vector<bool> done(n, false);
     std::vector<std::vector<int>> lacking(n);  // owners that answered NOT_FOUND
     absl::Mutex mu;
-    absl::Status whole;  // a whole-call error (IsWholeCallError)
+    CallVerdict verdict;
     for (;;) {
       std::map<int, std::vector<size_t>> groups;
       std::map<int, size_t> left;  // the fewest candidates left for one block of each group
@@ -652,7 +659,7 @@ class ClusterStoreClient final : public StoreClient {
             [&](GrpcStoreClient& c) { return c.Get(ns, scope, mine, Left(stop), get); },
             stop < end);
         absl::MutexLock lock(&mu);
-        if (!r.ok() && IsWholeCallError(r.status())) whole = r.status();
+        verdict.Note(r.status());
         for (size_t k = 0; k < idx.size(); ++k) {
           size_t i = idx[k];
           ++tried[i];
@@ -671,7 +678,7 @@ class ClusterStoreClient final : public StoreClient {
                           : std::ranges::count(
                                 cluster::Owners(set->members, blocks[i].hash, replicas), node) > 0;
             if (owner && std::ranges::count(lacking[i], node) == 0) lacking[i].push_back(node);
-          } else if (!TryNextReplica(st)) {
+          } else if (!TryNextReplica(st) && !(!r.ok() && CallVerdict::NodeRefused(st))) {
             done[i] = true;  // e.g. OUT_OF_RANGE: the buffer is too small everywhere
           }
           // Keep the most telling error: anything beats "not stored" from a node that
@@ -682,8 +689,9 @@ class ClusterStoreClient final : public StoreClient {
           }
         }
       });
-      if (!whole.ok()) return whole;
+      if (!verdict.stale().ok()) return verdict.stale();
     }
+    if (absl::Status s = verdict.Final(); !s.ok()) return s;
     for (size_t i = 0; i < n; ++i) out.fetched += out.blocks[i].ok() ? 1 : 0;
     ReadRepair(ns, scope, blocks, out, lacking, *set, end);
     return out;

@@ -584,9 +584,12 @@ void GrpcStoreClient::RetryInline(const Namespace& ns, const std::string& scope,
       result->sizes[i] = again.sizes[k];
       result->blocks[i] = absl::OkStatus();
     } else {
+      // The retry's own code: DATA_LOSS only where its bytes failed their checksum too (a
+      // block evicted meanwhile is NOT_FOUND, not corruption).
       result->sizes[i] = 0;
-      result->blocks[i] = absl::DataLossError(absl::StrCat(
-          "bytes failed their checksum after the UCX transfer; inline retry: ", st.ToString()));
+      result->blocks[i] = absl::Status(
+          st.code(),
+          absl::StrCat("not received whole or intact over UCX; inline retry: ", st.message()));
     }
   }
 }

@@ -161,11 +161,38 @@ inline bool IsStaleEpoch(const absl::Status& s) {
          absl::StrContains(s.message(), "epoch");
 }
 
-// Errors that fail a whole cluster call rather than the blocks of one node: a stale epoch
-// (retried after a refresh) and bad input (every node would say the same).
-inline bool IsWholeCallError(const absl::Status& s) {
-  return IsStaleEpoch(s) || s.code() == absl::StatusCode::kInvalidArgument;
-}
+// Adds up the call-level answers of the nodes one cluster call asked. A stale epoch fails the
+// whole call (retried after a refresh). INVALID_ARGUMENT fails it only when no node took the
+// request: bad input, which every node refuses alike. One node refusing what others take (a
+// namespace it lost in a restart and could not register again: its max_namespaces reached)
+// is passed over as a node that is down is, its blocks tried on the next replica.
+class CallVerdict {
+ public:
+  void Note(const absl::Status& s) {
+    if (s.ok()) {
+      any_ok_ = true;
+    } else if (IsStaleEpoch(s)) {
+      stale_ = s;
+    } else if (s.code() == absl::StatusCode::kInvalidArgument) {
+      invalid_ = s;
+    }
+  }
+  // A stale epoch seen: the call ends now.
+  const absl::Status& stale() const { return stale_; }
+  // What fails the whole call once every node was asked.
+  absl::Status Final() const {
+    if (!stale_.ok()) return stale_;
+    return any_ok_ ? absl::OkStatus() : invalid_;
+  }
+  // A node's refusal of the whole request, where other replicas may take it.
+  static bool NodeRefused(const absl::Status& s) {
+    return s.code() == absl::StatusCode::kInvalidArgument;
+  }
+
+ private:
+  absl::Status stale_, invalid_;
+  bool any_ok_ = false;
+};
 
 // Errors after which another replica may still answer.
 inline bool TryNextReplica(const absl::Status& s) {

@@ -1,5 +1,7 @@
 #include "strata/client/store_client.h"
 
+#include <algorithm>
+
 #include "grpc_store_client.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
@@ -386,6 +388,11 @@ absl::StatusOr<GetResult> GrpcStoreClient::GetOnce(const Namespace& ns, std::str
   result.blocks.resize(blocks.size());
   result.sizes.resize(blocks.size());
   if (blocks.empty()) return result;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (blocks[i].buffer == nullptr && blocks[i].capacity > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].buffer: null"));
+    }
+  }
   auto deadline = Deadline(call);
   std::string sc = Scope(scope);
   // A block is at most max_block_ bytes, so that much of a larger buffer is all it can use.
@@ -553,6 +560,8 @@ absl::StatusOr<uint64_t> GrpcStoreClient::PrefetchOnce(const Namespace& ns, std:
 Clock::time_point GrpcStoreClient::Deadline(const CallOptions& call) const {
   absl::Duration d =
       call.deadline > absl::ZeroDuration() ? call.deadline : options_.default_deadline;
+  // An infinite (or absurd) deadline would overflow the clock's nanoseconds: a year is none.
+  d = std::min(d, absl::Hours(24 * 365));
   return Clock::now() + absl::ToChronoMilliseconds(d);
 }
 
@@ -605,6 +614,7 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
     if (!s.ok()) return s;
   }
   if (reserved.slots_size() != static_cast<int>(range.second - range.first)) {
+    if (reserved.reservation_id() != 0) AbortQuietly(reserved.reservation_id());
     return absl::InternalError(Where("BeginPut") + ": reply has the wrong number of slots");
   }
   if (one_call && reserved.reservation_id() == 0) {
@@ -672,6 +682,7 @@ absl::Status GrpcStoreClient::GetPart(const Namespace& ns, const std::string& sc
     return s;
   }
   if (resp.blocks_size() != static_cast<int>(range.second - range.first)) {
+    if (resp.lease_id() != 0) EndGetQuietly(resp.lease_id());
     return absl::InternalError(Where("BeginGet") + ": reply has the wrong number of blocks");
   }
   for (size_t i = range.first; i < range.second; ++i) {

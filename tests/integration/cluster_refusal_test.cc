@@ -1,0 +1,74 @@
+// A node that refuses a request the other replicas take is passed over, not the end of the
+// cluster call. Here a node whose namespace table is full (max_namespaces) cannot register
+// the namespace the client uses: it answers INVALID_ARGUMENT ("namespace unknown") for every
+// call. Before, that one answer failed every cluster Put, Get and Lookup that touched it,
+// though the other replica held every block.
+#include "cluster_fixture.h"
+
+namespace strata::cluster_test {
+namespace {
+
+TEST(ClusterRefusalTest, ANodeThatCannotRegisterTheNamespaceIsPassedOver) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  auto start = [&](const std::string& id, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--node-id",        id,
+                                     "--cluster-mode",   "etcd",
+                                     "--etcd-endpoints", (*etcd)->endpoint(),
+                                     "--cluster-name",   "refusal",
+                                     "--warm-bytes",     "64MiB",
+                                     "--ucx-tls",        ""};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return testutil::StartNode(args);
+  };
+  auto a = start("a", {});
+  ASSERT_THAT(a, IsOk());
+  auto full = start("full", {"--max-namespaces", "1"});
+  ASSERT_THAT(full, IsOk());
+  // Its one namespace slot taken by another model.
+  auto direct = StoreClient::Connect({.address = (*full)->address()});
+  ASSERT_THAT(direct, IsOk());
+  ASSERT_THAT((*direct)->RegisterNamespace(testutil::RawSpec("other-model", kBlock)), IsOk());
+
+  ClientOptions o;
+  o.etcd_endpoints = (*etcd)->endpoint();
+  o.cluster_name = "refusal";
+  o.replicas = 2;
+  o.default_deadline = absl::Seconds(10);
+  auto connected = StoreClient::Connect(o);
+  ASSERT_THAT(connected, IsOk());
+  std::unique_ptr<StoreClient> c = std::move(*connected);
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    auto st = c->Stats();
+    if (st.ok() && st->members == 2) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  auto ns = c->RegisterNamespace(Spec());  // taken by node a
+  ASSERT_THAT(ns, IsOk());
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 5, 16);
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<BlockWrite> writes;
+  for (const ChainHash& h : chain) data.push_back(Payload(h));
+  for (size_t i = 0; i < chain.size(); ++i) writes.push_back({chain[i], data[i].data(), kBlock});
+  // Every block is written to a; the full node's refusal is that block's outcome there.
+  EXPECT_THAT(c->Put(*ns, "", writes), IsOk());
+  std::vector<std::vector<uint8_t>> out(chain.size(), std::vector<uint8_t>(kBlock));
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < chain.size(); ++i) reads.push_back({chain[i], out[i].data(), kBlock});
+  auto got = c->Get(*ns, "", reads);
+  ASSERT_THAT(got, IsOk());
+  for (size_t i = 0; i < chain.size(); ++i) {
+    EXPECT_THAT(got->blocks[i], IsOk()) << i;
+    EXPECT_EQ(out[i], data[i]) << i;
+  }
+  auto found = c->Lookup(*ns, "", chain);
+  ASSERT_THAT(found, IsOk());
+  EXPECT_EQ(found->matched_blocks, chain.size());
+  EXPECT_THAT(c->LookupEach(*ns, "", chain), IsOk());
+  // Bad input that every node refuses still fails the whole call.
+  EXPECT_THAT(c->Lookup(*ns, "Not A Scope", chain), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(c->Get(*ns, "Not A Scope", reads), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace strata::cluster_test
