@@ -57,11 +57,12 @@ TEST_F(WarmTierTest, TinyBlocksTakeAtLeastTheMinimumSlot) {
   }
 }
 
-// Leases a caller keeps (HoldLease) are capped by count and by the bytes they pin; one
-// refused pins nothing, and leases ended, expired or never held (a transfer's) leave room.
+// Leases a caller keeps (HoldLease) are capped by count and by the arena they pin (whole
+// slots); one refused pins nothing, and leases ended, expired or never held (a transfer's)
+// leave room.
 TEST_F(WarmTierTest, HeldLeasesAreCappedByCountAndBytes) {
   max_held_leases_ = 2;
-  max_held_bytes_ = 3 * 4000;
+  max_held_bytes_ = 3 * ClassBytes(4000);
   Init(8 * kPage);
   for (uint32_t n = 1; n <= 5; ++n) ASSERT_THAT(PutN(n, 4000), IsOk()) << n;
   const uint64_t a = Pin({H(1)});
@@ -76,9 +77,9 @@ TEST_F(WarmTierTest, HeldLeasesAreCappedByCountAndBytes) {
   for (int i = 0; i < 4; ++i) EXPECT_NE(Pin({H(4)}), 0u) << "leases not held are not capped";
   EXPECT_EQ(tier_->Stats().held_leases, 2u);
   ASSERT_THAT(tier_->EndGet(a), IsOk());
-  const uint64_t d = Pin({H(3), H(4)});  // 8,000 bytes beside b's 4,000: the whole budget
+  const uint64_t d = Pin({H(3), H(4)});  // two slots beside b's one: the whole budget
   EXPECT_THAT(tier_->HoldLease(d), IsOk());
-  EXPECT_EQ(tier_->Stats().held_bytes, 12'000u);
+  EXPECT_EQ(tier_->Stats().held_bytes, 3 * ClassBytes(4000));
   ASSERT_THAT(tier_->EndGet(b), IsOk());
   const uint64_t e = Pin({H(4), H(5)});
   EXPECT_THAT(tier_->HoldLease(e),
@@ -88,6 +89,22 @@ TEST_F(WarmTierTest, HeldLeasesAreCappedByCountAndBytes) {
   EXPECT_EQ(tier_->Stats().held_leases, 0u) << "expired leases leave the count";
   EXPECT_EQ(tier_->Stats().held_bytes, 0u);
   EXPECT_THAT(tier_->HoldLease(Pin({H(4), H(5)})), IsOk());
+}
+
+// A pin holds its block's whole slot: with a 16 KiB min_slot_bytes, 64-byte blocks are
+// charged 16 KiB each against max_lease_bytes. Before, their payload bytes were, and held
+// leases on small blocks could pin the whole arena under a cap of half of it.
+TEST_F(WarmTierTest, HeldLeasesAreChargedTheSlotsTheyPin) {
+  max_held_bytes_ = 4 * kPage;
+  Init(8 * kPage, 1024, PolicyKind::kLru, 0, /*min_slot=*/16 << 10);
+  for (uint32_t n = 1; n <= 32; ++n) ASSERT_THAT(PutN(n, 64), IsOk()) << n;
+  std::vector<ChainHash> all;
+  for (uint32_t n = 1; n <= 32; ++n) all.push_back(H(n));
+  EXPECT_THAT(tier_->HoldLease(Pin(all)),
+              StatusIs(Code::kResourceExhausted, HasSubstr("max_lease_bytes")));
+  std::vector<ChainHash> half(all.begin(), all.begin() + 16);
+  EXPECT_THAT(tier_->HoldLease(Pin(half)), IsOk());
+  EXPECT_EQ(tier_->Stats().held_bytes, 16u * (16 << 10));
 }
 
 // Blocks reserved later may join an open reservation (TieredStore reserves a put's blocks

@@ -84,7 +84,9 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
       continue;
     }
     lease->entries.push_back(e);
-    lease->bytes += e->size;
+    // What the pin holds of the arena: the block's whole slot (min_slot_bytes or more), not
+    // its payload, so that max_lease_bytes bounds the arena that held leases take.
+    lease->bytes += arena_->ClassBytes(e->slot.size_class);
   }
   if (!lease->entries.empty()) {
     lease->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
