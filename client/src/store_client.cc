@@ -499,6 +499,7 @@ absl::StatusOr<NodeStats> GrpcStoreClient::Stats(const CallOptions& call) {
   out.ucx_peer_failure_handling = resp.ucx_peer_failure_handling();
   out.ucx_lanes = resp.ucx_lanes();
   out.data_channels = resp.data_channels();
+  out.ucx_lanes_replaced = resp.ucx_lanes_replaced();
   out.cluster_mode = resp.cluster_mode();
   out.epoch = resp.epoch();
   out.members = resp.members();

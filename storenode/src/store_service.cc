@@ -663,6 +663,7 @@ grpc::Status StoreServiceImpl::Stats(grpc::ServerContext* ctx, const v1::StatsRe
     resp->set_ucx_peer_failure_handling(data_plane_->peer_failure_handling());
     resp->set_ucx_lanes(data_plane_->lanes());
     resp->set_data_channels(data_plane_->channels());
+    resp->set_ucx_lanes_replaced(data_plane_->lanes_replaced());
   }
   return call.Done(absl::OkStatus());
 }
@@ -754,6 +755,14 @@ grpc::Status StoreServiceImpl::InjectFault(grpc::ServerContext* ctx,
   if (!config_.debug_fault_injection) {
     return call.Done(
         absl::FailedPreconditionError("InjectFault: node runs without --debug-fault-injection"));
+  }
+  if (req->stall_lane() != 0) {
+    if (data_plane_ == nullptr) {
+      return call.Done(absl::FailedPreconditionError("stall_lane: the node has no data plane"));
+    }
+    absl::Status s = data_plane_->StallLaneForTest(req->stall_lane() - 1);
+    if (s.ok()) spdlog::warn("fault injected: data lane {} stops reading", req->stall_lane() - 1);
+    return call.Done(s);
   }
   absl::StatusOr<ChainHash> h = ChainHash::FromBytes(req->chain_hash(), "chain_hash");
   if (!h.ok()) return call.Done(h.status());

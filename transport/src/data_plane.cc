@@ -41,7 +41,15 @@ absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Create(const DataPlaneOpti
   for (uint32_t i = 0; i < options.lanes; ++i) {
     absl::StatusOr<std::unique_ptr<transport::Worker>> w = plane->context_->CreateWorker();
     if (!w.ok()) return w.status();
+    absl::MutexLock lock(&plane->mu_);
     plane->lanes_.push_back(std::move(*w));
+  }
+  if (shm && options.lane_check_interval > absl::ZeroDuration()) {
+    absl::StatusOr<std::unique_ptr<transport::Worker>> w = plane->context_->CreateWorker();
+    if (!w.ok()) return w.status();
+    plane->probe_ = std::move(*w);
+    plane->probes_.resize(options.lanes);
+    plane->checker_ = std::thread([p = plane.get()] { p->CheckLanes(); });
   }
   spdlog::info("data plane: UCX tls={} lanes={} peer-failure-handling={}", tls, options.lanes,
                !shm);
@@ -54,14 +62,27 @@ DataPlane::DataPlane(DataPlaneOptions options, std::string tls, bool peer_failur
       peer_failure_handling_(peer_failure_handling) {}
 
 DataPlane::~DataPlane() {
+  stop_checking_.Notify();
+  if (checker_.joinable()) checker_.join();
+  probes_.clear();
+  probe_.reset();
   absl::flat_hash_map<uint64_t, ChannelState> open;
   {
     absl::MutexLock lock(&mu_);
     open.swap(channels_);
   }
   for (const auto& [id, channel] : open) Disconnect(id, channel);
-  lanes_.clear();  // workers first: they may still reference the arena region
+  open.clear();
+  {
+    absl::MutexLock lock(&mu_);
+    lanes_.clear();  // workers first: they may still reference the arena region
+  }
   arena_region_.reset();
+}
+
+std::vector<std::shared_ptr<transport::Worker>> DataPlane::Lanes() const {
+  absl::MutexLock lock(&mu_);
+  return lanes_;
 }
 
 bool DataPlane::Knows(uint64_t channel_id) const {
@@ -76,7 +97,7 @@ uint64_t DataPlane::channels() const {
 
 void DataPlane::Disconnect(uint64_t id, const ChannelState& channel) {
   for (size_t lane = 0; lane < channel.endpoints.size(); ++lane) {
-    lanes_[lane]->Disconnect(channel.endpoints[lane]).IgnoreError();
+    channel.workers[lane]->Disconnect(channel.endpoints[lane]).IgnoreError();
   }
   if (id != 0) DropChannelMessages(id);
 }
@@ -98,9 +119,9 @@ bool DataPlane::LowBitsTaken(uint64_t id) const {
 
 absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::string> client_addresses,
                                                       transport::TcpSegments client_tcp) {
-  if (client_addresses.size() != lanes_.size()) {
+  if (client_addresses.size() != lanes()) {
     return absl::InvalidArgumentError(absl::StrCat("worker_addresses: ", client_addresses.size(),
-                                                   " given, the node has ", lanes_.size(),
+                                                   " given, the node has ", lanes(),
                                                    " lanes (Stats.ucx_lanes)"));
   }
   if (absl::Status s = transport::CheckTcpSegments(context_->tcp_segments(), client_tcp, tls_);
@@ -120,9 +141,10 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
   }
   ChannelState state;
   state.last_used = absl::Now();
+  const std::vector<std::shared_ptr<transport::Worker>> lanes = Lanes();
   Channel out;
-  for (size_t lane = 0; lane < lanes_.size(); ++lane) {
-    absl::StatusOr<transport::EndpointId> ep = lanes_[lane]->Connect(client_addresses[lane]);
+  for (size_t lane = 0; lane < lanes.size(); ++lane) {
+    absl::StatusOr<transport::EndpointId> ep = lanes[lane]->Connect(client_addresses[lane]);
     if (!ep.ok()) {
       Disconnect(0, state);
       absl::MutexLock lock(&mu_);
@@ -131,21 +153,30 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
                           absl::StrCat("worker_addresses[", lane, "]: ", ep.status().message()));
     }
     state.endpoints.push_back(*ep);
-    out.worker_addresses.push_back(lanes_[lane]->Address());
+    state.workers.push_back(lanes[lane]);
+    out.worker_addresses.push_back(lanes[lane]->Address());
   }
-  absl::StatusOr<std::string> info = lanes_[0]->DescribeEndpoint(state.endpoints[0]);
+  absl::StatusOr<std::string> info = lanes[0]->DescribeEndpoint(state.endpoints[0]);
   out.transport = info.ok() ? *info : "unknown";
-  absl::MutexLock lock(&mu_);
-  --connecting_;
-  // Random, not counted: naming a channel id in GetData/PutData/CloseData is the capability
-  // to use it, so another client must not guess one. Nonzero in its low 32 bits (tags).
-  do {
-    if (RAND_bytes(reinterpret_cast<unsigned char*>(&out.id), sizeof(out.id)) != 1) {
-      out.id = next_channel_++;
+  {
+    absl::MutexLock lock(&mu_);
+    --connecting_;
+    // A lane replaced meanwhile (data_plane_lanes.cc) leaves this channel on a wedged worker.
+    if (lanes_ == lanes) {
+      // Random, not counted: naming a channel id in GetData/PutData/CloseData is the
+      // capability to use it, so another client must not guess one. Nonzero in its low 32
+      // bits (tags).
+      do {
+        if (RAND_bytes(reinterpret_cast<unsigned char*>(&out.id), sizeof(out.id)) != 1) {
+          out.id = next_channel_++;
+        }
+      } while (ChannelTagPrefix(out.id) == 0 || LowBitsTaken(out.id));
+      channels_.emplace(out.id, std::move(state));
+      return out;
     }
-  } while (ChannelTagPrefix(out.id) == 0 || LowBitsTaken(out.id));
-  channels_.emplace(out.id, std::move(state));
-  return out;
+  }
+  Disconnect(0, state);
+  return absl::UnavailableError("ConnectData: a lane was replaced meanwhile; connect again");
 }
 
 absl::Status DataPlane::Close(uint64_t channel_id) {
@@ -166,11 +197,12 @@ absl::Status DataPlane::Close(uint64_t channel_id) {
 absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
                                  std::span<const transport::TransferOp> ops, absl::Time deadline,
                                  const transport::TransferHooks* hooks) {
-  if (lane >= lanes_.size()) {
+  if (lane >= lanes()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("lane: ", lane, ", the node has ", lanes_.size(), " lanes"));
+        absl::StrCat("lane: ", lane, ", the node has ", lanes(), " lanes"));
   }
   transport::EndpointId ep = 0;
+  std::shared_ptr<transport::Worker> worker;
   {
     absl::MutexLock lock(&mu_);
     auto it = channels_.find(channel_id);
@@ -180,8 +212,9 @@ absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
     }
     it->second.last_used = absl::Now();
     ep = it->second.endpoints[lane];
+    worker = it->second.workers[lane];
   }
-  absl::Status s = lanes_[lane]->Transfer(ep, ops, deadline, nullptr, hooks);
+  absl::Status s = worker->Transfer(ep, ops, deadline, nullptr, hooks);
   if (s.code() == absl::StatusCode::kInvalidArgument && !Knows(channel_id)) {
     // Closed under the call (another call's failure, the idle reaper, the sweep): the lane no
     // longer knows the endpoint. The caller's request was sound; NOT_FOUND makes it reconnect.

@@ -24,7 +24,7 @@ constexpr size_t kMaxClosedRemembered = 4096;
 void DataPlane::DropChannelMessages(uint64_t id) {
   const uint64_t prefix = ChannelTagPrefix(id);
   uint64_t n = 0;
-  for (auto& lane : lanes_) n += lane->DropUnclaimed({&prefix, 1}, kChannelTagMask);
+  for (auto& lane : Lanes()) n += lane->DropUnclaimed({&prefix, 1}, kChannelTagMask);
   if (n > 0) {
     unclaimed_dropped_.fetch_add(n, std::memory_order_relaxed);
     spdlog::info("data channel {}: dropped {} messages no call claimed", id, n);
@@ -35,7 +35,7 @@ void DataPlane::DropChannelMessages(uint64_t id) {
 }
 
 void DataPlane::NoteRefused(uint64_t channel_id, uint32_t lane, std::span<const uint64_t> tags) {
-  if (lane >= lanes_.size() || tags.empty()) return;
+  if (lane >= lanes() || tags.empty()) return;
   const absl::Time until = absl::Now() + options_.unclaimed_timeout;
   absl::MutexLock lock(&mu_);
   if (!channels_.contains(channel_id)) return;  // the full id: the capability to name it
@@ -50,7 +50,8 @@ uint64_t DataPlane::SweepUnclaimed() {
   absl::MutexLock sweep(&sweep_mu_);
   const absl::Time now = absl::Now();
   std::vector<uint64_t> ids, prefixes;  // open channels
-  std::vector<std::vector<uint64_t>> refused(lanes_.size());
+  const std::vector<std::shared_ptr<Worker>> lanes = Lanes();
+  std::vector<std::vector<uint64_t>> refused(lanes.size());
   std::vector<uint64_t> closed;
   {
     absl::MutexLock lock(&mu_);
@@ -63,11 +64,11 @@ uint64_t DataPlane::SweepUnclaimed() {
     std::erase_if(closed_, [&](const Closed& c) { return c.until <= now; });
     for (const Closed& c : closed_) closed.push_back(c.prefix);
   }
-  oldest_seen_.resize(lanes_.size());
+  oldest_seen_.resize(lanes.size());
   std::vector<uint64_t> stale;
   uint64_t dropped = 0;
-  for (size_t lane = 0; lane < lanes_.size(); ++lane) {
-    Worker& w = *lanes_[lane];
+  for (size_t lane = 0; lane < lanes.size(); ++lane) {
+    Worker& w = *lanes[lane];
     // Refused calls' messages, and late ones of closed channels, including any that arrived
     // since the call was refused or the channel closed.
     dropped += w.DropUnclaimed(refused[lane], ~uint64_t{0});
@@ -77,7 +78,9 @@ uint64_t DataPlane::SweepUnclaimed() {
     // thread never takes mu_, and no holder of mu_ waits for a lane.
     {
       absl::MutexLock lock(&mu_);
+      // Prefix 0 names no channel: the lane checker's messages (it drops any left over).
       std::vector<uint64_t> open;
+      if (probe_ != nullptr) open.push_back(0);
       for (const auto& [id, state] : channels_) open.push_back(ChannelTagPrefix(id));
       dropped += w.DropUnclaimedUnless(open, kChannelTagMask);
     }

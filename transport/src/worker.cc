@@ -9,11 +9,11 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/epoll.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -111,6 +111,7 @@ class UcpWorker final : public Worker {
 
   absl::Status Disconnect(EndpointId ep) override { return Close(ep, /*force=*/false); }
   absl::Status Abandon(EndpointId ep) override { return Close(ep, /*force=*/true); }
+  void StallForTest() override { stalled_.store(true, std::memory_order_relaxed); }
 
   absl::Status Close(EndpointId ep, bool force) {
     Command cmd(Command::Type::kDisconnect);
@@ -255,6 +256,7 @@ class UcpWorker final : public Worker {
   // One ucp_worker_progress call; true if it made progress. UCX may read or write our
   // registered memory inside it on a peer's behalf (peer_order.h).
   bool ProgressOnce() {
+    if (stalled_.load(std::memory_order_relaxed)) return false;
     AcquireFromPeers();
     const unsigned n = ucp_worker_progress(worker_);
     ReleaseToPeers();
@@ -264,6 +266,10 @@ class UcpWorker final : public Worker {
   // Blocks on the UCX event fd and the wake eventfd until an event, the nearest transfer
   // deadline, or (while busy) kBusySleep.
   void Sleep(bool busy, absl::Time now) {
+    if (stalled_.load(std::memory_order_relaxed)) {  // UCX's fd may stay readable: not polled
+      absl::SleepFor(kBusySleep);
+      return;
+    }
     const ucs_status_t armed = ucp_worker_arm(worker_);
     if (armed == UCS_ERR_BUSY) return;  // events arrived meanwhile: progress again
     absl::Time until = busy ? now + kBusySleep : absl::InfiniteFuture();
@@ -277,14 +283,7 @@ class UcpWorker final : public Worker {
       timeout_ms = static_cast<int>(std::clamp<int64_t>(
           absl::ToInt64Milliseconds(wait + absl::Microseconds(999)), 0, 60'000));
     }
-    epoll_event events[2];
-    const int n = epoll_wait(epoll_fd_, events, 2, timeout_ms);
-    for (int i = 0; i < n; ++i) {
-      if (events[i].data.fd == wake_fd_) {
-        uint64_t count;
-        [[maybe_unused]] ssize_t r = read(wake_fd_, &count, sizeof(count));
-      }
-    }
+    worker_state::WaitForEvents(epoll_fd_, wake_fd_, timeout_ms);
   }
 
   // Executes queued commands. Returns true when the worker is stopping.
@@ -755,6 +754,7 @@ class UcpWorker final : public Worker {
   std::vector<std::unique_ptr<InFlightTransfer>> abandoned_;
   int closes_pending_ = 0;  // endpoints in kFlushing or kClosing
   bool endpoint_errors_ = false;
+  std::atomic<bool> stalled_{false};  // StallForTest
 
   std::thread thread_;  // last: starts after everything above is initialized
 };

@@ -145,4 +145,15 @@ absl::StatusOr<WakeFds> OpenWakeFds(int ucp_efd) {
   return WakeFds{wake_fd, epoll_fd};
 }
 
+void WaitForEvents(int epoll_fd, int wake_fd, int timeout_ms) {
+  epoll_event events[2];
+  const int n = epoll_wait(epoll_fd, events, 2, timeout_ms);
+  for (int i = 0; i < n; ++i) {
+    if (events[i].data.fd == wake_fd) {
+      uint64_t count;
+      [[maybe_unused]] ssize_t r = read(wake_fd, &count, sizeof(count));
+    }
+  }
+}
+
 }  // namespace strata::transport::worker_state

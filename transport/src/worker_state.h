@@ -235,6 +235,9 @@ struct WakeFds {
   int epoll_fd;
 };
 absl::StatusOr<WakeFds> OpenWakeFds(int ucp_efd);
+// Waits on `epoll_fd` (the UCX event fd and `wake_fd`) for up to timeout_ms (-1: no limit),
+// consuming a wake-up.
+void WaitForEvents(int epoll_fd, int wake_fd, int timeout_ms);
 
 // Whether a transfer not yet retired has passed its deadline at `now`.
 bool AnyPastDeadline(std::span<const std::unique_ptr<InFlightTransfer>> in_flight, absl::Time now);

@@ -235,7 +235,8 @@ struct NodeStats {
   std::string ucx_tls;
   bool ucx_peer_failure_handling = false;
   uint32_t ucx_lanes = 0;
-  uint64_t data_channels = 0;  // data channels clients hold open on the node
+  uint64_t data_channels = 0;       // data channels clients hold open on the node
+  uint64_t ucx_lanes_replaced = 0;  // lanes found wedged and given a new UCX worker
   // Cluster: the node's membership mode ("single", "static", "etcd"), the member-set epoch it
   // knows, how many members it sees, whether etcd answered it last, and its zone.
   std::string cluster_mode;

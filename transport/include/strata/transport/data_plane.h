@@ -16,12 +16,14 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
@@ -46,6 +48,9 @@ struct DataPlaneOptions {
   // A client's two-sided message that no call claims for this long (its PutData never reached
   // the node) closes its channel, dropping the channel's unclaimed messages (SweepUnclaimed).
   absl::Duration unclaimed_timeout = absl::Seconds(30);
+  // Over shared memory ("shm"): how often each lane is checked for a wedged receive queue
+  // (data_plane_lanes.cc; 0: never). kLaneStrikes checks in a row that fail replace the lane.
+  absl::Duration lane_check_interval = absl::Seconds(1);
 };
 
 class DataPlane {
@@ -65,7 +70,7 @@ class DataPlane {
   // The TLS string clients must use (expanded "shm"), and whether endpoints detect dead peers.
   const std::string& tls() const { return tls_; }
   bool peer_failure_handling() const { return peer_failure_handling_; }
-  uint32_t lanes() const { return static_cast<uint32_t>(lanes_.size()); }
+  uint32_t lanes() const { return options_.lanes; }
   uint64_t channels() const;
   // Whether channel `channel_id` is open.
   bool Knows(uint64_t channel_id) const;
@@ -120,10 +125,34 @@ class DataPlane {
   }
   uint64_t discard_bytes() const { return options_.max_block_bytes; }
 
+  // A wedged lane. Over shared memory every peer writes its messages into a lane worker's one
+  // receive queue in shared memory; a peer killed between claiming a slot there and filling
+  // it leaves the slot unfilled for good, and UCX 1.13 reads no message past it, from anyone:
+  // every later call on that lane times out (reproduced: about 1 kill in 50 of a client
+  // putting over shm). A checker thread sends each lane a one-byte message from a worker of
+  // its own once per lane_check_interval; kLaneStrikes in a row that do not arrive within
+  // kLaneProbeWait replace the lane's worker with a new one and close every channel (their
+  // clients connect again, to the new worker). How many lanes were replaced so far.
+  uint64_t lanes_replaced() const { return lanes_replaced_.load(std::memory_order_relaxed); }
+  static constexpr int kLaneStrikes = 3;
+  static constexpr absl::Duration kLaneProbeWait = absl::Seconds(2);
+  // Test hook (InjectFault): lane `lane`'s current worker stops reading (Worker::StallForTest).
+  // INVALID_ARGUMENT for a lane the node lacks.
+  absl::Status StallLaneForTest(uint32_t lane);
+
  private:
   struct ChannelState {
     std::vector<transport::EndpointId> endpoints;  // per lane
+    // Per lane, the worker endpoints[lane] is on (a lane's worker may be replaced since).
+    std::vector<std::shared_ptr<transport::Worker>> workers;
     absl::Time last_used;
+  };
+  // The lane checker's view of one lane: its endpoints to and from the worker it checked.
+  struct Probe {
+    std::shared_ptr<transport::Worker> lane;
+    transport::EndpointId to_lane = 0;    // on probe_
+    transport::EndpointId from_lane = 0;  // on `lane`
+    int misses = 0;
   };
 
   DataPlane(DataPlaneOptions options, std::string tls, bool peer_failure_handling);
@@ -133,6 +162,13 @@ class DataPlane {
   // SweepUnclaimed) for unclaimed_timeout after, for messages still on their way.
   void DropChannelMessages(uint64_t id);
   bool LowBitsTaken(uint64_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The lanes' current workers.
+  std::vector<std::shared_ptr<transport::Worker>> Lanes() const;
+  // The lane checker (data_plane_lanes.cc): the thread's loop, one check of a lane (true: its
+  // message arrived), and the replacement of a lane's worker.
+  void CheckLanes();
+  bool ProbeLane(size_t lane);
+  void ReplaceLane(size_t lane);
 
   const DataPlaneOptions options_;
   const std::string tls_;
@@ -141,8 +177,14 @@ class DataPlane {
   // The region must outlive the workers: a transfer still on the wire after a deadline may
   // touch arena bytes until the worker is destroyed.
   std::unique_ptr<transport::MemoryRegion> arena_region_;
-  std::vector<std::unique_ptr<transport::Worker>> lanes_;
   std::vector<std::unique_ptr<uint8_t[]>> discard_;  // per lane, max_block_bytes each
+  // The lane checker's own worker, its per-lane state and its thread (shared memory only).
+  std::unique_ptr<transport::Worker> probe_;
+  std::vector<Probe> probes_;  // checker thread only
+  uint32_t probe_seq_ = 0;     // checker thread only
+  absl::Notification stop_checking_;
+  std::thread checker_;
+  std::atomic<uint64_t> lanes_replaced_{0};
 
   std::atomic<uint64_t> unclaimed_dropped_{0};
   // SweepUnclaimed's view of each lane: per open channel, its oldest unclaimed tag and since
@@ -165,6 +207,8 @@ class DataPlane {
   };
 
   mutable absl::Mutex mu_;
+  // Per lane its current worker (ReplaceLane swaps one); channels keep the ones they use.
+  std::vector<std::shared_ptr<transport::Worker>> lanes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, ChannelState> channels_ ABSL_GUARDED_BY(mu_);
   // Channels being connected: counted against max_channels with channels_.
   size_t connecting_ ABSL_GUARDED_BY(mu_) = 0;

@@ -202,6 +202,11 @@ class Worker {
   // the oldest left matches one of `keep` on `mask`, or none is left; how many. For "drop
   // every message naming no open channel" without looking past one that does.
   virtual uint64_t DropUnclaimedUnless(std::span<const uint64_t> keep, uint64_t mask) = 0;
+
+  // Test hook (a node's InjectFault): the progress thread stops calling UCX progress for good,
+  // as when a peer that died mid-send left this worker's shared-memory receive queue wedged
+  // (DataPlane's lane check); commands and deadlines are still served.
+  virtual void StallForTest() = 0;
 };
 
 }  // namespace strata::transport
