@@ -1,5 +1,6 @@
 // StoreServiceImpl: who is calling, what the caller may touch, and reads of a tenant's scope
 // that see the shared scope first (docs/design/security.md).
+#include <algorithm>
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
@@ -77,7 +78,8 @@ std::vector<std::optional<WarmTier::BlockMeta>> StoreServiceImpl::FindBlocks(
     found.assign(prefix.begin(), prefix.end());
     return found;
   }
-  found = store_->LookupEach(ns, std::string(kSharedScope), hashes);
+  // Counted once per block, below: a hit in either scope, else a miss.
+  found = store_->LookupEach(ns, std::string(kSharedScope), hashes, /*count=*/false);
   std::vector<size_t> missing;
   std::vector<ChainHash> rest;
   for (size_t i = 0; i < found.size(); ++i) {
@@ -86,7 +88,8 @@ std::vector<std::optional<WarmTier::BlockMeta>> StoreServiceImpl::FindBlocks(
     rest.push_back(hashes[i]);
   }
   if (!rest.empty()) {
-    std::vector<std::optional<WarmTier::BlockMeta>> own = store_->LookupEach(ns, scope, rest);
+    std::vector<std::optional<WarmTier::BlockMeta>> own =
+        store_->LookupEach(ns, scope, rest, /*count=*/false);
     for (size_t k = 0; k < missing.size(); ++k) found[missing[k]] = own[k];
   }
   if (!each_block) {
@@ -94,6 +97,9 @@ std::vector<std::optional<WarmTier::BlockMeta>> StoreServiceImpl::FindBlocks(
     while (matched < found.size() && found[matched].has_value()) ++matched;
     found.resize(matched);
   }
+  const uint64_t hits =
+      std::count_if(found.begin(), found.end(), [](const auto& m) { return m.has_value(); });
+  store_->CountLookups(hits, hashes.size() - hits);
   return found;
 }
 
@@ -108,8 +114,9 @@ std::vector<StoreServiceImpl::ScopeGroup> StoreServiceImpl::GroupByScope(
     for (size_t i = 0; i < hashes.size(); ++i) g.index[i] = i;
     return groups;
   }
+  // Not counted: the read that follows counts each block in the scope it reads from.
   std::vector<std::optional<WarmTier::BlockMeta>> in_shared =
-      store_->LookupEach(ns, std::string(kSharedScope), hashes);
+      store_->LookupEach(ns, std::string(kSharedScope), hashes, /*count=*/false);
   ScopeGroup shared{std::string(kSharedScope), {}, {}};
   ScopeGroup own{scope, {}, {}};
   for (size_t i = 0; i < hashes.size(); ++i) {

@@ -292,7 +292,9 @@ void TieredStore::PrefetchLoop() {
       prefetch_busy_ = true;
     }
     // Already warm (a Get got there first): nothing to do.
-    bool warm = !warm_->Lookup(key.namespace_id, key.scope, {&key.hash, 1}).empty();
+    bool warm =
+        !warm_->Lookup(key.namespace_id, key.scope, {&key.hash, 1}, nullptr, /*count=*/false)
+             .empty();
     if (!warm && Promote(key, true)) prefetched_.fetch_add(1, std::memory_order_relaxed);
     absl::MutexLock lock(&prefetch_mu_);
     prefetch_busy_ = false;
@@ -348,8 +350,8 @@ std::vector<WarmTier::BlockMeta> TieredStore::Lookup(NamespaceId ns, const std::
 }
 
 std::vector<std::optional<WarmTier::BlockMeta>> TieredStore::LookupEach(
-    NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes) {
-  return warm_->LookupEach(ns, scope, hashes, DiskProbe());
+    NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes, bool count) {
+  return warm_->LookupEach(ns, scope, hashes, DiskProbe(), count);
 }
 
 WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string& scope,

@@ -218,8 +218,8 @@ std::optional<Slot> WarmTier::AllocateLocked(uint16_t size_class, bool may_evict
 
 std::vector<WarmTier::BlockMeta> WarmTier::Lookup(NamespaceId ns, const std::string& scope,
                                                   std::span<const ChainHash> hashes,
-                                                  const LowerTierProbe& lower) {
-  std::vector<std::optional<BlockMeta>> each = Probe(ns, scope, hashes, lower, true);
+                                                  const LowerTierProbe& lower, bool count) {
+  std::vector<std::optional<BlockMeta>> each = Probe(ns, scope, hashes, lower, true, count);
   std::vector<BlockMeta> out;
   out.reserve(each.size());
   for (const std::optional<BlockMeta>& m : each) out.push_back(*m);
@@ -228,15 +228,15 @@ std::vector<WarmTier::BlockMeta> WarmTier::Lookup(NamespaceId ns, const std::str
 
 std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::LookupEach(
     NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
-    const LowerTierProbe& lower) {
-  return Probe(ns, scope, hashes, lower, false);
+    const LowerTierProbe& lower, bool count) {
+  return Probe(ns, scope, hashes, lower, false, count);
 }
 
 std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::Probe(NamespaceId ns,
                                                                 const std::string& scope,
                                                                 std::span<const ChainHash> hashes,
                                                                 const LowerTierProbe& lower,
-                                                                bool prefix) {
+                                                                bool prefix, bool count) {
   std::vector<std::optional<BlockMeta>> out;
   out.reserve(hashes.size());
   std::vector<Entry*> found;
@@ -265,8 +265,7 @@ std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::Probe(NamespaceId ns,
     touched.push_back((*it)->handle);
   }
   policy_->AccessEach(touched, tick_ + 1 - touched.size());
-  hits_.fetch_add(found.size(), std::memory_order_relaxed);
-  misses_.fetch_add(hashes.size() - found.size(), std::memory_order_relaxed);
+  if (count) CountLookups(found.size(), hashes.size() - found.size());
   return out;
 }
 

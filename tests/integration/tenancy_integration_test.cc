@@ -274,13 +274,29 @@ TEST_F(TenancyTest, SharedPrefixHitsForEveryTenantAndContinuationsStayPrivate) {
   // A continues it privately: A's lookup runs through shared into its own blocks.
   std::vector<ChainHash> a_tail(a_chain.begin() + 8, a_chain.end());
   ASSERT_THAT(Put(a, "", a_tail, 2200), IsOk());
+  // Each block asked for counts once in the node's hits and misses, whichever scope answers
+  // it (before, the probe of `shared` counted every block once more: a hit ratio of at most
+  // one half once anything was published).
+  auto counted = [&] {
+    auto st = a.client->Stats();
+    EXPECT_THAT(st, IsOk());
+    return st.ok() ? std::pair{st->hits, st->misses} : std::pair<uint64_t, uint64_t>{};
+  };
+  const auto before = counted();
   EXPECT_EQ(Matched(a, "", a_chain), a_chain.size());
+  const auto looked = counted();
+  EXPECT_EQ(looked.first - before.first, a_chain.size());
+  EXPECT_EQ(looked.second - before.second, 0u);
   EXPECT_EQ(Matched(b, "", a_chain), sys.size());
   // A's Get of the whole chain takes 8 blocks from shared and 4 from its own scope, exact.
   std::vector<uint64_t> seeds;
   for (size_t i = 0; i < 8; ++i) seeds.push_back(2100 + i);
   for (size_t i = 0; i < 4; ++i) seeds.push_back(2200 + i);
+  const auto before_get = counted();
   EXPECT_EQ(ExactReads(a, "", a_chain, seeds), a_chain.size());
+  const auto got = counted();
+  EXPECT_EQ(got.first - before_get.first, a_chain.size());
+  EXPECT_EQ(got.second - before_get.second, 0u);
   // Inline (no data plane) takes the same mixed path through BeginGet.
   ClientOptions inline_opts = Options(node_, kTokens[0].token);
   inline_opts.data_plane = ClientOptions::DataPlane::kInline;

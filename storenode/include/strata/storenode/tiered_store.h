@@ -84,10 +84,12 @@ class TieredStore {
   // Longest prefix present in any tier; each block's tier in BlockMeta::tier.
   std::vector<WarmTier::BlockMeta> Lookup(NamespaceId ns, const std::string& scope,
                                           std::span<const ChainHash> hashes);
-  // Every block on its own, any tier (nullopt where absent).
+  // Every block on its own, any tier (nullopt where absent). `count`: as WarmTier's.
   std::vector<std::optional<WarmTier::BlockMeta>> LookupEach(NamespaceId ns,
                                                              const std::string& scope,
-                                                             std::span<const ChainHash> hashes);
+                                                             std::span<const ChainHash> hashes,
+                                                             bool count = true);
+  void CountLookups(uint64_t hits, uint64_t misses) { warm_->CountLookups(hits, misses); }
 
   // Like WarmTier::BeginPut, but blocks held by a lower tier are ALREADY_EXISTS too.
   WarmTier::ReserveResult BeginPut(NamespaceId ns, const std::string& scope,

@@ -169,16 +169,23 @@ class WarmTier {
   absl::StatusOr<NamespaceSpec> GetNamespace(NamespaceId id) const;
 
   // Metadata of the longest committed prefix of `hashes` (stops at the first miss).
-  // Counts hits and misses; refreshes recency so ancestors stay newer than descendants.
+  // Counts hits and misses (unless !count: an internal probe, which the caller counts, if at
+  // all, with CountLookups); refreshes recency so ancestors stay newer than descendants.
   // With `lower`, a warm miss asks the lower tiers and the prefix continues if they have it.
   std::vector<BlockMeta> Lookup(NamespaceId ns, const std::string& scope,
                                 std::span<const ChainHash> hashes,
-                                const LowerTierProbe& lower = nullptr);
+                                const LowerTierProbe& lower = nullptr, bool count = true);
   // Every block on its own (nullopt where absent), under one lock, touched and counted as
   // Lookup does: a node's share of a prefix that the cluster striped over nodes.
   std::vector<std::optional<BlockMeta>> LookupEach(NamespaceId ns, const std::string& scope,
                                                    std::span<const ChainHash> hashes,
-                                                   const LowerTierProbe& lower = nullptr);
+                                                   const LowerTierProbe& lower = nullptr,
+                                                   bool count = true);
+  // Adds to the hit and miss counts (Stats) what uncounted probes found.
+  void CountLookups(uint64_t hits, uint64_t misses) {
+    hits_.fetch_add(hits, std::memory_order_relaxed);
+    misses_.fetch_add(misses, std::memory_order_relaxed);
+  }
 
   // Moves the policy's victims (unpinned blocks) whose slots take at least `bytes` out
   // through `fn` (pinned while it runs; a block whose bytes fail the checksum is dropped
@@ -296,7 +303,7 @@ class WarmTier {
   // Lookup and LookupEach: stops at the first miss when `prefix`.
   std::vector<std::optional<BlockMeta>> Probe(NamespaceId ns, const std::string& scope,
                                               std::span<const ChainHash> hashes,
-                                              const LowerTierProbe& lower, bool prefix);
+                                              const LowerTierProbe& lower, bool prefix, bool count);
   // Hands a committed entry to the policy (again, after a demotion that did not move it).
   void AdmitLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Entry* EntryForHandleLocked(uint64_t handle) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
