@@ -413,15 +413,17 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
       WarmTier::ReserveResult more =
           warm_->BeginPut(ns, scope, again, ttl_ms, /*may_evict=*/true, r.reservation_id);
       if (r.reservation_id == 0) r.reservation_id = more.reservation_id;
-      if (more.reservation_id == 0 || more.reservation_id == r.reservation_id) {
+      // The same id: `into` was still open (BeginPut answers its id), or neither call reserved.
+      if (more.reservation_id == r.reservation_id) {
         for (size_t j = 0; j < refused.size(); ++j) {
           r.status[refused[j]] = more.status[j];
           r.addresses[refused[j]] = more.addresses[j];
         }
       } else {
         // The first reservation lapsed while blocks were moved down (a very short ttl): its
-        // slots are free again, so nothing of this put may be written.
-        warm_->AbortPut(more.reservation_id).IgnoreError();
+        // slots are free again, so nothing of this put may be written (also when the second
+        // call reserved nothing, leaving that id answered as if still open).
+        if (more.reservation_id != 0) warm_->AbortPut(more.reservation_id).IgnoreError();
         for (size_t k = 0; k < fresh.size(); ++k) {
           if (r.status[k].ok())
             r.status[k] = absl::UnavailableError("reservation expired; put again");
