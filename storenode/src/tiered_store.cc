@@ -135,8 +135,11 @@ void TieredStore::PauseIdleSessions() {
       if (!session_last_put_ms_.contains(due)) idle.push_back(std::move(due));
     }
     sessions_due_.resize(sessions_due_.size() - n);
+    // Idle ones too, up to twice that a tick all told: sessions that went idle together (a
+    // burst of chats, then quiet) are paused over several ticks, not in one long stall.
     int64_t cutoff = SteadyNowMs() - static_cast<int64_t>(options_.session_idle_ms);
-    for (auto it = session_last_put_ms_.begin(); it != session_last_put_ms_.end();) {
+    for (auto it = session_last_put_ms_.begin();
+         it != session_last_put_ms_.end() && idle.size() < 2 * kDueSessionsPerTick;) {
       if (it->second <= cutoff) {
         idle.push_back(it->first);
         session_last_put_ms_.erase(it++);

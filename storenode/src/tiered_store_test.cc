@@ -309,6 +309,24 @@ TEST_F(TieredStoreTest, SessionsBeyondTheCapPauseEarlyInsteadOfPilingUp) {
   EXPECT_LE(st.warm.blocks, 8u);
 }
 
+// Sessions that went idle together are paused a bounded number per demoter tick (each pause
+// scans the warm index under its lock): 200 idle at once take two ticks of at most 128.
+// Before, one tick paused all of them, however many.
+TEST_F(TieredStoreTest, SessionsIdleTogetherArePausedAFewPerTick) {
+  TieredStoreOptions o;
+  o.session_idle_ms = 1;
+  o.demote_interval_ms = 3600 * 1000;  // no tick of its own: the test calls them
+  ASSERT_NO_FATAL_FAILURE(Init(o));
+  for (uint32_t n = 0; n < 200; ++n) Put(7000 + n, 1, absl::StrCat("idle-", n));
+  absl::SleepFor(absl::Milliseconds(5));
+  store_->PauseIdleSessions();
+  EXPECT_EQ(store_->Stats().sessions_paused, 128u);
+  EXPECT_EQ(store_->tracked_sessions(), 72u);
+  store_->PauseIdleSessions();
+  EXPECT_EQ(store_->Stats().sessions_paused, 200u);
+  EXPECT_EQ(store_->tracked_sessions(), 0u);
+}
+
 // Writers that find the warm tier at its high watermark together make room for what they
 // bring, not each for the whole gap down to the low watermark: the bytes already on their way
 // to disk count. Before, each of them demoted the gap (disk writes in its own thread): eight

@@ -142,6 +142,9 @@ class TieredStore {
   TieredStats Stats() const;
   // Sessions tracked for idle pausing now (at most max_sessions).
   size_t tracked_sessions();
+  // Pauses sessions idle for session_idle_ms and those the cap let go of, at most
+  // 2 x kDueSessionsPerTick (64) a call. The demoter calls it each tick.
+  void PauseIdleSessions();
   // What each scope holds per tier; only scopes holding some (for /metrics).
   std::vector<ScopeUse> ScopeBytes() const;
   // A walk over the keys of every block held on any tier, for background passes (the
@@ -205,7 +208,6 @@ class TieredStore {
   void NoteSession(const std::string& session);
   // The lossy quantization namespace `id` opted into for offloaded blocks (none if unknown).
   KvQuantSpec OffloadQuant(NamespaceId id) const;
-  void PauseIdleSessions();
 
   const TieredStoreOptions options_;
   std::unique_ptr<WarmTier> warm_;
