@@ -121,11 +121,11 @@ class ClusterStoreClient final : public StoreClient {
       return absl::OkStatus();
     }).IgnoreError();
     // A node that is down now registers the namespace when the client next connects to it.
+    // Any node's namespace will do; INVALID_ARGUMENT (a bad spec) before other errors.
     absl::Status first = absl::UnavailableError("no store node answered");
     for (auto& r : out) {
       if (r.ok()) return *r;
-      if (r.status().code() == absl::StatusCode::kInvalidArgument) return r.status();
-      first = r.status();
+      if (first.code() != absl::StatusCode::kInvalidArgument) first = r.status();
     }
     return first;
   }
@@ -190,6 +190,13 @@ class ClusterStoreClient final : public StoreClient {
     if (!sizes.empty() && sizes.size() != hashes.size()) {
       return absl::InvalidArgumentError("Publish: sizes must be empty or one per hash");
     }
+    // Refused by the owner alone, which would fail only its share (CallVerdict): the caller's.
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      if (ns.spec.block_bytes != 0 && sizes[i] > ns.spec.block_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sizes[", i, "]: ", sizes[i], " bytes, want at most ", ns.spec.block_bytes));
+      }
+    }
     return WithFreshEpoch(call, [&](absl::Time end) -> absl::StatusOr<std::vector<absl::Status>> {
       std::shared_ptr<const MemberSet> set = membership_->Current();
       std::map<int, std::vector<size_t>> groups;
@@ -229,6 +236,7 @@ class ClusterStoreClient final : public StoreClient {
   absl::StatusOr<PutResult> Put(const Namespace& ns, std::string_view scope,
                                 std::span<const BlockWrite> blocks, const CallOptions& call,
                                 const PutOptions& put) override {
+    if (absl::Status s = CheckWrites(ns, blocks); !s.ok()) return s;
     return WithFreshEpoch(call,
                           [&](absl::Time end) { return PutOnce(ns, scope, blocks, end, put); });
   }
@@ -236,6 +244,7 @@ class ClusterStoreClient final : public StoreClient {
   absl::StatusOr<GetResult> Get(const Namespace& ns, std::string_view scope,
                                 std::span<const BlockRead> blocks, const CallOptions& call,
                                 const GetOptions& get) override {
+    if (absl::Status s = CheckReads(blocks); !s.ok()) return s;
     return WithFreshEpoch(call,
                           [&](absl::Time end) { return GetOnce(ns, scope, blocks, end, get); });
   }

@@ -161,6 +161,31 @@ inline bool IsStaleEpoch(const absl::Status& s) {
          absl::StrContains(s.message(), "epoch");
 }
 
+// The caller's own mistakes in a put or a get, which no node need see: INVALID_ARGUMENT
+// naming the block (a null buffer or payload with bytes claimed; a put block of 0 bytes or
+// past the namespace's block_bytes).
+inline absl::Status CheckReads(std::span<const BlockRead> blocks) {
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (blocks[i].buffer == nullptr && blocks[i].capacity > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].buffer: null"));
+    }
+  }
+  return absl::OkStatus();
+}
+inline absl::Status CheckWrites(const Namespace& ns, std::span<const BlockWrite> blocks) {
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (blocks[i].data == nullptr && blocks[i].size > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].data: null"));
+    }
+    if (blocks[i].size == 0 || (ns.spec.block_bytes != 0 && blocks[i].size > ns.spec.block_bytes)) {
+      return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].size: ", blocks[i].size,
+                                                     ", want 1..", ns.spec.block_bytes,
+                                                     " (the namespace's block_bytes)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Adds up the call-level answers of the nodes one cluster call asked. A stale epoch fails the
 // whole call (retried after a refresh). INVALID_ARGUMENT fails it only when no node took the
 // request: bad input, which every node refuses alike. One node refusing what others take (a

@@ -388,11 +388,7 @@ absl::StatusOr<GetResult> GrpcStoreClient::GetOnce(const Namespace& ns, std::str
   result.blocks.resize(blocks.size());
   result.sizes.resize(blocks.size());
   if (blocks.empty()) return result;
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    if (blocks[i].buffer == nullptr && blocks[i].capacity > 0) {
-      return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].buffer: null"));
-    }
-  }
+  if (absl::Status s = CheckReads(blocks); !s.ok()) return s;
   auto deadline = Deadline(call);
   std::string sc = Scope(scope);
   // A block is at most max_block_ bytes, so that much of a larger buffer is all it can use.

@@ -192,7 +192,10 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
       // did not survive, or was not read, would hold disk that no budget counts, and index
       // records whose payload did not survive would be hits that cannot be read.
       if (opened.ok() && (attempt == 1 || tier->index_incomplete_)) {
-        opened = tier->Reconcile(/*reindex_orphans=*/attempt == 0);
+        // Orphans are indexed again only where their records cannot have been deleted: a
+        // damaged index scan at the first attempt, or an unfinished rewrite (the marker) —
+        // not after best-efforts recovery alone (see Reconcile).
+        opened = tier->Reconcile(/*reindex_orphans=*/attempt == 0 || tier->reindex_marker_);
       }
       if (opened.ok() && tier->index_incomplete_) opened = tier->RewriteIndex();
       if (opened.ok()) return tier;
@@ -262,6 +265,8 @@ void DiskTier::AdmitLocked(const BlockKey& key, Entry& entry) {
 DiskTier::~DiskTier() {
   // Flush so a restart reads blob and SST files instead of replaying the whole WAL.
   rocksdb::FlushOptions fo;
+  // (A null handle: RewriteIndex failed between dropping the index family and creating it.)
+  std::erase(handles_, nullptr);
   db_->Flush(fo, handles_).PermitUncheckedError();
   for (rocksdb::ColumnFamilyHandle* h : handles_) db_->DestroyColumnFamilyHandle(h);
   db_->Close();
@@ -287,7 +292,7 @@ absl::Status DiskTier::Rebuild() {
   }
   rocksdb::Env* env = options_.env != nullptr ? options_.env : rocksdb::Env::Default();
   if (env->FileExists(ReindexMarker()).ok()) {
-    index_incomplete_ = true;
+    index_incomplete_ = reindex_marker_ = true;
     spdlog::error("{} tier: the last index rewrite did not finish; indexing again", options_.name);
   }
   data_loss_ += skipped;
@@ -341,7 +346,9 @@ absl::Status DiskTier::Reconcile(bool reindex_orphans) {
   }
   if (!it->status().ok()) {
     // Which payloads exist past this point is unknown: keep their index records (a read that
-    // finds no payload drops the record then).
+    // finds no payload drops the record then), and RewriteIndex leaves its marker, so that
+    // the next start reconciles again.
+    payload_scan_incomplete_ = true;
     spdlog::error("{} tier: payload scan stopped early: {}", options_.name,
                   it->status().ToString());
   } else {
@@ -390,15 +397,26 @@ absl::Status DiskTier::RewriteIndex() {
   // in between come back here: the next start indexes the payloads from their headers again.
   rocksdb::Env* env = options_.env != nullptr ? options_.env : rocksdb::Env::Default();
   const std::string marker = ReindexMarker();
+  // A failure here is not damage (no best-efforts retry, which would not index orphans
+  // again): the start fails, and the next one begins anew, from the marker if it was written.
   auto step = [&](const rocksdb::Status& s, std::string_view what) {
-    return FromRocks(s, absl::StrCat(options_.name, " tier index rewrite: ",
-                                     absl::string_view(what.data(), what.size())));
+    return s.ok()
+               ? absl::OkStatus()
+               : absl::InternalError(absl::StrCat(options_.name, " tier index rewrite: ",
+                                                  absl::string_view(what.data(), what.size()), ": ",
+                                                  s.ToString(), "; the next start tries again"));
   };
   if (absl::Status s =
           step(rocksdb::WriteStringToFile(env, "1", marker, /*should_sync=*/true), "marker");
       !s.ok()) {
     return s;
   }
+  // The marker's directory entry too, before anything it guards happens.
+  std::unique_ptr<rocksdb::Directory> dir;
+  if (absl::Status s = step(env->NewDirectory(options_.path, &dir), "directory"); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = step(dir->Fsync(), "directory sync"); !s.ok()) return s;
   rocksdb::ColumnFamilyHandle* fresh = nullptr;
   if (absl::Status s = step(db_->DropColumnFamily(meta_cf_), "drop"); !s.ok()) return s;
   if (absl::Status s = step(db_->DestroyColumnFamilyHandle(meta_cf_), "handle"); !s.ok()) {
@@ -422,6 +440,7 @@ absl::Status DiskTier::RewriteIndex() {
     batch.Clear();
   }
   if (absl::Status s = step(db_->Write(wo, &batch), "write"); !s.ok()) return s;
+  if (payload_scan_incomplete_) return absl::OkStatus();  // the marker stays: see Reconcile
   if (absl::Status s = step(env->DeleteFile(marker), "marker"); !s.ok()) return s;
   index_incomplete_ = false;
   spdlog::warn("{} tier: index rewritten from the {} blocks found", options_.name, index_.size());

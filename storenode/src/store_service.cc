@@ -512,8 +512,8 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
   if (absl::Status s = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope, &who); !s.ok()) {
     return call.Done(s);
   }
-  if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
   if (absl::Status s = ValidateTtl(req->lease_ms(), "lease_ms"); !s.ok()) return call.Done(s);
+  if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
   uint64_t ttl = req->lease_ms() != 0 ? req->lease_ms() : config_.lease_ttl_ms;
   // The payload this call may copy: at most its blocks at the namespace's block size.
   uint64_t most = 0;

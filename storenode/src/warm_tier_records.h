@@ -44,7 +44,7 @@ struct WarmTier::Lease {
   int64_t expires_ms = 0;
   std::vector<Entry*> entries;
   bool held = false;   // HoldLease: outlives the call that took it, counted against the caps
-  uint64_t bytes = 0;  // payload bytes of `entries` (a block in two leases counts in each)
+  uint64_t bytes = 0;  // slot bytes of `entries` (a block in two leases counts in each)
 };
 
 }  // namespace strata::storenode

@@ -180,7 +180,7 @@ TEST_F(ClusterTest, BlocksPublishedByAnAgentAreFoundUntilRemovedOrExpired) {
   EXPECT_THAT(bad.status(), StatusIs(absl::StatusCode::kInvalidArgument,
                                      ::testing::HasSubstr("location_token: 129 characters")));
   std::vector<uint64_t> huge = sizes;
-  huge[3] = kBlock + 1;  // the index is the owner's share's
+  huge[3] = kBlock + 1;  // refused before any node is asked
   bad = agent->Publish(*ns, "", chain, huge, where, absl::Seconds(1));
   EXPECT_THAT(bad.status(), StatusIs(absl::StatusCode::kInvalidArgument,
                                      ::testing::HasSubstr("65537 bytes, want at most 65536")));

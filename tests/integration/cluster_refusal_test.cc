@@ -21,9 +21,10 @@ TEST(ClusterRefusalTest, ANodeThatCannotRegisterTheNamespaceIsPassedOver) {
     args.insert(args.end(), extra.begin(), extra.end());
     return testutil::StartNode(args);
   };
-  auto a = start("a", {});
+  // The full node first in member order (ids sort), so it is asked first.
+  auto a = start("b-ok", {});
   ASSERT_THAT(a, IsOk());
-  auto full = start("full", {"--max-namespaces", "1"});
+  auto full = start("a-full", {"--max-namespaces", "1"});
   ASSERT_THAT(full, IsOk());
   // Its one namespace slot taken by another model.
   auto direct = StoreClient::Connect({.address = (*full)->address()});
@@ -34,6 +35,7 @@ TEST(ClusterRefusalTest, ANodeThatCannotRegisterTheNamespaceIsPassedOver) {
   o.etcd_endpoints = (*etcd)->endpoint();
   o.cluster_name = "refusal";
   o.replicas = 2;
+  o.write_quorum = 1;  // a put is acknowledged once one owner has the block
   o.default_deadline = absl::Seconds(10);
   auto connected = StoreClient::Connect(o);
   ASSERT_THAT(connected, IsOk());
@@ -43,15 +45,18 @@ TEST(ClusterRefusalTest, ANodeThatCannotRegisterTheNamespaceIsPassedOver) {
     if (st.ok() && st->members == 2) break;
     absl::SleepFor(absl::Milliseconds(50));
   }
-  auto ns = c->RegisterNamespace(Spec());  // taken by node a
+  auto ns = c->RegisterNamespace(Spec());  // taken by the node with room
   ASSERT_THAT(ns, IsOk());
   const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 5, 16);
   std::vector<std::vector<uint8_t>> data;
   std::vector<BlockWrite> writes;
   for (const ChainHash& h : chain) data.push_back(Payload(h));
   for (size_t i = 0; i < chain.size(); ++i) writes.push_back({chain[i], data[i].data(), kBlock});
-  // Every block is written to a; the full node's refusal is that block's outcome there.
-  EXPECT_THAT(c->Put(*ns, "", writes), IsOk());
+  // Every block is written to the other node; the full node's refusal is each block's
+  // outcome there, and one copy meets the quorum.
+  auto put = c->Put(*ns, "", writes);
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->stored, chain.size());
   std::vector<std::vector<uint8_t>> out(chain.size(), std::vector<uint8_t>(kBlock));
   std::vector<BlockRead> reads;
   for (size_t i = 0; i < chain.size(); ++i) reads.push_back({chain[i], out[i].data(), kBlock});
@@ -65,6 +70,14 @@ TEST(ClusterRefusalTest, ANodeThatCannotRegisterTheNamespaceIsPassedOver) {
   ASSERT_THAT(found, IsOk());
   EXPECT_EQ(found->matched_blocks, chain.size());
   EXPECT_THAT(c->LookupEach(*ns, "", chain), IsOk());
+  // The caller's own mistakes fail the whole call before any node is asked (one node's
+  // refusal of its share would otherwise pass for that node's).
+  std::vector<uint8_t> big(kBlock + 1);
+  BlockWrite oversized{chain[0], big.data(), big.size()};
+  EXPECT_THAT(c->Put(*ns, "", {&oversized, 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("block_bytes")));
+  BlockRead nowhere{chain[1], nullptr, kBlock};
+  EXPECT_THAT(c->Get(*ns, "", {&nowhere, 1}), StatusIs(absl::StatusCode::kInvalidArgument));
   // Bad input that every node refuses still fails the whole call.
   EXPECT_THAT(c->Lookup(*ns, "Not A Scope", chain), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(c->Get(*ns, "Not A Scope", reads), StatusIs(absl::StatusCode::kInvalidArgument));

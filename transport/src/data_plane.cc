@@ -99,7 +99,7 @@ void DataPlane::Disconnect(uint64_t id, const ChannelState& channel) {
   for (size_t lane = 0; lane < channel.endpoints.size(); ++lane) {
     channel.workers[lane]->Disconnect(channel.endpoints[lane]).IgnoreError();
   }
-  if (id != 0) DropChannelMessages(id);
+  if (id != 0) DropChannelMessages(id, channel.workers);
 }
 
 transport::TcpSegments DataPlane::tcp_segments() const { return context_->tcp_segments(); }

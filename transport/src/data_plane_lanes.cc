@@ -74,10 +74,12 @@ void DataPlane::ReplaceLane(size_t lane) {
                   fresh.status().ToString());
     return;
   }
+  // Released after the lock: the last reference's destructor joins the worker's thread.
+  std::shared_ptr<Worker> old;
   absl::flat_hash_map<uint64_t, ChannelState> closing;
   {
     absl::MutexLock lock(&mu_);
-    lanes_[lane] = std::move(*fresh);
+    old = std::exchange(lanes_[lane], std::move(*fresh));
     // Every channel has an endpoint on the old worker: none can use this lane any more.
     closing.swap(channels_);
   }

@@ -21,10 +21,10 @@ constexpr size_t kMaxClosedRemembered = 4096;
 
 }  // namespace
 
-void DataPlane::DropChannelMessages(uint64_t id) {
+void DataPlane::DropChannelMessages(uint64_t id, std::span<const std::shared_ptr<Worker>> workers) {
   const uint64_t prefix = ChannelTagPrefix(id);
   uint64_t n = 0;
-  for (auto& lane : Lanes()) n += lane->DropUnclaimed({&prefix, 1}, kChannelTagMask);
+  for (const auto& lane : workers) n += lane->DropUnclaimed({&prefix, 1}, kChannelTagMask);
   if (n > 0) {
     unclaimed_dropped_.fetch_add(n, std::memory_order_relaxed);
     spdlog::info("data channel {}: dropped {} messages no call claimed", id, n);

@@ -13,7 +13,8 @@
 // Which blocks leave first is the tier's eviction policy (options.policy); chain parents are
 // known by handle, so a chain-aware policy keeps a block's ancestors while it holds the block.
 //
-// Thread-safe. The index has its own mutex, never held across RocksDB calls.
+// Thread-safe. The index has its own mutex, never held across RocksDB calls once Open has
+// returned (its recovery steps hold it while nothing else can call).
 #pragma once
 
 #include <algorithm>
@@ -163,7 +164,9 @@ class DiskTier {
   // Replaces the index column family with one holding exactly index_ (index_incomplete_).
   absl::Status RewriteIndex();
   std::string ReindexMarker() const;
-  bool index_incomplete_ = false;  // set by Rebuild, before the tier is shared
+  bool index_incomplete_ = false;         // set by Rebuild, before the tier is shared
+  bool reindex_marker_ = false;           // Rebuild found RewriteIndex's marker
+  bool payload_scan_incomplete_ = false;  // set by Reconcile
   void DropLocked(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Indexes a block on disk (not indexed now): counted, and handed to the policy.
   void IndexLocked(const BlockKey& key, DiskBlockMeta meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -116,8 +116,9 @@ class DataPlane {
   static constexpr size_t kMaxRefusedTags = 1 << 16;
 
   // Where two-sided messages of blocks the node does not store are received and dropped on
-  // `lane`: one buffer per lane (each lane's progress thread writes only its own), shared by
-  // that lane's calls; its bytes are never read. Pages are mapped on first use only, so a
+  // `lane`: one buffer per lane (each lane's progress thread writes only its own; after a
+  // lane is replaced its old worker's thread may too, for calls still on it), shared by that
+  // lane's calls; its bytes are never read. Pages are mapped on first use only, so a
   // node that never refuses a block holds none of it. A lane the node lacks gets lane 0's
   // (Transfer refuses the lane itself).
   uint8_t* discard_buffer(uint32_t lane) {
@@ -158,9 +159,10 @@ class DataPlane {
   DataPlane(DataPlaneOptions options, std::string tls, bool peer_failure_handling);
   // Closes the channel's endpoints and drops its unclaimed messages (id 0: none to drop).
   void Disconnect(uint64_t id, const ChannelState& channel);
-  // Drops, on every lane, the unclaimed messages whose tags name channel `id`, now and (in
-  // SweepUnclaimed) for unclaimed_timeout after, for messages still on their way.
-  void DropChannelMessages(uint64_t id);
+  // Drops, on `workers` (the channel's, one per lane), the unclaimed messages whose tags name
+  // channel `id`, now and (in SweepUnclaimed, on the lanes' current workers) for
+  // unclaimed_timeout after, for messages still on their way.
+  void DropChannelMessages(uint64_t id, std::span<const std::shared_ptr<Worker>> workers);
   bool LowBitsTaken(uint64_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The lanes' current workers.
   std::vector<std::shared_ptr<transport::Worker>> Lanes() const;
