@@ -162,9 +162,16 @@ absl::Status ClusterNodes::RegisterMemory(void* ptr, size_t len) {
       return absl::InvalidArgumentError("RegisterMemory: overlaps a registered range");
     }
   }
+  std::vector<GrpcStoreClient*> done;
   for (auto& [id, node] : nodes_) {
     if (node.client == nullptr) continue;
-    if (absl::Status s = node.client->RegisterMemory(ptr, len); !s.ok()) return s;
+    if (absl::Status s = node.client->RegisterMemory(ptr, len); !s.ok()) {
+      // All or nothing: a range some clients kept would be refused as an overlap on a retry,
+      // and UnregisterMemory would not know it.
+      for (GrpcStoreClient* c : done) c->UnregisterMemory(ptr).IgnoreError();
+      return s;
+    }
+    done.push_back(node.client.get());
   }
   memory_.emplace_back(ptr, len);
   return absl::OkStatus();

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <future>
 #include <map>
@@ -86,23 +87,6 @@ std::vector<std::pair<size_t, size_t>> SplitBatch(size_t n, uint64_t max_keys, u
   }
   if (begin < n) parts.emplace_back(begin, n);
   return parts;
-}
-
-// Runs part(0..n-1) in parallel (part 0 on the calling thread, the others on the shared
-// TaskPool); the first error wins.
-template <typename Part>
-absl::Status RunParts(size_t n, Part part) {
-  if (n == 0) return absl::OkStatus();  // e.g. a cluster whose every node left
-  std::vector<JoiningFuture<absl::Status>> pending;
-  for (size_t p = 1; p < n; ++p) {
-    pending.push_back(TaskPool::Shared().Run([&part, p] { return part(p); }));
-  }
-  absl::Status first = part(0);
-  for (auto& f : pending) {
-    absl::Status s = f.get();
-    if (first.ok()) first = s;
-  }
-  return first;
 }
 
 // Runs fn(key, items) for every group in parallel; fn's own errors are its to record.

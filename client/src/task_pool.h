@@ -11,12 +11,15 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <deque>
 #include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
 #include <utility>
 #include <vector>
+
+#include "absl/status/status.h"
 
 namespace strata::client::internal {
 
@@ -82,5 +85,32 @@ class TaskPool {
   size_t threads_ = 0;       // guarded by mu_
   size_t started_ = 0;       // guarded by mu_
 };
+
+// Parts of one call that RunParts runs at once: a call of thousands of small parts (a node
+// with a small max_inline_bytes) must not take a thread each.
+inline constexpr size_t kMaxPartsInFlight = 32;
+
+// Runs part(0..n-1) in parallel, at most kMaxPartsInFlight at a time (part 0 on the calling
+// thread, the others on the shared TaskPool); the first error (in part order) wins.
+template <typename Part>
+absl::Status RunParts(size_t n, Part part) {
+  if (n == 0) return absl::OkStatus();  // e.g. a cluster whose every node left
+  std::vector<absl::Status> status(n);
+  std::deque<JoiningFuture<void>> pending;
+  for (size_t p = 1; p < n; ++p) {
+    if (pending.size() + 1 >= kMaxPartsInFlight) {
+      pending.front().get();
+      pending.pop_front();
+    }
+    pending.push_back(TaskPool::Shared().Run([&part, &status, p] { status[p] = part(p); }));
+  }
+  status[0] = part(0);
+  for (auto& f : pending) f.get();
+  pending.clear();
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace strata::client::internal

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -102,6 +103,27 @@ TEST(TaskPoolTest, AnUnconsumedFutureWaitsForItsTask) {
     });
   }  // destroyed without get(): waits, as std::async's future does
   EXPECT_TRUE(done.load());
+}
+
+// A call of many parts runs at most kMaxPartsInFlight at once, every part still runs, and the
+// first failing part (in part order) is the call's error. Before, each part took a thread of
+// its own: 300 parts, 300 threads.
+TEST(TaskPoolTest, RunPartsRunsAtMostABoundedNumberAtOnce) {
+  std::atomic<int> running{0}, most{0}, ran{0};
+  absl::Status s = RunParts(300, [&](size_t p) {
+    const int now = running.fetch_add(1) + 1;
+    int seen = most.load();
+    while (now > seen && !most.compare_exchange_weak(seen, now)) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    running.fetch_sub(1);
+    ran.fetch_add(1);
+    return p == 120 || p == 250 ? absl::InternalError(std::to_string(p)) : absl::OkStatus();
+  });
+  EXPECT_EQ(ran.load(), 300);
+  EXPECT_LE(most.load(), static_cast<int>(kMaxPartsInFlight));
+  EXPECT_GT(most.load(), 1) << "the parts ran one at a time";
+  EXPECT_EQ(s.message(), "120");
 }
 
 }  // namespace
