@@ -177,5 +177,46 @@ TEST_F(DataPlaneTest, ConnectsAtOnceStayWithinMaxChannels) {
   EXPECT_EQ(plane_->channels(), 2u);
 }
 
+// Over shared memory a lane that stops reading (Worker::StallForTest, as a wedged receive
+// queue looks from outside) is found by the lane check and gets a new worker; its channels
+// are closed, and a client that connects again moves messages on it. The rest of the node
+// (Stats' channel count, other connects) is not held up while the old worker goes.
+TEST(DataPlaneLaneCheckTest, AStalledSharedMemoryLaneGetsANewWorker) {
+  std::vector<uint8_t> arena(1 << 20);
+  DataPlaneOptions o;
+  o.tls = "shm";
+  o.max_block_bytes = 64 << 10;
+  o.lane_check_interval = absl::Milliseconds(100);
+  auto plane = DataPlane::Create(o, arena.data(), arena.size());
+  ASSERT_THAT(plane, IsOk());
+  auto context = Context::Create(TransportOptions{(*plane)->tls(), {}, false});
+  ASSERT_THAT(context, IsOk());
+  auto worker = (*context)->CreateWorker();
+  ASSERT_THAT(worker, IsOk());
+  const std::string address = (*worker)->Address();
+  auto first = (*plane)->Connect({&address, 1}, (*context)->tcp_segments());
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT((*plane)->StallLaneForTest(0), IsOk());
+  for (int i = 0; i < 300 && (*plane)->lanes_replaced() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ((*plane)->lanes_replaced(), 1u);
+  EXPECT_FALSE((*plane)->Knows(first->id)) << "the lane's channels are closed";
+  auto second = (*plane)->Connect({&address, 1}, (*context)->tcp_segments());
+  ASSERT_THAT(second, IsOk());
+  EXPECT_NE(second->worker_addresses[0], first->worker_addresses[0]);
+  auto ep = (*worker)->Connect(second->worker_addresses[0]);
+  ASSERT_THAT(ep, IsOk());
+  const uint64_t tag = second->id << 32 | 1;
+  std::vector<uint8_t> payload(1000, 0x3c);
+  const TransferOp send = TransferOp::Send(payload.data(), payload.size(), tag);
+  ASSERT_THAT((*worker)->Transfer(*ep, {&send, 1}, absl::Now() + absl::Seconds(5)), IsOk());
+  const TransferOp recv = TransferOp::Recv(arena.data(), payload.size(), tag);
+  ASSERT_THAT((*plane)->Transfer(second->id, 0, {&recv, 1}, absl::Now() + absl::Seconds(5)),
+              IsOk());
+  EXPECT_EQ(arena[999], 0x3c);
+  (*worker)->Abandon(*ep).IgnoreError();
+}
+
 }  // namespace
 }  // namespace strata::transport
