@@ -127,7 +127,7 @@ bool ClientDataPlane::Fence(uint64_t channel_id) {
         if (!fresh.ok()) continue;  // keeps the old one: no worse than before
         retired.push_back(std::exchange(w, *std::move(fresh)));
       }
-      ++worker_generation_;
+      if (!retired.empty()) ++worker_generation_;
     }
   }
   // Messages of the channel that reached us after their receives were cancelled would wait in
@@ -136,6 +136,7 @@ bool ClientDataPlane::Fence(uint64_t channel_id) {
   // arrive (bounded by the node's cut-off at its deadline) and stays.
   const uint64_t prefix = transport::ChannelTagPrefix(channel_id);
   for (auto& w : workers_) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
+  for (auto& w : retired) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
   return wired;
 }
 
@@ -149,7 +150,7 @@ absl::Status ClientDataPlane::Wire(uint64_t channel_id,
   absl::MutexLock lock(&wire_mu_);
   if (generation.has_value() && *generation != worker_generation_) {
     return absl::UnavailableError(
-        "the client's lane workers were renewed since it sent their addresses; connect again");
+        absl::StrCat(kWorkersRenewed, " since it sent their addresses; connect again"));
   }
   DisconnectAll();
   std::vector<transport::EndpointId> fresh;

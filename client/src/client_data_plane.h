@@ -52,6 +52,10 @@ struct ClientDataPlaneOptions {
   size_t bounce_buffers = 2;      // at least 2
 };
 
+// What Wire answers (UNAVAILABLE) when a fence renewed the workers whose addresses the node
+// was given: the caller connects again.
+inline constexpr char kWorkersRenewed[] = "the client's lane workers were renewed";
+
 class ClientDataPlane {
  public:
   // Creates the context and the lane workers. INVALID_ARGUMENT: no lanes, no bounce geometry;

@@ -121,7 +121,8 @@ class ClusterStoreClient final : public StoreClient {
       return absl::OkStatus();
     }).IgnoreError();
     // A node that is down now registers the namespace when the client next connects to it.
-    // Any node's namespace will do; INVALID_ARGUMENT (a bad spec) before other errors.
+    // Any node's namespace will do; else INVALID_ARGUMENT (a bad spec) before the last other
+    // error.
     absl::Status first = absl::UnavailableError("no store node answered");
     for (auto& r : out) {
       if (r.ok()) return *r;

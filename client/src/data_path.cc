@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
 #include "grpc_store_client.h"
 #include "strata/common/checksum.h"
@@ -74,6 +75,13 @@ absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadl
   chan_mu_.Unlock();
 
   absl::StatusOr<std::pair<uint64_t, std::string>> opened = OpenChannel(deadline);
+  // A fence (another call's failure) renewed our lane workers while the node connected to the
+  // old ones (ClientDataPlane::Fence): connect again, to the new ones.
+  for (int again = 0; again < 2 && !opened.ok() && Clock::now() < deadline &&
+                      absl::StrContains(opened.status().message(), kWorkersRenewed);
+       ++again) {
+    opened = OpenChannel(deadline);
+  }
   absl::MutexLock lock(&chan_mu_);
   connecting_ = false;
   if (!opened.ok()) return opened.status();

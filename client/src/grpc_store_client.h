@@ -162,9 +162,11 @@ inline absl::Status CheckWrites(const Namespace& ns, std::span<const BlockWrite>
       return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].data: null"));
     }
     if (blocks[i].size == 0 || (ns.spec.block_bytes != 0 && blocks[i].size > ns.spec.block_bytes)) {
-      return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].size: ", blocks[i].size,
-                                                     ", want 1..", ns.spec.block_bytes,
-                                                     " (the namespace's block_bytes)"));
+      return absl::InvalidArgumentError(
+          ns.spec.block_bytes == 0
+              ? absl::StrCat("blocks[", i, "].size: 0, want at least 1")
+              : absl::StrCat("blocks[", i, "].size: ", blocks[i].size, ", want 1..",
+                             ns.spec.block_bytes, " (the namespace's block_bytes)"));
     }
   }
   return absl::OkStatus();

@@ -11,7 +11,6 @@
 
 #include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <functional>
 #include <future>
 #include <memory>
@@ -96,13 +95,24 @@ template <typename Part>
 absl::Status RunParts(size_t n, Part part) {
   if (n == 0) return absl::OkStatus();  // e.g. a cluster whose every node left
   std::vector<absl::Status> status(n);
-  std::deque<JoiningFuture<void>> pending;
+  // A new part starts when any running one ends (one that hangs holds up only its own slot).
+  std::mutex mu;
+  std::condition_variable ended;
+  size_t running = 1;  // part 0, on this thread, last
+  std::vector<JoiningFuture<void>> pending;
+  pending.reserve(n - 1);
   for (size_t p = 1; p < n; ++p) {
-    if (pending.size() + 1 >= kMaxPartsInFlight) {
-      pending.front().get();
-      pending.pop_front();
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      ended.wait(lock, [&] { return running < kMaxPartsInFlight; });
+      ++running;
     }
-    pending.push_back(TaskPool::Shared().Run([&part, &status, p] { status[p] = part(p); }));
+    pending.push_back(TaskPool::Shared().Run([&, p] {
+      status[p] = part(p);
+      std::lock_guard<std::mutex> lock(mu);
+      --running;
+      ended.notify_all();
+    }));
   }
   status[0] = part(0);
   for (auto& f : pending) f.get();

@@ -292,7 +292,12 @@ absl::Status DiskTier::Rebuild() {
   }
   rocksdb::Env* env = options_.env != nullptr ? options_.env : rocksdb::Env::Default();
   if (env->FileExists(ReindexMarker()).ok()) {
-    index_incomplete_ = reindex_marker_ = true;
+    // "rewrite": a rewrite did not finish, the index family may be empty, orphans are blocks
+    // to index again at any attempt. "scan": a finished rewrite kept it for an unfinished
+    // payload scan; a best-efforts recovery then treats orphans as it always does.
+    std::string why;
+    index_incomplete_ = true;
+    reindex_marker_ = !rocksdb::ReadFileToString(env, ReindexMarker(), &why).ok() || why != "scan";
     spdlog::error("{} tier: the last index rewrite did not finish; indexing again", options_.name);
   }
   data_loss_ += skipped;
@@ -407,7 +412,7 @@ absl::Status DiskTier::RewriteIndex() {
                                                   s.ToString(), "; the next start tries again"));
   };
   if (absl::Status s =
-          step(rocksdb::WriteStringToFile(env, "1", marker, /*should_sync=*/true), "marker");
+          step(rocksdb::WriteStringToFile(env, "rewrite", marker, /*should_sync=*/true), "marker");
       !s.ok()) {
     return s;
   }
@@ -440,7 +445,10 @@ absl::Status DiskTier::RewriteIndex() {
     batch.Clear();
   }
   if (absl::Status s = step(db_->Write(wo, &batch), "write"); !s.ok()) return s;
-  if (payload_scan_incomplete_) return absl::OkStatus();  // the marker stays: see Reconcile
+  if (payload_scan_incomplete_) {
+    // The marker stays (see Reconcile), saying why.
+    return step(rocksdb::WriteStringToFile(env, "scan", marker, /*should_sync=*/true), "marker");
+  }
   if (absl::Status s = step(env->DeleteFile(marker), "marker"); !s.ok()) return s;
   index_incomplete_ = false;
   spdlog::warn("{} tier: index rewritten from the {} blocks found", options_.name, index_.size());

@@ -664,7 +664,7 @@ TEST(DiskTierTest, AnUnfinishedIndexRewriteIsCompletedAtTheNextStart) {
       ASSERT_TRUE(raw.db->Delete({}, cf, EncodeDiskKey(Key(i))).ok());
     }
   }
-  std::ofstream(path + "/STRATA-REINDEX") << "1";
+  std::ofstream(path + "/STRATA-REINDEX") << "rewrite";
   auto tier = DiskTier::Open(Options(path));
   ASSERT_THAT(tier.status(), IsOk());
   EXPECT_EQ((*tier)->Stats().blocks, 8u);
