@@ -65,22 +65,19 @@ absl::StatusOr<std::unique_ptr<ClientDataPlane>> ClientDataPlane::Create(
       return absl::Status(worker.status().code(), absl::StrCat("UCX worker for lane ", lane, ": ",
                                                                worker.status().message()));
     }
-    absl::MutexLock lock(&plane->wire_mu_);
     plane->workers_.push_back(*std::move(worker));
   }
   return plane;
 }
 
 ClientDataPlane::~ClientDataPlane() {
-  std::vector<std::shared_ptr<transport::Worker>> workers;
   {
     absl::MutexLock lock(&wire_mu_);
     DisconnectAll();
-    workers.swap(workers_);
   }
   // Workers first: until they stop, RMA the node already sent may still read or write the
   // registered ranges and bounce buffers.
-  workers.clear();
+  workers_.clear();
   {
     absl::MutexLock lock(&regions_mu_);
     regions_.clear();
@@ -93,12 +90,10 @@ ClientDataPlane::~ClientDataPlane() {
   context_.reset();
 }
 
-std::vector<std::string> ClientDataPlane::WorkerAddresses(uint64_t* generation) const {
-  absl::MutexLock lock(&wire_mu_);
+std::vector<std::string> ClientDataPlane::WorkerAddresses() const {
   std::vector<std::string> out;
   out.reserve(workers_.size());
   for (const auto& w : workers_) out.push_back(w->Address());
-  if (generation != nullptr) *generation = worker_generation_;
   return out;
 }
 
@@ -112,7 +107,6 @@ void ClientDataPlane::DisconnectAll() {
 }
 
 bool ClientDataPlane::Fence(uint64_t channel_id) {
-  std::vector<std::shared_ptr<transport::Worker>> retired;  // released after the lock
   absl::MutexLock lock(&wire_mu_);
   const bool wired = channel_id != 0 && channel_id == wired_channel_;
   if (wired) {
@@ -121,14 +115,6 @@ bool ClientDataPlane::Fence(uint64_t channel_id) {
     }
     endpoints_.clear();
     wired_channel_ = 0;
-    if (!options_.peer_failure_handling) {
-      for (auto& w : workers_) {
-        absl::StatusOr<std::unique_ptr<transport::Worker>> fresh = context_->CreateWorker();
-        if (!fresh.ok()) continue;  // keeps the old one: no worse than before
-        retired.push_back(std::exchange(w, *std::move(fresh)));
-      }
-      if (!retired.empty()) ++worker_generation_;
-    }
   }
   // Messages of the channel that reached us after their receives were cancelled would wait in
   // UCX's unexpected queue for good. Over TCP no more can come once the endpoints are closed;
@@ -136,22 +122,16 @@ bool ClientDataPlane::Fence(uint64_t channel_id) {
   // arrive (bounded by the node's cut-off at its deadline) and stays.
   const uint64_t prefix = transport::ChannelTagPrefix(channel_id);
   for (auto& w : workers_) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
-  for (auto& w : retired) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
   return wired;
 }
 
 absl::Status ClientDataPlane::Wire(uint64_t channel_id,
-                                   const std::vector<std::string>& node_addresses,
-                                   std::optional<uint64_t> generation) {
-  if (node_addresses.size() != lanes()) {
-    return absl::InvalidArgumentError(absl::StrCat("node sent ", node_addresses.size(),
-                                                   " worker addresses for ", lanes(), " lanes"));
+                                   const std::vector<std::string>& node_addresses) {
+  if (node_addresses.size() != workers_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "node sent ", node_addresses.size(), " worker addresses for ", workers_.size(), " lanes"));
   }
   absl::MutexLock lock(&wire_mu_);
-  if (generation.has_value() && *generation != worker_generation_) {
-    return absl::UnavailableError(
-        absl::StrCat(kWorkersRenewed, " since it sent their addresses; connect again"));
-  }
   DisconnectAll();
   std::vector<transport::EndpointId> fresh;
   for (size_t lane = 0; lane < workers_.size(); ++lane) {
@@ -170,11 +150,11 @@ absl::Status ClientDataPlane::Wire(uint64_t channel_id,
 
 absl::Status ClientDataPlane::Transfer(uint32_t lane, std::span<const transport::TransferOp> ops,
                                        absl::Time deadline, const std::atomic<bool>* abort) {
-  if (lane >= lanes()) {
-    return absl::InvalidArgumentError(absl::StrCat("Transfer on lane ", lane, " of ", lanes()));
+  if (lane >= workers_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Transfer on lane ", lane, " of ", workers_.size()));
   }
   transport::EndpointId ep = 0;
-  std::shared_ptr<transport::Worker> worker;
   {
     absl::MutexLock lock(&wire_mu_);
     if (endpoints_.empty()) {
@@ -182,15 +162,13 @@ absl::Status ClientDataPlane::Transfer(uint32_t lane, std::span<const transport:
           absl::StrCat("Transfer on lane ", lane, ": no data channel is wired"));
     }
     ep = endpoints_[lane];
-    worker = workers_[lane];
   }
   // Not under wire_mu_: the batch may run until its deadline, and Wire() must not wait for it.
-  absl::Status s = worker->Transfer(ep, ops, deadline, abort);
+  absl::Status s = workers_[lane]->Transfer(ep, ops, deadline, abort);
   if (s.code() == absl::StatusCode::kInvalidArgument) {
-    // A Wire() between the copy and the post disconnected `ep`: the channel is what changed
-    // (ids are per worker: a renewed lane's may repeat).
+    // A Wire() between the copy and the post disconnected `ep`: the channel is what changed.
     absl::MutexLock lock(&wire_mu_);
-    if (endpoints_.size() <= lane || endpoints_[lane] != ep || workers_[lane] != worker) {
+    if (endpoints_.size() <= lane || endpoints_[lane] != ep) {
       return absl::UnavailableError(absl::StrCat(
           "Transfer on lane ", lane, ": the data channel was replaced (", s.message(), ")"));
     }

@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -52,10 +51,6 @@ struct ClientDataPlaneOptions {
   size_t bounce_buffers = 2;      // at least 2
 };
 
-// What Wire answers (UNAVAILABLE) when a fence renewed the workers whose addresses the node
-// was given: the caller connects again.
-inline constexpr char kWorkersRenewed[] = "the client's lane workers were renewed";
-
 class ClientDataPlane {
  public:
   // Creates the context and the lane workers. INVALID_ARGUMENT: no lanes, no bounce geometry;
@@ -66,12 +61,11 @@ class ClientDataPlane {
   ClientDataPlane(const ClientDataPlane&) = delete;
   ClientDataPlane& operator=(const ClientDataPlane&) = delete;
 
-  uint32_t lanes() const { return options_.lanes; }
+  uint32_t lanes() const { return static_cast<uint32_t>(workers_.size()); }
   size_t bounce_buffer_size() const { return options_.bounce_buffer_size; }
   size_t bounce_capacity() const { return options_.bounce_buffers; }
-  // One Worker::Address() per lane, in lane order (ConnectDataRequest.worker_addresses), and
-  // the generation of the workers they name (for Wire).
-  std::vector<std::string> WorkerAddresses(uint64_t* generation = nullptr) const;
+  // One Worker::Address() per lane, in lane order (ConnectDataRequest.worker_addresses).
+  std::vector<std::string> WorkerAddresses() const;
   // Our UCX tcp segment sizes (ConnectDataRequest), and whether a node's fit them
   // (FAILED_PRECONDITION otherwise: transport::CheckTcpSegments).
   transport::TcpSegments tcp_segments() const { return context_->tcp_segments(); }
@@ -81,12 +75,9 @@ class ClientDataPlane {
 
   // Connects lane i's worker to node_addresses[i] for data channel `channel_id`, replacing the
   // endpoints of an earlier channel. INVALID_ARGUMENT: not one address per lane, or one is not
-  // a worker address (names the lane); UNAVAILABLE: a node lane cannot be reached, or
-  // `generation` (WorkerAddresses') is no longer the workers' (a fence renewed them: the node
-  // connected to the old ones; connect again). On error no endpoint is left. Blocks until the
-  // workers have created the endpoints.
-  absl::Status Wire(uint64_t channel_id, const std::vector<std::string>& node_addresses,
-                    std::optional<uint64_t> generation = std::nullopt);
+  // a worker address (names the lane); UNAVAILABLE: a node lane cannot be reached. On error no
+  // endpoint is left. Blocks until the workers have created the endpoints.
+  absl::Status Wire(uint64_t channel_id, const std::vector<std::string>& node_addresses);
 
   // If the endpoints are wired for `channel_id`: force-closes every lane's endpoint
   // (Worker::Abandon), so the node's requests still to come on this channel no longer reach
@@ -95,11 +86,6 @@ class ClientDataPlane {
   // another call fenced the channel first, or it was replaced: its endpoints are closed already,
   // and those of a newer channel are left alone. Either way, then drops the node's messages on
   // channel `channel_id` that no receive claimed.
-  //
-  // Without peer-failure handling (shared memory) a fence of the wired channel also gives
-  // every lane a new worker: a peer killed mid-send can leave a worker's shared receive queue
-  // unreadable for good (docs/design/transfer-protocol.md, "A wedged lane"), and a failed call
-  // is how the client finds out. Calls still on the old workers finish or fail there.
   bool Fence(uint64_t channel_id);
 
   // Registers a user range (see StoreClient::RegisterMemory for the codes).
@@ -154,10 +140,8 @@ class ClientDataPlane {
   std::map<uintptr_t, std::shared_ptr<const transport::MemoryRegion>> regions_
       ABSL_GUARDED_BY(regions_mu_);
 
-  mutable absl::Mutex wire_mu_;
-  // One per lane; Fence may replace them (shared memory), so each call keeps the one it uses.
-  std::vector<std::shared_ptr<transport::Worker>> workers_ ABSL_GUARDED_BY(wire_mu_);
-  uint64_t worker_generation_ ABSL_GUARDED_BY(wire_mu_) = 0;  // bumped by each renewal
+  std::vector<std::unique_ptr<transport::Worker>> workers_;  // fixed after Create
+  absl::Mutex wire_mu_;
   std::vector<transport::EndpointId> endpoints_ ABSL_GUARDED_BY(wire_mu_);  // per lane, or none
   uint64_t wired_channel_ ABSL_GUARDED_BY(wire_mu_) = 0;  // endpoints_'s channel; 0: none
   std::atomic<uint32_t> tag_sequence_{0};

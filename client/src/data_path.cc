@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <bit>
 
-#include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
 #include "grpc_store_client.h"
 #include "strata/common/checksum.h"
@@ -75,13 +74,6 @@ absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadl
   chan_mu_.Unlock();
 
   absl::StatusOr<std::pair<uint64_t, std::string>> opened = OpenChannel(deadline);
-  // A fence (another call's failure) renewed our lane workers while the node connected to the
-  // old ones (ClientDataPlane::Fence): connect again, to the new ones.
-  for (int again = 0; again < 2 && !opened.ok() && Clock::now() < deadline &&
-                      absl::StrContains(opened.status().message(), kWorkersRenewed);
-       ++again) {
-    opened = OpenChannel(deadline);
-  }
   absl::MutexLock lock(&chan_mu_);
   connecting_ = false;
   if (!opened.ok()) return opened.status();
@@ -93,8 +85,7 @@ absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadl
 absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
     Clock::time_point deadline) {
   v1::ConnectDataRequest req;
-  uint64_t generation = 0;
-  for (std::string& a : ucx_->WorkerAddresses(&generation)) req.add_worker_addresses(std::move(a));
+  for (std::string& a : ucx_->WorkerAddresses()) req.add_worker_addresses(std::move(a));
   req.set_ucx_tcp_tx_seg_bytes(ucx_->tcp_segments().tx);
   req.set_ucx_tcp_rx_seg_bytes(ucx_->tcp_segments().rx);
   v1::ConnectDataResponse resp;
@@ -120,7 +111,7 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
                                     std::memory_order_relaxed);
   std::vector<std::string> node_lanes(resp.worker_addresses().begin(),
                                       resp.worker_addresses().end());
-  if (absl::Status s = ucx_->Wire(resp.channel_id(), node_lanes, generation); !s.ok()) {
+  if (absl::Status s = ucx_->Wire(resp.channel_id(), node_lanes); !s.ok()) {
     CloseDataQuietly(resp.channel_id());
     return absl::Status(s.code(), absl::StrCat(Where("ConnectData"), ": ", s.message()));
   }

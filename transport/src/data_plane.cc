@@ -76,6 +76,7 @@ DataPlane::~DataPlane() {
   {
     absl::MutexLock lock(&mu_);
     lanes_.clear();  // workers first: they may still reference the arena region
+    retired_lanes_.clear();
   }
   arena_region_.reset();
 }

@@ -74,12 +74,13 @@ void DataPlane::ReplaceLane(size_t lane) {
                   fresh.status().ToString());
     return;
   }
-  // Released after the lock: the last reference's destructor joins the worker's thread.
-  std::shared_ptr<Worker> old;
   absl::flat_hash_map<uint64_t, ChannelState> closing;
   {
     absl::MutexLock lock(&mu_);
-    old = std::exchange(lanes_[lane], std::move(*fresh));
+    // Kept until the plane goes: UCX 1.13 can crash destroying a worker whose sends still wait
+    // on a shared-memory peer that reads nothing (ucp_worker_destroy purging them), which is
+    // what a wedged lane's peers may be.
+    retired_lanes_.push_back(std::exchange(lanes_[lane], std::move(*fresh)));
     // Every channel has an endpoint on the old worker: none can use this lane any more.
     closing.swap(channels_);
   }

@@ -211,6 +211,8 @@ class DataPlane {
   mutable absl::Mutex mu_;
   // Per lane its current worker (ReplaceLane swaps one); channels keep the ones they use.
   std::vector<std::shared_ptr<transport::Worker>> lanes_ ABSL_GUARDED_BY(mu_);
+  // Workers ReplaceLane took out, destroyed with the plane (data_plane_lanes.cc says why).
+  std::vector<std::shared_ptr<transport::Worker>> retired_lanes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, ChannelState> channels_ ABSL_GUARDED_BY(mu_);
   // Channels being connected: counted against max_channels with channels_.
   size_t connecting_ ABSL_GUARDED_BY(mu_) = 0;
