@@ -606,6 +606,15 @@ std::vector<std::vector<uint8_t>> PutBlocks(const std::string& path, uint8_t n) 
   return served;
 }
 
+// Reads Key(1..n) back from `tier`: each exactly as `served` says.
+void ExpectReadsBack(DiskTier& tier, const std::vector<std::vector<uint8_t>>& served, uint8_t n) {
+  for (uint8_t i = 1; i <= n; ++i) {
+    std::vector<uint8_t> out;
+    ASSERT_THAT(tier.Read(Key(i), &out), IsOk()) << int{i};
+    EXPECT_EQ(out, served[i - 1]) << int{i};
+  }
+}
+
 // A damaged index file (the meta column family's SST) costs no block: each is indexed again
 // from its own header, and the index is rewritten without the damaged file, which RocksDB
 // would otherwise meet again at every start and in its next compaction. Before, every block
@@ -635,11 +644,7 @@ TEST(DiskTierTest, ADamagedIndexFileIsRebuiltFromTheBlocksOwnHeaders) {
     auto tier = DiskTier::Open(Options(path));
     ASSERT_THAT(tier.status(), IsOk());
     EXPECT_EQ((*tier)->Stats().blocks, 12u);
-    for (uint8_t i = 1; i <= 12; ++i) {
-      std::vector<uint8_t> out;
-      ASSERT_THAT((*tier)->Read(Key(i), &out), IsOk()) << int{i};
-      EXPECT_EQ(out, served[i - 1]) << int{i};
-    }
+    ASSERT_NO_FATAL_FAILURE(ExpectReadsBack(**tier, served, 12));
   }
   EXPECT_FALSE(fs::exists(index_file)) << "the damaged index file is still live";
   EXPECT_FALSE(fs::exists(path + "/STRATA-REINDEX"));
@@ -668,11 +673,7 @@ TEST(DiskTierTest, AnUnfinishedIndexRewriteIsCompletedAtTheNextStart) {
   auto tier = DiskTier::Open(Options(path));
   ASSERT_THAT(tier.status(), IsOk());
   EXPECT_EQ((*tier)->Stats().blocks, 8u);
-  for (uint8_t i = 1; i <= 8; ++i) {
-    std::vector<uint8_t> out;
-    ASSERT_THAT((*tier)->Read(Key(i), &out), IsOk()) << int{i};
-    EXPECT_EQ(out, served[i - 1]) << int{i};
-  }
+  ASSERT_NO_FATAL_FAILURE(ExpectReadsBack(**tier, served, 8));
   EXPECT_FALSE((*tier)->Find(Key(9), false).has_value());
   EXPECT_FALSE((*tier)->Find(Key(10), false).has_value());
   EXPECT_FALSE(fs::exists(path + "/STRATA-REINDEX"));

@@ -65,6 +65,28 @@ inline std::vector<uint8_t> Payload(const ChainHash& h) {
   return out;
 }
 
+// Writes of `hashes` with their Payload bytes, which *data holds for as long as the writes.
+inline std::vector<BlockWrite> PayloadWrites(const std::vector<ChainHash>& hashes,
+                                             std::vector<std::vector<uint8_t>>* data) {
+  data->clear();
+  for (const ChainHash& h : hashes) data->push_back(Payload(h));
+  std::vector<BlockWrite> writes;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    writes.push_back({hashes[i], (*data)[i].data(), kBlock});
+  }
+  return writes;
+}
+
+// Waits (bounded) until a cluster client's member set lists `want` members.
+inline bool WaitForMembers(StoreClient& c, uint32_t want) {
+  for (absl::Time end = absl::Now() + absl::Seconds(15); absl::Now() < end;) {
+    auto s = c.Stats();
+    if (s.ok() && s->members == want) return true;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return false;
+}
+
 // The value of a node's unlabelled-but-for-node gauge `name` on /metrics; -1 if absent.
 inline double Gauge(const LocalNode& node, const std::string& name) {
   auto page = testutil::HttpGet(node.http_address(), "/metrics");
@@ -238,16 +260,6 @@ class ClusterFixture : public ::testing::Test {
       stub->AbortPut(&ctx, req, &resp).ok();
     }
     h->held.clear();
-  }
-
-  // Waits (bounded) until the cluster's etcd lists `want` members.
-  static bool WaitForMembers(StoreClient& c, uint32_t want) {
-    for (absl::Time end = absl::Now() + absl::Seconds(15); absl::Now() < end;) {
-      auto s = c.Stats();
-      if (s.ok() && s->members == want) return true;
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    return false;
   }
 
   static client::NodeStats NodeStats(const LocalNode& node) {

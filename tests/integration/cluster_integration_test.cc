@@ -584,11 +584,7 @@ TEST_F(ReplicatedClusterTest, AcknowledgedBlocksSurviveTwentyKillCycles) {
       }
       std::vector<ChainHash> chain = testutil::PromptChain(*wns, prompt, 8);
       std::vector<std::vector<uint8_t>> data;
-      std::vector<BlockWrite> writes;
-      for (const ChainHash& h : chain) data.push_back(Payload(h));
-      for (size_t i = 0; i < chain.size(); ++i) {
-        writes.push_back({chain[i], data[i].data(), kBlock});
-      }
+      const std::vector<BlockWrite> writes = PayloadWrites(chain, &data);
       auto r = w->Put(*wns, "", writes, {.deadline = absl::Seconds(5)});
       {
         absl::MutexLock lock(&mu);

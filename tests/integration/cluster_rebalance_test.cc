@@ -309,9 +309,7 @@ TEST_F(ClusterTest, ATenantsBlocksAreNotHandedOverToAPeersSharedCopy) {
   ASSERT_TRUE(ns.ok());
   const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 13, 30);
   std::vector<std::vector<uint8_t>> data;
-  std::vector<BlockWrite> writes;
-  for (const ChainHash& h : chain) data.push_back(Payload(h));
-  for (size_t i = 0; i < chain.size(); ++i) writes.push_back({chain[i], data[i].data(), kBlock});
+  const std::vector<BlockWrite> writes = PayloadWrites(chain, &data);
   auto shared = c->Put(*ns, "shared", writes);
   ASSERT_THAT(shared, IsOk());
   ASSERT_EQ(shared->stored, chain.size());

@@ -40,18 +40,12 @@ TEST(ClusterRefusalTest, ANodeThatCannotRegisterTheNamespaceIsPassedOver) {
   auto connected = StoreClient::Connect(o);
   ASSERT_THAT(connected, IsOk());
   std::unique_ptr<StoreClient> c = std::move(*connected);
-  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
-    auto st = c->Stats();
-    if (st.ok() && st->members == 2) break;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  WaitForMembers(*c, 2);
   auto ns = c->RegisterNamespace(Spec());  // taken by the node with room
   ASSERT_THAT(ns, IsOk());
   const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 5, 16);
   std::vector<std::vector<uint8_t>> data;
-  std::vector<BlockWrite> writes;
-  for (const ChainHash& h : chain) data.push_back(Payload(h));
-  for (size_t i = 0; i < chain.size(); ++i) writes.push_back({chain[i], data[i].data(), kBlock});
+  const std::vector<BlockWrite> writes = PayloadWrites(chain, &data);
   // Every block is written to the other node; the full node's refusal is each block's
   // outcome there, and one copy meets the quorum.
   auto put = c->Put(*ns, "", writes);
