@@ -129,11 +129,11 @@ class DataPlane {
   // A wedged lane. Over shared memory every peer writes its messages into a lane worker's one
   // receive queue in shared memory; a peer killed between claiming a slot there and filling
   // it leaves the slot unfilled for good, and UCX 1.13 reads no message past it, from anyone:
-  // every later call on that lane times out (reproduced: about 1 kill in 50 of a client
-  // putting over shm). A checker thread sends each lane a one-byte message from a worker of
-  // its own once per lane_check_interval; kLaneStrikes in a row that do not arrive within
-  // kLaneProbeWait replace the lane's worker with a new one and close every channel (their
-  // clients connect again, to the new worker). How many lanes were replaced so far.
+  // every later call on that lane times out (reproduced once in 580 kills of a client
+  // putting over shm: scripts/shm_kill_check.sh). A checker thread sends each lane a one-byte
+  // message from a worker of its own once per lane_check_interval; kLaneStrikes in a row that do
+  // not arrive within kLaneProbeWait replace the lane's worker with a new one and close every
+  // channel (their clients connect again, to the new worker). How many lanes were replaced so far.
   uint64_t lanes_replaced() const { return lanes_replaced_.load(std::memory_order_relaxed); }
   static constexpr int kLaneStrikes = 3;
   static constexpr absl::Duration kLaneProbeWait = absl::Seconds(2);
