@@ -43,7 +43,8 @@ absl::StatusOr<std::string> SelfBinDir() {
 
 absl::StatusOr<std::unique_ptr<LocalNode>> LocalNode::Start(const std::string& binary,
                                                             const std::vector<std::string>& args,
-                                                            absl::Duration timeout) {
+                                                            absl::Duration timeout,
+                                                            int parent_death_signal) {
   if (access(binary.c_str(), X_OK) != 0) {
     return absl::NotFoundError(
         absl::StrCat("no executable ", binary, " (build the strata-storenode target)"));
@@ -69,7 +70,7 @@ absl::StatusOr<std::unique_ptr<LocalNode>> LocalNode::Start(const std::string& b
   }
   if (pid == 0) {
     // Only async-signal-safe calls between fork and exec.
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    prctl(PR_SET_PDEATHSIG, parent_death_signal);
     if (getppid() != parent) _exit(127);  // the bench died before prctl took effect
     dup2(STDERR_FILENO, STDOUT_FILENO);
     execv(c_argv[0], c_argv.data());

@@ -22,7 +22,9 @@ absl::StatusOr<std::unique_ptr<client::LocalNode>> StartNode(const std::vector<s
                                                              absl::Duration timeout) {
   std::vector<std::string> all = {"--log-level", "warn"};
   all.insert(all.end(), args.begin(), args.end());
-  return client::LocalNode::Start(ProjectBinary("strata-storenode"), all, timeout);
+  // SIGKILL on the test's death: a test that crashes while a node is frozen (Freeze) would
+  // otherwise leave it stopped for good, holding ctest's output pipe.
+  return client::LocalNode::Start(ProjectBinary("strata-storenode"), all, timeout, SIGKILL);
 }
 
 absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,

@@ -2,7 +2,8 @@
 // that `strata demo`, strata-bench and the integration tests start. It reports its ports
 // through a port file in a temp dir, is stopped by Stop() (SIGTERM: graceful drain) or, failing
 // that, killed by the destructor. The child gets PR_SET_PDEATHSIG, so a killed parent leaves
-// no node behind.
+// no node behind: SIGTERM by default (the node drains), SIGKILL where the parent may have
+// stopped it (SIGSTOP) — a stopped process keeps a SIGTERM pending and never ends.
 //
 // Not thread-safe; one owner. Start() forks: call it before starting any thread.
 #pragma once
@@ -24,10 +25,11 @@ class LocalNode {
   // `args`, with the child's stdout sent to stderr (so a JSON report on stdout stays clean).
   // Waits until the port file names the gRPC and HTTP addresses. NOT_FOUND if `binary` is missing;
   // UNAVAILABLE if the child exits first (exit code in the message); DEADLINE_EXCEEDED if
-  // it is not listening within `timeout`. Blocks.
-  static absl::StatusOr<std::unique_ptr<LocalNode>> Start(const std::string& binary,
-                                                          const std::vector<std::string>& args,
-                                                          absl::Duration timeout);
+  // it is not listening within `timeout`. Blocks. The child gets `parent_death_signal` when
+  // the thread that started it ends.
+  static absl::StatusOr<std::unique_ptr<LocalNode>> Start(
+      const std::string& binary, const std::vector<std::string>& args, absl::Duration timeout,
+      int parent_death_signal = 15 /* SIGTERM */);
   ~LocalNode();
   LocalNode(const LocalNode&) = delete;
   LocalNode& operator=(const LocalNode&) = delete;

@@ -20,7 +20,8 @@ namespace strata::testutil {
 std::string ProjectBinary(const std::string& name);
 
 // Starts the project's strata-storenode on free loopback ports with `args` (after
-// `--log-level warn`, so a test may override it).
+// `--log-level warn`, so a test may override it). The node gets SIGKILL when the thread that
+// started it ends (LocalNode's parent-death signal), stopped or not.
 absl::StatusOr<std::unique_ptr<client::LocalNode>> StartNode(
     const std::vector<std::string>& args, absl::Duration timeout = absl::Seconds(20));
 
