@@ -365,14 +365,20 @@ class ClusterStoreClient final : public StoreClient {
 
   // Runs op, and once more after a refresh of the member set if a node found its epoch stale.
   // UNAVAILABLE without running it while the set has no member (every node left).
-  // Both attempts share the call's one deadline (`op(end)`).
+  // Both attempts and the refresh share the call's one deadline (`op(end)`): a refresh that
+  // runs out of it (etcd slow or gone) ends the call with DEADLINE_EXCEEDED.
   template <typename Op>
   auto WithFreshEpoch(const CallOptions& call, Op op) -> decltype(op(absl::Time())) {
     if (membership_->Current()->members.empty()) return NoMember();
     const absl::Time end = End(call);
     auto r = op(end);
     if (!r.ok() && IsStaleEpoch(r.status()) && absl::Now() < end) {
-      membership_->Refresh().IgnoreError();
+      const absl::Status refreshed = membership_->Refresh(end);
+      if (refreshed.code() == absl::StatusCode::kDeadlineExceeded || absl::Now() >= end) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(r.status().message(), "; the deadline passed re-reading the member set",
+                         refreshed.ok() ? "" : ": ", refreshed.message()));
+      }
       r = op(end);
     }
     return r;

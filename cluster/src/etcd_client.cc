@@ -399,15 +399,16 @@ class EtcdClientImpl : public EtcdClient {
     return FromProto(response.kvs(0));
   }
 
-  absl::StatusOr<RangeResult> GetPrefix(std::string_view prefix) override {
+  using EtcdClient::GetPrefix;
+  absl::StatusOr<RangeResult> GetPrefix(std::string_view prefix, absl::Time deadline) override {
     pb::RangeRequest request;
     request.set_key(prefix.empty() ? std::string(1, '\0') : std::string(prefix));
     request.set_range_end(PrefixRangeEnd(prefix));
     pb::RangeResponse response;
-    absl::Status s =
-        Unary("GetPrefix", /*is_write=*/false, [&](Endpoint& e, grpc::ClientContext* ctx) {
-          return e.kv->Range(ctx, request, &response);
-        });
+    absl::Status s = Unary(
+        "GetPrefix", /*is_write=*/false,
+        [&](Endpoint& e, grpc::ClientContext* ctx) { return e.kv->Range(ctx, request, &response); },
+        deadline);
     if (!s.ok()) return s;
     RangeResult result;
     result.revision = response.header().revision();
@@ -540,10 +541,11 @@ class EtcdClientImpl : public EtcdClient {
 
   // Runs `call` against the sticky endpoint, then the others while they are UNAVAILABLE (a
   // write: only while they had no connection when the call began, so it was never sent), all
-  // within one request_timeout.
+  // within one request_timeout, or by `until` if that comes first.
   template <typename Call>
-  absl::Status Unary(absl::string_view op, bool is_write, Call call) {
-    const absl::Time deadline = absl::Now() + options_.request_timeout;
+  absl::Status Unary(absl::string_view op, bool is_write, Call call,
+                     absl::Time until = absl::InfiniteFuture()) {
+    const absl::Time deadline = std::min(absl::Now() + options_.request_timeout, until);
     const size_t first = current_.load();
     absl::Status error;
     for (size_t i = 0; i < endpoints_.size(); ++i) {

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -199,20 +200,28 @@ class Membership::Impl {
     return connected_;
   }
 
-  absl::Status Refresh() {
+  absl::Status Refresh(absl::Time deadline) {
     if (etcd_ == nullptr) return absl::OkStatus();
     // One at a time: without a watch a snapshot is applied whatever came before (an etcd that
     // lost its data counts revisions from 1 again), so two at once could apply the older
     // listing last — the newest epoch with an older member set, which no node refuses. Callers
     // refused together (one stale epoch) share one listing: a refresh begun after this call
-    // asked answers it too.
+    // asked answers it too, unless it failed for want of time this caller still has.
     const uint64_t asked = refreshes_begun_.load(std::memory_order_acquire);
-    absl::MutexLock one(&refresh_mu_);
-    if (refreshes_begun_.load(std::memory_order_relaxed) > asked) return last_refresh_;
+    if (!refresh_mu_.LockWhenWithDeadline(absl::Condition::kTrue, deadline)) {
+      refresh_mu_.Unlock();
+      return absl::DeadlineExceededError("cluster membership: re-reading the member set");
+    }
+    absl::Cleanup unlock = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { refresh_mu_.Unlock(); };
+    if (refreshes_begun_.load(std::memory_order_relaxed) > asked &&
+        (last_refresh_.ok() || last_refresh_until_ >= deadline)) {
+      return last_refresh_;
+    }
     refreshes_begun_.fetch_add(1, std::memory_order_release);
     // Without a watch nothing else applies changes: the snapshot is the state.
-    absl::StatusOr<int64_t> listed = List(/*restart=*/!o_.watch);
+    absl::StatusOr<int64_t> listed = List(/*restart=*/!o_.watch, deadline);
     last_refresh_ = listed.status();
+    last_refresh_until_ = deadline;
     absl::MutexLock lock(&mu_);
     connected_ = listed.ok();
     return listed.status();
@@ -398,8 +407,8 @@ class Membership::Impl {
   // (not `restart`) keeps what the watch applied since its snapshot; the loop's List before a
   // new watch (`restart`) applies its snapshot whatever came before: an etcd that lost its data
   // starts its revisions again from 1.
-  absl::StatusOr<int64_t> List(bool restart) {
-    absl::StatusOr<RangeResult> range = etcd_->GetPrefix(root_);
+  absl::StatusOr<int64_t> List(bool restart, absl::Time deadline = absl::InfiniteFuture()) {
+    absl::StatusOr<RangeResult> range = etcd_->GetPrefix(root_, deadline);
     if (!range.ok()) return range.status();
     std::map<std::string, Member> members;
     uint64_t epoch = 0;
@@ -569,6 +578,7 @@ class Membership::Impl {
   absl::Mutex refresh_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // Refresh: one listing at a time
   std::atomic<uint64_t> refreshes_begun_{0};
   absl::Status last_refresh_ ABSL_GUARDED_BY(refresh_mu_);
+  absl::Time last_refresh_until_ ABSL_GUARDED_BY(refresh_mu_);  // the deadline it ran under
   mutable absl::Mutex mu_;
   std::shared_ptr<const MemberSet> current_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const MemberSet> previous_ ABSL_GUARDED_BY(mu_);
@@ -627,7 +637,7 @@ Membership::~Membership() = default;
 std::shared_ptr<const MemberSet> Membership::Current() const { return impl_->Current(); }
 std::shared_ptr<const MemberSet> Membership::Previous() const { return impl_->Previous(); }
 bool Membership::connected() const { return impl_->connected(); }
-absl::Status Membership::Refresh() { return impl_->Refresh(); }
+absl::Status Membership::Refresh(absl::Time deadline) { return impl_->Refresh(deadline); }
 void Membership::Leave() { impl_->Leave(); }
 void Membership::OnChange(std::function<void(const MemberSet&)> callback) {
   impl_->OnChange(std::move(callback));

@@ -1,25 +1,31 @@
-// A node that refuses a request the other replicas take is passed over, not the end of the
-// cluster call. Here a node whose namespace table is full (max_namespaces) cannot register
-// the namespace the client uses: it answers INVALID_ARGUMENT ("namespace unknown") for every
-// call. Before, that one answer failed every cluster Put, Get and Lookup that touched it,
-// though the other replica held every block.
+// Refusals in a cluster. A node that refuses a request the other replicas take is passed
+// over, not the end of the cluster call. Here a node whose namespace table is full (max_namespaces)
+// cannot register the namespace the client uses: it answers INVALID_ARGUMENT ("namespace unknown")
+// for every call. Before, that one answer failed every cluster Put, Get and Lookup that touched it,
+// though the other replica held every block. And a stale epoch's refusal is retried within
+// the call's deadline, etcd or no etcd.
 #include "cluster_fixture.h"
 
 namespace strata::cluster_test {
 namespace {
 
+// A node of cluster `cluster` on `etcd`, data plane off.
+absl::StatusOr<std::unique_ptr<LocalNode>> StartMember(const cluster::LocalEtcd& etcd,
+                                                       const std::string& cluster,
+                                                       const std::string& id,
+                                                       std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {
+      "--node-id",      id,      "--cluster-mode", "etcd",  "--etcd-endpoints", etcd.endpoint(),
+      "--cluster-name", cluster, "--warm-bytes",   "64MiB", "--ucx-tls",        ""};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return testutil::StartNode(args);
+}
+
 TEST(ClusterRefusalTest, ANodeThatCannotRegisterTheNamespaceIsPassedOver) {
   auto etcd = cluster::LocalEtcd::Start({});
   ASSERT_TRUE(etcd.ok()) << etcd.status();
   auto start = [&](const std::string& id, std::vector<std::string> extra) {
-    std::vector<std::string> args = {"--node-id",        id,
-                                     "--cluster-mode",   "etcd",
-                                     "--etcd-endpoints", (*etcd)->endpoint(),
-                                     "--cluster-name",   "refusal",
-                                     "--warm-bytes",     "64MiB",
-                                     "--ucx-tls",        ""};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return testutil::StartNode(args);
+    return StartMember(**etcd, "refusal", id, std::move(extra));
   };
   // The full node first in member order (ids sort), so it is asked first.
   auto a = start("b-ok", {});
@@ -75,6 +81,63 @@ TEST(ClusterRefusalTest, ANodeThatCannotRegisterTheNamespaceIsPassedOver) {
   // Bad input that every node refuses still fails the whole call.
   EXPECT_THAT(c->Lookup(*ns, "Not A Scope", chain), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(c->Get(*ns, "Not A Scope", reads), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A node refuses a client's stale epoch while etcd hangs (SIGSTOP: its socket stays open and
+// nothing answers): the client's re-read of the member set keeps to the call's deadline.
+// Before, it waited out the etcd client's own 2 s request timeout whatever the call's deadline.
+TEST(ClusterRefusalTest, AStaleEpochKeepsTheCallsDeadlineWhileEtcdHangs) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  auto a = StartMember(**etcd, "stale", "a", {"--etcd-lease", "30000"});
+  ASSERT_THAT(a, IsOk());
+  ClientOptions o;
+  o.etcd_endpoints = (*etcd)->endpoint();
+  o.cluster_name = "stale";
+  o.watch_members = false;  // learns of the join below only from a node's refusal
+  o.default_deadline = absl::Seconds(10);
+  auto lazy = StoreClient::Connect(o);
+  ASSERT_THAT(lazy, IsOk());
+  auto ns = (*lazy)->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 7, 8);
+  auto b = StartMember(**etcd, "stale", "b", {"--etcd-lease", "30000"});
+  ASSERT_THAT(b, IsOk());
+  // Until node a knows the join, it would serve the client's old epoch.
+  auto stats = (*lazy)->Stats();
+  ASSERT_THAT(stats, IsOk());
+  auto stub = v1::StoreService::NewStub(
+      grpc::CreateChannel((*a)->address(), grpc::InsecureChannelCredentials()));
+  bool refused = false;
+  for (absl::Time end = absl::Now() + absl::Seconds(20); !refused && absl::Now() < end;) {
+    v1::LookupRequest req;
+    req.set_namespace_id(ns->id);
+    req.add_chain_hashes(std::string(32, 'x'));
+    req.set_epoch(stats->epoch);
+    v1::LookupResponse resp;
+    grpc::ClientContext ctx;
+    refused = stub->Lookup(&ctx, req, &resp).error_code() == grpc::StatusCode::FAILED_PRECONDITION;
+    if (!refused) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(refused) << "node a never learnt of node b";
+
+  {
+    testutil::Freeze hung((*etcd)->pid());
+    ASSERT_TRUE(hung.stopped());
+    const absl::Time t0 = absl::Now();
+    auto late = (*lazy)->Lookup(*ns, "", chain, {.deadline = absl::Milliseconds(300)});
+    const absl::Duration took = absl::Now() - t0;
+    EXPECT_THAT(late,
+                StatusIs(absl::StatusCode::kDeadlineExceeded, ::testing::HasSubstr("member set")));
+    EXPECT_LT(took, absl::Milliseconds(1500)) << "a 300 ms call";
+  }
+  // etcd answers again: the same call re-reads the set and goes through.
+  auto found = (*lazy)->Lookup(*ns, "", chain);
+  ASSERT_THAT(found, IsOk());
+  EXPECT_EQ(found->matched_blocks, 0u);
+  auto after = (*lazy)->Stats();
+  ASSERT_THAT(after, IsOk());
+  EXPECT_EQ(after->members, 2u);
 }
 
 }  // namespace

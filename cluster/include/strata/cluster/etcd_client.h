@@ -111,7 +111,11 @@ class EtcdClient {
   virtual absl::StatusOr<std::optional<KeyValue>> Get(std::string_view key) = 0;
 
   // Every key starting with `prefix` ("" = every key), sorted, with the store revision.
-  virtual absl::StatusOr<RangeResult> GetPrefix(std::string_view prefix) = 0;
+  // Gives up at `deadline` if that comes before request_timeout (DEADLINE_EXCEEDED).
+  virtual absl::StatusOr<RangeResult> GetPrefix(std::string_view prefix, absl::Time deadline) = 0;
+  absl::StatusOr<RangeResult> GetPrefix(std::string_view prefix) {
+    return GetPrefix(prefix, absl::InfiniteFuture());
+  }
 
   // Deletes `key`; returns how many keys were deleted (0 or 1).
   virtual absl::StatusOr<int64_t> Delete(std::string_view key) = 0;

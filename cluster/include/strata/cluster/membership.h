@@ -84,7 +84,8 @@ class Membership {
   // Whether the last exchange with etcd succeeded (always true outside etcd mode).
   bool connected() const;
   // Re-lists from etcd now (a client told its epoch is stale). Outside etcd mode: OK.
-  absl::Status Refresh();
+  // DEADLINE_EXCEEDED at `deadline`, waiting for another refresh or for etcd.
+  absl::Status Refresh(absl::Time deadline = absl::InfiniteFuture());
   // etcd mode: deregisters now (revokes the lease) and stops watching; the last set stays
   // readable. For a draining node. Idempotent; the destructor does it too.
   void Leave();
