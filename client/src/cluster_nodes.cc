@@ -34,11 +34,9 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
                                                                     absl::Time end) {
   if (auto known = Known(m)) return *known;
   std::vector<NamespaceSpec> specs;
-  std::vector<std::pair<void*, size_t>> memory;
   {
     absl::MutexLock lock(&mu_);
     specs = specs_;
-    memory = memory_;
   }
   const auto left = [end] {
     return CallOptions{.deadline = std::max(absl::Milliseconds(1), end - absl::Now())};
@@ -54,9 +52,6 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   for (size_t i = 0; s.ok() && i < specs.size(); ++i) {
     s = (*c)->RegisterNamespace(specs[i], left()).status();
   }
-  for (size_t i = 0; s.ok() && i < memory.size(); ++i) {
-    s = (*c)->RegisterMemory(memory[i].first, memory[i].second);
-  }
   absl::MutexLock lock(&mu_);
   Entry& e = nodes_[m.id];
   // Another call connected meanwhile (perhaps after a RegisterNamespace that ours missed):
@@ -64,6 +59,13 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   if (e.address == m.address && e.client != nullptr) return e.client;
   if (e.address != m.address) e = Entry{};  // another node under the id
   e.address = m.address;
+  // The ranges registered now, under the lock that RegisterMemory and UnregisterMemory take:
+  // from a copy taken before connecting, a range unregistered meanwhile would stay
+  // registered in this client (its memory perhaps freed and reused), and one registered
+  // meanwhile would be missing.
+  for (size_t i = 0; s.ok() && i < memory_.size(); ++i) {
+    s = (*c)->RegisterMemory(memory_[i].first, memory_[i].second);
+  }
   if (!s.ok()) {
     absl::Status error(s.code(), absl::StrCat("node ", m.id, " (", m.address, "): ", s.message()));
     // Out of the caller's time, perhaps not the node's: slow (reads ask others first), not
