@@ -65,10 +65,7 @@ client::ClientOptions ClientOptionsFrom(const NodeFlags& f) {
 
 absl::StatusOr<std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> Open(
     const NodeFlags& f) {
-  if (!(f.deadline_s >= 0.001 && f.deadline_s <= 86400)) {  // NaN fails both
-    return absl::InvalidArgumentError(
-        absl::StrCat("--deadline: ", f.deadline_s, " s, want 0.001..86400"));
-  }
+  if (absl::Status s = CheckDeadline(f.deadline_s); !s.ok()) return s;
   auto c = client::StoreClient::Connect(ClientOptionsFrom(f));
   if (!c.ok()) return c.status();
   NamespaceSpec spec;
@@ -148,6 +145,14 @@ void FillBlock(const ChainHash& hash, uint8_t* out, size_t size) {
     std::memcpy(out + i, &v, 8);
   }
   for (; i < size; ++i) out[i] = static_cast<uint8_t>(x >> (8 * (i % 8)));
+}
+
+absl::Status CheckDeadline(double seconds) {
+  if (!(seconds >= 0.001 && seconds <= 86400)) {  // NaN fails both
+    return absl::InvalidArgumentError(
+        absl::StrCat("--deadline: ", seconds, " s, want 0.001..86400"));
+  }
+  return absl::OkStatus();
 }
 
 int Fail(const std::string& cmd, const absl::Status& status) {

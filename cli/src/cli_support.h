@@ -64,6 +64,9 @@ absl::StatusOr<std::vector<uint32_t>> ParseTokens(const std::string& text);
 // did not write a block can still check every byte it reads.
 void FillBlock(const ChainHash& hash, uint8_t* out, size_t size);
 
+// --deadline in seconds: INVALID_ARGUMENT unless 0.001..86400 (NaN included).
+absl::Status CheckDeadline(double seconds);
+
 // Prints "strata <cmd>: <status>" to stderr and returns the exit code for it.
 int Fail(const std::string& cmd, const absl::Status& status);
 

@@ -180,6 +180,13 @@ int RunChild(std::vector<std::string> argv) {
 }
 
 int RunDemo(DemoFlags f) {
+  // Far past any context window, and small enough that prompt + follow-up cannot wrap.
+  constexpr uint32_t kMaxDemoTokens = 1u << 20;
+  if (f.prompt_tokens > kMaxDemoTokens || f.followup_tokens > kMaxDemoTokens) {
+    return Fail("demo", absl::InvalidArgumentError(absl::StrCat(
+                            "--prompt-tokens ", f.prompt_tokens, ", --followup-tokens ",
+                            f.followup_tokens, ": want at most ", kMaxDemoTokens, " each")));
+  }
   if (f.role == "prefill") return RunPrefill(f);
   if (f.role == "decode") return RunDecode(f);
   if (!f.role.empty()) return Fail("demo", absl::InvalidArgumentError("--role: prefill|decode"));
@@ -192,6 +199,12 @@ int RunDemo(DemoFlags f) {
   if (!shape.ok()) return Fail("demo", shape.status());
   uint64_t block_bytes = KvBytesPerToken(*shape) * f.block_tokens;
   uint64_t data_bytes = block_bytes * (f.prompt_tokens / f.block_tokens);
+  if (data_bytes > kMaxCliPutBytes) {  // the prefill process holds all of it
+    return Fail("demo", absl::InvalidArgumentError(absl::StrCat(
+                            "--prompt-tokens: ", f.prompt_tokens, " tokens of ", f.model, " are ",
+                            FormatByteSize(data_bytes), " of KV, more than the demo holds (",
+                            FormatByteSize(kMaxCliPutBytes), ")")));
+  }
 
   std::unique_ptr<client::LocalNode> local;
   if (f.node.empty()) {

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 
@@ -31,7 +32,32 @@ int RunPut(const PutFlags& f) {
   if (!f.input.empty()) {
     std::ifstream in(f.input, std::ios::binary);
     if (!in) return Fail("put", absl::InvalidArgumentError("--input: cannot read " + f.input));
-    data.assign(std::istreambuf_iterator<char>(in), {});
+    // At most what a command holds (and its blocks can), plus a byte to tell a larger input
+    // (or /dev/zero) by; a regular file's size is known before reading it.
+    const uint64_t most = std::min<uint64_t>(kMaxCliPutBytes, hashes->size() * kMaxCliBlockBytes);
+    std::error_code ec;
+    const uint64_t file_bytes =
+        std::filesystem::is_regular_file(f.input, ec) ? std::filesystem::file_size(f.input, ec) : 0;
+    // In chunks, joined once the whole input is known to fit: never twice its size in memory.
+    constexpr size_t kChunk = 16 << 20;
+    std::vector<std::vector<uint8_t>> chunks;
+    uint64_t read = 0;
+    while (file_bytes <= most && in && read <= most) {
+      chunks.emplace_back(kChunk);
+      in.read(reinterpret_cast<char*>(chunks.back().data()), kChunk);
+      chunks.back().resize(static_cast<size_t>(in.gcount()));
+      read += chunks.back().size();
+    }
+    if (file_bytes > most || read > most) {
+      return Fail("put", absl::InvalidArgumentError(absl::StrCat(
+                             "--input: ", f.input, " holds more than ", FormatByteSize(most),
+                             ", what one command puts into ", hashes->size(), " blocks")));
+    }
+    data.reserve(read);
+    for (std::vector<uint8_t>& c : chunks) {
+      data.insert(data.end(), c.begin(), c.end());
+      std::vector<uint8_t>().swap(c);
+    }
     if (data.empty() || data.size() % hashes->size() != 0) {
       return Fail("put", absl::InvalidArgumentError(
                              absl::StrFormat("--input: %d bytes do not split evenly into %d blocks",

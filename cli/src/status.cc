@@ -34,8 +34,9 @@ std::string Use(uint64_t used, uint64_t capacity) {
                       used * 100 / capacity, "%)");
 }
 
-// One table row: a member as registered, and what its Stats say (or why they could not be had).
-void PrintNode(const cluster::Member& m, double deadline_s, const SecurityFlags& security) {
+// One table row: a member as registered, and what its Stats say (or why they could not be had:
+// false).
+bool PrintNode(const cluster::Member& m, double deadline_s, const SecurityFlags& security) {
   client::ClientOptions o;
   ApplySecurity(security, &o);
   o.address = m.address;
@@ -46,7 +47,7 @@ void PrintNode(const cluster::Member& m, double deadline_s, const SecurityFlags&
   if (!s.ok()) {
     std::printf("%-12s %-21s %-8s %s\n", m.id.c_str(), m.address.c_str(),
                 m.zone.empty() ? "-" : m.zone.c_str(), s.status().ToString().c_str());
-    return;
+    return false;
   }
   std::printf("%-12s %-21s %-8s epoch %-8llu warm %-26s cool %-26s cold %s%s\n", m.id.c_str(),
               m.address.c_str(), m.zone.empty() ? "-" : m.zone.c_str(),
@@ -67,12 +68,14 @@ void PrintNode(const cluster::Member& m, double deadline_s, const SecurityFlags&
         static_cast<unsigned long long>(s->rebalance_dropped),
         static_cast<unsigned long long>(s->under_replicated));
   }
+  return true;
 }
 
 int RunStatus(const StatusFlags& f) {
   if (f.etcd.empty() == f.node.empty()) {
     return Fail("status", absl::InvalidArgumentError("give exactly one of --etcd and --node"));
   }
+  if (absl::Status s = CheckDeadline(f.deadline_s); !s.ok()) return Fail("status", s);
   if (!f.node.empty()) {
     client::ClientOptions o;
     ApplySecurity(f.security, &o);
@@ -94,8 +97,10 @@ int RunStatus(const StatusFlags& f) {
           "waits; upgrade all nodes together\n",
           s->members_placing_otherwise);
     }
-    PrintNode({.id = s->node_id, .address = f.node, .zone = s->zone}, f.deadline_s, f.security);
-    return 0;
+    return PrintNode({.id = s->node_id, .address = f.node, .zone = s->zone}, f.deadline_s,
+                     f.security)
+               ? 0
+               : 1;
   }
   std::vector<std::string> endpoints;
   for (absl::string_view e : absl::StrSplit(f.etcd, ',', absl::SkipWhitespace())) {
@@ -141,8 +146,14 @@ int RunStatus(const StatusFlags& f) {
         "copies, the largest, until they agree\n",
         absl::StrJoin(differ, ", ").c_str(), cluster::ReplicasKept(members, 0));
   }
-  for (const cluster::Member& m : members) PrintNode(m, f.deadline_s, f.security);
-  return 0;
+  // Exit 1 when a member did not answer (its row says why), so scripts and probes notice.
+  size_t unreachable = 0;
+  for (const cluster::Member& m : members) unreachable += !PrintNode(m, f.deadline_s, f.security);
+  if (unreachable > 0) {
+    std::fprintf(stderr, "strata status: %zu of %zu members did not answer\n", unreachable,
+                 members.size());
+  }
+  return unreachable > 0 ? 1 : 0;
 }
 
 }  // namespace
