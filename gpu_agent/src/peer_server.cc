@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <atomic>
 #include <string_view>
 #include <thread>
@@ -30,6 +31,10 @@ namespace {
 
 // The longest a peer's read may hold the serve region.
 constexpr absl::Duration kServeTimeout = absl::Seconds(5);
+// Reads (BeginGet, GetData) served or waiting for the serve region at once; one more is
+// RESOURCE_EXHAUSTED at once (its reader goes to the store). Reads take turns on the one
+// region, so more waiting would only add threads and replies in the engine's process.
+constexpr int kMaxReads = 8;
 
 namespace v1 = strata::v1;
 using proto::ToBlockStatus;
@@ -123,7 +128,8 @@ class PeerService final : public v1::StoreService::Service {
     if (absl::Status s = Keys(req->namespace_id(), req->chain_hashes(), &hashes); !s.ok()) {
       return ToGrpc(s);
     }
-    absl::MutexLock lock(&region_mu_);
+    RegionTurn turn(*this, ctx);
+    if (!turn.status().ok()) return ToGrpc(turn.status());
     std::vector<absl::Status> status = Gather(hashes, req->scope());
     for (size_t i = 0; i < hashes.size(); ++i) {
       v1::GetBlock* b = resp->add_blocks();
@@ -192,7 +198,8 @@ class PeerService final : public v1::StoreService::Service {
             absl::StrCat("destinations[", i, "]: null address or rkey_index out of range")));
       }
     }
-    absl::MutexLock lock(&region_mu_);
+    RegionTurn turn(*this, ctx);
+    if (!turn.status().ok()) return ToGrpc(turn.status());
     std::vector<absl::Status> status = Gather(hashes, req->scope());
     std::vector<transport::TransferOp> ops;
     for (int i = 0; i < n; ++i) {
@@ -234,6 +241,42 @@ class PeerService final : public v1::StoreService::Service {
   }
 
  private:
+  // A read's turn on the serve region: one of kMaxReads places, then the region itself, both
+  // by the call's deadline (at most kServeTimeout from now). status() says whether it got it.
+  class ABSL_SCOPED_LOCKABLE RegionTurn {
+   public:
+    RegionTurn(PeerService& s, const grpc::ServerContext* ctx)
+        ABSL_EXCLUSIVE_LOCK_FUNCTION(s.region_mu_)
+        : s_(s) {
+      if (s_.reads_.fetch_add(1, std::memory_order_acq_rel) >= kMaxReads) {
+        status_ = absl::ResourceExhaustedError(
+            absl::StrCat("peer busy: ", kMaxReads, " reads in flight; read from the store"));
+        return;
+      }
+      const absl::Time deadline =
+          std::min(absl::FromChrono(ctx->deadline()), absl::Now() + kServeTimeout);
+      locked_ = s_.region_mu_.LockWhenWithDeadline(absl::Condition::kTrue, deadline);
+      if (!locked_) {
+        s_.region_mu_.Unlock();
+        status_ = absl::DeadlineExceededError("peer busy: the serve region stayed taken");
+      } else if (ctx->IsCancelled()) {
+        status_ = absl::CancelledError("the reader gave up while waiting");
+      }
+    }
+    ~RegionTurn() ABSL_UNLOCK_FUNCTION() {
+      if (locked_) s_.region_mu_.Unlock();
+      s_.reads_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+    RegionTurn(const RegionTurn&) = delete;
+    RegionTurn& operator=(const RegionTurn&) = delete;
+    const absl::Status& status() const { return status_; }
+
+   private:
+    PeerService& s_;
+    bool locked_ = false;
+    absl::Status status_;
+  };
+
   static absl::Status NoDataPlane() {
     return absl::FailedPreconditionError("this agent serves peers inline only (no UCX)");
   }
@@ -276,6 +319,7 @@ class PeerService final : public v1::StoreService::Service {
   const GatherFn gather_;
   transport::DataPlane* const plane_;
   absl::Mutex region_mu_;
+  std::atomic<int> reads_{0};  // RegionTurn places taken
   std::atomic<uint64_t> served_{0};
   // The token peers present, and earlier ones until their grace ends (RotateToken; pruned at
   // each rotation, so at most grace / rotation period of them).
