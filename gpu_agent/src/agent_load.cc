@@ -261,12 +261,20 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
         ++stats_.load_failed;
       }
     }
-    if (source == LoadSource::kPeer && !got.ok() &&
-        (got.status().code() == absl::StatusCode::kDeadlineExceeded ||
-         got.status().code() == absl::StatusCode::kUnavailable)) {
-      // A peer that stopped answering (hung, or gone) costs this load one call, not one per
-      // batch: the rest of its blocks go to the store (RunLoad) at once.
-      for (size_t k = begin + n; k < which.size(); ++k) out[which[k]].status = got.status();
+    // A source that stopped answering (hung, or gone) costs this load one call, not one per
+    // batch: the rest of a peer's blocks go to the store (RunLoad) at once, and the rest of
+    // the store's fail, for the engine to recompute. So do the rest of any source's once
+    // the agent is stopping.
+    absl::Status rest;
+    if (!got.ok() && (got.status().code() == absl::StatusCode::kDeadlineExceeded ||
+                      got.status().code() == absl::StatusCode::kUnavailable)) {
+      rest = got.status();
+    } else if (stop_) {
+      rest = absl::CancelledError("agent stopping");
+    }
+    if (!rest.ok()) {
+      for (size_t k = begin + n; k < which.size(); ++k) out[which[k]].status = rest;
+      if (source == LoadSource::kStore) stats_.load_failed += which.size() - (begin + n);
       return;
     }
   }

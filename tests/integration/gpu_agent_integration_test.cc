@@ -508,6 +508,44 @@ TEST_F(GpuAgentTest, ShutdownWithAStoreThatStoppedAnsweringIsBounded) {
   EXPECT_LT(took, absl::Seconds(15)) << "queued offloads waited on the store one by one";
 }
 
+// A store that stops answering between a load's lookup and its reads (SIGSTOP) costs the load
+// one call (call_deadline), not one per batch: the blocks after the first failed batch fail at
+// once, for the engine to recompute. Before, 32 single-block batches waited 1 s each.
+TEST_F(GpuAgentTest, ALoadFromAStoreThatStoppedAnsweringCostsOneDeadline) {
+  auto node = testutil::StartNode({"--warm-bytes", "256MiB", "--ucx-tls", "tcp"});
+  ASSERT_TRUE(node.ok()) << node.status();
+  AgentOptions o = Options("hung-store", false);
+  o.store.address = (*node)->address();
+  o.call_deadline = absl::Seconds(1);
+  o.batch_blocks = 1;
+  Side prefill = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  auto hashes = Hashes(*prefill.agent, 32, 4242);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 32))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  Side decode = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  // Frozen right after the load's lookup: a few reads may get through before the signal lands.
+  const uint64_t lookups = testutil::OpCount(**node, "lookup");
+  std::thread freezer([&] {
+    for (absl::Time end = absl::Now() + absl::Seconds(20); absl::Now() < end;) {
+      if (testutil::OpCount(**node, "lookup") > lookups) break;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    kill((*node)->pid(), SIGSTOP);
+  });
+  const absl::Time start = absl::Now();
+  auto loaded = LoadAll(decode, hashes, Slots(0, 32));
+  const absl::Duration took = absl::Now() - start;
+  freezer.join();
+  kill((*node)->pid(), SIGCONT);
+  EXPECT_LT(loaded->loaded_prefix(), 32u) << "every read got through before the freeze";
+  size_t timed_out = 0;
+  for (const BlockLoad& b : loaded->blocks()) {
+    timed_out += b.status.code() == absl::StatusCode::kDeadlineExceeded;
+  }
+  EXPECT_EQ(timed_out, 32u - loaded->loaded_prefix());
+  EXPECT_LT(took, absl::Seconds(8)) << "the load waited on the store batch by batch";
+}
+
 TEST_F(GpuAgentTest, BlocksFreedRightAfterComputeAreCapturedBeforeTheSlotIsReused) {
   AgentOptions o = Options("capture", false);
   Side prefill = Make(o, SmallShape(KvLayout::kCrossLayer, KvDtype::kBf16));
