@@ -187,9 +187,9 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
 }
 
 bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes,
-                             const DiskBlockMeta& meta, bool prefetched, bool make_room) {
+                             const DiskBlockMeta& meta, bool prefetched, Room room) {
   // Room first when asked: a promotion never evicts a block that exists nowhere else.
-  if (make_room) DemoteOnce(warm_->SlotBytes(bytes.size()));
+  if (room != Room::kFree) DemoteOnce(warm_->SlotBytes(bytes.size()), room == Room::kMake);
   WarmTier::PutBlock pb{key.hash,     bytes.size(), meta.depth,        meta.importance,
                         meta.session, prefetched,   meta.parent_handle};
   pb.copy = true;  // of a disk block a writer may be deleting right now
@@ -205,7 +205,7 @@ bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes
   return ok;
 }
 
-bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from) {
+bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from, Room room) {
   std::vector<uint8_t> buf;
   for (auto [tier, code] : {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
     if (tier == nullptr) continue;
@@ -213,7 +213,7 @@ bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from) {
     if (!meta) continue;
     if (!tier->Read(key, &buf).ok()) return false;
     if (from != nullptr) *from = code;
-    return InsertWarm(key, buf, *meta, prefetched, /*make_room=*/true);
+    return InsertWarm(key, buf, *meta, prefetched, room);
   }
   return false;
 }
@@ -504,7 +504,7 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
         // Best effort and without disk writes on the read path: a full warm tier simply
         // keeps serving the block from disk.
         std::optional<DiskBlockMeta> meta = tier->Find(key, false);
-        if (meta) InsertWarm(key, buf, *meta, false, /*make_room=*/false);
+        if (meta) InsertWarm(key, buf, *meta, false, Room::kFree);
       }
       break;
     }
@@ -522,7 +522,8 @@ WarmTier::GetResult TieredStore::PinWarm(NamespaceId ns, const std::string& scop
 
 bool TieredStore::StageInWarm(const BlockKey& key) {
   int from = 0;
-  const bool staged = Promote(key, false, &from);
+  // Room is made for it, but not after a writer's disk moves: a read waits for no one.
+  const bool staged = Promote(key, false, &from, Room::kMakeUnlessBusy);
   // A read served from disk, as BeginGet counts one (the warm miss came before).
   if (staged) (from == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
   return staged;
@@ -613,14 +614,24 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
   }
 }
 
-void TieredStore::DemoteOnce(uint64_t incoming) {
+void TieredStore::DemoteOnce(uint64_t incoming, bool wait) {
   if (!cool_) return;
   // Writers make room one at a time, each after the one before has freed its victims' slots:
   // one that arrived meanwhile then finds the room made (victims count in used_bytes until
   // they are written), rather than moving the same gap again. The demoter thread's pass does
   // not hold writers up.
-  std::optional<absl::MutexLock> one_writer;
-  if (incoming > 0) one_writer.emplace(&writer_demote_mu_);
+  bool turn = false;
+  if (incoming > 0) {
+    if (wait) {
+      writer_demote_mu_.Lock();
+    } else if (!writer_demote_mu_.TryLock()) {
+      return;  // a read: the room another caller is making may do, else it reads from disk
+    }
+    turn = true;
+  }
+  absl::Cleanup end_turn = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (turn) writer_demote_mu_.Unlock();
+  };
   WarmTierStats s = warm_->Stats();
   uint64_t used = s.used_bytes + incoming;
   uint64_t high = static_cast<uint64_t>(s.capacity_bytes * options_.warm_high_watermark);

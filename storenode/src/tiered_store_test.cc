@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -410,6 +411,32 @@ TEST_F(TieredStoreTest, AReadStagedFromDiskCountsADiskHitNotAWarmHit) {
   EXPECT_EQ(after.warm.misses - before.warm.misses, 0u);
   EXPECT_EQ(after.warm.hits - before.warm.hits, 0u);
   EXPECT_EQ(after.cool_hits - before.cool_hits, 1u);
+}
+
+// A read staging a disk block into warm does not wait while a writer makes room there (a
+// writer's turn can move a batch's worth of blocks to disk): it takes the free room, or reads
+// from disk (tiers.md). Before, it queued behind the writer's disk writes.
+TEST_F(TieredStoreTest, AReadStagingABlockDoesNotWaitForAWriterMakingRoom) {
+  std::vector<BlockKey> keys = Put(8100, 1, "waits");
+  ASSERT_THAT(store_->PauseSession("waits", /*to_cold=*/false), IsOk());
+  absl::Notification staged;
+  bool warm = false;
+  std::thread reader;
+  {
+    auto writer_turn = store_->HoldWritersRoomForTest();
+    reader = std::thread([&] {
+      warm = store_->StageInWarm(keys[0]);
+      staged.Notify();
+    });
+    EXPECT_TRUE(staged.WaitForNotificationWithTimeout(absl::Seconds(20)))
+        << "the read waited for the writer";
+  }
+  reader.join();
+  EXPECT_TRUE(warm) << "warm had free room";
+  // The block is warm now.
+  WarmTier::GetResult pinned = store_->PinWarm(ns_, "", {&keys[0].hash, 1}, 10000, false);
+  ASSERT_THAT(pinned.status[0], IsOk());
+  EXPECT_THAT(store_->EndGet(pinned.lease_id), IsOk());
 }
 
 // Resuming a session larger than warm promotes what fits below the low watermark (819 of

@@ -115,6 +115,11 @@ class TieredStore {
                   bool tombstone = false);
   uint64_t ExpireNow();
   absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
+  // Holds the writers' turn to make room in warm (as a writer demoting for its put does) for
+  // as long as the result lives.
+  std::unique_ptr<absl::MutexLock> HoldWritersRoomForTest() {
+    return std::make_unique<absl::MutexLock>(&writer_demote_mu_);
+  }
 
   // Sessions. PauseSession moves the session's warm blocks to cool (to_cold: and its cool
   // blocks on to cold) and returns how many moved; FAILED_PRECONDITION without a disk tier
@@ -132,8 +137,10 @@ class TieredStore {
   void WaitForPrefetch();
 
   // One pass of the demoter, making room for `incoming` more warm bytes (the background
-  // thread calls it with 0; BeginPut with its batch size when it would overflow).
-  void DemoteOnce(uint64_t incoming = 0);
+  // thread calls it with 0; BeginPut with its batch size when it would overflow). Callers
+  // with incoming bytes take turns; `wait` false: none when another caller's turn is on (a
+  // read staging a block never waits behind a writer's disk moves).
+  void DemoteOnce(uint64_t incoming = 0, bool wait = true);
   // Writes one warm victim to cool (Demote's fn): moved, kept (cool failed), or dropped
   // (its tenant holds its whole cool quota).
   WarmTier::Demoted DemoteToCool(const BlockKey& key, std::span<const uint8_t> bytes,
@@ -199,12 +206,15 @@ class TieredStore {
   // Asks the cool and cold tiers after a warm miss (null without disk tiers).
   WarmTier::LowerTierProbe DiskProbe();
   void PrefetchLoop();
+  // How a copy into warm finds room: none made (only free room), made (demoting others),
+  // or made unless another caller is making room now (then only free room).
+  enum class Room { kFree, kMake, kMakeUnlessBusy };
   // Reads a disk block and copies it into the warm tier without evicting anything.
   // `from`: set to the tier (kTierCool, kTierCold) the block was read from.
-  bool Promote(const BlockKey& key, bool prefetched, int* from = nullptr);
-  // Copies verified disk bytes into the warm tier without evicting (make_room: demote first).
+  bool Promote(const BlockKey& key, bool prefetched, int* from = nullptr, Room room = Room::kMake);
+  // Copies verified disk bytes into the warm tier without evicting.
   bool InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes, const DiskBlockMeta& meta,
-                  bool prefetched, bool make_room);
+                  bool prefetched, Room room);
   void NoteSession(const std::string& session);
   // The lossy quantization namespace `id` opted into for offloaded blocks (none if unknown).
   KvQuantSpec OffloadQuant(NamespaceId id) const;
