@@ -547,7 +547,9 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
       // the pins have done their work, and the caller need not send an EndGet.
       store_->EndGet(r.lease_id).IgnoreError();
     } else if (r.lease_id != 0 && lease_id != 0) {
-      store_->JoinLease(lease_id, r.lease_id).IgnoreError();
+      // The first lease lapsed meanwhile (a short lease_ms and slow disk reads): this one's
+      // pins are released rather than left to a lease no one was told of.
+      if (!store_->JoinLease(lease_id, r.lease_id).ok()) store_->EndGet(r.lease_id).IgnoreError();
     } else if (r.lease_id != 0) {
       lease_id = r.lease_id;
     }
@@ -567,6 +569,15 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
       b->set_checksum(r.blocks[k].checksum);
       bytes += b->payload().size();
     }
+  }
+  // A caller that gave up meanwhile (its deadline passed while the call read disk blocks, or
+  // it cancelled) never learns of the lease: release it now rather than at its ttl, when
+  // it would have held its blocks and a place under max_leases all along.
+  if (lease_id != 0 && ctx->IsCancelled()) {
+    store_->EndGet(lease_id).IgnoreError();
+    return call.Done(absl::DeadlineExceededError(
+        "the caller's deadline passed (or it cancelled) while the blocks were read; lease "
+        "released"));
   }
   // The caller keeps this lease past the call: it counts against max_leases/max_lease_bytes.
   if (lease_id != 0) {

@@ -12,13 +12,16 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "strata/client/store_client.h"
 #include "strata/testutil/node_process.h"
 #include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/testutil/synthetic_kv.h"
+#include "strata/v1/store.grpc.pb.h"
 
 namespace strata {
 namespace {
@@ -495,6 +498,53 @@ TEST_F(TiersTest, PrefetchPromotesAheadOfNeedAndCountsUse) {
   EXPECT_EQ(stats->prefetch_used, 2u);
   // A block only on disk in another scope is not scheduled.
   EXPECT_EQ(*n.client->Prefetch(n.ns, "someone-else", chat), 0u);
+}
+
+// A BeginGet whose caller gave up while the node read its disk blocks (a 5 ms deadline, a warm
+// block and 16 disk ones) releases the lease it would have handed out: with max_leases 1, the
+// next reader gets a lease at once. Before, the lease held its warm block and the node's one
+// lease place for its whole ttl (60 s here), and every other reader was RESOURCE_EXHAUSTED.
+TEST_F(TiersTest, ALeaseItsCallerNeverReceivedIsReleased) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(n.Start({"--max-leases", "1"}));
+  std::vector<ChainHash> chain = n.Chain(12, 24);
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(chain, 1200));
+  const std::vector<client::Tier> tiers = Tiers(n, chain);
+  std::vector<ChainHash> warm, disk;
+  for (size_t i = 0; i < chain.size(); ++i) {
+    (tiers[i] == client::Tier::kWarm ? warm : disk).push_back(chain[i]);
+  }
+  ASSERT_FALSE(warm.empty());
+  ASSERT_GE(disk.size(), 16u);
+  auto stub = v1::StoreService::NewStub(
+      grpc::CreateChannel(n.process->address(), grpc::InsecureChannelCredentials()));
+  auto begin_get = [&](const std::vector<ChainHash>& hashes, std::chrono::milliseconds within,
+                       v1::BeginGetResponse* resp) {
+    v1::BeginGetRequest req;
+    req.set_namespace_id(n.ns.id);
+    for (const ChainHash& h : hashes) req.add_chain_hashes(h.ToBytes());
+    req.set_lease_ms(60000);
+    req.set_skip_promotion(true);  // the disk blocks are read, and stay where they are
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + within);
+    return stub->BeginGet(&ctx, req, resp);
+  };
+  const uint64_t calls = testutil::OpCount(*n.process, "begin_get");
+  std::vector<ChainHash> slow = {warm[0]};
+  slow.insert(slow.end(), disk.begin(), disk.begin() + 16);
+  v1::BeginGetResponse gave_up;
+  EXPECT_EQ(begin_get(slow, std::chrono::milliseconds(5), &gave_up).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  // Once the node has finished that call (its handler ran past the caller's deadline)...
+  for (int i = 0; i < 500 && testutil::OpCount(*n.process, "begin_get") == calls; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));  // bounded: 5 s
+  }
+  ASSERT_GT(testutil::OpCount(*n.process, "begin_get"), calls) << "the node never ran the call";
+  // ... the node's one lease place is free.
+  v1::BeginGetResponse next;
+  grpc::Status s = begin_get({warm[0]}, std::chrono::seconds(10), &next);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_NE(next.lease_id(), 0u);
 }
 
 }  // namespace
