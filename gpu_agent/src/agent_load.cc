@@ -310,7 +310,11 @@ absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> GpuAgentImpl:
   o.default_scope = scope_;
   absl::StatusOr<std::unique_ptr<client::StoreClient>> c = client::StoreClient::Connect(o);
   if (!c.ok()) return c.status();
-  absl::Status reg = (*c)->RegisterMemory(staging_->data(), staging_->size());
+  // Only the load region, where a peer's blocks land: with RMA, a registered range is one the
+  // peer may write, and the offload and serve regions hold blocks on their way to the store
+  // and to other readers.
+  absl::Status reg = (*c)->RegisterMemory(staging_->data() + uint64_t{batch_} * pool_.block_bytes,
+                                          uint64_t{batch_} * pool_.block_bytes);
   if (!reg.ok() && reg.code() != absl::StatusCode::kFailedPrecondition) {
     spdlog::warn("gpu agent: staging not registered for peer {}: {}", address, reg.ToString());
   }

@@ -31,6 +31,13 @@ namespace {
 
 // The longest a peer's read may hold the serve region.
 constexpr absl::Duration kServeTimeout = absl::Seconds(5);
+// The largest gRPC message the server takes or sends.
+constexpr uint64_t kMaxMessageBytes = 1ull << 30;
+// Inline payload one call may carry: the whole serve region, within a message (a 1 MiB margin
+// for the rest of the reply). Readers split their batches by it.
+uint64_t MaxInlineBytes(const PeerServerOptions& o) {
+  return std::min<uint64_t>(o.block_bytes * o.max_blocks, kMaxMessageBytes - (1 << 20));
+}
 // Reads (BeginGet, GetData) served or waiting for the serve region at once; one more is
 // RESOURCE_EXHAUSTED at once (its reader goes to the store). Reads take turns on the one
 // region, so more waiting would only add threads and replies in the engine's process.
@@ -90,7 +97,7 @@ class PeerService final : public v1::StoreService::Service {
     resp->set_node_id(options_.node_id);
     resp->set_max_keys_per_call(options_.max_blocks);
     resp->set_max_block_bytes(options_.block_bytes);
-    resp->set_max_inline_bytes(options_.block_bytes * options_.max_blocks);
+    resp->set_max_inline_bytes(MaxInlineBytes(options_));
     resp->set_cluster_mode("agent");
     if (plane_ != nullptr) {
       resp->set_ucx_tls(plane_->tls());
@@ -401,7 +408,7 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
   s->service_ = std::make_unique<PeerService>(options, region, std::move(gather), s->plane_.get());
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, *credentials, &s->port_);
-  const int max_msg = static_cast<int>(std::min<uint64_t>(region_bytes + (1 << 20), 1u << 30));
+  const int max_msg = static_cast<int>(MaxInlineBytes(options) + (1 << 20));
   builder.SetMaxReceiveMessageSize(max_msg);
   builder.SetMaxSendMessageSize(max_msg);
   builder.RegisterService(s->service_.get());

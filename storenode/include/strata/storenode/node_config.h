@@ -40,7 +40,9 @@ struct NodeConfig {
   // checksums_may_trail). False: this node asks for them in the request, as nodes before
   // 2026-11-28 did.
   bool ucx_trailing_checksums = true;
-  uint64_t max_transfer_bytes = 1ull << 30;  // payload bytes per PutData/GetData call
+  // Payload bytes per PutData call (a GetData is bounded by max_keys_per_call and the node's
+  // block size, and its pins last no longer than the call).
+  uint64_t max_transfer_bytes = 1ull << 30;
   uint64_t max_namespaces = 1024;
 
   // Cool and cold tiers (RocksDB); an empty path leaves the tier out.
