@@ -704,7 +704,8 @@ grpc::Status StoreServiceImpl::PauseSession(grpc::ServerContext* ctx,
     return call.Done(absl::InvalidArgumentError("tier: want TIER_COOL or TIER_COLD"));
   }
   absl::StatusOr<uint64_t> n =
-      store_->PauseSession(SessionKey(who, req->session_id()), req->tier() == v1::TIER_COLD);
+      store_->PauseSession(SessionKey(who, req->session_id()), req->tier() == v1::TIER_COLD,
+                           absl::FromChrono(ctx->deadline()));
   if (!n.ok()) return call.Done(n.status());
   resp->set_moved(static_cast<uint32_t>(*n));
   return call.Done(absl::OkStatus());
@@ -720,7 +721,8 @@ grpc::Status StoreServiceImpl::ResumeSession(grpc::ServerContext* ctx,
     return call.Done(a.status());
   }
   if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
-  absl::StatusOr<uint64_t> n = store_->ResumeSession(SessionKey(who, req->session_id()));
+  absl::StatusOr<uint64_t> n =
+      store_->ResumeSession(SessionKey(who, req->session_id()), absl::FromChrono(ctx->deadline()));
   if (!n.ok()) return call.Done(n.status());
   resp->set_promoted(static_cast<uint32_t>(*n));
   return call.Done(absl::OkStatus());

@@ -154,7 +154,8 @@ void TieredStore::PauseIdleSessions() {
   }
 }
 
-absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, bool to_cold) {
+absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, bool to_cold,
+                                                   absl::Time deadline) {
   if (!cool_) return absl::FailedPreconditionError("PauseSession: node has no cool tier");
   if (to_cold && !cold_) return absl::FailedPreconditionError("PauseSession: no cold tier");
   DiskTier* target = to_cold ? cold_.get() : cool_.get();
@@ -163,6 +164,7 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       0,
       [&](const BlockKey& key, std::span<const uint8_t> bytes, const WarmTier::BlockAttrs& a) {
         using Demoted = WarmTier::Demoted;
+        if (absl::Now() >= deadline) return Demoted::kKept;
         if (target->Find(key, false)) return Demoted::kMoved;  // inclusive copy already there
         MakeRoom(target, below, bytes.size());
         return target->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id)).ok() &&
@@ -174,6 +176,7 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
   if (to_cold) {
     std::vector<uint8_t> buf;
     for (const BlockKey& key : cool_->SessionBlocks(session)) {
+      if (absl::Now() >= deadline) break;
       std::optional<DiskBlockMeta> meta = cool_->Find(key, false);
       if (!meta || !cool_->Read(key, &buf).ok()) continue;
       MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
@@ -218,7 +221,8 @@ bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from, Room 
   return false;
 }
 
-absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session) {
+absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session,
+                                                    absl::Time deadline) {
   if (!cool_) return absl::FailedPreconditionError("ResumeSession: node has no cool tier");
   // At most what warm holds below its low watermark: past that each promotion would only
   // demote one made before it (a session larger than warm churned through all of it, and
@@ -229,6 +233,7 @@ absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session) 
   for (DiskTier* tier : {cool_.get(), cold_.get()}) {
     if (tier == nullptr) continue;
     for (const BlockKey& key : tier->SessionBlocks(session)) {
+      if (absl::Now() >= deadline) break;
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       if (!meta) continue;
       if (bytes + warm_->SlotBytes(meta->size) > budget) break;

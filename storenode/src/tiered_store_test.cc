@@ -310,6 +310,24 @@ TEST_F(TieredStoreTest, SessionsBeyondTheCapPauseEarlyInsteadOfPilingUp) {
   EXPECT_LE(st.warm.blocks, 8u);
 }
 
+// Pausing and resuming a session stop at the calling RPC's deadline with what they moved by
+// then (here: a deadline already past moves nothing), rather than moving the whole session
+// after the caller gave up; with time left they move all of it.
+TEST_F(TieredStoreTest, PauseAndResumeStopAtTheirDeadline) {
+  Put(8200, 4, "deadline");
+  const absl::Time past = absl::Now() - absl::Seconds(1);
+  auto moved = [](absl::StatusOr<uint64_t> n) {
+    EXPECT_THAT(n.status(), IsOk());
+    return n.value_or(~0ull);
+  };
+  EXPECT_EQ(moved(store_->PauseSession("deadline", false, past)), 0u);
+  EXPECT_EQ(store_->Stats().warm.blocks, 4u);
+  EXPECT_EQ(moved(store_->PauseSession("deadline", false)), 4u);
+  EXPECT_EQ(store_->Stats().warm.blocks, 0u);
+  EXPECT_EQ(moved(store_->ResumeSession("deadline", past)), 0u);
+  EXPECT_EQ(moved(store_->ResumeSession("deadline")), 4u);
+}
+
 // Sessions that went idle together are paused a bounded number per demoter tick (each pause
 // scans the warm index under its lock): 200 idle at once take two ticks of at most 128.
 // Before, one tick paused all of them, however many.

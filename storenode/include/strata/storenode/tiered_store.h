@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "strata/storenode/disk_tier.h"
 #include "strata/storenode/warm_tier.h"
 
@@ -125,8 +126,12 @@ class TieredStore {
   // blocks on to cold) and returns how many moved; FAILED_PRECONDITION without a disk tier
   // (or without a cold tier for to_cold). ResumeSession promotes the session's disk blocks
   // back into the warm tier as far as it has room; returns how many.
-  absl::StatusOr<uint64_t> PauseSession(const std::string& session, bool to_cold);
-  absl::StatusOr<uint64_t> ResumeSession(const std::string& session);
+  // Both stop at `deadline` (the calling RPC's), with what they moved by then: a session's
+  // blocks may take many disk reads and writes.
+  absl::StatusOr<uint64_t> PauseSession(const std::string& session, bool to_cold,
+                                        absl::Time deadline = absl::InfiniteFuture());
+  absl::StatusOr<uint64_t> ResumeSession(const std::string& session,
+                                         absl::Time deadline = absl::InfiniteFuture());
 
   // Schedules promotion of the named blocks (or, with a session, of its disk blocks) into the
   // warm tier on the prefetch thread; returns how many blocks were scheduled (those already
