@@ -2,6 +2,7 @@
 // PutData and GetData. Split from store_service.cc, which serves the control plane.
 #include <algorithm>
 #include <bit>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -342,7 +343,15 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     (*meta)[g.index[k]] = first.blocks[k];
     if (first.status[k].code() == absl::StatusCode::kNotFound) missing.push_back(k);
   }
+  // Staging reads each block into a buffer of its own before copying it into the arena: one
+  // block's bytes, held against max_inflight_bytes while it runs (a call that finds no room
+  // for them stages nothing, and its blocks go the inline way below).
+  std::optional<InflightBytes> staging;
   if (!missing.empty() && store_->promote_on_get() && !req.skip_promotion()) {
+    absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(ns);
+    staging.emplace(&admission_, spec.ok() ? spec->block_bytes : 0);
+  }
+  if (staging.has_value() && staging->status().ok()) {
     std::vector<ChainHash> staged;
     std::vector<size_t> staged_at;
     for (size_t k : missing) {
@@ -363,6 +372,7 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
       return (*status)[g.index[k]].code() != absl::StatusCode::kNotFound;
     });
   }
+  staging.reset();
   if (missing.empty()) return;
   // What could not be staged (no room, or promotion off) is read from disk and sent inline,
   // within what is left of the call's inline budget, and held against max_inflight_bytes as
