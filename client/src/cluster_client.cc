@@ -374,7 +374,7 @@ class ClusterStoreClient final : public StoreClient {
     auto r = op(end);
     if (!r.ok() && IsStaleEpoch(r.status()) && absl::Now() < end) {
       const absl::Status refreshed = membership_->Refresh(end);
-      if (refreshed.code() == absl::StatusCode::kDeadlineExceeded || absl::Now() >= end) {
+      if (absl::Now() >= end) {
         return absl::DeadlineExceededError(
             absl::StrCat(r.status().message(), "; the deadline passed re-reading the member set",
                          refreshed.ok() ? "" : ": ", refreshed.message()));

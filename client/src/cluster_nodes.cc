@@ -52,6 +52,14 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   for (size_t i = 0; s.ok() && i < specs.size(); ++i) {
     s = (*c)->RegisterNamespace(specs[i], left()).status();
   }
+  // The ranges registered now, under the lock RegisterMemory and UnregisterMemory take until
+  // the client is published: from a copy taken before connecting, a range unregistered
+  // meanwhile would stay registered in this client (its memory perhaps freed and reused),
+  // and one registered meanwhile would be missing.
+  absl::MutexLock memory_lock(&memory_mu_);
+  for (size_t i = 0; s.ok() && i < memory_.size(); ++i) {
+    s = (*c)->RegisterMemory(memory_[i].first, memory_[i].second);
+  }
   absl::MutexLock lock(&mu_);
   Entry& e = nodes_[m.id];
   // Another call connected meanwhile (perhaps after a RegisterNamespace that ours missed):
@@ -59,13 +67,6 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   if (e.address == m.address && e.client != nullptr) return e.client;
   if (e.address != m.address) e = Entry{};  // another node under the id
   e.address = m.address;
-  // The ranges registered now, under the lock that RegisterMemory and UnregisterMemory take:
-  // from a copy taken before connecting, a range unregistered meanwhile would stay
-  // registered in this client (its memory perhaps freed and reused), and one registered
-  // meanwhile would be missing.
-  for (size_t i = 0; s.ok() && i < memory_.size(); ++i) {
-    s = (*c)->RegisterMemory(memory_[i].first, memory_[i].second);
-  }
   if (!s.ok()) {
     absl::Status error(s.code(), absl::StrCat("node ", m.id, " (", m.address, "): ", s.message()));
     // Out of the caller's time, perhaps not the node's: slow (reads ask others first), not
@@ -156,38 +157,46 @@ std::vector<bool> ClusterNodes::SlowNow(std::span<const cluster::Member> members
   return out;
 }
 
-absl::Status ClusterNodes::RegisterMemory(void* ptr, size_t len) {
+std::vector<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Clients() const {
+  std::vector<std::shared_ptr<GrpcStoreClient>> out;
   absl::MutexLock lock(&mu_);
+  for (const auto& [id, node] : nodes_) {
+    if (node.client != nullptr) out.push_back(node.client);
+  }
+  return out;
+}
+
+absl::Status ClusterNodes::RegisterMemory(void* ptr, size_t len) {
+  absl::MutexLock memory_lock(&memory_mu_);
   for (const auto& [p, l] : memory_) {
     if (static_cast<uint8_t*>(ptr) < static_cast<uint8_t*>(p) + l &&
         static_cast<uint8_t*>(p) < static_cast<uint8_t*>(ptr) + len) {
       return absl::InvalidArgumentError("RegisterMemory: overlaps a registered range");
     }
   }
-  std::vector<GrpcStoreClient*> done;
-  for (auto& [id, node] : nodes_) {
-    if (node.client == nullptr) continue;
-    if (absl::Status s = node.client->RegisterMemory(ptr, len); !s.ok()) {
+  // A client published after this list takes the range itself (Node, under memory_mu_); one
+  // dropped meanwhile releases it with its data plane.
+  const std::vector<std::shared_ptr<GrpcStoreClient>> clients = Clients();
+  for (size_t i = 0; i < clients.size(); ++i) {
+    if (absl::Status s = clients[i]->RegisterMemory(ptr, len); !s.ok()) {
       // All or nothing: a range some clients kept would be refused as an overlap on a retry,
       // and UnregisterMemory would not know it.
-      for (GrpcStoreClient* c : done) c->UnregisterMemory(ptr).IgnoreError();
+      for (size_t k = 0; k < i; ++k) clients[k]->UnregisterMemory(ptr).IgnoreError();
       return s;
     }
-    done.push_back(node.client.get());
   }
   memory_.emplace_back(ptr, len);
   return absl::OkStatus();
 }
 
 absl::Status ClusterNodes::UnregisterMemory(void* ptr) {
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock memory_lock(&memory_mu_);
   auto it =
       std::find_if(memory_.begin(), memory_.end(), [ptr](const auto& m) { return m.first == ptr; });
   if (it == memory_.end()) return absl::NotFoundError("UnregisterMemory: no range starts there");
   memory_.erase(it);
-  for (auto& [id, node] : nodes_) {
-    if (node.client != nullptr) node.client->UnregisterMemory(ptr).IgnoreError();
-  }
+  for (const std::shared_ptr<GrpcStoreClient>& c : Clients())
+    c->UnregisterMemory(ptr).IgnoreError();
   return absl::OkStatus();
 }
 

@@ -77,11 +77,20 @@ class ClusterNodes {
   void MarkDownLocked(Entry& e, absl::Status error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkSlowLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Every connected client under mu_, or those outside it that Register/UnregisterMemory
+  // must reach.
+  std::vector<std::shared_ptr<GrpcStoreClient>> Clients() const;
+
   const ClientOptions options_;
+  // The registered ranges, and their registration with each client: held while memory is
+  // (un)registered and while a new client takes the ranges and is published, so that no
+  // client misses a change; registration pins memory and can take long, so calls, which take
+  // only mu_, do not wait for it. Taken before mu_.
+  absl::Mutex memory_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::vector<std::pair<void*, size_t>> memory_ ABSL_GUARDED_BY(memory_mu_);
   mutable absl::Mutex mu_;
   std::map<std::string, Entry> nodes_ ABSL_GUARDED_BY(mu_);
   std::vector<NamespaceSpec> specs_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::pair<void*, size_t>> memory_ ABSL_GUARDED_BY(mu_);
 };
 
 // How many candidates a block has left to share a deadline over: the different nodes among

@@ -7,7 +7,6 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -16,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
 #include "strata/cluster/etcd_client.h"
+#include "strata/common/timed_turn.h"
 
 namespace strata::cluster {
 namespace {
@@ -208,11 +208,10 @@ class Membership::Impl {
     // refused together (one stale epoch) share one listing: a refresh begun after this call
     // asked answers it too, unless it failed for want of time this caller still has.
     const uint64_t asked = refreshes_begun_.load(std::memory_order_acquire);
-    if (!refresh_mu_.LockWhenWithDeadline(absl::Condition::kTrue, deadline)) {
-      refresh_mu_.Unlock();
+    TimedTurn::Hold one(refresh_turn_, deadline);
+    if (!one.taken()) {
       return absl::DeadlineExceededError("cluster membership: re-reading the member set");
     }
-    absl::Cleanup unlock = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { refresh_mu_.Unlock(); };
     if (refreshes_begun_.load(std::memory_order_relaxed) > asked &&
         (last_refresh_.ok() || last_refresh_until_ >= deadline)) {
       return last_refresh_;
@@ -223,7 +222,8 @@ class Membership::Impl {
     last_refresh_ = listed.status();
     last_refresh_until_ = deadline;
     absl::MutexLock lock(&mu_);
-    connected_ = listed.ok();
+    // A caller out of time says nothing of etcd.
+    if (listed.ok() || absl::Now() < deadline) connected_ = listed.ok();
     return listed.status();
   }
 
@@ -575,10 +575,10 @@ class Membership::Impl {
 
   absl::Mutex warned_keys_mu_;
   std::set<std::string> warned_keys_ ABSL_GUARDED_BY(warned_keys_mu_);
-  absl::Mutex refresh_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // Refresh: one listing at a time
+  TimedTurn refresh_turn_;  // Refresh: one listing at a time; its holder owns the two below
   std::atomic<uint64_t> refreshes_begun_{0};
-  absl::Status last_refresh_ ABSL_GUARDED_BY(refresh_mu_);
-  absl::Time last_refresh_until_ ABSL_GUARDED_BY(refresh_mu_);  // the deadline it ran under
+  absl::Status last_refresh_;
+  absl::Time last_refresh_until_;  // the deadline it ran under
   mutable absl::Mutex mu_;
   std::shared_ptr<const MemberSet> current_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const MemberSet> previous_ ABSL_GUARDED_BY(mu_);

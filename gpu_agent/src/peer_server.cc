@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <string_view>
 #include <thread>
 #include <utility>
@@ -20,6 +21,7 @@
 #include "strata/common/chain_hash.h"
 #include "strata/common/checksum.h"
 #include "strata/common/namespace.h"
+#include "strata/common/timed_turn.h"
 #include "strata/proto/bearer_token.h"
 #include "strata/proto/status_convert.h"
 #include "strata/proto/tls_files.h"
@@ -248,13 +250,11 @@ class PeerService final : public v1::StoreService::Service {
   }
 
  private:
-  // A read's turn on the serve region: one of kMaxReads places, then the region itself, both
-  // by the call's deadline (at most kServeTimeout from now). status() says whether it got it.
-  class ABSL_SCOPED_LOCKABLE RegionTurn {
+  // A read's turn on the serve region: one of kMaxReads places, then the region itself by
+  // the call's deadline (at most kServeTimeout from now). status() says whether it got it.
+  class RegionTurn {
    public:
-    RegionTurn(PeerService& s, const grpc::ServerContext* ctx)
-        ABSL_EXCLUSIVE_LOCK_FUNCTION(s.region_mu_)
-        : s_(s) {
+    RegionTurn(PeerService& s, const grpc::ServerContext* ctx) : s_(s) {
       if (s_.reads_.fetch_add(1, std::memory_order_acq_rel) >= kMaxReads) {
         status_ = absl::ResourceExhaustedError(
             absl::StrCat("peer busy: ", kMaxReads, " reads in flight; read from the store"));
@@ -262,16 +262,15 @@ class PeerService final : public v1::StoreService::Service {
       }
       const absl::Time deadline =
           std::min(absl::FromChrono(ctx->deadline()), absl::Now() + kServeTimeout);
-      locked_ = s_.region_mu_.LockWhenWithDeadline(absl::Condition::kTrue, deadline);
-      if (!locked_) {
-        s_.region_mu_.Unlock();
+      hold_.emplace(s_.region_turn_, deadline);
+      if (!hold_->taken()) {
         status_ = absl::DeadlineExceededError("peer busy: the serve region stayed taken");
       } else if (ctx->IsCancelled()) {
         status_ = absl::CancelledError("the reader gave up while waiting");
       }
     }
-    ~RegionTurn() ABSL_UNLOCK_FUNCTION() {
-      if (locked_) s_.region_mu_.Unlock();
+    ~RegionTurn() {
+      hold_.reset();
       s_.reads_.fetch_sub(1, std::memory_order_acq_rel);
     }
     RegionTurn(const RegionTurn&) = delete;
@@ -280,7 +279,7 @@ class PeerService final : public v1::StoreService::Service {
 
    private:
     PeerService& s_;
-    bool locked_ = false;
+    std::optional<TimedTurn::Hold> hold_;
     absl::Status status_;
   };
 
@@ -310,8 +309,8 @@ class PeerService final : public v1::StoreService::Service {
   // Another scope's blocks are never this agent's: every block is NOT_FOUND then. Except a
   // `shared` agent's, which every tenant may read (the store hands its location and token to
   // each, for a lookup in the tenant's own scope, which the reader then names).
-  std::vector<absl::Status> Gather(std::span<const ChainHash> hashes, const std::string& scope)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(region_mu_) {
+  // Only with the region's turn (RegionTurn).
+  std::vector<absl::Status> Gather(std::span<const ChainHash> hashes, const std::string& scope) {
     if (scope != options_.scope && options_.scope != kSharedScope) {
       return std::vector<absl::Status>(hashes.size(),
                                        absl::NotFoundError("not in this agent's scope"));
@@ -325,7 +324,7 @@ class PeerService final : public v1::StoreService::Service {
   uint8_t* const region_;
   const GatherFn gather_;
   transport::DataPlane* const plane_;
-  absl::Mutex region_mu_;
+  TimedTurn region_turn_;      // the serve region: one reader at a time
   std::atomic<int> reads_{0};  // RegionTurn places taken
   std::atomic<uint64_t> served_{0};
   // The token peers present, and earlier ones until their grace ends (RotateToken; pruned at

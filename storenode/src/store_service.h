@@ -137,11 +137,12 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                               uint64_t* total);
   // GetData's steps for the blocks of one scope group: pin what is warm, stage cool/cold
   // blocks in the arena and pin those, read the rest inline; fills *status and *meta at the
-  // group's positions and adds the leases taken.
+  // group's positions and adds the leases taken. Staging waits for room behind writers until
+  // `deadline` at most.
   // Inline bytes are held against max_inflight_bytes in `held`; when they do not fit, the
   // blocks that would have gone inline are RESOURCE_EXHAUSTED and the rest are served.
   void ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
-                  v1::GetDataResponse* resp, std::vector<absl::Status>* status,
+                  absl::Time deadline, v1::GetDataResponse* resp, std::vector<absl::Status>* status,
                   std::vector<WarmTier::BlockMeta>* meta, std::vector<uint64_t>* leases,
                   std::vector<std::unique_ptr<InflightBytes>>* held);
   // Receives every tagged message of a refused two-sided PutData into the discard buffer.

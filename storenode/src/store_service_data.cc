@@ -329,7 +329,8 @@ void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time d
 }
 
 void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
-                                  v1::GetDataResponse* resp, std::vector<absl::Status>* status,
+                                  absl::Time deadline, v1::GetDataResponse* resp,
+                                  std::vector<absl::Status>* status,
                                   std::vector<WarmTier::BlockMeta>* meta,
                                   std::vector<uint64_t>* leases,
                                   std::vector<std::unique_ptr<InflightBytes>>* held) {
@@ -345,7 +346,8 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
   }
   // Staging reads each block into a buffer of its own before copying it into the arena: one
   // block's bytes, held against max_inflight_bytes while it runs (a call that finds no room
-  // for them stages nothing, and its blocks go the inline way below).
+  // for them stages nothing; the inline way below then finds none either, and its disk
+  // blocks are RESOURCE_EXHAUSTED).
   std::optional<InflightBytes> staging;
   if (!missing.empty() && store_->promote_on_get() && !req.skip_promotion()) {
     absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(ns);
@@ -355,7 +357,7 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     std::vector<ChainHash> staged;
     std::vector<size_t> staged_at;
     for (size_t k : missing) {
-      if (store_->StageInWarm(BlockKey{ns, g.scope, g.hashes[k]})) {
+      if (store_->StageInWarm(BlockKey{ns, g.scope, g.hashes[k]}, deadline)) {
         staged.push_back(g.hashes[k]);
         staged_at.push_back(k);
       }
@@ -459,7 +461,20 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   std::vector<std::unique_ptr<InflightBytes>> held;
   for (const ScopeGroup& g : groups) {
     for (size_t i : g.index) block_scope[i] = &g.scope;
-    ServeGroup(*req, g, ttl, resp, &status, &meta, &leases, &held);
+    ServeGroup(*req, g, ttl, deadline, resp, &status, &meta, &leases, &held);
+  }
+  auto end_leases = [&] {
+    for (uint64_t lease : leases) {
+      if (lease != 0) store_->EndGet(lease).IgnoreError();
+    }
+  };
+  // Staging ran past the transfer's deadline: nothing may move now, and the first pins may
+  // have lapsed (they last to 5 s past it), their slots reused, so verifying them would report
+  // a false DATA_LOSS.
+  if (absl::Now() >= deadline) {
+    end_leases();
+    return call.Done(absl::DeadlineExceededError(
+        "the call's deadline passed while its blocks were staged from disk"));
   }
   std::vector<transport::TransferOp> ops;
   uint64_t bytes = 0;
@@ -493,9 +508,7 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   }
   absl::Status moved = absl::OkStatus();
   if (!ops.empty()) moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
-  for (uint64_t lease : leases) {
-    if (lease != 0) store_->EndGet(lease).IgnoreError();
-  }
+  end_leases();
   if (!moved.ok()) return call.Done(moved);
   metrics_->AddUcxBytes(false, bytes);
   for (int i = 0; i < n; ++i) {

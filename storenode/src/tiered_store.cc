@@ -160,6 +160,9 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
   if (to_cold && !cold_) return absl::FailedPreconditionError("PauseSession: no cold tier");
   DiskTier* target = to_cold ? cold_.get() : cool_.get();
   DiskTier* below = to_cold ? nullptr : cold_.get();
+  // Out of time already: nothing is taken out of warm (blocks taken and then kept go back
+  // as just used, the opposite of a pause).
+  if (absl::Now() >= deadline) return 0;
   uint64_t moved = warm_->Demote(
       0,
       [&](const BlockKey& key, std::span<const uint8_t> bytes, const WarmTier::BlockAttrs& a) {
@@ -192,7 +195,7 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
 bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes,
                              const DiskBlockMeta& meta, bool prefetched, Room room) {
   // Room first when asked: a promotion never evicts a block that exists nowhere else.
-  if (room != Room::kFree) DemoteOnce(warm_->SlotBytes(bytes.size()), room == Room::kMake);
+  if (room.make) DemoteOnce(warm_->SlotBytes(bytes.size()), room.wait_until);
   WarmTier::PutBlock pb{key.hash,     bytes.size(), meta.depth,        meta.importance,
                         meta.session, prefetched,   meta.parent_handle};
   pb.copy = true;  // of a disk block a writer may be deleting right now
@@ -237,7 +240,7 @@ absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session,
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       if (!meta) continue;
       if (bytes + warm_->SlotBytes(meta->size) > budget) break;
-      if (Promote(key, false)) {
+      if (Promote(key, false, nullptr, Room{})) {
         ++promoted;
         bytes += warm_->SlotBytes(meta->size);
       }
@@ -303,7 +306,8 @@ void TieredStore::PrefetchLoop() {
     bool warm =
         !warm_->Lookup(key.namespace_id, key.scope, {&key.hash, 1}, nullptr, /*count=*/false)
              .empty();
-    if (!warm && Promote(key, true)) prefetched_.fetch_add(1, std::memory_order_relaxed);
+    if (!warm && Promote(key, true, nullptr, Room{}))
+      prefetched_.fetch_add(1, std::memory_order_relaxed);
     absl::MutexLock lock(&prefetch_mu_);
     prefetch_busy_ = false;
   }
@@ -509,7 +513,7 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
         // Best effort and without disk writes on the read path: a full warm tier simply
         // keeps serving the block from disk.
         std::optional<DiskBlockMeta> meta = tier->Find(key, false);
-        if (meta) InsertWarm(key, buf, *meta, false, Room::kFree);
+        if (meta) InsertWarm(key, buf, *meta, false, Room{.make = false});
       }
       break;
     }
@@ -525,10 +529,10 @@ WarmTier::GetResult TieredStore::PinWarm(NamespaceId ns, const std::string& scop
   return warm_->BeginGet(ns, scope, hashes, ttl_ms, nullptr, 0, count);
 }
 
-bool TieredStore::StageInWarm(const BlockKey& key) {
+bool TieredStore::StageInWarm(const BlockKey& key, absl::Time deadline) {
   int from = 0;
-  // Room is made for it, but not after a writer's disk moves: a read waits for no one.
-  const bool staged = Promote(key, false, &from, Room::kMakeUnlessBusy);
+  // Room is made for it, behind a writer's disk moves no longer than the read's deadline.
+  const bool staged = Promote(key, false, &from, Room{.wait_until = deadline});
   // A read served from disk, as BeginGet counts one (the warm miss came before).
   if (staged) (from == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
   return staged;
@@ -619,24 +623,18 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
   }
 }
 
-void TieredStore::DemoteOnce(uint64_t incoming, bool wait) {
+void TieredStore::DemoteOnce(uint64_t incoming, absl::Time wait_until) {
   if (!cool_) return;
   // Writers make room one at a time, each after the one before has freed its victims' slots:
   // one that arrived meanwhile then finds the room made (victims count in used_bytes until
   // they are written), rather than moving the same gap again. The demoter thread's pass does
   // not hold writers up.
-  bool turn = false;
+  std::optional<TimedTurn::Hold> turn;
   if (incoming > 0) {
-    if (wait) {
-      writer_demote_mu_.Lock();
-    } else if (!writer_demote_mu_.TryLock()) {
-      return;  // a read: the room another caller is making may do, else it reads from disk
-    }
-    turn = true;
+    turn.emplace(writer_turn_, wait_until);
+    // A read out of time: the room another caller is making may do, or not.
+    if (!turn->taken()) return;
   }
-  absl::Cleanup end_turn = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    if (turn) writer_demote_mu_.Unlock();
-  };
   WarmTierStats s = warm_->Stats();
   uint64_t used = s.used_bytes + incoming;
   uint64_t high = static_cast<uint64_t>(s.capacity_bytes * options_.warm_high_watermark);

@@ -35,13 +35,12 @@ TEST(ClusterUcxTest, EveryOwnersShareMovesOverUcxFromRegisteredAndUnregisteredMe
   auto connected = StoreClient::Connect(o);
   ASSERT_THAT(connected, IsOk());
   std::unique_ptr<StoreClient> c = std::move(*connected);
-  ASSERT_TRUE(WaitForMembers(*c, 2));
-
   constexpr size_t kBlocks = 16, kSize = 256 << 10;
   std::vector<uint8_t> src(kBlocks * kSize), dst(kBlocks * kSize), plain(kBlocks * kSize);
   for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>((i * 2654435761u) >> 13);
   // Registered before the client holds a connection to either node, and after.
   ASSERT_THAT(c->RegisterMemory(src.data(), src.size()), IsOk());
+  ASSERT_TRUE(WaitForMembers(*c, 2));
   auto ns = c->RegisterNamespace(testutil::RawSpec("cluster-ucx", kSize));
   ASSERT_THAT(ns, IsOk());
   EXPECT_THAT(c->DataPlaneDescription(), ::testing::HasSubstr("ucx"));

@@ -510,7 +510,7 @@ TEST_F(GpuAgentTest, ShutdownWithAStoreThatStoppedAnsweringIsBounded) {
 
 // A store that stops answering between a load's lookup and its reads (SIGSTOP) costs the load
 // one call (call_deadline), not one per batch: the blocks after the first failed batch fail at
-// once, for the engine to recompute. Before, 32 single-block batches waited 1 s each.
+// once, for the engine to recompute. Before, every single-block batch after it waited 1 s.
 TEST_F(GpuAgentTest, ALoadFromAStoreThatStoppedAnsweringCostsOneDeadline) {
   auto node = testutil::StartNode({"--warm-bytes", "256MiB", "--ucx-tls", "tcp"});
   ASSERT_TRUE(node.ok()) << node.status();
@@ -518,11 +518,15 @@ TEST_F(GpuAgentTest, ALoadFromAStoreThatStoppedAnsweringCostsOneDeadline) {
   o.store.address = (*node)->address();
   o.call_deadline = absl::Seconds(1);
   o.batch_blocks = 1;
-  Side prefill = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
-  auto hashes = Hashes(*prefill.agent, 32, 4242);
-  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 32))).ok());
+  // Many batches, so that the freeze lands before the last however late it comes.
+  constexpr uint32_t kBlocks = 256;
+  KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  shape.num_blocks = kBlocks;
+  Side prefill = Make(o, shape);
+  auto hashes = Hashes(*prefill.agent, kBlocks, 4242);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, kBlocks))).ok());
   ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
-  Side decode = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  Side decode = Make(o, shape);
   // Frozen right after the load's lookup: a few reads may get through before the signal lands.
   const uint64_t lookups = testutil::OpCount(**node, "lookup");
   std::thread freezer([&] {
@@ -533,16 +537,16 @@ TEST_F(GpuAgentTest, ALoadFromAStoreThatStoppedAnsweringCostsOneDeadline) {
     kill((*node)->pid(), SIGSTOP);
   });
   const absl::Time start = absl::Now();
-  auto loaded = LoadAll(decode, hashes, Slots(0, 32));
+  auto loaded = LoadAll(decode, hashes, Slots(0, kBlocks));
   const absl::Duration took = absl::Now() - start;
   freezer.join();
   kill((*node)->pid(), SIGCONT);
-  EXPECT_LT(loaded->loaded_prefix(), 32u) << "every read got through before the freeze";
+  EXPECT_LT(loaded->loaded_prefix(), kBlocks) << "every read got through before the freeze";
   size_t timed_out = 0;
   for (const BlockLoad& b : loaded->blocks()) {
     timed_out += b.status.code() == absl::StatusCode::kDeadlineExceeded;
   }
-  EXPECT_EQ(timed_out, 32u - loaded->loaded_prefix());
+  EXPECT_EQ(timed_out, kBlocks - loaded->loaded_prefix());
   EXPECT_LT(took, absl::Seconds(8)) << "the load waited on the store batch by batch";
 }
 

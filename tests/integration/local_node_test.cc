@@ -1,6 +1,7 @@
 // LocalNode's promise that a dead parent leaves no node behind, in the case that used to break
 // it: a test that dies while its node is frozen (SIGSTOP). A stopped process keeps a SIGTERM
 // pending and never ends; such a node held ctest's output pipe until someone killed it.
+#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -45,11 +46,18 @@ TEST(LocalNodeTest, AFrozenNodeDiesWithTheTestProcessThatStartedIt) {
     _exit(0);  // no destructor stops the node
   }
   close(fds[1]);
+  // What the child says, or nothing if it hangs (bounded: 60 s).
+  pollfd ready{fds[0], POLLIN, 0};
   pid_t node = -1;
-  const bool told = read(fds[0], &node, sizeof node) == sizeof node;
   std::string port_file;  // to remove the node's temp dir at the end
-  char buf[256];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) port_file.append(buf, n);
+  bool told = false;
+  if (poll(&ready, 1, 60000) == 1) {
+    told = read(fds[0], &node, sizeof node) == sizeof node;
+    char buf[256];
+    for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) port_file.append(buf, n);
+  } else {
+    kill(test_process, SIGKILL);
+  }
   close(fds[0]);
   int status = 0;
   waitpid(test_process, &status, 0);

@@ -26,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "strata/common/timed_turn.h"
 #include "strata/storenode/disk_tier.h"
 #include "strata/storenode/warm_tier.h"
 
@@ -118,8 +119,8 @@ class TieredStore {
   absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
   // Holds the writers' turn to make room in warm (as a writer demoting for its put does) for
   // as long as the result lives.
-  std::unique_ptr<absl::MutexLock> HoldWritersRoomForTest() {
-    return std::make_unique<absl::MutexLock>(&writer_demote_mu_);
+  std::unique_ptr<TimedTurn::Hold> HoldWritersRoomForTest() {
+    return std::make_unique<TimedTurn::Hold>(writer_turn_);
   }
 
   // Sessions. PauseSession moves the session's warm blocks to cool (to_cold: and its cool
@@ -143,9 +144,10 @@ class TieredStore {
 
   // One pass of the demoter, making room for `incoming` more warm bytes (the background
   // thread calls it with 0; BeginPut with its batch size when it would overflow). Callers
-  // with incoming bytes take turns; `wait` false: none when another caller's turn is on (a
-  // read staging a block never waits behind a writer's disk moves).
-  void DemoteOnce(uint64_t incoming = 0, bool wait = true);
+  // with incoming bytes take turns, waiting for one until `wait_until` at most (then none is
+  // made: a read staging a block waits behind a writer's disk moves no longer than its
+  // call's deadline).
+  void DemoteOnce(uint64_t incoming = 0, absl::Time wait_until = absl::InfiniteFuture());
   // Writes one warm victim to cool (Demote's fn): moved, kept (cool failed), or dropped
   // (its tenant holds its whole cool quota).
   WarmTier::Demoted DemoteToCool(const BlockKey& key, std::span<const uint8_t> bytes,
@@ -189,10 +191,11 @@ class TieredStore {
   WarmTier::GetResult PinWarm(NamespaceId ns, const std::string& scope,
                               std::span<const ChainHash> hashes, uint64_t ttl_ms,
                               bool count = true);
-  // Copies a cool/cold block into the warm tier (demoting others to make room) for a read:
-  // true when it is now warm, counted as a hit of its disk tier. False when it is on no disk
-  // tier, fails its checksum, or warm has no room.
-  bool StageInWarm(const BlockKey& key);
+  // Copies a cool/cold block into the warm tier (demoting others to make room, unless that
+  // waits past `deadline` for another caller making room) for a read: true when it is now
+  // warm, counted as a hit of its disk tier. False when it is on no disk tier, fails its
+  // checksum, or warm has no room.
+  bool StageInWarm(const BlockKey& key, absl::Time deadline = absl::InfiniteFuture());
   // See WarmTier::DropCorrupt.
   void DropCorrupt(const BlockKey& key, const uint8_t* address = nullptr) {
     warm_->DropCorrupt(key, address);
@@ -211,12 +214,15 @@ class TieredStore {
   // Asks the cool and cold tiers after a warm miss (null without disk tiers).
   WarmTier::LowerTierProbe DiskProbe();
   void PrefetchLoop();
-  // How a copy into warm finds room: none made (only free room), made (demoting others),
-  // or made unless another caller is making room now (then only free room).
-  enum class Room { kFree, kMake, kMakeUnlessBusy };
+  // How a copy into warm finds room: only free room, or made by demoting others (waiting for
+  // another caller making room until `wait_until` at most: DemoteOnce).
+  struct Room {
+    bool make = true;
+    absl::Time wait_until = absl::InfiniteFuture();
+  };
   // Reads a disk block and copies it into the warm tier without evicting anything.
   // `from`: set to the tier (kTierCool, kTierCold) the block was read from.
-  bool Promote(const BlockKey& key, bool prefetched, int* from = nullptr, Room room = Room::kMake);
+  bool Promote(const BlockKey& key, bool prefetched, int* from, Room room);
   // Copies verified disk bytes into the warm tier without evicting.
   bool InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes, const DiskBlockMeta& meta,
                   bool prefetched, Room room);
@@ -234,7 +240,7 @@ class TieredStore {
   std::atomic<uint64_t> cool_demotions_{0};
   std::atomic<uint64_t> disk_evictions_{0};
   std::atomic<uint64_t> prefetched_{0};
-  absl::Mutex writer_demote_mu_;  // DemoteOnce for a writer (incoming > 0): one at a time
+  TimedTurn writer_turn_;  // DemoteOnce for a writer (incoming > 0): one at a time
   // One MakeRoom at a time per disk tier (cool, then cold when cool's victims move down; a
   // second caller skips it): two at once read the same charged bytes and each took the whole
   // step, evicting blocks that need not have gone (the demoter thread, a writer, PauseSession
