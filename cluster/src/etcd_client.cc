@@ -651,7 +651,13 @@ class EtcdClientImpl : public EtcdClient {
       if (!status.ok()) {
         if (!failing) spdlog::warn("{}; retrying", status.ToString());
         failing = true;
-        if (status.code() == absl::StatusCode::kUnavailable) MoveOffEndpoint(index);
+        // Gone, or connected but silent (wedged, cut off from its leader): the next round goes
+        // to another endpoint, as a one-off call's would. Staying, every lease would lapse
+        // while the rest of the cluster is healthy.
+        if (status.code() == absl::StatusCode::kUnavailable ||
+            (status.code() == absl::StatusCode::kDeadlineExceeded && endpoints_.size() > 1)) {
+          MoveOffEndpoint(index);
+        }
       } else if (failing) {
         spdlog::info("etcd {} LeaseKeepAlive: refreshing again", e.address);
         failing = false;

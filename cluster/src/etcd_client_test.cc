@@ -475,6 +475,36 @@ TEST_F(EtcdClientTest, ACallThatTimedOutSendsTheNextToAnotherEndpoint) {
   close(hung);
 }
 
+// The same for keepalives: a lease kept through a client whose first endpoint never answers
+// is refreshed at the other one and lives on. Before, every refresh timed out at the first
+// endpoint and the lease lapsed, its keys deleted by a healthy etcd.
+TEST_F(EtcdClientTest, KeepalivesMoveOffAnEndpointThatStoppedAnswering) {
+  int hung = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(bind(hung, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(hung, 16), 0);  // the kernel accepts; nobody ever reads
+  ASSERT_EQ(getsockname(hung, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  absl::StatusOr<int64_t> lease = client_->GrantLease(absl::Seconds(3));
+  ASSERT_THAT(lease, IsOk());
+  const std::string key = Prefix() + "kept";
+  ASSERT_THAT(client_->Put(key, "v", *lease), IsOk());
+  std::unique_ptr<EtcdClient> keeper =
+      MustConnect({absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)), etcd_->endpoint()},
+                  absl::Milliseconds(500));
+  ASSERT_NE(keeper, nullptr);
+  ASSERT_THAT(keeper->KeepAlive(*lease, absl::Seconds(3), [](absl::Status) {}), IsOk());
+  absl::SleepFor(absl::Seconds(7));  // past two lease lifetimes
+  auto got = client_->Get(key);
+  ASSERT_THAT(got, IsOk());
+  EXPECT_TRUE(got->has_value()) << "the lease lapsed";
+  keeper.reset();
+  EXPECT_THAT(client_->RevokeLease(*lease), IsOk());
+  close(hung);
+}
+
 TEST_F(EtcdClientTest, ClientDestructionStopsWatchesAndKeepAlives) {
   const std::string p = Prefix();
   std::unique_ptr<EtcdClient> client = MustConnect({etcd_->endpoint()});
