@@ -513,6 +513,15 @@ class GrpcStoreClient final : public StoreClient {
         return absl::UnavailableError(
             absl::StrCat(s.message(), " (data channel lost again after reconnecting)"));
       }
+      // INTERNAL and UNKNOWN: the call broke in gRPC (a stream reset, a connection torn down),
+      // which says nothing of the node's transfer either.
+      const bool broke =
+          s.code() == absl::StatusCode::kInternal || s.code() == absl::StatusCode::kUnknown;
+      if (broke) {
+        ucx_->Fence(*channel);
+        MarkBroken(*channel);
+        return s;
+      }
       if (s.code() == absl::StatusCode::kUnavailable ||
           s.code() == absl::StatusCode::kDeadlineExceeded ||
           s.code() == absl::StatusCode::kCancelled) {

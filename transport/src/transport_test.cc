@@ -263,6 +263,32 @@ TEST_P(TransportPairTest, ReceiveWithoutASenderEndsAtItsDeadline) {
   EXPECT_EQ(remote(0)[0], 0xAB);
 }
 
+// A put waits for no other call's receive on the same endpoint (paced over shared memory:
+// one-sided copies take turns). Before, a receive the peer had not filled yet held the put
+// until its deadline, which then retired the endpoint under both.
+TEST_P(TransportPairTest, APutDoesNotWaitForAnotherCallsReceive) {
+  absl::Status waiting = absl::UnknownError("not run");
+  TransferOp recv = TransferOp::Recv(local_.data() + kArena / 2, 4096, 4242);
+  std::thread receiver([&] {
+    waiting = client_.worker->Transfer(ep_, {&recv, 1}, absl::Now() + absl::Seconds(3));
+  });
+  absl::SleepFor(absl::Milliseconds(100));  // the receive is posted first
+  std::memset(local_.data(), 0x5C, 4096);
+  std::memset(remote(0), 0, 4096);
+  TransferOp put = Op(TransferOp::Kind::kPut, 0, 0, 4096);
+  EXPECT_THAT(client_.worker->Transfer(ep_, {&put, 1}, absl::Now() + absl::Seconds(1)), IsOk());
+  EXPECT_EQ(remote(0)[4095], 0x5C);
+  // The receive is still waiting for its message: it gets it.
+  std::memset(remote(4096), 0x3A, 4096);
+  absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
+  ASSERT_THAT(back, IsOk());
+  TransferOp send = TransferOp::Send(remote(4096), 4096, 4242);
+  EXPECT_THAT(server_.worker->Transfer(*back, {&send, 1}, Soon()), IsOk());
+  receiver.join();
+  EXPECT_THAT(waiting, IsOk());
+  EXPECT_EQ(local_[kArena / 2 + 4095], 0x3A);
+}
+
 TEST_P(TransportPairTest, AbortCancelsPendingReceivesAndKeepsTheEndpoint) {
   absl::StatusOr<EndpointId> back = server_.worker->Connect(client_.worker->Address());
   ASSERT_THAT(back, IsOk());

@@ -514,10 +514,12 @@ class UcpWorker final : public Worker {
         slot.received = op.received;
         slot.recv_pending = true;
         ++t->outstanding;
+        ++t->outstanding_receives;
         request = ucp_tag_recv_nbx(worker_, op.local, op.length, op.tag, ~ucp_tag_t{0}, &param);
         if (UCS_PTR_IS_ERR(request)) {
           slot.recv_pending = false;
           --t->outstanding;
+          --t->outstanding_receives;
         } else if (slot.recv_pending) {
           slot.recv_request = request;  // still in flight: cancellable
         }

@@ -57,7 +57,9 @@ bool MustWaitForTurn(std::span<const std::unique_ptr<InFlightTransfer>> in_fligh
                      const InFlightTransfer& t) {
   for (const auto& u : in_flight) {
     if (u.get() == &t || !u->paced || u->endpoint != t.endpoint) continue;
-    if (u->outstanding > 0) return true;
+    // Copies, sends and flushes in flight; not receives, which wait on the peer and queue
+    // nothing on the endpoint (a call's receive the peer fills late held others up).
+    if (u->outstanding > u->outstanding_receives) return true;
     const bool posting = u->next_op < u->cmd->ops.size() && !u->deadline_hit && !u->aborted &&
                          u->first_error == UCS_OK;
     if (posting && u->seq < t.seq) return true;

@@ -153,6 +153,7 @@ struct InFlightTransfer {
   Endpoint* endpoint = nullptr;
   std::vector<OpSlot> slots;
   size_t outstanding = 0;
+  size_t outstanding_receives = 0;  // of them, receives (they queue no copy on the endpoint)
   ucs_status_t first_error = UCS_OK;
   size_t first_error_index = 0;
   bool deadline_hit = false;
@@ -197,6 +198,7 @@ inline void OnRecvRequestDone(void* request, ucs_status_t status, const ucp_tag_
   if (status == UCS_OK && cmd != nullptr && cmd->landed != nullptr) cmd->landed->Push(slot->index);
   slot->transfer->Record(slot->index, status);
   --slot->transfer->outstanding;
+  --slot->transfer->outstanding_receives;
   ucp_request_free(request);
 }
 
