@@ -32,8 +32,8 @@ int RunPut(const PutFlags& f) {
   if (!f.input.empty()) {
     std::ifstream in(f.input, std::ios::binary);
     if (!in) return Fail("put", absl::InvalidArgumentError("--input: cannot read " + f.input));
-    // At most what a command holds (and its blocks can), plus a byte to tell a larger input
-    // (or /dev/zero) by; a regular file's size is known before reading it.
+    // At most what a command holds (and its blocks can), reading past that only as far as it
+    // takes to tell a larger input (or /dev/zero); a regular file's size says so unread.
     const uint64_t most = std::min<uint64_t>(kMaxCliPutBytes, hashes->size() * kMaxCliBlockBytes);
     std::error_code ec;
     const uint64_t file_bytes =

@@ -195,8 +195,9 @@ absl::Status ClusterNodes::UnregisterMemory(void* ptr) {
       std::find_if(memory_.begin(), memory_.end(), [ptr](const auto& m) { return m.first == ptr; });
   if (it == memory_.end()) return absl::NotFoundError("UnregisterMemory: no range starts there");
   memory_.erase(it);
-  for (const std::shared_ptr<GrpcStoreClient>& c : Clients())
+  for (const std::shared_ptr<GrpcStoreClient>& c : Clients()) {
     c->UnregisterMemory(ptr).IgnoreError();
+  }
   return absl::OkStatus();
 }
 

@@ -77,8 +77,8 @@ class ClusterNodes {
   void MarkDownLocked(Entry& e, absl::Status error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkSlowLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Every connected client under mu_, or those outside it that Register/UnregisterMemory
-  // must reach.
+  // The clients connected now (copied under mu_, so that registering memory with them holds
+  // no call up).
   std::vector<std::shared_ptr<GrpcStoreClient>> Clients() const;
 
   const ClientOptions options_;

@@ -306,8 +306,9 @@ void TieredStore::PrefetchLoop() {
     bool warm =
         !warm_->Lookup(key.namespace_id, key.scope, {&key.hash, 1}, nullptr, /*count=*/false)
              .empty();
-    if (!warm && Promote(key, true, nullptr, Room{}))
+    if (!warm && Promote(key, true, nullptr, Room{})) {
       prefetched_.fetch_add(1, std::memory_order_relaxed);
+    }
     absl::MutexLock lock(&prefetch_mu_);
     prefetch_busy_ = false;
   }
