@@ -322,9 +322,11 @@ class Membership::Impl {
     // Still there from before a restart within its lease? Then at which address.
     absl::StatusOr<std::optional<KeyValue>> before = etcd_->Get(key);
     std::optional<std::string> was_at;
+    bool places_alike = true;  // as the key from before placed blocks (or no key)
     if (before.ok() && before->has_value()) {
       absl::StatusOr<Member> m = DecodeMember(o_.self->id, (*before)->value);
       if (m.ok()) was_at = m->address;
+      places_alike = m.ok() && PlacesAlike(*m, *o_.self);
     }
     bool first;
     {
@@ -355,13 +357,13 @@ class Membership::Impl {
       registered_once_ = true;
     }
     // A new key is a join: raise the epoch to its revision. A key that was still there (a
-    // restart within the old lease) changes only the lease, and maybe the address: a new
-    // address raises the epoch too, so that clients that do not watch re-read the set (else
-    // they dial the old address until some other change).
+    // restart within the old lease) changes only the lease, and maybe the address, zone,
+    // replicas or placement scheme: any of those raises the epoch too, so that clients that
+    // do not watch re-read the set (else they dial the old address, or place by the old zone,
+    // until some other change).
     absl::StatusOr<std::optional<KeyValue>> kv = etcd_->Get(key);
     if (kv.ok() && kv->has_value() &&
-        ((*kv)->create_revision == (*kv)->mod_revision ||
-         (was_at.has_value() && *was_at != o_.self->address))) {
+        ((*kv)->create_revision == (*kv)->mod_revision || !places_alike)) {
       Bump((*kv)->mod_revision);
     }
     spdlog::info("membership: registered {} at {} in cluster {}", o_.self->id, o_.self->address,
@@ -428,7 +430,7 @@ class Membership::Impl {
       // A snapshot older than what the watch (or another List) applied meanwhile would undo
       // the changes since, and the watch does not deliver them again.
       if (!restart && range->revision < applied_revision_) return applied_revision_;
-      set_changed = listed_once_ && KeysDiffer(members_, members);
+      set_changed = listed_once_ && MembersDiffer(members_, members);
       if (o_.self.has_value() && !members.contains(o_.self->id)) OwnKeyGoneLocked();
       members_ = std::move(members);
       // etcd's revisions went back (it lost its data, or was restored from a snapshot): the
@@ -476,11 +478,17 @@ class Membership::Impl {
     return false;
   }
 
-  static bool KeysDiffer(const std::map<std::string, Member>& a,
-                         const std::map<std::string, Member>& b) {
+  // Whether two records of a member place blocks alike and are reached alike: the fields a
+  // client routes by (not the capacities, which are for operators).
+  static bool PlacesAlike(const Member& a, const Member& b) {
+    return a.address == b.address && a.zone == b.zone && a.replicas == b.replicas &&
+           a.placement == b.placement;
+  }
+  static bool MembersDiffer(const std::map<std::string, Member>& a,
+                            const std::map<std::string, Member>& b) {
     if (a.size() != b.size()) return true;
     for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
-      if (ia->first != ib->first) return true;
+      if (ia->first != ib->first || !PlacesAlike(ia->second, ib->second)) return true;
     }
     return false;
   }
@@ -508,7 +516,10 @@ class Membership::Impl {
         }
         absl::StatusOr<Member> m = DecodeMember(id, e.kv.value);
         if (!m.ok()) continue;
-        if (members_.find(id) == members_.end()) changes.push_back(e.kv.mod_revision);
+        auto was = members_.find(id);
+        if (was == members_.end() || !PlacesAlike(was->second, *m)) {
+          changes.push_back(e.kv.mod_revision);
+        }
         members_[id] = *std::move(m);
       }
       // After the batch, not per event: the events of one revision (a transaction) share it.

@@ -35,6 +35,11 @@ void Rebalancer::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+bool Rebalancer::Stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stop_;
+}
+
 void Rebalancer::Kick() {
   absl::MutexLock lock(&mu_);
   kicked_ = true;
@@ -78,20 +83,31 @@ void Rebalancer::Pass() {
   // Clients of members that left go (ids come and go with pods).
   std::erase_if(peers_, [&](const auto& p) { return set->Find(p.first) < 0; });
   // Walk the keys (TieredStore::NextKeys) rather than copy them all: a disk tier may hold
-  // tens of millions. `pending` counts down from the blocks held when the pass starts.
+  // tens of millions. A pass examines as many blocks as the node holds when it starts, from
+  // wherever the walk is, wrapping around at its end; a pass cut short by a newer member set
+  // leaves the walk where it is, and the next pass goes on from there under the new set.
+  // Restarted from the first key instead, passes under steady churn never reached the last.
+  // `pending` counts down the pass's blocks.
   const TieredStats held = store_->Stats();
   const uint64_t total =
       held.warm.blocks + (held.cool ? held.cool->blocks : 0) + (held.cold ? held.cold->blocks : 0);
+  uint64_t left = total;
   {
     absl::MutexLock lock(&mu_);
-    progress_.pending = total;
+    progress_.pending = std::max<uint64_t>(left, 1);
     progress_.under_replicated = 0;
   }
-  TieredStore::KeyWalk walk;
   std::vector<BlockKey> keys;
   std::vector<ChainHash> hashes;
-  uint64_t examined = 0;
-  while (store_->NextKeys(&walk, options_.batch * kWalkBatches, &keys)) {
+  bool wrapped = false;  // the walk started over in this pass
+  while (left > 0) {
+    keys.clear();
+    if (!store_->NextKeys(&walk_, options_.batch * kWalkBatches, &keys)) {
+      if (wrapped) break;  // nothing (left) to walk
+      walk_ = {};
+      wrapped = true;
+      continue;
+    }
     // Batches of one namespace and scope: the walk gives keys in runs of each.
     size_t begin = 0;
     while (begin < keys.size()) {
@@ -104,18 +120,18 @@ void Rebalancer::Pass() {
         ++end;
       }
       Batch(*set, replicas, keys[begin].namespace_id, keys[begin].scope, hashes);
-      examined += end - begin;
+      left -= std::min<uint64_t>(left, end - begin);
       absl::MutexLock lock(&mu_);
       progress_.scanned += end - begin;
-      progress_.pending = total > examined ? total - examined : 1;  // 0 only when idle
+      progress_.pending = std::max<uint64_t>(left, 1);  // 0 only when idle
       if (stop_ || kicked_) {
-        // A newer member set: start over with it.
+        // A newer member set: the next pass goes on from the next batch with it. (The keys
+        // of this walk step not yet batched are walked again in a later lap.)
         progress_.pending = 0;
         return;
       }
       begin = end;
     }
-    keys.clear();
   }
   absl::MutexLock lock(&mu_);
   progress_.pending = 0;
@@ -145,6 +161,10 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
   std::vector<int> confirmed(hashes.size(), 0);  // other owners known to hold the block
   std::vector<bool> unknown(hashes.size(), false);
   for (const auto& [peer, idx] : ask) {
+    if (Stopping()) {  // no more calls, each up to call_timeout: unknown, so nothing leaves
+      for (size_t i : idx) unknown[i] = true;
+      continue;
+    }
     client::Namespace peer_ns;
     bool exact = false;
     client::StoreClient* c = Peer(set.members[peer], ns, &peer_ns, &exact);
@@ -196,6 +216,10 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
     std::map<size_t, size_t> slot;  // batch index → position in want
     for (size_t k = 0; k < need.size(); ++k) slot[need[k]] = k;
     for (const auto& [peer, idx] : lacking) {
+      if (Stopping()) {
+        for (size_t i : idx) copy_failed[i] = true;
+        continue;
+      }
       client::Namespace peer_ns;
       client::StoreClient* c = Peer(set.members[peer], ns, &peer_ns);
       std::vector<client::BlockWrite> writes;

@@ -102,6 +102,9 @@ class Rebalancer {
   // returns that while. A failed connect is a strike too; a call answered ends the strikes.
   absl::Duration Strike(PeerEntry& e);
   std::map<std::string, PeerEntry> peers_;  // by member id; used by the pass thread only
+  TieredStore::KeyWalk walk_;               // where passes go on from; the pass thread's
+  // Stop() was called: a batch makes no more peer calls (shutdown waits for one at most).
+  bool Stopping() const;
 
   mutable absl::Mutex mu_;
   RebalanceProgress progress_ ABSL_GUARDED_BY(mu_);

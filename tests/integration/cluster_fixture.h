@@ -32,6 +32,7 @@
 #include "strata/client/store_client.h"
 #include "strata/cluster/etcd_client.h"
 #include "strata/cluster/local_etcd.h"
+#include "strata/cluster/membership.h"
 #include "strata/cluster/placement.h"
 #include "strata/testutil/node_process.h"
 #include "strata/testutil/prompts.h"

@@ -140,5 +140,45 @@ TEST(ClusterRefusalTest, AStaleEpochKeepsTheCallsDeadlineWhileEtcdHangs) {
   EXPECT_EQ(after->members, 2u);
 }
 
+// A member whose record changes how blocks are placed (here its zone) without a join or a
+// leave raises the epoch: a client that does not watch is refused and re-reads the set. Before,
+// only joins, leaves and a new address did, and such a client placed by the old zone.
+TEST(ClusterRefusalTest, AMembersNewZoneRaisesTheEpoch) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  auto a = StartMember(**etcd, "zones", "a", {"--etcd-lease", "30000"});
+  ASSERT_THAT(a, IsOk());
+  auto kv = cluster::EtcdClient::Create({.endpoints = {(*etcd)->endpoint()}});
+  ASSERT_THAT(kv, IsOk());
+  absl::StatusOr<int64_t> lease = (*kv)->GrantLease(absl::Seconds(30));
+  ASSERT_THAT(lease, IsOk());
+  cluster::Member other{.id = "zz", .address = "127.0.0.1:9", .zone = "z1", .replicas = 1};
+  const std::string key = "/strata/zones/nodes/zz";
+  ASSERT_THAT((*kv)->Put(key, cluster::EncodeMember(other), *lease), IsOk());
+  auto direct = StoreClient::Connect({.address = (*a)->address()});
+  ASSERT_THAT(direct, IsOk());
+  auto node_stats = [&]() -> absl::StatusOr<client::NodeStats> { return (*direct)->Stats(); };
+  uint64_t before = 0;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    auto st = node_stats();
+    if (st.ok() && st->members == 2) {
+      before = st->epoch;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_NE(before, 0u) << "node a never saw the other member";
+  other.zone = "z2";
+  ASSERT_THAT((*kv)->Put(key, cluster::EncodeMember(other), *lease), IsOk());
+  uint64_t after = before;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end && after == before;) {
+    absl::SleepFor(absl::Milliseconds(50));
+    auto st = node_stats();
+    if (st.ok()) after = st->epoch;
+  }
+  EXPECT_GT(after, before) << "a new zone left the epoch where it was";
+  EXPECT_THAT((*kv)->RevokeLease(*lease), IsOk());
+}
+
 }  // namespace
 }  // namespace strata::cluster_test
