@@ -559,6 +559,10 @@ class Membership::Impl {
   void Publish() {
     std::vector<std::function<void(const MemberSet&)>> callbacks;
     std::shared_ptr<const MemberSet> now;
+    // One delivery at a time, each of the set current when it begins: a Refresh and the watch
+    // publishing at once could otherwise deliver the older set last (a client would then let
+    // go of a node that had just joined). A set may be delivered twice; never out of order.
+    absl::MutexLock deliver(&deliver_mu_);
     {
       absl::MutexLock lock(&mu_);
       MemberSet next;
@@ -589,7 +593,8 @@ class Membership::Impl {
   TimedTurn refresh_turn_;  // Refresh: one listing at a time; its holder owns the two below
   std::atomic<uint64_t> refreshes_begun_{0};
   absl::Status last_refresh_;
-  absl::Time last_refresh_until_;  // the deadline it ran under
+  absl::Time last_refresh_until_;                     // the deadline it ran under
+  absl::Mutex deliver_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // Publish: one set's callbacks at a time
   mutable absl::Mutex mu_;
   std::shared_ptr<const MemberSet> current_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const MemberSet> previous_ ABSL_GUARDED_BY(mu_);

@@ -89,8 +89,9 @@ class Membership {
   // etcd mode: deregisters now (revokes the lease) and stops watching; the last set stays
   // readable. For a draining node. Idempotent; the destructor does it too.
   void Leave();
-  // Called after every change of the set or its epoch, from an internal thread. Must not
-  // call back into this object's Refresh.
+  // Called after every change of the set or its epoch, from an internal thread (or a Refresh
+  // caller's), one set at a time, never an older set after a newer one. Must not call back
+  // into this object's Refresh.
   void OnChange(std::function<void(const MemberSet&)> callback);
 
   class Impl;
