@@ -50,6 +50,9 @@ constexpr absl::Duration kDeadlineDrainGrace = absl::Seconds(1);
 // How long requests of a force-closed endpoint may stay outstanding before their transfer is
 // answered without them (see ServiceTransfers).
 constexpr absl::Duration kAbandonAfterForceClose = absl::Milliseconds(200);
+// Progress calls in a row before the worker looks at its commands and deadlines again (a peer
+// streaming without pause must keep none waiting).
+constexpr int kMaxProgressRun = 64;
 // How long shutdown waits for endpoint closes before destroying the worker anyway.
 constexpr absl::Duration kShutdownCloseWait = absl::Seconds(2);
 // Unpacked rkeys cached per endpoint; past it those no transfer in flight uses are dropped.
@@ -66,6 +69,7 @@ using worker_state::InFlightTransfer;
 using worker_state::MustWaitForTurn;
 using worker_state::OnCloseFlushDone;
 using worker_state::OneSided;
+using worker_state::OnlyReceives;
 using worker_state::OnRecvRequestDone;
 using worker_state::OnTransferRequestDone;
 using worker_state::OpSlot;
@@ -213,7 +217,7 @@ class UcpWorker final : public Worker {
       // progress run that transfer's queued copies first (CutOffIsDue).
       if (CutOffIsDue()) ServiceTransfers(absl::Now());
       bool progressed = false;
-      while (ProgressOnce()) {
+      for (int run = 0; run < kMaxProgressRun && ProgressOnce(); ++run) {
         progressed = true;
         if (CutOffIsDue()) break;
       }
@@ -593,13 +597,9 @@ class UcpWorker final : public Worker {
       if (!t->aborted && !t->deadline_hit && t->cmd->abort != nullptr &&
           t->cmd->abort->load(std::memory_order_acquire)) {
         t->aborted = true;
-        bool only_receives = true;
-        for (const TransferOp& op : t->cmd->ops) {
-          only_receives &= op.kind == TransferOp::Kind::kRecv;
-        }
         CancelReceives(t);
         // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
-        if (!only_receives) Retire(t, now, "a transfer was aborted");
+        if (!OnlyReceives(*t->cmd)) Retire(t, now, "a transfer was aborted");
       }
       if (!t->receives_cancelled && !t->deadline_hit &&
           EndpointGone(*t->endpoint, context_->peer_failure_handling())) {
@@ -666,18 +666,14 @@ class UcpWorker final : public Worker {
   // After a graceful flush: rkeys go before the endpoint (UCX's documented order).
   void FinishGracefulClose(Endpoint* e) {
     DestroyRkeys(e);
-    ucp_request_param_t param = {};
-    StartClose(e, param);
+    StartClose(e, ucp_request_param_t{});
   }
 
   void StartClose(Endpoint* e, const ucp_request_param_t& param) {
     ucs_status_ptr_t request = ucp_ep_close_nbx(e->ep, &param);
     e->state = EndpointState::kClosing;
-    if (UCS_PTR_IS_PTR(request)) {
-      e->close_request = request;
-    } else {
-      Closed(e);
-    }
+    if (!UCS_PTR_IS_PTR(request)) return Closed(e);  // closed at once
+    e->close_request = request;
   }
 
   // Closes `e` without waiting for the peer; its outstanding requests complete with

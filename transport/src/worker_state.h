@@ -8,6 +8,7 @@
 
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <memory>
@@ -112,6 +113,12 @@ struct Command {
   uint64_t dropped = 0;                         // kDropUnclaimed answer
   absl::Notification done;
 };
+
+// Whether a transfer is receives only (an abort cancels them and keeps the endpoint).
+inline bool OnlyReceives(const Command& cmd) {
+  return std::all_of(cmd.ops.begin(), cmd.ops.end(),
+                     [](const TransferOp& op) { return op.kind == TransferOp::Kind::kRecv; });
+}
 
 enum class EndpointState {
   kOpen,
