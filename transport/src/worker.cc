@@ -50,8 +50,7 @@ constexpr absl::Duration kDeadlineDrainGrace = absl::Seconds(1);
 // How long requests of a force-closed endpoint may stay outstanding before their transfer is
 // answered without them (see ServiceTransfers).
 constexpr absl::Duration kAbandonAfterForceClose = absl::Milliseconds(200);
-// Progress calls in a row before the worker looks at its commands and deadlines again (a peer
-// streaming without pause must keep none waiting).
+// Progress calls in a row before commands and deadlines are looked at again.
 constexpr int kMaxProgressRun = 64;
 // How long shutdown waits for endpoint closes before destroying the worker anyway.
 constexpr absl::Duration kShutdownCloseWait = absl::Seconds(2);
@@ -69,6 +68,7 @@ using worker_state::InFlightTransfer;
 using worker_state::MustWaitForTurn;
 using worker_state::OnCloseFlushDone;
 using worker_state::OneSided;
+using worker_state::OneSidedBeside;
 using worker_state::OnlyReceives;
 using worker_state::OnRecvRequestDone;
 using worker_state::OnTransferRequestDone;
@@ -610,10 +610,12 @@ class UcpWorker final : public Worker {
       }
       if (!t->deadline_hit && now >= t->cmd->deadline) {
         // Retire the endpoint and give what is already posted kDeadlineDrainGrace to finish:
-        // force-closing an endpoint with emulated (TCP) puts in flight makes UCX 1.13 abort
-        // the *peer* process (ucp_put_handler cannot ack on the failed endpoint), so a live
-        // peer gets the chance to drain first. Shared memory: no grace (CutOffIsDue).
-        Retire(t, now + DeadlineDrainGrace(), "a transfer deadline passed");
+        // force-closing an endpoint with emulated (TCP) puts in flight makes UCX 1.13 abort the
+        // *peer* process (ucp_put_handler cannot ack), so a live peer may drain first. None for
+        // shared memory (CutOffIsDue), nor for receives with no one-sided op on the endpoint.
+        const bool drain = !OnlyReceives(*t->cmd) || OneSidedBeside(in_flight_, *t);
+        Retire(t, now + (drain ? DeadlineDrainGrace() : absl::ZeroDuration()),
+               "a transfer deadline passed");
       }
       if (t->deadline_hit && !t->force_closed && now >= t->force_close_at) {
         // Cancel everything on the endpoint so no late write lands in buffers the caller gets

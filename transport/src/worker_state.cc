@@ -53,6 +53,17 @@ bool AnyPastDeadline(std::span<const std::unique_ptr<InFlightTransfer>> in_fligh
   return false;
 }
 
+bool OneSidedBeside(std::span<const std::unique_ptr<InFlightTransfer>> in_flight,
+                    const InFlightTransfer& t) {
+  for (const auto& u : in_flight) {
+    if (u.get() == &t || u->endpoint != t.endpoint || u->cmd == nullptr) continue;
+    for (const TransferOp& op : u->cmd->ops) {
+      if (OneSided(op.kind)) return true;
+    }
+  }
+  return false;
+}
+
 bool MustWaitForTurn(std::span<const std::unique_ptr<InFlightTransfer>> in_flight,
                      const InFlightTransfer& t) {
   for (const auto& u : in_flight) {

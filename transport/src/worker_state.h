@@ -251,6 +251,10 @@ void WaitForEvents(int epoll_fd, int wake_fd, int timeout_ms);
 // Whether a transfer not yet retired has passed its deadline at `now`.
 bool AnyPastDeadline(std::span<const std::unique_ptr<InFlightTransfer>> in_flight, absl::Time now);
 
+// Whether a transfer beside `t` on its endpoint has one-sided ops.
+bool OneSidedBeside(std::span<const std::unique_ptr<InFlightTransfer>> in_flight,
+                    const InFlightTransfer& t);
+
 // Whether paced transfer t must wait before posting a copy: another paced transfer on its
 // endpoint has one queued in UCX, or an older one there still has copies to post (first come,
 // first served, so a stream of newer transfers cannot starve an older one into its deadline).

@@ -158,7 +158,8 @@ class Worker {
   //                    have undefined contents; so do the remote ranges of its puts, where
   //                    puts already on the wire may still land later. The drain exists because
   //                    force-closing with emulated (TCP) puts in flight aborts the peer in
-  //                    UCX 1.13.
+  //                    UCX 1.13; a batch of receives only, with no one-sided op of another
+  //                    transfer on the endpoint, gets none (it ends at its deadline).
   //  UNAVAILABLE       the peer is gone or the endpoint failed or was force-closed; reconnect
   //                    (or try another replica).
   //  other codes       UCX errors, converted with the failing op's index.
