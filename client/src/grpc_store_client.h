@@ -514,15 +514,10 @@ class GrpcStoreClient final : public StoreClient {
             absl::StrCat(s.message(), " (data channel lost again after reconnecting)"));
       }
       // INTERNAL and UNKNOWN: the call broke in gRPC (a stream reset, a connection torn down),
-      // which says nothing of the node's transfer either.
+      // which says nothing of the node's transfer either; fenced, not repeated.
       const bool broke =
           s.code() == absl::StatusCode::kInternal || s.code() == absl::StatusCode::kUnknown;
-      if (broke) {
-        ucx_->Fence(*channel);
-        MarkBroken(*channel);
-        return s;
-      }
-      if (s.code() == absl::StatusCode::kUnavailable ||
+      if (broke || s.code() == absl::StatusCode::kUnavailable ||
           s.code() == absl::StatusCode::kDeadlineExceeded ||
           s.code() == absl::StatusCode::kCancelled) {
         // We give up while the node may still be reading or writing our buffers (its transfer
@@ -535,7 +530,7 @@ class GrpcStoreClient final : public StoreClient {
         // lanes. Once, time allowing, the call goes again on a fresh channel (a data call
         // repeats safely: it carries its whole put, or reads into the same buffers). A node
         // that is down refuses the reconnect at once.
-        if (attempt == 0 && s.code() != absl::StatusCode::kDeadlineExceeded) {
+        if (attempt == 0 && !broke && s.code() != absl::StatusCode::kDeadlineExceeded) {
           channel = AcquireChannel(deadline);
           if (!channel.ok()) return s;
           if (repeated != nullptr) *repeated = true;

@@ -58,6 +58,33 @@ std::unique_ptr<EtcdClient> MustConnect(std::vector<std::string> endpoints,
   return client.ok() ? std::move(*client) : nullptr;
 }
 
+// A loopback listener that takes connections and never answers (a wedged etcd member): the
+// kernel accepts, nobody reads. endpoint() is empty if it could not be set up.
+class HungListener {
+ public:
+  HungListener() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+        listen(fd_, 16) == 0 && getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      endpoint_ = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+    }
+  }
+  ~HungListener() {
+    if (fd_ >= 0) close(fd_);
+  }
+  HungListener(const HungListener&) = delete;
+  HungListener& operator=(const HungListener&) = delete;
+  const std::string& endpoint() const { return endpoint_; }
+
+ private:
+  int fd_ = -1;
+  std::string endpoint_;
+};
+
 // What a watch delivered, for the test thread to look at.
 class WatchLog {
  public:
@@ -457,43 +484,29 @@ TEST_F(EtcdClientTest, FailsOverFromADeadEndpoint) {
 // its leader): a call that timed out there sends the next one to another endpoint. Before,
 // only UNAVAILABLE moved on, and every call went on timing out at the first endpoint.
 TEST_F(EtcdClientTest, ACallThatTimedOutSendsTheNextToAnotherEndpoint) {
-  int hung = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(bind(hung, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(listen(hung, 16), 0);  // the kernel accepts; nobody ever reads
-  ASSERT_EQ(getsockname(hung, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  std::unique_ptr<EtcdClient> client = MustConnect(
-      {absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)), etcd_->endpoint()}, absl::Seconds(1));
+  HungListener hung;
+  ASSERT_FALSE(hung.endpoint().empty());
+  std::unique_ptr<EtcdClient> client =
+      MustConnect({hung.endpoint(), etcd_->endpoint()}, absl::Seconds(1));
   ASSERT_NE(client, nullptr);
   const std::string key = Prefix() + "k";
   EXPECT_THAT(client->Get(key), StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_THAT(client->Get(key), IsOk());
   EXPECT_THAT(client->Put(key, "v"), IsOk());
-  close(hung);
 }
 
 // The same for keepalives: a lease kept through a client whose first endpoint never answers
 // is refreshed at the other one and lives on. Before, every refresh timed out at the first
 // endpoint and the lease lapsed, its keys deleted by a healthy etcd.
 TEST_F(EtcdClientTest, KeepalivesMoveOffAnEndpointThatStoppedAnswering) {
-  int hung = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(bind(hung, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(listen(hung, 16), 0);  // the kernel accepts; nobody ever reads
-  ASSERT_EQ(getsockname(hung, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  HungListener hung;
+  ASSERT_FALSE(hung.endpoint().empty());
   absl::StatusOr<int64_t> lease = client_->GrantLease(absl::Seconds(3));
   ASSERT_THAT(lease, IsOk());
   const std::string key = Prefix() + "kept";
   ASSERT_THAT(client_->Put(key, "v", *lease), IsOk());
   std::unique_ptr<EtcdClient> keeper =
-      MustConnect({absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)), etcd_->endpoint()},
-                  absl::Milliseconds(500));
+      MustConnect({hung.endpoint(), etcd_->endpoint()}, absl::Milliseconds(500));
   ASSERT_NE(keeper, nullptr);
   ASSERT_THAT(keeper->KeepAlive(*lease, absl::Seconds(3), [](absl::Status) {}), IsOk());
   absl::SleepFor(absl::Seconds(7));  // past two lease lifetimes
@@ -502,7 +515,6 @@ TEST_F(EtcdClientTest, KeepalivesMoveOffAnEndpointThatStoppedAnswering) {
   EXPECT_TRUE(got->has_value()) << "the lease lapsed";
   keeper.reset();
   EXPECT_THAT(client_->RevokeLease(*lease), IsOk());
-  close(hung);
 }
 
 TEST_F(EtcdClientTest, ClientDestructionStopsWatchesAndKeepAlives) {

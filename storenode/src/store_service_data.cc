@@ -348,10 +348,14 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
   // block's bytes, held against max_inflight_bytes while it runs (a call that finds no room
   // for them stages nothing; the inline way below then finds none either, and its disk
   // blocks are RESOURCE_EXHAUSTED).
+  uint64_t block_bytes = 0;  // the namespace's, for what staging and the inline way hold
+  if (!missing.empty()) {
+    absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(ns);
+    block_bytes = spec.ok() ? spec->block_bytes : 0;
+  }
   std::optional<InflightBytes> staging;
   if (!missing.empty() && store_->promote_on_get() && !req.skip_promotion()) {
-    absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(ns);
-    staging.emplace(&admission_, spec.ok() ? spec->block_bytes : 0);
+    staging.emplace(&admission_, block_bytes);
   }
   if (staging.has_value() && staging->status().ok()) {
     std::vector<ChainHash> staged;
@@ -383,10 +387,8 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
   for (const v1::GetBlock& b : resp->blocks()) inline_bytes += b.payload().size();
   const uint64_t budget =
       config_.max_inline_bytes - std::min(inline_bytes, config_.max_inline_bytes);
-  absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(ns);
   held->push_back(std::make_unique<InflightBytes>(
-      &admission_,
-      std::min<uint64_t>(budget, missing.size() * (spec.ok() ? spec->block_bytes : 0))));
+      &admission_, std::min<uint64_t>(budget, missing.size() * block_bytes)));
   if (!held->back()->status().ok()) {
     // Only these blocks wait for room (most may be on no tier at all); the pinned ones move.
     for (size_t k : missing) (*status)[g.index[k]] = held->back()->status();

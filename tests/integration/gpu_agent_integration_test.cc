@@ -547,7 +547,9 @@ TEST_F(GpuAgentTest, ALoadFromAStoreThatStoppedAnsweringCostsOneDeadline) {
     timed_out += b.status.code() == absl::StatusCode::kDeadlineExceeded;
   }
   EXPECT_EQ(timed_out, kBlocks - loaded->loaded_prefix());
-  EXPECT_LT(took, absl::Seconds(8)) << "the load waited on the store batch by batch";
+  // Not a speed check: a few deadlines (the lookup, the read that timed out), not one per
+  // batch after it (hundreds).
+  EXPECT_LT(took, 8 * o.call_deadline) << "the load waited on the store batch by batch";
 }
 
 TEST_F(GpuAgentTest, BlocksFreedRightAfterComputeAreCapturedBeforeTheSlotIsReused) {
