@@ -213,6 +213,14 @@ class Checker:
         self.expect(req.get("memory") == lim.get("memory"), "memory request != limit")
         self.expect(size_bytes(lim["memory"]) >= warm + (256 << 20),
                     f"memory limit {lim['memory']} does not cover warm_bytes {warm} + overhead")
+        # Every block takes at least min_block_charge (the node's default: 16 KiB) of its
+        # tier's budget and about 1 KiB of index RAM (docs/design/tiers.md, "Index memory").
+        budgets = warm + sum(size_bytes(self.cfg.get(k, 0)) for k in ("cool_bytes", "cold_bytes"))
+        charge = size_bytes(self.cfg.get("min_block_charge", "16KiB"))
+        index = -(-budgets // charge) << 10
+        self.expect(size_bytes(lim["memory"]) >= warm + index + (256 << 20),
+                    f"memory limit {lim['memory']} does not cover the tiers' index ({index >> 20} "
+                    f"MiB for {budgets >> 20} MiB of budgets at {charge >> 10} KiB a block)")
         self.expect("cpu" in req, "no cpu request")
         rdma = req.get("rdma/hca") == 1 and lim.get("rdma/hca") == 1
         self.expect(rdma == self.want["rdma"], f"rdma/hca resource {rdma}")
@@ -458,6 +466,8 @@ MUTATIONS = {
     "memory limit below warm_bytes": ("does not cover warm_bytes", lambda d: _node(d)[
         "resources"].update(requests=dict(_node(d)["resources"]["requests"], memory="4Gi"),
                             limits=dict(_node(d)["resources"]["limits"], memory="4Gi"))),
+    "memory limit without the index": ("tiers' index", lambda d: _set_config(
+        d, "min_block_charge", "4KiB")),
     "anti-affinity dropped": ("host anti-affinity", lambda d: _store(d)["spec"]["template"][
         "spec"].pop("affinity")),
     "anti-affinity on another app": ("host anti-affinity", lambda d: _store(d)["spec"]["template"][

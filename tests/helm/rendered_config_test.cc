@@ -166,6 +166,10 @@ TEST_F(RenderedConfigTest, EveryValuesCaseIsAcceptedByTheNode) {
     absl::StatusOr<uint64_t> warm = ParseByteSize(c.expect["warm_bytes"], "expect");
     ASSERT_THAT(warm, IsOk());
     EXPECT_EQ(config.warm_bytes, *warm);
+    // The chart sized the memory limit for the tiers' indexes by this charge.
+    absl::StatusOr<uint64_t> charge = ParseByteSize(c.expect["min_block_charge"], "expect");
+    ASSERT_THAT(charge, IsOk());
+    EXPECT_EQ(config.min_block_charge, *charge);
     EXPECT_EQ(config.listen, "0.0.0.0:7070");
     EXPECT_EQ(config.http_listen, "0.0.0.0:7071");
   }

@@ -67,6 +67,42 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* A block charge (64Ki, 2Mi) in KiB, as an integer. */}}
+{{- define "strata.kib" -}}
+{{- $q := toString . -}}
+{{- $n := regexFind "^[0-9]+" $q -}}
+{{- $unit := trimPrefix $n $q -}}
+{{- if and $n (eq $unit "Ki") -}}{{ int64 $n }}
+{{- else if and $n (eq $unit "Mi") -}}{{ mul (int64 $n) 1024 }}
+{{- else -}}
+{{- fail (printf "size %q: want a quantity such as 64Ki or 2Mi" $q) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+RAM for the tiers' indexes, in MiB: every block takes at least min_block_charge of its tier's
+budget, so the tiers hold at most (warm + cool + cold budgets) / charge blocks, and each costs
+about 1 KiB of RAM (index entry, policy node and RocksDB memtable: docs/design/tiers.md,
+"Index memory"). With the budgets in MiB and the charge in KiB that is budgets / charge MiB.
+*/}}
+{{- define "strata.indexMib" -}}
+{{- $s := .Values.store -}}
+{{- $budgets := include "strata.mib" $s.warm.size | int64 -}}
+{{- if $s.cool.enabled -}}
+{{- $budgets = add $budgets (include "strata.tierBudgetMib" $s.cool) -}}
+{{- end -}}
+{{- if $s.cold.enabled -}}
+{{- $budgets = add $budgets (include "strata.tierBudgetMib" $s.cold) -}}
+{{- end -}}
+{{- $charge := include "strata.kib" $s.minBlockCharge | int64 -}}
+{{- div (sub (add $budgets $charge) 1) $charge -}}
+{{- end -}}
+
+{{/* A disk tier's byte budget in MiB: its volume × budgetPct / 100. */}}
+{{- define "strata.tierBudgetMib" -}}
+{{- div (mul (include "strata.mib" .size | int64) (int .budgetPct)) 100 -}}
+{{- end -}}
+
 {{/* A quantity as the node writes byte sizes: 8Gi → 8GiB. */}}
 {{- define "strata.nodeBytes" -}}
 {{- $mib := include "strata.mib" . -}}
@@ -131,6 +167,7 @@ app.kubernetes.io/component: {{ .component }}
   "log_level" $s.logLevel
   "warm_bytes" (include "strata.nodeBytes" $s.warm.size)
   "warm_prefault" (toString $s.warm.prefault)
+  "min_block_charge" (printf "%dKiB" (include "strata.kib" $s.minBlockCharge | int64))
   "warm_policy" $s.warm.policy
   "warm_high_watermark_pct" (toString (int $s.warm.highWatermarkPct))
   "warm_low_watermark_pct" (toString (int $s.warm.lowWatermarkPct))
@@ -142,9 +179,8 @@ app.kubernetes.io/component: {{ .component }}
   "auth_mode" $s.auth.mode
 -}}
 {{- if $s.cool.enabled -}}
-{{- $mib := include "strata.mib" $s.cool.size | int64 -}}
 {{- $_ := set $c "cool_path" "/var/lib/strata/cool/rocksdb" -}}
-{{- $_ := set $c "cool_bytes" (printf "%dMiB" (div (mul $mib (int $s.cool.budgetPct)) 100)) -}}
+{{- $_ := set $c "cool_bytes" (printf "%sMiB" (include "strata.tierBudgetMib" $s.cool)) -}}
 {{- $_ := set $c "cool_codec" $s.cool.codec -}}
 {{- $_ := set $c "cool_policy" $s.cool.policy -}}
 {{- $_ := set $c "disk_high_watermark_pct" (toString (int $s.diskHighWatermarkPct)) -}}
@@ -154,9 +190,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if not $s.cool.enabled -}}
 {{- fail "store.cold.enabled needs store.cool.enabled (a cold tier sits below the cool tier)" -}}
 {{- end -}}
-{{- $mib := include "strata.mib" $s.cold.size | int64 -}}
 {{- $_ := set $c "cold_path" "/var/lib/strata/cold/rocksdb" -}}
-{{- $_ := set $c "cold_bytes" (printf "%dMiB" (div (mul $mib (int $s.cold.budgetPct)) 100)) -}}
+{{- $_ := set $c "cold_bytes" (printf "%sMiB" (include "strata.tierBudgetMib" $s.cold)) -}}
 {{- $_ := set $c "cold_codec" $s.cold.codec -}}
 {{- $_ := set $c "cold_policy" $s.cold.policy -}}
 {{- end -}}
