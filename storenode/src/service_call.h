@@ -2,6 +2,7 @@
 // and error metrics per call, and the proto tier of a store tier number. Private.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 
@@ -64,6 +65,22 @@ class InflightBytes {
   }
   InflightBytes(const InflightBytes&) = delete;
   InflightBytes& operator=(const InflightBytes&) = delete;
+  // Raises what the call holds to at least `n` bytes, taking at least `step` more at a time
+  // (fewer trips to the shared counter for a reply that grows); false when it does not fit.
+  bool HoldAtLeast(uint64_t n, uint64_t step) {
+    if (n <= n_ || a_ == nullptr) return true;
+    const uint64_t more = std::max(n - n_, step);
+    if (a_->TakeBytes(more)) {
+      n_ += more;
+      return true;
+    }
+    if (more > n - n_ && a_->TakeBytes(n - n_)) {  // the step did not fit, the need may
+      n_ = n;
+      return true;
+    }
+    ok_ = false;
+    return false;
+  }
   absl::Status status() const {
     if (ok_) return absl::OkStatus();
     return absl::ResourceExhaustedError(

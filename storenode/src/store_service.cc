@@ -252,6 +252,15 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
       FindBlocks(req->namespace_id(), scope, hashes, /*each_block=*/true, req->exact_scope());
   const bool shared_first = SharedFirst(scope) && !req->exact_scope();
   uint32_t present = 0;
+  // Up to 8 publishers a block, each with an address and a token of up to 384 bytes: a reply
+  // of max_keys_per_call blocks can take megabytes, so while the handler builds it, it holds
+  // its memory against max_inflight_bytes as an inline payload does (security.md,
+  // "Admission", says what is not counted once the handler has returned).
+  constexpr uint64_t kReplyStep = 64 << 10;
+  constexpr uint64_t kBlockInfoBytes = 96;  // the message object and its slot in the reply
+  constexpr uint64_t kLocationBytes = 112;  // two string objects and their heap headers
+  InflightBytes reply(&admission_, 0);
+  uint64_t reply_bytes = 0;
   for (size_t i = 0; i < hashes.size(); ++i) {
     std::vector<Directory::Location> peers =
         directory_.Find({req->namespace_id(), scope, hashes[i]});
@@ -259,6 +268,19 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
       peers = directory_.Find({req->namespace_id(), std::string(kSharedScope), hashes[i]});
     }
     if (!each[i].has_value() && peers.empty() && !req->each_block()) break;  // prefix ends
+    reply_bytes += kBlockInfoBytes;
+    for (const Directory::Location& p : peers) {
+      reply_bytes += kLocationBytes + p.address.size() + p.token.size();
+    }
+    if (!reply.HoldAtLeast(reply_bytes, kReplyStep)) {
+      resp->Clear();
+      return call.Done(absl::ResourceExhaustedError(absl::StrCat(
+          "node busy: a lookup reply of ", i + 1, "+ blocks with their GPU locations (",
+          FormatByteSize(reply_bytes), " so far) does not fit max_inflight_bytes ",
+          FormatByteSize(admission_.max_bytes()),
+          " beside the calls in flight; retry with "
+          "backoff or look up fewer blocks")));
+    }
     v1::BlockInfo* b = resp->add_blocks();
     if (each[i].has_value()) {
       b->set_tier(TierProto(each[i]->tier));

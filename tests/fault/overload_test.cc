@@ -2,6 +2,7 @@
 // inline puts and gets (2 MiB each) than a node admits. Over its limits the node answers
 // RESOURCE_EXHAUSTED instead of queueing, its RSS stays within 1.25x its configured budgets, no
 // call fails any other way, and it serves normally once the load stops. Bounded: 8 s of load.
+// Also: lookup replies full of GPU locations count against max_inflight_bytes.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -182,6 +183,45 @@ TEST(OverloadTest, TenTimesTheAdmittedLoadIsRefusedQuicklyWithBoundedMemoryAndRe
   ASSERT_THAT(got, IsOk());
   EXPECT_EQ(got->fetched, 1u);
   EXPECT_EQ(back, payload);
+}
+
+// A Lookup reply carries up to 8 GPU locations a block from the directory, each with an
+// address and a token: thousands of blocks make megabytes, which the node builds while the
+// handler runs. Those bytes count against max_inflight_bytes like an inline payload: a reply
+// past it is RESOURCE_EXHAUSTED (before: built whatever its size, 8 MB here against a 4 MiB
+// budget), and a smaller one is answered whole.
+TEST(OverloadTest, LookupRepliesFullOfGpuLocationsCountAgainstTheInflightBytes) {
+  auto node = testutil::StartNode({"--warm-bytes", "16MiB", "--max-block-bytes", "1MiB",
+                                   "--max-inline-bytes", "4MiB", "--max-inflight-bytes", "4MiB",
+                                   "--ucx-tls", ""});
+  ASSERT_THAT(node, IsOk());
+  auto c = StoreClient::Connect({.address = (*node)->address(),
+                                 .default_deadline = absl::Seconds(20),
+                                 .data_plane = client::ClientOptions::DataPlane::kInline});
+  ASSERT_THAT(c, IsOk());
+  auto ns = (*c)->RegisterNamespace(testutil::RawSpec("directory-reply", kBlock));
+  ASSERT_THAT(ns, IsOk());
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 1, 2048);
+  const std::vector<uint64_t> sizes(chain.size(), kBlock);
+  // Eight agents publish every block, with the longest address and token allowed: about
+  // 4 KiB of reply a block.
+  for (int agent = 0; agent < 8; ++agent) {
+    const client::PeerLocation where{absl::StrCat(agent, std::string(255, 'a')).substr(0, 256),
+                                     std::string(128, static_cast<char>('A' + agent))};
+    auto published = (*c)->Publish(*ns, "", chain, sizes, where, absl::Seconds(60));
+    ASSERT_THAT(published, IsOk());
+    for (const absl::Status& st : *published) ASSERT_THAT(st, IsOk());
+  }
+  auto whole = (*c)->Lookup(*ns, "", chain);
+  EXPECT_EQ(whole.status().code(), absl::StatusCode::kResourceExhausted) << whole.status();
+  EXPECT_THAT(whole.status().message(), ::testing::HasSubstr("max_inflight_bytes"));
+  // A quarter of it fits, with every location; the refused reply gave its bytes back.
+  for (int round = 0; round < 3; ++round) {
+    auto part = (*c)->Lookup(*ns, "", {chain.data(), chain.size() / 4});
+    ASSERT_THAT(part, IsOk());
+    ASSERT_EQ(part->matched_blocks, chain.size() / 4);
+    EXPECT_EQ(part->blocks.back().peers.size(), 8u);
+  }
 }
 
 }  // namespace
