@@ -232,6 +232,7 @@ TEST_F(GpuAgentTest, DecodeLoadsPrefillProcessPromptFromStoreAndFromPeer) {
   ASSERT_EQ(LoadAll(hung, hashes, slots)->loaded_prefix(), 256u);  // its client to the peer
   ASSERT_EQ(hung.agent->Stats().loaded_from_peer, 256u);
   ASSERT_EQ(kill(prefill, SIGSTOP), 0);
+  ASSERT_TRUE(testutil::WaitStopped(prefill));
   const absl::Time start = absl::Now();
   auto h = LoadAll(hung, hashes, slots);
   const absl::Duration took = absl::Now() - start;
@@ -500,6 +501,7 @@ TEST_F(GpuAgentTest, ShutdownWithAStoreThatStoppedAnsweringIsBounded) {
   Side s = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
   auto hashes = Hashes(*s.agent, 32, 31337);
   ASSERT_EQ(kill((*node)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(testutil::WaitStopped((*node)->pid()));
   ASSERT_TRUE(s.agent->OnBlocksComputed(Compute(s, hashes, Slots(0, 32))).ok());
   const absl::Time start = absl::Now();
   s.agent.reset();

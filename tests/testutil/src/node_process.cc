@@ -2,12 +2,15 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "strata/common/http_get.h"
 
 namespace strata::testutil {
@@ -16,6 +19,26 @@ std::string ProjectBinary(const std::string& name) {
   if (const char* dir = std::getenv("STRATA_BIN_DIR")) return absl::StrCat(dir, "/", name);
   std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
   return (self.parent_path() / name).string();
+}
+
+bool WaitStopped(pid_t pid, absl::Duration timeout) {
+  const std::filesystem::path tasks = absl::StrCat("/proc/", pid, "/task");
+  for (const absl::Time end = absl::Now() + timeout;; absl::SleepFor(absl::Milliseconds(1))) {
+    std::error_code ec;
+    bool all = true;
+    for (const auto& task : std::filesystem::directory_iterator(tasks, ec)) {
+      std::ifstream in(task.path() / "stat");
+      std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      // "tid (comm) S ...": the state follows the last ')' (comm may hold any character).
+      const size_t close = stat.rfind(')');
+      const char state =
+          close != std::string::npos && close + 2 < stat.size() ? stat[close + 2] : '?';
+      all = all && (state == 'T' || state == 't');
+    }
+    if (ec) return false;
+    if (all) return true;
+    if (absl::Now() >= end) return false;
+  }
 }
 
 absl::StatusOr<std::unique_ptr<client::LocalNode>> StartNode(const std::vector<std::string>& args,

@@ -38,22 +38,31 @@ uint64_t OpCount(const client::LocalNode& node, const std::string& op);
 double Metric(const client::LocalNode& node, const std::string& name,
               const std::string& labels = "");
 
-// Stops a node with SIGSTOP (it keeps its sockets, and answers nothing) and continues it
-// when the guard goes, however the test ends.
+// Whether every thread of process `pid` is stopped (SIGSTOP taken), waiting up to `timeout`.
+// kill(SIGSTOP) returns before that: one thread takes the signal and then stops the others,
+// and until the kernel runs it (milliseconds on a loaded machine) the rest go on running and
+// answering requests.
+bool WaitStopped(pid_t pid, absl::Duration timeout = absl::Seconds(5));
+
+// Stops a node (or etcd) with SIGSTOP (it keeps its sockets, and answers nothing) and
+// continues it when the guard goes, however the test ends. stopped(): every thread of it has
+// stopped.
 class Freeze {
  public:
-  explicit Freeze(pid_t pid) : pid_(pid), stopped_(kill(pid, SIGSTOP) == 0) {}
+  explicit Freeze(pid_t pid)
+      : pid_(pid), sent_(kill(pid, SIGSTOP) == 0), stopped_(sent_ && WaitStopped(pid)) {}
   ~Freeze() { Thaw(); }
   Freeze(const Freeze&) = delete;
   Freeze& operator=(const Freeze&) = delete;
   bool stopped() const { return stopped_; }
   void Thaw() {
-    if (stopped_) kill(pid_, SIGCONT);
-    stopped_ = false;
+    if (sent_) kill(pid_, SIGCONT);
+    sent_ = stopped_ = false;
   }
 
  private:
   pid_t pid_;
+  bool sent_;
   bool stopped_;
 };
 
