@@ -268,8 +268,17 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
     absl::Status moved =
         data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline, &hooks);
     if (!moved.ok()) {
-      // Nothing of this call becomes visible: the reserved slots are released.
-      if (r.reservation_id != 0) store_->AbortPut(r.reservation_id).IgnoreError();
+      // Nothing of this call becomes visible: the reserved slots are released — after a
+      // quarantine when UCX kept requests of the call past the endpoint's force-close, which
+      // may still write into them (a block put there meanwhile would read back DATA_LOSS).
+      constexpr int64_t kAbandonedSlotHoldMs = 30000;
+      const bool abandoned = transport::RequestsAbandoned(moved);
+      if (abandoned)
+        spdlog::warn("PutData: {}; its slots are held {} ms", moved.ToString(),
+                     kAbandonedSlotHoldMs);
+      if (r.reservation_id != 0) {
+        store_->AbortPut(r.reservation_id, abandoned ? kAbandonedSlotHoldMs : 0).IgnoreError();
+      }
       return call.Done(moved);
     }
   }

@@ -462,8 +462,8 @@ absl::StatusOr<std::vector<absl::Status>> TieredStore::CommitPut(
   return warm_->CommitPut(reservation_id, blocks);
 }
 
-absl::Status TieredStore::AbortPut(uint64_t reservation_id) {
-  return warm_->AbortPut(reservation_id);
+absl::Status TieredStore::AbortPut(uint64_t reservation_id, int64_t quarantine_ms) {
+  return warm_->AbortPut(reservation_id, quarantine_ms);
 }
 
 WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& scope,

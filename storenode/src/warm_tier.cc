@@ -551,7 +551,8 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservati
   return results;
 }
 
-absl::Status WarmTier::AbortPut(uint64_t reservation_id) {
+absl::Status WarmTier::AbortPut(uint64_t reservation_id, int64_t quarantine_ms) {
+  const int64_t until = quarantine_ms > 0 ? options_.now_ms() + quarantine_ms : 0;
   absl::MutexLock lock(&mu_);
   auto it = reservations_.find(reservation_id);
   if (it == reservations_.end()) {
@@ -561,6 +562,14 @@ absl::Status WarmTier::AbortPut(uint64_t reservation_id) {
   if (it->second->committing) {
     return absl::FailedPreconditionError(
         absl::StrCat("reservation_id ", reservation_id, ": a commit is in progress"));
+  }
+  if (until != 0) {
+    // Pinned, the entries leave the index for doomed_ with their slots (RemoveLocked).
+    for (Entry* e : it->second->entries) {
+      if (e->state == Entry::State::kCommitted) continue;
+      if (e->pins++ == 0) ++pinned_;
+      quarantined_.emplace_back(e, until);
+    }
   }
   ReleaseReservationLocked(*it->second);
   reservations_.erase(it);
@@ -651,6 +660,15 @@ uint64_t WarmTier::ExpireNow() {
     } else {
       ++it;
     }
+  }
+  for (size_t i = 0; i < quarantined_.size();) {
+    if (quarantined_[i].second > now) {
+      ++i;
+      continue;
+    }
+    UnpinLocked(quarantined_[i].first);  // frees the slot
+    quarantined_[i] = quarantined_.back();
+    quarantined_.pop_back();
   }
   for (auto it = leases_.begin(); it != leases_.end();) {
     if (it->second->expires_ms <= now) {

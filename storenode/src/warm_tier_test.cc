@@ -178,6 +178,32 @@ TEST_F(WarmTierTest, AbortPutReleasesAndUnknownReservationsAreNotFound) {
   EXPECT_EQ(Occupancy(), (Usage{.blocks = 1, .payload = 5000, .used = 5824}));
 }
 
+// A put whose transfer UCX could not cancel (its requests abandoned at the deadline) may
+// still be written into: the abort frees the keys at once, so the writer's retry goes
+// through, but not the slots, which nobody else gets until the quarantine ends.
+TEST_F(WarmTierTest, AQuarantinedAbortKeepsItsSlotsFromOtherBlocksUntilItEnds) {
+  WarmTier::ReserveResult r = Reserve({{H(0), 5000}, {H(1), 5000}});
+  ASSERT_THAT(r.status, ElementsAre(IsOk(), IsOk()));
+  const std::vector<uint8_t*> held = r.addresses;
+  ASSERT_THAT(tier_->AbortPut(r.reservation_id, /*quarantine_ms=*/30'000), IsOk());
+  EXPECT_EQ(Occupancy(), (Usage{.used = 2 * 5824, .pinned = 2}));
+  // The same keys (a retry) and another block: none lands in a held slot.
+  WarmTier::ReserveResult again = Reserve({{H(0), 5000}, {H(1), 5000}, {H(2), 5000}});
+  ASSERT_THAT(again.status, ElementsAre(IsOk(), IsOk(), IsOk()));
+  for (uint8_t* a : again.addresses) EXPECT_THAT(held, ::testing::Not(::testing::Contains(a)));
+  ASSERT_THAT(tier_->AbortPut(again.reservation_id), IsOk());
+  now_ms_ += 29'999;
+  tier_->ExpireNow();
+  EXPECT_EQ(Occupancy(), (Usage{.used = 2 * 5824, .pinned = 2}));
+  now_ms_ += 1;
+  tier_->ExpireNow();
+  EXPECT_EQ(Occupancy(), Usage{});
+  // Freed: the slots serve blocks again.
+  WarmTier::ReserveResult after = Reserve({{H(3), 5000}, {H(4), 5000}});
+  ASSERT_THAT(after.status, ElementsAre(IsOk(), IsOk()));
+  EXPECT_THAT(after.addresses, ::testing::UnorderedElementsAreArray(held));
+}
+
 TEST_F(WarmTierTest, ExpireNowReleasesReservationsPastTheirTtl) {
   WarmTier::ReserveResult r = Reserve({{H(0), 1000}}, /*ttl=*/100);
   now_ms_ += 99;

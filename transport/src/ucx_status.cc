@@ -1,6 +1,10 @@
 #include "ucx_status.h"
 
+#include <string_view>
+
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "strata/transport/worker.h"
 
 namespace strata::transport {
 namespace {
@@ -61,6 +65,18 @@ absl::Status UcsToStatus(ucs_status_t status, absl::string_view what) {
   return absl::Status(CodeFor(status),
                       absl::StrCat(what, ": ", ucs_status_string(status), " (ucs_status_t ",
                                    static_cast<int>(status), ")"));
+}
+
+constexpr absl::string_view kAbandonedPayload = "strata.transport/requests-abandoned";
+
+absl::Status RequestsAbandonedError(std::string_view message) {
+  absl::Status s = absl::DeadlineExceededError(absl::string_view(message.data(), message.size()));
+  s.SetPayload(kAbandonedPayload, absl::Cord("1"));
+  return s;
+}
+
+bool RequestsAbandoned(const absl::Status& status) {
+  return status.GetPayload(kAbandonedPayload).has_value();
 }
 
 }  // namespace strata::transport

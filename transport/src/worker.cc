@@ -583,7 +583,7 @@ class UcpWorker final : public Worker {
         // and keep the transfer (whose slots UCX may still call back into) until the worker is
         // destroyed.
         --t->endpoint->active_transfers;
-        Answer(t->cmd, absl::DeadlineExceededError(absl::StrCat(
+        Answer(t->cmd, RequestsAbandonedError(absl::StrCat(
                            "Transfer of ", t->cmd->ops.size(), " ops on endpoint ", t->endpoint->id,
                            ": deadline passed; endpoint force-closed with ", t->outstanding,
                            " requests abandoned, reconnect to use the peer")));

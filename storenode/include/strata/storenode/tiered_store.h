@@ -98,7 +98,7 @@ class TieredStore {
                                    std::span<const WarmTier::PutBlock> blocks, uint64_t ttl_ms);
   absl::StatusOr<std::vector<absl::Status>> CommitPut(
       uint64_t reservation_id, std::span<const WarmTier::CommitBlock> blocks);
-  absl::Status AbortPut(uint64_t reservation_id);
+  absl::Status AbortPut(uint64_t reservation_id, int64_t quarantine_ms = 0);
 
   // Warm blocks as WarmTier::BeginGet; blocks found only on disk are read, verified and
   // copied through `sink` (not leased: they are served from the read buffer), and promoted.

@@ -17,6 +17,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -211,8 +212,11 @@ class WarmTier {
   // FAILED_PRECONDITION (not part of this reservation).
   absl::StatusOr<std::vector<absl::Status>> CommitPut(uint64_t reservation_id,
                                                       std::span<const CommitBlock> blocks);
-  // Releases a reservation. NOT_FOUND for an unknown or expired one.
-  absl::Status AbortPut(uint64_t reservation_id);
+  // Releases a reservation. NOT_FOUND for an unknown or expired one. With `quarantine_ms`,
+  // its blocks' keys are free at once (a retry may reserve them again) but their slots stay
+  // out of use, and counted, for that long: a transfer into them that could not be cancelled
+  // (transport::RequestsAbandoned) may still write there. ExpireNow frees them after.
+  absl::Status AbortPut(uint64_t reservation_id, int64_t quarantine_ms = 0);
 
   // Pins every present block under a lease of ttl_ms. If `sink` is set, copies each pinned
   // block (while it cannot move) and verifies the checksum over the copy; a mismatch
@@ -250,7 +254,8 @@ class WarmTier {
   // With `address` (where the reader found the bad bytes), only the entry still there.
   void DropCorrupt(const BlockKey& key, const uint8_t* address = nullptr);
 
-  // Releases leases and reservations whose time is up. Returns how many.
+  // Releases leases and reservations whose time is up, and slots whose quarantine ended
+  // (AbortPut). Returns how many leases and reservations.
   uint64_t ExpireNow();
 
   // XORs 0xff into one stored byte (fault injection). NOT_FOUND / OUT_OF_RANGE.
@@ -333,6 +338,9 @@ class WarmTier {
   absl::flat_hash_map<BlockKey, std::unique_ptr<Entry>> index_ ABSL_GUARDED_BY(mu_);
   // Deleted or corrupt entries still pinned by a lease: freed when the last pin drops.
   absl::flat_hash_map<Entry*, std::unique_ptr<Entry>> doomed_ ABSL_GUARDED_BY(mu_);
+  // Aborted reservations' entries (among doomed_, pinned once each) and when ExpireNow may
+  // unpin them (AbortPut's quarantine).
+  std::vector<std::pair<Entry*, int64_t>> quarantined_ ABSL_GUARDED_BY(mu_);
   // Ranks committed blocks by PolicyHandle; by_handle_ maps a victim back to its entry.
   std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Entry*> by_handle_ ABSL_GUARDED_BY(mu_);
