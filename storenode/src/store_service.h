@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "auth.h"
+#include "cancel_watch.h"
 #include "directory.h"
 #include "metrics.h"
 #include "rate_limiter.h"
@@ -168,6 +169,7 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   std::atomic<const cluster::Membership*> membership_{nullptr};
   std::atomic<const Rebalancer*> rebalancer_{nullptr};
   Directory directory_;
+  CancelWatch cancel_watch_;  // PutData and GetData: their transfers end when the client cancels
   TieredStore* const store_;
   DataPlane* const data_plane_;
   NodeMetrics* const metrics_;

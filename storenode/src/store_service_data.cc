@@ -265,8 +265,11 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
     };
   }
   if (!ops.empty()) {
-    absl::Status moved =
-        data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline, &hooks);
+    // A client that gives up or dies (its connection closes) ends the transfer now: over
+    // shared memory nothing else tells the node before the deadline.
+    CancelWatch::Scope watch(&cancel_watch_, ctx);
+    absl::Status moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline,
+                                               &hooks, watch.cancelled());
     if (!moved.ok()) {
       // Nothing of this call becomes visible: the reserved slots are released — after a
       // quarantine when UCX kept requests of the call past the endpoint's force-close, which
@@ -518,7 +521,11 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
     bytes += send ? meta[i].size : 0;
   }
   absl::Status moved = absl::OkStatus();
-  if (!ops.empty()) moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
+  if (!ops.empty()) {
+    CancelWatch::Scope watch(&cancel_watch_, ctx);  // as PutData's
+    moved = data_plane_->Transfer(req->channel_id(), req->lane(), ops, deadline, nullptr,
+                                  watch.cancelled());
+  }
   end_leases();
   if (!moved.ok()) return call.Done(moved);
   metrics_->AddUcxBytes(false, bytes);

@@ -197,7 +197,8 @@ absl::Status DataPlane::Close(uint64_t channel_id) {
 
 absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
                                  std::span<const transport::TransferOp> ops, absl::Time deadline,
-                                 const transport::TransferHooks* hooks) {
+                                 const transport::TransferHooks* hooks,
+                                 const std::atomic<bool>* abort) {
   if (lane >= lanes()) {
     return absl::InvalidArgumentError(
         absl::StrCat("lane: ", lane, ", the node has ", lanes(), " lanes"));
@@ -215,7 +216,7 @@ absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
     ep = it->second.endpoints[lane];
     worker = it->second.workers[lane];
   }
-  absl::Status s = worker->Transfer(ep, ops, deadline, nullptr, hooks);
+  absl::Status s = worker->Transfer(ep, ops, deadline, abort, hooks);
   if (s.code() == absl::StatusCode::kInvalidArgument && !Knows(channel_id)) {
     // Closed under the call (another call's failure, the idle reaper, the sweep): the lane no
     // longer knows the endpoint. The caller's request was sound; NOT_FOUND makes it reconnect.

@@ -89,10 +89,12 @@ class DataPlane {
   // Runs `ops` (local side: arena addresses) on the channel's endpoint of `lane`.
   // NOT_FOUND: unknown or expired channel. INVALID_ARGUMENT: lane out of range, bad rkey.
   // UNAVAILABLE / DEADLINE_EXCEEDED: the transfer failed (Worker::Transfer); an UNAVAILABLE
-  // channel (its client is gone) is closed. `hooks`: as Worker::Transfer's.
+  // channel (its client is gone) is closed. `hooks`, `abort`: as Worker::Transfer's (CANCELLED
+  // once `abort` is set: the node's caller cancelled the call).
   absl::Status Transfer(uint64_t channel_id, uint32_t lane,
                         std::span<const transport::TransferOp> ops, absl::Time deadline,
-                        const transport::TransferHooks* hooks = nullptr);
+                        const transport::TransferHooks* hooks = nullptr,
+                        const std::atomic<bool>* abort = nullptr);
 
   // Closes channels unused for longer than channel_idle. Returns how many.
   uint64_t CloseIdle();

@@ -1,0 +1,54 @@
+#include "cancel_watch.h"
+
+#include "absl/time/time.h"
+
+namespace strata::storenode {
+namespace {
+
+// How often watched contexts are polled: a cancelled transfer ends within about this (plus
+// the worker's own poll of its abort flag, ~1 ms).
+constexpr absl::Duration kPollEvery = absl::Milliseconds(5);
+
+}  // namespace
+
+CancelWatch::Scope::Scope(CancelWatch* watch, const grpc::ServerContext* ctx) : watch_(watch) {
+  watch_->Add(&cancelled_, ctx);
+}
+
+CancelWatch::Scope::~Scope() { watch_->Remove(&cancelled_); }
+
+CancelWatch::~CancelWatch() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void CancelWatch::Add(std::atomic<bool>* flag, const grpc::ServerContext* ctx) {
+  absl::MutexLock lock(&mu_);
+  watched_[flag] = ctx;
+  if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+}
+
+void CancelWatch::Remove(std::atomic<bool>* flag) {
+  // Under mu_, so the loop never reads a context whose call has returned.
+  absl::MutexLock lock(&mu_);
+  watched_.erase(flag);
+}
+
+void CancelWatch::Loop() {
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_ || !watched_.empty(); };
+    mu_.Await(absl::Condition(&wake));
+    for (auto& [flag, ctx] : watched_) {
+      if (!flag->load(std::memory_order_relaxed) && ctx->IsCancelled()) {
+        flag->store(true, std::memory_order_release);
+      }
+    }
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), kPollEvery);
+  }
+}
+
+}  // namespace strata::storenode
