@@ -2,6 +2,7 @@
 
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -216,7 +217,16 @@ absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
     ep = it->second.endpoints[lane];
     worker = it->second.workers[lane];
   }
-  absl::Status s = worker->Transfer(ep, ops, deadline, abort, hooks);
+  // A cancelled call's transfer stops at once only where that is safe for a live peer: its
+  // receives, or anything over shared memory. Elsewhere (TCP, RDMA) a force-close with emulated
+  // RMA in flight can abort the peer process (the deadline path gives it a drain grace), and
+  // UCX notices a dead peer by itself there.
+  const bool receives_only =
+      std::all_of(ops.begin(), ops.end(), [](const transport::TransferOp& op) {
+        return op.kind == transport::TransferOp::Kind::kRecv;
+      });
+  const bool may_abort = !peer_failure_handling_ || receives_only;
+  absl::Status s = worker->Transfer(ep, ops, deadline, may_abort ? abort : nullptr, hooks);
   if (s.code() == absl::StatusCode::kInvalidArgument && !Knows(channel_id)) {
     // Closed under the call (another call's failure, the idle reaper, the sweep): the lane no
     // longer knows the endpoint. The caller's request was sound; NOT_FOUND makes it reconnect.
