@@ -224,7 +224,9 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
   AddValue(evict, ts.disk_evictions, {{"tier", "disk"}});
   auto leases = Family("strata_leases_held", "Read leases held", MetricType::Gauge);
   AddValue(leases, s.leases);
-  auto pinned = Family("strata_pinned_blocks", "Blocks pinned by leases", MetricType::Gauge);
+  auto pinned = Family("strata_pinned_blocks",
+                       "Blocks pinned by leases, and slots of aborted puts held in quarantine",
+                       MetricType::Gauge);
   AddValue(pinned, s.pinned_blocks);
   auto res = Family("strata_reservations", "Open put reservations", MetricType::Gauge);
   AddValue(res, s.reservations);

@@ -118,6 +118,12 @@ void WarmTier::FreeSlotLocked(Entry* e) {
   slot_owner_[e->slot.page][e->slot.index] = nullptr;
   arena_->Free(e->slot);
   used_bytes_ -= arena_->ClassBytes(e->slot.size_class);
+  UnchargeScopeLocked(e);
+}
+
+void WarmTier::UnchargeScopeLocked(Entry* e) {
+  if (e->uncharged) return;
+  e->uncharged = true;
   if (auto it = scope_used_.find(e->key.scope); it != scope_used_.end()) {
     it->second -= std::min(it->second, arena_->ClassBytes(e->slot.size_class));
     if (it->second == 0) scope_used_.erase(it);
@@ -564,10 +570,12 @@ absl::Status WarmTier::AbortPut(uint64_t reservation_id, int64_t quarantine_ms) 
         absl::StrCat("reservation_id ", reservation_id, ": a commit is in progress"));
   }
   if (until != 0) {
-    // Pinned, the entries leave the index for doomed_ with their slots (RemoveLocked).
+    // Pinned, the entries leave the index for doomed_ with their slots (RemoveLocked). The
+    // node's budget still counts the slots; the writer's quota does not (its retry fits).
     for (Entry* e : it->second->entries) {
       if (e->state == Entry::State::kCommitted) continue;
       if (e->pins++ == 0) ++pinned_;
+      UnchargeScopeLocked(e);
       quarantined_.emplace_back(e, until);
     }
   }
@@ -697,11 +705,25 @@ absl::Status WarmTier::CorruptForTest(const BlockKey& key, uint64_t offset) {
 }
 
 std::vector<BlockKey> WarmTier::Keys() const {
-  absl::MutexLock lock(&mu_);
-  std::vector<BlockKey> keys;
-  keys.reserve(index_.size());
-  for (const auto& [key, e] : index_) {
-    if (e->state == Entry::State::kCommitted) keys.push_back(key);
+  // A page at a time under the lock, so that a walk over millions of blocks (the rebalancer's,
+  // every rebalance_interval) holds it for one page's slots at most, and puts and gets go on
+  // between pages. A block keeps its slot while it is resident, so each block resident for
+  // the whole walk is listed once; one added or removed meanwhile may be listed or not.
+  // (The list grows outside the lock: moving a million keys to a larger vector takes long.)
+  std::vector<BlockKey> keys, page_keys;
+  for (uint32_t page = 0;; ++page) {
+    page_keys.clear();
+    {
+      absl::MutexLock lock(&mu_);
+      if (page >= slot_owner_.size()) break;
+      for (Entry* e : slot_owner_[page]) {
+        if (e == nullptr || e->state != Entry::State::kCommitted) continue;
+        if (!doomed_.empty() && doomed_.contains(e)) continue;  // deleted, still pinned
+        page_keys.push_back(e->key);
+      }
+    }
+    keys.insert(keys.end(), std::make_move_iterator(page_keys.begin()),
+                std::make_move_iterator(page_keys.end()));
   }
   return keys;
 }

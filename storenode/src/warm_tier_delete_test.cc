@@ -246,5 +246,53 @@ TEST_F(WarmTierTest, ABadCopyFoundByAReaderIsDroppedNotTheCopyPutSince) {
   ASSERT_THAT(tier_->EndGet(now.lease_id), IsOk());
 }
 
+// Keys() walks the arena a page at a time, taking the lock per page (the rebalancer's walk):
+// committed blocks only, each once, also while puts and deletes go on between pages; not a
+// reservation, nor a block deleted while a reader still pins it.
+TEST_F(WarmTierTest, KeysListsEachCommittedBlockOnceWhilePutsAndDeletesGoOn) {
+  for (uint32_t n = 0; n < 100; ++n) ASSERT_THAT(PutN(n, 1000), IsOk());
+  WarmTier::ReserveResult open = Reserve({{H(100), 1000}});
+  ASSERT_THAT(open.status[0], IsOk());
+  const uint64_t lease = Pin({H(5)});
+  ASSERT_NE(lease, 0u);
+  ASSERT_EQ(tier_->Delete(ns_, "s", Hashes{H(5)}), 1u);
+  std::vector<ChainHash> want;
+  for (uint32_t n = 0; n < 100; ++n) {
+    if (n != 5) want.push_back(H(n));
+  }
+  auto listed = [&] {
+    std::vector<ChainHash> got;
+    for (const BlockKey& k : tier_->Keys()) got.push_back(k.hash);
+    return got;
+  };
+  EXPECT_THAT(listed(), ::testing::UnorderedElementsAreArray(want));
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    for (uint32_t round = 0; !stop.load(); ++round) {
+      const uint32_t n = 200 + round % 100;
+      PutN(n, 1000).IgnoreError();
+      if (round % 3 == 0) tier_->Delete(ns_, "s", Hashes{H(200 + (round / 3) % 100)});
+    }
+  });
+  for (int walk = 0; walk < 50; ++walk) {
+    std::vector<ChainHash> got = listed();
+    std::vector<ChainHash> steady;
+    for (const ChainHash& h : got) {
+      uint32_t n = 0;
+      std::memcpy(&n, h.bytes.data(), sizeof(n));
+      if (n < 200) steady.push_back(h);
+    }
+    ASSERT_THAT(steady, ::testing::UnorderedElementsAreArray(want)) << "walk " << walk;
+    std::sort(got.begin(), got.end(), [](const ChainHash& a, const ChainHash& b) {
+      return a.bytes < b.bytes;
+    });
+    EXPECT_EQ(std::adjacent_find(got.begin(), got.end()), got.end()) << "a block listed twice";
+  }
+  stop = true;
+  churn.join();
+  ASSERT_THAT(tier_->EndGet(lease), IsOk());
+  ASSERT_THAT(tier_->AbortPut(open.reservation_id), IsOk());
+}
+
 }  // namespace
 }  // namespace strata::storenode::warm_tier_test

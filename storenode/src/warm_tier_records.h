@@ -25,6 +25,7 @@ struct WarmTier::Entry {
   float importance = 0;
   bool prefetched = false;  // placed by Prefetch and not read yet
   bool deleted = false;     // a writer deleted it while reserved: its commit is aborted
+  bool uncharged = false;   // its slot no longer counts in scope_used_ (quarantined: AbortPut)
   std::string session;
 };
 

@@ -179,14 +179,16 @@ TEST_F(WarmTierTest, AbortPutReleasesAndUnknownReservationsAreNotFound) {
 }
 
 // A put whose transfer UCX could not cancel (its requests abandoned at the deadline) may
-// still be written into: the abort frees the keys at once, so the writer's retry goes
-// through, but not the slots, which nobody else gets until the quarantine ends.
+// still be written into: the abort frees the keys (and the writer's quota) at once, so the
+// writer's retry goes through, but not the slots, which nobody else gets until the quarantine
+// ends.
 TEST_F(WarmTierTest, AQuarantinedAbortKeepsItsSlotsFromOtherBlocksUntilItEnds) {
   WarmTier::ReserveResult r = Reserve({{H(0), 5000}, {H(1), 5000}});
   ASSERT_THAT(r.status, ElementsAre(IsOk(), IsOk()));
   const std::vector<uint8_t*> held = r.addresses;
   ASSERT_THAT(tier_->AbortPut(r.reservation_id, /*quarantine_ms=*/30'000), IsOk());
   EXPECT_EQ(Occupancy(), (Usage{.used = 2 * 5824, .pinned = 2}));
+  EXPECT_THAT(tier_->ScopeBytes(), IsEmpty()) << "the writer's quota counts no held slot";
   // The same keys (a retry) and another block: none lands in a held slot.
   WarmTier::ReserveResult again = Reserve({{H(0), 5000}, {H(1), 5000}, {H(2), 5000}});
   ASSERT_THAT(again.status, ElementsAre(IsOk(), IsOk(), IsOk()));

@@ -17,6 +17,8 @@ EXPECT = {
     "default": BASE,
     "production": dict(BASE, etcd_tls=True, service_monitor=True, cold=True, rdma=True,
                        replicas=6, auth=True, tls=True),
+    "production-1MiB-blocks": dict(BASE, etcd_tls=True, service_monitor=True, cold=True,
+                                   rdma=True, replicas=6, auth=True, tls=True),
     "minimal": dict(BASE, mode="single", etcd=None, anti="preferred", zone="none", pdb=False,
                     dashboard=False, replicas=1, cool_class=None),
     "vllm-gpu-worker": dict(BASE, etcd_tls=True, service_monitor=True, cold=True, rdma=True,
@@ -213,10 +215,12 @@ class Checker:
         self.expect(req.get("memory") == lim.get("memory"), "memory request != limit")
         self.expect(size_bytes(lim["memory"]) >= warm + (256 << 20),
                     f"memory limit {lim['memory']} does not cover warm_bytes {warm} + overhead")
-        # Every block takes at least min_block_charge (the node's default: 16 KiB) of its
-        # tier's budget and about 1 KiB of index RAM (docs/design/tiers.md, "Index memory").
+        # Every block takes at least min_block_charge (the node's default: 16 KiB; at most
+        # max_block_bytes, default 16 MiB) of its tier's budget and about 1 KiB of index RAM
+        # (docs/design/tiers.md, "Index memory").
         budgets = warm + sum(size_bytes(self.cfg.get(k, 0)) for k in ("cool_bytes", "cold_bytes"))
-        charge = size_bytes(self.cfg.get("min_block_charge", "16KiB"))
+        charge = min(size_bytes(self.cfg.get("min_block_charge", "16KiB")),
+                     size_bytes(self.cfg.get("max_block_bytes", "16MiB")))
         index = -(-budgets // charge) << 10
         self.expect(size_bytes(lim["memory"]) >= warm + index + (256 << 20),
                     f"memory limit {lim['memory']} does not cover the tiers' index ({index >> 20} "
@@ -468,6 +472,8 @@ MUTATIONS = {
                             limits=dict(_node(d)["resources"]["limits"], memory="4Gi"))),
     "memory limit without the index": ("tiers' index", lambda d: _set_config(
         d, "min_block_charge", "4KiB")),
+    "max_block_bytes below the charge": ("tiers' index", lambda d: _set_config(
+        d, "max_block_bytes", "16KiB")),
     "anti-affinity dropped": ("host anti-affinity", lambda d: _store(d)["spec"]["template"][
         "spec"].pop("affinity")),
     "anti-affinity on another app": ("host anti-affinity", lambda d: _store(d)["spec"]["template"][

@@ -36,6 +36,8 @@ RELEASE, NAMESPACE = "kv", "inference"
 CASES = {
     "default": ([], []),
     "production": (["production.yaml"], []),
+    # The node charges at most max_block_bytes a block: the index the chart counts grows.
+    "production-1MiB-blocks": (["production.yaml"], ["store.config.max_block_bytes=1MiB"]),
     "minimal": (["minimal.yaml"], []),
     "vllm-gpu-worker": (["production.yaml", "vllm-gpu-worker.yaml"], []),
     "external-etcd": ([], ["etcd.bundled=false",

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -31,9 +32,10 @@ TEST_P(UcxCancelTest, AClientKilledMidPutFreesItsReservationWithoutWaitingForThe
   auto observer = client::StoreClient::Connect(
       {.address = (*node)->address(), .data_plane = client::ClientOptions::DataPlane::kInline});
   ASSERT_THAT(observer, IsOk());
+  // A node that stops answering (crashed) reads as holding reservations for ever.
   auto reservations = [&]() -> uint64_t {
     auto s = (*observer)->Stats();
-    return s.ok() ? s->reservations : 0;
+    return s.ok() ? s->reservations : UINT64_MAX;
   };
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -43,6 +45,14 @@ TEST_P(UcxCancelTest, AClientKilledMidPutFreesItsReservationWithoutWaitingForThe
           "--call-timeout", "60", "--max-seconds", "120", static_cast<char*>(nullptr));
     _exit(127);
   }
+  struct Reap {  // however the test ends, the writer goes (it may be stopped)
+    pid_t pid;
+    ~Reap() {
+      if (pid <= 0) return;
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  } reap{pid};
   // Stop the writer until a put of it is stuck at the node: a reservation still open a second
   // after the writer stopped (one whose blocks had all been sent would have been committed).
   bool stuck = false;
@@ -51,12 +61,15 @@ TEST_P(UcxCancelTest, AClientKilledMidPutFreesItsReservationWithoutWaitingForThe
     ASSERT_EQ(kill(pid, SIGSTOP), 0);
     ASSERT_TRUE(testutil::WaitStopped(pid));
     absl::SleepFor(absl::Seconds(1));
-    stuck = reservations() > 0;
+    const uint64_t open = reservations();
+    ASSERT_NE(open, UINT64_MAX) << "the node stopped answering";
+    stuck = open > 0;
     if (!stuck) kill(pid, SIGCONT);
   }
   ASSERT_TRUE(stuck) << "no put of the writer was caught mid-transfer";
   kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);
+  reap.pid = -1;
   const absl::Time killed = absl::Now();
   while (reservations() > 0 && absl::Now() < killed + absl::Seconds(70)) {
     absl::SleepFor(absl::Milliseconds(20));

@@ -234,9 +234,11 @@ absl::Status DataPlane::Transfer(uint64_t channel_id, uint32_t lane,
         absl::StrCat("channel_id ", channel_id, ": closed during the call (ConnectData again)"));
   }
   if (s.code() == absl::StatusCode::kUnavailable ||
-      s.code() == absl::StatusCode::kDeadlineExceeded) {
-    // The endpoint is retired (peer gone, or force-closed after the deadline): the channel
-    // is of no further use; the client connects a new one.
+      s.code() == absl::StatusCode::kDeadlineExceeded ||
+      (s.code() == absl::StatusCode::kCancelled && !receives_only)) {
+    // The endpoint is retired (peer gone, force-closed after the deadline, or after an abort
+    // with sends or one-sided ops): the channel is of no further use; the client connects a
+    // new one.
     spdlog::warn("data channel {} lane {}: {}; closing the channel", channel_id, lane,
                  s.ToString());
     Close(channel_id).IgnoreError();

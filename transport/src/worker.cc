@@ -585,8 +585,8 @@ class UcpWorker final : public Worker {
         --t->endpoint->active_transfers;
         Answer(t->cmd, RequestsAbandonedError(absl::StrCat(
                            "Transfer of ", t->cmd->ops.size(), " ops on endpoint ", t->endpoint->id,
-                           ": deadline passed; endpoint force-closed with ", t->outstanding,
-                           " requests abandoned, reconnect to use the peer")));
+                           t->aborted ? ": aborted" : ": deadline passed", "; force-closed with ",
+                           t->outstanding, " requests abandoned, reconnect to use the peer")));
         t->cmd = nullptr;
         t->endpoint = nullptr;
         abandoned_.push_back(std::move(in_flight_[i]));

@@ -26,14 +26,16 @@ bool WaitStopped(pid_t pid, absl::Duration timeout) {
   for (const absl::Time end = absl::Now() + timeout;; absl::SleepFor(absl::Milliseconds(1))) {
     std::error_code ec;
     bool all = true;
-    for (const auto& task : std::filesystem::directory_iterator(tasks, ec)) {
-      std::ifstream in(task.path() / "stat");
+    std::filesystem::directory_iterator task(tasks, ec);
+    for (; !ec && task != std::filesystem::directory_iterator(); task.increment(ec)) {
+      std::ifstream in(task->path() / "stat");
       std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      // "tid (comm) S ...": the state follows the last ')' (comm may hold any character).
+      // "tid (comm) S ...": the state follows the last ')' (comm may hold any character). A
+      // thread gone meanwhile (no stat left) or exiting (Z, X) runs nothing either.
       const size_t close = stat.rfind(')');
       const char state =
-          close != std::string::npos && close + 2 < stat.size() ? stat[close + 2] : '?';
-      all = all && (state == 'T' || state == 't');
+          close != std::string::npos && close + 2 < stat.size() ? stat[close + 2] : 'X';
+      all = all && (state == 'T' || state == 't' || state == 'Z' || state == 'X');
     }
     if (ec) return false;
     if (all) return true;

@@ -94,8 +94,33 @@ about 1 KiB of RAM (index entry, policy node and RocksDB memtable: docs/design/t
 {{- if $s.cold.enabled -}}
 {{- $budgets = add $budgets (include "strata.tierBudgetMib" $s.cold) -}}
 {{- end -}}
-{{- $charge := include "strata.kib" $s.minBlockCharge | int64 -}}
+{{- $charge := include "strata.chargeKib" $s | int64 -}}
 {{- div (sub (add $budgets $charge) 1) $charge -}}
+{{- end -}}
+
+{{/*
+The charge the node applies, in KiB: minBlockCharge, at most max_block_bytes (the node's
+default 16 MiB, or store.config.max_block_bytes: bytes, or a size with KiB/MiB/GiB or
+Ki/Mi/Gi).
+*/}}
+{{- define "strata.chargeKib" -}}
+{{- $charge := include "strata.kib" .minBlockCharge | int64 -}}
+{{- $maxKib := 16384 -}}
+{{- if hasKey .config "max_block_bytes" -}}
+{{- $q := toString (index .config "max_block_bytes") -}}
+{{- $n := regexFind "^[0-9]+" $q -}}
+{{- $unit := trimSuffix "B" (trimPrefix $n $q) -}}
+{{- if not $n -}}
+{{- fail (printf "store.config.max_block_bytes %q: want bytes or a size such as 4MiB" $q) -}}
+{{- else if eq $unit "" -}}{{- $maxKib = div (int64 $n) 1024 -}}
+{{- else if eq $unit "Ki" -}}{{- $maxKib = int64 $n -}}
+{{- else if eq $unit "Mi" -}}{{- $maxKib = mul (int64 $n) 1024 -}}
+{{- else if eq $unit "Gi" -}}{{- $maxKib = mul (int64 $n) 1048576 -}}
+{{- else -}}
+{{- fail (printf "store.config.max_block_bytes %q: use bytes or a KiB, MiB or GiB size" $q) -}}
+{{- end -}}
+{{- end -}}
+{{- max 1 (min $charge $maxKib) -}}
 {{- end -}}
 
 {{/* A disk tier's byte budget in MiB: its volume × budgetPct / 100. */}}

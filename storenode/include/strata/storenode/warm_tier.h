@@ -213,8 +213,9 @@ class WarmTier {
   absl::StatusOr<std::vector<absl::Status>> CommitPut(uint64_t reservation_id,
                                                       std::span<const CommitBlock> blocks);
   // Releases a reservation. NOT_FOUND for an unknown or expired one. With `quarantine_ms`,
-  // its blocks' keys are free at once (a retry may reserve them again) but their slots stay
-  // out of use, and counted, for that long: a transfer into them that could not be cancelled
+  // its blocks' keys are free at once (a retry may reserve them again, its scope's quota no
+  // longer counts them) but their slots stay out of use, and counted in the tier's budget,
+  // for that long: a transfer into them that could not be cancelled
   // (transport::RequestsAbandoned) may still write there. ExpireNow frees them after.
   absl::Status AbortPut(uint64_t reservation_id, int64_t quarantine_ms = 0);
 
@@ -315,6 +316,8 @@ class WarmTier {
   // Removes an indexed entry: freed now if unpinned, else when the last pin drops.
   void RemoveLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlotLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes e's slot out of its scope's scope_used_ (once).
+  void UnchargeScopeLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnpinLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unpins a lease's blocks and takes a held one off the caps' counts (not off leases_).
   void ReleaseLeaseLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

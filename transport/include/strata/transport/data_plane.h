@@ -90,8 +90,9 @@ class DataPlane {
   // NOT_FOUND: unknown or expired channel. INVALID_ARGUMENT: lane out of range, bad rkey.
   // UNAVAILABLE / DEADLINE_EXCEEDED: the transfer failed (Worker::Transfer); an UNAVAILABLE
   // channel (its client is gone) is closed. `hooks`, `abort`: as Worker::Transfer's (CANCELLED
-  // once `abort` is set: the node's caller cancelled the call), `abort` only for receives or
-  // over shared memory (elsewhere the transfer runs to its end or deadline).
+  // once `abort` is set: the node's caller cancelled the call; the channel is closed unless the
+  // transfer was only receives), `abort` only for receives or over shared memory (elsewhere the
+  // transfer runs to its end or deadline).
   absl::Status Transfer(uint64_t channel_id, uint32_t lane,
                         std::span<const transport::TransferOp> ops, absl::Time deadline,
                         const transport::TransferHooks* hooks = nullptr,
