@@ -276,9 +276,10 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
       // may still write into them (a block put there meanwhile would read back DATA_LOSS).
       constexpr int64_t kAbandonedSlotHoldMs = 30000;
       const bool abandoned = transport::RequestsAbandoned(moved);
-      if (abandoned)
+      if (abandoned) {
         spdlog::warn("PutData: {}; its slots are held {} ms", moved.ToString(),
                      kAbandonedSlotHoldMs);
+      }
       if (r.reservation_id != 0) {
         store_->AbortPut(r.reservation_id, abandoned ? kAbandonedSlotHoldMs : 0).IgnoreError();
       }

@@ -129,7 +129,7 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
       FindBlocks(req->namespace_id(), scope, hashes, /*each_block=*/true, req->exact_scope());
   const bool shared_first = SharedFirst(scope) && !req->exact_scope();
   uint32_t present = 0;
-  // Up to 8 publishers a block, each with an address and a token of up to 384 bytes: a reply
+  // Up to 8 publishers a block, each with an address and a token (384 bytes at most): a reply
   // of max_keys_per_call blocks can take megabytes, so while the handler builds it, it holds
   // its memory against max_inflight_bytes as an inline payload does (security.md,
   // "Admission", says what is not counted once the handler has returned).
