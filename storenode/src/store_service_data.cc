@@ -374,9 +374,12 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     std::vector<ChainHash> staged;
     std::vector<size_t> staged_at;
     for (size_t k : missing) {
-      if (store_->StageInWarm(BlockKey{ns, g.scope, g.hashes[k]}, deadline)) {
+      absl::Status st = store_->StageInWarm(BlockKey{ns, g.scope, g.hashes[k]}, deadline);
+      if (st.ok()) {
         staged.push_back(g.hashes[k]);
         staged_at.push_back(k);
+      } else if (st.code() == absl::StatusCode::kDataLoss) {
+        (*status)[g.index[k]] = st;  // its corrupt copies are gone: not NOT_FOUND below
       }
     }
     if (!staged.empty()) {

@@ -211,13 +211,21 @@ bool TieredStore::InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes
   return ok;
 }
 
-bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from, Room room) {
+bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from, Room room,
+                          absl::Status* read_error) {
   std::vector<uint8_t> buf;
   for (auto [tier, code] : {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
     if (tier == nullptr) continue;
     std::optional<DiskBlockMeta> meta = tier->Find(key, false);
     if (!meta) continue;
-    if (!tier->Read(key, &buf).ok()) return false;
+    if (absl::Status s = tier->Read(key, &buf); !s.ok()) {
+      // Corrupt (dropped there) or moved meanwhile: a colder copy may still be intact.
+      if (read_error != nullptr && s.code() != absl::StatusCode::kNotFound) *read_error = s;
+      if (s.code() == absl::StatusCode::kDataLoss || s.code() == absl::StatusCode::kNotFound) {
+        continue;
+      }
+      return false;
+    }
     if (from != nullptr) *from = code;
     return InsertWarm(key, buf, *meta, prefetched, room);
   }
@@ -530,13 +538,17 @@ WarmTier::GetResult TieredStore::PinWarm(NamespaceId ns, const std::string& scop
   return warm_->BeginGet(ns, scope, hashes, ttl_ms, nullptr, 0, count);
 }
 
-bool TieredStore::StageInWarm(const BlockKey& key, absl::Time deadline) {
+absl::Status TieredStore::StageInWarm(const BlockKey& key, absl::Time deadline) {
   int from = 0;
+  absl::Status read_error;
   // Room is made for it, behind a writer's disk moves no longer than the read's deadline.
-  const bool staged = Promote(key, false, &from, Room{.wait_until = deadline});
-  // A read served from disk, as BeginGet counts one (the warm miss came before).
-  if (staged) (from == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
-  return staged;
+  if (Promote(key, false, &from, Room{.wait_until = deadline}, &read_error)) {
+    // A read served from disk, as BeginGet counts one (the warm miss came before).
+    (from == kTierCool ? cool_hits_ : cold_hits_).fetch_add(1, std::memory_order_relaxed);
+    return absl::OkStatus();
+  }
+  if (read_error.code() == absl::StatusCode::kDataLoss) return read_error;
+  return absl::NotFoundError("not staged: on no disk tier, or no room in warm");
 }
 
 uint64_t TieredStore::Delete(NamespaceId ns, const std::string& scope,

@@ -421,7 +421,7 @@ TEST_F(TieredStoreTest, AReadStagedFromDiskCountsADiskHitNotAWarmHit) {
   const TieredStats before = store_->Stats();
   WarmTier::GetResult first = store_->PinWarm(ns_, "", {&keys[0].hash, 1}, 10000);
   ASSERT_EQ(first.status[0].code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(store_->StageInWarm(keys[0]));
+  ASSERT_THAT(store_->StageInWarm(keys[0]), IsOk());
   WarmTier::GetResult second = store_->PinWarm(ns_, "", {&keys[0].hash, 1}, 10000, /*count=*/false);
   ASSERT_THAT(second.status[0], IsOk());
   ASSERT_THAT(store_->EndGet(second.lease_id), IsOk());
@@ -443,7 +443,7 @@ TEST_F(TieredStoreTest, AReadStagingABlockWaitsForAWriterMakingRoomOnlyUntilItsD
   {
     auto writer_turn = store_->HoldWritersRoomForTest();
     reader = std::thread([&] {
-      warm = store_->StageInWarm(keys[0], absl::Now() + absl::Milliseconds(200));
+      warm = store_->StageInWarm(keys[0], absl::Now() + absl::Milliseconds(200)).ok();
       staged.Notify();
     });
     EXPECT_TRUE(staged.WaitForNotificationWithTimeout(absl::Seconds(20)))

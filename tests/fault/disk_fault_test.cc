@@ -36,12 +36,15 @@ struct Node {
   client::Namespace ns;
 };
 
-absl::StatusOr<Node> StartNode(const fs::path& dir, std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"--warm-bytes",      "8MiB",
-                                   "--max-block-bytes", "1MiB",
-                                   "--cool-path",       (dir / "cool").string(),
-                                   "--cool-bytes",      "64MiB",
-                                   "--sync-writes",     "--promote-on-get=false"};
+// `promote`: reads stage disk blocks in warm (GetData), rather than send them inline.
+absl::StatusOr<Node> StartNode(const fs::path& dir, std::vector<std::string> extra = {},
+                               bool promote = false) {
+  std::vector<std::string> args = {
+      "--warm-bytes",      "8MiB",
+      "--max-block-bytes", "1MiB",
+      "--cool-path",       (dir / "cool").string(),
+      "--cool-bytes",      "64MiB",
+      "--sync-writes",     promote ? "--promote-on-get=true" : "--promote-on-get=false"};
   args.insert(args.end(), extra.begin(), extra.end());
   auto p = testutil::StartNode(args);
   if (!p.ok()) return p.status();
@@ -133,10 +136,9 @@ void MakeStore(const fs::path& dir, int sig, std::vector<ChainHash>* hashes) {
   ASSERT_THAT(n->process->Stop(absl::Seconds(30), sig), IsOk());
 }
 
-// Flips the byte in the middle of `file`.
-void FlipMiddleByte(const fs::path& file) {
+// Flips the byte at `at` of `file`.
+void FlipByteAt(const fs::path& file, uint64_t at) {
   std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-  const uint64_t at = fs::file_size(file) / 2;
   char c = 0;
   f.seekg(at);
   f.read(&c, 1);
@@ -144,6 +146,9 @@ void FlipMiddleByte(const fs::path& file) {
   f.seekp(at);
   f.write(&c, 1);
 }
+
+// Flips the byte in the middle of `file`.
+void FlipMiddleByte(const fs::path& file) { FlipByteAt(file, fs::file_size(file) / 2); }
 
 // Bytes of the blob files anywhere under `dir`.
 uint64_t BlobBytes(const fs::path& dir) {
@@ -252,6 +257,36 @@ TEST_F(DiskFaultTest, DamageCostsOnlyTheBlocksItTouched) {
     ASSERT_THAT(n->process->Stop(absl::Seconds(10), SIGKILL), IsOk());
   }
   ASSERT_GT(sst_rounds, 0u);
+}
+
+// A block whose disk copy fails its checksum reads DATA_LOSS, also when the read stages disk
+// blocks in warm (promote_on_get, over UCX). Before, staging dropped the corrupt copy and
+// reported nothing, so the read found the block on no tier: NOT_FOUND, a miss instead of the
+// corruption it is, for a block Lookup had just reported present.
+TEST_F(DiskFaultTest, ACorruptDiskBlockReadsDataLossAlsoWhenReadsStageInWarm) {
+  std::vector<ChainHash> hashes;
+  ASSERT_NO_FATAL_FAILURE(MakeStore(root_ / "store", SIGTERM, &hashes));
+  fs::path largest;
+  for (const auto& e : fs::directory_iterator(root_ / "store" / "cool")) {
+    if (e.path().extension() == ".blob" &&
+        (largest.empty() || e.file_size() > fs::file_size(largest))) {
+      largest = e.path();
+    }
+  }
+  ASSERT_FALSE(largest.empty()) << "no blob file";
+  // 4 KiB past the middle: inside a block's bytes (the 40 records put one's header right at
+  // the middle, which a read skips).
+  FlipByteAt(largest, fs::file_size(largest) / 2 + 4096);
+  auto n = StartNode(root_ / "store", {}, /*promote=*/true);
+  ASSERT_THAT(n, IsOk());
+  const Outcome o = ReadAll(*n, hashes);
+  std::printf("a flipped byte in %s, reads staging: %zu exact, %zu missing, %zu DATA_LOSS\n",
+              largest.filename().c_str(), o.exact, o.missing, o.data_loss);
+  EXPECT_EQ(o.wrong, 0u);
+  EXPECT_EQ(o.other, 0u);
+  EXPECT_EQ(o.missing, 0u) << "a corrupt block read as a miss";
+  EXPECT_GE(o.data_loss, 1u);
+  EXPECT_EQ(o.exact + o.data_loss, kBlocks);
 }
 
 TEST_F(DiskFaultTest, KillDuringPutsKeepsEveryBlockAcknowledgedOnDisk) {

@@ -192,10 +192,11 @@ class TieredStore {
                               std::span<const ChainHash> hashes, uint64_t ttl_ms,
                               bool count = true);
   // Copies a cool/cold block into the warm tier (demoting others to make room, unless that
-  // waits past `deadline` for another caller making room) for a read: true when it is now
-  // warm, counted as a hit of its disk tier. False when it is on no disk tier, fails its
-  // checksum, or warm has no room.
-  bool StageInWarm(const BlockKey& key, absl::Time deadline = absl::InfiniteFuture());
+  // waits past `deadline` for another caller making room) for a read: OK when it is now
+  // warm, counted as a hit of its disk tier. DATA_LOSS when its disk copies failed their
+  // checksum (dropped: no tier has the block now); NOT_FOUND when it is on no disk tier, or
+  // warm has no room.
+  absl::Status StageInWarm(const BlockKey& key, absl::Time deadline = absl::InfiniteFuture());
   // See WarmTier::DropCorrupt.
   void DropCorrupt(const BlockKey& key, const uint8_t* address = nullptr) {
     warm_->DropCorrupt(key, address);
@@ -222,7 +223,10 @@ class TieredStore {
   };
   // Reads a disk block and copies it into the warm tier without evicting anything.
   // `from`: set to the tier (kTierCool, kTierCold) the block was read from.
-  bool Promote(const BlockKey& key, bool prefetched, int* from, Room room);
+  // `read_error`: set to why a disk copy could not be read (DATA_LOSS: corrupt, dropped) when
+  // no tier's copy could.
+  bool Promote(const BlockKey& key, bool prefetched, int* from, Room room,
+               absl::Status* read_error = nullptr);
   // Copies verified disk bytes into the warm tier without evicting.
   bool InsertWarm(const BlockKey& key, std::span<const uint8_t> bytes, const DiskBlockMeta& meta,
                   bool prefetched, Room room);
