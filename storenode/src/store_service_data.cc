@@ -374,6 +374,8 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     std::vector<ChainHash> staged;
     std::vector<size_t> staged_at;
     for (size_t k : missing) {
+      // Past the deadline the call answers DEADLINE_EXCEEDED (GetData): no more disk reads.
+      if (absl::Now() >= deadline) break;
       absl::Status st = store_->StageInWarm(BlockKey{ns, g.scope, g.hashes[k]}, deadline);
       if (st.ok()) {
         staged.push_back(g.hashes[k]);
@@ -395,7 +397,7 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     });
   }
   staging.reset();
-  if (missing.empty()) return;
+  if (missing.empty() || absl::Now() >= deadline) return;
   // What could not be staged (no room, or promotion off) is read from disk and sent inline,
   // within what is left of the call's inline budget, and held against max_inflight_bytes as
   // BeginGet's inline payloads are.
