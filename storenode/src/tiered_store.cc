@@ -248,7 +248,8 @@ absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session,
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       if (!meta) continue;
       if (bytes + warm_->SlotBytes(meta->size) > budget) break;
-      if (Promote(key, false, nullptr, Room{})) {
+      // Behind a writer making room no longer than the call's deadline.
+      if (Promote(key, false, nullptr, Room{.wait_until = deadline})) {
         ++promoted;
         bytes += warm_->SlotBytes(meta->size);
       }

@@ -457,6 +457,27 @@ TEST_F(TieredStoreTest, AReadStagingABlockWaitsForAWriterMakingRoomOnlyUntilItsD
   EXPECT_THAT(store_->EndGet(pinned.lease_id), IsOk());
 }
 
+// ResumeSession waits for a writer making room in warm no longer than its deadline either
+// (before, each promotion waited for the writer's turn however long).
+TEST_F(TieredStoreTest, AResumeWaitsForAWriterMakingRoomOnlyUntilItsDeadline) {
+  Put(8150, 2, "resume-waits");
+  ASSERT_THAT(store_->PauseSession("resume-waits", /*to_cold=*/false), IsOk());
+  absl::Notification resumed;
+  absl::StatusOr<uint64_t> promoted = 0;
+  std::thread resumer;
+  {
+    auto writer_turn = store_->HoldWritersRoomForTest();
+    resumer = std::thread([&] {
+      promoted = store_->ResumeSession("resume-waits", absl::Now() + absl::Milliseconds(200));
+      resumed.Notify();
+    });
+    EXPECT_TRUE(resumed.WaitForNotificationWithTimeout(absl::Seconds(20)))
+        << "the resume waited for the writer past its deadline";
+  }
+  resumer.join();
+  EXPECT_THAT(promoted.status(), IsOk());
+}
+
 // Resuming a session larger than warm promotes what fits below the low watermark (819 of
 // 1,024 slots here) and stops: before, every further promotion demoted one made before it,
 // and all 1,200 went through warm.
