@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
+#include "strata/common/logging.h"
 #include "strata/common/steady_clock.h"
 #include "strata/storenode/tenant_quota.h"
 
@@ -626,12 +627,9 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
     }
   }
   if (failed_moves == 0) return;
-  // At most one warning in 10 s: a cold tier that is down refuses every move.
+  // A cold tier that is down refuses every move.
   static std::atomic<int64_t> last_warning_s{0};
-  const int64_t now_s = absl::ToUnixSeconds(absl::Now());
-  int64_t last = last_warning_s.load(std::memory_order_relaxed);
-  if (now_s - last >= 10 &&
-      last_warning_s.compare_exchange_strong(last, now_s, std::memory_order_relaxed)) {
+  if (DueForWarning(last_warning_s)) {
     spdlog::warn("{}: {} blocks evicted that {} did not take (last: {})", tier->name(),
                  failed_moves, below->name(), last_failure.ToString());
   }
@@ -673,7 +671,18 @@ WarmTier::Demoted TieredStore::DemoteToCool(const BlockKey& key, std::span<const
   // waiting in the warm tier (where it would hold up demotion for everyone). The warm tier
   // counts it evicted, not demoted.
   if (IsTenantQuotaError(st)) return Demoted::kDropped;
-  if (!st.ok()) spdlog::warn("demotion to {} failed: {}", cool_->name(), st.ToString());
+  if (!st.ok()) {
+    // A cool tier that refuses writes (full, read-only after an I/O error) refuses every
+    // victim of every demoter tick: thousands of lines a second, onto that same disk perhaps.
+    static std::atomic<int64_t> last_warning_s{0};
+    static std::atomic<uint64_t> failed{0};
+    const uint64_t n = failed.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (DueForWarning(last_warning_s)) {
+      failed.fetch_sub(n, std::memory_order_relaxed);
+      spdlog::warn("demotion to {} failed ({} blocks since the last warning): {}", cool_->name(), n,
+                   st.ToString());
+    }
+  }
   return st.ok() && KeptUnlessDeleted(cool_.get(), key) ? Demoted::kMoved : Demoted::kKept;
 }
 
@@ -704,6 +713,8 @@ bool TieredStore::NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out
       case 0:
         walk->warm = warm_->Keys();
         std::sort(walk->warm.begin(), walk->warm.end(), KeyOrder);
+        // A block dropped and stored again while Keys() read the pages may come twice.
+        walk->warm.erase(std::unique(walk->warm.begin(), walk->warm.end()), walk->warm.end());
         walk->warm_next = 0;
         walk->stage = 1;
         break;

@@ -708,7 +708,8 @@ std::vector<BlockKey> WarmTier::Keys() const {
   // A page at a time under the lock, so that a walk over millions of blocks (the rebalancer's,
   // every rebalance_interval) holds it for one page's slots at most, and puts and gets go on
   // between pages. A block keeps its slot while it is resident, so each block resident for
-  // the whole walk is listed once; one added or removed meanwhile may be listed or not.
+  // the whole walk is listed once; one added or removed meanwhile may be listed or not, and
+  // one removed and stored again (in a page not read yet) twice.
   // (The list grows outside the lock: moving a million keys to a larger vector takes long.)
   std::vector<BlockKey> keys, page_keys;
   for (uint32_t page = 0;; ++page) {

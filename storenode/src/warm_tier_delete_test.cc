@@ -247,8 +247,8 @@ TEST_F(WarmTierTest, ABadCopyFoundByAReaderIsDroppedNotTheCopyPutSince) {
 }
 
 // Keys() walks the arena a page at a time, taking the lock per page (the rebalancer's walk):
-// committed blocks only, each once, also while puts and deletes go on between pages; not a
-// reservation, nor a block deleted while a reader still pins it.
+// committed blocks only, each resident one once, also while puts and deletes go on between
+// pages; not a reservation, nor a block deleted while a reader still pins it.
 TEST_F(WarmTierTest, KeysListsEachCommittedBlockOnceWhilePutsAndDeletesGoOn) {
   for (uint32_t n = 0; n < 100; ++n) ASSERT_THAT(PutN(n, 1000), IsOk());
   WarmTier::ReserveResult open = Reserve({{H(100), 1000}});
@@ -282,11 +282,9 @@ TEST_F(WarmTierTest, KeysListsEachCommittedBlockOnceWhilePutsAndDeletesGoOn) {
       std::memcpy(&n, h.bytes.data(), sizeof(n));
       if (n < 200) steady.push_back(h);
     }
+    // Each exactly once (a churned block may come twice: dropped from a page already read
+    // and stored again in one not read yet).
     ASSERT_THAT(steady, ::testing::UnorderedElementsAreArray(want)) << "walk " << walk;
-    std::sort(got.begin(), got.end(), [](const ChainHash& a, const ChainHash& b) {
-      return a.bytes < b.bytes;
-    });
-    EXPECT_EQ(std::adjacent_find(got.begin(), got.end()), got.end()) << "a block listed twice";
   }
   stop = true;
   churn.join();

@@ -266,7 +266,9 @@ class WarmTier {
   // holding some.
   std::vector<std::pair<std::string, uint64_t>> ScopeBytes() const;
   WarmTierStats Stats() const;
-  // Keys of the committed blocks (a snapshot: one key per block the arena holds).
+  // Keys of the committed blocks, read a page at a time: each block resident throughout is
+  // listed once; one stored or dropped meanwhile may be listed or not (or twice: dropped and
+  // stored again in a page not read yet).
   std::vector<BlockKey> Keys() const;
   // Arena bytes a block of `size` takes: its slot, min_slot_bytes or more (`size` itself for a
   // size BeginPut refuses).
