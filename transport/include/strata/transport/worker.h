@@ -211,8 +211,8 @@ class Worker {
 };
 
 // A transfer answered at its deadline (or abort) while UCX still held some of its requests
-// after the endpoint was force-closed (UCX 1.13 leaves emulated RMA waiting for a dead peer's reply):
-// DEADLINE_EXCEEDED with `message`, marked so that RequestsAbandoned tells it apart. Such a
+// after the endpoint was force-closed (UCX 1.13 leaves emulated RMA waiting for a dead peer's
+// reply): DEADLINE_EXCEEDED with `message`, marked so that RequestsAbandoned tells it apart. Such a
 // request may still write into its local buffer later: the caller must not hand those buffers
 // to anyone else for a while (a node quarantines a put's slots: WarmTier::AbortPut).
 absl::Status RequestsAbandonedError(std::string_view message);
