@@ -4,11 +4,14 @@
 #include <cstring>
 #include <filesystem>
 #include <iterator>
+#include <optional>
 #include <string_view>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "disk_tier_internal.h"
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
 #include "rocksdb/options.h"
@@ -21,6 +24,9 @@
 
 namespace strata::storenode {
 namespace {
+
+using disk_internal::AsSlice;
+using disk_internal::FromRocks;
 
 // 1: without parent_handle and quant (read as kNoBlock, none); 2: both appended.
 constexpr uint8_t kMetaVersion = 2;
@@ -57,17 +63,6 @@ class Reader {
   size_t pos_ = 0;
 };
 
-absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  std::string msg = absl::StrCat(std::string(what), ": ", s.ToString());
-  if (s.IsNotFound()) return absl::NotFoundError(msg);
-  if (s.IsCorruption()) return absl::DataLossError(msg);
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
-  return absl::UnavailableError(msg);
-}
-
-rocksdb::Slice AsSlice(const std::string& s) { return rocksdb::Slice(s.data(), s.size()); }
-
 // What an open that failed for the machine's state, not the files', says (strerror texts and
 // RocksDB's lock message).
 constexpr std::string_view kCircumstances[] = {
@@ -77,6 +72,19 @@ constexpr std::string_view kCircumstances[] = {
 };
 
 }  // namespace
+
+namespace disk_internal {
+
+absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  std::string msg = absl::StrCat(std::string(what), ": ", s.ToString());
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
+  return absl::UnavailableError(msg);
+}
+
+}  // namespace disk_internal
 
 std::string EncodeDiskKey(const BlockKey& key) {
   std::string out;
@@ -247,7 +255,8 @@ void DiskTier::IndexLocked(const BlockKey& key, DiskBlockMeta meta) {
   charged_bytes_ += Charge(meta.stored_bytes);
   payload_bytes_ += meta.size;
   scope_bytes_[key.scope] += Charge(meta.stored_bytes);
-  auto [pos, inserted] = index_.emplace(key, Entry{std::move(meta), PolicyHandle(key)});
+  auto [pos, inserted] =
+      index_.emplace(key, Entry{std::move(meta), PolicyHandle(key), ++next_version_});
   AdmitLocked(pos->first, pos->second);
 }
 
@@ -271,188 +280,6 @@ DiskTier::~DiskTier() {
   for (rocksdb::ColumnFamilyHandle* h : handles_) db_->DestroyColumnFamilyHandle(h);
   db_->Close();
   delete db_;
-}
-
-absl::Status DiskTier::Rebuild() {
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_cf_));
-  uint64_t skipped = 0;
-  absl::MutexLock lock(&mu_);
-  for (it->SeekToFirst(); it->Valid(); it->Next()) {
-    absl::StatusOr<BlockKey> key = DecodeDiskKey(it->key().ToStringView());
-    absl::StatusOr<DiskBlockMeta> meta = DecodeDiskMeta(it->value().ToStringView());
-    if (!key.ok() || !meta.ok()) {
-      ++skipped;  // unreadable index record: the block is unreachable, count it as lost
-      continue;
-    }
-    IndexLocked(*key, *std::move(meta));
-  }
-  if (!it->status().ok()) {
-    index_incomplete_ = true;
-    spdlog::error("{} tier: index scan stopped early: {}", options_.name, it->status().ToString());
-  }
-  rocksdb::Env* env = options_.env != nullptr ? options_.env : rocksdb::Env::Default();
-  if (env->FileExists(ReindexMarker()).ok()) {
-    // "rewrite": a rewrite did not finish, the index family may be empty, orphans are blocks
-    // to index again at any attempt. "scan": a finished rewrite kept it for an unfinished
-    // payload scan; a best-efforts recovery then treats orphans as it always does.
-    std::string why;
-    index_incomplete_ = true;
-    reindex_marker_ = !rocksdb::ReadFileToString(env, ReindexMarker(), &why).ok() || why != "scan";
-    spdlog::error("{} tier: the last index rewrite did not finish; indexing again", options_.name);
-  }
-  data_loss_ += skipped;
-  if (charged_bytes_ > options_.capacity_bytes) {
-    // Blocks stored before min_block_charge (or under a smaller one) now count for more: the
-    // demoter moves or drops the excess, a policy victim at a time.
-    spdlog::warn(
-        "{} tier: its {} blocks are charged {} against {} (each at least {}); the excess "
-        "leaves at the next demotion",
-        options_.name, index_.size(), FormatByteSize(charged_bytes_),
-        FormatByteSize(options_.capacity_bytes), FormatByteSize(options_.min_block_charge));
-  }
-  spdlog::info("{} tier at {}: {} blocks, {} stored of {} ({} unreadable records skipped)",
-               options_.name, options_.path, index_.size(), FormatByteSize(stored_bytes_),
-               FormatByteSize(options_.capacity_bytes), skipped);
-  return absl::OkStatus();
-}
-
-// Where RewriteIndex records that it has started and not yet finished (std::string: the
-// Env API takes one).
-std::string DiskTier::ReindexMarker() const { return options_.path + "/STRATA-REINDEX"; }
-
-absl::Status DiskTier::Reconcile(bool reindex_orphans) {
-  rocksdb::ReadOptions ro;
-  ro.fill_cache = false;
-  // verify_checksums stays on: a blob record whose key is not this key is not its payload.
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, data_cf_));
-  rocksdb::WriteBatch batch;
-  uint64_t dropped = 0, reindexed = 0, without_payload = 0;
-  absl::flat_hash_set<BlockKey> seen;
-  absl::MutexLock lock(&mu_);
-  for (it->SeekToFirst(); it->Valid(); it->Next()) {
-    absl::StatusOr<BlockKey> key = DecodeDiskKey(it->key().ToStringView());
-    if (key.ok() && index_.contains(*key)) {
-      seen.insert(*std::move(key));
-      continue;
-    }
-    if (key.ok() && reindex_orphans) {
-      // Its index record is in what the scan could not read: the block's own header holds
-      // what the index needs (not its depth, parent, importance or session).
-      absl::StatusOr<DiskBlockMeta> meta = MetaFromPayload(it->value().ToStringView());
-      if (meta.ok()) {
-        IndexLocked(*key, *std::move(meta));
-        seen.insert(*std::move(key));
-        ++reindexed;
-        continue;
-      }
-    }
-    batch.Delete(data_cf_, it->key());
-    ++dropped;
-  }
-  if (!it->status().ok()) {
-    // Which payloads exist past this point is unknown: keep their index records (a read that
-    // finds no payload drops the record then), and RewriteIndex leaves its marker, so that
-    // the next start reconciles again.
-    payload_scan_incomplete_ = true;
-    spdlog::error("{} tier: payload scan stopped early: {}", options_.name,
-                  it->status().ToString());
-  } else {
-    std::vector<BlockKey> gone;
-    for (const auto& [key, entry] : index_) {
-      if (!seen.contains(key)) gone.push_back(key);
-    }
-    for (const BlockKey& key : gone) {
-      DropLocked(key);
-      batch.Delete(meta_cf_, AsSlice(EncodeDiskKey(key)));
-    }
-    without_payload = gone.size();
-  }
-  if (dropped + reindexed + without_payload > 0) {
-    spdlog::warn(
-        "{} tier: {} payloads without an index record dropped, {} indexed again from their "
-        "headers; {} index records without a payload dropped",
-        options_.name, dropped, reindexed, without_payload);
-  }
-  if (batch.Count() == 0) return absl::OkStatus();
-  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), options_.name + " tier prune");
-}
-
-absl::StatusOr<DiskBlockMeta> DiskTier::MetaFromPayload(std::string_view value) const {
-  std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(value.data()), value.size());
-  absl::StatusOr<StoredBlockView> view = VerifyStoredBlock(bytes);
-  if (!view.ok()) return view.status();
-  DiskBlockMeta meta;
-  meta.size = view->header.original_size;
-  meta.stored_bytes = value.size();
-  meta.quant = view->header.quant.method;
-  meta.checksum = view->header.checksum;
-  if (meta.quant != KvQuant::kNone) {
-    // What this tier serves, and what its index carries, is the dequantized block.
-    std::vector<uint8_t> served;
-    if (absl::Status s = UnpackBlock(bytes, &served); !s.ok()) return s;
-    meta.checksum = BlockChecksum(served.data(), served.size());
-  }
-  return meta;
-}
-
-absl::Status DiskTier::RewriteIndex() {
-  // The index column family holds a damaged file (the scan stopped in it), which RocksDB
-  // would also meet in its next compaction of that family and then refuse every write. Drop
-  // the family and write what the index now holds into a new one. The marker makes a crash
-  // in between come back here: the next start indexes the payloads from their headers again.
-  rocksdb::Env* env = options_.env != nullptr ? options_.env : rocksdb::Env::Default();
-  const std::string marker = ReindexMarker();
-  // A failure here is not damage (no best-efforts retry, which would not index orphans
-  // again): the start fails, and the next one begins anew, from the marker if it was written.
-  auto step = [&](const rocksdb::Status& s, std::string_view what) {
-    return s.ok()
-               ? absl::OkStatus()
-               : absl::InternalError(absl::StrCat(options_.name, " tier index rewrite: ",
-                                                  absl::string_view(what.data(), what.size()), ": ",
-                                                  s.ToString(), "; the next start tries again"));
-  };
-  if (absl::Status s =
-          step(rocksdb::WriteStringToFile(env, "rewrite", marker, /*should_sync=*/true), "marker");
-      !s.ok()) {
-    return s;
-  }
-  // The marker's directory entry too, before anything it guards happens.
-  std::unique_ptr<rocksdb::Directory> dir;
-  if (absl::Status s = step(env->NewDirectory(options_.path, &dir), "directory"); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = step(dir->Fsync(), "directory sync"); !s.ok()) return s;
-  rocksdb::ColumnFamilyHandle* fresh = nullptr;
-  if (absl::Status s = step(db_->DropColumnFamily(meta_cf_), "drop"); !s.ok()) return s;
-  if (absl::Status s = step(db_->DestroyColumnFamilyHandle(meta_cf_), "handle"); !s.ok()) {
-    return s;
-  }
-  meta_cf_ = handles_[1] = nullptr;
-  if (absl::Status s =
-          step(db_->CreateColumnFamily(rocksdb::ColumnFamilyOptions(), "meta", &fresh), "create");
-      !s.ok()) {
-    return s;
-  }
-  meta_cf_ = handles_[1] = fresh;
-  rocksdb::WriteOptions wo;
-  wo.sync = true;
-  rocksdb::WriteBatch batch;
-  absl::MutexLock lock(&mu_);
-  for (const auto& [key, entry] : index_) {
-    batch.Put(meta_cf_, AsSlice(EncodeDiskKey(key)), AsSlice(EncodeDiskMeta(entry.meta)));
-    if (batch.Count() < 4096) continue;
-    if (absl::Status s = step(db_->Write(wo, &batch), "write"); !s.ok()) return s;
-    batch.Clear();
-  }
-  if (absl::Status s = step(db_->Write(wo, &batch), "write"); !s.ok()) return s;
-  if (payload_scan_incomplete_) {
-    // The marker stays (see Reconcile), saying why.
-    return step(rocksdb::WriteStringToFile(env, "scan", marker, /*should_sync=*/true), "marker");
-  }
-  if (absl::Status s = step(env->DeleteFile(marker), "marker"); !s.ok()) return s;
-  index_incomplete_ = false;
-  spdlog::warn("{} tier: index rewritten from the {} blocks found", options_.name, index_.size());
-  return absl::OkStatus();
 }
 
 absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload,
@@ -525,6 +352,7 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   };
   std::string k = EncodeDiskKey(key);
   rocksdb::WriteBatch batch;
+  absl::MutexLock stripe(&KeyStripe(key));
   batch.Put(data_cf_, AsSlice(k), AsSlice(*value));
   batch.Put(meta_cf_, AsSlice(k), AsSlice(EncodeDiskMeta(meta)));
   rocksdb::WriteOptions wo;
@@ -544,13 +372,31 @@ absl::Status DiskTier::Put(const BlockKey& key, std::span<const uint8_t> payload
   return absl::OkStatus();
 }
 
+absl::Mutex& DiskTier::KeyStripe(const BlockKey& key) const {
+  return key_stripes_[absl::Hash<BlockKey>{}(key) % kKeyStripes];
+}
+
 absl::Status DiskTier::Read(const BlockKey& key, std::vector<uint8_t>* out) {
-  uint64_t want_checksum = 0;
+  // A put or delete of the key between the index lookup and the read makes what was read
+  // disagree with what was looked up; that is no damage. Twice unlocked, then under the
+  // key's stripe lock, where nothing changes it.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    bool changed = false;
+    absl::Status s = ReadOnce(key, out, &changed);
+    if (!changed) return s;
+  }
+  absl::MutexLock stripe(&KeyStripe(key));
+  return ReadOnce(key, out, nullptr);
+}
+
+absl::Status DiskTier::ReadOnce(const BlockKey& key, std::vector<uint8_t>* out, bool* changed) {
+  uint64_t want_checksum = 0, version = 0;
   {
     absl::MutexLock lock(&mu_);
     auto it = index_.find(key);
     if (it == index_.end()) return absl::NotFoundError(options_.name + " tier: not present");
     want_checksum = it->second.meta.checksum;
+    version = it->second.version;
   }
   rocksdb::PinnableSlice value;
   rocksdb::ReadOptions ro;
@@ -572,21 +418,30 @@ absl::Status DiskTier::Read(const BlockKey& key, std::vector<uint8_t>* out) {
       s = absl::DataLossError("stored checksum differs from the index");
     }
   }
-  if (s.code() == absl::StatusCode::kDataLoss || s.code() == absl::StatusCode::kNotFound) {
-    spdlog::error("{} tier: block {} dropped: {}", options_.name, key.hash.ToHex(), s.ToString());
+  if (s.code() != absl::StatusCode::kDataLoss && s.code() != absl::StatusCode::kNotFound) {
+    return s;
+  }
+  // Dropped (index and records) only if the copy read is still the one indexed.
+  std::optional<absl::MutexLock> stripe;
+  if (changed != nullptr) stripe.emplace(&KeyStripe(key));
+  {
     absl::MutexLock lock(&mu_);
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second.version != version) {
+      if (changed != nullptr) *changed = true;
+      return s;
+    }
+    spdlog::error("{} tier: block {} dropped: {}", options_.name, key.hash.ToHex(), s.ToString());
     if (s.code() == absl::StatusCode::kDataLoss) ++data_loss_;
     DropLocked(key);
   }
-  if (s.code() == absl::StatusCode::kDataLoss || s.code() == absl::StatusCode::kNotFound) {
-    std::string k = EncodeDiskKey(key);
-    rocksdb::WriteBatch batch;
-    batch.Delete(data_cf_, AsSlice(k));
-    batch.Delete(meta_cf_, AsSlice(k));
-    db_->Write(rocksdb::WriteOptions(), &batch).PermitUncheckedError();
-    if (s.code() == absl::StatusCode::kDataLoss) {
-      return absl::DataLossError(absl::StrCat(options_.name, " tier: ", s.message()));
-    }
+  std::string k = EncodeDiskKey(key);
+  rocksdb::WriteBatch batch;
+  batch.Delete(data_cf_, AsSlice(k));
+  batch.Delete(meta_cf_, AsSlice(k));
+  db_->Write(rocksdb::WriteOptions(), &batch).PermitUncheckedError();
+  if (s.code() == absl::StatusCode::kDataLoss) {
+    return absl::DataLossError(absl::StrCat(options_.name, " tier: ", s.message()));
   }
   return s;
 }
@@ -614,6 +469,7 @@ void DiskTier::DropLocked(const BlockKey& key) {
 
 absl::Status DiskTier::Delete(const BlockKey& key) {
   DiskBlockMeta was;
+  absl::MutexLock stripe(&KeyStripe(key));
   {
     absl::MutexLock lock(&mu_);
     auto it = index_.find(key);
@@ -630,7 +486,7 @@ absl::Status DiskTier::Delete(const BlockKey& key) {
   wo.sync = options_.sync_writes;
   absl::Status s = FromRocks(db_->Write(wo, &batch), options_.name + " tier delete");
   if (!s.ok()) {
-    // Still on disk: indexed and counted again (unless a put replaced it meanwhile), so it is
+    // Still on disk: indexed and counted again (the key's stripe kept puts out), so it is
     // neither uncounted disk nor a block that a restart brings back after "deleted".
     absl::MutexLock lock(&mu_);
     if (!index_.contains(key)) IndexLocked(key, std::move(was));

@@ -14,7 +14,9 @@
 // known by handle, so a chain-aware policy keeps a block's ancestors while it holds the block.
 //
 // Thread-safe. The index has its own mutex, never held across RocksDB calls once Open has
-// returned (its recovery steps hold it while nothing else can call).
+// returned (its recovery steps hold it while nothing else can call). What changes a key's
+// records (a put, a delete, a read dropping a damaged block) holds that key's stripe lock
+// from its RocksDB write to its index change, so the two always agree.
 #pragma once
 
 #include <algorithm>
@@ -149,8 +151,14 @@ class DiskTier {
  private:
   struct Entry {
     DiskBlockMeta meta;
-    uint64_t handle = 0;  // PolicyHandle(key)
+    uint64_t handle = 0;   // PolicyHandle(key)
+    uint64_t version = 0;  // which put of the key this is (next_version_)
   };
+  // Serializes the puts, deletes and drops of keys hashing to one stripe (taken before mu_).
+  absl::Mutex& KeyStripe(const BlockKey& key) const;
+  // Read's attempt at the copy indexed now; *changed when a put or delete of the key came
+  // between its index lookup and its read (nothing dropped, the caller reads again).
+  absl::Status ReadOnce(const BlockKey& key, std::vector<uint8_t>* out, bool* changed);
 
   DiskTier(DiskTierOptions options, rocksdb::DB* db,
            std::vector<rocksdb::ColumnFamilyHandle*> handles);
@@ -179,8 +187,11 @@ class DiskTier {
   rocksdb::ColumnFamilyHandle* ns_cf_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
 
+  static constexpr size_t kKeyStripes = 64;
+  mutable absl::Mutex key_stripes_[kKeyStripes];
   mutable absl::Mutex mu_;
   absl::flat_hash_map<BlockKey, Entry> index_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_version_ ABSL_GUARDED_BY(mu_) = 0;
   std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, BlockKey> by_handle_ ABSL_GUARDED_BY(mu_);
   // Charges of puts between their budget check and their index entry, in all and per scope.
