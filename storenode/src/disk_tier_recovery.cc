@@ -31,7 +31,12 @@ absl::Status DiskTier::Rebuild() {
     absl::StatusOr<BlockKey> key = DecodeDiskKey(it->key().ToStringView());
     absl::StatusOr<DiskBlockMeta> meta = DecodeDiskMeta(it->value().ToStringView());
     if (!key.ok() || !meta.ok()) {
-      ++skipped;  // unreadable index record: the block is unreachable, count it as lost
+      // An unreadable index record (a record of a later format, a flipped byte RocksDB's
+      // checksums missed): the payload would hold disk that no budget counts. Counted lost,
+      // unless Reconcile indexes it again from its header.
+      ++skipped;
+      index_incomplete_ = true;
+      if (key.ok()) unreadable_records_.insert(*std::move(key));
       continue;
     }
     IndexLocked(*key, *std::move(meta));
@@ -90,6 +95,7 @@ absl::Status DiskTier::Reconcile(bool reindex_orphans) {
       // what the index needs (not its depth, parent, importance or session).
       absl::StatusOr<DiskBlockMeta> meta = MetaFromPayload(it->value().ToStringView());
       if (meta.ok()) {
+        if (unreadable_records_.erase(*key) > 0) --data_loss_;
         IndexLocked(*key, *std::move(meta));
         seen.insert(*std::move(key));
         ++reindexed;
@@ -117,6 +123,7 @@ absl::Status DiskTier::Reconcile(bool reindex_orphans) {
     }
     without_payload = gone.size();
   }
+  unreadable_records_.clear();  // each indexed again or, its payload unusable, dropped
   if (dropped + reindexed + without_payload > 0) {
     spdlog::warn(
         "{} tier: {} payloads without an index record dropped, {} indexed again from their "

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "disk_tier_test_fixture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
@@ -26,47 +27,12 @@
 #include "strata/testutil/status_matchers.h"
 #include "strata/testutil/synthetic_kv.h"
 
-namespace strata::storenode {
+namespace strata::storenode::disk_test {
 namespace {
 
 namespace fs = std::filesystem;
 using ::strata::testutil::IsOk;
 using ::strata::testutil::StatusIs;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "strata-disk-tier-XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-BlockKey Key(uint8_t n) {
-  BlockKey key;
-  key.namespace_id = 7;
-  key.hash.bytes.fill(n);
-  return key;
-}
-
-std::vector<uint8_t> Bytes(size_t n, uint8_t seed) {
-  std::vector<uint8_t> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(seed * 31 + i * 7);
-  return v;
-}
-
-DiskTierOptions Options(const std::string& path, PolicyKind policy = PolicyKind::kLru) {
-  DiskTierOptions o;
-  o.path = path;
-  o.capacity_bytes = 64 << 20;
-  o.codec = Codec::kNone;
-  o.policy = policy;
-  return o;
-}
 
 // A chain A ← B ← C written root first, then its tail read again. LRU gives up A, the
 // least recently used, orphaning B and C; the chain-aware policies give up only the leaf C.
@@ -643,115 +609,5 @@ TEST(DiskTierTest, SyncWritesSurviveAPowerCut) {
   }
 }
 
-// The column-family handles of a closed tier's RocksDB store at `path`, opened directly.
-struct RawStore {
-  explicit RawStore(const std::string& path) {
-    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
-        {rocksdb::kDefaultColumnFamilyName, {}}, {"meta", {}}, {"namespaces", {}}};
-    rocksdb::DBOptions o;
-    status = rocksdb::DB::Open(o, path, cfs, &handles, &db);
-  }
-  ~RawStore() {
-    for (rocksdb::ColumnFamilyHandle* h : handles) db->DestroyColumnFamilyHandle(h);
-    delete db;
-  }
-  rocksdb::Status status;
-  rocksdb::DB* db = nullptr;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;  // data, meta, namespaces
-};
-
-// Writes the blocks Key(1..n), the last quantized; returns what each reads back as.
-std::vector<std::vector<uint8_t>> PutBlocks(const std::string& path, uint8_t n) {
-  auto tier = DiskTier::Open(Options(path));
-  EXPECT_THAT(tier.status(), IsOk());
-  std::vector<std::vector<uint8_t>> served;
-  for (uint8_t i = 1; i <= n; ++i) {
-    KvQuantSpec quant;
-    std::vector<uint8_t> block = Bytes(8192, i);
-    if (i == n) {
-      quant = {KvQuant::kInt8, KvDtype::kFp16, 128};
-      block = testutil::SyntheticKv(KvDtype::kFp16, 128, 32, i);
-    }
-    EXPECT_THAT((*tier)->Put(Key(i), block, DiskBlockMeta{.depth = i}, quant), IsOk());
-    std::vector<uint8_t> out;
-    EXPECT_THAT((*tier)->Read(Key(i), &out), IsOk());
-    served.push_back(std::move(out));
-  }
-  return served;
-}
-
-// Reads Key(1..n) back from `tier`: each exactly as `served` says.
-void ExpectReadsBack(DiskTier& tier, const std::vector<std::vector<uint8_t>>& served, uint8_t n) {
-  for (uint8_t i = 1; i <= n; ++i) {
-    std::vector<uint8_t> out;
-    ASSERT_THAT(tier.Read(Key(i), &out), IsOk()) << int{i};
-    EXPECT_EQ(out, served[i - 1]) << int{i};
-  }
-}
-
-// A damaged index file (the meta column family's SST) costs no block: each is indexed again
-// from its own header, and the index is rewritten without the damaged file, which RocksDB
-// would otherwise meet again at every start and in its next compaction. Before, every block
-// whose index record was unreadable was deleted.
-TEST(DiskTierTest, ADamagedIndexFileIsRebuiltFromTheBlocksOwnHeaders) {
-  TempDir dir;
-  const std::string path = dir.path() + "/db";
-  const std::vector<std::vector<uint8_t>> served = PutBlocks(path, 12);
-  std::string index_file;
-  {
-    RawStore raw(path);
-    ASSERT_TRUE(raw.status.ok()) << raw.status.ToString();
-    ASSERT_TRUE(raw.db->Flush({}, raw.handles).ok());
-    std::vector<rocksdb::LiveFileMetaData> files;
-    raw.db->GetLiveFilesMetaData(&files);
-    for (const rocksdb::LiveFileMetaData& f : files) {
-      if (f.column_family_name == "meta") index_file = path + f.name;
-    }
-  }
-  ASSERT_FALSE(index_file.empty());
-  {
-    std::fstream f(index_file, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(10);  // inside the first data block
-    f.put('\x5a');
-  }
-  {
-    auto tier = DiskTier::Open(Options(path));
-    ASSERT_THAT(tier.status(), IsOk());
-    EXPECT_EQ((*tier)->Stats().blocks, 12u);
-    ASSERT_NO_FATAL_FAILURE(ExpectReadsBack(**tier, served, 12));
-  }
-  EXPECT_FALSE(fs::exists(index_file)) << "the damaged index file is still live";
-  EXPECT_FALSE(fs::exists(path + "/STRATA-REINDEX"));
-  auto again = DiskTier::Open(Options(path));
-  ASSERT_THAT(again.status(), IsOk());
-  EXPECT_EQ((*again)->Stats().blocks, 12u);
-  EXPECT_EQ((*again)->Stats().data_loss, 0u);
-}
-
-// A start that finds the marker of an index rewrite that did not finish indexes every
-// payload again from its header, and drops index records whose payload is gone (as after a
-// best-efforts recovery). Blocks 1..8 lost their records, blocks 9 and 10 their payloads.
-TEST(DiskTierTest, AnUnfinishedIndexRewriteIsCompletedAtTheNextStart) {
-  TempDir dir;
-  const std::string path = dir.path() + "/db";
-  const std::vector<std::vector<uint8_t>> served = PutBlocks(path, 10);
-  {
-    RawStore raw(path);
-    ASSERT_TRUE(raw.status.ok()) << raw.status.ToString();
-    for (uint8_t i = 1; i <= 10; ++i) {
-      rocksdb::ColumnFamilyHandle* cf = i <= 8 ? raw.handles[1] : raw.handles[0];
-      ASSERT_TRUE(raw.db->Delete({}, cf, EncodeDiskKey(Key(i))).ok());
-    }
-  }
-  std::ofstream(path + "/STRATA-REINDEX") << "rewrite";
-  auto tier = DiskTier::Open(Options(path));
-  ASSERT_THAT(tier.status(), IsOk());
-  EXPECT_EQ((*tier)->Stats().blocks, 8u);
-  ASSERT_NO_FATAL_FAILURE(ExpectReadsBack(**tier, served, 8));
-  EXPECT_FALSE((*tier)->Find(Key(9), false).has_value());
-  EXPECT_FALSE((*tier)->Find(Key(10), false).has_value());
-  EXPECT_FALSE(fs::exists(path + "/STRATA-REINDEX"));
-}
-
 }  // namespace
-}  // namespace strata::storenode
+}  // namespace strata::storenode::disk_test

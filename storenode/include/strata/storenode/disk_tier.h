@@ -175,6 +175,9 @@ class DiskTier {
   bool index_incomplete_ = false;         // set by Rebuild, before the tier is shared
   bool reindex_marker_ = false;           // Rebuild found RewriteIndex's marker
   bool payload_scan_incomplete_ = false;  // set by Reconcile
+  // Blocks whose index record Rebuild could not decode (counted lost unless Reconcile indexes
+  // them again from their headers).
+  absl::flat_hash_set<BlockKey> unreadable_records_ ABSL_GUARDED_BY(mu_);
   void DropLocked(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Indexes a block on disk (not indexed now): counted, and handed to the policy.
   void IndexLocked(const BlockKey& key, DiskBlockMeta meta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
