@@ -233,6 +233,8 @@ class TieredStore {
   void NoteSession(const std::string& session);
   // The lossy quantization namespace `id` opted into for offloaded blocks (none if unknown).
   KvQuantSpec OffloadQuant(NamespaceId id) const;
+  // The disk record of a warm block's attributes.
+  static DiskBlockMeta DiskMetaOf(const WarmTier::BlockAttrs& a);
 
   const TieredStoreOptions options_;
   std::unique_ptr<WarmTier> warm_;
