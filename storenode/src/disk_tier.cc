@@ -521,6 +521,16 @@ std::vector<BlockKey> DiskTier::Victims(uint64_t bytes) {
   return out;
 }
 
+void DiskTier::Rank(std::span<const BlockKey> keys) {
+  absl::MutexLock lock(&mu_);
+  for (const BlockKey& key : keys) {
+    auto it = index_.find(key);
+    if (it == index_.end()) continue;
+    policy_->Erase(it->second.handle);
+    AdmitLocked(it->first, it->second);
+  }
+}
+
 std::vector<BlockKey> DiskTier::SessionBlocks(const std::string& session, size_t max) {
   std::vector<BlockKey> out;
   absl::MutexLock lock(&mu_);

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +34,22 @@ namespace {
 namespace fs = std::filesystem;
 using ::strata::testutil::IsOk;
 using ::strata::testutil::StatusIs;
+
+// Victims leave the policy's ranking; the ones a caller keeps rank again after Rank (a disk
+// tier that cannot delete them: TieredStore::MakeRoom), and are offered again.
+TEST(DiskTierTest, KeptVictimsRankAgain) {
+  TempDir dir;
+  auto tier = DiskTier::Open(Options(dir.path()));
+  ASSERT_THAT(tier.status(), IsOk());
+  for (uint8_t i = 1; i <= 4; ++i) {
+    ASSERT_THAT((*tier)->Put(Key(i), Bytes(8192, i), DiskBlockMeta{}), IsOk());
+  }
+  const std::vector<BlockKey> victims = (*tier)->Victims(UINT64_MAX);
+  ASSERT_EQ(victims.size(), 4u);
+  EXPECT_TRUE((*tier)->Victims(UINT64_MAX).empty()) << "victims leave the ranking";
+  (*tier)->Rank(std::span(victims).subspan(1));
+  EXPECT_EQ((*tier)->Victims(UINT64_MAX).size(), 3u);
+}
 
 // A chain A ← B ← C written root first, then its tail read again. LRU gives up A, the
 // least recently used, orphaning B and C; the chain-aware policies give up only the leaf C.
@@ -446,84 +463,6 @@ TEST(DiskTierTest, QuantizedBlocksReadBackWithinBoundsAndCarryTheirChecksum) {
   ASSERT_THAT((*tier)->Read(Key(2), &out), IsOk());
   EXPECT_EQ(out, with_nan);
 }
-
-// A file system that remembers how much of each file was synced, so a test can copy the
-// directory as a power cut would leave it: every file cut back to its last sync.
-class SyncTrackingFs : public rocksdb::FileSystemWrapper {
- public:
-  SyncTrackingFs() : FileSystemWrapper(rocksdb::FileSystem::Default()) {}
-  const char* Name() const override { return "SyncTrackingFs"; }
-
-  rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& opts,
-                                    std::unique_ptr<rocksdb::FSWritableFile>* out,
-                                    rocksdb::IODebugContext* dbg) override {
-    std::unique_ptr<rocksdb::FSWritableFile> file;
-    rocksdb::IOStatus s = target()->NewWritableFile(name, opts, &file, dbg);
-    if (!s.ok()) return s;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      synced_[fs::path(name).filename().string()] = 0;
-    }
-    *out = std::make_unique<File>(std::move(file), this, fs::path(name).filename().string());
-    return s;
-  }
-
-  std::atomic<bool> fail_appends{false};  // every write to any file fails while set
-
-  // Copies `from` into `to`, each file as of its last Sync.
-  void CopyAsAfterPowerCut(const std::string& from, const std::string& to) {
-    std::lock_guard<std::mutex> lock(mu_);
-    fs::create_directories(to);
-    for (const fs::directory_entry& e : fs::directory_iterator(from)) {
-      std::string name = e.path().filename().string();
-      fs::copy_file(e.path(), fs::path(to) / name);
-      if (auto it = synced_.find(name); it != synced_.end()) {
-        fs::resize_file(fs::path(to) / name, it->second);
-      }
-    }
-  }
-
- private:
-  class File : public rocksdb::FSWritableFileOwnerWrapper {
-   public:
-    File(std::unique_ptr<rocksdb::FSWritableFile> file, SyncTrackingFs* fs, std::string name)
-        : FSWritableFileOwnerWrapper(std::move(file)), fs_(fs), name_(std::move(name)) {}
-    rocksdb::IOStatus Sync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* d) override {
-      rocksdb::IOStatus s = target()->Sync(o, d);
-      if (s.ok()) Synced();
-      return s;
-    }
-    rocksdb::IOStatus Fsync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* d) override {
-      rocksdb::IOStatus s = target()->Fsync(o, d);
-      if (s.ok()) Synced();
-      return s;
-    }
-
-    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
-                             rocksdb::IODebugContext* d) override {
-      if (fs_->fail_appends.load()) return rocksdb::IOStatus::IOError("injected write error");
-      return target()->Append(data, o, d);
-    }
-    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
-                             const rocksdb::DataVerificationInfo& v,
-                             rocksdb::IODebugContext* d) override {
-      if (fs_->fail_appends.load()) return rocksdb::IOStatus::IOError("injected write error");
-      return target()->Append(data, o, v, d);
-    }
-
-   private:
-    void Synced() {
-      uint64_t size = target()->GetFileSize(rocksdb::IOOptions(), nullptr);
-      std::lock_guard<std::mutex> lock(fs_->mu_);
-      fs_->synced_[name_] = size;
-    }
-    SyncTrackingFs* fs_;
-    std::string name_;
-  };
-
-  std::mutex mu_;
-  std::map<std::string, uint64_t> synced_;
-};
 
 // A delete whose write fails leaves the block indexed and counted: it is still on disk, and
 // a restart would index it again. Before, it vanished from the index (and the budget) only.

@@ -1,14 +1,20 @@
-// The disk tier's unit-test helpers: a temporary directory, keys, payloads and options
-// (disk_tier_test.cc, disk_tier_recovery_test.cc).
+// The disk tiers' unit-test helpers: a temporary directory, keys, payloads, options and a file
+// system that fails writes and copies as after a power cut (disk_tier_test.cc,
+// disk_tier_recovery_test.cc, tiered_store_test.cc).
 #pragma once
 
 #include <stdlib.h>
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
+#include "rocksdb/file_system.h"
 #include "strata/common/block_key.h"
 #include "strata/storenode/disk_tier.h"
 
@@ -49,5 +55,84 @@ inline DiskTierOptions Options(const std::string& path, PolicyKind policy = Poli
   o.policy = policy;
   return o;
 }
+
+// A file system that remembers how much of each file was synced, so a test can copy the
+// directory as a power cut would leave it: every file cut back to its last sync.
+class SyncTrackingFs : public rocksdb::FileSystemWrapper {
+ public:
+  SyncTrackingFs() : FileSystemWrapper(rocksdb::FileSystem::Default()) {}
+  const char* Name() const override { return "SyncTrackingFs"; }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& opts,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* out,
+                                    rocksdb::IODebugContext* dbg) override {
+    std::unique_ptr<rocksdb::FSWritableFile> file;
+    rocksdb::IOStatus s = target()->NewWritableFile(name, opts, &file, dbg);
+    if (!s.ok()) return s;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      synced_[std::filesystem::path(name).filename().string()] = 0;
+    }
+    *out = std::make_unique<File>(std::move(file), this,
+                                  std::filesystem::path(name).filename().string());
+    return s;
+  }
+
+  std::atomic<bool> fail_appends{false};  // every write to any file fails while set
+
+  // Copies `from` into `to`, each file as of its last Sync.
+  void CopyAsAfterPowerCut(const std::string& from, const std::string& to) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::filesystem::create_directories(to);
+    for (const std::filesystem::directory_entry& e : std::filesystem::directory_iterator(from)) {
+      std::string name = e.path().filename().string();
+      std::filesystem::copy_file(e.path(), std::filesystem::path(to) / name);
+      if (auto it = synced_.find(name); it != synced_.end()) {
+        std::filesystem::resize_file(std::filesystem::path(to) / name, it->second);
+      }
+    }
+  }
+
+ private:
+  class File : public rocksdb::FSWritableFileOwnerWrapper {
+   public:
+    File(std::unique_ptr<rocksdb::FSWritableFile> file, SyncTrackingFs* fs, std::string name)
+        : FSWritableFileOwnerWrapper(std::move(file)), fs_(fs), name_(std::move(name)) {}
+    rocksdb::IOStatus Sync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* d) override {
+      rocksdb::IOStatus s = target()->Sync(o, d);
+      if (s.ok()) Synced();
+      return s;
+    }
+    rocksdb::IOStatus Fsync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* d) override {
+      rocksdb::IOStatus s = target()->Fsync(o, d);
+      if (s.ok()) Synced();
+      return s;
+    }
+
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                             rocksdb::IODebugContext* d) override {
+      if (fs_->fail_appends.load()) return rocksdb::IOStatus::IOError("injected write error");
+      return target()->Append(data, o, d);
+    }
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
+                             const rocksdb::DataVerificationInfo& v,
+                             rocksdb::IODebugContext* d) override {
+      if (fs_->fail_appends.load()) return rocksdb::IOStatus::IOError("injected write error");
+      return target()->Append(data, o, v, d);
+    }
+
+   private:
+    void Synced() {
+      uint64_t size = target()->GetFileSize(rocksdb::IOOptions(), nullptr);
+      std::lock_guard<std::mutex> lock(fs_->mu_);
+      fs_->synced_[name_] = size;
+    }
+    SyncTrackingFs* fs_;
+    std::string name_;
+  };
+
+  std::mutex mu_;
+  std::map<std::string, uint64_t> synced_;
+};
 
 }  // namespace strata::storenode::disk_test

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <atomic>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/logging.h"
+#include "strata/common/steady_clock.h"
 #include "strata/storenode/tenant_quota.h"
 #include "strata/storenode/tiered_store.h"
 
@@ -16,6 +18,8 @@ namespace {
 
 // What one MakeRoom call moves out at most beyond its incoming block.
 constexpr uint64_t kMakeRoomStepBytes = 64ull << 20;
+// How long a disk tier that failed to delete a victim makes no room (MakeRoom).
+constexpr int64_t kRoomPauseAfterFailureMs = 10'000;
 
 }  // namespace
 
@@ -25,6 +29,9 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
   // being made, and the tier's high watermark leaves headroom below its budget), so a read
   // staging a block never waits behind another caller's disk moves.
   absl::Mutex& one = tier == cool_.get() ? cool_room_mu_ : cold_room_mu_;
+  std::atomic<int64_t>& paused_until_ms =
+      tier == cool_.get() ? cool_room_paused_until_ms_ : cold_room_paused_until_ms_;
+  if (SteadyNowMs() < paused_until_ms.load(std::memory_order_relaxed)) return;
   if (!one.TryLock()) return;
   absl::Cleanup unlock = [&one]() ABSL_NO_THREAD_SAFETY_ANALYSIS { one.Unlock(); };
   const uint64_t cap = tier->capacity_bytes();
@@ -41,8 +48,10 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
   std::vector<uint8_t> buf;
   uint64_t failed_moves = 0;
   absl::Status last_failure;
-  for (const BlockKey& key : tier->Victims(target)) {
-    bool refused = false;
+  const std::vector<BlockKey> victims = tier->Victims(target);
+  for (size_t i = 0; i < victims.size(); ++i) {
+    const BlockKey& key = victims[i];
+    bool refused = false, copied = false;
     if (below != nullptr) {
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       absl::Status put = absl::NotFoundError("gone meanwhile");
@@ -53,16 +62,28 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
       }
       refused = !put.ok() && meta.has_value();
       if (refused) last_failure = put;
-      if (put.ok() && KeptUnlessDeleted(below, key)) {
-        cool_demotions_.fetch_add(1, std::memory_order_relaxed);
-      }
+      copied = put.ok() && KeptUnlessDeleted(below, key);
     }
     // A victim the tier below did not take (its own budget, quota or I/O, or this tier could
     // not read it) leaves the node: it is evicted, and counted so, like a victim of the lowest
     // tier.
-    if (tier->Delete(key).ok() && (below == nullptr || refused)) {
-      disk_evictions_.fetch_add(1, std::memory_order_relaxed);
+    const absl::Status deleted = tier->Delete(key);
+    if (deleted.ok()) {
+      if (copied) cool_demotions_.fetch_add(1, std::memory_order_relaxed);
+      if (below == nullptr || refused) disk_evictions_.fetch_add(1, std::memory_order_relaxed);
       failed_moves += refused ? 1 : 0;
+    } else if (deleted.code() != absl::StatusCode::kNotFound) {
+      // The tier cannot write (read-only after an I/O error, a full disk): every later victim
+      // would be copied below and kept here too, every demoter tick, the same victims each
+      // time. It keeps the rest, which rank again, and makes no room for a while.
+      tier->Rank(std::span(victims).subspan(i + 1));
+      paused_until_ms.store(SteadyNowMs() + kRoomPauseAfterFailureMs, std::memory_order_relaxed);
+      static std::atomic<int64_t> last_pause_warning_s{0};
+      if (DueForWarning(last_pause_warning_s)) {
+        spdlog::warn("{}: cannot delete its victims ({}); making no room for {} s", tier->name(),
+                     deleted.ToString(), kRoomPauseAfterFailureMs / 1000);
+      }
+      break;
     }
   }
   if (failed_moves == 0) return;

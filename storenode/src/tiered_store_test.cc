@@ -12,11 +12,14 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "disk_tier_test_fixture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "rocksdb/env.h"
 #include "strata/common/checksum.h"
 #include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
@@ -52,7 +55,10 @@ class TieredStoreTest : public ::testing::Test {
       d.capacity_bytes = tier->has_value() ? (*tier)->capacity_bytes : 16 << 20;
       d.codec = Codec::kNone;
       d.min_block_charge = min_charge;
-      if (tier->has_value()) d.scope_quota = (*tier)->scope_quota;
+      if (tier->has_value()) {
+        d.scope_quota = (*tier)->scope_quota;
+        d.env = (*tier)->env;
+      }
       *tier = d;
     }
     if (o.demote_interval_ms == TieredStoreOptions{}.demote_interval_ms) {
@@ -540,6 +546,31 @@ TEST_F(TieredStoreTest, ADiskTierOverItsBudgetAfterARestartDrainsOnItsOwn) {
   EXPECT_LE(st.cool->charged_bytes, high);
   EXPECT_EQ(st.cool->blocks + st.cold->blocks, 300u) << "moved, not dropped";
   EXPECT_GT(st.cold->blocks, 0u);
+}
+
+// A cool tier that cannot write (a write error made its RocksDB read-only) cannot delete its
+// victims either: MakeRoom stops at the first and leaves the tier alone for a while. Before,
+// each call copied the same victims into cold again and kept them in cool (here ~85 copies
+// for each of the 10 blocks paused, and every demoter tick).
+TEST_F(TieredStoreTest, ACoolTierThatCannotDeleteItsVictimsStopsCopyingThemDown) {
+  Put(2000, 300, "parked");
+  ASSERT_THAT(store_->PauseSession("parked", false).status(), IsOk());
+  auto fs = std::make_shared<disk_test::SyncTrackingFs>();
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
+  absl::Cleanup store_first = [this] { store_.reset(); };  // before the env it writes through
+  TieredStoreOptions o;
+  o.cool = DiskTierOptions{.capacity_bytes = 16 << 20, .env = env.get()};
+  // Reopened with a 64 KiB charge: 19 MiB of 16 (ADiskTierOverItsBudgetAfterARestart...).
+  ASSERT_NO_FATAL_FAILURE(Init(o, /*reopen=*/true, /*min_charge=*/64 << 10));
+  fs->fail_appends = true;
+  Put(9000, 10, "more");
+  // Each block paused asks cool for room: it is refused (cool cannot write) and stays warm.
+  EXPECT_EQ(store_->PauseSession("more", false).value_or(99), 0u);
+  const TieredStats st = store_->Stats();
+  EXPECT_LE(st.cold->codec_bytes_in, kBlock) << "victims copied into cold";
+  EXPECT_EQ(st.cool->blocks, 300u);
+  EXPECT_EQ(st.warm.blocks, 10u);
+  EXPECT_EQ(st.disk_evictions, 0u);
 }
 
 }  // namespace

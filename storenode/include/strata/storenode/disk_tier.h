@@ -122,6 +122,9 @@ class DiskTier {
   // policy's ranking now (so a chain-aware policy can offer their parents next): the caller
   // must move or Delete them; one it keeps ranks again after its next Put.
   std::vector<BlockKey> Victims(uint64_t bytes);
+  // Victims the caller keeps without a Put (it stopped moving them): they rank again, as
+  // blocks just stored. Keys no longer stored are skipped.
+  void Rank(std::span<const BlockKey> keys);
 
   // Keys of the blocks carrying `session`, at most `max` of them.
   std::vector<BlockKey> SessionBlocks(const std::string& session, size_t max = SIZE_MAX);

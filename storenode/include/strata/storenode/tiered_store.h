@@ -253,6 +253,9 @@ class TieredStore {
   // and the prefetcher).
   absl::Mutex cool_room_mu_ ABSL_ACQUIRED_BEFORE(cold_room_mu_);
   absl::Mutex cold_room_mu_;
+  // Until when (SteadyNowMs) MakeRoom leaves each tier alone after a victim's delete failed.
+  std::atomic<int64_t> cool_room_paused_until_ms_{0};
+  std::atomic<int64_t> cold_room_paused_until_ms_{0};
   std::atomic<uint64_t> sessions_paused_{0};
   std::atomic<uint64_t> sessions_resumed_{0};
 
