@@ -90,7 +90,9 @@ absl::Status DiskTier::Reconcile(bool reindex_orphans) {
       seen.insert(*std::move(key));
       continue;
     }
-    if (key.ok() && reindex_orphans) {
+    // A block whose record exists but could not be decoded was not deleted: indexed again
+    // even where orphans are not (after a best-efforts recovery).
+    if (key.ok() && (reindex_orphans || unreadable_records_.contains(*key))) {
       // Its index record is in what the scan could not read: the block's own header holds
       // what the index needs (not its depth, parent, importance or session).
       absl::StatusOr<DiskBlockMeta> meta = MetaFromPayload(it->value().ToStringView());
@@ -123,7 +125,9 @@ absl::Status DiskTier::Reconcile(bool reindex_orphans) {
     }
     without_payload = gone.size();
   }
-  unreadable_records_.clear();  // each indexed again or, its payload unusable, dropped
+  // Each indexed again, or dropped with its unusable payload, or (the scan stopped early)
+  // left for the next start, counted lost until then.
+  unreadable_records_.clear();
   if (dropped + reindexed + without_payload > 0) {
     spdlog::warn(
         "{} tier: {} payloads without an index record dropped, {} indexed again from their "

@@ -227,7 +227,7 @@ TEST(DiskTierTest, AReadRacingPutsAndDeletesOfItsBlockDropsNothing) {
 
 // A put and a delete of one block at the same time leave it either stored and readable or
 // gone, never indexed without its bytes on disk (the delete's index change before the put,
-// its RocksDB delete after) or on disk without an entry.
+// its RocksDB delete after).
 TEST(DiskTierTest, APutAndADeleteOfOneBlockAtOnceLeaveItWholeOrGone) {
   TempDir dir;
   auto tier = DiskTier::Open(Options(dir.path()));

@@ -19,7 +19,9 @@ namespace {
 // What one MakeRoom call moves out at most beyond its incoming block.
 constexpr uint64_t kMakeRoomStepBytes = 64ull << 20;
 // How long a disk tier that failed to delete a victim makes no room (MakeRoom).
-constexpr int64_t kRoomPauseAfterFailureMs = 10'000;
+// Short: a tier paused makes no room for the tier above either, whose victims it then
+// refuses once full (they leave the node), so a passing failure must not cost long.
+constexpr int64_t kRoomPauseAfterFailureMs = 1'000;
 
 }  // namespace
 
@@ -80,8 +82,8 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
       paused_until_ms.store(SteadyNowMs() + kRoomPauseAfterFailureMs, std::memory_order_relaxed);
       static std::atomic<int64_t> last_pause_warning_s{0};
       if (DueForWarning(last_pause_warning_s)) {
-        spdlog::warn("{}: cannot delete its victims ({}); making no room for {} s", tier->name(),
-                     deleted.ToString(), kRoomPauseAfterFailureMs / 1000);
+        spdlog::warn("{}: cannot delete its victims ({}); making no room for {} ms",
+                     tier->name(), deleted.ToString(), kRoomPauseAfterFailureMs);
       }
       break;
     }

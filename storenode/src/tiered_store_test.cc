@@ -550,8 +550,8 @@ TEST_F(TieredStoreTest, ADiskTierOverItsBudgetAfterARestartDrainsOnItsOwn) {
 
 // A cool tier that cannot write (a write error made its RocksDB read-only) cannot delete its
 // victims either: MakeRoom stops at the first and leaves the tier alone for a while. Before,
-// each call copied the same victims into cold again and kept them in cool (here ~85 copies
-// for each of the 10 blocks paused, and every demoter tick).
+// each call copied the same victims into cold again and kept them in cool (here 840 copies
+// for the 10 blocks paused, and more every demoter tick).
 TEST_F(TieredStoreTest, ACoolTierThatCannotDeleteItsVictimsStopsCopyingThemDown) {
   Put(2000, 300, "parked");
   ASSERT_THAT(store_->PauseSession("parked", false).status(), IsOk());
@@ -567,7 +567,8 @@ TEST_F(TieredStoreTest, ACoolTierThatCannotDeleteItsVictimsStopsCopyingThemDown)
   // Each block paused asks cool for room: it is refused (cool cannot write) and stays warm.
   EXPECT_EQ(store_->PauseSession("more", false).value_or(99), 0u);
   const TieredStats st = store_->Stats();
-  EXPECT_LE(st.cold->codec_bytes_in, kBlock) << "victims copied into cold";
+  // One copy a pause of MakeRoom (1 s); a slow machine may see a pause end once or twice.
+  EXPECT_LE(st.cold->codec_bytes_in, 3 * kBlock) << "victims copied into cold";
   EXPECT_EQ(st.cool->blocks, 300u);
   EXPECT_EQ(st.warm.blocks, 10u);
   EXPECT_EQ(st.disk_evictions, 0u);
