@@ -82,8 +82,8 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
       paused_until_ms.store(SteadyNowMs() + kRoomPauseAfterFailureMs, std::memory_order_relaxed);
       static std::atomic<int64_t> last_pause_warning_s{0};
       if (DueForWarning(last_pause_warning_s)) {
-        spdlog::warn("{}: cannot delete its victims ({}); making no room for {} ms",
-                     tier->name(), deleted.ToString(), kRoomPauseAfterFailureMs);
+        spdlog::warn("{}: cannot delete its victims ({}); making no room for {} ms", tier->name(),
+                     deleted.ToString(), kRoomPauseAfterFailureMs);
       }
       break;
     }
