@@ -65,19 +65,34 @@ absl::StatusOr<std::unique_ptr<ClientDataPlane>> ClientDataPlane::Create(
       return absl::Status(worker.status().code(), absl::StrCat("UCX worker for lane ", lane, ": ",
                                                                worker.status().message()));
     }
+    absl::MutexLock lock(&plane->wire_mu_);
     plane->workers_.push_back(*std::move(worker));
+  }
+  if (TlsIsSharedMemoryOnly(options.tls) && options.lane_check_interval > absl::ZeroDuration()) {
+    ClientDataPlane* p = plane.get();
+    plane->checker_ = std::thread([p] { p->CheckLanes(); });
   }
   return plane;
 }
 
 ClientDataPlane::~ClientDataPlane() {
   {
+    absl::MutexLock lock(&check_mu_);
+    stop_checking_ = true;
+  }
+  if (checker_.joinable()) checker_.join();
+  probe_.reset();
+  std::vector<std::shared_ptr<transport::Worker>> workers;
+  {
     absl::MutexLock lock(&wire_mu_);
     DisconnectAll();
+    workers.swap(workers_);
+    workers.insert(workers.end(), retired_.begin(), retired_.end());
+    retired_.clear();
   }
   // Workers first: until they stop, RMA the node already sent may still read or write the
   // registered ranges and bounce buffers.
-  workers_.clear();
+  workers.clear();
   {
     absl::MutexLock lock(&regions_mu_);
     regions_.clear();
@@ -92,9 +107,20 @@ ClientDataPlane::~ClientDataPlane() {
 
 std::vector<std::string> ClientDataPlane::WorkerAddresses() const {
   std::vector<std::string> out;
+  absl::MutexLock lock(&wire_mu_);
   out.reserve(workers_.size());
   for (const auto& w : workers_) out.push_back(w->Address());
   return out;
+}
+
+std::shared_ptr<transport::Worker> ClientDataPlane::Lane(size_t lane) {
+  absl::MutexLock lock(&wire_mu_);
+  return workers_[lane];
+}
+
+bool ClientDataPlane::Wired(uint64_t channel_id) {
+  absl::MutexLock lock(&wire_mu_);
+  return channel_id != 0 && channel_id == wired_channel_;
 }
 
 void ClientDataPlane::DisconnectAll() {
@@ -122,14 +148,19 @@ bool ClientDataPlane::Fence(uint64_t channel_id) {
   // arrive (bounded by the node's cut-off at its deadline) and stays.
   const uint64_t prefix = transport::ChannelTagPrefix(channel_id);
   for (auto& w : workers_) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
+  if (checker_.joinable()) {
+    // A call gave up on a lane: it may be wedged (lanes_replaced()).
+    absl::MutexLock check(&check_mu_);
+    check_due_ = true;
+  }
   return wired;
 }
 
 absl::Status ClientDataPlane::Wire(uint64_t channel_id,
                                    const std::vector<std::string>& node_addresses) {
-  if (node_addresses.size() != workers_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "node sent ", node_addresses.size(), " worker addresses for ", workers_.size(), " lanes"));
+  if (node_addresses.size() != lanes()) {
+    return absl::InvalidArgumentError(absl::StrCat("node sent ", node_addresses.size(),
+                                                   " worker addresses for ", lanes(), " lanes"));
   }
   absl::MutexLock lock(&wire_mu_);
   DisconnectAll();
@@ -150,11 +181,11 @@ absl::Status ClientDataPlane::Wire(uint64_t channel_id,
 
 absl::Status ClientDataPlane::Transfer(uint32_t lane, std::span<const transport::TransferOp> ops,
                                        absl::Time deadline, const std::atomic<bool>* abort) {
-  if (lane >= workers_.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Transfer on lane ", lane, " of ", workers_.size()));
+  if (lane >= lanes()) {
+    return absl::InvalidArgumentError(absl::StrCat("Transfer on lane ", lane, " of ", lanes()));
   }
   transport::EndpointId ep = 0;
+  std::shared_ptr<transport::Worker> worker;
   {
     absl::MutexLock lock(&wire_mu_);
     if (endpoints_.empty()) {
@@ -162,9 +193,10 @@ absl::Status ClientDataPlane::Transfer(uint32_t lane, std::span<const transport:
           absl::StrCat("Transfer on lane ", lane, ": no data channel is wired"));
     }
     ep = endpoints_[lane];
+    worker = workers_[lane];
   }
   // Not under wire_mu_: the batch may run until its deadline, and Wire() must not wait for it.
-  absl::Status s = workers_[lane]->Transfer(ep, ops, deadline, abort);
+  absl::Status s = worker->Transfer(ep, ops, deadline, abort);
   if (s.code() == absl::StatusCode::kInvalidArgument) {
     // A Wire() between the copy and the post disconnected `ep`: the channel is what changed.
     absl::MutexLock lock(&wire_mu_);

@@ -21,6 +21,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -49,6 +50,9 @@ struct ClientDataPlaneOptions {
   uint32_t lanes = 1;             // the node's Stats.ucx_lanes
   size_t bounce_buffer_size = 0;  // the node's max_block_bytes
   size_t bounce_buffers = 2;      // at least 2
+  // Over shared memory only: how long the lane check waits between tries of a lane (see
+  // lanes_replaced()); zero: no lane checks.
+  absl::Duration lane_check_interval = absl::Seconds(1);
 };
 
 class ClientDataPlane {
@@ -61,7 +65,7 @@ class ClientDataPlane {
   ClientDataPlane(const ClientDataPlane&) = delete;
   ClientDataPlane& operator=(const ClientDataPlane&) = delete;
 
-  uint32_t lanes() const { return static_cast<uint32_t>(workers_.size()); }
+  uint32_t lanes() const { return options_.lanes; }
   size_t bounce_buffer_size() const { return options_.bounce_buffer_size; }
   size_t bounce_capacity() const { return options_.bounce_buffers; }
   // One Worker::Address() per lane, in lane order (ConnectDataRequest.worker_addresses).
@@ -113,6 +117,23 @@ class ClientDataPlane {
   // batch has completed, failed, been aborted or timed out; no lock is held meanwhile.
   absl::Status Transfer(uint32_t lane, std::span<const transport::TransferOp> ops,
                         absl::Time deadline, const std::atomic<bool>* abort = nullptr);
+  // Whether the lanes are wired for `channel_id` (a Fence, a newer Wire or a lane replaced
+  // since unwires it).
+  bool Wired(uint64_t channel_id);
+
+  // A wedged lane (client_data_plane_lanes.cc). Over shared memory every peer writes its
+  // messages into a worker's one receive queue, and a node (or agent) killed between claiming
+  // a slot there and filling it leaves the queue unreadable for good (transport/data_plane.h,
+  // "A wedged lane", is the node's side): every later call on that lane would time out, also
+  // once the node is back. After each Fence a checker thread sends every lane a one-byte
+  // message from a worker of its own, up to DataPlane::kLaneStrikes tries lane_check_interval
+  // apart; a lane whose message never arrives gets a new worker (the old one is kept until the
+  // plane goes: UCX 1.13 can crash destroying it) and the lanes are unwired, so the next
+  // ConnectData carries the new address. How many lanes were replaced so far.
+  uint64_t lanes_replaced() const { return lanes_replaced_.load(std::memory_order_relaxed); }
+  // Test hook: lane `lane`'s current worker stops reading (Worker::StallForTest).
+  // INVALID_ARGUMENT for a lane the plane lacks.
+  absl::Status StallLaneForTest(uint32_t lane);
 
   // A fresh two-sided tag for a message on channel `channel_id`: the channel in the high 32 bits
   // (the node checks it), a per-plane sequence in the low 32 (unique for 2^32 tags, so a
@@ -125,6 +146,12 @@ class ClientDataPlane {
  private:
   explicit ClientDataPlane(const ClientDataPlaneOptions& options) : options_(options) {}
   void DisconnectAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wire_mu_);
+  // The lane checker's thread, one check of a lane (true: its message arrived), and the
+  // replacement of a lane's worker.
+  void CheckLanes();
+  bool ProbeLane(size_t lane);
+  void ReplaceLane(size_t lane);
+  std::shared_ptr<transport::Worker> Lane(size_t lane) ABSL_LOCKS_EXCLUDED(wire_mu_);
 
   const ClientDataPlaneOptions options_;
   std::unique_ptr<transport::Context> context_;
@@ -140,11 +167,23 @@ class ClientDataPlane {
   std::map<uintptr_t, std::shared_ptr<const transport::MemoryRegion>> regions_
       ABSL_GUARDED_BY(regions_mu_);
 
-  std::vector<std::unique_ptr<transport::Worker>> workers_;  // fixed after Create
-  absl::Mutex wire_mu_;
+  mutable absl::Mutex wire_mu_;
+  // One per lane; a lane's worker changes only when the lane check replaces it.
+  std::vector<std::shared_ptr<transport::Worker>> workers_ ABSL_GUARDED_BY(wire_mu_);
+  // Replaced lane workers, kept until the plane goes (after the current ones).
+  std::vector<std::shared_ptr<transport::Worker>> retired_ ABSL_GUARDED_BY(wire_mu_);
   std::vector<transport::EndpointId> endpoints_ ABSL_GUARDED_BY(wire_mu_);  // per lane, or none
   uint64_t wired_channel_ ABSL_GUARDED_BY(wire_mu_) = 0;  // endpoints_'s channel; 0: none
   std::atomic<uint32_t> tag_sequence_{0};
+
+  // The lane checker (shared memory only): its own worker, its thread and what wakes it.
+  std::unique_ptr<transport::Worker> probe_;  // checker thread only
+  uint64_t probe_seq_ = 0;                    // checker thread only
+  absl::Mutex check_mu_;
+  bool check_due_ ABSL_GUARDED_BY(check_mu_) = false;
+  bool stop_checking_ ABSL_GUARDED_BY(check_mu_) = false;
+  std::thread checker_;
+  std::atomic<uint64_t> lanes_replaced_{0};
 };
 
 // Condenses UCX's endpoint description (ucp_ep_print_info, as ConnectDataResponse.transport

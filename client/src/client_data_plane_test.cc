@@ -164,10 +164,11 @@ struct FakeNodeLanes {
   std::vector<std::string> addresses;  // for ClientDataPlane::Wire
 };
 
-absl::StatusOr<FakeNodeLanes> StartFakeNode(const ClientDataPlane& plane) {
+absl::StatusOr<FakeNodeLanes> StartFakeNode(const ClientDataPlane& plane,
+                                            const transport::TransportOptions& transport = {
+                                                "tcp", {}, true}) {
   FakeNodeLanes node;
-  absl::StatusOr<std::unique_ptr<transport::Context>> ctx =
-      transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
+  absl::StatusOr<std::unique_ptr<transport::Context>> ctx = transport::Context::Create(transport);
   if (!ctx.ok()) return ctx.status();
   node.context = *std::move(ctx);
   for (const std::string& client_address : plane.WorkerAddresses()) {
@@ -437,6 +438,63 @@ TEST(ClientDataPlaneTest, AbortCancelsReceivesAndRetiresALaneWithSends) {
   ASSERT_THAT((*plane)->Transfer(0, {&send, 1}, Soon()), IsOk());
   ASSERT_THAT(node_side.get(), IsOk());
   EXPECT_EQ(landed, 'q');
+}
+
+// A lane wedged over shared memory (a node killed mid-send leaves its receive queue unreadable;
+// StallLaneForTest stops the worker reading, which is how such a lane looks from outside) is
+// found after the next Fence and given a new worker: the lanes are unwired, and a message to
+// the new worker arrives. The healthy lane, checked first, keeps its worker. Before, every
+// receive on that lane failed for as long as the client ran.
+TEST(ClientDataPlaneTest, AWedgedSharedMemoryLaneIsReplacedAfterAFence) {
+  ClientDataPlaneOptions opts;
+  opts.tls = "posix,sysv,cma,self";
+  opts.peer_failure_handling = false;
+  opts.lanes = 2;
+  opts.bounce_buffer_size = kBuffer;
+  opts.lane_check_interval = absl::Milliseconds(100);
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = ClientDataPlane::Create(opts);
+  ASSERT_THAT(plane, IsOk());
+  const transport::TransportOptions shm{opts.tls, {}, false};
+  absl::StatusOr<FakeNodeLanes> node = StartFakeNode(**plane, shm);
+  ASSERT_THAT(node, IsOk());
+  ASSERT_THAT((*plane)->Wire(7, node->addresses), IsOk());
+  const std::vector<std::string> before = (*plane)->WorkerAddresses();
+  ASSERT_THAT((*plane)->StallLaneForTest(1), IsOk());
+  // A GetData-like receive on lane 1: the node's message never gets read.
+  uint8_t byte = 0x5a, got = 0;
+  size_t received = 0;
+  const uint64_t tag = (*plane)->NextTag(7);
+  std::future<absl::Status> node_send = std::async(std::launch::async, [&] {
+    const transport::TransferOp send = Send(&byte, 1, tag);
+    return node->workers[1]->Transfer(node->endpoints[1], {&send, 1}, Soon());
+  });
+  const transport::TransferOp recv = Recv(&got, 1, tag, &received);
+  EXPECT_FALSE((*plane)->Transfer(1, {&recv, 1}, absl::Now() + absl::Milliseconds(300)).ok());
+  node_send.wait();
+  (*plane)->Fence(7);
+  // Three checks of up to 2 s each, 0.1 s apart; 30 s rules out only a check that never ends.
+  for (int i = 0; i < 300 && (*plane)->lanes_replaced() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ((*plane)->lanes_replaced(), 1u);
+  EXPECT_FALSE((*plane)->Wired(7));
+  const std::vector<std::string> after = (*plane)->WorkerAddresses();
+  EXPECT_EQ(after[0], before[0]);
+  EXPECT_NE(after[1], before[1]);
+  // Wired again (a fresh ConnectData to the new address), lane 1 receives.
+  absl::StatusOr<FakeNodeLanes> again = StartFakeNode(**plane, shm);
+  ASSERT_THAT(again, IsOk());
+  ASSERT_THAT((*plane)->Wire(8, again->addresses), IsOk());
+  EXPECT_TRUE((*plane)->Wired(8));
+  const uint64_t tag2 = (*plane)->NextTag(8);
+  std::future<absl::Status> sent = std::async(std::launch::async, [&] {
+    const transport::TransferOp send = Send(&byte, 1, tag2);
+    return again->workers[1]->Transfer(again->endpoints[1], {&send, 1}, Soon());
+  });
+  const transport::TransferOp recv2 = Recv(&got, 1, tag2, &received);
+  EXPECT_THAT((*plane)->Transfer(1, {&recv2, 1}, Soon()), IsOk());
+  EXPECT_THAT(sent.get(), IsOk());
+  EXPECT_EQ(got, 0x5a);
 }
 
 }  // namespace

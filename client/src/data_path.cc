@@ -3,6 +3,7 @@
 // and the end-to-end check of what arrived.
 #include <algorithm>
 #include <bit>
+#include <utility>
 
 #include "absl/synchronization/notification.h"
 #include "grpc_store_client.h"
@@ -65,6 +66,12 @@ absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadl
     return absl::DeadlineExceededError(Where("ConnectData") +
                                        ": deadline passed waiting for the data channel");
   }
+  uint64_t unwired = 0;
+  if (channel_id_ != 0 && !ucx_->Wired(channel_id_)) {
+    // The lanes were wired away from it: a lane replaced (ClientDataPlane, "A wedged lane").
+    unwired = std::exchange(channel_id_, 0);
+    if (channel_users_.contains(unwired)) unwired = 0;  // the last user closes it
+  }
   if (channel_id_ != 0) {
     const uint64_t id = channel_id_;
     chan_mu_.Unlock();
@@ -72,6 +79,7 @@ absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadl
   }
   connecting_ = true;
   chan_mu_.Unlock();
+  if (unwired != 0) CloseDataQuietly(unwired);
 
   absl::StatusOr<std::pair<uint64_t, std::string>> opened = OpenChannel(deadline);
   absl::MutexLock lock(&chan_mu_);
