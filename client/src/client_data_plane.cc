@@ -105,9 +105,10 @@ ClientDataPlane::~ClientDataPlane() {
   context_.reset();
 }
 
-std::vector<std::string> ClientDataPlane::WorkerAddresses() const {
+std::vector<std::string> ClientDataPlane::WorkerAddresses(uint64_t* generation) const {
   std::vector<std::string> out;
   absl::MutexLock lock(&wire_mu_);
+  if (generation != nullptr) *generation = lane_generation_;
   out.reserve(workers_.size());
   for (const auto& w : workers_) out.push_back(w->Address());
   return out;
@@ -157,12 +158,17 @@ bool ClientDataPlane::Fence(uint64_t channel_id) {
 }
 
 absl::Status ClientDataPlane::Wire(uint64_t channel_id,
-                                   const std::vector<std::string>& node_addresses) {
+                                   const std::vector<std::string>& node_addresses,
+                                   std::optional<uint64_t> generation) {
   if (node_addresses.size() != lanes()) {
     return absl::InvalidArgumentError(absl::StrCat("node sent ", node_addresses.size(),
                                                    " worker addresses for ", lanes(), " lanes"));
   }
   absl::MutexLock lock(&wire_mu_);
+  if (generation.has_value() && *generation != lane_generation_) {
+    return absl::UnavailableError(
+        "a client lane was replaced (wedged) while the channel was opened; connect again");
+  }
   DisconnectAll();
   std::vector<transport::EndpointId> fresh;
   for (size_t lane = 0; lane < workers_.size(); ++lane) {

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -68,8 +69,9 @@ class ClientDataPlane {
   uint32_t lanes() const { return options_.lanes; }
   size_t bounce_buffer_size() const { return options_.bounce_buffer_size; }
   size_t bounce_capacity() const { return options_.bounce_buffers; }
-  // One Worker::Address() per lane, in lane order (ConnectDataRequest.worker_addresses).
-  std::vector<std::string> WorkerAddresses() const;
+  // One Worker::Address() per lane, in lane order (ConnectDataRequest.worker_addresses), and
+  // which lane workers they are (for Wire: a lane may be replaced meanwhile).
+  std::vector<std::string> WorkerAddresses(uint64_t* generation = nullptr) const;
   // Our UCX tcp segment sizes (ConnectDataRequest), and whether a node's fit them
   // (FAILED_PRECONDITION otherwise: transport::CheckTcpSegments).
   transport::TcpSegments tcp_segments() const { return context_->tcp_segments(); }
@@ -80,8 +82,11 @@ class ClientDataPlane {
   // Connects lane i's worker to node_addresses[i] for data channel `channel_id`, replacing the
   // endpoints of an earlier channel. INVALID_ARGUMENT: not one address per lane, or one is not
   // a worker address (names the lane); UNAVAILABLE: a node lane cannot be reached. On error no
-  // endpoint is left. Blocks until the workers have created the endpoints.
-  absl::Status Wire(uint64_t channel_id, const std::vector<std::string>& node_addresses);
+  // endpoint is left. Blocks until the workers have created the endpoints. With `generation`
+  // (WorkerAddresses'), UNAVAILABLE when a lane was replaced since: the node connected to the
+  // old worker.
+  absl::Status Wire(uint64_t channel_id, const std::vector<std::string>& node_addresses,
+                    std::optional<uint64_t> generation = std::nullopt);
 
   // If the endpoints are wired for `channel_id`: force-closes every lane's endpoint
   // (Worker::Abandon), so the node's requests still to come on this channel no longer reach
@@ -150,6 +155,7 @@ class ClientDataPlane {
   // replacement of a lane's worker.
   void CheckLanes();
   bool ProbeLane(size_t lane);
+  bool Stopping() ABSL_LOCKS_EXCLUDED(check_mu_);
   void ReplaceLane(size_t lane);
   std::shared_ptr<transport::Worker> Lane(size_t lane) ABSL_LOCKS_EXCLUDED(wire_mu_);
 
@@ -172,6 +178,7 @@ class ClientDataPlane {
   std::vector<std::shared_ptr<transport::Worker>> workers_ ABSL_GUARDED_BY(wire_mu_);
   // Replaced lane workers, kept until the plane goes (after the current ones).
   std::vector<std::shared_ptr<transport::Worker>> retired_ ABSL_GUARDED_BY(wire_mu_);
+  uint64_t lane_generation_ ABSL_GUARDED_BY(wire_mu_) = 0;                  // lanes replaced so far
   std::vector<transport::EndpointId> endpoints_ ABSL_GUARDED_BY(wire_mu_);  // per lane, or none
   uint64_t wired_channel_ ABSL_GUARDED_BY(wire_mu_) = 0;  // endpoints_'s channel; 0: none
   std::atomic<uint32_t> tag_sequence_{0};

@@ -24,7 +24,7 @@ void ClientDataPlane::CheckLanes() {
       if (stop_checking_) return;
       check_due_ = false;  // a Fence during this check asks for another
     }
-    for (size_t lane = 0; lane < lanes(); ++lane) {
+    for (size_t lane = 0; lane < lanes() && !Stopping(); ++lane) {
       int misses = 0;
       while (!ProbeLane(lane) && ++misses < DataPlane::kLaneStrikes) {
         absl::MutexLock lock(&check_mu_);
@@ -35,6 +35,11 @@ void ClientDataPlane::CheckLanes() {
       if (misses == DataPlane::kLaneStrikes) ReplaceLane(lane);
     }
   }
+}
+
+bool ClientDataPlane::Stopping() {
+  absl::MutexLock lock(&check_mu_);
+  return stop_checking_;
 }
 
 bool ClientDataPlane::ProbeLane(size_t lane) {
@@ -85,8 +90,14 @@ void ClientDataPlane::ReplaceLane(size_t lane) {
     absl::MutexLock lock(&wire_mu_);
     // The node's channel has an endpoint to the old worker on this lane: unwired, so the next
     // call connects again (a call on it fails UNAVAILABLE and goes again on a fresh channel).
-    DisconnectAll();
+    // Abandoned as a Fence does: the node's requests still to come no longer reach the
+    // buffers of calls that are giving up.
+    for (size_t k = 0; k < endpoints_.size(); ++k)
+      workers_[k]->Abandon(endpoints_[k]).IgnoreError();
+    endpoints_.clear();
+    wired_channel_ = 0;
     retired_.push_back(std::exchange(workers_[lane], std::move(*fresh)));
+    ++lane_generation_;
   }
   spdlog::error(
       "client data plane lane {}: {} checks in a row found it wedged (a node that died mid-send "

@@ -458,7 +458,8 @@ TEST(ClientDataPlaneTest, AWedgedSharedMemoryLaneIsReplacedAfterAFence) {
   absl::StatusOr<FakeNodeLanes> node = StartFakeNode(**plane, shm);
   ASSERT_THAT(node, IsOk());
   ASSERT_THAT((*plane)->Wire(7, node->addresses), IsOk());
-  const std::vector<std::string> before = (*plane)->WorkerAddresses();
+  uint64_t generation = 0;
+  const std::vector<std::string> before = (*plane)->WorkerAddresses(&generation);
   ASSERT_THAT((*plane)->StallLaneForTest(1), IsOk());
   // A GetData-like receive on lane 1: the node's message never gets read.
   uint8_t byte = 0x5a, got = 0;
@@ -478,13 +479,19 @@ TEST(ClientDataPlaneTest, AWedgedSharedMemoryLaneIsReplacedAfterAFence) {
   }
   ASSERT_EQ((*plane)->lanes_replaced(), 1u);
   EXPECT_FALSE((*plane)->Wired(7));
-  const std::vector<std::string> after = (*plane)->WorkerAddresses();
+  uint64_t replaced = 0;
+  const std::vector<std::string> after = (*plane)->WorkerAddresses(&replaced);
+  EXPECT_NE(replaced, generation);
   EXPECT_EQ(after[0], before[0]);
   EXPECT_NE(after[1], before[1]);
   // Wired again (a fresh ConnectData to the new address), lane 1 receives.
   absl::StatusOr<FakeNodeLanes> again = StartFakeNode(**plane, shm);
   ASSERT_THAT(again, IsOk());
-  ASSERT_THAT((*plane)->Wire(8, again->addresses), IsOk());
+  // A channel whose ConnectData carried the old addresses is not wired: its node side leads
+  // to the old worker.
+  EXPECT_THAT((*plane)->Wire(8, again->addresses, generation),
+              StatusIs(absl::StatusCode::kUnavailable));
+  ASSERT_THAT((*plane)->Wire(8, again->addresses, replaced), IsOk());
   EXPECT_TRUE((*plane)->Wired(8));
   const uint64_t tag2 = (*plane)->NextTag(8);
   std::future<absl::Status> sent = std::async(std::launch::async, [&] {

@@ -93,7 +93,10 @@ absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadl
 absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
     Clock::time_point deadline) {
   v1::ConnectDataRequest req;
-  for (std::string& a : ucx_->WorkerAddresses()) req.add_worker_addresses(std::move(a));
+  uint64_t lanes_generation = 0;
+  for (std::string& a : ucx_->WorkerAddresses(&lanes_generation)) {
+    req.add_worker_addresses(std::move(a));
+  }
   req.set_ucx_tcp_tx_seg_bytes(ucx_->tcp_segments().tx);
   req.set_ucx_tcp_rx_seg_bytes(ucx_->tcp_segments().rx);
   v1::ConnectDataResponse resp;
@@ -119,7 +122,7 @@ absl::StatusOr<std::pair<uint64_t, std::string>> GrpcStoreClient::OpenChannel(
                                     std::memory_order_relaxed);
   std::vector<std::string> node_lanes(resp.worker_addresses().begin(),
                                       resp.worker_addresses().end());
-  if (absl::Status s = ucx_->Wire(resp.channel_id(), node_lanes); !s.ok()) {
+  if (absl::Status s = ucx_->Wire(resp.channel_id(), node_lanes, lanes_generation); !s.ok()) {
     CloseDataQuietly(resp.channel_id());
     return absl::Status(s.code(), absl::StrCat(Where("ConnectData"), ": ", s.message()));
   }

@@ -41,6 +41,9 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
             "UCX workers (progress threads) carrying transfers, 1..64; 0: one per 4 usable "
             "CPUs (affinity mask and cgroup CPU limit), 1 to 4.");
   s.AddUint("max_data_channels", &c->max_data_channels, "Open UCX data channels at most.");
+  s.AddUint("tenant_data_channels", &c->tenant_data_channels,
+            "Open UCX data channels one tenant may hold with auth_mode required (0: up to "
+            "max_data_channels): one tenant cannot lock the others out of the data plane.");
   s.AddUint("ucx_unclaimed_timeout_ms", &c->ucx_unclaimed_timeout_ms,
             "A client's UCX message that no call claims for this long (its PutData never "
             "reached the node) closes its data channel and is dropped.");

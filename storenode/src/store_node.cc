@@ -424,6 +424,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
                  config.ucx_lanes != 0 ? std::string()
                                        : absl::StrCat(" (ucx_lanes 0: ", cpus, " usable CPUs)"));
     dp.max_channels = config.max_data_channels;
+    dp.max_channels_per_owner = config.tenant_data_channels;
     dp.unclaimed_timeout = absl::Milliseconds(config.ucx_unclaimed_timeout_ms);
     dp.max_block_bytes = config.max_block_bytes;
     absl::StatusOr<std::unique_ptr<DataPlane>> plane =

@@ -124,8 +124,14 @@ grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext* ctx,
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
   std::vector<std::string> addresses(req->worker_addresses().begin(),
                                      req->worker_addresses().end());
-  absl::StatusOr<DataPlane::Channel> ch =
-      data_plane_->Connect(addresses, {req->ucx_tcp_tx_seg_bytes(), req->ucx_tcp_rx_seg_bytes()});
+  // Channels count per tenant (tenant_data_channels) where callers are told apart.
+  std::string owner;
+  if (absl::StatusOr<Principal> who = Caller(ctx);
+      who.ok() && auth_ != nullptr && auth_->required()) {
+    owner = who->tenant;
+  }
+  absl::StatusOr<DataPlane::Channel> ch = data_plane_->Connect(
+      addresses, {req->ucx_tcp_tx_seg_bytes(), req->ucx_tcp_rx_seg_bytes()}, owner);
   if (!ch.ok()) return call.Done(ch.status());
   resp->set_channel_id(ch->id);
   for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);

@@ -88,26 +88,7 @@ class TenancyTest : public ::testing::Test {
                                      " tenant-c-client unknown-client >/dev/null");
     ASSERT_EQ(std::system(certs.c_str()), 0) << certs;
     WritePrincipals(Path("principals.yaml"), false);
-    const std::vector<std::string> common = {"--warm-bytes",
-                                             "128MiB",
-                                             "--max-block-bytes",
-                                             "1MiB",
-                                             "--auth-mode",
-                                             "required",
-                                             "--auth-principals-file",
-                                             Path("principals.yaml"),
-                                             "--tls-cert",
-                                             Path("server.crt"),
-                                             "--tls-key",
-                                             Path("server.key"),
-                                             "--tls-client-ca",
-                                             Path("ca.crt"),
-                                             "--tenant-lookup-rate",
-                                             "1000",
-                                             "--tenant-lookup-burst",
-                                             "3000",
-                                             "--tenant-warm-quota",
-                                             "4MiB"};
+    const std::vector<std::string> common = CommonArgs();
     auto node = testutil::StartNode(common);
     ASSERT_THAT(node, IsOk());
     node_ = node->release();
@@ -116,6 +97,29 @@ class TenancyTest : public ::testing::Test {
     auto strict_node = testutil::StartNode(strict);
     ASSERT_THAT(strict_node, IsOk());
     strict_node_ = strict_node->release();
+  }
+  // The nodes' flags: auth required, TLS, the tenants' rate and quota defaults.
+  static std::vector<std::string> CommonArgs() {
+    return {"--warm-bytes",
+            "128MiB",
+            "--max-block-bytes",
+            "1MiB",
+            "--auth-mode",
+            "required",
+            "--auth-principals-file",
+            Path("principals.yaml"),
+            "--tls-cert",
+            Path("server.crt"),
+            "--tls-key",
+            Path("server.key"),
+            "--tls-client-ca",
+            Path("ca.crt"),
+            "--tenant-lookup-rate",
+            "1000",
+            "--tenant-lookup-burst",
+            "3000",
+            "--tenant-warm-quota",
+            "4MiB"};
   }
   static void TearDownTestSuite() {
     delete node_;
@@ -547,6 +551,39 @@ TEST_F(TenancyTest, SighupReloadsPrincipals) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_THAT(StoreClient::Connect(Options(node_, kLateToken)), IsOk());
   WritePrincipals(Path("principals.yaml"), false);
+}
+
+// A tenant holds at most --tenant-data-channels UCX data channels on a node (one per client):
+// tenant A's third client is refused RESOURCE_EXHAUSTED naming the cap, while tenant B's
+// client still opens one, and A's third gets in once one of A's clients has gone.
+TEST_F(TenancyTest, DataChannelsAreCappedPerTenant) {
+  std::vector<std::string> args = CommonArgs();
+  args.insert(args.end(), {"--tenant-data-channels", "2"});
+  auto node = testutil::StartNode(args);
+  ASSERT_THAT(node, IsOk());
+  auto options = [&](const char* token) {
+    ClientOptions o = Options(node->get(), token);
+    o.data_plane = ClientOptions::DataPlane::kUcx;  // opens its channel as it connects
+    return o;
+  };
+  std::vector<Tenant> a;
+  for (int i = 0; i < 2; ++i) a.push_back(Connect(options(kTokens[0].token)));
+  ASSERT_NE(a[1].client, nullptr);
+  const std::vector<ChainHash> hashes = testutil::PromptChain(a[0].ns, 81, 1);
+  ASSERT_THAT(Put(a[1], "", hashes, 8100), IsOk());
+  EXPECT_THAT(StoreClient::Connect(options(kTokens[0].token)).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("tenant-a holds 2")));
+  Tenant b = Connect(options(kTokens[1].token));
+  ASSERT_NE(b.client, nullptr);
+  EXPECT_THAT(Put(b, "", testutil::PromptChain(b.ns, 82, 1), 8200), IsOk());
+  a[0].client.reset();  // closes its channel (CloseData, sent as the client goes)
+  absl::StatusOr<std::unique_ptr<StoreClient>> third = absl::UnknownError("not tried");
+  for (int i = 0; i < 50 && !third.ok(); ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(100));
+    third = StoreClient::Connect(options(kTokens[0].token));
+  }
+  ASSERT_THAT(third, IsOk());
+  EXPECT_THAT((*third)->Stats(), IsOk());
 }
 
 }  // namespace

@@ -120,7 +120,8 @@ bool DataPlane::LowBitsTaken(uint64_t id) const {
 }
 
 absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::string> client_addresses,
-                                                      transport::TcpSegments client_tcp) {
+                                                      transport::TcpSegments client_tcp,
+                                                      absl::string_view owner) {
   if (client_addresses.size() != lanes()) {
     return absl::InvalidArgumentError(absl::StrCat("worker_addresses: ", client_addresses.size(),
                                                    " given, the node has ", lanes(),
@@ -139,10 +140,30 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
       return absl::ResourceExhaustedError(
           absl::StrCat("data channels: the node holds its maximum of ", options_.max_channels));
     }
+    if (options_.max_channels_per_owner > 0 && !owner.empty()) {
+      // Counted over the open channels: ConnectData is rare next to the calls that use them.
+      auto held = connecting_by_owner_.find(owner);
+      uint64_t n = held == connecting_by_owner_.end() ? 0 : held->second;
+      for (const auto& [id, open] : channels_) n += open.owner == owner ? 1 : 0;
+      if (n >= options_.max_channels_per_owner) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "data channels: ", owner, " holds ", n,
+            ", its maximum (tenant_data_channels); close idle clients, or share one client"));
+      }
+    }
     ++connecting_;
+    if (!owner.empty()) ++connecting_by_owner_[owner];
   }
+  // Ends the connect's count, under mu_.
+  auto connected = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    --connecting_;
+    if (owner.empty()) return;
+    auto it = connecting_by_owner_.find(owner);
+    if (--it->second == 0) connecting_by_owner_.erase(it);
+  };
   ChannelState state;
   state.last_used = absl::Now();
+  state.owner = std::string(owner);
   const std::vector<std::shared_ptr<transport::Worker>> lanes = Lanes();
   Channel out;
   for (size_t lane = 0; lane < lanes.size(); ++lane) {
@@ -150,7 +171,7 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
     if (!ep.ok()) {
       Disconnect(0, state);
       absl::MutexLock lock(&mu_);
-      --connecting_;
+      connected();
       return absl::Status(ep.status().code(),
                           absl::StrCat("worker_addresses[", lane, "]: ", ep.status().message()));
     }
@@ -162,7 +183,7 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
   out.transport = info.ok() ? *info : "unknown";
   {
     absl::MutexLock lock(&mu_);
-    --connecting_;
+    connected();
     // A lane replaced meanwhile (data_plane_lanes.cc) leaves this channel on a wedged worker.
     if (lanes_ == lanes) {
       // Random, not counted: naming a channel id in GetData/PutData/CloseData is the

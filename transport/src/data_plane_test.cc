@@ -38,13 +38,14 @@ class DataPlaneTest : public ::testing::Test {
  protected:
   void SetUp() override { Init(1024); }
 
-  void Init(uint64_t max_channels) {
+  void Init(uint64_t max_channels, uint64_t per_owner = 0) {
     arena_.resize(1 << 20);
     DataPlaneOptions o;
     o.tls = "tcp";
     o.unclaimed_timeout = kTimeout;
     o.max_block_bytes = 64 << 10;
     o.max_channels = max_channels;
+    o.max_channels_per_owner = per_owner;
     auto plane = DataPlane::Create(o, arena_.data(), arena_.size());
     ASSERT_THAT(plane, IsOk());
     plane_ = std::move(*plane);
@@ -175,6 +176,31 @@ TEST_F(DataPlaneTest, ConnectsAtOnceStayWithinMaxChannels) {
   EXPECT_EQ(opened.load(), 2);
   EXPECT_EQ(refused.load(), kClients - 2);
   EXPECT_EQ(plane_->channels(), 2u);
+}
+
+// One owner (a node's tenant) holds at most max_channels_per_owner channels; another owner, and
+// callers without one, still connect, and a channel closed makes room for the owner again.
+TEST_F(DataPlaneTest, OneOwnerHoldsAtMostItsShareOfTheChannels) {
+  plane_.reset();
+  Init(8, 2);
+  auto context = Context::Create(TransportOptions{"tcp", {}, true});
+  ASSERT_THAT(context, IsOk());
+  auto worker = (*context)->CreateWorker();
+  ASSERT_THAT(worker, IsOk());
+  const std::string address = (*worker)->Address();
+  auto connect = [&](absl::string_view owner) {
+    return plane_->Connect({&address, 1}, (*context)->tcp_segments(), owner);
+  };
+  auto a1 = connect("tenant-a");
+  ASSERT_THAT(a1, IsOk());
+  ASSERT_THAT(connect("tenant-a"), IsOk());
+  EXPECT_THAT(connect("tenant-a"), testutil::StatusIs(absl::StatusCode::kResourceExhausted,
+                                                      ::testing::HasSubstr("tenant-a holds 2")));
+  EXPECT_THAT(connect("tenant-b"), IsOk());
+  for (int i = 0; i < 3; ++i) EXPECT_THAT(connect(""), IsOk());
+  ASSERT_THAT(plane_->Close(a1->id), IsOk());
+  EXPECT_THAT(connect("tenant-a"), IsOk());
+  EXPECT_EQ(plane_->channels(), 6u);
 }
 
 // Over shared memory a lane that stops reading (Worker::StallForTest, as a wedged receive

@@ -33,6 +33,8 @@ struct NodeConfig {
   std::string ucx_tls = "tcp";
   uint64_t ucx_lanes = 0;             // workers (progress threads); 0: AutoUcxLanes()
   uint64_t max_data_channels = 1024;  // open ConnectData channels
+  // Of those, one tenant's at most with auth_mode required (0: no cap below the node's).
+  uint64_t tenant_data_channels = 256;
   // A client's UCX message no call claims for this long closes its data channel (its bytes
   // would otherwise stay in UCX's unexpected queue for good).
   uint64_t ucx_unclaimed_timeout_ms = 30000;

@@ -22,6 +22,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -43,6 +44,9 @@ struct DataPlaneOptions {
   std::string tls;  // UCX_TLS; "shm" means "posix,sysv,cma,self" (peer-failure handling off)
   uint32_t lanes = 1;
   uint64_t max_channels = 1024;
+  // Channels one owner (Connect's `owner`: a node's tenant) may hold open at most; 0: no cap
+  // below max_channels. So one tenant cannot take every channel and lock the others out.
+  uint64_t max_channels_per_owner = 0;
   absl::Duration channel_idle = absl::Minutes(10);  // unused channels are closed after this
   uint64_t max_block_bytes = 16 << 20;  // size of the discard buffer for refused messages
   // A client's two-sided message that no call claims for this long (its PutData never reached
@@ -75,12 +79,13 @@ class DataPlane {
   // Whether channel `channel_id` is open.
   bool Knows(uint64_t channel_id) const;
 
-  // Connects lane i to client_addresses[i]. INVALID_ARGUMENT: not exactly lanes() addresses
-  // or one is not a worker address; RESOURCE_EXHAUSTED: max_channels open; FAILED_PRECONDITION:
-  // the client's tcp segment sizes (zero fields: UCX's defaults) do not fit ours
-  // (CheckTcpSegments).
+  // Connects lane i to client_addresses[i] for `owner` (empty: none, never capped).
+  // INVALID_ARGUMENT: not exactly lanes() addresses or one is not a worker address;
+  // RESOURCE_EXHAUSTED: max_channels open, or max_channels_per_owner of the owner's;
+  // FAILED_PRECONDITION: the client's tcp segment sizes (zero fields: UCX's defaults) do not
+  // fit ours (CheckTcpSegments).
   absl::StatusOr<Channel> Connect(std::span<const std::string> client_addresses,
-                                  transport::TcpSegments client_tcp);
+                                  transport::TcpSegments client_tcp, absl::string_view owner = {});
   // Ours, for the client to check (ConnectDataResponse).
   transport::TcpSegments tcp_segments() const;
   // NOT_FOUND for an unknown channel.
@@ -151,6 +156,7 @@ class DataPlane {
     // Per lane, the worker endpoints[lane] is on (a lane's worker may be replaced since).
     std::vector<std::shared_ptr<transport::Worker>> workers;
     absl::Time last_used;
+    std::string owner;
   };
   // The lane checker's view of one lane: its endpoints to and from the worker it checked.
   struct Probe {
@@ -220,6 +226,8 @@ class DataPlane {
   absl::flat_hash_map<uint64_t, ChannelState> channels_ ABSL_GUARDED_BY(mu_);
   // Channels being connected: counted against max_channels with channels_.
   size_t connecting_ ABSL_GUARDED_BY(mu_) = 0;
+  // The same per owner (those with a connect under way only).
+  absl::flat_hash_map<std::string, uint64_t> connecting_by_owner_ ABSL_GUARDED_BY(mu_);
   uint64_t next_channel_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<Refused> refused_ ABSL_GUARDED_BY(mu_);
   std::vector<Closed> closed_ ABSL_GUARDED_BY(mu_);
