@@ -34,6 +34,9 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddBytes("max_inline_bytes", &c->max_inline_bytes,
              "Most payload bytes one call may carry inline over gRPC.");
   s.AddUint("max_namespaces", &c->max_namespaces, "Most namespaces one node registers.");
+  s.AddUint("tenant_namespaces", &c->tenant_namespaces,
+            "New namespaces one tenant may register while the node runs, with auth_mode "
+            "required (admins not counted; 0: up to max_namespaces).");
   s.AddString("ucx_tls", &c->ucx_tls,
               "UCX transports of the data plane (UCX_TLS): tcp, shm (posix,sysv,cma,self; "
               "co-located trusted clients), rc,sm ...; empty: inline gRPC payloads only.");

@@ -131,7 +131,30 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext* ctx,
       }
     }
   }
+  // One tenant must not use up the node's max_namespaces for every other: a namespace it adds
+  // (not one already here) counts against its tenant_namespaces.
+  std::string counted;
+  if (auth_ != nullptr && auth_->required() && config_.tenant_namespaces > 0 &&
+      ValidateNamespaceSpec(spec).ok() && !store_->GetNamespace(ComputeNamespaceId(spec)).ok()) {
+    absl::StatusOr<Principal> who = Caller(ctx);
+    if (who.ok() && !who->Has(kRoleAdmin)) {
+      absl::MutexLock lock(&tenant_namespaces_mu_);
+      uint64_t& added = tenant_namespaces_[who->tenant];
+      if (added >= config_.tenant_namespaces) {
+        metrics_->AddDenied(who->tenant, absl::StatusCode::kResourceExhausted);
+        return call.Done(absl::ResourceExhaustedError(absl::StrCat(
+            "namespaces: tenant ", who->tenant, " added ", added,
+            " to this node, its maximum (tenant_namespaces); reuse a registered one")));
+      }
+      ++added;  // taken before registering, so registrations at once cannot overshoot
+      counted = who->tenant;
+    }
+  }
   absl::StatusOr<NamespaceId> id = store_->RegisterNamespace(spec);
+  if (!counted.empty() && !id.ok()) {
+    absl::MutexLock lock(&tenant_namespaces_mu_);
+    --tenant_namespaces_[counted];
+  }
   if (!id.ok()) return call.Done(id.status());
   resp->set_namespace_id(*id);
   spdlog::info("namespace 0x{:016x} registered: model={} dtype={} block_tokens={} tp={}/{}", *id,

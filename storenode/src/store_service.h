@@ -8,6 +8,8 @@
 #include <atomic>
 #include <memory>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "auth.h"
 #include "cancel_watch.h"
 #include "directory.h"
@@ -166,6 +168,11 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // Set once a block or directory entry was written to `shared` (or found there at start):
   // until then private reads skip the shared probe.
   std::atomic<bool> shared_used_{false};
+  // New namespaces each tenant added since the node started (tenant_namespaces; auth required,
+  // admins not counted): max_namespaces is the node's, shared by every tenant.
+  absl::Mutex tenant_namespaces_mu_;
+  absl::flat_hash_map<std::string, uint64_t> tenant_namespaces_
+      ABSL_GUARDED_BY(tenant_namespaces_mu_);
   std::atomic<const cluster::Membership*> membership_{nullptr};
   std::atomic<const Rebalancer*> rebalancer_{nullptr};
   Directory directory_;

@@ -586,5 +586,31 @@ TEST_F(TenancyTest, DataChannelsAreCappedPerTenant) {
   EXPECT_THAT((*third)->Stats(), IsOk());
 }
 
+// A tenant adds at most --tenant-namespaces new namespaces to a node: A's third new model is
+// refused RESOURCE_EXHAUSTED naming the cap, while A re-registering one it has, B adding a new
+// one, and an admin adding one more all pass.
+TEST_F(TenancyTest, NewNamespacesAreCappedPerTenant) {
+  std::vector<std::string> args = CommonArgs();
+  args.insert(args.end(), {"--tenant-namespaces", "2"});
+  auto node = testutil::StartNode(args);
+  ASSERT_THAT(node, IsOk());
+  auto as = [&](const char* token) { return StoreClient::Connect(Options(node->get(), token)); };
+  auto a = as(kTokens[0].token);
+  auto b = as(kTokens[1].token);
+  auto admin = as(kTokens[4].token);
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  ASSERT_THAT(admin, IsOk());
+  ASSERT_THAT((*a)->RegisterNamespace(testutil::RawSpec("model-1", 1 << 20)), IsOk());
+  ASSERT_THAT((*a)->RegisterNamespace(testutil::RawSpec("model-2", 1 << 20)), IsOk());
+  EXPECT_THAT((*a)->RegisterNamespace(testutil::RawSpec("model-3", 1 << 20)),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("tenant tenant-a added 2")));
+  EXPECT_THAT((*a)->RegisterNamespace(testutil::RawSpec("model-1", 1 << 20)), IsOk());
+  EXPECT_THAT((*b)->RegisterNamespace(testutil::RawSpec("model-3", 1 << 20)), IsOk());
+  EXPECT_THAT((*a)->RegisterNamespace(testutil::RawSpec("model-3", 1 << 20)), IsOk())
+      << "B's namespace is there now";
+  EXPECT_THAT((*admin)->RegisterNamespace(testutil::RawSpec("model-4", 1 << 20)), IsOk());
+}
+
 }  // namespace
 }  // namespace strata

@@ -46,6 +46,9 @@ struct NodeConfig {
   // block size, and its pins last no longer than the call).
   uint64_t max_transfer_bytes = 1ull << 30;
   uint64_t max_namespaces = 1024;
+  // New namespaces one tenant may add while the node runs, with auth_mode required (admins
+  // not counted; 0: up to max_namespaces).
+  uint64_t tenant_namespaces = 256;
 
   // Cool and cold tiers (RocksDB); an empty path leaves the tier out.
   std::string cool_path;
