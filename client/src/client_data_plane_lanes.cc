@@ -92,8 +92,9 @@ void ClientDataPlane::ReplaceLane(size_t lane) {
     // call connects again (a call on it fails UNAVAILABLE and goes again on a fresh channel).
     // Abandoned as a Fence does: the node's requests still to come no longer reach the
     // buffers of calls that are giving up.
-    for (size_t k = 0; k < endpoints_.size(); ++k)
+    for (size_t k = 0; k < endpoints_.size(); ++k) {
       workers_[k]->Abandon(endpoints_[k]).IgnoreError();
+    }
     endpoints_.clear();
     wired_channel_ = 0;
     retired_.push_back(std::exchange(workers_[lane], std::move(*fresh)));
