@@ -572,6 +572,7 @@ TEST_F(TieredStoreTest, ACoolTierThatCannotDeleteItsVictimsStopsCopyingThemDown)
   EXPECT_EQ(st.cool->blocks, 300u);
   EXPECT_EQ(st.warm.blocks, 10u);
   EXPECT_EQ(st.disk_evictions, 0u);
+  EXPECT_EQ(st.cool_demotions, 0u) << "a copy whose cool original stays is no demotion";
 }
 
 }  // namespace
