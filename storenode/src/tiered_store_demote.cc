@@ -18,10 +18,6 @@ namespace {
 
 // What one MakeRoom call moves out at most beyond its incoming block.
 constexpr uint64_t kMakeRoomStepBytes = 64ull << 20;
-// How long a disk tier that failed to delete a victim makes no room (MakeRoom).
-// Short: a tier paused makes no room for the tier above either, whose victims it then
-// refuses once full (they leave the node), so a passing failure must not cost long.
-constexpr int64_t kRoomPauseAfterFailureMs = 1'000;
 
 }  // namespace
 
@@ -79,11 +75,12 @@ void TieredStore::MakeRoom(DiskTier* tier, DiskTier* below, uint64_t bytes) {
       // would be copied below and kept here too, every demoter tick, the same victims each
       // time. It keeps the rest, which rank again, and makes no room for a while.
       tier->Rank(std::span(victims).subspan(i + 1));
-      paused_until_ms.store(SteadyNowMs() + kRoomPauseAfterFailureMs, std::memory_order_relaxed);
+      paused_until_ms.store(SteadyNowMs() + static_cast<int64_t>(options_.disk_room_pause_ms),
+                            std::memory_order_relaxed);
       static std::atomic<int64_t> last_pause_warning_s{0};
       if (DueForWarning(last_pause_warning_s)) {
         spdlog::warn("{}: cannot delete its victims ({}); making no room for {} ms", tier->name(),
-                     deleted.ToString(), kRoomPauseAfterFailureMs);
+                     deleted.ToString(), options_.disk_room_pause_ms);
       }
       break;
     }

@@ -40,6 +40,10 @@ struct TieredStoreOptions {
   double warm_low_watermark = 0.80;
   double disk_high_watermark = 0.95;
   double disk_low_watermark = 0.85;
+  // How long a disk tier whose victim could not be deleted makes no room (MakeRoom). Short:
+  // a paused cold tier makes no room for cool's victims either, and refuses them once full
+  // (they leave the node), so a passing failure must not cost long.
+  uint64_t disk_room_pause_ms = 1000;
   bool promote_on_get = true;
   uint64_t demote_interval_ms = 50;
   uint64_t session_idle_ms = 0;  // sessions without a put for this long pause on their own; 0 off
