@@ -185,7 +185,7 @@ class ClientDataPlane {
 
   // The lane checker (shared memory only): its own worker, its thread and what wakes it.
   std::unique_ptr<transport::Worker> probe_;  // checker thread only
-  uint64_t probe_seq_ = 0;                    // checker thread only
+  uint32_t probe_seq_ = 0;                    // checker thread only
   absl::Mutex check_mu_;
   bool check_due_ ABSL_GUARDED_BY(check_mu_) = false;
   bool stop_checking_ ABSL_GUARDED_BY(check_mu_) = false;

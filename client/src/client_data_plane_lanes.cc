@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "client_data_plane.h"
 #include "spdlog/spdlog.h"
 
@@ -55,20 +54,7 @@ bool ClientDataPlane::ProbeLane(size_t lane) {
   absl::StatusOr<transport::EndpointId> to = probe_->Connect(worker->Address());
   absl::StatusOr<transport::EndpointId> from = worker->Connect(probe_->Address());
   absl::Status s = !to.ok() ? to.status() : from.status();
-  if (s.ok()) {
-    // Tags of channel messages carry a nonzero channel prefix: these name none.
-    const uint64_t tag = ++probe_seq_;
-    const uint8_t sent = 1;
-    uint8_t got = 0;
-    size_t received = 0;
-    const transport::TransferOp send = transport::TransferOp::Send(&sent, 1, tag);
-    const transport::TransferOp recv = transport::TransferOp::Recv(&got, 1, tag, &received);
-    s = probe_->Transfer(*to, {&send, 1}, absl::Now() + DataPlane::kLaneProbeWait);
-    if (s.ok()) s = worker->Transfer(*from, {&recv, 1}, absl::Now() + DataPlane::kLaneProbeWait);
-    // Anything else under prefix 0 (a late check message) goes.
-    const uint64_t none = 0;
-    worker->DropUnclaimed({&none, 1}, transport::kChannelTagMask);
-  }
+  if (s.ok()) s = transport::ExchangeLaneCheck(*probe_, *to, *worker, *from, ++probe_seq_);
   // A failed transfer retired its endpoints: abandoned, not closed gracefully.
   if (to.ok()) (s.ok() ? probe_->Disconnect(*to) : probe_->Abandon(*to)).IgnoreError();
   if (from.ok()) (s.ok() ? worker->Disconnect(*from) : worker->Abandon(*from)).IgnoreError();

@@ -48,18 +48,7 @@ bool DataPlane::ProbeLane(size_t lane) {
       return false;
     }
   }
-  // Tags of channel messages carry a nonzero channel prefix: these name none.
-  const uint64_t tag = ++probe_seq_;
-  const uint8_t sent = 1;
-  uint8_t got = 0;
-  size_t received = 0;
-  const TransferOp send = TransferOp::Send(&sent, 1, tag);
-  const TransferOp recv = TransferOp::Recv(&got, 1, tag, &received);
-  absl::Status s = probe_->Transfer(p.to_lane, {&send, 1}, absl::Now() + kLaneProbeWait);
-  if (s.ok()) s = worker->Transfer(p.from_lane, {&recv, 1}, absl::Now() + kLaneProbeWait);
-  // Anything else under prefix 0 (a late check message, or a client's) goes.
-  const uint64_t none = 0;
-  worker->DropUnclaimed({&none, 1}, kChannelTagMask);
+  absl::Status s = ExchangeLaneCheck(*probe_, p.to_lane, *worker, p.from_lane, ++probe_seq_);
   if (!s.ok()) {
     spdlog::warn("data plane lane {}: its check message did not arrive: {}", lane, s.ToString());
     forget();  // a failed transfer retires its endpoints: the next check connects anew
@@ -91,6 +80,22 @@ void DataPlane::ReplaceLane(size_t lane) {
       lane, kLaneStrikes, closing.size());
   for (const auto& [id, channel] : closing) Disconnect(id, channel);
   lanes_replaced_.fetch_add(1, std::memory_order_relaxed);
+}
+
+absl::Status ExchangeLaneCheck(Worker& probe, EndpointId to_lane, Worker& lane,
+                               EndpointId from_probe, uint64_t tag) {
+  // Tags of channel messages carry a nonzero channel prefix: these name none.
+  tag &= ~kChannelTagMask;
+  const uint8_t sent = 1;
+  uint8_t got = 0;
+  size_t received = 0;
+  const TransferOp send = TransferOp::Send(&sent, 1, tag);
+  const TransferOp recv = TransferOp::Recv(&got, 1, tag, &received);
+  absl::Status s = probe.Transfer(to_lane, {&send, 1}, absl::Now() + DataPlane::kLaneProbeWait);
+  if (s.ok()) s = lane.Transfer(from_probe, {&recv, 1}, absl::Now() + DataPlane::kLaneProbeWait);
+  const uint64_t none = 0;
+  lane.DropUnclaimed({&none, 1}, kChannelTagMask);
+  return s;
 }
 
 absl::Status DataPlane::StallLaneForTest(uint32_t lane) {

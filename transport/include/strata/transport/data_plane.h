@@ -233,4 +233,11 @@ class DataPlane {
   std::vector<Closed> closed_ ABSL_GUARDED_BY(mu_);
 };
 
+// One check of a lane (DataPlane's "A wedged lane", and the client's): a one-byte message
+// sent by `probe` over `to_lane` and received by `lane` over `from_probe`, each within
+// DataPlane::kLaneProbeWait, under `tag` (prefix 0: no channel's); then `lane` drops any
+// other message left under prefix 0 (a late check's). OK when the message arrived.
+absl::Status ExchangeLaneCheck(Worker& probe, EndpointId to_lane, Worker& lane,
+                               EndpointId from_probe, uint64_t tag);
+
 }  // namespace strata::transport
