@@ -590,33 +590,38 @@ bool TieredStore::NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out
   while (out->size() == first) {
     switch (walk->stage) {
       case 0:
-        walk->warm = warm_->Keys();
-        std::sort(walk->warm.begin(), walk->warm.end(), KeyOrder);
-        // A block dropped and stored again while Keys() read the pages may come twice.
-        walk->warm.erase(std::unique(walk->warm.begin(), walk->warm.end()), walk->warm.end());
-        walk->warm_next = 0;
+        walk->warm = warm_->BeginKeys();
+        walk->warm_keys.clear();
         walk->stage = 1;
         break;
       case 1: {
-        const size_t n = std::min(max, walk->warm.size() - walk->warm_next);
-        auto from = walk->warm.begin() + static_cast<std::ptrdiff_t>(walk->warm_next);
-        // Copied, not moved: stages 2 and 3 search walk->warm for the disk copies.
-        out->insert(out->end(), from, from + static_cast<std::ptrdiff_t>(n));
-        walk->warm_next += n;
-        if (walk->warm_next == walk->warm.size()) walk->stage = 2;
+        // A few pages at a time: a walk holds no list of the warm blocks (a million keys on an
+        // arena of small blocks would be ~100 MB outside every budget).
+        std::vector<BlockKey>& keys = walk->warm_keys;
+        if (keys.size() < max && !warm_->NextKeys(&walk->warm, max - keys.size(), &keys) &&
+            keys.empty()) {
+          walk->stage = 2;  // no page left, every key given
+          break;
+        }
+        std::sort(keys.begin(), keys.end(), KeyOrder);
+        const auto n = static_cast<std::ptrdiff_t>(std::min(max, keys.size()));
+        out->insert(out->end(), std::make_move_iterator(keys.begin()),
+                    std::make_move_iterator(keys.begin() + n));
+        keys.erase(keys.begin(), keys.begin() + n);
         break;
       }
       case 2:
       case 3: {
         DiskTier* tier = walk->stage == 2 ? cool_.get() : cold_.get();
         const bool more = tier != nullptr && tier->KeysAfter(&walk->disk_cursor, max, out);
-        // Blocks the warm snapshot gave came there (a promoted block keeps its disk copy); one
-        // promoted since is not in it and comes here. Cold blocks cool holds come from cool.
+        // Blocks warm has held since the walk began came from there (a promoted block keeps
+        // its disk copy); one promoted since the walk began came not, and comes here. Cold
+        // blocks cool holds come from cool.
         const size_t got = out->size() - first;
         size_t kept = first;
         for (size_t i = 0; i < got; ++i) {
           const BlockKey& k = (*out)[first + i];
-          if (std::binary_search(walk->warm.begin(), walk->warm.end(), k, KeyOrder) ||
+          if (warm_->ResidentSince(k, walk->warm.before) ||
               (walk->stage == 3 && cool_ != nullptr && cool_->Find(k, /*touch=*/false)))
             continue;
           if (kept != first + i) (*out)[kept] = std::move((*out)[first + i]);

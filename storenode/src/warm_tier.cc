@@ -547,6 +547,7 @@ absl::StatusOr<std::vector<absl::Status>> WarmTier::CommitPut(uint64_t reservati
     }
     e->checksum = blocks[i - 1].checksum;
     e->state = Entry::State::kCommitted;
+    e->commit_seq = ++commits_;
     by_handle_[e->handle] = e;
     AdmitLocked(e);
     ++committed_;
@@ -705,28 +706,52 @@ absl::Status WarmTier::CorruptForTest(const BlockKey& key, uint64_t offset) {
 }
 
 std::vector<BlockKey> WarmTier::Keys() const {
+  std::vector<BlockKey> keys;
+  KeyCursor all{.page = 0, .before = UINT64_MAX};
+  while (NextKeys(&all, SIZE_MAX, &keys)) {
+  }
+  return keys;
+}
+
+WarmTier::KeyCursor WarmTier::BeginKeys() const {
+  absl::MutexLock lock(&mu_);
+  return KeyCursor{.page = 0, .before = commits_ + 1};
+}
+
+bool WarmTier::NextKeys(KeyCursor* cursor, size_t min, std::vector<BlockKey>* out) const {
   // A page at a time under the lock, so that a walk over millions of blocks (the rebalancer's,
   // every rebalance_interval) holds it for one page's slots at most, and puts and gets go on
   // between pages. A block keeps its slot while it is resident, so each block resident for
-  // the whole walk is listed once; one added or removed meanwhile may be listed or not, and
-  // one removed and stored again (in a page not read yet) twice.
+  // the whole walk is listed once; one removed and stored again has a later commit, and is not.
   // (The list grows outside the lock: moving a million keys to a larger vector takes long.)
-  std::vector<BlockKey> keys, page_keys;
-  for (uint32_t page = 0;; ++page) {
+  const size_t first = out->size();
+  std::vector<BlockKey> page_keys;
+  bool read = false;
+  while (out->size() - first < min) {
     page_keys.clear();
     {
       absl::MutexLock lock(&mu_);
-      if (page >= slot_owner_.size()) break;
-      for (Entry* e : slot_owner_[page]) {
+      if (cursor->page >= slot_owner_.size()) break;
+      for (Entry* e : slot_owner_[cursor->page]) {
         if (e == nullptr || e->state != Entry::State::kCommitted) continue;
+        if (e->commit_seq >= cursor->before) continue;
         if (!doomed_.empty() && doomed_.contains(e)) continue;  // deleted, still pinned
         page_keys.push_back(e->key);
       }
     }
-    keys.insert(keys.end(), std::make_move_iterator(page_keys.begin()),
+    ++cursor->page;
+    read = true;
+    out->insert(out->end(), std::make_move_iterator(page_keys.begin()),
                 std::make_move_iterator(page_keys.end()));
   }
-  return keys;
+  return read;
+}
+
+bool WarmTier::ResidentSince(const BlockKey& key, uint64_t before) const {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  return it != index_.end() && it->second->state == Entry::State::kCommitted &&
+         it->second->commit_seq < before;
 }
 
 std::vector<std::pair<std::string, uint64_t>> WarmTier::ScopeBytes() const {

@@ -292,5 +292,39 @@ TEST_F(WarmTierTest, KeysListsEachCommittedBlockOnceWhilePutsAndDeletesGoOn) {
   ASSERT_THAT(tier_->AbortPut(open.reservation_id), IsOk());
 }
 
+// A walk (BeginKeys, NextKeys) lists the blocks committed before it began: not one put after,
+// nor one deleted and put again after (ResidentSince says the same of each), while it holds
+// no more than the pages it read (the rebalancer's walk keeps no list of the warm blocks).
+TEST_F(WarmTierTest, AWalkListsTheBlocksCommittedBeforeItBegan) {
+  Init(16 * kPage);  // 15 blocks, a page each, none evicted
+  for (uint32_t n = 0; n < 10; ++n) ASSERT_THAT(PutN(n, kPage), IsOk());
+  WarmTier::KeyCursor walk = tier_->BeginKeys();
+  for (uint32_t n = 10; n < 15; ++n) ASSERT_THAT(PutN(n, kPage), IsOk());
+  ASSERT_EQ(tier_->Delete(ns_, "s", Hashes{H(3)}), 1u);
+  ASSERT_THAT(PutN(3, kPage), IsOk());
+  std::vector<ChainHash> got;
+  std::vector<BlockKey> keys;
+  int calls = 0;
+  while (tier_->NextKeys(&walk, 2, &keys)) {
+    ++calls;
+    // Pages of one block each: a call reads two pages at most.
+    ASSERT_LE(keys.size(), 2u) << "call " << calls;
+    for (const BlockKey& k : keys) got.push_back(k.hash);
+    keys.clear();
+  }
+  EXPECT_GE(calls, 5);
+  std::vector<ChainHash> want;
+  for (uint32_t n = 0; n < 10; ++n) {
+    if (n != 3) want.push_back(H(n));
+  }
+  EXPECT_THAT(got, ::testing::UnorderedElementsAreArray(want));
+  const uint64_t before = walk.before;
+  EXPECT_TRUE(tier_->ResidentSince(BlockKey{ns_, "s", H(0)}, before));
+  EXPECT_FALSE(tier_->ResidentSince(BlockKey{ns_, "s", H(3)}, before)) << "put again since";
+  EXPECT_FALSE(tier_->ResidentSince(BlockKey{ns_, "s", H(12)}, before)) << "put since";
+  EXPECT_TRUE(tier_->ResidentSince(BlockKey{ns_, "s", H(12)}, tier_->BeginKeys().before));
+  EXPECT_EQ(tier_->Keys().size(), 15u);
+}
+
 }  // namespace
 }  // namespace strata::storenode::warm_tier_test

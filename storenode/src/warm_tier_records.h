@@ -19,7 +19,8 @@ struct WarmTier::Entry {
   State state = State::kReserved;
   uint32_t pins = 0;
   uint64_t last_tick = 0;
-  uint64_t handle = 0;  // PolicyHandle(key)
+  uint64_t commit_seq = 0;  // when committed: WarmTier::commits_ after its commit
+  uint64_t handle = 0;      // PolicyHandle(key)
   uint64_t parent_handle = kNoBlock;
   uint32_t depth = 0;
   float importance = 0;

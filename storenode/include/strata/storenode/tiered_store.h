@@ -166,17 +166,18 @@ class TieredStore {
   // What each scope holds per tier; only scopes holding some (for /metrics).
   std::vector<ScopeUse> ScopeBytes() const;
   // A walk over the keys of every block held on any tier, for background passes (the
-  // rebalancer). Warm keys come first, from a snapshot sorted by namespace, scope and hash
-  // (one key per block the arena holds: bounded by warm_bytes; kept for the walk), then the
-  // cool and the cold tier's keys in their order, read from RocksDB a few at a time
-  // (DiskTier::KeysAfter), so a walk never copies a disk tier's index. A disk key the warm
-  // snapshot gave is skipped, and a cold key cool holds when its turn comes. So each block
-  // comes once, also one promoted to warm during the walk; one stored during the walk may or
-  // may not come, and one moved from cool to cold meanwhile may come twice.
+  // rebalancer), holding no list of them. Warm keys come first, a few slab pages at a time
+  // (WarmTier::NextKeys: blocks committed before the walk began), then the cool and the cold
+  // tier's keys in their order, read from RocksDB a few at a time (DiskTier::KeysAfter), so a
+  // walk never copies an index. A disk key is skipped if warm has held the block since the
+  // walk began (WarmTier::ResidentSince: warm gave it), and a cold key cool holds when its turn
+  // comes. So each block comes once, also one promoted to warm during the walk; one stored
+  // during the walk may or may not come, and one moved down a tier meanwhile may come twice.
   struct KeyWalk {
     int stage = 0;  // 0 start, 1 warm, 2 cool, 3 cold, 4 done
-    std::vector<BlockKey> warm;
-    size_t warm_next = 0;
+    WarmTier::KeyCursor warm;
+    // Warm keys read and not given yet, sorted: fewer than one page's blocks after a call.
+    std::vector<BlockKey> warm_keys;
     std::string disk_cursor;
   };
   // Appends the walk's next keys to *out: at most `max` (> 0), in runs of one namespace and

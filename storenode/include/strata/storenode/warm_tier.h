@@ -270,6 +270,21 @@ class WarmTier {
   // listed once; one stored or dropped meanwhile may be listed or not (or twice: dropped and
   // stored again in a page not read yet).
   std::vector<BlockKey> Keys() const;
+  // A walk over the committed blocks a few pages at a time, holding no list of them (the
+  // rebalancer's, through TieredStore::NextKeys). It lists the blocks committed before it
+  // began that are resident when their page is read: each block resident throughout once,
+  // none committed since.
+  struct KeyCursor {
+    uint32_t page = 0;    // the next page to read
+    uint64_t before = 0;  // lists blocks whose commit came before this one
+  };
+  KeyCursor BeginKeys() const;
+  // Appends the keys the walk lists on its next pages, reading pages until at least `min`
+  // keys came or none is left (a page's blocks are all appended). False when no page was left.
+  bool NextKeys(KeyCursor* cursor, size_t min, std::vector<BlockKey>* out) const;
+  // Whether the block is resident and was committed before `before`: resident since a walk
+  // begun at `before` began, so that walk lists it.
+  bool ResidentSince(const BlockKey& key, uint64_t before) const;
   // Arena bytes a block of `size` takes: its slot, min_slot_bytes or more (`size` itself for a
   // size BeginPut refuses).
   uint64_t SlotBytes(uint64_t size) const {
@@ -360,6 +375,7 @@ class WarmTier {
   // Slab bytes (reserved and committed) per scope, shared included; scopes at zero are dropped.
   absl::flat_hash_map<std::string, uint64_t> scope_used_ ABSL_GUARDED_BY(mu_);
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t commits_ ABSL_GUARDED_BY(mu_) = 0;  // commits so far: Entry::commit_seq's clock
   uint64_t pinned_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t held_leases_ ABSL_GUARDED_BY(mu_) = 0;  // leases marked by HoldLease
   uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;   // their Lease::bytes
