@@ -5,8 +5,9 @@
 // nodes in parallel.
 //
 // Reads fail over: a block that a node does not answer for (or, for Get, does not hold) is
-// asked of its next owner, then of its owner under the previous member set (a node that
-// just joined has not received its blocks yet). A Get that finds a block away from its
+// asked of its next owner, then of its owners under the previous member sets (a node that
+// just joined has not received its blocks yet; after two joins in a row a block may still sit
+// where the set before both placed it). A Get that finds a block away from its
 // owners copies it to them (read-repair). A request routed by a stale epoch is refused by
 // the node (FAILED_PRECONDITION); the client re-reads the member set and retries once.
 #include <algorithm>
@@ -148,7 +149,7 @@ class ClusterStoreClient final : public StoreClient {
       const std::vector<bool> slow = nodes_.SlowNow(set->members);
       const bool any_slow = std::find(slow.begin(), slow.end(), true) != slow.end();
       for (size_t i = 0; i < n; ++i) {
-        cand[i] = cluster::ReadCandidates(*set, nullptr, hashes[i], replicas);
+        cand[i] = cluster::ReadCandidates(*set, {}, hashes[i], replicas);
         if (any_slow) SlowLast(cand[i], slow);
       }
       std::vector<BlockLocation> out(n);
@@ -474,10 +475,20 @@ class ClusterStoreClient final : public StoreClient {
     return total;
   }
 
-  // The previous member set while blocks may still sit where it placed them, else null.
-  std::shared_ptr<const MemberSet> RecentPrevious(const MemberSet& current) const {
-    if (absl::Now() - current.since > kPreviousSetGrace) return nullptr;
-    return membership_->Previous();
+  // The member sets before `current` (newest first) while blocks may still sit where they
+  // placed them: each until kPreviousSetGrace after the set that replaced it came. Two joins
+  // in a row leave a block at its owner under the set before both until it moves.
+  std::vector<std::shared_ptr<const MemberSet>> RecentPrevious(const MemberSet& current) const {
+    std::vector<std::shared_ptr<const MemberSet>> sets = membership_->PreviousSets();
+    const absl::Time now = absl::Now();
+    absl::Time replaced = current.since;  // when the set at `kept` stopped placing blocks
+    size_t kept = 0;
+    while (kept < sets.size() && now - replaced <= kPreviousSetGrace) {
+      replaced = sets[kept]->since;
+      ++kept;
+    }
+    sets.resize(kept);
+    return sets;
   }
 
   absl::Status NoMember() const {
@@ -489,7 +500,7 @@ class ClusterStoreClient final : public StoreClient {
                                           std::span<const ChainHash> hashes, absl::Time end) {
     std::shared_ptr<const MemberSet> set = membership_->Current();
     if (set->members.empty()) return NoMember();  // the set may have emptied since the check
-    std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
+    const std::vector<std::shared_ptr<const MemberSet>> prev = RecentPrevious(*set);
     const int replicas = Replicas(*set);
     const size_t n = hashes.size();
     const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
@@ -507,10 +518,12 @@ class ClusterStoreClient final : public StoreClient {
     // every block reported absent shortly after a change of the member set (its new owner may
     // not have it yet), or once a block its first owner lacked turned up at another (the
     // owners' copies have drifted apart: evictions differ per node).
-    bool wide = prev != nullptr;
+    bool wide = !prev.empty();
     const std::vector<bool> slow = nodes_.SlowNow(set->members);
     const bool any_slow = std::find(slow.begin(), slow.end(), true) != slow.end();
-    for (int round = 0; round < 2 * replicas + 4; ++round) {
+    // (Each block's list walked twice, past owners included, and a few rounds to spare.)
+    const int rounds = 2 * (replicas + static_cast<int>(prev.size())) + 4;
+    for (int round = 0; round < rounds; ++round) {
       std::vector<std::vector<size_t>> groups(set->members.size());
       for (auto& g : groups) g.reserve(round == 0 ? n / groups.size() + 64 : 0);
       bool any = false;
@@ -535,7 +548,7 @@ class ClusterStoreClient final : public StoreClient {
           // Past its first owner, or that owner is slow: the block's whole list, slow last.
           if (cand.empty()) cand.resize(n);
           if (cand[i].empty()) {
-            cand[i] = cluster::ReadCandidates(*set, prev.get(), hashes[i], replicas);
+            cand[i] = cluster::ReadCandidates(*set, prev, hashes[i], replicas);
             if (any_slow) SlowLast(cand[i], slow);
           }
           node = tried[i] < cand[i].size() ? cand[i][tried[i]] : -1;
@@ -636,7 +649,7 @@ class ClusterStoreClient final : public StoreClient {
                                     std::span<const BlockRead> blocks, absl::Time end,
                                     const GetOptions& get) {
     std::shared_ptr<const MemberSet> set = membership_->Current();
-    std::shared_ptr<const MemberSet> prev = RecentPrevious(*set);
+    const std::vector<std::shared_ptr<const MemberSet>> prev = RecentPrevious(*set);
     const size_t n = blocks.size();
     GetResult out;
     out.blocks.assign(n, absl::NotFoundError("block not stored"));
@@ -646,7 +659,7 @@ class ClusterStoreClient final : public StoreClient {
     const std::vector<bool> slow = nodes_.SlowNow(set->members);
     const bool any_slow = std::find(slow.begin(), slow.end(), true) != slow.end();
     for (size_t i = 0; i < n; ++i) {
-      cand[i] = cluster::ReadCandidates(*set, prev.get(), blocks[i].hash, replicas);
+      cand[i] = cluster::ReadCandidates(*set, prev, blocks[i].hash, replicas);
       if (any_slow) SlowLast(cand[i], slow);
     }
     std::vector<size_t> tried(n, 0);

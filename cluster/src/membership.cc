@@ -193,6 +193,10 @@ class Membership::Impl {
   }
   std::shared_ptr<const MemberSet> Previous() const {
     absl::MutexLock lock(&mu_);
+    return previous_.empty() ? nullptr : previous_.front();
+  }
+  std::vector<std::shared_ptr<const MemberSet>> PreviousSets() const {
+    absl::MutexLock lock(&mu_);
     return previous_;
   }
   bool connected() const {
@@ -571,7 +575,8 @@ class Membership::Impl {
       const bool members_changed = next.members != current_->members;
       if (!members_changed && next.epoch == current_->epoch) return;
       if (members_changed && listed_once_) {
-        previous_ = current_;
+        previous_.insert(previous_.begin(), current_);
+        if (previous_.size() > Membership::kPreviousSetsKept) previous_.pop_back();
         next.since = absl::Now();
       } else if (!members_changed) {
         next.since = current_->since;
@@ -597,7 +602,8 @@ class Membership::Impl {
   absl::Mutex deliver_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // Publish: one set's callbacks at a time
   mutable absl::Mutex mu_;
   std::shared_ptr<const MemberSet> current_ ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<const MemberSet> previous_ ABSL_GUARDED_BY(mu_);
+  // The sets before current_, newest first (Membership::kPreviousSetsKept at most).
+  std::vector<std::shared_ptr<const MemberSet>> previous_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Member> members_ ABSL_GUARDED_BY(mu_);
   uint64_t epoch_value_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t applied_revision_ ABSL_GUARDED_BY(mu_) = 0;
@@ -652,6 +658,9 @@ Membership::~Membership() = default;
 
 std::shared_ptr<const MemberSet> Membership::Current() const { return impl_->Current(); }
 std::shared_ptr<const MemberSet> Membership::Previous() const { return impl_->Previous(); }
+std::vector<std::shared_ptr<const MemberSet>> Membership::PreviousSets() const {
+  return impl_->PreviousSets();
+}
 bool Membership::connected() const { return impl_->connected(); }
 absl::Status Membership::Refresh(absl::Time deadline) { return impl_->Refresh(deadline); }
 void Membership::Leave() { impl_->Leave(); }

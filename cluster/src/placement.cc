@@ -90,13 +90,15 @@ int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& hash) {
   return best;
 }
 
-std::vector<int> ReadCandidates(const MemberSet& set, const MemberSet* previous,
+std::vector<int> ReadCandidates(const MemberSet& set,
+                                std::span<const std::shared_ptr<const MemberSet>> previous,
                                 const ChainHash& hash, int replicas) {
   std::vector<int> c = Owners(set.members, hash, replicas);
-  if (previous != nullptr) {
-    std::vector<int> old = Owners(previous->members, hash, 1);
-    if (!old.empty()) {
-      const int idx = set.Find(previous->members[old[0]].id);
+  if (!previous.empty()) {
+    for (const std::shared_ptr<const MemberSet>& before : previous) {
+      std::vector<int> old = Owners(before->members, hash, 1);
+      if (old.empty()) continue;
+      const int idx = set.Find(before->members[old[0]].id);
       if (idx >= 0 && std::find(c.begin(), c.end(), idx) == c.end()) c.push_back(idx);
     }
     const size_t once = c.size();

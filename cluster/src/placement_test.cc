@@ -139,32 +139,47 @@ TEST(PlacementTest, SeededScoresAreTheScores) {
     EXPECT_EQ(Owners(m, seeds, HashOf(b), 2), Owners(m, HashOf(b), 2));
 }
 
-// FirstOwner is Owners(...)[0]; a reader asks the owners, then the first owner under the
-// previous set if it is another member, and after a change walks that list twice.
-TEST(PlacementTest, ReadersAskTheOwnersThenThePreviousOwner) {
-  std::vector<Member> four = Nodes(4);
-  const std::vector<uint64_t> seeds = RendezvousSeeds(four);
-  MemberSet now{.epoch = 2, .members = four};
-  MemberSet before{.epoch = 1, .members = std::vector<Member>(four.begin(), four.begin() + 3)};
-  int moved = 0;
-  for (uint64_t b = 0; b < 64; ++b) {
+// FirstOwner is Owners(...)[0]; a reader asks the owners, then the first owner under each
+// previous set (newest first) if it is another member, and after a change walks that list
+// twice.
+TEST(PlacementTest, ReadersAskTheOwnersThenThePreviousOwners) {
+  std::vector<Member> five = Nodes(5);
+  const std::vector<uint64_t> seeds = RendezvousSeeds(five);
+  auto first_of = [](const std::vector<Member>& members, const ChainHash& h) {
+    return members[Owners(members, h, 1)[0]].id;
+  };
+  // Two joins in a row: three members, then four, then five.
+  MemberSet now{.epoch = 3, .members = five};
+  auto four = std::make_shared<const MemberSet>(
+      MemberSet{.epoch = 2, .members = std::vector<Member>(five.begin(), five.begin() + 4)});
+  auto three = std::make_shared<const MemberSet>(
+      MemberSet{.epoch = 1, .members = std::vector<Member>(five.begin(), five.begin() + 3)});
+  const std::vector<std::shared_ptr<const MemberSet>> before = {four, three};
+  int moved = 0, moved_twice = 0;
+  for (uint64_t b = 0; b < 256; ++b) {
     const ChainHash h = HashOf(b);
-    const std::vector<int> owners = Owners(four, h, 2);
+    const std::vector<int> owners = Owners(five, h, 2);
     EXPECT_EQ(FirstOwner(seeds, h), owners[0]);
-    EXPECT_EQ(ReadCandidates(now, nullptr, h, 2), owners);
-    // With one copy the new member takes over about a quarter: those have an extra candidate.
-    const std::vector<int> c = ReadCandidates(now, &before, h, 1);
-    const std::vector<int> first = Owners(four, h, 1);
-    const int old = now.Find(before.members[Owners(before.members, h, 1)[0]].id);
-    const bool extra = old != first[0];
-    moved += extra;
-    std::vector<int> once = first;
-    if (extra) once.push_back(old);
+    EXPECT_EQ(ReadCandidates(now, {}, h, 2), owners);
+    // With one copy each join takes over about a share of the blocks: those have an extra
+    // candidate per set they moved in.
+    const std::vector<int> c = ReadCandidates(now, before, h, 1);
+    std::vector<int> once = Owners(five, h, 1);
+    for (const std::string& id : {first_of(four->members, h), first_of(three->members, h)}) {
+      const int old = now.Find(id);
+      if (std::find(once.begin(), once.end(), old) == once.end()) once.push_back(old);
+    }
+    moved += once.size() > 1;
+    moved_twice += once.size() > 2;
     std::vector<int> twice = once;
     twice.insert(twice.end(), once.begin(), once.end());
     EXPECT_EQ(c, twice) << b;
+    if (once.size() > 2) {
+      EXPECT_EQ(c[2], now.Find(first_of(three->members, h))) << "the oldest set's owner last";
+    }
   }
   EXPECT_GT(moved, 0);
+  EXPECT_GT(moved_twice, 0) << "no block moved at both joins: the test shows nothing";
   EXPECT_EQ(FirstOwner({}, HashOf(1)), -1);
 }
 

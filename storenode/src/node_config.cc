@@ -11,6 +11,13 @@
 #include "strata/storenode/eviction_policy.h"
 
 namespace strata::storenode {
+namespace {
+
+// rebalance_settle's ceiling: half the 10 minutes clients look for blocks at their earlier
+// owners after a change (client/src/cluster_client.cc, kPreviousSetGrace).
+constexpr uint64_t kMaxRebalanceSettleMs = 300000;
+
+}  // namespace
 
 void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddString("node_id", &c->node_id, "Name of this node in logs, metrics and Stats.");
@@ -130,6 +137,8 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
             "Copies of every block the rebalancer keeps (clients' replicas; static/etcd).");
   s.AddDurationMs("rebalance_interval", &c->rebalance_interval_ms,
                   "How often the rebalancer checks placement when the member set is unchanged.");
+  s.AddDurationMs("rebalance_settle", &c->rebalance_settle_ms,
+                  "How long a changed member set must stay unchanged before blocks move.");
   s.AddUint("max_directory_entries", &c->max_directory_entries,
             "Entries of the GPU-block directory (block, agent) this node keeps at most.");
   s.AddUint("max_concurrent_calls", &c->max_concurrent_calls,
@@ -253,6 +262,11 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   }
   if (c.rebalance_interval_ms < 100) {
     return absl::InvalidArgumentError("rebalance_interval: want >= 100 ms");
+  }
+  if (c.rebalance_settle_ms > kMaxRebalanceSettleMs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rebalance_settle: want <= ", kMaxRebalanceSettleMs,
+        " ms (clients look for moving blocks at their earlier owners for 10 minutes)"));
   }
   if (c.cluster_name.empty() || c.cluster_name.find('/') != std::string::npos) {
     return absl::InvalidArgumentError("cluster_name: want a non-empty name without '/'");

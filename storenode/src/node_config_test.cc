@@ -44,5 +44,17 @@ TEST(NodeConfigTest, MaxTransferBytesIsAtLeastMaxInlineBytes) {
   EXPECT_THAT(ValidateNodeConfig(c), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// Clients look for blocks at their earlier owners for 10 minutes after a change of the member
+// set: a rebalancer that waited longer to move them would leave them unreadable.
+TEST(NodeConfigTest, RebalanceSettleIsAtMostFiveMinutes) {
+  NodeConfig c;
+  EXPECT_EQ(c.rebalance_settle_ms, 500u);
+  c.rebalance_settle_ms = 300000;
+  EXPECT_THAT(ValidateNodeConfig(c), IsOk());
+  c.rebalance_settle_ms = 300001;
+  EXPECT_THAT(ValidateNodeConfig(c), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("rebalance_settle: want <= 300000 ms")));
+}
+
 }  // namespace
 }  // namespace strata::storenode

@@ -221,6 +221,7 @@ class StoreNodeImpl final : public StoreNode {
     if (*mode != cluster::MembershipMode::kSingle) {
       rebalancer_ = std::make_unique<Rebalancer>(
           RebalancerOptions{.replicas = static_cast<int>(config_.cluster_replicas),
+                            .settle = absl::Milliseconds(config_.rebalance_settle_ms),
                             .interval = absl::Milliseconds(config_.rebalance_interval_ms),
                             .token = config_.cluster_token,
                             .tls_ca = config_.tls_client_ca,

@@ -1,6 +1,7 @@
 // The cluster suites' fixture: one real etcd (cluster::LocalEtcd) and three real
 // strata-storenode processes on loopback per suite, coordinated through etcd membership, and
-// the helpers their tests share (cluster_integration_test.cc, cluster_rebalance_test.cc).
+// the helpers their tests share (cluster_integration_test.cc, cluster_join_test.cc,
+// cluster_rebalance_test.cc, ...).
 // Test files link into one binary, so each suite starts its processes once.
 #pragma once
 
@@ -101,8 +102,10 @@ inline double Gauge(const LocalNode& node, const std::string& name) {
   return -1;
 }
 
-// One etcd and three nodes per suite; the nodes keep `R` copies of every block.
-template <int R>
+// One etcd and three nodes per suite; the nodes keep `R` copies of every block. With
+// kIdleRebalancers their rebalancers make no pass within a test (rebalance_settle and
+// rebalance_interval of 5 minutes): blocks stay where they were put while members change.
+template <int R, bool kIdleRebalancers = false>
 class ClusterFixture : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -129,11 +132,13 @@ class ClusterFixture : public ::testing::Test {
   }
 
   static std::unique_ptr<LocalNode> StartNode(int i, int replicas = R) {
+    const char* rebalance_after = kIdleRebalancers ? "300000" : "500";
     auto node = testutil::StartNode(
         {"--node-id", absl::StrCat("node-", i), "--cluster-mode", "etcd", "--etcd-endpoints",
          etcd_->endpoint(), "--cluster-name", "it", "--etcd-lease", "2000", "--warm-bytes",
          R == 1 ? "64MiB" : "192MiB", "--max-block-bytes", "1MiB", "--ucx-tls", "",
-         "--cluster-replicas", absl::StrCat(replicas), "--rebalance-interval", "500",
+         "--cluster-replicas", absl::StrCat(replicas), "--rebalance-interval", rebalance_after,
+         "--rebalance-settle", rebalance_after,
          // A restarted node finds its cool blocks again.
          "--cool-path", absl::StrCat(dir_, "/node-", i, "-cool"), "--cool-bytes", "64MiB"});
     EXPECT_TRUE(node.ok()) << node.status();
@@ -295,14 +300,15 @@ class ClusterFixture : public ::testing::Test {
   static std::map<int, LocalNode*> nodes_;
 };
 
-template <int R>
-std::string ClusterFixture<R>::dir_;
-template <int R>
-cluster::LocalEtcd* ClusterFixture<R>::etcd_ = nullptr;
-template <int R>
-std::map<int, LocalNode*> ClusterFixture<R>::nodes_;
+template <int R, bool kIdleRebalancers>
+std::string ClusterFixture<R, kIdleRebalancers>::dir_;
+template <int R, bool kIdleRebalancers>
+cluster::LocalEtcd* ClusterFixture<R, kIdleRebalancers>::etcd_ = nullptr;
+template <int R, bool kIdleRebalancers>
+std::map<int, LocalNode*> ClusterFixture<R, kIdleRebalancers>::nodes_;
 
 using ClusterTest = ClusterFixture<1>;
 using ReplicatedClusterTest = ClusterFixture<2>;
+using IdleRebalancerClusterTest = ClusterFixture<1, /*kIdleRebalancers=*/true>;
 
 }  // namespace strata::cluster_test

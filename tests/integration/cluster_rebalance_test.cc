@@ -14,7 +14,7 @@ TEST_F(ClusterTest, AJoiningNodeTakesOverWithoutUnreadableBlocks) {
   ASSERT_TRUE(ns.ok());
   std::vector<ChainHash> chain = testutil::PromptChain(*ns, 3, 200);
   // The first half leaves DRAM for the nodes' cool tiers (RocksDB): a pass walks those from
-  // RocksDB's records, the warm ones from a snapshot.
+  // RocksDB's records, the warm ones from the arena's pages.
   const size_t half = chain.size() / 2;
   const std::vector<ChainHash> parked(chain.begin(), chain.begin() + half);
   const std::vector<ChainHash> warm(chain.begin() + half, chain.end());

@@ -14,6 +14,7 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -105,11 +106,12 @@ std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_
 int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& hash);
 
 // Where a block may be, in the order a reader asks: its `replicas` owners under `set`, then
-// its first owner under `previous` if that is not among them. Member indexes of `set`
-// (previous-set owners are mapped by id; one that left is skipped). While blocks move
-// (previous != null) the list is walked twice: a block may leave its old owner after its new
-// owner was asked and before the old one is.
-std::vector<int> ReadCandidates(const MemberSet& set, const MemberSet* previous,
+// its first owner under each of `previous` (the sets before, newest first) that is not among
+// them yet. Member indexes of `set` (previous-set owners are mapped by id; one that left is
+// skipped). While blocks move (`previous` not empty) the list is walked twice: a block may
+// leave its old owner after its new owner was asked and before the old one is.
+std::vector<int> ReadCandidates(const MemberSet& set,
+                                std::span<const std::shared_ptr<const MemberSet>> previous,
                                 const ChainHash& hash, int replicas);
 
 // Ids of the members whose placement scheme is not this build's (kPlacementScheme).

@@ -112,7 +112,11 @@ struct NodeConfig {
   std::string zone;               // failure domain, for zone-aware replica placement
   std::string advertise_address;  // what clients and peers dial; "": the bound listen address
   uint64_t cluster_replicas = 1;  // R the rebalancer keeps (the clients' replicas)
-  uint64_t rebalance_interval_ms = 30000;    // passes without a change of the member set
+  uint64_t rebalance_interval_ms = 30000;  // passes without a change of the member set
+  // After a change of the member set, how long it must stay unchanged before a pass starts:
+  // nodes joining one after another then move each block once. At most 5 minutes: clients
+  // look for blocks where earlier sets placed them for 10 minutes after a change.
+  uint64_t rebalance_settle_ms = 500;
   uint64_t max_directory_entries = 1 << 20;  // GPU-block directory: (block, agent) entries
 
   // Admission (docs/design/security.md): at most max_concurrent_calls calls are served at
