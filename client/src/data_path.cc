@@ -6,7 +6,9 @@
 #include <utility>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "grpc_store_client.h"
+#include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
 
 namespace strata::client::internal {
@@ -50,13 +52,31 @@ void GrpcStoreClient::CloseDataQuietly(uint64_t channel_id) {
 absl::StatusOr<bool> GrpcStoreClient::UseDataChannel(bool fits, uint64_t largest,
                                                      Clock::time_point deadline) {
   if (ucx_ == nullptr || !fits || largest < options_.ucx_min_block_bytes) return false;
+  const bool automatic = options_.data_plane == ClientOptions::DataPlane::kAuto;
+  bool asking_again = false;  // after a refusal: any failure sends this call inline too
+  if (automatic) {
+    absl::MutexLock lock(&chan_mu_);
+    if (channel_id_ == 0 && absl::Now() < retry_at_) return false;  // refused lately
+    asking_again = channel_id_ == 0 && !refusal_.empty();
+  }
   absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
   if (channel.ok()) return true;
-  if (options_.data_plane == ClientOptions::DataPlane::kAuto &&
-      !IsTransient(channel.status().code())) {
+  if (automatic && (asking_again || !IsTransient(channel.status().code()))) {
+    ChannelRefused(channel.status());
     return false;
   }
   return channel.status();
+}
+
+void GrpcStoreClient::ChannelRefused(const absl::Status& why) {
+  absl::MutexLock lock(&chan_mu_);
+  if (refusal_.empty()) {
+    spdlog::warn("{}: no UCX data channel ({}); calls go inline and ask again in {}",
+                 Where("ConnectData"), why.ToString(), absl::FormatDuration(retry_backoff_));
+  }
+  refusal_ = std::string(why.message());
+  retry_at_ = absl::Now() + retry_backoff_;
+  retry_backoff_ = std::min(2 * retry_backoff_, kChannelRetryMax);
 }
 
 absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadline) {
@@ -85,6 +105,8 @@ absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadl
   absl::MutexLock lock(&chan_mu_);
   connecting_ = false;
   if (!opened.ok()) return opened.status();
+  refusal_.clear();
+  retry_backoff_ = kChannelRetryFirst;
   channel_id_ = opened->first;
   transport_ = std::move(opened->second);
   return channel_id_;

@@ -454,9 +454,16 @@ class GrpcStoreClient final : public StoreClient {
 
   // Whether a Put/Get goes over the data channel: there is a data plane, every block suits it
   // and the largest is big enough. Opens (or reopens) the channel; a kAuto client whose node
-  // refuses a channel for a lasting reason sends the call inline. Errors: the channel could not
-  // be opened for a transient reason (UNAVAILABLE, DEADLINE_EXCEEDED).
+  // refuses a channel for a lasting reason sends the call inline, and its calls stay inline
+  // without asking again for a while (ChannelRefused). Errors: the channel could not be opened
+  // for a transient reason (UNAVAILABLE, DEADLINE_EXCEEDED).
   absl::StatusOr<bool> UseDataChannel(bool fits, uint64_t largest, Clock::time_point deadline);
+  // kAuto: the node refused a channel (at connect, or later). Calls go inline until the
+  // back-off ends (1 s, doubling to kChannelRetryMax while refusals go on), then the next one
+  // asks again. A channel opened clears it.
+  void ChannelRefused(const absl::Status& why);
+  static constexpr absl::Duration kChannelRetryFirst = absl::Seconds(1);
+  static constexpr absl::Duration kChannelRetryMax = absl::Seconds(30);
 
   // The open channel, opening one (ConnectData and wiring) if there is none. Concurrent callers
   // wait for the one that connects, never holding chan_mu_ across the RPC.
@@ -685,7 +692,8 @@ class GrpcStoreClient final : public StoreClient {
   std::atomic<bool> packed_lookup_{true};
   int quiet_calls_ ABSL_GUARDED_BY(quiet_mu_) = 0;
 
-  // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards.
+  // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards. A kAuto
+  // client keeps it when only the channel was refused at connect (ChannelRefused).
   std::unique_ptr<ClientDataPlane> ucx_;
   std::string ucx_tls_;  // the node's, for DataPlaneDescription()
   // Which calls move their blocks as tagged messages instead of the node's RMA (set in
@@ -701,6 +709,11 @@ class GrpcStoreClient final : public StoreClient {
   bool connecting_ ABSL_GUARDED_BY(chan_mu_) = false;  // one ConnectData at a time
   absl::flat_hash_map<uint64_t, int> channel_users_ ABSL_GUARDED_BY(chan_mu_);
   std::string transport_ ABSL_GUARDED_BY(chan_mu_);  // of the last channel opened
+  // kAuto after a refused channel (ChannelRefused): why, when calls ask again, and the next
+  // back-off. Empty refusal: none since the last channel opened.
+  std::string refusal_ ABSL_GUARDED_BY(chan_mu_);
+  absl::Time retry_at_ ABSL_GUARDED_BY(chan_mu_) = absl::InfinitePast();
+  absl::Duration retry_backoff_ ABSL_GUARDED_BY(chan_mu_) = kChannelRetryFirst;
 };
 
 // Channel credentials for options' TLS settings (insecure without tls_ca).

@@ -26,9 +26,14 @@ absl::Status GrpcStoreClient::Init() {
   absl::Status started = StartDataPlane(*s);
   if (!started.ok()) {
     if (options_.data_plane == ClientOptions::DataPlane::kUcx) return started;
-    // kAuto: inline still works; say why in DataPlaneDescription().
-    ucx_.reset();
-    inline_reason_ = absl::StrCat("ucx unavailable: ", started.message());
+    // kAuto: inline still works; say why in DataPlaneDescription(). A node that refused the
+    // channel (busy: at its channel cap, or slow to answer) may take one later: the plane
+    // stays and later calls ask again. Without a plane (UCX failed here) calls stay inline.
+    if (ucx_ != nullptr) {
+      ChannelRefused(started);
+    } else {
+      inline_reason_ = absl::StrCat("ucx unavailable: ", started.message());
+    }
   }
   return absl::OkStatus();
 }
@@ -55,6 +60,9 @@ std::string GrpcStoreClient::DataPlaneDescription() const {
   std::string transport;
   {
     absl::MutexLock lock(&chan_mu_);
+    if (!refusal_.empty()) {
+      return absl::StrCat("inline (ucx channel refused: ", refusal_, "; asked again at times)");
+    }
     transport = transport_;
   }
   if (transport.empty()) transport = ucx_tls_;
