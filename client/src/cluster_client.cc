@@ -480,6 +480,13 @@ class ClusterStoreClient final : public StoreClient {
   // in a row leave a block at its owner under the set before both until it moves.
   std::vector<std::shared_ptr<const MemberSet>> RecentPrevious(const MemberSet& current) const {
     std::vector<std::shared_ptr<const MemberSet>> sets = membership_->PreviousSets();
+    // A change since `current` was read makes it one of them: only those before it count.
+    for (size_t k = 0; k < sets.size(); ++k) {
+      if (sets[k].get() == &current) {
+        sets.erase(sets.begin(), sets.begin() + static_cast<std::ptrdiff_t>(k + 1));
+        break;
+      }
+    }
     const absl::Time now = absl::Now();
     absl::Time replaced = current.since;  // when the set at `kept` stopped placing blocks
     size_t kept = 0;

@@ -53,14 +53,27 @@ absl::StatusOr<bool> GrpcStoreClient::UseDataChannel(bool fits, uint64_t largest
                                                      Clock::time_point deadline) {
   if (ucx_ == nullptr || !fits || largest < options_.ucx_min_block_bytes) return false;
   const bool automatic = options_.data_plane == ClientOptions::DataPlane::kAuto;
-  bool asking_again = false;  // after a refusal: any failure sends this call inline too
+  bool asking_again = false;  // after a refusal: this call asks, and any failure goes inline
   if (automatic) {
     absl::MutexLock lock(&chan_mu_);
-    if (channel_id_ == 0 && absl::Now() < retry_at_) return false;  // refused lately
-    asking_again = channel_id_ == 0 && !refusal_.empty();
+    if (channel_id_ == 0 && !refusal_.empty()) {
+      if (asking_ || absl::Now() < retry_at_) return false;  // being asked, or refused lately
+      asking_ = true;  // this call asks; the others go inline without waiting for it
+      asking_again = true;
+    }
   }
-  absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
-  if (channel.ok()) return true;
+  // Asking again costs a call at most kChannelAskWait of its time: the rest goes inline.
+  const Clock::time_point ask_until =
+      asking_again ? std::min(deadline, Clock::now() + absl::ToChronoNanoseconds(kChannelAskWait))
+                   : deadline;
+  absl::StatusOr<uint64_t> channel = AcquireChannel(ask_until);
+  if (channel.ok()) {
+    if (asking_again) {
+      absl::MutexLock lock(&chan_mu_);
+      asking_ = false;
+    }
+    return true;
+  }
   if (automatic && (asking_again || !IsTransient(channel.status().code()))) {
     ChannelRefused(channel.status());
     return false;
@@ -75,8 +88,14 @@ void GrpcStoreClient::ChannelRefused(const absl::Status& why) {
                  Where("ConnectData"), why.ToString(), absl::FormatDuration(retry_backoff_));
   }
   refusal_ = std::string(why.message());
-  retry_at_ = absl::Now() + retry_backoff_;
-  retry_backoff_ = std::min(2 * retry_backoff_, kChannelRetryMax);
+  asking_ = false;
+  // One back-off per window: calls refused together (before the first refusal was noted)
+  // do not lengthen it each.
+  const absl::Time now = absl::Now();
+  if (now >= retry_at_) {
+    retry_at_ = now + retry_backoff_;
+    retry_backoff_ = std::min(2 * retry_backoff_, kChannelRetryMax);
+  }
 }
 
 absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadline) {

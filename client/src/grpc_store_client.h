@@ -458,12 +458,14 @@ class GrpcStoreClient final : public StoreClient {
   // without asking again for a while (ChannelRefused). Errors: the channel could not be opened
   // for a transient reason (UNAVAILABLE, DEADLINE_EXCEEDED).
   absl::StatusOr<bool> UseDataChannel(bool fits, uint64_t largest, Clock::time_point deadline);
-  // kAuto: the node refused a channel (at connect, or later). Calls go inline until the
-  // back-off ends (1 s, doubling to kChannelRetryMax while refusals go on), then the next one
-  // asks again. A channel opened clears it.
+  // kAuto: the node refused a channel (at connect, or when UseDataChannel opened one). Calls
+  // go inline until the back-off ends (1 s, doubling to kChannelRetryMax while refusals go
+  // on); then one call asks again, spending at most kChannelAskWait of its deadline on it,
+  // while the others stay inline. A channel opened clears it.
   void ChannelRefused(const absl::Status& why);
   static constexpr absl::Duration kChannelRetryFirst = absl::Seconds(1);
   static constexpr absl::Duration kChannelRetryMax = absl::Seconds(30);
+  static constexpr absl::Duration kChannelAskWait = absl::Seconds(1);
 
   // The open channel, opening one (ConnectData and wiring) if there is none. Concurrent callers
   // wait for the one that connects, never holding chan_mu_ across the RPC.
@@ -714,6 +716,7 @@ class GrpcStoreClient final : public StoreClient {
   std::string refusal_ ABSL_GUARDED_BY(chan_mu_);
   absl::Time retry_at_ ABSL_GUARDED_BY(chan_mu_) = absl::InfinitePast();
   absl::Duration retry_backoff_ ABSL_GUARDED_BY(chan_mu_) = kChannelRetryFirst;
+  bool asking_ ABSL_GUARDED_BY(chan_mu_) = false;  // a call is asking again after a refusal
 };
 
 // Channel credentials for options' TLS settings (insecure without tls_ca).

@@ -27,11 +27,14 @@ absl::Status GrpcStoreClient::Init() {
   if (!started.ok()) {
     if (options_.data_plane == ClientOptions::DataPlane::kUcx) return started;
     // kAuto: inline still works; say why in DataPlaneDescription(). A node that refused the
-    // channel (busy: at its channel cap, or slow to answer) may take one later: the plane
-    // stays and later calls ask again. Without a plane (UCX failed here) calls stay inline.
-    if (ucx_ != nullptr) {
+    // channel for now (at its channel cap, or slow to answer) may take one later: the plane
+    // stays and later calls ask again. For lasting reasons (UCX failed here, mismatched
+    // settings, not allowed) the plane goes and calls stay inline.
+    const absl::StatusCode code = started.code();
+    if (ucx_ != nullptr && (code == absl::StatusCode::kResourceExhausted || IsTransient(code))) {
       ChannelRefused(started);
     } else {
+      ucx_.reset();
       inline_reason_ = absl::StrCat("ucx unavailable: ", started.message());
     }
   }

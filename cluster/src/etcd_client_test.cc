@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "etcd_suite.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "strata/cluster/local_etcd.h"
@@ -221,29 +222,13 @@ TEST(EtcdClientUnreachableTest, BlackholedEndpointFailsWithinTheDeadline) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
 }
 
-class EtcdClientTest : public ::testing::Test {
+class EtcdClientTest : public EtcdSuite {
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<LocalEtcd>> etcd = LocalEtcd::Start({});
-    ASSERT_THAT(etcd, IsOk());
-    etcd_ = std::move(*etcd);
-  }
-  static void TearDownTestSuite() { etcd_.reset(); }
-
-  void SetUp() override {
-    ASSERT_NE(etcd_, nullptr) << "etcd did not start";
-    client_ = MustConnect({etcd_->endpoint()});
-    ASSERT_NE(client_, nullptr);
-  }
-
   // A key prefix of this test's own.
   static std::string Prefix() {
     return absl::StrCat("/test/", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
                         "/");
   }
-
-  inline static std::unique_ptr<LocalEtcd> etcd_;
-  std::unique_ptr<EtcdClient> client_;
 };
 
 TEST_F(EtcdClientTest, PutGetDeleteRoundTrip) {

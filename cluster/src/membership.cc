@@ -1,5 +1,6 @@
 #include "strata/cluster/membership.h"
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <set>
@@ -559,6 +560,14 @@ class Membership::Impl {
     return true;
   }
 
+  // Whether two sets place every block alike: the same ids, zones and schemes.
+  static bool PlacesAlike(const MemberSet& a, const MemberSet& b) {
+    return std::equal(a.members.begin(), a.members.end(), b.members.begin(), b.members.end(),
+                      [](const Member& x, const Member& y) {
+                        return x.id == y.id && x.zone == y.zone && x.placement == y.placement;
+                      });
+  }
+
   // Publishes members_/epoch_value_ as the current set when they differ from it.
   void Publish() {
     std::vector<std::function<void(const MemberSet&)>> callbacks;
@@ -574,12 +583,24 @@ class Membership::Impl {
       for (const auto& [id, m] : members_) next.members.push_back(m);
       const bool members_changed = next.members != current_->members;
       if (!members_changed && next.epoch == current_->epoch) return;
-      if (members_changed && listed_once_) {
+      if (members_changed && listed_once_ && !PlacesAlike(*current_, next)) {
+        // Kept: the sets before that place blocks otherwise than the new one, newest first,
+        // each once (a node restarted leaves and joins: the set without it comes once per
+        // restart, the one with it is the new set again and tells readers nothing).
         previous_.insert(previous_.begin(), current_);
-        if (previous_.size() > Membership::kPreviousSetsKept) previous_.pop_back();
+        std::vector<std::shared_ptr<const MemberSet>> kept;
+        for (std::shared_ptr<const MemberSet>& s : previous_) {
+          if (PlacesAlike(*s, next)) continue;
+          if (std::any_of(kept.begin(), kept.end(),
+                          [&](const auto& k) { return PlacesAlike(*k, *s); })) {
+            continue;
+          }
+          if (kept.size() < Membership::kPreviousSetsKept) kept.push_back(std::move(s));
+        }
+        previous_ = std::move(kept);
         next.since = absl::Now();
-      } else if (!members_changed) {
-        next.since = current_->since;
+      } else {
+        next.since = current_->since;  // the same placement since then (address or capacity)
       }
       current_ = std::make_shared<MemberSet>(std::move(next));
       now = current_;

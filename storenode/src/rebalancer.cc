@@ -56,11 +56,13 @@ void Rebalancer::Loop() {
   for (;;) {
     {
       absl::MutexLock lock(&mu_);
-      // Wake for a kick that has settled, the periodic pass, or stop.
+      // Wake for a kick that has settled, the periodic pass, or stop. No periodic pass while
+      // a kick settles: it would move blocks under a set that is still changing.
       auto due = [this, last_pass]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         const absl::Time now = absl::Now();
-        return stop_ || (kicked_ && now - kicked_at_ >= options_.settle) ||
-               now - last_pass >= options_.interval;
+        if (stop_) return true;
+        if (kicked_) return now - kicked_at_ >= options_.settle;
+        return now - last_pass >= options_.interval;
       };
       while (!due()) mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(100));
       if (stop_) return;

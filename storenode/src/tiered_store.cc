@@ -578,6 +578,9 @@ absl::Status TieredStore::CorruptForTest(const BlockKey& key, uint64_t offset) {
 
 namespace {
 
+// A key walk reads warm pages until it holds this many times what a call gives.
+constexpr size_t kWarmReadAhead = 4;
+
 bool KeyOrder(const BlockKey& a, const BlockKey& b) {
   return std::tie(a.namespace_id, a.scope, a.hash.bytes) <
          std::tie(b.namespace_id, b.scope, b.hash.bytes);
@@ -597,8 +600,11 @@ bool TieredStore::NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out
       case 1: {
         // A few pages at a time: a walk holds no list of the warm blocks (a million keys on an
         // arena of small blocks would be ~100 MB outside every budget).
+        // Read ahead a few times `max`: blocks of many namespaces and scopes share pages, and
+        // sorted over more keys the runs of each (the rebalancer's batches) are longer.
         std::vector<BlockKey>& keys = walk->warm_keys;
-        if (keys.size() < max && !warm_->NextKeys(&walk->warm, max - keys.size(), &keys) &&
+        if (keys.size() < max &&
+            !warm_->NextKeys(&walk->warm, kWarmReadAhead * max - keys.size(), &keys) &&
             keys.empty()) {
           walk->stage = 2;  // no page left, every key given
           break;
@@ -618,10 +624,12 @@ bool TieredStore::NextKeys(KeyWalk* walk, size_t max, std::vector<BlockKey>* out
         // its disk copy); one promoted since the walk began came not, and comes here. Cold
         // blocks cool holds come from cool.
         const size_t got = out->size() - first;
+        const std::vector<bool> warm_gave = warm_->ResidentSinceEach(
+            std::span<const BlockKey>(out->data() + first, got), walk->warm.before);
         size_t kept = first;
         for (size_t i = 0; i < got; ++i) {
           const BlockKey& k = (*out)[first + i];
-          if (warm_->ResidentSince(k, walk->warm.before) ||
+          if (warm_gave[i] ||
               (walk->stage == 3 && cool_ != nullptr && cool_->Find(k, /*touch=*/false)))
             continue;
           if (kept != first + i) (*out)[kept] = std::move((*out)[first + i]);

@@ -164,9 +164,9 @@ TEST_F(TieredStoreTest, AKeyWalkGivesEveryBlockOnceWhereverItsCopiesAre) {
     }
     ASSERT_LE(got.size(), 3u);
     ASSERT_FALSE(got.empty());
-    // A page holds one block here: the walk keeps no warm key it did not give (it used to
-    // keep a list of them all).
-    EXPECT_EQ(walk.warm_keys.size(), 0u) << "call " << calls;
+    // A page holds one block here: the walk reads 4 calls' worth ahead (12 keys) and keeps
+    // at most the 9 it did not give (it used to keep a list of every warm key, 13 here).
+    EXPECT_LE(walk.warm_keys.size(), 9u) << "call " << calls;
     for (const BlockKey& k : got) {
       uint32_t n = 0;
       std::memcpy(&n, k.hash.bytes.data(), sizeof(n));

@@ -748,10 +748,19 @@ bool WarmTier::NextKeys(KeyCursor* cursor, size_t min, std::vector<BlockKey>* ou
 }
 
 bool WarmTier::ResidentSince(const BlockKey& key, uint64_t before) const {
+  return ResidentSinceEach({&key, 1}, before)[0];
+}
+
+std::vector<bool> WarmTier::ResidentSinceEach(std::span<const BlockKey> keys,
+                                              uint64_t before) const {
+  std::vector<bool> out(keys.size());
   absl::MutexLock lock(&mu_);
-  auto it = index_.find(key);
-  return it != index_.end() && it->second->state == Entry::State::kCommitted &&
-         it->second->commit_seq < before;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = index_.find(keys[i]);
+    out[i] = it != index_.end() && it->second->state == Entry::State::kCommitted &&
+             it->second->commit_seq < before;
+  }
+  return out;
 }
 
 std::vector<std::pair<std::string, uint64_t>> WarmTier::ScopeBytes() const {

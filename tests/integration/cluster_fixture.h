@@ -102,10 +102,11 @@ inline double Gauge(const LocalNode& node, const std::string& name) {
   return -1;
 }
 
-// One etcd and three nodes per suite; the nodes keep `R` copies of every block. With
-// kIdleRebalancers their rebalancers make no pass within a test (rebalance_settle and
-// rebalance_interval of 5 minutes): blocks stay where they were put while members change.
-template <int R, bool kIdleRebalancers = false>
+// One etcd and three nodes per suite; the nodes keep `R` copies of every block, and their
+// rebalancers pass every 500 ms, and 500 ms after a change of the member set. With
+// kSettlingRebalancers they wait 5 minutes after a change instead (rebalance_settle): blocks
+// stay where they were put once members change.
+template <int R, bool kSettlingRebalancers = false>
 class ClusterFixture : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -132,13 +133,12 @@ class ClusterFixture : public ::testing::Test {
   }
 
   static std::unique_ptr<LocalNode> StartNode(int i, int replicas = R) {
-    const char* rebalance_after = kIdleRebalancers ? "300000" : "500";
     auto node = testutil::StartNode(
         {"--node-id", absl::StrCat("node-", i), "--cluster-mode", "etcd", "--etcd-endpoints",
          etcd_->endpoint(), "--cluster-name", "it", "--etcd-lease", "2000", "--warm-bytes",
          R == 1 ? "64MiB" : "192MiB", "--max-block-bytes", "1MiB", "--ucx-tls", "",
-         "--cluster-replicas", absl::StrCat(replicas), "--rebalance-interval", rebalance_after,
-         "--rebalance-settle", rebalance_after,
+         "--cluster-replicas", absl::StrCat(replicas), "--rebalance-interval", "500",
+         "--rebalance-settle", kSettlingRebalancers ? "300000" : "500",
          // A restarted node finds its cool blocks again.
          "--cool-path", absl::StrCat(dir_, "/node-", i, "-cool"), "--cool-bytes", "64MiB"});
     EXPECT_TRUE(node.ok()) << node.status();
@@ -300,15 +300,15 @@ class ClusterFixture : public ::testing::Test {
   static std::map<int, LocalNode*> nodes_;
 };
 
-template <int R, bool kIdleRebalancers>
-std::string ClusterFixture<R, kIdleRebalancers>::dir_;
-template <int R, bool kIdleRebalancers>
-cluster::LocalEtcd* ClusterFixture<R, kIdleRebalancers>::etcd_ = nullptr;
-template <int R, bool kIdleRebalancers>
-std::map<int, LocalNode*> ClusterFixture<R, kIdleRebalancers>::nodes_;
+template <int R, bool kSettlingRebalancers>
+std::string ClusterFixture<R, kSettlingRebalancers>::dir_;
+template <int R, bool kSettlingRebalancers>
+cluster::LocalEtcd* ClusterFixture<R, kSettlingRebalancers>::etcd_ = nullptr;
+template <int R, bool kSettlingRebalancers>
+std::map<int, LocalNode*> ClusterFixture<R, kSettlingRebalancers>::nodes_;
 
 using ClusterTest = ClusterFixture<1>;
 using ReplicatedClusterTest = ClusterFixture<2>;
-using IdleRebalancerClusterTest = ClusterFixture<1, /*kIdleRebalancers=*/true>;
+using SettlingRebalancerClusterTest = ClusterFixture<1, /*kSettlingRebalancers=*/true>;
 
 }  // namespace strata::cluster_test

@@ -281,7 +281,10 @@ class StoreClient {
   // call reconnects); over shared memory they still can for about a second
   // (docs/design/transfer-protocol.md, Deadlines).
   // INVALID_ARGUMENT: null ptr, len 0, or the range overlaps one already registered.
-  // FAILED_PRECONDITION: the client has no data plane (DataPlaneDescription() is "inline...").
+  // FAILED_PRECONDITION: the client has no data plane (DataPlaneDescription() is "inline" or
+  // "inline (ucx unavailable: ...)"). A client whose node refused its channel for now
+  // ("inline (ucx channel refused: ...)") registers: its calls use the range once a channel
+  // opens.
   // RESOURCE_EXHAUSTED: out of registration resources (pinned memory limits).
   // Blocks while the memory is registered (proportional to len on RDMA devices).
   virtual absl::Status RegisterMemory(void* ptr, size_t len) = 0;

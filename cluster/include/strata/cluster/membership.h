@@ -80,10 +80,11 @@ class Membership {
   // The current set (never null) and the one before the latest change (null if none yet).
   std::shared_ptr<const MemberSet> Current() const;
   std::shared_ptr<const MemberSet> Previous() const;
-  // The sets before the current one, newest first: at most kPreviousSetsKept. Each set's
-  // successor's `since` is when it stopped placing blocks (two joins in a row: a block may
-  // still sit where the set before both placed it).
-  static constexpr size_t kPreviousSetsKept = 4;
+  // The sets before the current one that place blocks otherwise than it does, newest first,
+  // each once: at most kPreviousSetsKept. Each set's successor's `since` is when it stopped
+  // placing blocks (two joins in a row: a block may still sit where the set before both
+  // placed it). A change that moves no block (an address, a capacity) keeps `since`.
+  static constexpr size_t kPreviousSetsKept = 8;
   std::vector<std::shared_ptr<const MemberSet>> PreviousSets() const;
   uint64_t epoch() const { return Current()->epoch; }
   // Whether the last exchange with etcd succeeded (always true outside etcd mode).

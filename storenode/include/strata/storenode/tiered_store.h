@@ -176,7 +176,7 @@ class TieredStore {
   struct KeyWalk {
     int stage = 0;  // 0 start, 1 warm, 2 cool, 3 cold, 4 done
     WarmTier::KeyCursor warm;
-    // Warm keys read and not given yet, sorted: fewer than one page's blocks after a call.
+    // Warm keys read and not given yet: fewer than a few times what a call gives, plus a page.
     std::vector<BlockKey> warm_keys;
     std::string disk_cursor;
   };

@@ -285,6 +285,8 @@ class WarmTier {
   // Whether the block is resident and was committed before `before`: resident since a walk
   // begun at `before` began, so that walk lists it.
   bool ResidentSince(const BlockKey& key, uint64_t before) const;
+  // The same for each of `keys`, under one lock.
+  std::vector<bool> ResidentSinceEach(std::span<const BlockKey> keys, uint64_t before) const;
   // Arena bytes a block of `size` takes: its slot, min_slot_bytes or more (`size` itself for a
   // size BeginPut refuses).
   uint64_t SlotBytes(uint64_t size) const {
