@@ -326,5 +326,54 @@ TEST_F(WarmTierTest, AWalkListsTheBlocksCommittedBeforeItBegan) {
   EXPECT_EQ(tier_->Keys().size(), 15u);
 }
 
+// Demote of a session (a pause) takes the session's committed blocks that nobody pins: not
+// another session's, nor one deleted, still being written or pinned by a reader; and once they
+// moved, a second pause finds none of them (the tier's per-session index follows commits and
+// removals).
+TEST_F(WarmTierTest, DemotingASessionTakesItsCommittedUnpinnedBlocksOnly) {
+  Init(16 * kPage);
+  auto put = [&](uint32_t n, const std::string& session) {
+    WarmTier::PutBlock pb{H(n), 1000};
+    pb.session = session;
+    WarmTier::ReserveResult r = Reserve({pb});
+    ASSERT_THAT(r.status[0], IsOk());
+    ASSERT_THAT(Commit(r.reservation_id, {Block(n, 1000)}).status(), IsOk());
+  };
+  for (uint32_t n = 0; n < 6; ++n) put(n, "chat-a");
+  for (uint32_t n = 10; n < 13; ++n) put(n, "chat-b");
+  ASSERT_EQ(tier_->Delete(ns_, "s", Hashes{H(1)}), 1u);
+  const uint64_t lease = Pin({H(2)});
+  ASSERT_NE(lease, 0u);
+  WarmTier::PutBlock writing{H(7), 1000};
+  writing.session = "chat-a";
+  WarmTier::ReserveResult open = Reserve({writing});
+  ASSERT_THAT(open.status[0], IsOk());
+  std::vector<uint32_t> taken;
+  auto take = [&](const std::string& session) {
+    taken.clear();
+    return tier_->Demote(
+        0,
+        [&](const BlockKey& key, std::span<const uint8_t>, const WarmTier::BlockAttrs& a) {
+          EXPECT_EQ(a.session, session);
+          uint32_t n = 0;
+          std::memcpy(&n, key.hash.bytes.data(), sizeof(n));
+          taken.push_back(n);
+          return WarmTier::Demoted::kMoved;
+        },
+        &session);
+  };
+  EXPECT_EQ(take("chat-a"), 4u);
+  EXPECT_THAT(taken, ::testing::UnorderedElementsAre(0u, 3u, 4u, 5u));
+  EXPECT_EQ(take("chat-a"), 0u) << "moved blocks are gone from the session";
+  EXPECT_EQ(Found({H(0), H(3), H(4), H(5)}), 0u);
+  ASSERT_THAT(tier_->EndGet(lease), IsOk());
+  EXPECT_EQ(take("chat-a"), 1u) << "unpinned now";
+  EXPECT_THAT(taken, ::testing::ElementsAre(2u));
+  ASSERT_THAT(Commit(open.reservation_id, {Block(7, 1000)}).status(), IsOk());
+  EXPECT_EQ(take("chat-a"), 1u) << "committed now";
+  EXPECT_EQ(take("chat-b"), 3u);
+  EXPECT_EQ(take("none"), 0u);
+}
+
 }  // namespace
 }  // namespace strata::storenode::warm_tier_test

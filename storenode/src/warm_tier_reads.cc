@@ -1,5 +1,6 @@
 // WarmTier's reads: BeginGet pins (and may copy) blocks under a lease; EndGet, JoinLease and
-// HoldLease manage leases. The rest of the tier is in warm_tier.cc.
+// HoldLease manage leases; Keys and the key walk list what it holds. The rest of the tier is
+// in warm_tier.cc.
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -167,6 +168,64 @@ absl::Status WarmTier::EndGet(uint64_t lease_id) {
   ReleaseLeaseLocked(*it->second);
   leases_.erase(it);
   return absl::OkStatus();
+}
+
+std::vector<BlockKey> WarmTier::Keys() const {
+  std::vector<BlockKey> keys;
+  KeyCursor all{.page = 0, .before = UINT64_MAX};
+  while (NextKeys(&all, SIZE_MAX, &keys)) {
+  }
+  return keys;
+}
+
+WarmTier::KeyCursor WarmTier::BeginKeys() const {
+  absl::MutexLock lock(&mu_);
+  return KeyCursor{.page = 0, .before = commits_ + 1};
+}
+
+bool WarmTier::NextKeys(KeyCursor* cursor, size_t min, std::vector<BlockKey>* out) const {
+  // A page at a time under the lock, so that a walk over millions of blocks (the rebalancer's,
+  // every rebalance_interval) holds it for one page's slots at most, and puts and gets go on
+  // between pages. A block keeps its slot while it is resident, so each block resident for
+  // the whole walk is listed once; one removed and stored again has a later commit, and is not.
+  // (The list grows outside the lock: moving a million keys to a larger vector takes long.)
+  const size_t first = out->size();
+  std::vector<BlockKey> page_keys;
+  bool read = false;
+  while (out->size() - first < min) {
+    page_keys.clear();
+    {
+      absl::MutexLock lock(&mu_);
+      if (cursor->page >= slot_owner_.size()) break;
+      for (Entry* e : slot_owner_[cursor->page]) {
+        if (e == nullptr || e->state != Entry::State::kCommitted) continue;
+        if (e->commit_seq >= cursor->before) continue;
+        if (!doomed_.empty() && doomed_.contains(e)) continue;  // deleted, still pinned
+        page_keys.push_back(e->key);
+      }
+    }
+    ++cursor->page;
+    read = true;
+    out->insert(out->end(), std::make_move_iterator(page_keys.begin()),
+                std::make_move_iterator(page_keys.end()));
+  }
+  return read;
+}
+
+bool WarmTier::ResidentSince(const BlockKey& key, uint64_t before) const {
+  return ResidentSinceEach({&key, 1}, before)[0];
+}
+
+std::vector<bool> WarmTier::ResidentSinceEach(std::span<const BlockKey> keys,
+                                              uint64_t before) const {
+  std::vector<bool> out(keys.size());
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = index_.find(keys[i]);
+    out[i] = it != index_.end() && it->second->state == Entry::State::kCommitted &&
+             it->second->commit_seq < before;
+  }
+  return out;
 }
 
 }  // namespace strata::storenode

@@ -22,6 +22,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "strata/common/block_key.h"
@@ -366,6 +367,8 @@ class WarmTier {
   // Ranks committed blocks by PolicyHandle; by_handle_ maps a victim back to its entry.
   std::unique_ptr<EvictionPolicy> policy_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Entry*> by_handle_ ABSL_GUARDED_BY(mu_);
+  // The committed entries of each session ("" not kept): what Demote of a session takes.
+  absl::flat_hash_map<std::string, absl::flat_hash_set<Entry*>> by_session_ ABSL_GUARDED_BY(mu_);
   // Which entry holds each slot of each page: [page][slot], for page reclaim.
   std::vector<std::vector<Entry*>> slot_owner_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<Reservation>> reservations_ ABSL_GUARDED_BY(mu_);
