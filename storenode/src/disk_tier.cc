@@ -531,16 +531,28 @@ void DiskTier::Rank(std::span<const BlockKey> keys) {
   }
 }
 
-std::vector<BlockKey> DiskTier::SessionBlocks(const std::string& session, size_t max) {
+std::vector<BlockKey> DiskTier::SessionBlocks(const std::string& session, size_t max,
+                                              SessionCursor* cursor) {
   std::vector<BlockKey> out;
+  if (cursor != nullptr && cursor->done) return out;
   absl::MutexLock lock(&mu_);
   auto m = by_session_.find(session);
-  if (m == by_session_.end()) return out;
+  if (m == by_session_.end()) {
+    if (cursor != nullptr) cursor->done = true;
+    return out;
+  }
   out.reserve(std::min(m->second.size(), max));
-  for (uint64_t handle : m->second) {
-    if (out.size() >= max) break;
-    auto k = by_handle_.find(handle);
+  auto it = cursor != nullptr ? m->second.lower_bound(cursor->next) : m->second.begin();
+  for (; it != m->second.end() && out.size() < max; ++it) {
+    auto k = by_handle_.find(*it);
     if (k != by_handle_.end()) out.push_back(k->second);
+  }
+  if (cursor != nullptr) {
+    if (it == m->second.end()) {
+      cursor->done = true;
+    } else {
+      cursor->next = *it;
+    }
   }
   return out;
 }

@@ -413,6 +413,25 @@ TEST(DiskTierTest, SessionBlocksFollowPutsDeletesAndARestart) {
   EXPECT_TRUE(has((*tier)->SessionBlocks("b"), {4}));
   EXPECT_TRUE((*tier)->SessionBlocks("").empty());
   EXPECT_EQ((*tier)->SessionBlocks("a", 2).size(), 2u) << "at most `max` (a prefetch's room)";
+  // With a cursor, a chunk at a time: each block once, also while some blocks given are
+  // deleted (a pause to cold moves them out as it goes) and others stay (a resume promotes
+  // them and keeps the disk copies).
+  for (uint8_t n = 20; n < 27; ++n) {
+    ASSERT_THAT((*tier)->Put(Key(n), Bytes(4096, n), DiskBlockMeta{.session = "c"}), IsOk());
+  }
+  DiskTier::SessionCursor at;
+  std::vector<BlockKey> given;
+  int calls = 0;
+  while (!at.done) {
+    ASSERT_LT(++calls, 10) << "the cursor does not move on";
+    std::vector<BlockKey> chunk = (*tier)->SessionBlocks("c", 3, &at);
+    EXPECT_LE(chunk.size(), 3u);
+    if (!chunk.empty()) ASSERT_THAT((*tier)->Delete(chunk[0]), IsOk());
+    given.insert(given.end(), chunk.begin(), chunk.end());
+  }
+  EXPECT_EQ(calls, 3);
+  EXPECT_TRUE(has(given, {20, 21, 22, 23, 24, 25, 26}));
+  EXPECT_TRUE((*tier)->SessionBlocks("c", 3, &at).empty()) << "a finished cursor gives none";
 }
 
 TEST(DiskTierTest, MetaRecordsOfFormatOneStillDecode) {

@@ -21,6 +21,8 @@ namespace {
 // prefetch thread when max_prefetch_queued is 0: warm capacity / smallest slot (what warm
 // can hold), within these bounds (a pass over the session table runs under a lock puts take).
 constexpr uint64_t kMinSessions = 1024, kMaxDerivedSessions = 65536;
+// Keys of a session's disk blocks a pause or resume takes from its tier at a time.
+constexpr size_t kSessionChunk = 1024;
 // Sessions let go of by the cap waiting for an early pause, and how many pause per tick.
 constexpr size_t kMaxDueSessions = 4096, kDueSessionsPerTick = 64;
 
@@ -175,14 +177,17 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       &session);
   if (to_cold) {
     std::vector<uint8_t> buf;
-    for (const BlockKey& key : cool_->SessionBlocks(session)) {
-      if (absl::Now() >= deadline) break;
-      std::optional<DiskBlockMeta> meta = cool_->Find(key, false);
-      if (!meta || !cool_->Read(key, &buf).ok()) continue;
-      MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
-      if (cold_->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
-          KeptUnlessDeleted(cold_.get(), key) && cool_->Delete(key).ok())
-        ++moved;
+    DiskTier::SessionCursor at;  // a chunk of keys at a time: a session may hold millions
+    while (!at.done && absl::Now() < deadline) {
+      for (const BlockKey& key : cool_->SessionBlocks(session, kSessionChunk, &at)) {
+        if (absl::Now() >= deadline) break;
+        std::optional<DiskBlockMeta> meta = cool_->Find(key, false);
+        if (!meta || !cool_->Read(key, &buf).ok()) continue;
+        MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
+        if (cold_->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
+            KeptUnlessDeleted(cold_.get(), key) && cool_->Delete(key).ok())
+          ++moved;
+      }
     }
   }
   sessions_paused_.fetch_add(1, std::memory_order_relaxed);
@@ -240,15 +245,22 @@ absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session,
   uint64_t promoted = 0, bytes = 0;
   for (DiskTier* tier : {cool_.get(), cold_.get()}) {
     if (tier == nullptr) continue;
-    for (const BlockKey& key : tier->SessionBlocks(session)) {
-      if (absl::Now() >= deadline) break;
-      std::optional<DiskBlockMeta> meta = tier->Find(key, false);
-      if (!meta) continue;
-      if (bytes + warm_->SlotBytes(meta->size) > budget) break;
-      // Behind a writer making room no longer than the call's deadline.
-      if (Promote(key, false, nullptr, Room{.wait_until = deadline})) {
-        ++promoted;
-        bytes += warm_->SlotBytes(meta->size);
+    DiskTier::SessionCursor at;  // a chunk of keys at a time: a session may hold millions
+    bool full = false;           // (a colder block may still fit, as before)
+    while (!at.done && !full && absl::Now() < deadline) {
+      for (const BlockKey& key : tier->SessionBlocks(session, kSessionChunk, &at)) {
+        if (absl::Now() >= deadline) break;
+        std::optional<DiskBlockMeta> meta = tier->Find(key, false);
+        if (!meta) continue;
+        if (bytes + warm_->SlotBytes(meta->size) > budget) {
+          full = true;
+          break;
+        }
+        // Behind a writer making room no longer than the call's deadline.
+        if (Promote(key, false, nullptr, Room{.wait_until = deadline})) {
+          ++promoted;
+          bytes += warm_->SlotBytes(meta->size);
+        }
       }
     }
   }

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
@@ -126,8 +127,16 @@ class DiskTier {
   // blocks just stored. Keys no longer stored are skipped.
   void Rank(std::span<const BlockKey> keys);
 
-  // Keys of the blocks carrying `session`, at most `max` of them.
-  std::vector<BlockKey> SessionBlocks(const std::string& session, size_t max = SIZE_MAX);
+  // Keys of the blocks carrying `session`, at most `max` of them. With a cursor, in the order
+  // of their policy handles from where it is, which it moves past the last one given: calls
+  // in turn give each block the session held throughout once, a chunk at a time, without
+  // copying a large session's keys at once under the lock.
+  struct SessionCursor {
+    uint64_t next = 0;  // the least handle still to give
+    bool done = false;  // every handle given
+  };
+  std::vector<BlockKey> SessionBlocks(const std::string& session, size_t max = SIZE_MAX,
+                                      SessionCursor* cursor = nullptr);
 
   // Namespaces persisted with the data so a restarted node knows them.
   absl::Status SaveNamespace(NamespaceId id, const NamespaceSpec& spec);
@@ -205,7 +214,7 @@ class DiskTier {
   absl::flat_hash_map<std::string, uint64_t> pending_scope_bytes_ ABSL_GUARDED_BY(mu_);
   // The handles of each session's blocks: SessionBlocks without a pass over the whole index
   // under mu_ (which every warm-tier probe of this tier waits for).
-  absl::flat_hash_map<std::string, absl::flat_hash_set<uint64_t>> by_session_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, absl::btree_set<uint64_t>> by_session_ ABSL_GUARDED_BY(mu_);
   uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t charged_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Charge() of every block
