@@ -45,6 +45,14 @@ uint64_t MaxInlineBytes(const PeerServerOptions& o) {
 // region, so more waiting would only add threads and replies in the engine's process.
 constexpr int kMaxReads = 8;
 
+// The host of a gRPC peer ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7", "ipv6:[::1]:5" ->
+// "ipv6:[::1]"): what the per-peer channel cap counts by. Other forms are taken whole.
+std::string PeerHost(const std::string& peer) {
+  if (!peer.starts_with("ipv4:") && !peer.starts_with("ipv6:")) return peer;
+  const size_t colon = peer.rfind(':');
+  return colon > 4 ? peer.substr(0, colon) : peer;
+}
+
 namespace v1 = strata::v1;
 using proto::ToBlockStatus;
 using proto::ToGrpc;
@@ -168,7 +176,8 @@ class PeerService final : public v1::StoreService::Service {
     std::vector<std::string> addresses(req->worker_addresses().begin(),
                                        req->worker_addresses().end());
     absl::StatusOr<transport::DataPlane::Channel> ch =
-        plane_->Connect(addresses, {req->ucx_tcp_tx_seg_bytes(), req->ucx_tcp_rx_seg_bytes()});
+        plane_->Connect(addresses, {req->ucx_tcp_tx_seg_bytes(), req->ucx_tcp_rx_seg_bytes()},
+                        PeerHost(ctx->peer()));
     if (!ch.ok()) return ToGrpc(ch.status());
     resp->set_channel_id(ch->id);
     for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);
@@ -396,7 +405,8 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
     transport::DataPlaneOptions dp;
     dp.tls = options.ucx_tls;
     dp.lanes = 1;
-    dp.max_channels = 256;
+    dp.max_channels = options.max_channels;
+    dp.max_channels_per_owner = options.max_channels_per_peer;
     dp.max_block_bytes = options.block_bytes;
     dp.channel_idle = options.channel_idle;
     absl::StatusOr<std::unique_ptr<transport::DataPlane>> plane =

@@ -39,6 +39,11 @@ struct PeerServerOptions {
   std::string node_id;      // what Stats reports
   // A peer's data channel unused this long is closed (a peer that died without CloseData).
   absl::Duration channel_idle = absl::Minutes(10);
+  // Data channels open at most, and at most per peer host (its IP address; 0: no cap below
+  // max_channels): every reader of the directory may hold the token, and one host's readers
+  // must not take every channel and lock the others out (RESOURCE_EXHAUSTED).
+  uint64_t max_channels = 256;
+  uint64_t max_channels_per_peer = 32;
   // The bearer token every call must present: 1..128 characters (RandomPeerToken()).
   std::string token;
   // PEM files: with both, the server speaks TLS (no client certificates: the token

@@ -78,6 +78,21 @@ std::unique_ptr<v1::StoreService::Stub> StubFor(const PeerServer& server) {
                                                        grpc::InsecureChannelCredentials()));
 }
 
+// ConnectData from a new UCX worker of `context` (kept in *workers): the server's answer.
+grpc::Status ConnectFrom(v1::StoreService::Stub& stub, transport::Context& context,
+                         std::vector<std::unique_ptr<transport::Worker>>* workers,
+                         v1::ConnectDataResponse* channel) {
+  auto worker = context.CreateWorker();
+  EXPECT_THAT(worker, IsOk());
+  if (!worker.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "no worker");
+  v1::ConnectDataRequest req;
+  req.add_worker_addresses((*worker)->Address());
+  req.set_ucx_tcp_tx_seg_bytes(context.tcp_segments().tx);
+  req.set_ucx_tcp_rx_seg_bytes(context.tcp_segments().rx);
+  workers->push_back(std::move(*worker));
+  return stub.ConnectData(As(kToken).get(), req, channel);
+}
+
 TEST(PeerServerTest, OnlyCallersWithTheTokenAreServed) {
   EXPECT_EQ(kToken.size(), 64u);
   EXPECT_NE(RandomPeerToken(), kToken);
@@ -202,17 +217,12 @@ TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
   // A peer opens a channel, then goes away without CloseData.
   auto context = transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
   ASSERT_THAT(context, IsOk());
-  auto worker = (*context)->CreateWorker();
-  ASSERT_THAT(worker, IsOk());
-  v1::ConnectDataRequest req;
-  req.add_worker_addresses((*worker)->Address());
-  req.set_ucx_tcp_tx_seg_bytes((*context)->tcp_segments().tx);
-  req.set_ucx_tcp_rx_seg_bytes((*context)->tcp_segments().rx);
+  std::vector<std::unique_ptr<transport::Worker>> workers;
   v1::ConnectDataResponse channel;
-  grpc::Status s = stub->ConnectData(As(kToken).get(), req, &channel);
+  grpc::Status s = ConnectFrom(*stub, **context, &workers, &channel);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(DataChannels(*stub), 1u);
-  worker->reset();
+  workers.clear();
 
   for (int i = 0; i < 100 && DataChannels(*stub) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -223,6 +233,41 @@ TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
   v1::CloseDataResponse closed;
   EXPECT_EQ(stub->CloseData(As(kToken).get(), close, &closed).error_code(),
             grpc::StatusCode::NOT_FOUND);
+}
+
+// One peer host holds at most max_channels_per_peer data channels: the directory hands the
+// token to every reader, and one host's readers must not take all the agent's channels. The
+// cap counts by host, not connection (each channel here is asked for over a connection of its
+// own, as separate engine processes of one host would). A channel closed makes room again.
+TEST(PeerServerTest, OnePeerHostHoldsAtMostItsShareOfTheChannels) {
+  std::vector<uint8_t> region(4 * 4096);
+  PeerServerOptions o = Options();
+  o.max_channels_per_peer = 2;
+  auto server = Start(o, region, false);
+  ASSERT_THAT(server, IsOk());
+  auto stub = StubFor(**server);
+  // A connection of its own (gRPC shares one between channels to one address by default).
+  auto own_connection = [&] {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return v1::StoreService::NewStub(grpc::CreateCustomChannel(
+        absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials(), args));
+  };
+  auto context = transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
+  ASSERT_THAT(context, IsOk());
+  std::vector<std::unique_ptr<transport::Worker>> workers;
+  v1::ConnectDataResponse first, second, third;
+  ASSERT_TRUE(ConnectFrom(*own_connection(), **context, &workers, &first).ok());
+  ASSERT_TRUE(ConnectFrom(*own_connection(), **context, &workers, &second).ok());
+  grpc::Status refused = ConnectFrom(*own_connection(), **context, &workers, &third);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_EQ(DataChannels(*stub), 2u);
+  v1::CloseDataRequest close;
+  close.set_channel_id(first.channel_id());
+  v1::CloseDataResponse closed;
+  ASSERT_TRUE(stub->CloseData(As(kToken).get(), close, &closed).ok());
+  grpc::Status again = ConnectFrom(*stub, **context, &workers, &third);
+  EXPECT_TRUE(again.ok()) << again.error_message();
 }
 
 // Readers that pile up on a slow agent (a gather that takes 300 ms, 64 readers at once with a
