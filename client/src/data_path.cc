@@ -57,7 +57,12 @@ absl::StatusOr<bool> GrpcStoreClient::UseDataChannel(bool fits, uint64_t largest
   if (automatic) {
     absl::MutexLock lock(&chan_mu_);
     if (channel_id_ == 0 && !refusal_.empty()) {
-      if (asking_ || absl::Now() < retry_at_) return false;  // being asked, or refused lately
+      // Refused lately, being asked or connected by another call, or too little time left to
+      // ask (a failure of ours would count as the node's refusal): inline.
+      if (asking_ || connecting_ || absl::Now() < retry_at_ ||
+          deadline - Clock::now() < absl::ToChronoNanoseconds(kChannelAskWait)) {
+        return false;
+      }
       asking_ = true;  // this call asks; the others go inline without waiting for it
       asking_again = true;
     }
@@ -66,7 +71,7 @@ absl::StatusOr<bool> GrpcStoreClient::UseDataChannel(bool fits, uint64_t largest
   const Clock::time_point ask_until =
       asking_again ? std::min(deadline, Clock::now() + absl::ToChronoNanoseconds(kChannelAskWait))
                    : deadline;
-  absl::StatusOr<uint64_t> channel = AcquireChannel(ask_until);
+  absl::StatusOr<uint64_t> channel = AcquireChannel(ask_until, asking_again);
   if (channel.ok()) {
     if (asking_again) {
       absl::MutexLock lock(&chan_mu_);
@@ -83,12 +88,13 @@ absl::StatusOr<bool> GrpcStoreClient::UseDataChannel(bool fits, uint64_t largest
 
 void GrpcStoreClient::ChannelRefused(const absl::Status& why) {
   absl::MutexLock lock(&chan_mu_);
+  asking_ = false;
+  if (channel_id_ != 0) return;  // another call opened one meanwhile
   if (refusal_.empty()) {
     spdlog::warn("{}: no UCX data channel ({}); calls go inline and ask again in {}",
                  Where("ConnectData"), why.ToString(), absl::FormatDuration(retry_backoff_));
   }
   refusal_ = std::string(why.message());
-  asking_ = false;
   // One back-off per window: calls refused together (before the first refusal was noted)
   // do not lengthen it each.
   const absl::Time now = absl::Now();
@@ -98,12 +104,20 @@ void GrpcStoreClient::ChannelRefused(const absl::Status& why) {
   }
 }
 
-absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadline) {
+absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadline,
+                                                         bool asking) {
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(chan_mu_) { return !connecting_; };
   if (!chan_mu_.LockWhenWithDeadline(absl::Condition(&idle), absl::FromChrono(deadline))) {
     chan_mu_.Unlock();
     return absl::DeadlineExceededError(Where("ConnectData") +
                                        ": deadline passed waiting for the data channel");
+  }
+  if (channel_id_ == 0 && !refusal_.empty() && !asking) {
+    // Refused while this call waited (kAuto): one call at a time asks again (UseDataChannel).
+    const std::string why = refusal_;
+    chan_mu_.Unlock();
+    return absl::ResourceExhaustedError(
+        absl::StrCat(Where("ConnectData"), ": data channel refused lately: ", why));
   }
   uint64_t unwired = 0;
   if (channel_id_ != 0 && !ucx_->Wired(channel_id_)) {

@@ -469,7 +469,9 @@ class GrpcStoreClient final : public StoreClient {
 
   // The open channel, opening one (ConnectData and wiring) if there is none. Concurrent callers
   // wait for the one that connects, never holding chan_mu_ across the RPC.
-  absl::StatusOr<uint64_t> AcquireChannel(Clock::time_point deadline);
+  // A kAuto client whose node refused a channel lately gets RESOURCE_EXHAUSTED unless `asking`
+  // (the one call UseDataChannel lets ask again).
+  absl::StatusOr<uint64_t> AcquireChannel(Clock::time_point deadline, bool asking = false);
 
   // ConnectData, then wires each client lane to the node lane of the same index (the node
   // initiates every transfer, but UCX wires up best with endpoints in both directions).

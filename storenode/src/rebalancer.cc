@@ -42,8 +42,10 @@ bool Rebalancer::Stopping() const {
 
 void Rebalancer::Kick() {
   absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  if (!kicked_) first_kick_at_ = now;
   kicked_ = true;
-  kicked_at_ = absl::Now();
+  kicked_at_ = now;
 }
 
 RebalanceProgress Rebalancer::progress() const {
@@ -57,11 +59,15 @@ void Rebalancer::Loop() {
     {
       absl::MutexLock lock(&mu_);
       // Wake for a kick that has settled, the periodic pass, or stop. No periodic pass while
-      // a kick settles: it would move blocks under a set that is still changing.
+      // a kick settles: it would move blocks under a set that is still changing. Changes that
+      // keep coming (a member flapping) hold passes off for max(interval, settle) at most.
       auto due = [this, last_pass]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         const absl::Time now = absl::Now();
         if (stop_) return true;
-        if (kicked_) return now - kicked_at_ >= options_.settle;
+        if (kicked_) {
+          return now - kicked_at_ >= options_.settle ||
+                 now - first_kick_at_ >= std::max(options_.interval, options_.settle);
+        }
         return now - last_pass >= options_.interval;
       };
       while (!due()) mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(100));

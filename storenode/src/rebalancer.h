@@ -110,6 +110,7 @@ class Rebalancer {
   RebalanceProgress progress_ ABSL_GUARDED_BY(mu_);
   bool kicked_ ABSL_GUARDED_BY(mu_) = true;  // a first pass after start (a restart)
   absl::Time kicked_at_ ABSL_GUARDED_BY(mu_) = absl::Now();
+  absl::Time first_kick_at_ ABSL_GUARDED_BY(mu_) = absl::Now();  // of the kicks not yet passed
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

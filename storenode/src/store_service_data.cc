@@ -133,6 +133,12 @@ grpc::Status StoreServiceImpl::ConnectData(grpc::ServerContext* ctx,
   absl::StatusOr<DataPlane::Channel> ch = data_plane_->Connect(
       addresses, {req->ucx_tcp_tx_seg_bytes(), req->ucx_tcp_rx_seg_bytes()}, owner);
   if (!ch.ok()) return call.Done(ch.status());
+  if (ctx->IsCancelled()) {
+    // The client gave up (its deadline, or it went): a channel it never learns of would hold
+    // a slot of max_data_channels (and its tenant's) until it idles out after 10 minutes.
+    data_plane_->Close(ch->id).IgnoreError();
+    return call.Done(absl::CancelledError("ConnectData: the caller gave up; channel closed"));
+  }
   resp->set_channel_id(ch->id);
   for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);
   resp->set_transport(ch->transport);
