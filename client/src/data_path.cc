@@ -104,8 +104,7 @@ void GrpcStoreClient::ChannelRefused(const absl::Status& why) {
   }
 }
 
-absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadline,
-                                                         bool asking) {
+absl::StatusOr<uint64_t> GrpcStoreClient::AcquireChannel(Clock::time_point deadline, bool asking) {
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(chan_mu_) { return !connecting_; };
   if (!chan_mu_.LockWhenWithDeadline(absl::Condition(&idle), absl::FromChrono(deadline))) {
     chan_mu_.Unlock();
