@@ -259,7 +259,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
   }
   return std::make_unique<UcpTransportContext>(
       std::make_shared<UcpContext>(
-          context, options.peer_failure_handling,
+          context, options.peer_failure_handling, options.deadline_drain_grace,
           MayUseTcp(tls_in_use) ? kBusyPollsOverTcp : kBusyPollsWithoutTcp),
       tcp);
 }

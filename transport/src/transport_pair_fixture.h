@@ -64,10 +64,11 @@ struct Node {
   std::unique_ptr<Worker> worker;
 };
 
-inline absl::StatusOr<Node> MakeNode(const TlsCase& tls) {
+inline absl::StatusOr<Node> MakeNode(const TlsCase& tls,
+                                     absl::Duration drain_grace = absl::Seconds(1)) {
   Node node;
   absl::StatusOr<std::unique_ptr<Context>> ctx =
-      Context::Create(TransportOptions{tls.tls, {}, tls.peer_failure_handling});
+      Context::Create(TransportOptions{tls.tls, {}, tls.peer_failure_handling, drain_grace});
   if (!ctx.ok()) return ctx.status();
   node.context = *std::move(ctx);
   absl::StatusOr<std::unique_ptr<Worker>> worker = node.context->CreateWorker();

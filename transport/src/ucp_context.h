@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
 
@@ -17,9 +18,11 @@ namespace strata::transport {
 class UcpContext {
  public:
   // Takes ownership of `context` (ucp_cleanup on destruction).
-  UcpContext(ucp_context_h context, bool peer_failure_handling, int busy_polls_before_sleep)
+  UcpContext(ucp_context_h context, bool peer_failure_handling, absl::Duration drain_grace,
+             int busy_polls_before_sleep)
       : context_(context),
         peer_failure_handling_(peer_failure_handling),
+        drain_grace_(drain_grace),
         busy_polls_before_sleep_(busy_polls_before_sleep) {}
   ~UcpContext() { ucp_cleanup(context_); }
   UcpContext(const UcpContext&) = delete;
@@ -28,6 +31,8 @@ class UcpContext {
   ucp_context_h get() const { return context_; }
   // TransportOptions::peer_failure_handling.
   bool peer_failure_handling() const { return peer_failure_handling_; }
+  // TransportOptions::deadline_drain_grace.
+  absl::Duration drain_grace() const { return drain_grace_; }
   // Empty progress polls a worker makes, while operations are in flight, before it arms UCX's
   // event fd and sleeps (worker.cc).
   int busy_polls_before_sleep() const { return busy_polls_before_sleep_; }
@@ -35,6 +40,7 @@ class UcpContext {
  private:
   const ucp_context_h context_;
   const bool peer_failure_handling_;
+  const absl::Duration drain_grace_;
   const int busy_polls_before_sleep_;
 };
 

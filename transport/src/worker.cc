@@ -44,9 +44,6 @@ namespace {
 // progress polls before it sleeps on the event fd, for at most kBusySleep (so a missed event
 // costs at most that much latency).
 constexpr absl::Duration kBusySleep = absl::Milliseconds(1);
-// After a transfer's deadline, how long its posted requests may drain before the endpoint is
-// force-closed (bounds how far past its deadline Transfer can return).
-constexpr absl::Duration kDeadlineDrainGrace = absl::Seconds(1);
 // How long requests of a force-closed endpoint may stay outstanding before their transfer is
 // answered without them (see ServiceTransfers).
 constexpr absl::Duration kAbandonAfterForceClose = absl::Milliseconds(200);
@@ -247,14 +244,14 @@ class UcpWorker final : public Worker {
   // endpoint is the only way to drop what is still queued. The peer's client gives its
   // buffers back at the same deadline, so these endpoints are cut off the moment a transfer's
   // deadline passes, before any further progress; over TCP, where a force-close with
-  // emulated puts in flight can abort the peer, posted requests get kDeadlineDrainGrace first
-  // (and the client fences its own endpoints).
+  // emulated puts in flight can abort the peer, posted requests get
+  // TransportOptions::deadline_drain_grace first (and the client fences its own endpoints).
   bool CutOffIsDue() const {
     return !context_->peer_failure_handling() && AnyPastDeadline(in_flight_, absl::Now());
   }
 
   absl::Duration DeadlineDrainGrace() const {
-    return context_->peer_failure_handling() ? kDeadlineDrainGrace : absl::ZeroDuration();
+    return context_->peer_failure_handling() ? context_->drain_grace() : absl::ZeroDuration();
   }
 
   // One ucp_worker_progress call; true if it made progress. UCX may read or write our
@@ -609,7 +606,7 @@ class UcpWorker final : public Worker {
         CancelReceives(t);
       }
       if (!t->deadline_hit && now >= t->cmd->deadline) {
-        // Retire the endpoint and give what is already posted kDeadlineDrainGrace to finish:
+        // Retire the endpoint and give what is already posted the drain grace to finish:
         // force-closing an endpoint with emulated (TCP) puts in flight makes UCX 1.13 abort the
         // *peer* process (ucp_put_handler cannot ack), so a live peer may drain first. None for
         // shared memory (CutOffIsDue), nor for receives with no one-sided op on the endpoint.

@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace strata::transport {
 
@@ -63,6 +64,10 @@ struct TransportOptions {
   // posix/sysv shared memory (see worker.h); false allows those, and then a dead peer is only
   // noticed when a transfer's deadline force-closes the endpoint.
   bool peer_failure_handling = true;
+  // With peer_failure_handling: after a transfer's deadline, how long the requests it posted
+  // may drain before its endpoint is force-closed (bounds how far past its deadline Transfer
+  // returns). Transfers that only receive do not wait for it.
+  absl::Duration deadline_drain_grace = absl::Seconds(1);
 };
 
 // A range of this process's memory registered with one Context: the local side of zero-copy
