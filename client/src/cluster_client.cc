@@ -148,8 +148,9 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<std::vector<int>> cand(n);
       const std::vector<bool> slow = nodes_.SlowNow(set->members);
       const bool any_slow = std::find(slow.begin(), slow.end(), true) != slow.end();
+      const cluster::ReadPlan plan = cluster::PlanReads(*set, {});
       for (size_t i = 0; i < n; ++i) {
-        cand[i] = cluster::ReadCandidates(*set, {}, hashes[i], replicas);
+        cand[i] = cluster::ReadCandidates(plan, hashes[i], replicas);
         if (any_slow) SlowLast(cand[i], slow);
       }
       std::vector<BlockLocation> out(n);
@@ -508,9 +509,10 @@ class ClusterStoreClient final : public StoreClient {
     std::shared_ptr<const MemberSet> set = membership_->Current();
     if (set->members.empty()) return NoMember();  // the set may have emptied since the check
     const std::vector<std::shared_ptr<const MemberSet>> prev = RecentPrevious(*set);
+    const cluster::ReadPlan plan = cluster::PlanReads(*set, prev);
     const int replicas = Replicas(*set);
     const size_t n = hashes.size();
-    const std::vector<uint64_t> seeds = cluster::RendezvousSeeds(set->members);
+    const std::vector<uint64_t>& seeds = plan.seeds;
     // Where each block was found (tier kUnknown: not yet); its prefix becomes the result.
     std::vector<BlockLocation> loc(n);
     auto found = [&](size_t i) { return loc[i].tier != Tier::kUnknown; };
@@ -555,7 +557,7 @@ class ClusterStoreClient final : public StoreClient {
           // Past its first owner, or that owner is slow: the block's whole list, slow last.
           if (cand.empty()) cand.resize(n);
           if (cand[i].empty()) {
-            cand[i] = cluster::ReadCandidates(*set, prev, hashes[i], replicas);
+            cand[i] = cluster::ReadCandidates(plan, hashes[i], replicas);
             if (any_slow) SlowLast(cand[i], slow);
           }
           node = tried[i] < cand[i].size() ? cand[i][tried[i]] : -1;
@@ -665,8 +667,9 @@ class ClusterStoreClient final : public StoreClient {
     std::vector<std::vector<int>> cand(n);
     const std::vector<bool> slow = nodes_.SlowNow(set->members);
     const bool any_slow = std::find(slow.begin(), slow.end(), true) != slow.end();
+    const cluster::ReadPlan plan = cluster::PlanReads(*set, prev);
     for (size_t i = 0; i < n; ++i) {
-      cand[i] = cluster::ReadCandidates(*set, prev, blocks[i].hash, replicas);
+      cand[i] = cluster::ReadCandidates(plan, blocks[i].hash, replicas);
       if (any_slow) SlowLast(cand[i], slow);
     }
     std::vector<size_t> tried(n, 0);

@@ -90,15 +90,24 @@ int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& hash) {
   return best;
 }
 
-std::vector<int> ReadCandidates(const MemberSet& set,
-                                std::span<const std::shared_ptr<const MemberSet>> previous,
-                                const ChainHash& hash, int replicas) {
-  std::vector<int> c = Owners(set.members, hash, replicas);
-  if (!previous.empty()) {
-    for (const std::shared_ptr<const MemberSet>& before : previous) {
-      std::vector<int> old = Owners(before->members, hash, 1);
-      if (old.empty()) continue;
-      const int idx = set.Find(before->members[old[0]].id);
+ReadPlan PlanReads(const MemberSet& set,
+                   std::span<const std::shared_ptr<const MemberSet>> previous) {
+  ReadPlan plan{.set = &set, .seeds = RendezvousSeeds(set.members)};
+  for (const std::shared_ptr<const MemberSet>& before : previous) {
+    plan.past_seeds.push_back(RendezvousSeeds(before->members));
+    std::vector<int>& to_now = plan.past_to_now.emplace_back();
+    for (const Member& m : before->members) to_now.push_back(set.Find(m.id));
+  }
+  return plan;
+}
+
+std::vector<int> ReadCandidates(const ReadPlan& plan, const ChainHash& hash, int replicas) {
+  std::vector<int> c = Owners(plan.set->members, plan.seeds, hash, replicas);
+  if (!plan.past_seeds.empty()) {
+    for (size_t k = 0; k < plan.past_seeds.size(); ++k) {
+      const int old = FirstOwner(plan.past_seeds[k], hash);
+      if (old < 0) continue;
+      const int idx = plan.past_to_now[k][old];
       if (idx >= 0 && std::find(c.begin(), c.end(), idx) == c.end()) c.push_back(idx);
     }
     const size_t once = c.size();

@@ -155,15 +155,16 @@ TEST(PlacementTest, ReadersAskTheOwnersThenThePreviousOwners) {
   auto three = std::make_shared<const MemberSet>(
       MemberSet{.epoch = 1, .members = std::vector<Member>(five.begin(), five.begin() + 3)});
   const std::vector<std::shared_ptr<const MemberSet>> before = {four, three};
+  const ReadPlan plan = PlanReads(now, before);
   int moved = 0, moved_twice = 0;
   for (uint64_t b = 0; b < 256; ++b) {
     const ChainHash h = HashOf(b);
     const std::vector<int> owners = Owners(five, h, 2);
     EXPECT_EQ(FirstOwner(seeds, h), owners[0]);
-    EXPECT_EQ(ReadCandidates(now, {}, h, 2), owners);
+    EXPECT_EQ(ReadCandidates(PlanReads(now, {}), h, 2), owners);
     // With one copy each join takes over about a share of the blocks: those have an extra
     // candidate per set they moved in.
-    const std::vector<int> c = ReadCandidates(now, before, h, 1);
+    const std::vector<int> c = ReadCandidates(plan, h, 1);
     std::vector<int> once = Owners(five, h, 1);
     for (const std::string& id : {first_of(four->members, h), first_of(three->members, h)}) {
       const int old = now.Find(id);

@@ -105,14 +105,24 @@ std::vector<int> Owners(std::span<const Member> members, std::span<const uint64_
 // -1 when no member owns anything. seeds[i]: RendezvousSeed of member i.
 int FirstOwner(std::span<const uint64_t> seeds, const ChainHash& hash);
 
-// Where a block may be, in the order a reader asks: its `replicas` owners under `set`, then
-// its first owner under each of `previous` (the sets before, newest first) that is not among
-// them yet. Member indexes of `set` (previous-set owners are mapped by id; one that left is
-// skipped). While blocks move (`previous` not empty) the list is walked twice: a block may
-// leave its old owner after its new owner was asked and before the old one is.
-std::vector<int> ReadCandidates(const MemberSet& set,
-                                std::span<const std::shared_ptr<const MemberSet>> previous,
-                                const ChainHash& hash, int replicas);
+// A reader's view of `set` and the sets before it (newest first), prepared once per call
+// for ReadCandidates of each of its blocks: the members' seeds, and each earlier member's
+// index in `set` (-1: it left).
+struct ReadPlan {
+  const MemberSet* set = nullptr;
+  std::vector<uint64_t> seeds;
+  std::vector<std::vector<uint64_t>> past_seeds;
+  std::vector<std::vector<int>> past_to_now;
+};
+ReadPlan PlanReads(const MemberSet& set,
+                   std::span<const std::shared_ptr<const MemberSet>> previous);
+
+// Where a block may be, in the order a reader asks: its `replicas` owners under the plan's
+// set, then its first owner under each earlier set that is not among them yet. Member
+// indexes of the set (earlier owners are mapped by id; one that left is skipped). While
+// blocks move (earlier sets in the plan) the list is walked twice: a block may leave its old
+// owner after its new owner was asked and before the old one is.
+std::vector<int> ReadCandidates(const ReadPlan& plan, const ChainHash& hash, int replicas);
 
 // Ids of the members whose placement scheme is not this build's (kPlacementScheme).
 std::vector<std::string> MembersPlacingOtherwise(std::span<const Member> members);
