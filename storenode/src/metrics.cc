@@ -275,7 +275,16 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
   auto under =
       Family("strata_under_replicated_blocks",
              "Blocks the last rebalance pass found short of their replicas", MetricType::Gauge);
+  auto passes =
+      Family("strata_rebalance_passes_total", "Rebalance passes completed", MetricType::Counter);
+  auto placements = Family("strata_rebalance_placement_changes_total",
+                           "Member-set changes that placed blocks otherwise (or changed the "
+                           "copies kept), each calling for a rebalance pass; an address or "
+                           "epoch change does not",
+                           MetricType::Counter);
   if (c.rebalance.has_value()) {
+    AddValue(passes, c.rebalance->passes);
+    AddValue(placements, c.rebalance->placement_changes);
     AddValue(rebal, c.rebalance->copied, {{"action", "copied"}});
     AddValue(rebal, c.rebalance->dropped, {{"action", "dropped"}});
     AddValue(pending, c.rebalance->pending);
@@ -302,10 +311,10 @@ std::string NodeMetrics::Render(const TieredStats& ts, const ClusterFigures& c,
     AddValue(tenant, static_cast<double>(rest), {{"tenant", "(others)"}, {"tier", scopes[i].tier}});
     i = j - 1;
   }
-  for (auto* f :
-       {&blocks, &bytes, &used,   &cap,    &disk_hits, &moves, &prefetch, &codec,   &hits,
-        &ratio,  &evict, &leases, &pinned, &res,       &ns,    &loss,     &members, &otherwise,
-        &kept,   &epoch, &etcd,   &rebal,  &pending,   &under, &tenant,   &tombs,   &refused}) {
+  for (auto* f : {&blocks,  &bytes,     &used,    &cap,    &disk_hits, &moves, &prefetch, &codec,
+                  &hits,    &ratio,     &evict,   &leases, &pinned,    &res,   &ns,       &loss,
+                  &members, &otherwise, &kept,    &epoch,  &etcd,      &rebal, &pending,  &under,
+                  &tenant,  &tombs,     &refused, &passes, &placements}) {
     families.push_back(std::move(*f));
   }
   for (auto& f : families) {

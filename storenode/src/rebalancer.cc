@@ -24,6 +24,7 @@ Rebalancer::Rebalancer(RebalancerOptions options, TieredStore* store,
       store_(store),
       membership_(membership),
       self_id_(std::move(self_id)) {
+  OnMemberSet(*membership_->Current());  // the set of the first pass (kicked_ from the start)
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -46,6 +47,21 @@ void Rebalancer::Kick() {
   if (!kicked_) first_kick_at_ = now;
   kicked_ = true;
   kicked_at_ = now;
+}
+
+void Rebalancer::OnMemberSet(const cluster::MemberSet& set) {
+  std::vector<std::tuple<std::string, std::string, uint32_t>> placed_by;
+  placed_by.reserve(set.members.size());
+  for (const cluster::Member& m : set.members) placed_by.emplace_back(m.id, m.zone, m.placement);
+  const int replicas = cluster::ReplicasKept(set.members, options_.replicas);
+  {
+    absl::MutexLock lock(&mu_);
+    if (placed_by == placed_by_ && replicas == replicas_kept_) return;
+    if (replicas_kept_ != 0) ++progress_.placement_changes;  // not the set at start
+    placed_by_ = std::move(placed_by);
+    replicas_kept_ = replicas;
+  }
+  Kick();
 }
 
 RebalanceProgress Rebalancer::progress() const {

@@ -4,7 +4,8 @@
 // per batch) whether it has the block:
 //   - owners that lack it get a copy (re-replication after a failure, hand-over after a join);
 //   - a block this node no longer owns is dropped here once every owner has it (a move).
-// It runs shortly after every change of the member list, and every `interval` besides, so
+// It runs shortly (`settle`) after every change of where the member list places blocks, and
+// every `interval` besides, so
 // copies lost with a node that died come back without anyone reading them.
 //
 // Peers are reached as an ordinary client would (client::StoreClient, payloads inline), and
@@ -18,6 +19,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -54,6 +57,9 @@ struct RebalanceProgress {
   // started, and stays at 1 or more until it ends (0: idle).
   uint64_t pending = 0;
   uint64_t epoch = 0;  // member-set epoch of the last completed pass
+  // Member sets that placed blocks otherwise than the one before (or kept another count of
+  // copies), each calling for a pass; the set at start is not counted.
+  uint64_t placement_changes = 0;
 };
 
 class Rebalancer {
@@ -66,6 +72,11 @@ class Rebalancer {
 
   // Asks for a pass soon (after `settle`): the member set changed.
   void Kick();
+  // A member set was published: kicks a pass if it places blocks otherwise than the last set
+  // seen (member ids, zones, placement schemes) or keeps another count of copies
+  // (cluster::ReplicasKept). An address, capacity or epoch change moves no block, and a kick
+  // for it would cut a pass under way short (and, with a long `settle`, hold passes off).
+  void OnMemberSet(const cluster::MemberSet& set);
   RebalanceProgress progress() const;
 
  private:
@@ -108,6 +119,9 @@ class Rebalancer {
 
   mutable absl::Mutex mu_;
   RebalanceProgress progress_ ABSL_GUARDED_BY(mu_);
+  // What OnMemberSet last saw: each member's (id, zone, scheme), and the copies kept.
+  std::vector<std::tuple<std::string, std::string, uint32_t>> placed_by_ ABSL_GUARDED_BY(mu_);
+  int replicas_kept_ ABSL_GUARDED_BY(mu_) = 0;
   bool kicked_ ABSL_GUARDED_BY(mu_) = true;  // a first pass after start (a restart)
   absl::Time kicked_at_ ABSL_GUARDED_BY(mu_) = absl::Now();
   absl::Time first_kick_at_ ABSL_GUARDED_BY(mu_) = absl::Now();  // of the kicks not yet passed

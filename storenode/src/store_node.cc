@@ -237,7 +237,7 @@ class StoreNodeImpl final : public StoreNode {
       spdlog::info("member set changed: {} members, epoch {}", now.members.size(), now.epoch);
       WarnOfOtherPlacement(now);
       WarnOfOtherReplicas(now);
-      if (rebalancer_ != nullptr) rebalancer_->Kick();
+      if (rebalancer_ != nullptr) rebalancer_->OnMemberSet(now);
     });
     return absl::OkStatus();
   }
