@@ -1,5 +1,8 @@
 // kAuto clients (ClientOptions::DataPlane::kAuto): a data channel the node refuses when the
 // client connects does not leave that client inline for good.
+#include <atomic>
+#include <thread>
+
 #include "ucx_test_support.h"
 
 namespace strata::ucx_test {
@@ -60,6 +63,77 @@ TEST(UcxAutoTest, AChannelRefusedAtConnectIsAskedForAgainLater) {
   }
   EXPECT_THAT(now, ::testing::StartsWith("ucx tcp"));
   round_trip();  // over the channel
+}
+
+// ConnectData calls the node has answered (its op histogram's count).
+double ConnectDataCalls(const client::LocalNode& node) {
+  auto page = testutil::HttpGet(node.http_address(), "/metrics");
+  if (!page.ok()) return -1;
+  for (absl::string_view line : absl::StrSplit(page->second, '\n')) {
+    if (!absl::StartsWith(line, "strata_op_latency_seconds_count{") ||
+        !absl::StrContains(line, "op=\"connect_data\"")) {
+      continue;
+    }
+    double v = 0;
+    return absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v) ? v : -1;
+  }
+  return 0;
+}
+
+// While the node keeps refusing (at its channel cap), a busy client asks again once per
+// back-off window, whichever of its threads comes first, not on every call: four threads
+// making round trips for 3.5 s cost the node its connect's ConnectData and at most two asks
+// (the windows end 1 s and 1 + 2 s after the refusal, the next at 7 s; a slow machine only
+// makes fewer). Without the back-off 354 of 844 calls asked. (While one call asks, the
+// others go inline: that rule is not shown here, the ask is too quick for calls to meet it.)
+TEST(UcxAutoTest, ARefusedClientAsksAgainOncePerBackOffWindow) {
+  auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--max-block-bytes", "4MiB",
+                                   "--ucx-tls", "tcp", "--max-data-channels", "1"});
+  ASSERT_THAT(node, IsOk());
+  ClientOptions o;
+  o.address = (*node)->address();
+  o.data_plane = ClientOptions::DataPlane::kAuto;
+  auto first = StoreClient::Connect(o);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT((*first)->DataPlaneDescription(), ::testing::StartsWith("ucx "));
+  const double base = ConnectDataCalls(**node);
+  ASSERT_GE(base, 1);
+  auto second = StoreClient::Connect(o);
+  ASSERT_THAT(second, IsOk());
+  ASSERT_THAT((*second)->DataPlaneDescription(), ::testing::HasSubstr("channel refused"));
+  auto ns = (*second)->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  const std::vector<uint8_t> block = testutil::RandomBytes(22, 256 << 10);
+  std::atomic<int> wrong{0}, calls{0};
+  const absl::Time end = absl::Now() + absl::Milliseconds(3500);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      // Each block deleted once read back: the arena never fills (a full one evicts).
+      const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 100 + t, 16);
+      for (size_t i = 0; absl::Now() < end; ++i) {
+        const ChainHash& h = chain[i % chain.size()];
+        const BlockWrite write{h, block.data(), block.size()};
+        std::vector<uint8_t> dst(block.size());
+        const BlockRead read{h, dst.data(), dst.size()};
+        auto put = (*second)->Put(*ns, "", {&write, 1});
+        auto got = (*second)->Get(*ns, "", {&read, 1});
+        auto deleted = (*second)->Delete(*ns, "", {&h, 1});
+        calls += 2;
+        if (!put.ok() || !put->blocks[0].ok() || !got.ok() || !got->blocks[0].ok() ||
+            dst != block || !deleted.ok()) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(calls.load(), 20) << "too few calls for the test to show much";
+  const double asked = ConnectDataCalls(**node) - base;
+  EXPECT_GE(asked, 2) << "the connect's, and an ask after the first window";
+  EXPECT_LE(asked, 3) << "over " << calls.load() << " calls";
+  EXPECT_THAT((*second)->DataPlaneDescription(), ::testing::HasSubstr("channel refused"));
 }
 
 }  // namespace
