@@ -14,57 +14,6 @@ using client::ClientOptions;
 using client::StoreClient;
 using testutil::IsOk;
 
-// A node at its channel cap (max_data_channels 1) refuses a second client's channel at
-// connect. That client works inline meanwhile; once the first client is gone, a call after
-// the back-off (1 s) opens a channel and the client moves its blocks over UCX. Before, a
-// refusal at connect kept it inline until it connected again.
-TEST(UcxAutoTest, AChannelRefusedAtConnectIsAskedForAgainLater) {
-  auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--max-block-bytes", "4MiB",
-                                   "--ucx-tls", "tcp", "--max-data-channels", "1"});
-  ASSERT_THAT(node, IsOk());
-  ClientOptions o;
-  o.address = (*node)->address();
-  o.data_plane = ClientOptions::DataPlane::kAuto;
-  auto first = StoreClient::Connect(o);
-  ASSERT_THAT(first, IsOk());
-  ASSERT_THAT((*first)->DataPlaneDescription(), ::testing::StartsWith("ucx "));
-  auto second = StoreClient::Connect(o);
-  ASSERT_THAT(second, IsOk());
-  EXPECT_THAT((*second)->DataPlaneDescription(),
-              ::testing::HasSubstr("inline (ucx channel refused: "));
-  auto ns = (*second)->RegisterNamespace(Spec());
-  ASSERT_THAT(ns, IsOk());
-  const std::vector<uint8_t> block = testutil::RandomBytes(21, 1 << 20);
-  const std::vector<ChainHash> hashes = testutil::PromptChain(*ns, 21, 40);
-  size_t next = 0;
-  // Puts a block and reads it back bit-exact.
-  auto round_trip = [&]() {
-    ASSERT_LT(next, hashes.size());
-    const ChainHash h = hashes[next++];
-    const BlockWrite write{h, block.data(), block.size()};
-    ASSERT_THAT((*second)->Put(*ns, "", {&write, 1}), IsOk());
-    std::vector<uint8_t> dst(block.size());
-    const BlockRead read{h, dst.data(), dst.size()};
-    auto got = (*second)->Get(*ns, "", {&read, 1});
-    ASSERT_THAT(got, IsOk());
-    ASSERT_THAT(got->blocks[0], IsOk());
-    EXPECT_EQ(dst, block);
-  };
-  round_trip();  // inline, the channel refused
-  EXPECT_THAT((*second)->DataPlaneDescription(), ::testing::HasSubstr("inline"));
-  first->reset();  // closes its channel
-  // Calls within the back-off stay inline; the first after it opens a channel (bounded: 40
-  // round trips 100 ms apart, well past the 1 s back-off).
-  std::string now = (*second)->DataPlaneDescription();
-  while (!absl::StartsWith(now, "ucx ") && next < hashes.size()) {
-    absl::SleepFor(absl::Milliseconds(100));
-    round_trip();
-    now = (*second)->DataPlaneDescription();
-  }
-  EXPECT_THAT(now, ::testing::StartsWith("ucx tcp"));
-  round_trip();  // over the channel
-}
-
 // ConnectData calls the node has answered (its op histogram's count).
 double ConnectDataCalls(const client::LocalNode& node) {
   auto page = testutil::HttpGet(node.http_address(), "/metrics");
@@ -80,28 +29,85 @@ double ConnectDataCalls(const client::LocalNode& node) {
   return 0;
 }
 
+// A node capped at one data channel, the kAuto client holding it, and a second kAuto client
+// whose channel the node refused when it connected.
+class UcxAutoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--max-block-bytes", "4MiB",
+                                     "--ucx-tls", "tcp", "--max-data-channels", "1"});
+    ASSERT_THAT(node, IsOk());
+    node_ = *std::move(node);
+    ClientOptions o;
+    o.address = node_->address();
+    o.data_plane = ClientOptions::DataPlane::kAuto;
+    auto first = StoreClient::Connect(o);
+    ASSERT_THAT(first, IsOk());
+    first_ = *std::move(first);
+    ASSERT_THAT(first_->DataPlaneDescription(), ::testing::StartsWith("ucx "));
+    connects_before_second_ = ConnectDataCalls(*node_);
+    auto second = StoreClient::Connect(o);
+    ASSERT_THAT(second, IsOk());
+    second_ = *std::move(second);
+    ASSERT_THAT(second_->DataPlaneDescription(),
+                ::testing::HasSubstr("inline (ucx channel refused: "));
+  }
+
+  std::unique_ptr<client::LocalNode> node_;
+  std::unique_ptr<StoreClient> first_, second_;
+  double connects_before_second_ = 0;
+};
+
+// A node at its channel cap (max_data_channels 1) refuses a second client's channel at
+// connect. That client works inline meanwhile; once the first client is gone, a call after
+// the back-off (1 s) opens a channel and the client moves its blocks over UCX. Before, a
+// refusal at connect kept it inline until it connected again.
+TEST_F(UcxAutoTest, AChannelRefusedAtConnectIsAskedForAgainLater) {
+  StoreClient* second = second_.get();
+  auto ns = second->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  const std::vector<uint8_t> block = testutil::RandomBytes(21, 1 << 20);
+  const std::vector<ChainHash> hashes = testutil::PromptChain(*ns, 21, 40);
+  size_t next = 0;
+  // Puts a block and reads it back bit-exact.
+  auto round_trip = [&]() {
+    ASSERT_LT(next, hashes.size());
+    const ChainHash h = hashes[next++];
+    const BlockWrite write{h, block.data(), block.size()};
+    ASSERT_THAT(second->Put(*ns, "", {&write, 1}), IsOk());
+    std::vector<uint8_t> dst(block.size());
+    const BlockRead read{h, dst.data(), dst.size()};
+    auto got = second->Get(*ns, "", {&read, 1});
+    ASSERT_THAT(got, IsOk());
+    ASSERT_THAT(got->blocks[0], IsOk());
+    EXPECT_EQ(dst, block);
+  };
+  round_trip();  // inline, the channel refused
+  EXPECT_THAT(second->DataPlaneDescription(), ::testing::HasSubstr("inline"));
+  first_.reset();  // closes its channel
+  // Calls within the back-off stay inline; the first after it opens a channel (bounded: 40
+  // round trips 100 ms apart, well past the 1 s back-off).
+  std::string now = second->DataPlaneDescription();
+  while (!absl::StartsWith(now, "ucx ") && next < hashes.size()) {
+    absl::SleepFor(absl::Milliseconds(100));
+    round_trip();
+    now = second->DataPlaneDescription();
+  }
+  EXPECT_THAT(now, ::testing::StartsWith("ucx tcp"));
+  round_trip();  // over the channel
+}
+
 // While the node keeps refusing (at its channel cap), a busy client asks again once per
 // back-off window, whichever of its threads comes first, not on every call: four threads
 // making round trips for 3.5 s cost the node its connect's ConnectData and at most two asks
 // (the windows end 1 s and 1 + 2 s after the refusal, the next at 7 s; a slow machine only
 // makes fewer). Without the back-off 354 of 844 calls asked. (While one call asks, the
 // others go inline: that rule is not shown here, the ask is too quick for calls to meet it.)
-TEST(UcxAutoTest, ARefusedClientAsksAgainOncePerBackOffWindow) {
-  auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--max-block-bytes", "4MiB",
-                                   "--ucx-tls", "tcp", "--max-data-channels", "1"});
-  ASSERT_THAT(node, IsOk());
-  ClientOptions o;
-  o.address = (*node)->address();
-  o.data_plane = ClientOptions::DataPlane::kAuto;
-  auto first = StoreClient::Connect(o);
-  ASSERT_THAT(first, IsOk());
-  ASSERT_THAT((*first)->DataPlaneDescription(), ::testing::StartsWith("ucx "));
-  const double base = ConnectDataCalls(**node);
+TEST_F(UcxAutoTest, ARefusedClientAsksAgainOncePerBackOffWindow) {
+  StoreClient* second = second_.get();
+  const double base = connects_before_second_;
   ASSERT_GE(base, 1);
-  auto second = StoreClient::Connect(o);
-  ASSERT_THAT(second, IsOk());
-  ASSERT_THAT((*second)->DataPlaneDescription(), ::testing::HasSubstr("channel refused"));
-  auto ns = (*second)->RegisterNamespace(Spec());
+  auto ns = second->RegisterNamespace(Spec());
   ASSERT_THAT(ns, IsOk());
   const std::vector<uint8_t> block = testutil::RandomBytes(22, 256 << 10);
   std::atomic<int> wrong{0}, calls{0};
@@ -116,9 +122,9 @@ TEST(UcxAutoTest, ARefusedClientAsksAgainOncePerBackOffWindow) {
         const BlockWrite write{h, block.data(), block.size()};
         std::vector<uint8_t> dst(block.size());
         const BlockRead read{h, dst.data(), dst.size()};
-        auto put = (*second)->Put(*ns, "", {&write, 1});
-        auto got = (*second)->Get(*ns, "", {&read, 1});
-        auto deleted = (*second)->Delete(*ns, "", {&h, 1});
+        auto put = second->Put(*ns, "", {&write, 1});
+        auto got = second->Get(*ns, "", {&read, 1});
+        auto deleted = second->Delete(*ns, "", {&h, 1});
         calls += 2;
         if (!put.ok() || !put->blocks[0].ok() || !got.ok() || !got->blocks[0].ok() ||
             dst != block || !deleted.ok()) {
@@ -130,10 +136,10 @@ TEST(UcxAutoTest, ARefusedClientAsksAgainOncePerBackOffWindow) {
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT(calls.load(), 20) << "too few calls for the test to show much";
-  const double asked = ConnectDataCalls(**node) - base;
+  const double asked = ConnectDataCalls(*node_) - base;
   EXPECT_GE(asked, 2) << "the connect's, and an ask after the first window";
   EXPECT_LE(asked, 3) << "over " << calls.load() << " calls";
-  EXPECT_THAT((*second)->DataPlaneDescription(), ::testing::HasSubstr("channel refused"));
+  EXPECT_THAT(second->DataPlaneDescription(), ::testing::HasSubstr("channel refused"));
 }
 
 }  // namespace
