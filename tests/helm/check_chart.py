@@ -76,6 +76,9 @@ REFUSED = [
     (["store.ucx.lanes=65"], "/store/ucx/lanes"),  # values.schema.json maximum
     (["store.config.min_block_charge=4KiB"], "set by the chart from its values"),
     (["store.minBlockCharge=64K"], "/store/minBlockCharge"),  # values.schema.json pattern
+    # values.schema.json pattern: the node refuses a settle over 5 minutes at start.
+    (["cluster.rebalanceSettle=6m"], "/cluster/rebalanceSettle"),
+    (["cluster.rebalanceSettle=301s"], "/cluster/rebalanceSettle"),
 ]
 
 
