@@ -51,14 +51,24 @@ void Rebalancer::Kick() {
 
 void Rebalancer::OnMemberSet(const cluster::MemberSet& set) {
   std::vector<std::tuple<std::string, std::string, uint32_t>> placed_by;
+  std::vector<std::string> addresses;
   placed_by.reserve(set.members.size());
-  for (const cluster::Member& m : set.members) placed_by.emplace_back(m.id, m.zone, m.placement);
+  addresses.reserve(set.members.size());
+  for (const cluster::Member& m : set.members) {
+    placed_by.emplace_back(m.id, m.zone, m.placement);
+    addresses.push_back(m.address);
+  }
   const int replicas = cluster::ReplicasKept(set.members, options_.replicas);
   {
     absl::MutexLock lock(&mu_);
-    if (placed_by == placed_by_ && replicas == replicas_kept_) return;
-    if (replicas_kept_ != 0) ++progress_.placement_changes;  // not the set at start
+    const bool placed_alike = placed_by == placed_by_ && replicas == replicas_kept_;
+    // A member reached at another address moves no block, but a pass under way would go on
+    // calling it at the old one (striking it, counting its blocks unknown): that pass ends
+    // and the next one dials the new address.
+    if (placed_alike && addresses == addresses_) return;
+    if (!placed_alike && replicas_kept_ != 0) ++progress_.placement_changes;  // not at start
     placed_by_ = std::move(placed_by);
+    addresses_ = std::move(addresses);
     replicas_kept_ = replicas;
   }
   Kick();

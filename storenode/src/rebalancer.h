@@ -74,8 +74,10 @@ class Rebalancer {
   void Kick();
   // A member set was published: kicks a pass if it places blocks otherwise than the last set
   // seen (member ids, zones, placement schemes) or keeps another count of copies
-  // (cluster::ReplicasKept). An address, capacity or epoch change moves no block, and a kick
-  // for it would cut a pass under way short (and, with a long `settle`, hold passes off).
+  // (cluster::ReplicasKept), counted in placement_changes, or if a member's address changed
+  // (a pass under way would go on calling the old one). A capacity or epoch change moves no
+  // block, and a kick for it would cut a pass under way short (and, with a long `settle`,
+  // hold passes off).
   void OnMemberSet(const cluster::MemberSet& set);
   RebalanceProgress progress() const;
 
@@ -119,8 +121,10 @@ class Rebalancer {
 
   mutable absl::Mutex mu_;
   RebalanceProgress progress_ ABSL_GUARDED_BY(mu_);
-  // What OnMemberSet last saw: each member's (id, zone, scheme), and the copies kept.
+  // What OnMemberSet last saw: each member's (id, zone, scheme) and address, and the copies
+  // kept.
   std::vector<std::tuple<std::string, std::string, uint32_t>> placed_by_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> addresses_ ABSL_GUARDED_BY(mu_);
   int replicas_kept_ ABSL_GUARDED_BY(mu_) = 0;
   bool kicked_ ABSL_GUARDED_BY(mu_) = true;  // a first pass after start (a restart)
   absl::Time kicked_at_ ABSL_GUARDED_BY(mu_) = absl::Now();

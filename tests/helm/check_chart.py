@@ -49,6 +49,8 @@ CASES = {
     "zone-fixed": ([], ["store.zone.source=fixed", "store.zone.value=rack-7"]),
     "service-monitor": ([], ["metrics.serviceMonitor.enabled=true"]),
     "long-name": ([], ["fullnameOverride=" + "a" * 60]),
+    # The longest settle the node takes (helm_node_config_test starts a node with it).
+    "settle-at-ceiling": ([], ["cluster.rebalanceSettle=5m"]),
 }
 
 # Values the chart must refuse, with a phrase of the error.

@@ -89,18 +89,21 @@ TEST_F(SettlingRebalancerClusterTest, OnlyAChangeOfPlacementCallsForARebalancePa
   }
   ASSERT_TRUE(seen) << "the nodes did not take the raised epoch";
   // A node then joins. Each node hands its member sets to the rebalancer in the order it saw
-  // them, so once the join is counted the raised epoch would have been counted before it.
+  // them, right after taking each as its current one: once a node lists the joined member
+  // and counts a change, and a moment has passed, both sets have reached its rebalancer.
   const int id = nodes_.rbegin()->first + 1;
+  const double members = static_cast<double>(nodes_.size()) + 1;
   std::unique_ptr<LocalNode> joined = StartNode(id);
   ASSERT_NE(joined, nullptr);
   for (auto& [i, node] : nodes_) {
-    double now = base[i];
-    for (absl::Time end = absl::Now() + absl::Seconds(15); now <= base[i] && absl::Now() < end;
-         absl::SleepFor(absl::Milliseconds(100))) {
-      now = Gauge(*node, kChanges);
+    for (absl::Time end = absl::Now() + absl::Seconds(15);
+         (Gauge(*node, "strata_cluster_members") < members || Gauge(*node, kChanges) <= base[i]) &&
+         absl::Now() < end;) {
+      absl::SleepFor(absl::Milliseconds(100));
     }
-    EXPECT_EQ(now, base[i] + 1) << "node-" << i;
   }
+  absl::SleepFor(absl::Milliseconds(200));
+  for (auto& [i, node] : nodes_) EXPECT_EQ(Gauge(*node, kChanges), base[i] + 1) << "node-" << i;
   const uint32_t before = static_cast<uint32_t>(nodes_.size());
   ASSERT_TRUE(joined->Stop(absl::Seconds(20)).ok());
   EXPECT_TRUE(WaitForMembers(*c, before));

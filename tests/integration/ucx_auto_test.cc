@@ -101,7 +101,7 @@ TEST_F(UcxAutoTest, AChannelRefusedAtConnectIsAskedForAgainLater) {
 // back-off window, whichever of its threads comes first, not on every call: four threads
 // making round trips for 3.5 s cost the node its connect's ConnectData and at most two asks
 // (the windows end 1 s and 1 + 2 s after the refusal, the next at 7 s; a slow machine only
-// makes fewer). Without the back-off 354 of 844 calls asked. (While one call asks, the
+// makes fewer). Without the back-off 354 of 844 puts and gets asked. (While one call asks, the
 // others go inline: that rule is not shown here, the ask is too quick for calls to meet it.)
 TEST_F(UcxAutoTest, ARefusedClientAsksAgainOncePerBackOffWindow) {
   StoreClient* second = second_.get();
