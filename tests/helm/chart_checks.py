@@ -30,6 +30,7 @@ EXPECT = {
     "zone-fixed": dict(BASE, zone="fixed"),
     "service-monitor": dict(BASE, service_monitor=True),
     "long-name": BASE,
+    "settle-at-ceiling": BASE,
 }
 DASHBOARD_NEEDS = {  # what the issue asks the dashboard to show -> a metric it must query
     "tier usage": "strata_tier_used_bytes", "hit ratio": "strata_lookup_blocks_total",
