@@ -135,11 +135,19 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
       from_store.push_back(i);
     }
   }
+  // Peers that fail a load (no connection, gone, or silent) cost it call_deadline in all:
+  // past that, the blocks of the peers not asked yet come from the store at once. Directory
+  // entries of several dead agents (they live until their TTL) would otherwise hold this load,
+  // and every load queued behind it, for up to three deadlines each (connecting a client
+  // takes three calls).
+  absl::Duration lost_to_peers;
   for (auto& [key, which] : by_peer) {
     const std::string& address = key.first;
-    const bool skip = RecentlyUnreachable(key);
+    const bool skip = RecentlyUnreachable(key) || lost_to_peers >= options_.call_deadline;
+    const absl::Time began = absl::Now();
     absl::StatusOr<std::pair<client::StoreClient*, client::Namespace>> peer =
-        skip ? absl::UnavailableError("unreachable moments ago") : PeerClient(key);
+        skip ? absl::UnavailableError("unreachable moments ago, or peers failed this load")
+             : PeerClient(key);
     if (peer.ok()) {
       FetchInto(*peer->first, peer->second, LoadSource::kPeer, address, job, which);
     } else if (!skip) {
@@ -162,6 +170,7 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
       ++fallbacks;
     }
     if (gone || silent) {  // reconnect next time: the peer may have restarted elsewhere
+      lost_to_peers += absl::Now() - began;
       absl::MutexLock lock(&peers_mu_);
       peers_.erase(key);
       peer_clients_.store(peers_.size(), std::memory_order_relaxed);

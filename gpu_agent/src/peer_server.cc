@@ -1,6 +1,7 @@
 #include "peer_server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
@@ -44,6 +45,15 @@ uint64_t MaxInlineBytes(const PeerServerOptions& o) {
 // RESOURCE_EXHAUSTED at once (its reader goes to the store). Reads take turns on the one
 // region, so more waiting would only add threads and replies in the engine's process.
 constexpr int kMaxReads = 8;
+// The largest request the server takes: a read names at most max_blocks blocks, each with
+// its hash, destination or tag and at most one packed rkey (well under 1 KiB together); the
+// rest is a margin for the other fields. Only replies carry payloads.
+uint64_t MaxRequestBytes(const PeerServerOptions& o) {
+  return (1 << 20) + uint64_t{o.max_blocks} * 1024;
+}
+// Threads gRPC may run calls on: the reads, and as many again for the small calls (Stats,
+// ConnectData, ...) and the pollers; past them gRPC refuses calls itself (RESOURCE_EXHAUSTED).
+constexpr int kMaxThreads = 2 * kMaxReads + 8;
 
 // The host of a gRPC peer ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7", "ipv6:[::1]:5" ->
 // "ipv6:[::1]"): what the per-peer channel cap counts by. Other forms are taken whole.
@@ -417,9 +427,17 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
   s->service_ = std::make_unique<PeerService>(options, region, std::move(gather), s->plane_.get());
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, *credentials, &s->port_);
-  const int max_msg = static_cast<int>(MaxInlineBytes(options) + (1 << 20));
-  builder.SetMaxReceiveMessageSize(max_msg);
-  builder.SetMaxSendMessageSize(max_msg);
+  // Bounded in the engine's process as in a store node (security.md, "Admission"): requests
+  // are small, gRPC's buffers and threads have a ceiling (it refuses calls past them), and
+  // the HTTP/2 window is fixed rather than grown by bandwidth probing.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(MaxRequestBytes(options)));
+  builder.SetMaxSendMessageSize(static_cast<int>(MaxInlineBytes(options) + (1 << 20)));
+  grpc::ResourceQuota quota("strata-gpu-agent-peers");
+  quota.Resize(2 * MaxInlineBytes(options) + (16ull << 20));
+  quota.SetMaxThreads(kMaxThreads);
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1 << 20);
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {

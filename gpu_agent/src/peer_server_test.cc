@@ -270,6 +270,34 @@ TEST(PeerServerTest, OnePeerHostHoldsAtMostItsShareOfTheChannels) {
   EXPECT_TRUE(again.ok()) << again.error_message();
 }
 
+// Requests are small (a read names at most max_blocks blocks): a larger one is refused by
+// gRPC before it is buffered whole or reaches a handler, whatever the size of the replies.
+// Before, the server took requests as large as its largest reply (here 16 MiB of region):
+// this one, with a 2 MiB scope, was served.
+TEST(PeerServerTest, RequestsLargerThanAReadCanBeAreRefusedUnread) {
+  PeerServerOptions o = Options();
+  o.block_bytes = 4 << 20;
+  std::vector<uint8_t> region(o.max_blocks * o.block_bytes);
+  auto server = Start(o, region, true);
+  ASSERT_THAT(server, IsOk());
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);  // a whole block inline
+  auto stub = v1::StoreService::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials(), args));
+  v1::BeginGetRequest get;
+  get.set_namespace_id(1);
+  get.set_include_payload(true);
+  get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
+  v1::BeginGetResponse got;
+  grpc::Status ok = stub->BeginGet(As(kToken).get(), get, &got);
+  ASSERT_TRUE(ok.ok()) << ok.error_message();
+  EXPECT_EQ(got.blocks(0).payload().size(), o.block_bytes) << "replies carry whole blocks";
+  get.set_scope(std::string(2 << 20, 's'));
+  grpc::Status refused = stub->BeginGet(As(kToken).get(), get, &got);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_EQ((*server)->blocks_served(), 1u);
+}
+
 // Readers that pile up on a slow agent (a gather that takes 300 ms, 64 readers at once with a
 // 1 s deadline): a few are served in turn and the rest are refused at once (RESOURCE_EXHAUSTED:
 // read from the store), rather than each waiting out its whole deadline for the serve region

@@ -2,10 +2,13 @@
 // load across layouts and dtypes, a prefill process's 4,096-token prompt loaded by this
 // process from the store and from the prefill agent's pool, directory publish/unpublish,
 // peer failure, and per-block load results. One node for the whole suite.
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "engine_kv.h"
 #include "strata/client/local_node.h"
@@ -257,6 +261,58 @@ TEST_F(GpuAgentTest, DecodeLoadsPrefillProcessPromptFromStoreAndFromPeer) {
   EXPECT_EQ(c->blocks()[0].source, LoadSource::kStore);
   EXPECT_EQ(after.agent->Stats().peer_fallbacks, 256u);
   EXPECT_EQ(Exact(after, hashes, slots), 256u);
+}
+
+// Directory entries of agents whose hosts hang (a listening socket that never answers; their
+// entries live until their TTL): a load asks the first such peer and, once peers have cost it
+// call_deadline by failing, takes the blocks of the others from the store without asking
+// (peer_skips). Before, it asked each in turn: four deadlines here, and every load queued
+// behind it waited as long.
+TEST_F(GpuAgentTest, HungPeersCostALoadOneDeadlineInAll) {
+  constexpr uint32_t kPeers = 4, kEach = 4;
+  KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  Side prefill = Make(Options("hung-peers", false), shape);  // offloads, publishes nothing
+  auto hashes = Hashes(*prefill.agent, kPeers * kEach, 31);
+  const auto slots = Slots(0, kPeers * kEach);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, slots)).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  // Each hung "agent" publishes a quarter of the prompt, as its agent would have.
+  client::ClientOptions co;
+  co.address = node_->address();
+  auto c = client::StoreClient::Connect(co);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<int> listeners;
+  absl::Cleanup close_listeners = [&] {
+    for (int fd : listeners) close(fd);
+  };
+  for (uint32_t p = 0; p < kPeers; ++p) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    listeners.push_back(fd);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
+    ASSERT_EQ(listen(fd, 16), 0);  // connections complete in the backlog; nothing answers
+    ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    const client::PeerLocation at{absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)), "t"};
+    const std::span<const ChainHash> part(hashes.data() + p * kEach, kEach);
+    const std::vector<uint64_t> sizes(kEach, prefill.pool.pool().block_bytes);
+    auto published = (*c)->Publish(prefill.agent->ns(), "", part, sizes, at, absl::Minutes(5));
+    ASSERT_TRUE(published.ok()) << published.status();
+  }
+  AgentOptions impatient = Options("hung-peers", false);
+  impatient.call_deadline = absl::Seconds(1);
+  impatient.peer_retry_after = absl::Minutes(1);
+  Side decode = Make(impatient, shape);
+  auto loaded = LoadAll(decode, hashes, slots);
+  EXPECT_EQ(loaded->loaded_prefix(), kPeers * kEach);
+  EXPECT_EQ(Exact(decode, hashes, slots), kPeers * kEach);
+  const AgentStats st = decode.agent->Stats();
+  EXPECT_EQ(st.loaded_from_store, kPeers * kEach);
+  EXPECT_EQ(st.peer_fallbacks, kPeers * kEach);
+  EXPECT_EQ(st.peer_skips, (kPeers - 1) * kEach) << "hung peers asked one after another";
 }
 
 TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {

@@ -153,7 +153,8 @@ struct AgentStats {
   uint64_t load_failed = 0;
   uint64_t peer_fallbacks = 0;  // blocks a peer could not serve, fetched from the store
   // Of those, blocks not even tried there: their peer could not be reached moments before
-  // (peer_retry_after), so the load did not wait for it again.
+  // (peer_retry_after), so the load did not wait for it again, or other peers had already
+  // cost the load call_deadline by failing it.
   uint64_t peer_skips = 0;
   uint64_t served_to_peers = 0;               // blocks this agent sent to peers
   uint64_t peer_token_rotations = 0;          // times the peer token was drawn anew
