@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent_impl.h"
 #include "spdlog/spdlog.h"
+#include "strata/common/checksum.h"
 #include "strata/proto/tls_files.h"
 
 namespace strata::gpu_agent {
@@ -179,8 +180,9 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
     po.tls_key = options_.peer_tls_key;
     uint8_t* serve_region = (*staging)->data() + 2ull * batch_ * bb;
     absl::StatusOr<std::unique_ptr<PeerServer>> server = PeerServer::Start(
-        po, serve_region, [this](std::span<const ChainHash> hashes, uint8_t* region) {
-          return GatherForPeer(hashes, region);
+        po, serve_region,
+        [this](std::span<const ChainHash> hashes, uint8_t* region, uint64_t* checksums) {
+          return GatherForPeer(hashes, region, checksums);
         });
     if (!server.ok()) {
       // The staging buffer goes with this call: it must not stay registered (a retry's buffer
@@ -446,6 +448,12 @@ void GpuAgentImpl::OffloadLoop() {
         sent.push_back(i);
       }
       std::vector<bool> ok = PutBlocks(writes);
+      // What peers will be told each block hashes to (the bytes just stored), only for blocks
+      // this agent advertises.
+      std::vector<uint64_t> sums(sent.size());
+      for (size_t k = 0; k < sent.size() && !options_.peer_listen.empty(); ++k) {
+        if (ok[k]) sums[k] = BlockChecksum(region + sent[k] * bb, bb);
+      }
       std::vector<ChainHash> publish;
       {
         absl::MutexLock lock(&mu_);
@@ -461,6 +469,7 @@ void GpuAgentImpl::OffloadLoop() {
             // advertises it: one entry, one count.
             const bool already = PublishedElsewhere(states[i].hash, ids[i]);
             it->second.published = true;
+            it->second.checksum = sums[k];
             if (already) continue;
             ++stats_.published;
             publish.push_back(states[i].hash);
@@ -556,21 +565,30 @@ void GpuAgentImpl::RefreshPublished() {
 }
 
 std::vector<absl::Status> GpuAgentImpl::GatherForPeer(std::span<const ChainHash> hashes,
-                                                      uint8_t* region) {
+                                                      uint8_t* region, uint64_t* checksums) {
   std::vector<absl::Status> status(hashes.size(), absl::OkStatus());
   std::vector<uint32_t> ids;
   std::vector<size_t> at;  // staged position of ids[k]
   {
     absl::MutexLock lock(&mu_);
     for (size_t i = 0; i < hashes.size(); ++i) {
+      // A slot whose block was published (offloaded, its checksum known): the newest such.
+      // One only computed again in another slot, not yet offloaded, is not served from there.
       auto h = by_hash_.find(hashes[i]);
-      if (h == by_hash_.end()) {
+      const std::vector<uint32_t> none;
+      const std::vector<uint32_t>& slots = h == by_hash_.end() ? none : h->second;
+      auto slot = std::find_if(slots.rbegin(), slots.rend(), [&](uint32_t id) {
+        auto b = blocks_.find(id);
+        return b != blocks_.end() && b->second.published;
+      });
+      if (slot == slots.rend()) {
         status[i] = absl::NotFoundError("not in this agent's GPU memory");
         continue;
       }
-      ids.push_back(h->second.back());  // any slot holding it: the newest
+      ids.push_back(*slot);
       at.push_back(i);
-      Pin(h->second.back());
+      checksums[i] = blocks_.at(*slot).checksum;
+      Pin(*slot);
     }
   }
   // Gather into the first ids.size() slots, then spread to each block's position.

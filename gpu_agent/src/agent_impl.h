@@ -46,6 +46,9 @@ class GpuAgentImpl : public GpuAgent {
     uint64_t generation = 0;  // which OnBlocksComputed filled the slot
     bool pending = false;     // queued for offload, not gathered yet
     bool published = false;   // in the directory under this agent's address
+    // xxh3-64 of the stored form as offloaded (set when published): what peers are told the
+    // block's bytes hash to, so a slot rewritten since fails their check.
+    uint64_t checksum = 0;
   };
   struct Captured {  // gathered by OnBlocksFreed, waiting for the store
     ChainHash hash;
@@ -81,7 +84,8 @@ class GpuAgentImpl : public GpuAgent {
   void RefreshPublished();
   // Draws a new peer token; the peer server keeps the old one for publish_ttl.
   void RotatePeerToken();
-  std::vector<absl::Status> GatherForPeer(std::span<const ChainHash> hashes, uint8_t* region);
+  std::vector<absl::Status> GatherForPeer(std::span<const ChainHash> hashes, uint8_t* region,
+                                          uint64_t* checksums);
 
   void LoadLoop();
   void RunLoad(LoadJob& job);

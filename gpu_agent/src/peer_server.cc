@@ -20,7 +20,6 @@
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/chain_hash.h"
-#include "strata/common/checksum.h"
 #include "strata/common/namespace.h"
 #include "strata/common/timed_turn.h"
 #include "strata/proto/bearer_token.h"
@@ -157,7 +156,8 @@ class PeerService final : public v1::StoreService::Service {
     }
     RegionTurn turn(*this, ctx);
     if (!turn.status().ok()) return ToGrpc(turn.status());
-    std::vector<absl::Status> status = Gather(hashes, req->scope());
+    std::vector<uint64_t> checksums(hashes.size());
+    std::vector<absl::Status> status = Gather(hashes, req->scope(), checksums.data());
     for (size_t i = 0; i < hashes.size(); ++i) {
       v1::GetBlock* b = resp->add_blocks();
       ToBlockStatus(status[i], b->mutable_status());
@@ -165,7 +165,7 @@ class PeerService final : public v1::StoreService::Service {
       const uint8_t* data = region_ + i * options_.block_bytes;
       b->set_tier(v1::TIER_HOT);
       b->set_size(options_.block_bytes);
-      b->set_checksum(BlockChecksum(data, options_.block_bytes));
+      b->set_checksum(checksums[i]);
       if (req->include_payload()) {
         b->set_payload(reinterpret_cast<const char*>(data), options_.block_bytes);
       }
@@ -228,7 +228,8 @@ class PeerService final : public v1::StoreService::Service {
     }
     RegionTurn turn(*this, ctx);
     if (!turn.status().ok()) return ToGrpc(turn.status());
-    std::vector<absl::Status> status = Gather(hashes, req->scope());
+    std::vector<uint64_t> checksums(hashes.size());
+    std::vector<absl::Status> status = Gather(hashes, req->scope(), checksums.data());
     std::vector<transport::TransferOp> ops;
     for (int i = 0; i < n; ++i) {
       uint8_t* data = region_ + i * options_.block_bytes;
@@ -243,7 +244,7 @@ class PeerService final : public v1::StoreService::Service {
       if (send) {
         b->set_tier(v1::TIER_HOT);
         b->set_size(options_.block_bytes);
-        b->set_checksum(BlockChecksum(data, options_.block_bytes));
+        b->set_checksum(checksums[i]);
       }
       if (two_sided) {  // exactly one message per tag, empty for blocks not sent
         ops.push_back(transport::TransferOp::Send(send ? data : nullptr,
@@ -329,12 +330,13 @@ class PeerService final : public v1::StoreService::Service {
   // `shared` agent's, which every tenant may read (the store hands its location and token to
   // each, for a lookup in the tenant's own scope, which the reader then names).
   // Only with the region's turn (RegionTurn).
-  std::vector<absl::Status> Gather(std::span<const ChainHash> hashes, const std::string& scope) {
+  std::vector<absl::Status> Gather(std::span<const ChainHash> hashes, const std::string& scope,
+                                   uint64_t* checksums) {
     if (scope != options_.scope && options_.scope != kSharedScope) {
       return std::vector<absl::Status>(hashes.size(),
                                        absl::NotFoundError("not in this agent's scope"));
     }
-    std::vector<absl::Status> status = gather_(hashes, region_);
+    std::vector<absl::Status> status = gather_(hashes, region_, checksums);
     for (const absl::Status& s : status) served_.fetch_add(s.ok(), std::memory_order_relaxed);
     return status;
   }

@@ -55,10 +55,13 @@ struct PeerServerOptions {
 // 64 hex characters from the system's random generator (OpenSSL RAND_bytes).
 std::string RandomPeerToken();
 
-// Copies the blocks named by `hashes` into region + i × block_bytes; per block OK or NOT_FOUND
-// (this agent does not hold it). Runs on a gRPC thread.
-using GatherFn =
-    std::function<std::vector<absl::Status>(std::span<const ChainHash> hashes, uint8_t* region)>;
+// Copies the blocks named by `hashes` into region + i × block_bytes and sets checksums[i] to
+// the xxh3-64 of block i as the agent offloaded it (what the store holds); per block OK or
+// NOT_FOUND (this agent does not hold it). Readers check the bytes against that checksum, so
+// a slot the engine rewrote since reads as DATA_LOSS, never as the old block. Runs on a gRPC
+// thread.
+using GatherFn = std::function<std::vector<absl::Status>(std::span<const ChainHash> hashes,
+                                                         uint8_t* region, uint64_t* checksums)>;
 
 class PeerServer {
  public:

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "strata/common/checksum.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/transport/context.h"
 #include "strata/transport/worker.h"
@@ -64,13 +65,17 @@ PeerServerOptions Options() {
 // Serves blocks filled with 0x5a; holds none when `hold` is false.
 absl::StatusOr<std::unique_ptr<PeerServer>> Start(const PeerServerOptions& o,
                                                   std::vector<uint8_t>& region, bool hold) {
-  return PeerServer::Start(
-      o, region.data(),
-      [hold, bytes = o.block_bytes](std::span<const ChainHash> hashes, uint8_t* out) {
-        if (hold) std::memset(out, 0x5a, hashes.size() * bytes);
-        return std::vector<absl::Status>(hashes.size(),
-                                         hold ? absl::OkStatus() : absl::NotFoundError("not held"));
-      });
+  return PeerServer::Start(o, region.data(),
+                           [hold, bytes = o.block_bytes](std::span<const ChainHash> hashes,
+                                                         uint8_t* out, uint64_t* checksums) {
+                             if (hold) std::memset(out, 0x5a, hashes.size() * bytes);
+                             for (size_t i = 0; hold && i < hashes.size(); ++i) {
+                               checksums[i] = BlockChecksum(out + i * bytes, bytes);
+                             }
+                             return std::vector<absl::Status>(
+                                 hashes.size(),
+                                 hold ? absl::OkStatus() : absl::NotFoundError("not held"));
+                           });
 }
 
 std::unique_ptr<v1::StoreService::Stub> StubFor(const PeerServer& server) {
@@ -308,13 +313,13 @@ TEST(PeerServerTest, ReadersPilingUpAreRefusedNotQueuedPastTheirDeadline) {
   o.ucx_tls = "";  // inline reads
   std::vector<uint8_t> region(o.max_blocks * o.block_bytes);
   std::atomic<int> gathers{0};
-  auto server =
-      PeerServer::Start(o, region.data(), [&](std::span<const ChainHash> hashes, uint8_t* out) {
-        gathers.fetch_add(1);
-        absl::SleepFor(absl::Milliseconds(300));
-        std::memset(out, 0x5a, hashes.size() * o.block_bytes);
-        return std::vector<absl::Status>(hashes.size());
-      });
+  auto server = PeerServer::Start(o, region.data(),
+                                  [&](std::span<const ChainHash> hashes, uint8_t* out, uint64_t*) {
+                                    gathers.fetch_add(1);
+                                    absl::SleepFor(absl::Milliseconds(300));
+                                    std::memset(out, 0x5a, hashes.size() * o.block_bytes);
+                                    return std::vector<absl::Status>(hashes.size());
+                                  });
   ASSERT_THAT(server, IsOk());
   auto stub = StubFor(**server);
   v1::BeginGetRequest get;

@@ -383,6 +383,38 @@ TEST_F(GpuAgentTest, FreedBlocksAreUnpublishedAndStillOffloaded) {
   EXPECT_EQ(prefill.agent->Load(two, same).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// An engine that rewrites a published slot without OnBlocksFreed first (against the contract;
+// the agent learns only at the next OnBlocksComputed, if ever): a peer reading that block gets
+// the new bytes under the checksum of the block as offloaded, which fails the reader's check,
+// so the reader takes the block from the store. Before, the agent hashed whatever the slot
+// held when it served: the wrong KV passed every check and reached the reader's engine.
+TEST_F(GpuAgentTest, ASlotRewrittenBehindTheAgentsBackIsNeverServedAsTheOldBlock) {
+  const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  Side prefill = Make(Options("rewritten", true), shape);
+  auto hashes = Hashes(*prefill.agent, 8, 808);
+  const auto slots = Slots(0, 8);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, slots)).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  ASSERT_EQ(prefill.agent->Stats().published, 8u);
+  // Slots 2 and 5 get another prompt's KV, the agent not told.
+  auto other = Hashes(*prefill.agent, 8, 909);
+  const uint64_t bb = prefill.pool.pool().block_bytes;
+  std::vector<uint8_t> kv(bb);
+  for (uint32_t slot : {2u, 5u}) {
+    examples::BlockKv(other[slot], kv.data(), bb);
+    ASSERT_TRUE(prefill.twin->Scatter(kv.data(), {&slot, 1}).ok());
+  }
+  Side decode = Make(Options("rewritten", false), shape);
+  auto loaded = LoadAll(decode, hashes, Slots(10, 8));
+  EXPECT_EQ(loaded->loaded_prefix(), 8u);
+  EXPECT_EQ(Exact(decode, hashes, Slots(10, 8)), 8u) << "a rewritten slot was served as its block";
+  EXPECT_EQ(loaded->blocks()[2].source, LoadSource::kStore);
+  EXPECT_EQ(loaded->blocks()[5].source, LoadSource::kStore);
+  EXPECT_EQ(loaded->blocks()[3].source, LoadSource::kPeer);
+  EXPECT_EQ(decode.agent->Stats().loaded_from_peer, 6u);
+  EXPECT_EQ(decode.agent->Stats().peer_fallbacks, 2u);
+}
+
 // One block in two slots (two requests with one prompt): one directory entry, counted once;
 // freeing one slot leaves it served from the other, freeing both withdraws it. Before, the
 // agent mapped the hash to the newer slot only: once that was freed, peers were told NOT_FOUND
