@@ -219,11 +219,20 @@ class PeerService final : public v1::StoreService::Service {
       return ToGrpc(absl::InvalidArgumentError(
           absl::StrCat("tags / capacities / destinations: one per block (", n, " blocks)")));
     }
+    // As a node checks them (store_service_data.cc): a tag names the caller's channel, and a
+    // destination is a non-null range that does not wrap around.
+    for (int i = 0; two_sided && i < n; ++i) {
+      if (!transport::TagNamesChannel(req->tags(i), req->channel_id())) {
+        return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+            "tags[", i, "]: high 32 bits must be the channel id ", req->channel_id())));
+      }
+    }
     for (int i = 0; !two_sided && i < n; ++i) {
       const v1::RemoteBuffer& d = req->destinations(i);
-      if (d.rkey_index() >= static_cast<uint32_t>(req->rkeys_size()) || d.addr() == 0) {
-        return ToGrpc(absl::InvalidArgumentError(
-            absl::StrCat("destinations[", i, "]: null address or rkey_index out of range")));
+      if (d.rkey_index() >= static_cast<uint32_t>(req->rkeys_size()) || d.addr() == 0 ||
+          d.addr() + d.length() < d.addr()) {
+        return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+            "destinations[", i, "]: null or wrapping address range, or rkey_index out of range")));
       }
     }
     RegionTurn turn(*this, ctx);

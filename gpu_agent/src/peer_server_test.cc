@@ -240,6 +240,42 @@ TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
             grpc::StatusCode::NOT_FOUND);
 }
 
+// GetData is checked as a node checks it: a tag must name the caller's channel (its high 32
+// bits) and a destination must not wrap around the address space; either is INVALID_ARGUMENT
+// before any block is gathered. Before, the agent took both (found in review).
+TEST(PeerServerTest, GetDataNamingAnotherChannelOrAWrappingRangeIsRefused) {
+  std::vector<uint8_t> region(4 * 4096);
+  auto server = Start(Options(), region, true);
+  ASSERT_THAT(server, IsOk());
+  auto stub = StubFor(**server);
+  auto context = transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
+  ASSERT_THAT(context, IsOk());
+  std::vector<std::unique_ptr<transport::Worker>> workers;
+  v1::ConnectDataResponse channel;
+  grpc::Status s = ConnectFrom(*stub, **context, &workers, &channel);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  v1::GetDataRequest get;
+  get.set_channel_id(channel.channel_id());
+  get.set_namespace_id(1);
+  get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
+  get.add_tags((channel.channel_id() + 1) << 32 | 1);  // another channel's
+  get.add_capacities(4096);
+  v1::GetDataResponse got;
+  s = stub->GetData(As(kToken).get(), get, &got);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("channel id"));
+  get.clear_tags();
+  get.clear_capacities();
+  v1::RemoteBuffer* d = get.add_destinations();
+  d->set_addr(~uint64_t{0} - 100);  // + 4096 wraps
+  d->set_length(4096);
+  get.add_rkeys("k");
+  s = stub->GetData(As(kToken).get(), get, &got);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("wrapping"));
+  EXPECT_EQ((*server)->blocks_served(), 0u);
+}
+
 // One peer host holds at most max_channels_per_peer data channels: the directory hands the
 // token to every reader, and one host's readers must not take all the agent's channels. The
 // cap counts by host, not connection (each channel here is asked for over a connection of its
