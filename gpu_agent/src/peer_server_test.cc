@@ -98,6 +98,21 @@ grpc::Status ConnectFrom(v1::StoreService::Stub& stub, transport::Context& conte
   return stub.ConnectData(As(kToken).get(), req, channel);
 }
 
+// A peer of this test's own: a UCX context over tcp and the workers its channels use.
+struct TestPeer {
+  std::unique_ptr<transport::Context> context;
+  std::vector<std::unique_ptr<transport::Worker>> workers;
+};
+
+// A new TestPeer (*peer) opens a data channel to the server behind `stub`.
+void OpenChannel(v1::StoreService::Stub& stub, TestPeer* peer, v1::ConnectDataResponse* channel) {
+  auto context = transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
+  ASSERT_THAT(context, IsOk());
+  peer->context = std::move(*context);
+  grpc::Status s = ConnectFrom(stub, *peer->context, &peer->workers, channel);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+}
+
 TEST(PeerServerTest, OnlyCallersWithTheTokenAreServed) {
   EXPECT_EQ(kToken.size(), 64u);
   EXPECT_NE(RandomPeerToken(), kToken);
@@ -220,14 +235,11 @@ TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
   auto stub = StubFor(**server);
 
   // A peer opens a channel, then goes away without CloseData.
-  auto context = transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
-  ASSERT_THAT(context, IsOk());
-  std::vector<std::unique_ptr<transport::Worker>> workers;
+  TestPeer peer;
   v1::ConnectDataResponse channel;
-  grpc::Status s = ConnectFrom(*stub, **context, &workers, &channel);
-  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_NO_FATAL_FAILURE(OpenChannel(*stub, &peer, &channel));
   EXPECT_EQ(DataChannels(*stub), 1u);
-  workers.clear();
+  peer.workers.clear();
 
   for (int i = 0; i < 100 && DataChannels(*stub) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -248,12 +260,9 @@ TEST(PeerServerTest, GetDataNamingAnotherChannelOrAWrappingRangeIsRefused) {
   auto server = Start(Options(), region, true);
   ASSERT_THAT(server, IsOk());
   auto stub = StubFor(**server);
-  auto context = transport::Context::Create(transport::TransportOptions{"tcp", {}, true});
-  ASSERT_THAT(context, IsOk());
-  std::vector<std::unique_ptr<transport::Worker>> workers;
+  TestPeer peer;
   v1::ConnectDataResponse channel;
-  grpc::Status s = ConnectFrom(*stub, **context, &workers, &channel);
-  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_NO_FATAL_FAILURE(OpenChannel(*stub, &peer, &channel));
   v1::GetDataRequest get;
   get.set_channel_id(channel.channel_id());
   get.set_namespace_id(1);
@@ -261,7 +270,7 @@ TEST(PeerServerTest, GetDataNamingAnotherChannelOrAWrappingRangeIsRefused) {
   get.add_tags((channel.channel_id() + 1) << 32 | 1);  // another channel's
   get.add_capacities(4096);
   v1::GetDataResponse got;
-  s = stub->GetData(As(kToken).get(), get, &got);
+  grpc::Status s = stub->GetData(As(kToken).get(), get, &got);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("channel id"));
   get.clear_tags();
