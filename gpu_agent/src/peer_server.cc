@@ -430,6 +430,10 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
     dp.max_channels_per_owner = options.max_channels_per_peer;
     dp.max_block_bytes = options.block_bytes;
     dp.channel_idle = options.channel_idle;
+    // The agent only sends (GetData): it posts no receive, so a message a peer sends it is
+    // never claimed and would hold its bytes in UCX until swept. Its channel closes at the
+    // next sweep (about a second) instead of after the node's 30 s.
+    dp.unclaimed_timeout = absl::ZeroDuration();
     absl::StatusOr<std::unique_ptr<transport::DataPlane>> plane =
         transport::DataPlane::Create(dp, region, region_bytes);
     if (!plane.ok()) return plane.status();

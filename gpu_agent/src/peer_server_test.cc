@@ -285,6 +285,35 @@ TEST(PeerServerTest, GetDataNamingAnotherChannelOrAWrappingRangeIsRefused) {
   EXPECT_EQ((*server)->blocks_served(), 0u);
 }
 
+// The agent posts no receive: a message a peer sends it on a channel is never claimed, and
+// UCX holds its bytes meanwhile (eager messages travel before any receive). Such a channel is
+// closed at the next sweep (about a second); before, after 30 s, the node's setting, and a
+// token holder could keep up to 256 channels' worth of messages waiting that long.
+TEST(PeerServerTest, AChannelAPeerSendsMessagesOnIsClosed) {
+  std::vector<uint8_t> region(4 * 4096);
+  auto server = Start(Options(), region, true);
+  ASSERT_THAT(server, IsOk());
+  auto stub = StubFor(**server);
+  TestPeer peer;
+  v1::ConnectDataResponse channel;
+  ASSERT_NO_FATAL_FAILURE(OpenChannel(*stub, &peer, &channel));
+  auto ep = peer.workers[0]->Connect(channel.worker_addresses(0));
+  ASSERT_THAT(ep, IsOk());
+  const std::vector<uint8_t> payload(60000, 0x33);  // eager over tcp
+  std::vector<transport::TransferOp> ops;
+  for (uint64_t i = 1; i <= 4; ++i) {
+    ops.push_back(transport::TransferOp::Send(payload.data(), payload.size(),
+                                              channel.channel_id() << 32 | i));
+  }
+  ASSERT_THAT(peer.workers[0]->Transfer(*ep, ops, absl::Now() + absl::Seconds(10)), IsOk());
+  // Bounded: 10 s rules out the node's 30 s, not a speed.
+  for (absl::Time end = absl::Now() + absl::Seconds(10);
+       DataChannels(*stub) != 0 && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(DataChannels(*stub), 0u);
+}
+
 // One peer host holds at most max_channels_per_peer data channels: the directory hands the
 // token to every reader, and one host's readers must not take all the agent's channels. The
 // cap counts by host, not connection (each channel here is asked for over a connection of its
