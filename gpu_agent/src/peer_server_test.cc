@@ -252,25 +252,37 @@ TEST(PeerServerTest, DataChannelsAPeerLeftOpenAreClosedOnceIdle) {
             grpc::StatusCode::NOT_FOUND);
 }
 
+// A server holding every block (Options()) and a peer of this test's own with a data
+// channel open to it.
+class PeerChannelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = Start(Options(), region_, true);
+    ASSERT_THAT(server, IsOk());
+    server_ = std::move(*server);
+    stub_ = StubFor(*server_);
+    ASSERT_NO_FATAL_FAILURE(OpenChannel(*stub_, &peer_, &channel_));
+  }
+
+  std::vector<uint8_t> region_ = std::vector<uint8_t>(4 * 4096);
+  std::unique_ptr<PeerServer> server_;
+  std::unique_ptr<v1::StoreService::Stub> stub_;
+  TestPeer peer_;
+  v1::ConnectDataResponse channel_;
+};
+
 // GetData is checked as a node checks it: a tag must name the caller's channel (its high 32
 // bits) and a destination must not wrap around the address space; either is INVALID_ARGUMENT
 // before any block is gathered. Before, the agent took both (found in review).
-TEST(PeerServerTest, GetDataNamingAnotherChannelOrAWrappingRangeIsRefused) {
-  std::vector<uint8_t> region(4 * 4096);
-  auto server = Start(Options(), region, true);
-  ASSERT_THAT(server, IsOk());
-  auto stub = StubFor(**server);
-  TestPeer peer;
-  v1::ConnectDataResponse channel;
-  ASSERT_NO_FATAL_FAILURE(OpenChannel(*stub, &peer, &channel));
+TEST_F(PeerChannelTest, GetDataNamingAnotherChannelOrAWrappingRangeIsRefused) {
   v1::GetDataRequest get;
-  get.set_channel_id(channel.channel_id());
+  get.set_channel_id(channel_.channel_id());
   get.set_namespace_id(1);
   get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
-  get.add_tags((channel.channel_id() + 1) << 32 | 1);  // another channel's
+  get.add_tags((channel_.channel_id() + 1) << 32 | 1);  // another channel's
   get.add_capacities(4096);
   v1::GetDataResponse got;
-  grpc::Status s = stub->GetData(As(kToken).get(), get, &got);
+  grpc::Status s = stub_->GetData(As(kToken).get(), get, &got);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("channel id"));
   get.clear_tags();
@@ -279,39 +291,32 @@ TEST(PeerServerTest, GetDataNamingAnotherChannelOrAWrappingRangeIsRefused) {
   d->set_addr(~uint64_t{0} - 100);  // + 4096 wraps
   d->set_length(4096);
   get.add_rkeys("k");
-  s = stub->GetData(As(kToken).get(), get, &got);
+  s = stub_->GetData(As(kToken).get(), get, &got);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("wrapping"));
-  EXPECT_EQ((*server)->blocks_served(), 0u);
+  EXPECT_EQ(server_->blocks_served(), 0u);
 }
 
 // The agent posts no receive: a message a peer sends it on a channel is never claimed, and
 // UCX holds its bytes meanwhile (eager messages travel before any receive). Such a channel is
 // closed at the next sweep (about a second); before, after 30 s, the node's setting, and a
 // token holder could keep up to 256 channels' worth of messages waiting that long.
-TEST(PeerServerTest, AChannelAPeerSendsMessagesOnIsClosed) {
-  std::vector<uint8_t> region(4 * 4096);
-  auto server = Start(Options(), region, true);
-  ASSERT_THAT(server, IsOk());
-  auto stub = StubFor(**server);
-  TestPeer peer;
-  v1::ConnectDataResponse channel;
-  ASSERT_NO_FATAL_FAILURE(OpenChannel(*stub, &peer, &channel));
-  auto ep = peer.workers[0]->Connect(channel.worker_addresses(0));
+TEST_F(PeerChannelTest, AChannelAPeerSendsMessagesOnIsClosed) {
+  auto ep = peer_.workers[0]->Connect(channel_.worker_addresses(0));
   ASSERT_THAT(ep, IsOk());
   const std::vector<uint8_t> payload(60000, 0x33);  // eager over tcp
   std::vector<transport::TransferOp> ops;
   for (uint64_t i = 1; i <= 4; ++i) {
     ops.push_back(transport::TransferOp::Send(payload.data(), payload.size(),
-                                              channel.channel_id() << 32 | i));
+                                              channel_.channel_id() << 32 | i));
   }
-  ASSERT_THAT(peer.workers[0]->Transfer(*ep, ops, absl::Now() + absl::Seconds(10)), IsOk());
+  ASSERT_THAT(peer_.workers[0]->Transfer(*ep, ops, absl::Now() + absl::Seconds(10)), IsOk());
   // Bounded: 10 s rules out the node's 30 s, not a speed.
   for (absl::Time end = absl::Now() + absl::Seconds(10);
-       DataChannels(*stub) != 0 && absl::Now() < end;) {
+       DataChannels(*stub_) != 0 && absl::Now() < end;) {
     absl::SleepFor(absl::Milliseconds(50));
   }
-  EXPECT_EQ(DataChannels(*stub), 0u);
+  EXPECT_EQ(DataChannels(*stub_), 0u);
 }
 
 // One peer host holds at most max_channels_per_peer data channels: the directory hands the
