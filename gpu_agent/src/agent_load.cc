@@ -135,10 +135,11 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
       from_store.push_back(i);
     }
   }
-  // Peers that fail a load (no connection, gone, or silent) cost it call_deadline in all:
-  // past that, the blocks of the peers not asked yet come from the store at once. Directory
-  // entries of several dead agents (they live until their TTL) would otherwise hold this load,
-  // and every load queued behind it, for up to three deadlines each (connecting a client
+  // Peers that fail a load (no connection, gone, or silent; each for its whole attempt) cost
+  // it about call_deadline in all: past that, the blocks of the peers not asked yet come from
+  // the store at once (the one that crosses the line may take it past, up to three calls).
+  // Directory entries of several dead agents (they live until their TTL) would otherwise hold this
+  // load, and every load queued behind it, for up to three deadlines each (connecting a client
   // takes three calls).
   absl::Duration lost_to_peers;
   for (auto& [key, which] : by_peer) {
@@ -157,7 +158,7 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
       unreachable_[key] = absl::Now();
     }
     uint64_t fallbacks = 0;
-    bool gone = !peer.ok();
+    bool gone = !peer.ok() && !skip;  // a skipped peer keeps its client (it was not asked)
     bool silent = false;
     for (size_t i : which) {
       if (out[i].status.ok()) continue;

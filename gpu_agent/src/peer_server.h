@@ -56,7 +56,7 @@ struct PeerServerOptions {
 std::string RandomPeerToken();
 
 // Copies the blocks named by `hashes` into region + i × block_bytes and sets checksums[i] to
-// the xxh3-64 of block i as the agent offloaded it (what the store holds); per block OK or
+// the xxh3-64 of block i as the agent offloaded it (the bytes it put to the store); per block OK or
 // NOT_FOUND (this agent does not hold it). Readers check the bytes against that checksum, so
 // a slot the engine rewrote since reads as DATA_LOSS, never as the old block. Runs on a gRPC
 // thread.

@@ -304,7 +304,7 @@ TEST_F(PeerChannelTest, GetDataNamingAnotherChannelOrAWrappingRangeIsRefused) {
 TEST_F(PeerChannelTest, AChannelAPeerSendsMessagesOnIsClosed) {
   auto ep = peer_.workers[0]->Connect(channel_.worker_addresses(0));
   ASSERT_THAT(ep, IsOk());
-  const std::vector<uint8_t> payload(60000, 0x33);  // eager over tcp
+  const std::vector<uint8_t> payload(4096, 0x33);  // eager over tcp, well below rendezvous
   std::vector<transport::TransferOp> ops;
   for (uint64_t i = 1; i <= 4; ++i) {
     ops.push_back(transport::TransferOp::Send(payload.data(), payload.size(),

@@ -18,17 +18,23 @@ namespace {
 // Directory entries of agents whose hosts hang (a listening socket that never answers; their
 // entries live until their TTL): a load asks the first such peer and, once peers have cost it
 // call_deadline by failing, takes the blocks of the others from the store without asking
-// (peer_skips). Before, it asked each in turn: four deadlines here, and every load queued
-// behind it waited as long.
+// (peer_skips), a healthy peer's too, whose client it keeps for the next load. Before, it
+// asked each in turn: four deadlines here, and every load queued behind it waited as long.
 TEST_F(GpuAgentTest, HungPeersCostALoadOneDeadlineInAll) {
   constexpr uint32_t kPeers = 4, kEach = 4;
   KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
   Side prefill = Make(Options("hung-peers", false), shape);  // offloads, publishes nothing
-  auto hashes = Hashes(*prefill.agent, kPeers * kEach, 31);
-  const auto slots = Slots(0, kPeers * kEach);
+  auto hashes = Hashes(*prefill.agent, (kPeers + 1) * kEach, 31);
+  const auto slots = Slots(0, (kPeers + 1) * kEach);
   ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, slots)).ok());
   ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
-  // Each hung "agent" publishes a quarter of the prompt, as its agent would have.
+  // A healthy agent holds and publishes the last part.
+  const std::vector<ChainHash> last(hashes.end() - kEach, hashes.end());
+  Side healthy = Make(Options("hung-peers", true), shape);
+  ASSERT_TRUE(healthy.agent->OnBlocksComputed(Compute(healthy, last, Slots(0, kEach))).ok());
+  ASSERT_TRUE(healthy.agent->Flush(absl::Seconds(30)).ok());
+  // Each hung "agent" publishes one of the other parts, as its agent would have. One of them
+  // is asked before the healthy one (a load asks peers in the order of their addresses).
   client::ClientOptions co;
   co.address = node_->address();
   auto c = client::StoreClient::Connect(co);
@@ -37,7 +43,8 @@ TEST_F(GpuAgentTest, HungPeersCostALoadOneDeadlineInAll) {
   absl::Cleanup close_listeners = [&] {
     for (int fd : listeners) close(fd);
   };
-  for (uint32_t p = 0; p < kPeers; ++p) {
+  std::vector<std::string> hung;
+  for (int tries = 0; tries < 64 && hung.size() < kPeers; ++tries) {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
     ASSERT_GE(fd, 0);
     listeners.push_back(fd);
@@ -48,23 +55,35 @@ TEST_F(GpuAgentTest, HungPeersCostALoadOneDeadlineInAll) {
     ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
     ASSERT_EQ(listen(fd, 16), 0);  // connections complete in the backlog; nothing answers
     ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-    const client::PeerLocation at{absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)), "t"};
+    std::string at = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+    const bool first = hung.empty();
+    if (!first || at < healthy.agent->peer_address()) hung.push_back(std::move(at));
+  }
+  ASSERT_EQ(hung.size(), kPeers) << "no port below the healthy agent's in 64 tries";
+  for (uint32_t p = 0; p < kPeers; ++p) {
     const std::span<const ChainHash> part(hashes.data() + p * kEach, kEach);
     const std::vector<uint64_t> sizes(kEach, prefill.pool.pool().block_bytes);
-    auto published = (*c)->Publish(prefill.agent->ns(), "", part, sizes, at, absl::Minutes(5));
+    auto published =
+        (*c)->Publish(prefill.agent->ns(), "", part, sizes, {hung[p], "t"}, absl::Minutes(5));
     ASSERT_TRUE(published.ok()) << published.status();
   }
   AgentOptions impatient = Options("hung-peers", false);
   impatient.call_deadline = absl::Seconds(1);
   impatient.peer_retry_after = absl::Minutes(1);
   Side decode = Make(impatient, shape);
+  // The healthy part alone: from its peer, whose client stays connected.
+  ASSERT_EQ(LoadAll(decode, last, Slots(0, kEach))->loaded_prefix(), kEach);
+  ASSERT_EQ(decode.agent->Stats().loaded_from_peer, kEach);
+  ASSERT_EQ(decode.agent->Stats().peer_clients, 1u);
+  // The whole prompt: the first hung peer is asked, the rest come from the store unasked.
   auto loaded = LoadAll(decode, hashes, slots);
-  EXPECT_EQ(loaded->loaded_prefix(), kPeers * kEach);
-  EXPECT_EQ(Exact(decode, hashes, slots), kPeers * kEach);
+  EXPECT_EQ(loaded->loaded_prefix(), (kPeers + 1) * kEach);
+  EXPECT_EQ(Exact(decode, hashes, slots), (kPeers + 1) * kEach);
   const AgentStats st = decode.agent->Stats();
-  EXPECT_EQ(st.loaded_from_store, kPeers * kEach);
-  EXPECT_EQ(st.peer_fallbacks, kPeers * kEach);
-  EXPECT_EQ(st.peer_skips, (kPeers - 1) * kEach) << "hung peers asked one after another";
+  EXPECT_EQ(st.loaded_from_store, (kPeers + 1) * kEach);
+  EXPECT_EQ(st.peer_fallbacks, (kPeers + 1) * kEach);
+  EXPECT_EQ(st.peer_skips, kPeers * kEach) << "hung peers asked one after another";
+  EXPECT_EQ(st.peer_clients, 1u) << "the healthy peer's client went with the skip";
 }
 
 // An engine that rewrites a published slot without OnBlocksFreed first (against the contract;
