@@ -606,6 +606,37 @@ std::vector<absl::Status> GpuAgentImpl::GatherForPeer(std::span<const ChainHash>
       std::memmove(region + at[k] * bb, region + k * bb, bb);
     }
   }
+  // A slot the engine rewrote after its block was offloaded, before telling the agent (as an
+  // engine that remaps slots does: OnBlocksComputed comes after the forward pass wrote them)
+  // no longer holds that block. The reader would catch it (its checksum is the recorded
+  // one); refused here and withdrawn from the directory, later readers are spared the trip.
+  std::vector<size_t> rewritten;  // k of ids[k]
+  for (size_t k = 0; gathered.ok() && k < ids.size(); ++k) {
+    if (BlockChecksum(region + at[k] * bb, bb) != checksums[at[k]]) rewritten.push_back(k);
+  }
+  if (!rewritten.empty()) {
+    absl::MutexLock lock(&mu_);
+    for (size_t k : rewritten) {
+      const ChainHash& hash = hashes[at[k]];
+      status[at[k]] = absl::DataLossError(
+          "the slot holding this block was rewritten since it was offloaded; withdrawn");
+      auto b = blocks_.find(ids[k]);
+      if (b != blocks_.end() && b->second.published && b->second.hash == hash) {
+        b->second.published = false;
+        if (!PublishedElsewhere(hash, ids[k])) {
+          unpublish_.push_back(hash);
+          --stats_.published;
+        }
+      }
+    }
+    stats_.served_to_peers -= rewritten.size();
+    stats_.served_rewritten += rewritten.size();
+    spdlog::error(
+        "gpu agent: {} published block(s) found rewritten in their slots when a peer read them "
+        "(the engine reused the slots before OnBlocksFreed / OnBlocksComputed); refused and "
+        "withdrawn",
+        rewritten.size());
+  }
   return status;
 }
 
@@ -666,10 +697,15 @@ std::string GpuAgentImpl::MetricsText() const {
       {"strata_agent_peer_fallback_blocks_total", "counter",
        "Blocks a peer could not serve, loaded from the store", st.peer_fallbacks},
       {"strata_agent_peer_skipped_blocks_total", "counter",
-       "Blocks loaded from the store without trying a peer that was unreachable moments before",
+       "Blocks loaded from the store without trying their peer: unreachable moments before, "
+       "or after failing peers had cost the load call_deadline",
        st.peer_skips},
       {"strata_agent_served_blocks_total", "counter", "Blocks sent to peer agents",
        st.served_to_peers},
+      {"strata_agent_served_rewritten_blocks_total", "counter",
+       "Blocks peers asked for whose slot the engine had rewritten before telling the agent: "
+       "refused and withdrawn",
+       st.served_rewritten},
       {"strata_agent_peer_token_rotations_total", "counter",
        "Times the peer token was drawn anew (peer_token_rotation)", st.peer_token_rotations},
       {"strata_agent_peer_token_rotation_failures_total", "counter",

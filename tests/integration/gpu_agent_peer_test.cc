@@ -86,11 +86,13 @@ TEST_F(GpuAgentTest, HungPeersCostALoadOneDeadlineInAll) {
   EXPECT_EQ(st.peer_clients, 1u) << "the healthy peer's client went with the skip";
 }
 
-// An engine that rewrites a published slot without OnBlocksFreed first (against the contract;
-// the agent learns only at the next OnBlocksComputed, if ever): a peer reading that block gets
-// the new bytes under the checksum of the block as offloaded, which fails the reader's check,
-// so the reader takes the block from the store. Before, the agent hashed whatever the slot
-// held when it served: the wrong KV passed every check and reached the reader's engine.
+// An engine that rewrites a published slot before telling the agent (without OnBlocksFreed,
+// or before the OnBlocksComputed that remaps it: the forward pass writes the slot first): a
+// peer reading that block is refused DATA_LOSS (the slot no longer matches the checksum the
+// agent recorded at offload, which is also the one it would send), the reader takes the block
+// from the store, and the serving agent withdraws it from the directory. Before, the agent
+// hashed whatever the slot held when it served: the wrong KV passed every check and reached
+// the reader's engine.
 TEST_F(GpuAgentTest, ASlotRewrittenBehindTheAgentsBackIsNeverServedAsTheOldBlock) {
   const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
   Side prefill = Make(Options("rewritten", true), shape);
@@ -116,6 +118,24 @@ TEST_F(GpuAgentTest, ASlotRewrittenBehindTheAgentsBackIsNeverServedAsTheOldBlock
   EXPECT_EQ(loaded->blocks()[3].source, LoadSource::kPeer);
   EXPECT_EQ(decode.agent->Stats().loaded_from_peer, 6u);
   EXPECT_EQ(decode.agent->Stats().peer_fallbacks, 2u);
+  // The serving agent found the two slots rewritten when they were read and withdrew their
+  // entries: the next reader takes those blocks from the store without asking the peer.
+  EXPECT_EQ(prefill.agent->Stats().served_rewritten, 2u);
+  EXPECT_EQ(prefill.agent->Stats().published, 6u);
+  client::ClientOptions co;
+  co.address = node_->address();
+  auto c = client::StoreClient::Connect(co);
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    auto r = (*c)->LookupEach(prefill.agent->ns(), "", {&hashes[2], 1});
+    if (r.ok() && (*r)[0].peers.empty()) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  Side next = Make(Options("rewritten", false), shape);
+  auto again = LoadAll(next, hashes, Slots(10, 8));
+  EXPECT_EQ(Exact(next, hashes, Slots(10, 8)), 8u);
+  EXPECT_EQ(next.agent->Stats().loaded_from_peer, 6u);
+  EXPECT_EQ(next.agent->Stats().peer_fallbacks, 0u) << "the withdrawn blocks were asked for";
 }
 
 // One block in two slots (two requests with one prompt): one directory entry, counted once;

@@ -156,7 +156,10 @@ struct AgentStats {
   // (peer_retry_after), so the load did not wait for it again, or other peers had already
   // cost the load call_deadline by failing it.
   uint64_t peer_skips = 0;
-  uint64_t served_to_peers = 0;               // blocks this agent sent to peers
+  uint64_t served_to_peers = 0;  // blocks this agent sent to peers
+  // Blocks peers asked for whose slot the engine had rewritten since their offload, before
+  // telling the agent: refused (DATA_LOSS) and withdrawn from the directory.
+  uint64_t served_rewritten = 0;
   uint64_t peer_token_rotations = 0;          // times the peer token was drawn anew
   uint64_t peer_token_rotation_failures = 0;  // rotations skipped: no random bytes for a token
   uint64_t bytes_offloaded = 0;
@@ -190,7 +193,9 @@ class GpuAgent {
   virtual std::string peer_address() const = 0;
 
   // Write-back of finished blocks; returns at once. INVALID_ARGUMENT for an id outside the
-  // pool (nothing queued). A block id already mapped to another hash is remapped.
+  // pool (nothing queued). A block id already mapped to another hash is remapped; until then
+  // peers asking for the old block are refused (its slot no longer matches the checksum
+  // recorded at its offload) and it is withdrawn, never served with the new bytes.
   virtual absl::Status OnBlocksComputed(std::span<const ComputedBlock> blocks) = 0;
   // The engine is about to reuse these slots. Waits only while one of them is being copied
   // out of the pool (gather for offload or for a peer) or into it (a load's scatter); a load
