@@ -569,13 +569,13 @@ std::vector<absl::Status> GpuAgentImpl::GatherForPeer(std::span<const ChainHash>
   std::vector<absl::Status> status(hashes.size(), absl::OkStatus());
   std::vector<uint32_t> ids;
   std::vector<size_t> at;  // staged position of ids[k]
+  const std::vector<uint32_t> none;
   {
     absl::MutexLock lock(&mu_);
     for (size_t i = 0; i < hashes.size(); ++i) {
       // A slot whose block was published (offloaded, its checksum known): the newest such.
       // One only computed again in another slot, not yet offloaded, is not served from there.
       auto h = by_hash_.find(hashes[i]);
-      const std::vector<uint32_t> none;
       const std::vector<uint32_t>& slots = h == by_hash_.end() ? none : h->second;
       auto slot = std::find_if(slots.rbegin(), slots.rend(), [&](uint32_t id) {
         auto b = blocks_.find(id);

@@ -137,10 +137,9 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
   }
   // Peers that fail a load (no connection, gone, or silent; each for its whole attempt) cost
   // it about call_deadline in all: past that, the blocks of the peers not asked yet come from
-  // the store at once (the one that crosses the line may take it past, up to three calls).
-  // Directory entries of several dead agents (they live until their TTL) would otherwise hold this
-  // load, and every load queued behind it, for up to three deadlines each (connecting a client
-  // takes three calls).
+  // the store at once (the peer that crosses the line may take it past: connecting a client is
+  // three calls). The entries of several dead agents (they live until their TTL) would
+  // otherwise hold this load, and every load queued behind it, for that long each.
   absl::Duration lost_to_peers;
   for (auto& [key, which] : by_peer) {
     const std::string& address = key.first;

@@ -56,10 +56,10 @@ struct PeerServerOptions {
 std::string RandomPeerToken();
 
 // Copies the blocks named by `hashes` into region + i × block_bytes and sets checksums[i] to
-// the xxh3-64 of block i as the agent offloaded it (the bytes it put to the store); per block OK or
-// NOT_FOUND (this agent does not hold it). Readers check the bytes against that checksum, so
-// a slot the engine rewrote since reads as DATA_LOSS, never as the old block. Runs on a gRPC
-// thread.
+// the xxh3-64 of block i as the agent offloaded it (the bytes it put to the store). Per block
+// OK, NOT_FOUND (this agent does not hold it) or DATA_LOSS (its slot was rewritten since).
+// Readers check the bytes against that checksum too, so a rewritten slot is never read as the
+// old block. Runs on a gRPC thread.
 using GatherFn = std::function<std::vector<absl::Status>(std::span<const ChainHash> hashes,
                                                          uint8_t* region, uint64_t* checksums)>;
 

@@ -5,8 +5,8 @@
 //   - owners that lack it get a copy (re-replication after a failure, hand-over after a join);
 //   - a block this node no longer owns is dropped here once every owner has it (a move).
 // It runs shortly (`settle`) after every change of where the member list places blocks, and
-// every `interval` besides, so
-// copies lost with a node that died come back without anyone reading them.
+// every `interval` besides, so copies lost with a node that died come back without anyone
+// reading them.
 //
 // Peers are reached as an ordinary client would (client::StoreClient, payloads inline), and
 // every copy is checksum-verified by the receiving node like any put.
@@ -70,8 +70,6 @@ class Rebalancer {
   // Stops the thread (a running pass ends after its current batch). Idempotent.
   void Stop();
 
-  // Asks for a pass soon (after `settle`): the member set changed.
-  void Kick();
   // A member set was published: kicks a pass if it places blocks otherwise than the last set
   // seen (member ids, zones, placement schemes) or keeps another count of copies
   // (cluster::ReplicasKept), counted in placement_changes, or if a member's address changed
@@ -82,6 +80,8 @@ class Rebalancer {
   RebalanceProgress progress() const;
 
  private:
+  // Asks for a pass soon (after `settle`): the member set changed.
+  void Kick();
   void Loop();
   void Pass();
   // Copies and drops for one batch of blocks of one namespace and scope, `replicas` copies each.
