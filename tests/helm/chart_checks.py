@@ -12,7 +12,7 @@ import yaml
 # What each values case of check_chart.CASES must render.
 BASE = dict(mode="etcd", etcd="bundled", etcd_tls=False, anti="required", zone="nodeLabel",
             pdb=True, service_monitor=False, cold=False, rdma=False, gpu=False, dashboard=True,
-            replicas=3, auth=False, tls=False, cool_class="local-nvme")
+            replicas=3, auth=False, tls=False, cool_class="local-nvme", settle=None)
 EXPECT = {
     "default": BASE,
     "production": dict(BASE, etcd_tls=True, service_monitor=True, cold=True, rdma=True,
@@ -30,7 +30,7 @@ EXPECT = {
     "zone-fixed": dict(BASE, zone="fixed"),
     "service-monitor": dict(BASE, service_monitor=True),
     "long-name": BASE,
-    "settle-at-ceiling": BASE,
+    "settle-at-ceiling": dict(BASE, settle="5m"),
 }
 DASHBOARD_NEEDS = {  # what the issue asks the dashboard to show -> a metric it must query
     "tier usage": "strata_tier_used_bytes", "hit ratio": "strata_lookup_blocks_total",
@@ -290,6 +290,11 @@ class Checker:
         name = (vol or {}).get("configMap", {}).get("name", "")
         self.expect(name.endswith("-config") and rel == "strata.yaml",
                     f"--config {path} is not the ConfigMap's strata.yaml")
+        # Only a settle the values name is written: an image from before the option refuses
+        # the key, and without it the node takes its own default.
+        settle = self.cfg.get("rebalance_settle")
+        self.expect(settle == self.want["settle"],
+                    f"rebalance_settle {settle!r} in strata.yaml, want {self.want['settle']!r}")
 
     def identity(self):
         env = {e["name"]: e for e in self.node.get("env", [])}

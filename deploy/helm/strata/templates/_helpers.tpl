@@ -230,7 +230,9 @@ Ki/Mi/Gi).
 {{- end -}}
 {{- $_ := set $c "cluster_replicas" (toString (int .Values.cluster.replicas)) -}}
 {{- $_ := set $c "rebalance_interval" .Values.cluster.rebalanceInterval -}}
+{{- if .Values.cluster.rebalanceSettle -}}
 {{- $_ := set $c "rebalance_settle" .Values.cluster.rebalanceSettle -}}
+{{- end -}}
 {{- end -}}
 {{- if eq $mode "etcd" -}}
 {{- $_ := set $c "etcd_endpoints" (include "strata.etcdDialEndpoints" .) -}}
