@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <optional>
@@ -23,6 +24,18 @@ namespace {
 constexpr uint64_t kMinSessions = 1024, kMaxDerivedSessions = 65536;
 // Keys of a session's disk blocks a pause or resume takes from its tier at a time.
 constexpr size_t kSessionChunk = 1024;
+
+// Calls `each` with the key of every block of `session` on `tier`, taking kSessionChunk keys
+// at a time (a session may hold millions), until `each` returns false or `deadline` passes.
+void ForEachSessionBlock(DiskTier& tier, const std::string& session, absl::Time deadline,
+                         const std::function<bool(const BlockKey&)>& each) {
+  DiskTier::SessionCursor at;
+  while (!at.done && absl::Now() < deadline) {
+    for (const BlockKey& key : tier.SessionBlocks(session, kSessionChunk, &at)) {
+      if (absl::Now() >= deadline || !each(key)) return;
+    }
+  }
+}
 // Sessions let go of by the cap waiting for an early pause, and how many pause per tick.
 constexpr size_t kMaxDueSessions = 4096, kDueSessionsPerTick = 64;
 
@@ -177,18 +190,15 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       &session);
   if (to_cold) {
     std::vector<uint8_t> buf;
-    DiskTier::SessionCursor at;  // a chunk of keys at a time: a session may hold millions
-    while (!at.done && absl::Now() < deadline) {
-      for (const BlockKey& key : cool_->SessionBlocks(session, kSessionChunk, &at)) {
-        if (absl::Now() >= deadline) break;
-        std::optional<DiskBlockMeta> meta = cool_->Find(key, false);
-        if (!meta || !cool_->Read(key, &buf).ok()) continue;
-        MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
-        if (cold_->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
-            KeptUnlessDeleted(cold_.get(), key) && cool_->Delete(key).ok())
-          ++moved;
-      }
-    }
+    ForEachSessionBlock(*cool_, session, deadline, [&](const BlockKey& key) {
+      std::optional<DiskBlockMeta> meta = cool_->Find(key, false);
+      if (!meta || !cool_->Read(key, &buf).ok()) return true;
+      MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
+      if (cold_->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
+          KeptUnlessDeleted(cold_.get(), key) && cool_->Delete(key).ok())
+        ++moved;
+      return true;
+    });
   }
   sessions_paused_.fetch_add(1, std::memory_order_relaxed);
   return moved;
@@ -245,24 +255,18 @@ absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session,
   uint64_t promoted = 0, bytes = 0;
   for (DiskTier* tier : {cool_.get(), cold_.get()}) {
     if (tier == nullptr) continue;
-    DiskTier::SessionCursor at;  // a chunk of keys at a time: a session may hold millions
-    bool full = false;           // (a colder block may still fit, as before)
-    while (!at.done && !full && absl::Now() < deadline) {
-      for (const BlockKey& key : tier->SessionBlocks(session, kSessionChunk, &at)) {
-        if (absl::Now() >= deadline) break;
-        std::optional<DiskBlockMeta> meta = tier->Find(key, false);
-        if (!meta) continue;
-        if (bytes + warm_->SlotBytes(meta->size) > budget) {
-          full = true;
-          break;
-        }
-        // Behind a writer making room no longer than the call's deadline.
-        if (Promote(key, false, nullptr, Room{.wait_until = deadline})) {
-          ++promoted;
-          bytes += warm_->SlotBytes(meta->size);
-        }
+    // A tier's walk ends at the first block past the budget (a colder one may still fit).
+    ForEachSessionBlock(*tier, session, deadline, [&](const BlockKey& key) {
+      std::optional<DiskBlockMeta> meta = tier->Find(key, false);
+      if (!meta) return true;
+      if (bytes + warm_->SlotBytes(meta->size) > budget) return false;
+      // Behind a writer making room no longer than the call's deadline.
+      if (Promote(key, false, nullptr, Room{.wait_until = deadline})) {
+        ++promoted;
+        bytes += warm_->SlotBytes(meta->size);
       }
-    }
+      return true;
+    });
   }
   NoteSession(session);
   sessions_resumed_.fetch_add(1, std::memory_order_relaxed);

@@ -281,6 +281,9 @@ TEST_P(TransportPairTest, ReceiveWithoutASenderEndsAtItsDeadline) {
   EXPECT_EQ(buffer[0], 0xAB);
 }
 
+// A put waits for no other call's receive on the same endpoint (paced over shared memory:
+// one-sided copies take turns). Before, a receive the peer had not filled yet held the put
+// until its deadline, which then retired the endpoint under both.
 TEST_P(TransportPairTest, APutDoesNotWaitForAnotherCallsReceive) {
   absl::Status waiting = absl::UnknownError("not run");
   TransferOp recv = TransferOp::Recv(local_.data() + kArena / 2, 4096, 4242);
