@@ -291,6 +291,11 @@ TEST(NamespaceTest, InvalidSpecsNameTheField) {
          s.head_dim = 128;
        }},
       {"spec.head_dim", [](NamespaceSpec& s) { s.offload_quant = "fp8-e4m3"; }},
+      {"spec.head_dim: 3, want 4..",
+       [](NamespaceSpec& s) {
+         s.offload_quant = "int8";
+         s.head_dim = 3;
+       }},
   };
   for (const Case& c : cases) {
     NamespaceSpec s = ValidSpec();

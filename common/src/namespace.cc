@@ -79,9 +79,11 @@ absl::Status ValidateNamespaceSpec(const NamespaceSpec& spec) {
         return absl::InvalidArgumentError(absl::StrCat(
             "spec.offload_quant: quantizes fp16 or bf16 KV, not dtype \"", spec.dtype, "\""));
       }
-      if (spec.head_dim == 0 || spec.head_dim > kMaxQuantHeadDim) {
+      // Under 4, a vector's fp32 scale makes the quantized block larger than the block
+      // (PackBlock refuses it, and the disk tiers would store every block lossless).
+      if (spec.head_dim < 4 || spec.head_dim > kMaxQuantHeadDim) {
         return absl::InvalidArgumentError(absl::StrCat("spec.head_dim: ", spec.head_dim,
-                                                       ", want 1..", kMaxQuantHeadDim,
+                                                       ", want 4..", kMaxQuantHeadDim,
                                                        " when offload_quant is set"));
       }
     }

@@ -173,6 +173,13 @@ absl::StatusOr<StoredBlockView> DecodeStoredBlock(std::span<const uint8_t> value
     return Corrupt("checksum and payload_checksum differ on a lossless block");
   }
   const uint64_t payload_size = PayloadSize(h);
+  if (payload_size > h.original_size) {
+    // No writer stores such a block (PackBlock refuses it), and decoding one would allocate
+    // up to 2.5 times original_size for the quantized payload.
+    return Corrupt(absl::StrCat("quantized payload of ", payload_size,
+                                " bytes is larger than the block's ", h.original_size,
+                                " (head_dim ", h.quant.head_dim, ")"));
+  }
   if (h.codec == Codec::kNone && h.stored_size != payload_size) {
     return Corrupt(absl::StrCat("raw payload of ", payload_size, " bytes stored in ", h.stored_size,
                                 " bytes"));
@@ -209,6 +216,13 @@ absl::StatusOr<std::string> PackBlock(std::span<const uint8_t> original, Codec c
   std::string quantized;
   std::span<const uint8_t> payload = original;
   if (quant.method != KvQuant::kNone) {
+    if (absl::Status s = ValidateKvQuantSpec(quant, original.size()); !s.ok()) return s;
+    if (const uint64_t size = QuantizedPayloadSize(quant, original.size());
+        size > original.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "quantization with head_dim ", quant.head_dim, " stores ", size, " bytes for a block of ",
+          original.size(), ", more than the block itself (head_dim must be at least 4)"));
+    }
     if (absl::Status s = QuantizeKv(quant, original, &quantized); !s.ok()) return s;
     payload = {reinterpret_cast<const uint8_t*>(quantized.data()), quantized.size()};
   }

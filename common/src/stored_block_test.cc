@@ -308,6 +308,12 @@ TEST(StoredBlockTest, PackRejectsBadArguments) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("head_dim")));
   EXPECT_THAT(PackBlock(original, Codec::kLz4, {KvQuant::kInt8, KvDtype::kFp16, 100}, 0),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("512 bytes")));
+  // Scales of 4 bytes per 1 or 2 elements of 2: a payload larger than the block.
+  EXPECT_THAT(PackBlock(original, Codec::kLz4, {KvQuant::kInt8, KvDtype::kFp16, 2}, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("more than the block")));
+  EXPECT_THAT(PackBlock(original, Codec::kNone, {KvQuant::kFp8E4M3, KvDtype::kBf16, 1}, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("head_dim 1 stores")));
+  EXPECT_THAT(PackBlock(original, Codec::kNone, {KvQuant::kInt8, KvDtype::kFp16, 4}, 0), IsOk());
   EXPECT_THAT(PackBlock(original, Codec::kZstd, {}, 0, /*level=*/99),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("zstd level 99")));
   std::vector<uint8_t> nan = original;
@@ -372,6 +378,14 @@ TEST(StoredBlockTest, InconsistentFieldsAreDataLossNamingTheField) {
       *lossy, [](std::string* v) { Poke<uint16_t>(v, 10, 0); }, "head_dim 0");
   expect(
       *lossy, [](std::string* v) { Poke<uint16_t>(v, 10, 64); }, "raw payload");
+  // head_dim 1 under zstd: a 1 GiB block would have decoded through a 2.5 GiB payload.
+  expect(
+      *lossy,
+      [](std::string* v) {
+        (*v)[6] = static_cast<char>(Codec::kZstd);
+        Poke<uint16_t>(v, 10, 1);
+      },
+      "larger than the block's");
 }
 
 // Hostile values whose header checksum is valid: random fields over random stored bytes.

@@ -390,12 +390,13 @@ absl::Status DiskTier::Read(const BlockKey& key, std::vector<uint8_t>* out) {
 }
 
 absl::Status DiskTier::ReadOnce(const BlockKey& key, std::vector<uint8_t>* out, bool* changed) {
-  uint64_t want_checksum = 0, version = 0;
+  uint64_t want_checksum = 0, want_size = 0, version = 0;
   {
     absl::MutexLock lock(&mu_);
     auto it = index_.find(key);
     if (it == index_.end()) return absl::NotFoundError(options_.name + " tier: not present");
     want_checksum = it->second.meta.checksum;
+    want_size = it->second.meta.size;
     version = it->second.version;
   }
   rocksdb::PinnableSlice value;
@@ -407,9 +408,22 @@ absl::Status DiskTier::ReadOnce(const BlockKey& key, std::vector<uint8_t>* out, 
   ro.verify_checksums = false;
   absl::Status s = FromRocks(db_->Get(ro, data_cf_, rocksdb::Slice(EncodeDiskKey(key)), &value),
                              options_.name + " tier read");
+  const std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(value.data()),
+                                       value.size());
+  if (s.ok()) {
+    // Before anything is allocated for it: a value claiming another size (up to 1 GiB) is not
+    // the block the index holds.
+    absl::StatusOr<StoredBlockView> view = DecodeStoredBlock(bytes);
+    if (!view.ok()) {
+      s = view.status();
+    } else if (view->header.original_size != want_size) {
+      s = absl::DataLossError(absl::StrCat("stored block of ", view->header.original_size,
+                                           " bytes where the index holds ", want_size));
+    }
+  }
   if (s.ok()) {
     StoredBlockHeader header;
-    s = UnpackBlock({reinterpret_cast<const uint8_t*>(value.data()), value.size()}, out, &header);
+    s = UnpackBlock(bytes, out, &header);
     // Lossless: the header's checksum of the original is the index's. Lossy: the index holds
     // the checksum of the dequantized block, checked over what was just restored.
     uint64_t got = header.quant.method == KvQuant::kNone ? header.checksum

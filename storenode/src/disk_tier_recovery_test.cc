@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
+#include "strata/common/stored_block.h"
 #include "strata/storenode/disk_tier.h"
 #include "strata/testutil/status_matchers.h"
 #include "strata/testutil/synthetic_kv.h"
@@ -18,6 +19,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::strata::testutil::IsOk;
+using ::strata::testutil::StatusIs;
+using ::testing::HasSubstr;
 
 // The column-family handles of a closed tier's RocksDB store at `path`, opened directly.
 struct RawStore {
@@ -164,6 +167,39 @@ TEST(DiskTierTest, AnUndecodableIndexRecordIsRebuiltFromTheBlocksHeader) {
   std::string record;
   ASSERT_TRUE(raw.db->Get({}, raw.handles[1], EncodeDiskKey(Key(2)), &record).ok());
   EXPECT_THAT(DecodeDiskMeta(record).status(), IsOk());
+}
+
+// A stored value whose header claims a block of another size than the index holds (here
+// 1 GiB, behind checksums that match) is refused before anything is allocated for it. Before,
+// the read sized its buffer to the claim, then found the stream undecodable.
+TEST(DiskTierTest, AValueClaimingAnotherSizeIsRefusedBeforeItIsAllocated) {
+  TempDir dir;
+  const std::string path = dir.path() + "/db";
+  const std::vector<std::vector<uint8_t>> served = PutBlocks(path, 2);
+  {
+    RawStore raw(path);
+    ASSERT_TRUE(raw.status.ok()) << raw.status.ToString();
+    StoredBlockHeader h;
+    h.codec = Codec::kZstd;
+    h.original_size = kMaxStoredBlockOriginalSize;
+    h.checksum = h.payload_checksum = 42;
+    const std::vector<uint8_t> stored = Bytes(100, 9);
+    const std::string value = EncodeStoredBlock(h, stored);
+    ASSERT_THAT(
+        DecodeStoredBlock({reinterpret_cast<const uint8_t*>(value.data()), value.size()}).status(),
+        IsOk());
+    ASSERT_TRUE(raw.db->Put({}, raw.handles[0], EncodeDiskKey(Key(1)), value).ok());
+  }
+  auto tier = DiskTier::Open(Options(path));
+  ASSERT_THAT(tier.status(), IsOk());
+  std::vector<uint8_t> out;
+  EXPECT_THAT((*tier)->Read(Key(1), &out),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("where the index holds 8192")));
+  EXPECT_LT(out.capacity(), 1u << 20);
+  EXPECT_EQ((*tier)->Stats().data_loss, 1u);
+  EXPECT_EQ((*tier)->Stats().blocks, 1u);  // the damaged block left the index
+  ASSERT_THAT((*tier)->Read(Key(2), &out), IsOk());
+  EXPECT_EQ(out, served[1]);
 }
 
 }  // namespace

@@ -49,7 +49,8 @@ namespace strata {
 inline constexpr char kStoredBlockMagic[4] = {'S', 'K', 'V', '1'};
 inline constexpr uint16_t kStoredBlockFormatVersion = 1;
 inline constexpr size_t kStoredBlockHeaderSize = 64;
-// Decoders reject larger claims so that a hostile header cannot make Unpack allocate more.
+// Decoders reject larger claims so that a hostile header cannot make Unpack allocate more
+// (UnpackBlockInto allocates at most out.size(), for a quantized payload no larger).
 inline constexpr uint64_t kMaxStoredBlockOriginalSize = uint64_t{1} << 30;
 
 struct StoredBlockHeader {
@@ -83,8 +84,9 @@ std::string EncodeStoredBlock(const StoredBlockHeader& header, std::span<const u
 // format_version is wrong, the header checksum does not match, a reserved field is non-zero,
 // codec/quant/quant_dtype/head_dim hold unknown or inconsistent values, stored_size differs
 // from the bytes after the header, original_size exceeds kMaxStoredBlockOriginalSize or cannot
-// correspond to stored_size (e.g. raw blocks whose sizes differ), or checksum differs from
-// payload_checksum on a lossless block. Safe on any input (this parser is fuzzed).
+// correspond to stored_size (e.g. raw blocks whose sizes differ), a quantized payload would be
+// larger than original_size, or checksum differs from payload_checksum on a lossless block.
+// Safe on any input (this parser is fuzzed).
 absl::StatusOr<StoredBlockView> DecodeStoredBlock(std::span<const uint8_t> value);
 
 // DecodeStoredBlock plus stored_checksum over the stored bytes: an integrity check that
@@ -96,7 +98,8 @@ absl::StatusOr<StoredBlockView> VerifyStoredBlock(std::span<const uint8_t> value
 // compresses the payload with `codec` at `level` (0 = codec default) and stores it raw
 // (codec kNone in the header) when compression does not make it smaller.
 // INVALID_ARGUMENT for a bad quant spec or non-finite values under quantization
-// (kv_quant.h), a bad level, or an original above kMaxStoredBlockOriginalSize.
+// (kv_quant.h), a quant spec whose payload would be larger than the block (head_dim below 4),
+// a bad level, or an original above kMaxStoredBlockOriginalSize.
 absl::StatusOr<std::string> PackBlock(std::span<const uint8_t> original, Codec codec,
                                       const KvQuantSpec& quant, uint32_t layout_id, int level = 0);
 
