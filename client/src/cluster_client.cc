@@ -111,8 +111,8 @@ class ClusterStoreClient final : public StoreClient {
 
   absl::StatusOr<Namespace> RegisterNamespace(const NamespaceSpec& spec,
                                               const CallOptions& call) override {
+    if (absl::Status s = ValidateNamespaceSpec(spec); !s.ok()) return s;
     const absl::Time end = End(call);
-    nodes_.AddNamespace(spec);
     std::shared_ptr<const MemberSet> set = membership_->Current();
     std::vector<absl::StatusOr<Namespace>> out(set->members.size(),
                                                absl::UnavailableError("not tried"));
@@ -121,12 +121,16 @@ class ClusterStoreClient final : public StoreClient {
       out[i] = c.ok() ? (*c)->RegisterNamespace(spec, Left(end)) : c.status();
       return absl::OkStatus();
     }).IgnoreError();
-    // A node that is down now registers the namespace when the client next connects to it.
-    // Any node's namespace will do; else INVALID_ARGUMENT (a bad spec) before the last other
-    // error.
+    // Any node's namespace will do; then a node that is down now registers it when the client
+    // next connects to it. Else INVALID_ARGUMENT (a bad spec) before the last other error,
+    // and nodes that connect later are not asked for it: a namespace no node took is no
+    // reason to refuse them (calls in it register it again where they go).
     absl::Status first = absl::UnavailableError("no store node answered");
     for (auto& r : out) {
-      if (r.ok()) return *r;
+      if (r.ok()) {
+        nodes_.AddNamespace(spec);
+        return *r;
+      }
       if (first.code() != absl::StatusCode::kInvalidArgument) first = r.status();
     }
     return first;
@@ -178,7 +182,7 @@ class ClusterStoreClient final : public StoreClient {
                     });
         if (!verdict.stale().ok()) return verdict.stale();
       }
-      if (absl::Status s = verdict.Final(); !s.ok()) return s;
+      if (absl::Status s = verdict.FinalAnswered(); !s.ok()) return s;
       return out;
     });
   }
@@ -583,7 +587,7 @@ class ClusterStoreClient final : public StoreClient {
       if (!fatal.ok()) return fatal;
       for (size_t i = 0; i < n && !wide; ++i) wide = found(i) && absent[i];
     }
-    if (absl::Status s = verdict.Final(); !s.ok()) return s;
+    if (absl::Status s = verdict.FinalAnswered(); !s.ok()) return s;
     LookupResult out;
     while (out.matched_blocks < n && found(out.matched_blocks)) ++out.matched_blocks;
     loc.resize(out.matched_blocks);

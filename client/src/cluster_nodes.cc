@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "spdlog/spdlog.h"
 
 namespace strata::client::internal {
 namespace {
@@ -50,15 +51,35 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   absl::StatusOr<std::unique_ptr<GrpcStoreClient>> c = ConnectNode(o);
   absl::Status s = c.status();
   for (size_t i = 0; s.ok() && i < specs.size(); ++i) {
-    s = (*c)->RegisterNamespace(specs[i], left()).status();
+    absl::Status registered = (*c)->RegisterNamespace(specs[i], left()).status();
+    // The node answered, and refused this namespace (its max_block_bytes, its namespace table
+    // full, the caller's role): it still serves the others. Calls in this namespace meet the
+    // refusal there (they register again on use) and go to the other owners.
+    if (!registered.ok() && !IsTransient(registered.code())) {
+      spdlog::debug("node {} ({}) refused namespace {}: {}", m.id, m.address, specs[i].model_id,
+                    registered.ToString());
+      continue;
+    }
+    s = registered;
   }
-  // The ranges registered now, under the lock RegisterMemory and UnregisterMemory take until
-  // the client is published: from a copy taken before connecting, a range unregistered
-  // meanwhile would stay registered in this client (its memory perhaps freed and reused),
-  // and one registered meanwhile would be missing.
-  absl::MutexLock memory_lock(&memory_mu_);
-  for (size_t i = 0; s.ok() && i < memory_.size(); ++i) {
-    s = (*c)->RegisterMemory(memory_[i].first, memory_[i].second);
+  // The ranges registered now, holding the turn RegisterMemory and UnregisterMemory take
+  // until the client is published: from a copy taken before connecting, a range unregistered
+  // meanwhile would stay registered in this client (its memory perhaps freed and reused), and
+  // one registered meanwhile would be missing. Waited for until `end` only (registering a
+  // large range pins it, which can take long).
+  TimedTurn::Hold memory_turn(memory_turn_, end);
+  if (s.ok() && !memory_turn.taken()) {
+    s = absl::DeadlineExceededError(
+        "registered memory was being (un)registered until the "
+        "call's deadline");
+  }
+  // A node without a UCX data plane for this client takes every call inline: nothing to
+  // register with it.
+  if (s.ok() && (*c)->has_data_plane()) {
+    const std::vector<std::pair<void*, size_t>> memory = Memory();
+    for (size_t i = 0; s.ok() && i < memory.size(); ++i) {
+      s = (*c)->RegisterMemory(memory[i].first, memory[i].second);
+    }
   }
   absl::MutexLock lock(&mu_);
   Entry& e = nodes_[m.id];
@@ -71,7 +92,7 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
     absl::Status error(s.code(), absl::StrCat("node ", m.id, " (", m.address, "): ", s.message()));
     // Out of the caller's time, perhaps not the node's: slow (reads ask others first), not
     // down (writes still try it).
-    if (budget_short && s.code() == absl::StatusCode::kDeadlineExceeded) {
+    if ((budget_short || !memory_turn.taken()) && s.code() == absl::StatusCode::kDeadlineExceeded) {
       MarkSlowLocked(e);
       return error;
     }
@@ -166,17 +187,27 @@ std::vector<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Clients() const {
   return out;
 }
 
+std::vector<std::pair<void*, size_t>> ClusterNodes::Memory() const {
+  absl::MutexLock lock(&memory_mu_);
+  return memory_;
+}
+
 absl::Status ClusterNodes::RegisterMemory(void* ptr, size_t len) {
-  absl::MutexLock memory_lock(&memory_mu_);
-  for (const auto& [p, l] : memory_) {
-    if (static_cast<uint8_t*>(ptr) < static_cast<uint8_t*>(p) + l &&
-        static_cast<uint8_t*>(p) < static_cast<uint8_t*>(ptr) + len) {
-      return absl::InvalidArgumentError("RegisterMemory: overlaps a registered range");
+  TimedTurn::Hold memory_turn(memory_turn_);
+  {
+    absl::MutexLock lock(&memory_mu_);
+    for (const auto& [p, l] : memory_) {
+      if (static_cast<uint8_t*>(ptr) < static_cast<uint8_t*>(p) + l &&
+          static_cast<uint8_t*>(p) < static_cast<uint8_t*>(ptr) + len) {
+        return absl::InvalidArgumentError("RegisterMemory: overlaps a registered range");
+      }
     }
   }
-  // A client published after this list takes the range itself (Node, under memory_mu_); one
-  // dropped meanwhile releases it with its data plane.
-  const std::vector<std::shared_ptr<GrpcStoreClient>> clients = Clients();
+  // A client published after this list takes the range itself (Node, in memory_turn_); one
+  // dropped meanwhile releases it with its data plane. One without a data plane takes its
+  // calls inline: nothing to register there.
+  std::vector<std::shared_ptr<GrpcStoreClient>> clients = Clients();
+  std::erase_if(clients, [](const auto& c) { return !c->has_data_plane(); });
   for (size_t i = 0; i < clients.size(); ++i) {
     if (absl::Status s = clients[i]->RegisterMemory(ptr, len); !s.ok()) {
       // All or nothing: a range some clients kept would be refused as an overlap on a retry,
@@ -185,18 +216,22 @@ absl::Status ClusterNodes::RegisterMemory(void* ptr, size_t len) {
       return s;
     }
   }
+  absl::MutexLock lock(&memory_mu_);
   memory_.emplace_back(ptr, len);
   return absl::OkStatus();
 }
 
 absl::Status ClusterNodes::UnregisterMemory(void* ptr) {
-  absl::MutexLock memory_lock(&memory_mu_);
-  auto it =
-      std::find_if(memory_.begin(), memory_.end(), [ptr](const auto& m) { return m.first == ptr; });
-  if (it == memory_.end()) return absl::NotFoundError("UnregisterMemory: no range starts there");
-  memory_.erase(it);
+  TimedTurn::Hold memory_turn(memory_turn_);
+  {
+    absl::MutexLock lock(&memory_mu_);
+    auto it = std::find_if(memory_.begin(), memory_.end(),
+                           [ptr](const auto& m) { return m.first == ptr; });
+    if (it == memory_.end()) return absl::NotFoundError("UnregisterMemory: no range starts there");
+    memory_.erase(it);
+  }
   for (const std::shared_ptr<GrpcStoreClient>& c : Clients()) {
-    c->UnregisterMemory(ptr).IgnoreError();
+    if (c->has_data_plane()) c->UnregisterMemory(ptr).IgnoreError();
   }
   return absl::OkStatus();
 }

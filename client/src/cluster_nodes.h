@@ -25,6 +25,7 @@
 #include "grpc_store_client.h"
 #include "strata/cluster/membership.h"
 #include "strata/common/steady_clock.h"
+#include "strata/common/timed_turn.h"
 
 namespace strata::client::internal {
 
@@ -34,7 +35,8 @@ class ClusterNodes {
 
   // The client of member `m`, connected on first use (namespaces and memory registered), or
   // its error while it is marked down. Connecting takes at most 2 s, within `end`; a connect
-  // cut short by `end` (less than 2 s) marks the node slow, not down.
+  // cut short by `end` (less than 2 s, or memory being registered meanwhile) marks the node
+  // slow, not down. A namespace the node refuses (it answered) leaves it connected.
   absl::StatusOr<std::shared_ptr<GrpcStoreClient>> Node(const cluster::Member& m, absl::Time end);
   // Member `m`'s client if it is connected, or its error while it is marked down; nullopt
   // when it has to be connected.
@@ -54,7 +56,8 @@ class ClusterNodes {
   // Whether each member of `members` is slow now (one look under the lock).
   std::vector<bool> SlowNow(std::span<const cluster::Member> members) const;
 
-  // Registered on every connected node now, and on each node as it connects.
+  // Registered on every connected node now, and on each node as it connects (nodes whose
+  // client has no UCX data plane take every call inline: none there).
   absl::Status RegisterMemory(void* ptr, size_t len);
   absl::Status UnregisterMemory(void* ptr);
   void AddNamespace(const NamespaceSpec& spec);
@@ -80,14 +83,17 @@ class ClusterNodes {
   // The clients connected now (copied under mu_, so that registering memory with them holds
   // no call up).
   std::vector<std::shared_ptr<GrpcStoreClient>> Clients() const;
+  // A copy of the registered ranges.
+  std::vector<std::pair<void*, size_t>> Memory() const ABSL_LOCKS_EXCLUDED(memory_mu_);
 
   const ClientOptions options_;
-  // The registered ranges, and their registration with each client: held while memory is
-  // (un)registered and while a new client takes the ranges and is published, so that no
-  // client misses a change; registration pins memory and can take long, so calls, which take
-  // only mu_, do not wait for it. Taken before mu_.
-  absl::Mutex memory_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  std::vector<std::pair<void*, size_t>> memory_ ABSL_GUARDED_BY(memory_mu_);
+  // The registration of ranges with each client: held while memory is (un)registered and
+  // while a new client takes the ranges and is published, so that no client misses a change.
+  // Registration pins memory and can take long: calls, which take only mu_, do not wait for
+  // it, and a connect waits for it until its deadline only. Taken before the mutexes.
+  TimedTurn memory_turn_;
+  mutable absl::Mutex memory_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::vector<std::pair<void*, size_t>> memory_ ABSL_GUARDED_BY(memory_mu_);  // the ranges
   mutable absl::Mutex mu_;
   std::map<std::string, Entry> nodes_ ABSL_GUARDED_BY(mu_);
   std::vector<NamespaceSpec> specs_ ABSL_GUARDED_BY(mu_);

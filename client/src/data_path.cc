@@ -13,7 +13,7 @@
 
 namespace strata::client::internal {
 
-absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats) {
+absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats, Clock::time_point deadline) {
   if (max_block_ == 0) {
     return absl::FailedPreconditionError(Where("Stats") + ": node reports max_block_bytes 0");
   }
@@ -34,7 +34,7 @@ absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats) {
     two_sided_puts_ = true;
     two_sided_get_bytes_ = options_.ucx_shm_two_sided_get_bytes;
   }
-  absl::StatusOr<uint64_t> channel = AcquireChannel(Deadline({}));
+  absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
   return channel.status();
 }
 

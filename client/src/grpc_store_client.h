@@ -186,6 +186,8 @@ class CallVerdict {
       stale_ = s;
     } else if (s.code() == absl::StatusCode::kInvalidArgument) {
       invalid_ = s;
+    } else {
+      other_ = s;
     }
   }
   // A stale epoch seen: the call ends now.
@@ -195,13 +197,20 @@ class CallVerdict {
     if (!stale_.ok()) return stale_;
     return any_ok_ ? absl::OkStatus() : invalid_;
   }
+  // As Final, and also the last other error when no node answered: for calls whose result
+  // carries no status of its own per block (a lookup's "absent" must not stand for "no owner
+  // could be asked").
+  absl::Status FinalAnswered() const {
+    absl::Status s = Final();
+    return !s.ok() || any_ok_ ? s : other_;
+  }
   // A node's refusal of the whole request, where other replicas may take it.
   static bool NodeRefused(const absl::Status& s) {
     return s.code() == absl::StatusCode::kInvalidArgument;
   }
 
  private:
-  absl::Status stale_, invalid_;
+  absl::Status stale_, invalid_, other_;
   bool any_ok_ = false;
 };
 
@@ -274,6 +283,9 @@ class GrpcStoreClient final : public StoreClient {
   absl::Status Init();
 
   absl::Status RegisterMemory(void* ptr, size_t len) override;
+  // Whether calls may move payloads over UCX (else every call is inline and RegisterMemory
+  // is FAILED_PRECONDITION). Fixed once Init returned.
+  bool has_data_plane() const { return ucx_ != nullptr; }
 
   absl::Status UnregisterMemory(void* ptr) override;
 
@@ -449,8 +461,8 @@ class GrpcStoreClient final : public StoreClient {
 
   // ---- UCX data plane ----
 
-  // Starts the lane workers and opens the first channel.
-  absl::Status StartDataPlane(const NodeStats& stats);
+  // Starts the lane workers and opens the first channel by `deadline`.
+  absl::Status StartDataPlane(const NodeStats& stats, Clock::time_point deadline);
 
   // Whether a Put/Get goes over the data channel: there is a data plane, every block suits it
   // and the largest is big enough. Opens (or reopens) the channel; a kAuto client whose node

@@ -10,6 +10,8 @@ namespace strata::client {
 namespace internal {
 
 absl::Status GrpcStoreClient::Init() {
+  // One default deadline for the whole connect: the Stats call and the data channel's.
+  const Clock::time_point end = Deadline({});
   absl::StatusOr<NodeStats> s = Stats({});
   if (!s.ok()) return s.status();
   max_keys_ = std::max<uint32_t>(1, s->max_keys_per_call);
@@ -23,7 +25,7 @@ absl::Status GrpcStoreClient::Init() {
     }
     return absl::OkStatus();
   }
-  absl::Status started = StartDataPlane(*s);
+  absl::Status started = StartDataPlane(*s, end);
   if (!started.ok()) {
     if (options_.data_plane == ClientOptions::DataPlane::kUcx) return started;
     // kAuto: inline still works; say why in DataPlaneDescription(). A node that refused the

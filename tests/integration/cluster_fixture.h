@@ -89,6 +89,27 @@ inline bool WaitForMembers(StoreClient& c, uint32_t want) {
   return false;
 }
 
+// A client of cluster `name` on the etcd at `endpoint` (data plane kAuto), once its member
+// set lists `members` members (0: at once, no node connected yet); null, the test failed,
+// otherwise.
+inline std::unique_ptr<StoreClient> ConnectToCluster(const std::string& endpoint,
+                                                     const std::string& name, uint32_t members,
+                                                     int replicas = 0, int quorum = 0) {
+  ClientOptions o;
+  o.etcd_endpoints = endpoint;
+  o.cluster_name = name;
+  o.replicas = replicas;
+  o.write_quorum = quorum;
+  o.default_deadline = absl::Seconds(20);
+  auto c = StoreClient::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return nullptr;
+  if (members > 0) {
+    EXPECT_TRUE(WaitForMembers(**c, members)) << name;
+  }
+  return std::move(*c);
+}
+
 // The value of a node's unlabelled-but-for-node gauge `name` on /metrics; -1 if absent.
 inline double Gauge(const LocalNode& node, const std::string& name) {
   auto page = testutil::HttpGet(node.http_address(), "/metrics");
@@ -163,10 +184,12 @@ class ClusterFixture : public ::testing::Test {
     return o;
   }
 
-  // `strata status --etcd` for the suite's cluster: its exit status and what it printed.
-  static std::pair<int, std::string> StrataStatus() {
-    const std::string cmd = absl::StrCat(testutil::ProjectBinary("strata"), " status --etcd ",
-                                         etcd_->endpoint(), " --cluster it --deadline 2");
+  // `strata status --etcd` for the suite's cluster (or `cluster`): its exit status and what
+  // it printed.
+  static std::pair<int, std::string> StrataStatus(const std::string& cluster = "it") {
+    const std::string cmd =
+        absl::StrCat(testutil::ProjectBinary("strata"), " status --etcd ", etcd_->endpoint(),
+                     " --cluster ", cluster, " --deadline 2 2>&1");
     FILE* out = popen(cmd.c_str(), "r");
     if (out == nullptr) return {-1, ""};
     std::string text;

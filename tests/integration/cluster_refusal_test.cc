@@ -181,5 +181,68 @@ TEST(ClusterRefusalTest, AMembersNewZoneRaisesTheEpoch) {
   EXPECT_THAT((*kv)->RevokeLease(*lease), IsOk());
 }
 
+// A namespace some node refuses is no reason to refuse that node. The client registered
+// three namespaces before node b joined: `cluster-test` (b takes it), `other` (b, at
+// max_namespaces 1, refuses it) and `too-big` (blocks over every node's max_block_bytes: no
+// node took it). b still stores its copies of `cluster-test`. Before, every spec the client
+// was ever asked for was registered at each connect, and one refusal marked the node down
+// at every attempt: b never served this client, and a put with W=2 stored nothing.
+TEST(ClusterRefusalTest, ANamespaceANodeRefusesLeavesTheNodeServingTheOthers) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  auto a = StartMember(**etcd, "late", "a");
+  ASSERT_THAT(a, IsOk());
+  std::unique_ptr<StoreClient> c = ConnectToCluster((*etcd)->endpoint(), "late", 1, 2, 2);
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  ASSERT_THAT(c->RegisterNamespace(testutil::RawSpec("other", kBlock)), IsOk());
+  EXPECT_THAT(
+      c->RegisterNamespace(testutil::RawSpec("too-big", 512 << 20)),
+      StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("max_block_bytes")));
+
+  auto b = StartMember(**etcd, "late", "b", {"--max-namespaces", "1"});
+  ASSERT_THAT(b, IsOk());
+  ASSERT_TRUE(WaitForMembers(*c, 2));
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 6, 8);
+  std::vector<std::vector<uint8_t>> data;
+  auto put = c->Put(*ns, "", PayloadWrites(chain, &data));
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->stored, chain.size()) << put->blocks[0];
+  EXPECT_THAT(c->DataPlaneDescription(), ::testing::HasSubstr("2 connected"));
+  auto on_b = StoreClient::Connect({.address = (*b)->address()});
+  ASSERT_THAT(on_b, IsOk());
+  auto found = (*on_b)->Lookup(*ns, "", chain);
+  ASSERT_THAT(found, IsOk());
+  EXPECT_EQ(found->matched_blocks, chain.size()) << "node b holds no copy";
+}
+
+// A lookup that no owner answered fails instead of reporting the blocks absent: "not cached"
+// (recompute) and "the cluster could not be asked" are different answers. Before, Lookup
+// answered OK with 0 blocks matched and LookupEach OK with every block absent.
+TEST(ClusterRefusalTest, ALookupNoOwnerAnsweredFailsInsteadOfFindingNothing) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  // Its membership outlives the freeze below.
+  auto a = StartMember(**etcd, "hung", "a", {"--etcd-lease", "30000"});
+  ASSERT_THAT(a, IsOk());
+  std::unique_ptr<StoreClient> c = ConnectToCluster((*etcd)->endpoint(), "hung", 1);
+  ASSERT_NE(c, nullptr);
+  auto ns = c->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 7, 4);
+  std::vector<std::vector<uint8_t>> data;
+  ASSERT_THAT(c->Put(*ns, "", PayloadWrites(chain, &data)), IsOk());
+  auto answered = c->Lookup(*ns, "", chain);
+  ASSERT_THAT(answered, IsOk());
+  EXPECT_EQ(answered->matched_blocks, chain.size());
+
+  testutil::Freeze hung((*a)->pid());
+  ASSERT_TRUE(hung.stopped());
+  const client::CallOptions brief{.deadline = absl::Seconds(1)};
+  EXPECT_THAT(c->Lookup(*ns, "", chain, brief), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(c->LookupEach(*ns, "", chain, brief), StatusIs(absl::StatusCode::kDeadlineExceeded));
+}
+
 }  // namespace
 }  // namespace strata::cluster_test

@@ -84,5 +84,53 @@ TEST(ClusterUcxTest, EveryOwnersShareMovesOverUcxFromRegisteredAndUnregisteredMe
   EXPECT_THAT(c->UnregisterMemory(src.data()), IsOk());
 }
 
+// A node without a UCX data plane (--ucx-tls "") takes a kAuto cluster client's calls inline,
+// also once the client has registered memory, and registering more leaves it out. Before,
+// registering the ranges with that node's client failed FAILED_PRECONDITION at each connect:
+// the node was marked down for good, and a put with W=2 stored nothing.
+TEST(ClusterUcxTest, ANodeWithoutUcxServesAClientWithRegisteredMemoryInline) {
+  auto etcd = cluster::LocalEtcd::Start({});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  std::vector<std::unique_ptr<LocalNode>> nodes;
+  for (const auto& [id, tls] : {std::pair{"a", "tcp"}, std::pair{"b", ""}}) {
+    auto node = testutil::StartNode({"--node-id", id, "--cluster-mode", "etcd", "--etcd-endpoints",
+                                     (*etcd)->endpoint(), "--cluster-name", "mixed", "--warm-bytes",
+                                     "64MiB", "--max-block-bytes", "1MiB", "--ucx-tls", tls});
+    ASSERT_THAT(node, IsOk());
+    nodes.push_back(std::move(*node));
+  }
+  constexpr size_t kBlocks = 8, kSize = 64 << 10;
+  std::vector<uint8_t> src(kBlocks * kSize), dst(kBlocks * kSize);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>((i * 2654435761u) >> 11);
+  // Registered before any node is connected: each takes it as it connects.
+  std::unique_ptr<StoreClient> c = ConnectToCluster((*etcd)->endpoint(), "mixed", 0, 2, 2);
+  ASSERT_NE(c, nullptr);
+  ASSERT_THAT(c->RegisterMemory(src.data(), src.size()), IsOk());
+  ASSERT_TRUE(WaitForMembers(*c, 2));
+  auto ns = c->RegisterNamespace(testutil::RawSpec("cluster-mixed", kSize));
+  ASSERT_THAT(ns, IsOk());
+  ASSERT_THAT(c->RegisterMemory(dst.data(), dst.size()), IsOk());
+  EXPECT_THAT(c->DataPlaneDescription(), ::testing::HasSubstr("2 connected"));
+
+  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 4, kBlocks);
+  std::vector<BlockWrite> writes;
+  std::vector<BlockRead> reads;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    writes.push_back({chain[i], src.data() + i * kSize, kSize});
+    reads.push_back({chain[i], dst.data() + i * kSize, kSize});
+  }
+  auto put = c->Put(*ns, "", writes);
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->stored, kBlocks) << put->blocks[0];
+  auto got = c->Get(*ns, "", reads);
+  ASSERT_THAT(got, IsOk());
+  for (size_t i = 0; i < kBlocks; ++i) EXPECT_THAT(got->blocks[i], IsOk()) << i;
+  EXPECT_TRUE(dst == src);
+  EXPECT_GT(UcxBytes(*nodes[0], "in"), 0u) << "node a took its copies over UCX";
+  EXPECT_EQ(UcxBytes(*nodes[1], "in"), 0u);
+  EXPECT_THAT(c->UnregisterMemory(dst.data()), IsOk());
+  EXPECT_THAT(c->UnregisterMemory(src.data()), IsOk());
+}
+
 }  // namespace
 }  // namespace strata::cluster_test
