@@ -15,28 +15,28 @@ namespace {
 // value or a pod's memory limit is written in), case-insensitive.
 struct Unit {
   std::string_view name;
-  double factor;
+  uint64_t factor;
 };
 
 constexpr Unit kUnits[] = {
-    {"", 1.0},
-    {"b", 1.0},
-    {"k", 1e3},
-    {"kb", 1e3},
-    {"kib", 1024.0},
-    {"ki", 1024.0},
-    {"m", 1e6},
-    {"mb", 1e6},
-    {"mib", 1048576.0},
-    {"mi", 1048576.0},
-    {"g", 1e9},
-    {"gb", 1e9},
-    {"gib", 1073741824.0},
-    {"gi", 1073741824.0},
-    {"t", 1e12},
-    {"tb", 1e12},
-    {"tib", 1099511627776.0},
-    {"ti", 1099511627776.0},
+    {"", 1},
+    {"b", 1},
+    {"k", 1000},
+    {"kb", 1000},
+    {"kib", 1ull << 10},
+    {"ki", 1ull << 10},
+    {"m", 1000000},
+    {"mb", 1000000},
+    {"mib", 1ull << 20},
+    {"mi", 1ull << 20},
+    {"g", 1000000000},
+    {"gb", 1000000000},
+    {"gib", 1ull << 30},
+    {"gi", 1ull << 30},
+    {"t", 1000000000000},
+    {"tb", 1000000000000},
+    {"tib", 1ull << 40},
+    {"ti", 1ull << 40},
 };
 
 }  // namespace
@@ -57,13 +57,18 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text, std::string_view f
         absl::StrCat(f, ": '", s, "' is not a byte size (e.g. 4096, 64KiB, 1GiB)"));
   }
   for (const Unit& u : kUnits) {
-    if (unit == u.name) {
-      double bytes = value * u.factor;
-      if (bytes >= 1.8e19) {
-        return absl::InvalidArgumentError(absl::StrCat(f, ": '", s, "' overflows 64 bits"));
-      }
-      return static_cast<uint64_t>(std::llround(bytes));
+    if (unit != u.name) continue;
+    const absl::Status overflow =
+        absl::InvalidArgumentError(absl::StrCat(f, ": '", s, "' overflows 64 bits"));
+    // Whole numbers exactly (a double holds integers only up to 2^53).
+    if (uint64_t whole = 0; number.find('.') == std::string::npos &&
+                            absl::SimpleAtoi(absl::string_view(number), &whole)) {
+      if (whole > UINT64_MAX / u.factor) return overflow;
+      return whole * u.factor;
     }
+    const double bytes = std::round(value * static_cast<double>(u.factor));
+    if (bytes >= 0x1p64) return overflow;  // nor does it cast to uint64_t
+    return static_cast<uint64_t>(bytes);
   }
   return absl::InvalidArgumentError(
       absl::StrCat(f, ": unknown unit '", unit,

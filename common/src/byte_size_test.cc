@@ -37,6 +37,24 @@ TEST(ByteSizeTest, RejectsGarbageNamingTheField) {
   EXPECT_THAT(ParseByteSize("-1"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ParseByteSize("99999999TiB"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")));
+  EXPECT_THAT(ParseByteSize("18446744073709551616"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")));
+  EXPECT_THAT(ParseByteSize("16777216TiB"),  // 2^64
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")));
+  EXPECT_THAT(ParseByteSize("16777216.0TiB"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")));
+}
+
+// Sizes past 2^53 and up to 2^64 - 1 parse to the number written. Before, whole numbers went
+// through a double (9007199254740993 read as ...992), 1e19 (it fits) was refused as an
+// overflow, and 10000000TiB (1.1e19) came back as 2^63 from llround's overflow.
+TEST(ByteSizeTest, LargeSizesParseExactly) {
+  EXPECT_EQ(*ParseByteSize("9007199254740993"), 9007199254740993u);
+  EXPECT_EQ(*ParseByteSize("18446744073709551615"), UINT64_MAX);
+  EXPECT_EQ(*ParseByteSize("10000000000000000000"), 10000000000000000000u);
+  EXPECT_EQ(*ParseByteSize("10000000TiB"), 10000000ull << 40);
+  EXPECT_EQ(*ParseByteSize("16777215TiB"), 16777215ull << 40);
+  EXPECT_EQ(*ParseByteSize("0.5KiB"), 512u);
 }
 
 TEST(ByteSizeTest, Formats) {

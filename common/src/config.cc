@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/ascii.h"
@@ -146,6 +147,12 @@ absl::Status ConfigSchema::Assign(Option& option, const std::string& value,
 }
 
 absl::Status ConfigSchema::ApplyYaml(const std::string& path) {
+  // A directory opens as a stream that reads nothing: it would pass for an empty file (the
+  // mount of a ConfigMap given in place of the file in it).
+  if (std::error_code ec; std::filesystem::is_directory(path, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: '", path, "' is a directory, not a YAML file"));
+  }
   std::ifstream in(path);
   if (!in) {
     return absl::InvalidArgumentError(absl::StrCat("config: cannot read '", path, "'"));
@@ -156,6 +163,9 @@ absl::Status ConfigSchema::ApplyYaml(const std::string& path) {
     root = YAML::Load(in);
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("config: ", path, ": ", e.what()));
+  }
+  if (in.bad()) {
+    return absl::InvalidArgumentError(absl::StrCat("config: reading '", path, "' failed"));
   }
   if (root.IsNull()) return absl::OkStatus();
   if (!root.IsMap()) {
@@ -237,6 +247,12 @@ absl::StatusOr<ConfigSchema::Outcome> ConfigSchema::Parse(int argc, const char* 
     if (absl::Status s = Assign(*Find(name), value, FlagName(name)); !s.ok()) return s;
   }
   return Outcome::kRun;
+}
+
+std::vector<std::string> ConfigSchema::Names() const {
+  std::vector<std::string> out;
+  for (const Option& o : options_) out.push_back(o.name);
+  return out;
 }
 
 std::string ConfigSchema::Help() const {

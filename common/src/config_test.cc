@@ -111,6 +111,11 @@ TEST(ConfigSchemaTest, ErrorsNameTheOptionAndSource) {
   Fixture j;
   EXPECT_THAT(j.Parse({"--config", "/nonexistent/strata.yaml"}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cannot read")));
+  // The directory a ConfigMap is mounted at, given for the file in it: before, it read as an
+  // empty file and the node started on its defaults.
+  Fixture dir;
+  EXPECT_THAT(dir.Parse({"--config", "/tmp"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'/tmp' is a directory")));
   Fixture k;
   EXPECT_THAT(k.Parse({"--reservation-ttl", "soon"}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("reservation_ttl")));

@@ -75,8 +75,14 @@ absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
   std::string resp;
   char buf[16384];
   for (;;) {
+    // Also while answers keep coming (a server that never stops sending never makes recv
+    // wait, where ready() looks at the deadline).
+    if (absl::Now() >= deadline) return fail("read timed out");
     const ssize_t n = recv(fd, buf, sizeof(buf), 0);
     if (n > 0) {
+      if (resp.size() + static_cast<size_t>(n) > kMaxHttpAnswerBytes) {
+        return fail(absl::StrCat("answer larger than ", kMaxHttpAnswerBytes >> 20, " MiB"));
+      }
       resp.append(buf, static_cast<size_t>(n));
     } else if (n == 0) {
       break;

@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <thread>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -17,6 +19,22 @@ namespace {
 
 using ::testing::HasSubstr;
 using testutil::StatusIs;
+
+// A socket listening on a free loopback port (its "127.0.0.1:PORT" in *address); -1 on failure.
+int Listen(std::string* address) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || listen(fd, 4) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  *address = absl::StrCat("127.0.0.1:", ntohs(sa.sin_port));
+  return fd;
+}
 
 TEST(OpTotalsTest, SumsAndCountsAreReadPerOp) {
   const std::string page =
@@ -77,20 +95,38 @@ TEST(HttpGetTest, BadAddressesAndClosedPortsAreErrorsNotHangs) {
 // A server that takes the connection but never answers: UNAVAILABLE once the timeout
 // passes, not a hang.
 TEST(HttpGetTest, ASilentServerTimesOut) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  std::string address;
+  const int fd = Listen(&address);  // the kernel completes connects; nobody accepts or answers
   ASSERT_GE(fd, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  ASSERT_EQ(listen(fd, 4), 0);  // the kernel completes connects; nobody accepts or answers
-  socklen_t len = sizeof(sa);
-  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
-  const std::string address = absl::StrCat("127.0.0.1:", ntohs(sa.sin_port));
   auto r = HttpGet(address, "/metrics", absl::Milliseconds(300));
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(r.status().message(), HasSubstr("timed out"));
   close(fd);
+}
+
+// A server whose answer has no end in sight (here 96 MiB): UNAVAILABLE at 64 MiB. Before,
+// every byte was kept, and the deadline was looked at only when recv had to wait, which a
+// fast sender never makes it do.
+TEST(HttpGetTest, AnAnswerPastTheLimitIsRefused) {
+  std::string address;
+  const int fd = Listen(&address);
+  ASSERT_GE(fd, 0);
+  std::thread server([fd] {
+    const int conn = accept(fd, nullptr, nullptr);
+    if (conn < 0) return;
+    const std::string head = "HTTP/1.1 200 OK\r\n\r\n";
+    send(conn, head.data(), head.size(), MSG_NOSIGNAL);
+    const std::string chunk(1 << 20, 'x');
+    for (int i = 0; i < 96; ++i) {  // ends early once the reader hangs up
+      if (send(conn, chunk.data(), chunk.size(), MSG_NOSIGNAL) <= 0) break;
+    }
+    close(conn);
+  });
+  auto r = HttpGet(address, "/metrics", absl::Seconds(60));
+  server.join();
+  close(fd);
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(r.status().message(), HasSubstr("larger than 64 MiB"));
 }
 
 }  // namespace

@@ -43,6 +43,8 @@ class ConfigSchema {
                                 const EnvLookup& env = ProcessEnv);
 
   std::string Help() const;
+  // The options' names (YAML keys), in the order they were added.
+  std::vector<std::string> Names() const;
 
   static std::optional<std::string> ProcessEnv(const std::string& name);
 

@@ -14,10 +14,14 @@
 
 namespace strata {
 
+// The largest answer HttpGet reads (a node's /metrics is well under a MiB).
+inline constexpr size_t kMaxHttpAnswerBytes = 64 << 20;
+
 // GET http://ADDR/path, ADDR an IPv4 "host:port". Returns (status code, body) once the
 // server closes the connection. INVALID_ARGUMENT: ADDR is not an IPv4 host:port, or
 // `timeout` is not positive. UNAVAILABLE: no connection, a failed write, a malformed answer,
-// or no complete answer within `timeout` (one deadline for connect, write and read).
+// an answer over kMaxHttpAnswerBytes, or no complete answer within `timeout` (one deadline
+// for connect, write and read).
 absl::StatusOr<std::pair<int, std::string>> HttpGet(const std::string& address,
                                                     const std::string& path,
                                                     absl::Duration timeout = absl::Seconds(5));
