@@ -12,7 +12,8 @@ import yaml
 # What each values case of check_chart.CASES must render.
 BASE = dict(mode="etcd", etcd="bundled", etcd_tls=False, anti="required", zone="nodeLabel",
             pdb=True, service_monitor=False, cold=False, rdma=False, gpu=False, dashboard=True,
-            replicas=3, auth=False, tls=False, cool_class="local-nvme", settle=None)
+            replicas=3, auth=False, tls=False, cool_class="local-nvme", settle=None,
+            worker_cert=True)
 EXPECT = {
     "default": BASE,
     "production": dict(BASE, etcd_tls=True, service_monitor=True, cold=True, rdma=True,
@@ -23,6 +24,8 @@ EXPECT = {
                     dashboard=False, replicas=1, cool_class=None),
     "vllm-gpu-worker": dict(BASE, etcd_tls=True, service_monitor=True, cold=True, rdma=True,
                             replicas=6, auth=True, tls=True, gpu=True),
+    "gpu-worker-ca-only": dict(BASE, etcd_tls=True, service_monitor=True, cold=True, rdma=True,
+                               replicas=6, auth=True, tls=True, gpu=True, worker_cert=False),
     "external-etcd": dict(BASE, etcd=["etcd-a.db:2379", "etcd-b.db:2379"]),
     "external-etcd-tls": dict(BASE, etcd=["etcd-a.db:2379"], etcd_tls=True),
     "static": dict(BASE, mode="static", etcd=None, replicas=4),
@@ -226,6 +229,13 @@ class Checker:
         self.expect(size_bytes(lim["memory"]) >= warm + index + (256 << 20),
                     f"memory limit {lim['memory']} does not cover the tiers' index ({index >> 20} "
                     f"MiB for {budgets >> 20} MiB of budgets at {charge >> 10} KiB a block)")
+        # The node's own check at start (store_node.cc): past it, it warns that the kernel
+        # may kill it, and bytes in flight can take it there (node defaults: 1 GiB, 512 MiB).
+        inflight = size_bytes(self.cfg.get("max_inflight_bytes", "1GiB"))
+        grpc_memory = size_bytes(self.cfg.get("grpc_memory_bytes", "512MiB"))
+        self.expect(size_bytes(lim["memory"]) >= warm + inflight + grpc_memory,
+                    f"memory limit {lim['memory']} under warm_bytes + max_inflight_bytes + "
+                    f"grpc_memory_bytes ({(warm + inflight + grpc_memory) >> 20} MiB)")
         self.expect("cpu" in req, "no cpu request")
         rdma = req.get("rdma/hca") == 1 and lim.get("rdma/hca") == 1
         self.expect(rdma == self.want["rdma"], f"rdma/hca resource {rdma}")
@@ -426,11 +436,19 @@ class Checker:
             self.expect(bool(proxy) == self.want["etcd_tls"], "worker etcd-proxy iff etcd TLS")
             values = {e["name"]: e for e in eng.get("env", [])}
             if self.want["tls"]:  # the client's CA and certificate are files of a Secret
-                for key in ("STRATA_TLS_CA", "STRATA_TLS_CERT", "STRATA_TLS_KEY"):
+                cert = ("STRATA_TLS_CERT", "STRATA_TLS_KEY")
+                keys = ("STRATA_TLS_CA",) + (cert if self.want["worker_cert"] else ())
+                for key in keys:
                     path = values.get(key, {}).get("value", "")
                     vol, rel = mounted_source(spec, eng, path)
                     items = [i["path"] for i in (vol or {}).get("secret", {}).get("items", [])]
                     self.expect(rel in items, f"worker {key} {path!r} not a file of a Secret")
+                # A Secret volume naming a key its Secret lacks is never mounted (FailedMount).
+                vols = [v for v in spec.get("volumes", []) if v["name"] == "client-tls"]
+                items = sorted(i["key"] for v in vols for i in v["secret"].get("items", []))
+                want = ["ca.crt"] + (["tls.crt", "tls.key"] if self.want["worker_cert"] else [])
+                self.expect(items == want and all((k in values) == (k in keys) for k in cert),
+                            f"worker TLS files {items}, want {want}")
             if self.want["auth"]:
                 self.expect("secretKeyRef" in values.get("STRATA_TOKEN", {}).get("valueFrom", {}),
                             "worker STRATA_TOKEN not from a Secret")

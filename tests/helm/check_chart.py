@@ -40,6 +40,9 @@ CASES = {
     "production-1MiB-blocks": (["production.yaml"], ["store.config.max_block_bytes=1MiB"]),
     "minimal": (["minimal.yaml"], []),
     "vllm-gpu-worker": (["production.yaml", "vllm-gpu-worker.yaml"], []),
+    # Workers that verify the nodes without a certificate of their own: a Secret of ca.crt.
+    "gpu-worker-ca-only": (["production.yaml", "vllm-gpu-worker.yaml"],
+                           ["gpuWorkers.tls.clientCert=false"]),
     "external-etcd": ([], ["etcd.bundled=false",
                            "etcd.external.endpoints={etcd-a.db:2379,etcd-b.db:2379}"]),
     "external-etcd-tls": ([], ["etcd.bundled=false", "etcd.external.endpoints={etcd-a.db:2379}",
@@ -81,6 +84,16 @@ REFUSED = [
     # values.schema.json pattern: the node refuses a settle over 5 minutes at start.
     (["cluster.rebalanceSettle=6m"], "/cluster/rebalanceSettle"),
     (["cluster.rebalanceSettle=301s"], "/cluster/rebalanceSettle"),
+    # values.schema.json patterns and template checks: what the node refuses at start.
+    (["cluster.etcdLease=999ms"], "/cluster/etcdLease"),
+    (["cluster.etcdLease=0s"], "/cluster/etcdLease"),
+    (["cluster.rebalanceInterval=99ms"], "/cluster/rebalanceInterval"),
+    (["store.warm.highWatermarkPct=75"], "lowWatermarkPct 80: want below"),
+    (["store.diskLowWatermarkPct=95"], "diskLowWatermarkPct 95: want below"),
+    (["store.warm.size=8Mi"], "want at least max_block_bytes"),
+    (["store.warm.size=64Mi", "store.config.max_block_bytes=128MiB"], "want at least"),
+    (["store.cool.size=1Mi"], "under 1 MiB"),
+    (["store.config.session_idel=10m"], "store.config.session_idel: not an option"),
 ]
 
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -205,6 +206,26 @@ TEST_F(RenderedConfigTest, UnknownKeyIsRefused) {
   EXPECT_THAT(ParseLikeTheNode(ArgsWithConfig(c, broken), c.env, &config),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown key 'warm_byts'")));
   fs::remove_all(dir);
+}
+
+// The chart refuses store.config keys outside its list (a typo would crash-loop every pod):
+// the list is exactly the node's options, or a new option could not be set through the
+// chart and a dropped one would pass the chart and stop the node.
+TEST(ChartKeysTest, TheChartsListOfNodeKeysIsTheNodesOptions) {
+  const char* source = std::getenv("STRATA_SOURCE_DIR");
+  ASSERT_NE(source, nullptr) << "STRATA_SOURCE_DIR unset: run through ctest";
+  std::vector<std::string> listed;
+  for (const std::string& line :
+       ReadLines(fs::path(source) / "deploy/helm/strata/files/node-config-keys.txt")) {
+    if (!line.starts_with("#")) listed.push_back(line);
+  }
+  storenode::NodeConfig config;
+  ConfigSchema schema("strata-storenode", "a Strata KV-cache store node");
+  storenode::RegisterNodeOptions(schema, &config);
+  std::vector<std::string> names = schema.Names();
+  std::sort(listed.begin(), listed.end());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(listed, names);
 }
 
 TEST_F(RenderedConfigTest, KubernetesQuantityIsTheSameNodeSize) {

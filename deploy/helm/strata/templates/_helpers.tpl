@@ -99,12 +99,10 @@ about 1 KiB of RAM (index entry, policy node and RocksDB memtable: docs/design/t
 {{- end -}}
 
 {{/*
-The charge the node applies, in KiB: minBlockCharge, at most max_block_bytes (the node's
-default 16 MiB, or store.config.max_block_bytes: bytes, or a size with KiB/MiB/GiB or
-Ki/Mi/Gi).
+The node's max_block_bytes in KiB, from the store values: its default 16 MiB, or
+store.config.max_block_bytes (bytes, or a size with KiB/MiB/GiB or Ki/Mi/Gi).
 */}}
-{{- define "strata.chargeKib" -}}
-{{- $charge := include "strata.kib" .minBlockCharge | int64 -}}
+{{- define "strata.maxBlockKib" -}}
 {{- $maxKib := 16384 -}}
 {{- if hasKey .config "max_block_bytes" -}}
 {{- $q := toString (index .config "max_block_bytes") -}}
@@ -120,7 +118,13 @@ Ki/Mi/Gi).
 {{- fail (printf "store.config.max_block_bytes %q: use bytes or a KiB, MiB or GiB size" $q) -}}
 {{- end -}}
 {{- end -}}
-{{- max 1 (min $charge $maxKib) -}}
+{{- $maxKib -}}
+{{- end -}}
+
+{{/* The charge the node applies, in KiB: minBlockCharge, at most max_block_bytes. */}}
+{{- define "strata.chargeKib" -}}
+{{- $charge := include "strata.kib" .minBlockCharge | int64 -}}
+{{- max 1 (min $charge (include "strata.maxBlockKib" . | int64)) -}}
 {{- end -}}
 
 {{/* A disk tier's byte budget in MiB: its volume × budgetPct / 100. */}}
@@ -203,6 +207,22 @@ Ki/Mi/Gi).
   "cluster_name" .Values.cluster.name
   "auth_mode" $s.auth.mode
 -}}
+{{- /* What the node would refuse at start (every pod crash-looping): refused here. */ -}}
+{{- if ge (int $s.warm.lowWatermarkPct) (int $s.warm.highWatermarkPct) -}}
+{{- fail (printf "store.warm.lowWatermarkPct %d: want below highWatermarkPct %d" (int $s.warm.lowWatermarkPct) (int $s.warm.highWatermarkPct)) -}}
+{{- end -}}
+{{- if lt (mul (include "strata.mib" $s.warm.size | int64) 1024) (include "strata.maxBlockKib" $s | int64) -}}
+{{- fail (printf "store.warm.size %s: want at least max_block_bytes (%d KiB; the warm arena holds one block at least)" (toString $s.warm.size) (include "strata.maxBlockKib" $s | int64)) -}}
+{{- end -}}
+{{- range $tier := list "cool" "cold" -}}
+{{- $t := index $s $tier -}}
+{{- if and $t.enabled (lt (include "strata.tierBudgetMib" $t | int64) 1) -}}
+{{- fail (printf "store.%s.size %s x budgetPct %d%%: under 1 MiB for the tier" $tier (toString $t.size) (int $t.budgetPct)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $s.cool.enabled (ge (int $s.diskLowWatermarkPct) (int $s.diskHighWatermarkPct)) -}}
+{{- fail (printf "store.diskLowWatermarkPct %d: want below diskHighWatermarkPct %d" (int $s.diskLowWatermarkPct) (int $s.diskHighWatermarkPct)) -}}
+{{- end -}}
 {{- if $s.cool.enabled -}}
 {{- $_ := set $c "cool_path" "/var/lib/strata/cool/rocksdb" -}}
 {{- $_ := set $c "cool_bytes" (printf "%sMiB" (include "strata.tierBudgetMib" $s.cool)) -}}
@@ -276,7 +296,17 @@ Ki/Mi/Gi).
 {{- fail "store.tls.clientCaSecretName: a TLS cluster needs it (nodes verify each other's certificates)" -}}
 {{- end -}}
 {{- end -}}
+{{- $known := list -}}
+{{- range $line := splitList "\n" (.Files.Get "files/node-config-keys.txt") -}}
+{{- if and (trim $line) (not (hasPrefix "#" $line)) -}}
+{{- $known = append $known (trim $line) -}}
+{{- end -}}
+{{- end -}}
 {{- range $key, $value := $s.config -}}
+{{- /* The node refuses an unknown key at start: every pod would crash-loop. */ -}}
+{{- if not (has $key $known) -}}
+{{- fail (printf "store.config.%s: not an option of strata-storenode (a typo? its --help lists them)" $key) -}}
+{{- end -}}
 {{- if has $key (list "node_id" "zone" "advertise_address" "port_file") -}}
 {{- fail (printf "store.config.%s: set per pod by the chart" $key) -}}
 {{- end -}}
