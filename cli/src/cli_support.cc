@@ -12,7 +12,8 @@
 namespace strata::cli {
 
 void AddNodeFlags(CLI::App& cmd, NodeFlags& f) {
-  cmd.add_option("--node", f.node, "Store node HOST:PORT")->capture_default_str();
+  CLI::Option* node =
+      cmd.add_option("--node", f.node, "Store node HOST:PORT")->capture_default_str();
   cmd.add_option("--scope", f.scope, "Scope (default: the client's default scope)");
   cmd.add_option("--deadline", f.deadline_s, "Per-call deadline in seconds")->capture_default_str();
   cmd.add_option("--model-id", f.model_id, "Namespace: model id")->capture_default_str();
@@ -24,9 +25,13 @@ void AddNodeFlags(CLI::App& cmd, NodeFlags& f) {
   cmd.add_option("--hash-algorithm", f.hash_algorithm, "sha256 or xxh3-128")->capture_default_str();
   cmd.add_option("--tokens", f.tokens, "Prompt token ids: 1,2,3 or A..B");
   cmd.add_option("--hash", f.hashes, "Chain hash in hex (repeatable), instead of --tokens");
-  cmd.add_option("--etcd", f.etcd, "A cluster: etcd endpoints host:port,... (instead of --node)");
-  cmd.add_option("--members", f.members,
-                 "A static cluster: id=host:port[@zone],... (instead of --node)");
+  // One store: a node, or a cluster by etcd or by its members (before, --etcd silently won).
+  CLI::Option* etcd = cmd.add_option("--etcd", f.etcd,
+                                     "A cluster: etcd endpoints host:port,... (instead of --node)");
+  CLI::Option* members = cmd.add_option(
+      "--members", f.members, "A static cluster: id=host:port[@zone],... (instead of --node)");
+  node->excludes(etcd)->excludes(members);
+  etcd->excludes(members);
   cmd.add_option("--cluster", f.cluster, "Cluster name (etcd key prefix)")->capture_default_str();
   cmd.add_option("--replicas", f.replicas, "Cluster: copies of every block (0: the nodes')")
       ->capture_default_str()
@@ -66,6 +71,10 @@ client::ClientOptions ClientOptionsFrom(const NodeFlags& f) {
 absl::StatusOr<std::pair<std::unique_ptr<client::StoreClient>, client::Namespace>> Open(
     const NodeFlags& f) {
   if (absl::Status s = CheckDeadline(f.deadline_s); !s.ok()) return s;
+  if (f.etcd.empty() && f.members.empty() && (f.replicas != 0 || f.write_quorum != 0)) {
+    return absl::InvalidArgumentError(
+        "--replicas and --write-quorum: a cluster's (--etcd or --members), not one --node's");
+  }
   auto c = client::StoreClient::Connect(ClientOptionsFrom(f));
   if (!c.ok()) return c.status();
   NamespaceSpec spec;

@@ -210,6 +210,10 @@ int RunDemo(DemoFlags f) {
   if (f.node.empty()) {
     uint64_t warm = std::max<uint64_t>(256ull << 20, data_bytes + data_bytes / 2);
     uint64_t max_block = std::max<uint64_t>(16ull << 20, block_bytes);
+    // The node wants a call to carry a block, and gRPC room for two such calls: raised with
+    // the block past the node's defaults (64 MiB, 512 MiB).
+    uint64_t max_inline = std::max<uint64_t>(64ull << 20, max_block);
+    uint64_t grpc_memory = std::max<uint64_t>(512ull << 20, 2 * max_inline + (16ull << 20));
     std::printf("== starting a local store node (warm tier %s)\n", FormatByteSize(warm).c_str());
     std::fflush(stdout);
     std::string node_bin =
@@ -220,7 +224,8 @@ int RunDemo(DemoFlags f) {
         // first touch of fresh memory, not the transfer, would
         // otherwise set the prefill's speed.
         {"--warm-bytes", absl::StrCat(warm), "--max-block-bytes", absl::StrCat(max_block),
-         "--warm-prefault", "--log-level", "warn"},
+         "--max-inline-bytes", absl::StrCat(max_inline), "--grpc-memory-bytes",
+         absl::StrCat(grpc_memory), "--warm-prefault", "--log-level", "warn"},
         absl::Seconds(20));
     if (!started.ok()) return Fail("demo", started.status());
     local = std::move(*started);

@@ -113,13 +113,21 @@ int RunStatus(const StatusFlags& f) {
   if (!listed.ok()) return Fail("status", listed.status());
   std::vector<cluster::Member> members;
   std::string epoch = "none";
+  size_t unreadable = 0;
   for (const cluster::KeyValue& kv : listed->kvs) {
     if (kv.key == root + "epoch") {
       epoch = std::string(absl::StripLeadingAsciiWhitespace(kv.value));
       while (epoch.size() > 1 && epoch[0] == '0') epoch.erase(0, 1);
-    } else if (kv.key.starts_with(root + "nodes/")) {
+    } else if (kv.key.starts_with(root + "nodes/") && kv.lease != 0) {
+      // A key without a lease (written by hand) is no member, as the nodes and clients see it.
       auto m = cluster::DecodeMember(kv.key.substr(root.size() + 6), kv.value);
-      if (m.ok()) members.push_back(*m);
+      if (m.ok()) {
+        members.push_back(*m);
+      } else {
+        ++unreadable;
+        std::fprintf(stderr, "strata status: registration %s unreadable: %s\n", kv.key.c_str(),
+                     m.status().ToString().c_str());
+      }
     }
   }
   cluster::Normalize(&members);
@@ -146,14 +154,22 @@ int RunStatus(const StatusFlags& f) {
         "copies, the largest, until they agree\n",
         absl::StrJoin(differ, ", ").c_str(), cluster::ReplicasKept(members, 0));
   }
-  // Exit 1 when a member did not answer (its row says why), so scripts and probes notice.
+  // Exit 1 when a member did not answer (its row says why), a registration could not be
+  // read, or there is no member at all (a wrong --cluster, or every node gone), so scripts
+  // and probes notice.
   size_t unreachable = 0;
   for (const cluster::Member& m : members) unreachable += !PrintNode(m, f.deadline_s, f.security);
   if (unreachable > 0) {
     std::fprintf(stderr, "strata status: %zu of %zu members did not answer\n", unreachable,
                  members.size());
   }
-  return unreachable > 0 ? 1 : 0;
+  if (members.empty()) {
+    std::fprintf(stderr,
+                 "strata status: no member registered under %s in etcd (a wrong --cluster? "
+                 "nodes stopped, or their leases lapsed)\n",
+                 root.c_str());
+  }
+  return unreachable > 0 || unreadable > 0 || members.empty() ? 1 : 0;
 }
 
 }  // namespace

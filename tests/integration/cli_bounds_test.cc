@@ -50,5 +50,21 @@ TEST(CliBoundsTest, SizesAndDeadlinesPastWhatACommandHoldsAreBadArguments) {
   EXPECT_EQ(ExitCode(absl::StrCat("demo", at, " --prompt-tokens 1000000")), 2);
 }
 
+// A node and a cluster at once, or a cluster's replica settings with one node, is a bad
+// argument. Before, --etcd silently won over --node (the command went to etcd, here one that
+// is not there, and failed 1 after its deadline), and --replicas with --node was ignored.
+TEST(CliBoundsTest, ANodeAndAClusterAtOnceAreABadArgument) {
+  auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", ""});
+  ASSERT_THAT(node, testutil::IsOk());
+  const std::string lookup =
+      absl::StrCat("lookup --node ", (*node)->address(), " --tokens 0..32 --deadline 2");
+  EXPECT_EQ(ExitCode(lookup), 0);
+  EXPECT_EQ(ExitCode(lookup + " --etcd 127.0.0.1:1"), 2);
+  EXPECT_EQ(ExitCode(lookup + " --members a=127.0.0.1:1"), 2);
+  EXPECT_EQ(ExitCode(lookup + " --replicas 2"), 2);
+  EXPECT_EQ(ExitCode(lookup + " --write-quorum 1"), 2);
+  EXPECT_EQ(ExitCode("lookup --etcd 127.0.0.1:1 --members a=127.0.0.1:1 --tokens 0..32"), 2);
+}
+
 }  // namespace
 }  // namespace strata

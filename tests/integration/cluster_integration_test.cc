@@ -57,6 +57,13 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
   auto with_ghost = c->Stats();
   ASSERT_TRUE(with_ghost.ok());
   EXPECT_EQ(with_ghost->members, 3u);
+  auto [ghost_exit, ghost_text] = StrataStatus();
+  EXPECT_EQ(ghost_exit, 0) << ghost_text;
+  EXPECT_THAT(ghost_text, ::testing::HasSubstr("3 members"));
+  // A cluster name nobody registered under (a typo) is no healthy cluster of 0 members.
+  auto [typo_exit, typo_text] = StrataStatus("ti");
+  EXPECT_NE(typo_exit, 0) << typo_text;
+  EXPECT_THAT(typo_text, ::testing::HasSubstr("no member registered under /strata/ti/"));
   ASSERT_TRUE((*etcd)->Delete("/strata/it/nodes/ghost").ok());
   // A second node given node-1's id (two hosts started alike) refuses to start, after one
   // lease TTL, and node-1 stays a member at its own address. Before, the newcomer took the key
