@@ -66,16 +66,19 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
   // until the client is published: from a copy taken before connecting, a range unregistered
   // meanwhile would stay registered in this client (its memory perhaps freed and reused), and
   // one registered meanwhile would be missing. Waited for until `end` only (registering a
-  // large range pins it, which can take long).
-  TimedTurn::Hold memory_turn(memory_turn_, end);
-  if (s.ok() && !memory_turn.taken()) {
-    s = absl::DeadlineExceededError(
-        "registered memory was being (un)registered until the "
-        "call's deadline");
-  }
-  // A node without a UCX data plane for this client takes every call inline: nothing to
-  // register with it.
+  // large range pins it, which can take long). A node without a UCX data plane for this
+  // client takes every call inline: nothing to register with it, no turn to wait for.
+  std::optional<TimedTurn::Hold> memory_turn;
+  bool turn_missed = false;
   if (s.ok() && (*c)->has_data_plane()) {
+    memory_turn.emplace(memory_turn_, end);
+    turn_missed = !memory_turn->taken();
+    if (turn_missed) {
+      s = absl::DeadlineExceededError(
+          "registered memory was being (un)registered until the call's deadline");
+    }
+  }
+  if (s.ok() && memory_turn.has_value()) {
     const std::vector<std::pair<void*, size_t>> memory = Memory();
     for (size_t i = 0; s.ok() && i < memory.size(); ++i) {
       s = (*c)->RegisterMemory(memory[i].first, memory[i].second);
@@ -92,7 +95,7 @@ absl::StatusOr<std::shared_ptr<GrpcStoreClient>> ClusterNodes::Node(const cluste
     absl::Status error(s.code(), absl::StrCat("node ", m.id, " (", m.address, "): ", s.message()));
     // Out of the caller's time, perhaps not the node's: slow (reads ask others first), not
     // down (writes still try it).
-    if ((budget_short || !memory_turn.taken()) && s.code() == absl::StatusCode::kDeadlineExceeded) {
+    if ((budget_short || turn_missed) && s.code() == absl::StatusCode::kDeadlineExceeded) {
       MarkSlowLocked(e);
       return error;
     }
@@ -193,6 +196,10 @@ std::vector<std::pair<void*, size_t>> ClusterNodes::Memory() const {
 }
 
 absl::Status ClusterNodes::RegisterMemory(void* ptr, size_t len) {
+  if (options_.data_plane == ClientOptions::DataPlane::kInline) {
+    return absl::FailedPreconditionError(
+        "RegisterMemory: the client has no UCX data plane (data_plane inline)");
+  }
   TimedTurn::Hold memory_turn(memory_turn_);
   {
     absl::MutexLock lock(&memory_mu_);

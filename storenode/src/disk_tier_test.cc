@@ -426,7 +426,9 @@ TEST(DiskTierTest, SessionBlocksFollowPutsDeletesAndARestart) {
     ASSERT_LT(++calls, 10) << "the cursor does not move on";
     std::vector<BlockKey> chunk = (*tier)->SessionBlocks("c", 3, &at);
     EXPECT_LE(chunk.size(), 3u);
-    if (!chunk.empty()) ASSERT_THAT((*tier)->Delete(chunk[0]), IsOk());
+    if (!chunk.empty()) {
+      ASSERT_THAT((*tier)->Delete(chunk[0]), IsOk());
+    }
     given.insert(given.end(), chunk.begin(), chunk.end());
   }
   EXPECT_EQ(calls, 3);

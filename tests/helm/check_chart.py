@@ -94,6 +94,10 @@ REFUSED = [
     (["store.warm.size=64Mi", "store.config.max_block_bytes=128MiB"], "want at least"),
     (["store.cool.size=1Mi"], "under 1 MiB"),
     (["store.config.session_idel=10m"], "store.config.session_idel: not an option"),
+    (["store.tls.enabled=true", "store.tls.secretName=t", "store.tls.clientCaSecretName=c",
+      "store.tls.requireClientCert=true", "gpuWorkers.enabled=true",
+      "gpuWorkers.image.repository=e", "gpuWorkers.image.tag=v1", "gpuWorkers.tls.secretName=w",
+      "gpuWorkers.tls.clientCert=false"], "the store requires client certificates"),
 ]
 
 

@@ -284,7 +284,8 @@ class StoreClient {
   // FAILED_PRECONDITION: the client has no data plane (DataPlaneDescription() is "inline" or
   // "inline (ucx unavailable: ...)"). A client whose node refused its channel for now
   // ("inline (ucx channel refused: ...)") registers: its calls use the range once a channel
-  // opens.
+  // opens. A cluster client is FAILED_PRECONDITION only with data_plane kInline; its nodes
+  // without a data plane take their calls inline, the range registered with the others.
   // RESOURCE_EXHAUSTED: out of registration resources (pinned memory limits).
   // Blocks while the memory is registered (proportional to len on RDMA devices).
   virtual absl::Status RegisterMemory(void* ptr, size_t len) = 0;
