@@ -252,7 +252,16 @@ class Membership::Impl {
         if (absl::Status s = Register(); !s.ok()) {
           {
             absl::MutexLock lock(&mu_);
-            if (!fatal_.ok()) return;  // Start reports it
+            if (!fatal_.ok()) {
+              // Start reports it; later (registering again) only this log can.
+              if (registered_once_) {
+                connected_ = false;
+                spdlog::error(
+                    "membership: {}; this node is a member no more and no longer watches the set",
+                    fatal_.ToString());
+              }
+              return;
+            }
           }
           Failed("register", s);
           continue;
@@ -286,16 +295,31 @@ class Membership::Impl {
         Failed("watch", watch.status());
         continue;
       }
+      // Until the watch breaks, the node must register again, or it stops; meanwhile an
+      // epoch raise that failed is made again every retry_interval.
       bool failed;
       std::string why;
-      {
-        absl::MutexLock lock(&mu_);
-        auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-          return stop_ || watch_failed_ || (o_.self.has_value() && need_register_);
-        };
-        mu_.Await(absl::Condition(&wake));
-        failed = watch_failed_;
-        why = last_error_;
+      for (;;) {
+        int64_t raise = 0;
+        {
+          absl::MutexLock lock(&mu_);
+          auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+            return stop_ || watch_failed_ || (o_.self.has_value() && need_register_);
+          };
+          auto wake_or_raise = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+            return wake() || unraised_revision_ != 0;
+          };
+          mu_.Await(absl::Condition(&wake_or_raise));
+          if (!wake() && !mu_.AwaitWithTimeout(absl::Condition(&wake), o_.retry_interval)) {
+            raise = unraised_revision_;
+          }
+          if (raise == 0) {
+            failed = watch_failed_;
+            why = last_error_;
+            break;
+          }
+        }
+        Bump(raise);
       }
       watch->reset();  // outside mu_: its callbacks take mu_
       if (failed) Failed("watch", absl::UnavailableError(why));
@@ -324,8 +348,10 @@ class Membership::Impl {
       old_lease = lease_;
     }
     if (old_lease != 0) etcd_->StopKeepAlive(old_lease);
-    // Still there from before a restart within its lease? Then at which address.
+    // Still there from before a restart within its lease? Then at which address. Unread, it
+    // could be another live node's (below): the loop tries again.
     absl::StatusOr<std::optional<KeyValue>> before = etcd_->Get(key);
+    if (!before.ok()) return before.status();
     std::optional<std::string> was_at;
     bool places_alike = true;  // as the key from before placed blocks (or no key)
     if (before.ok() && before->has_value()) {
@@ -333,16 +359,13 @@ class Membership::Impl {
       if (m.ok()) was_at = m->address;
       places_alike = m.ok() && PlacesAlike(*m, *o_.self);
     }
-    bool first;
-    {
-      absl::MutexLock lock(&mu_);
-      first = !registered_once_;
-    }
-    if (first && was_at.has_value() && *was_at != o_.self->address && (*before)->lease != 0) {
-      // Held at another address under a lease: a previous run of this node (its lease lapses
-      // within lease_ttl), or another live node given the same id, whose key a Put would take
-      // over without a word (it keeps serving, and nobody asks it). One lease TTL tells them
-      // apart.
+    if (was_at.has_value() && *was_at != o_.self->address && (*before)->lease != 0 &&
+        (*before)->lease != old_lease) {
+      // Held at another address under another lease: a previous run of this node (its lease
+      // lapses within lease_ttl), or another live node with the same id, whose key a Put would
+      // take over without a word (it keeps serving, and nobody asks it). One lease TTL tells
+      // them apart. Also when registering again: a node cut off from etcd past its lease may
+      // find its id taken by a replacement meanwhile (before, it took the key back).
       if (absl::Status s = WaitForOtherHolder(key, (*before)->lease, *was_at); !s.ok()) return s;
     }
     absl::StatusOr<int64_t> lease = etcd_->GrantLease(o_.lease_ttl);
@@ -520,7 +543,13 @@ class Membership::Impl {
           continue;
         }
         absl::StatusOr<Member> m = DecodeMember(id, e.kv.value);
-        if (!m.ok()) continue;
+        if (!m.ok()) {
+          // A listing leaves it out: so does the watch (before, the old record stayed, and
+          // watchers and listers placed by different sets until the next listing).
+          if (members_.erase(id) > 0) changes.push_back(e.kv.mod_revision);
+          if (o_.self.has_value() && id == o_.self->id) OwnKeyGoneLocked();
+          continue;
+        }
         auto was = members_.find(id);
         if (was == members_.end() || !PlacesAlike(was->second, *m)) {
           changes.push_back(e.kv.mod_revision);
@@ -547,16 +576,28 @@ class Membership::Impl {
                          .number = 0};
     const TxnOp put{.kind = TxnOp::Kind::kPut, .key = epoch_key_, .value = value};
     absl::StatusOr<bool> created = etcd_->Txn({&absent, 1}, {&put, 1}, {});
-    if (created.ok() && *created) return true;
+    if (created.ok() && *created) {
+      absl::MutexLock lock(&mu_);
+      if (revision >= unraised_revision_) unraised_revision_ = 0;
+      return true;
+    }
     const Compare lower{.target = Compare::Target::kValue,
                         .op = Compare::Op::kLess,
                         .key = epoch_key_,
                         .value = value};
     absl::StatusOr<bool> raised = etcd_->Txn({&lower, 1}, {&put, 1}, {});
+    absl::MutexLock lock(&mu_);
     if (!raised.ok()) {
-      spdlog::warn("membership: raising the epoch to {}: {}", revision, raised.status().ToString());
+      // Once per spell of failures, not at every retry.
+      spdlog::log(unraised_revision_ == 0 ? spdlog::level::warn : spdlog::level::debug,
+                  "membership: raising the epoch to {}: {}; trying again every {}", revision,
+                  raised.status().ToString(), absl::FormatDuration(o_.retry_interval));
+      // The change is applied here, so no listing or event brings it up again: the loop
+      // raises it later (else clients that do not watch would route by the old set).
+      unraised_revision_ = std::max(unraised_revision_, revision);
       return false;
     }
+    if (revision >= unraised_revision_) unraised_revision_ = 0;
     return true;
   }
 
@@ -635,6 +676,9 @@ class Membership::Impl {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool need_register_ ABSL_GUARDED_BY(mu_) = true;
   bool registered_once_ ABSL_GUARDED_BY(mu_) = false;
+  // The highest revision of a change whose epoch raise failed (0: none): raised again from
+  // the loop every retry_interval until it succeeds.
+  int64_t unraised_revision_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status fatal_ ABSL_GUARDED_BY(mu_);  // the loop stopped for it (a node id in use)
   bool watch_failed_ ABSL_GUARDED_BY(mu_) = false;
   std::string last_error_ ABSL_GUARDED_BY(mu_);
