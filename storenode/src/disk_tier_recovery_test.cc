@@ -22,23 +22,6 @@ using ::strata::testutil::IsOk;
 using ::strata::testutil::StatusIs;
 using ::testing::HasSubstr;
 
-// The column-family handles of a closed tier's RocksDB store at `path`, opened directly.
-struct RawStore {
-  explicit RawStore(const std::string& path) {
-    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
-        {rocksdb::kDefaultColumnFamilyName, {}}, {"meta", {}}, {"namespaces", {}}};
-    rocksdb::DBOptions o;
-    status = rocksdb::DB::Open(o, path, cfs, &handles, &db);
-  }
-  ~RawStore() {
-    for (rocksdb::ColumnFamilyHandle* h : handles) db->DestroyColumnFamilyHandle(h);
-    delete db;
-  }
-  rocksdb::Status status;
-  rocksdb::DB* db = nullptr;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;  // data, meta, namespaces
-};
-
 // Writes the blocks Key(1..n), the last quantized; returns what each reads back as.
 std::vector<std::vector<uint8_t>> PutBlocks(const std::string& path, uint8_t n) {
   auto tier = DiskTier::Open(Options(path));

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "rocksdb/db.h"
 #include "rocksdb/file_system.h"
 #include "strata/common/block_key.h"
 #include "strata/storenode/disk_tier.h"
@@ -32,6 +33,23 @@ class TempDir {
 
  private:
   std::string path_;
+};
+
+// The column-family handles of a closed tier's RocksDB store at `path`, opened directly.
+struct RawStore {
+  explicit RawStore(const std::string& path) {
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+        {rocksdb::kDefaultColumnFamilyName, {}}, {"meta", {}}, {"namespaces", {}}};
+    rocksdb::DBOptions o;
+    status = rocksdb::DB::Open(o, path, cfs, &handles, &db);
+  }
+  ~RawStore() {
+    for (rocksdb::ColumnFamilyHandle* h : handles) db->DestroyColumnFamilyHandle(h);
+    delete db;
+  }
+  rocksdb::Status status;
+  rocksdb::DB* db = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;  // data, meta, namespaces
 };
 
 inline BlockKey Key(uint8_t n) {

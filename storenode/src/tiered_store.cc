@@ -239,6 +239,8 @@ bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from, Room 
       return false;
     }
     if (from != nullptr) *from = code;
+    // A colder copy read whole: the block is not lost, whatever a warmer copy was.
+    if (read_error != nullptr) *read_error = absl::OkStatus();
     return InsertWarm(key, buf, *meta, prefetched, room);
   }
   return false;
@@ -400,7 +402,13 @@ WarmTier::ReserveResult TieredStore::BeginPut(NamespaceId ns, const std::string&
   for (size_t i = 0; i < blocks.size(); ++i) {
     BlockKey key{ns, scope, blocks[i].hash};
     bool below = cool_->Find(key, false) || (cold_ && cold_->Find(key, false));
-    if (below && !blocks[i].copy) warm_->ForgetDelete(key);  // ALREADY_EXISTS: wanted again
+    if (below && !blocks[i].copy) {
+      // ALREADY_EXISTS: wanted again. Unless a tombstone's check is deleting that copy now
+      // (KeptUnlessDeleted): then it is gone, and the block is reserved as new.
+      absl::MutexLock stripe(&TombstoneStripe(key));
+      below = cool_->Find(key, false) || (cold_ && cold_->Find(key, false));
+      if (below) warm_->ForgetDelete(key);
+    }
     if (!below) {
       where[i] = static_cast<int>(fresh.size());
       fresh.push_back(blocks[i]);
@@ -515,6 +523,8 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
       if (s.code() == absl::StatusCode::kNotFound) continue;  // moved meanwhile: try below
       if (!s.ok()) {
         r.status[i] = s;
+        // Corrupt here (dropped): a colder copy may still be intact.
+        if (s.code() == absl::StatusCode::kDataLoss) continue;
         break;
       }
       uint64_t checksum = BlockChecksum(buf.data(), buf.size());
@@ -581,6 +591,7 @@ uint64_t TieredStore::Delete(NamespaceId ns, const std::string& scope,
 }
 
 bool TieredStore::KeptUnlessDeleted(DiskTier* tier, const BlockKey& key) {
+  absl::MutexLock stripe(&TombstoneStripe(key));
   if (!warm_->DeletedLately(key)) return true;
   tier->Delete(key).IgnoreError();
   return false;

@@ -211,6 +211,45 @@ TEST_F(TieredStoreTest, BlocksOnTwoTiersCountOnceAndABadWarmCopyFallsBackToDisk)
   EXPECT_EQ(store_->Delete(ns_, "tenant-a", hashes), 4u);
 }
 
+// A block on cool and cold (paused to cold, resumed, paused to cool) whose cool copy is
+// corrupt is read from cold. Before, an inline read stopped at cool's DATA_LOSS, and the
+// block was reported lost with an intact copy a tier below.
+TEST_F(TieredStoreTest, ACorruptCoolCopyFallsBackToAnIntactColdOne) {
+  const std::vector<BlockKey> keys = Put(0, 2, "two");
+  ASSERT_THAT(store_->PauseSession("two", true).status(), IsOk());
+  ASSERT_THAT(store_->ResumeSession("two").status(), IsOk());
+  ASSERT_THAT(store_->PauseSession("two", false).status(), IsOk());
+  ASSERT_EQ(store_->Stats().warm.blocks, 0u);
+  ASSERT_EQ(store_->Stats().cool->blocks, 2u);
+  ASSERT_EQ(store_->Stats().cold->blocks, 2u);
+  store_.reset();
+  {
+    disk_test::RawStore raw(dir_ + "/cool");
+    ASSERT_TRUE(raw.status.ok()) << raw.status.ToString();
+    std::string value;
+    const std::string key = EncodeDiskKey(keys[0]);
+    ASSERT_TRUE(raw.db->Get({}, raw.handles[0], key, &value).ok());
+    value[value.size() / 2] ^= 0x40;  // a payload byte: the stored checksum no longer matches
+    ASSERT_TRUE(raw.db->Put({}, raw.handles[0], key, value).ok());
+  }
+  Init({}, /*reopen=*/true);
+  std::vector<uint8_t> buf;
+  WarmTier::GetResult read = store_->BeginGet(
+      ns_, "", {&keys[0].hash, 1}, 10000,
+      [&buf](size_t, uint64_t size) {
+        buf.resize(size);
+        return buf.data();
+      },
+      UINT64_MAX, /*promote=*/false);
+  ASSERT_THAT(read.status[0], IsOk());
+  EXPECT_EQ(read.blocks[0].tier, 4) << "served from cold";
+  EXPECT_EQ(buf, std::vector<uint8_t>(kBlock, 0)) << "block 0's bytes";
+  EXPECT_EQ(store_->Stats().cool->data_loss, 1u) << "the corrupt cool copy was found";
+  if (read.lease_id != 0) {
+    ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
+  }
+}
+
 // Under the watermark a slot class can be out of slots and free pages (blocks of mixed
 // sizes): the warm tier is half empty, every page half full of 1,000-byte blocks, and each
 // 4 KiB block needs a whole page. The blocks of the pages they take go to cool, not away.

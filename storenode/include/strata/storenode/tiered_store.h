@@ -11,6 +11,7 @@
 // Thread-safe. Disk I/O never runs under a tier's lock.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -22,6 +23,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -252,6 +254,15 @@ class TieredStore {
   std::atomic<uint64_t> disk_evictions_{0};
   std::atomic<uint64_t> prefetched_{0};
   TimedTurn writer_turn_;  // DemoteOnce for a writer (incoming > 0): one at a time
+  // A block's tombstone check and delete in KeptUnlessDeleted, and a writer's put that finds
+  // the block on disk and forgets its tombstone (BeginPut), one at a time per key stripe:
+  // between the check and the delete, a writer told ALREADY_EXISTS lost the block. Taken
+  // before any other lock, held only around those steps.
+  static constexpr size_t kTombstoneStripes = 64;
+  std::array<absl::Mutex, kTombstoneStripes> tombstone_stripes_;
+  absl::Mutex& TombstoneStripe(const BlockKey& key) {
+    return tombstone_stripes_[absl::HashOf(key) % kTombstoneStripes];
+  }
   // One MakeRoom at a time per disk tier (cool, then cold when cool's victims move down; a
   // second caller skips it): two at once read the same charged bytes and each took the whole
   // step, evicting blocks that need not have gone (the demoter thread, a writer, PauseSession
