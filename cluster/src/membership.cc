@@ -311,15 +311,15 @@ class Membership::Impl {
           };
           mu_.Await(absl::Condition(&wake_or_raise));
           if (!wake() && !mu_.AwaitWithTimeout(absl::Condition(&wake), o_.retry_interval)) {
-            raise = unraised_revision_;
+            raise = unraised_revision_;  // 0: raised meanwhile (the watch's own raise)
           }
-          if (raise == 0) {
+          if (wake()) {
             failed = watch_failed_;
             why = last_error_;
             break;
           }
         }
-        Bump(raise);
+        if (raise != 0) Bump(raise);
       }
       watch->reset();  // outside mu_: its callbacks take mu_
       if (failed) Failed("watch", absl::UnavailableError(why));
@@ -473,6 +473,9 @@ class Membership::Impl {
             applied_revision_, range->revision, epoch_value_, epoch);
       }
       epoch_value_ = reset ? epoch : std::max<uint64_t>(epoch_value_, epoch);
+      // A raise still to make for a revision this etcd never reached (it was reset): made
+      // now, it would hold the epoch above every change to come.
+      if (unraised_revision_ > range->revision) unraised_revision_ = 0;
       applied_revision_ = restart ? range->revision : std::max(applied_revision_, range->revision);
     }
     // Changes missed while disconnected, or a cluster without an epoch yet: raise it.

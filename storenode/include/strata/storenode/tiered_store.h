@@ -8,7 +8,8 @@
 // persisted in the disk tiers, so a restarted node knows the namespaces of the blocks it still
 // holds.
 //
-// Thread-safe. Disk I/O never runs under a tier's lock.
+// Thread-safe. Disk I/O never runs under a tier's lock (only under a tombstone stripe: see
+// TombstoneStripe).
 #pragma once
 
 #include <array>
@@ -256,8 +257,9 @@ class TieredStore {
   TimedTurn writer_turn_;  // DemoteOnce for a writer (incoming > 0): one at a time
   // A block's tombstone check and delete in KeptUnlessDeleted, and a writer's put that finds
   // the block on disk and forgets its tombstone (BeginPut), one at a time per key stripe:
-  // between the check and the delete, a writer told ALREADY_EXISTS lost the block. Taken
-  // before any other lock, held only around those steps.
+  // between the check and the delete, a writer told ALREADY_EXISTS lost the block. Held only
+  // around those steps (a disk Find or Delete, the warm tier's tombstones), which take no room
+  // lock, turn or other stripe; taken under a room lock or the writers' turn.
   static constexpr size_t kTombstoneStripes = 64;
   std::array<absl::Mutex, kTombstoneStripes> tombstone_stripes_;
   absl::Mutex& TombstoneStripe(const BlockKey& key) {
