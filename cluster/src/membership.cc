@@ -440,6 +440,20 @@ class Membership::Impl {
   absl::StatusOr<int64_t> List(bool restart, absl::Time deadline = absl::InfiniteFuture()) {
     absl::StatusOr<RangeResult> range = etcd_->GetPrefix(root_, deadline);
     if (!range.ok()) return range.status();
+    if (restart) {
+      bool behind;
+      {
+        absl::MutexLock lock(&mu_);
+        behind = listed_once_ && range->revision < applied_revision_;
+      }
+      // Older than what was applied: etcd reset, or a Refresh applied a newer listing while
+      // this one was on its way. Read again: a reset etcd answers below again (else this
+      // snapshot would undo the newer one, lower the epoch and pass for a reset).
+      if (behind) {
+        range = etcd_->GetPrefix(root_, deadline);
+        if (!range.ok()) return range.status();
+      }
+    }
     std::map<std::string, Member> members;
     uint64_t epoch = 0;
     for (const KeyValue& kv : range->kvs) {
