@@ -131,6 +131,19 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext* ctx,
       }
     }
   }
+  // block_bytes is not part of the id either: a larger one widens what every tenant of the
+  // namespace may put and what its inline reads reserve of max_inflight_bytes. Only a writer
+  // (or an admin) widens it; others may state it or less.
+  if (ValidateNamespaceSpec(spec).ok()) {
+    absl::StatusOr<NamespaceSpec> known = store_->GetNamespace(ComputeNamespaceId(spec));
+    if (known.ok() && spec.block_bytes > known->block_bytes) {
+      if (absl::Status s = RequireAnyRole(ctx, kRoleWriter | kRoleAdmin,
+                                          "RegisterNamespace widening block_bytes (writer)");
+          !s.ok()) {
+        return call.Done(s);
+      }
+    }
+  }
   // One tenant must not use up the node's max_namespaces for every other: a namespace it adds
   // (not one already here) counts against its tenant_namespaces.
   std::string counted;

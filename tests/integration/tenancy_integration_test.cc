@@ -326,6 +326,15 @@ TEST_F(TenancyTest, RolesLimitWhatAPrincipalMayDo) {
               StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(reader.client->PauseSession("s1", false),
               StatusIs(absl::StatusCode::kPermissionDenied));
+  // block_bytes is no part of the namespace's id: a larger one would widen every tenant's
+  // puts and inline reservations there. A reader may not (before, anyone could); it may state
+  // what is registered, and a writer may widen it.
+  ASSERT_THAT(a.client->RegisterNamespace(testutil::RawSpec("small-blocks", 64 << 10)), IsOk());
+  EXPECT_THAT(reader.client->RegisterNamespace(testutil::RawSpec("small-blocks", 512 << 10)),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("widening block_bytes")));
+  EXPECT_THAT(reader.client->RegisterNamespace(testutil::RawSpec("small-blocks", 64 << 10)),
+              IsOk());
+  EXPECT_THAT(a.client->RegisterNamespace(testutil::RawSpec("small-blocks", 512 << 10)), IsOk());
 }
 
 // Lossy offload changes what every tenant of a namespace reads back from disk: only an admin
