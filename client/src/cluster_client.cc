@@ -121,10 +121,9 @@ class ClusterStoreClient final : public StoreClient {
       out[i] = c.ok() ? (*c)->RegisterNamespace(spec, Left(end)) : c.status();
       return absl::OkStatus();
     }).IgnoreError();
-    // Any node's namespace will do; then a node that is down now registers it when the client
-    // next connects to it. Else INVALID_ARGUMENT (a bad spec) before the last other error,
-    // and nodes that connect later are not asked for it: a namespace no node took is no
-    // reason to refuse them (calls in it register it again where they go).
+    // Any node's namespace will do; nodes down now register it when they connect. Else
+    // INVALID_ARGUMENT (a bad spec) before the last other error, and later connects do not
+    // ask for it (calls in it register it again where they go).
     absl::Status first = absl::UnavailableError("no store node answered");
     for (auto& r : out) {
       if (r.ok()) {

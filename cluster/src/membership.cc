@@ -354,7 +354,7 @@ class Membership::Impl {
     if (!before.ok()) return before.status();
     std::optional<std::string> was_at;
     bool places_alike = true;  // as the key from before placed blocks (or no key)
-    if (before.ok() && before->has_value()) {
+    if (before->has_value()) {
       absl::StatusOr<Member> m = DecodeMember(o_.self->id, (*before)->value);
       if (m.ok()) was_at = m->address;
       places_alike = m.ok() && PlacesAlike(*m, *o_.self);
