@@ -592,17 +592,14 @@ class Membership::Impl {
                          .value = {},
                          .number = 0};
     const TxnOp put{.kind = TxnOp::Kind::kPut, .key = epoch_key_, .value = value};
-    absl::StatusOr<bool> created = etcd_->Txn({&absent, 1}, {&put, 1}, {});
-    if (created.ok() && *created) {
-      absl::MutexLock lock(&mu_);
-      if (revision >= unraised_revision_) unraised_revision_ = 0;
-      return true;
+    absl::StatusOr<bool> raised = etcd_->Txn({&absent, 1}, {&put, 1}, {});
+    if (!raised.ok() || !*raised) {
+      const Compare lower{.target = Compare::Target::kValue,
+                          .op = Compare::Op::kLess,
+                          .key = epoch_key_,
+                          .value = value};
+      raised = etcd_->Txn({&lower, 1}, {&put, 1}, {});
     }
-    const Compare lower{.target = Compare::Target::kValue,
-                        .op = Compare::Op::kLess,
-                        .key = epoch_key_,
-                        .value = value};
-    absl::StatusOr<bool> raised = etcd_->Txn({&lower, 1}, {&put, 1}, {});
     absl::MutexLock lock(&mu_);
     if (!raised.ok()) {
       // Once per spell of failures, not at every retry.

@@ -104,6 +104,21 @@ class TieredStoreTest : public ::testing::Test {
     return keys;
   }
 
+  // An inline read of `key` that does not promote it; its bytes in *buf, its lease ended.
+  WarmTier::GetResult ReadInline(const BlockKey& key, std::vector<uint8_t>* buf) {
+    WarmTier::GetResult read = store_->BeginGet(
+        key.namespace_id, key.scope, {&key.hash, 1}, 10000,
+        [buf](size_t, uint64_t size) {
+          buf->resize(size);
+          return buf->data();
+        },
+        UINT64_MAX, /*promote=*/false);
+    if (read.lease_id != 0) {
+      EXPECT_THAT(store_->EndGet(read.lease_id), IsOk());
+    }
+    return read;
+  }
+
   std::string dir_;
   std::unique_ptr<TieredStore> store_;
   NamespaceId ns_ = 0;
@@ -193,19 +208,10 @@ TEST_F(TieredStoreTest, BlocksOnTwoTiersCountOnceAndABadWarmCopyFallsBackToDisk)
   ASSERT_EQ(store_->Stats().cool->blocks, 4u);
   ASSERT_THAT(store_->CorruptForTest(keys[0], 7), IsOk());
   std::vector<uint8_t> buf;
-  WarmTier::GetResult read = store_->BeginGet(
-      ns_, "tenant-a", {&keys[0].hash, 1}, 10000,
-      [&buf](size_t, uint64_t size) {
-        buf.resize(size);
-        return buf.data();
-      },
-      UINT64_MAX, /*promote=*/false);
+  WarmTier::GetResult read = ReadInline(keys[0], &buf);
   ASSERT_THAT(read.status[0], IsOk());
   EXPECT_EQ(read.blocks[0].tier, 3) << "served from cool";
   EXPECT_EQ(buf, std::vector<uint8_t>(kBlock, 0)) << "block 0's bytes";
-  if (read.lease_id != 0) {
-    ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
-  }
   std::vector<ChainHash> hashes;
   for (const BlockKey& k : keys) hashes.push_back(k.hash);
   EXPECT_EQ(store_->Delete(ns_, "tenant-a", hashes), 4u);
@@ -234,20 +240,11 @@ TEST_F(TieredStoreTest, ACorruptCoolCopyFallsBackToAnIntactColdOne) {
   }
   Init({}, /*reopen=*/true);
   std::vector<uint8_t> buf;
-  WarmTier::GetResult read = store_->BeginGet(
-      ns_, "", {&keys[0].hash, 1}, 10000,
-      [&buf](size_t, uint64_t size) {
-        buf.resize(size);
-        return buf.data();
-      },
-      UINT64_MAX, /*promote=*/false);
+  WarmTier::GetResult read = ReadInline(keys[0], &buf);
   ASSERT_THAT(read.status[0], IsOk());
   EXPECT_EQ(read.blocks[0].tier, 4) << "served from cold";
   EXPECT_EQ(buf, std::vector<uint8_t>(kBlock, 0)) << "block 0's bytes";
   EXPECT_EQ(store_->Stats().cool->data_loss, 1u) << "the corrupt cool copy was found";
-  if (read.lease_id != 0) {
-    ASSERT_THAT(store_->EndGet(read.lease_id), IsOk());
-  }
 }
 
 // Under the watermark a slot class can be out of slots and free pages (blocks of mixed
