@@ -11,8 +11,9 @@ constexpr absl::Duration kPollEvery = absl::Milliseconds(5);
 
 }  // namespace
 
-CancelWatch::Scope::Scope(CancelWatch* watch, const grpc::ServerContext* ctx) : watch_(watch) {
-  watch_->Add(&cancelled_, ctx);
+CancelWatch::Scope::Scope(CancelWatch* watch, const grpc::ServerContext* ctx, absl::Time give_up_at)
+    : watch_(watch) {
+  watch_->Add(&cancelled_, {ctx, give_up_at});
 }
 
 CancelWatch::Scope::~Scope() { watch_->Remove(&cancelled_); }
@@ -25,9 +26,9 @@ CancelWatch::~CancelWatch() {
   if (thread_.joinable()) thread_.join();
 }
 
-void CancelWatch::Add(std::atomic<bool>* flag, const grpc::ServerContext* ctx) {
+void CancelWatch::Add(std::atomic<bool>* flag, Watched what) {
   absl::MutexLock lock(&mu_);
-  watched_[flag] = ctx;
+  watched_[flag] = what;
   if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
 }
 
@@ -42,8 +43,10 @@ void CancelWatch::Loop() {
   while (!stopping_) {
     auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_ || !watched_.empty(); };
     mu_.Await(absl::Condition(&wake));
-    for (auto& [flag, ctx] : watched_) {
-      if (!flag->load(std::memory_order_relaxed) && ctx->IsCancelled()) {
+    const absl::Time now = absl::Now();
+    for (auto& [flag, what] : watched_) {
+      if (!flag->load(std::memory_order_relaxed) &&
+          (now >= what.give_up_at || what.ctx->IsCancelled())) {
         flag->store(true, std::memory_order_release);
       }
     }

@@ -11,16 +11,19 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "grpcpp/server_context.h"
 
 namespace strata::storenode {
 
 class CancelWatch {
  public:
-  // While a Scope lives, its flag is set once its call's context reports cancellation.
+  // While a Scope lives, its flag is set once its call's context reports cancellation, or
+  // once `give_up_at` has passed.
   class Scope {
    public:
-    Scope(CancelWatch* watch, const grpc::ServerContext* ctx);
+    Scope(CancelWatch* watch, const grpc::ServerContext* ctx,
+          absl::Time give_up_at = absl::InfiniteFuture());
     ~Scope();
     Scope(const Scope&) = delete;
     Scope& operator=(const Scope&) = delete;
@@ -37,12 +40,16 @@ class CancelWatch {
   CancelWatch& operator=(const CancelWatch&) = delete;
 
  private:
-  void Add(std::atomic<bool>* flag, const grpc::ServerContext* ctx);
+  struct Watched {
+    const grpc::ServerContext* ctx;
+    absl::Time give_up_at;
+  };
+  void Add(std::atomic<bool>* flag, Watched what);
   void Remove(std::atomic<bool>* flag);
   void Loop();
 
   absl::Mutex mu_;
-  absl::flat_hash_map<std::atomic<bool>*, const grpc::ServerContext*> watched_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::atomic<bool>*, Watched> watched_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;  // started with the first Scope
 };

@@ -54,6 +54,10 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddUint("tenant_data_channels", &c->tenant_data_channels,
             "Open UCX data channels one tenant may hold with auth_mode required (0: up to "
             "max_data_channels): one tenant cannot lock the others out of the data plane.");
+  s.AddUint("tenant_data_calls", &c->tenant_data_calls,
+            "PutData and GetData calls one tenant may have in progress at once with auth_mode "
+            "required, admins not counted (0: up to max_concurrent_calls): a client that stalls "
+            "its transfers cannot hold every call slot of the node.");
   s.AddUint("ucx_unclaimed_timeout_ms", &c->ucx_unclaimed_timeout_ms,
             "A client's UCX message that no call claims for this long (its PutData never "
             "reached the node) closes its data channel and is dropped.");

@@ -5,9 +5,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/support/status.h"
 #include "metrics.h"
 #include "spdlog/spdlog.h"
@@ -52,6 +55,56 @@ class Admission {
   const uint64_t max_bytes_;
   std::atomic<uint64_t> calls_{0};
   std::atomic<uint64_t> bytes_{0};
+};
+
+// Data calls (PutData, GetData) each tenant has in progress, at most `cap` at once (0: no
+// cap). A data call may wait for its client's messages until its transfer deadline (minutes),
+// so without a share one tenant's calls could hold every one of max_concurrent_calls and lock
+// the other tenants out. Thread-safe; a tenant leaves the map when its last call ends.
+class TenantCalls {
+ public:
+  explicit TenantCalls(uint64_t cap) : cap_(cap) {}
+
+  // One call's place, given back when it goes out of scope (empty: nothing was taken).
+  class Slot {
+   public:
+    Slot() = default;
+    ~Slot() {
+      if (owner_ != nullptr) owner_->Leave(tenant_);
+    }
+    Slot(const Slot&) = delete;
+    Slot& operator=(const Slot&) = delete;
+
+   private:
+    friend class TenantCalls;
+    TenantCalls* owner_ = nullptr;
+    std::string tenant_;
+  };
+
+  // Takes a place of `tenant`'s into the empty *slot, or false (nothing taken) when the tenant
+  // holds `cap` already. The number in progress, before this one, in *held.
+  bool Enter(const std::string& tenant, Slot* slot, uint64_t* held) {
+    absl::MutexLock lock(&mu_);
+    uint64_t& n = calls_[tenant];
+    *held = n;
+    if (cap_ > 0 && n >= cap_) return false;  // n > 0: the entry stays for the calls it counts
+    ++n;
+    slot->owner_ = this;
+    slot->tenant_ = tenant;
+    return true;
+  }
+  uint64_t cap() const { return cap_; }
+
+ private:
+  void Leave(const std::string& tenant) {
+    absl::MutexLock lock(&mu_);
+    auto it = calls_.find(tenant);
+    if (it != calls_.end() && --it->second == 0) calls_.erase(it);
+  }
+
+  const uint64_t cap_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, uint64_t> calls_ ABSL_GUARDED_BY(mu_);
 };
 
 // Inline payload bytes held by one call (Admission::TakeBytes), returned when it ends.

@@ -44,6 +44,7 @@ StoreServiceImpl::StoreServiceImpl(const NodeConfig& config, TieredStore* store,
           static_cast<double>(config.tenant_lookup_rate),
           static_cast<double>(config.tenant_lookup_burst != 0 ? config.tenant_lookup_burst
                                                               : config.max_keys_per_call)),
+      tenant_data_calls_(config.tenant_data_calls),
       directory_(config.max_directory_entries),
       store_(store),
       data_plane_(data_plane),

@@ -148,8 +148,10 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
                   absl::Time deadline, v1::GetDataResponse* resp, std::vector<absl::Status>* status,
                   std::vector<WarmTier::BlockMeta>* meta, std::vector<uint64_t>* leases,
                   std::vector<std::unique_ptr<InflightBytes>>* held);
-  // Receives every tagged message of a refused two-sided PutData into the discard buffer.
-  void ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline);
+  // Receives the tagged messages of a refused two-sided PutData into the discard buffer, for
+  // a short while at most; the sweep drops what has not come by then.
+  void ConsumeTagged(const grpc::ServerContext* ctx, const v1::PutDataRequest& req,
+                     absl::Time deadline);
   // The transfer deadline of a data call: the client's, capped at what the node allows.
   absl::Time TransferDeadline(const grpc::ServerContext* ctx) const;
 
@@ -160,11 +162,16 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // the rate. The cluster principal (admin, with auth required) is not limited.
   // RESOURCE_EXHAUSTED, counted as a denial, when the bucket is short.
   absl::Status TakeLookupBudget(const Principal& who, size_t keys);
+  // Takes a place of the caller's tenant's tenant_data_calls into *slot (auth required; not
+  // for admins, nor a caller with no principal, whose call is refused anyway):
+  // RESOURCE_EXHAUSTED, counted as a denial, when the tenant has its cap in progress.
+  absl::Status EnterDataCall(const Principal& who, TenantCalls::Slot* slot);
 
   const NodeConfig config_;
   const std::shared_ptr<const Authenticator> auth_;
   Admission admission_;
   LookupRateLimiter lookup_limiter_;
+  TenantCalls tenant_data_calls_;
   // Set once a block or directory entry was written to `shared` (or found there at start):
   // until then private reads skip the shared probe.
   std::atomic<bool> shared_used_{false};

@@ -104,6 +104,19 @@ uint64_t HoldFor(absl::Time deadline) {
 
 }  // namespace
 
+absl::Status StoreServiceImpl::EnterDataCall(const Principal& who, TenantCalls::Slot* slot) {
+  if (auth_ == nullptr || !auth_->required() || tenant_data_calls_.cap() == 0 ||
+      who.tenant.empty() || who.Has(kRoleAdmin)) {
+    return absl::OkStatus();
+  }
+  uint64_t held = 0;
+  if (tenant_data_calls_.Enter(who.tenant, slot, &held)) return absl::OkStatus();
+  metrics_->AddDenied(who.tenant, absl::StatusCode::kResourceExhausted);
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "node busy for tenant ", who.tenant, ": ", held,
+      " of its data calls in progress, its maximum (tenant_data_calls); retry with backoff"));
+}
+
 absl::Time StoreServiceImpl::TransferDeadline(const grpc::ServerContext* ctx) const {
   // The client gives its buffers back at its deadline, which it reached before ours (ours is
   // its remaining time counted from when the request arrived): stop moving bytes a little
@@ -161,13 +174,14 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
                                        v1::PutDataResponse* resp) {
   CallScope call(metrics_, Op::kPutData, &admission_);
   if (data_plane_ == nullptr) return call.Done(NoDataPlane());
-  if (call.refused()) {
-    // Refused without taking the client's messages: the sweep drops them, here or on their way
-    // (no payload moves; nothing else is done for a refused call).
+  // Refused without taking the client's messages: the sweep drops them, here or on their way
+  // (no payload moves; nothing else is done for a refused call).
+  auto refuse_untaken = [&](const absl::Status& why) {
     data_plane_->NoteRefused(req->channel_id(), req->lane(),
                              MessageTags(*req, config_.max_keys_per_call));
-    return call.Done(call.Refusal());
-  }
+    return call.Done(why);
+  };
+  if (call.refused()) return refuse_untaken(call.Refusal());
   const absl::Time deadline = TransferDeadline(ctx);
   const bool two_sided = req->tags_size() > 0;
   std::vector<WarmTier::PutBlock> blocks;
@@ -175,6 +189,9 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   uint64_t total = 0;
   Principal who;
   absl::StatusOr<std::string> allowed = Authorize(ctx, req->scope(), Access::kWrite, &who);
+  // Taken for a call refused below too: its drain of the client's messages holds a slot.
+  TenantCalls::Slot tenant_slot;
+  if (absl::Status s = EnterDataCall(who, &tenant_slot); !s.ok()) return refuse_untaken(s);
   absl::Status valid = allowed.status();
   if (valid.ok()) {
     valid = ParsePutBlocks(req->namespace_id(), *allowed, req->blocks(), req->session_id(), &blocks,
@@ -225,7 +242,7 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
     // millions of them.
     if (two_sided && n <= static_cast<int>(config_.max_keys_per_call) &&
         CheckPutFields(*req, n).ok()) {
-      ConsumeTagged(*req, deadline);
+      ConsumeTagged(ctx, *req, deadline);
     } else if (two_sided) {
       data_plane_->NoteRefused(req->channel_id(), req->lane(),
                                MessageTags(*req, config_.max_keys_per_call));
@@ -344,13 +361,23 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
   return call.Done(absl::OkStatus());
 }
 
-void StoreServiceImpl::ConsumeTagged(const v1::PutDataRequest& req, absl::Time deadline) {
+void StoreServiceImpl::ConsumeTagged(const grpc::ServerContext* ctx, const v1::PutDataRequest& req,
+                                     absl::Time deadline) {
+  // A client's messages follow its request at once: a live one's have come by then, and a
+  // refused call holds its call slot no longer, however far off its deadline. The receives
+  // are withdrawn then (aborted, not timed out: the channel stays open), and the sweep drops
+  // what comes after.
+  constexpr absl::Duration kRefusedDrain = absl::Seconds(2);
+  const std::vector<uint64_t> tags = MessageTags(req, req.tags_size());
   std::vector<transport::TransferOp> ops;
-  for (uint64_t tag : MessageTags(req, req.tags_size())) {
+  for (uint64_t tag : tags) {
     ops.push_back(transport::TransferOp::Recv(data_plane_->discard_buffer(req.lane()),
                                               data_plane_->discard_bytes(), tag));
   }
-  data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline).IgnoreError();
+  CancelWatch::Scope watch(&cancel_watch_, ctx, absl::Now() + kRefusedDrain);
+  absl::Status drained = data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline, nullptr,
+                                               watch.cancelled());
+  if (!drained.ok()) data_plane_->NoteRefused(req.channel_id(), req.lane(), tags);
 }
 
 void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGroup& g, uint64_t ttl,
@@ -454,6 +481,8 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
     return call.Done(s);
   }
   if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
+  TenantCalls::Slot tenant_slot;
+  if (absl::Status s = EnterDataCall(who, &tenant_slot); !s.ok()) return call.Done(s);
   const int n = static_cast<int>(hashes.size());
   const bool two_sided = req->tags_size() > 0;
   if (two_sided) {

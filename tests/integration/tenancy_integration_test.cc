@@ -15,9 +15,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "strata/client/store_client.h"
+#include "strata/proto/tls_files.h"
 #include "strata/testutil/node_process.h"
 #include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
+#include "ucx_test_support.h"
 
 namespace strata {
 namespace {
@@ -180,6 +182,15 @@ class TenancyTest : public ::testing::Test {
       if (got->blocks[i].ok() && out[i] == testutil::RandomBytes(seeds[i], kBlock)) ++exact;
     }
     return exact;
+  }
+  // A raw stub of `node` calling as the holder of `token`, for requests no client sends.
+  static std::unique_ptr<v1::StoreService::Stub> RawStubAs(const LocalNode* node,
+                                                           const char* token) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = proto::ReadPemFile(Path("ca.crt"), "ca").value_or("");
+    return v1::StoreService::NewStub(grpc::CreateChannel(
+        node->address(), grpc::CompositeChannelCredentials(grpc::SslCredentials(ssl),
+                                                           grpc::AccessTokenCredentials(token))));
   }
   static size_t Matched(Tenant& t, std::string_view scope, const std::vector<ChainHash>& hashes) {
     auto r = t.client->Lookup(t.ns, scope, hashes);
@@ -560,6 +571,113 @@ TEST_F(TenancyTest, SighupReloadsPrincipals) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_THAT(StoreClient::Connect(Options(node_, kLateToken)), IsOk());
   WritePrincipals(Path("principals.yaml"), false);
+}
+
+// A two-sided PutData of one block on raw channel `c` whose message is never sent: the call
+// waits for it until its deadline.
+v1::PutDataRequest StalledPut(const ucx_test::RawChannel& c, const client::Namespace& ns,
+                              uint32_t prompt, uint32_t sequence) {
+  v1::PutDataRequest req;
+  req.set_channel_id(c.channel.channel_id());
+  req.set_namespace_id(ns.id);
+  v1::PutBlock* b = req.add_blocks();
+  b->set_chain_hash(testutil::PromptChain(ns, prompt, 1)[0].ToBytes());
+  b->set_size(kBlock);
+  req.add_checksums(1);
+  req.add_tags(c.Tag(sequence));
+  return req;
+}
+
+std::chrono::system_clock::time_point In(int seconds) {
+  return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
+}
+
+// A tenant has at most --tenant-data-calls PutData/GetData calls in progress on a node: with
+// two of A's waiting for messages never sent, A's third is RESOURCE_EXHAUSTED naming the cap
+// (before, it waited as well, and enough such calls held every one of the node's
+// max_concurrent_calls), while B's put passes; once A's two end, A's next put passes.
+TEST_F(TenancyTest, DataCallsAreCappedPerTenant) {
+  std::vector<std::string> args = CommonArgs();
+  args.insert(args.end(), {"--tenant-data-calls", "2"});
+  auto node = testutil::StartNode(args);
+  ASSERT_THAT(node, IsOk());
+  auto options = [&](const char* token) {
+    ClientOptions o = Options(node->get(), token);
+    o.data_plane = ClientOptions::DataPlane::kUcx;
+    return o;
+  };
+  Tenant a = Connect(options(kTokens[0].token));
+  Tenant b = Connect(options(kTokens[1].token));
+  ASSERT_NE(b.client, nullptr);
+  auto stub = RawStubAs(node->get(), kTokens[0].token);
+  ucx_test::RawChannel raw;
+  ASSERT_NO_FATAL_FAILURE(ucx_test::OpenRawChannel(*stub, &raw));
+  std::vector<std::unique_ptr<grpc::ClientContext>> held;
+  std::vector<grpc::StatusCode> held_codes(2, grpc::StatusCode::OK);
+  std::vector<std::thread> holders;
+  for (uint32_t i = 0; i < 2; ++i) {
+    held.push_back(std::make_unique<grpc::ClientContext>());
+    held.back()->set_deadline(In(60));
+    holders.emplace_back([&, i] {
+      v1::PutDataResponse resp;
+      held_codes[i] =
+          stub->PutData(held[i].get(), StalledPut(raw, a.ns, 91 + i, i + 1), &resp).error_code();
+    });
+  }
+  // Both wait in their transfers once their blocks are reserved.
+  for (int i = 0; i < 200 && ucx_test::MetricValue(**node, "strata_reservations") < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(ucx_test::MetricValue(**node, "strata_reservations"), 2);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(5));
+    v1::PutDataResponse resp;
+    const grpc::Status third = stub->PutData(&ctx, StalledPut(raw, a.ns, 93, 3), &resp);
+    EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << third.error_message();
+    EXPECT_THAT(third.error_message(), HasSubstr("tenant-a: 2 of its data calls"));
+  }
+  {
+    // Reads count too (a node's puts into a stalled client wait as long).
+    v1::GetDataRequest get;
+    get.set_channel_id(raw.channel.channel_id());
+    get.set_namespace_id(a.ns.id);
+    get.add_chain_hashes(testutil::PromptChain(a.ns, 93, 1)[0].ToBytes());
+    get.add_tags(raw.Tag(4));
+    get.add_capacities(kBlock);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(5));
+    v1::GetDataResponse resp;
+    EXPECT_EQ(stub->GetData(&ctx, get, &resp).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  EXPECT_THAT(Put(b, "", testutil::PromptChain(b.ns, 94, 1), 9400), IsOk());
+  for (auto& ctx : held) ctx->TryCancel();
+  for (std::thread& t : holders) t.join();
+  EXPECT_EQ(held_codes, std::vector<grpc::StatusCode>(2, grpc::StatusCode::CANCELLED));
+  // The node ends the calls as it sees them cancelled (within milliseconds).
+  absl::StatusOr<client::PutResult> next = absl::UnknownError("not tried");
+  for (int i = 0; i < 50 && !next.ok(); ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(100));
+    next = Put(a, "", testutil::PromptChain(a.ns, 95, 1), 9500);
+  }
+  EXPECT_THAT(next, IsOk());
+}
+
+// A PutData refused for its caller's role takes the client's messages, but waits for them only
+// briefly: a reader's put naming a message never sent is PERMISSION_DENIED long before its
+// 30 s deadline (before, the node waited the deadline out holding a call slot, and the client
+// saw DEADLINE_EXCEEDED), and its channel stays open (the wait is withdrawn, not timed out).
+TEST_F(TenancyTest, ARefusedPutWaitsForItsMessagesOnlyBriefly) {
+  Tenant a = As(kTokens[0].token);                 // registers the namespace
+  auto stub = RawStubAs(node_, kTokens[2].token);  // tenant-a, reader only
+  ucx_test::RawChannel raw;
+  ASSERT_NO_FATAL_FAILURE(ucx_test::OpenRawChannel(*stub, &raw));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(30));
+  v1::PutDataResponse resp;
+  const grpc::Status refused = stub->PutData(&ctx, StalledPut(raw, a.ns, 96, 1), &resp);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED) << refused.error_message();
+  EXPECT_EQ(ucx_test::CloseRawChannel(*stub, raw), grpc::StatusCode::OK);
 }
 
 // A tenant holds at most --tenant-data-channels UCX data channels on a node (one per client):

@@ -35,6 +35,10 @@ struct NodeConfig {
   uint64_t max_data_channels = 1024;  // open ConnectData channels
   // Of those, one tenant's at most with auth_mode required (0: no cap below the node's).
   uint64_t tenant_data_channels = 256;
+  // Data calls (PutData, GetData) one tenant may have in progress at once with auth_mode
+  // required, of the node's max_concurrent_calls (0: no cap below the node's). A data call
+  // may wait on its client until its transfer deadline: one tenant cannot hold every slot.
+  uint64_t tenant_data_calls = 128;
   // A client's UCX message no call claims for this long closes its data channel (its bytes
   // would otherwise stay in UCX's unexpected queue for good).
   uint64_t ucx_unclaimed_timeout_ms = 30000;
