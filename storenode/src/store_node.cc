@@ -25,6 +25,7 @@
 #include "strata/common/cpus.h"
 #include "strata/common/http_endpoint.h"
 #include "strata/common/memory_limit.h"
+#include "strata/common/random.h"
 #include "strata/proto/tls_files.h"
 #include "strata/storenode/tiered_store.h"
 #include "strata/transport/data_plane.h"
@@ -344,6 +345,7 @@ class StoreNodeImpl final : public StoreNode {
 
 absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& config) {
   if (absl::Status s = ValidateNodeConfig(config); !s.ok()) return s;
+  if (absl::Status s = CheckRandomSource(); !s.ok()) return s;
   // The arena is mapped without reserving memory: a warm tier larger than what this process
   // may use would start, report ready and be killed by the kernel as it filled.
   if (const uint64_t usable = UsableMemoryBytes(); usable > 0) {

@@ -1,6 +1,5 @@
 #include "strata/storenode/warm_tier.h"
 
-#include <openssl/rand.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/checksum.h"
+#include "strata/common/random.h"
 #include "strata/common/steady_clock.h"
 #include "strata/storenode/tenant_quota.h"
 #include "warm_tier_records.h"
@@ -19,12 +19,12 @@ namespace strata::storenode {
 
 namespace {
 
+// The tombstones' hash seed: random per process, so no client can choose keys that collide.
+// A failing random source was refused at start (CheckRandomSource); a clock is what is left.
 uint64_t RandomSeed() {
-  uint64_t seed = 0;
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(&seed), sizeof(seed)) != 1) {
-    seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  }
-  return seed;
+  absl::StatusOr<uint64_t> seed = RandomU64();
+  if (seed.ok()) return *seed;
+  return static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
 }
 
 }  // namespace
@@ -468,8 +468,19 @@ WarmTier::ReserveResult WarmTier::BeginPut(NamespaceId ns, const std::string& sc
     result.addresses[i] = arena_->Address(*slot);
   }
   if (reservation == fresh.get() && !fresh->entries.empty()) {
+    absl::StatusOr<uint64_t> id = NewIdLocked();
+    if (!id.ok()) {
+      // No id that another tenant cannot guess: reserve nothing.
+      ReleaseReservationLocked(*fresh);
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        if (result.addresses[i] == nullptr) continue;
+        result.status[i] = id.status();
+        result.addresses[i] = nullptr;
+      }
+      return result;
+    }
     fresh->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
-    result.reservation_id = NewIdLocked();
+    result.reservation_id = *id;
     reservations_.emplace(result.reservation_id, std::move(fresh));
   }
   return result;

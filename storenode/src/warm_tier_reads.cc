@@ -1,14 +1,13 @@
 // WarmTier's reads: BeginGet pins (and may copy) blocks under a lease; EndGet, JoinLease and
 // HoldLease manage leases; Keys and the key walk list what it holds. The rest of the tier is
 // in warm_tier.cc.
-#include <openssl/rand.h>
-
 #include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "strata/common/byte_size.h"
 #include "strata/common/checksum.h"
+#include "strata/common/random.h"
 #include "strata/storenode/warm_tier.h"
 #include "warm_tier_records.h"
 
@@ -89,20 +88,32 @@ WarmTier::GetResult WarmTier::BeginGet(NamespaceId ns, const std::string& scope,
     // its payload, so that max_lease_bytes bounds the arena that held leases take.
     lease->bytes += arena_->ClassBytes(e->slot.size_class);
   }
-  if (!lease->entries.empty()) {
-    lease->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
-    result.lease_id = NewIdLocked();
-    leases_.emplace(result.lease_id, std::move(lease));
+  if (lease->entries.empty()) return result;
+  absl::StatusOr<uint64_t> id = NewIdLocked();
+  if (!id.ok()) {
+    // No id that another tenant cannot guess: serve nothing.
+    for (size_t i = 0; i < hashes.size(); ++i) {
+      if (pinned[i] == nullptr || corrupt[i]) continue;
+      UnpinLocked(pinned[i]);
+      result.status[i] = id.status();
+      result.blocks[i] = {};
+    }
+    return result;
   }
+  lease->expires_ms = options_.now_ms() + static_cast<int64_t>(ttl_ms);
+  result.lease_id = *id;
+  leases_.emplace(result.lease_id, std::move(lease));
   return result;
 }
 
-uint64_t WarmTier::NewIdLocked() {
+absl::StatusOr<uint64_t> WarmTier::NewIdLocked() {
   // Random, not counted: a lease or reservation id is a capability (whoever names it may end
   // the lease or commit into the reservation), so another tenant must not guess one.
   uint64_t id = 0;
   while (id == 0 || leases_.contains(id) || reservations_.contains(id)) {
-    if (RAND_bytes(reinterpret_cast<unsigned char*>(&id), sizeof(id)) != 1) id = ++fallback_id_;
+    absl::StatusOr<uint64_t> drawn = RandomU64();
+    if (!drawn.ok()) return drawn.status();
+    id = *drawn;
   }
   return id;
 }

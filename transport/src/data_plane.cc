@@ -1,12 +1,11 @@
 #include "strata/transport/data_plane.h"
 
-#include <openssl/rand.h>
-
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
+#include "strata/common/random.h"
 
 namespace strata::transport {
 
@@ -181,6 +180,8 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
   }
   absl::StatusOr<std::string> info = lanes[0]->DescribeEndpoint(state.endpoints[0]);
   out.transport = info.ok() ? *info : "unknown";
+  absl::Status failed =
+      absl::UnavailableError("ConnectData: a lane was replaced meanwhile; connect again");
   {
     absl::MutexLock lock(&mu_);
     connected();
@@ -189,17 +190,21 @@ absl::StatusOr<DataPlane::Channel> DataPlane::Connect(std::span<const std::strin
       // Random, not counted: naming a channel id in GetData/PutData/CloseData is the
       // capability to use it, so another client must not guess one. Nonzero in its low 32
       // bits (tags).
+      absl::Status drawn;
       do {
-        if (RAND_bytes(reinterpret_cast<unsigned char*>(&out.id), sizeof(out.id)) != 1) {
-          out.id = next_channel_++;
-        }
-      } while (ChannelTagPrefix(out.id) == 0 || LowBitsTaken(out.id));
-      channels_.emplace(out.id, std::move(state));
-      return out;
+        absl::StatusOr<uint64_t> id = RandomU64();
+        drawn = id.status();
+        out.id = id.value_or(0);
+      } while (drawn.ok() && (ChannelTagPrefix(out.id) == 0 || LowBitsTaken(out.id)));
+      if (drawn.ok()) {
+        channels_.emplace(out.id, std::move(state));
+        return out;
+      }
+      failed = absl::UnavailableError(absl::StrCat("ConnectData: ", drawn.message()));
     }
   }
   Disconnect(0, state);
-  return absl::UnavailableError("ConnectData: a lane was replaced meanwhile; connect again");
+  return failed;
 }
 
 absl::Status DataPlane::Close(uint64_t channel_id) {

@@ -325,7 +325,7 @@ class WarmTier {
         std::max(size, std::min(options_.min_slot_bytes, options_.max_block_bytes)));
   }
   void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint64_t NewIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> NewIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lookup and LookupEach: stops at the first miss when `prefix`.
   std::vector<std::optional<BlockMeta>> Probe(NamespaceId ns, const std::string& scope,
                                               std::span<const ChainHash> hashes,
@@ -373,8 +373,7 @@ class WarmTier {
   std::vector<std::vector<Entry*>> slot_owner_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<Reservation>> reservations_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::unique_ptr<Lease>> leases_ ABSL_GUARDED_BY(mu_);
-  uint64_t fallback_id_ ABSL_GUARDED_BY(mu_) = 0;  // if the random source fails
-  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;         // logical recency clock
+  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;  // logical recency clock
   uint64_t payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Slab bytes (reserved and committed) per scope, shared included; scopes at zero are dropped.

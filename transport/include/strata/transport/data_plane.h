@@ -228,7 +228,6 @@ class DataPlane {
   size_t connecting_ ABSL_GUARDED_BY(mu_) = 0;
   // The same per owner (those with a connect under way only).
   absl::flat_hash_map<std::string, uint64_t> connecting_by_owner_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_channel_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<Refused> refused_ ABSL_GUARDED_BY(mu_);
   std::vector<Closed> closed_ ABSL_GUARDED_BY(mu_);
 };
