@@ -142,10 +142,15 @@ class ClientDataPlane {
 
   // A fresh two-sided tag for a message on channel `channel_id`: the channel in the high 32 bits
   // (the node checks it), a per-plane sequence in the low 32 (unique for 2^32 tags, so a
-  // message left over from an abandoned call never matches a later receive). Thread-safe.
+  // message left over from an abandoned call never matches a later receive), hidden under
+  // the channel id's high 32 bits, which only this client and the node know. The node matches
+  // tags on a worker that every channel's endpoints share: with a plain sequence, a client
+  // that learnt a channel's 32-bit prefix could guess its next tags and send messages its
+  // puts would take. Thread-safe.
   uint64_t NextTag(uint64_t channel_id) {
+    const uint32_t secret = static_cast<uint32_t>(channel_id >> 32);
     return transport::ChannelTagPrefix(channel_id) |
-           tag_sequence_.fetch_add(1, std::memory_order_relaxed);
+           (tag_sequence_.fetch_add(1, std::memory_order_relaxed) ^ secret);
   }
 
  private:

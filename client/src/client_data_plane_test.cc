@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -288,13 +289,30 @@ TEST(ClientDataPlaneTest, AFenceClosesOnlyTheChannelItNames) {
 TEST(ClientDataPlaneTest, TagsCarryTheChannelAndNeverRepeat) {
   absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
   ASSERT_THAT(plane, IsOk());
-  constexpr uint64_t kChannel = 0x1234abcd;
-  const uint64_t first = (*plane)->NextTag(kChannel);
-  const uint64_t second = (*plane)->NextTag(kChannel);
-  EXPECT_EQ(first >> 32, kChannel);
-  EXPECT_EQ(second >> 32, kChannel);
-  EXPECT_EQ(static_cast<uint32_t>(second), static_cast<uint32_t>(first) + 1);
+  constexpr uint64_t kChannel = 0x9e3779b91234abcd;
+  absl::flat_hash_set<uint64_t> tags;
+  for (int i = 0; i < 1000; ++i) {
+    const uint64_t tag = (*plane)->NextTag(kChannel);
+    EXPECT_EQ(tag >> 32, 0x1234abcdu);
+    tags.insert(tag);
+  }
+  EXPECT_EQ(tags.size(), 1000u);
   EXPECT_EQ((*plane)->NextTag(7) >> 32, 7u);
+}
+
+// A tag's low 32 bits need the whole channel id: two clients at the same sequence, on
+// channels whose ids share their low 32 bits (the tags' prefix), send different tags. Before
+// 2026-11-29 they were the plain sequence, so another tenant's client that learnt a channel's
+// prefix could name the next messages of its puts.
+TEST(ClientDataPlaneTest, ATagsLowBitsNeedTheWholeChannelId) {
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> mine = MakePlane(1, 2);
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> theirs = MakePlane(1, 2);
+  ASSERT_THAT(mine, IsOk());
+  ASSERT_THAT(theirs, IsOk());
+  const uint64_t a = (*mine)->NextTag(0x0123456700000042);
+  const uint64_t b = (*theirs)->NextTag(0x89abcdef00000042);
+  EXPECT_EQ(a >> 32, b >> 32);
+  EXPECT_NE(a, b);
 }
 
 // Two-sided mode as StoreClient drives it: the client sends a put's blocks and receives a

@@ -32,8 +32,9 @@
 namespace strata::transport {
 
 // Two-sided messages of a data channel carry tags whose high 32 bits are the low 32 bits of
-// the channel's id (the node checks them; drops of a channel's messages go by them), and a
-// client's sequence number in the low 32.
+// the channel's id (the node checks them; drops of a channel's messages go by them), and in
+// the low 32 what the client chose (the store client: a sequence number hidden under the id's
+// high 32 bits, ClientDataPlane::NextTag).
 inline constexpr uint64_t kChannelTagMask = 0xffffffff00000000ull;
 inline uint64_t ChannelTagPrefix(uint64_t channel_id) { return channel_id << 32; }
 inline bool TagNamesChannel(uint64_t tag, uint64_t channel_id) {
