@@ -1,6 +1,7 @@
 // GrpcStoreClient's calls that go again: the public calls that name a namespace run their
 // ...Once body once more after registering the namespace again if the node had forgotten it
-// (a restart without a disk tier); PutSettled asks again about blocks another put is writing.
+// (a restart without a disk tier). PutSettled (store_client.h, for any StoreClient) asks again
+// about blocks another put is writing.
 #include <algorithm>
 
 #include "grpc_store_client.h"
@@ -8,15 +9,12 @@
 #include "strata/common/namespace.h"
 
 namespace strata::client::internal {
-namespace {
 
 // What is left of a call ending at `end`; a deadline that passed stays passed (zero would
 // mean the default deadline).
-CallOptions Left(absl::Time end) {
+static CallOptions Left(absl::Time end) {
   return CallOptions{std::max(absl::Nanoseconds(1), end - absl::Now())};
 }
-
-}  // namespace
 
 template <typename Op>
 auto GrpcStoreClient::Reregistering(const Namespace& ns, const CallOptions& call, Op op)
@@ -81,10 +79,15 @@ absl::StatusOr<uint64_t> GrpcStoreClient::Prefetch(const Namespace& ns, std::str
   });
 }
 
-absl::StatusOr<PutResult> GrpcStoreClient::PutSettled(const Namespace& ns, std::string_view scope,
-                                                      std::span<const BlockWrite> blocks,
-                                                      absl::Time end, const PutOptions& put) {
-  absl::StatusOr<PutResult> r = Put(ns, scope, blocks, Left(end), put);
+}  // namespace strata::client::internal
+
+namespace strata::client {
+
+absl::StatusOr<PutResult> PutSettled(StoreClient& client, const Namespace& ns,
+                                     std::string_view scope, std::span<const BlockWrite> blocks,
+                                     absl::Time end, const PutOptions& put) {
+  using internal::Left;
+  absl::StatusOr<PutResult> r = client.Put(ns, scope, blocks, Left(end), put);
   // The other put commits within a round trip or two unless it fails; it holds its
   // reservation at most the node's reservation TTL.
   absl::Duration pause = absl::Milliseconds(2);
@@ -99,12 +102,12 @@ absl::StatusOr<PutResult> GrpcStoreClient::PutSettled(const Namespace& ns, std::
     if (pending.empty() || absl::Now() + pause >= end) break;
     absl::SleepFor(pause);
     pause = std::min(2 * pause, absl::Milliseconds(50));
-    absl::StatusOr<PutResult> next = Put(ns, scope, again, Left(end), put);
+    absl::StatusOr<PutResult> next = client.Put(ns, scope, again, Left(end), put);
     if (!next.ok()) break;  // the first answers stand
     for (size_t k = 0; k < pending.size(); ++k) r->blocks[pending[k]] = next->blocks[k];
-    TallyPut(&*r);
+    internal::TallyPut(&*r);
   }
   return r;
 }
 
-}  // namespace strata::client::internal
+}  // namespace strata::client

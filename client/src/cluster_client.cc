@@ -617,7 +617,7 @@ class ClusterStoreClient final : public StoreClient {
       std::vector<BlockWrite> mine;
       for (size_t i : idx) mine.push_back(blocks[i]);
       absl::StatusOr<PutResult> r = WithNode(*set, node, end, [&](GrpcStoreClient& c) {
-        return c.PutSettled(ns, scope, mine, end, put);
+        return client::PutSettled(c, ns, scope, mine, end, put);
       });
       absl::MutexLock lock(&mu);
       verdict.Note(r.status());

@@ -350,15 +350,6 @@ class GrpcStoreClient final : public StoreClient {
                                 const CallOptions& call, std::span<BlockLocation> out);
   const std::string& address() const { return options_.address; }
 
-  // Put, then the blocks that another put was still writing here (IsBlockBeingWritten) again,
-  // pausing between rounds, until that put settled (committed: ALREADY_EXISTS "present"; gave
-  // up: this one stores them) or `end`. For a cluster client counting replicas towards its
-  // write quorum: a block being written may never be stored. Blocks still being written at
-  // `end` keep that answer.
-  absl::StatusOr<PutResult> PutSettled(const Namespace& ns, std::string_view scope,
-                                       std::span<const BlockWrite> blocks, absl::Time end,
-                                       const PutOptions& put);
-
   absl::StatusOr<uint64_t> PauseSession(std::string_view session_id, bool to_cold,
                                         const CallOptions& call) override;
 

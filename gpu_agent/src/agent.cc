@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent_impl.h"
 #include "spdlog/spdlog.h"
+#include "strata/common/block_key.h"
 #include "strata/common/checksum.h"
 #include "strata/proto/tls_files.h"
 
@@ -503,12 +504,14 @@ void GpuAgentImpl::OffloadLoop() {
 std::vector<bool> GpuAgentImpl::PutBlocks(std::span<const client::BlockWrite> writes) {
   std::vector<bool> ok(std::max<size_t>(writes.size(), batch_), false);
   if (writes.empty()) return ok;
-  client::CallOptions call{options_.call_deadline};
-  absl::StatusOr<client::PutResult> r = client_->Put(ns_, scope_, writes, call);
+  // A block another put is still writing (a second prefill of the same prompt, or one that
+  // died mid-put) is stored only if that put commits: asked about again until it settled.
+  absl::StatusOr<client::PutResult> r =
+      client::PutSettled(*client_, ns_, scope_, writes, absl::Now() + options_.call_deadline);
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < writes.size(); ++i) {
     const absl::Status& s = r.ok() ? r->blocks[i] : r.status();
-    ok[i] = s.ok() || s.code() == absl::StatusCode::kAlreadyExists;
+    ok[i] = s.ok() || (s.code() == absl::StatusCode::kAlreadyExists && !IsBlockBeingWritten(s));
     if (ok[i]) {
       ++stats_.offloaded;
       stats_.bytes_offloaded += writes[i].size;

@@ -376,4 +376,13 @@ class StoreClient {
                                                   CallOptions call = {});
 };
 
+// Put, then again the blocks that another put was still writing (ALREADY_EXISTS "being
+// written", IsBlockBeingWritten), pausing between rounds, until that put settled (committed:
+// ALREADY_EXISTS "present"; gave up: this one stores them) or `end`. For a writer that must
+// know its blocks are stored (a GPU agent's offload, a cluster client's write quorum): a
+// block being written may never be. Blocks still being written at `end` keep that answer.
+absl::StatusOr<PutResult> PutSettled(StoreClient& client, const Namespace& ns,
+                                     std::string_view scope, std::span<const BlockWrite> blocks,
+                                     absl::Time end, const PutOptions& put = {});
+
 }  // namespace strata::client
