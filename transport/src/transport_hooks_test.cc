@@ -1,5 +1,6 @@
-// Worker::Transfer's hooks (TransferHooks) on the two-worker fixture, over tcp and shared
-// memory: receives handed to the caller as they land.
+// Worker::Transfer's hooks (TransferHooks) and its caller's abort on the two-worker fixture,
+// over tcp and shared memory: receives handed to the caller as they land; an aborted receive
+// whose message stalled midway.
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -101,6 +102,66 @@ TEST_P(TransportPairTest, AWorkerGoingAwayAnswersTheTransfersItHasInFlight) {
   }
   waiter.join();
   EXPECT_THAT(status, StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// An abort ends a receive whose message was already arriving when its sender stopped midway
+// (a client that stalled, or died without its connection closing): the receiver's endpoint is
+// retired and the batch answers UNAVAILABLE. A cancel withdraws only unmatched receives, so
+// before 2026-11-29 the batch waited out its deadline (here 20 s; for a node's PutData up to
+// max_lease_ms, holding the call's slots), then answered CANCELLED. Over tcp with small socket
+// buffers, so that the 32 MiB message is still on its way when the sender stalls.
+TEST(TransportAbortTest, AnAbortedReceiveWhoseMessageStalledRetiresItsEndpoint) {
+  setenv("UCX_TCP_SNDBUF", "256K", 1);
+  setenv("UCX_TCP_RCVBUF", "256K", 1);
+  absl::StatusOr<pair_test::Node> node = pair_test::MakeNode(pair_test::kTcp);
+  absl::StatusOr<pair_test::Node> client = pair_test::MakeNode(pair_test::kTcp);
+  unsetenv("UCX_TCP_SNDBUF");
+  unsetenv("UCX_TCP_RCVBUF");
+  ASSERT_THAT(node, IsOk());
+  ASSERT_THAT(client, IsOk());
+  absl::StatusOr<EndpointId> to_client = node->worker->Connect(client->worker->Address());
+  absl::StatusOr<EndpointId> to_node = client->worker->Connect(node->worker->Address());
+  ASSERT_THAT(to_client, IsOk());
+  ASSERT_THAT(to_node, IsOk());
+  constexpr size_t kSize = 32 << 20;
+  constexpr size_t kPage = 4 * kKiB;
+  std::vector<uint8_t> src(kSize, 0xAA);
+  std::vector<uint8_t> dst(kSize, 0);
+  auto pages_landed = [&] {
+    size_t n = 0;
+    for (size_t i = 0; i < kSize; i += kPage) {
+      n += reinterpret_cast<volatile uint8_t*>(dst.data())[i] != 0;
+    }
+    return n;
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  std::atomic<bool> abort{false};
+  absl::Status received;
+  absl::Notification sent;
+  std::thread receiver([&] {
+    TransferOp recv = TransferOp::Recv(dst.data(), kSize, 7);
+    received = node->worker->Transfer(*to_client, {&recv, 1}, deadline, &abort);
+  });
+  std::thread sender([&] {
+    TransferOp send = TransferOp::Send(src.data(), kSize, 7);
+    client->worker->Transfer(*to_node, {&send, 1}, deadline).IgnoreError();
+    sent.Notify();
+  });
+  size_t landed = 0;
+  while ((landed = pages_landed()) == 0 && absl::Now() < deadline - absl::Seconds(10)) {
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  client->worker->StallForTest();
+  absl::SleepFor(absl::Milliseconds(20));
+  const size_t at_abort = pages_landed();
+  abort = true;
+  receiver.join();
+  ASSERT_GT(landed, 0u) << "nothing of the message arrived";
+  ASSERT_LT(at_abort, kSize / kPage) << "the whole message arrived before the stall";
+  EXPECT_THAT(received, StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("retired")));
+  client->worker.reset();  // answers its send
+  sender.join();
+  EXPECT_TRUE(sent.HasBeenNotified());
 }
 
 }  // namespace

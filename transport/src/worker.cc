@@ -47,6 +47,9 @@ constexpr absl::Duration kBusySleep = absl::Milliseconds(1);
 // How long requests of a force-closed endpoint may stay outstanding before their transfer is
 // answered without them (see ServiceTransfers).
 constexpr absl::Duration kAbandonAfterForceClose = absl::Milliseconds(200);
+// How long an aborted batch of receives may still wait for receives the cancel did not end
+// (their messages were already arriving) before its endpoint is retired and force-closed.
+constexpr absl::Duration kAbortedReceiveGrace = absl::Milliseconds(50);
 // Progress calls in a row before commands and deadlines are looked at again.
 constexpr int kMaxProgressRun = 64;
 // How long shutdown waits for endpoint closes before destroying the worker anyway.
@@ -596,7 +599,20 @@ class UcpWorker final : public Worker {
         t->aborted = true;
         CancelReceives(t);
         // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
-        if (!OnlyReceives(*t->cmd)) Retire(t, now, "a transfer was aborted");
+        if (!OnlyReceives(*t->cmd)) {
+          Retire(t, now, "a transfer was aborted");
+        } else {
+          t->abort_close_at = now + kAbortedReceiveGrace;
+        }
+      }
+      if (t->aborted && !t->deadline_hit && t->outstanding > 0 && now >= t->abort_close_at) {
+        // A cancel withdraws only receives no message has matched yet: one whose message was
+        // already arriving (rendezvous) runs on, and a peer that stalled mid-message would hold
+        // it, with whatever its caller holds, until the deadline. The force-close ends it.
+        t->abort_forced = true;
+        Retire(t,
+               now + (OneSidedBeside(in_flight_, *t) ? DeadlineDrainGrace() : absl::ZeroDuration()),
+               "an aborted transfer's message was still arriving");
       }
       if (!t->receives_cancelled && !t->deadline_hit &&
           EndpointGone(*t->endpoint, context_->peer_failure_handling())) {

@@ -19,6 +19,11 @@ namespace strata::transport::worker_state {
 absl::Status TransferResult(const InFlightTransfer& t) {
   const Command& cmd = *t.cmd;
   const Endpoint& e = *t.endpoint;
+  if (t.abort_forced) {
+    return absl::UnavailableError(absl::StrCat(
+        "Transfer of ", cmd.ops.size(), " ops on endpoint ", e.id,
+        ": aborted by caller with a message still arriving; endpoint retired, reconnect"));
+  }
   if (t.aborted) {
     return absl::CancelledError(absl::StrCat("Transfer of ", cmd.ops.size(), " ops on endpoint ",
                                              e.id, ": aborted by caller"));

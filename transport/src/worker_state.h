@@ -167,6 +167,10 @@ struct InFlightTransfer {
   bool aborted = false;             // the caller's abort flag was seen
   bool flushed = false;             // every op and the flush were posted
   bool receives_cancelled = false;  // CancelReceives ran
+  // An aborted batch of receives still waiting then retires its endpoint (UcpWorker::
+  // ServiceTransfers); abort_forced: it did, and the batch answers UNAVAILABLE.
+  absl::Time abort_close_at = absl::InfiniteFuture();
+  bool abort_forced = false;
   absl::Time force_close_at = absl::InfiniteFuture();
   bool force_closed = false;
   absl::Time abandon_at = absl::InfiniteFuture();

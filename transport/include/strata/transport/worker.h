@@ -173,7 +173,9 @@ class Worker {
   // `abort` (optional, polled about every millisecond while the batch is in flight): once it
   // reads true the batch ends with CANCELLED. Its receives are cancelled; if it also holds
   // sends, puts or gets, the endpoint is retired as after a deadline (UNAVAILABLE until
-  // reconnected), since those cannot be withdrawn from the peer.
+  // reconnected), since those cannot be withdrawn from the peer. A cancel does not end a
+  // receive whose message was already arriving: if one is still outstanding 50 ms after the
+  // abort, the endpoint is retired and force-closed, and the batch ends UNAVAILABLE.
   //
   // `hooks` (optional): see TransferHooks.
   virtual absl::Status Transfer(EndpointId ep, std::span<const TransferOp> ops, absl::Time deadline,
