@@ -409,7 +409,12 @@ void GpuAgentImpl::OffloadLoop() {
         captured_.clear();
         if (unpublish_.empty()) break;
       }
-      unpublish.swap(unpublish_);
+      // A hash published again since (another slot computed it, its put just done) keeps
+      // its entry: the removal queued before that publish would take it away.
+      for (const ChainHash& h : unpublish_) {
+        if (!PublishedElsewhere(h, kNoSlot)) unpublish.push_back(h);
+      }
+      unpublish_.clear();
       while (!captured_.empty() && captured.size() < batch_) {
         captured.push_back(std::move(captured_.front()));
         captured_.pop_front();
@@ -537,6 +542,24 @@ void GpuAgentImpl::Publish(std::span<const ChainHash> hashes, absl::Duration ttl
   if (!r.ok()) {
     spdlog::warn("gpu agent: publishing {} blocks (ttl {}) failed: {}", hashes.size(),
                  absl::FormatDuration(ttl), r.status().ToString());
+    return;
+  }
+  if (ttl <= absl::ZeroDuration()) return;
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < hashes.size() && i < r->size(); ++i) {
+    if ((*r)[i].code() != absl::StatusCode::kFailedPrecondition) continue;
+    // A writer deleted the block lately: it is neither refreshed nor served to peers any
+    // more (a block computed again is offloaded and published anew).
+    auto h = by_hash_.find(hashes[i]);
+    if (h == by_hash_.end()) continue;
+    bool was = false;
+    for (uint32_t id : h->second) {
+      auto b = blocks_.find(id);
+      if (b == blocks_.end() || !b->second.published) continue;
+      b->second.published = false;
+      was = true;
+    }
+    if (was) --stats_.published;
   }
 }
 

@@ -65,7 +65,8 @@ class GpuAgentImpl : public GpuAgent {
   };
 
   absl::Status CheckSlots(std::span<const uint32_t> ids) const;
-  // Whether a slot other than `id` holding `hash` is published.
+  // Whether a slot other than `id` holding `hash` is published (kNoSlot: any slot).
+  static constexpr uint32_t kNoSlot = ~uint32_t{0};
   bool PublishedElsewhere(const ChainHash& hash, uint32_t id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(uint32_t id, BlockState& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

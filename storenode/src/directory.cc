@@ -74,6 +74,20 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
   return out;
 }
 
+uint64_t Directory::Remove(NamespaceId ns, const std::string& scope,
+                           std::span<const ChainHash> hashes) {
+  uint64_t removed = 0;
+  absl::MutexLock lock(&mu_);
+  for (const ChainHash& h : hashes) {
+    auto it = map_.find(BlockKey{ns, scope, h});
+    if (it == map_.end()) continue;
+    removed += it->second.size();
+    Count(scope, -static_cast<int64_t>(it->second.size()));
+    map_.erase(it);
+  }
+  return removed;
+}
+
 std::vector<Directory::Location> Directory::Find(const BlockKey& key) const {
   std::vector<Location> out;
   const absl::Time now = absl::Now();

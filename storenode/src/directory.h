@@ -50,6 +50,8 @@ class Directory {
                                     std::span<const ChainHash> hashes,
                                     std::span<const uint64_t> sizes, const std::string& address,
                                     const std::string& token, absl::Duration ttl);
+  // Drops every location of each key (a writer deleted the blocks); returns how many.
+  uint64_t Remove(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
   // Live locations of one block (empty: none).
   std::vector<Location> Find(const BlockKey& key) const;
   // Drops expired entries; returns how many.

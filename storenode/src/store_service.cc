@@ -469,6 +469,9 @@ grpc::Status StoreServiceImpl::Delete(grpc::ServerContext* ctx, const v1::Delete
   }
   resp->set_deleted(static_cast<uint32_t>(
       store_->Delete(req->namespace_id(), scope, hashes, /*tombstone=*/true)));
+  // GPU agents' copies too: no longer advertised, and not again while the delete is
+  // remembered (Publish), unless a writer puts the block again.
+  directory_.Remove(req->namespace_id(), scope, hashes);
   return call.Done(absl::OkStatus());
 }
 

@@ -2,6 +2,7 @@
 // readers of the same blocks about (gpu_agent_fixture.h: a real strata-storenode, the host
 // twin for the GPU).
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include "absl/time/clock.h"
 #include "gpu_agent_fixture.h"
@@ -62,6 +63,103 @@ TEST_F(GpuAgentTest, ABlockAnotherWriterIsPuttingIsOffloadedOnceThatPutSettles) 
   const AgentStats st = s.agent->Stats();
   EXPECT_EQ(st.offloaded, 4u);
   EXPECT_EQ(st.offload_failed, 0u);
+}
+
+// Connects a plain client to `node` and registers the agent's namespace there.
+struct Reader {
+  std::unique_ptr<client::StoreClient> client;
+  client::Namespace ns;
+};
+Reader ReaderOf(const client::LocalNode& node, const GpuAgent& agent) {
+  Reader r;
+  client::ClientOptions co;
+  co.address = node.address();
+  auto c = client::StoreClient::Connect(co);
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return r;
+  r.client = std::move(*c);
+  auto ns = r.client->RegisterNamespace(agent.ns().spec);
+  EXPECT_TRUE(ns.ok()) << ns.status();
+  if (ns.ok()) r.ns = *ns;
+  return r;
+}
+
+// How many of `hashes` the node's directory lists a GPU location for.
+size_t Advertised(Reader& r, const std::vector<ChainHash>& hashes) {
+  auto each = r.client->LookupEach(r.ns, "", hashes);
+  EXPECT_TRUE(each.ok()) << each.status();
+  size_t n = 0;
+  for (const client::BlockLocation& l : each.value_or(std::vector<client::BlockLocation>{})) {
+    n += !l.peers.empty();
+  }
+  return n;
+}
+
+// A writer's Delete reaches the blocks a GPU agent holds too: the node drops their directory
+// entries and refuses them while it remembers the delete, and the agent stops refreshing and
+// serving them. Before 2026-11-29 a Lookup after the Delete still matched them (hot) and a
+// decode agent loaded them from the prefill agent's GPU. The chain's first 4 blocks, not
+// deleted, still load.
+TEST_F(GpuAgentTest, ADeletedBlockIsNoLongerAdvertisedOrServedFromAGpu) {
+  const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  AgentOptions po = Options("deleted-hot", true);
+  po.publish_ttl = absl::Seconds(3);  // refreshed every second
+  Side prefill = Make(po, shape);
+  const std::vector<ChainHash> hashes = Hashes(*prefill.agent, 8, 8181);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 8))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  Reader r = ReaderOf(*node_, *prefill.agent);
+  ASSERT_NE(r.client, nullptr);
+  for (int i = 0; i < 200 && Advertised(r, hashes) < 8; ++i) absl::SleepFor(absl::Milliseconds(25));
+  ASSERT_EQ(Advertised(r, hashes), 8u);
+  const std::vector<ChainHash> tail(hashes.begin() + 4, hashes.end());
+  auto deleted = r.client->Delete(r.ns, "", tail);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 4u);
+  // Past the prefill agent's next refresh of its entries.
+  const uint64_t publishes = testutil::OpCount(*node_, "publish");
+  for (int i = 0; i < 200 && testutil::OpCount(*node_, "publish") == publishes; ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+  }
+  EXPECT_EQ(Advertised(r, hashes), 4u);
+  auto look = r.client->Lookup(r.ns, "", hashes);
+  ASSERT_TRUE(look.ok()) << look.status();
+  EXPECT_EQ(look->matched_blocks, 4u);
+  Side decode = Make(Options("deleted-hot", false), shape);
+  EXPECT_EQ(LoadAll(decode, hashes, Slots(8, 8))->loaded_prefix(), 4u);
+}
+
+// A hash whose entry was to be removed (its slot freed) while another slot's copy of it was
+// being offloaded keeps that copy's entry: the removal queued before the publish is dropped.
+// Before 2026-11-29 it was sent after the publish and took the live entry away (until the
+// next refresh; hot-only blocks were recomputed meanwhile).
+TEST_F(GpuAgentTest, AnEntryPublishedAgainOutlivesTheRemovalQueuedBeforeIt) {
+  auto node = testutil::StartNode({"--warm-bytes", "256MiB", "--ucx-tls", "tcp"});
+  ASSERT_TRUE(node.ok()) << node.status();
+  AgentOptions o = Options("republished", true);
+  o.store.address = (*node)->address();
+  o.call_deadline = absl::Seconds(5);
+  Side s = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
+  const std::vector<ChainHash> hashes = Hashes(*s.agent, 4, 4242);
+  ASSERT_TRUE(s.agent->OnBlocksComputed(Compute(s, hashes, Slots(0, 4))).ok());
+  ASSERT_TRUE(s.agent->Flush(absl::Seconds(30)).ok());
+  Reader r = ReaderOf(**node, *s.agent);
+  ASSERT_NE(r.client, nullptr);
+  for (int i = 0; i < 200 && Advertised(r, hashes) < 4; ++i) absl::SleepFor(absl::Milliseconds(25));
+  ASSERT_EQ(Advertised(r, hashes), 4u);
+  {
+    // The node stops answering, so the second copies' put is in flight when slots 0..3 go.
+    testutil::Freeze frozen((*node)->pid());
+    ASSERT_TRUE(frozen.stopped());
+    ASSERT_TRUE(s.agent->OnBlocksComputed(Compute(s, hashes, Slots(10, 4))).ok());
+    absl::SleepFor(absl::Milliseconds(300));
+    ASSERT_TRUE(s.agent->OnBlocksFreed(Slots(0, 4)).ok());
+  }
+  ASSERT_TRUE(s.agent->Flush(absl::Seconds(30)).ok());
+  // The offload thread's next round (a refresh comes every publish_ttl / 3 = 10 s only).
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(Advertised(r, hashes), 4u);
+  EXPECT_EQ(s.agent->Stats().published, 4u);
 }
 
 }  // namespace

@@ -122,6 +122,8 @@ class TieredStore {
   // tiers, do not bring the blocks back (WarmTier::Delete); a hand-over or a drop is not one.
   uint64_t Delete(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes,
                   bool tombstone = false);
+  // Whether a writer deleted the block within tombstone_ttl_ms (and no writer put it since).
+  bool DeletedLately(const BlockKey& key) { return warm_->DeletedLately(key); }
   uint64_t ExpireNow();
   absl::Status CorruptForTest(const BlockKey& key, uint64_t offset);
   // Holds the writers' turn to make room in warm (as a writer demoting for its put does) for
