@@ -31,8 +31,6 @@
 namespace strata::gpu_agent {
 namespace {
 
-// The longest a peer's read may hold the serve region.
-constexpr absl::Duration kServeTimeout = absl::Seconds(5);
 // The largest gRPC message the server takes or sends.
 constexpr uint64_t kMaxMessageBytes = 1ull << 30;
 // Inline payload one call may carry: the whole serve region, within a message (a 1 MiB margin
@@ -268,7 +266,7 @@ class PeerService final : public v1::StoreService::Service {
     // transfer ends. 5 s moves any batch many times over; a reader that posts no receives, or
     // stalls, holds the others up that long at most (it was 30 s).
     const absl::Time deadline =
-        std::min(absl::FromChrono(ctx->deadline()), absl::Now() + kServeTimeout);
+        std::min(absl::FromChrono(ctx->deadline()), absl::Now() + options_.serve_timeout);
     if (!ops.empty()) {
       if (absl::Status moved = plane_->Transfer(req->channel_id(), req->lane(), ops, deadline);
           !moved.ok()) {
@@ -280,7 +278,7 @@ class PeerService final : public v1::StoreService::Service {
 
  private:
   // A read's turn on the serve region: one of kMaxReads places, then the region itself by
-  // the call's deadline (at most kServeTimeout from now). status() says whether it got it.
+  // the call's deadline (at most serve_timeout from now). status() says whether it got it.
   class RegionTurn {
    public:
     RegionTurn(PeerService& s, const grpc::ServerContext* ctx) : s_(s) {
@@ -289,11 +287,18 @@ class PeerService final : public v1::StoreService::Service {
             absl::StrCat("peer busy: ", kMaxReads, " reads in flight; read from the store"));
         return;
       }
-      const absl::Time deadline =
-          std::min(absl::FromChrono(ctx->deadline()), absl::Now() + kServeTimeout);
-      hold_.emplace(s_.region_turn_, deadline);
+      const absl::Time caller = absl::FromChrono(ctx->deadline());
+      const absl::Time cap = absl::Now() + s_.options_.serve_timeout;
+      hold_.emplace(s_.region_turn_, std::min(caller, cap));
       if (!hold_->taken()) {
-        status_ = absl::DeadlineExceededError("peer busy: the serve region stayed taken");
+        // Kept out by other reads for serve_timeout, well within the caller's deadline: the
+        // peer is busy, not gone (a reader takes DEADLINE_EXCEEDED for a silent peer).
+        status_ =
+            cap < caller
+                ? absl::ResourceExhaustedError(absl::StrCat(
+                      "peer busy: the serve region stayed taken for ",
+                      absl::FormatDuration(s_.options_.serve_timeout), "; read from the store"))
+                : absl::DeadlineExceededError("peer busy: the serve region stayed taken");
       } else if (ctx->IsCancelled()) {
         status_ = absl::CancelledError("the reader gave up while waiting");
       }
@@ -337,11 +342,15 @@ class PeerService final : public v1::StoreService::Service {
 
   // Another scope's blocks are never this agent's: every block is NOT_FOUND then. Except a
   // `shared` agent's, which every tenant may read (the store hands its location and token to
-  // each, for a lookup in the tenant's own scope, which the reader then names).
+  // each, for a lookup in the tenant's own scope, which the reader then names). An empty
+  // scope on either side is the caller's own tenant, which the node resolves and neither
+  // agent knows ("" and "tenant-a", or "default" without auth, name one scope): it matches,
+  // and the token, which the node hands only to readers of this agent's scope, decides.
   // Only with the region's turn (RegionTurn).
   std::vector<absl::Status> Gather(std::span<const ChainHash> hashes, const std::string& scope,
                                    uint64_t* checksums) {
-    if (scope != options_.scope && options_.scope != kSharedScope) {
+    const bool same = scope == options_.scope || scope.empty() || options_.scope.empty();
+    if (!same && options_.scope != kSharedScope) {
       return std::vector<absl::Status>(hashes.size(),
                                        absl::NotFoundError("not in this agent's scope"));
     }

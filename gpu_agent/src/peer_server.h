@@ -44,6 +44,10 @@ struct PeerServerOptions {
   // must not take every channel and lock the others out (RESOURCE_EXHAUSTED).
   uint64_t max_channels = 256;
   uint64_t max_channels_per_peer = 32;
+  // The longest one read may hold the serve region, and the longest a read waits for it: a
+  // reader kept waiting that long by others (not by its own deadline) is told
+  // RESOURCE_EXHAUSTED, read from the store, as when every read place is taken.
+  absl::Duration serve_timeout = absl::Seconds(5);
   // The bearer token every call must present: 1..128 characters (RandomPeerToken()).
   std::string token;
   // PEM files: with both, the server speaks TLS (no client certificates: the token

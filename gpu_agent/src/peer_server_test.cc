@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "strata/common/checksum.h"
 #include "strata/testutil/status_matchers.h"
@@ -424,6 +425,45 @@ TEST(PeerServerTest, ReadersPilingUpAreRefusedNotQueuedPastTheirDeadline) {
   }
   EXPECT_GE(ok, 1);
   EXPECT_GE(busy, kReaders / 2) << "readers beyond the few places were not refused at once";
+}
+
+// A reader kept from the serve region by another's read for serve_timeout, well within its
+// own deadline, is told RESOURCE_EXHAUSTED (busy: read from the store), not DEADLINE_EXCEEDED,
+// which readers take for a silent peer and stop asking for a while. Before 2026-11-29 it was
+// DEADLINE_EXCEEDED. The first read holds the region for 1.5 s; serve_timeout 300 ms.
+TEST(PeerServerTest, AReaderKeptWaitingByAnotherIsToldBusyNotTimedOut) {
+  PeerServerOptions o = Options();
+  o.ucx_tls = "";  // inline reads
+  o.serve_timeout = absl::Milliseconds(300);
+  std::vector<uint8_t> region(o.max_blocks * o.block_bytes);
+  absl::Notification gathering;
+  auto server = PeerServer::Start(o, region.data(),
+                                  [&](std::span<const ChainHash> hashes, uint8_t* out, uint64_t*) {
+                                    if (!gathering.HasBeenNotified()) gathering.Notify();
+                                    absl::SleepFor(absl::Milliseconds(1500));
+                                    std::memset(out, 0x5a, hashes.size() * o.block_bytes);
+                                    return std::vector<absl::Status>(hashes.size());
+                                  });
+  ASSERT_THAT(server, IsOk());
+  auto stub = StubFor(**server);
+  v1::BeginGetRequest get;
+  get.set_namespace_id(1);
+  get.set_include_payload(true);
+  get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
+  std::thread first([&] {
+    auto ctx = As(kToken);
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::BeginGetResponse got;
+    stub->BeginGet(ctx.get(), get, &got);
+  });
+  ASSERT_TRUE(gathering.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  auto ctx = As(kToken);
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::BeginGetResponse got;
+  const grpc::Status second = stub->BeginGet(ctx.get(), get, &got);
+  first.join();
+  EXPECT_EQ(second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << second.error_message();
+  EXPECT_THAT(second.error_message(), ::testing::HasSubstr("read from the store"));
 }
 
 }  // namespace

@@ -162,5 +162,32 @@ TEST_F(GpuAgentTest, AnEntryPublishedAgainOutlivesTheRemovalQueuedBeforeIt) {
   EXPECT_EQ(s.agent->Stats().published, 4u);
 }
 
+// Two agents of one tenant that spell its scope differently ("default", the tenant's name
+// without auth, and "", the caller's own) read each other's GPUs: the node resolves both to
+// one scope and hands out the token. Before 2026-11-29 the serving agent compared the text
+// and answered every read NOT_FOUND, and the decode side read all 8 blocks from the store.
+TEST_F(GpuAgentTest, AgentsSpellingOneScopeDifferentlyReadEachOthersBlocks) {
+  const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  AgentOptions po = Options("scope-spelling", true);
+  po.scope = "default";
+  Side prefill = Make(po, shape);
+  Side decode = Make(Options("scope-spelling", false), shape);  // scope ""
+  const std::vector<ChainHash> hashes = Hashes(*prefill.agent, 8, 901);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 8))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  Reader r = ReaderOf(*node_, *prefill.agent);
+  ASSERT_NE(r.client, nullptr);
+  for (int i = 0; i < 200 && Advertised(r, hashes) < 8; ++i) absl::SleepFor(absl::Milliseconds(25));
+  ASSERT_EQ(Advertised(r, hashes), 8u);
+  auto loaded = LoadAll(decode, hashes, Slots(8, 8));
+  size_t from_peer = 0;
+  for (const BlockLoad& b : loaded->blocks()) {
+    from_peer += b.status.ok() && b.source == LoadSource::kPeer;
+  }
+  EXPECT_EQ(from_peer, 8u);
+  EXPECT_EQ(decode.agent->Stats().peer_fallbacks, 0u);
+  EXPECT_EQ(Exact(decode, hashes, Slots(8, 8)), 8u);
+}
+
 }  // namespace
 }  // namespace strata::gpu_agent
