@@ -186,7 +186,8 @@ absl::Status ClientDataPlane::Wire(uint64_t channel_id,
 }
 
 absl::Status ClientDataPlane::Transfer(uint32_t lane, std::span<const transport::TransferOp> ops,
-                                       absl::Time deadline, const std::atomic<bool>* abort) {
+                                       absl::Time deadline, const std::atomic<bool>* abort,
+                                       uint64_t channel) {
   if (lane >= lanes()) {
     return absl::InvalidArgumentError(absl::StrCat("Transfer on lane ", lane, " of ", lanes()));
   }
@@ -197,6 +198,12 @@ absl::Status ClientDataPlane::Transfer(uint32_t lane, std::span<const transport:
     if (endpoints_.empty()) {
       return absl::FailedPreconditionError(
           absl::StrCat("Transfer on lane ", lane, ": no data channel is wired"));
+    }
+    if (channel != 0 && channel != wired_channel_) {
+      // Another call replaced the call's channel meanwhile: its tags would travel on the new
+      // one's endpoints, and an abort of this batch would retire them under their calls.
+      return absl::UnavailableError(absl::StrCat("Transfer on lane ", lane, ": data channel ",
+                                                 channel, " was replaced; connect again"));
     }
     ep = endpoints_[lane];
     worker = workers_[lane];

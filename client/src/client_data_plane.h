@@ -118,10 +118,13 @@ class ClientDataPlane {
   // semantics: buffer rules, `deadline`, `abort` and codes (an aborted batch with sends retires
   // the endpoint: UNAVAILABLE until the next Wire()). INVALID_ARGUMENT: no such lane, or a bad
   // op. FAILED_PRECONDITION: the lanes are not wired (no channel open). UNAVAILABLE also when
-  // a concurrent Wire() replaced the endpoint before the batch was posted. Blocks until the
-  // batch has completed, failed, been aborted or timed out; no lock is held meanwhile.
+  // a concurrent Wire() replaced the endpoint before the batch was posted, or when the lanes
+  // are wired for another channel than `channel` (nonzero: the channel the call's tags
+  // name, whose endpoints it must use). Blocks until the batch has completed, failed, been
+  // aborted or timed out; no lock is held meanwhile.
   absl::Status Transfer(uint32_t lane, std::span<const transport::TransferOp> ops,
-                        absl::Time deadline, const std::atomic<bool>* abort = nullptr);
+                        absl::Time deadline, const std::atomic<bool>* abort = nullptr,
+                        uint64_t channel = 0);
   // Whether the lanes are wired for `channel_id` (a Fence, a newer Wire or a lane replaced
   // since unwires it).
   bool Wired(uint64_t channel_id);

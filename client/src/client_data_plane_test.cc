@@ -286,6 +286,37 @@ TEST(ClientDataPlaneTest, AFenceClosesOnlyTheChannelItNames) {
   node.workers[0]->Abandon(node.endpoints[0]).IgnoreError();
 }
 
+// A call's batch goes on its own channel's endpoints or not at all: once another call has
+// wired the lanes for a newer channel, a batch naming the old one is UNAVAILABLE and leaves
+// the new endpoints alone (an abort of it used to retire them under their own calls). Before
+// 2026-11-29 it went out on whatever was wired.
+TEST(ClientDataPlaneTest, ABatchNamingAReplacedChannelIsRefusedAndLeavesTheNewOne) {
+  absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
+  ASSERT_THAT(plane, IsOk());
+  absl::StatusOr<FakeNodeLanes> started = StartFakeNode(**plane);
+  ASSERT_THAT(started, IsOk());
+  FakeNodeLanes& node = *started;
+  constexpr uint64_t kOld = 6, kNew = 7;
+  ASSERT_THAT((*plane)->Wire(kOld, node.addresses), IsOk());
+  ASSERT_THAT((*plane)->Wire(kNew, node.addresses), IsOk());
+  char byte = 'x', landed = 0;
+  size_t got = 0;
+  std::atomic<bool> abort{true};  // as a call whose RPC failed
+  const transport::TransferOp stale = Send(&byte, 1, (*plane)->NextTag(kOld));
+  EXPECT_THAT((*plane)->Transfer(0, {&stale, 1}, Soon(), &abort, kOld),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("replaced")));
+  // The new channel's endpoint still carries a message.
+  const transport::TransferOp send = Send(&byte, 1, (*plane)->NextTag(kNew));
+  const transport::TransferOp recv = Recv(&landed, 1, send.tag, &got);
+  std::future<absl::Status> node_side = std::async(std::launch::async, [&] {
+    return node.workers[0]->Transfer(node.endpoints[0], {&recv, 1}, Soon());
+  });
+  EXPECT_THAT((*plane)->Transfer(0, {&send, 1}, Soon(), nullptr, kNew), IsOk());
+  EXPECT_THAT(node_side.get(), IsOk());
+  EXPECT_EQ(landed, 'x');
+  node.workers[0]->Abandon(node.endpoints[0]).IgnoreError();
+}
+
 TEST(ClientDataPlaneTest, TagsCarryTheChannelAndNeverRepeat) {
   absl::StatusOr<std::unique_ptr<ClientDataPlane>> plane = MakePlane(1, 2);
   ASSERT_THAT(plane, IsOk());

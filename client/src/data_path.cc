@@ -408,7 +408,7 @@ void GrpcStoreClient::StartTagged(TaggedTransfer* t, uint32_t lane,
                                   std::span<const transport::TransferOp> ops,
                                   Clock::time_point deadline, grpc::ClientContext* ctx) {
   t->done = TaskPool::Shared().Run([this, t, lane, ops, deadline, ctx] {
-    absl::Status s = ucx_->Transfer(lane, ops, absl::FromChrono(deadline), &t->abort);
+    absl::Status s = ucx_->Transfer(lane, ops, absl::FromChrono(deadline), &t->abort, t->channel);
     if (!s.ok() && !t->abort.load(std::memory_order_acquire)) {
       t->failed_alone.store(true, std::memory_order_release);
       ctx->TryCancel();  // valid before, during and after the call
@@ -488,6 +488,7 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
           }
         }
         TaggedTransfer t;
+        t.channel = channel;
         StartTagged(&t, lane, sends, deadline, ctx);
         grpc::Status rpc =
             trailing ? PutDataTrailing(&t, lane, blocks, range, deadline, ctx, req, &resp, &sums)
@@ -527,7 +528,8 @@ grpc::Status GrpcStoreClient::PutDataTrailing(
   // Refused while we hashed: the node takes nothing more, and a send aborted once posted
   // would retire the lane's endpoint for nothing.
   if (!t->abort.load(std::memory_order_acquire)) {
-    t->trailer = ucx_->Transfer(lane, {&trailer, 1}, absl::FromChrono(deadline), &t->abort);
+    t->trailer =
+        ucx_->Transfer(lane, {&trailer, 1}, absl::FromChrono(deadline), &t->abort, t->channel);
   }
   if (!t->trailer.ok() && !t->abort.load(std::memory_order_acquire)) {
     t->failed_alone.store(true, std::memory_order_release);
@@ -570,6 +572,7 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
         // Posted before the RPC; a message that still arrives first waits in UCX's
         // unexpected queue until its receive is posted.
         TaggedTransfer t;
+        t.channel = channel;
         StartTagged(&t, lane, receives, deadline, ctx);
         return FinishTagged(&t, stub_->GetData(ctx, req, &resp), &got);
       });
@@ -582,8 +585,8 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
   }
   // Otherwise the receives ended (the worker cancels what is left when a transfer fails, e.g.
   // its endpoint fenced by another call that gave up): a block that landed whole and matches
-  // its checksum stands; the others go again inline, below.
-  if (!got.ok()) std::fill(received.begin(), received.end(), 0);
+  // its checksum stands (a receive's length is set only when it completed); the others go
+  // again inline, below. Until 2026-11-29 every length was zeroed here, and all went again.
   if (resp.blocks_size() != static_cast<int>(n)) {
     return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
   }

@@ -620,6 +620,7 @@ class GrpcStoreClient final : public StoreClient {
 
   // One attempt's transfer, run beside its RPC.
   struct TaggedTransfer {
+    uint64_t channel = 0;  // the channel the call's tags name: its transfers use no other
     std::atomic<bool> abort{false};
     std::atomic<bool> failed_alone{false};  // failed before the RPC ended (cancelled it)
     JoiningFuture<absl::Status> done;
