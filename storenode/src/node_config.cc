@@ -143,6 +143,9 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
                   "How often the rebalancer checks placement when the member set is unchanged.");
   s.AddDurationMs("rebalance_settle", &c->rebalance_settle_ms,
                   "How long a changed member set must stay unchanged before blocks move.");
+  s.AddBytes("rebalance_batch_bytes", &c->rebalance_batch_bytes,
+             "Block bytes the rebalancer holds read at once to copy them to their owners "
+             "(at least max_block_bytes; 0: 64 MiB or max_block_bytes, the larger).");
   s.AddUint("max_directory_entries", &c->max_directory_entries,
             "Entries of the GPU-block directory (block, agent) this node keeps at most.");
   s.AddUint("max_concurrent_calls", &c->max_concurrent_calls,
@@ -266,6 +269,12 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   }
   if (c.rebalance_interval_ms < 100) {
     return absl::InvalidArgumentError("rebalance_interval: want >= 100 ms");
+  }
+  if (c.rebalance_batch_bytes != 0 && c.rebalance_batch_bytes < c.max_block_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rebalance_batch_bytes: ", FormatByteSize(c.rebalance_batch_bytes),
+                     " is less than max_block_bytes ", FormatByteSize(c.max_block_bytes),
+                     " (a block is read whole); 0 for the default"));
   }
   if (c.rebalance_settle_ms > kMaxRebalanceSettleMs) {
     return absl::InvalidArgumentError(absl::StrCat(

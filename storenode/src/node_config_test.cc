@@ -56,5 +56,17 @@ TEST(NodeConfigTest, RebalanceSettleIsAtMostFiveMinutes) {
                                               HasSubstr("rebalance_settle: want <= 300000 ms")));
 }
 
+// The rebalancer reads a block whole: a batch budget below max_block_bytes could never copy
+// one. 0 picks the default.
+TEST(NodeConfigTest, RebalanceBatchBytesHoldAtLeastOneBlock) {
+  NodeConfig c;
+  EXPECT_THAT(ValidateNodeConfig(c), IsOk());
+  c.rebalance_batch_bytes = c.max_block_bytes;
+  EXPECT_THAT(ValidateNodeConfig(c), IsOk());
+  c.rebalance_batch_bytes = c.max_block_bytes - 1;
+  EXPECT_THAT(ValidateNodeConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rebalance_batch_bytes")));
+}
+
 }  // namespace
 }  // namespace strata::storenode

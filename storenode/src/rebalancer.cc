@@ -237,63 +237,98 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
     for (const auto& [peer, idx] : lacking) need.insert(need.end(), idx.begin(), idx.end());
     std::sort(need.begin(), need.end());
     need.erase(std::unique(need.begin(), need.end()), need.end());
-    std::vector<ChainHash> want;
-    for (size_t i : need) want.push_back(hashes[i]);
-    std::vector<std::vector<uint8_t>> bytes(want.size());
-    WarmTier::GetResult got = store_->BeginGet(
-        ns, scope, want, kReadLeaseMs,
-        [&bytes](size_t index, uint64_t size) {
-          bytes[index].resize(size);
-          return bytes[index].data();
-        },
-        UINT64_MAX, /*promote=*/false);
-    std::map<size_t, size_t> slot;  // batch index → position in want
+    // Read in rounds of at most batch_bytes (a block beyond it waits for the next round):
+    // what a batch holds in memory is bounded by configuration, not by 64 blocks of the
+    // largest size (1 GiB at defaults), and once more in the puts' requests.
+    std::map<size_t, size_t> slot;  // batch index → position in need
     for (size_t k = 0; k < need.size(); ++k) slot[need[k]] = k;
-    for (const auto& [peer, idx] : lacking) {
-      if (Stopping()) {
-        for (size_t i : idx) copy_failed[i] = true;
-        continue;
-      }
-      client::Namespace peer_ns;
-      client::StoreClient* c = Peer(set.members[peer], ns, &peer_ns);
-      std::vector<client::BlockWrite> writes;
-      std::vector<size_t> which;
-      for (size_t i : idx) {
-        const size_t k = slot[i];
-        if (!got.status[k].ok()) continue;  // gone meanwhile (evicted, deleted)
-        // Depth and importance as put here: the owner's policies rank the copy as this
-        // node ranked the block (a copy without them ranks as a chain's root).
-        writes.push_back({hashes[i], bytes[k].data(), bytes[k].size(), got.blocks[k].depth,
-                          got.blocks[k].importance});
-        which.push_back(i);
-      }
-      if (writes.empty()) continue;
-      absl::StatusOr<client::PutResult> put =
-          c == nullptr
-              ? absl::UnavailableError("peer unreachable")
-              : c->Put(peer_ns, scope, writes, {.deadline = options_.call_timeout}, {.copy = true});
-      if (c != nullptr) NoteCall(set.members[peer], put.status());
-      for (size_t k = 0; k < which.size(); ++k) {
-        const absl::Status st = put.ok() ? put->blocks[k] : put.status();
-        if (IsBlockBeingWritten(st)) {
-          // Another put holds the block's reservation there and may yet give up: not a copy,
-          // so no hand-over this pass (the next one asks again).
-          copy_failed[which[k]] = true;
-        } else if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) {
-          ++copied;
-          ++confirmed[which[k]];
-        } else if (put.ok() && (st.code() == absl::StatusCode::kFailedPrecondition ||
-                                st.code() == absl::StatusCode::kAborted)) {
-          // A writer deleted it there lately (docs/design/cluster.md, "Deletes are
-          // remembered"): not a failure, and no hand-over either.
-          copy_failed[which[k]] = true;
-        } else {
-          ++failed;
-          copy_failed[which[k]] = true;
+    std::vector<bool> read(need.size(), false);  // read (or gone) in an earlier round
+    // Puts one round's blocks (read into `bytes`, `at` their place in it) to the owners
+    // lacking them.
+    auto copy_round = [&](const WarmTier::GetResult& got, const std::vector<int>& at,
+                          const std::vector<std::vector<uint8_t>>& bytes) {
+      for (const auto& [peer, idx] : lacking) {
+        std::vector<size_t> mine;  // this round's blocks of idx
+        for (size_t i : idx) {
+          if (at[slot[i]] >= 0) mine.push_back(i);
+        }
+        if (Stopping()) {
+          for (size_t i : mine) copy_failed[i] = true;
+          continue;
+        }
+        client::Namespace peer_ns;
+        client::StoreClient* c = Peer(set.members[peer], ns, &peer_ns);
+        std::vector<client::BlockWrite> writes;
+        std::vector<size_t> which;
+        for (size_t i : mine) {
+          const size_t k = static_cast<size_t>(at[slot[i]]);
+          if (!got.status[k].ok()) continue;  // gone meanwhile (evicted, deleted)
+          // Depth and importance as put here: the owner's policies rank the copy as this
+          // node ranked the block (a copy without them ranks as a chain's root).
+          writes.push_back({hashes[i], bytes[k].data(), bytes[k].size(), got.blocks[k].depth,
+                            got.blocks[k].importance});
+          which.push_back(i);
+        }
+        if (writes.empty()) continue;
+        absl::StatusOr<client::PutResult> put =
+            c == nullptr ? absl::UnavailableError("peer unreachable")
+                         : c->Put(peer_ns, scope, writes, {.deadline = options_.call_timeout},
+                                  {.copy = true});
+        if (c != nullptr) NoteCall(set.members[peer], put.status());
+        for (size_t k = 0; k < which.size(); ++k) {
+          const absl::Status st = put.ok() ? put->blocks[k] : put.status();
+          if (IsBlockBeingWritten(st)) {
+            // Another put holds the block's reservation there and may yet give up: not a
+            // copy, so no hand-over this pass (the next one asks again).
+            copy_failed[which[k]] = true;
+          } else if (st.ok() || st.code() == absl::StatusCode::kAlreadyExists) {
+            ++copied;
+            ++confirmed[which[k]];
+          } else if (put.ok() && (st.code() == absl::StatusCode::kFailedPrecondition ||
+                                  st.code() == absl::StatusCode::kAborted)) {
+            // A writer deleted it there lately (docs/design/cluster.md, "Deletes are
+            // remembered"): not a failure, and no hand-over either.
+            copy_failed[which[k]] = true;
+          } else {
+            ++failed;
+            copy_failed[which[k]] = true;
+          }
         }
       }
+    };
+    for (bool more = true; more;) {
+      std::vector<size_t> round;             // positions in need
+      std::vector<int> at(need.size(), -1);  // position in need → position in round
+      std::vector<ChainHash> want;
+      for (size_t k = 0; k < need.size(); ++k) {
+        if (read[k]) continue;
+        at[k] = static_cast<int>(round.size());
+        round.push_back(k);
+        want.push_back(hashes[need[k]]);
+      }
+      if (round.empty()) break;
+      std::vector<std::vector<uint8_t>> bytes(want.size());
+      WarmTier::GetResult got = store_->BeginGet(
+          ns, scope, want, kReadLeaseMs,
+          [&bytes](size_t index, uint64_t size) {
+            bytes[index].resize(size);
+            return bytes[index].data();
+          },
+          options_.batch_bytes, /*promote=*/false);
+      more = false;
+      bool any_read = false;
+      for (size_t j = 0; j < round.size(); ++j) {
+        if (got.status[j].code() == absl::StatusCode::kResourceExhausted) {
+          more = true;  // past this round's bytes: the next round
+        } else {
+          read[round[j]] = true;
+          any_read = any_read || got.status[j].ok();
+        }
+      }
+      more = more && any_read;  // a round that read nothing would not do better next time
+      copy_round(got, at, bytes);
+      if (got.lease_id != 0) store_->EndGet(got.lease_id).IgnoreError();
     }
-    if (got.lease_id != 0) store_->EndGet(got.lease_id).IgnoreError();
   }
   // Hand-over: blocks this node does not own leave once every owner holds them.
   std::vector<ChainHash> drop;

@@ -38,6 +38,9 @@ struct RebalancerOptions {
   absl::Duration settle = absl::Milliseconds(500);  // after a change, before the pass starts
   absl::Duration interval = absl::Seconds(30);      // passes without any change
   size_t batch = 64;                                // blocks per peer call
+  // Block bytes a batch holds read at once (the rest wait for its next round); at least one
+  // block of max_block_bytes. The puts' requests take about as much again.
+  uint64_t batch_bytes = 64ull << 20;
   absl::Duration call_timeout = absl::Seconds(10);
   // How this node calls its peers: token (cluster_token) and TLS files, as ClientOptions.
   std::string token;

@@ -221,13 +221,17 @@ class StoreNodeImpl final : public StoreNode {
                  cluster::MembershipModeName(*mode), set->members.size(), set->epoch);
     if (*mode != cluster::MembershipMode::kSingle) {
       rebalancer_ = std::make_unique<Rebalancer>(
-          RebalancerOptions{.replicas = static_cast<int>(config_.cluster_replicas),
-                            .settle = absl::Milliseconds(config_.rebalance_settle_ms),
-                            .interval = absl::Milliseconds(config_.rebalance_interval_ms),
-                            .token = config_.cluster_token,
-                            .tls_ca = config_.tls_client_ca,
-                            .tls_cert = config_.tls_cert,
-                            .tls_key = config_.tls_key},
+          RebalancerOptions{
+              .replicas = static_cast<int>(config_.cluster_replicas),
+              .settle = absl::Milliseconds(config_.rebalance_settle_ms),
+              .interval = absl::Milliseconds(config_.rebalance_interval_ms),
+              .batch_bytes = config_.rebalance_batch_bytes != 0
+                                 ? config_.rebalance_batch_bytes
+                                 : std::max<uint64_t>(64ull << 20, config_.max_block_bytes),
+              .token = config_.cluster_token,
+              .tls_ca = config_.tls_client_ca,
+              .tls_cert = config_.tls_cert,
+              .tls_key = config_.tls_key},
           warm_.get(), membership_.get(), config_.node_id);
       service_.SetRebalancer(rebalancer_.get());
       rebalancer_ready_.store(rebalancer_.get());

@@ -160,6 +160,8 @@ class ClusterFixture : public ::testing::Test {
          R == 1 ? "64MiB" : "192MiB", "--max-block-bytes", "1MiB", "--ucx-tls", "",
          "--cluster-replicas", absl::StrCat(replicas), "--rebalance-interval", "500",
          "--rebalance-settle", kSettlingRebalancers ? "300000" : "500",
+         // 16 blocks a round: a batch of 64 copies in rounds (Rebalancer::Batch).
+         "--rebalance-batch-bytes", "1MiB",
          // A restarted node finds its cool blocks again.
          "--cool-path", absl::StrCat(dir_, "/node-", i, "-cool"), "--cool-bytes", "64MiB"});
     EXPECT_TRUE(node.ok()) << node.status();

@@ -121,6 +121,9 @@ struct NodeConfig {
   // nodes joining one after another then move each block once. At most 5 minutes: clients
   // look for blocks where earlier sets placed them for 10 minutes after a change.
   uint64_t rebalance_settle_ms = 500;
+  // Block bytes a rebalance batch holds read at once (its puts' requests about as much
+  // again); 0: 64 MiB, or max_block_bytes when larger.
+  uint64_t rebalance_batch_bytes = 0;
   uint64_t max_directory_entries = 1 << 20;  // GPU-block directory: (block, agent) entries
 
   // Admission (docs/design/security.md): at most max_concurrent_calls calls are served at
