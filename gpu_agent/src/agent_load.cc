@@ -111,25 +111,37 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
   }
   std::map<PeerKey, std::vector<size_t>> by_peer;
   std::vector<size_t> from_store;
-  auto from_peer = [&](const client::BlockLocation& loc) {
-    return !loc.peers.empty() && (options_.prefer_peers || loc.tier == client::Tier::kHot) &&
-           loc.peers.front().address != peer_address_;
-  };
+  // The peer each block is read from (null: the store): of the agents the directory lists,
+  // not this one, and one not found unreachable lately where there is such (the entries of a
+  // dead agent live until their TTL; until 2026-11-29 only the first listed was tried).
+  std::vector<const client::PeerLocation*> source(found->matched_blocks, nullptr);
+  for (size_t i = 0; i < found->matched_blocks; ++i) {
+    const client::BlockLocation& loc = found->blocks[i];
+    if (!options_.prefer_peers && loc.tier != client::Tier::kHot) continue;
+    for (const client::PeerLocation& at : loc.peers) {
+      if (at.address == peer_address_) continue;
+      if (source[i] == nullptr) source[i] = &at;  // the first, should every one be down
+      if (!RecentlyUnreachable({at.address, at.token})) {
+        source[i] = &at;
+        break;
+      }
+    }
+  }
   // One token per peer address in a load: right after the peer rotated its token, entries may
   // carry the old and the new one (it serves both for a while), and a client per token would
   // replace the other's at every load. The one a cached client uses wins, else the first.
   std::map<std::string, std::string> token_at;
   for (size_t i = 0; i < found->matched_blocks; ++i) {
-    if (!from_peer(found->blocks[i])) continue;
-    const client::PeerLocation& at = found->blocks[i].peers.front();
+    if (source[i] == nullptr) continue;
+    const client::PeerLocation& at = *source[i];
     auto [chosen, fresh] = token_at.emplace(at.address, at.token);
     if (!fresh && chosen->second != at.token && HasPeerClient({at.address, at.token})) {
       chosen->second = at.token;
     }
   }
   for (size_t i = 0; i < found->matched_blocks; ++i) {
-    if (from_peer(found->blocks[i])) {
-      const std::string& address = found->blocks[i].peers.front().address;
+    if (source[i] != nullptr) {
+      const std::string& address = source[i]->address;
       by_peer[{address, token_at[address]}].push_back(i);
     } else {
       from_store.push_back(i);

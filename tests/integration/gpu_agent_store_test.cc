@@ -1,9 +1,15 @@
 // A GPU agent's offloads and directory entries as the store sees them, with other writers and
 // readers of the same blocks about (gpu_agent_fixture.h: a real strata-storenode, the host
 // twin for the GPU).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gpu_agent_fixture.h"
 #include "grpcpp/grpcpp.h"
@@ -187,6 +193,59 @@ TEST_F(GpuAgentTest, AgentsSpellingOneScopeDifferentlyReadEachOthersBlocks) {
   EXPECT_EQ(from_peer, 8u);
   EXPECT_EQ(decode.agent->Stats().peer_fallbacks, 0u);
   EXPECT_EQ(Exact(decode, hashes, Slots(8, 8)), 8u);
+}
+
+// A loopback address that accepts connections and never answers (a hung host), open until
+// *fd is closed.
+std::string HungAddress(int* fd) {
+  *fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (*fd < 0 || bind(*fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(*fd, 16) != 0 ||
+      getsockname(*fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return "";
+  }
+  return absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+}
+
+// A block two agents advertise is read from the second once the first, listed first, was
+// found unreachable (a dead agent's entries live until their TTL). Before 2026-11-29 only
+// the first location was tried: the blocks came from the store for as long as that entry
+// lived, although a live agent held them.
+TEST_F(GpuAgentTest, ABlockListedAtADeadPeerFirstIsReadFromALiveOne) {
+  const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  Side prefill = Make(Options("second-peer", true), shape);
+  const std::vector<ChainHash> hashes = Hashes(*prefill.agent, 4, 515);
+  Reader r = ReaderOf(*node_, *prefill.agent);
+  ASSERT_NE(r.client, nullptr);
+  int fd = -1;
+  const std::string hung = HungAddress(&fd);
+  absl::Cleanup close_hung = [fd] { close(fd); };
+  ASSERT_FALSE(hung.empty());
+  const std::vector<uint64_t> sizes(hashes.size(), prefill.pool.pool().block_bytes);
+  auto published = r.client->Publish(r.ns, "", hashes, sizes, {hung, "t"}, absl::Minutes(5));
+  ASSERT_TRUE(published.ok()) << published.status();
+  // The live agent computes (and publishes) the same blocks after: listed second.
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 4))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  for (int i = 0; i < 200; ++i) {
+    auto each = r.client->LookupEach(r.ns, "", hashes);
+    if (each.ok() && (*each)[0].peers.size() == 2 && (*each)[3].peers.size() == 2) break;
+    absl::SleepFor(absl::Milliseconds(25));
+  }
+  AgentOptions impatient = Options("second-peer", false);
+  impatient.call_deadline = absl::Seconds(1);
+  impatient.peer_retry_after = absl::Minutes(1);
+  Side decode = Make(impatient, shape);
+  // The first load asks the hung peer and takes the blocks from the store.
+  ASSERT_EQ(LoadAll(decode, hashes, Slots(0, 4))->loaded_prefix(), 4u);
+  ASSERT_EQ(decode.agent->Stats().loaded_from_peer, 0u);
+  // The next one reads them from the live agent.
+  ASSERT_EQ(LoadAll(decode, hashes, Slots(4, 4))->loaded_prefix(), 4u);
+  EXPECT_EQ(decode.agent->Stats().loaded_from_peer, 4u);
+  EXPECT_EQ(Exact(decode, hashes, Slots(4, 4)), 4u);
 }
 
 }  // namespace
