@@ -152,7 +152,10 @@ class UcpTransportContext final : public Context {
     }
     std::string sealed = Seal(kRkeyTag, rkey_buf, rkey_len);
     ucp_rkey_buffer_release(rkey_buf);
-    return std::make_unique<UcpMemoryRegion>(context_, memh, attr.address, len, std::move(sealed));
+    // A registered buffer is the caller's own range: UCX reports its start aligned down to a
+    // page, which paired with `len` would leave the range's tail out.
+    void* base = params.address != nullptr ? params.address : attr.address;
+    return std::make_unique<UcpMemoryRegion>(context_, memh, base, len, std::move(sealed));
   }
 
   const std::shared_ptr<UcpContext> context_;

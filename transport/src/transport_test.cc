@@ -703,6 +703,13 @@ TEST(ContextTest, OptionsAndRegistrationErrors) {
   EXPECT_FALSE(region->Contains(buf.data() - 1, 1));
   EXPECT_FALSE(region->Contains(buf.data() + 1, SIZE_MAX));
   EXPECT_FALSE(region->PackedRkey().empty());
+  // An unaligned range is the caller's, to its last byte (UCX reports its start aligned
+  // down; until 2026-11-29 the region was that start and the caller's length, short at the
+  // tail, so blocks there took the bounce path).
+  ASSERT_OK_AND_MOVE(unaligned, ctx->Register(buf.data() + 4, 100));
+  EXPECT_EQ(unaligned->base(), buf.data() + 4);
+  EXPECT_TRUE(unaligned->Contains(buf.data() + 103, 1));
+  EXPECT_FALSE(unaligned->Contains(buf.data() + 104, 1));
   // Regions and workers keep the UCX context alive after the Context object is gone.
   ASSERT_OK_AND_MOVE(allocated, ctx->Allocate(100));
   ASSERT_OK_AND_MOVE(worker, ctx->CreateWorker());
