@@ -284,11 +284,14 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
     }
     // A source that stopped answering (hung, or gone) costs this load one call, not one per
     // batch: the rest of a peer's blocks go to the store (RunLoad) at once, and the rest of
-    // the store's fail, for the engine to recompute. So do the rest of any source's once
-    // the agent is stopping.
+    // the store's fail, for the engine to recompute. So does a busy peer (it may have kept
+    // the call waiting serve_timeout), and the rest of any source's once the agent is
+    // stopping.
     absl::Status rest;
     if (!got.ok() && (got.status().code() == absl::StatusCode::kDeadlineExceeded ||
-                      got.status().code() == absl::StatusCode::kUnavailable)) {
+                      got.status().code() == absl::StatusCode::kUnavailable ||
+                      (source == LoadSource::kPeer &&
+                       got.status().code() == absl::StatusCode::kResourceExhausted))) {
       rest = got.status();
     } else if (stop_) {
       rest = absl::CancelledError("agent stopping");

@@ -10,7 +10,7 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
                                              std::span<const ChainHash> hashes,
                                              std::span<const uint64_t> sizes,
                                              const std::string& address, const std::string& token,
-                                             absl::Duration ttl) {
+                                             absl::Duration ttl, const Admit& admit) {
   std::vector<absl::Status> out(hashes.size());
   const auto shared_token = std::make_shared<const std::string>(token);
   const absl::Time now = absl::Now();
@@ -29,6 +29,12 @@ std::vector<absl::Status> Directory::Publish(NamespaceId ns, const std::string& 
       Count(scope, -static_cast<int64_t>(before - v.size()));
       if (v.empty()) map_.erase(it);
       continue;
+    }
+    if (admit) {
+      if (absl::Status ok = admit(key); !ok.ok()) {
+        out[i] = std::move(ok);
+        continue;
+      }
     }
     if (it != map_.end()) {
       auto e = std::find_if(it->second.begin(), it->second.end(),

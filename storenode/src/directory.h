@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -45,11 +46,16 @@ class Directory {
         max_per_scope_(std::max<uint64_t>(1, max_entries / 4)) {}
 
   // Publishes (ttl > 0: adds, or refreshes size and token) or removes (ttl == 0) the entry of
-  // `address` for each key. Returns per key OK or RESOURCE_EXHAUSTED (directory full).
+  // `address` for each key. Returns per key OK, RESOURCE_EXHAUSTED (directory full), or what
+  // `admit` (when given) answers for a key it refuses to add: it is asked under the
+  // directory's lock, so a Remove of the key that follows a change `admit` sees (a writer's
+  // delete) cannot come between its answer and the insert.
+  using Admit = std::function<absl::Status(const BlockKey&)>;
   std::vector<absl::Status> Publish(NamespaceId ns, const std::string& scope,
                                     std::span<const ChainHash> hashes,
                                     std::span<const uint64_t> sizes, const std::string& address,
-                                    const std::string& token, absl::Duration ttl);
+                                    const std::string& token, absl::Duration ttl,
+                                    const Admit& admit = nullptr);
   // Drops every location of each key (a writer deleted the blocks); returns how many.
   uint64_t Remove(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
   // Live locations of one block (empty: none).

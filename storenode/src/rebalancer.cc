@@ -316,16 +316,18 @@ void Rebalancer::Batch(const cluster::MemberSet& set, int replicas, NamespaceId 
           },
           options_.batch_bytes, /*promote=*/false);
       more = false;
-      bool any_read = false;
+      bool settled = false;  // some block read, or found gone, in this round
       for (size_t j = 0; j < round.size(); ++j) {
         if (got.status[j].code() == absl::StatusCode::kResourceExhausted) {
           more = true;  // past this round's bytes: the next round
         } else {
           read[round[j]] = true;
-          any_read = any_read || got.status[j].ok();
+          settled = true;
         }
       }
-      more = more && any_read;  // a round that read nothing would not do better next time
+      // A round that settled nothing would not do better next time; one while stopping
+      // makes no peer call (copy_round marks its blocks failed), nor does the next.
+      more = more && settled && !Stopping();
       copy_round(got, at, bytes);
       if (got.lease_id != 0) store_->EndGet(got.lease_id).IgnoreError();
     }

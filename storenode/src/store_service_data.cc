@@ -363,18 +363,25 @@ grpc::Status StoreServiceImpl::PutData(grpc::ServerContext* ctx, const v1::PutDa
 
 void StoreServiceImpl::ConsumeTagged(const grpc::ServerContext* ctx, const v1::PutDataRequest& req,
                                      absl::Time deadline) {
-  // A client's messages follow its request at once: a live one's have come by then, and a
-  // refused call holds its call slot no longer, however far off its deadline. The receives
-  // are withdrawn then (aborted, not timed out: the channel stays open), and the sweep drops
-  // what comes after.
-  constexpr absl::Duration kRefusedDrain = absl::Seconds(2);
+  // A client's messages follow its request at once: a live one's have come by then (2 s, and
+  // the declared bytes at 64 MiB/s), and a refused call holds its call slot no longer,
+  // however far off its deadline. Its receives are withdrawn then (aborted, not timed out:
+  // the channel stays open, unless a message was still arriving: then the transport closes
+  // it), and the sweep drops what comes after.
+  uint64_t declared = 0;
+  for (const v1::PutBlock& b : req.blocks()) {
+    declared = std::min<uint64_t>(config_.max_transfer_bytes,
+                                  declared + std::min<uint64_t>(b.size(), uint64_t{1} << 40));
+  }
+  const absl::Duration drain =
+      absl::Seconds(2) + absl::Seconds(static_cast<double>(declared) / (64 << 20));
   const std::vector<uint64_t> tags = MessageTags(req, req.tags_size());
   std::vector<transport::TransferOp> ops;
   for (uint64_t tag : tags) {
     ops.push_back(transport::TransferOp::Recv(data_plane_->discard_buffer(req.lane()),
                                               data_plane_->discard_bytes(), tag));
   }
-  CancelWatch::Scope watch(&cancel_watch_, ctx, absl::Now() + kRefusedDrain);
+  CancelWatch::Scope watch(&cancel_watch_, ctx, absl::Now() + drain);
   absl::Status drained = data_plane_->Transfer(req.channel_id(), req.lane(), ops, deadline, nullptr,
                                                watch.cancelled());
   if (!drained.ok()) data_plane_->NoteRefused(req.channel_id(), req.lane(), tags);
@@ -480,9 +487,10 @@ grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDa
   if (absl::Status s = RoutedKeys(ctx, *req, Access::kRead, &hashes, &scope, &who); !s.ok()) {
     return call.Done(s);
   }
-  if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
+  // The tenant's place first: a call refused for it spends none of its lookup budget.
   TenantCalls::Slot tenant_slot;
   if (absl::Status s = EnterDataCall(who, &tenant_slot); !s.ok()) return call.Done(s);
+  if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
   const int n = static_cast<int>(hashes.size());
   const bool two_sided = req->tags_size() > 0;
   if (two_sided) {

@@ -212,26 +212,16 @@ grpc::Status StoreServiceImpl::Publish(grpc::ServerContext* ctx, const v1::Publi
   std::vector<uint64_t> sizes(req->sizes().begin(), req->sizes().end());
   NoteWrite(scope);
   // A block a writer deleted lately is not advertised again from a GPU that still holds it
-  // (its agent stops refreshing it on this answer); removals always pass.
-  std::vector<ChainHash> allowed;
-  std::vector<uint64_t> allowed_sizes;
-  std::vector<absl::Status> results(hashes.size());
-  std::vector<size_t> at;
-  for (size_t i = 0; i < hashes.size(); ++i) {
-    if (req->ttl_ms() > 0 &&
-        store_->DeletedLately(BlockKey{req->namespace_id(), scope, hashes[i]})) {
-      results[i] = absl::FailedPreconditionError(
-          absl::StrCat("chain_hashes[", i, "]: deleted by a writer lately; not published"));
-      continue;
-    }
-    allowed.push_back(hashes[i]);
-    if (!sizes.empty()) allowed_sizes.push_back(sizes[i]);
-    at.push_back(i);
-  }
-  std::vector<absl::Status> published =
-      directory_.Publish(req->namespace_id(), scope, allowed, allowed_sizes, req->location(),
-                         req->location_token(), absl::Milliseconds(req->ttl_ms()));
-  for (size_t k = 0; k < at.size(); ++k) results[at[k]] = published[k];
+  // (its agent stops refreshing it on this answer); removals always pass. Delete drops the
+  // entries after it remembers the delete: asked under the directory's lock, so one of the
+  // two always wins.
+  std::vector<absl::Status> results = directory_.Publish(
+      req->namespace_id(), scope, hashes, sizes, req->location(), req->location_token(),
+      absl::Milliseconds(req->ttl_ms()), [this](const BlockKey& key) {
+        if (!store_->DeletedLately(key)) return absl::OkStatus();
+        return absl::FailedPreconditionError(absl::StrCat(
+            "block ", key.hash.ToHex(), ": deleted by a writer lately; not published"));
+      });
   for (const absl::Status& st : results) ToBlockStatus(st, resp->add_results());
   return call.Done(absl::OkStatus());
 }
