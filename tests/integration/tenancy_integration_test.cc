@@ -618,10 +618,11 @@ TEST_F(TenancyTest, DataCallsAreCappedPerTenant) {
   for (uint32_t i = 0; i < 2; ++i) {
     held.push_back(std::make_unique<grpc::ClientContext>());
     held.back()->set_deadline(In(60));
-    holders.emplace_back([&, i] {
+  }
+  for (uint32_t i = 0; i < 2; ++i) {
+    holders.emplace_back([&, i, ctx = held[i].get()] {
       v1::PutDataResponse resp;
-      held_codes[i] =
-          stub->PutData(held[i].get(), StalledPut(raw, a.ns, 91 + i, i + 1), &resp).error_code();
+      held_codes[i] = stub->PutData(ctx, StalledPut(raw, a.ns, 91 + i, i + 1), &resp).error_code();
     });
   }
   // Both wait in their transfers once their blocks are reserved.
