@@ -73,6 +73,7 @@ using worker_state::OnlyReceives;
 using worker_state::OnRecvRequestDone;
 using worker_state::OnTransferRequestDone;
 using worker_state::OpSlot;
+using worker_state::Retire;
 using worker_state::ShuttingDown;
 using worker_state::TransferResult;
 using worker_state::Unusable;
@@ -599,11 +600,10 @@ class UcpWorker final : public Worker {
         t->aborted = true;
         CancelReceives(t);
         // Sends and one-sided ops cannot be withdrawn: retire the endpoint now.
-        if (!OnlyReceives(*t->cmd)) {
+        if (!OnlyReceives(*t->cmd))
           Retire(t, now, "a transfer was aborted");
-        } else {
+        else
           t->abort_close_at = now + kAbortedReceiveGrace;
-        }
       }
       if (t->aborted && !t->deadline_hit && t->outstanding > 0 && now >= t->abort_close_at) {
         // A cancel withdraws only receives no message has matched yet: one whose message was
@@ -639,19 +639,6 @@ class UcpWorker final : public Worker {
         t->abandon_at = now + kAbandonAfterForceClose;
       }
       ++i;
-    }
-  }
-
-  // Marks t's endpoint unusable (UNAVAILABLE until reconnected, saying `why`) and has
-  // ServiceTransfers force-close it at `force_close_at`.
-  void Retire(InFlightTransfer* t, absl::Time force_close_at, std::string_view why) {
-    t->deadline_hit = true;
-    t->force_close_at = force_close_at;
-    Endpoint* e = t->endpoint;
-    if (e->failure.ok()) {
-      e->failure = absl::UnavailableError(absl::StrCat("endpoint ", e->id, " was retired when ",
-                                                       absl::string_view(why.data(), why.size()),
-                                                       "; reconnect"));
     }
   }
 

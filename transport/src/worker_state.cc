@@ -51,6 +51,17 @@ absl::Status TransferResult(const InFlightTransfer& t) {
   return s;
 }
 
+void Retire(InFlightTransfer* t, absl::Time force_close_at, std::string_view why) {
+  t->deadline_hit = true;
+  t->force_close_at = force_close_at;
+  Endpoint* e = t->endpoint;
+  if (e->failure.ok()) {
+    e->failure = absl::UnavailableError(absl::StrCat("endpoint ", e->id, " was retired when ",
+                                                     absl::string_view(why.data(), why.size()),
+                                                     "; reconnect"));
+  }
+}
+
 bool AnyPastDeadline(std::span<const std::unique_ptr<InFlightTransfer>> in_flight, absl::Time now) {
   for (const auto& t : in_flight) {
     if (!t->deadline_hit && now >= t->cmd->deadline) return true;

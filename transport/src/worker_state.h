@@ -217,6 +217,9 @@ inline void OnRecvRequestDone(void* request, ucs_status_t status, const ucp_tag_
 // DEADLINE_EXCEEDED (its deadline retired the endpoint), UNAVAILABLE (its endpoint failed or
 // was force-closed under it), another code from UCX's first error, or OK.
 absl::Status TransferResult(const InFlightTransfer& t);
+// Marks t's endpoint unusable (UNAVAILABLE until reconnected, saying `why`) and has the
+// worker force-close it at `force_close_at` (UcpWorker::ServiceTransfers).
+void Retire(InFlightTransfer* t, absl::Time force_close_at, std::string_view why);
 
 // Why endpoint `e` cannot take transfers (UNAVAILABLE: failed or closed), or OK.
 absl::Status Unusable(const Endpoint& e);
