@@ -115,13 +115,17 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
   // not this one, and one not found unreachable lately where there is such (the entries of a
   // dead agent live until their TTL; until 2026-11-29 only the first listed was tried).
   std::vector<const client::PeerLocation*> source(found->matched_blocks, nullptr);
+  std::map<PeerKey, bool> down;  // asked once per location, not once per block
   for (size_t i = 0; i < found->matched_blocks; ++i) {
     const client::BlockLocation& loc = found->blocks[i];
     if (!options_.prefer_peers && loc.tier != client::Tier::kHot) continue;
     for (const client::PeerLocation& at : loc.peers) {
       if (at.address == peer_address_) continue;
       if (source[i] == nullptr) source[i] = &at;  // the first, should every one be down
-      if (!RecentlyUnreachable({at.address, at.token})) {
+      const PeerKey key{at.address, at.token};
+      auto [known, fresh] = down.try_emplace(key, false);
+      if (fresh) known->second = RecentlyUnreachable(key);
+      if (!known->second) {
         source[i] = &at;
         break;
       }

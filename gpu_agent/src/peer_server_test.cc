@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -383,6 +384,27 @@ TEST(PeerServerTest, RequestsLargerThanAReadCanBeAreRefusedUnread) {
   EXPECT_EQ((*server)->blocks_served(), 1u);
 }
 
+// A gather as slow as `delay` (an engine copy under load) that fills the region; `started`,
+// when given, runs first.
+GatherFn SlowGather(uint64_t block_bytes, absl::Duration delay,
+                    std::function<void()> started = nullptr) {
+  return [=](std::span<const ChainHash> hashes, uint8_t* out, uint64_t*) {
+    if (started) started();
+    absl::SleepFor(delay);
+    std::memset(out, 0x5a, hashes.size() * block_bytes);
+    return std::vector<absl::Status>(hashes.size());
+  };
+}
+
+// A BeginGet of one block with its payload inline.
+v1::BeginGetRequest OneBlockInline() {
+  v1::BeginGetRequest get;
+  get.set_namespace_id(1);
+  get.set_include_payload(true);
+  get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
+  return get;
+}
+
 // Readers that pile up on a slow agent (a gather that takes 300 ms, 64 readers at once with a
 // 1 s deadline): a few are served in turn and the rest are refused at once (RESOURCE_EXHAUSTED:
 // read from the store), rather than each waiting out its whole deadline for the serve region
@@ -392,20 +414,11 @@ TEST(PeerServerTest, ReadersPilingUpAreRefusedNotQueuedPastTheirDeadline) {
   PeerServerOptions o = Options();
   o.ucx_tls = "";  // inline reads
   std::vector<uint8_t> region(o.max_blocks * o.block_bytes);
-  std::atomic<int> gathers{0};
-  auto server = PeerServer::Start(o, region.data(),
-                                  [&](std::span<const ChainHash> hashes, uint8_t* out, uint64_t*) {
-                                    gathers.fetch_add(1);
-                                    absl::SleepFor(absl::Milliseconds(300));
-                                    std::memset(out, 0x5a, hashes.size() * o.block_bytes);
-                                    return std::vector<absl::Status>(hashes.size());
-                                  });
+  auto server =
+      PeerServer::Start(o, region.data(), SlowGather(o.block_bytes, absl::Milliseconds(300)));
   ASSERT_THAT(server, IsOk());
   auto stub = StubFor(**server);
-  v1::BeginGetRequest get;
-  get.set_namespace_id(1);
-  get.set_include_payload(true);
-  get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
+  const v1::BeginGetRequest get = OneBlockInline();
   constexpr int kReaders = 64;
   std::vector<grpc::StatusCode> codes(kReaders);
   std::vector<std::thread> readers;
@@ -438,18 +451,12 @@ TEST(PeerServerTest, AReaderKeptWaitingByAnotherIsToldBusyNotTimedOut) {
   std::vector<uint8_t> region(o.max_blocks * o.block_bytes);
   absl::Notification gathering;
   auto server = PeerServer::Start(o, region.data(),
-                                  [&](std::span<const ChainHash> hashes, uint8_t* out, uint64_t*) {
+                                  SlowGather(o.block_bytes, absl::Milliseconds(1500), [&gathering] {
                                     if (!gathering.HasBeenNotified()) gathering.Notify();
-                                    absl::SleepFor(absl::Milliseconds(1500));
-                                    std::memset(out, 0x5a, hashes.size() * o.block_bytes);
-                                    return std::vector<absl::Status>(hashes.size());
-                                  });
+                                  }));
   ASSERT_THAT(server, IsOk());
   auto stub = StubFor(**server);
-  v1::BeginGetRequest get;
-  get.set_namespace_id(1);
-  get.set_include_payload(true);
-  get.add_chain_hashes(std::string(kChainHashBytes, '\x07'));
+  const v1::BeginGetRequest get = OneBlockInline();
   std::thread first([&] {
     auto ctx = As(kToken);
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

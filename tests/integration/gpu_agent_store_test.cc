@@ -101,6 +101,17 @@ size_t Advertised(Reader& r, const std::vector<ChainHash>& hashes) {
   return n;
 }
 
+// How many of `hashes` are advertised once `want` are, or 5 s passed (publishes go out after
+// the offload that Flush waits for).
+size_t AdvertisedSoon(Reader& r, const std::vector<ChainHash>& hashes, size_t want) {
+  size_t n = Advertised(r, hashes);
+  for (int i = 0; i < 200 && n < want; ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+    n = Advertised(r, hashes);
+  }
+  return n;
+}
+
 // A writer's Delete reaches the blocks a GPU agent holds too: the node drops their directory
 // entries and refuses them while it remembers the delete, and the agent stops refreshing and
 // serving them. Before 2026-11-29 a Lookup after the Delete still matched them (hot) and a
@@ -116,8 +127,7 @@ TEST_F(GpuAgentTest, ADeletedBlockIsNoLongerAdvertisedOrServedFromAGpu) {
   ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
   Reader r = ReaderOf(*node_, *prefill.agent);
   ASSERT_NE(r.client, nullptr);
-  for (int i = 0; i < 200 && Advertised(r, hashes) < 8; ++i) absl::SleepFor(absl::Milliseconds(25));
-  ASSERT_EQ(Advertised(r, hashes), 8u);
+  ASSERT_EQ(AdvertisedSoon(r, hashes, 8), 8u);
   const std::vector<ChainHash> tail(hashes.begin() + 4, hashes.end());
   auto deleted = r.client->Delete(r.ns, "", tail);
   ASSERT_TRUE(deleted.ok()) << deleted.status();
@@ -151,8 +161,7 @@ TEST_F(GpuAgentTest, AnEntryPublishedAgainOutlivesTheRemovalQueuedBeforeIt) {
   ASSERT_TRUE(s.agent->Flush(absl::Seconds(30)).ok());
   Reader r = ReaderOf(**node, *s.agent);
   ASSERT_NE(r.client, nullptr);
-  for (int i = 0; i < 200 && Advertised(r, hashes) < 4; ++i) absl::SleepFor(absl::Milliseconds(25));
-  ASSERT_EQ(Advertised(r, hashes), 4u);
+  ASSERT_EQ(AdvertisedSoon(r, hashes, 4), 4u);
   {
     // The node stops answering, so the second copies' put is in flight when slots 0..3 go.
     testutil::Freeze frozen((*node)->pid());
@@ -183,8 +192,7 @@ TEST_F(GpuAgentTest, AgentsSpellingOneScopeDifferentlyReadEachOthersBlocks) {
   ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
   Reader r = ReaderOf(*node_, *prefill.agent);
   ASSERT_NE(r.client, nullptr);
-  for (int i = 0; i < 200 && Advertised(r, hashes) < 8; ++i) absl::SleepFor(absl::Milliseconds(25));
-  ASSERT_EQ(Advertised(r, hashes), 8u);
+  ASSERT_EQ(AdvertisedSoon(r, hashes, 8), 8u);
   auto loaded = LoadAll(decode, hashes, Slots(8, 8));
   size_t from_peer = 0;
   for (const BlockLoad& b : loaded->blocks()) {
