@@ -91,11 +91,13 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // was written to shared).
   bool SharedFirst(const std::string& scope) const;
   // Every block on its own (each_block) or the present prefix, shared first where it applies
-  // (not with `exact`: LookupRequest.exact_scope).
+  // (not with `exact`: LookupRequest.exact_scope). Touches what it finds; counts hits and
+  // misses unless !count.
   std::vector<std::optional<WarmTier::BlockMeta>> FindBlocks(NamespaceId ns,
                                                              const std::string& scope,
                                                              std::span<const ChainHash> hashes,
-                                                             bool each_block, bool exact = false);
+                                                             bool each_block, bool exact = false,
+                                                             bool count = true);
   // A read's blocks grouped by the scope holding them: those in `shared` first, the rest in
   // `scope`; one group (the request's scope) where shared is not consulted.
   struct ScopeGroup {

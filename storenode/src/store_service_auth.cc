@@ -70,36 +70,48 @@ bool StoreServiceImpl::SharedFirst(const std::string& scope) const {
 
 std::vector<std::optional<WarmTier::BlockMeta>> StoreServiceImpl::FindBlocks(
     NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes, bool each_block,
-    bool exact) {
+    bool exact, bool count) {
   std::vector<std::optional<WarmTier::BlockMeta>> found;
   if (exact || !SharedFirst(scope)) {
-    if (each_block) return store_->LookupEach(ns, scope, hashes);
-    std::vector<WarmTier::BlockMeta> prefix = store_->Lookup(ns, scope, hashes);
+    if (each_block) return store_->LookupEach(ns, scope, hashes, count);
+    std::vector<WarmTier::BlockMeta> prefix = store_->Lookup(ns, scope, hashes, count);
     found.assign(prefix.begin(), prefix.end());
     return found;
   }
-  // Counted once per block, below: a hit in either scope, else a miss.
-  found = store_->LookupEach(ns, std::string(kSharedScope), hashes, /*count=*/false);
-  std::vector<size_t> missing;
-  std::vector<ChainHash> rest;
-  for (size_t i = 0; i < found.size(); ++i) {
-    if (found[i].has_value()) continue;
-    missing.push_back(i);
-    rest.push_back(hashes[i]);
+  if (each_block) {
+    // Counted once per block, below: a hit in either scope, else a miss.
+    found = store_->LookupEach(ns, std::string(kSharedScope), hashes, /*count=*/false);
+    std::vector<size_t> missing;
+    std::vector<ChainHash> rest;
+    for (size_t i = 0; i < found.size(); ++i) {
+      if (found[i].has_value()) continue;
+      missing.push_back(i);
+      rest.push_back(hashes[i]);
+    }
+    if (!rest.empty()) {
+      std::vector<std::optional<WarmTier::BlockMeta>> own =
+          store_->LookupEach(ns, scope, rest, /*count=*/false);
+      for (size_t k = 0; k < missing.size(); ++k) found[missing[k]] = own[k];
+    }
+  } else {
+    // The prefix as runs in shared and in `scope` in turn, shared first, until neither goes
+    // on. Blocks past its end are not touched (eviction goes by recency: a prefix looked up
+    // behind a gap must not keep them) nor counted. Within a run of `scope` a block shared also
+    // holds is answered from `scope`: the same hash in one namespace, so the same block.
+    bool in_shared = true;
+    for (int runs = 0; found.size() < hashes.size(); ++runs, in_shared = !in_shared) {
+      std::vector<WarmTier::BlockMeta> run =
+          store_->Lookup(ns, in_shared ? std::string(kSharedScope) : scope,
+                         hashes.subspan(found.size()), /*count=*/false);
+      if (run.empty() && runs > 0) break;  // both scopes miss the next block
+      found.insert(found.end(), run.begin(), run.end());
+    }
   }
-  if (!rest.empty()) {
-    std::vector<std::optional<WarmTier::BlockMeta>> own =
-        store_->LookupEach(ns, scope, rest, /*count=*/false);
-    for (size_t k = 0; k < missing.size(); ++k) found[missing[k]] = own[k];
+  if (count) {
+    const uint64_t hits =
+        std::count_if(found.begin(), found.end(), [](const auto& m) { return m.has_value(); });
+    store_->CountLookups(hits, hashes.size() - hits);
   }
-  if (!each_block) {
-    size_t matched = 0;
-    while (matched < found.size() && found[matched].has_value()) ++matched;
-    found.resize(matched);
-  }
-  const uint64_t hits =
-      std::count_if(found.begin(), found.end(), [](const auto& m) { return m.has_value(); });
-  store_->CountLookups(hits, hashes.size() - hits);
   return found;
 }
 

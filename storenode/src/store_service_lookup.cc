@@ -1,5 +1,6 @@
 // Lookup and Publish: which blocks a node holds, and where agents hold blocks in GPU memory
 // (the directory).
+#include <algorithm>
 #include <cstring>
 #include <string_view>
 
@@ -125,9 +126,33 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
   }
   // A prefix may continue in agents' GPU memory (the directory): block by block, with the
   // publishers of each block.
-  std::vector<std::optional<WarmTier::BlockMeta>> each =
-      FindBlocks(req->namespace_id(), scope, hashes, /*each_block=*/true, req->exact_scope());
+  const NamespaceId ns = req->namespace_id();
   const bool shared_first = SharedFirst(scope) && !req->exact_scope();
+  auto publishers = [&](size_t i) {
+    std::vector<Directory::Location> peers = directory_.Find({ns, scope, hashes[i]});
+    if (peers.empty() && shared_first) {
+      peers = directory_.Find({ns, std::string(kSharedScope), hashes[i]});
+    }
+    return peers;
+  };
+  std::vector<std::optional<WarmTier::BlockMeta>> each;
+  if (req->each_block()) {
+    each = FindBlocks(ns, scope, hashes, /*each_block=*/true, req->exact_scope());
+  } else {
+    // The store's prefix, asked again after each block only GPUs hold: blocks past where the
+    // prefix ends are neither touched nor counted (one LookupEach of all of them was).
+    while (each.size() < hashes.size()) {
+      std::vector<std::optional<WarmTier::BlockMeta>> run =
+          FindBlocks(ns, scope, std::span(hashes).subspan(each.size()), /*each_block=*/false,
+                     req->exact_scope(), /*count=*/false);
+      each.insert(each.end(), run.begin(), run.end());
+      if (each.size() == hashes.size() || publishers(each.size()).empty()) break;
+      each.emplace_back();  // in GPU memory only
+    }
+    const uint64_t hits =
+        std::count_if(each.begin(), each.end(), [](const auto& m) { return m.has_value(); });
+    store_->CountLookups(hits, hashes.size() - hits);
+  }
   uint32_t present = 0;
   // Up to 8 publishers a block, each with an address and a token (384 bytes at most): a reply
   // of max_keys_per_call blocks can take megabytes, so while the handler builds it, it holds
@@ -138,12 +163,8 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
   constexpr uint64_t kLocationBytes = 112;  // two string objects and their heap headers
   InflightBytes reply(&admission_, 0);
   uint64_t reply_bytes = 0;
-  for (size_t i = 0; i < hashes.size(); ++i) {
-    std::vector<Directory::Location> peers =
-        directory_.Find({req->namespace_id(), scope, hashes[i]});
-    if (peers.empty() && shared_first) {
-      peers = directory_.Find({req->namespace_id(), std::string(kSharedScope), hashes[i]});
-    }
+  for (size_t i = 0; i < each.size(); ++i) {
+    std::vector<Directory::Location> peers = publishers(i);
     if (!each[i].has_value() && peers.empty() && !req->each_block()) break;  // prefix ends
     reply_bytes += kBlockInfoBytes;
     for (const Directory::Location& p : peers) {

@@ -382,8 +382,9 @@ WarmTier::LowerTierProbe TieredStore::DiskProbe() {
 }
 
 std::vector<WarmTier::BlockMeta> TieredStore::Lookup(NamespaceId ns, const std::string& scope,
-                                                     std::span<const ChainHash> hashes) {
-  return warm_->Lookup(ns, scope, hashes, DiskProbe());
+                                                     std::span<const ChainHash> hashes,
+                                                     bool count) {
+  return warm_->Lookup(ns, scope, hashes, DiskProbe(), count);
 }
 
 std::vector<std::optional<WarmTier::BlockMeta>> TieredStore::LookupEach(

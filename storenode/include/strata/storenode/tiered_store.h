@@ -90,9 +90,10 @@ class TieredStore {
   absl::StatusOr<NamespaceId> RegisterNamespace(const NamespaceSpec& spec);
   absl::StatusOr<NamespaceSpec> GetNamespace(NamespaceId id) const;
 
-  // Longest prefix present in any tier; each block's tier in BlockMeta::tier.
+  // Longest prefix present in any tier; each block's tier in BlockMeta::tier. `count`: as
+  // WarmTier's.
   std::vector<WarmTier::BlockMeta> Lookup(NamespaceId ns, const std::string& scope,
-                                          std::span<const ChainHash> hashes);
+                                          std::span<const ChainHash> hashes, bool count = true);
   // Every block on its own, any tier (nullopt where absent). `count`: as WarmTier's.
   std::vector<std::optional<WarmTier::BlockMeta>> LookupEach(NamespaceId ns,
                                                              const std::string& scope,
