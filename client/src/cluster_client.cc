@@ -251,8 +251,11 @@ class ClusterStoreClient final : public StoreClient {
                                 std::span<const BlockRead> blocks, const CallOptions& call,
                                 const GetOptions& get) override {
     if (absl::Status s = CheckReads(blocks); !s.ok()) return s;
-    return WithFreshEpoch(call,
-                          [&](absl::Time end) { return GetOnce(ns, scope, blocks, end, get); });
+    bool late = false;  // an attempt of a first run, ended by a stale epoch, counts too
+    absl::StatusOr<GetResult> r = WithFreshEpoch(
+        call, [&](absl::Time end) { return GetOnce(ns, scope, blocks, end, get, &late); });
+    if (r.ok()) r->may_land_late = late;
+    return r;
   }
 
   absl::StatusOr<uint64_t> Delete(const Namespace& ns, std::string_view scope,
@@ -357,15 +360,6 @@ class ClusterStoreClient final : public StoreClient {
   }
   static CallOptions Left(absl::Time end) {
     return {.deadline = std::max(absl::Milliseconds(1), end - absl::Now())};
-  }
-  // Where one attempt on a node ends when `left` different candidates (that node's
-  // included) remain for each block it is asked about, at the fewest: an even share of the
-  // time left, so that a node that hangs leaves the next replica time to answer. A call with
-  // a block on its last candidate gets all of it.
-  static absl::Time AttemptEnd(absl::Time end, size_t left) {
-    const absl::Time now = absl::Now();
-    if (left <= 1 || left == SIZE_MAX || end <= now) return end;  // SIZE_MAX: no block
-    return now + (end - now) / static_cast<int64_t>(std::min<size_t>(left, 64));
   }
 
   // Runs op, and once more after a refresh of the member set if a node found its epoch stale.
@@ -659,13 +653,14 @@ class ClusterStoreClient final : public StoreClient {
 
   absl::StatusOr<GetResult> GetOnce(const Namespace& ns, std::string_view scope,
                                     std::span<const BlockRead> blocks, absl::Time end,
-                                    const GetOptions& get) {
+                                    const GetOptions& get, bool* late) {
     std::shared_ptr<const MemberSet> set = membership_->Current();
     const std::vector<std::shared_ptr<const MemberSet>> prev = RecentPrevious(*set);
     const size_t n = blocks.size();
     GetResult out;
     out.blocks.assign(n, absl::NotFoundError("block not stored"));
     out.sizes.assign(n, 0);
+    out.checksums.assign(n, 0);
     const int replicas = Replicas(*set);
     std::vector<std::vector<int>> cand(n);
     const std::vector<bool> slow = nodes_.SlowNow(set->members);
@@ -702,6 +697,7 @@ class ClusterStoreClient final : public StoreClient {
             stop < end);
         absl::MutexLock lock(&mu);
         verdict.Note(r.status());
+        if (r.ok() && r->may_land_late) *late = true;
         for (size_t k = 0; k < idx.size(); ++k) {
           size_t i = idx[k];
           ++tried[i];
@@ -710,8 +706,14 @@ class ClusterStoreClient final : public StoreClient {
             done[i] = true;
             out.blocks[i] = absl::OkStatus();
             out.sizes[i] = r->sizes[k];
+            out.checksums[i] = r->checksums[k];
             continue;
           }
+          // An attempt given up on (cut short for the next replica, or the node stalled) may
+          // still write into the buffer after another replica's bytes were verified there.
+          *late |= st.code() == absl::StatusCode::kDeadlineExceeded ||
+                   st.code() == absl::StatusCode::kUnavailable ||
+                   st.code() == absl::StatusCode::kCancelled;
           if (st.code() == absl::StatusCode::kNotFound) {
             // Read-repair puts to current owners only. Their tries come first, unless slow
             // ones were moved back: then the owners are computed.
@@ -750,7 +752,14 @@ class ClusterStoreClient final : public StoreClient {
     }
     ForEachGroup(groups, [&](int node, const std::vector<size_t>& idx) {
       std::vector<BlockWrite> writes;
-      for (size_t i : idx) writes.push_back({blocks[i].hash, blocks[i].buffer, got.sizes[i]});
+      // With the checksum the bytes were verified against: a buffer changed since (a late
+      // write) is refused by the owner, not stored there under a checksum of its own.
+      for (size_t i : idx) {
+        writes.push_back({.hash = blocks[i].hash,
+                          .data = blocks[i].buffer,
+                          .size = got.sizes[i],
+                          .checksum = got.checksums[i]});
+      }
       WithNode(set, node, end, [&](GrpcStoreClient& c) {
         return c.Put(ns, scope, writes, Left(end), {.copy = true});
       }).IgnoreError();
@@ -779,18 +788,7 @@ class ClusterStoreClient final : public StoreClient {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<StoreClient>> ConnectCluster(const ClientOptions& options) {
-  if (!options.etcd_endpoints.empty() && !options.cluster_members.empty()) {
-    return absl::InvalidArgumentError("etcd_endpoints and cluster_members: choose one");
-  }
-  if (options.replicas < 0 || options.replicas > 16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("replicas: ", options.replicas, ", want 0 (the nodes') or 1..16"));
-  }
-  if (options.write_quorum < 0 ||
-      (options.replicas > 0 && options.write_quorum > options.replicas)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("write_quorum: ", options.write_quorum, ", want 0..replicas (0 = all)"));
-  }
+  if (absl::Status s = CheckClusterOptions(options); !s.ok()) return s;
   auto client = std::make_unique<ClusterStoreClient>(options);
   if (absl::Status s = client->Start(); !s.ok()) return s;
   return std::unique_ptr<StoreClient>(std::move(client));

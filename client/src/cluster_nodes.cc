@@ -273,4 +273,20 @@ std::string ClusterNodes::FirstDescription() const {
   return "";
 }
 
+absl::Status CheckClusterOptions(const ClientOptions& options) {
+  if (!options.etcd_endpoints.empty() && !options.cluster_members.empty()) {
+    return absl::InvalidArgumentError("etcd_endpoints and cluster_members: choose one");
+  }
+  if (options.replicas < 0 || options.replicas > 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("replicas: ", options.replicas, ", want 0 (the nodes') or 1..16"));
+  }
+  if (options.write_quorum < 0 ||
+      (options.replicas > 0 && options.write_quorum > options.replicas)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("write_quorum: ", options.write_quorum, ", want 0..replicas (0 = all)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace strata::client::internal

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpc_store_client.h"
 #include "strata/cluster/membership.h"
@@ -99,6 +100,9 @@ class ClusterNodes {
   std::vector<NamespaceSpec> specs_ ABSL_GUARDED_BY(mu_);
 };
 
+// A cluster client's own options: INVALID_ARGUMENT naming the one out of range.
+absl::Status CheckClusterOptions(const ClientOptions& options);
+
 // How many candidates a block has left to share a deadline over: the different nodes among
 // cand[from, to) (to: at most cand.size()) that are not slow, the one at `from` always
 // counted (a node asked twice while blocks move counts once; a slow one is asked last, with
@@ -114,6 +118,16 @@ inline size_t DistinctLeft(const std::vector<int>& cand, size_t from, const std:
     n += first_time && (k == from || !slow[cand[k]]);
   }
   return n;
+}
+
+// Where one attempt on a node ends when `left` different candidates (that node's included)
+// remain for each block it is asked about, at the fewest (DistinctLeft): an even share of the
+// time left, so that a node that hangs leaves the next replica time to answer. A call with a
+// block on its last candidate gets all of it.
+inline absl::Time AttemptEnd(absl::Time end, size_t left) {
+  const absl::Time now = absl::Now();
+  if (left <= 1 || left == SIZE_MAX || end <= now) return end;  // SIZE_MAX: no block
+  return now + (end - now) / static_cast<int64_t>(std::min<size_t>(left, 64));
 }
 
 // Moves the slow members (ClusterNodes::SlowNow) to the end of a read's candidates, the

@@ -321,7 +321,7 @@ v1::PutDataRequest GrpcStoreClient::PutDataRequestFor(const Namespace& ns, const
     b->set_size(w.size);
     b->set_depth(w.depth);
     b->set_importance(w.importance);
-    if (checksums) req.add_checksums(BlockChecksum(w.data, w.size));
+    if (checksums) req.add_checksums(ChecksumOf(w));
   }
   return req;
 }
@@ -360,9 +360,10 @@ absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string
                                           const std::vector<Placement>& placed,
                                           std::pair<size_t, size_t> range, uint32_t lane,
                                           bool two_sided, Clock::time_point deadline, bool promote,
-                                          GetResult* result) {
+                                          GetResult* result, char* late) {
   if (two_sided) {
-    return GetDataPartTwoSided(ns, scope, blocks, placed, range, lane, deadline, promote, result);
+    return GetDataPartTwoSided(ns, scope, blocks, placed, range, lane, deadline, promote, result,
+                               late);
   }
   absl::StatusOr<std::vector<transport::BounceBuffer>> bounce =
       AcquirePartBounce("GetData", placed, range, deadline);
@@ -387,11 +388,15 @@ absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string
     dst->set_addr(reinterpret_cast<uintptr_t>(landing[i - range.first]));
   }
   v1::GetDataResponse resp;
-  absl::Status s =
-      CallOnChannel("GetData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+  bool repeated = false;
+  absl::Status s = CallOnChannel(
+      "GetData", deadline,
+      [&](uint64_t channel, grpc::ClientContext* ctx) {
         req.set_channel_id(channel);
         return stub_->GetData(ctx, req, &resp);
-      });
+      },
+      &repeated);
+  *late = repeated;
   if (!s.ok()) return s;
   if (resp.blocks_size() != static_cast<int>(range.second - range.first)) {
     return absl::InternalError(Where("GetData") + ": reply has the wrong number of blocks");
@@ -400,7 +405,10 @@ absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string
     return Landing{landing[i - range.first], placed[i].length, /*exact=*/false};
   });
   bounce->clear();  // back to the pool before the (rare) retry
-  if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, promote, result);
+  if (!retry.empty()) {
+    *late = 1;
+    RetryInline(ns, scope, blocks, retry, deadline, promote, result);
+  }
   return absl::OkStatus();
 }
 
@@ -483,8 +491,7 @@ absl::Status GrpcStoreClient::PutDataPartTwoSided(const Namespace& ns, const std
         req.set_checksums_tag(trailing ? ucx_->NextTag(channel) : 0);
         if (!trailing && req.checksums_size() == 0) {
           for (size_t i = range.first; i < range.second; ++i) {
-            req.add_checksums(sums.empty() ? BlockChecksum(blocks[i].data, blocks[i].size)
-                                           : sums[i - range.first]);
+            req.add_checksums(sums.empty() ? ChecksumOf(blocks[i]) : sums[i - range.first]);
           }
         }
         TaggedTransfer t;
@@ -520,7 +527,7 @@ grpc::Status GrpcStoreClient::PutDataTrailing(
   });
   if (sums->empty()) {
     for (size_t i = range.first; i < range.second; ++i) {
-      sums->push_back(BlockChecksum(blocks[i].data, blocks[i].size));
+      sums->push_back(ChecksumOf(blocks[i]));
     }
   }
   const transport::TransferOp trailer = transport::TransferOp::Send(
@@ -544,7 +551,7 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
                                                   const std::vector<Placement>& placed,
                                                   std::pair<size_t, size_t> range, uint32_t lane,
                                                   Clock::time_point deadline, bool promote,
-                                                  GetResult* result) {
+                                                  GetResult* result, char* late) {
   v1::GetDataRequest req = GetDataRequestFor(ns, scope, lane, promote);
   const size_t n = range.second - range.first;
   std::vector<size_t> received(n, 0);
@@ -564,8 +571,10 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
   v1::GetDataResponse resp;
   uint64_t used_channel = 0;
   absl::Status got;
-  absl::Status s =
-      CallOnChannel("GetData", deadline, [&](uint64_t channel, grpc::ClientContext* ctx) {
+  bool repeated = false;
+  absl::Status s = CallOnChannel(
+      "GetData", deadline,
+      [&](uint64_t channel, grpc::ClientContext* ctx) {
         used_channel = channel;
         std::fill(received.begin(), received.end(), 0);
         AssignTags(channel, receives, &req);
@@ -575,7 +584,9 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
         t.channel = channel;
         StartTagged(&t, lane, receives, deadline, ctx);
         return FinishTagged(&t, stub_->GetData(ctx, req, &resp), &got);
-      });
+      },
+      &repeated);
+  *late = repeated;
   AfterTagged(used_channel, got, /*receives_only=*/true);
   if (!s.ok()) return s;
   if (got.code() == absl::StatusCode::kDeadlineExceeded) {
@@ -593,7 +604,10 @@ absl::Status GrpcStoreClient::GetDataPartTwoSided(const Namespace& ns, const std
   std::vector<size_t> retry = AcceptGetReply(resp, blocks, range, result, [&](size_t i) {
     return Landing{blocks[i].buffer, received[i - range.first], /*exact=*/true};
   });
-  if (!retry.empty()) RetryInline(ns, scope, blocks, retry, deadline, promote, result);
+  if (!retry.empty()) {
+    *late = 1;
+    RetryInline(ns, scope, blocks, retry, deadline, promote, result);
+  }
   return absl::OkStatus();
 }
 
@@ -623,6 +637,7 @@ std::vector<size_t> GrpcStoreClient::AcceptGetReply(const v1::GetDataResponse& r
         continue;
       }
       result->sizes[i] = b.size();
+      result->checksums[i] = b.checksum();
     }
     result->blocks[i] = std::move(st);
   }
@@ -638,6 +653,7 @@ void GrpcStoreClient::RetryInline(const Namespace& ns, const std::string& scope,
   GetResult again;
   again.blocks.resize(reads.size());
   again.sizes.resize(reads.size());
+  again.checksums.resize(reads.size());
   auto parts = SplitBatch(reads.size(), max_keys_, max_inline_, [&](size_t k) {
     return std::min<uint64_t>(reads[k].capacity, max_block_);
   });
@@ -650,6 +666,7 @@ void GrpcStoreClient::RetryInline(const Namespace& ns, const std::string& scope,
     const absl::Status& st = again.blocks[k];
     if (st.ok()) {
       result->sizes[i] = again.sizes[k];
+      result->checksums[i] = again.checksums[k];
       result->blocks[i] = absl::OkStatus();
     } else {
       // The retry's own code: DATA_LOSS only where its bytes failed their checksum too (a

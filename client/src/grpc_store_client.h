@@ -27,6 +27,7 @@
 #include "client_data_plane.h"
 #include "grpcpp/grpcpp.h"
 #include "strata/client/store_client.h"
+#include "strata/common/checksum.h"
 #include "strata/proto/status_convert.h"
 #include "strata/transport/peer_order.h"
 #include "strata/v1/store.grpc.pb.h"
@@ -149,12 +150,30 @@ inline bool IsStaleEpoch(const absl::Status& s) {
 // naming the block (a null buffer or payload with bytes claimed; a put block of 0 bytes or
 // past the namespace's block_bytes).
 inline absl::Status CheckReads(std::span<const BlockRead> blocks) {
+  std::vector<size_t> order;  // of the reads with room, by address
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (blocks[i].buffer == nullptr && blocks[i].capacity > 0) {
       return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].buffer: null"));
     }
+    if (blocks[i].capacity > 0) order.push_back(i);
+  }
+  // Overlapping reads would each be verified where they land, and one's bytes then overwritten
+  // by the other's: a block reported OK holding another's bytes.
+  auto at = [&](size_t i) { return reinterpret_cast<uintptr_t>(blocks[i].buffer); };
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return at(a) < at(b); });
+  for (size_t k = 1; k < order.size(); ++k) {
+    const size_t a = order[k - 1], b = order[k];
+    if (at(b) - at(a) < blocks[a].capacity) {
+      return absl::InvalidArgumentError(absl::StrCat("blocks[", std::min(a, b), "].buffer, blocks[",
+                                                     std::max(a, b), "].buffer: overlap"));
+    }
   }
   return absl::OkStatus();
+}
+// The checksum a write sends for its bytes: the caller's (BlockWrite::checksum), else one
+// computed now.
+inline uint64_t ChecksumOf(const BlockWrite& w) {
+  return w.checksum.has_value() ? *w.checksum : BlockChecksum(w.data, w.size);
 }
 inline absl::Status CheckWrites(const Namespace& ns, std::span<const BlockWrite> blocks) {
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -589,10 +608,12 @@ class GrpcStoreClient final : public StoreClient {
   absl::Status TakePutReply(const v1::PutDataResponse& resp, std::pair<size_t, size_t> range,
                             bool repeated, PutResult* result);
 
+  // `*late` (GetResult::may_land_late): set when an attempt was repeated or blocks went again
+  // inline.
   absl::Status GetDataPart(const Namespace& ns, const std::string& scope,
                            std::span<const BlockRead> blocks, const std::vector<Placement>& placed,
                            std::pair<size_t, size_t> range, uint32_t lane, bool two_sided,
-                           Clock::time_point deadline, bool promote, GetResult* result);
+                           Clock::time_point deadline, bool promote, GetResult* result, char* late);
 
   // ---- Two-sided (tagged message) mode ----
 
@@ -659,7 +680,8 @@ class GrpcStoreClient final : public StoreClient {
                                    std::span<const BlockRead> blocks,
                                    const std::vector<Placement>& placed,
                                    std::pair<size_t, size_t> range, uint32_t lane,
-                                   Clock::time_point deadline, bool promote, GetResult* result);
+                                   Clock::time_point deadline, bool promote, GetResult* result,
+                                   char* late);
 
   // Where a block's bytes arrived over UCX: `length` bytes at `bytes` (exact: the message's
   // length, which must be the block's size; else a capacity the block must fit).

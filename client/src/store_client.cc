@@ -400,6 +400,7 @@ absl::StatusOr<GetResult> GrpcStoreClient::GetOnce(const Namespace& ns, std::str
   GetResult result;
   result.blocks.resize(blocks.size());
   result.sizes.resize(blocks.size());
+  result.checksums.resize(blocks.size());
   if (blocks.empty()) return result;
   if (absl::Status s = CheckReads(blocks); !s.ok()) return s;
   auto deadline = Deadline(call);
@@ -423,10 +424,12 @@ absl::StatusOr<GetResult> GrpcStoreClient::GetOnce(const Namespace& ns, std::str
     }
     auto parts = SplitForDataChannel(placed, two_sided);
     const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
+    std::vector<char> late(parts.size(), 0);  // each part's own, as it runs on its own thread
     first = RunParts(parts.size(), [&](size_t p) {
       return GetDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), two_sided,
-                         deadline, get.promote, &result);
+                         deadline, get.promote, &result, &late[p]);
     });
+    result.may_land_late = std::ranges::count(late, 1) > 0;
   } else {
     auto parts = SplitBatch(blocks.size(), max_keys_, max_inline_, usable);
     first = RunParts(parts.size(), [&](size_t p) {
@@ -612,7 +615,7 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
     b->set_depth(blocks[i].depth);
     b->set_importance(blocks[i].importance);
     if (one_call) {
-      begin.add_checksums(BlockChecksum(blocks[i].data, blocks[i].size));
+      begin.add_checksums(ChecksumOf(blocks[i]));
       begin.add_payloads(blocks[i].data, blocks[i].size);
     }
   }
@@ -649,7 +652,7 @@ absl::Status GrpcStoreClient::PutPart(const Namespace& ns, const std::string& sc
     if (!slot.ok()) continue;
     v1::CommitBlock* c = commit.add_blocks();
     c->set_chain_hash(blocks[i].hash.ToBytes());
-    c->set_checksum(BlockChecksum(blocks[i].data, blocks[i].size));
+    c->set_checksum(ChecksumOf(blocks[i]));
     c->set_payload(blocks[i].data, blocks[i].size);
     committed.push_back(i);
   }
@@ -702,18 +705,21 @@ absl::Status GrpcStoreClient::GetPart(const Namespace& ns, const std::string& sc
       st = absl::DataLossError(
           absl::StrCat("payload is ", b.payload().size(), " bytes, node said ", b.size()));
     }
-    if (st.ok() && BlockChecksum(b.payload().data(), b.payload().size()) != b.checksum()) {
-      // End-to-end check: whatever happened on the way, a wrong byte never reaches the
-      // caller's buffer.
-      st = absl::DataLossError("payload failed its checksum after transfer");
-    }
     if (st.ok() && b.size() > blocks[i].capacity) {
       st = absl::OutOfRangeError(
           absl::StrCat("block is ", b.size(), " bytes, buffer holds ", blocks[i].capacity));
     }
     if (st.ok()) {
+      // End-to-end check, made where the caller reads the bytes, after the copy: this runs
+      // again after UCX bytes failed in the buffer (RetryInline), when a late write there may
+      // still be landing.
       std::memcpy(blocks[i].buffer, b.payload().data(), b.size());
-      result->sizes[i] = b.size();
+      if (BlockChecksum(blocks[i].buffer, b.size()) != b.checksum()) {
+        st = absl::DataLossError("payload failed its checksum after transfer");
+      } else {
+        result->sizes[i] = b.size();
+        result->checksums[i] = b.checksum();
+      }
     }
     result->blocks[i] = std::move(st);
   }
@@ -744,27 +750,6 @@ void GrpcStoreClient::AbortQuietly(uint64_t reservation_id) {
 }  // namespace internal
 
 using internal::GrpcStoreClient;
-
-std::string_view TierName(Tier tier) {
-  switch (tier) {
-    case Tier::kHot:
-      return "hot";
-    case Tier::kWarm:
-      return "warm";
-    case Tier::kCool:
-      return "cool";
-    case Tier::kCold:
-      return "cold";
-    case Tier::kUnknown:
-      break;
-  }
-  return "unknown";
-}
-
-absl::StatusOr<std::vector<ChainHash>> Namespace::HashTokens(std::span<const uint32_t> tokens,
-                                                             const ExtraKeys& extra) const {
-  return HashPrefix(spec.hash_algorithm, tokens, spec.block_tokens, extra);
-}
 
 absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(const ClientOptions& options) {
   if (!options.etcd_endpoints.empty() || !options.cluster_members.empty()) {

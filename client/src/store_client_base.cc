@@ -1,10 +1,31 @@
 // The StoreClient interface's own calls, the same for every implementation: token
-// convenience and the asynchronous forms.
+// convenience and the asynchronous forms; tier names and a namespace's hashing.
 #include <future>
 
 #include "strata/client/store_client.h"
 
 namespace strata::client {
+
+std::string_view TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kHot:
+      return "hot";
+    case Tier::kWarm:
+      return "warm";
+    case Tier::kCool:
+      return "cool";
+    case Tier::kCold:
+      return "cold";
+    case Tier::kUnknown:
+      break;
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::vector<ChainHash>> Namespace::HashTokens(std::span<const uint32_t> tokens,
+                                                             const ExtraKeys& extra) const {
+  return HashPrefix(spec.hash_algorithm, tokens, spec.block_tokens, extra);
+}
 
 absl::StatusOr<LookupResult> StoreClient::LookupTokens(const Namespace& ns, std::string_view scope,
                                                        std::span<const uint32_t> tokens,

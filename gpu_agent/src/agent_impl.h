@@ -146,9 +146,10 @@ class GpuAgentImpl : public GpuAgent {
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<LoadJob> loads_ ABSL_GUARDED_BY(mu_);
   // Until when the load region may still take a late write: a Get into it that timed out
-  // (or lost its node) may have a copy the node queued land afterwards, over shared memory
-  // or RDMA (docs/design/transfer-protocol.md, Deadlines). Meanwhile every block loaded
-  // through the region is checked again after its scatter. Load thread only.
+  // (or lost its node, or said may_land_late) may have a copy the node queued land afterwards,
+  // over shared memory or RDMA (docs/design/transfer-protocol.md, Deadlines). Meanwhile every
+  // block loaded through the region is checked after its scatter against the checksum the
+  // client verified. Load thread only.
   absl::Time region_suspect_until_ = absl::InfinitePast();
   uint64_t next_load_ ABSL_GUARDED_BY(mu_) = 1;
   // Slot -> the load that will write it. OnBlocksFreed revokes a slot (erases it): that load

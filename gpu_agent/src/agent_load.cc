@@ -219,14 +219,14 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
       return s.code() == absl::StatusCode::kDeadlineExceeded ||
              s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kCancelled;
     };
-    bool late = !got.ok() && may_land_late(got.status());
+    bool late = got.ok() ? got->may_land_late : may_land_late(got.status());
     for (size_t k = 0; got.ok() && k < n; ++k) late |= may_land_late(got->blocks[k]);
     if (late) region_suspect_until_ = absl::Now() + kLateWriteWindow;
     const bool suspect = absl::Now() < region_suspect_until_;
     // Move the verified blocks together, then scatter them in one call.
     std::vector<uint32_t> slots;
     std::vector<size_t> loaded;
-    std::vector<uint64_t> sums;  // while suspect: of each moved block, as verified
+    std::vector<uint64_t> sums;  // of each moved block: the checksum it was verified against
     for (size_t k = 0; k < n; ++k) {
       BlockLoad& b = out[which[begin + k]];
       b.source = source;
@@ -238,7 +238,7 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
       }
       b.status = s;
       if (!s.ok()) continue;
-      if (suspect) sums.push_back(BlockChecksum(region + k * bb, bb));
+      sums.push_back(got->checksums[k]);
       if (slots.size() != k) std::memmove(region + slots.size() * bb, region + k * bb, bb);
       slots.push_back(job.destinations[which[begin + k]]);
       loaded.push_back(which[begin + k]);
@@ -256,7 +256,7 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
           continue;
         }
         if (kept.size() != k) std::memmove(region + kept.size() * bb, region + k * bb, bb);
-        if (suspect) sums[kept.size()] = sums[k];
+        sums[kept.size()] = sums[k];
         kept.push_back(slots[k]);
         kept_index.push_back(loaded[k]);
         Pin(slots[k]);
@@ -265,7 +265,8 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
     absl::Status scattered = ScatterStored(region, kept);
     if (suspect && scattered.ok()) {
       // Bytes that changed in the region since they were verified (a late write of a timed-out
-      // transfer) may be in the slot now: that block is not loaded.
+      // transfer, landing any time after the client's check) may be in the slot now: that
+      // block is not loaded.
       for (size_t k = 0; k < kept.size(); ++k) {
         if (BlockChecksum(region + k * bb, bb) == sums[k]) continue;
         out[kept_index[k]].status = absl::DataLossError(

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <future>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -161,6 +162,11 @@ struct BlockWrite {
   uint64_t size = 0;
   uint32_t depth = 0;    // index of the block in its chain, for the node's tier policies
   float importance = 0;  // optional 0..1 attention-weighted retention score
+  // The checksum (BlockChecksum) these bytes were verified against, for bytes read back from a
+  // store (GetResult::checksums): sent instead of one computed now, so bytes that changed in
+  // the buffer since are refused DATA_LOSS by the node, not stored under a checksum of their
+  // own.
+  std::optional<uint64_t> checksum;
 };
 
 struct GetOptions {
@@ -190,7 +196,7 @@ struct PutResult {
 struct BlockRead {
   ChainHash hash;
   void* buffer = nullptr;  // caller-owned destination
-  uint64_t capacity = 0;   // bytes available at buffer
+  uint64_t capacity = 0;   // bytes available at buffer; no two reads of a call may overlap
 };
 
 struct GetResult {
@@ -198,8 +204,14 @@ struct GetResult {
   // DATA_LOSS (bytes failed the checksum: buffer content is garbage, do not use),
   // OUT_OF_RANGE (block larger than the buffer's capacity).
   std::vector<absl::Status> blocks;
-  std::vector<uint64_t> sizes;  // bytes written for OK blocks
+  std::vector<uint64_t> sizes;      // bytes written for OK blocks
+  std::vector<uint64_t> checksums;  // of OK blocks: what their bytes were verified against
   size_t fetched = 0;
+  // Some transfer of this call into the caller's buffers was given up on (a node that stalled,
+  // a replica cut short), repeated, or failed its check and went again inline: a late write
+  // of it may still land in the buffers. A caller that reads them again later (the GPU
+  // agent's staging) compares them with `checksums` first.
+  bool may_land_late = false;
 };
 
 struct NodeStats {
