@@ -29,7 +29,12 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::str
   std::string host = listen.substr(0, colon);
   std::unique_ptr<HttpEndpoint> ep(new HttpEndpoint());
   ep->handlers_ = std::move(handlers);
-  const char* options[] = {"listening_ports", listen.c_str(), "num_threads", "2", nullptr};
+  // A connection that sends no request holds a worker until request_timeout_ms (civetweb's
+  // default: 30 s): with the 2 workers this had, two idle connections (no auth needed) kept
+  // /healthz and /readyz from answering within a probe's timeout, and Kubernetes restarted
+  // the node. Now such connections hold 8 workers for at most 2 s each.
+  const char* options[] = {"listening_ports",    listen.c_str(), "num_threads", "8",
+                           "request_timeout_ms", "2000",         nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
   // Silence civetweb's own stderr logging; a failed bind is reported by mg_start's result.

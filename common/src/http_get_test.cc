@@ -129,5 +129,30 @@ TEST(HttpGetTest, AnAnswerPastTheLimitIsRefused) {
   EXPECT_THAT(r.status().message(), HasSubstr("larger than 64 MiB"));
 }
 
+// Connections that send no request (more of them than the endpoint has workers) delay a
+// probe by a couple of seconds, not past its timeout. Before, two such connections held both
+// workers for civetweb's default 30 s, and this read timed out.
+TEST(HttpGetTest, IdleConnectionsDoNotKeepAProbeWaiting) {
+  auto server =
+      HttpEndpoint::Start("127.0.0.1:0", {[] { return std::string(); }, [] { return true; }});
+  ASSERT_THAT(server, testutil::IsOk());
+  const std::string& address = (*server)->address();
+  const int port = std::stoi(address.substr(address.rfind(':') + 1));
+  std::vector<int> idle;
+  for (int i = 0; i < 12; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons(static_cast<uint16_t>(port));
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    idle.push_back(fd);
+  }
+  auto r = HttpGet(address, "/healthz", absl::Seconds(15));
+  for (int fd : idle) close(fd);
+  ASSERT_THAT(r, testutil::IsOk());
+  EXPECT_EQ(r->first, 200);
+}
+
 }  // namespace
 }  // namespace strata
