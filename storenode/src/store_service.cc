@@ -164,8 +164,11 @@ grpc::Status StoreServiceImpl::RegisterNamespace(grpc::ServerContext* ctx,
       counted = who->tenant;
     }
   }
-  absl::StatusOr<NamespaceId> id = store_->RegisterNamespace(spec);
-  if (!counted.empty() && !id.ok()) {
+  bool added = false;
+  absl::StatusOr<NamespaceId> id = store_->RegisterNamespace(spec, &added);
+  if (!counted.empty() && !added) {
+    // Refused, or another call added it first (every worker of a model registers its
+    // namespace at once at a roll-out): only the call that added it keeps the charge.
     absl::MutexLock lock(&tenant_namespaces_mu_);
     --tenant_namespaces_[counted];
   }

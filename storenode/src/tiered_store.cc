@@ -347,8 +347,8 @@ void TieredStore::WaitForPrefetch() {
       this));
 }
 
-absl::StatusOr<NamespaceId> TieredStore::RegisterNamespace(const NamespaceSpec& spec) {
-  absl::StatusOr<NamespaceId> id = warm_->RegisterNamespace(spec);
+absl::StatusOr<NamespaceId> TieredStore::RegisterNamespace(const NamespaceSpec& spec, bool* added) {
+  absl::StatusOr<NamespaceId> id = warm_->RegisterNamespace(spec, added);
   if (!id.ok()) return id.status();
   for (DiskTier* t : {cool_.get(), cold_.get()}) {
     if (t == nullptr) continue;

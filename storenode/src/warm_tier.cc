@@ -48,7 +48,8 @@ WarmTier::WarmTier(WarmTierOptions options, std::unique_ptr<SlabArena> arena)
 
 WarmTier::~WarmTier() = default;
 
-absl::StatusOr<NamespaceId> WarmTier::RegisterNamespace(const NamespaceSpec& spec) {
+absl::StatusOr<NamespaceId> WarmTier::RegisterNamespace(const NamespaceSpec& spec, bool* added) {
+  if (added != nullptr) *added = false;
   if (absl::Status s = ValidateNamespaceSpec(spec); !s.ok()) return s;
   if (spec.block_bytes > options_.max_block_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("spec.block_bytes: ", spec.block_bytes,
@@ -81,6 +82,7 @@ absl::StatusOr<NamespaceId> WarmTier::RegisterNamespace(const NamespaceSpec& spe
         absl::StrCat("namespaces: node holds its maximum of ", options_.max_namespaces));
   }
   namespaces_.emplace(id, spec);
+  if (added != nullptr) *added = true;
   return id;
 }
 

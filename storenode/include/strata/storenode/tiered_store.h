@@ -87,7 +87,8 @@ class TieredStore {
   static absl::StatusOr<std::unique_ptr<TieredStore>> Create(TieredStoreOptions options);
   ~TieredStore();
 
-  absl::StatusOr<NamespaceId> RegisterNamespace(const NamespaceSpec& spec);
+  // As WarmTier's; a lower tier records the spec too.
+  absl::StatusOr<NamespaceId> RegisterNamespace(const NamespaceSpec& spec, bool* added = nullptr);
   absl::StatusOr<NamespaceSpec> GetNamespace(NamespaceId id) const;
 
   // Longest prefix present in any tier; each block's tier in BlockMeta::tier. `count`: as

@@ -165,8 +165,8 @@ class WarmTier {
   ~WarmTier();
 
   // Registers (idempotently) a namespace. INVALID_ARGUMENT for a bad spec,
-  // RESOURCE_EXHAUSTED past max_namespaces.
-  absl::StatusOr<NamespaceId> RegisterNamespace(const NamespaceSpec& spec);
+  // RESOURCE_EXHAUSTED past max_namespaces. `*added` (if given): this call added it.
+  absl::StatusOr<NamespaceId> RegisterNamespace(const NamespaceSpec& spec, bool* added = nullptr);
   // The spec of a registered namespace; NOT_FOUND otherwise.
   absl::StatusOr<NamespaceSpec> GetNamespace(NamespaceId id) const;
 
