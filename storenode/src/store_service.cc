@@ -376,13 +376,19 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
   if (absl::Status r = TakeLookupBudget(who, hashes.size()); !r.ok()) return call.Done(r);
   uint64_t ttl = req->lease_ms() != 0 ? req->lease_ms() : config_.lease_ttl_ms;
   // The payload this call may copy: at most its blocks at the namespace's block size.
+  absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(req->namespace_id());
+  const uint64_t block_bytes = spec.ok() ? spec->block_bytes : 0;
   uint64_t most = 0;
   if (req->include_payload()) {
-    absl::StatusOr<NamespaceSpec> spec = store_->GetNamespace(req->namespace_id());
-    most = std::min<uint64_t>(config_.max_inline_bytes,
-                              hashes.size() * (spec.ok() ? spec->block_bytes : 0));
+    most = std::min<uint64_t>(config_.max_inline_bytes, hashes.size() * block_bytes);
   }
   InflightBytes held(&admission_, most);
+  // Blocks read from disk (to copy, to promote, or to verify) go through buffers of their own,
+  // and not past the caller's deadline: before 2026-11-29 a call read every disk block it
+  // named, outside max_inflight_bytes, however long ago the caller had given up.
+  std::optional<InflightBytes> disk_room;
+  const TieredStore::DiskReadGate gate =
+      DiskReadGate(ctx, absl::FromChrono(ctx->deadline()), block_bytes, &disk_room);
   if (!held.status().ok()) return call.Done(held.status());
   for (size_t i = 0; i < hashes.size(); ++i) resp->add_blocks();
   uint64_t bytes = 0;
@@ -401,7 +407,7 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
     WarmTier::GetResult r =
         store_->BeginGet(req->namespace_id(), g.scope, g.hashes, ttl, sink,
                          config_.max_inline_bytes - std::min(bytes, config_.max_inline_bytes),
-                         !req->skip_promotion());
+                         !req->skip_promotion(), /*count_warm=*/true, gate);
     if (req->include_payload() && r.lease_id != 0) {
       // Every block it pinned is in the reply now (BeginGet pins no block it did not copy):
       // the pins have done their work, and the caller need not send an EndGet.

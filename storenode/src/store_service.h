@@ -168,6 +168,12 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // for admins, nor a caller with no principal, whose call is refused anyway):
   // RESOURCE_EXHAUSTED, counted as a denial, when the tenant has its cap in progress.
   absl::Status EnterDataCall(const Principal& who, TenantCalls::Slot* slot);
+  // The gate of a call's disk reads (TieredStore::BeginGet): DEADLINE_EXCEEDED once
+  // `deadline` passed or the caller (ctx, if given) went; RESOURCE_EXHAUSTED when
+  // max_inflight_bytes has no room for a read's buffers (the stored value and the block, 2 ×
+  // block_bytes), which the first read takes into *room for the rest of the call.
+  TieredStore::DiskReadGate DiskReadGate(grpc::ServerContext* ctx, absl::Time deadline,
+                                         uint64_t block_bytes, std::optional<InflightBytes>* room);
 
   const NodeConfig config_;
   const std::shared_ptr<const Authenticator> auth_;

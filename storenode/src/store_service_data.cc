@@ -465,8 +465,10 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     p->resize(size);
     return reinterpret_cast<uint8_t*>(p->data());
   };
-  WarmTier::GetResult inline_result = store_->BeginGet(ns, g.scope, rest, ttl, sink, budget,
-                                                       !req.skip_promotion(), /*count_warm=*/false);
+  std::optional<InflightBytes> disk_room;
+  WarmTier::GetResult inline_result = store_->BeginGet(
+      ns, g.scope, rest, ttl, sink, budget, !req.skip_promotion(),
+      /*count_warm=*/false, DiskReadGate(nullptr, deadline, block_bytes, &disk_room));
   leases->push_back(inline_result.lease_id);
   for (size_t j = 0; j < missing.size(); ++j) {
     const size_t i = g.index[missing[j]];
@@ -474,6 +476,19 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
     (*meta)[i] = inline_result.blocks[j];
     (*meta)[i].address = nullptr;  // served inline
   }
+}
+
+TieredStore::DiskReadGate StoreServiceImpl::DiskReadGate(grpc::ServerContext* ctx,
+                                                         absl::Time deadline, uint64_t block_bytes,
+                                                         std::optional<InflightBytes>* room) {
+  return [this, ctx, deadline, block_bytes, room]() -> absl::Status {
+    if ((ctx != nullptr && ctx->IsCancelled()) || absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          "the call's deadline passed (or the caller went) before this block was read from disk");
+    }
+    if (!room->has_value()) room->emplace(&admission_, 2 * block_bytes);
+    return (*room)->status();
+  };
 }
 
 grpc::Status StoreServiceImpl::GetData(grpc::ServerContext* ctx, const v1::GetDataRequest* req,

@@ -497,10 +497,19 @@ absl::Status TieredStore::AbortPut(uint64_t reservation_id, int64_t quarantine_m
   return warm_->AbortPut(reservation_id, quarantine_ms);
 }
 
+namespace {
+
+absl::Status InlineLimitReached(uint64_t max_copy_bytes) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("inline limit of ", max_copy_bytes, " bytes per call reached; ask again"));
+}
+
+}  // namespace
+
 WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& scope,
                                           std::span<const ChainHash> hashes, uint64_t ttl_ms,
                                           const WarmTier::CopySink& sink, uint64_t max_copy_bytes,
-                                          bool promote, bool count_warm) {
+                                          bool promote, bool count_warm, const DiskReadGate& gate) {
   WarmTier::GetResult r =
       warm_->BeginGet(ns, scope, hashes, ttl_ms, sink, max_copy_bytes, count_warm);
   if (!cool_) return r;
@@ -520,6 +529,14 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
          {std::pair{cool_.get(), kTierCool}, std::pair{cold_.get(), kTierCold}}) {
       std::optional<DiskBlockMeta> found = tier != nullptr ? tier->Find(key, true) : std::nullopt;
       if (!found) continue;
+      if (sink && copied + found->size > max_copy_bytes) {
+        r.status[i] = InlineLimitReached(max_copy_bytes);  // known before reading it
+        break;
+      }
+      if (absl::Status open = gate ? gate() : absl::OkStatus(); !open.ok()) {
+        r.status[i] = open;
+        break;
+      }
       absl::Status s = tier->Read(key, &buf);  // verifies the checksum; drops a corrupt block
       if (s.code() == absl::StatusCode::kNotFound) continue;  // moved meanwhile: try below
       if (!s.ok()) {
@@ -531,8 +548,7 @@ WarmTier::GetResult TieredStore::BeginGet(NamespaceId ns, const std::string& sco
       uint64_t checksum = BlockChecksum(buf.data(), buf.size());
       if (sink) {
         if (copied + buf.size() > max_copy_bytes) {
-          r.status[i] = absl::ResourceExhaustedError(absl::StrCat(
-              "inline limit of ", max_copy_bytes, " bytes per call reached; ask again"));
+          r.status[i] = InlineLimitReached(max_copy_bytes);
           break;
         }
         if (uint8_t* dst = sink(i, buf.size()); dst != nullptr) {

@@ -65,17 +65,17 @@ class TieredNode {
     return testutil::PromptChain(ns, prompt, n);
   }
 
-  // Puts in small batches and lets the demoter catch up between them, so the warm tier
-  // never has to drop a block to make room.
+  // Puts in small batches (`batch` blocks a call) and lets the demoter catch up between them,
+  // so the warm tier never has to drop a block to make room.
   void PutAll(const std::vector<ChainHash>& hashes, uint64_t seed,
-              const client::PutOptions& put = {}) {
-    for (size_t begin = 0; begin < hashes.size(); begin += 2) {
+              const client::PutOptions& put = {}, size_t batch = 2) {
+    for (size_t begin = 0; begin < hashes.size(); begin += batch) {
       std::vector<std::vector<uint8_t>> data;
       std::vector<BlockWrite> writes;
-      for (size_t i = begin; i < std::min(hashes.size(), begin + 2); ++i) {
+      for (size_t i = begin; i < std::min(hashes.size(), begin + batch); ++i) {
         data.push_back(testutil::RandomBytes(seed + i, kBlock));
       }
-      for (size_t i = begin; i < std::min(hashes.size(), begin + 2); ++i) {
+      for (size_t i = begin; i < std::min(hashes.size(), begin + batch); ++i) {
         writes.push_back({hashes[i], data[i - begin].data(), kBlock});
       }
       auto r = client->Put(ns, "", writes, {}, put);
@@ -563,6 +563,56 @@ TEST_F(TiersTest, ALeaseItsCallerNeverReceivedIsReleased) {
   grpc::Status s = begin_get({warm[0]}, std::chrono::seconds(10), &next);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_NE(next.lease_id(), 0u);
+}
+
+// A read's disk blocks go through buffers of its own (the stored value and the block), held
+// against max_inflight_bytes: here 1.5 MiB, less than the 2 MiB a 1 MiB block's read needs,
+// so a BeginGet's disk blocks are RESOURCE_EXHAUSTED while its warm block is served. Before
+// 2026-11-29 such reads were outside every budget: 256 calls of 4096 disk blocks read 8 GiB
+// at once whatever max_inflight_bytes said. A Get that stages the blocks in DRAM (one block's
+// buffer) still reads them.
+TEST_F(TiersTest, DiskReadsAreHeldAgainstInflightBytes) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(
+      n.Start({"--max-inline-bytes", "1MiB", "--max-inflight-bytes", "1536KiB"}));
+  std::vector<ChainHash> chain = n.Chain(13, 12);
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(chain, 1300, {}, /*batch=*/1));
+  const std::vector<client::Tier> tiers = Tiers(n, chain);
+  std::vector<size_t> warm, disk;
+  for (size_t i = 0; i < chain.size(); ++i) {
+    (tiers[i] == client::Tier::kWarm ? warm : disk).push_back(i);
+  }
+  ASSERT_FALSE(warm.empty());
+  ASSERT_FALSE(disk.empty());
+  auto stub = v1::StoreService::NewStub(
+      grpc::CreateChannel(n.process->address(), grpc::InsecureChannelCredentials()));
+  v1::BeginGetRequest req;
+  req.set_namespace_id(n.ns.id);
+  req.set_skip_promotion(true);
+  req.add_chain_hashes(chain[warm[0]].ToBytes());
+  req.add_chain_hashes(chain[disk[0]].ToBytes());
+  v1::BeginGetResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = stub->BeginGet(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.blocks_size(), 2);
+  EXPECT_EQ(resp.blocks(0).status().code(), static_cast<int>(absl::StatusCode::kOk));
+  EXPECT_EQ(resp.blocks(1).status().code(), static_cast<int>(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(resp.blocks(1).status().message(), ::testing::HasSubstr("max_inflight_bytes"));
+  if (resp.lease_id() != 0) {
+    v1::EndGetRequest end;
+    end.set_lease_id(resp.lease_id());
+    v1::EndGetResponse ended;
+    grpc::ClientContext end_ctx;
+    stub->EndGet(&end_ctx, end, &ended);
+  }
+  std::vector<uint8_t> out(kBlock);
+  BlockRead read{chain[disk[0]], out.data(), kBlock};
+  auto got = n.client->Get(n.ns, "", {&read, 1});
+  ASSERT_THAT(got, IsOk());
+  ASSERT_THAT(got->blocks[0], IsOk());
+  EXPECT_EQ(out, testutil::RandomBytes(1300 + disk[0], kBlock));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <array>
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -109,12 +110,16 @@ class TieredStore {
       uint64_t reservation_id, std::span<const WarmTier::CommitBlock> blocks);
   absl::Status AbortPut(uint64_t reservation_id, int64_t quarantine_ms = 0);
 
+  // Asked before each read of a block from disk: OK to read it, else the status that block
+  // gets instead (the caller's deadline passed; no room for the read's buffers).
+  using DiskReadGate = std::function<absl::Status()>;
   // Warm blocks as WarmTier::BeginGet; blocks found only on disk are read, verified and
   // copied through `sink` (not leased: they are served from the read buffer), and promoted.
   WarmTier::GetResult BeginGet(NamespaceId ns, const std::string& scope,
                                std::span<const ChainHash> hashes, uint64_t ttl_ms,
                                const WarmTier::CopySink& sink, uint64_t max_copy_bytes,
-                               bool promote = true, bool count_warm = true);
+                               bool promote = true, bool count_warm = true,
+                               const DiskReadGate& gate = nullptr);
   absl::Status EndGet(uint64_t lease_id);
   absl::Status JoinLease(uint64_t into, uint64_t from) { return warm_->JoinLease(into, from); }
   absl::Status HoldLease(uint64_t lease_id) { return warm_->HoldLease(lease_id); }
