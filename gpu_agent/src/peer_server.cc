@@ -187,6 +187,13 @@ class PeerService final : public v1::StoreService::Service {
         plane_->Connect(addresses, {req->ucx_tcp_tx_seg_bytes(), req->ucx_tcp_rx_seg_bytes()},
                         PeerHost(ctx->peer()));
     if (!ch.ok()) return ToGrpc(ch.status());
+    if (ctx->IsCancelled()) {
+      // The reader gave up (its deadline, or it went): a channel it never learns of would hold
+      // one of its host's places until it idles out, as at a node (store_service_data.cc).
+      plane_->Close(ch->id).IgnoreError();
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          "ConnectData: the caller gave up; channel closed");
+    }
     resp->set_channel_id(ch->id);
     for (const std::string& a : ch->worker_addresses) resp->add_worker_addresses(a);
     resp->set_transport(ch->transport);
