@@ -86,6 +86,17 @@ absl::StatusOr<bool> GrpcStoreClient::UseDataChannel(bool fits, uint64_t largest
   return channel.status();
 }
 
+absl::Status GrpcStoreClient::RefusedOnReconnect(const absl::Status& refusal,
+                                                 const absl::Status& failure) {
+  if (options_.data_plane != ClientOptions::DataPlane::kAuto || IsTransient(refusal.code())) {
+    return failure;
+  }
+  ChannelRefused(refusal);
+  absl::Status inline_instead = refusal;
+  inline_instead.SetPayload(kInlineInstead, absl::Cord("1"));
+  return inline_instead;
+}
+
 void GrpcStoreClient::ChannelRefused(const absl::Status& why) {
   absl::MutexLock lock(&chan_mu_);
   asking_ = false;

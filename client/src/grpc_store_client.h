@@ -149,6 +149,13 @@ inline bool IsStaleEpoch(const absl::Status& s) {
 // The caller's own mistakes in a put or a get, which no node need see: INVALID_ARGUMENT
 // naming the block (a null buffer or payload with bytes claimed; a put block of 0 bytes or
 // past the namespace's block_bytes).
+// What a data-channel part answers when it goes inline instead (RefusedOnReconnect): a status
+// marked with this payload.
+inline constexpr char kInlineInstead[] = "strata.client/inline-instead";
+inline bool IsInlineInstead(const absl::Status& s) {
+  return s.GetPayload(kInlineInstead).has_value();
+}
+
 inline absl::Status CheckReads(std::span<const BlockRead> blocks) {
   std::vector<size_t> order;  // of the reads with room, by address
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -485,6 +492,24 @@ class GrpcStoreClient final : public StoreClient {
   // on); then one call asks again, spending at most kChannelAskWait of its deadline on it,
   // while the others stay inline. A channel opened clears it.
   void ChannelRefused(const absl::Status& why);
+  // A channel lost (NOT_FOUND: the node restarted, or closed it; UNAVAILABLE: its endpoints
+  // failed) and `refusal` when asked for again: a kAuto client refused for good (not a
+  // transient failure) notes the refusal and answers it marked kInlineInstead, so the part
+  // goes inline (InlineRange) instead of failing; otherwise the call fails with `failure`.
+  absl::Status RefusedOnReconnect(const absl::Status& refusal, const absl::Status& failure);
+  // Runs call(sub-range) over `range` of a batch in inline-sized pieces, one after another:
+  // a data-channel part that went inline instead. size_of(i): block i's bytes.
+  template <typename SizeOf, typename Call>
+  absl::Status InlineRange(std::pair<size_t, size_t> range, SizeOf size_of, Call call) {
+    auto pieces = SplitBatch(range.second - range.first, max_keys_, max_inline_,
+                             [&](size_t k) { return size_of(range.first + k); });
+    for (const auto& [begin, end] : pieces) {
+      if (absl::Status s = call(std::pair{range.first + begin, range.first + end}); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
   static constexpr absl::Duration kChannelRetryFirst = absl::Seconds(1);
   static constexpr absl::Duration kChannelRetryMax = absl::Seconds(30);
   static constexpr absl::Duration kChannelAskWait = absl::Seconds(1);
@@ -539,7 +564,7 @@ class GrpcStoreClient final : public StoreClient {
         MarkBroken(*channel);
         if (attempt == 0) {
           channel = AcquireChannel(deadline);
-          if (!channel.ok()) return channel.status();
+          if (!channel.ok()) return RefusedOnReconnect(channel.status(), channel.status());
           continue;
         }
         // NOT_FOUND means "miss" to our callers; a channel lost twice is a node problem.
@@ -565,8 +590,8 @@ class GrpcStoreClient final : public StoreClient {
         // that is down refuses the reconnect at once.
         if (attempt == 0 && !broke && s.code() != absl::StatusCode::kDeadlineExceeded) {
           channel = AcquireChannel(deadline);
-          if (!channel.ok()) return s;
-          if (repeated != nullptr) *repeated = true;
+          if (repeated != nullptr) *repeated = true;  // inline or on the new channel
+          if (!channel.ok()) return RefusedOnReconnect(channel.status(), s);
           continue;
         }
       }

@@ -371,8 +371,14 @@ absl::StatusOr<PutResult> GrpcStoreClient::PutOnce(const Namespace& ns, std::str
     auto parts = SplitForDataChannel(placed, two_sided);
     const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
     first = RunParts(parts.size(), [&](size_t p) {
-      return PutDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), two_sided,
-                         deadline, put, &result);
+      absl::Status s = PutDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(),
+                                   two_sided, deadline, put, &result);
+      if (!IsInlineInstead(s)) return s;
+      return InlineRange(
+          parts[p], [&](size_t i) { return blocks[i].size; },
+          [&](std::pair<size_t, size_t> r) {
+            return PutPart(ns, sc, blocks, r, deadline, put, &result);
+          });
     });
   } else {
     auto parts =
@@ -426,8 +432,12 @@ absl::StatusOr<GetResult> GrpcStoreClient::GetOnce(const Namespace& ns, std::str
     const uint32_t lane0 = next_lane_.fetch_add(static_cast<uint32_t>(parts.size()));
     std::vector<char> late(parts.size(), 0);  // each part's own, as it runs on its own thread
     first = RunParts(parts.size(), [&](size_t p) {
-      return GetDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(), two_sided,
-                         deadline, get.promote, &result, &late[p]);
+      absl::Status s = GetDataPart(ns, sc, blocks, placed, parts[p], (lane0 + p) % ucx_->lanes(),
+                                   two_sided, deadline, get.promote, &result, &late[p]);
+      if (!IsInlineInstead(s)) return s;
+      return InlineRange(parts[p], usable, [&](std::pair<size_t, size_t> r) {
+        return GetPart(ns, sc, blocks, r, deadline, get.promote, &result);
+      });
     });
     result.may_land_late = std::ranges::count(late, 1) > 0;
   } else {

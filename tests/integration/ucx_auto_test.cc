@@ -142,5 +142,49 @@ TEST_F(UcxAutoTest, ARefusedClientAsksAgainOncePerBackOffWindow) {
   EXPECT_THAT(second->DataPlaneDescription(), ::testing::HasSubstr("channel refused"));
 }
 
+// A kAuto client whose node restarted at its address and then refused it a new channel (at
+// its cap of one, held by another) reads inline. Before, the read found its channel gone
+// (NOT_FOUND), asked for a new one, and failed with the refusal.
+TEST(UcxAutoRestartTest, AChannelRefusedAfterTheNodeRestartedSendsTheCallInline) {
+  auto first = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
+  ASSERT_THAT(first, IsOk());
+  const std::string address = (*first)->address();
+  ClientOptions o;
+  o.address = address;
+  o.data_plane = ClientOptions::DataPlane::kAuto;
+  auto c = StoreClient::Connect(o);
+  ASSERT_THAT(c, IsOk());
+  ASSERT_THAT((*c)->DataPlaneDescription(), ::testing::StartsWith("ucx "));
+  auto ns = (*c)->RegisterNamespace(Spec());
+  ASSERT_THAT(ns, IsOk());
+  const std::vector<ChainHash> h = testutil::PromptChain(*ns, 61, 2);
+  const std::vector<uint8_t> block = testutil::RandomBytes(61, 256 << 10);
+  std::vector<BlockWrite> writes = {{h[0], block.data(), block.size()},
+                                    {h[1], block.data(), block.size()}};
+  ASSERT_THAT((*c)->Put(*ns, "", {&writes[0], 1}), IsOk());  // over the channel
+  ASSERT_THAT((*first)->Stop(absl::Seconds(20)), IsOk());
+  auto second = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp", "--listen",
+                                     address, "--max-data-channels", "1"});
+  ASSERT_THAT(second, IsOk());
+  auto stub = RawStub(address);
+  RawChannel holder;  // the node's one channel
+  ASSERT_NO_FATAL_FAILURE(OpenRawChannel(*stub, &holder));
+  ClientOptions plain = o;
+  plain.data_plane = ClientOptions::DataPlane::kInline;
+  auto writer = StoreClient::Connect(plain);
+  ASSERT_THAT(writer, IsOk());
+  ASSERT_THAT((*writer)->RegisterNamespace(Spec()), IsOk());
+  ASSERT_THAT((*writer)->Put(*ns, "", {&writes[1], 1}), IsOk());
+  ASSERT_THAT((*c)->RegisterNamespace(Spec()), IsOk());  // the new node knows none yet
+  std::vector<uint8_t> out(block.size());
+  const BlockRead read{h[1], out.data(), out.size()};
+  auto got = (*c)->Get(*ns, "", {&read, 1});
+  ASSERT_THAT(got, IsOk());
+  ASSERT_THAT(got->blocks[0], IsOk());
+  EXPECT_EQ(out, block);
+  EXPECT_THAT((*c)->DataPlaneDescription(), ::testing::HasSubstr("channel refused"));
+  EXPECT_EQ(CloseRawChannel(*stub, holder), grpc::StatusCode::OK);
+}
+
 }  // namespace
 }  // namespace strata::ucx_test
