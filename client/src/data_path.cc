@@ -10,6 +10,7 @@
 #include "grpc_store_client.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
+#include "strata/common/logging.h"
 
 namespace strata::client::internal {
 
@@ -659,6 +660,15 @@ void GrpcStoreClient::RetryInline(const Namespace& ns, const std::string& scope,
                                   std::span<const BlockRead> blocks,
                                   const std::vector<size_t>& which, Clock::time_point deadline,
                                   bool promote, GetResult* result) {
+  // Rare, and a sign of trouble on the way (a flaky link, a late write of an earlier call):
+  // said, at most once in 10 s per process.
+  static std::atomic<int64_t> last_warned{0};
+  if (DueForWarning(last_warned)) {
+    spdlog::warn(
+        "{}: {} block(s) arrived short or failed their checksum over UCX; read again "
+        "inline",
+        Where("GetData"), which.size());
+  }
   std::vector<BlockRead> reads;
   for (size_t i : which) reads.push_back(blocks[i]);
   GetResult again;
