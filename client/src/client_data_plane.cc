@@ -133,6 +133,16 @@ void ClientDataPlane::DisconnectAll() {
   wired_channel_ = 0;
 }
 
+void ClientDataPlane::DropChannelMessages(uint64_t channel_id) {
+  const uint64_t prefix = transport::ChannelTagPrefix(channel_id);
+  std::vector<std::shared_ptr<transport::Worker>> lanes;
+  {
+    absl::MutexLock lock(&wire_mu_);
+    lanes = workers_;
+  }
+  for (auto& w : lanes) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
+}
+
 bool ClientDataPlane::Fence(uint64_t channel_id) {
   absl::MutexLock lock(&wire_mu_);
   const bool wired = channel_id != 0 && channel_id == wired_channel_;
@@ -143,12 +153,6 @@ bool ClientDataPlane::Fence(uint64_t channel_id) {
     endpoints_.clear();
     wired_channel_ = 0;
   }
-  // Messages of the channel that reached us after their receives were cancelled would wait in
-  // UCX's unexpected queue for good. Over TCP no more can come once the endpoints are closed;
-  // over shared memory the node's sends do not need our endpoint, so a late one can still
-  // arrive (bounded by the node's cut-off at its deadline) and stays.
-  const uint64_t prefix = transport::ChannelTagPrefix(channel_id);
-  for (auto& w : workers_) w->DropUnclaimed({&prefix, 1}, transport::kChannelTagMask);
   if (checker_.joinable()) {
     // A call gave up on a lane: it may be wedged (lanes_replaced()).
     absl::MutexLock check(&check_mu_);

@@ -93,9 +93,16 @@ class ClientDataPlane {
   // our memory, and returns true; the next Wire() connects afresh. For a call the client gave
   // up on (deadline) while the node may still move bytes in or out of its buffers. False when
   // another call fenced the channel first, or it was replaced: its endpoints are closed already,
-  // and those of a newer channel are left alone. Either way, then drops the node's messages on
-  // channel `channel_id` that no receive claimed.
+  // and those of a newer channel are left alone.
   bool Fence(uint64_t channel_id);
+  // Drops the node's messages on channel `channel_id` that no receive claimed (they would wait
+  // in UCX's unexpected queue for good): for a channel no call uses any more. Not at Fence,
+  // while other calls on the channel may still post their receives (a message that came
+  // before its receive was dropped, and that call waited out its deadline). Over TCP no more
+  // come once the endpoints are closed; over shared memory the node's sends do not need our
+  // endpoint, so a late one can still arrive (bounded by the node's cut-off at its deadline)
+  // and stays.
+  void DropChannelMessages(uint64_t channel_id);
 
   // Registers a user range (see StoreClient::RegisterMemory for the codes).
   absl::Status Register(void* ptr, size_t len);

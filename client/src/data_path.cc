@@ -40,6 +40,7 @@ absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats, Clock::time
 }
 
 void GrpcStoreClient::CloseDataQuietly(uint64_t channel_id) {
+  if (ucx_ != nullptr) ucx_->DropChannelMessages(channel_id);
   v1::CloseDataRequest req;
   req.set_channel_id(channel_id);
   // Short: a node that is gone must not hold up the caller; idle channels expire anyway.
