@@ -711,9 +711,7 @@ class ClusterStoreClient final : public StoreClient {
           }
           // An attempt given up on (cut short for the next replica, or the node stalled) may
           // still write into the buffer after another replica's bytes were verified there.
-          *late |= st.code() == absl::StatusCode::kDeadlineExceeded ||
-                   st.code() == absl::StatusCode::kUnavailable ||
-                   st.code() == absl::StatusCode::kCancelled;
+          *late |= MayLandLate(st);
           if (st.code() == absl::StatusCode::kNotFound) {
             // Read-repair puts to current owners only. Their tries come first, unless slow
             // ones were moved back: then the owners are computed.

@@ -93,7 +93,12 @@ absl::Status GrpcStoreClient::RefusedOnReconnect(const absl::Status& refusal,
   if (options_.data_plane != ClientOptions::DataPlane::kAuto || IsTransient(refusal.code())) {
     return failure;
   }
-  ChannelRefused(refusal);
+  bool noted;  // "refused lately" (AcquireChannel): the refusal is noted already
+  {
+    absl::MutexLock lock(&chan_mu_);
+    noted = channel_id_ == 0 && !refusal_.empty();
+  }
+  if (!noted) ChannelRefused(refusal);
   absl::Status inline_instead = refusal;
   inline_instead.SetPayload(kInlineInstead, absl::Cord("1"));
   return inline_instead;

@@ -492,10 +492,11 @@ class GrpcStoreClient final : public StoreClient {
   // on); then one call asks again, spending at most kChannelAskWait of its deadline on it,
   // while the others stay inline. A channel opened clears it.
   void ChannelRefused(const absl::Status& why);
-  // A channel lost (NOT_FOUND: the node restarted, or closed it; UNAVAILABLE: its endpoints
-  // failed) and `refusal` when asked for again: a kAuto client refused for good (not a
-  // transient failure) notes the refusal and answers it marked kInlineInstead, so the part
-  // goes inline (InlineRange) instead of failing; otherwise the call fails with `failure`.
+  // A channel refused (`refusal`) when first asked for, or when asked for again after it was
+  // lost (NOT_FOUND: the node restarted, or closed it; a get's endpoints failed UNAVAILABLE or
+  // CANCELLED): a kAuto client refused for good (not a transient failure) notes the refusal
+  // and answers it marked kInlineInstead, so the part goes inline (InlineRange) instead of
+  // failing; otherwise the call fails with `failure`.
   absl::Status RefusedOnReconnect(const absl::Status& refusal, const absl::Status& failure);
   // Runs call(sub-range) over `range` of a batch in inline-sized pieces, one after another:
   // a data-channel part that went inline instead. size_of(i): block i's bytes.
@@ -543,7 +544,9 @@ class GrpcStoreClient final : public StoreClient {
   absl::Status CallOnChannel(std::string_view op, Clock::time_point deadline, Rpc rpc,
                              bool* repeated = nullptr) {
     absl::StatusOr<uint64_t> channel = AcquireChannel(deadline);
-    if (!channel.ok()) return channel.status();
+    // kAuto: another part of the call (or another call) may have been refused a channel
+    // since UseDataChannel chose UCX for this one; it goes inline too.
+    if (!channel.ok()) return RefusedOnReconnect(channel.status(), channel.status());
     for (int attempt = 0;; ++attempt) {
       // A call whose deadline has passed is not sent: gRPC would fail it with DEADLINE_EXCEEDED
       // before it leaves, and that code fences the channel below, failing every other call on
@@ -591,7 +594,12 @@ class GrpcStoreClient final : public StoreClient {
         if (attempt == 0 && !broke && s.code() != absl::StatusCode::kDeadlineExceeded) {
           channel = AcquireChannel(deadline);
           if (repeated != nullptr) *repeated = true;  // inline or on the new channel
-          if (!channel.ok()) return RefusedOnReconnect(channel.status(), s);
+          // A put goes inline only after NOT_FOUND: after a failed attempt the node may still
+          // hold its blocks "being written", which a repeat over the channel reports as not
+          // stored (TakePutReply) and the inline path would count as stored before.
+          if (!channel.ok()) {
+            return op == "GetData" ? RefusedOnReconnect(channel.status(), s) : s;
+          }
           continue;
         }
       }

@@ -27,6 +27,22 @@ absl::StatusOr<std::vector<ChainHash>> Namespace::HashTokens(std::span<const uin
   return HashPrefix(spec.hash_algorithm, tokens, spec.block_tokens, extra);
 }
 
+bool MayLandLate(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kAlreadyExists:
+      return false;
+    default:
+      return true;
+  }
+}
+
 absl::StatusOr<LookupResult> StoreClient::LookupTokens(const Namespace& ns, std::string_view scope,
                                                        std::span<const uint32_t> tokens,
                                                        const CallOptions& call) {

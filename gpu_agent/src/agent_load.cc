@@ -215,12 +215,8 @@ void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace&
     }
     absl::StatusOr<client::GetResult> got =
         from.Get(ns, scope_, reads, client::CallOptions{options_.call_deadline});
-    auto may_land_late = [](const absl::Status& s) {
-      return s.code() == absl::StatusCode::kDeadlineExceeded ||
-             s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kCancelled;
-    };
-    bool late = got.ok() ? got->may_land_late : may_land_late(got.status());
-    for (size_t k = 0; got.ok() && k < n; ++k) late |= may_land_late(got->blocks[k]);
+    bool late = got.ok() ? got->may_land_late : client::MayLandLate(got.status());
+    for (size_t k = 0; got.ok() && k < n; ++k) late |= client::MayLandLate(got->blocks[k]);
     if (late) region_suspect_until_ = absl::Now() + kLateWriteWindow;
     const bool suspect = absl::Now() < region_suspect_until_;
     // Move the verified blocks together, then scatter them in one call.

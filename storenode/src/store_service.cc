@@ -383,12 +383,13 @@ grpc::Status StoreServiceImpl::BeginGet(grpc::ServerContext* ctx, const v1::Begi
     most = std::min<uint64_t>(config_.max_inline_bytes, hashes.size() * block_bytes);
   }
   InflightBytes held(&admission_, most);
-  // Blocks read from disk (to copy, to promote, or to verify) go through buffers of their own,
-  // and not past the caller's deadline: before 2026-11-29 a call read every disk block it
-  // named, outside max_inflight_bytes, however long ago the caller had given up.
+  // Blocks read from disk go through buffers of their own, and not past the caller's deadline:
+  // before 2026-11-29 a call read every disk block it named, however long ago the caller had
+  // given up, and one without payload (most 0) outside max_inflight_bytes. A call with payload
+  // has its blocks' bytes held already; one without holds a read's buffers.
   std::optional<InflightBytes> disk_room;
-  const TieredStore::DiskReadGate gate =
-      DiskReadGate(ctx, absl::FromChrono(ctx->deadline()), block_bytes, &disk_room);
+  const TieredStore::DiskReadGate gate = DiskReadGate(
+      ctx, absl::FromChrono(ctx->deadline()), req->include_payload() ? 0 : block_bytes, &disk_room);
   if (!held.status().ok()) return call.Done(held.status());
   for (size_t i = 0; i < hashes.size(); ++i) resp->add_blocks();
   uint64_t bytes = 0;

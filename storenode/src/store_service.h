@@ -90,14 +90,25 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   // Whether a read in `scope` consults `shared` first (a tenant's own scope, once anything
   // was written to shared).
   bool SharedFirst(const std::string& scope) const;
+  // Part of a prefix found in one scope: hashes [begin, begin + n) of a lookup. `scope` points
+  // to the caller's scope or to a static "shared".
+  struct StoreRun {
+    const std::string* scope;
+    size_t begin;
+    size_t n;
+  };
   // Every block on its own (each_block) or the present prefix, shared first where it applies
   // (not with `exact`: LookupRequest.exact_scope). Touches what it finds; counts hits and
-  // misses unless !count.
-  std::vector<std::optional<WarmTier::BlockMeta>> FindBlocks(NamespaceId ns,
-                                                             const std::string& scope,
-                                                             std::span<const ChainHash> hashes,
-                                                             bool each_block, bool exact = false,
-                                                             bool count = true);
+  // misses unless !count. A prefix found in several runs (scopes in turn) is touched again,
+  // last run first, so its first blocks stay its most recent (RetouchRuns), unless `runs` is
+  // given: then the runs go there, for a caller that looks up the rest of the prefix itself.
+  std::vector<std::optional<WarmTier::BlockMeta>> FindBlocks(
+      NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes, bool each_block,
+      bool exact = false, bool count = true, std::vector<StoreRun>* runs = nullptr);
+  // Touches runs of one prefix again, the last first: each run's Lookup touched it after the
+  // runs before it, which left the prefix's later blocks more recent than its first ones.
+  void RetouchRuns(NamespaceId ns, std::span<const ChainHash> hashes,
+                   std::span<const StoreRun> runs);
   // A read's blocks grouped by the scope holding them: those in `shared` first, the rest in
   // `scope`; one group (the request's scope) where shared is not consulted.
   struct ScopeGroup {
@@ -170,8 +181,9 @@ class StoreServiceImpl final : public strata::v1::StoreService::Service {
   absl::Status EnterDataCall(const Principal& who, TenantCalls::Slot* slot);
   // The gate of a call's disk reads (TieredStore::BeginGet): DEADLINE_EXCEEDED once
   // `deadline` passed or the caller (ctx, if given) went; RESOURCE_EXHAUSTED when
-  // max_inflight_bytes has no room for a read's buffers (the stored value and the block, 2 ×
-  // block_bytes), which the first read takes into *room for the rest of the call.
+  // max_inflight_bytes has no room for a read's buffers (the stored value and the block,
+  // 2 × block_bytes; 0: a call whose payload hold covers them), which the first read takes
+  // into *room for the rest of the call.
   TieredStore::DiskReadGate DiskReadGate(grpc::ServerContext* ctx, absl::Time deadline,
                                          uint64_t block_bytes, std::optional<InflightBytes>* room);
 

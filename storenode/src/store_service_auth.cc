@@ -70,12 +70,13 @@ bool StoreServiceImpl::SharedFirst(const std::string& scope) const {
 
 std::vector<std::optional<WarmTier::BlockMeta>> StoreServiceImpl::FindBlocks(
     NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes, bool each_block,
-    bool exact, bool count) {
+    bool exact, bool count, std::vector<StoreRun>* runs) {
   std::vector<std::optional<WarmTier::BlockMeta>> found;
   if (exact || !SharedFirst(scope)) {
     if (each_block) return store_->LookupEach(ns, scope, hashes, count);
     std::vector<WarmTier::BlockMeta> prefix = store_->Lookup(ns, scope, hashes, count);
     found.assign(prefix.begin(), prefix.end());
+    if (runs != nullptr && !prefix.empty()) runs->push_back({&scope, 0, prefix.size()});
     return found;
   }
   if (each_block) {
@@ -98,14 +99,19 @@ std::vector<std::optional<WarmTier::BlockMeta>> StoreServiceImpl::FindBlocks(
     // on. Blocks past its end are not touched (eviction goes by recency: a prefix looked up
     // behind a gap must not keep them) nor counted. Within a run of `scope` a block shared also
     // holds is answered from `scope`: the same hash in one namespace, so the same block.
+    static const std::string* const shared = new std::string(kSharedScope);
+    std::vector<StoreRun> mine;
+    std::vector<StoreRun>* into = runs != nullptr ? runs : &mine;
     bool in_shared = true;
-    for (int runs = 0; found.size() < hashes.size(); ++runs, in_shared = !in_shared) {
+    for (int asked = 0; found.size() < hashes.size(); ++asked, in_shared = !in_shared) {
+      const std::string* in = in_shared ? shared : &scope;
       std::vector<WarmTier::BlockMeta> run =
-          store_->Lookup(ns, in_shared ? std::string(kSharedScope) : scope,
-                         hashes.subspan(found.size()), /*count=*/false);
-      if (run.empty() && runs > 0) break;  // both scopes miss the next block
+          store_->Lookup(ns, *in, hashes.subspan(found.size()), /*count=*/false);
+      if (run.empty() && asked > 0) break;  // both scopes miss the next block
+      if (!run.empty()) into->push_back({in, found.size(), run.size()});
       found.insert(found.end(), run.begin(), run.end());
     }
+    if (runs == nullptr) RetouchRuns(ns, hashes, mine);
   }
   if (count) {
     const uint64_t hits =
@@ -113,6 +119,14 @@ std::vector<std::optional<WarmTier::BlockMeta>> StoreServiceImpl::FindBlocks(
     store_->CountLookups(hits, hashes.size() - hits);
   }
   return found;
+}
+
+void StoreServiceImpl::RetouchRuns(NamespaceId ns, std::span<const ChainHash> hashes,
+                                   std::span<const StoreRun> runs) {
+  if (runs.size() < 2) return;
+  for (auto it = runs.rbegin(); it != runs.rend(); ++it) {
+    store_->Touch(ns, *it->scope, hashes.subspan(it->begin, it->n));
+  }
 }
 
 std::vector<StoreServiceImpl::ScopeGroup> StoreServiceImpl::GroupByScope(

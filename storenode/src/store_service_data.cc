@@ -468,7 +468,7 @@ void StoreServiceImpl::ServeGroup(const v1::GetDataRequest& req, const ScopeGrou
   std::optional<InflightBytes> disk_room;
   WarmTier::GetResult inline_result = store_->BeginGet(
       ns, g.scope, rest, ttl, sink, budget, !req.skip_promotion(),
-      /*count_warm=*/false, DiskReadGate(nullptr, deadline, block_bytes, &disk_room));
+      /*count_warm=*/false, DiskReadGate(nullptr, deadline, /*block_bytes=*/0, &disk_room));
   leases->push_back(inline_result.lease_id);
   for (size_t j = 0; j < missing.size(); ++j) {
     const size_t i = g.index[missing[j]];

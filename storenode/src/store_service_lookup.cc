@@ -141,14 +141,19 @@ grpc::Status StoreServiceImpl::Lookup(grpc::ServerContext* ctx, const v1::Lookup
   } else {
     // The store's prefix, asked again after each block only GPUs hold: blocks past where the
     // prefix ends are neither touched nor counted (one LookupEach of all of them was).
+    std::vector<StoreRun> runs;
     while (each.size() < hashes.size()) {
+      std::vector<StoreRun> more;
+      const size_t at = each.size();
       std::vector<std::optional<WarmTier::BlockMeta>> run =
-          FindBlocks(ns, scope, std::span(hashes).subspan(each.size()), /*each_block=*/false,
-                     req->exact_scope(), /*count=*/false);
+          FindBlocks(ns, scope, std::span(hashes).subspan(at), /*each_block=*/false,
+                     req->exact_scope(), /*count=*/false, &more);
+      for (const StoreRun& r : more) runs.push_back({r.scope, at + r.begin, r.n});
       each.insert(each.end(), run.begin(), run.end());
       if (each.size() == hashes.size() || publishers(each.size()).empty()) break;
       each.emplace_back();  // in GPU memory only
     }
+    RetouchRuns(ns, hashes, runs);
     const uint64_t hits =
         std::count_if(each.begin(), each.end(), [](const auto& m) { return m.has_value(); });
     store_->CountLookups(hits, hashes.size() - hits);

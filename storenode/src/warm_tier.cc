@@ -267,18 +267,37 @@ std::vector<std::optional<WarmTier::BlockMeta>> WarmTier::Probe(NamespaceId ns,
     found.push_back(it->second.get());
     out.push_back(BlockMeta{it->second->size, it->second->checksum});
   }
-  // Touch descendants first so a chain's ancestors are its most recently used blocks:
-  // plain LRU then evicts from the tail of a prefix, never orphaning its descendants.
-  // (TouchLocked for each, in one call to the policy.)
+  TouchChainLocked(found);
+  if (count) CountLookups(found.size(), hashes.size() - found.size());
+  return out;
+}
+
+void WarmTier::TouchChainLocked(std::span<Entry* const> chain) {
+  // Descendants first so a chain's ancestors are its most recently used blocks: plain LRU
+  // then evicts from the tail of a prefix, never orphaning its descendants. (TouchLocked for
+  // each, in one call to the policy.)
   std::vector<uint64_t> touched;
-  touched.reserve(found.size());
-  for (auto it = found.rbegin(); it != found.rend(); ++it) {
+  touched.reserve(chain.size());
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
     (*it)->last_tick = ++tick_;
     touched.push_back((*it)->handle);
   }
   policy_->AccessEach(touched, tick_ + 1 - touched.size());
-  if (count) CountLookups(found.size(), hashes.size() - found.size());
-  return out;
+}
+
+void WarmTier::Touch(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes) {
+  std::vector<Entry*> found;
+  found.reserve(hashes.size());
+  absl::MutexLock lock(&mu_);
+  BlockKey key{ns, scope, {}};
+  for (const ChainHash& h : hashes) {
+    key.hash = h;
+    auto it = index_.find(key);
+    if (it != index_.end() && it->second->state == Entry::State::kCommitted) {
+      found.push_back(it->second.get());
+    }
+  }
+  TouchChainLocked(found);
 }
 
 void WarmTier::TakeForDemotionLocked(Entry* e, std::vector<DemoteVictim>* victims) {

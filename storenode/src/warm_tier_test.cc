@@ -277,6 +277,22 @@ TEST_F(WarmTierTest, ChainAncestorsOutliveTheirDescendants) {
   for (uint32_t i : {10, 11, 12, 13, 20, 21, 22}) EXPECT_TRUE(Present(i)) << i;
 }
 
+// A prefix looked up in runs (a block in between only in GPU memory, or runs in two scopes)
+// is touched again run by run, the last first (StoreServiceImpl::RetouchRuns): its first
+// blocks end the most recent, as after one Lookup. Touched first to last instead, blocks 0
+// and 1 went first.
+TEST_F(WarmTierTest, TouchingRunsLastFirstKeepsAChainsFirstBlocksMostRecent) {
+  for (uint32_t i = 0; i < 4; ++i) ASSERT_THAT(PutN(i, kPage), IsOk());
+  const std::vector<ChainHash> chain = Keys(0, 4);
+  tier_->Touch(ns_, "s", std::span(chain).subspan(2, 2));
+  tier_->Touch(ns_, "s", std::span(chain).subspan(0, 2));
+  for (uint32_t i = 10; i < 14; ++i) ASSERT_THAT(PutN(i, kPage), IsOk());
+  for (uint32_t i = 20; i < 23; ++i) ASSERT_THAT(PutN(i, kPage), IsOk());
+  EXPECT_EQ(tier_->Stats().evictions, 3u);
+  EXPECT_TRUE(Present(0));
+  for (uint32_t i : {1, 2, 3}) EXPECT_FALSE(Present(i)) << i;
+}
+
 TEST_F(WarmTierTest, ChainCommittedTogetherEvictsDescendantsFirst) {
   for (uint32_t i = 10; i < 14; ++i) ASSERT_THAT(PutN(i, kPage), IsOk());
   WarmTier::ReserveResult r = Reserve({{H(0), kPage}, {H(1), kPage}, {H(2), kPage}, {H(3), kPage}});

@@ -565,12 +565,12 @@ TEST_F(TiersTest, ALeaseItsCallerNeverReceivedIsReleased) {
   EXPECT_NE(next.lease_id(), 0u);
 }
 
-// A read's disk blocks go through buffers of its own (the stored value and the block), held
-// against max_inflight_bytes: here 1.5 MiB, less than the 2 MiB a 1 MiB block's read needs,
-// so a BeginGet's disk blocks are RESOURCE_EXHAUSTED while its warm block is served. Before
-// 2026-11-29 such reads were outside every budget: 256 calls of 4096 disk blocks read 8 GiB
-// at once whatever max_inflight_bytes said. A Get that stages the blocks in DRAM (one block's
-// buffer) still reads them.
+// A BeginGet without payload reads its disk blocks into buffers of their own (the stored value
+// and the block), held against max_inflight_bytes: here 1.5 MiB, less than the 2 MiB a 1 MiB
+// block's read needs, so a BeginGet's disk blocks are RESOURCE_EXHAUSTED while its warm block is
+// served. Before 2026-11-29 such reads were outside every budget: 256 calls of 4096 disk blocks
+// read 8 GiB at once whatever max_inflight_bytes said. A Get that stages the blocks in DRAM (one
+// block's buffer) still reads them.
 TEST_F(TiersTest, DiskReadsAreHeldAgainstInflightBytes) {
   TieredNode n(dir_);
   ASSERT_NO_FATAL_FAILURE(

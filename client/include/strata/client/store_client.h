@@ -214,6 +214,12 @@ struct GetResult {
   bool may_land_late = false;
 };
 
+// Whether a Get, or one of its blocks, that ended with `s` may still have a transfer land in
+// the caller's buffers later: any failure but those a node gives before moving bytes
+// (NOT_FOUND, INVALID_ARGUMENT, OUT_OF_RANGE, FAILED_PRECONDITION, PERMISSION_DENIED,
+// UNAUTHENTICATED, ALREADY_EXISTS).
+bool MayLandLate(const absl::Status& s);
+
 struct NodeStats {
   std::string node_id;
   uint64_t warm_blocks = 0;

@@ -102,6 +102,10 @@ class TieredStore {
                                                              std::span<const ChainHash> hashes,
                                                              bool count = true);
   void CountLookups(uint64_t hits, uint64_t misses) { warm_->CountLookups(hits, misses); }
+  // WarmTier::Touch.
+  void Touch(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes) {
+    warm_->Touch(ns, scope, hashes);
+  }
 
   // Like WarmTier::BeginPut, but blocks held by a lower tier are ALREADY_EXISTS too.
   WarmTier::ReserveResult BeginPut(NamespaceId ns, const std::string& scope,

@@ -183,6 +183,9 @@ class WarmTier {
                                                    std::span<const ChainHash> hashes,
                                                    const LowerTierProbe& lower = nullptr,
                                                    bool count = true);
+  // Makes the committed blocks of `hashes` (a run of one chain) the most recently used, the
+  // first of them most of all, as Lookup does; absent ones are skipped, nothing is counted.
+  void Touch(NamespaceId ns, const std::string& scope, std::span<const ChainHash> hashes);
   // Adds to the hit and miss counts (Stats) what uncounted probes found.
   void CountLookups(uint64_t hits, uint64_t misses) {
     hits_.fetch_add(hits, std::memory_order_relaxed);
@@ -325,6 +328,8 @@ class WarmTier {
         std::max(size, std::min(options_.min_slot_bytes, options_.max_block_bytes)));
   }
   void TouchLocked(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Touches a chain's entries, the last first (Lookup, Touch).
+  void TouchChainLocked(std::span<Entry* const> chain) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<uint64_t> NewIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lookup and LookupEach: stops at the first miss when `prefix`.
   std::vector<std::optional<BlockMeta>> Probe(NamespaceId ns, const std::string& scope,
