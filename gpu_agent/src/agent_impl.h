@@ -94,6 +94,9 @@ class GpuAgentImpl : public GpuAgent {
   // load region and scatters the verified ones; fills their BlockLoad entries.
   void FetchInto(client::StoreClient& from, const client::Namespace& ns, LoadSource source,
                  const std::string& name, LoadJob& job, std::span<const size_t> which);
+  // Those of blocks `which` (in order) whose destination slot is still this job's: not freed
+  // by the engine since the load began.
+  std::vector<size_t> TargetedSlots(const LoadJob& job, std::span<const size_t> which);
   // A peer agent: its address and the token it asks for (its directory entry's).
   using PeerKey = std::pair<std::string, std::string>;
   // A client for the peer agent `peer` (cached), with the namespace id it serves.

@@ -4,6 +4,7 @@
 // (gone, evicted, failed checksum) is fetched from the store instead.
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "agent_impl.h"
@@ -99,6 +100,13 @@ void GpuAgentImpl::LoadLoop() {
 void GpuAgentImpl::RunLoad(LoadJob& job) {
   std::vector<BlockLoad>& out = job.handle->blocks_;
   if (job.prefix.empty()) return;
+  std::vector<size_t> every(job.destinations.size());
+  std::iota(every.begin(), every.end(), size_t{0});
+  if (TargetedSlots(job, every).empty()) {
+    // The engine freed every slot (OnBlocksFreed) while the load waited: nothing to ask for.
+    for (BlockLoad& b : out) b.status = absl::CancelledError("slot freed before the load ran");
+    return;
+  }
   absl::StatusOr<client::LookupResult> found =
       client_->Lookup(ns_, scope_, job.prefix, client::CallOptions{options_.call_deadline});
   if (!found.ok()) {
@@ -201,9 +209,27 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
   FetchInto(*client_, ns_, LoadSource::kStore, "store", job, from_store);
 }
 
+std::vector<size_t> GpuAgentImpl::TargetedSlots(const LoadJob& job, std::span<const size_t> which) {
+  std::vector<size_t> live;
+  absl::MutexLock lock(&mu_);
+  for (size_t i : which) {
+    auto it = load_targets_.find(job.destinations[i]);
+    if (it != load_targets_.end() && it->second == job.id) live.push_back(i);
+  }
+  return live;
+}
+
 void GpuAgentImpl::FetchInto(client::StoreClient& from, const client::Namespace& ns,
                              LoadSource source, const std::string& name, LoadJob& job,
-                             std::span<const size_t> which) {
+                             std::span<const size_t> asked) {
+  // Blocks whose slot the engine freed since the load began are not fetched at all (those
+  // freed while a batch runs are skipped after it, below).
+  const std::vector<size_t> which = TargetedSlots(job, asked);
+  for (size_t i : asked) {
+    if (!std::binary_search(which.begin(), which.end(), i)) {
+      job.handle->blocks_[i].status = absl::CancelledError("slot freed during the load");
+    }
+  }
   const uint64_t bb = stored_bytes_;
   uint8_t* region = staging_->data() + uint64_t{batch_} * pool_.block_bytes;
   std::vector<BlockLoad>& out = job.handle->blocks_;

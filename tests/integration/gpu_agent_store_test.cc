@@ -256,5 +256,39 @@ TEST_F(GpuAgentTest, ABlockListedAtADeadPeerFirstIsReadFromALiveOne) {
   EXPECT_EQ(Exact(decode, hashes, Slots(4, 4)), 4u);
 }
 
+// A load whose slots the engine freed while it waited behind another load asks the store for
+// nothing: its blocks end CANCELLED. Here the first load waits out a hung peer (call_deadline
+// 1 s) while the second's slots are freed. Before 2026-11-29 the second still made its Lookup
+// and Get, and dropped the blocks only after they came.
+TEST_F(GpuAgentTest, ALoadWhoseSlotsWereFreedWhileItWaitedAsksTheStoreNothing) {
+  const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+  Side prefill = Make(Options("freed-early", false), shape);
+  const std::vector<ChainHash> hashes = Hashes(*prefill.agent, 4, 616);
+  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 4))).ok());
+  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
+  Reader r = ReaderOf(*node_, *prefill.agent);
+  ASSERT_NE(r.client, nullptr);
+  int fd = -1;
+  const std::string hung = HungAddress(&fd);
+  absl::Cleanup close_hung = [fd] { close(fd); };
+  ASSERT_FALSE(hung.empty());
+  const std::vector<uint64_t> sizes(hashes.size(), prefill.pool.pool().block_bytes);
+  ASSERT_TRUE(r.client->Publish(r.ns, "", hashes, sizes, {hung, "t"}, absl::Minutes(5)).ok());
+  AgentOptions impatient = Options("freed-early", false);
+  impatient.call_deadline = absl::Seconds(1);
+  Side decode = Make(impatient, shape);
+  const uint64_t lookups = testutil::OpCount(*node_, "lookup");
+  auto first = decode.agent->Load(hashes, Slots(0, 4));
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = decode.agent->Load(hashes, Slots(4, 4));
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE(decode.agent->OnBlocksFreed(Slots(4, 4)).ok());
+  ASSERT_TRUE((*first)->Wait(absl::Seconds(60)));
+  ASSERT_TRUE((*second)->Wait(absl::Seconds(60)));
+  EXPECT_EQ((*first)->loaded_prefix(), 4u);  // from the store, after the hung peer
+  EXPECT_EQ((*second)->loaded_prefix(), 0u);
+  EXPECT_EQ(testutil::OpCount(*node_, "lookup") - lookups, 1u) << "the first load's only";
+}
+
 }  // namespace
 }  // namespace strata::gpu_agent
