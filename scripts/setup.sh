@@ -15,7 +15,7 @@ packages=(
   golang-etcd-server-dev golang-github-gogo-protobuf-dev
   golang-github-grpc-ecosystem-grpc-gateway-dev
   redis-server redis-tools
-  curl
+  curl openssl
   nodejs unzip python3-yaml
 )
 
