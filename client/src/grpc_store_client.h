@@ -146,9 +146,6 @@ inline bool IsStaleEpoch(const absl::Status& s) {
          absl::StrContains(s.message(), "epoch");
 }
 
-// The caller's own mistakes in a put or a get, which no node need see: INVALID_ARGUMENT
-// naming the block (a null buffer or payload with bytes claimed; a put block of 0 bytes or
-// past the namespace's block_bytes).
 // What a data-channel part answers when it goes inline instead (RefusedOnReconnect): a status
 // marked with this payload.
 inline constexpr char kInlineInstead[] = "strata.client/inline-instead";
@@ -156,6 +153,15 @@ inline bool IsInlineInstead(const absl::Status& s) {
   return s.GetPayload(kInlineInstead).has_value();
 }
 
+// The checksum a write sends for its bytes: the caller's (BlockWrite::checksum), else one
+// computed now.
+inline uint64_t ChecksumOf(const BlockWrite& w) {
+  return w.checksum.has_value() ? *w.checksum : BlockChecksum(w.data, w.size);
+}
+
+// The caller's own mistakes in a put or a get, which no node need see: INVALID_ARGUMENT
+// naming the block (a null buffer or payload with bytes claimed; a put block of 0 bytes or
+// past the namespace's block_bytes; reads whose buffers overlap).
 inline absl::Status CheckReads(std::span<const BlockRead> blocks) {
   std::vector<size_t> order;  // of the reads with room, by address
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -176,11 +182,6 @@ inline absl::Status CheckReads(std::span<const BlockRead> blocks) {
     }
   }
   return absl::OkStatus();
-}
-// The checksum a write sends for its bytes: the caller's (BlockWrite::checksum), else one
-// computed now.
-inline uint64_t ChecksumOf(const BlockWrite& w) {
-  return w.checksum.has_value() ? *w.checksum : BlockChecksum(w.data, w.size);
 }
 inline absl::Status CheckWrites(const Namespace& ns, std::span<const BlockWrite> blocks) {
   for (size_t i = 0; i < blocks.size(); ++i) {
