@@ -163,11 +163,15 @@ inline uint64_t ChecksumOf(const BlockWrite& w) {
 // naming the block (a null buffer or payload with bytes claimed; a put block of 0 bytes or
 // past the namespace's block_bytes; reads whose buffers overlap).
 inline absl::Status CheckReads(std::span<const BlockRead> blocks) {
-  std::vector<size_t> order;  // of the reads with room, by address
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (blocks[i].buffer == nullptr && blocks[i].capacity > 0) {
       return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].buffer: null"));
     }
+  }
+  if (blocks.size() < 2) return absl::OkStatus();
+  std::vector<size_t> order;  // of the reads with room, by address
+  order.reserve(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
     if (blocks[i].capacity > 0) order.push_back(i);
   }
   // Overlapping reads would each be verified where they land, and one's bytes then overwritten

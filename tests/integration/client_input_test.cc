@@ -20,28 +20,42 @@ using ::testing::HasSubstr;
 using testutil::IsOk;
 using testutil::StatusIs;
 
-TEST(ClientInputTest, NullBuffersAreRefusedAndAnInfiniteDeadlineIsNone) {
+// A node with a 64 MiB warm tier, a client of it, and namespace `model` of 4 KiB blocks.
+struct Connected {
+  std::unique_ptr<client::LocalNode> node;
+  std::unique_ptr<StoreClient> client;
+  client::Namespace ns;
+};
+void ConnectNew(const std::string& model, Connected* out) {
   auto node = testutil::StartNode({"--warm-bytes", "64MiB"});
   ASSERT_THAT(node, IsOk());
-  auto client = StoreClient::Connect({.address = (*node)->address()});
+  out->node = *std::move(node);
+  auto client = StoreClient::Connect({.address = out->node->address()});
   ASSERT_THAT(client, IsOk());
-  auto ns = (*client)->RegisterNamespace(testutil::RawSpec("client-input", 4096));
+  out->client = *std::move(client);
+  auto ns = out->client->RegisterNamespace(testutil::RawSpec(model, 4096));
   ASSERT_THAT(ns, IsOk());
-  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 3, 2);
+  out->ns = *ns;
+}
+
+TEST(ClientInputTest, NullBuffersAreRefusedAndAnInfiniteDeadlineIsNone) {
+  Connected c;
+  ASSERT_NO_FATAL_FAILURE(ConnectNew("client-input", &c));
+  const std::vector<ChainHash> chain = testutil::PromptChain(c.ns, 3, 2);
   std::vector<uint8_t> block = testutil::RandomBytes(3, 4096);
   // A null read buffer with room claimed: INVALID_ARGUMENT naming it (before: a crash in the
   // copy of the inline reply).
   BlockWrite w{chain[0], block.data(), block.size()};
-  ASSERT_THAT((*client)->Put(*ns, "", {&w, 1}), IsOk());
+  ASSERT_THAT(c.client->Put(c.ns, "", {&w, 1}), IsOk());
   std::vector<uint8_t> out(4096);
   std::vector<BlockRead> reads = {{chain[0], out.data(), out.size()}, {chain[1], nullptr, 4096}};
-  EXPECT_THAT((*client)->Get(*ns, "", reads),
+  EXPECT_THAT(c.client->Get(c.ns, "", reads),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blocks[1].buffer")));
   // No deadline at all (infinite): the calls run (before: the deadline overflowed into the
   // past and every call was DEADLINE_EXCEEDED at once).
   const CallOptions forever{absl::InfiniteDuration()};
-  EXPECT_THAT((*client)->Stats(forever), IsOk());
-  auto got = (*client)->Get(*ns, "", {reads.data(), 1}, forever);
+  EXPECT_THAT(c.client->Stats(forever), IsOk());
+  auto got = c.client->Get(c.ns, "", {reads.data(), 1}, forever);
   ASSERT_THAT(got, IsOk());
   EXPECT_THAT(got->blocks[0], IsOk());
   EXPECT_EQ(out, block);
@@ -50,25 +64,21 @@ TEST(ClientInputTest, NullBuffersAreRefusedAndAnInfiniteDeadlineIsNone) {
 // Reads whose buffers overlap are refused before any transfer: each would be verified where it
 // landed and then overwritten by the other, a block reported OK holding another's bytes.
 TEST(ClientInputTest, OverlappingReadBuffersAreRefused) {
-  auto node = testutil::StartNode({"--warm-bytes", "64MiB"});
-  ASSERT_THAT(node, IsOk());
-  auto client = StoreClient::Connect({.address = (*node)->address()});
-  ASSERT_THAT(client, IsOk());
-  auto ns = (*client)->RegisterNamespace(testutil::RawSpec("client-overlap", 4096));
-  ASSERT_THAT(ns, IsOk());
-  const std::vector<ChainHash> chain = testutil::PromptChain(*ns, 4, 2);
+  Connected c;
+  ASSERT_NO_FATAL_FAILURE(ConnectNew("client-overlap", &c));
+  const std::vector<ChainHash> chain = testutil::PromptChain(c.ns, 4, 2);
   std::vector<std::vector<uint8_t>> data;
   std::vector<BlockWrite> writes;
   for (size_t i = 0; i < chain.size(); ++i) {
     data.push_back(testutil::RandomBytes(40 + i, 4096));
     writes.push_back({chain[i], data[i].data(), 4096});
   }
-  ASSERT_THAT((*client)->Put(*ns, "", writes), IsOk());
+  ASSERT_THAT(c.client->Put(c.ns, "", writes), IsOk());
   std::vector<uint8_t> out(3 * 4096);
   // Side by side: both read.
   std::vector<BlockRead> reads = {{chain[1], out.data() + 4096, 4096},
                                   {chain[0], out.data(), 4096}};
-  auto got = (*client)->Get(*ns, "", reads);
+  auto got = c.client->Get(c.ns, "", reads);
   ASSERT_THAT(got, IsOk());
   ASSERT_THAT(got->blocks[0], IsOk());
   ASSERT_THAT(got->blocks[1], IsOk());
@@ -77,11 +87,11 @@ TEST(ClientInputTest, OverlappingReadBuffersAreRefused) {
   EXPECT_FALSE(got->may_land_late);
   // One byte into the next: refused, naming both.
   reads[0].buffer = out.data() + 4095;
-  EXPECT_THAT((*client)->Get(*ns, "", reads),
+  EXPECT_THAT(c.client->Get(c.ns, "", reads),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("blocks[0].buffer, blocks[1].buffer: overlap")));
   reads[0].buffer = out.data();
-  EXPECT_THAT((*client)->Get(*ns, "", reads),
+  EXPECT_THAT(c.client->Get(c.ns, "", reads),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overlap")));
 }
 

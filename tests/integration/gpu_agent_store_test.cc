@@ -8,7 +8,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gpu_agent_fixture.h"
@@ -218,6 +217,26 @@ std::string HungAddress(int* fd) {
   return absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
 }
 
+// A hung agent: an address that never answers, open while this lives.
+struct HungPeer {
+  HungPeer() : address(HungAddress(&fd)) {}
+  ~HungPeer() {
+    if (fd >= 0) close(fd);
+  }
+  int fd = -1;
+  std::string address;
+};
+
+// Publishes `hashes` (blocks of `block_bytes`) at `peer` through r, for 5 minutes.
+void AdvertiseAt(const HungPeer& peer, const Reader& r, const std::vector<ChainHash>& hashes,
+                 uint64_t block_bytes) {
+  ASSERT_FALSE(peer.address.empty());
+  const std::vector<uint64_t> sizes(hashes.size(), block_bytes);
+  auto published =
+      r.client->Publish(r.ns, "", hashes, sizes, {peer.address, "t"}, absl::Minutes(5));
+  ASSERT_TRUE(published.ok()) << published.status();
+}
+
 // A block two agents advertise is read from the second once the first, listed first, was
 // found unreachable (a dead agent's entries live until their TTL). Before 2026-11-29 only
 // the first location was tried: the blocks came from the store for as long as that entry
@@ -228,13 +247,8 @@ TEST_F(GpuAgentTest, ABlockListedAtADeadPeerFirstIsReadFromALiveOne) {
   const std::vector<ChainHash> hashes = Hashes(*prefill.agent, 4, 515);
   Reader r = ReaderOf(*node_, *prefill.agent);
   ASSERT_NE(r.client, nullptr);
-  int fd = -1;
-  const std::string hung = HungAddress(&fd);
-  absl::Cleanup close_hung = [fd] { close(fd); };
-  ASSERT_FALSE(hung.empty());
-  const std::vector<uint64_t> sizes(hashes.size(), prefill.pool.pool().block_bytes);
-  auto published = r.client->Publish(r.ns, "", hashes, sizes, {hung, "t"}, absl::Minutes(5));
-  ASSERT_TRUE(published.ok()) << published.status();
+  HungPeer hung;
+  ASSERT_NO_FATAL_FAILURE(AdvertiseAt(hung, r, hashes, prefill.pool.pool().block_bytes));
   // The live agent computes (and publishes) the same blocks after: listed second.
   ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 4))).ok());
   ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
@@ -268,12 +282,8 @@ TEST_F(GpuAgentTest, ALoadWhoseSlotsWereFreedWhileItWaitedAsksTheStoreNothing) {
   ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
   Reader r = ReaderOf(*node_, *prefill.agent);
   ASSERT_NE(r.client, nullptr);
-  int fd = -1;
-  const std::string hung = HungAddress(&fd);
-  absl::Cleanup close_hung = [fd] { close(fd); };
-  ASSERT_FALSE(hung.empty());
-  const std::vector<uint64_t> sizes(hashes.size(), prefill.pool.pool().block_bytes);
-  ASSERT_TRUE(r.client->Publish(r.ns, "", hashes, sizes, {hung, "t"}, absl::Minutes(5)).ok());
+  HungPeer hung;
+  ASSERT_NO_FATAL_FAILURE(AdvertiseAt(hung, r, hashes, prefill.pool.pool().block_bytes));
   AgentOptions impatient = Options("freed-early", false);
   impatient.call_deadline = absl::Seconds(1);
   Side decode = Make(impatient, shape);
