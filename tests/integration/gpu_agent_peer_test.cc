@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/cleanup/cleanup.h"
@@ -43,23 +45,31 @@ TEST_F(GpuAgentTest, HungPeersCostALoadOneDeadlineInAll) {
   absl::Cleanup close_listeners = [&] {
     for (int fd : listeners) close(fd);
   };
+  // The first listens on a fixed port below the ephemeral range (10000-19999: its address
+  // sorts before any ephemeral port's), the others on ephemeral ports. Until 2026-11-29 the
+  // first was an ephemeral port too, kept only when it sorted below the healthy agent's: with
+  // that agent on a low port, 64 tries found none (CI failed on it).
   std::vector<std::string> hung;
-  for (int tries = 0; tries < 64 && hung.size() < kPeers; ++tries) {
+  for (uint16_t fixed = 10000 + getpid() % 5000; hung.size() < kPeers;) {
+    const bool first = hung.empty();
+    ASSERT_LT(fixed, 20000) << "no free port in 10000-19999";
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
     ASSERT_GE(fd, 0);
     listeners.push_back(fd);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = first ? htons(fixed++) : 0;
     socklen_t len = sizeof(addr);
-    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+      ASSERT_TRUE(first) << "bind: " << strerror(errno);
+      continue;  // that port is taken: the next one
+    }
     ASSERT_EQ(listen(fd, 16), 0);  // connections complete in the backlog; nothing answers
     ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-    std::string at = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
-    const bool first = hung.empty();
-    if (!first || at < healthy.agent->peer_address()) hung.push_back(std::move(at));
+    hung.push_back(absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)));
   }
-  ASSERT_EQ(hung.size(), kPeers) << "no port below the healthy agent's in 64 tries";
+  ASSERT_LT(hung[0], healthy.agent->peer_address()) << "the first hung peer is not asked first";
   for (uint32_t p = 0; p < kPeers; ++p) {
     const std::span<const ChainHash> part(hashes.data() + p * kEach, kEach);
     const std::vector<uint64_t> sizes(kEach, prefill.pool.pool().block_bytes);
