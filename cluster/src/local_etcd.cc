@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "strata/cluster/etcd_client.h"
 
 extern char** environ;
@@ -49,13 +50,30 @@ std::string FindEtcd() {
   return "/usr/bin/etcd";
 }
 
-// Two distinct free loopback ports: bound to port 0 together, then released. Another process
-// may take one before etcd binds it; Start() then tries again with new ones.
+// The lowest port the kernel hands out for port 0 and outgoing connections
+// (ip_local_port_range), 32768 when it cannot be read.
+int EphemeralLow() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 0;
+  return in >> low && low > 0 ? low : 32768;
+}
+
+// Two distinct free loopback ports, bound together, then released. Taken below the ephemeral
+// range where it leaves room (20000 up, from a start that differs per call): the kernel
+// gives those to no one, so Restart() finds them free again after an outage. Until
+// 2026-11-29 they were port-0 ports, which a server started meanwhile (a parallel test) could
+// get while etcd was down. Another process may still bind one before etcd does; Start() then
+// tries again with new ones.
 absl::StatusOr<std::pair<int, int>> FreePorts() {
+  constexpr int kFirst = 20000;
+  const int span = EphemeralLow() - kFirst;
+  const uint64_t seed = static_cast<uint64_t>(getpid()) * 2654435761u +
+                        static_cast<uint64_t>(absl::GetCurrentTimeNanos() / 1000);
+  int next = span >= 64 ? kFirst + static_cast<int>(seed % static_cast<uint64_t>(span)) : 0;
   int fds[2] = {-1, -1};
   int ports[2] = {0, 0};
   absl::Status status;
-  for (int i = 0; i < 2 && status.ok(); ++i) {
+  for (int i = 0, tries = 0; i < 2 && status.ok();) {
     fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fds[i] < 0) {
       status = absl::InternalError(ErrnoMessage("socket"));
@@ -64,14 +82,27 @@ absl::StatusOr<std::pair<int, int>> FreePorts() {
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
+    // A fixed port below the range for 256 tries, then any free one.
+    const bool fixed = span >= 64 && tries < 256;
+    addr.sin_port = fixed ? htons(static_cast<uint16_t>(kFirst + (next++ - kFirst) % span)) : 0;
     socklen_t len = sizeof(addr);
-    if (bind(fds[i], reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-        getsockname(fds[i], reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (bind(fds[i], reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      const int error = errno;
+      close(fds[i]);
+      fds[i] = -1;
+      errno = error;
+      if (fixed && error == EADDRINUSE) {
+        ++tries;
+        continue;
+      }
       status = absl::UnavailableError(ErrnoMessage("binding a free loopback port"));
       break;
     }
-    ports[i] = ntohs(addr.sin_port);
+    if (getsockname(fds[i], reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      status = absl::UnavailableError(ErrnoMessage("binding a free loopback port"));
+      break;
+    }
+    ports[i++] = ntohs(addr.sin_port);
   }
   for (int fd : fds) {
     if (fd >= 0) close(fd);

@@ -463,7 +463,6 @@ void GpuAgentImpl::OffloadLoop() {
       std::vector<ChainHash> publish;
       {
         absl::MutexLock lock(&mu_);
-        for (const BlockState& st : states) inflight_.erase(st.generation);
         stats_.offload_failed += ids.size() - sent.size();
         for (size_t k = 0; k < sent.size(); ++k) {
           const size_t i = sent[k];
@@ -483,6 +482,11 @@ void GpuAgentImpl::OffloadLoop() {
         }
       }
       Publish(publish, options_.publish_ttl);
+      // Only now: Flush returns once the blocks are stored and advertised, so the decode a
+      // prefill hands over to finds them at this agent (until 2026-11-29 the entries could
+      // land after Flush returned: the decode read the store, flaky in tests).
+      absl::MutexLock lock(&mu_);
+      for (const BlockState& st : states) inflight_.erase(st.generation);
     }
     if (!captured.empty()) {
       std::vector<client::BlockWrite> writes;

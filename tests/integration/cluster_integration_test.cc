@@ -17,16 +17,27 @@ TEST_F(ClusterTest, NodesRegisterAndEveryoneSeesTheSameEpoch) {
   std::unique_ptr<StoreClient> c = Connect(Options());
   ASSERT_NE(c, nullptr);
   ASSERT_TRUE(WaitForMembers(*c, 3));
-  std::vector<uint64_t> epochs;
+  // Each node raises the epoch as it sees the others join, on its own time (an etcd write
+  // slow to sync can land between two nodes' answers): read until they agree, for 15 s.
+  std::vector<std::unique_ptr<StoreClient>> each;
   for (auto& [i, node] : nodes_) {
     auto one = StoreClient::Connect({.address = node->address()});
     ASSERT_TRUE(one.ok()) << one.status();
-    auto s = (*one)->Stats();
-    ASSERT_TRUE(s.ok()) << s.status();
-    EXPECT_EQ(s->cluster_mode, "etcd");
-    EXPECT_EQ(s->members, 3u);
-    EXPECT_TRUE(s->etcd_connected);
-    epochs.push_back(s->epoch);
+    each.push_back(std::move(*one));
+  }
+  std::vector<uint64_t> epochs;
+  for (absl::Time end = absl::Now() + absl::Seconds(15);; absl::SleepFor(absl::Milliseconds(50))) {
+    epochs.clear();
+    bool settled = true;
+    for (auto& one : each) {
+      auto s = one->Stats();
+      ASSERT_TRUE(s.ok()) << s.status();
+      EXPECT_EQ(s->cluster_mode, "etcd");
+      EXPECT_TRUE(s->etcd_connected);
+      settled &= s->members == 3 && (epochs.empty() || s->epoch == epochs[0]);
+      epochs.push_back(s->epoch);
+    }
+    if (settled || absl::Now() > end) break;
   }
   EXPECT_GT(epochs[0], 0u);
   for (auto& [i, node] : nodes_) {

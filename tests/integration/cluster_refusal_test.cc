@@ -125,12 +125,14 @@ TEST(ClusterRefusalTest, AStaleEpochKeepsTheCallsDeadlineWhileEtcdHangs) {
     testutil::Freeze hung((*etcd)->pid());
     ASSERT_TRUE(hung.stopped());
     const absl::Time t0 = absl::Now();
-    auto late = (*lazy)->Lookup(*ns, "", chain, {.deadline = absl::Milliseconds(300)});
+    // 1 s: room for the call to node a and its refusal on a slow machine, under the etcd
+    // client's 2 s request timeout checked below.
+    auto late = (*lazy)->Lookup(*ns, "", chain, {.deadline = absl::Seconds(1)});
     const absl::Duration took = absl::Now() - t0;
     EXPECT_THAT(late,
                 StatusIs(absl::StatusCode::kDeadlineExceeded, ::testing::HasSubstr("member set")));
     // Not a speed check: the re-read waited out the etcd client's own request timeout.
-    EXPECT_LT(took, cluster::EtcdOptions{}.request_timeout) << "a 300 ms call";
+    EXPECT_LT(took, cluster::EtcdOptions{}.request_timeout) << "a 1 s call";
   }
   // etcd answers again: the same call re-reads the set and goes through.
   auto found = (*lazy)->Lookup(*ns, "", chain);

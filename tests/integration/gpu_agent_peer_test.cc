@@ -78,7 +78,7 @@ TEST_F(GpuAgentTest, HungPeersCostALoadOneDeadlineInAll) {
     ASSERT_TRUE(published.ok()) << published.status();
   }
   AgentOptions impatient = Options("hung-peers", false);
-  impatient.call_deadline = absl::Seconds(1);
+  impatient.call_deadline = absl::Seconds(3);
   impatient.peer_retry_after = absl::Minutes(1);
   Side decode = Make(impatient, shape);
   // The healthy part alone: from its peer, whose client stays connected.
@@ -171,14 +171,15 @@ TEST_F(GpuAgentTest, ABlockInTwoSlotsIsServedUntilBothAreFreed) {
   EXPECT_EQ(prefill.agent->Stats().published, 0u);
 }
 
-// The peer token is drawn anew every peer_token_rotation (3 s here) and the entries carry the
-// new one; the old one is still served for publish_ttl (2 s), then refused. A reader that
+// The peer token is drawn anew every peer_token_rotation (5 s here) and the entries carry the
+// new one; the old one is still served for publish_ttl (4 s; with 2 s a stall of a second on a
+// busy machine had the test see the new token too late to use the old one), then refused. A reader that
 // loaded with the old token loads again with the new one, every block from the peer.
 TEST_F(GpuAgentTest, PeerTokensRotateAndTheOldOneLapses) {
   AgentOptions o = Options("rotate", true);
   o.metrics_listen = "127.0.0.1:0";
-  o.peer_token_rotation = absl::Seconds(3);
-  o.publish_ttl = absl::Seconds(2);
+  o.peer_token_rotation = absl::Seconds(5);
+  o.publish_ttl = absl::Seconds(4);
   Side prefill = Make(o, SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16));
   auto hashes = Hashes(*prefill.agent, 8, 777);
   ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 8))).ok());

@@ -100,8 +100,8 @@ size_t Advertised(Reader& r, const std::vector<ChainHash>& hashes) {
   return n;
 }
 
-// How many of `hashes` are advertised once `want` are, or 5 s passed (publishes go out after
-// the offload that Flush waits for).
+// How many of `hashes` are advertised once `want` are, or 5 s passed (Flush waits for the
+// publishes since the sixth session of 2026-11-29; before, they could land after it).
 size_t AdvertisedSoon(Reader& r, const std::vector<ChainHash>& hashes, size_t want) {
   size_t n = Advertised(r, hashes);
   for (int i = 0; i < 200 && n < want; ++i) {
@@ -170,10 +170,13 @@ TEST_F(GpuAgentTest, AnEntryPublishedAgainOutlivesTheRemovalQueuedBeforeIt) {
     ASSERT_TRUE(s.agent->OnBlocksFreed(Slots(0, 4)).ok());
   }
   ASSERT_TRUE(s.agent->Flush(absl::Seconds(30)).ok());
-  // The offload thread's next round (a refresh comes every publish_ttl / 3 = 10 s only).
-  absl::SleepFor(absl::Milliseconds(500));
+  // One more offload round, which has sent (or dropped) the removals queued before it: a
+  // block computed now, flushed (a refresh comes every publish_ttl / 3 = 10 s only).
+  const std::vector<ChainHash> other = Hashes(*s.agent, 1, 4343);
+  ASSERT_TRUE(s.agent->OnBlocksComputed(Compute(s, other, Slots(20, 1))).ok());
+  ASSERT_TRUE(s.agent->Flush(absl::Seconds(30)).ok());
   EXPECT_EQ(Advertised(r, hashes), 4u);
-  EXPECT_EQ(s.agent->Stats().published, 4u);
+  EXPECT_EQ(s.agent->Stats().published, 5u);  // and the other block
 }
 
 // Two agents of one tenant that spell its scope differently ("default", the tenant's name
@@ -258,7 +261,7 @@ TEST_F(GpuAgentTest, ABlockListedAtADeadPeerFirstIsReadFromALiveOne) {
     absl::SleepFor(absl::Milliseconds(25));
   }
   AgentOptions impatient = Options("second-peer", false);
-  impatient.call_deadline = absl::Seconds(1);
+  impatient.call_deadline = absl::Seconds(3);
   impatient.peer_retry_after = absl::Minutes(1);
   Side decode = Make(impatient, shape);
   // The first load asks the hung peer and takes the blocks from the store.

@@ -618,7 +618,7 @@ TEST(StoreNodeConfigTest, WarmPolicyDecidesWhoSurvivesAScan) {
 
 TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
   Node n = StartNode({"--warm-bytes", "8MiB", "--max-block-bytes", "1MiB", "--reservation-ttl",
-                      "300ms", "--reaper-interval", "20ms"});
+                      "2s", "--reaper-interval", "20ms"});
   ASSERT_NE(n.client, nullptr);
   std::vector<ChainHash> hashes = testutil::PromptChain(n.ns, 90, 2);
   auto stub = RawStub(n.process->address());
@@ -638,8 +638,9 @@ TEST(StoreNodeConfigTest, UncommittedPutIsInvisibleAndExpires) {
   EXPECT_EQ(n.client->Lookup(n.ns, "", hashes)->matched_blocks, 0u);
   EXPECT_EQ(n.client->Stats()->reservations, 1u);
   EXPECT_GT(n.client->Stats()->warm_used_bytes, 0u);
-  // Bounded wait for the reaper.
-  for (int i = 0; i < 250 && n.client->Stats()->reservations != 0; ++i) {
+  // Bounded wait for the reaper (the TTL is 2 s so that the three calls above see the
+  // reservation however slow the machine; 300 ms was a tight fit).
+  for (int i = 0; i < 500 && n.client->Stats()->reservations != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(n.client->Stats()->reservations, 0u);
@@ -714,7 +715,7 @@ TEST(StoreNodeConfigTest, FaultInjectionIsRefusedUnlessEnabled) {
 }
 
 TEST(StoreNodeConfigTest, YamlFileAndEnvironmentConfigureTheNode) {
-  std::string path = "/tmp/strata-it-config.yaml";
+  const std::string path = absl::StrCat("/tmp/strata-it-config-", getpid(), ".yaml");
   std::ofstream(path) << "warm_bytes: 6MiB\nmax_block_bytes: 1MiB\nnode_id: from-yaml\n";
   Node n = StartNode({"--config", path});
   ASSERT_NE(n.client, nullptr);

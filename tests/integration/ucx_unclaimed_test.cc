@@ -238,14 +238,22 @@ TEST(UcxConfigTest, ARefusedPutDatasMessagesAreDroppedAndItsChannelStays) {
     const std::vector<uint64_t> sums(n, BlockChecksum(payload.data(), payload.size()));
     return TaggedPut(c, ns, testutil::PromptChain(ns, prompt, n), payload.size(), sums);
   };
+  grpc::ClientContext hold_ctx;
+  hold_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   std::thread hold([&] {
     v1::PutDataRequest req = tagged_put(holder, 20, 1);
     v1::PutDataResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(4));
-    stub->PutData(&ctx, req, &resp);  // waits for a message that never comes
+    stub->PutData(&hold_ctx, req, &resp);  // waits for a message that never comes
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // The holder has the slot once its block is reserved (it then waits in its transfer).
+  for (int i = 0; i < 200 && MetricValue(node, "strata_reservations") < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (MetricValue(node, "strata_reservations") != 1) {
+    hold_ctx.TryCancel();
+    hold.join();
+    FAIL() << "the holder's put never began";
+  }
   std::vector<transport::TransferOp> sends;
   for (uint32_t i = 0; i < 16; ++i) {
     sends.push_back(
@@ -265,6 +273,7 @@ TEST(UcxConfigTest, ARefusedPutDatasMessagesAreDroppedAndItsChannelStays) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_GE(MetricValue(node, kDroppedMetric), 16);
+  hold_ctx.TryCancel();
   hold.join();
   // Well past the timeout after the refusal: the refused call's channel is still open.
   absl::SleepFor(refused_at + absl::Milliseconds(3500) - absl::Now());

@@ -203,7 +203,8 @@ class GpuAgent {
   // INVALID_ARGUMENT for an id outside the pool; otherwise OK, the slots freed: a block that
   // could not be captured for the store (a NaN under transfer_quant) counts as offload_failed.
   virtual absl::Status OnBlocksFreed(std::span<const uint32_t> ids) = 0;
-  // Waits until every block computed before this call was offloaded (or failed) — a
+  // Waits until every block computed before this call was offloaded (or failed), and with a
+  // peer port its directory entries were published (or that failed) — a
   // watermark: blocks computed meanwhile are not waited for — or `timeout`:
   // DEADLINE_EXCEEDED then. For shutdown and for a prefill that must hand over before it
   // reports a request done; not for every engine step (docs/design/engine-integration.md).
