@@ -62,7 +62,12 @@ int HttpEndpoint::Handle(mg_connection* conn, void* self_ptr) {
   if (uri == "/metrics") {
     Reply(conn, 200, "OK", "text/plain; version=0.0.4", self->handlers_.metrics());
   } else if (uri == "/healthz") {
-    Reply(conn, 200, "OK", "text/plain", "ok\n");
+    const std::string why = self->handlers_.broken ? self->handlers_.broken() : std::string();
+    if (why.empty()) {
+      Reply(conn, 200, "OK", "text/plain", "ok\n");
+    } else {
+      Reply(conn, 503, "Service Unavailable", "text/plain", "broken: " + why + "\n");
+    }
   } else if (uri == "/readyz") {
     if (self->handlers_.ready()) {
       Reply(conn, 200, "OK", "text/plain", "ready\n");

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -64,9 +65,11 @@ TEST(OpTotalsTest, SumsAndCountsAreReadPerOp) {
 
 TEST(HttpGetTest, ReadsANodesPagesAndTheirStatus) {
   bool ready = false;
+  std::atomic<bool> broken{false};
   auto server = HttpEndpoint::Start(
-      "127.0.0.1:0", {[] { return std::string("strata_op_latency_seconds_count{op=\"x\"} 2\n"); },
-                      [&] { return ready; }});
+      "127.0.0.1:0",
+      {[] { return std::string("strata_op_latency_seconds_count{op=\"x\"} 2\n"); },
+       [&] { return ready; }, [&] { return std::string(broken ? "a lane is wedged" : ""); }});
   ASSERT_THAT(server, testutil::IsOk());
   auto page = HttpGet((*server)->address(), "/metrics");
   ASSERT_THAT(page, testutil::IsOk());
@@ -77,6 +80,13 @@ TEST(HttpGetTest, ReadsANodesPagesAndTheirStatus) {
   EXPECT_EQ(not_ready->first, 503);
   ready = true;
   EXPECT_EQ(HttpGet((*server)->address(), "/readyz")->first, 200);
+  // /healthz: 200 until the process says it is broken for good, then 503 and why.
+  EXPECT_EQ(HttpGet((*server)->address(), "/healthz")->first, 200);
+  broken = true;
+  auto unhealthy = HttpGet((*server)->address(), "/healthz");
+  ASSERT_THAT(unhealthy, testutil::IsOk());
+  EXPECT_EQ(unhealthy->first, 503);
+  EXPECT_THAT(unhealthy->second, HasSubstr("a lane is wedged"));
 }
 
 TEST(HttpGetTest, BadAddressesAndClosedPortsAreErrorsNotHangs) {

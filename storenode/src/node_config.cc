@@ -61,6 +61,9 @@ void RegisterNodeOptions(ConfigSchema& s, NodeConfig* c) {
   s.AddUint("ucx_unclaimed_timeout_ms", &c->ucx_unclaimed_timeout_ms,
             "A client's UCX message that no call claims for this long (its PutData never "
             "reached the node) closes its data channel and is dropped.");
+  s.AddUint("ucx_max_replaced_lanes", &c->ucx_max_replaced_lanes,
+            "Wedged shared-memory lanes the node replaces at most (each old worker is kept until "
+            "it stops); past that a wedged lane makes /healthz answer 503, for a restart.");
   s.AddBool("ucx_trailing_checksums", &c->ucx_trailing_checksums,
             "Let a two-sided put send its blocks' checksums after the blocks (the client then "
             "hashes while they travel); false: clients send them in the request.");
@@ -263,6 +266,9 @@ absl::Status ValidateNodeConfig(const NodeConfig& c) {
   if (c.ucx_unclaimed_timeout_ms < 1000) {
     // The sweep runs once a second; shorter would take calls merely in flight for abandoned.
     return absl::InvalidArgumentError("ucx_unclaimed_timeout_ms: want >= 1000");
+  }
+  if (c.ucx_max_replaced_lanes > 1024) {
+    return absl::InvalidArgumentError("ucx_max_replaced_lanes: want 0..1024");
   }
   if (c.cluster_replicas < 1 || c.cluster_replicas > 16) {
     return absl::InvalidArgumentError("cluster_replicas: want 1..16");

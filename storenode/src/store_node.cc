@@ -101,7 +101,14 @@ class StoreNodeImpl final : public StoreNode {
     absl::StatusOr<std::unique_ptr<HttpEndpoint>> http = HttpEndpoint::Start(
         config_.http_listen,
         {[this] { return metrics_.Render(warm_->Stats(), ClusterNow(), warm_->ScopeBytes()); },
-         [this] { return ready_.load(); }});
+         [this] { return ready_.load(); },
+         [this] {
+           const uint64_t wedged = data_plane_ != nullptr ? data_plane_->lanes_wedged() : 0;
+           return wedged == 0 ? std::string()
+                              : absl::StrCat(wedged,
+                                             " UCX lanes wedged and not replaced "
+                                             "(ucx_max_replaced_lanes reached, or no new worker)");
+         }});
     if (!http.ok()) return http.status();
     http_ = std::move(*http);
 
@@ -433,6 +440,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
     dp.max_channels = config.max_data_channels;
     dp.max_channels_per_owner = config.tenant_data_channels;
     dp.unclaimed_timeout = absl::Milliseconds(config.ucx_unclaimed_timeout_ms);
+    dp.max_replaced_lanes = static_cast<uint32_t>(config.ucx_max_replaced_lanes);
     dp.max_block_bytes = config.max_block_bytes;
     absl::StatusOr<std::unique_ptr<DataPlane>> plane =
         DataPlane::Create(dp, (*warm)->arena_base(), (*warm)->arena_bytes());

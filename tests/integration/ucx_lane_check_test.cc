@@ -38,6 +38,16 @@ absl::Status PutAndGet(client::StoreClient& c, const client::Namespace& ns, cons
   return out == block ? absl::OkStatus() : absl::DataLossError("bytes differ");
 }
 
+// Lane `lane` of the node stops reading for good (InjectFault stall_lane).
+void StallLane(const client::LocalNode& node, uint32_t lane) {
+  auto stub = ucx_test::RawStub(node.address());
+  v1::InjectFaultRequest stall;
+  stall.set_stall_lane(lane);
+  v1::InjectFaultResponse ignored;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub->InjectFault(&ctx, stall, &ignored).ok());
+}
+
 TEST(UcxLaneCheckTest, AWedgedSharedMemoryLaneIsReplacedAndServesAgain) {
   auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--max-block-bytes", "4MiB",
                                    "--ucx-tls", "shm", "--debug-fault-injection"});
@@ -54,12 +64,7 @@ TEST(UcxLaneCheckTest, AWedgedSharedMemoryLaneIsReplacedAndServesAgain) {
   const std::vector<uint8_t> block = testutil::RandomBytes(90, 1 << 20);
   ASSERT_THAT(PutAndGet(**c, *ns, chain[0], block), IsOk());
 
-  auto stub = ucx_test::RawStub((*node)->address());
-  v1::InjectFaultRequest stall;
-  stall.set_stall_lane(1);
-  v1::InjectFaultResponse ignored;
-  grpc::ClientContext ctx;
-  ASSERT_TRUE(stub->InjectFault(&ctx, stall, &ignored).ok());
+  ASSERT_NO_FATAL_FAILURE(StallLane(**node, 1));
   // The lane fails its calls until the check replaces it (three missed checks, a few seconds
   // each); then a call goes through again. Bounded: 60 s.
   size_t failed = 0;
@@ -75,6 +80,34 @@ TEST(UcxLaneCheckTest, AWedgedSharedMemoryLaneIsReplacedAndServesAgain) {
   auto stats = (*c)->Stats();
   ASSERT_THAT(stats, IsOk());
   EXPECT_EQ(stats->ucx_lanes_replaced, 1u);
+  auto health = testutil::HttpGet((*node)->http_address(), "/healthz");
+  ASSERT_THAT(health, IsOk());
+  EXPECT_EQ(health->first, 200) << "a replaced lane leaves the node healthy";
+}
+
+// Past ucx_max_replaced_lanes (0 here) a wedged lane is not replaced: the node answers
+// /healthz 503 and says why, for its supervisor to restart it (each replacement keeps the old
+// worker, its thread and descriptors, until the node stops: before 2026-11-29 without bound).
+TEST(UcxLaneCheckTest, AWedgedLanePastTheCapMakesTheNodeUnhealthy) {
+  auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "shm",
+                                   "--ucx-max-replaced-lanes", "0", "--debug-fault-injection"});
+  ASSERT_THAT(node, IsOk());
+  auto healthy = testutil::HttpGet((*node)->http_address(), "/healthz");
+  ASSERT_THAT(healthy, IsOk());
+  EXPECT_EQ(healthy->first, 200);
+  ASSERT_NO_FATAL_FAILURE(StallLane(**node, 1));
+  // Three missed checks of a few seconds each; bounded: 60 s.
+  absl::StatusOr<std::pair<int, std::string>> health = healthy;
+  for (const absl::Time end = absl::Now() + absl::Seconds(60);
+       health.ok() && health->first == 200 && absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(200))) {
+    health = testutil::HttpGet((*node)->http_address(), "/healthz");
+  }
+  ASSERT_THAT(health, IsOk());
+  EXPECT_EQ(health->first, 503);
+  EXPECT_THAT(health->second, ::testing::HasSubstr("1 UCX lanes wedged"));
+  EXPECT_EQ(testutil::HttpGet((*node)->http_address(), "/readyz")->first, 200)
+      << "readiness is not liveness";
 }
 
 }  // namespace

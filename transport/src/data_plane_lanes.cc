@@ -16,11 +16,16 @@ void DataPlane::CheckLanes() {
       Probe& p = probes_[lane];
       if (ProbeLane(lane)) {
         p.misses = 0;
+        if (std::exchange(p.wedged, false)) lanes_wedged_.fetch_sub(1, std::memory_order_relaxed);
         continue;
       }
-      if (++p.misses < kLaneStrikes) continue;
+      // One left wedged is not tried again (nor logged again) unless it recovers.
+      if (p.wedged || ++p.misses < kLaneStrikes) continue;
       p.misses = 0;
-      ReplaceLane(lane);
+      if (!ReplaceLane(lane)) {
+        p.wedged = true;
+        lanes_wedged_.fetch_add(1, std::memory_order_relaxed);
+      }
     }
   }
 }
@@ -56,12 +61,24 @@ bool DataPlane::ProbeLane(size_t lane) {
   return s.ok();
 }
 
-void DataPlane::ReplaceLane(size_t lane) {
+bool DataPlane::ReplaceLane(size_t lane) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (retired_lanes_.size() >= options_.max_replaced_lanes) {
+      // Each replaced worker is kept (below): past the cap the lane stays wedged, and the node
+      // says so (/healthz) instead of growing by a worker, its thread and descriptors each time.
+      spdlog::error(
+          "data plane lane {}: wedged, and {} lanes were replaced already (ucx_max_replaced_lanes)"
+          ": left as it is; restart the node",
+          lane, retired_lanes_.size());
+      return false;
+    }
+  }
   absl::StatusOr<std::unique_ptr<Worker>> fresh = context_->CreateWorker();
   if (!fresh.ok()) {
     spdlog::error("data plane lane {}: wedged, and no new worker: {}", lane,
                   fresh.status().ToString());
-    return;
+    return false;
   }
   absl::flat_hash_map<uint64_t, ChannelState> closing;
   {
@@ -80,6 +97,7 @@ void DataPlane::ReplaceLane(size_t lane) {
       lane, kLaneStrikes, closing.size());
   for (const auto& [id, channel] : closing) Disconnect(id, channel);
   lanes_replaced_.fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
 absl::Status ExchangeLaneCheck(Worker& probe, EndpointId to_lane, Worker& lane,

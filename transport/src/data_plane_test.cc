@@ -203,45 +203,83 @@ TEST_F(DataPlaneTest, OneOwnerHoldsAtMostItsShareOfTheChannels) {
   EXPECT_EQ(plane_->channels(), 6u);
 }
 
+// A shared-memory plane whose lanes are checked every 100 ms, and a client worker with one
+// channel to it (the lane check tests). Destroyed in reverse: the channel, the worker, the
+// context, the plane, then the arena it maps.
+struct ShmLanes {
+  std::vector<uint8_t> arena = std::vector<uint8_t>(1 << 20);
+  std::unique_ptr<DataPlane> plane;
+  std::unique_ptr<Context> context;
+  std::unique_ptr<Worker> worker;
+  std::string address;
+  DataPlane::Channel first;
+
+  void Start(uint32_t max_replaced_lanes) {
+    DataPlaneOptions o;
+    o.tls = "shm";
+    o.max_block_bytes = 64 << 10;
+    o.lane_check_interval = absl::Milliseconds(100);
+    o.max_replaced_lanes = max_replaced_lanes;
+    auto p = DataPlane::Create(o, arena.data(), arena.size());
+    ASSERT_THAT(p, IsOk());
+    plane = std::move(*p);
+    auto c = Context::Create(TransportOptions{plane->tls(), {}, false});
+    ASSERT_THAT(c, IsOk());
+    context = std::move(*c);
+    auto w = context->CreateWorker();
+    ASSERT_THAT(w, IsOk());
+    worker = std::move(*w);
+    address = worker->Address();
+    auto f = plane->Connect({&address, 1}, context->tcp_segments());
+    ASSERT_THAT(f, IsOk());
+    first = std::move(*f);
+  }
+};
+
 // Over shared memory a lane that stops reading (Worker::StallForTest, as a wedged receive
 // queue looks from outside) is found by the lane check and gets a new worker; its channels
 // are closed, and a client that connects again moves messages on it. The rest of the node
 // (Stats' channel count, other connects) is not held up while the old worker goes.
 TEST(DataPlaneLaneCheckTest, AStalledSharedMemoryLaneGetsANewWorker) {
-  std::vector<uint8_t> arena(1 << 20);
-  DataPlaneOptions o;
-  o.tls = "shm";
-  o.max_block_bytes = 64 << 10;
-  o.lane_check_interval = absl::Milliseconds(100);
-  auto plane = DataPlane::Create(o, arena.data(), arena.size());
-  ASSERT_THAT(plane, IsOk());
-  auto context = Context::Create(TransportOptions{(*plane)->tls(), {}, false});
-  ASSERT_THAT(context, IsOk());
-  auto worker = (*context)->CreateWorker();
-  ASSERT_THAT(worker, IsOk());
-  const std::string address = (*worker)->Address();
-  auto first = (*plane)->Connect({&address, 1}, (*context)->tcp_segments());
-  ASSERT_THAT(first, IsOk());
-  ASSERT_THAT((*plane)->StallLaneForTest(0), IsOk());
-  for (int i = 0; i < 300 && (*plane)->lanes_replaced() == 0; ++i) {
+  ShmLanes l;
+  ASSERT_NO_FATAL_FAILURE(l.Start(16));
+  auto& [arena, plane, context, worker, address, first] = l;
+  ASSERT_THAT(plane->StallLaneForTest(0), IsOk());
+  for (int i = 0; i < 300 && plane->lanes_replaced() == 0; ++i) {
     absl::SleepFor(absl::Milliseconds(100));
   }
-  ASSERT_EQ((*plane)->lanes_replaced(), 1u);
-  EXPECT_FALSE((*plane)->Knows(first->id)) << "the lane's channels are closed";
-  auto second = (*plane)->Connect({&address, 1}, (*context)->tcp_segments());
+  ASSERT_EQ(plane->lanes_replaced(), 1u);
+  EXPECT_FALSE(plane->Knows(first.id)) << "the lane's channels are closed";
+  auto second = plane->Connect({&address, 1}, context->tcp_segments());
   ASSERT_THAT(second, IsOk());
-  EXPECT_NE(second->worker_addresses[0], first->worker_addresses[0]);
-  auto ep = (*worker)->Connect(second->worker_addresses[0]);
+  EXPECT_NE(second->worker_addresses[0], first.worker_addresses[0]);
+  auto ep = worker->Connect(second->worker_addresses[0]);
   ASSERT_THAT(ep, IsOk());
   const uint64_t tag = second->id << 32 | 1;
   std::vector<uint8_t> payload(1000, 0x3c);
   const TransferOp send = TransferOp::Send(payload.data(), payload.size(), tag);
-  ASSERT_THAT((*worker)->Transfer(*ep, {&send, 1}, absl::Now() + absl::Seconds(5)), IsOk());
+  ASSERT_THAT(worker->Transfer(*ep, {&send, 1}, absl::Now() + absl::Seconds(5)), IsOk());
   const TransferOp recv = TransferOp::Recv(arena.data(), payload.size(), tag);
-  ASSERT_THAT((*plane)->Transfer(second->id, 0, {&recv, 1}, absl::Now() + absl::Seconds(5)),
-              IsOk());
+  ASSERT_THAT(plane->Transfer(second->id, 0, {&recv, 1}, absl::Now() + absl::Seconds(5)), IsOk());
   EXPECT_EQ(arena[999], 0x3c);
-  (*worker)->Abandon(*ep).IgnoreError();
+  worker->Abandon(*ep).IgnoreError();
+}
+
+// Replaced lanes keep their old workers (a thread and descriptors each) until the plane goes,
+// so they are capped: past max_replaced_lanes (0 here) a wedged lane is left as it is and
+// counted in lanes_wedged(), which the node's /healthz reports. Before 2026-11-29 every wedge
+// replaced its lane, without bound.
+TEST(DataPlaneLaneCheckTest, AWedgedLanePastTheCapIsLeftAndCounted) {
+  ShmLanes l;
+  ASSERT_NO_FATAL_FAILURE(l.Start(0));
+  EXPECT_EQ(l.plane->lanes_wedged(), 0u);
+  ASSERT_THAT(l.plane->StallLaneForTest(0), IsOk());
+  for (int i = 0; i < 300 && l.plane->lanes_wedged() == 0 && l.plane->lanes_replaced() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(l.plane->lanes_wedged(), 1u);
+  EXPECT_EQ(l.plane->lanes_replaced(), 0u);
+  EXPECT_TRUE(l.plane->Knows(l.first.id)) << "a lane left as it is keeps its channels";
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // HttpEndpoint: a plain-HTTP side door for a node or an agent — GET /metrics (Prometheus text),
-// /healthz (process alive) and /readyz (serving calls; 503 while starting or draining). civetweb
-// runs its own threads; the handlers only call the thread-safe functions they are given.
+// /healthz (process alive and not broken for good) and /readyz (serving calls; 503 while starting
+// or draining). civetweb runs its own threads; the handlers only call the thread-safe functions
+// they are given.
 #pragma once
 
 #include <functional>
@@ -19,6 +20,9 @@ class HttpEndpoint {
   struct Handlers {
     std::function<std::string()> metrics;
     std::function<bool()> ready;
+    // Why the process cannot recover without a restart ("" when it can): /healthz answers 503
+    // with it, so a supervisor (Kubernetes' liveness probe) restarts it. Unset: always 200.
+    std::function<std::string()> broken;
   };
 
   // Listens on HOST:PORT (port 0: any free port). UNAVAILABLE if it cannot bind.

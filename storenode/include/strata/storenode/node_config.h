@@ -42,6 +42,9 @@ struct NodeConfig {
   // A client's UCX message no call claims for this long closes its data channel (its bytes
   // would otherwise stay in UCX's unexpected queue for good).
   uint64_t ucx_unclaimed_timeout_ms = 30000;
+  // Wedged shared-memory lanes replaced at most (each replaced worker is kept until the node
+  // stops); past that a wedged lane makes /healthz answer 503, for a restart.
+  uint64_t ucx_max_replaced_lanes = 16;
   // Two-sided puts may send their checksums after the blocks (ConnectDataResponse.
   // checksums_may_trail). False: this node asks for them in the request, as nodes before
   // 2026-11-28 did.

@@ -56,6 +56,9 @@ struct DataPlaneOptions {
   // Over shared memory ("shm"): how often each lane is checked for a wedged receive queue
   // (data_plane_lanes.cc; 0: never). kLaneStrikes checks in a row that fail replace the lane.
   absl::Duration lane_check_interval = absl::Seconds(1);
+  // Lanes replaced at most (their old workers are kept until the plane goes: UCX 1.13 can
+  // crash destroying one). Past that a wedged lane stays as it is, counted in lanes_wedged().
+  uint32_t max_replaced_lanes = 16;
 };
 
 class DataPlane {
@@ -145,6 +148,9 @@ class DataPlane {
   // not arrive within kLaneProbeWait replace the lane's worker with a new one and close every
   // channel (their clients connect again, to the new worker). How many lanes were replaced so far.
   uint64_t lanes_replaced() const { return lanes_replaced_.load(std::memory_order_relaxed); }
+  // Lanes found wedged now and not replaced (max_replaced_lanes reached, or no new worker):
+  // the node reports itself unhealthy, for its supervisor to restart it.
+  uint64_t lanes_wedged() const { return lanes_wedged_.load(std::memory_order_relaxed); }
   static constexpr int kLaneStrikes = 3;
   static constexpr absl::Duration kLaneProbeWait = absl::Seconds(2);
   // Test hook (InjectFault): lane `lane`'s current worker stops reading (Worker::StallForTest).
@@ -165,6 +171,7 @@ class DataPlane {
     transport::EndpointId to_lane = 0;    // on probe_
     transport::EndpointId from_lane = 0;  // on `lane`
     int misses = 0;
+    bool wedged = false;  // counted in lanes_wedged_ (not replaced)
   };
 
   DataPlane(DataPlaneOptions options, std::string tls, bool peer_failure_handling);
@@ -181,7 +188,8 @@ class DataPlane {
   // message arrived), and the replacement of a lane's worker.
   void CheckLanes();
   bool ProbeLane(size_t lane);
-  void ReplaceLane(size_t lane);
+  // False when the lane was not replaced (max_replaced_lanes reached, or no new worker).
+  bool ReplaceLane(size_t lane);
 
   const DataPlaneOptions options_;
   const std::string tls_;
@@ -198,6 +206,7 @@ class DataPlane {
   absl::Notification stop_checking_;
   std::thread checker_;
   std::atomic<uint64_t> lanes_replaced_{0};
+  std::atomic<uint64_t> lanes_wedged_{0};
 
   std::atomic<uint64_t> unclaimed_dropped_{0};
   // SweepUnclaimed's view of each lane: per open channel, its oldest unclaimed tag and since
