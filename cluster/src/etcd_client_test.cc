@@ -342,17 +342,18 @@ TEST_F(EtcdClientTest, KeepAliveHoldsALeaseThatWouldExpire) {
   const std::string kept_key = Prefix() + "kept";
   const std::string unkept_key = Prefix() + "unkept";
   const absl::Time granted = absl::Now();
-  absl::StatusOr<int64_t> kept = client_->GrantLease(absl::Seconds(2));
-  absl::StatusOr<int64_t> unkept = client_->GrantLease(absl::Seconds(2));
+  // 4 s leases, refreshed every 1.3 s: a stall of a second on a busy machine does not lose one.
+  absl::StatusOr<int64_t> kept = client_->GrantLease(absl::Seconds(4));
+  absl::StatusOr<int64_t> unkept = client_->GrantLease(absl::Seconds(4));
   ASSERT_THAT(kept, IsOk());
   ASSERT_THAT(unkept, IsOk());
   ASSERT_THAT(client_->Put(kept_key, "1", *kept), IsOk());
   ASSERT_THAT(client_->Put(unkept_key, "1", *unkept), IsOk());
   std::atomic<int> lost{0};
-  ASSERT_THAT(client_->KeepAlive(*kept, absl::Seconds(2), [&](absl::Status) { ++lost; }), IsOk());
-  EXPECT_THAT(client_->KeepAlive(*kept, absl::Seconds(2), nullptr),
+  ASSERT_THAT(client_->KeepAlive(*kept, absl::Seconds(4), [&](absl::Status) { ++lost; }), IsOk());
+  EXPECT_THAT(client_->KeepAlive(*kept, absl::Seconds(4), nullptr),
               StatusIs(absl::StatusCode::kAlreadyExists));
-  EXPECT_THAT(client_->KeepAlive(0, absl::Seconds(2), nullptr),
+  EXPECT_THAT(client_->KeepAlive(0, absl::Seconds(4), nullptr),
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(client_->KeepAlive(*unkept, absl::Milliseconds(500), nullptr),
               StatusIs(absl::StatusCode::kInvalidArgument));
@@ -362,7 +363,7 @@ TEST_F(EtcdClientTest, KeepAliveHoldsALeaseThatWouldExpire) {
     return got.ok() && !got->has_value();
   };
   EXPECT_TRUE(Eventually(absl::Seconds(15), [&] { return absent(unkept_key); }));
-  absl::SleepFor(granted + absl::Seconds(5) - absl::Now());
+  absl::SleepFor(granted + absl::Seconds(9) - absl::Now());  // past two lifetimes
   absl::StatusOr<std::optional<KeyValue>> still = client_->Get(kept_key);
   ASSERT_THAT(still, IsOk());
   EXPECT_TRUE(still->has_value()) << "kept lease expired";
@@ -463,7 +464,7 @@ TEST_F(EtcdClientTest, ACallThatTimedOutSendsTheNextToAnotherEndpoint) {
   HungListener hung;
   ASSERT_FALSE(hung.endpoint().empty());
   std::unique_ptr<EtcdClient> client =
-      MustConnect({hung.endpoint(), etcd_->endpoint()}, absl::Seconds(1));
+      MustConnect({hung.endpoint(), etcd_->endpoint()}, absl::Seconds(3));
   ASSERT_NE(client, nullptr);
   const std::string key = Prefix() + "k";
   EXPECT_THAT(client->Get(key), StatusIs(absl::StatusCode::kDeadlineExceeded));
@@ -477,15 +478,17 @@ TEST_F(EtcdClientTest, ACallThatTimedOutSendsTheNextToAnotherEndpoint) {
 TEST_F(EtcdClientTest, KeepalivesMoveOffAnEndpointThatStoppedAnswering) {
   HungListener hung;
   ASSERT_FALSE(hung.endpoint().empty());
-  absl::StatusOr<int64_t> lease = client_->GrantLease(absl::Seconds(3));
+  // A 6 s lease refreshed every 2 s, each refresh given 1 s (with 3 s and 500 ms, one slow
+  // answer from the healthy etcd cost the lease on a busy machine).
+  absl::StatusOr<int64_t> lease = client_->GrantLease(absl::Seconds(6));
   ASSERT_THAT(lease, IsOk());
   const std::string key = Prefix() + "kept";
   ASSERT_THAT(client_->Put(key, "v", *lease), IsOk());
   std::unique_ptr<EtcdClient> keeper =
-      MustConnect({hung.endpoint(), etcd_->endpoint()}, absl::Milliseconds(500));
+      MustConnect({hung.endpoint(), etcd_->endpoint()}, absl::Seconds(1));
   ASSERT_NE(keeper, nullptr);
-  ASSERT_THAT(keeper->KeepAlive(*lease, absl::Seconds(3), [](absl::Status) {}), IsOk());
-  absl::SleepFor(absl::Seconds(7));  // past two lease lifetimes
+  ASSERT_THAT(keeper->KeepAlive(*lease, absl::Seconds(6), [](absl::Status) {}), IsOk());
+  absl::SleepFor(absl::Seconds(13));  // past two lease lifetimes
   auto got = client_->Get(key);
   ASSERT_THAT(got, IsOk());
   EXPECT_TRUE(got->has_value()) << "the lease lapsed";
