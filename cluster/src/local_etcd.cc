@@ -91,7 +91,7 @@ absl::StatusOr<std::pair<int, int>> FreePorts() {
       close(fds[i]);
       fds[i] = -1;
       errno = error;
-      if (fixed && error == EADDRINUSE) {
+      if (fixed) {  // taken, or refused by a port policy: the next one, then port 0
         ++tries;
         continue;
       }

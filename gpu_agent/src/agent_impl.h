@@ -143,8 +143,9 @@ class GpuAgentImpl : public GpuAgent {
   std::deque<Captured> captured_ ABSL_GUARDED_BY(mu_);
   std::vector<ChainHash> unpublish_ ABSL_GUARDED_BY(mu_);
   uint64_t capture_used_ ABSL_GUARDED_BY(mu_) = 0;
-  // Generations of the blocks computed and not yet stored or given up (Flush waits for those
-  // up to its call's generation, not for blocks computed after it).
+  // Generations of the blocks computed and not yet stored (and published, with a peer port)
+  // or given up (Flush waits for those up to its call's generation, not for blocks computed
+  // after it).
   std::set<uint64_t> inflight_ ABSL_GUARDED_BY(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<LoadJob> loads_ ABSL_GUARDED_BY(mu_);

@@ -106,8 +106,9 @@ TEST(UcxLaneCheckTest, AWedgedLanePastTheCapMakesTheNodeUnhealthy) {
   ASSERT_THAT(health, IsOk());
   EXPECT_EQ(health->first, 503);
   EXPECT_THAT(health->second, ::testing::HasSubstr("1 UCX lanes wedged"));
-  EXPECT_EQ(testutil::HttpGet((*node)->http_address(), "/readyz")->first, 200)
-      << "readiness is not liveness";
+  auto ready = testutil::HttpGet((*node)->http_address(), "/readyz");
+  ASSERT_THAT(ready, IsOk());
+  EXPECT_EQ(ready->first, 200) << "readiness is not liveness";
 }
 
 }  // namespace

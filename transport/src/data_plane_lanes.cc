@@ -16,14 +16,15 @@ void DataPlane::CheckLanes() {
       Probe& p = probes_[lane];
       if (ProbeLane(lane)) {
         p.misses = 0;
+        p.capped = false;
         if (std::exchange(p.wedged, false)) lanes_wedged_.fetch_sub(1, std::memory_order_relaxed);
         continue;
       }
-      // One left wedged is not tried again (nor logged again) unless it recovers.
-      if (p.wedged || ++p.misses < kLaneStrikes) continue;
+      // One left wedged at the cap is not tried again unless it recovers; one that got no new
+      // worker (descriptors short, say) is tried again every kLaneStrikes checks.
+      if (p.capped || ++p.misses < kLaneStrikes) continue;
       p.misses = 0;
-      if (!ReplaceLane(lane)) {
-        p.wedged = true;
+      if (!ReplaceLane(lane, &p.capped) && !std::exchange(p.wedged, true)) {
         lanes_wedged_.fetch_add(1, std::memory_order_relaxed);
       }
     }
@@ -55,16 +56,19 @@ bool DataPlane::ProbeLane(size_t lane) {
   }
   absl::Status s = ExchangeLaneCheck(*probe_, p.to_lane, *worker, p.from_lane, ++probe_seq_);
   if (!s.ok()) {
-    spdlog::warn("data plane lane {}: its check message did not arrive: {}", lane, s.ToString());
+    if (!p.wedged) {  // a lane known wedged was reported already
+      spdlog::warn("data plane lane {}: its check message did not arrive: {}", lane, s.ToString());
+    }
     forget();  // a failed transfer retires its endpoints: the next check connects anew
   }
   return s.ok();
 }
 
-bool DataPlane::ReplaceLane(size_t lane) {
+bool DataPlane::ReplaceLane(size_t lane, bool* capped) {
   {
     absl::MutexLock lock(&mu_);
-    if (retired_lanes_.size() >= options_.max_replaced_lanes) {
+    *capped = retired_lanes_.size() >= options_.max_replaced_lanes;
+    if (*capped) {
       // Each replaced worker is kept (below): past the cap the lane stays wedged, and the node
       // says so (/healthz) instead of growing by a worker, its thread and descriptors each time.
       spdlog::error(

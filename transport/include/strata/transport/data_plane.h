@@ -172,6 +172,7 @@ class DataPlane {
     transport::EndpointId from_lane = 0;  // on `lane`
     int misses = 0;
     bool wedged = false;  // counted in lanes_wedged_ (not replaced)
+    bool capped = false;  // not replaced for max_replaced_lanes: not tried again
   };
 
   DataPlane(DataPlaneOptions options, std::string tls, bool peer_failure_handling);
@@ -188,8 +189,9 @@ class DataPlane {
   // message arrived), and the replacement of a lane's worker.
   void CheckLanes();
   bool ProbeLane(size_t lane);
-  // False when the lane was not replaced (max_replaced_lanes reached, or no new worker).
-  bool ReplaceLane(size_t lane);
+  // False when the lane was not replaced: max_replaced_lanes reached (*capped), or no new
+  // worker.
+  bool ReplaceLane(size_t lane, bool* capped);
 
   const DataPlaneOptions options_;
   const std::string tls_;
