@@ -191,5 +191,77 @@ TEST(TransportAbortTest, AnAbortedReceiveWhoseMessageStalledRetiresItsEndpoint) 
   EXPECT_TRUE(a.sent);
 }
 
+// An aborted batch of sends over TCP is not force-closed at once: a peer still receiving
+// takes the rest of the message within the drain grace (10 s here), and the sender's call
+// ends CANCELLED once it has. Before the sixth session of 2026-11-29 the endpoint was
+// force-closed at the abort: the receiver lost the message mid-way, and the sender's UCX
+// 1.13 progress thread could crash later (uct_tcp_iface_progress into the freed endpoint).
+TEST(TransportAbortTest, AnAbortedSendOverTcpFinishesWhileItsPeerReceives) {
+  constexpr size_t kSize = 32 << 20;
+  struct Attempt {
+    bool landed = false;  // the receiver had the first page of the message when it aborted
+    bool whole = false;   // and the last
+    absl::Status received, sent;
+    std::vector<uint8_t> dst = std::vector<uint8_t>(kSize, 0);
+  };
+  const std::vector<uint8_t> src(kSize, 0xAA);
+  auto attempt = [&](Attempt& a) {
+    setenv("UCX_TCP_SNDBUF", "256K", 1);
+    setenv("UCX_TCP_RCVBUF", "256K", 1);
+    absl::StatusOr<pair_test::Node> node = pair_test::MakeNode(pair_test::kTcp);
+    absl::StatusOr<pair_test::Node> client =
+        pair_test::MakeNode(pair_test::kTcp, /*drain_grace=*/absl::Seconds(10));
+    unsetenv("UCX_TCP_SNDBUF");
+    unsetenv("UCX_TCP_RCVBUF");
+    ASSERT_THAT(node, IsOk());
+    ASSERT_THAT(client, IsOk());
+    absl::StatusOr<EndpointId> to_client = node->worker->Connect(client->worker->Address());
+    absl::StatusOr<EndpointId> to_node = client->worker->Connect(node->worker->Address());
+    ASSERT_THAT(to_client, IsOk());
+    ASSERT_THAT(to_node, IsOk());
+    std::atomic<bool> abort{false};
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    std::thread receiver([&] {
+      TransferOp recv = TransferOp::Recv(a.dst.data(), kSize, 9);
+      a.received = node->worker->Transfer(*to_client, {&recv, 1}, deadline);
+    });
+    std::thread sender([&] {
+      TransferOp send = TransferOp::Send(src.data(), kSize, 9);
+      a.sent = client->worker->Transfer(*to_node, {&send, 1}, deadline, &abort);
+    });
+    // Reads the buffer while UCX's thread writes it (racy on purpose: a glimpse of progress).
+    auto byte_at = [&](size_t i) {
+#if defined(__SANITIZE_THREAD__)
+      AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+#endif
+      const uint8_t b = reinterpret_cast<volatile uint8_t*>(a.dst.data())[i];
+#if defined(__SANITIZE_THREAD__)
+      AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+#endif
+      return b;
+    };
+    while (byte_at(0) == 0 && absl::Now() < deadline - absl::Seconds(20)) {
+      absl::SleepFor(absl::Microseconds(200));
+    }
+    a.landed = byte_at(0) != 0;
+    a.whole = byte_at(kSize - 1) != 0;
+    abort = true;
+    sender.join();
+    receiver.join();
+  };
+  // The abort must come while the message is on its way: a test thread off the CPU for the
+  // whole 32 MiB goes again.
+  Attempt a;
+  for (int tries = 0; tries < 5 && (tries == 0 || a.whole); ++tries) {
+    a = Attempt{};
+    ASSERT_NO_FATAL_FAILURE(attempt(a));
+  }
+  ASSERT_TRUE(a.landed) << "nothing of the message arrived";
+  ASSERT_FALSE(a.whole) << "the whole message arrived before the abort, 5 times";
+  EXPECT_THAT(a.received, IsOk()) << "the receiver lost the message its sender gave up on";
+  EXPECT_EQ(std::memcmp(a.dst.data(), src.data(), kSize), 0);
+  EXPECT_THAT(a.sent, StatusIs(absl::StatusCode::kCancelled));
+}
+
 }  // namespace
 }  // namespace strata::transport

@@ -120,6 +120,11 @@ inline bool OnlyReceives(const Command& cmd) {
                      [](const TransferOp& op) { return op.kind == TransferOp::Kind::kRecv; });
 }
 
+inline bool OnlySends(const Command& cmd) {
+  return std::all_of(cmd.ops.begin(), cmd.ops.end(),
+                     [](const TransferOp& op) { return op.kind == TransferOp::Kind::kSend; });
+}
+
 enum class EndpointState {
   kOpen,
   kFlushing,  // graceful close: flushing before the rkeys go and the close starts

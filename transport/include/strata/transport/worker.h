@@ -172,8 +172,10 @@ class Worker {
   //
   // `abort` (optional, polled about every millisecond while the batch is in flight): once it
   // reads true the batch ends with CANCELLED. Its receives are cancelled; if it also holds
-  // sends, puts or gets, the endpoint is retired as after a deadline (UNAVAILABLE until
-  // reconnected), since those cannot be withdrawn from the peer. A cancel does not end a
+  // sends, puts or gets, the endpoint is retired (UNAVAILABLE until reconnected), since those
+  // cannot be withdrawn from the peer: a batch of sends only gets the drain grace first, as
+  // after a deadline (a peer still receiving takes the messages), others are force-closed at
+  // once (their puts and gets touch memory whose owner gave up on them). A cancel does not end a
   // receive whose message was already arriving: if one is still outstanding 50 ms after the
   // abort, the endpoint is retired and force-closed, and the batch ends UNAVAILABLE.
   //
