@@ -109,6 +109,32 @@ TEST_P(TransportPairTest, AWorkerGoingAwayAnswersTheTransfersItHasInFlight) {
   EXPECT_THAT(status, StatusIs(absl::StatusCode::kUnavailable));
 }
 
+// Two workers over tcp with 256 KiB socket buffers, so that a large message is still on its
+// way for a while, connected both ways; the client's drain grace as given.
+struct SmallBufferPair {
+  pair_test::Node node, client;
+  EndpointId to_client = 0, to_node = 0;
+
+  void Start(absl::Duration client_drain_grace) {
+    setenv("UCX_TCP_SNDBUF", "256K", 1);
+    setenv("UCX_TCP_RCVBUF", "256K", 1);
+    absl::StatusOr<pair_test::Node> n = pair_test::MakeNode(pair_test::kTcp);
+    absl::StatusOr<pair_test::Node> c = pair_test::MakeNode(pair_test::kTcp, client_drain_grace);
+    unsetenv("UCX_TCP_SNDBUF");
+    unsetenv("UCX_TCP_RCVBUF");
+    ASSERT_THAT(n, IsOk());
+    ASSERT_THAT(c, IsOk());
+    node = std::move(*n);
+    client = std::move(*c);
+    absl::StatusOr<EndpointId> tc = node.worker->Connect(client.worker->Address());
+    absl::StatusOr<EndpointId> tn = client.worker->Connect(node.worker->Address());
+    ASSERT_THAT(tc, IsOk());
+    ASSERT_THAT(tn, IsOk());
+    to_client = *tc;
+    to_node = *tn;
+  }
+};
+
 // An abort ends a receive whose message was already arriving when its sender stopped midway
 // (a client that stalled, or died without its connection closing): the receiver's endpoint is
 // retired and the batch answers UNAVAILABLE. A cancel withdraws only unmatched receives, so
@@ -125,18 +151,9 @@ TEST(TransportAbortTest, AnAbortedReceiveWhoseMessageStalledRetiresItsEndpoint) 
     bool sent = false;  // the sender's call ended once its worker went
   };
   auto attempt = [&](Attempt& a) {
-    setenv("UCX_TCP_SNDBUF", "256K", 1);
-    setenv("UCX_TCP_RCVBUF", "256K", 1);
-    absl::StatusOr<pair_test::Node> node = pair_test::MakeNode(pair_test::kTcp);
-    absl::StatusOr<pair_test::Node> client = pair_test::MakeNode(pair_test::kTcp);
-    unsetenv("UCX_TCP_SNDBUF");
-    unsetenv("UCX_TCP_RCVBUF");
-    ASSERT_THAT(node, IsOk());
-    ASSERT_THAT(client, IsOk());
-    absl::StatusOr<EndpointId> to_client = node->worker->Connect(client->worker->Address());
-    absl::StatusOr<EndpointId> to_node = client->worker->Connect(node->worker->Address());
-    ASSERT_THAT(to_client, IsOk());
-    ASSERT_THAT(to_node, IsOk());
+    SmallBufferPair p;
+    ASSERT_NO_FATAL_FAILURE(p.Start(absl::Seconds(1)));
+    auto& [node, client, to_client, to_node] = p;
     std::vector<uint8_t> src(kSize, 0xAA);
     std::vector<uint8_t> dst(kSize, 0);
     // Reads the buffer while UCX's thread writes it (racy on purpose: a glimpse of progress).
@@ -158,22 +175,22 @@ TEST(TransportAbortTest, AnAbortedReceiveWhoseMessageStalledRetiresItsEndpoint) 
     absl::Notification sent;
     std::thread receiver([&] {
       TransferOp recv = TransferOp::Recv(dst.data(), kSize, 7);
-      a.received = node->worker->Transfer(*to_client, {&recv, 1}, deadline, &abort);
+      a.received = node.worker->Transfer(to_client, {&recv, 1}, deadline, &abort);
     });
     std::thread sender([&] {
       TransferOp send = TransferOp::Send(src.data(), kSize, 7);
-      client->worker->Transfer(*to_node, {&send, 1}, deadline).IgnoreError();
+      client.worker->Transfer(to_node, {&send, 1}, deadline).IgnoreError();
       sent.Notify();
     });
     while ((a.landed = pages_landed()) == 0 && absl::Now() < deadline - absl::Seconds(10)) {
       absl::SleepFor(absl::Microseconds(200));
     }
-    client->worker->StallForTest();
+    client.worker->StallForTest();
     absl::SleepFor(absl::Milliseconds(20));
     a.at_abort = pages_landed();
     abort = true;
     receiver.join();
-    client->worker.reset();  // answers its send
+    client.worker.reset();  // answers its send
     sender.join();
     a.sent = sent.HasBeenNotified();
   };
@@ -206,28 +223,18 @@ TEST(TransportAbortTest, AnAbortedSendOverTcpFinishesWhileItsPeerReceives) {
   };
   const std::vector<uint8_t> src(kSize, 0xAA);
   auto attempt = [&](Attempt& a) {
-    setenv("UCX_TCP_SNDBUF", "256K", 1);
-    setenv("UCX_TCP_RCVBUF", "256K", 1);
-    absl::StatusOr<pair_test::Node> node = pair_test::MakeNode(pair_test::kTcp);
-    absl::StatusOr<pair_test::Node> client =
-        pair_test::MakeNode(pair_test::kTcp, /*drain_grace=*/absl::Seconds(10));
-    unsetenv("UCX_TCP_SNDBUF");
-    unsetenv("UCX_TCP_RCVBUF");
-    ASSERT_THAT(node, IsOk());
-    ASSERT_THAT(client, IsOk());
-    absl::StatusOr<EndpointId> to_client = node->worker->Connect(client->worker->Address());
-    absl::StatusOr<EndpointId> to_node = client->worker->Connect(node->worker->Address());
-    ASSERT_THAT(to_client, IsOk());
-    ASSERT_THAT(to_node, IsOk());
+    SmallBufferPair p;
+    ASSERT_NO_FATAL_FAILURE(p.Start(absl::Seconds(10)));
+    auto& [node, client, to_client, to_node] = p;
     std::atomic<bool> abort{false};
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     std::thread receiver([&] {
       TransferOp recv = TransferOp::Recv(a.dst.data(), kSize, 9);
-      a.received = node->worker->Transfer(*to_client, {&recv, 1}, deadline);
+      a.received = node.worker->Transfer(to_client, {&recv, 1}, deadline);
     });
     std::thread sender([&] {
       TransferOp send = TransferOp::Send(src.data(), kSize, 9);
-      a.sent = client->worker->Transfer(*to_node, {&send, 1}, deadline, &abort);
+      a.sent = client.worker->Transfer(to_node, {&send, 1}, deadline, &abort);
     });
     // Reads the buffer while UCX's thread writes it (racy on purpose: a glimpse of progress).
     auto byte_at = [&](size_t i) {
