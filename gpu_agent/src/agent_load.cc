@@ -183,6 +183,7 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
     uint64_t fallbacks = 0;
     bool gone = !peer.ok() && !skip;  // a skipped peer keeps its client (it was not asked)
     bool silent = false;
+    const std::vector<size_t> live = TargetedSlots(job, which);  // `which` is in order
     for (size_t i : which) {
       if (out[i].status.ok()) continue;
       // UNAVAILABLE: the peer went away; UNAUTHENTICATED: it restarted with a new token;
@@ -190,6 +191,12 @@ void GpuAgentImpl::RunLoad(LoadJob& job) {
       gone |= out[i].status.code() == absl::StatusCode::kUnavailable ||
               out[i].status.code() == absl::StatusCode::kUnauthenticated;
       silent |= out[i].status.code() == absl::StatusCode::kDeadlineExceeded;
+      // A block whose slot the engine freed meanwhile is read from nowhere: not a fallback
+      // (until the sixth session of 2026-11-29 it was counted as one).
+      if (!std::binary_search(live.begin(), live.end(), i)) {
+        out[i].status = absl::CancelledError("slot freed during the load");
+        continue;
+      }
       from_store.push_back(i);
       ++fallbacks;
     }

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -273,23 +274,44 @@ TEST_F(GpuAgentTest, ABlockListedAtADeadPeerFirstIsReadFromALiveOne) {
   EXPECT_EQ(Exact(decode, hashes, Slots(4, 4)), 4u);
 }
 
+// What two load tests set up: 4 blocks stored by an agent that publishes nothing, advertised
+// at a hung peer instead, and a decode agent whose calls wait `deadline`. (Derived from the
+// fixture only to reach its helpers.)
+struct HungPeerSetup : GpuAgentTest {
+  struct Case {
+    Side prefill;
+    std::vector<ChainHash> hashes;
+    Reader r;
+    HungPeer hung;
+    Side decode;
+  };
+
+  static void Prepare(const client::LocalNode& node, const std::string& model, uint32_t salt,
+                      absl::Duration deadline, Case* c) {
+    const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
+    c->prefill = Make(Options(model, false), shape);
+    c->hashes = Hashes(*c->prefill.agent, 4, salt);
+    ASSERT_TRUE(
+        c->prefill.agent->OnBlocksComputed(Compute(c->prefill, c->hashes, Slots(0, 4))).ok());
+    ASSERT_TRUE(c->prefill.agent->Flush(absl::Seconds(30)).ok());
+    c->r = ReaderOf(node, *c->prefill.agent);
+    ASSERT_NE(c->r.client, nullptr);
+    ASSERT_NO_FATAL_FAILURE(
+        AdvertiseAt(c->hung, c->r, c->hashes, c->prefill.pool.pool().block_bytes));
+    AgentOptions impatient = Options(model, false);
+    impatient.call_deadline = deadline;
+    c->decode = Make(impatient, shape);
+  }
+};
+
 // A load whose slots the engine freed while it waited behind another load asks the store for
 // nothing: its blocks end CANCELLED. Here the first load waits out a hung peer (call_deadline
 // 1 s) while the second's slots are freed. Before 2026-11-29 the second still made its Lookup
 // and Get, and dropped the blocks only after they came.
 TEST_F(GpuAgentTest, ALoadWhoseSlotsWereFreedWhileItWaitedAsksTheStoreNothing) {
-  const KvPoolSpec shape = SmallShape(KvLayout::kFlashAttn, KvDtype::kFp16);
-  Side prefill = Make(Options("freed-early", false), shape);
-  const std::vector<ChainHash> hashes = Hashes(*prefill.agent, 4, 616);
-  ASSERT_TRUE(prefill.agent->OnBlocksComputed(Compute(prefill, hashes, Slots(0, 4))).ok());
-  ASSERT_TRUE(prefill.agent->Flush(absl::Seconds(30)).ok());
-  Reader r = ReaderOf(*node_, *prefill.agent);
-  ASSERT_NE(r.client, nullptr);
-  HungPeer hung;
-  ASSERT_NO_FATAL_FAILURE(AdvertiseAt(hung, r, hashes, prefill.pool.pool().block_bytes));
-  AgentOptions impatient = Options("freed-early", false);
-  impatient.call_deadline = absl::Seconds(1);
-  Side decode = Make(impatient, shape);
+  HungPeerSetup::Case c;
+  ASSERT_NO_FATAL_FAILURE(HungPeerSetup::Prepare(*node_, "freed-early", 616, absl::Seconds(1), &c));
+  auto& [prefill, hashes, r, hung, decode] = c;
   const uint64_t lookups = testutil::OpCount(*node_, "lookup");
   auto first = decode.agent->Load(hashes, Slots(0, 4));
   ASSERT_TRUE(first.ok()) << first.status();
@@ -301,6 +323,31 @@ TEST_F(GpuAgentTest, ALoadWhoseSlotsWereFreedWhileItWaitedAsksTheStoreNothing) {
   EXPECT_EQ((*first)->loaded_prefix(), 4u);  // from the store, after the hung peer
   EXPECT_EQ((*second)->loaded_prefix(), 0u);
   EXPECT_EQ(testutil::OpCount(*node_, "lookup") - lookups, 1u) << "the first load's only";
+}
+
+// A load waiting on a peer that stopped answering, whose slots the engine frees meanwhile:
+// those blocks are read from nowhere and end CANCELLED, not counted as peer fallbacks. Until
+// the sixth session of 2026-11-29 they counted in peer_fallbacks (and were handed to the
+// store fetch, which skipped them).
+TEST_F(GpuAgentTest, SlotsFreedWhileAPeerHangsAreNotCountedAsFallbacks) {
+  HungPeerSetup::Case c;
+  ASSERT_NO_FATAL_FAILURE(
+      HungPeerSetup::Prepare(*node_, "freed-at-peer", 717, absl::Seconds(2), &c));
+  auto& [prefill, hashes, r, hung, decode] = c;
+  auto load = decode.agent->Load(hashes, Slots(0, 4));
+  ASSERT_TRUE(load.ok()) << load.status();
+  // The load is at the peer once a connection waits on the peer's socket.
+  pollfd at_peer{hung.fd, POLLIN, 0};
+  ASSERT_EQ(poll(&at_peer, 1, 10000), 1) << "the load never called the peer";
+  ASSERT_TRUE(decode.agent->OnBlocksFreed(Slots(0, 4)).ok());
+  ASSERT_TRUE((*load)->Wait(absl::Seconds(60)));
+  for (const BlockLoad& b : (*load)->blocks()) {
+    EXPECT_EQ(b.status.code(), absl::StatusCode::kCancelled) << b.status;
+  }
+  const AgentStats st = decode.agent->Stats();
+  EXPECT_EQ(st.peer_fallbacks, 0u) << "freed blocks counted as taken from the store instead";
+  EXPECT_EQ(st.loaded_from_store, 0u);
+  EXPECT_EQ(st.loaded_from_peer, 0u);
 }
 
 }  // namespace
