@@ -557,6 +557,16 @@ absl::Status ValidateSession(const std::string& session) {
   }
   return absl::OkStatus();
 }
+
+// What a session move holds while it runs: a block's read and encode buffers (two blocks, of
+// the largest moved so far) against max_inflight_bytes. Before the sixth session of 2026-11-29
+// they were outside it (up to max_concurrent_calls x 2 blocks at once).
+TieredStore::SessionRoom SessionRoom(InflightBytes* held) {
+  return [held](uint64_t block_bytes) -> absl::Status {
+    return held->HoldAtLeast(2 * block_bytes, 2 * block_bytes) ? absl::OkStatus() : held->status();
+  };
+}
+
 }  // namespace
 
 grpc::Status StoreServiceImpl::PauseSession(grpc::ServerContext* ctx,
@@ -573,9 +583,10 @@ grpc::Status StoreServiceImpl::PauseSession(grpc::ServerContext* ctx,
       req->tier() != v1::TIER_COLD) {
     return call.Done(absl::InvalidArgumentError("tier: want TIER_COOL or TIER_COLD"));
   }
+  InflightBytes held(&admission_, 0);
   absl::StatusOr<uint64_t> n =
       store_->PauseSession(SessionKey(who, req->session_id()), req->tier() == v1::TIER_COLD,
-                           absl::FromChrono(ctx->deadline()));
+                           absl::FromChrono(ctx->deadline()), SessionRoom(&held));
   if (!n.ok()) return call.Done(n.status());
   resp->set_moved(static_cast<uint32_t>(*n));
   return call.Done(absl::OkStatus());
@@ -591,8 +602,9 @@ grpc::Status StoreServiceImpl::ResumeSession(grpc::ServerContext* ctx,
     return call.Done(a.status());
   }
   if (absl::Status s = ValidateSession(req->session_id()); !s.ok()) return call.Done(s);
-  absl::StatusOr<uint64_t> n =
-      store_->ResumeSession(SessionKey(who, req->session_id()), absl::FromChrono(ctx->deadline()));
+  InflightBytes held(&admission_, 0);
+  absl::StatusOr<uint64_t> n = store_->ResumeSession(
+      SessionKey(who, req->session_id()), absl::FromChrono(ctx->deadline()), SessionRoom(&held));
   if (!n.ok()) return call.Done(n.status());
   resp->set_promoted(static_cast<uint32_t>(*n));
   return call.Done(absl::OkStatus());

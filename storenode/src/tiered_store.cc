@@ -167,7 +167,7 @@ void TieredStore::PauseIdleSessions() {
 }
 
 absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, bool to_cold,
-                                                   absl::Time deadline) {
+                                                   absl::Time deadline, const SessionRoom& room) {
   if (!cool_) return absl::FailedPreconditionError("PauseSession: node has no cool tier");
   if (to_cold && !cold_) return absl::FailedPreconditionError("PauseSession: no cold tier");
   DiskTier* target = to_cold ? cold_.get() : cool_.get();
@@ -175,12 +175,18 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
   // Out of time already: nothing is taken out of warm (blocks taken and then kept go back
   // as just used, the opposite of a pause).
   if (absl::Now() >= deadline) return 0;
+  absl::Status refused;  // by `room`: the rest stays where it is
+  auto roomy = [&](uint64_t bytes) {
+    if (refused.ok() && room) refused = room(bytes);
+    return refused.ok();
+  };
   uint64_t moved = warm_->Demote(
       0,
       [&](const BlockKey& key, std::span<const uint8_t> bytes, const WarmTier::BlockAttrs& a) {
         using Demoted = WarmTier::Demoted;
         if (absl::Now() >= deadline) return Demoted::kKept;
         if (target->Find(key, false)) return Demoted::kMoved;  // inclusive copy already there
+        if (!roomy(bytes.size())) return Demoted::kKept;
         MakeRoom(target, below, bytes.size());
         return target->Put(key, bytes, DiskMetaOf(a), OffloadQuant(key.namespace_id)).ok() &&
                        KeptUnlessDeleted(target, key)
@@ -192,7 +198,9 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
     std::vector<uint8_t> buf;
     ForEachSessionBlock(*cool_, session, deadline, [&](const BlockKey& key) {
       std::optional<DiskBlockMeta> meta = cool_->Find(key, false);
-      if (!meta || !cool_->Read(key, &buf).ok()) return true;
+      if (!meta) return true;
+      if (!roomy(meta->size)) return false;
+      if (!cool_->Read(key, &buf).ok()) return true;
       MakeRoom(cold_.get(), nullptr, meta->stored_bytes);
       if (cold_->Put(key, buf, *meta, OffloadQuant(key.namespace_id)).ok() &&
           KeptUnlessDeleted(cold_.get(), key) && cool_->Delete(key).ok())
@@ -200,6 +208,7 @@ absl::StatusOr<uint64_t> TieredStore::PauseSession(const std::string& session, b
       return true;
     });
   }
+  if (!refused.ok()) return refused;
   sessions_paused_.fetch_add(1, std::memory_order_relaxed);
   return moved;
 }
@@ -246,8 +255,8 @@ bool TieredStore::Promote(const BlockKey& key, bool prefetched, int* from, Room 
   return false;
 }
 
-absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session,
-                                                    absl::Time deadline) {
+absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session, absl::Time deadline,
+                                                    const SessionRoom& room) {
   if (!cool_) return absl::FailedPreconditionError("ResumeSession: node has no cool tier");
   // At most what warm holds below its low watermark: past that each promotion would only
   // demote one made before it (a session larger than warm churned through all of it, and
@@ -255,13 +264,16 @@ absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session,
   const uint64_t budget =
       static_cast<uint64_t>(warm_->Stats().capacity_bytes * options_.warm_low_watermark);
   uint64_t promoted = 0, bytes = 0;
+  absl::Status refused;  // by `room`
   for (DiskTier* tier : {cool_.get(), cold_.get()}) {
-    if (tier == nullptr) continue;
+    if (tier == nullptr || !refused.ok()) continue;
     // A tier's walk ends at the first block past the budget (a colder one may still fit).
     ForEachSessionBlock(*tier, session, deadline, [&](const BlockKey& key) {
       std::optional<DiskBlockMeta> meta = tier->Find(key, false);
       if (!meta) return true;
       if (bytes + warm_->SlotBytes(meta->size) > budget) return false;
+      if (room && refused.ok()) refused = room(meta->size);
+      if (!refused.ok()) return false;
       // Behind a writer making room no longer than the call's deadline.
       if (Promote(key, false, nullptr, Room{.wait_until = deadline})) {
         ++promoted;
@@ -271,6 +283,7 @@ absl::StatusOr<uint64_t> TieredStore::ResumeSession(const std::string& session,
     });
   }
   NoteSession(session);
+  if (!refused.ok()) return refused;
   sessions_resumed_.fetch_add(1, std::memory_order_relaxed);
   return promoted;
 }

@@ -374,6 +374,31 @@ TEST_F(TiersTest, PauseAndResumeSessionMoveItsBlocksBetweenTiers) {
   EXPECT_THAT(n.client->PauseSession("", false), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// A session move holds its blocks' read and encode buffers (two blocks) against
+// max_inflight_bytes: with 1.5 MiB and 1 MiB blocks a pause and a resume are
+// RESOURCE_EXHAUSTED and leave the blocks where they were. Before the sixth session of
+// 2026-11-29 those buffers were outside every budget (up to max_concurrent_calls x 2 blocks).
+TEST_F(TiersTest, SessionMovesAreHeldAgainstInflightBytes) {
+  TieredNode n(dir_);
+  ASSERT_NO_FATAL_FAILURE(
+      n.Start({"--max-inline-bytes", "1MiB", "--max-inflight-bytes", "1536KiB"}));
+  // 12 blocks of one session through an 8 MiB warm tier: the first ones spill to disk.
+  std::vector<ChainHash> chat = n.Chain(14, 12);
+  ASSERT_NO_FATAL_FAILURE(n.PutAll(chat, 1400, {.session_id = "held"}, /*batch=*/1));
+  const std::vector<client::Tier> before = Tiers(n, chat);
+  ASSERT_GT(Count(before, client::Tier::kWarm), 0u);
+  ASSERT_LT(Count(before, client::Tier::kWarm), chat.size());
+  EXPECT_THAT(
+      n.client->PauseSession("held", false),
+      StatusIs(absl::StatusCode::kResourceExhausted, ::testing::HasSubstr("max_inflight_bytes")));
+  EXPECT_THAT(
+      n.client->ResumeSession("held"),
+      StatusIs(absl::StatusCode::kResourceExhausted, ::testing::HasSubstr("max_inflight_bytes")));
+  EXPECT_EQ(Tiers(n, chat), before) << "a refused move moved blocks";
+  size_t loss = 0;
+  EXPECT_EQ(n.VerifyAll(chat, 1400, &loss), chat.size());
+}
+
 // A namespace that opts into int8 offload stores its demoted blocks at about half size and
 // reads them back close to (not equal to) what was written; a namespace beside it that did not
 // opt in reads back bit-exact. Both stay readable after promotion back to warm.

@@ -148,11 +148,16 @@ class TieredStore {
   // (or without a cold tier for to_cold). ResumeSession promotes the session's disk blocks
   // back into the warm tier as far as it has room; returns how many.
   // Both stop at `deadline` (the calling RPC's), with what they moved by then: a session's
-  // blocks may take many disk reads and writes.
+  // blocks may take many disk reads and writes. `room`, asked with a block's size before each
+  // block is moved, holds the buffers its move needs (the node's max_inflight_bytes); one that
+  // refuses ends the call with its status (what moved before stays moved: a retry goes on).
+  using SessionRoom = std::function<absl::Status(uint64_t block_bytes)>;
   absl::StatusOr<uint64_t> PauseSession(const std::string& session, bool to_cold,
-                                        absl::Time deadline = absl::InfiniteFuture());
+                                        absl::Time deadline = absl::InfiniteFuture(),
+                                        const SessionRoom& room = nullptr);
   absl::StatusOr<uint64_t> ResumeSession(const std::string& session,
-                                         absl::Time deadline = absl::InfiniteFuture());
+                                         absl::Time deadline = absl::InfiniteFuture(),
+                                         const SessionRoom& room = nullptr);
 
   // Schedules promotion of the named blocks (or, with a session, of its disk blocks) into the
   // warm tier on the prefetch thread; returns how many blocks were scheduled (those already
