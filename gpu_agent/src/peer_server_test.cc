@@ -406,12 +406,13 @@ v1::BeginGetRequest OneBlockInline() {
   return get;
 }
 
-// Readers that pile up on a slow agent (a gather that takes 300 ms, 64 readers at once): a few are
-// served in turn and the rest are refused at once (RESOURCE_EXHAUSTED: read from the store), rather
-// than each waiting out its whole deadline for the serve region before going to the store. Before:
-// 3 served, 61 DEADLINE_EXCEEDED after 1 s, 0 refused; now 3-4 served, the other readers among the
-// 8 places DEADLINE_EXCEEDED, 56 refused (with 1 s deadlines; 10 s now, so that only the refusal is
-// asserted).
+// Readers that pile up on a slow agent (a gather that takes 300 ms, 20 readers at once): a few
+// are served in turn and the rest are refused at once (RESOURCE_EXHAUSTED "reads in flight":
+// read from the store), rather than each waiting its turn for the serve region before going to
+// the store. Before: 3 served, 61 DEADLINE_EXCEEDED after 1 s, 0 refused (64 readers with 1 s
+// deadlines). 20 readers stay below gRPC's own thread cap (2 x 8 reads + 8, which refuses
+// calls too): with 64 it refused most of them first, and too few reached the server's check.
+// Without that check all 20 are served in turn within their 10 s.
 TEST(PeerServerTest, ReadersPilingUpAreRefusedNotQueuedPastTheirDeadline) {
   PeerServerOptions o = Options();
   o.ucx_tls = "";  // inline reads
@@ -424,14 +425,14 @@ TEST(PeerServerTest, ReadersPilingUpAreRefusedNotQueuedPastTheirDeadline) {
   ASSERT_THAT(server, IsOk());
   auto stub = StubFor(**server);
   // Connected before the readers start, whose deadline is for the read alone: 10 s (1 s until
-  // the sixth session of 2026-11-29, which a slow connect and 64 threads starting on a busy
+  // the sixth session of 2026-11-29, which a slow connect and many threads starting on a busy
   // machine could use up).
   {
     v1::StatsResponse stats;
     ASSERT_TRUE(stub->Stats(As(kToken).get(), {}, &stats).ok());
   }
   const v1::BeginGetRequest get = OneBlockInline();
-  constexpr int kReaders = 64;
+  constexpr int kReaders = 20;
   std::vector<grpc::Status> answers(kReaders);
   std::vector<std::thread> readers;
   for (int i = 0; i < kReaders; ++i) {
@@ -454,8 +455,8 @@ TEST(PeerServerTest, ReadersPilingUpAreRefusedNotQueuedPastTheirDeadline) {
     other += !a.ok() && !refused;
   }
   EXPECT_GE(ok, 1);
-  EXPECT_GE(busy, kReaders / 2) << "readers beyond the few places were not refused at once ("
-                                << other << " other answers)";
+  EXPECT_GE(busy, 6) << "readers beyond the 8 places were not refused at once (" << other
+                     << " other answers)";
 }
 
 // A reader kept from the serve region by another's read for serve_timeout, well within its
