@@ -599,16 +599,10 @@ class UcpWorker final : public Worker {
           t->cmd->abort->load(std::memory_order_acquire)) {
         t->aborted = true;
         CancelReceives(t);
-        // Sends and one-sided ops cannot be withdrawn: retire the endpoint. Sends alone get the
-        // drain grace first (over TCP; none over shared memory): force-closing a TCP endpoint
-        // with a rendezvous send under way can crash this process's progress thread later in
-        // UCX 1.13, and a peer that still receives takes the rest within the grace (since the
-        // sixth session of 2026-11-29; before, every abort force-closed at once). One-sided ops
-        // are cut at once: they write into memory whose owner gave up on them.
-        if (OnlySends(*t->cmd))
-          Retire(t, now + DeadlineDrainGrace(), "a transfer was aborted");
-        else if (!OnlyReceives(*t->cmd))
-          Retire(t, now, "a transfer was aborted");
+        // Sends and RMA cannot be withdrawn: retire; sends drain first (transfer-protocol.md).
+        if (!OnlyReceives(*t->cmd))
+          Retire(t, now + (OnlySends(*t->cmd) ? DeadlineDrainGrace() : absl::ZeroDuration()),
+                 "a transfer was aborted");
         else
           t->abort_close_at = now + kAbortedReceiveGrace;
       }
