@@ -192,6 +192,7 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
       return server.status();
     }
     peer_server_ = std::move(*server);
+    peer_server_ready_.store(peer_server_.get());
     {
       absl::MutexLock lock(&mu_);
       peer_token_ = po.token;
@@ -692,6 +693,10 @@ absl::Status GpuAgentImpl::StartMetrics() {
   HttpEndpoint::Handlers h;
   h.metrics = [this] { return MetricsText(); };
   h.ready = [this] { return ready_.load(); };
+  h.broken = [this] {
+    const PeerServer* server = peer_server_ready_.load();
+    return server != nullptr ? server->Broken() : std::string();
+  };
   absl::StatusOr<std::unique_ptr<HttpEndpoint>> http =
       HttpEndpoint::Start(options_.metrics_listen, std::move(h));
   if (!http.ok()) return http.status();

@@ -124,6 +124,8 @@ class GpuAgentImpl : public GpuAgent {
   absl::Mutex capture_mu_;  // one OnBlocksFreed gathers into capture_staging_ at a time
   std::unique_ptr<CopyEngine> engine_;
   std::unique_ptr<PeerServer> peer_server_;
+  // peer_server_ for the HTTP thread, which serves before the pool (and the server) exist.
+  std::atomic<const PeerServer*> peer_server_ready_{nullptr};
   std::string peer_address_;
   // What peers present to peer_server_ (published with the address); drawn anew every
   // peer_token_rotation by the offload thread.

@@ -20,9 +20,11 @@
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/chain_hash.h"
+#include "strata/common/listener_watch.h"
 #include "strata/common/namespace.h"
 #include "strata/common/timed_turn.h"
 #include "strata/proto/bearer_token.h"
+#include "strata/proto/server_connections.h"
 #include "strata/proto/status_convert.h"
 #include "strata/proto/tls_files.h"
 #include "strata/transport/data_plane.h"
@@ -387,6 +389,12 @@ class PeerServerImpl : public PeerServer {
   void RotateToken(std::string token, absl::Time previous_until) override {
     service_->RotateToken(std::move(token), previous_until);
   }
+  std::string Broken() const override {
+    if (std::string why = accept_watch_->Stopped(); !why.empty()) return "peer server: " + why;
+    const uint64_t wedged = plane_ != nullptr ? plane_->lanes_wedged() : 0;
+    if (wedged == 0) return "";
+    return absl::StrCat("peer server: ", wedged, " UCX lanes wedged and not replaced");
+  }
   ~PeerServerImpl() override {
     if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
     stop_.Notify();
@@ -410,6 +418,7 @@ class PeerServerImpl : public PeerServer {
   std::unique_ptr<PeerService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  std::unique_ptr<AcceptQueueWatch> accept_watch_;
   absl::Notification stop_;
   std::thread housekeeping_;
 };
@@ -460,20 +469,21 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
   builder.AddListeningPort(options.listen, *credentials, &s->port_);
   // Bounded in the engine's process as in a store node (security.md, "Admission"): requests
   // are small, gRPC's buffers and threads have a ceiling (it refuses calls past them), and
-  // the HTTP/2 window is fixed rather than grown by bandwidth probing.
+  // the HTTP/2 window is fixed rather than grown by bandwidth probing, and idle connections
+  // go (server_connections.h).
   builder.SetMaxReceiveMessageSize(static_cast<int>(MaxRequestBytes(options)));
   builder.SetMaxSendMessageSize(static_cast<int>(MaxInlineBytes(options) + (1 << 20)));
   grpc::ResourceQuota quota("strata-gpu-agent-peers");
   quota.Resize(2 * MaxInlineBytes(options) + (16ull << 20));
   quota.SetMaxThreads(kMaxThreads);
   builder.SetResourceQuota(quota);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1 << 20);
+  proto::BoundServerConnections(builder);
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("peer server: cannot listen on ", options.listen));
   }
+  s->accept_watch_ = AcceptQueueWatch::Start(s->port_);
   if (s->plane_ != nullptr) s->StartHousekeeping();
   spdlog::info("gpu agent serving peers on port {} ({}, {})", s->port_,
                options.ucx_tls.empty() ? "inline" : options.ucx_tls,

@@ -83,6 +83,9 @@ class PeerServer {
   // republishes its entries with the new one, while readers that looked up an entry before, or
   // a node the republish did not reach yet, still hand out an old one.
   virtual void RotateToken(std::string token, absl::Time previous_until) = 0;
+  // "" while the server can take new readers; otherwise why not (its gRPC listener stopped
+  // accepting, UCX lanes wedged past ucx_max_replaced_lanes), for the agent's /healthz.
+  virtual std::string Broken() const = 0;
 };
 
 }  // namespace strata::gpu_agent

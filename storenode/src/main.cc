@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/config.h"
+#include "strata/common/listener_watch.h"
 #include "strata/common/logging.h"
 #include "strata/common/malloc_tuning.h"
 #include "strata/storenode/store_node.h"
@@ -118,6 +119,21 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGHUP, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+  // Every connection, data channel and RocksDB file takes a descriptor, and gRPC stops
+  // accepting for good after one accept fails for lack of them (listener_watch.h): the node
+  // takes all the hard limit allows, and says when that looks short.
+  const uint64_t open_files = strata::RaiseOpenFileLimit();
+  const uint64_t open_files_wanted =
+      2 * config.max_data_channels + config.max_concurrent_calls + 1024;
+  if (open_files < open_files_wanted) {
+    spdlog::warn(
+        "open-file limit {} is below the ~{} this configuration may use (2 a data channel, 1 a "
+        "call, 1,024 for RocksDB and the rest): raise the hard limit (ulimit -Hn, systemd's "
+        "LimitNOFILE, the container runtime's nofile)",
+        open_files, open_files_wanted);
+  } else {
+    spdlog::debug("open-file limit {}", open_files);
+  }
 
   // Start can take a while (prefaulting the warm arena, waiting up to etcd_startup for etcd).
   StartWatch watch;

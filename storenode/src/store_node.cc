@@ -24,8 +24,10 @@
 #include "strata/common/codec.h"
 #include "strata/common/cpus.h"
 #include "strata/common/http_endpoint.h"
+#include "strata/common/listener_watch.h"
 #include "strata/common/memory_limit.h"
 #include "strata/common/random.h"
+#include "strata/proto/server_connections.h"
 #include "strata/proto/tls_files.h"
 #include "strata/storenode/tiered_store.h"
 #include "strata/transport/data_plane.h"
@@ -87,14 +89,14 @@ class StoreNodeImpl final : public StoreNode {
     quota.Resize(config_.grpc_memory_bytes);
     quota.SetMaxThreads(static_cast<int>(config_.max_concurrent_calls) + 8);
     builder.SetResourceQuota(quota);
-    // A fixed HTTP/2 window instead of one grown by bandwidth probing: what 40 clients can
-    // have in flight towards the node stays bounded (window x streams), not up to 16 MiB each.
-    builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-    builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1 << 20);
+    proto::BoundServerConnections(builder);
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || port == 0) {
       return absl::UnavailableError(absl::StrCat("listen: cannot serve gRPC on ", config_.listen));
     }
+    // gRPC stops accepting on a port for good after an accept error such as EMFILE; the node
+    // then says so on /healthz rather than look healthy to a probe (listener_watch.h).
+    accept_watch_ = AcceptQueueWatch::Start(port);
     grpc_address_ = absl::StrCat(config_.listen.substr(0, config_.listen.rfind(':')), ":", port);
     if (absl::Status s = JoinCluster(); !s.ok()) return s;
 
@@ -103,6 +105,7 @@ class StoreNodeImpl final : public StoreNode {
         {[this] { return metrics_.Render(warm_->Stats(), ClusterNow(), warm_->ScopeBytes()); },
          [this] { return ready_.load(); },
          [this] {
+           if (std::string why = accept_watch_->Stopped(); !why.empty()) return why;
            const uint64_t wedged = data_plane_ != nullptr ? data_plane_->lanes_wedged() : 0;
            return wedged == 0 ? std::string()
                               : absl::StrCat(wedged,
@@ -344,6 +347,7 @@ class StoreNodeImpl final : public StoreNode {
   // For the HTTP thread, which starts serving before the cluster is joined.
   std::atomic<const cluster::Membership*> membership_ready_{nullptr};
   std::atomic<const Rebalancer*> rebalancer_ready_{nullptr};
+  std::unique_ptr<AcceptQueueWatch> accept_watch_;  // before http_, whose /healthz reads it
   std::unique_ptr<HttpEndpoint> http_;
   std::string grpc_address_;
   std::thread reaper_;

@@ -2,17 +2,28 @@
 // inline puts and gets (2 MiB each) than a node admits. Over its limits the node answers
 // RESOURCE_EXHAUSTED instead of queueing, its RSS stays within 1.25x its configured budgets, no
 // call fails any other way, and it serves normally once the load stops. Bounded: 8 s of load.
-// Also: lookup replies full of GPU locations count against max_inflight_bytes.
+// Also: lookup replies full of GPU locations count against max_inflight_bytes; silent
+// connections are closed, and a node out of file descriptors says so on /healthz.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "strata/client/store_client.h"
+#include "strata/common/http_get.h"
 #include "strata/testutil/node_process.h"
 #include "strata/testutil/prompts.h"
 #include "strata/testutil/status_matchers.h"
@@ -222,6 +233,109 @@ TEST(OverloadTest, LookupRepliesFullOfGpuLocationsCountAgainstTheInflightBytes) 
     ASSERT_EQ(part->matched_blocks, chain.size() / 4);
     EXPECT_EQ(part->blocks.back().peers.size(), 8u);
   }
+}
+
+// A raw TCP connection to the node's gRPC port. Its peer's answer (HTTP/2 SETTINGS) is read by
+// ReadUntilClosed.
+int ConnectRaw(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+  inet_pton(AF_INET, address.substr(0, colon).c_str(), &a.sin_addr);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads and drops what comes until the peer closes the connection (true) or `limit` passes
+// without that (false).
+bool ReadUntilClosed(int fd, absl::Duration limit) {
+  const absl::Time end = absl::Now() + limit;
+  char buf[512];
+  while (absl::Now() < end) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    const ssize_t n = read(fd, buf, sizeof(buf));
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) return true;
+  }
+  return false;
+}
+
+// The soft and hard open-file limits of process `pid`, from /proc/PID/limits.
+std::pair<std::string, std::string> OpenFileLimits(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/limits"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::vector<std::string> words = absl::StrSplit(line.substr(14), ' ', absl::SkipEmpty());
+    if (words.size() >= 2) return {words[0], words[1]};
+  }
+  return {};
+}
+
+// A connection that never speaks (no TLS handshake, no HTTP/2 preface) is closed by the node
+// within its handshake timeout (10 s) rather than gRPC's default 120 s, so silent connections
+// cannot pile up and take the node's file descriptors.
+TEST(OverloadTest, ASilentConnectionIsClosedWithinTheHandshakeTimeout) {
+  auto node = testutil::StartNode({"--warm-bytes", "16MiB", "--ucx-tls", ""});
+  ASSERT_THAT(node, IsOk());
+  const int fd = ConnectRaw((*node)->address());
+  ASSERT_GE(fd, 0);
+  EXPECT_TRUE(ReadUntilClosed(fd, absl::Seconds(60)))
+      << "the node kept a silent connection open for 60 s";
+  close(fd);
+}
+
+// A node takes the whole hard open-file limit at start. Out of descriptors anyway, gRPC (1.51)
+// stops accepting on its port for good after the failed accept: clients connected before go
+// on, new ones queue in the kernel forever. The node sees its accept queue stand still and
+// answers /healthz 503, so a liveness probe restarts it; before, /healthz said "ok" while no
+// new client could reach it.
+TEST(OverloadTest, ANodeOutOfFileDescriptorsSaysSoOnHealthz) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  if (saved.rlim_max != RLIM_INFINITY && saved.rlim_max < 2048) GTEST_SKIP() << "hard limit < 2048";
+  rlimit low = saved;
+  low.rlim_cur = 1024;  // what the node inherits as its soft limit
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  auto node = testutil::StartNode({"--warm-bytes", "16MiB", "--ucx-tls", ""});
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_THAT(node, IsOk());
+  const pid_t pid = (*node)->pid();
+  const auto [soft, hard] = OpenFileLimits(pid);
+  EXPECT_EQ(soft, hard) << "the node kept the soft limit it was given (1024)";
+  ASSERT_EQ(HttpGet((*node)->http_address(), "/healthz")->first, 200);
+
+  // Leave the node 40 descriptors and open more connections than that.
+  size_t open_now = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {
+    ++open_now;
+  }
+  rlimit tight{open_now + 40, open_now + 40};
+  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &tight, nullptr), 0);
+  std::vector<int> flood;
+  for (int i = 0; i < 150; ++i) {
+    const int fd = ConnectRaw((*node)->address());
+    ASSERT_GE(fd, 0) << "connection " << i;
+    flood.push_back(fd);
+  }
+  // Its HTTP endpoint gets a descriptor again once the accepted connections time out.
+  const absl::Time end = absl::Now() + absl::Seconds(60);
+  std::pair<int, std::string> health{0, ""};
+  while (health.first != 503 && absl::Now() < end) {
+    absl::SleepFor(absl::Milliseconds(250));
+    absl::StatusOr<std::pair<int, std::string>> got =
+        HttpGet((*node)->http_address(), "/healthz", absl::Seconds(2));
+    if (got.ok()) health = *got;
+  }
+  EXPECT_EQ(health.first, 503) << health.second;
+  EXPECT_THAT(health.second, ::testing::HasSubstr("has stopped accepting connections"));
+  for (int fd : flood) close(fd);
 }
 
 }  // namespace

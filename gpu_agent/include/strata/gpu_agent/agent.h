@@ -100,8 +100,9 @@ struct AgentOptions {
   uint64_t capture_bytes = 256ull << 20;
   absl::Duration call_deadline = absl::Seconds(10);  // each store / peer call
   // HOST:PORT for GET /metrics (Prometheus text: AgentStats as strata_agent_*), /healthz and
-  // /readyz (ready once a pool is registered); "" serves none (MetricsText() still works for
-  // an engine that exports metrics itself).
+  // /readyz (ready once a pool is registered; /healthz answers 503 when the peer server's
+  // listener stopped accepting or its UCX lanes are wedged past their cap); "" serves none
+  // (MetricsText() still works for an engine that exports metrics itself).
   std::string metrics_listen;
 };
 
