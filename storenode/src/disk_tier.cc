@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "disk_tier_internal.h"
+#include "retryable_io_fs.h"
 #include "rocksdb/db.h"
 #include "rocksdb/env.h"
 #include "rocksdb/options.h"
@@ -151,7 +152,10 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
     return absl::InvalidArgumentError(options.name + "_bytes: must be > 0");
   }
   rocksdb::Options opts;
-  if (options.env != nullptr) opts.env = options.env;
+  // Transient open errors retryable (retryable_io_fs.h); owned by the tier, outliving its DB.
+  std::shared_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(RetryableTransientErrors(
+      (options.env != nullptr ? options.env : rocksdb::Env::Default())->GetFileSystem()));
+  opts.env = env.get();
   opts.create_if_missing = true;
   opts.create_missing_column_families = true;
   opts.compression = rocksdb::kNoCompression;  // payloads are encoded by our codecs
@@ -193,7 +197,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
     absl::Status opened = absl::OkStatus();
     std::unique_ptr<DiskTier> tier;
     if (s.ok()) {
-      tier.reset(new DiskTier(options, db, std::move(handles)));
+      tier.reset(new DiskTier(options, env, db, std::move(handles)));
       opened = tier->Rebuild();
       // Best-efforts recovery takes each column family to its own last intact point, without
       // the WAL, and a damaged index block ends the scan early: payloads whose index record
@@ -240,9 +244,10 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
   }
 }
 
-DiskTier::DiskTier(DiskTierOptions options, rocksdb::DB* db,
+DiskTier::DiskTier(DiskTierOptions options, std::shared_ptr<rocksdb::Env> env, rocksdb::DB* db,
                    std::vector<rocksdb::ColumnFamilyHandle*> handles)
     : options_(std::move(options)),
+      env_(std::move(env)),
       db_(db),
       data_cf_(handles[0]),
       meta_cf_(handles[1]),

@@ -541,6 +541,55 @@ TEST(DiskTierTest, RunningOutOfFileDescriptorsAtOpenFailsTheStartAndKeepsTheStor
   EXPECT_EQ(out, payload);
 }
 
+// Out of file descriptors while RocksDB flushes (EMFILE: its new blob file cannot be opened),
+// writes fail; once descriptors are there again they go on (RocksDB retries the flush every
+// second: retryable_io_fs.h), and blocks stored before and after read back whole. Before, the
+// failed flush was a fatal background error and every later write of the tier failed until
+// the node restarted.
+TEST(DiskTierTest, WritesGoOnAfterAFlushFailedForLackOfFileDescriptors) {
+  TempDir dir;
+  DiskTierOptions options = Options(dir.path() + "/db");
+  options.capacity_bytes = 2ull << 30;  // memtables of 128 MiB: a flush after ~128 blocks
+  auto tier = DiskTier::Open(options);
+  ASSERT_THAT(tier.status(), IsOk());
+  const std::vector<uint8_t> payload = Bytes(1 << 20, 6);
+  ASSERT_THAT((*tier)->Put(Key(0), payload, DiskBlockMeta{}), IsOk());
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  size_t open_now = 0;
+  for ([[maybe_unused]] const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
+    ++open_now;
+  }
+  rlimit none = saved;
+  none.rlim_cur = open_now;  // no new file can be opened
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &none), 0);
+  int stored = 1;
+  absl::Status failed;
+  while (stored < 250 && failed.ok()) {
+    failed = (*tier)->Put(Key(static_cast<uint8_t>(stored)), payload, DiskBlockMeta{});
+    if (failed.ok()) ++stored;
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_FALSE(failed.ok()) << "no write failed without descriptors";
+  EXPECT_THAT(failed.message(), testing::HasSubstr("Too many open files"));
+  // RocksDB's recovery thread retries the flush every second.
+  absl::Status again = failed;
+  for (const absl::Time end = absl::Now() + absl::Seconds(30); !again.ok() && absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(100))) {
+    again = (*tier)->Put(Key(static_cast<uint8_t>(stored)), payload, DiskBlockMeta{});
+  }
+  ASSERT_THAT(again, IsOk());
+  const int resumed_at = stored++;
+  for (int i = 0; i < 5; ++i, ++stored) {
+    ASSERT_THAT((*tier)->Put(Key(static_cast<uint8_t>(stored)), payload, DiskBlockMeta{}), IsOk());
+  }
+  for (int i : {0, resumed_at - 1, resumed_at, stored - 1}) {
+    std::vector<uint8_t> out;
+    ASSERT_THAT((*tier)->Read(Key(static_cast<uint8_t>(i)), &out), IsOk()) << "block " << i;
+    EXPECT_EQ(out, payload) << "block " << i;
+  }
+}
+
 // sync_writes is what makes a written block survive a power cut: with it the block is in the
 // copy of the directory a power cut leaves; without it the WAL record was never synced.
 TEST(DiskTierTest, SyncWritesSurviveAPowerCut) {

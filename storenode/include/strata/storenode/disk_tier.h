@@ -172,7 +172,7 @@ class DiskTier {
   // between its index lookup and its read (nothing dropped, the caller reads again).
   absl::Status ReadOnce(const BlockKey& key, std::vector<uint8_t>* out, bool* changed);
 
-  DiskTier(DiskTierOptions options, rocksdb::DB* db,
+  DiskTier(DiskTierOptions options, std::shared_ptr<rocksdb::Env> env, rocksdb::DB* db,
            std::vector<rocksdb::ColumnFamilyHandle*> handles);
   absl::Status Rebuild();
   // After a best-efforts recovery, or a Rebuild that could not read the whole index
@@ -196,6 +196,7 @@ class DiskTier {
   void AdmitLocked(const BlockKey& key, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const DiskTierOptions options_;
+  std::shared_ptr<rocksdb::Env> env_;  // db_'s (RetryableTransientErrors over options_.env's)
   rocksdb::DB* db_;
   rocksdb::ColumnFamilyHandle* data_cf_;
   rocksdb::ColumnFamilyHandle* meta_cf_;
