@@ -505,6 +505,17 @@ TEST(DiskTierTest, ADeleteThatCannotBeWrittenKeepsTheBlockIndexed) {
   EXPECT_EQ((*tier)->charged_bytes(), charged);
 }
 
+// Lowers this process's soft open-file limit (from `saved`) to what is open now plus `more`.
+void LimitNewFiles(const rlimit& saved, size_t more) {
+  size_t open_now = 0;
+  for ([[maybe_unused]] const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
+    ++open_now;
+  }
+  rlimit low = saved;
+  low.rlim_cur = open_now + more;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+}
+
 // Out of file descriptors at open (EMFILE: circumstance, not damage) fails the start: the
 // store is neither opened by best-efforts recovery (which drops the WAL) nor set aside as
 // damaged, and opens whole once descriptors are there again. Before, any IOError counted as
@@ -520,13 +531,7 @@ TEST(DiskTierTest, RunningOutOfFileDescriptorsAtOpenFailsTheStartAndKeepsTheStor
   }
   rlimit saved{};
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
-  size_t open_now = 0;
-  for ([[maybe_unused]] const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
-    ++open_now;
-  }
-  rlimit low = saved;
-  low.rlim_cur = open_now + 2;
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  ASSERT_NO_FATAL_FAILURE(LimitNewFiles(saved, 2));
   absl::StatusOr<std::unique_ptr<DiskTier>> starved = DiskTier::Open(Options(path));
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
   EXPECT_FALSE(starved.ok());
@@ -556,13 +561,7 @@ TEST(DiskTierTest, WritesGoOnAfterAFlushFailedForLackOfFileDescriptors) {
   ASSERT_THAT((*tier)->Put(Key(0), payload, DiskBlockMeta{}), IsOk());
   rlimit saved{};
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
-  size_t open_now = 0;
-  for ([[maybe_unused]] const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
-    ++open_now;
-  }
-  rlimit none = saved;
-  none.rlim_cur = open_now;  // no new file can be opened
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &none), 0);
+  ASSERT_NO_FATAL_FAILURE(LimitNewFiles(saved, 0));  // no new file can be opened
   int stored = 1;
   absl::Status failed;
   while (stored < 250 && failed.ok()) {
