@@ -9,8 +9,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -62,6 +64,7 @@ AcceptQueueSample SampleAcceptQueue(int port) {
   AcceptQueueSample sample;
   DIR* dir = opendir("/proc/self/fd");
   if (dir == nullptr) return sample;
+  sample.read = true;
   const int dir_fd = dirfd(dir);
   // Another thread may close an fd (and open another under its number) while this runs:
   // every check is made on the fd as it is now, and a stale one fails them.
@@ -81,51 +84,98 @@ AcceptQueueSample SampleAcceptQueue(int port) {
   return sample;
 }
 
-std::unique_ptr<AcceptQueueWatch> AcceptQueueWatch::Start(int port, absl::Duration window,
-                                                          absl::Duration interval) {
-  std::unique_ptr<AcceptQueueWatch> w(new AcceptQueueWatch(port, window, interval));
+std::vector<int> ListeningPorts() {
+  std::vector<int> ports;
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return ports;
+  const int dir_fd = dirfd(dir);
+  while (dirent* e = readdir(dir)) {
+    int fd = -1;
+    if (!absl::SimpleAtoi(e->d_name, &fd) || fd == dir_fd) continue;
+    if (const int port = ListeningTcpPort(fd); port >= 0) ports.push_back(port);
+  }
+  closedir(dir);
+  std::sort(ports.begin(), ports.end());
+  ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
+  return ports;
+}
+
+std::unique_ptr<ListenerWatch> ListenerWatch::Start(std::vector<int> ports, absl::Duration window,
+                                                    absl::Duration interval) {
+  std::vector<Port> watched;
+  for (int port : ports) watched.push_back(Port{.port = port});
+  std::unique_ptr<ListenerWatch> w(new ListenerWatch(std::move(watched), window, interval));
   w->thread_ = std::thread([p = w.get()] { p->Run(); });
   return w;
 }
 
-AcceptQueueWatch::~AcceptQueueWatch() {
-  stop_.Notify();
-  if (thread_.joinable()) thread_.join();
+ListenerWatch::~ListenerWatch() { Stop(); }
+
+void ListenerWatch::Stop() {
+  std::call_once(stop_once_, [this] {
+    stop_.Notify();
+    if (thread_.joinable()) thread_.join();
+    absl::MutexLock lock(&mu_);
+    stopped_ = true;
+  });
 }
 
-void AcceptQueueWatch::Run() {
+void ListenerWatch::Run() {
   do {
-    Take(SampleAcceptQueue(port_), absl::Now());
+    const absl::Time now = absl::Now();
+    absl::MutexLock lock(&mu_);
+    // Sampled under the lock: a few getsockopt calls a port, against a reader of Broken().
+    for (Port& p : ports_) Take(p, SampleAcceptQueue(p.port), now);
   } while (!stop_.WaitForNotificationWithTimeout(interval_));
 }
 
-void AcceptQueueWatch::Take(const AcceptQueueSample& s, absl::Time now) {
-  absl::MutexLock lock(&mu_);
-  if (s.queued == 0 || s.queued < last_queued_) {
-    if (stopped_) spdlog::warn("port {}: the listener accepts connections again", port_);
-    waiting_since_ = s.queued == 0 ? absl::InfiniteFuture() : now;
-    stopped_ = false;
-  } else if (waiting_since_ == absl::InfiniteFuture()) {
-    waiting_since_ = now;
-  } else if (!stopped_ && now - waiting_since_ >= window_) {
-    stopped_ = true;
+void ListenerWatch::Take(Port& p, const AcceptQueueSample& s, absl::Time now) {
+  if (!s.read) return;  // out of descriptors itself: nothing learnt
+  if (s.listeners == 0) {
+    if (p.seen && !p.gone) {
+      p.gone = true;
+      spdlog::error(
+          "port {}: its listener is gone (UCX closes its TCP listener after an accept error such "
+          "as running out of file descriptors); new clients cannot connect: /healthz answers 503 "
+          "so that this process is restarted",
+          p.port);
+    }
+    return;
+  }
+  p.seen = true;
+  if (s.queued == 0 || s.queued < p.queued) {
+    if (p.stalled) spdlog::warn("port {}: the listener accepts connections again", p.port);
+    p.waiting_since = s.queued == 0 ? absl::InfiniteFuture() : now;
+    p.stalled = false;
+  } else if (p.waiting_since == absl::InfiniteFuture()) {
+    p.waiting_since = now;
+  } else if (!p.stalled && now - p.waiting_since >= window_) {
+    p.stalled = true;
     spdlog::error(
         "port {}: the listener has stopped accepting connections ({} waiting for {}); new "
         "clients cannot reach this process (gRPC gives up a listener after an accept error "
         "such as running out of file descriptors): /healthz answers 503 so that it is "
         "restarted",
-        port_, s.queued, absl::FormatDuration(now - waiting_since_));
+        p.port, s.queued, absl::FormatDuration(now - p.waiting_since));
   }
-  last_queued_ = s.queued;
+  p.queued = s.queued;
 }
 
-std::string AcceptQueueWatch::Stopped() const {
+std::string ListenerWatch::Broken() const {
   absl::MutexLock lock(&mu_);
-  if (!stopped_) return "";
-  return absl::StrCat(
-      "the listener on port ", port_, " has stopped accepting connections (", last_queued_,
-      " waiting for ",
-      absl::FormatDuration(absl::Trunc(absl::Now() - waiting_since_, absl::Seconds(1))), ")");
+  if (stopped_) return "";
+  std::string why;
+  for (const Port& p : ports_) {
+    if (p.gone) {
+      absl::StrAppend(&why, why.empty() ? "" : "; ", "the listener on port ", p.port, " is gone");
+    } else if (p.stalled) {
+      absl::StrAppend(
+          &why, why.empty() ? "" : "; ", "the listener on port ", p.port,
+          " has stopped accepting connections (", p.queued, " waiting for ",
+          absl::FormatDuration(absl::Trunc(absl::Now() - p.waiting_since, absl::Seconds(1))), ")");
+    }
+  }
+  return why;
 }
 
 }  // namespace strata

@@ -6,10 +6,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <memory>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -46,12 +49,13 @@ int ConnectTo(int port) {
   return fd;
 }
 
-// Polls `watch` until it says the listener stopped, or `limit` passes.
-std::string StoppedWithin(const AcceptQueueWatch& watch, absl::Duration limit) {
+// Polls `watch` until it reports a listener, or `limit` passes.
+std::string BrokenWithin(const ListenerWatch& watch, absl::Duration limit) {
   const absl::Time end = absl::Now() + limit;
   std::string why;
-  while ((why = watch.Stopped()).empty() && absl::Now() < end)
+  while ((why = watch.Broken()).empty() && absl::Now() < end) {
     absl::SleepFor(absl::Milliseconds(10));
+  }
   return why;
 }
 
@@ -75,6 +79,7 @@ TEST(ListenerWatchTest, RaisesTheSoftOpenFileLimitToTheHardOne) {
 
 TEST(ListenerWatchTest, CountsTheConnectionsNobodyAccepted) {
   Listener l;
+  EXPECT_TRUE(SampleAcceptQueue(l.port).read);
   EXPECT_EQ(SampleAcceptQueue(l.port).listeners, 1);
   EXPECT_EQ(SampleAcceptQueue(l.port).queued, 0u);
   std::vector<int> clients;
@@ -86,25 +91,43 @@ TEST(ListenerWatchTest, CountsTheConnectionsNobodyAccepted) {
   close(taken);
   for (int fd : clients) close(fd);
   EXPECT_EQ(SampleAcceptQueue(1).listeners, 0) << "no listener of this process on port 1";
+  const std::vector<int> ports = ListeningPorts();
+  EXPECT_TRUE(std::binary_search(ports.begin(), ports.end(), l.port));
+  EXPECT_FALSE(std::binary_search(ports.begin(), ports.end(), 1));
 }
 
 // A listener nobody accepts on is reported once connections have waited for the window;
 // taking them clears it.
 TEST(ListenerWatchTest, AListenerThatStoppedAcceptingIsReportedUntilItAcceptsAgain) {
   Listener l;
-  auto watch = AcceptQueueWatch::Start(l.port, absl::Milliseconds(300), absl::Milliseconds(20));
+  auto watch = ListenerWatch::Start({l.port}, absl::Milliseconds(300), absl::Milliseconds(20));
   absl::SleepFor(absl::Milliseconds(100));
-  EXPECT_EQ(watch->Stopped(), "") << "nothing waits yet";
+  EXPECT_EQ(watch->Broken(), "") << "nothing waits yet";
   const int client = ConnectTo(l.port);
-  const std::string why = StoppedWithin(*watch, absl::Seconds(20));
+  const std::string why = BrokenWithin(*watch, absl::Seconds(20));
   EXPECT_THAT(why, testing::HasSubstr("stopped accepting connections (1 waiting"));
   const int taken = accept(l.fd, nullptr, nullptr);
   ASSERT_GE(taken, 0);
   const absl::Time end = absl::Now() + absl::Seconds(20);
-  while (!watch->Stopped().empty() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(10));
-  EXPECT_EQ(watch->Stopped(), "");
+  while (!watch->Broken().empty() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(watch->Broken(), "");
   close(taken);
   close(client);
+}
+
+// A listener that was there and is closed is reported for good; one that never was is not;
+// a watch stopped reports nothing.
+TEST(ListenerWatchTest, AListenerThatIsGoneIsReported) {
+  auto l = std::make_unique<Listener>();
+  const int port = l->port;
+  auto watch = ListenerWatch::Start({port, 1}, absl::Milliseconds(300), absl::Milliseconds(20));
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(watch->Broken(), "") << "port 1 never had a listener of this process";
+  l.reset();
+  EXPECT_EQ(BrokenWithin(*watch, absl::Seconds(20)),
+            absl::StrCat("the listener on port ", port, " is gone"));
+  watch->Stop();
+  EXPECT_EQ(watch->Broken(), "");
 }
 
 // A listener that accepts is never reported, however many connections come in the window.
@@ -117,13 +140,13 @@ TEST(ListenerWatchTest, AListenerThatAcceptsIsNotReported) {
       if (fd >= 0) close(fd);
     }
   });
-  auto watch = AcceptQueueWatch::Start(l.port, absl::Milliseconds(300), absl::Milliseconds(20));
+  auto watch = ListenerWatch::Start({l.port}, absl::Milliseconds(300), absl::Milliseconds(20));
   const absl::Time end = absl::Now() + absl::Seconds(1);
   int connections = 0;
   while (absl::Now() < end) {
     close(ConnectTo(l.port));
     ++connections;
-    EXPECT_EQ(watch->Stopped(), "");
+    EXPECT_EQ(watch->Broken(), "");
   }
   EXPECT_GT(connections, 10);
   done = true;

@@ -390,12 +390,13 @@ class PeerServerImpl : public PeerServer {
     service_->RotateToken(std::move(token), previous_until);
   }
   std::string Broken() const override {
-    if (std::string why = accept_watch_->Stopped(); !why.empty()) return "peer server: " + why;
+    if (std::string why = listener_watch_->Broken(); !why.empty()) return "peer server: " + why;
     const uint64_t wedged = plane_ != nullptr ? plane_->lanes_wedged() : 0;
     if (wedged == 0) return "";
     return absl::StrCat("peer server: ", wedged, " UCX lanes wedged and not replaced");
   }
   ~PeerServerImpl() override {
+    if (listener_watch_ != nullptr) listener_watch_->Stop();  // the listener closes on purpose
     if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
     stop_.Notify();
     if (housekeeping_.joinable()) housekeeping_.join();
@@ -418,7 +419,7 @@ class PeerServerImpl : public PeerServer {
   std::unique_ptr<PeerService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
-  std::unique_ptr<AcceptQueueWatch> accept_watch_;
+  std::unique_ptr<ListenerWatch> listener_watch_;
   absl::Notification stop_;
   std::thread housekeeping_;
 };
@@ -483,7 +484,7 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("peer server: cannot listen on ", options.listen));
   }
-  s->accept_watch_ = AcceptQueueWatch::Start(s->port_);
+  s->listener_watch_ = ListenerWatch::Start({s->port_});
   if (s->plane_ != nullptr) s->StartHousekeeping();
   spdlog::info("gpu agent serving peers on port {} ({}, {})", s->port_,
                options.ucx_tls.empty() ? "inline" : options.ucx_tls,

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -60,13 +61,15 @@ absl::Status WritePortFile(const std::string& path, const std::string& grpc_addr
 class StoreNodeImpl final : public StoreNode {
  public:
   StoreNodeImpl(const NodeConfig& config, std::unique_ptr<TieredStore> warm,
-                std::unique_ptr<DataPlane> data_plane, std::shared_ptr<Authenticator> auth)
+                std::unique_ptr<DataPlane> data_plane, std::shared_ptr<Authenticator> auth,
+                std::vector<int> ucx_ports)
       : config_(config),
         warm_(std::move(warm)),
         data_plane_(std::move(data_plane)),
         auth_(std::move(auth)),
         metrics_(config.node_id),
-        service_(config, warm_.get(), data_plane_.get(), &metrics_, auth_) {}
+        service_(config, warm_.get(), data_plane_.get(), &metrics_, auth_),
+        ucx_ports_(std::move(ucx_ports)) {}
 
   ~StoreNodeImpl() override { Shutdown(); }
 
@@ -94,9 +97,12 @@ class StoreNodeImpl final : public StoreNode {
     if (server_ == nullptr || port == 0) {
       return absl::UnavailableError(absl::StrCat("listen: cannot serve gRPC on ", config_.listen));
     }
-    // gRPC stops accepting on a port for good after an accept error such as EMFILE; the node
-    // then says so on /healthz rather than look healthy to a probe (listener_watch.h).
-    accept_watch_ = AcceptQueueWatch::Start(port);
+    // gRPC stops accepting on a port for good after an accept error such as EMFILE, and UCX
+    // closes its TCP listener: the node then says so on /healthz rather than look healthy to
+    // a probe (listener_watch.h).
+    std::vector<int> watched = ucx_ports_;
+    watched.push_back(port);
+    listener_watch_ = ListenerWatch::Start(std::move(watched));
     grpc_address_ = absl::StrCat(config_.listen.substr(0, config_.listen.rfind(':')), ":", port);
     if (absl::Status s = JoinCluster(); !s.ok()) return s;
 
@@ -105,7 +111,7 @@ class StoreNodeImpl final : public StoreNode {
         {[this] { return metrics_.Render(warm_->Stats(), ClusterNow(), warm_->ScopeBytes()); },
          [this] { return ready_.load(); },
          [this] {
-           if (std::string why = accept_watch_->Stopped(); !why.empty()) return why;
+           if (std::string why = listener_watch_->Broken(); !why.empty()) return why;
            const uint64_t wedged = data_plane_ != nullptr ? data_plane_->lanes_wedged() : 0;
            return wedged == 0 ? std::string()
                               : absl::StrCat(wedged,
@@ -149,6 +155,7 @@ class StoreNodeImpl final : public StoreNode {
     // Leave first, so clients route around this node while it drains.
     if (membership_ != nullptr) membership_->Leave();
     if (rebalancer_ != nullptr) rebalancer_->Stop();
+    if (listener_watch_ != nullptr) listener_watch_->Stop();  // the listeners close on purpose
     if (server_ != nullptr) {
       auto deadline =
           std::chrono::system_clock::now() + std::chrono::milliseconds(config_.drain_timeout_ms);
@@ -347,7 +354,8 @@ class StoreNodeImpl final : public StoreNode {
   // For the HTTP thread, which starts serving before the cluster is joined.
   std::atomic<const cluster::Membership*> membership_ready_{nullptr};
   std::atomic<const Rebalancer*> rebalancer_ready_{nullptr};
-  std::unique_ptr<AcceptQueueWatch> accept_watch_;  // before http_, whose /healthz reads it
+  std::vector<int> ucx_ports_;  // the TCP ports the data plane's UCX workers listen on
+  std::unique_ptr<ListenerWatch> listener_watch_;  // before http_, whose /healthz reads it
   std::unique_ptr<HttpEndpoint> http_;
   std::string grpc_address_;
   std::thread reaper_;
@@ -433,6 +441,7 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
   absl::StatusOr<std::unique_ptr<TieredStore>> warm = TieredStore::Create(std::move(opts));
   if (!warm.ok()) return warm.status();
   std::unique_ptr<DataPlane> data_plane;
+  std::vector<int> ucx_ports;
   if (!config.ucx_tls.empty()) {
     DataPlaneOptions dp;
     dp.tls = config.ucx_tls;
@@ -446,16 +455,20 @@ absl::StatusOr<std::unique_ptr<StoreNode>> StoreNode::Start(const NodeConfig& co
     dp.unclaimed_timeout = absl::Milliseconds(config.ucx_unclaimed_timeout_ms);
     dp.max_replaced_lanes = static_cast<uint32_t>(config.ucx_max_replaced_lanes);
     dp.max_block_bytes = config.max_block_bytes;
+    const std::vector<int> before = ListeningPorts();
     absl::StatusOr<std::unique_ptr<DataPlane>> plane =
         DataPlane::Create(dp, (*warm)->arena_base(), (*warm)->arena_bytes());
     if (!plane.ok()) return plane.status();
     data_plane = std::move(*plane);
+    const std::vector<int> after = ListeningPorts();
+    std::set_difference(after.begin(), after.end(), before.begin(), before.end(),
+                        std::back_inserter(ucx_ports));
   }
   absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(
       config.auth_mode, config.auth_principals_file, config.cluster_token, quotas);
   if (!auth.ok()) return auth.status();
   auto node = std::make_unique<StoreNodeImpl>(config, std::move(*warm), std::move(data_plane),
-                                              std::move(*auth));
+                                              std::move(*auth), std::move(ucx_ports));
   if (absl::Status s = node->Init(); !s.ok()) return s;
   return node;
 }

@@ -16,8 +16,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
@@ -277,6 +279,56 @@ std::pair<std::string, std::string> OpenFileLimits(pid_t pid) {
   return {};
 }
 
+// Lowers the open-file limits of process `pid` to what it has open now plus `spare`.
+void LeaveDescriptors(pid_t pid, size_t spare) {
+  size_t open_now = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {
+    ++open_now;
+  }
+  rlimit tight{open_now + spare, open_now + spare};
+  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &tight, nullptr), 0);
+}
+
+// The node's /healthz (code, body) once it answers `code`, or the last answer when `limit`
+// passes first (code 0: none).
+std::pair<int, std::string> HealthWithin(const client::LocalNode& node, int code,
+                                         absl::Duration limit) {
+  const absl::Time end = absl::Now() + limit;
+  std::pair<int, std::string> health{0, ""};
+  while (health.first != code && absl::Now() < end) {
+    absl::SleepFor(absl::Milliseconds(250));
+    absl::StatusOr<std::pair<int, std::string>> got =
+        HttpGet(node.http_address(), "/healthz", absl::Seconds(2));
+    if (got.ok()) health = *got;
+  }
+  return health;
+}
+
+// HOST:PORT of every IPv4 TCP listener of process `pid` (its socket inodes in /proc/net/tcp).
+std::vector<std::string> ListeningAddresses(pid_t pid) {
+  std::set<std::string> inodes;
+  for (const auto& e : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (absl::StartsWith(target, "socket:[")) inodes.insert(target.substr(8, target.size() - 9));
+  }
+  std::vector<std::string> out;
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+    if (f.size() < 10 || f[3] != "0A" || !inodes.contains(f[9])) continue;
+    const std::vector<std::string> hp = absl::StrSplit(f[1], ':');
+    const uint32_t ip = static_cast<uint32_t>(std::stoul(hp[0], nullptr, 16));  // host order
+    out.push_back(absl::StrCat(ip & 0xff, ".", (ip >> 8) & 0xff, ".", (ip >> 16) & 0xff, ".",
+                               ip >> 24, ":", std::stoi(hp[1], nullptr, 16)));
+  }
+  return out;
+}
+
 // A connection that never speaks (no TLS handshake, no HTTP/2 preface) is closed by the node
 // within its handshake timeout (10 s) rather than gRPC's default 120 s, so silent connections
 // cannot pile up and take the node's file descriptors.
@@ -311,13 +363,7 @@ TEST(OverloadTest, ANodeOutOfFileDescriptorsSaysSoOnHealthz) {
   ASSERT_EQ(HttpGet((*node)->http_address(), "/healthz")->first, 200);
 
   // Leave the node 40 descriptors and open more connections than that.
-  size_t open_now = 0;
-  for ([[maybe_unused]] const auto& e :
-       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {
-    ++open_now;
-  }
-  rlimit tight{open_now + 40, open_now + 40};
-  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &tight, nullptr), 0);
+  ASSERT_NO_FATAL_FAILURE(LeaveDescriptors(pid, 40));
   std::vector<int> flood;
   for (int i = 0; i < 150; ++i) {
     const int fd = ConnectRaw((*node)->address());
@@ -325,17 +371,47 @@ TEST(OverloadTest, ANodeOutOfFileDescriptorsSaysSoOnHealthz) {
     flood.push_back(fd);
   }
   // Its HTTP endpoint gets a descriptor again once the accepted connections time out.
-  const absl::Time end = absl::Now() + absl::Seconds(60);
-  std::pair<int, std::string> health{0, ""};
-  while (health.first != 503 && absl::Now() < end) {
-    absl::SleepFor(absl::Milliseconds(250));
-    absl::StatusOr<std::pair<int, std::string>> got =
-        HttpGet((*node)->http_address(), "/healthz", absl::Seconds(2));
-    if (got.ok()) health = *got;
-  }
+  const std::pair<int, std::string> health = HealthWithin(**node, 503, absl::Seconds(60));
   EXPECT_EQ(health.first, 503) << health.second;
   EXPECT_THAT(health.second, ::testing::HasSubstr("has stopped accepting connections"));
   for (int fd : flood) close(fd);
+}
+
+// UCX closes its TCP listener for good after a failed accept (EMFILE here): clients already
+// connected go on, new ones are refused. The node sees the port without its listener and
+// answers /healthz 503; before, "ok".
+TEST(OverloadTest, ANodeWhoseUcxListenerClosedSaysSoOnHealthz) {
+  auto node = testutil::StartNode({"--warm-bytes", "16MiB", "--ucx-tls", "tcp"});
+  ASSERT_THAT(node, IsOk());
+  const pid_t pid = (*node)->pid();
+  std::string ucx;
+  for (const std::string& a : ListeningAddresses(pid)) {
+    if (a.rfind(":") == std::string::npos || a == (*node)->address() ||
+        a == (*node)->http_address()) {
+      continue;
+    }
+    if (ucx.empty() || absl::StartsWith(a, "127.")) ucx = a;
+  }
+  ASSERT_FALSE(ucx.empty()) << "no UCX listener found";
+  ASSERT_EQ(HttpGet((*node)->http_address(), "/healthz")->first, 200);
+  ASSERT_NO_FATAL_FAILURE(LeaveDescriptors(pid, 20));
+  std::vector<int> flood;
+  int refused = 0;
+  for (int i = 0; i < 60; ++i) {
+    const int fd = ConnectRaw(ucx);
+    if (fd < 0) {
+      ++refused;
+    } else {
+      flood.push_back(fd);
+    }
+  }
+  absl::SleepFor(absl::Seconds(1));
+  for (int fd : flood) close(fd);  // UCX lets their descriptors go, and the HTTP port can accept
+  const std::pair<int, std::string> health = HealthWithin(**node, 503, absl::Seconds(30));
+  EXPECT_EQ(health.first, 503) << health.second << " (" << refused << " connections refused)";
+  EXPECT_THAT(health.second,
+              ::testing::HasSubstr(absl::StrCat("the listener on port ",
+                                                ucx.substr(ucx.rfind(':') + 1), " is gone")));
 }
 
 }  // namespace

@@ -12,8 +12,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -28,6 +30,7 @@ uint64_t RaiseOpenFileLimit();
 
 // One sample of the accept queues of this process's TCP listeners on a port.
 struct AcceptQueueSample {
+  bool read = false;    // false: this process's descriptors could not be listed (EMFILE)
   int listeners = 0;    // listening sockets found on the port (0: none, e.g. not started)
   uint64_t queued = 0;  // connections the kernel holds that nobody has accepted yet
 };
@@ -35,33 +38,51 @@ struct AcceptQueueSample {
 // Reads the accept queues of this process's listening TCP sockets on `port` (TCP_INFO).
 AcceptQueueSample SampleAcceptQueue(int port);
 
-// Samples the accept queue of a port every `interval` on its own thread. The listener counts
-// as stopped when connections have been waiting in every sample for `window` and their
-// number never went down: a listener that accepts empties its queue at every wake-up, one
-// that stopped only collects more. Stopped() clears as soon as the queue drains again.
-class AcceptQueueWatch {
- public:
-  static std::unique_ptr<AcceptQueueWatch> Start(int port,
-                                                 absl::Duration window = absl::Seconds(10),
-                                                 absl::Duration interval = absl::Milliseconds(500));
-  ~AcceptQueueWatch();  // stops and joins the sampling thread
+// This process's listening TCP ports, sorted (e.g. before and after a library starts
+// listening, to learn which ports are its).
+std::vector<int> ListeningPorts();
 
-  // "" while the listener accepts; otherwise why it does not (for /healthz and logs).
-  std::string Stopped() const;
+// Samples the listeners of some ports every `interval` on its own thread and says when one
+// cannot take new connections any more:
+// - stalled: connections have waited in every sample for `window` and their number never went
+//   down (a listener that accepts empties its queue at every wake-up, one that stopped only
+//   collects more); clears as soon as the queue drains again;
+// - gone: the port had a listener and has none now (UCX closes its TCP listener after a
+//   failed accept); for good.
+class ListenerWatch {
+ public:
+  static std::unique_ptr<ListenerWatch> Start(std::vector<int> ports,
+                                              absl::Duration window = absl::Seconds(10),
+                                              absl::Duration interval = absl::Milliseconds(500));
+  ~ListenerWatch();  // Stop()
+
+  // "" while every listener takes connections; otherwise which does not and why (for /healthz
+  // and logs).
+  std::string Broken() const;
+  // Stops sampling (before the owner closes its listeners on purpose); Broken() is "" after.
+  // Blocks until the sampling thread has ended.
+  void Stop();
 
  private:
-  AcceptQueueWatch(int port, absl::Duration window, absl::Duration interval)
-      : port_(port), window_(window), interval_(interval) {}
+  struct Port {
+    int port = 0;
+    bool seen = false;  // had a listener in some sample
+    bool gone = false;
+    bool stalled = false;
+    uint64_t queued = 0;  // in the last sample
+    absl::Time waiting_since = absl::InfiniteFuture();
+  };
+  ListenerWatch(std::vector<Port> ports, absl::Duration window, absl::Duration interval)
+      : window_(window), interval_(interval), ports_(std::move(ports)) {}
   void Run();
-  void Take(const AcceptQueueSample& s, absl::Time now);
+  void Take(Port& p, const AcceptQueueSample& s, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  const int port_;
   const absl::Duration window_;
   const absl::Duration interval_;
+  std::once_flag stop_once_;
   absl::Notification stop_;
   mutable absl::Mutex mu_;
-  absl::Time waiting_since_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
-  uint64_t last_queued_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<Port> ports_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;  // last: starts once the fields above exist
 };
