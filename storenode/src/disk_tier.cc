@@ -1,6 +1,8 @@
 #include "strata/storenode/disk_tier.h"
 
 #include <algorithm>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <iterator>
@@ -70,6 +72,30 @@ constexpr std::string_view kCircumstances[] = {
     "While lock file",      "Permission denied",      "No space",
     "Too many open files",  "Cannot allocate memory", "Stale file handle",
     "Connection timed out", "Read-only file system",  "Resource temporarily unavailable",
+};
+
+// RocksDB's own log goes through ours (warnings and worse) instead of a LOG file in the
+// store's directory: on a full disk that file's failed append made librocksdb (Debian's build
+// keeps its assertions) abort the whole node at its next log line (tiers.md, "Disk errors").
+class RocksLogToSpdlog : public rocksdb::Logger {
+ public:
+  explicit RocksLogToSpdlog(std::string tier)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), tier_(std::move(tier)) {}
+  void Logv(const char* format, va_list ap) override {
+    Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap);
+  }
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    if (level < GetInfoLogLevel()) return;
+    char line[1024];
+    const int n = std::vsnprintf(line, sizeof(line), format, ap);
+    if (n > 0 && static_cast<size_t>(n) < sizeof(line) && line[n - 1] == '\n') line[n - 1] = 0;
+    spdlog::log(
+        level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? spdlog::level::err : spdlog::level::warn,
+        "{} tier (RocksDB): {}", tier_, line);
+  }
+
+ private:
+  const std::string tier_;
 };
 
 }  // namespace
@@ -156,6 +182,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
   std::shared_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(RetryableTransientErrors(
       (options.env != nullptr ? options.env : rocksdb::Env::Default())->GetFileSystem()));
   opts.env = env.get();
+  opts.info_log = std::make_shared<RocksLogToSpdlog>(options.name);
   opts.create_if_missing = true;
   opts.create_missing_column_families = true;
   opts.compression = rocksdb::kNoCompression;  // payloads are encoded by our codecs
@@ -164,7 +191,6 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
   opts.blob_compression_type = rocksdb::kNoCompression;
   opts.enable_blob_garbage_collection = true;
   opts.max_open_files = 256;
-  opts.keep_log_file_num = 3;
   // RocksDB's own RAM and WAL bounded by the tier's size rather than left at its defaults
   // (64 MiB memtables per column family without a total; a WAL kept up to 4 x their total for
   // the rarely flushed meta family): memtables of all families together 1/16 of the budget,

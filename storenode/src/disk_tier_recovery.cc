@@ -1,5 +1,6 @@
 // DiskTier's recovery at Open: the index rebuilt from the meta records, payloads and records
 // reconciled after a damaged scan or a best-efforts recovery, the index family rewritten.
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -68,6 +69,17 @@ absl::Status DiskTier::Rebuild() {
   spdlog::info("{} tier at {}: {} blocks, {} stored of {} ({} unreadable records skipped)",
                options_.name, options_.path, index_.size(), FormatByteSize(stored_bytes_),
                FormatByteSize(options_.capacity_bytes), skipped);
+  // A budget the file system cannot hold meets a full disk first: writes then fail until
+  // RocksDB sees 64 MiB or more free again (tiers.md, "Disk errors").
+  std::error_code ec;
+  const std::filesystem::space_info space = std::filesystem::space(options_.path, ec);
+  if (options_.env == nullptr && !ec && space.available + stored_bytes_ < options_.capacity_bytes) {
+    spdlog::warn(
+        "{} tier: its budget {} is more than the file system at {} has room for ({} free + {} "
+        "stored): it will meet a full disk first, and refuse writes until space is freed",
+        options_.name, FormatByteSize(options_.capacity_bytes), options_.path,
+        FormatByteSize(space.available), FormatByteSize(stored_bytes_));
+  }
   return absl::OkStatus();
 }
 

@@ -96,7 +96,18 @@ class SyncTrackingFs : public rocksdb::FileSystemWrapper {
     return s;
   }
 
+  // A full disk, as RocksDB sees it: no free space, and every write fails ENOSPC.
+  rocksdb::IOStatus GetFreeSpace(const std::string& path, const rocksdb::IOOptions& o,
+                                 uint64_t* free, rocksdb::IODebugContext* dbg) override {
+    if (disk_full.load()) {
+      *free = 0;
+      return rocksdb::IOStatus::OK();
+    }
+    return target()->GetFreeSpace(path, o, free, dbg);
+  }
+
   std::atomic<bool> fail_appends{false};  // every write to any file fails while set
+  std::atomic<bool> disk_full{false};     // GetFreeSpace 0 and writes ENOSPC while set
 
   // Copies `from` into `to`, each file as of its last Sync.
   void CopyAsAfterPowerCut(const std::string& from, const std::string& to) {
@@ -129,12 +140,14 @@ class SyncTrackingFs : public rocksdb::FileSystemWrapper {
 
     rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
                              rocksdb::IODebugContext* d) override {
+      if (fs_->disk_full.load()) return rocksdb::IOStatus::NoSpace("injected: disk full");
       if (fs_->fail_appends.load()) return rocksdb::IOStatus::IOError("injected write error");
       return target()->Append(data, o, d);
     }
     rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& o,
                              const rocksdb::DataVerificationInfo& v,
                              rocksdb::IODebugContext* d) override {
+      if (fs_->disk_full.load()) return rocksdb::IOStatus::NoSpace("injected: disk full");
       if (fs_->fail_appends.load()) return rocksdb::IOStatus::IOError("injected write error");
       return target()->Append(data, o, v, d);
     }
