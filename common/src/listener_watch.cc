@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -60,41 +61,62 @@ int ListeningTcpPort(int fd) {
 
 }  // namespace
 
-AcceptQueueSample SampleAcceptQueue(int port) {
-  AcceptQueueSample sample;
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return sample;
-  sample.read = true;
+namespace {
+
+// Walks the descriptors listed by `dir` (/proc/self/fd, rewound) and calls `each(fd, port)`
+// for every listening TCP socket. False when the listing failed. Another thread may close an
+// fd (and open another under its number) meanwhile: every check is made on the fd as it is
+// now, and a stale one fails them.
+template <typename Each>
+bool ForEachListener(DIR* dir, Each each) {
+  rewinddir(dir);
   const int dir_fd = dirfd(dir);
-  // Another thread may close an fd (and open another under its number) while this runs:
-  // every check is made on the fd as it is now, and a stale one fails them.
-  while (dirent* e = readdir(dir)) {
+  for (;;) {
+    errno = 0;
+    const dirent* e = readdir(dir);
+    if (e == nullptr) return errno == 0;
     int fd = -1;
     if (!absl::SimpleAtoi(e->d_name, &fd) || fd == dir_fd) continue;
-    if (ListeningTcpPort(fd) != port) continue;
-    tcp_info info{};
-    socklen_t len = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || info.tcpi_state != TCP_LISTEN) {
-      continue;
-    }
-    ++sample.listeners;
-    sample.queued += info.tcpi_unacked;  // a listener's accept queue (tcp_get_info)
+    if (const int port = ListeningTcpPort(fd); port >= 0) each(fd, port);
   }
-  closedir(dir);
+}
+
+// Adds listener `fd` of a watched port to its sample.
+void Count(int fd, AcceptQueueSample& sample) {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || info.tcpi_state != TCP_LISTEN) {
+    return;
+  }
+  ++sample.listeners;
+  sample.queued += info.tcpi_unacked;  // a listener's accept queue (tcp_get_info)
+}
+
+struct Dir {
+  Dir() : dir(opendir("/proc/self/fd")) {}
+  ~Dir() {
+    if (dir != nullptr) closedir(dir);
+  }
+  DIR* dir;
+};
+
+}  // namespace
+
+AcceptQueueSample SampleAcceptQueue(int port) {
+  AcceptQueueSample sample;
+  Dir d;
+  if (d.dir == nullptr) return sample;
+  sample.read = ForEachListener(d.dir, [&](int fd, int p) {
+    if (p == port) Count(fd, sample);
+  });
   return sample;
 }
 
 std::vector<int> ListeningPorts() {
   std::vector<int> ports;
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return ports;
-  const int dir_fd = dirfd(dir);
-  while (dirent* e = readdir(dir)) {
-    int fd = -1;
-    if (!absl::SimpleAtoi(e->d_name, &fd) || fd == dir_fd) continue;
-    if (const int port = ListeningTcpPort(fd); port >= 0) ports.push_back(port);
-  }
-  closedir(dir);
+  Dir d;
+  if (d.dir == nullptr) return ports;
+  ForEachListener(d.dir, [&](int, int port) { ports.push_back(port); });
   std::sort(ports.begin(), ports.end());
   ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
   return ports;
@@ -121,18 +143,41 @@ void ListenerWatch::Stop() {
 }
 
 void ListenerWatch::Run() {
-  do {
-    const absl::Time now = absl::Now();
+  std::vector<int> ports;
+  {
     absl::MutexLock lock(&mu_);
-    // Sampled under the lock: a few getsockopt calls a port, against a reader of Broken().
-    for (Port& p : ports_) Take(p, SampleAcceptQueue(p.port), now);
+    for (const Port& p : ports_) ports.push_back(p.port);
+  }
+  // Opened once: a process out of descriptors is what this must still see.
+  Dir d;
+  absl::Time last = absl::InfinitePast();
+  do {
+    std::vector<AcceptQueueSample> samples(ports.size());
+    const bool read = d.dir != nullptr && ForEachListener(d.dir, [&](int fd, int port) {
+                        for (size_t i = 0; i < ports.size(); ++i) {
+                          if (ports[i] == port) Count(fd, samples[i]);
+                        }
+                      });
+    const absl::Time now = absl::Now();
+    const bool on_time = now - last <= 2 * interval_;
+    last = now;
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < ports.size(); ++i) {
+      samples[i].read = read;
+      Take(ports_[i], samples[i], on_time, now);
+    }
   } while (!stop_.WaitForNotificationWithTimeout(interval_));
 }
 
-void ListenerWatch::Take(Port& p, const AcceptQueueSample& s, absl::Time now) {
-  if (!s.read) return;  // out of descriptors itself: nothing learnt
+void ListenerWatch::Take(Port& p, const AcceptQueueSample& s, bool on_time, absl::Time now) {
+  if (!s.read || !on_time) {  // nothing learnt, or a gap: count again from here
+    p.empty = 0;
+    p.waiting = 0;
+    p.waiting_since = absl::InfiniteFuture();
+    if (!s.read) return;
+  }
   if (s.listeners == 0) {
-    if (p.seen && !p.gone) {
+    if (p.seen && !p.gone && ++p.empty >= 3) {
       p.gone = true;
       spdlog::error(
           "port {}: its listener is gone (UCX closes its TCP listener after an accept error such "
@@ -143,13 +188,16 @@ void ListenerWatch::Take(Port& p, const AcceptQueueSample& s, absl::Time now) {
     return;
   }
   p.seen = true;
+  p.empty = 0;
   if (s.queued == 0 || s.queued < p.queued) {
     if (p.stalled) spdlog::warn("port {}: the listener accepts connections again", p.port);
-    p.waiting_since = s.queued == 0 ? absl::InfiniteFuture() : now;
     p.stalled = false;
-  } else if (p.waiting_since == absl::InfiniteFuture()) {
+    p.waiting = s.queued == 0 ? 0 : 1;
+    p.waiting_since = s.queued == 0 ? absl::InfiniteFuture() : now;
+  } else if (p.waiting == 0) {
+    p.waiting = 1;
     p.waiting_since = now;
-  } else if (!p.stalled && now - p.waiting_since >= window_) {
+  } else if (++p.waiting >= window_ / interval_ && now - p.waiting_since >= window_ && !p.stalled) {
     p.stalled = true;
     spdlog::error(
         "port {}: the listener has stopped accepting connections ({} waiting for {}); new "

@@ -140,8 +140,8 @@ TEST(ListenerWatchTest, AListenerThatAcceptsIsNotReported) {
       if (fd >= 0) close(fd);
     }
   });
-  auto watch = ListenerWatch::Start({l.port}, absl::Milliseconds(300), absl::Milliseconds(20));
-  const absl::Time end = absl::Now() + absl::Seconds(1);
+  auto watch = ListenerWatch::Start({l.port}, absl::Seconds(1), absl::Milliseconds(20));
+  const absl::Time end = absl::Now() + absl::Milliseconds(2500);
   int connections = 0;
   while (absl::Now() < end) {
     close(ConnectTo(l.port));

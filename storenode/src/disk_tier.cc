@@ -66,12 +66,13 @@ class Reader {
   size_t pos_ = 0;
 };
 
-// What an open that failed for the machine's state, not the files', says (strerror texts and
-// RocksDB's lock message).
+// What an open that failed for the machine's state, not the files', says besides the causes
+// that pass with time (PassesWithTime): RocksDB's lock message and strerror texts.
 constexpr std::string_view kCircumstances[] = {
-    "While lock file",      "Permission denied",      "No space",
-    "Too many open files",  "Cannot allocate memory", "Stale file handle",
-    "Connection timed out", "Read-only file system",  "Resource temporarily unavailable",
+    "While lock file",
+    "Permission denied",
+    "No space",
+    "Read-only file system",
 };
 
 // RocksDB's own log goes through ours (warnings and worse) instead of a LOG file in the
@@ -86,7 +87,7 @@ class RocksLogToSpdlog : public rocksdb::Logger {
   }
   void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
     if (level < GetInfoLogLevel()) return;
-    char line[1024];
+    char line[1024] = "";
     const int n = std::vsnprintf(line, sizeof(line), format, ap);
     if (n > 0 && static_cast<size_t>(n) < sizeof(line) && line[n - 1] == '\n') line[n - 1] = 0;
     spdlog::log(
@@ -248,6 +249,7 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(DiskTierOptions options
     // WAL) or set aside: another start finds the store whole.
     const std::string why = s.ok() ? std::string(opened.message()) : s.ToString();
     const bool circumstance =
+        PassesWithTime(why) ||
         std::any_of(std::begin(kCircumstances), std::end(kCircumstances),
                     [&](std::string_view c) { return why.find(c) != std::string::npos; });
     const bool damaged =

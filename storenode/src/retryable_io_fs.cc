@@ -2,27 +2,35 @@
 
 #include <cerrno>
 #include <cstring>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace strata::storenode {
 namespace {
 
-// RocksDB's posix errors carry strerror's text, not the number.
-bool Transient(const rocksdb::IOStatus& s) {
-  static const std::vector<std::string> kTexts = [] {
-    std::vector<std::string> texts;
-    for (int e : {EMFILE, ENFILE, ENOMEM, ENOBUFS, EAGAIN, EINTR, ETIMEDOUT, ESTALE, EIO}) {
-      texts.emplace_back(std::strerror(e));
-    }
-    return texts;
-  }();
-  if (!s.IsIOError() || s.IsNoSpace()) return false;  // NoSpace has its own recovery
-  const std::string text = s.ToString();
-  for (const std::string& t : kTexts) {
-    if (text.find(t) != std::string::npos) return true;
+// strerror's texts of `errnos` (RocksDB's posix errors carry the text, not the number).
+std::vector<std::string> Texts(std::initializer_list<int> errnos) {
+  std::vector<std::string> texts;
+  for (int e : errnos) texts.emplace_back(std::strerror(e));
+  return texts;
+}
+
+bool Names(const std::vector<std::string>& texts, std::string_view text) {
+  for (const std::string& t : texts) {
+    if (text.find(t) != std::string_view::npos) return true;
   }
   return false;
+}
+
+// Retried by RocksDB: what passes with time, and EIO (a network mount's hiccup; on a local
+// disk the retry fails again, every second, which costs nothing).
+bool Transient(const rocksdb::IOStatus& s) {
+  static const std::vector<std::string> kEio = Texts({EIO});
+  if (!s.IsIOError() || s.IsNoSpace()) return false;  // NoSpace has its own recovery
+  const std::string text = s.ToString();
+  return PassesWithTime(text) || Names(kEio, text);
 }
 
 rocksdb::IOStatus Marked(rocksdb::IOStatus s) {
@@ -75,6 +83,12 @@ class RetryableFs : public rocksdb::FileSystemWrapper {
 };
 
 }  // namespace
+
+bool PassesWithTime(std::string_view error_text) {
+  static const std::vector<std::string> kTexts =
+      Texts({EMFILE, ENFILE, ENOMEM, ENOBUFS, EAGAIN, EINTR, ETIMEDOUT, ESTALE});
+  return Names(kTexts, error_text);
+}
 
 std::shared_ptr<rocksdb::FileSystem> RetryableTransientErrors(
     std::shared_ptr<rocksdb::FileSystem> target) {

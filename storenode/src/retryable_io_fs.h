@@ -8,10 +8,16 @@
 #pragma once
 
 #include <memory>
+#include <string_view>
 
 #include "rocksdb/file_system.h"
 
 namespace strata::storenode {
+
+// Whether an error's text names a cause that passes with time (the list above but EIO, which
+// on a local disk is damage as often as not). DiskTier::Open fails the start on one of them
+// instead of repairing or setting the store aside.
+bool PassesWithTime(std::string_view error_text);
 
 std::shared_ptr<rocksdb::FileSystem> RetryableTransientErrors(
     std::shared_ptr<rocksdb::FileSystem> target);

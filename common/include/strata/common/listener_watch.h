@@ -30,7 +30,7 @@ uint64_t RaiseOpenFileLimit();
 
 // One sample of the accept queues of this process's TCP listeners on a port.
 struct AcceptQueueSample {
-  bool read = false;    // false: this process's descriptors could not be listed (EMFILE)
+  bool read = false;    // false: this process's descriptors could not be listed
   int listeners = 0;    // listening sockets found on the port (0: none, e.g. not started)
   uint64_t queued = 0;  // connections the kernel holds that nobody has accepted yet
 };
@@ -44,15 +44,17 @@ std::vector<int> ListeningPorts();
 
 // Samples the listeners of some ports every `interval` on its own thread and says when one
 // cannot take new connections any more:
-// - stalled: connections have waited in every sample for `window` and their number never went
-//   down (a listener that accepts empties its queue at every wake-up, one that stopped only
-//   collects more); clears as soon as the queue drains again;
-// - gone: the port had a listener and has none now (UCX closes its TCP listener after a
-//   failed accept); for good.
+// - stalled: connections have waited in every sample, on time, for `window` and their number
+//   never went down (a listener that accepts empties its queue at every wake-up, one that
+//   stopped only collects more); clears as soon as the queue drains again;
+// - gone: the port had a listener and has had none for 3 samples in a row (UCX closes its TCP
+//   listener after a failed accept); for good.
+// A sample that comes late (the thread was not scheduled) or cannot be read starts the count
+// again. The watch keeps /proc/self/fd open, so it samples without a new descriptor.
 class ListenerWatch {
  public:
   static std::unique_ptr<ListenerWatch> Start(std::vector<int> ports,
-                                              absl::Duration window = absl::Seconds(10),
+                                              absl::Duration window = absl::Seconds(20),
                                               absl::Duration interval = absl::Milliseconds(500));
   ~ListenerWatch();  // Stop()
 
@@ -67,15 +69,18 @@ class ListenerWatch {
   struct Port {
     int port = 0;
     bool seen = false;  // had a listener in some sample
+    int empty = 0;      // samples in a row without a listener
     bool gone = false;
     bool stalled = false;
+    int waiting = 0;      // samples in a row, on time, with connections waiting, never fewer
     uint64_t queued = 0;  // in the last sample
     absl::Time waiting_since = absl::InfiniteFuture();
   };
   ListenerWatch(std::vector<Port> ports, absl::Duration window, absl::Duration interval)
       : window_(window), interval_(interval), ports_(std::move(ports)) {}
   void Run();
-  void Take(Port& p, const AcceptQueueSample& s, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Take(Port& p, const AcceptQueueSample& s, bool on_time, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const absl::Duration window_;
   const absl::Duration interval_;
