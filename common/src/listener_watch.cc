@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -150,14 +151,42 @@ void ListenerWatch::Run() {
   }
   // Opened once: a process out of descriptors is what this must still see.
   Dir d;
+  // The listeners the last full pass found, looked at alone between full passes: a pass over
+  // every descriptor costs ~2 ms a thousand of them (19 ms with 10,000), the cached ones next
+  // to nothing. Every 20th sample, and one where a cached listener is gone, is a full pass.
+  constexpr int kFullPassEvery = 20;
+  std::vector<std::pair<int, int>> cached;  // (fd, port)
+  int since_full = kFullPassEvery;
   absl::Time last = absl::InfinitePast();
   do {
     std::vector<AcceptQueueSample> samples(ports.size());
-    const bool read = d.dir != nullptr && ForEachListener(d.dir, [&](int fd, int port) {
-                        for (size_t i = 0; i < ports.size(); ++i) {
-                          if (ports[i] == port) Count(fd, samples[i]);
-                        }
-                      });
+    auto count = [&](int fd, int port) {
+      for (size_t i = 0; i < ports.size(); ++i) {
+        if (ports[i] == port) Count(fd, samples[i]);
+      }
+    };
+    bool read = true;
+    bool full = ++since_full >= kFullPassEvery;
+    if (!full) {
+      for (const auto& [fd, port] : cached) {
+        if (ListeningTcpPort(fd) == port) count(fd, port);
+      }
+      // A port whose cached listener is gone: look at every descriptor before believing it.
+      for (const auto& [fd, port] : cached) {
+        const size_t i = std::find(ports.begin(), ports.end(), port) - ports.begin();
+        full = full || samples[i].listeners == 0;
+      }
+    }
+    if (full) {
+      samples.assign(ports.size(), AcceptQueueSample{});
+      cached.clear();
+      read = d.dir != nullptr && ForEachListener(d.dir, [&](int fd, int port) {
+               if (std::find(ports.begin(), ports.end(), port) == ports.end()) return;
+               cached.emplace_back(fd, port);
+               count(fd, port);
+             });
+      since_full = 0;
+    }
     const absl::Time now = absl::Now();
     const bool on_time = now - last <= 2 * interval_;
     last = now;
