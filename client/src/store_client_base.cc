@@ -1,7 +1,9 @@
 // The StoreClient interface's own calls, the same for every implementation: token
 // convenience and the asynchronous forms; tier names and a namespace's hashing.
 #include <future>
+#include <system_error>
 
+#include "absl/strings/str_cat.h"
 #include "strata/client/store_client.h"
 
 namespace strata::client {
@@ -51,32 +53,48 @@ absl::StatusOr<LookupResult> StoreClient::LookupTokens(const Namespace& ns, std:
   return Lookup(ns, scope, *hashes, call);
 }
 
+namespace {
+
+// std::async on a new thread, or, when none can be started (the process or its cgroup at its
+// thread limit), a ready RESOURCE_EXHAUSTED: the std::system_error would otherwise leave this
+// exception-free library and end the engine's process.
+template <typename R, typename F>
+std::future<absl::StatusOr<R>> AsyncOrExhausted(F f) {
+  try {
+    return std::async(std::launch::async, std::move(f));
+  } catch (const std::system_error& e) {
+    std::promise<absl::StatusOr<R>> refused;
+    refused.set_value(
+        absl::ResourceExhaustedError(absl::StrCat("no thread for the async call: ", e.what())));
+    return refused.get_future();
+  }
+}
+
+}  // namespace
+
 std::future<absl::StatusOr<LookupResult>> StoreClient::LookupAsync(const Namespace& ns,
                                                                    std::string scope,
                                                                    std::vector<ChainHash> hashes,
                                                                    CallOptions call) {
-  return std::async(std::launch::async,
-                    [this, ns, scope = std::move(scope), hashes = std::move(hashes), call] {
-                      return Lookup(ns, scope, hashes, call);
-                    });
+  return AsyncOrExhausted<LookupResult>([this, ns, scope = std::move(scope),
+                                         hashes = std::move(hashes),
+                                         call] { return Lookup(ns, scope, hashes, call); });
 }
 
 std::future<absl::StatusOr<PutResult>> StoreClient::PutAsync(const Namespace& ns, std::string scope,
                                                              std::vector<BlockWrite> blocks,
                                                              CallOptions call) {
-  return std::async(std::launch::async,
-                    [this, ns, scope = std::move(scope), blocks = std::move(blocks), call] {
-                      return Put(ns, scope, blocks, call);
-                    });
+  return AsyncOrExhausted<PutResult>([this, ns, scope = std::move(scope),
+                                      blocks = std::move(blocks),
+                                      call] { return Put(ns, scope, blocks, call); });
 }
 
 std::future<absl::StatusOr<GetResult>> StoreClient::GetAsync(const Namespace& ns, std::string scope,
                                                              std::vector<BlockRead> blocks,
                                                              CallOptions call) {
-  return std::async(std::launch::async,
-                    [this, ns, scope = std::move(scope), blocks = std::move(blocks), call] {
-                      return Get(ns, scope, blocks, call, {});
-                    });
+  return AsyncOrExhausted<GetResult>([this, ns, scope = std::move(scope),
+                                      blocks = std::move(blocks),
+                                      call] { return Get(ns, scope, blocks, call, {}); });
 }
 
 }  // namespace strata::client

@@ -1,7 +1,10 @@
 #include "task_pool.h"
 
 #include <algorithm>
+#include <system_error>
 #include <thread>
+
+#include "spdlog/spdlog.h"
 
 namespace strata::client::internal {
 
@@ -37,6 +40,15 @@ size_t TaskPool::threads_started() const {
   return started_;
 }
 
+size_t TaskPool::ran_inline() const {
+  std::lock_guard lock(mu_);
+  return ran_inline_;
+}
+
+void TaskPool::StartDetachedThread(std::function<void()> body) {
+  std::thread(std::move(body)).detach();
+}
+
 void TaskPool::Start(std::function<void()> task) {
   {
     std::lock_guard lock(mu_);
@@ -50,7 +62,21 @@ void TaskPool::Start(std::function<void()> task) {
     ++threads_;
     ++started_;
   }
-  std::thread([this, task = std::move(task)]() mutable { Loop(std::move(task)); }).detach();
+  // The only exception this library lets reach it, turned into a slower path here: thrown
+  // out of the engine's call it would end its process (task_pool.h).
+  try {
+    start_thread_([this, task]() mutable { Loop(std::move(task)); });
+  } catch (const std::system_error& e) {
+    {
+      std::lock_guard lock(mu_);
+      --started_;
+      ++ran_inline_;
+      if (--threads_ == 0) all_gone_.notify_all();
+    }
+    spdlog::warn("client: no thread for a helper task ({}); running it on the caller's thread",
+                 e.what());
+    task();
+  }
 }
 
 void TaskPool::Loop(std::function<void()> task) {

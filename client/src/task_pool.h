@@ -5,6 +5,10 @@
 // A task never waits for another: it starts at once on an idle thread or, when none is idle,
 // on a new one, so tasks may block (on an RPC, on a transfer) and may wait for tasks they
 // submitted themselves. A thread idle for `idle_exit` leaves; at most `max_idle` wait.
+// When no new thread can be started (EAGAIN: the process or its cgroup is at its thread
+// limit) the task runs on the caller's thread before Run returns, instead of the exception
+// ending the engine's process: the parts of a batch then run one after another, and a tagged
+// transfer, which needs its RPC beside it, fails at its deadline.
 // Thread-safe. Shared() is one pool for the process, never destroyed (its idle threads are
 // detached and simply end with the process).
 #pragma once
@@ -46,9 +50,13 @@ class JoiningFuture {
 
 class TaskPool {
  public:
+  // Starts a detached thread running `body`; throws std::system_error when it cannot.
+  using ThreadStarter = std::function<void(std::function<void()> body)>;
+  static void StartDetachedThread(std::function<void()> body);
+
   explicit TaskPool(std::chrono::milliseconds idle_exit = std::chrono::seconds(30),
-                    size_t max_idle = 64)
-      : idle_exit_(idle_exit), max_idle_(max_idle) {}
+                    size_t max_idle = 64, ThreadStarter start_thread = StartDetachedThread)
+      : idle_exit_(idle_exit), max_idle_(max_idle), start_thread_(std::move(start_thread)) {}
   TaskPool(const TaskPool&) = delete;
   TaskPool& operator=(const TaskPool&) = delete;
   // Waits until every thread has left (each finishes its task first).
@@ -68,6 +76,7 @@ class TaskPool {
   size_t threads() const;          // alive now, busy or idle
   size_t idle() const;             // waiting for a task now
   size_t threads_started() const;  // since construction
+  size_t ran_inline() const;       // tasks run on their caller's thread: no thread to be had
 
  private:
   struct Idle;  // an idle thread's slot (lives on that thread's stack)
@@ -77,12 +86,14 @@ class TaskPool {
 
   const std::chrono::milliseconds idle_exit_;
   const size_t max_idle_;
+  const ThreadStarter start_thread_;
   mutable std::mutex mu_;
   std::condition_variable all_gone_;
   std::vector<Idle*> idle_;  // guarded by mu_; most recently idle last
   bool stopping_ = false;    // guarded by mu_; the destructor runs
   size_t threads_ = 0;       // guarded by mu_
   size_t started_ = 0;       // guarded by mu_
+  size_t ran_inline_ = 0;    // guarded by mu_
 };
 
 // Parts of one call that RunParts runs at once: a call of thousands of small parts (a node

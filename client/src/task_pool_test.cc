@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -28,6 +29,26 @@ bool WaitIdle(const TaskPool& pool, size_t n) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   return pool.idle() == n;
+}
+
+// A process at its thread limit: the task runs on the caller's thread, and Run returns its
+// result instead of letting std::system_error out (which would end the engine's process).
+TEST(TaskPoolTest, ATaskRunsOnItsCallerWhenNoThreadCanStart) {
+  TaskPool pool(std::chrono::seconds(30), 64, [](std::function<void()>) {
+    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                            "thread limit");
+  });
+  const std::thread::id caller = std::this_thread::get_id();
+  std::thread::id ran_on;
+  auto f = pool.Run([&] {
+    ran_on = std::this_thread::get_id();
+    return 42;
+  });
+  EXPECT_EQ(f.get(), 42);
+  EXPECT_EQ(ran_on, caller);
+  EXPECT_EQ(pool.ran_inline(), 1u);
+  EXPECT_EQ(pool.threads(), 0u);
+  EXPECT_EQ(pool.threads_started(), 0u);
 }
 
 TEST(TaskPoolTest, SequentialTasksReuseOneThread) {
