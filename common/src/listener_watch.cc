@@ -60,10 +60,6 @@ int ListeningTcpPort(int fd) {
   return -1;
 }
 
-}  // namespace
-
-namespace {
-
 // Walks the descriptors listed by `dir` (/proc/self/fd, rewound) and calls `each(fd, port)`
 // for every listening TCP socket. False when the listing failed. Another thread may close an
 // fd (and open another under its number) meanwhile: every check is made on the fd as it is
