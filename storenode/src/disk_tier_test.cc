@@ -492,12 +492,9 @@ TEST(DiskTierTest, QuantizedBlocksReadBackWithinBoundsAndCarryTheirChecksum) {
 // A delete whose write fails leaves the block indexed and counted: it is still on disk, and
 // a restart would index it again. Before, it vanished from the index (and the budget) only.
 TEST(DiskTierTest, ADeleteThatCannotBeWrittenKeepsTheBlockIndexed) {
-  TempDir dir;
-  auto fs = std::make_shared<SyncTrackingFs>();
-  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
-  DiskTierOptions opts = Options(dir.path() + "/db");
-  opts.env = env.get();
-  auto tier = DiskTier::Open(opts);
+  TrackedDir tracked;
+  auto fs = tracked.fs;
+  auto tier = DiskTier::Open(tracked.Options());
   ASSERT_THAT(tier.status(), IsOk());
   const std::vector<uint8_t> payload = Bytes(8192, 6);
   ASSERT_THAT((*tier)->Put(Key(2), payload, DiskBlockMeta{}), IsOk());
@@ -604,12 +601,9 @@ TEST(DiskTierTest, WritesGoOnAfterAFlushFailedForLackOfFileDescriptors) {
 // RESOURCE_EXHAUSTED; once there is room again (RocksDB's SstFileManager looks every few
 // seconds) writes go on, and blocks stored before and after read back whole.
 TEST(DiskTierTest, AFullDiskRefusesWritesUntilThereIsRoomAgain) {
-  TempDir dir;
-  auto fs = std::make_shared<SyncTrackingFs>();
-  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
-  DiskTierOptions opts = Options(dir.path() + "/db");
-  opts.env = env.get();
-  auto tier = DiskTier::Open(opts);
+  TrackedDir tracked;
+  auto fs = tracked.fs;
+  auto tier = DiskTier::Open(tracked.Options());
   ASSERT_THAT(tier.status(), IsOk());
   const std::vector<uint8_t> payload = Bytes(64 << 10, 8);
   ASSERT_THAT((*tier)->Put(Key(1), payload, DiskBlockMeta{}), IsOk());
@@ -682,11 +676,10 @@ TEST(DiskTierTest, ARealFullDiskDoesNotTakeTheProcessDown) {
 TEST(DiskTierTest, SyncWritesSurviveAPowerCut) {
   for (bool sync : {true, false}) {
     SCOPED_TRACE(sync ? "sync_writes" : "no sync_writes");
-    TempDir dir;
-    auto fs = std::make_shared<SyncTrackingFs>();
-    std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
-    DiskTierOptions opts = Options(dir.path() + "/db");
-    opts.env = env.get();
+    TrackedDir tracked;
+    auto fs = tracked.fs;
+    const TempDir& dir = tracked.dir;
+    DiskTierOptions opts = tracked.Options();
     opts.sync_writes = sync;
     auto tier = DiskTier::Open(opts);
     ASSERT_THAT(tier.status(), IsOk());

@@ -166,4 +166,17 @@ class SyncTrackingFs : public rocksdb::FileSystemWrapper {
   std::map<std::string, uint64_t> synced_;
 };
 
+// A temp dir whose files go through a SyncTrackingFs: Options() for a tier there.
+struct TrackedDir {
+  TempDir dir;
+  std::shared_ptr<SyncTrackingFs> fs = std::make_shared<SyncTrackingFs>();
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
+
+  DiskTierOptions Options() const {
+    DiskTierOptions o = disk_test::Options(dir.path() + "/db");
+    o.env = env.get();
+    return o;
+  }
+};
+
 }  // namespace strata::storenode::disk_test
