@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "strata/common/threads.h"
 
 namespace strata::client {
 namespace {
@@ -69,8 +70,10 @@ absl::StatusOr<std::unique_ptr<ClientDataPlane>> ClientDataPlane::Create(
     plane->workers_.push_back(*std::move(worker));
   }
   if (TlsIsSharedMemoryOnly(options.tls) && options.lane_check_interval > absl::ZeroDuration()) {
-    ClientDataPlane* p = plane.get();
-    plane->checker_ = std::thread([p] { p->CheckLanes(); });
+    absl::StatusOr<std::thread> checker =
+        StartThread("the lane checker", [p = plane.get()] { p->CheckLanes(); });
+    if (!checker.ok()) return checker.status();
+    plane->checker_ = *std::move(checker);
   }
   return plane;
 }

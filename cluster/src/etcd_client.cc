@@ -17,6 +17,7 @@
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/steady_clock.h"
+#include "strata/common/threads.h"
 
 namespace strata::cluster {
 namespace {
@@ -183,7 +184,14 @@ class WatchStream : public std::enable_shared_from_this<WatchStream> {
   absl::Status Start(absl::Time deadline) {
     {
       absl::MutexLock lock(&mu_);
-      thread_ = std::thread([self = shared_from_this()] { self->Run(); });
+      absl::StatusOr<std::thread> thread =
+          StartThread("an etcd watch", [self = shared_from_this()] { self->Run(); });
+      if (!thread.ok()) {
+        stopping_ = true;
+        done_ = true;  // Stop() has no thread to wait for
+        return thread.status();
+      }
+      thread_ = *std::move(thread);
       const auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return state_ != State::kStarting;
       };
@@ -344,8 +352,14 @@ class WatchHandle : public EtcdClient::Watch {
 class EtcdClientImpl : public EtcdClient {
  public:
   EtcdClientImpl(EtcdOptions options, std::vector<std::shared_ptr<Endpoint>> endpoints)
-      : options_(std::move(options)), endpoints_(std::move(endpoints)) {
-    connectivity_thread_ = std::thread([this] { ConnectivityLoop(); });
+      : options_(std::move(options)), endpoints_(std::move(endpoints)) {}
+
+  absl::Status Start() {
+    absl::StatusOr<std::thread> thread =
+        StartThread("the etcd connectivity watch", [this] { ConnectivityLoop(); });
+    if (!thread.ok()) return thread.status();
+    connectivity_thread_ = *std::move(thread);
+    return absl::OkStatus();
   }
 
   ~EtcdClientImpl() override {
@@ -354,7 +368,14 @@ class EtcdClientImpl : public EtcdClient {
       connectivity_stopping_ = true;
     }
     connectivity_cq_.Shutdown();  // no watch is armed after connectivity_stopping_
-    connectivity_thread_.join();
+    if (connectivity_thread_.joinable()) {
+      connectivity_thread_.join();
+    } else {  // never started: nothing was armed, the queue only says it shut down
+      void* tag = nullptr;
+      bool ok = false;
+      while (connectivity_cq_.Next(&tag, &ok)) {
+      }
+    }
     std::vector<std::shared_ptr<WatchStream>> watches;
     {
       absl::MutexLock lock(&watches_mu_);
@@ -487,7 +508,14 @@ class EtcdClientImpl : public EtcdClient {
                            .next_refresh = SteadyNow() + ttl / 3,
                            .backoff = kFirstBackoff};
     keepalive_wake_ = true;
-    if (!keepalive_thread_.joinable()) keepalive_thread_ = std::thread([this] { KeepAliveLoop(); });
+    if (keepalive_thread_.joinable()) return absl::OkStatus();
+    absl::StatusOr<std::thread> thread =
+        StartThread("the etcd lease keepalive", [this] { KeepAliveLoop(); });
+    if (!thread.ok()) {
+      kept_.erase(lease);
+      return thread.status();
+    }
+    keepalive_thread_ = *std::move(thread);
     return absl::OkStatus();
   }
 
@@ -751,7 +779,9 @@ absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(const EtcdOptions
     if (absl::Status s = ValidateEndpoint(address); !s.ok()) return s;
     endpoints.push_back(Connect(address));
   }
-  return std::make_unique<EtcdClientImpl>(options, std::move(endpoints));
+  auto client = std::make_unique<EtcdClientImpl>(options, std::move(endpoints));
+  if (absl::Status started = client->Start(); !started.ok()) return started;
+  return client;
 }
 
 }  // namespace strata::cluster

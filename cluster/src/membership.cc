@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
 #include "strata/cluster/etcd_client.h"
+#include "strata/common/threads.h"
 #include "strata/common/timed_turn.h"
 
 namespace strata::cluster {
@@ -174,7 +175,10 @@ class Membership::Impl {
       }
       return absl::OkStatus();
     }
-    thread_ = std::thread([this] { Loop(); });
+    absl::StatusOr<std::thread> thread =
+        StartThread("the cluster membership watch", [this] { Loop(); });
+    if (!thread.ok()) return thread.status();
+    thread_ = *std::move(thread);
     absl::MutexLock lock(&mu_);
     auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return listed_once_ || !fatal_.ok(); };
     const bool done = mu_.AwaitWithTimeout(absl::Condition(&ready), o_.startup_timeout);

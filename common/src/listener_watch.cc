@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "strata/common/sys_files.h"
+#include "strata/common/threads.h"
 
 namespace strata {
 
@@ -124,7 +125,13 @@ std::unique_ptr<ListenerWatch> ListenerWatch::Start(std::vector<int> ports, absl
   std::vector<Port> watched;
   for (int port : ports) watched.push_back(Port{.port = port});
   std::unique_ptr<ListenerWatch> w(new ListenerWatch(std::move(watched), window, interval));
-  w->thread_ = std::thread([p = w.get()] { p->Run(); });
+  absl::StatusOr<std::thread> thread =
+      StartThread("the listener watch", [p = w.get()] { p->Run(); });
+  if (thread.ok()) {
+    w->thread_ = *std::move(thread);
+  } else {  // a watch that never reports: /healthz then goes without it
+    spdlog::warn("{}", thread.status().ToString());
+  }
   return w;
 }
 

@@ -13,6 +13,7 @@
 #include "spdlog/spdlog.h"
 #include "strata/common/block_key.h"
 #include "strata/common/checksum.h"
+#include "strata/common/threads.h"
 #include "strata/proto/tls_files.h"
 
 namespace strata::gpu_agent {
@@ -192,7 +193,6 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
       return server.status();
     }
     peer_server_ = std::move(*server);
-    peer_server_ready_.store(peer_server_.get());
     {
       absl::MutexLock lock(&mu_);
       peer_token_ = po.token;
@@ -207,11 +207,39 @@ absl::Status GpuAgentImpl::RegisterKvPool(const KvPoolSpec& spec) {
   staging_ = std::move(*staging);
   capture_staging_ = std::move(capture_staging);
   engine_ = std::move(*engine);
+  if (absl::Status loops = StartLoops(); !loops.ok()) {
+    // As if never registered: a pool without its loops would take offloads that never leave.
+    peer_server_.reset();
+    if (reg.ok()) client_->UnregisterMemory(staging_->data()).IgnoreError();
+    staging_.reset();
+    capture_staging_.reset();
+    engine_.reset();
+    return loops;
+  }
+  peer_server_ready_.store(peer_server_.get());
   ready_.store(true);
-  offload_thread_ = std::thread([this] { OffloadLoop(); });
-  load_thread_ = std::thread([this] { LoadLoop(); });
   spdlog::info("gpu agent: pool registered ({} blocks of {} bytes, {} layout, {} copy engine)",
                pool_.num_blocks, bb, KvLayoutName(pool_.layout), engine_->Describe());
+  return absl::OkStatus();
+}
+
+absl::Status GpuAgentImpl::StartLoops() {
+  absl::StatusOr<std::thread> offload =
+      StartThread("the agent's offload loop", [this] { OffloadLoop(); });
+  if (!offload.ok()) return offload.status();
+  absl::StatusOr<std::thread> load = StartThread("the agent's load loop", [this] { LoadLoop(); });
+  if (!load.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;  // nothing is queued yet: the loop just ends
+    }
+    offload->join();
+    absl::MutexLock lock(&mu_);
+    stop_ = false;
+    return load.status();
+  }
+  offload_thread_ = *std::move(offload);
+  load_thread_ = *std::move(load);
   return absl::OkStatus();
 }
 

@@ -97,6 +97,8 @@ class GpuAgentImpl : public GpuAgent {
   // Those of blocks `which` (in order) whose destination slot is still this job's: not freed
   // by the engine since the load began.
   std::vector<size_t> TargetedSlots(const LoadJob& job, std::span<const size_t> which);
+  // Starts the offload and load loops: both, or neither (RESOURCE_EXHAUSTED).
+  absl::Status StartLoops();
   // A peer agent: its address and the token it asks for (its directory entry's).
   using PeerKey = std::pair<std::string, std::string>;
   // A client for the peer agent `peer` (cached), with the namespace id it serves.

@@ -22,6 +22,7 @@
 #include "strata/common/chain_hash.h"
 #include "strata/common/listener_watch.h"
 #include "strata/common/namespace.h"
+#include "strata/common/threads.h"
 #include "strata/common/timed_turn.h"
 #include "strata/proto/bearer_token.h"
 #include "strata/proto/server_connections.h"
@@ -404,8 +405,8 @@ class PeerServerImpl : public PeerServer {
 
   // Once a second: closes channels peers left idle (a peer that died holds one of the 256
   // otherwise) and drops messages no call claims (DataPlane::SweepUnclaimed).
-  void StartHousekeeping() {
-    housekeeping_ = std::thread([this] {
+  absl::Status StartHousekeeping() {
+    absl::StatusOr<std::thread> thread = StartThread("the peer server's housekeeping", [this] {
       while (!stop_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
         if (uint64_t n = plane_->CloseIdle(); n > 0) {
           spdlog::info("peer server: closed {} idle data channels", n);
@@ -413,6 +414,9 @@ class PeerServerImpl : public PeerServer {
         plane_->SweepUnclaimed();
       }
     });
+    if (!thread.ok()) return thread.status();
+    housekeeping_ = *std::move(thread);
+    return absl::OkStatus();
   }
 
   std::unique_ptr<transport::DataPlane> plane_;
@@ -485,7 +489,9 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const PeerServerOp
     return absl::UnavailableError(absl::StrCat("peer server: cannot listen on ", options.listen));
   }
   s->listener_watch_ = ListenerWatch::Start({s->port_});
-  if (s->plane_ != nullptr) s->StartHousekeeping();
+  if (s->plane_ != nullptr) {
+    if (absl::Status started = s->StartHousekeeping(); !started.ok()) return started;
+  }
   spdlog::info("gpu agent serving peers on port {} ({}, {})", s->port_,
                options.ucx_tls.empty() ? "inline" : options.ucx_tls,
                options.tls_cert.empty() ? "plaintext gRPC" : "TLS");

@@ -1,6 +1,10 @@
 #include "cancel_watch.h"
 
+#include <utility>
+
 #include "absl/time/time.h"
+#include "spdlog/spdlog.h"
+#include "strata/common/threads.h"
 
 namespace strata::storenode {
 namespace {
@@ -29,7 +33,14 @@ CancelWatch::~CancelWatch() {
 void CancelWatch::Add(std::atomic<bool>* flag, Watched what) {
   absl::MutexLock lock(&mu_);
   watched_[flag] = what;
-  if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+  if (thread_.joinable()) return;
+  // Without the thread, watched calls run to their deadlines; the next call tries again.
+  absl::StatusOr<std::thread> thread = StartThread("the cancel watch", [this] { Loop(); });
+  if (thread.ok()) {
+    thread_ = *std::move(thread);
+  } else {
+    spdlog::warn("{}", thread.status().ToString());
+  }
 }
 
 void CancelWatch::Remove(std::atomic<bool>* flag) {

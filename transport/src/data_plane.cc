@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/random.h"
+#include "strata/common/threads.h"
 
 namespace strata::transport {
 
@@ -49,7 +50,10 @@ absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Create(const DataPlaneOpti
     if (!w.ok()) return w.status();
     plane->probe_ = std::move(*w);
     plane->probes_.resize(options.lanes);
-    plane->checker_ = std::thread([p = plane.get()] { p->CheckLanes(); });
+    absl::StatusOr<std::thread> checker =
+        StartThread("the lane checker", [p = plane.get()] { p->CheckLanes(); });
+    if (!checker.ok()) return checker.status();
+    plane->checker_ = *std::move(checker);
   }
   spdlog::info("data plane: UCX tls={} lanes={} peer-failure-handling={}", tls, options.lanes,
                !shm);

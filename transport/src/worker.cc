@@ -32,6 +32,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "sealed_bytes.h"
+#include "strata/common/threads.h"
 #include "strata/transport/peer_order.h"
 #include "ucp_context.h"
 #include "ucx_status.h"
@@ -80,15 +81,20 @@ using worker_state::Unusable;
 
 class UcpWorker final : public Worker {
  public:
-  UcpWorker(std::shared_ptr<UcpContext> context, ucp_worker_h worker, std::string address,
-            int ucp_efd, int wake_fd, int epoll_fd)
+  // Owns what `raw` holds from here on; Start() starts the progress thread.
+  UcpWorker(std::shared_ptr<UcpContext> context, worker_state::RawWorker raw)
       : context_(std::move(context)),
-        worker_(worker),
-        address_(std::move(address)),
-        ucp_efd_(ucp_efd),
-        wake_fd_(wake_fd),
-        epoll_fd_(epoll_fd) {
-    thread_ = std::thread([this] { Run(); });
+        worker_(raw.worker),
+        address_(std::move(raw.address)),
+        ucp_efd_(raw.ucp_efd),
+        wake_fd_(raw.wake_fd),
+        epoll_fd_(raw.epoll_fd) {}
+
+  absl::Status Start() {
+    absl::StatusOr<std::thread> t = StartThread("a UCX worker", [this] { Run(); });
+    if (!t.ok()) return t.status();
+    thread_ = *std::move(t);
+    return absl::OkStatus();
   }
 
   ~UcpWorker() override {
@@ -97,7 +103,7 @@ class UcpWorker final : public Worker {
       stop_ = true;
     }
     Wake();
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
     ucp_worker_destroy(worker_);
     for (auto& t : in_flight_) Answer(t->cmd, ShuttingDown());
     close(epoll_fd_);
@@ -757,44 +763,18 @@ class UcpWorker final : public Worker {
   bool endpoint_errors_ = false;
   std::atomic<bool> stalled_{false};  // StallForTest
 
-  std::thread thread_;  // last: starts after everything above is initialized
+  std::thread thread_;  // started by Start(), once everything above is initialized
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Worker>> CreateUcpWorker(std::shared_ptr<UcpContext> context) {
-  ucp_worker_params_t params = {};
-  params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  // Only the progress thread touches the worker (creation and destruction happen-before and
-  // after it), so UCX needs no worker lock.
-  params.thread_mode = UCS_THREAD_MODE_SINGLE;
-  ucp_worker_h worker = nullptr;
-  ucs_status_t status = ucp_worker_create(context->get(), &params, &worker);
-  if (status != UCS_OK) return UcsToStatus(status, "CreateWorker: ucp_worker_create");
-
-  ucp_address_t* raw_address = nullptr;
-  size_t address_len = 0;
-  status = ucp_worker_get_address(worker, &raw_address, &address_len);
-  if (status != UCS_OK) {
-    ucp_worker_destroy(worker);
-    return UcsToStatus(status, "CreateWorker: ucp_worker_get_address");
-  }
-  std::string address = Seal(kWorkerAddressTag, raw_address, address_len);
-  ucp_worker_release_address(worker, raw_address);
-
-  int ucp_efd = -1;
-  status = ucp_worker_get_efd(worker, &ucp_efd);
-  if (status != UCS_OK) {
-    ucp_worker_destroy(worker);
-    return UcsToStatus(status, "CreateWorker: ucp_worker_get_efd");
-  }
-  absl::StatusOr<worker_state::WakeFds> fds = worker_state::OpenWakeFds(ucp_efd);
-  if (!fds.ok()) {
-    ucp_worker_destroy(worker);
-    return fds.status();
-  }
-  return std::make_unique<UcpWorker>(std::move(context), worker, std::move(address), ucp_efd,
-                                     fds->wake_fd, fds->epoll_fd);
+  absl::StatusOr<worker_state::RawWorker> raw = worker_state::OpenRawWorker(context->get());
+  if (!raw.ok()) return raw.status();
+  auto worker = std::make_unique<UcpWorker>(std::move(context), *std::move(raw));
+  // Without a thread its destructor closes what OpenRawWorker opened.
+  if (absl::Status started = worker->Start(); !started.ok()) return started;
+  return worker;
 }
 
 }  // namespace strata::transport

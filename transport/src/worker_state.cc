@@ -12,6 +12,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "sealed_bytes.h"
 #include "ucx_status.h"
 
 namespace strata::transport::worker_state {
@@ -154,6 +155,13 @@ absl::Status ShuttingDown() {
   return absl::UnavailableError("the transport worker is shutting down");
 }
 
+namespace {
+
+struct WakeFds {
+  int wake_fd;
+  int epoll_fd;
+};
+
 absl::StatusOr<WakeFds> OpenWakeFds(int ucp_efd) {
   const int wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   const int epoll_fd = wake_fd < 0 ? -1 : epoll_create1(EPOLL_CLOEXEC);
@@ -172,6 +180,41 @@ absl::StatusOr<WakeFds> OpenWakeFds(int ucp_efd) {
     if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) return fail("epoll_ctl");
   }
   return WakeFds{wake_fd, epoll_fd};
+}
+
+}  // namespace
+
+absl::StatusOr<RawWorker> OpenRawWorker(ucp_context_h context) {
+  ucp_worker_params_t params = {};
+  params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  // Only the progress thread touches the worker (creation and destruction happen-before and
+  // after it), so UCX needs no worker lock.
+  params.thread_mode = UCS_THREAD_MODE_SINGLE;
+  RawWorker raw;
+  ucs_status_t status = ucp_worker_create(context, &params, &raw.worker);
+  if (status != UCS_OK) return UcsToStatus(status, "CreateWorker: ucp_worker_create");
+  auto fail = [&](ucs_status_t status, const char* what) {
+    ucp_worker_destroy(raw.worker);
+    return UcsToStatus(status, absl::StrCat("CreateWorker: ", what));
+  };
+
+  ucp_address_t* address = nullptr;
+  size_t address_len = 0;
+  status = ucp_worker_get_address(raw.worker, &address, &address_len);
+  if (status != UCS_OK) return fail(status, "ucp_worker_get_address");
+  raw.address = Seal(kWorkerAddressTag, address, address_len);
+  ucp_worker_release_address(raw.worker, address);
+
+  status = ucp_worker_get_efd(raw.worker, &raw.ucp_efd);
+  if (status != UCS_OK) return fail(status, "ucp_worker_get_efd");
+  absl::StatusOr<WakeFds> fds = OpenWakeFds(raw.ucp_efd);
+  if (!fds.ok()) {
+    ucp_worker_destroy(raw.worker);
+    return fds.status();
+  }
+  raw.wake_fd = fds->wake_fd;
+  raw.epoll_fd = fds->epoll_fd;
+  return raw;
 }
 
 void WaitForEvents(int epoll_fd, int wake_fd, int timeout_ms) {

@@ -249,13 +249,18 @@ void DropUnusedRkeys(Endpoint* e, std::span<const std::unique_ptr<InFlightTransf
 // The answer to a call the worker's shutdown cut short: UNAVAILABLE.
 absl::Status ShuttingDown();
 
-// The progress thread's wake-up fds: an eventfd for new work, and an epoll set over it and
-// the UCX worker's event fd. RESOURCE_EXHAUSTED (nothing left open) when the kernel refuses.
-struct WakeFds {
-  int wake_fd;
-  int epoll_fd;
+// A ucp worker for one progress thread (UCS_THREAD_MODE_SINGLE), its sealed address, its
+// event fd, and the thread's wake-up fds: an eventfd for new work and an epoll set over it and
+// the event fd. The UcpWorker that takes it closes it.
+struct RawWorker {
+  ucp_worker_h worker = nullptr;
+  std::string address;
+  int ucp_efd = -1;
+  int wake_fd = -1;
+  int epoll_fd = -1;
 };
-absl::StatusOr<WakeFds> OpenWakeFds(int ucp_efd);
+// On failure nothing is left open; the kernel refusing an fd is RESOURCE_EXHAUSTED.
+absl::StatusOr<RawWorker> OpenRawWorker(ucp_context_h context);
 // Waits on `epoll_fd` (the UCX event fd and `wake_fd`) for up to timeout_ms (-1: no limit),
 // consuming a wake-up.
 void WaitForEvents(int epoll_fd, int wake_fd, int timeout_ms);

@@ -89,7 +89,7 @@ class ListenerWatch {
   mutable absl::Mutex mu_;
   std::vector<Port> ports_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;  // last: starts once the fields above exist
+  std::thread thread_;  // started by Start once the fields above exist
 };
 
 }  // namespace strata

@@ -1,0 +1,50 @@
+// A process at its thread limit (RLIMIT_NPROC, a container's pids.max) gets an error from the
+// transport, not the end of the process: std::thread's std::system_error used to escape the
+// worker's constructor. The limit is real: a re-executed child of this binary (gtest's
+// "threadsafe" death test) takes an unused uid, whose only tasks are its own, and an
+// RLIMIT_NPROC it has already reached.
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gtest/gtest.h"
+#include "strata/transport/context.h"
+#include "strata/transport/worker.h"
+
+namespace strata::transport {
+namespace {
+
+// No thread can start in this process from here on (exits 3 where that cannot be arranged).
+void ReachTheThreadLimit() {
+  const rlimit one{1, 1};
+  if (setrlimit(RLIMIT_NPROC, &one) != 0) std::_Exit(3);
+  // Root is exempt from RLIMIT_NPROC; a uid no process uses counts only this one's tasks.
+  if (getuid() == 0 && setuid(54'321) != 0) std::_Exit(3);
+}
+
+// Exits 0 when a second worker, whose progress thread cannot start, is RESOURCE_EXHAUSTED;
+// 1 when it is created anyway (the limit did not hold), 2 for any other status.
+[[noreturn]] void CreateAWorkerAtTheLimit() {
+  absl::StatusOr<std::unique_ptr<Context>> context = Context::Create({.tls = "tcp"});
+  if (!context.ok()) std::_Exit(3);
+  // The first worker starts whatever threads UCX itself keeps (its async thread).
+  absl::StatusOr<std::unique_ptr<Worker>> first = (*context)->CreateWorker();
+  if (!first.ok()) std::_Exit(3);
+  ReachTheThreadLimit();
+  absl::StatusOr<std::unique_ptr<Worker>> second = (*context)->CreateWorker();
+  if (second.ok()) std::_Exit(1);
+  std::_Exit(second.status().code() == absl::StatusCode::kResourceExhausted ? 0 : 2);
+}
+
+TEST(ThreadLimitTest, AWorkerWhoseThreadCannotStartIsResourceExhausted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(CreateAWorkerAtTheLimit(), testing::ExitedWithCode(0), "");
+}
+
+}  // namespace
+}  // namespace strata::transport
