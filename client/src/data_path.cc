@@ -39,6 +39,31 @@ absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats, Clock::time
   return channel.status();
 }
 
+GrpcStoreClient::~GrpcStoreClient() {
+  if (ucx_ != nullptr) {
+    uint64_t channel = 0;
+    {
+      absl::MutexLock lock(&chan_mu_);
+      channel = std::exchange(channel_id_, 0);
+    }
+    if (channel != 0) CloseDataQuietly(channel);
+  }
+  {
+    QuietCalls& q = *quiet_;
+    absl::MutexLock lock(&q.mu);
+    auto none = [&q]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(q.mu) { return q.n == 0; };
+    if (!q.mu.AwaitWithTimeout(absl::Condition(&none),
+                               absl::FromChrono(kQuietCallTimeout) + absl::Seconds(1))) {
+      spdlog::warn(
+          "client {}: {} release calls not finished past their deadline (gRPC runs no "
+          "callbacks: no thread?); leaving them",
+          options_.address, q.n);
+    }
+  }
+  // Stops the workers before the registered ranges and bounce buffers they may touch.
+  ucx_.reset();
+}
+
 void GrpcStoreClient::CloseDataQuietly(uint64_t channel_id) {
   if (ucx_ != nullptr) ucx_->DropChannelMessages(channel_id);
   v1::CloseDataRequest req;

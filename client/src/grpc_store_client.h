@@ -293,23 +293,7 @@ class GrpcStoreClient final : public StoreClient {
         channel_(std::move(channel)),
         stub_(v1::StoreService::NewStub(channel_)) {}
 
-  ~GrpcStoreClient() override {
-    if (ucx_ != nullptr) {
-      uint64_t channel = 0;
-      {
-        absl::MutexLock lock(&chan_mu_);
-        channel = std::exchange(channel_id_, 0);
-      }
-      if (channel != 0) CloseDataQuietly(channel);
-    }
-    {
-      absl::MutexLock lock(&quiet_mu_);
-      quiet_mu_.Await(absl::Condition(
-          +[](int* n) { return *n == 0; }, &quiet_calls_));
-    }
-    // Stops the workers before the registered ranges and bounce buffers they may touch.
-    ucx_.reset();
-  }
+  ~GrpcStoreClient() override;  // data_path.cc
 
   absl::Status Init();
 
@@ -454,10 +438,9 @@ class GrpcStoreClient final : public StoreClient {
                        Clock::time_point deadline, bool promote, GetResult* result);
 
   // Fire-and-forget release; the node's lease expiry covers a lost message. The destructor
-  // waits for these calls: their callbacks must not outlive the stub.
+  // waits for these calls, a bounded time (QuietCalls).
   template <typename Req, typename Resp, typename Start>
-  void CallQuietly(Start start, Req req,
-                   std::chrono::milliseconds timeout = std::chrono::seconds(2)) {
+  void CallQuietly(Start start, Req req, std::chrono::milliseconds timeout = kQuietCallTimeout) {
     struct Call {
       grpc::ClientContext ctx;
       Req req;
@@ -466,14 +449,10 @@ class GrpcStoreClient final : public StoreClient {
     auto* c = new Call;
     c->req = std::move(req);
     SetDeadline(c->ctx, Clock::now() + timeout);
-    {
-      absl::MutexLock lock(&quiet_mu_);
-      ++quiet_calls_;
-    }
-    start(&c->ctx, &c->req, &c->resp, [this, c](grpc::Status) {
+    quiet_->Add(1);
+    start(&c->ctx, &c->req, &c->resp, [quiet = quiet_, c](grpc::Status) {
       delete c;
-      absl::MutexLock lock(&quiet_mu_);
-      --quiet_calls_;
+      quiet->Add(-1);
     });
   }
   void EndGetQuietly(uint64_t lease_id);
@@ -751,14 +730,26 @@ class GrpcStoreClient final : public StoreClient {
   uint32_t max_keys_ = 4096;
   uint64_t max_inline_ = 64ull << 20;
   uint64_t max_block_ = 16ull << 20;
-  absl::Mutex quiet_mu_;
   std::atomic<uint64_t> epoch_{0};
   // Whether small inline puts go in one call (ClientOptions::one_call_put_bytes); off once the
   // node answered one with a reservation (it predates them).
   std::atomic<bool> one_call_puts_{true};
   // Lookups send packed_chain_hashes; cleared for good when the node turns out to predate it.
   std::atomic<bool> packed_lookup_{true};
-  int quiet_calls_ ABSL_GUARDED_BY(quiet_mu_) = 0;
+  // Release calls in flight, shared with their callbacks: gRPC runs a callback on a thread
+  // of its own, and where it has none (the process at its thread limit) late or never, so
+  // the destructor waits at most kQuietCallTimeout and a second, and a late callback touches
+  // only this.
+  struct QuietCalls {
+    absl::Mutex mu;
+    int n ABSL_GUARDED_BY(mu) = 0;
+    void Add(int d) {
+      absl::MutexLock lock(&mu);
+      n += d;
+    }
+  };
+  static constexpr std::chrono::milliseconds kQuietCallTimeout{2000};
+  const std::shared_ptr<QuietCalls> quiet_ = std::make_shared<QuietCalls>();
 
   // The UCX data plane; null: payloads go inline. Set in Init, fixed afterwards. A kAuto
   // client keeps it when only the channel was refused at connect (ChannelRefused).

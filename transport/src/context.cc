@@ -5,6 +5,7 @@
 #include <ucp/api/ucp.h>
 
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -15,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "sealed_bytes.h"
+#include "strata/common/threads.h"
 #include "strata/transport/worker.h"
 #include "ucp_context.h"
 #include "ucx_status.h"
@@ -254,6 +256,15 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_TAG | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
   // Memory is registered from any thread while workers progress on theirs.
   params.mt_workers_shared = 1;
+  // ucp_init starts UCX's async thread (once per process) and aborts the process when it
+  // cannot (UCX 1.13: an assertion in ucs/async/thread.c). A thread started and joined just
+  // before tells whether one can be had: RESOURCE_EXHAUSTED then, not the end of the process.
+  absl::StatusOr<std::thread> probe = StartThread("UCX's async thread", [] {});
+  if (!probe.ok()) {
+    ucp_config_release(config);
+    return probe.status();
+  }
+  probe->join();
   ucp_context_h context = nullptr;
   status = ucp_init(&params, config, &context);
   ucp_config_release(config);

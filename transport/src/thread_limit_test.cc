@@ -41,6 +41,20 @@ void ReachTheThreadLimit() {
   std::_Exit(second.status().code() == absl::StatusCode::kResourceExhausted ? 0 : 2);
 }
 
+// Exits 0 when the process's first context is RESOURCE_EXHAUSTED: ucp_init would start UCX's
+// async thread and, failing, abort the process (UCX 1.13 asserts).
+[[noreturn]] void CreateAContextAtTheLimit() {
+  ReachTheThreadLimit();
+  absl::StatusOr<std::unique_ptr<Context>> context = Context::Create({.tls = "tcp"});
+  if (context.ok()) std::_Exit(1);
+  std::_Exit(context.status().code() == absl::StatusCode::kResourceExhausted ? 0 : 2);
+}
+
+TEST(ThreadLimitTest, AContextWhoseUcxThreadCannotStartIsResourceExhausted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(CreateAContextAtTheLimit(), testing::ExitedWithCode(0), "");
+}
+
 TEST(ThreadLimitTest, AWorkerWhoseThreadCannotStartIsResourceExhausted) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(CreateAWorkerAtTheLimit(), testing::ExitedWithCode(0), "");
