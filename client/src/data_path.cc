@@ -18,6 +18,8 @@ absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats, Clock::time
   if (max_block_ == 0) {
     return absl::FailedPreconditionError(Where("Stats") + ": node reports max_block_bytes 0");
   }
+  // A two-sided put with trailing checksums waits for its gRPC callback.
+  if (absl::Status runs = CheckCallbacksRun(deadline); !runs.ok()) return runs;
   ClientDataPlaneOptions opts;
   opts.tls = stats.ucx_tls;
   opts.peer_failure_handling = stats.ucx_peer_failure_handling;
@@ -39,6 +41,34 @@ absl::Status GrpcStoreClient::StartDataPlane(const NodeStats& stats, Clock::time
   return channel.status();
 }
 
+// gRPC runs callbacks on threads it starts when a channel first needs them, and where none
+// can start (the process at its thread limit) it never runs them: a call waiting for its
+// callback (PutDataTrailing) would wait for good. One callback call while the client connects
+// starts them or finds out; its state outlives a wait that gives up.
+absl::Status GrpcStoreClient::CheckCallbacksRun(Clock::time_point deadline) {
+  struct Probe {
+    grpc::ClientContext ctx;
+    v1::StatsRequest req;
+    v1::StatsResponse resp;
+    absl::Notification done;
+  };
+  auto probe = std::make_shared<Probe>();
+  SetDeadline(probe->ctx, deadline);
+  stub_->async()->Stats(&probe->ctx, &probe->req, &probe->resp,
+                        [probe](grpc::Status) { probe->done.Notify(); });
+  const absl::Duration wait = absl::FromChrono(deadline - Clock::now()) + absl::Seconds(1);
+  if (probe->done.WaitForNotificationWithTimeout(wait)) return absl::OkStatus();
+  LeaveChannelToLateCallbacks();
+  return absl::ResourceExhaustedError(
+      Where("Connect") + ": gRPC ran no callback for a call past its deadline (no thread?)");
+}
+
+void GrpcStoreClient::LeaveChannelToLateCallbacks() {
+  // A callback that comes after all may hold the channel's last reference, and a channel
+  // destroyed on gRPC's own callback thread can wait for that thread. Kept for the process.
+  [[maybe_unused]] auto* kept = new std::shared_ptr<grpc::Channel>(channel_);
+}
+
 GrpcStoreClient::~GrpcStoreClient() {
   if (ucx_ != nullptr) {
     uint64_t channel = 0;
@@ -58,6 +88,7 @@ GrpcStoreClient::~GrpcStoreClient() {
           "client {}: {} release calls not finished past their deadline (gRPC runs no "
           "callbacks: no thread?); leaving them",
           options_.address, q.n);
+      LeaveChannelToLateCallbacks();
     }
   }
   // Stops the workers before the registered ranges and bounce buffers they may touch.

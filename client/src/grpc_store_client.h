@@ -464,6 +464,10 @@ class GrpcStoreClient final : public StoreClient {
 
   // Starts the lane workers and opens the first channel by `deadline`.
   absl::Status StartDataPlane(const NodeStats& stats, Clock::time_point deadline);
+  // Whether gRPC runs this client's callbacks: one callback call, waited for until `deadline`
+  // and a second (data_path.cc says why).
+  absl::Status CheckCallbacksRun(Clock::time_point deadline);
+  void LeaveChannelToLateCallbacks();
 
   // Whether a Put/Get goes over the data channel: there is a data plane, every block suits it
   // and the largest is big enough. Opens (or reopens) the channel; a kAuto client whose node

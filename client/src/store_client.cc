@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "grpc/grpc.h"
 #include "grpc_store_client.h"
 #include "spdlog/spdlog.h"
 #include "strata/common/checksum.h"
@@ -774,6 +775,13 @@ namespace internal {
 
 absl::StatusOr<std::unique_ptr<GrpcStoreClient>> ConnectNode(const ClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("address: empty");
+  // gRPC stays initialized for the rest of the process: it shuts down when its last object
+  // goes, and its shutdown waits for ever on a thread it could not start (the process at its
+  // thread limit, gRPC 1.51); clients come and go, gRPC's few idle threads stay.
+  [[maybe_unused]] static const bool kept_initialized = [] {
+    grpc_init();
+    return true;
+  }();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(1 << 30);
   args.SetMaxSendMessageSize(1 << 30);

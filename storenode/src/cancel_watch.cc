@@ -33,12 +33,14 @@ CancelWatch::~CancelWatch() {
 void CancelWatch::Add(std::atomic<bool>* flag, Watched what) {
   absl::MutexLock lock(&mu_);
   watched_[flag] = what;
-  if (thread_.joinable()) return;
-  // Without the thread, watched calls run to their deadlines; the next call tries again.
+  if (thread_.joinable() || absl::Now() < retry_at_) return;
+  // Without the thread, watched calls run to their deadlines; a call a second later tries
+  // again (not every call: the node is short of threads, and of log lines to say so).
   absl::StatusOr<std::thread> thread = StartThread("the cancel watch", [this] { Loop(); });
   if (thread.ok()) {
     thread_ = *std::move(thread);
   } else {
+    retry_at_ = absl::Now() + absl::Seconds(1);
     spdlog::warn("{}", thread.status().ToString());
   }
 }

@@ -51,7 +51,8 @@ class CancelWatch {
   absl::Mutex mu_;
   absl::flat_hash_map<std::atomic<bool>*, Watched> watched_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;  // started with the first Scope
+  absl::Time retry_at_ ABSL_GUARDED_BY(mu_);  // a thread that could not start: not before
+  std::thread thread_;                        // started with the first Scope
 };
 
 }  // namespace strata::storenode

@@ -1,11 +1,13 @@
-// A client in a process at its thread limit (RLIMIT_NPROC, a container's pids.max) neither
-// hangs nor ends the process. The limit is real: a re-executed child of this binary (gtest's
-// "threadsafe" death test) takes an unused uid (root is exempt from the limit), starts its
-// node and connects, then sets an RLIMIT_NPROC that uid's tasks have already reached. The
-// node runs under the same uid, so it dies with the child (testutil::StartNode's death signal
-// needs that permission).
-#include <signal.h>
+// A client in a process that reached its thread limit (RLIMIT_NPROC, a container's pids.max)
+// after it connected neither hangs nor ends the process. The limit is real: a re-executed
+// child of this binary (gtest's "threadsafe" death test) starts its node and connects, then
+// takes an unused uid (root is exempt from the limit) and an RLIMIT_NPROC that uid's tasks
+// have already reached. It keeps CAP_KILL, CAP_DAC_OVERRIDE and CAP_FOWNER, which the limit
+// does not look at, so that it can still stop its node (run by root) and remove its files.
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -15,30 +17,56 @@
 namespace strata::ucx_test {
 namespace {
 
-constexpr uid_t kUnusedUid = 54'321;
+// From here on no thread can start in this process (exits 3 where that cannot be arranged).
+void ReachTheThreadLimit() {
+  if (getuid() == 0) {
+    constexpr uid_t kUnusedUid = 54'321;
+    if (prctl(PR_SET_KEEPCAPS, 1) != 0 || setuid(kUnusedUid) != 0) std::_Exit(3);
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2] = {};
+    data[0].effective = data[0].permitted =
+        (1u << CAP_KILL) | (1u << CAP_DAC_OVERRIDE) | (1u << CAP_FOWNER);
+    if (syscall(SYS_capset, &header, data) != 0) std::_Exit(3);
+  }
+  const rlimit one{1, 1};
+  if (setrlimit(RLIMIT_NPROC, &one) != 0) std::_Exit(3);
+}
 
-// Exits 0 once a UCX client, destroyed at the limit, has returned; SIGALRM when it hangs.
-[[noreturn]] void DestroyAClientAtTheLimit() {
+// Exits 0 once a put over UCX with trailing checksums, then the client's destructor, have
+// returned at the limit; SIGALRM when either hangs.
+[[noreturn]] void PutAndDestroyAtTheLimit() {
   alarm(60);
-  if (getuid() == 0 && setuid(kUnusedUid) != 0) std::_Exit(3);
-  auto node = testutil::StartNode({"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});
+  auto node = testutil::StartNode(
+      {"--warm-bytes", "64MiB", "--ucx-tls", "tcp"});  // trailing checksums by default
   if (!node.ok()) std::_Exit(3);
   client::ClientOptions o;
   o.address = (*node)->address();
   o.data_plane = client::ClientOptions::DataPlane::kUcx;
+  o.ucx_two_sided_on_tcp = true;
+  o.ucx_trailing_checksum_bytes = 64 << 10;
   auto connected = client::StoreClient::Connect(o);
   if (!connected.ok()) std::_Exit(3);
-  const rlimit none_left{1, 1};  // the uid's tasks (this process and its node) exceed it
-  if (setrlimit(RLIMIT_NPROC, &none_left) != 0) std::_Exit(3);
-  // Its destructor closes the data channel with a release call whose completion gRPC runs on
-  // a thread it cannot start now: before, the destructor waited for it for good.
+  client::StoreClient& client = **connected;
+  auto ns = client.RegisterNamespace(Spec());
+  if (!ns.ok()) std::_Exit(3);
+  const std::vector<uint8_t> block = testutil::RandomBytes(5, 1 << 20);
+  const client::BlockWrite write{testutil::PromptChain(*ns, 5, 1)[0], block.data(), block.size()};
+  ReachTheThreadLimit();
+  // Its helper thread cannot start, so the put fails at its deadline; it then waits for the
+  // gRPC callback of its PutData, which gRPC runs on a thread it started when the client
+  // connected (before, on one it could not start now: the put waited for good).
+  client::CallOptions call;
+  call.deadline = absl::Seconds(2);
+  [[maybe_unused]] auto put = client.Put(*ns, "", {&write, 1}, call);
+  // Its release calls' callbacks too (and the destructor waits for them a bounded time).
   connected->reset();
+  node->reset();
   std::_Exit(0);
 }
 
-TEST(UcxThreadLimitTest, AClientDestroyedWithNoThreadToBeHadReturns) {
+TEST(UcxThreadLimitTest, APutAndTheClientsDestructorReturnAtTheThreadLimit) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_EXIT(DestroyAClientAtTheLimit(), testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(PutAndDestroyAtTheLimit(), testing::ExitedWithCode(0), "");
 }
 
 }  // namespace

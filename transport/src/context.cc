@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <ucp/api/ucp.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -15,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
 #include "sealed_bytes.h"
 #include "strata/common/threads.h"
 #include "strata/transport/worker.h"
@@ -257,14 +260,23 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(const TransportOptions&
   // Memory is registered from any thread while workers progress on theirs.
   params.mt_workers_shared = 1;
   // ucp_init starts UCX's async thread (once per process) and aborts the process when it
-  // cannot (UCX 1.13: an assertion in ucs/async/thread.c). A thread started and joined just
-  // before tells whether one can be had: RESOURCE_EXHAUSTED then, not the end of the process.
-  absl::StatusOr<std::thread> probe = StartThread("UCX's async thread", [] {});
+  // cannot (UCX 1.13: an assertion in ucs/async/thread.c). A thread started and ended just
+  // before says whether one can be had: RESOURCE_EXHAUSTED then, instead of the abort. Best
+  // effort: another thread of the process may take the room in between.
+  std::atomic<pid_t> probe_tid{0};
+  absl::StatusOr<std::thread> probe =
+      StartThread("UCX's async thread", [&probe_tid] { probe_tid = gettid(); });
   if (!probe.ok()) {
     ucp_config_release(config);
     return probe.status();
   }
   probe->join();
+  // A joined thread still counts against the limit until the kernel has released it, which
+  // is when it leaves /proc/self/task.
+  const std::string probe_task = absl::StrCat("/proc/self/task/", probe_tid.load());
+  for (int i = 0; i < 100 && access(probe_task.c_str(), F_OK) == 0; ++i) {
+    absl::SleepFor(absl::Microseconds(100));
+  }
   ucp_context_h context = nullptr;
   status = ucp_init(&params, config, &context);
   ucp_config_release(config);
