@@ -3,6 +3,8 @@
 // and the end-to-end check of what arrived.
 #include <algorithm>
 #include <bit>
+#include <future>
+#include <optional>
 #include <utility>
 
 #include "absl/synchronization/notification.h"
@@ -489,14 +491,30 @@ absl::Status GrpcStoreClient::GetDataPart(const Namespace& ns, const std::string
 void GrpcStoreClient::StartTagged(TaggedTransfer* t, uint32_t lane,
                                   std::span<const transport::TransferOp> ops,
                                   Clock::time_point deadline, grpc::ClientContext* ctx) {
-  t->done = TaskPool::Shared().Run([this, t, lane, ops, deadline, ctx] {
-    absl::Status s = ucx_->Transfer(lane, ops, absl::FromChrono(deadline), &t->abort, t->channel);
-    if (!s.ok() && !t->abort.load(std::memory_order_acquire)) {
-      t->failed_alone.store(true, std::memory_order_release);
-      ctx->TryCancel();  // valid before, during and after the call
-    }
-    return s;
-  });
+  std::optional<JoiningFuture<absl::Status>> done =
+      TaskPool::Shared().TryRun([this, t, lane, ops, deadline, ctx] {
+        absl::Status s =
+            ucx_->Transfer(lane, ops, absl::FromChrono(deadline), &t->abort, t->channel);
+        if (!s.ok() && !t->abort.load(std::memory_order_acquire)) {
+          t->failed_alone.store(true, std::memory_order_release);
+          ctx->TryCancel();  // valid before, during and after the call
+        }
+        return s;
+      });
+  if (done.has_value()) {
+    t->done = *std::move(done);
+    return;
+  }
+  // No thread beside the RPC (the process at its thread limit). Run first on the caller, the
+  // transfer would wait for the RPC sent after it, until its deadline: the call is refused
+  // at once instead (its RPC cancelled before it leaves), and the channel stays.
+  std::promise<absl::Status> refused;
+  refused.set_value(absl::ResourceExhaustedError(
+      "no thread for the UCX side of the call (the process is at its thread limit)"));
+  t->done = JoiningFuture<absl::Status>(refused.get_future());
+  t->no_thread = true;
+  t->failed_alone.store(true, std::memory_order_release);
+  ctx->TryCancel();
 }
 
 grpc::Status GrpcStoreClient::FinishTagged(TaggedTransfer* t, grpc::Status rpc,
@@ -508,6 +526,10 @@ grpc::Status GrpcStoreClient::FinishTagged(TaggedTransfer* t, grpc::Status rpc,
   // message), and GetDataPartTwoSided checks `*transfer` itself. So does one the node failed
   // before our cancel reached it: NOT_FOUND (a node that restarted no longer knows the
   // channel, and our sends to its old lanes failed too) reconnects in CallOnChannel.
+  if (rpc.error_code() == grpc::StatusCode::CANCELLED && t->no_thread) {
+    const absl::Status refused = std::exchange(*transfer, absl::OkStatus());  // nothing moved
+    return ToGrpc(refused);
+  }
   if (rpc.error_code() == grpc::StatusCode::CANCELLED &&
       t->failed_alone.load(std::memory_order_acquire)) {
     absl::Status s = *transfer;

@@ -665,6 +665,7 @@ class GrpcStoreClient final : public StoreClient {
     uint64_t channel = 0;  // the channel the call's tags name: its transfers use no other
     std::atomic<bool> abort{false};
     std::atomic<bool> failed_alone{false};  // failed before the RPC ended (cancelled it)
+    bool no_thread = false;  // StartTagged had no thread for the transfer: nothing moved
     JoiningFuture<absl::Status> done;
     absl::Status trailer;  // the trailing checksums' send (PutDataTrailing), when there is one
   };

@@ -50,6 +50,16 @@ void TaskPool::StartDetachedThread(std::function<void()> body) {
 }
 
 void TaskPool::Start(std::function<void()> task) {
+  if (TryStart(task)) return;
+  {
+    std::lock_guard lock(mu_);
+    ++ran_inline_;
+  }
+  spdlog::warn("client: no thread for a helper task; running it on the caller's thread");
+  task();
+}
+
+bool TaskPool::TryStart(std::function<void()> task) {
   {
     std::lock_guard lock(mu_);
     if (!idle_.empty()) {
@@ -57,25 +67,21 @@ void TaskPool::Start(std::function<void()> task) {
       idle_.pop_back();
       i->task = std::move(task);
       i->wake.notify_one();
-      return;
+      return true;
     }
     ++threads_;
     ++started_;
   }
-  // The only exception this library lets reach it, turned into a slower path here: thrown
-  // out of the engine's call it would end its process (task_pool.h).
+  // The only exception this library lets reach it, turned into a slower path by Start or a
+  // refusal by TryRun: thrown out of the engine's call it would end its process (task_pool.h).
   try {
-    start_thread_([this, task]() mutable { Loop(std::move(task)); });
-  } catch (const std::system_error& e) {
-    {
-      std::lock_guard lock(mu_);
-      --started_;
-      ++ran_inline_;
-      if (--threads_ == 0) all_gone_.notify_all();
-    }
-    spdlog::warn("client: no thread for a helper task ({}); running it on the caller's thread",
-                 e.what());
-    task();
+    start_thread_([this, task = std::move(task)]() mutable { Loop(std::move(task)); });
+    return true;
+  } catch (const std::system_error&) {
+    std::lock_guard lock(mu_);
+    --started_;
+    if (--threads_ == 0) all_gone_.notify_all();
+    return false;
   }
 }
 

@@ -7,8 +7,8 @@
 // submitted themselves. A thread idle for `idle_exit` leaves; at most `max_idle` wait.
 // When no new thread can be started (EAGAIN: the process or its cgroup is at its thread
 // limit) the task runs on the caller's thread before Run returns, instead of the exception
-// ending the engine's process: the parts of a batch then run one after another, and a tagged
-// transfer, which needs its RPC beside it, fails at its deadline.
+// ending the engine's process: the parts of a batch then run one after another. A tagged
+// transfer, which needs its RPC beside it, uses TryRun and is refused instead.
 // Thread-safe. Shared() is one pool for the process, never destroyed (its idle threads are
 // detached and simply end with the process).
 #pragma once
@@ -19,6 +19,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -73,6 +74,18 @@ class TaskPool {
     return out;
   }
 
+  // As Run, but when no thread can be started `f` does not run at all (nullopt): for a task
+  // that must run beside its caller (the UCX side of a tagged transfer, whose RPC the caller
+  // sends after starting it), where running it first on the caller would only wait.
+  template <typename F>
+  auto TryRun(F f) -> std::optional<JoiningFuture<decltype(f())>> {
+    using R = decltype(f());
+    auto task = std::make_shared<std::packaged_task<R()>>(std::move(f));
+    std::future<R> result = task->get_future();
+    if (!TryStart([task] { (*task)(); })) return std::nullopt;
+    return JoiningFuture<R>(std::move(result));
+  }
+
   size_t threads() const;          // alive now, busy or idle
   size_t idle() const;             // waiting for a task now
   size_t threads_started() const;  // since construction
@@ -82,6 +95,8 @@ class TaskPool {
   struct Idle;  // an idle thread's slot (lives on that thread's stack)
 
   void Start(std::function<void()> task);
+  // Start without the fallback: false when no thread could be started (`task` not run).
+  bool TryStart(std::function<void()> task);
   void Loop(std::function<void()> task);
 
   const std::chrono::milliseconds idle_exit_;

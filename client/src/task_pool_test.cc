@@ -51,6 +51,28 @@ TEST(TaskPoolTest, ATaskRunsOnItsCallerWhenNoThreadCanStart) {
   EXPECT_EQ(pool.threads_started(), 0u);
 }
 
+// TryRun (a tagged transfer's UCX side) does not run the task at all without a thread: run
+// first on the caller it would wait for the RPC its caller sends after it.
+TEST(TaskPoolTest, TryRunDoesNotRunATaskWhenNoThreadCanStart) {
+  TaskPool pool(std::chrono::seconds(30), 64, [](std::function<void()>) {
+    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                            "thread limit");
+  });
+  bool ran = false;
+  auto f = pool.TryRun([&] {
+    ran = true;
+    return 1;
+  });
+  EXPECT_FALSE(f.has_value());
+  EXPECT_FALSE(ran);
+  EXPECT_EQ(pool.ran_inline(), 0u);
+  EXPECT_EQ(pool.threads(), 0u);
+  TaskPool working;
+  auto g = working.TryRun([] { return 7; });
+  ASSERT_TRUE(g.has_value());
+  EXPECT_EQ(g->get(), 7);
+}
+
 TEST(TaskPoolTest, SequentialTasksReuseOneThread) {
   TaskPool pool;
   fresh_threads = 0;

@@ -32,8 +32,8 @@ void ReachTheThreadLimit() {
   if (setrlimit(RLIMIT_NPROC, &one) != 0) std::_Exit(3);
 }
 
-// Exits 0 once a put over UCX with trailing checksums, then the client's destructor, have
-// returned at the limit; SIGALRM when either hangs.
+// Exits 0 once a put over UCX with trailing checksums was refused (RESOURCE_EXHAUSTED, else
+// 4) and the client's destructor returned, at the limit; SIGALRM when either hangs.
 [[noreturn]] void PutAndDestroyAtTheLimit() {
   alarm(60);
   auto node = testutil::StartNode(
@@ -52,12 +52,15 @@ void ReachTheThreadLimit() {
   const std::vector<uint8_t> block = testutil::RandomBytes(5, 1 << 20);
   const client::BlockWrite write{testutil::PromptChain(*ns, 5, 1)[0], block.data(), block.size()};
   ReachTheThreadLimit();
-  // Its helper thread cannot start, so the put fails at its deadline; it then waits for the
-  // gRPC callback of its PutData, which gRPC runs on a thread it started when the client
+  // The UCX side of the put cannot have a thread beside its RPC: refused at once (before, run
+  // first on this thread, it waited for the RPC sent after it until the deadline). Its
+  // PutData's callback, if it waits for one, runs on a thread gRPC started when the client
   // connected (before, on one it could not start now: the put waited for good).
   client::CallOptions call;
-  call.deadline = absl::Seconds(2);
-  [[maybe_unused]] auto put = client.Put(*ns, "", {&write, 1}, call);
+  call.deadline = absl::Seconds(5);
+  auto put = client.Put(*ns, "", {&write, 1}, call);
+  const absl::Status got = !put.ok() ? put.status() : put->blocks[0];
+  if (got.code() != absl::StatusCode::kResourceExhausted) std::_Exit(4);
   // Its release calls' callbacks too (and the destructor waits for them a bounded time).
   connected->reset();
   node->reset();
