@@ -124,11 +124,12 @@ int Prefill(const Flags& f) {
   const double secs = Since(t0);
   gpu_agent::AgentStats st = e->agent->Stats();
   std::fprintf(stderr,
-               "prefill: %zu blocks (%u tokens, %.1f MiB) offloaded in %.2f s (%.2f GB/s), "
+               "prefill: %lu of %zu blocks (%u tokens, %.1f MiB) offloaded in %.2f s (%.2f GB/s), "
                "%lu published at %s: %s\n",
-               computed.size(), f.prompt_tokens, computed.size() * bb / 1048576.0, secs,
-               computed.size() * bb / secs / 1e9, static_cast<unsigned long>(st.published),
-               e->agent->peer_address().c_str(), flushed.ToString().c_str());
+               static_cast<unsigned long>(st.offloaded), computed.size(), f.prompt_tokens,
+               computed.size() * bb / 1048576.0, secs, st.offloaded * bb / secs / 1e9,
+               static_cast<unsigned long>(st.published), e->agent->peer_address().c_str(),
+               flushed.ToString().c_str());
   if (!flushed.ok() || st.offloaded != computed.size()) return 1;
   std::printf("READY %s\n", e->agent->peer_address().c_str());
   std::fflush(stdout);
