@@ -1,10 +1,10 @@
 #include "task_pool.h"
 
 #include <algorithm>
-#include <system_error>
 #include <thread>
 
 #include "spdlog/spdlog.h"
+#include "strata/common/threads.h"
 
 namespace strata::client::internal {
 
@@ -45,8 +45,11 @@ size_t TaskPool::ran_inline() const {
   return ran_inline_;
 }
 
-void TaskPool::StartDetachedThread(std::function<void()> body) {
-  std::thread(std::move(body)).detach();
+absl::Status TaskPool::StartDetachedThread(std::function<void()> body) {
+  absl::StatusOr<std::thread> thread = StartThread("a client helper task", std::move(body));
+  if (!thread.ok()) return thread.status();
+  thread->detach();
+  return absl::OkStatus();
 }
 
 void TaskPool::Start(std::function<void()> task) {
@@ -72,17 +75,14 @@ bool TaskPool::TryStart(std::function<void()> task) {
     ++threads_;
     ++started_;
   }
-  // The only exception this library lets reach it, turned into a slower path by Start or a
-  // refusal by TryRun: thrown out of the engine's call it would end its process (task_pool.h).
-  try {
-    start_thread_([this, task = std::move(task)]() mutable { Loop(std::move(task)); });
+  // No thread (the process at its thread limit): a slower path in Start, a refusal in TryRun.
+  if (start_thread_([this, task = std::move(task)]() mutable { Loop(std::move(task)); }).ok()) {
     return true;
-  } catch (const std::system_error&) {
-    std::lock_guard lock(mu_);
-    --started_;
-    if (--threads_ == 0) all_gone_.notify_all();
-    return false;
   }
+  std::lock_guard lock(mu_);
+  --started_;
+  if (--threads_ == 0) all_gone_.notify_all();
+  return false;
 }
 
 void TaskPool::Loop(std::function<void()> task) {

@@ -51,9 +51,9 @@ class JoiningFuture {
 
 class TaskPool {
  public:
-  // Starts a detached thread running `body`; throws std::system_error when it cannot.
-  using ThreadStarter = std::function<void(std::function<void()> body)>;
-  static void StartDetachedThread(std::function<void()> body);
+  // Starts a detached thread running `body`; RESOURCE_EXHAUSTED when it cannot (StartThread).
+  using ThreadStarter = std::function<absl::Status(std::function<void()> body)>;
+  static absl::Status StartDetachedThread(std::function<void()> body);
 
   explicit TaskPool(std::chrono::milliseconds idle_exit = std::chrono::seconds(30),
                     size_t max_idle = 64, ThreadStarter start_thread = StartDetachedThread)

@@ -3,7 +3,6 @@
 #include <atomic>
 #include <chrono>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -34,10 +33,8 @@ bool WaitIdle(const TaskPool& pool, size_t n) {
 // A process at its thread limit: the task runs on the caller's thread, and Run returns its
 // result instead of letting std::system_error out (which would end the engine's process).
 TEST(TaskPoolTest, ATaskRunsOnItsCallerWhenNoThreadCanStart) {
-  TaskPool pool(std::chrono::seconds(30), 64, [](std::function<void()>) {
-    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
-                            "thread limit");
-  });
+  TaskPool pool(std::chrono::seconds(30), 64,
+                [](std::function<void()>) { return absl::ResourceExhaustedError("thread limit"); });
   const std::thread::id caller = std::this_thread::get_id();
   std::thread::id ran_on;
   auto f = pool.Run([&] {
@@ -54,10 +51,8 @@ TEST(TaskPoolTest, ATaskRunsOnItsCallerWhenNoThreadCanStart) {
 // TryRun (a tagged transfer's UCX side) does not run the task at all without a thread: run
 // first on the caller it would wait for the RPC its caller sends after it.
 TEST(TaskPoolTest, TryRunDoesNotRunATaskWhenNoThreadCanStart) {
-  TaskPool pool(std::chrono::seconds(30), 64, [](std::function<void()>) {
-    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
-                            "thread limit");
-  });
+  TaskPool pool(std::chrono::seconds(30), 64,
+                [](std::function<void()>) { return absl::ResourceExhaustedError("thread limit"); });
   bool ran = false;
   auto f = pool.TryRun([&] {
     ran = true;

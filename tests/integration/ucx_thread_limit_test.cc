@@ -2,35 +2,17 @@
 // after it connected neither hangs nor ends the process. The limit is real: a re-executed
 // child of this binary (gtest's "threadsafe" death test) starts its node and connects, then
 // takes an unused uid (root is exempt from the limit) and an RLIMIT_NPROC that uid's tasks
-// have already reached. It keeps CAP_KILL, CAP_DAC_OVERRIDE and CAP_FOWNER, which the limit
-// does not look at, so that it can still stop its node (run by root) and remove its files.
-#include <linux/capability.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
+// have already reached (testutil::ReachTheThreadLimit), keeping the rights to stop its node
+// (run by root) and remove its files.
 #include <unistd.h>
 
 #include <cstdlib>
 
+#include "strata/testutil/thread_limit.h"
 #include "ucx_test_support.h"
 
 namespace strata::ucx_test {
 namespace {
-
-// From here on no thread can start in this process (exits 3 where that cannot be arranged).
-void ReachTheThreadLimit() {
-  if (getuid() == 0) {
-    constexpr uid_t kUnusedUid = 54'321;
-    if (prctl(PR_SET_KEEPCAPS, 1) != 0 || setuid(kUnusedUid) != 0) std::_Exit(3);
-    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-    __user_cap_data_struct data[2] = {};
-    data[0].effective = data[0].permitted =
-        (1u << CAP_KILL) | (1u << CAP_DAC_OVERRIDE) | (1u << CAP_FOWNER);
-    if (syscall(SYS_capset, &header, data) != 0) std::_Exit(3);
-  }
-  const rlimit one{1, 1};
-  if (setrlimit(RLIMIT_NPROC, &one) != 0) std::_Exit(3);
-}
 
 // Exits 0 once a put over UCX with trailing checksums was refused (RESOURCE_EXHAUSTED, else
 // 4) and the client's destructor returned, at the limit; SIGALRM when either hangs.
@@ -51,7 +33,7 @@ void ReachTheThreadLimit() {
   if (!ns.ok()) std::_Exit(3);
   const std::vector<uint8_t> block = testutil::RandomBytes(5, 1 << 20);
   const client::BlockWrite write{testutil::PromptChain(*ns, 5, 1)[0], block.data(), block.size()};
-  ReachTheThreadLimit();
+  testutil::ReachTheThreadLimit();
   // The UCX side of the put cannot have a thread beside its RPC: refused at once (before, run
   // first on this thread, it waited for the RPC sent after it until the deadline). Its
   // PutData's callback, if it waits for one, runs on a thread gRPC started when the client

@@ -4,8 +4,7 @@
 // "threadsafe" death test) takes an unused uid, whose only tasks are its own, and an
 // RLIMIT_NPROC it has already reached.
 
-#include <sys/resource.h>
-#include <unistd.h>
+#include "strata/testutil/thread_limit.h"
 
 #include <cstdlib>
 #include <memory>
@@ -20,14 +19,6 @@
 
 namespace strata::transport {
 namespace {
-
-// No thread can start in this process from here on (exits 3 where that cannot be arranged).
-void ReachTheThreadLimit() {
-  const rlimit one{1, 1};
-  if (setrlimit(RLIMIT_NPROC, &one) != 0) std::_Exit(3);
-  // Root is exempt from RLIMIT_NPROC; a uid no process uses counts only this one's tasks.
-  if (getuid() == 0 && setuid(54'321) != 0) std::_Exit(3);
-}
 
 // Whether `s` says that no thread could be started for `what` (not another shortage UCX
 // reports as RESOURCE_EXHAUSTED).
@@ -44,7 +35,7 @@ bool NoThread(const absl::Status& s, absl::string_view what) {
   // The context and a first worker have started what threads UCX keeps (its async thread).
   absl::StatusOr<std::unique_ptr<Worker>> first = (*context)->CreateWorker();
   if (!first.ok()) std::_Exit(3);
-  ReachTheThreadLimit();
+  testutil::ReachTheThreadLimit();
   absl::StatusOr<std::unique_ptr<Worker>> second = (*context)->CreateWorker();
   if (second.ok()) std::_Exit(1);
   std::_Exit(NoThread(second.status(), "a UCX worker") ? 0 : 2);
@@ -53,7 +44,7 @@ bool NoThread(const absl::Status& s, absl::string_view what) {
 // Exits 0 when the process's first context is RESOURCE_EXHAUSTED: ucp_init would start UCX's
 // async thread and, failing, abort the process (UCX 1.13 asserts).
 [[noreturn]] void CreateAContextAtTheLimit() {
-  ReachTheThreadLimit();
+  testutil::ReachTheThreadLimit();
   absl::StatusOr<std::unique_ptr<Context>> context = Context::Create({.tls = "tcp"});
   if (context.ok()) std::_Exit(1);
   std::_Exit(NoThread(context.status(), "UCX's async thread") ? 0 : 2);
